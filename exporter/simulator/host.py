@@ -1,0 +1,48 @@
+"""The contract between the simulator's two halves.
+
+`wsman`/`server` (the WinRM protocol side) serve one `SimulatedHost` per listening address and ask it to
+run each WinRS command line; `scenario`/`windows` (the Windows + EEMS side) build the hosts from a
+scenario file and answer the commands. Both halves may change a host's `faults` while it runs, so tests
+can inject a fault and clear it again.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass
+class CommandOutput:
+    """What one WinRS command produced, as Windows would stream it."""
+
+    stdout_chunks: list[bytes]  # one element per write by the child process
+    stderr: bytes = b""  # raw bytes (CLIXML for PowerShell errors/progress)
+    exit_code: int = 0
+    runtime_seconds: float = 0.0  # CommandState stays Running until this has passed
+
+
+@dataclass
+class Faults:
+    """Protocol-level misbehaviour of one host. Output-level faults live in the scenario."""
+
+    latency_seconds: float = 0.0  # added before every HTTP response
+    refuse_connections: bool = False  # nothing listens: connection refused
+    reset_mid_response: bool = False  # Receive answers with part of the headers, then a TCP reset
+    hang: bool = False  # requests are read but never answered
+    unauthorized: bool = False  # every request gets 401, even with valid credentials
+    fault_code: int | None = None  # Command is answered with this WS-Man fault (5, 2150859173, ...)
+
+
+@dataclass
+class SimulatedHost:
+    name: str
+    address: str  # a 127.0.0.0/8 address
+    port: int
+    scheme: str  # "http" or "https"
+    run: Callable[[str], CommandOutput]  # command line -> output; never raises
+    faults: Faults = field(default_factory=Faults)
+    max_shells_per_user: int = 30
+    idle_timeout_seconds: float = 180.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
