@@ -1,0 +1,288 @@
+"""Exchange build catalog: which release a build is, how old, and whether it can still get EEMS mitigations.
+
+The facts live in `exporter/data/` (builds.tsv, lifecycle.tsv, cutoffs.yaml) so updating Microsoft's
+release list is a data change. This module only applies the rules below.
+
+Build numbers only order releases *within* one CU: major.minor.build names the CU (15.2.1748 = 2019 CU15),
+the fourth part the update. Verdicts for builds the catalog does not list (known=False):
+
+- A build of a known CU (newer than its newest known build, between two known builds, or older than its
+  first known build) takes the CU's name; update "unknown"; released None; superseded_since is the release
+  of the first known newer build of that CU. A cutoff with a minimum for that CU compares the fourth part
+  with it, so a build newer than every known build is judged as the newest known build is.
+- A build of an unknown CU takes cu "unknown" and update "unknown". Its place among the product's CUs is
+  its third part: at or after the product's first EEMS CU it has EEMS; it passes a cutoff whose `all_from`
+  CU it reaches; if it is newer than every known CU of a product with EEMS it passes every cutoff (a future
+  CU); otherwise (older than the first known CU, or between known CUs that only have a per-CU minimum)
+  it fails, since we cannot know it carries the fix.
+- Exchange 2013 never had EEMS, so every 2013 build fails every cutoff whatever its number.
+- A build without EEMS (2016 <= CU21, 2019 <= CU10, 2013) fails every cutoff: it cannot receive mitigations.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from exporter.model import BuildVerdict
+
+# Where each product's version range starts (major, minor, build). A build belongs to the last product
+# whose start it reaches within the same major.minor; HealthChecker's rule (SE = 15.2 with build >= 2562).
+PRODUCT_FIRST_BUILD: dict[str, tuple[int, int, int]] = {
+    "Exchange2013": (15, 0, 0),
+    "Exchange2016": (15, 1, 0),
+    "Exchange2019": (15, 2, 0),
+    "ExchangeSE": (15, 2, 2562),
+}
+BUILD_COLUMNS = ("product", "cu", "update", "build", "released")
+LIFECYCLE_COLUMNS = ("product", "released", "mainstream_end", "extended_end")
+UNKNOWN = "unknown"
+
+_VERSION = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})\.([0-9]{1,9})\.([0-9]{1,9})")
+_VERSION_EXAMPLE = "expected e.g. 15.2.1544.4"
+
+
+class CatalogError(Exception):
+    """A catalog file the exporter cannot trust; the message names the file, the line and the problem."""
+
+    def __init__(self, path: str, line: int | None, message: str):
+        self.path, self.line, self.message = path, line, message
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {message}")
+
+
+class BuildVersionError(ValueError):
+    """A version string that is not an Exchange 2013/2016/2019/SE build."""
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def parse_build(version: object) -> tuple[int, int, int, int]:
+    """Split a build into its four numbers, refusing anything that is not Exchange 15.0-15.2."""
+    match = _VERSION.fullmatch(version.strip()) if isinstance(version, str) else None
+    if match is None:
+        raise BuildVersionError(f"{_show(version)} is not a four-part Exchange build ({_VERSION_EXAMPLE})")
+    parts = tuple(int(p) for p in match.groups())
+    if parts[:2] not in {start[:2] for start in PRODUCT_FIRST_BUILD.values()}:
+        raise BuildVersionError(
+            f"{_show(version)} is not an Exchange 2013/2016/2019/SE build (major.minor must be 15.0, 15.1 or 15.2)"
+        )
+    return parts  # type: ignore[return-value]
+
+
+def product_of(parts: tuple[int, int, int, int]) -> str:
+    starts = [(start, name) for name, start in PRODUCT_FIRST_BUILD.items() if start[:2] == parts[:2]]
+    return max((s for s in starts if s[0] <= parts[:3]))[1]
+
+
+@dataclass(frozen=True)
+class _Build:
+    product: str
+    cu: str
+    update: str
+    parts: tuple[int, int, int, int]
+    released: date
+
+
+@dataclass(frozen=True)
+class _Cutoff:
+    minimum: dict[tuple[str, tuple[int, int, int]], int]  # (product, CU triple) -> first passing 4th part
+    all_from: dict[str, int]  # product -> third part of the first CU whose builds all pass
+
+
+def _data_rows(path: str, text: str, columns: tuple[str, ...]):
+    """Yield (line number, cells) of a TSV with a header that starts with `columns`; '#' lines are comments."""
+    header_seen = False
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        cells = [c.strip() for c in line.split("\t")]
+        if not header_seen:
+            if tuple(cells[: len(columns)]) != columns:
+                raise CatalogError(path, number, f"header must start with {', '.join(columns)} (tab-separated)")
+            header_seen = True
+            continue
+        if len(cells) < len(columns):
+            raise CatalogError(
+                path, number, f"expected {len(columns)} tab-separated columns ({', '.join(columns)}), got {len(cells)}"
+            )
+        yield number, cells
+    if not header_seen:
+        raise CatalogError(path, None, f"no header line ({', '.join(columns)})")
+
+
+def _parse_date(path: str, line: int | None, what: str, value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise CatalogError(path, line, f"{what} {_show(value)} is not a date (YYYY-MM-DD)") from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise CatalogError(str(path), None, "not UTF-8 text") from None
+    except OSError as e:
+        raise CatalogError(str(path), None, f"cannot read: {e.strerror or e}") from None
+
+
+def _parse_builds(path: str, text: str) -> dict[tuple[int, int, int, int], _Build]:
+    builds: dict[tuple[int, int, int, int], _Build] = {}
+    for line, (product, cu, update, version, released, *_) in _data_rows(path, text, BUILD_COLUMNS):
+        if product not in PRODUCT_FIRST_BUILD:
+            raise CatalogError(path, line, f"unknown product {_show(product)} (one of {', '.join(PRODUCT_FIRST_BUILD)})")
+        if not cu:
+            raise CatalogError(path, line, "empty cu")
+        try:
+            parts = parse_build(version)
+        except BuildVersionError as e:
+            raise CatalogError(path, line, str(e)) from None
+        if product_of(parts) != product:
+            raise CatalogError(path, line, f"build {version} belongs to {product_of(parts)}, not {product}")
+        if parts in builds:
+            raise CatalogError(path, line, f"build {version} is listed twice")
+        builds[parts] = _Build(product, cu, update, parts, _parse_date(path, line, "released", released))
+    return builds
+
+
+class Catalog:
+    """The merged build list and cutoffs, indexed for verdicts."""
+
+    def __init__(
+        self,
+        builds: dict[tuple[int, int, int, int], _Build],
+        support_end: dict[str, date | None],
+        eems_first: dict[str, int],
+        cutoffs: dict[str, _Cutoff],
+    ):
+        self._builds = builds
+        self._support_end = support_end
+        self._eems_first = eems_first
+        self._cutoffs = cutoffs
+        self._cus: dict[tuple[str, tuple[int, int, int]], list[_Build]] = {}
+        for build in sorted(builds.values(), key=lambda b: b.parts):
+            self._cus.setdefault((build.product, build.parts[:3]), []).append(build)
+        self._newest_cu: dict[str, int] = {}
+        for product, triple in self._cus:
+            self._newest_cu[product] = max(self._newest_cu.get(product, 0), triple[2])
+        self.newest_release: date = max(b.released for b in builds.values())
+        self.cutoff_ids: tuple[str, ...] = tuple(cutoffs)
+
+    @classmethod
+    def load(cls, extra_file: Path | None = None) -> "Catalog":
+        """Packaged data plus an operator's TSV (same columns) that adds builds or overrides packaged rows."""
+        data = resources.files("exporter") / "data"
+        builds = _parse_builds("exporter/data/builds.tsv", (data / "builds.tsv").read_text(encoding="utf-8"))
+        if extra_file is not None:
+            extra = Path(extra_file)
+            builds.update(_parse_builds(str(extra), _read_text(extra)))
+        support_end = _parse_lifecycle("exporter/data/lifecycle.tsv", (data / "lifecycle.tsv").read_text("utf-8"))
+        eems_first, cutoffs = _parse_cutoffs("exporter/data/cutoffs.yaml", (data / "cutoffs.yaml").read_text("utf-8"), builds)
+        return cls(builds, support_end, eems_first, cutoffs)
+
+    def verdict(self, version: str) -> BuildVerdict:
+        parts = parse_build(version)
+        product = product_of(parts)
+        same_cu = self._cus.get((product, parts[:3]), [])
+        exact = self._builds.get(parts)
+        if exact is not None:
+            cu, update, released = exact.cu, exact.update, exact.released
+        elif same_cu:
+            older = [b for b in same_cu if b.parts < parts]
+            cu, update, released = (older[-1] if older else same_cu[0]).cu, UNKNOWN, None
+        else:
+            cu, update, released = UNKNOWN, UNKNOWN, None
+        newer = [b for b in same_cu if b.parts > parts]
+        eems = product in self._eems_first and parts[2] >= self._eems_first[product]
+        return BuildVerdict(
+            version=".".join(map(str, parts)),
+            product=product,
+            cu=cu,
+            update=update,
+            released=released,
+            known=exact is not None,
+            eems_supported=eems,
+            cutoffs={cid: eems and self._passes(cutoff, product, parts) for cid, cutoff in self._cutoffs.items()},
+            superseded_since=newer[0].released if newer else None,
+            product_support_end=self._support_end.get(product),
+        )
+
+    def _passes(self, cutoff: _Cutoff, product: str, parts: tuple[int, int, int, int]) -> bool:
+        minimum = cutoff.minimum.get((product, parts[:3]))
+        if minimum is not None:
+            return parts[3] >= minimum
+        if product in cutoff.all_from and parts[2] >= cutoff.all_from[product]:
+            return True
+        return parts[2] > self._newest_cu.get(product, parts[2])
+
+
+def _parse_lifecycle(path: str, text: str) -> dict[str, date | None]:
+    ends: dict[str, date | None] = {}
+    for line, (product, _released, _mainstream, extended, *_) in _data_rows(path, text, LIFECYCLE_COLUMNS):
+        if product not in PRODUCT_FIRST_BUILD:
+            raise CatalogError(path, line, f"unknown product {_show(product)}")
+        ends[product] = _parse_date(path, line, "extended_end", extended) if extended else None
+    return ends
+
+
+def _cu_triple(path: str, name: object, builds: dict) -> tuple[str, tuple[int, int, int]]:
+    """Resolve 'Exchange2019/CU14' to its product and major.minor.build."""
+    product, _, cu = str(name).partition("/")
+    triples = {b.parts[:3] for b in builds.values() if b.product == product and b.cu == cu}
+    if len(triples) != 1:
+        raise CatalogError(path, None, f"CU {_show(name)} matches {len(triples)} CUs in the build list, expected 1")
+    return product, triples.pop()
+
+
+def _parse_cutoffs(path: str, text: str, builds: dict) -> tuple[dict[str, int], dict[str, _Cutoff]]:
+    try:
+        doc = yaml.safe_load(text)
+        eems_first = {
+            product: _cu_triple(path, f"{product}/{cu}", builds)[1][2] for product, cu in doc["eems"]["first_cu"].items()
+        }
+        cutoffs: dict[str, _Cutoff] = {}
+        for cid, spec in doc["cutoffs"].items():
+            minimum = {}
+            for name, version in (spec.get("minimum") or {}).items():
+                product, triple = _cu_triple(path, name, builds)
+                parts = parse_build(str(version))
+                if parts not in builds or parts[:3] != triple:
+                    raise CatalogError(path, None, f"cutoff {cid}: minimum {version} is not a listed build of {name}")
+                minimum[(product, triple)] = parts[3]
+            all_from = {
+                product: _cu_triple(path, f"{product}/{cu}", builds)[1][2]
+                for product, cu in (spec.get("all_from") or {}).items()
+            }
+            cutoffs[str(cid)] = _Cutoff(minimum, all_from)
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError, BuildVersionError) as e:
+        raise CatalogError(path, None, f"malformed cutoffs file: {type(e).__name__}: {e}") from None
+    return eems_first, cutoffs
+
+
+def _iso(value: date | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def verdict_to_json(v: BuildVerdict) -> dict:
+    """The verdict as plain JSON types, for `cli build` and the `/probe` debug output."""
+    return {
+        "version": v.version,
+        "product": v.product,
+        "cu": v.cu,
+        "update": v.update,
+        "released": _iso(v.released),
+        "known": v.known,
+        "eems_supported": v.eems_supported,
+        "cutoffs": dict(v.cutoffs),
+        "superseded_since": _iso(v.superseded_since),
+        "product_support_end": _iso(v.product_support_end),
+    }
