@@ -1,0 +1,374 @@
+"""The exporter's own endpoint security: Prometheus exporter-toolkit's ``--web.config.file``.
+
+Admins already keep one web-config file per exporter (node_exporter, windows_exporter, ...), and
+``promtool check web-config`` validates it, so this module reads the same file with the same keys and
+the same strictness as the exporter-toolkit bundled with Prometheus 2.42 rather than inventing a format.
+
+Differences from the Go implementation, each forced by Python's ``ssl`` module or deliberately stricter:
+
+- ``cipher_suites`` and ``curve_preferences`` are validated as lists of names and then ignored: Go's
+  IANA suite names do not map onto OpenSSL cipher strings, and OpenSSL's defaults are sound.
+  ``http2`` is accepted and ignored (this exporter speaks HTTP/1.1 only).
+- ``RequireAnyClientCert`` (demand a certificate but do not verify it) is rejected: ``ssl`` cannot
+  request a client certificate without verifying it against a CA. ``RequestClientCert`` behaves like
+  ``NoClientCert`` for the same reason; nothing in this exporter reads an unverified certificate, so
+  the access decision is the same.
+- ``min_version`` TLS10/TLS11 lowers OpenSSL 3's security level to 0, since OpenSSL otherwise refuses
+  those protocols whatever the minimum version says; ``min_version`` above ``max_version`` is an error.
+- A ``client_ca_file`` with no certificate in it is an error (Go silently trusts nobody).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import os
+import re
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import yaml
+
+log = logging.getLogger(__name__)
+
+_TOP_KEYS = {"tls_server_config", "http_server_config", "basic_auth_users"}
+_TLS_KEYS = {
+    "cert_file", "key_file", "client_auth_type", "client_ca_file", "cipher_suites",
+    "curve_preferences", "min_version", "max_version", "prefer_server_cipher_suites",
+}
+_HTTP_KEYS = {"http2", "headers"}
+# Keys that later exporter-toolkit releases added; named so the error says why they are refused.
+_NEWER_TOOLKIT_KEYS = {"rate_limit", "client_allowed_sans", "cert", "key", "client_ca"}
+
+_TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+_CLIENT_AUTH = {
+    "": ssl.CERT_NONE,
+    "NoClientCert": ssl.CERT_NONE,
+    "RequestClientCert": ssl.CERT_NONE,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
+# exporter-toolkit allows only these headers, some only with these values (None = any value).
+_ALLOWED_HEADERS: dict[str, tuple[str, ...] | None] = {
+    "Strict-Transport-Security": None,
+    "X-Content-Type-Options": ("nosniff",),
+    "X-Frame-Options": ("deny", "sameorigin"),
+    "X-XSS-Protection": None,
+    "Content-Security-Policy": None,
+}
+_BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
+# bcrypt only looks at the first 72 bytes; the bcrypt package refuses longer passwords outright.
+_BCRYPT_MAX_PASSWORD_BYTES = 72
+
+
+class WebConfigError(Exception):
+    """A web-config file that cannot be used; the message names the file and the key path."""
+
+    def __init__(self, path: Path, key_path: str, message: str):
+        self.path = path
+        self.key_path = key_path
+        where = f"{path}: {key_path}: " if key_path else f"{path}: "
+        super().__init__(where + message)
+
+
+@dataclass
+class WebConfig:
+    """A validated web-config; the SSL context is built once here and shared by all connections."""
+
+    path: Path
+    headers: dict[str, str]
+    users: dict[str, bytes]
+    watched_files: tuple[Path, ...]
+    _context: ssl.SSLContext | None
+    _verified: dict[tuple[str, bytes], bytes] = field(default_factory=dict, repr=False)
+    _bcrypt_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _decoy_hash: bytes | None = field(default=None, repr=False)
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self._context is not None
+
+    @classmethod
+    def load(cls, path: Path) -> "WebConfig":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise WebConfigError(path, "", f"cannot read web config: {exc}") from None
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise WebConfigError(path, "", f"not valid YAML: {_yaml_problem(exc)}") from None
+        if doc is None:
+            doc = {}
+        _require_mapping(path, "", doc, _TOP_KEYS)
+        tls = doc.get("tls_server_config") or {}
+        http = doc.get("http_server_config") or {}
+        _require_mapping(path, "tls_server_config", tls, _TLS_KEYS)
+        _require_mapping(path, "http_server_config", http, _HTTP_KEYS)
+        headers = _load_headers(path, http)
+        if "http2" in http and not isinstance(http["http2"], bool):
+            raise WebConfigError(path, "http_server_config.http2", "must be true or false")
+        users = _load_users(path, doc.get("basic_auth_users"))
+        context, watched = _load_tls(path, tls)
+        return cls(path=path, headers=headers, users=users,
+                   watched_files=(path, *watched), _context=context)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self._context
+
+    def check_basic_auth(self, authorization_header: str | None) -> bool:
+        """Answer whether the request may pass; bcrypt is deliberately slow, so it runs once per credential.
+
+        A verified credential is remembered as the SHA-256 of the password, never the password itself.
+        An unknown user still costs one bcrypt check against a decoy so timing does not reveal names.
+        """
+        if not self.users:
+            return True
+        credentials = _parse_basic(authorization_header)
+        if credentials is None:
+            return False
+        user, password = credentials
+        digest = hashlib.sha256(password).digest()
+        hashed = self.users.get(user)
+        if hashed is not None:
+            known = self._verified.get((user, hashed))
+            if known is not None and hmac.compare_digest(known, digest):
+                return True
+        with self._bcrypt_lock:
+            if len(password) > _BCRYPT_MAX_PASSWORD_BYTES:
+                return False
+            ok = bcrypt.checkpw(password, hashed if hashed is not None else self._decoy())
+        if ok and hashed is not None:
+            self._verified[(user, hashed)] = digest
+            return True
+        return False
+
+    def _decoy(self) -> bytes:
+        if self._decoy_hash is None:
+            cost = max(int(h[4:6]) for h in self.users.values())
+            self._decoy_hash = bcrypt.hashpw(b"decoy", bcrypt.gensalt(rounds=cost))
+        return self._decoy_hash
+
+
+class WebConfigWatcher:
+    """Keeps the last good web-config and reloads it when the file or its certificates change.
+
+    Certificates rotate without a restart (cert-manager, Kubernetes Secret updates), and a broken
+    edit must not take the endpoint down, so a bad new file is logged and the old one stays in force.
+    """
+
+    _CHECK_INTERVAL_SECONDS = 1.0
+
+    def __init__(self, path: Path):
+        self._path = Path(path)
+        self._lock = threading.Lock()
+        self._config = WebConfig.load(self._path)
+        self._fingerprint = _fingerprint(self._config.watched_files)
+        self._last_check = time.monotonic()
+        self._last_error: str | None = None
+
+    def current(self) -> WebConfig:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last_check < self._CHECK_INTERVAL_SECONDS:
+                return self._config
+            self._last_check = now
+            if _fingerprint(self._config.watched_files) == self._fingerprint and self._last_error is None:
+                return self._config
+            try:
+                config = WebConfig.load(self._path)
+            except WebConfigError as exc:
+                if str(exc) != self._last_error:
+                    log.warning("keeping the previous web config: %s", exc)
+                    self._last_error = str(exc)
+                return self._config
+            if self._last_error is not None:
+                log.info("web config %s loaded again after an error", self._path)
+            self._config = config
+            self._fingerprint = _fingerprint(config.watched_files)
+            self._last_error = None
+            return config
+
+
+def _fingerprint(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int] | None, ...]:
+    result = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            result.append(None)
+        else:
+            result.append((st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(result)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or "syntax error"
+    return f"{problem} at line {mark.line + 1}" if mark is not None else problem
+
+
+def _require_mapping(path: Path, key_path: str, value: Any, allowed: set[str]) -> None:
+    if not isinstance(value, dict):
+        raise WebConfigError(path, key_path, "must be a mapping")
+    for key in value:
+        full = f"{key_path}.{key}" if key_path else str(key)
+        if key in _NEWER_TOOLKIT_KEYS:
+            raise WebConfigError(path, full, "unknown key (added in a later exporter-toolkit; not supported here)")
+        if key not in allowed:
+            raise WebConfigError(path, full, f"unknown key; expected one of {', '.join(sorted(allowed))}")
+
+
+def _load_headers(path: Path, http: dict[str, Any]) -> dict[str, str]:
+    raw = http.get("headers") or {}
+    if not isinstance(raw, dict):
+        raise WebConfigError(path, "http_server_config.headers", "must be a mapping of header name to value")
+    headers: dict[str, str] = {}
+    for name, value in raw.items():
+        key_path = f"http_server_config.headers.{name}"
+        if name not in _ALLOWED_HEADERS:
+            raise WebConfigError(path, key_path, "this header can not be configured; allowed: "
+                                 + ", ".join(_ALLOWED_HEADERS))
+        if not isinstance(value, str) or "\r" in value or "\n" in value:
+            raise WebConfigError(path, key_path, "value must be a single-line string")
+        allowed_values = _ALLOWED_HEADERS[name]
+        if allowed_values is not None and value not in allowed_values:
+            raise WebConfigError(path, key_path, f"value must be one of {', '.join(allowed_values)}")
+        headers[name] = value
+    return headers
+
+
+def _load_users(path: Path, raw: Any) -> dict[str, bytes]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise WebConfigError(path, "basic_auth_users", "must be a mapping of user name to bcrypt hash")
+    users: dict[str, bytes] = {}
+    for user, hashed in raw.items():
+        key_path = f"basic_auth_users.{user}"
+        if not isinstance(user, str) or not user:
+            raise WebConfigError(path, key_path, "user name must be a non-empty string")
+        if not isinstance(hashed, str) or not _BCRYPT_HASH.match(hashed):
+            raise WebConfigError(path, key_path, "value is not a bcrypt hash ($2a$/$2b$/$2y$, cost 04-31, 60 characters)")
+        users[user] = hashed.encode("ascii")
+    return users
+
+
+def _parse_basic(header: str | None) -> tuple[str, bytes] | None:
+    if not header:
+        return None
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    user, sep, password = decoded.partition(b":")
+    if not sep:
+        return None
+    try:
+        return user.decode("utf-8"), password
+    except UnicodeDecodeError:
+        return None
+
+
+def _tls_version(path: Path, tls: dict[str, Any], key: str, default: str) -> ssl.TLSVersion:
+    name = tls.get(key, default)
+    if name not in _TLS_VERSIONS:
+        raise WebConfigError(path, f"tls_server_config.{key}", f"unknown TLS version {name!r}; expected one of "
+                             + ", ".join(_TLS_VERSIONS))
+    return _TLS_VERSIONS[name]
+
+
+def _file_setting(path: Path, tls: dict[str, Any], key: str) -> Path | None:
+    value = tls.get(key)
+    if value in (None, ""):
+        return None
+    key_path = f"tls_server_config.{key}"
+    if not isinstance(value, str):
+        raise WebConfigError(path, key_path, "must be a file path")
+    resolved = Path(value) if os.path.isabs(value) else path.parent / value
+    if not resolved.is_file():
+        raise WebConfigError(path, key_path, f"file not found: {resolved}")
+    return resolved
+
+
+def _string_list(path: Path, tls: dict[str, Any], key: str) -> None:
+    value = tls.get(key)
+    if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise WebConfigError(path, f"tls_server_config.{key}", "must be a list of names")
+
+
+def _load_tls(path: Path, tls: dict[str, Any]) -> tuple[ssl.SSLContext | None, list[Path]]:
+    _string_list(path, tls, "cipher_suites")
+    _string_list(path, tls, "curve_preferences")
+    prefer_server = tls.get("prefer_server_cipher_suites", True)
+    if not isinstance(prefer_server, bool):
+        raise WebConfigError(path, "tls_server_config.prefer_server_cipher_suites", "must be true or false")
+    min_version = _tls_version(path, tls, "min_version", "TLS12")
+    max_version = _tls_version(path, tls, "max_version", "TLS13")
+    if min_version > max_version:
+        raise WebConfigError(path, "tls_server_config.min_version", "is higher than max_version")
+    auth_name = tls.get("client_auth_type") or ""
+    if auth_name == "RequireAnyClientCert":
+        raise WebConfigError(path, "tls_server_config.client_auth_type",
+                             "RequireAnyClientCert is not supported: Python's ssl module cannot demand a client "
+                             "certificate without verifying it; use RequireAndVerifyClientCert with client_ca_file")
+    if auth_name not in _CLIENT_AUTH:
+        raise WebConfigError(path, "tls_server_config.client_auth_type",
+                             f"invalid value {auth_name!r}; expected one of NoClientCert, RequestClientCert, "
+                             "VerifyClientCertIfGiven, RequireAndVerifyClientCert")
+    cert = _file_setting(path, tls, "cert_file")
+    key = _file_setting(path, tls, "key_file")
+    client_ca = _file_setting(path, tls, "client_ca_file")
+    if not any(tls.get(k) for k in ("cert_file", "key_file", "client_ca_file", "client_auth_type")):
+        return None, []
+    if cert is None:
+        raise WebConfigError(path, "tls_server_config.cert_file", "missing (required when TLS is configured)")
+    if key is None:
+        raise WebConfigError(path, "tls_server_config.key_file", "missing (required when TLS is configured)")
+    verify_mode = _CLIENT_AUTH[auth_name]
+    if client_ca is not None and auth_name in ("", "NoClientCert"):
+        raise WebConfigError(path, "tls_server_config.client_ca_file",
+                             "client CAs are configured without a client_auth_type that uses them")
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = min_version
+    context.maximum_version = max_version
+    if min_version < ssl.TLSVersion.TLSv1_2:
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    if prefer_server:
+        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    try:
+        # An empty password makes an encrypted key fail instead of prompting on the terminal.
+        context.load_cert_chain(cert, key, password=b"")
+    except ssl.SSLError as exc:
+        raise WebConfigError(path, "tls_server_config.cert_file",
+                             f"certificate and key_file do not load as a matching PEM pair ({exc.reason or exc})") from None
+    context.verify_mode = verify_mode
+    if verify_mode != ssl.CERT_NONE:
+        if client_ca is not None:
+            try:
+                context.load_verify_locations(cafile=client_ca)
+            except ssl.SSLError as exc:
+                raise WebConfigError(path, "tls_server_config.client_ca_file",
+                                     f"no PEM certificate could be loaded ({exc.reason or exc})") from None
+        else:
+            context.load_default_certs(ssl.Purpose.CLIENT_AUTH)
+    watched = [p for p in (cert, key, client_ca) if p is not None]
+    return context, watched
