@@ -1,0 +1,59 @@
+"""The PowerShell sent to each server, and the WinRS command line that carries it.
+
+The scripts live as .ps1 files in the package; this module only adds the marker line and the parameter
+line (see docs/design.md section 1) and encodes the result the way `powershell -EncodedCommand` wants it.
+WinRS runs the command through cmd.exe, whose command line is limited to 8191 characters, so the encoded
+command is checked here rather than discovered as "The command line is too long." on a production server.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from importlib import resources
+
+CMD_LINE_LIMIT = 8191
+SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
+ORGANIZATION_MARKER = "# exchange-eems-exporter:collect-organization:v1"
+_PREFIX = "powershell -NoProfile -NonInteractive -EncodedCommand "
+
+
+@dataclass(frozen=True)
+class ServerScriptParameters:
+    lookback_hours: int
+    max_events: int
+    log_tail_bytes: int
+    check_endpoint: bool
+    endpoint_timeout_seconds: int
+    proxy: str
+
+
+def _body(name: str) -> str:
+    return resources.files("exporter").joinpath("scripts", name).read_text(encoding="utf-8")
+
+
+def _ps_single_quoted(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def server_script(params: ServerScriptParameters) -> str:
+    parameter_line = (
+        f"$P=@{{LookbackHours={int(params.lookback_hours)};MaxEvents={int(params.max_events)};"
+        f"LogTailBytes={int(params.log_tail_bytes)};CheckEndpoint={1 if params.check_endpoint else 0};"
+        f"EndpointTimeoutSec={int(params.endpoint_timeout_seconds)};Proxy={_ps_single_quoted(params.proxy)}}}"
+    )
+    return "\n".join((SERVER_MARKER, parameter_line, _body("collect_server.ps1")))
+
+
+def organization_script() -> str:
+    return "\n".join((ORGANIZATION_MARKER, _body("collect_organization.ps1")))
+
+
+def command_line(script: str) -> str:
+    encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
+    line = _PREFIX + encoded
+    if len(line) > CMD_LINE_LIMIT:
+        raise ValueError(
+            f"encoded PowerShell command is {len(line)} characters; Windows allows {CMD_LINE_LIMIT}"
+        )
+    return line
