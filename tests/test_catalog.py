@@ -1,0 +1,289 @@
+"""Build verdicts at every cutoff boundary, unknown-build rules, and catalog-file validation."""
+
+from __future__ import annotations
+
+import csv
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from exporter.catalog import BuildVersionError, Catalog, CatalogError, verdict_to_json
+
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE_BUILDS = REPO.parent / "shared" / "reference" / "exchange-builds.tsv"
+HEADER = "product\tcu\tupdate\tbuild\treleased\n"
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return Catalog.load()
+
+
+def cutoffs(catalog: Catalog, version: str) -> tuple[bool, bool]:
+    v = catalog.verdict(version)
+    return v.cutoffs["2023-03"], v.cutoffs["2026-06"]
+
+
+def test_cutoff_ids_and_newest_release(catalog):
+    assert catalog.cutoff_ids == ("2023-03", "2026-06")
+    assert catalog.newest_release >= date(2026, 8, 11)
+
+
+@pytest.mark.parametrize(
+    "version, expected",
+    [
+        # 2016 CU23: Mar23SU is the 2023 minimum, Jun26SU the 2026 one.
+        ("15.1.2507.21", (False, False)),
+        ("15.1.2507.23", (True, False)),
+        ("15.1.2507.66", (True, False)),
+        ("15.1.2507.69", (True, True)),
+        # 2019 CU11 / CU12 Mar23SU minimums.
+        ("15.2.986.41", (False, False)),
+        ("15.2.986.42", (True, False)),
+        ("15.2.1118.25", (False, False)),
+        ("15.2.1118.26", (True, False)),
+        ("15.2.1118.40", (True, False)),
+        # 2019 CU13 RTM: every CU13 build passes 2023-03, none passes 2026-06.
+        ("15.2.1258.12", (True, False)),
+        ("15.2.1258.39", (True, False)),
+        # 2019 CU14 / CU15 2026 minimums.
+        ("15.2.1544.39", (True, False)),
+        ("15.2.1544.41", (True, True)),
+        ("15.2.1748.43", (True, False)),
+        ("15.2.1748.46", (True, True)),
+        # SE: RTM passes 2023-03; May26HU .41 is before the June 2026 cutoff, Jun26SU .43 passes.
+        ("15.2.2562.17", (True, False)),
+        ("15.2.2562.41", (True, False)),
+        ("15.2.2562.43", (True, True)),
+        ("15.2.2562.46", (True, True)),
+    ],
+)
+def test_cutoff_boundaries(catalog, version, expected):
+    assert cutoffs(catalog, version) == expected
+    assert catalog.verdict(version).known
+
+
+def test_every_2016_cu22_build_fails_both_cutoffs(catalog):
+    cu22 = [r for r in _reference_rows() if r["product"] == "Exchange2016" and r["cu"] == "CU22"]
+    assert len(cu22) >= 9
+    for row in cu22:
+        v = catalog.verdict(row["build"])
+        assert v.eems_supported, row
+        assert v.cutoffs == {"2023-03": False, "2026-06": False}, row
+
+
+def test_exchange_2013_has_no_eems(catalog):
+    v = catalog.verdict("15.0.1497.48")
+    assert (v.product, v.cu, v.update, v.known) == ("Exchange2013", "CU23", "Mar23SU", True)
+    assert not v.eems_supported
+    assert v.cutoffs == {"2023-03": False, "2026-06": False}
+    assert v.product_support_end == date(2023, 4, 11)
+
+
+@pytest.mark.parametrize(
+    "version, eems",
+    [("15.1.2308.8", False), ("15.1.2375.7", True), ("15.2.922.7", False), ("15.2.986.5", True), ("15.2.2562.17", True)],
+)
+def test_eems_starts_at_2016_cu22_and_2019_cu11(catalog, version, eems):
+    v = catalog.verdict(version)
+    assert v.known and v.eems_supported is eems
+    if not eems:
+        assert not any(v.cutoffs.values())
+
+
+def test_known_verdict_fields(catalog):
+    v = catalog.verdict("15.2.1544.4")
+    assert (v.product, v.cu, v.update, v.released) == ("Exchange2019", "CU14", "", date(2024, 2, 13))
+    assert v.superseded_since == date(2024, 3, 12)
+    assert v.product_support_end == date(2025, 10, 14)
+    se = catalog.verdict("15.2.2562.17")
+    assert (se.product, se.product_support_end) == ("ExchangeSE", None)
+
+
+def test_newest_build_of_a_cu_is_not_superseded(catalog):
+    newest_cu22 = catalog.verdict("15.1.2375.37")
+    assert newest_cu22.superseded_since is None
+
+
+def test_verdict_to_json(catalog):
+    assert verdict_to_json(catalog.verdict("15.2.2562.41")) == {
+        "version": "15.2.2562.41",
+        "product": "ExchangeSE",
+        "cu": "RTM",
+        "update": "May26HU",
+        "released": "2026-05-07",
+        "known": True,
+        "eems_supported": True,
+        "cutoffs": {"2023-03": True, "2026-06": False},
+        "superseded_since": "2026-06-09",
+        "product_support_end": None,
+    }
+
+
+# ---------------------------------------------------------------- unknown builds
+
+
+def test_unknown_build_newer_than_cu_is_judged_as_newest_known(catalog):
+    newest = catalog.verdict("15.2.986.42")  # CU11's last build
+    v = catalog.verdict("15.2.986.99")
+    assert (v.product, v.cu, v.update, v.released, v.known) == ("Exchange2019", "CU11", "unknown", None, False)
+    assert v.cutoffs == newest.cutoffs == {"2023-03": True, "2026-06": False}
+    assert v.eems_supported and v.superseded_since is None
+    assert catalog.verdict("15.1.2375.99").cutoffs == catalog.verdict("15.1.2375.37").cutoffs
+
+
+def test_unknown_build_between_known_builds_compares_within_its_cu(catalog):
+    below = catalog.verdict("15.2.1748.45")
+    above = catalog.verdict("15.2.1748.47")
+    assert (below.cu, below.known, above.known) == ("CU15", False, False)
+    assert below.cutoffs["2026-06"] is False and above.cutoffs["2026-06"] is True
+    assert below.superseded_since == date(2026, 6, 9)  # Jun26SU .46 is the first known newer build
+    assert above.superseded_since == date(2026, 7, 14)
+
+
+def test_unknown_build_older_than_first_known_build_of_its_cu(catalog):
+    v = catalog.verdict("15.2.1748.1")
+    assert (v.cu, v.update, v.known, v.released) == ("CU15", "unknown", False, None)
+    assert v.superseded_since == date(2025, 2, 10)
+    assert v.cutoffs == {"2023-03": True, "2026-06": False}
+
+
+def test_future_cu_passes_every_cutoff(catalog):
+    se_cu1 = catalog.verdict("15.2.2700.5")
+    assert (se_cu1.product, se_cu1.cu, se_cu1.known) == ("ExchangeSE", "unknown", False)
+    assert se_cu1.eems_supported and all(se_cu1.cutoffs.values())
+    beyond_2016 = catalog.verdict("15.1.2600.1")
+    assert beyond_2016.product == "Exchange2016" and all(beyond_2016.cutoffs.values())
+    # 15.2 below 2562 stays Exchange 2019 even when newer than every 2019 CU.
+    assert catalog.verdict("15.2.2561.1").product == "Exchange2019"
+
+
+def test_unknown_cu_between_known_cus(catalog):
+    # Between 2019 CU13 (1258) and CU14 (1544): reaches the 2023 "all from CU13" rule; the 2026
+    # cutoff has only per-CU minimums, so it fails.
+    v = catalog.verdict("15.2.1400.3")
+    assert (v.cu, v.update, v.known) == ("unknown", "unknown", False)
+    assert v.cutoffs == {"2023-03": True, "2026-06": False}
+    # Between 2016 CU22 and CU23: EEMS, but no cutoff passes.
+    w = catalog.verdict("15.1.2450.1")
+    assert w.eems_supported and w.cutoffs == {"2023-03": False, "2026-06": False}
+
+
+def test_unknown_cu_older_than_every_known_cu(catalog):
+    v = catalog.verdict("15.1.100.1")
+    assert v.product == "Exchange2016" and not v.eems_supported and not any(v.cutoffs.values())
+
+
+def test_exchange_2013_future_cu_still_has_no_eems(catalog):
+    v = catalog.verdict("15.0.1600.1")
+    assert not v.eems_supported and not any(v.cutoffs.values())
+
+
+# ---------------------------------------------------------------- bad versions
+
+
+@pytest.mark.parametrize(
+    "version, fragment",
+    [
+        ("15.2", "'15.2' is not a four-part Exchange build (expected e.g. 15.2.1544.4)"),
+        ("15.2.1544", "four-part"),
+        ("15.2.1544.4.1", "four-part"),
+        ("", "four-part"),
+        ("15.2.1544.x", "four-part"),
+        ("15.2.-1.4", "four-part"),
+        ("١٥.٢.١٥٤٤.٤", "four-part"),  # non-ASCII digits
+        ("15.2.1544." + "9" * 50, "four-part"),
+        (None, "four-part"),
+        (15.2, "four-part"),
+        ("14.3.123.4", "major.minor must be 15.0, 15.1 or 15.2"),
+        ("15.3.1.1", "major.minor must be 15.0, 15.1 or 15.2"),
+        ("16.0.1.1", "major.minor must be 15.0, 15.1 or 15.2"),
+    ],
+)
+def test_bad_versions_raise_a_clear_value_error(catalog, version, fragment):
+    with pytest.raises(BuildVersionError) as info:
+        catalog.verdict(version)
+    assert isinstance(info.value, ValueError)
+    assert fragment in str(info.value)
+    assert len(str(info.value)) < 160
+
+
+def test_surrounding_whitespace_is_tolerated(catalog):
+    assert catalog.verdict(" 15.2.1544.4\r\n").version == "15.2.1544.4"
+
+
+# ---------------------------------------------------------------- reference data and extra files
+
+
+def _reference_rows() -> list[dict[str, str]]:
+    if not REFERENCE_BUILDS.is_file():
+        pytest.fail(f"reference build list missing: {REFERENCE_BUILDS} (expected ../shared/reference from the repo root)")
+    with REFERENCE_BUILDS.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def test_every_reference_build_is_in_the_packaged_catalog(catalog):
+    rows = _reference_rows()
+    assert len(rows) > 300
+    for row in rows:
+        v = catalog.verdict(row["build"])
+        assert v.known, row
+        assert (v.product, v.cu, v.update) == (row["product"], row["cu"], row["update"]), row
+        assert v.released == date.fromisoformat(row["released"]), row
+
+
+def test_extra_file_adds_and_overrides_builds(tmp_path):
+    extra = tmp_path / "extra.tsv"
+    extra.write_text(
+        "# my own builds\n" + HEADER
+        + "ExchangeSE\tRTM\tOct26SU\t15.2.2562.60\t2026-10-13\n"
+        + "Exchange2019\tCU15\tJun26SUfixed\t15.2.1748.46\t2026-06-10\n"
+    )
+    catalog = Catalog.load(extra)
+    added = catalog.verdict("15.2.2562.60")
+    assert (added.known, added.update, added.released) == (True, "Oct26SU", date(2026, 10, 13))
+    assert all(added.cutoffs.values())
+    assert catalog.newest_release == date(2026, 10, 13)
+    assert catalog.verdict("15.2.2562.53").superseded_since == date(2026, 10, 13)
+    overridden = catalog.verdict("15.2.1748.46")
+    assert (overridden.update, overridden.released) == ("Jun26SUfixed", date(2026, 6, 10))
+
+
+def test_reference_tsv_with_its_source_column_is_a_valid_extra_file():
+    catalog = Catalog.load(REFERENCE_BUILDS) if REFERENCE_BUILDS.is_file() else pytest.fail("reference missing")
+    assert catalog.verdict("15.2.2562.43").known
+
+
+@pytest.mark.parametrize(
+    "content, fragment, line",
+    [
+        ("", "no header line", None),
+        ("build\tproduct\n", "header must start with product, cu, update, build, released", 1),
+        (HEADER + "ExchangeSE\tRTM\t15.2.2562.60\t2026-10-13\n", "expected 5 tab-separated columns", 2),
+        (HEADER + "Exchange2030\tRTM\t\t15.2.2562.60\t2026-10-13\n", "unknown product 'Exchange2030'", 2),
+        (HEADER + "ExchangeSE\t\t\t15.2.2562.60\t2026-10-13\n", "empty cu", 2),
+        (HEADER + "ExchangeSE\tRTM\t\t15.2.2562\t2026-10-13\n", "is not a four-part Exchange build", 2),
+        (HEADER + "Exchange2019\tRTM\t\t15.2.2562.60\t2026-10-13\n", "belongs to ExchangeSE, not Exchange2019", 2),
+        (HEADER + "ExchangeSE\tRTM\t\t15.2.2562.60\t13/10/2026\n", "released '13/10/2026' is not a date", 2),
+        (HEADER + "\nExchangeSE\tRTM\ta\t15.2.2562.60\t2026-10-13\nExchangeSE\tRTM\tb\t15.2.2562.60\t2026-10-14\n",
+         "build 15.2.2562.60 is listed twice", 4),
+    ],
+)
+def test_malformed_extra_file(tmp_path, content, fragment, line):
+    extra = tmp_path / "extra.tsv"
+    extra.write_text(content)
+    with pytest.raises(CatalogError) as info:
+        Catalog.load(extra)
+    assert fragment in str(info.value)
+    assert info.value.path == str(extra) and info.value.line == line
+    assert str(info.value).startswith(f"{extra}:{line}:" if line else f"{extra}:")
+
+
+def test_unreadable_extra_files(tmp_path):
+    with pytest.raises(CatalogError, match="cannot read"):
+        Catalog.load(tmp_path / "missing.tsv")
+    binary = tmp_path / "binary.tsv"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(CatalogError, match="not UTF-8"):
+        Catalog.load(binary)
