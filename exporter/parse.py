@@ -1,0 +1,434 @@
+"""Turn what the collection scripts printed into `RawServerFacts` / `RawOrganizationFacts`.
+
+The scripts run under Windows PowerShell 5.1, whose `ConvertTo-Json` unwraps one-element arrays, writes
+enums as integers and dates as `/Date(ms)/`, and whose output may arrive with a BOM, CRLF, CLIXML
+fragments or cut short by a byte bound (docs/design.md sections 1-2). Everything is normalised here so
+`interpret.py` sees one shape. A field of the wrong type is treated as missing and noted in `errors`
+(`parse: ...`); only output that is not the expected JSON object at all raises `ParseError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import datetime, timedelta, timezone
+from html import unescape
+from urllib.parse import urlsplit, urlunsplit
+
+from exporter.model import OrgServerInfo, RawEndpoint, RawEvent, RawLog, RawOrganizationFacts, RawServerFacts
+
+SERVICE_STATUS = ("Stopped", "StartPending", "StopPending", "Running", "ContinuePending", "PausePending", "Paused")
+START_TYPE = ("Boot", "System", "Automatic", "Manual", "Disabled")
+MAX_ERRORS = 50  # collection-error strings kept; a misbehaving script must not flood the metrics page
+MAX_ERROR_CHARS = 500
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS_DATE = re.compile(r"\\?/Date\((-?[0-9]{1,15})(?:[+-][0-9]{4})?\)\\?/")
+_CLIXML_RECORD = re.compile(r"<S\s+S=\"([^\"]*)\"\s*>(.*?)</S>", re.DOTALL)
+_CLIXML_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
+
+
+class ParseError(Exception):
+    """Output that is not the expected JSON; `reason` is the collector error label (design.md section 4)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+# ---------------------------------------------------------------- dates and stderr
+
+
+def parse_ps_date(value) -> datetime | None:
+    """A UTC datetime from any date form PowerShell 5.1 emits; None for anything else.
+
+    `/Date(ms+hhmm)/` carries UTC milliseconds; the offset only says which zone the writer was in, so
+    it does not move the instant. ISO strings without an offset are taken as UTC.
+    """
+    if isinstance(value, dict):
+        return parse_ps_date(value.get("value"))
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    text = value.strip()
+    match = _MS_DATE.fullmatch(text)
+    try:
+        if match:
+            return _EPOCH + timedelta(milliseconds=int(match.group(1)))
+        parsed = datetime.fromisoformat(text.replace("z", "Z"))
+    except (ValueError, OverflowError):
+        return None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:
+        return None
+
+
+def clixml_to_text(stderr: bytes) -> str:
+    """The human-readable error text of a PowerShell stderr stream.
+
+    CLIXML progress records are noise even in successful runs, so only `<S S="...">` stream records
+    count; '' when there are none. Non-CLIXML text passes through stripped.
+    """
+    text = stderr.decode("utf-8", errors="replace").lstrip("\ufeff").strip() if isinstance(stderr, bytes) else ""
+    if not text.startswith("#< CLIXML"):
+        return text
+    lines = [unescape(body) for _, body in _CLIXML_RECORD.findall(text)]
+    joined = _CLIXML_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), "".join(lines))
+    return joined.replace("\r\n", "\n").strip()
+
+
+# ---------------------------------------------------------------- JSON extraction
+
+
+def _json_text(stdout: bytes) -> str:
+    """The line holding the JSON object, ignoring a BOM, blank lines and CLIXML/other noise lines."""
+    if not isinstance(stdout, bytes):
+        raise ParseError("bad_output", "output is not bytes")
+    text = stdout.decode("utf-8", errors="replace").replace("\ufeff", "")
+    for line in text.splitlines():
+        if line.lstrip().startswith("{"):
+            return line.strip()
+    if not text.strip():
+        raise ParseError("bad_output", "output is empty")
+    raise ParseError("bad_output", "output holds no JSON object")
+
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+      (?P<punct>[{}\[\]:,])
+    | (?P<string>"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*")
+    | (?P<number>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)
+    | (?P<literal>true|false|null)
+    )""",
+    re.VERBOSE,
+)
+_PARTIAL_STRING = re.compile(r'\s*"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*(?:\\u?[0-9a-fA-F]{0,3})?\Z')
+_PARTIAL_SCALAR = re.compile(r"\s*(?:-|-?[0-9]+\.?[0-9]*(?:[eE][+-]?[0-9]*)?|t(?:r(?:u)?)?|f(?:a(?:l(?:s)?)?)?|n(?:u(?:l)?)?)\Z")
+
+
+def _partial_token_fits(text: str, pos: int, expect: str) -> bool:
+    """Whether the unparseable rest of the text is the start of a token that may come next."""
+    if not text[pos:].strip():
+        return True
+    if _PARTIAL_STRING.match(text, pos):
+        return expect in ("value", "key")
+    return expect == "value" and bool(_PARTIAL_SCALAR.match(text, pos))
+
+
+def _is_json_prefix(text: str) -> bool:
+    """Whether `text` is a proper prefix of some JSON document: cut short, not malformed.
+
+    `expect` is what may come next; a trailing "!" means the container may not close here.
+    """
+    stack: list[str] = []
+    expect = "value!"  # value | value! | key | key! | colon | comma
+    pos = 0
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if match is None or match.end() == pos:
+            return _partial_token_fits(text, pos, expect.rstrip("!"))
+        pos = match.end()
+        punct = match.group("punct")
+        if punct is None:  # a scalar
+            if expect.startswith("key") and match.group("string") is not None:
+                expect = "colon"
+            elif expect.startswith("value") and stack:
+                expect = "comma"
+            else:
+                return False
+        elif punct in "{[":
+            if not expect.startswith("value"):
+                return False
+            stack.append(punct)
+            expect = "key" if punct == "{" else "value"
+        elif punct in "}]":
+            opener = "{" if punct == "}" else "["
+            closable = expect == "comma" or expect == ("key" if punct == "}" else "value")
+            if not stack or stack[-1] != opener or not closable:
+                return False
+            stack.pop()
+            expect = "comma"
+            if not stack:
+                return False  # the document is complete; anything after it is malformed, not truncated
+        elif punct == ":":
+            if expect != "colon":
+                return False
+            expect = "value!"
+        else:  # ","
+            if expect != "comma":
+                return False
+            expect = "key!" if stack[-1] == "{" else "value!"
+    return True
+
+
+def _load_object(stdout: bytes, what: str) -> dict:
+    text = _json_text(stdout)
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ParseError("bad_output", f"{what} output nests too deeply") from None
+    except ValueError as e:
+        if _is_json_prefix(text):
+            raise ParseError("truncated_output", f"{what} output ends inside the JSON document (cut short)") from None
+        where = f" at character {e.pos}" if isinstance(e, json.JSONDecodeError) else ""
+        raise ParseError("bad_output", f"{what} output is not valid JSON{where}") from None
+    if not isinstance(doc, dict):
+        raise ParseError("bad_output", f"{what} output is JSON but not an object")
+    schema = doc.get("schema", 1)
+    if schema != 1 or isinstance(schema, bool):
+        raise ParseError("bad_output", f"{what} output has unsupported schema {str(schema)[:20]!r}")
+    return doc
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+# ---------------------------------------------------------------- field helpers
+
+
+def _as_list(value) -> list:
+    """PowerShell 5.1 unwraps one-element arrays and sometimes wraps arrays as {"value": [...], "Count": n}."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict) and set(value) == {"value", "Count"} and isinstance(value["value"], list):
+        return value["value"]
+    return [value]
+
+
+class _Notes:
+    """Collects `parse:` notes about fields of the wrong type instead of failing the whole poll."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def wrong(self, field: str, expected: str) -> None:
+        self.items.append(f"parse: {field}: expected {expected}")
+
+    def text(self, obj: dict, key: str, field: str) -> str | None:
+        value = obj.get(key)
+        if value is None or isinstance(value, str):
+            return value
+        self.wrong(field, "a string")
+        return None
+
+    def flag(self, obj: dict, key: str, field: str) -> bool | None:
+        value = obj.get(key)
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        self.wrong(field, "true or false")
+        return None
+
+    def integer(self, obj: dict, key: str, field: str) -> int | None:
+        value = obj.get(key)
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        self.wrong(field, "an integer")
+        return None
+
+    def date(self, obj: dict, key: str, field: str) -> datetime | None:
+        value = obj.get(key)
+        parsed = parse_ps_date(value)
+        if value is not None and parsed is None:
+            self.wrong(field, "a date")
+        return parsed
+
+    def strings(self, value, field: str) -> tuple[str, ...]:
+        items = _as_list(value)
+        kept = tuple(item for item in items if isinstance(item, str))
+        if len(kept) != len(items):
+            self.wrong(field, "strings")
+        return kept
+
+
+def _enum_name(value, names: tuple[str, ...], base: int) -> str | None:
+    """.NET enum name from a name (any case) or its integer; None when it is neither."""
+    if isinstance(value, str):
+        folded = value.replace(" ", "").lower()
+        return next((n for n in names if n.lower() == folded), None)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value - base < len(names):
+        return names[value - base]
+    return None
+
+
+def _tail(text: str, max_bytes: int) -> str:
+    """The last `max_bytes` bytes of `text`, dropping a character the cut split in two."""
+    data = text.encode("utf-8", errors="replace")
+    if len(data) <= max_bytes:
+        return text
+    return data[len(data) - max_bytes :].decode("utf-8", errors="ignore")
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+
+
+# ---------------------------------------------------------------- server output
+
+
+def _events(value, notes: _Notes, max_events: int) -> tuple[RawEvent, ...]:
+    events = []
+    for item in _as_list(value):
+        if not isinstance(item, dict):
+            notes.wrong("events", "objects")
+            continue
+        event_id, time = notes.integer(item, "id", "events.id"), notes.date(item, "time", "events.time")
+        if event_id is None or time is None:
+            notes.items.append("parse: events: an event without id or time was skipped")
+            continue
+        message = notes.text(item, "message", "events.message") or ""
+        events.append(RawEvent(event_id, time, message))
+    events.sort(key=lambda e: e.time, reverse=True)
+    return tuple(events[: max(max_events, 0)])
+
+
+def _service(value, notes: _Notes) -> tuple[bool, str | None, str | None]:
+    if value is None:
+        return False, None, None
+    if not isinstance(value, dict):
+        notes.wrong("service", "an object or null")
+        return False, None, None
+    status = _enum_name(value.get("status"), SERVICE_STATUS, base=1)
+    start = _enum_name(value.get("start_type"), START_TYPE, base=0)
+    if value.get("status") is not None and status is None:
+        notes.wrong("service.status", "a ServiceControllerStatus")
+    if value.get("start_type") is not None and start is None:
+        notes.wrong("service.start_type", "a ServiceStartMode")
+    return True, status, start
+
+
+def _log(value, notes: _Notes, max_log_bytes: int) -> RawLog | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        notes.wrong("log", "an object or null")
+        return None
+    length = notes.integer(value, "length", "log.length")
+    return RawLog(
+        name=notes.text(value, "name", "log.name") or "",
+        length=length if length is None or length >= 0 else None,
+        last_write=notes.date(value, "last_write", "log.last_write"),
+        tail=_tail(notes.text(value, "tail", "log.tail") or "", max(max_log_bytes, 0)),
+    )
+
+
+def _endpoint(value, notes: _Notes) -> RawEndpoint | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        notes.wrong("endpoint", "an object or null")
+        return None
+    ms = value.get("ms")
+    if ms is not None and not (isinstance(ms, (int, float)) and not isinstance(ms, bool) and math.isfinite(ms) and ms >= 0):
+        notes.wrong("endpoint.ms", "a non-negative number")
+        ms = None
+    status = notes.integer(value, "status", "endpoint.status")
+    error = notes.text(value, "error", "endpoint.error")
+    return RawEndpoint(
+        status=status if status is not None and 0 <= status <= 999 else 0,
+        duration_seconds=ms / 1000 if ms is not None else None,
+        error=_clip(error) if error is not None else None,
+    )
+
+
+def parse_server_output(stdout: bytes, *, max_events: int = 200, max_log_bytes: int = 1 << 20) -> RawServerFacts:
+    """Facts from collect_server.ps1's stdout; keeps the newest `max_events` events and the log's last bytes."""
+    doc = _load_object(stdout, "server")
+    notes = _Notes()
+    script_errors = notes.strings(doc.get("errors"), "errors")
+    installed, status, start = _service(doc.get("service"), notes)
+    version = notes.text(doc, "exsetup_version", "exsetup_version")
+    facts = dict(
+        computer=notes.text(doc, "computer", "computer"),
+        now=notes.date(doc, "now", "now"),
+        exsetup_version=version.strip() if version else None,
+        build_source=notes.text(doc, "build_source", "build_source"),
+        edge=bool(notes.flag(doc, "edge", "edge")),
+        service_installed=installed,
+        service_status=status,
+        service_start_type=start,
+        events=_events(doc.get("events"), notes, max_events),
+        log=_log(doc.get("log"), notes, max_log_bytes),
+        endpoint=_endpoint(doc.get("endpoint"), notes),
+    )
+    errors = tuple(_clip(e) for e in (*script_errors, *notes.items))[:MAX_ERRORS]
+    return RawServerFacts(**facts, errors=errors)
+
+
+# ---------------------------------------------------------------- organization output
+
+
+def _without_userinfo(url: str | None) -> str | None:
+    """A proxy URL may embed user:password; that must never reach metrics or logs."""
+    if url is None or "@" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=host))
+    except ValueError:
+        return None
+
+
+def _proxy(value, notes: _Notes) -> str | None:
+    if isinstance(value, dict):  # a System.Uri serialised with its properties
+        value = value.get("AbsoluteUri") or value.get("OriginalString")
+    if value is not None and not isinstance(value, str):
+        notes.wrong("internet_web_proxy", "a string")
+        return None
+    return _without_userinfo(value)
+
+
+def _org_server(item: dict, notes: _Notes) -> OrgServerInfo | None:
+    name = notes.text(item, "name", "servers.name")
+    if not name:
+        return None
+    return OrgServerInfo(
+        name=name,
+        fqdn=notes.text(item, "fqdn", "servers.fqdn"),
+        roles=notes.text(item, "roles", "servers.roles"),
+        admin_display_version=notes.text(item, "admin_display_version", "servers.admin_display_version"),
+        mitigations_enabled=notes.flag(item, "mitigations_enabled", "servers.mitigations_enabled"),
+        mitigations_applied=notes.strings(item.get("mitigations_applied"), "servers.mitigations_applied"),
+        mitigations_blocked=notes.strings(item.get("mitigations_blocked"), "servers.mitigations_blocked"),
+        mitigations_applied_time=notes.date(item, "mitigations_applied_time", "servers.mitigations_applied_time"),
+        data_collection_enabled=notes.flag(item, "data_collection_enabled", "servers.data_collection_enabled"),
+        internet_web_proxy=_proxy(item.get("internet_web_proxy"), notes),
+    )
+
+
+def parse_organization_output(stdout: bytes, *, max_servers: int = 10000) -> RawOrganizationFacts:
+    """Facts from collect_organization.ps1's stdout; a server entry without a name is dropped."""
+    doc = _load_object(stdout, "organization")
+    notes = _Notes()
+    items = _as_list(doc.get("servers"))
+    if len(items) > max_servers:
+        raise ParseError("bad_output", f"organization output lists {len(items)} servers, more than the limit {max_servers}")
+    servers = tuple(s for s in (_org_server(i, notes) for i in items if isinstance(i, dict)) if s is not None)
+    organization = doc.get("organization")
+    enabled = notes.flag(organization, "mitigations_enabled", "organization") if isinstance(organization, dict) else None
+    stage, message = _org_error(doc.get("error"))
+    return RawOrganizationFacts(mitigations_enabled=enabled, servers=servers, error_stage=stage, error_message=message)
+
+
+def _org_error(value) -> tuple[str | None, str | None]:
+    if value is None:
+        return None, None
+    if isinstance(value, str):
+        return None, _clip(value)
+    if isinstance(value, dict):
+        stage, message = value.get("stage"), value.get("message")
+        return (
+            stage if isinstance(stage, str) else None,
+            _clip(message) if isinstance(message, str) else "organization script reported an error without a message",
+        )
+    return None, "organization script reported an error of an unexpected shape"
