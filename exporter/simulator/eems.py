@@ -1,0 +1,278 @@
+"""What the Exchange Emergency Mitigation service did on one simulated server: its hourly checks.
+
+The history is a pure function of the build, the service's running interval and the clock, so a test at a
+pinned clock always sees the same log lines and events, and nothing has to be stored per server. The
+texts come from /work/shared/reference/eems-facts.md (sections 3, 4, 6, 6b); lines marked UNCONFIRMED there
+are our assumption and are listed in docs/simulator.md.
+
+This module models Microsoft's service, not the exporter: it carries its own small table of the builds that
+decide how EEMS behaves and never imports the exporter's catalog.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+Build = tuple[int, int, int, int]
+
+# ---------------------------------------------------------------- Microsoft's facts (data)
+
+# First builds with EEMS: 2016 CU22 and 2019 CU11 (September 2021); every SE build (15.2.2562+).
+EEMS_FIRST_BUILD = {(15, 1): (15, 1, 2375, 7), (15, 2): (15, 2, 986, 5)}
+
+# Minimum build per CU for each certificate cutoff. A CU newer than every CU listed for its version passes;
+# an older or unlisted CU fails. (eems-facts.md 6 and 6b)
+CUTOFF_MINIMUMS: dict[str, tuple[Build, ...]] = {
+    "2023-03": ((15, 1, 2507, 23), (15, 2, 986, 42), (15, 2, 1118, 26)),
+    "2026-06": ((15, 1, 2507, 69), (15, 2, 1544, 41), (15, 2, 1748, 46), (15, 2, 2562, 43)),
+}
+
+# From when OCS stopped serving what an old build can validate.
+CUTOFF_EFFECTIVE = {
+    "2023-03": datetime(2025, 1, 24, tzinfo=timezone.utc),  # Exchange Team blog, Jan 24 2025
+    "2026-06": datetime(2026, 7, 1, tzinfo=timezone.utc),  # "configuration files released in July 2026"
+}
+
+OCS_URL = "https://officeclient.microsoft.com/getexchangemitigations"
+ENGINE = "Microsoft.Exchange.Mitigation.Service.Mitigations.MitigationEngine"
+EVENT_SUCCESS = 1006
+EVENT_ERROR = 1008
+START_DELAY = timedelta(minutes=10)  # "Ten minutes after restarting, the EM service runs its check"
+CHECK_INTERVAL = timedelta(hours=1)
+
+_EXCEPTION_PREFIX = "An unexpected exception occurred.\r\nDiagnostic information: "
+
+FAILURES = ("untrusted_endpoint", "unknown_issuer", "tls_validation", "signature_invalid")
+
+# Per outcome: (log lines after the "Fetching" line as (level, message, with_source), 1008 message).
+_FAILURE_TEXT: dict[str, tuple[tuple[tuple[str, str, bool], ...], str]] = {
+    "untrusted_endpoint": (
+        (("Warning", "Connection attempted against untrusted endpoint", False),),
+        _EXCEPTION_PREFIX + "Exception encountered while fetching mitigations.",
+    ),
+    "unknown_issuer": (
+        (
+            (
+                "Error",
+                "Exception encountered while fetching mitigations : This XML is not deemed safe to consume since"
+                " Response xml's leaf certificate is from unknown issuer or has EKU mismatch",
+                True,
+            ),
+        ),
+        _EXCEPTION_PREFIX + "Exception encountered while fetching mitigations: This XML is not deemed safe to"
+        " consume since Response xml's leaf certificate is from unknown issuer or has EKU mismatch",
+    ),
+    "tls_validation": (
+        (
+            ("Warning", "TLS certificate or its chain validation failed", False),
+            ("Error", "Exception encountered while fetching mitigations : One or more errors occurred.", True),
+        ),
+        _EXCEPTION_PREFIX + "Exception encountered while fetching mitigations : System.AggregateException: One or"
+        " more errors occurred. ---> System.Net.Http.HttpRequestException: An error occurred while sending the"
+        " request. ---> System.Net.WebException: The underlying connection was closed: Could not establish trust"
+        " relationship for the SSL/TLS secure channel. ---> System.Security.Authentication.AuthenticationException:"
+        " The remote certificate is invalid according to the validation procedure.\r\n"
+        "   at Microsoft.Exchange.Mitigation.Service.MitigationCloudServiceV2.FetchMitigations()\r\n"
+        "   at Microsoft.Exchange.Mitigation.Service.Mitigations.MitigationEngine.FetchAndApplyMitigation()",
+    ),
+    "signature_invalid": (
+        (
+            (
+                "Error",
+                "Exception encountered while fetching mitigations : This XML is not deemed safe to consume since"
+                " Response xml's signing cert is invalid or not from microsoft",
+                True,
+            ),
+        ),
+        _EXCEPTION_PREFIX + "Exception encountered while fetching mitigations : This XML is not deemed safe to"
+        " consume since Response xml's signing cert is invalid or not from microsoft",
+    ),
+}
+
+# UNCONFIRMED in the facts: the text of a successful check and of event 1006 (see docs/simulator.md).
+SUCCESS_LOG = "Mitigations fetched successfully from the Office Config Service"
+SUCCESS_EVENT = "Mitigation service successfully fetched mitigations. Applied mitigations: {applied}"
+
+
+# ---------------------------------------------------------------- builds
+
+
+def parse_build(text: str) -> Build:
+    parts = text.split(".")
+    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"expected a four-part build like 15.2.1544.36, got {text!r}")
+    return tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+
+def has_eems(build: Build) -> bool:
+    first = EEMS_FIRST_BUILD.get(build[:2])
+    return first is not None and build >= first
+
+
+def passes_cutoff(build: Build, cutoff: str) -> bool:
+    same_version = [m for m in CUTOFF_MINIMUMS[cutoff] if m[:2] == build[:2]]
+    same_cu = [m for m in same_version if m[2] == build[2]]
+    if same_cu:
+        return build >= same_cu[0]
+    return bool(same_version) and build[2] > max(m[2] for m in same_version)
+
+
+# ---------------------------------------------------------------- history
+
+
+@dataclass(frozen=True)
+class EemsSetup:
+    """The inputs that decide one server's EEMS history."""
+
+    server: str
+    build: Build
+    data_version: str  # the version string Exchange writes in log headers
+    running_from: datetime  # when the service (last) started
+    running_until: datetime | None  # when it stopped; None while it runs
+    forced_failure: str | None  # None = derived from build; "none" = always succeeds; else a FAILURES entry
+    proxy: str | None
+    data_collection_enabled: bool
+    success_events: bool
+    applied: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LogLine:
+    time: datetime
+    text: str  # without line ending
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    time: datetime
+    message: str
+
+
+@dataclass(frozen=True)
+class LogFile:
+    name: str
+    content: bytes
+    last_write: datetime
+
+
+def check_times(setup: EemsSetup, lo: datetime, hi: datetime) -> list[datetime]:
+    """Check start times in [lo, hi]: 10 minutes after start, then hourly, none after the service stopped."""
+    first = setup.running_from + START_DELAY
+    end = hi if setup.running_until is None else min(hi, setup.running_until)
+    if end < first:
+        return []
+    k = max(0, -(-(lo - first) // CHECK_INTERVAL))  # ceil division: first check not before lo
+    times = []
+    t = first + k * CHECK_INTERVAL
+    while t <= end:
+        times.append(t)
+        t += CHECK_INTERVAL
+    return times
+
+
+def outcome(setup: EemsSetup, at: datetime) -> str | None:
+    """None for a successful check, else the failure name."""
+    if setup.forced_failure == "none":
+        return None
+    if setup.forced_failure is not None:
+        return setup.forced_failure
+    if not passes_cutoff(setup.build, "2023-03") and at >= CUTOFF_EFFECTIVE["2023-03"]:
+        return "untrusted_endpoint"
+    if not passes_cutoff(setup.build, "2026-06") and at >= CUTOFF_EFFECTIVE["2026-06"]:
+        return "unknown_issuer"
+    return None
+
+
+def _jitter_ms(setup: EemsSetup, at: datetime, salt: int) -> int:
+    return zlib.crc32(f"{setup.server}|{at.isoformat()}|{salt}".encode()) % 900
+
+
+def _check_lines(setup: EemsSetup, at: datetime) -> list[LogLine]:
+    def line(step: int, operation: str, level: str, message: str, source: bool = False) -> LogLine:
+        t = at + timedelta(milliseconds=step * 1000 + _jitter_ms(setup, at, step))
+        data = f"S:LogLevel={level};S:Message={message}"
+        if source:
+            data += f";S:Source={ENGINE}"
+        return LogLine(t, f"{_stamp(t)},{operation},{data}")
+
+    lines = [line(0, "FetchMitigation", "Information", f"Fetching mitigations from {OCS_URL}")]
+    if setup.proxy:
+        lines.append(line(0, "FetchMitigation", "Information", f"Using Proxy {setup.proxy} To Fetch Configurations"))
+    failure = outcome(setup, at)
+    if failure is None:
+        lines.append(line(1, "FetchMitigation", "Information", SUCCESS_LOG))
+    else:
+        for level, message, source in _FAILURE_TEXT[failure][0]:
+            lines.append(line(1, "FetchMitigation", level, message, source))
+    diagnostic = "Diagnostic data sent" if setup.data_collection_enabled else "No diagnostic data sent. DataCollectionEnabled is false"
+    lines.append(line(2, "DiagnosticData", "Information", diagnostic))
+    return lines
+
+
+def _check_event(setup: EemsSetup, at: datetime) -> Event | None:
+    t = at + timedelta(milliseconds=1000 + _jitter_ms(setup, at, 1) + 5)
+    failure = outcome(setup, at)
+    if failure is not None:
+        return Event(EVENT_ERROR, t, _FAILURE_TEXT[failure][1])
+    if setup.success_events:
+        return Event(EVENT_SUCCESS, t, SUCCESS_EVENT.format(applied=", ".join(setup.applied) or "none"))
+    return None
+
+
+def events(setup: EemsSetup, now: datetime, lookback: timedelta, max_events: int) -> list[Event]:
+    """Events of the lookback window, newest first, at most max_events (like Get-WinEvent -MaxEvents)."""
+    lo = now - lookback
+    found = []
+    for at in reversed(check_times(setup, lo - timedelta(seconds=5), now)):
+        event = _check_event(setup, at)
+        if event is not None and lo <= event.time <= now:
+            found.append(event)
+            if len(found) >= max_events:
+                break
+    return found
+
+
+def newest_log(setup: EemsSetup, now: datetime) -> LogFile | None:
+    """The newest daily log file as it stands at `now`; None before the service ever wrote a line."""
+    end = now if setup.running_until is None else min(now, setup.running_until)
+    if end < setup.running_from:
+        return None
+    day = datetime(end.year, end.month, end.day, tzinfo=timezone.utc)
+    lines: list[LogLine] = []
+    if setup.running_from >= day:
+        lines.append(LogLine(setup.running_from, f"{_stamp(setup.running_from)},Service,S:LogLevel=Information;S:Message=Started MSExchangeMitigation"))
+    for at in check_times(setup, day, end):
+        lines.extend(line for line in _check_lines(setup, at) if line.time <= end)
+    if not lines:
+        return None
+    header = (
+        "#Software: Microsoft Exchange Server",
+        f"#Version: {setup.data_version}",
+        "#Log-type: Mitigation Service Log",
+        f"#Date: {_stamp(lines[0].time)}",
+        "#Fields: DateTime,EventName,CustomData",
+    )
+    text = "".join(f"{row}\r\n" for row in (*header, *(line.text for line in lines)))
+    return LogFile(f"MitigationService_{day:%Y%m%d}-1.LOG", text.encode("utf-8"), lines[-1].time)
+
+
+def last_success(setup: EemsSetup, now: datetime) -> datetime | None:
+    """The newest successful check (what Exchange may store as MitigationsAppliedTime, UNCONFIRMED)."""
+    if setup.forced_failure not in (None, "none"):
+        return None
+    limit = now if setup.running_until is None else min(now, setup.running_until)
+    if setup.forced_failure is None:
+        for cutoff, effective in CUTOFF_EFFECTIVE.items():
+            if not passes_cutoff(setup.build, cutoff):
+                limit = min(limit, effective - timedelta(microseconds=1))
+    first = setup.running_from + START_DELAY
+    if limit < first:
+        return None
+    return first + ((limit - first) // CHECK_INTERVAL) * CHECK_INTERVAL
+
+
+def _stamp(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"

@@ -1,0 +1,411 @@
+"""One simulated Exchange server's Windows: answers a WinRS command line the way cmd.exe and PowerShell 5.1 would.
+
+Only the exporter's two collection scripts are "run"; they are recognised by their marker line, and the server
+script's `$P=@{...}` line is read for its parameters. The JSON is written the way Windows PowerShell 5.1
+`ConvertTo-Json -Compress` writes it (\\/Date(ms)\\/ dates, unwrapped one-element arrays, \\u0027 escapes), so the
+exporter's parser is tested against the quirks it will meet. Anything else gets the error Windows would give.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import ntpath
+import re
+import threading
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from http import HTTPStatus
+from typing import Any
+
+from . import eems
+from .host import CommandOutput
+
+SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
+ORGANIZATION_MARKER = "# exchange-eems-exporter:collect-organization:v1"
+COMMAND_LINE_LIMIT = 8191  # cmd.exe
+STDOUT_CHUNK = 4096
+PARAMETERS = ("LookbackHours", "MaxEvents", "LogTailBytes", "CheckEndpoint", "EndpointTimeoutSec", "Proxy")
+SERVICE_STATUS = ("Stopped", "StartPending", "StopPending", "Running", "ContinuePending", "PausePending", "Paused")
+START_TYPES = ("Boot", "System", "Automatic", "Manual", "Disabled")
+DATE_STYLES = ("ms", "ms_offset", "iso", "getdate")
+ENUM_STYLES = ("strings", "integers")
+
+# powershell.exe switches that take a value, and those that do not (PowerShell accepts unique prefixes).
+_PS_VALUE_SWITCHES = ("executionpolicy", "windowstyle", "inputformat", "outputformat", "version", "configurationname", "file")
+_PS_FLAG_SWITCHES = ("noprofile", "noninteractive", "nologo", "noexit", "sta", "mta")
+
+
+class Clock:
+    """The scenario's "now": pinned for deterministic tests, else real UTC time."""
+
+    def __init__(self, pinned: datetime | None = None):
+        self.pinned = pinned
+
+    def now(self) -> datetime:
+        return self.pinned if self.pinned is not None else datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class OutputFaults:
+    script_runtime: float | None = None  # seconds; None = 0.3 (server script) / 2.0 (organization script)
+    garbage_output: bool = False
+    truncated_output: bool = False
+    oversized_output: int | None = None  # pad the JSON to at least this many bytes
+    exit_code: int = 0
+
+
+@dataclass(frozen=True)
+class WindowsServer:
+    """Everything the two scripts can observe on one server."""
+
+    name: str
+    fqdn: str
+    build: str
+    role: str  # Mailbox | Edge
+    service_status: str | None  # None = MSExchangeMitigation not installed
+    service_start_type: str | None
+    eems: eems.EemsSetup | None  # None = no EEMS on this build/role
+    mitigations_enabled: bool | None
+    applied: tuple[str, ...]
+    blocked: tuple[str, ...]
+    data_collection_enabled: bool | None
+    internet_web_proxy: str | None
+    endpoint_status: int
+    log_file: bool
+    events: bool
+    build_source: str  # exsetup | registry | none
+    date_style: str
+    enum_style: str
+    output: OutputFaults
+
+
+@dataclass(frozen=True)
+class Organization:
+    name: str
+    domain: str
+    mitigations_enabled: bool
+    server: str | None  # the server the exporter should ask (for the CLI and docs)
+    double_hop: bool
+
+
+class WindowsHost:
+    """The `run` callable of one SimulatedHost."""
+
+    def __init__(self, server: WindowsServer, organization: Organization, fleet: list[WindowsServer], clock: Clock):
+        self.server = server
+        self.organization = organization
+        self.fleet = fleet  # what Get-ExchangeServer returns; filled by the scenario loader
+        self.clock = clock
+        self._cold = True  # the first powershell.exe "prepares modules for first use"
+        self._lock = threading.Lock()
+
+    def __call__(self, command_line: str) -> CommandOutput:
+        try:
+            return self._answer(command_line)
+        except Exception as exc:  # the contract: never raise; fail like a crashed script
+            return CommandOutput([], _clixml_errors([f"Simulated host failure: {type(exc).__name__}: {exc}"]), 1)
+
+    # ------------------------------------------------------------ command line
+
+    def _answer(self, command_line: str) -> CommandOutput:
+        if len(command_line) > COMMAND_LINE_LIMIT:
+            return CommandOutput([], b"The command line is too long.\r\n", 1)
+        tokens = re.findall(r'"[^"]*"|\S+', command_line)
+        if not tokens:
+            return CommandOutput([], b"The syntax of the command is incorrect.\r\n", 1)
+        program = ntpath.basename(tokens[0].strip('"')).lower()
+        if program in ("powershell", "powershell.exe"):
+            return self._powershell(tokens[1:])
+        if program in ("hostname", "hostname.exe"):
+            return CommandOutput([f"{self.server.name}\r\n".encode()])
+        message = f"'{tokens[0]}' is not recognized as an internal or external command,\r\noperable program or batch file.\r\n"
+        return CommandOutput([], message.encode("ascii", "replace"), 1)
+
+    def _powershell(self, args: list[str]) -> CommandOutput:
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            if not arg.startswith(("-", "/")):
+                return self._run_script(" ".join(args[i:]))
+            name = arg[1:].lower()
+            if name in ("ec",) or (name and "encodedcommand".startswith(name)):
+                if i + 1 >= len(args):
+                    return _host_error("Cannot process the command because of a missing parameter. A command must follow -EncodedCommand.")
+                return self._run_encoded(args[i + 1])
+            if name and "command".startswith(name):
+                return self._run_script(" ".join(args[i + 1 :]))
+            if name == "ep" or (name and any(s.startswith(name) for s in _PS_VALUE_SWITCHES)):
+                if name and "file".startswith(name):
+                    value = args[i + 1] if i + 1 < len(args) else ""
+                    return _host_error(f"The argument '{value}' to the -File parameter does not exist. Provide the path to an existing '.ps1' file as an argument to the -File parameter.")
+                i += 2
+                continue
+            if name and any(s.startswith(name) for s in _PS_FLAG_SWITCHES):
+                i += 1
+                continue
+            return self._run_script(" ".join(args[i:]))
+        return CommandOutput([])
+
+    def _run_encoded(self, value: str) -> CommandOutput:
+        try:
+            script = base64.b64decode(value.strip('"'), validate=True).decode("utf-16-le")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return _host_error("Cannot process the command because the value specified with -EncodedCommand is not properly encoded. The value must be Base64 encoded.")
+        return self._run_script(script)
+
+    # ------------------------------------------------------------ scripts
+
+    def _run_script(self, script: str) -> CommandOutput:
+        lines = [line.strip() for line in script.splitlines() if line.strip()]
+        if not lines:
+            return CommandOutput([])
+        if lines[0] == SERVER_MARKER:
+            params = _parse_parameters(lines[1] if len(lines) > 1 else "")
+            if isinstance(params, str):
+                return self._finish(None, _clixml_errors(params.split("\r\n")), 1, 0.0)
+            return self._finish(self._server_json(params), b"", 0, 0.3)
+        if lines[0] == ORGANIZATION_MARKER:
+            return self._finish(self._organization_json(), b"", 0, 2.0)
+        first = next((line for line in lines if not line.startswith("#")), None)
+        if first is None:
+            return CommandOutput([])
+        word = first.split()[0].split(";")[0]
+        return CommandOutput([], _clixml_errors(_not_recognized(word, first)), 1)
+
+    def _finish(self, document: Any, stderr: bytes, exit_code: int, default_runtime: float) -> CommandOutput:
+        faults = self.server.output
+        runtime = faults.script_runtime if faults.script_runtime is not None else default_runtime
+        with self._lock:
+            cold, self._cold = self._cold, False
+        if cold and not stderr:
+            stderr = _PROGRESS
+        if document is None:
+            return CommandOutput([], stderr, exit_code, runtime)
+        if faults.oversized_output:
+            text = ps_json(document)
+            if len(text) < faults.oversized_output:
+                document = {**document, "padding": "x" * (faults.oversized_output - len(text))}
+        text = ps_json(document)
+        if faults.garbage_output:
+            text = _formatted_list(document)
+        out = text.encode("ascii", "replace")
+        out = out[: len(out) // 2] if faults.truncated_output else out + b"\r\n"
+        chunks = [out[i : i + STDOUT_CHUNK] for i in range(0, len(out), STDOUT_CHUNK)]
+        return CommandOutput(chunks, stderr, faults.exit_code or exit_code, runtime)
+
+    def _server_json(self, p: dict[str, Any]) -> dict[str, Any]:
+        s, now = self.server, self.clock.now()
+        errors: list[str] = []
+        version = source = None
+        if s.build_source == "none":
+            errors.append("build: Cannot find path 'HKLM:\\SOFTWARE\\Microsoft\\ExchangeServer\\v15\\Setup' because it does not exist.")
+        else:
+            version, source = s.build, s.build_source
+        service = None
+        if s.service_status is not None:
+            if s.enum_style == "integers":
+                service = {"status": SERVICE_STATUS.index(s.service_status) + 1, "start_type": START_TYPES.index(s.service_start_type)}
+            else:
+                service = {"status": s.service_status, "start_type": s.service_start_type}
+        events: Any = None
+        if s.events:
+            found = eems.events(s.eems, now, timedelta(hours=p["LookbackHours"]), p["MaxEvents"]) if s.eems else []
+            events = _unwrap([{"id": e.id, "time": self._date(e.time), "message": e.message} for e in found])
+        log = None
+        if s.log_file and s.eems is not None:
+            newest = eems.newest_log(s.eems, now)
+            if newest is not None:
+                tail = newest.content[-p["LogTailBytes"] :] if p["LogTailBytes"] > 0 else b""
+                log = {"name": newest.name, "length": len(newest.content), "last_write": self._date(newest.last_write), "tail": tail.decode("utf-8", "replace")}
+        document: dict[str, Any] = {
+            "schema": 1,
+            "computer": s.name.upper(),
+            "now": self._date(now),
+            "exsetup_version": version,
+            "build_source": source,
+            "edge": s.role == "Edge",
+            "service": service,
+            "events": events,
+            "log": log,
+        }
+        if p["CheckEndpoint"]:
+            document["endpoint"] = self._endpoint()
+        document["errors"] = _unwrap(errors)
+        return document
+
+    def _endpoint(self) -> dict[str, Any]:
+        status = self.server.endpoint_status
+        ms = 120 + zlib.crc32(self.server.name.encode()) % 300
+        if status == 0:
+            return {"status": 0, "ms": ms, "error": "Unable to connect to the remote server"}
+        if status >= 400:
+            try:
+                phrase = HTTPStatus(status).phrase
+            except ValueError:
+                phrase = "Error"
+            return {"status": status, "ms": ms, "error": f"The remote server returned an error: ({status}) {phrase}."}
+        return {"status": status, "ms": ms, "error": None}
+
+    def _organization_json(self) -> dict[str, Any]:
+        org = self.organization
+        if org.double_hop:
+            message = (
+                f"Active Directory operation failed on DC01.{org.domain}. This error is not retriable. Additional information: "
+                "The supplied credential for 'NT AUTHORITY\\ANONYMOUS LOGON' is invalid.\r\n"
+                "Active directory response: The LDAP server is unavailable."
+            )
+            return {"schema": 1, "organization": None, "servers": [], "error": {"stage": "organization", "message": message}}
+        now = self.clock.now()
+        servers = []
+        for s in self.fleet:
+            major, minor, build, revision = s.build.split(".")
+            entry: dict[str, Any] = {
+                "name": s.name,
+                "fqdn": s.fqdn,
+                "roles": s.role,
+                "admin_display_version": f"Version {major}.{minor} (Build {build}.{revision})",
+                "mitigations_enabled": s.mitigations_enabled,
+                "mitigations_applied": _unwrap(list(s.applied)) if s.applied else None,
+                "mitigations_blocked": _unwrap(list(s.blocked)) if s.blocked else None,
+            }
+            if s.eems is not None:
+                applied_time = eems.last_success(s.eems, now)
+                entry["mitigations_applied_time"] = self._date(applied_time) if applied_time else None
+            entry["data_collection_enabled"] = s.data_collection_enabled
+            entry["internet_web_proxy"] = s.internet_web_proxy
+            servers.append(entry)
+        return {"schema": 1, "organization": {"mitigations_enabled": org.mitigations_enabled}, "servers": _unwrap(servers), "error": None}
+
+    def _date(self, t: datetime) -> Any:
+        return PsDate(t, self.server.date_style)
+
+
+# ---------------------------------------------------------------- PowerShell 5.1 JSON
+
+
+@dataclass(frozen=True)
+class PsDate:
+    """A DateTime as ConvertTo-Json writes it, in one of the shapes the parser must accept."""
+
+    time: datetime
+    style: str = "ms"
+
+    def to_json(self) -> str:
+        ms = int(self.time.timestamp() * 1000)
+        if self.style == "ms_offset":
+            return f'"\\/Date({ms}+0100)\\/"'
+        if self.style == "iso":
+            t = self.time.astimezone(timezone.utc)
+            return f'"{t:%Y-%m-%dT%H:%M:%S}.{t.microsecond:06d}0Z"'
+        if self.style == "getdate":
+            long_form = self.time.astimezone(timezone.utc).strftime("%A, %B %d, %Y %I:%M:%S %p")
+            return f'{{"value":"\\/Date({ms})\\/","DisplayHint":2,"DateTime":{_ps_string(long_form)}}}'
+        return f'"\\/Date({ms})\\/"'
+
+
+def ps_json(value: Any) -> str:
+    """ConvertTo-Json -Compress as Windows PowerShell 5.1 writes it, then made ASCII-only like the scripts do."""
+    if isinstance(value, PsDate):
+        return value.to_json()
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_ps_string(k)}:{ps_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(ps_json(v) for v in value) + "]"
+    if isinstance(value, str):
+        return _ps_string(value)
+    return json.dumps(value)
+
+
+def _ps_string(text: str) -> str:
+    encoded = json.dumps(text, ensure_ascii=True)
+    for char, escape in (("'", "\\u0027"), ("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
+        encoded = encoded.replace(char, escape)
+    return encoded
+
+
+def _unwrap(items: list[Any]) -> Any:
+    """PowerShell 5.1 pipes a one-element array out as the element itself."""
+    return items[0] if len(items) == 1 else items
+
+
+def _formatted_list(document: dict[str, Any]) -> str:
+    """What a script that forgot ConvertTo-Json prints: a Format-Table of a hashtable."""
+    rows = ["", "Name                           Value", "----                           -----"]
+    rows += [f"{key:<30} {str(value)[:48]}" for key, value in document.items()]
+    return "\r\n".join(rows) + "\r\n"
+
+
+# ---------------------------------------------------------------- parameter line
+
+
+def _parse_parameters(line: str) -> dict[str, Any] | str:
+    """The `$P=@{...}` line -> values, or the PowerShell error text a broken line would cause."""
+    match = re.fullmatch(r"\$P=@\{(.*)\}", line)
+    if match is None:
+        return "The variable '$P' cannot be retrieved because it has not been set.\r\nAt line:2 char:1"
+    body, values, pos = match.group(1), {}, 0
+    for item in re.finditer(r"\s*(\w+)\s*=\s*(-?\d+|'(?:[^']|'')*')\s*(;|$)", body):
+        if item.start() != pos:
+            break
+        raw = item.group(2)
+        values[item.group(1)] = raw[1:-1].replace("''", "'") if raw.startswith("'") else int(raw)
+        pos = item.end()
+    if pos != len(body):
+        return f"At line:2 char:{6 + pos}\r\n+ {line[:60]}\r\nMissing '=' operator after key in hash literal.\r\n    + CategoryInfo          : ParserError: (:) [], ParentContainsErrorRecordException"
+    lower = {"LookbackHours": 1, "MaxEvents": 1, "LogTailBytes": 0, "CheckEndpoint": 0, "EndpointTimeoutSec": 1}
+    for key in PARAMETERS:
+        value = values.get(key)
+        if key == "Proxy":
+            values.setdefault("Proxy", "")
+            continue
+        if value is None:
+            return f"Cannot validate argument on parameter '{key}'. The argument is null. Provide a valid value for the argument, and then try running the command again."
+        if not isinstance(value, int):
+            return f"Cannot convert value \"{value}\" to type \"System.Int32\". Error: \"Input string was not in a correct format.\""
+        if value < lower[key]:
+            return f"Cannot validate argument on parameter '{key}'. The {value} argument is less than the minimum allowed range of {lower[key]}."
+    return values
+
+
+# ---------------------------------------------------------------- stderr
+
+
+_PROGRESS = (
+    b'#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+    b'<Obj S="progress" RefId="0"><TN RefId="0"><T>System.Management.Automation.PSCustomObject</T><T>System.Object</T></TN>'
+    b'<MS><I64 N="SourceId">1</I64><PR N="Record"><AV>Preparing modules for first use.</AV><AI>0</AI><Nil />'
+    b"<PI>-1</PI><PC>-1</PC><T>Completed</T><SR>-1</SR><SD> </SD></PR></MS></Obj></Objs>"
+)
+
+
+def _not_recognized(word: str, line: str) -> list[str]:
+    return [
+        f"{word} : The term '{word}' is not recognized as the name of a cmdlet, function, script file, or operable program. "
+        "Check the spelling of the name, or if a path was included, verify that the path is correct and try again.",
+        "At line:1 char:1",
+        f"+ {line[:70]}",
+        "+ " + "~" * min(len(word), 70),
+        f"    + CategoryInfo          : ObjectNotFound: ({word}:String) [], CommandNotFoundException",
+        "    + FullyQualifiedErrorId : CommandNotFoundException",
+        " ",
+    ]
+
+
+def _clixml_errors(lines: list[str]) -> bytes:
+    """An error record on stderr as powershell.exe writes it: CLIXML, wrapped at the 80-column console width."""
+    parts = []
+    for line in lines:
+        for start in range(0, max(len(line), 1), 80):
+            piece = line[start : start + 80]
+            escaped = piece.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            parts.append(f'<S S="Error">{escaped}_x000D__x000A_</S>')
+    body = "".join(parts)
+    return f'#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">{body}</Objs>'.encode("ascii", "replace")
+
+
+def _host_error(message: str) -> CommandOutput:
+    """powershell.exe's own command-line errors are plain text, not CLIXML."""
+    return CommandOutput([], f"{message}\r\n".encode("ascii", "replace"), 1)
