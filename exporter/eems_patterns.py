@@ -1,0 +1,172 @@
+"""The one place for EEMS text patterns: fetch-error classes, log-line shape, organization errors.
+
+Microsoft does not document these texts; when Exchange changes a message, this module (and its tests)
+is the only thing to update. Sources are the keys of /work/shared/reference/eems-facts.md.
+
+Confirmed (quoted from a source):
+- 1008 "untrusted endpoint": log line `FetchMitigation,S:LogLevel=Warning;S:Message=Connection attempted
+  against untrusted endpoint` [BLOG-2025-01]; the matching 1008 event text is only the generic
+  "Exception encountered while fetching mitigations." [BLOG-2025-01].
+- "leaf certificate is from unknown issuer or has EKU mismatch" (June 2026 cutoff) [EIGHTWONE-2026-06].
+- "Could not establish trust relationship for the SSL/TLS secure channel", "The remote certificate is
+  invalid according to the validation procedure" [QA-1052271] and the log line "TLS certificate or its
+  chain validation failed" [GRANIKOS] (proxy, SSL inspection, firewall).
+- "signing cert is invalid or not from microsoft" [GRANIKOS].
+- Log custom data `S:LogLevel=...;S:Message=...;S:Source=...`, including the variant where a whole pair
+  is single-quoted with '' for a quote (`'S:Message=... xml''s ...'`) [GRANIKOS], and the check-start
+  message "Fetching mitigations from https://officeclient.microsoft.com/getexchangemitigations" [GRANIKOS].
+
+Assumptions (UNCONFIRMED):
+- The log line shape `<ISO-8601 time>,<operation>,<custom data>` (docs/design.md section 1); lines without
+  a leading time are kept for their text but ignored for timing. A CSV-quoted custom-data field
+  ("...", "" for a quote) is accepted too.
+- Levels other than Warning and Error (e.g. Information) are not problems.
+- The organization collector meets the Kerberos double hop when Exchange cmdlets cannot reach Active
+  Directory: messages mentioning Active Directory, a domain controller, LDAP, Kerberos, delegation or the
+  ADTopology service, and LDAP's "A local error occurred" / "The server is not operational", are
+  classified `double_hop`; anything else is `script_failed`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+FETCH_ERROR_REASONS = ("untrusted_endpoint", "unknown_issuer", "tls_validation", "signature_invalid", "other")
+
+_FETCH_ERROR_TEXTS: dict[str, tuple[str, ...]] = {
+    "untrusted_endpoint": ("untrusted endpoint",),
+    "unknown_issuer": ("unknown issuer or has eku mismatch",),
+    "tls_validation": (
+        "tls certificate or its chain validation failed",
+        "could not establish trust relationship",
+        "remote certificate is invalid",
+    ),
+    "signature_invalid": ("signing cert is invalid or not from microsoft",),
+}
+
+CHECK_START = "fetching mitigations from"
+PROBLEM_LEVELS = ("warning", "error")
+
+_DOUBLE_HOP = re.compile(
+    r"active directory|domain controller|\bldap\b|kerberos|delegat|adtopology|topology service"
+    r"|a local error occurred|the server is not operational",
+    re.IGNORECASE,
+)
+_LEADING_TIME = re.compile(r"\s*([0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,7})?(?:Z|[+-][0-9]{2}:?[0-9]{2})?)\s*,")
+_CUSTOM_START = re.compile(r"(?:^|,)\s*(?=[\"']?S:)")
+_PAIR = re.compile(r"S:([A-Za-z]+)=(.*)", re.DOTALL)
+_OPERATION = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
+
+
+def classify_fetch_error(text: str) -> str:
+    """The reason label for an EEMS fetch failure text; `other` when no known phrase is in it."""
+    folded = text.lower()
+    for reason in FETCH_ERROR_REASONS[:-1]:
+        if any(phrase in folded for phrase in _FETCH_ERROR_TEXTS[reason]):
+            return reason
+    return "other"
+
+
+def classify_organization_error(message: str) -> str:
+    """`double_hop` when Exchange cmdlets could not reach Active Directory, else `script_failed`."""
+    return "double_hop" if _DOUBLE_HOP.search(message) else "script_failed"
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    time: datetime | None  # UTC; None when the line has no leading timestamp
+    operation: str | None
+    level: str | None  # as written, e.g. "Warning"
+    message: str  # S:Message, or the line's text when it has no custom data
+
+    @property
+    def is_check_start(self) -> bool:
+        return self.message.lower().startswith(CHECK_START)
+
+    @property
+    def is_problem(self) -> bool:
+        return (self.level or "").lower() in PROBLEM_LEVELS
+
+
+def _read_quoted(text: str, pos: int) -> tuple[str, int]:
+    """A quoted run starting at text[pos] (the quote), doubled quotes escaped; returns (content, end)."""
+    quote, out, i = text[pos], [], pos + 1
+    while i < len(text):
+        if text[i] == quote:
+            if text[i + 1 : i + 2] == quote:
+                out.append(quote)
+                i += 2
+                continue
+            return "".join(out), i + 1
+        out.append(text[i])
+        i += 1
+    return "".join(out), i  # unterminated: take the rest
+
+
+def _custom_data(text: str) -> dict[str, str]:
+    """`S:Key=Value` pairs separated by ';'; a pair may be quoted whole, a ';' inside a value is kept."""
+    text = text.strip()
+    if text.startswith('"'):
+        text = _read_quoted(text, 0)[0]
+    pairs: dict[str, str] = {}
+    last: str | None = None
+    pos = 0
+    while pos < len(text):
+        while pos < len(text) and text[pos] in " \t;":
+            pos += 1
+        if pos >= len(text):
+            break
+        if text[pos] in "'\"":
+            item, pos = _read_quoted(text, pos)
+            semicolon = text.find(";", pos)
+            pos = len(text) if semicolon < 0 else semicolon
+        else:
+            semicolon = text.find(";", pos)
+            end = len(text) if semicolon < 0 else semicolon
+            item, pos = text[pos:end], end
+        match = _PAIR.match(item.strip())
+        if match:
+            last = match.group(1).lower()
+            value = match.group(2).strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = _read_quoted(value, 0)[0]
+            pairs[last] = value
+        elif last is not None:
+            pairs[last] += ";" + item
+    return pairs
+
+
+def parse_log_line(line: str) -> LogRecord | None:
+    """One EEMS log line; None for blank lines and '#' headers. Never raises."""
+    text = line.strip().lstrip("\ufeff")
+    if not text or text.startswith("#"):
+        return None
+    time = None
+    match = _LEADING_TIME.match(text)
+    if match:
+        time = _utc(match.group(1))
+        text = text[match.end() :]
+    start = _CUSTOM_START.search(text)
+    if start is None:
+        head, _, rest = text.partition(",")
+        operation = head.strip() if rest and _OPERATION.fullmatch(head.strip()) else None
+        return LogRecord(time, operation, None, rest.strip() if operation else text)
+    fields = [f.strip() for f in text[: start.start()].split(",")]
+    operation = fields[-1] if fields and _OPERATION.fullmatch(fields[-1]) else None
+    pairs = _custom_data(text[start.end() :])
+    return LogRecord(time, operation, pairs.get("loglevel"), pairs.get("message", ""))
+
+
+def _utc(text: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(text.replace(" ", "T", 1))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:
+        return None
