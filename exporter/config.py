@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from .sharding import parse_shard
+
 DEFAULT_LISTEN_PORT = 10061
 TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic", "certificate")
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
@@ -387,14 +389,11 @@ def _load_organization(raw: Any, modules: dict[str, ModuleConfig], default_modul
     )
 
 
-def parse_shard(value: Any, path: str = "shard") -> tuple[int, int]:
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(value))
-    if not match:
-        raise ConfigError(path, f"expected K/N, e.g. 0/3, got {value!r}")
-    index, count = int(match.group(1)), int(match.group(2))
-    if count < 1 or not 0 <= index < count:
-        raise ConfigError(path, f"need 0 <= K < N and N >= 1, got {index}/{count}")
-    return index, count
+def _shard(value: Any) -> tuple[int, int]:
+    try:
+        return parse_shard(str(value))
+    except ValueError as err:
+        raise ConfigError("shard", str(err).replace("--shard ", "")) from None
 
 
 def load_config_text(text: str, base: Path, source: Path | None = None) -> Config:
@@ -427,7 +426,7 @@ def load_config_text(text: str, base: Path, source: Path | None = None) -> Confi
     catalog_file = (
         _existing_file(root["catalog_file"], "catalog_file", base) if root.get("catalog_file") is not None else None
     )
-    shard = parse_shard(root["shard"]) if "shard" in root else (0, 1)
+    shard = _shard(root["shard"]) if "shard" in root else (0, 1)
     return Config(poll=poll, limits=limits, modules=modules, servers=servers, organization=organization,
                   catalog_file=catalog_file, shard=shard, source=source)
 

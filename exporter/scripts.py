@@ -29,7 +29,7 @@ class ServerScriptParameters:
 
 
 def _body(name: str) -> str:
-    return resources.files("exporter").joinpath("scripts", name).read_text(encoding="utf-8")
+    return resources.files("exporter").joinpath("scripts").joinpath(name).read_text(encoding="utf-8")
 
 
 def _ps_single_quoted(value: str) -> str:

@@ -1,0 +1,1 @@
+from exporter.cli import main; raise SystemExit(main())

@@ -1,0 +1,223 @@
+"""Command line: `run` (default), `check-config`, `poll`, `build`, `simulate`, `demo`.
+
+Arguments only: every command hands over to the module that does the work. Expected failures (a bad
+config, a bad version) print one line and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import threading
+from datetime import date, datetime
+from pathlib import Path
+
+from . import __version__
+from .catalog import BuildVersionError, Catalog, CatalogError, verdict_to_json
+from .config import DEFAULT_LISTEN_PORT, Config, ConfigError, load_config
+from .redact import Redactor
+from .sharding import parse_shard
+from .demo import add_demo_command
+from .simulator.cli import add_simulator_commands
+
+log = logging.getLogger("exporter")
+EXIT_USAGE = 2
+
+
+class _Fail(Exception):
+    """An expected error: message for the user, exit code 2."""
+
+
+def _listen_address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected [host]:port, got {value!r}")
+    return host, int(port)
+
+
+def _setup_logging(level: str, redactor: Redactor) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
+        stream=sys.stderr,
+    )
+    redactor.install()
+    logging.captureWarnings(True)
+
+
+def _load(path: Path, shard: str | None) -> tuple[Config, Catalog]:
+    try:
+        config = load_config(path)
+        if shard is not None:
+            config = dataclasses.replace(config, shard=parse_shard(shard))
+        catalog = Catalog.load(config.catalog_file)
+    except (ConfigError, CatalogError, ValueError) as err:
+        raise _Fail(f"configuration error: {err}") from None
+    return config, catalog
+
+
+def _warn_insecure(config: Config) -> None:
+    for module in config.modules.values():
+        if module.insecure_skip_verify:
+            log.warning("module %s: WinRM server certificate validation is OFF (insecure_skip_verify: true)",
+                        module.name)
+        if module.transport == "basic" and module.scheme == "http":
+            log.warning("module %s: basic authentication over plain http sends the password in clear text",
+                        module.name)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .exporter import Exporter
+    from .http_server import serve
+    from .webconfig import WebConfigError, WebConfigWatcher
+
+    redactor = Redactor()
+    _setup_logging(args.log_level, redactor)
+    config, catalog = _load(args.config_file, args.shard)
+    redactor.add(config.secrets())
+    _warn_insecure(config)
+    watcher = None
+    if args.web_config_file:
+        try:
+            watcher = WebConfigWatcher(args.web_config_file)
+            watcher.current()
+        except WebConfigError as err:
+            raise _Fail(f"web config error: {err}") from None
+    exporter = Exporter(config, catalog, redactor)
+    host, port = args.web_listen_address
+    try:
+        server = serve(exporter, host, port, watcher)
+    except OSError as err:
+        raise _Fail(f"cannot listen on {host}:{port}: {err.strerror}") from None
+    exporter.start()
+    log.info("exchange-eems-exporter %s listening on %s:%d (%d servers, shard %d/%d)", __version__,
+             host, server.server_address[1], len(exporter.poller.targets.mine()), *config.shard)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=exporter.reload, daemon=True).start())
+    stop.wait()
+    log.info("shutting down")
+    server.shutdown()
+    exporter.stop()
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config, catalog = _load(args.config_file, None)
+    print(f"{args.config_file}: OK: {len(config.servers)} servers, {len(config.modules)} modules, "
+          f"organization collector {'on' if config.organization else 'off'}, catalog newest build "
+          f"{catalog.newest_release.isoformat()}")
+    return 0
+
+
+def _jsonable(value):
+    if dataclasses.is_dataclass(value):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    from .poller import Poller
+
+    redactor = Redactor()
+    _setup_logging(args.log_level, redactor)
+    config, catalog = _load(args.config_file, None)
+    redactor.add(config.secrets())
+    _warn_insecure(config)
+    poller = Poller(config, catalog)
+    if poller.targets.get(args.server) is None:
+        raise _Fail(f"server {args.server!r} is not in {args.config_file}")
+    result = poller.poll_server(args.server)
+    print(redactor.scrub(json.dumps(_jsonable(result), indent=2)))
+    poller.stop()
+    return 0 if result.outcome and result.outcome.success else 1
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    try:
+        catalog = Catalog.load(args.catalog_file)
+        verdict = catalog.verdict(args.version)
+    except (BuildVersionError, CatalogError) as err:
+        raise _Fail(str(err)) from None
+    data = verdict_to_json(verdict)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    update = f" {data['update']}" if data["update"] else ""
+    print(f"{data['version']}: {data['product']} {data['cu']}{update}"
+          f"{'' if data['known'] else ' (not in the catalog: judged from its CU)'}")
+    print(f"  released:          {data['released'] or 'unknown'}")
+    print(f"  superseded since:  {data['superseded_since'] or 'no: newest known build of its CU'}")
+    print(f"  support ends:      {data.get('product_support_end') or 'no fixed date'}")
+    print(f"  EEMS on this build: {'yes' if data['eems_supported'] else 'no'}")
+    for cutoff, ok in data["cutoffs"].items():
+        print(f"  {cutoff} certificate cutoff: {'compliant' if ok else 'NOT compliant: cannot use new mitigations'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="exchange-eems-exporter", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config.file", "--config", dest="config_file", type=Path,
+                       default=Path("exchange-eems-exporter.yml"), help="YAML configuration")
+        p.add_argument("--log.level", dest="log_level", default="info",
+                       choices=["debug", "info", "warning", "error"])
+
+    run = sub.add_parser("run", help="poll the servers and serve metrics (default)")
+    common(run)
+    run.add_argument("--web.listen-address", dest="web_listen_address", type=_listen_address,
+                     default=("0.0.0.0", DEFAULT_LISTEN_PORT), help=f"[host]:port, default :{DEFAULT_LISTEN_PORT}")
+    run.add_argument("--web.config.file", dest="web_config_file", type=Path,
+                     help="exporter-toolkit web config: TLS and basic auth")
+    run.add_argument("--shard", help="K/N: poll only shard K of N (overrides the config's shard)")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate the configuration and exit")
+    common(check)
+    check.set_defaults(func=cmd_check_config)
+
+    poll = sub.add_parser("poll", help="poll one server once and print the interpreted facts")
+    common(poll)
+    poll.add_argument("server")
+    poll.set_defaults(func=cmd_poll)
+
+    build = sub.add_parser("build", help="explain an Exchange build number")
+    build.add_argument("version")
+    build.add_argument("--json", action="store_true")
+    build.add_argument("--catalog-file", type=Path, help="your own catalog file with newer builds")
+    build.set_defaults(func=cmd_build)
+
+    add_simulator_commands(sub)
+    add_demo_command(sub, main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        argv.insert(0, "run")
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except _Fail as err:
+        print(f"exchange-eems-exporter: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

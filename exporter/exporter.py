@@ -1,0 +1,91 @@
+"""The running exporter: configuration, catalog, poller and registries, and how they are reloaded.
+
+A reload (SIGHUP or POST /-/reload) validates the new configuration and catalog completely before
+swapping them in; a bad file is logged and reported by `exchange_exporter_config_last_reload_successful`
+while the old configuration keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
+from .catalog import Catalog, CatalogError
+from .config import Config, ConfigError, load_config
+from .metrics import SelfStatus, SnapshotCollector, render
+from .poller import Poller
+from .redact import Redactor
+
+log = logging.getLogger(__name__)
+
+
+class _ProbeCollector:
+    def __init__(self, families):
+        self._families = families
+
+    def collect(self):
+        return self._families
+
+
+class Exporter:
+    def __init__(self, config: Config, catalog: Catalog, redactor: Redactor | None = None):
+        self.config = config
+        self.catalog = catalog
+        self.redactor = redactor
+        self.poller = Poller(config, catalog)
+        self._reload_lock = threading.Lock()
+        self.last_reload_successful = True
+        self.last_reload_timestamp = time.time()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SnapshotCollector(self.poller.snapshot, self._self_status))
+        for collector in (ProcessCollector, PlatformCollector, GCCollector):
+            collector(registry=self.registry)
+
+    def _self_status(self) -> SelfStatus:
+        return SelfStatus(
+            catalog_newest_release=self.catalog.newest_release,
+            poll_interval_seconds=self.config.poll.interval,
+            last_reload_successful=self.last_reload_successful,
+            last_reload_timestamp=self.last_reload_timestamp,
+        )
+
+    def start(self) -> None:
+        self.poller.start()
+
+    def stop(self) -> None:
+        self.poller.stop()
+
+    def ready(self) -> bool:
+        return self.poller.ready()
+
+    def probe_registry(self, target: str, module: str | None, timeout: float | None) -> CollectorRegistry:
+        """Poll one server now; its metrics only (self metrics stay on /metrics, as for blackbox)."""
+        result = self.poller.poll_server(target, module=module, timeout=timeout)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_ProbeCollector(render([result], None, None)))
+        return registry
+
+    def reload(self) -> tuple[bool, str]:
+        with self._reload_lock:
+            source = self.config.source
+            if source is None:
+                return False, "the configuration was not loaded from a file"
+            try:
+                config = load_config(Path(source))
+                catalog = Catalog.load(config.catalog_file)
+            except (ConfigError, CatalogError) as err:
+                self.last_reload_successful = False
+                log.error("configuration reload failed, keeping the running configuration: %s", err)
+                return False, f"reload failed, the running configuration is kept: {err}"
+            if self.redactor is not None:
+                self.redactor.add(config.secrets())
+            self.poller.apply_config(config, catalog)
+            self.config, self.catalog = config, catalog
+            self.last_reload_successful = True
+            self.last_reload_timestamp = time.time()
+            log.info("configuration reloaded from %s: %d servers", source, len(config.servers))
+            return True, "configuration reloaded"

@@ -1,0 +1,117 @@
+"""`simulate`: run a simulated fleet that answers over WinRM.
+
+`simulate` can write an exporter configuration that matches the fleet (`--write-config`), so a user can
+point a real exporter (and their Prometheus and Alertmanager) at it. The password goes to a file beside
+that configuration, never into it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import threading
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .scenario import Scenario, ScenarioError, load_scenario
+from .server import Fleet
+
+DEMO_SCENARIO = "demo"  # the shipped scenario, by name
+
+
+def _scenario_path(value: str) -> Path:
+    if value == DEMO_SCENARIO:
+        return Path(str(resources.files("exporter.simulator").joinpath("scenarios").joinpath("demo.yaml")))
+    return Path(value)
+
+
+def address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected host:port, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def exporter_config(scenario: Scenario, password_file: Path, ca_file: Path | None, interval: str) -> dict:
+    """An exporter configuration that polls every host of the scenario with its first credential."""
+    username = next(iter(scenario.credentials))
+    schemes = {host.scheme for host in scenario.hosts}
+    modules = {}
+    for scheme in sorted(schemes):
+        module = {"transport": "ntlm", "username": username, "password_file": str(password_file), "scheme": scheme}
+        if scheme == "https" and ca_file:
+            module["ca_file"] = str(ca_file)
+        modules[scheme] = module
+    config = {
+        "poll": {"interval": interval, "timeout": "20s", "concurrency": 16},
+        "modules": modules,
+        "servers": [{"name": h.name, "address": h.address, "port": h.port, "module": h.scheme}
+                    for h in scenario.hosts],
+    }
+    organization = scenario.organization
+    if organization.server:
+        config["organization"] = {"name": organization.name, "server": organization.server}
+    return config
+
+
+def start_fleet(args: argparse.Namespace) -> tuple[Scenario, Fleet]:
+    try:
+        scenario = load_scenario(_scenario_path(args.scenario))
+    except ScenarioError as err:
+        print(f"exchange-eems-exporter: scenario error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    fleet = Fleet(scenario.hosts, scenario.credentials, tls_dir=scenario.tls,
+                  control_address=getattr(args, "control_address", None))
+    try:
+        fleet.start()
+    except OSError as err:
+        print(f"exchange-eems-exporter: cannot start the simulated fleet: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return scenario, fleet
+
+
+def write_config(scenario: Scenario, fleet: Fleet, path: Path, interval: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = path.with_name(path.stem + ".password")
+    secret.write_text(next(iter(scenario.credentials.values())) + "\n", encoding="utf-8")
+    os.chmod(secret, 0o600)
+    config = exporter_config(scenario, secret, fleet.ca_file, interval)
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    scenario, fleet = start_fleet(args)
+    for host in scenario.hosts[:50]:
+        print(f"{host.name:24} {host.scheme}://{host.address}:{host.port}/wsman", flush=True)
+    if len(scenario.hosts) > 50:
+        print(f"... and {len(scenario.hosts) - 50} more", flush=True)
+    if fleet.control_port:
+        print(f"control API: http://{args.control_address[0]}:{fleet.control_port}/state", flush=True)
+    if args.write_config:
+        write_config(scenario, fleet, args.write_config, args.interval)
+        print(f"exporter configuration: {args.write_config}", flush=True)
+    print(f"simulating {len(scenario.hosts)} servers; Ctrl-C stops", flush=True)
+    _wait_for_signal()
+    fleet.stop()
+    return 0
+
+
+def add_simulator_commands(sub) -> None:
+    simulate = sub.add_parser("simulate", help="run a simulated Exchange fleet that answers over WinRM")
+    simulate.add_argument("--scenario", required=True, help="scenario YAML (docs/simulator.md), or 'demo'")
+    simulate.add_argument("--control-address", type=address, help="loopback host:port for the control API")
+    simulate.add_argument("--write-config", type=Path, help="write a matching exporter configuration here")
+    simulate.add_argument("--interval", default="60s", help="poll interval for --write-config (default 60s)")
+    simulate.set_defaults(func=cmd_simulate)
