@@ -1,0 +1,300 @@
+"""Parsing of collect_server.ps1 / collect_organization.ps1 output in every variant design.md allows."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from exporter.parse import ParseError, clixml_to_text, parse_organization_output, parse_ps_date, parse_server_output
+
+UTC = timezone.utc
+NOW_MS = 1764158400000  # 2025-11-26T12:00:00Z
+DESIGN_SAMPLE = (
+    r'{"schema":1,"computer":"EX01","now":"\/Date(1764158400000)\/","exsetup_version":"15.2.1544.4",'
+    r'"build_source":"exsetup","edge":false,"service":{"status":"Running","start_type":"Automatic"},'
+    r'"events":[{"id":1008,"time":"\/Date(1764154800000)\/","message":"An unexpected exception occurred. ..."}],'
+    r'"log":{"name":"MitigationService_20261126-1.LOG","length":123456,"last_write":"\/Date(1764158000000)\/","tail":"...text..."},'
+    r'"endpoint":{"status":200,"ms":312,"error":null},"errors":["events: ..."]}'
+)
+
+
+def server(**fields) -> bytes:
+    doc = {"schema": 1, "computer": "EX01", "now": f"/Date({NOW_MS})/"}
+    doc.update(fields)
+    return json.dumps(doc).encode()
+
+
+def test_design_sample():
+    facts = parse_server_output(DESIGN_SAMPLE.encode())
+    assert facts.computer == "EX01"
+    assert facts.now == datetime(2025, 11, 26, 12, tzinfo=UTC)
+    assert (facts.exsetup_version, facts.build_source, facts.edge) == ("15.2.1544.4", "exsetup", False)
+    assert (facts.service_installed, facts.service_status, facts.service_start_type) == (True, "Running", "Automatic")
+    assert [(e.id, e.time) for e in facts.events] == [(1008, datetime(2025, 11, 26, 11, tzinfo=UTC))]
+    assert facts.log.name == "MitigationService_20261126-1.LOG" and facts.log.length == 123456
+    assert facts.log.tail == "...text..."
+    assert facts.endpoint.status == 200 and facts.endpoint.duration_seconds == pytest.approx(0.312)
+    assert facts.endpoint.error is None
+    assert facts.errors == ("events: ...",)
+
+
+def test_bom_crlf_and_clixml_noise_around_the_json():
+    noisy = (
+        b"\xef\xbb\xbf#< CLIXML\r\n<Objs Version=\"1.1.0.1\"><Obj S=\"progress\"/></Objs>\r\n"
+        + DESIGN_SAMPLE.encode() + b"\r\n\r\n"
+    )
+    assert parse_server_output(noisy).computer == "EX01"
+
+
+@pytest.mark.parametrize(
+    "status, start, expected",
+    [
+        (4, 2, ("Running", "Automatic")),
+        (1, 4, ("Stopped", "Disabled")),
+        (2, 3, ("StartPending", "Manual")),
+        (7, 0, ("Paused", "Boot")),
+        (6, 1, ("PausePending", "System")),
+        ("stoppending", "AUTOMATIC", ("StopPending", "Automatic")),
+        ("ContinuePending", "Manual", ("ContinuePending", "Manual")),
+        (9, 7, (None, None)),
+        ("Exploded", True, (None, None)),
+    ],
+)
+def test_service_enums_as_names_or_integers(status, start, expected):
+    facts = parse_server_output(server(service={"status": status, "start_type": start}))
+    assert facts.service_installed
+    assert (facts.service_status, facts.service_start_type) == expected
+    if expected == (None, None):
+        assert any("service.status" in e for e in facts.errors)
+
+
+def test_service_null_means_not_installed():
+    facts = parse_server_output(server(service=None))
+    assert (facts.service_installed, facts.service_status, facts.service_start_type) == (False, None, None)
+
+
+def test_single_event_unwrapped_and_events_null_or_missing():
+    one = parse_server_output(server(events={"id": 1005, "time": "2026-11-26T10:00:00Z", "message": "ok"}))
+    assert [e.id for e in one.events] == [1005]
+    assert parse_server_output(server(events=None)).events == ()
+    assert parse_server_output(server()).events == ()
+    wrapped = parse_server_output(server(events={"value": [{"id": 1006, "time": "/Date(0)/"}], "Count": 1}))
+    assert [e.id for e in wrapped.events] == [1006] and wrapped.events[0].message == ""
+
+
+def test_more_than_max_events_keeps_the_newest():
+    events = [{"id": 1008, "time": f"/Date({NOW_MS - i * 3_600_000})/", "message": str(i)} for i in range(30)]
+    facts = parse_server_output(server(events=list(reversed(events))), max_events=5)
+    assert [e.message for e in facts.events] == ["0", "1", "2", "3", "4"]
+
+
+def test_events_without_id_or_time_are_skipped_with_a_note():
+    facts = parse_server_output(server(events=[{"id": 1008}, {"time": "/Date(0)/"}, "junk", {"id": 1005, "time": "/Date(0)/"}]))
+    assert [e.id for e in facts.events] == [1005]
+    assert any("without id or time" in e for e in facts.errors)
+    assert any("events: expected objects" in e for e in facts.errors)
+
+
+def test_log_tail_longer_than_bound_keeps_the_last_bytes():
+    tail = "é" * 10 + "x" * 100 + "END"
+    facts = parse_server_output(server(log={"name": "a.LOG", "length": 5000, "last_write": None, "tail": tail}), max_log_bytes=50)
+    assert len(facts.log.tail.encode()) <= 50
+    assert facts.log.tail.endswith("END") and tail.endswith(facts.log.tail)
+    cut = parse_server_output(server(log={"name": "a.LOG", "tail": "é" * 10}), max_log_bytes=5)
+    assert cut.log.tail == "éé"  # the split character at the cut is dropped
+    assert cut.log.length is None and cut.log.last_write is None
+
+
+def test_log_null_and_endpoint_absent():
+    facts = parse_server_output(server(log=None))
+    assert facts.log is None and facts.endpoint is None
+
+
+def test_endpoint_without_response():
+    facts = parse_server_output(server(endpoint={"status": 0, "ms": 10000, "error": "Unable to connect to the remote server"}))
+    assert (facts.endpoint.status, facts.endpoint.duration_seconds) == (0, 10.0)
+    assert facts.endpoint.error == "Unable to connect to the remote server"
+
+
+def test_wrong_types_become_missing_with_parse_notes():
+    facts = parse_server_output(
+        server(computer=5, exsetup_version=15.2, edge="yes", now="tomorrow", log="x", endpoint={"status": "200", "ms": -1},
+               errors={"a": 1})
+    )
+    assert (facts.computer, facts.exsetup_version, facts.edge, facts.now, facts.log) == (None, None, False, None, None)
+    assert facts.endpoint.status == 0 and facts.endpoint.duration_seconds is None
+    for field in ("computer", "exsetup_version", "edge", "now", "log", "endpoint.status", "endpoint.ms", "errors"):
+        assert any(e.startswith(f"parse: {field}: expected") for e in facts.errors), field
+
+
+def test_errors_as_single_string_and_missing_fields():
+    facts = parse_server_output(b'{"schema":1,"errors":"build: ExSetup.exe not found"}')
+    assert facts.errors == ("build: ExSetup.exe not found",)
+    assert facts.exsetup_version is None and not facts.service_installed and facts.computer is None
+    assert parse_server_output(server(edge=1)).edge is True
+
+
+@pytest.mark.parametrize(
+    "stdout, reason, fragment",
+    [
+        (DESIGN_SAMPLE[:120].encode(), "truncated_output", "cut short"),
+        (DESIGN_SAMPLE[:-1].encode(), "truncated_output", "cut short"),
+        (b'{"schema":1,"events":[{"id":1008,"message":"An unexp', "truncated_output", "cut short"),
+        (b'{"schema":1,"computer":"EX01"}}', "bad_output", "not valid JSON"),
+        (b'{"schema":1,"computer":EX01}', "bad_output", "not valid JSON"),
+        (b'{"schema":1,"edge":NaN}', "bad_output", "not valid JSON"),
+        (b"", "bad_output", "empty"),
+        (b"\r\n  \r\n", "bad_output", "empty"),
+        (b"Add-PSSnapin : The term is not recognized", "bad_output", "no JSON object"),
+        (b'["not","an","object"]', "bad_output", "no JSON object"),
+        (b'{"schema":2}', "bad_output", "unsupported schema"),
+        (b'{"schema":1,"x":' + b"[" * 100000 + b"]" * 100000 + b"}", "bad_output", "nests too deeply"),
+        (b'{"schema":1,"x":' + b"9" * 5000 + b"}", "bad_output", "not valid JSON"),
+    ],
+)
+def test_bad_and_truncated_output(stdout, reason, fragment):
+    with pytest.raises(ParseError) as info:
+        parse_server_output(stdout)
+    assert info.value.reason == reason
+    assert fragment in str(info.value)
+    assert len(str(info.value)) < 120
+
+
+# ---------------------------------------------------------------- dates
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("/Date(1764158400000)/", datetime(2025, 11, 26, 12, tzinfo=UTC)),
+        ("\\/Date(1764158400000)\\/", datetime(2025, 11, 26, 12, tzinfo=UTC)),
+        ("/Date(1764158400000+0100)/", datetime(2025, 11, 26, 12, tzinfo=UTC)),
+        ("/Date(1764158400000-0500)/", datetime(2025, 11, 26, 12, tzinfo=UTC)),
+        ("/Date(-1000)/", datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC)),
+        ("2023-01-05T12:08:37.6177687Z", datetime(2023, 1, 5, 12, 8, 37, 617768, tzinfo=UTC)),
+        ("2026-11-26T11:00:00+01:00", datetime(2026, 11, 26, 10, tzinfo=UTC)),
+        ("2026-11-26T10:00:00", datetime(2026, 11, 26, 10, tzinfo=UTC)),
+        ({"value": "/Date(1764158400000)/", "DisplayHint": 2, "DateTime": "Wednesday, 26 November 2025 12:00:00"},
+         datetime(2025, 11, 26, 12, tzinfo=UTC)),
+        (None, None),
+        ("", None),
+        ("tomorrow", None),
+        ("/Date(abc)/", None),
+        ("/Date(99999999999999999)/", None),
+        ("0001-01-01T00:00:00+01:00", None),
+        (1764158400000, None),
+        (True, None),
+        ({"DateTime": "Sunday 14 July 2024 02:13:02"}, None),
+        (["/Date(0)/"], None),
+    ],
+)
+def test_parse_ps_date(value, expected):
+    assert parse_ps_date(value) == expected
+
+
+# ---------------------------------------------------------------- CLIXML
+
+
+CLIXML_ERROR = (
+    b'#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+    b'<S S="Error">Add-PSSnapin : No snap-ins have been registered for Windows PowerShell version 5._x000D__x000A_</S>'
+    b'<S S="Error">At line:1 char:1 &lt;here&gt;_x000D__x000A_</S></Objs>'
+)
+CLIXML_PROGRESS = (
+    b'#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+    b'<Obj S="progress" RefId="0"><TN RefId="0"><T>System.Management.Automation.PSCustomObject</T><T>System.Object</T></TN>'
+    b'<MS><I64 N="SourceId">1</I64><PR N="Record"><AV>Preparing modules for first use.</AV><AI>0</AI><Nil />'
+    b"<PI>-1</PI><PC>-1</PC><T>Completed</T><SR>-1</SR><SD> </SD></PR></MS></Obj></Objs>"
+)
+
+
+def test_clixml_error_text():
+    assert clixml_to_text(CLIXML_ERROR) == (
+        "Add-PSSnapin : No snap-ins have been registered for Windows PowerShell version 5.\nAt line:1 char:1 <here>"
+    )
+
+
+def test_clixml_progress_only_is_empty():
+    assert clixml_to_text(CLIXML_PROGRESS) == ""
+
+
+def test_clixml_with_bom_and_plain_text():
+    assert clixml_to_text(b"\xef\xbb\xbf" + CLIXML_ERROR).startswith("Add-PSSnapin")
+    assert clixml_to_text(b"The command line is too long.\r\n") == "The command line is too long."
+    assert clixml_to_text(b"") == ""
+    assert clixml_to_text(b"#< CLIXML\r\n<Objs><S S=\"Error\">unterminated") == ""
+    assert clixml_to_text(b"f\x81r") == "f\ufffdr"
+
+
+# ---------------------------------------------------------------- organization
+
+
+ORG_SAMPLE = (
+    r'{"schema":1,"organization":{"mitigations_enabled":true},"servers":[{"name":"EX01","fqdn":"ex01.contoso.com",'
+    r'"roles":"Mailbox","admin_display_version":"Version 15.2 (Build 1544.4)","mitigations_enabled":true,'
+    r'"mitigations_applied":["PING1","M2.1.0"],"mitigations_blocked":null,"mitigations_applied_time":"\/Date(1764154800000)\/",'
+    r'"data_collection_enabled":false,"internet_web_proxy":null}],"error":null}'
+)
+
+
+def test_organization_design_sample():
+    facts = parse_organization_output(ORG_SAMPLE.encode())
+    assert facts.mitigations_enabled is True and facts.error_stage is None and facts.error_message is None
+    (ex01,) = facts.servers
+    assert (ex01.name, ex01.fqdn, ex01.roles) == ("EX01", "ex01.contoso.com", "Mailbox")
+    assert ex01.admin_display_version == "Version 15.2 (Build 1544.4)"
+    assert (ex01.mitigations_applied, ex01.mitigations_blocked) == (("PING1", "M2.1.0"), ())
+    assert ex01.mitigations_applied_time == datetime(2025, 11, 26, 11, tzinfo=UTC)
+    assert (ex01.mitigations_enabled, ex01.data_collection_enabled, ex01.internet_web_proxy) == (True, False, None)
+
+
+def test_organization_unwrapped_server_and_string_mitigations():
+    doc = {"schema": 1, "organization": {"mitigations_enabled": False},
+           "servers": {"name": "EX02", "roles": "Edge", "mitigations_applied": "PING1", "mitigations_blocked": "M1"},
+           "error": None}
+    facts = parse_organization_output(json.dumps(doc).encode())
+    (ex02,) = facts.servers
+    assert (ex02.mitigations_applied, ex02.mitigations_blocked) == (("PING1",), ("M1",))
+    assert ex02.mitigations_applied_time is None and ex02.fqdn is None
+    assert facts.mitigations_enabled is False
+
+
+def test_organization_proxy_credentials_are_removed():
+    doc = {"schema": 1, "servers": [
+        {"name": "EX01", "internet_web_proxy": "http://svc:S3cret!@proxy.contoso.com:8080/"},
+        {"name": "EX02", "internet_web_proxy": {"AbsoluteUri": "http://proxy2:3128/"}},
+    ]}
+    ex01, ex02 = parse_organization_output(json.dumps(doc).encode()).servers
+    assert ex01.internet_web_proxy == "http://proxy.contoso.com:8080/"
+    assert "S3cret" not in repr(ex01)
+    assert ex02.internet_web_proxy == "http://proxy2:3128/"
+
+
+def test_organization_error_and_partial_data():
+    doc = {"schema": 1, "organization": None, "servers": None,
+           "error": {"stage": "servers", "message": "Active Directory operation failed on dc01.contoso.com."}}
+    facts = parse_organization_output(json.dumps(doc).encode())
+    assert (facts.mitigations_enabled, facts.servers) == (None, ())
+    assert facts.error_stage == "servers" and facts.error_message.startswith("Active Directory operation failed")
+    as_string = parse_organization_output(b'{"schema":1,"error":"snap-in missing"}')
+    assert (as_string.error_stage, as_string.error_message) == (None, "snap-in missing")
+
+
+def test_organization_servers_without_name_are_dropped():
+    doc = {"schema": 1, "servers": [{"fqdn": "x"}, {"name": ""}, "junk", {"name": "EX03"}]}
+    assert [s.name for s in parse_organization_output(json.dumps(doc).encode()).servers] == ["EX03"]
+
+
+def test_organization_server_bound():
+    doc = {"schema": 1, "servers": [{"name": f"EX{i}"} for i in range(11)]}
+    with pytest.raises(ParseError) as info:
+        parse_organization_output(json.dumps(doc).encode(), max_servers=10)
+    assert info.value.reason == "bad_output" and "more than the limit 10" in str(info.value)
+
+
+def test_organization_truncated():
+    with pytest.raises(ParseError) as info:
+        parse_organization_output(ORG_SAMPLE[:200].encode())
+    assert info.value.reason == "truncated_output"
