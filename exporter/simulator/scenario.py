@@ -36,10 +36,13 @@ _SERVER_KEYS = (
 
 
 class ScenarioError(ValueError):
-    def __init__(self, key_path: str, message: str):
-        super().__init__(f"{key_path}: {message}" if key_path else message)
+    """A scenario problem: `str()` is "<file>: <key path>: <message>", with the parts that are known."""
+
+    def __init__(self, key_path: str, message: str, source: str = ""):
+        super().__init__(": ".join(part for part in (source, key_path, message) if part))
         self.key_path = key_path
         self.message = message
+        self.source = source
 
 
 @dataclass
@@ -57,17 +60,17 @@ def load_scenario(path: str | Path) -> Scenario:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ScenarioError("", f"{path}: cannot read the scenario file: {exc.strerror or exc}") from None
+        raise ScenarioError("", f"cannot read the scenario file: {exc.strerror or exc}", str(path)) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ScenarioError("", f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+        raise ScenarioError("", f"not valid YAML{where}: {getattr(exc, 'problem', None) or exc}", str(path)) from None
     try:
         return scenario_from_dict(data, path.parent)
     except ScenarioError as exc:
-        raise ScenarioError(exc.key_path, f"{path}: {exc.message}") from None
+        raise ScenarioError(exc.key_path, exc.message, str(path)) from None
 
 
 def scenario_from_dict(data: Any, base_dir: Path = Path(".")) -> Scenario:
