@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -128,7 +129,7 @@ def test_kustomization_lists_every_manifest():
 
 def test_prometheusrule_matches_the_rule_file():
     assert RULES.is_file(), "alerts/exchange-eems.rules.yml is missing: the PrometheusRule is generated from it"
-    result = subprocess.run(["python3", str(REPO / "tools" / "build_prometheusrule.py"), "--check"],
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "build_prometheusrule.py"), "--check"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     rule = _one("PrometheusRule")
