@@ -1,0 +1,41 @@
+# Two entry points on a fresh clone: `make demo` and `make test`. Each installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench soak lint install system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# promtool (Debian `prometheus`), amtool and Alertmanager (Debian `prometheus-alertmanager`) for the rule,
+# config and integration tests. Installed only when missing; needs root or sudo.
+system-deps:
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v alertmanager >/dev/null \
+	    && ! test -x /usr/bin/prometheus-alertmanager; then \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null; \
+	fi
+	@command -v promtool >/dev/null || { echo "promtool is missing after installing Debian's prometheus" >&2; exit 1; }
+
+demo: $(STAMP)
+	$(BIN)/exchange-eems-exporter demo
+
+test: system-deps $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
