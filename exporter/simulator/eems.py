@@ -44,8 +44,6 @@ CHECK_INTERVAL = timedelta(hours=1)
 
 _EXCEPTION_PREFIX = "An unexpected exception occurred.\r\nDiagnostic information: "
 
-FAILURES = ("untrusted_endpoint", "unknown_issuer", "tls_validation", "signature_invalid")
-
 # Per outcome: (log lines after the "Fetching" line as (level, message, with_source), 1008 message).
 _FAILURE_TEXT: dict[str, tuple[tuple[tuple[str, str, bool], ...], str]] = {
     "untrusted_endpoint": (
@@ -131,7 +129,7 @@ class EemsSetup:
     data_version: str  # the version string Exchange writes in log headers
     running_from: datetime  # when the service (last) started
     running_until: datetime | None  # when it stopped; None while it runs
-    forced_failure: str | None  # None = derived from build; "none" = always succeeds; else a FAILURES entry
+    forced_failure: str | None  # None = derived from build; "none" = always succeeds; else "tls_validation" | "signature_invalid"
     proxy: str | None
     data_collection_enabled: bool
     success_events: bool

@@ -334,7 +334,8 @@ def _unwrap(items: list[Any]) -> Any:
 def _formatted_list(document: dict[str, Any]) -> str:
     """What a script that forgot ConvertTo-Json prints: a Format-Table of a hashtable."""
     rows = ["", "Name                           Value", "----                           -----"]
-    rows += [f"{key:<30} {str(value)[:48]}" for key, value in document.items()]
+    shown = {key: value.time.strftime("%m/%d/%Y %I:%M:%S %p") if isinstance(value, PsDate) else value for key, value in document.items()}
+    rows += [f"{key:<30} {str(value)[:48]}" for key, value in shown.items()]
     return "\r\n".join(rows) + "\r\n"
 
 
