@@ -213,7 +213,7 @@ class _Notes:
     def text(self, obj: dict, key: str, field: str) -> str | None:
         value = obj.get(key)
         if value is None or isinstance(value, str):
-            return value
+            return value if value is None else _clean(value)
         self.wrong(field, "a string")
         return None
 
@@ -244,7 +244,7 @@ class _Notes:
 
     def strings(self, value, field: str) -> tuple[str, ...]:
         items = _as_list(value)
-        kept = tuple(item for item in items if isinstance(item, str))
+        kept = tuple(_clean(item) for item in items if isinstance(item, str))
         if len(kept) != len(items):
             self.wrong(field, "strings")
         return kept
@@ -262,7 +262,8 @@ def _enum_name(value, names: tuple[str, ...], base: int) -> str | None:
 
 def _tail(text: str, max_bytes: int) -> str:
     """The last `max_bytes` bytes of `text`, dropping a character the cut split in two."""
-    data = text.encode("utf-8", errors="replace")
+    text = _clean(text)
+    data = text.encode("utf-8")
     if len(data) <= max_bytes:
         return text
     return data[len(data) - max_bytes :].decode("utf-8", errors="ignore")
@@ -270,6 +271,15 @@ def _tail(text: str, max_bytes: int) -> str:
 
 def _clip(text: str) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def _clean(text: str) -> str:
+    """JSON may carry lone surrogates (`\\ud800`), which would break UTF-8 output later; replace them."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", errors="replace").decode("utf-8")
 
 
 # ---------------------------------------------------------------- server output
@@ -385,7 +395,7 @@ def _proxy(value, notes: _Notes) -> str | None:
     if value is not None and not isinstance(value, str):
         notes.wrong("internet_web_proxy", "a string")
         return None
-    return _without_userinfo(value)
+    return _without_userinfo(_clean(value) if value is not None else None)
 
 
 def _org_server(item: dict, notes: _Notes) -> OrgServerInfo | None:
@@ -424,11 +434,11 @@ def _org_error(value) -> tuple[str | None, str | None]:
     if value is None:
         return None, None
     if isinstance(value, str):
-        return None, _clip(value)
+        return None, _clip(_clean(value))
     if isinstance(value, dict):
         stage, message = value.get("stage"), value.get("message")
         return (
-            stage if isinstance(stage, str) else None,
-            _clip(message) if isinstance(message, str) else "organization script reported an error without a message",
+            _clean(stage) if isinstance(stage, str) else None,
+            _clip(_clean(message)) if isinstance(message, str) else "organization script reported an error without a message",
         )
     return None, "organization script reported an error of an unexpected shape"

@@ -298,3 +298,13 @@ def test_organization_truncated():
     with pytest.raises(ParseError) as info:
         parse_organization_output(ORG_SAMPLE[:200].encode())
     assert info.value.reason == "truncated_output"
+
+
+def test_lone_surrogates_are_replaced():
+    facts = parse_server_output(
+        b'{"schema":1,"computer":"EX\\ud800","events":{"id":1008,"time":"/Date(0)/","message":"bad \\udc00"},'
+        b'"log":{"name":"a","tail":"x\\ud800y"}}'
+    )
+    for text in (facts.computer, facts.events[0].message, facts.log.tail):
+        text.encode("utf-8")
+    assert facts.computer == "EX?"

@@ -1,0 +1,124 @@
+"""Property tests: arbitrary remote output never escapes the parsers as anything but ParseError, and bounds hold."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from exporter.eems_patterns import LogRecord, classify_fetch_error, parse_log_line
+from exporter.parse import ParseError, clixml_to_text, parse_organization_output, parse_ps_date, parse_server_output
+
+FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+MAX_EVENTS, MAX_LOG_BYTES = 3, 64
+
+scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=40)
+json_like = st.recursive(
+    scalars | st.sampled_from(["/Date(1764158400000)/", "\\/Date(-5+0100)\\/", "2026-11-26T10:00:00Z", "Running", 4]),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    max_leaves=25,
+)
+FIELDS = ("schema", "computer", "now", "exsetup_version", "build_source", "edge", "service", "events", "log",
+          "endpoint", "errors", "organization", "servers", "error")
+event = st.fixed_dictionaries({}, optional={"id": json_like | st.sampled_from([1005, 1006, 1008]),
+                                            "time": json_like, "message": json_like})
+server_shaped = st.fixed_dictionaries(
+    {"schema": st.just(1)},
+    optional={
+        **{f: json_like for f in FIELDS[1:]},
+        "events": st.lists(event, max_size=8) | event | json_like,
+        "log": st.fixed_dictionaries({}, optional={"name": json_like, "length": json_like, "last_write": json_like,
+                                                  "tail": st.text(max_size=300) | json_like}) | json_like,
+        "service": st.fixed_dictionaries({}, optional={"status": json_like, "start_type": json_like}) | json_like,
+        "servers": st.lists(st.dictionaries(st.sampled_from(["name", "fqdn", "roles", "mitigations_applied",
+                                                             "mitigations_applied_time", "internet_web_proxy",
+                                                             "mitigations_enabled"]), json_like), max_size=4) | json_like,
+    },
+)
+
+
+def _encoded(doc: dict, cut: int | None) -> bytes:
+    data = json.dumps(doc).encode()
+    return data if cut is None else data[: cut % (len(data) + 1)]
+
+
+def _check_server(stdout: bytes) -> None:
+    try:
+        facts = parse_server_output(stdout, max_events=MAX_EVENTS, max_log_bytes=MAX_LOG_BYTES)
+    except ParseError as e:
+        assert e.reason in ("bad_output", "truncated_output") and str(e)
+        return
+    assert len(facts.events) <= MAX_EVENTS
+    assert facts.log is None or len(facts.log.tail.encode("utf-8")) <= MAX_LOG_BYTES
+    assert all(isinstance(e, str) for e in facts.errors) and len(facts.errors) <= 50
+    texts = [*facts.errors, facts.computer or "", facts.exsetup_version or "", *(e.message for e in facts.events)]
+    for text in texts + ([facts.log.name] if facts.log else []):
+        text.encode("utf-8")  # strict: no lone surrogates reach the metrics page
+
+
+def _check_organization(stdout: bytes) -> None:
+    try:
+        facts = parse_organization_output(stdout, max_servers=3)
+    except ParseError as e:
+        assert e.reason in ("bad_output", "truncated_output") and str(e)
+        return
+    assert len(facts.servers) <= 3
+    assert all(isinstance(s.name, str) and s.name for s in facts.servers)
+    for s in facts.servers:
+        "".join([s.name, s.fqdn or "", s.internet_web_proxy or "", *s.mitigations_applied]).encode("utf-8")
+
+
+@FUZZ
+@given(st.binary(max_size=400))
+def test_server_output_arbitrary_bytes(stdout):
+    _check_server(stdout)
+
+
+@FUZZ
+@given(server_shaped, st.none() | st.integers(0, 10_000))
+def test_server_output_json_like(doc, cut):
+    _check_server(_encoded(doc, cut))
+
+
+@FUZZ
+@given(st.binary(max_size=400))
+def test_organization_output_arbitrary_bytes(stdout):
+    _check_organization(stdout)
+
+
+@FUZZ
+@given(server_shaped, st.none() | st.integers(0, 10_000))
+def test_organization_output_json_like(doc, cut):
+    _check_organization(_encoded(doc, cut))
+
+
+@FUZZ
+@given(json_like | st.from_regex(r"\\?/Date\(-?[0-9]{0,18}([+-][0-9]{4})?\)\\?/", fullmatch=True)
+       | st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{0,15}(Z|[+-][0-9]{2}:[0-9]{2})?", fullmatch=True))
+def test_parse_ps_date_never_raises(value):
+    result = parse_ps_date(value)
+    assert result is None or (isinstance(result, datetime) and result.utcoffset().total_seconds() == 0)
+
+
+@FUZZ
+@given(st.binary(max_size=400) | st.text(max_size=300).map(lambda t: ("#< CLIXML\r\n<Objs><S S=\"Error\">" + t).encode()))
+def test_clixml_to_text_never_raises(stderr):
+    text = clixml_to_text(stderr)
+    assert isinstance(text, str) and len(text) <= len(stderr)
+
+
+log_text = st.text(alphabet=st.sampled_from(list("S:LogLevel=Warning;Message'\",-2026-11-26T10:00:00Z#é \t")), max_size=120)
+
+
+@FUZZ
+@given(st.text(max_size=200) | log_text)
+def test_log_line_parser_never_raises(line):
+    record = parse_log_line(line)
+    assert record is None or isinstance(record, LogRecord)
+    if record is not None:
+        assert isinstance(record.message, str) and len(record.message) <= len(line)
+        assert record.is_check_start in (True, False) and record.is_problem in (True, False)
+        assert classify_fetch_error(record.message) in ("untrusted_endpoint", "unknown_issuer", "tls_validation",
+                                                        "signature_invalid", "other")
