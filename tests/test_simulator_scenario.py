@@ -331,6 +331,19 @@ def test_log_tail_is_the_last_bytes_of_the_newest_file():
     assert tail["tail"] == full["tail"][-100:] and tail["length"] == full["length"]
 
 
+def test_before_the_first_check_of_the_day_the_newest_file_is_yesterdays():
+    server = {"name": "EX01", "build": "15.2.2562.53", "installed_since": "2026-11-20T00:30:00Z"}
+    log = facts(fleet(server, clock="2026-11-26T00:05:00Z"))["log"]
+    assert log["name"] == "MitigationService_20261125-1.LOG"
+    assert log["tail"].rstrip().splitlines()[-1].startswith("2026-11-25T23:40:0")
+
+
+def test_no_log_file_before_the_service_ever_started():
+    server = {"name": "EX01", "build": "15.2.2562.53", "installed_since": "2026-11-26T13:00:00Z"}
+    doc = facts(fleet(server))
+    assert doc["log"] is None and as_list(doc["events"]) == []
+
+
 @pytest.mark.parametrize("key", ["log_file", "events"])
 def test_either_source_can_be_missing(key):
     doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", key: "absent"}))

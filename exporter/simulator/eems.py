@@ -234,27 +234,33 @@ def events(setup: EemsSetup, now: datetime, lookback: timedelta, max_events: int
 
 
 def newest_log(setup: EemsSetup, now: datetime) -> LogFile | None:
-    """The newest daily log file as it stands at `now`; None before the service ever wrote a line."""
+    """The newest daily log file as it stands at `now` (one file per UTC day with lines); None before any line."""
     end = now if setup.running_until is None else min(now, setup.running_until)
-    if end < setup.running_from:
-        return None
     day = datetime(end.year, end.month, end.day, tzinfo=timezone.utc)
+    while day + timedelta(days=1) > setup.running_from:
+        lines = _day_lines(setup, day, min(end, day + timedelta(days=1) - timedelta(microseconds=1)))
+        if lines:
+            header = (
+                "#Software: Microsoft Exchange Server",
+                f"#Version: {setup.data_version}",
+                "#Log-type: Mitigation Service Log",
+                f"#Date: {_stamp(lines[0].time)}",
+                "#Fields: DateTime,EventName,CustomData",
+            )
+            text = "".join(f"{row}\r\n" for row in (*header, *(line.text for line in lines)))
+            return LogFile(f"MitigationService_{day:%Y%m%d}-1.LOG", text.encode("utf-8"), lines[-1].time)
+        day -= timedelta(days=1)
+    return None
+
+
+def _day_lines(setup: EemsSetup, day: datetime, end: datetime) -> list[LogLine]:
     lines: list[LogLine] = []
-    if setup.running_from >= day:
-        lines.append(LogLine(setup.running_from, f"{_stamp(setup.running_from)},Service,S:LogLevel=Information;S:Message=Started MSExchangeMitigation"))
+    if day <= setup.running_from <= end:
+        started = f"{_stamp(setup.running_from)},Service,S:LogLevel=Information;S:Message=Started MSExchangeMitigation"
+        lines.append(LogLine(setup.running_from, started))
     for at in check_times(setup, day, end):
         lines.extend(line for line in _check_lines(setup, at) if line.time <= end)
-    if not lines:
-        return None
-    header = (
-        "#Software: Microsoft Exchange Server",
-        f"#Version: {setup.data_version}",
-        "#Log-type: Mitigation Service Log",
-        f"#Date: {_stamp(lines[0].time)}",
-        "#Fields: DateTime,EventName,CustomData",
-    )
-    text = "".join(f"{row}\r\n" for row in (*header, *(line.text for line in lines)))
-    return LogFile(f"MitigationService_{day:%Y%m%d}-1.LOG", text.encode("utf-8"), lines[-1].time)
+    return lines
 
 
 def last_success(setup: EemsSetup, now: datetime) -> datetime | None:
