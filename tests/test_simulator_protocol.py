@@ -24,7 +24,9 @@ from winrm.exceptions import InvalidCredentialsError, WinRMTransportError, WSMan
 
 from exporter.simulator.host import CommandOutput, Faults, SimulatedHost
 from exporter.simulator.server import Fleet
+from exporter.simulator.shells import Command
 from exporter.simulator.tls import TestAuthority
+from exporter.simulator.wsman import parse_duration
 
 USER, PASSWORD = "EXCH\\svc_monitor", "S3cret!Pass"
 CREDENTIALS = {USER: PASSWORD, "localadmin": "L0cal!Only"}
@@ -294,10 +296,11 @@ def test_https_rejects_ntlm_with_wrong_channel_bindings(fleet):
 
 
 @pytest.mark.parametrize("secure", [False, True])
-def test_pypsrp_winrs(fleet, secure):
+@pytest.mark.parametrize("auth", ["ntlm", "negotiate"])  # negotiate = SPNEGO-wrapped NTLM with a final token
+def test_pypsrp_winrs(fleet, secure, auth):
     host = fleet.hosts["secure" if secure else "plain"]
     wsman = WSMan(
-        host.address, port=host.port, ssl=secure, auth="ntlm", username=USER, password=PASSWORD,
+        host.address, port=host.port, ssl=secure, auth=auth, username=USER, password=PASSWORD,
         encryption="auto" if secure else "always", cert_validation=str(fleet.ca_file) if secure else False,
     )
     with wsman, WinRS(wsman) as shell:
@@ -382,6 +385,36 @@ def test_unknown_action_is_action_not_supported(fleet):
     response = _basic_post(fleet, envelope.encode())
     assert response.status_code == 500
     assert "a:ActionNotSupported" in response.text and "<a:RelatesTo>uuid:1</a:RelatesTo>" in response.text
+
+
+def test_invalid_operation_timeout_is_a_header_fault(fleet):
+    envelope = (
+        '<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:w="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd" '
+        'xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing"><s:Header>'
+        "<a:Action>http://schemas.xmlsoap.org/ws/2004/09/transfer/Create</a:Action><a:MessageID>uuid:2</a:MessageID>"
+        "<w:OperationTimeout>PT-1S</w:OperationTimeout></s:Header><s:Body/></s:Envelope>"
+    )
+    response = _basic_post(fleet, envelope.encode())
+    assert response.status_code == 500 and 'Code="2150858767"' in response.text and "PT-1S" in response.text
+
+
+@pytest.mark.parametrize("text, seconds", [("PT20S", 20), ("PT20.000S", 20), ("PT1M30S", 90), ("P0DT0H0M5.5S", 5.5)])
+def test_operation_timeout_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["PT", "PT-1S", "20", "PTxS", ""])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_output_is_cut_to_the_envelope_budget():
+    command = Command(CommandOutput([b"a" * 3000, b"b" * 10]), started=0.0, stdout=[b"a" * 3000, b"b" * 10])
+    first_out, _, done = command.take(2000)
+    assert not done and sum(len(chunk) for chunk in first_out) <= 2000 * 3 // 4
+    rest, _, done = command.take(100_000)
+    assert done and b"".join(first_out + rest) == b"a" * 3000 + b"b" * 10
 
 
 def test_other_paths_are_404_and_challenge_lists_negotiate_and_basic(fleet):

@@ -91,7 +91,7 @@ class AuthResult:
     """`principal` set = the request may proceed; otherwise answer 401 with `challenge` (or close)."""
 
     principal: str | None = None
-    challenge: str | None = None  # WWW-Authenticate value carrying the next NTLM token
+    challenge: str | None = None  # WWW-Authenticate value with the next token (SPNEGO: also the final one)
     close: bool = False  # credentials rejected: 401 with Connection: close
 
 
@@ -156,7 +156,8 @@ class ConnectionAuth:
             self._context = None
             return AuthResult(close=True)
         self.ntlm_principal = principal
-        return AuthResult(principal=principal)
+        final = f"{header_scheme} {base64.b64encode(out).decode()}" if out else None
+        return AuthResult(principal=principal, challenge=final)
 
 
 class EncryptionError(ValueError):

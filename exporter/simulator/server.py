@@ -365,6 +365,14 @@ class Fleet:
         if request.method != "POST":
             return _Response(405)
         result = conn_auth.authenticate(request.headers.get("authorization"), deny=rt.host.faults.unauthorized)
+        response = await self._authorized(rt, conn_auth, result, request, client_ip)
+        if result.principal is not None and result.challenge:
+            response.headers.append(("WWW-Authenticate", result.challenge))  # SPNEGO's final token
+        return response
+
+    async def _authorized(
+        self, rt: _HostRuntime, conn_auth: auth.ConnectionAuth, result: auth.AuthResult, request: HttpRequest, client_ip: str
+    ) -> _Response:
         if result.principal is None:
             if result.challenge:
                 return _Response(401, [("WWW-Authenticate", result.challenge)])
