@@ -86,6 +86,17 @@ def test_full_path_and_exe_suffix_are_powershell_too():
     assert facts_from(run(sc, line))["schema"] == 1
 
 
+def test_the_exporters_own_command_lines_are_answered():
+    from exporter import scripts  # the test (not the simulator) may use the exporter: it checks the contract
+
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53"})
+    params = scripts.ServerScriptParameters(6, 3, 2000, True, 10, "http://o'brien-proxy:8080/")
+    doc = facts_from(run(sc, scripts.command_line(scripts.server_script(params))))
+    assert len(as_list(doc["events"])) == 3 and len(doc["log"]["tail"]) == 2000 and doc["endpoint"]["status"] == 200
+    org = facts_from(run(sc, scripts.command_line(scripts.organization_script())))
+    assert org["servers"]["name"] == "EX01"
+
+
 def test_stdout_is_one_json_line_with_crlf_and_ascii_only():
     sc = fleet({"name": "EX01", "build": "15.2.2562.53"})
     out = run(sc, encode(server_script()))

@@ -159,7 +159,7 @@ class WindowsHost:
     # ------------------------------------------------------------ scripts
 
     def _run_script(self, script: str) -> CommandOutput:
-        lines = [line.strip() for line in script.splitlines() if line.strip()]
+        lines = [line.strip() for line in script.lstrip("\ufeff").splitlines() if line.strip()]
         if not lines:
             return CommandOutput([])
         if lines[0] == SERVER_MARKER:
