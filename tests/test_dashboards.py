@@ -1,0 +1,129 @@
+"""The shipped Grafana dashboards: importable and provisionable structure, linter conventions, valid PromQL.
+
+The conventions are grafana/dashboard-linter's rules (datasource variable, job variable, panel title,
+description, unit and datasource). PromQL validity is checked by Prometheus's own parser via promtool,
+which fails loudly when missing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.dashboard_queries import all_panel_queries, dashboard_files, panels
+
+DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
+# Changing a uid breaks every bookmark and link to the dashboard: these are part of the public interface.
+STABLE_UIDS = {"fleet-overview.json": "exchange-eems-fleet", "server-detail.json": "exchange-eems-server"}
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def dashboards() -> list[tuple[str, dict]]:
+    return [(path.name, load(path)) for path in dashboard_files()]
+
+
+def variables(dashboard: dict) -> dict[str, dict]:
+    return {v["name"]: v for v in dashboard["templating"]["list"]}
+
+
+def test_the_two_dashboards_exist_with_stable_uids():
+    assert {name: d["uid"] for name, d in dashboards()} == STABLE_UIDS
+
+
+@pytest.mark.parametrize("name", sorted(STABLE_UIDS))
+def test_dashboard_metadata(name):
+    dashboard = load(dashboard_files()[0].parent / name)
+    assert 36 <= dashboard["schemaVersion"] <= 41
+    assert "exchange-eems-exporter" in dashboard["tags"]
+    assert dashboard["title"].startswith("Exchange EEMS / ")
+    assert dashboard["description"]
+    # Provisioned dashboards do not resolve __inputs placeholders (grafana/grafana#10786).
+    text = json.dumps(dashboard)
+    assert "__inputs" not in dashboard and "${DS_" not in text
+
+
+@pytest.mark.parametrize("name", sorted(STABLE_UIDS))
+def test_template_variables(name):
+    found = variables(load(dashboard_files()[0].parent / name))
+    datasource_vars = [v for v in found.values() if v["type"] == "datasource"]
+    assert len(datasource_vars) == 1
+    ds = found["datasource"]
+    assert (ds["type"], ds["query"], ds["label"]) == ("datasource", "prometheus", "Data Source")
+    for var in ("job", "server"):
+        assert found[var]["type"] == "query"
+        assert found[var]["datasource"] == DATASOURCE_REF
+        assert "exchange_up" in found[var]["query"]["query"]
+    assert found["job"]["multi"] and found["job"]["includeAll"] and found["job"]["allValue"] == ".+"
+    assert '$job' in found["server"]["query"]["query"]
+
+
+def test_every_panel_has_title_description_unit_and_datasource():
+    for name, dashboard in dashboards():
+        ids = []
+        for panel in panels(dashboard):
+            ids.append(panel["id"])
+            assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24, (name, panel["title"])
+            if panel["type"] == "row":
+                assert panel["title"]
+                continue
+            where = (name, panel.get("title"))
+            assert panel["title"] and panel["description"], where
+            assert panel["fieldConfig"]["defaults"]["unit"], where
+            assert panel["datasource"] == DATASOURCE_REF, where
+            assert panel["targets"], where
+            for target in panel["targets"]:
+                assert target["datasource"] == DATASOURCE_REF, where
+                assert 'job=~"$job"' in target["expr"], f"{where}: query ignores the job variable"
+        assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
+
+
+def test_fleet_overview_has_the_fleet_counts_and_the_server_table():
+    fleet = load(dashboard_files()[0].parent / "fleet-overview.json")
+    stats = {p["title"] for p in panels(fleet) if p["type"] == "stat"}
+    assert {"Servers", "Failing the 2023-03 cutoff", "Failing the 2026-06 cutoff", "Without EEMS (Mailbox)",
+            "EEMS service not running", "Mitigation checks stale", "Exporter cannot poll"} <= stats
+    table = next(p for p in panels(fleet) if p["title"] == "Servers")
+    columns = set(next(t for t in table["transformations"] if t["id"] == "organize")["options"]["renameByName"].values())
+    assert {"Server", "Product", "CU", "Update", "Version", "Build age", "Cutoff 2023-03", "Cutoff 2026-06",
+            "EEMS service", "Last successful check", "Last error reason", "Applied", "Blocked"} <= columns
+
+
+def test_table_overrides_name_existing_columns():
+    for name, dashboard in dashboards():
+        for panel in panels(dashboard):
+            if panel["type"] != "table":
+                continue
+            organize = next(t for t in panel["transformations"] if t["id"] == "organize")["options"]
+            columns = set(organize["renameByName"].values())
+            for override in panel["fieldConfig"]["overrides"]:
+                assert override["matcher"]["options"] in columns, (name, panel["title"], override["matcher"])
+
+
+def test_count_stats_return_a_sample_even_when_the_count_is_zero():
+    for name, dashboard in dashboards():
+        for panel in panels(dashboard):
+            for target in panel.get("targets", []):
+                if target["expr"].startswith("count(") and panel["type"] == "stat":
+                    assert target["expr"].endswith("or vector(0)"), (name, panel["title"])
+
+
+def test_every_query_parses_as_promql(tmp_path):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found on PATH (Debian package 'prometheus'); PromQL cannot be checked")
+    queries = all_panel_queries()
+    assert queries
+    rules = [{"record": f"dashboard:query_{i}:check", "expr": expr} for i, (_, _, expr) in enumerate(queries)]
+    rule_file = tmp_path / "dashboard-queries.rules.yml"
+    rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard-queries", "rules": rules}]}))
+    result = subprocess.run([promtool, "check", "rules", str(rule_file)], capture_output=True, text=True, timeout=60)
+    where = "\n".join(f"{i}: {d} / {t}" for i, (d, t, _) in enumerate(queries))
+    assert result.returncode == 0, result.stdout + result.stderr + "\n" + where
