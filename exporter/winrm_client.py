@@ -206,7 +206,7 @@ class ServerConnection:
                     lambda e: isinstance(e, PollFailure) and e.reason in TRANSIENT_REASONS
                 ),
                 stop=tenacity.stop_after_attempt(3) | _stop_at_deadline(deadline),
-                wait=tenacity.wait_exponential_jitter(initial=0.5, max=5, jitter=0.5),
+                wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=5, jitter=0.5),
                 reraise=True,
             )
             try:

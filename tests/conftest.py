@@ -1,0 +1,110 @@
+"""Shared fixtures: a simulated fleet on loopback, and an exporter configuration that polls it.
+
+Every fleet listens on its own random 127.x.y.0/24 block and a free port, so tests never collide with
+each other or with a running `make demo`.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import socket
+import textwrap
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exporter.catalog import Catalog
+from exporter.config import Config, load_config_text
+from exporter.simulator.scenario import scenario_from_dict
+from exporter.simulator.server import Fleet
+
+PASSWORD = "Tr0ub4dor&3-eems-test"  # tests grep every output for this string
+USERNAME = "EXCH\\svc_monitor"
+PASSWORD_ENV = "EEMS_TEST_PASSWORD"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def demo_scenario() -> dict:
+    text = resources.files("exporter.simulator").joinpath("scenarios").joinpath("demo.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def relocate(scenario: dict) -> dict:
+    """Move a scenario's servers onto a random loopback block and a free port, with the test credential."""
+    scenario = copy.deepcopy(scenario)
+    block = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}"
+    port = free_port()
+    scenario["credentials"] = [{"username": USERNAME, "password": PASSWORD}]
+    scenario.setdefault("defaults", {})["port"] = port
+    for index, server in enumerate(scenario["servers"], start=1):
+        server["address"] = f"{block}.{index}"
+        server.pop("port", None)
+    return scenario
+
+
+class SimulatedFleet:
+    def __init__(self, scenario_dict: dict):
+        self.scenario = scenario_from_dict(scenario_dict)
+        self.fleet = Fleet(self.scenario.hosts, self.scenario.credentials, tls_dir=self.scenario.tls)
+        self.hosts = {h.name: h for h in self.scenario.hosts}
+
+    def __enter__(self) -> "SimulatedFleet":
+        self.fleet.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.fleet.stop()
+
+    def config_text(self, **poll) -> str:
+        """An exporter config for this fleet (YAML), poll settings overridable."""
+        poll_settings = {"interval": "60s", "timeout": "15s", "concurrency": 8, **poll}
+        schemes = sorted({h.scheme for h in self.scenario.hosts})
+        modules = {}
+        for scheme in schemes:
+            module = {"username": USERNAME, "password_env": PASSWORD_ENV, "scheme": scheme,
+                      "operation_timeout": "3s", "read_timeout": "5s"}
+            if scheme == "https":
+                module["ca_file"] = str(self.fleet.ca_file)
+            modules[scheme] = module
+        config = {
+            "poll": poll_settings,
+            "modules": modules,
+            "servers": [{"name": h.name, "address": h.address, "port": h.port, "module": h.scheme}
+                        for h in self.scenario.hosts],
+        }
+        organization = self.scenario.organization
+        if organization.server:
+            config["organization"] = {"name": organization.name, "server": organization.server}
+        return yaml.safe_dump(config, sort_keys=False)
+
+    def config(self, **poll) -> Config:
+        return load_config_text(self.config_text(**poll), Path("."))
+
+
+@pytest.fixture(autouse=True)
+def _password_env(monkeypatch):
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+
+
+@pytest.fixture(scope="session")
+def catalog() -> Catalog:
+    return Catalog.load()
+
+
+def minimal_config(extra: str = "") -> str:
+    return textwrap.dedent(f"""
+        modules:
+          default:
+            username: 'EXCH\\svc_monitor'
+            password_env: {PASSWORD_ENV}
+        servers:
+          - ex01.contoso.com
+        """) + textwrap.dedent(extra)
