@@ -1,0 +1,25 @@
+# exchange-eems-exporter: a small, non-root image. Build: docker build -t exchange-eems-exporter:0.1.0 .
+# tests/test_dockerfile.py lints this file with hadolint and checks it against pyproject.toml,
+# exporter/config.py and deploy/statefulset.yaml.
+FROM python:3.11.11-slim-bookworm
+
+# No .pyc writes at run time: the root filesystem is read-only in deploy/statefulset.yaml.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY exporter/ exporter/
+RUN pip install --no-cache-dir . && rm -rf build exchange_eems_exporter.egg-info
+
+WORKDIR /
+# 65534 (nobody) is the UID deploy/statefulset.yaml runs as; numeric so runAsNonRoot can verify it.
+USER 65534:65534
+EXPOSE 10061
+
+# No HEALTHCHECK: with --web.config.file (TLS, basic auth) a fixed plain-HTTP probe would mark a healthy
+# container unhealthy. Orchestrators probe /-/healthy and /-/ready themselves.
+ENTRYPOINT ["exchange-eems-exporter"]
+CMD ["run", "--config.file", "/etc/exchange-eems-exporter/config.yml"]
