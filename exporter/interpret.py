@@ -24,7 +24,6 @@ from exporter.model import BuildVerdict, EemsHistory, RawLog, RawServerFacts, Se
 SUCCESS_EVENTS = (1005, 1006)
 ERROR_EVENT = 1008
 FUTURE_TOLERANCE = timedelta(days=1)  # clock skew we accept before calling a timestamp bogus
-REFINE_WINDOW = timedelta(minutes=15)  # how close a log cycle must be to a generic 1008 to explain it
 
 SERVICE_STATES = {
     "Running": "running",
@@ -58,11 +57,18 @@ def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, look
         service_installed=facts.service_installed,
         service_state=SERVICE_STATES.get(facts.service_status or "", "unknown") if facts.service_installed else None,
         service_start_mode=START_MODES.get(facts.service_start_type or "") if facts.service_installed else None,
-        eems=eems_history(facts, lookback=lookback, now=now),
+        eems=eems_history(facts, lookback=lookback, now=now, generic_reason=_generic_reason(build)),
         endpoint_reachable=None if endpoint is None else endpoint.status == 200,
         endpoint_duration_seconds=None if endpoint is None else endpoint.duration_seconds,
         collection_errors=facts.errors + tuple(notes),
     )
+
+
+def _generic_reason(build: BuildVerdict | None) -> str:
+    """A build below the 2023-03 cutoff logs the generic January 2025 error: the retired certificate."""
+    if build is not None and build.eems_supported and not build.cutoffs.get("2023-03", True):
+        return "untrusted_endpoint"
+    return "other"
 
 
 def _build(version: str | None, catalog: Catalog, notes: list[str]) -> BuildVerdict | None:
@@ -105,18 +111,24 @@ def _cycles(log: RawLog | None, latest: datetime) -> list[_Cycle]:
     return cycles
 
 
-def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime) -> EemsHistory:
+def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
+                 generic_reason: str = "other") -> EemsHistory:
     latest = now + FUTURE_TOLERANCE
     events = [e for e in facts.events if e.time <= latest and e.id in (*SUCCESS_EVENTS, ERROR_EVENT)]
     cycles = _cycles(facts.log, latest)
     failed = [c for c in cycles if c.error_time is not None]
 
     def reason_of(message: str, when: datetime) -> str:
+        """A generic 1008 (the January 2025 text has no detail) takes the reason of the nearest failed log
+        cycle: close by it is the same check; further away it is the same persistent cause,
+        because the log tail reaches back less far than the event log. Without any, `generic_reason`."""
         reason = classify_fetch_error(message)
         if reason != "other":
             return reason
-        near = [c for c in failed if c.error_reason != "other" and abs(c.error_time - when) <= REFINE_WINDOW]
-        return min(near, key=lambda c: abs(c.error_time - when)).error_reason if near else reason
+        known = [c for c in failed if c.error_reason != "other"]
+        if not known:
+            return generic_reason
+        return min(known, key=lambda c: abs(c.error_time - when)).error_reason
 
     event_errors = [(e.time, reason_of(e.message, e.time)) for e in events if e.id == ERROR_EVENT]
     errors = event_errors + [(c.error_time, c.error_reason) for c in failed]

@@ -37,17 +37,19 @@ log = logging.getLogger(__name__)
 ACCESS_DENIED = 5
 QUOTA_FAULTS = {2150859173, 2150859174, 2150859175, 2150859176, 2150859179}
 TRANSIENT_REASONS = {"connection_refused", "connection_error", "timeout", "http_error"}
-CLEANUP_TIMEOUT_SECONDS = 5
+CLEANUP_TIMEOUT_SECONDS = 8
+MAX_ORPHANS = 16
 _MIN_REQUEST_SECONDS = 2
 
 
 class PollFailure(Exception):
     """A failed poll: `reason` is a stable class for metrics, `message` a short human text without secrets."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: str, message: str, *, connection_intact: bool = False):
         super().__init__(message)
         self.reason = reason
         self.message = message[:300]
+        self.connection_intact = connection_intact  # raised between requests: the connection is still usable
 
 
 class _ResponseTooLarge(Exception):
@@ -118,6 +120,7 @@ class ServerConnection:
         self.max_poll_bytes = max_poll_bytes
         self._protocol: Protocol | None = None
         self._reused = False
+        self._orphans: list[str] = []  # shells whose Delete failed: deleted at the next poll that connects
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ connection
@@ -177,7 +180,7 @@ class ServerConnection:
     def _set_timeouts(self, protocol: Protocol, deadline: float) -> None:
         remaining = deadline - time.monotonic()
         if remaining < _MIN_REQUEST_SECONDS:
-            raise PollFailure("deadline_exceeded", "the poll deadline passed")
+            raise PollFailure("deadline_exceeded", "the poll deadline passed", connection_intact=True)
         op = max(1, min(int(self.module.operation_timeout), int(remaining) - 1))
         protocol.operation_timeout_sec = op
         protocol.read_timeout_sec = op + 1
@@ -219,18 +222,26 @@ class ServerConnection:
     def _run_once(self, command_line: str, deadline: float) -> CommandResult:
         self._reused = self._protocol is not None
         protocol = self._connected(deadline)
+        self._delete_orphans(protocol, deadline)
         shell_id = command_id = None
-        succeeded = False
+        intact = True
         try:
             self._set_timeouts(protocol, deadline)
             shell_id = protocol.open_shell()
             self._set_timeouts(protocol, deadline)
             command_id = protocol.run_command(shell_id, command_line)
             stdout, stderr, exit_code = self._receive(protocol, shell_id, command_id, deadline)
-            succeeded = True
             return CommandResult(stdout, stderr, exit_code)
+        except PollFailure as failure:
+            intact = failure.connection_intact
+            raise
+        except (WSManFaultError, WinRMOperationTimeoutError):
+            raise  # the server answered with a fault: the connection is fine
+        except BaseException:
+            intact = False
+            raise
         finally:
-            self._cleanup(shell_id, command_id, broken=not succeeded)
+            self._cleanup(shell_id, command_id, broken=not intact)
 
     def _receive(self, protocol: Protocol, shell_id: str, command_id: str, deadline: float) -> tuple[bytes, bytes, int]:
         stdout, stderr = bytearray(), bytearray()
@@ -244,10 +255,23 @@ class ServerConnection:
             stderr += err
             if len(stdout) + len(stderr) > self.max_poll_bytes:
                 raise PollFailure(
-                    "output_too_large", f"command output exceeds limits.max_poll_bytes ({self.max_poll_bytes})"
+                    "output_too_large", f"command output exceeds limits.max_poll_bytes ({self.max_poll_bytes})",
+                    connection_intact=True,
                 )
             if done:
                 return bytes(stdout), bytes(stderr), code
+
+    def _delete_orphans(self, protocol: Protocol, deadline: float) -> None:
+        """Delete shells a failed poll could not: a server that refused or dropped the connection then may
+        still hold them, and they count against MaxShellsPerUser until its idle timeout."""
+        while self._orphans:
+            shell_id = self._orphans[0]
+            self._set_timeouts(protocol, deadline)
+            try:
+                protocol.close_shell(shell_id, close_session=False)
+            except WSManFaultError:
+                pass  # already gone (expired or the service restarted): nothing to delete
+            self._orphans.pop(0)
 
     def _cleanup(self, shell_id: str | None, command_id: str | None, *, broken: bool) -> None:
         """Signal terminate and delete the shell. After a failure, use a new connection: the old one may be dead."""
@@ -266,7 +290,10 @@ class ServerConnection:
                     pass
             protocol.close_shell(shell_id, close_session=False)
         except Exception as err:
-            log.warning("could not delete WinRM shell on %s: %s", self.endpoint, classify(err).message)
+            log.warning("could not delete WinRM shell on %s, will retry at the next poll: %s", self.endpoint,
+                        classify(err).message)
+            if len(self._orphans) < MAX_ORPHANS:
+                self._orphans.append(shell_id)
             self.close()
         finally:
             if broken:

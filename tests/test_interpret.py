@@ -249,15 +249,16 @@ def test_generic_jan_2025_event_is_refined_from_the_log(catalog):
     events = [RawEvent(1008, at(1, -2), JAN_2025_1008), RawEvent(1008, at(5), JAN_2025_1008)]
     eems = interpret(facts(events, tail=tail), catalog).eems
     assert (eems.last_error, eems.last_error_reason) == (at(1, -2), "untrusted_endpoint")
-    # the older event has no log cycle within 15 minutes, so it stays "other"
-    assert eems.fetch_errors["untrusted_endpoint"] == 1 and eems.fetch_errors["other"] == 1
+    # the older event is beyond the log tail: the same persistent cause explains it
+    assert eems.fetch_errors["untrusted_endpoint"] == 2 and eems.fetch_errors["other"] == 0
     assert eems.last_success is None and eems.last_check == at(1, -2)
 
 
-def test_generic_event_far_from_the_log_cycle_stays_other(catalog):
-    tail = "\n".join([stamp(at(3), FETCH_LINE), stamp(at(3, -1), UNTRUSTED_LINE)])
+def test_generic_event_far_from_the_log_cycle_takes_the_nearest_cause(catalog):
+    tail = "\n".join([stamp(at(9), FETCH_LINE), stamp(at(9, -1), "FetchMitigation," + GRANIKOS_CYCLE[4]),
+                      stamp(at(3), FETCH_LINE), stamp(at(3, -1), UNTRUSTED_LINE)])
     eems = interpret(facts([RawEvent(1008, at(1), JAN_2025_1008)], tail=tail), catalog).eems
-    assert (eems.last_error, eems.last_error_reason) == (at(1), "other")
+    assert (eems.last_error, eems.last_error_reason) == (at(1), "untrusted_endpoint")
 
 
 def test_both_sources_newest_evidence_wins(catalog):
@@ -286,3 +287,11 @@ def test_partial_first_line_and_odd_lines_do_not_crash(catalog):
     log = RawLog("x.LOG", 10_000_000, NOW, tail)  # the tail is a suffix of a larger file
     eems = interpret(facts(log=log), catalog).eems
     assert (eems.last_check, eems.last_success, eems.last_error) == (at(1), at(1), None)
+
+
+def test_generic_event_without_log_is_explained_by_the_build(catalog):
+    events = [RawEvent(1008, at(1), JAN_2025_1008), RawEvent(1008, at(2), JAN_2025_1008)]
+    old = interpret(facts(events, exsetup_version="15.2.1118.25"), catalog).eems  # 2019 CU12 Feb23SU
+    assert old.fetch_errors["untrusted_endpoint"] == 2 and old.last_error_reason == "untrusted_endpoint"
+    current = interpret(facts(events), catalog).eems  # SE Jun26SU: the generic text stays unexplained
+    assert current.fetch_errors["other"] == 2 and current.last_error_reason == "other"
