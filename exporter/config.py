@@ -84,6 +84,7 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class PollConfig:
+    background: bool = True  # false: probe-only, Prometheus drives every poll through /probe
     interval: float = 300.0
     timeout: float = 60.0
     concurrency: int = 32
@@ -209,8 +210,9 @@ def _load_poll(raw: Any) -> PollConfig:
         values["max_events"] = _int(section["max_events"], "poll.max_events", 1, 5000)
     if "log_tail_bytes" in section:
         values["log_tail_bytes"] = _int(section["log_tail_bytes"], "poll.log_tail_bytes", 0, 16 << 20)
-    if "check_endpoint" in section:
-        values["check_endpoint"] = _bool(section["check_endpoint"], "poll.check_endpoint")
+    for key in ("check_endpoint", "background"):
+        if key in section:
+            values[key] = _bool(section[key], f"poll.{key}")
     for key in ("jitter", "failing_share"):
         if key in section:
             value = section[key]

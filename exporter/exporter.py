@@ -41,7 +41,7 @@ class Exporter:
         self.last_reload_successful = True
         self.last_reload_timestamp = time.time()
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SnapshotCollector(self.poller.snapshot, self._self_status))
+        self.registry.register(SnapshotCollector(self._snapshot, self._self_status))
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=self.registry)
 
@@ -53,14 +53,19 @@ class Exporter:
             last_reload_timestamp=self.last_reload_timestamp,
         )
 
+    def _snapshot(self):
+        """In probe-only mode /metrics carries the exporter's own metrics only: servers come via /probe."""
+        return self.poller.snapshot() if self.config.poll.background else ([], None)
+
     def start(self) -> None:
-        self.poller.start()
+        if self.config.poll.background:
+            self.poller.start()
 
     def stop(self) -> None:
         self.poller.stop()
 
     def ready(self) -> bool:
-        return self.poller.ready()
+        return not self.config.poll.background or self.poller.ready()
 
     def probe_registry(self, target: str, module: str | None, timeout: float | None) -> CollectorRegistry:
         """Poll one server now; its metrics only (self metrics stay on /metrics, as for blackbox)."""

@@ -69,7 +69,7 @@ def start_fleet(args: argparse.Namespace) -> tuple[Scenario, Fleet]:
                   control_address=getattr(args, "control_address", None))
     try:
         fleet.start()
-    except OSError as err:
+    except (OSError, ValueError) as err:
         print(f"exchange-eems-exporter: cannot start the simulated fleet: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     return scenario, fleet
