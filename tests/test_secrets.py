@@ -240,6 +240,7 @@ def test_no_output_of_the_exporter_contains_the_password(tmp_path):
 
             status, transcript = exporter.request("GET", "/metrics")
             outputs["GET /metrics"] = transcript
+            assert status == 200, transcript[-500:]
             seen = outcomes(transcript.decode())
             for name, (_, _, reasons) in FLEET.items():
                 up, failures = seen.get(name, (None, set()))
