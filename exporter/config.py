@@ -8,6 +8,7 @@ once, and wrapped in `Secret` so they cannot leak through repr() or an f-string 
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -136,6 +137,8 @@ def parse_duration(value: Any, path: str) -> float:
     if isinstance(value, bool):
         raise ConfigError(path, f"expected a duration like 30s or 5m, got {value!r}")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ConfigError(path, f"expected a finite duration, got {value!r}")
         if value < 0:
             raise ConfigError(path, "must not be negative")
         return float(value)
@@ -401,11 +404,16 @@ def _shard(value: Any) -> tuple[int, int]:
 def load_config_text(text: str, base: Path, source: Path | None = None) -> Config:
     try:
         raw = yaml.safe_load(text)
+    except yaml.reader.ReaderError as err:  # a control character: no line mark, but a position
+        raise ConfigError("", f"not valid YAML: character #x{err.character:04x} at position {err.position} "
+                              "is not allowed") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise ConfigError("", f"not valid YAML{where}: {problem}") from None
+    if raw is None:
+        raise ConfigError("", "the configuration is empty: it needs at least modules and servers")
     root = _mapping(raw, "(top level)")
     _reject_unknown(root, {"poll", "limits", "modules", "servers", "organization", "catalog_file", "shard"}, "")
     poll = _load_poll(root.get("poll"))
