@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from .catalog import Catalog, CatalogError
 from .config import Config, ConfigError, load_config
-from .metrics import SelfStatus, SnapshotCollector, render
+from .exposition import CachedExposition
+from .metrics import SelfStatus, render
 from .poller import Poller
 from .redact import Redactor
 
@@ -40,10 +41,10 @@ class Exporter:
         self._reload_lock = threading.Lock()
         self.last_reload_successful = True
         self.last_reload_timestamp = time.time()
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SnapshotCollector(self._snapshot, self._self_status))
+        self.registry = CollectorRegistry(auto_describe=False)  # the process's own metrics
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=self.registry)
+        self._exposition = CachedExposition()
 
     def _self_status(self) -> SelfStatus:
         return SelfStatus(
@@ -53,9 +54,11 @@ class Exporter:
             last_reload_timestamp=self.last_reload_timestamp,
         )
 
-    def _snapshot(self):
-        """In probe-only mode /metrics carries the exporter's own metrics only: servers come via /probe."""
-        return self.poller.snapshot() if self.config.poll.background else ([], None)
+    def metrics_body(self, accept: str) -> tuple[bytes, str]:
+        """/metrics: every server's latest result and the exporter's own metrics. In probe-only mode the
+        exporter's own metrics only: servers come through /probe."""
+        servers, organization = self.poller.snapshot() if self.config.poll.background else ([], None)
+        return self._exposition.body(servers, organization, self._self_status(), self.registry, accept)
 
     def start(self) -> None:
         if self.config.poll.background:

@@ -92,7 +92,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         route = {
             "/": self._landing,
-            "/metrics": lambda _: self._metrics_response(self.exporter.registry),
+            "/metrics": self._metrics,
             "/probe": self._probe,
             "/-/healthy": lambda _: self._send(200, b"Healthy\n"),
             "/-/ready": self._ready,
@@ -121,6 +121,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         ok, message = self.exporter.reload()
         self._send(200 if ok else 500, (message + "\n").encode())
+
+    def _metrics(self, _query: str) -> None:
+        body, content_type = self.exporter.metrics_body(self.headers.get("Accept", ""))
+        self._send(200, body, content_type)
 
     def _ready(self, _query: str) -> None:
         if self.exporter.ready():

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import Callable, Iterable
+from typing import Iterable
 
 from prometheus_client.core import InfoMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from . import __version__
 from .eems_patterns import FETCH_ERROR_REASONS
@@ -163,8 +162,27 @@ def _organization_metrics(out: _Families, org: OrganizationResult, server_names:
                     1 if info.data_collection_enabled else 0)
 
 
+def server_families(result: ServerResult) -> list[Metric]:
+    out = _Families()
+    _server_metrics(out, result)
+    return list(out)
+
+
+def organization_families(organization: OrganizationResult, server_names: dict[str, str]) -> list[Metric]:
+    out = _Families()
+    _organization_metrics(out, organization, server_names)
+    return list(out)
+
+
+def self_families(self_status: SelfStatus) -> list[Metric]:
+    out = _Families()
+    _self_metrics(out, self_status)
+    return list(out)
+
+
 def render(servers: Iterable[ServerResult], organization: OrganizationResult | None,
            self_status: SelfStatus | None) -> list[Metric]:
+    """All families for a snapshot, merged per metric name (for /probe and tests; /metrics uses exposition.py)."""
     out = _Families()
     names: dict[str, str] = {}
     for result in servers:
@@ -173,27 +191,18 @@ def render(servers: Iterable[ServerResult], organization: OrganizationResult | N
     if organization is not None:
         _organization_metrics(out, organization, names)
     if self_status is not None:
-        out.info("exchange_exporter_build", "Version of exchange-eems-exporter.", {"version": __version__})
-        out.add("exchange_catalog_newest_release_timestamp_seconds",
-                "Release date of the newest build in the exporter's build catalog (staleness check).", {},
-                _ts(self_status.catalog_newest_release))
-        out.add("exchange_exporter_poll_interval_seconds", "Configured background poll interval.", {},
-                self_status.poll_interval_seconds)
-        out.add("exchange_exporter_config_last_reload_successful", "1 if the last configuration (re)load succeeded.",
-                {}, 1 if self_status.last_reload_successful else 0)
-        out.add("exchange_exporter_config_last_reload_success_timestamp_seconds",
-                "When the configuration was last loaded successfully.", {}, self_status.last_reload_timestamp)
+        _self_metrics(out, self_status)
     return list(out)
 
 
-class SnapshotCollector(Collector):
-    """Registered once; asks for a fresh snapshot on every scrape."""
-
-    def __init__(self, snapshot: Callable[[], tuple[list[ServerResult], OrganizationResult | None]],
-                 self_status: Callable[[], SelfStatus | None]):
-        self._snapshot = snapshot
-        self._self_status = self_status
-
-    def collect(self):
-        servers, organization = self._snapshot()
-        return render(servers, organization, self._self_status())
+def _self_metrics(out: _Families, self_status: SelfStatus) -> None:
+    out.info("exchange_exporter_build", "Version of exchange-eems-exporter.", {"version": __version__})
+    out.add("exchange_catalog_newest_release_timestamp_seconds",
+            "Release date of the newest build in the exporter's build catalog (staleness check).", {},
+            _ts(self_status.catalog_newest_release))
+    out.add("exchange_exporter_poll_interval_seconds", "Configured background poll interval.", {},
+            self_status.poll_interval_seconds)
+    out.add("exchange_exporter_config_last_reload_successful", "1 if the last configuration (re)load succeeded.",
+            {}, 1 if self_status.last_reload_successful else 0)
+    out.add("exchange_exporter_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully.", {}, self_status.last_reload_timestamp)
