@@ -22,6 +22,7 @@ from .sharding import parse_shard
 DEFAULT_LISTEN_PORT = 10061
 TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic", "certificate")
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 
 
@@ -188,12 +189,16 @@ def _str(value: Any, path: str) -> str:
     return value.strip()
 
 
-def _existing_file(value: Any, path: str, base: Path) -> Path:
-    candidate = Path(_str(value, path))
+def _existing_file(value: Any, path: str, base: Path, *, secret_nearby: bool = False) -> Path:
+    """`secret_nearby`: never repeat the value, in case someone pasted the password itself there."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(path, "expected a file path" if secret_nearby else f"expected a file path, got {value!r}")
+    candidate = Path(value.strip())
     if not candidate.is_absolute():
         candidate = base / candidate
     if not candidate.is_file():
-        raise ConfigError(path, f"file {str(candidate)!r} does not exist")
+        shown = "the file it names" if secret_nearby else f"file {str(candidate)!r}"
+        raise ConfigError(path, f"{shown} does not exist")
     return candidate
 
 
@@ -256,19 +261,22 @@ def _load_password(section: dict, path: str, base: Path) -> Secret | None:
     if "password" in section:
         raise ConfigError(f"{path}.password", "passwords are not accepted inline; use password_env or password_file")
     if "password_env" in section:
-        name = _str(section["password_env"], f"{path}.password_env")
+        name = section["password_env"]
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+            raise ConfigError(f"{path}.password_env", "must be the NAME of an environment variable (letters, digits "
+                              "and _, not starting with a digit) that holds the password, not the password itself")
         value = os.environ.get(name)
         if not value:
             raise ConfigError(f"{path}.password_env", f"environment variable {name} is not set or empty")
         return Secret(value)
     if "password_file" in section:
-        file = _existing_file(section["password_file"], f"{path}.password_file", base)
+        file = _existing_file(section["password_file"], f"{path}.password_file", base, secret_nearby=True)
         try:
             value = file.read_text(encoding="utf-8").rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{path}.password_file", f"cannot read {str(file)!r}: {err.__class__.__name__}") from None
+            raise ConfigError(f"{path}.password_file", f"cannot read the file it names: {err.__class__.__name__}") from None
         if not value:
-            raise ConfigError(f"{path}.password_file", f"file {str(file)!r} is empty")
+            raise ConfigError(f"{path}.password_file", "the file it names is empty")
         return Secret(value)
     return None
 

@@ -87,8 +87,11 @@ class Exporter:
                 catalog = Catalog.load(config.catalog_file)
             except (ConfigError, CatalogError) as err:
                 self.last_reload_successful = False
-                log.error("configuration reload failed, keeping the running configuration: %s", err)
-                return False, f"reload failed, the running configuration is kept: {err}"
+                message = f"reload failed, the running configuration is kept: {err}"
+                if self.redactor is not None:
+                    message = self.redactor.scrub(message)
+                log.error("%s", message)
+                return False, message
             if self.redactor is not None:
                 self.redactor.add(config.secrets())
             self.poller.apply_config(config, catalog)

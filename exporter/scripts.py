@@ -9,6 +9,7 @@ command is checked here rather than discovered as "The command line is too long.
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 from importlib import resources
 
@@ -32,15 +33,24 @@ def _body(name: str) -> str:
     return resources.files("exporter").joinpath("scripts").joinpath(name).read_text(encoding="utf-8")
 
 
+_PROXY_URL = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?/?")
+_PS_QUOTES = "'\u2018\u2019\u201a\u201b"  # PowerShell ends a single-quoted string at any of these
+
+
 def _ps_single_quoted(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    return "'" + "".join(c + c if c in _PS_QUOTES else c for c in value) + "'"
+
+
+def safe_proxy(value: str) -> str:
+    """A proxy URL may come from Active Directory (InternetWebProxy); only a plain URL reaches the script."""
+    return value if _PROXY_URL.fullmatch(value or "") else ""
 
 
 def server_script(params: ServerScriptParameters) -> str:
     parameter_line = (
         f"$P=@{{LookbackHours={int(params.lookback_hours)};MaxEvents={int(params.max_events)};"
         f"LogTailBytes={int(params.log_tail_bytes)};CheckEndpoint={1 if params.check_endpoint else 0};"
-        f"EndpointTimeoutSec={int(params.endpoint_timeout_seconds)};Proxy={_ps_single_quoted(params.proxy)}}}"
+        f"EndpointTimeoutSec={int(params.endpoint_timeout_seconds)};Proxy={_ps_single_quoted(safe_proxy(params.proxy))}}}"
     )
     return "\n".join((SERVER_MARKER, parameter_line, _body("collect_server.ps1")))
 

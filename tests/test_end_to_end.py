@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.exporter import Exporter
 from exporter.http_server import serve
-from exporter.scripts import CMD_LINE_LIMIT, ServerScriptParameters, command_line, organization_script, server_script
+
 
 from .conftest import SimulatedFleet, demo_scenario, relocate
 
@@ -163,9 +163,3 @@ def test_steady_poll_reuses_the_connection(demo):
     assert fleet.fleet.request_count("EX-SE01") - before == 5
 
 
-def test_scripts_fit_the_windows_command_line():
-    longest = server_script(ServerScriptParameters(
-        lookback_hours=8760, max_events=5000, log_tail_bytes=16 << 20, check_endpoint=True,
-        endpoint_timeout_seconds=600, proxy="http://a-rather-long-proxy-name.corp.contoso.example.com:65535"))
-    assert len(command_line(longest)) <= CMD_LINE_LIMIT
-    assert len(command_line(organization_script())) <= CMD_LINE_LIMIT
