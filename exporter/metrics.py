@@ -89,6 +89,8 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
             out.add("exchange_eems_certificate_cutoff_compliant",
                     "1 if the build can still use mitigations signed after this OCS certificate cutoff.",
                     {**server, "cutoff": cutoff}, 1 if compliant else 0)
+    out.add("exchange_server_edge", "1 for an Edge Transport server (registry EdgeTransportRole key), which has no EEMS.",
+            server, 1 if state.edge else 0)
     out.add("exchange_eems_supported", "1 if the build and role have the Emergency Mitigation service (Mailbox, "
             "2016 CU22+, 2019 CU11+, SE).", server, 1 if state.eems_supported else 0)
     if state.service_installed:
