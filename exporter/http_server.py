@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import html
 import logging
+import math
 import socket
 import ssl
 import threading
@@ -169,10 +170,13 @@ class _Handler(BaseHTTPRequestHandler):
         header = self.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
         if header:
             try:
-                timeout = max(1.0, float(header) - PROBE_TIMEOUT_OFFSET_SECONDS)
+                seconds = float(header)
             except ValueError:
-                self._send(400, b"Invalid X-Prometheus-Scrape-Timeout-Seconds header\n")
+                seconds = math.nan
+            if not (math.isfinite(seconds) and seconds > 0):  # nan would become a deadline that has passed
+                self._send(400, b"Invalid X-Prometheus-Scrape-Timeout-Seconds header: expected seconds > 0\n")
                 return
+            timeout = max(1.0, seconds - PROBE_TIMEOUT_OFFSET_SECONDS)
         self._metrics_response(self.exporter.probe_registry(target, module, timeout))
 
 
