@@ -89,6 +89,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         except WebConfigError as err:
             raise _Fail(f"web config error: {err}") from None
     exporter = Exporter(config, catalog, redactor)
+    # Before the port opens: a reloader that signals as soon as the exporter answers must not find the
+    # default SIGHUP action (terminate, or a lost reload where the parent ignores SIGHUP).
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=exporter.reload, daemon=True).start())
     host, port = args.web_listen_address
     try:
         server = serve(exporter, host, port, watcher)
@@ -98,10 +104,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("exchange-eems-exporter %s listening on %s:%d (%d servers, shard %d/%d)", __version__,
              host, server.server_address[1], len(exporter.poller.targets.mine()), *config.shard)
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=exporter.reload, daemon=True).start())
     stop.wait()
     log.info("shutting down")
     server.shutdown()
