@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -37,6 +38,18 @@ def address(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _interval_seconds(value: str) -> int:
+    match = re.fullmatch(r"(\d+)([smh]?)", value.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected an interval like 30s, 5m or 1h, got {value!r}")
+    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def _poll_timeout(interval: str) -> int:
+    """Two thirds of the interval, between 5 and 20 seconds: the exporter requires timeout <= interval."""
+    return max(5, min(20, _interval_seconds(interval) * 2 // 3))
+
+
 def exporter_config(scenario: Scenario, password_file: Path, ca_file: Path | None, interval: str) -> dict:
     """An exporter configuration that polls every host of the scenario with its first credential."""
     username = next(iter(scenario.credentials))
@@ -48,7 +61,7 @@ def exporter_config(scenario: Scenario, password_file: Path, ca_file: Path | Non
             module["ca_file"] = str(ca_file)
         modules[scheme] = module
     config = {
-        "poll": {"interval": interval, "timeout": "20s", "concurrency": 16},
+        "poll": {"interval": interval, "timeout": f"{_poll_timeout(interval)}s", "concurrency": 16},
         "modules": modules,
         "servers": [{"name": h.name, "address": h.address, "port": h.port, "module": h.scheme}
                     for h in scenario.hosts],

@@ -354,6 +354,8 @@ class Fleet:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, ssl.SSLError, OSError):
             return
+        except asyncio.CancelledError:
+            return  # stop(): end quietly (asyncio's stream callback would log a cancelled task as an error)
         finally:
             rt.connections.discard(writer)
             self._tasks.discard(task)

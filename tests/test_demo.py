@@ -1,0 +1,54 @@
+"""`exchange-eems-exporter demo` (what `make demo` runs): every demo server is on /metrics within one interval."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+import yaml
+
+from .conftest import PASSWORD_ENV, demo_scenario, free_port, relocate
+
+INTERVAL_SECONDS = 10
+
+
+def test_demo_serves_every_server_within_one_interval(tmp_path):
+    scenario = tmp_path / "demo.yaml"
+    scenario.write_text(yaml.safe_dump(relocate(demo_scenario())), encoding="utf-8")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != PASSWORD_ENV}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "demo", "--scenario", str(scenario), "--listen", f"127.0.0.1:{port}",
+         "--interval", f"{INTERVAL_SECONDS}s"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    try:
+        up: dict[str, str] = {}
+        started = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(up) < 11:
+            time.sleep(0.5)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                    text = response.read().decode()
+            except OSError:
+                continue
+            started = started or time.monotonic()
+            up = dict(re.findall(r'^exchange_up\{server="([^"]+)"\} (\S+)$', text, re.MULTILINE))
+        assert len(up) == 11, f"only {sorted(up)} after 60 s"
+        assert time.monotonic() - started <= INTERVAL_SECONDS + 5, "not every server within one poll interval"
+        assert up.pop("EX-SE05-NOWINRM") == "0.0"
+        assert set(up.values()) == {"1.0"}, up
+    finally:
+        process.terminate()
+        try:
+            output, _ = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+    assert f"http://localhost:{port}/metrics" in output
+    assert "Traceback" not in output, output
