@@ -17,8 +17,7 @@ install: $(STAMP)
 # promtool (Debian `prometheus`), amtool and Alertmanager (Debian `prometheus-alertmanager`) for the rule,
 # config and integration tests. Installed only when missing; needs root or sudo.
 system-deps:
-	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v alertmanager >/dev/null \
-	    && ! test -x /usr/bin/prometheus-alertmanager; then \
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v amtool >/dev/null; then \
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null; \
