@@ -227,3 +227,23 @@ def test_run_with_a_bad_listen_address(tmp_path, address):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "expected [host]:port" in result.stderr
+
+
+@pytest.mark.parametrize("module, warning", [
+    ("insecure_skip_verify: true", "certificate validation is OFF"),
+    ("{transport: basic, scheme: http, allow_basic_over_http: true}", "clear text"),
+])
+def test_insecure_transport_settings_are_logged_at_start(tmp_path, module, warning):
+    settings = {"insecure_skip_verify: true": "    insecure_skip_verify: true\n",
+                "{transport: basic, scheme: http, allow_basic_over_http: true}":
+                    "    transport: basic\n    scheme: http\n    allow_basic_over_http: true\n"}[module]
+    path = tmp_path / "exporter.yml"
+    path.write_text(f"modules:\n  default:\n    username: 'EXCH\\svc'\n    password_env: {PASSWORD_ENV}\n"
+                    f"{settings}servers: [127.0.0.1]\n")
+    with socket.socket() as busy:  # the warning comes before the listener: a busy port ends the run at once
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = exporter("run", "--config.file", str(path), "--web.listen-address",
+                          f"127.0.0.1:{busy.getsockname()[1]}", env={PASSWORD_ENV: PASSWORD}, timeout=30)
+    assert any("level=WARNING" in line and warning in line for line in result.stderr.splitlines()), result.stderr
+    assert PASSWORD not in result.stderr
