@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
+
+from .parse import parse_ps_date
 
 FETCH_ERROR_REASONS = ("untrusted_endpoint", "unknown_issuer", "tls_validation", "signature_invalid", "other")
 
@@ -146,7 +148,7 @@ def parse_log_line(line: str) -> LogRecord | None:
     time = None
     match = _LEADING_TIME.match(text)
     if match:
-        time = _utc(match.group(1))
+        time = parse_ps_date(match.group(1))
         text = text[match.end() :]
     start = _CUSTOM_START.search(text)
     if start is None:
@@ -159,14 +161,3 @@ def parse_log_line(line: str) -> LogRecord | None:
     return LogRecord(time, operation, pairs.get("loglevel"), pairs.get("message", ""))
 
 
-def _utc(text: str) -> datetime | None:
-    try:
-        parsed = datetime.fromisoformat(text.replace(" ", "T", 1))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=timezone.utc)
-    try:
-        return parsed.astimezone(timezone.utc)
-    except OverflowError:
-        return None

@@ -263,8 +263,8 @@ def test_tls_with_basic_auth(tmp_path, serve, pki, password_hash):
 
 
 def test_require_and_verify_client_cert(tmp_path, serve, pki):
-    path = write_config(tmp_path, _tls_config(pki, f"  client_auth_type: RequireAndVerifyClientCert\n"
-                                                   f"  client_ca_file: ca.crt\n"), name="mtls.yml")
+    path = write_config(tmp_path, _tls_config(pki, "  client_auth_type: RequireAndVerifyClientCert\n"
+                                                   "  client_ca_file: ca.crt\n"), name="mtls.yml")
     # client_ca_file is relative: resolved against the config file's directory, as exporter-toolkit does.
     shutil.copy(pki / "ca.crt", tmp_path / "ca.crt")
     load_valid(path)
