@@ -8,10 +8,8 @@ nothing knocked.
 
 from __future__ import annotations
 
-import datetime
 import gzip
 import http.client
-import ipaddress
 import os
 import shutil
 import socket
@@ -26,10 +24,6 @@ import bcrypt
 import pytest
 import requests
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.catalog import Catalog
@@ -39,6 +33,7 @@ from exporter.http_server import serve
 from exporter.webconfig import WebConfigWatcher
 
 from .conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, relocate
+from .pki import issue, write
 
 WRONG_PASSWORD_ENV = "EEMS_TEST_WRONG_PASSWORD"
 WRONG_PASSWORD = "Wr0ng-but-still-secret-42"
@@ -333,54 +328,15 @@ def test_concurrent_scrapes_while_polling(rig):
 # ---------------------------------------------------------------- the web config on the exporter's endpoint
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _issue(subject: str, issuer_key, issuer_name: x509.Name | None, *, ca: bool, server: bool = False):
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer_name or _name(subject))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                          key_encipherment=False, data_encipherment=False, key_agreement=False,
-                          encipher_only=False, decipher_only=False), critical=True)
-    elif server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False,
-        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    else:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-    return builder.sign(issuer_key or key, hashes.SHA256()), key
-
-
-def _write(directory: Path, stem: str, cert, key) -> tuple[str, str]:
-    cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_path), str(key_path)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("pki")
-    ca, ca_key = _issue("exporter test ca", None, None, ca=True)
-    rogue_ca, rogue_key = _issue("rogue ca", None, None, ca=True)
-    _write(directory, "ca", ca, ca_key)
-    _write(directory, "server", *_issue("exporter", ca_key, ca.subject, ca=False, server=True))
-    _write(directory, "client", *_issue("prometheus", ca_key, ca.subject, ca=False))
-    _write(directory, "rogue", *_issue("prometheus", rogue_key, rogue_ca.subject, ca=False))
+    ca, ca_key = issue("exporter test ca", None, None, ca=True)
+    rogue_ca, rogue_key = issue("rogue ca", None, None, ca=True)
+    write(directory, "ca", ca, ca_key)
+    write(directory, "server", *issue("exporter", ca_key, ca.subject, ca=False, server=True))
+    write(directory, "client", *issue("prometheus", ca_key, ca.subject, ca=False))
+    write(directory, "rogue", *issue("prometheus", rogue_key, rogue_ca.subject, ca=False))
     return directory
 
 

@@ -7,9 +7,7 @@ per accepted connection, basic auth and extra headers per request.
 from __future__ import annotations
 
 import base64
-import datetime
 import http.server
-import ipaddress
 import logging
 import shutil
 import socket
@@ -23,11 +21,11 @@ import bcrypt
 import pytest
 import requests
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from exporter.webconfig import WebConfig, WebConfigError, WebConfigWatcher
+
+from .pki import issue, write
 
 PASSWORD = "s3cret-Passw0rd!"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -35,56 +33,16 @@ PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 # --- certificates -----------------------------------------------------------------------------------
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _issue(subject: str, issuer_key, issuer_name: x509.Name | None, *, ca: bool, server: bool = False):
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer_name or _name(subject))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                          key_encipherment=False, data_encipherment=False, key_agreement=False,
-                          encipher_only=False, decipher_only=False), critical=True)
-    elif server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    else:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-    cert = builder.sign(issuer_key or key, hashes.SHA256())
-    return cert, key
-
-
-def _write(directory: Path, stem: str, cert, key) -> tuple[Path, Path]:
-    cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     d = tmp_path_factory.mktemp("pki")
-    ca, ca_key = _issue("test ca", None, None, ca=True)
-    other_ca, other_key = _issue("untrusted ca", None, None, ca=True)
-    _write(d, "ca", ca, ca_key)
-    _write(d, "server", *_issue("server one", ca_key, ca.subject, ca=False, server=True))
-    _write(d, "server2", *_issue("server two", ca_key, ca.subject, ca=False, server=True))
-    _write(d, "client", *_issue("prometheus", ca_key, ca.subject, ca=False))
-    _write(d, "rogue", *_issue("rogue", other_key, other_ca.subject, ca=False))
+    ca, ca_key = issue("test ca", None, None, ca=True)
+    other_ca, other_key = issue("untrusted ca", None, None, ca=True)
+    write(d, "ca", ca, ca_key)
+    write(d, "server", *issue("server one", ca_key, ca.subject, ca=False, server=True))
+    write(d, "server2", *issue("server two", ca_key, ca.subject, ca=False, server=True))
+    write(d, "client", *issue("prometheus", ca_key, ca.subject, ca=False))
+    write(d, "rogue", *issue("rogue", other_key, other_ca.subject, ca=False))
     return d
 
 
