@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.catalog import Catalog
 from exporter.config import Config, load_config_text
@@ -108,3 +109,9 @@ def minimal_config(extra: str = "") -> str:
         servers:
           - ex01.contoso.com
         """) + textwrap.dedent(extra)
+
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample of a /metrics body, keyed by (name, frozenset of labels)."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}

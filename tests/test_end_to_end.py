@@ -7,21 +7,13 @@ import subprocess
 import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.exporter import Exporter
 from exporter.http_server import serve
 
 
-from .conftest import SimulatedFleet, demo_scenario, relocate
+from .conftest import SimulatedFleet, demo_scenario, relocate, samples
 
-
-def samples(text: str) -> dict[tuple[str, frozenset], float]:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return found
 
 
 def value(metrics, metric, **labels):

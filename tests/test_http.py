@@ -24,7 +24,6 @@ import bcrypt
 import pytest
 import requests
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.catalog import Catalog
 from exporter.config import load_config_text
@@ -32,7 +31,7 @@ from exporter.exporter import Exporter
 from exporter.http_server import serve
 from exporter.webconfig import WebConfigWatcher
 
-from .conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, relocate
+from .conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, relocate, samples
 from .pki import issue, write
 
 WRONG_PASSWORD_ENV = "EEMS_TEST_WRONG_PASSWORD"
@@ -48,10 +47,6 @@ SCENARIO = {
     ],
 }
 
-
-def samples(text: str) -> dict[tuple[str, frozenset], float]:
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def assert_no_secret(*texts: str | bytes) -> None:

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.catalog import Catalog
 from exporter.config import load_config
 from exporter.exporter import Exporter
 from exporter.http_server import serve
 
-from .conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, free_port, relocate
+from .conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, free_port, relocate, samples
 
 REPO = Path(__file__).resolve().parent.parent
 RELOAD_OK = "exchange_exporter_config_last_reload_successful"
@@ -34,10 +33,6 @@ SCENARIO = {
     ],
 }
 
-
-def samples(text: str) -> dict[tuple[str, frozenset], float]:
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def up(metrics: dict, server: str) -> float | None:
