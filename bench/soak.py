@@ -1,0 +1,382 @@
+"""Bounded soak: thousands of polls against a generated fleet whose faults keep changing, looking for leaks.
+
+A benchmark measures speed; this run looks for what only shows up over time: memory that grows, threads
+that pile up, WinRM shells left open on servers, scrapes that fail while polls are failing. Every few
+seconds a random share of the servers gets a random fault (every kind the simulator has), while the
+exporter's real Poller runs `run_cycle()` back to back and /metrics is scraped through the real `serve()`
+once a second. At the end the faults are cleared and one clean cycle runs, which must delete every shell
+a failed poll left behind.
+
+The simulator runs in this process (its own thread and event loop), because output faults (garbage,
+truncated, runtime...) are not in its control API. So RSS and thread counts include the simulator; both
+are measured after a warm-up (a clean cycle, one with every fault kind, then a few soak cycles that are not
+counted), when both sides' pools, the connections and the allocator's arenas exist: RSS climbs for the
+first cycles under faults and then levels off, which is not a leak. Python object counts are reported too,
+as a second view that the allocator cannot blur.
+
+Prints ONE JSON object; exits 1 if a target is missed, 2 on bad arguments.
+    python bench/soak.py                 # 200 servers, 5000 polls, at most 600 s
+    python bench/soak.py --quick         # 40 servers, about 45 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import logging
+import os
+import random
+import secrets
+import socket
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from exporter.catalog import Catalog  # noqa: E402
+from exporter.config import load_config_text  # noqa: E402
+from exporter.exporter import Exporter  # noqa: E402
+from exporter.http_server import serve  # noqa: E402
+from exporter.simulator.host import Faults  # noqa: E402
+from exporter.simulator.scenario import scenario_from_dict  # noqa: E402
+from exporter.simulator.server import RUN_WORKERS, Fleet  # noqa: E402
+from exporter.simulator.windows import OutputFaults  # noqa: E402
+
+PASSWORD_ENV = "EEMS_SOAK_PASSWORD"
+USERNAME = "EXCH\\svc_soak"
+RSS_GROWTH_LIMIT = 0.10
+THREAD_SLACK = 2  # executor threads that may still be winding down
+MAX_RESPONSE_BYTES = 1 << 20
+
+# fault kind -> (protocol faults, output faults); every fault the simulator can inject
+FAULTS: dict[str, tuple[dict, dict]] = {
+    "refused": ({"refuse_connections": True}, {}),
+    "reset": ({"reset_mid_response": True}, {}),
+    "hang": ({"hang": True}, {}),
+    "unauthorized": ({"unauthorized": True}, {}),
+    "access_denied": ({"fault_code": 5}, {}),
+    "quota": ({"fault_code": 2150859173}, {}),
+    "garbage": ({}, {"garbage_output": True}),
+    "truncated": ({}, {"truncated_output": True}),
+    "oversized": ({}, {"oversized_output": 2 * MAX_RESPONSE_BYTES}),
+    "exit_code": ({}, {"exit_code": 1}),
+    "long_runtime": ({}, {"script_runtime": 30.0}),
+    "latency": ({"latency_seconds": 2.0}, {}),
+}
+
+DEFAULTS = {"servers": 200, "polls": 5000, "seconds": 600.0, "fault_every": 3.0, "warm_up_cycles": 3}
+QUICK = {"servers": 40, "polls": 400, "seconds": 15.0, "fault_every": 2.0, "warm_up_cycles": 1}
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--servers", type=positive_int, help="simulated servers (default 200)")
+    parser.add_argument("--polls", type=positive_int, help="server polls to run (default 5000)")
+    parser.add_argument("--seconds", type=positive_float,
+                        help="no new cycle starts after this many seconds (default 600)")
+    parser.add_argument("--concurrency", type=positive_int, default=32, help="poll.concurrency (default 32)")
+    parser.add_argument("--fault-share", type=fraction, default=0.2, help="share of servers faulted (default 0.2)")
+    parser.add_argument("--fault-every", type=positive_float, help="seconds between fault changes (default 3)")
+    parser.add_argument("--warm-up-cycles", type=positive_int, help="uncounted soak cycles before RSS is taken (default 3)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for the fault schedule")
+    parser.add_argument("--quick", action="store_true", help=f"about 30 s; defaults become {QUICK}")
+    args = parser.parse_args(argv)
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.servers > 5000:
+        parser.error(f"--servers: at most 5000 (the exporter's limits.max_servers), got {args.servers}")
+    if args.concurrency > 1024:
+        parser.error(f"--concurrency: at most 1024 (poll.concurrency), got {args.concurrency}")
+    return args
+
+
+def proc_status(field: str) -> int:
+    """A numeric field of /proc/self/status; VmRSS is in kB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == field:
+            number = int(value.split()[0])
+            return number * 1024 if value.strip().endswith("kB") else number
+    raise RuntimeError(f"/proc/self/status has no {field} line")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fleet_scenario(servers: int, password: str, port: int, rng: random.Random) -> dict:
+    return {
+        "credentials": [{"username": USERNAME, "password": password}],
+        "defaults": {"scheme": "http", "port": port},
+        "organization": {"name": "Soak", "domain": "soak.example", "mitigations_enabled": True},
+        "servers": [],
+        "generate": {
+            "count": servers,
+            "address_base": f"127.{rng.randint(100, 250)}.{rng.randint(1, 200)}.1",
+            "name_prefix": "EXSOAK",
+            "template": {"build": "15.2.1544.36"},
+        },
+    }
+
+
+def exporter_config(scenario, concurrency: int):
+    config = {
+        "poll": {"interval": "10s", "timeout": "5s", "concurrency": concurrency},
+        "limits": {"max_response_bytes": MAX_RESPONSE_BYTES, "max_poll_bytes": MAX_RESPONSE_BYTES},
+        "modules": {"http": {"username": USERNAME, "password_env": PASSWORD_ENV, "scheme": "http",
+                             "operation_timeout": "3s", "read_timeout": "5s"}},
+        "servers": [{"name": h.name, "address": h.address, "port": h.port, "module": "http"}
+                    for h in scenario.hosts],
+        "organization": {"name": scenario.organization.name, "server": scenario.organization.server},
+    }
+    return load_config_text(yaml.safe_dump(config, sort_keys=False), Path("."))
+
+
+class FaultToggler(threading.Thread):
+    """Every `every` seconds: clear all faults, then give a random `share` of the servers a random fault."""
+
+    def __init__(self, scenario, share: float, every: float, rng: random.Random):
+        super().__init__(name="soak-faults", daemon=True)
+        self.hosts = scenario.hosts
+        self.share, self.every, self.rng = share, every, rng
+        self.injected: Counter[str] = Counter()
+        self.history: dict[str, list[str]] = {}  # host -> fault kinds, oldest first
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            clear_faults(self.hosts)
+            for host in self.rng.sample(self.hosts, round(len(self.hosts) * self.share)):
+                kind = self.rng.choice(list(FAULTS))
+                protocol, output = FAULTS[kind]
+                set_faults(host, protocol, output)
+                self.injected[kind] += 1
+                self.history.setdefault(host.name, []).append(kind)
+            self.stopping.wait(self.every)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+        clear_faults(self.hosts)
+
+
+def set_faults(host, protocol: dict, output: dict) -> None:
+    host.faults = Faults(**protocol)
+    windows = host.run
+    windows.server = dataclasses.replace(windows.server, output=OutputFaults(**output))
+
+
+def clear_faults(hosts) -> None:
+    for host in hosts:
+        set_faults(host, {}, {})
+
+
+class Scraper(threading.Thread):
+    """GET /metrics once a second, as Prometheus would; a non-200 or unparsable answer is an error."""
+
+    def __init__(self, url: str):
+        super().__init__(name="soak-scraper", daemon=True)
+        self.url = url
+        self.scrapes = self.errors = 0
+        self.slowest = 0.0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(1.0):
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=10) as response:
+                    ok = response.status == 200 and b"\nexchange_up{" in response.read()
+            except OSError:
+                ok = False
+            self.slowest = max(self.slowest, time.monotonic() - started)
+            self.scrapes += 1
+            self.errors += 0 if ok else 1
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+
+
+def warm_up(exporter: Exporter, hosts) -> None:
+    """A clean cycle, one with every fault kind, and a clean one again: connections, NTLM contexts, both
+    sides' thread pools and the allocator's arenas for the large fault bodies exist before RSS is taken."""
+    exporter.poller.run_cycle()
+    kinds = list(FAULTS)
+    for index, host in enumerate(hosts[: max(len(kinds), round(len(hosts) * 0.2))]):
+        set_faults(host, *FAULTS[kinds[index % len(kinds)]])
+    exporter.poller.run_cycle()
+    clear_faults(hosts)
+    time.sleep(0.5)  # refused listeners reopen within the simulator's 0.2 s watch
+    exporter.poller.run_cycle()
+
+
+def threads_by_kind() -> Counter[str]:
+    """Live threads of this process by owner: the simulator's bounded pool is not the exporter's to leak."""
+    kinds: Counter[str] = Counter()
+    for thread in threading.enumerate():
+        if thread.name.startswith("soak-"):
+            continue
+        kinds["simulator" if thread.name.startswith("winrm-sim") else "exporter"] += 1
+    return kinds
+
+
+def settled_rss() -> int:
+    gc.collect()
+    return proc_status("VmRSS")
+
+
+def count_outcomes(exporter: Exporter, failures: Counter) -> int:
+    """Tally the cycle that just finished: each server's latest result is that cycle's poll."""
+    servers, organization = exporter.poller.snapshot()
+    for result in servers:
+        if result.outcome and not result.outcome.success:
+            failures[result.outcome.error_reason] += 1
+    if organization and organization.outcome and not organization.outcome.success:
+        failures[f"organization:{organization.outcome.error_reason}"] += 1
+    return len(servers)
+
+
+def soak(args: argparse.Namespace) -> dict:
+    rng = random.Random(args.seed)
+    password = secrets.token_urlsafe(18)  # this run's only credential; never printed
+    os.environ[PASSWORD_ENV] = password
+    scenario = scenario_from_dict(fleet_scenario(args.servers, password, free_port(), rng))
+    fleet = Fleet(scenario.hosts, scenario.credentials, tls_dir=scenario.tls)
+    fleet.start()
+    exporter = Exporter(exporter_config(scenario, args.concurrency), Catalog.load())
+    http = serve(exporter, "127.0.0.1", 0, None)
+    try:
+        warm_up(exporter, scenario.hosts)
+        toggler = FaultToggler(scenario, args.fault_share, args.fault_every, rng)
+        scraper = Scraper(f"http://127.0.0.1:{http.server_address[1]}/metrics")
+        toggler.start()
+        scraper.start()
+        for _ in range(args.warm_up_cycles):  # under faults: arenas for the poll threads and large bodies fill
+            exporter.poller.run_cycle()
+        rss_start, objects_start = settled_rss(), len(gc.get_objects())
+        threads_start, by_name_start = proc_status("Threads"), threads_by_kind()
+        failures: Counter[str] = Counter()
+        polls = cycles = 0
+        started = time.monotonic()
+        rss_by_cycle = []
+        while polls < args.polls and time.monotonic() - started < args.seconds:
+            exporter.poller.run_cycle()
+            polls += count_outcomes(exporter, failures)
+            cycles += 1
+            rss_by_cycle.append(proc_status("VmRSS"))
+        duration = time.monotonic() - started
+        toggler.stop()
+        scraper.stop()
+
+        time.sleep(0.5)  # refused listeners reopen within the simulator's 0.2 s watch
+        exporter.poller.run_cycle()
+        clean_failures: Counter[str] = Counter()
+        count_outcomes(exporter, clean_failures)
+        leaked_shells = fleet.open_shells()
+        leaks = {h.name: {"open_shells": fleet.open_shells(h.name), "last_faults": toggler.history.get(h.name, [])[-3:]}
+                 for h in scenario.hosts if fleet.open_shells(h.name)}
+        rss_end, objects_end = settled_rss(), len(gc.get_objects())
+        threads_end, by_name_end = proc_status("Threads"), threads_by_kind()
+    finally:
+        http.shutdown()
+        http.server_close()
+        exporter.stop()
+        fleet.stop()
+
+    growth = (rss_end - rss_start) / rss_start
+    targets = {
+        "rss_growth_ratio": {"limit": f"< {RSS_GROWTH_LIMIT}", "pass": growth < RSS_GROWTH_LIMIT},
+        "threads_flat": {"limit": f"exporter threads at end <= at start + {THREAD_SLACK}; simulator pool <= {RUN_WORKERS + 1}",
+                         "pass": by_name_end["exporter"] <= by_name_start["exporter"] + THREAD_SLACK
+                         and by_name_end["simulator"] <= RUN_WORKERS + 1},
+        "python_objects": {"limit": f"growth < {RSS_GROWTH_LIMIT}",
+                           "pass": objects_end < objects_start * (1 + RSS_GROWTH_LIMIT)},
+        "leaked_shells": {"limit": "== 0", "pass": leaked_shells == 0},
+        "metrics_scrape_errors": {"limit": "== 0", "pass": scraper.errors == 0 and scraper.scrapes > 0},
+        "clean_cycle_failures": {"limit": "== 0 (every server up once faults clear)", "pass": not clean_failures},
+        "internal_errors": {"limit": "== 0", "pass": not any(r.endswith("internal_error") for r in failures)},
+    }
+    return {
+        "servers": args.servers,
+        "concurrency": args.concurrency,
+        "cycles": cycles,
+        "polls": polls,
+        "failures_by_reason": dict(sorted(failures.items())),
+        "faults_injected_by_kind": dict(sorted(toggler.injected.items())),
+        "duration_seconds": round(duration, 1),
+        "rss_start_bytes": rss_start,
+        "rss_end_bytes": rss_end,
+        "rss_growth_ratio": round(growth, 4),
+        "rss_by_cycle_bytes": rss_by_cycle[:: max(1, len(rss_by_cycle) // 10)],
+        "threads_start": threads_start,
+        "threads_end": threads_end,
+        "threads_by_kind_start": dict(by_name_start),
+        "threads_by_kind_end": dict(by_name_end),
+        "python_objects_start": objects_start,
+        "python_objects_end": objects_end,
+        "leaked_shells": leaked_shells,
+        "leaked_shell_hosts": leaks,
+        "clean_cycle_failures": dict(clean_failures),
+        "metrics_scrapes": scraper.scrapes,
+        "metrics_scrape_errors": scraper.errors,
+        "metrics_scrape_max_seconds": round(scraper.slowest, 3),
+        "simulator_in_process": True,
+        "note": (f"RSS and threads include the in-process simulator; start figures are taken after a clean "
+                 f"cycle, one with every fault and {args.warm_up_cycles} soak cycles (not counted in polls), after gc"),
+        "targets": targets,
+        "passed": all(t["pass"] for t in targets.values()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.CRITICAL)  # thousands of expected poll failures; the JSON counts them
+    result = soak(args)
+    print(json.dumps(result, indent=2))
+    return 0 if result["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
