@@ -73,6 +73,7 @@ class ModuleConfig:
     key_file: Path | None
     operation_timeout: float
     read_timeout: float
+    kerberos_delegation: bool = False  # lets Exchange cmdlets in the WinRS session reach AD (the double hop)
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,7 @@ def _load_limits(raw: Any) -> LimitsConfig:
 _MODULE_KEYS = {
     "transport", "username", "password_env", "password_file", "scheme", "port", "ca_file",
     "insecure_skip_verify", "allow_basic_over_http", "cert_file", "key_file", "operation_timeout", "read_timeout",
+    "kerberos_delegation",
 }
 
 
@@ -320,6 +322,9 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
             "basic authentication over plain http sends the password in clear text; use https, "
             "or set allow_basic_over_http: true if you really mean it",
         )
+    delegation = _bool(section.get("kerberos_delegation", False), f"{path}.kerberos_delegation")
+    if delegation and transport != "kerberos":
+        raise ConfigError(f"{path}.kerberos_delegation", "only applies to transport kerberos")
     if ca_file and insecure:
         raise ConfigError(f"{path}.insecure_skip_verify", "contradicts ca_file: choose one")
     if not 1 <= operation_timeout < read_timeout:
@@ -328,6 +333,7 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
         name=name, transport=transport, username=username, password=password, scheme=scheme, port=port,
         ca_file=ca_file, insecure_skip_verify=insecure, allow_basic_over_http=allow_basic_http,
         cert_file=cert_file, key_file=key_file, operation_timeout=operation_timeout, read_timeout=read_timeout,
+        kerberos_delegation=delegation,
     )
 
 

@@ -142,6 +142,7 @@ class ServerConnection:
             read_timeout_sec=int(m.read_timeout),
             proxy=None,
             service="WSMAN" if m.transport == "kerberos" else "HTTP",
+            kerberos_delegation=m.kerberos_delegation,
         )
         return protocol
 
