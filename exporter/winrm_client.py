@@ -39,6 +39,9 @@ QUOTA_FAULTS = {2150859173, 2150859174, 2150859175, 2150859176, 2150859179}
 TRANSIENT_REASONS = {"connection_refused", "connection_error", "timeout", "http_error"}
 CLEANUP_TIMEOUT_SECONDS = 8
 MAX_ORPHANS = 16
+# Asked for at Create: a shell whose ID never reached us (the Create answer was lost) lives this long on the
+# server, not Windows' default of two hours, so it cannot pile up against MaxShellsPerUser.
+SHELL_IDLE_TIMEOUT = "PT120.000S"
 _MIN_REQUEST_SECONDS = 2
 
 
@@ -228,7 +231,7 @@ class ServerConnection:
         intact = True
         try:
             self._set_timeouts(protocol, deadline)
-            shell_id = protocol.open_shell()
+            shell_id = protocol.open_shell(idle_timeout=SHELL_IDLE_TIMEOUT)
             self._set_timeouts(protocol, deadline)
             command_id = protocol.run_command(shell_id, command_line)
             stdout, stderr, exit_code = self._receive(protocol, shell_id, command_id, deadline)

@@ -260,6 +260,17 @@ def test_idle_shells_expire(fleet):
     assert info.value.wsman_fault_code == 2150858843
 
 
+def test_a_shorter_idle_timeout_asked_for_at_create_is_kept(fleet):
+    client = protocol(fleet, "plain")
+    shell_id = client.open_shell(idle_timeout="PT1.000S")
+    kept = client.open_shell()
+    time.sleep(1.2)
+    with pytest.raises(WSManFaultError) as info:
+        client.run_command(shell_id, "cmd.exe", ["/c", "echo", "hi"])
+    assert info.value.wsman_fault_code == 2150858843
+    client.close_shell(kept, close_session=False)  # the other shell still has the server's two-hour timeout
+
+
 # ---------------------------------------------------------------- HTTPS
 
 

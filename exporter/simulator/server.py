@@ -437,9 +437,11 @@ class Fleet:
             request = wsman.parse_request(soap)
             relates_to = request.message_id
             if request.action == wsman.ACTION_CREATE:
-                shell_id = rt.shells.create(principal, host.max_shells_per_user, host.idle_timeout_seconds)
+                requested = wsman.requested_idle_timeout(request)
+                shell_id = rt.shells.create(principal, host.max_shells_per_user, host.idle_timeout_seconds, requested)
                 address = f"{host.scheme}://{host.address}:{host.port}/wsman"
-                body = wsman.create_response(relates_to, address, shell_id, principal, client_ip, host.idle_timeout_seconds)
+                idle = min(host.idle_timeout_seconds, requested) if requested else host.idle_timeout_seconds
+                body = wsman.create_response(relates_to, address, shell_id, principal, client_ip, idle)
                 return 200, body, False
             if request.action not in (wsman.ACTION_COMMAND, wsman.ACTION_RECEIVE, wsman.ACTION_SIGNAL, wsman.ACTION_DELETE):
                 raise wsman.WsmanFault(2150858771)

@@ -52,6 +52,7 @@ class Command:
 class Shell:
     owner: str
     last_used: float
+    idle_timeout: float  # the client's IdleTimeOut when it asked for less than the server's setting
     commands: dict[str, Command] = field(default_factory=dict)
 
 
@@ -62,7 +63,7 @@ class ShellTable:
         self.requests = 0
         self.commands = 0
 
-    def create(self, owner: str, max_shells: int, idle_timeout: float) -> str:
+    def create(self, owner: str, max_shells: int, idle_timeout: float, requested_idle: float | None = None) -> str:
         now = time.monotonic()
         with self._lock:
             self._expire(now, idle_timeout)
@@ -70,7 +71,8 @@ class ShellTable:
             if owned >= max_shells:
                 raise WsmanFault(2150859173, str(max_shells))
             shell_id = new_guid()
-            self._shells[shell_id] = Shell(owner=owner, last_used=now)
+            own_timeout = min(idle_timeout, requested_idle) if requested_idle else idle_timeout
+            self._shells[shell_id] = Shell(owner=owner, last_used=now, idle_timeout=own_timeout)
             return shell_id
 
     def shell(self, shell_id: str, idle_timeout: float) -> Shell:
@@ -114,6 +116,7 @@ class ShellTable:
             return len(self._shells)
 
     def _expire(self, now: float, idle_timeout: float) -> None:
-        stale = [sid for sid, shell in self._shells.items() if now - shell.last_used >= idle_timeout]
+        stale = [sid for sid, shell in self._shells.items()
+                 if now - shell.last_used >= min(idle_timeout, shell.idle_timeout)]
         for sid in stale:
             del self._shells[sid]

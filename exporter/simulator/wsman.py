@@ -163,6 +163,19 @@ def parse_request(data: bytes) -> WsmanRequest:
     return WsmanRequest(action, message_id, timeout, max(max_envelope, 8192), shell_id, next(iter(body), None), options)
 
 
+def requested_idle_timeout(request: WsmanRequest) -> float | None:
+    """The Create body's `rsp:IdleTimeOut` in seconds (Windows keeps the smaller of it and Winrs/IdleTimeout)."""
+    if request.body is None:
+        return None
+    text = request.body.findtext(f"{{{SHELL}}}IdleTimeOut")
+    if not text:
+        return None
+    try:
+        return parse_duration(text) or None
+    except ValueError:
+        raise WsmanFault(2150858817) from None
+
+
 def command_line(request: WsmanRequest) -> str:
     """The `rsp:Command` text plus every `rsp:Arguments`, joined by spaces as cmd.exe would see them."""
     if request.body is None or request.body.tag != f"{{{SHELL}}}CommandLine":
