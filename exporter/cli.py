@@ -104,7 +104,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("exchange-eems-exporter %s listening on %s:%d (%d servers, shard %d/%d)", __version__,
              host, server.server_address[1], len(exporter.poller.targets.mine()), *config.shard)
 
-    stop.wait()
+    # Python runs signal handlers in the main thread only, and a signal delivered to a poll thread does not
+    # wake a blocked wait: wake up regularly so a SIGHUP reload is not delayed until the next SIGTERM.
+    while not stop.wait(0.5):
+        pass
     log.info("shutting down")
     server.shutdown()
     exporter.stop()

@@ -224,8 +224,11 @@ def test_sighup_as_soon_as_the_port_opens(tmp_path):
                 if probe.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.002)
+        signalled = time.time()  # the initial load happened before the port opened, so before this
         process.send_signal(signal.SIGHUP)
-        time.sleep(1)
+        reloaded = RELOAD_OK.replace("successful", "success_timestamp_seconds")
+        wait_for(lambda: process.poll() is not None
+                 or scrape(f"http://127.0.0.1:{port}")[(reloaded, frozenset())] >= signalled, "the reload")
         assert process.poll() is None, f"SIGHUP killed the exporter: {process.returncode}"
     finally:
         process.send_signal(signal.SIGTERM)
