@@ -157,10 +157,12 @@ class Poller:
             if record:
                 with self._lock:
                     self._results[target.name.lower()] = result
-                    self._failures[target.name.lower()] = (
-                        0 if result.outcome.success else self._failures.get(target.name.lower(), 0) + 1
-                    )
+                    self._count_failures(target.name.lower(), result.outcome.success)
             return result
+
+    def _count_failures(self, key: str, success: bool) -> None:
+        """Consecutive failures per server (and the organization): they decide the failing lane and back-off."""
+        self._failures[key] = 0 if success else self._failures.get(key, 0) + 1
 
     @staticmethod
     def _failed(collector: str, started: float, failure: Exception) -> CollectorOutcome:
@@ -204,6 +206,7 @@ class Poller:
                 result.outcome = self._failed("organization", started, PollFailure("internal_error", type(err).__name__))
             with self._lock:
                 self._organization = result
+                self._count_failures(ORGANIZATION_KEY, result.outcome.success)
             return result
 
     def run_cycle(self) -> None:
