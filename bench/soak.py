@@ -196,8 +196,6 @@ def _fleet_process(scenario_dict: dict, conn) -> None:
             conn.send(None)
         elif command == "open_shells":
             conn.send({name: fleet.open_shells(name) for name in hosts})
-        elif command == "threads":
-            conn.send(threading.active_count())
         else:
             fleet.stop()
             conn.send(None)
@@ -230,9 +228,6 @@ class FleetProcess:
 
     def open_shells(self) -> dict[str, int]:
         return {name: count for name, count in self._call("open_shells").items() if count}
-
-    def threads(self) -> int:
-        return self._call("threads")
 
     def stop(self) -> None:
         self._call("stop")

@@ -122,6 +122,12 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
         out.add("exchange_eems_endpoint_reachable",
                 "1 if an HTTPS GET of the OCS mitigation endpoint from the server answered 200.",
                 server, 1 if state.endpoint_reachable else 0)
+        out.add("exchange_eems_endpoint_duration_seconds", "Duration of that HTTPS GET, run on the server.",
+                server, state.endpoint_duration_seconds)
+    for part in sorted({error.split(":", 1)[0].strip() for error in state.collection_errors}):
+        out.add("exchange_collector_partial_failure",
+                "1 for each part of a successful poll that could not be read (e.g. events: no right to the log).",
+                {"collector": "server", **server, "part": part}, 1)
 
 
 def _collector_metrics(out: _Families, collector: str, labels: dict[str, str], outcome, last_success) -> None:
@@ -159,6 +165,9 @@ def _organization_metrics(out: _Families, org: OrganizationResult, server_names:
         for mitigation in info.mitigations_blocked:
             out.add("exchange_eems_mitigation_blocked", "1 for each mitigation ID in MitigationsBlocked.",
                     {**server, "mitigation": mitigation}, 1)
+        out.add("exchange_eems_mitigations_applied_timestamp_seconds",
+                "MitigationsAppliedTime (Get-ExchangeServer) where present; its exact meaning is unconfirmed.",
+                server, _ts(info.mitigations_applied_time))
         if info.data_collection_enabled is not None:
             out.add("exchange_eems_data_collection_enabled", "DataCollectionEnabled (Get-ExchangeServer).", server,
                     1 if info.data_collection_enabled else 0)

@@ -1,0 +1,53 @@
+"""Rendering a poll result: which series exist, and which are absent on purpose."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timezone
+
+from exporter.metrics import render
+from exporter.model import CollectorOutcome, EemsHistory, ServerResult, ServerState
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+STATE = ServerState(
+    name="EX01", build=None, edge=False, eems_supported=True, service_installed=True, service_state="running",
+    service_start_mode="auto",
+    eems=EemsHistory(last_check=NOW, last_success=NOW, last_error=None, last_error_reason=None,
+                     fetch_errors={"untrusted_endpoint": 0, "unknown_issuer": 0, "tls_validation": 0,
+                                   "signature_invalid": 0, "other": 0}),
+    endpoint_reachable=None, endpoint_duration_seconds=None, collection_errors=(),
+)
+
+
+def series(state: ServerState, success: bool = True) -> dict[tuple[str, tuple], float]:
+    outcome = CollectorOutcome("server", success, 1.5, NOW, None if success else "timeout", None)
+    result = ServerResult("EX01", outcome=outcome, state=state, last_success=NOW)
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in render([result], None, None) for s in f.samples}
+
+
+def test_partial_failures_are_one_series_per_part():
+    found = series(replace(STATE, collection_errors=("events: Attempted to perform an unauthorized operation.",
+                                                     "log: Access to the path is denied.", "events: again")))
+    parts = sorted(dict(labels)["part"] for (name, labels) in found if name == "exchange_collector_partial_failure")
+    assert parts == ["events", "log"]
+
+
+def test_a_failed_poll_keeps_the_last_facts_with_up_zero():
+    found = series(STATE, success=False)
+    assert found[("exchange_up", (("server", "EX01"),))] == 0
+    assert found[("exchange_collector_error", (("collector", "server"), ("reason", "timeout"), ("server", "EX01")))] == 1
+    assert ("exchange_eems_last_success_timestamp_seconds", (("server", "EX01"),)) in found
+
+
+def test_endpoint_series_only_when_the_check_ran():
+    assert not any(name.startswith("exchange_eems_endpoint") for name, _ in series(STATE))
+    found = series(replace(STATE, endpoint_reachable=False, endpoint_duration_seconds=10.0))
+    assert found[("exchange_eems_endpoint_reachable", (("server", "EX01"),))] == 0
+    assert found[("exchange_eems_endpoint_duration_seconds", (("server", "EX01"),))] == 10.0
+
+
+def test_no_service_series_when_not_installed():
+    found = series(replace(STATE, service_installed=False, service_state=None, service_start_mode=None))
+    assert not any(name.startswith("exchange_service_") for name, _ in found)
+    states = series(STATE)
+    assert sum(v for (name, _), v in states.items() if name == "exchange_service_state") == 1
