@@ -4,7 +4,10 @@
 FROM python:3.11.11-slim-bookworm
 
 # No .pyc writes at run time: the root filesystem is read-only in deploy/statefulset.yaml.
+# MALLOC_ARENA_MAX=2: glibc gives each of the poll threads its own arena, and the memory they fragment is
+# not returned; with two arenas RSS stays flat under faults (bench/soak.py: +3% instead of +14%).
 ENV PYTHONDONTWRITEBYTECODE=1 \
+    MALLOC_ARENA_MAX=2 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
