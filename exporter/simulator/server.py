@@ -105,6 +105,21 @@ async def read_request(reader: asyncio.StreamReader) -> HttpRequest | None:
     return HttpRequest(parts[0], parts[1], headers, body)
 
 
+async def _requests(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    """The keep-alive requests of one connection, until it closes or idles out; a request we refuse to read
+    is answered with its status and ends the connection."""
+    while True:
+        try:
+            request = await asyncio.wait_for(read_request(reader), KEEPALIVE_IDLE_SECONDS)
+        except HttpError as exc:
+            writer.write(render(_Response(exc.status, close=True)))
+            await writer.drain()
+            return
+        if request is None:
+            return
+        yield request
+
+
 def render(response: _Response) -> bytes:
     lines = [f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}", "Server: Microsoft-HTTPAPI/2.0"]
     lines += [f"{name}: {value}" for name, value in response.headers]
@@ -326,15 +341,7 @@ class Fleet:
         peer = writer.get_extra_info("peername") or ("", 0)
         conn_auth = auth.ConnectionAuth(self._credentials, self._allow_basic, rt.bindings)
         try:
-            while True:
-                try:
-                    request = await asyncio.wait_for(read_request(reader), KEEPALIVE_IDLE_SECONDS)
-                except HttpError as exc:
-                    writer.write(render(_Response(exc.status, close=True)))
-                    await writer.drain()
-                    return
-                if request is None:
-                    return
+            async for request in _requests(reader, writer):
                 rt.requests += 1
                 faults = rt.host.faults
                 if faults.hang:
@@ -408,15 +415,7 @@ class Fleet:
         task = asyncio.current_task()
         self._tasks.add(task)
         try:
-            while True:
-                try:
-                    request = await asyncio.wait_for(read_request(reader), KEEPALIVE_IDLE_SECONDS)
-                except HttpError as exc:
-                    writer.write(render(_Response(exc.status, close=True)))
-                    await writer.drain()
-                    return
-                if request is None:
-                    return
+            async for request in _requests(reader, writer):
                 status, body = control.handle(
                     request.method, request.path, request.body, {n: rt.host for n, rt in self._runtimes.items()}, self.stats
                 )
