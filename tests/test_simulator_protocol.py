@@ -281,6 +281,28 @@ def test_https_ntlm_with_channel_binding_and_validated_certificate(fleet):
     assert result.std_out == b"Write-Output tls\n"
 
 
+def certificate_session(fleet, username: str) -> winrm.Session:
+    cert, key = fleet.client_certificate(username)
+    return winrm.Session(url(fleet, "secure"), auth=(None, None), transport="certificate", cert_pem=str(cert),
+                         cert_key_pem=str(key), server_cert_validation="validate", ca_trust_path=str(fleet.ca_file))
+
+
+def test_certificate_authentication_maps_the_client_certificate_to_a_user(fleet):
+    assert certificate_session(fleet, "localadmin").run_ps("Write-Output cert").std_out == b"Write-Output cert\n"
+
+
+def test_certificate_of_an_unknown_user_is_rejected(fleet):
+    with pytest.raises(winrm.exceptions.InvalidCredentialsError):
+        certificate_session(fleet, "intruder").run_ps("x")
+
+
+def test_certificate_header_without_a_client_certificate_is_rejected(fleet):
+    answer = requests.post(url(fleet, "secure"), data=b"", verify=str(fleet.ca_file), timeout=10,
+                           headers={"Authorization": "http://schemas.dmtf.org/wbem/wsman/1/wsman/secprofile/https/mutual",
+                                    "Content-Type": "application/soap+xml;charset=UTF-8"})
+    assert answer.status_code == 401
+
+
 def test_https_with_the_wrong_ca_fails(fleet, tmp_path):
     other_ca = TestAuthority(tmp_path).ca_file
     with pytest.raises(requests.exceptions.SSLError):

@@ -86,6 +86,9 @@ class _UserFile:
 USER_FILE = _UserFile()
 
 
+CERTIFICATE_AUTH = "http://schemas.dmtf.org/wbem/wsman/1/wsman/secprofile/https/mutual"
+
+
 @dataclass
 class AuthResult:
     """`principal` set = the request may proceed; otherwise answer 401 with `challenge` (or close)."""
@@ -98,8 +101,10 @@ class AuthResult:
 class ConnectionAuth:
     """The authentication state of one TCP connection."""
 
-    def __init__(self, credentials: dict[str, str], allow_basic: bool, channel_bindings: bytes | None) -> None:
+    def __init__(self, credentials: dict[str, str], allow_basic: bool, channel_bindings: bytes | None,
+                 certificate_user: str | None = None) -> None:
         self._credentials = {user.lower(): password for user, password in credentials.items()}
+        self._certificate_user = certificate_user  # CN of a client certificate the TLS layer verified
         self._allow_basic = allow_basic
         self._bindings = GssChannelBindings(application_data=channel_bindings) if channel_bindings else None
         self._context: spnego.ContextProxy | None = None
@@ -123,6 +128,10 @@ class ConnectionAuth:
             return AuthResult(principal=principal) if principal and not deny else AuthResult(close=True)
         if scheme in ("negotiate", "ntlm"):
             return self._step_ntlm(scheme, value.strip(), deny)
+        if authorization.strip() == CERTIFICATE_AUTH:
+            user = self._certificate_user
+            known = user is not None and user.lower() in self._credentials
+            return AuthResult(principal=user) if known and not deny else AuthResult(close=True)
         return AuthResult(close=True)
 
     def _check_basic(self, value: str) -> str | None:

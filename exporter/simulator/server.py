@@ -105,6 +105,15 @@ async def read_request(reader: asyncio.StreamReader) -> HttpRequest | None:
     return HttpRequest(parts[0], parts[1], headers, body)
 
 
+def _certificate_user(peercert: dict | None) -> str | None:
+    """The CN of a client certificate that TLS verified against the test CA (None without one)."""
+    for rdn in (peercert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return None
+
+
 async def _requests(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
     """The keep-alive requests of one connection, until it closes or idles out; a request we refuse to read
     is answered with its status and ends the connection."""
@@ -179,6 +188,7 @@ class Fleet:
         self._control_address = control_address
         self.control_port: int | None = None
         self.ca_file: Path | None = None
+        self._authority: TestAuthority | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -236,7 +246,7 @@ class Fleet:
         if self._tls_dir is None:
             self._own_tls_dir = tempfile.mkdtemp(prefix="eems-sim-tls-")
             self._tls_dir = Path(self._own_tls_dir)
-        authority = TestAuthority(self._tls_dir)
+        authority = self._authority = TestAuthority(self._tls_dir)
         self.ca_file = authority.ca_file
         for rt in secure:
             rt.ssl, rt.bindings = authority.server_context(rt.host.address)
@@ -307,6 +317,12 @@ class Fleet:
 
     # ------------------------------------------------------------------ observation (thread-safe)
 
+    def client_certificate(self, username: str) -> tuple[Path, Path]:
+        """(certificate, key) PEM files for WinRM certificate authentication as `username` (https hosts)."""
+        if self._authority is None:
+            raise ValueError("no https host: certificate authentication needs TLS")
+        return self._authority.client_certificate(username)
+
     def open_shells(self, host_name: str | None = None) -> int:
         runtimes = self._runtimes.values() if host_name is None else [self._runtime(host_name)]
         return sum(rt.shells.open_count(rt.host.idle_timeout_seconds) for rt in runtimes)
@@ -339,7 +355,8 @@ class Fleet:
         self._tasks.add(task)
         rt.connections.add(writer)
         peer = writer.get_extra_info("peername") or ("", 0)
-        conn_auth = auth.ConnectionAuth(self._credentials, self._allow_basic, rt.bindings)
+        conn_auth = auth.ConnectionAuth(self._credentials, self._allow_basic, rt.bindings,
+                                        _certificate_user(writer.get_extra_info("peercert")))
         try:
             async for request in _requests(reader, writer):
                 rt.requests += 1

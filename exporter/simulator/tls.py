@@ -78,5 +78,33 @@ class TestAuthority:
         cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert_file, self._key_file)
+        # Client certificates are optional: only certificate authentication uses one (mapped to a user by CN).
+        context.verify_mode = ssl.CERT_OPTIONAL
+        context.load_verify_locations(cafile=self.ca_file)
         cert_der = cert.public_bytes(serialization.Encoding.DER)
         return context, b"tls-server-end-point:" + hashlib.sha256(cert_der).digest()
+
+    def client_certificate(self, username: str) -> tuple[Path, Path]:
+        """A client certificate for WinRM certificate authentication, mapped to `username` by its CN (a
+        stand-in for Windows' certificate mapping, `winrm create winrm/config/service/certmapping`)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, username)]))
+            .issuer_name(self._ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(self._not_before)
+            .not_valid_after(now + _VALIDITY)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(self._ca_key, hashes.SHA256())
+        )
+        stem = hashlib.sha256(username.encode()).hexdigest()[:12]
+        cert_file, key_file = self.directory / f"client-{stem}.pem", self.directory / f"client-{stem}-key.pem"
+        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+        return cert_file, key_file
