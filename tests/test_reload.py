@@ -165,6 +165,16 @@ def wait_for(condition, what: str, seconds: float = 25.0):
     pytest.fail(f"timed out waiting for {what} (last error: {last_error!r})")
 
 
+def stop(process: subprocess.Popen) -> str:
+    """SIGTERM, a bounded wait (then SIGKILL); the exporter's stderr."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.communicate(timeout=15)[1]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.communicate()[1]
+
+
 def test_reload_on_sighup(fleet, tmp_path):
     path = tmp_path / "exporter.yml"
     path.write_text(config_for(fleet, ["EX01"], interval="10s", timeout="5s"))
@@ -191,12 +201,7 @@ def test_reload_on_sighup(fleet, tmp_path):
         wait_for(lambda: reload_ok(scrape(base)) == 1, "the good reload to show in /metrics")
         wait_for(lambda: up(scrape(base), "EX02") == 1, "the first poll of the added server EX02")
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            _, stderr = process.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            _, stderr = process.communicate()
+        stderr = stop(process)
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
     errors = [line for line in stderr.splitlines() if "level=ERROR" in line]
@@ -231,11 +236,6 @@ def test_sighup_as_soon_as_the_port_opens(tmp_path):
                  or scrape(f"http://127.0.0.1:{port}")[(reloaded, frozenset())] >= signalled, "the reload")
         assert process.poll() is None, f"SIGHUP killed the exporter: {process.returncode}"
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            _, stderr = process.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            _, stderr = process.communicate()
+        stderr = stop(process)
     assert process.returncode == 0, stderr
     assert "configuration reloaded from" in stderr
