@@ -458,6 +458,30 @@ def test_every_dashboard_query_returns_data(stack):
     assert not empty, f"{len(empty)} dashboard queries return nothing for the demo fleet:\n" + "\n".join(empty)
 
 
+# The fleet overview's stat panels, counted by hand from the demo scenario. `or vector(0)` keeps a zero count
+# visible, so "returns data" alone cannot fail for these panels; their values can.
+DEMO_COUNTS = {
+    "Servers": 11,
+    "Failing the 2023-03 cutoff": 2,  # EX19-CU12 (Feb23SU), EX16-CU22 (Nov22SU)
+    "Failing the 2026-06 cutoff": 4,  # EX19-CU14, EX19-CU12, EX16-CU23, EX16-CU22 (EX-SE05 never answered)
+    "Without EEMS (Mailbox)": 0,  # EDGE01 has no EEMS but is an Edge server
+    "EEMS service not running": 1,  # EX-SE02-STOPPED
+    # no success for 3 h: unknown issuer (EX19-CU14, EX16-CU23), untrusted endpoint (EX19-CU12, EX16-CU22),
+    # proxy TLS failure (EX-SE04-PROXY), service stopped 6 h ago (EX-SE02-STOPPED)
+    "Mitigation checks stale": 6,
+    "Exporter cannot poll": 1,  # EX-SE05-NOWINRM
+    "Mitigations blocked": 1,  # EX-SE03-BLOCKED: M2.1.0
+}
+
+
+def test_fleet_overview_counts_match_the_demo(stack):
+    counts = {panel: [float(r["value"][1]) for r in stack.query(expr)]
+              for dashboard, panel, expr in all_panel_queries()
+              if dashboard == "fleet-overview.json" and panel in DEMO_COUNTS}
+    assert set(counts) == set(DEMO_COUNTS), sorted(counts)
+    assert {panel: values[0] if len(values) == 1 else values for panel, values in counts.items()} == DEMO_COUNTS
+
+
 def test_exactly_the_demo_alerts_fire(stack):
     def firing() -> tuple[set, list]:
         alerts = stack.active_alerts()
