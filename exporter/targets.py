@@ -37,6 +37,7 @@ class Targets:
         self._lock = threading.Lock()
         self._configured = {s.name.lower(): self._from_config(s) for s in config.servers}
         self._discovered: dict[str, Target] = {}
+        self._mine = self._shard_of_everything()
 
     def _from_config(self, server) -> Target:
         module = self._config.modules[server.module]
@@ -64,6 +65,7 @@ class Targets:
                 break
         with self._lock:
             self._discovered = found
+            self._mine = self._shard_of_everything()
 
     def get(self, name: str) -> Target | None:
         key = name.lower()
@@ -71,8 +73,12 @@ class Targets:
             return self._configured.get(key) or self._discovered.get(key)
 
     def mine(self) -> list[Target]:
-        """The targets of this instance's shard, in a stable order."""
-        index, count = self._config.shard
+        """The targets of this instance's shard, in a stable order (computed when the list changes, not per
+        call: the scheduler and every scrape ask for it)."""
         with self._lock:
-            everything = list(self._configured.values()) + list(self._discovered.values())
+            return list(self._mine)
+
+    def _shard_of_everything(self) -> list[Target]:
+        index, count = self._config.shard
+        everything = list(self._configured.values()) + list(self._discovered.values())
         return sorted((t for t in everything if shard_of(t.name, count) == index), key=lambda t: t.name.lower())
