@@ -165,6 +165,15 @@ def wait_for(condition, what: str, seconds: float = 25.0):
     pytest.fail(f"timed out waiting for {what} (last error: {last_error!r})")
 
 
+def start_exporter(path: Path, port: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "exporter", "run", "--config.file", str(path), "--web.listen-address",
+         f"127.0.0.1:{port}"],
+        cwd=REPO, env={**os.environ, PASSWORD_ENV: PASSWORD}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def stop(process: subprocess.Popen) -> str:
     """SIGTERM, a bounded wait (then SIGKILL); the exporter's stderr."""
     process.send_signal(signal.SIGTERM)
@@ -180,12 +189,7 @@ def test_reload_on_sighup(fleet, tmp_path):
     path.write_text(config_for(fleet, ["EX01"], interval="10s", timeout="5s"))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "run", "--config.file", str(path), "--web.listen-address",
-         f"127.0.0.1:{port}"],
-        cwd=REPO, env={**os.environ, PASSWORD_ENV: PASSWORD}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_exporter(path, port)
     try:
         wait_for(lambda: up(scrape(base), "EX01") == 1, "the first poll of EX01")
         assert reload_ok(scrape(base)) == 1
@@ -216,12 +220,7 @@ def test_sighup_as_soon_as_the_port_opens(tmp_path):
     path.write_text("modules: {default: {username: u, password_env: %s, scheme: http}}\n"
                     "servers: [{name: EX01, address: 127.0.0.1, port: %d}]\n" % (PASSWORD_ENV, free_port()))
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "run", "--config.file", str(path), "--web.listen-address",
-         f"127.0.0.1:{port}"],
-        cwd=REPO, env={**os.environ, PASSWORD_ENV: PASSWORD}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_exporter(path, port)
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
