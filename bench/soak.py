@@ -84,34 +84,22 @@ DEFAULTS = {"servers": 200, "polls": 5000, "seconds": 600.0, "fault_every": 3.0,
 QUICK = {"servers": 40, "polls": 400, "seconds": 15.0, "fault_every": 2.0, "warm_up_cycles": 1}
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _number(convert, what: str, valid, bounds: str):
+    """An argparse type: `convert` the text, then require `valid(value)`."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+    return parse
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
-    return value
-
-
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
+positive_int = _number(int, "a whole number", lambda v: v >= 1, "at least 1")
+positive_float = _number(float, "a number of seconds", lambda v: v > 0, "more than 0")
+fraction = _number(float, "a fraction between 0 and 1", lambda v: 0 <= v <= 1, "between 0 and 1")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
