@@ -25,7 +25,6 @@ from .host import CommandOutput
 
 SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
 ORGANIZATION_MARKER = "# exchange-eems-exporter:collect-organization:v1"
-COMMAND_LINE_LIMIT = 8191  # cmd.exe
 STDOUT_CHUNK = 4096
 PARAMETERS = ("LookbackHours", "MaxEvents", "LogTailBytes", "CheckEndpoint", "EndpointTimeoutSec", "Proxy")
 SERVICE_STATUS = ("Stopped", "StartPending", "StopPending", "Running", "ContinuePending", "PausePending", "Paused")
@@ -111,8 +110,6 @@ class WindowsHost:
     # ------------------------------------------------------------ command line
 
     def _answer(self, command_line: str) -> CommandOutput:
-        if len(command_line) > COMMAND_LINE_LIMIT:
-            return CommandOutput([], b"The command line is too long.\r\n", 1)
         tokens = re.findall(r'"[^"]*"|\S+', command_line)
         if not tokens:
             return CommandOutput([], b"The syntax of the command is incorrect.\r\n", 1)
