@@ -78,6 +78,17 @@ class RawOrganizationFacts:
 
 
 @dataclass(frozen=True)
+class NextBuild:
+    """The build a server should go to next on its update path."""
+
+    version: str
+    product: str
+    cu: str
+    update: str
+    released: date
+
+
+@dataclass(frozen=True)
 class BuildVerdict:
     version: str
     product: str  # Exchange2013 | Exchange2016 | Exchange2019 | ExchangeSE
@@ -89,6 +100,10 @@ class BuildVerdict:
     cutoffs: dict[str, bool]  # cutoff id ("2023-03", "2026-06") -> compliant
     superseded_since: date | None  # release of the first newer build of the same CU
     product_support_end: date | None
+    servicing: str  # "serviced" | "cu_not_serviced" | "out_of_support" (the product gets no updates at all)
+    cu_servicing_end: date | None  # first day the CU got no more security updates; None while serviced
+    next_build: NextBuild | None  # where the update path leads; None on the newest build of the path
+    update_path_since: date | None  # since when a newer build has existed on this server's update path
 
 
 # ---------------------------------------------------------------- interpretation (interpret.py)
