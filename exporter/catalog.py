@@ -61,6 +61,7 @@ UNKNOWN = "unknown"
 
 _VERSION = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})\.([0-9]{1,9})\.([0-9]{1,9})")
 _VERSION_EXAMPLE = "expected e.g. 15.2.1544.4"
+_ADMIN_DISPLAY_VERSION = re.compile(r"Version ([0-9]{1,9})\.([0-9]{1,9}) \(Build ([0-9]{1,9})\.([0-9]{1,9})\)")
 
 
 class CatalogError(Exception):
@@ -92,6 +93,16 @@ def parse_build(version: object) -> tuple[int, int, int, int]:
             f"{_show(version)} is not an Exchange 2013/2016/2019/SE build (major.minor must be 15.0, 15.1 or 15.2)"
         )
     return parts  # type: ignore[return-value]
+
+
+def parse_admin_display_version(text: object) -> str:
+    """`Version 15.2 (Build 1544.36)` (Get-ExchangeServer, deserialized) -> `15.2.1544.36`."""
+    match = _ADMIN_DISPLAY_VERSION.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise BuildVersionError(f"AdminDisplayVersion {_show(text)} is not like 'Version 15.2 (Build 1544.36)'")
+    version = ".".join(match.groups())
+    parse_build(version)
+    return version
 
 
 def product_of(parts: tuple[int, int, int, int]) -> str:

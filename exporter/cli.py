@@ -167,10 +167,27 @@ def cmd_build(args: argparse.Namespace) -> int:
     print(f"  released:          {data['released'] or 'unknown'}")
     print(f"  superseded since:  {data['superseded_since'] or 'no: newest known build of its CU'}")
     print(f"  support ends:      {data.get('product_support_end') or 'no fixed date'}")
+    print(f"  servicing:         {_servicing_text(data)}")
+    target = data["next_build"]
+    if target is None:
+        print("  next build:        none: newest build of its update path")
+    else:
+        update = f" {target['update']}" if target["update"] else ""
+        print(f"  next build:        {target['version']} ({target['product']} {target['cu']}{update}, "
+              f"released {target['released']}); a newer build exists since {data['update_path_since']}")
     print(f"  EEMS on this build: {'yes' if data['eems_supported'] else 'no'}")
     for cutoff, ok in data["cutoffs"].items():
         print(f"  {cutoff} certificate cutoff: {'compliant' if ok else 'NOT compliant: cannot use new mitigations'}")
     return 0
+
+
+def _servicing_text(data: dict) -> str:
+    if data["servicing"] == "serviced":
+        return "its CU receives security updates"
+    if data["servicing"] == "cu_not_serviced":
+        return f"its CU gets NO security updates since {data['cu_servicing_end']}: move to the newest CU"
+    return (f"its CU gets NO security updates since {data['cu_servicing_end']} and the product is out of support: "
+            "migrate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="explain an Exchange build number")
     build.add_argument("version")
     build.add_argument("--json", action="store_true")
-    build.add_argument("--catalog-file", type=Path, help="your own catalog file with newer builds")
+    build.add_argument("--catalog.file", "--catalog-file", dest="catalog_file", type=Path,
+                       help="your own catalog file with newer builds (catalog_file in the configuration)")
     build.set_defaults(func=cmd_build)
 
     add_simulator_commands(sub)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from exporter.catalog import BuildVersionError, Catalog
+from exporter.catalog import BuildVersionError, Catalog, parse_admin_display_version
 from exporter.eems_patterns import FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, parse_log_line
 from exporter.model import BuildVerdict, EemsHistory, RawLog, RawServerFacts, ServerState
 
@@ -45,13 +45,19 @@ class _Cycle:
     finished: bool  # a line followed the check-start line
 
 
-def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, lookback: timedelta, now: datetime) -> ServerState:
+def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, lookback: timedelta, now: datetime,
+                     admin_display_version: str | None = None) -> ServerState:
+    """`admin_display_version` (organization collector) stands in when ExSetup.exe could not be read, as in
+    HealthChecker; it names the CU only, so the verdict is CU-level (see catalog.py)."""
     notes: list[str] = []
-    build = _build(facts.exsetup_version, catalog, notes)
+    build, source = _build(facts.exsetup_version, catalog, notes, now), facts.build_source
+    if facts.exsetup_version is None and admin_display_version is not None:
+        build, source = _cu_level_build(admin_display_version, catalog, notes, now), "admin_display_version"
     endpoint = facts.endpoint
     return ServerState(
         name=name,
         build=build,
+        build_source=source if build is not None else None,
         edge=facts.edge,
         eems_supported=bool(build and build.eems_supported) and not facts.edge,
         service_installed=facts.service_installed,
@@ -71,11 +77,19 @@ def _generic_reason(build: BuildVerdict | None) -> str:
     return "other"
 
 
-def _build(version: str | None, catalog: Catalog, notes: list[str]) -> BuildVerdict | None:
+def _build(version: str | None, catalog: Catalog, notes: list[str], now: datetime) -> BuildVerdict | None:
     if version is None:
         return None
     try:
-        return catalog.verdict(version)
+        return catalog.verdict(version, today=now.date())
+    except BuildVersionError as e:
+        notes.append(f"build: {e}")
+        return None
+
+
+def _cu_level_build(admin_display_version: str, catalog: Catalog, notes: list[str], now: datetime) -> BuildVerdict | None:
+    try:
+        return catalog.verdict(parse_admin_display_version(admin_display_version), cu_level=True, today=now.date())
     except BuildVersionError as e:
         notes.append(f"build: {e}")
         return None

@@ -122,6 +122,7 @@ class EemsHistory:
 class ServerState:
     name: str
     build: BuildVerdict | None
+    build_source: str | None  # "exsetup" | "registry" | "admin_display_version" (CU level only)
     edge: bool
     eems_supported: bool  # build has EEMS and the server is not Edge
     service_installed: bool

@@ -189,6 +189,32 @@ def test_missing_and_bad_build(catalog):
     assert "build: '8.3.83.6' is not an Exchange 2013/2016/2019/SE build" in bad.collection_errors[1]
 
 
+def test_admin_display_version_stands_in_when_exsetup_cannot_be_read(catalog):
+    no_exsetup = facts(exsetup_version=None, build_source=None, errors=("build: ExSetup.exe not found",))
+    state = interpret_server("EX01", no_exsetup, catalog, lookback=LOOKBACK, now=NOW,
+                             admin_display_version="Version 15.2 (Build 1748.53)")
+    assert state.build_source == "admin_display_version"
+    assert (state.build.product, state.build.cu, state.build.update, state.build.known) == (
+        "Exchange2019", "CU15", "unknown", False)
+    # The update is unknown: CU15 RTM is below the June 2026 minimum, so the CU as a whole is not compliant.
+    assert state.build.cutoffs == {"2023-03": True, "2026-06": False}
+    assert state.eems_supported
+
+
+def test_exsetup_wins_over_admin_display_version(catalog):
+    state = interpret_server("EX01", facts(), catalog, lookback=LOOKBACK, now=NOW,
+                             admin_display_version="Version 15.2 (Build 1748.10)")
+    assert (state.build.version, state.build_source, state.build.known) == ("15.2.2562.43", "exsetup", True)
+
+
+def test_bad_admin_display_version_is_a_build_note(catalog):
+    state = interpret_server("EX01", facts(exsetup_version=None, build_source=None), catalog, lookback=LOOKBACK,
+                             now=NOW, admin_display_version="Version 15.2 (Build banana)")
+    assert state.build is None and state.build_source is None
+    assert state.collection_errors == ("build: AdminDisplayVersion 'Version 15.2 (Build banana)' is not like "
+                                       "'Version 15.2 (Build 1544.36)'",)
+
+
 def test_old_build_has_no_eems(catalog):
     assert not interpret(facts(exsetup_version="15.2.922.7"), catalog).eems_supported
 
