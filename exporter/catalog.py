@@ -225,11 +225,7 @@ class Catalog:
     @classmethod
     def load(cls, extra_file: Path | None = None) -> "Catalog":
         """Packaged data plus an operator's TSV (same columns) that adds builds or overrides packaged rows."""
-        builds = packaged_builds()
-        if extra_file is not None:
-            extra = Path(extra_file)
-            builds.update(_parse_builds(str(extra), _read_text(extra)))
-        return cls.from_builds(builds)
+        return cls.from_builds(load_builds(extra_file))
 
     @classmethod
     def from_builds(cls, builds: dict[tuple[int, int, int, int], _Build]) -> "Catalog":
@@ -334,6 +330,15 @@ class Catalog:
 def packaged_builds() -> dict[tuple[int, int, int, int], _Build]:
     data = resources.files("exporter") / "data"
     return _parse_builds("exporter/data/builds.tsv", (data / "builds.tsv").read_text(encoding="utf-8"))
+
+
+def load_builds(extra_file: Path | None = None) -> dict[tuple[int, int, int, int], _Build]:
+    """The packaged build list with an operator's catalog_file (same columns) laid over it."""
+    builds = packaged_builds()
+    if extra_file is not None:
+        extra = Path(extra_file)
+        builds.update(_parse_builds(str(extra), _read_text(extra)))
+    return builds
 
 
 def _parse_servicing(path: str, text: str) -> dict[str, _Servicing]:
