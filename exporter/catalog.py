@@ -180,16 +180,22 @@ def _parse_builds(path: str, text: str) -> dict[tuple[int, int, int, int], _Buil
             raise CatalogError(path, line, f"unknown product {_show(product)} (one of {', '.join(PRODUCT_FIRST_BUILD)})")
         if not cu:
             raise CatalogError(path, line, "empty cu")
-        try:
-            parts = parse_build(version)
-        except BuildVersionError as e:
-            raise CatalogError(path, line, str(e)) from None
-        if product_of(parts) != product:
-            raise CatalogError(path, line, f"build {version} belongs to {product_of(parts)}, not {product}")
-        if parts in builds:
-            raise CatalogError(path, line, f"build {version} is listed twice")
+        parts = checked_build_parts(path, line, product, version, builds)
         builds[parts] = _Build(product, cu, update, parts, _parse_date(path, line, "released", released))
     return builds
+
+
+def checked_build_parts(path: str, line: int, product: str, version: str, builds: dict) -> tuple[int, int, int, int]:
+    """A build list row's build: four parts, of the product the row names, not listed before."""
+    try:
+        parts = parse_build(version)
+    except BuildVersionError as e:
+        raise CatalogError(path, line, str(e)) from None
+    if product_of(parts) != product:
+        raise CatalogError(path, line, f"build {version} belongs to {product_of(parts)}, not {product}")
+    if parts in builds:
+        raise CatalogError(path, line, f"build {version} is listed twice")
+    return parts
 
 
 class Catalog:

@@ -26,14 +26,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .catalog import (
     BUILD_COLUMNS,
-    BuildVersionError,
     Catalog,
     CatalogError,
     _Build,
     _parse_builds,
+    checked_build_parts,
     packaged_builds,
-    parse_build,
-    product_of,
     today_utc,
 )
 
@@ -131,18 +129,11 @@ def _parse_microsoft_csv(name: str, text: str) -> Builds:
             raise CatalogError(name, line, f"unknown product {product_name[:60]!r} (Exchange 2013/2016/2019/SE "
                                            "followed by RTM, CUn, SPn or Preview and an optional update name)")
         product = _PRODUCTS[match.group(1)]
-        try:
-            parts = parse_build(version)
-        except BuildVersionError as err:
-            raise CatalogError(name, line, str(err)) from None
-        if product_of(parts) != product:
-            raise CatalogError(name, line, f"build {version} belongs to {product_of(parts)}, not {product}")
+        parts = checked_build_parts(name, line, product, version, builds)
         try:
             day = datetime.strptime(released, "%m/%d/%Y").date()
         except ValueError:
             raise CatalogError(name, line, f"date {released[:30]!r} is not a real date (M/D/YYYY)") from None
-        if parts in builds:
-            raise CatalogError(name, line, f"build {version} is listed twice")
         builds[parts] = _Build(product, match.group(2), match.group(3) or "", parts, day)
     return builds
 
