@@ -25,8 +25,9 @@ def build_labels(result) -> dict[str, str]:
     return next(dict(s.labels) for f in families for s in f.samples if s.name == "exchange_build_info")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def poller():
+    """A fresh poller per test: whether the organization was polled yet is part of each test."""
     import os
 
     from exporter.poller import Poller
