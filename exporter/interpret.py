@@ -15,7 +15,7 @@ its check-start line, so a check still in progress when the tail was read is not
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from exporter.catalog import BuildVersionError, Catalog, parse_admin_display_version
 from exporter.eems_patterns import FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, parse_log_line
@@ -46,13 +46,16 @@ class _Cycle:
 
 
 def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, lookback: timedelta, now: datetime,
-                     admin_display_version: str | None = None) -> ServerState:
-    """`admin_display_version` (organization collector) stands in when ExSetup.exe could not be read, as in
+                     today: date | None = None, admin_display_version: str | None = None) -> ServerState:
+    """`now` is the server's clock (its event times are on it); `today`, the exporter's date, decides the
+    servicing verdicts, so a server with a wrong clock cannot change them (default: `now`'s date).
+    `admin_display_version` (organization collector) stands in when ExSetup.exe could not be read, as in
     HealthChecker; it names the CU only, so the verdict is CU-level (see catalog.py)."""
     notes: list[str] = []
-    build, source = _build(facts.exsetup_version, catalog, notes, now), facts.build_source
+    today = today or now.date()
+    build, source = _build(facts.exsetup_version, catalog, notes, today), facts.build_source
     if facts.exsetup_version is None and admin_display_version is not None:
-        build, source = _cu_level_build(admin_display_version, catalog, notes, now), "admin_display_version"
+        build, source = _cu_level_build(admin_display_version, catalog, notes, today), "admin_display_version"
     endpoint = facts.endpoint
     return ServerState(
         name=name,
@@ -77,19 +80,19 @@ def _generic_reason(build: BuildVerdict | None) -> str:
     return "other"
 
 
-def _build(version: str | None, catalog: Catalog, notes: list[str], now: datetime) -> BuildVerdict | None:
+def _build(version: str | None, catalog: Catalog, notes: list[str], today: date) -> BuildVerdict | None:
     if version is None:
         return None
     try:
-        return catalog.verdict(version, today=now.date())
+        return catalog.verdict(version, today=today)
     except BuildVersionError as e:
         notes.append(f"build: {e}")
         return None
 
 
-def _cu_level_build(admin_display_version: str, catalog: Catalog, notes: list[str], now: datetime) -> BuildVerdict | None:
+def _cu_level_build(admin_display_version: str, catalog: Catalog, notes: list[str], today: date) -> BuildVerdict | None:
     try:
-        return catalog.verdict(parse_admin_display_version(admin_display_version), cu_level=True, today=now.date())
+        return catalog.verdict(parse_admin_display_version(admin_display_version), cu_level=True, today=today)
     except BuildVersionError as e:
         notes.append(f"build: {e}")
         return None

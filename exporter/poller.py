@@ -150,7 +150,7 @@ class Poller:
                 now = facts.now or utcnow()
                 result.state = interpret_server(
                     target.name, facts, self.catalog, lookback=timedelta(seconds=self.config.poll.lookback), now=now,
-                    admin_display_version=self._admin_display_version(target),
+                    today=utcnow().date(), admin_display_version=self._admin_display_version(target),
                 )
                 finished = utcnow()
                 result.last_success = finished

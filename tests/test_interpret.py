@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
@@ -199,6 +199,16 @@ def test_admin_display_version_stands_in_when_exsetup_cannot_be_read(catalog):
     # The update is unknown: CU15 RTM is below the June 2026 minimum, so the CU as a whole is not compliant.
     assert state.build.cutoffs == {"2023-03": True, "2026-06": False}
     assert state.eems_supported
+
+
+def test_servicing_is_judged_on_the_exporters_date_not_the_servers_clock(catalog):
+    wrong_clock = datetime(2031, 1, 1, tzinfo=timezone.utc)  # the server's clock is years ahead
+    facts_2019 = facts(exsetup_version="15.2.1748.53", now=wrong_clock)
+    state = interpret_server("EX01", facts_2019, catalog, lookback=LOOKBACK, now=wrong_clock,
+                             today=date(2026, 10, 31))
+    assert state.build.servicing == "serviced"  # ESU ran to 2026-10-31
+    assert interpret_server("EX01", facts_2019, catalog, lookback=LOOKBACK, now=wrong_clock,
+                            today=date(2026, 11, 1)).build.servicing == "out_of_support"
 
 
 def test_exsetup_wins_over_admin_display_version(catalog):
