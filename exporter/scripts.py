@@ -16,6 +16,7 @@ from importlib import resources
 CMD_LINE_LIMIT = 8191
 SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
 ORGANIZATION_MARKER = "# exchange-eems-exporter:collect-organization:v1"
+DIAGNOSE_MARKER = "# exchange-eems-exporter:diagnose-server:v1"
 _PREFIX = "powershell -NoProfile -NonInteractive -EncodedCommand "
 
 
@@ -27,6 +28,19 @@ class ServerScriptParameters:
     check_endpoint: bool
     endpoint_timeout_seconds: int
     proxy: str
+
+
+@dataclass(frozen=True)
+class DiagnoseScriptParameters:
+    """Bounds of the `diagnose` script's output: it reads more than a poll, but never an unbounded amount."""
+
+    lookback_hours: int
+    max_events: int
+    message_chars: int  # per event message
+    list_files: int  # log files listed (name, size, time)
+    read_files: int  # newest log files whose head and tail are read
+    head_bytes: int
+    tail_bytes: int
 
 
 def _body(name: str) -> str:
@@ -57,6 +71,15 @@ def server_script(params: ServerScriptParameters) -> str:
 
 def organization_script() -> str:
     return "\n".join((ORGANIZATION_MARKER, _body("collect_organization.ps1")))
+
+
+def diagnose_script(params: DiagnoseScriptParameters) -> str:
+    parameter_line = (
+        f"$P=@{{LookbackHours={int(params.lookback_hours)};MaxEvents={int(params.max_events)};"
+        f"MessageChars={int(params.message_chars)};ListFiles={int(params.list_files)};"
+        f"ReadFiles={int(params.read_files)};HeadBytes={int(params.head_bytes)};TailBytes={int(params.tail_bytes)}}}"
+    )
+    return "\n".join((DIAGNOSE_MARKER, parameter_line, _body("diagnose_server.ps1")))
 
 
 def command_line(script: str) -> str:
