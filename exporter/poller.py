@@ -160,6 +160,15 @@ class Poller:
                     self._count_failures(target.name.lower(), result.outcome.success)
             return result
 
+    def run_raw(self, name: str, script: str | None = None, *, timeout: float | None = None) -> bytes:
+        """The stdout of `script` (default: the server's collection script) on one server, neither parsed nor
+        recorded: `diagnose` shows it beside the interpretation. Raises PollFailure."""
+        target = self.targets.get(name)
+        if target is None:
+            raise KeyError(name)
+        deadline = time.monotonic() + (timeout or self.config.poll.timeout)
+        return self._run_script(target, target.module, script or self._server_script(target), deadline)
+
     def _count_failures(self, key: str, success: bool) -> None:
         """Consecutive failures per server (and the organization): they decide the failing lane and back-off."""
         self._failures[key] = 0 if success else self._failures.get(key, 0) + 1
