@@ -46,7 +46,7 @@ _MESSAGE = re.compile(r"S:Message=(.*?)(?:'?;\s*'?S:[A-Za-z]+=|'?$)")
 _ISO_TIME = re.compile(r"\s*\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 _CULTURE_TIME = re.compile(r"\s*\d{1,4}[./-]\d{1,2}[./-]\d{1,4}[ ,]+\d{1,2}[:.]\d{2}")
 _LOG_NAME = re.compile(r"(?P<prefix>.*?)_?(?P<stamp>\d{6,12})(?:-(?P<seq>\d+))?\.log", re.IGNORECASE)
-_URL_HOST = re.compile(r"(?<=://)[^/:\s'\"<>\]\[\\]+")
+_URL_HOST = re.compile(r"(?<=://)(?:[^/@\s'\"<>]*@)?([^/:@\s'\"<>\]\[\\]+)")  # user info, if any, goes too
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)")
 
@@ -62,13 +62,14 @@ class NameScrubber:
         known = sorted({n for n in names if n and len(n) > 1}, key=len, reverse=True)
         # between letters: nothing, a NUL (UTF-16 text read as UTF-8) or its JSON escape
         spelled = ["(?:\x00|\\\\u0000)?".join(re.escape(c) for c in name) for name in known]
-        self._names = re.compile("|".join(f"(?<![A-Za-z0-9-]){s}(?![A-Za-z0-9-])" for s in spelled),
-                                 re.IGNORECASE) if spelled else None
+        # a known name with any domain after it is one host name
+        self._names = re.compile("|".join(f"(?<![A-Za-z0-9-]){s}(?:\\.[A-Za-z][A-Za-z0-9-]*)*(?![A-Za-z0-9-])"
+                                          for s in spelled), re.IGNORECASE) if spelled else None
 
     def scrub(self, text: str) -> str:
         if self._names is not None:
             text = self._names.sub("<host>", text)
-        text = _URL_HOST.sub(lambda m: m.group(0) if MICROSOFT_HOSTS.search(m.group(0)) else "<host>", text)
+        text = _URL_HOST.sub(lambda m: m.group(0) if MICROSOFT_HOSTS.search(m.group(1)) else "<host>", text)
         return _IPV4.sub("<address>", text)
 
 
