@@ -220,7 +220,9 @@ def _log_file(report: Report, key: str, entry: dict) -> None:
         head_lines, tail_lines = head_lines[:-1], tail_text.splitlines()[1:]
     for index, line in enumerate(head_lines[:FIRST_LINES], start=1):
         report.add(f"{key}.first_lines.{index}", line)
-    data_lines = [line for line in head_lines + tail_lines if line.strip() and not line.lstrip().startswith("#")]
+    fields_lines = {ln.strip()[len("#Fields:") :].strip() for ln in head_lines + tail_lines if ln.strip().startswith("#Fields:")}
+    data_lines = [line for line in head_lines + tail_lines   # a bare CSV header line repeats the #Fields value
+                  if line.strip() and not line.lstrip().startswith("#") and line.strip() not in fields_lines]
     forms = Counter(_time_form(line) for line in data_lines)
     report.add(f"{key}.time_column", ", ".join(f"{form} {forms[form]}" for form in ("iso", "culture", "none")))
     timed = sum(1 for line in data_lines if (r := parse_log_line(line)) is not None and r.time is not None)

@@ -96,38 +96,51 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
     if state.service_installed:
         name = {**server, "name": SERVICE}
         for value in SERVICE_STATES:
-            out.add("exchange_service_state", "Windows service state (Get-Service), windows_exporter state-set shape.",
+            out.add("exchange_service_state", "Windows service state (Get-Service), windows_exporter state-set shape; "
+                    "unknown when the account may not query the service.",
                     {**name, "state": value}, 1 if state.service_state == value else 0)
         for value in START_MODES:
-            out.add("exchange_service_start_mode", "Windows service start mode (Get-Service StartType).",
+            out.add("exchange_service_start_mode", "Windows service start mode (Get-Service StartType, else the "
+                    "service's registry Start value).",
                     {**name, "start_mode": value}, 1 if state.service_start_mode == value else 0)
     eems = state.eems
+    out.add("exchange_eems_last_activity_timestamp_seconds",
+            "Newest trace of the Emergency Mitigation service: an event of any id from its source, a log line, "
+            "or the newest write into its log folder.", server, _ts(eems.last_activity))
     out.add("exchange_eems_last_check_timestamp_seconds",
             "Newest EEMS check attempt seen in the Application log or the MitigationService log.",
             server, _ts(eems.last_check))
     out.add("exchange_eems_last_success_timestamp_seconds",
-            "Newest successful EEMS mitigation check (events 1005/1006 or an error-free log cycle).",
-            server, _ts(eems.last_success))
+            "Newest confirmed successful EEMS check (events 1005/1006 or an error-free log cycle); may never "
+            "appear on a healthy server.", server, _ts(eems.last_success))
     out.add("exchange_eems_last_error_timestamp_seconds",
-            "Newest failed EEMS check (event 1008 or a Warning/Error log cycle).", server, _ts(eems.last_error))
+            "Newest failed EEMS fetch (a 1008 about fetching mitigations, or a Warning/Error log cycle).",
+            server, _ts(eems.last_error))
     if eems.last_error_reason:
         out.info("exchange_eems_last_error", "Reason class of the newest failed EEMS check.",
                  {**server, "reason": eems.last_error_reason})
     if state.eems_supported or any(eems.fetch_errors.values()):
         for reason in FETCH_ERROR_REASONS:
             out.add("exchange_eems_fetch_errors",
-                    "Event 1008 (MSExchange Mitigation Service) errors within the lookback window, by reason.",
+                    "Event 1008 (MSExchange Mitigation Service) fetch errors within the lookback window, by reason.",
                     {**server, "reason": reason}, eems.fetch_errors.get(reason, 0))
-    if state.endpoint_reachable is not None:
+        out.add("exchange_eems_other_errors",
+                "Event 1008 errors within the lookback window that are not about fetching mitigations.",
+                server, eems.other_errors)
+    for endpoint in state.endpoints:
+        labels = {**server, "endpoint": endpoint.endpoint}
         out.add("exchange_eems_endpoint_reachable",
-                "1 if an HTTPS GET of the OCS mitigation endpoint from the server answered 200.",
-                server, 1 if state.endpoint_reachable else 0)
+                "1 if an HTTPS GET of the OCS endpoint from the server (WinHTTP proxy, revocation checked) answered 200.",
+                labels, 1 if endpoint.reachable else 0)
         out.add("exchange_eems_endpoint_duration_seconds", "Duration of that HTTPS GET, run on the server.",
-                server, state.endpoint_duration_seconds)
-    for part in sorted({error.split(":", 1)[0].strip() for error in state.collection_errors}):
+                labels, endpoint.duration_seconds)
+        out.info("exchange_eems_endpoint_result", "Why that HTTPS GET failed (ok when it answered 200).",
+                 {**labels, "reason": endpoint.reason})
+    for failure in state.collection_errors:
         out.add("exchange_collector_partial_failure",
-                "1 for each part of a successful poll that could not be read (e.g. events: no right to the log).",
-                {"collector": "server", **server, "part": part}, 1)
+                "1 for each part of a successful poll that could not be read, with the reason class "
+                "(e.g. events/access_denied: no right to the Application log).",
+                {"collector": "server", **server, "part": failure.part, "reason": failure.reason}, 1)
 
 
 def _collector_metrics(out: _Families, collector: str, labels: dict[str, str], outcome, last_success) -> None:

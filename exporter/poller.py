@@ -98,7 +98,7 @@ class Poller:
 
     def _run_script(self, target: Target, module_name: str, script: str, deadline: float) -> bytes:
         connection = self._connection(target, module_name)
-        result = connection.run(scripts.command_line(script), deadline)
+        result = connection.run(scripts.powershell_command(script), deadline)
         if result.exit_code != 0:
             detail = clixml_to_text(result.stderr).strip() or "no error text"
             raise PollFailure("script_failed", f"PowerShell exited with code {result.exit_code}: {detail}")

@@ -1,9 +1,15 @@
-"""The PowerShell sent to each server, and the WinRS command line that carries it.
+"""The PowerShell sent to each server, and the WinRS command that carries it.
 
 The scripts live as .ps1 files in the package; this module only adds the marker line and the parameter
 line (see docs/design.md section 1) and encodes the result the way `powershell -EncodedCommand` wants it.
-WinRS runs the command through cmd.exe, whose command line is limited to 8191 characters, so the encoded
-command is checked here rather than discovered as "The command line is too long." on a production server.
+
+The command runs without cmd.exe (WinRS option WINRS_SKIP_CMD_SHELL=TRUE): through cmd.exe a command line
+is limited to 8,191 characters, and the base64 of the UTF-16 script (2.67 characters per script
+character) left no room for the checks a real server needs. Without cmd.exe, Windows starts the program
+named in the command with CreateProcess, whose command line may hold 32,767 characters including the
+terminating NUL; the program must then be an absolute path (WinRS answers "The system cannot find the
+file specified." for a bare `powershell`). The limit is checked here rather than discovered on a
+production server.
 """
 
 from __future__ import annotations
@@ -13,11 +19,12 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-CMD_LINE_LIMIT = 8191
+POWERSHELL = r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe"  # Windows PowerShell 5.1, every Windows Server
+CREATE_PROCESS_LIMIT = 32767  # characters of lpCommandLine, including the terminating NUL (CreateProcessW)
 SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
 ORGANIZATION_MARKER = "# exchange-eems-exporter:collect-organization:v1"
 DIAGNOSE_MARKER = "# exchange-eems-exporter:diagnose-server:v1"
-_PREFIX = "powershell -NoProfile -NonInteractive -EncodedCommand "
+_SWITCHES = ("-NoProfile", "-NonInteractive", "-EncodedCommand")
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,19 @@ class DiagnoseScriptParameters:
     read_files: int  # newest log files whose head and tail are read
     head_bytes: int
     tail_bytes: int
+
+
+@dataclass(frozen=True)
+class Command:
+    """What WinRS starts: `executable` (absolute path) with `arguments`, no cmd.exe in between."""
+
+    executable: str
+    arguments: tuple[str, ...]
+
+    @property
+    def line(self) -> str:
+        """The command line CreateProcess receives: the quoted program, then the arguments."""
+        return " ".join((f'"{self.executable}"', *self.arguments))
 
 
 def _body(name: str) -> str:
@@ -82,11 +102,11 @@ def diagnose_script(params: DiagnoseScriptParameters) -> str:
     return "\n".join((DIAGNOSE_MARKER, parameter_line, _body("diagnose_server.ps1")))
 
 
-def command_line(script: str) -> str:
+def powershell_command(script: str) -> Command:
     encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
-    line = _PREFIX + encoded
-    if len(line) > CMD_LINE_LIMIT:
+    command = Command(POWERSHELL, (*_SWITCHES, encoded))
+    if len(command.line) >= CREATE_PROCESS_LIMIT:
         raise ValueError(
-            f"encoded PowerShell command is {len(line)} characters; Windows allows {CMD_LINE_LIMIT}"
+            f"encoded PowerShell command is {len(command.line)} characters; Windows allows {CREATE_PROCESS_LIMIT - 1}"
         )
-    return line
+    return command

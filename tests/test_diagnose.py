@@ -25,9 +25,23 @@ from .test_secrets import ROOT, assert_no_secret, exporter_env
 PROXY_WITH_PASSWORD = f"http://svc-proxy:{PASSWORD}@proxy.contoso.com:8080/"
 
 
+# Servers the report is most needed for: a German one with a least-privilege account and an hourly UTF-16
+# log with culture-formatted times, and a Japanese one that may read neither the events nor the log folder.
+KNOB_SERVERS = [
+    {"name": "EX-SE06-DE", "build": "15.2.2562.53", "locale": "de-DE", "account": "least_privilege",
+     "log_rotation": "hourly", "log_encoding": "utf-16", "log_time": "culture", "success_events": True,
+     "non_fetch_errors": True, "unreadable_event": True},
+    {"name": "EX-SE07-JA", "build": "15.2.2562.53", "locale": "ja-JP", "account": "least_privilege",
+     "unreadable": ["events", "log"]},
+]
+
+
 def fleet_scenario() -> dict:
-    """The demo fleet; the proxy server's InternetWebProxy carries the password, so EEMS writes it into its log."""
-    scenario = relocate(demo_scenario())
+    """The demo fleet plus KNOB_SERVERS; the proxy server's InternetWebProxy carries the password, so EEMS
+    writes it into its log and the report must remove it."""
+    scenario = demo_scenario()
+    scenario["servers"] += [{**server, "address": "127.0.0.1"} for server in KNOB_SERVERS]
+    scenario = relocate(scenario)
     for server in scenario["servers"]:
         if server["name"] == "EX-SE04-PROXY":
             server["internet_web_proxy"] = PROXY_WITH_PASSWORD
@@ -48,7 +62,7 @@ def lines(report: str) -> dict[str, str]:
 def reports(tmp_path_factory) -> dict[str, tuple[int, str, bytes]]:
     """server -> (exit code, report, stdout + stderr) for a few demo servers, polled once each."""
     runs = {"EX-SE01": (), "EX-SE04-PROXY": ("--redact-names",), "EX-SE04-PROXY plain": (), "EDGE01": (),
-            "EX19-CU12": (), "EX-SE05-NOWINRM": ()}
+            "EX19-CU12": (), "EX-SE05-NOWINRM": (), "EX-SE06-DE": ("--redact-names",), "EX-SE07-JA": ()}
     with SimulatedFleet(fleet_scenario()) as fleet:
         config_file = tmp_path_factory.mktemp("diagnose") / "config.yml"
         config_file.write_text(fleet.config_text())
@@ -65,21 +79,55 @@ def test_a_healthy_server(reports):
     assert code == 0, report
     got = lines(report)
     assert got["poll.outcome"] == "ok" and got["diagnose.outcome"] == "ok"
+    assert got["poll.exsetup_version_raw"] == got["server.exsetup_version_raw"] == "15.02.2562.053"
     assert got["interpretation.build.version"] == "15.2.2562.53"
     assert got["interpretation.service_state"] == "running"
-    assert got["os.culture"] == "en-US" and got["os.ui_culture"] == "en-US"
+    assert got["os.culture"] == "en-US" and got["os.ui_culture"] == "en-US" and got["account.is_admin"] == "yes"
     assert got["rights.service_query"] == "ok: Running, Automatic"
     assert got["rights.event_log"] == "ok" and got["rights.log_folder"] == "ok"
-    assert re.fullmatch(r"MitigationService_\d{8}-1\.LOG", got["log.read.1.name"])
-    assert got["log.read.1.encoding"] == "utf-8 (no BOM)"
-    assert got["log.read.1.first_lines.1"] == "#Software: Microsoft Exchange Server"
+    assert re.fullmatch(r"MitigationService_\d{10}-1\.LOG", got["log.read.1.name"])
+    assert got["log.naming"].startswith("prefix MitigationService; stamp 48 x yyyyMMddHH (hourly)")
+    assert got["log.rotation"].startswith("median 1h00m")
+    assert got["log.read.1.encoding"] == "utf-8 (no BOM)" and got["log.read.1.read"] == "the whole file"
+    assert got["log.read.1.first_lines.1"] == "DateTime,EventName,CustomData"
+    assert got["log.read.1.first_lines.2"] == "#Software: Microsoft Exchange Server"
+    assert got["log.read.1.time_column"] == "iso 3, culture 0, none 0"
+    assert got["log.read.1.exporter_reads_time"] == "3 of 3 lines"
     assert got["log.read.1.level.Information.first"].endswith(
         "S:Message=Fetching mitigations from https://officeclient.microsoft.com/getexchangemitigations")
     assert "log.read.1.level.Warning.first" not in got
-    assert re.fullmatch(r"1006 x \d+", got["events.ids"])
+    assert got["events.ids"] == "no events"  # no 1006 for a check that changed nothing (the realistic default)
+    assert got["events.read_error.1"].startswith("NoMatchingEventsFound,")
+    assert report.count("## ") == 6 and '"schema":1' in report  # the collection script's output as received
+
+
+def test_a_german_least_privilege_server_with_an_hourly_utf16_log(reports):
+    code, report, _ = reports["EX-SE06-DE"]
+    got = lines(report)
+    assert code == 0 and got["os.culture"] == "de-DE" and got["account.is_admin"] == "no"
+    assert got["rights.service_query"].startswith("DENIED: Get-Service finds no service, but its registry key exists")
+    assert got["interpretation.service_state"] == "unknown"
+    assert got["log.naming"].startswith("prefix MitigationService; stamp 48 x yyyyMMddHH (hourly)")
+    assert got["log.read.1.encoding"] == "utf-16-le (BOM FF FE)" and got["log.read.1.first_bytes"] == "ff fe 44 00"
+    assert got["log.read.1.first_lines.1"] == "DateTime,EventName,CustomData"
+    assert re.fullmatch(r"iso 0, culture [1-9]\d*, none 0", got["log.read.1.time_column"])
+    assert re.fullmatch(r"\d\d\.\d\d\.\d{4} \d\d:\d\d:\d\d,FetchMitigation,S:LogLevel=Information;"
+                        r"S:Message=Fetching mitigations from https://officeclient\.microsoft\.com/getexchangemitigations",
+                        got["log.read.1.level.Information.first"])
+    assert got["events.ids"].startswith("1006 x ") and ", 1008 x " in got["events.ids"]
     assert got["events.id.1006.interval"].startswith("median 1h00m")
     assert got["events.id.1006.text.1"].split(" x ", 1)[1].startswith("Mitigation service successfully fetched")
-    assert report.count("## ") == 6 and '"schema":1' in report  # the collection script's output as received
+    assert "sending diagnostic data" in got["events.id.1008.text.1"]  # a 1008 that is not a failed fetch
+    assert "Der Ereignismeldungstext kann nicht abgerufen werden." in report  # the event that failed to format
+    assert got["events.read_error.1"].endswith("wurde nicht gefunden.")
+
+
+def test_a_japanese_server_that_may_read_neither_events_nor_log(reports):
+    got = lines(reports["EX-SE07-JA"][1])
+    assert got["os.culture"] == "ja-JP"
+    assert got["rights.event_log"].startswith("failed: System.UnauthorizedAccessException")
+    assert got["rights.log_folder"].startswith("failed: DirUnauthorizedAccessError")
+    assert got["rights.log_folder"].endswith("\u62d2\u5426\u3055\u308c\u307e\u3057\u305f\u3002")  # in Japanese
 
 
 def test_a_failing_server_behind_a_proxy(reports):

@@ -24,12 +24,6 @@ SERVICE_KEY = "HKLM:\\SYSTEM\\CurrentControlSet\\Services\\MSExchangeMitigation"
 START_VALUES = {"Boot": 0, "System": 1, "Automatic": 2, "Manual": 3, "Disabled": 4}
 EVENT_LEVELS = {eems.EVENT_ERROR: 2}  # Windows event level: 2 Error, 3 Warning, 4 Information
 INFORMATION = 4
-EXCEPTION_TYPES = {
-    "NoServiceFoundForGivenName": "Microsoft.PowerShell.Commands.ServiceCommandException",
-    "PathNotFound": "System.Management.Automation.ItemNotFoundException",
-    "NoMatchingEventsFound": "System.Exception",
-    "NoMatchingProvidersFound": "System.Exception",
-}
 
 
 def parse_parameters(line: str) -> dict[str, int] | str:
@@ -41,9 +35,9 @@ def parse_parameters(line: str) -> dict[str, int] | str:
     return values
 
 
-def _error(error_id: str, command: str, message: str) -> dict[str, str]:
-    return {"id": f"{error_id},Microsoft.PowerShell.Commands.{command}", "type": EXCEPTION_TYPES[error_id],
-            "message": message}
+def _error(error_id: str, command: str, exception: str, message: str) -> dict[str, str]:
+    """An error record as the script's Err function prints it."""
+    return {"id": f"{error_id},Microsoft.PowerShell.Commands.{command}", "type": exception, "message": message}
 
 
 def facts(server: windows.WindowsServer, now: datetime, parameter_line: str) -> dict[str, Any] | str:
@@ -51,45 +45,51 @@ def facts(server: windows.WindowsServer, now: datetime, parameter_line: str) -> 
     p = parse_parameters(parameter_line)
     if isinstance(p, str):
         return p
+    texts = windows.LOCALES[server.locale]
     date = lambda t: windows.PsDate(t, server.date_style)  # noqa: E731 - the shape follows the server's style
     document: dict[str, Any] = {
         "schema": 1,
         "computer": server.name.upper(),
         "now": date(now),
-        "culture": "en-US",
-        "ui_culture": "en-US",
-        "is_admin": True,
-        "exsetup_version": server.build if server.build_source != "none" else None,
-        "service": _service(server),
-        "service_key": _service_key(server),
+        "culture": server.locale,
+        "ui_culture": server.locale,
+        "is_admin": not server.denied,
+        "exsetup_version": windows._file_version(server.build, server.version_style) if server.build_source != "none" else None,
+        "service": _service(server, texts),
+        "service_key": _service_key(server, texts),
     }
-    document.update(_log(server, now, p, date))
-    document.update(_events(server, now, p, date))
+    document.update(_log(server, now, p, texts, date))
+    document.update(_events(server, now, p, texts, date))
     document["errors"] = []
     return document
 
 
-def _service(server: windows.WindowsServer) -> dict[str, Any]:
-    if server.service_status is None:
+def _service(server: windows.WindowsServer, texts: dict[str, Any]) -> dict[str, Any]:
+    if server.service_status is None or "service" in server.denied:
+        # 5.1's Get-Service answers an access-denied OpenService with "no service found" (Service.cs)
         return {"error": _error("NoServiceFoundForGivenName", "GetServiceCommand",
-                                "Cannot find any service with service name 'MSExchangeMitigation'.")}
+                                "Microsoft.PowerShell.Commands.ServiceCommandException",
+                                texts["no_service"].format(service="MSExchangeMitigation"))}
     return {"status": server.service_status, "start_type": server.service_start_type}
 
 
-def _service_key(server: windows.WindowsServer) -> dict[str, Any]:
+def _service_key(server: windows.WindowsServer, texts: dict[str, Any]) -> dict[str, Any]:
     if server.service_status is None:
-        return {"error": _error("PathNotFound", "GetItemPropertyCommand",
-                                f"Cannot find path '{SERVICE_KEY}' because it does not exist.")}
+        return {"error": _error("PathNotFound", "GetItemPropertyCommand", "System.Management.Automation.ItemNotFoundException",
+                                texts["path_not_found"].format(path=SERVICE_KEY))}
     return {"start": START_VALUES[server.service_start_type], "account": "LocalSystem"}
 
 
-def _log(server: windows.WindowsServer, now: datetime, p: dict[str, int], date) -> dict[str, Any]:
-    if server.eems is None:
+def _log(server: windows.WindowsServer, now: datetime, p: dict[str, int], texts: dict[str, Any], date) -> dict[str, Any]:
+    if server.eems is None or not server.log_file:
         return {"log_folder": {"path": LOG_FOLDER, "exists": False}, "log_files": []}
-    newest = eems.newest_log(server.eems, now) if server.log_file else None
-    files = [newest] if newest is not None else []
+    if "log" in server.denied:
+        error = _error("DirUnauthorizedAccessError", "GetChildItemCommand", "System.UnauthorizedAccessException",
+                       texts["path_denied"].format(path=LOG_FOLDER))
+        return {"log_folder": {"error": error}, "log_files": []}
+    files = eems.log_files(server.eems, now, server.eems.running_from, limit=p["ListFiles"])
     listed = []
-    for index, log in enumerate(files[: p["ListFiles"]]):
+    for index, log in enumerate(files):
         entry: dict[str, Any] = {"name": log.name, "length": len(log.content), "last_write": date(log.last_write)}
         if index < p["ReadFiles"]:
             entry["stream_length"] = len(log.content)
@@ -99,15 +99,23 @@ def _log(server: windows.WindowsServer, now: datetime, p: dict[str, int], date) 
     return {"log_folder": {"path": LOG_FOLDER, "exists": True, "count": len(files)}, "log_files": listed}
 
 
-def _events(server: windows.WindowsServer, now: datetime, p: dict[str, int], date) -> dict[str, Any]:
+def _events(server: windows.WindowsServer, now: datetime, p: dict[str, int], texts: dict[str, Any], date) -> dict[str, Any]:
+    def failed(error_id: str, exception: str, message: str) -> dict[str, Any]:
+        return {"events": [], "event_errors": [_error(error_id, "GetWinEventCommand", exception, message)]}
+
+    if "events" in server.denied:
+        return failed("System.UnauthorizedAccessException", "System.UnauthorizedAccessException", texts["unauthorized"])
     if server.eems is None:
-        message = ("There is not an event provider on the localhost computer that matches "
-                   "\"MSExchange Mitigation Service\".")
-        return {"events": [], "event_errors": [_error("NoMatchingProvidersFound", "GetWinEventCommand", message)]}
+        return failed("NoMatchingProvidersFound", "System.Exception", texts["no_provider"].format(provider=eems.PROVIDER))
     found = eems.events(server.eems, now, timedelta(hours=p["LookbackHours"]), p["MaxEvents"]) if server.events else []
     if not found:
-        message = "No events were found that match the specified selection criteria."
-        return {"events": [], "event_errors": [_error("NoMatchingEventsFound", "GetWinEventCommand", message)]}
+        return failed("NoMatchingEventsFound", "System.Exception", texts["no_events"])
     events = [{"id": e.id, "level": EVENT_LEVELS.get(e.id, INFORMATION), "time": date(e.time),
                "message": e.message[: p["MessageChars"]]} for e in found]
-    return {"events": events, "event_errors": []}
+    errors = []
+    if server.unreadable_event:  # as windows.py: the event comes with NoEventMessage, and an error record
+        text = texts["format_failed"].format(id=found[0].id, provider=eems.PROVIDER)
+        events[0]["message"] = texts["event_unreadable"]
+        errors.append({"id": f"{text},Microsoft.PowerShell.Commands.GetWinEventCommand",
+                       "type": "System.Diagnostics.Eventing.Reader.EventLogException", "message": text})
+    return {"events": events, "event_errors": errors}
