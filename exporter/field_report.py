@@ -396,6 +396,10 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
         report.add("diagnose.outcome", "ok")
         report.add("os.culture", diagnose_doc.get("culture"))
         report.add("os.ui_culture", diagnose_doc.get("ui_culture"))
+        culture = (collect_doc or {}).get("culture")
+        if isinstance(culture, dict):
+            report.add("os.culture_patterns", f"date {culture.get('date')}, time {culture.get('time')}, "
+                       f"AM {culture.get('am')!r}, PM {culture.get('pm')!r} (the poll's account)")
         report.add("server.exsetup_version_raw", diagnose_doc.get("exsetup_version"))
         _rights_section(report, diagnose_doc)
         report.heading("3. EEMS log files")

@@ -105,6 +105,7 @@ def test_a_german_least_privilege_server_with_an_hourly_utf16_log(reports):
     code, report, _ = reports["EX-SE06-DE"]
     got = lines(report)
     assert code == 0 and got["os.culture"] == "de-DE" and got["account.is_admin"] == "no"
+    assert got["os.culture_patterns"].startswith("date dd.MM.yyyy, time HH:mm:ss")
     assert got["rights.service_query"].startswith("DENIED: Get-Service finds no service, but its registry key exists")
     assert got["interpretation.service_state"] == "unknown"
     assert got["log.naming"].startswith("prefix MitigationService; stamp 48 x yyyyMMddHH (hourly)")
