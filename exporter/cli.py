@@ -134,14 +134,20 @@ def _jsonable(value):
     return value
 
 
-def cmd_poll(args: argparse.Namespace) -> int:
-    from .poller import Poller
-
+def _one_server_command(args: argparse.Namespace) -> tuple[Config, Catalog, Redactor]:
+    """What `poll` and `diagnose` share: logging with the secrets redacted, the config, its warnings."""
     redactor = Redactor()
     _setup_logging(args.log_level, redactor)
     config, catalog = _load(args.config_file, None)
     redactor.add(config.secrets())
     _warn_insecure(config)
+    return config, catalog, redactor
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    from .poller import Poller
+
+    config, catalog, redactor = _one_server_command(args)
     poller = Poller(config, catalog)
     if poller.targets.get(args.server) is None:
         raise _Fail(f"server {args.server!r} is not in {args.config_file}")
@@ -154,11 +160,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from .diagnose import field_report
 
-    redactor = Redactor()
-    _setup_logging(args.log_level, redactor)
-    config, catalog = _load(args.config_file, None)
-    redactor.add(config.secrets())
-    _warn_insecure(config)
+    config, catalog, _ = _one_server_command(args)
     try:
         report = field_report(config, catalog, args.server, redact_names=args.redact_names)
     except KeyError:

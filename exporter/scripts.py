@@ -80,13 +80,21 @@ def safe_proxy(value: str) -> str:
     return value if _PROXY_URL.fullmatch(value or "") else ""
 
 
-def server_script(params: ServerScriptParameters) -> str:
-    parameter_line = (
-        f"$P=@{{LookbackHours={int(params.lookback_hours)};MaxEvents={int(params.max_events)};"
-        f"LogTailBytes={int(params.log_tail_bytes)};CheckEndpoint={1 if params.check_endpoint else 0};"
-        f"EndpointTimeoutSec={int(params.endpoint_timeout_seconds)};Proxy={_ps_single_quoted(safe_proxy(params.proxy))}}}"
+def _with_parameters(marker: str, values: dict[str, int | bool | str], body: str) -> str:
+    """The marker line, the `$P=@{...}` parameter line (flags as 1/0, strings single-quoted), the script."""
+    rendered = (
+        str(int(v)) if isinstance(v, (bool, int)) else _ps_single_quoted(v) for v in values.values()
     )
-    return "\n".join((SERVER_MARKER, parameter_line, _body("collect_server.ps1")))
+    parameter_line = "$P=@{" + ";".join(f"{k}={v}" for k, v in zip(values, rendered)) + "}"
+    return "\n".join((marker, parameter_line, _body(body)))
+
+
+def server_script(params: ServerScriptParameters) -> str:
+    return _with_parameters(SERVER_MARKER, {
+        "LookbackHours": params.lookback_hours, "MaxEvents": params.max_events,
+        "LogTailBytes": params.log_tail_bytes, "CheckEndpoint": params.check_endpoint,
+        "EndpointTimeoutSec": params.endpoint_timeout_seconds, "Proxy": safe_proxy(params.proxy),
+    }, "collect_server.ps1")
 
 
 def organization_script() -> str:
@@ -94,12 +102,11 @@ def organization_script() -> str:
 
 
 def diagnose_script(params: DiagnoseScriptParameters) -> str:
-    parameter_line = (
-        f"$P=@{{LookbackHours={int(params.lookback_hours)};MaxEvents={int(params.max_events)};"
-        f"MessageChars={int(params.message_chars)};ListFiles={int(params.list_files)};"
-        f"ReadFiles={int(params.read_files)};HeadBytes={int(params.head_bytes)};TailBytes={int(params.tail_bytes)}}}"
-    )
-    return "\n".join((DIAGNOSE_MARKER, parameter_line, _body("diagnose_server.ps1")))
+    return _with_parameters(DIAGNOSE_MARKER, {
+        "LookbackHours": params.lookback_hours, "MaxEvents": params.max_events, "MessageChars": params.message_chars,
+        "ListFiles": params.list_files, "ReadFiles": params.read_files, "HeadBytes": params.head_bytes,
+        "TailBytes": params.tail_bytes,
+    }, "diagnose_server.ps1")
 
 
 def powershell_command(script: str) -> Command:
