@@ -38,6 +38,8 @@ from exporter.model import (
 SUCCESS_EVENTS = (1005, 1006)
 ERROR_EVENT = 1008
 FUTURE_TOLERANCE = timedelta(days=1)  # clock skew we accept before calling a timestamp bogus
+SAME_CHECK = timedelta(minutes=10)  # an event and a log cycle closer than this are one check
+FAILING_WINDOW = timedelta(hours=3)  # "failing now": the two newest checks in this window failed
 
 SERVICE_STATES = {
     "Running": "running",
@@ -73,7 +75,7 @@ def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, look
         state = SERVICE_STATES.get(facts.service_status or "", "unknown")
         start_mode = START_MODES.get(facts.service_start_type or "")
     else:
-        state = "unknown" if installed else None
+        state = None if installed is False else "unknown"
         key_start = SERVICE_KEY_START[facts.service_key_start] if facts.service_key_start is not None else ""
         start_mode = START_MODES.get(key_start) if installed else None
     failures += _partial_failures(facts, eems_build=eems_build, installed=installed)
@@ -257,6 +259,7 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
     activity += [log.last_write for log in facts.logs if log.last_write is not None and log.last_write <= latest]
 
     last_error = max(errors, key=lambda pair: pair[0], default=(None, None))
+    failing = _two_newest_failed([t for t, _ in errors], successes, now)
     counts = dict.fromkeys(FETCH_ERROR_REASONS, 0)
     for time, reason in event_errors:
         if now - lookback <= time:
@@ -270,4 +273,21 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
         fetch_errors=counts,
         other_errors=other,
         last_activity=max(activity, default=None),
+        failing=failing,
     )
+
+
+def _two_newest_failed(errors: list[datetime], successes: list[datetime], now: datetime) -> bool:
+    """Whether the two newest checks of the last FAILING_WINDOW failed: a single failed check among good
+    ones is noise, two in a row are an outage. An event and a log cycle of the same check count once,
+    as failed if either says so."""
+    attempts = sorted([(t, True) for t in errors] + [(t, False) for t in successes], reverse=True)
+    checks: list[tuple[datetime, bool]] = []
+    for time, failed in attempts:
+        if time < now - FAILING_WINDOW:
+            break
+        if checks and checks[-1][0] - time < SAME_CHECK:
+            checks[-1] = (checks[-1][0], checks[-1][1] or failed)
+        else:
+            checks.append((time, failed))
+    return len(checks) >= 2 and checks[0][1] and checks[1][1]

@@ -93,13 +93,13 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
             server, 1 if state.edge else 0)
     out.add("exchange_eems_supported", "1 if the build and role have the Emergency Mitigation service (Mailbox, "
             "2016 CU22+, 2019 CU11+, SE).", server, 1 if state.eems_supported else 0)
-    if state.service_installed:
+    if state.service_installed is not False:  # installed, or not known: the state-set then says "unknown"
         name = {**server, "name": SERVICE}
         for value in SERVICE_STATES:
             out.add("exchange_service_state", "Windows service state (Get-Service), windows_exporter state-set shape; "
                     "unknown when the account may not query the service.",
                     {**name, "state": value}, 1 if state.service_state == value else 0)
-        for value in START_MODES:
+        for value in START_MODES if state.service_start_mode else ():  # no series rather than a wrong mode
             out.add("exchange_service_start_mode", "Windows service start mode (Get-Service StartType, else the "
                     "service's registry Start value).",
                     {**name, "start_mode": value}, 1 if state.service_start_mode == value else 0)
@@ -107,6 +107,9 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
     out.add("exchange_eems_last_activity_timestamp_seconds",
             "Newest trace of the Emergency Mitigation service: an event of any id from its source, a log line, "
             "or the newest write into its log folder.", server, _ts(eems.last_activity))
+    if state.eems_supported:
+        out.add("exchange_eems_failing", "1 while the two newest EEMS checks of the last three hours failed to "
+                "fetch mitigations.", server, 1 if eems.failing else 0)
     out.add("exchange_eems_last_check_timestamp_seconds",
             "Newest EEMS check attempt seen in the Application log or the MitigationService log.",
             server, _ts(eems.last_check))

@@ -252,7 +252,7 @@ def test_service_query_denied_is_unknown_not_missing(catalog):
     unreadable_key = interpret(replace(denied, service_key_start=None, errors=denied.errors + (
         error("service_key", "System.Security.SecurityException,Microsoft.PowerShell.Commands.GetItemCommand",
               "NotSpecified", "System.Security.SecurityException"),)), catalog)
-    assert unreadable_key.service_installed is None and unreadable_key.service_state is None
+    assert unreadable_key.service_installed is None and unreadable_key.service_state == "unknown"
 
 
 def test_access_denied_on_the_event_log_and_log_folder(catalog):
@@ -304,6 +304,22 @@ def test_a_1008_not_about_fetching_is_counted_apart(catalog):
     assert (eems.last_error, eems.last_error_reason) == (at(3), "unknown_issuer")
     assert sum(eems.fetch_errors.values()) == 1 and eems.other_errors == 1
     assert eems.last_activity == at(1)
+
+
+def test_failing_needs_the_two_newest_checks_to_fail(catalog):
+    clean = [stamp(at(3, -30), FETCH_LINE), stamp(at(3, -31), DONE_LINE)]
+    once = [stamp(at(2), FETCH_LINE), stamp(at(2, -1), UNTRUSTED_LINE)]
+    recovered = [stamp(at(1), FETCH_LINE), stamp(at(1, -1), DONE_LINE)]
+    again = [stamp(at(0, 30), FETCH_LINE), stamp(at(0, 29), UNTRUSTED_LINE)]
+    assert not interpret(facts(tail="\n".join(clean + once + recovered)), catalog).eems.failing
+    assert not interpret(facts(tail="\n".join(clean + once + recovered + again)), catalog).eems.failing
+    assert interpret(facts(tail="\n".join(clean + recovered + once[:0] + again + [
+        stamp(at(0, 10), FETCH_LINE), stamp(at(0, 9), UNTRUSTED_LINE)])), catalog).eems.failing
+    # an event and the log cycle of the same check are one failed check, not two
+    event_and_log = interpret(facts([RawEvent(1008, at(0, 28), JAN_2025_1008)], tail="\n".join(recovered + again)), catalog)
+    assert not event_and_log.eems.failing
+    events_only = interpret(facts([RawEvent(1008, at(0, 20), TLS_1008), RawEvent(1008, at(1, 20), TLS_1008)]), catalog)
+    assert events_only.eems.failing
 
 
 def test_activity_is_any_event_or_log_write(catalog):

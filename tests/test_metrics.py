@@ -14,7 +14,7 @@ STATE = ServerState(
     service_start_mode="auto",
     eems=EemsHistory(last_check=NOW, last_success=NOW, last_error=None, last_error_reason=None,
                      fetch_errors={"untrusted_endpoint": 0, "unknown_issuer": 0, "tls_validation": 0,
-                                   "signature_invalid": 0, "other": 0}, other_errors=0, last_activity=NOW),
+                                   "signature_invalid": 0, "other": 0}, other_errors=0, last_activity=NOW, failing=False),
     endpoints=(), collection_errors=(),
 )
 
@@ -59,6 +59,11 @@ def test_unknown_service_state_is_a_state_not_an_absence():
     found = series(replace(STATE, service_state="unknown", service_start_mode="auto"))
     assert found[("exchange_service_state", (("name", "MSExchangeMitigation"), ("server", "EX01"), ("state", "unknown")))] == 1
     assert found[("exchange_service_state", (("name", "MSExchangeMitigation"), ("server", "EX01"), ("state", "running")))] == 0
+
+
+def test_no_start_mode_series_when_the_mode_is_unknown():
+    found = series(replace(STATE, service_state="unknown", service_start_mode=None))
+    assert not any(name == "exchange_service_start_mode" for name, _ in found)
 
 
 def test_activity_and_other_errors_are_exported():
