@@ -1,7 +1,7 @@
 """The one place for EEMS text patterns: fetch-error classes, log-line shape, organization errors.
 
 Microsoft does not document these texts; when Exchange changes a message, this module (and its tests)
-is the only thing to update. Sources are the keys of /work/shared/reference/eems-facts.md.
+is the only thing to update. Sources are the keys of docs/reference/eems-facts.md.
 
 Confirmed (quoted from a source):
 - 1008 "untrusted endpoint": log line `FetchMitigation,S:LogLevel=Warning;S:Message=Connection attempted

@@ -4,7 +4,7 @@ EEMS leaves two independent traces, the Application-log events (1005/1006 succes
 its own log files. Either may be missing (event log cleared, log folder empty, collection error), so the
 history is built from whichever exists, and the log refines a generic 1008 text: the January 2025
 certificate retirement logs only "Exception encountered while fetching mitigations." as the event, while
-the log says "untrusted endpoint" (eems-facts.md section 3).
+the log says "untrusted endpoint" (docs/reference/eems-facts.md section 3).
 
 Log cycles: a cycle runs from one "Fetching mitigations from" line up to the next one. A cycle with a
 Warning/Error line is a failed check (its time is the first such line); one without is a successful

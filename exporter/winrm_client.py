@@ -68,7 +68,7 @@ class CommandResult:
 
 
 def classify(error: BaseException) -> PollFailure:
-    """Map what pywinrm/requests raise to a reason class (winrm.md section 2.3 lists what each fault raises)."""
+    """Map what pywinrm/requests raise to a reason class (docs/reference/winrm.md section 2.3 lists what each fault raises)."""
     if isinstance(error, PollFailure):
         return error
     if isinstance(error, _ResponseTooLarge):

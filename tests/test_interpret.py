@@ -1,4 +1,4 @@
-"""Interpretation with the real EEMS event texts and log lines from eems-facts.md, each source absent or both."""
+"""Interpretation with the real EEMS event texts and log lines from docs/reference/eems-facts.md, each source absent or both."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ UTC = timezone.utc
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 LOOKBACK = timedelta(hours=24)
 
-# Verbatim texts (eems-facts.md section 3 and 4).
+# Verbatim texts (docs/reference/eems-facts.md sections 3 and 4).
 JAN_2025_1008 = (
     "An unexpected exception occurred.\r\nDiagnostic information: Exception encountered while fetching mitigations."
 )

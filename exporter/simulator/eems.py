@@ -2,7 +2,7 @@
 
 The history is a pure function of the build, the service's running interval and the clock, so a test at a
 pinned clock always sees the same log lines and events, and nothing has to be stored per server. The
-texts come from /work/shared/reference/eems-facts.md (sections 3, 4, 6, 6b); lines marked UNCONFIRMED there
+texts come from docs/reference/eems-facts.md (sections 3, 4, 6, 6b); lines marked UNCONFIRMED there
 are our assumption and are listed in docs/simulator.md.
 
 This module models Microsoft's service, not the exporter: it carries its own small table of the builds that
@@ -24,7 +24,7 @@ Build = tuple[int, int, int, int]
 EEMS_FIRST_BUILD = {(15, 1): (15, 1, 2375, 7), (15, 2): (15, 2, 986, 5)}
 
 # Minimum build per CU for each certificate cutoff. A CU newer than every CU listed for its version passes;
-# an older or unlisted CU fails. (eems-facts.md 6 and 6b)
+# an older or unlisted CU fails. (docs/reference/eems-facts.md 6 and 6b)
 CUTOFF_MINIMUMS: dict[str, tuple[Build, ...]] = {
     "2023-03": ((15, 1, 2507, 23), (15, 2, 986, 42), (15, 2, 1118, 26)),
     "2026-06": ((15, 1, 2507, 69), (15, 2, 1544, 41), (15, 2, 1748, 46), (15, 2, 2562, 43)),
