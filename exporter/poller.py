@@ -242,7 +242,10 @@ class Poller:
         if self._thread:
             self._thread.join(timeout=5)
         if self._executor:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            # Polls already running finish (each within its deadline): whoever stops the poller may then
+            # take the servers away (the demo stops its simulated fleet) without a failed poll or a shell
+            # left behind. Polls not yet started are cancelled.
+            self._executor.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             connections = list(self._connections.values())
         for connection in connections:

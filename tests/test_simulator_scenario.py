@@ -604,10 +604,10 @@ def test_demo_fleet_has_the_documented_states():
     sc = load_scenario(SIMULATOR / "scenarios" / "demo.yaml")
     sc.clock.pinned = NOW  # judge the real-time demo at a fixed moment
     by_name = {h.name: (h, s) for h, s in zip(sc.hosts, sc.servers)}
-    assert len(by_name) == 11 and sc.clock.pinned is NOW
+    assert len(by_name) == 15 and sc.clock.pinned is NOW
     assert list(sc.credentials) == ["EXCH\\svc_monitor"]
     assert sc.organization.server == "EX-SE01" and sc.organization.mitigations_enabled
-    assert len({(h.address, h.port) for h in sc.hosts}) == 11
+    assert len({(h.address, h.port) for h in sc.hosts}) == 15
     assert all(h.address.startswith(("127.0.0.", "127.0.1.")) and h.port == 15985 and h.scheme == "http" for h in sc.hosts)
 
     def doc(name):
@@ -624,6 +624,12 @@ def test_demo_fleet_has_the_documented_states():
     assert by_name["EX-SE03-BLOCKED"][1].blocked == ("M2.1.0",) and by_name["EX-SE03-BLOCKED"][1].applied == ("PING1",)
     assert "Could not establish trust relationship" in failures(doc("EX-SE04-PROXY")).pop()
     assert by_name["EX-SE05-NOWINRM"][0].faults.refuse_connections
+    german = doc("EX-SE06-DE")
+    assert german["service"] is None and german["culture"]["name"] == "de-DE" and german["logs"][0]["encoding"] == "utf-16"
+    assert [e["part"] for e in german["errors"]] == ["service", "events"]
+    assert doc("EX-SE07-JA")["culture"]["name"] == "ja-JP"
+    assert {e["status"] for e in facts(sc, sc.hosts.index(by_name["EX-SE08-FR"][0]), endpoint=1)["endpoints"]} == {407}
+    assert doc("EX16-CU21")["log_folder"] is False
 
 
 # ---------------------------------------------------------------- independence from the exporter
