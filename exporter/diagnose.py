@@ -29,7 +29,7 @@ def field_report(config: Config, catalog: Catalog, server: str, *, redact_names:
         raise KeyError(server)
     secrets = Redactor(config.secrets())
     try:
-        collect, interpretation = _poll(poller, config, catalog, target.name)
+        collect, facts, interpretation = _poll(poller, config, catalog, target.name)
         try:
             diagnose: bytes | str = poller.run_raw(
                 target.name, scripts.diagnose_script(DIAGNOSE_PARAMETERS),
@@ -40,18 +40,20 @@ def field_report(config: Config, catalog: Catalog, server: str, *, redact_names:
         poller.stop()
     return build_report(server=target.name, created=datetime.now(timezone.utc), collect=collect,
                         interpretation=interpretation, diagnose=diagnose, secrets=secrets,
-                        redact_names=[target.name, target.address] if redact_names else None)
+                        redact_names=[target.name, target.address] if redact_names else None,
+                        culture=facts.culture if facts else None)
 
 
 def _poll(poller: Poller, config: Config, catalog: Catalog, name: str):
-    """The collection script's stdout (or the failure) and the exporter's interpretation of it."""
+    """The collection script's stdout (or the failure), the raw facts and the exporter's interpretation of them."""
     try:
         stdout = poller.run_raw(name)
     except PollFailure as failure:
-        return f"{failure.reason}: {failure.message}", None
+        return f"{failure.reason}: {failure.message}", None, None
     try:
         facts = parse_server_output(stdout, max_events=config.poll.max_events, max_log_bytes=config.poll.log_tail_bytes)
     except ParseError:
-        return stdout, None
+        return stdout, None, None
     now = facts.now or datetime.now(timezone.utc)
-    return stdout, interpret_server(name, facts, catalog, lookback=timedelta(seconds=config.poll.lookback), now=now)
+    lookback = timedelta(seconds=config.poll.lookback)
+    return stdout, facts, interpret_server(name, facts, catalog, lookback=lookback, now=now)

@@ -22,6 +22,7 @@ from typing import Any, Iterable
 
 from . import __version__
 from .eems_patterns import parse_log_line
+from .model import RawCulture
 from .parse import parse_ps_date
 from .redact import Redactor
 from .scripts import DiagnoseScriptParameters
@@ -195,7 +196,7 @@ def _log_naming(names: list[str]) -> str:
     return f"prefix {', '.join(prefixes)}; stamp {shapes}; sequence suffix on {sum(1 for m in stamps if m.group('seq'))}"
 
 
-def _log_file(report: Report, key: str, entry: dict) -> None:
+def _log_file(report: Report, key: str, entry: dict, culture: RawCulture | None) -> None:
     length, stream_length = entry.get("length"), entry.get("stream_length")
     report.add(f"{key}.name", entry.get("name"))
     report.add(f"{key}.length", f"stream {stream_length}, directory entry {length}"
@@ -225,7 +226,7 @@ def _log_file(report: Report, key: str, entry: dict) -> None:
                   if line.strip() and not line.lstrip().startswith("#") and line.strip() not in fields_lines]
     forms = Counter(_time_form(line) for line in data_lines)
     report.add(f"{key}.time_column", ", ".join(f"{form} {forms[form]}" for form in ("iso", "culture", "none")))
-    timed = sum(1 for line in data_lines if (r := parse_log_line(line)) is not None and r.time is not None)
+    timed = sum(1 for line in data_lines if (r := parse_log_line(line, culture)) is not None and r.time is not None)
     report.add(f"{key}.exporter_reads_time", f"{timed} of {len(data_lines)} lines")
     levels: dict[str, list[str]] = {}
     messages: dict[str, Counter] = {}
@@ -244,7 +245,7 @@ def _log_file(report: Report, key: str, entry: dict) -> None:
             report.add(f"{key}.level.{level}.message.{index}", f"{count} x {message}")
 
 
-def _log_section(report: Report, doc: dict) -> None:
+def _log_section(report: Report, doc: dict, culture: RawCulture | None) -> None:
     folder = doc.get("log_folder") or {}
     if folder.get("error"):
         report.add("log.folder", f"not readable: {_error_text(folder['error'])}")
@@ -261,7 +262,7 @@ def _log_section(report: Report, doc: dict) -> None:
     report.add("log.rotation", f"median {_duration(statistics.median(gaps))} between the last writes of "
                f"consecutive files" if gaps else "fewer than two files")
     for index, entry in enumerate((f for f in files if "head" in f or "error" in f), start=1):
-        _log_file(report, f"log.read.{index}", entry)
+        _log_file(report, f"log.read.{index}", entry, culture)
 
 
 # ---------------------------------------------------------------- events
@@ -323,12 +324,12 @@ def _rights_section(report: Report, doc: dict) -> None:
     else:
         report.add("rights.service_key", f"ok: Start={key.get('start')}, account {key.get('account')}")
     errors = [e for e in _as_list(doc.get("event_errors")) if isinstance(e, dict)]
-    denied = [e for e in errors if not str(e.get("id", "")).startswith(("NoMatchingEventsFound", "NoMatchingProvidersFound"))]
-    report.add("rights.event_log", "ok" if not denied else f"failed: {_error_text(denied[0])}")
+    denied = [e for e in errors if "UnauthorizedAccess" in f"{e.get('id')} {e.get('type')}"]
+    report.add("rights.event_log", f"DENIED: {_error_text(denied[0])}" if denied else "ok")
     folder = doc.get("log_folder") or {}
     file_errors = [f["error"] for f in _as_list(doc.get("log_files")) if isinstance(f, dict) and f.get("error")]
     if folder.get("error"):
-        report.add("rights.log_folder", f"failed: {_error_text(folder['error'])}")
+        report.add("rights.log_folder", f"failed: {_error_text(folder['error'])}")  # denied, or no install path
     elif file_errors:
         report.add("rights.log_folder", f"{len(file_errors)} files not readable: {_error_text(file_errors[0])}")
     else:
@@ -361,9 +362,11 @@ def _file_bytes(head: bytes, tail: bytes, length: int | None) -> tuple[bytes, by
 
 
 def build_report(*, server: str, created: datetime, collect: bytes | str, interpretation: Any,
-                 diagnose: bytes | str, secrets: Redactor, redact_names: Iterable[str] | None) -> str:
+                 diagnose: bytes | str, secrets: Redactor, redact_names: Iterable[str] | None,
+                 culture: RawCulture | None = None) -> str:
     """The report text. `collect` and `diagnose` are a script's stdout, or the failure text when it did not run;
-    `interpretation` is the exporter's ServerState for the collect output, or None. `redact_names`: the names
+    `interpretation` is the exporter's ServerState for the collect output, or None; `culture` the one the
+    poll reported (the exporter reads culture-formatted log times with it). `redact_names`: the names
     the configuration knows for the server (None: keep names); the computer names the scripts print are added.
     Every line of the report passes the name scrubber, the whole text the secret redactor."""
     collect_doc, collect_text = _document(collect)
@@ -396,14 +399,13 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
         report.add("diagnose.outcome", "ok")
         report.add("os.culture", diagnose_doc.get("culture"))
         report.add("os.ui_culture", diagnose_doc.get("ui_culture"))
-        culture = (collect_doc or {}).get("culture")
-        if isinstance(culture, dict):
-            report.add("os.culture_patterns", f"date {culture.get('date')}, time {culture.get('time')}, "
-                       f"AM {culture.get('am')!r}, PM {culture.get('pm')!r} (the poll's account)")
+        if culture is not None:
+            report.add("os.culture_patterns", f"date {culture.date_pattern}, time {culture.time_pattern}, "
+                       f"AM {culture.am!r}, PM {culture.pm!r} (the poll's account)")
         report.add("server.exsetup_version_raw", diagnose_doc.get("exsetup_version"))
         _rights_section(report, diagnose_doc)
         report.heading("3. EEMS log files")
-        _log_section(report, diagnose_doc)
+        _log_section(report, diagnose_doc, culture)
         report.heading("4. EEMS events in the Application log")
         report.add("events.window", f"{DIAGNOSE_PARAMETERS.lookback_hours} h, at most {DIAGNOSE_PARAMETERS.max_events}")
         _events_section(report, diagnose_doc)

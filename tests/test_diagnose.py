@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 import pytest
 
 from exporter.field_report import NameScrubber, build_report, names_of
+from exporter.model import RawCulture
 from exporter.redact import Redactor
 
 from .conftest import PASSWORD, SimulatedFleet, demo_scenario, relocate
@@ -25,22 +26,18 @@ from .test_secrets import ROOT, assert_no_secret, exporter_env
 PROXY_WITH_PASSWORD = f"http://svc-proxy:{PASSWORD}@proxy.contoso.com:8080/"
 
 
-# Servers the report is most needed for: a German one with a least-privilege account and an hourly UTF-16
-# log with culture-formatted times, and a Japanese one that may read neither the events nor the log folder.
-KNOB_SERVERS = [
-    {"name": "EX-SE06-DE", "build": "15.2.2562.53", "locale": "de-DE", "account": "least_privilege",
-     "log_rotation": "hourly", "log_encoding": "utf-16", "log_time": "culture", "success_events": True,
-     "non_fetch_errors": True, "unreadable_event": True},
-    {"name": "EX-SE07-JA", "build": "15.2.2562.53", "locale": "ja-JP", "account": "least_privilege",
-     "unreadable": ["events", "log"]},
-]
+# The demo fleet has a German least-privilege server (hourly UTF-16 log, culture times, event log denied), a
+# Japanese one (daily W3C log, culture times, a non-fetch 1008, an unreadable event) and a build before EEMS.
+# One more: a Japanese least-privilege account that may not read the log folder.
+EXTRA_SERVERS = [{"name": "EX-SE09-JA-LOG", "build": "15.2.2562.53", "locale": "ja-JP", "account": "least_privilege",
+                  "unreadable": ["log"]}]
 
 
 def fleet_scenario() -> dict:
-    """The demo fleet plus KNOB_SERVERS; the proxy server's InternetWebProxy carries the password, so EEMS
+    """The demo fleet plus EXTRA_SERVERS; the proxy server's InternetWebProxy carries the password, so EEMS
     writes it into its log and the report must remove it."""
     scenario = demo_scenario()
-    scenario["servers"] += [{**server, "address": "127.0.0.1"} for server in KNOB_SERVERS]
+    scenario["servers"] += [{**server, "address": "127.0.0.1"} for server in EXTRA_SERVERS]
     scenario = relocate(scenario)
     for server in scenario["servers"]:
         if server["name"] == "EX-SE04-PROXY":
@@ -62,7 +59,8 @@ def lines(report: str) -> dict[str, str]:
 def reports(tmp_path_factory) -> dict[str, tuple[int, str, bytes]]:
     """server -> (exit code, report, stdout + stderr) for a few demo servers, polled once each."""
     runs = {"EX-SE01": (), "EX-SE04-PROXY": ("--redact-names",), "EX-SE04-PROXY plain": (), "EDGE01": (),
-            "EX19-CU12": (), "EX-SE05-NOWINRM": (), "EX-SE06-DE": ("--redact-names",), "EX-SE07-JA": ()}
+            "EX16-CU21": (), "EX19-CU12": (), "EX-SE05-NOWINRM": (), "EX-SE06-DE": ("--redact-names",),
+            "EX-SE07-JA": (), "EX-SE09-JA-LOG": ()}
     with SimulatedFleet(fleet_scenario()) as fleet:
         config_file = tmp_path_factory.mktemp("diagnose") / "config.yml"
         config_file.write_text(fleet.config_text())
@@ -108,27 +106,41 @@ def test_a_german_least_privilege_server_with_an_hourly_utf16_log(reports):
     assert got["os.culture_patterns"].startswith("date dd.MM.yyyy, time HH:mm:ss")
     assert got["rights.service_query"].startswith("DENIED: Get-Service finds no service, but its registry key exists")
     assert got["interpretation.service_state"] == "unknown"
+    assert got["rights.event_log"].startswith("DENIED: System.UnauthorizedAccessException")
+    assert got["rights.event_log"].endswith("Es wurde versucht, einen nicht autorisierten Vorgang auszuführen.")
     assert got["log.naming"].startswith("prefix MitigationService; stamp 48 x yyyyMMddHH (hourly)")
     assert got["log.read.1.encoding"] == "utf-16-le (BOM FF FE)" and got["log.read.1.first_bytes"] == "ff fe 44 00"
     assert got["log.read.1.first_lines.1"] == "DateTime,EventName,CustomData"
-    assert re.fullmatch(r"iso 0, culture [1-9]\d*, none 0", got["log.read.1.time_column"])
+    culture_lines = re.fullmatch(r"iso 0, culture ([1-9]\d*), none 0", got["log.read.1.time_column"])
+    assert culture_lines and got["log.read.1.exporter_reads_time"] == f"{culture_lines[1]} of {culture_lines[1]} lines"
     assert re.fullmatch(r"\d\d\.\d\d\.\d{4} \d\d:\d\d:\d\d,FetchMitigation,S:LogLevel=Information;"
                         r"S:Message=Fetching mitigations from https://officeclient\.microsoft\.com/getexchangemitigations",
                         got["log.read.1.level.Information.first"])
+
+
+def test_a_japanese_server_with_a_daily_log_and_other_events(reports):
+    got = lines(reports["EX-SE07-JA"][1])
+    assert got["os.culture"] == "ja-JP" and got["rights.event_log"] == "ok"
+    assert got["log.naming"].startswith("prefix MitigationService; stamp 48 x yyyyMMdd (daily)")
+    assert got["log.rotation"].startswith("median 24h00m")
+    assert got["log.read.1.first_lines.1"] == "#Software: Microsoft Exchange Server"
+    assert re.fullmatch(r"iso 0, culture [1-9]\d*, none 0", got["log.read.1.time_column"])
     assert got["events.ids"].startswith("1006 x ") and ", 1008 x " in got["events.ids"]
     assert got["events.id.1006.interval"].startswith("median 1h00m")
     assert got["events.id.1006.text.1"].split(" x ", 1)[1].startswith("Mitigation service successfully fetched")
     assert "sending diagnostic data" in got["events.id.1008.text.1"]  # a 1008 that is not a failed fetch
-    assert "Der Ereignismeldungstext kann nicht abgerufen werden." in report  # the event that failed to format
-    assert got["events.read_error.1"].endswith("wurde nicht gefunden.")
+    assert got["events.id.1008.interval"].startswith("median 6h00m")
+    assert any(v.endswith(" x \u30a4\u30d9\u30f3\u30c8 \u30e1\u30c3\u30bb\u30fc\u30b8 \u30c6\u30ad\u30b9\u30c8\u3092"
+                          "\u53d6\u5f97\u3067\u304d\u307e\u305b\u3093\u3002")
+               for k, v in got.items() if k.startswith("events.id.1006.text."))  # the event that failed to format
+    assert "EventLogException" in got["events.read_error.1"]
 
 
-def test_a_japanese_server_that_may_read_neither_events_nor_log(reports):
-    got = lines(reports["EX-SE07-JA"][1])
-    assert got["os.culture"] == "ja-JP"
-    assert got["rights.event_log"].startswith("failed: System.UnauthorizedAccessException")
+def test_a_japanese_server_that_may_not_read_the_log_folder(reports):
+    got = lines(reports["EX-SE09-JA-LOG"][1])
     assert got["rights.log_folder"].startswith("failed: DirUnauthorizedAccessError")
     assert got["rights.log_folder"].endswith("\u62d2\u5426\u3055\u308c\u307e\u3057\u305f\u3002")  # in Japanese
+    assert got["log.folder"].startswith("not readable: DirUnauthorizedAccessError")
 
 
 def test_a_failing_server_behind_a_proxy(reports):
@@ -142,11 +154,13 @@ def test_a_failing_server_behind_a_proxy(reports):
     assert "Using Proxy http://svc-proxy:<redacted>@proxy.contoso.com:8080/" in report
 
 
-def test_edge_and_an_old_build(reports):
-    got = lines(reports["EDGE01"][1])
-    assert got["rights.service_query"] == "not installed: no service and no registry key"
-    assert got["log.folder"].endswith("(does not exist)")
-    assert got["events.read_error.1"].startswith("NoMatchingProvidersFound,")
+def test_edge_and_old_builds(reports):
+    for server in ("EDGE01", "EX16-CU21"):
+        got = lines(reports[server][1])
+        assert got["rights.service_query"] == "not installed: no service and no registry key", server
+        assert got["log.folder"].endswith("(does not exist)"), server
+        assert got["events.read_error.1"].startswith("NoMatchingProvidersFound,"), server
+        assert got["interpretation.collection_errors"] == "(empty)", server
     got = lines(reports["EX19-CU12"][1])
     assert got["interpretation.build.update"] == "Feb23SU"
     assert got["interpretation.eems.last_error_reason"] == "untrusted_endpoint"
@@ -195,10 +209,10 @@ def _diagnose_output(**doc) -> bytes:
     return json.dumps({**base, **doc}).encode()
 
 
-def _report(diagnose_output: bytes, redact_names=None) -> dict[str, str]:
+def _report(diagnose_output: bytes, redact_names=None, culture=None) -> dict[str, str]:
     text = build_report(server="EX01", created=datetime(2026, 11, 29, tzinfo=timezone.utc), collect="not run",
                         interpretation=None, diagnose=diagnose_output, secrets=Redactor([PASSWORD]),
-                        redact_names=redact_names)
+                        redact_names=redact_names, culture=culture)
     return lines(text)
 
 
@@ -235,14 +249,16 @@ def test_hourly_utf16_log_with_culture_times_and_a_csv_header_first():
               "last_write": f"\\/Date({1795950000000 - (11 - h) * 3600_000})\\/"} for h in (11, 10, 9)]
     files[0].update(stream_length=len(data), head=base64.b64encode(head).decode(), tail=base64.b64encode(tail).decode())
     got = _report(_diagnose_output(log_folder={"path": "D:\\Exchange\\Logging\\MitigationService", "exists": True,
-                                               "count": 3}, log_files=files), redact_names=["EX01"])
+                                               "count": 3}, log_files=files), redact_names=["EX01"],
+                  culture=RawCulture("de-DE", "de-DE", "dd.MM.yyyy", "HH:mm:ss", "", ""))
     assert got["log.naming"].startswith("prefix MitigationService; stamp 3 x yyyyMMddHH (hourly)")
     assert got["log.rotation"].startswith("median 1h00m")
     assert got["log.read.1.encoding"] == "utf-16-le (BOM FF FE)" and got["log.read.1.first_bytes"] == "ff fe 44 00"
     assert got["log.read.1.length"] == f"stream {len(data)}, directory entry 100 (differ)"
     assert got["log.read.1.first_lines.1"] == "DateTime,EventName,CustomData"
     assert got["log.read.1.time_column"].startswith("iso 0, culture ")
-    assert got["log.read.1.exporter_reads_time"].startswith("0 of ")
+    assert re.fullmatch(r"(\d+) of \1 lines", got["log.read.1.exporter_reads_time"])
+    assert got["os.culture_patterns"].startswith("date dd.MM.yyyy")
     assert got["log.read.1.level.Warning.first"].endswith("S:Message=Verbindung <host> fehlgeschlagen")
     assert got["log.read.1.level.Information.last"].endswith("S:Message=Fertig")
 
