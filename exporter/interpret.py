@@ -20,9 +20,9 @@ only informs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
-from exporter.catalog import BuildVersionError, Catalog
+from exporter.catalog import BuildVersionError, Catalog, parse_admin_display_version
 from exporter.eems_patterns import FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, is_fetch_error, parse_log_line
 from exporter.model import (
     BuildVerdict,
@@ -66,9 +66,17 @@ class _Cycle:
     finished: bool  # a line followed the check-start line
 
 
-def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, lookback: timedelta, now: datetime) -> ServerState:
+def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, lookback: timedelta, now: datetime,
+                     today: date | None = None, admin_display_version: str | None = None) -> ServerState:
+    """`now` is the server's clock (its event times are on it); `today`, the exporter's date, decides the
+    servicing verdicts, so a server with a wrong clock cannot change them (default: `now`'s date).
+    `admin_display_version` (organization collector) stands in when ExSetup.exe could not be read, as in
+    HealthChecker; it names the CU only, so the verdict is CU-level (see catalog.py)."""
     failures: list[PartialFailure] = []
-    build = _build(facts.exsetup_version, catalog, failures)
+    today = today or now.date()
+    build, source = _build(facts.exsetup_version, catalog, failures, today), facts.build_source
+    if facts.exsetup_version is None and admin_display_version is not None:
+        build, source = _cu_level_build(admin_display_version, catalog, failures, today), "admin_display_version"
     eems_build = bool(build and build.eems_supported) and not facts.edge
     installed = _service_installed(facts)
     if facts.service_queried:
@@ -82,6 +90,7 @@ def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, look
     return ServerState(
         name=name,
         build=build,
+        build_source=source if build is not None else None,
         edge=facts.edge,
         eems_supported=eems_build,
         service_installed=installed,
@@ -179,11 +188,20 @@ def _generic_reason(build: BuildVerdict | None) -> str:
     return "other"
 
 
-def _build(version: str | None, catalog: Catalog, failures: list[PartialFailure]) -> BuildVerdict | None:
+def _build(version: str | None, catalog: Catalog, failures: list[PartialFailure], today: date) -> BuildVerdict | None:
     if version is None:
         return None
     try:
-        return catalog.verdict(version)
+        return catalog.verdict(version, today=today)
+    except BuildVersionError as e:
+        failures.append(PartialFailure("build", "other", str(e)))
+        return None
+
+
+def _cu_level_build(admin_display_version: str, catalog: Catalog, failures: list[PartialFailure],
+                    today: date) -> BuildVerdict | None:
+    try:
+        return catalog.verdict(parse_admin_display_version(admin_display_version), cu_level=True, today=today)
     except BuildVersionError as e:
         failures.append(PartialFailure("build", "other", str(e)))
         return None

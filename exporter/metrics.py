@@ -14,7 +14,7 @@ from prometheus_client.core import InfoMetricFamily, Metric
 
 from . import __version__
 from .eems_patterns import FETCH_ERROR_REASONS
-from .model import OrganizationResult, ServerResult
+from .model import BuildVerdict, OrganizationResult, ServerResult
 
 SERVICE = "MSExchangeMitigation"
 SERVICE_STATES = ("stopped", "start pending", "stop pending", "running", "continue pending", "pause pending",
@@ -73,8 +73,10 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
         return
     build = state.build
     if build is not None:
-        out.info("exchange_build", "Exchange build from ExSetup.exe FileVersion (registry MsiInstallPath fallback).",
-                 {**server, "product": build.product, "cu": build.cu, "update": build.update, "version": build.version})
+        out.info("exchange_build", "Exchange build from ExSetup.exe FileVersion (fallbacks: registry MsiInstallPath, "
+                 "then Get-ExchangeServer AdminDisplayVersion, CU level only); source names which one.",
+                 {**server, "product": build.product, "cu": build.cu, "update": build.update, "version": build.version,
+                  "source": state.build_source or "unknown"})
         out.add("exchange_build_known", "1 if the build is in the exporter's build catalog.", server,
                 1 if build.known else 0)
         out.add("exchange_build_release_timestamp_seconds", "Release date of the server's build (build catalog).",
@@ -85,6 +87,7 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
         out.add("exchange_product_support_end_timestamp_seconds",
                 "End of extended support of the server's Exchange product; absent when it has no fixed end.",
                 server, _ts(build.product_support_end))
+        _update_path_metrics(out, server, build)
         for cutoff, compliant in sorted(build.cutoffs.items()):
             out.add("exchange_eems_certificate_cutoff_compliant",
                     "1 if the build can still use mitigations signed after this OCS certificate cutoff.",
@@ -144,6 +147,23 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
                 "1 for each part of a successful poll that could not be read, with the reason class "
                 "(e.g. events/access_denied: no right to the Application log).",
                 {"collector": "server", **server, "part": failure.part, "reason": failure.reason}, 1)
+
+
+def _update_path_metrics(out: _Families, server: dict[str, str], build: BuildVerdict) -> None:
+    target = build.next_build
+    out.info("exchange_build_update_path",
+             "Servicing of the server's CU (serviced, cu_not_serviced, out_of_support) and the build to install next; "
+             "next_* labels are empty on the newest build of the path.",
+             {**server, "servicing": build.servicing, "next_product": target.product if target else "",
+              "next_cu": target.cu if target else "", "next_update": target.update if target else "",
+              "next_version": target.version if target else ""})
+    out.add("exchange_build_cu_servicing_end_timestamp_seconds",
+            "First day the server's CU received no more security updates; absent while it is serviced.",
+            server, _ts(build.cu_servicing_end))
+    out.add("exchange_build_update_path_timestamp_seconds",
+            "Since when a newer build has existed on the server's update path (newer update of a serviced CU, newer "
+            "CU, or the product to migrate to); absent on the newest build of the path.",
+            server, _ts(build.update_path_since))
 
 
 def _collector_metrics(out: _Families, collector: str, labels: dict[str, str], outcome, last_success) -> None:

@@ -111,6 +111,17 @@ class RawOrganizationFacts:
 
 
 @dataclass(frozen=True)
+class NextBuild:
+    """The build a server should go to next on its update path."""
+
+    version: str
+    product: str
+    cu: str
+    update: str
+    released: date
+
+
+@dataclass(frozen=True)
 class BuildVerdict:
     version: str
     product: str  # Exchange2013 | Exchange2016 | Exchange2019 | ExchangeSE
@@ -122,6 +133,10 @@ class BuildVerdict:
     cutoffs: dict[str, bool]  # cutoff id ("2023-03", "2026-06") -> compliant
     superseded_since: date | None  # release of the first newer build of the same CU
     product_support_end: date | None
+    servicing: str  # "serviced" | "cu_not_serviced" | "out_of_support" (the product gets no updates at all)
+    cu_servicing_end: date | None  # first day the CU got no more security updates; None while serviced
+    next_build: NextBuild | None  # where the update path leads; None on the newest build of the path
+    update_path_since: date | None  # since when a newer build has existed on this server's update path
 
 
 # ---------------------------------------------------------------- interpretation (interpret.py)
@@ -158,6 +173,7 @@ class EndpointState:
 class ServerState:
     name: str
     build: BuildVerdict | None
+    build_source: str | None  # "exsetup" | "registry" | "admin_display_version" (CU level only)
     edge: bool
     eems_supported: bool  # build has EEMS and the server is not Edge
     service_installed: bool | None  # None: could not be told (service query denied, registry key unread)

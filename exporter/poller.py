@@ -121,6 +121,13 @@ class Poller:
             )
         )
 
+    def _admin_display_version(self, target: Target) -> str | None:
+        """The build fallback: Get-ExchangeServer's AdminDisplayVersion from the last organization poll."""
+        if self._organization is None:
+            return None
+        info = self._organization.servers.get(target.name.lower())
+        return info.admin_display_version if info else None
+
     def poll_server(self, name: str, *, module: str | None = None, timeout: float | None = None) -> ServerResult:
         """Poll one server now and record the result (a probe with another module is not recorded)."""
         target = self.targets.get(name)
@@ -142,7 +149,8 @@ class Poller:
                 )
                 now = facts.now or utcnow()
                 result.state = interpret_server(
-                    target.name, facts, self.catalog, lookback=timedelta(seconds=self.config.poll.lookback), now=now
+                    target.name, facts, self.catalog, lookback=timedelta(seconds=self.config.poll.lookback), now=now,
+                    today=utcnow().date(), admin_display_version=self._admin_display_version(target),
                 )
                 finished = utcnow()
                 result.last_success = finished

@@ -148,8 +148,12 @@ def dated_alerts(now: float) -> set[tuple[str, str, str, str]]:
         if name in UNPOLLABLE:
             continue
         verdict = catalog.verdict(server["build"])
-        if verdict.superseded_since and now - _midnight(verdict.superseded_since) > SUPERSEDED_GRACE_DAYS * 86400:
+        path_since = verdict.update_path_since
+        if (verdict.servicing == "serviced" and path_since
+                and now - _midnight(path_since) > SUPERSEDED_GRACE_DAYS * 86400):
             expected.add(("ExchangeBuildSuperseded", name, "warning", ""))
+        if verdict.servicing == "cu_not_serviced":
+            expected.add(("ExchangeBuildCUNotServiced", name, "warning", ""))
         if verdict.product_support_end:
             left = _midnight(verdict.product_support_end) - now
             if left <= 0:

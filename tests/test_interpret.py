@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
@@ -280,6 +280,42 @@ def test_missing_and_bad_build(catalog):
     assert bad.build is None and not bad.eems_supported
     assert [(f.part, f.reason) for f in bad.collection_errors] == [("build", "other"), ("log", "other")]
     assert "'8.3.83.6' is not an Exchange 2013/2016/2019/SE build" in bad.collection_errors[0].message
+
+
+def test_admin_display_version_stands_in_when_exsetup_cannot_be_read(catalog):
+    no_exsetup = facts(exsetup_version=None, build_source=None, errors=(error("build", "CommandNotFoundException,Microsoft.PowerShell.Commands.GetCommandCommand"),))
+    state = interpret_server("EX01", no_exsetup, catalog, lookback=LOOKBACK, now=NOW,
+                             admin_display_version="Version 15.2 (Build 1748.53)")
+    assert state.build_source == "admin_display_version"
+    assert (state.build.product, state.build.cu, state.build.update, state.build.known) == (
+        "Exchange2019", "CU15", "unknown", False)
+    # The update is unknown: CU15 RTM is below the June 2026 minimum, so the CU as a whole is not compliant.
+    assert state.build.cutoffs == {"2023-03": True, "2026-06": False}
+    assert state.eems_supported
+
+
+def test_servicing_is_judged_on_the_exporters_date_not_the_servers_clock(catalog):
+    wrong_clock = datetime(2031, 1, 1, tzinfo=timezone.utc)  # the server's clock is years ahead
+    facts_2019 = facts(exsetup_version="15.2.1748.53", now=wrong_clock)
+    state = interpret_server("EX01", facts_2019, catalog, lookback=LOOKBACK, now=wrong_clock,
+                             today=date(2026, 10, 31))
+    assert state.build.servicing == "serviced"  # ESU ran to 2026-10-31
+    assert interpret_server("EX01", facts_2019, catalog, lookback=LOOKBACK, now=wrong_clock,
+                            today=date(2026, 11, 1)).build.servicing == "out_of_support"
+
+
+def test_exsetup_wins_over_admin_display_version(catalog):
+    state = interpret_server("EX01", facts(), catalog, lookback=LOOKBACK, now=NOW,
+                             admin_display_version="Version 15.2 (Build 1748.10)")
+    assert (state.build.version, state.build_source, state.build.known) == ("15.2.2562.43", "exsetup", True)
+
+
+def test_bad_admin_display_version_is_a_build_note(catalog):
+    state = interpret_server("EX01", facts(exsetup_version=None, build_source=None), catalog, lookback=LOOKBACK,
+                             now=NOW, admin_display_version="Version 15.2 (Build banana)")
+    assert state.build is None and state.build_source is None
+    assert [(f.part, f.reason, f.message) for f in state.collection_errors] == [
+        ("build", "other", "AdminDisplayVersion 'Version 15.2 (Build banana)' is not like 'Version 15.2 (Build 1544.36)'")]
 
 
 def test_old_build_has_no_eems(catalog):

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timezone
 
+from exporter.catalog import Catalog
 from exporter.metrics import render
 from exporter.model import CollectorOutcome, EemsHistory, EndpointState, PartialFailure, ServerResult, ServerState
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
 STATE = ServerState(
-    name="EX01", build=None, edge=False, eems_supported=True, service_installed=True, service_state="running",
+    name="EX01", build=None, build_source=None, edge=False, eems_supported=True, service_installed=True, service_state="running",
     service_start_mode="auto",
     eems=EemsHistory(last_check=NOW, last_success=NOW, last_error=None, last_error_reason=None,
                      fetch_errors={"untrusted_endpoint": 0, "unknown_issuer": 0, "tls_validation": 0,
@@ -77,3 +78,27 @@ def test_no_service_series_when_not_installed():
     assert not any(name.startswith("exchange_service_") for name, _ in found)
     states = series(STATE)
     assert sum(v for (name, _), v in states.items() if name == "exchange_service_state") == 1
+
+
+def test_update_path_series():
+    catalog = Catalog.load()
+    behind = replace(STATE, build=catalog.verdict("15.2.2562.41", today=NOW.date()), build_source="exsetup")
+    found = series(behind)
+    info = {dict(labels)["servicing"]: dict(labels) for (name, labels) in found if name == "exchange_build_update_path_info"}
+    assert info["serviced"]["next_version"] == "15.2.2562.53" and info["serviced"]["next_update"] == "Sep26SUv2"
+    assert found[("exchange_build_update_path_timestamp_seconds", (("server", "EX01"),))] == datetime(
+        2026, 6, 9, tzinfo=timezone.utc).timestamp()
+    assert ("exchange_build_cu_servicing_end_timestamp_seconds", (("server", "EX01"),)) not in found
+    build_info = next(dict(labels) for (name, labels) in found if name == "exchange_build_info")
+    assert build_info["source"] == "exsetup"
+
+    ended = series(replace(STATE, build=catalog.verdict("15.2.1748.53", today=NOW.date()), build_source="registry"))
+    info = next(dict(labels) for (name, labels) in ended if name == "exchange_build_update_path_info")
+    assert (info["servicing"], info["next_product"]) == ("out_of_support", "ExchangeSE")
+    assert ended[("exchange_build_cu_servicing_end_timestamp_seconds", (("server", "EX01"),))] == datetime(
+        2026, 11, 1, tzinfo=timezone.utc).timestamp()
+
+    newest = series(replace(STATE, build=catalog.verdict("15.2.2562.53", today=NOW.date()), build_source="exsetup"))
+    info = next(dict(labels) for (name, labels) in newest if name == "exchange_build_update_path_info")
+    assert info["next_version"] == "" and info["servicing"] == "serviced"
+    assert ("exchange_build_update_path_timestamp_seconds", (("server", "EX01"),)) not in newest

@@ -82,7 +82,7 @@ def test_no_events_in_any_language_is_no_failure(metrics, server):
 
 def test_padded_file_version_is_read(metrics):
     assert value(metrics, "exchange_build_info", server="EN", product="ExchangeSE", cu="RTM", update="Sep26SUv2",
-                 version="15.2.2562.53") == 1
+                 version="15.2.2562.53", source="exsetup") == 1
 
 
 @pytest.mark.parametrize("server", ["EDGE", "PRE-EEMS"])
