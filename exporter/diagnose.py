@@ -7,16 +7,16 @@ A failure of either is part of the report, not a reason to write none.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from . import scripts
 from .catalog import Catalog
 from .config import Config
 from .field_report import DIAGNOSE_PARAMETERS, build_report
-from .interpret import interpret_server
-from .parse import ParseError, parse_server_output
+from .parse import ParseError
 from .poller import Poller
 from .redact import Redactor
+from .targets import Target
 from .winrm_client import PollFailure
 
 DIAGNOSE_TIMEOUT_SECONDS = 120  # the diagnose script reads more than a poll; still bounded
@@ -27,9 +27,8 @@ def field_report(config: Config, catalog: Catalog, server: str, *, redact_names:
     target = poller.targets.get(server)
     if target is None:
         raise KeyError(server)
-    secrets = Redactor(config.secrets())
     try:
-        collect, facts, interpretation = _poll(poller, config, catalog, target.name)
+        collect, facts, interpretation = _poll(poller, target)
         try:
             diagnose: bytes | str = poller.run_raw(
                 target.name, scripts.diagnose_script(DIAGNOSE_PARAMETERS),
@@ -39,21 +38,18 @@ def field_report(config: Config, catalog: Catalog, server: str, *, redact_names:
     finally:
         poller.stop()
     return build_report(server=target.name, created=datetime.now(timezone.utc), collect=collect,
-                        interpretation=interpretation, diagnose=diagnose, secrets=secrets,
+                        interpretation=interpretation, diagnose=diagnose, secrets=Redactor(config.secrets()),
                         redact_names=[target.name, target.address] if redact_names else None,
                         culture=facts.culture if facts else None)
 
 
-def _poll(poller: Poller, config: Config, catalog: Catalog, name: str):
+def _poll(poller: Poller, target: Target):
     """The collection script's stdout (or the failure), the raw facts and the exporter's interpretation of them."""
     try:
-        stdout = poller.run_raw(name)
+        stdout = poller.run_raw(target.name)
     except PollFailure as failure:
         return f"{failure.reason}: {failure.message}", None, None
     try:
-        facts = parse_server_output(stdout, max_events=config.poll.max_events, max_log_bytes=config.poll.log_tail_bytes)
+        return (stdout, *poller.interpret(target, stdout))
     except ParseError:
         return stdout, None, None
-    now = facts.now or datetime.now(timezone.utc)
-    lookback = timedelta(seconds=config.poll.lookback)
-    return stdout, facts, interpret_server(name, facts, catalog, lookback=lookback, now=now)
