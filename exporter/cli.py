@@ -1,4 +1,4 @@
-"""Command line: `run` (default), `check-config`, `poll`, `build`, `catalog update|diff`, `simulate`, `demo`.
+"""Command line: `run` (default), `check-config`, `poll`, `diagnose`, `build`, `catalog update|diff`, `simulate`, `demo`.
 
 Arguments only: every command hands over to the module that does the work. Expected failures (a bad
 config, a bad version) print one line and exit 2, never a traceback.
@@ -134,14 +134,20 @@ def _jsonable(value):
     return value
 
 
-def cmd_poll(args: argparse.Namespace) -> int:
-    from .poller import Poller
-
+def _one_server_command(args: argparse.Namespace) -> tuple[Config, Catalog, Redactor]:
+    """What `poll` and `diagnose` share: logging with the secrets redacted, the config, its warnings."""
     redactor = Redactor()
     _setup_logging(args.log_level, redactor)
     config, catalog = _load(args.config_file, None)
     redactor.add(config.secrets())
     _warn_insecure(config)
+    return config, catalog, redactor
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    from .poller import Poller
+
+    config, catalog, redactor = _one_server_command(args)
     poller = Poller(config, catalog)
     if poller.targets.get(args.server) is None:
         raise _Fail(f"server {args.server!r} is not in {args.config_file}")
@@ -149,6 +155,18 @@ def cmd_poll(args: argparse.Namespace) -> int:
     print(redactor.scrub(json.dumps(_jsonable(result), indent=2)))
     poller.stop()
     return 0 if result.outcome and result.outcome.success else 1
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from .diagnose import field_report
+
+    config, catalog, _ = _one_server_command(args)
+    try:
+        report = field_report(config, catalog, args.server, redact_names=args.redact_names)
+    except KeyError:
+        raise _Fail(f"server {args.server!r} is not in {args.config_file}") from None
+    sys.stdout.write(report)
+    return 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -247,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(poll)
     poll.add_argument("server")
     poll.set_defaults(func=cmd_poll)
+
+    diagnose = sub.add_parser("diagnose", help="poll one server and write a field report to attach to a bug")
+    common(diagnose)
+    diagnose.add_argument("server")
+    diagnose.add_argument("--redact-names", action="store_true",
+                          help="also remove host names and IP addresses (secrets are always removed)")
+    diagnose.set_defaults(func=cmd_diagnose)
 
     build = sub.add_parser("build", help="explain an Exchange build number")
     build.add_argument("version")

@@ -26,7 +26,7 @@ from .catalog import Catalog
 from .config import Config
 from .eems_patterns import classify_organization_error
 from .interpret import interpret_server
-from .model import CollectorOutcome, OrganizationResult, ServerResult
+from .model import CollectorOutcome, OrganizationResult, RawServerFacts, ServerResult, ServerState
 from .parse import ParseError, clixml_to_text, parse_organization_output, parse_server_output
 from .targets import Target, Targets
 from .winrm_client import PollFailure, ServerConnection
@@ -144,14 +144,7 @@ class Poller:
                                   last_success=previous.last_success if previous else None)
             try:
                 stdout = self._run_script(target, module_name, self._server_script(target), deadline)
-                facts = parse_server_output(
-                    stdout, max_events=self.config.poll.max_events, max_log_bytes=self.config.poll.log_tail_bytes
-                )
-                now = facts.now or utcnow()
-                result.state = interpret_server(
-                    target.name, facts, self.catalog, lookback=timedelta(seconds=self.config.poll.lookback), now=now,
-                    today=utcnow().date(), admin_display_version=self._admin_display_version(target),
-                )
+                _, result.state = self.interpret(target, stdout)
                 finished = utcnow()
                 result.last_success = finished
                 result.outcome = CollectorOutcome("server", True, time.monotonic() - started, finished)
@@ -167,6 +160,26 @@ class Poller:
                     self._results[target.name.lower()] = result
                     self._count_failures(target.name.lower(), result.outcome.success)
             return result
+
+    def interpret(self, target: Target, stdout: bytes) -> tuple[RawServerFacts, ServerState]:
+        """Parse and judge one output of the collection script, as a poll does. Raises ParseError."""
+        facts = parse_server_output(
+            stdout, max_events=self.config.poll.max_events, max_log_bytes=self.config.poll.log_tail_bytes
+        )
+        now = facts.now or utcnow()
+        return facts, interpret_server(
+            target.name, facts, self.catalog, lookback=timedelta(seconds=self.config.poll.lookback), now=now,
+            today=utcnow().date(), admin_display_version=self._admin_display_version(target),
+        )
+
+    def run_raw(self, name: str, script: str | None = None, *, timeout: float | None = None) -> bytes:
+        """The stdout of `script` (default: the server's collection script) on one server, neither parsed nor
+        recorded: `diagnose` shows it beside the interpretation. Raises PollFailure."""
+        target = self.targets.get(name)
+        if target is None:
+            raise KeyError(name)
+        deadline = time.monotonic() + (timeout or self.config.poll.timeout)
+        return self._run_script(target, target.module, script or self._server_script(target), deadline)
 
     def _count_failures(self, key: str, success: bool) -> None:
         """Consecutive failures per server (and the organization): they decide the failing lane and back-off."""

@@ -23,6 +23,7 @@ POWERSHELL = r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe"  # Win
 CREATE_PROCESS_LIMIT = 32767  # characters of lpCommandLine, including the terminating NUL (CreateProcessW)
 SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
 ORGANIZATION_MARKER = "# exchange-eems-exporter:collect-organization:v1"
+DIAGNOSE_MARKER = "# exchange-eems-exporter:diagnose-server:v1"
 _SWITCHES = ("-NoProfile", "-NonInteractive", "-EncodedCommand")
 
 
@@ -34,6 +35,19 @@ class ServerScriptParameters:
     check_endpoint: bool
     endpoint_timeout_seconds: int
     proxy: str
+
+
+@dataclass(frozen=True)
+class DiagnoseScriptParameters:
+    """Bounds of the `diagnose` script's output: it reads more than a poll, but never an unbounded amount."""
+
+    lookback_hours: int
+    max_events: int
+    message_chars: int  # per event message
+    list_files: int  # log files listed (name, size, time)
+    read_files: int  # newest log files whose head and tail are read
+    head_bytes: int
+    tail_bytes: int
 
 
 @dataclass(frozen=True)
@@ -66,17 +80,33 @@ def safe_proxy(value: str) -> str:
     return value if _PROXY_URL.fullmatch(value or "") else ""
 
 
-def server_script(params: ServerScriptParameters) -> str:
-    parameter_line = (
-        f"$P=@{{LookbackHours={int(params.lookback_hours)};MaxEvents={int(params.max_events)};"
-        f"LogTailBytes={int(params.log_tail_bytes)};CheckEndpoint={1 if params.check_endpoint else 0};"
-        f"EndpointTimeoutSec={int(params.endpoint_timeout_seconds)};Proxy={_ps_single_quoted(safe_proxy(params.proxy))}}}"
+def _with_parameters(marker: str, values: dict[str, int | bool | str], body: str) -> str:
+    """The marker line, the `$P=@{...}` parameter line (flags as 1/0, strings single-quoted), the script."""
+    rendered = (
+        str(int(v)) if isinstance(v, (bool, int)) else _ps_single_quoted(v) for v in values.values()
     )
-    return "\n".join((SERVER_MARKER, parameter_line, _body("collect_server.ps1")))
+    parameter_line = "$P=@{" + ";".join(f"{k}={v}" for k, v in zip(values, rendered)) + "}"
+    return "\n".join((marker, parameter_line, _body(body)))
+
+
+def server_script(params: ServerScriptParameters) -> str:
+    return _with_parameters(SERVER_MARKER, {
+        "LookbackHours": params.lookback_hours, "MaxEvents": params.max_events,
+        "LogTailBytes": params.log_tail_bytes, "CheckEndpoint": params.check_endpoint,
+        "EndpointTimeoutSec": params.endpoint_timeout_seconds, "Proxy": safe_proxy(params.proxy),
+    }, "collect_server.ps1")
 
 
 def organization_script() -> str:
     return "\n".join((ORGANIZATION_MARKER, _body("collect_organization.ps1")))
+
+
+def diagnose_script(params: DiagnoseScriptParameters) -> str:
+    return _with_parameters(DIAGNOSE_MARKER, {
+        "LookbackHours": params.lookback_hours, "MaxEvents": params.max_events, "MessageChars": params.message_chars,
+        "ListFiles": params.list_files, "ReadFiles": params.read_files, "HeadBytes": params.head_bytes,
+        "TailBytes": params.tail_bytes,
+    }, "diagnose_server.ps1")
 
 
 def powershell_command(script: str) -> Command:

@@ -1,7 +1,7 @@
 """One simulated Exchange server's Windows: answers a WinRS command line the way cmd.exe and PowerShell 5.1 would.
 
-Only the exporter's two collection scripts are "run"; they are recognised by their marker line, and the server
-script's `$P=@{...}` line is read for its parameters. The JSON is written the way Windows PowerShell 5.1
+Only the exporter's two collection scripts and its diagnose script (answered by diagnose.py) are "run"; they are
+recognised by their marker line, and the `$P=@{...}` line is read for its parameters. The JSON is written the way Windows PowerShell 5.1
 `ConvertTo-Json -Compress` writes it (\\/Date(ms)\\/ dates, unwrapped one-element arrays, \\u0027 escapes), so the
 exporter's parser is tested against the quirks it will meet. Anything else gets the error Windows would give.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from . import eems
+from . import diagnose, eems
 from .host import CommandOutput
 
 SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
@@ -190,6 +190,11 @@ class WindowsHost:
             return self._finish(self._server_json(params), b"", 0, 0.3)
         if lines[0] == ORGANIZATION_MARKER:
             return self._finish(self._organization_json(), b"", 0, 2.0)
+        if lines[0] == diagnose.MARKER:
+            document = diagnose.facts(self.server, self.clock.now(), lines[1] if len(lines) > 1 else "")
+            if isinstance(document, str):
+                return self._finish(None, _clixml_errors([document]), 1, 0.0)
+            return self._finish(document, b"", 0, 1.0)
         first = next((line for line in lines if not line.startswith("#")), None)
         if first is None:
             return CommandOutput([])
