@@ -145,7 +145,7 @@ HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
 
-def tested_scenario() -> dict:
+def scenario_under_test() -> dict:
     scenario = demo_scenario()
     scenario["servers"] += [{"address": "127.0.0.1", **server} for server in KNOB_SERVERS]
     return scenario
@@ -163,7 +163,7 @@ def dated_alerts(now: float) -> set[tuple[str, str, str, str]]:
     """
     catalog = Catalog.load()
     expected = set()
-    for server in tested_scenario()["servers"]:
+    for server in scenario_under_test()["servers"]:
         name = server["name"]
         if name in UNPOLLABLE:
             continue
@@ -398,7 +398,7 @@ def stack(tmp_path_factory):
     prometheus_bin, alertmanager_bin = binary("prometheus"), binary("prometheus-alertmanager")
     tmp = tmp_path_factory.mktemp("integration")
     with ExitStack() as cleanup:
-        fleet = cleanup.enter_context(SimulatedFleet(relocate(tested_scenario())))
+        fleet = cleanup.enter_context(SimulatedFleet(relocate(scenario_under_test())))
         webhook = Webhook()
         cleanup.callback(webhook.stop)
 
