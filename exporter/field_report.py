@@ -251,7 +251,7 @@ def _log_section(report: Report, doc: dict, culture: RawCulture | None) -> None:
         report.add("log.folder", f"not readable: {_error_text(folder['error'])}")
         return
     report.add("log.folder", f"{folder.get('path')} ({'exists' if folder.get('exists') else 'does not exist'}"
-               + (f", {folder.get('count')} files)" if folder.get("exists") else ")"))
+               + (f", {folder.get('file_count')} files)" if folder.get("exists") else ")"))
     files = [f for f in _as_list(doc.get("log_files")) if isinstance(f, dict)]
     for index, entry in enumerate(files, start=1):
         report.add(f"log.files.{index}", f"{entry.get('name')}  {entry.get('length')} bytes  "

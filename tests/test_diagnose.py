@@ -249,7 +249,7 @@ def test_hourly_utf16_log_with_culture_times_and_a_csv_header_first():
               "last_write": f"\\/Date({1795950000000 - (11 - h) * 3600_000})\\/"} for h in (11, 10, 9)]
     files[0].update(stream_length=len(data), head=base64.b64encode(head).decode(), tail=base64.b64encode(tail).decode())
     got = _report(_diagnose_output(log_folder={"path": "D:\\Exchange\\Logging\\MitigationService", "exists": True,
-                                               "count": 3}, log_files=files), redact_names=["EX01"],
+                                               "file_count": 3}, log_files=files), redact_names=["EX01"],
                   culture=RawCulture("de-DE", "de-DE", "dd.MM.yyyy", "HH:mm:ss", "", ""))
     assert got["log.naming"].startswith("prefix MitigationService; stamp 3 x yyyyMMddHH (hourly)")
     assert got["log.rotation"].startswith("median 1h00m")

@@ -7,7 +7,7 @@ try{$r.exsetup_version=(Get-Command ExSetup.exe).FileVersionInfo.FileVersion}cat
 try{$s=Get-Service MSExchangeMitigation;$r.service=@{status=[string]$s.Status;start_type=[string]$s.StartType}}catch{$r.service=@{error=Err $_}}
 try{$k=Get-ItemProperty 'HKLM:\SYSTEM\CurrentControlSet\Services\MSExchangeMitigation';$r.service_key=@{start=$k.Start;account=[string]$k.ObjectName}}catch{$r.service_key=@{error=Err $_}}
 try{$d=Join-Path $env:ExchangeInstallPath 'Logging\MitigationService';$r.log_folder=@{path=$d;exists=(Test-Path $d)}
-if($r.log_folder.exists){$a=@(Get-ChildItem $d -File|sort LastWriteTimeUtc -Descending);$r.log_folder.count=$a.Count;$i=0
+if($r.log_folder.exists){$a=@(Get-ChildItem $d -File|sort LastWriteTimeUtc -Descending);$r.log_folder.file_count=$a.Count;$i=0
 $r.log_files=@($a|select -First $P.ListFiles|%{$o=@{name=$_.Name;length=$_.Length;last_write=$_.LastWriteTimeUtc}
 if($i++ -lt $P.ReadFiles){try{$s=[IO.File]::Open($_.FullName,'Open','Read','ReadWrite,Delete');try{$o.stream_length=$s.Length
 $n=[Math]::Min($s.Length,$P.HeadBytes);$b=New-Object byte[] $n;$n=$s.Read($b,0,$n);$o.head=[Convert]::ToBase64String($b,0,$n)
