@@ -226,8 +226,12 @@ def _log_file(report: Report, key: str, entry: dict, culture: RawCulture | None)
                   if line.strip() and not line.lstrip().startswith("#") and line.strip() not in fields_lines]
     forms = Counter(_time_form(line) for line in data_lines)
     report.add(f"{key}.time_column", ", ".join(f"{form} {forms[form]}" for form in ("iso", "culture", "none")))
-    timed = sum(1 for line in data_lines if (r := parse_log_line(line, culture)) is not None and r.time is not None)
-    report.add(f"{key}.exporter_reads_time", f"{timed} of {len(data_lines)} lines")
+    times = [r.time for r in (parse_log_line(line, culture) for line in data_lines) if r is not None and r.time is not None]
+    report.add(f"{key}.exporter_reads_time", f"{len(times)} of {len(data_lines)} lines")
+    last_write = parse_ps_date(entry.get("last_write"))
+    if times and last_write is not None:  # about 0 when the lines are in UTC; whole hours when in local time
+        offset = (last_write - max(times)).total_seconds()
+        report.add(f"{key}.last_write_minus_newest_line", f"{'-' if offset < 0 else '+'}{_duration(abs(offset))}")
     levels: dict[str, list[str]] = {}
     messages: dict[str, Counter] = {}
     for line in head_lines + tail_lines:

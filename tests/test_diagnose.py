@@ -91,6 +91,7 @@ def test_a_healthy_server(reports):
     assert got["log.read.1.first_lines.2"] == "#Software: Microsoft Exchange Server"
     assert got["log.read.1.time_column"] == "iso 3, culture 0, none 0"
     assert got["log.read.1.exporter_reads_time"] == "3 of 3 lines"
+    assert got["log.read.1.last_write_minus_newest_line"] == "+0h00m"
     assert got["log.read.1.level.Information.first"].endswith(
         "S:Message=Fetching mitigations from https://officeclient.microsoft.com/getexchangemitigations")
     assert "log.read.1.level.Warning.first" not in got
@@ -113,6 +114,7 @@ def test_a_german_least_privilege_server_with_an_hourly_utf16_log(reports):
     assert got["log.read.1.first_lines.1"] == "DateTime,EventName,CustomData"
     culture_lines = re.fullmatch(r"iso 0, culture ([1-9]\d*), none 0", got["log.read.1.time_column"])
     assert culture_lines and got["log.read.1.exporter_reads_time"] == f"{culture_lines[1]} of {culture_lines[1]} lines"
+    assert got["log.read.1.last_write_minus_newest_line"] == "+0h00m"  # culture times, still UTC
     assert re.fullmatch(r"\d\d\.\d\d\.\d{4} \d\d:\d\d:\d\d,FetchMitigation,S:LogLevel=Information;"
                         r"S:Message=Fetching mitigations from https://officeclient\.microsoft\.com/getexchangemitigations",
                         got["log.read.1.level.Information.first"])
@@ -246,7 +248,8 @@ def test_hourly_utf16_log_with_culture_times_and_a_csv_header_first():
     data = content.encode("utf-16-le")
     head, tail = data[:900], data[-301:]  # a tail that starts on an odd byte, mid-character
     files = [{"name": f"MitigationService_20261129{h:02d}-1.LOG", "length": 100 if h == 11 else len(data),
-              "last_write": f"\\/Date({1795950000000 - (11 - h) * 3600_000})\\/"} for h in (11, 10, 9)]
+              "last_write": f"\\/Date({1795950000000 - (12 - h) * 3600_000 + 602_000})\\/"}  # lines in UTC+1
+             for h in (11, 10, 9)]
     files[0].update(stream_length=len(data), head=base64.b64encode(head).decode(), tail=base64.b64encode(tail).decode())
     got = _report(_diagnose_output(log_folder={"path": "D:\\Exchange\\Logging\\MitigationService", "exists": True,
                                                "file_count": 3}, log_files=files), redact_names=["EX01"],
@@ -259,6 +262,7 @@ def test_hourly_utf16_log_with_culture_times_and_a_csv_header_first():
     assert got["log.read.1.time_column"].startswith("iso 0, culture ")
     assert re.fullmatch(r"(\d+) of \1 lines", got["log.read.1.exporter_reads_time"])
     assert got["os.culture_patterns"].startswith("date dd.MM.yyyy")
+    assert got["log.read.1.last_write_minus_newest_line"] == "-1h00m"  # the lines are in local time
     assert got["log.read.1.level.Warning.first"].endswith("S:Message=Verbindung <host> fehlgeschlagen")
     assert got["log.read.1.level.Information.last"].endswith("S:Message=Fertig")
 
