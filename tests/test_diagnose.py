@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import struct
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -60,7 +61,7 @@ def reports(tmp_path_factory) -> dict[str, tuple[int, str, bytes]]:
     """server -> (exit code, report, stdout + stderr) for a few demo servers, polled once each."""
     runs = {"EX-SE01": (), "EX-SE04-PROXY": ("--redact-names",), "EX-SE04-PROXY plain": (), "EDGE01": (),
             "EX16-CU21": (), "EX19-CU12": (), "EX-SE05-NOWINRM": (), "EX-SE06-DE": ("--redact-names",),
-            "EX-SE07-JA": (), "EX-SE09-JA-LOG": ()}
+            "EX-SE07-JA": (), "EX-SE08-FR": ("--redact-names",), "EX-SE09-JA-LOG": ()}
     with SimulatedFleet(fleet_scenario()) as fleet:
         config_file = tmp_path_factory.mktemp("diagnose") / "config.yml"
         config_file.write_text(fleet.config_text())
@@ -136,6 +137,26 @@ def test_a_japanese_server_with_a_daily_log_and_other_events(reports):
                           "\u53d6\u5f97\u3067\u304d\u307e\u305b\u3093\u3002")
                for k, v in got.items() if k.startswith("events.id.1006.text."))  # the event that failed to format
     assert "EventLogException" in got["events.read_error.1"]
+
+
+def test_the_winhttp_proxy_eems_goes_through(reports):
+    assert lines(reports["EX-SE01"][1])["os.winhttp_proxy"] == "direct access (no WinHTTP proxy)"
+    _, report, _ = reports["EX-SE08-FR"]
+    assert lines(report)["os.winhttp_proxy"] == "<host>:8080 (bypass: none)"  # proxy.contoso.com, redacted
+    assert "contoso" not in report.lower()
+
+
+def test_winhttp_settings_with_a_bypass_list():
+    proxy, bypass = b"http=proxy.fabrikam.net:3128;https=10.0.0.5:3129", b"<local>;*.fabrikam.net"
+    value = (struct.pack("<IIII", 0x18, 7, 3, len(proxy)) + proxy + struct.pack("<I", len(bypass)) + bypass)
+    output = _diagnose_output(winhttp_settings=base64.b64encode(value).decode())
+    assert _report(output)["os.winhttp_proxy"] == (
+        "http=proxy.fabrikam.net:3128;https=10.0.0.5:3129 (bypass: <local>;*.fabrikam.net)")
+    assert _report(output, redact_names=["EX01"])["os.winhttp_proxy"] == (
+        "http=<host>:3128;https=<address>:3129 (bypass: <local>;*.<host>)")
+    direct = struct.pack("<IIII", 0x18, 1, 1, 0) + struct.pack("<I", 0)
+    assert _report(_diagnose_output(winhttp_settings=base64.b64encode(direct).decode()))["os.winhttp_proxy"] == \
+        "direct access (no WinHTTP proxy)"
 
 
 def test_a_japanese_server_that_may_not_read_the_log_folder(reports):
