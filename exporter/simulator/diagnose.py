@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import re
+import struct
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -56,6 +57,7 @@ def facts(server: windows.WindowsServer, now: datetime, parameter_line: str) -> 
         "ui_culture": server.locale,
         "is_admin": not server.denied,
         "exsetup_version": windows._file_version(server.build, server.version_style) if server.build_source != "none" else None,
+        "winhttp_settings": base64.b64encode(winhttp_settings(server.winhttp_proxy)).decode(),
         "service": _service(server, texts),
         "service_key": _service_key(server, texts),
     }
@@ -63,6 +65,14 @@ def facts(server: windows.WindowsServer, now: datetime, parameter_line: str) -> 
     document.update(_events(server, now, p, texts, date))
     document["errors"] = []
     return document
+
+
+def winhttp_settings(proxy: str | None) -> bytes:
+    """The registry value `netsh winhttp set proxy` writes (Connections\\WinHttpSettings): structure size,
+    a counter, flags (1 direct, 2 proxy), then the proxy and the bypass list, each as a length and ASCII text.
+    The same layout the collection script reads; it is UNCONFIRMED (no Microsoft documentation)."""
+    text = (proxy or "").encode("ascii")
+    return struct.pack("<IIII", 0x18, 0, 3 if proxy else 1, len(text)) + text + struct.pack("<I", 0)
 
 
 def _service(server: windows.WindowsServer, texts: dict[str, Any]) -> dict[str, Any]:
