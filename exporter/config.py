@@ -7,6 +7,7 @@ once, and wrapped in `Secret` so they cannot leak through repr() or an f-string 
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import math
 import os
@@ -23,7 +24,7 @@ DEFAULT_LISTEN_PORT = 10061
 TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic", "certificate")
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 
 
 class ConfigError(Exception):
@@ -74,6 +75,14 @@ class ModuleConfig:
     operation_timeout: float
     read_timeout: float
     kerberos_delegation: bool = False  # lets Exchange cmdlets in the WinRS session reach AD (the double hop)
+
+    def secrets(self) -> list[str]:
+        """The password and the Basic `Authorization` value made from it, which a server can quote back."""
+        if not (self.password and self.password.reveal()):
+            return []
+        password = self.password.reveal()
+        basic = base64.b64encode(f"{self.username or ''}:{password}".encode("utf-8")).decode("ascii")
+        return [password, basic]
 
 
 @dataclass(frozen=True)
@@ -128,7 +137,7 @@ class Config:
     source: Path | None = field(default=None, compare=False)
 
     def secrets(self) -> list[str]:
-        return [m.password.reveal() for m in self.modules.values() if m.password and m.password.reveal()]
+        return [secret for module in self.modules.values() for secret in module.secrets()]
 
 
 # ---------------------------------------------------------------- value helpers
@@ -306,9 +315,10 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
     operation_timeout = parse_duration(section.get("operation_timeout", "20s"), f"{path}.operation_timeout")
     read_timeout = parse_duration(section.get("read_timeout", "30s"), f"{path}.read_timeout")
 
+    problem = scheme_problem(transport, scheme, allow_basic_http)
+    if problem:
+        raise ConfigError(f"{path}.{'scheme' if transport == 'certificate' else 'transport'}", problem)
     if transport == "certificate":
-        if scheme != "https":
-            raise ConfigError(f"{path}.scheme", "certificate authentication needs https")
         if not (cert_file and key_file):
             raise ConfigError(path, "transport certificate needs cert_file and key_file")
     else:
@@ -316,12 +326,6 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
             raise ConfigError(f"{path}.username", f"required for transport {transport}")
         if transport != "kerberos" and password is None:
             raise ConfigError(path, f"transport {transport} needs password_env or password_file")
-    if transport == "basic" and scheme == "http" and not allow_basic_http:
-        raise ConfigError(
-            f"{path}.transport",
-            "basic authentication over plain http sends the password in clear text; use https, "
-            "or set allow_basic_over_http: true if you really mean it",
-        )
     delegation = _bool(section.get("kerberos_delegation", False), f"{path}.kerberos_delegation")
     if delegation and transport != "kerberos":
         raise ConfigError(f"{path}.kerberos_delegation", "only applies to transport kerberos")
@@ -335,6 +339,17 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
         cert_file=cert_file, key_file=key_file, operation_timeout=operation_timeout, read_timeout=read_timeout,
         kerberos_delegation=delegation,
     )
+
+
+def scheme_problem(transport: str, scheme: str, allow_basic_over_http: bool) -> str | None:
+    """Why credentials of `transport` must not be sent over `scheme`; None when they may. One rule for the
+    configuration and for /probe, where a module may be paired with a server that uses another scheme."""
+    if transport == "certificate" and scheme != "https":
+        return "certificate authentication needs https"
+    if transport == "basic" and scheme == "http" and not allow_basic_over_http:
+        return ("basic authentication over plain http sends the password in clear text; use https, "
+                "or set allow_basic_over_http: true if you really mean it")
+    return None
 
 
 def _validate_address(address: str, path: str) -> str:
@@ -364,7 +379,7 @@ def _load_servers(raw: Any, modules: dict[str, ModuleConfig], default_module: st
         if "name" not in section:
             raise ConfigError(f"{path}.name", "required")
         name = _str(section["name"], f"{path}.name")
-        if not _SERVER_NAME.match(name):
+        if not SERVER_NAME.fullmatch(name):
             raise ConfigError(f"{path}.name", f"not a valid server name: {name!r}")
         if name.lower() in seen:
             raise ConfigError(f"{path}.name", f"server {name!r} is listed twice")

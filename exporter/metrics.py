@@ -6,6 +6,7 @@ can render any snapshot. Timestamps, not ages: ages are `time() - x` in PromQL.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Iterable
@@ -19,6 +20,7 @@ from .model import OrganizationResult, ServerResult
 SERVICE = "MSExchangeMitigation"
 SERVICE_STATES = ("stopped", "start pending", "stop pending", "running", "continue pending", "pause pending",
                   "paused", "unknown")
+_PART = re.compile(r"[a-z][a-z0-9_.]{0,31}")
 START_MODES = ("boot", "system", "auto", "manual", "disabled")
 
 
@@ -124,10 +126,17 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
                 server, 1 if state.endpoint_reachable else 0)
         out.add("exchange_eems_endpoint_duration_seconds", "Duration of that HTTPS GET, run on the server.",
                 server, state.endpoint_duration_seconds)
-    for part in sorted({error.split(":", 1)[0].strip() for error in state.collection_errors}):
+    for part in sorted({_part(error) for error in state.collection_errors}):
         out.add("exchange_collector_partial_failure",
                 "1 for each part of a successful poll that could not be read (e.g. events: no right to the log).",
                 {"collector": "server", **server, "part": part}, 1)
+
+
+def _part(collection_error: str) -> str:
+    """The `part` label: the error's prefix (`events: ...`) when it has the shape of a part name, else `other`,
+    since the errors come from the server's own output."""
+    part = collection_error.split(":", 1)[0].strip()
+    return part if _PART.fullmatch(part) else "other"
 
 
 def _collector_metrics(out: _Families, collector: str, labels: dict[str, str], outcome, last_success) -> None:
@@ -150,6 +159,10 @@ def _organization_metrics(out: _Families, org: OrganizationResult, server_names:
     facts = org.facts
     if facts is None:
         return
+    out.add("exchange_collector_dropped_label_values",
+            "Values in the collector's last successful output refused as label values: over the per-list cap or not "
+            "of the expected shape (mitigation IDs, server names).",
+            {"collector": "organization", "organization": org.name}, facts.dropped_label_values)
     if facts.mitigations_enabled is not None:
         out.add("exchange_eems_mitigations_enabled", "MitigationsEnabled (Get-OrganizationConfig / Get-ExchangeServer).",
                 {"scope": "organization", "organization": org.name}, 1 if facts.mitigations_enabled else 0)

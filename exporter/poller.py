@@ -168,7 +168,7 @@ class Poller:
     def _failed(collector: str, started: float, failure: Exception) -> CollectorOutcome:
         reason = getattr(failure, "reason", "internal_error")
         return CollectorOutcome(collector, False, time.monotonic() - started, utcnow(),
-                                error_reason=reason, error_message=str(failure)[:300])
+                                error_reason=reason, error_message=" ".join(str(failure).split())[:300])
 
     def poll_organization(self) -> OrganizationResult | None:
         organization = self.config.organization

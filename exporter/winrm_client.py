@@ -54,9 +54,10 @@ class PollFailure(Exception):
     """A failed poll: `reason` is a stable class for metrics, `message` a short human text without secrets."""
 
     def __init__(self, reason: str, message: str, *, connection_intact: bool = False):
+        message = " ".join(message.split())[:300]  # server text must not start a new log line
         super().__init__(message)
         self.reason = reason
-        self.message = message[:300]
+        self.message = message
         self.connection_intact = connection_intact  # raised between requests: the connection is still usable
 
 
@@ -224,13 +225,22 @@ class ServerConnection:
             )
             try:
                 return retrying(attempt)
-            except PollFailure:
-                raise
+            except PollFailure as failure:
+                raise self._without_secrets(failure) from None
             except BaseException as err:
-                raise classify(err) from None
+                raise self._without_secrets(classify(err)) from None
             finally:
                 if self._protocol is not None:  # kept for the next poll: its sockets must outlive this deadline
                     self._protocol.transport.adapter.release()
+
+    def _without_secrets(self, failure: PollFailure) -> PollFailure:
+        """A server's fault text may quote our request, Authorization header included: mask the credential."""
+        text = failure.message
+        for secret in self.module.secrets():
+            text = text.replace(secret, "<redacted>")
+        if text == failure.message:
+            return failure
+        return PollFailure(failure.reason, text, connection_intact=failure.connection_intact)
 
     def _run_once(self, command_line: str, deadline: float) -> CommandResult:
         self._reused = self._protocol is not None
