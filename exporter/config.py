@@ -294,7 +294,8 @@ def _load_password(section: dict, path: str, base: Path) -> Secret | None:
                               "and _, not starting with a digit) that holds the password, not the password itself")
         value = os.environ.get(name)
         if not value:
-            raise ConfigError(f"{path}.password_env", f"environment variable {name} is not set or empty")
+            # not named: what was pasted here may be the password itself, if it happens to look like a name
+            raise ConfigError(f"{path}.password_env", "the environment variable it names is not set or empty")
         return Secret(value)
     if "password_file" in section:
         file = _existing_file(section["password_file"], f"{path}.password_file", base, secret_nearby=True)
