@@ -201,6 +201,9 @@ class BoundedAdapter(HTTPAdapter):
             raise
         finally:
             _sending.adapter = outer
+        if self.expired:  # http.client takes the end of the stream for the end of the headers
+            response.close()
+            raise DeadlineExceeded("the poll deadline passed while reading the answer")
         limit = self.max_response_bytes
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
         declared = response.headers.get("Content-Length", "")

@@ -118,12 +118,14 @@ def classify(error: BaseException) -> PollFailure:
 
 
 def _raised_in(error: BaseException) -> str:
-    """The top-level package of the code that raised `error` (the innermost frame of its traceback)."""
-    traceback, module = error.__traceback__, ""
+    """Which of pywinrm, requests_ntlm or pyspnego raised `error` (the innermost of their frames), or ''."""
+    traceback, origin = error.__traceback__, ""
     while traceback is not None:
-        module = traceback.tb_frame.f_globals.get("__name__", "")
+        package = traceback.tb_frame.f_globals.get("__name__", "").split(".", 1)[0]
+        if package in ("winrm", "requests_ntlm", "spnego"):
+            origin = package
         traceback = traceback.tb_next
-    return module.split(".", 1)[0]
+    return origin
 
 
 def _root_cause(error: BaseException) -> str:

@@ -37,6 +37,10 @@ INTERVAL = 10.0
 CLEANUP_ALLOWANCE = 10.0  # Signal + Delete after a failed poll, on a fresh connection (CLEANUP_TIMEOUT_SECONDS + 1)
 METRICS_LIMIT_SECONDS = 1.0
 CREDENTIALS = {USERNAME: PASSWORD}
+# RSS growth of this process during an attack: the attacker's own buffers (~60-90 MiB to build, encrypt and send
+# 7 MiB of output) plus one poll of the exporter, bounded by a small multiple of limits.max_poll_bytes (8 MiB).
+# Before the fixes these attacks cost 220-490 MiB.
+ATTACKER_AND_EXPORTER_RSS = 200 << 20
 
 
 @pytest.fixture(scope="module")
@@ -181,15 +185,26 @@ def test_a_nested_xml_answer_is_refused_before_it_is_parsed(healthy):
     with HostileServer("nested_xml", CREDENTIALS) as victim:
         seen = attack(healthy, {"VICTIM": victim}, limits={"max_response_bytes": 4 << 20})
     assert outcome(seen).error_reason == "wsman_fault"
-    assert seen.rss_growth_bytes < 64 << 20, f"RSS grew by {seen.rss_growth_bytes >> 20} MiB"
+    assert seen.rss_growth_bytes < ATTACKER_AND_EXPORTER_RSS, f"RSS grew by {seen.rss_growth_bytes >> 20} MiB"
 
 
 def test_millions_of_bad_events_cost_memory_bounded_by_max_poll_bytes(healthy):
+    """Before: one note string per bad item, cut to 50 only at the end (a ~490 MiB peak for 7 MiB)."""
     stdout = b'{"schema": 1, "events": [' + b"1," * 3_500_000 + b'1]}'  # 7 MiB, 3.5 M non-objects
     with HostileServer("none", CREDENTIALS, output=lambda _: Output(stdout=stdout)) as victim:
         seen = attack(healthy, {"VICTIM": victim}, limits={"max_response_bytes": 16 << 20})
+    errors = seen.exporter.poller.snapshot()[0]
+    victim_state = next(r for r in errors if r.name == "VICTIM").state
+    assert outcome(seen).success and len(victim_state.collection_errors) <= 50
+    assert seen.rss_growth_bytes < ATTACKER_AND_EXPORTER_RSS, f"RSS grew by {seen.rss_growth_bytes >> 20} MiB"
+
+
+def test_millions_of_empty_objects_are_refused_before_they_are_parsed(healthy):
+    stdout = b'{"schema": 1, "events": [' + b"{}," * 2_500_000 + b'{}]}'  # 7 MiB, 70 bytes each once parsed
+    with HostileServer("none", CREDENTIALS, output=lambda _: Output(stdout=stdout)) as victim:
+        seen = attack(healthy, {"VICTIM": victim}, limits={"max_response_bytes": 16 << 20})
     assert outcome(seen).error_reason == "output_too_large"
-    assert seen.rss_growth_bytes < 4 * (8 << 20), f"RSS grew by {seen.rss_growth_bytes >> 20} MiB"
+    assert seen.rss_growth_bytes < ATTACKER_AND_EXPORTER_RSS, f"RSS grew by {seen.rss_growth_bytes >> 20} MiB"
 
 
 # ---------------------------------------------------------------- finding 7: unbounded series
