@@ -276,11 +276,13 @@ class ExporterHTTPServer:
         self.connections += 1
         self._per_client[client[0]] += 1
         self._writers.add(writer)
+        graceful = False
         try:
             context = self._watcher.current().ssl_context() if self._watcher else None
             if context is not None:
                 async with asyncio.timeout(REQUEST_DEADLINE_SECONDS):
                     await writer.start_tls(context)
+            writer.transport.set_write_buffer_limits(high=0)  # drain() returns once the kernel has every byte
             while True:
                 try:
                     async with asyncio.timeout(REQUEST_DEADLINE_SECONDS):
@@ -289,8 +291,10 @@ class ExporterHTTPServer:
                     writer.write(_plain_response(refused.status, refused.text))
                     async with asyncio.timeout(WRITE_DEADLINE_SECONDS):
                         await writer.drain()
+                    graceful = True
                     return
                 if request is None:
+                    graceful = True
                     return
                 received = time.monotonic()
                 workers = self._probe_workers if request.startswith((b"GET /probe", b"HEAD /probe")) else self._workers
@@ -300,6 +304,7 @@ class ExporterHTTPServer:
                 async with asyncio.timeout(WRITE_DEADLINE_SECONDS):
                     await writer.drain()
                 if not keep_alive:
+                    graceful = True
                     return
         except (TimeoutError, ConnectionError, OSError, ssl.SSLError, asyncio.IncompleteReadError):
             log.debug("connection from %s ended: deadline passed or connection broken", client[0])
@@ -309,7 +314,10 @@ class ExporterHTTPServer:
             self._per_client[client[0]] -= 1
             if not self._per_client[client[0]]:
                 del self._per_client[client[0]]
-            writer.transport.abort()
+            if graceful:
+                writer.close()
+            else:
+                writer.transport.abort()
 
     def _respond(self, request: bytes, client: tuple[str, int], received: float) -> tuple[bytes, bool]:
         """Run the handler on a request that has fully arrived; returns (response bytes, keep the connection)."""

@@ -181,3 +181,26 @@ def test_basic_auth_timing_does_not_single_out_existing_users(tmp_path):
     unknown = [seconds(f"nobody{i}") for i in range(16)]
     assert any(t < threshold for t in unknown) and any(t > threshold for t in unknown), (threshold, unknown)
 
+
+
+def test_a_large_response_reaches_a_slow_reader_whole():
+    """The asyncio front end hands whole responses to the kernel before it closes; nothing is cut off."""
+    body = b"# a large page\n" * (1 << 19)  # 7.5 MiB
+
+    class LargeMetrics(Exporter):
+        def metrics_body(self, accept: str) -> tuple[bytes, str]:
+            return body, "text/plain; version=0.0.4; charset=utf-8"
+
+    exporter = LargeMetrics(load_config_text(minimal_config(), Path(".")), Catalog.load())
+    server = serve(exporter, "127.0.0.1", 0, None)
+    try:
+        with socket.create_connection(server.server_address) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: exporter\r\nConnection: close\r\n\r\n")
+            received = bytearray()
+            while chunk := sock.recv(1 << 20):
+                received += chunk
+                time.sleep(0.01)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert received.endswith(body) and f"Content-Length: {len(body)}".encode() in received
