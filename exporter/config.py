@@ -31,7 +31,7 @@ SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 MAX_ERROR_CHARS = 300
 
 
-def _shown(value: Any) -> str:
+def bounded_repr(value: Any) -> str:
     """A value for an error message, bounded: YAML aliases make a 600-byte file hold a value whose repr()
     is gigabytes, and the message is printed, logged and returned by POST /-/reload."""
     return _REPR.repr(value)
@@ -162,10 +162,10 @@ class Config:
 def parse_duration(value: Any, path: str) -> float:
     """Prometheus-style durations (`90s`, `5m`, `1h30m`, `250ms`) or a plain number of seconds."""
     if isinstance(value, bool):
-        raise ConfigError(path, f"expected a duration like 30s or 5m, got {_shown(value)}")
+        raise ConfigError(path, f"expected a duration like 30s or 5m, got {bounded_repr(value)}")
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
-            raise ConfigError(path, f"expected a finite duration, got {_shown(value)}")
+            raise ConfigError(path, f"expected a finite duration, got {bounded_repr(value)}")
         if value < 0:
             raise ConfigError(path, "must not be negative")
         return float(value)
@@ -174,7 +174,7 @@ def parse_duration(value: Any, path: str) -> float:
         if match and any(match.groups()):
             hours, minutes, seconds, millis = match.groups()
             return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0) + int(millis or 0) / 1000
-    raise ConfigError(path, f"expected a duration like 30s, 5m or 1h, got {_shown(value)}")
+    raise ConfigError(path, f"expected a duration like 30s, 5m or 1h, got {bounded_repr(value)}")
 
 
 def _mapping(value: Any, path: str) -> dict:
@@ -184,7 +184,7 @@ def _mapping(value: Any, path: str) -> dict:
         raise ConfigError(path, f"expected a mapping, got {type(value).__name__}")
     for key in value:
         if not isinstance(key, str):
-            raise ConfigError(path, f"keys must be strings, got {_shown(key)}")
+            raise ConfigError(path, f"keys must be strings, got {bounded_repr(key)}")
     return value
 
 
@@ -197,7 +197,7 @@ def _reject_unknown(section: dict, allowed: set[str], path: str) -> None:
 
 def _int(value: Any, path: str, minimum: int, maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(path, f"expected a whole number, got {_shown(value)}")
+        raise ConfigError(path, f"expected a whole number, got {bounded_repr(value)}")
     if not minimum <= value <= maximum:
         raise ConfigError(path, f"must be between {minimum} and {maximum}, got {value}")
     return value
@@ -205,20 +205,20 @@ def _int(value: Any, path: str, minimum: int, maximum: int) -> int:
 
 def _bool(value: Any, path: str) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(path, f"expected true or false, got {_shown(value)}")
+        raise ConfigError(path, f"expected true or false, got {bounded_repr(value)}")
     return value
 
 
 def _str(value: Any, path: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(path, f"expected a non-empty string, got {_shown(value)}")
+        raise ConfigError(path, f"expected a non-empty string, got {bounded_repr(value)}")
     return value.strip()
 
 
 def _existing_file(value: Any, path: str, base: Path, *, secret_nearby: bool = False) -> Path:
     """`secret_nearby`: never repeat the value, in case someone pasted the password itself there."""
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(path, "expected a file path" if secret_nearby else f"expected a file path, got {_shown(value)}")
+        raise ConfigError(path, "expected a file path" if secret_nearby else f"expected a file path, got {bounded_repr(value)}")
     candidate = Path(value.strip())
     if not candidate.is_absolute():
         candidate = base / candidate
@@ -251,7 +251,7 @@ def _load_poll(raw: Any) -> PollConfig:
         if key in section:
             value = section[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ConfigError(f"poll.{key}", f"expected a fraction between 0 and 1, got {_shown(value)}")
+                raise ConfigError(f"poll.{key}", f"expected a fraction between 0 and 1, got {bounded_repr(value)}")
             values[key] = float(value)
     poll = PollConfig(**values)
     if poll.interval < 10:
@@ -317,10 +317,10 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
     _reject_unknown(section, _MODULE_KEYS, path)
     transport = section.get("transport", "ntlm")
     if transport not in TRANSPORTS:
-        raise ConfigError(f"{path}.transport", f"must be one of {', '.join(TRANSPORTS)}, got {_shown(transport)}")
+        raise ConfigError(f"{path}.transport", f"must be one of {', '.join(TRANSPORTS)}, got {bounded_repr(transport)}")
     scheme = section.get("scheme", "https")
     if scheme not in ("http", "https"):
-        raise ConfigError(f"{path}.scheme", f"must be http or https, got {_shown(scheme)}")
+        raise ConfigError(f"{path}.scheme", f"must be http or https, got {bounded_repr(scheme)}")
     port = _int(section.get("port", 5986 if scheme == "https" else 5985), f"{path}.port", 1, 65535)
     username = _str(section["username"], f"{path}.username") if "username" in section else None
     password = _load_password(section, path, base)
@@ -376,7 +376,7 @@ def _validate_address(address: str, path: str) -> str:
     except ValueError:
         pass
     if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?", address):
-        raise ConfigError(path, f"not a host name or IP address: {_shown(address)}")
+        raise ConfigError(path, f"not a host name or IP address: {bounded_repr(address)}")
     return address
 
 
@@ -397,9 +397,9 @@ def _load_servers(raw: Any, modules: dict[str, ModuleConfig], default_module: st
             raise ConfigError(f"{path}.name", "required")
         name = _str(section["name"], f"{path}.name")
         if not SERVER_NAME.fullmatch(name):
-            raise ConfigError(f"{path}.name", f"not a valid server name: {_shown(name)}")
+            raise ConfigError(f"{path}.name", f"not a valid server name: {bounded_repr(name)}")
         if name.lower() in seen:
-            raise ConfigError(f"{path}.name", f"server {_shown(name)} is listed twice")
+            raise ConfigError(f"{path}.name", f"server {bounded_repr(name)} is listed twice")
         seen.add(name.lower())
         address = _validate_address(_str(section.get("address", name), f"{path}.address"), f"{path}.address")
         port = _int(section["port"], f"{path}.port", 1, 65535) if "port" in section else None
@@ -407,10 +407,10 @@ def _load_servers(raw: Any, modules: dict[str, ModuleConfig], default_module: st
         if module is None:
             raise ConfigError(f"{path}.module", "required when more than one module is configured")
         if module not in modules:
-            raise ConfigError(f"{path}.module", f"unknown module {_shown(module)} (configured: {', '.join(modules)})")
+            raise ConfigError(f"{path}.module", f"unknown module {bounded_repr(module)} (configured: {', '.join(modules)})")
         proxy = section.get("endpoint_proxy", "")
         if proxy and not re.fullmatch(r"https?://[A-Za-z0-9.:\[\]-]+/?", str(proxy)):
-            raise ConfigError(f"{path}.endpoint_proxy", f"expected a proxy URL like http://proxy:8080, got {_shown(proxy)}")
+            raise ConfigError(f"{path}.endpoint_proxy", f"expected a proxy URL like http://proxy:8080, got {bounded_repr(proxy)}")
         servers.append(ServerConfig(name=name, address=address, port=port, module=module, endpoint_proxy=str(proxy)))
     return tuple(servers)
 
@@ -427,7 +427,7 @@ def _load_organization(raw: Any, modules: dict[str, ModuleConfig], default_modul
     named = {s.name.lower(): s for s in servers}
     module = section.get("module", named[server.lower()].module if server.lower() in named else default_module)
     if module is None or module not in modules:
-        raise ConfigError("organization.module", f"unknown module {_shown(module)}")
+        raise ConfigError("organization.module", f"unknown module {bounded_repr(module)}")
     interval = parse_duration(section.get("interval", poll.interval), "organization.interval")
     if interval < poll.interval:
         raise ConfigError("organization.interval", "must not be shorter than poll.interval")
@@ -441,6 +441,8 @@ def _load_organization(raw: Any, modules: dict[str, ModuleConfig], default_modul
 
 
 def _shard(value: Any) -> tuple[int, int]:
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise ConfigError("shard", f"expected K/N, got {bounded_repr(value)}")
     try:
         return parse_shard(str(value))
     except ValueError as err:

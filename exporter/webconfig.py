@@ -37,6 +37,8 @@ from typing import Any
 import bcrypt
 import yaml
 
+from .config import bounded_repr
+
 log = logging.getLogger(__name__)
 
 _TOP_KEYS = {"tls_server_config", "http_server_config", "basic_auth_users"}
@@ -296,8 +298,8 @@ def _parse_basic(header: str | None) -> tuple[str, bytes] | None:
 
 def _tls_version(path: Path, tls: dict[str, Any], key: str, default: str) -> ssl.TLSVersion:
     name = tls.get(key, default)
-    if name not in _TLS_VERSIONS:
-        raise WebConfigError(path, f"tls_server_config.{key}", f"unknown TLS version {name!r}; expected one of "
+    if not isinstance(name, str) or name not in _TLS_VERSIONS:
+        raise WebConfigError(path, f"tls_server_config.{key}", f"unknown TLS version {bounded_repr(name)}; expected one of "
                              + ", ".join(_TLS_VERSIONS))
     return _TLS_VERSIONS[name]
 
@@ -336,9 +338,9 @@ def _load_tls(path: Path, tls: dict[str, Any]) -> tuple[ssl.SSLContext | None, l
         raise WebConfigError(path, "tls_server_config.client_auth_type",
                              "RequireAnyClientCert is not supported: Python's ssl module cannot demand a client "
                              "certificate without verifying it; use RequireAndVerifyClientCert with client_ca_file")
-    if auth_name not in _CLIENT_AUTH:
+    if not isinstance(auth_name, str) or auth_name not in _CLIENT_AUTH:
         raise WebConfigError(path, "tls_server_config.client_auth_type",
-                             f"invalid value {auth_name!r}; expected one of NoClientCert, RequestClientCert, "
+                             f"invalid value {bounded_repr(auth_name)}; expected one of NoClientCert, RequestClientCert, "
                              "VerifyClientCertIfGiven, RequireAndVerifyClientCert")
     cert = _file_setting(path, tls, "cert_file")
     key = _file_setting(path, tls, "key_file")

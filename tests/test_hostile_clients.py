@@ -21,7 +21,7 @@ from exporter.catalog import Catalog
 from exporter.config import ConfigError, load_config_text
 from exporter.exporter import Exporter
 from exporter.http_server import REQUEST_DEADLINE_SECONDS, serve
-from exporter.webconfig import WebConfig
+from exporter.webconfig import WebConfig, WebConfigError
 
 from .conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, minimal_config, relocate
 
@@ -204,3 +204,14 @@ def test_a_large_response_reaches_a_slow_reader_whole():
         server.shutdown()
         server.server_close()
     assert received.endswith(body) and f"Content-Length: {len(body)}".encode() in received
+
+
+def test_a_yaml_alias_bomb_in_the_web_config_is_a_short_error(tmp_path):
+    levels = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    levels += [f"{b}: &{b} [{','.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefg", "bcdefgh")]
+    path = tmp_path / "web.yml"
+    path.write_text("tls_server_config:\n  min_version:\n" + "".join(f"    - {line.split(': ', 1)[1]}\n" for line in levels))
+    started = time.monotonic()
+    with pytest.raises(WebConfigError) as error:  # before: TypeError (a list is unhashable)
+        WebConfig.load(path)
+    assert len(str(error.value)) < 1000 and time.monotonic() - started < 5
