@@ -31,7 +31,7 @@ from winrm.exceptions import (
 )
 from winrm.protocol import Protocol
 
-from .bounded_http import BoundedAdapter, DeadlineExceeded, ResponseTooLarge
+from .bounded_http import BoundedAdapter, DeadlineExceeded, ResponseTooLarge, UnexpectedResponse
 from .config import ModuleConfig
 from .winrm_transport import MalformedAnswer, bounded_protocol
 
@@ -76,7 +76,7 @@ def classify(error: BaseException) -> PollFailure:
         return PollFailure("output_too_large", str(error))
     if isinstance(error, DeadlineExceeded):
         return PollFailure("deadline_exceeded", str(error))
-    if isinstance(error, MalformedAnswer):
+    if isinstance(error, (MalformedAnswer, UnexpectedResponse)):
         return PollFailure("wsman_fault", f"malformed WS-Management answer: {error}")
     if isinstance(error, InvalidCredentialsError):
         return PollFailure("auth_failed", "the server rejected the credentials (HTTP 401)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import gzip
 import re
 import tempfile
 import threading
@@ -34,6 +35,7 @@ ATTACKS = (
     "stream_without_name",  # an rsp:Stream element without its Name attribute
     "exit_code_word",  # ExitCode "zero"
     "challenge_missing",  # the NTLM challenge 401 carries no WWW-Authenticate header
+    "gzip_bomb",  # the Receive answer is 64 KiB of gzip that inflates to 64 MiB
 )
 DRIP_BYTES_PER_SECOND = 20
 HUGE_CHUNK = b"A" * (1 << 20)
@@ -88,9 +90,10 @@ class HostileServer:
     def __exit__(self, *exc) -> None:
         async def close() -> None:
             self._server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -141,6 +144,10 @@ class HostileServer:
                 body = auth.wrap_body(context, xml) if encrypted else xml
                 content_type = auth.ENCRYPTED_CONTENT_TYPE if encrypted else "application/soap+xml;charset=UTF-8"
                 response = render(_Response(status, [("Content-Type", content_type)], body))
+                if self.attack == "gzip_bomb" and parsed.action == wsman.ACTION_RECEIVE:
+                    bomb = gzip.compress(bytes(64 << 20), compresslevel=9)
+                    response = render(_Response(200, [("Content-Type", content_type), ("Content-Encoding", "gzip")],
+                                                bomb))
                 if self.attack == "drip_receive" and parsed.action == wsman.ACTION_RECEIVE:
                     await self._drip(writer, response)
                 else:
