@@ -3,8 +3,7 @@
 The simulator plays a *broken* server; this one plays a *compromised* one, which knows the exporter's
 weak points and aims at them. It reuses the simulator's HTTP reader, NTLM acceptor, message encryption
 and WS-Man envelopes, so the exporter gets through the handshake exactly as with a real server, and then
-one of the attacks in `ATTACKS` happens. Counters (`bytes_sent`, `peak_connections`) let tests measure
-what the exporter let through.
+one of the attacks in `ATTACKS` happens. `bytes_sent` lets tests measure what the exporter let through.
 """
 
 from __future__ import annotations
@@ -61,8 +60,6 @@ class HostileServer:
         self.output = output or (lambda command: Output())
         self._credentials = credentials
         self.bytes_sent = 0  # body bytes of attack payloads that the client accepted
-        self.connections = 0
-        self.peak_connections = 0
         self.ca_file: Path | None = None
         self._ssl = None
         self._bindings: bytes | None = None
@@ -116,8 +113,6 @@ class HostileServer:
     # ------------------------------------------------------------ one connection
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self.peak_connections = max(self.peak_connections, self.connections)
         conn_auth = auth.ConnectionAuth(self._credentials, True, self._bindings)
         command = ""
         try:
@@ -156,7 +151,6 @@ class HostileServer:
                 OSError, asyncio.CancelledError):
             return
         finally:
-            self.connections -= 1
             writer.close()
 
     async def _unauthorized(self, writer: asyncio.StreamWriter, result: auth.AuthResult) -> bool:
@@ -179,7 +173,7 @@ class HostileServer:
         await writer.drain()
 
     async def _drip(self, writer: asyncio.StreamWriter, data: bytes) -> None:
-        for index in range(0, len(data), 1):
+        for index in range(len(data)):
             writer.write(data[index:index + 1])
             await writer.drain()
             self.bytes_sent += 1
