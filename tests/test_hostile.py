@@ -9,6 +9,7 @@ issue 10; the test failed before that finding's fix.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import threading
@@ -162,6 +163,17 @@ def test_a_dripping_server_fails_at_the_poll_deadline(healthy, kind):
     result = outcome(seen)
     assert result.error_reason == "deadline_exceeded", result
     assert seen.poll_seconds["VICTIM"] < POLL_TIMEOUT + CLEANUP_ALLOWANCE + 1
+
+
+def test_as_many_dripping_servers_as_poll_slots_do_not_starve_the_healthy_ones(healthy):
+    """Four drippers and four poll slots: the healthy servers are still polled on schedule (asserted by attack)."""
+    output = Output(stdout=b'{"schema": 1}' + b" " * 200)
+    with contextlib.ExitStack() as stack:
+        victims = {f"DRIP{i}": stack.enter_context(HostileServer("drip_receive", CREDENTIALS, output=lambda _: output))
+                   for i in range(1, 5)}
+        seen = attack(healthy, victims)
+    for name in victims:
+        assert outcome(seen, name).error_reason == "deadline_exceeded", name
 
 
 # ---------------------------------------------------------------- finding 3: NTLM handshake bodies
