@@ -226,8 +226,12 @@ def _log_file(report: Report, key: str, entry: dict, culture: RawCulture | None)
                   if line.strip() and not line.lstrip().startswith("#") and line.strip() not in fields_lines]
     forms = Counter(_time_form(line) for line in data_lines)
     report.add(f"{key}.time_column", ", ".join(f"{form} {forms[form]}" for form in ("iso", "culture", "none")))
-    timed = sum(1 for line in data_lines if (r := parse_log_line(line, culture)) is not None and r.time is not None)
-    report.add(f"{key}.exporter_reads_time", f"{timed} of {len(data_lines)} lines")
+    times = [r.time for r in (parse_log_line(line, culture) for line in data_lines) if r is not None and r.time is not None]
+    report.add(f"{key}.exporter_reads_time", f"{len(times)} of {len(data_lines)} lines")
+    last_write = parse_ps_date(entry.get("last_write"))
+    if times and last_write is not None:  # about 0 when the lines are in UTC; whole hours when in local time
+        offset = (last_write - max(times)).total_seconds()
+        report.add(f"{key}.last_write_minus_newest_line", f"{'-' if offset < 0 else '+'}{_duration(abs(offset))}")
     levels: dict[str, list[str]] = {}
     messages: dict[str, Counter] = {}
     for line in head_lines + tail_lines:
@@ -251,7 +255,7 @@ def _log_section(report: Report, doc: dict, culture: RawCulture | None) -> None:
         report.add("log.folder", f"not readable: {_error_text(folder['error'])}")
         return
     report.add("log.folder", f"{folder.get('path')} ({'exists' if folder.get('exists') else 'does not exist'}"
-               + (f", {folder.get('count')} files)" if folder.get("exists") else ")"))
+               + (f", {folder.get('file_count')} files)" if folder.get("exists") else ")"))
     files = [f for f in _as_list(doc.get("log_files")) if isinstance(f, dict)]
     for index, entry in enumerate(files, start=1):
         report.add(f"log.files.{index}", f"{entry.get('name')}  {entry.get('length')} bytes  "
@@ -300,6 +304,36 @@ def _as_list(value: Any) -> list:
     if value is None:
         return []
     return value if isinstance(value, list) else [value]
+
+
+# ---------------------------------------------------------------- WinHTTP proxy
+
+
+_DOTTED_NAME = re.compile(r"[A-Za-z0-9*-]+(?:\.[A-Za-z0-9-]+)+")
+
+
+def winhttp_proxy(value: Any) -> tuple[str, str] | str:
+    """(proxy, bypass list) from the raw WinHttpSettings value, read with the layout the collection script
+    assumes (flags at byte 8, bit 2 = proxy; then length-prefixed proxy and bypass strings); or why not."""
+    if isinstance(value, dict):
+        return f"not readable: {_error_text(value.get('error'))}"
+    data = _b64(value)
+    if len(data) < 16:
+        return f"unexpected value of {len(data)} bytes"
+    if not data[8] & 2:
+        return "direct access (no WinHTTP proxy)"
+    length = int.from_bytes(data[12:16], "little")
+    proxy = data[16 : 16 + length].decode("ascii", errors="replace")
+    rest = data[16 + length :]
+    bypass_length = int.from_bytes(rest[:4], "little") if len(rest) >= 4 else 0
+    return proxy, rest[4 : 4 + bypass_length].decode("ascii", errors="replace")
+
+
+def _winhttp_names(doc: dict | None) -> list[str]:
+    """Host names in the WinHTTP proxy settings (they are not URLs, so the URL rule does not see them)."""
+    found = winhttp_proxy(doc.get("winhttp_settings")) if doc else ""
+    names = _DOTTED_NAME.findall(" ".join(found)) if isinstance(found, tuple) else []
+    return [name for name in names if not _IPV4.fullmatch(name)]  # addresses have their own rule
 
 
 # ---------------------------------------------------------------- rights and culture
@@ -374,7 +408,8 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
     scrub = lambda text: text  # noqa: E731
     if redact_names is not None:
         computers = [d.get("computer") for d in (collect_doc, diagnose_doc) if d and isinstance(d.get("computer"), str)]
-        scrub = NameScrubber(names_of(*redact_names, *computers)).scrub
+        proxies = [n.lstrip("*.") for n in _winhttp_names(diagnose_doc)]
+        scrub = NameScrubber(names_of(*redact_names, *computers) | set(proxies)).scrub
     report = Report(scrub)
     report.lines.append("# exchange-eems-exporter field report")
     report.add("report.format", FORMAT_VERSION)
@@ -403,6 +438,8 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
             report.add("os.culture_patterns", f"date {culture.date_pattern}, time {culture.time_pattern}, "
                        f"AM {culture.am!r}, PM {culture.pm!r} (the poll's account)")
         report.add("server.exsetup_version_raw", diagnose_doc.get("exsetup_version"))
+        proxy = winhttp_proxy(diagnose_doc.get("winhttp_settings"))
+        report.add("os.winhttp_proxy", f"{proxy[0]} (bypass: {proxy[1] or 'none'})" if isinstance(proxy, tuple) else proxy)
         _rights_section(report, diagnose_doc)
         report.heading("3. EEMS log files")
         _log_section(report, diagnose_doc, culture)

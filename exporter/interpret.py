@@ -38,7 +38,9 @@ from exporter.model import (
 SUCCESS_EVENTS = (1005, 1006)
 ERROR_EVENT = 1008
 FUTURE_TOLERANCE = timedelta(days=1)  # clock skew we accept before calling a timestamp bogus
-SAME_CHECK = timedelta(minutes=10)  # an event and a log cycle closer than this are one check
+SAME_CHECK = timedelta(minutes=10)
+LOG_CLOCK_SLACK = timedelta(minutes=10)  # a line may look this much newer than its file's last write
+LOG_WRITE_LAG = timedelta(minutes=70)  # a file written last this long after its newest line is not believed  # an event and a log cycle closer than this are one check
 FAILING_WINDOW = timedelta(hours=3)  # "failing now": the two newest checks in this window failed
 
 SERVICE_STATES = {
@@ -87,6 +89,10 @@ def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, look
         key_start = SERVICE_KEY_START[facts.service_key_start] if facts.service_key_start is not None else ""
         start_mode = START_MODES.get(key_start) if installed else None
     failures += _partial_failures(facts, eems_build=eems_build, installed=installed)
+    eems = eems_history(facts, lookback=lookback, now=now, generic_reason=_generic_reason(build))
+    if eems.log_times_misplaced:
+        failures.append(PartialFailure("log", "other", "log line times do not match the files' write times "
+                                                       "(another time zone?); the log's lines were not used"))
     return ServerState(
         name=name,
         build=build,
@@ -96,7 +102,7 @@ def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, look
         service_installed=installed,
         service_state=state,
         service_start_mode=start_mode,
-        eems=eems_history(facts, lookback=lookback, now=now, generic_reason=_generic_reason(build)),
+        eems=eems,
         endpoints=tuple(_endpoint(e) for e in facts.endpoints if e.name in ENDPOINTS),
         collection_errors=_unique(failures),
     )
@@ -207,19 +213,26 @@ def _cu_level_build(admin_display_version: str, catalog: Catalog, failures: list
         return None
 
 
-def _records(facts: RawServerFacts, latest: datetime) -> list[LogRecord]:
-    """Timed records of every log file read, oldest file first; lines without a readable time are dropped."""
-    records = []
+def _records(facts: RawServerFacts, latest: datetime) -> tuple[list[LogRecord], bool]:
+    """Timed records of every log file read, oldest file first; lines without a readable time are dropped.
+
+    The file's write time (UTC, from the file system) checks the line times, which are a guess when they are
+    culture-formatted (no zone written): a file whose newest line is later than its last write, or far
+    earlier, has times in another zone, and its lines are dropped rather than misplaced (returned flag)."""
+    records, misplaced = [], False
     for log in reversed(facts.logs):
         lines = log.tail.splitlines()
         encoded = len(log.tail.encode("utf-16-le" if (log.encoding or "").startswith("utf-16") else "utf-8"))
         if lines and (log.length is None or log.length > encoded):
             lines = lines[1:]  # the tail starts mid-file, so its first line may be partial
-        for line in lines:
-            record = parse_log_line(line, facts.culture)
-            if record is not None and record.time is not None and record.time <= latest:
-                records.append(record)
-    return records
+        timed = [r for r in (parse_log_line(line, facts.culture) for line in lines) if r is not None and r.time is not None]
+        newest = max((r.time for r in timed), default=None)
+        if newest is not None and log.last_write is not None and not (
+                log.last_write - LOG_WRITE_LAG <= newest <= log.last_write + LOG_CLOCK_SLACK):
+            misplaced = True
+            continue
+        records += [r for r in timed if r.time <= latest]
+    return records, misplaced
 
 
 def _cycles(records: list[LogRecord]) -> list[_Cycle]:
@@ -251,7 +264,7 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
     latest = now + FUTURE_TOLERANCE
     all_events = [e for e in facts.events if e.time <= latest]
     events = [e for e in all_events if e.id in SUCCESS_EVENTS or (e.id == ERROR_EVENT and is_fetch_error(e.message))]
-    records = _records(facts, latest)
+    records, misplaced = _records(facts, latest)
     cycles = _cycles(records)
     failed = [c for c in cycles if c.error_time is not None]
 
@@ -292,6 +305,7 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
         other_errors=other,
         last_activity=max(activity, default=None),
         failing=failing,
+        log_times_misplaced=misplaced,
     )
 
 

@@ -153,6 +153,7 @@ class EemsHistory:
     other_errors: int  # 1008 events in the lookback window that are not about fetching mitigations
     last_activity: datetime | None  # newest trace of the service at all: any EEMS event, newest log write
     failing: bool  # the two newest checks of the last three hours failed
+    log_times_misplaced: bool = False  # a file's line times contradict its write time: its lines were dropped
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import struct
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -60,7 +61,7 @@ def reports(tmp_path_factory) -> dict[str, tuple[int, str, bytes]]:
     """server -> (exit code, report, stdout + stderr) for a few demo servers, polled once each."""
     runs = {"EX-SE01": (), "EX-SE04-PROXY": ("--redact-names",), "EX-SE04-PROXY plain": (), "EDGE01": (),
             "EX16-CU21": (), "EX19-CU12": (), "EX-SE05-NOWINRM": (), "EX-SE06-DE": ("--redact-names",),
-            "EX-SE07-JA": (), "EX-SE09-JA-LOG": ()}
+            "EX-SE07-JA": (), "EX-SE08-FR": ("--redact-names",), "EX-SE09-JA-LOG": ()}
     with SimulatedFleet(fleet_scenario()) as fleet:
         config_file = tmp_path_factory.mktemp("diagnose") / "config.yml"
         config_file.write_text(fleet.config_text())
@@ -91,6 +92,7 @@ def test_a_healthy_server(reports):
     assert got["log.read.1.first_lines.2"] == "#Software: Microsoft Exchange Server"
     assert got["log.read.1.time_column"] == "iso 3, culture 0, none 0"
     assert got["log.read.1.exporter_reads_time"] == "3 of 3 lines"
+    assert got["log.read.1.last_write_minus_newest_line"] == "+0h00m"
     assert got["log.read.1.level.Information.first"].endswith(
         "S:Message=Fetching mitigations from https://officeclient.microsoft.com/getexchangemitigations")
     assert "log.read.1.level.Warning.first" not in got
@@ -113,6 +115,7 @@ def test_a_german_least_privilege_server_with_an_hourly_utf16_log(reports):
     assert got["log.read.1.first_lines.1"] == "DateTime,EventName,CustomData"
     culture_lines = re.fullmatch(r"iso 0, culture ([1-9]\d*), none 0", got["log.read.1.time_column"])
     assert culture_lines and got["log.read.1.exporter_reads_time"] == f"{culture_lines[1]} of {culture_lines[1]} lines"
+    assert got["log.read.1.last_write_minus_newest_line"] == "+0h00m"  # culture times, still UTC
     assert re.fullmatch(r"\d\d\.\d\d\.\d{4} \d\d:\d\d:\d\d,FetchMitigation,S:LogLevel=Information;"
                         r"S:Message=Fetching mitigations from https://officeclient\.microsoft\.com/getexchangemitigations",
                         got["log.read.1.level.Information.first"])
@@ -134,6 +137,26 @@ def test_a_japanese_server_with_a_daily_log_and_other_events(reports):
                           "\u53d6\u5f97\u3067\u304d\u307e\u305b\u3093\u3002")
                for k, v in got.items() if k.startswith("events.id.1006.text."))  # the event that failed to format
     assert "EventLogException" in got["events.read_error.1"]
+
+
+def test_the_winhttp_proxy_eems_goes_through(reports):
+    assert lines(reports["EX-SE01"][1])["os.winhttp_proxy"] == "direct access (no WinHTTP proxy)"
+    _, report, _ = reports["EX-SE08-FR"]
+    assert lines(report)["os.winhttp_proxy"] == "<host>:8080 (bypass: none)"  # proxy.contoso.com, redacted
+    assert "contoso" not in report.lower()
+
+
+def test_winhttp_settings_with_a_bypass_list():
+    proxy, bypass = b"http=proxy.fabrikam.net:3128;https=10.0.0.5:3129", b"<local>;*.fabrikam.net"
+    value = (struct.pack("<IIII", 0x18, 7, 3, len(proxy)) + proxy + struct.pack("<I", len(bypass)) + bypass)
+    output = _diagnose_output(winhttp_settings=base64.b64encode(value).decode())
+    assert _report(output)["os.winhttp_proxy"] == (
+        "http=proxy.fabrikam.net:3128;https=10.0.0.5:3129 (bypass: <local>;*.fabrikam.net)")
+    assert _report(output, redact_names=["EX01"])["os.winhttp_proxy"] == (
+        "http=<host>:3128;https=<address>:3129 (bypass: <local>;*.<host>)")
+    direct = struct.pack("<IIII", 0x18, 1, 1, 0) + struct.pack("<I", 0)
+    assert _report(_diagnose_output(winhttp_settings=base64.b64encode(direct).decode()))["os.winhttp_proxy"] == \
+        "direct access (no WinHTTP proxy)"
 
 
 def test_a_japanese_server_that_may_not_read_the_log_folder(reports):
@@ -246,10 +269,11 @@ def test_hourly_utf16_log_with_culture_times_and_a_csv_header_first():
     data = content.encode("utf-16-le")
     head, tail = data[:900], data[-301:]  # a tail that starts on an odd byte, mid-character
     files = [{"name": f"MitigationService_20261129{h:02d}-1.LOG", "length": 100 if h == 11 else len(data),
-              "last_write": f"\\/Date({1795950000000 - (11 - h) * 3600_000})\\/"} for h in (11, 10, 9)]
+              "last_write": f"\\/Date({1795950000000 - (12 - h) * 3600_000 + 602_000})\\/"}  # lines in UTC+1
+             for h in (11, 10, 9)]
     files[0].update(stream_length=len(data), head=base64.b64encode(head).decode(), tail=base64.b64encode(tail).decode())
     got = _report(_diagnose_output(log_folder={"path": "D:\\Exchange\\Logging\\MitigationService", "exists": True,
-                                               "count": 3}, log_files=files), redact_names=["EX01"],
+                                               "file_count": 3}, log_files=files), redact_names=["EX01"],
                   culture=RawCulture("de-DE", "de-DE", "dd.MM.yyyy", "HH:mm:ss", "", ""))
     assert got["log.naming"].startswith("prefix MitigationService; stamp 3 x yyyyMMddHH (hourly)")
     assert got["log.rotation"].startswith("median 1h00m")
@@ -259,6 +283,7 @@ def test_hourly_utf16_log_with_culture_times_and_a_csv_header_first():
     assert got["log.read.1.time_column"].startswith("iso 0, culture ")
     assert re.fullmatch(r"(\d+) of \1 lines", got["log.read.1.exporter_reads_time"])
     assert got["os.culture_patterns"].startswith("date dd.MM.yyyy")
+    assert got["log.read.1.last_write_minus_newest_line"] == "-1h00m"  # the lines are in local time
     assert got["log.read.1.level.Warning.first"].endswith("S:Message=Verbindung <host> fehlgeschlagen")
     assert got["log.read.1.level.Information.last"].endswith("S:Message=Fertig")
 

@@ -91,7 +91,7 @@ def facts(events=(), tail: str | None = None, **fields) -> RawServerFacts:
         computer="EX01", now=NOW, culture=EN_US, exsetup_version="15.02.2562.043", build_source="exsetup", edge=False,
         service_key_start=2, service_queried=True, service_status="Running", service_start_type="Automatic",
         events=tuple(events), log_folder=True,
-        logs=() if tail is None else (RawLog("MitigationService_2026112612-1.LOG", len(tail.encode()), NOW, "utf-8", tail),),
+        logs=() if tail is None else (RawLog("MitigationService_2026112612-1.LOG", len(tail.encode()), None, "utf-8", tail),),
         endpoints=(), errors=(),
     )
     return replace(base, **fields)
@@ -379,6 +379,22 @@ def test_hourly_files_utf16_and_culture_times_are_read_together(catalog):
     eems = interpret(facts(logs=logs), catalog).eems
     assert eems.last_success == at(1) and eems.last_check == at(1)
     assert (eems.last_error, eems.last_error_reason) == (at(2, -1), "untrusted_endpoint")
+
+
+def test_log_times_in_another_zone_are_dropped_not_misplaced(catalog):
+    """Culture-formatted times carry no zone; the file's UTC write time shows when they are not UTC."""
+    def local(when: datetime) -> str:  # the server writes UTC+2 local time
+        t = when + timedelta(hours=2)
+        return f"{t.month}/{t.day}/{t.year} {(t.hour % 12) or 12}:{t:%M:%S} {'AM' if t.hour < 12 else 'PM'}"
+
+    tail = f"{local(at(1))},{FETCH_LINE}\r\n{local(at(1, -1))},{UNTRUSTED_LINE}\r\n"
+    log = RawLog("MitigationService_2026112611-1.LOG", len(tail), at(1, -1), "utf-8", tail)
+    state = interpret(facts(logs=(log,)), catalog)
+    assert (state.eems.last_check, state.eems.last_error, state.eems.last_success) == (None, None, None)
+    assert state.eems.last_activity == at(1, -1)  # the write time still shows the service is active
+    assert [(f.part, f.reason) for f in state.collection_errors] == [("log", "other")]
+    in_utc = RawLog(log.name, len(tail), at(1, -1) + timedelta(hours=2), "utf-8", tail)
+    assert interpret(facts(logs=(in_utc,)), catalog).eems.last_error is not None
 
 
 def test_events_only(catalog):

@@ -55,7 +55,8 @@ def replay(fixture: dict, catalog):
     if fixture["collector"] == "organization":
         return parse_organization_output(output)
     facts = parse_server_output(output)
-    return interpret_server("fixture", facts, catalog, lookback=LOOKBACK, now=facts.now)
+    return interpret_server("fixture", facts, catalog, lookback=LOOKBACK, now=facts.now,
+                            admin_display_version=fixture.get("admin_display_version"))
 
 
 def test_the_corpus_is_there():

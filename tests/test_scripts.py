@@ -83,6 +83,7 @@ def test_server_script_keeps_good_events_when_one_cannot_be_read():
 def test_server_script_takes_log_length_from_the_open_stream_and_detects_utf16():
     script = server_script(params())
     assert "length=$f.Length" not in script and "$s.Length" in script
+    assert "last_write=$f.LastWriteTimeUtc" not in script and "GetLastWriteTimeUtc($f.FullName)" in script
     assert "[Text.Encoding]::Unicode" in script
 
 

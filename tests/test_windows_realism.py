@@ -33,6 +33,10 @@ SERVERS = [
     {"name": "BADEVENT", "build": SE, "unreadable_event": True, "success_events": True, "log_file": "absent"},
     {"name": "PROXY407", "build": SE, "winhttp_proxy": {"proxy": "proxy.contoso.com:8080", "answers": 407}},
     {"name": "FAILING", "build": "15.2.1544.36"},
+    {"name": "EP-TIMEOUT", "build": SE, "endpoint_failure": "timeout"},
+    {"name": "EP-TLS", "build": SE, "endpoint_failure": "tls_validation"},
+    {"name": "EP-CRL", "build": SE, "endpoint_failure": "revocation"},
+    {"name": "EP-DNS", "build": SE, "endpoint_failure": "dns"},
 ]
 
 
@@ -136,6 +140,13 @@ def test_winhttp_proxy_asking_for_credentials_is_named(metrics):
         assert value(metrics, "exchange_eems_endpoint_result_info", server="PROXY407", endpoint=endpoint,
                      reason="proxy_auth_required") == 1
         assert value(metrics, "exchange_eems_endpoint_reachable", server="EN", endpoint=endpoint) == 1
+
+
+@pytest.mark.parametrize("server, reason", [("EP-TIMEOUT", "timeout"), ("EP-TLS", "tls_validation"),
+                                            ("EP-CRL", "revocation_unknown"), ("EP-DNS", "dns")])
+def test_endpoint_failures_carry_their_reason(metrics, server, reason):
+    assert value(metrics, "exchange_eems_endpoint_reachable", server=server, endpoint="mitigations") == 0
+    assert value(metrics, "exchange_eems_endpoint_result_info", server=server, endpoint="mitigations", reason=reason) == 1
 
 
 def test_real_empty_organization_shapes(metrics):

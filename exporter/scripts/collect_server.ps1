@@ -6,14 +6,18 @@ try{$r.exsetup_version=(Get-Command ExSetup.exe).FileVersionInfo.FileVersion;$r.
 $r.edge=Test-Path 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\EdgeTransportRole'
 try{$r.service_key=@{start=(Get-Item 'HKLM:\SYSTEM\CurrentControlSet\Services\MSExchangeMitigation').GetValue('Start')}}catch{Fail 'service_key' $_}
 try{$s=Get-Service MSExchangeMitigation;$r.service=@{status=[string]$s.Status;start_type=[string]$s.StartType}}catch{Fail 'service' $_}
+# Errors are recorded with their invariant FullyQualifiedErrorId; Python decides (never on the localized message).
 try{$v=$null;$r.events=@(Get-WinEvent -FilterHashtable @{LogName='Application';ProviderName='MSExchange Mitigation Service';StartTime=(Get-Date).AddHours(-$P.LookbackHours)} -MaxEvents $P.MaxEvents -EA SilentlyContinue -ErrorVariable v|%{@{id=$_.Id;time=$_.TimeCreated.ToUniversalTime();message=$_.Message}});foreach($e in $v){Fail 'events' $e}}catch{Fail 'events' $_}
+# GUESS (EEMS log layout unconfirmed): newest files by write time hold the newest lines; FF FE = UTF-16, else UTF-8.
+# Length and write time from the file itself: a directory entry is stale while the file is held open.
 try{$d=Join-Path $env:ExchangeInstallPath 'Logging\MitigationService';$r.log_folder=Test-Path $d
 if($r.log_folder){$left=$P.LogTailBytes;$since=[DateTime]::UtcNow.AddHours(-$P.LookbackHours)
 foreach($f in @(Get-ChildItem $d -File|sort LastWriteTimeUtc -Descending|select -First 64)){if($left -le 0){break}
 $s=[IO.File]::Open($f.FullName,'Open','Read','ReadWrite,Delete');try{$h=New-Object byte[] 2;$u=$s.Read($h,0,2) -eq 2 -and $h[0] -eq 255 -and $h[1] -eq 254;$len=$s.Length;$n=[Math]::Min($len,$left);if($u){$n-=$n%2};[void]$s.Seek(-$n,'End');$b=New-Object byte[] $n;$n=$s.Read($b,0,$n)}finally{$s.Close()}
-$x=if($u){[Text.Encoding]::Unicode}else{[Text.Encoding]::UTF8};$r.logs+=@{name=$f.Name;length=$len;last_write=$f.LastWriteTimeUtc;encoding=$x.WebName;tail=$x.GetString($b,0,$n)};$left-=$n
+$x=if($u){[Text.Encoding]::Unicode}else{[Text.Encoding]::UTF8};$r.logs+=@{name=$f.Name;length=$len;last_write=[IO.File]::GetLastWriteTimeUtc($f.FullName);encoding=$x.WebName;tail=$x.GetString($b,0,$n)};$left-=$n
 if($f.LastWriteTimeUtc -lt $since){break}}}}catch{Fail 'log' $_}
 if($P.CheckEndpoint){$p=$P.Proxy;$wp=$null
+# GUESS: WinHttpSettings = DWORD size, DWORD counter, DWORD flags (2 = proxy), DWORD length, proxy string.
 try{$w=(Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Internet Settings\Connections').WinHttpSettings;if($w.Length -ge 16 -and ($w[8] -band 2)){$wp=[Text.Encoding]::ASCII.GetString($w,16,[BitConverter]::ToInt32($w,12))}}catch{Fail 'winhttp' $_}
 if(!$p -and $wp){$p=$wp;if($p -match 'https=([^;]+)'){$p=$matches[1]}elseif($p -match '='){$p=''};$p=$p.Split(';')[0];if($p -and $p -notmatch '://'){$p='http://'+$p}}
 [Net.ServicePointManager]::SecurityProtocol='Tls12';[Net.ServicePointManager]::CheckCertificateRevocationList=$true

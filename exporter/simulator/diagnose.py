@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import re
+import struct
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ PARAMETERS = ("LookbackHours", "MaxEvents", "MessageChars", "ListFiles", "ReadFi
 INSTALL_PATH = "C:\\Program Files\\Microsoft\\Exchange Server\\V15\\"
 LOG_FOLDER = INSTALL_PATH + "Logging\\MitigationService"
 SERVICE_KEY = "HKLM:\\SYSTEM\\CurrentControlSet\\Services\\MSExchangeMitigation"
+RETAINED_FILES = 2000  # files the folder keeps; Exchange's log retention deletes older ones (the limit is ours)
 START_VALUES = {"Boot": 0, "System": 1, "Automatic": 2, "Manual": 3, "Disabled": 4}
 EVENT_LEVELS = {eems.EVENT_ERROR: 2}  # Windows event level: 2 Error, 3 Warning, 4 Information
 INFORMATION = 4
@@ -55,6 +57,7 @@ def facts(server: windows.WindowsServer, now: datetime, parameter_line: str) -> 
         "ui_culture": server.locale,
         "is_admin": not server.denied,
         "exsetup_version": windows._file_version(server.build, server.version_style) if server.build_source != "none" else None,
+        "winhttp_settings": base64.b64encode(winhttp_settings(server.winhttp_proxy)).decode(),
         "service": _service(server, texts),
         "service_key": _service_key(server, texts),
     }
@@ -62,6 +65,14 @@ def facts(server: windows.WindowsServer, now: datetime, parameter_line: str) -> 
     document.update(_events(server, now, p, texts, date))
     document["errors"] = []
     return document
+
+
+def winhttp_settings(proxy: str | None) -> bytes:
+    """The registry value `netsh winhttp set proxy` writes (Connections\\WinHttpSettings): structure size,
+    a counter, flags (1 direct, 2 proxy), then the proxy and the bypass list, each as a length and ASCII text.
+    The same layout the collection script reads; it is UNCONFIRMED (no Microsoft documentation)."""
+    text = (proxy or "").encode("ascii")
+    return struct.pack("<IIII", 0x18, 0, 3 if proxy else 1, len(text)) + text + struct.pack("<I", 0)
 
 
 def _service(server: windows.WindowsServer, texts: dict[str, Any]) -> dict[str, Any]:
@@ -87,16 +98,16 @@ def _log(server: windows.WindowsServer, now: datetime, p: dict[str, int], texts:
         error = _error("DirUnauthorizedAccessError", "GetChildItemCommand", "System.UnauthorizedAccessException",
                        texts["path_denied"].format(path=LOG_FOLDER))
         return {"log_folder": {"error": error}, "log_files": []}
-    files = eems.log_files(server.eems, now, server.eems.running_from, limit=p["ListFiles"])
+    files = eems.log_files(server.eems, now, server.eems.running_from, limit=RETAINED_FILES)
     listed = []
-    for index, log in enumerate(files):
+    for index, log in enumerate(files[: p["ListFiles"]]):
         entry: dict[str, Any] = {"name": log.name, "length": len(log.content), "last_write": date(log.last_write)}
         if index < p["ReadFiles"]:
             entry["stream_length"] = len(log.content)
             entry["head"] = base64.b64encode(log.content[: p["HeadBytes"]]).decode()
             entry["tail"] = base64.b64encode(log.content[-p["TailBytes"] :] if p["TailBytes"] else b"").decode()
         listed.append(entry)
-    return {"log_folder": {"path": LOG_FOLDER, "exists": True, "count": len(files)}, "log_files": listed}
+    return {"log_folder": {"path": LOG_FOLDER, "exists": True, "file_count": len(files)}, "log_files": listed}
 
 
 def _events(server: windows.WindowsServer, now: datetime, p: dict[str, int], texts: dict[str, Any], date) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from .host import Faults, SimulatedHost
 from .windows import (
     ACCOUNTS,
     ARRAY_STYLES,
+    ENDPOINT_FAILURES,
     DATE_STYLES,
     DENIABLE,
     ENUM_STYLES,
@@ -47,7 +48,7 @@ _SERVER_KEYS = (
     "name", "address", "fqdn", "build", "role", "service", "service_stopped_since", "installed_since", "mitigations",
     "data_collection_enabled", "internet_web_proxy", "eems_failure", "endpoint_status", "log_file", "events",
     "success_events", "build_source", "output_style", "faults", "output_faults", "locale", "account", "unreadable",
-    "unreadable_event", "winhttp_proxy", "non_fetch_errors", "log_rotation", "log_encoding", "log_time", "log_header",
+    "unreadable_event", "winhttp_proxy", "endpoint_failure", "non_fetch_errors", "log_rotation", "log_encoding", "log_time", "log_header",
     *_HOST_KEYS,
 )
 
@@ -312,6 +313,8 @@ def _server(raw: Any, key: str, defaults: dict[str, Any], domain: str, anchor: d
         unreadable_event=_bool(s.get("unreadable_event", False), f"{key}.unreadable_event"),
         winhttp_proxy=_string(winhttp["proxy"], f"{key}.winhttp_proxy.proxy") if winhttp else None,
         winhttp_proxy_answers=_endpoint_status(winhttp.get("answers", 200), f"{key}.winhttp_proxy.answers"),
+        endpoint_failure=_choice(s["endpoint_failure"], f"{key}.endpoint_failure", tuple(ENDPOINT_FAILURES))
+        if "endpoint_failure" in s else None,
         output=OutputFaults(
             script_runtime=_float(out["script_runtime"], f"{key}.output_faults.script_runtime") if "script_runtime" in out else None,
             garbage_output=_bool(out.get("garbage_output", False), f"{key}.output_faults.garbage_output"),

@@ -37,6 +37,15 @@ ENUM_STYLES = ("strings", "integers")
 ARRAY_STYLES = ("arrays", "unwrapped")
 VERSION_STYLES = ("padded", "plain")
 ACCOUNTS = ("admin", "least_privilege")
+# What Invoke-WebRequest (5.1, HttpWebRequest) throws per failure: WebExceptionStatus name, .NET's message.
+ENDPOINT_FAILURES = {
+    "timeout": ("Timeout", "The operation has timed out.", False),
+    "tls_validation": ("TrustFailure", "The underlying connection was closed: Could not establish trust relationship "
+                       "for the SSL/TLS secure channel.", False),
+    "revocation": ("TrustFailure", "The underlying connection was closed: Could not establish trust relationship "
+                   "for the SSL/TLS secure channel.", True),  # the script's retry without revocation succeeds
+    "dns": ("NameResolutionFailure", "The remote name could not be resolved: 'officeclient.microsoft.com'", False),
+}
 DENIABLE = ("service", "events", "log")
 
 # powershell.exe switches that take a value, and those that do not (PowerShell accepts unique prefixes).
@@ -91,6 +100,7 @@ class WindowsServer:
     unreadable_event: bool = False  # the newest event cannot be formatted
     winhttp_proxy: str | None = None  # netsh winhttp proxy the endpoint check goes through
     winhttp_proxy_answers: int = 200  # what that proxy answers the monitoring account (407: needs auth)
+    endpoint_failure: str | None = None  # a key of ENDPOINT_FAILURES: how the endpoint check fails
     array_style: str = "arrays"
     version_style: str = "padded"
 
@@ -319,7 +329,10 @@ class WindowsHost:
             status = s.winhttp_proxy_answers if s.winhttp_proxy else s.endpoint_status
             entry: dict[str, Any] = {"name": name, "status": status, "ms": ms, "web_status": None, "error": None,
                                      "revocation_failed": False}
-            if status == 0:
+            if s.endpoint_failure:
+                web_status, error, revocation = ENDPOINT_FAILURES[s.endpoint_failure]
+                entry.update(status=0, web_status=web_status, error=error, revocation_failed=revocation)
+            elif status == 0:
                 entry.update(web_status="ConnectFailure", error="Unable to connect to the remote server")
             elif status >= 400:
                 try:
