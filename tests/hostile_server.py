@@ -59,7 +59,7 @@ class HostileServer:
         self.port = 0
         self.output = output or (lambda command: Output())
         self._credentials = credentials
-        self.bytes_sent = 0  # body bytes of attack payloads that the client accepted
+        self.bytes_sent = 0  # attack payload bytes written (over TLS, asyncio accepts writes after a hang-up)
         self.ca_file: Path | None = None
         self._ssl = None
         self._bindings: bytes | None = None
@@ -120,7 +120,7 @@ class HostileServer:
                 authorization = request.headers.get("authorization")
                 result = conn_auth.authenticate(authorization, deny=False)
                 if result.principal is None:
-                    if not await self._unauthorized(writer, result):
+                    if not await self._unauthorized(reader, writer, result):
                         return
                     continue
                 context = conn_auth.context
@@ -153,10 +153,11 @@ class HostileServer:
         finally:
             writer.close()
 
-    async def _unauthorized(self, writer: asyncio.StreamWriter, result: auth.AuthResult) -> bool:
+    async def _unauthorized(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            result: auth.AuthResult) -> bool:
         """Answer an unauthenticated request; False when the connection should end."""
         if self.attack == "huge_handshake":
-            await self._endless_401(writer)
+            await self._endless_401(reader, writer)
             return False
         headers = [("WWW-Authenticate", result.challenge)] if result.challenge else [
             ("WWW-Authenticate", "Negotiate"), ("WWW-Authenticate", 'Basic realm="WSMAN"')]
@@ -179,11 +180,13 @@ class HostileServer:
             self.bytes_sent += 1
             await asyncio.sleep(1 / DRIP_BYTES_PER_SECOND)
 
-    async def _endless_401(self, writer: asyncio.StreamWriter) -> None:
+    async def _endless_401(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 401 Unauthorized\r\nServer: Microsoft-HTTPAPI/2.0\r\nWWW-Authenticate: Negotiate\r\n"
                      b"Transfer-Encoding: chunked\r\n\r\n")
         chunk = b"%x\r\n" % len(HUGE_CHUNK) + HUGE_CHUNK + b"\r\n"
-        while self.bytes_sent < HUGE_LIMIT_BYTES:
+        for _ in range(HUGE_LIMIT_BYTES // len(HUGE_CHUNK)):
+            if writer.is_closing() or reader.at_eof():  # the client hung up: asyncio drops further writes silently
+                return
             writer.write(chunk)
             await writer.drain()
             self.bytes_sent += len(HUGE_CHUNK)
