@@ -111,7 +111,7 @@ def write_exporter_config(config_file: Path, args) -> None:
 
 
 def poll_all(exporter: Exporter, targets) -> list:
-    with ThreadPoolExecutor(exporter.config.poll.concurrency) as pool:
+    with ThreadPoolExecutor(exporter.runtime.current().config.poll.concurrency) as pool:
         return list(pool.map(lambda t: exporter.poller.poll_server(t.name), targets))
 
 
@@ -126,7 +126,7 @@ def measure_cycle(exporter: Exporter, state_url: str) -> tuple[float, float, int
     requests_before = total_requests(state_url)
     cpu_before = time.process_time()
     started = time.monotonic()
-    results = poll_all(exporter, exporter.poller.targets.mine())
+    results = poll_all(exporter, exporter.runtime.current().targets.mine())
     seconds = time.monotonic() - started
     cpu = time.process_time() - cpu_before
     failures = sum(1 for r in results if not r.outcome.success)
@@ -158,7 +158,7 @@ def main() -> int:
         cold_render, body = render_metrics(exporter)
         renders = []
         slice_size = max(1, n // 20)  # a 15 s scrape interval sees 1/20 of a 5-minute cycle's polls
-        targets = exporter.poller.targets.mine()
+        targets = exporter.runtime.current().targets.mine()
         for index in range(5):
             poll_all(exporter, targets[index * slice_size:(index + 1) * slice_size])
             seconds, body = render_metrics(exporter)

@@ -3,9 +3,9 @@
 A benchmark measures speed; this run looks for what only shows up over time: memory that grows, threads
 that pile up, WinRM shells left open on servers, scrapes that fail while polls are failing. Every few
 seconds a random share of the servers gets a random fault (every kind the simulator has), while the
-exporter's real Poller runs `run_cycle()` back to back and /metrics is scraped through the real `serve()`
-once a second. At the end the faults are cleared and one clean cycle runs, which must delete every shell
-a failed poll left behind.
+exporter's real Poller polls every server in cycles back to back (`poll_cycle`) and /metrics is scraped
+through the real `serve()` once a second. At the end the faults are cleared and one clean cycle runs,
+which must delete every shell a failed poll left behind.
 
 The simulator runs in a child process (forked before the exporter starts any thread) and takes its fault
 commands through a pipe, so RSS, Python objects and threads measured here are the exporter's alone. They
@@ -42,6 +42,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -279,17 +280,26 @@ class Scraper(threading.Thread):
         self.join()
 
 
+def poll_cycle(exporter: Exporter) -> None:
+    """One cycle, back to back with the last: the organization, then every server once, concurrently within
+    the limit, through the poller's public poll path (the background schedule would pace it by the interval)."""
+    poller = exporter.poller
+    poller.poll_organization()
+    with ThreadPoolExecutor(poller.runtime.current().config.poll.concurrency) as pool:
+        list(pool.map(lambda t: poller.poll_server(t.name), poller.runtime.current().targets.mine()))
+
+
 def warm_up(exporter: Exporter, fleet: FleetProcess) -> None:
     """A clean cycle, one with every fault kind, and a clean one again: connections, NTLM contexts, the
     thread pool and the allocator's arenas for the large fault bodies exist before RSS is taken."""
-    exporter.poller.run_cycle()
+    poll_cycle(exporter)
     kinds = list(FAULTS)
     for index, name in enumerate(fleet.names[: max(len(kinds), round(len(fleet.names) * 0.2))]):
         fleet.set_faults(name, *FAULTS[kinds[index % len(kinds)]])
-    exporter.poller.run_cycle()
+    poll_cycle(exporter)
     fleet.clear_faults()
     time.sleep(0.5)  # refused listeners reopen within the simulator's 0.2 s watch
-    exporter.poller.run_cycle()
+    poll_cycle(exporter)
 
 
 def settled_rss() -> int:
@@ -322,7 +332,7 @@ def soak(args: argparse.Namespace) -> dict:
         toggler.start()
         scraper.start()
         for _ in range(args.warm_up_cycles):  # under faults: arenas for the poll threads and large bodies fill
-            exporter.poller.run_cycle()
+            poll_cycle(exporter)
         rss_start, objects_start = settled_rss(), len(gc.get_objects())
         threads_start = proc_status("Threads")
         failures: Counter[str] = Counter()
@@ -330,7 +340,7 @@ def soak(args: argparse.Namespace) -> dict:
         started = time.monotonic()
         rss_by_cycle = []
         while polls < args.polls and time.monotonic() - started < args.seconds:
-            exporter.poller.run_cycle()
+            poll_cycle(exporter)
             polls += count_outcomes(exporter, failures)
             cycles += 1
             rss_by_cycle.append(proc_status("VmRSS"))
@@ -339,7 +349,7 @@ def soak(args: argparse.Namespace) -> dict:
         scraper.stop()
 
         time.sleep(0.5)  # refused listeners reopen within the simulator's 0.2 s watch
-        exporter.poller.run_cycle()
+        poll_cycle(exporter)
         clean_failures: Counter[str] = Counter()
         count_outcomes(exporter, clean_failures)
         after_clean_cycle = fleet.open_shells()

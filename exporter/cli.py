@@ -102,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise _Fail(f"cannot listen on {host}:{port}: {err.strerror}") from None
     exporter.start()
     log.info("exchange-eems-exporter %s listening on %s:%d (%d servers, shard %d/%d)", __version__,
-             host, server.server_address[1], len(exporter.poller.targets.mine()), *config.shard)
+             host, server.server_address[1], len(exporter.runtime.current().targets.mine()), *config.shard)
 
     # Python runs signal handlers in the main thread only, and a signal delivered to a poll thread does not
     # wake a blocked wait: wake up regularly so a SIGHUP reload is not delayed until the next SIGTERM.
@@ -146,10 +146,11 @@ def _one_server_command(args: argparse.Namespace) -> tuple[Config, Catalog, Reda
 
 def cmd_poll(args: argparse.Namespace) -> int:
     from .poller import Poller
+    from .runtime import SafeRuntime
 
     config, catalog, redactor = _one_server_command(args)
-    poller = Poller(config, catalog)
-    if poller.targets.get(args.server) is None:
+    poller = Poller(SafeRuntime(config, catalog))
+    if poller.runtime.current().targets.get(args.server) is None:
         raise _Fail(f"server {args.server!r} is not in {args.config_file}")
     result = poller.poll_server(args.server)
     print(redactor.scrub(json.dumps(_jsonable(result), indent=2)))

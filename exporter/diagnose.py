@@ -16,6 +16,7 @@ from .field_report import DIAGNOSE_PARAMETERS, build_report
 from .parse import ParseError
 from .poller import Poller
 from .redact import Redactor
+from .runtime import SafeRuntime
 from .targets import Target
 from .winrm_client import PollFailure
 
@@ -23,8 +24,8 @@ DIAGNOSE_TIMEOUT_SECONDS = 120  # the diagnose script reads more than a poll; st
 
 
 def field_report(config: Config, catalog: Catalog, server: str, *, redact_names: bool) -> str:
-    poller = Poller(config, catalog)
-    target = poller.targets.get(server)
+    poller = Poller(SafeRuntime(config, catalog))
+    target = poller.runtime.current().targets.get(server)
     if target is None:
         raise KeyError(server)
     try:

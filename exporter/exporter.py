@@ -1,27 +1,21 @@
-"""The running exporter: configuration, catalog, poller and registries, and how they are reloaded.
+"""The running exporter: what is current (the runtime holder), the poller, and the bodies the HTTP handlers send.
 
-A reload (SIGHUP or POST /-/reload) validates the new configuration and catalog completely before
-swapping them in; a bad file is logged and reported by `exchange_exporter_config_last_reload_successful`
-while the old configuration keeps running.
+A reload (SIGHUP or POST /-/reload) goes to the runtime holder, which swaps configuration, catalog and targets
+in one step or keeps the old ones; the poller then follows the new configuration.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-from pathlib import Path
-
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
-from .catalog import Catalog, CatalogError
-from .config import Config, ConfigError, load_config
+from .catalog import Catalog
+from .config import Config
 from .exposition import CachedExposition
 from .metrics import SelfStatus, render
+from .model import OrganizationResult, ServerResult
 from .poller import Poller
 from .redact import Redactor
-
-log = logging.getLogger(__name__)
+from .runtime import SafeRuntime
 
 
 class _ProbeCollector:
@@ -34,41 +28,32 @@ class _ProbeCollector:
 
 class Exporter:
     def __init__(self, config: Config, catalog: Catalog, redactor: Redactor | None = None):
-        self.config = config
-        self.catalog = catalog
-        self.redactor = redactor
-        self.poller = Poller(config, catalog)
-        self._reload_lock = threading.Lock()
-        self.last_reload_successful = True
-        self.last_reload_timestamp = time.time()
+        self.runtime = SafeRuntime(config, catalog, redactor)
+        self.poller = Poller(self.runtime)
         self.registry = CollectorRegistry(auto_describe=False)  # the process's own metrics
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=self.registry)
         self._exposition = CachedExposition()
 
     def _self_status(self) -> SelfStatus:
+        current = self.runtime.current()
         return SelfStatus(
-            catalog_newest_release=self.catalog.newest_release,
-            poll_interval_seconds=self.config.poll.interval,
-            last_reload_successful=self.last_reload_successful,
-            last_reload_timestamp=self.last_reload_timestamp,
+            catalog_newest_release=current.catalog.newest_release,
+            poll_interval_seconds=current.config.poll.interval,
+            last_reload_successful=self.runtime.last_reload_successful,
+            last_reload_timestamp=self.runtime.last_reload_timestamp,
         )
+
+    def snapshot(self) -> tuple[list[ServerResult], OrganizationResult | None]:
+        """The latest result of every server of this instance, and of the organization."""
+        return self.poller.snapshot()
 
     def metrics_body(self, accept: str) -> tuple[bytes, str]:
         """/metrics: every server's latest result and the exporter's own metrics. In probe-only mode the
         exporter's own metrics only: servers come through /probe."""
-        servers, organization = self.poller.snapshot() if self.config.poll.background else ([], None)
+        background = self.runtime.current().config.poll.background
+        servers, organization = self.poller.snapshot() if background else ([], None)
         return self._exposition.body(servers, organization, self._self_status(), self.registry, accept)
-
-    def start(self) -> None:
-        if self.config.poll.background:
-            self.poller.start()
-
-    def stop(self) -> None:
-        self.poller.stop()
-
-    def ready(self) -> bool:
-        return not self.config.poll.background or self.poller.ready()
 
     def probe_registry(self, target: str, module: str | None, timeout: float | None) -> CollectorRegistry:
         """Poll one server now; its metrics only (self metrics stay on /metrics, as for blackbox)."""
@@ -77,27 +62,18 @@ class Exporter:
         registry.register(_ProbeCollector(render([result], None, None)))
         return registry
 
+    def start(self) -> None:
+        if self.runtime.current().config.poll.background:
+            self.poller.start()
+
+    def stop(self) -> None:
+        self.poller.stop()
+
+    def ready(self) -> bool:
+        return not self.runtime.current().config.poll.background or self.poller.ready()
+
     def reload(self) -> tuple[bool, str]:
-        with self._reload_lock:
-            source = self.config.source
-            if source is None:
-                return False, "the configuration was not loaded from a file"
-            try:
-                config = load_config(Path(source))
-                catalog = Catalog.load(config.catalog_file)
-            except Exception as err:  # whatever went wrong (MemoryError, a bug), the reload failed
-                self.last_reload_successful = False
-                detail = err if isinstance(err, (ConfigError, CatalogError)) else f"unexpected {type(err).__name__}"
-                message = f"reload failed, the running configuration is kept: {detail}"
-                if self.redactor is not None:
-                    message = self.redactor.scrub(message)
-                log.error("%s", message)
-                return False, message
-            if self.redactor is not None:
-                self.redactor.add(config.secrets())
-            self.poller.apply_config(config, catalog)
-            self.config, self.catalog = config, catalog
-            self.last_reload_successful = True
-            self.last_reload_timestamp = time.time()
-            log.info("configuration reloaded from %s: %d servers", source, len(config.servers))
-            return True, "configuration reloaded"
+        ok, message = self.runtime.reload()
+        if ok:
+            self.poller.reloaded()
+        return ok, message

@@ -151,7 +151,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(503, b"Not ready: the first poll of every server has not finished yet\n")
 
     def _landing(self, _query: str) -> None:
-        servers, _ = self.exporter.poller.snapshot()
+        servers, _ = self.exporter.snapshot()
         rows = []
         for result in servers:
             up = "yes" if result.outcome and result.outcome.success else "no"
@@ -163,7 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
             error = result.outcome.error_reason if result.outcome and not result.outcome.success else ""
             rows.append("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
                 *(html.escape(str(v)) for v in (result.name, up, build, servicing, next_build, error or ""))))
-        targets = self.exporter.poller.targets.mine()
+        targets = self.exporter.runtime.current().targets.mine()
         example = html.escape(targets[0].name if targets else "SERVER", quote=True)
         page = _LANDING.format(version=__version__, example=example, count=len(servers), rows="".join(rows))
         self._send(200, page.encode(), "text/html; charset=utf-8")
@@ -183,11 +183,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, b"At most one 'module' parameter is allowed\n")
             return
         target, module = targets[0], (modules[0] if modules else None)
-        config = self.exporter.config
+        current = self.exporter.runtime.current()
+        config = current.config
         if module is not None and module not in config.modules:
             self._send(400, f"Unknown module {module[:64]!r}\n".encode())
             return
-        known = self.exporter.poller.targets.get(target)
+        known = current.targets.get(target)
         if known is None:
             self._send(400, f"Unknown target {target[:256]!r}: only configured or discovered servers "
                             f"can be probed\n".encode())

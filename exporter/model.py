@@ -186,7 +186,7 @@ class ServerState:
     collection_errors: tuple[PartialFailure, ...]
 
 
-# ---------------------------------------------------------------- poll results (poller.py)
+# ---------------------------------------------------------------- poll results (collectors.py, poller.py)
 
 
 @dataclass(frozen=True)
@@ -199,9 +199,10 @@ class CollectorOutcome:
     error_message: str | None = None  # never contains secrets
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServerResult:
-    """Latest poll of one server. `state` keeps the last good facts when a later poll fails."""
+    """Latest poll of one server. `state` keeps the last good facts when a later poll fails. Frozen: a new
+    poll makes a new result, and the /metrics cache keys on the object."""
 
     name: str
     outcome: CollectorOutcome | None = None
@@ -209,7 +210,7 @@ class ServerResult:
     last_success: datetime | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class OrganizationResult:
     name: str
     outcome: CollectorOutcome | None = None

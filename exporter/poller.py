@@ -1,52 +1,42 @@
 """Poll every server in the background and keep the latest result of each.
 
-Scheduling, in one place:
-- each server gets a stable offset inside the interval (a hash of its name), so a fleet is spread over
-  the interval instead of polled all at once at start, plus a little jitter per cycle;
-- a global limit on concurrent polls (`poll.concurrency`), one poll at a time per server;
-- servers whose last poll failed may hold only `poll.failing_share` of the slots, so servers that hang
-  until their deadline cannot starve healthy ones, and a server failing three times or more in a row is
-  polled at 2x, then 4x the interval until it answers again.
+The poller wires the parts and keeps what they return. The schedule (`schedule.py`) says which job runs
+when; a job is one server's poll or the organization collector's; the collectors (`collectors.py`) do one
+poll each. The poller keeps the latest result per server and of the organization (a failed poll keeps the
+last good state), one lock per server (a `/probe` and a scheduled poll of one server never overlap), and
+one WinRM connection per server and module. Configuration, catalog and targets come from the runtime
+holder at every poll; `reloaded()` follows a reload.
 `poll_server` is also what `/probe` and the `poll` command call: the same path, synchronously.
 """
 
 from __future__ import annotations
 
-import hashlib
-import heapq
-import logging
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, replace
 
-from . import scripts
-from .catalog import Catalog
+from .collectors import collect_organization, collect_server, failed, interpret_output, run_script, server_script
 from .config import Config
-from .eems_patterns import classify_organization_error
-from .interpret import interpret_server
-from .model import CollectorOutcome, OrganizationResult, RawServerFacts, ServerResult, ServerState
-from .parse import ParseError, clixml_to_text, parse_organization_output, parse_server_output
-from .targets import Target, Targets
+from .model import OrganizationResult, OrgServerInfo, RawServerFacts, ServerResult, ServerState
+from .runtime import Runtime, SafeRuntime
+from .schedule import Cadence, Schedule, offset
+from .targets import Target
 from .winrm_client import PollFailure, ServerConnection
 
-log = logging.getLogger(__name__)
 
-ORGANIZATION_KEY = "\x00organization"
-BACKOFF_AFTER_FAILURES = 3
-MAX_BACKOFF_FACTOR = 4
+@dataclass(frozen=True)
+class Job:
+    """What the schedule runs: one server's poll, or the organization collector (which is not a server)."""
 
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    collector: str  # "server" | "organization"
+    name: str  # the server's name in lower case, or the organization's name
 
 
 class Poller:
-    def __init__(self, config: Config, catalog: Catalog):
-        self.config = config
-        self.catalog = catalog
-        self.targets = Targets(config)
+    def __init__(self, runtime: SafeRuntime):
+        self.runtime = runtime
+        config = runtime.current().config
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         self._results: dict[str, ServerResult] = {}
@@ -55,26 +45,30 @@ class Poller:
         )
         self._connections: dict[tuple[str, str], ServerConnection] = {}
         self._server_locks: dict[str, threading.Lock] = {}
-        self._failures: dict[str, int] = {}
-        self._running: set[str] = set()
-        self._completed: list[tuple[str, float]] = []
+        self._organization_lock = threading.Lock()
+        self._schedule = Schedule(concurrency=config.poll.concurrency, failing_share=config.poll.failing_share,
+                                  jitter=config.poll.jitter)
         self._executor: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._random = random.Random()
 
     # ------------------------------------------------------------ results
 
     def snapshot(self) -> tuple[list[ServerResult], OrganizationResult | None]:
+        names = {t.name.lower() for t in self.runtime.current().targets.mine()}
         with self._lock:
-            names = {t.name.lower() for t in self.targets.mine()}
             servers = [r for key, r in sorted(self._results.items()) if key in names]
             return servers, self._organization
 
     def ready(self) -> bool:
         """Ready once every server of this instance has been polled at least once."""
         servers, _ = self.snapshot()
-        return len(servers) == len(self.targets.mine()) and all(r.outcome for r in servers)
+        return len(servers) == len(self.runtime.current().targets.mine()) and all(r.outcome for r in servers)
+
+    def _known(self, name: str) -> OrgServerInfo | None:
+        """What the last organization poll said about a server (its proxy, its AdminDisplayVersion)."""
+        organization = self._organization
+        return organization.servers.get(name.lower()) if organization is not None else None
 
     # ------------------------------------------------------------ one poll
 
@@ -82,178 +76,99 @@ class Poller:
         with self._lock:
             return self._server_locks.setdefault(key, threading.Lock())
 
-    def _connection(self, target: Target, module_name: str) -> ServerConnection:
+    def _connection(self, target: Target, module_name: str, config: Config) -> ServerConnection:
         key = (target.name.lower(), module_name)
         with self._lock:
             connection = self._connections.get(key)
             if connection is None or connection.endpoint != target.endpoint:
                 connection = ServerConnection(
                     target.endpoint,
-                    self.config.modules[module_name],
-                    max_response_bytes=self.config.limits.max_response_bytes,
-                    max_poll_bytes=self.config.limits.max_poll_bytes,
+                    config.modules[module_name],
+                    max_response_bytes=config.limits.max_response_bytes,
+                    max_poll_bytes=config.limits.max_poll_bytes,
                 )
                 self._connections[key] = connection
             return connection
 
-    def _run_script(self, target: Target, module_name: str, script: str, deadline: float) -> bytes:
-        connection = self._connection(target, module_name)
-        result = connection.run(scripts.powershell_command(script), deadline)
-        if result.exit_code != 0:
-            detail = clixml_to_text(result.stderr).strip() or "no error text"
-            raise PollFailure("script_failed", f"PowerShell exited with code {result.exit_code}: {detail}")
-        return result.stdout
-
-    def _server_script(self, target: Target) -> str:
-        poll = self.config.poll
-        proxy = target.endpoint_proxy
-        if not proxy and self._organization is not None:
-            info = self._organization.servers.get(target.name.lower())
-            proxy = info.internet_web_proxy if info and info.internet_web_proxy else ""
-        return scripts.server_script(
-            scripts.ServerScriptParameters(
-                lookback_hours=max(1, int(poll.lookback // 3600)),
-                max_events=poll.max_events,
-                log_tail_bytes=poll.log_tail_bytes,
-                check_endpoint=poll.check_endpoint,
-                endpoint_timeout_seconds=max(1, int(poll.endpoint_timeout)),
-                proxy=proxy,
-            )
-        )
-
-    def _admin_display_version(self, target: Target) -> str | None:
-        """The build fallback: Get-ExchangeServer's AdminDisplayVersion from the last organization poll."""
-        if self._organization is None:
-            return None
-        info = self._organization.servers.get(target.name.lower())
-        return info.admin_display_version if info else None
+    def _target(self, current: Runtime, name: str) -> Target:
+        target = current.targets.get(name)
+        if target is None:
+            raise KeyError(name)
+        return target
 
     def poll_server(self, name: str, *, module: str | None = None, timeout: float | None = None) -> ServerResult:
         """Poll one server now and record the result (a probe with another module is not recorded)."""
-        target = self.targets.get(name)
-        if target is None:
-            raise KeyError(name)
+        current = self.runtime.current()
+        target = self._target(current, name)
+        config = current.config
         module_name = module or target.module
-        record = module_name == target.module
-        budget = min(timeout or self.config.poll.timeout, self.config.poll.timeout)
+        budget = min(timeout or config.poll.timeout, config.poll.timeout)
         requested = time.monotonic()
         deadline = requested + budget  # waiting for another poll of the same server (a probe) spends it too
         lock = self._server_lock(target.name.lower())
         if not lock.acquire(timeout=budget):
             failure = PollFailure("deadline_exceeded", "another poll of this server ran for the whole budget")
-            return ServerResult(target.name, outcome=self._failed("server", requested, failure))
+            return ServerResult(target.name, outcome=failed("server", requested, failure))
         try:
-            started = time.monotonic()
-            previous = self._results.get(target.name.lower()) if record else None
-            result = ServerResult(target.name, state=previous.state if previous else None,
-                                  last_success=previous.last_success if previous else None)
-            try:
-                stdout = self._run_script(target, module_name, self._server_script(target), deadline)
-                _, result.state = self.interpret(target, stdout)
-                finished = utcnow()
-                result.last_success = finished
-                result.outcome = CollectorOutcome("server", True, time.monotonic() - started, finished)
-            except (PollFailure, ParseError) as failure:
-                result.outcome = self._failed("server", started, failure)
-                log.warning("poll of %s failed: %s: %s", target.name, result.outcome.error_reason,
-                            result.outcome.error_message)
-            except Exception as err:  # a bug must cost one server one poll, not the exporter
-                log.exception("poll of %s failed unexpectedly", target.name)
-                result.outcome = self._failed("server", started, PollFailure("internal_error", type(err).__name__))
-            if record:
-                with self._lock:
-                    if self.targets.get(target.name) is None:  # removed by a reload while it was polled
-                        return result
-                    self._results[target.name.lower()] = result
-                    self._count_failures(target.name.lower(), result.outcome.success)
-            return result
+            result = collect_server(target, self._connection(target, module_name, config), config.poll,
+                                    current.catalog, deadline, known=self._known(target.name))
+            return self._record(result) if module_name == target.module else result
         finally:
             lock.release()
 
-    def interpret(self, target: Target, stdout: bytes) -> tuple[RawServerFacts, ServerState]:
-        """Parse and judge one output of the collection script, as a poll does. Raises ParseError."""
-        facts = parse_server_output(
-            stdout, max_events=self.config.poll.max_events, max_log_bytes=self.config.poll.log_tail_bytes
-        )
-        now = facts.now or utcnow()
-        return facts, interpret_server(
-            target.name, facts, self.catalog, lookback=timedelta(seconds=self.config.poll.lookback), now=now,
-            today=utcnow().date(), admin_display_version=self._admin_display_version(target),
-        )
+    def _record(self, result: ServerResult) -> ServerResult:
+        """Keep `result` as the server's latest; a failed poll keeps the last good state."""
+        key = result.name.lower()
+        with self._lock:
+            previous = self._results.get(key)
+            if not result.outcome.success and previous is not None:
+                result = replace(result, state=previous.state, last_success=previous.last_success)
+            if self.runtime.current().targets.get(key) is not None:  # else removed by a reload while polled
+                self._results[key] = result
+        return result
+
+    def poll_organization(self) -> OrganizationResult | None:
+        current = self.runtime.current()
+        organization = current.config.organization
+        if organization is None:
+            return None
+        target = current.targets.for_organization()
+        with self._organization_lock:
+            started = time.monotonic()
+            connection = self._connection(target, organization.module, current.config)
+            result = collect_organization(target, connection, organization, started + current.config.poll.timeout,
+                                          max_servers=current.config.limits.max_servers)
+            with self._lock:
+                previous = self._organization
+                if not result.outcome.success and previous is not None:
+                    result = replace(result, facts=previous.facts, last_success=previous.last_success,
+                                     servers=previous.servers)
+                self._organization = result
+            if result.outcome.success and organization.discover_servers:
+                self.runtime.current().targets.set_discovered(result.facts.servers)
+                self._sync_jobs()
+            return result
 
     def run_raw(self, name: str, script: str | None = None, *, timeout: float | None = None) -> bytes:
         """The stdout of `script` (default: the server's collection script) on one server, neither parsed nor
         recorded: `diagnose` shows it beside the interpretation. Raises PollFailure."""
-        target = self.targets.get(name)
-        if target is None:
-            raise KeyError(name)
-        deadline = time.monotonic() + (timeout or self.config.poll.timeout)
-        return self._run_script(target, target.module, script or self._server_script(target), deadline)
+        current = self.runtime.current()
+        target = self._target(current, name)
+        deadline = time.monotonic() + (timeout or current.config.poll.timeout)
+        script = script or server_script(target, current.config.poll, self._known(target.name))
+        return run_script(self._connection(target, target.module, current.config), script, deadline)
 
-    def _count_failures(self, key: str, success: bool) -> None:
-        """Consecutive failures per server (and the organization): they decide the failing lane and back-off."""
-        self._failures[key] = 0 if success else self._failures.get(key, 0) + 1
-
-    @staticmethod
-    def _failed(collector: str, started: float, failure: Exception) -> CollectorOutcome:
-        reason = getattr(failure, "reason", "internal_error")
-        return CollectorOutcome(collector, False, time.monotonic() - started, utcnow(),
-                                error_reason=reason, error_message=" ".join(str(failure).split())[:300])
-
-    def poll_organization(self) -> OrganizationResult | None:
-        organization = self.config.organization
-        if organization is None:
-            return None
-        target = self.targets.get(organization.server) or Target(
-            name=organization.server, address=organization.server,
-            port=self.config.modules[organization.module].port, scheme=self.config.modules[organization.module].scheme,
-            module=organization.module, endpoint_proxy="", discovered=False,
-        )
-        with self._server_lock(ORGANIZATION_KEY):
-            started = time.monotonic()
-            previous = self._organization
-            result = OrganizationResult(organization.name, facts=previous.facts, last_success=previous.last_success,
-                                        servers=previous.servers)
-            try:
-                stdout = self._run_script(target, organization.module, scripts.organization_script(),
-                                          started + self.config.poll.timeout)
-                facts = parse_organization_output(stdout, max_servers=self.config.limits.max_servers)
-                if facts.error_message:
-                    reason = classify_organization_error(facts.error_message)
-                    raise PollFailure(reason, f"{facts.error_stage or 'script'}: {facts.error_message}")
-                result.facts = facts
-                result.servers = {s.name.lower(): s for s in facts.servers}
-                result.last_success = utcnow()
-                result.outcome = CollectorOutcome("organization", True, time.monotonic() - started, result.last_success)
-                if organization.discover_servers:
-                    self.targets.set_discovered(facts.servers)
-            except (PollFailure, ParseError) as failure:
-                result.outcome = self._failed("organization", started, failure)
-                log.warning("organization collector on %s failed: %s: %s", target.name,
-                            result.outcome.error_reason, result.outcome.error_message)
-            except Exception as err:
-                log.exception("organization collector failed unexpectedly")
-                result.outcome = self._failed("organization", started, PollFailure("internal_error", type(err).__name__))
-            with self._lock:
-                self._organization = result
-                self._count_failures(ORGANIZATION_KEY, result.outcome.success)
-            return result
-
-    def run_cycle(self) -> None:
-        """Poll the organization, then every server once, concurrently within the limit; wait for all."""
-        self.poll_organization()
-        with ThreadPoolExecutor(self.config.poll.concurrency) as pool:
-            list(pool.map(lambda t: self.poll_server(t.name), self.targets.mine()))
+    def interpret(self, target: Target, stdout: bytes) -> tuple[RawServerFacts, ServerState]:
+        """Parse and judge one output of the collection script, as a poll does. Raises ParseError."""
+        current = self.runtime.current()
+        return interpret_output(target, stdout, current.config.poll, current.catalog, self._known(target.name))
 
     # ------------------------------------------------------------ background schedule
 
-    def _offset(self, key: str, interval: float) -> float:
-        digest = hashlib.sha256(key.lower().encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64 * interval
-
     def start(self) -> None:
-        self._executor = ThreadPoolExecutor(self.config.poll.concurrency, thread_name_prefix="poll")
-        self._thread = threading.Thread(target=self._schedule, name="scheduler", daemon=True)
+        self._executor = ThreadPoolExecutor(self.runtime.current().config.poll.concurrency, thread_name_prefix="poll")
+        self._sync_jobs()
+        self._thread = threading.Thread(target=self._run_schedule, name="scheduler", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -272,94 +187,64 @@ class Poller:
         for connection in connections:
             connection.close()
 
-    def _next_due(self, key: str, started: float, interval: float) -> float:
-        failures = self._failures.get(key, 0)
-        factor = 1
-        if failures >= BACKOFF_AFTER_FAILURES:
-            factor = min(MAX_BACKOFF_FACTOR, 2 ** (failures - BACKOFF_AFTER_FAILURES + 1))
-        jitter = self._random.uniform(-0.5, 0.5) * self.config.poll.jitter * interval
-        return started + factor * interval + jitter
+    def _sync_jobs(self) -> None:
+        """Tell the schedule the jobs and limits of now (at start, after a reload, after a discovery)."""
+        if self._executor is None:
+            return  # not polling in the background: a job's first run is timed from when polling starts
+        current = self.runtime.current()
+        poll, organization = current.config.poll, current.config.organization
+        jobs = {}
+        if organization is not None:
+            jobs[Job("organization", organization.name)] = Cadence(organization.interval, 0.0)
+        for target in current.targets.mine():
+            jobs[Job("server", target.name.lower())] = Cadence(poll.interval, offset(target.name, poll.interval))
+        with self._wakeup:
+            self._schedule.configure(concurrency=poll.concurrency, failing_share=poll.failing_share,
+                                     jitter=poll.jitter)
+            self._schedule.set_jobs(jobs, time.monotonic())
+            self._wakeup.notify_all()
 
-    def _schedule(self) -> None:
-        start = time.monotonic()
-        queue: list[tuple[float, str]] = []
-        known: set[str] = set()
-
-        def add_new() -> None:
-            interval = self.config.poll.interval
-            keys = [t.name.lower() for t in self.targets.mine()]
-            if self.config.organization:
-                keys.insert(0, ORGANIZATION_KEY)
-            for key in keys:
-                if key not in known:
-                    known.add(key)
-                    offset = 0.0 if key == ORGANIZATION_KEY else self._offset(key, interval)
-                    heapq.heappush(queue, (max(start, time.monotonic()) + offset, key))
-
+    def _run_schedule(self) -> None:
         while not self._stopping.is_set():
-            add_new()
             with self._wakeup:
                 now = time.monotonic()
-                slots = self.config.poll.concurrency
-                failing_slots = max(1, int(slots * self.config.poll.failing_share))
-                failing_running = sum(1 for k in self._running if self._failures.get(k, 0))
-                deferred = []
-                while queue and queue[0][0] <= now and len(self._running) < slots:
-                    due, key = heapq.heappop(queue)
-                    if key != ORGANIZATION_KEY and self.targets.get(key) is None:
-                        known.discard(key)  # removed by a reload
-                        continue
-                    if key in self._running:
-                        deferred.append((due + 1, key))
-                        continue
-                    if self._failures.get(key, 0) and failing_running >= failing_slots:
-                        deferred.append((now + 1, key))
-                        continue
-                    failing_running += 1 if self._failures.get(key, 0) else 0
-                    self._running.add(key)
-                    self._executor.submit(self._scheduled_poll, key)
-                for item in deferred:
-                    heapq.heappush(queue, item)
-                wait = min(1.0, max(0.05, queue[0][0] - now)) if queue else 1.0
-                self._wakeup.wait(wait)
-                for key, due in self._completed:
-                    heapq.heappush(queue, (due, key))
-                self._completed.clear()
+                for job in self._schedule.due(now):
+                    self._executor.submit(self._run, job)
+                next_due = self._schedule.next_due()
+                self._wakeup.wait(min(1.0, max(0.05, next_due - now)) if next_due is not None else 1.0)
 
-    def _scheduled_poll(self, key: str) -> None:
+    def _run(self, job: Job) -> None:
         started = time.monotonic()
+        ok = False
         try:
-            if key == ORGANIZATION_KEY:
-                self.poll_organization()
-                interval = self.config.organization.interval if self.config.organization else self.config.poll.interval
+            if job.collector == "organization":
+                result = self.poll_organization()
             else:
-                target = self.targets.get(key)
-                if target is not None:
-                    self.poll_server(target.name)
-                interval = self.config.poll.interval
+                result = self.poll_server(job.name) if self.runtime.current().targets.get(job.name) else None
+            ok = bool(result and result.outcome and result.outcome.success)
         finally:
             with self._wakeup:
-                self._running.discard(key)
-                self._completed.append((key, self._next_due(key, started, interval)))
+                self._schedule.done(job, ok, started)
                 self._wakeup.notify_all()
 
     # ------------------------------------------------------------ reload
 
-    def apply_config(self, config: Config, catalog: Catalog) -> None:
-        """Swap in a new configuration; results of servers that remain are kept, the others dropped, so a
-        server added back later shows nothing until it is polled again rather than its old result."""
+    def reloaded(self) -> None:
+        """Follow the runtime holder's new configuration. Results of servers that remain are kept, the others
+        dropped, so a server added back later shows nothing until it is polled again rather than its old
+        result; connections are made afresh with the new settings."""
+        config = self.runtime.current().config
         with self._lock:
             old_connections = self._connections
-            self.config = config
-            self.catalog = catalog
-            self.targets = Targets(config)
             self._connections = {}
-            remaining = {server.name.lower() for server in config.servers} | {ORGANIZATION_KEY}
+            remaining = {server.name.lower() for server in config.servers}
             self._results = {key: result for key, result in self._results.items() if key in remaining}
-            self._failures = {key: count for key, count in self._failures.items() if key in remaining}
+            self._server_locks = {key: lock for key, lock in self._server_locks.items()
+                                  if key in remaining or lock.locked()}
             if config.organization is None:
                 self._organization = None
             elif self._organization is None or self._organization.name != config.organization.name:
                 self._organization = OrganizationResult(config.organization.name)
         for connection in old_connections.values():
             connection.close()
+        self._sync_jobs()

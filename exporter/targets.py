@@ -35,37 +35,45 @@ class Targets:
     def __init__(self, config: Config):
         self._config = config
         self._lock = threading.Lock()
-        self._configured = {s.name.lower(): self._from_config(s) for s in config.servers}
+        self._configured = {
+            s.name.lower(): self._target(s.name, s.address, s.port, s.module, s.endpoint_proxy, discovered=False)
+            for s in config.servers
+        }
         self._discovered: dict[str, Target] = {}
         self._mine = self._shard_of_everything()
 
-    def _from_config(self, server) -> Target:
-        module = self._config.modules[server.module]
-        return Target(
-            name=server.name, address=server.address, port=server.port or module.port, scheme=module.scheme,
-            module=server.module, endpoint_proxy=server.endpoint_proxy, discovered=False,
-        )
+    def _target(self, name: str, address: str, port: int | None, module_name: str, endpoint_proxy: str, *,
+                discovered: bool) -> Target:
+        module = self._config.modules[module_name]
+        return Target(name=name, address=address, port=port or module.port, scheme=module.scheme,
+                      module=module_name, endpoint_proxy=endpoint_proxy, discovered=discovered)
 
     def set_discovered(self, servers: tuple[OrgServerInfo, ...]) -> None:
         """Adopt the servers `Get-ExchangeServer` listed, reached by FQDN with the organization's module."""
         organization = self._config.organization
         if organization is None:
             return
-        module = self._config.modules[organization.module]
         found = {}
         for info in servers:
             key = info.name.lower()
             if key in self._configured or not info.name:
                 continue
-            found[key] = Target(
-                name=info.name, address=info.fqdn or info.name, port=module.port, scheme=module.scheme,
-                module=organization.module, endpoint_proxy=info.internet_web_proxy or "", discovered=True,
-            )
+            found[key] = self._target(info.name, info.fqdn or info.name, None, organization.module,
+                                      info.internet_web_proxy or "", discovered=True)
             if len(self._configured) + len(found) >= self._config.limits.max_servers:
                 break
         with self._lock:
             self._discovered = found
             self._mine = self._shard_of_everything()
+
+    def for_organization(self) -> Target | None:
+        """The server the organization collector polls: as known, else reached by the name the organization
+        section gives, with the organization's module (None without an organization collector)."""
+        organization = self._config.organization
+        if organization is None:
+            return None
+        return self.get(organization.server) or self._target(
+            organization.server, organization.server, None, organization.module, "", discovered=False)
 
     def get(self, name: str) -> Target | None:
         key = name.lower()

@@ -10,6 +10,7 @@ import copy
 import random
 import socket
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
@@ -115,3 +116,11 @@ def samples(text: str) -> dict[tuple[str, frozenset], float]:
     """Every sample of a /metrics body, keyed by (name, frozenset of labels)."""
     return {(s.name, frozenset(s.labels.items())): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def poll_all(poller) -> None:
+    """One cycle by hand, as a test needs it: the organization, then every server of the shard once,
+    concurrently within the limit, through the public poll path (no background thread, no timing)."""
+    poller.poll_organization()
+    with ThreadPoolExecutor(poller.runtime.current().config.poll.concurrency) as pool:
+        list(pool.map(lambda t: poller.poll_server(t.name), poller.runtime.current().targets.mine()))

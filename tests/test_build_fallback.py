@@ -31,12 +31,13 @@ def poller():
     import os
 
     from exporter.poller import Poller
+    from exporter.runtime import SafeRuntime
 
     from .conftest import PASSWORD, PASSWORD_ENV
 
     os.environ[PASSWORD_ENV] = PASSWORD
     with SimulatedFleet(relocate(SCENARIO)) as fleet:
-        poller = Poller(fleet.config(), Catalog.load())
+        poller = Poller(SafeRuntime(fleet.config(), Catalog.load()))
         yield poller
         poller.stop()
 

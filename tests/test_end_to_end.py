@@ -12,7 +12,7 @@ from exporter.exporter import Exporter
 from exporter.http_server import serve
 
 
-from .conftest import SimulatedFleet, demo_scenario, relocate, samples
+from .conftest import SimulatedFleet, demo_scenario, poll_all, relocate, samples
 
 
 
@@ -32,7 +32,7 @@ def demo():
         from exporter.catalog import Catalog
 
         exporter = Exporter(fleet.config(), Catalog.load())
-        exporter.poller.run_cycle()
+        poll_all(exporter.poller)
         server = serve(exporter, "127.0.0.1", 0, None)
         url = f"http://127.0.0.1:{server.server_address[1]}"
         with urllib.request.urlopen(url + "/metrics", timeout=10) as response:

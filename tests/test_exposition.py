@@ -14,7 +14,7 @@ from exporter.catalog import Catalog
 from exporter.exporter import Exporter
 from exporter.metrics import render
 
-from .conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, demo_scenario, relocate
+from .conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, demo_scenario, poll_all, relocate
 
 
 class _Fixed:
@@ -30,7 +30,7 @@ def polled():
     os.environ[PASSWORD_ENV] = PASSWORD
     with SimulatedFleet(relocate(demo_scenario())) as fleet:
         exporter = Exporter(fleet.config(), Catalog.load())
-        exporter.poller.run_cycle()
+        poll_all(exporter.poller)
         yield exporter
         exporter.stop()
 

@@ -17,7 +17,7 @@ from exporter.exporter import Exporter
 from exporter.http_server import serve
 from exporter.simulator.host import Faults
 
-from .conftest import SimulatedFleet, relocate
+from .conftest import SimulatedFleet, poll_all, relocate
 
 SE = "15.2.2562.53"
 SCENARIO = {
@@ -63,7 +63,7 @@ def rig():
         exporter = Exporter(load_config_text(text, Path(".")), Catalog.load())
         server = serve(exporter, "127.0.0.1", 0, None)
         url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
-        exporter.poller.run_cycle()
+        poll_all(exporter.poller)
         yield fleet, exporter, url
         server.shutdown()
         exporter.stop()

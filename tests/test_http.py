@@ -31,7 +31,7 @@ from exporter.exporter import Exporter
 from exporter.http_server import serve
 from exporter.webconfig import WebConfigWatcher
 
-from .conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, relocate, samples
+from .conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, poll_all, relocate, samples
 from .pki import issue, write
 
 WRONG_PASSWORD_ENV = "EEMS_TEST_WRONG_PASSWORD"
@@ -97,7 +97,7 @@ def exporter_config(fleet: SimulatedFleet):
 def rig(fleet):
     """An exporter that has polled every server once, served on a random loopback port."""
     exporter = Exporter(exporter_config(fleet), Catalog.load())
-    exporter.poller.run_cycle()
+    poll_all(exporter.poller)
     server = serve(exporter, "127.0.0.1", 0, None)
     yield fleet, exporter, server.server_address[1]
     server.shutdown()
@@ -308,7 +308,7 @@ def test_promtool_accepts_metrics_and_probe(rig):
 
 def test_concurrent_scrapes_while_polling(rig):
     _, exporter, port = rig
-    polling = threading.Thread(target=exporter.poller.run_cycle)
+    polling = threading.Thread(target=poll_all, args=(exporter.poller,))
     polling.start()
     try:
         with ThreadPoolExecutor(50) as pool:

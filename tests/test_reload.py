@@ -23,7 +23,7 @@ from exporter.config import load_config
 from exporter.exporter import Exporter
 from exporter.http_server import serve
 
-from .conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, free_port, relocate, samples
+from .conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, free_port, poll_all, relocate, samples
 
 REPO = Path(__file__).resolve().parent.parent
 RELOAD_OK = "exchange_exporter_config_last_reload_successful"
@@ -95,7 +95,7 @@ def test_reload_over_http(fleet, tmp_path):
     path = tmp_path / "exporter.yml"
     path.write_text(config_for(fleet, ["EX01"]))
     with served(path) as (exporter, base):
-        exporter.poller.run_cycle()
+        poll_all(exporter.poller)
         metrics = scrape(base)
         assert reload_ok(metrics) == 1
         assert up(metrics, "EX01") == 1 and up(metrics, "EX02") is None
@@ -106,9 +106,10 @@ def test_reload_over_http(fleet, tmp_path):
         assert status == 500
         assert "modules.http.port" in body and "running configuration is kept" in body
         assert PASSWORD not in body
-        assert exporter.config.servers[0].name == "EX01" and exporter.poller.targets.get("EX01") is not None
+        current = exporter.runtime.current()
+        assert current.config.servers[0].name == "EX01" and current.targets.get("EX01") is not None
         before = fleet.fleet.request_count("EX01")
-        exporter.poller.run_cycle()
+        poll_all(exporter.poller)
         assert fleet.fleet.request_count("EX01") > before, "the old configuration stopped polling"
         metrics = scrape(base)
         assert reload_ok(metrics) == 0
@@ -119,8 +120,8 @@ def test_reload_over_http(fleet, tmp_path):
         status, body = post_reload(base)
         assert (status, body) == (200, "configuration reloaded\n")
         assert reload_ok(scrape(base)) == 1
-        assert exporter.poller.targets.get("EX02") is not None
-        exporter.poller.run_cycle()
+        assert exporter.runtime.current().targets.get("EX02") is not None
+        poll_all(exporter.poller)
         metrics = scrape(base)
         assert up(metrics, "EX01") == 1 and up(metrics, "EX02") == 1
 
@@ -144,7 +145,7 @@ def test_reload_when_the_file_disappeared(fleet, tmp_path):
         status, body = post_reload(base)
         assert status == 500 and "does not exist" in body
         assert reload_ok(scrape(base)) == 0
-        assert exporter.poller.targets.get("EX01") is not None
+        assert exporter.runtime.current().targets.get("EX01") is not None
 
 
 # ---------------------------------------------------------------- SIGHUP to a running process
@@ -248,7 +249,7 @@ def test_a_re_added_server_shows_no_stale_result(fleet, tmp_path):
     path = tmp_path / "exporter.yml"
     path.write_text(config_for(fleet, ["EX01", "EX02"]))
     exporter = Exporter(load_config(path), Catalog.load())
-    exporter.poller.run_cycle()
+    poll_all(exporter.poller)
     path.write_text(config_for(fleet, ["EX01"]))
     assert exporter.reload()[0]
     fleet.hosts["EX02"].faults.refuse_connections = True  # it went away; its old result must not come back
@@ -297,5 +298,5 @@ def test_any_reload_failure_is_a_failed_reload(fleet, tmp_path):
     exporter = Exporter(load_config(path), Catalog.load())
     path.write_bytes(b"poll: " + b"[" * 100_000)  # deeper than the YAML parser's recursion
     ok, message = exporter.reload()
-    assert not ok and exporter.last_reload_successful is False
+    assert not ok and exporter.runtime.last_reload_successful is False
     assert len(message) < 1000 and "running configuration is kept" in message

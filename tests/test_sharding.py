@@ -11,7 +11,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
+from exporter.config import load_config_text
 from exporter.sharding import parse_shard, shard_of
+from exporter.targets import Targets
+
+from .conftest import minimal_config
 
 REPO = Path(__file__).resolve().parents[1]
 SERVERS = [f"EX{i:04d}.corp{i % 7}.contoso.com" for i in range(2000)]
@@ -78,3 +82,17 @@ def test_parse_shard_errors(text, message):
 def test_shard_of_errors(name, n):
     with pytest.raises(ValueError):
         shard_of(name, n)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_the_targets_of_all_shards_hold_every_configured_server_once(count):
+    servers = "".join(f"  - ex{i:03d}.contoso.com\n" for i in range(100))
+    base = minimal_config().split("servers:")[0] + "servers:\n" + servers
+    owners: dict[str, list[int]] = {}
+    for index in range(count):
+        config = load_config_text(base + f"shard: {index}/{count}\n", Path("."))
+        for target in Targets(config).mine():
+            owners.setdefault(target.name, []).append(index)
+    assert len(owners) == 100
+    assert all(len(shards) == 1 for shards in owners.values())
+    assert len({s[0] for s in owners.values()}) == count, "a shard got nothing out of 100 servers"

@@ -11,6 +11,7 @@ import yaml
 from exporter.catalog import Catalog
 from exporter.config import load_config_text
 from exporter.poller import Poller
+from exporter.runtime import SafeRuntime
 
 from .conftest import PASSWORD_ENV, USERNAME, SimulatedFleet, relocate
 
@@ -33,7 +34,7 @@ def poll_with(fleet: SimulatedFleet, module: dict, tmp_path: Path):
         "modules": {"m": {"scheme": "https", "operation_timeout": "3s", "read_timeout": "5s", **module}},
         "servers": [{"name": "EX01", "address": host.address, "port": host.port}],
     }
-    poller = Poller(load_config_text(yaml.safe_dump(config), tmp_path), Catalog.load())
+    poller = Poller(SafeRuntime(load_config_text(yaml.safe_dump(config), tmp_path), Catalog.load()))
     try:
         return poller.poll_server("EX01")
     finally:

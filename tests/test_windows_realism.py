@@ -14,7 +14,7 @@ from exporter.exporter import Exporter
 from exporter.http_server import serve
 from exporter.scripts import ServerScriptParameters, powershell_command, server_script
 
-from .conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, relocate, samples
+from .conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, poll_all, relocate, samples
 
 SE = "15.2.2562.53"
 SERVERS = [
@@ -47,7 +47,7 @@ def metrics():
                          "organization": {"server": "EN"}})
     with SimulatedFleet(scenario) as fleet:
         exporter = Exporter(fleet.config(check_endpoint=True), Catalog.load())
-        exporter.poller.run_cycle()
+        poll_all(exporter.poller)
         server = serve(exporter, "127.0.0.1", 0, None)
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/metrics", timeout=10) as response:

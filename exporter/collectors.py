@@ -1,0 +1,123 @@
+"""One poll of one collector: run its script over a WinRM connection, parse, judge, return a result.
+
+The exporter's analogue of blackbox_exporter's `ProbeFn`: plain functions of what they are given (the
+target, an open connection, the settings, the catalog, a monotonic deadline) that never raise. Whatever
+goes wrong becomes the result's outcome through one triage, `_attempt`: a `PollFailure` or `ParseError`
+keeps its reason, anything else is a bug that costs this one poll (`internal_error`), not the exporter.
+Where results are kept, when polls run and which connection they use is the poller's business.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Callable, TypeVar
+
+from . import scripts
+from .catalog import Catalog
+from .config import OrganizationConfig, PollConfig
+from .eems_patterns import classify_organization_error
+from .interpret import interpret_server
+from .model import CollectorOutcome, OrganizationResult, OrgServerInfo, RawServerFacts, ServerResult, ServerState
+from .parse import ParseError, clixml_to_text, parse_organization_output, parse_server_output
+from .targets import Target
+from .winrm_client import PollFailure, ServerConnection
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def collect_server(target: Target, connection: ServerConnection, settings: PollConfig, catalog: Catalog,
+                   deadline: float, *, known: OrgServerInfo | None = None) -> ServerResult:
+    """Poll one server. `known` is what the organization collector last said about it (its proxy and
+    AdminDisplayVersion). The result holds this poll's state only: keeping the last good one is the store's."""
+    started = time.monotonic()
+
+    def poll() -> ServerState:
+        stdout = run_script(connection, server_script(target, settings, known), deadline)
+        return interpret_output(target, stdout, settings, catalog, known)[1]
+
+    state, outcome = _attempt("server", f"poll of {target.name}", started, poll)
+    return ServerResult(target.name, outcome=outcome, state=state,
+                        last_success=outcome.finished if outcome.success else None)
+
+
+def collect_organization(target: Target, connection: ServerConnection, settings: OrganizationConfig,
+                         deadline: float, *, max_servers: int) -> OrganizationResult:
+    """Poll the organization through one server (Get-ExchangeServer and the organization config)."""
+    started = time.monotonic()
+
+    def poll():
+        facts = parse_organization_output(run_script(connection, scripts.organization_script(), deadline),
+                                          max_servers=max_servers)
+        if facts.error_message:
+            reason = classify_organization_error(facts.error_message)
+            raise PollFailure(reason, f"{facts.error_stage or 'script'}: {facts.error_message}")
+        return facts
+
+    facts, outcome = _attempt("organization", f"organization collector on {target.name}", started, poll)
+    if facts is None:
+        return OrganizationResult(settings.name, outcome=outcome)
+    return OrganizationResult(settings.name, outcome=outcome, facts=facts, last_success=outcome.finished,
+                              servers={s.name.lower(): s for s in facts.servers})
+
+
+def _attempt(collector: str, what: str, started: float, poll: Callable[[], T]) -> tuple[T | None, CollectorOutcome]:
+    """Run `poll`; its value and a successful outcome, or None and the outcome its failure deserves."""
+    try:
+        value = poll()
+    except (PollFailure, ParseError) as failure:
+        outcome = failed(collector, started, failure)
+        log.warning("%s failed: %s: %s", what, outcome.error_reason, outcome.error_message)
+        return None, outcome
+    except Exception as err:  # a bug must cost one poll, not the exporter
+        log.exception("%s failed unexpectedly", what)
+        return None, failed(collector, started, PollFailure("internal_error", type(err).__name__))
+    return value, CollectorOutcome(collector, True, time.monotonic() - started, utcnow())
+
+
+def failed(collector: str, started: float, failure: Exception) -> CollectorOutcome:
+    reason = getattr(failure, "reason", "internal_error")
+    return CollectorOutcome(collector, False, time.monotonic() - started, utcnow(),
+                            error_reason=reason, error_message=" ".join(str(failure).split())[:300])
+
+
+def run_script(connection: ServerConnection, script: str, deadline: float) -> bytes:
+    """The script's stdout; a non-zero exit is a `script_failed` PollFailure carrying its error text."""
+    result = connection.run(scripts.powershell_command(script), deadline)
+    if result.exit_code != 0:
+        detail = clixml_to_text(result.stderr).strip() or "no error text"
+        raise PollFailure("script_failed", f"PowerShell exited with code {result.exit_code}: {detail}")
+    return result.stdout
+
+
+def server_script(target: Target, settings: PollConfig, known: OrgServerInfo | None) -> str:
+    """The collection script for one server; its proxy is the configured one, else the organization's."""
+    proxy = target.endpoint_proxy or (known.internet_web_proxy if known and known.internet_web_proxy else "")
+    return scripts.server_script(
+        scripts.ServerScriptParameters(
+            lookback_hours=max(1, int(settings.lookback // 3600)),
+            max_events=settings.max_events,
+            log_tail_bytes=settings.log_tail_bytes,
+            check_endpoint=settings.check_endpoint,
+            endpoint_timeout_seconds=max(1, int(settings.endpoint_timeout)),
+            proxy=proxy,
+        )
+    )
+
+
+def interpret_output(target: Target, stdout: bytes, settings: PollConfig, catalog: Catalog,
+                     known: OrgServerInfo | None) -> tuple[RawServerFacts, ServerState]:
+    """Parse and judge one output of the collection script, as a poll does. Raises ParseError."""
+    facts = parse_server_output(stdout, max_events=settings.max_events, max_log_bytes=settings.log_tail_bytes)
+    now = facts.now or utcnow()
+    return facts, interpret_server(
+        target.name, facts, catalog, lookback=timedelta(seconds=settings.lookback), now=now,
+        today=utcnow().date(), admin_display_version=known.admin_display_version if known else None,
+    )
