@@ -10,20 +10,12 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from .catalog import Catalog
 from .config import Config
-from .exposition import CachedExposition
-from .metrics import SelfStatus, render
+from .exposition import CachedExposition, probe_body
+from .metrics import SelfStatus
 from .model import OrganizationResult, ServerResult
 from .poller import Poller
 from .redact import Redactor
 from .runtime import SafeRuntime
-
-
-class _ProbeCollector:
-    def __init__(self, families):
-        self._families = families
-
-    def collect(self):
-        return self._families
 
 
 class Exporter:
@@ -55,12 +47,9 @@ class Exporter:
         servers, organization = self.poller.snapshot() if background else ([], None)
         return self._exposition.body(servers, organization, self._self_status(), self.registry, accept)
 
-    def probe_registry(self, target: str, module: str | None, timeout: float | None) -> CollectorRegistry:
+    def probe_body(self, target: str, module: str | None, timeout: float | None, accept: str) -> tuple[bytes, str]:
         """Poll one server now; its metrics only (self metrics stay on /metrics, as for blackbox)."""
-        result = self.poller.poll_server(target, module=module, timeout=timeout)
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_ProbeCollector(render([result], None, None)))
-        return registry
+        return probe_body(self.poller.poll_server(target, module=module, timeout=timeout), accept)
 
     def start(self) -> None:
         if self.runtime.current().config.poll.background:

@@ -1,10 +1,12 @@
-"""/metrics for thousands of servers: each server's sample lines are formatted once per poll, not per scrape.
+"""/metrics and /probe bodies; for thousands of servers, each server's sample lines are formatted once per
+poll, not per scrape.
 
 A fleet of 2,000 servers is about 70,000 samples; formatting them through prometheus_client on every
 scrape costs a third of a second of CPU. A server's result only changes when it is polled, so its lines
 are cached with the result object they came from, and a scrape only joins cached lines under one HELP/TYPE
 header per family. The output is the same Prometheus text format (or OpenMetrics, when negotiated) that
 prometheus_client writes; the process/GC/platform families still come from prometheus_client itself.
+/probe goes through the same encoder, so the two endpoints cannot drift apart.
 """
 
 from __future__ import annotations
@@ -75,8 +77,8 @@ class CachedExposition:
 
     def body(self, servers: list[ServerResult], organization: OrganizationResult | None,
              self_status: SelfStatus | None, base: CollectorRegistry, accept: str) -> tuple[bytes, str]:
-        encoder, content_type = choose_encoder(accept)
-        openmetrics = content_type.startswith(OPENMETRICS)
+        """/metrics: every server's latest result (cached lines), the organization, the exporter's own
+        metrics, after `base` (the process metrics, from prometheus_client)."""
         parts: list[list[_Family]] = []
         with self._lock:
             for result in servers:
@@ -88,18 +90,31 @@ class CachedExposition:
             parts.append(_format(organization_families(organization, {r.name.lower(): r.name for r in servers})))
         if self_status is not None:
             parts.append(_format(self_families(self_status)))
+        return _encode(parts, base, accept)
 
-        merged: dict[str, tuple[_Family, list[str]]] = {}
-        for families in parts:
-            for family in families:
-                entry = merged.get(family.name)
-                if entry is None:
-                    merged[family.name] = (family, list(family.lines))
-                else:
-                    entry[1].extend(family.lines)
-        chunks = [_header(family, openmetrics) + "".join(lines) for family, lines in merged.values()]
-        ours = "".join(chunks).encode("utf-8")
-        prefix = encoder(base)
-        if openmetrics and prefix.endswith(_EOF):
-            return prefix[: -len(_EOF)] + ours + _EOF, content_type
-        return prefix + ours, content_type
+
+def probe_body(result: ServerResult, accept: str) -> tuple[bytes, str]:
+    """/probe: one poll's metrics, encoded as /metrics encodes them (a probe's result is new: nothing cached)."""
+    return _encode([_format(server_families(result))], None, accept)
+
+
+def _encode(parts: list[list[_Family]], base: CollectorRegistry | None, accept: str) -> tuple[bytes, str]:
+    """The families of `parts` merged per name, in the format `accept` asks for, after `base`'s."""
+    encoder, content_type = choose_encoder(accept)
+    openmetrics = content_type.startswith(OPENMETRICS)
+    merged: dict[str, tuple[_Family, list[str]]] = {}
+    for families in parts:
+        for family in families:
+            entry = merged.get(family.name)
+            if entry is None:
+                merged[family.name] = (family, list(family.lines))
+            else:
+                entry[1].extend(family.lines)
+    chunks = [_header(family, openmetrics) + "".join(lines) for family, lines in merged.values()]
+    ours = "".join(chunks).encode("utf-8")
+    if base is None:
+        return ours + (_EOF if openmetrics else b""), content_type
+    prefix = encoder(base)
+    if openmetrics and prefix.endswith(_EOF):
+        return prefix[: -len(_EOF)] + ours + _EOF, content_type
+    return prefix + ours, content_type

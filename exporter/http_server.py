@@ -25,8 +25,6 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 
 from . import __version__
 from .config import scheme_problem
@@ -94,10 +92,6 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         self._send(401, b"Unauthorized\n", extra={"WWW-Authenticate": 'Basic realm="exchange-eems-exporter"'})
         return False
-
-    def _metrics_response(self, registry: CollectorRegistry) -> None:
-        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-        self._send(200, encoder(registry), content_type)
 
     # ------------------------------------------------------------ routes
 
@@ -211,7 +205,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             # the scrape timeout runs from when the request arrived: time queued for a worker counts
             timeout = max(1.0, seconds - PROBE_TIMEOUT_OFFSET_SECONDS - (time.monotonic() - self.received))
-        self._metrics_response(self.exporter.probe_registry(target, module, timeout))
+        body, content_type = self.exporter.probe_body(target, module, timeout, self.headers.get("Accept", ""))
+        self._send(200, body, content_type)
 
 
 class ExporterHTTPServer:

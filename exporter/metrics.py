@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import Iterable
 
 from prometheus_client.core import InfoMetricFamily, Metric
 
@@ -236,21 +235,6 @@ def organization_families(organization: OrganizationResult, server_names: dict[s
 def self_families(self_status: SelfStatus) -> list[Metric]:
     out = _Families()
     _self_metrics(out, self_status)
-    return list(out)
-
-
-def render(servers: Iterable[ServerResult], organization: OrganizationResult | None,
-           self_status: SelfStatus | None) -> list[Metric]:
-    """All families for a snapshot, merged per metric name (for /probe and tests; /metrics uses exposition.py)."""
-    out = _Families()
-    names: dict[str, str] = {}
-    for result in servers:
-        names[result.name.lower()] = result.name
-        _server_metrics(out, result)
-    if organization is not None:
-        _organization_metrics(out, organization, names)
-    if self_status is not None:
-        _self_metrics(out, self_status)
     return list(out)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from exporter.catalog import Catalog
-from exporter.metrics import render
+from exporter.metrics import server_families
 
 from .conftest import SimulatedFleet, relocate
 
@@ -21,7 +21,7 @@ SCENARIO = {
 
 
 def build_labels(result) -> dict[str, str]:
-    families = render([result], None, None)
+    families = server_families(result)
     return next(dict(s.labels) for f in families for s in f.samples if s.name == "exchange_build_info")
 
 

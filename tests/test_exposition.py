@@ -1,4 +1,5 @@
-"""/metrics is rendered from per-server cached lines; it must say exactly what prometheus_client would."""
+"""/metrics is rendered from per-server cached lines and /probe through the same encoder; both must say exactly
+what prometheus_client would."""
 
 from __future__ import annotations
 
@@ -6,20 +7,28 @@ import os
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from exporter.catalog import Catalog
 from exporter.exporter import Exporter
-from exporter.metrics import render
+from exporter.exposition import probe_body
+from exporter.metrics import organization_families, self_families, server_families
 
 from .conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, demo_scenario, poll_all, relocate
 
 
 class _Fixed:
+    """The families of a snapshot for prometheus_client to encode, merged per name as an exposition must be."""
+
     def __init__(self, families):
-        self._families = families
+        merged: dict[str, Metric] = {}
+        for family in families:
+            merged.setdefault(family.name, Metric(family.name, family.documentation, family.type)).samples.extend(
+                family.samples)
+        self._families = list(merged.values())
 
     def collect(self):
         return self._families
@@ -42,8 +51,17 @@ def _samples(families) -> set:
 
 def _reference(exporter: Exporter) -> CollectorRegistry:
     servers, organization = exporter.poller.snapshot()
+    families = [f for result in servers for f in server_families(result)]
+    families += organization_families(organization, {r.name.lower(): r.name for r in servers})
+    families += self_families(exporter._self_status())
     registry = CollectorRegistry()
-    registry.register(_Fixed(render(servers, organization, exporter._self_status())))
+    registry.register(_Fixed(families))
+    return registry
+
+
+def _probe_reference(result) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(_Fixed(server_families(result)))
     return registry
 
 
@@ -69,3 +87,16 @@ def test_a_new_poll_replaces_the_cached_lines(polled):
     after, _ = polled.metrics_body("")
     duration = f'exchange_collector_duration_seconds{{collector="server",server="EX-SE01"}} {result.outcome.duration_seconds!r}'
     assert duration.encode() in after and duration.encode() not in before
+
+
+def test_probe_says_what_prometheus_client_would_in_both_formats(polled):
+    [result] = [r for r in polled.poller.snapshot()[0] if r.name == "EX-SE01"]
+    body, content_type = probe_body(result, "")
+    assert content_type.startswith("text/plain")
+    ours = _samples(parse_text(body.decode()))
+    assert ours == _samples(parse_text(generate_latest(_probe_reference(result)).decode())) and len(ours) > 20
+    body, content_type = probe_body(result, "application/openmetrics-text; version=1.0.0")
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.endswith(b"# EOF\n") and body.count(b"# EOF") == 1
+    assert _samples(parse_openmetrics(body.decode())) == _samples(
+        parse_openmetrics(generate_openmetrics(_probe_reference(result)).decode()))

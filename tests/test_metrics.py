@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 
 from exporter.catalog import Catalog
-from exporter.metrics import render
+from exporter.metrics import server_families
 from exporter.model import CollectorOutcome, EemsHistory, EndpointState, PartialFailure, ServerResult, ServerState
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
@@ -23,7 +23,7 @@ STATE = ServerState(
 def series(state: ServerState, success: bool = True) -> dict[tuple[str, tuple], float]:
     outcome = CollectorOutcome("server", success, 1.5, NOW, None if success else "timeout", None)
     result = ServerResult("EX01", outcome=outcome, state=state, last_success=NOW)
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in render([result], None, None) for s in f.samples}
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in server_families(result) for s in f.samples}
 
 
 def test_partial_failures_are_one_series_per_part_and_reason():
