@@ -21,8 +21,8 @@ from .catalog import BuildVersionError, Catalog, CatalogError, verdict_to_json
 from .config import DEFAULT_LISTEN_PORT, Config, ConfigError, load_config
 from .redact import Redactor
 from .sharding import parse_shard
-from .demo import add_demo_command
-from .simulator.cli import add_simulator_commands
+from simulator.demo import add_demo_command
+from simulator.cli import add_simulator_commands
 
 log = logging.getLogger("exporter")
 EXIT_USAGE = 2

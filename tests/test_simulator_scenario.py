@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.simulator import eems
-from exporter.simulator.host import CommandOutput
-from exporter.simulator.scenario import ScenarioError, load_scenario, scenario_from_dict
+from simulator import eems
+from simulator.host import CommandOutput
+from simulator.scenario import ScenarioError, load_scenario, scenario_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
-SIMULATOR = ROOT / "exporter" / "simulator"
+SIMULATOR = ROOT / "simulator"
 NOW = datetime(2026, 11, 26, 12, 30, tzinfo=timezone.utc)
 SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
 ORG_MARKER = "# exchange-eems-exporter:collect-organization:v1"
@@ -650,7 +650,7 @@ def test_simulator_imports_nothing_from_the_exporter_outside_itself():
 
 
 def _outside(module: str) -> bool:
-    return module == "exporter" or (module.startswith("exporter.") and not module.startswith("exporter.simulator"))
+    return module == "exporter" or module.startswith("exporter.")
 
 
 def test_eems_build_table_matches_the_reference_cutoffs():

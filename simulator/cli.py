@@ -26,7 +26,7 @@ DEMO_SCENARIO = "demo"  # the shipped scenario, by name
 
 def _scenario_path(value: str) -> Path:
     if value == DEMO_SCENARIO:
-        return Path(str(resources.files("exporter.simulator").joinpath("scenarios").joinpath("demo.yaml")))
+        return Path(str(resources.files("simulator").joinpath("scenarios").joinpath("demo.yaml")))
     return Path(value)
 
 

@@ -6,7 +6,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from .simulator.cli import DEMO_SCENARIO, address, start_fleet, write_config
+from .cli import DEMO_SCENARIO, address, start_fleet, write_config
 
 
 def cmd_demo(args: argparse.Namespace, run_exporter) -> int:
