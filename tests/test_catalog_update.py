@@ -165,15 +165,15 @@ def test_running_exporter_picks_the_update_up_on_reload_and_keeps_it_after_a_bad
     config_file = tmp_path / "exporter.yml"
     config_file.write_text(minimal_config(f"catalog_file: {output}\n"))
     running = Exporter(load_config(config_file), Catalog.load(output))
-    assert not running.catalog.verdict("15.2.2562.60").known
+    assert not running.runtime.current().catalog.verdict("15.2.2562.60").known
     assert exporter("catalog", "update", "--from", str(newer_list(tmp_path)), "--output", str(output)).returncode == 0
     assert running.reload() == (True, "configuration reloaded")
-    assert running.catalog.verdict("15.2.2562.60").known
-    assert running.catalog.newest_release == date(2026, 10, 13)
+    assert running.runtime.current().catalog.verdict("15.2.2562.60").known
+    assert running.runtime.current().catalog.newest_release == date(2026, 10, 13)
     bad = newer_list(tmp_path, OCT26.replace("Exchange SE", "Exchange 2030"))
     assert exporter("catalog", "update", "--from", str(bad), "--output", str(output)).returncode == 2
     assert running.reload() == (True, "configuration reloaded")
-    assert running.catalog.verdict("15.2.2562.60").known
+    assert running.runtime.current().catalog.verdict("15.2.2562.60").known
 
 
 # ---------------------------------------------------------------- diff
