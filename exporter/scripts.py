@@ -9,6 +9,7 @@ command is checked here rather than discovered as "The command line is too long.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -29,7 +30,10 @@ class ServerScriptParameters:
     proxy: str
 
 
+@functools.cache
 def _body(name: str) -> str:
+    """The packaged script text, read once: it cannot change while the exporter runs, and reading it for
+    every poll took seven system calls, each handing the GIL to another of the polls in flight."""
     return resources.files("exporter").joinpath("scripts").joinpath(name).read_text(encoding="utf-8")
 
 

@@ -31,6 +31,7 @@ from winrm.exceptions import (
 from winrm.protocol import Protocol
 
 from .config import ModuleConfig
+from .wsman import WinRSProtocol
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class ServerConnection:
     def _new_protocol(self) -> Protocol:
         m = self.module
         transport = {"basic": "basic" if m.scheme == "http" else "ssl"}.get(m.transport, m.transport)
-        protocol = Protocol(
+        protocol = WinRSProtocol(
             self.endpoint,
             transport=transport,
             username=m.username,
