@@ -12,11 +12,15 @@ import uuid
 from xml.sax.saxutils import escape
 
 import pytest
+from winrm.encryption import Encryption
 from winrm.exceptions import WinRMError
 from winrm.protocol import Protocol
 
 from exporter.simulator import wsman as windows
+from exporter.simulator.host import CommandOutput, SimulatedHost
+from exporter.simulator.server import Fleet
 from exporter.wsman import WinRSProtocol
+from exporter.wsman_http import TemplateEncryption
 
 ENDPOINT = "http://127.0.0.1:5985/wsman"
 FIXED_ID = uuid.UUID("0f487c31-c76e-4bd7-bfb6-80e618387180")
@@ -127,3 +131,38 @@ def test_a_stream_without_name_is_a_protocol_error(monkeypatch):
     protocol, _ = _canned(WinRSProtocol, answer, monkeypatch)
     with pytest.raises(WinRMError, match="Name"):
         protocol.get_command_output_raw("S", "C")
+
+
+# ---------------------------------------------------------------- over real NTLM to the simulator
+
+
+@pytest.fixture(scope="module")
+def plain_host():
+    def run(line: str) -> CommandOutput:
+        return CommandOutput([line.encode()[::-1]], b"", 3)
+
+    host = SimulatedHost(name="plain", address="127.0.0.31", port=0, scheme="http", run=run)
+    with Fleet([host], {"EXCH\\svc": "Pa55-word"}, control_address=("127.0.0.1", 0)) as fleet:
+        yield fleet, f"http://{host.address}:{host.port}/wsman"
+
+
+def test_a_shell_round_trip_over_ntlm_encryption(plain_host, monkeypatch):
+    """Both paths drive one real encrypted session; the requests prepared from the template carry the headers
+    pywinrm's own preparation sets, and no proxy variable from the environment is consulted."""
+    fleet, endpoint = plain_host
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # would fail every request if it were used
+    protocol = WinRSProtocol(endpoint, transport="ntlm", username="EXCH\\svc", password="Pa55-word", proxy=None)
+    shell_id = protocol.open_shell(idle_timeout="PT60.000S")
+    session = protocol.transport.session
+    assert isinstance(protocol.transport.encryption, TemplateEncryption) and session.trust_env is False
+    theirs = Encryption(session, "ntlm").prepare_encrypted_request(session, endpoint, b"<x/>")
+    ours = protocol.transport.encryption.prepare_encrypted_request(session, endpoint, b"<x/>")
+    assert (ours.method, ours.url, list(ours.headers.items())) == (theirs.method, theirs.url, list(theirs.headers.items()))
+    assert len(ours.body) == len(theirs.body) and ours.hooks == theirs.hooks
+    protocol.transport.close_session()  # the two preparations above used up sequence numbers: a fresh session
+    shell_id = protocol.open_shell()
+    command_id = protocol.run_command(shell_id, "echo", ["hello"])
+    assert protocol.get_command_output_raw(shell_id, command_id) == (b"olleh ohce", b"", 3, True)
+    protocol.cleanup_command(shell_id, command_id)
+    protocol.close_shell(shell_id)
+    assert fleet.open_shells() == 1  # the first shell, whose session was dropped above, idles out on its own
