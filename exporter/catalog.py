@@ -17,19 +17,33 @@ the fourth part the update. Verdicts for builds the catalog does not list (known
   it fails, since we cannot know it carries the fix.
 - Exchange 2013 never had EEMS, so every 2013 build fails every cutoff whatever its number.
 - A build without EEMS (2016 <= CU21, 2019 <= CU10, 2013) fails every cutoff: it cannot receive mitigations.
+- A CU-level build (from AdminDisplayVersion, which names the CU but not its update) is judged as the
+  oldest known build of its CU: it passes a cutoff only when every build of that CU does.
+
+Thresholds (EEMS's first CU, a cutoff's `all_from` CU and `minimum` build) compare all four parts of
+the build, as HealthChecker does (`>= 15.1.2375.7`), never the third part alone.
+
+Servicing (servicing.tsv) is a rule plus the release history:
+- a CU is serviced while it is one of the product's `serviced_cus` newest CUs and the product's
+  `updates_end` (ESU included) has not passed; once that has passed the product is out of support;
+- a CU that left that window stopped being serviced when the window moved past it (the release of the
+  CU `serviced_cus` places newer), or, if Microsoft kept shipping updates for it after that (2016 CU22
+  got SUs until Nov22SU), on the product's first release after its last update.
+- the update path leads to the newest build of the CU while it is serviced, else to the newest build
+  of the product's newest CU, else (out of support) to the newest build of `migrate_to`.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
-from exporter.model import BuildVerdict
+from exporter.model import BuildVerdict, NextBuild
 
 # Where each product's version range starts (major, minor, build). A build belongs to the last product
 # whose start it reaches within the same major.minor; HealthChecker's rule (SE = 15.2 with build >= 2562).
@@ -41,10 +55,13 @@ PRODUCT_FIRST_BUILD: dict[str, tuple[int, int, int]] = {
 }
 BUILD_COLUMNS = ("product", "cu", "update", "build", "released")
 LIFECYCLE_COLUMNS = ("product", "released", "mainstream_end", "extended_end")
+SERVICING_COLUMNS = ("product", "serviced_cus", "updates_end", "migrate_to")
+SERVICED, CU_NOT_SERVICED, OUT_OF_SUPPORT = "serviced", "cu_not_serviced", "out_of_support"
 UNKNOWN = "unknown"
 
 _VERSION = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})\.([0-9]{1,9})\.([0-9]{1,9})")
 _VERSION_EXAMPLE = "expected e.g. 15.2.1544.4"
+_ADMIN_DISPLAY_VERSION = re.compile(r"Version ([0-9]{1,9})\.([0-9]{1,9}) \(Build ([0-9]{1,9})\.([0-9]{1,9})\)")
 
 
 class CatalogError(Exception):
@@ -78,6 +95,16 @@ def parse_build(version: object) -> tuple[int, int, int, int]:
     return parts  # type: ignore[return-value]
 
 
+def parse_admin_display_version(text: object) -> str:
+    """`Version 15.2 (Build 1544.36)` (Get-ExchangeServer, deserialized) -> `15.2.1544.36`."""
+    match = _ADMIN_DISPLAY_VERSION.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise BuildVersionError(f"AdminDisplayVersion {_show(text)} is not like 'Version 15.2 (Build 1544.36)'")
+    version = ".".join(match.groups())
+    parse_build(version)
+    return version
+
+
 def product_of(parts: tuple[int, int, int, int]) -> str:
     starts = [(start, name) for name, start in PRODUCT_FIRST_BUILD.items() if start[:2] == parts[:2]]
     return max((s for s in starts if s[0] <= parts[:3]))[1]
@@ -94,8 +121,19 @@ class _Build:
 
 @dataclass(frozen=True)
 class _Cutoff:
-    minimum: dict[tuple[str, tuple[int, int, int]], int]  # (product, CU triple) -> first passing 4th part
-    all_from: dict[str, int]  # product -> third part of the first CU whose builds all pass
+    minimum: dict[tuple[str, tuple[int, int, int]], tuple[int, int, int, int]]  # (product, CU) -> first passing build
+    all_from: dict[str, tuple[int, int, int, int]]  # product -> first build of the first CU whose builds all pass
+
+
+@dataclass(frozen=True)
+class _Servicing:
+    serviced_cus: int
+    updates_end: date | None
+    migrate_to: str | None
+
+
+def today_utc() -> date:
+    return datetime.now(timezone.utc).date()
 
 
 def _data_rows(path: str, text: str, columns: tuple[str, ...]):
@@ -142,58 +180,77 @@ def _parse_builds(path: str, text: str) -> dict[tuple[int, int, int, int], _Buil
             raise CatalogError(path, line, f"unknown product {_show(product)} (one of {', '.join(PRODUCT_FIRST_BUILD)})")
         if not cu:
             raise CatalogError(path, line, "empty cu")
-        try:
-            parts = parse_build(version)
-        except BuildVersionError as e:
-            raise CatalogError(path, line, str(e)) from None
-        if product_of(parts) != product:
-            raise CatalogError(path, line, f"build {version} belongs to {product_of(parts)}, not {product}")
-        if parts in builds:
-            raise CatalogError(path, line, f"build {version} is listed twice")
+        parts = checked_build_parts(path, line, product, version, builds)
         builds[parts] = _Build(product, cu, update, parts, _parse_date(path, line, "released", released))
     return builds
 
 
+def checked_build_parts(path: str, line: int, product: str, version: str, builds: dict) -> tuple[int, int, int, int]:
+    """A build list row's build: four parts, of the product the row names, not listed before."""
+    try:
+        parts = parse_build(version)
+    except BuildVersionError as e:
+        raise CatalogError(path, line, str(e)) from None
+    if product_of(parts) != product:
+        raise CatalogError(path, line, f"build {version} belongs to {product_of(parts)}, not {product}")
+    if parts in builds:
+        raise CatalogError(path, line, f"build {version} is listed twice")
+    return parts
+
+
 class Catalog:
-    """The merged build list and cutoffs, indexed for verdicts."""
+    """The merged build list, cutoffs and servicing rule, indexed for verdicts."""
 
     def __init__(
         self,
         builds: dict[tuple[int, int, int, int], _Build],
         support_end: dict[str, date | None],
-        eems_first: dict[str, int],
+        servicing: dict[str, _Servicing],
+        eems_first: dict[str, tuple[int, int, int, int]],
         cutoffs: dict[str, _Cutoff],
     ):
         self._builds = builds
         self._support_end = support_end
+        self._servicing = servicing
         self._eems_first = eems_first
         self._cutoffs = cutoffs
         self._cus: dict[tuple[str, tuple[int, int, int]], list[_Build]] = {}
         for build in sorted(builds.values(), key=lambda b: b.parts):
             self._cus.setdefault((build.product, build.parts[:3]), []).append(build)
-        self._newest_cu: dict[str, int] = {}
-        for product, triple in self._cus:
-            self._newest_cu[product] = max(self._newest_cu.get(product, 0), triple[2])
+        self._product_cus: dict[str, list[tuple[int, int, int]]] = {}
+        for product, triple in sorted(self._cus):
+            self._product_cus.setdefault(product, []).append(triple)
+        self._releases: dict[str, list[date]] = {}
+        for build in builds.values():
+            self._releases.setdefault(build.product, []).append(build.released)
+        for dates in self._releases.values():
+            dates.sort()
         self.newest_release: date = max(b.released for b in builds.values())
         self.cutoff_ids: tuple[str, ...] = tuple(cutoffs)
 
     @classmethod
     def load(cls, extra_file: Path | None = None) -> "Catalog":
         """Packaged data plus an operator's TSV (same columns) that adds builds or overrides packaged rows."""
-        data = resources.files("exporter") / "data"
-        builds = _parse_builds("exporter/data/builds.tsv", (data / "builds.tsv").read_text(encoding="utf-8"))
-        if extra_file is not None:
-            extra = Path(extra_file)
-            builds.update(_parse_builds(str(extra), _read_text(extra)))
-        support_end = _parse_lifecycle("exporter/data/lifecycle.tsv", (data / "lifecycle.tsv").read_text("utf-8"))
-        eems_first, cutoffs = _parse_cutoffs("exporter/data/cutoffs.yaml", (data / "cutoffs.yaml").read_text("utf-8"), builds)
-        return cls(builds, support_end, eems_first, cutoffs)
+        return cls.from_builds(load_builds(extra_file))
 
-    def verdict(self, version: str) -> BuildVerdict:
+    @classmethod
+    def from_builds(cls, builds: dict[tuple[int, int, int, int], _Build]) -> "Catalog":
+        """The packaged lifecycle, servicing rule and cutoffs applied to this build list."""
+        data = resources.files("exporter") / "data"
+        support_end = _parse_lifecycle("exporter/data/lifecycle.tsv", (data / "lifecycle.tsv").read_text("utf-8"))
+        servicing = _parse_servicing("exporter/data/servicing.tsv", (data / "servicing.tsv").read_text("utf-8"))
+        eems_first, cutoffs = _parse_cutoffs("exporter/data/cutoffs.yaml", (data / "cutoffs.yaml").read_text("utf-8"), builds)
+        return cls(builds, support_end, servicing, eems_first, cutoffs)
+
+    def builds(self) -> list[_Build]:
+        return sorted(self._builds.values(), key=lambda b: b.parts)
+
+    def verdict(self, version: str, *, cu_level: bool = False, today: date | None = None) -> BuildVerdict:
+        """Judge a build. `cu_level`: the version names only its CU (AdminDisplayVersion), its update is unknown."""
         parts = parse_build(version)
         product = product_of(parts)
         same_cu = self._cus.get((product, parts[:3]), [])
-        exact = self._builds.get(parts)
+        exact = None if cu_level else self._builds.get(parts)
         if exact is not None:
             cu, update, released = exact.cu, exact.update, exact.released
         elif same_cu:
@@ -201,10 +258,19 @@ class Catalog:
             cu, update, released = (older[-1] if older else same_cu[0]).cu, UNKNOWN, None
         else:
             cu, update, released = UNKNOWN, UNKNOWN, None
+        if cu_level:  # judged as the CU's oldest build: compliant only if every build of the CU is
+            parts = same_cu[0].parts if same_cu else parts[:3] + (0,)
         newer = [b for b in same_cu if b.parts > parts]
-        eems = product in self._eems_first and parts[2] >= self._eems_first[product]
+        superseded_since = newer[0].released if newer and not cu_level else None
+        eems = product in self._eems_first and parts >= self._eems_first[product]
+        servicing, servicing_end = self._servicing_state(product, parts[:3], today or today_utc())
+        next_build = self._next_build(product, servicing, same_cu, parts, cu_level)
+        if servicing == SERVICED:
+            path_since = superseded_since
+        else:
+            path_since = min(d for d in (superseded_since, servicing_end) if d is not None)
         return BuildVerdict(
-            version=".".join(map(str, parts)),
+            version=".".join(map(str, parse_build(version))),
             product=product,
             cu=cu,
             update=update,
@@ -212,17 +278,88 @@ class Catalog:
             known=exact is not None,
             eems_supported=eems,
             cutoffs={cid: eems and self._passes(cutoff, product, parts) for cid, cutoff in self._cutoffs.items()},
-            superseded_since=newer[0].released if newer else None,
+            superseded_since=superseded_since,
             product_support_end=self._support_end.get(product),
+            servicing=servicing,
+            cu_servicing_end=servicing_end,
+            next_build=next_build,
+            update_path_since=path_since if next_build is not None else None,
         )
+
+    def _servicing_state(self, product: str, triple: tuple[int, int, int], today: date) -> tuple[str, date | None]:
+        """(servicing, first day without updates) of a CU, from the rule in servicing.tsv and the release history."""
+        rule = self._servicing[product]
+        product_end = rule.updates_end + timedelta(days=1) if rule.updates_end is not None else None
+        newer_cus = [t for t in self._product_cus.get(product, []) if t > triple]
+        end = None
+        if len(newer_cus) >= rule.serviced_cus:
+            end = self._cus[(product, newer_cus[rule.serviced_cus - 1])][0].released
+            own = self._cus.get((product, triple))
+            if own is not None:
+                last_update = max(b.released for b in own)
+                later = [d for d in self._releases[product] if d > last_update]
+                if later:
+                    end = max(end, later[0])
+        if product_end is not None and product_end <= today:
+            return OUT_OF_SUPPORT, min(d for d in (end, product_end) if d is not None)
+        if end is not None and end <= today:
+            return CU_NOT_SERVICED, end
+        return SERVICED, None
+
+    def _next_build(self, product: str, servicing: str, same_cu: list[_Build], parts: tuple[int, int, int, int],
+                    cu_level: bool) -> NextBuild | None:
+        if servicing == SERVICED:
+            if not same_cu or (same_cu[-1].parts <= parts and not cu_level):
+                return None
+            target = same_cu[-1]
+        else:
+            if servicing == OUT_OF_SUPPORT:
+                product = self._servicing[product].migrate_to or product
+            cus = self._product_cus.get(product)
+            if not cus:
+                return None
+            target = self._cus[(product, cus[-1])][-1]
+            if target.parts <= parts:
+                return None
+        return NextBuild(".".join(map(str, target.parts)), target.product, target.cu, target.update, target.released)
 
     def _passes(self, cutoff: _Cutoff, product: str, parts: tuple[int, int, int, int]) -> bool:
         minimum = cutoff.minimum.get((product, parts[:3]))
         if minimum is not None:
-            return parts[3] >= minimum
-        if product in cutoff.all_from and parts[2] >= cutoff.all_from[product]:
+            return parts >= minimum
+        if product in cutoff.all_from and parts >= cutoff.all_from[product]:
             return True
-        return parts[2] > self._newest_cu.get(product, parts[2])
+        cus = self._product_cus.get(product)
+        return bool(cus) and parts[:3] > cus[-1]
+
+
+def packaged_builds() -> dict[tuple[int, int, int, int], _Build]:
+    data = resources.files("exporter") / "data"
+    return _parse_builds("exporter/data/builds.tsv", (data / "builds.tsv").read_text(encoding="utf-8"))
+
+
+def load_builds(extra_file: Path | None = None) -> dict[tuple[int, int, int, int], _Build]:
+    """The packaged build list with an operator's catalog_file (same columns) laid over it."""
+    builds = packaged_builds()
+    if extra_file is not None:
+        extra = Path(extra_file)
+        builds.update(_parse_builds(str(extra), _read_text(extra)))
+    return builds
+
+
+def _parse_servicing(path: str, text: str) -> dict[str, _Servicing]:
+    rules: dict[str, _Servicing] = {}
+    for line, (product, count, end, migrate_to, *_) in _data_rows(path, text, SERVICING_COLUMNS):
+        if product not in PRODUCT_FIRST_BUILD or (migrate_to and migrate_to not in PRODUCT_FIRST_BUILD):
+            raise CatalogError(path, line, f"unknown product {_show(product)} or {_show(migrate_to)}")
+        if not count.isdigit() or int(count) < 1:
+            raise CatalogError(path, line, f"serviced_cus {_show(count)} is not a whole number >= 1")
+        rules[product] = _Servicing(int(count), _parse_date(path, line, "updates_end", end) if end else None,
+                                    migrate_to or None)
+    missing = set(PRODUCT_FIRST_BUILD) - set(rules)
+    if missing:
+        raise CatalogError(path, None, f"no servicing rule for {', '.join(sorted(missing))}")
+    return rules
 
 
 def _parse_lifecycle(path: str, text: str) -> dict[str, date | None]:
@@ -243,11 +380,17 @@ def _cu_triple(path: str, name: object, builds: dict) -> tuple[str, tuple[int, i
     return product, triples.pop()
 
 
-def _parse_cutoffs(path: str, text: str, builds: dict) -> tuple[dict[str, int], dict[str, _Cutoff]]:
+def _cu_first_build(path: str, name: str, builds: dict) -> tuple[int, int, int, int]:
+    """The oldest listed build of a CU: the full build a `>=` threshold on that CU compares with."""
+    product, triple = _cu_triple(path, name, builds)
+    return min(parts for parts in builds if parts[:3] == triple and builds[parts].product == product)
+
+
+def _parse_cutoffs(path: str, text: str, builds: dict) -> tuple[dict[str, tuple], dict[str, _Cutoff]]:
     try:
         doc = yaml.safe_load(text)
         eems_first = {
-            product: _cu_triple(path, f"{product}/{cu}", builds)[1][2] for product, cu in doc["eems"]["first_cu"].items()
+            product: _cu_first_build(path, f"{product}/{cu}", builds) for product, cu in doc["eems"]["first_cu"].items()
         }
         cutoffs: dict[str, _Cutoff] = {}
         for cid, spec in doc["cutoffs"].items():
@@ -257,9 +400,9 @@ def _parse_cutoffs(path: str, text: str, builds: dict) -> tuple[dict[str, int], 
                 parts = parse_build(str(version))
                 if parts not in builds or parts[:3] != triple:
                     raise CatalogError(path, None, f"cutoff {cid}: minimum {version} is not a listed build of {name}")
-                minimum[(product, triple)] = parts[3]
+                minimum[(product, triple)] = parts
             all_from = {
-                product: _cu_triple(path, f"{product}/{cu}", builds)[1][2]
+                product: _cu_first_build(path, f"{product}/{cu}", builds)
                 for product, cu in (spec.get("all_from") or {}).items()
             }
             cutoffs[str(cid)] = _Cutoff(minimum, all_from)
@@ -285,4 +428,14 @@ def verdict_to_json(v: BuildVerdict) -> dict:
         "cutoffs": dict(v.cutoffs),
         "superseded_since": _iso(v.superseded_since),
         "product_support_end": _iso(v.product_support_end),
+        "servicing": v.servicing,
+        "cu_servicing_end": _iso(v.cu_servicing_end),
+        "next_build": None if v.next_build is None else {
+            "version": v.next_build.version,
+            "product": v.next_build.product,
+            "cu": v.next_build.cu,
+            "update": v.next_build.update,
+            "released": _iso(v.next_build.released),
+        },
+        "update_path_since": _iso(v.update_path_since),
     }

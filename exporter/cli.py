@@ -1,4 +1,4 @@
-"""Command line: `run` (default), `check-config`, `poll`, `build`, `simulate`, `demo`.
+"""Command line: `run` (default), `check-config`, `poll`, `diagnose`, `build`, `catalog update|diff`, `simulate`, `demo`.
 
 Arguments only: every command hands over to the module that does the work. Expected failures (a bad
 config, a bad version) print one line and exit 2, never a traceback.
@@ -134,14 +134,20 @@ def _jsonable(value):
     return value
 
 
-def cmd_poll(args: argparse.Namespace) -> int:
-    from .poller import Poller
-
+def _one_server_command(args: argparse.Namespace) -> tuple[Config, Catalog, Redactor]:
+    """What `poll` and `diagnose` share: logging with the secrets redacted, the config, its warnings."""
     redactor = Redactor()
     _setup_logging(args.log_level, redactor)
     config, catalog = _load(args.config_file, None)
     redactor.add(config.secrets())
     _warn_insecure(config)
+    return config, catalog, redactor
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    from .poller import Poller
+
+    config, catalog, redactor = _one_server_command(args)
     poller = Poller(config, catalog)
     if poller.targets.get(args.server) is None:
         raise _Fail(f"server {args.server!r} is not in {args.config_file}")
@@ -149,6 +155,18 @@ def cmd_poll(args: argparse.Namespace) -> int:
     print(redactor.scrub(json.dumps(_jsonable(result), indent=2)))
     poller.stop()
     return 0 if result.outcome and result.outcome.success else 1
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from .diagnose import field_report
+
+    config, catalog, _ = _one_server_command(args)
+    try:
+        report = field_report(config, catalog, args.server, redact_names=args.redact_names)
+    except KeyError:
+        raise _Fail(f"server {args.server!r} is not in {args.config_file}") from None
+    sys.stdout.write(report)
+    return 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -167,10 +185,56 @@ def cmd_build(args: argparse.Namespace) -> int:
     print(f"  released:          {data['released'] or 'unknown'}")
     print(f"  superseded since:  {data['superseded_since'] or 'no: newest known build of its CU'}")
     print(f"  support ends:      {data.get('product_support_end') or 'no fixed date'}")
+    print(f"  servicing:         {_servicing_text(data)}")
+    target = data["next_build"]
+    if target is None:
+        print("  next build:        none: newest build of its update path")
+    else:
+        update = f" {target['update']}" if target["update"] else ""
+        print(f"  next build:        {target['version']} ({target['product']} {target['cu']}{update}, "
+              f"released {target['released']}); a newer build exists since {data['update_path_since']}")
     print(f"  EEMS on this build: {'yes' if data['eems_supported'] else 'no'}")
     for cutoff, ok in data["cutoffs"].items():
         print(f"  {cutoff} certificate cutoff: {'compliant' if ok else 'NOT compliant: cannot use new mitigations'}")
     return 0
+
+
+def cmd_catalog_update(args: argparse.Namespace) -> int:
+    from .catalog_update import display_source, validated_update, write_catalog_file
+    from .catalog import today_utc
+
+    try:
+        rows, _ = validated_update(args.source)
+        write_catalog_file(args.output, rows, args.source, today_utc())
+    except CatalogError as err:
+        raise _Fail(f"catalog not updated, nothing written: {err}") from None
+    except OSError as err:
+        raise _Fail(f"catalog not updated: cannot write {args.output}: {err.strerror or err}") from None
+    print(f"{args.output}: {len(rows)} builds new or different from the packaged catalog, from "
+          f"{display_source(args.source)}. Set catalog_file: {args.output} in the configuration (if not yet) and "
+          "reload the exporter (SIGHUP or POST /-/reload).")
+    return 0
+
+
+def cmd_catalog_diff(args: argparse.Namespace) -> int:
+    from .catalog import load_builds
+    from .catalog_update import diff
+
+    try:
+        lines = diff(load_builds(args.catalog_file), args.source)
+    except CatalogError as err:
+        raise _Fail(str(err)) from None
+    print("\n".join(lines))
+    return 0
+
+
+def _servicing_text(data: dict) -> str:
+    if data["servicing"] == "serviced":
+        return "its CU receives security updates"
+    if data["servicing"] == "cu_not_serviced":
+        return f"its CU gets NO security updates since {data['cu_servicing_end']}: move to the newest CU"
+    return (f"its CU gets NO security updates since {data['cu_servicing_end']} and the product is out of support: "
+            "migrate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,11 +266,32 @@ def build_parser() -> argparse.ArgumentParser:
     poll.add_argument("server")
     poll.set_defaults(func=cmd_poll)
 
+    diagnose = sub.add_parser("diagnose", help="poll one server and write a field report to attach to a bug")
+    common(diagnose)
+    diagnose.add_argument("server")
+    diagnose.add_argument("--redact-names", action="store_true",
+                          help="also remove host names and IP addresses (secrets are always removed)")
+    diagnose.set_defaults(func=cmd_diagnose)
+
     build = sub.add_parser("build", help="explain an Exchange build number")
     build.add_argument("version")
     build.add_argument("--json", action="store_true")
-    build.add_argument("--catalog-file", type=Path, help="your own catalog file with newer builds")
+    build.add_argument("--catalog.file", "--catalog-file", dest="catalog_file", type=Path,
+                       help="your own catalog file with newer builds (catalog_file in the configuration)")
     build.set_defaults(func=cmd_build)
+
+    catalog = sub.add_parser("catalog", help="refresh the build catalog from Microsoft's list without a new release")
+    catalog_sub = catalog.add_subparsers(dest="catalog_command", required=True)
+    update = catalog_sub.add_parser("update", help="validate a build list and write it as a catalog_file")
+    update.add_argument("--from", dest="source", required=True,
+                        help="ExchangeBuildNumbers.csv or a catalog TSV: a file path or an http(s) URL")
+    update.add_argument("--output", type=Path, required=True, help="the catalog_file to write")
+    update.set_defaults(func=cmd_catalog_update)
+    difference = catalog_sub.add_parser("diff", help="show what a build list would change")
+    difference.add_argument("--from", dest="source", required=True, help="file path or http(s) URL")
+    difference.add_argument("--catalog.file", "--catalog-file", dest="catalog_file", type=Path,
+                            help="the catalog_file the exporter runs with now")
+    difference.set_defaults(func=cmd_catalog_diff)
 
     add_simulator_commands(sub)
     add_demo_command(sub, main)

@@ -1,7 +1,7 @@
 """The one place for EEMS text patterns: fetch-error classes, log-line shape, organization errors.
 
 Microsoft does not document these texts; when Exchange changes a message, this module (and its tests)
-is the only thing to update. Sources are the keys of /work/shared/reference/eems-facts.md.
+is the only thing to update. Sources are the keys of docs/reference/eems-facts.md.
 
 Confirmed (quoted from a source):
 - 1008 "untrusted endpoint": log line `FetchMitigation,S:LogLevel=Warning;S:Message=Connection attempted
@@ -16,10 +16,16 @@ Confirmed (quoted from a source):
   is single-quoted with '' for a quote (`'S:Message=... xml''s ...'`) [GRANIKOS], and the check-start
   message "Fetching mitigations from https://officeclient.microsoft.com/getexchangemitigations" [GRANIKOS].
 
-Assumptions (UNCONFIRMED):
-- The log line shape `<ISO-8601 time>,<operation>,<custom data>` (docs/design.md section 1); lines without
-  a leading time are kept for their text but ignored for timing. A CSV-quoted custom-data field
+Assumptions (UNCONFIRMED; docs/alerts.md "What the exporter assumes" lists what each one can break):
+- The log line shape `<time>,<operation>,<custom data>` (docs/design.md section 1), where the time is ISO
+  8601 or, as some other Exchange 2016+ logs write it, the server culture's `DateTime.ToString()` form
+  ("6/30/2021 10:03:57 AM"), taken as UTC; lines without a readable leading time are ignored for
+  timing, so an unreadable time format yields "no confirmed success", never a wrong one. A bare CSV
+  header line before `#Software` (other Exchange logs) is such a line. A CSV-quoted custom-data field
   ("...", "" for a quote) is accepted too.
+- Learn: event 1008 is logged "for any encountered errors". Only a 1008 whose text mentions fetching
+  mitigations ("Exception encountered while fetching mitigations", every fetch failure quoted in a
+  source) counts as a failed check; any other 1008 is counted apart and never marks a check failed.
 - Levels other than Warning and Error (e.g. Information) are not problems.
 - The organization collector meets the Kerberos double hop when Exchange cmdlets cannot reach Active
   Directory: messages mentioning Active Directory, a domain controller, LDAP, Kerberos, delegation or the
@@ -33,6 +39,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
+from .culture_time import leading_time_pattern, to_datetime
+from .model import RawCulture
 from .parse import parse_ps_date
 
 FETCH_ERROR_REASONS = ("untrusted_endpoint", "unknown_issuer", "tls_validation", "signature_invalid", "other")
@@ -49,6 +57,7 @@ _FETCH_ERROR_TEXTS: dict[str, tuple[str, ...]] = {
 }
 
 CHECK_START = "fetching mitigations from"
+FETCH_ERROR_TEXT = "fetching mitigations"  # in every quoted 1008 about a failed fetch [BLOG-2025-01, QA-1052271, EIGHTWONE]
 PROBLEM_LEVELS = ("warning", "error")
 
 _DOUBLE_HOP = re.compile(
@@ -69,6 +78,11 @@ def classify_fetch_error(text: str) -> str:
         if any(phrase in folded for phrase in _FETCH_ERROR_TEXTS[reason]):
             return reason
     return "other"
+
+
+def is_fetch_error(message: str) -> bool:
+    """Whether a 1008 text is about fetching mitigations (a failed check), not another EEMS error."""
+    return FETCH_ERROR_TEXT in message.lower()
 
 
 def classify_organization_error(message: str) -> str:
@@ -140,8 +154,11 @@ def _custom_data(text: str) -> dict[str, str]:
     return pairs
 
 
-def parse_log_line(line: str) -> LogRecord | None:
-    """One EEMS log line; None for blank lines and '#' headers. Never raises."""
+def parse_log_line(line: str, culture: RawCulture | None = None) -> LogRecord | None:
+    """One EEMS log line; None for blank lines and '#' headers. Never raises.
+
+    `culture` (the server's) lets a culture-formatted leading time be read when the time is not ISO.
+    """
     text = line.strip().lstrip("\ufeff")
     if not text or text.startswith("#"):
         return None
@@ -150,6 +167,12 @@ def parse_log_line(line: str) -> LogRecord | None:
     if match:
         time = parse_ps_date(match.group(1))
         text = text[match.end() :]
+    elif culture is not None:
+        pattern = leading_time_pattern(culture.date_pattern, culture.time_pattern, culture.am, culture.pm)
+        local = pattern.match(text) if pattern else None
+        if local:
+            time = to_datetime(local, culture.am, culture.pm)
+            text = text[local.end() :]
     start = _CUSTOM_START.search(text)
     if start is None:
         head, _, rest = text.partition(",")

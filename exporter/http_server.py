@@ -36,7 +36,7 @@ _LANDING = """<!DOCTYPE html>
 <ul><li><a href="/metrics">/metrics</a>: every server from the background poller, plus the exporter's own metrics</li>
 <li><a href="/probe?target={example}">/probe?target={example}</a>: poll one configured server now (multi-target pattern; add <code>&amp;module=NAME</code> to choose credentials)</li>
 <li><a href="/-/healthy">/-/healthy</a>, <a href="/-/ready">/-/ready</a>; <code>POST /-/reload</code> re-reads the configuration</li></ul>
-<h2>Servers ({count})</h2><table><tr><th>server</th><th>up</th><th>build</th><th>last error</th></tr>{rows}</table>
+<h2>Servers ({count})</h2><table><tr><th>server</th><th>up</th><th>build</th><th>servicing</th><th>next build</th><th>last error</th></tr>{rows}</table>
 </body></html>
 """
 
@@ -138,10 +138,14 @@ class _Handler(BaseHTTPRequestHandler):
         rows = []
         for result in servers:
             up = "yes" if result.outcome and result.outcome.success else "no"
-            build = result.state.build.version if result.state and result.state.build else ""
+            verdict = result.state.build if result.state else None
+            build = verdict.version if verdict else ""
+            servicing = verdict.servicing.replace("_", " ") if verdict else ""
+            target = verdict.next_build if verdict else None
+            next_build = " ".join((target.version, target.product, target.cu, target.update)).strip() if target else ""
             error = result.outcome.error_reason if result.outcome and not result.outcome.success else ""
-            rows.append("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
-                *(html.escape(str(v)) for v in (result.name, up, build, error or ""))))
+            rows.append("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
+                *(html.escape(str(v)) for v in (result.name, up, build, servicing, next_build, error or ""))))
         targets = self.exporter.poller.targets.mine()
         example = html.escape(targets[0].name if targets else "SERVER", quote=True)
         page = _LANDING.format(version=__version__, example=example, count=len(servers), rows="".join(rows))

@@ -4,26 +4,44 @@ EEMS leaves two independent traces, the Application-log events (1005/1006 succes
 its own log files. Either may be missing (event log cleared, log folder empty, collection error), so the
 history is built from whichever exists, and the log refines a generic 1008 text: the January 2025
 certificate retirement logs only "Exception encountered while fetching mitigations." as the event, while
-the log says "untrusted endpoint" (eems-facts.md section 3).
+the log says "untrusted endpoint" (docs/reference/eems-facts.md section 3).
 
 Log cycles: a cycle runs from one "Fetching mitigations from" line up to the next one. A cycle with a
 Warning/Error line is a failed check (its time is the first such line); one without is a successful
 check (its time is the check-start line). The newest cycle counts as a success only once a line follows
 its check-start line, so a check still in progress when the tail was read is not reported as a success.
+
+Activity: the newest trace of the service at all (an EEMS event of any id, a log line, the newest write
+into the log folder) needs no guessed text. With the absence of fetch errors since, it is the success
+signal the alerts page on (docs/alerts.md "Three questions"); a confirmed success is reported but
+only informs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
-from exporter.catalog import BuildVersionError, Catalog
-from exporter.eems_patterns import FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, parse_log_line
-from exporter.model import BuildVerdict, EemsHistory, RawLog, RawServerFacts, ServerState
+from exporter.catalog import BuildVersionError, Catalog, parse_admin_display_version
+from exporter.eems_patterns import FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, is_fetch_error, parse_log_line
+from exporter.model import (
+    BuildVerdict,
+    EemsHistory,
+    EndpointState,
+    PartialFailure,
+    RawEndpoint,
+    RawError,
+    RawServerFacts,
+    ServerState,
+)
 
 SUCCESS_EVENTS = (1005, 1006)
 ERROR_EVENT = 1008
 FUTURE_TOLERANCE = timedelta(days=1)  # clock skew we accept before calling a timestamp bogus
+SAME_CHECK = timedelta(minutes=10)
+LOG_CLOCK_SLACK = timedelta(minutes=10)  # a line may look this much newer than its file's last write
+LOG_WRITE_LAG = timedelta(minutes=70)  # a file written last this long after its newest line is not believed  # an event and a log cycle closer than this are one check
+FAILING_WINDOW = timedelta(hours=3)  # "failing now": the two newest checks in this window failed
 
 SERVICE_STATES = {
     "Running": "running",
@@ -37,6 +55,11 @@ SERVICE_STATES = {
 START_MODES = {"Automatic": "auto", "Manual": "manual", "Disabled": "disabled", "Boot": "boot", "System": "system"}
 
 
+SERVICE_KEY_START = ("Boot", "System", "Automatic", "Manual", "Disabled")  # registry Start value 0-4
+ENDPOINTS = {"GetExchangeMitigations": "mitigations", "GetExchangeConfig": "flighting"}
+ACCESS_DENIED_TYPES = ("System.UnauthorizedAccessException", "System.Security.SecurityException")
+
+
 @dataclass(frozen=True)
 class _Cycle:
     start: datetime
@@ -45,23 +68,123 @@ class _Cycle:
     finished: bool  # a line followed the check-start line
 
 
-def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, lookback: timedelta, now: datetime) -> ServerState:
-    notes: list[str] = []
-    build = _build(facts.exsetup_version, catalog, notes)
-    endpoint = facts.endpoint
+def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, lookback: timedelta, now: datetime,
+                     today: date | None = None, admin_display_version: str | None = None) -> ServerState:
+    """`now` is the server's clock (its event times are on it); `today`, the exporter's date, decides the
+    servicing verdicts, so a server with a wrong clock cannot change them (default: `now`'s date).
+    `admin_display_version` (organization collector) stands in when ExSetup.exe could not be read, as in
+    HealthChecker; it names the CU only, so the verdict is CU-level (see catalog.py)."""
+    failures: list[PartialFailure] = []
+    today = today or now.date()
+    build, source = _build(facts.exsetup_version, catalog, failures, today), facts.build_source
+    if facts.exsetup_version is None and admin_display_version is not None:
+        build, source = _cu_level_build(admin_display_version, catalog, failures, today), "admin_display_version"
+    eems_build = bool(build and build.eems_supported) and not facts.edge
+    installed = _service_installed(facts)
+    if facts.service_queried:
+        state = SERVICE_STATES.get(facts.service_status or "", "unknown")
+        start_mode = START_MODES.get(facts.service_start_type or "")
+    else:
+        state = None if installed is False else "unknown"
+        key_start = SERVICE_KEY_START[facts.service_key_start] if facts.service_key_start is not None else ""
+        start_mode = START_MODES.get(key_start) if installed else None
+    failures += _partial_failures(facts, eems_build=eems_build, installed=installed)
+    eems = eems_history(facts, lookback=lookback, now=now, generic_reason=_generic_reason(build))
+    if eems.log_times_misplaced:
+        failures.append(PartialFailure("log", "other", "log line times do not match the files' write times "
+                                                       "(another time zone?); the log's lines were not used"))
     return ServerState(
         name=name,
         build=build,
+        build_source=source if build is not None else None,
         edge=facts.edge,
-        eems_supported=bool(build and build.eems_supported) and not facts.edge,
-        service_installed=facts.service_installed,
-        service_state=SERVICE_STATES.get(facts.service_status or "", "unknown") if facts.service_installed else None,
-        service_start_mode=START_MODES.get(facts.service_start_type or "") if facts.service_installed else None,
-        eems=eems_history(facts, lookback=lookback, now=now, generic_reason=_generic_reason(build)),
-        endpoint_reachable=None if endpoint is None else endpoint.status == 200,
-        endpoint_duration_seconds=None if endpoint is None else endpoint.duration_seconds,
-        collection_errors=facts.errors + tuple(notes),
+        eems_supported=eems_build,
+        service_installed=installed,
+        service_state=state,
+        service_start_mode=start_mode,
+        eems=eems,
+        endpoints=tuple(_endpoint(e) for e in facts.endpoints if e.name in ENDPOINTS),
+        collection_errors=_unique(failures),
     )
+
+
+def _service_installed(facts: RawServerFacts) -> bool | None:
+    """Windows PowerShell 5.1's Get-Service reports an access-denied OpenService as "no service found"
+    (Service.cs AddIfValidService catches the InvalidOperationException), so only an absent registry key
+    says "not installed"; a present key without a service answer is installed with an unknown state."""
+    if facts.service_queried:
+        return True
+    if any(e.part == "service_key" and e.id.startswith("PathNotFound") for e in facts.errors):
+        return False
+    if facts.service_key_start is not None or any(e.part == "service_key" for e in facts.errors):
+        return True if facts.service_key_start is not None else None
+    return None
+
+
+def error_reason(error: RawError) -> str:
+    """access_denied | not_found | other, from the invariant parts of an error record (never its text)."""
+    if error.category == "PermissionDenied" or error.type in ACCESS_DENIED_TYPES or "UnauthorizedAccess" in error.id:
+        return "access_denied"
+    if error.category == "ObjectNotFound" or error.id.startswith(("PathNotFound", "NoMatching", "NoServiceFound")):
+        return "not_found"
+    return "other"
+
+
+def _partial_failures(facts: RawServerFacts, *, eems_build: bool, installed: bool | None) -> list[PartialFailure]:
+    """What could not be read, leaving out what is an answer: no events in the window (NoMatchingEventsFound,
+    in every display language), and on a server without EEMS the missing event provider and log folder."""
+    expected_absent = not eems_build or installed is False
+    failures = []
+    for error in facts.errors:
+        reason = error_reason(error)
+        if error.part == "events" and error.id.startswith("NoMatchingEventsFound"):
+            continue
+        if error.part == "events" and error.id.startswith("NoMatchingProvidersFound") and expected_absent:
+            continue
+        if error.part == "service_key" and error.id.startswith("PathNotFound"):
+            continue
+        if error.part == "service" and error.id.startswith("NoServiceFoundForGivenName"):
+            if installed is False:
+                continue
+            reason = "access_denied"  # the key exists: 5.1 turned "access denied" into "not found"
+        if error.part == "log" and reason == "not_found" and expected_absent:
+            continue
+        part = "service" if error.part == "service_key" else error.part
+        failures.append(PartialFailure(part or "other", reason, error.message))
+    if facts.log_folder is False and not expected_absent:
+        failures.append(PartialFailure("log", "not_found", "the MitigationService log folder does not exist"))
+    return failures
+
+
+def _unique(failures: list[PartialFailure]) -> tuple[PartialFailure, ...]:
+    seen: dict[tuple[str, str], PartialFailure] = {}
+    for failure in failures:
+        seen.setdefault((failure.part, failure.reason), failure)
+    return tuple(seen.values())
+
+
+def _endpoint(raw: RawEndpoint) -> EndpointState:
+    return EndpointState(ENDPOINTS[raw.name], raw.status == 200, _endpoint_reason(raw), raw.duration_seconds)
+
+
+def _endpoint_reason(raw: RawEndpoint) -> str:
+    """Why the GET failed, from the HTTP status and .NET's WebExceptionStatus name (both invariant)."""
+    if raw.status == 200:
+        return "ok"
+    if raw.status == 407:
+        return "proxy_auth_required"
+    status = raw.web_status or ""
+    if status == "Timeout":
+        return "timeout"
+    if status == "TrustFailure":
+        return "revocation_unknown" if raw.revocation_failed else "tls_validation"
+    if status == "SecureChannelFailure":
+        return "tls_validation"
+    if status in ("NameResolutionFailure", "ProxyNameResolutionFailure"):
+        return "dns"
+    if status == "ConnectFailure":
+        return "connect_failed"
+    return "http_status" if raw.status else "other"
 
 
 def _generic_reason(build: BuildVerdict | None) -> str:
@@ -71,31 +194,56 @@ def _generic_reason(build: BuildVerdict | None) -> str:
     return "other"
 
 
-def _build(version: str | None, catalog: Catalog, notes: list[str]) -> BuildVerdict | None:
+def _build(version: str | None, catalog: Catalog, failures: list[PartialFailure], today: date) -> BuildVerdict | None:
     if version is None:
         return None
     try:
-        return catalog.verdict(version)
+        return catalog.verdict(version, today=today)
     except BuildVersionError as e:
-        notes.append(f"build: {e}")
+        failures.append(PartialFailure("build", "other", str(e)))
         return None
 
 
-def _cycles(log: RawLog | None, latest: datetime) -> list[_Cycle]:
-    if log is None:
-        return []
-    lines = log.tail.splitlines()
-    if lines and (log.length is None or log.length > len(log.tail.encode("utf-8"))):
-        lines = lines[1:]  # the tail starts mid-file, so its first line may be partial
-    records = [r for r in map(parse_log_line, lines) if r is not None and (r.time is None or r.time <= latest)]
+def _cu_level_build(admin_display_version: str, catalog: Catalog, failures: list[PartialFailure],
+                    today: date) -> BuildVerdict | None:
+    try:
+        return catalog.verdict(parse_admin_display_version(admin_display_version), cu_level=True, today=today)
+    except BuildVersionError as e:
+        failures.append(PartialFailure("build", "other", str(e)))
+        return None
+
+
+def _records(facts: RawServerFacts, latest: datetime) -> tuple[list[LogRecord], bool]:
+    """Timed records of every log file read, oldest file first; lines without a readable time are dropped.
+
+    The file's write time (UTC, from the file system) checks the line times, which are a guess when they are
+    culture-formatted (no zone written): a file whose newest line is later than its last write, or far
+    earlier, has times in another zone, and its lines are dropped rather than misplaced (returned flag)."""
+    records, misplaced = [], False
+    for log in reversed(facts.logs):
+        lines = log.tail.splitlines()
+        encoded = len(log.tail.encode("utf-16-le" if (log.encoding or "").startswith("utf-16") else "utf-8"))
+        if lines and (log.length is None or log.length > encoded):
+            lines = lines[1:]  # the tail starts mid-file, so its first line may be partial
+        timed = [r for r in (parse_log_line(line, facts.culture) for line in lines) if r is not None and r.time is not None]
+        newest = max((r.time for r in timed), default=None)
+        if newest is not None and log.last_write is not None and not (
+                log.last_write - LOG_WRITE_LAG <= newest <= log.last_write + LOG_CLOCK_SLACK):
+            misplaced = True
+            continue
+        records += [r for r in timed if r.time <= latest]
+    return records, misplaced
+
+
+def _cycles(records: list[LogRecord]) -> list[_Cycle]:
     cycles: list[_Cycle] = []
     start: LogRecord | None = None
     problems: list[LogRecord] = []
     followed = False
 
     def close() -> None:
-        if start is not None and start.time is not None:
-            first = next((p.time for p in problems if p.time is not None), start.time)
+        if start is not None:
+            first = next((p.time for p in problems), start.time)
             reason = classify_fetch_error(" ".join(p.message for p in problems)) if problems else None
             cycles.append(_Cycle(start.time, first if problems else None, reason, followed))
 
@@ -114,8 +262,10 @@ def _cycles(log: RawLog | None, latest: datetime) -> list[_Cycle]:
 def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
                  generic_reason: str = "other") -> EemsHistory:
     latest = now + FUTURE_TOLERANCE
-    events = [e for e in facts.events if e.time <= latest and e.id in (*SUCCESS_EVENTS, ERROR_EVENT)]
-    cycles = _cycles(facts.log, latest)
+    all_events = [e for e in facts.events if e.time <= latest]
+    events = [e for e in all_events if e.id in SUCCESS_EVENTS or (e.id == ERROR_EVENT and is_fetch_error(e.message))]
+    records, misplaced = _records(facts, latest)
+    cycles = _cycles(records)
     failed = [c for c in cycles if c.error_time is not None]
 
     def reason_of(message: str, when: datetime) -> str:
@@ -136,16 +286,40 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
     newest_cycle = cycles[-1] if cycles else None
     successes += [c.start for c in cycles if c.error_time is None and (c.finished or c is not newest_cycle)]
     checks = [e.time for e in events] + [c.start for c in cycles]
+    activity = [e.time for e in all_events] + [r.time for r in records]
+    activity += [log.last_write for log in facts.logs if log.last_write is not None and log.last_write <= latest]
 
     last_error = max(errors, key=lambda pair: pair[0], default=(None, None))
+    failing = _two_newest_failed([t for t, _ in errors], successes, now)
     counts = dict.fromkeys(FETCH_ERROR_REASONS, 0)
     for time, reason in event_errors:
         if now - lookback <= time:
             counts[reason] += 1
+    other = sum(1 for e in all_events if e.id == ERROR_EVENT and not is_fetch_error(e.message) and now - lookback <= e.time)
     return EemsHistory(
         last_check=max(checks, default=None),
         last_success=max(successes, default=None),
         last_error=last_error[0],
         last_error_reason=last_error[1],
         fetch_errors=counts,
+        other_errors=other,
+        last_activity=max(activity, default=None),
+        failing=failing,
+        log_times_misplaced=misplaced,
     )
+
+
+def _two_newest_failed(errors: list[datetime], successes: list[datetime], now: datetime) -> bool:
+    """Whether the two newest checks of the last FAILING_WINDOW failed: a single failed check among good
+    ones is noise, two in a row are an outage. An event and a log cycle of the same check count once,
+    as failed if either says so."""
+    attempts = sorted([(t, True) for t in errors] + [(t, False) for t in successes], reverse=True)
+    checks: list[tuple[datetime, bool]] = []
+    for time, failed in attempts:
+        if time < now - FAILING_WINDOW:
+            break
+        if checks and checks[-1][0] - time < SAME_CHECK:
+            checks[-1] = (checks[-1][0], checks[-1][1] or failed)
+        else:
+            checks.append((time, failed))
+    return len(checks) >= 2 and checks[0][1] and checks[1][1]

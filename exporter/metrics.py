@@ -14,7 +14,7 @@ from prometheus_client.core import InfoMetricFamily, Metric
 
 from . import __version__
 from .eems_patterns import FETCH_ERROR_REASONS
-from .model import OrganizationResult, ServerResult
+from .model import BuildVerdict, OrganizationResult, ServerResult
 
 SERVICE = "MSExchangeMitigation"
 SERVICE_STATES = ("stopped", "start pending", "stop pending", "running", "continue pending", "pause pending",
@@ -73,8 +73,10 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
         return
     build = state.build
     if build is not None:
-        out.info("exchange_build", "Exchange build from ExSetup.exe FileVersion (registry MsiInstallPath fallback).",
-                 {**server, "product": build.product, "cu": build.cu, "update": build.update, "version": build.version})
+        out.info("exchange_build", "Exchange build from ExSetup.exe FileVersion (fallbacks: registry MsiInstallPath, "
+                 "then Get-ExchangeServer AdminDisplayVersion, CU level only); source names which one.",
+                 {**server, "product": build.product, "cu": build.cu, "update": build.update, "version": build.version,
+                  "source": state.build_source or "unknown"})
         out.add("exchange_build_known", "1 if the build is in the exporter's build catalog.", server,
                 1 if build.known else 0)
         out.add("exchange_build_release_timestamp_seconds", "Release date of the server's build (build catalog).",
@@ -85,6 +87,7 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
         out.add("exchange_product_support_end_timestamp_seconds",
                 "End of extended support of the server's Exchange product; absent when it has no fixed end.",
                 server, _ts(build.product_support_end))
+        _update_path_metrics(out, server, build)
         for cutoff, compliant in sorted(build.cutoffs.items()):
             out.add("exchange_eems_certificate_cutoff_compliant",
                     "1 if the build can still use mitigations signed after this OCS certificate cutoff.",
@@ -93,41 +96,74 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
             server, 1 if state.edge else 0)
     out.add("exchange_eems_supported", "1 if the build and role have the Emergency Mitigation service (Mailbox, "
             "2016 CU22+, 2019 CU11+, SE).", server, 1 if state.eems_supported else 0)
-    if state.service_installed:
+    if state.service_installed is not False:  # installed, or not known: the state-set then says "unknown"
         name = {**server, "name": SERVICE}
         for value in SERVICE_STATES:
-            out.add("exchange_service_state", "Windows service state (Get-Service), windows_exporter state-set shape.",
+            out.add("exchange_service_state", "Windows service state (Get-Service), windows_exporter state-set shape; "
+                    "unknown when the account may not query the service.",
                     {**name, "state": value}, 1 if state.service_state == value else 0)
-        for value in START_MODES:
-            out.add("exchange_service_start_mode", "Windows service start mode (Get-Service StartType).",
+        for value in START_MODES if state.service_start_mode else ():  # no series rather than a wrong mode
+            out.add("exchange_service_start_mode", "Windows service start mode (Get-Service StartType, else the "
+                    "service's registry Start value).",
                     {**name, "start_mode": value}, 1 if state.service_start_mode == value else 0)
     eems = state.eems
+    out.add("exchange_eems_last_activity_timestamp_seconds",
+            "Newest trace of the Emergency Mitigation service: an event of any id from its source, a log line, "
+            "or the newest write into its log folder.", server, _ts(eems.last_activity))
+    if state.eems_supported:
+        out.add("exchange_eems_failing", "1 while the two newest EEMS checks of the last three hours failed to "
+                "fetch mitigations.", server, 1 if eems.failing else 0)
     out.add("exchange_eems_last_check_timestamp_seconds",
             "Newest EEMS check attempt seen in the Application log or the MitigationService log.",
             server, _ts(eems.last_check))
     out.add("exchange_eems_last_success_timestamp_seconds",
-            "Newest successful EEMS mitigation check (events 1005/1006 or an error-free log cycle).",
-            server, _ts(eems.last_success))
+            "Newest confirmed successful EEMS check (events 1005/1006 or an error-free log cycle); may never "
+            "appear on a healthy server.", server, _ts(eems.last_success))
     out.add("exchange_eems_last_error_timestamp_seconds",
-            "Newest failed EEMS check (event 1008 or a Warning/Error log cycle).", server, _ts(eems.last_error))
+            "Newest failed EEMS fetch (a 1008 about fetching mitigations, or a Warning/Error log cycle).",
+            server, _ts(eems.last_error))
     if eems.last_error_reason:
         out.info("exchange_eems_last_error", "Reason class of the newest failed EEMS check.",
                  {**server, "reason": eems.last_error_reason})
     if state.eems_supported or any(eems.fetch_errors.values()):
         for reason in FETCH_ERROR_REASONS:
             out.add("exchange_eems_fetch_errors",
-                    "Event 1008 (MSExchange Mitigation Service) errors within the lookback window, by reason.",
+                    "Event 1008 (MSExchange Mitigation Service) fetch errors within the lookback window, by reason.",
                     {**server, "reason": reason}, eems.fetch_errors.get(reason, 0))
-    if state.endpoint_reachable is not None:
+        out.add("exchange_eems_other_errors",
+                "Event 1008 errors within the lookback window that are not about fetching mitigations.",
+                server, eems.other_errors)
+    for endpoint in state.endpoints:
+        labels = {**server, "endpoint": endpoint.endpoint}
         out.add("exchange_eems_endpoint_reachable",
-                "1 if an HTTPS GET of the OCS mitigation endpoint from the server answered 200.",
-                server, 1 if state.endpoint_reachable else 0)
+                "1 if an HTTPS GET of the OCS endpoint from the server (WinHTTP proxy, revocation checked) answered 200.",
+                labels, 1 if endpoint.reachable else 0)
         out.add("exchange_eems_endpoint_duration_seconds", "Duration of that HTTPS GET, run on the server.",
-                server, state.endpoint_duration_seconds)
-    for part in sorted({error.split(":", 1)[0].strip() for error in state.collection_errors}):
+                labels, endpoint.duration_seconds)
+        out.info("exchange_eems_endpoint_result", "Why that HTTPS GET failed (ok when it answered 200).",
+                 {**labels, "reason": endpoint.reason})
+    for failure in state.collection_errors:
         out.add("exchange_collector_partial_failure",
-                "1 for each part of a successful poll that could not be read (e.g. events: no right to the log).",
-                {"collector": "server", **server, "part": part}, 1)
+                "1 for each part of a successful poll that could not be read, with the reason class "
+                "(e.g. events/access_denied: no right to the Application log).",
+                {"collector": "server", **server, "part": failure.part, "reason": failure.reason}, 1)
+
+
+def _update_path_metrics(out: _Families, server: dict[str, str], build: BuildVerdict) -> None:
+    target = build.next_build
+    out.info("exchange_build_update_path",
+             "Servicing of the server's CU (serviced, cu_not_serviced, out_of_support) and the build to install next; "
+             "next_* labels are empty on the newest build of the path.",
+             {**server, "servicing": build.servicing, "next_product": target.product if target else "",
+              "next_cu": target.cu if target else "", "next_update": target.update if target else "",
+              "next_version": target.version if target else ""})
+    out.add("exchange_build_cu_servicing_end_timestamp_seconds",
+            "First day the server's CU received no more security updates; absent while it is serviced.",
+            server, _ts(build.cu_servicing_end))
+    out.add("exchange_build_update_path_timestamp_seconds",
+            "Since when a newer build has existed on the server's update path (newer update of a serviced CU, newer "
+            "CU, or the product to migrate to); absent on the newest build of the path.",
+            server, _ts(build.update_path_since))
 
 
 def _collector_metrics(out: _Families, collector: str, labels: dict[str, str], outcome, last_success) -> None:

@@ -21,17 +21,47 @@ class RawEvent:
 
 @dataclass(frozen=True)
 class RawLog:
+    """One EEMS log file: its last bytes (at most the script's LogTailBytes over all files), decoded."""
+
     name: str
-    length: int | None
+    length: int | None  # from the open stream, not the directory entry (stale for a file held open)
     last_write: datetime | None
+    encoding: str | None  # .NET WebName the script decoded with: "utf-8" or "utf-16" (BOM FF FE)
     tail: str
 
 
 @dataclass(frozen=True)
 class RawEndpoint:
-    status: int
+    name: str  # "GetExchangeMitigations" | "GetExchangeConfig"
+    status: int  # HTTP status, 0 without an answer
     duration_seconds: float | None
+    web_status: str | None  # .NET WebExceptionStatus name (invariant), e.g. "TrustFailure"; None on success
+    revocation_failed: bool  # the request failed with revocation checked and succeeded without
     error: str | None
+
+
+@dataclass(frozen=True)
+class RawError:
+    """An error the script caught. `id` (FullyQualifiedErrorId), `category` and `type` are invariant across
+    Windows display languages; only `message` is localized, so decisions never read the message."""
+
+    part: str  # build | service | service_key | events | log | winhttp | parse
+    id: str
+    category: str
+    type: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RawCulture:
+    """The server's culture (the log may write culture-formatted times; event texts follow `ui`)."""
+
+    name: str
+    ui: str
+    date_pattern: str  # .NET ShortDatePattern, e.g. "M/d/yyyy"
+    time_pattern: str  # .NET LongTimePattern, e.g. "h:mm:ss tt"
+    am: str
+    pm: str
 
 
 @dataclass(frozen=True)
@@ -40,16 +70,19 @@ class RawServerFacts:
 
     computer: str | None
     now: datetime | None
+    culture: RawCulture | None
     exsetup_version: str | None
     build_source: str | None
     edge: bool
-    service_installed: bool
+    service_key_start: int | None  # Start value of the service's registry key; None when unread or absent
+    service_queried: bool  # Get-Service answered (it cannot tell "not installed" from "access denied")
     service_status: str | None  # .NET ServiceControllerStatus name, e.g. "Running"
     service_start_type: str | None  # .NET ServiceStartMode name, e.g. "Automatic"
     events: tuple[RawEvent, ...]
-    log: RawLog | None
-    endpoint: RawEndpoint | None
-    errors: tuple[str, ...]
+    log_folder: bool | None  # the MitigationService log folder exists; None when not looked at
+    logs: tuple[RawLog, ...]  # newest first
+    endpoints: tuple[RawEndpoint, ...]  # empty when the optional check is off
+    errors: tuple[RawError, ...]
 
 
 @dataclass(frozen=True)
@@ -78,6 +111,17 @@ class RawOrganizationFacts:
 
 
 @dataclass(frozen=True)
+class NextBuild:
+    """The build a server should go to next on its update path."""
+
+    version: str
+    product: str
+    cu: str
+    update: str
+    released: date
+
+
+@dataclass(frozen=True)
 class BuildVerdict:
     version: str
     product: str  # Exchange2013 | Exchange2016 | Exchange2019 | ExchangeSE
@@ -89,6 +133,10 @@ class BuildVerdict:
     cutoffs: dict[str, bool]  # cutoff id ("2023-03", "2026-06") -> compliant
     superseded_since: date | None  # release of the first newer build of the same CU
     product_support_end: date | None
+    servicing: str  # "serviced" | "cu_not_serviced" | "out_of_support" (the product gets no updates at all)
+    cu_servicing_end: date | None  # first day the CU got no more security updates; None while serviced
+    next_build: NextBuild | None  # where the update path leads; None on the newest build of the path
+    update_path_since: date | None  # since when a newer build has existed on this server's update path
 
 
 # ---------------------------------------------------------------- interpretation (interpret.py)
@@ -100,22 +148,41 @@ class EemsHistory:
     last_success: datetime | None
     last_error: datetime | None
     last_error_reason: str | None
-    fetch_errors: dict[str, int]  # reason -> 1008 events in the lookback window; every reason present
+    fetch_errors: dict[str, int]  # reason -> 1008 fetch-error events in the lookback window; every reason present
+    other_errors: int  # 1008 events in the lookback window that are not about fetching mitigations
+    last_activity: datetime | None  # newest trace of the service at all: any EEMS event, newest log write
+    failing: bool  # the two newest checks of the last three hours failed
+    log_times_misplaced: bool = False  # a file's line times contradict its write time: its lines were dropped
+
+
+@dataclass(frozen=True)
+class PartialFailure:
+    part: str  # what could not be read: build, service, events, log, endpoint, parse
+    reason: str  # access_denied | not_found | unreadable | other
+    message: str
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    endpoint: str  # mitigations | flighting
+    reachable: bool
+    reason: str  # ok | timeout | proxy_auth_required | tls_validation | revocation_unknown | dns | connect_failed | http_status | other
+    duration_seconds: float | None
 
 
 @dataclass(frozen=True)
 class ServerState:
     name: str
     build: BuildVerdict | None
+    build_source: str | None  # "exsetup" | "registry" | "admin_display_version" (CU level only)
     edge: bool
     eems_supported: bool  # build has EEMS and the server is not Edge
-    service_installed: bool
-    service_state: str | None  # windows_exporter state name: running, stopped, start pending, ...
+    service_installed: bool | None  # None: could not be told (service query denied, registry key unread)
+    service_state: str | None  # windows_exporter state name: running, stopped, ..., unknown (state unread)
     service_start_mode: str | None  # windows_exporter start_mode: auto, manual, disabled, boot, system
     eems: EemsHistory
-    endpoint_reachable: bool | None  # None when the optional check is off
-    endpoint_duration_seconds: float | None
-    collection_errors: tuple[str, ...]
+    endpoints: tuple[EndpointState, ...]  # empty when the optional check is off
+    collection_errors: tuple[PartialFailure, ...]
 
 
 # ---------------------------------------------------------------- poll results (poller.py)

@@ -16,7 +16,16 @@ from datetime import datetime, timedelta, timezone
 from html import unescape
 from urllib.parse import urlsplit, urlunsplit
 
-from exporter.model import OrgServerInfo, RawEndpoint, RawEvent, RawLog, RawOrganizationFacts, RawServerFacts
+from exporter.model import (
+    OrgServerInfo,
+    RawCulture,
+    RawEndpoint,
+    RawError,
+    RawEvent,
+    RawLog,
+    RawOrganizationFacts,
+    RawServerFacts,
+)
 
 SERVICE_STATUS = ("Stopped", "StartPending", "StopPending", "Running", "ContinuePending", "PausePending", "Paused")
 START_TYPE = ("Boot", "System", "Automatic", "Manual", "Disabled")
@@ -243,7 +252,8 @@ class _Notes:
         return parsed
 
     def strings(self, value, field: str) -> tuple[str, ...]:
-        items = _as_list(value)
+        """`@($null)` (an empty MultiValuedProperty in 5.1) arrives as [null]: no item, and no note."""
+        items = [item for item in _as_list(value) if item is not None]
         kept = tuple(_clean(item) for item in items if isinstance(item, str))
         if len(kept) != len(items):
             self.wrong(field, "strings")
@@ -316,62 +326,113 @@ def _service(value, notes: _Notes) -> tuple[bool, str | None, str | None]:
     return True, status, start
 
 
-def _log(value, notes: _Notes, max_log_bytes: int) -> RawLog | None:
+def _service_key_start(value, notes: _Notes) -> int | None:
+    """The registry key's Start value (0-4, as ServiceStartMode); None when the key was not read."""
     if value is None:
         return None
     if not isinstance(value, dict):
-        notes.wrong("log", "an object or null")
+        notes.wrong("service_key", "an object or null")
         return None
-    length = notes.integer(value, "length", "log.length")
-    return RawLog(
-        name=notes.text(value, "name", "log.name") or "",
-        length=length if length is None or length >= 0 else None,
-        last_write=notes.date(value, "last_write", "log.last_write"),
-        tail=_tail(notes.text(value, "tail", "log.tail") or "", max(max_log_bytes, 0)),
-    )
+    start = notes.integer(value, "start", "service_key.start")
+    return start if start is not None and 0 <= start < len(START_TYPE) else None
 
 
-def _endpoint(value, notes: _Notes) -> RawEndpoint | None:
+def _culture(value, notes: _Notes) -> RawCulture | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        notes.wrong("endpoint", "an object or null")
+        notes.wrong("culture", "an object or null")
         return None
-    ms = value.get("ms")
-    if ms is not None and not (isinstance(ms, (int, float)) and not isinstance(ms, bool) and math.isfinite(ms) and ms >= 0):
-        notes.wrong("endpoint.ms", "a non-negative number")
-        ms = None
-    status = notes.integer(value, "status", "endpoint.status")
-    error = notes.text(value, "error", "endpoint.error")
-    return RawEndpoint(
-        status=status if status is not None and 0 <= status <= 999 else 0,
-        duration_seconds=ms / 1000 if ms is not None else None,
-        error=_clip(error) if error is not None else None,
-    )
+    texts = {key: notes.text(value, key, f"culture.{key}") or "" for key in ("name", "ui", "date", "time", "am", "pm")}
+    return RawCulture(texts["name"], texts["ui"], texts["date"][:40], texts["time"][:40], texts["am"][:20], texts["pm"][:20])
+
+
+def _logs(value, notes: _Notes, max_log_bytes: int) -> tuple[RawLog, ...]:
+    """The newest files first; the tails together keep at most `max_log_bytes` (the newest bytes win)."""
+    logs, budget = [], max(max_log_bytes, 0)
+    for item in _as_list(value):
+        if not isinstance(item, dict):
+            notes.wrong("logs", "objects")
+            continue
+        length = notes.integer(item, "length", "logs.length")
+        tail = _tail(notes.text(item, "tail", "logs.tail") or "", budget)
+        budget -= len(tail.encode("utf-8"))
+        logs.append(RawLog(
+            name=notes.text(item, "name", "logs.name") or "",
+            length=length if length is None or length >= 0 else None,
+            last_write=notes.date(item, "last_write", "logs.last_write"),
+            encoding=notes.text(item, "encoding", "logs.encoding"),
+            tail=tail,
+        ))
+    return tuple(logs)
+
+
+def _endpoints(value, notes: _Notes) -> tuple[RawEndpoint, ...]:
+    endpoints = []
+    for item in _as_list(value)[:4]:
+        if not isinstance(item, dict):
+            notes.wrong("endpoints", "objects")
+            continue
+        ms = item.get("ms")
+        if ms is not None and not (isinstance(ms, (int, float)) and not isinstance(ms, bool) and math.isfinite(ms) and ms >= 0):
+            notes.wrong("endpoints.ms", "a non-negative number")
+            ms = None
+        status = notes.integer(item, "status", "endpoints.status")
+        error = notes.text(item, "error", "endpoints.error")
+        web_status = notes.text(item, "web_status", "endpoints.web_status")
+        endpoints.append(RawEndpoint(
+            name=(notes.text(item, "name", "endpoints.name") or "")[:64],
+            status=status if status is not None and 0 <= status <= 999 else 0,
+            duration_seconds=ms / 1000 if ms is not None else None,
+            web_status=web_status[:64] if web_status else None,
+            revocation_failed=bool(notes.flag(item, "revocation_failed", "endpoints.revocation_failed")),
+            error=_clip(error) if error is not None else None,
+        ))
+    return tuple(endpoints)
+
+
+def _errors(value, notes: _Notes) -> list[RawError]:
+    """Error records; a plain "part: message" string (older scripts) is kept with empty ids."""
+    errors = []
+    for item in _as_list(value)[:MAX_ERRORS]:
+        if isinstance(item, str):
+            part, _, message = item.partition(":")
+            errors.append(RawError(part.strip()[:32], "", "", "", _clip(_clean(message.strip()))))
+        elif isinstance(item, dict):
+            fields = {key: item.get(key) if isinstance(item.get(key), str) else "" for key in ("part", "id", "category", "type", "message")}
+            errors.append(RawError(_clean(fields["part"])[:32], _clip(_clean(fields["id"])), _clean(fields["category"])[:64],
+                                   _clean(fields["type"])[:200], _clip(_clean(fields["message"]))))
+        else:
+            notes.wrong("errors", "error records")
+    return errors
 
 
 def parse_server_output(stdout: bytes, *, max_events: int = 200, max_log_bytes: int = 1 << 20) -> RawServerFacts:
-    """Facts from collect_server.ps1's stdout; keeps the newest `max_events` events and the log's last bytes."""
+    """Facts from collect_server.ps1's stdout; keeps the newest `max_events` events and the logs' last bytes."""
     doc = _load_object(stdout, "server")
     notes = _Notes()
-    script_errors = notes.strings(doc.get("errors"), "errors")
-    installed, status, start = _service(doc.get("service"), notes)
+    script_errors = _errors(doc.get("errors"), notes)
+    queried, status, start = _service(doc.get("service"), notes)
     version = notes.text(doc, "exsetup_version", "exsetup_version")
+    folder = notes.flag(doc, "log_folder", "log_folder")
     facts = dict(
         computer=notes.text(doc, "computer", "computer"),
         now=notes.date(doc, "now", "now"),
+        culture=_culture(doc.get("culture"), notes),
         exsetup_version=version.strip() if version else None,
         build_source=notes.text(doc, "build_source", "build_source"),
         edge=bool(notes.flag(doc, "edge", "edge")),
-        service_installed=installed,
+        service_key_start=_service_key_start(doc.get("service_key"), notes),
+        service_queried=queried,
         service_status=status,
         service_start_type=start,
         events=_events(doc.get("events"), notes, max_events),
-        log=_log(doc.get("log"), notes, max_log_bytes),
-        endpoint=_endpoint(doc.get("endpoint"), notes),
+        log_folder=folder,
+        logs=_logs(doc.get("logs"), notes, max_log_bytes),
+        endpoints=_endpoints(doc.get("endpoints"), notes),
     )
-    errors = tuple(_clip(e) for e in (*script_errors, *notes.items))[:MAX_ERRORS]
-    return RawServerFacts(**facts, errors=errors)
+    parse_errors = [RawError("parse", "", "", "", _clip(item)) for item in notes.items]
+    return RawServerFacts(**facts, errors=tuple((*script_errors, *parse_errors)[:MAX_ERRORS]))
 
 
 # ---------------------------------------------------------------- organization output
@@ -395,7 +456,7 @@ def _proxy(value, notes: _Notes) -> str | None:
     if value is not None and not isinstance(value, str):
         notes.wrong("internet_web_proxy", "a string")
         return None
-    return _without_userinfo(_clean(value) if value is not None else None)
+    return _without_userinfo(_clean(value) if value else None)  # [string]$null is "" when unset
 
 
 def _org_server(item: dict, notes: _Notes) -> OrgServerInfo | None:

@@ -26,7 +26,7 @@ from .catalog import Catalog
 from .config import Config
 from .eems_patterns import classify_organization_error
 from .interpret import interpret_server
-from .model import CollectorOutcome, OrganizationResult, ServerResult
+from .model import CollectorOutcome, OrganizationResult, RawServerFacts, ServerResult, ServerState
 from .parse import ParseError, clixml_to_text, parse_organization_output, parse_server_output
 from .targets import Target, Targets
 from .winrm_client import PollFailure, ServerConnection
@@ -98,7 +98,7 @@ class Poller:
 
     def _run_script(self, target: Target, module_name: str, script: str, deadline: float) -> bytes:
         connection = self._connection(target, module_name)
-        result = connection.run(scripts.command_line(script), deadline)
+        result = connection.run(scripts.powershell_command(script), deadline)
         if result.exit_code != 0:
             detail = clixml_to_text(result.stderr).strip() or "no error text"
             raise PollFailure("script_failed", f"PowerShell exited with code {result.exit_code}: {detail}")
@@ -121,6 +121,13 @@ class Poller:
             )
         )
 
+    def _admin_display_version(self, target: Target) -> str | None:
+        """The build fallback: Get-ExchangeServer's AdminDisplayVersion from the last organization poll."""
+        if self._organization is None:
+            return None
+        info = self._organization.servers.get(target.name.lower())
+        return info.admin_display_version if info else None
+
     def poll_server(self, name: str, *, module: str | None = None, timeout: float | None = None) -> ServerResult:
         """Poll one server now and record the result (a probe with another module is not recorded)."""
         target = self.targets.get(name)
@@ -137,13 +144,7 @@ class Poller:
                                   last_success=previous.last_success if previous else None)
             try:
                 stdout = self._run_script(target, module_name, self._server_script(target), deadline)
-                facts = parse_server_output(
-                    stdout, max_events=self.config.poll.max_events, max_log_bytes=self.config.poll.log_tail_bytes
-                )
-                now = facts.now or utcnow()
-                result.state = interpret_server(
-                    target.name, facts, self.catalog, lookback=timedelta(seconds=self.config.poll.lookback), now=now
-                )
+                _, result.state = self.interpret(target, stdout)
                 finished = utcnow()
                 result.last_success = finished
                 result.outcome = CollectorOutcome("server", True, time.monotonic() - started, finished)
@@ -159,6 +160,26 @@ class Poller:
                     self._results[target.name.lower()] = result
                     self._count_failures(target.name.lower(), result.outcome.success)
             return result
+
+    def interpret(self, target: Target, stdout: bytes) -> tuple[RawServerFacts, ServerState]:
+        """Parse and judge one output of the collection script, as a poll does. Raises ParseError."""
+        facts = parse_server_output(
+            stdout, max_events=self.config.poll.max_events, max_log_bytes=self.config.poll.log_tail_bytes
+        )
+        now = facts.now or utcnow()
+        return facts, interpret_server(
+            target.name, facts, self.catalog, lookback=timedelta(seconds=self.config.poll.lookback), now=now,
+            today=utcnow().date(), admin_display_version=self._admin_display_version(target),
+        )
+
+    def run_raw(self, name: str, script: str | None = None, *, timeout: float | None = None) -> bytes:
+        """The stdout of `script` (default: the server's collection script) on one server, neither parsed nor
+        recorded: `diagnose` shows it beside the interpretation. Raises PollFailure."""
+        target = self.targets.get(name)
+        if target is None:
+            raise KeyError(name)
+        deadline = time.monotonic() + (timeout or self.config.poll.timeout)
+        return self._run_script(target, target.module, script or self._server_script(target), deadline)
 
     def _count_failures(self, key: str, success: bool) -> None:
         """Consecutive failures per server (and the organization): they decide the failing lane and back-off."""
@@ -233,7 +254,10 @@ class Poller:
         if self._thread:
             self._thread.join(timeout=5)
         if self._executor:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            # Polls already running finish (each within its deadline): whoever stops the poller may then
+            # take the servers away (the demo stops its simulated fleet) without a failed poll or a shell
+            # left behind. Polls not yet started are cancelled.
+            self._executor.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             connections = list(self._connections.values())
         for connection in connections:

@@ -1,9 +1,15 @@
-"""The PowerShell sent to each server, and the WinRS command line that carries it.
+"""The PowerShell sent to each server, and the WinRS command that carries it.
 
 The scripts live as .ps1 files in the package; this module only adds the marker line and the parameter
 line (see docs/design.md section 1) and encodes the result the way `powershell -EncodedCommand` wants it.
-WinRS runs the command through cmd.exe, whose command line is limited to 8191 characters, so the encoded
-command is checked here rather than discovered as "The command line is too long." on a production server.
+
+The command runs without cmd.exe (WinRS option WINRS_SKIP_CMD_SHELL=TRUE): through cmd.exe a command line
+is limited to 8,191 characters, and the base64 of the UTF-16 script (2.67 characters per script
+character) left no room for the checks a real server needs. Without cmd.exe, Windows starts the program
+named in the command with CreateProcess, whose command line may hold 32,767 characters including the
+terminating NUL; the program must then be an absolute path (WinRS answers "The system cannot find the
+file specified." for a bare `powershell`). The limit is checked here rather than discovered on a
+production server.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-CMD_LINE_LIMIT = 8191
+POWERSHELL = r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe"  # Windows PowerShell 5.1, every Windows Server
+CREATE_PROCESS_LIMIT = 32767  # characters of lpCommandLine, including the terminating NUL (CreateProcessW)
 SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
 ORGANIZATION_MARKER = "# exchange-eems-exporter:collect-organization:v1"
-_PREFIX = "powershell -NoProfile -NonInteractive -EncodedCommand "
+DIAGNOSE_MARKER = "# exchange-eems-exporter:diagnose-server:v1"
+_SWITCHES = ("-NoProfile", "-NonInteractive", "-EncodedCommand")
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,32 @@ class ServerScriptParameters:
     check_endpoint: bool
     endpoint_timeout_seconds: int
     proxy: str
+
+
+@dataclass(frozen=True)
+class DiagnoseScriptParameters:
+    """Bounds of the `diagnose` script's output: it reads more than a poll, but never an unbounded amount."""
+
+    lookback_hours: int
+    max_events: int
+    message_chars: int  # per event message
+    list_files: int  # log files listed (name, size, time)
+    read_files: int  # newest log files whose head and tail are read
+    head_bytes: int
+    tail_bytes: int
+
+
+@dataclass(frozen=True)
+class Command:
+    """What WinRS starts: `executable` (absolute path) with `arguments`, no cmd.exe in between."""
+
+    executable: str
+    arguments: tuple[str, ...]
+
+    @property
+    def line(self) -> str:
+        """The command line CreateProcess receives: the quoted program, then the arguments."""
+        return " ".join((f'"{self.executable}"', *self.arguments))
 
 
 @functools.cache
@@ -50,24 +84,40 @@ def safe_proxy(value: str) -> str:
     return value if _PROXY_URL.fullmatch(value or "") else ""
 
 
-def server_script(params: ServerScriptParameters) -> str:
-    parameter_line = (
-        f"$P=@{{LookbackHours={int(params.lookback_hours)};MaxEvents={int(params.max_events)};"
-        f"LogTailBytes={int(params.log_tail_bytes)};CheckEndpoint={1 if params.check_endpoint else 0};"
-        f"EndpointTimeoutSec={int(params.endpoint_timeout_seconds)};Proxy={_ps_single_quoted(safe_proxy(params.proxy))}}}"
+def _with_parameters(marker: str, values: dict[str, int | bool | str], body: str) -> str:
+    """The marker line, the `$P=@{...}` parameter line (flags as 1/0, strings single-quoted), the script."""
+    rendered = (
+        str(int(v)) if isinstance(v, (bool, int)) else _ps_single_quoted(v) for v in values.values()
     )
-    return "\n".join((SERVER_MARKER, parameter_line, _body("collect_server.ps1")))
+    parameter_line = "$P=@{" + ";".join(f"{k}={v}" for k, v in zip(values, rendered)) + "}"
+    return "\n".join((marker, parameter_line, _body(body)))
+
+
+def server_script(params: ServerScriptParameters) -> str:
+    return _with_parameters(SERVER_MARKER, {
+        "LookbackHours": params.lookback_hours, "MaxEvents": params.max_events,
+        "LogTailBytes": params.log_tail_bytes, "CheckEndpoint": params.check_endpoint,
+        "EndpointTimeoutSec": params.endpoint_timeout_seconds, "Proxy": safe_proxy(params.proxy),
+    }, "collect_server.ps1")
 
 
 def organization_script() -> str:
     return "\n".join((ORGANIZATION_MARKER, _body("collect_organization.ps1")))
 
 
-def command_line(script: str) -> str:
+def diagnose_script(params: DiagnoseScriptParameters) -> str:
+    return _with_parameters(DIAGNOSE_MARKER, {
+        "LookbackHours": params.lookback_hours, "MaxEvents": params.max_events, "MessageChars": params.message_chars,
+        "ListFiles": params.list_files, "ReadFiles": params.read_files, "HeadBytes": params.head_bytes,
+        "TailBytes": params.tail_bytes,
+    }, "diagnose_server.ps1")
+
+
+def powershell_command(script: str) -> Command:
     encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
-    line = _PREFIX + encoded
-    if len(line) > CMD_LINE_LIMIT:
+    command = Command(POWERSHELL, (*_SWITCHES, encoded))
+    if len(command.line) >= CREATE_PROCESS_LIMIT:
         raise ValueError(
-            f"encoded PowerShell command is {len(line)} characters; Windows allows {CMD_LINE_LIMIT}"
+            f"encoded PowerShell command is {len(command.line)} characters; Windows allows {CREATE_PROCESS_LIMIT - 1}"
         )
-    return line
+    return command

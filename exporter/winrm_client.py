@@ -31,6 +31,7 @@ from winrm.exceptions import (
 from winrm.protocol import Protocol
 
 from .config import ModuleConfig
+from .scripts import Command
 from .wsman import WinRSProtocol
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class CommandResult:
 
 
 def classify(error: BaseException) -> PollFailure:
-    """Map what pywinrm/requests raise to a reason class (winrm.md section 2.3 lists what each fault raises)."""
+    """Map what pywinrm/requests raise to a reason class (docs/reference/winrm.md section 2.3 lists what each fault raises)."""
     if isinstance(error, PollFailure):
         return error
     if isinstance(error, _ResponseTooLarge):
@@ -193,20 +194,20 @@ class ServerConnection:
 
     # ------------------------------------------------------------ one command
 
-    def run(self, command_line: str, deadline: float) -> CommandResult:
+    def run(self, command: Command, deadline: float) -> CommandResult:
         """Run one command; retry transient faults while the deadline allows."""
         with self._lock:
 
             def attempt() -> CommandResult:
                 try:
-                    return self._run_once(command_line, deadline)
+                    return self._run_once(command, deadline)
                 except BaseException as err:
                     failure = classify(err)
                     self.close()
                     if failure.reason == "auth_failed" and self._reused:
                         # A kept connection the server dropped looks like 401 to pywinrm: retry once, fresh.
                         self._reused = False
-                        return self._run_once(command_line, deadline)
+                        return self._run_once(command, deadline)
                     raise failure from None
 
             retrying = tenacity.Retrying(
@@ -224,7 +225,7 @@ class ServerConnection:
             except BaseException as err:
                 raise classify(err) from None
 
-    def _run_once(self, command_line: str, deadline: float) -> CommandResult:
+    def _run_once(self, command: Command, deadline: float) -> CommandResult:
         self._reused = self._protocol is not None
         protocol = self._connected(deadline)
         self._delete_orphans(protocol, deadline)
@@ -234,7 +235,8 @@ class ServerConnection:
             self._set_timeouts(protocol, deadline)
             shell_id = protocol.open_shell(idle_timeout=SHELL_IDLE_TIMEOUT)
             self._set_timeouts(protocol, deadline)
-            command_id = protocol.run_command(shell_id, command_line)
+            # WINRS_SKIP_CMD_SHELL: CreateProcess's 32,767-character limit instead of cmd.exe's 8,191 (scripts.py)
+            command_id = protocol.run_command(shell_id, command.executable, command.arguments, skip_cmd_shell=True)
             stdout, stderr, exit_code = self._receive(protocol, shell_id, command_id, deadline)
             return CommandResult(stdout, stderr, exit_code)
         except PollFailure as failure:

@@ -11,7 +11,7 @@ import pytest
 from exporter.catalog import BuildVersionError, Catalog, CatalogError, verdict_to_json
 
 REPO = Path(__file__).resolve().parent.parent
-REFERENCE_BUILDS = REPO.parent / "shared" / "reference" / "exchange-builds.tsv"
+REFERENCE_BUILDS = REPO / "docs" / "reference" / "exchange-builds.tsv"
 HEADER = "product\tcu\tupdate\tbuild\treleased\n"
 
 
@@ -118,7 +118,142 @@ def test_verdict_to_json(catalog):
         "cutoffs": {"2023-03": True, "2026-06": False},
         "superseded_since": "2026-06-09",
         "product_support_end": None,
+        "servicing": "serviced",
+        "cu_servicing_end": None,
+        "next_build": {"version": "15.2.2562.53", "product": "ExchangeSE", "cu": "RTM", "update": "Sep26SUv2",
+                       "released": "2026-10-02"},
+        "update_path_since": "2026-06-09",
     }
+
+
+# ---------------------------------------------------------------- full-build thresholds
+
+
+@pytest.mark.parametrize(
+    "version, eems",
+    [
+        ("15.1.2375.6", False), ("15.1.2375.7", True),  # 2016 CU22 is 15.1.2375.7: HealthChecker's >= 15.1.2375.7
+        ("15.2.986.4", False), ("15.2.986.5", True),  # 2019 CU11
+        ("15.2.2562.16", False), ("15.2.2562.17", True),  # SE RTM
+    ],
+)
+def test_eems_gate_compares_the_full_build(catalog, version, eems):
+    v = catalog.verdict(version)
+    assert v.eems_supported is eems
+    if not eems:
+        assert not any(v.cutoffs.values())
+
+
+def test_all_from_cutoff_compares_the_full_build(catalog):
+    # 2023-03 passes every build "from 2019 CU13" = from 15.2.1258.12, not from 15.2.1258.0.
+    assert cutoffs(catalog, "15.2.1258.11") == (False, False)
+    assert cutoffs(catalog, "15.2.1258.12") == (True, False)
+
+
+# ---------------------------------------------------------------- servicing and the update path
+
+TODAY = date(2026, 11, 29)
+
+
+def servicing(catalog: Catalog, version: str, today: date) -> tuple[str, date | None]:
+    v = catalog.verdict(version, today=today)
+    return v.servicing, v.cu_servicing_end
+
+
+@pytest.mark.parametrize(
+    "version, today, expected",
+    [
+        # Exchange 2019 serviced CU14 and CU15 (two CUs) until ESU Period 2 ended on 2026-10-31.
+        ("15.2.1544.48", date(2026, 10, 31), ("serviced", None)),
+        ("15.2.1544.48", date(2026, 11, 1), ("out_of_support", date(2026, 11, 1))),
+        ("15.2.1748.53", date(2026, 10, 31), ("serviced", None)),
+        ("15.2.1748.53", date(2026, 11, 1), ("out_of_support", date(2026, 11, 1))),
+        # 2019 CU13 left the window when CU15 shipped (2025-02-10); its last SU was Nov24SUv2.
+        ("15.2.1258.39", date(2025, 2, 9), ("serviced", None)),
+        ("15.2.1258.39", date(2025, 2, 10), ("cu_not_serviced", date(2025, 2, 10))),
+        # 2016 serves one CU: CU22 kept getting SUs after CU23 until Nov22SU; Jan23SU was CU23 only.
+        ("15.1.2375.37", date(2023, 1, 9), ("serviced", None)),
+        ("15.1.2375.37", date(2023, 1, 10), ("cu_not_serviced", date(2023, 1, 10))),
+        ("15.1.2507.75", date(2026, 10, 31), ("serviced", None)),
+        ("15.1.2507.75", date(2026, 11, 1), ("out_of_support", date(2026, 11, 1))),
+        # Exchange 2013 ended with its extended support on 2023-04-11 (no ESU).
+        ("15.0.1497.48", date(2023, 4, 11), ("serviced", None)),
+        ("15.0.1497.48", date(2023, 4, 12), ("out_of_support", date(2023, 4, 12))),
+        # An unserviced CU keeps the date it stopped when the product ends later.
+        ("15.2.1118.40", TODAY, ("out_of_support", date(2024, 2, 13))),
+        # SE has no fixed end: RTM, its only CU, is serviced.
+        ("15.2.2562.53", TODAY, ("serviced", None)),
+        ("15.2.2562.17", TODAY, ("serviced", None)),
+    ],
+)
+def test_servicing_boundaries(catalog, version, today, expected):
+    assert servicing(catalog, version, today) == expected
+
+
+def test_update_path_of_a_serviced_cu_leads_to_its_newest_update(catalog):
+    v = catalog.verdict("15.2.2562.41", today=TODAY)  # SE May26HU
+    assert (v.next_build.version, v.next_build.update, v.update_path_since) == ("15.2.2562.53", "Sep26SUv2",
+                                                                                 date(2026, 6, 9))
+    newest = catalog.verdict("15.2.2562.53", today=TODAY)
+    assert newest.next_build is None and newest.update_path_since is None
+
+
+def test_update_path_of_an_unserviced_cu_leads_to_the_newest_cu(catalog):
+    # 2019 CU12 Nov23SU, the last update of its CU: nothing newer in its CU, but CU12 stopped on 2024-02-13.
+    v = catalog.verdict("15.2.1118.40", today=date(2025, 6, 1))
+    assert v.superseded_since is None
+    assert (v.servicing, v.next_build.product, v.next_build.cu) == ("cu_not_serviced", "Exchange2019", "CU15")
+    assert v.update_path_since == date(2024, 2, 13)
+    # Behind within an unserviced CU: the path has been open since the first newer update of the CU.
+    older = catalog.verdict("15.2.1118.7", today=date(2025, 6, 1))
+    assert older.update_path_since == older.superseded_since < date(2024, 2, 13)
+
+
+def test_out_of_support_products_migrate_to_se(catalog):
+    for version in ("15.2.1748.53", "15.1.2507.75", "15.0.1497.48"):
+        v = catalog.verdict(version, today=TODAY)
+        assert v.servicing == "out_of_support"
+        assert (v.next_build.product, v.next_build.version) == ("ExchangeSE", "15.2.2562.53")
+        assert v.update_path_since == v.cu_servicing_end
+
+
+def test_a_new_se_cu_ends_rtm_servicing(tmp_path):
+    extra = tmp_path / "extra.tsv"
+    extra.write_text(HEADER + "ExchangeSE\tCU1\t\t15.2.2700.10\t2026-12-08\n")
+    catalog = Catalog.load(extra)
+    assert servicing(catalog, "15.2.2562.53", date(2026, 12, 7)) == ("serviced", None)
+    assert servicing(catalog, "15.2.2562.53", date(2026, 12, 8)) == ("cu_not_serviced", date(2026, 12, 8))
+    v = catalog.verdict("15.2.2562.53", today=date(2026, 12, 8))
+    assert (v.next_build.cu, v.next_build.version) == ("CU1", "15.2.2700.10")
+
+
+def test_every_catalog_build_has_a_servicing_verdict_and_path(catalog):
+    counts: dict[str, int] = {}
+    for build in catalog.builds():
+        v = catalog.verdict(".".join(map(str, build.parts)), today=TODAY)
+        counts[v.servicing] = counts.get(v.servicing, 0) + 1
+        assert (v.servicing == "serviced") == (v.cu_servicing_end is None)
+        assert (v.next_build is None) == (v.update_path_since is None)
+        if v.next_build is None:
+            assert v.servicing == "serviced"
+    # On 2026-11-29 only Exchange SE is serviced (its 12 RTM builds); 2013/2016/2019 get no more updates.
+    assert counts == {"serviced": 12, "out_of_support": len(catalog.builds()) - 12}
+
+
+# ---------------------------------------------------------------- CU-level builds (AdminDisplayVersion)
+
+
+def test_cu_level_build_passes_a_cutoff_only_when_every_build_of_its_cu_does(catalog):
+    cu15 = catalog.verdict("15.2.1748.53", cu_level=True, today=TODAY)
+    assert (cu15.cu, cu15.update, cu15.known, cu15.released) == ("CU15", "unknown", False, None)
+    assert cu15.cutoffs == {"2023-03": True, "2026-06": False}  # CU15 RTM is before the June 2026 minimum
+    cu12 = catalog.verdict("15.2.1118.7", cu_level=True, today=TODAY)
+    assert cu12.cutoffs == {"2023-03": False, "2026-06": False}
+    cu13 = catalog.verdict("15.2.1258.12", cu_level=True, today=TODAY)
+    assert cu13.cutoffs["2023-03"] is True  # every CU13 build passes 2023-03
+    se = catalog.verdict("15.2.2562.17", cu_level=True, today=TODAY)
+    assert se.cutoffs == {"2023-03": True, "2026-06": False} and se.superseded_since is None
+    assert se.next_build.version == "15.2.2562.53"  # the update is unknown: the newest of its CU is the target
 
 
 # ---------------------------------------------------------------- unknown builds
@@ -217,8 +352,6 @@ def test_surrounding_whitespace_is_tolerated(catalog):
 
 
 def _reference_rows() -> list[dict[str, str]]:
-    if not REFERENCE_BUILDS.is_file():
-        pytest.fail(f"reference build list missing: {REFERENCE_BUILDS} (expected ../shared/reference from the repo root)")
     with REFERENCE_BUILDS.open(newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f, delimiter="\t"))
 
@@ -251,7 +384,7 @@ def test_extra_file_adds_and_overrides_builds(tmp_path):
 
 
 def test_reference_tsv_with_its_source_column_is_a_valid_extra_file():
-    catalog = Catalog.load(REFERENCE_BUILDS) if REFERENCE_BUILDS.is_file() else pytest.fail("reference missing")
+    catalog = Catalog.load(REFERENCE_BUILDS)
     assert catalog.verdict("15.2.2562.43").known
 
 

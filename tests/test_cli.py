@@ -20,7 +20,8 @@ from .test_config import BAD, GOOD
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_KEYS = {"version", "product", "cu", "update", "released", "known", "eems_supported", "cutoffs",
-              "superseded_since", "product_support_end"}
+              "superseded_since", "product_support_end", "servicing", "cu_servicing_end", "next_build",
+              "update_path_since"}
 
 
 def exporter(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -90,6 +91,11 @@ def test_build_json_of_a_known_build():
         "cutoffs": {"2023-03": True, "2026-06": False},
         "superseded_since": "2025-12-09",  # Dec25SU
         "product_support_end": "2025-10-14",  # Exchange 2019 end of support
+        # ESU Period 2 ended 2026-10-31: no 2019 CU gets updates any more; the path leads to SE.
+        "servicing": "out_of_support", "cu_servicing_end": "2026-11-01",
+        "next_build": {"version": "15.2.2562.53", "product": "ExchangeSE", "cu": "RTM", "update": "Sep26SUv2",
+                       "released": "2026-10-02"},
+        "update_path_since": "2025-12-09",
     }
 
 

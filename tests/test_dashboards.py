@@ -89,7 +89,7 @@ def test_fleet_overview_has_the_fleet_counts_and_the_server_table():
     fleet = load(dashboard_files()[0].parent / "fleet-overview.json")
     stats = {p["title"] for p in panels(fleet) if p["type"] == "stat"}
     assert {"Servers", "Failing the 2023-03 cutoff", "Failing the 2026-06 cutoff", "Without EEMS (Mailbox)",
-            "EEMS service not running", "Mitigation checks stale", "Exporter cannot poll"} <= stats
+            "EEMS service not running", "EEMS silent or failing", "Exporter cannot poll"} <= stats
     table = next(p for p in panels(fleet) if p["title"] == "Server list")
     columns = set(next(t for t in table["transformations"] if t["id"] == "organize")["options"]["renameByName"].values())
     assert {"Server", "Product", "CU", "Update", "Version", "Build age", "Cutoff 2023-03", "Cutoff 2026-06",

@@ -64,11 +64,28 @@ def test_cutoffs_match_the_scenario_builds(demo):
 def test_build_info_and_dates(demo):
     metrics = samples(demo[3])
     assert value(metrics, "exchange_build_info", server="EX19-CU14", product="Exchange2019", cu="CU14",
-                 update="Oct25SU", version="15.2.1544.36") == 1
+                 update="Oct25SU", version="15.2.1544.36", source="exsetup") == 1
     assert value(metrics, "exchange_build_release_timestamp_seconds", server="EX19-CU14") == 1760400000  # 2025-10-14
     assert value(metrics, "exchange_build_superseded_timestamp_seconds", server="EX19-CU14") is not None
     assert value(metrics, "exchange_product_support_end_timestamp_seconds", server="EX-SE01") is None
     assert value(metrics, "exchange_build_known", server="EX16-CU22") == 1
+
+
+def test_update_path_matches_the_catalog(demo):
+    """The servicing verdict and next build on /metrics are the catalog's for each demo server's build."""
+    from exporter.catalog import Catalog, today_utc
+
+    fleet, _, _, text = demo
+    metrics = samples(text)
+    catalog = Catalog.load()
+    for name, host in fleet.hosts.items():
+        if name == "EX-SE05-NOWINRM":
+            continue
+        verdict = catalog.verdict(host.run.server.build, today=today_utc())
+        target = verdict.next_build
+        assert value(metrics, "exchange_build_update_path_info", server=name, servicing=verdict.servicing,
+                     next_product=target.product if target else "", next_cu=target.cu if target else "",
+                     next_update=target.update if target else "", next_version=target.version if target else "") == 1
 
 
 def test_eems_failures_carry_their_reason(demo):

@@ -68,7 +68,7 @@ def test_alertmanager_example_is_valid():
 @pytest.mark.parametrize("severity, receiver", [("critical", "pager"), ("warning", "ticket"), ("info", "null")])
 def test_alertmanager_routes_by_severity(severity, receiver):
     result = run(tool("amtool"), "config", "routes", "test", f"--config.file={ALERTMANAGER}",
-                 "alertname=ExchangeEEMSChecksStale", "server=EX01", f"severity={severity}")
+                 "alertname=ExchangeEEMSFetchErrors", "server=EX01", f"severity={severity}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == receiver
 

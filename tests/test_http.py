@@ -217,7 +217,7 @@ def test_landing_page_lists_the_servers(rig):
     assert answer.status == 200
     assert answer.headers["Content-Type"].startswith("text/html")
     assert "/probe?target=EX01" in answer.text
-    assert "<td>EX01</td><td>yes</td><td>15.2.2562.53</td><td></td>" in answer.text
+    assert "<td>EX01</td><td>yes</td><td>15.2.2562.53</td><td>serviced</td><td></td><td></td>" in answer.text
     assert "<td>EX02</td>" in answer.text
 
 

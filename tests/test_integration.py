@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "alerts" / "exchange-eems.rules.yml"
 ALERTMANAGER_EXAMPLE = REPO / "examples" / "alertmanager.yml"
 JOB = "exchange-eems"  # ExchangeExporterDown selects job=~"exchange-eems.*", as examples/prometheus.yml names it
-SERVER_COUNT = 11
+SERVER_COUNT = 15
 STARTUP_TIMEOUT = 30
 CONVERGE_TIMEOUT = 90
 # Alertmanager waits this long before the first notification of a group. Rule groups are evaluated at
@@ -49,58 +49,57 @@ GROUP_WAIT = "6s"
 SETTLE_SECONDS = 8  # after the expected notifications arrived: long enough for a stray one to follow
 
 # Labels besides alertname, server and severity that tell two alerts of one server apart.
-DETAIL_LABELS = ("cutoff", "reason", "mitigation", "scope")
+DETAIL_LABELS = ("cutoff", "reason", "mitigation", "scope", "endpoint")
 
 # The demo fleet's alerts that do not depend on today's date, from docs/alerts.md "What the demo fleet
 # fires" and exporter/simulator/scenarios/demo.yaml. (alertname, server, severity, detail label).
+# Every server answers with the simulator's realistic defaults or one of its knobs (docs/simulator.md):
+# a healthy server raises nothing, an unhealthy one exactly these.
 FIXED_ALERTS = {
     # EX19-CU14 runs 15.2.1544.36 (2019 CU14 Oct25SU): passes 2023-03, but the 2026-06 cutoff needs
-    # 15.2.1544.41, so EEMS fails with an unknown issuer and has no successful check in the window.
+    # 15.2.1544.41, so every EEMS check fails with an unknown issuer.
     ("ExchangeBuildBelowCertificateCutoff", "EX19-CU14", "critical", "cutoff=2026-06"),
-    ("ExchangeEEMSFetchErrors", "EX19-CU14", "warning", "reason=unknown_issuer"),
-    ("ExchangeEEMSChecksStale", "EX19-CU14", "warning", ""),
-    ("ExchangeEEMSChecksStale", "EX19-CU14", "critical", ""),
+    ("ExchangeEEMSFetchErrors", "EX19-CU14", "critical", "reason=unknown_issuer"),
     # EX19-CU12 runs 15.2.1118.25 (2019 CU12 Feb23SU): 2023-03 needs 15.2.1118.26, so it fails both
     # cutoffs and EEMS hits the retired certificate (untrusted endpoint).
     ("ExchangeBuildBelowCertificateCutoff", "EX19-CU12", "critical", "cutoff=2023-03"),
     ("ExchangeBuildBelowCertificateCutoff", "EX19-CU12", "critical", "cutoff=2026-06"),
-    ("ExchangeEEMSFetchErrors", "EX19-CU12", "warning", "reason=untrusted_endpoint"),
-    ("ExchangeEEMSChecksStale", "EX19-CU12", "warning", ""),
-    ("ExchangeEEMSChecksStale", "EX19-CU12", "critical", ""),
+    ("ExchangeEEMSFetchErrors", "EX19-CU12", "critical", "reason=untrusted_endpoint"),
     # EX16-CU23 runs 15.1.2507.23 (2016 CU23 Mar23SU): exactly the 2023-03 minimum, below the 2026-06
     # minimum 15.1.2507.69 -> unknown issuer.
     ("ExchangeBuildBelowCertificateCutoff", "EX16-CU23", "critical", "cutoff=2026-06"),
-    ("ExchangeEEMSFetchErrors", "EX16-CU23", "warning", "reason=unknown_issuer"),
-    ("ExchangeEEMSChecksStale", "EX16-CU23", "warning", ""),
-    ("ExchangeEEMSChecksStale", "EX16-CU23", "critical", ""),
+    ("ExchangeEEMSFetchErrors", "EX16-CU23", "critical", "reason=unknown_issuer"),
     # EX16-CU22 runs 15.1.2375.37 (2016 CU22 Nov22SU): CU22 has no compliant build for either cutoff
     # -> untrusted endpoint.
     ("ExchangeBuildBelowCertificateCutoff", "EX16-CU22", "critical", "cutoff=2023-03"),
     ("ExchangeBuildBelowCertificateCutoff", "EX16-CU22", "critical", "cutoff=2026-06"),
-    ("ExchangeEEMSFetchErrors", "EX16-CU22", "warning", "reason=untrusted_endpoint"),
-    ("ExchangeEEMSChecksStale", "EX16-CU22", "warning", ""),
-    ("ExchangeEEMSChecksStale", "EX16-CU22", "critical", ""),
-    # EX-SE02-STOPPED: MSExchangeMitigation stopped 6 hours ago, so also no success for 6 hours (> 3h).
+    ("ExchangeEEMSFetchErrors", "EX16-CU22", "critical", "reason=untrusted_endpoint"),
+    # EX-SE02-STOPPED: MSExchangeMitigation stopped 6 hours ago, so its log folder is silent for 6 hours.
     ("ExchangeEEMSServiceNotRunning", "EX-SE02-STOPPED", "critical", ""),
-    ("ExchangeEEMSChecksStale", "EX-SE02-STOPPED", "warning", ""),
-    ("ExchangeEEMSChecksStale", "EX-SE02-STOPPED", "critical", ""),
+    ("ExchangeEEMSNoActivity", "EX-SE02-STOPPED", "critical", ""),
     # EX-SE03-BLOCKED: an admin blocked M2.1.0 (reported by the organization collector via EX-SE01).
     ("ExchangeEEMSMitigationBlocked", "EX-SE03-BLOCKED", "warning", "mitigation=M2.1.0"),
     # EX-SE04-PROXY: an SSL-inspecting proxy makes every check fail TLS validation.
-    ("ExchangeEEMSFetchErrors", "EX-SE04-PROXY", "warning", "reason=tls_validation"),
-    ("ExchangeEEMSChecksStale", "EX-SE04-PROXY", "warning", ""),
-    ("ExchangeEEMSChecksStale", "EX-SE04-PROXY", "critical", ""),
+    ("ExchangeEEMSFetchErrors", "EX-SE04-PROXY", "critical", "reason=tls_validation"),
     # EX-SE05-NOWINRM refuses connections: exchange_up 0, so both CannotPoll twins (warning 15m, critical
-    # 1h with real `for`) and nothing else. EDGE01 (Edge, no EEMS) and EX-SE01 raise no fixed alert.
+    # 1h with real `for`) and nothing else.
     ("ExchangeExporterCannotPoll", "EX-SE05-NOWINRM", "warning", ""),
     ("ExchangeExporterCannotPoll", "EX-SE05-NOWINRM", "critical", ""),
+    # EX-SE08-FR: the WinHTTP proxy answers the monitoring account 407 for both OCS endpoints.
+    ("ExchangeEEMSEndpointUnreachable", "EX-SE08-FR", "warning", "endpoint=mitigations"),
+    ("ExchangeEEMSEndpointUnreachable", "EX-SE08-FR", "warning", "endpoint=flighting"),
+    # EX16-CU21 (2016 CU21 Mar22SU) predates EEMS: no provider, no log folder, no service; only this.
+    ("ExchangeBuildWithoutEEMS", "EX16-CU21", "critical", ""),
+    # No fixed alert: EX-SE01 and EX19-CU15ESU (defaults), EDGE01 (Edge, no EEMS), EX-SE06-DE (German,
+    # least-privilege account: service state and event log unreadable, UTF-16 log with culture times),
+    # EX-SE07-JA (Japanese, daily W3C log with culture times, non-fetch 1008s, an unformattable event).
 }
 UNPOLLABLE = {"EX-SE05-NOWINRM"}  # every per-server alert but CannotPoll is silenced while exchange_up == 0
 
 # What the pager (the receiver of severity="critical") gets after the example inhibitions, per
-# docs/alerts.md: the cutoff alerts, the stopped service, the proxy server's stale checks (no cutoff or
-# service alert inhibits them) and the unpollable server. The other critical stale checks are inhibited
-# by their server's cutoff or service alert.
+# docs/alerts.md: the cutoff alerts, the stopped service, the proxy server's failing fetches, the build
+# without EEMS and the unpollable server. The other fetch errors are inhibited by their server's cutoff
+# alert, the stopped server's silence by its service alert.
 EXPECTED_PAGES = {
     ("ExchangeBuildBelowCertificateCutoff", "EX19-CU14", "critical", "cutoff=2026-06"),
     ("ExchangeBuildBelowCertificateCutoff", "EX19-CU12", "critical", "cutoff=2023-03"),
@@ -109,16 +108,17 @@ EXPECTED_PAGES = {
     ("ExchangeBuildBelowCertificateCutoff", "EX16-CU22", "critical", "cutoff=2023-03"),
     ("ExchangeBuildBelowCertificateCutoff", "EX16-CU22", "critical", "cutoff=2026-06"),
     ("ExchangeEEMSServiceNotRunning", "EX-SE02-STOPPED", "critical", ""),
-    ("ExchangeEEMSChecksStale", "EX-SE04-PROXY", "critical", ""),
+    ("ExchangeEEMSFetchErrors", "EX-SE04-PROXY", "critical", "reason=tls_validation"),
     ("ExchangeExporterCannotPoll", "EX-SE05-NOWINRM", "critical", ""),
+    ("ExchangeBuildWithoutEEMS", "EX16-CU21", "critical", ""),
 }
-# Fixed tickets (severity="warning" that nothing inhibits): the blocked mitigation and the proxy server's
-# fetch errors. Its warning stale-check twin is inhibited by the critical one; every other fetch error and
-# stale check by a cutoff or service alert. The date-dependent warnings (superseded, out of support,
-# catalog stale) are tickets too; they are added from the catalog below.
+# Fixed tickets (severity="warning" that nothing inhibits): the blocked mitigation and the endpoint check
+# behind the 407 proxy. The date-dependent warnings (superseded, out of support, catalog stale) are tickets
+# too; they are added from the catalog below.
 FIXED_TICKETS = {
     ("ExchangeEEMSMitigationBlocked", "EX-SE03-BLOCKED", "warning", "mitigation=M2.1.0"),
-    ("ExchangeEEMSFetchErrors", "EX-SE04-PROXY", "warning", "reason=tls_validation"),
+    ("ExchangeEEMSEndpointUnreachable", "EX-SE08-FR", "warning", "endpoint=mitigations"),
+    ("ExchangeEEMSEndpointUnreachable", "EX-SE08-FR", "warning", "endpoint=flighting"),
 }
 
 # Thresholds of the date-dependent rules, as in alerts/exchange-eems.rules.yml (docs/alerts.md).
@@ -148,8 +148,12 @@ def dated_alerts(now: float) -> set[tuple[str, str, str, str]]:
         if name in UNPOLLABLE:
             continue
         verdict = catalog.verdict(server["build"])
-        if verdict.superseded_since and now - _midnight(verdict.superseded_since) > SUPERSEDED_GRACE_DAYS * 86400:
+        path_since = verdict.update_path_since
+        if (verdict.servicing == "serviced" and path_since
+                and now - _midnight(path_since) > SUPERSEDED_GRACE_DAYS * 86400):
             expected.add(("ExchangeBuildSuperseded", name, "warning", ""))
+        if verdict.servicing == "cu_not_serviced":
+            expected.add(("ExchangeBuildCUNotServiced", name, "warning", ""))
         if verdict.product_support_end:
             left = _midnight(verdict.product_support_end) - now
             if left <= 0:
@@ -379,7 +383,7 @@ def stack(tmp_path_factory):
         cleanup.callback(webhook.stop)
 
         exporter_port, prometheus_port, alertmanager_port = free_port(), free_port(), free_port()
-        (tmp / "exporter.yml").write_text(fleet.config_text(interval="10s", timeout="8s"))
+        (tmp / "exporter.yml").write_text(fleet.config_text(interval="10s", timeout="8s", check_endpoint=True))
         rule_file = tmp / "exchange-eems.rules.yml"
         rule_file.write_text(rules_without_for(RULES.read_text()))
         (tmp / "prometheus.yml").write_text(prometheus_config(exporter_port, alertmanager_port, rule_file))
@@ -461,14 +465,14 @@ def test_every_dashboard_query_returns_data(stack):
 # The fleet overview's stat panels, counted by hand from the demo scenario. `or vector(0)` keeps a zero count
 # visible, so "returns data" alone cannot fail for these panels; their values can.
 DEMO_COUNTS = {
-    "Servers": 11,
+    "Servers": 15,
     "Failing the 2023-03 cutoff": 2,  # EX19-CU12 (Feb23SU), EX16-CU22 (Nov22SU)
     "Failing the 2026-06 cutoff": 4,  # EX19-CU14, EX19-CU12, EX16-CU23, EX16-CU22 (EX-SE05 never answered)
-    "Without EEMS (Mailbox)": 0,  # EDGE01 has no EEMS but is an Edge server
+    "Without EEMS (Mailbox)": 1,  # EX16-CU21; EDGE01 has no EEMS but is an Edge server
     "EEMS service not running": 1,  # EX-SE02-STOPPED
-    # no success for 3 h: unknown issuer (EX19-CU14, EX16-CU23), untrusted endpoint (EX19-CU12, EX16-CU22),
-    # proxy TLS failure (EX-SE04-PROXY), service stopped 6 h ago (EX-SE02-STOPPED)
-    "Mitigation checks stale": 6,
+    # failing: unknown issuer (EX19-CU14, EX16-CU23), untrusted endpoint (EX19-CU12, EX16-CU22), proxy TLS
+    # failure (EX-SE04-PROXY); silent: service stopped 6 h ago (EX-SE02-STOPPED)
+    "EEMS silent or failing": 6,
     "Exporter cannot poll": 1,  # EX-SE05-NOWINRM
     "Mitigations blocked": 1,  # EX-SE03-BLOCKED: M2.1.0
 }
@@ -522,7 +526,8 @@ def test_alertmanager_suppresses_exactly_the_inhibited_alerts(stack):
     info = {key for key in stack.expected if key[2] == "info"}
     tickets = FIXED_TICKETS | {key for key in stack.expected - FIXED_ALERTS if key[2] == "warning"}
     inhibited = stack.expected - EXPECTED_PAGES - tickets - info
-    assert ("ExchangeEEMSChecksStale", "EX19-CU14", "critical", "") in inhibited
+    assert ("ExchangeEEMSFetchErrors", "EX19-CU14", "critical", "reason=unknown_issuer") in inhibited
+    assert ("ExchangeEEMSNoActivity", "EX-SE02-STOPPED", "critical", "") in inhibited
 
     def suppressed() -> set:
         alerts = get_json(f"{stack.alertmanager_url}/api/v2/alerts")

@@ -12,11 +12,17 @@ from exporter.parse import ParseError, clixml_to_text, parse_organization_output
 UTC = timezone.utc
 NOW_MS = 1764158400000  # 2025-11-26T12:00:00Z
 DESIGN_SAMPLE = (
-    r'{"schema":1,"computer":"EX01","now":"\/Date(1764158400000)\/","exsetup_version":"15.2.1544.4",'
-    r'"build_source":"exsetup","edge":false,"service":{"status":"Running","start_type":"Automatic"},'
+    r'{"schema":1,"computer":"EX01","now":"\/Date(1764158400000)\/","culture":{"name":"de-DE","ui":"de-DE",'
+    r'"date":"dd.MM.yyyy","time":"HH:mm:ss","am":"","pm":""},"exsetup_version":"15.02.1544.004",'
+    r'"build_source":"exsetup","edge":false,"service_key":{"start":2},"service":{"status":"Running","start_type":"Automatic"},'
     r'"events":[{"id":1008,"time":"\/Date(1764154800000)\/","message":"An unexpected exception occurred. ..."}],'
-    r'"log":{"name":"MitigationService_20261126-1.LOG","length":123456,"last_write":"\/Date(1764158000000)\/","tail":"...text..."},'
-    r'"endpoint":{"status":200,"ms":312,"error":null},"errors":["events: ..."]}'
+    r'"log_folder":true,"logs":[{"name":"MitigationService_2026112612-1.LOG","length":123456,'
+    r'"last_write":"\/Date(1764158000000)\/","encoding":"utf-8","tail":"...text..."}],'
+    r'"errors":[{"part":"events","id":"NoMatchingEventsFound,Microsoft.PowerShell.Commands.GetWinEventCommand",'
+    r'"category":"ObjectNotFound","type":"System.Exception","message":"Es wurden keine Ereignisse gefunden."}],'
+    r'"endpoints":[{"name":"GetExchangeMitigations","status":200,"ms":312,"web_status":null,"error":null,'
+    r'"revocation_failed":false},{"name":"GetExchangeConfig","status":407,"ms":20,"web_status":"ProtocolError",'
+    r'"error":"The remote server returned an error: (407) Proxy Authentication Required.","revocation_failed":false}]}'
 )
 
 
@@ -30,14 +36,20 @@ def test_design_sample():
     facts = parse_server_output(DESIGN_SAMPLE.encode())
     assert facts.computer == "EX01"
     assert facts.now == datetime(2025, 11, 26, 12, tzinfo=UTC)
-    assert (facts.exsetup_version, facts.build_source, facts.edge) == ("15.2.1544.4", "exsetup", False)
-    assert (facts.service_installed, facts.service_status, facts.service_start_type) == (True, "Running", "Automatic")
+    assert (facts.exsetup_version, facts.build_source, facts.edge) == ("15.02.1544.004", "exsetup", False)
+    assert (facts.culture.name, facts.culture.date_pattern, facts.culture.time_pattern) == ("de-DE", "dd.MM.yyyy", "HH:mm:ss")
+    assert (facts.service_queried, facts.service_status, facts.service_start_type) == (True, "Running", "Automatic")
+    assert facts.service_key_start == 2
     assert [(e.id, e.time) for e in facts.events] == [(1008, datetime(2025, 11, 26, 11, tzinfo=UTC))]
-    assert facts.log.name == "MitigationService_20261126-1.LOG" and facts.log.length == 123456
-    assert facts.log.tail == "...text..."
-    assert facts.endpoint.status == 200 and facts.endpoint.duration_seconds == pytest.approx(0.312)
-    assert facts.endpoint.error is None
-    assert facts.errors == ("events: ...",)
+    (log,) = facts.logs
+    assert log.name == "MitigationService_2026112612-1.LOG" and log.length == 123456 and log.encoding == "utf-8"
+    assert log.tail == "...text..." and facts.log_folder is True
+    mitigations, config = facts.endpoints
+    assert mitigations.status == 200 and mitigations.duration_seconds == pytest.approx(0.312)
+    assert mitigations.error is None and mitigations.web_status is None
+    assert (config.name, config.status, config.web_status) == ("GetExchangeConfig", 407, "ProtocolError")
+    (error,) = facts.errors
+    assert (error.part, error.id.split(",")[0], error.category) == ("events", "NoMatchingEventsFound", "ObjectNotFound")
 
 
 def test_bom_crlf_and_clixml_noise_around_the_json():
@@ -64,15 +76,15 @@ def test_bom_crlf_and_clixml_noise_around_the_json():
 )
 def test_service_enums_as_names_or_integers(status, start, expected):
     facts = parse_server_output(server(service={"status": status, "start_type": start}))
-    assert facts.service_installed
+    assert facts.service_queried
     assert (facts.service_status, facts.service_start_type) == expected
     if expected == (None, None):
-        assert any("service.status" in e for e in facts.errors)
+        assert any("service.status" in e.message for e in facts.errors)
 
 
-def test_service_null_means_not_installed():
+def test_service_null_means_not_queried():
     facts = parse_server_output(server(service=None))
-    assert (facts.service_installed, facts.service_status, facts.service_start_type) == (False, None, None)
+    assert (facts.service_queried, facts.service_status, facts.service_start_type) == (False, None, None)
 
 
 def test_single_event_unwrapped_and_events_null_or_missing():
@@ -93,46 +105,56 @@ def test_more_than_max_events_keeps_the_newest():
 def test_events_without_id_or_time_are_skipped_with_a_note():
     facts = parse_server_output(server(events=[{"id": 1008}, {"time": "/Date(0)/"}, "junk", {"id": 1005, "time": "/Date(0)/"}]))
     assert [e.id for e in facts.events] == [1005]
-    assert any("without id or time" in e for e in facts.errors)
-    assert any("events: expected objects" in e for e in facts.errors)
+    assert any("without id or time" in e.message for e in facts.errors)
+    assert any("events: expected objects" in e.message for e in facts.errors)
 
 
 def test_log_tail_longer_than_bound_keeps_the_last_bytes():
     tail = "é" * 10 + "x" * 100 + "END"
-    facts = parse_server_output(server(log={"name": "a.LOG", "length": 5000, "last_write": None, "tail": tail}), max_log_bytes=50)
-    assert len(facts.log.tail.encode()) <= 50
-    assert facts.log.tail.endswith("END") and tail.endswith(facts.log.tail)
-    cut = parse_server_output(server(log={"name": "a.LOG", "tail": "é" * 10}), max_log_bytes=5)
-    assert cut.log.tail == "éé"  # the split character at the cut is dropped
-    assert cut.log.length is None and cut.log.last_write is None
+    facts = parse_server_output(server(logs=[{"name": "a.LOG", "length": 5000, "last_write": None, "tail": tail}]), max_log_bytes=50)
+    assert len(facts.logs[0].tail.encode()) <= 50
+    assert facts.logs[0].tail.endswith("END") and tail.endswith(facts.logs[0].tail)
+    cut = parse_server_output(server(logs={"name": "a.LOG", "tail": "é" * 10}), max_log_bytes=5)
+    assert cut.logs[0].tail == "éé"  # the split character at the cut is dropped
+    assert cut.logs[0].length is None and cut.logs[0].last_write is None
 
 
-def test_log_null_and_endpoint_absent():
-    facts = parse_server_output(server(log=None))
-    assert facts.log is None and facts.endpoint is None
+def test_the_log_bound_covers_all_files_newest_first():
+    files = [{"name": f"MitigationService_20261126{h:02d}-1.LOG", "tail": "x" * 40} for h in (12, 11, 10)]
+    facts = parse_server_output(server(logs=files), max_log_bytes=100)
+    assert [len(log.tail) for log in facts.logs] == [40, 40, 20]
+
+
+def test_logs_null_and_endpoints_absent():
+    facts = parse_server_output(server(logs=None))
+    assert facts.logs == () and facts.endpoints == () and facts.log_folder is None
 
 
 def test_endpoint_without_response():
-    facts = parse_server_output(server(endpoint={"status": 0, "ms": 10000, "error": "Unable to connect to the remote server"}))
-    assert (facts.endpoint.status, facts.endpoint.duration_seconds) == (0, 10.0)
-    assert facts.endpoint.error == "Unable to connect to the remote server"
+    facts = parse_server_output(server(endpoints=[{"name": "GetExchangeMitigations", "status": 0, "ms": 10000,
+                                                   "web_status": "ConnectFailure",
+                                                   "error": "Unable to connect to the remote server"}]))
+    (endpoint,) = facts.endpoints
+    assert (endpoint.status, endpoint.duration_seconds, endpoint.web_status) == (0, 10.0, "ConnectFailure")
+    assert endpoint.error == "Unable to connect to the remote server"
 
 
 def test_wrong_types_become_missing_with_parse_notes():
     facts = parse_server_output(
-        server(computer=5, exsetup_version=15.2, edge="yes", now="tomorrow", log="x", endpoint={"status": "200", "ms": -1},
-               errors={"a": 1})
+        server(computer=5, exsetup_version=15.2, edge="yes", now="tomorrow", logs=["x"],
+               endpoints={"status": "200", "ms": -1}, errors=[7], service_key="x")
     )
-    assert (facts.computer, facts.exsetup_version, facts.edge, facts.now, facts.log) == (None, None, False, None, None)
-    assert facts.endpoint.status == 0 and facts.endpoint.duration_seconds is None
-    for field in ("computer", "exsetup_version", "edge", "now", "log", "endpoint.status", "endpoint.ms", "errors"):
-        assert any(e.startswith(f"parse: {field}: expected") for e in facts.errors), field
+    assert (facts.computer, facts.exsetup_version, facts.edge, facts.now, facts.logs) == (None, None, False, None, ())
+    assert facts.endpoints[0].status == 0 and facts.endpoints[0].duration_seconds is None
+    for field in ("computer", "exsetup_version", "edge", "now", "logs", "endpoints.status", "endpoints.ms", "errors",
+                  "service_key"):
+        assert any(e.part == "parse" and e.message.startswith(f"parse: {field}: expected") for e in facts.errors), field
 
 
 def test_errors_as_single_string_and_missing_fields():
     facts = parse_server_output(b'{"schema":1,"errors":"build: ExSetup.exe not found"}')
-    assert facts.errors == ("build: ExSetup.exe not found",)
-    assert facts.exsetup_version is None and not facts.service_installed and facts.computer is None
+    assert [(e.part, e.id, e.message) for e in facts.errors] == [("build", "", "ExSetup.exe not found")]
+    assert facts.exsetup_version is None and not facts.service_queried and facts.computer is None
     assert parse_server_output(server(edge=1)).edge is True
 
 
@@ -250,6 +272,15 @@ def test_organization_design_sample():
     assert (ex01.mitigations_enabled, ex01.data_collection_enabled, ex01.internet_web_proxy) == (True, False, None)
 
 
+def test_organization_real_empty_shapes_null_array_and_empty_proxy():
+    """5.1 serializes `@($null)` as [null] and `[string]$null` as "" (review of collect_organization.ps1)."""
+    doc = {"schema": 1, "organization": {"mitigations_enabled": True},
+           "servers": [{"name": "EX01", "mitigations_applied": [None], "mitigations_blocked": [None],
+                        "mitigations_applied_time": None, "internet_web_proxy": ""}], "error": None}
+    (ex01,) = parse_organization_output(json.dumps(doc).encode()).servers
+    assert (ex01.mitigations_applied, ex01.mitigations_blocked, ex01.internet_web_proxy) == ((), (), None)
+
+
 def test_organization_unwrapped_server_and_string_mitigations():
     doc = {"schema": 1, "organization": {"mitigations_enabled": False},
            "servers": {"name": "EX02", "roles": "Edge", "mitigations_applied": "PING1", "mitigations_blocked": "M1"},
@@ -303,8 +334,8 @@ def test_organization_truncated():
 def test_lone_surrogates_are_replaced():
     facts = parse_server_output(
         b'{"schema":1,"computer":"EX\\ud800","events":{"id":1008,"time":"/Date(0)/","message":"bad \\udc00"},'
-        b'"log":{"name":"a","tail":"x\\ud800y"}}'
+        b'"logs":{"name":"a","tail":"x\\ud800y"}}'
     )
-    for text in (facts.computer, facts.events[0].message, facts.log.tail):
+    for text in (facts.computer, facts.events[0].message, facts.logs[0].tail):
         text.encode("utf-8")
     assert facts.computer == "EX?"

@@ -20,8 +20,8 @@ json_like = st.recursive(
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5),
     max_leaves=25,
 )
-FIELDS = ("schema", "computer", "now", "exsetup_version", "build_source", "edge", "service", "events", "log",
-          "endpoint", "errors", "organization", "servers", "error")
+FIELDS = ("schema", "computer", "now", "culture", "exsetup_version", "build_source", "edge", "service_key", "service",
+          "events", "log_folder", "logs", "endpoints", "errors", "organization", "servers", "error")
 event = st.fixed_dictionaries({}, optional={"id": json_like | st.sampled_from([1005, 1006, 1008]),
                                             "time": json_like, "message": json_like})
 server_shaped = st.fixed_dictionaries(
@@ -29,8 +29,15 @@ server_shaped = st.fixed_dictionaries(
     optional={
         **{f: json_like for f in FIELDS[1:]},
         "events": st.lists(event, max_size=8) | event | json_like,
-        "log": st.fixed_dictionaries({}, optional={"name": json_like, "length": json_like, "last_write": json_like,
-                                                  "tail": st.text(max_size=300) | json_like}) | json_like,
+        "logs": st.lists(st.fixed_dictionaries({}, optional={"name": json_like, "length": json_like,
+                                                             "last_write": json_like, "encoding": json_like,
+                                                             "tail": st.text(max_size=300) | json_like}), max_size=4)
+        | json_like,
+        "errors": st.lists(st.fixed_dictionaries({}, optional={k: json_like for k in ("part", "id", "category", "type",
+                                                                                        "message")}), max_size=4)
+        | json_like,
+        "endpoints": st.lists(st.fixed_dictionaries({}, optional={k: json_like for k in (
+            "name", "status", "ms", "web_status", "error", "revocation_failed")}), max_size=3) | json_like,
         "service": st.fixed_dictionaries({}, optional={"status": json_like, "start_type": json_like}) | json_like,
         "servers": st.lists(st.dictionaries(st.sampled_from(["name", "fqdn", "roles", "mitigations_applied",
                                                              "mitigations_applied_time", "internet_web_proxy",
@@ -51,10 +58,11 @@ def _check_server(stdout: bytes) -> None:
         assert e.reason in ("bad_output", "truncated_output") and str(e)
         return
     assert len(facts.events) <= MAX_EVENTS
-    assert facts.log is None or len(facts.log.tail.encode("utf-8")) <= MAX_LOG_BYTES
-    assert all(isinstance(e, str) for e in facts.errors) and len(facts.errors) <= 50
-    texts = [*facts.errors, facts.computer or "", facts.exsetup_version or "", *(e.message for e in facts.events)]
-    for text in texts + ([facts.log.name] if facts.log else []):
+    assert sum(len(log.tail.encode("utf-8")) for log in facts.logs) <= MAX_LOG_BYTES
+    assert all(isinstance(e.message, str) and isinstance(e.id, str) for e in facts.errors) and len(facts.errors) <= 50
+    texts = [*(e.message for e in facts.errors), *(e.id for e in facts.errors), facts.computer or "",
+             facts.exsetup_version or "", *(e.message for e in facts.events), *(log.name for log in facts.logs)]
+    for text in texts:
         text.encode("utf-8")  # strict: no lone surrogates reach the metrics page
 
 

@@ -1,17 +1,21 @@
-"""The PowerShell the exporter sends: it fits cmd.exe's limit and no value can break out of its quoting."""
+"""The PowerShell the exporter sends: it fits Windows' command-line limit, runs without cmd.exe, decides on
+invariant error ids rather than localized texts, and no value can break out of its quoting."""
 
 from __future__ import annotations
 
 import base64
 
 from exporter.scripts import (
-    CMD_LINE_LIMIT,
+    CREATE_PROCESS_LIMIT,
+    POWERSHELL,
     SERVER_MARKER,
     ServerScriptParameters,
-    command_line,
     organization_script,
+    powershell_command,
     server_script,
 )
+
+CMD_EXE_LIMIT = 8191
 
 
 def params(proxy: str = "") -> ServerScriptParameters:
@@ -26,18 +30,67 @@ def test_marker_and_parameter_line():
                         "EndpointTimeoutSec=10;Proxy='http://proxy.contoso.com:8080/'}")
 
 
-def test_command_line_is_utf16_base64_of_the_script():
+def test_command_is_utf16_base64_of_the_script():
     script = organization_script()
-    line = command_line(script)
-    assert line.startswith("powershell -NoProfile -NonInteractive -EncodedCommand ")
-    assert base64.b64decode(line.split()[-1]).decode("utf-16-le") == script
+    command = powershell_command(script)
+    assert command.arguments[:3] == ("-NoProfile", "-NonInteractive", "-EncodedCommand")
+    assert base64.b64decode(command.arguments[-1]).decode("utf-16-le") == script
 
 
-def test_worst_case_fits_the_windows_command_line():
+def test_powershell_runs_without_cmd_exe_from_its_absolute_path():
+    """Without cmd.exe WinRS needs the program's full path; with it the server command would not fit."""
+    command = powershell_command(server_script(params()))
+    assert command.executable == POWERSHELL
+    assert command.executable.startswith("C:\\") and command.executable.endswith("\\powershell.exe")
+    assert command.line.startswith(f'"{POWERSHELL}" -NoProfile')
+
+
+def test_worst_case_fits_createprocess_limit():
     longest = ServerScriptParameters(lookback_hours=8760, max_events=5000, log_tail_bytes=16 << 20,
                                      check_endpoint=True, endpoint_timeout_seconds=600,
                                      proxy="http://a-rather-long-proxy-name.corp.contoso.example.com:65535/")
-    assert len(command_line(server_script(longest))) <= CMD_LINE_LIMIT
+    assert CREATE_PROCESS_LIMIT == 32767
+    assert len(powershell_command(server_script(longest)).line) < CREATE_PROCESS_LIMIT
+
+
+def test_a_script_over_the_limit_is_refused_here():
+    import pytest
+
+    with pytest.raises(ValueError, match="32766"):
+        powershell_command("#" * 13000)
+
+
+def test_server_script_ignores_no_events_by_its_invariant_id_not_its_english_text():
+    """Get-WinEvent's "No events were found" is localized (GetEventResources.de/fr/ja.resx); the error id is not."""
+    script = server_script(params())
+    assert "No events were found" not in script
+    assert "FullyQualifiedErrorId" in script
+
+
+def test_server_script_does_not_hide_service_errors():
+    """5.1's Get-Service turns access denied into "not found"; -EA SilentlyContinue would hide both."""
+    script = server_script(params())
+    assert "Get-Service MSExchangeMitigation -EA SilentlyContinue" not in script
+    assert "HKLM:\\SYSTEM\\CurrentControlSet\\Services\\MSExchangeMitigation" in script
+
+
+def test_server_script_keeps_good_events_when_one_cannot_be_read():
+    """Under $ErrorActionPreference='Stop' one bad event would abort the whole Get-WinEvent read."""
+    line = next(l for l in server_script(params()).splitlines() if "Get-WinEvent" in l)
+    assert "-EA SilentlyContinue -ErrorVariable" in line
+
+
+def test_server_script_takes_log_length_from_the_open_stream_and_detects_utf16():
+    script = server_script(params())
+    assert "length=$f.Length" not in script and "$s.Length" in script
+    assert "last_write=$f.LastWriteTimeUtc" not in script and "GetLastWriteTimeUtc($f.FullName)" in script
+    assert "[Text.Encoding]::Unicode" in script
+
+
+def test_server_script_checks_both_ocs_endpoints_with_revocation():
+    script = server_script(params())
+    assert "GetExchangeMitigations" in script and "GetExchangeConfig" in script
+    assert "CheckCertificateRevocationList=$true" in script and "WinHttpSettings" in script
 
 
 def test_a_hostile_proxy_value_never_reaches_the_script():

@@ -37,7 +37,7 @@ def run(line: str) -> CommandOutput:
     """A tiny Windows: enough commands to exercise the protocol."""
     if line == "cmd.exe /c echo hi":
         return CommandOutput([b"hi\r\n"])
-    if line.startswith("sleep "):
+    if line.startswith(("sleep ", '"C:\\Windows\\System32\\sleep.exe" ')):
         return CommandOutput([b"slept\r\n"], runtime_seconds=float(line.split()[1]))
     if line == "big":
         return CommandOutput(list(BIG_OUTPUT))
@@ -509,3 +509,36 @@ def test_fleet_without_basic_and_with_unencrypted_allowed():
 def test_fleet_refuses_non_loopback_addresses():
     with pytest.raises(ValueError, match="not a loopback address"):
         Fleet([SimulatedHost("x", "192.0.2.1", 5985, "http", run)], {USER: PASSWORD})
+
+
+def _run_without_cmd(fleet, executable: str, arguments: list[str]) -> tuple[bytes, bytes, int]:
+    p = protocol(fleet, "plain")
+    shell = p.open_shell()
+    try:
+        command = p.run_command(shell, executable, arguments, skip_cmd_shell=True)
+        out, err, code = p.get_command_output(shell, command)
+        p.cleanup_command(shell, command)
+        return out, err, code
+    finally:
+        p.close_shell(shell)
+
+
+def test_without_cmd_shell_a_bare_program_name_is_file_not_found(fleet):
+    """pypsrp's recorded test_winrs_no_cmd_shell: `powershell.exe` without a path gets 0x80070002."""
+    with pytest.raises(WSManFaultError) as info:
+        _run_without_cmd(fleet, "powershell.exe", ["Write-Host", "hi"])
+    assert info.value.wsman_fault_code == 2147942402
+
+
+def test_without_cmd_shell_a_line_over_8191_characters_runs(fleet):
+    out, _, code = _run_without_cmd(fleet, r"C:\Windows\System32\sleep.exe", ["0" * 20000])
+    assert code == 0
+
+
+def test_without_cmd_shell_createprocess_limit_applies(fleet):
+    program = r"C:\Windows\System32\sleep.exe"
+    fits = 32766 - len(f'"{program}" ')
+    assert _run_without_cmd(fleet, program, ["0" * fits])[2] == 0
+    with pytest.raises(WSManFaultError) as info:
+        _run_without_cmd(fleet, program, ["0" * (fits + 1)])
+    assert info.value.wsman_fault_code == 2147942606

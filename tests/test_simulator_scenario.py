@@ -59,6 +59,11 @@ def as_list(value) -> list:
     return [] if value is None else value if isinstance(value, list) else [value]
 
 
+def log_text(doc) -> str:
+    """Every log tail the script read, oldest file first."""
+    return "".join(log["tail"] for log in reversed(doc["logs"]))
+
+
 def ms(value: str) -> int:
     match = re.fullmatch(r"/Date\((-?\d+)\)/", value)
     assert match, value
@@ -91,10 +96,11 @@ def test_the_exporters_own_command_lines_are_answered():
 
     sc = fleet({"name": "EX01", "build": "15.2.2562.53"})
     params = scripts.ServerScriptParameters(6, 3, 2000, True, 10, "http://o'brien-proxy:8080/")
-    doc = facts_from(run(sc, scripts.command_line(scripts.server_script(params))))
-    assert len(as_list(doc["events"])) == 3 and len(doc["log"]["tail"]) == 2000 and doc["endpoint"]["status"] == 200
-    org = facts_from(run(sc, scripts.command_line(scripts.organization_script())))
-    assert org["servers"]["name"] == "EX01"
+    doc = facts_from(run(sc, scripts.powershell_command(scripts.server_script(params)).line))
+    assert doc["events"] == [] and sum(len(log["tail"]) for log in doc["logs"]) == 2000
+    assert [e["status"] for e in doc["endpoints"]] == [200, 200]
+    org = facts_from(run(sc, scripts.powershell_command(scripts.organization_script()).line))
+    assert [server["name"] for server in org["servers"]] == ["EX01"]
 
 
 def test_stdout_is_one_json_line_with_crlf_and_ascii_only():
@@ -116,12 +122,6 @@ def test_unknown_powershell_script_is_a_clixml_error_record():
     assert out.exit_code == 1
     assert out.stderr.startswith(b"#< CLIXML\r\n<Objs ")
     assert b"The term 'Get-Mailbox' is not recognized" in out.stderr.replace(b"_x000D__x000A_</S><S S=\"Error\">", b"")
-
-
-def test_command_line_over_the_cmd_limit_is_rejected_like_windows():
-    long_script = server_script() + "#" * 6000
-    out = run(fleet({"name": "EX01", "build": "15.2.2562.53"}), encode(long_script))
-    assert (out.exit_code, out.stderr) == (1, b"The command line is too long.\r\n")
 
 
 def test_invalid_base64_gets_powershells_encoding_error():
@@ -173,12 +173,24 @@ def test_dates_are_powershell_ms_dates_and_now_is_the_pinned_clock():
     assert all(ms(e["time"]) <= ms(doc["now"]) for e in doc["events"])
 
 
-def test_a_single_event_and_a_single_error_are_unwrapped():
-    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "build_source": "none"})
+def test_one_element_arrays_stay_arrays_as_in_a_dictionary():
+    """5.1 unwraps only pipeline output; arrays held in the result dictionary stay arrays: [x]."""
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "build_source": "none", "success_events": True})
     doc = facts(sc, max_events=1)
-    assert isinstance(doc["events"], dict) and doc["events"]["id"] == 1006
-    assert isinstance(doc["errors"], str) and doc["errors"].startswith("build: ")
+    assert isinstance(doc["events"], list) and doc["events"][0]["id"] == 1006
+    assert [e["part"] for e in doc["errors"]] == ["build"] and doc["errors"][0]["id"].startswith("PathNotFound,")
     assert doc["exsetup_version"] is None and doc["build_source"] is None
+
+
+def test_the_unwrapped_style_imitates_piped_arrays():
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "success_events": True, "output_style": {"arrays": "unwrapped"}})
+    assert isinstance(facts(sc, max_events=1)["events"], dict)
+
+
+def test_file_version_is_zero_padded_like_exsetup():
+    assert facts(fleet({"name": "EX01", "build": "15.2.1544.4"}))["exsetup_version"] == "15.02.1544.004"
+    plain = fleet({"name": "EX01", "build": "15.2.1544.4", "output_style": {"versions": "plain"}})
+    assert facts(plain)["exsetup_version"] == "15.2.1544.4"
 
 
 def test_apostrophes_are_escaped_like_convertto_json():
@@ -205,12 +217,15 @@ def test_service_enums_as_integers():
     assert facts(sc)["service"] == {"status": 1, "start_type": 3}
 
 
-def test_endpoint_is_reported_only_when_asked():
-    sc = fleet({"name": "EX01", "build": "15.2.2562.53"}, {"name": "EX02", "build": "15.2.2562.53", "endpoint_status": 407})
-    assert "endpoint" not in facts(sc)
-    assert facts(sc, endpoint=1)["endpoint"]["status"] == 200 and facts(sc, endpoint=1)["endpoint"]["error"] is None
-    blocked = facts(sc, 1, endpoint=1)["endpoint"]
-    assert blocked["status"] == 407 and "(407) Proxy Authentication Required" in blocked["error"]
+def test_endpoints_are_reported_only_when_asked():
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53"},
+               {"name": "EX02", "build": "15.2.2562.53", "winhttp_proxy": {"proxy": "proxy.contoso.com:8080", "answers": 407}})
+    assert "endpoints" not in facts(sc)
+    assert [(e["name"], e["status"], e["error"]) for e in facts(sc, endpoint=1)["endpoints"]] == [
+        ("GetExchangeMitigations", 200, None), ("GetExchangeConfig", 200, None)]
+    for blocked in facts(sc, 1, endpoint=1)["endpoints"]:
+        assert (blocked["status"], blocked["web_status"]) == (407, "ProtocolError")
+        assert "(407) Proxy Authentication Required" in blocked["error"]
 
 
 # ---------------------------------------------------------------- EEMS history by build class
@@ -221,11 +236,11 @@ def failures(doc) -> set[str]:
 
 
 def test_current_se_succeeds_every_hour():
-    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53"}))
+    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "success_events": True}))
     events = as_list(doc["events"])
     assert len(events) == 24 and {e["id"] for e in events} == {1006}
-    assert "Fetching mitigations from https://officeclient.microsoft.com/getexchangemitigations" in doc["log"]["tail"]
-    assert "LogLevel=Warning" not in doc["log"]["tail"] and "LogLevel=Error" not in doc["log"]["tail"]
+    assert "Fetching mitigations from https://officeclient.microsoft.com/getexchangemitigations" in log_text(doc)
+    assert "LogLevel=Warning" not in log_text(doc) and "LogLevel=Error" not in log_text(doc)
     times = [ms(e["time"]) // 1000 for e in events]
     assert times == sorted(times, reverse=True)
     assert all(round((a - b) / 3600) == 1 and abs(a - b - 3600) < 2 for a, b in zip(times, times[1:]))
@@ -235,14 +250,14 @@ def test_build_failing_2026_cutoff_logs_unknown_issuer():
     doc = facts(fleet({"name": "EX01", "build": "15.2.1544.36"}))
     (message,) = failures(doc)
     assert message.endswith("leaf certificate is from unknown issuer or has EKU mismatch")
-    assert "FetchMitigation,S:LogLevel=Error;S:Message=Exception encountered while fetching mitigations : This XML is not deemed safe" in doc["log"]["tail"]
+    assert "FetchMitigation,S:LogLevel=Error;S:Message=Exception encountered while fetching mitigations : This XML is not deemed safe" in log_text(doc)
 
 
 @pytest.mark.parametrize("build", ["15.2.1118.25", "15.1.2375.37", "15.2.986.41"])
 def test_build_failing_2023_cutoff_logs_untrusted_endpoint(build):
     doc = facts(fleet({"name": "EX01", "build": build}))
     assert failures(doc) == {"An unexpected exception occurred.\r\nDiagnostic information: Exception encountered while fetching mitigations."}
-    assert "FetchMitigation,S:LogLevel=Warning;S:Message=Connection attempted against untrusted endpoint" in doc["log"]["tail"]
+    assert "FetchMitigation,S:LogLevel=Warning;S:Message=Connection attempted against untrusted endpoint" in log_text(doc)
 
 
 @pytest.mark.parametrize(
@@ -262,17 +277,17 @@ def test_cutoffs_apply_from_their_effective_dates(build, clock, ok):
 
 
 @pytest.mark.parametrize(
-    "failure, event_text, log_text",
+    "failure, event_text, log_line",
     [
         ("tls_validation", "Could not establish trust relationship for the SSL/TLS secure channel", "S:LogLevel=Warning;S:Message=TLS certificate or its chain validation failed"),
         ("signature_invalid", "signing cert is invalid or not from microsoft", "signing cert is invalid or not from microsoft"),
     ],
 )
-def test_forced_failures_use_the_field_texts(failure, event_text, log_text):
+def test_forced_failures_use_the_field_texts(failure, event_text, log_line):
     doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "eems_failure": failure, "internet_web_proxy": "http://proxy.contoso.com:8080/"}))
     (message,) = failures(doc)
-    assert event_text in message and log_text in doc["log"]["tail"]
-    assert "S:Message=Using Proxy http://proxy.contoso.com:8080/ To Fetch Configurations" in doc["log"]["tail"]
+    assert event_text in message and log_line in log_text(doc)
+    assert "S:Message=Using Proxy http://proxy.contoso.com:8080/ To Fetch Configurations" in log_text(doc)
 
 
 def test_eems_failure_none_overrides_the_build():
@@ -280,39 +295,85 @@ def test_eems_failure_none_overrides_the_build():
 
 
 @pytest.mark.parametrize("server", [{"build": "15.2.1748.39", "role": "Edge"}, {"build": "15.1.2308.27"}, {"build": "15.2.922.27"}, {"build": "15.0.1497.48"}])
-def test_no_eems_means_no_service_no_log_no_events(server):
+def test_no_eems_means_the_errors_windows_gives(server):
+    """Edge and pre-EEMS builds: no service key, Get-Service "not found", no event provider, no log folder."""
     doc = facts(fleet({"name": "EX01", **server}))
-    assert doc["service"] is None and doc["log"] is None and as_list(doc["events"]) == []
-    assert doc["edge"] is (server.get("role") == "Edge")
+    assert doc["service"] is None and doc["service_key"] is None and doc["logs"] == [] and doc["events"] == []
+    assert doc["log_folder"] is False and doc["edge"] is (server.get("role") == "Edge")
+    assert [(e["part"], e["id"].split(",")[0]) for e in doc["errors"]] == [
+        ("service_key", "PathNotFound"), ("service", "NoServiceFoundForGivenName"), ("events", "NoMatchingProvidersFound")]
 
 
-def test_success_events_can_be_turned_off():
-    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "success_events": False}))
-    assert as_list(doc["events"]) == [] and "Fetching mitigations" in doc["log"]["tail"]
+def test_success_events_are_off_by_default():
+    """Learn: 1005/1006 are logged "for successful actions such as when a mitigation is applied", not hourly."""
+    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53"}))
+    assert doc["events"] == [] and "Fetching mitigations" in log_text(doc)
+    assert [e["id"].split(",")[0] for e in doc["errors"]] == ["NoMatchingEventsFound"]
+
+
+@pytest.mark.parametrize("locale, text", [
+    ("de-DE", "Es wurden keine Ereignisse gefunden"), ("fr-FR", "Aucun événement"), ("ja-JP", "指定された選択条件"),
+])
+def test_no_events_is_localized_but_its_id_is_not(locale, text):
+    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "locale": locale}))
+    (error,) = doc["errors"]
+    assert error["id"] == "NoMatchingEventsFound,Microsoft.PowerShell.Commands.GetWinEventCommand"
+    assert error["message"].startswith(text)
+
+
+def test_least_privilege_account_cannot_query_the_service_nor_read_what_it_is_denied():
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "account": "least_privilege", "unreadable": ["events", "log"]})
+    doc = facts(sc)
+    assert doc["service"] is None and doc["service_key"] == {"start": 2}
+    assert [(e["part"], e["type"]) for e in doc["errors"]] == [
+        ("service", "Microsoft.PowerShell.Commands.ServiceCommandException"),
+        ("events", "System.UnauthorizedAccessException"), ("log", "System.UnauthorizedAccessException")]
+    assert doc["logs"] == [] and doc["log_folder"] is True
+
+
+def test_hourly_utf16_culture_time_log_with_a_csv_header_first():
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "locale": "de-DE", "log_encoding": "utf-16", "log_time": "culture"})
+    doc = facts(sc)
+    newest = doc["logs"][0]
+    assert newest["name"] == "MitigationService_2026112612-1.LOG" and newest["encoding"] == "utf-16"
+    lines = newest["tail"].lstrip("\ufeff").splitlines()
+    assert lines[0] == "DateTime,EventName,CustomData" and lines[1] == "#Software: Microsoft Exchange Server"
+    assert re.match(r"26\.11\.2026 12:\d\d:\d\d,FetchMitigation,", lines[6])
+    assert 24 <= len(doc["logs"]) <= 26
+
+
+def test_non_fetch_errors_and_an_unreadable_event():
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "non_fetch_errors": True, "unreadable_event": True,
+                "success_events": True})
+    doc = facts(sc)
+    assert sum(1 for e in doc["events"] if e["id"] == 1008) == 4
+    assert doc["events"][0]["message"] == "Cannot retrieve event message text."
+    (error,) = doc["errors"]
+    assert error["part"] == "events" and error["id"].endswith(",Microsoft.PowerShell.Commands.GetWinEventCommand")
 
 
 def test_stopped_service_has_no_checks_after_it_stopped():
     stopped = NOW - timedelta(hours=6)
-    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "service": {"status": "Stopped", "start_type": "Automatic"}, "service_stopped_since": "-6h"})
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "service": {"status": "Stopped", "start_type": "Automatic"}, "service_stopped_since": "-6h", "success_events": True})
     doc = facts(sc)
     assert doc["service"] == {"status": "Stopped", "start_type": "Automatic"}
     events = as_list(doc["events"])
     assert 17 <= len(events) <= 18
     assert all(ms(e["time"]) <= stopped.timestamp() * 1000 for e in events)
-    assert ms(doc["log"]["last_write"]) <= stopped.timestamp() * 1000
+    assert ms(doc["logs"][0]["last_write"]) <= stopped.timestamp() * 1000
 
 
 def test_first_check_is_ten_minutes_after_the_service_started():
     started = NOW - timedelta(hours=2, minutes=30)
-    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "installed_since": started.isoformat()}))
+    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "installed_since": started.isoformat(), "success_events": True}))
     times = sorted(ms(e["time"]) / 1000 for e in as_list(doc["events"]))
     assert len(times) == 3
     assert 0 < times[0] - (started + timedelta(minutes=10)).timestamp() < 3
-    assert "S:Message=Started MSExchangeMitigation" in doc["log"]["tail"]
+    assert "S:Message=Started MSExchangeMitigation" in log_text(doc)
 
 
 def test_default_check_minute_differs_per_server():
-    sc = fleet(*({"name": f"EX{i:02d}", "build": "15.2.2562.53"} for i in range(6)))
+    sc = fleet(*({"name": f"EX{i:02d}", "build": "15.2.2562.53", "success_events": True} for i in range(6)))
     minutes = {datetime.fromtimestamp(ms(as_list(facts(sc, i)["events"])[0]["time"]) / 1000, timezone.utc).minute for i in range(6)}
     assert len(minutes) > 1
 
@@ -321,30 +382,32 @@ def test_default_check_minute_differs_per_server():
 
 
 def test_lookback_bounds_the_events():
-    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53"}), lookback=5)
+    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "success_events": True}), lookback=5)
     events = as_list(doc["events"])
     assert len(events) == 5
     assert all(ms(e["time"]) >= (NOW - timedelta(hours=5)).timestamp() * 1000 for e in events)
 
 
 def test_max_events_keeps_the_newest():
-    sc = fleet({"name": "EX01", "build": "15.2.2562.53"})
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "success_events": True})
     all_events, two = as_list(facts(sc)["events"]), as_list(facts(sc, max_events=2)["events"])
     assert two == all_events[:2]
 
 
-def test_log_tail_is_the_last_bytes_of_the_newest_file():
-    sc = fleet({"name": "EX01", "build": "15.2.2562.53"})
-    full, tail = facts(sc)["log"], facts(sc, tail=100)["log"]
+def test_log_tail_is_the_last_bytes_of_the_newest_files():
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "log_rotation": "daily"})
+    full, tail = facts(sc)["logs"][0], facts(sc, tail=100)["logs"]
     assert full["name"] == "MitigationService_20261126-1.LOG"
-    assert full["tail"].startswith("#Software: Microsoft Exchange Server\r\n")
+    assert full["tail"].startswith("DateTime,EventName,CustomData\r\n#Software: Microsoft Exchange Server\r\n")
     assert len(full["tail"]) == full["length"] > 100
-    assert tail["tail"] == full["tail"][-100:] and tail["length"] == full["length"]
+    assert len(tail) == 1 and tail[0]["tail"] == full["tail"][-100:] and tail[0]["length"] == full["length"]
+    w3c = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "log_header": "w3c"}))["logs"][0]
+    assert w3c["tail"].startswith("#Software: Microsoft Exchange Server\r\n")
 
 
 def test_before_the_first_check_of_the_day_the_newest_file_is_yesterdays():
-    server = {"name": "EX01", "build": "15.2.2562.53", "installed_since": "2026-11-20T00:30:00Z"}
-    log = facts(fleet(server, clock="2026-11-26T00:05:00Z"))["log"]
+    server = {"name": "EX01", "build": "15.2.2562.53", "installed_since": "2026-11-20T00:30:00Z", "log_rotation": "daily"}
+    log = facts(fleet(server, clock="2026-11-26T00:05:00Z"))["logs"][0]
     assert log["name"] == "MitigationService_20261125-1.LOG"
     assert log["tail"].rstrip().splitlines()[-1].startswith("2026-11-25T23:40:0")
 
@@ -352,16 +415,16 @@ def test_before_the_first_check_of_the_day_the_newest_file_is_yesterdays():
 def test_no_log_file_before_the_service_ever_started():
     server = {"name": "EX01", "build": "15.2.2562.53", "installed_since": "2026-11-26T13:00:00Z"}
     doc = facts(fleet(server))
-    assert doc["log"] is None and as_list(doc["events"]) == []
+    assert doc["logs"] == [] and as_list(doc["events"]) == []
 
 
 @pytest.mark.parametrize("key", ["log_file", "events"])
 def test_either_source_can_be_missing(key):
-    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", key: "absent"}))
+    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "success_events": True, key: "absent"}))
     if key == "log_file":
-        assert doc["log"] is None and as_list(doc["events"])
+        assert doc["logs"] == [] and as_list(doc["events"])
     else:
-        assert doc["events"] is None and doc["log"] is not None
+        assert doc["events"] == [] and doc["logs"]
 
 
 # ---------------------------------------------------------------- output faults
@@ -406,7 +469,7 @@ def org_facts(scenario, index: int = 0) -> dict:
     return json.loads(stdout(out))
 
 
-def test_organization_lists_every_server_with_unwrapping():
+def test_organization_lists_every_server_with_real_empty_shapes():
     sc = fleet(
         {"name": "EX01", "build": "15.2.2562.53", "mitigations": {"applied": ["PING1"], "blocked": ["M2.1.0"]}},
         {"name": "EX02", "build": "15.2.1544.36", "mitigations": {"applied": ["PING1", "M2.1.0"]}},
@@ -416,17 +479,18 @@ def test_organization_lists_every_server_with_unwrapping():
     doc = org_facts(sc)
     assert doc["organization"] == {"mitigations_enabled": False} and doc["error"] is None
     ex01, ex02, edge = doc["servers"]
-    assert ex01["mitigations_applied"] == "PING1" and ex01["mitigations_blocked"] == "M2.1.0"
-    assert ex02["mitigations_applied"] == ["PING1", "M2.1.0"] and ex02["mitigations_blocked"] is None
+    assert ex01["mitigations_applied"] == ["PING1"] and ex01["mitigations_blocked"] == ["M2.1.0"]
+    assert ex02["mitigations_applied"] == ["PING1", "M2.1.0"] and ex02["mitigations_blocked"] == [None]
+    assert ex01["internet_web_proxy"] == ""
     assert ex02["admin_display_version"] == "Version 15.2 (Build 1544.36)" and ex02["fqdn"] == "ex02.contoso.com"
     assert ms(ex02["mitigations_applied_time"]) < datetime(2026, 7, 1, tzinfo=timezone.utc).timestamp() * 1000
     assert ms(ex01["mitigations_applied_time"]) > (NOW - timedelta(hours=1)).timestamp() * 1000
     assert edge["roles"] == "Edge" and "mitigations_applied_time" not in edge
 
 
-def test_a_single_server_organization_is_an_unwrapped_object():
+def test_a_single_server_organization_is_still_an_array():
     doc = org_facts(fleet({"name": "EX01", "build": "15.2.2562.53"}))
-    assert isinstance(doc["servers"], dict) and doc["servers"]["name"] == "EX01"
+    assert [server["name"] for server in doc["servers"]] == ["EX01"]
 
 
 def test_double_hop_fails_reaching_active_directory():
@@ -524,7 +588,7 @@ def test_generated_fleet_skips_0_and_255_octets(tmp_path):
     assert addresses[:7] == ["127.1.0.250", "127.1.0.251", "127.1.0.252", "127.1.0.253", "127.1.0.254", "127.1.1.1", "127.1.1.2"]
     assert len(set(addresses)) == 300 and not any(a.endswith((".0", ".255")) for a in addresses)
     assert {h.port for h in generated} == {15985}
-    assert facts(sc, 1)["exsetup_version"] == "15.2.1544.36"
+    assert facts(sc, 1)["exsetup_version"] == "15.02.1544.036"
 
 
 def test_generated_fleet_must_stay_in_loopback(tmp_path):
@@ -540,26 +604,32 @@ def test_demo_fleet_has_the_documented_states():
     sc = load_scenario(SIMULATOR / "scenarios" / "demo.yaml")
     sc.clock.pinned = NOW  # judge the real-time demo at a fixed moment
     by_name = {h.name: (h, s) for h, s in zip(sc.hosts, sc.servers)}
-    assert len(by_name) == 11 and sc.clock.pinned is NOW
+    assert len(by_name) == 15 and sc.clock.pinned is NOW
     assert list(sc.credentials) == ["EXCH\\svc_monitor"]
     assert sc.organization.server == "EX-SE01" and sc.organization.mitigations_enabled
-    assert len({(h.address, h.port) for h in sc.hosts}) == 11
+    assert len({(h.address, h.port) for h in sc.hosts}) == 15
     assert all(h.address.startswith(("127.0.0.", "127.0.1.")) and h.port == 15985 and h.scheme == "http" for h in sc.hosts)
 
     def doc(name):
         return facts(sc, sc.hosts.index(by_name[name][0]))
 
-    assert doc("EX-SE01")["exsetup_version"] == "15.2.2562.53" and not failures(doc("EX-SE01"))
-    assert doc("EX19-CU15ESU")["exsetup_version"] == "15.2.1748.49" and not failures(doc("EX19-CU15ESU"))
+    assert doc("EX-SE01")["exsetup_version"] == "15.02.2562.053" and not failures(doc("EX-SE01"))
+    assert doc("EX19-CU15ESU")["exsetup_version"] == "15.02.1748.049" and not failures(doc("EX19-CU15ESU"))
     assert "unknown issuer" in failures(doc("EX19-CU14")).pop()
     assert "unknown issuer" in failures(doc("EX16-CU23")).pop()
-    assert "untrusted endpoint" in doc("EX19-CU12")["log"]["tail"]
-    assert "untrusted endpoint" in doc("EX16-CU22")["log"]["tail"]
+    assert "untrusted endpoint" in log_text(doc("EX19-CU12"))
+    assert "untrusted endpoint" in log_text(doc("EX16-CU22"))
     assert doc("EDGE01")["edge"] is True and doc("EDGE01")["service"] is None
     assert doc("EX-SE02-STOPPED")["service"]["status"] == "Stopped"
     assert by_name["EX-SE03-BLOCKED"][1].blocked == ("M2.1.0",) and by_name["EX-SE03-BLOCKED"][1].applied == ("PING1",)
     assert "Could not establish trust relationship" in failures(doc("EX-SE04-PROXY")).pop()
     assert by_name["EX-SE05-NOWINRM"][0].faults.refuse_connections
+    german = doc("EX-SE06-DE")
+    assert german["service"] is None and german["culture"]["name"] == "de-DE" and german["logs"][0]["encoding"] == "utf-16"
+    assert [e["part"] for e in german["errors"]] == ["service", "events"]
+    assert doc("EX-SE07-JA")["culture"]["name"] == "ja-JP"
+    assert {e["status"] for e in facts(sc, sc.hosts.index(by_name["EX-SE08-FR"][0]), endpoint=1)["endpoints"]} == {407}
+    assert doc("EX16-CU21")["log_folder"] is False
 
 
 # ---------------------------------------------------------------- independence from the exporter

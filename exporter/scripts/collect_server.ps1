@@ -1,14 +1,29 @@
 $ProgressPreference='SilentlyContinue';$ErrorActionPreference='Stop'
-$r=[ordered]@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;exsetup_version=$null;build_source=$null;edge=$false;service=$null;events=@();log=$null;errors=@()}
-try{$r.exsetup_version=(Get-Command ExSetup.exe).FileVersionInfo.FileVersion;$r.build_source='exsetup'}catch{try{$i=(Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\Setup').MsiInstallPath;$r.exsetup_version=(Get-Item (Join-Path $i 'bin\ExSetup.exe')).VersionInfo.FileVersion;$r.build_source='registry'}catch{$r.errors+="build: $_"}}
+$c=[Globalization.CultureInfo]::CurrentCulture
+$r=[ordered]@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;culture=@{name=$c.Name;ui=[Globalization.CultureInfo]::CurrentUICulture.Name;date=$c.DateTimeFormat.ShortDatePattern;time=$c.DateTimeFormat.LongTimePattern;am=$c.DateTimeFormat.AMDesignator;pm=$c.DateTimeFormat.PMDesignator};exsetup_version=$null;build_source=$null;edge=$false;service_key=$null;service=$null;events=@();log_folder=$null;logs=@();errors=@()}
+function Fail($part,$e){$r.errors+=@{part=$part;id=[string]$e.FullyQualifiedErrorId;category=[string]$e.CategoryInfo.Category;type=$e.Exception.GetType().FullName;message="$e"}}
+try{$r.exsetup_version=(Get-Command ExSetup.exe).FileVersionInfo.FileVersion;$r.build_source='exsetup'}catch{try{$i=(Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\Setup').MsiInstallPath;$r.exsetup_version=(Get-Item (Join-Path $i 'bin\ExSetup.exe')).VersionInfo.FileVersion;$r.build_source='registry'}catch{Fail 'build' $_}}
 $r.edge=Test-Path 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\EdgeTransportRole'
-try{$s=Get-Service MSExchangeMitigation -EA SilentlyContinue;if($s){$r.service=@{status=[string]$s.Status;start_type=[string]$s.StartType}}}catch{$r.errors+="service: $_"}
-try{$r.events=@(Get-WinEvent -FilterHashtable @{LogName='Application';ProviderName='MSExchange Mitigation Service';Id=1005,1006,1008;StartTime=(Get-Date).AddHours(-$P.LookbackHours)} -MaxEvents $P.MaxEvents|%{@{id=$_.Id;time=$_.TimeCreated.ToUniversalTime();message=$_.Message}})}catch{if("$_" -notmatch 'No events were found'){$r.errors+="events: $_"}}
-try{$f=Get-ChildItem (Join-Path $env:ExchangeInstallPath 'Logging\MitigationService') -File|sort LastWriteTimeUtc|select -Last 1
-if($f){$s=[IO.File]::Open($f.FullName,'Open','Read','ReadWrite,Delete');try{$n=[Math]::Min($s.Length,$P.LogTailBytes);[void]$s.Seek(-$n,'End');$b=New-Object byte[] $n;$n=$s.Read($b,0,$n)}finally{$s.Close()}
-$r.log=@{name=$f.Name;length=$f.Length;last_write=$f.LastWriteTimeUtc;tail=[Text.Encoding]::UTF8.GetString($b,0,$n)}}}catch{$r.errors+="log: $_"}
-if($P.CheckEndpoint){$w=[Diagnostics.Stopwatch]::StartNew();$e=@{status=0;ms=0;error=$null}
-try{[Net.ServicePointManager]::SecurityProtocol='Tls12';$a=@{Uri='https://officeclient.microsoft.com/GetExchangeMitigations';UseBasicParsing=$true;TimeoutSec=$P.EndpointTimeoutSec}
-if($P.Proxy){$a.Proxy=$P.Proxy;$a.ProxyUseDefaultCredentials=$true};$e.status=[int](Invoke-WebRequest @a).StatusCode}catch{$e.error="$($_.Exception.Message)";if($_.Exception.Response){$e.status=[int]$_.Exception.Response.StatusCode}}
-$e.ms=$w.ElapsedMilliseconds;$r.endpoint=$e}
+try{$r.service_key=@{start=(Get-Item 'HKLM:\SYSTEM\CurrentControlSet\Services\MSExchangeMitigation').GetValue('Start')}}catch{Fail 'service_key' $_}
+try{$s=Get-Service MSExchangeMitigation;$r.service=@{status=[string]$s.Status;start_type=[string]$s.StartType}}catch{Fail 'service' $_}
+# Errors are recorded with their invariant FullyQualifiedErrorId; Python decides (never on the localized message).
+try{$v=$null;$r.events=@(Get-WinEvent -FilterHashtable @{LogName='Application';ProviderName='MSExchange Mitigation Service';StartTime=(Get-Date).AddHours(-$P.LookbackHours)} -MaxEvents $P.MaxEvents -EA SilentlyContinue -ErrorVariable v|%{@{id=$_.Id;time=$_.TimeCreated.ToUniversalTime();message=$_.Message}});foreach($e in $v){Fail 'events' $e}}catch{Fail 'events' $_}
+# GUESS (EEMS log layout unconfirmed): newest files by write time hold the newest lines; FF FE = UTF-16, else UTF-8.
+# Length and write time from the file itself: a directory entry is stale while the file is held open.
+try{$d=Join-Path $env:ExchangeInstallPath 'Logging\MitigationService';$r.log_folder=Test-Path $d
+if($r.log_folder){$left=$P.LogTailBytes;$since=[DateTime]::UtcNow.AddHours(-$P.LookbackHours)
+foreach($f in @(Get-ChildItem $d -File|sort LastWriteTimeUtc -Descending|select -First 64)){if($left -le 0){break}
+$s=[IO.File]::Open($f.FullName,'Open','Read','ReadWrite,Delete');try{$h=New-Object byte[] 2;$u=$s.Read($h,0,2) -eq 2 -and $h[0] -eq 255 -and $h[1] -eq 254;$len=$s.Length;$n=[Math]::Min($len,$left);if($u){$n-=$n%2};[void]$s.Seek(-$n,'End');$b=New-Object byte[] $n;$n=$s.Read($b,0,$n)}finally{$s.Close()}
+$x=if($u){[Text.Encoding]::Unicode}else{[Text.Encoding]::UTF8};$r.logs+=@{name=$f.Name;length=$len;last_write=[IO.File]::GetLastWriteTimeUtc($f.FullName);encoding=$x.WebName;tail=$x.GetString($b,0,$n)};$left-=$n
+if($f.LastWriteTimeUtc -lt $since){break}}}}catch{Fail 'log' $_}
+if($P.CheckEndpoint){$p=$P.Proxy;$wp=$null
+# GUESS: WinHttpSettings = DWORD size, DWORD counter, DWORD flags (2 = proxy), DWORD length, proxy string.
+try{$w=(Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Internet Settings\Connections').WinHttpSettings;if($w.Length -ge 16 -and ($w[8] -band 2)){$wp=[Text.Encoding]::ASCII.GetString($w,16,[BitConverter]::ToInt32($w,12))}}catch{Fail 'winhttp' $_}
+if(!$p -and $wp){$p=$wp;if($p -match 'https=([^;]+)'){$p=$matches[1]}elseif($p -match '='){$p=''};$p=$p.Split(';')[0];if($p -and $p -notmatch '://'){$p='http://'+$p}}
+[Net.ServicePointManager]::SecurityProtocol='Tls12';[Net.ServicePointManager]::CheckCertificateRevocationList=$true
+$r.endpoints=@(foreach($u in 'GetExchangeMitigations','GetExchangeConfig'){$e=@{name=$u;status=0;ms=0;web_status=$null;error=$null;revocation_failed=$false};$t=[Diagnostics.Stopwatch]::StartNew()
+$a=@{Uri="https://officeclient.microsoft.com/$u";UseBasicParsing=$true;TimeoutSec=$P.EndpointTimeoutSec};if($p){$a.Proxy=$p;$a.ProxyUseDefaultCredentials=$true}
+try{$e.status=[int](Invoke-WebRequest @a).StatusCode}catch{$e.error="$($_.Exception.Message)";$e.web_status=[string]$_.Exception.Status;if($_.Exception.Response){$e.status=[int]$_.Exception.Response.StatusCode}
+if($e.web_status -eq 'TrustFailure'){[Net.ServicePointManager]::CheckCertificateRevocationList=$false;try{[void](Invoke-WebRequest @a);$e.revocation_failed=$true}catch{};[Net.ServicePointManager]::CheckCertificateRevocationList=$true}}
+$e.ms=$t.ElapsedMilliseconds;$e})}
 [regex]::Replace((ConvertTo-Json -InputObject $r -Depth 4 -Compress),'[^\x00-\x7e]',{param($m)'\u{0:x4}' -f [int][char]$m.Value})

@@ -60,7 +60,8 @@ def exporter_config(scenario: Scenario, password_file: Path, ca_file: Path | Non
             module["ca_file"] = str(ca_file)
         modules[scheme] = module
     config = {
-        "poll": {"interval": interval, "timeout": f"{_poll_timeout(interval)}s", "concurrency": 16},
+        # the endpoint check on, so every metric the rules and dashboards use has data
+        "poll": {"interval": interval, "timeout": f"{_poll_timeout(interval)}s", "concurrency": 16, "check_endpoint": True},
         "modules": modules,
         "servers": [{"name": h.name, "address": h.address, "port": h.port, "module": h.scheme}
                     for h in scenario.hosts],

@@ -2,7 +2,7 @@
 
 The history is a pure function of the build, the service's running interval and the clock, so a test at a
 pinned clock always sees the same log lines and events, and nothing has to be stored per server. The
-texts come from /work/shared/reference/eems-facts.md (sections 3, 4, 6, 6b); lines marked UNCONFIRMED there
+texts come from docs/reference/eems-facts.md (sections 3, 4, 6, 6b); lines marked UNCONFIRMED there
 are our assumption and are listed in docs/simulator.md.
 
 This module models Microsoft's service, not the exporter: it carries its own small table of the builds that
@@ -11,6 +11,7 @@ decide how EEMS behaves and never imports the exporter's catalog.
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -23,7 +24,7 @@ Build = tuple[int, int, int, int]
 EEMS_FIRST_BUILD = {(15, 1): (15, 1, 2375, 7), (15, 2): (15, 2, 986, 5)}
 
 # Minimum build per CU for each certificate cutoff. A CU newer than every CU listed for its version passes;
-# an older or unlisted CU fails. (eems-facts.md 6 and 6b)
+# an older or unlisted CU fails. (docs/reference/eems-facts.md 6 and 6b)
 CUTOFF_MINIMUMS: dict[str, tuple[Build, ...]] = {
     "2023-03": ((15, 1, 2507, 23), (15, 2, 986, 42), (15, 2, 1118, 26)),
     "2026-06": ((15, 1, 2507, 69), (15, 2, 1544, 41), (15, 2, 1748, 46), (15, 2, 2562, 43)),
@@ -35,6 +36,7 @@ CUTOFF_EFFECTIVE = {
     "2026-06": datetime(2026, 7, 1, tzinfo=timezone.utc),  # "configuration files released in July 2026"
 }
 
+PROVIDER = "MSExchange Mitigation Service"
 OCS_URL = "https://officeclient.microsoft.com/getexchangemitigations"
 ENGINE = "Microsoft.Exchange.Mitigation.Service.Mitigations.MitigationEngine"
 EVENT_SUCCESS = 1006
@@ -92,6 +94,16 @@ _FAILURE_TEXT: dict[str, tuple[tuple[tuple[str, str, bool], ...], str]] = {
 # UNCONFIRMED in the facts: the text of a successful check and of event 1006 (see docs/simulator.md).
 SUCCESS_LOG = "Mitigations fetched successfully from the Office Config Service"
 SUCCESS_EVENT = "Mitigation service successfully fetched mitigations. Applied mitigations: {applied}"
+# Invented: a 1008 that is not about fetching (Learn: 1008 is logged "for any encountered errors").
+NON_FETCH_ERROR = _EXCEPTION_PREFIX + "Exception encountered while sending diagnostic data : The remote name could not be resolved"
+NON_FETCH_EVERY = 6  # every sixth check logs one
+
+# The log file layout is UNCONFIRMED for EEMS; these are the forms other Exchange 2016+ logs of the same
+# framework use (docs/simulator.md "Log files").
+LOG_ROTATIONS = ("hourly", "daily")
+LOG_ENCODINGS = ("utf-8", "utf-16")
+LOG_HEADERS = ("csv_first", "w3c")
+FIELDS = "DateTime,EventName,CustomData"
 
 
 # ---------------------------------------------------------------- builds
@@ -134,6 +146,11 @@ class EemsSetup:
     data_collection_enabled: bool
     success_events: bool
     applied: tuple[str, ...]
+    non_fetch_errors: bool = False  # every NON_FETCH_EVERY-th check also logs a 1008 that is not a fetch error
+    log_rotation: str = "hourly"
+    log_encoding: str = "utf-8"
+    log_header: str = "csv_first"
+    log_time: tuple[str, str, str, str] | None = None  # .NET (date, time, am, pm) patterns; None = ISO 8601
 
 
 @dataclass(frozen=True)
@@ -210,14 +227,18 @@ def _check_lines(setup: EemsSetup, at: datetime) -> list[LogLine]:
     return lines
 
 
-def _check_event(setup: EemsSetup, at: datetime) -> Event | None:
+def _check_events(setup: EemsSetup, at: datetime) -> list[Event]:
+    """Newest first, like Get-WinEvent."""
     t = at + timedelta(milliseconds=1000 + _jitter_ms(setup, at, 1) + 5)
+    found = []
+    if setup.non_fetch_errors and int(at.timestamp() // 3600) % NON_FETCH_EVERY == 0:
+        found.append(Event(EVENT_ERROR, t + timedelta(seconds=1), NON_FETCH_ERROR))
     failure = outcome(setup, at)
     if failure is not None:
-        return Event(EVENT_ERROR, t, _FAILURE_TEXT[failure][1])
-    if setup.success_events:
-        return Event(EVENT_SUCCESS, t, SUCCESS_EVENT.format(applied=", ".join(setup.applied) or "none"))
-    return None
+        found.append(Event(EVENT_ERROR, t, _FAILURE_TEXT[failure][1]))
+    elif setup.success_events:
+        found.append(Event(EVENT_SUCCESS, t, SUCCESS_EVENT.format(applied=", ".join(setup.applied) or "none")))
+    return found
 
 
 def events(setup: EemsSetup, now: datetime, lookback: timedelta, max_events: int) -> list[Event]:
@@ -225,32 +246,65 @@ def events(setup: EemsSetup, now: datetime, lookback: timedelta, max_events: int
     lo = now - lookback
     found = []
     for at in reversed(check_times(setup, lo - timedelta(seconds=5), now)):
-        event = _check_event(setup, at)
-        if event is not None and lo <= event.time <= now:
-            found.append(event)
-            if len(found) >= max_events:
-                break
+        for event in _check_events(setup, at):
+            if lo <= event.time <= now:
+                found.append(event)
+                if len(found) >= max_events:
+                    return found
     return found
 
 
-def newest_log(setup: EemsSetup, now: datetime) -> LogFile | None:
-    """The newest daily log file as it stands at `now` (one file per UTC day with lines); None before any line."""
+def log_files(setup: EemsSetup, now: datetime, since: datetime, limit: int = 64) -> list[LogFile]:
+    """The log files as they stand at `now`, newest first: every file with lines from `since` on, plus the
+    one before (what the script reads to cover its lookback); at most `limit`."""
     end = now if setup.running_until is None else min(now, setup.running_until)
-    day = datetime(end.year, end.month, end.day, tzinfo=timezone.utc)
-    while day + timedelta(days=1) > setup.running_from:
-        lines = _day_lines(setup, day, min(end, day + timedelta(days=1) - timedelta(microseconds=1)))
+    step = timedelta(hours=1) if setup.log_rotation == "hourly" else timedelta(days=1)
+    period = datetime(end.year, end.month, end.day, end.hour if step < timedelta(days=1) else 0, tzinfo=timezone.utc)
+    files: list[LogFile] = []
+    while period + step > setup.running_from and len(files) < limit:
+        lines = _day_lines(setup, period, min(end, period + step - timedelta(microseconds=1)))
         if lines:
-            header = (
-                "#Software: Microsoft Exchange Server",
-                f"#Version: {setup.data_version}",
-                "#Log-type: Mitigation Service Log",
-                f"#Date: {_stamp(lines[0].time)}",
-                "#Fields: DateTime,EventName,CustomData",
-            )
-            text = "".join(f"{row}\r\n" for row in (*header, *(line.text for line in lines)))
-            return LogFile(f"MitigationService_{day:%Y%m%d}-1.LOG", text.encode("utf-8"), lines[-1].time)
-        day -= timedelta(days=1)
-    return None
+            files.append(_log_file(setup, period, lines))
+            if lines[-1].time < since:
+                break
+        period -= step
+    return files
+
+
+def _log_file(setup: EemsSetup, period: datetime, lines: list[LogLine]) -> LogFile:
+    header = (
+        "#Software: Microsoft Exchange Server",
+        f"#Version: {setup.data_version}",
+        "#Log-type: Mitigation Service Log",
+        f"#Date: {_stamp(lines[0].time)}",
+        f"#Fields: {FIELDS}",
+    )
+    if setup.log_header == "csv_first":
+        header = (FIELDS, *header)
+    rows = [*header, *(_restamp(setup, line) for line in lines)]
+    text = "".join(f"{row}\r\n" for row in rows)
+    data = b"\xff\xfe" + text.encode("utf-16-le") if setup.log_encoding == "utf-16" else text.encode("utf-8")
+    stamp = f"{period:%Y%m%d%H}" if setup.log_rotation == "hourly" else f"{period:%Y%m%d}"
+    return LogFile(f"MitigationService_{stamp}-1.LOG", data, lines[-1].time)
+
+
+def _restamp(setup: EemsSetup, line: LogLine) -> str:
+    """The line with its time in the configured form (ISO 8601, or the culture's DateTime.ToString())."""
+    if setup.log_time is None:
+        return line.text
+    return format_culture_time(line.time, *setup.log_time) + line.text[line.text.index(","):]
+
+
+def format_culture_time(t: datetime, date_pattern: str, time_pattern: str, am: str, pm: str) -> str:
+    """`DateTime.ToString()` with a culture's ShortDatePattern and LongTimePattern."""
+    t = t.astimezone(timezone.utc)
+    values = {
+        "yyyy": f"{t.year:04d}", "MM": f"{t.month:02d}", "M": str(t.month), "dd": f"{t.day:02d}", "d": str(t.day),
+        "HH": f"{t.hour:02d}", "H": str(t.hour), "hh": f"{(t.hour % 12) or 12:02d}", "h": str((t.hour % 12) or 12),
+        "mm": f"{t.minute:02d}", "ss": f"{t.second:02d}", "tt": am if t.hour < 12 else pm,
+    }
+    tokens = re.findall(r"yyyy|MM|M|dd|d|HH|H|hh|h|mm|ss|tt|.", f"{date_pattern} {time_pattern}")
+    return "".join(values.get(token, token) for token in tokens).strip()
 
 
 def _day_lines(setup: EemsSetup, day: datetime, end: datetime) -> list[LogLine]:

@@ -19,7 +19,23 @@ import yaml
 
 from . import eems
 from .host import Faults, SimulatedHost
-from .windows import DATE_STYLES, ENUM_STYLES, SERVICE_STATUS, START_TYPES, Clock, Organization, OutputFaults, WindowsHost, WindowsServer
+from .windows import (
+    ACCOUNTS,
+    ARRAY_STYLES,
+    ENDPOINT_FAILURES,
+    DATE_STYLES,
+    DENIABLE,
+    ENUM_STYLES,
+    LOCALES,
+    SERVICE_STATUS,
+    START_TYPES,
+    VERSION_STYLES,
+    Clock,
+    Organization,
+    OutputFaults,
+    WindowsHost,
+    WindowsServer,
+)
 
 FAILURE_CHOICES = ("none", "tls_validation", "signature_invalid")
 DEFAULT_PORTS = {"http": 5985, "https": 5986}
@@ -31,7 +47,9 @@ _HOST_KEYS = ("scheme", "port", "max_shells_per_user", "idle_timeout")
 _SERVER_KEYS = (
     "name", "address", "fqdn", "build", "role", "service", "service_stopped_since", "installed_since", "mitigations",
     "data_collection_enabled", "internet_web_proxy", "eems_failure", "endpoint_status", "log_file", "events",
-    "success_events", "build_source", "output_style", "faults", "output_faults", *_HOST_KEYS,
+    "success_events", "build_source", "output_style", "faults", "output_faults", "locale", "account", "unreadable",
+    "unreadable_event", "winhttp_proxy", "endpoint_failure", "non_fetch_errors", "log_rotation", "log_encoding", "log_time", "log_header",
+    *_HOST_KEYS,
 )
 
 
@@ -234,6 +252,19 @@ def _server(raw: Any, key: str, defaults: dict[str, Any], domain: str, anchor: d
     failure = _choice(s["eems_failure"], f"{key}.eems_failure", FAILURE_CHOICES) if "eems_failure" in s else None
     if failure is not None and not with_eems:
         raise ScenarioError(f"{key}.eems_failure", "this server has no EEMS (Edge role or a build without it)")
+    locale = _choice(s.get("locale", "en-US"), f"{key}.locale", tuple(LOCALES))
+    culture = LOCALES[locale]["culture"]
+    log_time = _choice(s.get("log_time", "iso"), f"{key}.log_time", ("iso", "culture"))
+    account = _choice(s.get("account", "admin"), f"{key}.account", ACCOUNTS)
+    unreadable = s.get("unreadable", [])
+    if not isinstance(unreadable, list) or any(u not in ("events", "log") for u in unreadable):
+        raise ScenarioError(f"{key}.unreadable", f"expected a list of: events, log; got {_kind(unreadable)}")
+    if unreadable and account != "least_privilege":
+        raise ScenarioError(f"{key}.unreadable", "only a least_privilege account is denied reading")
+    denied = (("service",) if account == "least_privilege" else ()) + tuple(u for u in DENIABLE if u in unreadable)
+    winhttp = _mapping(s.get("winhttp_proxy", {}), f"{key}.winhttp_proxy", ("proxy", "answers"))
+    if winhttp and "proxy" not in winhttp:
+        raise ScenarioError(f"{key}.winhttp_proxy.proxy", "is required")
     setup = None
     if with_eems:
         major, minor, cu, revision = build
@@ -246,10 +277,15 @@ def _server(raw: Any, key: str, defaults: dict[str, Any], domain: str, anchor: d
             forced_failure=failure,
             proxy=proxy,
             data_collection_enabled=data_collection,
-            success_events=_bool(s.get("success_events", True), f"{key}.success_events"),
+            success_events=_bool(s.get("success_events", False), f"{key}.success_events"),
             applied=applied,
+            non_fetch_errors=_bool(s.get("non_fetch_errors", False), f"{key}.non_fetch_errors"),
+            log_rotation=_choice(s.get("log_rotation", "hourly"), f"{key}.log_rotation", eems.LOG_ROTATIONS),
+            log_encoding=_choice(s.get("log_encoding", "utf-8"), f"{key}.log_encoding", eems.LOG_ENCODINGS),
+            log_header=_choice(s.get("log_header", "csv_first"), f"{key}.log_header", eems.LOG_HEADERS),
+            log_time=(culture["date"], culture["time"], culture["am"], culture["pm"]) if log_time == "culture" else None,
         )
-    style = _mapping(s.get("output_style", {}), f"{key}.output_style", ("dates", "service_enums"))
+    style = _mapping(s.get("output_style", {}), f"{key}.output_style", ("dates", "service_enums", "arrays", "versions"))
     out = _mapping(s.get("output_faults", {}), f"{key}.output_faults", ("script_runtime", "garbage_output", "truncated_output", "oversized_output", "exit_code"))
     state = WindowsServer(
         name=name,
@@ -270,6 +306,15 @@ def _server(raw: Any, key: str, defaults: dict[str, Any], domain: str, anchor: d
         build_source=_choice(s.get("build_source", "exsetup"), f"{key}.build_source", ("exsetup", "registry", "none")),
         date_style=_choice(style.get("dates", "ms"), f"{key}.output_style.dates", DATE_STYLES),
         enum_style=_choice(style.get("service_enums", "strings"), f"{key}.output_style.service_enums", ENUM_STYLES),
+        array_style=_choice(style.get("arrays", "arrays"), f"{key}.output_style.arrays", ARRAY_STYLES),
+        version_style=_choice(style.get("versions", "padded"), f"{key}.output_style.versions", VERSION_STYLES),
+        locale=locale,
+        denied=denied,
+        unreadable_event=_bool(s.get("unreadable_event", False), f"{key}.unreadable_event"),
+        winhttp_proxy=_string(winhttp["proxy"], f"{key}.winhttp_proxy.proxy") if winhttp else None,
+        winhttp_proxy_answers=_endpoint_status(winhttp.get("answers", 200), f"{key}.winhttp_proxy.answers"),
+        endpoint_failure=_choice(s["endpoint_failure"], f"{key}.endpoint_failure", tuple(ENDPOINT_FAILURES))
+        if "endpoint_failure" in s else None,
         output=OutputFaults(
             script_runtime=_float(out["script_runtime"], f"{key}.output_faults.script_runtime") if "script_runtime" in out else None,
             garbage_output=_bool(out.get("garbage_output", False), f"{key}.output_faults.garbage_output"),

@@ -39,8 +39,11 @@ MAX_BODY_BYTES = 1024 * 1024
 KEEPALIVE_IDLE_SECONDS = 120.0  # HTTP.sys drops idle connections after about two minutes
 HANG_LIMIT_SECONDS = 600.0
 WATCH_INTERVAL_SECONDS = 0.2
-COMMAND_LINE_LIMIT = 8191  # cmd.exe, because WINRS_SKIP_CMD_SHELL=FALSE runs every command through it
+CMD_LINE_LIMIT = 8191  # cmd.exe, which runs every command unless WINRS_SKIP_CMD_SHELL=TRUE
+CREATE_PROCESS_LIMIT = 32767  # CreateProcessW lpCommandLine, including the NUL, when cmd.exe is skipped
 TOO_LONG = CommandOutput(stdout_chunks=[], stderr=b"The command line is too long.\r\n", exit_code=1)
+FILE_NOT_FOUND = 2147942402  # 0x80070002: WINRS_SKIP_CMD_SHELL with a program that is not an absolute path
+FILENAME_TOO_LONG = 2147942606  # 0x800700CE ERROR_FILENAME_EXCED_RANGE from CreateProcess (our guess at the fault)
 E_FAIL = 2147500037  # 0x80004005 "Unspecified error": run() of a host broke
 RUN_WORKERS = 16
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
@@ -482,9 +485,16 @@ class Fleet:
         if code is not None:
             detail = str(host.max_shells_per_user) if code == 2150859173 else f"Simulated WS-Management fault {code}. "
             raise wsman.WsmanFault(code, detail)
-        line = wsman.command_line(request)
         started = time.monotonic()
-        if len(line) > COMMAND_LINE_LIMIT:
+        if wsman.skips_cmd_shell(request):
+            line = wsman.process_command_line(request)
+            if len(line) >= CREATE_PROCESS_LIMIT:
+                raise wsman.WsmanFault(FILENAME_TOO_LONG, "The filename or extension is too long. ")
+            too_long = False
+        else:
+            line = wsman.command_line(request)
+            too_long = len(line) > CMD_LINE_LIMIT
+        if too_long:
             output = TOO_LONG
         else:
             try:

@@ -1,7 +1,7 @@
 """One simulated Exchange server's Windows: answers a WinRS command line the way cmd.exe and PowerShell 5.1 would.
 
-Only the exporter's two collection scripts are "run"; they are recognised by their marker line, and the server
-script's `$P=@{...}` line is read for its parameters. The JSON is written the way Windows PowerShell 5.1
+Only the exporter's two collection scripts and its diagnose script (answered by diagnose.py) are "run"; they are
+recognised by their marker line, and the `$P=@{...}` line is read for its parameters. The JSON is written the way Windows PowerShell 5.1
 `ConvertTo-Json -Compress` writes it (\\/Date(ms)\\/ dates, unwrapped one-element arrays, \\u0027 escapes), so the
 exporter's parser is tested against the quirks it will meet. Anything else gets the error Windows would give.
 """
@@ -15,23 +15,38 @@ import ntpath
 import re
 import threading
 import zlib
+from importlib import resources
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
 from typing import Any
 
-from . import eems
+import yaml
+
+from . import diagnose, eems
 from .host import CommandOutput
 
 SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
 ORGANIZATION_MARKER = "# exchange-eems-exporter:collect-organization:v1"
-COMMAND_LINE_LIMIT = 8191  # cmd.exe
 STDOUT_CHUNK = 4096
 PARAMETERS = ("LookbackHours", "MaxEvents", "LogTailBytes", "CheckEndpoint", "EndpointTimeoutSec", "Proxy")
 SERVICE_STATUS = ("Stopped", "StartPending", "StopPending", "Running", "ContinuePending", "PausePending", "Paused")
 START_TYPES = ("Boot", "System", "Automatic", "Manual", "Disabled")
 DATE_STYLES = ("ms", "ms_offset", "iso", "getdate")
 ENUM_STYLES = ("strings", "integers")
+ARRAY_STYLES = ("arrays", "unwrapped")
+VERSION_STYLES = ("padded", "plain")
+ACCOUNTS = ("admin", "least_privilege")
+# What Invoke-WebRequest (5.1, HttpWebRequest) throws per failure: WebExceptionStatus name, .NET's message.
+ENDPOINT_FAILURES = {
+    "timeout": ("Timeout", "The operation has timed out.", False),
+    "tls_validation": ("TrustFailure", "The underlying connection was closed: Could not establish trust relationship "
+                       "for the SSL/TLS secure channel.", False),
+    "revocation": ("TrustFailure", "The underlying connection was closed: Could not establish trust relationship "
+                   "for the SSL/TLS secure channel.", True),  # the script's retry without revocation succeeds
+    "dns": ("NameResolutionFailure", "The remote name could not be resolved: 'officeclient.microsoft.com'", False),
+}
+DENIABLE = ("service", "events", "log")
 
 # powershell.exe switches that take a value, and those that do not (PowerShell accepts unique prefixes).
 _PS_VALUE_SWITCHES = ("executionpolicy", "windowstyle", "inputformat", "outputformat", "version", "configurationname", "file")
@@ -80,6 +95,14 @@ class WindowsServer:
     date_style: str
     enum_style: str
     output: OutputFaults
+    locale: str = "en-US"
+    denied: tuple[str, ...] = ()  # what the monitoring account may not read: service, events, log
+    unreadable_event: bool = False  # the newest event cannot be formatted
+    winhttp_proxy: str | None = None  # netsh winhttp proxy the endpoint check goes through
+    winhttp_proxy_answers: int = 200  # what that proxy answers the monitoring account (407: needs auth)
+    endpoint_failure: str | None = None  # a key of ENDPOINT_FAILURES: how the endpoint check fails
+    array_style: str = "arrays"
+    version_style: str = "padded"
 
 
 @dataclass(frozen=True)
@@ -111,8 +134,6 @@ class WindowsHost:
     # ------------------------------------------------------------ command line
 
     def _answer(self, command_line: str) -> CommandOutput:
-        if len(command_line) > COMMAND_LINE_LIMIT:
-            return CommandOutput([], b"The command line is too long.\r\n", 1)
         tokens = re.findall(r'"[^"]*"|\S+', command_line)
         if not tokens:
             return CommandOutput([], b"The syntax of the command is incorrect.\r\n", 1)
@@ -169,6 +190,11 @@ class WindowsHost:
             return self._finish(self._server_json(params), b"", 0, 0.3)
         if lines[0] == ORGANIZATION_MARKER:
             return self._finish(self._organization_json(), b"", 0, 2.0)
+        if lines[0] == diagnose.MARKER:
+            document = diagnose.facts(self.server, self.clock.now(), lines[1] if len(lines) > 1 else "")
+            if isinstance(document, str):
+                return self._finish(None, _clixml_errors([document]), 1, 0.0)
+            return self._finish(document, b"", 0, 1.0)
         first = next((line for line in lines if not line.startswith("#")), None)
         if first is None:
             return CommandOutput([])
@@ -197,57 +223,130 @@ class WindowsHost:
         return CommandOutput(chunks, stderr, faults.exit_code or exit_code, runtime)
 
     def _server_json(self, p: dict[str, Any]) -> dict[str, Any]:
+        """What collect_server.ps1 prints on this server, errors as Windows PowerShell 5.1 raises them."""
         s, now = self.server, self.clock.now()
-        errors: list[str] = []
+        texts = LOCALES[s.locale]
+        install = "C:\\Program Files\\Microsoft\\Exchange Server\\V15"
+        errors: list[dict[str, str]] = []
         version = source = None
         if s.build_source == "none":
-            errors.append("build: Cannot find path 'HKLM:\\SOFTWARE\\Microsoft\\ExchangeServer\\v15\\Setup' because it does not exist.")
+            path = "HKLM:\\SOFTWARE\\Microsoft\\ExchangeServer\\v15\\Setup"
+            errors.append(_error("build", "PathNotFound,Microsoft.PowerShell.Commands.GetItemPropertyCommand", "ObjectNotFound",
+                                 "System.Management.Automation.ItemNotFoundException", texts["path_not_found"].format(path=path)))
         else:
-            version, source = s.build, s.build_source
-        service = None
-        if s.service_status is not None:
-            if s.enum_style == "integers":
-                service = {"status": SERVICE_STATUS.index(s.service_status) + 1, "start_type": START_TYPES.index(s.service_start_type)}
-            else:
-                service = {"status": s.service_status, "start_type": s.service_start_type}
-        events: Any = None
-        if s.events:
-            found = eems.events(s.eems, now, timedelta(hours=p["LookbackHours"]), p["MaxEvents"]) if s.eems else []
-            events = _unwrap([{"id": e.id, "time": self._date(e.time), "message": e.message} for e in found])
-        log = None
-        if s.log_file and s.eems is not None:
-            newest = eems.newest_log(s.eems, now)
-            if newest is not None:
-                tail = newest.content[-p["LogTailBytes"] :] if p["LogTailBytes"] > 0 else b""
-                log = {"name": newest.name, "length": len(newest.content), "last_write": self._date(newest.last_write), "tail": tail.decode("utf-8", "replace")}
+            version, source = _file_version(s.build, s.version_style), s.build_source
+        service_key = service = None
+        if s.service_status is None:
+            key = "HKLM:\\SYSTEM\\CurrentControlSet\\Services\\MSExchangeMitigation"
+            errors.append(_error("service_key", "PathNotFound,Microsoft.PowerShell.Commands.GetItemCommand", "ObjectNotFound",
+                                 "System.Management.Automation.ItemNotFoundException", texts["path_not_found"].format(path=key)))
+        else:
+            service_key = {"start": START_TYPES.index(s.service_start_type)}
+        if s.service_status is None or "service" in s.denied:
+            # 5.1's Get-Service answers an access-denied OpenService with "no service found" (Service.cs)
+            errors.append(_error("service", "NoServiceFoundForGivenName,Microsoft.PowerShell.Commands.GetServiceCommand",
+                                 "ObjectNotFound", "Microsoft.PowerShell.Commands.ServiceCommandException",
+                                 texts["no_service"].format(service="MSExchangeMitigation")))
+        elif s.enum_style == "integers":
+            service = {"status": SERVICE_STATUS.index(s.service_status) + 1, "start_type": START_TYPES.index(s.service_start_type)}
+        else:
+            service = {"status": s.service_status, "start_type": s.service_start_type}
+        events = self._events(p, now, texts, errors)
+        folder, logs = self._logs(p, now, texts, install, errors)
         document: dict[str, Any] = {
             "schema": 1,
             "computer": s.name.upper(),
             "now": self._date(now),
+            "culture": {"name": s.locale, "ui": s.locale, "date": texts["culture"]["date"], "time": texts["culture"]["time"],
+                        "am": texts["culture"]["am"], "pm": texts["culture"]["pm"]},
             "exsetup_version": version,
             "build_source": source,
             "edge": s.role == "Edge",
+            "service_key": service_key,
             "service": service,
-            "events": events,
-            "log": log,
+            "events": self._array(events),
+            "log_folder": folder,
+            "logs": self._array(logs),
+            "errors": self._array(errors),
         }
         if p["CheckEndpoint"]:
-            document["endpoint"] = self._endpoint()
-        document["errors"] = _unwrap(errors)
+            document["endpoints"] = self._array(self._endpoints())
         return document
 
-    def _endpoint(self) -> dict[str, Any]:
-        status = self.server.endpoint_status
-        ms = 120 + zlib.crc32(self.server.name.encode()) % 300
-        if status == 0:
-            return {"status": 0, "ms": ms, "error": "Unable to connect to the remote server"}
-        if status >= 400:
-            try:
-                phrase = HTTPStatus(status).phrase
-            except ValueError:
-                phrase = "Error"
-            return {"status": status, "ms": ms, "error": f"The remote server returned an error: ({status}) {phrase}."}
-        return {"status": status, "ms": ms, "error": None}
+    def _events(self, p: dict[str, Any], now: datetime, texts: dict[str, Any], errors: list) -> list[dict[str, Any]]:
+        s = self.server
+        if "events" in s.denied:
+            errors.append(_error("events", "System.UnauthorizedAccessException,Microsoft.PowerShell.Commands.GetWinEventCommand",
+                                 "NotSpecified", "System.UnauthorizedAccessException", texts["unauthorized"]))
+            return []
+        if s.eems is None:  # Edge, or a build before EEMS: the provider is not registered
+            errors.append(_error("events", "NoMatchingProvidersFound,Microsoft.PowerShell.Commands.GetWinEventCommand",
+                                 "ObjectNotFound", "System.Exception", texts["no_provider"].format(provider=eems.PROVIDER)))
+            return []
+        found = eems.events(s.eems, now, timedelta(hours=p["LookbackHours"]), p["MaxEvents"]) if s.events else []
+        if not found:
+            errors.append(_error("events", "NoMatchingEventsFound,Microsoft.PowerShell.Commands.GetWinEventCommand",
+                                 "ObjectNotFound", "System.Exception", texts["no_events"]))
+        events = [{"id": e.id, "time": self._date(e.time), "message": e.message} for e in found]
+        if s.unreadable_event and events:
+            # FormatDescription failed: Get-WinEvent still writes the event, with NoEventMessage, and an error
+            # whose id is the exception's (localized) message (GetEventCommand.cs ReadEvents)
+            text = texts["format_failed"].format(id=found[0].id, provider=eems.PROVIDER)
+            events[0]["message"] = texts["event_unreadable"]
+            errors.append(_error("events", f"{text},Microsoft.PowerShell.Commands.GetWinEventCommand", "NotSpecified",
+                                 "System.Diagnostics.Eventing.Reader.EventLogException", text))
+        return events
+
+    def _logs(self, p: dict[str, Any], now: datetime, texts: dict[str, Any], install: str, errors: list) -> tuple[bool, list]:
+        s = self.server
+        folder = f"{install}\\Logging\\MitigationService"
+        if s.eems is None or not s.log_file:
+            return False, []
+        if "log" in s.denied:
+            errors.append(_error("log", "DirUnauthorizedAccessError,Microsoft.PowerShell.Commands.GetChildItemCommand",
+                                 "PermissionDenied", "System.UnauthorizedAccessException", texts["path_denied"].format(path=folder)))
+            return True, []
+        left, logs = p["LogTailBytes"], []
+        since = now - timedelta(hours=p["LookbackHours"])
+        for file in eems.log_files(s.eems, now, since):
+            if left <= 0:
+                break
+            utf16 = file.content[:2] == b"\xff\xfe"
+            n = min(len(file.content), left)
+            n -= n % 2 if utf16 else 0
+            tail = file.content[len(file.content) - n :] if n else b""
+            encoding = "utf-16" if utf16 else "utf-8"
+            logs.append({"name": file.name, "length": len(file.content), "last_write": self._date(file.last_write),
+                         "encoding": encoding, "tail": tail.decode("utf-16-le" if utf16 else "utf-8", "replace")})
+            left -= n
+        return True, logs
+
+    def _endpoints(self) -> list[dict[str, Any]]:
+        s = self.server
+        found = []
+        for name in ("GetExchangeMitigations", "GetExchangeConfig"):
+            ms = 120 + zlib.crc32(f"{s.name}{name}".encode()) % 300
+            status = s.winhttp_proxy_answers if s.winhttp_proxy else s.endpoint_status
+            entry: dict[str, Any] = {"name": name, "status": status, "ms": ms, "web_status": None, "error": None,
+                                     "revocation_failed": False}
+            if s.endpoint_failure:
+                web_status, error, revocation = ENDPOINT_FAILURES[s.endpoint_failure]
+                entry.update(status=0, web_status=web_status, error=error, revocation_failed=revocation)
+            elif status == 0:
+                entry.update(web_status="ConnectFailure", error="Unable to connect to the remote server")
+            elif status >= 400:
+                try:
+                    phrase = HTTPStatus(status).phrase
+                except ValueError:
+                    phrase = "Error"
+                entry.update(web_status="ProtocolError", error=f"The remote server returned an error: ({status}) {phrase}.")
+            found.append(entry)
+        return found
+
+    def _array(self, items: list[Any]) -> Any:
+        """Arrays held in a dictionary stay arrays in 5.1's ConvertTo-Json (one element: [x]); the
+        `unwrapped` output style imitates a script that pipes them instead."""
+        return _unwrap(items) if self.server.array_style == "unwrapped" else items
 
     def _organization_json(self) -> dict[str, Any]:
         org = self.organization
@@ -268,16 +367,17 @@ class WindowsHost:
                 "roles": s.role,
                 "admin_display_version": f"Version {major}.{minor} (Build {build}.{revision})",
                 "mitigations_enabled": s.mitigations_enabled,
-                "mitigations_applied": _unwrap(list(s.applied)) if s.applied else None,
-                "mitigations_blocked": _unwrap(list(s.blocked)) if s.blocked else None,
+                # @($null) for an empty MultiValuedProperty: a one-element array holding null
+                "mitigations_applied": list(s.applied) or [None],
+                "mitigations_blocked": list(s.blocked) or [None],
             }
             if s.eems is not None:
                 applied_time = eems.last_success(s.eems, now)
                 entry["mitigations_applied_time"] = self._date(applied_time) if applied_time else None
             entry["data_collection_enabled"] = s.data_collection_enabled
-            entry["internet_web_proxy"] = s.internet_web_proxy
+            entry["internet_web_proxy"] = s.internet_web_proxy or ""  # [string]$null
             servers.append(entry)
-        return {"schema": 1, "organization": {"mitigations_enabled": org.mitigations_enabled}, "servers": _unwrap(servers), "error": None}
+        return {"schema": 1, "organization": {"mitigations_enabled": org.mitigations_enabled}, "servers": servers, "error": None}
 
     def _date(self, t: datetime) -> Any:
         return PsDate(t, self.server.date_style)
@@ -324,6 +424,27 @@ def _ps_string(text: str) -> str:
     for char, escape in (("'", "\\u0027"), ("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
         encoded = encoded.replace(char, escape)
     return encoded
+
+
+def _error(part: str, error_id: str, category: str, exception: str, message: str) -> dict[str, str]:
+    """An entry of the script's `errors`: what its Fail function records from an ErrorRecord."""
+    return {"part": part, "id": error_id, "category": category, "type": exception, "message": message}
+
+
+def _file_version(build: str, style: str) -> str:
+    """ExSetup.exe's FileVersion: zero-padded on real servers ("15.02.1544.004", HealthChecker's ExSetup.xml)."""
+    if style == "plain":
+        return build
+    major, minor, cu, revision = (int(part) for part in build.split("."))
+    return f"{major}.{minor:02d}.{cu:04d}.{revision:03d}"
+
+
+def _load_locales() -> dict[str, dict[str, Any]]:
+    text = resources.files("exporter.simulator").joinpath("data").joinpath("locales.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+LOCALES = _load_locales()
 
 
 def _unwrap(items: list[Any]) -> Any:

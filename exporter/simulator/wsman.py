@@ -187,6 +187,25 @@ def command_line(request: WsmanRequest) -> str:
     return " ".join([command.strip(), *arguments]).strip()
 
 
+def skips_cmd_shell(request: WsmanRequest) -> bool:
+    """WINRS_SKIP_CMD_SHELL=TRUE on the Command: Windows starts the program itself, without cmd.exe."""
+    return request.options.get("WINRS_SKIP_CMD_SHELL", "").strip().upper() == "TRUE"
+
+
+_ABSOLUTE_PROGRAM = re.compile(r'"?[A-Za-z]:\\[^"]+\.(?:exe|com)"?', re.IGNORECASE)
+
+
+def process_command_line(request: WsmanRequest) -> str:
+    """Without cmd.exe the `rsp:Command` must name a program by its absolute path (pypsrp's recorded
+    test_winrs_no_cmd_shell: a bare `powershell.exe` gets 0x80070002); the line CreateProcess sees is the
+    quoted program followed by the arguments."""
+    command = request.body.findtext(f"{{{SHELL}}}Command").strip()
+    if not _ABSOLUTE_PROGRAM.fullmatch(command):
+        raise WsmanFault(2147942402, "The system cannot find the file specified. ")
+    arguments = [arg.text or "" for arg in request.body.iter(f"{{{SHELL}}}Arguments")]
+    return " ".join([f'"{command.strip(chr(34))}"', *arguments]).strip()
+
+
 def receive_command_id(request: WsmanRequest) -> str:
     stream = request.body.find(f"{{{SHELL}}}DesiredStream") if request.body is not None else None
     if request.body is None or request.body.tag != f"{{{SHELL}}}Receive" or stream is None:

@@ -1,0 +1,55 @@
+"""`exchange-eems-exporter diagnose SERVER`: poll one server, run the diagnose script, write the field report.
+
+The poll is the exporter's own (same script, parser and interpretation as `poll`), so the report shows what
+the exporter concludes; the diagnose script then reads the raw facts behind our unconfirmed assumptions.
+A failure of either is part of the report, not a reason to write none.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from . import scripts
+from .catalog import Catalog
+from .config import Config
+from .field_report import DIAGNOSE_PARAMETERS, build_report
+from .parse import ParseError
+from .poller import Poller
+from .redact import Redactor
+from .targets import Target
+from .winrm_client import PollFailure
+
+DIAGNOSE_TIMEOUT_SECONDS = 120  # the diagnose script reads more than a poll; still bounded
+
+
+def field_report(config: Config, catalog: Catalog, server: str, *, redact_names: bool) -> str:
+    poller = Poller(config, catalog)
+    target = poller.targets.get(server)
+    if target is None:
+        raise KeyError(server)
+    try:
+        collect, facts, interpretation = _poll(poller, target)
+        try:
+            diagnose: bytes | str = poller.run_raw(
+                target.name, scripts.diagnose_script(DIAGNOSE_PARAMETERS),
+                timeout=max(config.poll.timeout, DIAGNOSE_TIMEOUT_SECONDS))
+        except PollFailure as failure:
+            diagnose = f"{failure.reason}: {failure.message}"
+    finally:
+        poller.stop()
+    return build_report(server=target.name, created=datetime.now(timezone.utc), collect=collect,
+                        interpretation=interpretation, diagnose=diagnose, secrets=Redactor(config.secrets()),
+                        redact_names=[target.name, target.address] if redact_names else None,
+                        culture=facts.culture if facts else None)
+
+
+def _poll(poller: Poller, target: Target):
+    """The collection script's stdout (or the failure), the raw facts and the exporter's interpretation of them."""
+    try:
+        stdout = poller.run_raw(target.name)
+    except PollFailure as failure:
+        return f"{failure.reason}: {failure.message}", None, None
+    try:
+        return (stdout, *poller.interpret(target, stdout))
+    except ParseError:
+        return stdout, None, None

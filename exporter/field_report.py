@@ -1,0 +1,459 @@
+"""The `diagnose` field report: how one real server looks next to the assumptions the exporter rests on.
+
+The exporter was built against a simulator that prints what we believe Windows prints. Where a real server
+differs (log naming, encoding, time format, event texts, culture, rights), the report shows it in `key: value`
+lines whose keys do not change, so docs/field-report.md can say which line confirms or refutes each open
+assumption. Everything here works on raw facts (the diagnose script sends log bytes, not decoded text) and
+never needs the exporter's own parser to be right; where it shows what the parser makes of a line, it says so.
+Secrets are always removed; with `redact_names`, host names and IP addresses too.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import statistics
+from collections import Counter
+from dataclasses import fields, is_dataclass
+from datetime import date, datetime
+from typing import Any, Iterable
+
+from . import __version__
+from .eems_patterns import parse_log_line
+from .model import RawCulture
+from .parse import parse_ps_date
+from .redact import Redactor
+from .scripts import DiagnoseScriptParameters
+
+FORMAT_VERSION = 1
+DIAGNOSE_PARAMETERS = DiagnoseScriptParameters(
+    lookback_hours=168, max_events=200, message_chars=2000, list_files=48, read_files=3,
+    head_bytes=8192, tail_bytes=32768,
+)
+MAX_VALUE_CHARS = 400  # one report line; a full message is in the raw output section
+MAX_RAW_CHARS = 300_000
+FIRST_LINES = 8
+MESSAGES_PER_LEVEL = 12
+TEXTS_PER_EVENT_ID = 3
+EVENT_LEVELS = {1: "Critical", 2: "Error", 3: "Warning", 4: "Information", 5: "Verbose"}
+BOMS = ((b"\xef\xbb\xbf", "utf-8-sig", "utf-8 (BOM EF BB BF)"), (b"\xff\xfe", "utf-16-le", "utf-16-le (BOM FF FE)"),
+        (b"\xfe\xff", "utf-16-be", "utf-16-be (BOM FE FF)"))
+MICROSOFT_HOSTS = re.compile(r"(?:^|\.)microsoft\.com$", re.IGNORECASE)
+
+_LEVEL = re.compile(r"S:LogLevel=([A-Za-z]+)")
+_MESSAGE = re.compile(r"S:Message=(.*?)(?:'?;\s*'?S:[A-Za-z]+=|'?$)")
+_ISO_TIME = re.compile(r"\s*\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+_CULTURE_TIME = re.compile(r"\s*\d{1,4}[./-]\d{1,2}[./-]\d{1,4}[ ,]+\d{1,2}[:.]\d{2}")
+_LOG_NAME = re.compile(r"(?P<prefix>.*?)_?(?P<stamp>\d{6,12})(?:-(?P<seq>\d+))?\.log", re.IGNORECASE)
+_URL_HOST = re.compile(r"(?<=://)(?:[^/@\s'\"<>]*@)?([^/:@\s'\"<>\]\[\\]+)")  # user info, if any, goes too
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_IPV4 = re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)")
+
+
+# ---------------------------------------------------------------- redaction
+
+
+class NameScrubber:
+    """Removes host names and addresses: the names we know (in plain and UTF-16 text read as bytes), any URL's
+    host other than Microsoft's, and IPv4 addresses. Microsoft's endpoints stay: they are what the report is about."""
+
+    def __init__(self, names: Iterable[str]):
+        known = sorted({n for n in names if n and len(n) > 1}, key=len, reverse=True)
+        # between letters: nothing, a NUL (UTF-16 text read as UTF-8) or its JSON escape
+        spelled = ["(?:\x00|\\\\u0000)?".join(re.escape(c) for c in name) for name in known]
+        # a known name with any domain after it is one host name
+        self._names = re.compile("|".join(f"(?<![A-Za-z0-9-]){s}(?:\\.[A-Za-z][A-Za-z0-9-]*)*(?![A-Za-z0-9-])"
+                                          for s in spelled), re.IGNORECASE) if spelled else None
+
+    def scrub(self, text: str) -> str:
+        if self._names is not None:
+            text = self._names.sub("<host>", text)
+        text = _URL_HOST.sub(lambda m: m.group(0) if MICROSOFT_HOSTS.search(m.group(1)) else "<host>", text)
+        return _IPV4.sub("<address>", text)
+
+
+def names_of(*values: str | None) -> set[str]:
+    """A server's names as they may appear: as given, the first label of an FQDN, and the domain after it."""
+    found: set[str] = set()
+    for value in values:
+        if not value or _IPV4.fullmatch(value):
+            continue
+        found.add(value)
+        label, dot, domain = value.partition(".")
+        if dot and not label.isdigit():
+            found.update((label, domain))
+    return found
+
+
+# ---------------------------------------------------------------- report lines
+
+
+class Report:
+    """`key: value` lines; every line passes the name scrubber, whatever part of the server it came from."""
+
+    def __init__(self, scrub) -> None:
+        self.lines: list[str] = []
+        self._scrub = scrub
+
+    def heading(self, text: str) -> None:
+        self.lines += ["", f"## {text}"]
+
+    def add(self, key: str, value: Any) -> None:
+        text = _show(self._scrub(value) if isinstance(value, str) else value)
+        if len(text) > MAX_VALUE_CHARS:
+            text = text[: MAX_VALUE_CHARS - 3] + "..."
+        self.lines.append(f"{key}: {text}")
+
+    def block(self, text: str) -> None:
+        self.lines += ["```", self._scrub(text), "```"]
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_NAMES = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+
+
+def _show(value: Any) -> str:
+    """One line: control characters (CR, LF, NUL of a mis-decoded UTF-16 text) made visible."""
+    if value is None:
+        return "(none)"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return _CONTROL.sub(lambda m: _CONTROL_NAMES.get(m.group(), f"\\x{ord(m.group()):02x}"), str(value))
+
+
+def _flatten(prefix: str, value: Any, report: Report) -> None:
+    if is_dataclass(value):
+        for f in fields(value):
+            _flatten(f"{prefix}.{f.name}", getattr(value, f.name), report)
+    elif isinstance(value, dict) and value:
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}", item, report)
+    elif isinstance(value, (list, tuple)) and value:
+        for index, item in enumerate(value, start=1):
+            _flatten(f"{prefix}.{index}", item, report)
+    else:
+        report.add(prefix, "(empty)" if isinstance(value, (list, tuple, dict)) else value)
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, dict):
+        return f"{error.get('id') or '?'} ({error.get('type') or '?'}): {error.get('message') or ''}"
+    return str(error)
+
+
+# ---------------------------------------------------------------- log bytes
+
+
+def decode_log(raw: bytes) -> tuple[str, str]:
+    """(encoding label, text): by BOM, else UTF-8 if valid, else UTF-16-LE if every other byte is NUL."""
+    for bom, codec, label in BOMS:
+        if raw.startswith(bom):
+            return label, raw.decode(codec, errors="replace")
+    try:
+        return "utf-8 (no BOM)", raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if raw and raw.count(0) * 3 >= len(raw):
+        return "utf-16-le (no BOM)", raw.decode("utf-16-le", errors="replace")
+    return "unknown (not UTF-8; shown with replacement characters)", raw.decode("utf-8", errors="replace")
+
+
+def _b64(value: Any) -> bytes:
+    try:
+        return base64.b64decode(value or "", validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        return b""
+
+
+def _time_form(line: str) -> str:
+    if _ISO_TIME.match(line):
+        return "iso"
+    if _CULTURE_TIME.match(line):
+        return "culture"
+    return "none"
+
+
+def _log_naming(names: list[str]) -> str:
+    stamps = [_LOG_NAME.fullmatch(n) for n in names]
+    if not names:
+        return "no files"
+    if not all(stamps):
+        odd = [n for n, m in zip(names, stamps) if not m][:3]
+        return f"{sum(1 for m in stamps if m)} of {len(names)} names have a date stamp; others: {', '.join(odd)}"
+    widths = Counter(len(m.group("stamp")) for m in stamps)
+    kinds = {8: "yyyyMMdd (daily)", 10: "yyyyMMddHH (hourly)"}
+    shapes = ", ".join(f"{count} x {kinds.get(width, f'{width} digits')}" for width, count in widths.most_common())
+    prefixes = sorted({m.group("prefix") for m in stamps})
+    return f"prefix {', '.join(prefixes)}; stamp {shapes}; sequence suffix on {sum(1 for m in stamps if m.group('seq'))}"
+
+
+def _log_file(report: Report, key: str, entry: dict, culture: RawCulture | None) -> None:
+    length, stream_length = entry.get("length"), entry.get("stream_length")
+    report.add(f"{key}.name", entry.get("name"))
+    report.add(f"{key}.length", f"stream {stream_length}, directory entry {length}"
+               + (" (differ)" if stream_length is not None and stream_length != length else ""))
+    if entry.get("error"):
+        report.add(f"{key}.error", _error_text(entry["error"]))
+        return
+    head, tail = _file_bytes(_b64(entry.get("head")), _b64(entry.get("tail")), stream_length)
+    encoding, head_text = decode_log(head)
+    report.add(f"{key}.encoding", encoding)
+    report.add(f"{key}.first_bytes", head[:4].hex(" ") or "(empty)")
+    report.add(f"{key}.read", "the whole file" if not tail else f"first {len(head)} and last {len(tail)} bytes")
+    head_lines = head_text.lstrip("\ufeff").splitlines()
+    tail_lines: list[str] = []
+    if tail:  # the cuts split a line each: drop the head's last and the tail's first line
+        tail_start = stream_length - len(tail)
+        if encoding.startswith("utf-16"):
+            codec = "utf-16-be" if "be" in encoding else "utf-16-le"
+            tail_text = tail[tail_start % 2 :].decode(codec, errors="replace")
+        else:
+            tail_text = decode_log(tail)[1]
+        head_lines, tail_lines = head_lines[:-1], tail_text.splitlines()[1:]
+    for index, line in enumerate(head_lines[:FIRST_LINES], start=1):
+        report.add(f"{key}.first_lines.{index}", line)
+    fields_lines = {ln.strip()[len("#Fields:") :].strip() for ln in head_lines + tail_lines if ln.strip().startswith("#Fields:")}
+    data_lines = [line for line in head_lines + tail_lines   # a bare CSV header line repeats the #Fields value
+                  if line.strip() and not line.lstrip().startswith("#") and line.strip() not in fields_lines]
+    forms = Counter(_time_form(line) for line in data_lines)
+    report.add(f"{key}.time_column", ", ".join(f"{form} {forms[form]}" for form in ("iso", "culture", "none")))
+    times = [r.time for r in (parse_log_line(line, culture) for line in data_lines) if r is not None and r.time is not None]
+    report.add(f"{key}.exporter_reads_time", f"{len(times)} of {len(data_lines)} lines")
+    last_write = parse_ps_date(entry.get("last_write"))
+    if times and last_write is not None:  # about 0 when the lines are in UTC; whole hours when in local time
+        offset = (last_write - max(times)).total_seconds()
+        report.add(f"{key}.last_write_minus_newest_line", f"{'-' if offset < 0 else '+'}{_duration(abs(offset))}")
+    levels: dict[str, list[str]] = {}
+    messages: dict[str, Counter] = {}
+    for line in head_lines + tail_lines:
+        match = _LEVEL.search(line)
+        if match:
+            levels.setdefault(match.group(1), []).append(line)
+            message = _MESSAGE.search(line)
+            messages.setdefault(match.group(1), Counter())[message.group(1).strip() if message else line] += 1
+    if not levels:
+        report.add(f"{key}.levels", "no S:LogLevel= in the lines read")
+    for level, lines in sorted(levels.items()):
+        report.add(f"{key}.level.{level}.first", lines[0])
+        report.add(f"{key}.level.{level}.last", lines[-1])
+        for index, (message, count) in enumerate(messages[level].most_common(MESSAGES_PER_LEVEL), start=1):
+            report.add(f"{key}.level.{level}.message.{index}", f"{count} x {message}")
+
+
+def _log_section(report: Report, doc: dict, culture: RawCulture | None) -> None:
+    folder = doc.get("log_folder") or {}
+    if folder.get("error"):
+        report.add("log.folder", f"not readable: {_error_text(folder['error'])}")
+        return
+    report.add("log.folder", f"{folder.get('path')} ({'exists' if folder.get('exists') else 'does not exist'}"
+               + (f", {folder.get('file_count')} files)" if folder.get("exists") else ")"))
+    files = [f for f in _as_list(doc.get("log_files")) if isinstance(f, dict)]
+    for index, entry in enumerate(files, start=1):
+        report.add(f"log.files.{index}", f"{entry.get('name')}  {entry.get('length')} bytes  "
+                   f"last write {_show(parse_ps_date(entry.get('last_write')))}")
+    report.add("log.naming", _log_naming([str(f.get("name")) for f in files]))
+    writes = sorted(t for t in (parse_ps_date(f.get("last_write")) for f in files) if t is not None)
+    gaps = [(b - a).total_seconds() for a, b in zip(writes, writes[1:])]
+    report.add("log.rotation", f"median {_duration(statistics.median(gaps))} between the last writes of "
+               f"consecutive files" if gaps else "fewer than two files")
+    for index, entry in enumerate((f for f in files if "head" in f or "error" in f), start=1):
+        _log_file(report, f"log.read.{index}", entry, culture)
+
+
+# ---------------------------------------------------------------- events
+
+
+def _events_section(report: Report, doc: dict) -> None:
+    errors = _as_list(doc.get("event_errors"))
+    report.add("events.read_errors", "none" if not errors else len(errors))
+    for index, error in enumerate(errors, start=1):
+        report.add(f"events.read_error.{index}", _error_text(error))
+    by_id: dict[Any, list[dict]] = {}
+    for event in _as_list(doc.get("events")):
+        if isinstance(event, dict):
+            by_id.setdefault(event.get("id"), []).append(event)
+    report.add("events.ids", ", ".join(f"{i} x {len(e)}" for i, e in sorted(by_id.items(), key=lambda p: str(p[0])))
+               or "no events")
+    for event_id, events in sorted(by_id.items(), key=lambda p: str(p[0])):
+        key = f"events.id.{event_id}"
+        times = sorted(t for t in (parse_ps_date(e.get("time")) for e in events) if t is not None)
+        report.add(f"{key}.count", len(events))
+        report.add(f"{key}.oldest", times[0] if times else None)
+        report.add(f"{key}.newest", times[-1] if times else None)
+        gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+        report.add(f"{key}.interval", f"median {_duration(statistics.median(gaps))}, "
+                   f"min {_duration(min(gaps))}, max {_duration(max(gaps))}" if gaps else "one event")
+        report.add(f"{key}.levels", ", ".join(sorted({EVENT_LEVELS.get(e.get("level"), str(e.get("level")))
+                                                       for e in events})))
+        texts = Counter(e.get("message") for e in events)
+        report.add(f"{key}.without_text", texts.pop(None, 0))
+        for index, (text, count) in enumerate(texts.most_common(TEXTS_PER_EVENT_ID), start=1):
+            report.add(f"{key}.text.{index}", f"{count} x {text}")
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+# ---------------------------------------------------------------- WinHTTP proxy
+
+
+_DOTTED_NAME = re.compile(r"[A-Za-z0-9*-]+(?:\.[A-Za-z0-9-]+)+")
+
+
+def winhttp_proxy(value: Any) -> tuple[str, str] | str:
+    """(proxy, bypass list) from the raw WinHttpSettings value, read with the layout the collection script
+    assumes (flags at byte 8, bit 2 = proxy; then length-prefixed proxy and bypass strings); or why not."""
+    if isinstance(value, dict):
+        return f"not readable: {_error_text(value.get('error'))}"
+    data = _b64(value)
+    if len(data) < 16:
+        return f"unexpected value of {len(data)} bytes"
+    if not data[8] & 2:
+        return "direct access (no WinHTTP proxy)"
+    length = int.from_bytes(data[12:16], "little")
+    proxy = data[16 : 16 + length].decode("ascii", errors="replace")
+    rest = data[16 + length :]
+    bypass_length = int.from_bytes(rest[:4], "little") if len(rest) >= 4 else 0
+    return proxy, rest[4 : 4 + bypass_length].decode("ascii", errors="replace")
+
+
+def _winhttp_names(doc: dict | None) -> list[str]:
+    """Host names in the WinHTTP proxy settings (they are not URLs, so the URL rule does not see them)."""
+    found = winhttp_proxy(doc.get("winhttp_settings")) if doc else ""
+    names = _DOTTED_NAME.findall(" ".join(found)) if isinstance(found, tuple) else []
+    return [name for name in names if not _IPV4.fullmatch(name)]  # addresses have their own rule
+
+
+# ---------------------------------------------------------------- rights and culture
+
+
+def _rights_section(report: Report, doc: dict) -> None:
+    report.add("account.is_admin", doc.get("is_admin"))
+    service, key = doc.get("service") or {}, doc.get("service_key") or {}
+    key_error = (key.get("error") or {}).get("id", "") if isinstance(key.get("error"), dict) else ""
+    if not service.get("error"):
+        report.add("rights.service_query", f"ok: {service.get('status')}, {service.get('start_type')}")
+    elif "NoServiceFoundForGivenName" in _error_text(service["error"]) and not key.get("error"):
+        report.add("rights.service_query", "DENIED: Get-Service finds no service, but its registry key exists "
+                   "(Windows PowerShell 5.1 reports access denied as not found)")
+    elif key_error.startswith("PathNotFound"):
+        report.add("rights.service_query", "not installed: no service and no registry key")
+    else:
+        report.add("rights.service_query", f"failed: {_error_text(service['error'])}")
+    if key.get("error"):
+        report.add("rights.service_key", f"{'absent' if key_error.startswith('PathNotFound') else 'failed'}: "
+                   f"{_error_text(key['error'])}")
+    else:
+        report.add("rights.service_key", f"ok: Start={key.get('start')}, account {key.get('account')}")
+    errors = [e for e in _as_list(doc.get("event_errors")) if isinstance(e, dict)]
+    denied = [e for e in errors if "UnauthorizedAccess" in f"{e.get('id')} {e.get('type')}"]
+    report.add("rights.event_log", f"DENIED: {_error_text(denied[0])}" if denied else "ok")
+    folder = doc.get("log_folder") or {}
+    file_errors = [f["error"] for f in _as_list(doc.get("log_files")) if isinstance(f, dict) and f.get("error")]
+    if folder.get("error"):
+        report.add("rights.log_folder", f"failed: {_error_text(folder['error'])}")  # denied, or no install path
+    elif file_errors:
+        report.add("rights.log_folder", f"{len(file_errors)} files not readable: {_error_text(file_errors[0])}")
+    else:
+        report.add("rights.log_folder", "ok" if folder.get("exists") else "folder absent")
+    for index, error in enumerate(_as_list(doc.get("errors")), start=1):
+        report.add(f"diagnose.error.{index}", _error_text(error))
+
+
+# ---------------------------------------------------------------- the whole report
+
+
+def _document(output: bytes | str) -> tuple[dict | None, str]:
+    """A script's JSON document (None when it did not run or printed something else) and its text as received."""
+    if isinstance(output, str):
+        return None, output
+    text = output.decode("utf-8", errors="replace").replace("\ufeff", "")
+    line = next((ln for ln in text.splitlines() if ln.lstrip().startswith("{")), None)
+    try:
+        doc = json.loads(line) if line else None
+    except ValueError:
+        doc = None
+    return (doc if isinstance(doc, dict) else None), text[:MAX_RAW_CHARS]
+
+
+def _file_bytes(head: bytes, tail: bytes, length: int | None) -> tuple[bytes, bytes]:
+    """(start, end) of a log file without overlap; end is b"" when start is the whole file."""
+    if length is not None and len(head) + len(tail) >= length:
+        return head + tail[len(head) + len(tail) - length :], b""
+    return head, tail
+
+
+def build_report(*, server: str, created: datetime, collect: bytes | str, interpretation: Any,
+                 diagnose: bytes | str, secrets: Redactor, redact_names: Iterable[str] | None,
+                 culture: RawCulture | None = None) -> str:
+    """The report text. `collect` and `diagnose` are a script's stdout, or the failure text when it did not run;
+    `interpretation` is the exporter's ServerState for the collect output, or None; `culture` the one the
+    poll reported (the exporter reads culture-formatted log times with it). `redact_names`: the names
+    the configuration knows for the server (None: keep names); the computer names the scripts print are added.
+    Every line of the report passes the name scrubber, the whole text the secret redactor."""
+    collect_doc, collect_text = _document(collect)
+    diagnose_doc, diagnose_text = _document(diagnose)
+    scrub = lambda text: text  # noqa: E731
+    if redact_names is not None:
+        computers = [d.get("computer") for d in (collect_doc, diagnose_doc) if d and isinstance(d.get("computer"), str)]
+        proxies = [n.lstrip("*.") for n in _winhttp_names(diagnose_doc)]
+        scrub = NameScrubber(names_of(*redact_names, *computers) | set(proxies)).scrub
+    report = Report(scrub)
+    report.lines.append("# exchange-eems-exporter field report")
+    report.add("report.format", FORMAT_VERSION)
+    report.add("report.exporter_version", __version__)
+    report.add("report.created", created)
+    report.add("report.server", server)
+    report.add("report.names_redacted", redact_names is not None)
+
+    report.heading("1. What the exporter concludes (the `poll` of this server)")
+    if collect_doc is None:
+        report.add("poll.outcome", f"failed: {collect_text}" if isinstance(collect, str) else "output not understood")
+    else:
+        report.add("poll.outcome", "ok" if interpretation is not None else "output not understood")
+        report.add("poll.exsetup_version_raw", collect_doc.get("exsetup_version"))
+    if interpretation is not None:
+        _flatten("interpretation", interpretation, report)
+
+    report.heading("2. Windows, account and rights (the `diagnose` script)")
+    if diagnose_doc is None:
+        report.add("diagnose.outcome", f"failed: {diagnose_text}")
+    else:
+        report.add("diagnose.outcome", "ok")
+        report.add("os.culture", diagnose_doc.get("culture"))
+        report.add("os.ui_culture", diagnose_doc.get("ui_culture"))
+        if culture is not None:
+            report.add("os.culture_patterns", f"date {culture.date_pattern}, time {culture.time_pattern}, "
+                       f"AM {culture.am!r}, PM {culture.pm!r} (the poll's account)")
+        report.add("server.exsetup_version_raw", diagnose_doc.get("exsetup_version"))
+        proxy = winhttp_proxy(diagnose_doc.get("winhttp_settings"))
+        report.add("os.winhttp_proxy", f"{proxy[0]} (bypass: {proxy[1] or 'none'})" if isinstance(proxy, tuple) else proxy)
+        _rights_section(report, diagnose_doc)
+        report.heading("3. EEMS log files")
+        _log_section(report, diagnose_doc, culture)
+        report.heading("4. EEMS events in the Application log")
+        report.add("events.window", f"{DIAGNOSE_PARAMETERS.lookback_hours} h, at most {DIAGNOSE_PARAMETERS.max_events}")
+        _events_section(report, diagnose_doc)
+
+    report.heading("5. Raw output of the collection script (what the exporter parsed)")
+    report.block(collect_text)
+    if diagnose_doc is not None:
+        report.heading("6. Raw output of the diagnose script (log bytes shown decoded in section 3)")
+        for entry in _as_list(diagnose_doc.get("log_files")):
+            for part in ("head", "tail"):
+                if isinstance(entry, dict) and part in entry:
+                    entry[part] = f"<{len(_b64(entry[part]))} bytes>"
+        report.block(json.dumps(diagnose_doc, indent=1))
+    return secrets.scrub("\n".join(report.lines) + "\n")

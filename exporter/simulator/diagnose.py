@@ -1,0 +1,132 @@
+"""What the exporter's `diagnose` script would find on one simulated server, as Windows PowerShell 5.1 prints it.
+
+The diagnose script reads more than a poll (every EEMS event id, the heads and tails of the newest log files as
+raw bytes, the OS culture, which reads were denied) so that an admin's field report shows what our model of
+Windows got wrong. Here the simulator answers it from the same server state the collection scripts see, so the
+report can be tested end to end. The error records carry the FullyQualifiedErrorId and exception type that
+Windows PowerShell 5.1 gives for each failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import struct
+from datetime import datetime, timedelta
+from typing import Any
+
+from . import eems, windows
+
+MARKER = "# exchange-eems-exporter:diagnose-server:v1"
+PARAMETERS = ("LookbackHours", "MaxEvents", "MessageChars", "ListFiles", "ReadFiles", "HeadBytes", "TailBytes")
+INSTALL_PATH = "C:\\Program Files\\Microsoft\\Exchange Server\\V15\\"
+LOG_FOLDER = INSTALL_PATH + "Logging\\MitigationService"
+SERVICE_KEY = "HKLM:\\SYSTEM\\CurrentControlSet\\Services\\MSExchangeMitigation"
+RETAINED_FILES = 2000  # files the folder keeps; Exchange's log retention deletes older ones (the limit is ours)
+START_VALUES = {"Boot": 0, "System": 1, "Automatic": 2, "Manual": 3, "Disabled": 4}
+EVENT_LEVELS = {eems.EVENT_ERROR: 2}  # Windows event level: 2 Error, 3 Warning, 4 Information
+INFORMATION = 4
+
+
+def parse_parameters(line: str) -> dict[str, int] | str:
+    """The `$P=@{...}` line -> values, or the error a missing value causes in the script."""
+    values = {key: int(value) for key, value in re.findall(r"(\w+)=(-?\d+)", line)} if line.startswith("$P=@{") else {}
+    missing = [key for key in PARAMETERS if key not in values or values[key] < 0]
+    if missing:
+        return f"Cannot validate argument on parameter '{missing[0]}'. The argument is null or negative."
+    return values
+
+
+def _error(error_id: str, command: str, exception: str, message: str) -> dict[str, str]:
+    """An error record as the script's Err function prints it."""
+    return {"id": f"{error_id},Microsoft.PowerShell.Commands.{command}", "type": exception, "message": message}
+
+
+def facts(server: windows.WindowsServer, now: datetime, parameter_line: str) -> dict[str, Any] | str:
+    """The diagnose script's JSON document for `server` at `now`, or the error text of a bad parameter line."""
+    p = parse_parameters(parameter_line)
+    if isinstance(p, str):
+        return p
+    texts = windows.LOCALES[server.locale]
+    date = lambda t: windows.PsDate(t, server.date_style)  # noqa: E731 - the shape follows the server's style
+    document: dict[str, Any] = {
+        "schema": 1,
+        "computer": server.name.upper(),
+        "now": date(now),
+        "culture": server.locale,
+        "ui_culture": server.locale,
+        "is_admin": not server.denied,
+        "exsetup_version": windows._file_version(server.build, server.version_style) if server.build_source != "none" else None,
+        "winhttp_settings": base64.b64encode(winhttp_settings(server.winhttp_proxy)).decode(),
+        "service": _service(server, texts),
+        "service_key": _service_key(server, texts),
+    }
+    document.update(_log(server, now, p, texts, date))
+    document.update(_events(server, now, p, texts, date))
+    document["errors"] = []
+    return document
+
+
+def winhttp_settings(proxy: str | None) -> bytes:
+    """The registry value `netsh winhttp set proxy` writes (Connections\\WinHttpSettings): structure size,
+    a counter, flags (1 direct, 2 proxy), then the proxy and the bypass list, each as a length and ASCII text.
+    The same layout the collection script reads; it is UNCONFIRMED (no Microsoft documentation)."""
+    text = (proxy or "").encode("ascii")
+    return struct.pack("<IIII", 0x18, 0, 3 if proxy else 1, len(text)) + text + struct.pack("<I", 0)
+
+
+def _service(server: windows.WindowsServer, texts: dict[str, Any]) -> dict[str, Any]:
+    if server.service_status is None or "service" in server.denied:
+        # 5.1's Get-Service answers an access-denied OpenService with "no service found" (Service.cs)
+        return {"error": _error("NoServiceFoundForGivenName", "GetServiceCommand",
+                                "Microsoft.PowerShell.Commands.ServiceCommandException",
+                                texts["no_service"].format(service="MSExchangeMitigation"))}
+    return {"status": server.service_status, "start_type": server.service_start_type}
+
+
+def _service_key(server: windows.WindowsServer, texts: dict[str, Any]) -> dict[str, Any]:
+    if server.service_status is None:
+        return {"error": _error("PathNotFound", "GetItemPropertyCommand", "System.Management.Automation.ItemNotFoundException",
+                                texts["path_not_found"].format(path=SERVICE_KEY))}
+    return {"start": START_VALUES[server.service_start_type], "account": "LocalSystem"}
+
+
+def _log(server: windows.WindowsServer, now: datetime, p: dict[str, int], texts: dict[str, Any], date) -> dict[str, Any]:
+    if server.eems is None or not server.log_file:
+        return {"log_folder": {"path": LOG_FOLDER, "exists": False}, "log_files": []}
+    if "log" in server.denied:
+        error = _error("DirUnauthorizedAccessError", "GetChildItemCommand", "System.UnauthorizedAccessException",
+                       texts["path_denied"].format(path=LOG_FOLDER))
+        return {"log_folder": {"error": error}, "log_files": []}
+    files = eems.log_files(server.eems, now, server.eems.running_from, limit=RETAINED_FILES)
+    listed = []
+    for index, log in enumerate(files[: p["ListFiles"]]):
+        entry: dict[str, Any] = {"name": log.name, "length": len(log.content), "last_write": date(log.last_write)}
+        if index < p["ReadFiles"]:
+            entry["stream_length"] = len(log.content)
+            entry["head"] = base64.b64encode(log.content[: p["HeadBytes"]]).decode()
+            entry["tail"] = base64.b64encode(log.content[-p["TailBytes"] :] if p["TailBytes"] else b"").decode()
+        listed.append(entry)
+    return {"log_folder": {"path": LOG_FOLDER, "exists": True, "file_count": len(files)}, "log_files": listed}
+
+
+def _events(server: windows.WindowsServer, now: datetime, p: dict[str, int], texts: dict[str, Any], date) -> dict[str, Any]:
+    def failed(error_id: str, exception: str, message: str) -> dict[str, Any]:
+        return {"events": [], "event_errors": [_error(error_id, "GetWinEventCommand", exception, message)]}
+
+    if "events" in server.denied:
+        return failed("System.UnauthorizedAccessException", "System.UnauthorizedAccessException", texts["unauthorized"])
+    if server.eems is None:
+        return failed("NoMatchingProvidersFound", "System.Exception", texts["no_provider"].format(provider=eems.PROVIDER))
+    found = eems.events(server.eems, now, timedelta(hours=p["LookbackHours"]), p["MaxEvents"]) if server.events else []
+    if not found:
+        return failed("NoMatchingEventsFound", "System.Exception", texts["no_events"])
+    events = [{"id": e.id, "level": EVENT_LEVELS.get(e.id, INFORMATION), "time": date(e.time),
+               "message": e.message[: p["MessageChars"]]} for e in found]
+    errors = []
+    if server.unreadable_event:  # as windows.py: the event comes with NoEventMessage, and an error record
+        text = texts["format_failed"].format(id=found[0].id, provider=eems.PROVIDER)
+        events[0]["message"] = texts["event_unreadable"]
+        errors.append({"id": f"{text},Microsoft.PowerShell.Commands.GetWinEventCommand",
+                       "type": "System.Diagnostics.Eventing.Reader.EventLogException", "message": text})
+    return {"events": events, "event_errors": errors}
