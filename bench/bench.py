@@ -41,8 +41,8 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+# `exporter` is the package installed in the running interpreter's environment (`make install` installs this
+# checkout in .venv), so bench/compare.py can run this harness against another checkout's code.
 from exporter.catalog import Catalog  # noqa: E402
 from exporter.config import load_config  # noqa: E402
 from exporter.exporter import Exporter  # noqa: E402
