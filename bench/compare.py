@@ -50,8 +50,7 @@ def main() -> int:
         "repeat": args.repeat,
         "median": medians,
         "new_over_old": {figure: round(medians["new"][figure] / medians["old"][figure], 3) for figure in FIGURES},
-        "runs": {name: [{figure: r[figure] for figure in (*FIGURES, "load_average")} for r in results]
-                 for name, results in runs.items()},
+        "runs": runs,
     }
     print(json.dumps(report, indent=2))
     return 0
