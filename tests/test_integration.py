@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "alerts" / "exchange-eems.rules.yml"
 ALERTMANAGER_EXAMPLE = REPO / "examples" / "alertmanager.yml"
 JOB = "exchange-eems"  # ExchangeExporterDown selects job=~"exchange-eems.*", as examples/prometheus.yml names it
-SERVER_COUNT = 15
+SERVER_COUNT = 17  # the demo fleet's 15 and KNOB_SERVERS
 STARTUP_TIMEOUT = 30
 CONVERGE_TIMEOUT = 90
 # Alertmanager waits this long before the first notification of a group. Rule groups are evaluated at
@@ -94,6 +94,18 @@ FIXED_ALERTS = {
     # least-privilege account: service state and event log unreadable, UTF-16 log with culture times),
     # EX-SE07-JA (Japanese, daily W3C log with culture times, non-fetch 1008s, an unformattable event).
 }
+# Knobs of docs/simulator.md the demo fleet does not show, added to it for this test only.
+KNOB_SERVERS = [
+    # a least-privilege account that may read neither the event log nor the log folder: it cannot see EEMS
+    # at all, which is "unknown" (partial failures), never a page
+    {"name": "KNOB-BLIND", "build": "15.2.2562.53", "account": "least_privilege", "unreadable": ["events", "log"]},
+    # the CRL endpoints are blocked: the endpoint check fails with revocation checked, passes without
+    {"name": "KNOB-CRL", "build": "15.2.2562.53", "endpoint_failure": "revocation"},
+]
+FIXED_ALERTS |= {
+    ("ExchangeEEMSEndpointUnreachable", "KNOB-CRL", "warning", "endpoint=mitigations"),
+    ("ExchangeEEMSEndpointUnreachable", "KNOB-CRL", "warning", "endpoint=flighting"),
+}
 UNPOLLABLE = {"EX-SE05-NOWINRM"}  # every per-server alert but CannotPoll is silenced while exchange_up == 0
 
 # What the pager (the receiver of severity="critical") gets after the example inhibitions, per
@@ -119,6 +131,8 @@ FIXED_TICKETS = {
     ("ExchangeEEMSMitigationBlocked", "EX-SE03-BLOCKED", "warning", "mitigation=M2.1.0"),
     ("ExchangeEEMSEndpointUnreachable", "EX-SE08-FR", "warning", "endpoint=mitigations"),
     ("ExchangeEEMSEndpointUnreachable", "EX-SE08-FR", "warning", "endpoint=flighting"),
+    ("ExchangeEEMSEndpointUnreachable", "KNOB-CRL", "warning", "endpoint=mitigations"),
+    ("ExchangeEEMSEndpointUnreachable", "KNOB-CRL", "warning", "endpoint=flighting"),
 }
 
 # Thresholds of the date-dependent rules, as in alerts/exchange-eems.rules.yml (docs/alerts.md).
@@ -129,6 +143,12 @@ CATALOG_MAX_AGE_DAYS = 90
 # Loopback only: never let a proxy from the environment see this test's requests.
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+
+
+def scenario_under_test() -> dict:
+    scenario = demo_scenario()
+    scenario["servers"] += [{"address": "127.0.0.1", **server} for server in KNOB_SERVERS]
+    return scenario
 
 
 def _midnight(day: date) -> float:
@@ -143,7 +163,7 @@ def dated_alerts(now: float) -> set[tuple[str, str, str, str]]:
     """
     catalog = Catalog.load()
     expected = set()
-    for server in demo_scenario()["servers"]:
+    for server in scenario_under_test()["servers"]:
         name = server["name"]
         if name in UNPOLLABLE:
             continue
@@ -378,7 +398,7 @@ def stack(tmp_path_factory):
     prometheus_bin, alertmanager_bin = binary("prometheus"), binary("prometheus-alertmanager")
     tmp = tmp_path_factory.mktemp("integration")
     with ExitStack() as cleanup:
-        fleet = cleanup.enter_context(SimulatedFleet(relocate(demo_scenario())))
+        fleet = cleanup.enter_context(SimulatedFleet(relocate(scenario_under_test())))
         webhook = Webhook()
         cleanup.callback(webhook.stop)
 
@@ -465,7 +485,7 @@ def test_every_dashboard_query_returns_data(stack):
 # The fleet overview's stat panels, counted by hand from the demo scenario. `or vector(0)` keeps a zero count
 # visible, so "returns data" alone cannot fail for these panels; their values can.
 DEMO_COUNTS = {
-    "Servers": 15,
+    "Servers": 17,  # the demo fleet and KNOB_SERVERS
     "Failing the 2023-03 cutoff": 2,  # EX19-CU12 (Feb23SU), EX16-CU22 (Nov22SU)
     "Failing the 2026-06 cutoff": 4,  # EX19-CU14, EX19-CU12, EX16-CU23, EX16-CU22 (EX-SE05 never answered)
     "Without EEMS (Mailbox)": 1,  # EX16-CU21; EDGE01 has no EEMS but is an Edge server
