@@ -43,10 +43,10 @@ import yaml
 
 # `exporter` is the package installed in the running interpreter's environment (`make install` installs this
 # checkout in .venv), so bench/compare.py can run this harness against another checkout's code.
-from exporter.catalog import Catalog  # noqa: E402
-from exporter.config import load_config  # noqa: E402
-from exporter.exporter import Exporter  # noqa: E402
-from stages import breakdown  # noqa: E402
+from exporter.catalog import Catalog
+from exporter.config import load_config
+from exporter.exporter import Exporter
+from stages import breakdown
 
 PRESETS = {
     "fleet": {"servers": 2000, "concurrency": 100, "latency": 0.01, "runtime": 3.0},
@@ -194,7 +194,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int)
     parser.add_argument("--address-base", default="127.1.0.1")
     parser.add_argument("--profile", type=Path, help="write py-spy samples of the measured cycle here and "
-                        "report CPU per stage (bench/stages.py)")
+                        "report the share of samples per poll stage (bench/stages.py)")
     parser.add_argument("--no-targets", action="store_true", help="report only; do not fail on a missed target")
     args = parser.parse_args()
     for name, value in PRESETS[args.preset].items():
