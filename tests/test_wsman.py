@@ -16,9 +16,9 @@ from winrm.encryption import Encryption
 from winrm.exceptions import WinRMError
 from winrm.protocol import Protocol
 
-from exporter.simulator import wsman as windows
-from exporter.simulator.host import CommandOutput, SimulatedHost
-from exporter.simulator.server import Fleet
+from simulator import wsman as windows
+from simulator.host import CommandOutput, SimulatedHost
+from simulator.server import Fleet
 from exporter.wsman import WinRSProtocol
 from exporter.wsman_http import TemplateEncryption
 
