@@ -35,6 +35,7 @@ from .bounded_http import BoundedAdapter, DeadlineExceeded, ResponseTooLarge, Un
 from .config import ModuleConfig
 from .scripts import Command
 from .winrm_transport import MalformedAnswer, bounded_protocol
+from .wsman import WinRSProtocol
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class ServerConnection:
     def _new_protocol(self) -> Protocol:
         m = self.module
         transport = {"basic": "basic" if m.scheme == "http" else "ssl"}.get(m.transport, m.transport)
-        protocol = Protocol(
+        protocol = WinRSProtocol(
             self.endpoint,
             transport=transport,
             username=m.username,
