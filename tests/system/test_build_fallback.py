@@ -28,13 +28,8 @@ def build_labels(result) -> dict[str, str]:
 @pytest.fixture
 def poller():
     """A fresh poller per test: whether the organization was polled yet is part of each test."""
-    import os
-
     from exporter.poller import Poller
 
-    from ..conftest import PASSWORD, PASSWORD_ENV
-
-    os.environ[PASSWORD_ENV] = PASSWORD
     with SimulatedFleet(relocate(SCENARIO)) as fleet:
         poller = Poller(fleet.config(), Catalog.load())
         yield poller

@@ -23,11 +23,6 @@ def value(metrics, metric, **labels):
 @pytest.fixture(scope="module")
 def demo():
     """The demo fleet polled once by an exporter that serves /metrics on loopback."""
-    import os
-
-    from ..conftest import PASSWORD, PASSWORD_ENV
-
-    os.environ[PASSWORD_ENV] = PASSWORD
     with SimulatedFleet(relocate(demo_scenario())) as fleet:
         from exporter.catalog import Catalog
 

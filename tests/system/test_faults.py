@@ -49,11 +49,6 @@ MATRIX = {
 
 @pytest.fixture(scope="module")
 def rig():
-    import os
-
-    from ..conftest import PASSWORD, PASSWORD_ENV
-
-    os.environ[PASSWORD_ENV] = PASSWORD
     with SimulatedFleet(relocate(SCENARIO)) as fleet:
         text = fleet.config_text(interval="30s", timeout="6s")
         text += "limits:\n  max_poll_bytes: 1048576\n  max_response_bytes: 1048576\n"

@@ -77,7 +77,6 @@ def fleet():
 
 
 def test_reload_over_http(fleet, tmp_path):
-    os.environ[PASSWORD_ENV] = PASSWORD
     path = tmp_path / "exporter.yml"
     path.write_text(config_for(fleet, ["EX01"]))
     exporter = Exporter(load_config(path), Catalog.load())

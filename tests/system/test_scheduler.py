@@ -306,11 +306,6 @@ def timeline(catalog):
     """One run of ~33 s. BACKOFF was refused twice by /probe-style polls before the scheduler starts, so its
     first scheduled poll is its third failure; the fault clears right after. RECOVER refuses until its first
     failure. At RELOAD_AT the configuration drops OLD and adds NEW. STEADY is the control."""
-    import os
-
-    from ..conftest import PASSWORD, PASSWORD_ENV
-
-    os.environ[PASSWORD_ENV] = PASSWORD
     backoff, recover, steady, old, new = names_with_offsets(
         "T", [(0.3, 1.5), (0.3, 3.0), (0.0, 10.0), (0.0, 2.0), (0.0, 10.0)])
     names = {"backoff": backoff, "recover": recover, "steady": steady, "old": old, "new": new}

@@ -4,7 +4,6 @@ with a reason, never a wrong verdict (issue: real Exchange servers, section 1 an
 
 from __future__ import annotations
 
-import os
 import urllib.request
 
 import pytest
@@ -14,7 +13,7 @@ from exporter.exporter import Exporter
 from exporter.http_server import serve
 from exporter.scripts import ServerScriptParameters, powershell_command, server_script
 
-from ..conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, relocate, samples
+from ..conftest import SimulatedFleet, relocate, samples
 
 SE = "15.2.2562.53"
 SERVERS = [
@@ -42,7 +41,6 @@ SERVERS = [
 
 @pytest.fixture(scope="module")
 def metrics():
-    os.environ[PASSWORD_ENV] = PASSWORD
     scenario = relocate({"credentials": [], "servers": [{"address": "127.0.0.1", **s} for s in SERVERS],
                          "organization": {"server": "EN"}})
     with SimulatedFleet(scenario) as fleet:

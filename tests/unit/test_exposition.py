@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -14,7 +13,7 @@ from exporter.catalog import Catalog
 from exporter.exporter import Exporter
 from exporter.metrics import render
 
-from ..conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, demo_scenario, relocate
+from ..conftest import SimulatedFleet, demo_scenario, relocate
 
 
 class _Fixed:
@@ -27,7 +26,6 @@ class _Fixed:
 
 @pytest.fixture(scope="module")
 def polled():
-    os.environ[PASSWORD_ENV] = PASSWORD
     with SimulatedFleet(relocate(demo_scenario())) as fleet:
         exporter = Exporter(fleet.config(), Catalog.load())
         exporter.poller.run_cycle()

@@ -31,7 +31,7 @@ from exporter.exporter import Exporter
 from exporter.http_server import serve
 from exporter.webconfig import WebConfigWatcher
 
-from ..conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, relocate, samples
+from ..conftest import PASSWORD, SimulatedFleet, relocate, samples
 from ..pki import issue, write
 
 WRONG_PASSWORD_ENV = "EEMS_TEST_WRONG_PASSWORD"
@@ -86,7 +86,6 @@ def fleet():
 
 def exporter_config(fleet: SimulatedFleet):
     """The fleet's config plus a module whose password the fleet does not accept."""
-    os.environ[PASSWORD_ENV] = PASSWORD
     os.environ[WRONG_PASSWORD_ENV] = WRONG_PASSWORD
     raw = yaml.safe_load(fleet.config_text(timeout="10s"))
     raw["modules"]["wrong"] = {**raw["modules"]["http"], "password_env": WRONG_PASSWORD_ENV}
