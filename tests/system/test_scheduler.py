@@ -21,7 +21,6 @@ import yaml
 from exporter.config import load_config_text
 from exporter.poller import Poller
 from simulator.host import Faults
-from exporter.targets import Targets
 
 from ..conftest import SimulatedFleet, minimal_config, relocate
 
@@ -369,20 +368,3 @@ def test_reload_stops_polling_removed_servers_and_starts_added_ones(timeline):
     steady = [p.start for p in _of(timeline, "steady")]
     assert len(steady) >= 3 and all(
         abs(b - a - INTERVAL) <= INTERVAL * JITTER / 2 + SLACK for a, b in zip(steady, steady[1:])), steady
-
-
-# ---------------------------------------------------------------- sharding
-
-
-@pytest.mark.parametrize("count", [1, 2, 3, 7])
-def test_every_server_is_on_exactly_one_shard(count):
-    servers = "".join(f"  - ex{i:03d}.contoso.com\n" for i in range(100))
-    base = minimal_config().split("servers:")[0] + "servers:\n" + servers
-    owners: dict[str, list[int]] = {}
-    for index in range(count):
-        config = load_config_text(base + f"shard: {index}/{count}\n", Path("."))
-        for target in Targets(config).mine():
-            owners.setdefault(target.name, []).append(index)
-    assert len(owners) == 100
-    assert all(len(shards) == 1 for shards in owners.values())
-    assert len({s[0] for s in owners.values()}) == count, "a shard got nothing out of 100 servers"
