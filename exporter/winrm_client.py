@@ -111,21 +111,26 @@ def classify(error: BaseException) -> PollFailure:
     if isinstance(error, (AssertionError, WinRMError)) or error.__class__.__name__ == "ParseError":
         return PollFailure("wsman_fault", f"malformed WS-Management answer ({error.__class__.__name__})")
     origin = _raised_in(error)
-    if origin in ("requests_ntlm", "spnego"):
+    if origin == "ntlm":
         return PollFailure("auth_failed", f"the NTLM handshake failed: the server's answer was not a valid "
                                           f"challenge ({error.__class__.__name__})")
-    if origin == "winrm":  # pywinrm indexing into an answer without the field, int() of a non-number, ...
+    if origin == "wsman":  # indexing into an answer without the field, int() of a non-number, ...
         return PollFailure("wsman_fault", f"malformed WS-Management answer ({error.__class__.__name__})")
     return PollFailure("internal_error", f"unexpected {error.__class__.__name__}")
 
 
+# Code that reads a server's answers, by what a ValueError/KeyError/... raised there means.
+_ANSWER_READERS = {"winrm": "wsman", "exporter.wsman": "wsman", "requests_ntlm": "ntlm", "spnego": "ntlm"}
+
+
 def _raised_in(error: BaseException) -> str:
-    """Which of pywinrm, requests_ntlm or pyspnego raised `error` (the innermost of their frames), or ''."""
+    """`wsman` or `ntlm` when the innermost frame of an answer reader raised `error`, else ''."""
     traceback, origin = error.__traceback__, ""
     while traceback is not None:
-        package = traceback.tb_frame.f_globals.get("__name__", "").split(".", 1)[0]
-        if package in ("winrm", "requests_ntlm", "spnego"):
-            origin = package
+        module = traceback.tb_frame.f_globals.get("__name__", "")
+        for prefix, kind in _ANSWER_READERS.items():
+            if module == prefix or module.startswith(prefix + "."):
+                origin = kind
         traceback = traceback.tb_next
     return origin
 
