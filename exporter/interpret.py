@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from exporter.catalog import BuildVersionError, Catalog, parse_admin_display_version
-from exporter.eems_patterns import FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, is_fetch_error, parse_log_line
+from exporter.eems_log import FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, is_fetch_error, parse_log_line
 from exporter.model import (
     BuildVerdict,
     EemsHistory,

@@ -13,7 +13,7 @@ from typing import Iterable
 from prometheus_client.core import InfoMetricFamily, Metric
 
 from . import __version__
-from .eems_patterns import FETCH_ERROR_REASONS
+from .eems_log import FETCH_ERROR_REASONS
 from .model import BuildVerdict, OrganizationResult, ServerResult
 
 SERVICE = "MSExchangeMitigation"

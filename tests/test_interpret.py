@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 
 from exporter.catalog import Catalog
-from exporter.eems_patterns import (
+from exporter.eems_log import (
     FETCH_ERROR_REASONS,
     classify_fetch_error,
     classify_organization_error,

@@ -8,7 +8,7 @@ from datetime import datetime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.eems_patterns import LogRecord, classify_fetch_error, parse_log_line
+from exporter.eems_log import LogRecord, classify_fetch_error, parse_log_line
 from exporter.parse import ParseError, clixml_to_text, parse_organization_output, parse_ps_date, parse_server_output
 
 FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
