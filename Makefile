@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[simulator,test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,7 +25,7 @@ system-deps:
 	@command -v promtool >/dev/null || { echo "promtool is missing after installing Debian's prometheus" >&2; exit 1; }
 
 demo: $(STAMP)
-	$(BIN)/exchange-eems-exporter demo
+	$(BIN)/exchange-eems-simulator demo
 
 test: system-deps $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,8 +1,8 @@
 """Poll-cycle benchmark: N simulated servers on loopback, measured against what WinRM itself costs.
 
-The simulator runs as a separate process (its own CPU, its own GIL), started with `simulate --scenario`
-on a generated fleet where every request waits L seconds and the script runs R seconds. The exporter's
-poller runs here, so this process's CPU time and peak RSS are the exporter's alone.
+The simulator runs as a separate process (its own CPU, its own GIL), started with `exchange-eems-simulator
+simulate --scenario` on a generated fleet where every request waits L seconds and the script runs R seconds.
+The exporter's poller runs here, so this process's CPU time and peak RSS are the exporter's alone.
 
 A poll costs at least R + k*L, where k is the number of HTTP round trips (5 once the connection and its
 NTLM authentication are reused: Create, Command, Receive, Signal, Delete). With C polls in parallel the
@@ -75,7 +75,7 @@ def start_simulator(args, workdir: Path) -> tuple[subprocess.Popen, Path, str]:
     scenario_file.write_text(yaml.safe_dump(scenario), encoding="utf-8")
     config_file = workdir / "bench-exporter.yml"
     process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "simulate", "--scenario", str(scenario_file),
+        [sys.executable, "-m", "simulator", "simulate", "--scenario", str(scenario_file),
          "--control-address", f"127.0.0.1:{control}", "--write-config", str(config_file)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

@@ -52,10 +52,10 @@ from exporter.catalog import Catalog  # noqa: E402
 from exporter.config import load_config_text  # noqa: E402
 from exporter.exporter import Exporter  # noqa: E402
 from exporter.http_server import serve  # noqa: E402
-from exporter.simulator.host import Faults  # noqa: E402
-from exporter.simulator.scenario import scenario_from_dict  # noqa: E402
-from exporter.simulator.server import Fleet  # noqa: E402
-from exporter.simulator.windows import OutputFaults  # noqa: E402
+from simulator.host import Faults  # noqa: E402
+from simulator.scenario import scenario_from_dict  # noqa: E402
+from simulator.server import Fleet  # noqa: E402
+from simulator.windows import OutputFaults  # noqa: E402
 from exporter.winrm_client import SHELL_IDLE_TIMEOUT  # noqa: E402
 
 PASSWORD_ENV = "EEMS_SOAK_PASSWORD"

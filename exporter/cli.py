@@ -1,4 +1,4 @@
-"""Command line: `run` (default), `check-config`, `poll`, `diagnose`, `build`, `catalog update|diff`, `simulate`, `demo`.
+"""Command line: `run` (default), `check-config`, `poll`, `diagnose`, `build`, `catalog update|diff`, `demo`.
 
 Arguments only: every command hands over to the module that does the work. Expected failures (a bad
 config, a bad version) print one line and exit 2, never a traceback.
@@ -10,10 +10,12 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 from datetime import date, datetime
+from importlib.util import find_spec
 from pathlib import Path
 
 from . import __version__
@@ -21,8 +23,6 @@ from .catalog import BuildVersionError, Catalog, CatalogError, verdict_to_json
 from .config import DEFAULT_LISTEN_PORT, Config, ConfigError, load_config
 from .redact import Redactor
 from .sharding import parse_shard
-from .demo import add_demo_command
-from .simulator.cli import add_simulator_commands
 
 log = logging.getLogger("exporter")
 EXIT_USAGE = 2
@@ -228,6 +228,17 @@ def cmd_catalog_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_demo(arguments: list[str]) -> int:
+    """`demo` belongs to the simulator, a separate package that is not in the image: this command hands over to
+    `exchange-eems-simulator demo` in the same interpreter, without importing it (the exporter never does)."""
+    if find_spec("simulator") is None:
+        print("exchange-eems-exporter: the demo needs the simulator, which is not installed. From a clone of the "
+              "repository: make demo (or pip install '.[simulator]', then exchange-eems-simulator demo)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    os.execv(sys.executable, [sys.executable, "-m", "simulator", "demo", *arguments])
+
+
 def _servicing_text(data: dict) -> str:
     if data["servicing"] == "serviced":
         return "its CU receives security updates"
@@ -293,13 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
                             help="the catalog_file the exporter runs with now")
     difference.set_defaults(func=cmd_catalog_diff)
 
-    add_simulator_commands(sub)
-    add_demo_command(sub, main)
+    # Listed for --help only: main() hands `demo` and all its arguments to the simulator before parsing.
+    sub.add_parser("demo", add_help=False, help="the demo, from the simulator: exchange-eems-simulator demo --help")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        return run_demo(argv[1:])
     parser = build_parser()
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "run")

@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.catalog import Catalog
 from exporter.config import Config, load_config_text
-from exporter.simulator.scenario import scenario_from_dict
-from exporter.simulator.server import Fleet
+from simulator.scenario import scenario_from_dict
+from simulator.server import Fleet
 
 PASSWORD = "Tr0ub4dor&3-eems-test"  # tests grep every output for this string
 USERNAME = "EXCH\\svc_monitor"
@@ -34,7 +34,7 @@ def free_port() -> int:
 
 
 def demo_scenario() -> dict:
-    text = resources.files("exporter.simulator").joinpath("scenarios").joinpath("demo.yaml").read_text()
+    text = resources.files("simulator").joinpath("scenarios").joinpath("demo.yaml").read_text()
     return yaml.safe_load(text)
 
 

@@ -1,4 +1,6 @@
-"""`exchange-eems-exporter demo` (what `make demo` runs): every demo server is on /metrics within one interval."""
+"""`exchange-eems-simulator demo` (what `make demo` runs): every demo server is on /metrics within one interval.
+`exchange-eems-exporter demo` hands over to it when the simulator is installed, and says how to get it when not.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ import signal
 import re
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.request
+from pathlib import Path
 
 import yaml
 
@@ -23,7 +27,7 @@ def test_demo_serves_every_server_within_one_interval(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != PASSWORD_ENV}
     process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "demo", "--scenario", str(scenario), "--listen", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "simulator", "demo", "--scenario", str(scenario), "--listen", f"127.0.0.1:{port}",
          "--interval", f"{INTERVAL_SECONDS}s"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
@@ -56,7 +60,8 @@ def test_demo_serves_every_server_within_one_interval(tmp_path):
 
 
 def test_ctrl_c_stops_polling_before_the_fleet_goes_away(tmp_path):
-    """Polls still running at Ctrl-C finish against the fleet; none fails, no shell is left to delete."""
+    """Polls still running at Ctrl-C finish against the fleet; none fails, no shell is left to delete. Started as
+    `exchange-eems-exporter demo`: the alias becomes the simulator's demo, so the signal reaches it."""
     demo = relocate(demo_scenario())
     for server in demo["servers"]:
         server.setdefault("output_faults", {})["script_runtime"] = 3.0  # a third of each interval in flight
@@ -91,3 +96,16 @@ def test_ctrl_c_stops_polling_before_the_fleet_goes_away(tmp_path):
              if ("poll of" in line and "EX-SE05-NOWINRM" not in line) or "could not delete WinRM shell" in line
              or "Traceback" in line]
     assert not stray, "\n".join(stray)
+
+
+def test_the_exporter_without_the_simulator_says_how_to_get_the_demo(tmp_path):
+    """As in the image: the exporter package and its dependencies, no simulator (and no .pth file that would
+    find the one in this checkout)."""
+    (tmp_path / "exporter").symlink_to(Path(__file__).resolve().parent.parent / "exporter")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), sysconfig.get_paths()["purelib"]])}
+    result = subprocess.run([sys.executable, "-S", "-m", "exporter", "demo"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result
+    assert result.stderr.startswith("exchange-eems-exporter: the demo needs the simulator, which is not installed"), \
+        result.stderr
+    assert "make demo" in result.stderr and "Traceback" not in result.stderr

@@ -130,6 +130,23 @@ def test_copies_exactly_what_pip_needs_and_it_exists(dockerfile, pyproject):
     assert re.search(r"pip install --no-cache-dir \.(\s|$)", install), install
 
 
+def test_the_image_holds_no_simulator(dockerfile, pyproject):
+    """Only the exporter goes in: no simulator package and no demo scenario with its published password. The
+    simulator's console script, which pyproject.toml declares for the whole distribution, is removed after the
+    install, so the image has no command that would fail on a missing module."""
+    sources = {PurePosixPath(src).parts[0] for args in dockerfile["COPY"] for src in shlex.split(args)[:-1]}
+    assert sources == {"pyproject.toml", pyproject["project"]["readme"], "exporter"}
+    demo = yaml.safe_load((ROOT / "simulator" / "scenarios" / "demo.yaml").read_text(encoding="utf-8"))
+    demo_password = demo["credentials"][0]["password"]
+    copied = [ROOT / "pyproject.toml", ROOT / pyproject["project"]["readme"], *(ROOT / "exporter").rglob("*")]
+    assert [p for p in copied if p.is_file() and demo_password.encode() in p.read_bytes()] == []
+    (install,) = [r for r in dockerfile["RUN"] if "pip install" in r]
+    removed = {PurePosixPath(word).name for word in shlex.split(install.partition("&&")[2])}
+    for script, entry_point in pyproject["project"]["scripts"].items():
+        shipped = entry_point.split(".")[0] in sources
+        assert (script not in removed) == shipped, f"{script} ({entry_point}): {'removed' if shipped else 'kept'}"
+
+
 def test_dockerignore_keeps_the_copied_files_in_the_context():
     """Files named in COPY must survive .dockerignore (last matching rule wins, as in Docker)."""
     rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
@@ -148,7 +165,7 @@ def test_dockerignore_keeps_the_copied_files_in_the_context():
     for path in ("pyproject.toml", "README.md", "exporter/cli.py", "exporter/data/builds.tsv",
                  "exporter/scripts/collect_server.ps1"):
         assert not ignored(path), f"{path} would be left out of the build context"
-    for path in ("tests/conftest.py", ".git/config", "exporter/__pycache__/cli.cpython-311.pyc", ".venv/bin/python"):
+    for path in ("tests/conftest.py", "simulator/scenarios/demo.yaml", "simulator/cli.py", ".git/config", "exporter/__pycache__/cli.cpython-311.pyc", ".venv/bin/python"):
         assert ignored(path), f"{path} would be sent into the build context"
 
 

@@ -52,7 +52,7 @@ SETTLE_SECONDS = 8  # after the expected notifications arrived: long enough for 
 DETAIL_LABELS = ("cutoff", "reason", "mitigation", "scope", "endpoint")
 
 # The demo fleet's alerts that do not depend on today's date, from docs/alerts.md "What the demo fleet
-# fires" and exporter/simulator/scenarios/demo.yaml. (alertname, server, severity, detail label).
+# fires" and simulator/scenarios/demo.yaml. (alertname, server, severity, detail label).
 # Every server answers with the simulator's realistic defaults or one of its knobs (docs/simulator.md):
 # a healthy server raises nothing, an unhealthy one exactly these.
 FIXED_ALERTS = {

@@ -20,7 +20,7 @@ import yaml
 
 from exporter.config import load_config_text
 from exporter.poller import Poller
-from exporter.simulator.host import Faults
+from simulator.host import Faults
 from exporter.targets import Targets
 
 from .conftest import SimulatedFleet, minimal_config, relocate

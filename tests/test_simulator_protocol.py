@@ -22,11 +22,11 @@ from pypsrp.wsman import WSMan
 from spnego.channel_bindings import GssChannelBindings
 from winrm.exceptions import InvalidCredentialsError, WinRMTransportError, WSManFaultError
 
-from exporter.simulator.host import CommandOutput, Faults, SimulatedHost
-from exporter.simulator.server import Fleet
-from exporter.simulator.shells import Command
-from exporter.simulator.tls import TestAuthority
-from exporter.simulator.wsman import parse_duration
+from simulator.host import CommandOutput, Faults, SimulatedHost
+from simulator.server import Fleet
+from simulator.shells import Command
+from simulator.tls import TestAuthority
+from simulator.wsman import parse_duration
 
 USER, PASSWORD = "EXCH\\svc_monitor", "S3cret!Pass"
 CREDENTIALS = {USER: PASSWORD, "localadmin": "L0cal!Only"}

@@ -440,7 +440,7 @@ def _file_version(build: str, style: str) -> str:
 
 
 def _load_locales() -> dict[str, dict[str, Any]]:
-    text = resources.files("exporter.simulator").joinpath("data").joinpath("locales.yaml").read_text(encoding="utf-8")
+    text = resources.files("simulator").joinpath("data").joinpath("locales.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)
 
 

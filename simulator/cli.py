@@ -1,4 +1,4 @@
-"""`simulate`: run a simulated fleet that answers over WinRM.
+"""`exchange-eems-simulator simulate|demo`: run a simulated fleet that answers over WinRM.
 
 `simulate` can write an exporter configuration that matches the fleet (`--write-config`), so a user can
 point a real exporter (and their Prometheus and Alertmanager) at it. The password goes to a file beside
@@ -26,7 +26,7 @@ DEMO_SCENARIO = "demo"  # the shipped scenario, by name
 
 def _scenario_path(value: str) -> Path:
     if value == DEMO_SCENARIO:
-        return Path(str(resources.files("exporter.simulator").joinpath("scenarios").joinpath("demo.yaml")))
+        return Path(str(resources.files("simulator").joinpath("scenarios").joinpath("demo.yaml")))
     return Path(value)
 
 
@@ -76,14 +76,14 @@ def start_fleet(args: argparse.Namespace) -> tuple[Scenario, Fleet]:
     try:
         scenario = load_scenario(_scenario_path(args.scenario))
     except ScenarioError as err:
-        print(f"exchange-eems-exporter: scenario error: {err}", file=sys.stderr)
+        print(f"exchange-eems-simulator: scenario error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     fleet = Fleet(scenario.hosts, scenario.credentials, tls_dir=scenario.tls,
                   control_address=getattr(args, "control_address", None))
     try:
         fleet.start()
     except (OSError, ValueError) as err:
-        print(f"exchange-eems-exporter: cannot start the simulated fleet: {err}", file=sys.stderr)
+        print(f"exchange-eems-simulator: cannot start the simulated fleet: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     return scenario, fleet
 
@@ -121,10 +121,24 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_simulator_commands(sub) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    from .demo import add_demo_command  # demo.py builds on this module's fleet helpers
+
+    parser = argparse.ArgumentParser(prog="exchange-eems-simulator", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
     simulate = sub.add_parser("simulate", help="run a simulated Exchange fleet that answers over WinRM")
     simulate.add_argument("--scenario", required=True, help="scenario YAML (docs/simulator.md), or 'demo'")
     simulate.add_argument("--control-address", type=address, help="loopback host:port for the control API")
     simulate.add_argument("--write-config", type=Path, help="write a matching exporter configuration here")
     simulate.add_argument("--interval", default="60s", help="poll interval for --write-config (default 60s)")
     simulate.set_defaults(func=cmd_simulate)
+    add_demo_command(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,1 @@
+from simulator.cli import main; raise SystemExit(main())

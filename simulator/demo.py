@@ -1,0 +1,73 @@
+"""`demo`: the shipped simulated fleet plus the exporter polling it, for a first look before production.
+
+The exporter runs as its own process (`python -m exporter run`), started from this one: the simulator imports
+nothing from the exporter, and the exporter under demonstration is the real program a user deploys. Ctrl-C
+and SIGTERM go to the exporter first; the fleet stops only after the exporter has exited, so the polls still
+running finish against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import tempfile
+from importlib.util import find_spec
+from pathlib import Path
+
+from .cli import DEMO_SCENARIO, address, start_fleet, write_config
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if find_spec("exporter") is None:
+        print("exchange-eems-simulator: the demo runs the exporter, which is not installed: "
+              "pip install exchange-eems-exporter", file=sys.stderr)
+        return 2
+    scenario, fleet = start_fleet(args)
+    try:
+        workdir = Path(tempfile.mkdtemp(prefix="eems-demo-"))
+        config_path = workdir / "exchange-eems-exporter.yml"
+        write_config(scenario, fleet, config_path, args.interval)
+        host, port = args.listen
+        shown = "localhost" if host in ("0.0.0.0", "127.0.0.1") else host
+        print(f"Simulated fleet: {len(scenario.hosts)} Exchange servers on 127.0.0.x (scenario {args.scenario})")
+        print(f"Exporter config: {config_path}")
+        print(f"Metrics:         http://{shown}:{port}/metrics")
+        print(f"Landing page:    http://{shown}:{port}/")
+        example = scenario.hosts[0].name
+        print(f"Probe a server:  http://{shown}:{port}/probe?target={example}")
+        print("Every server is polled within the first interval "
+              f"({args.interval}); Ctrl-C stops.", flush=True)
+        return _run_exporter(["run", "--config.file", str(config_path), "--web.listen-address", f"{host}:{port}",
+                              "--log.level", args.log_level])
+    finally:
+        fleet.stop()
+
+
+def _run_exporter(arguments: list[str]) -> int:
+    """The exporter's exit code; a stop signal sent to the demo is passed on to the exporter."""
+    received: list[int] = []
+    exporter: subprocess.Popen | None = None
+
+    def pass_on(signum, _frame) -> None:
+        received.append(signum)
+        if exporter is not None:
+            exporter.send_signal(signum)
+
+    signal.signal(signal.SIGINT, pass_on)
+    signal.signal(signal.SIGTERM, pass_on)
+    exporter = subprocess.Popen([sys.executable, "-m", "exporter", *arguments])
+    if received:  # a signal that came before the exporter existed
+        exporter.send_signal(received[0])
+    return exporter.wait()
+
+
+def add_demo_command(sub) -> None:
+    demo = sub.add_parser("demo", help="the demo: the simulated fleet plus the exporter polling it")
+    demo.add_argument("--scenario", default=DEMO_SCENARIO, help="scenario YAML, default: the shipped demo fleet")
+    demo.add_argument("--listen", type=address, default=("127.0.0.1", 10061),
+                      help="where the exporter listens (default 127.0.0.1:10061)")
+    demo.add_argument("--interval", default="30s", help="poll interval (default 30s)")
+    demo.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"])
+    demo.set_defaults(func=cmd_demo)
