@@ -7,7 +7,6 @@ once, and wrapped in `Secret` so they cannot leak through repr() or an f-string 
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import re
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .addresses import is_host, is_proxy_url
 from .sharding import parse_shard
 
 DEFAULT_LISTEN_PORT = 10061
@@ -338,12 +338,7 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
 
 
 def _validate_address(address: str, path: str) -> str:
-    try:
-        ipaddress.ip_address(address.strip("[]"))
-        return address
-    except ValueError:
-        pass
-    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?", address):
+    if not is_host(address):
         raise ConfigError(path, f"not a host name or IP address: {address!r}")
     return address
 
@@ -377,7 +372,7 @@ def _load_servers(raw: Any, modules: dict[str, ModuleConfig], default_module: st
         if module not in modules:
             raise ConfigError(f"{path}.module", f"unknown module {module!r} (configured: {', '.join(modules)})")
         proxy = section.get("endpoint_proxy", "")
-        if proxy and not re.fullmatch(r"https?://[A-Za-z0-9.:\[\]-]+/?", str(proxy)):
+        if proxy and not (isinstance(proxy, str) and is_proxy_url(proxy)):
             raise ConfigError(f"{path}.endpoint_proxy", f"expected a proxy URL like http://proxy:8080, got {proxy!r}")
         servers.append(ServerConfig(name=name, address=address, port=port, module=module, endpoint_proxy=str(proxy)))
     return tuple(servers)
