@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+from exporter.config import ConfigError, load_config_text
 from exporter.scripts import (
     CREATE_PROCESS_LIMIT,
     POWERSHELL,
@@ -15,6 +16,8 @@ from exporter.scripts import (
     powershell_command,
     server_script,
 )
+
+from .conftest import PASSWORD_ENV
 
 CMD_EXE_LIMIT = 8191
 
@@ -112,13 +115,10 @@ PROXY_URLS_REFUSED = ("socks5://proxy:1080", "http://proxy:99999", "http://proxy
 def test_the_script_keeps_every_proxy_url_the_configuration_accepts():
     """One rule for both: a proxy the configuration accepts must never be dropped silently on its way to the
     script (it was for an IPv6 proxy), and one it refuses must never reach the script from Active Directory."""
-    from exporter.config import ConfigError, load_config_text
-
-    from .test_config import MODULE, servers
-
+    module = f"modules: {{default: {{username: svc, password_env: {PASSWORD_ENV}}}}}\n"
     for url in (*PROXY_URLS_ACCEPTED, *PROXY_URLS_REFUSED):
         try:
-            load_config_text(MODULE + servers(f"{{name: ex01, endpoint_proxy: '{url}'}}"), Path("."))
+            load_config_text(module + f"servers: [{{name: ex01, endpoint_proxy: '{url}'}}]\n", Path("."))
             configured = True
         except ConfigError:
             configured = False
