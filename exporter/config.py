@@ -7,9 +7,11 @@ once, and wrapped in `Secret` so they cannot leak through repr() or an f-string 
 
 from __future__ import annotations
 
+import base64
 import math
 import os
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +25,26 @@ DEFAULT_LISTEN_PORT = 10061
 TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic", "certificate")
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+
+
+MAX_ERROR_CHARS = 300
+
+
+def bounded_repr(value: Any) -> str:
+    """A value for an error message, bounded: YAML aliases make a 600-byte file hold a value whose repr()
+    is gigabytes, and the message is printed, logged and returned by POST /-/reload."""
+    return _REPR.repr(value)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 80, 80
 
 
 class ConfigError(Exception):
     def __init__(self, path: str, message: str):
+        path = path if len(path) <= MAX_ERROR_CHARS else path[:MAX_ERROR_CHARS] + "..."
+        message = message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS] + "..."
         self.path = path
         self.message = message
         super().__init__(f"{path}: {message}" if path else message)
@@ -74,6 +91,14 @@ class ModuleConfig:
     operation_timeout: float
     read_timeout: float
     kerberos_delegation: bool = False  # lets Exchange cmdlets in the WinRS session reach AD (the double hop)
+
+    def secrets(self) -> list[str]:
+        """The password and the Basic `Authorization` value made from it, which a server can quote back."""
+        if not (self.password and self.password.reveal()):
+            return []
+        password = self.password.reveal()
+        basic = base64.b64encode(f"{self.username or ''}:{password}".encode("utf-8")).decode("ascii")
+        return [password, basic]
 
 
 @dataclass(frozen=True)
@@ -128,7 +153,7 @@ class Config:
     source: Path | None = field(default=None, compare=False)
 
     def secrets(self) -> list[str]:
-        return [m.password.reveal() for m in self.modules.values() if m.password and m.password.reveal()]
+        return [secret for module in self.modules.values() for secret in module.secrets()]
 
 
 # ---------------------------------------------------------------- value helpers
@@ -137,10 +162,10 @@ class Config:
 def parse_duration(value: Any, path: str) -> float:
     """Prometheus-style durations (`90s`, `5m`, `1h30m`, `250ms`) or a plain number of seconds."""
     if isinstance(value, bool):
-        raise ConfigError(path, f"expected a duration like 30s or 5m, got {value!r}")
+        raise ConfigError(path, f"expected a duration like 30s or 5m, got {bounded_repr(value)}")
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
-            raise ConfigError(path, f"expected a finite duration, got {value!r}")
+            raise ConfigError(path, f"expected a finite duration, got {bounded_repr(value)}")
         if value < 0:
             raise ConfigError(path, "must not be negative")
         return float(value)
@@ -149,7 +174,7 @@ def parse_duration(value: Any, path: str) -> float:
         if match and any(match.groups()):
             hours, minutes, seconds, millis = match.groups()
             return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0) + int(millis or 0) / 1000
-    raise ConfigError(path, f"expected a duration like 30s, 5m or 1h, got {value!r}")
+    raise ConfigError(path, f"expected a duration like 30s, 5m or 1h, got {bounded_repr(value)}")
 
 
 def _mapping(value: Any, path: str) -> dict:
@@ -159,7 +184,7 @@ def _mapping(value: Any, path: str) -> dict:
         raise ConfigError(path, f"expected a mapping, got {type(value).__name__}")
     for key in value:
         if not isinstance(key, str):
-            raise ConfigError(path, f"keys must be strings, got {key!r}")
+            raise ConfigError(path, f"keys must be strings, got {bounded_repr(key)}")
     return value
 
 
@@ -172,7 +197,7 @@ def _reject_unknown(section: dict, allowed: set[str], path: str) -> None:
 
 def _int(value: Any, path: str, minimum: int, maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(path, f"expected a whole number, got {value!r}")
+        raise ConfigError(path, f"expected a whole number, got {bounded_repr(value)}")
     if not minimum <= value <= maximum:
         raise ConfigError(path, f"must be between {minimum} and {maximum}, got {value}")
     return value
@@ -180,20 +205,20 @@ def _int(value: Any, path: str, minimum: int, maximum: int) -> int:
 
 def _bool(value: Any, path: str) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(path, f"expected true or false, got {value!r}")
+        raise ConfigError(path, f"expected true or false, got {bounded_repr(value)}")
     return value
 
 
 def _str(value: Any, path: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(path, f"expected a non-empty string, got {value!r}")
+        raise ConfigError(path, f"expected a non-empty string, got {bounded_repr(value)}")
     return value.strip()
 
 
 def _existing_file(value: Any, path: str, base: Path, *, secret_nearby: bool = False) -> Path:
     """`secret_nearby`: never repeat the value, in case someone pasted the password itself there."""
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(path, "expected a file path" if secret_nearby else f"expected a file path, got {value!r}")
+        raise ConfigError(path, "expected a file path" if secret_nearby else f"expected a file path, got {bounded_repr(value)}")
     candidate = Path(value.strip())
     if not candidate.is_absolute():
         candidate = base / candidate
@@ -226,7 +251,7 @@ def _load_poll(raw: Any) -> PollConfig:
         if key in section:
             value = section[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ConfigError(f"poll.{key}", f"expected a fraction between 0 and 1, got {value!r}")
+                raise ConfigError(f"poll.{key}", f"expected a fraction between 0 and 1, got {bounded_repr(value)}")
             values[key] = float(value)
     poll = PollConfig(**values)
     if poll.interval < 10:
@@ -269,7 +294,8 @@ def _load_password(section: dict, path: str, base: Path) -> Secret | None:
                               "and _, not starting with a digit) that holds the password, not the password itself")
         value = os.environ.get(name)
         if not value:
-            raise ConfigError(f"{path}.password_env", f"environment variable {name} is not set or empty")
+            # not named: what was pasted here may be the password itself, if it happens to look like a name
+            raise ConfigError(f"{path}.password_env", "the environment variable it names is not set or empty")
         return Secret(value)
     if "password_file" in section:
         file = _existing_file(section["password_file"], f"{path}.password_file", base, secret_nearby=True)
@@ -291,10 +317,10 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
     _reject_unknown(section, _MODULE_KEYS, path)
     transport = section.get("transport", "ntlm")
     if transport not in TRANSPORTS:
-        raise ConfigError(f"{path}.transport", f"must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+        raise ConfigError(f"{path}.transport", f"must be one of {', '.join(TRANSPORTS)}, got {bounded_repr(transport)}")
     scheme = section.get("scheme", "https")
     if scheme not in ("http", "https"):
-        raise ConfigError(f"{path}.scheme", f"must be http or https, got {scheme!r}")
+        raise ConfigError(f"{path}.scheme", f"must be http or https, got {bounded_repr(scheme)}")
     port = _int(section.get("port", 5986 if scheme == "https" else 5985), f"{path}.port", 1, 65535)
     username = _str(section["username"], f"{path}.username") if "username" in section else None
     password = _load_password(section, path, base)
@@ -306,9 +332,10 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
     operation_timeout = parse_duration(section.get("operation_timeout", "20s"), f"{path}.operation_timeout")
     read_timeout = parse_duration(section.get("read_timeout", "30s"), f"{path}.read_timeout")
 
+    problem = scheme_problem(transport, scheme, allow_basic_http)
+    if problem:
+        raise ConfigError(f"{path}.{'scheme' if transport == 'certificate' else 'transport'}", problem)
     if transport == "certificate":
-        if scheme != "https":
-            raise ConfigError(f"{path}.scheme", "certificate authentication needs https")
         if not (cert_file and key_file):
             raise ConfigError(path, "transport certificate needs cert_file and key_file")
     else:
@@ -316,12 +343,6 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
             raise ConfigError(f"{path}.username", f"required for transport {transport}")
         if transport != "kerberos" and password is None:
             raise ConfigError(path, f"transport {transport} needs password_env or password_file")
-    if transport == "basic" and scheme == "http" and not allow_basic_http:
-        raise ConfigError(
-            f"{path}.transport",
-            "basic authentication over plain http sends the password in clear text; use https, "
-            "or set allow_basic_over_http: true if you really mean it",
-        )
     delegation = _bool(section.get("kerberos_delegation", False), f"{path}.kerberos_delegation")
     if delegation and transport != "kerberos":
         raise ConfigError(f"{path}.kerberos_delegation", "only applies to transport kerberos")
@@ -337,9 +358,20 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
     )
 
 
+def scheme_problem(transport: str, scheme: str, allow_basic_over_http: bool) -> str | None:
+    """Why credentials of `transport` must not be sent over `scheme`; None when they may. One rule for the
+    configuration and for /probe, where a module may be paired with a server that uses another scheme."""
+    if transport == "certificate" and scheme != "https":
+        return "certificate authentication needs https"
+    if transport == "basic" and scheme == "http" and not allow_basic_over_http:
+        return ("basic authentication over plain http sends the password in clear text; use https, "
+                "or set allow_basic_over_http: true if you really mean it")
+    return None
+
+
 def _validate_address(address: str, path: str) -> str:
     if not is_host(address):
-        raise ConfigError(path, f"not a host name or IP address: {address!r}")
+        raise ConfigError(path, f"not a host name or IP address: {bounded_repr(address)}")
     return address
 
 
@@ -359,10 +391,10 @@ def _load_servers(raw: Any, modules: dict[str, ModuleConfig], default_module: st
         if "name" not in section:
             raise ConfigError(f"{path}.name", "required")
         name = _str(section["name"], f"{path}.name")
-        if not _SERVER_NAME.match(name):
-            raise ConfigError(f"{path}.name", f"not a valid server name: {name!r}")
+        if not SERVER_NAME.fullmatch(name):
+            raise ConfigError(f"{path}.name", f"not a valid server name: {bounded_repr(name)}")
         if name.lower() in seen:
-            raise ConfigError(f"{path}.name", f"server {name!r} is listed twice")
+            raise ConfigError(f"{path}.name", f"server {bounded_repr(name)} is listed twice")
         seen.add(name.lower())
         address = _validate_address(_str(section.get("address", name), f"{path}.address"), f"{path}.address")
         port = _int(section["port"], f"{path}.port", 1, 65535) if "port" in section else None
@@ -370,10 +402,10 @@ def _load_servers(raw: Any, modules: dict[str, ModuleConfig], default_module: st
         if module is None:
             raise ConfigError(f"{path}.module", "required when more than one module is configured")
         if module not in modules:
-            raise ConfigError(f"{path}.module", f"unknown module {module!r} (configured: {', '.join(modules)})")
+            raise ConfigError(f"{path}.module", f"unknown module {bounded_repr(module)} (configured: {', '.join(modules)})")
         proxy = section.get("endpoint_proxy", "")
         if proxy and not (isinstance(proxy, str) and is_proxy_url(proxy)):
-            raise ConfigError(f"{path}.endpoint_proxy", f"expected a proxy URL like http://proxy:8080, got {proxy!r}")
+            raise ConfigError(f"{path}.endpoint_proxy", f"expected a proxy URL like http://proxy:8080, got {bounded_repr(proxy)}")
         servers.append(ServerConfig(name=name, address=address, port=port, module=module, endpoint_proxy=str(proxy)))
     return tuple(servers)
 
@@ -390,7 +422,7 @@ def _load_organization(raw: Any, modules: dict[str, ModuleConfig], default_modul
     named = {s.name.lower(): s for s in servers}
     module = section.get("module", named[server.lower()].module if server.lower() in named else default_module)
     if module is None or module not in modules:
-        raise ConfigError("organization.module", f"unknown module {module!r}")
+        raise ConfigError("organization.module", f"unknown module {bounded_repr(module)}")
     interval = parse_duration(section.get("interval", poll.interval), "organization.interval")
     if interval < poll.interval:
         raise ConfigError("organization.interval", "must not be shorter than poll.interval")
@@ -404,6 +436,8 @@ def _load_organization(raw: Any, modules: dict[str, ModuleConfig], default_modul
 
 
 def _shard(value: Any) -> tuple[int, int]:
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise ConfigError("shard", f"expected K/N, got {bounded_repr(value)}")
     try:
         return parse_shard(str(value))
     except ValueError as err:
@@ -413,6 +447,8 @@ def _shard(value: Any) -> tuple[int, int]:
 def load_config_text(text: str, base: Path, source: Path | None = None) -> Config:
     try:
         raw = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError("", "not valid YAML: nested too deeply") from None
     except yaml.reader.ReaderError as err:  # a control character: no line mark, but a position
         raise ConfigError("", f"not valid YAML: character #x{err.character:04x} at position {err.position} "
                               "is not allowed") from None

@@ -85,9 +85,10 @@ class Exporter:
             try:
                 config = load_config(Path(source))
                 catalog = Catalog.load(config.catalog_file)
-            except (ConfigError, CatalogError) as err:
+            except Exception as err:  # whatever went wrong (MemoryError, a bug), the reload failed
                 self.last_reload_successful = False
-                message = f"reload failed, the running configuration is kept: {err}"
+                detail = err if isinstance(err, (ConfigError, CatalogError)) else f"unexpected {type(err).__name__}"
+                message = f"reload failed, the running configuration is kept: {detail}"
                 if self.redactor is not None:
                     message = self.redactor.scrub(message)
                 log.error("%s", message)

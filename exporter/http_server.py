@@ -8,20 +8,28 @@ discovered: an unknown target is refused before any connection is attempted.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import html
+import io
 import logging
 import math
+import resource
 import socket
 import ssl
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from . import __version__
+from .config import scheme_problem
 from .exporter import Exporter
 from .webconfig import WebConfigWatcher
 
@@ -29,6 +37,15 @@ log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_OFFSET_SECONDS = 0.5
 MAX_URL_LENGTH = 2048
+REQUEST_DEADLINE_SECONDS = 10.0  # TLS handshake, head and body of one request, from when we wait for it
+WRITE_DEADLINE_SECONDS = 30.0
+MAX_HEAD_BYTES = 16 << 10
+MAX_BODY_BYTES = 64 << 10
+MAX_CONNECTIONS = 512
+MAX_CONNECTIONS_PER_CLIENT = 64
+LISTEN_BACKLOG = 128
+WORKERS = 4  # /metrics and the rest answer from memory in milliseconds
+PROBE_WORKERS = 16  # a probe waits for a poll
 _LANDING = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Exchange EEMS exporter</title></head>
 <body><h1>Exchange EEMS exporter</h1>
@@ -45,7 +62,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = f"exchange-eems-exporter/{__version__}"
     sys_version = ""
     protocol_version = "HTTP/1.1"
-    timeout = 30  # a client that stalls cannot hold a thread for ever
+    received: float  # monotonic time the whole request had arrived (set by ExporterHTTPServer)
 
     exporter: Exporter
     watcher: WebConfigWatcher | None
@@ -152,7 +169,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, page.encode(), "text/html; charset=utf-8")
 
     def _probe(self, query: str) -> None:
-        params = parse_qs(query, keep_blank_values=True, max_num_fields=10)
+        try:
+            params = parse_qs(query, keep_blank_values=True, max_num_fields=10)
+        except ValueError:
+            self._send(400, b"Too many query parameters: /probe takes 'target' and 'module'\n")
+            return
         targets = params.get("target", [])
         modules = params.get("module", [])
         if len(targets) != 1 or not targets[0]:
@@ -166,9 +187,16 @@ class _Handler(BaseHTTPRequestHandler):
         if module is not None and module not in config.modules:
             self._send(400, f"Unknown module {module[:64]!r}\n".encode())
             return
-        if self.exporter.poller.targets.get(target) is None:
+        known = self.exporter.poller.targets.get(target)
+        if known is None:
             self._send(400, f"Unknown target {target[:256]!r}: only configured or discovered servers "
                             f"can be probed\n".encode())
+            return
+        chosen = config.modules[module] if module is not None else None
+        problem = chosen and scheme_problem(chosen.transport, known.scheme, chosen.allow_basic_over_http)
+        if problem:
+            self._send(400, f"Module {module!r} cannot be used with target {known.name!r} ({known.scheme}): "
+                            f"{problem}\n".encode())
             return
         timeout = None
         header = self.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
@@ -180,41 +208,174 @@ class _Handler(BaseHTTPRequestHandler):
             if not (math.isfinite(seconds) and seconds > 0):  # nan would become a deadline that has passed
                 self._send(400, b"Invalid X-Prometheus-Scrape-Timeout-Seconds header: expected seconds > 0\n")
                 return
-            timeout = max(1.0, seconds - PROBE_TIMEOUT_OFFSET_SECONDS)
+            # the scrape timeout runs from when the request arrived: time queued for a worker counts
+            timeout = max(1.0, seconds - PROBE_TIMEOUT_OFFSET_SECONDS - (time.monotonic() - self.received))
         self._metrics_response(self.exporter.probe_registry(target, module, timeout))
 
 
-class ExporterHTTPServer(ThreadingHTTPServer):
-    """Thread per request; TLS per connection from the current web config (handshake in the worker thread)."""
+class ExporterHTTPServer:
+    """HTTP/1.1 with bounded resources, whoever connects.
 
-    daemon_threads = True
-    request_queue_size = 128
+    One asyncio loop reads and writes every connection; a worker thread only ever sees a request that has
+    fully arrived, and hands back a whole response. So a client that trickles bytes (slowloris) holds a
+    few kilobytes and one descriptor, never a thread, and is cut off once `REQUEST_DEADLINE_SECONDS` pass
+    without a whole request (TLS handshake, head and body together). Connections are capped in total
+    (a quarter of the open-file limit, so polls keep their descriptors) and per client address.
+    /probe, which waits for a poll, has its own workers so that it can never delay /metrics.
+    """
 
     def __init__(self, address: tuple[str, int], exporter: Exporter, watcher: WebConfigWatcher | None):
-        handler = type("Handler", (_Handler,), {"exporter": exporter, "watcher": watcher})
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._handler = type("Handler", (_Handler,), {"exporter": exporter, "watcher": watcher})
         self._watcher = watcher
-        super().__init__(address, handler)
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(address)
+        self._socket.listen(LISTEN_BACKLOG)
+        self._socket.setblocking(False)
+        self.server_address = self._socket.getsockname()
+        self.max_connections = max(16, min(MAX_CONNECTIONS, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
+        self.connections = 0
+        self._per_client: Counter[str] = Counter()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="http")
+        self._probe_workers = ThreadPoolExecutor(PROBE_WORKERS, thread_name_prefix="probe")
+        self._loop = asyncio.new_event_loop()
+        self._stopped = threading.Event()
 
-    def get_request(self):
-        sock, address = self.socket.accept()
-        context = self._watcher.current().ssl_context() if self._watcher else None
-        if context is not None:
-            sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, address
+    # ------------------------------------------------------------ lifecycle
 
-    def finish_request(self, request, client_address) -> None:
-        if isinstance(request, ssl.SSLSocket):
-            try:
-                request.settimeout(10)
-                request.do_handshake()
-            except (ssl.SSLError, OSError) as err:
-                log.debug("TLS handshake with %s failed: %s", client_address[0], err)
-                return
-        super().finish_request(request, client_address)
+    def serve_forever(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(asyncio.start_server(self._connection, sock=self._socket,
+                                                           limit=MAX_HEAD_BYTES))
+        self._loop.run_forever()
+        self._stopped.set()
 
-    def handle_error(self, request, client_address) -> None:
-        log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
+    def shutdown(self) -> None:
+        if not self._loop.is_running():
+            return
+
+        def stop() -> None:
+            for writer in list(self._writers):
+                writer.transport.abort()
+            self._loop.stop()
+
+        self._loop.call_soon_threadsafe(stop)
+        self._stopped.wait(10)
+
+    def server_close(self) -> None:
+        self._socket.close()
+        self._workers.shutdown(wait=False, cancel_futures=True)
+        self._probe_workers.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------ one connection
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = (writer.get_extra_info("peername") or ("", 0))[:2]
+        if self.connections >= self.max_connections or self._per_client[client[0]] >= MAX_CONNECTIONS_PER_CLIENT:
+            log.debug("refusing a connection from %s: %d connections open", client[0], self.connections)
+            writer.transport.abort()
+            return
+        self.connections += 1
+        self._per_client[client[0]] += 1
+        self._writers.add(writer)
+        graceful = False
+        try:
+            context = self._watcher.current().ssl_context() if self._watcher else None
+            if context is not None:
+                async with asyncio.timeout(REQUEST_DEADLINE_SECONDS):
+                    await writer.start_tls(context)
+            writer.transport.set_write_buffer_limits(high=0)  # drain() returns once the kernel has every byte
+            while True:
+                try:
+                    async with asyncio.timeout(REQUEST_DEADLINE_SECONDS):
+                        request = await _read_request(reader)
+                except _Refused as refused:
+                    writer.write(_plain_response(refused.status, refused.text))
+                    async with asyncio.timeout(WRITE_DEADLINE_SECONDS):
+                        await writer.drain()
+                    graceful = True
+                    return
+                if request is None:
+                    graceful = True
+                    return
+                received = time.monotonic()
+                workers = self._probe_workers if request.startswith((b"GET /probe", b"HEAD /probe")) else self._workers
+                response, keep_alive = await self._loop.run_in_executor(workers, self._respond, request, client,
+                                                                        received)
+                writer.write(response)
+                async with asyncio.timeout(WRITE_DEADLINE_SECONDS):
+                    await writer.drain()
+                if not keep_alive:
+                    graceful = True
+                    return
+        except (TimeoutError, ConnectionError, OSError, ssl.SSLError, asyncio.IncompleteReadError):
+            log.debug("connection from %s ended: deadline passed or connection broken", client[0])
+        finally:
+            self._writers.discard(writer)
+            self.connections -= 1
+            self._per_client[client[0]] -= 1
+            if not self._per_client[client[0]]:
+                del self._per_client[client[0]]
+            if graceful:
+                writer.close()
+            else:
+                writer.transport.abort()
+
+    def _respond(self, request: bytes, client: tuple[str, int], received: float) -> tuple[bytes, bool]:
+        """Run the handler on a request that has fully arrived; returns (response bytes, keep the connection)."""
+        handler = self._handler.__new__(self._handler)
+        handler.client_address, handler.server, handler.request = client, self, None
+        handler.rfile, handler.wfile = io.BytesIO(request), io.BytesIO()
+        handler.received = received
+        handler.close_connection = True
+        try:
+            handler.handle_one_request()
+        except Exception:  # a bug answers 500 for this request; the exporter keeps serving
+            log.exception("error serving a request from %s", client[0])
+            return _plain_response(500, "Internal error; see the exporter log\n"), False
+        return handler.wfile.getvalue(), not handler.close_connection
+
+
+class _Refused(Exception):
+    """A request we will not read further: answered with `status` and the connection closed."""
+
+    def __init__(self, status: int, text: str):
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes | None:
+    """Head and body of one request, bounded in size; None when the client closed between requests."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as error:
+        if error.partial.strip():
+            raise _Refused(400, "Incomplete request\n") from None
+        return None
+    except asyncio.LimitOverrunError:
+        raise _Refused(431, "Request header fields too large\n") from None
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"transfer-encoding":
+            raise _Refused(411, "A Content-Length is required\n")
+        if name == b"content-length":
+            if not value.strip().isdigit():
+                raise _Refused(400, "Invalid Content-Length\n")
+            length = int(value.strip())
+    if length > MAX_BODY_BYTES:
+        raise _Refused(413, "Request body too large\n")
+    return head + (await reader.readexactly(length) if length else b"")
+
+
+def _plain_response(status: int, text: str) -> bytes:
+    body = text.encode()
+    return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
 
 def serve(exporter: Exporter, host: str, port: int, watcher: WebConfigWatcher | None) -> ExporterHTTPServer:

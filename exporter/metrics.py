@@ -6,6 +6,7 @@ can render any snapshot. Timestamps, not ages: ages are `time() - x` in PromQL.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Iterable
@@ -18,6 +19,7 @@ from .model import BuildVerdict, OrganizationResult, ServerResult
 from .windows_service import START_MODES, STATE_LABELS
 
 SERVICE = "MSExchangeMitigation"
+_PART = re.compile(r"[a-z][a-z0-9_.]{0,31}")
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
         out.add("exchange_collector_partial_failure",
                 "1 for each part of a successful poll that could not be read, with the reason class "
                 "(e.g. events/access_denied: no right to the Application log).",
-                {"collector": "server", **server, "part": failure.part, "reason": failure.reason}, 1)
+                {"collector": "server", **server, "part": _part(failure.part), "reason": failure.reason}, 1)
 
 
 def _update_path_metrics(out: _Families, server: dict[str, str], build: BuildVerdict) -> None:
@@ -162,6 +164,12 @@ def _update_path_metrics(out: _Families, server: dict[str, str], build: BuildVer
             "Since when a newer build has existed on the server's update path (newer update of a serviced CU, newer "
             "CU, or the product to migrate to); absent on the newest build of the path.",
             server, _ts(build.update_path_since))
+
+
+def _part(part: str) -> str:
+    """The `part` label: the part name when it has the shape of one, else `other`, since the script's error
+    records, which name the part, come from the server's own output."""
+    return part if _PART.fullmatch(part) else "other"
 
 
 def _collector_metrics(out: _Families, collector: str, labels: dict[str, str], outcome, last_success) -> None:
@@ -184,6 +192,10 @@ def _organization_metrics(out: _Families, org: OrganizationResult, server_names:
     facts = org.facts
     if facts is None:
         return
+    out.add("exchange_collector_dropped_label_values",
+            "Values in the collector's last successful output refused as label values: over the per-list cap or not "
+            "of the expected shape (mitigation IDs, server names).",
+            {"collector": "organization", "organization": org.name}, facts.dropped_label_values)
     if facts.mitigations_enabled is not None:
         out.add("exchange_eems_mitigations_enabled", "MitigationsEnabled (Get-OrganizationConfig / Get-ExchangeServer).",
                 {"scope": "organization", "organization": org.name}, 1 if facts.mitigations_enabled else 0)

@@ -105,6 +105,7 @@ class RawOrganizationFacts:
     servers: tuple[OrgServerInfo, ...]
     error_stage: str | None
     error_message: str | None
+    dropped_label_values: int = 0  # mitigation IDs and server names refused as label values
 
 
 # ---------------------------------------------------------------- catalog (catalog.py)

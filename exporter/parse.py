@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from html import unescape
 from urllib.parse import urlsplit, urlunsplit
 
+from exporter.config import SERVER_NAME
 from exporter.model import (
     OrgServerInfo,
     RawCulture,
@@ -31,10 +32,15 @@ SERVICE_STATUS = ("Stopped", "StartPending", "StopPending", "Running", "Continue
 START_TYPE = ("Boot", "System", "Automatic", "Manual", "Disabled")
 MAX_ERRORS = 50  # collection-error strings kept; a misbehaving script must not flood the metrics page
 MAX_ERROR_CHARS = 500
+# Text from a server that becomes a label value: how many per list and what shape (a series each; a
+# compromised server must not be able to mint series or smuggle arbitrary text into them).
+MAX_MITIGATIONS_PER_LIST = 100
+MITIGATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS_DATE = re.compile(r"\\?/Date\((-?[0-9]{1,15})(?:[+-][0-9]{4})?\)\\?/")
-_CLIXML_RECORD = re.compile(r"<S\s+S=\"([^\"]*)\"\s*>(.*?)</S>", re.DOTALL)
+_CLIXML_OPENER = re.compile(r"<S\s+S=\"[^\"<>]{0,64}\"\s*>")
+_CLIXML_CLOSER = "</S>"
 _CLIXML_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
 
 
@@ -84,9 +90,22 @@ def clixml_to_text(stderr: bytes) -> str:
     text = stderr.decode("utf-8", errors="replace").lstrip("\ufeff").strip() if isinstance(stderr, bytes) else ""
     if not text.startswith("#< CLIXML"):
         return text
-    lines = [unescape(body) for _, body in _CLIXML_RECORD.findall(text)]
+    lines = [unescape(body) for body in _clixml_records(text)]
     joined = _CLIXML_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), "".join(lines))
     return joined.replace("\r\n", "\n").strip()
+
+
+def _clixml_records(text: str):
+    """The bodies of `<S S="...">body</S>` records, in one pass: each opener is matched once and each
+    search resumes after the closer it found (a lazy regex over the whole text was quadratic on a stream
+    of openers without closers, and held the GIL while it ran)."""
+    position = 0
+    while (opener := _CLIXML_OPENER.search(text, position)) is not None:
+        closer = text.find(_CLIXML_CLOSER, opener.end())
+        if closer < 0:
+            return
+        yield text[opener.end():closer]
+        position = closer + len(_CLIXML_CLOSER)
 
 
 # ---------------------------------------------------------------- JSON extraction
@@ -174,7 +193,16 @@ def _is_json_prefix(text: str) -> bool:
 
 
 def _load_object(stdout: bytes, what: str) -> dict:
+    """The JSON object in `stdout`. Memory is bounded before parsing: a scalar costs json.loads at most some
+    12 bytes per byte of text, but an object or array costs 60-70 bytes for its two or three characters. So
+    the count of `{` and `[` (inside strings too: an upper bound) may be at most one per 16 bytes of output,
+    far more than the script writes (an event object is some 200 bytes), and a parse costs at most a small
+    multiple of the output's size, itself bounded by limits.max_poll_bytes."""
     text = _json_text(stdout)
+    containers, allowed = text.count("{") + text.count("["), len(text) // 16 + 10_000
+    if containers > allowed:
+        raise ParseError("bad_output", f"{what} output holds {containers} JSON objects or arrays in "
+                                             f"{len(text)} characters, more than the script writes ({allowed})")
     try:
         doc = json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
@@ -215,9 +243,15 @@ class _Notes:
 
     def __init__(self) -> None:
         self.items: list[str] = []
+        self.dropped_labels = 0  # server-provided values refused as label values (count or shape)
+
+    def add(self, note: str) -> None:
+        """Only MAX_ERRORS notes are ever kept, so keep no more: one bad item in millions costs nothing."""
+        if len(self.items) < MAX_ERRORS:
+            self.items.append(note)
 
     def wrong(self, field: str, expected: str) -> None:
-        self.items.append(f"parse: {field}: expected {expected}")
+        self.add(f"parse: {field}: expected {expected}")
 
     def text(self, obj: dict, key: str, field: str) -> str | None:
         value = obj.get(key)
@@ -258,6 +292,17 @@ class _Notes:
         if len(kept) != len(items):
             self.wrong(field, "strings")
         return kept
+
+
+    def label_values(self, value, field: str) -> tuple[str, ...]:
+        """Mitigation IDs: strings of the ID shape, at most MAX_MITIGATIONS_PER_LIST; the rest is counted."""
+        items = _as_list(value)
+        kept = [item for item in items if isinstance(item, str) and MITIGATION_ID.fullmatch(item)]
+        if any(not isinstance(item, str) for item in items):
+            self.wrong(field, "strings")
+        kept = kept[:MAX_MITIGATIONS_PER_LIST]
+        self.dropped_labels += len(items) - len(kept)
+        return tuple(kept)
 
 
 def _enum_name(value, names: tuple[str, ...], base: int) -> str | None:
@@ -303,7 +348,7 @@ def _events(value, notes: _Notes, max_events: int) -> tuple[RawEvent, ...]:
             continue
         event_id, time = notes.integer(item, "id", "events.id"), notes.date(item, "time", "events.time")
         if event_id is None or time is None:
-            notes.items.append("parse: events: an event without id or time was skipped")
+            notes.add("parse: events: an event without id or time was skipped")
             continue
         message = notes.text(item, "message", "events.message") or ""
         events.append(RawEvent(event_id, time, message))
@@ -463,14 +508,17 @@ def _org_server(item: dict, notes: _Notes) -> OrgServerInfo | None:
     name = notes.text(item, "name", "servers.name")
     if not name:
         return None
+    if not SERVER_NAME.fullmatch(name):  # it becomes the `server` label and, when discovered, a poll target
+        notes.dropped_labels += 1
+        return None
     return OrgServerInfo(
         name=name,
         fqdn=notes.text(item, "fqdn", "servers.fqdn"),
         roles=notes.text(item, "roles", "servers.roles"),
         admin_display_version=notes.text(item, "admin_display_version", "servers.admin_display_version"),
         mitigations_enabled=notes.flag(item, "mitigations_enabled", "servers.mitigations_enabled"),
-        mitigations_applied=notes.strings(item.get("mitigations_applied"), "servers.mitigations_applied"),
-        mitigations_blocked=notes.strings(item.get("mitigations_blocked"), "servers.mitigations_blocked"),
+        mitigations_applied=notes.label_values(item.get("mitigations_applied"), "servers.mitigations_applied"),
+        mitigations_blocked=notes.label_values(item.get("mitigations_blocked"), "servers.mitigations_blocked"),
         mitigations_applied_time=notes.date(item, "mitigations_applied_time", "servers.mitigations_applied_time"),
         data_collection_enabled=notes.flag(item, "data_collection_enabled", "servers.data_collection_enabled"),
         internet_web_proxy=_proxy(item.get("internet_web_proxy"), notes),
@@ -488,7 +536,8 @@ def parse_organization_output(stdout: bytes, *, max_servers: int = 10000) -> Raw
     organization = doc.get("organization")
     enabled = notes.flag(organization, "mitigations_enabled", "organization") if isinstance(organization, dict) else None
     stage, message = _org_error(doc.get("error"))
-    return RawOrganizationFacts(mitigations_enabled=enabled, servers=servers, error_stage=stage, error_message=message)
+    return RawOrganizationFacts(mitigations_enabled=enabled, servers=servers, error_stage=stage, error_message=message,
+                                dropped_label_values=notes.dropped_labels)
 
 
 def _org_error(value) -> tuple[str | None, str | None]:

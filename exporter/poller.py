@@ -136,9 +136,14 @@ class Poller:
         module_name = module or target.module
         record = module_name == target.module
         budget = min(timeout or self.config.poll.timeout, self.config.poll.timeout)
-        with self._server_lock(target.name.lower()):
+        requested = time.monotonic()
+        deadline = requested + budget  # waiting for another poll of the same server (a probe) spends it too
+        lock = self._server_lock(target.name.lower())
+        if not lock.acquire(timeout=budget):
+            failure = PollFailure("deadline_exceeded", "another poll of this server ran for the whole budget")
+            return ServerResult(target.name, outcome=self._failed("server", requested, failure))
+        try:
             started = time.monotonic()
-            deadline = started + budget
             previous = self._results.get(target.name.lower()) if record else None
             result = ServerResult(target.name, state=previous.state if previous else None,
                                   last_success=previous.last_success if previous else None)
@@ -157,9 +162,13 @@ class Poller:
                 result.outcome = self._failed("server", started, PollFailure("internal_error", type(err).__name__))
             if record:
                 with self._lock:
+                    if self.targets.get(target.name) is None:  # removed by a reload while it was polled
+                        return result
                     self._results[target.name.lower()] = result
                     self._count_failures(target.name.lower(), result.outcome.success)
             return result
+        finally:
+            lock.release()
 
     def interpret(self, target: Target, stdout: bytes) -> tuple[RawServerFacts, ServerState]:
         """Parse and judge one output of the collection script, as a poll does. Raises ParseError."""
@@ -189,7 +198,7 @@ class Poller:
     def _failed(collector: str, started: float, failure: Exception) -> CollectorOutcome:
         reason = getattr(failure, "reason", "internal_error")
         return CollectorOutcome(collector, False, time.monotonic() - started, utcnow(),
-                                error_reason=reason, error_message=str(failure)[:300])
+                                error_reason=reason, error_message=" ".join(str(failure).split())[:300])
 
     def poll_organization(self) -> OrganizationResult | None:
         organization = self.config.organization
@@ -337,13 +346,17 @@ class Poller:
     # ------------------------------------------------------------ reload
 
     def apply_config(self, config: Config, catalog: Catalog) -> None:
-        """Swap in a new configuration; results of servers that remain are kept."""
+        """Swap in a new configuration; results of servers that remain are kept, the others dropped, so a
+        server added back later shows nothing until it is polled again rather than its old result."""
         with self._lock:
             old_connections = self._connections
             self.config = config
             self.catalog = catalog
             self.targets = Targets(config)
             self._connections = {}
+            remaining = {server.name.lower() for server in config.servers} | {ORGANIZATION_KEY}
+            self._results = {key: result for key, result in self._results.items() if key in remaining}
+            self._failures = {key: count for key, count in self._failures.items() if key in remaining}
             if config.organization is None:
                 self._organization = None
             elif self._organization is None or self._organization.name != config.organization.name:

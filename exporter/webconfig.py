@@ -37,6 +37,8 @@ from typing import Any
 import bcrypt
 import yaml
 
+from .config import bounded_repr
+
 log = logging.getLogger(__name__)
 
 _TOP_KEYS = {"tls_server_config", "http_server_config", "basic_auth_users"}
@@ -95,7 +97,7 @@ class WebConfig:
     _context: ssl.SSLContext | None
     _verified: dict[tuple[str, bytes], bytes] = field(default_factory=dict, repr=False)
     _bcrypt_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _decoy_hash: bytes | None = field(default=None, repr=False)
+    _decoys: dict[int, bytes] = field(default_factory=dict, repr=False)
 
     @property
     def tls_enabled(self) -> bool:
@@ -134,7 +136,7 @@ class WebConfig:
         """Answer whether the request may pass; bcrypt is deliberately slow, so it runs once per credential.
 
         A verified credential is remembered as the SHA-256 of the password, never the password itself.
-        An unknown user still costs one bcrypt check against a decoy so timing does not reveal names.
+        An unknown user still costs one bcrypt check against a decoy so timing does not reveal names (see _decoy).
         """
         if not self.users:
             return True
@@ -151,17 +153,24 @@ class WebConfig:
         with self._bcrypt_lock:
             if len(password) > _BCRYPT_MAX_PASSWORD_BYTES:
                 return False
-            ok = bcrypt.checkpw(password, hashed if hashed is not None else self._decoy())
+            ok = bcrypt.checkpw(password, hashed if hashed is not None else self._decoy(user))
         if ok and hashed is not None:
             self._verified[(user, hashed)] = digest
             return True
         return False
 
-    def _decoy(self) -> bytes:
-        if self._decoy_hash is None:
-            cost = max(int(h[4:6]) for h in self.users.values())
-            self._decoy_hash = bcrypt.hashpw(b"decoy", bcrypt.gensalt(rounds=cost))
-        return self._decoy_hash
+    def _decoy(self, user: str) -> bytes:
+        """A decoy hash for an unknown user, at the cost of one of the configured users, picked by the name.
+
+        With one decoy cost for all unknown names, users whose hashes have other costs answer in a time no
+        unknown name takes, which tells that they exist. Spread over the users' costs like this, a name's
+        answer time matches some real user's, and the same name always gets the same time.
+        """
+        costs = sorted(int(h[4:6]) for h in self.users.values())
+        cost = costs[int.from_bytes(hashlib.sha256(user.encode("utf-8")).digest()[:8], "big") % len(costs)]
+        if cost not in self._decoys:
+            self._decoys[cost] = bcrypt.hashpw(b"decoy", bcrypt.gensalt(rounds=cost))
+        return self._decoys[cost]
 
 
 class WebConfigWatcher:
@@ -289,8 +298,8 @@ def _parse_basic(header: str | None) -> tuple[str, bytes] | None:
 
 def _tls_version(path: Path, tls: dict[str, Any], key: str, default: str) -> ssl.TLSVersion:
     name = tls.get(key, default)
-    if name not in _TLS_VERSIONS:
-        raise WebConfigError(path, f"tls_server_config.{key}", f"unknown TLS version {name!r}; expected one of "
+    if not isinstance(name, str) or name not in _TLS_VERSIONS:
+        raise WebConfigError(path, f"tls_server_config.{key}", f"unknown TLS version {bounded_repr(name)}; expected one of "
                              + ", ".join(_TLS_VERSIONS))
     return _TLS_VERSIONS[name]
 
@@ -329,9 +338,9 @@ def _load_tls(path: Path, tls: dict[str, Any]) -> tuple[ssl.SSLContext | None, l
         raise WebConfigError(path, "tls_server_config.client_auth_type",
                              "RequireAnyClientCert is not supported: Python's ssl module cannot demand a client "
                              "certificate without verifying it; use RequireAndVerifyClientCert with client_ca_file")
-    if auth_name not in _CLIENT_AUTH:
+    if not isinstance(auth_name, str) or auth_name not in _CLIENT_AUTH:
         raise WebConfigError(path, "tls_server_config.client_auth_type",
-                             f"invalid value {auth_name!r}; expected one of NoClientCert, RequestClientCert, "
+                             f"invalid value {bounded_repr(auth_name)}; expected one of NoClientCert, RequestClientCert, "
                              "VerifyClientCertIfGiven, RequireAndVerifyClientCert")
     cert = _file_setting(path, tls, "cert_file")
     key = _file_setting(path, tls, "key_file")

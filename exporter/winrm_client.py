@@ -6,7 +6,8 @@ TCP connection (and NTLM handshake) per call. This module drives `winrm.protocol
   poll costs Create, Command, Receive, Signal, Delete);
 - every request's timeouts are cut to what is left of the poll's deadline;
 - Signal and Delete always run, on a fresh connection if the old one broke, so no shell leaks;
-- responses are read with a byte bound, so a misbehaving server cannot exhaust memory;
+- every response is read with a byte bound and under the poll's deadline (`bounded_http`,
+  `winrm_transport`), so a misbehaving server can neither exhaust memory nor hold a poll past its deadline;
 - failures become `PollFailure(reason, message)` with a reason class from docs/design.md section 4.
 Retries (tenacity) cover only transient faults, never authentication, and stay inside the deadline.
 """
@@ -30,8 +31,10 @@ from winrm.exceptions import (
 )
 from winrm.protocol import Protocol
 
+from .bounded_http import BoundedAdapter, DeadlineExceeded, ResponseTooLarge, UnexpectedResponse
 from .config import ModuleConfig
 from .scripts import Command
+from .winrm_transport import MalformedAnswer, bounded_protocol
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +47,19 @@ MAX_ORPHANS = 16
 # server, not Windows' default of two hours, so it cannot pile up against MaxShellsPerUser.
 SHELL_IDLE_TIMEOUT = "PT120.000S"
 _MIN_REQUEST_SECONDS = 2
+# stderr only ever becomes a 300-character failure message: keep its start, drop the rest as it arrives.
+MAX_STDERR_BYTES = 64 << 10
 
 
 class PollFailure(Exception):
     """A failed poll: `reason` is a stable class for metrics, `message` a short human text without secrets."""
 
     def __init__(self, reason: str, message: str, *, connection_intact: bool = False):
+        message = " ".join(message.split())[:300]  # server text must not start a new log line
         super().__init__(message)
         self.reason = reason
-        self.message = message[:300]
+        self.message = message
         self.connection_intact = connection_intact  # raised between requests: the connection is still usable
-
-
-class _ResponseTooLarge(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,12 @@ def classify(error: BaseException) -> PollFailure:
     """Map what pywinrm/requests raise to a reason class (docs/reference/winrm.md section 2.3 lists what each fault raises)."""
     if isinstance(error, PollFailure):
         return error
-    if isinstance(error, _ResponseTooLarge):
+    if isinstance(error, ResponseTooLarge):
         return PollFailure("output_too_large", str(error))
+    if isinstance(error, DeadlineExceeded):
+        return PollFailure("deadline_exceeded", str(error))
+    if isinstance(error, (MalformedAnswer, UnexpectedResponse)):
+        return PollFailure("wsman_fault", f"malformed WS-Management answer: {error}")
     if isinstance(error, InvalidCredentialsError):
         return PollFailure("auth_failed", "the server rejected the credentials (HTTP 401)")
     if isinstance(error, WSManFaultError):
@@ -103,7 +109,24 @@ def classify(error: BaseException) -> PollFailure:
         return PollFailure("connection_error", f"HTTP request failed: {error.__class__.__name__}")
     if isinstance(error, (AssertionError, WinRMError)) or error.__class__.__name__ == "ParseError":
         return PollFailure("wsman_fault", f"malformed WS-Management answer ({error.__class__.__name__})")
+    origin = _raised_in(error)
+    if origin in ("requests_ntlm", "spnego"):
+        return PollFailure("auth_failed", f"the NTLM handshake failed: the server's answer was not a valid "
+                                          f"challenge ({error.__class__.__name__})")
+    if origin == "winrm":  # pywinrm indexing into an answer without the field, int() of a non-number, ...
+        return PollFailure("wsman_fault", f"malformed WS-Management answer ({error.__class__.__name__})")
     return PollFailure("internal_error", f"unexpected {error.__class__.__name__}")
+
+
+def _raised_in(error: BaseException) -> str:
+    """Which of pywinrm, requests_ntlm or pyspnego raised `error` (the innermost of their frames), or ''."""
+    traceback, origin = error.__traceback__, ""
+    while traceback is not None:
+        package = traceback.tb_frame.f_globals.get("__name__", "").split(".", 1)[0]
+        if package in ("winrm", "requests_ntlm", "spnego"):
+            origin = package
+        traceback = traceback.tb_next
+    return origin
 
 
 def _root_cause(error: BaseException) -> str:
@@ -148,39 +171,24 @@ class ServerConnection:
             service="WSMAN" if m.transport == "kerberos" else "HTTP",
             kerberos_delegation=m.kerberos_delegation,
         )
-        return protocol
+        return bounded_protocol(protocol, BoundedAdapter(self.max_response_bytes))
 
     def _connected(self, deadline: float) -> Protocol:
         if self._protocol is None:
             protocol = self._new_protocol()
             self._set_timeouts(protocol, deadline)
-            session = protocol.transport.build_session()  # NTLM handshake happens here for encrypted HTTP
-            session.hooks["response"].append(self._bound_response)
+            protocol.transport.build_session()  # NTLM handshake happens here for encrypted HTTP
             self._protocol = protocol
         return self._protocol
 
     def close(self) -> None:
         if self._protocol is not None:
+            self._protocol.transport.adapter.release()
             try:
                 self._protocol.transport.close_session()
             except Exception:  # closing a broken connection must not fail a poll
                 pass
             self._protocol = None
-
-    def _bound_response(self, response: requests.Response, *args, **kwargs) -> requests.Response:
-        """Read the body ourselves, at most max_response_bytes, before requests reads it unbounded."""
-        limit = self.max_response_bytes
-        declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > limit:
-            response.close()
-            raise _ResponseTooLarge(f"WinRM response of {declared} bytes exceeds limits.max_response_bytes ({limit})")
-        body = response.raw.read(limit + 1, decode_content=True)
-        if len(body) > limit:
-            response.close()
-            raise _ResponseTooLarge(f"WinRM response exceeds limits.max_response_bytes ({limit})")
-        response._content = body
-        response._content_consumed = True
-        return response
 
     def _set_timeouts(self, protocol: Protocol, deadline: float) -> None:
         remaining = deadline - time.monotonic()
@@ -190,6 +198,7 @@ class ServerConnection:
         protocol.operation_timeout_sec = op
         protocol.read_timeout_sec = op + 1
         protocol.transport.read_timeout_sec = op + 1
+        protocol.transport.adapter.guard(deadline)
 
     # ------------------------------------------------------------ one command
 
@@ -219,10 +228,22 @@ class ServerConnection:
             )
             try:
                 return retrying(attempt)
-            except PollFailure:
-                raise
+            except PollFailure as failure:
+                raise self._without_secrets(failure) from None
             except BaseException as err:
-                raise classify(err) from None
+                raise self._without_secrets(classify(err)) from None
+            finally:
+                if self._protocol is not None:  # kept for the next poll: its sockets must outlive this deadline
+                    self._protocol.transport.adapter.release()
+
+    def _without_secrets(self, failure: PollFailure) -> PollFailure:
+        """A server's fault text may quote our request, Authorization header included: mask the credential."""
+        text = failure.message
+        for secret in self.module.secrets():
+            text = text.replace(secret, "<redacted>")
+        if text == failure.message:
+            return failure
+        return PollFailure(failure.reason, text, connection_intact=failure.connection_intact)
 
     def _run_once(self, command: Command, deadline: float) -> CommandResult:
         self._reused = self._protocol is not None
@@ -258,7 +279,7 @@ class ServerConnection:
             except WinRMOperationTimeoutError:
                 continue  # Windows answers "nothing yet" this way; ask again while the deadline allows
             stdout += out
-            stderr += err
+            stderr += err[: max(0, MAX_STDERR_BYTES - len(stderr))]
             if len(stdout) + len(stderr) > self.max_poll_bytes:
                 raise PollFailure(
                     "output_too_large", f"command output exceeds limits.max_poll_bytes ({self.max_poll_bytes})",

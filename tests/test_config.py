@@ -3,6 +3,7 @@ get the documented defaults. The table is the contract `check-config` users read
 
 from __future__ import annotations
 
+import base64
 import textwrap
 from pathlib import Path
 
@@ -111,9 +112,9 @@ BAD = [
     ("password inline next to password_env", module("password: hunter2") + ONE_SERVER, "modules.default.password",
      "not accepted inline"),
     ("password_env unset", module("password_env: EEMS_TEST_SURELY_UNSET_VARIABLE", password=False) + ONE_SERVER,
-     "modules.default.password_env", "EEMS_TEST_SURELY_UNSET_VARIABLE is not set or empty"),
+     "modules.default.password_env", "the environment variable it names is not set or empty"),
     ("password_env empty", module("password_env: EEMS_TEST_EMPTY_VARIABLE", password=False) + ONE_SERVER,
-     "modules.default.password_env", "EEMS_TEST_EMPTY_VARIABLE is not set or empty"),
+     "modules.default.password_env", "the environment variable it names is not set or empty"),
     ("password_file missing", module("password_file: '{tmp}/no-such-file'", password=False) + ONE_SERVER,
      "modules.default.password_file", "does not exist"),
     ("password_file empty", module("password_file: '{tmp}/empty-password'", password=False) + ONE_SERVER,
@@ -241,7 +242,8 @@ def test_minimal_config_defaults(tmp_path):
     assert config.limits.max_servers == 5000
     assert config.organization is None and config.catalog_file is None
     assert config.shard == (0, 1)
-    assert config.secrets() == [PASSWORD]
+    # the password and the Basic Authorization value a server could quote back in a fault
+    assert config.secrets() == [PASSWORD, base64.b64encode(f"{default.username}:{PASSWORD}".encode()).decode()]
 
 
 def test_http_scheme_defaults_to_port_5985():
@@ -294,7 +296,9 @@ def test_several_modules(tmp_path):
     assert config.organization.module == "default" and config.organization.interval == 5400.0
     assert config.organization.discover_servers is True
     assert config.shard == (1, 2)
-    assert sorted(config.secrets()) == sorted([PASSWORD, "other-secret"])
+    passwords = {name: module.password.reveal() for name, module in config.modules.items() if module.password}
+    basic = [base64.b64encode(f"{config.modules[name].username}:{pw}".encode()).decode() for name, pw in passwords.items()]
+    assert sorted(config.secrets()) == sorted([PASSWORD, "other-secret", *basic])
 
 
 def test_discovery_alone_needs_no_server_list():

@@ -172,7 +172,10 @@ def test_errors_as_single_string_and_missing_fields():
         (b"Add-PSSnapin : The term is not recognized", "bad_output", "no JSON object"),
         (b'["not","an","object"]', "bad_output", "no JSON object"),
         (b'{"schema":2}', "bad_output", "unsupported schema"),
-        (b'{"schema":1,"x":' + b"[" * 100000 + b"]" * 100000 + b"}", "bad_output", "nests too deeply"),
+        # padded so that it passes the count of objects and arrays below and reaches the JSON parser
+        (b'{"schema":1,"pad":"' + b"x" * 2_000_000 + b'","x":' + b"[" * 100000 + b"]" * 100000 + b"}", "bad_output",
+         "nests too deeply"),
+        (b'{"schema":1,"x":[' + b"{}," * 100000 + b"{}]}", "bad_output", "JSON objects or arrays"),
         (b'{"schema":1,"x":' + b"9" * 5000 + b"}", "bad_output", "not valid JSON"),
     ],
 )

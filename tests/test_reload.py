@@ -4,6 +4,7 @@ configuration keeps polling, and `exchange_exporter_config_last_reload_successfu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -76,14 +77,24 @@ def fleet():
 # ---------------------------------------------------------------- POST /-/reload
 
 
+@contextlib.contextmanager
+def served(path: Path):
+    """An exporter loaded from `path`, served on a random loopback port: (exporter, base URL)."""
+    exporter = Exporter(load_config(path), Catalog.load())
+    server = serve(exporter, "127.0.0.1", 0, None)
+    try:
+        yield exporter, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        exporter.stop()
+
+
 def test_reload_over_http(fleet, tmp_path):
     os.environ[PASSWORD_ENV] = PASSWORD
     path = tmp_path / "exporter.yml"
     path.write_text(config_for(fleet, ["EX01"]))
-    exporter = Exporter(load_config(path), Catalog.load())
-    server = serve(exporter, "127.0.0.1", 0, None)
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with served(path) as (exporter, base):
         exporter.poller.run_cycle()
         metrics = scrape(base)
         assert reload_ok(metrics) == 1
@@ -123,28 +134,17 @@ def test_reload_over_http(fleet, tmp_path):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(base + "/probe?target=EX01", timeout=30)
         assert refused.value.code == 400  # no longer configured, so no longer probeable
-    finally:
-        server.shutdown()
-        server.server_close()
-        exporter.stop()
 
 
 def test_reload_when_the_file_disappeared(fleet, tmp_path):
     path = tmp_path / "exporter.yml"
     path.write_text(config_for(fleet, ["EX01"]))
-    exporter = Exporter(load_config(path), Catalog.load())
-    server = serve(exporter, "127.0.0.1", 0, None)
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with served(path) as (exporter, base):
         path.unlink()
         status, body = post_reload(base)
         assert status == 500 and "does not exist" in body
         assert reload_ok(scrape(base)) == 0
         assert exporter.poller.targets.get("EX01") is not None
-    finally:
-        server.shutdown()
-        server.server_close()
-        exporter.stop()
 
 
 # ---------------------------------------------------------------- SIGHUP to a running process
@@ -238,3 +238,64 @@ def test_sighup_as_soon_as_the_port_opens(tmp_path):
         stderr = stop(process)
     assert process.returncode == 0, stderr
     assert "configuration reloaded from" in stderr
+
+
+# ---------------------------------------------------------------- issue 10: stale results, failing reloads
+
+
+def test_a_re_added_server_shows_no_stale_result(fleet, tmp_path):
+    """Removing a server drops its result; adding it back must not resurrect `exchange_up 1` before a poll."""
+    path = tmp_path / "exporter.yml"
+    path.write_text(config_for(fleet, ["EX01", "EX02"]))
+    exporter = Exporter(load_config(path), Catalog.load())
+    exporter.poller.run_cycle()
+    path.write_text(config_for(fleet, ["EX01"]))
+    assert exporter.reload()[0]
+    fleet.hosts["EX02"].faults.refuse_connections = True  # it went away; its old result must not come back
+    try:
+        path.write_text(config_for(fleet, ["EX01", "EX02"]))
+        assert exporter.reload()[0]
+        body, _ = exporter.metrics_body("")
+        assert up(samples(body.decode()), "EX02") is None
+    finally:
+        fleet.hosts["EX02"].faults.refuse_connections = False
+        exporter.stop()
+
+
+BOMB = """modules:
+  x:
+    port:
+      - &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+      - &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+      - &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+      - &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+      - &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+      - &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+      - &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+      - &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+servers: [EX01]
+"""
+
+
+def test_a_yaml_alias_bomb_is_a_short_failed_reload(fleet, tmp_path):
+    path = tmp_path / "exporter.yml"
+    path.write_text(config_for(fleet, ["EX01"]))
+    with served(path) as (_, base):
+        for bomb in (BOMB, BOMB.replace("    port:", "    username:")):
+            path.write_text(bomb)
+            started = time.monotonic()
+            status, body = post_reload(base)
+            assert status == 500 and len(body) < 1000, body[:200]
+            assert time.monotonic() - started < 5
+            assert reload_ok(scrape(base)) == 0
+
+
+def test_any_reload_failure_is_a_failed_reload(fleet, tmp_path):
+    """Not only ConfigError: whatever goes wrong while loading leaves the old configuration and says so."""
+    path = tmp_path / "exporter.yml"
+    path.write_text(config_for(fleet, ["EX01"]))
+    exporter = Exporter(load_config(path), Catalog.load())
+    path.write_bytes(b"poll: " + b"[" * 100_000)  # deeper than the YAML parser's recursion
+    ok, message = exporter.reload()
+    assert not ok and exporter.last_reload_successful is False
+    assert len(message) < 1000 and "running configuration is kept" in message

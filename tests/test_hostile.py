@@ -1,0 +1,303 @@
+"""A compromised Exchange server attacks the exporter (tests/hostile_server.py), next to two healthy ones.
+
+For every attack: the attacked poll ends by its deadline with a specific reason (never `internal_error`),
+`/metrics` answers within 1 s all along, the healthy servers are polled on schedule and succeed, and what
+the attacker could make the exporter read, keep or print stays bounded. Each attack is one finding of
+issue 10; the test failed before that finding's fix.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exporter.catalog import Catalog
+from exporter.config import load_config_text
+from exporter.exporter import Exporter
+from exporter.http_server import serve
+from exporter.redact import Redactor
+
+from .conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, relocate, samples
+from .hostile_server import HostileServer, Output
+
+HEALTHY = {"servers": [{"name": "HEALTHY1", "address": "127.0.0.1", "build": "15.2.2562.53"},
+                       {"name": "HEALTHY2", "address": "127.0.0.1", "build": "15.2.1544.36"}]}
+POLL_TIMEOUT = 5.0
+INTERVAL = 10.0
+CLEANUP_ALLOWANCE = 10.0  # Signal + Delete after a failed poll, on a fresh connection (CLEANUP_TIMEOUT_SECONDS + 1)
+METRICS_LIMIT_SECONDS = 1.0
+CREDENTIALS = {USERNAME: PASSWORD}
+# RSS growth of this process during an attack: the attacker's own buffers (some 40 MiB to build, encrypt and
+# send 7 MiB of output, for the attacked poll and a scheduled one of the same server) plus the exporter's polls.
+# A coarse bound that the attacks broke before their fixes (the bad-events attack: 518 MiB here); the
+# exporter's own figures, with the attacker in another process, come from bench/hostile.py.
+ATTACKER_AND_EXPORTER_RSS = 300 << 20
+
+
+@pytest.fixture(scope="module")
+def healthy():
+    with SimulatedFleet(relocate(HEALTHY)) as fleet:
+        yield fleet
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@dataclass
+class Observation:
+    exporter: Exporter
+    results: dict  # the attacked polls' own results (a scheduled poll of the same server may end later)
+    slowest_metrics_seconds: float
+    poll_seconds: dict[str, float]
+    rss_growth_bytes: int
+    last_body: str
+
+
+def _config_text(healthy: SimulatedFleet, victims: dict[str, HostileServer], *, module: dict | None = None,
+                 limits: dict | None = None, organization: str | None = None) -> str:
+    doc = yaml.safe_load(healthy.config_text(interval=f"{INTERVAL:g}s", timeout=f"{POLL_TIMEOUT:g}s", concurrency=4))
+    for name, server in victims.items():
+        settings = {"username": USERNAME, "password_env": PASSWORD_ENV, "scheme": server.scheme,
+                    "operation_timeout": "3s", "read_timeout": "4s", **(module or {})}
+        if server.ca_file is not None:
+            settings["ca_file"] = str(server.ca_file)
+        doc["modules"][f"m_{name.lower()}"] = settings
+        doc["servers"].append({"name": name, "address": server.address, "port": server.port,
+                               "module": f"m_{name.lower()}"})
+    if limits:
+        doc["limits"] = limits
+    if organization:
+        doc["organization"] = {"name": "Contoso", "server": organization}
+    return yaml.safe_dump(doc)
+
+
+def attack(healthy: SimulatedFleet, victims: dict[str, HostileServer], *, organization: bool = False,
+           **config) -> Observation:
+    """Run the exporter with background polling, poll every victim now, and scrape /metrics every 0.2 s until
+    the victims' polls are over and every healthy server had its scheduled poll (one interval)."""
+    text = _config_text(healthy, victims, organization=next(iter(victims)) if organization else None, **config)
+    exporter = Exporter(load_config_text(text, Path(".")), Catalog.load())
+    server = serve(exporter, "127.0.0.1", 0, None)
+    url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    started_wall = datetime.now(timezone.utc)
+    started = time.monotonic()
+    baseline_rss = _rss_bytes()
+    peak_rss = baseline_rss
+    poll_seconds: dict[str, float] = {}
+    results: dict = {}
+
+    def poll(name: str) -> None:
+        begin = time.monotonic()
+        if name == "organization":
+            results[name] = exporter.poller.poll_organization()
+        else:
+            results[name] = exporter.poller.poll_server(name)
+        poll_seconds[name] = time.monotonic() - begin
+
+    names = [*victims, *(["organization"] if organization else [])]
+    threads = [threading.Thread(target=poll, args=(name,), daemon=True) for name in names]
+    for thread in threads:
+        thread.start()
+    exporter.start()
+    slowest, body = 0.0, ""
+    try:
+        while time.monotonic() - started < INTERVAL + 1.5 or any(t.is_alive() for t in threads):
+            assert time.monotonic() - started < 120, "a hostile poll did not end"
+            begin = time.monotonic()
+            with urllib.request.urlopen(url, timeout=30) as response:
+                body = response.read().decode()
+            slowest = max(slowest, time.monotonic() - begin)
+            peak_rss = max(peak_rss, _rss_bytes())
+            time.sleep(0.2)
+        servers, _ = exporter.poller.snapshot()
+        for result in servers:
+            if result.name.startswith("HEALTHY"):  # polled on schedule during the attack, and fine
+                assert result.outcome is not None and result.outcome.success, result
+                assert result.last_success >= started_wall, f"{result.name} was not polled during the attack"
+    finally:
+        exporter.stop()
+        server.shutdown()
+        server.server_close()
+    assert slowest < METRICS_LIMIT_SECONDS, f"/metrics took {slowest:.2f}s during the attack"
+    return Observation(exporter, results, slowest, poll_seconds, peak_rss - baseline_rss, body)
+
+
+def outcome(observation: Observation, name: str = "VICTIM"):
+    return observation.results[name].outcome
+
+
+# ---------------------------------------------------------------- finding 1: quadratic CLIXML
+
+
+def test_quadratic_clixml_stderr_does_not_freeze_the_exporter(healthy):
+    stderr = b"#< CLIXML\r\n" + b'<S S="Error">' * 16_000  # 208 KB of openers, no closer
+    with HostileServer("none", CREDENTIALS, output=lambda _: Output(stderr=stderr, exit_code=1)) as victim:
+        seen = attack(healthy, {"VICTIM": victim})
+    result = outcome(seen)
+    assert result.error_reason == "script_failed"
+    assert seen.poll_seconds["VICTIM"] < POLL_TIMEOUT
+
+
+# ---------------------------------------------------------------- finding 2: slow senders and the deadline
+
+
+@pytest.mark.parametrize("kind", ["drip", "drip_receive"])
+def test_a_dripping_server_fails_at_the_poll_deadline(healthy, kind):
+    output = Output(stdout=b'{"schema": 1}' + b" " * 200)
+    with HostileServer(kind, CREDENTIALS, output=lambda _: output) as victim:
+        seen = attack(healthy, {"VICTIM": victim})
+    result = outcome(seen)
+    assert result.error_reason == "deadline_exceeded", result
+    assert seen.poll_seconds["VICTIM"] < POLL_TIMEOUT + CLEANUP_ALLOWANCE + 1
+
+
+def test_as_many_dripping_servers_as_poll_slots_do_not_starve_the_healthy_ones(healthy):
+    """Four drippers and four poll slots: the healthy servers are still polled on schedule (asserted by attack)."""
+    output = Output(stdout=b'{"schema": 1}' + b" " * 200)
+    with contextlib.ExitStack() as stack:
+        victims = {f"DRIP{i}": stack.enter_context(HostileServer("drip_receive", CREDENTIALS, output=lambda _: output))
+                   for i in range(1, 5)}
+        seen = attack(healthy, victims)
+    for name in victims:
+        assert outcome(seen, name).error_reason == "deadline_exceeded", name
+
+
+# ---------------------------------------------------------------- finding 3: NTLM handshake bodies
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_an_endless_ntlm_handshake_body_is_cut_at_the_response_bound(healthy, scheme):
+    with HostileServer("huge_handshake", CREDENTIALS, scheme=scheme) as victim:
+        seen = attack(healthy, {"VICTIM": victim}, limits={"max_response_bytes": 1 << 20})
+    assert outcome(seen).error_reason == "output_too_large"
+    # before: the whole 256 MiB body was read, twice over in memory
+    assert seen.rss_growth_bytes < ATTACKER_AND_EXPORTER_RSS, f"RSS grew by {seen.rss_growth_bytes >> 20} MiB"
+
+
+# ---------------------------------------------------------------- finding 4: parse amplification
+
+
+def test_a_compressed_answer_is_refused_unread(healthy):
+    """The response bound counts bytes on the wire; an answer that inflates is refused, not decompressed."""
+    with HostileServer("gzip_bomb", CREDENTIALS, output=lambda _: Output(stdout=b'{"schema": 1}')) as victim:
+        seen = attack(healthy, {"VICTIM": victim}, limits={"max_response_bytes": 1 << 20})
+    assert outcome(seen).error_reason == "wsman_fault"
+    assert seen.rss_growth_bytes < ATTACKER_AND_EXPORTER_RSS, f"RSS grew by {seen.rss_growth_bytes >> 20} MiB"
+
+
+def test_a_nested_xml_answer_is_refused_before_it_is_parsed(healthy):
+    with HostileServer("nested_xml", CREDENTIALS) as victim:
+        seen = attack(healthy, {"VICTIM": victim}, limits={"max_response_bytes": 4 << 20})
+    assert outcome(seen).error_reason == "wsman_fault"
+    assert seen.rss_growth_bytes < ATTACKER_AND_EXPORTER_RSS, f"RSS grew by {seen.rss_growth_bytes >> 20} MiB"
+
+
+def test_millions_of_bad_events_cost_memory_bounded_by_max_poll_bytes(healthy):
+    """Before: one note string per bad item, cut to 50 only at the end (a ~490 MiB peak for 7 MiB)."""
+    stdout = b'{"schema": 1, "events": [' + b"1," * 3_500_000 + b'1]}'  # 7 MiB, 3.5 M non-objects
+    with HostileServer("none", CREDENTIALS, output=lambda _: Output(stdout=stdout)) as victim:
+        seen = attack(healthy, {"VICTIM": victim}, limits={"max_response_bytes": 16 << 20})
+    assert outcome(seen).success and len(seen.results["VICTIM"].state.collection_errors) <= 50
+    assert seen.rss_growth_bytes < ATTACKER_AND_EXPORTER_RSS, f"RSS grew by {seen.rss_growth_bytes >> 20} MiB"
+
+
+def test_millions_of_empty_objects_are_refused_before_they_are_parsed(healthy):
+    stdout = b'{"schema": 1, "events": [' + b"{}," * 2_500_000 + b'{}]}'  # 7 MiB, 70 bytes each once parsed
+    with HostileServer("none", CREDENTIALS, output=lambda _: Output(stdout=stdout)) as victim:
+        seen = attack(healthy, {"VICTIM": victim}, limits={"max_response_bytes": 16 << 20})
+    assert outcome(seen).error_reason == "bad_output"
+    assert seen.rss_growth_bytes < ATTACKER_AND_EXPORTER_RSS, f"RSS grew by {seen.rss_growth_bytes >> 20} MiB"
+
+
+# ---------------------------------------------------------------- finding 7: unbounded series
+
+
+def test_a_flood_of_mitigation_ids_is_capped_and_counted(healthy):
+    ids = [f"M{i}" for i in range(200_000)] + ['bad"label\nvalue']
+
+    def output(script: str) -> Output:
+        if "Get-OrganizationConfig" not in script:
+            return Output(stdout=b'{"schema": 1}')
+        doc = {"schema": 1, "organization": {"mitigations_enabled": True},
+               "servers": [{"name": "HEALTHY1", "mitigations_applied": ids, "mitigations_blocked": ["PING1"]}]}
+        return Output(stdout=json.dumps(doc).encode())
+
+    with HostileServer("none", CREDENTIALS, output=output) as victim:
+        seen = attack(healthy, {"VICTIM": victim}, organization=True, limits={"max_response_bytes": 16 << 20})
+    metrics = samples(seen.last_body)
+    applied = [labels for (name, labels) in metrics if name == "exchange_eems_mitigation_applied"]
+    assert 0 < len(applied) <= 100, len(applied)
+    assert all(dict(labels)["mitigation"].isprintable() and '"' not in dict(labels)["mitigation"] for labels in applied)
+    dropped = {dict(labels).get("collector"): value for (name, labels), value in metrics.items()
+               if name == "exchange_collector_dropped_label_values"}
+    assert dropped.get("organization") == len(ids) - len(applied), dropped
+
+
+# ---------------------------------------------------------------- finding 10: secrets, log injection, garbage
+
+
+def test_a_fault_that_reflects_the_authorization_header_leaks_no_credential(healthy, caplog):
+    basic = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
+    caplog.set_level(logging.DEBUG)
+    with HostileServer("reflect_authorization", CREDENTIALS, scheme="https") as victim:
+        seen = attack(healthy, {"VICTIM": victim}, module={"transport": "basic"})
+    result = outcome(seen)
+    assert result.error_reason == "wsman_fault"
+    for text in (result.error_message, caplog.text, seen.last_body):
+        assert basic not in text and PASSWORD not in text
+    assert "Authorization" in result.error_message  # the rest of the fault text is kept
+
+
+def test_stderr_cannot_inject_log_lines(healthy, caplog):
+    stderr = b"boom\r\n2026-01-01 00:00:00 ERROR exporter.poller: poll of HEALTHY1 failed: auth_failed"
+    caplog.set_level(logging.INFO)
+    with HostileServer("none", CREDENTIALS, output=lambda _: Output(stderr=stderr, exit_code=1)) as victim:
+        seen = attack(healthy, {"VICTIM": victim})
+    assert outcome(seen).error_reason == "script_failed"
+    assert "\n" not in outcome(seen).error_message and "\r" not in outcome(seen).error_message
+    for record in caplog.records:
+        if record.name.startswith("exporter"):
+            assert "\n" not in record.getMessage(), record.getMessage()
+
+
+@pytest.mark.parametrize("kind, reasons", [
+    ("non_utf8_500", {"http_error", "wsman_fault"}),
+    ("stream_without_name", {"wsman_fault"}),
+    ("exit_code_word", {"wsman_fault"}),
+    ("challenge_missing", {"auth_failed"}),
+])
+def test_protocol_garbage_gets_a_protocol_reason(healthy, kind, reasons):
+    output = Output(stdout=b'{"schema": 1}')
+    with HostileServer(kind, CREDENTIALS, output=lambda _: output) as victim:
+        seen = attack(healthy, {"VICTIM": victim})
+    assert outcome(seen).error_reason in reasons, outcome(seen)
+
+
+def test_redactor_knows_the_basic_authorization_form():
+    """Defence in depth for the log and `poll` output: the header value itself is a secret."""
+    text = _config_text_for_basic()
+    config = load_config_text(text, Path("."))
+    basic = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
+    assert Redactor(config.secrets()).scrub(f"Authorization: Basic {basic}") == "Authorization: Basic <redacted>"
+
+
+def _config_text_for_basic() -> str:
+    return yaml.safe_dump({"modules": {"default": {"transport": "basic", "username": USERNAME,
+                                                   "password_env": PASSWORD_ENV}},
+                           "servers": ["ex01.contoso.com"]})
