@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from exporter.simulator import auth, wsman
-from exporter.simulator.server import HttpError, _requests, render, _Response
-from exporter.simulator.tls import TestAuthority
+from simulator import auth, wsman
+from simulator.server import HttpError, _requests, render, _Response
+from simulator.tls import TestAuthority
 
 ATTACKS = (
     "none",  # behave: answer every command with `output`
