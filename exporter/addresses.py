@@ -1,4 +1,4 @@
-"""Which host names, IP addresses and proxy URLs the exporter accepts: one rule for each,
+"""Which server names, host names, IP addresses and proxy URLs the exporter accepts: one rule for each,
 wherever the value comes from (the configuration, or Active Directory through the organization collector).
 
 A proxy URL reaches the collection script (`Invoke-WebRequest -Proxy`) from the configuration
@@ -12,6 +12,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+# A server name becomes the `server` label and, for a discovered server, a poll target.
+SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 _HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?")
 _PROXY_URL = re.compile(r"https?://(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+))(?::(?P<port>[0-9]{1,5}))?/?")
 

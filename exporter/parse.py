@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from html import unescape
 from urllib.parse import urlsplit, urlunsplit
 
-from exporter.config import SERVER_NAME
+from exporter.addresses import SERVER_NAME
 from exporter.model import (
     OrgServerInfo,
     RawCulture,
