@@ -27,9 +27,8 @@ from exporter.model import (
     RawOrganizationFacts,
     RawServerFacts,
 )
+from exporter.windows_service import START_MODES, STATES
 
-SERVICE_STATUS = ("Stopped", "StartPending", "StopPending", "Running", "ContinuePending", "PausePending", "Paused")
-START_TYPE = ("Boot", "System", "Automatic", "Manual", "Disabled")
 MAX_ERRORS = 50  # collection-error strings kept; a misbehaving script must not flood the metrics page
 MAX_ERROR_CHARS = 500
 # Text from a server that becomes a label value: how many per list and what shape (a series each; a
@@ -362,8 +361,8 @@ def _service(value, notes: _Notes) -> tuple[bool, str | None, str | None]:
     if not isinstance(value, dict):
         notes.wrong("service", "an object or null")
         return False, None, None
-    status = _enum_name(value.get("status"), SERVICE_STATUS, base=1)
-    start = _enum_name(value.get("start_type"), START_TYPE, base=0)
+    status = _enum_name(value.get("status"), tuple(STATES), base=1)
+    start = _enum_name(value.get("start_type"), tuple(START_MODES), base=0)
     if value.get("status") is not None and status is None:
         notes.wrong("service.status", "a ServiceControllerStatus")
     if value.get("start_type") is not None and start is None:
@@ -379,7 +378,7 @@ def _service_key_start(value, notes: _Notes) -> int | None:
         notes.wrong("service_key", "an object or null")
         return None
     start = notes.integer(value, "start", "service_key.start")
-    return start if start is not None and 0 <= start < len(START_TYPE) else None
+    return start if start is not None and 0 <= start < len(START_MODES) else None
 
 
 def _culture(value, notes: _Notes) -> RawCulture | None:
