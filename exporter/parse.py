@@ -402,7 +402,6 @@ def _logs(value, notes: _Notes, max_log_bytes: int) -> tuple[RawLog, ...]:
         tail = _tail(notes.text(item, "tail", "logs.tail") or "", budget)
         budget -= len(tail.encode("utf-8"))
         logs.append(RawLog(
-            name=notes.text(item, "name", "logs.name") or "",
             length=length if length is None or length >= 0 else None,
             last_write=notes.date(item, "last_write", "logs.last_write"),
             encoding=notes.text(item, "encoding", "logs.encoding"),
@@ -422,7 +421,6 @@ def _endpoints(value, notes: _Notes) -> tuple[RawEndpoint, ...]:
             notes.wrong("endpoints.ms", "a non-negative number")
             ms = None
         status = notes.integer(item, "status", "endpoints.status")
-        error = notes.text(item, "error", "endpoints.error")
         web_status = notes.text(item, "web_status", "endpoints.web_status")
         endpoints.append(RawEndpoint(
             name=(notes.text(item, "name", "endpoints.name") or "")[:64],
@@ -430,7 +428,6 @@ def _endpoints(value, notes: _Notes) -> tuple[RawEndpoint, ...]:
             duration_seconds=ms / 1000 if ms is not None else None,
             web_status=web_status[:64] if web_status else None,
             revocation_failed=bool(notes.flag(item, "revocation_failed", "endpoints.revocation_failed")),
-            error=_clip(error) if error is not None else None,
         ))
     return tuple(endpoints)
 
@@ -460,7 +457,6 @@ def parse_server_output(stdout: bytes, *, max_events: int = 200, max_log_bytes: 
     version = notes.text(doc, "exsetup_version", "exsetup_version")
     folder = notes.flag(doc, "log_folder", "log_folder")
     facts = dict(
-        computer=notes.text(doc, "computer", "computer"),
         now=notes.date(doc, "now", "now"),
         culture=_culture(doc.get("culture"), notes),
         exsetup_version=version.strip() if version else None,
@@ -513,7 +509,6 @@ def _org_server(item: dict, notes: _Notes) -> OrgServerInfo | None:
     return OrgServerInfo(
         name=name,
         fqdn=notes.text(item, "fqdn", "servers.fqdn"),
-        roles=notes.text(item, "roles", "servers.roles"),
         admin_display_version=notes.text(item, "admin_display_version", "servers.admin_display_version"),
         mitigations_enabled=notes.flag(item, "mitigations_enabled", "servers.mitigations_enabled"),
         mitigations_applied=notes.label_values(item.get("mitigations_applied"), "servers.mitigations_applied"),
