@@ -9,9 +9,14 @@ NTLM authentication are reused: Create, Command, Receive, Signal, Delete). With 
 ideal cycle is ceil(N/C) * (R + k*L). The first cycle opens the connections and authenticates (k = 8);
 the second is the steady state that is measured.
 
+Two presets: `fleet` (N=2000, C=100: the capacity of one instance, bound by the script runtime) and
+`cpu-bound` (N=200, C=100: half the fleet in flight at once, so the CPU each poll costs under one GIL
+stretches the cycle on a small machine). Explicit --servers/--concurrency/... override a preset.
+
 Prints one JSON object; exits 1 if a target is missed (unless --no-targets).
-    python bench/bench.py                       # N=2000, ~3 minutes
-    python bench/bench.py --servers 200 --runtime 1 --concurrency 50   # about a minute
+    python bench/bench.py                        # preset fleet, ~3 minutes
+    python bench/bench.py --preset cpu-bound     # about 30 seconds
+    python bench/bench.py --preset cpu-bound --profile /tmp/cycle.txt   # plus CPU per stage (needs py-spy)
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import json
 import math
 import os
 import resource
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -29,18 +36,26 @@ import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# `exporter` is the package installed in the running interpreter's environment (`make install` installs this
+# checkout in .venv), so bench/compare.py can run this harness against another checkout's code.
+from exporter.catalog import Catalog
+from exporter.config import load_config
+from exporter.exporter import Exporter
+from stages import breakdown
 
-from exporter.catalog import Catalog  # noqa: E402
-from exporter.config import load_config  # noqa: E402
-from exporter.exporter import Exporter  # noqa: E402
+PRESETS = {
+    "fleet": {"servers": 2000, "concurrency": 100, "latency": 0.01, "runtime": 3.0},
+    "cpu-bound": {"servers": 200, "concurrency": 100, "latency": 0.01, "runtime": 3.0},
+}
+CYCLE_RATIO_TARGETS = {"fleet": 1.2, "cpu-bound": 1.1}
+PROFILE_RATE = 1000  # py-spy samples per second
 
 TARGETS = {
-    "cycle_ratio": 1.2,  # measured / ideal
     "cpu_fraction_of_one_core_at_5m": 0.25,
     "metrics_render_seconds": 0.1,
     "peak_rss_bytes": 300 * 1024 * 1024,
@@ -122,29 +137,69 @@ def render_metrics(exporter: Exporter) -> tuple[float, bytes]:
     return time.perf_counter() - started, body
 
 
-def measure_cycle(exporter: Exporter, state_url: str) -> tuple[float, float, int]:
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of another process (Linux /proc), to keep the simulator's CPU apart."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def sampled(profile: Path | None):
+    """Sample this process with py-spy (only the thread holding the GIL) while the block runs."""
+    if profile is None:
+        yield
+        return
+    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if py_spy is None:
+        raise SystemExit("--profile needs py-spy (pip install py-spy)")
+    recorder = subprocess.Popen(
+        [py_spy, "record", "--pid", str(os.getpid()), "--gil", "--nonblocking", "--rate", str(PROFILE_RATE),
+         "--format", "raw", "--output", str(profile)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    time.sleep(1)  # py-spy attaches
+    try:
+        yield
+    finally:
+        recorder.send_signal(signal.SIGINT)
+        output, _ = recorder.communicate(timeout=60)
+        if recorder.returncode != 0 or not profile.exists():
+            raise SystemExit(f"py-spy failed: {output.strip()[-500:]}")
+
+
+def measure_cycle(exporter: Exporter, state_url: str, simulator_pid: int,
+                  profile: Path | None = None) -> tuple[float, float, float, int]:
     requests_before = total_requests(state_url)
-    cpu_before = time.process_time()
-    started = time.monotonic()
-    results = poll_all(exporter, exporter.poller.targets.mine())
-    seconds = time.monotonic() - started
-    cpu = time.process_time() - cpu_before
+    with sampled(profile):
+        simulator_cpu_before = process_cpu_seconds(simulator_pid)
+        cpu_before = time.process_time()
+        started = time.monotonic()
+        results = poll_all(exporter, exporter.poller.targets.mine())
+        seconds = time.monotonic() - started
+        cpu = time.process_time() - cpu_before
+        simulator_cpu = process_cpu_seconds(simulator_pid) - simulator_cpu_before
     failures = sum(1 for r in results if not r.outcome.success)
     if failures:
         reasons = sorted({r.outcome.error_reason for r in results if not r.outcome.success})
         print(f"warning: {failures} polls failed: {reasons}", file=sys.stderr)
-    return seconds, cpu, total_requests(state_url) - requests_before
+    return seconds, cpu, simulator_cpu, total_requests(state_url) - requests_before
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--servers", type=int, default=2000)
-    parser.add_argument("--latency", type=float, default=0.01, help="per-request latency L, seconds")
-    parser.add_argument("--runtime", type=float, default=3.0, help="script runtime R, seconds")
-    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="fleet")
+    parser.add_argument("--servers", type=int)
+    parser.add_argument("--latency", type=float, help="per-request latency L, seconds")
+    parser.add_argument("--runtime", type=float, help="script runtime R, seconds")
+    parser.add_argument("--concurrency", type=int)
     parser.add_argument("--address-base", default="127.1.0.1")
+    parser.add_argument("--profile", type=Path, help="write py-spy samples of the measured cycle here and "
+                        "report the share of samples per poll stage (bench/stages.py)")
     parser.add_argument("--no-targets", action="store_true", help="report only; do not fail on a missed target")
     args = parser.parse_args()
+    for name, value in PRESETS[args.preset].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
     n, c = args.servers, args.concurrency
     workdir = Path(tempfile.mkdtemp(prefix="eems-bench-"))
@@ -153,8 +208,10 @@ def main() -> int:
         write_exporter_config(config_file, args)
         config = load_config(config_file)
         exporter = Exporter(config, Catalog.load())
-        warm_seconds, _, warm_requests = measure_cycle(exporter, state_url)  # connects and authenticates
-        cycle_seconds, cpu_seconds, requests = measure_cycle(exporter, state_url)
+        # The first cycle connects and authenticates; the second, the steady state, is the one measured.
+        warm_seconds, warm_cpu, _, warm_requests = measure_cycle(exporter, state_url, simulator.pid)
+        cycle_seconds, cpu_seconds, simulator_cpu, requests = measure_cycle(
+            exporter, state_url, simulator.pid, args.profile)
         cold_render, body = render_metrics(exporter)
         renders = []
         slice_size = max(1, n // 20)  # a 15 s scrape interval sees 1/20 of a 5-minute cycle's polls
@@ -174,6 +231,7 @@ def main() -> int:
     ideal = math.ceil(n / c) * (args.runtime + per_poll * args.latency)
     cpu_per_poll = cpu_seconds / n
     result = {
+        "preset": args.preset,
         "servers": n,
         "concurrency": c,
         "latency_seconds": args.latency,
@@ -185,6 +243,8 @@ def main() -> int:
         "first_cycle_seconds": round(warm_seconds, 3),
         "first_cycle_http_requests_per_poll": round(warm_requests / n, 3),
         "cpu_seconds_per_poll": round(cpu_per_poll, 6),
+        "first_cycle_cpu_seconds_per_poll": round(warm_cpu / n, 6),
+        "simulator_cpu_seconds_per_poll": round(simulator_cpu / n, 6),
         "cpu_fraction_of_one_core_at_5m": round(cpu_per_poll * n / 300, 4),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "metrics_render_seconds": round(statistics.median(renders), 4),
@@ -193,8 +253,17 @@ def main() -> int:
         "leaked_shells": leaked,
         "cpus": os.cpu_count(),
         "simulator": "separate process on the same machine",
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
-    result["targets"] = {name: {"limit": limit, "pass": result[name] <= limit} for name, limit in TARGETS.items()}
+    if args.profile:
+        stages = breakdown(args.profile.read_text(encoding="utf-8"), rate=PROFILE_RATE, polls=n)
+        sampled_ms = sum(stages.values())
+        result["profile"] = {
+            "sampled_ms_per_poll": round(sampled_ms, 3),
+            "share_of_samples": {stage: round(ms / sampled_ms, 3) for stage, ms in stages.items()},
+        }
+    targets = {"cycle_ratio": CYCLE_RATIO_TARGETS[args.preset], **TARGETS}
+    result["targets"] = {name: {"limit": limit, "pass": result[name] <= limit} for name, limit in targets.items()}
     result["targets"]["http_requests_per_poll"] = {"limit": 5, "pass": per_poll <= 5}
     result["targets"]["leaked_shells"] = {"limit": 0, "pass": leaked == 0}
     print(json.dumps(result, indent=2))

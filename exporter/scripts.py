@@ -15,6 +15,7 @@ production server.
 from __future__ import annotations
 
 import base64
+import functools
 from dataclasses import dataclass
 from importlib import resources
 
@@ -64,7 +65,10 @@ class Command:
         return " ".join((f'"{self.executable}"', *self.arguments))
 
 
+@functools.cache
 def _body(name: str) -> str:
+    """The packaged script text, read once: it cannot change while the exporter runs, and reading it for
+    every poll took seven system calls, each handing the GIL to another of the polls in flight."""
     return resources.files("exporter").joinpath("scripts").joinpath(name).read_text(encoding="utf-8")
 
 

@@ -35,6 +35,7 @@ from .bounded_http import BoundedAdapter, DeadlineExceeded, ResponseTooLarge, Un
 from .config import ModuleConfig
 from .scripts import Command
 from .winrm_transport import MalformedAnswer, bounded_protocol
+from .wsman import WinRSProtocol
 
 log = logging.getLogger(__name__)
 
@@ -110,21 +111,26 @@ def classify(error: BaseException) -> PollFailure:
     if isinstance(error, (AssertionError, WinRMError)) or error.__class__.__name__ == "ParseError":
         return PollFailure("wsman_fault", f"malformed WS-Management answer ({error.__class__.__name__})")
     origin = _raised_in(error)
-    if origin in ("requests_ntlm", "spnego"):
+    if origin == "ntlm":
         return PollFailure("auth_failed", f"the NTLM handshake failed: the server's answer was not a valid "
                                           f"challenge ({error.__class__.__name__})")
-    if origin == "winrm":  # pywinrm indexing into an answer without the field, int() of a non-number, ...
+    if origin == "wsman":  # indexing into an answer without the field, int() of a non-number, ...
         return PollFailure("wsman_fault", f"malformed WS-Management answer ({error.__class__.__name__})")
     return PollFailure("internal_error", f"unexpected {error.__class__.__name__}")
 
 
+# Code that reads a server's answers, by what a ValueError/KeyError/... raised there means.
+_ANSWER_READERS = {"winrm": "wsman", "exporter.wsman": "wsman", "requests_ntlm": "ntlm", "spnego": "ntlm"}
+
+
 def _raised_in(error: BaseException) -> str:
-    """Which of pywinrm, requests_ntlm or pyspnego raised `error` (the innermost of their frames), or ''."""
+    """`wsman` or `ntlm` when the innermost frame of an answer reader raised `error`, else ''."""
     traceback, origin = error.__traceback__, ""
     while traceback is not None:
-        package = traceback.tb_frame.f_globals.get("__name__", "").split(".", 1)[0]
-        if package in ("winrm", "requests_ntlm", "spnego"):
-            origin = package
+        module = traceback.tb_frame.f_globals.get("__name__", "")
+        for prefix, kind in _ANSWER_READERS.items():
+            if module == prefix or module.startswith(prefix + "."):
+                origin = kind
         traceback = traceback.tb_next
     return origin
 
@@ -155,7 +161,7 @@ class ServerConnection:
     def _new_protocol(self) -> Protocol:
         m = self.module
         transport = {"basic": "basic" if m.scheme == "http" else "ssl"}.get(m.transport, m.transport)
-        protocol = Protocol(
+        protocol = WinRSProtocol(
             self.endpoint,
             transport=transport,
             username=m.username,
