@@ -1,5 +1,5 @@
 # exchange-eems-exporter: a small, non-root image. Build: docker build -t exchange-eems-exporter:0.1.0 .
-# tests/test_dockerfile.py lints this file with hadolint and checks it against pyproject.toml,
+# tests/artifacts/test_dockerfile.py lints this file with hadolint and checks it against pyproject.toml,
 # exporter/config.py and deploy/statefulset.yaml.
 FROM python:3.11.11-slim-bookworm
 

@@ -5,7 +5,7 @@ then parses the answer with ElementTree and walks the whole tree again for each 
 times for a Receive). Per poll that cost more CPU than anything but HTTP itself (docs/scaling.md
 section 3). `WinRSProtocol` keeps everything else of pywinrm's Protocol: its transport and NTLM message
 encryption, `send_message` with its fault handling, the method names and arguments. It writes the same
-bytes pywinrm writes (tests/test_wsman.py compares them) and reads the same fields from one pass over the
+bytes pywinrm writes (tests/unit/test_wsman.py compares them) and reads the same fields from one pass over the
 parsed answer; an answer without a field pywinrm would index raises `WinRMError` (a WS-Management fault
 to the caller) instead of pywinrm's StopIteration or KeyError.
 """

@@ -90,9 +90,13 @@ class SimulatedFleet:
         return load_config_text(self.config_text(**poll), Path("."))
 
 
-@pytest.fixture(autouse=True)
-def _password_env(monkeypatch):
-    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+@pytest.fixture(scope="session", autouse=True)
+def password_env():
+    """The shared test password in the environment for the whole session, so module-scoped fleets and
+    exporters find it when they load their configuration (a function-scoped fixture runs too late for them)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(PASSWORD_ENV, PASSWORD)
+        yield
 
 
 @pytest.fixture(scope="session")

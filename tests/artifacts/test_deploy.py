@@ -1,0 +1,241 @@
+"""The Kubernetes manifests in deploy/: schema-valid, consistent with each other and with the exporter.
+
+Core kinds are checked against the Kubernetes OpenAPI schemas shipped with kubernetes-validate, strict
+(unknown fields fail). The Prometheus Operator CRDs are not in those schemas; they are checked against
+the minimal JSON schemas below, which cover only the fields these manifests use (so a typo in one of
+them fails), not the full CRDs.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from exporter.config import load_config_text
+from exporter.sharding import parse_shard, shard_of
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+RULES = REPO / "alerts" / "exchange-eems.rules.yml"
+# 1.28 is the oldest release that sets the apps.kubernetes.io/pod-index label the StatefulSet relies on.
+KUBERNETES_VERSIONS = ("1.28", kubernetes_validate.utils.latest_version())
+PORT = 10061
+
+_LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
+_METADATA = {
+    "type": "object", "required": ["name"], "additionalProperties": False,
+    "properties": {"name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+                   "namespace": {"type": "string"}, "labels": _LABELS, "annotations": _LABELS},
+}
+_DURATION = {"type": "string", "pattern": r"^(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?$"}
+SERVICE_MONITOR_SCHEMA = {
+    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "ServiceMonitor"},
+        "metadata": _METADATA,
+        "spec": {
+            "type": "object", "required": ["selector", "endpoints"], "additionalProperties": False,
+            "properties": {
+                "selector": {"type": "object", "additionalProperties": False,
+                             "properties": {"matchLabels": _LABELS}},
+                "endpoints": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "additionalProperties": False, "required": ["port"],
+                    "properties": {"port": {"type": "string"}, "path": {"type": "string", "pattern": "^/"},
+                                   "interval": _DURATION, "scrapeTimeout": _DURATION}}},
+            },
+        },
+    },
+}
+PROMETHEUS_RULE_SCHEMA = {
+    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PrometheusRule"},
+        "metadata": _METADATA,
+        "spec": {"type": "object", "required": ["groups"], "additionalProperties": False, "properties": {
+            "groups": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["name", "rules"], "additionalProperties": False,
+                "properties": {"name": {"type": "string"}, "interval": _DURATION, "rules": {"type": "array", "items": {
+                    "type": "object", "required": ["expr"], "additionalProperties": False,
+                    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                    "properties": {"alert": {"type": "string"}, "record": {"type": "string"},
+                                   "expr": {"type": "string"}, "for": _DURATION,
+                                   "labels": _LABELS, "annotations": _LABELS}}}}}}}},
+    },
+}
+CRD_SCHEMAS = {"ServiceMonitor": SERVICE_MONITOR_SCHEMA, "PrometheusRule": PROMETHEUS_RULE_SCHEMA}
+
+
+def _load_documents() -> list[tuple[str, dict]]:
+    docs = []
+    for path in sorted(DEPLOY.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is not None:
+                docs.append((path.name, doc))
+    return docs
+
+
+DOCS = _load_documents()
+
+
+def _one(kind: str, name: str | None = None) -> dict:
+    found = [d for _, d in DOCS if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def _container() -> dict:
+    return _one("StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_expected_kinds_present():
+    kinds = sorted(d["kind"] for _, d in DOCS)
+    assert kinds == sorted(["ConfigMap", "Secret", "Service", "Service", "StatefulSet",
+                            "ServiceMonitor", "PrometheusRule"])
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("index", range(len(DOCS)), ids=[f"{f}:{d['kind']}/{d['metadata']['name']}" for f, d in DOCS])
+def test_manifest_schema(index, version):
+    _, doc = DOCS[index]
+    if doc["kind"] in CRD_SCHEMAS:
+        jsonschema.validate(doc, CRD_SCHEMAS[doc["kind"]])
+    else:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_crd_schemas_can_fail():
+    monitor = yaml.safe_load(yaml.safe_dump(_one("ServiceMonitor")))
+    monitor["spec"]["endpoints"][0]["scrapeTimout"] = "10s"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(monitor, SERVICE_MONITOR_SCHEMA)
+
+
+def test_kustomization_lists_every_manifest():
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    listed = sorted(kustomization["resources"])
+    assert listed == sorted(p.name for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert kustomization["images"][0]["name"] == _container()["image"].split(":")[0]
+
+
+def test_prometheusrule_matches_the_rule_file():
+    assert RULES.is_file(), "alerts/exchange-eems.rules.yml is missing: the PrometheusRule is generated from it"
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "build_prometheusrule.py"), "--check"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rule = _one("PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+
+
+def test_prometheusrule_passes_promtool(tmp_path):
+    promtool = shutil.which("promtool") or "/usr/bin/promtool"
+    assert Path(promtool).is_file(), "promtool is required (Debian package 'prometheus'); not found"
+    rules = tmp_path / "rules.yml"
+    rules.write_text(yaml.safe_dump({"groups": _one("PrometheusRule")["spec"]["groups"]}, sort_keys=False))
+    result = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_statefulset_runs_one_shard_per_replica():
+    statefulset = _one("StatefulSet")
+    replicas = statefulset["spec"]["replicas"]
+    container = _container()
+    args = container["args"]
+    assert args[:3] == ["run", "--config", "/etc/exchange-eems-exporter/config.yml"]
+    assert args[args.index("--web.listen-address") + 1] == f":{PORT}"
+    shard_arg = args[args.index("--shard") + 1]
+    env = {e["name"]: e for e in container["env"]}
+    variable = re.fullmatch(r"\$\((\w+)\)/(\d+)", shard_arg)
+    assert variable, shard_arg
+    assert env[variable.group(1)]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    assert int(variable.group(2)) == replicas, "--shard N must equal the StatefulSet's replicas"
+    # What the kubelet hands the exporter in each pod: every shard valid, and together they cover the fleet.
+    config = _exporter_config_text()
+    servers = yaml.safe_load(config)["servers"]
+    covered = []
+    for ordinal in range(replicas):
+        k, n = parse_shard(shard_arg.replace(f"$({variable.group(1)})", str(ordinal)))
+        assert (k, n) == (ordinal, replicas)
+        covered += [s for s in servers if shard_of(s, n) == k]
+    assert sorted(covered) == sorted(servers)
+
+
+def test_pod_is_locked_down():
+    pod = _one("StatefulSet")["spec"]["template"]["spec"]
+    container = _container()
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    assert pod["automountServiceAccountToken"] is False
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    for kind in ("requests", "limits"):
+        assert set(container["resources"][kind]) == {"cpu", "memory"}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": PORT}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "http"
+
+
+def test_services_and_monitor_select_the_pods():
+    statefulset = _one("StatefulSet")
+    pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    services = [d for _, d in DOCS if d["kind"] == "Service"]
+    headless = [s for s in services if s["spec"].get("clusterIP") == "None"]
+    assert len(headless) == 1 and statefulset["spec"]["serviceName"] == headless[0]["metadata"]["name"]
+    for service in services:
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        assert service["spec"]["ports"][0]["targetPort"] == "http" and service["spec"]["ports"][0]["port"] == PORT
+    monitor = _one("ServiceMonitor")
+    selected = [s for s in services if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
+    assert selected == headless, "the ServiceMonitor must scrape each shard once, through the headless Service"
+    assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in headless[0]["spec"]["ports"]}
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+
+
+def _mounts() -> dict[str, dict]:
+    pod = _one("StatefulSet")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    return {m["mountPath"]: volumes[m["name"]] for m in _container()["volumeMounts"]}
+
+
+def _exporter_config_text() -> str:
+    return _one("ConfigMap")["data"]["config.yml"]
+
+
+def test_config_and_secret_are_wired_and_the_config_loads(tmp_path):
+    mounts = _mounts()
+    config_volume = mounts["/etc/exchange-eems-exporter"]
+    assert config_volume["configMap"]["name"] == _one("ConfigMap")["metadata"]["name"]
+    config_text = _exporter_config_text()
+    password_files = [m["password_file"] for m in yaml.safe_load(config_text)["modules"].values()]
+    secret = _one("Secret")
+    for password_file in password_files:
+        directory, key = password_file.rsplit("/", 1)
+        assert mounts[directory]["secret"]["secretName"] == secret["metadata"]["name"]
+        assert key in secret["stringData"]
+    assert not any(value in config_text for value in secret["stringData"].values())
+    assert "password_env" not in config_text, "passwords come from the mounted Secret file only"
+    # The real config loader must accept the shipped config; the Secret's mount is played by a temp file.
+    secret_file = tmp_path / "winrm-password"
+    secret_file.write_text(next(iter(secret["stringData"].values())))
+    rewritten = config_text
+    for password_file in password_files:
+        rewritten = rewritten.replace(password_file, str(secret_file))
+    config = load_config_text(rewritten, tmp_path)
+    assert config.servers and all(m.password is not None for m in config.modules.values())
+    for mount, volume in mounts.items():
+        if "emptyDir" in volume:
+            assert mount == "/tmp"

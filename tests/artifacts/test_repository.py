@@ -1,0 +1,47 @@
+"""The repository stands alone: a user's clone has nothing beside it, so no file may lean on a path outside it.
+
+The developers' machines have a research folder next to the clone; its facts are copied into `docs/reference/`
+with their public sources (`docs/sources.md`). This test keeps it that way: a file that names the folder beside
+the clone, or an absolute path of a developer's workspace, works on our machines and breaks in every user's.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+# Spelled in pieces so that this file does not match itself.
+OUTSIDE = re.compile("|".join([r"\.\./" + "shared", r"(?<![\w.])/" + "work/"]))
+
+
+def _tracked_files() -> list[Path]:
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True).stdout
+    return [REPO / name for name in listed.decode().split("\0") if name]
+
+
+def test_no_file_names_a_path_outside_the_repository():
+    offenders = []
+    for path in _tracked_files():
+        if not path.is_file():
+            continue
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        for number, line in enumerate(text.splitlines(), 1):
+            if OUTSIDE.search(line):
+                offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:120]}")
+    assert not offenders, "paths outside the repository:\n" + "\n".join(offenders)
+
+
+def test_the_pattern_finds_what_it_must():
+    assert OUTSIDE.search("see ../" + "shared/reference/eems-facts.md")
+    assert OUTSIDE.search("Sources: /" + "work/shared/reference")
+    assert not OUTSIDE.search("docs/reference/eems-facts.md and https://example.com/work/x")
+
+
+def test_every_source_file_that_docs_sources_names_exists():
+    index = (REPO / "docs" / "sources.md").read_text(encoding="utf-8")
+    named = re.findall(r"\]\((reference/[^)]+)\)", index)
+    assert len(named) >= 5
+    for relative in named:
+        assert (REPO / "docs" / relative).is_file(), relative

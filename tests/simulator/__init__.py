@@ -1,0 +1,1 @@
+"""The simulator's own tests: its WinRM protocol side and its Windows + EEMS side."""

@@ -1,0 +1,637 @@
+"""The simulator's Windows + EEMS side, called directly (no network): scenarios -> command lines -> PowerShell output."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simulator import eems
+from simulator.host import CommandOutput
+from simulator.scenario import ScenarioError, load_scenario, scenario_from_dict
+
+ROOT = Path(__file__).resolve().parents[2]
+SIMULATOR = ROOT / "simulator"
+NOW = datetime(2026, 11, 26, 12, 30, tzinfo=timezone.utc)
+SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
+ORG_MARKER = "# exchange-eems-exporter:collect-organization:v1"
+BODY = "$ProgressPreference='SilentlyContinue'\r\n$r=[ordered]@{schema=1}\r\nConvertTo-Json -InputObject $r -Compress\r\n"
+
+
+def server_script(lookback=24, max_events=50, tail=32768, endpoint=0, proxy="") -> str:
+    line = f"$P=@{{LookbackHours={lookback};MaxEvents={max_events};LogTailBytes={tail};CheckEndpoint={endpoint};EndpointTimeoutSec=10;Proxy='{proxy}'}}"
+    return f"{SERVER_MARKER}\r\n{line}\r\n{BODY}"
+
+
+def encode(script: str, flag: str = "-EncodedCommand") -> str:
+    """The way the exporter (and pywinrm's run_ps) builds the command line."""
+    return f"powershell -NoProfile -NonInteractive {flag} {base64.b64encode(script.encode('utf-16-le')).decode()}"
+
+
+def fleet(*servers: dict, clock: datetime | str = NOW, **top) -> object:
+    entries = [{"address": f"127.0.0.{10 + i}", **s} for i, s in enumerate(servers)]
+    data = {"clock": clock, "credentials": [{"username": "EXCH\\svc_monitor", "password": "s3cret-demo"}], "servers": entries, **top}
+    return scenario_from_dict(data)
+
+
+def run(scenario, command: str, index: int = 0) -> CommandOutput:
+    return scenario.hosts[index].run(command)
+
+
+def stdout(out: CommandOutput) -> str:
+    return b"".join(out.stdout_chunks).decode("ascii")
+
+
+def facts(scenario, index: int = 0, **params) -> dict:
+    out = run(scenario, encode(server_script(**params)), index)
+    assert out.exit_code == 0, out.stderr
+    return json.loads(stdout(out))
+
+
+def as_list(value) -> list:
+    return [] if value is None else value if isinstance(value, list) else [value]
+
+
+def log_text(doc) -> str:
+    """Every log tail the script read, oldest file first."""
+    return "".join(log["tail"] for log in reversed(doc["logs"]))
+
+
+def ms(value: str) -> int:
+    match = re.fullmatch(r"/Date\((-?\d+)\)/", value)
+    assert match, value
+    return int(match.group(1))
+
+
+# ---------------------------------------------------------------- command lines
+
+
+@pytest.mark.parametrize("flag", ["-EncodedCommand", "-encodedcommand", "-ENC", "-enc", "-e", "-ec", "-EncodedC"])
+def test_every_spelling_of_the_encoded_command_flag_runs_the_script(flag):
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53"})
+    assert facts_from(run(sc, encode(server_script(), flag)))["computer"] == "EX01"
+
+
+def facts_from(out: CommandOutput) -> dict:
+    assert out.exit_code == 0, out.stderr
+    return json.loads(stdout(out))
+
+
+def test_full_path_and_exe_suffix_are_powershell_too():
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53"})
+    b64 = base64.b64encode(server_script().encode("utf-16-le")).decode()
+    line = f'"C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe" -ExecutionPolicy Bypass -NoP -NonI -Enc {b64}'
+    assert facts_from(run(sc, line))["schema"] == 1
+
+
+def test_the_exporters_own_command_lines_are_answered():
+    from exporter import scripts  # the test (not the simulator) may use the exporter: it checks the contract
+
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53"})
+    params = scripts.ServerScriptParameters(6, 3, 2000, True, 10, "http://o'brien-proxy:8080/")
+    doc = facts_from(run(sc, scripts.powershell_command(scripts.server_script(params)).line))
+    assert doc["events"] == [] and sum(len(log["tail"]) for log in doc["logs"]) == 2000
+    assert [e["status"] for e in doc["endpoints"]] == [200, 200]
+    org = facts_from(run(sc, scripts.powershell_command(scripts.organization_script()).line))
+    assert [server["name"] for server in org["servers"]] == ["EX01"]
+
+
+def test_stdout_is_one_json_line_with_crlf_and_ascii_only():
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53"})
+    out = run(sc, encode(server_script()))
+    raw = b"".join(out.stdout_chunks)
+    assert raw.endswith(b"}\r\n") and raw.count(b"\r\n") == 1
+    assert all(byte < 0x80 for byte in raw)
+
+
+def test_unknown_cmd_command_fails_like_cmd_exe():
+    out = run(fleet({"name": "EX01", "build": "15.2.2562.53"}), "foo /x")
+    assert out.exit_code == 1 and out.stdout_chunks == []
+    assert out.stderr == b"'foo' is not recognized as an internal or external command,\r\noperable program or batch file.\r\n"
+
+
+def test_unknown_powershell_script_is_a_clixml_error_record():
+    out = run(fleet({"name": "EX01", "build": "15.2.2562.53"}), encode("Get-Mailbox -ResultSize 1"))
+    assert out.exit_code == 1
+    assert out.stderr.startswith(b"#< CLIXML\r\n<Objs ")
+    assert b"The term 'Get-Mailbox' is not recognized" in out.stderr.replace(b"_x000D__x000A_</S><S S=\"Error\">", b"")
+
+
+def test_invalid_base64_gets_powershells_encoding_error():
+    out = run(fleet({"name": "EX01", "build": "15.2.2562.53"}), "powershell -EncodedCommand not*base64")
+    assert out.exit_code == 1 and b"not properly encoded" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("$P=@{LookbackHours=24;MaxEvents=50}", b"LogTailBytes"),
+        ("$P=@{LookbackHours=24;MaxEvents=0;LogTailBytes=1;CheckEndpoint=0;EndpointTimeoutSec=10;Proxy=''}", b"MaxEvents"),
+        ("$P=@{LookbackHours=24 MaxEvents=50}", b"ParserError"),
+        ("Write-Host hello", b"$P"),
+    ],
+)
+def test_broken_parameter_line_is_a_powershell_error(line, expected):
+    out = run(fleet({"name": "EX01", "build": "15.2.2562.53"}), encode(f"{SERVER_MARKER}\n{line}\n{BODY}"))
+    assert out.exit_code == 1 and out.stdout_chunks == []
+    assert out.stderr.startswith(b"#< CLIXML") and expected in out.stderr
+
+
+def test_first_run_writes_a_progress_record_and_still_exits_zero():
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53"})
+    first, second = run(sc, encode(server_script())), run(sc, encode(server_script()))
+    assert first.exit_code == 0 and b'S="progress"' in first.stderr and b'S="Error"' not in first.stderr
+    assert second.stderr == b""
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=300))
+def test_the_answer_function_never_raises(command):
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53"})
+    out = run(sc, command)
+    assert isinstance(out, CommandOutput) and isinstance(out.exit_code, int)
+    encoded = run(sc, "powershell -e " + base64.b64encode(command.encode("utf-16-le", "surrogatepass")).decode())
+    assert isinstance(encoded, CommandOutput)
+
+
+# ---------------------------------------------------------------- JSON shape
+
+
+def test_dates_are_powershell_ms_dates_and_now_is_the_pinned_clock():
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53"})
+    text = stdout(run(sc, encode(server_script())))
+    assert '"now":"\\/Date(1795696200000)\\/"' in text
+    doc = json.loads(text)
+    assert ms(doc["now"]) == int(NOW.timestamp() * 1000)
+    assert all(ms(e["time"]) <= ms(doc["now"]) for e in doc["events"])
+
+
+def test_one_element_arrays_stay_arrays_as_in_a_dictionary():
+    """5.1 unwraps only pipeline output; arrays held in the result dictionary stay arrays: [x]."""
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "build_source": "none", "success_events": True})
+    doc = facts(sc, max_events=1)
+    assert isinstance(doc["events"], list) and doc["events"][0]["id"] == 1006
+    assert [e["part"] for e in doc["errors"]] == ["build"] and doc["errors"][0]["id"].startswith("PathNotFound,")
+    assert doc["exsetup_version"] is None and doc["build_source"] is None
+
+
+def test_the_unwrapped_style_imitates_piped_arrays():
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "success_events": True, "output_style": {"arrays": "unwrapped"}})
+    assert isinstance(facts(sc, max_events=1)["events"], dict)
+
+
+def test_file_version_is_zero_padded_like_exsetup():
+    assert facts(fleet({"name": "EX01", "build": "15.2.1544.4"}))["exsetup_version"] == "15.02.1544.004"
+    plain = fleet({"name": "EX01", "build": "15.2.1544.4", "output_style": {"versions": "plain"}})
+    assert facts(plain)["exsetup_version"] == "15.2.1544.4"
+
+
+def test_apostrophes_are_escaped_like_convertto_json():
+    sc = fleet({"name": "EX01", "build": "15.2.1544.36"})
+    text = stdout(run(sc, encode(server_script())))
+    assert "xml\\u0027s leaf certificate" in text and "'" not in text
+
+
+@pytest.mark.parametrize(
+    "style, pattern",
+    [
+        ("ms_offset", r'"now":"\\/Date\(\d+\+0100\)\\/"'),
+        ("iso", r'"now":"2026-11-26T12:30:00\.0000000Z"'),
+        ("getdate", r'"now":\{"value":"\\/Date\(\d+\)\\/","DisplayHint":2,"DateTime":"Thursday, November 26, 2026 12:30:00 PM"\}'),
+    ],
+)
+def test_other_date_shapes_the_parser_must_accept(style, pattern):
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "output_style": {"dates": style}})
+    assert re.search(pattern, stdout(run(sc, encode(server_script()))))
+
+
+def test_service_enums_as_integers():
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "service": {"status": "Stopped", "start_type": "Manual"}, "output_style": {"service_enums": "integers"}})
+    assert facts(sc)["service"] == {"status": 1, "start_type": 3}
+
+
+def test_endpoints_are_reported_only_when_asked():
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53"},
+               {"name": "EX02", "build": "15.2.2562.53", "winhttp_proxy": {"proxy": "proxy.contoso.com:8080", "answers": 407}})
+    assert "endpoints" not in facts(sc)
+    assert [(e["name"], e["status"], e["error"]) for e in facts(sc, endpoint=1)["endpoints"]] == [
+        ("GetExchangeMitigations", 200, None), ("GetExchangeConfig", 200, None)]
+    for blocked in facts(sc, 1, endpoint=1)["endpoints"]:
+        assert (blocked["status"], blocked["web_status"]) == (407, "ProtocolError")
+        assert "(407) Proxy Authentication Required" in blocked["error"]
+
+
+# ---------------------------------------------------------------- EEMS history by build class
+
+
+def failures(doc) -> set[str]:
+    return {e["message"] for e in as_list(doc["events"]) if e["id"] == 1008}
+
+
+def test_current_se_succeeds_every_hour():
+    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "success_events": True}))
+    events = as_list(doc["events"])
+    assert len(events) == 24 and {e["id"] for e in events} == {1006}
+    assert "Fetching mitigations from https://officeclient.microsoft.com/getexchangemitigations" in log_text(doc)
+    assert "LogLevel=Warning" not in log_text(doc) and "LogLevel=Error" not in log_text(doc)
+    times = [ms(e["time"]) // 1000 for e in events]
+    assert times == sorted(times, reverse=True)
+    assert all(round((a - b) / 3600) == 1 and abs(a - b - 3600) < 2 for a, b in zip(times, times[1:]))
+
+
+def test_build_failing_2026_cutoff_logs_unknown_issuer():
+    doc = facts(fleet({"name": "EX01", "build": "15.2.1544.36"}))
+    (message,) = failures(doc)
+    assert message.endswith("leaf certificate is from unknown issuer or has EKU mismatch")
+    assert "FetchMitigation,S:LogLevel=Error;S:Message=Exception encountered while fetching mitigations : This XML is not deemed safe" in log_text(doc)
+
+
+@pytest.mark.parametrize("build", ["15.2.1118.25", "15.1.2375.37", "15.2.986.41"])
+def test_build_failing_2023_cutoff_logs_untrusted_endpoint(build):
+    doc = facts(fleet({"name": "EX01", "build": build}))
+    assert failures(doc) == {"An unexpected exception occurred.\r\nDiagnostic information: Exception encountered while fetching mitigations."}
+    assert "FetchMitigation,S:LogLevel=Warning;S:Message=Connection attempted against untrusted endpoint" in log_text(doc)
+
+
+@pytest.mark.parametrize(
+    "build, clock, ok",
+    [
+        ("15.2.1118.25", "2025-01-23T12:00:00Z", True),  # before the January 2025 certificate retirement
+        ("15.2.1118.26", "2026-03-01T12:00:00Z", True),  # Mar23SU passes 2023
+        ("15.2.1544.36", "2026-06-30T12:00:00Z", True),  # 2026 cutoff not yet effective
+        ("15.2.1544.41", "2026-11-26T12:00:00Z", True),  # Jun26SU passes 2026
+        ("15.1.2507.23", "2026-11-26T12:00:00Z", False),
+        ("15.2.2562.41", "2026-11-26T12:00:00Z", False),  # SE May26HU is before the cutoff
+    ],
+)
+def test_cutoffs_apply_from_their_effective_dates(build, clock, ok):
+    doc = facts(fleet({"name": "EX01", "build": build}, clock=clock))
+    assert bool(failures(doc)) is not ok
+
+
+@pytest.mark.parametrize(
+    "failure, event_text, log_line",
+    [
+        ("tls_validation", "Could not establish trust relationship for the SSL/TLS secure channel", "S:LogLevel=Warning;S:Message=TLS certificate or its chain validation failed"),
+        ("signature_invalid", "signing cert is invalid or not from microsoft", "signing cert is invalid or not from microsoft"),
+    ],
+)
+def test_forced_failures_use_the_field_texts(failure, event_text, log_line):
+    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "eems_failure": failure, "internet_web_proxy": "http://proxy.contoso.com:8080/"}))
+    (message,) = failures(doc)
+    assert event_text in message and log_line in log_text(doc)
+    assert "S:Message=Using Proxy http://proxy.contoso.com:8080/ To Fetch Configurations" in log_text(doc)
+
+
+def test_eems_failure_none_overrides_the_build():
+    assert not failures(facts(fleet({"name": "EX01", "build": "15.2.1118.25", "eems_failure": "none"})))
+
+
+@pytest.mark.parametrize("server", [{"build": "15.2.1748.39", "role": "Edge"}, {"build": "15.1.2308.27"}, {"build": "15.2.922.27"}, {"build": "15.0.1497.48"}])
+def test_no_eems_means_the_errors_windows_gives(server):
+    """Edge and pre-EEMS builds: no service key, Get-Service "not found", no event provider, no log folder."""
+    doc = facts(fleet({"name": "EX01", **server}))
+    assert doc["service"] is None and doc["service_key"] is None and doc["logs"] == [] and doc["events"] == []
+    assert doc["log_folder"] is False and doc["edge"] is (server.get("role") == "Edge")
+    assert [(e["part"], e["id"].split(",")[0]) for e in doc["errors"]] == [
+        ("service_key", "PathNotFound"), ("service", "NoServiceFoundForGivenName"), ("events", "NoMatchingProvidersFound")]
+
+
+def test_success_events_are_off_by_default():
+    """Learn: 1005/1006 are logged "for successful actions such as when a mitigation is applied", not hourly."""
+    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53"}))
+    assert doc["events"] == [] and "Fetching mitigations" in log_text(doc)
+    assert [e["id"].split(",")[0] for e in doc["errors"]] == ["NoMatchingEventsFound"]
+
+
+@pytest.mark.parametrize("locale, text", [
+    ("de-DE", "Es wurden keine Ereignisse gefunden"), ("fr-FR", "Aucun événement"), ("ja-JP", "指定された選択条件"),
+])
+def test_no_events_is_localized_but_its_id_is_not(locale, text):
+    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "locale": locale}))
+    (error,) = doc["errors"]
+    assert error["id"] == "NoMatchingEventsFound,Microsoft.PowerShell.Commands.GetWinEventCommand"
+    assert error["message"].startswith(text)
+
+
+def test_least_privilege_account_cannot_query_the_service_nor_read_what_it_is_denied():
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "account": "least_privilege", "unreadable": ["events", "log"]})
+    doc = facts(sc)
+    assert doc["service"] is None and doc["service_key"] == {"start": 2}
+    assert [(e["part"], e["type"]) for e in doc["errors"]] == [
+        ("service", "Microsoft.PowerShell.Commands.ServiceCommandException"),
+        ("events", "System.UnauthorizedAccessException"), ("log", "System.UnauthorizedAccessException")]
+    assert doc["logs"] == [] and doc["log_folder"] is True
+
+
+def test_hourly_utf16_culture_time_log_with_a_csv_header_first():
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "locale": "de-DE", "log_encoding": "utf-16", "log_time": "culture"})
+    doc = facts(sc)
+    newest = doc["logs"][0]
+    assert newest["name"] == "MitigationService_2026112612-1.LOG" and newest["encoding"] == "utf-16"
+    lines = newest["tail"].lstrip("\ufeff").splitlines()
+    assert lines[0] == "DateTime,EventName,CustomData" and lines[1] == "#Software: Microsoft Exchange Server"
+    assert re.match(r"26\.11\.2026 12:\d\d:\d\d,FetchMitigation,", lines[6])
+    assert 24 <= len(doc["logs"]) <= 26
+
+
+def test_non_fetch_errors_and_an_unreadable_event():
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "non_fetch_errors": True, "unreadable_event": True,
+                "success_events": True})
+    doc = facts(sc)
+    assert sum(1 for e in doc["events"] if e["id"] == 1008) == 4
+    assert doc["events"][0]["message"] == "Cannot retrieve event message text."
+    (error,) = doc["errors"]
+    assert error["part"] == "events" and error["id"].endswith(",Microsoft.PowerShell.Commands.GetWinEventCommand")
+
+
+def test_stopped_service_has_no_checks_after_it_stopped():
+    stopped = NOW - timedelta(hours=6)
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "service": {"status": "Stopped", "start_type": "Automatic"}, "service_stopped_since": "-6h", "success_events": True})
+    doc = facts(sc)
+    assert doc["service"] == {"status": "Stopped", "start_type": "Automatic"}
+    events = as_list(doc["events"])
+    assert 17 <= len(events) <= 18
+    assert all(ms(e["time"]) <= stopped.timestamp() * 1000 for e in events)
+    assert ms(doc["logs"][0]["last_write"]) <= stopped.timestamp() * 1000
+
+
+def test_first_check_is_ten_minutes_after_the_service_started():
+    started = NOW - timedelta(hours=2, minutes=30)
+    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "installed_since": started.isoformat(), "success_events": True}))
+    times = sorted(ms(e["time"]) / 1000 for e in as_list(doc["events"]))
+    assert len(times) == 3
+    assert 0 < times[0] - (started + timedelta(minutes=10)).timestamp() < 3
+    assert "S:Message=Started MSExchangeMitigation" in log_text(doc)
+
+
+def test_default_check_minute_differs_per_server():
+    sc = fleet(*({"name": f"EX{i:02d}", "build": "15.2.2562.53", "success_events": True} for i in range(6)))
+    minutes = {datetime.fromtimestamp(ms(as_list(facts(sc, i)["events"])[0]["time"]) / 1000, timezone.utc).minute for i in range(6)}
+    assert len(minutes) > 1
+
+
+# ---------------------------------------------------------------- bounds
+
+
+def test_lookback_bounds_the_events():
+    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "success_events": True}), lookback=5)
+    events = as_list(doc["events"])
+    assert len(events) == 5
+    assert all(ms(e["time"]) >= (NOW - timedelta(hours=5)).timestamp() * 1000 for e in events)
+
+
+def test_max_events_keeps_the_newest():
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "success_events": True})
+    all_events, two = as_list(facts(sc)["events"]), as_list(facts(sc, max_events=2)["events"])
+    assert two == all_events[:2]
+
+
+def test_log_tail_is_the_last_bytes_of_the_newest_files():
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "log_rotation": "daily"})
+    full, tail = facts(sc)["logs"][0], facts(sc, tail=100)["logs"]
+    assert full["name"] == "MitigationService_20261126-1.LOG"
+    assert full["tail"].startswith("DateTime,EventName,CustomData\r\n#Software: Microsoft Exchange Server\r\n")
+    assert len(full["tail"]) == full["length"] > 100
+    assert len(tail) == 1 and tail[0]["tail"] == full["tail"][-100:] and tail[0]["length"] == full["length"]
+    w3c = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "log_header": "w3c"}))["logs"][0]
+    assert w3c["tail"].startswith("#Software: Microsoft Exchange Server\r\n")
+
+
+def test_before_the_first_check_of_the_day_the_newest_file_is_yesterdays():
+    server = {"name": "EX01", "build": "15.2.2562.53", "installed_since": "2026-11-20T00:30:00Z", "log_rotation": "daily"}
+    log = facts(fleet(server, clock="2026-11-26T00:05:00Z"))["logs"][0]
+    assert log["name"] == "MitigationService_20261125-1.LOG"
+    assert log["tail"].rstrip().splitlines()[-1].startswith("2026-11-25T23:40:0")
+
+
+def test_no_log_file_before_the_service_ever_started():
+    server = {"name": "EX01", "build": "15.2.2562.53", "installed_since": "2026-11-26T13:00:00Z"}
+    doc = facts(fleet(server))
+    assert doc["logs"] == [] and as_list(doc["events"]) == []
+
+
+@pytest.mark.parametrize("key", ["log_file", "events"])
+def test_either_source_can_be_missing(key):
+    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "success_events": True, key: "absent"}))
+    if key == "log_file":
+        assert doc["logs"] == [] and as_list(doc["events"])
+    else:
+        assert doc["events"] == [] and doc["logs"]
+
+
+# ---------------------------------------------------------------- output faults
+
+
+def test_garbage_output_is_not_json():
+    out = run(fleet({"name": "EX01", "build": "15.2.2562.53", "output_faults": {"garbage_output": True}}), encode(server_script()))
+    assert out.exit_code == 0
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(stdout(out))
+
+
+def test_truncated_output_stops_mid_json():
+    out = run(fleet({"name": "EX01", "build": "15.2.2562.53", "output_faults": {"truncated_output": True}}), encode(server_script()))
+    text = stdout(out)
+    assert text.startswith('{"schema":1') and not text.endswith("\r\n")
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+
+
+def test_oversized_output_is_valid_json_of_at_least_the_given_size():
+    out = run(fleet({"name": "EX01", "build": "15.2.2562.53", "output_faults": {"oversized_output": 3_000_000}}), encode(server_script()))
+    raw = b"".join(out.stdout_chunks)
+    assert len(raw) >= 3_000_000 and len(out.stdout_chunks) > 1
+    assert json.loads(raw)["computer"] == "EX01"
+
+
+def test_exit_code_and_runtime_faults():
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "output_faults": {"exit_code": 3, "script_runtime": 7.5}}, {"name": "EX02", "build": "15.2.2562.53"})
+    out = run(sc, encode(server_script()))
+    assert (out.exit_code, out.runtime_seconds) == (3, 7.5)
+    assert run(sc, encode(server_script()), 1).runtime_seconds == 0.3
+    assert run(sc, encode(ORG_MARKER + "\r\n" + BODY), 1).runtime_seconds == 2.0
+
+
+# ---------------------------------------------------------------- organization script
+
+
+def org_facts(scenario, index: int = 0) -> dict:
+    out = run(scenario, encode(ORG_MARKER + "\r\n" + BODY), index)
+    assert out.exit_code == 0, out.stderr
+    return json.loads(stdout(out))
+
+
+def test_organization_lists_every_server_with_real_empty_shapes():
+    sc = fleet(
+        {"name": "EX01", "build": "15.2.2562.53", "mitigations": {"applied": ["PING1"], "blocked": ["M2.1.0"]}},
+        {"name": "EX02", "build": "15.2.1544.36", "mitigations": {"applied": ["PING1", "M2.1.0"]}},
+        {"name": "EDGE01", "build": "15.2.1748.39", "role": "Edge"},
+        organization={"mitigations_enabled": False},
+    )
+    doc = org_facts(sc)
+    assert doc["organization"] == {"mitigations_enabled": False} and doc["error"] is None
+    ex01, ex02, edge = doc["servers"]
+    assert ex01["mitigations_applied"] == ["PING1"] and ex01["mitigations_blocked"] == ["M2.1.0"]
+    assert ex02["mitigations_applied"] == ["PING1", "M2.1.0"] and ex02["mitigations_blocked"] == [None]
+    assert ex01["internet_web_proxy"] == ""
+    assert ex02["admin_display_version"] == "Version 15.2 (Build 1544.36)" and ex02["fqdn"] == "ex02.contoso.com"
+    assert ms(ex02["mitigations_applied_time"]) < datetime(2026, 7, 1, tzinfo=timezone.utc).timestamp() * 1000
+    assert ms(ex01["mitigations_applied_time"]) > (NOW - timedelta(hours=1)).timestamp() * 1000
+    assert edge["roles"] == "Edge" and "mitigations_applied_time" not in edge
+
+
+def test_a_single_server_organization_is_still_an_array():
+    doc = org_facts(fleet({"name": "EX01", "build": "15.2.2562.53"}))
+    assert [server["name"] for server in doc["servers"]] == ["EX01"]
+
+
+def test_double_hop_fails_reaching_active_directory():
+    doc = org_facts(fleet({"name": "EX01", "build": "15.2.2562.53"}, organization={"double_hop": True, "domain": "fabrikam.local"}))
+    assert doc["error"]["stage"] == "organization"
+    assert "Active Directory operation failed on DC01.fabrikam.local" in doc["error"]["message"]
+    assert doc["organization"] is None
+
+
+# ---------------------------------------------------------------- scenario files
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "scenario.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+GOOD = """
+clock: 2026-11-26T12:30:00Z
+credentials:
+  - {username: 'EXCH\\svc_monitor', password: 'hunter2-secret'}
+servers:
+  - {name: EX01, address: 127.0.0.10, build: 15.2.2562.53}
+"""
+
+
+def test_a_scenario_file_loads_with_defaults(tmp_path):
+    sc = load_scenario(write(tmp_path, GOOD))
+    (host,) = sc.hosts
+    assert (host.address, host.port, host.scheme, host.max_shells_per_user) == ("127.0.0.10", 5985, "http", 30)
+    assert sc.credentials == {"EXCH\\svc_monitor": "hunter2-secret"}
+    assert sc.clock.now() == NOW and sc.organization.server == "EX01" and sc.tls is None
+    assert "hunter2" not in repr(sc)
+
+
+@pytest.mark.parametrize(
+    "edit, key_path, words",
+    [
+        (("build: 15.2.2562.53", "build: 15.2.x"), "servers[0].build", "four-part"),
+        (("address: 127.0.0.10", "address: 10.0.0.5"), "servers[0].address", "not a loopback"),
+        (("name: EX01,", "name: EX01, colour: red,"), "servers[0].colour", "unknown key"),
+        (("build: 15.2.2562.53}", "build: 15.2.2562.53, role: Hub}"), "servers[0].role", "Mailbox, Edge"),
+        (("build: 15.2.2562.53}", "build: 15.2.2562.53, port: 70000}"), "servers[0].port", "between 1 and 65535"),
+        (("build: 15.2.2562.53}", "build: 15.2.2562.53, service_stopped_since: -2h}"), "servers[0].service_stopped_since", "not Running"),
+        (("build: 15.2.2562.53}", "build: 15.2.2562.53, installed_since: yesterday}"), "servers[0].installed_since", "ISO time"),
+        (("build: 15.2.2562.53}", "build: 15.2.2562.53, faults: {latency: -1}}"), "servers[0].faults.latency", ">= 0"),
+        (("build: 15.2.2562.53}", "build: 15.2.2562.53, eems_failure: dns}"), "servers[0].eems_failure", "tls_validation"),
+        (("build: 15.2.2562.53}", "build: 15.2.2562.53, mitigations: {applied: [M1], blocked: [M1]}}"), "servers[0].mitigations", "both applied and blocked"),
+        (("build: 15.2.2562.53}", "build: 15.2.1748.39, role: Edge, service: {status: Running}}"), "servers[0].service", "no EEMS service"),
+        (("clock: 2026-11-26T12:30:00Z", "clock: soon"), "clock", "ISO time"),
+        (("password: 'hunter2-secret'", "password: 12345"), "credentials[0].password", "non-empty string"),
+    ],
+)
+def test_bad_scenarios_name_the_key_path(tmp_path, edit, key_path, words):
+    path = write(tmp_path, GOOD.replace(*edit))
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    assert caught.value.key_path == key_path
+    assert words in str(caught.value) and str(path) in str(caught.value)
+    assert "hunter2" not in str(caught.value) and "12345" not in str(caught.value)
+
+
+def test_duplicate_names_and_endpoints_are_rejected(tmp_path):
+    twice = GOOD + "  - {name: ex01, address: 127.0.0.11, build: 15.2.2562.53}\n"
+    with pytest.raises(ScenarioError, match=r"servers\[1\]\.name: 'ex01' is already used by servers\[0\]"):
+        load_scenario(write(tmp_path, twice))
+    same_port = GOOD + "  - {name: EX02, address: 127.0.0.10, build: 15.2.2562.53}\n"
+    with pytest.raises(ScenarioError, match=r"servers\[1\]\.address: 127\.0\.0\.10 port 5985 is already used"):
+        load_scenario(write(tmp_path, same_port))
+
+
+def test_missing_credentials_and_broken_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ScenarioError, match="credentials: at least one credential is required"):
+        load_scenario(write(tmp_path, "servers: []\n"))
+    with pytest.raises(ScenarioError, match=r"not valid YAML at line 4, column 3"):
+        load_scenario(write(tmp_path, "credentials:\n  - {username: a, password: b}\nservers: [\n  - {name: [}\n"))
+    with pytest.raises(ScenarioError, match="cannot read the scenario file"):
+        load_scenario(tmp_path / "nope.yaml")
+    with pytest.raises(ScenarioError, match="no servers"):
+        load_scenario(write(tmp_path, "credentials:\n  - {username: a, password: b}\n"))
+
+
+def test_unknown_organization_server_is_rejected(tmp_path):
+    with pytest.raises(ScenarioError, match=r"organization\.server: 'EX99' is not one of"):
+        load_scenario(write(tmp_path, GOOD + "organization: {server: EX99}\n"))
+
+
+def test_generated_fleet_skips_0_and_255_octets(tmp_path):
+    text = GOOD + "generate:\n  count: 300\n  address_base: 127.1.0.250\n  template: {build: 15.2.1544.36, port: 15985}\n"
+    sc = load_scenario(write(tmp_path, text))
+    generated = sc.hosts[1:]
+    assert len(generated) == 300 and generated[0].name == "EXBENCH0001" and generated[-1].name == "EXBENCH0300"
+    addresses = [h.address for h in generated]
+    assert addresses[:7] == ["127.1.0.250", "127.1.0.251", "127.1.0.252", "127.1.0.253", "127.1.0.254", "127.1.1.1", "127.1.1.2"]
+    assert len(set(addresses)) == 300 and not any(a.endswith((".0", ".255")) for a in addresses)
+    assert {h.port for h in generated} == {15985}
+    assert facts(sc, 1)["exsetup_version"] == "15.02.1544.036"
+
+
+def test_generated_fleet_must_stay_in_loopback(tmp_path):
+    text = GOOD + "generate: {count: 10, address_base: 127.255.255.250}\n"
+    with pytest.raises(ScenarioError, match=r"generate\.count: .*past 127\.255\.255\.254"):
+        load_scenario(write(tmp_path, text))
+
+
+# ---------------------------------------------------------------- the demo fleet
+
+
+def test_demo_fleet_has_the_documented_states():
+    sc = load_scenario(SIMULATOR / "scenarios" / "demo.yaml")
+    sc.clock.pinned = NOW  # judge the real-time demo at a fixed moment
+    by_name = {h.name: (h, s) for h, s in zip(sc.hosts, sc.servers)}
+    assert len(by_name) == 15 and sc.clock.pinned is NOW
+    assert list(sc.credentials) == ["EXCH\\svc_monitor"]
+    assert sc.organization.server == "EX-SE01" and sc.organization.mitigations_enabled
+    assert len({(h.address, h.port) for h in sc.hosts}) == 15
+    assert all(h.address.startswith(("127.0.0.", "127.0.1.")) and h.port == 15985 and h.scheme == "http" for h in sc.hosts)
+
+    def doc(name):
+        return facts(sc, sc.hosts.index(by_name[name][0]))
+
+    assert doc("EX-SE01")["exsetup_version"] == "15.02.2562.053" and not failures(doc("EX-SE01"))
+    assert doc("EX19-CU15ESU")["exsetup_version"] == "15.02.1748.049" and not failures(doc("EX19-CU15ESU"))
+    assert "unknown issuer" in failures(doc("EX19-CU14")).pop()
+    assert "unknown issuer" in failures(doc("EX16-CU23")).pop()
+    assert "untrusted endpoint" in log_text(doc("EX19-CU12"))
+    assert "untrusted endpoint" in log_text(doc("EX16-CU22"))
+    assert doc("EDGE01")["edge"] is True and doc("EDGE01")["service"] is None
+    assert doc("EX-SE02-STOPPED")["service"]["status"] == "Stopped"
+    assert by_name["EX-SE03-BLOCKED"][1].blocked == ("M2.1.0",) and by_name["EX-SE03-BLOCKED"][1].applied == ("PING1",)
+    assert "Could not establish trust relationship" in failures(doc("EX-SE04-PROXY")).pop()
+    assert by_name["EX-SE05-NOWINRM"][0].faults.refuse_connections
+    german = doc("EX-SE06-DE")
+    assert german["service"] is None and german["culture"]["name"] == "de-DE" and german["logs"][0]["encoding"] == "utf-16"
+    assert [e["part"] for e in german["errors"]] == ["service", "events"]
+    assert doc("EX-SE07-JA")["culture"]["name"] == "ja-JP"
+    assert {e["status"] for e in facts(sc, sc.hosts.index(by_name["EX-SE08-FR"][0]), endpoint=1)["endpoints"]} == {407}
+    assert doc("EX16-CU21")["log_folder"] is False
+
+
+def test_eems_build_table_matches_the_reference_cutoffs():
+    assert eems.passes_cutoff((15, 2, 1258, 12), "2023-03") and not eems.passes_cutoff((15, 2, 1118, 25), "2023-03")
+    assert eems.passes_cutoff((15, 2, 2562, 43), "2026-06") and not eems.passes_cutoff((15, 2, 1258, 32), "2026-06")
+    assert not eems.has_eems((15, 1, 2308, 27)) and eems.has_eems((15, 1, 2375, 7)) and not eems.has_eems((15, 0, 1497, 48))

@@ -1,0 +1,1 @@
+"""Fleet-backed tests: the exporter polling a simulated fleet over real WinRM, as a whole."""

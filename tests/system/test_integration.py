@@ -1,0 +1,568 @@
+"""The shipped alert rules, dashboards and Alertmanager routing against the demo fleet, end to end.
+
+One stack per module, all real programs on loopback: the simulated demo fleet (in process), the exporter
+(`python -m exporter run`), Debian's Prometheus and Alertmanager, and a webhook served here that records
+what Alertmanager delivers. Prometheus and Alertmanager are required: a missing binary fails the test.
+
+The rules are loaded from a copy of alerts/exchange-eems.rules.yml whose `for:` durations are all `0s`:
+the real 5m-1h waits cannot elapse in a test, and with `for` removed every alert fires on the first
+evaluation that sees its condition. The expressions themselves are unchanged (checked below).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from contextlib import ExitStack
+from datetime import date, datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exporter.catalog import Catalog
+
+from ..conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, demo_scenario, free_port, relocate
+from ..dashboard_queries import all_panel_queries
+
+REPO = Path(__file__).resolve().parents[2]
+RULES = REPO / "alerts" / "exchange-eems.rules.yml"
+ALERTMANAGER_EXAMPLE = REPO / "examples" / "alertmanager.yml"
+JOB = "exchange-eems"  # ExchangeExporterDown selects job=~"exchange-eems.*", as examples/prometheus.yml names it
+SERVER_COUNT = 17  # the demo fleet's 15 and KNOB_SERVERS
+STARTUP_TIMEOUT = 30
+CONVERGE_TIMEOUT = 90
+# Alertmanager waits this long before the first notification of a group. Rule groups are evaluated at
+# different moments of the 2s interval, so a cutoff alert (group exchange-eems-build) can reach Alertmanager
+# up to one interval after the stale-check alert it inhibits (group exchange-eems-service); the wait must
+# cover that, or the inhibited alert is delivered before its inhibitor exists.
+GROUP_WAIT = "6s"
+SETTLE_SECONDS = 8  # after the expected notifications arrived: long enough for a stray one to follow
+
+# Labels besides alertname, server and severity that tell two alerts of one server apart.
+DETAIL_LABELS = ("cutoff", "reason", "mitigation", "scope", "endpoint")
+
+# The demo fleet's alerts that do not depend on today's date, from docs/alerts.md "What the demo fleet
+# fires" and simulator/scenarios/demo.yaml. (alertname, server, severity, detail label).
+# Every server answers with the simulator's realistic defaults or one of its knobs (docs/simulator.md):
+# a healthy server raises nothing, an unhealthy one exactly these.
+FIXED_ALERTS = {
+    # EX19-CU14 runs 15.2.1544.36 (2019 CU14 Oct25SU): passes 2023-03, but the 2026-06 cutoff needs
+    # 15.2.1544.41, so every EEMS check fails with an unknown issuer.
+    ("ExchangeBuildBelowCertificateCutoff", "EX19-CU14", "critical", "cutoff=2026-06"),
+    ("ExchangeEEMSFetchErrors", "EX19-CU14", "critical", "reason=unknown_issuer"),
+    # EX19-CU12 runs 15.2.1118.25 (2019 CU12 Feb23SU): 2023-03 needs 15.2.1118.26, so it fails both
+    # cutoffs and EEMS hits the retired certificate (untrusted endpoint).
+    ("ExchangeBuildBelowCertificateCutoff", "EX19-CU12", "critical", "cutoff=2023-03"),
+    ("ExchangeBuildBelowCertificateCutoff", "EX19-CU12", "critical", "cutoff=2026-06"),
+    ("ExchangeEEMSFetchErrors", "EX19-CU12", "critical", "reason=untrusted_endpoint"),
+    # EX16-CU23 runs 15.1.2507.23 (2016 CU23 Mar23SU): exactly the 2023-03 minimum, below the 2026-06
+    # minimum 15.1.2507.69 -> unknown issuer.
+    ("ExchangeBuildBelowCertificateCutoff", "EX16-CU23", "critical", "cutoff=2026-06"),
+    ("ExchangeEEMSFetchErrors", "EX16-CU23", "critical", "reason=unknown_issuer"),
+    # EX16-CU22 runs 15.1.2375.37 (2016 CU22 Nov22SU): CU22 has no compliant build for either cutoff
+    # -> untrusted endpoint.
+    ("ExchangeBuildBelowCertificateCutoff", "EX16-CU22", "critical", "cutoff=2023-03"),
+    ("ExchangeBuildBelowCertificateCutoff", "EX16-CU22", "critical", "cutoff=2026-06"),
+    ("ExchangeEEMSFetchErrors", "EX16-CU22", "critical", "reason=untrusted_endpoint"),
+    # EX-SE02-STOPPED: MSExchangeMitigation stopped 6 hours ago, so its log folder is silent for 6 hours.
+    ("ExchangeEEMSServiceNotRunning", "EX-SE02-STOPPED", "critical", ""),
+    ("ExchangeEEMSNoActivity", "EX-SE02-STOPPED", "critical", ""),
+    # EX-SE03-BLOCKED: an admin blocked M2.1.0 (reported by the organization collector via EX-SE01).
+    ("ExchangeEEMSMitigationBlocked", "EX-SE03-BLOCKED", "warning", "mitigation=M2.1.0"),
+    # EX-SE04-PROXY: an SSL-inspecting proxy makes every check fail TLS validation.
+    ("ExchangeEEMSFetchErrors", "EX-SE04-PROXY", "critical", "reason=tls_validation"),
+    # EX-SE05-NOWINRM refuses connections: exchange_up 0, so both CannotPoll twins (warning 15m, critical
+    # 1h with real `for`) and nothing else.
+    ("ExchangeExporterCannotPoll", "EX-SE05-NOWINRM", "warning", ""),
+    ("ExchangeExporterCannotPoll", "EX-SE05-NOWINRM", "critical", ""),
+    # EX-SE08-FR: the WinHTTP proxy answers the monitoring account 407 for both OCS endpoints.
+    ("ExchangeEEMSEndpointUnreachable", "EX-SE08-FR", "warning", "endpoint=mitigations"),
+    ("ExchangeEEMSEndpointUnreachable", "EX-SE08-FR", "warning", "endpoint=flighting"),
+    # EX16-CU21 (2016 CU21 Mar22SU) predates EEMS: no provider, no log folder, no service; only this.
+    ("ExchangeBuildWithoutEEMS", "EX16-CU21", "critical", ""),
+    # No fixed alert: EX-SE01 and EX19-CU15ESU (defaults), EDGE01 (Edge, no EEMS), EX-SE06-DE (German,
+    # least-privilege account: service state and event log unreadable, UTF-16 log with culture times),
+    # EX-SE07-JA (Japanese, daily W3C log with culture times, non-fetch 1008s, an unformattable event).
+}
+# Knobs of docs/simulator.md the demo fleet does not show, added to it for this test only.
+KNOB_SERVERS = [
+    # a least-privilege account that may read neither the event log nor the log folder: it cannot see EEMS
+    # at all, which is "unknown" (partial failures), never a page
+    {"name": "KNOB-BLIND", "build": "15.2.2562.53", "account": "least_privilege", "unreadable": ["events", "log"]},
+    # the CRL endpoints are blocked: the endpoint check fails with revocation checked, passes without
+    {"name": "KNOB-CRL", "build": "15.2.2562.53", "endpoint_failure": "revocation"},
+]
+FIXED_ALERTS |= {
+    ("ExchangeEEMSEndpointUnreachable", "KNOB-CRL", "warning", "endpoint=mitigations"),
+    ("ExchangeEEMSEndpointUnreachable", "KNOB-CRL", "warning", "endpoint=flighting"),
+}
+UNPOLLABLE = {"EX-SE05-NOWINRM"}  # every per-server alert but CannotPoll is silenced while exchange_up == 0
+
+# What the pager (the receiver of severity="critical") gets after the example inhibitions, per
+# docs/alerts.md: the cutoff alerts, the stopped service, the proxy server's failing fetches, the build
+# without EEMS and the unpollable server. The other fetch errors are inhibited by their server's cutoff
+# alert, the stopped server's silence by its service alert.
+EXPECTED_PAGES = {
+    ("ExchangeBuildBelowCertificateCutoff", "EX19-CU14", "critical", "cutoff=2026-06"),
+    ("ExchangeBuildBelowCertificateCutoff", "EX19-CU12", "critical", "cutoff=2023-03"),
+    ("ExchangeBuildBelowCertificateCutoff", "EX19-CU12", "critical", "cutoff=2026-06"),
+    ("ExchangeBuildBelowCertificateCutoff", "EX16-CU23", "critical", "cutoff=2026-06"),
+    ("ExchangeBuildBelowCertificateCutoff", "EX16-CU22", "critical", "cutoff=2023-03"),
+    ("ExchangeBuildBelowCertificateCutoff", "EX16-CU22", "critical", "cutoff=2026-06"),
+    ("ExchangeEEMSServiceNotRunning", "EX-SE02-STOPPED", "critical", ""),
+    ("ExchangeEEMSFetchErrors", "EX-SE04-PROXY", "critical", "reason=tls_validation"),
+    ("ExchangeExporterCannotPoll", "EX-SE05-NOWINRM", "critical", ""),
+    ("ExchangeBuildWithoutEEMS", "EX16-CU21", "critical", ""),
+}
+# Fixed tickets (severity="warning" that nothing inhibits): the blocked mitigation and the endpoint check
+# behind the 407 proxy. The date-dependent warnings (superseded, out of support, catalog stale) are tickets
+# too; they are added from the catalog below.
+FIXED_TICKETS = {
+    ("ExchangeEEMSMitigationBlocked", "EX-SE03-BLOCKED", "warning", "mitigation=M2.1.0"),
+    ("ExchangeEEMSEndpointUnreachable", "EX-SE08-FR", "warning", "endpoint=mitigations"),
+    ("ExchangeEEMSEndpointUnreachable", "EX-SE08-FR", "warning", "endpoint=flighting"),
+    ("ExchangeEEMSEndpointUnreachable", "KNOB-CRL", "warning", "endpoint=mitigations"),
+    ("ExchangeEEMSEndpointUnreachable", "KNOB-CRL", "warning", "endpoint=flighting"),
+}
+
+# Thresholds of the date-dependent rules, as in alerts/exchange-eems.rules.yml (docs/alerts.md).
+SUPERSEDED_GRACE_DAYS = 30
+SUPPORT_WARNING_DAYS = 180
+CATALOG_MAX_AGE_DAYS = 90
+
+# Loopback only: never let a proxy from the environment see this test's requests.
+HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+
+
+def scenario_under_test() -> dict:
+    scenario = demo_scenario()
+    scenario["servers"] += [{"address": "127.0.0.1", **server} for server in KNOB_SERVERS]
+    return scenario
+
+
+def _midnight(day: date) -> float:
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp()
+
+
+def dated_alerts(now: float) -> set[tuple[str, str, str, str]]:
+    """The alerts that depend on today's date, decided from the catalog as the rules decide them.
+
+    The exporter exports dates as midnight UTC; the rules compare them with time(). The product of an
+    Exchange SE build has no support end, so SE servers never raise the support alerts.
+    """
+    catalog = Catalog.load()
+    expected = set()
+    for server in scenario_under_test()["servers"]:
+        name = server["name"]
+        if name in UNPOLLABLE:
+            continue
+        verdict = catalog.verdict(server["build"])
+        path_since = verdict.update_path_since
+        if (verdict.servicing == "serviced" and path_since
+                and now - _midnight(path_since) > SUPERSEDED_GRACE_DAYS * 86400):
+            expected.add(("ExchangeBuildSuperseded", name, "warning", ""))
+        if verdict.servicing == "cu_not_serviced":
+            expected.add(("ExchangeBuildCUNotServiced", name, "warning", ""))
+        if verdict.product_support_end:
+            left = _midnight(verdict.product_support_end) - now
+            if left <= 0:
+                expected.add(("ExchangeProductOutOfSupport", name, "warning", ""))
+            elif left < SUPPORT_WARNING_DAYS * 86400:
+                expected.add(("ExchangeProductSupportEndingSoon", name, "info", ""))
+    if now - _midnight(catalog.newest_release) > CATALOG_MAX_AGE_DAYS * 86400:
+        expected.add(("ExchangeCatalogStale", "", "warning", ""))
+    return expected
+
+
+def alert_key(labels: dict[str, str]) -> tuple[str, str, str, str]:
+    detail = ",".join(f"{name}={labels[name]}" for name in DETAIL_LABELS if name in labels)
+    return labels.get("alertname", ""), labels.get("server", ""), labels.get("severity", ""), detail
+
+
+def show(keys) -> str:
+    return "\n".join("  " + " ".join(part for part in key if part) for key in sorted(keys)) or "  (none)"
+
+
+# ------------------------------------------------------------------ processes and HTTP
+
+
+def binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed (Debian packages prometheus and prometheus-alertmanager; "
+                    "`make test` installs them): the integration test needs the real program", pytrace=False)
+    return path
+
+
+def get_json(url: str, timeout: float = 5) -> dict:
+    with HTTP.open(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def responds(url: str) -> bool:
+    try:
+        with HTTP.open(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+class Program:
+    """A subprocess whose output goes to a log file, quoted when something about it fails."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None):
+        self.name = name
+        self.log = log_dir / f"{name}.log"
+        clean_env = {k: v for k, v in (env or os.environ).items() if k.lower() not in PROXY_VARIABLES}
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            cwd=REPO, env=clean_env)
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def check_running(self) -> None:
+        if self.process.poll() is not None:
+            pytest.fail(f"{self.name} exited with code {self.process.returncode}; last log lines:\n{self.log_tail()}",
+                        pytrace=False)
+
+    def wait_ready(self, url: str) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            self.check_running()
+            if responds(url):
+                return
+            time.sleep(0.2)
+        pytest.fail(f"{self.name} did not answer {url} within {STARTUP_TIMEOUT}s; last log lines:\n{self.log_tail()}",
+                    pytrace=False)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+class Webhook:
+    """Records every notification Alertmanager POSTs, by URL path (one path per receiver)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.notifications: list[tuple[str, dict]] = []
+        self.errors: list[str] = []
+        webhook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with webhook.lock:
+                    try:
+                        webhook.notifications.append((self.path, json.loads(body)))
+                    except ValueError as e:
+                        webhook.errors.append(f"{self.path}: body is not JSON ({e}): {body[:200]!r}")
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args) -> None:  # noqa: A002
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def delivered(self, path: str | None, status: str = "firing") -> set[tuple[str, str, str, str]]:
+        """Every alert that arrived with `status` at `path` (None: at any path)."""
+        with self.lock:
+            assert not self.errors, "\n".join(self.errors)
+            return {alert_key(alert["labels"]) for p, payload in self.notifications if path in (None, p)
+                    for alert in payload["alerts"] if alert["status"] == status}
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# ------------------------------------------------------------------ configuration
+
+
+def rules_without_for(text: str) -> str:
+    """The rule file with every `for:` set to 0s; fails if the expressions would change."""
+    rewritten, count = re.subn(r"^(\s+)for:[ \t]*\S+[ \t]*$", r"\g<1>for: 0s", text, flags=re.MULTILINE)
+    original, copy = yaml.safe_load(text), yaml.safe_load(rewritten)
+    with_for = [rule for group in original["groups"] for rule in group["rules"] if "for" in rule]
+    assert count == len(with_for) > 0, f"rewrote {count} `for:` lines, the rule file has {len(with_for)} rules with for"
+    for group in copy["groups"]:
+        for rule in group["rules"]:
+            if "for" in rule:
+                assert rule["for"] == "0s", rule
+                del rule["for"]
+    for group in original["groups"]:
+        for rule in group["rules"]:
+            rule.pop("for", None)
+    assert copy == original, "rewriting `for:` changed something else in the rule file"
+    return rewritten
+
+
+def prometheus_config(exporter_port: int, alertmanager_port: int, rule_file: Path) -> str:
+    return yaml.safe_dump({
+        "global": {"scrape_interval": "2s", "scrape_timeout": "2s", "evaluation_interval": "2s"},
+        "rule_files": [str(rule_file)],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]},
+        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}],
+    }, sort_keys=False)
+
+
+def receiver_for(route: dict, severity: str) -> str:
+    for child in route.get("routes", []):
+        if f'severity="{severity}"' in child.get("matchers", []):
+            return child["receiver"]
+    return route["receiver"]
+
+
+def alertmanager_config(webhook_url: str) -> tuple[str, dict[str, str]]:
+    """examples/alertmanager.yml with its routing tree and inhibitions, every webhook pointed at the test.
+
+    Returns the YAML and, per severity, the webhook path its receiver posts to.
+    """
+    config = yaml.safe_load(ALERTMANAGER_EXAMPLE.read_text())
+    config["route"].update(group_wait=GROUP_WAIT, group_interval="2s")
+    for receiver in config["receivers"]:
+        for webhook in receiver.get("webhook_configs", []):
+            webhook["url"] = f"{webhook_url}/{receiver['name']}"
+    paths = {severity: "/" + receiver_for(config["route"], severity) for severity in ("critical", "warning")}
+    assert paths["critical"] != paths["warning"], "examples/alertmanager.yml routes critical and warning alike"
+    return yaml.safe_dump(config, sort_keys=False), paths
+
+
+# ------------------------------------------------------------------ the stack
+
+
+class Stack:
+    def __init__(self, prometheus_url: str, alertmanager_url: str, webhook: Webhook, paths: dict[str, str],
+                 expected: set, programs: list[Program]):
+        self.prometheus_url = prometheus_url
+        self.alertmanager_url = alertmanager_url
+        self.webhook = webhook
+        self.paths = paths
+        self.expected = expected
+        self.programs = programs
+
+    def query(self, expr: str) -> list[dict]:
+        url = f"{self.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        answer = get_json(url)
+        assert answer["status"] == "success", answer
+        return answer["data"]["result"]
+
+    def rule_groups(self) -> list[dict]:
+        return get_json(f"{self.prometheus_url}/api/v1/rules")["data"]["groups"]
+
+    def active_alerts(self) -> list[dict]:
+        return get_json(f"{self.prometheus_url}/api/v1/alerts")["data"]["alerts"]
+
+
+def evaluated_after(group: dict, moment: datetime) -> bool:
+    last = group.get("lastEvaluation", "")
+    return not last.startswith("0001-") and datetime.fromisoformat(last) > moment
+
+
+def wait_until(condition, timeout: float, programs: list[Program]) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for program in programs:
+            program.check_running()
+        if condition():
+            return True
+        time.sleep(1)
+    return False
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    prometheus_bin, alertmanager_bin = binary("prometheus"), binary("prometheus-alertmanager")
+    tmp = tmp_path_factory.mktemp("integration")
+    with ExitStack() as cleanup:
+        fleet = cleanup.enter_context(SimulatedFleet(relocate(scenario_under_test())))
+        webhook = Webhook()
+        cleanup.callback(webhook.stop)
+
+        exporter_port, prometheus_port, alertmanager_port = free_port(), free_port(), free_port()
+        (tmp / "exporter.yml").write_text(fleet.config_text(interval="10s", timeout="8s", check_endpoint=True))
+        rule_file = tmp / "exchange-eems.rules.yml"
+        rule_file.write_text(rules_without_for(RULES.read_text()))
+        (tmp / "prometheus.yml").write_text(prometheus_config(exporter_port, alertmanager_port, rule_file))
+        am_config, paths = alertmanager_config(webhook.url)
+        (tmp / "alertmanager.yml").write_text(am_config)
+
+        def start(name: str, args: list[str], env: dict[str, str] | None = None) -> Program:
+            program = Program(name, args, tmp, env)
+            cleanup.callback(program.stop)
+            return program
+
+        alertmanager = start("alertmanager", [
+            alertmanager_bin, f"--config.file={tmp / 'alertmanager.yml'}", f"--storage.path={tmp / 'am-data'}",
+            f"--web.listen-address=127.0.0.1:{alertmanager_port}", "--cluster.listen-address=",
+        ])
+        exporter = start("exporter", [
+            sys.executable, "-m", "exporter", "run", "--config.file", str(tmp / "exporter.yml"),
+            "--web.listen-address", f"127.0.0.1:{exporter_port}",
+        ], env={**os.environ, PASSWORD_ENV: PASSWORD})
+        prometheus = start("prometheus", [
+            prometheus_bin, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prometheus_port}",
+        ])
+        programs = [alertmanager, exporter, prometheus]
+        prometheus_url = f"http://127.0.0.1:{prometheus_port}"
+        alertmanager_url = f"http://127.0.0.1:{alertmanager_port}"
+        alertmanager.wait_ready(f"{alertmanager_url}/-/ready")
+        exporter.wait_ready(f"http://127.0.0.1:{exporter_port}/-/healthy")
+        prometheus.wait_ready(f"{prometheus_url}/-/ready")
+
+        expected = FIXED_ALERTS | dated_alerts(time.time())
+        result = Stack(prometheus_url, alertmanager_url, webhook, paths, expected, programs)
+
+        def scraped_everything() -> bool:
+            up = result.query(f'count(exchange_up{{job="{JOB}"}})')
+            blocked = result.query(f'exchange_eems_mitigation_blocked{{job="{JOB}"}}')  # organization poll done
+            return bool(up) and float(up[0]["value"][1]) == SERVER_COUNT and bool(blocked)
+
+        if not wait_until(scraped_everything, CONVERGE_TIMEOUT, programs):
+            pytest.fail(f"Prometheus did not see all {SERVER_COUNT} demo servers and the organization within "
+                        f"{CONVERGE_TIMEOUT}s; exporter log:\n{exporter.log_tail()}", pytrace=False)
+        complete = datetime.now(timezone.utc)
+        if not wait_until(lambda: all(evaluated_after(group, complete) for group in result.rule_groups()),
+                          STARTUP_TIMEOUT, programs):
+            pytest.fail(f"Prometheus did not evaluate every rule group after the data was complete; "
+                        f"log:\n{prometheus.log_tail()}", pytrace=False)
+        yield result
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_prometheus_loaded_every_rule(stack):
+    groups = stack.rule_groups()
+    loaded = sum(len(group["rules"]) for group in groups)
+    in_file = sum(len(group["rules"]) for group in yaml.safe_load(RULES.read_text())["groups"])
+    assert loaded == in_file
+    failing = [(rule["name"], rule.get("lastError")) for group in groups for rule in group["rules"]
+               if rule.get("health") != "ok"]
+    assert not failing, f"rules that do not evaluate cleanly: {failing}"
+
+
+def test_exporter_target_is_up(stack):
+    targets = get_json(f"{stack.prometheus_url}/api/v1/targets")["data"]["activeTargets"]
+    assert [(t["labels"]["job"], t["health"]) for t in targets] == [(JOB, "up")], targets
+
+
+def test_every_dashboard_query_returns_data(stack):
+    empty = []
+    for dashboard, panel, expr in all_panel_queries():
+        try:
+            if not stack.query(expr):
+                empty.append(f"{dashboard} / {panel}: no data: {expr}")
+        except (OSError, AssertionError) as e:
+            empty.append(f"{dashboard} / {panel}: query failed ({e}): {expr}")
+    assert not empty, f"{len(empty)} dashboard queries return nothing for the demo fleet:\n" + "\n".join(empty)
+
+
+# The fleet overview's stat panels, counted by hand from the demo scenario. `or vector(0)` keeps a zero count
+# visible, so "returns data" alone cannot fail for these panels; their values can.
+DEMO_COUNTS = {
+    "Servers": 17,  # the demo fleet and KNOB_SERVERS
+    "Failing the 2023-03 cutoff": 2,  # EX19-CU12 (Feb23SU), EX16-CU22 (Nov22SU)
+    "Failing the 2026-06 cutoff": 4,  # EX19-CU14, EX19-CU12, EX16-CU23, EX16-CU22 (EX-SE05 never answered)
+    "Without EEMS (Mailbox)": 1,  # EX16-CU21; EDGE01 has no EEMS but is an Edge server
+    "EEMS service not running": 1,  # EX-SE02-STOPPED
+    # failing: unknown issuer (EX19-CU14, EX16-CU23), untrusted endpoint (EX19-CU12, EX16-CU22), proxy TLS
+    # failure (EX-SE04-PROXY); silent: service stopped 6 h ago (EX-SE02-STOPPED)
+    "EEMS silent or failing": 6,
+    "Exporter cannot poll": 1,  # EX-SE05-NOWINRM
+    "Mitigations blocked": 1,  # EX-SE03-BLOCKED: M2.1.0
+}
+
+
+def test_fleet_overview_counts_match_the_demo(stack):
+    counts = {panel: [float(r["value"][1]) for r in stack.query(expr)]
+              for dashboard, panel, expr in all_panel_queries()
+              if dashboard == "fleet-overview.json" and panel in DEMO_COUNTS}
+    assert set(counts) == set(DEMO_COUNTS), sorted(counts)
+    assert {panel: values[0] if len(values) == 1 else values for panel, values in counts.items()} == DEMO_COUNTS
+
+
+def test_exactly_the_demo_alerts_fire(stack):
+    def firing() -> tuple[set, list]:
+        alerts = stack.active_alerts()
+        return ({alert_key(a["labels"]) for a in alerts},
+                [alert_key(a["labels"]) for a in alerts if a["state"] != "firing"])
+
+    wait_until(lambda: firing()[0] == stack.expected, 30, stack.programs)
+    active, not_firing = firing()
+    missing, unexpected = stack.expected - active, active - stack.expected
+    assert not (missing or unexpected or not_firing), (
+        f"missing alerts:\n{show(missing)}\nunexpected alerts:\n{show(unexpected)}\n"
+        f"active but not firing (every `for` is 0s):\n{show(not_firing)}"
+    )
+
+
+def _delivered_exactly(stack, path: str, expected: set) -> None:
+    wait_until(lambda: expected <= stack.webhook.delivered(path), 60, stack.programs)
+    time.sleep(SETTLE_SECONDS)
+    delivered = stack.webhook.delivered(path)
+    missing, unexpected = expected - delivered, delivered - expected
+    assert not (missing or unexpected), (
+        f"{path}: not delivered:\n{show(missing)}\ndelivered although not expected (inhibited or misrouted):\n"
+        f"{show(unexpected)}"
+    )
+
+
+def test_pager_gets_the_cutoff_alerts_and_no_inhibited_alert(stack):
+    _delivered_exactly(stack, stack.paths["critical"], EXPECTED_PAGES)
+
+
+def test_tickets_are_the_uninhibited_warnings(stack):
+    dated = {key for key in stack.expected - FIXED_ALERTS if key[2] == "warning"}
+    _delivered_exactly(stack, stack.paths["warning"], FIXED_TICKETS | dated)
+
+
+def test_alertmanager_suppresses_exactly_the_inhibited_alerts(stack):
+    """Every firing alert is either notified, routed to the null receiver (info) or inhibited."""
+    info = {key for key in stack.expected if key[2] == "info"}
+    tickets = FIXED_TICKETS | {key for key in stack.expected - FIXED_ALERTS if key[2] == "warning"}
+    inhibited = stack.expected - EXPECTED_PAGES - tickets - info
+    assert ("ExchangeEEMSFetchErrors", "EX19-CU14", "critical", "reason=unknown_issuer") in inhibited
+    assert ("ExchangeEEMSNoActivity", "EX-SE02-STOPPED", "critical", "") in inhibited
+
+    def suppressed() -> set:
+        alerts = get_json(f"{stack.alertmanager_url}/api/v2/alerts")
+        return {alert_key(a["labels"]) for a in alerts
+                if a["status"]["state"] == "suppressed" and a["status"]["inhibitedBy"]}
+
+    wait_until(lambda: suppressed() == inhibited, 30, stack.programs)
+    found = suppressed()
+    assert found == inhibited, (
+        f"should be inhibited but is not:\n{show(inhibited - found)}\n"
+        f"inhibited unexpectedly:\n{show(found - inhibited)}"
+    )
+
+
+def test_no_alert_flaps(stack):
+    """Nothing fires on partial data at startup and then resolves: that would be a false page or ticket."""
+    resolved = stack.webhook.delivered(None, status="resolved")
+    assert not resolved, f"alerts that fired and resolved while the demo fleet did not change:\n{show(resolved)}"

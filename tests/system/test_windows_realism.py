@@ -1,0 +1,155 @@
+"""Each way the simulator can be wrong like Windows (docs/simulator.md "Realism knobs"), polled through the
+exporter over real WinRM/NTLM: a healthy server must look healthy, an unreadable part must say "unknown"
+with a reason, never a wrong verdict (issue: real Exchange servers, section 1 and 3)."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+
+from exporter.catalog import Catalog
+from exporter.exporter import Exporter
+from exporter.http_server import serve
+from exporter.scripts import ServerScriptParameters, powershell_command, server_script
+
+from ..conftest import SimulatedFleet, relocate, samples
+
+SE = "15.2.2562.53"
+SERVERS = [
+    {"name": "EN", "build": SE, "mitigations": {"applied": []}},
+    {"name": "DE", "build": SE, "locale": "de-DE"},
+    {"name": "FR", "build": SE, "locale": "fr-FR"},
+    {"name": "JA", "build": SE, "locale": "ja-JP"},
+    {"name": "EDGE", "build": "15.2.1748.39", "role": "Edge"},
+    {"name": "PRE-EEMS", "build": "15.1.2308.27"},
+    {"name": "LEASTPRIV", "build": SE, "account": "least_privilege", "unreadable": ["events", "log"]},
+    {"name": "LEASTPRIV-SVC", "build": SE, "account": "least_privilege"},
+    {"name": "UTF16-CULTURE", "build": SE, "locale": "fr-FR", "log_encoding": "utf-16", "log_time": "culture"},
+    {"name": "JA-CULTURE", "build": SE, "locale": "ja-JP", "log_time": "culture"},
+    {"name": "DAILY-W3C", "build": SE, "log_rotation": "daily", "log_header": "w3c"},
+    {"name": "NONFETCH", "build": SE, "non_fetch_errors": True},
+    {"name": "BADEVENT", "build": SE, "unreadable_event": True, "success_events": True, "log_file": "absent"},
+    {"name": "PROXY407", "build": SE, "winhttp_proxy": {"proxy": "proxy.contoso.com:8080", "answers": 407}},
+    {"name": "FAILING", "build": "15.2.1544.36"},
+    {"name": "EP-TIMEOUT", "build": SE, "endpoint_failure": "timeout"},
+    {"name": "EP-TLS", "build": SE, "endpoint_failure": "tls_validation"},
+    {"name": "EP-CRL", "build": SE, "endpoint_failure": "revocation"},
+    {"name": "EP-DNS", "build": SE, "endpoint_failure": "dns"},
+]
+
+
+@pytest.fixture(scope="module")
+def metrics():
+    scenario = relocate({"credentials": [], "servers": [{"address": "127.0.0.1", **s} for s in SERVERS],
+                         "organization": {"server": "EN"}})
+    with SimulatedFleet(scenario) as fleet:
+        exporter = Exporter(fleet.config(check_endpoint=True), Catalog.load())
+        exporter.poller.run_cycle()
+        server = serve(exporter, "127.0.0.1", 0, None)
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/metrics", timeout=10) as response:
+                yield samples(response.read().decode())
+        finally:
+            server.shutdown()
+            exporter.stop()
+
+
+def value(metrics, metric, **labels):
+    return metrics.get((metric, frozenset(labels.items())))
+
+
+def partial_failures(metrics, server: str) -> set[tuple[str, str]]:
+    return {(dict(labels)["part"], dict(labels)["reason"]) for (name, labels), v in metrics.items()
+            if name == "exchange_collector_partial_failure" and dict(labels)["server"] == server and v == 1}
+
+
+def test_every_server_is_polled(metrics):
+    assert {s["name"]: value(metrics, "exchange_up", server=s["name"]) for s in SERVERS} == {s["name"]: 1 for s in SERVERS}
+
+
+def test_the_server_command_needs_more_than_cmd_exe_allows():
+    """9: the command only runs because it bypasses cmd.exe's 8,191 characters (the fleet above ran it)."""
+    params = ServerScriptParameters(24, 200, 65536, True, 10, "")
+    assert len(powershell_command(server_script(params)).line) > 8191
+
+
+@pytest.mark.parametrize("server", ["EN", "DE", "FR", "JA"])
+def test_no_events_in_any_language_is_no_failure(metrics, server):
+    """1: every healthy poll meets Get-WinEvent's localized "no events" error."""
+    assert partial_failures(metrics, server) == set()
+    assert value(metrics, "exchange_eems_last_success_timestamp_seconds", server=server) is not None
+    assert value(metrics, "exchange_eems_failing", server=server) == 0
+
+
+def test_padded_file_version_is_read(metrics):
+    assert value(metrics, "exchange_build_info", server="EN", product="ExchangeSE", cu="RTM", update="Sep26SUv2",
+                 version="15.2.2562.53", source="exsetup") == 1
+
+
+@pytest.mark.parametrize("server", ["EDGE", "PRE-EEMS"])
+def test_edge_and_pre_eems_builds_are_not_failures(metrics, server):
+    """2: no event provider, no log folder and no service key are answers there, not errors."""
+    assert partial_failures(metrics, server) == set()
+    assert value(metrics, "exchange_eems_supported", server=server) == 0
+    assert not any(name == "exchange_service_state" and dict(labels)["server"] == server for name, labels in metrics)
+
+
+def test_least_privilege_account_sees_unknown_not_missing(metrics):
+    """3: 5.1's Get-Service says "not found" when access is denied; the service key says it is there."""
+    service = dict(server="LEASTPRIV", name="MSExchangeMitigation")
+    assert value(metrics, "exchange_service_state", **service, state="unknown") == 1
+    assert value(metrics, "exchange_service_state", **service, state="running") == 0
+    assert value(metrics, "exchange_service_start_mode", **service, start_mode="auto") == 1
+    assert partial_failures(metrics, "LEASTPRIV") == {("service", "access_denied"), ("events", "access_denied"),
+                                                      ("log", "access_denied")}
+    assert partial_failures(metrics, "LEASTPRIV-SVC") == {("service", "access_denied")}
+    assert value(metrics, "exchange_eems_last_activity_timestamp_seconds", server="LEASTPRIV-SVC") is not None
+
+
+@pytest.mark.parametrize("server", ["UTF16-CULTURE", "JA-CULTURE", "DAILY-W3C"])
+def test_log_layouts_still_show_the_checks(metrics, server):
+    """5: hourly files, UTF-16, culture-formatted times, either header form."""
+    assert partial_failures(metrics, server) == set()
+    success = value(metrics, "exchange_eems_last_success_timestamp_seconds", server=server)
+    activity = value(metrics, "exchange_eems_last_activity_timestamp_seconds", server=server)
+    assert success is not None and activity is not None and 0 <= activity - success < 3600
+
+
+def test_an_unformattable_event_keeps_the_others(metrics):
+    """6: Get-WinEvent under -EA Stop lost every event for one bad one."""
+    assert partial_failures(metrics, "BADEVENT") == {("events", "other"), ("log", "not_found")}
+    assert value(metrics, "exchange_eems_last_success_timestamp_seconds", server="BADEVENT") is not None
+
+
+def test_non_fetch_1008_is_counted_apart(metrics):
+    """7: 1008 is logged for any error; only fetch errors are failed checks."""
+    assert value(metrics, "exchange_eems_other_errors", server="NONFETCH") >= 3
+    assert sum(v for (name, labels), v in metrics.items()
+               if name == "exchange_eems_fetch_errors" and dict(labels)["server"] == "NONFETCH") == 0
+    assert value(metrics, "exchange_eems_failing", server="NONFETCH") == 0
+    assert value(metrics, "exchange_eems_failing", server="FAILING") == 1
+
+
+def test_winhttp_proxy_asking_for_credentials_is_named(metrics):
+    """4: both OCS endpoints, the reason of the failure."""
+    for endpoint in ("mitigations", "flighting"):
+        assert value(metrics, "exchange_eems_endpoint_reachable", server="PROXY407", endpoint=endpoint) == 0
+        assert value(metrics, "exchange_eems_endpoint_result_info", server="PROXY407", endpoint=endpoint,
+                     reason="proxy_auth_required") == 1
+        assert value(metrics, "exchange_eems_endpoint_reachable", server="EN", endpoint=endpoint) == 1
+
+
+@pytest.mark.parametrize("server, reason", [("EP-TIMEOUT", "timeout"), ("EP-TLS", "tls_validation"),
+                                            ("EP-CRL", "revocation_unknown"), ("EP-DNS", "dns")])
+def test_endpoint_failures_carry_their_reason(metrics, server, reason):
+    assert value(metrics, "exchange_eems_endpoint_reachable", server=server, endpoint="mitigations") == 0
+    assert value(metrics, "exchange_eems_endpoint_result_info", server=server, endpoint="mitigations", reason=reason) == 1
+
+
+def test_real_empty_organization_shapes(metrics):
+    """8: [null] for no mitigations, "" for no proxy."""
+    assert value(metrics, "exchange_collector_success", collector="organization", organization="Contoso") == 1
+    assert not any(name == "exchange_eems_mitigation_applied" and dict(labels).get("server") == "EN"
+                   for name, labels in metrics)
+    assert value(metrics, "exchange_eems_mitigation_applied", server="DE", mitigation="PING1") == 1

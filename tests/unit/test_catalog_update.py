@@ -1,0 +1,203 @@
+"""`catalog update` / `catalog diff` as an operator runs them: real processes, Microsoft's CSV format (an
+excerpt in tests/fixtures), our TSV, an HTTP URL served from loopback, and a running exporter that picks
+the written catalog_file up on reload. A bad list exits 2 with one clear line and writes nothing."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from exporter.catalog import Catalog, CatalogError
+from exporter.catalog_update import read_source
+from exporter.config import load_config
+from exporter.exporter import Exporter
+
+from ..conftest import minimal_config
+from .test_cli import assert_one_line_error, exporter
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "ExchangeBuildNumbers-excerpt.csv"
+OCT26 = "Exchange SE RTM Oct26SU,15.2.2562.60,10/13/2026,KB0000000,\n"  # a build newer than the packaged catalog
+HEADER = "product\tcu\tupdate\tbuild\treleased\n"
+
+
+def newer_list(tmp_path: Path, extra: str = OCT26) -> Path:
+    path = tmp_path / "ExchangeBuildNumbers.csv"
+    path.write_text(FIXTURE.read_text(encoding="utf-8") + extra, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def loopback_server():
+    """Serves {path: (status, body)} on 127.0.0.1; yields the base URL and the route table."""
+    routes: dict[str, tuple[int, bytes]] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            status, body = routes.get(self.path, (404, b"not found"))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.path == "/slow":
+                for byte in body:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            else:
+                self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", routes
+    server.shutdown()
+
+
+# ---------------------------------------------------------------- update
+
+
+def test_update_from_microsoft_csv_writes_only_new_rows(tmp_path):
+    output = tmp_path / "catalog.tsv"
+    result = exporter("catalog", "update", "--from", str(newer_list(tmp_path)), "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    assert "1 builds new or different" in result.stdout and "reload" in result.stdout
+    rows = [line for line in output.read_text().splitlines() if not line.startswith("#")]
+    assert rows == [HEADER.strip(), "ExchangeSE\tRTM\tOct26SU\t15.2.2562.60\t2026-10-13"]
+    data = json.loads(exporter("build", "15.2.2562.60", "--json", "--catalog.file", str(output)).stdout)
+    assert (data["known"], data["update"], data["cutoffs"]) == (True, "Oct26SU", {"2023-03": True, "2026-06": True})
+    before = json.loads(exporter("build", "15.2.2562.53", "--json").stdout)
+    after = json.loads(exporter("build", "15.2.2562.53", "--json", "--catalog.file", str(output)).stdout)
+    assert before["next_build"] is None and after["next_build"]["version"] == "15.2.2562.60"
+
+
+def test_update_from_our_own_tsv(tmp_path):
+    source = tmp_path / "mine.tsv"
+    source.write_text(HEADER + "ExchangeSE\tRTM\tOct26SU\t15.2.2562.60\t2026-10-13\n"
+                      + "Exchange2019\tCU15\tOct25SU\t15.2.1748.39\t2025-10-14\n")  # same as packaged: not written
+    output = tmp_path / "catalog.tsv"
+    result = exporter("catalog", "update", "--from", str(source), "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    assert Catalog.load(output).verdict("15.2.2562.60").known
+    assert "15.2.1748.39" not in output.read_text()
+
+
+def test_update_from_a_loopback_url(tmp_path, loopback_server):
+    base, routes = loopback_server
+    routes["/ExchangeBuildNumbers.csv"] = (200, newer_list(tmp_path).read_bytes())
+    output = tmp_path / "catalog.tsv"
+    result = exporter("catalog", "update", "--from", base + "/ExchangeBuildNumbers.csv", "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    assert "15.2.2562.60" in output.read_text()
+    routes["/gone"] = (404, b"no")
+    failed = exporter("catalog", "update", "--from", base + "/gone", "--output", str(output))
+    assert_one_line_error(failed, "nothing written", "HTTP 404")
+
+
+def test_url_download_is_bounded_in_size_and_time(loopback_server):
+    base, routes = loopback_server
+    routes["/huge"] = (200, b"Product Name,Build Number,Date\n" + b"x" * 300_000)
+    with pytest.raises(CatalogError, match="larger than 100000 bytes"):
+        read_source(base + "/huge", max_bytes=100_000)
+    routes["/slow"] = (200, b"Product Name,Build Number,Date\n" * 4)
+    started = time.monotonic()
+    with pytest.raises(CatalogError, match="longer than 1 s|cannot download"):
+        read_source(base + "/slow", timeout=1.0)
+    assert time.monotonic() - started < 5
+
+
+BAD_LISTS = [
+    ("unknown product", OCT26.replace("Exchange SE RTM", "Exchange 2030 RTM"), "unknown product 'Exchange 2030 RTM Oct26SU'"),
+    ("impossible date", OCT26.replace("10/13/2026", "2/30/2026"), "date '2/30/2026' is not a real date"),
+    ("future date", OCT26.replace("10/13/2026", "10/13/2031"), "release date in the future (2031-10-13)"),
+    ("bad build", OCT26.replace("15.2.2562.60", "15.2.2562"), "not a four-part Exchange build"),
+    ("wrong product for build", OCT26.replace("15.2.2562.60", "15.1.2562.60"), "belongs to Exchange2016"),
+    ("twice", OCT26 + OCT26.replace("Oct26SU", "Oct26SUv2"), "is listed twice"),
+    # A CU13 build named CU12 makes "CU12" two CUs: the 2023-03 minimum of CU12 no longer names one CU.
+    ("contradicts a cutoff", "Exchange 2019 CU12 Foo,15.2.1258.13,5/3/2023,,\n", "breaks the shipped cutoff rules"),
+]
+
+
+@pytest.mark.parametrize("extra, phrase", [case[1:] for case in BAD_LISTS], ids=[case[0] for case in BAD_LISTS])
+def test_bad_list_exits_2_and_leaves_the_catalog_file_untouched(tmp_path, extra, phrase):
+    output = tmp_path / "catalog.tsv"
+    output.write_text(HEADER + "ExchangeSE\tRTM\tmine\t15.2.2562.70\t2026-11-10\n")
+    before = output.read_bytes()
+    result = exporter("catalog", "update", "--from", str(newer_list(tmp_path, extra)), "--output", str(output))
+    assert_one_line_error(result, "catalog not updated, nothing written", phrase)
+    assert output.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ExchangeBuildNumbers.csv", "catalog.tsv"]  # no temp left
+
+
+@pytest.mark.parametrize("content, phrase", [
+    (b"", "neither Microsoft's ExchangeBuildNumbers.csv"),
+    (b"<html>rate limited</html>\n", "neither Microsoft's ExchangeBuildNumbers.csv"),
+    (b"\xff\xfe\x00garbage", "not UTF-8 text"),
+    (b"Product Name,Build Number,Date,KB,Blog\nExchange 2010 SP3,14.3.123.4,2/12/2013,,\n", "no Exchange 2013/2016"),
+])
+def test_files_that_are_not_build_lists(tmp_path, content, phrase):
+    source = tmp_path / "list.csv"
+    source.write_bytes(content)
+    result = exporter("catalog", "update", "--from", str(source), "--output", str(tmp_path / "out.tsv"))
+    assert_one_line_error(result, phrase)
+    assert not (tmp_path / "out.tsv").exists()
+
+
+def test_missing_source_and_unwritable_output(tmp_path):
+    assert_one_line_error(exporter("catalog", "update", "--from", str(tmp_path / "nope.csv"), "--output",
+                                   str(tmp_path / "out.tsv")), "cannot read")
+    assert_one_line_error(exporter("catalog", "update", "--from", "ftp://127.0.0.1/x.csv", "--output",
+                                   str(tmp_path / "out.tsv")), "unsupported URL scheme 'ftp'")
+    result = exporter("catalog", "update", "--from", str(FIXTURE), "--output", str(tmp_path / "no" / "out.tsv"))
+    assert_one_line_error(result, "cannot write")
+
+
+def test_running_exporter_picks_the_update_up_on_reload_and_keeps_it_after_a_bad_one(tmp_path):
+    output = tmp_path / "catalog.tsv"
+    output.write_text(HEADER)
+    config_file = tmp_path / "exporter.yml"
+    config_file.write_text(minimal_config(f"catalog_file: {output}\n"))
+    running = Exporter(load_config(config_file), Catalog.load(output))
+    assert not running.catalog.verdict("15.2.2562.60").known
+    assert exporter("catalog", "update", "--from", str(newer_list(tmp_path)), "--output", str(output)).returncode == 0
+    assert running.reload() == (True, "configuration reloaded")
+    assert running.catalog.verdict("15.2.2562.60").known
+    assert running.catalog.newest_release == date(2026, 10, 13)
+    bad = newer_list(tmp_path, OCT26.replace("Exchange SE", "Exchange 2030"))
+    assert exporter("catalog", "update", "--from", str(bad), "--output", str(output)).returncode == 2
+    assert running.reload() == (True, "configuration reloaded")
+    assert running.catalog.verdict("15.2.2562.60").known
+
+
+# ---------------------------------------------------------------- diff
+
+
+def test_diff_shows_new_builds_and_changed_verdicts(tmp_path):
+    result = exporter("catalog", "diff", "--from", str(newer_list(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["new builds: 1", "  15.2.2562.60  ExchangeSE RTM Oct26SU  released 2026-10-13"]
+    assert "  15.2.2562.53  next_build none -> 15.2.2562.60" in lines
+    assert "  15.2.2562.41  next_build 15.2.2562.53 -> 15.2.2562.60" in lines
+    # 2019 is out of support: its path leads to SE's newest build, which moved too.
+    assert "  15.2.1748.53  next_build 15.2.2562.53 -> 15.2.2562.60" in lines
+    assert not any(line.startswith("  15.2.1748.53  servicing") for line in lines)
+
+
+def test_diff_against_the_running_catalog_file(tmp_path):
+    output = tmp_path / "catalog.tsv"
+    assert exporter("catalog", "update", "--from", str(newer_list(tmp_path)), "--output", str(output)).returncode == 0
+    result = exporter("catalog", "diff", "--from", str(newer_list(tmp_path)), "--catalog.file", str(output))
+    assert result.stdout.splitlines() == ["new builds: 0", "changed verdicts: 0"]
+
+
+def test_diff_of_a_bad_list_exits_2(tmp_path):
+    result = exporter("catalog", "diff", "--from", str(newer_list(tmp_path, "Exchange 2030 RTM,15.2.1.1,1/1/2026,,\n")))
+    assert_one_line_error(result, "unknown product 'Exchange 2030 RTM'", "ExchangeBuildNumbers.csv:17")

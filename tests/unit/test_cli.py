@@ -1,0 +1,255 @@
+"""The command line as an operator runs it: a real `python -m exporter` process, its exit code, stdout and stderr.
+
+Expected failures must end in one line on stderr and exit code 2, never a traceback: that line is all a
+systemd journal or a CI log shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ..conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, relocate
+from .test_config import BAD, GOOD
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_KEYS = {"version", "product", "cu", "update", "released", "known", "eems_supported", "cutoffs",
+              "superseded_since", "product_support_end", "servicing", "cu_servicing_end", "next_build",
+              "update_path_since"}
+
+
+def exporter(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *phrases: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+
+
+# ---------------------------------------------------------------- check-config
+
+CHECKED = ["empty file", "list at top level", "invalid yaml names line and column", "unknown module key",
+           "port too high", "duration in words", "password inline",
+           "password_env unset", "password_file missing", "duplicate server names", "basic over http",
+           "insecure_skip_verify with ca_file", "too many servers", "organization interval shorter than poll"]
+CASES = {case[0]: case[1:] for case in BAD}
+
+
+@pytest.mark.parametrize("name", CHECKED)
+def test_check_config_rejects_with_one_line(tmp_path, name):
+    text, key_path, phrase = CASES[name]
+    (tmp_path / "ca.crt").write_text("placeholder\n")
+    path = tmp_path / "exporter.yml"
+    path.write_text(text.replace("{tmp}", str(tmp_path)))
+    result = exporter("check-config", "--config.file", str(path))
+    assert_one_line_error(result, "configuration error", phrase, f"{key_path}: " if key_path else "")
+    assert result.stdout == ""
+    assert "hunter2" not in result.stderr and PASSWORD not in result.stderr
+
+
+def test_check_config_missing_file(tmp_path):
+    result = exporter("check-config", "--config.file", str(tmp_path / "nope.yml"))
+    assert_one_line_error(result, "does not exist", "nope.yml")
+
+
+def test_check_config_ok(tmp_path):
+    path = tmp_path / "exporter.yml"
+    path.write_text(GOOD)
+    result = exporter("check-config", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{path}: OK: 1 servers, 1 modules, organization collector off")
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- build
+
+
+def build_json(version: str) -> dict:
+    result = exporter("build", version, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_build_json_of_a_known_build():
+    data = build_json("15.2.1544.36")
+    assert set(data) == BUILD_KEYS
+    assert data == {
+        "version": "15.2.1544.36", "product": "Exchange2019", "cu": "CU14", "update": "Oct25SU",
+        "released": "2025-10-14", "known": True, "eems_supported": True,
+        "cutoffs": {"2023-03": True, "2026-06": False},
+        "superseded_since": "2025-12-09",  # Dec25SU
+        "product_support_end": "2025-10-14",  # Exchange 2019 end of support
+        # ESU Period 2 ended 2026-10-31: no 2019 CU gets updates any more; the path leads to SE.
+        "servicing": "out_of_support", "cu_servicing_end": "2026-11-01",
+        "next_build": {"version": "15.2.2562.53", "product": "ExchangeSE", "cu": "RTM", "update": "Sep26SUv2",
+                       "released": "2026-10-02"},
+        "update_path_since": "2025-12-09",
+    }
+
+
+def test_build_with_the_june_2026_update_passes_both_cutoffs():
+    data = build_json("15.2.2562.43")
+    assert data["product"] == "ExchangeSE" and data["update"] == "Jun26SU" and data["known"] is True
+    assert data["cutoffs"] == {"2023-03": True, "2026-06": True}
+
+
+def test_build_before_the_june_2026_update_fails_that_cutoff():
+    data = build_json("15.2.2562.41")
+    assert data["cutoffs"]["2026-06"] is False
+    assert data["cutoffs"]["2023-03"] is True
+
+
+def test_unknown_build_is_marked_unknown():
+    data = build_json("15.2.1544.99")
+    assert data["known"] is False
+    assert (data["product"], data["cu"], data["released"]) == ("Exchange2019", "CU14", None)
+
+
+def test_build_text_output():
+    result = exporter("build", "15.2.1118.25")
+    assert result.returncode == 0, result.stderr
+    assert "15.2.1118.25: Exchange2019 CU12" in result.stdout
+    assert "2023-03 certificate cutoff: NOT compliant" in result.stdout
+
+
+@pytest.mark.parametrize(("version", "phrase"), [
+    ("15.2", "not a four-part Exchange build"),
+    ("abc", "not a four-part Exchange build"),
+    ("15.2.1544.4.1", "not a four-part Exchange build"),
+    ("14.3.123.4", "major.minor must be 15.0, 15.1 or 15.2"),
+    ("", "not a four-part Exchange build"),
+])
+def test_bad_build_versions(version, phrase):
+    result = exporter("build", version)
+    assert_one_line_error(result, phrase, repr(version))
+    assert result.stdout == ""
+
+
+# ---------------------------------------------------------------- poll
+
+SCENARIO = {
+    "servers": [
+        {"name": "EX19-CU14", "address": "127.0.0.1", "build": "15.2.1544.36"},
+        {"name": "EX-SE01", "address": "127.0.0.1", "build": "15.2.2562.53"},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def fleet_config(tmp_path_factory):
+    with SimulatedFleet(relocate(SCENARIO)) as fleet:
+        path = tmp_path_factory.mktemp("cli") / "exporter.yml"
+        path.write_text(fleet.config_text())
+        yield fleet, path
+
+
+def test_poll_prints_the_interpreted_facts(fleet_config):
+    fleet, path = fleet_config
+    before = fleet.fleet.request_count("EX19-CU14")
+    result = exporter("poll", "--config.file", str(path), "EX19-CU14", env={PASSWORD_ENV: PASSWORD})
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    data = json.loads(result.stdout)
+    assert data["name"] == "EX19-CU14"
+    assert data["outcome"]["success"] is True and data["outcome"]["error_reason"] is None
+    state = data["state"]
+    assert state["build"]["version"] == "15.2.1544.36"
+    assert state["build"]["cutoffs"] == {"2023-03": True, "2026-06": False}
+    assert state["eems_supported"] is True
+    assert state["service_state"] == "running"
+    assert state["eems"]["last_error_reason"] == "unknown_issuer"  # CU14 Oct25SU fails the June 2026 cutoff
+    assert fleet.fleet.request_count("EX19-CU14") > before
+    assert fleet.fleet.request_count("EX-SE01") == 0
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_poll_with_the_wrong_password_fails_with_a_reason(fleet_config):
+    _, path = fleet_config
+    result = exporter("poll", "--config.file", str(path), "EX-SE01", env={PASSWORD_ENV: "not-the-password"})
+    assert result.returncode == 1, result.stderr
+    data = json.loads(result.stdout)
+    assert data["outcome"]["success"] is False
+    assert data["outcome"]["error_reason"] == "auth_failed"
+    assert "Traceback" not in result.stderr
+
+
+def test_poll_unknown_server(fleet_config):
+    fleet, path = fleet_config
+    result = exporter("poll", "--config.file", str(path), "EX-NOPE", env={PASSWORD_ENV: PASSWORD})
+    assert_one_line_error(result, "'EX-NOPE' is not in")
+    assert result.stdout == ""
+
+
+def test_poll_without_the_password_variable(fleet_config):
+    _, path = fleet_config
+    env = {k: v for k, v in os.environ.items() if k != PASSWORD_ENV}
+    result = subprocess.run([sys.executable, "-m", "exporter", "poll", "--config.file", str(path), "EX-SE01"],
+                            capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    assert_one_line_error(result, "password_env: the environment variable it names is not set or empty")
+
+
+# ---------------------------------------------------------------- run
+
+
+def test_run_on_a_port_in_use(tmp_path):
+    path = tmp_path / "exporter.yml"
+    path.write_text(GOOD)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = exporter("run", "--config.file", str(path), "--web.listen-address", f"127.0.0.1:{port}",
+                          timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("exchange-eems-exporter:")]
+    assert errors == [f"exchange-eems-exporter: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
+def test_run_with_a_bad_config_does_not_start(tmp_path):
+    path = tmp_path / "exporter.yml"
+    path.write_text(GOOD + "poll: {interval: 1s}\n")
+    result = exporter("run", "--config.file", str(path), "--web.listen-address", "127.0.0.1:0", timeout=30)
+    assert_one_line_error(result, "poll.interval: must be at least 10s")
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.1:99999", "127.0.0.1:http"])
+def test_run_with_a_bad_listen_address(tmp_path, address):
+    path = tmp_path / "exporter.yml"
+    path.write_text(GOOD)
+    result = exporter("run", "--config.file", str(path), "--web.listen-address", address, timeout=30)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "expected [host]:port" in result.stderr
+
+
+@pytest.mark.parametrize("module, warning", [
+    ("insecure_skip_verify: true", "certificate validation is OFF"),
+    ("{transport: basic, scheme: http, allow_basic_over_http: true}", "clear text"),
+])
+def test_insecure_transport_settings_are_logged_at_start(tmp_path, module, warning):
+    settings = {"insecure_skip_verify: true": "    insecure_skip_verify: true\n",
+                "{transport: basic, scheme: http, allow_basic_over_http: true}":
+                    "    transport: basic\n    scheme: http\n    allow_basic_over_http: true\n"}[module]
+    path = tmp_path / "exporter.yml"
+    path.write_text(f"modules:\n  default:\n    username: 'EXCH\\svc'\n    password_env: {PASSWORD_ENV}\n"
+                    f"{settings}servers: [127.0.0.1]\n")
+    with socket.socket() as busy:  # the warning comes before the listener: a busy port ends the run at once
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = exporter("run", "--config.file", str(path), "--web.listen-address",
+                          f"127.0.0.1:{busy.getsockname()[1]}", env={PASSWORD_ENV: PASSWORD}, timeout=30)
+    assert any("level=WARNING" in line and warning in line for line in result.stderr.splitlines()), result.stderr
+    assert PASSWORD not in result.stderr

@@ -1,0 +1,373 @@
+"""Configuration validation: every bad file names the key at fault and says what is wrong, and good files
+get the documented defaults. The table is the contract `check-config` users read their errors from."""
+
+from __future__ import annotations
+
+import base64
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from exporter.config import ConfigError, load_config, load_config_text
+
+from ..conftest import PASSWORD, PASSWORD_ENV
+
+MODULE = f"""\
+modules:
+  default:
+    username: 'EXCH\\svc_monitor'
+    password_env: {PASSWORD_ENV}
+"""
+ONE_SERVER = "servers:\n  - ex01.contoso.com\n"
+GOOD = MODULE + ONE_SERVER
+
+
+def module(*lines: str, name: str = "default", username: bool = True, password: bool = True) -> str:
+    """One module section with extra keys; `{tmp}` in a line becomes the test's directory."""
+    body = []
+    if username:
+        body.append("username: 'EXCH\\svc_monitor'")
+    if password:
+        body.append(f"password_env: {PASSWORD_ENV}")
+    body.extend(lines)
+    return f"modules:\n  {name}:\n" + "".join(f"    {line}\n" for line in body)
+
+
+def servers(*entries: str) -> str:
+    return "servers:\n" + "".join(f"  - {entry}\n" for entry in entries)
+
+
+# (id, config text, expected key path, phrase expected in the message)
+BAD = [
+    # file shape
+    ("empty file", "", "", "empty"),
+    ("only a comment", "# nothing here\n", "", "empty"),
+    ("list at top level", "- modules\n- servers\n", "(top level)", "expected a mapping, got list"),
+    ("scalar at top level", "just text\n", "(top level)", "expected a mapping, got str"),
+    ("invalid yaml names line and column", GOOD + "poll:\n  interval: [60s\n", "", "line 9, column 1"),
+    ("tab indentation", MODULE + "servers:\n\t- ex01\n", "", "line 6, column 1"),
+    ("control character", GOOD + "poll: {interval: \x07}\n", "", "#x0007"),
+    ("undefined alias", GOOD + "poll: *nothing\n", "", "undefined alias"),
+    ("non-string top-level key", GOOD + "1: 2\n", "(top level)", "keys must be strings"),
+    # unknown keys at every level
+    ("unknown top-level key", GOOD + "server: [ex02]\n", "server", "unknown key"),
+    ("unknown poll key", GOOD + "poll: {intervall: 60s}\n", "poll.intervall", "unknown key"),
+    ("unknown limits key", GOOD + "limits: {max_server: 3}\n", "limits.max_server", "unknown key"),
+    ("unknown module key", module("verify: false") + ONE_SERVER, "modules.default.verify", "unknown key"),
+    ("unknown server key", MODULE + servers("{name: ex01, host: 10.0.0.1}"), "servers[0].host", "unknown key"),
+    ("unknown organization key", GOOD + "organization: {server: ex01.contoso.com, discover: true}\n",
+     "organization.discover", "unknown key"),
+    # wrong types
+    ("poll not a mapping", GOOD + "poll: 60\n", "poll", "expected a mapping, got int"),
+    ("modules a list", "modules:\n  - default\n" + ONE_SERVER, "modules", "expected a mapping, got list"),
+    ("servers a mapping", MODULE + "servers: {ex01: {}}\n", "servers", "expected a list"),
+    ("server entry a number", MODULE + servers("42"), "servers[0]", "expected a mapping, got int"),
+    ("port a string", module("port: '5986'") + ONE_SERVER, "modules.default.port", "expected a whole number"),
+    ("port a float", module("port: 5986.0") + ONE_SERVER, "modules.default.port", "expected a whole number"),
+    ("concurrency a bool", GOOD + "poll: {concurrency: true}\n", "poll.concurrency", "expected a whole number"),
+    ("check_endpoint a string", GOOD + "poll: {check_endpoint: 'yes'}\n", "poll.check_endpoint",
+     "expected true or false"),
+    ("insecure_skip_verify a string", module("insecure_skip_verify: 'no'") + ONE_SERVER,
+     "modules.default.insecure_skip_verify", "expected true or false"),
+    ("username a number", module("username: 42", username=False) + ONE_SERVER, "modules.default.username",
+     "expected a non-empty string"),
+    # missing required keys
+    ("no modules", ONE_SERVER, "modules", "at least one module"),
+    ("no servers", MODULE, "servers", "list at least one server"),
+    ("server without name", MODULE + servers("{address: 10.0.0.1}"), "servers[0].name", "required"),
+    ("module without username", module(username=False) + ONE_SERVER, "modules.default.username",
+     "required for transport ntlm"),
+    ("module without password", module(password=False) + ONE_SERVER, "modules.default",
+     "needs password_env or password_file"),
+    ("organization without server", GOOD + "organization: {name: Contoso}\n", "organization.server", "required"),
+    # out-of-range numbers
+    ("port zero", module("port: 0") + ONE_SERVER, "modules.default.port", "between 1 and 65535"),
+    ("port too high", module("port: 65536") + ONE_SERVER, "modules.default.port", "between 1 and 65535"),
+    ("server port too high", MODULE + servers("{name: ex01, port: 70000}"), "servers[0].port",
+     "between 1 and 65535"),
+    ("concurrency zero", GOOD + "poll: {concurrency: 0}\n", "poll.concurrency", "between 1 and 1024"),
+    ("jitter above one", GOOD + "poll: {jitter: 1.5}\n", "poll.jitter", "fraction between 0 and 1"),
+    ("max_events zero", GOOD + "poll: {max_events: 0}\n", "poll.max_events", "between 1 and 5000"),
+    ("max_response_bytes tiny", GOOD + "limits: {max_response_bytes: 100}\n", "limits.max_response_bytes",
+     "between 4096"),
+    ("interval below 10s", GOOD + "poll: {interval: 5s}\n", "poll.interval", "at least 10s"),
+    ("timeout above interval", GOOD + "poll: {interval: 30s, timeout: 45s}\n", "poll.timeout",
+     "between 5s and poll.interval"),
+    ("lookback below an hour", GOOD + "poll: {lookback: 30m}\n", "poll.lookback", "at least 1h"),
+    ("read_timeout not above operation_timeout", module("operation_timeout: 30s", "read_timeout: 20s") + ONE_SERVER,
+     "modules.default.read_timeout", "longer than operation_timeout"),
+    # bad durations
+    ("duration in words", GOOD + "poll: {interval: 5 minutes}\n", "poll.interval", "expected a duration"),
+    ("negative duration", GOOD + "poll: {timeout: -5}\n", "poll.timeout", "must not be negative"),
+    ("empty duration", GOOD + "poll: {interval: ''}\n", "poll.interval", "expected a duration"),
+    ("duration a bool", GOOD + "poll: {interval: true}\n", "poll.interval", "expected a duration"),
+    ("duration units out of order", GOOD + "poll: {interval: 5m1h}\n", "poll.interval", "expected a duration"),
+    ("infinite interval", GOOD + "poll: {interval: .inf}\n", "poll.interval", "finite"),
+    ("nan lookback", GOOD + "poll: {lookback: .nan}\n", "poll.lookback", "finite"),
+    ("infinite read_timeout", module("read_timeout: .inf") + ONE_SERVER, "modules.default.read_timeout", "finite"),
+    # passwords
+    ("password inline", module("password: hunter2", password=False) + ONE_SERVER, "modules.default.password",
+     "not accepted inline"),
+    ("password inline next to password_env", module("password: hunter2") + ONE_SERVER, "modules.default.password",
+     "not accepted inline"),
+    ("password_env unset", module("password_env: EEMS_TEST_SURELY_UNSET_VARIABLE", password=False) + ONE_SERVER,
+     "modules.default.password_env", "the environment variable it names is not set or empty"),
+    ("password_env empty", module("password_env: EEMS_TEST_EMPTY_VARIABLE", password=False) + ONE_SERVER,
+     "modules.default.password_env", "the environment variable it names is not set or empty"),
+    ("password_file missing", module("password_file: '{tmp}/no-such-file'", password=False) + ONE_SERVER,
+     "modules.default.password_file", "does not exist"),
+    ("password_file empty", module("password_file: '{tmp}/empty-password'", password=False) + ONE_SERVER,
+     "modules.default.password_file", "is empty"),
+    ("password_file only a newline", module("password_file: '{tmp}/newline-password'", password=False) + ONE_SERVER,
+     "modules.default.password_file", "is empty"),
+    ("password_env and password_file", module("password_file: '{tmp}/password'") + ONE_SERVER, "modules.default",
+     "not both"),
+    # modules and servers
+    ("unknown module", MODULE + servers("{name: ex01, module: other}"), "servers[0].module",
+     "unknown module 'other'"),
+    ("two modules, none default", module(name="a") + module(name="b")[len("modules:\n"):] + ONE_SERVER,
+     "servers[0].module", "required when more than one module"),
+    ("invalid module name", module(name="'bad name'") + ONE_SERVER, "modules.bad name",
+     "letters, digits, _ and -"),
+    ("unknown transport", module("transport: digest") + ONE_SERVER, "modules.default.transport",
+     "must be one of ntlm"),
+    ("unknown scheme", module("scheme: ftp") + ONE_SERVER, "modules.default.scheme", "must be http or https"),
+    ("duplicate server names", MODULE + servers("EX01", "ex01"), "servers[1].name", "listed twice"),
+    ("server name with a space", MODULE + servers("'ex 01'"), "servers[0].name", "not a valid server name"),
+    ("server name with a slash", MODULE + servers("'ex01/wsman'"), "servers[0].name", "not a valid server name"),
+    ("address with a scheme", MODULE + servers("{name: ex01, address: 'http://ex01'}"), "servers[0].address",
+     "not a host name or IP address"),
+    ("address with a path", MODULE + servers("{name: ex01, address: 'ex01/wsman'}"), "servers[0].address",
+     "not a host name or IP address"),
+    ("bad endpoint proxy", MODULE + servers("{name: ex01, endpoint_proxy: 'socks5://proxy:1080'}"),
+     "servers[0].endpoint_proxy", "expected a proxy URL"),
+    # transport security
+    ("basic over http", module("transport: basic", "scheme: http") + ONE_SERVER, "modules.default.transport",
+     "allow_basic_over_http"),
+    ("certificate over http", module("transport: certificate", "scheme: http", username=False, password=False)
+     + ONE_SERVER, "modules.default.scheme", "needs https"),
+    ("certificate without files", module("transport: certificate", username=False, password=False) + ONE_SERVER,
+     "modules.default", "needs cert_file and key_file"),
+    ("certificate without key file", module("transport: certificate", "cert_file: '{tmp}/client.crt'",
+                                            username=False, password=False) + ONE_SERVER,
+     "modules.default", "needs cert_file and key_file"),
+    ("cert_file missing", module("transport: certificate", "cert_file: '{tmp}/absent.crt'",
+                                 "key_file: '{tmp}/client.key'", username=False, password=False) + ONE_SERVER,
+     "modules.default.cert_file", "does not exist"),
+    ("insecure_skip_verify with ca_file", module("ca_file: '{tmp}/ca.crt'", "insecure_skip_verify: true")
+     + ONE_SERVER, "modules.default.insecure_skip_verify", "contradicts ca_file"),
+    ("ca_file missing", module("ca_file: '{tmp}/absent-ca.crt'") + ONE_SERVER, "modules.default.ca_file",
+     "does not exist"),
+    # shard, organization, limits, catalog
+    ("shard not K/N", GOOD + "shard: two\n", "shard", "must look like K/N"),
+    ("shard index past count", GOOD + "shard: 3/3\n", "shard", "between 0 and 2"),
+    ("shard count zero", GOOD + "shard: 0/0\n", "shard", "at least 1"),
+    ("organization interval shorter than poll", GOOD + "poll: {interval: 5m}\n"
+     "organization: {server: ex01.contoso.com, interval: 1m}\n", "organization.interval",
+     "must not be shorter than poll.interval"),
+    ("organization unknown module", GOOD + "organization: {server: ex01.contoso.com, module: nope}\n",
+     "organization.module", "unknown module 'nope'"),
+    ("too many servers", MODULE + servers("ex01", "ex02", "ex03") + "limits: {max_servers: 2}\n", "servers",
+     "3 servers exceed limits.max_servers (2)"),
+    ("catalog_file missing", GOOD + "catalog_file: '{tmp}/builds.tsv'\n", "catalog_file", "does not exist"),
+]
+
+
+@pytest.fixture
+def files(tmp_path, monkeypatch) -> Path:
+    """The files the table refers to through `{tmp}`."""
+    (tmp_path / "password").write_text(PASSWORD + "\n")
+    (tmp_path / "empty-password").write_text("")
+    (tmp_path / "newline-password").write_text("\n")
+    for name in ("client.crt", "client.key", "ca.crt"):
+        (tmp_path / name).write_text("placeholder: the loader checks that the file exists\n")
+    monkeypatch.delenv("EEMS_TEST_SURELY_UNSET_VARIABLE", raising=False)
+    monkeypatch.setenv("EEMS_TEST_EMPTY_VARIABLE", "")
+    return tmp_path
+
+
+def test_the_table_is_big_enough():
+    assert len(BAD) >= 40
+    assert len({case[0] for case in BAD}) == len(BAD), "case names must be unique"
+
+
+@pytest.mark.parametrize(("text", "key_path", "phrase"), [case[1:] for case in BAD], ids=[case[0] for case in BAD])
+def test_bad_config_names_the_key(files, text, key_path, phrase):
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(text.replace("{tmp}", str(files)), files)
+    assert caught.value.path == key_path, str(caught.value)
+    assert phrase in caught.value.message, str(caught.value)
+    assert "hunter2" not in str(caught.value) and PASSWORD not in str(caught.value)
+    if key_path:
+        assert str(caught.value).startswith(f"{key_path}: ")
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.yml")
+
+
+def test_config_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.yml"
+    path.write_bytes(GOOD.encode() + b"# caf\xe9\n")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(path)
+
+
+# ---------------------------------------------------------------- good configs
+
+
+def test_minimal_config_defaults(tmp_path):
+    path = tmp_path / "exporter.yml"
+    path.write_text(GOOD)
+    config = load_config(path)
+    assert config.source == path
+    (server,) = config.servers
+    assert (server.name, server.address, server.port, server.module, server.endpoint_proxy) == (
+        "ex01.contoso.com", "ex01.contoso.com", None, "default", "")
+    default = config.modules["default"]
+    assert default.transport == "ntlm"
+    assert default.scheme == "https"
+    assert default.port == 5986
+    assert default.insecure_skip_verify is False  # certificate validation stays on
+    assert default.ca_file is None and default.cert_file is None and default.key_file is None
+    assert default.allow_basic_over_http is False
+    assert default.username == "EXCH\\svc_monitor"
+    assert default.password.reveal() == PASSWORD
+    assert PASSWORD not in repr(config) and PASSWORD not in str(default.password)
+    assert (default.operation_timeout, default.read_timeout) == (20.0, 30.0)
+    assert (config.poll.interval, config.poll.timeout, config.poll.lookback) == (300.0, 60.0, 86400.0)
+    assert config.poll.check_endpoint is False
+    assert config.limits.max_servers == 5000
+    assert config.organization is None and config.catalog_file is None
+    assert config.shard == (0, 1)
+    # the password and the Basic Authorization value a server could quote back in a fault
+    assert config.secrets() == [PASSWORD, base64.b64encode(f"{default.username}:{PASSWORD}".encode()).decode()]
+
+
+def test_http_scheme_defaults_to_port_5985():
+    config = load_config_text(module("scheme: http") + ONE_SERVER, Path("."))
+    assert config.modules["default"].port == 5985
+
+
+def test_string_and_mapping_server_entries(tmp_path):
+    text = MODULE + servers("EX01", "{name: EX02, address: 10.1.2.3, port: 15986}", "{name: EX03, address: '::1'}",
+                            "{name: EX04, endpoint_proxy: 'http://proxy.contoso.com:8080/'}")
+    config = load_config_text(text, tmp_path)
+    assert [(s.name, s.address, s.port) for s in config.servers] == [
+        ("EX01", "EX01", None), ("EX02", "10.1.2.3", 15986), ("EX03", "::1", None), ("EX04", "EX04", None)]
+    assert config.servers[3].endpoint_proxy == "http://proxy.contoso.com:8080/"
+
+
+def test_several_modules(tmp_path):
+    (tmp_path / "pw").write_text("other-secret\r\n")
+    (tmp_path / "ca.pem").write_text("placeholder\n")
+    text = textwrap.dedent(f"""\
+        modules:
+          default:
+            username: 'EXCH\\svc_monitor'
+            password_env: {PASSWORD_ENV}
+            ca_file: ca.pem
+          legacy:
+            transport: basic
+            scheme: http
+            allow_basic_over_http: true
+            username: 'legacy'
+            password_file: pw
+          kerb:
+            transport: kerberos
+            username: 'svc@CONTOSO.COM'
+        servers:
+          - EX01
+          - {{name: EX02, module: legacy}}
+          - {{name: EX03, module: kerb}}
+        poll: {{interval: 1h30m, timeout: 90s, lookback: 48h, jitter: 0}}
+        organization: {{server: EX01, discover_servers: true}}
+        shard: 1/2
+        """)
+    config = load_config_text(text, tmp_path)
+    assert [s.module for s in config.servers] == ["default", "legacy", "kerb"]
+    assert config.modules["default"].ca_file == tmp_path / "ca.pem"  # relative to the config's directory
+    assert config.modules["legacy"].password.reveal() == "other-secret"  # trailing CR/LF stripped
+    assert config.modules["legacy"].port == 5985
+    assert config.modules["kerb"].password is None
+    assert (config.poll.interval, config.poll.timeout, config.poll.lookback) == (5400.0, 90.0, 172800.0)
+    assert config.organization.module == "default" and config.organization.interval == 5400.0
+    assert config.organization.discover_servers is True
+    assert config.shard == (1, 2)
+    passwords = {name: module.password.reveal() for name, module in config.modules.items() if module.password}
+    basic = [base64.b64encode(f"{config.modules[name].username}:{pw}".encode()).decode() for name, pw in passwords.items()]
+    assert sorted(config.secrets()) == sorted([PASSWORD, "other-secret", *basic])
+
+
+def test_discovery_alone_needs_no_server_list():
+    text = MODULE + "organization: {server: ex01.contoso.com, discover_servers: true}\n"
+    config = load_config_text(text, Path("."))
+    assert config.servers == () and config.organization.server == "ex01.contoso.com"
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("90s", 90.0), ("5m", 300.0), ("1h30m", 5400.0), ("2m30s", 150.0), ("1500ms", 1.5), ("12.5s", 12.5), (45, 45.0),
+])
+def test_durations(value, seconds):
+    config = load_config_text(GOOD + f"poll: {{endpoint_timeout: {value}}}\n", Path("."))
+    assert config.poll.endpoint_timeout == seconds
+
+
+def test_each_section_table_names_exactly_its_dataclass_fields():
+    """The tables are the one place for keys and defaults; a key added to a dataclass and not to its table
+    (or the other way round) must fail on import, not in a user's file."""
+    from exporter.config import POLL_KEYS, PollConfig
+    from exporter.config_keys import check_fields
+
+    check_fields(POLL_KEYS, PollConfig)
+    with pytest.raises(TypeError, match="endpoint_timeout"):
+        check_fields(POLL_KEYS[:-1], PollConfig)
+
+
+def test_defaults_come_from_the_tables_and_meet_their_checks():
+    """A default is written as in the file and read like a value from it, so it meets the same checks: the
+    default timeout (60s) does not fit a 30s interval, and saying so names the key."""
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(GOOD + "poll: {interval: 30s}\n", Path("."))
+    assert (caught.value.path, caught.value.message) == ("poll.timeout", "must be between 5s and poll.interval (30s)")
+
+
+@pytest.mark.parametrize(("entry", "key_path", "phrase"), [
+    ("{name: ex01, module: [default]}", "servers[0].module", "expected a non-empty string"),
+    ("{name: ex01, endpoint_proxy: 8080}", "servers[0].endpoint_proxy", "expected a proxy URL"),
+])
+def test_server_keys_of_the_wrong_type_name_the_key(entry, key_path, phrase):
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(MODULE + servers(entry), Path("."))
+    assert (caught.value.path, phrase in caught.value.message) == (key_path, True), str(caught.value)
+
+
+def test_an_empty_endpoint_proxy_is_no_proxy():
+    config = load_config_text(MODULE + servers("{name: ex01, endpoint_proxy: }"), Path("."))
+    assert config.servers[0].endpoint_proxy == ""
+
+
+def test_the_readme_shows_the_defaults_of_the_tables():
+    """README's key table is what users read; its backticked defaults must be the tables' defaults."""
+    import re
+
+    from exporter.config import LIMITS_KEYS, POLL_KEYS, module_keys
+
+    tables = {"poll": POLL_KEYS, "limits": LIMITS_KEYS, "modules.NAME": module_keys(Path("."))}
+    defaults = {f"{section}.{key.name}": key.default for section, keys in tables.items() for key in keys}
+    shown = lambda value: str(value).lower() if isinstance(value, bool) else str(value)  # noqa: E731
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    compared = 0
+    for key_cell, default_cell in re.findall(r"^\| ((?:`[^`]+`(?:, | / )?)+) \| ((?:`[^`]+`(?:, )?)+) \|", readme, re.M):
+        keys, values = re.findall(r"`([^`]+)`", key_cell), re.findall(r"`([^`]+)`", default_cell)
+        if len(keys) != len(values):
+            continue
+        section = keys[0].rpartition(".")[0]
+        for key, value in zip(keys, values):
+            key = section + key if key.startswith(".") else key
+            if key in defaults:
+                assert shown(defaults[key]) == value, key
+                compared += 1
+    assert compared >= 12

@@ -1,0 +1,120 @@
+"""The field report's parts (exporter/field_report.py) on the shapes the demo fleet lacks: a least-privilege
+account with localized errors, an hourly UTF-16 log with culture times, event texts per id, host-name scrubbing.
+The whole report against the simulated fleet is tests/system/test_diagnose.py."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import struct
+from datetime import datetime, timezone
+
+from exporter.field_report import NameScrubber, build_report, names_of
+from exporter.model import RawCulture
+from exporter.redact import Redactor
+
+from ..conftest import PASSWORD
+
+
+def lines(report: str) -> dict[str, str]:
+    return dict(re.findall(r"^([a-z_]+(?:\.[^:\s]+)*): (.*)$", report, re.MULTILINE))
+
+
+def _diagnose_output(**doc) -> bytes:
+    base = {"schema": 1, "computer": "EX01", "now": "\\/Date(1795950000000)\\/", "culture": "de-DE",
+            "ui_culture": "de-DE", "is_admin": False, "exsetup_version": "15.02.1544.004", "service": None,
+            "service_key": None, "log_folder": None, "log_files": [], "events": [], "event_errors": [], "errors": []}
+    return json.dumps({**base, **doc}).encode()
+
+
+def _report(diagnose_output: bytes, redact_names=None, culture=None) -> dict[str, str]:
+    text = build_report(server="EX01", created=datetime(2026, 11, 29, tzinfo=timezone.utc), collect="not run",
+                        interpretation=None, diagnose=diagnose_output, secrets=Redactor([PASSWORD]),
+                        redact_names=redact_names, culture=culture)
+    return lines(text)
+
+
+def test_least_privilege_account_and_localized_errors():
+    denied = {"id": "NoServiceFoundForGivenName,Microsoft.PowerShell.Commands.GetServiceCommand",
+              "type": "Microsoft.PowerShell.Commands.ServiceCommandException",
+              "message": "Es wurde kein Dienst mit dem Dienstnamen \u201eMSExchangeMitigation\u201c gefunden."}
+    no_events = {"id": "NoMatchingEventsFound,Microsoft.PowerShell.Commands.GetWinEventCommand",
+                 "type": "System.Exception",
+                 "message": "Es wurden keine Ereignisse gefunden, die den angegebenen Auswahlkriterien entsprechen."}
+    folder = {"id": "System.UnauthorizedAccessException", "type": "System.UnauthorizedAccessException",
+              "message": "Der Zugriff auf den Pfad wurde verweigert."}
+    got = _report(_diagnose_output(service={"error": denied}, service_key={"start": 2, "account": "LocalSystem"},
+                                   event_errors=[no_events], log_folder={"error": folder}))
+    assert got["os.culture"] == "de-DE" and got["account.is_admin"] == "no"
+    assert got["rights.service_query"].startswith("DENIED: Get-Service finds no service, but its registry key exists")
+    assert got["rights.event_log"] == "ok"
+    assert got["events.read_error.1"].endswith("Es wurden keine Ereignisse gefunden, die den angegebenen "
+                                               "Auswahlkriterien entsprechen.")
+    assert got["rights.log_folder"].startswith("failed: System.UnauthorizedAccessException")
+
+
+def test_hourly_utf16_log_with_culture_times_and_a_csv_header_first():
+    rows = ["DateTime,EventName,CustomData", "#Software: Microsoft Exchange Server", "#Version: 15.02.1544.004",
+            "#Fields: DateTime,EventName,CustomData"]
+    rows += [f"29.11.2026 {h:02d}:10:0{s},FetchMitigation,S:LogLevel={level};S:Message={message}"
+             for h in range(9, 12) for s, level, message in (
+                 (0, "Information", "Fetching mitigations from https://officeclient.microsoft.com/getexchangemitigations"),
+                 (1, "Warning" if h == 9 else "Information", "Verbindung EX01.contoso.com fehlgeschlagen" if h == 9 else "Fertig"))]
+    content = "\ufeff" + "\r\n".join(rows) + "\r\n"
+    data = content.encode("utf-16-le")
+    head, tail = data[:900], data[-301:]  # a tail that starts on an odd byte, mid-character
+    files = [{"name": f"MitigationService_20261129{h:02d}-1.LOG", "length": 100 if h == 11 else len(data),
+              "last_write": f"\\/Date({1795950000000 - (12 - h) * 3600_000 + 602_000})\\/"}  # lines in UTC+1
+             for h in (11, 10, 9)]
+    files[0].update(stream_length=len(data), head=base64.b64encode(head).decode(), tail=base64.b64encode(tail).decode())
+    got = _report(_diagnose_output(log_folder={"path": "D:\\Exchange\\Logging\\MitigationService", "exists": True,
+                                               "file_count": 3}, log_files=files), redact_names=["EX01"],
+                  culture=RawCulture("de-DE", "de-DE", "dd.MM.yyyy", "HH:mm:ss", "", ""))
+    assert got["log.naming"].startswith("prefix MitigationService; stamp 3 x yyyyMMddHH (hourly)")
+    assert got["log.rotation"].startswith("median 1h00m")
+    assert got["log.read.1.encoding"] == "utf-16-le (BOM FF FE)" and got["log.read.1.first_bytes"] == "ff fe 44 00"
+    assert got["log.read.1.length"] == f"stream {len(data)}, directory entry 100 (differ)"
+    assert got["log.read.1.first_lines.1"] == "DateTime,EventName,CustomData"
+    assert got["log.read.1.time_column"].startswith("iso 0, culture ")
+    assert re.fullmatch(r"(\d+) of \1 lines", got["log.read.1.exporter_reads_time"])
+    assert got["os.culture_patterns"].startswith("date dd.MM.yyyy")
+    assert got["log.read.1.last_write_minus_newest_line"] == "-1h00m"  # the lines are in local time
+    assert got["log.read.1.level.Warning.first"].endswith("S:Message=Verbindung <host> fehlgeschlagen")
+    assert got["log.read.1.level.Information.last"].endswith("S:Message=Fertig")
+
+
+def test_event_texts_per_id():
+    events = [{"id": 1006, "level": 4, "time": f"\\/Date({1795950000000 - i * 3600_000})\\/", "message": "applied"}
+              for i in range(3)]
+    events += [{"id": 1008, "level": 2, "time": "\\/Date(1795940000000)\\/", "message": None}]
+    got = _report(_diagnose_output(events=events))
+    assert got["events.ids"] == "1006 x 3, 1008 x 1"
+    assert got["events.id.1006.interval"] == "median 1h00m, min 1h00m, max 1h00m"
+    assert got["events.id.1006.text.1"] == "3 x applied"
+    assert got["events.id.1008.without_text"] == "1" and got["events.id.1008.levels"] == "Error"
+
+
+def test_name_scrubber():
+    scrub = NameScrubber(names_of("EX01.contoso.com", "10.1.2.3")).scrub
+    assert names_of("EX01.contoso.com", "10.1.2.3") == {"EX01.contoso.com", "EX01", "contoso.com"}
+    assert scrub("EX01 ex01.CONTOSO.com dc1.contoso.com") == "<host> <host> dc1.<host>"
+    assert scrub("E\x00X\x000\x001\x00 and E\\u0000X\\u00000\\u00001") == "<host>\x00 and <host>"
+    assert scrub("via http://proxy.fabrikam.net:8080/ to https://officeclient.microsoft.com/x") == \
+        "via http://<host>:8080/ to https://officeclient.microsoft.com/x"
+    assert scrub("from 10.1.2.3 and 192.168.0.1.") == "from <address> and <address>."
+    kept = "EX010 15.2.986.42 15.02.0986.005 System.Net.WebException Microsoft.Exchange.Mitigation.Service"
+    assert scrub(kept) == kept
+
+
+def test_winhttp_settings_with_a_bypass_list():
+    proxy, bypass = b"http=proxy.fabrikam.net:3128;https=10.0.0.5:3129", b"<local>;*.fabrikam.net"
+    value = (struct.pack("<IIII", 0x18, 7, 3, len(proxy)) + proxy + struct.pack("<I", len(bypass)) + bypass)
+    output = _diagnose_output(winhttp_settings=base64.b64encode(value).decode())
+    assert _report(output)["os.winhttp_proxy"] == (
+        "http=proxy.fabrikam.net:3128;https=10.0.0.5:3129 (bypass: <local>;*.fabrikam.net)")
+    assert _report(output, redact_names=["EX01"])["os.winhttp_proxy"] == (
+        "http=<host>:3128;https=<address>:3129 (bypass: <local>;*.<host>)")
+    direct = struct.pack("<IIII", 0x18, 1, 1, 0) + struct.pack("<I", 0)
+    assert _report(_diagnose_output(winhttp_settings=base64.b64encode(direct).decode()))["os.winhttp_proxy"] == \
+        "direct access (no WinHTTP proxy)"

@@ -1,0 +1,399 @@
+"""The exporter's HTTP endpoint over real loopback connections: routing, /probe safety, scrape timeouts,
+content negotiation, the web config (TLS, client certificates, basic auth) and concurrent scrapes.
+
+`/probe` is an SSRF surface: whoever can reach the exporter chooses the target. The tests prove that an
+unknown target never causes a connection, by listening where such a target points and checking that
+nothing knocked.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import quote
+
+import bcrypt
+import pytest
+import requests
+import yaml
+
+from exporter.catalog import Catalog
+from exporter.config import load_config_text
+from exporter.exporter import Exporter
+from exporter.http_server import serve
+from exporter.webconfig import WebConfigWatcher
+
+from ..conftest import PASSWORD, SimulatedFleet, relocate, samples
+from ..pki import issue, write
+
+WRONG_PASSWORD_ENV = "EEMS_TEST_WRONG_PASSWORD"
+WRONG_PASSWORD = "Wr0ng-but-still-secret-42"
+WEB_USER, WEB_PASSWORD = "prometheus", "web-Passw0rd-for-scrapes"
+SECRETS = (PASSWORD, WRONG_PASSWORD, WEB_PASSWORD)
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+
+SCENARIO = {
+    "servers": [
+        {"name": "EX01", "address": "127.0.0.1", "build": "15.2.2562.53"},
+        {"name": "EX02", "address": "127.0.0.1", "build": "15.2.1544.36"},
+    ],
+}
+
+
+
+def assert_no_secret(*texts: str | bytes) -> None:
+    for text in texts:
+        text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        for secret in SECRETS:
+            assert secret not in text
+
+
+class Answer:
+    def __init__(self, response: http.client.HTTPResponse):
+        self.status = response.status
+        self.headers = response.headers
+        self.body = response.read()
+        assert_no_secret(self.body, str(self.headers))
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+
+def call(port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None,
+         timeout: float = 30) -> Answer:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request(method, path, headers=headers or {})
+        return Answer(connection.getresponse())
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    with SimulatedFleet(relocate(SCENARIO)) as fleet:
+        yield fleet
+
+
+def exporter_config(fleet: SimulatedFleet):
+    """The fleet's config plus a module whose password the fleet does not accept."""
+    os.environ[WRONG_PASSWORD_ENV] = WRONG_PASSWORD
+    raw = yaml.safe_load(fleet.config_text(timeout="10s"))
+    raw["modules"]["wrong"] = {**raw["modules"]["http"], "password_env": WRONG_PASSWORD_ENV}
+    return load_config_text(yaml.safe_dump(raw), Path("."))
+
+
+@pytest.fixture(scope="module")
+def rig(fleet):
+    """An exporter that has polled every server once, served on a random loopback port."""
+    exporter = Exporter(exporter_config(fleet), Catalog.load())
+    exporter.poller.run_cycle()
+    server = serve(exporter, "127.0.0.1", 0, None)
+    yield fleet, exporter, server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    exporter.stop()
+
+
+# ---------------------------------------------------------------- /probe safety
+
+
+@pytest.fixture
+def bait():
+    """A listener where an unknown target would point: nothing may ever connect to it."""
+    with socket.socket() as listener:
+        listener.bind(("127.77.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        yield listener
+
+
+def requests_seen(fleet: SimulatedFleet) -> dict[str, int]:
+    return {name: fleet.fleet.request_count(name) for name in fleet.hosts}
+
+
+def test_probe_refuses_unknown_targets_without_connecting(rig, bait):
+    fleet, _, port = rig
+    bait_port = bait.getsockname()[1]
+    before = requests_seen(fleet)
+    ex01_address = fleet.hosts["EX01"].address
+    for target in ("127.77.0.1", f"127.77.0.1:{bait_port}", f"http://127.77.0.1:{bait_port}/wsman",
+                   "EX-UNKNOWN", "ex-unknown.contoso.com", ex01_address, f"{ex01_address}:{fleet.hosts['EX01'].port}",
+                   "EX01:5985", "EX01/../EX02", "EX01\x00"):
+        answer = call(port, f"/probe?target={quote(target, safe='')}")
+        assert answer.status == 400, target
+        assert "Unknown target" in answer.text
+    time.sleep(0.2)  # a connection attempt would have reached the accept queue by now
+    with pytest.raises(BlockingIOError):
+        bait.accept()
+    assert requests_seen(fleet) == before
+    # the control: a configured name does reach its server
+    assert call(port, "/probe?target=EX01").status == 200
+    assert fleet.fleet.request_count("EX01") > before["EX01"]
+
+
+def test_probe_target_names_are_case_insensitive(rig):
+    _, _, port = rig
+    answer = call(port, "/probe?target=ex01")
+    assert answer.status == 200
+    assert samples(answer.text)[("exchange_up", frozenset({"server": "EX01"}.items()))] == 1
+
+
+@pytest.mark.parametrize(("query", "phrase"), [
+    ("", "Exactly one 'target'"),
+    ("?target=", "Exactly one 'target'"),
+    ("?module=http", "Exactly one 'target'"),
+    ("?target=EX01&target=EX02", "Exactly one 'target'"),
+    ("?target=EX01&module=nope", "Unknown module 'nope'"),
+    ("?target=EX01&module=http&module=wrong", "At most one 'module'"),
+])
+def test_probe_bad_parameters(rig, query, phrase):
+    fleet, _, port = rig
+    before = requests_seen(fleet)
+    answer = call(port, "/probe" + query)
+    assert answer.status == 400
+    assert phrase in answer.text
+    assert requests_seen(fleet) == before
+
+
+def test_probe_module_selects_the_credentials(rig):
+    _, _, port = rig
+    up = frozenset({"server": "EX02"}.items())
+    wrong = samples(call(port, "/probe?target=EX02&module=wrong").text)
+    assert wrong[("exchange_up", up)] == 0
+    assert wrong[("exchange_collector_error",
+                  frozenset({"collector": "server", "server": "EX02", "reason": "auth_failed"}.items()))] == 1
+    right = samples(call(port, "/probe?target=EX02&module=http").text)
+    assert right[("exchange_up", up)] == 1
+    default = samples(call(port, "/probe?target=EX02").text)
+    assert default[("exchange_up", up)] == 1
+    # a probe with other credentials is not recorded as the server's state
+    assert samples(call(port, "/metrics").text)[("exchange_up", up)] == 1
+
+
+def test_probe_honours_the_scrape_timeout(rig):
+    fleet, _, port = rig
+    fleet.hosts["EX02"].faults.hang = True
+    try:
+        started = time.monotonic()
+        answer = call(port, "/probe?target=EX02", headers={"X-Prometheus-Scrape-Timeout-Seconds": "3"})
+        elapsed = time.monotonic() - started
+    finally:
+        fleet.hosts["EX02"].faults.hang = False
+    assert answer.status == 200
+    assert elapsed < 3.5, f"the probe answered after {elapsed:.2f}s"
+    metrics = samples(answer.text)
+    assert metrics[("exchange_up", frozenset({"server": "EX02"}.items()))] == 0
+    reasons = {dict(labels)["reason"] for (name, labels), value in metrics.items()
+               if name == "exchange_collector_error" and value == 1}
+    assert reasons <= {"timeout", "deadline_exceeded"} and reasons, reasons
+
+
+@pytest.mark.parametrize("value", ["soon", "3s", "nan", "inf", "-3", "0"])
+def test_probe_rejects_an_invalid_scrape_timeout(rig, value):
+    fleet, _, port = rig
+    before = requests_seen(fleet)
+    answer = call(port, "/probe?target=EX01", headers={"X-Prometheus-Scrape-Timeout-Seconds": value})
+    assert answer.status == 400
+    assert "X-Prometheus-Scrape-Timeout-Seconds" in answer.text
+    assert requests_seen(fleet) == before
+
+
+# ---------------------------------------------------------------- routes
+
+
+def test_landing_page_lists_the_servers(rig):
+    answer = call(rig[2], "/")
+    assert answer.status == 200
+    assert answer.headers["Content-Type"].startswith("text/html")
+    assert "/probe?target=EX01" in answer.text
+    assert "<td>EX01</td><td>yes</td><td>15.2.2562.53</td><td>serviced</td><td></td><td></td>" in answer.text
+    assert "<td>EX02</td>" in answer.text
+
+
+def test_healthy(rig):
+    answer = call(rig[2], "/-/healthy")
+    assert (answer.status, answer.text) == (200, "Healthy\n")
+
+
+def test_ready_only_after_the_first_poll_of_every_server(fleet):
+    exporter = Exporter(exporter_config(fleet), Catalog.load())
+    server = serve(exporter, "127.0.0.1", 0, None)
+    try:
+        port = server.server_address[1]
+        assert call(port, "/-/ready").status == 503
+        exporter.poller.poll_server("EX01")
+        assert call(port, "/-/ready").status == 503  # EX02 not yet
+        exporter.poller.poll_server("EX02")
+        answer = call(port, "/-/ready")
+        assert (answer.status, answer.text) == (200, "Ready\n")
+    finally:
+        server.shutdown()
+        server.server_close()
+        exporter.stop()
+
+
+@pytest.mark.parametrize("path", ["/metric", "/metrics/", "/probe/", "/-/reload", "/favicon.ico", "/../etc/passwd"])
+def test_unknown_paths_are_404(rig, path):
+    assert call(rig[2], path).status == 404
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/probe?target=EX01", "/"])
+def test_post_is_not_allowed_outside_reload(rig, path):
+    fleet, _, port = rig
+    before = requests_seen(fleet)
+    answer = call(port, path, method="POST")
+    assert answer.status == 405
+    assert answer.headers["Allow"] == "GET, HEAD"
+    assert requests_seen(fleet) == before
+
+
+def test_over_long_url_is_414(rig):
+    fleet, _, port = rig
+    before = requests_seen(fleet)
+    answer = call(port, "/probe?target=" + "A" * 3000)
+    assert answer.status == 414
+    assert requests_seen(fleet) == before
+
+
+def test_head(rig):
+    _, _, port = rig
+    get = call(port, "/metrics")
+    head = call(port, "/metrics", method="HEAD")
+    assert head.status == 200 and head.body == b""
+    assert head.headers["Content-Type"] == get.headers["Content-Type"]
+    assert int(head.headers["Content-Length"]) > 1000
+
+
+def test_gzip_when_asked(rig):
+    _, _, port = rig
+    plain = call(port, "/metrics")
+    assert "Content-Encoding" not in plain.headers
+    zipped = call(port, "/metrics", headers={"Accept-Encoding": "gzip"})
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    assert int(zipped.headers["Content-Length"]) == len(zipped.body) < len(plain.body)
+    text = gzip.decompress(zipped.body).decode()
+    assert ("exchange_up", frozenset({"server": "EX01"}.items())) in samples(text)
+
+
+def test_content_negotiation(rig):
+    _, _, port = rig
+    classic = call(port, "/metrics")
+    assert classic.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    open_metrics = call(port, "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert open_metrics.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert open_metrics.text.endswith("# EOF\n")
+    probe = call(port, "/probe?target=EX01", headers={"Accept": "application/openmetrics-text"})
+    assert probe.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert probe.text.endswith("# EOF\n")
+
+
+def test_promtool_accepts_metrics_and_probe(rig):
+    _, _, port = rig
+    for path in ("/metrics", "/probe?target=EX01"):
+        result = subprocess.run([PROMTOOL, "check", "metrics"], input=call(port, path).body, capture_output=True,
+                                timeout=30)
+        assert result.returncode == 0, (path, result.stdout + result.stderr)
+
+
+def test_concurrent_scrapes_while_polling(rig):
+    _, exporter, port = rig
+    polling = threading.Thread(target=exporter.poller.run_cycle)
+    polling.start()
+    try:
+        with ThreadPoolExecutor(50) as pool:
+            answers = list(pool.map(lambda _: call(port, "/metrics", timeout=30), range(50)))
+    finally:
+        polling.join(timeout=60)
+    assert [a.status for a in answers] == [200] * 50
+    for answer in answers:
+        assert ("exchange_up", frozenset({"server": "EX01"}.items())) in samples(answer.text)
+
+
+# ---------------------------------------------------------------- the web config on the exporter's endpoint
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("pki")
+    ca, ca_key = issue("exporter test ca", None, None, ca=True)
+    rogue_ca, rogue_key = issue("rogue ca", None, None, ca=True)
+    write(directory, "ca", ca, ca_key)
+    write(directory, "server", *issue("exporter", ca_key, ca.subject, ca=False, server=True))
+    write(directory, "client", *issue("prometheus", ca_key, ca.subject, ca=False))
+    write(directory, "rogue", *issue("prometheus", rogue_key, rogue_ca.subject, ca=False))
+    return directory
+
+
+def web_config(directory: Path, name: str, text: str) -> Path:
+    """Write a web config and have promtool accept it before the exporter uses it."""
+    path = directory / name
+    path.write_text(text)
+    assert Path(PROMTOOL).is_file(), "promtool is required (Debian package 'prometheus')"
+    result = subprocess.run([PROMTOOL, "check", "web-config", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return path
+
+
+@pytest.fixture(scope="module")
+def secured(rig, pki):
+    """The same exporter behind two web configs: TLS with basic auth, and TLS requiring client certificates."""
+    _, exporter, _ = rig
+    hashed = bcrypt.hashpw(WEB_PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+    tls = f"tls_server_config:\n  cert_file: {pki}/server.crt\n  key_file: {pki}/server.key\n"
+    basic = web_config(pki, "basic.yml", tls + f"basic_auth_users:\n  {WEB_USER}: '{hashed}'\n")
+    mutual = web_config(pki, "mutual.yml", tls + f"  client_auth_type: RequireAndVerifyClientCert\n"
+                                                 f"  client_ca_file: {pki}/ca.crt\n")
+    servers = [serve(exporter, "127.0.0.1", 0, WebConfigWatcher(path)) for path in (basic, mutual)]
+    yield tuple(f"127.0.0.1:{s.server_address[1]}" for s in servers)
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_tls_with_basic_auth(secured, pki):
+    address, _ = secured
+    ca = str(pki / "ca.crt")
+    ok = requests.get(f"https://{address}/metrics", verify=ca, auth=(WEB_USER, WEB_PASSWORD), timeout=10)
+    assert ok.status_code == 200
+    assert ("exchange_up", frozenset({"server": "EX01"}.items())) in samples(ok.text)
+    for auth in (None, (WEB_USER, "wrong"), ("nobody", WEB_PASSWORD), (WEB_USER, "")):
+        denied = requests.get(f"https://{address}/metrics", verify=ca, auth=auth, timeout=10)
+        assert denied.status_code == 401, auth
+        assert denied.headers["WWW-Authenticate"] == 'Basic realm="exchange-eems-exporter"'
+        assert "exchange_up" not in denied.text
+        assert_no_secret(denied.text, str(denied.headers))
+    # every route is behind the password, /probe and /-/reload included
+    for method, path in (("GET", "/probe?target=EX01"), ("GET", "/-/ready"), ("POST", "/-/reload")):
+        assert requests.request(method, f"https://{address}{path}", verify=ca, timeout=10).status_code == 401
+
+
+def test_tls_refuses_plain_http_and_unknown_servers(secured, pki):
+    address, _ = secured
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(f"http://{address}/metrics", auth=(WEB_USER, WEB_PASSWORD), timeout=10)
+    with pytest.raises(requests.exceptions.SSLError):  # a client that does not trust our CA
+        requests.get(f"https://{address}/metrics", verify=str(pki / "rogue.crt"), timeout=10)
+
+
+def test_client_certificate_required(secured, pki):
+    _, address = secured
+    ca = str(pki / "ca.crt")
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(f"https://{address}/metrics", verify=ca, timeout=10)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(f"https://{address}/metrics", verify=ca, cert=(str(pki / "rogue.crt"), str(pki / "rogue.key")),
+                     timeout=10)
+    ok = requests.get(f"https://{address}/metrics", verify=ca, cert=(str(pki / "client.crt"), str(pki / "client.key")),
+                      timeout=10)
+    assert ok.status_code == 200
+    assert ("exchange_up", frozenset({"server": "EX01"}.items())) in samples(ok.text)

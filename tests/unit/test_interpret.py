@@ -1,0 +1,433 @@
+"""Interpretation with the real EEMS event texts and log lines from docs/reference/eems-facts.md, each source absent or both."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+
+from exporter.catalog import Catalog
+from exporter.eems_log import FETCH_ERROR_REASONS
+from exporter.interpret import interpret_server
+from exporter.model import RawCulture, RawEndpoint, RawError, RawEvent, RawLog, RawServerFacts
+
+UTC = timezone.utc
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+LOOKBACK = timedelta(hours=24)
+
+# Verbatim texts (docs/reference/eems-facts.md sections 3 and 4).
+JAN_2025_1008 = (
+    "An unexpected exception occurred.\r\nDiagnostic information: Exception encountered while fetching mitigations."
+)
+TLS_1008 = (
+    "An unexpected exception occurred. Diagnostic information: Exception encountered while fetching mitigations : "
+    "System.AggregateException: One or more errors occurred. ---> System.Net.Http.HttpRequestException: An error "
+    "occurred while sending the request. ---> System.Net.WebException: The underlying connection was closed: Could "
+    "not establish trust relationship for the SSL/TLS secure channel. ---> System.Security.Authentication."
+    "AuthenticationException: The remote certificate is invalid according to the validation procedure.\r\n"
+    "   at Microsoft.Exchange.Mitigation.Service.MitigationCloudServiceV2.FetchMitigations()\r\n"
+    "   at Microsoft.Exchange.Mitigation.Service.Mitigations.MitigationEngine.FetchAndApplyMitigation()"
+)
+JUNE_2026_1008 = (
+    "Exception encountered while fetching mitigations: This XML is not deemed safe to consume since Response xml's "
+    "leaf certificate is from unknown issuer or has EKU mismatch"
+)
+SIGNING_1008 = (
+    "An unexpected exception occurred. Diagnostic information: Exception encountered while fetching mitigations : "
+    "This XML is not deemed safe to consume since Response xml's signing cert is invalid or not from microsoft"
+)
+GRANIKOS_CYCLE = [
+    "S:LogLevel=Information;S:Message=Started MSExchangeMitigation",
+    "S:LogLevel=Information;S:Message=Fetching mitigations from https://officeclient.microsoft.com/getexchangemitigations",
+    "S:LogLevel=Information;S:Message=Using Proxy http://[IPADDRESS]/ To Fetch Configurations",
+    "S:LogLevel=Information;S:Message=No diagnostic data sent. DataCollectionEnabled is false",
+    "S:LogLevel=Warning;S:Message=TLS certificate or its chain validation failed",
+    "S:LogLevel=Error;S:Message=Exception encountered while fetching mitigations : One or more errors occurred.;"
+    "S:Source=Microsoft.Exchange.Mitigation.Service.Mitigations.MitigationEngine",
+]
+GRANIKOS_SIGNING = (
+    "FetchMitigation,S:LogLevel=Error;'S:Message=Exception encountered while fetching mitigations : This XML is not "
+    "deemed safe to consume since Response xml''s signing cert is invalid or not from microsoft'; "
+    "S:Source=Microsoft.Exchange.Mitigation.Service.Mitigations.MitigationEngine"
+)
+UNTRUSTED_LINE = "FetchMitigation,S:LogLevel=Warning;S:Message=Connection attempted against untrusted endpoint"
+FETCH_LINE = (
+    "FetchMitigation,S:LogLevel=Information;S:Message=Fetching mitigations from "
+    "https://officeclient.microsoft.com/getexchangemitigations"
+)
+DONE_LINE = "FetchMitigation,S:LogLevel=Information;S:Message=Applied mitigations: PING1"
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return Catalog.load()
+
+
+def stamp(when: datetime, body: str) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%S.000Z,") + body
+
+
+def at(hours_ago: float, minutes: float = 0) -> datetime:
+    return NOW - timedelta(hours=hours_ago, minutes=minutes)
+
+
+EN_US = RawCulture("en-US", "en-US", "M/d/yyyy", "h:mm:ss tt", "AM", "PM")
+GETWINEVENT = "Microsoft.PowerShell.Commands.GetWinEventCommand"
+
+
+def error(part: str, error_id: str, category: str = "ObjectNotFound", type_: str = "System.Exception",
+          message: str = "(localized text)") -> RawError:
+    return RawError(part, error_id, category, type_, message)
+
+
+def facts(events=(), tail: str | None = None, **fields) -> RawServerFacts:
+    base = RawServerFacts(
+        now=NOW, culture=EN_US, exsetup_version="15.02.2562.043", build_source="exsetup", edge=False,
+        service_key_start=2, service_queried=True, service_status="Running", service_start_type="Automatic",
+        events=tuple(events), log_folder=True,
+        logs=() if tail is None else (RawLog(len(tail.encode()), None, "utf-8", tail),),
+        endpoints=(), errors=(),
+    )
+    return replace(base, **fields)
+
+
+def interpret(f: RawServerFacts, catalog: Catalog, lookback: timedelta = LOOKBACK):
+    return interpret_server("EX01", f, catalog, lookback=lookback, now=NOW)
+
+
+# ---------------------------------------------------------------- build, service, endpoint
+
+
+def endpoint(name="GetExchangeMitigations", status=200, web_status=None, revocation_failed=False) -> RawEndpoint:
+    return RawEndpoint(name, status, 0.31, web_status, revocation_failed)
+
+
+def test_build_service_and_endpoint(catalog):
+    state = interpret(facts(endpoints=(endpoint(), endpoint("GetExchangeConfig"))), catalog)
+    assert state.name == "EX01" and state.build.update == "Jun26SU" and state.eems_supported
+    assert (state.service_state, state.service_start_mode) == ("running", "auto")
+    assert [(e.endpoint, e.reachable, e.reason, e.duration_seconds) for e in state.endpoints] == [
+        ("mitigations", True, "ok", 0.31), ("flighting", True, "ok", 0.31)]
+    down = interpret(facts(endpoints=(endpoint(status=0, web_status="ConnectFailure"),)), catalog)
+    assert [(e.reachable, e.reason) for e in down.endpoints] == [(False, "connect_failed")]
+
+
+@pytest.mark.parametrize(
+    "status, web_status, revocation_failed, reason",
+    [
+        (407, "ProtocolError", False, "proxy_auth_required"),
+        (0, "Timeout", False, "timeout"),
+        (0, "TrustFailure", False, "tls_validation"),
+        (0, "TrustFailure", True, "revocation_unknown"),
+        (0, "NameResolutionFailure", False, "dns"),
+        (503, "ProtocolError", False, "http_status"),
+        (0, "SendFailure", False, "other"),
+    ],
+)
+def test_endpoint_failure_reasons_come_from_invariant_status_names(catalog, status, web_status, revocation_failed, reason):
+    state = interpret(facts(endpoints=(endpoint(status=status, web_status=web_status, revocation_failed=revocation_failed),)),
+                      catalog)
+    assert [(e.reachable, e.reason) for e in state.endpoints] == [(False, reason)]
+
+
+def test_edge_server_never_has_eems(catalog):
+    state = interpret(facts(edge=True, service_queried=False, service_key_start=None, service_status=None,
+                            service_start_type=None, errors=(error("service_key", "PathNotFound,x"),)), catalog)
+    assert state.build.eems_supported and not state.eems_supported
+    assert (state.service_installed, state.service_state, state.service_start_mode) == (False, None, None)
+
+
+@pytest.mark.parametrize(
+    "status, start, expected",
+    [
+        ("Stopped", "Disabled", ("stopped", "disabled")),
+        ("StartPending", "Manual", ("start pending", "manual")),
+        ("StopPending", "Boot", ("stop pending", "boot")),
+        ("ContinuePending", "System", ("continue pending", "system")),
+        ("PausePending", "Automatic", ("pause pending", "auto")),
+        ("Paused", None, ("paused", None)),
+        (None, None, ("unknown", None)),
+    ],
+)
+def test_service_names_follow_windows_exporter(catalog, status, start, expected):
+    state = interpret(facts(service_status=status, service_start_type=start), catalog)
+    assert (state.service_state, state.service_start_mode) == expected
+
+
+# ---------------------------------------------------------------- what Windows reports as an error
+
+
+@pytest.mark.parametrize("message", [
+    "No events were found that match the specified selection criteria.",
+    "Es wurden keine Ereignisse gefunden, die den angegebenen Auswahlkriterien entsprechen.",
+    "Aucun événement correspondant aux critères de sélection spécifiés n’a été trouvé.",
+    "指定された選択条件に一致するイベントが見つかりませんでした。",
+])
+def test_no_events_in_any_language_is_not_a_failure(catalog, message):
+    state = interpret(facts(errors=(error("events", f"NoMatchingEventsFound,{GETWINEVENT}", message=message),)), catalog)
+    assert state.collection_errors == ()
+
+
+def test_edge_and_pre_eems_builds_have_no_provider_and_no_log_folder_without_failures(catalog):
+    absent = (error("service_key", "PathNotFound,Microsoft.PowerShell.Commands.GetItemCommand"),
+              error("service", "NoServiceFoundForGivenName,Microsoft.PowerShell.Commands.GetServiceCommand"),
+              error("events", f"NoMatchingProvidersFound,{GETWINEVENT}"))
+    no_service = dict(service_queried=False, service_key_start=None, service_status=None, service_start_type=None,
+                      log_folder=False, errors=absent)
+    for server in (facts(edge=True, **no_service), facts(exsetup_version="15.02.0922.007", **no_service)):
+        state = interpret(server, catalog)
+        assert state.collection_errors == () and state.service_installed is False and state.service_state is None
+    missing = interpret(facts(log_folder=False, errors=(error("events", f"NoMatchingProvidersFound,{GETWINEVENT}"),)),
+                        catalog)
+    assert {(f.part, f.reason) for f in missing.collection_errors} == {("events", "not_found"), ("log", "not_found")}
+
+
+def test_service_query_denied_is_unknown_not_missing(catalog):
+    """5.1's Get-Service says "no service found" when OpenService is denied: the registry key decides."""
+    denied = facts(service_queried=False, service_status=None, service_start_type=None, service_key_start=2,
+                   errors=(error("service", "NoServiceFoundForGivenName,Microsoft.PowerShell.Commands.GetServiceCommand"),))
+    state = interpret(denied, catalog)
+    assert (state.service_installed, state.service_state, state.service_start_mode) == (True, "unknown", "auto")
+    assert [(f.part, f.reason) for f in state.collection_errors] == [("service", "access_denied")]
+    unreadable_key = interpret(replace(denied, service_key_start=None, errors=denied.errors + (
+        error("service_key", "System.Security.SecurityException,Microsoft.PowerShell.Commands.GetItemCommand",
+              "NotSpecified", "System.Security.SecurityException"),)), catalog)
+    assert unreadable_key.service_installed is None and unreadable_key.service_state == "unknown"
+
+
+def test_access_denied_on_the_event_log_and_log_folder(catalog):
+    state = interpret(facts(errors=(
+        error("events", f"System.UnauthorizedAccessException,{GETWINEVENT}", "NotSpecified", "System.UnauthorizedAccessException"),
+        error("log", "DirUnauthorizedAccessError,Microsoft.PowerShell.Commands.GetChildItemCommand", "PermissionDenied",
+              "System.UnauthorizedAccessException"))), catalog)
+    assert {(f.part, f.reason) for f in state.collection_errors} == {("events", "access_denied"), ("log", "access_denied")}
+
+
+def test_an_unformattable_event_keeps_the_others(catalog):
+    text = "The description for Event ID '1008' in Source 'MSExchange Mitigation Service' cannot be found."
+    events = [RawEvent(1008, at(1), "Cannot retrieve event message text."), RawEvent(1008, at(2), TLS_1008)]
+    state = interpret(facts(events, errors=(error("events", f"{text},{GETWINEVENT}", "NotSpecified",
+                                                  "System.Diagnostics.Eventing.Reader.EventLogException", text),)), catalog)
+    assert state.eems.fetch_errors["tls_validation"] == 1 and state.eems.last_error == at(2)
+    assert state.eems.other_errors == 1  # the unreadable 1008 is not known to be a fetch error
+    assert [(f.part, f.reason) for f in state.collection_errors] == [("events", "other")]
+
+
+def test_missing_and_bad_build(catalog):
+    none = interpret(facts(exsetup_version=None), catalog)
+    assert none.build is None and not none.eems_supported
+    bad = interpret(facts(exsetup_version="8.3.83.6", errors=(error("log", "", "", "", "access denied"),)), catalog)
+    assert bad.build is None and not bad.eems_supported
+    assert [(f.part, f.reason) for f in bad.collection_errors] == [("build", "other"), ("log", "other")]
+    assert "'8.3.83.6' is not an Exchange 2013/2016/2019/SE build" in bad.collection_errors[0].message
+
+
+def test_admin_display_version_stands_in_when_exsetup_cannot_be_read(catalog):
+    no_exsetup = facts(exsetup_version=None, build_source=None, errors=(error("build", "CommandNotFoundException,Microsoft.PowerShell.Commands.GetCommandCommand"),))
+    state = interpret_server("EX01", no_exsetup, catalog, lookback=LOOKBACK, now=NOW,
+                             admin_display_version="Version 15.2 (Build 1748.53)")
+    assert state.build_source == "admin_display_version"
+    assert (state.build.product, state.build.cu, state.build.update, state.build.known) == (
+        "Exchange2019", "CU15", "unknown", False)
+    # The update is unknown: CU15 RTM is below the June 2026 minimum, so the CU as a whole is not compliant.
+    assert state.build.cutoffs == {"2023-03": True, "2026-06": False}
+    assert state.eems_supported
+
+
+def test_servicing_is_judged_on_the_exporters_date_not_the_servers_clock(catalog):
+    wrong_clock = datetime(2031, 1, 1, tzinfo=timezone.utc)  # the server's clock is years ahead
+    facts_2019 = facts(exsetup_version="15.2.1748.53", now=wrong_clock)
+    state = interpret_server("EX01", facts_2019, catalog, lookback=LOOKBACK, now=wrong_clock,
+                             today=date(2026, 10, 31))
+    assert state.build.servicing == "serviced"  # ESU ran to 2026-10-31
+    assert interpret_server("EX01", facts_2019, catalog, lookback=LOOKBACK, now=wrong_clock,
+                            today=date(2026, 11, 1)).build.servicing == "out_of_support"
+
+
+def test_exsetup_wins_over_admin_display_version(catalog):
+    state = interpret_server("EX01", facts(), catalog, lookback=LOOKBACK, now=NOW,
+                             admin_display_version="Version 15.2 (Build 1748.10)")
+    assert (state.build.version, state.build_source, state.build.known) == ("15.2.2562.43", "exsetup", True)
+
+
+def test_bad_admin_display_version_is_a_build_note(catalog):
+    state = interpret_server("EX01", facts(exsetup_version=None, build_source=None), catalog, lookback=LOOKBACK,
+                             now=NOW, admin_display_version="Version 15.2 (Build banana)")
+    assert state.build is None and state.build_source is None
+    assert [(f.part, f.reason, f.message) for f in state.collection_errors] == [
+        ("build", "other", "AdminDisplayVersion 'Version 15.2 (Build banana)' is not like 'Version 15.2 (Build 1544.36)'")]
+
+
+def test_old_build_has_no_eems(catalog):
+    assert not interpret(facts(exsetup_version="15.2.922.7"), catalog).eems_supported
+
+
+# ---------------------------------------------------------------- EEMS history
+
+
+def test_no_sources_at_all(catalog):
+    eems = interpret(facts(), catalog).eems
+    assert (eems.last_check, eems.last_success, eems.last_error, eems.last_error_reason) == (None, None, None, None)
+    assert eems.fetch_errors == dict.fromkeys(FETCH_ERROR_REASONS, 0)
+    assert eems.last_activity is None
+
+
+def test_a_1008_not_about_fetching_is_counted_apart(catalog):
+    """Learn: 1008 is logged "for any encountered errors"; only fetch errors are failed checks."""
+    other = "An unexpected exception occurred.\r\nDiagnostic information: Exception encountered while sending diagnostic data"
+    events = [RawEvent(1008, at(1), other), RawEvent(1008, at(3), JUNE_2026_1008)]
+    eems = interpret(facts(events), catalog).eems
+    assert (eems.last_error, eems.last_error_reason) == (at(3), "unknown_issuer")
+    assert sum(eems.fetch_errors.values()) == 1 and eems.other_errors == 1
+    assert eems.last_activity == at(1)
+
+
+def test_failing_needs_the_two_newest_checks_to_fail(catalog):
+    clean = [stamp(at(3, -30), FETCH_LINE), stamp(at(3, -31), DONE_LINE)]
+    once = [stamp(at(2), FETCH_LINE), stamp(at(2, -1), UNTRUSTED_LINE)]
+    recovered = [stamp(at(1), FETCH_LINE), stamp(at(1, -1), DONE_LINE)]
+    again = [stamp(at(0, 30), FETCH_LINE), stamp(at(0, 29), UNTRUSTED_LINE)]
+    assert not interpret(facts(tail="\n".join(clean + once + recovered)), catalog).eems.failing
+    assert not interpret(facts(tail="\n".join(clean + once + recovered + again)), catalog).eems.failing
+    assert interpret(facts(tail="\n".join(clean + recovered + once[:0] + again + [
+        stamp(at(0, 10), FETCH_LINE), stamp(at(0, 9), UNTRUSTED_LINE)])), catalog).eems.failing
+    # an event and the log cycle of the same check are one failed check, not two
+    event_and_log = interpret(facts([RawEvent(1008, at(0, 28), JAN_2025_1008)], tail="\n".join(recovered + again)), catalog)
+    assert not event_and_log.eems.failing
+    events_only = interpret(facts([RawEvent(1008, at(0, 20), TLS_1008), RawEvent(1008, at(1, 20), TLS_1008)]), catalog)
+    assert events_only.eems.failing
+
+
+def test_activity_is_any_event_or_log_write(catalog):
+    eems = interpret(facts([RawEvent(1004, at(0.5), "unrelated")]), catalog).eems
+    assert eems.last_activity == at(0.5) and eems.last_success is None
+    log = RawLog(10, at(0.2), "utf-8", "")
+    assert interpret(facts(logs=(log,)), catalog).eems.last_activity == at(0.2)
+
+
+def test_hourly_files_utf16_and_culture_times_are_read_together(catalog):
+    """Other Exchange 2016+ logs roll hourly, start with a bare CSV header and may write culture-formatted
+    times; none of that may hide the checks."""
+    def culture_stamp(when: datetime, body: str) -> str:
+        return f"{when.month}/{when.day}/{when.year} {(when.hour % 12) or 12}:{when:%M:%S} {'AM' if when.hour < 12 else 'PM'},{body}"
+
+    header = "DateTime,EventName,CustomData\r\n#Software: Microsoft Exchange Server\r\n#Fields: DateTime,EventName,CustomData\r\n"
+    older = header + culture_stamp(at(2), FETCH_LINE) + "\r\n" + culture_stamp(at(2, -1), UNTRUSTED_LINE) + "\r\n"
+    newer = "\ufeff" + header + culture_stamp(at(1), FETCH_LINE) + "\r\n" + culture_stamp(at(1, -1), DONE_LINE) + "\r\n"
+    logs = (RawLog(len(newer.encode("utf-16-le")), at(1, -1), "utf-16", newer),
+            RawLog(len(older.encode()), at(2, -1), "utf-8", older))
+    eems = interpret(facts(logs=logs), catalog).eems
+    assert eems.last_success == at(1) and eems.last_check == at(1)
+    assert (eems.last_error, eems.last_error_reason) == (at(2, -1), "untrusted_endpoint")
+
+
+def test_log_times_in_another_zone_are_dropped_not_misplaced(catalog):
+    """Culture-formatted times carry no zone; the file's UTC write time shows when they are not UTC."""
+    def local(when: datetime) -> str:  # the server writes UTC+2 local time
+        t = when + timedelta(hours=2)
+        return f"{t.month}/{t.day}/{t.year} {(t.hour % 12) or 12}:{t:%M:%S} {'AM' if t.hour < 12 else 'PM'}"
+
+    tail = f"{local(at(1))},{FETCH_LINE}\r\n{local(at(1, -1))},{UNTRUSTED_LINE}\r\n"
+    log = RawLog(len(tail), at(1, -1), "utf-8", tail)
+    state = interpret(facts(logs=(log,)), catalog)
+    assert (state.eems.last_check, state.eems.last_error, state.eems.last_success) == (None, None, None)
+    assert state.eems.last_activity == at(1, -1)  # the write time still shows the service is active
+    assert [(f.part, f.reason) for f in state.collection_errors] == [("log", "other")]
+    in_utc = RawLog(len(tail), at(1, -1) + timedelta(hours=2), "utf-8", tail)
+    assert interpret(facts(logs=(in_utc,)), catalog).eems.last_error is not None
+
+
+def test_events_only(catalog):
+    events = [
+        RawEvent(1008, at(1), JUNE_2026_1008),
+        RawEvent(1008, at(2), TLS_1008),
+        RawEvent(1005, at(3), "Mitigation PING1 applied"),
+        RawEvent(1008, at(30), SIGNING_1008),  # outside the 24 h lookback
+        RawEvent(1004, at(0.5), "unrelated"),
+    ]
+    eems = interpret(facts(events), catalog).eems
+    assert eems.last_check == at(1)
+    assert eems.last_success == at(3)
+    assert (eems.last_error, eems.last_error_reason) == (at(1), "unknown_issuer")
+    assert eems.fetch_errors == {"untrusted_endpoint": 0, "unknown_issuer": 1, "tls_validation": 1,
+                                 "signature_invalid": 0, "other": 0}
+    wide = interpret(facts(events), catalog, lookback=timedelta(days=2)).eems
+    assert wide.fetch_errors["signature_invalid"] == 1
+
+
+def test_log_only_granikos_cycle_then_clean_cycle(catalog):
+    failing = [stamp(at(2, -i), line) for i, line in enumerate(GRANIKOS_CYCLE)]
+    clean = [stamp(at(1), FETCH_LINE), stamp(at(1, -1), DONE_LINE)]
+    eems = interpret(facts(tail="\n".join(failing + clean) + "\n"), catalog).eems
+    assert eems.last_check == at(1)
+    assert eems.last_success == at(1)
+    assert (eems.last_error, eems.last_error_reason) == (at(2, -4), "tls_validation")  # first Warning line
+    assert eems.fetch_errors == dict.fromkeys(FETCH_ERROR_REASONS, 0)  # counts are 1008 events only
+
+
+def test_log_only_signing_error_newest(catalog):
+    tail = "\r\n".join([stamp(at(2), FETCH_LINE), stamp(at(2, -1), DONE_LINE), stamp(at(1), FETCH_LINE),
+                        stamp(at(1, -1), GRANIKOS_SIGNING)])
+    eems = interpret(facts(tail=tail), catalog).eems
+    assert (eems.last_check, eems.last_success) == (at(1), at(2))
+    assert (eems.last_error, eems.last_error_reason) == (at(1, -1), "signature_invalid")
+
+
+def test_check_in_progress_is_not_yet_a_success(catalog):
+    tail = "\n".join([stamp(at(2), FETCH_LINE), stamp(at(2, -1), DONE_LINE), stamp(at(0, 1), FETCH_LINE)])
+    eems = interpret(facts(tail=tail), catalog).eems
+    assert eems.last_check == at(0, 1) and eems.last_success == at(2)
+
+
+def test_generic_jan_2025_event_is_refined_from_the_log(catalog):
+    tail = "\n".join([stamp(at(1), FETCH_LINE), stamp(at(1, -1), UNTRUSTED_LINE)])
+    events = [RawEvent(1008, at(1, -2), JAN_2025_1008), RawEvent(1008, at(5), JAN_2025_1008)]
+    eems = interpret(facts(events, tail=tail), catalog).eems
+    assert (eems.last_error, eems.last_error_reason) == (at(1, -2), "untrusted_endpoint")
+    # the older event is beyond the log tail: the same persistent cause explains it
+    assert eems.fetch_errors["untrusted_endpoint"] == 2 and eems.fetch_errors["other"] == 0
+    assert eems.last_success is None and eems.last_check == at(1, -2)
+
+
+def test_generic_event_far_from_the_log_cycle_takes_the_nearest_cause(catalog):
+    tail = "\n".join([stamp(at(9), FETCH_LINE), stamp(at(9, -1), "FetchMitigation," + GRANIKOS_CYCLE[4]),
+                      stamp(at(3), FETCH_LINE), stamp(at(3, -1), UNTRUSTED_LINE)])
+    eems = interpret(facts([RawEvent(1008, at(1), JAN_2025_1008)], tail=tail), catalog).eems
+    assert (eems.last_error, eems.last_error_reason) == (at(1), "untrusted_endpoint")
+
+
+def test_both_sources_newest_evidence_wins(catalog):
+    tail = "\n".join([stamp(at(0, 30), FETCH_LINE), stamp(at(0, 29), DONE_LINE)])
+    events = [RawEvent(1008, at(2), TLS_1008), RawEvent(1006, at(3), "applied")]
+    eems = interpret(facts(events, tail=tail), catalog).eems
+    assert eems.last_check == at(0, 30) and eems.last_success == at(0, 30)
+    assert (eems.last_error, eems.last_error_reason) == (at(2), "tls_validation")
+    assert eems.fetch_errors["tls_validation"] == 1
+
+
+def test_future_dated_lines_and_events_are_ignored(catalog):
+    future = NOW + timedelta(days=3)
+    tail = "\n".join([stamp(at(2), FETCH_LINE), stamp(at(2, -1), DONE_LINE), stamp(future, FETCH_LINE),
+                      stamp(future, UNTRUSTED_LINE)])
+    eems = interpret(facts([RawEvent(1008, future, TLS_1008)], tail=tail), catalog).eems
+    assert (eems.last_check, eems.last_success, eems.last_error) == (at(2), at(2), None)
+    assert sum(eems.fetch_errors.values()) == 0
+
+
+def test_partial_first_line_and_odd_lines_do_not_crash(catalog):
+    tail = "mitigations from https://officeclient.microsoft.com/x\n" + "\n".join(
+        ["#Software: Microsoft Exchange Server", "garbage,,,;;'\"", "S:LogLevel=Error;S:Message=no time",
+         stamp(at(1), FETCH_LINE), "\x00\ufffd", stamp(at(1, -1), DONE_LINE)]
+    )
+    log = RawLog(10_000_000, NOW, "utf-8", tail)  # the tail is a suffix of a larger file
+    eems = interpret(facts(logs=(log,)), catalog).eems
+    assert (eems.last_check, eems.last_success, eems.last_error) == (at(1), at(1), None)
+
+
+def test_generic_event_without_log_is_explained_by_the_build(catalog):
+    events = [RawEvent(1008, at(1), JAN_2025_1008), RawEvent(1008, at(2), JAN_2025_1008)]
+    old = interpret(facts(events, exsetup_version="15.2.1118.25"), catalog).eems  # 2019 CU12 Feb23SU
+    assert old.fetch_errors["untrusted_endpoint"] == 2 and old.last_error_reason == "untrusted_endpoint"
+    current = interpret(facts(events), catalog).eems  # SE Jun26SU: the generic text stays unexplained
+    assert current.fetch_errors["other"] == 2 and current.last_error_reason == "other"

@@ -1,0 +1,131 @@
+"""The PowerShell the exporter sends: it fits Windows' command-line limit, runs without cmd.exe, decides on
+invariant error ids rather than localized texts, and no value can break out of its quoting."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from exporter.config import ConfigError, load_config_text
+from exporter.scripts import (
+    CREATE_PROCESS_LIMIT,
+    POWERSHELL,
+    SERVER_MARKER,
+    ServerScriptParameters,
+    organization_script,
+    powershell_command,
+    server_script,
+)
+
+from ..conftest import PASSWORD_ENV
+
+CMD_EXE_LIMIT = 8191
+
+
+def params(proxy: str = "") -> ServerScriptParameters:
+    return ServerScriptParameters(lookback_hours=24, max_events=200, log_tail_bytes=65536, check_endpoint=True,
+                                  endpoint_timeout_seconds=10, proxy=proxy)
+
+
+def test_marker_and_parameter_line():
+    lines = server_script(params("http://proxy.contoso.com:8080/")).splitlines()
+    assert lines[0] == SERVER_MARKER
+    assert lines[1] == ("$P=@{LookbackHours=24;MaxEvents=200;LogTailBytes=65536;CheckEndpoint=1;"
+                        "EndpointTimeoutSec=10;Proxy='http://proxy.contoso.com:8080/'}")
+
+
+def test_command_is_utf16_base64_of_the_script():
+    script = organization_script()
+    command = powershell_command(script)
+    assert command.arguments[:3] == ("-NoProfile", "-NonInteractive", "-EncodedCommand")
+    assert base64.b64decode(command.arguments[-1]).decode("utf-16-le") == script
+
+
+def test_powershell_runs_without_cmd_exe_from_its_absolute_path():
+    """Without cmd.exe WinRS needs the program's full path; with it the server command would not fit."""
+    command = powershell_command(server_script(params()))
+    assert command.executable == POWERSHELL
+    assert command.executable.startswith("C:\\") and command.executable.endswith("\\powershell.exe")
+    assert command.line.startswith(f'"{POWERSHELL}" -NoProfile')
+
+
+def test_worst_case_fits_createprocess_limit():
+    longest = ServerScriptParameters(lookback_hours=8760, max_events=5000, log_tail_bytes=16 << 20,
+                                     check_endpoint=True, endpoint_timeout_seconds=600,
+                                     proxy="http://a-rather-long-proxy-name.corp.contoso.example.com:65535/")
+    assert CREATE_PROCESS_LIMIT == 32767
+    assert len(powershell_command(server_script(longest)).line) < CREATE_PROCESS_LIMIT
+
+
+def test_a_script_over_the_limit_is_refused_here():
+    import pytest
+
+    with pytest.raises(ValueError, match="32766"):
+        powershell_command("#" * 13000)
+
+
+def test_server_script_ignores_no_events_by_its_invariant_id_not_its_english_text():
+    """Get-WinEvent's "No events were found" is localized (GetEventResources.de/fr/ja.resx); the error id is not."""
+    script = server_script(params())
+    assert "No events were found" not in script
+    assert "FullyQualifiedErrorId" in script
+
+
+def test_server_script_does_not_hide_service_errors():
+    """5.1's Get-Service turns access denied into "not found"; -EA SilentlyContinue would hide both."""
+    script = server_script(params())
+    assert "Get-Service MSExchangeMitigation -EA SilentlyContinue" not in script
+    assert "HKLM:\\SYSTEM\\CurrentControlSet\\Services\\MSExchangeMitigation" in script
+
+
+def test_server_script_keeps_good_events_when_one_cannot_be_read():
+    """Under $ErrorActionPreference='Stop' one bad event would abort the whole Get-WinEvent read."""
+    line = next(l for l in server_script(params()).splitlines() if "Get-WinEvent" in l)
+    assert "-EA SilentlyContinue -ErrorVariable" in line
+
+
+def test_server_script_takes_log_length_from_the_open_stream_and_detects_utf16():
+    script = server_script(params())
+    assert "length=$f.Length" not in script and "$s.Length" in script
+    assert "last_write=$f.LastWriteTimeUtc" not in script and "GetLastWriteTimeUtc($f.FullName)" in script
+    assert "[Text.Encoding]::Unicode" in script
+
+
+def test_server_script_checks_both_ocs_endpoints_with_revocation():
+    script = server_script(params())
+    assert "GetExchangeMitigations" in script and "GetExchangeConfig" in script
+    assert "CheckCertificateRevocationList=$true" in script and "WinHttpSettings" in script
+
+
+def test_a_hostile_proxy_value_never_reaches_the_script():
+    for hostile in ("http://x';Remove-Item C:\\ -Recurse;'", "http://x\u2019;calc;\u2018", "http://a b/",
+                    "http://user:secret@proxy:8080/", "javascript:alert(1)"):
+        line = server_script(params(hostile)).splitlines()[1]
+        assert line.endswith(";Proxy=''}"), hostile
+
+
+# Proxy URLs the configuration (servers[].endpoint_proxy) and Active Directory (InternetWebProxy) may give.
+PROXY_URLS_ACCEPTED = ("http://proxy.contoso.com:8080/", "http://proxy:8080", "https://10.0.0.1:3128", "http://proxy",
+                       "http://[::1]:8080/", "http://[fd00::10]/", "http://proxy.contoso.com.:80")
+PROXY_URLS_REFUSED = ("socks5://proxy:1080", "http://proxy:99999", "http://proxy:0", "http://user@proxy/",
+                      "http://proxy/path", "http://proxy:8080?x=1", "http://[::1", "http://::1:8080/",
+                      "http://a:b:c/", "http://[not-an-address]/", "http://-proxy/", "http://proxy..contoso/")
+
+
+def test_the_script_keeps_every_proxy_url_the_configuration_accepts():
+    """One rule for both: a proxy the configuration accepts must never be dropped silently on its way to the
+    script (it was for an IPv6 proxy), and one it refuses must never reach the script from Active Directory."""
+    module = f"modules: {{default: {{username: svc, password_env: {PASSWORD_ENV}}}}}\n"
+    for url in (*PROXY_URLS_ACCEPTED, *PROXY_URLS_REFUSED):
+        try:
+            load_config_text(module + f"servers: [{{name: ex01, endpoint_proxy: '{url}'}}]\n", Path("."))
+            configured = True
+        except ConfigError:
+            configured = False
+        kept = server_script(params(url)).splitlines()[1].endswith(f";Proxy='{url}'}}")
+        assert (configured, kept) == (url in PROXY_URLS_ACCEPTED,) * 2, url
+
+
+def test_script_text_is_ascii():
+    for script in (server_script(params()), organization_script()):
+        script.encode("ascii")
