@@ -23,7 +23,7 @@ from exporter.exporter import Exporter
 from exporter.http_server import REQUEST_DEADLINE_SECONDS, serve
 from exporter.webconfig import WebConfig, WebConfigError
 
-from .conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, minimal_config, relocate
+from ..conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, minimal_config, relocate
 
 ATTACKER, VISITOR = "127.0.0.1", "127.0.0.2"
 

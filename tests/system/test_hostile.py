@@ -1,4 +1,4 @@
-"""A compromised Exchange server attacks the exporter (tests/hostile_server.py), next to two healthy ones.
+"""A compromised Exchange server attacks the exporter (tests/system/hostile_server.py), next to two healthy ones.
 
 For every attack: the attacked poll ends by its deadline with a specific reason (never `internal_error`),
 `/metrics` answers within 1 s all along, the healthy servers are polled on schedule and succeed, and what
@@ -28,7 +28,7 @@ from exporter.exporter import Exporter
 from exporter.http_server import serve
 from exporter.redact import Redactor
 
-from .conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, relocate, samples
+from ..conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, relocate, samples
 from .hostile_server import HostileServer, Output
 
 HEALTHY = {"servers": [{"name": "HEALTHY1", "address": "127.0.0.1", "build": "15.2.2562.53"},
