@@ -35,8 +35,8 @@ STAGES: tuple[tuple[str, re.Pattern], ...] = tuple(
          r"\((requests|urllib3|http|email|urllib|socket\.py|ssl\.py|selectors\.py)[/.]|\(requests_ntlm/"
          r"|\(exporter/wsman_http\.py"),
         ("JSON and output parsing (parse.py)", r"\(json/|\(exporter/parse\.py"),
-        ("interpretation (interpret, eems_patterns, catalog)",
-         r"\(exporter/(interpret|eems_patterns|catalog)\.py"),
+        ("interpretation (interpret, eems_log, catalog)",
+         r"\(exporter/(interpret|eems_log|catalog)\.py"),
         ("metric rendering (exposition, metrics)", r"\(exporter/(exposition|metrics)\.py|\(prometheus_client/"),
         ("script text (scripts.py)", r"\(exporter/scripts\.py|\(importlib/resources|\(pathlib\.py"),
         ("pywinrm request/reply glue (protocol, transport)", r"\(winrm/"),

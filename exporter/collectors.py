@@ -17,7 +17,7 @@ from typing import Callable, TypeVar
 from . import scripts
 from .catalog import Catalog
 from .config import OrganizationConfig, PollConfig
-from .eems_patterns import classify_organization_error
+from .eems_log import classify_organization_error
 from .interpret import interpret_server
 from .model import CollectorOutcome, OrganizationResult, OrgServerInfo, RawServerFacts, ServerResult, ServerState
 from .parse import ParseError, clixml_to_text, parse_organization_output, parse_server_output

@@ -3,51 +3,49 @@
 Every problem is reported as a `ConfigError` naming the key path (`modules.default.port`) and what is wrong,
 so `check-config` and start-up can print one clear line instead of a traceback. Secrets are resolved here,
 once, and wrapped in `Secret` so they cannot leak through repr() or an f-string by accident.
+
+Each section is a table of keys (name, reader, default, check) beside the dataclass it fills: the tables
+are the one place for defaults and bounds, the keys a section allows are its table's names, and each
+dataclass is checked against its table on import. What the tables cannot say (which module a server
+uses, transport rules across keys) is in the section's loader below its table.
 """
 
 from __future__ import annotations
 
 import base64
-import ipaddress
-import math
 import os
 import re
-import reprlib
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from .addresses import SERVER_NAME, is_host, is_proxy_url
+from .config_keys import (
+    REQUIRED,
+    ConfigError,
+    Key,
+    Required,
+    boolean,
+    bounded_repr,
+    check_fields,
+    choice,
+    duration,
+    existing_file,
+    fraction,
+    integer,
+    load_yaml,
+    mapping,
+    read_section,
+    reject_unknown,
+    string,
+)
 from .sharding import parse_shard
 
 DEFAULT_LISTEN_PORT = 10061
 TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic", "certificate")
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
-
-
-MAX_ERROR_CHARS = 300
-
-
-def bounded_repr(value: Any) -> str:
-    """A value for an error message, bounded: YAML aliases make a 600-byte file hold a value whose repr()
-    is gigabytes, and the message is printed, logged and returned by POST /-/reload."""
-    return _REPR.repr(value)
-
-
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 80, 80
-
-
-class ConfigError(Exception):
-    def __init__(self, path: str, message: str):
-        path = path if len(path) <= MAX_ERROR_CHARS else path[:MAX_ERROR_CHARS] + "..."
-        message = message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS] + "..."
-        self.path = path
-        self.message = message
-        super().__init__(f"{path}: {message}" if path else message)
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class Secret:
@@ -73,6 +71,70 @@ class Secret:
         return hash(self._value)
 
 
+# ---------------------------------------------------------------- poll
+
+
+@dataclass(frozen=True)
+class PollConfig:
+    background: bool  # false: probe-only, Prometheus drives every poll through /probe
+    interval: float
+    timeout: float
+    concurrency: int
+    jitter: float
+    failing_share: float
+    lookback: float
+    max_events: int
+    log_tail_bytes: int
+    check_endpoint: bool
+    endpoint_timeout: float
+
+
+def _at_least(seconds: float, shown: str):
+    return lambda value, _: None if value >= seconds else f"must be at least {shown}"
+
+
+def _within_interval(timeout: float, values: dict[str, Any]) -> str | None:
+    interval = values["interval"]
+    return None if 5 <= timeout <= interval else f"must be between 5s and poll.interval ({interval:g}s)"
+
+
+POLL_KEYS = (
+    Key("background", boolean, True),
+    Key("interval", duration, "5m", check=_at_least(10, "10s")),
+    Key("timeout", duration, "60s", check=_within_interval),
+    Key("concurrency", integer(1, 1024), 32),
+    Key("jitter", fraction, 0.1),
+    Key("failing_share", fraction, 0.25),
+    Key("lookback", duration, "24h", check=_at_least(3600, "1h (EEMS checks hourly)")),
+    Key("max_events", integer(1, 5000), 200),
+    Key("log_tail_bytes", integer(0, 16 << 20), 65536),
+    Key("check_endpoint", boolean, False),
+    Key("endpoint_timeout", duration, "10s"),
+)
+check_fields(POLL_KEYS, PollConfig)
+
+
+# ---------------------------------------------------------------- limits
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_servers: int
+    max_response_bytes: int
+    max_poll_bytes: int
+
+
+LIMITS_KEYS = (
+    Key("max_servers", integer(1, 100_000), 5000),
+    Key("max_response_bytes", integer(4096, 1 << 30), 4 << 20),
+    Key("max_poll_bytes", integer(4096, 1 << 30), 8 << 20),
+)
+check_fields(LIMITS_KEYS, LimitsConfig)
+
+
+# ---------------------------------------------------------------- modules
+
+
 @dataclass(frozen=True)
 class ModuleConfig:
     """How to reach and authenticate to a server: a named credential set, selectable by /probe?module=."""
@@ -90,7 +152,7 @@ class ModuleConfig:
     key_file: Path | None
     operation_timeout: float
     read_timeout: float
-    kerberos_delegation: bool = False  # lets Exchange cmdlets in the WinRS session reach AD (the double hop)
+    kerberos_delegation: bool  # lets Exchange cmdlets in the WinRS session reach AD (the double hop)
 
     def secrets(self) -> list[str]:
         """The password and the Basic `Authorization` value made from it, which a server can quote back."""
@@ -99,6 +161,101 @@ class ModuleConfig:
         password = self.password.reveal()
         basic = base64.b64encode(f"{self.username or ''}:{password}".encode("utf-8")).decode("ascii")
         return [password, basic]
+
+
+def _password_from_env(name: Any, path: str) -> Secret:
+    if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+        raise ConfigError(path, "must be the NAME of an environment variable (letters, digits "
+                                "and _, not starting with a digit) that holds the password, not the password itself")
+    value = os.environ.get(name)
+    if not value:
+        # not named: what was pasted here may be the password itself, if it happens to look like a name
+        raise ConfigError(path, "the environment variable it names is not set or empty")
+    return Secret(value)
+
+
+def _password_from_file(value: Any, path: str, base: Path) -> Secret:
+    file = existing_file(value, path, base, secret_nearby=True)
+    try:
+        password = file.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(path, f"cannot read the file it names: {err.__class__.__name__}") from None
+    if not password:
+        raise ConfigError(path, "the file it names is empty")
+    return Secret(password)
+
+
+def _longer_than_operation_timeout(read_timeout: float, values: dict[str, Any]) -> str | None:
+    if 1 <= values["operation_timeout"] < read_timeout:
+        return None
+    return "must be longer than operation_timeout, which must be at least 1s"
+
+
+def module_keys(base: Path) -> tuple[Key, ...]:
+    """A module's keys; files named in it are taken relative to `base`, the configuration file's directory."""
+    file = partial(existing_file, base=base)
+    return (
+        Key("transport", choice(*TRANSPORTS), "ntlm"),
+        Key("scheme", choice("http", "https"), "https"),
+        Key("port", integer(1, 65535), lambda values: 5986 if values["scheme"] == "https" else 5985),
+        Key("username", string, None),
+        Key("password_env", _password_from_env, None),
+        Key("password_file", partial(_password_from_file, base=base), None),
+        Key("ca_file", file, None),
+        Key("cert_file", file, None),
+        Key("key_file", file, None),
+        Key("insecure_skip_verify", boolean, False),
+        Key("allow_basic_over_http", boolean, False),
+        Key("operation_timeout", duration, "20s"),
+        Key("read_timeout", duration, "30s", check=_longer_than_operation_timeout),
+        Key("kerberos_delegation", boolean, False),
+    )
+
+
+check_fields(module_keys(Path()), ModuleConfig, also=("name", "password"), besides=("password_env", "password_file"))
+
+
+def scheme_problem(transport: str, scheme: str, allow_basic_over_http: bool) -> str | None:
+    """Why credentials of `transport` must not be sent over `scheme`; None when they may. One rule for the
+    configuration and for /probe, where a module may be paired with a server that uses another scheme."""
+    if transport == "certificate" and scheme != "https":
+        return "certificate authentication needs https"
+    if transport == "basic" and scheme == "http" and not allow_basic_over_http:
+        return ("basic authentication over plain http sends the password in clear text; use https, "
+                "or set allow_basic_over_http: true if you really mean it")
+    return None
+
+
+def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
+    path = f"modules.{name}"
+    section = mapping(raw, path)
+    if "password_env" in section and "password_file" in section:
+        raise ConfigError(path, "set password_env or password_file, not both")
+    if "password" in section:
+        raise ConfigError(f"{path}.password", "passwords are not accepted inline; use password_env or password_file")
+    values = read_section(section, path, module_keys(base))
+    from_env, from_file = values.pop("password_env"), values.pop("password_file")
+    password = from_env or from_file
+    transport, scheme = values["transport"], values["scheme"]
+    problem = scheme_problem(transport, scheme, values["allow_basic_over_http"])
+    if problem:
+        raise ConfigError(f"{path}.{'scheme' if transport == 'certificate' else 'transport'}", problem)
+    if transport == "certificate":
+        if not (values["cert_file"] and values["key_file"]):
+            raise ConfigError(path, "transport certificate needs cert_file and key_file")
+    else:
+        if not values["username"]:
+            raise ConfigError(f"{path}.username", f"required for transport {transport}")
+        if transport != "kerberos" and password is None:
+            raise ConfigError(path, f"transport {transport} needs password_env or password_file")
+    if values["kerberos_delegation"] and transport != "kerberos":
+        raise ConfigError(f"{path}.kerberos_delegation", "only applies to transport kerberos")
+    if values["ca_file"] and values["insecure_skip_verify"]:
+        raise ConfigError(f"{path}.insecure_skip_verify", "contradicts ca_file: choose one")
+    return ModuleConfig(name=name, password=password, **values)
+
+
+# ---------------------------------------------------------------- servers
 
 
 @dataclass(frozen=True)
@@ -110,26 +267,63 @@ class ServerConfig:
     endpoint_proxy: str
 
 
-@dataclass(frozen=True)
-class PollConfig:
-    background: bool = True  # false: probe-only, Prometheus drives every poll through /probe
-    interval: float = 300.0
-    timeout: float = 60.0
-    concurrency: int = 32
-    jitter: float = 0.1
-    failing_share: float = 0.25
-    lookback: float = 24 * 3600.0
-    max_events: int = 200
-    log_tail_bytes: int = 65536
-    check_endpoint: bool = False
-    endpoint_timeout: float = 10.0
+def _server_name(value: Any, path: str) -> str:
+    name = string(value, path)
+    if not SERVER_NAME.fullmatch(name):
+        raise ConfigError(path, f"not a valid server name: {bounded_repr(name)}")
+    return name
 
 
-@dataclass(frozen=True)
-class LimitsConfig:
-    max_servers: int = 5000
-    max_response_bytes: int = 4 << 20
-    max_poll_bytes: int = 8 << 20
+def _address(value: Any, path: str) -> str:
+    address = string(value, path)
+    if not is_host(address):
+        raise ConfigError(path, f"not a host name or IP address: {bounded_repr(address)}")
+    return address
+
+
+def _proxy_url(value: Any, path: str) -> str:
+    if value is None or value == "":  # `endpoint_proxy:` left empty: no proxy
+        return ""
+    if not isinstance(value, str) or not is_proxy_url(value):
+        raise ConfigError(path, f"expected a proxy URL like http://proxy:8080, got {bounded_repr(value)}")
+    return value
+
+
+SERVER_KEYS = (
+    Key("name", _server_name, REQUIRED),
+    Key("address", _address, lambda values: values["name"]),
+    Key("port", integer(1, 65535), None),
+    Key("module", string, None),  # None: the only module, or the one named default (see _load_servers)
+    Key("endpoint_proxy", _proxy_url, ""),
+)
+check_fields(SERVER_KEYS, ServerConfig)
+
+
+def _load_servers(raw: Any, modules: dict[str, ModuleConfig], default_module: str | None) -> tuple[ServerConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError("servers", "expected a list of servers")
+    servers: list[ServerConfig] = []
+    seen: set[str] = set()
+    for index, item in enumerate(raw):
+        path = f"servers[{index}]"
+        values = read_section({"name": item} if isinstance(item, str) else item, path, SERVER_KEYS)
+        name = values["name"]
+        if name.lower() in seen:
+            raise ConfigError(f"{path}.name", f"server {bounded_repr(name)} is listed twice")
+        seen.add(name.lower())
+        module = values["module"] = values["module"] or default_module
+        if module is None:
+            raise ConfigError(f"{path}.module", "required when more than one module is configured")
+        if module not in modules:
+            raise ConfigError(f"{path}.module",
+                              f"unknown module {bounded_repr(module)} (configured: {', '.join(modules)})")
+        servers.append(ServerConfig(**values))
+    return tuple(servers)
+
+
+# ---------------------------------------------------------------- organization
 
 
 @dataclass(frozen=True)
@@ -139,6 +333,35 @@ class OrganizationConfig:
     module: str
     discover_servers: bool
     interval: float
+
+
+ORGANIZATION_KEYS = (
+    Key("server", string, Required("the Exchange server that runs the organization cmdlets")),
+    Key("name", string, "default"),
+    Key("module", string, None),  # None: the server's module when it is listed, else the default module
+    Key("discover_servers", boolean, False),
+    Key("interval", duration, None),  # None: poll.interval
+)
+check_fields(ORGANIZATION_KEYS, OrganizationConfig)
+
+
+def _load_organization(raw: Any, modules: dict[str, ModuleConfig], default_module: str | None,
+                       servers: tuple[ServerConfig, ...], poll: PollConfig) -> OrganizationConfig | None:
+    if raw is None:
+        return None
+    values = read_section(raw, "organization", ORGANIZATION_KEYS)
+    named = {s.name.lower(): s for s in servers}
+    server = values["server"].lower()
+    module = values["module"] = values["module"] or (named[server].module if server in named else default_module)
+    if module is None or module not in modules:
+        raise ConfigError("organization.module", f"unknown module {bounded_repr(module)}")
+    interval = values["interval"] = values["interval"] if values["interval"] is not None else poll.interval
+    if interval < poll.interval:
+        raise ConfigError("organization.interval", "must not be shorter than poll.interval")
+    return OrganizationConfig(**values)
+
+
+# ---------------------------------------------------------------- the whole file
 
 
 @dataclass(frozen=True)
@@ -156,288 +379,7 @@ class Config:
         return [secret for module in self.modules.values() for secret in module.secrets()]
 
 
-# ---------------------------------------------------------------- value helpers
-
-
-def parse_duration(value: Any, path: str) -> float:
-    """Prometheus-style durations (`90s`, `5m`, `1h30m`, `250ms`) or a plain number of seconds."""
-    if isinstance(value, bool):
-        raise ConfigError(path, f"expected a duration like 30s or 5m, got {bounded_repr(value)}")
-    if isinstance(value, (int, float)):
-        if not math.isfinite(value):
-            raise ConfigError(path, f"expected a finite duration, got {bounded_repr(value)}")
-        if value < 0:
-            raise ConfigError(path, "must not be negative")
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value.strip())
-        if match and any(match.groups()):
-            hours, minutes, seconds, millis = match.groups()
-            return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0) + int(millis or 0) / 1000
-    raise ConfigError(path, f"expected a duration like 30s, 5m or 1h, got {bounded_repr(value)}")
-
-
-def _mapping(value: Any, path: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(path, f"expected a mapping, got {type(value).__name__}")
-    for key in value:
-        if not isinstance(key, str):
-            raise ConfigError(path, f"keys must be strings, got {bounded_repr(key)}")
-    return value
-
-
-def _reject_unknown(section: dict, allowed: set[str], path: str) -> None:
-    for key in section:
-        if key not in allowed:
-            prefix = f"{path}." if path else ""
-            raise ConfigError(f"{prefix}{key}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
-
-
-def _int(value: Any, path: str, minimum: int, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(path, f"expected a whole number, got {bounded_repr(value)}")
-    if not minimum <= value <= maximum:
-        raise ConfigError(path, f"must be between {minimum} and {maximum}, got {value}")
-    return value
-
-
-def _bool(value: Any, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(path, f"expected true or false, got {bounded_repr(value)}")
-    return value
-
-
-def _str(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(path, f"expected a non-empty string, got {bounded_repr(value)}")
-    return value.strip()
-
-
-def _existing_file(value: Any, path: str, base: Path, *, secret_nearby: bool = False) -> Path:
-    """`secret_nearby`: never repeat the value, in case someone pasted the password itself there."""
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(path, "expected a file path" if secret_nearby else f"expected a file path, got {bounded_repr(value)}")
-    candidate = Path(value.strip())
-    if not candidate.is_absolute():
-        candidate = base / candidate
-    if not candidate.is_file():
-        shown = "the file it names" if secret_nearby else f"file {str(candidate)!r}"
-        raise ConfigError(path, f"{shown} does not exist")
-    return candidate
-
-
-# ---------------------------------------------------------------- sections
-
-
-def _load_poll(raw: Any) -> PollConfig:
-    section = _mapping(raw, "poll")
-    _reject_unknown(section, set(PollConfig.__dataclass_fields__), "poll")
-    values: dict[str, Any] = {}
-    for key in ("interval", "timeout", "lookback", "endpoint_timeout"):
-        if key in section:
-            values[key] = parse_duration(section[key], f"poll.{key}")
-    if "concurrency" in section:
-        values["concurrency"] = _int(section["concurrency"], "poll.concurrency", 1, 1024)
-    if "max_events" in section:
-        values["max_events"] = _int(section["max_events"], "poll.max_events", 1, 5000)
-    if "log_tail_bytes" in section:
-        values["log_tail_bytes"] = _int(section["log_tail_bytes"], "poll.log_tail_bytes", 0, 16 << 20)
-    for key in ("check_endpoint", "background"):
-        if key in section:
-            values[key] = _bool(section[key], f"poll.{key}")
-    for key in ("jitter", "failing_share"):
-        if key in section:
-            value = section[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ConfigError(f"poll.{key}", f"expected a fraction between 0 and 1, got {bounded_repr(value)}")
-            values[key] = float(value)
-    poll = PollConfig(**values)
-    if poll.interval < 10:
-        raise ConfigError("poll.interval", "must be at least 10s")
-    if not 5 <= poll.timeout <= poll.interval:
-        raise ConfigError("poll.timeout", f"must be between 5s and poll.interval ({poll.interval:g}s)")
-    if poll.lookback < 3600:
-        raise ConfigError("poll.lookback", "must be at least 1h (EEMS checks hourly)")
-    return poll
-
-
-def _load_limits(raw: Any) -> LimitsConfig:
-    section = _mapping(raw, "limits")
-    _reject_unknown(section, set(LimitsConfig.__dataclass_fields__), "limits")
-    values = {}
-    if "max_servers" in section:
-        values["max_servers"] = _int(section["max_servers"], "limits.max_servers", 1, 100_000)
-    for key in ("max_response_bytes", "max_poll_bytes"):
-        if key in section:
-            values[key] = _int(section[key], f"limits.{key}", 4096, 1 << 30)
-    return LimitsConfig(**values)
-
-
-_MODULE_KEYS = {
-    "transport", "username", "password_env", "password_file", "scheme", "port", "ca_file",
-    "insecure_skip_verify", "allow_basic_over_http", "cert_file", "key_file", "operation_timeout", "read_timeout",
-    "kerberos_delegation",
-}
-
-
-def _load_password(section: dict, path: str, base: Path) -> Secret | None:
-    if "password_env" in section and "password_file" in section:
-        raise ConfigError(path, "set password_env or password_file, not both")
-    if "password" in section:
-        raise ConfigError(f"{path}.password", "passwords are not accepted inline; use password_env or password_file")
-    if "password_env" in section:
-        name = section["password_env"]
-        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
-            raise ConfigError(f"{path}.password_env", "must be the NAME of an environment variable (letters, digits "
-                              "and _, not starting with a digit) that holds the password, not the password itself")
-        value = os.environ.get(name)
-        if not value:
-            # not named: what was pasted here may be the password itself, if it happens to look like a name
-            raise ConfigError(f"{path}.password_env", "the environment variable it names is not set or empty")
-        return Secret(value)
-    if "password_file" in section:
-        file = _existing_file(section["password_file"], f"{path}.password_file", base, secret_nearby=True)
-        try:
-            value = file.read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{path}.password_file", f"cannot read the file it names: {err.__class__.__name__}") from None
-        if not value:
-            raise ConfigError(f"{path}.password_file", "the file it names is empty")
-        return Secret(value)
-    return None
-
-
-def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
-    path = f"modules.{name}"
-    section = _mapping(raw, path)
-    if "password" in section:
-        _load_password(section, path, base)
-    _reject_unknown(section, _MODULE_KEYS, path)
-    transport = section.get("transport", "ntlm")
-    if transport not in TRANSPORTS:
-        raise ConfigError(f"{path}.transport", f"must be one of {', '.join(TRANSPORTS)}, got {bounded_repr(transport)}")
-    scheme = section.get("scheme", "https")
-    if scheme not in ("http", "https"):
-        raise ConfigError(f"{path}.scheme", f"must be http or https, got {bounded_repr(scheme)}")
-    port = _int(section.get("port", 5986 if scheme == "https" else 5985), f"{path}.port", 1, 65535)
-    username = _str(section["username"], f"{path}.username") if "username" in section else None
-    password = _load_password(section, path, base)
-    ca_file = _existing_file(section["ca_file"], f"{path}.ca_file", base) if "ca_file" in section else None
-    cert_file = _existing_file(section["cert_file"], f"{path}.cert_file", base) if "cert_file" in section else None
-    key_file = _existing_file(section["key_file"], f"{path}.key_file", base) if "key_file" in section else None
-    insecure = _bool(section.get("insecure_skip_verify", False), f"{path}.insecure_skip_verify")
-    allow_basic_http = _bool(section.get("allow_basic_over_http", False), f"{path}.allow_basic_over_http")
-    operation_timeout = parse_duration(section.get("operation_timeout", "20s"), f"{path}.operation_timeout")
-    read_timeout = parse_duration(section.get("read_timeout", "30s"), f"{path}.read_timeout")
-
-    problem = scheme_problem(transport, scheme, allow_basic_http)
-    if problem:
-        raise ConfigError(f"{path}.{'scheme' if transport == 'certificate' else 'transport'}", problem)
-    if transport == "certificate":
-        if not (cert_file and key_file):
-            raise ConfigError(path, "transport certificate needs cert_file and key_file")
-    else:
-        if not username:
-            raise ConfigError(f"{path}.username", f"required for transport {transport}")
-        if transport != "kerberos" and password is None:
-            raise ConfigError(path, f"transport {transport} needs password_env or password_file")
-    delegation = _bool(section.get("kerberos_delegation", False), f"{path}.kerberos_delegation")
-    if delegation and transport != "kerberos":
-        raise ConfigError(f"{path}.kerberos_delegation", "only applies to transport kerberos")
-    if ca_file and insecure:
-        raise ConfigError(f"{path}.insecure_skip_verify", "contradicts ca_file: choose one")
-    if not 1 <= operation_timeout < read_timeout:
-        raise ConfigError(f"{path}.read_timeout", "must be longer than operation_timeout, which must be at least 1s")
-    return ModuleConfig(
-        name=name, transport=transport, username=username, password=password, scheme=scheme, port=port,
-        ca_file=ca_file, insecure_skip_verify=insecure, allow_basic_over_http=allow_basic_http,
-        cert_file=cert_file, key_file=key_file, operation_timeout=operation_timeout, read_timeout=read_timeout,
-        kerberos_delegation=delegation,
-    )
-
-
-def scheme_problem(transport: str, scheme: str, allow_basic_over_http: bool) -> str | None:
-    """Why credentials of `transport` must not be sent over `scheme`; None when they may. One rule for the
-    configuration and for /probe, where a module may be paired with a server that uses another scheme."""
-    if transport == "certificate" and scheme != "https":
-        return "certificate authentication needs https"
-    if transport == "basic" and scheme == "http" and not allow_basic_over_http:
-        return ("basic authentication over plain http sends the password in clear text; use https, "
-                "or set allow_basic_over_http: true if you really mean it")
-    return None
-
-
-def _validate_address(address: str, path: str) -> str:
-    try:
-        ipaddress.ip_address(address.strip("[]"))
-        return address
-    except ValueError:
-        pass
-    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?", address):
-        raise ConfigError(path, f"not a host name or IP address: {bounded_repr(address)}")
-    return address
-
-
-def _load_servers(raw: Any, modules: dict[str, ModuleConfig], default_module: str | None) -> tuple[ServerConfig, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise ConfigError("servers", "expected a list of servers")
-    servers: list[ServerConfig] = []
-    seen: set[str] = set()
-    for index, item in enumerate(raw):
-        path = f"servers[{index}]"
-        if isinstance(item, str):
-            item = {"name": item}
-        section = _mapping(item, path)
-        _reject_unknown(section, {"name", "address", "port", "module", "endpoint_proxy"}, path)
-        if "name" not in section:
-            raise ConfigError(f"{path}.name", "required")
-        name = _str(section["name"], f"{path}.name")
-        if not SERVER_NAME.fullmatch(name):
-            raise ConfigError(f"{path}.name", f"not a valid server name: {bounded_repr(name)}")
-        if name.lower() in seen:
-            raise ConfigError(f"{path}.name", f"server {bounded_repr(name)} is listed twice")
-        seen.add(name.lower())
-        address = _validate_address(_str(section.get("address", name), f"{path}.address"), f"{path}.address")
-        port = _int(section["port"], f"{path}.port", 1, 65535) if "port" in section else None
-        module = section.get("module", default_module)
-        if module is None:
-            raise ConfigError(f"{path}.module", "required when more than one module is configured")
-        if module not in modules:
-            raise ConfigError(f"{path}.module", f"unknown module {bounded_repr(module)} (configured: {', '.join(modules)})")
-        proxy = section.get("endpoint_proxy", "")
-        if proxy and not re.fullmatch(r"https?://[A-Za-z0-9.:\[\]-]+/?", str(proxy)):
-            raise ConfigError(f"{path}.endpoint_proxy", f"expected a proxy URL like http://proxy:8080, got {bounded_repr(proxy)}")
-        servers.append(ServerConfig(name=name, address=address, port=port, module=module, endpoint_proxy=str(proxy)))
-    return tuple(servers)
-
-
-def _load_organization(raw: Any, modules: dict[str, ModuleConfig], default_module: str | None,
-                       servers: tuple[ServerConfig, ...], poll: PollConfig) -> OrganizationConfig | None:
-    if raw is None:
-        return None
-    section = _mapping(raw, "organization")
-    _reject_unknown(section, {"name", "server", "module", "discover_servers", "interval"}, "organization")
-    if "server" not in section:
-        raise ConfigError("organization.server", "required: the Exchange server that runs the organization cmdlets")
-    server = _str(section["server"], "organization.server")
-    named = {s.name.lower(): s for s in servers}
-    module = section.get("module", named[server.lower()].module if server.lower() in named else default_module)
-    if module is None or module not in modules:
-        raise ConfigError("organization.module", f"unknown module {bounded_repr(module)}")
-    interval = parse_duration(section.get("interval", poll.interval), "organization.interval")
-    if interval < poll.interval:
-        raise ConfigError("organization.interval", "must not be shorter than poll.interval")
-    return OrganizationConfig(
-        name=_str(section.get("name", "default"), "organization.name"),
-        server=server,
-        module=module,
-        discover_servers=_bool(section.get("discover_servers", False), "organization.discover_servers"),
-        interval=interval,
-    )
+_TOP_LEVEL_KEYS = set(Config.__dataclass_fields__) - {"source"}
 
 
 def _shard(value: Any) -> tuple[int, int]:
@@ -450,30 +392,19 @@ def _shard(value: Any) -> tuple[int, int]:
 
 
 def load_config_text(text: str, base: Path, source: Path | None = None) -> Config:
-    try:
-        raw = yaml.safe_load(text)
-    except RecursionError:
-        raise ConfigError("", "not valid YAML: nested too deeply") from None
-    except yaml.reader.ReaderError as err:  # a control character: no line mark, but a position
-        raise ConfigError("", f"not valid YAML: character #x{err.character:04x} at position {err.position} "
-                              "is not allowed") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or "invalid YAML"
-        raise ConfigError("", f"not valid YAML{where}: {problem}") from None
+    raw = load_yaml(text)
     if raw is None:
         raise ConfigError("", "the configuration is empty: it needs at least modules and servers")
-    root = _mapping(raw, "(top level)")
-    _reject_unknown(root, {"poll", "limits", "modules", "servers", "organization", "catalog_file", "shard"}, "")
-    poll = _load_poll(root.get("poll"))
-    limits = _load_limits(root.get("limits"))
-    raw_modules = _mapping(root.get("modules"), "modules")
+    root = mapping(raw, "(top level)")
+    reject_unknown(root, _TOP_LEVEL_KEYS, "")
+    poll = PollConfig(**read_section(root.get("poll"), "poll", POLL_KEYS))
+    limits = LimitsConfig(**read_section(root.get("limits"), "limits", LIMITS_KEYS))
+    raw_modules = mapping(root.get("modules"), "modules")
     if not raw_modules:
         raise ConfigError("modules", "at least one module (credentials) is required")
     modules = {}
     for name, section in raw_modules.items():
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+        if not _MODULE_NAME.fullmatch(name):
             raise ConfigError(f"modules.{name}", "module names may use letters, digits, _ and - only")
         modules[name] = _load_module(name, section, base)
     default_module = next(iter(modules)) if len(modules) == 1 else ("default" if "default" in modules else None)
@@ -484,7 +415,7 @@ def load_config_text(text: str, base: Path, source: Path | None = None) -> Confi
     if len(servers) > limits.max_servers:
         raise ConfigError("servers", f"{len(servers)} servers exceed limits.max_servers ({limits.max_servers})")
     catalog_file = (
-        _existing_file(root["catalog_file"], "catalog_file", base) if root.get("catalog_file") is not None else None
+        existing_file(root["catalog_file"], "catalog_file", base) if root.get("catalog_file") is not None else None
     )
     shard = _shard(root["shard"]) if "shard" in root else (0, 1)
     return Config(poll=poll, limits=limits, modules=modules, servers=servers, organization=organization,

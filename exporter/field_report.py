@@ -21,7 +21,7 @@ from datetime import date, datetime
 from typing import Any, Iterable
 
 from . import __version__
-from .eems_patterns import parse_log_line
+from .eems_log import parse_log_line
 from .model import RawCulture
 from .parse import parse_ps_date
 from .redact import Redactor

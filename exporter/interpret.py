@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from exporter.catalog import BuildVersionError, Catalog, parse_admin_display_version
-from exporter.eems_patterns import FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, is_fetch_error, parse_log_line
+from exporter.eems_log import FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, is_fetch_error, parse_log_line
 from exporter.model import (
     BuildVerdict,
     EemsHistory,
@@ -34,6 +34,7 @@ from exporter.model import (
     RawServerFacts,
     ServerState,
 )
+from exporter.windows_service import START_MODES, STATES, UNKNOWN_STATE
 
 SUCCESS_EVENTS = (1005, 1006)
 ERROR_EVENT = 1008
@@ -43,19 +44,6 @@ LOG_CLOCK_SLACK = timedelta(minutes=10)  # a line may look this much newer than 
 LOG_WRITE_LAG = timedelta(minutes=70)  # a file written last this long after its newest line is not believed  # an event and a log cycle closer than this are one check
 FAILING_WINDOW = timedelta(hours=3)  # "failing now": the two newest checks in this window failed
 
-SERVICE_STATES = {
-    "Running": "running",
-    "Stopped": "stopped",
-    "StartPending": "start pending",
-    "StopPending": "stop pending",
-    "ContinuePending": "continue pending",
-    "PausePending": "pause pending",
-    "Paused": "paused",
-}
-START_MODES = {"Automatic": "auto", "Manual": "manual", "Disabled": "disabled", "Boot": "boot", "System": "system"}
-
-
-SERVICE_KEY_START = ("Boot", "System", "Automatic", "Manual", "Disabled")  # registry Start value 0-4
 ENDPOINTS = {"GetExchangeMitigations": "mitigations", "GetExchangeConfig": "flighting"}
 ACCESS_DENIED_TYPES = ("System.UnauthorizedAccessException", "System.Security.SecurityException")
 
@@ -82,12 +70,12 @@ def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, look
     eems_build = bool(build and build.eems_supported) and not facts.edge
     installed = _service_installed(facts)
     if facts.service_queried:
-        state = SERVICE_STATES.get(facts.service_status or "", "unknown")
+        state = STATES.get(facts.service_status or "", UNKNOWN_STATE)
         start_mode = START_MODES.get(facts.service_start_type or "")
     else:
-        state = None if installed is False else "unknown"
-        key_start = SERVICE_KEY_START[facts.service_key_start] if facts.service_key_start is not None else ""
-        start_mode = START_MODES.get(key_start) if installed else None
+        state = None if installed is False else UNKNOWN_STATE
+        known_start = installed and facts.service_key_start is not None  # parse keeps only Start values 0-4
+        start_mode = tuple(START_MODES.values())[facts.service_key_start] if known_start else None
     failures += _partial_failures(facts, eems_build=eems_build, installed=installed)
     eems = eems_history(facts, lookback=lookback, now=now, generic_reason=_generic_reason(build))
     if eems.log_times_misplaced:

@@ -13,14 +13,12 @@ from datetime import date, datetime, timezone
 from prometheus_client.core import InfoMetricFamily, Metric
 
 from . import __version__
-from .eems_patterns import FETCH_ERROR_REASONS
+from .eems_log import FETCH_ERROR_REASONS
 from .model import BuildVerdict, OrganizationResult, ServerResult
+from .windows_service import START_MODES, STATE_LABELS
 
 SERVICE = "MSExchangeMitigation"
-SERVICE_STATES = ("stopped", "start pending", "stop pending", "running", "continue pending", "pause pending",
-                  "paused", "unknown")
 _PART = re.compile(r"[a-z][a-z0-9_.]{0,31}")
-START_MODES = ("boot", "system", "auto", "manual", "disabled")
 
 
 @dataclass(frozen=True)
@@ -99,11 +97,11 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
             "2016 CU22+, 2019 CU11+, SE).", server, 1 if state.eems_supported else 0)
     if state.service_installed is not False:  # installed, or not known: the state-set then says "unknown"
         name = {**server, "name": SERVICE}
-        for value in SERVICE_STATES:
+        for value in STATE_LABELS:
             out.add("exchange_service_state", "Windows service state (Get-Service), windows_exporter state-set shape; "
                     "unknown when the account may not query the service.",
                     {**name, "state": value}, 1 if state.service_state == value else 0)
-        for value in START_MODES if state.service_start_mode else ():  # no series rather than a wrong mode
+        for value in START_MODES.values() if state.service_start_mode else ():  # no series rather than a wrong mode
             out.add("exchange_service_start_mode", "Windows service start mode (Get-Service StartType, else the "
                     "service's registry Start value).",
                     {**name, "start_mode": value}, 1 if state.service_start_mode == value else 0)

@@ -23,7 +23,6 @@ class RawEvent:
 class RawLog:
     """One EEMS log file: its last bytes (at most the script's LogTailBytes over all files), decoded."""
 
-    name: str
     length: int | None  # from the open stream, not the directory entry (stale for a file held open)
     last_write: datetime | None
     encoding: str | None  # .NET WebName the script decoded with: "utf-8" or "utf-16" (BOM FF FE)
@@ -37,7 +36,6 @@ class RawEndpoint:
     duration_seconds: float | None
     web_status: str | None  # .NET WebExceptionStatus name (invariant), e.g. "TrustFailure"; None on success
     revocation_failed: bool  # the request failed with revocation checked and succeeded without
-    error: str | None
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,6 @@ class RawCulture:
 class RawServerFacts:
     """What collect_server.ps1 reported, normalised but not yet judged."""
 
-    computer: str | None
     now: datetime | None
     culture: RawCulture | None
     exsetup_version: str | None
@@ -89,7 +86,6 @@ class RawServerFacts:
 class OrgServerInfo:
     name: str
     fqdn: str | None
-    roles: str | None
     admin_display_version: str | None
     mitigations_enabled: bool | None
     mitigations_applied: tuple[str, ...]

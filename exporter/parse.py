@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from html import unescape
 from urllib.parse import urlsplit, urlunsplit
 
-from exporter.config import SERVER_NAME
+from exporter.addresses import SERVER_NAME
 from exporter.model import (
     OrgServerInfo,
     RawCulture,
@@ -27,9 +27,8 @@ from exporter.model import (
     RawOrganizationFacts,
     RawServerFacts,
 )
+from exporter.windows_service import START_MODES, STATES
 
-SERVICE_STATUS = ("Stopped", "StartPending", "StopPending", "Running", "ContinuePending", "PausePending", "Paused")
-START_TYPE = ("Boot", "System", "Automatic", "Manual", "Disabled")
 MAX_ERRORS = 50  # collection-error strings kept; a misbehaving script must not flood the metrics page
 MAX_ERROR_CHARS = 500
 # Text from a server that becomes a label value: how many per list and what shape (a series each; a
@@ -362,8 +361,8 @@ def _service(value, notes: _Notes) -> tuple[bool, str | None, str | None]:
     if not isinstance(value, dict):
         notes.wrong("service", "an object or null")
         return False, None, None
-    status = _enum_name(value.get("status"), SERVICE_STATUS, base=1)
-    start = _enum_name(value.get("start_type"), START_TYPE, base=0)
+    status = _enum_name(value.get("status"), tuple(STATES), base=1)
+    start = _enum_name(value.get("start_type"), tuple(START_MODES), base=0)
     if value.get("status") is not None and status is None:
         notes.wrong("service.status", "a ServiceControllerStatus")
     if value.get("start_type") is not None and start is None:
@@ -379,7 +378,7 @@ def _service_key_start(value, notes: _Notes) -> int | None:
         notes.wrong("service_key", "an object or null")
         return None
     start = notes.integer(value, "start", "service_key.start")
-    return start if start is not None and 0 <= start < len(START_TYPE) else None
+    return start if start is not None and 0 <= start < len(START_MODES) else None
 
 
 def _culture(value, notes: _Notes) -> RawCulture | None:
@@ -403,7 +402,6 @@ def _logs(value, notes: _Notes, max_log_bytes: int) -> tuple[RawLog, ...]:
         tail = _tail(notes.text(item, "tail", "logs.tail") or "", budget)
         budget -= len(tail.encode("utf-8"))
         logs.append(RawLog(
-            name=notes.text(item, "name", "logs.name") or "",
             length=length if length is None or length >= 0 else None,
             last_write=notes.date(item, "last_write", "logs.last_write"),
             encoding=notes.text(item, "encoding", "logs.encoding"),
@@ -423,7 +421,6 @@ def _endpoints(value, notes: _Notes) -> tuple[RawEndpoint, ...]:
             notes.wrong("endpoints.ms", "a non-negative number")
             ms = None
         status = notes.integer(item, "status", "endpoints.status")
-        error = notes.text(item, "error", "endpoints.error")
         web_status = notes.text(item, "web_status", "endpoints.web_status")
         endpoints.append(RawEndpoint(
             name=(notes.text(item, "name", "endpoints.name") or "")[:64],
@@ -431,7 +428,6 @@ def _endpoints(value, notes: _Notes) -> tuple[RawEndpoint, ...]:
             duration_seconds=ms / 1000 if ms is not None else None,
             web_status=web_status[:64] if web_status else None,
             revocation_failed=bool(notes.flag(item, "revocation_failed", "endpoints.revocation_failed")),
-            error=_clip(error) if error is not None else None,
         ))
     return tuple(endpoints)
 
@@ -461,7 +457,6 @@ def parse_server_output(stdout: bytes, *, max_events: int = 200, max_log_bytes: 
     version = notes.text(doc, "exsetup_version", "exsetup_version")
     folder = notes.flag(doc, "log_folder", "log_folder")
     facts = dict(
-        computer=notes.text(doc, "computer", "computer"),
         now=notes.date(doc, "now", "now"),
         culture=_culture(doc.get("culture"), notes),
         exsetup_version=version.strip() if version else None,
@@ -514,7 +509,6 @@ def _org_server(item: dict, notes: _Notes) -> OrgServerInfo | None:
     return OrgServerInfo(
         name=name,
         fqdn=notes.text(item, "fqdn", "servers.fqdn"),
-        roles=notes.text(item, "roles", "servers.roles"),
         admin_display_version=notes.text(item, "admin_display_version", "servers.admin_display_version"),
         mitigations_enabled=notes.flag(item, "mitigations_enabled", "servers.mitigations_enabled"),
         mitigations_applied=notes.label_values(item.get("mitigations_applied"), "servers.mitigations_applied"),

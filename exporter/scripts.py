@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import base64
 import functools
-import re
 from dataclasses import dataclass
 from importlib import resources
+
+from .addresses import is_proxy_url
 
 POWERSHELL = r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe"  # Windows PowerShell 5.1, every Windows Server
 CREATE_PROCESS_LIMIT = 32767  # characters of lpCommandLine, including the terminating NUL (CreateProcessW)
@@ -71,7 +72,6 @@ def _body(name: str) -> str:
     return resources.files("exporter").joinpath("scripts").joinpath(name).read_text(encoding="utf-8")
 
 
-_PROXY_URL = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?/?")
 _PS_QUOTES = "'\u2018\u2019\u201a\u201b"  # PowerShell ends a single-quoted string at any of these
 
 
@@ -80,8 +80,9 @@ def _ps_single_quoted(value: str) -> str:
 
 
 def safe_proxy(value: str) -> str:
-    """A proxy URL may come from Active Directory (InternetWebProxy); only a plain URL reaches the script."""
-    return value if _PROXY_URL.fullmatch(value or "") else ""
+    """A proxy URL may come from Active Directory (InternetWebProxy); only a plain URL reaches the script, by the
+    same rule the configuration's endpoint_proxy is checked with."""
+    return value if value and is_proxy_url(value) else ""
 
 
 def _with_parameters(marker: str, values: dict[str, int | bool | str], body: str) -> str:

@@ -35,9 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
-import yaml
 
-from .config import bounded_repr
+from .config_keys import ConfigError, bounded_repr, existing_file, load_yaml, mapping, reject_unknown
 
 log = logging.getLogger(__name__)
 
@@ -99,28 +98,23 @@ class WebConfig:
     _bcrypt_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _decoys: dict[int, bytes] = field(default_factory=dict, repr=False)
 
-    @property
-    def tls_enabled(self) -> bool:
-        return self._context is not None
-
     @classmethod
     def load(cls, path: Path) -> "WebConfig":
         path = Path(path)
         try:
+            return cls._load(path)
+        except ConfigError as exc:  # from the helpers shared with the exporter's configuration
+            raise WebConfigError(path, exc.path, exc.message) from None
+
+    @classmethod
+    def _load(cls, path: Path) -> "WebConfig":
+        try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise WebConfigError(path, "", f"cannot read web config: {exc}") from None
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise WebConfigError(path, "", f"not valid YAML: {_yaml_problem(exc)}") from None
-        if doc is None:
-            doc = {}
-        _require_mapping(path, "", doc, _TOP_KEYS)
-        tls = doc.get("tls_server_config") or {}
-        http = doc.get("http_server_config") or {}
-        _require_mapping(path, "tls_server_config", tls, _TLS_KEYS)
-        _require_mapping(path, "http_server_config", http, _HTTP_KEYS)
+        doc = _section(load_yaml(text), "", _TOP_KEYS)
+        tls = _section(doc.get("tls_server_config"), "tls_server_config", _TLS_KEYS)
+        http = _section(doc.get("http_server_config"), "http_server_config", _HTTP_KEYS)
         headers = _load_headers(path, http)
         if "http2" in http and not isinstance(http["http2"], bool):
             raise WebConfigError(path, "http_server_config.http2", "must be true or false")
@@ -225,21 +219,15 @@ def _fingerprint(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int] | None, 
     return tuple(result)
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or "syntax error"
-    return f"{problem} at line {mark.line + 1}" if mark is not None else problem
-
-
-def _require_mapping(path: Path, key_path: str, value: Any, allowed: set[str]) -> None:
-    if not isinstance(value, dict):
-        raise WebConfigError(path, key_path, "must be a mapping")
-    for key in value:
-        full = f"{key_path}.{key}" if key_path else str(key)
+def _section(value: Any, key_path: str, allowed: set[str]) -> dict[str, Any]:
+    """A mapping (empty when left out) with only `allowed` keys; a key of a later exporter-toolkit says so."""
+    section = mapping(value, key_path or "(top level)")
+    for key in section:
         if key in _NEWER_TOOLKIT_KEYS:
-            raise WebConfigError(path, full, "unknown key (added in a later exporter-toolkit; not supported here)")
-        if key not in allowed:
-            raise WebConfigError(path, full, f"unknown key; expected one of {', '.join(sorted(allowed))}")
+            raise ConfigError(f"{key_path}.{key}" if key_path else key,
+                              "unknown key (added in a later exporter-toolkit; not supported here)")
+    reject_unknown(section, allowed, key_path)
+    return section
 
 
 def _load_headers(path: Path, http: dict[str, Any]) -> dict[str, str]:
@@ -306,15 +294,9 @@ def _tls_version(path: Path, tls: dict[str, Any], key: str, default: str) -> ssl
 
 def _file_setting(path: Path, tls: dict[str, Any], key: str) -> Path | None:
     value = tls.get(key)
-    if value in (None, ""):
+    if value is None or value == "":  # exporter-toolkit: an empty path is no file
         return None
-    key_path = f"tls_server_config.{key}"
-    if not isinstance(value, str):
-        raise WebConfigError(path, key_path, "must be a file path")
-    resolved = Path(value) if os.path.isabs(value) else path.parent / value
-    if not resolved.is_file():
-        raise WebConfigError(path, key_path, f"file not found: {resolved}")
-    return resolved
+    return existing_file(value, f"tls_server_config.{key}", path.parent)
 
 
 def _string_list(path: Path, tls: dict[str, Any], key: str) -> None:

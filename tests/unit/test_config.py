@@ -313,3 +313,61 @@ def test_discovery_alone_needs_no_server_list():
 def test_durations(value, seconds):
     config = load_config_text(GOOD + f"poll: {{endpoint_timeout: {value}}}\n", Path("."))
     assert config.poll.endpoint_timeout == seconds
+
+
+def test_each_section_table_names_exactly_its_dataclass_fields():
+    """The tables are the one place for keys and defaults; a key added to a dataclass and not to its table
+    (or the other way round) must fail on import, not in a user's file."""
+    from exporter.config import POLL_KEYS, PollConfig
+    from exporter.config_keys import check_fields
+
+    check_fields(POLL_KEYS, PollConfig)
+    with pytest.raises(TypeError, match="endpoint_timeout"):
+        check_fields(POLL_KEYS[:-1], PollConfig)
+
+
+def test_defaults_come_from_the_tables_and_meet_their_checks():
+    """A default is written as in the file and read like a value from it, so it meets the same checks: the
+    default timeout (60s) does not fit a 30s interval, and saying so names the key."""
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(GOOD + "poll: {interval: 30s}\n", Path("."))
+    assert (caught.value.path, caught.value.message) == ("poll.timeout", "must be between 5s and poll.interval (30s)")
+
+
+@pytest.mark.parametrize(("entry", "key_path", "phrase"), [
+    ("{name: ex01, module: [default]}", "servers[0].module", "expected a non-empty string"),
+    ("{name: ex01, endpoint_proxy: 8080}", "servers[0].endpoint_proxy", "expected a proxy URL"),
+])
+def test_server_keys_of_the_wrong_type_name_the_key(entry, key_path, phrase):
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(MODULE + servers(entry), Path("."))
+    assert (caught.value.path, phrase in caught.value.message) == (key_path, True), str(caught.value)
+
+
+def test_an_empty_endpoint_proxy_is_no_proxy():
+    config = load_config_text(MODULE + servers("{name: ex01, endpoint_proxy: }"), Path("."))
+    assert config.servers[0].endpoint_proxy == ""
+
+
+def test_the_readme_shows_the_defaults_of_the_tables():
+    """README's key table is what users read; its backticked defaults must be the tables' defaults."""
+    import re
+
+    from exporter.config import LIMITS_KEYS, POLL_KEYS, module_keys
+
+    tables = {"poll": POLL_KEYS, "limits": LIMITS_KEYS, "modules.NAME": module_keys(Path("."))}
+    defaults = {f"{section}.{key.name}": key.default for section, keys in tables.items() for key in keys}
+    shown = lambda value: str(value).lower() if isinstance(value, bool) else str(value)  # noqa: E731
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    compared = 0
+    for key_cell, default_cell in re.findall(r"^\| ((?:`[^`]+`(?:, | / )?)+) \| ((?:`[^`]+`(?:, )?)+) \|", readme, re.M):
+        keys, values = re.findall(r"`([^`]+)`", key_cell), re.findall(r"`([^`]+)`", default_cell)
+        if len(keys) != len(values):
+            continue
+        section = keys[0].rpartition(".")[0]
+        for key, value in zip(keys, values):
+            key = section + key if key.startswith(".") else key
+            if key in defaults:
+                assert shown(defaults[key]) == value, key
+                compared += 1
+    assert compared >= 12

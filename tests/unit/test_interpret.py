@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 
 from exporter.catalog import Catalog
-from exporter.eems_patterns import FETCH_ERROR_REASONS
+from exporter.eems_log import FETCH_ERROR_REASONS
 from exporter.interpret import interpret_server
 from exporter.model import RawCulture, RawEndpoint, RawError, RawEvent, RawLog, RawServerFacts
 
@@ -83,10 +83,10 @@ def error(part: str, error_id: str, category: str = "ObjectNotFound", type_: str
 
 def facts(events=(), tail: str | None = None, **fields) -> RawServerFacts:
     base = RawServerFacts(
-        computer="EX01", now=NOW, culture=EN_US, exsetup_version="15.02.2562.043", build_source="exsetup", edge=False,
+        now=NOW, culture=EN_US, exsetup_version="15.02.2562.043", build_source="exsetup", edge=False,
         service_key_start=2, service_queried=True, service_status="Running", service_start_type="Automatic",
         events=tuple(events), log_folder=True,
-        logs=() if tail is None else (RawLog("MitigationService_2026112612-1.LOG", len(tail.encode()), None, "utf-8", tail),),
+        logs=() if tail is None else (RawLog(len(tail.encode()), None, "utf-8", tail),),
         endpoints=(), errors=(),
     )
     return replace(base, **fields)
@@ -100,7 +100,7 @@ def interpret(f: RawServerFacts, catalog: Catalog, lookback: timedelta = LOOKBAC
 
 
 def endpoint(name="GetExchangeMitigations", status=200, web_status=None, revocation_failed=False) -> RawEndpoint:
-    return RawEndpoint(name, status, 0.31, web_status, revocation_failed, None if status == 200 else "failed")
+    return RawEndpoint(name, status, 0.31, web_status, revocation_failed)
 
 
 def test_build_service_and_endpoint(catalog):
@@ -302,7 +302,7 @@ def test_failing_needs_the_two_newest_checks_to_fail(catalog):
 def test_activity_is_any_event_or_log_write(catalog):
     eems = interpret(facts([RawEvent(1004, at(0.5), "unrelated")]), catalog).eems
     assert eems.last_activity == at(0.5) and eems.last_success is None
-    log = RawLog("MitigationService_2026112611-1.LOG", 10, at(0.2), "utf-8", "")
+    log = RawLog(10, at(0.2), "utf-8", "")
     assert interpret(facts(logs=(log,)), catalog).eems.last_activity == at(0.2)
 
 
@@ -315,8 +315,8 @@ def test_hourly_files_utf16_and_culture_times_are_read_together(catalog):
     header = "DateTime,EventName,CustomData\r\n#Software: Microsoft Exchange Server\r\n#Fields: DateTime,EventName,CustomData\r\n"
     older = header + culture_stamp(at(2), FETCH_LINE) + "\r\n" + culture_stamp(at(2, -1), UNTRUSTED_LINE) + "\r\n"
     newer = "\ufeff" + header + culture_stamp(at(1), FETCH_LINE) + "\r\n" + culture_stamp(at(1, -1), DONE_LINE) + "\r\n"
-    logs = (RawLog("MitigationService_2026112611-1.LOG", len(newer.encode("utf-16-le")), at(1, -1), "utf-16", newer),
-            RawLog("MitigationService_2026112610-1.LOG", len(older.encode()), at(2, -1), "utf-8", older))
+    logs = (RawLog(len(newer.encode("utf-16-le")), at(1, -1), "utf-16", newer),
+            RawLog(len(older.encode()), at(2, -1), "utf-8", older))
     eems = interpret(facts(logs=logs), catalog).eems
     assert eems.last_success == at(1) and eems.last_check == at(1)
     assert (eems.last_error, eems.last_error_reason) == (at(2, -1), "untrusted_endpoint")
@@ -329,12 +329,12 @@ def test_log_times_in_another_zone_are_dropped_not_misplaced(catalog):
         return f"{t.month}/{t.day}/{t.year} {(t.hour % 12) or 12}:{t:%M:%S} {'AM' if t.hour < 12 else 'PM'}"
 
     tail = f"{local(at(1))},{FETCH_LINE}\r\n{local(at(1, -1))},{UNTRUSTED_LINE}\r\n"
-    log = RawLog("MitigationService_2026112611-1.LOG", len(tail), at(1, -1), "utf-8", tail)
+    log = RawLog(len(tail), at(1, -1), "utf-8", tail)
     state = interpret(facts(logs=(log,)), catalog)
     assert (state.eems.last_check, state.eems.last_error, state.eems.last_success) == (None, None, None)
     assert state.eems.last_activity == at(1, -1)  # the write time still shows the service is active
     assert [(f.part, f.reason) for f in state.collection_errors] == [("log", "other")]
-    in_utc = RawLog(log.name, len(tail), at(1, -1) + timedelta(hours=2), "utf-8", tail)
+    in_utc = RawLog(len(tail), at(1, -1) + timedelta(hours=2), "utf-8", tail)
     assert interpret(facts(logs=(in_utc,)), catalog).eems.last_error is not None
 
 
@@ -420,7 +420,7 @@ def test_partial_first_line_and_odd_lines_do_not_crash(catalog):
         ["#Software: Microsoft Exchange Server", "garbage,,,;;'\"", "S:LogLevel=Error;S:Message=no time",
          stamp(at(1), FETCH_LINE), "\x00\ufffd", stamp(at(1, -1), DONE_LINE)]
     )
-    log = RawLog("x.LOG", 10_000_000, NOW, "utf-8", tail)  # the tail is a suffix of a larger file
+    log = RawLog(10_000_000, NOW, "utf-8", tail)  # the tail is a suffix of a larger file
     eems = interpret(facts(logs=(log,)), catalog).eems
     assert (eems.last_check, eems.last_success, eems.last_error) == (at(1), at(1), None)
 

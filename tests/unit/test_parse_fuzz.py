@@ -8,7 +8,7 @@ from datetime import datetime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.eems_patterns import LogRecord, classify_fetch_error, parse_log_line
+from exporter.eems_log import LogRecord, classify_fetch_error, parse_log_line
 from exporter.parse import ParseError, clixml_to_text, parse_organization_output, parse_ps_date, parse_server_output
 
 FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -60,8 +60,8 @@ def _check_server(stdout: bytes) -> None:
     assert len(facts.events) <= MAX_EVENTS
     assert sum(len(log.tail.encode("utf-8")) for log in facts.logs) <= MAX_LOG_BYTES
     assert all(isinstance(e.message, str) and isinstance(e.id, str) for e in facts.errors) and len(facts.errors) <= 50
-    texts = [*(e.message for e in facts.errors), *(e.id for e in facts.errors), facts.computer or "",
-             facts.exsetup_version or "", *(e.message for e in facts.events), *(log.name for log in facts.logs)]
+    texts = [*(e.message for e in facts.errors), *(e.id for e in facts.errors), facts.exsetup_version or "",
+             *(e.message for e in facts.events), *(log.tail for log in facts.logs)]
     for text in texts:
         text.encode("utf-8")  # strict: no lone surrogates reach the metrics page
 

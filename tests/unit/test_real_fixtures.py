@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter.eems_patterns import classify_fetch_error, parse_log_line
+from exporter.eems_log import classify_fetch_error, parse_log_line
 from exporter.interpret import interpret_server
 from exporter.parse import parse_organization_output, parse_server_output
 

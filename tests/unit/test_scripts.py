@@ -4,7 +4,9 @@ invariant error ids rather than localized texts, and no value can break out of i
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
+from exporter.config import ConfigError, load_config_text
 from exporter.scripts import (
     CREATE_PROCESS_LIMIT,
     POWERSHELL,
@@ -14,6 +16,8 @@ from exporter.scripts import (
     powershell_command,
     server_script,
 )
+
+from ..conftest import PASSWORD_ENV
 
 CMD_EXE_LIMIT = 8191
 
@@ -98,6 +102,28 @@ def test_a_hostile_proxy_value_never_reaches_the_script():
                     "http://user:secret@proxy:8080/", "javascript:alert(1)"):
         line = server_script(params(hostile)).splitlines()[1]
         assert line.endswith(";Proxy=''}"), hostile
+
+
+# Proxy URLs the configuration (servers[].endpoint_proxy) and Active Directory (InternetWebProxy) may give.
+PROXY_URLS_ACCEPTED = ("http://proxy.contoso.com:8080/", "http://proxy:8080", "https://10.0.0.1:3128", "http://proxy",
+                       "http://[::1]:8080/", "http://[fd00::10]/", "http://proxy.contoso.com.:80")
+PROXY_URLS_REFUSED = ("socks5://proxy:1080", "http://proxy:99999", "http://proxy:0", "http://user@proxy/",
+                      "http://proxy/path", "http://proxy:8080?x=1", "http://[::1", "http://::1:8080/",
+                      "http://a:b:c/", "http://[not-an-address]/", "http://-proxy/", "http://proxy..contoso/")
+
+
+def test_the_script_keeps_every_proxy_url_the_configuration_accepts():
+    """One rule for both: a proxy the configuration accepts must never be dropped silently on its way to the
+    script (it was for an IPv6 proxy), and one it refuses must never reach the script from Active Directory."""
+    module = f"modules: {{default: {{username: svc, password_env: {PASSWORD_ENV}}}}}\n"
+    for url in (*PROXY_URLS_ACCEPTED, *PROXY_URLS_REFUSED):
+        try:
+            load_config_text(module + f"servers: [{{name: ex01, endpoint_proxy: '{url}'}}]\n", Path("."))
+            configured = True
+        except ConfigError:
+            configured = False
+        kept = server_script(params(url)).splitlines()[1].endswith(f";Proxy='{url}'}}")
+        assert (configured, kept) == (url in PROXY_URLS_ACCEPTED,) * 2, url
 
 
 def test_script_text_is_ascii():

@@ -126,7 +126,7 @@ def serve():
         server = _Server(WebConfigWatcher(config_path))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
-        scheme = "https" if server.watcher.current().tls_enabled else "http"
+        scheme = "https" if server.watcher.current().ssl_context() is not None else "http"
         return f"{scheme}://127.0.0.1:{server.server_address[1]}/metrics"
 
     yield start
@@ -160,7 +160,7 @@ def test_plain_http_with_basic_auth_and_headers(tmp_path, serve, password_hash):
 def test_no_users_means_open(tmp_path):
     config = load_valid(write_config(tmp_path, ""))
     assert config.check_basic_auth(None) is True
-    assert not config.tls_enabled and config.ssl_context() is None
+    assert config.ssl_context() is None
 
 
 def test_bcrypt_runs_once_per_credential(tmp_path, password_hash, monkeypatch):
@@ -337,7 +337,7 @@ BAD_FILES = {
     "ca without client auth": (_tls_config(Path("{pki}"), "  client_ca_file: {pki}/ca.crt\n"),
                                "tls_server_config.client_ca_file"),
     "bad tls version": (_tls_config(Path("{pki}"), "  min_version: TLS14\n"), "tls_server_config.min_version"),
-    "not a mapping": ("- a\n- b\n", "must be a mapping"),
+    "not a mapping": ("- a\n- b\n", "expected a mapping, got list"),
     "bad yaml": ("tls_server_config: [\n", "not valid YAML"),
 }
 
@@ -367,3 +367,16 @@ def test_secret_never_in_error_text(tmp_path):
     with pytest.raises(WebConfigError) as excinfo:
         WebConfig.load(path)
     assert "my-plain-password" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("tls_server_config: " + "[" * 20000 + "]" * 20000 + "\n", "nested too deeply"),
+    ("tls_server_config:\n  min_version: \x07\n", "character #x0007"),
+    ("tls_server_config:\n  min_version: [TLS12\n", "line 3, column 1"),
+])
+def test_yaml_errors_are_reported_like_the_exporter_configuration(tmp_path, text, expected):
+    """A file too deeply nested for the YAML parser is a WebConfigError (it was a RecursionError, which the
+    watcher does not catch), and every YAML error says where, as the exporter's own configuration does."""
+    with pytest.raises(WebConfigError) as excinfo:
+        WebConfig.load(write_config(tmp_path, text))
+    assert "not valid YAML" in str(excinfo.value) and expected in str(excinfo.value)

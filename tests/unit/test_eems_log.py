@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.eems_patterns import FETCH_ERROR_REASONS, classify_fetch_error, classify_organization_error, parse_log_line
+from exporter.eems_log import FETCH_ERROR_REASONS, classify_fetch_error, classify_organization_error, parse_log_line
 
 from .test_interpret import (
     FETCH_LINE,

@@ -1,7 +1,10 @@
-"""The one place for EEMS text patterns: fetch-error classes, log-line shape, organization errors.
+"""Reading what EEMS logs: its log-file lines (`parse_log_line`) and the texts of its fetch errors, in the log
+and in 1008 events (`classify_fetch_error`, `is_fetch_error`).
 
 Microsoft does not document these texts; when Exchange changes a message, this module (and its tests)
-is the only thing to update. Sources are the keys of docs/reference/eems-facts.md.
+is the only thing to update. It also holds the one unconfirmed text the exporter reads that is not EEMS's,
+the organization cmdlets' Active Directory errors (`classify_organization_error`), so that every guessed
+text has one home. Sources are the keys of docs/reference/eems-facts.md.
 
 Confirmed (quoted from a source):
 - 1008 "untrusted endpoint": log line `FetchMitigation,S:LogLevel=Warning;S:Message=Connection attempted

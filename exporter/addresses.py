@@ -1,0 +1,43 @@
+"""Which server names, host names, IP addresses and proxy URLs the exporter accepts: one rule for each,
+wherever the value comes from (the configuration, or Active Directory through the organization collector).
+
+A proxy URL reaches the collection script (`Invoke-WebRequest -Proxy`) from the configuration
+(`servers[].endpoint_proxy`) or from Active Directory (a server's InternetWebProxy). Both are judged by
+`is_proxy_url`, so a URL the configuration accepts is never dropped on its way to the script, and
+nothing but a plain URL ever reaches PowerShell.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+# A server name becomes the `server` label and, for a discovered server, a poll target.
+SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?")
+_PROXY_URL = re.compile(r"https?://(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+))(?::(?P<port>[0-9]{1,5}))?/?")
+
+
+def is_host(text: str) -> bool:
+    """A DNS host name or an IP address (an IPv6 address bare or in brackets)."""
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+        return True
+    except ValueError:
+        return _HOST_NAME.fullmatch(text) is not None
+
+
+def is_proxy_url(text: str) -> bool:
+    """`http(s)://host[:port][/]` with a host name, an IPv4 address or an IPv6 address in brackets, and a port
+    from 1 to 65535; no user, path or query (the script hands the URL to `Invoke-WebRequest -Proxy` as it is)."""
+    match = _PROXY_URL.fullmatch(text)
+    if match is None:
+        return False
+    if match["port"] is not None and not 1 <= int(match["port"]) <= 65535:
+        return False
+    if match["ipv6"] is not None:
+        try:
+            return ipaddress.ip_address(match["ipv6"]).version == 6
+        except ValueError:
+            return False
+    return _HOST_NAME.fullmatch(match["host"]) is not None
