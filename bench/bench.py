@@ -168,21 +168,23 @@ def sampled(profile: Path | None):
 
 
 def measure_cycle(exporter: Exporter, state_url: str, simulator_pid: int,
-                  profile: Path | None = None) -> tuple[float, float, float, int]:
+                  profile: Path | None = None) -> tuple[float, float, float, float, int]:
     requests_before = total_requests(state_url)
     with sampled(profile):
         simulator_cpu_before = process_cpu_seconds(simulator_pid)
-        cpu_before = time.process_time()
+        times_before = os.times()
         started = time.monotonic()
         results = poll_all(exporter, exporter.runtime.current().targets.mine())
         seconds = time.monotonic() - started
-        cpu = time.process_time() - cpu_before
+        times_after = os.times()
+        cpu = (times_after.user - times_before.user) + (times_after.system - times_before.system)
+        system_cpu = times_after.system - times_before.system
         simulator_cpu = process_cpu_seconds(simulator_pid) - simulator_cpu_before
     failures = sum(1 for r in results if not r.outcome.success)
     if failures:
         reasons = sorted({r.outcome.error_reason for r in results if not r.outcome.success})
         print(f"warning: {failures} polls failed: {reasons}", file=sys.stderr)
-    return seconds, cpu, simulator_cpu, total_requests(state_url) - requests_before
+    return seconds, cpu, system_cpu, simulator_cpu, total_requests(state_url) - requests_before
 
 
 def main() -> int:
@@ -209,8 +211,8 @@ def main() -> int:
         config = load_config(config_file)
         exporter = Exporter(config, Catalog.load())
         # The first cycle connects and authenticates; the second, the steady state, is the one measured.
-        warm_seconds, warm_cpu, _, warm_requests = measure_cycle(exporter, state_url, simulator.pid)
-        cycle_seconds, cpu_seconds, simulator_cpu, requests = measure_cycle(
+        warm_seconds, warm_cpu, _, _, warm_requests = measure_cycle(exporter, state_url, simulator.pid)
+        cycle_seconds, cpu_seconds, system_cpu_seconds, simulator_cpu, requests = measure_cycle(
             exporter, state_url, simulator.pid, args.profile)
         cold_render, body = render_metrics(exporter)
         renders = []
@@ -243,6 +245,7 @@ def main() -> int:
         "first_cycle_seconds": round(warm_seconds, 3),
         "first_cycle_http_requests_per_poll": round(warm_requests / n, 3),
         "cpu_seconds_per_poll": round(cpu_per_poll, 6),
+        "system_share_of_cpu": round(system_cpu_seconds / cpu_seconds, 3) if cpu_seconds else 0.0,
         "first_cycle_cpu_seconds_per_poll": round(warm_cpu / n, 6),
         "simulator_cpu_seconds_per_poll": round(simulator_cpu / n, 6),
         "cpu_fraction_of_one_core_at_5m": round(cpu_per_poll * n / 300, 4),
