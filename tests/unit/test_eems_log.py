@@ -4,10 +4,21 @@ the shapes of an EEMS log line (verbatim texts from docs/reference/eems-facts.md
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from exporter.eems_log import FETCH_ERROR_REASONS, classify_fetch_error, classify_organization_error, parse_log_line
+from exporter import eems_log
+from exporter.eems_log import (
+    CHECK_START,
+    FETCH_ERROR_REASONS,
+    LogRecord,
+    classify_fetch_error,
+    classify_organization_error,
+    parse_log_line,
+)
 
 from .test_interpret import (
+    EN_US,
     FETCH_LINE,
     GRANIKOS_CYCLE,
     GRANIKOS_SIGNING,
@@ -16,6 +27,7 @@ from .test_interpret import (
     NOW,
     SIGNING_1008,
     TLS_1008,
+    UNTRUSTED_LINE,
     stamp,
 )
 
@@ -69,3 +81,71 @@ def test_log_line_shapes():
     assert parse_log_line("#Fields: DateTime,Operation,CustomData") is None
     assert parse_log_line("   ") is None
     assert parse_log_line("partial line without shape").time is None
+
+
+# ---------------------------------------------------------------- the fast path agrees with the general parser
+
+# Characters that change how a line reads: separators, both quotes, whitespace str.strip() removes (also the
+# non-ASCII ones), a BOM, and letters whose lowercase differs in length or script; and pieces of custom data.
+_TRICKY = [*";,'\" \t\u00a0\u2003\x1c\ufeff\u0130\u212a\u00e9:=#", "S:", "S:Message=", ";S:Message=", ";S:Source=",
+           "''", '""']
+
+
+def _text(letters: str, max_size: int):
+    return st.lists(st.sampled_from([*_TRICKY, *letters]), max_size=max_size).map("".join)
+
+
+_word = _text("abcXYZ09.-_", 6)
+_value = _text("abcXYZ09 .-_/", 20) | st.sampled_from(
+    ["Fetching mitigations from https://officeclient.microsoft.com/getexchangemitigations",
+     "Exception encountered while fetching mitigations : Response xml's leaf certificate is from unknown issuer"])
+_time = st.sampled_from([
+    "2026-11-26T10:00:00Z", "2026-11-26T10:00:00.1234567Z", "2026-11-26T10:00:00.123Z", "2026-11-26 10:00:00Z",
+    "2026-11-26T10:00:00+02:00", "2026-11-26T10:00:00.5-0130", "2026-11-26T10:00:00", "2026-11-26T10:00:00z",
+    "2026-13-26T10:00:00Z", "2026-02-30T10:00:00.000Z", "0000-01-01T00:00:00Z", "9999-12-31T23:59:59.9999999Z",
+    "11/26/2026 10:00:00 AM", "26.11.2026 22:00:00", "", "DateTime",
+]) | st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,8})?Z?", fullmatch=True)
+_pair = st.builds(lambda key, value, quote: f"{quote}S:{key}={value}{quote}",
+                  st.sampled_from(["LogLevel", "Message", "Source", "message", "Other", "Log Level"]),
+                  _value, st.sampled_from(["", "", "'", '"']))
+_custom = st.lists(_pair, max_size=4).map(";".join) | _value
+
+
+def _csv_quoted(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+_shaped = st.builds(
+    lambda prefix, time, operation, custom, csv, suffix: (
+        f"{prefix}{time},{operation},{_csv_quoted(custom) if csv else custom}{suffix}"),
+    st.sampled_from(["", "", " ", "\ufeff", "\ufeff "]), _time,
+    st.sampled_from(["FetchMitigation", "DiagnosticData", "Service", "S", "9x", ""]) | _word,
+    _custom, st.booleans(), st.sampled_from(["", "", " ", "\t", ";", ",x"]))
+# Lines of exactly the fast path's shape, then the same with a piece inserted anywhere or a pair appended.
+_common = st.from_regex(eems_log._COMMON_LINE, fullmatch=True) | st.builds(
+    lambda when, line: when.isoformat(timespec="seconds")[:19] + line[19:],  # a possible date, mostly
+    st.datetimes(), st.from_regex(eems_log._COMMON_LINE, fullmatch=True))
+_near_common = st.builds(lambda line, at, piece: line[:at] + piece + line[at:],
+                         _common, st.integers(0, 200), st.sampled_from(_TRICKY)) | st.builds(
+                         lambda line, pair: f"{line};{pair}", _common, _pair)
+_culture = st.none() | st.just(EN_US)
+
+
+@settings(max_examples=1000, deadline=None, database=None)
+@given(_shaped | _common | _near_common | st.text(max_size=80), _culture)
+def test_fast_path_reads_a_line_as_the_general_parser_does(line, culture):
+    fast, general = parse_log_line(line, culture), eems_log._parse_any_line(line, culture)
+    assert fast == general and repr(fast) == repr(general)  # repr: the time's zone object too
+
+
+def test_eems_lines_take_the_fast_path():
+    """The equivalence above is only worth its cost if EEMS's own lines are of the fast shape."""
+    for body in [FETCH_LINE, UNTRUSTED_LINE, "FetchMitigation," + GRANIKOS_CYCLE[-1]]:
+        assert eems_log._COMMON_LINE.fullmatch(stamp(NOW, body))
+
+
+@given(_text("fetching mitigations from FETCH\u0130NG", 20)
+       .map(lambda tail: "Fetching mitigations from"[: len(tail) % 26] + tail))
+def test_check_start_reads_the_lowered_message(message):
+    record = LogRecord(None, None, None, message)
+    assert record.is_check_start == message.lower().startswith(CHECK_START)
