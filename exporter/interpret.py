@@ -19,8 +19,8 @@ only informs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import NamedTuple
 
 from exporter.catalog import BuildVersionError, Catalog, parse_admin_display_version
 from exporter.eems_log import FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, is_fetch_error, parse_log_line
@@ -48,8 +48,7 @@ ENDPOINTS = {"GetExchangeMitigations": "mitigations", "GetExchangeConfig": "flig
 ACCESS_DENIED_TYPES = ("System.UnauthorizedAccessException", "System.Security.SecurityException")
 
 
-@dataclass(frozen=True)
-class _Cycle:
+class _Cycle(NamedTuple):
     start: datetime
     error_time: datetime | None  # first Warning/Error line, None for a clean cycle
     error_reason: str | None
@@ -213,8 +212,9 @@ def _records(facts: RawServerFacts, latest: datetime) -> tuple[list[LogRecord], 
         encoded = len(log.tail.encode("utf-16-le" if (log.encoding or "").startswith("utf-16") else "utf-8"))
         if lines and (log.length is None or log.length > encoded):
             lines = lines[1:]  # the tail starts mid-file, so its first line may be partial
-        timed = [r for r in (parse_log_line(line, facts.culture) for line in lines) if r is not None and r.time is not None]
-        newest = max((r.time for r in timed), default=None)
+        parsed = [parse_log_line(line, facts.culture) for line in lines]
+        timed = [r for r in parsed if r is not None and r.time is not None]
+        newest = max([r.time for r in timed], default=None)
         if newest is not None and log.last_write is not None and not (
                 log.last_write - LOG_WRITE_LAG <= newest <= log.last_write + LOG_CLOCK_SLACK):
             misplaced = True
@@ -230,10 +230,11 @@ def _cycles(records: list[LogRecord]) -> list[_Cycle]:
     followed = False
 
     def close() -> None:
-        if start is not None:
-            first = next((p.time for p in problems), start.time)
-            reason = classify_fetch_error(" ".join(p.message for p in problems)) if problems else None
-            cycles.append(_Cycle(start.time, first if problems else None, reason, followed))
+        if start is not None and problems:
+            reason = classify_fetch_error(" ".join([p.message for p in problems]))
+            cycles.append(_Cycle(start.time, problems[0].time, reason, followed))
+        elif start is not None:
+            cycles.append(_Cycle(start.time, None, None, followed))
 
     for record in records:
         if record.is_check_start:
@@ -251,10 +252,12 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
                  generic_reason: str = "other") -> EemsHistory:
     latest = now + FUTURE_TOLERANCE
     all_events = [e for e in facts.events if e.time <= latest]
-    events = [e for e in all_events if e.id in SUCCESS_EVENTS or (e.id == ERROR_EVENT and is_fetch_error(e.message))]
+    fetch_error = [e.id == ERROR_EVENT and is_fetch_error(e.message) for e in all_events]  # each text read once
+    events = [e for e, fetch in zip(all_events, fetch_error) if fetch or e.id in SUCCESS_EVENTS]
     records, misplaced = _records(facts, latest)
     cycles = _cycles(records)
     failed = [c for c in cycles if c.error_time is not None]
+    known = [c for c in failed if c.error_reason != "other"]
 
     def reason_of(message: str, when: datetime) -> str:
         """A generic 1008 (the January 2025 text has no detail) takes the reason of the nearest failed log
@@ -263,7 +266,6 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
         reason = classify_fetch_error(message)
         if reason != "other":
             return reason
-        known = [c for c in failed if c.error_reason != "other"]
         if not known:
             return generic_reason
         return min(known, key=lambda c: abs(c.error_time - when)).error_reason
@@ -283,7 +285,8 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
     for time, reason in event_errors:
         if now - lookback <= time:
             counts[reason] += 1
-    other = sum(1 for e in all_events if e.id == ERROR_EVENT and not is_fetch_error(e.message) and now - lookback <= e.time)
+    other = sum(1 for e, fetch in zip(all_events, fetch_error)
+                if e.id == ERROR_EVENT and not fetch and now - lookback <= e.time)
     return EemsHistory(
         last_check=max(checks, default=None),
         last_success=max(successes, default=None),

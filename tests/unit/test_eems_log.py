@@ -42,6 +42,9 @@ from .test_interpret import (
         ("Connection attempted against untrusted endpoint", "untrusted_endpoint"),
         ("TLS certificate or its chain validation failed", "tls_validation"),
         ("", "other"),
+        # two known phrases: the reason listed first wins, wherever its phrase stands in the text
+        ("The remote certificate is invalid: Connection attempted against untrusted endpoint", "untrusted_endpoint"),
+        ("signing cert is invalid or not from microsoft; TLS certificate or its chain validation failed", "tls_validation"),
     ],
 )
 def test_classify_fetch_error(text, reason):
