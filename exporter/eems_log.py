@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 from .culture_time import leading_time_pattern, to_datetime
 from .model import RawCulture
@@ -180,16 +180,28 @@ def parse_log_line(line: str, culture: RawCulture | None = None) -> LogRecord | 
 
     `culture` (the server's) lets a culture-formatted leading time be read when the time is not ISO.
     """
-    if line.startswith("#"):  # a header (most lines of a small file): no need to try the shapes
-        return None
-    common = _COMMON_LINE.fullmatch(line)
-    if common is None:
-        return _parse_any_line(line, culture)
-    time, operation, level, message = common.groups()
-    try:
-        return LogRecord(datetime.fromisoformat(time), operation, level, message)  # "Z": tzinfo is timezone.utc
-    except ValueError:  # an impossible date, as parse_ps_date reads it
-        return LogRecord(None, operation, level, message)
+    return parse_log_lines((line,), culture)[0]
+
+
+def parse_log_lines(lines: Iterable[str], culture: RawCulture | None = None) -> list[LogRecord | None]:
+    """`parse_log_line` of each line, in one loop: a poll reads hundreds of lines, and a call per line costs
+    a fifth of the fast path's time."""
+    records: list[LogRecord | None] = []
+    fullmatch, from_iso, new = _COMMON_LINE.fullmatch, datetime.fromisoformat, tuple.__new__
+    for line in lines:
+        if line.startswith("#"):  # a header (most lines of a small file): no need to try the shapes
+            records.append(None)
+            continue
+        common = fullmatch(line)
+        if common is None:
+            records.append(_parse_any_line(line, culture))
+            continue
+        time, operation, level, message = common.groups()
+        try:  # tuple.__new__: LogRecord's own __new__ is Python code, twice the cost
+            records.append(new(LogRecord, (from_iso(time), operation, level, message)))  # "Z": timezone.utc
+        except ValueError:  # an impossible date, as parse_ps_date reads it
+            records.append(LogRecord(None, operation, level, message))
+    return records
 
 
 def _parse_any_line(line: str, culture: RawCulture | None) -> LogRecord | None:
@@ -198,7 +210,7 @@ def _parse_any_line(line: str, culture: RawCulture | None) -> LogRecord | None:
     if not text or text.startswith("#"):
         return None
     time = None
-    match = _LEADING_TIME.match(text)
+    match = _LEADING_TIME.match(text) if text[0].isdigit() or text[0].isspace() else None  # what it starts with
     if match:
         time = parse_ps_date(match.group(1))
         text = text[match.end() :]

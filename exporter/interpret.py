@@ -23,7 +23,7 @@ from datetime import date, datetime, timedelta
 from typing import NamedTuple
 
 from exporter.catalog import BuildVersionError, Catalog, parse_admin_display_version
-from exporter.eems_log import FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, is_fetch_error, parse_log_line
+from exporter.eems_log import FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, is_fetch_error, parse_log_lines
 from exporter.model import (
     BuildVerdict,
     EemsHistory,
@@ -31,6 +31,7 @@ from exporter.model import (
     PartialFailure,
     RawEndpoint,
     RawError,
+    RawLog,
     RawServerFacts,
     ServerState,
 )
@@ -209,11 +210,9 @@ def _records(facts: RawServerFacts, latest: datetime) -> tuple[list[LogRecord], 
     records, misplaced = [], False
     for log in reversed(facts.logs):
         lines = log.tail.splitlines()
-        encoded = len(log.tail.encode("utf-16-le" if (log.encoding or "").startswith("utf-16") else "utf-8"))
-        if lines and (log.length is None or log.length > encoded):
+        if lines and (log.length is None or log.length > _file_size(log)):
             lines = lines[1:]  # the tail starts mid-file, so its first line may be partial
-        parsed = [parse_log_line(line, facts.culture) for line in lines]
-        timed = [r for r in parsed if r is not None and r.time is not None]
+        timed = [r for r in parse_log_lines(lines, facts.culture) if r is not None and r.time is not None]
         newest = max([r.time for r in timed], default=None)
         if newest is not None and log.last_write is not None and not (
                 log.last_write - LOG_WRITE_LAG <= newest <= log.last_write + LOG_CLOCK_SLACK):
@@ -221,6 +220,14 @@ def _records(facts: RawServerFacts, latest: datetime) -> tuple[list[LogRecord], 
             continue
         records += [r for r in timed if r.time <= latest]
     return records, misplaced
+
+
+def _file_size(log: RawLog) -> int:
+    """The bytes the tail held in the file; ASCII (as EEMS writes) is sized without encoding it."""
+    utf16 = (log.encoding or "").startswith("utf-16")
+    if log.tail.isascii():
+        return len(log.tail) * (2 if utf16 else 1)
+    return len(log.tail.encode("utf-16-le" if utf16 else "utf-8"))
 
 
 def _cycles(records: list[LogRecord]) -> list[_Cycle]:

@@ -110,11 +110,21 @@ def _clixml_records(text: str):
 # ---------------------------------------------------------------- JSON extraction
 
 
+# Where str.splitlines breaks a line. Each is a whitespace character, so strip() removes them at the ends.
+_LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+
+
 def _json_text(stdout: bytes) -> str:
-    """The line holding the JSON object, ignoring a BOM, blank lines and CLIXML/other noise lines."""
+    """The line holding the JSON object, ignoring a BOM, blank lines and CLIXML/other noise lines.
+
+    Usually the output is that one line and blank ones around it: then it is the stripped output, found by
+    a few memchr scans instead of splitting tens of KiB into lines."""
     if not isinstance(stdout, bytes):
         raise ParseError("bad_output", "output is not bytes")
     text = stdout.decode("utf-8", errors="replace").replace("\ufeff", "")
+    stripped = text.strip()
+    if stripped.startswith("{") and not any(brk in stripped for brk in _LINE_BREAKS):
+        return stripped
     for line in text.splitlines():
         if line.lstrip().startswith("{"):
             return line.strip()

@@ -5,11 +5,19 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.eems_log import LogRecord, classify_fetch_error, parse_log_line
-from exporter.parse import ParseError, clixml_to_text, parse_organization_output, parse_ps_date, parse_server_output
+from exporter.parse import (
+    ParseError,
+    _json_text,
+    clixml_to_text,
+    parse_organization_output,
+    parse_ps_date,
+    parse_server_output,
+)
 
 FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 MAX_EVENTS, MAX_LOG_BYTES = 3, 64
@@ -130,3 +138,24 @@ def test_log_line_parser_never_raises(line):
         assert record.is_check_start in (True, False) and record.is_problem in (True, False)
         assert classify_fetch_error(record.message) in ("untrusted_endpoint", "unknown_issuer", "tls_validation",
                                                         "signature_invalid", "other")
+
+
+def _first_object_line(stdout: bytes) -> str | None:
+    """The reference for _json_text: the first of all the lines whose text opens an object, stripped."""
+    text = stdout.decode("utf-8", errors="replace").replace("\ufeff", "")
+    return next((line.strip() for line in text.splitlines() if line.lstrip().startswith("{")), None)
+
+
+_output_pieces = st.sampled_from(["", " ", "\t", "{", "}", '{"schema":1}', "#< CLIXML", "noise", "\ufeff", "é", "\u00a0",
+                                  "\r\n", "\n", "\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"])
+
+
+@FUZZ
+@given(st.lists(_output_pieces, max_size=12).map(lambda pieces: "".join(pieces).encode()) | st.binary(max_size=60))
+def test_json_text_is_the_first_line_opening_an_object(stdout):
+    expected = _first_object_line(stdout)
+    if expected is None:
+        with pytest.raises(ParseError):
+            _json_text(stdout)
+    else:
+        assert _json_text(stdout) == expected
