@@ -1,5 +1,5 @@
 """Reading what EEMS logs: its log-file lines (`parse_log_line`) and the texts of its fetch errors, in the log
-and in 1008 events (`classify_fetch_error`, `is_fetch_error`).
+and in 1008 events (`classify_fetch_error`, `fetch_error_reason`).
 
 Microsoft does not document these texts; when Exchange changes a message, this module (and its tests)
 is the only thing to update. It also holds the one unconfirmed text the exporter reads that is not EEMS's,
@@ -91,16 +91,20 @@ _FETCH_ERROR_PHRASES = tuple((phrase, reason) for reason in FETCH_ERROR_REASONS[
 
 def classify_fetch_error(text: str) -> str:
     """The reason label for an EEMS fetch failure text; `other` when no known phrase is in it."""
-    folded = text.lower()
+    return _reason(text.lower())
+
+
+def fetch_error_reason(message: str) -> str | None:
+    """The reason of a 1008 about fetching mitigations (a failed check); None for another EEMS error."""
+    folded = message.lower()
+    return _reason(folded) if FETCH_ERROR_TEXT in folded else None
+
+
+def _reason(folded: str) -> str:
     for phrase, reason in _FETCH_ERROR_PHRASES:
         if phrase in folded:
             return reason
     return "other"
-
-
-def is_fetch_error(message: str) -> bool:
-    """Whether a 1008 text is about fetching mitigations (a failed check), not another EEMS error."""
-    return FETCH_ERROR_TEXT in message.lower()
 
 
 def classify_organization_error(message: str) -> str:

@@ -23,7 +23,7 @@ from datetime import date, datetime, timedelta
 from typing import NamedTuple
 
 from exporter.catalog import BuildVersionError, Catalog, parse_admin_display_version
-from exporter.eems_log import FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, is_fetch_error, parse_log_lines
+from exporter.eems_log import FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, fetch_error_reason, parse_log_lines
 from exporter.model import (
     BuildVerdict,
     EemsHistory,
@@ -259,25 +259,25 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
                  generic_reason: str = "other") -> EemsHistory:
     latest = now + FUTURE_TOLERANCE
     all_events = [e for e in facts.events if e.time <= latest]
-    fetch_error = [e.id == ERROR_EVENT and is_fetch_error(e.message) for e in all_events]  # each text read once
-    events = [e for e, fetch in zip(all_events, fetch_error) if fetch or e.id in SUCCESS_EVENTS]
+    # each text is read once: None for a success or a 1008 that is not about fetching mitigations
+    fetch_reasons = [fetch_error_reason(e.message) if e.id == ERROR_EVENT else None for e in all_events]
+    events = [e for e, reason in zip(all_events, fetch_reasons) if reason is not None or e.id in SUCCESS_EVENTS]
     records, misplaced = _records(facts, latest)
     cycles = _cycles(records)
     failed = [c for c in cycles if c.error_time is not None]
     known = [c for c in failed if c.error_reason != "other"]
 
-    def reason_of(message: str, when: datetime) -> str:
+    def reason_of(reason: str, when: datetime) -> str:
         """A generic 1008 (the January 2025 text has no detail) takes the reason of the nearest failed log
         cycle: close by it is the same check; further away it is the same persistent cause,
         because the log tail reaches back less far than the event log. Without any, `generic_reason`."""
-        reason = classify_fetch_error(message)
         if reason != "other":
             return reason
         if not known:
             return generic_reason
         return min(known, key=lambda c: abs(c.error_time - when)).error_reason
 
-    event_errors = [(e.time, reason_of(e.message, e.time)) for e in events if e.id == ERROR_EVENT]
+    event_errors = [(e.time, reason_of(reason, e.time)) for e, reason in zip(all_events, fetch_reasons) if reason is not None]
     errors = event_errors + [(c.error_time, c.error_reason) for c in failed]
     successes = [e.time for e in events if e.id in SUCCESS_EVENTS]
     newest_cycle = cycles[-1] if cycles else None
@@ -292,8 +292,8 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
     for time, reason in event_errors:
         if now - lookback <= time:
             counts[reason] += 1
-    other = sum(1 for e, fetch in zip(all_events, fetch_error)
-                if e.id == ERROR_EVENT and not fetch and now - lookback <= e.time)
+    other = sum(1 for e, reason in zip(all_events, fetch_reasons)
+                if e.id == ERROR_EVENT and reason is None and now - lookback <= e.time)
     return EemsHistory(
         last_check=max(checks, default=None),
         last_success=max(successes, default=None),
@@ -311,11 +311,11 @@ def _two_newest_failed(errors: list[datetime], successes: list[datetime], now: d
     """Whether the two newest checks of the last FAILING_WINDOW failed: a single failed check among good
     ones is noise, two in a row are an outage. An event and a log cycle of the same check count once,
     as failed if either says so."""
-    attempts = sorted([(t, True) for t in errors] + [(t, False) for t in successes], reverse=True)
+    since = now - FAILING_WINDOW
+    attempts = sorted([(t, True) for t in errors if t >= since] + [(t, False) for t in successes if t >= since],
+                      reverse=True)
     checks: list[tuple[datetime, bool]] = []
     for time, failed in attempts:
-        if time < now - FAILING_WINDOW:
-            break
         if checks and checks[-1][0] - time < SAME_CHECK:
             checks[-1] = (checks[-1][0], checks[-1][1] or failed)
         else:
