@@ -86,7 +86,8 @@ _COMMON_LINE = re.compile(
 
 
 # (phrase, reason) in the order of FETCH_ERROR_REASONS: the first reason with a phrase in a text wins.
-_FETCH_ERROR_PHRASES = tuple((phrase, reason) for reason in FETCH_ERROR_REASONS[:-1] for phrase in _FETCH_ERROR_TEXTS[reason])
+_FETCH_ERROR_PHRASES = tuple((phrase, reason) for reason in FETCH_ERROR_REASONS[:-1]
+                             for phrase in _FETCH_ERROR_TEXTS[reason])
 
 
 def classify_fetch_error(text: str) -> str:

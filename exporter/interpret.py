@@ -277,7 +277,8 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
             return generic_reason
         return min(known, key=lambda c: abs(c.error_time - when)).error_reason
 
-    event_errors = [(e.time, reason_of(reason, e.time)) for e, reason in zip(all_events, fetch_reasons) if reason is not None]
+    event_errors = [(e.time, reason_of(reason, e.time)) for e, reason in zip(all_events, fetch_reasons)
+                    if reason is not None]
     errors = event_errors + [(c.error_time, c.error_reason) for c in failed]
     successes = [e.time for e in events if e.id in SUCCESS_EVENTS]
     newest_cycle = cycles[-1] if cycles else None
