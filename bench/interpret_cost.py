@@ -8,11 +8,12 @@ default). The simulator builds the output in-process, as a server would write it
 - `default`: the simulator's default server (hourly log files, a 24 h lookback: 25 small files);
 - `full`: daily log files and a 4-day lookback, so that the tails fill `log_tail_bytes`.
 
-For each it prints this thread's CPU time (`time.thread_time`, so other load on the machine does not count)
-per parse (`parse_server_output`) and per parse + interpretation (`collectors.interpret_output`, as a poll
-runs them), and the latter per log line. `--profile` adds the functions costing the most.
+For each it prints this thread's CPU time (`time.thread_time`) per parse (`parse_server_output`) and per
+parse + interpretation (`collectors.interpret_output`, as a poll runs them), and the latter per log line.
+Each figure is the least mean of `--repeat` rounds of `--runs` calls, as timeit reports: other load on a
+shared machine (cache misses, frequency) only ever adds to it. `--profile` adds the costliest functions.
 
-    python bench/interpret_cost.py [--runs 300] [--profile]
+    python bench/interpret_cost.py [--runs 300] [--repeat 5] [--profile]
 """
 
 from __future__ import annotations
@@ -59,17 +60,21 @@ def poll_output(server: dict, poll: str):
     return target, config.poll, b"".join(output.stdout_chunks)
 
 
-def cpu_ms(fn: Callable[[], object], runs: int) -> float:
+def cpu_ms(fn: Callable[[], object], runs: int, repeat: int) -> float:
     fn()  # warm caches (regexes, catalog) as a running exporter has them
-    started = time.thread_time()
-    for _ in range(runs):
-        fn()
-    return (time.thread_time() - started) / runs * 1000
+    rounds = []
+    for _ in range(repeat):
+        started = time.thread_time()
+        for _ in range(runs):
+            fn()
+        rounds.append((time.thread_time() - started) / runs * 1000)
+    return min(rounds)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=300, help="timed repetitions per measurement")
+    parser.add_argument("--runs", type=int, default=300, help="timed calls per round")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds per measurement; the least is reported")
     parser.add_argument("--profile", action="store_true", help="also print the costliest functions (cProfile)")
     args = parser.parse_args()
     catalog = Catalog.load()
@@ -85,7 +90,7 @@ def main() -> int:
         facts, _ = judge()
         lines = sum(len(log.tail.splitlines()) for log in facts.logs)
         tail_kib = sum(len(log.tail.encode("utf-8")) for log in facts.logs) / 1024
-        parse_ms, total_ms = cpu_ms(parse, args.runs), cpu_ms(judge, args.runs)
+        parse_ms, total_ms = cpu_ms(parse, args.runs, args.repeat), cpu_ms(judge, args.runs, args.repeat)
         print(f"{shape}: {len(stdout)} bytes of output, {len(facts.logs)} log files, {lines} lines "
               f"({tail_kib:.1f} KiB), {len(facts.events)} events")
         print(f"  parse            {parse_ms:6.3f} ms")
