@@ -59,6 +59,7 @@ SERVICING_COLUMNS = ("product", "serviced_cus", "updates_end", "migrate_to")
 SERVICED, CU_NOT_SERVICED, OUT_OF_SUPPORT = "serviced", "cu_not_serviced", "out_of_support"
 UNKNOWN = "unknown"
 
+VERDICTS_KEPT = 1024  # distinct (build, cu_level, day) verdicts a Catalog keeps; far more than an organization has
 _VERSION = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})\.([0-9]{1,9})\.([0-9]{1,9})")
 _VERSION_EXAMPLE = "expected e.g. 15.2.1544.4"
 _ADMIN_DISPLAY_VERSION = re.compile(r"Version ([0-9]{1,9})\.([0-9]{1,9}) \(Build ([0-9]{1,9})\.([0-9]{1,9})\)")
@@ -227,6 +228,7 @@ class Catalog:
             dates.sort()
         self.newest_release: date = max(b.released for b in builds.values())
         self.cutoff_ids: tuple[str, ...] = tuple(cutoffs)
+        self._verdicts: dict[tuple[tuple[int, int, int, int], bool, date], BuildVerdict] = {}
 
     @classmethod
     def load(cls, extra_file: Path | None = None) -> "Catalog":
@@ -246,8 +248,20 @@ class Catalog:
         return sorted(self._builds.values(), key=lambda b: b.parts)
 
     def verdict(self, version: str, *, cu_level: bool = False, today: date | None = None) -> BuildVerdict:
-        """Judge a build. `cu_level`: the version names only its CU (AdminDisplayVersion), its update is unknown."""
-        parts = parse_build(version)
+        """Judge a build. `cu_level`: the version names only its CU (AdminDisplayVersion), its update is unknown.
+
+        Every poll of a server judges its build again, the same build on the same day: the verdict is kept
+        (at most VERDICTS_KEPT, four numbers a key, so a server reporting ever new builds costs nothing)."""
+        key = (parse_build(version), cu_level, today or today_utc())
+        found = self._verdicts.get(key)
+        if found is None:
+            if len(self._verdicts) >= VERDICTS_KEPT:
+                self._verdicts.clear()
+            found = self._verdicts[key] = self._judge(*key)
+        return found
+
+    def _judge(self, build: tuple[int, int, int, int], cu_level: bool, today: date) -> BuildVerdict:
+        parts = build
         product = product_of(parts)
         same_cu = self._cus.get((product, parts[:3]), [])
         exact = None if cu_level else self._builds.get(parts)
@@ -263,14 +277,14 @@ class Catalog:
         newer = [b for b in same_cu if b.parts > parts]
         superseded_since = newer[0].released if newer and not cu_level else None
         eems = product in self._eems_first and parts >= self._eems_first[product]
-        servicing, servicing_end = self._servicing_state(product, parts[:3], today or today_utc())
+        servicing, servicing_end = self._servicing_state(product, parts[:3], today)
         next_build = self._next_build(product, servicing, same_cu, parts, cu_level)
         if servicing == SERVICED:
             path_since = superseded_since
         else:
             path_since = min(d for d in (superseded_since, servicing_end) if d is not None)
         return BuildVerdict(
-            version=".".join(map(str, parse_build(version))),
+            version=".".join(map(str, build)),
             product=product,
             cu=cu,
             update=update,

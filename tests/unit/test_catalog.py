@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.catalog import BuildVersionError, Catalog, CatalogError, verdict_to_json
+from exporter.catalog import VERDICTS_KEPT, BuildVersionError, Catalog, CatalogError, verdict_to_json
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE_BUILDS = REPO / "docs" / "reference" / "exchange-builds.tsv"
@@ -420,3 +420,17 @@ def test_unreadable_extra_files(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(CatalogError, match="not UTF-8"):
         Catalog.load(binary)
+
+
+def test_verdicts_are_kept_per_build_cu_level_and_day_and_bounded():
+    """A poll judges its server's build again each time; the kept verdict is the one judging would give."""
+    catalog, day = Catalog.load(), date(2026, 11, 29)
+    kept = catalog.verdict("15.2.1544.36", today=day)
+    assert catalog.verdict(" 15.02.1544.036", today=day) is kept  # the same build, written differently
+    assert kept == Catalog.load().verdict("15.2.1544.36", today=day)
+    assert catalog.verdict("15.2.1544.36", today=date(2026, 1, 1)).servicing != kept.servicing  # each day judged
+    assert catalog.verdict("15.2.1544.36", cu_level=True, today=day) == Catalog.load().verdict(
+        "15.2.1544.36", cu_level=True, today=day)
+    for update in range(VERDICTS_KEPT + 10):  # a server reporting ever new builds
+        catalog.verdict(f"15.2.1544.{update}", today=day)
+    assert len(catalog._verdicts) <= VERDICTS_KEPT
