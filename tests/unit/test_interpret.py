@@ -6,10 +6,12 @@ from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from exporter.catalog import Catalog
 from exporter.eems_log import FETCH_ERROR_REASONS
-from exporter.interpret import interpret_server
+from exporter.interpret import _nearest, interpret_server
 from exporter.model import RawCulture, RawEndpoint, RawError, RawEvent, RawLog, RawServerFacts
 
 UTC = timezone.utc
@@ -431,3 +433,13 @@ def test_generic_event_without_log_is_explained_by_the_build(catalog):
     assert old.fetch_errors["untrusted_endpoint"] == 2 and old.last_error_reason == "untrusted_endpoint"
     current = interpret(facts(events), catalog).eems  # SE Jun26SU: the generic text stays unexplained
     assert current.fetch_errors["other"] == 2 and current.last_error_reason == "other"
+
+
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=30), st.integers(-5, 45))
+def test_nearest_failed_cycle_is_the_first_of_the_nearest(minutes, when_minute):
+    """_nearest (bisection) picks what min() over the unsorted list picks, ties included."""
+    times = [NOW + timedelta(minutes=m) for m in minutes]
+    when = NOW + timedelta(minutes=when_minute)
+    by_time = sorted((t, i) for i, t in enumerate(times))
+    expected = min(range(len(times)), key=lambda i: abs(times[i] - when))
+    assert _nearest([t for t, _ in by_time], [i for _, i in by_time], when) == expected
