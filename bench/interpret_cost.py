@@ -6,7 +6,9 @@ is parsed and judged on every poll, so this cost grows with the tail (`poll.log_
 default). The simulator builds the output in-process, as a server would write it, for two shapes:
 
 - `default`: the simulator's default server (hourly log files, a 24 h lookback: 25 small files);
-- `full`: daily log files and a 4-day lookback, so that the tails fill `log_tail_bytes`.
+- `full`: daily log files and a 4-day lookback, so that the tails fill `log_tail_bytes`;
+- `full-generic`: a build below the 2023-03 cutoff, whose hourly 1008 is the generic January 2025 text
+  (each one looks for the nearest failed log cycle), daily files and a 5-day lookback to fill the tail.
 
 For each it prints this thread's CPU time (`time.thread_time`) per parse (`parse_server_output`) and per
 parse + interpretation (`collectors.interpret_output`, as a poll runs them), and the latter per log line.
@@ -38,6 +40,7 @@ PASSWORD_ENV = "INTERPRET_COST_PASSWORD"
 SHAPES = {
     "default": ({}, ""),
     "full": ({"log_rotation": "daily"}, "poll:\n  lookback: 96h\n"),
+    "full-generic": ({"log_rotation": "daily", "build": "15.2.986.5"}, "poll:\n  lookback: 120h\n"),
 }
 
 
