@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from datetime import date, datetime, timedelta
+from functools import cache
 from typing import NamedTuple
 
 from exporter.catalog import BuildVersionError, Catalog, parse_admin_display_version
@@ -233,13 +234,14 @@ def _file_size(log: RawLog) -> int:
 
 def _cycles(records: list[LogRecord]) -> list[_Cycle]:
     cycles: list[_Cycle] = []
+    classify = cache(classify_fetch_error)  # a check fails the same way hour after hour: each text read once
     start: LogRecord | None = None
     problems: list[LogRecord] = []
     followed = False
 
     def close() -> None:
         if start is not None and problems:
-            reason = classify_fetch_error(" ".join([p.message for p in problems]))
+            reason = classify(" ".join([p.message for p in problems]))
             cycles.append(_Cycle(start.time, problems[0].time, reason, followed))
         elif start is not None:
             cycles.append(_Cycle(start.time, None, None, followed))
@@ -260,8 +262,9 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
                  generic_reason: str = "other") -> EemsHistory:
     latest = now + FUTURE_TOLERANCE
     all_events = [e for e in facts.events if e.time <= latest]
-    # each text is read once: None for a success or a 1008 that is not about fetching mitigations
-    fetch_reasons = [fetch_error_reason(e.message) if e.id == ERROR_EVENT else None for e in all_events]
+    # None for a success or a 1008 that is not about fetching mitigations; EEMS repeats its texts every hour
+    read = cache(fetch_error_reason)
+    fetch_reasons = [read(e.message) if e.id == ERROR_EVENT else None for e in all_events]
     events = [e for e, reason in zip(all_events, fetch_reasons) if reason is not None or e.id in SUCCESS_EVENTS]
     records, misplaced = _records(facts, latest)
     cycles = _cycles(records)
@@ -316,10 +319,16 @@ def _nearest(times: list[datetime], order: list[int], when: datetime) -> int:
     the list picks), found by bisection: a generic 1008 per hour against the failed cycles of a full log tail
     was a hundred by a hundred distances. `times` is the list sorted, `order[k]` the index of `times[k]`,
     equal times in index order."""
-    at = bisect_left(times, when)
-    near = [times[k] for k in (at - 1, at) if 0 <= k < len(times)]
-    distance = min(abs(t - when) for t in near)
-    return min(order[bisect_left(times, t)] for t in near if abs(t - when) == distance)
+    at = bisect_left(times, when)  # times[at]: the first of the times at or after `when`
+    if at == 0:
+        return order[at]
+    before = order[bisect_left(times, times[at - 1])]  # the first of the times just before `when`
+    if at == len(times):
+        return before
+    gap_before, gap_after = when - times[at - 1], times[at] - when
+    if gap_before == gap_after:
+        return min(before, order[at])
+    return before if gap_before < gap_after else order[at]
 
 
 def _two_newest_failed(errors: list[datetime], successes: list[datetime], now: datetime) -> bool:

@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.catalog import Catalog
@@ -435,6 +435,7 @@ def test_generic_event_without_log_is_explained_by_the_build(catalog):
     assert current.fetch_errors["other"] == 2 and current.last_error_reason == "other"
 
 
+@settings(max_examples=500)
 @given(st.lists(st.integers(0, 40), min_size=1, max_size=30), st.integers(-5, 45))
 def test_nearest_failed_cycle_is_the_first_of_the_nearest(minutes, when_minute):
     """_nearest (bisection) picks what min() over the unsorted list picks, ties included."""
