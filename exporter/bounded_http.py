@@ -61,7 +61,8 @@ class Watchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
                 self._thread.start()
-            self._lock.notify()
+            if self._heap[0] is entry:  # the thread sleeps until the earliest entry: wake it only for an earlier one
+                self._lock.notify()
             return token
 
     def cancel(self, token: int) -> None:

@@ -2,8 +2,11 @@
 
 pywinrm builds its requests session and, over plain HTTP, sends the first request (the NTLM handshake that
 sets up message encryption) inside `build_session`, before a caller could mount anything on the session.
-This subclass mounts the bounded adapter at the start of `setup_encryption`, i.e. before that request,
-and after `build_session` for HTTPS, where no request is sent while building.
+Building it also runs requests' proxy lookup, which sets and restores `os.environ["no_proxy"]`: two threads
+doing that at once can delete the variable under each other (KeyError 'no_proxy', a failed poll; seen with a
+hundred polls connecting together). So this subclass builds sessions one at a time, but without their
+handshake: `setup_encryption` is put off until the session is built and the bounded adapter mounted, and
+then sent outside the lock, so a slow server never holds up another's connection.
 
 Once a request has succeeded, the following ones go straight onto the authenticated connection
 (`kept_connection`) for the transports whose later requests need nothing from the authentication library:
@@ -18,6 +21,7 @@ one per output stream chunk), so an answer with more is refused before ElementTr
 
 from __future__ import annotations
 
+import threading
 from urllib.parse import urlsplit
 
 import requests
@@ -36,6 +40,8 @@ class MalformedAnswer(Exception):
     """An answer that is not a plausible WS-Management message; reported as `wsman_fault`."""
 
 
+_SESSION_BUILDING = threading.Lock()  # requests' proxy lookup changes os.environ (module docstring)
+
 # pywinrm's auth_method names whose requests, once one succeeded on a connection, carry nothing new
 KEPT_AUTH_METHODS = ("ntlm", "basic", "plaintext", "ssl", "certificate")
 
@@ -48,13 +54,32 @@ class BoundedTransport(Transport):
         session.mount("http://", self.adapter)
         session.mount("https://", self.adapter)
 
+    _building = False  # inside pywinrm's build_session: the encryption handshake waits
+    _handshake_due = False
+
     def setup_encryption(self, session: requests.Session) -> None:
+        if self._building:
+            self._handshake_due = True
+            return
         self._mount(session)
         super().setup_encryption(session)
 
     def build_session(self) -> requests.Session:
-        session = super().build_session()
+        if self.session is not None:
+            return self.session
+        self._building, self._handshake_due = True, False
+        try:
+            with _SESSION_BUILDING:
+                session = super().build_session()
+        finally:
+            self._building = False
         self._mount(session)
+        if self._handshake_due:
+            try:
+                self.setup_encryption(session)
+            except BaseException:
+                self.close_session()  # not authenticated: the next call builds and authenticates anew
+                raise
         return session
 
     def send_message(self, message: str | bytes) -> bytes:
