@@ -41,10 +41,6 @@ class Answer(NamedTuple):
     content: bytes
 
 
-class ConnectionDropped(requests.exceptions.ConnectionError):
-    """The server closed the kept connection (or sent bytes nobody asked for) while it was idle."""
-
-
 class KeptConnection:
     """One server's authenticated connection, used by one poll at a time."""
 
@@ -67,7 +63,8 @@ class KeptConnection:
 
     def dropped(self) -> bool:
         """Whether the server closed the connection while it sat idle (HTTP.sys does after about two
-        minutes): an idle HTTP connection has nothing to read, so anything readable means it is over."""
+        minutes): an idle HTTP connection has nothing to read, so anything readable means it is over.
+        Asked before each poll (between a poll's requests the connection is never idle for long)."""
         if not self.open or self._buffer:
             return True
         if hasattr(self._sock, "pending") and self._sock.pending():
@@ -81,13 +78,11 @@ class KeptConnection:
         adapter = self._adapter
         if adapter.expired or time.monotonic() >= adapter.deadline:
             raise DeadlineExceeded("the poll deadline passed before the request was sent")
-        if self.dropped():
-            self.close()
-            raise ConnectionDropped("the server closed the kept connection")
         request = b"%sContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s" % (
             self._head, content_type.encode("latin-1"), len(body), body)
         try:
-            self._sock.settimeout(timeout)
+            if timeout != self._sock.gettimeout():
+                self._sock.settimeout(timeout)
             self._sock.sendall(request)
             answer, keep = self._read_answer()
         except BaseException as error:
