@@ -48,6 +48,7 @@ from exporter.config import load_config
 from exporter.exporter import Exporter
 from stages import breakdown
 
+REPOSITORY = Path(__file__).resolve().parents[1]
 PRESETS = {
     "fleet": {"servers": 2000, "concurrency": 100, "latency": 0.01, "runtime": 3.0},
     "cpu-bound": {"servers": 200, "concurrency": 100, "latency": 0.01, "runtime": 3.0},
@@ -93,6 +94,7 @@ def start_simulator(args, workdir: Path) -> tuple[subprocess.Popen, Path, str]:
         [args.simulator_python, "-m", "simulator", "simulate", "--scenario", str(scenario_file),
          "--control-address", f"127.0.0.1:{control}", "--write-config", str(config_file)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPOSITORY,  # `-m simulator` is this checkout's simulator, whichever checkout's exporter is measured
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
