@@ -48,6 +48,7 @@ from exporter.config import load_config
 from exporter.exporter import Exporter
 from stages import breakdown
 
+REPOSITORY = Path(__file__).resolve().parents[1]
 PRESETS = {
     "fleet": {"servers": 2000, "concurrency": 100, "latency": 0.01, "runtime": 3.0},
     "cpu-bound": {"servers": 200, "concurrency": 100, "latency": 0.01, "runtime": 3.0},
@@ -90,9 +91,10 @@ def start_simulator(args, workdir: Path) -> tuple[subprocess.Popen, Path, str]:
     scenario_file.write_text(yaml.safe_dump(scenario), encoding="utf-8")
     config_file = workdir / "bench-exporter.yml"
     process = subprocess.Popen(
-        [sys.executable, "-m", "simulator", "simulate", "--scenario", str(scenario_file),
+        [args.simulator_python, "-m", "simulator", "simulate", "--scenario", str(scenario_file),
          "--control-address", f"127.0.0.1:{control}", "--write-config", str(config_file)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPOSITORY,  # `-m simulator` is this checkout's simulator, whichever checkout's exporter is measured
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -125,8 +127,18 @@ def write_exporter_config(config_file: Path, args) -> None:
     config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
 
 
+def fleet_of(exporter: Exporter) -> tuple[list, int]:
+    """The exporter's targets and its poll concurrency. Checkouts from before the runtime holder (main before
+    issue 12, the baseline of issue 13) kept them on the exporter and its poller; bench/compare.py runs those."""
+    runtime = getattr(exporter, "runtime", None)
+    if runtime is None:
+        return exporter.poller.targets.mine(), exporter.config.poll.concurrency
+    current = runtime.current()
+    return current.targets.mine(), current.config.poll.concurrency
+
+
 def poll_all(exporter: Exporter, targets) -> list:
-    with ThreadPoolExecutor(exporter.runtime.current().config.poll.concurrency) as pool:
+    with ThreadPoolExecutor(fleet_of(exporter)[1]) as pool:
         return list(pool.map(lambda t: exporter.poller.poll_server(t.name), targets))
 
 
@@ -174,7 +186,7 @@ def measure_cycle(exporter: Exporter, state_url: str, simulator_pid: int,
         simulator_cpu_before = process_cpu_seconds(simulator_pid)
         times_before = os.times()
         started = time.monotonic()
-        results = poll_all(exporter, exporter.runtime.current().targets.mine())
+        results = poll_all(exporter, fleet_of(exporter)[0])
         seconds = time.monotonic() - started
         times_after = os.times()
         cpu = (times_after.user - times_before.user) + (times_after.system - times_before.system)
@@ -195,6 +207,9 @@ def main() -> int:
     parser.add_argument("--runtime", type=float, help="script runtime R, seconds")
     parser.add_argument("--concurrency", type=int)
     parser.add_argument("--address-base", default="127.1.0.1")
+    parser.add_argument("--simulator-python", default=sys.executable,
+                        help="the Python that runs the simulator (bench/compare.py passes its own, so that old and "
+                             "new exporter code face the same simulator)")
     parser.add_argument("--profile", type=Path, help="write py-spy samples of the measured cycle here and "
                         "report the share of samples per poll stage (bench/stages.py)")
     parser.add_argument("--no-targets", action="store_true", help="report only; do not fail on a missed target")
@@ -217,7 +232,7 @@ def main() -> int:
         cold_render, body = render_metrics(exporter)
         renders = []
         slice_size = max(1, n // 20)  # a 15 s scrape interval sees 1/20 of a 5-minute cycle's polls
-        targets = exporter.runtime.current().targets.mine()
+        targets = fleet_of(exporter)[0]
         for index in range(5):
             poll_all(exporter, targets[index * slice_size:(index + 1) * slice_size])
             seconds, body = render_metrics(exporter)

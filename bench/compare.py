@@ -2,7 +2,8 @@
 
 The machine may be shared: run both in turns (old, new, old, new, ...) so that a burst of other load hits
 both about equally, and read medians. Each checkout runs with its own .venv (`make install` in it), and
-both run this checkout's bench/bench.py, so only the exporter code differs.
+both run this checkout's bench/bench.py and this checkout's simulator (with the Python running this script),
+so only the exporter code differs.
 
     python bench/compare.py --baseline ../main-checkout --repeat 5 -- --preset cpu-bound
 """
@@ -23,7 +24,8 @@ FIGURES = ("cpu_seconds_per_poll", "cycle_ratio", "first_cycle_cpu_seconds_per_p
 
 def run_bench(checkout: Path, bench_args: list[str]) -> dict:
     python = checkout / ".venv" / "bin" / "python"
-    completed = subprocess.run([str(python), str(HERE / "bench" / "bench.py"), *bench_args, "--no-targets"],
+    completed = subprocess.run([str(python), str(HERE / "bench" / "bench.py"), *bench_args, "--no-targets",
+                                "--simulator-python", sys.executable],
                                cwd=checkout, capture_output=True, text=True, check=True)
     return json.loads(completed.stdout)
 

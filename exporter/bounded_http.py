@@ -61,7 +61,8 @@ class Watchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
                 self._thread.start()
-            self._lock.notify()
+            if self._heap[0] is entry:  # the thread sleeps until the earliest entry: wake it only for an earlier one
+                self._lock.notify()
             return token
 
     def cancel(self, token: int) -> None:
@@ -147,6 +148,7 @@ class BoundedAdapter(HTTPAdapter):
         self.sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
         self._token: int | None = None
         self._expired = threading.Event()
+        self.last_connection = None  # the urllib3 connection of the last answer (kept_connection adopts it)
         super().__init__(max_retries=0)
 
     def init_poolmanager(self, *args, **kwargs) -> None:
@@ -213,6 +215,7 @@ class BoundedAdapter(HTTPAdapter):
         if declared.isdigit() and int(declared) > limit:
             response.close()
             raise ResponseTooLarge(f"WinRM response of {declared} bytes exceeds limits.max_response_bytes ({limit})")
+        self.last_connection = response.raw.connection
         original = getattr(response.raw, "_fp", None)
         if original is not None and getattr(original, "fp", None) is not None:
             original.fp = _CappedReader(original.fp, limit, self._expired)

@@ -252,6 +252,8 @@ class ServerConnection:
         return PollFailure(failure.reason, text, connection_intact=failure.connection_intact)
 
     def _run_once(self, command: Command, deadline: float) -> CommandResult:
+        if self._protocol is not None and self._protocol.transport.idle_connection_dropped():
+            self.close()  # HTTP.sys closes idle connections after about two minutes: authenticate anew
         self._reused = self._protocol is not None
         protocol = self._connected(deadline)
         self._delete_orphans(protocol, deadline)

@@ -25,15 +25,27 @@ class TemplateEncryption(Encryption):
 
     def __init__(self, session: requests.Session, endpoint: str) -> None:
         super().__init__(session, "ntlm")
-        self._template = session.prepare_request(requests.Request("POST", endpoint))
-        self._content_type = f'multipart/encrypted;protocol="{self.protocol_string.decode()}";boundary="Encrypted Boundary"'
+        self.template = session.prepare_request(requests.Request("POST", endpoint))
+        self.content_type = f'multipart/encrypted;protocol="{self.protocol_string.decode()}";boundary="Encrypted Boundary"'
+        self._protocol_parameter = f'protocol="{self.protocol_string.decode()}"'
 
     def prepare_encrypted_request(self, session: requests.Session, endpoint: str | bytes, message: bytes) -> requests.PreparedRequest:
-        request = self._template.copy()
-        request.body = self._encrypt_message(message, None) + self.MIME_BOUNDARY + b"--\r\n"
+        request = self.template.copy()
+        request.body = self.seal(message)
         request.headers["Content-Length"] = str(len(request.body))
-        request.headers["Content-Type"] = self._content_type
+        request.headers["Content-Type"] = self.content_type
         return request
+
+    def seal(self, message: bytes) -> bytes:
+        """The body of an encrypted request carrying `message`."""
+        return self._encrypt_message(message, None) + self.MIME_BOUNDARY + b"--\r\n"
+
+    def unseal(self, answer) -> bytes:
+        """The message in a `kept_connection.Answer`, decrypted when its Content-Type says it is encrypted
+        (as pywinrm's `parse_encrypted_response` decides for a requests response)."""
+        if self._protocol_parameter not in answer.headers.get("content-type", ""):
+            return answer.content
+        return self._decrypt_response(answer, None)
 
 
 def lighten(transport: Transport) -> requests.Session:
