@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 
 import pytest
@@ -91,3 +92,21 @@ def test_a_slow_server_fails_at_the_deadline_not_at_its_own_pace(fleet, host):
     error, elapsed = failure(connection(fleet, "EX01"), 5)
     assert error.reason in {"timeout", "deadline_exceeded"}, error
     assert elapsed < 5 + 10, f"took {elapsed:.1f} s"
+
+
+def test_ntlm_hashes_are_derived_once_per_server_not_per_connection(fleet, monkeypatch):
+    """pyspnego derives the LM hash with pure-Python DES for every new NTLM context unless it is given the
+    hashes: three connections (HTTP.sys drops idle ones, so in production every poll opens one) cost one
+    derivation, and the hashes authenticate like the password."""
+    import spnego._ntlm_raw.crypto as crypto
+
+    here = threading.current_thread()  # the simulator's NTLM acceptor runs in its own thread
+    derivations = []
+    original = crypto.des
+    monkeypatch.setattr(crypto, "des", lambda *a: (threading.current_thread() is here and derivations.append(1))
+                        or original(*a))
+    conn = connection(fleet, "EX02")
+    for _ in range(3):
+        assert conn.run(COMMAND, time.monotonic() + 20).exit_code == 0
+        conn.close()  # the next poll opens and authenticates a new connection
+    assert len(derivations) == 2, derivations  # one LM hash: two DES blocks
