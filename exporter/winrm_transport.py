@@ -49,13 +49,12 @@ KEPT_AUTH_METHODS = ("ntlm", "basic", "plaintext", "ssl", "certificate")
 class BoundedTransport(Transport):
     adapter: BoundedAdapter
     kept: KeptConnection | None = None
+    _building = False  # inside pywinrm's build_session: the encryption handshake waits
+    _handshake_due = False
 
     def _mount(self, session: requests.Session) -> None:
         session.mount("http://", self.adapter)
         session.mount("https://", self.adapter)
-
-    _building = False  # inside pywinrm's build_session: the encryption handshake waits
-    _handshake_due = False
 
     def setup_encryption(self, session: requests.Session) -> None:
         if self._building:

@@ -9,8 +9,9 @@ that make sense for a browser-like client cost a fifth of a poll's CPU here (doc
 - `prepare_encrypted_request` merges the session's headers, cookies, hooks and authentication into a new
   request for every message. They do not change while the connection lives, so they are merged once
   into a template and each message gets a copy of it with its own body.
-Everything else (NTLM sealing, the adapter that sends, response hooks, decryption) stays pywinrm's and
-requests'.
+NTLM sealing and unsealing stay pywinrm's; `seal` and `unseal` hand them to the kept connection
+(`kept_connection`), which sends a connection's requests after its first, and the template's headers
+become that connection's request head.
 """
 
 from __future__ import annotations
