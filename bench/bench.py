@@ -22,6 +22,7 @@ Prints one JSON object; exits 1 if a target is missed (unless --no-targets).
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -180,7 +181,7 @@ def sampled(profile: Path | None):
 
 
 def measure_cycle(exporter: Exporter, state_url: str, simulator_pid: int,
-                  profile: Path | None = None) -> tuple[float, float, float, float, int]:
+                  profile: Path | None = None) -> tuple[float, float, float, float, int, dict[str, int]]:
     requests_before = total_requests(state_url)
     with sampled(profile):
         simulator_cpu_before = process_cpu_seconds(simulator_pid)
@@ -192,11 +193,10 @@ def measure_cycle(exporter: Exporter, state_url: str, simulator_pid: int,
         cpu = (times_after.user - times_before.user) + (times_after.system - times_before.system)
         system_cpu = times_after.system - times_before.system
         simulator_cpu = process_cpu_seconds(simulator_pid) - simulator_cpu_before
-    failures = sum(1 for r in results if not r.outcome.success)
-    if failures:
-        reasons = sorted({r.outcome.error_reason for r in results if not r.outcome.success})
-        print(f"warning: {failures} polls failed: {reasons}", file=sys.stderr)
-    return seconds, cpu, system_cpu, simulator_cpu, total_requests(state_url) - requests_before
+    failed = collections.Counter(r.outcome.error_reason for r in results if not r.outcome.success)
+    if failed:
+        print(f"warning: {sum(failed.values())} polls failed: {dict(failed)}", file=sys.stderr)
+    return seconds, cpu, system_cpu, simulator_cpu, total_requests(state_url) - requests_before, dict(failed)
 
 
 def main() -> int:
@@ -226,8 +226,8 @@ def main() -> int:
         config = load_config(config_file)
         exporter = Exporter(config, Catalog.load())
         # The first cycle connects and authenticates; the second, the steady state, is the one measured.
-        warm_seconds, warm_cpu, _, _, warm_requests = measure_cycle(exporter, state_url, simulator.pid)
-        cycle_seconds, cpu_seconds, system_cpu_seconds, simulator_cpu, requests = measure_cycle(
+        warm_seconds, warm_cpu, _, _, warm_requests, warm_failed = measure_cycle(exporter, state_url, simulator.pid)
+        cycle_seconds, cpu_seconds, system_cpu_seconds, simulator_cpu, requests, failed = measure_cycle(
             exporter, state_url, simulator.pid, args.profile)
         cold_render, body = render_metrics(exporter)
         renders = []
@@ -269,6 +269,7 @@ def main() -> int:
         "metrics_render_all_changed_seconds": round(cold_render, 4),
         "metrics_bytes": len(body),
         "leaked_shells": leaked,
+        "failed_polls": {"first_cycle": warm_failed, "measured_cycle": failed},  # reason -> count
         "cpus": os.cpu_count(),
         "simulator": "separate process on the same machine",
         "load_average": [round(x, 2) for x in os.getloadavg()],

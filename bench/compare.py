@@ -44,7 +44,8 @@ def main() -> int:
             result = run_bench(checkout, args.bench_args)
             runs[name].append(result)
             print(f"run {index + 1} {name}: load {load:.2f} before, {result['load_average'][0]:.2f} after, "
-                  + ", ".join(f"{figure} {result[figure]}" for figure in FIGURES), file=sys.stderr, flush=True)
+                  + ", ".join(f"{figure} {result[figure]}" for figure in FIGURES)
+                  + f", failed polls {result.get('failed_polls')}", file=sys.stderr, flush=True)
     medians = {name: {figure: statistics.median(r[figure] for r in results) for figure in FIGURES}
                for name, results in runs.items()}
     report = {
