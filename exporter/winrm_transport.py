@@ -4,9 +4,13 @@ pywinrm builds its requests session and, over plain HTTP, sends the first reques
 sets up message encryption) inside `build_session`, before a caller could mount anything on the session.
 Building it also runs requests' proxy lookup, which sets and restores `os.environ["no_proxy"]`: two threads
 doing that at once can delete the variable under each other (KeyError 'no_proxy', a failed poll; seen with a
-hundred polls connecting together). So this subclass builds sessions one at a time, but without their
-handshake: `setup_encryption` is put off until the session is built and the bounded adapter mounted, and
-then sent outside the lock, so a slow server never holds up another's connection.
+hundred polls connecting together). requests does the same lookup for every request it sends while the
+session trusts the environment. So this subclass builds sessions one at a time, but without their
+handshake: `setup_encryption` is put off until the session is built, turned away from the environment
+(`trust_env` off: pywinrm is given `proxy=None`, which puts `no_proxy: *` in the session, so the lookup
+could never find a proxy to use) and the bounded adapter mounted, and then sent outside the lock, so a
+slow server never holds up another's connection. NTLM message encryption is then prepared from one
+template per connection (`wsman_http.TemplateEncryption`).
 
 Once a request has succeeded, the following ones go straight onto the authenticated connection
 (`kept_connection`) for the transports whose later requests need nothing from the authentication library:
@@ -72,6 +76,7 @@ class BoundedTransport(Transport):
                 session = super().build_session()
         finally:
             self._building = False
+        session.trust_env = False
         self._mount(session)
         if self._handshake_due:
             try:
@@ -79,6 +84,8 @@ class BoundedTransport(Transport):
             except BaseException:
                 self.close_session()  # not authenticated: the next call builds and authenticates anew
                 raise
+        if self.encryption is not None and self.encryption.protocol == "ntlm":
+            self.encryption = TemplateEncryption(session, self.endpoint)
         return session
 
     def send_message(self, message: str | bytes) -> bytes:

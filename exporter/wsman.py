@@ -17,11 +17,9 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 
-import requests
 from winrm.exceptions import WinRMError
 from winrm.protocol import Protocol
 
-from .wsman_http import lighten
 
 SHELL_URI = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd"
 _TRANSFER = "http://schemas.xmlsoap.org/ws/2004/09/transfer/"
@@ -76,15 +74,8 @@ def _children(root: ET.Element) -> Iterable[ET.Element]:
 
 
 class WinRSProtocol(Protocol):
-    """pywinrm's Protocol with the shell operations of a poll written and read without xmltodict, sent
-    through a session that does per request only what a kept connection needs (`wsman_http`)."""
-
-    _light_session: requests.Session | None = None
-
-    def send_message(self, message: str) -> bytes:
-        if self.transport.session is None or self.transport.session is not self._light_session:
-            self._light_session = lighten(self.transport)
-        return super().send_message(message)
+    """pywinrm's Protocol with the shell operations of a poll written and read without xmltodict (its
+    transport is `winrm_transport.BoundedTransport`, see `bounded_protocol`)."""
 
     def _envelope(self, action: str, body: str, *, shell_id: str | None = None, options: str = "",
                   message_id: uuid.UUID | None = None) -> str:

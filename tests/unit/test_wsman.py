@@ -19,6 +19,8 @@ from winrm.protocol import Protocol
 from simulator import wsman as windows
 from simulator.host import CommandOutput, SimulatedHost
 from simulator.server import Fleet
+from exporter.bounded_http import BoundedAdapter
+from exporter.winrm_transport import bounded_protocol
 from exporter.wsman import WinRSProtocol
 from exporter.wsman_http import TemplateEncryption
 
@@ -151,7 +153,8 @@ def test_a_shell_round_trip_over_ntlm_encryption(plain_host, monkeypatch):
     pywinrm's own preparation sets, and no proxy variable from the environment is consulted."""
     fleet, endpoint = plain_host
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # would fail every request if it were used
-    protocol = WinRSProtocol(endpoint, transport="ntlm", username="EXCH\\svc", password="Pa55-word", proxy=None)
+    protocol = bounded_protocol(WinRSProtocol(endpoint, transport="ntlm", username="EXCH\\svc", password="Pa55-word",
+                                              proxy=None), BoundedAdapter(1 << 20))
     shell_id = protocol.open_shell(idle_timeout="PT60.000S")
     session = protocol.transport.session
     assert isinstance(protocol.transport.encryption, TemplateEncryption) and session.trust_env is False
