@@ -260,7 +260,8 @@ class Catalog:
             found = self._verdicts[key] = self._judge(*key)
         return found
 
-    def _judge(self, parts: tuple[int, int, int, int], cu_level: bool, today: date) -> BuildVerdict:
+    def _judge(self, build: tuple[int, int, int, int], cu_level: bool, today: date) -> BuildVerdict:
+        parts = build  # what is judged: a CU-level version is judged as its CU's oldest build (below)
         product = product_of(parts)
         same_cu = self._cus.get((product, parts[:3]), [])
         exact = None if cu_level else self._builds.get(parts)
@@ -283,7 +284,7 @@ class Catalog:
         else:
             path_since = min(d for d in (superseded_since, servicing_end) if d is not None)
         return BuildVerdict(
-            version=".".join(map(str, parts)),
+            version=".".join(map(str, build)),
             product=product,
             cu=cu,
             update=update,
