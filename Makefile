@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench soak lint install system-deps clean
+.PHONY: demo test bench soak lint install system-deps clean rules
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ system-deps:
 
 demo: $(STAMP)
 	$(BIN)/exchange-eems-simulator demo
+
+# The shipped rule file and PrometheusRule are the generator's default output (a test compares them): after
+# editing exporter/data/alert_rules.yml, regenerate both.
+rules: $(STAMP)
+	$(BIN)/exchange-eems-exporter rules --output alerts/exchange-eems.rules.yml
+	$(BIN)/exchange-eems-exporter rules --format prometheusrule --output deploy/prometheusrule.yaml
 
 test: system-deps $(STAMP)
 	$(BIN)/python -m pytest -q
