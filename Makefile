@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 KERBEROS_STAMP := $(VENV)/.installed-kerberos
 KERBEROS_PACKAGES := krb5-kdc krb5-admin-server libkrb5-dev
 
-.PHONY: demo demo-kerberos test bench soak lint install system-deps kerberos-deps clean
+.PHONY: demo demo-kerberos test bench soak lint install system-deps kerberos-deps clean rules
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ demo: $(STAMP)
 # The same fleet behind a real MIT KDC on loopback, accepting Kerberos only; the exporter uses a keytab.
 demo-kerberos: $(KERBEROS_STAMP)
 	$(BIN)/exchange-eems-simulator demo --kerberos $(DEMO_ARGS)
+
+# The shipped rule file and PrometheusRule are the generator's default output (a test compares them): after
+# editing exporter/data/alert_rules.yml, regenerate both.
+rules: $(STAMP)
+	$(BIN)/exchange-eems-exporter rules --output alerts/exchange-eems.rules.yml
+	$(BIN)/exchange-eems-exporter rules --format prometheusrule --output deploy/prometheusrule.yaml
 
 test: system-deps $(STAMP) $(KERBEROS_STAMP)
 	$(BIN)/python -m pytest -q
