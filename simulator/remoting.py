@@ -74,6 +74,9 @@ class Settings:
 
     jea_configuration: str = JEA_CONFIGURATION
     jea_version: str = "exchange-eems-exporter/endpoint/unknown"  # what the installed function reports
+    # The installed function's body: the collection script it was built from. What the Windows model answers
+    # depends on the script's text (e.g. which Get-WinEvent parameter set it uses), as on a real server.
+    jea_body: str = ""
     jea_outdated: tuple[str, ...] = ()  # servers whose installed endpoint is older
     jea_absent: tuple[str, ...] = ()  # servers where the endpoint was never registered
     rbac_denied: tuple[str, ...] = ()  # Exchange cmdlets the monitoring account's roles do not grant
@@ -155,7 +158,7 @@ class Endpoints:
         line = "$P=@{" + ";".join(
             f"{k}='{str(v).replace(chr(39), chr(39) * 2)}'" if JEA_PARAMETERS[k] is None else f"{k}={v}"
             for k, v in values.items()) + "}"
-        output = self.windows(_encoded(f"{SERVER_MARKER}\n{line}\n"))
+        output = self.windows(_encoded(f"{SERVER_MARKER}\n{line}\n{self.settings.jea_body}"))
         text = b"".join(output.stdout_chunks).decode("utf-8", "replace").rstrip("\r\n")
         answer = Answer([self.version, text] if text else [self.version], runtime_seconds=output.runtime_seconds)
         if output.exit_code != 0:  # what the script printed before it failed still went out

@@ -161,7 +161,8 @@ def scenario_from_dict(data: Any, base_dir: Path = Path(".")) -> Scenario:
 def _remoting(raw: Any, names: set[str]) -> remoting.Settings:
     """The `remoting` section: the PowerShell endpoints the servers serve over PSRP (docs/simulator.md)."""
     top = _mapping(raw, "remoting", ("winrs", "jea", "exchange"))
-    jea = _mapping(top.get("jea", {}), "remoting.jea", ("configuration", "version", "outdated", "absent"))
+    jea = _mapping(top.get("jea", {}), "remoting.jea", ("configuration", "version", "function_body_file", "outdated",
+                                                        "absent"))
     exchange = _mapping(top.get("exchange", {}), "remoting.exchange", ("rbac_denied", "kerberos_only"))
 
     def servers(key: str, value: Any) -> tuple[str, ...]:
@@ -186,6 +187,12 @@ def _remoting(raw: Any, names: set[str]) -> remoting.Settings:
     )
     if "version" in jea:
         settings.jea_version = _string(jea["version"], "remoting.jea.version")
+    if "function_body_file" in jea:
+        path = Path(_string(jea["function_body_file"], "remoting.jea.function_body_file"))
+        try:
+            settings.jea_body = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ScenarioError("remoting.jea.function_body_file", f"cannot read {path}: {exc.strerror or exc}") from None
     return settings
 
 

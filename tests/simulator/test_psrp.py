@@ -11,6 +11,7 @@ import json
 import re
 import struct
 import xml.etree.ElementTree as ET
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -35,8 +36,12 @@ SESSION_CAPABILITY, APPLICATION_PRIVATE_DATA, RUNSPACEPOOL_STATE = 0x00010002, 0
 PIPELINE_OUTPUT, ERROR_RECORD, PIPELINE_STATE = 0x00041004, 0x00041005, 0x00041006
 
 
+BODY_FILE = Path(str(resources.files("exporter").joinpath("scripts", "collect_server.ps1")))
+
+
 def knob_scenario(**remoting_section) -> dict:
-    """Servers that between them turn the knobs the collection script's output depends on; the clock is pinned."""
+    """Servers that between them turn the knobs the collection script's output depends on; the clock is pinned.
+    The JEA function is installed from this checkout's collection script."""
     block, port = "127.77.%d" % (free_port() % 200 + 20), free_port()
     servers = [
         {"name": "EX01", "build": "15.2.1544.4"},
@@ -56,7 +61,8 @@ def knob_scenario(**remoting_section) -> dict:
         "credentials": [{"username": USERNAME, "password": PASSWORD}],
         "defaults": {"port": port},
         "organization": {"name": "Contoso", "domain": "contoso.com"},
-        "remoting": {"jea": {"version": VERSION}, **remoting_section},
+        "remoting": {**remoting_section, "jea": {"version": VERSION, "function_body_file": str(BODY_FILE),
+                                                  **remoting_section.get("jea", {})}},
         "servers": servers,
     }
 
