@@ -29,7 +29,8 @@ Assumptions (UNCONFIRMED; docs/alerts.md "What the exporter assumes" lists what 
 - Learn: event 1008 is logged "for any encountered errors". Only a 1008 whose text mentions fetching
   mitigations ("Exception encountered while fetching mitigations", every fetch failure quoted in a
   source) counts as a failed check; any other 1008 is counted apart and never marks a check failed.
-- Levels other than Warning and Error (e.g. Information) are not problems.
+- Levels other than Warning and Error (e.g. Information) are not problems. A Warning/Error line fails its
+  check only when it is about fetching mitigations (`is_fetch_problem`); others are counted apart.
 - The organization collector meets the Kerberos double hop when Exchange cmdlets cannot reach Active
   Directory: messages mentioning Active Directory, a domain controller, LDAP, Kerberos, delegation or the
   ADTopology service, and LDAP's "A local error occurred" / "The server is not operational", are
@@ -99,6 +100,14 @@ def fetch_error_reason(message: str) -> str | None:
     """The reason of a 1008 about fetching mitigations (a failed check); None for another EEMS error."""
     folded = message.lower()
     return _reason(folded) if FETCH_ERROR_TEXT in folded else None
+
+
+def is_fetch_problem(message: str) -> bool:
+    """Whether a Warning/Error log line is about fetching mitigations: it names a known fetch failure ("Connection
+    attempted against untrusted endpoint", "TLS certificate or its chain validation failed") or mentions
+    fetching mitigations. Other problem lines (a blocked mitigation, the diagnostic-data upload) fail no check."""
+    folded = message.lower()
+    return FETCH_ERROR_TEXT in folded or _reason(folded) != "other"
 
 
 def _reason(folded: str) -> str:

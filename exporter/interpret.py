@@ -7,8 +7,8 @@ certificate retirement logs only "Exception encountered while fetching mitigatio
 the log says "untrusted endpoint" (docs/reference/eems-facts.md section 3).
 
 Log cycles: a cycle runs from one "Fetching mitigations from" line up to the next one. A cycle with a
-Warning/Error line is a failed check (its time is the first such line); one without is a successful
-check (its time is the check-start line). The newest cycle counts as a success only once a line follows
+Warning/Error line about fetching mitigations is a failed check (its time is the first such line); one
+without is a successful check (its time is the check-start line). Other Warning/Error lines are counted apart. The newest cycle counts as a success only once a line follows
 its check-start line, so a check still in progress when the tail was read is not reported as a success.
 
 Activity: the newest trace of the service at all (an EEMS event of any id, a log line, the newest write
@@ -25,7 +25,8 @@ from functools import cache
 from typing import NamedTuple
 
 from exporter.catalog import BuildVersionError, Catalog, parse_admin_display_version
-from exporter.eems_log import FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, fetch_error_reason, parse_log_lines
+from exporter.eems_log import (FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, fetch_error_reason,
+                               is_fetch_problem, parse_log_lines)
 from exporter.model import (
     BuildVerdict,
     EemsHistory,
@@ -232,8 +233,14 @@ def _file_size(log: RawLog) -> int:
     return len(log.tail.encode("utf-16-le" if utf16 else "utf-8"))
 
 
-def _cycles(records: list[LogRecord]) -> list[_Cycle]:
+def _cycles(records: list[LogRecord]) -> tuple[list[_Cycle], list[datetime]]:
+    """The checks in the log, and the times of problem lines that are not about fetching mitigations.
+
+    A Warning/Error line fails its check only when it is about fetching (its text names a known fetch failure
+    or mentions "fetching mitigations"), the rule 1008 events follow: EEMS logs other errors too (Learn: 1008
+    is logged "for any encountered errors"), and one of those per hour must not read as a failing server."""
     cycles: list[_Cycle] = []
+    others: list[datetime] = []
     classify = cache(classify_fetch_error)  # a check fails the same way hour after hour: each text read once
     start: LogRecord | None = None
     problems: list[LogRecord] = []
@@ -250,12 +257,16 @@ def _cycles(records: list[LogRecord]) -> list[_Cycle]:
         if record.is_check_start:
             close()
             start, problems, followed = record, [], False
-        elif start is not None:
-            followed = True
-            if record.is_problem:
-                problems.append(record)
+            continue
+        followed = start is not None
+        if record.is_problem:
+            if is_fetch_problem(record.message):
+                if start is not None:
+                    problems.append(record)
+            else:
+                others.append(record.time)
     close()
-    return cycles
+    return cycles, others
 
 
 def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
@@ -267,7 +278,7 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
     fetch_reasons = [read(e.message) if e.id == ERROR_EVENT else None for e in all_events]
     events = [e for e, reason in zip(all_events, fetch_reasons) if reason is not None or e.id in SUCCESS_EVENTS]
     records, misplaced = _records(facts, latest)
-    cycles = _cycles(records)
+    cycles, log_others = _cycles(records)
     failed = [c for c in cycles if c.error_time is not None]
     known = [c for c in failed if c.error_reason != "other"]
     by_time = sorted((c.error_time, i) for i, c in enumerate(known))
@@ -308,6 +319,7 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
         last_error_reason=last_error[1],
         fetch_errors=counts,
         other_errors=other,
+        log_other_errors=sum(1 for time in log_others if now - lookback <= time),
         last_activity=max(activity, default=None),
         failing=failing,
         log_times_misplaced=misplaced,

@@ -150,6 +150,7 @@ class EemsHistory:
     last_activity: datetime | None  # newest trace of the service at all: any EEMS event, newest log write
     failing: bool  # the two newest checks of the last three hours failed
     log_times_misplaced: bool = False  # a file's line times contradict its write time: its lines were dropped
+    log_other_errors: int = 0  # Warning/Error log lines in the lookback window that are not about fetching
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,12 @@ SUCCESS_EVENT = "Mitigation service successfully fetched mitigations. Applied mi
 # Invented: a 1008 that is not about fetching (Learn: 1008 is logged "for any encountered errors").
 NON_FETCH_ERROR = _EXCEPTION_PREFIX + "Exception encountered while sending diagnostic data : The remote name could not be resolved"
 NON_FETCH_EVERY = 6  # every sixth check logs one
+# Invented: log lines that are problems but not about fetching (`log_other_errors`), one per check, alternating.
+# Learn names blocked mitigations and the diagnostic-data upload among what EEMS does; the texts are ours.
+LOG_OTHER_ERRORS = (
+    ("ApplyMitigation", "Warning", "Mitigation M2.1.0 is blocked and was not applied"),
+    ("DiagnosticData", "Error", "Exception encountered while sending diagnostic data : The remote name could not be resolved"),
+)
 
 # The log file layout is UNCONFIRMED for EEMS; these are the forms other Exchange 2016+ logs of the same
 # framework use (docs/simulator.md "Log files").
@@ -147,6 +153,7 @@ class EemsSetup:
     success_events: bool
     applied: tuple[str, ...]
     non_fetch_errors: bool = False  # every NON_FETCH_EVERY-th check also logs a 1008 that is not a fetch error
+    log_other_errors: bool = False  # every check also logs a Warning/Error line that is not about fetching
     log_rotation: str = "hourly"
     log_encoding: str = "utf-8"
     log_header: str = "csv_first"
@@ -224,6 +231,9 @@ def _check_lines(setup: EemsSetup, at: datetime) -> list[LogLine]:
             lines.append(line(1, "FetchMitigation", level, message, source))
     diagnostic = "Diagnostic data sent" if setup.data_collection_enabled else "No diagnostic data sent. DataCollectionEnabled is false"
     lines.append(line(2, "DiagnosticData", "Information", diagnostic))
+    if setup.log_other_errors:
+        operation, level, message = LOG_OTHER_ERRORS[int(at.timestamp() // 3600) % len(LOG_OTHER_ERRORS)]
+        lines.append(line(2, operation, level, message))
     return lines
 
 

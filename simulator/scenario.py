@@ -48,7 +48,7 @@ _SERVER_KEYS = (
     "name", "address", "fqdn", "build", "role", "service", "service_stopped_since", "installed_since", "mitigations",
     "data_collection_enabled", "internet_web_proxy", "eems_failure", "endpoint_status", "log_file", "events",
     "success_events", "build_source", "output_style", "faults", "output_faults", "locale", "account", "unreadable",
-    "unreadable_event", "winhttp_proxy", "endpoint_failure", "non_fetch_errors", "log_rotation", "log_encoding", "log_time", "log_header",
+    "unreadable_event", "winhttp_proxy", "endpoint_failure", "non_fetch_errors", "log_other_errors", "log_rotation", "log_encoding", "log_time", "log_header",
     *_HOST_KEYS,
 )
 
@@ -280,6 +280,7 @@ def _server(raw: Any, key: str, defaults: dict[str, Any], domain: str, anchor: d
             success_events=_bool(s.get("success_events", False), f"{key}.success_events"),
             applied=applied,
             non_fetch_errors=_bool(s.get("non_fetch_errors", False), f"{key}.non_fetch_errors"),
+            log_other_errors=_bool(s.get("log_other_errors", False), f"{key}.log_other_errors"),
             log_rotation=_choice(s.get("log_rotation", "hourly"), f"{key}.log_rotation", eems.LOG_ROTATIONS),
             log_encoding=_choice(s.get("log_encoding", "utf-8"), f"{key}.log_encoding", eems.LOG_ENCODINGS),
             log_header=_choice(s.get("log_header", "csv_first"), f"{key}.log_header", eems.LOG_HEADERS),

@@ -389,6 +389,16 @@ def test_non_fetch_errors_and_an_unreadable_event():
     assert error["part"] == "events" and error["id"].endswith(",Microsoft.PowerShell.Commands.GetWinEventCommand")
 
 
+def test_log_other_errors_writes_a_problem_line_per_check_that_is_not_about_fetching():
+    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "log_other_errors": True}))
+    lines = log_text(doc).splitlines()
+    checks = sum("S:Message=Fetching mitigations from" in line for line in lines)
+    problems = [line for line in lines if "S:LogLevel=Warning" in line or "S:LogLevel=Error" in line]
+    assert checks >= 24 and len(problems) == checks
+    assert {"Warning", "Error"} == {line.split("S:LogLevel=")[1].split(";")[0] for line in problems}
+    assert not any("fetching mitigations" in line.lower() for line in problems)
+
+
 def test_stopped_service_has_no_checks_after_it_stopped():
     stopped = NOW - timedelta(hours=6)
     sc = fleet({"name": "EX01", "build": "15.2.2562.53", "service": {"status": "Stopped", "start_type": "Automatic"}, "service_stopped_since": "-6h", "success_events": True})

@@ -285,6 +285,26 @@ def test_a_1008_not_about_fetching_is_counted_apart(catalog):
     assert eems.last_activity == at(1)
 
 
+BLOCKED_LINE = "ApplyMitigation,S:LogLevel=Warning;S:Message=Mitigation M2.1.0 is blocked and was not applied"
+UPLOAD_LINE = ("DiagnosticData,S:LogLevel=Error;S:Message=Exception encountered while sending diagnostic data : "
+               "The remote name could not be resolved")
+
+
+def test_a_log_problem_not_about_fetching_is_counted_apart(catalog):
+    """R1: as for 1008 events, only a Warning/Error line about fetching mitigations fails a check; EEMS logs
+    other errors too (a blocked mitigation, the diagnostic-data upload), one per hourly check here."""
+    cycles = []
+    for hours in (3, 2, 1, 0.25):
+        cycles += [stamp(at(hours), FETCH_LINE), stamp(at(hours, -1), DONE_LINE),
+                   stamp(at(hours, -2), BLOCKED_LINE if hours in (3, 1) else UPLOAD_LINE)]
+    eems = interpret(facts(tail="\n".join(cycles)), catalog).eems
+    assert (eems.failing, eems.last_error, eems.last_error_reason) == (False, None, None)
+    assert eems.last_success == at(0.25) and eems.log_other_errors == 4
+    failed = cycles + [stamp(at(0, 5), FETCH_LINE), stamp(at(0, 4), UNTRUSTED_LINE), stamp(at(0, 3), BLOCKED_LINE)]
+    eems = interpret(facts(tail="\n".join(failed)), catalog).eems
+    assert (eems.last_error, eems.last_error_reason, eems.log_other_errors) == (at(0, 4), "untrusted_endpoint", 5)
+
+
 def test_failing_needs_the_two_newest_checks_to_fail(catalog):
     clean = [stamp(at(3, -30), FETCH_LINE), stamp(at(3, -31), DONE_LINE)]
     once = [stamp(at(2), FETCH_LINE), stamp(at(2, -1), UNTRUSTED_LINE)]
