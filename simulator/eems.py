@@ -109,6 +109,10 @@ LOG_OTHER_ERRORS = (
 LOG_ROTATIONS = ("hourly", "daily")
 LOG_ENCODINGS = ("utf-8", "utf-16")
 LOG_HEADERS = ("csv_first", "w3c")
+# What a file's last write time shows while EEMS holds it open: at_write, every write moves it; at_open, it stays at
+# the file's first line until the file is closed. Microsoft: "the last write time is not fully updated until all
+# handles that are used for writing are closed" (MicrosoftDocs/win32 desktop-src/SysInfo/file-times.md).
+LOG_LAST_WRITES = ("at_write", "at_open")
 FIELDS = "DateTime,EventName,CustomData"
 
 
@@ -158,6 +162,8 @@ class EemsSetup:
     log_encoding: str = "utf-8"
     log_header: str = "csv_first"
     log_time: tuple[str, str, str, str] | None = None  # .NET (date, time, am, pm) patterns; None = ISO 8601
+    log_time_zone: timedelta = timedelta(0)  # culture-formatted times are written in this zone (UTC + this)
+    log_last_write: str = "at_write"  # at_open: the file held open keeps the write time of its first line
 
 
 @dataclass(frozen=True)
@@ -274,14 +280,17 @@ def log_files(setup: EemsSetup, now: datetime, since: datetime, limit: int = 64)
     while period + step > setup.running_from and len(files) < limit:
         lines = _day_lines(setup, period, min(end, period + step - timedelta(microseconds=1)))
         if lines:
-            files.append(_log_file(setup, period, lines))
+            held_open = not files and setup.running_until is None and setup.log_last_write == "at_open"
+            files.append(_log_file(setup, period, lines, held_open))
             if lines[-1].time < since:
                 break
         period -= step
     return files
 
 
-def _log_file(setup: EemsSetup, period: datetime, lines: list[LogLine]) -> LogFile:
+def _log_file(setup: EemsSetup, period: datetime, lines: list[LogLine], held_open: bool = False) -> LogFile:
+    """The file of one period; `held_open` (the newest file of a running service, with `log_last_write: at_open`)
+    shows the write time of its first line."""
     header = (
         "#Software: Microsoft Exchange Server",
         f"#Version: {setup.data_version}",
@@ -295,14 +304,14 @@ def _log_file(setup: EemsSetup, period: datetime, lines: list[LogLine]) -> LogFi
     text = "".join(f"{row}\r\n" for row in rows)
     data = b"\xff\xfe" + text.encode("utf-16-le") if setup.log_encoding == "utf-16" else text.encode("utf-8")
     stamp = f"{period:%Y%m%d%H}" if setup.log_rotation == "hourly" else f"{period:%Y%m%d}"
-    return LogFile(f"MitigationService_{stamp}-1.LOG", data, lines[-1].time)
+    return LogFile(f"MitigationService_{stamp}-1.LOG", data, lines[0].time if held_open else lines[-1].time)
 
 
 def _restamp(setup: EemsSetup, line: LogLine) -> str:
     """The line with its time in the configured form (ISO 8601, or the culture's DateTime.ToString())."""
     if setup.log_time is None:
         return line.text
-    return format_culture_time(line.time, *setup.log_time) + line.text[line.text.index(","):]
+    return format_culture_time(line.time + setup.log_time_zone, *setup.log_time) + line.text[line.text.index(","):]
 
 
 def format_culture_time(t: datetime, date_pattern: str, time_pattern: str, am: str, pm: str) -> str:

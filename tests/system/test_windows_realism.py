@@ -40,6 +40,10 @@ SERVERS = [
     {"name": "UTF16-CULTURE", "build": SE, "locale": "fr-FR", "log_encoding": "utf-16", "log_time": "culture"},
     {"name": "JA-CULTURE", "build": SE, "locale": "ja-JP", "log_time": "culture"},
     {"name": "DAILY-W3C", "build": SE, "log_rotation": "daily", "log_header": "w3c"},
+    {"name": "DAILY-OPEN", "build": SE, "log_rotation": "daily", "log_last_write": "at_open"},
+    {"name": "CULTURE-EAST", "build": SE, "locale": "de-DE", "log_time": "culture", "log_time_zone": "+01:00"},
+    {"name": "CULTURE-WEST", "build": SE, "log_time": "culture", "log_time_zone": "-05:00", "log_rotation": "daily",
+     "log_last_write": "at_open"},
     {"name": "NONFETCH", "build": SE, "non_fetch_errors": True},
     {"name": "BADEVENT", "build": SE, "unreadable_event": True, "success_events": True, "log_file": "absent"},
     {"name": "PROXY407", "build": SE, "winhttp_proxy": {"proxy": "proxy.contoso.com:8080", "answers": 407}},
@@ -119,9 +123,11 @@ def test_least_privilege_account_sees_unknown_not_missing(metrics):
     assert value(metrics, "exchange_eems_last_activity_timestamp_seconds", server="LEASTPRIV-SVC") is not None
 
 
-@pytest.mark.parametrize("server", ["UTF16-CULTURE", "JA-CULTURE", "DAILY-W3C"])
+@pytest.mark.parametrize("server", ["UTF16-CULTURE", "JA-CULTURE", "DAILY-W3C", "DAILY-OPEN", "CULTURE-EAST",
+                                    "CULTURE-WEST"])
 def test_log_layouts_still_show_the_checks(metrics, server):
-    """5: hourly files, UTF-16, culture-formatted times, either header form."""
+    """5: hourly files, UTF-16, culture-formatted times, either header form; R3/R4: a daily file held open (its
+    write time stays at its first line), culture times in the server's zone east or west of UTC."""
     assert partial_failures(metrics, server) == set()
     success = value(metrics, "exchange_eems_last_success_timestamp_seconds", server=server)
     activity = value(metrics, "exchange_eems_last_activity_timestamp_seconds", server=server)
@@ -174,18 +180,25 @@ DATED = {"ExchangeBuildSuperseded", "ExchangeBuildCUNotServiced", "ExchangeProdu
          "ExchangeProductSupportEndingSoon", "ExchangeCatalogStale"}
 FETCHES_FAIL = {"eems_failure": "tls_validation"}
 FAILING_PAGE = ("ExchangeEEMSFetchErrors", "critical", "tls_validation")
-# knob -> (scenario keys, alerts of the healthy server as (alertname, severity, reason or "")). Each knob also
-# runs on a twin whose fetches fail (FETCHES_FAIL): it must raise FAILING_PAGE.
+# For the log's knobs the failing twin may not read the Application log either: the log is its only witness.
+LOG_ONLY = {"account": "least_privilege", "unreadable": ["events"]}
+# knob -> (scenario keys, alerts of the healthy server as (alertname, severity, reason or ""), what else the
+# failing twin has). Each knob runs on a healthy server and on a twin whose fetches fail (FETCHES_FAIL), which
+# must raise FAILING_PAGE.
 KNOBS = {
-    "log_other_errors": ({"log_other_errors": True}, set()),
+    "log_other_errors": ({"log_other_errors": True}, set(), LOG_ONLY),
+    "log_last_write": ({"log_rotation": "daily", "log_last_write": "at_open"}, set(), LOG_ONLY),
+    "log_time_zone": ({"log_time": "culture", "log_time_zone": "+01:00"}, set(), LOG_ONLY),
+    "log_time_zone west, daily, held open": ({"log_time": "culture", "log_time_zone": "-05:00", "log_rotation": "daily",
+                                              "log_last_write": "at_open"}, set(), LOG_ONLY),
 }
 
 
 def knob_servers() -> list[dict]:
     servers = []
-    for index, (knob, (keys, _)) in enumerate(KNOBS.items()):
+    for index, (knob, (keys, _, failing)) in enumerate(KNOBS.items()):
         servers.append({"name": f"K{index:02d}-OK", "build": SE, **keys})
-        servers.append({"name": f"K{index:02d}-FAIL", "build": SE, **keys, **FETCHES_FAIL})
+        servers.append({"name": f"K{index:02d}-FAIL", "build": SE, **keys, **FETCHES_FAIL, **failing})
     return servers
 
 
