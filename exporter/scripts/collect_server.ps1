@@ -7,7 +7,10 @@ $r.edge=Test-Path 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\EdgeTransportRole
 try{$r.service_key=@{start=(Get-Item 'HKLM:\SYSTEM\CurrentControlSet\Services\MSExchangeMitigation').GetValue('Start')}}catch{Fail 'service_key' $_}
 try{$s=Get-Service MSExchangeMitigation;$r.service=@{status=[string]$s.Status;start_type=[string]$s.StartType}}catch{Fail 'service' $_}
 # Errors are recorded with their invariant FullyQualifiedErrorId; Python decides (never on the localized message).
-try{$v=$null;$r.events=@(Get-WinEvent -FilterHashtable @{LogName='Application';ProviderName='MSExchange Mitigation Service';StartTime=(Get-Date).AddHours(-$P.LookbackHours)} -MaxEvents $P.MaxEvents -EA SilentlyContinue -ErrorVariable v|%{@{id=$_.Id;time=$_.TimeCreated.ToUniversalTime();message=$_.Message}});foreach($e in $v){Fail 'events' $e}}catch{Fail 'events' $_}
+# One log with -FilterXPath: a denied Application log throws UnauthorizedAccessException (-FilterHashtable tolerates
+# query errors and answers "no events"), and no provider lookup fails where EEMS is not registered.
+try{$v=$null;$q="*[System[Provider[@Name='MSExchange Mitigation Service'] and TimeCreated[timediff(@SystemTime) <= $(3600000*$P.LookbackHours)]]]"
+$r.events=@(Get-WinEvent -LogName Application -FilterXPath $q -MaxEvents $P.MaxEvents -EA SilentlyContinue -ErrorVariable v|%{@{id=$_.Id;time=$_.TimeCreated.ToUniversalTime();message=$_.Message}});foreach($e in $v){Fail 'events' $e}}catch{Fail 'events' $_}
 # GUESS (EEMS log layout unconfirmed): newest files by write time hold the newest lines; FF FE = UTF-16, else UTF-8.
 # Length and write time from the file itself: a directory entry is stale while the file is held open.
 try{$d=Join-Path $env:ExchangeInstallPath 'Logging\MitigationService';$r.log_folder=Test-Path $d

@@ -21,7 +21,10 @@ SIMULATOR = ROOT / "simulator"
 NOW = datetime(2026, 11, 26, 12, 30, tzinfo=timezone.utc)
 SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
 ORG_MARKER = "# exchange-eems-exporter:collect-organization:v1"
-BODY = "$ProgressPreference='SilentlyContinue'\r\n$r=[ordered]@{schema=1}\r\nConvertTo-Json -InputObject $r -Compress\r\n"
+# The simulator answers the event query the script sends (simulator/eventlog.py): this stand-in asks as the
+# exporter's script does.
+EVENT_QUERY = "$r.events=@(Get-WinEvent -LogName Application -FilterXPath $q -MaxEvents $P.MaxEvents)"
+BODY = f"$ProgressPreference='SilentlyContinue'\r\n$r=[ordered]@{{schema=1}}\r\n{EVENT_QUERY}\r\nConvertTo-Json -InputObject $r -Compress\r\n"
 
 
 def server_script(lookback=24, max_events=50, tail=32768, endpoint=0, proxy="") -> str:
@@ -293,14 +296,49 @@ def test_eems_failure_none_overrides_the_build():
     assert not failures(facts(fleet({"name": "EX01", "build": "15.2.1118.25", "eems_failure": "none"})))
 
 
+HASHTABLE_QUERY = "$r.events=@(Get-WinEvent -FilterHashtable @{LogName='Application';ProviderName=$n} -MaxEvents 5)"
+
+
 @pytest.mark.parametrize("server", [{"build": "15.2.1748.39", "role": "Edge"}, {"build": "15.1.2308.27"}, {"build": "15.2.922.27"}, {"build": "15.0.1497.48"}])
 def test_no_eems_means_the_errors_windows_gives(server):
-    """Edge and pre-EEMS builds: no service key, Get-Service "not found", no event provider, no log folder."""
+    """Edge and pre-EEMS builds: no service key, Get-Service "not found", no log folder, and no EEMS event: asked
+    with -LogName and -FilterXPath, no provider is looked up, so it is simply "no events"."""
     doc = facts(fleet({"name": "EX01", **server}))
     assert doc["service"] is None and doc["service_key"] is None and doc["logs"] == [] and doc["events"] == []
     assert doc["log_folder"] is False and doc["edge"] is (server.get("role") == "Edge")
     assert [(e["part"], e["id"].split(",")[0]) for e in doc["errors"]] == [
-        ("service_key", "PathNotFound"), ("service", "NoServiceFoundForGivenName"), ("events", "NoMatchingProvidersFound")]
+        ("service_key", "PathNotFound"), ("service", "NoServiceFoundForGivenName"), ("events", "NoMatchingEventsFound")]
+
+
+def run_body(scenario, body: str) -> dict:
+    out = run(scenario, encode(server_script().replace(BODY, body)))
+    assert out.exit_code == 0, out.stderr
+    return json.loads(stdout(out))
+
+
+def test_a_hashtable_query_gets_two_errors_where_the_provider_is_missing():
+    """R10: -FilterHashtable looks the provider up, then drops the log from its query (GetEventCommand.cs
+    BuildStructuredQuery; PowerShell/PowerShell#15713 shows both errors together)."""
+    doc = run_body(fleet({"name": "EX01", "build": "15.2.1748.39", "role": "Edge"}), BODY.replace(EVENT_QUERY, HASHTABLE_QUERY))
+    assert [(e["id"].split(",")[0], e["category"]) for e in doc["errors"] if e["part"] == "events"] == [
+        ("NoMatchingProvidersFound", "ObjectNotFound"), ("LogsAndProvidersDontOverlap", "InvalidArgument")]
+
+
+@pytest.mark.parametrize("query, error_id, exception", [
+    (EVENT_QUERY, "System.UnauthorizedAccessException", "System.UnauthorizedAccessException"),
+    (HASHTABLE_QUERY, "NoMatchingEventsFound", "System.Exception"),
+])
+def test_a_denied_application_log_answers_as_the_query_asks(query, error_id, exception):
+    """R2: -FilterHashtable runs with TolerateQueryErrors, so a denied channel is "no events"; one log asked with
+    -FilterXPath throws UnauthorizedAccessException (GetEventCommand.cs ProcessHashQuery / ProcessGetLog)."""
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "account": "least_privilege", "unreadable": ["events"]})
+    doc = run_body(sc, BODY.replace(EVENT_QUERY, query))
+    assert [(e["id"].split(",")[0], e["type"]) for e in doc["errors"] if e["part"] == "events"] == [(error_id, exception)]
+
+
+def test_a_script_without_an_event_query_gets_no_events():
+    doc = run_body(fleet({"name": "EX01", "build": "15.2.2562.53", "success_events": True}), BODY.replace(EVENT_QUERY, ""))
+    assert doc["events"] == [] and not [e for e in doc["errors"] if e["part"] == "events"]
 
 
 def test_success_events_are_off_by_default():

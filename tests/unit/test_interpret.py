@@ -171,10 +171,10 @@ def test_no_events_in_any_language_is_not_a_failure(catalog, message):
     assert state.collection_errors == ()
 
 
-def test_edge_and_pre_eems_builds_have_no_provider_and_no_log_folder_without_failures(catalog):
+def test_edge_and_pre_eems_builds_have_no_events_and_no_log_folder_without_failures(catalog):
     absent = (error("service_key", "PathNotFound,Microsoft.PowerShell.Commands.GetItemCommand"),
               error("service", "NoServiceFoundForGivenName,Microsoft.PowerShell.Commands.GetServiceCommand"),
-              error("events", f"NoMatchingProvidersFound,{GETWINEVENT}"))
+              error("events", f"NoMatchingEventsFound,{GETWINEVENT}"))
     no_service = dict(service_queried=False, service_key_start=None, service_status=None, service_start_type=None,
                       log_folder=False, errors=absent)
     for server in (facts(edge=True, **no_service), facts(exsetup_version="15.02.0922.007", **no_service)):

@@ -3,12 +3,16 @@ handlers. tests/system/test_secrets.py checks the whole exporter's output; this 
 
 from __future__ import annotations
 
+import base64
+import html
 import io
+import json
 import logging
+from urllib.parse import quote, quote_plus
 
 import pytest
 
-from exporter.redact import MASK, Redactor
+from exporter.redact import MASK, Redactor, md4, nt_hash
 
 from ..conftest import PASSWORD
 
@@ -74,3 +78,45 @@ def test_installed_filter_scrubs_exception_text(root_output):
     output = root_output.getvalue()
     assert PASSWORD not in output
     assert output.startswith("ERROR poll failed\nTraceback") and f"ValueError: bad credential {MASK}" in output
+
+
+# ---------------------------------------------------------------- the forms a secret can take (issue 20, finding 6)
+
+
+def test_md4_and_the_nt_hash_match_their_published_values():
+    """RFC 1320 appendix A.5, and the NT hash of "password" as every NTLM reference gives it."""
+    suite = {b"": "31d6cfe0d16ae931b73c59d7e0c089c0", b"a": "bde52cb31de33e46245e05fbdbd6fb24",
+             b"abc": "a448017aaf21d8525fc10ae87aa6729d", b"message digest": "d9130a8164549fe818874806e1c7014b",
+             b"abcdefghijklmnopqrstuvwxyz": "d79e1c308aa5bbcdeea8ed63df412da9",
+             b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789": "043f8582f241db351ce627e153e7f0e4",
+             b"1234567890" * 8: "e33b4ddc9c38f2199c3e7b164fcc0536"}
+    assert {m: md4(m).hex() for m in suite} == suite
+    assert nt_hash("password").hex() == "8846f7eaee8fb117ad06bdd830b7586c"
+
+
+SECRET = 'p"w\\<&\'>ä-9'
+
+
+@pytest.mark.parametrize("form", [
+    SECRET,
+    json.dumps(SECRET)[1:-1],  # Python: \" \\ \u00e4
+    json.dumps(SECRET, ensure_ascii=False)[1:-1],
+    json.dumps(SECRET)[1:-1].replace("&", "\\u0026").replace("<", "\\u003c").replace("'", "\\u0027"),  # PowerShell
+    json.dumps(json.dumps(SECRET)[1:-1])[1:-1],  # a JSON log line inside JSON output
+    quote(SECRET, safe=""), quote(SECRET, safe="").lower(), quote_plus(SECRET), quote(SECRET),
+    html.escape(SECRET),
+    SECRET.encode("utf-16-le").decode("latin-1"),  # UTF-16 text read as single bytes
+    json.dumps(SECRET.encode("utf-16-le").decode("latin-1"))[1:-1],
+    base64.b64encode(SECRET.encode()).decode(), base64.b64encode(SECRET.encode()).decode().rstrip("="),
+    base64.urlsafe_b64encode(SECRET.encode()).decode(), base64.b64encode(SECRET.encode("utf-16-le")).decode(),
+    base64.b64encode(b"ab" + SECRET.encode() + b"cd").decode()[4:-4],  # inside longer base64
+    nt_hash(SECRET).hex(), nt_hash(SECRET).hex().upper(),
+], ids=lambda form: repr(form)[:30])
+def test_every_form_of_a_secret_is_masked(form):
+    scrubbed = Redactor([SECRET]).scrub(f"before {form} after")
+    assert scrubbed.startswith(f"before {MASK}") and scrubbed.endswith(" after"), scrubbed
+
+
+def test_near_misses_are_kept():
+    text = "p\"w\\<&'>a-9 " + quote("p\"w\\<&'>", safe="") + " " + nt_hash("other").hex()
+    assert Redactor([SECRET]).scrub(text) == text
