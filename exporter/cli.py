@@ -253,6 +253,22 @@ def cmd_rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_windows_endpoint(args: argparse.Namespace) -> int:
+    from . import windows_endpoint
+
+    try:
+        endpoint = windows_endpoint.write(args.output, args.group)
+    except ValueError as err:
+        raise _Fail(str(err)) from None
+    except OSError as err:
+        raise _Fail(f"cannot write {args.output}: {err.strerror or err}") from None
+    for relative in endpoint.files:
+        print(args.output / relative)
+    print(f"Endpoint version {endpoint.version}. On each Exchange server, as an administrator, from a copy of "
+          f"{args.output}: .\\{windows_endpoint.INSTALL_SCRIPT}")
+    return 0
+
+
 def run_demo(arguments: list[str]) -> int:
     """`demo` belongs to the simulator, a separate package that is not in the image: this command hands over to
     `exchange-eems-simulator demo` in the same interpreter, without importing it (the exporter never does)."""
@@ -355,6 +371,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --format prometheusrule: a label on the PrometheusRule itself, e.g. "
                             "release=kube-prometheus-stack for its ruleSelector (repeatable)")
     rules.set_defaults(func=cmd_rules)
+
+    endpoint = sub.add_parser(
+        "windows-endpoint", help="write the JEA endpoint (one read-only function) to install on each Exchange server",
+        description="Writes a PowerShell module with the role capability (its one function is the collection "
+                    "script WinRS sends), the session configuration (RestrictedRemoteServer, a virtual account, "
+                    "one group) and Install-ExchangeEemsEndpoint.ps1, which registers, updates or (-Remove) removes "
+                    "the endpoint and is safe to run again. Run it again after each upgrade and reinstall.")
+    endpoint.add_argument("--output", "-o", type=Path, required=True, help="folder to write into (created)")
+    endpoint.add_argument("--group", required=True, metavar="DOMAIN\\GROUP",
+                          help="the group whose members may connect (the monitoring account's group)")
+    endpoint.set_defaults(func=cmd_windows_endpoint)
 
     # Listed for --help only: main() hands `demo` and all its arguments to the simulator before parsing.
     sub.add_parser("demo", add_help=False, help="the demo, from the simulator: exchange-eems-simulator demo --help")
