@@ -201,18 +201,19 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog_update(args: argparse.Namespace) -> int:
-    from .catalog_update import display_source, validated_update, write_catalog_file
+    from .catalog_update import describe_origin, printable, validated_update, write_catalog_file
     from .catalog import today_utc
 
+    output = printable(str(args.output))
     try:
-        rows, _ = validated_update(args.source)
-        write_catalog_file(args.output, rows, args.source, today_utc())
+        rows, origin = validated_update(args.source)
+        write_catalog_file(args.output, rows, args.source, origin, today_utc())
     except CatalogError as err:
         raise _Fail(f"catalog not updated, nothing written: {err}") from None
     except OSError as err:
-        raise _Fail(f"catalog not updated: cannot write {args.output}: {err.strerror or err}") from None
-    print(f"{args.output}: {len(rows)} builds new or different from the packaged catalog, from "
-          f"{display_source(args.source)}. Set catalog_file: {args.output} in the configuration (if not yet) and "
+        raise _Fail(f"catalog not updated: cannot write {output}: {printable(err.strerror or str(err))}") from None
+    print(f"{output}: {len(rows)} builds new or different from the packaged catalog, from "
+          f"{describe_origin(args.source, origin)}. Set catalog_file: {output} in the configuration (if not yet) and "
           "reload the exporter (SIGHUP or POST /-/reload).")
     return 0
 
