@@ -257,7 +257,7 @@ def cmd_windows_endpoint(args: argparse.Namespace) -> int:
     from . import windows_endpoint
 
     try:
-        endpoint = windows_endpoint.write(args.output, args.group)
+        endpoint = windows_endpoint.write(args.output, args.group, args.endpoint_proxy)
     except ValueError as err:
         raise _Fail(str(err)) from None
     except OSError as err:
@@ -381,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint.add_argument("--output", "-o", type=Path, required=True, help="folder to write into (created)")
     endpoint.add_argument("--group", required=True, metavar="DOMAIN\\GROUP",
                           help="the group whose members may connect (the monitoring account's group)")
+    endpoint.add_argument("--endpoint-proxy", default="", metavar="URL",
+                          help="the proxy the endpoint check goes through (as poll.endpoint_proxy); fixed in the "
+                               "endpoint, not chosen by the caller. Default: the server's WinHTTP proxy")
     endpoint.set_defaults(func=cmd_windows_endpoint)
 
     # Listed for --help only: main() hands `demo` and all its arguments to the simulator before parsing.
