@@ -11,8 +11,11 @@ learn.microsoft.com/powershell/scripting/security/remoting/jea/):
 - `ExchangeEemsExporter/` — a PowerShell module (manifest only) whose `RoleCapabilities/ExchangeEemsReader.psrc`
   defines the one function (FunctionDefinitions) and makes it visible (VisibleFunctions). A role capability
   must sit in a module's RoleCapabilities folder on PSModulePath [confirmed, "Role capabilities"].
-- `ExchangeEemsExporter.pssc` — SessionType RestrictedRemoteServer (NoLanguage: the account can run no script,
-  read no variable), RunAsVirtualAccount, RoleDefinitions for the one group given with `--group`.
+- `ExchangeEemsExporter.pssc` — SessionType RestrictedRemoteServer (NoLanguage, no providers, no external
+  programs, eight default commands besides ours), RunAsVirtualAccount (a member of the local Administrators
+  group, unless `--virtual-account-groups` names local groups instead), RoleDefinitions for the one group
+  given with `--group`, and with `--transcript-directory` a transcript of every session [all confirmed,
+  "JEA Session Configurations"].
 - `Install-ExchangeEemsEndpoint.ps1` — copies the module to Program Files and registers the configuration,
   updates both when they differ, `-Remove` takes both away; a second run changes nothing.
 
@@ -107,8 +110,12 @@ def check_proxy(proxy: str) -> str:
     return proxy
 
 
-def build(group: str, script: str | None = None, proxy: str = "") -> EndpointFiles:
+def build(group: str, script: str | None = None, proxy: str = "", virtual_account_groups: tuple[str, ...] = (),
+          transcript_directory: str = "") -> EndpointFiles:
     group = check_group(group)
+    virtual_account_groups = tuple(check_group(g) for g in virtual_account_groups)
+    if transcript_directory and not _GROUP.fullmatch(transcript_directory):
+        raise ValueError(f"--transcript-directory {transcript_directory!r}: no quotes, backticks or '$'")
     proxy = check_proxy(proxy)
     script = _collect_script() if script is None else script
     version = endpoint_version(script)
@@ -149,7 +156,10 @@ def build(group: str, script: str | None = None, proxy: str = "") -> EndpointFil
         "    Description = 'exchange-eems-exporter: one read-only function for the monitoring group.'\n"
         "    SessionType = 'RestrictedRemoteServer'\n"
         "    RunAsVirtualAccount = $true\n"
-        "    RoleDefinitions = @{\n"
+        + (f"    RunAsVirtualAccountGroups = {', '.join(_quoted(g) for g in virtual_account_groups)}\n"
+           if virtual_account_groups else "")
+        + (f"    TranscriptDirectory = {_quoted(transcript_directory)}\n" if transcript_directory else "")
+        + "    RoleDefinitions = @{\n"
         f"        {_quoted(group)} = @{{ RoleCapabilities = '{ROLE_CAPABILITY}' }}\n"
         "    }\n"
         "}\n"
@@ -164,9 +174,11 @@ def build(group: str, script: str | None = None, proxy: str = "") -> EndpointFil
     }, version)
 
 
-def write(output: Path, group: str, proxy: str = "") -> EndpointFiles:
+def write(output: Path, group: str, proxy: str = "", virtual_account_groups: tuple[str, ...] = (),
+          transcript_directory: str = "") -> EndpointFiles:
     """Write the files under `output` (created if needed); files of an earlier run are replaced."""
-    endpoint = build(group, proxy=proxy)
+    endpoint = build(group, proxy=proxy, virtual_account_groups=virtual_account_groups,
+                     transcript_directory=transcript_directory)
     for relative, text in endpoint.files.items():
         path = output / relative
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,18 @@ def test_the_session_configuration(written):
     assert "FunctionsToExport = @()" in manifest
 
 
+def test_virtual_account_groups_and_transcripts():
+    files = windows_endpoint.build(GROUP, virtual_account_groups=("Event Log Readers",),
+                                   transcript_directory="C:\\ProgramData\\EEMS\\Transcripts").files
+    session = files["ExchangeEemsExporter.pssc"]
+    assert "RunAsVirtualAccountGroups = 'Event Log Readers'" in session
+    assert "TranscriptDirectory = 'C:\\ProgramData\\EEMS\\Transcripts'" in session
+    assert syntax_problems(session) == []
+    assert "RunAsVirtualAccountGroups" not in windows_endpoint.build(GROUP).files["ExchangeEemsExporter.pssc"]
+    with pytest.raises(ValueError):
+        windows_endpoint.build(GROUP, virtual_account_groups=("x'; evil",))
+
+
 @pytest.mark.parametrize("group", ["CONTOSO\\it's", "A$(whoami)", "x`y", "line\nbreak", "", 'q"uote', "x" * 300])
 def test_a_group_that_could_break_out_of_its_string_is_refused(group):
     with pytest.raises(ValueError):
