@@ -162,8 +162,7 @@ def scenario_from_dict(data: Any, base_dir: Path = Path(".")) -> Scenario:
 def _remoting(raw: Any, names: set[str]) -> remoting.Settings:
     """The `remoting` section: the PowerShell endpoints the servers serve over PSRP (docs/simulator.md)."""
     top = _mapping(raw, "remoting", ("winrs", "jea", "exchange"))
-    jea = _mapping(top.get("jea", {}), "remoting.jea", ("configuration", "version", "function_body_file", "outdated",
-                                                        "absent"))
+    jea = _mapping(top.get("jea", {}), "remoting.jea", ("configuration", "role_capability", "outdated", "absent"))
     exchange = _mapping(top.get("exchange", {}), "remoting.exchange", ("rbac_denied", "kerberos_only"))
 
     def servers(key: str, value: Any) -> tuple[str, ...]:
@@ -186,14 +185,15 @@ def _remoting(raw: Any, names: set[str]) -> remoting.Settings:
         exchange_kerberos_only=_bool(exchange.get("kerberos_only", False), "remoting.exchange.kerberos_only"),
         winrs=_bool(top.get("winrs", True), "remoting.winrs"),
     )
-    if "version" in jea:
-        settings.jea_version = _string(jea["version"], "remoting.jea.version")
-    if "function_body_file" in jea:
-        path = Path(_string(jea["function_body_file"], "remoting.jea.function_body_file"))
+    if "role_capability" in jea:
+        path = Path(_string(jea["role_capability"], "remoting.jea.role_capability"))
         try:
-            settings.jea_body = path.read_text(encoding="utf-8")
+            settings.jea_version, settings.jea_body, settings.jea_proxy = remoting.installed_function(
+                path.read_text(encoding="utf-8-sig"))
         except OSError as exc:
-            raise ScenarioError("remoting.jea.function_body_file", f"cannot read {path}: {exc.strerror or exc}") from None
+            raise ScenarioError("remoting.jea.role_capability", f"cannot read {path}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise ScenarioError("remoting.jea.role_capability", f"{path}: {exc}") from None
     return settings
 
 
