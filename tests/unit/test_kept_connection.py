@@ -18,6 +18,7 @@ from exporter.bounded_http import BoundedAdapter, DeadlineExceeded, ResponseTooL
 from exporter.kept_connection import MAX_HEADERS, KeptConnection, request_head
 from exporter.winrm_client import classify
 
+from ..conftest import wait_until
 from .test_winrm_client import COMMAND, connection, fleet  # noqa: F401  (fixture)
 
 LIMIT = 4096
@@ -188,8 +189,7 @@ def test_a_connection_the_server_closed_while_idle_is_seen_before_sending():
     server = ScriptedServer([OK])
     channel, _ = kept(server)
     assert channel.exchange(b"x", "text/plain", 5).content == b"hello"
-    time.sleep(0.3)  # the server's thread has no more answers and closes the connection
-    assert channel.dropped()
+    wait_until(channel.dropped, 5, "the server's thread, out of answers, to close the connection")
     with pytest.raises(requests.exceptions.ConnectionError):
         channel.exchange(b"y", "text/plain", 5)
     assert len(server.requests) == 1
