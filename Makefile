@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench soak lint install system-deps clean
+.PHONY: demo test bench soak lint install system-deps clean lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ bench: $(STAMP)
 # MALLOC_ARENA_MAX=2 as the shipped image and manifests run the exporter (see the Dockerfile).
 soak: $(STAMP)
 	MALLOC_ARENA_MAX=2 $(BIN)/python bench/soak.py $(SOAK_ARGS)
+
+# requirements.lock: the image's dependencies, pinned with every file's hash (the Dockerfile installs it with
+# --require-hashes). Run after changing [project] dependencies in pyproject.toml; commit the result.
+lock: $(STAMP)
+	$(BIN)/pip install --quiet 'pip-tools>=7.4,<8'
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --build-deps-for wheel --strip-extras \
+	  --no-emit-index-url --no-emit-find-links --no-emit-trusted-host --custom-compile-command 'make lock' \
+	  --output-file requirements.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
