@@ -1,4 +1,4 @@
-"""Command line: `run` (default), `check-config`, `poll`, `diagnose`, `build`, `catalog update|diff`, `demo`.
+"""Command line: `run` (default), `check-config`, `poll`, `diagnose`, `build`, `catalog update|diff`, `rules`, `demo`.
 
 Arguments only: every command hands over to the module that does the work. Expected failures (a bad
 config, a bad version) print one line and exit 2, never a traceback.
@@ -201,18 +201,19 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog_update(args: argparse.Namespace) -> int:
-    from .catalog_update import display_source, validated_update, write_catalog_file
+    from .catalog_update import describe_origin, printable, validated_update, write_catalog_file
     from .catalog import today_utc
 
+    output = printable(str(args.output))
     try:
-        rows, _ = validated_update(args.source)
-        write_catalog_file(args.output, rows, args.source, today_utc())
+        rows, origin = validated_update(args.source)
+        write_catalog_file(args.output, rows, args.source, origin, today_utc())
     except CatalogError as err:
         raise _Fail(f"catalog not updated, nothing written: {err}") from None
     except OSError as err:
-        raise _Fail(f"catalog not updated: cannot write {args.output}: {err.strerror or err}") from None
-    print(f"{args.output}: {len(rows)} builds new or different from the packaged catalog, from "
-          f"{display_source(args.source)}. Set catalog_file: {args.output} in the configuration (if not yet) and "
+        raise _Fail(f"catalog not updated: cannot write {output}: {printable(err.strerror or str(err))}") from None
+    print(f"{output}: {len(rows)} builds new or different from the packaged catalog, from "
+          f"{describe_origin(args.source, origin)}. Set catalog_file: {output} in the configuration (if not yet) and "
           "reload the exporter (SIGHUP or POST /-/reload).")
     return 0
 
@@ -226,6 +227,45 @@ def cmd_catalog_diff(args: argparse.Namespace) -> int:
     except CatalogError as err:
         raise _Fail(str(err)) from None
     print("\n".join(lines))
+    return 0
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from .alert_rules import Options, RulesError, parse_pair, render
+
+    try:
+        options = Options(
+            job_selector=args.job_selector, runbook_base=args.runbook_base,
+            labels=tuple(parse_pair(p, "--label") for p in args.label),
+            severity_map=tuple(parse_pair(p, "--severity") for p in args.severity),
+            alert_severity=tuple(parse_pair(p, "--alert-severity") for p in args.alert_severity),
+            resource_labels=tuple(parse_pair(p, "--resource-label") for p in args.resource_label))
+        text = render(options, args.format)
+    except RulesError as err:
+        raise _Fail(str(err)) from None
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        args.output.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise _Fail(f"cannot write {args.output}: {err.strerror or err}") from None
+    return 0
+
+
+def cmd_windows_endpoint(args: argparse.Namespace) -> int:
+    from . import windows_endpoint
+
+    try:
+        endpoint = windows_endpoint.write(args.output, args.group)
+    except ValueError as err:
+        raise _Fail(str(err)) from None
+    except OSError as err:
+        raise _Fail(f"cannot write {args.output}: {err.strerror or err}") from None
+    for relative in endpoint.files:
+        print(args.output / relative)
+    print(f"Endpoint version {endpoint.version}. On each Exchange server, as an administrator, from a copy of "
+          f"{args.output}: .\\{windows_endpoint.INSTALL_SCRIPT}")
     return 0
 
 
@@ -304,6 +344,44 @@ def build_parser() -> argparse.ArgumentParser:
     difference.add_argument("--catalog.file", "--catalog-file", dest="catalog_file", type=Path,
                             help="the catalog_file the exporter runs with now")
     difference.set_defaults(func=cmd_catalog_diff)
+
+    from .alert_rules import DEFAULT_JOB_SELECTOR, DEFAULT_RUNBOOK_BASE
+
+    rules = sub.add_parser("rules", help="write the Prometheus alert rules (or a PrometheusRule) for your site",
+                           description="The shipped alerts/exchange-eems.rules.yml and deploy/prometheusrule.yaml "
+                                       "are this command's output with the defaults. Run it again after each "
+                                       "upgrade with your options instead of editing the files.")
+    rules.add_argument("--format", choices=["rules", "prometheusrule"], default="rules",
+                       help="a rule file for rule_files: (default), or a Prometheus Operator PrometheusRule")
+    rules.add_argument("--output", "-o", type=Path, help="file to write (default: standard output)")
+    rules.add_argument("--job-selector", default=DEFAULT_JOB_SELECTOR, metavar="MATCHERS",
+                       help=f"label matchers added to every series selector, naming this exporter's jobs "
+                            f"(default {DEFAULT_JOB_SELECTOR})")
+    rules.add_argument("--runbook-base", default=DEFAULT_RUNBOOK_BASE, metavar="URL",
+                       help="your copy of docs/runbooks.md; each alert links to URL#<alert name in lower case>. "
+                            "A URL with %%s is a pattern: %%s becomes the lower-case alert name")
+    rules.add_argument("--label", action="append", default=[], metavar="NAME=VALUE",
+                       help="a label added to every alert, e.g. team=messaging (repeatable)")
+    rules.add_argument("--severity", action="append", default=[], metavar="FROM=TO",
+                       help="rename a severity on every alert that has it, e.g. critical=page (repeatable)")
+    rules.add_argument("--alert-severity", action="append", default=[], metavar="ALERT=SEVERITY",
+                       help="set one alert's severity before --severity applies, e.g. "
+                            "ExchangeEEMSMitigationsDisabled=critical (repeatable)")
+    rules.add_argument("--resource-label", action="append", default=[], metavar="NAME=VALUE",
+                       help="with --format prometheusrule: a label on the PrometheusRule itself, e.g. "
+                            "release=kube-prometheus-stack for its ruleSelector (repeatable)")
+    rules.set_defaults(func=cmd_rules)
+
+    endpoint = sub.add_parser(
+        "windows-endpoint", help="write the JEA endpoint (one read-only function) to install on each Exchange server",
+        description="Writes a PowerShell module with the role capability (its one function is the collection "
+                    "script WinRS sends), the session configuration (RestrictedRemoteServer, a virtual account, "
+                    "one group) and Install-ExchangeEemsEndpoint.ps1, which registers, updates or (-Remove) removes "
+                    "the endpoint and is safe to run again. Run it again after each upgrade and reinstall.")
+    endpoint.add_argument("--output", "-o", type=Path, required=True, help="folder to write into (created)")
+    endpoint.add_argument("--group", required=True, metavar="DOMAIN\\GROUP",
+                          help="the group whose members may connect (the monitoring account's group)")
+    endpoint.set_defaults(func=cmd_windows_endpoint)
 
     # Listed for --help only: main() hands `demo` and all its arguments to the simulator before parsing.
     sub.add_parser("demo", add_help=False, help="the demo, from the simulator: exchange-eems-simulator demo --help")

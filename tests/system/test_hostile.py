@@ -4,16 +4,28 @@ For every attack: the attacked poll ends by its deadline with a specific reason 
 `/metrics` answers within 1 s all along, the healthy servers are polled on schedule and succeed, and what
 the attacker could make the exporter read, keep or print stays bounded. Each attack is one finding of
 issue 10; the test failed before that finding's fix.
+
+Later sections take the round-2 findings (issues 20, 22, 24) that are not about polling: the password in other
+forms in the `diagnose` report, authentication tokens in the debug log, and a hostile build-list server for
+`catalog update --from URL`.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
+import os
+import re
+import socketserver
+import ssl
+import subprocess
+import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,13 +35,16 @@ import pytest
 import yaml
 
 from exporter.catalog import Catalog
+from exporter.catalog_update import read_source
 from exporter.config import load_config_text
 from exporter.exporter import Exporter
 from exporter.http_server import serve
 from exporter.redact import Redactor
 
 from ..conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, relocate, samples
+from ..pki import issue, write
 from .hostile_server import HostileServer, Output
+from .test_secrets import Exporter as ExporterProcess
 
 HEALTHY = {"servers": [{"name": "HEALTHY1", "address": "127.0.0.1", "build": "15.2.2562.53"},
                        {"name": "HEALTHY2", "address": "127.0.0.1", "build": "15.2.1544.36"}]}
@@ -301,3 +316,298 @@ def _config_text_for_basic() -> str:
     return yaml.safe_dump({"modules": {"default": {"transport": "basic", "username": USERNAME,
                                                    "password_env": PASSWORD_ENV}},
                            "servers": ["ex01.contoso.com"]})
+
+
+# ---------------------------------------------------------------- round 2 (issue 20), finding 6: `diagnose` and the password in other forms
+
+LEAKY_SERVER = "EX-LEAK01"
+LEAKY_USER, LEAKY_PASSWORD_ENV = "EXCH\\svc_leaky", "EEMS_LEAKY_PASSWORD"  # a fleet's user has one password
+# A password with characters JSON and URLs escape, and the server's own name inside it (which --redact-names
+# would cut first, printing the rest). LEFT and RIGHT are what such a cut leaves behind.
+LEAKY_LEFT, LEAKY_RIGHT = 'Zq9#"', "\\<&'>Wv3kX"
+LEAKY_PASSWORD = f"{LEAKY_LEFT}{LEAKY_SERVER}{LEAKY_RIGHT}"
+# Its NT hash (MD4 of the UTF-16LE password), from `iconv -t UTF-16LE | openssl dgst -md4 -provider legacy`.
+LEAKY_NT_HASH = "A59999A42ADC6305BC07E8C72D17023F"
+
+
+def _ps_json_escaped(text: str) -> str:
+    """How Windows PowerShell 5.1's ConvertTo-Json writes a string (it also escapes ' < > &)."""
+    body = json.dumps(text)[1:-1]
+    for char, escape in (("'", "\\u0027"), ("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
+        body = body.replace(char, escape)
+    return body
+
+
+def _leaky_forms(secret: str) -> dict[str, str]:
+    """The password as a server's log or event may carry it, each form one text."""
+    return {
+        "JSON-escaped": json.dumps(secret)[1:-1],
+        "JSON-escaped by PowerShell": _ps_json_escaped(secret),
+        "percent-encoded in a URL": f"http://svc-proxy:{urllib.parse.quote(secret, safe='')}@proxy.contoso.com:8080/",
+        "base64 of the password alone": base64.b64encode(secret.encode()).decode(),
+        "NT hash": LEAKY_NT_HASH,
+        "plain": secret,
+        "UTF-16LE bytes": secret.encode("utf-16-le").decode("ascii"),
+    }
+
+
+def _views(text: str) -> list[str]:
+    """The output and what undoing its escapes shows: JSON escapes (up to three levels), the report's own \\xNN for
+    control characters (it does not escape a backslash), percent-encoding, and the NULs of UTF-16 text read as
+    bytes. A leak is the password, or the part a name cut leaves, in any view."""
+    found, current = [text], text
+    for _ in range(3):
+        current = re.sub(r"\\(u[0-9a-fA-F]{4}|[\"\\/])", lambda m: chr(int(m[1][1:], 16)) if len(m[1]) > 1 else m[1],
+                         current)
+        found.append(current)
+    found += [re.sub(r"\\x([0-9a-f]{2})", lambda m: chr(int(m[1], 16)), view) for view in found]
+    found += [urllib.parse.unquote(view) for view in found]
+    return found + [view.replace("\x00", "") for view in found]
+
+
+def assert_password_absent(output: str, secret: str) -> None:
+    leaks = sorted({needle for view in _views(output) for needle in (secret, LEAKY_LEFT + "<host>", "<host>" + LEAKY_RIGHT)
+                    if needle in view})
+    for name in ("base64 of the password alone", "NT hash"):
+        needle = _leaky_forms(secret)[name]
+        if needle.lower() in output.lower():
+            leaks.append(name)
+    assert not leaks, f"the password leaked: {leaks}"
+
+
+def test_the_leak_search_finds_every_form():
+    """The search can fail: each form, inside other text and after the report's own rewriting, is found."""
+    for name, form in _leaky_forms(LEAKY_PASSWORD).items():
+        for shown in (form, form.replace("\x00", "\\x00"), json.dumps(form), json.dumps(json.dumps(form))):
+            with pytest.raises(AssertionError, match="the password leaked"):
+                assert_password_absent(f"x: Using Proxy {shown} To Fetch", LEAKY_PASSWORD)
+    with pytest.raises(AssertionError, match="the password leaked"):  # what a name cut leaves
+        assert_password_absent(f"x: {LEAKY_LEFT}<host>{LEAKY_RIGHT}", LEAKY_PASSWORD)
+    assert_password_absent("x: Using Proxy <redacted> To Fetch", LEAKY_PASSWORD)
+
+
+def _leaky_fleet() -> SimulatedFleet:
+    """One simulated server whose EEMS writes the password in every form into its log (a proxy line) and its
+    events (the 1006 text). The scenario file cannot say that (it accepts only a proxy URL and mitigation ids),
+    so the server's state is replaced in this process, before the fleet starts: what a compromised or careless
+    server may write."""
+    scenario = relocate({"servers": [{"name": LEAKY_SERVER, "address": "127.0.0.1", "build": "15.2.2562.53",
+                                      "internet_web_proxy": "http://proxy.contoso.com:8080/"}]})
+    scenario["credentials"] = [{"username": LEAKY_USER, "password": LEAKY_PASSWORD}]
+    fleet = SimulatedFleet(scenario)
+    windows = fleet.hosts[LEAKY_SERVER].run
+    carrier = " ".join(_leaky_forms(LEAKY_PASSWORD).values())
+    windows.server = dataclasses.replace(windows.server, eems=dataclasses.replace(
+        windows.server.eems, proxy=carrier, applied=(carrier,), success_events=True))
+    return fleet
+
+
+@pytest.mark.parametrize("redact_names", [False, True])
+def test_diagnose_removes_the_password_in_every_form(tmp_path, redact_names):
+    with _leaky_fleet() as fleet:
+        config = yaml.safe_load(fleet.config_text())
+        for module in config["modules"].values():
+            module.update(username=LEAKY_USER, password_env=LEAKY_PASSWORD_ENV)
+        config_file = tmp_path / "config.yml"
+        config_file.write_text(yaml.safe_dump(config))
+        proc = subprocess.run(
+            [sys.executable, "-m", "exporter", "diagnose", "--config.file", str(config_file), "--log.level", "debug",
+             LEAKY_SERVER, *(["--redact-names"] if redact_names else [])],
+            cwd=Path(__file__).resolve().parents[2], capture_output=True, timeout=120,
+            env={**os.environ, LEAKY_PASSWORD_ENV: LEAKY_PASSWORD, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    report, log = proc.stdout.decode(), proc.stderr.decode(errors="replace")
+    assert proc.returncode == 0, log[-3000:]
+    assert "Using Proxy" in report and "Applied mitigations:" in report  # the carriers reached the report
+    assert_password_absent(report, LEAKY_PASSWORD)
+    assert_password_absent(log, LEAKY_PASSWORD)
+    assert report.count("<redacted>") >= 10, report.count("<redacted>")  # the forms were found, not merely cut off
+
+
+# ---------------------------------------------------------------- round 2 (issue 22), finding 13: authentication tokens in the debug log
+
+# What an NTLM message looks like in a log: base64 (the Authorization header, pyspnego's "step" lines), hex, or
+# Python's repr of the bytes; and an Authorization or WWW-Authenticate value of any scheme.
+TOKEN_SHAPES = {
+    "NTLM message, base64": re.compile(r"TlRMTVNTUA"),
+    "NTLM message, hex": re.compile(r"4e544c4d53535000", re.IGNORECASE),
+    "NTLM message, bytes": re.compile(r"NTLMSSP(?:\x00|\\x00)"),
+    "authentication header value": re.compile(r"\b(?:Negotiate|NTLM|Kerberos|CredSSP|Basic)\s+[A-Za-z0-9+/]{20,}"),
+}
+
+
+def _tokens_in(text: str) -> list[str]:
+    return [f"{name}: ...{text[max(0, m.start() - 80):m.end() + 20]!r}" for name, shape in TOKEN_SHAPES.items()
+            for m in shape.finditer(text)][:5]
+
+
+def test_the_token_search_finds_what_libraries_log():
+    for line in ("spnego._ntlm NTLM step output: TlRMTVNTUAADAAAAGAAYAEgAAAA=",
+                 "send: b'POST /wsman HTTP/1.1\\r\\nAuthorization: Negotiate oXcwdaADCgEBoloEWE5UTE1TU1A='",
+                 "reply: b'NTLMSSP\\x00\\x02\\x00'", "token 4E544C4D5353500002000000"):
+        assert _tokens_in(line), line
+    assert not _tokens_in("ts=1 level=DEBUG logger=exporter.poller msg=poll of EX01 took 0.2 s (NTLM over http)")
+
+
+def test_no_authentication_token_reaches_the_debug_log(tmp_path):
+    """`run --log.level debug` polling servers over NTLM (http and https): libraries that see tokens (pyspnego,
+    requests_ntlm, urllib3, pywinrm, pypsrp, gssapi) log nothing below INFO, and no token reaches the log from
+    any logger, while the exporter's own debug records are still written."""
+    scenario = relocate({"servers": [{"name": "EX-TOKENS-HTTP", "address": "127.0.0.1", "build": "15.2.2562.53"},
+                                     {"name": "EX-TOKENS-TLS", "address": "127.0.0.1", "build": "15.2.2562.53",
+                                      "scheme": "https"}]})
+    with SimulatedFleet(scenario) as fleet:
+        config_file = tmp_path / "config.yml"
+        config_file.write_text(fleet.config_text(interval="10s", timeout="5s"))
+        exporter = ExporterProcess(config_file, tmp_path)
+        try:
+            exporter.start()
+            exporter.wait_ready()  # every server polled once: two NTLM handshakes
+            status, _ = exporter.request("GET", "/metrics")
+        finally:
+            exporter.stop()
+    log = exporter.log()
+    assert status == 200 and "level=DEBUG logger=exporter.http_server" in log, log[-3000:]  # debug is on
+    assert not _tokens_in(log), _tokens_in(log)
+    library_debug = re.findall(r"level=DEBUG logger=(spnego|requests_ntlm|urllib3|winrm|pypsrp|gssapi)\S*", log)
+    assert not library_debug, sorted(set(library_debug))
+
+
+# ---------------------------------------------------------------- round 2 (issue 20), findings 8 and 9: a hostile build-list server
+
+BUILD_LIST = (Path(__file__).resolve().parents[1] / "fixtures" / "ExchangeBuildNumbers-excerpt.csv").read_bytes()
+DRIP_SECONDS = 0.1
+
+
+class ListServer:
+    """A loopback HTTP(S) server for `catalog update --from URL`: `routes` maps a path to what it does. A route is
+    (status, headers, body, seconds over which the head is dripped); a drip of None never ends the head."""
+
+    def __init__(self, routes: dict[str, tuple], *, tls_dir: Path | None = None):
+        self.routes = routes
+        self._stop = threading.Event()
+        self._context = None
+        if tls_dir is not None:
+            ca, ca_key = issue("list CA", None, None, ca=True)
+            cert, key = issue("localhost", ca_key, ca.subject, ca=False, server=True)
+            self.ca_file, _ = write(tls_dir, "ca", ca, ca_key)
+            cert_file, key_file = write(tls_dir, "server", cert, key)
+            self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._context.load_cert_chain(cert_file, key_file)
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                try:
+                    path = self.rfile.readline(4096).split()[1].decode()
+                    while self.rfile.readline(4096).strip():
+                        pass
+                    outer._answer(self.wfile, path)
+                except (OSError, IndexError):
+                    pass
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+            def get_request(self):
+                sock, address = super().get_request()
+                return (outer._context.wrap_socket(sock, server_side=True) if outer._context else sock), address
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self.scheme = "https" if tls_dir is not None else "http"
+        self.base = f"{self.scheme}://127.0.0.1:{self._server.server_address[1]}"
+
+    def _answer(self, out, path: str) -> None:
+        status, headers, body, drip = self.routes.get(path, (404, {}, b"no such list", 0))
+        head = f"HTTP/1.1 {status} X\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        head += f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+        if drip is None:  # the status line, then a header that never ends
+            out.write(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+            while not self._stop.wait(DRIP_SECONDS):
+                out.write(b"x")
+                out.flush()
+            return
+        pieces = [head.encode()[i : i + 8] for i in range(0, len(head.encode()), 8)]
+        for piece in pieces:  # the head over `drip` seconds: each read comes well within any socket timeout
+            out.write(piece)
+            out.flush()
+            if self._stop.wait(drip / len(pieces)):
+                return
+        out.write(b"\r\n" + body)
+
+    def __enter__(self) -> "ListServer":
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _read_in_thread(url: str, timeout: float) -> tuple[float, BaseException | None]:
+    """read_source under a bound of our own: before the fix it never returned, and a test must end."""
+    outcome: dict = {}
+
+    def read() -> None:
+        try:
+            read_source(url, timeout=timeout)
+        except Exception as err:  # noqa: BLE001 - the test looks at what it was
+            outcome["error"] = err
+
+    started = time.monotonic()
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(timeout + 10)
+    assert not thread.is_alive(), f"read_source({url}) was still running after {timeout + 10:g} s"
+    return time.monotonic() - started, outcome.get("error")
+
+
+def test_a_list_server_that_drips_its_headers_is_given_up_at_the_deadline():
+    with ListServer({"/list.csv": (200, {}, BUILD_LIST, None)}) as server:
+        seconds, error = _read_in_thread(f"{server.base}/list.csv", timeout=1.0)
+    assert "took longer than 1 s" in str(error), error
+    assert seconds < 3, seconds
+
+
+def test_the_deadline_covers_every_redirect():
+    """The first hop takes 2 s (every read well within any per-read timeout), the second drips without end: the
+    download ends at the one 2.5 s deadline, not 2.5 s after the redirect (4.5 s)."""
+    with ListServer({}) as server:
+        server.routes.update({"/old": (302, {"Location": f"{server.base}/list.csv"}, b"", 2.0),
+                              "/list.csv": (200, {}, BUILD_LIST, None)})
+        seconds, error = _read_in_thread(f"{server.base}/old", timeout=2.5)
+    assert "took longer than 2.5 s" in str(error), error
+    assert seconds < 3.5, seconds
+
+
+@pytest.mark.parametrize("target", ["http", "ftp"])
+def test_a_redirect_from_https_to_a_weaker_scheme_is_refused(tmp_path, target):
+    output = tmp_path / "catalog.tsv"
+    with ListServer({"/list.csv": (200, {}, BUILD_LIST, 0)}) as plain, \
+            ListServer({}, tls_dir=tmp_path) as secure:
+        weaker = f"{plain.base}/list.csv" if target == "http" else "ftp://127.0.0.1/list.csv"
+        secure.routes["/list.csv"] = (302, {"Location": weaker}, b"", 0)
+        result = _catalog_update(f"{secure.base}/list.csv", output, secure.ca_file)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "nothing written" in result.stderr and f"redirect from https to {target}" in result.stderr, result.stderr
+    assert not output.exists()
+
+
+def test_the_output_names_where_the_list_came_from_after_redirects(tmp_path):
+    output = tmp_path / "catalog.tsv"
+    with ListServer({}, tls_dir=tmp_path) as secure:
+        secure.routes.update({"/latest": (301, {"Location": "/v2/list.csv"}, b"", 0),
+                              "/v2/list.csv": (200, {}, BUILD_LIST, 0)})
+        result = _catalog_update(f"{secure.base}/latest", output, secure.ca_file)
+        final = f"{secure.base}/v2/list.csv"
+    assert result.returncode == 0, result.stderr
+    assert f"from {final} (redirected from {secure.base}/latest)" in result.stdout, result.stdout
+    assert final in output.read_text().splitlines()[0]
+
+
+def _catalog_update(url: str, output: Path, ca_file: Path) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, "-m", "exporter", "catalog", "update", "--from", url, "--output", str(output)],
+                          cwd=root, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "SSL_CERT_FILE": str(ca_file), "PYTHONPATH": str(root)})
