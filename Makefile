@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 KERBEROS_STAMP := $(VENV)/.installed-kerberos
 KERBEROS_PACKAGES := krb5-kdc krb5-admin-server libkrb5-dev
 
-.PHONY: demo demo-kerberos test bench soak lint install system-deps kerberos-deps clean rules lock
+.PHONY: demo demo-kerberos demo-stack test bench soak lint install system-deps kerberos-deps clean rules lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ system-deps:
 
 demo: $(STAMP)
 	$(BIN)/exchange-eems-simulator demo
+
+# The demo fleet and exporter, Debian's Prometheus and Alertmanager with examples/ and alerts/, and a webhook that
+# prints every page and ticket (tools/demo_stack.py; DEMO_ARGS=--fast: no `for:` waits).
+demo-stack: system-deps $(STAMP)
+	$(BIN)/python tools/demo_stack.py $(DEMO_ARGS)
 
 # The same fleet behind a real MIT KDC on loopback, accepting Kerberos only; the exporter uses a keytab.
 demo-kerberos: $(KERBEROS_STAMP)

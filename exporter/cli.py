@@ -257,7 +257,8 @@ def cmd_windows_endpoint(args: argparse.Namespace) -> int:
     from . import windows_endpoint
 
     try:
-        endpoint = windows_endpoint.write(args.output, args.group)
+        endpoint = windows_endpoint.write(args.output, args.group, args.endpoint_proxy,
+                                          tuple(args.virtual_account_group), args.transcript_directory)
     except ValueError as err:
         raise _Fail(str(err)) from None
     except OSError as err:
@@ -381,6 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint.add_argument("--output", "-o", type=Path, required=True, help="folder to write into (created)")
     endpoint.add_argument("--group", required=True, metavar="DOMAIN\\GROUP",
                           help="the group whose members may connect (the monitoring account's group)")
+    endpoint.add_argument("--endpoint-proxy", default="", metavar="URL",
+                          help="the proxy the endpoint check goes through (as poll.endpoint_proxy); fixed in the "
+                               "endpoint, not chosen by the caller. Default: the server's WinHTTP proxy")
+    endpoint.add_argument("--virtual-account-group", action="append", default=[], metavar="LOCAL_GROUP",
+                          help="run the session's virtual account in this local group instead of Administrators "
+                               "(repeatable; e.g. 'Event Log Readers': the service state then reads as unknown)")
+    endpoint.add_argument("--transcript-directory", default="", metavar="PATH",
+                          help="write a transcript of every session there (one per poll without keep_runspace)")
     endpoint.set_defaults(func=cmd_windows_endpoint)
 
     # Listed for --help only: main() hands `demo` and all its arguments to the simulator before parsing.

@@ -188,7 +188,8 @@ def _remoting(raw: Any, names: set[str]) -> remoting.Settings:
     if "role_capability" in jea:
         path = Path(_string(jea["role_capability"], "remoting.jea.role_capability"))
         try:
-            settings.jea_version, settings.jea_body = remoting.installed_function(path.read_text(encoding="utf-8-sig"))
+            settings.jea_version, settings.jea_body, settings.jea_proxy = remoting.installed_function(
+                path.read_text(encoding="utf-8-sig"))
         except OSError as exc:
             raise ScenarioError("remoting.jea.role_capability", f"cannot read {path}: {exc.strerror or exc}") from None
         except ValueError as exc:
