@@ -6,12 +6,12 @@ STAMP := $(VENV)/.installed
 KERBEROS_STAMP := $(VENV)/.installed-kerberos
 KERBEROS_PACKAGES := krb5-kdc krb5-admin-server libkrb5-dev
 
-.PHONY: demo demo-kerberos demo-stack test bench soak lint install system-deps kerberos-deps clean rules lock
+.PHONY: demo demo-kerberos demo-stack dist test bench soak lint install system-deps kerberos-deps clean rules lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml simulator/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[simulator,test]'
+	$(BIN)/pip install --quiet -e '.[simulator,test]' -e ./simulator
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,7 +34,7 @@ kerberos-deps:
 # The exporter's `kerberos` extra (pyspnego[kerberos]: python-gssapi and python-krb5), built against libkrb5-dev.
 $(KERBEROS_STAMP): $(STAMP) pyproject.toml
 	$(MAKE) kerberos-deps
-	$(BIN)/pip install --quiet -e '.[simulator,test,kerberos]'
+	$(BIN)/pip install --quiet -e '.[simulator,test,kerberos]' -e ./simulator
 	touch $(KERBEROS_STAMP)
 
 # promtool (Debian `prometheus`), amtool and Alertmanager (Debian `prometheus-alertmanager`) for the rule,
@@ -64,6 +64,13 @@ demo-kerberos: $(KERBEROS_STAMP)
 rules: $(STAMP)
 	$(BIN)/exchange-eems-exporter rules --output alerts/exchange-eems.rules.yml
 	$(BIN)/exchange-eems-exporter rules --format prometheusrule --output deploy/prometheusrule.yaml
+
+# The sdist and the wheel of the exporter (the simulator is its own distribution, never in them), checked by twine.
+DIST ?= dist
+dist: $(STAMP)
+	rm -rf $(DIST) build exchange_eems_exporter.egg-info
+	$(BIN)/python -m build --no-isolation --sdist --wheel --outdir $(DIST) .
+	$(BIN)/twine check --strict $(DIST)/*
 
 test: system-deps $(STAMP) $(KERBEROS_STAMP)
 	$(BIN)/python -m pytest -q

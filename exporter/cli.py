@@ -275,7 +275,7 @@ def run_demo(arguments: list[str]) -> int:
     `exchange-eems-simulator demo` in the same interpreter, without importing it (the exporter never does)."""
     if find_spec("simulator") is None:
         print("exchange-eems-exporter: the demo needs the simulator, which is not installed. From a clone of the "
-              "repository: make demo (or pip install '.[simulator]', then exchange-eems-simulator demo)",
+              "repository: make demo (or pip install -e '.[simulator]' -e ./simulator, then exchange-eems-simulator demo)",
               file=sys.stderr)
         return EXIT_USAGE
     os.execv(sys.executable, [sys.executable, "-m", "simulator", "demo", *arguments])
