@@ -102,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise _Fail(f"cannot listen on {host}:{port}: {err.strerror}") from None
     exporter.start()
     log.info("exchange-eems-exporter %s listening on %s:%d (%d servers, shard %d/%d)", __version__,
-             host, server.server_address[1], len(exporter.runtime.current().targets.mine()), *config.shard)
+             host, server.server_address[1], len(exporter.targets()), *config.shard)
 
     # Python runs signal handlers in the main thread only, and a signal delivered to a poll thread does not
     # wake a blocked wait: wake up regularly so a SIGHUP reload is not delayed until the next SIGTERM.

@@ -157,7 +157,7 @@ class _Handler(BaseHTTPRequestHandler):
             error = result.outcome.error_reason if result.outcome and not result.outcome.success else ""
             rows.append("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
                 *(html.escape(str(v)) for v in (result.name, up, build, servicing, next_build, error or ""))))
-        targets = self.exporter.runtime.current().targets.mine()
+        targets = self.exporter.targets()
         example = html.escape(targets[0].name if targets else "SERVER", quote=True)
         page = _LANDING.format(version=__version__, example=example, count=len(servers), rows="".join(rows))
         self._send(200, page.encode(), "text/html; charset=utf-8")
@@ -177,17 +177,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, b"At most one 'module' parameter is allowed\n")
             return
         target, module = targets[0], (modules[0] if modules else None)
-        current = self.exporter.runtime.current()
-        config = current.config
-        if module is not None and module not in config.modules:
+        chosen = self.exporter.module(module) if module is not None else None
+        if module is not None and chosen is None:
             self._send(400, f"Unknown module {module[:64]!r}\n".encode())
             return
-        known = current.targets.get(target)
+        known = self.exporter.target(target)
         if known is None:
             self._send(400, f"Unknown target {target[:256]!r}: only configured or discovered servers "
                             f"can be probed\n".encode())
             return
-        chosen = config.modules[module] if module is not None else None
         problem = chosen and scheme_problem(chosen.transport, known.scheme, chosen.allow_basic_over_http)
         if problem:
             self._send(400, f"Module {module!r} cannot be used with target {known.name!r} ({known.scheme}): "
