@@ -94,7 +94,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=exporter.reload, daemon=True).start())
+    if hasattr(signal, "SIGHUP"):  # not on Windows, where POST /-/reload is the way
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=exporter.reload, daemon=True).start())
     host, port = args.web_listen_address
     try:
         server = serve(exporter, host, port, watcher)

@@ -18,7 +18,7 @@ from typing import Iterator
 
 from .config import Config, ModuleConfig
 from .targets import Target, Targets
-from .winrm_client import PollFailure, ServerConnection
+from .winrm import PollFailure, ServerConnection
 
 
 @dataclass(frozen=True)
@@ -27,13 +27,15 @@ class _Settings:
     module: ModuleConfig
     max_response_bytes: int
     max_poll_bytes: int
+    server_name: str  # the configured name: the Kerberos SPN and the NTLM target name come from it
 
 
 def _settings(target: Target, module_name: str, config: Config) -> _Settings | None:
     module = config.modules.get(module_name)
     if module is None:
         return None
-    return _Settings(target.endpoint, module, config.limits.max_response_bytes, config.limits.max_poll_bytes)
+    return _Settings(target.endpoint, module, config.limits.max_response_bytes, config.limits.max_poll_bytes,
+                     target.name)
 
 
 class _Entry:
@@ -41,7 +43,8 @@ class _Entry:
         self.settings = settings
         self.connection = ServerConnection(settings.endpoint, settings.module,
                                            max_response_bytes=settings.max_response_bytes,
-                                           max_poll_bytes=settings.max_poll_bytes)
+                                           max_poll_bytes=settings.max_poll_bytes,
+                                           server_name=settings.server_name)
         self.users = 0
         self.retired = False
 

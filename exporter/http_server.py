@@ -14,7 +14,6 @@ import html
 import io
 import logging
 import math
-import resource
 import socket
 import ssl
 import threading
@@ -24,6 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
+
+try:
+    import resource  # POSIX only; the exporter also runs on Windows management servers
+except ImportError:
+    resource = None
 
 
 from . import __version__
@@ -54,6 +58,11 @@ _LANDING = """<!DOCTYPE html>
 <h2>Servers ({count})</h2><table><tr><th>server</th><th>up</th><th>build</th><th>servicing</th><th>next build</th><th>last error</th></tr>{rows}</table>
 </body></html>
 """
+
+
+def _descriptor_limit() -> int:
+    """The process's open-file limit (POSIX); on Windows, where there is none of that kind, 4 * MAX_CONNECTIONS."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0] if resource is not None else 4 * MAX_CONNECTIONS
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -228,7 +237,7 @@ class ExporterHTTPServer:
         self._socket.listen(LISTEN_BACKLOG)
         self._socket.setblocking(False)
         self.server_address = self._socket.getsockname()
-        self.max_connections = max(16, min(MAX_CONNECTIONS, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
+        self.max_connections = max(16, min(MAX_CONNECTIONS, _descriptor_limit() // 4))
         self.connections = 0
         self._per_client: Counter[str] = Counter()
         self._writers: set[asyncio.StreamWriter] = set()

@@ -22,7 +22,7 @@ from .schedule import Cadence, Schedule, offset
 from .connections import Connections
 from .store import Store
 from .targets import Target
-from .winrm_client import PollFailure
+from .winrm import PollFailure
 
 
 class Clock:

@@ -13,7 +13,7 @@ import pytest
 from exporter.config import load_config_text
 from exporter.connections import Connections
 from exporter.targets import Targets
-from exporter.winrm_client import PollFailure
+from exporter.winrm import PollFailure
 
 from ..conftest import minimal_config
 
