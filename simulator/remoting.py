@@ -129,10 +129,10 @@ class Endpoints:
         result = Answer()
         last = len(invocation.statements) - 1
         for index, statement in enumerate(invocation.statements):
-            if len(statement) != 1:
-                answer = Answer(failure=_not_simulated("a pipeline of several commands"))
-            else:
-                answer = self._statement(configuration, *statement[0])
+            answer = self._statement(configuration, *statement[0])
+            for command in statement[1:]:
+                answer = _select(answer, *command) if configuration.kind == "exchange" else \
+                    Answer(failure=_not_simulated("a pipeline of several commands"))
             result.output += answer.output
             result.errors += answer.errors
             result.runtime_seconds += answer.runtime_seconds
@@ -215,6 +215,43 @@ class Endpoints:
         if identity is not None and not objects:
             errors.append(_server_not_found(identity, self.windows.organization.domain))
         return Answer(objects, errors, runtime_seconds=0.3)
+
+
+# ---------------------------------------------------------------- Select-Object on Exchange's endpoint
+
+
+def _select(answer: Answer, name: str, is_script: bool, parameters: list) -> Answer:
+    """`... | Select-Object -Property A,B`: Exchange's runspace offers Select-Object among the few core cmdlets
+    of a restricted session [UNCONFIRMED for /PowerShell]. Each object becomes a PSCustomObject named
+    `Selected.<type>` with only those properties; a complex value goes out as its ToString, as PowerShell's
+    default serialization depth of 1 does for a selected object [UNCONFIRMED], a list as a list."""
+    if answer.failure is not None:
+        return answer
+    if is_script or name.lower() not in ("select-object", "select"):
+        return Answer(failure=_not_simulated(f"'{name}' after another command"))
+    names: list[str] = []
+    for key, value in parameters:
+        if key is not None and key.lower() != "property":
+            return Answer(failure=_not_simulated(f"Select-Object -{key}"))
+        names += [str(v) for v in (value if isinstance(value, list) else [value])]
+    selected = []
+    for obj in answer.output:
+        if not isinstance(obj, PSObject):
+            continue
+        out = PSObject()
+        out.PSObject.type_names = [f"Selected.{obj.PSObject.type_names[0]}", "System.Management.Automation.PSCustomObject",
+                                   "System.Object"]
+        props = {p.name.lower(): p for p in obj.PSObject.adapted_properties}
+        for wanted in names:
+            prop = props.get(wanted.lower())
+            value = prop.get_value(obj) if prop is not None else None
+            if isinstance(value, PSObject) and not isinstance(value, (list, int, str, datetime)):
+                value = value.PSObject.to_string
+            elif isinstance(value, list):
+                value = [str(v) for v in value]
+            out.PSObject.extended_properties.append(PSNoteProperty(prop.name if prop else wanted, value))
+        selected.append(out)
+    return Answer(selected, answer.errors, runtime_seconds=answer.runtime_seconds)
 
 
 # ---------------------------------------------------------------- the function's parameters

@@ -367,3 +367,23 @@ def test_the_simulated_function_is_the_shipped_one():
                                                                    windows_endpoint.FUNCTION_NAME)
     shipped = {name: (low, default) for name, low, default in windows_endpoint.PARAMETERS}
     assert {k: (v, remoting.JEA_DEFAULTS[k]) for k, v in remoting.JEA_PARAMETERS.items() if v is not None} == shipped
+
+
+def test_exchange_endpoint_selects_properties(fleet):
+    """`Get-ExchangeServer | Select-Object -Property ...`: the organization collector's bounded form."""
+    host = fleet.hosts["EX01"]
+    with RunspacePool(wsman(host, path="PowerShell"), configuration_name="Microsoft.Exchange") as pool:
+        ps = PowerShell(pool)
+        ps.add_cmdlet("Get-ExchangeServer").add_cmdlet("Select-Object").add_parameter(
+            "Property", ["Name", "AdminDisplayVersion", "MitigationsApplied", "MitigationsAppliedTime", "ServerRole"])
+        output = ps.invoke()
+        refused = PowerShell(pool)
+        refused.add_cmdlet("Get-ExchangeServer").add_cmdlet("Remove-Item")
+        refused.invoke()
+    first = output[0]
+    assert first.types[0] == "Selected.Microsoft.Exchange.Data.Directory.Management.ExchangeServer"
+    assert first.extended_properties == {
+        "Name": "EX01", "AdminDisplayVersion": "Version 15.2 (Build 1544.4)", "MitigationsApplied": ["PING1"],
+        "MitigationsAppliedTime": first.extended_properties["MitigationsAppliedTime"], "ServerRole": 2}
+    assert first.extended_properties["MitigationsAppliedTime"].startswith("2026-")  # pypsrp gives DateTime as text
+    assert refused.had_errors and refused.output == []
