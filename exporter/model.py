@@ -16,7 +16,14 @@ from datetime import date, datetime
 class RawEvent:
     id: int
     time: datetime
-    message: str
+    message: str  # "" when Windows could not format it (Message null)
+    data: tuple[str, ...] = ()  # the insertion strings (EventRecord.Properties) the message is formatted from
+
+    @property
+    def text(self) -> str:
+        """What a decision may read: the message and the insertion strings, so a 1008 whose message could not
+        be formatted still says what it is about."""
+        return "\n".join((self.message, *self.data)) if self.data else self.message
 
 
 @dataclass(frozen=True)

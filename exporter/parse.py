@@ -31,6 +31,7 @@ from exporter.windows_service import START_MODES, STATES
 
 MAX_ERRORS = 50  # collection-error strings kept; a misbehaving script must not flood the metrics page
 MAX_ERROR_CHARS = 500
+MAX_EVENT_DATA = 16  # insertion strings kept per event; an EEMS event has a few
 # Text from a server that becomes a label value: how many per list and what shape (a series each; a
 # compromised server must not be able to mint series or smuggle arbitrary text into them).
 MAX_MITIGATIONS_PER_LIST = 100
@@ -367,7 +368,8 @@ def _events(value, notes: _Notes, max_events: int) -> tuple[RawEvent, ...]:
             notes.add("parse: events: an event without id or time was skipped")
             continue
         message = notes.text(item, "message", "events.message") or ""
-        events.append(RawEvent(event_id, time, message))
+        data = tuple(_clip(text) for text in notes.strings(item.get("data"), "events.data")[:MAX_EVENT_DATA])
+        events.append(RawEvent(event_id, time, message, data))
     events.sort(key=lambda e: e.time, reverse=True)
     return tuple(events[: max(max_events, 0)])
 

@@ -358,7 +358,7 @@ def _server(raw: Any, key: str, defaults: dict[str, Any], domain: str, anchor: d
         utc_offset=zone,
         log_other_file=_bool(s.get("log_other_file", False), f"{key}.log_other_file"),
         denied=denied,
-        unreadable_event=_bool(s.get("unreadable_event", False), f"{key}.unreadable_event"),
+        unreadable_event=_unreadable_event(s.get("unreadable_event", False), f"{key}.unreadable_event"),
         winhttp_proxy=_string(winhttp["proxy"], f"{key}.winhttp_proxy.proxy") if winhttp else None,
         winhttp_proxy_answers=_endpoint_status(winhttp.get("answers", 200), f"{key}.winhttp_proxy.answers"),
         endpoint_failure=_choice(s["endpoint_failure"], f"{key}.endpoint_failure", tuple(ENDPOINT_FAILURES))
@@ -406,6 +406,17 @@ def _faults(raw: Any, key: str) -> Faults:
         unauthorized=_bool(f.get("unauthorized", False), f"{key}.unauthorized"),
         fault_code=_int(f["fault_code"], f"{key}.fault_code", 1, 2**32 - 1) if f.get("fault_code") is not None else None,
     )
+
+
+def _unreadable_event(value: Any, key: str) -> str | None:
+    """false | true (the newest event's text cannot be formatted: an exception) | null_message (no text, no error)."""
+    if value is False:
+        return None
+    if value is True:
+        return "exception"
+    if value == "null_message":
+        return "null_message"
+    raise ScenarioError(key, f"expected false, true or null_message, got {_kind(value)}")
 
 
 def _utc_offset(value: Any, key: str) -> timedelta:

@@ -48,6 +48,8 @@ ENDPOINT_FAILURES = {
 }
 DENIABLE = ("service", "events", "log")
 
+# The collection script sends each event's insertion strings (issue 17, R6).
+_READS_INSERTION_STRINGS = re.compile(r"\$_\.Properties\b")
 # The collection script treats an empty FileVersion as a failure (issue 17, R7).
 _EMPTY_VERSION_THROWS = re.compile(r"if\(!\$r\.exsetup_version\)\{throw\b")
 
@@ -100,7 +102,8 @@ class WindowsServer:
     output: OutputFaults
     locale: str = "en-US"
     denied: tuple[str, ...] = ()  # what the monitoring account may not read: service, events, log
-    unreadable_event: bool = False  # the newest event cannot be formatted
+    unreadable_event: str | None = None  # "exception": the newest event cannot be formatted (an error record);
+    # "null_message": no event's text can be formatted (message file or locale missing), no error
     winhttp_proxy: str | None = None  # netsh winhttp proxy the endpoint check goes through
     winhttp_proxy_answers: int = 200  # what that proxy answers the monitoring account (407: needs auth)
     endpoint_failure: str | None = None  # a key of ENDPOINT_FAILURES: how the endpoint check fails
@@ -264,7 +267,7 @@ class WindowsHost:
             service = {"status": SERVICE_STATUS.index(s.service_status) + 1, "start_type": START_TYPES.index(s.service_start_type)}
         else:
             service = {"status": s.service_status, "start_type": s.service_start_type}
-        events = self._events(p, now, texts, errors, eventlog.query_form(script))
+        events = self._events(p, now, texts, errors, eventlog.query_form(script), script)
         folder, logs = self._logs(p, now, texts, install, errors, script)
         document: dict[str, Any] = {
             "schema": 1,
@@ -288,7 +291,7 @@ class WindowsHost:
         return document
 
     def _events(self, p: dict[str, Any], now: datetime, texts: dict[str, Any], errors: list,
-                form: str | None) -> list[dict[str, Any]]:
+                form: str | None, script: str = "") -> list[dict[str, Any]]:
         s = self.server
         if form is None:
             return []
@@ -297,8 +300,15 @@ class WindowsHost:
         for error in found.errors:
             errors.append(_error("events", error.error_id, error.category, error.exception,
                                  texts[error.key].format(provider=eems.PROVIDER)))
-        events = [{"id": e.id, "time": self._date(e.time), "message": e.message} for e in found.events]
-        if s.unreadable_event and events:
+        with_data = _READS_INSERTION_STRINGS.search(script or "") is not None
+        events = []
+        for e in found.events:
+            event: dict[str, Any] = {"id": e.id, "time": self._date(e.time),
+                                     "message": None if s.unreadable_event == "null_message" else e.message}
+            if with_data:
+                event["data"] = list(e.data)
+            events.append(event)
+        if s.unreadable_event == "exception" and events:
             # FormatDescription failed: Get-WinEvent still writes the event, with NoEventMessage, and an error
             # whose id is the exception's (localized) message (GetEventCommand.cs ReadEvents)
             text = texts["format_failed"].format(id=found.events[0].id, provider=eems.PROVIDER)

@@ -8,10 +8,11 @@ $r.edge=Test-Path 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\EdgeTransportRole
 try{$r.service_key=@{start=(Get-Item 'HKLM:\SYSTEM\CurrentControlSet\Services\MSExchangeMitigation').GetValue('Start')}}catch{Fail 'service_key' $_}
 try{$s=Get-Service MSExchangeMitigation;$r.service=@{status=[string]$s.Status;start_type=[string]$s.StartType}}catch{Fail 'service' $_}
 # Errors are recorded with their invariant FullyQualifiedErrorId; Python decides (never on the localized message).
+# Insertion strings too: Message is null, with no error, when the text cannot be formatted (message file, locale).
 # One log with -FilterXPath: a denied Application log throws UnauthorizedAccessException (-FilterHashtable tolerates
 # query errors and answers "no events"), and no provider lookup fails where EEMS is not registered.
 try{$v=$null;$q="*[System[Provider[@Name='MSExchange Mitigation Service'] and TimeCreated[timediff(@SystemTime) <= $(3600000*$P.LookbackHours)]]]"
-$r.events=@(Get-WinEvent -LogName Application -FilterXPath $q -MaxEvents $P.MaxEvents -EA SilentlyContinue -ErrorVariable v|%{@{id=$_.Id;time=$_.TimeCreated.ToUniversalTime();message=$_.Message}});foreach($e in $v){Fail 'events' $e}}catch{Fail 'events' $_}
+$r.events=@(Get-WinEvent -LogName Application -FilterXPath $q -MaxEvents $P.MaxEvents -EA SilentlyContinue -ErrorVariable v|%{@{id=$_.Id;time=$_.TimeCreated.ToUniversalTime();message=$_.Message;data=@($_.Properties|%{[string]$_.Value})}});foreach($e in $v){Fail 'events' $e}}catch{Fail 'events' $_}
 # GUESS (EEMS log layout unconfirmed): the newest *.log files by write time hold the newest lines. Get-Content -Tail
 # reads whole lines backward from the end (BOM-detected encoding, the file opened for shared write); the newest
 # file is listed even with no budget left, its write time being evidence of activity (a lower bound: Microsoft

@@ -47,6 +47,7 @@ SERVERS = [
      "log_last_write": "at_open"},
     {"name": "NONFETCH", "build": SE, "non_fetch_errors": True},
     {"name": "BADEVENT", "build": SE, "unreadable_event": True, "success_events": True, "log_file": "absent"},
+    {"name": "NULLTEXT", "build": "15.2.1544.36", "unreadable_event": "null_message", "log_file": "absent"},
     {"name": "PROXY407", "build": SE, "winhttp_proxy": {"proxy": "proxy.contoso.com:8080", "answers": 407}},
     {"name": "FAILING", "build": "15.2.1544.36"},
     {"name": "EP-TIMEOUT", "build": SE, "endpoint_failure": "timeout"},
@@ -175,6 +176,15 @@ def test_an_unformattable_event_keeps_the_others(metrics):
     assert value(metrics, "exchange_eems_last_success_timestamp_seconds", server="BADEVENT") is not None
 
 
+def test_a_1008_without_text_is_read_by_its_insertion_strings(metrics):
+    """R6: FormatDescription returns null for a missing message file or locale, with no error; the event's
+    insertion strings still say it failed to fetch mitigations."""
+    assert value(metrics, "exchange_eems_failing", server="NULLTEXT") == 1
+    assert value(metrics, "exchange_eems_last_error_info", server="NULLTEXT", reason="unknown_issuer") == 1
+    assert value(metrics, "exchange_eems_fetch_errors", server="NULLTEXT", reason="unknown_issuer") >= 20
+    assert value(metrics, "exchange_eems_other_errors", server="NULLTEXT") == 0
+
+
 def test_non_fetch_1008_is_counted_apart(metrics):
     """7: 1008 is logged for any error; only fetch errors are failed checks."""
     assert value(metrics, "exchange_eems_other_errors", server="NONFETCH") >= 3
@@ -228,6 +238,10 @@ KNOBS = {
                                               "log_last_write": "at_open"}, set(), LOG_ONLY),
     "log_other_file": ({"log_other_file": True}, set(), LOG_ONLY),
     "build_source: empty": ({"build_source": "empty"}, set(), {}),
+    # the events are the only witness of the failing twin: no log folder
+    "unreadable_event: null_message": ({"unreadable_event": "null_message", "success_events": True}, set(),
+                                       {"log_file": "absent"}),
+    "unreadable_event: true": ({"unreadable_event": True, "success_events": True}, set(), {"log_file": "absent"}),
 }
 
 

@@ -321,6 +321,15 @@ def test_a_log_problem_not_about_fetching_is_counted_apart(catalog):
     assert (eems.last_error, eems.last_error_reason, eems.log_other_errors) == (at(0, 4), "untrusted_endpoint", 5)
 
 
+def test_a_1008_without_a_message_is_read_by_its_insertion_strings(catalog):
+    """R6: Get-WinEvent sets Message to null, with no error, when the text cannot be formatted."""
+    detail = JUNE_2026_1008
+    events = [RawEvent(1008, at(0.5), "", (detail,)), RawEvent(1008, at(1.5), "", (detail,))]
+    eems = interpret(facts(events), catalog).eems
+    assert (eems.failing, eems.last_error_reason, eems.fetch_errors["unknown_issuer"], eems.other_errors) == (
+        True, "unknown_issuer", 2, 0)
+
+
 def test_failing_needs_the_two_newest_checks_to_fail(catalog):
     clean = [stamp(at(3, -30), FETCH_LINE), stamp(at(3, -31), DONE_LINE)]
     once = [stamp(at(2), FETCH_LINE), stamp(at(2, -1), UNTRUSTED_LINE)]
