@@ -95,6 +95,7 @@ def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, look
         eems=eems,
         endpoints=tuple(_endpoint(e) for e in facts.endpoints if e.name in ENDPOINTS),
         collection_errors=_unique(failures),
+        stage_seconds=facts.stage_seconds,
     )
 
 

@@ -86,6 +86,7 @@ class RawServerFacts:
     endpoints: tuple[RawEndpoint, ...]  # empty when the optional check is off
     errors: tuple[RawError, ...]
     utc_offset_minutes: int | None = None  # the server's local time minus UTC, now (culture log times may be local)
+    stage_seconds: tuple[tuple[str, float], ...] = ()  # (stage, seconds) the script measured (Measure-Command)
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,7 @@ class ServerState:
     eems: EemsHistory
     endpoints: tuple[EndpointState, ...]  # empty when the optional check is off
     collection_errors: tuple[PartialFailure, ...]
+    stage_seconds: tuple[tuple[str, float], ...] = ()  # the collection script's own time per stage on the server
 
 
 # ---------------------------------------------------------------- poll results (collectors.py, poller.py)

@@ -410,6 +410,29 @@ def _culture(value, notes: _Notes) -> RawCulture | None:
     return RawCulture(texts["name"], texts["ui"], texts["date"][:40], texts["time"][:40], texts["am"][:20], texts["pm"][:20])
 
 
+SCRIPT_STAGES = ("build", "service", "events", "log", "endpoint")
+
+
+def _stages(value, notes: _Notes) -> tuple[tuple[str, float], ...]:
+    """The script's Measure-Command seconds per stage; only the known stages (they become label values), each a
+    finite number from 0 to a day."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        notes.wrong("stages", "an object")
+        return ()
+    found = []
+    for stage in SCRIPT_STAGES:
+        seconds = value.get(stage)
+        if seconds is None:
+            continue
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 86400:
+            notes.wrong(f"stages.{stage}", "seconds")
+            continue
+        found.append((stage, float(seconds)))
+    return tuple(found)
+
+
 def _utc_offset(minutes: int | None, notes: _Notes) -> int | None:
     """UTC offsets run from -12:00 to +14:00."""
     if minutes is not None and not -12 * 60 <= minutes <= 14 * 60:
@@ -496,6 +519,7 @@ def parse_server_output(stdout: bytes, *, max_events: int = 200, max_log_bytes: 
         logs=_logs(doc.get("logs"), notes, max_log_bytes),
         endpoints=_endpoints(doc.get("endpoints"), notes),
         utc_offset_minutes=_utc_offset(notes.integer(doc, "utc_offset_minutes", "utc_offset_minutes"), notes),
+        stage_seconds=_stages(doc.get("stages"), notes),
     )
     parse_errors = [RawError("parse", "", "", "", _clip(item)) for item in notes.items]
     return RawServerFacts(**facts, errors=tuple((*script_errors, *parse_errors)[:MAX_ERRORS]))

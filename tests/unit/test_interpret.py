@@ -172,7 +172,7 @@ def test_no_events_in_any_language_is_not_a_failure(catalog, message):
 
 
 def test_edge_and_pre_eems_builds_have_no_events_and_no_log_folder_without_failures(catalog):
-    absent = (error("service_key", "PathNotFound,Microsoft.PowerShell.Commands.GetItemCommand"),
+    absent = (error("service_key", "PathNotFound,Microsoft.PowerShell.Commands.GetItemPropertyCommand"),
               error("service", "NoServiceFoundForGivenName,Microsoft.PowerShell.Commands.GetServiceCommand"),
               error("events", f"NoMatchingEventsFound,{GETWINEVENT}"))
     no_service = dict(service_queried=False, service_key_start=None, service_status=None, service_start_type=None,
