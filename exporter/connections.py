@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 from .config import Config, ModuleConfig
 from .model import CollectorOutcome
-from .targets import Target, Targets
+from .runtime import Target, Targets
 from .winrm import PollFailure, ServerConnection
 
 log = logging.getLogger(__name__)

@@ -16,12 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .collectors import collect_organization, collect_server, failed, interpret_output, run_script, server_script
-from .model import OrganizationResult, RawServerFacts, ServerResult, ServerState
-from .runtime import Runtime, SafeRuntime
-from .schedule import Cadence, Schedule, offset
 from .connections import Connections
+from .model import OrganizationResult, RawServerFacts, ServerResult, ServerState
+from .runtime import Runtime, SafeRuntime, Target
+from .schedule import Cadence, Schedule, offset
 from .store import Store
-from .targets import Target
 from .winrm import PollFailure
 
 
