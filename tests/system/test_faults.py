@@ -17,7 +17,7 @@ from exporter.exporter import Exporter
 from exporter.http_server import serve
 from simulator.host import Faults
 
-from ..conftest import SimulatedFleet, poll_all, relocate
+from ..conftest import SimulatedFleet, poll_all, relocate, wait_until
 
 SE = "15.2.2562.53"
 SCENARIO = {
@@ -92,9 +92,11 @@ def test_fault_is_contained_and_recovers(rig, kind):
     _set_fault(fleet, protocol, output)
     try:
         # poll the victim in the background while /metrics is scraped: scrapes must not wait for polls
+        requests = fleet.fleet.request_count("VICTIM")
         poll = threading.Thread(target=exporter.poller.poll_server, args=("VICTIM",))
         poll.start()
-        time.sleep(0.3)
+        wait_until(lambda: fleet.fleet.request_count("VICTIM") > requests or not poll.is_alive(), 10,
+                   "the victim's poll to reach it")
         _, seconds = _metric_text(url)
         assert seconds < 1.0, f"/metrics took {seconds:.2f}s while a poll was running"
         poll.join(timeout=60)
