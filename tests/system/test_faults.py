@@ -37,6 +37,7 @@ MATRIX = {
     "unauthorized": ({"unauthorized": True}, {}, {"auth_failed"}),
     "access_denied_fault": ({"fault_code": 5}, {}, {"access_denied"}),
     "quota_fault": ({"fault_code": 2150859173}, {}, {"quota_exceeded"}),
+    "remote_shell_disabled": ({"fault_code": 2150859180}, {}, {"remote_shell_disabled"}),
     "other_fault": ({"fault_code": 2150858817}, {}, {"wsman_fault"}),
     "slow_responses": ({"latency_seconds": 2.0}, {}, {"timeout", "deadline_exceeded"}),
     "garbage_output": ({}, {"garbage_output": True}, {"bad_output"}),
