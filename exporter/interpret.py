@@ -126,7 +126,10 @@ def _service_installed(facts: RawServerFacts) -> bool | None:
 
 
 def error_reason(error: RawError) -> str:
-    """access_denied | not_found | other, from the invariant parts of an error record (never its text)."""
+    """access_denied | not_found | constrained_language | other, from the invariant parts of an error record
+    (never its text)."""
+    if error.id == "ConstrainedLanguage":  # the script's own record: the endpoint check needs FullLanguage
+        return "constrained_language"
     if error.category == "PermissionDenied" or error.type in ACCESS_DENIED_TYPES or "UnauthorizedAccess" in error.id:
         return "access_denied"
     if error.category == "ObjectNotFound" or error.id.startswith(("PathNotFound", "NoMatching", "NoServiceFound")):

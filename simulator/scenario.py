@@ -49,7 +49,7 @@ _SERVER_KEYS = (
     "data_collection_enabled", "internet_web_proxy", "eems_failure", "endpoint_status", "log_file", "events",
     "success_events", "build_source", "output_style", "faults", "output_faults", "locale", "account", "unreadable",
     "unreadable_event", "winhttp_proxy", "endpoint_failure", "non_fetch_errors", "log_other_errors", "log_rotation", "log_encoding", "log_time", "log_header",
-    "log_time_zone", "log_last_write", "log_other_file", "application_log_events",
+    "log_time_zone", "log_last_write", "log_other_file", "application_log_events", "language_mode",
     *_HOST_KEYS,
 )
 
@@ -357,6 +357,7 @@ def _server(raw: Any, key: str, defaults: dict[str, Any], domain: str, anchor: d
         locale=locale,
         utc_offset=zone,
         log_other_file=_bool(s.get("log_other_file", False), f"{key}.log_other_file"),
+        language_mode=_choice(s.get("language_mode", "full"), f"{key}.language_mode", ("full", "constrained")),
         application_log_events=_int(s["application_log_events"], f"{key}.application_log_events", 0, 100_000_000)
         if "application_log_events" in s else None,
         denied=denied,

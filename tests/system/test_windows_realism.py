@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 import urllib.parse
 import urllib.request
 from contextlib import ExitStack
@@ -23,6 +24,7 @@ from exporter.catalog import Catalog
 from exporter.exporter import Exporter
 from exporter.http_server import serve
 from exporter.scripts import ServerScriptParameters, powershell_command, server_script
+from exporter.collectors import script_failure
 from simulator.scenario import scenario_from_dict
 
 from ..conftest import SimulatedFleet, free_port, poll_all, relocate, samples
@@ -45,6 +47,7 @@ SERVERS = [
     {"name": "CULTURE-EAST", "build": SE, "locale": "de-DE", "log_time": "culture", "log_time_zone": "+01:00"},
     {"name": "EMPTY-BUILD", "build": SE, "build_source": "empty"},
     {"name": "BIGLOG", "build": SE, "application_log_events": 3_000_000},
+    {"name": "CLM", "build": SE, "language_mode": "constrained"},
     {"name": "CULTURE-WEST", "build": SE, "log_time": "culture", "log_time_zone": "-05:00", "log_rotation": "daily",
      "log_last_write": "at_open"},
     {"name": "NONFETCH", "build": SE, "non_fetch_errors": True},
@@ -118,6 +121,35 @@ def test_the_event_query_costs_the_window_not_the_log():
         return out.runtime_seconds
 
     assert seconds(5_000_000) - seconds(20_000) < 1.0
+
+
+BEFORE_ISSUE_17 = Path(__file__).resolve().parents[1] / "fixtures" / "collect_server_before_issue_17.ps1"
+
+
+@pytest.mark.parametrize("locale", ["en-US", "de-DE"])
+def test_constrained_language_refuses_the_old_script_with_a_reason_of_its_own(locale):
+    """R9: under AppLocker/WDAC the script before issue 17 died inside its own error handler; the exporter names
+    that `constrained_language` (R14: the German text arrives in code page 437, umlauts intact)."""
+    scenario = scenario_from_dict({"credentials": [{"username": "u", "password": "p"}],
+                                   "servers": [{"name": "EN", "address": "127.0.0.1", "build": SE, "locale": locale,
+                                                "language_mode": "constrained"}]})
+    params = ServerScriptParameters(24, 200, 65536, True, 10, "")
+    old = server_script(params).split("\n")[:2] + BEFORE_ISSUE_17.read_text().splitlines()
+    out = scenario.hosts[0].run(powershell_command("\n".join(old)).line)
+    failure = script_failure(out.exit_code, out.stderr)
+    assert out.exit_code == 1 and failure.reason == "constrained_language"
+    assert "MethodInvocationNotSupportedInConstrainedLanguage" in str(failure)
+    if locale == "de-DE":
+        assert "Die Methode kann nicht aufgerufen werden" in str(failure) and "\ufffd" not in str(failure)
+    now = scenario.hosts[0].run(powershell_command(server_script(params)).line)
+    assert now.exit_code == 0, now.stderr
+
+
+def test_constrained_language_runs_all_but_the_endpoint_check(metrics):
+    assert value(metrics, "exchange_up", server="CLM") == 1
+    assert partial_failures(metrics, "CLM") == {("endpoint", "constrained_language")}
+    assert value(metrics, "exchange_eems_last_success_timestamp_seconds", server="CLM") is not None
+    assert not any(name == "exchange_eems_endpoint_reachable" and dict(labels)["server"] == "CLM" for name, labels in metrics)
 
 
 def test_the_script_times_its_stages(metrics):
@@ -269,6 +301,7 @@ KNOBS = {
     "unreadable_event: true": ({"unreadable_event": True, "success_events": True}, set(), {"log_file": "absent"}),
     # three million records: about 90 s for a query that reads them all, beyond the poll's timeout
     "application_log_events": ({"application_log_events": 3_000_000}, set(), {}),
+    "language_mode: constrained": ({"language_mode": "constrained"}, set(), {}),
 }
 
 
