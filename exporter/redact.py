@@ -8,6 +8,11 @@ ConvertTo-Json, which also escapes ' < > &), HTML-escaped, and any of those esca
 inside a script's JSON output); with NULs between the characters (UTF-16 text read as bytes); and as base64
 of the secret alone (at any alignment inside longer base64) and its NT hash (MD4 of its UTF-16LE: what
 NTLM needs instead of the password).
+
+Authentication tokens are secrets of their own kind: an NTLM CHALLENGE and AUTHENTICATE pair is what offline
+password guessing needs, and a Kerberos or CredSSP token can be replayed. Libraries that see them log them at
+DEBUG (pyspnego logs every NTLM message it reads or writes), so those libraries' loggers are held at INFO or
+above whatever the root level (`TOKEN_LOGGERS`), and any record from any logger has token shapes masked.
 """
 
 from __future__ import annotations
@@ -23,6 +28,16 @@ import threading
 MASK = "<redacted>"
 MIN_INNER_BASE64 = 8  # a shorter middle piece of base64 could be anything: only whole encodings are matched then
 _UTF16_GAP = r"(?:\x00|\\{1,3}u0000)?"  # between the characters of UTF-16 text read as bytes (raw, or JSON-escaped)
+# Loggers (and everything below them) of the libraries that handle authentication tokens or the headers that
+# carry them: NTLM, Kerberos/GSSAPI, CredSSP, HTTP, WinRM and PowerShell remoting.
+TOKEN_LOGGERS = ("spnego", "requests_ntlm", "ntlm_auth", "gssapi", "krb5", "requests_gssapi", "requests_kerberos",
+                 "requests_credssp", "urllib3", "requests", "winrm", "pypsrp", "psrpcore")
+# Token shapes, wherever a record comes from: an NTLM message (NTLMSSP\0) in base64, hex or a bytes repr, and
+# the credential of an Authorization / WWW-Authenticate value (the scheme name is kept, to show what it was).
+_TOKENS = (r"TlRMTVNTUA[A-Za-z0-9+/]*={0,2}", r"(?i:4e544c4d53535000[0-9a-f]*)", r"NTLMSSP(?:\x00|\\x00)\S*",
+           r"(?<=Negotiate )[A-Za-z0-9+/]{16,}={0,2}", r"(?<=NTLM )[A-Za-z0-9+/]{16,}={0,2}",
+           r"(?<=Kerberos )[A-Za-z0-9+/]{16,}={0,2}", r"(?<=CredSSP )[A-Za-z0-9+/]{16,}={0,2}",
+           r"(?<=Basic )[A-Za-z0-9+/]{16,}={0,2}", r"(?<=Bearer )[A-Za-z0-9+/._~-]{16,}={0,2}")
 
 
 class Redactor(logging.Filter):
@@ -38,28 +53,42 @@ class Redactor(logging.Filter):
             known = set(self._secrets) | {s for s in secrets if s}
             self._secrets = tuple(sorted(known, key=len, reverse=True))  # a secret inside a longer one: longer first
             forms = [f for secret in self._secrets for f in (_spelled(secret), *_encoded(secret))]
-            self._pattern = re.compile("|".join(forms)) if forms else None
+            self._pattern = re.compile("|".join((*forms, *_TOKENS)))
 
     def scrub(self, text: str) -> str:
-        pattern = self._pattern
-        return text if pattern is None else pattern.sub(MASK, text)
+        return self._pattern.sub(MASK, text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._pattern is None:
-            return True
-        message = self.scrub(record.getMessage())
+        original = record.getMessage()
+        message = self.scrub(original)
         if record.exc_info:
             formatter = logging.Formatter()
             message = message + "\n" + self.scrub(formatter.formatException(record.exc_info))
             record.exc_info = None
             record.exc_text = None
+        elif message == original:
+            return True
         record.msg, record.args = message, None
         return True
 
     def install(self) -> None:
-        """Attach to every handler of the root logger, so records from all libraries pass through it."""
-        for handler in logging.getLogger().handlers:
+        """Attach to every handler of the root logger, so records from all libraries pass through it; and hold the
+        loggers of libraries that see authentication tokens at INFO or above, whatever the root level."""
+        root = logging.getLogger()
+        for handler in root.handlers:
             handler.addFilter(self)
+            handler.addFilter(quiet_token_loggers)
+        for name in TOKEN_LOGGERS:
+            logging.getLogger(name).setLevel(max(logging.INFO, root.getEffectiveLevel()))
+
+
+def quiet_token_loggers(record: logging.LogRecord) -> bool:
+    """Records below INFO from a token library are dropped, even if it (or anything) set its logger to DEBUG later:
+    the handler decides, not only the logger's level."""
+    if record.levelno >= logging.INFO:
+        return True
+    name = record.name
+    return not any(name == library or name.startswith(library + ".") for library in TOKEN_LOGGERS)
 
 
 # ---------------------------------------------------------------- the forms of a secret

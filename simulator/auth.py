@@ -110,6 +110,7 @@ class AuthResult:
     principal: str | None = None
     challenge: str | None = None  # WWW-Authenticate value with the next token (SPNEGO: also the final one)
     close: bool = False  # credentials rejected: 401 with Connection: close
+    mechanism: str | None = None  # how `principal` authenticated: basic | ntlm | kerberos | certificate
 
 
 class ConnectionAuth:
@@ -130,6 +131,7 @@ class ConnectionAuth:
         self._context: spnego.ContextProxy | None = None
         self._session = None  # the completed NTLM or Kerberos context of this connection
         self.principal: str | None = None  # who this connection authenticated as (NTLM or Kerberos)
+        self._mechanism: str | None = None  # how: ntlm | kerberos
         self.delegated = False  # Kerberos: the client forwarded its TGT to this connection's logon
 
     @property
@@ -141,13 +143,13 @@ class ConnectionAuth:
         """Judge one request's Authorization header. `deny` makes even valid credentials fail (fault injection)."""
         if not authorization:
             if self.principal and not deny:
-                return AuthResult(principal=self.principal)
+                return AuthResult(principal=self.principal, mechanism=self._mechanism)
             return AuthResult()
         scheme, _, value = authorization.strip().partition(" ")
         scheme = scheme.lower()
         if scheme == "basic" and self._allow_basic:
             principal = self._check_basic(value.strip())
-            return AuthResult(principal=principal) if principal and not deny else AuthResult(close=True)
+            return AuthResult(principal=principal, mechanism="basic") if principal and not deny else AuthResult(close=True)
         if scheme in ("negotiate", "kerberos", "ntlm"):
             try:
                 token = base64.b64decode(value.strip(), validate=True)
@@ -161,7 +163,7 @@ class ConnectionAuth:
         if authorization.strip() == CERTIFICATE_AUTH:
             user = self._certificate_user
             known = user is not None and user.lower() in self._credentials
-            return AuthResult(principal=user) if known and not deny else AuthResult(close=True)
+            return AuthResult(principal=user, mechanism="certificate") if known and not deny else AuthResult(close=True)
         return AuthResult(close=True)
 
     def _check_basic(self, value: str) -> str | None:
@@ -194,8 +196,9 @@ class ConnectionAuth:
         if deny or account is None or (self._strict_channel_binding and self._channel_bindings and not accepted.channel_bound):
             return AuthResult(close=True)
         self.principal, self._session, self.delegated = account, context, accepted.delegated
+        self._mechanism = "kerberos"
         final = f"{header_scheme} {base64.b64encode(accepted.output_token).decode()}" if accepted.output_token else None
-        return AuthResult(principal=account, challenge=final)
+        return AuthResult(principal=account, challenge=final, mechanism="kerberos")
 
     def _step_ntlm(self, scheme: str, token: bytes, deny: bool) -> AuthResult:
         if self._context is None or token.startswith(_NTLM_TYPE1) or self.principal:
@@ -213,9 +216,9 @@ class ConnectionAuth:
         if deny or principal.lower() not in self._credentials:
             self._context = None
             return AuthResult(close=True)
-        self.principal, self._session = principal, self._context
+        self.principal, self._session, self._mechanism = principal, self._context, "ntlm"
         final = f"{header_scheme} {base64.b64encode(out).decode()}" if out else None
-        return AuthResult(principal=principal, challenge=final)
+        return AuthResult(principal=principal, challenge=final, mechanism=self._mechanism)
 
 
 class EncryptionError(ValueError):

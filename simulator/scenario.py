@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from . import eems
+from . import eems, remoting
 from .host import Faults, SimulatedHost
 from .windows import (
     ACCOUNTS,
@@ -42,7 +42,7 @@ DEFAULT_PORTS = {"http": 5985, "https": 5986}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,14}")  # a NetBIOS computer name
 _RELATIVE = re.compile(r"-(\d+(?:\.\d+)?)([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-_TOP_KEYS = ("clock", "credentials", "tls_dir", "defaults", "organization", "servers", "generate")
+_TOP_KEYS = ("clock", "credentials", "tls_dir", "defaults", "organization", "servers", "generate", "remoting")
 _HOST_KEYS = ("scheme", "port", "max_shells_per_user", "idle_timeout", "auth", "cbt_hardening")
 AUTH_METHODS = ("ntlm", "kerberos")  # the Negotiate packages a host takes
 _SERVER_KEYS = (
@@ -140,23 +140,64 @@ def scenario_from_dict(data: Any, base_dir: Path = Path(".")) -> Scenario:
         server=answering,
         double_hop=_bool(org.get("double_hop", False), "organization.double_hop"),
     )
-    hosts = [
-        SimulatedHost(
+    remote = _remoting(top.get("remoting", {}), {s.name.lower() for s in states})
+    hosts = []
+    for state, settings in zip(states, host_settings):
+        windows = WindowsHost(state, organization, states, clock)
+        hosts.append(SimulatedHost(
             name=state.name,
             address=settings["address"],
             port=settings["port"],
             scheme=settings["scheme"],
-            run=WindowsHost(state, organization, states, clock),
+            run=windows,
             faults=settings["faults"],
             max_shells_per_user=settings["max_shells_per_user"],
             idle_timeout_seconds=settings["idle_timeout"],
+            endpoints=remoting.Endpoints(windows, remote),
+            winrs=remote.winrs,
             fqdn=state.fqdn,
             auth=settings["auth"],
             cbt_hardening=settings["cbt_hardening"],
-        )
-        for state, settings in zip(states, host_settings)
-    ]
+        ))
     return Scenario(hosts, states, credentials, tls, organization, clock)
+
+
+def _remoting(raw: Any, names: set[str]) -> remoting.Settings:
+    """The `remoting` section: the PowerShell endpoints the servers serve over PSRP (docs/simulator.md)."""
+    top = _mapping(raw, "remoting", ("winrs", "jea", "exchange"))
+    jea = _mapping(top.get("jea", {}), "remoting.jea", ("configuration", "version", "function_body_file", "outdated",
+                                                        "absent"))
+    exchange = _mapping(top.get("exchange", {}), "remoting.exchange", ("rbac_denied", "kerberos_only"))
+
+    def servers(key: str, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ScenarioError(key, f"expected a list of server names, got {_kind(value)}")
+        unknown = [v for v in value if v.lower() not in names]
+        if unknown:
+            raise ScenarioError(key, f"{', '.join(unknown)}: not one of the scenario's servers")
+        return tuple(v.upper() for v in value)
+
+    denied = exchange.get("rbac_denied", [])
+    if not isinstance(denied, list) or any(d not in remoting.EXCHANGE_CMDLETS for d in denied):
+        raise ScenarioError("remoting.exchange.rbac_denied",
+                            f"expected a list of: {', '.join(remoting.EXCHANGE_CMDLETS)}; got {_kind(denied)}")
+    settings = remoting.Settings(
+        jea_configuration=_string(jea.get("configuration", remoting.JEA_CONFIGURATION), "remoting.jea.configuration"),
+        jea_outdated=servers("remoting.jea.outdated", jea.get("outdated", [])),
+        jea_absent=servers("remoting.jea.absent", jea.get("absent", [])),
+        rbac_denied=tuple(denied),
+        exchange_kerberos_only=_bool(exchange.get("kerberos_only", False), "remoting.exchange.kerberos_only"),
+        winrs=_bool(top.get("winrs", True), "remoting.winrs"),
+    )
+    if "version" in jea:
+        settings.jea_version = _string(jea["version"], "remoting.jea.version")
+    if "function_body_file" in jea:
+        path = Path(_string(jea["function_body_file"], "remoting.jea.function_body_file"))
+        try:
+            settings.jea_body = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ScenarioError("remoting.jea.function_body_file", f"cannot read {path}: {exc.strerror or exc}") from None
+    return settings
 
 
 # ---------------------------------------------------------------- sections

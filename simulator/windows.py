@@ -355,6 +355,12 @@ class WindowsHost:
                 "Active directory response: The LDAP server is unavailable."
             )
             return {"schema": 1, "organization": None, "servers": [], "error": {"stage": "organization", "message": message}}
+        servers = [entry for _, entry in self.organization_servers()]
+        return {"schema": 1, "organization": {"mitigations_enabled": org.mitigations_enabled}, "servers": servers, "error": None}
+
+    def organization_servers(self) -> list[tuple[WindowsServer, dict[str, Any]]]:
+        """Each server as Get-ExchangeServer reports it, in the organization script's JSON shape (dates as PsDate).
+        Exchange's own remote PowerShell endpoint reads the same facts (remoting.py)."""
         now = self.clock.now()
         servers = []
         for s in self.fleet:
@@ -374,8 +380,8 @@ class WindowsHost:
                 entry["mitigations_applied_time"] = self._date(applied_time) if applied_time else None
             entry["data_collection_enabled"] = s.data_collection_enabled
             entry["internet_web_proxy"] = s.internet_web_proxy or ""  # [string]$null
-            servers.append(entry)
-        return {"schema": 1, "organization": {"mitigations_enabled": org.mitigations_enabled}, "servers": servers, "error": None}
+            servers.append((s, entry))
+        return servers
 
     def _date(self, t: datetime) -> Any:
         return PsDate(t, self.server.date_style)

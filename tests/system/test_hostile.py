@@ -36,6 +36,7 @@ from exporter.redact import Redactor
 
 from ..conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, relocate, samples
 from .hostile_server import HostileServer, Output
+from .test_secrets import Exporter as ExporterProcess
 
 HEALTHY = {"servers": [{"name": "HEALTHY1", "address": "127.0.0.1", "build": "15.2.2562.53"},
                        {"name": "HEALTHY2", "address": "127.0.0.1", "build": "15.2.1544.36"}]}
@@ -412,3 +413,52 @@ def test_diagnose_removes_the_password_in_every_form(tmp_path, redact_names):
     assert_password_absent(report, LEAKY_PASSWORD)
     assert_password_absent(log, LEAKY_PASSWORD)
     assert report.count("<redacted>") >= 10, report.count("<redacted>")  # the forms were found, not merely cut off
+
+
+# ---------------------------------------------------------------- round 2 (issue 22), finding 13: authentication tokens in the debug log
+
+# What an NTLM message looks like in a log: base64 (the Authorization header, pyspnego's "step" lines), hex, or
+# Python's repr of the bytes; and an Authorization or WWW-Authenticate value of any scheme.
+TOKEN_SHAPES = {
+    "NTLM message, base64": re.compile(r"TlRMTVNTUA"),
+    "NTLM message, hex": re.compile(r"4e544c4d53535000", re.IGNORECASE),
+    "NTLM message, bytes": re.compile(r"NTLMSSP(?:\x00|\\x00)"),
+    "authentication header value": re.compile(r"\b(?:Negotiate|NTLM|Kerberos|CredSSP|Basic)\s+[A-Za-z0-9+/]{20,}"),
+}
+
+
+def _tokens_in(text: str) -> list[str]:
+    return [f"{name}: ...{text[max(0, m.start() - 80):m.end() + 20]!r}" for name, shape in TOKEN_SHAPES.items()
+            for m in shape.finditer(text)][:5]
+
+
+def test_the_token_search_finds_what_libraries_log():
+    for line in ("spnego._ntlm NTLM step output: TlRMTVNTUAADAAAAGAAYAEgAAAA=",
+                 "send: b'POST /wsman HTTP/1.1\\r\\nAuthorization: Negotiate oXcwdaADCgEBoloEWE5UTE1TU1A='",
+                 "reply: b'NTLMSSP\\x00\\x02\\x00'", "token 4E544C4D5353500002000000"):
+        assert _tokens_in(line), line
+    assert not _tokens_in("ts=1 level=DEBUG logger=exporter.poller msg=poll of EX01 took 0.2 s (NTLM over http)")
+
+
+def test_no_authentication_token_reaches_the_debug_log(tmp_path):
+    """`run --log.level debug` polling servers over NTLM (http and https): libraries that see tokens (pyspnego,
+    requests_ntlm, urllib3, pywinrm, pypsrp, gssapi) log nothing below INFO, and no token reaches the log from
+    any logger, while the exporter's own debug records are still written."""
+    scenario = relocate({"servers": [{"name": "EX-TOKENS-HTTP", "address": "127.0.0.1", "build": "15.2.2562.53"},
+                                     {"name": "EX-TOKENS-TLS", "address": "127.0.0.1", "build": "15.2.2562.53",
+                                      "scheme": "https"}]})
+    with SimulatedFleet(scenario) as fleet:
+        config_file = tmp_path / "config.yml"
+        config_file.write_text(fleet.config_text(interval="10s", timeout="5s"))
+        exporter = ExporterProcess(config_file, tmp_path)
+        try:
+            exporter.start()
+            exporter.wait_ready()  # every server polled once: two NTLM handshakes
+            status, _ = exporter.request("GET", "/metrics")
+        finally:
+            exporter.stop()
+    log = exporter.log()
+    assert status == 200 and "level=DEBUG logger=exporter.http_server" in log, log[-3000:]  # debug is on
+    assert not _tokens_in(log), _tokens_in(log)
+    library_debug = re.findall(r"level=DEBUG logger=(spnego|requests_ntlm|urllib3|winrm|pypsrp|gssapi)\S*", log)
+    assert not library_debug, sorted(set(library_debug))

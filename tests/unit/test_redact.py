@@ -12,7 +12,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from exporter.redact import MASK, Redactor, md4, nt_hash
+from exporter.redact import MASK, TOKEN_LOGGERS, Redactor, md4, nt_hash, quiet_token_loggers
 
 from ..conftest import PASSWORD
 
@@ -30,6 +30,24 @@ def root_output():
     yield stream
     root.removeHandler(handler)
     root.setLevel(previous)
+
+
+@pytest.fixture
+def install(root_output):
+    """Install a Redactor as the CLI does; afterwards take its filters off the root handlers and reset the levels."""
+    installed = []
+
+    def install_one(redactor: Redactor) -> None:
+        installed.append(redactor)
+        redactor.install()
+
+    yield install_one
+    for handler in logging.getLogger().handlers:
+        for redactor in installed:
+            handler.removeFilter(redactor)
+        handler.removeFilter(quiet_token_loggers)
+    for name in (*TOKEN_LOGGERS, "pypsrp.negotiate"):
+        logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 def test_every_occurrence_of_every_secret_is_masked():
@@ -53,28 +71,18 @@ def test_without_secrets_records_pass_unchanged():
     assert Redactor().filter(record) and (record.msg, record.args) == ("value %s", ("a",))
 
 
-def test_installed_filter_scrubs_arguments_from_any_library(root_output):
-    redactor = Redactor([PASSWORD])
-    redactor.install()
-    try:
-        logging.getLogger("urllib3.connectionpool").warning("POST %s failed: %r", "/wsman", {"password": PASSWORD})
-    finally:
-        for handler in logging.getLogger().handlers:
-            handler.removeFilter(redactor)
+def test_installed_filter_scrubs_arguments_from_any_library(root_output, install):
+    install(Redactor([PASSWORD]))
+    logging.getLogger("urllib3.connectionpool").warning("POST %s failed: %r", "/wsman", {"password": PASSWORD})
     assert root_output.getvalue() == f"WARNING POST /wsman failed: {{'password': '{MASK}'}}\n"
 
 
-def test_installed_filter_scrubs_exception_text(root_output):
-    redactor = Redactor([PASSWORD])
-    redactor.install()
+def test_installed_filter_scrubs_exception_text(root_output, install):
+    install(Redactor([PASSWORD]))
     try:
-        try:
-            raise ValueError(f"bad credential {PASSWORD}")
-        except ValueError:
-            logging.getLogger("winrm").exception("poll failed")
-    finally:
-        for handler in logging.getLogger().handlers:
-            handler.removeFilter(redactor)
+        raise ValueError(f"bad credential {PASSWORD}")
+    except ValueError:
+        logging.getLogger("winrm").exception("poll failed")
     output = root_output.getvalue()
     assert PASSWORD not in output
     assert output.startswith("ERROR poll failed\nTraceback") and f"ValueError: bad credential {MASK}" in output
@@ -120,3 +128,39 @@ def test_every_form_of_a_secret_is_masked(form):
 def test_near_misses_are_kept():
     text = "p\"w\\<&'>a-9 " + quote("p\"w\\<&'>", safe="") + " " + nt_hash("other").hex()
     assert Redactor([SECRET]).scrub(text) == text
+
+
+# ---------------------------------------------------------------- authentication tokens (issue 22, finding 13)
+
+CHALLENGE = "TlRMTVNTUAACAAAABAAEADgAAAA1goriKnEZeYKmRjoAAAAAAAAAADoAOgA8AAAAAAwEAAAAAA9WAE0AAQAEAFYATQA="
+
+
+@pytest.mark.parametrize("text, expected", [
+    (f"NTLM step input: {CHALLENGE}", f"NTLM step input: {MASK}"),
+    (f"Authorization: Negotiate {CHALLENGE[:40]}", f"Authorization: Negotiate {MASK}"),
+    ("WWW-Authenticate: Kerberos YIIBhwYJKoZIhvcSAQICAQBuggF2MIIBcqADAgEFoQMCAQ6iBwMFAC", f"WWW-Authenticate: Kerberos {MASK}"),
+    ("message b'NTLMSSP\\x00\\x03\\x00\\x00' sent", f"message b'{MASK} sent"),
+    ("raw 4E544C4D5353500003000000180018 end", f"raw {MASK} end"),
+    ("Negotiate authentication over http", "Negotiate authentication over http"),  # a scheme name alone stays
+])
+def test_token_shapes_are_masked_without_any_secret_configured(text, expected):
+    assert Redactor().scrub(text) == expected
+
+
+def test_token_libraries_log_nothing_below_info_whatever_the_root_level(root_output, install):
+    logging.getLogger().setLevel(logging.DEBUG)
+    install(Redactor())
+    logging.getLogger("spnego._ntlm").debug("NTLM step output: %s", "AAAA")
+    logging.getLogger("pypsrp.negotiate").setLevel(logging.DEBUG)  # a library that sets its own level later
+    logging.getLogger("pypsrp.negotiate").debug("new auth token")
+    logging.getLogger("urllib3.connectionpool").info("connection pool is full")
+    logging.getLogger("spnegoish").debug("not a token library")  # only the libraries and what is below them
+    logging.getLogger("exporter.poller").debug("poll of EX01 took 0.2 s")
+    assert root_output.getvalue().splitlines() == [
+        "INFO connection pool is full", "DEBUG not a token library", "DEBUG poll of EX01 took 0.2 s"]
+
+
+def test_a_quieter_root_level_is_kept_for_token_libraries(root_output, install):
+    logging.getLogger().setLevel(logging.WARNING)
+    install(Redactor())
+    assert logging.getLogger("spnego").getEffectiveLevel() == logging.WARNING
