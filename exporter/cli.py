@@ -201,18 +201,19 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog_update(args: argparse.Namespace) -> int:
-    from .catalog_update import display_source, validated_update, write_catalog_file
+    from .catalog_update import describe_origin, printable, validated_update, write_catalog_file
     from .catalog import today_utc
 
+    output = printable(str(args.output))
     try:
-        rows, _ = validated_update(args.source)
-        write_catalog_file(args.output, rows, args.source, today_utc())
+        rows, origin = validated_update(args.source)
+        write_catalog_file(args.output, rows, args.source, origin, today_utc())
     except CatalogError as err:
         raise _Fail(f"catalog not updated, nothing written: {err}") from None
     except OSError as err:
-        raise _Fail(f"catalog not updated: cannot write {args.output}: {err.strerror or err}") from None
-    print(f"{args.output}: {len(rows)} builds new or different from the packaged catalog, from "
-          f"{display_source(args.source)}. Set catalog_file: {args.output} in the configuration (if not yet) and "
+        raise _Fail(f"catalog not updated: cannot write {output}: {printable(err.strerror or str(err))}") from None
+    print(f"{output}: {len(rows)} builds new or different from the packaged catalog, from "
+          f"{describe_origin(args.source, origin)}. Set catalog_file: {output} in the configuration (if not yet) and "
           "reload the exporter (SIGHUP or POST /-/reload).")
     return 0
 
@@ -249,6 +250,22 @@ def cmd_rules(args: argparse.Namespace) -> int:
         args.output.write_text(text, encoding="utf-8")
     except OSError as err:
         raise _Fail(f"cannot write {args.output}: {err.strerror or err}") from None
+    return 0
+
+
+def cmd_windows_endpoint(args: argparse.Namespace) -> int:
+    from . import windows_endpoint
+
+    try:
+        endpoint = windows_endpoint.write(args.output, args.group)
+    except ValueError as err:
+        raise _Fail(str(err)) from None
+    except OSError as err:
+        raise _Fail(f"cannot write {args.output}: {err.strerror or err}") from None
+    for relative in endpoint.files:
+        print(args.output / relative)
+    print(f"Endpoint version {endpoint.version}. On each Exchange server, as an administrator, from a copy of "
+          f"{args.output}: .\\{windows_endpoint.INSTALL_SCRIPT}")
     return 0
 
 
@@ -354,6 +371,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --format prometheusrule: a label on the PrometheusRule itself, e.g. "
                             "release=kube-prometheus-stack for its ruleSelector (repeatable)")
     rules.set_defaults(func=cmd_rules)
+
+    endpoint = sub.add_parser(
+        "windows-endpoint", help="write the JEA endpoint (one read-only function) to install on each Exchange server",
+        description="Writes a PowerShell module with the role capability (its one function is the collection "
+                    "script WinRS sends), the session configuration (RestrictedRemoteServer, a virtual account, "
+                    "one group) and Install-ExchangeEemsEndpoint.ps1, which registers, updates or (-Remove) removes "
+                    "the endpoint and is safe to run again. Run it again after each upgrade and reinstall.")
+    endpoint.add_argument("--output", "-o", type=Path, required=True, help="folder to write into (created)")
+    endpoint.add_argument("--group", required=True, metavar="DOMAIN\\GROUP",
+                          help="the group whose members may connect (the monitoring account's group)")
+    endpoint.set_defaults(func=cmd_windows_endpoint)
 
     # Listed for --help only: main() hands `demo` and all its arguments to the simulator before parsing.
     sub.add_parser("demo", add_help=False, help="the demo, from the simulator: exchange-eems-simulator demo --help")

@@ -73,9 +73,9 @@ class Settings:
     """The scenario's `remoting` section: which endpoints exist and how they behave."""
 
     jea_configuration: str = JEA_CONFIGURATION
-    jea_version: str = "exchange-eems-exporter/endpoint/unknown"  # what the installed function reports
-    # The installed function's body: the collection script it was built from. What the Windows model answers
-    # depends on the script's text (e.g. which Get-WinEvent parameter set it uses), as on a real server.
+    # The installed function (`installed_function`): the version it reports and the collection script it runs.
+    # What the Windows model answers depends on the script's text (e.g. which Get-WinEvent form it uses).
+    jea_version: str = "exchange-eems-exporter/endpoint/unknown"
     jea_body: str = ""
     jea_outdated: tuple[str, ...] = ()  # servers whose installed endpoint is older
     jea_absent: tuple[str, ...] = ()  # servers where the endpoint was never registered
@@ -83,6 +83,20 @@ class Settings:
     exchange_kerberos_only: bool = False  # True once the simulator has a Kerberos acceptor (issue 26 + Kerberos)
     winrs: bool = True  # False: the fleet refuses WinRS shells, so only PSRP works
     outdated_version: str = "exchange-eems-exporter/endpoint/0000000000000000"
+
+
+_VERSION_LINE = re.compile(r"^'(exchange-eems-exporter/endpoint/[0-9a-z]+)'\r?$", re.MULTILINE)
+_BODY = re.compile(r"^# >>> collect_server\.ps1\r?\n(.*?)^# <<< collect_server\.ps1", re.MULTILINE | re.DOTALL)
+
+
+def installed_function(role_capability: str) -> tuple[str, str]:
+    """(version, script body) of the function in a role capability file `windows-endpoint` wrote: the file an
+    admin installs on the server, read here as the server would hold it."""
+    version, body = _VERSION_LINE.search(role_capability), _BODY.search(role_capability)
+    if version is None or body is None:
+        raise ValueError("not a role capability written by exchange-eems-exporter windows-endpoint "
+                         "(no version line or no collect_server.ps1 body)")
+    return version.group(1), body.group(1).replace("\r\n", "\n")
 
 
 class Endpoints:

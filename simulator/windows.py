@@ -103,6 +103,7 @@ class WindowsServer:
     endpoint_failure: str | None = None  # a key of ENDPOINT_FAILURES: how the endpoint check fails
     array_style: str = "arrays"
     version_style: str = "padded"
+    utc_offset: timedelta = timedelta(0)  # the server's time zone (log_time_zone): local time minus UTC
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,7 @@ class WindowsHost:
             "schema": 1,
             "computer": s.name.upper(),
             "now": self._date(now),
+            "utc_offset_minutes": int(s.utc_offset.total_seconds() // 60),
             "culture": {"name": s.locale, "ui": s.locale, "date": texts["culture"]["date"], "time": texts["culture"]["time"],
                         "am": texts["culture"]["am"], "pm": texts["culture"]["pm"]},
             "exsetup_version": version,

@@ -1,6 +1,6 @@
 $ProgressPreference='SilentlyContinue';$ErrorActionPreference='Stop'
-$c=[Globalization.CultureInfo]::CurrentCulture
-$r=[ordered]@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;culture=@{name=$c.Name;ui=[Globalization.CultureInfo]::CurrentUICulture.Name;date=$c.DateTimeFormat.ShortDatePattern;time=$c.DateTimeFormat.LongTimePattern;am=$c.DateTimeFormat.AMDesignator;pm=$c.DateTimeFormat.PMDesignator};exsetup_version=$null;build_source=$null;edge=$false;service_key=$null;service=$null;events=@();log_folder=$null;logs=@();errors=@()}
+$c=[Globalization.CultureInfo]::CurrentCulture;$lt=Get-Date
+$r=[ordered]@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;utc_offset_minutes=[int]($lt-$lt.ToUniversalTime()).TotalMinutes;culture=@{name=$c.Name;ui=[Globalization.CultureInfo]::CurrentUICulture.Name;date=$c.DateTimeFormat.ShortDatePattern;time=$c.DateTimeFormat.LongTimePattern;am=$c.DateTimeFormat.AMDesignator;pm=$c.DateTimeFormat.PMDesignator};exsetup_version=$null;build_source=$null;edge=$false;service_key=$null;service=$null;events=@();log_folder=$null;logs=@();errors=@()}
 function Fail($part,$e){$r.errors+=@{part=$part;id=[string]$e.FullyQualifiedErrorId;category=[string]$e.CategoryInfo.Category;type=$e.Exception.GetType().FullName;message="$e"}}
 try{$r.exsetup_version=(Get-Command ExSetup.exe).FileVersionInfo.FileVersion;$r.build_source='exsetup'}catch{try{$i=(Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\Setup').MsiInstallPath;$r.exsetup_version=(Get-Item (Join-Path $i 'bin\ExSetup.exe')).VersionInfo.FileVersion;$r.build_source='registry'}catch{Fail 'build' $_}}
 $r.edge=Test-Path 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\EdgeTransportRole'

@@ -11,7 +11,6 @@ import json
 import re
 import struct
 import xml.etree.ElementTree as ET
-from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -23,25 +22,38 @@ from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.shell import Process, WinRS
 from pypsrp.wsman import WSMan
 
-from exporter import scripts
+from exporter import scripts, windows_endpoint
 from simulator import remoting
 from simulator.psrp import split_fragments
 
 from ..conftest import PASSWORD, USERNAME, SimulatedFleet, free_port
 
 RECORDING = Path(__file__).parent.parent / "fixtures" / "pypsrp" / "test_psrp_with_jea_configuration.yml"
-VERSION = "exchange-eems-exporter/endpoint/test"
 # Message types (MS-PSRP 2.2.1)
 SESSION_CAPABILITY, APPLICATION_PRIVATE_DATA, RUNSPACEPOOL_STATE = 0x00010002, 0x00021009, 0x00021005
 PIPELINE_OUTPUT, ERROR_RECORD, PIPELINE_STATE = 0x00041004, 0x00041005, 0x00041006
 
 
-BODY_FILE = Path(str(resources.files("exporter").joinpath("scripts", "collect_server.ps1")))
+@pytest.fixture(scope="module")
+def role_capability(tmp_path_factory) -> Path:
+    """The role capability `windows-endpoint` writes from this checkout, as an admin would install it."""
+    output = tmp_path_factory.mktemp("endpoint")
+    windows_endpoint.write(output, "CONTOSO\\EEMS Monitoring")
+    return output / windows_endpoint.MODULE_NAME / "RoleCapabilities" / f"{windows_endpoint.ROLE_CAPABILITY}.psrc"
+
+
+VERSION = windows_endpoint.endpoint_version()
+ROLE_CAPABILITY: list[Path] = []  # set by the autouse fixture below, read by knob_scenario
+
+
+@pytest.fixture(autouse=True)
+def _installed(role_capability):
+    ROLE_CAPABILITY[:] = [role_capability]
 
 
 def knob_scenario(**remoting_section) -> dict:
     """Servers that between them turn the knobs the collection script's output depends on; the clock is pinned.
-    The JEA function is installed from this checkout's collection script."""
+    The JEA endpoint is the one `windows-endpoint` writes from this checkout."""
     block, port = "127.77.%d" % (free_port() % 200 + 20), free_port()
     servers = [
         {"name": "EX01", "build": "15.2.1544.4"},
@@ -61,7 +73,7 @@ def knob_scenario(**remoting_section) -> dict:
         "credentials": [{"username": USERNAME, "password": PASSWORD}],
         "defaults": {"port": port},
         "organization": {"name": "Contoso", "domain": "contoso.com"},
-        "remoting": {**remoting_section, "jea": {"version": VERSION, "function_body_file": str(BODY_FILE),
+        "remoting": {**remoting_section, "jea": {"role_capability": str(ROLE_CAPABILITY[0]),
                                                   **remoting_section.get("jea", {})}},
         "servers": servers,
     }
@@ -86,7 +98,8 @@ def invoke(pool: RunspacePool, command: str, script: bool = False, **parameters)
 
 
 @pytest.fixture(scope="module")
-def fleet():
+def fleet(role_capability):
+    ROLE_CAPABILITY[:] = [role_capability]
     with SimulatedFleet(knob_scenario(exchange={"rbac_denied": ["Get-OrganizationConfig"]})) as simulated:
         yield simulated
 
@@ -140,7 +153,7 @@ def test_jea_function_binds_parameters_like_powershell(fleet):
 
 
 def test_outdated_and_absent_endpoints():
-    with SimulatedFleet(knob_scenario(jea={"version": VERSION, "outdated": ["EX02"], "absent": ["EX03"]})) as f:
+    with SimulatedFleet(knob_scenario(jea={"outdated": ["EX02"], "absent": ["EX03"]})) as f:
         with RunspacePool(wsman(f.hosts["EX02"]), configuration_name=remoting.JEA_CONFIGURATION) as pool:
             old = invoke(pool, remoting.JEA_FUNCTION)
         with pytest.raises(WSManFaultError) as absent:
@@ -311,7 +324,7 @@ def test_messages_match_the_recorded_jea_session():
     ends with Done and ExitCode 0 and no Running state, and the script statement fails with the same
     ErrorRecord (ScriptsNotAllowed, ParserError, ParseException, the no-language text)."""
     recorded = yaml.safe_load(RECORDING.read_text())["messages"]
-    scenario = knob_scenario(jea={"configuration": "JEARole", "version": VERSION})
+    scenario = knob_scenario(jea={"configuration": "JEARole"})
     with SimulatedFleet(scenario) as f:
         host = f.hosts["EX01"]
         session = requests.Session()
@@ -346,3 +359,11 @@ def test_messages_match_the_recorded_jea_session():
                   f"<ToString>{remoting.NO_LANGUAGE}</ToString>", "<T>System.Management.Automation.ParseException</T>"):
         assert field in failure_real and field in failure_ours, field
     assert "DeleteResponse" in answers[-1][1]
+
+
+def test_the_simulated_function_is_the_shipped_one():
+    """The simulator's idea of the function's name, configuration and parameters is the shipped endpoint's."""
+    assert (remoting.JEA_CONFIGURATION, remoting.JEA_FUNCTION) == (windows_endpoint.CONFIGURATION_NAME,
+                                                                   windows_endpoint.FUNCTION_NAME)
+    shipped = {name: (low, default) for name, low, default in windows_endpoint.PARAMETERS}
+    assert {k: (v, remoting.JEA_DEFAULTS[k]) for k, v in remoting.JEA_PARAMETERS.items() if v is not None} == shipped

@@ -389,6 +389,35 @@ def test_non_fetch_errors_and_an_unreadable_event():
     assert error["part"] == "events" and error["id"].endswith(",Microsoft.PowerShell.Commands.GetWinEventCommand")
 
 
+def test_log_other_errors_writes_a_problem_line_per_check_that_is_not_about_fetching():
+    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "log_other_errors": True}))
+    lines = log_text(doc).splitlines()
+    checks = sum("S:Message=Fetching mitigations from" in line for line in lines)
+    problems = [line for line in lines if "S:LogLevel=Warning" in line or "S:LogLevel=Error" in line]
+    assert checks >= 24 and len(problems) == checks
+    assert {"Warning", "Error"} == {line.split("S:LogLevel=")[1].split(";")[0] for line in problems}
+    assert not any("fetching mitigations" in line.lower() for line in problems)
+
+
+def test_a_file_held_open_shows_the_write_time_of_its_first_line():
+    """log_last_write: at_open (Microsoft: the last write time may not move until the writer closes the file)."""
+    at_write = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "log_rotation": "daily"}))
+    at_open = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "log_rotation": "daily", "log_last_write": "at_open"}))
+    assert at_write["logs"][0]["tail"] == at_open["logs"][0]["tail"]
+    first = re.search(r"^(\S+Z),", at_open["logs"][0]["tail"].split("#Fields")[1].split("\n", 1)[1], re.MULTILINE).group(1)
+    assert ms(at_open["logs"][0]["last_write"]) == int(datetime.fromisoformat(first).timestamp() * 1000)
+    assert ms(at_write["logs"][0]["last_write"]) > ms(at_open["logs"][0]["last_write"]) + 11 * 3600 * 1000
+    assert at_open["logs"][1]["last_write"] == at_write["logs"][1]["last_write"]  # closed files: their last line
+
+
+def test_culture_times_in_a_time_zone():
+    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "log_time": "culture", "log_time_zone": "+01:00"}))
+    assert doc["utc_offset_minutes"] == 60
+    assert re.search(r"^11/26/2026 1:\d\d:\d\d PM,FetchMitigation,", doc["logs"][0]["tail"], re.MULTILINE)
+    with pytest.raises(ScenarioError, match="log_time_zone: expected a UTC offset"):
+        fleet({"name": "EX01", "build": "15.2.2562.53", "log_time_zone": "+15:00"})
+
+
 def test_stopped_service_has_no_checks_after_it_stopped():
     stopped = NOW - timedelta(hours=6)
     sc = fleet({"name": "EX01", "build": "15.2.2562.53", "service": {"status": "Stopped", "start_type": "Automatic"}, "service_stopped_since": "-6h", "success_events": True})
