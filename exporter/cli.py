@@ -71,6 +71,23 @@ def _warn_insecure(config: Config) -> None:
                         module.name)
 
 
+def raise_open_file_limit() -> None:
+    """Raise the soft limit on open files to the hard limit, as Go's runtime does for every Go exporter: polls,
+    scrapes and kept WinRM connections need a descriptor each, and the common soft limit of 1,024 is less
+    than a fleet of a thousand servers can use (issue 22, finding 10). Before the HTTP server sizes its
+    connection cap from it."""
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as error:  # e.g. an unlimited hard limit the kernel caps lower
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, error)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .exporter import Exporter
     from .http_server import serve
@@ -78,6 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     redactor = Redactor()
     _setup_logging(args.log_level, redactor)
+    raise_open_file_limit()
     config, catalog = _load(args.config_file, args.shard)
     redactor.add(config.secrets())
     _warn_insecure(config)
@@ -94,7 +112,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=exporter.reload, daemon=True).start())
+    if hasattr(signal, "SIGHUP"):  # not on Windows, where POST /-/reload is the way
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=exporter.reload, daemon=True).start())
     host, port = args.web_listen_address
     try:
         server = serve(exporter, host, port, watcher)
@@ -102,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise _Fail(f"cannot listen on {host}:{port}: {err.strerror}") from None
     exporter.start()
     log.info("exchange-eems-exporter %s listening on %s:%d (%d servers, shard %d/%d)", __version__,
-             host, server.server_address[1], len(exporter.runtime.current().targets.mine()), *config.shard)
+             host, server.server_address[1], len(exporter.targets()), *config.shard)
 
     # Python runs signal handlers in the main thread only, and a signal delivered to a poll thread does not
     # wake a blocked wait: wake up regularly so a SIGHUP reload is not delayed until the next SIGTERM.
@@ -257,7 +276,8 @@ def cmd_windows_endpoint(args: argparse.Namespace) -> int:
     from . import windows_endpoint
 
     try:
-        endpoint = windows_endpoint.write(args.output, args.group)
+        endpoint = windows_endpoint.write(args.output, args.group, args.endpoint_proxy,
+                                          tuple(args.virtual_account_group), args.transcript_directory)
     except ValueError as err:
         raise _Fail(str(err)) from None
     except OSError as err:
@@ -274,7 +294,7 @@ def run_demo(arguments: list[str]) -> int:
     `exchange-eems-simulator demo` in the same interpreter, without importing it (the exporter never does)."""
     if find_spec("simulator") is None:
         print("exchange-eems-exporter: the demo needs the simulator, which is not installed. From a clone of the "
-              "repository: make demo (or pip install '.[simulator]', then exchange-eems-simulator demo)",
+              "repository: make demo (or pip install -e '.[simulator]' -e ./simulator, then exchange-eems-simulator demo)",
               file=sys.stderr)
         return EXIT_USAGE
     os.execv(sys.executable, [sys.executable, "-m", "simulator", "demo", *arguments])
@@ -381,6 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint.add_argument("--output", "-o", type=Path, required=True, help="folder to write into (created)")
     endpoint.add_argument("--group", required=True, metavar="DOMAIN\\GROUP",
                           help="the group whose members may connect (the monitoring account's group)")
+    endpoint.add_argument("--endpoint-proxy", default="", metavar="URL",
+                          help="the proxy the endpoint check goes through (as poll.endpoint_proxy); fixed in the "
+                               "endpoint, not chosen by the caller. Default: the server's WinHTTP proxy")
+    endpoint.add_argument("--virtual-account-group", action="append", default=[], metavar="LOCAL_GROUP",
+                          help="run the session's virtual account in this local group instead of Administrators "
+                               "(repeatable; e.g. 'Event Log Readers': the service state then reads as unknown)")
+    endpoint.add_argument("--transcript-directory", default="", metavar="PATH",
+                          help="write a transcript of every session there (one per poll without keep_runspace)")
     endpoint.set_defaults(func=cmd_windows_endpoint)
 
     # Listed for --help only: main() hands `demo` and all its arguments to the simulator before parsing.

@@ -16,16 +16,21 @@ from datetime import date, datetime
 class RawEvent:
     id: int
     time: datetime
-    message: str
+    message: str  # "" when Windows could not format it (Message null)
+    data: tuple[str, ...] = ()  # the insertion strings (EventRecord.Properties) the message is formatted from
+
+    @property
+    def text(self) -> str:
+        """What a decision may read: the message and the insertion strings, so a 1008 whose message could not
+        be formatted still says what it is about."""
+        return "\n".join((self.message, *self.data)) if self.data else self.message
 
 
 @dataclass(frozen=True)
 class RawLog:
-    """One EEMS log file: its last bytes (at most the script's LogTailBytes over all files), decoded."""
+    """One EEMS log file: its newest whole lines (at most the script's LogTailBytes characters over all files)."""
 
-    length: int | None  # from the open stream, not the directory entry (stale for a file held open)
-    last_write: datetime | None
-    encoding: str | None  # .NET WebName the script decoded with: "utf-8" or "utf-16" (BOM FF FE)
+    last_write: datetime | None  # a lower bound of the newest write: it may not move while EEMS holds the file open
     tail: str
 
 
@@ -81,6 +86,7 @@ class RawServerFacts:
     endpoints: tuple[RawEndpoint, ...]  # empty when the optional check is off
     errors: tuple[RawError, ...]
     utc_offset_minutes: int | None = None  # the server's local time minus UTC, now (culture log times may be local)
+    stage_seconds: tuple[tuple[str, float], ...] = ()  # (stage, seconds) the script measured (Measure-Command)
 
 
 @dataclass(frozen=True)
@@ -174,13 +180,14 @@ class ServerState:
     build: BuildVerdict | None
     build_source: str | None  # "exsetup" | "registry" | "admin_display_version" (CU level only)
     edge: bool
-    eems_supported: bool  # build has EEMS and the server is not Edge
+    eems_supported: bool | None  # build has EEMS and the server is not Edge; None: build unknown, no trace of EEMS
     service_installed: bool | None  # None: could not be told (service query denied, registry key unread)
     service_state: str | None  # windows_exporter state name: running, stopped, ..., unknown (state unread)
     service_start_mode: str | None  # windows_exporter start_mode: auto, manual, disabled, boot, system
     eems: EemsHistory
     endpoints: tuple[EndpointState, ...]  # empty when the optional check is off
     collection_errors: tuple[PartialFailure, ...]
+    stage_seconds: tuple[tuple[str, float], ...] = ()  # the collection script's own time per stage on the server
 
 
 # ---------------------------------------------------------------- poll results (collectors.py, poller.py)

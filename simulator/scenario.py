@@ -50,7 +50,7 @@ _SERVER_KEYS = (
     "data_collection_enabled", "internet_web_proxy", "eems_failure", "endpoint_status", "log_file", "events",
     "success_events", "build_source", "output_style", "faults", "output_faults", "locale", "account", "unreadable",
     "unreadable_event", "winhttp_proxy", "endpoint_failure", "non_fetch_errors", "log_other_errors", "log_rotation", "log_encoding", "log_time", "log_header",
-    "log_time_zone", "log_last_write",
+    "log_time_zone", "log_last_write", "log_other_file", "application_log_events", "language_mode",
     *_HOST_KEYS,
 )
 
@@ -192,7 +192,8 @@ def _remoting(raw: Any, names: set[str]) -> remoting.Settings:
     if "role_capability" in jea:
         path = Path(_string(jea["role_capability"], "remoting.jea.role_capability"))
         try:
-            settings.jea_version, settings.jea_body = remoting.installed_function(path.read_text(encoding="utf-8-sig"))
+            settings.jea_version, settings.jea_body, settings.jea_proxy = remoting.installed_function(
+                path.read_text(encoding="utf-8-sig"))
         except OSError as exc:
             raise ScenarioError("remoting.jea.role_capability", f"cannot read {path}: {exc.strerror or exc}") from None
         except ValueError as exc:
@@ -352,15 +353,19 @@ def _server(raw: Any, key: str, defaults: dict[str, Any], domain: str, anchor: d
         endpoint_status=_endpoint_status(s.get("endpoint_status", 200), f"{key}.endpoint_status"),
         log_file=_choice(s.get("log_file", "present"), f"{key}.log_file", ("present", "absent")) == "present",
         events=_choice(s.get("events", "present"), f"{key}.events", ("present", "absent")) == "present",
-        build_source=_choice(s.get("build_source", "exsetup"), f"{key}.build_source", ("exsetup", "registry", "none")),
+        build_source=_choice(s.get("build_source", "exsetup"), f"{key}.build_source", ("exsetup", "registry", "none", "empty")),
         date_style=_choice(style.get("dates", "ms"), f"{key}.output_style.dates", DATE_STYLES),
         enum_style=_choice(style.get("service_enums", "strings"), f"{key}.output_style.service_enums", ENUM_STYLES),
         array_style=_choice(style.get("arrays", "arrays"), f"{key}.output_style.arrays", ARRAY_STYLES),
         version_style=_choice(style.get("versions", "padded"), f"{key}.output_style.versions", VERSION_STYLES),
         locale=locale,
         utc_offset=zone,
+        log_other_file=_bool(s.get("log_other_file", False), f"{key}.log_other_file"),
+        language_mode=_choice(s.get("language_mode", "full"), f"{key}.language_mode", ("full", "constrained")),
+        application_log_events=_int(s["application_log_events"], f"{key}.application_log_events", 0, 100_000_000)
+        if "application_log_events" in s else None,
         denied=denied,
-        unreadable_event=_bool(s.get("unreadable_event", False), f"{key}.unreadable_event"),
+        unreadable_event=_unreadable_event(s.get("unreadable_event", False), f"{key}.unreadable_event"),
         winhttp_proxy=_string(winhttp["proxy"], f"{key}.winhttp_proxy.proxy") if winhttp else None,
         winhttp_proxy_answers=_endpoint_status(winhttp.get("answers", 200), f"{key}.winhttp_proxy.answers"),
         endpoint_failure=_choice(s["endpoint_failure"], f"{key}.endpoint_failure", tuple(ENDPOINT_FAILURES))
@@ -421,6 +426,17 @@ def _faults(raw: Any, key: str) -> Faults:
         unauthorized=_bool(f.get("unauthorized", False), f"{key}.unauthorized"),
         fault_code=_int(f["fault_code"], f"{key}.fault_code", 1, 2**32 - 1) if f.get("fault_code") is not None else None,
     )
+
+
+def _unreadable_event(value: Any, key: str) -> str | None:
+    """false | true (the newest event's text cannot be formatted: an exception) | null_message (no text, no error)."""
+    if value is False:
+        return None
+    if value is True:
+        return "exception"
+    if value == "null_message":
+        return "null_message"
+    raise ScenarioError(key, f"expected false, true or null_message, got {_kind(value)}")
 
 
 def _utc_offset(value: Any, key: str) -> timedelta:

@@ -156,6 +156,7 @@ class _HostRuntime:
         self.shells = ShellTable(host.lock)
         self.psrp: psrp.PsrpService | None = None  # made on the event loop at the first PSRP request
         self.requests = 0
+        self.rejected_logons = 0  # what a domain controller counts against the account's lockout threshold
         self.server: asyncio.Server | None = None
         self.connections: set[asyncio.StreamWriter] = set()
         self.ssl: ssl.SSLContext | None = None
@@ -361,6 +362,11 @@ class Fleet:
     def request_count(self, host_name: str) -> int:
         return self._runtime(host_name).requests
 
+    def rejected_logons(self, host_name: str | None = None) -> int:
+        """Logons refused (a wrong password, an unknown user): each counts towards the account's lockout."""
+        runtimes = self._runtimes.values() if host_name is None else [self._runtime(host_name)]
+        return sum(rt.rejected_logons for rt in runtimes)
+
     def stats(self) -> dict:
         return {
             "hosts": {
@@ -427,6 +433,8 @@ class Fleet:
         if request.method != "POST":
             return _Response(405)
         result = conn_auth.authenticate(request.headers.get("authorization"), deny=rt.host.faults.unauthorized)
+        if result.principal is None and result.close:  # credentials were offered and refused
+            rt.rejected_logons += 1
         if result.principal is not None and path == EXCHANGE_PATH and _kerberos_only(rt.host) \
                 and result.mechanism != "kerberos":
             # Exchange's /PowerShell application takes Kerberos only (pypsrp issue #187); IIS asks again

@@ -38,11 +38,12 @@ PIPELINE_OUTPUT, ERROR_RECORD, PIPELINE_STATE = 0x00041004, 0x00041005, 0x000410
 def role_capability(tmp_path_factory) -> Path:
     """The role capability `windows-endpoint` writes from this checkout, as an admin would install it."""
     output = tmp_path_factory.mktemp("endpoint")
-    windows_endpoint.write(output, "CONTOSO\\EEMS Monitoring")
+    windows_endpoint.write(output, "CONTOSO\\EEMS Monitoring", PROXY)
     return output / windows_endpoint.MODULE_NAME / "RoleCapabilities" / f"{windows_endpoint.ROLE_CAPABILITY}.psrc"
 
 
 VERSION = windows_endpoint.endpoint_version()
+PROXY = "http://proxy.contoso.com:8080/"  # the endpoint proxy, fixed when the endpoint is written
 ROLE_CAPABILITY: list[Path] = []  # set by the autouse fixture below, read by knob_scenario
 
 
@@ -121,12 +122,12 @@ def test_jea_function_answers_what_the_winrs_script_prints(fleet, check_endpoint
     """Every knob server, both parameter sets: the function's JSON is the WinRS script's, after its version."""
     parameters = scripts.ServerScriptParameters(lookback_hours=12, max_events=7, log_tail_bytes=4096,
                                                 check_endpoint=check_endpoint, endpoint_timeout_seconds=5,
-                                                proxy="http://proxy.contoso.com:8080/")
+                                                proxy=PROXY)
     for host in fleet.scenario.hosts:
         expected, rc = winrs_stdout(host, parameters)
         with RunspacePool(wsman(host), configuration_name=remoting.JEA_CONFIGURATION) as pool:
             ps = invoke(pool, remoting.JEA_FUNCTION, LookbackHours=12, MaxEvents=7, LogTailBytes=4096,
-                        CheckEndpoint=int(check_endpoint), EndpointTimeoutSec=5, Proxy="http://proxy.contoso.com:8080/")
+                        CheckEndpoint=int(check_endpoint), EndpointTimeoutSec=5)
         assert ps.output[0] == VERSION, host.name
         if rc == 0:
             assert not ps.had_errors, (host.name, [str(e) for e in ps.streams.error])
@@ -142,14 +143,18 @@ def test_jea_function_binds_parameters_like_powershell(fleet):
         unknown = invoke(pool, remoting.JEA_FUNCTION, Lookback=3)
         wrong_type = invoke(pool, remoting.JEA_FUNCTION, MaxEvents="many")
         too_small = invoke(pool, remoting.JEA_FUNCTION, MaxEvents=0)
+        too_large = invoke(pool, remoting.JEA_FUNCTION, LogTailBytes=1 << 30)
+        proxy = invoke(pool, remoting.JEA_FUNCTION, Proxy="http://attacker.example:3128")  # not the caller's choice
         other = invoke(pool, "Get-Process")
         script = invoke(pool, "Get-ExchangeEemsFacts; Remove-Item C:\\", script=True)
     assert str(unknown.streams.error[0]) == "A parameter cannot be found that matches parameter name 'Lookback'."
     assert "Cannot convert value \"many\" to type \"System.Int32\"" in str(wrong_type.streams.error[0])
     assert "less than the minimum allowed range of 1" in str(too_small.streams.error[0])
+    assert "greater than the maximum allowed range of 16777216" in str(too_large.streams.error[0])
+    assert str(proxy.streams.error[0]) == "A parameter cannot be found that matches parameter name 'Proxy'."
     assert "The term 'Get-Process' is not recognized" in str(other.streams.error[0])
     assert str(script.streams.error[0]) == remoting.NO_LANGUAGE
-    assert all(ps.had_errors and ps.output == [] for ps in (unknown, wrong_type, too_small, other, script))
+    assert all(ps.had_errors and ps.output == [] for ps in (unknown, wrong_type, too_small, too_large, proxy, other, script))
 
 
 def test_outdated_and_absent_endpoints():
@@ -365,5 +370,25 @@ def test_the_simulated_function_is_the_shipped_one():
     """The simulator's idea of the function's name, configuration and parameters is the shipped endpoint's."""
     assert (remoting.JEA_CONFIGURATION, remoting.JEA_FUNCTION) == (windows_endpoint.CONFIGURATION_NAME,
                                                                    windows_endpoint.FUNCTION_NAME)
-    shipped = {name: (low, default) for name, low, default in windows_endpoint.PARAMETERS}
-    assert {k: (v, remoting.JEA_DEFAULTS[k]) for k, v in remoting.JEA_PARAMETERS.items() if v is not None} == shipped
+    shipped = {name: ((low, high), default) for name, low, high, default in windows_endpoint.PARAMETERS}
+    assert {k: (v, remoting.JEA_DEFAULTS[k]) for k, v in remoting.JEA_PARAMETERS.items()} == shipped
+
+
+def test_exchange_endpoint_selects_properties(fleet):
+    """`Get-ExchangeServer | Select-Object -Property ...`: the organization collector's bounded form."""
+    host = fleet.hosts["EX01"]
+    with RunspacePool(wsman(host, path="PowerShell"), configuration_name="Microsoft.Exchange") as pool:
+        ps = PowerShell(pool)
+        ps.add_cmdlet("Get-ExchangeServer").add_cmdlet("Select-Object").add_parameter(
+            "Property", ["Name", "AdminDisplayVersion", "MitigationsApplied", "MitigationsAppliedTime", "ServerRole"])
+        output = ps.invoke()
+        refused = PowerShell(pool)
+        refused.add_cmdlet("Get-ExchangeServer").add_cmdlet("Remove-Item")
+        refused.invoke()
+    first = output[0]
+    assert first.types[0] == "Selected.Microsoft.Exchange.Data.Directory.Management.ExchangeServer"
+    assert first.extended_properties == {
+        "Name": "EX01", "AdminDisplayVersion": "Version 15.2 (Build 1544.4)", "MitigationsApplied": ["PING1"],
+        "MitigationsAppliedTime": first.extended_properties["MitigationsAppliedTime"], "ServerRole": 2}
+    assert first.extended_properties["MitigationsAppliedTime"].startswith("2026-")  # pypsrp gives DateTime as text
+    assert refused.had_errors and refused.output == []

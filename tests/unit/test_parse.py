@@ -16,8 +16,8 @@ DESIGN_SAMPLE = (
     r'"date":"dd.MM.yyyy","time":"HH:mm:ss","am":"","pm":""},"exsetup_version":"15.02.1544.004",'
     r'"build_source":"exsetup","edge":false,"service_key":{"start":2},"service":{"status":"Running","start_type":"Automatic"},'
     r'"events":[{"id":1008,"time":"\/Date(1764154800000)\/","message":"An unexpected exception occurred. ..."}],'
-    r'"log_folder":true,"logs":[{"name":"MitigationService_2026112612-1.LOG","length":123456,'
-    r'"last_write":"\/Date(1764158000000)\/","encoding":"utf-8","tail":"...text..."}],'
+    r'"log_folder":true,"logs":[{"name":"MitigationService_2026112612-1.LOG",'
+    r'"last_write":"\/Date(1764158000000)\/","tail":"...text..."}],'
     r'"errors":[{"part":"events","id":"NoMatchingEventsFound,Microsoft.PowerShell.Commands.GetWinEventCommand",'
     r'"category":"ObjectNotFound","type":"System.Exception","message":"Es wurden keine Ereignisse gefunden."}],'
     r'"endpoints":[{"name":"GetExchangeMitigations","status":200,"ms":312,"web_status":null,"error":null,'
@@ -41,7 +41,7 @@ def test_design_sample():
     assert facts.service_key_start == 2
     assert [(e.id, e.time) for e in facts.events] == [(1008, datetime(2025, 11, 26, 11, tzinfo=UTC))]
     (log,) = facts.logs
-    assert log.length == 123456 and log.encoding == "utf-8"
+    assert log.last_write == datetime(2025, 11, 26, 11, 53, 20, tzinfo=UTC)
     assert log.tail == "...text..." and facts.log_folder is True
     mitigations, config = facts.endpoints
     assert mitigations.status == 200 and mitigations.duration_seconds == pytest.approx(0.312)
@@ -108,14 +108,23 @@ def test_events_without_id_or_time_are_skipped_with_a_note():
     assert any("events: expected objects" in e.message for e in facts.errors)
 
 
+def test_event_insertion_strings_are_kept_bounded():
+    data = ["x" * 900] + [str(i) for i in range(40)]
+    facts = parse_server_output(server(events=[{"id": 1008, "time": f"/Date({NOW_MS})/", "message": None, "data": data}]))
+    (event,) = facts.events
+    assert event.message == "" and len(event.data) == 16 and len(event.data[0]) == 500 and event.data[1] == "0"
+
+
 def test_log_tail_longer_than_bound_keeps_the_last_bytes():
     tail = "é" * 10 + "x" * 100 + "END"
-    facts = parse_server_output(server(logs=[{"name": "a.LOG", "length": 5000, "last_write": None, "tail": tail}]), max_log_bytes=50)
+    facts = parse_server_output(server(logs=[{"name": "a.LOG", "last_write": None, "tail": tail}]), max_log_bytes=50)
     assert len(facts.logs[0].tail.encode()) <= 50
     assert facts.logs[0].tail.endswith("END") and tail.endswith(facts.logs[0].tail)
     cut = parse_server_output(server(logs={"name": "a.LOG", "tail": "é" * 10}), max_log_bytes=5)
     assert cut.logs[0].tail == "éé"  # the split character at the cut is dropped
-    assert cut.logs[0].length is None and cut.logs[0].last_write is None
+    assert cut.logs[0].last_write is None
+    lines = parse_server_output(server(logs={"name": "a.LOG", "tail": "first line\r\nsecond\r\nthird"}), max_log_bytes=12)
+    assert lines.logs[0].tail == "third"  # whole lines from the script: the line the cut split is dropped
 
 
 def test_the_log_bound_covers_all_files_newest_first():
@@ -239,6 +248,15 @@ def test_clixml_error_text():
     )
 
 
+def test_clixml_stderr_is_read_in_the_shells_code_page():
+    """R14: powershell.exe writes stderr in the console's code page, 437 as the exporter asks WinRS for; decoded
+    as UTF-8, a German error lost its umlauts."""
+    german = "Die Methode kann nicht aufgerufen werden. Methodenaufrufe werden nur für Kerntypen unterstützt."
+    stderr = ('#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+              f'<S S="Error">{german}_x000D__x000A_</S></Objs>').encode("cp437")
+    assert clixml_to_text(stderr) == german
+
+
 def test_clixml_progress_only_is_empty():
     assert clixml_to_text(CLIXML_PROGRESS) == ""
 
@@ -248,7 +266,7 @@ def test_clixml_with_bom_and_plain_text():
     assert clixml_to_text(b"The command line is too long.\r\n") == "The command line is too long."
     assert clixml_to_text(b"") == ""
     assert clixml_to_text(b"#< CLIXML\r\n<Objs><S S=\"Error\">unterminated") == ""
-    assert clixml_to_text(b"f\x81r") == "f\ufffdr"
+    assert clixml_to_text(b"f\x81r") == "für"  # code page 437: 0x81 is ü (review R14)
 
 
 # ---------------------------------------------------------------- organization

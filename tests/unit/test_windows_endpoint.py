@@ -5,6 +5,7 @@ the state that change would produce."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,10 +51,38 @@ def test_the_function_is_the_script_winrs_sends(written):
     assert f"Name = '{windows_endpoint.FUNCTION_NAME}'" in role
     # the function fills $P as the WinRS parameter line does, with every parameter the script reads
     assert "$P=@{LookbackHours=$LookbackHours;MaxEvents=$MaxEvents;LogTailBytes=$LogTailBytes;" \
-           "CheckEndpoint=$CheckEndpoint;EndpointTimeoutSec=$EndpointTimeoutSec;Proxy=$Proxy}" in role
-    read_by_script = set(__import__("re").findall(r"\$P\.(\w+)", body))
-    assert read_by_script <= {name for name, _, _ in windows_endpoint.PARAMETERS} | {"Proxy"}
+           "CheckEndpoint=$CheckEndpoint;EndpointTimeoutSec=$EndpointTimeoutSec;Proxy=''}" in role
+    read_by_script = set(re.findall(r"\$P\.(\w+)", body))
+    assert read_by_script <= {name for name, _, _, _ in windows_endpoint.PARAMETERS} | {"Proxy"}
     assert f"\n'{windows_endpoint.endpoint_version()}'\n" in role  # its first output
+
+
+def test_the_proxy_is_fixed_by_the_admin_not_the_caller(tmp_path):
+    """The script sends the server's own credentials to its proxy: a caller must not choose where they go."""
+    role = windows_endpoint.build(GROUP, proxy="http://proxy.contoso.com:8080").files[
+        "ExchangeEemsExporter/RoleCapabilities/ExchangeEemsReader.psrc"]
+    parameters = role.split("param(", 1)[1].split(")\n", 1)[0]
+    assert "Proxy" not in parameters
+    assert ";Proxy='http://proxy.contoso.com:8080'}" in role
+    assert windows_endpoint.build(GROUP, proxy="http://proxy.contoso.com:8080").version == windows_endpoint.endpoint_version()
+    for bad in ("http://x'; Remove-Item C:\\ -Recurse; '", "ftp://proxy", "http://user:pw@proxy:8080"):
+        with pytest.raises(ValueError):
+            windows_endpoint.build(GROUP, proxy=bad)
+
+
+def test_the_parameters_are_bounded_as_the_configuration_is():
+    """A stolen credential can ask for no more than the exporter's configuration allows."""
+    from exporter.config import POLL_KEYS
+    from exporter.config_keys import ConfigError
+
+    bounds = {"MaxEvents": "max_events", "LogTailBytes": "log_tail_bytes"}
+    for name, low, high, _ in windows_endpoint.PARAMETERS:
+        assert 0 <= low <= high <= 16 << 20, name
+        if name in bounds:
+            read = next(k for k in POLL_KEYS if k.name == bounds[name]).read
+            assert read(high, name) == high
+            with pytest.raises(ConfigError):
+                read(high + 1, name)
 
 
 def test_the_version_follows_the_script():
@@ -71,6 +100,18 @@ def test_the_session_configuration(written):
     assert "LanguageMode" not in session and "VisibleCmdlets" not in session  # nothing beyond the one function
     manifest = read(written / "ExchangeEemsExporter" / "ExchangeEemsExporter.psd1")
     assert "FunctionsToExport = @()" in manifest
+
+
+def test_virtual_account_groups_and_transcripts():
+    files = windows_endpoint.build(GROUP, virtual_account_groups=("Event Log Readers",),
+                                   transcript_directory="C:\\ProgramData\\EEMS\\Transcripts").files
+    session = files["ExchangeEemsExporter.pssc"]
+    assert "RunAsVirtualAccountGroups = 'Event Log Readers'" in session
+    assert "TranscriptDirectory = 'C:\\ProgramData\\EEMS\\Transcripts'" in session
+    assert syntax_problems(session) == []
+    assert "RunAsVirtualAccountGroups" not in windows_endpoint.build(GROUP).files["ExchangeEemsExporter.pssc"]
+    with pytest.raises(ValueError):
+        windows_endpoint.build(GROUP, virtual_account_groups=("x'; evil",))
 
 
 @pytest.mark.parametrize("group", ["CONTOSO\\it's", "A$(whoami)", "x`y", "line\nbreak", "", 'q"uote', "x" * 300])
