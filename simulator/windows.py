@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from . import diagnose, eems, eventlog, language, logfolder
-from .host import CommandOutput
+from .host import CommandOutput, current_logon
 
 SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
 ORGANIZATION_MARKER = "# exchange-eems-exporter:collect-organization:v1"
@@ -395,7 +395,8 @@ class WindowsHost:
 
     def _organization_json(self) -> dict[str, Any]:
         org = self.organization
-        if org.double_hop:
+        logon = current_logon()
+        if org.double_hop and not (logon is not None and logon.delegated):
             message = (
                 f"Active Directory operation failed on DC01.{org.domain}. This error is not retriable. Additional information: "
                 "The supplied credential for 'NT AUTHORITY\\ANONYMOUS LOGON' is invalid.\r\n"
