@@ -1,6 +1,6 @@
-"""CredSSP end to end: the exporter's client (exporter/winrm/credssp.py, encryption.py) and pywinrm's
-(requests-credssp), two clients no one here wrote the other of, against the simulator's CredSSP acceptor
-(pyspnego's, simulator/auth.py), over HTTPS and over HTTP with message encryption (MS-WSMV 2.2.9.1.3: TLS
+"""CredSSP end to end: the exporter's client (exporter/winrm/credssp.py, encryption.py), and pywinrm's
+(requests-credssp, the real peer no one here wrote), against the simulator's CredSSP listener (pyspnego's
+acceptor, simulator/auth.py), over HTTPS and over HTTP with message encryption (MS-WSMV 2.2.9.1.3: TLS
 records of at most 16 KiB, several MIME parts above that).
 
 What CredSSP is for here: the server receives the password itself (TSCredentials), so the WinRS shell can
