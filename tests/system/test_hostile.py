@@ -134,9 +134,10 @@ def attack(healthy: SimulatedFleet, victims: dict[str, HostileServer], *, organi
             victims_done.set()
 
     def healthy_polled() -> bool:
+        """Every healthy server's scheduled poll has ended (whether it succeeded is asserted below)."""
         servers, _ = exporter.poller.snapshot()
-        polled = {r.name for r in servers if r.name.startswith("HEALTHY") and r.last_success is not None
-                  and r.last_success >= started_wall}
+        polled = {r.name for r in servers if r.name.startswith("HEALTHY") and r.outcome is not None
+                  and r.outcome.finished >= started_wall}
         return polled == set(healthy.hosts)
 
     threads = [threading.Thread(target=poll, args=(name,), daemon=True) for name in names]
