@@ -31,7 +31,7 @@ import yaml  # noqa: E402
 from exporter.catalog import Catalog  # noqa: E402
 from exporter.config import load_config_text  # noqa: E402
 from exporter.exporter import Exporter  # noqa: E402
-from exporter.http_server import serve  # noqa: E402
+from exporter.web import serve  # noqa: E402
 from tests.system.hostile_server import HostileServer, Output  # noqa: E402
 
 USER, PASSWORD, PASSWORD_ENV = "EXCH\\svc_bench", "bench-Passw0rd-not-a-secret", "EEMS_BENCH_PASSWORD"

@@ -9,13 +9,14 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from .catalog import Catalog
-from .config import Config
+from .config import Config, ModuleConfig
 from .exposition import CachedExposition, probe_body
 from .metrics import SelfStatus
 from .model import OrganizationResult, ServerResult
 from .poller import Poller
 from .redact import Redactor
 from .runtime import SafeRuntime
+from .targets import Target
 
 
 class Exporter:
@@ -39,6 +40,19 @@ class Exporter:
     def snapshot(self) -> tuple[list[ServerResult], OrganizationResult | None]:
         """The latest result of every server of this instance, and of the organization."""
         return self.poller.snapshot()
+
+    # What the HTTP handlers may read (exporter/web/handlers.py `View`), besides the bodies below.
+
+    def targets(self) -> list[Target]:
+        """The servers this instance polls."""
+        return self.runtime.current().targets.mine()
+
+    def target(self, name: str) -> Target | None:
+        """A configured or discovered server, by name (any shard's): the only ones /probe may poll."""
+        return self.runtime.current().targets.get(name)
+
+    def module(self, name: str) -> ModuleConfig | None:
+        return self.runtime.current().config.modules.get(name)
 
     def metrics_body(self, accept: str) -> tuple[bytes, str]:
         """/metrics: every server's latest result and the exporter's own metrics. In probe-only mode the

@@ -25,7 +25,7 @@ import yaml
 from exporter.catalog import Catalog
 from exporter.config import load_config_text
 from exporter.exporter import Exporter
-from exporter.http_server import serve
+from exporter.web import serve
 from exporter.redact import Redactor
 
 from ..conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, relocate, samples

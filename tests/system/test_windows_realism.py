@@ -10,7 +10,7 @@ import pytest
 
 from exporter.catalog import Catalog
 from exporter.exporter import Exporter
-from exporter.http_server import serve
+from exporter.web import serve
 from exporter.scripts import ServerScriptParameters, powershell_command, server_script
 
 from ..conftest import SimulatedFleet, poll_all, relocate, samples

@@ -1,6 +1,6 @@
 """End-to-end checks of the web-config: a real TLS server on loopback, real clients, and promtool.
 
-The server below uses WebConfigWatcher exactly as exporter/http_server.py is meant to: the SSL context
+The server below uses WebConfigWatcher exactly as exporter/web/transport.py does: the SSL context
 per accepted connection, basic auth and extra headers per request.
 """
 
@@ -71,7 +71,7 @@ def load_valid(path: Path) -> WebConfig:
     return WebConfig.load(path)
 
 
-# --- a test server that uses the watcher the way http_server.py will --------------------------------
+# --- a test server that uses the watcher the way exporter/web/transport.py does-----------------------------
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -123,7 +123,7 @@ def serve():
     servers = []
 
     def start(config_path: Path) -> str:
-        server = _Server(WebConfigWatcher(config_path))
+        server = _Server(WebConfigWatcher(config_path, check_interval=0))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         scheme = "https" if server.watcher.current().ssl_context() is not None else "http"
@@ -158,7 +158,7 @@ def test_plain_http_with_basic_auth_and_headers(tmp_path, serve, password_hash):
 
 
 def test_no_users_means_open(tmp_path):
-    config = load_valid(write_config(tmp_path, ""))
+    config = load_valid(write_config(tmp_path, "{}\n"))
     assert config.check_basic_auth(None) is True
     assert config.ssl_context() is None
 
@@ -287,30 +287,43 @@ def test_certificate_rotation_without_restart(tmp_path, serve, pki, caplog):
 
     # Half-way through a rotation the new certificate does not match the old key: keep serving the old pair.
     shutil.copy(pki / "server2.crt", live / "tls.crt")
-    time.sleep(1.1)
     with caplog.at_level(logging.WARNING, logger="exporter.webconfig"):
         assert _peer_cn(url, pki) == "server one"
     assert "keeping the previous web config" in caplog.text and "cert_file" in caplog.text
 
     shutil.copy(pki / "server2.key", live / "tls.key")
-    time.sleep(1.1)
     assert _peer_cn(url, pki) == "server two"
 
 
 def test_watcher_keeps_last_good_config_on_bad_edit(tmp_path, password_hash, caplog):
     path = write_config(tmp_path, f"basic_auth_users:\n  prometheus: '{password_hash}'\n")
-    watcher = WebConfigWatcher(path)
+    now = [0.0]
+    watcher = WebConfigWatcher(path, clock=lambda: now[0])
     first = watcher.current()
     assert watcher.current() is first, "unchanged file must not be re-read"
     path.write_text("basic_auth_users:\n  prometheus: plaintext-oops\n")
-    time.sleep(1.1)
+    assert watcher.current() is first, "the file is checked once a second, not at every request"
+    now[0] += 1.0
     with caplog.at_level(logging.WARNING, logger="exporter.webconfig"):
         assert watcher.current() is first
     assert "basic_auth_users.prometheus" in caplog.text
     assert "plaintext-oops" not in caplog.text
-    path.write_text("basic_auth_users: {}\n")
-    time.sleep(1.1)
-    assert watcher.current().check_basic_auth(None) is True
+    path.write_text(f"basic_auth_users:\n  grafana: '{password_hash}'\n")
+    now[0] += 1.0
+    assert watcher.current().check_basic_auth("Basic " + base64.b64encode(f"grafana:{PASSWORD}".encode()).decode())
+
+
+def test_a_reload_keeps_verified_credentials(tmp_path, password_hash, monkeypatch):
+    """Prometheus' credential stays verified across a reload that keeps its user and hash: its next scrape
+    costs no bcrypt (and cannot queue behind password guessers)."""
+    path = write_config(tmp_path, f"basic_auth_users:\n  prometheus: '{password_hash}'\n")
+    watcher = WebConfigWatcher(path, check_interval=0)
+    header = "Basic " + base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()
+    assert watcher.current().check_basic_auth(header)
+    path.write_text(f"basic_auth_users:\n  prometheus: '{password_hash}'\n  grafana: '{password_hash}'\n")
+    reloaded = watcher.current()
+    assert "grafana" in reloaded.users
+    assert reloaded.cached_verdict(header) is True
 
 
 def test_watcher_refuses_a_bad_file_at_startup(tmp_path):

@@ -1,0 +1,158 @@
+"""What each route answers: plain functions from a parsed `Request` and a read-only `View` to a `Response`.
+
+No handler touches a socket, the web config or the exporter's internals. They validate the request, ask
+the `View` (the `Exporter`'s narrow read interface) and say what to send. The transport (`transport.py`)
+has already read the whole request, authenticated it, and chosen the worker pool from the same route
+(`ROUTES`), so a route and its pool can never disagree.
+`/probe` polls only servers the configuration names or the organization collector discovered: an unknown
+target is refused before any connection is attempted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+from urllib.parse import parse_qs
+
+from .. import __version__
+from ..config import ModuleConfig, scheme_problem
+from ..model import OrganizationResult, ServerResult
+from ..targets import Target
+from . import pages
+from .request import Request
+
+PROBE_TIMEOUT_OFFSET_SECONDS = 0.5
+TEXT = "text/plain; charset=utf-8"
+HTML = "text/html; charset=utf-8"
+
+
+class View(Protocol):
+    """What the handlers may read from the running exporter, and the two things they may ask of it."""
+
+    def snapshot(self) -> tuple[list[ServerResult], OrganizationResult | None]: ...
+    def targets(self) -> list[Target]: ...
+    def target(self, name: str) -> Target | None: ...
+    def module(self, name: str) -> ModuleConfig | None: ...
+    def ready(self) -> bool: ...
+    def metrics_body(self, accept: str) -> tuple[bytes, str]: ...
+    def probe_body(self, target: str, module: str | None, timeout: float | None,
+                   accept: str) -> tuple[bytes, str]: ...
+    def reload(self) -> tuple[bool, str]: ...
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = TEXT
+    headers: tuple[tuple[str, str], ...] = ()
+    compressible: bool = False  # a large body that may be sent gzipped when the client accepts it
+
+
+def text(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return Response(status, message.encode(), TEXT, headers)
+
+
+Handler = Callable[[Request, View], Response]
+
+
+@dataclass(frozen=True)
+class Route:
+    handler: Handler
+    methods: tuple[str, ...] = ("GET", "HEAD")
+    pool: str = "general"  # "probe": waits for a poll, so it never runs on the workers /metrics needs
+    allow: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allow", ", ".join(self.methods))
+
+
+# ------------------------------------------------------------ the routes
+
+
+def landing(request: Request, view: View) -> Response:
+    servers, _ = view.snapshot()
+    targets = view.targets()
+    return Response(200, pages.landing(servers, targets[0].name if targets else "SERVER", __version__), HTML)
+
+
+def metrics(request: Request, view: View) -> Response:
+    body, content_type = view.metrics_body(request.header("accept"))
+    return Response(200, body, content_type, compressible=True)
+
+
+def healthy(request: Request, view: View) -> Response:
+    return text(200, "Healthy\n")
+
+
+def ready(request: Request, view: View) -> Response:
+    if view.ready():
+        return text(200, "Ready\n")
+    return text(503, "Not ready: the first poll of every server has not finished yet\n")
+
+
+def reload(request: Request, view: View) -> Response:
+    ok, message = view.reload()
+    return text(200 if ok else 500, message + "\n")
+
+
+def probe(request: Request, view: View) -> Response:
+    try:
+        params = parse_qs(request.query, keep_blank_values=True, max_num_fields=10)
+    except ValueError:
+        return text(400, "Too many query parameters: /probe takes 'target' and 'module'\n")
+    targets = params.get("target", [])
+    modules = params.get("module", [])
+    if len(targets) != 1 or not targets[0]:
+        return text(400, "Exactly one 'target' parameter is required\n")
+    if len(modules) > 1:
+        return text(400, "At most one 'module' parameter is allowed\n")
+    name, module_name = targets[0], (modules[0] if modules else None)
+    module = view.module(module_name) if module_name is not None else None
+    if module_name is not None and module is None:
+        return text(400, f"Unknown module {module_name[:64]!r}\n")
+    target = view.target(name)
+    if target is None:
+        return text(400, f"Unknown target {name[:256]!r}: only configured or discovered servers can be probed\n")
+    problem = module and scheme_problem(module.transport, target.scheme, module.allow_basic_over_http)
+    if problem:
+        return text(400, f"Module {module_name!r} cannot be used with target {target.name!r} ({target.scheme}): "
+                         f"{problem}\n")
+    timeout = None
+    header = request.header("x-prometheus-scrape-timeout-seconds")
+    if header:
+        try:
+            seconds = float(header)
+        except ValueError:
+            seconds = math.nan
+        if not (math.isfinite(seconds) and seconds > 0):  # nan would become a deadline that has passed
+            return text(400, "Invalid X-Prometheus-Scrape-Timeout-Seconds header: expected seconds > 0\n")
+        # the scrape timeout runs from when the request arrived: time queued for a worker counts
+        timeout = max(1.0, seconds - PROBE_TIMEOUT_OFFSET_SECONDS - (time.monotonic() - request.received))
+    body, content_type = view.probe_body(name, module_name, timeout, request.header("accept"))
+    return Response(200, body, content_type, compressible=True)
+
+
+ROUTES: dict[str, Route] = {
+    "/": Route(landing),
+    "/metrics": Route(metrics),
+    "/probe": Route(probe, pool="probe"),
+    "/-/healthy": Route(healthy),
+    "/-/ready": Route(ready),
+    "/-/reload": Route(reload, methods=("POST",)),
+}
+KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"}
+
+
+def route(request: Request) -> Route | Response:
+    """The route for this request, or the answer when there is none (404, 405, 501)."""
+    chosen = ROUTES.get(request.path)
+    if request.method not in KNOWN_METHODS:
+        return text(501, "Unsupported method\n")
+    if chosen is None:
+        return text(404, "Not found. Try /metrics or /probe?target=SERVER\n")
+    if request.method not in chosen.methods:
+        return text(405, "Method not allowed\n", (("Allow", chosen.allow),))
+    return chosen
