@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+KERBEROS_STAMP := $(VENV)/.installed-kerberos
+KERBEROS_PACKAGES := krb5-kdc krb5-admin-server libkrb5-dev
 
-.PHONY: demo test bench soak lint install system-deps clean
+.PHONY: demo demo-kerberos test bench soak lint install system-deps kerberos-deps clean rules
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +15,27 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# MIT Kerberos: the KDC the Kerberos tests and `make demo-kerberos` run (Debian's krb5-kdc, krb5-admin-server),
+# and the headers python-gssapi builds against (libkrb5-dev; gssapi has no Linux wheel). Installed only when
+# missing, the way system-deps installs Prometheus; waits for another apt instead of failing.
+kerberos-deps:
+	@HEADERS=$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])'); \
+	if ! test -x /usr/sbin/krb5kdc || ! test -x /usr/sbin/kadmin.local || ! command -v krb5-config >/dev/null \
+	   || ! command -v gcc >/dev/null || ! test -f "$$HEADERS/Python.h"; then \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  EXTRA=$$(test -f "$$HEADERS/Python.h" || echo python3-dev); \
+	  $$SUDO apt-get -o DPkg::Lock::Timeout=900 update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends \
+	    $(KERBEROS_PACKAGES) gcc $$EXTRA >/dev/null; \
+	fi
+	@test -x /usr/sbin/krb5kdc || { echo "krb5kdc is missing after installing $(KERBEROS_PACKAGES)" >&2; exit 1; }
+
+# The exporter's `kerberos` extra (pyspnego[kerberos]: python-gssapi and python-krb5), built against libkrb5-dev.
+$(KERBEROS_STAMP): $(STAMP) pyproject.toml
+	$(MAKE) kerberos-deps
+	$(BIN)/pip install --quiet -e '.[simulator,test,kerberos]'
+	touch $(KERBEROS_STAMP)
 
 # promtool (Debian `prometheus`), amtool and Alertmanager (Debian `prometheus-alertmanager`) for the rule,
 # config and integration tests. Installed only when missing; needs root or sudo.
@@ -27,7 +50,17 @@ system-deps:
 demo: $(STAMP)
 	$(BIN)/exchange-eems-simulator demo
 
-test: system-deps $(STAMP)
+# The same fleet behind a real MIT KDC on loopback, accepting Kerberos only; the exporter uses a keytab.
+demo-kerberos: $(KERBEROS_STAMP)
+	$(BIN)/exchange-eems-simulator demo --kerberos $(DEMO_ARGS)
+
+# The shipped rule file and PrometheusRule are the generator's default output (a test compares them): after
+# editing exporter/data/alert_rules.yml, regenerate both.
+rules: $(STAMP)
+	$(BIN)/exchange-eems-exporter rules --output alerts/exchange-eems.rules.yml
+	$(BIN)/exchange-eems-exporter rules --format prometheusrule --output deploy/prometheusrule.yaml
+
+test: system-deps $(STAMP) $(KERBEROS_STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

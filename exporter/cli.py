@@ -1,4 +1,4 @@
-"""Command line: `run` (default), `check-config`, `poll`, `diagnose`, `build`, `catalog update|diff`, `demo`.
+"""Command line: `run` (default), `check-config`, `poll`, `diagnose`, `build`, `catalog update|diff`, `rules`, `demo`.
 
 Arguments only: every command hands over to the module that does the work. Expected failures (a bad
 config, a bad version) print one line and exit 2, never a traceback.
@@ -231,6 +231,29 @@ def cmd_catalog_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules(args: argparse.Namespace) -> int:
+    from .alert_rules import Options, RulesError, parse_pair, render
+
+    try:
+        options = Options(
+            job_selector=args.job_selector, runbook_base=args.runbook_base,
+            labels=tuple(parse_pair(p, "--label") for p in args.label),
+            severity_map=tuple(parse_pair(p, "--severity") for p in args.severity),
+            alert_severity=tuple(parse_pair(p, "--alert-severity") for p in args.alert_severity),
+            resource_labels=tuple(parse_pair(p, "--resource-label") for p in args.resource_label))
+        text = render(options, args.format)
+    except RulesError as err:
+        raise _Fail(str(err)) from None
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        args.output.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise _Fail(f"cannot write {args.output}: {err.strerror or err}") from None
+    return 0
+
+
 def run_demo(arguments: list[str]) -> int:
     """`demo` belongs to the simulator, a separate package that is not in the image: this command hands over to
     `exchange-eems-simulator demo` in the same interpreter, without importing it (the exporter never does)."""
@@ -306,6 +329,33 @@ def build_parser() -> argparse.ArgumentParser:
     difference.add_argument("--catalog.file", "--catalog-file", dest="catalog_file", type=Path,
                             help="the catalog_file the exporter runs with now")
     difference.set_defaults(func=cmd_catalog_diff)
+
+    from .alert_rules import DEFAULT_JOB_SELECTOR, DEFAULT_RUNBOOK_BASE
+
+    rules = sub.add_parser("rules", help="write the Prometheus alert rules (or a PrometheusRule) for your site",
+                           description="The shipped alerts/exchange-eems.rules.yml and deploy/prometheusrule.yaml "
+                                       "are this command's output with the defaults. Run it again after each "
+                                       "upgrade with your options instead of editing the files.")
+    rules.add_argument("--format", choices=["rules", "prometheusrule"], default="rules",
+                       help="a rule file for rule_files: (default), or a Prometheus Operator PrometheusRule")
+    rules.add_argument("--output", "-o", type=Path, help="file to write (default: standard output)")
+    rules.add_argument("--job-selector", default=DEFAULT_JOB_SELECTOR, metavar="MATCHERS",
+                       help=f"label matchers added to every series selector, naming this exporter's jobs "
+                            f"(default {DEFAULT_JOB_SELECTOR})")
+    rules.add_argument("--runbook-base", default=DEFAULT_RUNBOOK_BASE, metavar="URL",
+                       help="your copy of docs/runbooks.md; each alert links to URL#<alert name in lower case>. "
+                            "A URL with %%s is a pattern: %%s becomes the lower-case alert name")
+    rules.add_argument("--label", action="append", default=[], metavar="NAME=VALUE",
+                       help="a label added to every alert, e.g. team=messaging (repeatable)")
+    rules.add_argument("--severity", action="append", default=[], metavar="FROM=TO",
+                       help="rename a severity on every alert that has it, e.g. critical=page (repeatable)")
+    rules.add_argument("--alert-severity", action="append", default=[], metavar="ALERT=SEVERITY",
+                       help="set one alert's severity before --severity applies, e.g. "
+                            "ExchangeEEMSMitigationsDisabled=critical (repeatable)")
+    rules.add_argument("--resource-label", action="append", default=[], metavar="NAME=VALUE",
+                       help="with --format prometheusrule: a label on the PrometheusRule itself, e.g. "
+                            "release=kube-prometheus-stack for its ruleSelector (repeatable)")
+    rules.set_defaults(func=cmd_rules)
 
     # Listed for --help only: main() hands `demo` and all its arguments to the simulator before parsing.
     sub.add_parser("demo", add_help=False, help="the demo, from the simulator: exchange-eems-simulator demo --help")

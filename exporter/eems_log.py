@@ -29,7 +29,8 @@ Assumptions (UNCONFIRMED; docs/alerts.md "What the exporter assumes" lists what 
 - Learn: event 1008 is logged "for any encountered errors". Only a 1008 whose text mentions fetching
   mitigations ("Exception encountered while fetching mitigations", every fetch failure quoted in a
   source) counts as a failed check; any other 1008 is counted apart and never marks a check failed.
-- Levels other than Warning and Error (e.g. Information) are not problems.
+- Levels other than Warning and Error (e.g. Information) are not problems. A Warning/Error line fails its
+  check only when it is about fetching mitigations (`is_fetch_problem`); others are counted apart.
 - The organization collector meets the Kerberos double hop when Exchange cmdlets cannot reach Active
   Directory: messages mentioning Active Directory, a domain controller, LDAP, Kerberos, delegation or the
   ADTopology service, and LDAP's "A local error occurred" / "The server is not operational", are
@@ -68,7 +69,7 @@ _DOUBLE_HOP = re.compile(
     r"|a local error occurred|the server is not operational",
     re.IGNORECASE,
 )
-_LEADING_TIME = re.compile(r"\s*([0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,7})?(?:Z|[+-][0-9]{2}:?[0-9]{2})?)\s*,")
+_LEADING_TIME = re.compile(r"\s*([0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,7})?(Z|[+-][0-9]{2}:?[0-9]{2})?)\s*,")
 _CUSTOM_START = re.compile(r"(?:^|,)\s*(?=[\"']?S:)")
 _PAIR = re.compile(r"S:([A-Za-z]+)=(.*)", re.DOTALL)
 _OPERATION = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
@@ -101,6 +102,14 @@ def fetch_error_reason(message: str) -> str | None:
     return _reason(folded) if FETCH_ERROR_TEXT in folded else None
 
 
+def is_fetch_problem(message: str) -> bool:
+    """Whether a Warning/Error log line is about fetching mitigations: it names a known fetch failure ("Connection
+    attempted against untrusted endpoint", "TLS certificate or its chain validation failed") or mentions
+    fetching mitigations. Other problem lines (a blocked mitigation, the diagnostic-data upload) fail no check."""
+    folded = message.lower()
+    return FETCH_ERROR_TEXT in folded or _reason(folded) != "other"
+
+
 def _reason(folded: str) -> str:
     for phrase, reason in _FETCH_ERROR_PHRASES:
         if phrase in folded:
@@ -120,6 +129,7 @@ class LogRecord(NamedTuple):
     operation: str | None
     level: str | None  # as written, e.g. "Warning"
     message: str  # S:Message, or the line's text when it has no custom data
+    zoned: bool = True  # False: the time was written without a zone (culture form), read as UTC; it may be local
 
     @property
     def is_check_start(self) -> bool:
@@ -203,7 +213,7 @@ def parse_log_lines(lines: Iterable[str], culture: RawCulture | None = None) -> 
             continue
         time, operation, level, message = common.groups()
         try:  # tuple.__new__: LogRecord's own __new__ is Python code, twice the cost
-            records.append(new(LogRecord, (from_iso(time), operation, level, message)))  # "Z": timezone.utc
+            records.append(new(LogRecord, (from_iso(time), operation, level, message, True)))  # "Z": timezone.utc
         except ValueError:  # an impossible date, as parse_ps_date reads it
             records.append(LogRecord(None, operation, level, message))
     return records
@@ -214,25 +224,26 @@ def _parse_any_line(line: str, culture: RawCulture | None) -> LogRecord | None:
     text = line.strip().lstrip("\ufeff")
     if not text or text.startswith("#"):
         return None
-    time = None
+    time, zoned = None, True
     match = _LEADING_TIME.match(text) if text[0].isdigit() or text[0].isspace() else None  # what it starts with
     if match:
         time = parse_ps_date(match.group(1))
+        zoned = match.group(2) is not None
         text = text[match.end() :]
     elif culture is not None:
         pattern = leading_time_pattern(culture.date_pattern, culture.time_pattern, culture.am, culture.pm)
         local = pattern.match(text) if pattern else None
         if local:
-            time = to_datetime(local, culture.am, culture.pm)
+            time, zoned = to_datetime(local, culture.am, culture.pm), False
             text = text[local.end() :]
     start = _CUSTOM_START.search(text) if "S:" in text else None  # the search is slow to fail: one at every comma
     if start is None:
         head, _, rest = text.partition(",")
         operation = head.strip() if rest and _OPERATION.fullmatch(head.strip()) else None
-        return LogRecord(time, operation, None, rest.strip() if operation else text)
+        return LogRecord(time, operation, None, rest.strip() if operation else text, zoned)
     fields = [f.strip() for f in text[: start.start()].split(",")]
     operation = fields[-1] if fields and _OPERATION.fullmatch(fields[-1]) else None
     pairs = _custom_data(text[start.end() :])
-    return LogRecord(time, operation, pairs.get("loglevel"), pairs.get("message", ""))
+    return LogRecord(time, operation, pairs.get("loglevel"), pairs.get("message", ""), zoned)
 
 

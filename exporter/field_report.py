@@ -24,7 +24,7 @@ from . import __version__
 from .eems_log import parse_log_line
 from .model import RawCulture
 from .parse import parse_ps_date
-from .redact import Redactor
+from .redact import MASK, Redactor
 from .scripts import DiagnoseScriptParameters
 
 FORMAT_VERSION = 1
@@ -47,7 +47,8 @@ _MESSAGE = re.compile(r"S:Message=(.*?)(?:'?;\s*'?S:[A-Za-z]+=|'?$)")
 _ISO_TIME = re.compile(r"\s*\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 _CULTURE_TIME = re.compile(r"\s*\d{1,4}[./-]\d{1,2}[./-]\d{1,4}[ ,]+\d{1,2}[:.]\d{2}")
 _LOG_NAME = re.compile(r"(?P<prefix>.*?)_?(?P<stamp>\d{6,12})(?:-(?P<seq>\d+))?\.log", re.IGNORECASE)
-_URL_HOST = re.compile(r"(?<=://)(?:[^/@\s'\"<>]*@)?([^/:@\s'\"<>\]\[\\]+)")  # user info, if any, goes too
+# user info, if any, goes too (with a password already redacted in it)
+_URL_HOST = re.compile(rf"(?<=://)(?:(?:[^/@\s'\"<>]|{re.escape(MASK)})*@)?([^/:@\s'\"<>\]\[\\]+)")
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)")
 
@@ -91,11 +92,13 @@ def names_of(*values: str | None) -> set[str]:
 
 
 class Report:
-    """`key: value` lines; every line passes the name scrubber, whatever part of the server it came from."""
+    """`key: value` lines; every line passes the secret redactor and then the name scrubber, whatever part of the
+    server it came from. Secrets go first, before any other rewriting: a name cut out of a password, a control
+    character made visible or a line cut short would leave the rest of it unrecognisable, and printed."""
 
-    def __init__(self, scrub) -> None:
+    def __init__(self, secrets: Redactor, scrub_names) -> None:
         self.lines: list[str] = []
-        self._scrub = scrub
+        self._scrub = lambda text: scrub_names(secrets.scrub(text))
 
     def heading(self, text: str) -> None:
         self.lines += ["", f"## {text}"]
@@ -402,7 +405,7 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
     `interpretation` is the exporter's ServerState for the collect output, or None; `culture` the one the
     poll reported (the exporter reads culture-formatted log times with it). `redact_names`: the names
     the configuration knows for the server (None: keep names); the computer names the scripts print are added.
-    Every line of the report passes the name scrubber, the whole text the secret redactor."""
+    Every line of the report passes the secret redactor and then the name scrubber; the whole text the redactor again."""
     collect_doc, collect_text = _document(collect)
     diagnose_doc, diagnose_text = _document(diagnose)
     scrub = lambda text: text  # noqa: E731
@@ -410,7 +413,7 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
         computers = [d.get("computer") for d in (collect_doc, diagnose_doc) if d and isinstance(d.get("computer"), str)]
         proxies = [n.lstrip("*.") for n in _winhttp_names(diagnose_doc)]
         scrub = NameScrubber(names_of(*redact_names, *computers) | set(proxies)).scrub
-    report = Report(scrub)
+    report = Report(secrets, scrub)
     report.lines.append("# exchange-eems-exporter field report")
     report.add("report.format", FORMAT_VERSION)
     report.add("report.exporter_version", __version__)

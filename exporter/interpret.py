@@ -7,8 +7,8 @@ certificate retirement logs only "Exception encountered while fetching mitigatio
 the log says "untrusted endpoint" (docs/reference/eems-facts.md section 3).
 
 Log cycles: a cycle runs from one "Fetching mitigations from" line up to the next one. A cycle with a
-Warning/Error line is a failed check (its time is the first such line); one without is a successful
-check (its time is the check-start line). The newest cycle counts as a success only once a line follows
+Warning/Error line about fetching mitigations is a failed check (its time is the first such line); one
+without is a successful check (its time is the check-start line). Other Warning/Error lines are counted apart. The newest cycle counts as a success only once a line follows
 its check-start line, so a check still in progress when the tail was read is not reported as a success.
 
 Activity: the newest trace of the service at all (an EEMS event of any id, a log line, the newest write
@@ -25,7 +25,8 @@ from functools import cache
 from typing import NamedTuple
 
 from exporter.catalog import BuildVersionError, Catalog, parse_admin_display_version
-from exporter.eems_log import FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, fetch_error_reason, parse_log_lines
+from exporter.eems_log import (FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, fetch_error_reason,
+                               is_fetch_problem, parse_log_lines)
 from exporter.model import (
     BuildVerdict,
     EemsHistory,
@@ -42,9 +43,8 @@ from exporter.windows_service import START_MODES, STATES, UNKNOWN_STATE
 SUCCESS_EVENTS = (1005, 1006)
 ERROR_EVENT = 1008
 FUTURE_TOLERANCE = timedelta(days=1)  # clock skew we accept before calling a timestamp bogus
-SAME_CHECK = timedelta(minutes=10)
-LOG_CLOCK_SLACK = timedelta(minutes=10)  # a line may look this much newer than its file's last write
-LOG_WRITE_LAG = timedelta(minutes=70)  # a file written last this long after its newest line is not believed  # an event and a log cycle closer than this are one check
+SAME_CHECK = timedelta(minutes=10)  # an event and a log cycle closer than this are one check
+LOG_CLOCK_SLACK = timedelta(minutes=10)  # a log line may look this much newer than the server's now (clock steps)
 FAILING_WINDOW = timedelta(hours=3)  # "failing now": the two newest checks in this window failed
 
 ENDPOINTS = {"GetExchangeMitigations": "mitigations", "GetExchangeConfig": "flighting"}
@@ -80,9 +80,6 @@ def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, look
         start_mode = tuple(START_MODES.values())[facts.service_key_start] if known_start else None
     failures += _partial_failures(facts, eems_build=eems_build, installed=installed)
     eems = eems_history(facts, lookback=lookback, now=now, generic_reason=_generic_reason(build))
-    if eems.log_times_misplaced:
-        failures.append(PartialFailure("log", "other", "log line times do not match the files' write times "
-                                                       "(another time zone?); the log's lines were not used"))
     return ServerState(
         name=name,
         build=build,
@@ -122,14 +119,14 @@ def error_reason(error: RawError) -> str:
 
 def _partial_failures(facts: RawServerFacts, *, eems_build: bool, installed: bool | None) -> list[PartialFailure]:
     """What could not be read, leaving out what is an answer: no events in the window (NoMatchingEventsFound,
-    in every display language), and on a server without EEMS the missing event provider and log folder."""
+    in every display language), and on a server without EEMS the missing service and log folder. (The script
+    asks for events with -LogName and -FilterXPath, which looks no provider up: an unregistered provider is
+    "no events" there, and a NoMatchingProvidersFound would be a real failure.)"""
     expected_absent = not eems_build or installed is False
     failures = []
     for error in facts.errors:
         reason = error_reason(error)
         if error.part == "events" and error.id.startswith("NoMatchingEventsFound"):
-            continue
-        if error.part == "events" and error.id.startswith("NoMatchingProvidersFound") and expected_absent:
             continue
         if error.part == "service_key" and error.id.startswith("PathNotFound"):
             continue
@@ -203,25 +200,55 @@ def _cu_level_build(admin_display_version: str, catalog: Catalog, failures: list
         return None
 
 
-def _records(facts: RawServerFacts, latest: datetime) -> tuple[list[LogRecord], bool]:
-    """Timed records of every log file read, oldest file first; lines without a readable time are dropped.
+def _records(facts: RawServerFacts, latest: datetime) -> list[LogRecord]:
+    """Timed records of every log file read, oldest file first; lines without a readable time are dropped, and
+    so is a line later than `latest` (the server's own now plus LOG_CLOCK_SLACK), alone: the rest of its file
+    stays. A file's write time bounds nothing here (Microsoft: it may not move until the writer closes the
+    file); it only is evidence of activity, in `eems_history`.
 
-    The file's write time (UTC, from the file system) checks the line times, which are a guess when they are
-    culture-formatted (no zone written): a file whose newest line is later than its last write, or far
-    earlier, has times in another zone, and its lines are dropped rather than misplaced (returned flag)."""
-    records, misplaced = [], False
+    Culture-formatted times carry no zone: they are read as UTC or, when that fits the files better, as the
+    server's local time (`_zone_shift`)."""
+    files = []
     for log in reversed(facts.logs):
         lines = log.tail.splitlines()
         if lines and (log.length is None or log.length > _file_size(log)):
             lines = lines[1:]  # the tail starts mid-file, so its first line may be partial
-        timed = [r for r in parse_log_lines(lines, facts.culture) if r is not None and r.time is not None]
-        newest = max([r.time for r in timed], default=None)
-        if newest is not None and log.last_write is not None and not (
-                log.last_write - LOG_WRITE_LAG <= newest <= log.last_write + LOG_CLOCK_SLACK):
-            misplaced = True
-            continue
-        records += [r for r in timed if r.time <= latest]
-    return records, misplaced
+        files.append((log, [r for r in parse_log_lines(lines, facts.culture) if r is not None and r.time is not None]))
+    shift = _zone_shift(files, facts.utc_offset_minutes, latest)
+    records = []
+    for _, timed in files:
+        for record in timed:
+            if shift and not record.zoned:
+                record = record._replace(time=record.time - shift)
+            if record.time <= latest:
+                records.append(record)
+    return records
+
+
+def _zone_shift(files: list[tuple[RawLog, list[LogRecord]]], offset_minutes: int | None,
+                latest: datetime) -> timedelta:
+    """How far zoneless line times are from UTC: 0, or the server's UTC offset when that reading contradicts
+    the files less. A reading is contradicted by a file with a line later than `latest`, a file whose newest
+    line is older than its write time (the newest line is at least as new as any write), and a closed file
+    (every file but the newest) whose newest line is newer than its write time (closing sets it)."""
+    if not offset_minutes or not any(not r.zoned for _, timed in files for r in timed):
+        return timedelta(0)
+
+    def contradictions(shift: timedelta) -> int:
+        count = 0
+        for index, (log, timed) in enumerate(files):
+            times = [r.time - shift for r in timed if not r.zoned]
+            if not times:
+                continue
+            newest, closed = max(times), index < len(files) - 1
+            count += newest > latest
+            if log.last_write is not None:
+                count += newest < log.last_write - LOG_CLOCK_SLACK
+                count += closed and newest > log.last_write + LOG_CLOCK_SLACK
+        return count
+
+    local = timedelta(minutes=offset_minutes)
+    return local if contradictions(local) < contradictions(timedelta(0)) else timedelta(0)
 
 
 def _file_size(log: RawLog) -> int:
@@ -232,8 +259,14 @@ def _file_size(log: RawLog) -> int:
     return len(log.tail.encode("utf-16-le" if utf16 else "utf-8"))
 
 
-def _cycles(records: list[LogRecord]) -> list[_Cycle]:
+def _cycles(records: list[LogRecord]) -> tuple[list[_Cycle], list[datetime]]:
+    """The checks in the log, and the times of problem lines that are not about fetching mitigations.
+
+    A Warning/Error line fails its check only when it is about fetching (its text names a known fetch failure
+    or mentions "fetching mitigations"), the rule 1008 events follow: EEMS logs other errors too (Learn: 1008
+    is logged "for any encountered errors"), and one of those per hour must not read as a failing server."""
     cycles: list[_Cycle] = []
+    others: list[datetime] = []
     classify = cache(classify_fetch_error)  # a check fails the same way hour after hour: each text read once
     start: LogRecord | None = None
     problems: list[LogRecord] = []
@@ -250,12 +283,16 @@ def _cycles(records: list[LogRecord]) -> list[_Cycle]:
         if record.is_check_start:
             close()
             start, problems, followed = record, [], False
-        elif start is not None:
-            followed = True
-            if record.is_problem:
-                problems.append(record)
+            continue
+        followed = start is not None
+        if record.is_problem:
+            if is_fetch_problem(record.message):
+                if start is not None:
+                    problems.append(record)
+            else:
+                others.append(record.time)
     close()
-    return cycles
+    return cycles, others
 
 
 def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
@@ -266,8 +303,8 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
     read = cache(fetch_error_reason)
     fetch_reasons = [read(e.message) if e.id == ERROR_EVENT else None for e in all_events]
     events = [e for e, reason in zip(all_events, fetch_reasons) if reason is not None or e.id in SUCCESS_EVENTS]
-    records, misplaced = _records(facts, latest)
-    cycles = _cycles(records)
+    records = _records(facts, now + LOG_CLOCK_SLACK)
+    cycles, log_others = _cycles(records)
     failed = [c for c in cycles if c.error_time is not None]
     known = [c for c in failed if c.error_reason != "other"]
     by_time = sorted((c.error_time, i) for i, c in enumerate(known))
@@ -308,9 +345,9 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
         last_error_reason=last_error[1],
         fetch_errors=counts,
         other_errors=other,
+        log_other_errors=sum(1 for time in log_others if now - lookback <= time),
         last_activity=max(activity, default=None),
         failing=failing,
-        log_times_misplaced=misplaced,
     )
 
 

@@ -119,7 +119,7 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
             "Newest confirmed successful EEMS check (events 1005/1006 or an error-free log cycle); may never "
             "appear on a healthy server.", server, _ts(eems.last_success))
     out.add("exchange_eems_last_error_timestamp_seconds",
-            "Newest failed EEMS fetch (a 1008 about fetching mitigations, or a Warning/Error log cycle).",
+            "Newest failed EEMS fetch (a 1008 or a Warning/Error log line about fetching mitigations).",
             server, _ts(eems.last_error))
     if eems.last_error_reason:
         out.info("exchange_eems_last_error", "Reason class of the newest failed EEMS check.",
@@ -132,6 +132,9 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
         out.add("exchange_eems_other_errors",
                 "Event 1008 errors within the lookback window that are not about fetching mitigations.",
                 server, eems.other_errors)
+        out.add("exchange_eems_log_other_errors",
+                "Warning/Error lines of the EEMS log within the lookback window that are not about fetching "
+                "mitigations (e.g. a blocked mitigation); they fail no check.", server, eems.log_other_errors)
     for endpoint in state.endpoints:
         labels = {**server, "endpoint": endpoint.endpoint}
         out.add("exchange_eems_endpoint_reachable",

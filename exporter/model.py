@@ -80,6 +80,7 @@ class RawServerFacts:
     logs: tuple[RawLog, ...]  # newest first
     endpoints: tuple[RawEndpoint, ...]  # empty when the optional check is off
     errors: tuple[RawError, ...]
+    utc_offset_minutes: int | None = None  # the server's local time minus UTC, now (culture log times may be local)
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ class EemsHistory:
     other_errors: int  # 1008 events in the lookback window that are not about fetching mitigations
     last_activity: datetime | None  # newest trace of the service at all: any EEMS event, newest log write
     failing: bool  # the two newest checks of the last three hours failed
-    log_times_misplaced: bool = False  # a file's line times contradict its write time: its lines were dropped
+    log_other_errors: int = 0  # Warning/Error log lines in the lookback window that are not about fetching
 
 
 @dataclass(frozen=True)

@@ -408,6 +408,14 @@ def _culture(value, notes: _Notes) -> RawCulture | None:
     return RawCulture(texts["name"], texts["ui"], texts["date"][:40], texts["time"][:40], texts["am"][:20], texts["pm"][:20])
 
 
+def _utc_offset(minutes: int | None, notes: _Notes) -> int | None:
+    """UTC offsets run from -12:00 to +14:00."""
+    if minutes is not None and not -12 * 60 <= minutes <= 14 * 60:
+        notes.wrong("utc_offset_minutes", "minutes between -720 and 840")
+        return None
+    return minutes
+
+
 def _logs(value, notes: _Notes, max_log_bytes: int) -> tuple[RawLog, ...]:
     """The newest files first; the tails together keep at most `max_log_bytes` (the newest bytes win)."""
     logs, budget = [], max(max_log_bytes, 0)
@@ -487,6 +495,7 @@ def parse_server_output(stdout: bytes, *, max_events: int = 200, max_log_bytes: 
         log_folder=folder,
         logs=_logs(doc.get("logs"), notes, max_log_bytes),
         endpoints=_endpoints(doc.get("endpoints"), notes),
+        utc_offset_minutes=_utc_offset(notes.integer(doc, "utc_offset_minutes", "utc_offset_minutes"), notes),
     )
     parse_errors = [RawError("parse", "", "", "", _clip(item)) for item in notes.items]
     return RawServerFacts(**facts, errors=tuple((*script_errors, *parse_errors)[:MAX_ERRORS]))

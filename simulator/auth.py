@@ -96,6 +96,7 @@ class AuthResult:
     principal: str | None = None
     challenge: str | None = None  # WWW-Authenticate value with the next token (SPNEGO: also the final one)
     close: bool = False  # credentials rejected: 401 with Connection: close
+    mechanism: str | None = None  # how `principal` authenticated: basic | ntlm | kerberos | certificate
 
 
 class ConnectionAuth:
@@ -109,6 +110,7 @@ class ConnectionAuth:
         self._bindings = GssChannelBindings(application_data=channel_bindings) if channel_bindings else None
         self._context: spnego.ContextProxy | None = None
         self.ntlm_principal: str | None = None
+        self._mechanism: str | None = None  # of the connection's completed SPNEGO context
 
     @property
     def context(self) -> spnego.ContextProxy | None:
@@ -119,19 +121,19 @@ class ConnectionAuth:
         """Judge one request's Authorization header. `deny` makes even valid credentials fail (fault injection)."""
         if not authorization:
             if self.ntlm_principal and not deny:
-                return AuthResult(principal=self.ntlm_principal)
+                return AuthResult(principal=self.ntlm_principal, mechanism=self._mechanism)
             return AuthResult()
         scheme, _, value = authorization.strip().partition(" ")
         scheme = scheme.lower()
         if scheme == "basic" and self._allow_basic:
             principal = self._check_basic(value.strip())
-            return AuthResult(principal=principal) if principal and not deny else AuthResult(close=True)
+            return AuthResult(principal=principal, mechanism="basic") if principal and not deny else AuthResult(close=True)
         if scheme in ("negotiate", "ntlm"):
             return self._step_ntlm(scheme, value.strip(), deny)
         if authorization.strip() == CERTIFICATE_AUTH:
             user = self._certificate_user
             known = user is not None and user.lower() in self._credentials
-            return AuthResult(principal=user) if known and not deny else AuthResult(close=True)
+            return AuthResult(principal=user, mechanism="certificate") if known and not deny else AuthResult(close=True)
         return AuthResult(close=True)
 
     def _check_basic(self, value: str) -> str | None:
@@ -165,8 +167,10 @@ class ConnectionAuth:
             self._context = None
             return AuthResult(close=True)
         self.ntlm_principal = principal
+        # SPNEGO's choice; pyspnego's acceptor here has NTLM only until a GSSAPI acceptor is added (Kerberos issue)
+        self._mechanism = "kerberos" if getattr(self._context, "negotiated_protocol", "") == "kerberos" else "ntlm"
         final = f"{header_scheme} {base64.b64encode(out).decode()}" if out else None
-        return AuthResult(principal=principal, challenge=final)
+        return AuthResult(principal=principal, challenge=final, mechanism=self._mechanism)
 
 
 class EncryptionError(ValueError):

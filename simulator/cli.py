@@ -59,11 +59,14 @@ def exporter_config(scenario: Scenario, password_file: Path, ca_file: Path | Non
         if scheme == "https" and ca_file:
             module["ca_file"] = str(ca_file)
         modules[scheme] = module
+    # One scheme (the demo): the module is `default`, the name README's configuration and examples/ use.
+    names = {scheme: "default" if len(schemes) == 1 else scheme for scheme in schemes}
+    modules = {names[scheme]: module for scheme, module in modules.items()}
     config = {
         # the endpoint check on, so every metric the rules and dashboards use has data
         "poll": {"interval": interval, "timeout": f"{_poll_timeout(interval)}s", "concurrency": 16, "check_endpoint": True},
         "modules": modules,
-        "servers": [{"name": h.name, "address": h.address, "port": h.port, "module": h.scheme}
+        "servers": [{"name": h.name, "address": h.address, "port": h.port, "module": names[h.scheme]}
                     for h in scenario.hosts],
     }
     organization = scenario.organization

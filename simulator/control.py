@@ -1,6 +1,6 @@
 """The simulator's JSON control API, so a demo or a test in another process can watch and break hosts.
 
-`GET /state` -> {"hosts": {name: {"open_shells", "requests", "commands"}}};
+`GET /state` -> {"hosts": {name: {"open_shells", "requests", "commands", "open_pools", "invocations"}}};
 `PUT /hosts/<name>/faults` with a JSON object of `Faults` fields replaces that host's faults (absent fields
 take their defaults). The HTTP framing is the server's; this module only maps a request to an answer.
 """

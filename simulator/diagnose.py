@@ -15,7 +15,7 @@ import struct
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import eems, windows
+from . import eems, eventlog, windows
 
 MARKER = "# exchange-eems-exporter:diagnose-server:v1"
 PARAMETERS = ("LookbackHours", "MaxEvents", "MessageChars", "ListFiles", "ReadFiles", "HeadBytes", "TailBytes")
@@ -42,8 +42,9 @@ def _error(error_id: str, command: str, exception: str, message: str) -> dict[st
     return {"id": f"{error_id},Microsoft.PowerShell.Commands.{command}", "type": exception, "message": message}
 
 
-def facts(server: windows.WindowsServer, now: datetime, parameter_line: str) -> dict[str, Any] | str:
-    """The diagnose script's JSON document for `server` at `now`, or the error text of a bad parameter line."""
+def facts(server: windows.WindowsServer, now: datetime, parameter_line: str, script: str = "") -> dict[str, Any] | str:
+    """The diagnose script's JSON document for `server` at `now`, or the error text of a bad parameter line;
+    its event query is answered as Windows answers the form the script uses (eventlog.py)."""
     p = parse_parameters(parameter_line)
     if isinstance(p, str):
         return p
@@ -62,7 +63,7 @@ def facts(server: windows.WindowsServer, now: datetime, parameter_line: str) -> 
         "service_key": _service_key(server, texts),
     }
     document.update(_log(server, now, p, texts, date))
-    document.update(_events(server, now, p, texts, date))
+    document.update(_events(server, now, p, texts, date, eventlog.query_form(script)))
     document["errors"] = []
     return document
 
@@ -110,22 +111,18 @@ def _log(server: windows.WindowsServer, now: datetime, p: dict[str, int], texts:
     return {"log_folder": {"path": LOG_FOLDER, "exists": True, "file_count": len(files)}, "log_files": listed}
 
 
-def _events(server: windows.WindowsServer, now: datetime, p: dict[str, int], texts: dict[str, Any], date) -> dict[str, Any]:
-    def failed(error_id: str, exception: str, message: str) -> dict[str, Any]:
-        return {"events": [], "event_errors": [_error(error_id, "GetWinEventCommand", exception, message)]}
-
-    if "events" in server.denied:
-        return failed("System.UnauthorizedAccessException", "System.UnauthorizedAccessException", texts["unauthorized"])
-    if server.eems is None:
-        return failed("NoMatchingProvidersFound", "System.Exception", texts["no_provider"].format(provider=eems.PROVIDER))
-    found = eems.events(server.eems, now, timedelta(hours=p["LookbackHours"]), p["MaxEvents"]) if server.events else []
-    if not found:
-        return failed("NoMatchingEventsFound", "System.Exception", texts["no_events"])
+def _events(server: windows.WindowsServer, now: datetime, p: dict[str, int], texts: dict[str, Any], date,
+            form: str | None) -> dict[str, Any]:
+    if form is None:
+        return {"events": [], "event_errors": []}
+    found = eventlog.answer(form, server.eems, denied="events" in server.denied, has_events=server.events, now=now,
+                            lookback=timedelta(hours=p["LookbackHours"]), max_events=p["MaxEvents"])
+    errors = [{"id": error.error_id, "type": error.exception, "message": texts[error.key].format(provider=eems.PROVIDER)}
+              for error in found.errors]
     events = [{"id": e.id, "level": EVENT_LEVELS.get(e.id, INFORMATION), "time": date(e.time),
-               "message": e.message[: p["MessageChars"]]} for e in found]
-    errors = []
-    if server.unreadable_event:  # as windows.py: the event comes with NoEventMessage, and an error record
-        text = texts["format_failed"].format(id=found[0].id, provider=eems.PROVIDER)
+               "message": e.message[: p["MessageChars"]]} for e in found.events]
+    if server.unreadable_event and events:  # as windows.py: the event comes with NoEventMessage, and an error record
+        text = texts["format_failed"].format(id=found.events[0].id, provider=eems.PROVIDER)
         events[0]["message"] = texts["event_unreadable"]
         errors.append({"id": f"{text},Microsoft.PowerShell.Commands.GetWinEventCommand",
                        "type": "System.Diagnostics.Eventing.Reader.EventLogException", "message": text})

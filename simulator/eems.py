@@ -97,12 +97,22 @@ SUCCESS_EVENT = "Mitigation service successfully fetched mitigations. Applied mi
 # Invented: a 1008 that is not about fetching (Learn: 1008 is logged "for any encountered errors").
 NON_FETCH_ERROR = _EXCEPTION_PREFIX + "Exception encountered while sending diagnostic data : The remote name could not be resolved"
 NON_FETCH_EVERY = 6  # every sixth check logs one
+# Invented: log lines that are problems but not about fetching (`log_other_errors`), one per check, alternating.
+# Learn names blocked mitigations and the diagnostic-data upload among what EEMS does; the texts are ours.
+LOG_OTHER_ERRORS = (
+    ("ApplyMitigation", "Warning", "Mitigation M2.1.0 is blocked and was not applied"),
+    ("DiagnosticData", "Error", "Exception encountered while sending diagnostic data : The remote name could not be resolved"),
+)
 
 # The log file layout is UNCONFIRMED for EEMS; these are the forms other Exchange 2016+ logs of the same
 # framework use (docs/simulator.md "Log files").
 LOG_ROTATIONS = ("hourly", "daily")
 LOG_ENCODINGS = ("utf-8", "utf-16")
 LOG_HEADERS = ("csv_first", "w3c")
+# What a file's last write time shows while EEMS holds it open: at_write, every write moves it; at_open, it stays at
+# the file's first line until the file is closed. Microsoft: "the last write time is not fully updated until all
+# handles that are used for writing are closed" (MicrosoftDocs/win32 desktop-src/SysInfo/file-times.md).
+LOG_LAST_WRITES = ("at_write", "at_open")
 FIELDS = "DateTime,EventName,CustomData"
 
 
@@ -147,10 +157,13 @@ class EemsSetup:
     success_events: bool
     applied: tuple[str, ...]
     non_fetch_errors: bool = False  # every NON_FETCH_EVERY-th check also logs a 1008 that is not a fetch error
+    log_other_errors: bool = False  # every check also logs a Warning/Error line that is not about fetching
     log_rotation: str = "hourly"
     log_encoding: str = "utf-8"
     log_header: str = "csv_first"
     log_time: tuple[str, str, str, str] | None = None  # .NET (date, time, am, pm) patterns; None = ISO 8601
+    log_time_zone: timedelta = timedelta(0)  # culture-formatted times are written in this zone (UTC + this)
+    log_last_write: str = "at_write"  # at_open: the file held open keeps the write time of its first line
 
 
 @dataclass(frozen=True)
@@ -224,6 +237,9 @@ def _check_lines(setup: EemsSetup, at: datetime) -> list[LogLine]:
             lines.append(line(1, "FetchMitigation", level, message, source))
     diagnostic = "Diagnostic data sent" if setup.data_collection_enabled else "No diagnostic data sent. DataCollectionEnabled is false"
     lines.append(line(2, "DiagnosticData", "Information", diagnostic))
+    if setup.log_other_errors:
+        operation, level, message = LOG_OTHER_ERRORS[int(at.timestamp() // 3600) % len(LOG_OTHER_ERRORS)]
+        lines.append(line(2, operation, level, message))
     return lines
 
 
@@ -264,14 +280,17 @@ def log_files(setup: EemsSetup, now: datetime, since: datetime, limit: int = 64)
     while period + step > setup.running_from and len(files) < limit:
         lines = _day_lines(setup, period, min(end, period + step - timedelta(microseconds=1)))
         if lines:
-            files.append(_log_file(setup, period, lines))
+            held_open = not files and setup.running_until is None and setup.log_last_write == "at_open"
+            files.append(_log_file(setup, period, lines, held_open))
             if lines[-1].time < since:
                 break
         period -= step
     return files
 
 
-def _log_file(setup: EemsSetup, period: datetime, lines: list[LogLine]) -> LogFile:
+def _log_file(setup: EemsSetup, period: datetime, lines: list[LogLine], held_open: bool = False) -> LogFile:
+    """The file of one period; `held_open` (the newest file of a running service, with `log_last_write: at_open`)
+    shows the write time of its first line."""
     header = (
         "#Software: Microsoft Exchange Server",
         f"#Version: {setup.data_version}",
@@ -285,14 +304,14 @@ def _log_file(setup: EemsSetup, period: datetime, lines: list[LogLine]) -> LogFi
     text = "".join(f"{row}\r\n" for row in rows)
     data = b"\xff\xfe" + text.encode("utf-16-le") if setup.log_encoding == "utf-16" else text.encode("utf-8")
     stamp = f"{period:%Y%m%d%H}" if setup.log_rotation == "hourly" else f"{period:%Y%m%d}"
-    return LogFile(f"MitigationService_{stamp}-1.LOG", data, lines[-1].time)
+    return LogFile(f"MitigationService_{stamp}-1.LOG", data, lines[0].time if held_open else lines[-1].time)
 
 
 def _restamp(setup: EemsSetup, line: LogLine) -> str:
     """The line with its time in the configured form (ISO 8601, or the culture's DateTime.ToString())."""
     if setup.log_time is None:
         return line.text
-    return format_culture_time(line.time, *setup.log_time) + line.text[line.text.index(","):]
+    return format_culture_time(line.time + setup.log_time_zone, *setup.log_time) + line.text[line.text.index(","):]
 
 
 def format_culture_time(t: datetime, date_pattern: str, time_pattern: str, am: str, pm: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 
 @dataclass
@@ -46,3 +46,37 @@ class SimulatedHost:
     max_shells_per_user: int = 30
     idle_timeout_seconds: float = 180.0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # The PowerShell session configurations this host serves over PSRP (a `remoting.Endpoints`); None = only
+    # WinRS. `winrs=False` refuses the WinRS cmd shell, so a PSRP-only fleet cannot pass by falling back.
+    endpoints: Any = None
+    winrs: bool = True
+
+
+@dataclass(frozen=True)
+class ErrorSpec:
+    """A PowerShell ErrorRecord as the remoting side writes it: what a real one carries that a client reads."""
+
+    message: str
+    error_id: str  # FullyQualifiedErrorId
+    category: int  # System.Management.Automation.ErrorCategory value
+    exception: tuple[str, ...]  # the exception's type names, most derived first
+    target: str | None = None
+    reason: str = ""  # CategoryInfo.Reason: the exception's short type name
+
+
+@dataclass
+class Invocation:
+    """One pipeline a client invoked: its statements in order, each a list of piped commands, each command
+    (name or script text, is_script, parameters). Positional arguments arrive with the name None."""
+
+    statements: list[list[tuple[str, bool, list[tuple[str | None, Any]]]]]
+
+
+@dataclass
+class Answer:
+    """What a pipeline produced: output objects, non-terminating errors, and a terminating error (Failed)."""
+
+    output: list[Any] = field(default_factory=list)
+    errors: list[ErrorSpec] = field(default_factory=list)
+    failure: ErrorSpec | None = None
+    runtime_seconds: float = 0.0  # the pipeline stays Running until this has passed

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from . import eems
+from . import eems, remoting
 from .host import Faults, SimulatedHost
 from .windows import (
     ACCOUNTS,
@@ -42,13 +42,14 @@ DEFAULT_PORTS = {"http": 5985, "https": 5986}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,14}")  # a NetBIOS computer name
 _RELATIVE = re.compile(r"-(\d+(?:\.\d+)?)([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-_TOP_KEYS = ("clock", "credentials", "tls_dir", "defaults", "organization", "servers", "generate")
+_TOP_KEYS = ("clock", "credentials", "tls_dir", "defaults", "organization", "servers", "generate", "remoting")
 _HOST_KEYS = ("scheme", "port", "max_shells_per_user", "idle_timeout")
 _SERVER_KEYS = (
     "name", "address", "fqdn", "build", "role", "service", "service_stopped_since", "installed_since", "mitigations",
     "data_collection_enabled", "internet_web_proxy", "eems_failure", "endpoint_status", "log_file", "events",
     "success_events", "build_source", "output_style", "faults", "output_faults", "locale", "account", "unreadable",
-    "unreadable_event", "winhttp_proxy", "endpoint_failure", "non_fetch_errors", "log_rotation", "log_encoding", "log_time", "log_header",
+    "unreadable_event", "winhttp_proxy", "endpoint_failure", "non_fetch_errors", "log_other_errors", "log_rotation", "log_encoding", "log_time", "log_header",
+    "log_time_zone", "log_last_write",
     *_HOST_KEYS,
 )
 
@@ -139,20 +140,61 @@ def scenario_from_dict(data: Any, base_dir: Path = Path(".")) -> Scenario:
         server=answering,
         double_hop=_bool(org.get("double_hop", False), "organization.double_hop"),
     )
-    hosts = [
-        SimulatedHost(
+    remote = _remoting(top.get("remoting", {}), {s.name.lower() for s in states})
+    hosts = []
+    for state, settings in zip(states, host_settings):
+        windows = WindowsHost(state, organization, states, clock)
+        hosts.append(SimulatedHost(
             name=state.name,
             address=settings["address"],
             port=settings["port"],
             scheme=settings["scheme"],
-            run=WindowsHost(state, organization, states, clock),
+            run=windows,
             faults=settings["faults"],
             max_shells_per_user=settings["max_shells_per_user"],
             idle_timeout_seconds=settings["idle_timeout"],
-        )
-        for state, settings in zip(states, host_settings)
-    ]
+            endpoints=remoting.Endpoints(windows, remote),
+            winrs=remote.winrs,
+        ))
     return Scenario(hosts, states, credentials, tls, organization, clock)
+
+
+def _remoting(raw: Any, names: set[str]) -> remoting.Settings:
+    """The `remoting` section: the PowerShell endpoints the servers serve over PSRP (docs/simulator.md)."""
+    top = _mapping(raw, "remoting", ("winrs", "jea", "exchange"))
+    jea = _mapping(top.get("jea", {}), "remoting.jea", ("configuration", "version", "function_body_file", "outdated",
+                                                        "absent"))
+    exchange = _mapping(top.get("exchange", {}), "remoting.exchange", ("rbac_denied", "kerberos_only"))
+
+    def servers(key: str, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ScenarioError(key, f"expected a list of server names, got {_kind(value)}")
+        unknown = [v for v in value if v.lower() not in names]
+        if unknown:
+            raise ScenarioError(key, f"{', '.join(unknown)}: not one of the scenario's servers")
+        return tuple(v.upper() for v in value)
+
+    denied = exchange.get("rbac_denied", [])
+    if not isinstance(denied, list) or any(d not in remoting.EXCHANGE_CMDLETS for d in denied):
+        raise ScenarioError("remoting.exchange.rbac_denied",
+                            f"expected a list of: {', '.join(remoting.EXCHANGE_CMDLETS)}; got {_kind(denied)}")
+    settings = remoting.Settings(
+        jea_configuration=_string(jea.get("configuration", remoting.JEA_CONFIGURATION), "remoting.jea.configuration"),
+        jea_outdated=servers("remoting.jea.outdated", jea.get("outdated", [])),
+        jea_absent=servers("remoting.jea.absent", jea.get("absent", [])),
+        rbac_denied=tuple(denied),
+        exchange_kerberos_only=_bool(exchange.get("kerberos_only", False), "remoting.exchange.kerberos_only"),
+        winrs=_bool(top.get("winrs", True), "remoting.winrs"),
+    )
+    if "version" in jea:
+        settings.jea_version = _string(jea["version"], "remoting.jea.version")
+    if "function_body_file" in jea:
+        path = Path(_string(jea["function_body_file"], "remoting.jea.function_body_file"))
+        try:
+            settings.jea_body = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ScenarioError("remoting.jea.function_body_file", f"cannot read {path}: {exc.strerror or exc}") from None
+    return settings
 
 
 # ---------------------------------------------------------------- sections
@@ -255,6 +297,7 @@ def _server(raw: Any, key: str, defaults: dict[str, Any], domain: str, anchor: d
     locale = _choice(s.get("locale", "en-US"), f"{key}.locale", tuple(LOCALES))
     culture = LOCALES[locale]["culture"]
     log_time = _choice(s.get("log_time", "iso"), f"{key}.log_time", ("iso", "culture"))
+    zone = _utc_offset(s.get("log_time_zone", "+00:00"), f"{key}.log_time_zone")
     account = _choice(s.get("account", "admin"), f"{key}.account", ACCOUNTS)
     unreadable = s.get("unreadable", [])
     if not isinstance(unreadable, list) or any(u not in ("events", "log") for u in unreadable):
@@ -280,10 +323,13 @@ def _server(raw: Any, key: str, defaults: dict[str, Any], domain: str, anchor: d
             success_events=_bool(s.get("success_events", False), f"{key}.success_events"),
             applied=applied,
             non_fetch_errors=_bool(s.get("non_fetch_errors", False), f"{key}.non_fetch_errors"),
+            log_other_errors=_bool(s.get("log_other_errors", False), f"{key}.log_other_errors"),
             log_rotation=_choice(s.get("log_rotation", "hourly"), f"{key}.log_rotation", eems.LOG_ROTATIONS),
             log_encoding=_choice(s.get("log_encoding", "utf-8"), f"{key}.log_encoding", eems.LOG_ENCODINGS),
             log_header=_choice(s.get("log_header", "csv_first"), f"{key}.log_header", eems.LOG_HEADERS),
             log_time=(culture["date"], culture["time"], culture["am"], culture["pm"]) if log_time == "culture" else None,
+            log_time_zone=zone,
+            log_last_write=_choice(s.get("log_last_write", "at_write"), f"{key}.log_last_write", eems.LOG_LAST_WRITES),
         )
     style = _mapping(s.get("output_style", {}), f"{key}.output_style", ("dates", "service_enums", "arrays", "versions"))
     out = _mapping(s.get("output_faults", {}), f"{key}.output_faults", ("script_runtime", "garbage_output", "truncated_output", "oversized_output", "exit_code"))
@@ -309,6 +355,7 @@ def _server(raw: Any, key: str, defaults: dict[str, Any], domain: str, anchor: d
         array_style=_choice(style.get("arrays", "arrays"), f"{key}.output_style.arrays", ARRAY_STYLES),
         version_style=_choice(style.get("versions", "padded"), f"{key}.output_style.versions", VERSION_STYLES),
         locale=locale,
+        utc_offset=zone,
         denied=denied,
         unreadable_event=_bool(s.get("unreadable_event", False), f"{key}.unreadable_event"),
         winhttp_proxy=_string(winhttp["proxy"], f"{key}.winhttp_proxy.proxy") if winhttp else None,
@@ -358,6 +405,17 @@ def _faults(raw: Any, key: str) -> Faults:
         unauthorized=_bool(f.get("unauthorized", False), f"{key}.unauthorized"),
         fault_code=_int(f["fault_code"], f"{key}.fault_code", 1, 2**32 - 1) if f.get("fault_code") is not None else None,
     )
+
+
+def _utc_offset(value: Any, key: str) -> timedelta:
+    """A UTC offset like "+01:00" or "-05:30", -12:00 to +14:00."""
+    match = re.fullmatch(r"([+-])([0-9]{2}):([0-9]{2})", value) if isinstance(value, str) else None
+    offset = None
+    if match:
+        offset = (1 if match.group(1) == "+" else -1) * timedelta(hours=int(match.group(2)), minutes=int(match.group(3)))
+    if offset is None or int(match.group(3)) >= 60 or not timedelta(hours=-12) <= offset <= timedelta(hours=14):
+        raise ScenarioError(key, f"expected a UTC offset from -12:00 to +14:00 like \"+01:00\", got {_kind(value)}")
+    return offset
 
 
 def _default_install(name: str, anchor: datetime) -> datetime:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from . import auth, control, wsman
+from . import auth, control, psrp, wsman
 from .host import CommandOutput, SimulatedHost
 from .shells import ShellTable
 from .tls import TestAuthority
@@ -152,6 +152,7 @@ class _HostRuntime:
     def __init__(self, host: SimulatedHost) -> None:
         self.host = host
         self.shells = ShellTable(host.lock)
+        self.psrp: psrp.PsrpService | None = None  # made on the event loop at the first PSRP request
         self.requests = 0
         self.server: asyncio.Server | None = None
         self.connections: set[asyncio.StreamWriter] = set()
@@ -330,6 +331,11 @@ class Fleet:
         runtimes = self._runtimes.values() if host_name is None else [self._runtime(host_name)]
         return sum(rt.shells.open_count(rt.host.idle_timeout_seconds) for rt in runtimes)
 
+    def open_pools(self, host_name: str | None = None) -> int:
+        """PSRP runspace pools open (not yet deleted or expired)."""
+        runtimes = self._runtimes.values() if host_name is None else [self._runtime(host_name)]
+        return sum(rt.psrp.pools.open_count() for rt in runtimes if rt.psrp is not None)
+
     def request_count(self, host_name: str) -> int:
         return self._runtime(host_name).requests
 
@@ -340,6 +346,8 @@ class Fleet:
                     "open_shells": rt.shells.open_count(rt.host.idle_timeout_seconds),
                     "requests": rt.requests,
                     "commands": rt.shells.commands,
+                    "open_pools": rt.psrp.pools.open_count() if rt.psrp is not None else 0,
+                    "invocations": rt.psrp.invocations if rt.psrp is not None else 0,
                 }
                 for name, rt in self._runtimes.items()
             }
@@ -389,18 +397,24 @@ class Fleet:
             writer.close()
 
     async def _respond(self, rt: _HostRuntime, conn_auth: auth.ConnectionAuth, request: HttpRequest, client_ip: str) -> _Response:
-        if request.path.split("?")[0].lower() != "/wsman":
+        path = request.path.split("?")[0].rstrip("/").lower()
+        if path not in ("/wsman", EXCHANGE_PATH):
             return _Response(404)
         if request.method != "POST":
             return _Response(405)
         result = conn_auth.authenticate(request.headers.get("authorization"), deny=rt.host.faults.unauthorized)
-        response = await self._authorized(rt, conn_auth, result, request, client_ip)
+        if result.principal is not None and path == EXCHANGE_PATH and _kerberos_only(rt.host) \
+                and result.mechanism != "kerberos":
+            # Exchange's /PowerShell application takes Kerberos only (pypsrp issue #187); IIS asks again
+            return _Response(401, [("WWW-Authenticate", "Negotiate")], close=True)
+        response = await self._authorized(rt, conn_auth, result, request, client_ip, path)
         if result.principal is not None and result.challenge:
             response.headers.append(("WWW-Authenticate", result.challenge))  # SPNEGO's final token
         return response
 
     async def _authorized(
-        self, rt: _HostRuntime, conn_auth: auth.ConnectionAuth, result: auth.AuthResult, request: HttpRequest, client_ip: str
+        self, rt: _HostRuntime, conn_auth: auth.ConnectionAuth, result: auth.AuthResult, request: HttpRequest,
+        client_ip: str, path: str,
     ) -> _Response:
         if result.principal is None:
             if result.challenge:
@@ -424,7 +438,7 @@ class Fleet:
                 return _Response(500)  # Windows with AllowUnencrypted=false refuses plain SOAP over HTTP
         if not soap:
             return _Response(200)  # the empty POST that completes authentication
-        status, xml, reset = await self._dispatch(rt, result.principal, soap, client_ip)
+        status, xml, reset = await self._dispatch(rt, result.principal, soap, client_ip, path)
         if reset:
             return _Response(reset=True)
         if encrypted:
@@ -449,13 +463,24 @@ class Fleet:
 
     # ------------------------------------------------------------------ WS-Management
 
-    async def _dispatch(self, rt: _HostRuntime, principal: str, soap: bytes, client_ip: str) -> tuple[int, bytes, bool]:
+    async def _dispatch(self, rt: _HostRuntime, principal: str, soap: bytes, client_ip: str,
+                        path: str = "/wsman") -> tuple[int, bytes, bool]:
         host = rt.host
         relates_to = ""
         try:
             request = wsman.parse_request(soap)
             relates_to = request.message_id
+            if path == EXCHANGE_PATH or request.resource_uri.lower().startswith(wsman.POWERSHELL_RESOURCE):
+                if rt.psrp is None:
+                    loop = asyncio.get_running_loop()
+                    rt.psrp = psrp.PsrpService(host, lambda f, *a: loop.run_in_executor(None, f, *a))
+                if request.action == wsman.ACTION_RECEIVE and host.faults.reset_mid_response:
+                    return 0, b"", True
+                address = f"{host.scheme}://{host.address}:{host.port}{'/PowerShell' if path == EXCHANGE_PATH else '/wsman'}"
+                return 200, await rt.psrp.dispatch(request, path, principal, client_ip, address), False
             if request.action == wsman.ACTION_CREATE:
+                if not host.winrs:
+                    raise wsman.WsmanFault(5)  # a PSRP-only fleet: no WinRS shell to fall back on
                 requested = wsman.requested_idle_timeout(request)
                 shell_id = rt.shells.create(principal, host.max_shells_per_user, host.idle_timeout_seconds, requested)
                 address = f"{host.scheme}://{host.address}:{host.port}/wsman"
@@ -540,6 +565,13 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
+
+
+EXCHANGE_PATH = "/powershell"  # Exchange's remote PowerShell application in IIS (compared lower-case)
+
+
+def _kerberos_only(host: SimulatedHost) -> bool:
+    return bool(host.endpoints is not None and host.endpoints.settings.exchange_kerberos_only)
 
 
 def _require_loopback(address: str, what: str) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from . import diagnose, eems
+from . import diagnose, eems, eventlog
 from .host import CommandOutput
 
 SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
@@ -103,6 +103,7 @@ class WindowsServer:
     endpoint_failure: str | None = None  # a key of ENDPOINT_FAILURES: how the endpoint check fails
     array_style: str = "arrays"
     version_style: str = "padded"
+    utc_offset: timedelta = timedelta(0)  # the server's time zone (log_time_zone): local time minus UTC
 
 
 @dataclass(frozen=True)
@@ -187,11 +188,11 @@ class WindowsHost:
             params = _parse_parameters(lines[1] if len(lines) > 1 else "")
             if isinstance(params, str):
                 return self._finish(None, _clixml_errors(params.split("\r\n")), 1, 0.0)
-            return self._finish(self._server_json(params), b"", 0, 0.3)
+            return self._finish(self._server_json(params, script), b"", 0, 0.3)
         if lines[0] == ORGANIZATION_MARKER:
             return self._finish(self._organization_json(), b"", 0, 2.0)
         if lines[0] == diagnose.MARKER:
-            document = diagnose.facts(self.server, self.clock.now(), lines[1] if len(lines) > 1 else "")
+            document = diagnose.facts(self.server, self.clock.now(), lines[1] if len(lines) > 1 else "", script)
             if isinstance(document, str):
                 return self._finish(None, _clixml_errors([document]), 1, 0.0)
             return self._finish(document, b"", 0, 1.0)
@@ -222,8 +223,9 @@ class WindowsHost:
         chunks = [out[i : i + STDOUT_CHUNK] for i in range(0, len(out), STDOUT_CHUNK)]
         return CommandOutput(chunks, stderr, faults.exit_code or exit_code, runtime)
 
-    def _server_json(self, p: dict[str, Any]) -> dict[str, Any]:
-        """What collect_server.ps1 prints on this server, errors as Windows PowerShell 5.1 raises them."""
+    def _server_json(self, p: dict[str, Any], script: str) -> dict[str, Any]:
+        """What collect_server.ps1 prints on this server, errors as Windows PowerShell 5.1 raises them for the
+        queries this script sends."""
         s, now = self.server, self.clock.now()
         texts = LOCALES[s.locale]
         install = "C:\\Program Files\\Microsoft\\Exchange Server\\V15"
@@ -251,12 +253,13 @@ class WindowsHost:
             service = {"status": SERVICE_STATUS.index(s.service_status) + 1, "start_type": START_TYPES.index(s.service_start_type)}
         else:
             service = {"status": s.service_status, "start_type": s.service_start_type}
-        events = self._events(p, now, texts, errors)
+        events = self._events(p, now, texts, errors, eventlog.query_form(script))
         folder, logs = self._logs(p, now, texts, install, errors)
         document: dict[str, Any] = {
             "schema": 1,
             "computer": s.name.upper(),
             "now": self._date(now),
+            "utc_offset_minutes": int(s.utc_offset.total_seconds() // 60),
             "culture": {"name": s.locale, "ui": s.locale, "date": texts["culture"]["date"], "time": texts["culture"]["time"],
                         "am": texts["culture"]["am"], "pm": texts["culture"]["pm"]},
             "exsetup_version": version,
@@ -273,25 +276,21 @@ class WindowsHost:
             document["endpoints"] = self._array(self._endpoints())
         return document
 
-    def _events(self, p: dict[str, Any], now: datetime, texts: dict[str, Any], errors: list) -> list[dict[str, Any]]:
+    def _events(self, p: dict[str, Any], now: datetime, texts: dict[str, Any], errors: list,
+                form: str | None) -> list[dict[str, Any]]:
         s = self.server
-        if "events" in s.denied:
-            errors.append(_error("events", "System.UnauthorizedAccessException,Microsoft.PowerShell.Commands.GetWinEventCommand",
-                                 "NotSpecified", "System.UnauthorizedAccessException", texts["unauthorized"]))
+        if form is None:
             return []
-        if s.eems is None:  # Edge, or a build before EEMS: the provider is not registered
-            errors.append(_error("events", "NoMatchingProvidersFound,Microsoft.PowerShell.Commands.GetWinEventCommand",
-                                 "ObjectNotFound", "System.Exception", texts["no_provider"].format(provider=eems.PROVIDER)))
-            return []
-        found = eems.events(s.eems, now, timedelta(hours=p["LookbackHours"]), p["MaxEvents"]) if s.events else []
-        if not found:
-            errors.append(_error("events", "NoMatchingEventsFound,Microsoft.PowerShell.Commands.GetWinEventCommand",
-                                 "ObjectNotFound", "System.Exception", texts["no_events"]))
-        events = [{"id": e.id, "time": self._date(e.time), "message": e.message} for e in found]
+        found = eventlog.answer(form, s.eems, denied="events" in s.denied, has_events=s.events, now=now,
+                                lookback=timedelta(hours=p["LookbackHours"]), max_events=p["MaxEvents"])
+        for error in found.errors:
+            errors.append(_error("events", error.error_id, error.category, error.exception,
+                                 texts[error.key].format(provider=eems.PROVIDER)))
+        events = [{"id": e.id, "time": self._date(e.time), "message": e.message} for e in found.events]
         if s.unreadable_event and events:
             # FormatDescription failed: Get-WinEvent still writes the event, with NoEventMessage, and an error
             # whose id is the exception's (localized) message (GetEventCommand.cs ReadEvents)
-            text = texts["format_failed"].format(id=found[0].id, provider=eems.PROVIDER)
+            text = texts["format_failed"].format(id=found.events[0].id, provider=eems.PROVIDER)
             events[0]["message"] = texts["event_unreadable"]
             errors.append(_error("events", f"{text},Microsoft.PowerShell.Commands.GetWinEventCommand", "NotSpecified",
                                  "System.Diagnostics.Eventing.Reader.EventLogException", text))
@@ -357,6 +356,12 @@ class WindowsHost:
                 "Active directory response: The LDAP server is unavailable."
             )
             return {"schema": 1, "organization": None, "servers": [], "error": {"stage": "organization", "message": message}}
+        servers = [entry for _, entry in self.organization_servers()]
+        return {"schema": 1, "organization": {"mitigations_enabled": org.mitigations_enabled}, "servers": servers, "error": None}
+
+    def organization_servers(self) -> list[tuple[WindowsServer, dict[str, Any]]]:
+        """Each server as Get-ExchangeServer reports it, in the organization script's JSON shape (dates as PsDate).
+        Exchange's own remote PowerShell endpoint reads the same facts (remoting.py)."""
         now = self.clock.now()
         servers = []
         for s in self.fleet:
@@ -376,8 +381,8 @@ class WindowsHost:
                 entry["mitigations_applied_time"] = self._date(applied_time) if applied_time else None
             entry["data_collection_enabled"] = s.data_collection_enabled
             entry["internet_web_proxy"] = s.internet_web_proxy or ""  # [string]$null
-            servers.append(entry)
-        return {"schema": 1, "organization": {"mitigations_enabled": org.mitigations_enabled}, "servers": servers, "error": None}
+            servers.append((s, entry))
+        return servers
 
     def _date(self, t: datetime) -> Any:
         return PsDate(t, self.server.date_style)

@@ -26,6 +26,7 @@ ACTION_DELETE = f"{TRANSFER}/Delete"
 ACTION_COMMAND = f"{SHELL}/Command"
 ACTION_RECEIVE = f"{SHELL}/Receive"
 ACTION_SIGNAL = f"{SHELL}/Signal"
+ACTION_SEND = f"{SHELL}/Send"
 SHELL_RESOURCE = f"{SHELL}/cmd"
 SIGNAL_CODES = {f"{SHELL}/signal/terminate", f"{SHELL}/signal/Terminate", f"{SHELL}/signal/ctrl_c"}
 
@@ -53,6 +54,16 @@ FAULTS: dict[int, tuple[str, str, str, str]] = {
         "w:TimedOut",
         "The WS-Management service cannot complete the operation within the time specified in OperationTimeout.  ",
         "The WS-Management service cannot complete the operation within the time specified in OperationTimeout.  ",
+    ),
+    # The f:Message is the text users report from real hosts (pywinrm #273, pypsrp #41); the subcode and the
+    # s:Reason are our guess (no recorded fault of this code).
+    2150858811: (
+        "s:Sender",
+        "w:DestinationUnreachable",
+        "The WS-Management service cannot process the request. The resource URI was not found in the "
+        "WS-Management catalog. ",
+        "The WS-Management service cannot process the request. The resource URI ({n}) was not found in the "
+        "WS-Management catalog. The catalog contains the metadata that describes resources, or logical endpoints. ",
     ),
     2150858817: (
         "s:Sender",
@@ -116,6 +127,7 @@ class WsmanRequest:
     shell_id: str | None
     body: ET.Element | None
     options: dict[str, str] = field(default_factory=dict)
+    resource_uri: str = ""
 
 
 _DURATION = re.compile(r"^P(?:(\d+)D)?T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?$")
@@ -160,7 +172,9 @@ def parse_request(data: bytes) -> WsmanRequest:
         if selector.get("Name") == "ShellId":
             shell_id = (selector.text or "").strip()
     options = {opt.get("Name", ""): (opt.text or "") for opt in header.iter(f"{{{WSMAN}}}Option")}
-    return WsmanRequest(action, message_id, timeout, max(max_envelope, 8192), shell_id, next(iter(body), None), options)
+    resource_uri = (header.findtext(f"{{{WSMAN}}}ResourceURI") or "").strip()
+    return WsmanRequest(action, message_id, timeout, max(max_envelope, 8192), shell_id, next(iter(body), None), options,
+                        resource_uri)
 
 
 def requested_idle_timeout(request: WsmanRequest) -> float | None:
@@ -301,3 +315,46 @@ def fault_response(fault: WsmanFault, relates_to: str, machine: str) -> bytes:
         f"Machine={quoteattr(machine)}><f:Message>{escape(message)}</f:Message></f:WSManFault></s:Detail></s:Fault>"
     )
     return _envelope("http://schemas.dmtf.org/wbem/wsman/1/wsman/fault", relates_to, body)
+
+
+# ---------------------------------------------------------------- PowerShell remoting (PSRP) shells
+
+POWERSHELL_RESOURCE = "http://schemas.microsoft.com/powershell/"
+
+
+def pool_create_response(relates_to: str, address: str, resource_uri: str, shell_id: str, owner: str, client_ip: str,
+                         idle_seconds: float, process_id: int) -> bytes:
+    """CreateResponse for a runspace pool: the client's ShellId kept, the fields of the recorded JEA session
+    (pypsrp test_psrp_with_jea_configuration.yml)."""
+    uri = escape(resource_uri)
+    body = (
+        f"<x:ResourceCreated><a:Address>{escape(address)}</a:Address><a:ReferenceParameters>"
+        f"<w:ResourceURI>{uri}</w:ResourceURI><w:SelectorSet>"
+        f'<w:Selector Name="ShellId">{shell_id}</w:Selector></w:SelectorSet></a:ReferenceParameters>'
+        f'</x:ResourceCreated><rsp:Shell xmlns:rsp="{SHELL}"><rsp:ShellId>{shell_id}</rsp:ShellId>'
+        f"<rsp:ResourceUri>{uri}</rsp:ResourceUri><rsp:Owner>{escape(owner)}</rsp:Owner>"
+        f"<rsp:ClientIP>{escape(client_ip)}</rsp:ClientIP><rsp:ProcessId>{process_id}</rsp:ProcessId>"
+        f"<rsp:IdleTimeOut>PT{idle_seconds:.3f}S</rsp:IdleTimeOut>"
+        "<rsp:InputStreams>stdin pr</rsp:InputStreams><rsp:OutputStreams>stdout</rsp:OutputStreams>"
+        "<rsp:MaxIdleTimeOut>PT2147483.647S</rsp:MaxIdleTimeOut><rsp:Locale>en-US</rsp:Locale>"
+        "<rsp:DataLocale>en-US</rsp:DataLocale><rsp:CompressionMode>NoCompression</rsp:CompressionMode>"
+        "<rsp:ProfileLoaded>Yes</rsp:ProfileLoaded><rsp:Encoding>UTF8</rsp:Encoding><rsp:BufferMode>Block</rsp:BufferMode>"
+        "<rsp:State>Connected</rsp:State><rsp:ShellRunTime>P0DT0H0M0S</rsp:ShellRunTime>"
+        "<rsp:ShellInactivity>P0DT0H0M0S</rsp:ShellInactivity></rsp:Shell>"
+    )
+    return _envelope(f"{TRANSFER}/CreateResponse", relates_to, body)
+
+
+def psrp_receive_response(relates_to: str, command_id: str | None, fragments: list[bytes], done: bool) -> bytes:
+    """One `rsp:Stream Name="stdout"` per PSRP fragment, as the recorded sessions show; a pipeline's last answer
+    ends with CommandState Done (ExitCode 0). Answers for the pool itself carry no CommandId and no state."""
+    cid = f" CommandId={quoteattr(command_id)}" if command_id else ""
+    parts = [f'<rsp:Stream Name="stdout"{cid}>{base64.b64encode(f).decode()}</rsp:Stream>' for f in fragments]
+    if command_id and done:
+        parts.append(f'<rsp:CommandState{cid} State="{SHELL}/CommandState/Done"><rsp:ExitCode>0</rsp:ExitCode>'
+                     "</rsp:CommandState>")
+    return _envelope(f"{SHELL}/ReceiveResponse", relates_to, f"<rsp:ReceiveResponse>{''.join(parts)}</rsp:ReceiveResponse>")
+
+
+def send_response(relates_to: str) -> bytes:
+    return _envelope(f"{SHELL}/SendResponse", relates_to, "<rsp:SendResponse/>")

@@ -28,6 +28,31 @@ USERNAME = "EXCH\\svc_monitor"
 PASSWORD_ENV = "EEMS_TEST_PASSWORD"
 
 
+@pytest.fixture
+def kdc_factory(tmp_path_factory):
+    """Start real MIT KDCs (Debian's krb5kdc) on loopback, each in its own temporary folder:
+    `kdc_factory(ticket_lifetime=60)` returns a started `simulator.kdc.Kdc` whose realm is CONTOSO.TEST.
+    This process's Kerberos environment (KRB5_CONFIG, the replay cache folder) points at the newest one
+    while the test runs, so nothing reads /etc/krb5.conf; every KDC is stopped by its PID afterwards."""
+    from simulator.kdc import Kdc
+
+    started: list[Kdc] = []
+    with pytest.MonkeyPatch.context() as patch:
+        def start(ticket_lifetime: int | None = None, realm: str = "CONTOSO.TEST", extra_env: dict | None = None) -> Kdc:
+            kdc = Kdc(tmp_path_factory.mktemp("kdc"), realm=realm, ticket_lifetime=ticket_lifetime, extra_env=extra_env)
+            started.append(kdc)
+            kdc.start()
+            for name, value in kdc.environment().items():
+                patch.setenv(name, value)
+            return kdc
+
+        try:
+            yield start
+        finally:
+            for kdc in started:
+                kdc.stop()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

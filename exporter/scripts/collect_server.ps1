@@ -1,13 +1,16 @@
 $ProgressPreference='SilentlyContinue';$ErrorActionPreference='Stop'
-$c=[Globalization.CultureInfo]::CurrentCulture
-$r=[ordered]@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;culture=@{name=$c.Name;ui=[Globalization.CultureInfo]::CurrentUICulture.Name;date=$c.DateTimeFormat.ShortDatePattern;time=$c.DateTimeFormat.LongTimePattern;am=$c.DateTimeFormat.AMDesignator;pm=$c.DateTimeFormat.PMDesignator};exsetup_version=$null;build_source=$null;edge=$false;service_key=$null;service=$null;events=@();log_folder=$null;logs=@();errors=@()}
+$c=[Globalization.CultureInfo]::CurrentCulture;$lt=Get-Date
+$r=[ordered]@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;utc_offset_minutes=[int]($lt-$lt.ToUniversalTime()).TotalMinutes;culture=@{name=$c.Name;ui=[Globalization.CultureInfo]::CurrentUICulture.Name;date=$c.DateTimeFormat.ShortDatePattern;time=$c.DateTimeFormat.LongTimePattern;am=$c.DateTimeFormat.AMDesignator;pm=$c.DateTimeFormat.PMDesignator};exsetup_version=$null;build_source=$null;edge=$false;service_key=$null;service=$null;events=@();log_folder=$null;logs=@();errors=@()}
 function Fail($part,$e){$r.errors+=@{part=$part;id=[string]$e.FullyQualifiedErrorId;category=[string]$e.CategoryInfo.Category;type=$e.Exception.GetType().FullName;message="$e"}}
 try{$r.exsetup_version=(Get-Command ExSetup.exe).FileVersionInfo.FileVersion;$r.build_source='exsetup'}catch{try{$i=(Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\Setup').MsiInstallPath;$r.exsetup_version=(Get-Item (Join-Path $i 'bin\ExSetup.exe')).VersionInfo.FileVersion;$r.build_source='registry'}catch{Fail 'build' $_}}
 $r.edge=Test-Path 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\EdgeTransportRole'
 try{$r.service_key=@{start=(Get-Item 'HKLM:\SYSTEM\CurrentControlSet\Services\MSExchangeMitigation').GetValue('Start')}}catch{Fail 'service_key' $_}
 try{$s=Get-Service MSExchangeMitigation;$r.service=@{status=[string]$s.Status;start_type=[string]$s.StartType}}catch{Fail 'service' $_}
 # Errors are recorded with their invariant FullyQualifiedErrorId; Python decides (never on the localized message).
-try{$v=$null;$r.events=@(Get-WinEvent -FilterHashtable @{LogName='Application';ProviderName='MSExchange Mitigation Service';StartTime=(Get-Date).AddHours(-$P.LookbackHours)} -MaxEvents $P.MaxEvents -EA SilentlyContinue -ErrorVariable v|%{@{id=$_.Id;time=$_.TimeCreated.ToUniversalTime();message=$_.Message}});foreach($e in $v){Fail 'events' $e}}catch{Fail 'events' $_}
+# One log with -FilterXPath: a denied Application log throws UnauthorizedAccessException (-FilterHashtable tolerates
+# query errors and answers "no events"), and no provider lookup fails where EEMS is not registered.
+try{$v=$null;$q="*[System[Provider[@Name='MSExchange Mitigation Service'] and TimeCreated[timediff(@SystemTime) <= $(3600000*$P.LookbackHours)]]]"
+$r.events=@(Get-WinEvent -LogName Application -FilterXPath $q -MaxEvents $P.MaxEvents -EA SilentlyContinue -ErrorVariable v|%{@{id=$_.Id;time=$_.TimeCreated.ToUniversalTime();message=$_.Message}});foreach($e in $v){Fail 'events' $e}}catch{Fail 'events' $_}
 # GUESS (EEMS log layout unconfirmed): newest files by write time hold the newest lines; FF FE = UTF-16, else UTF-8.
 # Length and write time from the file itself: a directory entry is stale while the file is held open.
 try{$d=Join-Path $env:ExchangeInstallPath 'Logging\MitigationService';$r.log_folder=Test-Path $d

@@ -1,4 +1,5 @@
-"""The shipped rule file: valid for Prometheus, every alert unit-tested, documented and runbook-linked.
+"""The shipped rule file: valid for Prometheus, every alert unit-tested, documented and runbook-linked; the
+output of `exchange-eems-exporter rules` with the defaults, and with a site's options still the same alerts.
 
 promtool is the real Prometheus rule loader and evaluator; when it is missing the tests fail, because
 without it nothing here is verified.
@@ -14,8 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from exporter.alert_rules import Options, render_prometheusrule, render_rules
+
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "alerts" / "exchange-eems.rules.yml"
+SOURCE = ROOT / "exporter" / "data" / "alert_rules.yml"
+PROMETHEUSRULE = ROOT / "deploy" / "prometheusrule.yaml"
 RULE_TESTS = sorted((ROOT / "alerts" / "tests").glob("*.yml"))
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
 ALERTS_DOC = ROOT / "docs" / "alerts.md"
@@ -114,6 +119,105 @@ def test_every_alert_has_a_runbook_section():
 def test_every_alert_and_threshold_is_documented():
     doc = ALERTS_DOC.read_text()
     assert {name for name in alert_names() if name not in doc} == set()
-    thresholds = re.findall(r"# THRESHOLD: (\w+)", RULES.read_text())
+    thresholds = re.findall(r"# THRESHOLD: (\w+)", SOURCE.read_text())
     assert thresholds, "thresholds must be marked in the rule file"
     assert {t for t in thresholds if f"`{t}`" not in doc} == set()
+
+
+# ------------------------------------------------------------------ generated from one source, with options
+
+
+def test_shipped_files_are_the_generators_default_output():
+    assert RULES.read_text() == render_rules(Options()), "alerts/exchange-eems.rules.yml is stale: run make rules"
+    assert PROMETHEUSRULE.read_text() == render_prometheusrule(Options()), \
+        "deploy/prometheusrule.yaml is stale: run make rules"
+
+
+def test_generated_file_keeps_the_sources_comments():
+    comments = [line.strip() for line in SOURCE.read_text().splitlines() if line.strip().startswith("#")]
+    generated = {line.strip() for line in RULES.read_text().splitlines()}
+    assert [c for c in comments if c not in generated] == []
+
+
+SITE = Options(
+    job_selector='job=~"mail-eems.*"',
+    runbook_base="https://wiki.example.internal/Exchange/Runbooks/%s",
+    labels=(("team", "messaging"), ("service", "exchange")),
+    severity_map=(("critical", "page"), ("warning", "ticket")),
+    alert_severity=(("ExchangeEEMSMitigationsDisabled", "critical"),),
+)
+
+
+def _site_severity(alertname: str, severity: str) -> str:
+    severity = dict(SITE.alert_severity).get(alertname, severity)
+    return dict(SITE.severity_map).get(severity, severity)
+
+
+def _rule_tests(tmp_path: Path, rule_file: Path, series, expected) -> list[Path]:
+    """Copies of alerts/tests/*.yml against `rule_file`, each series string passed through `series` and each
+    expected alert through `expected(alertname, alert)`; an expected alert turned into None is dropped."""
+    copies = []
+    for path in RULE_TESTS:
+        suite = yaml.safe_load(path.read_text())
+        suite["rule_files"] = [str(rule_file)]
+        for case in suite["tests"]:
+            for item in case.get("input_series", []):
+                item["series"] = series(item["series"])
+            for check in case.get("alert_rule_test", []):
+                alerts = [expected(check["alertname"], alert) for alert in check.get("exp_alerts") or []]
+                check["exp_alerts"] = [alert for alert in alerts if alert is not None]
+        copy = tmp_path / path.name
+        copy.write_text(yaml.safe_dump(suite, sort_keys=False))
+        copies.append(copy)
+    return copies
+
+
+def _promtool_test(files: list[Path]) -> None:
+    result = subprocess.run([promtool(), "test", "rules", *map(str, files)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_site_options_give_the_same_alerts_with_the_sites_labels_severities_and_links(tmp_path):
+    rule_file = tmp_path / "site.rules.yml"
+    rule_file.write_text(render_rules(SITE))
+    check = subprocess.run([promtool(), "check", "rules", "--lint=all", "--lint-fatal", str(rule_file)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    def expected(alertname: str, alert: dict) -> dict:
+        labels = alert.setdefault("exp_labels", {})
+        if "job" in labels:
+            labels["job"] = labels["job"].replace("exchange-eems", "mail-eems")
+        labels["severity"] = _site_severity(alertname, labels["severity"])
+        labels.update(SITE.labels)
+        annotations = alert.get("exp_annotations", {})
+        for key, text in annotations.items():
+            annotations[key] = text.replace("job exchange-eems", "job mail-eems")
+        if "runbook_url" in annotations:
+            annotations["runbook_url"] = f"https://wiki.example.internal/Exchange/Runbooks/{alertname.lower()}"
+        return alert
+
+    _promtool_test(_rule_tests(tmp_path, rule_file, lambda s: s.replace('job="exchange-eems', 'job="mail-eems'),
+                               expected))
+
+
+def test_job_selector_reaches_every_alert(tmp_path):
+    """The same unit tests' series under job names the site's selector excludes: no alert may fire."""
+    rule_file = tmp_path / "site.rules.yml"
+    rule_file.write_text(render_rules(SITE))
+    _promtool_test(_rule_tests(tmp_path, rule_file, lambda s: s, lambda alertname, alert: None))
+
+
+def test_target_labels_flow_through_every_alert(tmp_path):
+    """A `team` label set on the scrape target (static_configs labels) is on every series of that target; every
+    alert built from them must keep it, so Alertmanager can route on it (docs/alerts.md, "Routing")."""
+    def series(text: str) -> str:
+        name, brace, rest = text.partition("{")
+        return f'{name}{{team="messaging",{rest}' if brace else f'{name}{{team="messaging"}}'
+
+    def expected(alertname: str, alert: dict) -> dict:
+        alert.setdefault("exp_labels", {})["team"] = "messaging"
+        return alert
+
+    _promtool_test(_rule_tests(tmp_path, RULES, series, expected))

@@ -21,7 +21,10 @@ SIMULATOR = ROOT / "simulator"
 NOW = datetime(2026, 11, 26, 12, 30, tzinfo=timezone.utc)
 SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
 ORG_MARKER = "# exchange-eems-exporter:collect-organization:v1"
-BODY = "$ProgressPreference='SilentlyContinue'\r\n$r=[ordered]@{schema=1}\r\nConvertTo-Json -InputObject $r -Compress\r\n"
+# The simulator answers the event query the script sends (simulator/eventlog.py): this stand-in asks as the
+# exporter's script does.
+EVENT_QUERY = "$r.events=@(Get-WinEvent -LogName Application -FilterXPath $q -MaxEvents $P.MaxEvents)"
+BODY = f"$ProgressPreference='SilentlyContinue'\r\n$r=[ordered]@{{schema=1}}\r\n{EVENT_QUERY}\r\nConvertTo-Json -InputObject $r -Compress\r\n"
 
 
 def server_script(lookback=24, max_events=50, tail=32768, endpoint=0, proxy="") -> str:
@@ -293,14 +296,49 @@ def test_eems_failure_none_overrides_the_build():
     assert not failures(facts(fleet({"name": "EX01", "build": "15.2.1118.25", "eems_failure": "none"})))
 
 
+HASHTABLE_QUERY = "$r.events=@(Get-WinEvent -FilterHashtable @{LogName='Application';ProviderName=$n} -MaxEvents 5)"
+
+
 @pytest.mark.parametrize("server", [{"build": "15.2.1748.39", "role": "Edge"}, {"build": "15.1.2308.27"}, {"build": "15.2.922.27"}, {"build": "15.0.1497.48"}])
 def test_no_eems_means_the_errors_windows_gives(server):
-    """Edge and pre-EEMS builds: no service key, Get-Service "not found", no event provider, no log folder."""
+    """Edge and pre-EEMS builds: no service key, Get-Service "not found", no log folder, and no EEMS event: asked
+    with -LogName and -FilterXPath, no provider is looked up, so it is simply "no events"."""
     doc = facts(fleet({"name": "EX01", **server}))
     assert doc["service"] is None and doc["service_key"] is None and doc["logs"] == [] and doc["events"] == []
     assert doc["log_folder"] is False and doc["edge"] is (server.get("role") == "Edge")
     assert [(e["part"], e["id"].split(",")[0]) for e in doc["errors"]] == [
-        ("service_key", "PathNotFound"), ("service", "NoServiceFoundForGivenName"), ("events", "NoMatchingProvidersFound")]
+        ("service_key", "PathNotFound"), ("service", "NoServiceFoundForGivenName"), ("events", "NoMatchingEventsFound")]
+
+
+def run_body(scenario, body: str) -> dict:
+    out = run(scenario, encode(server_script().replace(BODY, body)))
+    assert out.exit_code == 0, out.stderr
+    return json.loads(stdout(out))
+
+
+def test_a_hashtable_query_gets_two_errors_where_the_provider_is_missing():
+    """R10: -FilterHashtable looks the provider up, then drops the log from its query (GetEventCommand.cs
+    BuildStructuredQuery; PowerShell/PowerShell#15713 shows both errors together)."""
+    doc = run_body(fleet({"name": "EX01", "build": "15.2.1748.39", "role": "Edge"}), BODY.replace(EVENT_QUERY, HASHTABLE_QUERY))
+    assert [(e["id"].split(",")[0], e["category"]) for e in doc["errors"] if e["part"] == "events"] == [
+        ("NoMatchingProvidersFound", "ObjectNotFound"), ("LogsAndProvidersDontOverlap", "InvalidArgument")]
+
+
+@pytest.mark.parametrize("query, error_id, exception", [
+    (EVENT_QUERY, "System.UnauthorizedAccessException", "System.UnauthorizedAccessException"),
+    (HASHTABLE_QUERY, "NoMatchingEventsFound", "System.Exception"),
+])
+def test_a_denied_application_log_answers_as_the_query_asks(query, error_id, exception):
+    """R2: -FilterHashtable runs with TolerateQueryErrors, so a denied channel is "no events"; one log asked with
+    -FilterXPath throws UnauthorizedAccessException (GetEventCommand.cs ProcessHashQuery / ProcessGetLog)."""
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "account": "least_privilege", "unreadable": ["events"]})
+    doc = run_body(sc, BODY.replace(EVENT_QUERY, query))
+    assert [(e["id"].split(",")[0], e["type"]) for e in doc["errors"] if e["part"] == "events"] == [(error_id, exception)]
+
+
+def test_a_script_without_an_event_query_gets_no_events():
+    doc = run_body(fleet({"name": "EX01", "build": "15.2.2562.53", "success_events": True}), BODY.replace(EVENT_QUERY, ""))
+    assert doc["events"] == [] and not [e for e in doc["errors"] if e["part"] == "events"]
 
 
 def test_success_events_are_off_by_default():
@@ -349,6 +387,35 @@ def test_non_fetch_errors_and_an_unreadable_event():
     assert doc["events"][0]["message"] == "Cannot retrieve event message text."
     (error,) = doc["errors"]
     assert error["part"] == "events" and error["id"].endswith(",Microsoft.PowerShell.Commands.GetWinEventCommand")
+
+
+def test_log_other_errors_writes_a_problem_line_per_check_that_is_not_about_fetching():
+    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "log_other_errors": True}))
+    lines = log_text(doc).splitlines()
+    checks = sum("S:Message=Fetching mitigations from" in line for line in lines)
+    problems = [line for line in lines if "S:LogLevel=Warning" in line or "S:LogLevel=Error" in line]
+    assert checks >= 24 and len(problems) == checks
+    assert {"Warning", "Error"} == {line.split("S:LogLevel=")[1].split(";")[0] for line in problems}
+    assert not any("fetching mitigations" in line.lower() for line in problems)
+
+
+def test_a_file_held_open_shows_the_write_time_of_its_first_line():
+    """log_last_write: at_open (Microsoft: the last write time may not move until the writer closes the file)."""
+    at_write = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "log_rotation": "daily"}))
+    at_open = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "log_rotation": "daily", "log_last_write": "at_open"}))
+    assert at_write["logs"][0]["tail"] == at_open["logs"][0]["tail"]
+    first = re.search(r"^(\S+Z),", at_open["logs"][0]["tail"].split("#Fields")[1].split("\n", 1)[1], re.MULTILINE).group(1)
+    assert ms(at_open["logs"][0]["last_write"]) == int(datetime.fromisoformat(first).timestamp() * 1000)
+    assert ms(at_write["logs"][0]["last_write"]) > ms(at_open["logs"][0]["last_write"]) + 11 * 3600 * 1000
+    assert at_open["logs"][1]["last_write"] == at_write["logs"][1]["last_write"]  # closed files: their last line
+
+
+def test_culture_times_in_a_time_zone():
+    doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "log_time": "culture", "log_time_zone": "+01:00"}))
+    assert doc["utc_offset_minutes"] == 60
+    assert re.search(r"^11/26/2026 1:\d\d:\d\d PM,FetchMitigation,", doc["logs"][0]["tail"], re.MULTILINE)
+    with pytest.raises(ScenarioError, match="log_time_zone: expected a UTC offset"):
+        fleet({"name": "EX01", "build": "15.2.2562.53", "log_time_zone": "+15:00"})
 
 
 def test_stopped_service_has_no_checks_after_it_stopped():

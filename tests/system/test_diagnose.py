@@ -159,7 +159,8 @@ def test_edge_and_old_builds(reports):
         got = lines(reports[server][1])
         assert got["rights.service_query"] == "not installed: no service and no registry key", server
         assert got["log.folder"].endswith("(does not exist)"), server
-        assert got["events.read_error.1"].startswith("NoMatchingProvidersFound,"), server
+        # -LogName with -FilterXPath looks no provider up: "no events", not NoMatchingProvidersFound (R10)
+        assert got["events.read_error.1"].startswith("NoMatchingEventsFound,"), server
         assert got["interpretation.collection_errors"] == "(empty)", server
     got = lines(reports["EX19-CU12"][1])
     assert got["interpretation.build.update"] == "Feb23SU"

@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,6 +36,7 @@ from exporter.redact import Redactor
 
 from ..conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, relocate, samples
 from .hostile_server import HostileServer, Output
+from .test_secrets import Exporter as ExporterProcess
 
 HEALTHY = {"servers": [{"name": "HEALTHY1", "address": "127.0.0.1", "build": "15.2.2562.53"},
                        {"name": "HEALTHY2", "address": "127.0.0.1", "build": "15.2.1544.36"}]}
@@ -301,3 +308,157 @@ def _config_text_for_basic() -> str:
     return yaml.safe_dump({"modules": {"default": {"transport": "basic", "username": USERNAME,
                                                    "password_env": PASSWORD_ENV}},
                            "servers": ["ex01.contoso.com"]})
+
+
+# ---------------------------------------------------------------- round 2 (issue 20), finding 6: `diagnose` and the password in other forms
+
+LEAKY_SERVER = "EX-LEAK01"
+LEAKY_USER, LEAKY_PASSWORD_ENV = "EXCH\\svc_leaky", "EEMS_LEAKY_PASSWORD"  # a fleet's user has one password
+# A password with characters JSON and URLs escape, and the server's own name inside it (which --redact-names
+# would cut first, printing the rest). LEFT and RIGHT are what such a cut leaves behind.
+LEAKY_LEFT, LEAKY_RIGHT = 'Zq9#"', "\\<&'>Wv3kX"
+LEAKY_PASSWORD = f"{LEAKY_LEFT}{LEAKY_SERVER}{LEAKY_RIGHT}"
+# Its NT hash (MD4 of the UTF-16LE password), from `iconv -t UTF-16LE | openssl dgst -md4 -provider legacy`.
+LEAKY_NT_HASH = "A59999A42ADC6305BC07E8C72D17023F"
+
+
+def _ps_json_escaped(text: str) -> str:
+    """How Windows PowerShell 5.1's ConvertTo-Json writes a string (it also escapes ' < > &)."""
+    body = json.dumps(text)[1:-1]
+    for char, escape in (("'", "\\u0027"), ("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
+        body = body.replace(char, escape)
+    return body
+
+
+def _leaky_forms(secret: str) -> dict[str, str]:
+    """The password as a server's log or event may carry it, each form one text."""
+    return {
+        "JSON-escaped": json.dumps(secret)[1:-1],
+        "JSON-escaped by PowerShell": _ps_json_escaped(secret),
+        "percent-encoded in a URL": f"http://svc-proxy:{urllib.parse.quote(secret, safe='')}@proxy.contoso.com:8080/",
+        "base64 of the password alone": base64.b64encode(secret.encode()).decode(),
+        "NT hash": LEAKY_NT_HASH,
+        "plain": secret,
+        "UTF-16LE bytes": secret.encode("utf-16-le").decode("ascii"),
+    }
+
+
+def _views(text: str) -> list[str]:
+    """The output and what undoing its escapes shows: JSON escapes (up to three levels), the report's own \\xNN for
+    control characters (it does not escape a backslash), percent-encoding, and the NULs of UTF-16 text read as
+    bytes. A leak is the password, or the part a name cut leaves, in any view."""
+    found, current = [text], text
+    for _ in range(3):
+        current = re.sub(r"\\(u[0-9a-fA-F]{4}|[\"\\/])", lambda m: chr(int(m[1][1:], 16)) if len(m[1]) > 1 else m[1],
+                         current)
+        found.append(current)
+    found += [re.sub(r"\\x([0-9a-f]{2})", lambda m: chr(int(m[1], 16)), view) for view in found]
+    found += [urllib.parse.unquote(view) for view in found]
+    return found + [view.replace("\x00", "") for view in found]
+
+
+def assert_password_absent(output: str, secret: str) -> None:
+    leaks = sorted({needle for view in _views(output) for needle in (secret, LEAKY_LEFT + "<host>", "<host>" + LEAKY_RIGHT)
+                    if needle in view})
+    for name in ("base64 of the password alone", "NT hash"):
+        needle = _leaky_forms(secret)[name]
+        if needle.lower() in output.lower():
+            leaks.append(name)
+    assert not leaks, f"the password leaked: {leaks}"
+
+
+def test_the_leak_search_finds_every_form():
+    """The search can fail: each form, inside other text and after the report's own rewriting, is found."""
+    for name, form in _leaky_forms(LEAKY_PASSWORD).items():
+        for shown in (form, form.replace("\x00", "\\x00"), json.dumps(form), json.dumps(json.dumps(form))):
+            with pytest.raises(AssertionError, match="the password leaked"):
+                assert_password_absent(f"x: Using Proxy {shown} To Fetch", LEAKY_PASSWORD)
+    with pytest.raises(AssertionError, match="the password leaked"):  # what a name cut leaves
+        assert_password_absent(f"x: {LEAKY_LEFT}<host>{LEAKY_RIGHT}", LEAKY_PASSWORD)
+    assert_password_absent("x: Using Proxy <redacted> To Fetch", LEAKY_PASSWORD)
+
+
+def _leaky_fleet() -> SimulatedFleet:
+    """One simulated server whose EEMS writes the password in every form into its log (a proxy line) and its
+    events (the 1006 text). The scenario file cannot say that (it accepts only a proxy URL and mitigation ids),
+    so the server's state is replaced in this process, before the fleet starts: what a compromised or careless
+    server may write."""
+    scenario = relocate({"servers": [{"name": LEAKY_SERVER, "address": "127.0.0.1", "build": "15.2.2562.53",
+                                      "internet_web_proxy": "http://proxy.contoso.com:8080/"}]})
+    scenario["credentials"] = [{"username": LEAKY_USER, "password": LEAKY_PASSWORD}]
+    fleet = SimulatedFleet(scenario)
+    windows = fleet.hosts[LEAKY_SERVER].run
+    carrier = " ".join(_leaky_forms(LEAKY_PASSWORD).values())
+    windows.server = dataclasses.replace(windows.server, eems=dataclasses.replace(
+        windows.server.eems, proxy=carrier, applied=(carrier,), success_events=True))
+    return fleet
+
+
+@pytest.mark.parametrize("redact_names", [False, True])
+def test_diagnose_removes_the_password_in_every_form(tmp_path, redact_names):
+    with _leaky_fleet() as fleet:
+        config = yaml.safe_load(fleet.config_text())
+        for module in config["modules"].values():
+            module.update(username=LEAKY_USER, password_env=LEAKY_PASSWORD_ENV)
+        config_file = tmp_path / "config.yml"
+        config_file.write_text(yaml.safe_dump(config))
+        proc = subprocess.run(
+            [sys.executable, "-m", "exporter", "diagnose", "--config.file", str(config_file), "--log.level", "debug",
+             LEAKY_SERVER, *(["--redact-names"] if redact_names else [])],
+            cwd=Path(__file__).resolve().parents[2], capture_output=True, timeout=120,
+            env={**os.environ, LEAKY_PASSWORD_ENV: LEAKY_PASSWORD, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    report, log = proc.stdout.decode(), proc.stderr.decode(errors="replace")
+    assert proc.returncode == 0, log[-3000:]
+    assert "Using Proxy" in report and "Applied mitigations:" in report  # the carriers reached the report
+    assert_password_absent(report, LEAKY_PASSWORD)
+    assert_password_absent(log, LEAKY_PASSWORD)
+    assert report.count("<redacted>") >= 10, report.count("<redacted>")  # the forms were found, not merely cut off
+
+
+# ---------------------------------------------------------------- round 2 (issue 22), finding 13: authentication tokens in the debug log
+
+# What an NTLM message looks like in a log: base64 (the Authorization header, pyspnego's "step" lines), hex, or
+# Python's repr of the bytes; and an Authorization or WWW-Authenticate value of any scheme.
+TOKEN_SHAPES = {
+    "NTLM message, base64": re.compile(r"TlRMTVNTUA"),
+    "NTLM message, hex": re.compile(r"4e544c4d53535000", re.IGNORECASE),
+    "NTLM message, bytes": re.compile(r"NTLMSSP(?:\x00|\\x00)"),
+    "authentication header value": re.compile(r"\b(?:Negotiate|NTLM|Kerberos|CredSSP|Basic)\s+[A-Za-z0-9+/]{20,}"),
+}
+
+
+def _tokens_in(text: str) -> list[str]:
+    return [f"{name}: ...{text[max(0, m.start() - 80):m.end() + 20]!r}" for name, shape in TOKEN_SHAPES.items()
+            for m in shape.finditer(text)][:5]
+
+
+def test_the_token_search_finds_what_libraries_log():
+    for line in ("spnego._ntlm NTLM step output: TlRMTVNTUAADAAAAGAAYAEgAAAA=",
+                 "send: b'POST /wsman HTTP/1.1\\r\\nAuthorization: Negotiate oXcwdaADCgEBoloEWE5UTE1TU1A='",
+                 "reply: b'NTLMSSP\\x00\\x02\\x00'", "token 4E544C4D5353500002000000"):
+        assert _tokens_in(line), line
+    assert not _tokens_in("ts=1 level=DEBUG logger=exporter.poller msg=poll of EX01 took 0.2 s (NTLM over http)")
+
+
+def test_no_authentication_token_reaches_the_debug_log(tmp_path):
+    """`run --log.level debug` polling servers over NTLM (http and https): libraries that see tokens (pyspnego,
+    requests_ntlm, urllib3, pywinrm, pypsrp, gssapi) log nothing below INFO, and no token reaches the log from
+    any logger, while the exporter's own debug records are still written."""
+    scenario = relocate({"servers": [{"name": "EX-TOKENS-HTTP", "address": "127.0.0.1", "build": "15.2.2562.53"},
+                                     {"name": "EX-TOKENS-TLS", "address": "127.0.0.1", "build": "15.2.2562.53",
+                                      "scheme": "https"}]})
+    with SimulatedFleet(scenario) as fleet:
+        config_file = tmp_path / "config.yml"
+        config_file.write_text(fleet.config_text(interval="10s", timeout="5s"))
+        exporter = ExporterProcess(config_file, tmp_path)
+        try:
+            exporter.start()
+            exporter.wait_ready()  # every server polled once: two NTLM handshakes
+            status, _ = exporter.request("GET", "/metrics")
+        finally:
+            exporter.stop()
+    log = exporter.log()
+    assert status == 200 and "level=DEBUG logger=exporter.http_server" in log, log[-3000:]  # debug is on
+    assert not _tokens_in(log), _tokens_in(log)
+    library_debug = re.findall(r"level=DEBUG logger=(spnego|requests_ntlm|urllib3|winrm|pypsrp|gssapi)\S*", log)
+    assert not library_debug, sorted(set(library_debug))

@@ -89,7 +89,7 @@ def facts(events=(), tail: str | None = None, **fields) -> RawServerFacts:
         service_key_start=2, service_queried=True, service_status="Running", service_start_type="Automatic",
         events=tuple(events), log_folder=True,
         logs=() if tail is None else (RawLog(len(tail.encode()), None, "utf-8", tail),),
-        endpoints=(), errors=(),
+        endpoints=(), errors=(), utc_offset_minutes=0,
     )
     return replace(base, **fields)
 
@@ -171,10 +171,10 @@ def test_no_events_in_any_language_is_not_a_failure(catalog, message):
     assert state.collection_errors == ()
 
 
-def test_edge_and_pre_eems_builds_have_no_provider_and_no_log_folder_without_failures(catalog):
+def test_edge_and_pre_eems_builds_have_no_events_and_no_log_folder_without_failures(catalog):
     absent = (error("service_key", "PathNotFound,Microsoft.PowerShell.Commands.GetItemCommand"),
               error("service", "NoServiceFoundForGivenName,Microsoft.PowerShell.Commands.GetServiceCommand"),
-              error("events", f"NoMatchingProvidersFound,{GETWINEVENT}"))
+              error("events", f"NoMatchingEventsFound,{GETWINEVENT}"))
     no_service = dict(service_queried=False, service_key_start=None, service_status=None, service_start_type=None,
                       log_folder=False, errors=absent)
     for server in (facts(edge=True, **no_service), facts(exsetup_version="15.02.0922.007", **no_service)):
@@ -285,6 +285,26 @@ def test_a_1008_not_about_fetching_is_counted_apart(catalog):
     assert eems.last_activity == at(1)
 
 
+BLOCKED_LINE = "ApplyMitigation,S:LogLevel=Warning;S:Message=Mitigation M2.1.0 is blocked and was not applied"
+UPLOAD_LINE = ("DiagnosticData,S:LogLevel=Error;S:Message=Exception encountered while sending diagnostic data : "
+               "The remote name could not be resolved")
+
+
+def test_a_log_problem_not_about_fetching_is_counted_apart(catalog):
+    """R1: as for 1008 events, only a Warning/Error line about fetching mitigations fails a check; EEMS logs
+    other errors too (a blocked mitigation, the diagnostic-data upload), one per hourly check here."""
+    cycles = []
+    for hours in (3, 2, 1, 0.25):
+        cycles += [stamp(at(hours), FETCH_LINE), stamp(at(hours, -1), DONE_LINE),
+                   stamp(at(hours, -2), BLOCKED_LINE if hours in (3, 1) else UPLOAD_LINE)]
+    eems = interpret(facts(tail="\n".join(cycles)), catalog).eems
+    assert (eems.failing, eems.last_error, eems.last_error_reason) == (False, None, None)
+    assert eems.last_success == at(0.25) and eems.log_other_errors == 4
+    failed = cycles + [stamp(at(0, 5), FETCH_LINE), stamp(at(0, 4), UNTRUSTED_LINE), stamp(at(0, 3), BLOCKED_LINE)]
+    eems = interpret(facts(tail="\n".join(failed)), catalog).eems
+    assert (eems.last_error, eems.last_error_reason, eems.log_other_errors) == (at(0, 4), "untrusted_endpoint", 5)
+
+
 def test_failing_needs_the_two_newest_checks_to_fail(catalog):
     clean = [stamp(at(3, -30), FETCH_LINE), stamp(at(3, -31), DONE_LINE)]
     once = [stamp(at(2), FETCH_LINE), stamp(at(2, -1), UNTRUSTED_LINE)]
@@ -324,20 +344,58 @@ def test_hourly_files_utf16_and_culture_times_are_read_together(catalog):
     assert (eems.last_error, eems.last_error_reason) == (at(2, -1), "untrusted_endpoint")
 
 
-def test_log_times_in_another_zone_are_dropped_not_misplaced(catalog):
-    """Culture-formatted times carry no zone; the file's UTC write time shows when they are not UTC."""
-    def local(when: datetime) -> str:  # the server writes UTC+2 local time
-        t = when + timedelta(hours=2)
-        return f"{t.month}/{t.day}/{t.year} {(t.hour % 12) or 12}:{t:%M:%S} {'AM' if t.hour < 12 else 'PM'}"
+def culture_time(when: datetime, offset_hours: float = 0) -> str:
+    """`DateTime.ToString()` in en-US, in the zone `offset_hours` from UTC (no zone is written)."""
+    t = when + timedelta(hours=offset_hours)
+    return f"{t.month}/{t.day}/{t.year} {(t.hour % 12) or 12}:{t:%M:%S} {'AM' if t.hour < 12 else 'PM'}"
 
-    tail = f"{local(at(1))},{FETCH_LINE}\r\n{local(at(1, -1))},{UNTRUSTED_LINE}\r\n"
-    log = RawLog(len(tail), at(1, -1), "utf-8", tail)
-    state = interpret(facts(logs=(log,)), catalog)
-    assert (state.eems.last_check, state.eems.last_error, state.eems.last_success) == (None, None, None)
-    assert state.eems.last_activity == at(1, -1)  # the write time still shows the service is active
-    assert [(f.part, f.reason) for f in state.collection_errors] == [("log", "other")]
-    in_utc = RawLog(len(tail), at(1, -1) + timedelta(hours=2), "utf-8", tail)
-    assert interpret(facts(logs=(in_utc,)), catalog).eems.last_error is not None
+
+@pytest.mark.parametrize("offset_hours", [1, 2, 14, -1, -5, -12, 5.5])
+def test_culture_times_in_the_servers_zone_are_placed_by_its_offset(catalog, offset_hours):
+    """R4: culture-formatted times carry no zone. Closed hourly files show which reading fits: their UTC write
+    time is their newest line's, and no line is later than the server's now. Nothing is dropped."""
+    logs = []
+    for hours in (3, 2, 1, 0.25):  # hourly files, the newest still open
+        lines = [f"{culture_time(at(hours), offset_hours)},{FETCH_LINE}",
+                 f"{culture_time(at(hours, -1), offset_hours)},{UNTRUSTED_LINE if hours == 2 else DONE_LINE}"]
+        tail = "\r\n".join(lines) + "\r\n"
+        logs.insert(0, RawLog(len(tail), at(hours, -1), "utf-8", tail))
+    state = interpret(facts(logs=tuple(logs), utc_offset_minutes=int(offset_hours * 60)), catalog)
+    assert (state.eems.last_check, state.eems.last_success) == (at(0.25), at(0.25))
+    assert (state.eems.last_error, state.eems.last_error_reason) == (at(2, -1), "untrusted_endpoint")
+    assert state.eems.last_activity == at(0.25, -1) and state.collection_errors == ()
+
+
+def test_culture_times_in_utc_stay_utc_on_a_server_in_another_zone(catalog):
+    tail = f"{culture_time(at(1))},{FETCH_LINE}\r\n{culture_time(at(1, -1))},{DONE_LINE}\r\n"
+    older = f"{culture_time(at(2))},{FETCH_LINE}\r\n{culture_time(at(2, -1))},{DONE_LINE}\r\n"
+    logs = (RawLog(len(tail), at(1, -1), "utf-8", tail), RawLog(len(older), at(2, -1), "utf-8", older))
+    for offset in (60, -300):
+        assert interpret(facts(logs=logs, utc_offset_minutes=offset), catalog).eems.last_success == at(1)
+
+
+def test_a_daily_file_held_open_keeps_its_lines(catalog):
+    """R3: Microsoft documents that a file's last write time may not move until its writer closes it. A daily
+    file EEMS holds open shows the time it was opened; its lines are what proves the checks since."""
+    lines = []
+    for hour in range(12):
+        lines += [stamp(NOW.replace(hour=hour, minute=10), FETCH_LINE),
+                  stamp(NOW.replace(hour=hour, minute=11), DONE_LINE)]
+    tail = "\n".join(lines)
+    opened = NOW.replace(hour=0, minute=10)
+    state = interpret(facts(logs=(RawLog(len(tail), opened, "utf-8", tail),)), catalog)
+    assert state.collection_errors == ()
+    assert state.eems.last_success == NOW.replace(hour=11, minute=10)
+    assert state.eems.last_activity == NOW.replace(hour=11, minute=11)
+
+
+def test_a_line_later_than_the_servers_now_is_not_believed_but_the_file_is(catalog):
+    """Line times are bounded by the server's own clock (plus ten minutes), not by the file's write time."""
+    tail = "\n".join([stamp(at(1), FETCH_LINE), stamp(at(1, -1), DONE_LINE), stamp(at(-1), FETCH_LINE),
+                      stamp(at(-1, -1), UNTRUSTED_LINE)])
+    state = interpret(facts(logs=(RawLog(len(tail), at(1, -1), "utf-8", tail),)), catalog)
+    assert (state.eems.last_success, state.eems.last_check, state.eems.last_error) == (at(1), at(1), None)
+    assert state.eems.last_activity == at(1, -1) and state.collection_errors == ()
 
 
 def test_events_only(catalog):

@@ -1,0 +1,428 @@
+"""What a simulated Exchange server's PowerShell session configurations answer over PSRP.
+
+Three configurations, as a real server has them:
+- the exporter's JEA endpoint (`JEA_CONFIGURATION` at /wsman): RestrictedRemoteServer, NoLanguage, one visible
+  function. The function answers with what the WinRS collection script prints on the same server, for every
+  scenario knob, because it *is* that script run through `windows.WindowsHost` with the function's parameters as
+  its `$P` line; before the JSON it writes the endpoint's version line.
+- `Microsoft.PowerShell` at /wsman: full language; the exporter's scripts run as they do over WinRS.
+- `Microsoft.Exchange` at /PowerShell (IIS, not the WinRM service): cmdlets with parameters only, under RBAC.
+  `Get-OrganizationConfig` and `Get-ExchangeServer` answer with objects built from Exchange's real serialised
+  output (data/exchange/*.xml, captured by Microsoft's HealthChecker tests from Exchange 2019 over remote
+  PowerShell; microsoft/CSS-Exchange, MIT licence), with this scenario's facts put in. The property set and type
+  names are real; that remote PowerShell sends them exactly so to a pypsrp client is UNCONFIRMED (no recorded
+  /PowerShell session was available).
+
+A cmdlet the account's RBAC roles do not grant is not in its runspace at all, so calling one fails as a command
+that does not exist (CommandNotFoundException) [Microsoft Learn, "Find the permissions required to run any
+Exchange cmdlet": RBAC decides which cmdlets and parameters are available; the exact refusal is UNCONFIRMED].
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+from psrpcore.types import (
+    ErrorCategory, PSBool, PSCryptoProvider, PSDateTime, PSInt, PSList, PSNoteProperty, PSObject, deserialize,
+)
+
+from .host import Answer, ErrorSpec, Invocation
+
+JEA_CONFIGURATION = "ExchangeEemsExporter"
+JEA_FUNCTION = "Get-ExchangeEemsFacts"
+# The function's parameters and their lower bounds (None: a string), as the shipped module declares them.
+JEA_PARAMETERS: dict[str, int | None] = {
+    "LookbackHours": 1, "MaxEvents": 1, "LogTailBytes": 0, "CheckEndpoint": 0, "EndpointTimeoutSec": 1, "Proxy": None,
+}
+JEA_DEFAULTS = {"LookbackHours": 24, "MaxEvents": 50, "LogTailBytes": 32768, "CheckEndpoint": 0,
+                "EndpointTimeoutSec": 10, "Proxy": ""}
+# RestrictedRemoteServer's own visible commands [Microsoft Learn, "JEA Session Configurations"]; the simulator
+# knows their names, not their behaviour.
+RESTRICTED_DEFAULTS = ("Clear-Host", "Exit-PSSession", "Get-Command", "Get-FormatData", "Get-Help", "Measure-Object",
+                       "Out-Default", "Select-Object")
+EXCHANGE_CMDLETS = ("Get-OrganizationConfig", "Get-ExchangeServer")
+SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
+POWERSHELL = r'"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe"'
+NO_LANGUAGE = "The syntax is not supported by this runspace. This can occur if the runspace is in no-language mode."
+_RUNTIME_EXCEPTION = ("System.Management.Automation.RuntimeException", "System.SystemException", "System.Exception",
+                      "System.Object")
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One registered session configuration: where it is served and what it runs."""
+
+    name: str
+    path: str  # "/wsman" (the WinRM service) or "/powershell" (Exchange's IIS application)
+    kind: str  # "jea" | "powershell" | "exchange"
+    kerberos_only: bool = False
+
+    @property
+    def resource_uri(self) -> str:
+        return f"http://schemas.microsoft.com/powershell/{self.name}"
+
+
+@dataclass
+class Settings:
+    """The scenario's `remoting` section: which endpoints exist and how they behave."""
+
+    jea_configuration: str = JEA_CONFIGURATION
+    jea_version: str = "exchange-eems-exporter/endpoint/unknown"  # what the installed function reports
+    # The installed function's body: the collection script it was built from. What the Windows model answers
+    # depends on the script's text (e.g. which Get-WinEvent parameter set it uses), as on a real server.
+    jea_body: str = ""
+    jea_outdated: tuple[str, ...] = ()  # servers whose installed endpoint is older
+    jea_absent: tuple[str, ...] = ()  # servers where the endpoint was never registered
+    rbac_denied: tuple[str, ...] = ()  # Exchange cmdlets the monitoring account's roles do not grant
+    exchange_kerberos_only: bool = False  # True once the simulator has a Kerberos acceptor (issue 26 + Kerberos)
+    winrs: bool = True  # False: the fleet refuses WinRS shells, so only PSRP works
+    outdated_version: str = "exchange-eems-exporter/endpoint/0000000000000000"
+
+
+class Endpoints:
+    """The configurations of one simulated server, and the answers of their commands."""
+
+    def __init__(self, windows_host: Any, settings: Settings) -> None:
+        self.windows = windows_host  # windows.WindowsHost of this server
+        self.settings = settings
+        name = windows_host.server.name.upper()
+        configurations = [Configuration("Microsoft.PowerShell", "/wsman", "powershell"),
+                          Configuration("Microsoft.Exchange", "/powershell", "exchange",
+                                        kerberos_only=settings.exchange_kerberos_only)]
+        if name not in settings.jea_absent:
+            configurations.append(Configuration(settings.jea_configuration, "/wsman", "jea"))
+        self._configurations = {(c.path, c.name.lower()): c for c in configurations}
+        self.version = settings.outdated_version if name in settings.jea_outdated else settings.jea_version
+
+    def find(self, path: str, resource_uri: str) -> Configuration | None:
+        """The configuration a Create names, on the HTTP path it came to; None = not in that catalog."""
+        prefix = "http://schemas.microsoft.com/powershell/"
+        if not resource_uri.lower().startswith(prefix):
+            return None
+        return self._configurations.get((path.lower(), resource_uri[len(prefix):].lower()))
+
+    def invoke(self, configuration: Configuration, invocation: Invocation) -> Answer:
+        """Statements run in order, as in a script: an error that ends one statement (a command not found, a
+        parameter that does not bind) is written to the error stream and the next statement runs; in the last
+        statement it fails the pipeline. A script in a no-language runspace fails the whole pipeline where it
+        stands, as the recorded JEA session shows (our reading of the rest: UNCONFIRMED)."""
+        result = Answer()
+        last = len(invocation.statements) - 1
+        for index, statement in enumerate(invocation.statements):
+            if len(statement) != 1:
+                answer = Answer(failure=_not_simulated("a pipeline of several commands"))
+            else:
+                answer = self._statement(configuration, *statement[0])
+            result.output += answer.output
+            result.errors += answer.errors
+            result.runtime_seconds += answer.runtime_seconds
+            if answer.failure is None:
+                continue
+            if index == last or answer.failure.error_id == "ScriptsNotAllowed":
+                result.failure = answer.failure
+                break
+            result.errors.append(answer.failure)
+        return result
+
+    def _statement(self, configuration: Configuration, name: str, is_script: bool, parameters: list) -> Answer:
+        if configuration.kind == "powershell":
+            return self._powershell(name, is_script)
+        if is_script:  # NoLanguage: JEA's RestrictedRemoteServer and Exchange's endpoint alike
+            return Answer(failure=_scripts_not_allowed(name))
+        if configuration.kind == "jea":
+            return self._jea(name, parameters)
+        return self._exchange(name, parameters)
+
+    # ------------------------------------------------------------ the JEA function
+
+    def _jea(self, name: str, parameters: list[tuple[str | None, Any]]) -> Answer:
+        if name.lower() != JEA_FUNCTION.lower():
+            if name.lower() in (c.lower() for c in RESTRICTED_DEFAULTS):
+                return Answer(failure=_not_simulated(name))
+            return Answer(failure=_command_not_found(name))
+        values = dict(JEA_DEFAULTS)
+        for key, value in parameters:
+            declared = next((p for p in JEA_PARAMETERS if key is not None and p.lower() == key.lower()), None)
+            if declared is None:
+                return Answer(failure=_parameter_not_found(JEA_FUNCTION, key))
+            converted = _convert(declared, value)
+            if isinstance(converted, ErrorSpec):
+                return Answer(failure=converted)
+            values[declared] = converted
+        line = "$P=@{" + ";".join(
+            f"{k}='{str(v).replace(chr(39), chr(39) * 2)}'" if JEA_PARAMETERS[k] is None else f"{k}={v}"
+            for k, v in values.items()) + "}"
+        output = self.windows(_encoded(f"{SERVER_MARKER}\n{line}\n{self.settings.jea_body}"))
+        text = b"".join(output.stdout_chunks).decode("utf-8", "replace").rstrip("\r\n")
+        answer = Answer([self.version, text] if text else [self.version], runtime_seconds=output.runtime_seconds)
+        if output.exit_code != 0:  # what the script printed before it failed still went out
+            answer.failure = _runtime_error(_clixml_text(output.stderr))
+        return answer
+
+    # ------------------------------------------------------------ Microsoft.PowerShell
+
+    def _powershell(self, text: str, is_script: bool) -> Answer:
+        if not is_script or not text.lstrip("\ufeff").startswith("# exchange-eems-exporter:"):
+            return Answer(failure=_not_simulated(text.split()[0] if text.split() else "an empty command"))
+        output = self.windows(_encoded(text))
+        result = Answer(runtime_seconds=output.runtime_seconds)
+        stdout = b"".join(output.stdout_chunks).decode("utf-8", "replace").rstrip("\r\n")
+        if stdout:
+            result.output.append(stdout)
+        if output.exit_code != 0:
+            result.failure = _runtime_error(_clixml_text(output.stderr))
+        return result
+
+    # ------------------------------------------------------------ Microsoft.Exchange
+
+    def _exchange(self, name: str, parameters: list[tuple[str | None, Any]]) -> Answer:
+        cmdlet = next((c for c in EXCHANGE_CMDLETS if c.lower() == name.lower()), None)
+        if cmdlet is None or cmdlet in self.settings.rbac_denied:
+            return Answer(failure=_command_not_found(name))
+        allowed = {"Get-OrganizationConfig": (), "Get-ExchangeServer": ("Identity",)}[cmdlet]
+        identity = None
+        for key, value in parameters:
+            declared = next((p for p in allowed if key is not None and p.lower() == key.lower()), None)
+            if declared is None:
+                return Answer(failure=_parameter_not_found(cmdlet, key))
+            identity = str(value)
+        if cmdlet == "Get-OrganizationConfig":
+            return Answer([_organization_config(self.windows.organization)], runtime_seconds=0.2)
+        objects, errors = [], []
+        for server, entry in self.windows.organization_servers():
+            if identity is None or identity.lower() in (server.name.lower(), server.fqdn.lower()):
+                objects.append(_exchange_server(server, entry, self.windows.organization))
+        if identity is not None and not objects:
+            errors.append(_server_not_found(identity, self.windows.organization.domain))
+        return Answer(objects, errors, runtime_seconds=0.3)
+
+
+# ---------------------------------------------------------------- the function's parameters
+
+
+def _convert(name: str, value: Any) -> Any:
+    """PowerShell's binding of one value to an [int] (ValidateRange) or [string] parameter."""
+    lower = JEA_PARAMETERS[name]
+    if lower is None:
+        return "" if value is None else str(value)
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not re.fullmatch(r"\s*-?\d+\s*", str(value)):
+        return ErrorSpec(
+            f"Cannot process argument transformation on parameter '{name}'. Cannot convert value \"{value}\" to type "
+            "\"System.Int32\". Error: \"Input string was not in a correct format.\"",
+            f"ParameterArgumentTransformationError,{JEA_FUNCTION}", int(ErrorCategory.InvalidData),
+            ("System.Management.Automation.ParameterBindingArgumentTransformationException",
+             "System.Management.Automation.ParameterBindingException", *_RUNTIME_EXCEPTION),
+            None, "ParameterBindingArgumentTransformationException")
+    number = int(str(value))
+    if number < lower:
+        return ErrorSpec(
+            f"Cannot validate argument on parameter '{name}'. The {number} argument is less than the minimum allowed "
+            f"range of {lower}. Supply an argument that is greater than or equal to {lower} and then try the command "
+            "again.",
+            f"ParameterArgumentValidationError,{JEA_FUNCTION}", int(ErrorCategory.InvalidData),
+            ("System.Management.Automation.ParameterBindingValidationException",
+             "System.Management.Automation.ParameterBindingException", *_RUNTIME_EXCEPTION),
+            None, "ParameterBindingValidationException")
+    return number
+
+
+def _encoded(script: str) -> str:
+    """The command line WinRS would carry for this script: the same path through WindowsHost as a WinRS poll."""
+    return f"{POWERSHELL} -NoProfile -NonInteractive -EncodedCommand {base64.b64encode(script.encode('utf-16-le')).decode()}"
+
+
+def _clixml_text(stderr: bytes) -> str:
+    """The error text of powershell.exe's CLIXML stderr (or the plain text it wrote)."""
+    text = stderr.decode("utf-8", "replace")
+    parts = re.findall(r'<S S="Error">(.*?)</S>', text, re.S)
+    if parts:
+        text = "".join(parts).replace("_x000D__x000A_", "\n")
+        text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return text.strip() or "The command failed."
+
+
+# ---------------------------------------------------------------- ErrorRecords
+
+
+def _command_not_found(name: str) -> ErrorSpec:
+    return ErrorSpec(
+        f"The term '{name}' is not recognized as the name of a cmdlet, function, script file, or operable program. "
+        "Check the spelling of the name, or if a path was included, verify that the path is correct and try again.",
+        "CommandNotFoundException", int(ErrorCategory.ObjectNotFound),
+        ("System.Management.Automation.CommandNotFoundException", *_RUNTIME_EXCEPTION), name, "CommandNotFoundException")
+
+
+def _scripts_not_allowed(text: str) -> ErrorSpec:
+    """As the recorded JEA session answers a script (pypsrp test_psrp_with_jea_configuration.yml)."""
+    return ErrorSpec(NO_LANGUAGE, "ScriptsNotAllowed", int(ErrorCategory.ParserError),
+                     ("System.Management.Automation.ParseException", *_RUNTIME_EXCEPTION), text, "ParseException")
+
+
+def _parameter_not_found(command: str, name: str | None) -> ErrorSpec:
+    if name is None:
+        message = "A positional parameter cannot be found that accepts argument."
+        error_id = f"PositionalParameterNotFound,{command}"
+    else:
+        message = f"A parameter cannot be found that matches parameter name '{name}'."
+        error_id = f"NamedParameterNotFound,{command}"
+    return ErrorSpec(message, error_id, int(ErrorCategory.InvalidArgument),
+                     ("System.Management.Automation.ParameterBindingException", *_RUNTIME_EXCEPTION), None,
+                     "ParameterBindingException")
+
+
+def _server_not_found(identity: str, domain: str) -> ErrorSpec:
+    """Exchange's answer for an identity it cannot find (text UNCONFIRMED; the exception type is Exchange's)."""
+    return ErrorSpec(
+        f"The operation couldn't be performed because object '{identity}' couldn't be found on 'DC01.{domain}'.",
+        "ManagementObjectNotFoundException", int(ErrorCategory.NotSpecified),
+        ("Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException", "System.Exception",
+         "System.Object"), identity, "ManagementObjectNotFoundException")
+
+
+def _runtime_error(message: str) -> ErrorSpec:
+    return ErrorSpec(message, "RuntimeException", int(ErrorCategory.OperationStopped), _RUNTIME_EXCEPTION, None,
+                     "RuntimeException")
+
+
+def _not_simulated(what: str) -> ErrorSpec:
+    """Something a real endpoint would run that this simulator does not model: said plainly, never faked."""
+    return ErrorSpec(f"The simulator does not run {what}.", "NotSimulated", int(ErrorCategory.NotImplemented),
+                     _RUNTIME_EXCEPTION, what, "NotImplementedException")
+
+
+# ---------------------------------------------------------------- Exchange's objects
+
+_CLIXML = "http://schemas.microsoft.com/powershell/2004/04"
+_CLIENT_SIDE = ("PSComputerName", "RunspaceId", "PSShowComputerName")  # added by the receiving client, not sent
+# The names the captured objects carry, replaced by the scenario's.
+_CAPTURED_SERVER, _CAPTURED_DOMAIN, _CAPTURED_ORG = "SOLO-E19A", "Solo.com", "SoloORG"
+# ServerRole values [UNCONFIRMED beyond Mailbox = 2, which the capture shows].
+_SERVER_ROLES = {"Mailbox": 2, "ClientAccess": 4, "Edge": 64}
+
+
+def _template(name: str) -> str:
+    return resources.files("simulator").joinpath("data", "exchange", name).read_text(encoding="utf-8-sig")
+
+
+_TEMPLATES = {"server": _template("GetExchangeServer.xml"), "organization": _template("GetOrganizationConfig.xml")}
+
+
+def _captured(kind: str, replacements: dict[str, str]) -> PSObject:
+    """The captured object with names replaced, deserialised, and its type names as the server sends them."""
+    text = _TEMPLATES[kind]
+    for old, new in replacements.items():
+        text = re.sub(re.escape(old), new, text, flags=re.IGNORECASE)
+    root = ET.fromstring(text)
+    for element in root.iter():
+        element.tag = element.tag.replace(f"{{{_CLIXML}}}", "")
+    value = deserialize(root[0], _NoSecureStrings())
+    _as_sent(value, set())
+    value.PSObject.extended_properties[:] = [p for p in value.PSObject.extended_properties if p.name not in _CLIENT_SIDE]
+    return value
+
+
+def _as_sent(value: Any, seen: set[int]) -> None:
+    """A deserialiser prefixes every type name with `Deserialized.`; the sending server does not."""
+    if not isinstance(value, PSObject) or id(value) in seen:
+        return
+    seen.add(id(value))
+    value.PSObject.type_names = [t.removeprefix("Deserialized.") for t in value.PSObject.type_names]
+    for prop in [*value.PSObject.adapted_properties, *value.PSObject.extended_properties]:
+        inner = prop.get_value(value)
+        _as_sent(inner, seen)
+        if isinstance(inner, list):
+            for item in inner:
+                _as_sent(item, seen)
+
+
+def _set(obj: PSObject, name: str, value: Any, after: str | None = None) -> None:
+    """Replace an adapted property's value, or add it after another (a property the capture lacks)."""
+    props = obj.PSObject.adapted_properties
+    for prop in props:
+        if prop.name == name:
+            prop.set_value(value, obj)
+            return
+    index = next((i + 1 for i, p in enumerate(props) if p.name == after), len(props))
+    note = PSNoteProperty(name)
+    props.insert(index, note)
+    note.set_value(value, obj)
+
+
+def _typed(value: Any, template: Any, text: str) -> Any:
+    """`value` with the type names of the captured `template` object and `text` as its ToString."""
+    value.PSObject.type_names = list(template.PSObject.type_names)
+    value.PSObject.to_string = text
+    return value
+
+
+def _string_list(values: list[str], template: Any) -> Any:
+    """A MultiValuedProperty of strings; an empty one is sent as Nil, as the capture shows."""
+    items = [v for v in values if v is not None]
+    if not items:
+        return None
+    return _typed(PSList(items), template, " ".join(items))
+
+
+def _exchange_server(server: Any, entry: dict[str, Any], organization: Any) -> PSObject:
+    obj = _captured("server", {_CAPTURED_SERVER: server.name, _CAPTURED_DOMAIN: organization.domain,
+                               _CAPTURED_ORG: organization.name})
+    obj.PSObject.to_string = server.name
+    _set(obj, "Name", server.name)
+    _set(obj, "Fqdn", server.fqdn)
+    major, minor, build, revision = (int(p) for p in server.build.split("."))
+    version = obj.AdminDisplayVersion
+    version.PSObject.to_string = entry["admin_display_version"]
+    for key, number in (("Major", major), ("Minor", minor), ("Build", build), ("Revision", revision)):
+        _set(version, key, PSInt(number))
+    role = _typed(PSInt(_SERVER_ROLES[server.role]), obj.ServerRole, server.role)
+    _set(obj, "ServerRole", role)
+    _set(obj, "IsEdgeServer", PSBool(server.role == "Edge"))
+    _set(obj, "IsMailboxServer", PSBool(server.role == "Mailbox"))
+    _set(obj, "MitigationsEnabled", entry["mitigations_enabled"])
+    applied_time = entry.get("mitigations_applied_time")
+    _set(obj, "MitigationsAppliedTime", _datetime(applied_time.time) if applied_time else None, after="MitigationsEnabled")
+    template = obj.StaticDomainControllers  # a MultiValuedProperty[string] of the capture
+    _set(obj, "MitigationsApplied", _string_list(entry["mitigations_applied"], template))
+    _set(obj, "MitigationsBlocked", _string_list(entry["mitigations_blocked"], template))
+    _set(obj, "DataCollectionEnabled", entry["data_collection_enabled"])
+    _set(obj, "InternetWebProxy", _uri(entry["internet_web_proxy"]) if entry["internet_web_proxy"] else None)
+    return obj
+
+
+def _organization_config(organization: Any) -> PSObject:
+    obj = _captured("organization", {_CAPTURED_DOMAIN: organization.domain, _CAPTURED_ORG: organization.name})
+    obj.PSObject.to_string = organization.name
+    _set(obj, "Name", organization.name)
+    _set(obj, "MitigationsEnabled", organization.mitigations_enabled)
+    return obj
+
+
+def _datetime(value: datetime) -> PSDateTime:
+    return PSDateTime(value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond,
+                      tzinfo=value.tzinfo)
+
+
+def _uri(text: str) -> PSObject:
+    """InternetWebProxy is a System.Uri; sent as its string form with the Uri's type names [UNCONFIRMED]."""
+    obj = PSObject()
+    obj.PSObject.type_names = ["System.Uri", "System.Object"]
+    obj.PSObject.to_string = text
+    obj.PSObject.adapted_properties.append(PSNoteProperty("AbsoluteUri", text))
+    obj.PSObject.adapted_properties.append(PSNoteProperty("OriginalString", text))
+    return obj
+
+
+class _NoSecureStrings(PSCryptoProvider):
+    """The captured objects hold no SecureString; the deserialiser still wants a cipher."""
+
+    def decrypt(self, value: str) -> str:
+        raise ValueError("the captured Exchange objects hold no SecureString")
+
+    def encrypt(self, value: str) -> str:
+        raise ValueError("the captured Exchange objects hold no SecureString")
