@@ -223,6 +223,7 @@ class ExporterHTTPServer:
                     head, body = await self._loop.run_in_executor(self._pools[chosen.pool], self._answer,
                                                                   connection, chosen, request, config)
             await self._send(connection, head, body)
+            log.debug("%s %s %s: %s", connection.client, request.method, request.path, head[9:12].decode())
             if not request.keep_alive:
                 return True
 
