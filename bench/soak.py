@@ -57,7 +57,7 @@ from simulator.host import Faults  # noqa: E402
 from simulator.scenario import scenario_from_dict  # noqa: E402
 from simulator.server import Fleet  # noqa: E402
 from simulator.windows import OutputFaults  # noqa: E402
-from exporter.winrm_client import SHELL_IDLE_TIMEOUT  # noqa: E402
+from exporter.winrm.client import SHELL_IDLE_TIMEOUT  # noqa: E402
 
 PASSWORD_ENV = "EEMS_SOAK_PASSWORD"
 USERNAME = "EXCH\\svc_soak"
@@ -286,7 +286,7 @@ def poll_cycle(exporter: Exporter) -> None:
     poller = exporter.poller
     poller.poll_organization()
     with ThreadPoolExecutor(poller.runtime.current().config.poll.concurrency) as pool:
-        list(pool.map(lambda t: poller.poll_server(t.name), poller.runtime.current().targets.mine()))
+        list(pool.map(lambda t: poller.poll_server(t.name), poller.runtime.current().targets.polled))
 
 
 def warm_up(exporter: Exporter, fleet: FleetProcess) -> None:

@@ -13,9 +13,12 @@ are not masked by an old copy; it is written atomically, so a reload never reads
 from __future__ import annotations
 
 import csv
+import http.client
 import os
 import re
-import tempfile
+import secrets
+import stat
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,7 +39,8 @@ from .catalog import (
 )
 
 MAX_LIST_BYTES = 4 << 20  # Microsoft's CSV is ~40 KB; anything near this is not a build list
-FETCH_TIMEOUT_SECONDS = 20.0  # whole download, not per socket read
+FETCH_TIMEOUT_SECONDS = 20.0  # the whole download, redirects included, not per socket read
+MAX_REDIRECTS = 5
 MICROSOFT_HEADER = ("Product Name", "Build Number", "Date")
 _MICROSOFT_NAME = re.compile(
     r"Exchange (2013|2016|2019|SE) (RTM|Preview|SP[0-9]+|CU[0-9]+)(?: \([0-9]{4}H[12]\))?(?: ([A-Za-z0-9]+))?"
@@ -48,37 +52,39 @@ Builds = dict[tuple[int, int, int, int], _Build]
 
 
 def display_source(source: str) -> str:
-    """The source as it may be printed and written: a URL loses any user:password@ part."""
+    """The source as it may be printed and written: a URL loses any user:password@ part, and control and format
+    characters (a newline, a terminal escape, a bidi override) are shown escaped, so that neither the catalog
+    file's comment line nor the terminal gets them raw."""
     parts = urlsplit(source)
     if parts.scheme in ("http", "https") and "@" in parts.netloc:
-        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-    return source
+        source = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return printable(source)
 
 
-def read_source(source: str, *, max_bytes: int = MAX_LIST_BYTES, timeout: float = FETCH_TIMEOUT_SECONDS) -> str:
-    """The list's text from a path or an http(s) URL, at most `max_bytes` and `timeout` seconds in all."""
+def printable(text: str) -> str:
+    """Text with every character that is not printable (C0/C1 controls, format characters, line and paragraph
+    separators, which str.splitlines also splits on) written as its Python escape."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def describe_origin(source: str, origin: str) -> str:
+    """Where a list came from, for the terminal and the file: the final URL, and the one asked for if redirected."""
+    if origin == source:
+        return display_source(source)
+    return f"{display_source(origin)} (redirected from {display_source(source)})"
+
+
+def read_source(source: str, *, max_bytes: int = MAX_LIST_BYTES, timeout: float = FETCH_TIMEOUT_SECONDS) -> tuple[str, str]:
+    """(the list's text, where it came from: the path, or the URL after redirects) from a path or an http(s) URL,
+    at most `max_bytes` and `timeout` seconds in all."""
     name = display_source(source)
     scheme = urlsplit(source).scheme
     if scheme in ("http", "https"):
-        deadline = time.monotonic() + timeout
-        try:
-            with urllib.request.urlopen(source, timeout=timeout) as response:
-                body = bytearray()
-                while chunk := response.read1(65536):  # read() would wait for 64 KiB: no deadline check
-                    body += chunk
-                    if len(body) > max_bytes:
-                        raise CatalogError(name, None, f"larger than {max_bytes} bytes: not a build list")
-                    if time.monotonic() > deadline:
-                        raise CatalogError(name, None, f"download took longer than {timeout:g} s")
-        except urllib.error.HTTPError as err:
-            raise CatalogError(name, None, f"HTTP {err.code} {err.reason}") from None
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise CatalogError(name, None, f"cannot download: {reason}") from None
-        data = bytes(body)
+        data, origin = _download(source, name, max_bytes, timeout)
     elif scheme and len(scheme) > 1:
-        raise CatalogError(name, None, f"unsupported URL scheme {scheme!r} (a file path, http:// or https://)")
+        raise CatalogError(name, None, f"unsupported URL scheme {printable(scheme)!r} (a file path, http:// or https://)")
     else:
+        origin = source
         try:
             with open(source, "rb") as f:
                 data = f.read(max_bytes + 1)
@@ -87,9 +93,74 @@ def read_source(source: str, *, max_bytes: int = MAX_LIST_BYTES, timeout: float 
         if len(data) > max_bytes:
             raise CatalogError(name, None, f"larger than {max_bytes} bytes: not a build list")
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig"), origin
     except UnicodeDecodeError:
         raise CatalogError(name, None, "not UTF-8 text") from None
+
+
+def _download(url: str, name: str, max_bytes: int, timeout: float) -> tuple[bytes, str]:
+    """The body and the final URL. urllib's timeout bounds each socket read, not the download: a server that
+    drips its headers, or redirects to one that does, would hold the command for ever. The download therefore
+    runs in a worker thread, and the command stops waiting for it at the deadline (the worker, a daemon,
+    goes with the process)."""
+    deadline = time.monotonic() + timeout
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = _get(url, name, max_bytes, timeout, deadline)
+        except BaseException as err:  # handed to the waiting thread, which raises it
+            outcome["error"] = err
+
+    worker = threading.Thread(target=work, name="catalog-download", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise CatalogError(name, None, f"download took longer than {timeout:g} s (redirects included)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def _get(url: str, name: str, max_bytes: int, timeout: float, deadline: float) -> tuple[bytes, str]:
+    opener = urllib.request.build_opener(_Redirects(name))  # proxies from the environment, as before
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            final = response.geturl()
+            body = bytearray()
+            while chunk := response.read1(65536):  # read() would wait for 64 KiB: no deadline check
+                body += chunk
+                if len(body) > max_bytes:
+                    raise CatalogError(name, None, f"larger than {max_bytes} bytes: not a build list")
+                if time.monotonic() > deadline:
+                    raise CatalogError(name, None, f"download took longer than {timeout:g} s (redirects included)")
+    except urllib.error.HTTPError as err:
+        at = "" if err.url == url else f" at {display_source(err.url)}"
+        raise CatalogError(name, None, f"HTTP {err.code} {printable(str(err.reason))}{at}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        reason = getattr(err, "reason", err)
+        raise CatalogError(name, None, f"cannot download: {printable(str(reason))}") from None
+    return bytes(body), final
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """urllib's redirects, with two limits: only to http(s), never from https to anything else (urllib follows
+    https to http and ftp: the list would come unauthenticated while the command says https), and at most
+    MAX_REDIRECTS. A redirect's own body is not read (urllib would read all of it, unbounded)."""
+
+    max_redirections = MAX_REDIRECTS
+
+    def __init__(self, name: str):
+        super().__init__()
+        self._name = name
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        old, new = urlsplit(req.full_url).scheme.lower(), urlsplit(newurl).scheme.lower()
+        if new not in ("http", "https") or (old == "https" and new != "https"):
+            raise CatalogError(self._name, None, f"refused a redirect from {old} to {printable(new) or 'no scheme'}: "
+                                                 f"{display_source(newurl)} (only https to https, or http to http(s))")
+        fp.close()
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def parse_build_list(name: str, text: str, *, today: date) -> Builds:
@@ -176,11 +247,13 @@ _VERDICT_FIELDS = {
 SHIPPED_VERDICT_FIELDS = ("eems", "cutoffs")
 
 
-def validated_update(source: str, *, today: date | None = None) -> tuple[Builds, Builds]:
-    """(rows to write: new or different from the packaged catalog, the packaged builds); raises CatalogError."""
+def validated_update(source: str, *, today: date | None = None) -> tuple[Builds, str]:
+    """(rows to write: new or different from the packaged catalog, where the list came from: the path or the
+    URL after redirects); raises CatalogError."""
     today = today or today_utc()
     name = display_source(source)
-    listed = parse_build_list(name, read_source(source), today=today)
+    text, origin = read_source(source)
+    listed = parse_build_list(name, text, today=today)
     packaged = packaged_builds()
     shipped = Catalog.from_builds(packaged)
     try:
@@ -194,32 +267,61 @@ def validated_update(source: str, *, today: date | None = None) -> tuple[Builds,
         raise CatalogError(name, None, f"contradicts the shipped catalog: build {first.version}: {first.what}"
                                        + (f" (and {len(contradictions) - 1} more)" if len(contradictions) > 1 else ""))
     rows = {parts: b for parts, b in listed.items() if packaged.get(parts) != b}
-    return rows, packaged
+    return rows, origin
 
 
-def write_catalog_file(output: Path, rows: Builds, source: str, today: date) -> None:
-    """Write the TSV atomically (temp file in the same folder, then rename): a reload sees old or new, never half."""
-    lines = [f"# Written by exchange-eems-exporter catalog update on {today.isoformat()} from {display_source(source)}",
+def write_catalog_file(output: Path, rows: Builds, source: str, origin: str, today: date) -> None:
+    """Write the TSV atomically (temp file in the same folder, then rename): a reload sees old or new, never half.
+    The new file keeps the old one's mode (and owner, where allowed), or is 0644 minus the umask: the exporter,
+    often another user than the one running this, must still read it."""
+    lines = [f"# Written by exchange-eems-exporter catalog update on {today.isoformat()} from "
+             f"{describe_origin(source, origin)}",
              f"# {len(rows)} builds that are new or different from the packaged catalog.",
              "\t".join(BUILD_COLUMNS)]
     lines += ["\t".join((b.product, b.cu, b.update, _version(b), b.released.isoformat()))
               for b in sorted(rows.values(), key=lambda b: b.parts)]
     output = Path(output)
-    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent or Path("."))
+    handle, temporary = _new_file_beside(output)
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as f:
+            _keep_mode_and_owner(f.fileno(), output)
             f.write("\n".join(lines) + "\n")
         os.replace(temporary, output)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+
+
+def _new_file_beside(output: Path) -> tuple[int, Path]:
+    """A new file next to `output` with a random name, mode 0644 less the umask (mkstemp would make it 0600)."""
+    while True:
+        temporary = output.parent / f".{output.name}.{secrets.token_hex(6)}"
+        try:
+            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), temporary
+        except FileExistsError:
+            continue
+
+
+def _keep_mode_and_owner(handle: int, output: Path) -> None:
+    """Give the new file the mode, and if allowed the owner and group, of the file it replaces (if any)."""
+    try:
+        old = os.stat(output)
+    except FileNotFoundError:
+        return
+    os.fchmod(handle, stat.S_IMODE(old.st_mode) & 0o777)
+    for owner in ((old.st_uid, old.st_gid), (-1, old.st_gid)):  # root may keep both; others their group at most
+        try:
+            os.fchown(handle, *owner)
+            return
+        except PermissionError:
+            continue
 
 
 def diff(current_builds: Builds, source: str, *, today: date | None = None) -> list[str]:
     """What the list changes against the running catalog: new builds, then every changed verdict."""
     today = today or today_utc()
     current = Catalog.from_builds(current_builds)
-    listed = parse_build_list(display_source(source), read_source(source), today=today)
+    listed = parse_build_list(display_source(source), read_source(source)[0], today=today)
     candidate = Catalog.from_builds({**current_builds, **listed})
     new = [b for parts, b in sorted(listed.items()) if parts not in current_builds]
     out = [f"new builds: {len(new)}"]

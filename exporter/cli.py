@@ -96,7 +96,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=exporter.reload, daemon=True).start())
+    if hasattr(signal, "SIGHUP"):  # not on Windows, where POST /-/reload is the way
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=exporter.reload, daemon=True).start())
     host, port = args.web_listen_address
     try:
         server = serve(exporter, host, port, watcher)
@@ -104,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise _Fail(f"cannot listen on {host}:{port}: {err.strerror}") from None
     exporter.start()
     log.info("exchange-eems-exporter %s listening on %s:%d (%d servers, shard %d/%d)", __version__,
-             host, server.server_address[1], len(exporter.runtime.current().targets.mine()), *config.shard)
+             host, server.server_address[1], len(exporter.targets()), *config.shard)
 
     # Python runs signal handlers in the main thread only, and a signal delivered to a poll thread does not
     # wake a blocked wait: wake up regularly so a SIGHUP reload is not delayed until the next SIGTERM.
@@ -203,18 +204,19 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog_update(args: argparse.Namespace) -> int:
-    from .catalog_update import display_source, validated_update, write_catalog_file
+    from .catalog_update import describe_origin, printable, validated_update, write_catalog_file
     from .catalog import today_utc
 
+    output = printable(str(args.output))
     try:
-        rows, _ = validated_update(args.source)
-        write_catalog_file(args.output, rows, args.source, today_utc())
+        rows, origin = validated_update(args.source)
+        write_catalog_file(args.output, rows, args.source, origin, today_utc())
     except CatalogError as err:
         raise _Fail(f"catalog not updated, nothing written: {err}") from None
     except OSError as err:
-        raise _Fail(f"catalog not updated: cannot write {args.output}: {err.strerror or err}") from None
-    print(f"{args.output}: {len(rows)} builds new or different from the packaged catalog, from "
-          f"{display_source(args.source)}. Set catalog_file: {args.output} in the configuration (if not yet) and "
+        raise _Fail(f"catalog not updated: cannot write {output}: {printable(err.strerror or str(err))}") from None
+    print(f"{output}: {len(rows)} builds new or different from the packaged catalog, from "
+          f"{describe_origin(args.source, origin)}. Set catalog_file: {output} in the configuration (if not yet) and "
           "reload the exporter (SIGHUP or POST /-/reload).")
     return 0
 
@@ -254,12 +256,29 @@ def cmd_rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_windows_endpoint(args: argparse.Namespace) -> int:
+    from . import windows_endpoint
+
+    try:
+        endpoint = windows_endpoint.write(args.output, args.group, args.endpoint_proxy,
+                                          tuple(args.virtual_account_group), args.transcript_directory)
+    except ValueError as err:
+        raise _Fail(str(err)) from None
+    except OSError as err:
+        raise _Fail(f"cannot write {args.output}: {err.strerror or err}") from None
+    for relative in endpoint.files:
+        print(args.output / relative)
+    print(f"Endpoint version {endpoint.version}. On each Exchange server, as an administrator, from a copy of "
+          f"{args.output}: .\\{windows_endpoint.INSTALL_SCRIPT}")
+    return 0
+
+
 def run_demo(arguments: list[str]) -> int:
     """`demo` belongs to the simulator, a separate package that is not in the image: this command hands over to
     `exchange-eems-simulator demo` in the same interpreter, without importing it (the exporter never does)."""
     if find_spec("simulator") is None:
         print("exchange-eems-exporter: the demo needs the simulator, which is not installed. From a clone of the "
-              "repository: make demo (or pip install '.[simulator]', then exchange-eems-simulator demo)",
+              "repository: make demo (or pip install -e '.[simulator]' -e ./simulator, then exchange-eems-simulator demo)",
               file=sys.stderr)
         return EXIT_USAGE
     os.execv(sys.executable, [sys.executable, "-m", "simulator", "demo", *arguments])
@@ -356,6 +375,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --format prometheusrule: a label on the PrometheusRule itself, e.g. "
                             "release=kube-prometheus-stack for its ruleSelector (repeatable)")
     rules.set_defaults(func=cmd_rules)
+
+    endpoint = sub.add_parser(
+        "windows-endpoint", help="write the JEA endpoint (one read-only function) to install on each Exchange server",
+        description="Writes a PowerShell module with the role capability (its one function is the collection "
+                    "script WinRS sends), the session configuration (RestrictedRemoteServer, a virtual account, "
+                    "one group) and Install-ExchangeEemsEndpoint.ps1, which registers, updates or (-Remove) removes "
+                    "the endpoint and is safe to run again. Run it again after each upgrade and reinstall.")
+    endpoint.add_argument("--output", "-o", type=Path, required=True, help="folder to write into (created)")
+    endpoint.add_argument("--group", required=True, metavar="DOMAIN\\GROUP",
+                          help="the group whose members may connect (the monitoring account's group)")
+    endpoint.add_argument("--endpoint-proxy", default="", metavar="URL",
+                          help="the proxy the endpoint check goes through (as poll.endpoint_proxy); fixed in the "
+                               "endpoint, not chosen by the caller. Default: the server's WinHTTP proxy")
+    endpoint.add_argument("--virtual-account-group", action="append", default=[], metavar="LOCAL_GROUP",
+                          help="run the session's virtual account in this local group instead of Administrators "
+                               "(repeatable; e.g. 'Event Log Readers': the service state then reads as unknown)")
+    endpoint.add_argument("--transcript-directory", default="", metavar="PATH",
+                          help="write a transcript of every session there (one per poll without keep_runspace)")
+    endpoint.set_defaults(func=cmd_windows_endpoint)
 
     # Listed for --help only: main() hands `demo` and all its arguments to the simulator before parsing.
     sub.add_parser("demo", add_help=False, help="the demo, from the simulator: exchange-eems-simulator demo --help")

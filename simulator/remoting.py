@@ -21,6 +21,7 @@ Exchange cmdlet": RBAC decides which cmdlets and parameters are available; the e
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -36,12 +37,14 @@ from .host import Answer, ErrorSpec, Invocation
 
 JEA_CONFIGURATION = "ExchangeEemsExporter"
 JEA_FUNCTION = "Get-ExchangeEemsFacts"
-# The function's parameters and their lower bounds (None: a string), as the shipped module declares them.
-JEA_PARAMETERS: dict[str, int | None] = {
-    "LookbackHours": 1, "MaxEvents": 1, "LogTailBytes": 0, "CheckEndpoint": 0, "EndpointTimeoutSec": 1, "Proxy": None,
+# The function's [int] parameters and their ValidateRange, as the shipped module declares them; the endpoint
+# proxy is no parameter but fixed in the installed function (`Settings.jea_proxy`).
+JEA_PARAMETERS: dict[str, tuple[int, int]] = {
+    "LookbackHours": (1, 8760), "MaxEvents": (1, 5000), "LogTailBytes": (0, 16 << 20), "CheckEndpoint": (0, 1),
+    "EndpointTimeoutSec": (1, 300),
 }
 JEA_DEFAULTS = {"LookbackHours": 24, "MaxEvents": 50, "LogTailBytes": 32768, "CheckEndpoint": 0,
-                "EndpointTimeoutSec": 10, "Proxy": ""}
+                "EndpointTimeoutSec": 10}
 # RestrictedRemoteServer's own visible commands [Microsoft Learn, "JEA Session Configurations"]; the simulator
 # knows their names, not their behaviour.
 RESTRICTED_DEFAULTS = ("Clear-Host", "Exit-PSSession", "Get-Command", "Get-FormatData", "Get-Help", "Measure-Object",
@@ -73,16 +76,33 @@ class Settings:
     """The scenario's `remoting` section: which endpoints exist and how they behave."""
 
     jea_configuration: str = JEA_CONFIGURATION
-    jea_version: str = "exchange-eems-exporter/endpoint/unknown"  # what the installed function reports
-    # The installed function's body: the collection script it was built from. What the Windows model answers
-    # depends on the script's text (e.g. which Get-WinEvent parameter set it uses), as on a real server.
+    # The installed function (`installed_function`): the version it reports and the collection script it runs.
+    # What the Windows model answers depends on the script's text (e.g. which Get-WinEvent form it uses).
+    jea_version: str = "exchange-eems-exporter/endpoint/unknown"
     jea_body: str = ""
+    jea_proxy: str = ""  # the endpoint proxy written into the function
     jea_outdated: tuple[str, ...] = ()  # servers whose installed endpoint is older
     jea_absent: tuple[str, ...] = ()  # servers where the endpoint was never registered
     rbac_denied: tuple[str, ...] = ()  # Exchange cmdlets the monitoring account's roles do not grant
     exchange_kerberos_only: bool = False  # True once the simulator has a Kerberos acceptor (issue 26 + Kerberos)
     winrs: bool = True  # False: the fleet refuses WinRS shells, so only PSRP works
     outdated_version: str = "exchange-eems-exporter/endpoint/0000000000000000"
+
+
+_VERSION_LINE = re.compile(r"^'(exchange-eems-exporter/endpoint/[0-9a-z]+)'\r?$", re.MULTILINE)
+_BODY = re.compile(r"^# >>> collect_server\.ps1\r?\n(.*?)^# <<< collect_server\.ps1", re.MULTILINE | re.DOTALL)
+_PROXY = re.compile(r"^\$P=@\{.*;Proxy='((?:[^']|'')*)'\}\r?$", re.MULTILINE)
+
+
+def installed_function(role_capability: str) -> tuple[str, str, str]:
+    """(version, script body, endpoint proxy) of the function in a role capability file `windows-endpoint`
+    wrote: the file an admin installs on the server, read here as the server would hold it."""
+    version, body, proxy = (_VERSION_LINE.search(role_capability), _BODY.search(role_capability),
+                            _PROXY.search(role_capability))
+    if version is None or body is None or proxy is None:
+        raise ValueError("not a role capability written by exchange-eems-exporter windows-endpoint "
+                         "(no version line, $P line or collect_server.ps1 body)")
+    return version.group(1), body.group(1).replace("\r\n", "\n"), proxy.group(1).replace("''", "'")
 
 
 class Endpoints:
@@ -115,10 +135,10 @@ class Endpoints:
         result = Answer()
         last = len(invocation.statements) - 1
         for index, statement in enumerate(invocation.statements):
-            if len(statement) != 1:
-                answer = Answer(failure=_not_simulated("a pipeline of several commands"))
-            else:
-                answer = self._statement(configuration, *statement[0])
+            answer = self._statement(configuration, *statement[0])
+            for command in statement[1:]:
+                answer = _select(answer, *command) if configuration.kind == "exchange" else \
+                    Answer(failure=_not_simulated("a pipeline of several commands"))
             result.output += answer.output
             result.errors += answer.errors
             result.runtime_seconds += answer.runtime_seconds
@@ -155,9 +175,8 @@ class Endpoints:
             if isinstance(converted, ErrorSpec):
                 return Answer(failure=converted)
             values[declared] = converted
-        line = "$P=@{" + ";".join(
-            f"{k}='{str(v).replace(chr(39), chr(39) * 2)}'" if JEA_PARAMETERS[k] is None else f"{k}={v}"
-            for k, v in values.items()) + "}"
+        proxy = self.settings.jea_proxy.replace("'", "''")
+        line = "$P=@{" + ";".join(f"{k}={v}" for k, v in values.items()) + f";Proxy='{proxy}'}}"
         output = self.windows(_encoded(f"{SERVER_MARKER}\n{line}\n{self.settings.jea_body}"))
         text = b"".join(output.stdout_chunks).decode("utf-8", "replace").rstrip("\r\n")
         answer = Answer([self.version, text] if text else [self.version], runtime_seconds=output.runtime_seconds)
@@ -197,20 +216,55 @@ class Endpoints:
         objects, errors = [], []
         for server, entry in self.windows.organization_servers():
             if identity is None or identity.lower() in (server.name.lower(), server.fqdn.lower()):
-                objects.append(_exchange_server(server, entry, self.windows.organization))
+                objects.append(_exchange_server(server, _Facts(entry), self.windows.organization))
         if identity is not None and not objects:
             errors.append(_server_not_found(identity, self.windows.organization.domain))
         return Answer(objects, errors, runtime_seconds=0.3)
+
+
+# ---------------------------------------------------------------- Select-Object on Exchange's endpoint
+
+
+def _select(answer: Answer, name: str, is_script: bool, parameters: list) -> Answer:
+    """`... | Select-Object -Property A,B`: Exchange's runspace offers Select-Object among the few core cmdlets
+    of a restricted session [UNCONFIRMED for /PowerShell]. Each object becomes a PSCustomObject named
+    `Selected.<type>` with only those properties; a complex value goes out as its ToString, as PowerShell's
+    default serialization depth of 1 does for a selected object [UNCONFIRMED], a list as a list."""
+    if answer.failure is not None:
+        return answer
+    if is_script or name.lower() not in ("select-object", "select"):
+        return Answer(failure=_not_simulated(f"'{name}' after another command"))
+    names: list[str] = []
+    for key, value in parameters:
+        if key is not None and key.lower() != "property":
+            return Answer(failure=_not_simulated(f"Select-Object -{key}"))
+        names += [str(v) for v in (value if isinstance(value, list) else [value])]
+    selected = []
+    for obj in answer.output:
+        if not isinstance(obj, PSObject):
+            continue
+        out = PSObject()
+        out.PSObject.type_names = [f"Selected.{obj.PSObject.type_names[0]}", "System.Management.Automation.PSCustomObject",
+                                   "System.Object"]
+        props = {p.name.lower(): p for p in obj.PSObject.adapted_properties}
+        for wanted in names:
+            prop = props.get(wanted.lower())
+            value = prop.get_value(obj) if prop is not None else None
+            if isinstance(value, PSObject) and not isinstance(value, (list, int, str, datetime)):
+                value = value.PSObject.to_string
+            elif isinstance(value, list):
+                value = [str(v) for v in value]
+            out.PSObject.extended_properties.append(PSNoteProperty(prop.name if prop else wanted, value))
+        selected.append(out)
+    return Answer(selected, answer.errors, runtime_seconds=answer.runtime_seconds)
 
 
 # ---------------------------------------------------------------- the function's parameters
 
 
 def _convert(name: str, value: Any) -> Any:
-    """PowerShell's binding of one value to an [int] (ValidateRange) or [string] parameter."""
-    lower = JEA_PARAMETERS[name]
-    if lower is None:
-        return "" if value is None else str(value)
+    """PowerShell's binding of one value to an [int] parameter with ValidateRange."""
+    lower, upper = JEA_PARAMETERS[name]
     if isinstance(value, bool) or not isinstance(value, (int, str)) or not re.fullmatch(r"\s*-?\d+\s*", str(value)):
         return ErrorSpec(
             f"Cannot process argument transformation on parameter '{name}'. Cannot convert value \"{value}\" to type "
@@ -225,6 +279,15 @@ def _convert(name: str, value: Any) -> Any:
             f"Cannot validate argument on parameter '{name}'. The {number} argument is less than the minimum allowed "
             f"range of {lower}. Supply an argument that is greater than or equal to {lower} and then try the command "
             "again.",
+            f"ParameterArgumentValidationError,{JEA_FUNCTION}", int(ErrorCategory.InvalidData),
+            ("System.Management.Automation.ParameterBindingValidationException",
+             "System.Management.Automation.ParameterBindingException", *_RUNTIME_EXCEPTION),
+            None, "ParameterBindingValidationException")
+    if number > upper:
+        return ErrorSpec(
+            f"Cannot validate argument on parameter '{name}'. The {number} argument is greater than the maximum "
+            f"allowed range of {upper}. Supply an argument that is less than or equal to {upper} and then try the "
+            "command again.",
             f"ParameterArgumentValidationError,{JEA_FUNCTION}", int(ErrorCategory.InvalidData),
             ("System.Management.Automation.ParameterBindingValidationException",
              "System.Management.Automation.ParameterBindingException", *_RUNTIME_EXCEPTION),
@@ -369,7 +432,16 @@ def _string_list(values: list[str], template: Any) -> Any:
     return _typed(PSList(items), template, " ".join(items))
 
 
-def _exchange_server(server: Any, entry: dict[str, Any], organization: Any) -> PSObject:
+class _Facts(dict):
+    """A server's entry, hashable by its values: the objects built from equal facts are equal, so they are
+    built once (deserialising the captured object takes about 60 ms) and never changed afterwards."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(repr(sorted(self.items())))
+
+
+@functools.lru_cache(maxsize=4096)
+def _exchange_server(server: Any, entry: _Facts, organization: Any) -> PSObject:
     obj = _captured("server", {_CAPTURED_SERVER: server.name, _CAPTURED_DOMAIN: organization.domain,
                                _CAPTURED_ORG: organization.name})
     obj.PSObject.to_string = server.name
@@ -395,6 +467,7 @@ def _exchange_server(server: Any, entry: dict[str, Any], organization: Any) -> P
     return obj
 
 
+@functools.lru_cache(maxsize=64)
 def _organization_config(organization: Any) -> PSObject:
     obj = _captured("organization", {_CAPTURED_DOMAIN: organization.domain, _CAPTURED_ORG: organization.name})
     obj.PSObject.to_string = organization.name

@@ -49,7 +49,7 @@ _SERVER_KEYS = (
     "data_collection_enabled", "internet_web_proxy", "eems_failure", "endpoint_status", "log_file", "events",
     "success_events", "build_source", "output_style", "faults", "output_faults", "locale", "account", "unreadable",
     "unreadable_event", "winhttp_proxy", "endpoint_failure", "non_fetch_errors", "log_other_errors", "log_rotation", "log_encoding", "log_time", "log_header",
-    "log_time_zone", "log_last_write",
+    "log_time_zone", "log_last_write", "log_other_file",
     *_HOST_KEYS,
 )
 
@@ -162,8 +162,7 @@ def scenario_from_dict(data: Any, base_dir: Path = Path(".")) -> Scenario:
 def _remoting(raw: Any, names: set[str]) -> remoting.Settings:
     """The `remoting` section: the PowerShell endpoints the servers serve over PSRP (docs/simulator.md)."""
     top = _mapping(raw, "remoting", ("winrs", "jea", "exchange"))
-    jea = _mapping(top.get("jea", {}), "remoting.jea", ("configuration", "version", "function_body_file", "outdated",
-                                                        "absent"))
+    jea = _mapping(top.get("jea", {}), "remoting.jea", ("configuration", "role_capability", "outdated", "absent"))
     exchange = _mapping(top.get("exchange", {}), "remoting.exchange", ("rbac_denied", "kerberos_only"))
 
     def servers(key: str, value: Any) -> tuple[str, ...]:
@@ -186,14 +185,15 @@ def _remoting(raw: Any, names: set[str]) -> remoting.Settings:
         exchange_kerberos_only=_bool(exchange.get("kerberos_only", False), "remoting.exchange.kerberos_only"),
         winrs=_bool(top.get("winrs", True), "remoting.winrs"),
     )
-    if "version" in jea:
-        settings.jea_version = _string(jea["version"], "remoting.jea.version")
-    if "function_body_file" in jea:
-        path = Path(_string(jea["function_body_file"], "remoting.jea.function_body_file"))
+    if "role_capability" in jea:
+        path = Path(_string(jea["role_capability"], "remoting.jea.role_capability"))
         try:
-            settings.jea_body = path.read_text(encoding="utf-8")
+            settings.jea_version, settings.jea_body, settings.jea_proxy = remoting.installed_function(
+                path.read_text(encoding="utf-8-sig"))
         except OSError as exc:
-            raise ScenarioError("remoting.jea.function_body_file", f"cannot read {path}: {exc.strerror or exc}") from None
+            raise ScenarioError("remoting.jea.role_capability", f"cannot read {path}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise ScenarioError("remoting.jea.role_capability", f"{path}: {exc}") from None
     return settings
 
 
@@ -349,13 +349,14 @@ def _server(raw: Any, key: str, defaults: dict[str, Any], domain: str, anchor: d
         endpoint_status=_endpoint_status(s.get("endpoint_status", 200), f"{key}.endpoint_status"),
         log_file=_choice(s.get("log_file", "present"), f"{key}.log_file", ("present", "absent")) == "present",
         events=_choice(s.get("events", "present"), f"{key}.events", ("present", "absent")) == "present",
-        build_source=_choice(s.get("build_source", "exsetup"), f"{key}.build_source", ("exsetup", "registry", "none")),
+        build_source=_choice(s.get("build_source", "exsetup"), f"{key}.build_source", ("exsetup", "registry", "none", "empty")),
         date_style=_choice(style.get("dates", "ms"), f"{key}.output_style.dates", DATE_STYLES),
         enum_style=_choice(style.get("service_enums", "strings"), f"{key}.output_style.service_enums", ENUM_STYLES),
         array_style=_choice(style.get("arrays", "arrays"), f"{key}.output_style.arrays", ARRAY_STYLES),
         version_style=_choice(style.get("versions", "padded"), f"{key}.output_style.versions", VERSION_STYLES),
         locale=locale,
         utc_offset=zone,
+        log_other_file=_bool(s.get("log_other_file", False), f"{key}.log_other_file"),
         denied=denied,
         unreadable_event=_bool(s.get("unreadable_event", False), f"{key}.unreadable_event"),
         winhttp_proxy=_string(winhttp["proxy"], f"{key}.winhttp_proxy.proxy") if winhttp else None,

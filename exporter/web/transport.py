@@ -27,7 +27,6 @@ import asyncio
 import email.utils
 import gzip
 import logging
-import resource
 import socket
 import ssl
 import threading
@@ -37,6 +36,11 @@ from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 
 from prometheus_client.exposition import gzip_accepted
+
+try:
+    import resource  # POSIX only; the exporter also runs on Windows management servers
+except ImportError:
+    resource = None
 
 from .. import __version__
 from ..webconfig import WebConfig, WebConfigWatcher
@@ -62,6 +66,11 @@ GZIP_MIN_BYTES = 1024
 SERVER = f"exchange-eems-exporter/{__version__}"
 UNAUTHORIZED = Response(401, b"Unauthorized\n", headers=(("WWW-Authenticate", 'Basic realm="exchange-eems-exporter"'),))
 TOO_MANY_GUESSES = Response(429, b"Too many password checks in progress; try again\n", headers=(("Retry-After", "1"),))
+
+
+def _descriptor_limit() -> int:
+    """The process's open-file limit (POSIX); on Windows, where there is none of that kind, 4 * MAX_CONNECTIONS."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0] if resource is not None else 4 * MAX_CONNECTIONS
 
 
 class _Connection:
@@ -90,7 +99,7 @@ class ExporterHTTPServer:
         self._socket.listen(LISTEN_BACKLOG)
         self._socket.setblocking(False)
         self.server_address = self._socket.getsockname()
-        self.max_connections = max(16, min(MAX_CONNECTIONS, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
+        self.max_connections = max(16, min(MAX_CONNECTIONS, _descriptor_limit() // 4))
         self._open: set[_Connection] = set()
         self._per_client: Counter[str] = Counter()
         self._bcrypt_pending: Counter[str] = Counter()

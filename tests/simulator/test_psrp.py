@@ -11,7 +11,6 @@ import json
 import re
 import struct
 import xml.etree.ElementTree as ET
-from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -23,25 +22,39 @@ from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.shell import Process, WinRS
 from pypsrp.wsman import WSMan
 
-from exporter import scripts
+from exporter import scripts, windows_endpoint
 from simulator import remoting
 from simulator.psrp import split_fragments
 
 from ..conftest import PASSWORD, USERNAME, SimulatedFleet, free_port
 
 RECORDING = Path(__file__).parent.parent / "fixtures" / "pypsrp" / "test_psrp_with_jea_configuration.yml"
-VERSION = "exchange-eems-exporter/endpoint/test"
 # Message types (MS-PSRP 2.2.1)
 SESSION_CAPABILITY, APPLICATION_PRIVATE_DATA, RUNSPACEPOOL_STATE = 0x00010002, 0x00021009, 0x00021005
 PIPELINE_OUTPUT, ERROR_RECORD, PIPELINE_STATE = 0x00041004, 0x00041005, 0x00041006
 
 
-BODY_FILE = Path(str(resources.files("exporter").joinpath("scripts", "collect_server.ps1")))
+@pytest.fixture(scope="module")
+def role_capability(tmp_path_factory) -> Path:
+    """The role capability `windows-endpoint` writes from this checkout, as an admin would install it."""
+    output = tmp_path_factory.mktemp("endpoint")
+    windows_endpoint.write(output, "CONTOSO\\EEMS Monitoring", PROXY)
+    return output / windows_endpoint.MODULE_NAME / "RoleCapabilities" / f"{windows_endpoint.ROLE_CAPABILITY}.psrc"
+
+
+VERSION = windows_endpoint.endpoint_version()
+PROXY = "http://proxy.contoso.com:8080/"  # the endpoint proxy, fixed when the endpoint is written
+ROLE_CAPABILITY: list[Path] = []  # set by the autouse fixture below, read by knob_scenario
+
+
+@pytest.fixture(autouse=True)
+def _installed(role_capability):
+    ROLE_CAPABILITY[:] = [role_capability]
 
 
 def knob_scenario(**remoting_section) -> dict:
     """Servers that between them turn the knobs the collection script's output depends on; the clock is pinned.
-    The JEA function is installed from this checkout's collection script."""
+    The JEA endpoint is the one `windows-endpoint` writes from this checkout."""
     block, port = "127.77.%d" % (free_port() % 200 + 20), free_port()
     servers = [
         {"name": "EX01", "build": "15.2.1544.4"},
@@ -61,7 +74,7 @@ def knob_scenario(**remoting_section) -> dict:
         "credentials": [{"username": USERNAME, "password": PASSWORD}],
         "defaults": {"port": port},
         "organization": {"name": "Contoso", "domain": "contoso.com"},
-        "remoting": {**remoting_section, "jea": {"version": VERSION, "function_body_file": str(BODY_FILE),
+        "remoting": {**remoting_section, "jea": {"role_capability": str(ROLE_CAPABILITY[0]),
                                                   **remoting_section.get("jea", {})}},
         "servers": servers,
     }
@@ -86,7 +99,8 @@ def invoke(pool: RunspacePool, command: str, script: bool = False, **parameters)
 
 
 @pytest.fixture(scope="module")
-def fleet():
+def fleet(role_capability):
+    ROLE_CAPABILITY[:] = [role_capability]
     with SimulatedFleet(knob_scenario(exchange={"rbac_denied": ["Get-OrganizationConfig"]})) as simulated:
         yield simulated
 
@@ -108,12 +122,12 @@ def test_jea_function_answers_what_the_winrs_script_prints(fleet, check_endpoint
     """Every knob server, both parameter sets: the function's JSON is the WinRS script's, after its version."""
     parameters = scripts.ServerScriptParameters(lookback_hours=12, max_events=7, log_tail_bytes=4096,
                                                 check_endpoint=check_endpoint, endpoint_timeout_seconds=5,
-                                                proxy="http://proxy.contoso.com:8080/")
+                                                proxy=PROXY)
     for host in fleet.scenario.hosts:
         expected, rc = winrs_stdout(host, parameters)
         with RunspacePool(wsman(host), configuration_name=remoting.JEA_CONFIGURATION) as pool:
             ps = invoke(pool, remoting.JEA_FUNCTION, LookbackHours=12, MaxEvents=7, LogTailBytes=4096,
-                        CheckEndpoint=int(check_endpoint), EndpointTimeoutSec=5, Proxy="http://proxy.contoso.com:8080/")
+                        CheckEndpoint=int(check_endpoint), EndpointTimeoutSec=5)
         assert ps.output[0] == VERSION, host.name
         if rc == 0:
             assert not ps.had_errors, (host.name, [str(e) for e in ps.streams.error])
@@ -129,18 +143,22 @@ def test_jea_function_binds_parameters_like_powershell(fleet):
         unknown = invoke(pool, remoting.JEA_FUNCTION, Lookback=3)
         wrong_type = invoke(pool, remoting.JEA_FUNCTION, MaxEvents="many")
         too_small = invoke(pool, remoting.JEA_FUNCTION, MaxEvents=0)
+        too_large = invoke(pool, remoting.JEA_FUNCTION, LogTailBytes=1 << 30)
+        proxy = invoke(pool, remoting.JEA_FUNCTION, Proxy="http://attacker.example:3128")  # not the caller's choice
         other = invoke(pool, "Get-Process")
         script = invoke(pool, "Get-ExchangeEemsFacts; Remove-Item C:\\", script=True)
     assert str(unknown.streams.error[0]) == "A parameter cannot be found that matches parameter name 'Lookback'."
     assert "Cannot convert value \"many\" to type \"System.Int32\"" in str(wrong_type.streams.error[0])
     assert "less than the minimum allowed range of 1" in str(too_small.streams.error[0])
+    assert "greater than the maximum allowed range of 16777216" in str(too_large.streams.error[0])
+    assert str(proxy.streams.error[0]) == "A parameter cannot be found that matches parameter name 'Proxy'."
     assert "The term 'Get-Process' is not recognized" in str(other.streams.error[0])
     assert str(script.streams.error[0]) == remoting.NO_LANGUAGE
-    assert all(ps.had_errors and ps.output == [] for ps in (unknown, wrong_type, too_small, other, script))
+    assert all(ps.had_errors and ps.output == [] for ps in (unknown, wrong_type, too_small, too_large, proxy, other, script))
 
 
 def test_outdated_and_absent_endpoints():
-    with SimulatedFleet(knob_scenario(jea={"version": VERSION, "outdated": ["EX02"], "absent": ["EX03"]})) as f:
+    with SimulatedFleet(knob_scenario(jea={"outdated": ["EX02"], "absent": ["EX03"]})) as f:
         with RunspacePool(wsman(f.hosts["EX02"]), configuration_name=remoting.JEA_CONFIGURATION) as pool:
             old = invoke(pool, remoting.JEA_FUNCTION)
         with pytest.raises(WSManFaultError) as absent:
@@ -311,7 +329,7 @@ def test_messages_match_the_recorded_jea_session():
     ends with Done and ExitCode 0 and no Running state, and the script statement fails with the same
     ErrorRecord (ScriptsNotAllowed, ParserError, ParseException, the no-language text)."""
     recorded = yaml.safe_load(RECORDING.read_text())["messages"]
-    scenario = knob_scenario(jea={"configuration": "JEARole", "version": VERSION})
+    scenario = knob_scenario(jea={"configuration": "JEARole"})
     with SimulatedFleet(scenario) as f:
         host = f.hosts["EX01"]
         session = requests.Session()
@@ -346,3 +364,31 @@ def test_messages_match_the_recorded_jea_session():
                   f"<ToString>{remoting.NO_LANGUAGE}</ToString>", "<T>System.Management.Automation.ParseException</T>"):
         assert field in failure_real and field in failure_ours, field
     assert "DeleteResponse" in answers[-1][1]
+
+
+def test_the_simulated_function_is_the_shipped_one():
+    """The simulator's idea of the function's name, configuration and parameters is the shipped endpoint's."""
+    assert (remoting.JEA_CONFIGURATION, remoting.JEA_FUNCTION) == (windows_endpoint.CONFIGURATION_NAME,
+                                                                   windows_endpoint.FUNCTION_NAME)
+    shipped = {name: ((low, high), default) for name, low, high, default in windows_endpoint.PARAMETERS}
+    assert {k: (v, remoting.JEA_DEFAULTS[k]) for k, v in remoting.JEA_PARAMETERS.items()} == shipped
+
+
+def test_exchange_endpoint_selects_properties(fleet):
+    """`Get-ExchangeServer | Select-Object -Property ...`: the organization collector's bounded form."""
+    host = fleet.hosts["EX01"]
+    with RunspacePool(wsman(host, path="PowerShell"), configuration_name="Microsoft.Exchange") as pool:
+        ps = PowerShell(pool)
+        ps.add_cmdlet("Get-ExchangeServer").add_cmdlet("Select-Object").add_parameter(
+            "Property", ["Name", "AdminDisplayVersion", "MitigationsApplied", "MitigationsAppliedTime", "ServerRole"])
+        output = ps.invoke()
+        refused = PowerShell(pool)
+        refused.add_cmdlet("Get-ExchangeServer").add_cmdlet("Remove-Item")
+        refused.invoke()
+    first = output[0]
+    assert first.types[0] == "Selected.Microsoft.Exchange.Data.Directory.Management.ExchangeServer"
+    assert first.extended_properties == {
+        "Name": "EX01", "AdminDisplayVersion": "Version 15.2 (Build 1544.4)", "MitigationsApplied": ["PING1"],
+        "MitigationsAppliedTime": first.extended_properties["MitigationsAppliedTime"], "ServerRole": 2}
+    assert first.extended_properties["MitigationsAppliedTime"].startswith("2026-")  # pypsrp gives DateTime as text
+    assert refused.had_errors and refused.output == []

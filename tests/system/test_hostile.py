@@ -4,6 +4,10 @@ For every attack: the attacked poll ends by its deadline with a specific reason 
 `/metrics` answers within 1 s all along, the healthy servers are polled on schedule and succeed, and what
 the attacker could make the exporter read, keep or print stays bounded. Each attack is one finding of
 issue 10; the test failed before that finding's fix.
+
+Later sections take the round-2 findings (issues 20, 22, 24) that are not about polling: the password in other
+forms in the `diagnose` report, authentication tokens in the debug log, and a hostile build-list server for
+`catalog update --from URL`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import json
 import logging
 import os
 import re
+import socketserver
+import ssl
 import subprocess
 import sys
 import threading
@@ -29,12 +35,14 @@ import pytest
 import yaml
 
 from exporter.catalog import Catalog
+from exporter.catalog_update import read_source
 from exporter.config import load_config_text
 from exporter.exporter import Exporter
 from exporter.web import serve
 from exporter.redact import Redactor
 
 from ..conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, relocate, samples
+from ..pki import issue, write
 from .hostile_server import HostileServer, Output
 from .test_secrets import Exporter as ExporterProcess
 
@@ -462,3 +470,197 @@ def test_no_authentication_token_reaches_the_debug_log(tmp_path):
     assert not _tokens_in(log), _tokens_in(log)
     library_debug = re.findall(r"level=DEBUG logger=(spnego|requests_ntlm|urllib3|winrm|pypsrp|gssapi)\S*", log)
     assert not library_debug, sorted(set(library_debug))
+
+
+# ---------------------------------------------------------------- round 2 (issue 20), findings 8 and 9: a hostile build-list server
+
+BUILD_LIST = (Path(__file__).resolve().parents[1] / "fixtures" / "ExchangeBuildNumbers-excerpt.csv").read_bytes()
+DRIP_SECONDS = 0.1
+
+
+class ListServer:
+    """A loopback HTTP(S) server for `catalog update --from URL`: `routes` maps a path to what it does. A route is
+    (status, headers, body, seconds over which the head is dripped); a drip of None never ends the head."""
+
+    def __init__(self, routes: dict[str, tuple], *, tls_dir: Path | None = None):
+        self.routes = routes
+        self._stop = threading.Event()
+        self._context = None
+        if tls_dir is not None:
+            ca, ca_key = issue("list CA", None, None, ca=True)
+            cert, key = issue("localhost", ca_key, ca.subject, ca=False, server=True)
+            self.ca_file, _ = write(tls_dir, "ca", ca, ca_key)
+            cert_file, key_file = write(tls_dir, "server", cert, key)
+            self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._context.load_cert_chain(cert_file, key_file)
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                try:
+                    path = self.rfile.readline(4096).split()[1].decode()
+                    while self.rfile.readline(4096).strip():
+                        pass
+                    outer._answer(self.wfile, path)
+                except (OSError, IndexError):
+                    pass
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+            def get_request(self):
+                sock, address = super().get_request()
+                return (outer._context.wrap_socket(sock, server_side=True) if outer._context else sock), address
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self.scheme = "https" if tls_dir is not None else "http"
+        self.base = f"{self.scheme}://127.0.0.1:{self._server.server_address[1]}"
+
+    def _answer(self, out, path: str) -> None:
+        status, headers, body, drip = self.routes.get(path, (404, {}, b"no such list", 0))
+        head = f"HTTP/1.1 {status} X\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        head += f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+        if drip is None:  # the status line, then a header that never ends
+            out.write(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+            while not self._stop.wait(DRIP_SECONDS):
+                out.write(b"x")
+                out.flush()
+            return
+        pieces = [head.encode()[i : i + 8] for i in range(0, len(head.encode()), 8)]
+        for piece in pieces:  # the head over `drip` seconds: each read comes well within any socket timeout
+            out.write(piece)
+            out.flush()
+            if self._stop.wait(drip / len(pieces)):
+                return
+        out.write(b"\r\n" + body)
+
+    def __enter__(self) -> "ListServer":
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _read_in_thread(url: str, timeout: float) -> tuple[float, BaseException | None]:
+    """read_source under a bound of our own: before the fix it never returned, and a test must end."""
+    outcome: dict = {}
+
+    def read() -> None:
+        try:
+            read_source(url, timeout=timeout)
+        except Exception as err:  # noqa: BLE001 - the test looks at what it was
+            outcome["error"] = err
+
+    started = time.monotonic()
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(timeout + 10)
+    assert not thread.is_alive(), f"read_source({url}) was still running after {timeout + 10:g} s"
+    return time.monotonic() - started, outcome.get("error")
+
+
+def test_a_list_server_that_drips_its_headers_is_given_up_at_the_deadline():
+    with ListServer({"/list.csv": (200, {}, BUILD_LIST, None)}) as server:
+        seconds, error = _read_in_thread(f"{server.base}/list.csv", timeout=1.0)
+    assert "took longer than 1 s" in str(error), error
+    assert seconds < 3, seconds
+
+
+def test_the_deadline_covers_every_redirect():
+    """The first hop takes 2 s (every read well within any per-read timeout), the second drips without end: the
+    download ends at the one 2.5 s deadline, not 2.5 s after the redirect (4.5 s)."""
+    with ListServer({}) as server:
+        server.routes.update({"/old": (302, {"Location": f"{server.base}/list.csv"}, b"", 2.0),
+                              "/list.csv": (200, {}, BUILD_LIST, None)})
+        seconds, error = _read_in_thread(f"{server.base}/old", timeout=2.5)
+    assert "took longer than 2.5 s" in str(error), error
+    assert seconds < 3.5, seconds
+
+
+@pytest.mark.parametrize("target", ["http", "ftp"])
+def test_a_redirect_from_https_to_a_weaker_scheme_is_refused(tmp_path, target):
+    output = tmp_path / "catalog.tsv"
+    with ListServer({"/list.csv": (200, {}, BUILD_LIST, 0)}) as plain, \
+            ListServer({}, tls_dir=tmp_path) as secure:
+        weaker = f"{plain.base}/list.csv" if target == "http" else "ftp://127.0.0.1/list.csv"
+        secure.routes["/list.csv"] = (302, {"Location": weaker}, b"", 0)
+        result = _catalog_update(f"{secure.base}/list.csv", output, secure.ca_file)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "nothing written" in result.stderr and f"redirect from https to {target}" in result.stderr, result.stderr
+    assert not output.exists()
+
+
+def test_the_output_names_where_the_list_came_from_after_redirects(tmp_path):
+    output = tmp_path / "catalog.tsv"
+    with ListServer({}, tls_dir=tmp_path) as secure:
+        secure.routes.update({"/latest": (301, {"Location": "/v2/list.csv"}, b"", 0),
+                              "/v2/list.csv": (200, {}, BUILD_LIST, 0)})
+        result = _catalog_update(f"{secure.base}/latest", output, secure.ca_file)
+        final = f"{secure.base}/v2/list.csv"
+    assert result.returncode == 0, result.stderr
+    assert f"from {final} (redirected from {secure.base}/latest)" in result.stdout, result.stdout
+    assert final in output.read_text().splitlines()[0]
+
+
+def _catalog_update(url: str, output: Path, ca_file: Path) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, "-m", "exporter", "catalog", "update", "--from", url, "--output", str(output)],
+                          cwd=root, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "SSL_CERT_FILE": str(ca_file), "PYTHONPATH": str(root)})
+
+
+# ---------------------------------------------------------------- issue 22 finding 14: a reload storm
+
+
+def test_a_reload_storm_takes_no_server_down(tmp_path):
+    """Without a web config anyone who reaches the port may `POST /-/reload` as often as they like. Before, each
+    reload closed every WinRM connection under the polls reading it: over HTTPS 15 of 16 polls then failed
+    (`exchange_up 0`). The two files differ in a module setting, so every reload retires the connections: the
+    polls in flight must finish on theirs."""
+    servers = [{"name": f"TLS{i}", "address": "127.0.0.1", "build": "15.2.2562.53", "scheme": "https"} for i in (1, 2)]
+    with SimulatedFleet(relocate({"servers": servers})) as fleet:
+        files = []
+        for read_timeout in ("5s", "6s"):
+            doc = yaml.safe_load(fleet.config_text())
+            doc["modules"]["https"]["read_timeout"] = read_timeout
+            files.append(yaml.safe_dump(doc))
+        path = tmp_path / "exporter.yml"
+        path.write_text(files[0])
+        exporter = Exporter(load_config_text(files[0], Path("."), path), Catalog.load())
+        server = serve(exporter, "127.0.0.1", 0, None)
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        outcomes: list = []
+
+        def poll_repeatedly(name: str) -> None:
+            for _ in range(8):
+                outcomes.append(exporter.poller.poll_server(name).outcome)
+
+        for host in fleet.hosts.values():
+            host.faults.latency_seconds = 0.05  # about 0.4 s a poll: reloads land in the middle of polls
+        pollers = [threading.Thread(target=poll_repeatedly, args=(name,)) for name in fleet.hosts]
+        reloads = 0
+        try:
+            for thread in pollers:
+                thread.start()
+            while any(thread.is_alive() for thread in pollers):
+                path.write_text(files[reloads % 2 == 0])
+                request = urllib.request.Request(base + "/-/reload", method="POST", data=b"")
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    assert response.read() == b"configuration reloaded\n"
+                reloads += 1
+            with urllib.request.urlopen(base + "/metrics", timeout=30) as response:
+                metrics = samples(response.read().decode())
+        finally:
+            for thread in pollers:
+                thread.join()
+            server.shutdown()
+            server.server_close()
+            exporter.stop()
+    assert reloads >= 10, reloads
+    failed = [(o.error_reason, o.error_message) for o in outcomes if not o.success]
+    assert not failed, f"{len(failed)} of {len(outcomes)} polls failed during {reloads} reloads: {failed[:3]}"
+    assert all(metrics[("exchange_up", frozenset({"server": name}.items()))] == 1 for name in fleet.hosts)

@@ -337,24 +337,36 @@ def prometheus_config(exporter_port: int, alertmanager_port: int, rule_file: Pat
     }, sort_keys=False)
 
 
-def receiver_for(route: dict, severity: str) -> str:
+def receiver_for(config: Path, severity: str) -> str:
+    """The receiver Alertmanager's own routing (amtool) picks for an Exchange alert of this severity."""
+    result = subprocess.run([binary("amtool"), "config", "routes", "test", f"--config.file={config}",
+                             "alertname=ExchangeEEMSFetchErrors", f"severity={severity}"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.strip()
+
+
+def with_test_timing(route: dict, group_wait: str) -> None:
+    """Every route of the tree that sets its own timing gets the test's (timing only, never the grouping)."""
+    route.update(group_wait=group_wait, group_interval="2s")
     for child in route.get("routes", []):
-        if f'severity="{severity}"' in child.get("matchers", []):
-            return child["receiver"]
-    return route["receiver"]
+        if "group_wait" in child or "group_interval" in child:
+            with_test_timing(child, group_wait)
 
 
-def alertmanager_config(webhook_url: str) -> tuple[str, dict[str, str]]:
+def alertmanager_config(webhook_url: str, tmp: Path, group_wait: str = GROUP_WAIT,
+                        example: Path = ALERTMANAGER_EXAMPLE) -> tuple[str, dict[str, str]]:
     """examples/alertmanager.yml with its routing tree and inhibitions, every webhook pointed at the test.
 
     Returns the YAML and, per severity, the webhook path its receiver posts to.
     """
-    config = yaml.safe_load(ALERTMANAGER_EXAMPLE.read_text())
-    config["route"].update(group_wait=GROUP_WAIT, group_interval="2s")
+    config = yaml.safe_load(example.read_text())
+    with_test_timing(config["route"], group_wait)
     for receiver in config["receivers"]:
         for webhook in receiver.get("webhook_configs", []):
             webhook["url"] = f"{webhook_url}/{receiver['name']}"
-    paths = {severity: "/" + receiver_for(config["route"], severity) for severity in ("critical", "warning")}
+    (tmp / "routes.yml").write_text(yaml.safe_dump(config))
+    paths = {severity: "/" + receiver_for(tmp / "routes.yml", severity) for severity in ("critical", "warning")}
     assert paths["critical"] != paths["warning"], "examples/alertmanager.yml routes critical and warning alike"
     return yaml.safe_dump(config, sort_keys=False), paths
 
@@ -415,7 +427,7 @@ def stack(tmp_path_factory):
         rule_file = tmp / "exchange-eems.rules.yml"
         rule_file.write_text(rules_without_for(RULES.read_text()))
         (tmp / "prometheus.yml").write_text(prometheus_config(exporter_port, alertmanager_port, rule_file))
-        am_config, paths = alertmanager_config(webhook.url)
+        am_config, paths = alertmanager_config(webhook.url, tmp)
         (tmp / "alertmanager.yml").write_text(am_config)
 
         def start(name: str, args: list[str], env: dict[str, str] | None = None) -> Program:

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import stat
+import subprocess
+import sys
 import threading
 import time
 from datetime import date
@@ -19,7 +23,7 @@ from exporter.config import load_config
 from exporter.exporter import Exporter
 
 from ..conftest import minimal_config
-from .test_cli import assert_one_line_error, exporter
+from .test_cli import REPO, assert_one_line_error, exporter
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "ExchangeBuildNumbers-excerpt.csv"
 OCT26 = "Exchange SE RTM Oct26SU,15.2.2562.60,10/13/2026,KB0000000,\n"  # a build newer than the packaged catalog
@@ -172,7 +176,7 @@ def test_running_exporter_picks_the_update_up_on_reload_and_keeps_it_after_a_bad
     assert running.runtime.current().catalog.newest_release == date(2026, 10, 13)
     bad = newer_list(tmp_path, OCT26.replace("Exchange SE", "Exchange 2030"))
     assert exporter("catalog", "update", "--from", str(bad), "--output", str(output)).returncode == 2
-    assert running.reload() == (True, "configuration reloaded")
+    assert running.reload() == (True, "configuration unchanged")  # the failed update wrote nothing
     assert running.runtime.current().catalog.verdict("15.2.2562.60").known
 
 
@@ -201,3 +205,47 @@ def test_diff_against_the_running_catalog_file(tmp_path):
 def test_diff_of_a_bad_list_exits_2(tmp_path):
     result = exporter("catalog", "diff", "--from", str(newer_list(tmp_path, "Exchange 2030 RTM,15.2.1.1,1/1/2026,,\n")))
     assert_one_line_error(result, "unknown product 'Exchange 2030 RTM'", "ExchangeBuildNumbers.csv:17")
+
+
+# ---------------------------------------------------------------- hostile input, round 2 (issue 24, findings 16 and 19)
+
+
+@pytest.mark.parametrize("umask, expected", [(0o022, 0o644), (0o027, 0o640)], ids=["umask 022", "umask 027"])
+def test_a_new_catalog_file_is_0644_minus_the_umask(tmp_path, umask, expected):
+    """Before: always 0600 (mkstemp), unreadable by an exporter running as its own user."""
+    output = tmp_path / "catalog.tsv"
+    result = subprocess.run([sys.executable, "-m", "exporter", "catalog", "update", "--from", str(newer_list(tmp_path)),
+                             "--output", str(output)], capture_output=True, text=True, cwd=REPO, timeout=60,
+                            preexec_fn=lambda: os.umask(umask))
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(output.stat().st_mode) == expected
+
+
+def test_an_updated_catalog_file_keeps_its_mode_and_owner(tmp_path):
+    output = tmp_path / "catalog.tsv"
+    output.write_text(HEADER)
+    output.chmod(0o604)
+    owner = (65534, 65534) if os.geteuid() == 0 else (os.getuid(), os.getgid())  # only root can give a file away
+    os.chown(output, *owner)
+    assert exporter("catalog", "update", "--from", str(newer_list(tmp_path)), "--output", str(output)).returncode == 0
+    assert "15.2.2562.60" in output.read_text()
+    assert stat.S_IMODE(output.stat().st_mode) == 0o604
+    assert (output.stat().st_uid, output.stat().st_gid) == owner
+
+
+def test_control_characters_in_a_source_are_escaped_in_the_file_and_on_the_terminal(tmp_path):
+    """Before: a newline in the --from path went raw into the comment line, so the written file failed to load
+    (and the next restart with it), and the terminal got the raw bytes."""
+    source = tmp_path / "list\n\x1b[2J\u202e.csv"
+    source.write_bytes(newer_list(tmp_path).read_bytes())
+    output = tmp_path / "catalog.tsv"
+    result = exporter("catalog", "update", "--from", str(source), "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    assert Catalog.load(output).verdict("15.2.2562.60").known  # the file loads
+    first = output.read_text().splitlines()[0]
+    assert first.endswith("list\\n\\x1b[2J\\u202e.csv"), first
+    assert result.stdout.count("\n") == 1 and "\x1b" not in result.stdout and "\u202e" not in result.stdout
+    failed = exporter("catalog", "update", "--from", "http://127.0.0.1:1/x\x1b[2J\r\nSpoofed: yes", "--output",
+                      str(output))
+    assert_one_line_error(failed, "nothing written", "x\\x1b[2J\\r\\nSpoofed: yes")
+    assert "\x1b" not in failed.stderr

@@ -1,0 +1,91 @@
+<#
+.SYNOPSIS
+Registers, updates or removes the exchange-eems-exporter JEA endpoint on this server. Safe to run again.
+
+.DESCRIPTION
+Run as an administrator on each Exchange server, from the folder `exchange-eems-exporter windows-endpoint`
+wrote (or deploy the same steps with GPO, DSC or Ansible). It copies the ExchangeEemsExporter module (which
+holds the role capability) to Program Files and registers the session configuration ExchangeEemsExporter
+from ExchangeEemsExporter.pssc. A second run with the same files changes nothing. With other files (a newer
+exporter) it replaces the module and registers the configuration again; registering restarts the WinRM
+service, so open remote sessions to this server end once. -Remove takes both away.
+
+.PARAMETER Remove
+Unregister the session configuration and delete the module.
+
+.EXAMPLE
+.\Install-ExchangeEemsEndpoint.ps1
+.\Install-ExchangeEemsEndpoint.ps1 -Remove
+#>
+[CmdletBinding()]
+param(
+    [switch]$Remove
+)
+$ErrorActionPreference = 'Stop'
+$Name = 'ExchangeEemsExporter'
+$Source = Join-Path $PSScriptRoot $Name
+$Target = Join-Path $env:ProgramFiles "WindowsPowerShell\Modules\$Name"
+$SessionFile = Join-Path $PSScriptRoot "$Name.pssc"
+
+function Get-FolderDigest([string]$Path) {
+    # One line per file, relative name and SHA-256: equal digests = equal folders. '' for a missing folder.
+    if (-not (Test-Path -LiteralPath $Path)) { return '' }
+    $root = (Resolve-Path -LiteralPath $Path).ProviderPath
+    $lines = foreach ($file in Get-ChildItem -LiteralPath $root -Recurse -File | Sort-Object FullName) {
+        '{0} {1}' -f $file.FullName.Substring($root.Length), (Get-FileHash -LiteralPath $file.FullName -Algorithm SHA256).Hash
+    }
+    return ($lines -join "`n")
+}
+
+function Get-FileDigest([string]$Path) {
+    if (-not $Path -or -not (Test-Path -LiteralPath $Path)) { return '' }
+    return (Get-FileHash -LiteralPath $Path -Algorithm SHA256).Hash
+}
+
+if ($PSVersionTable.PSVersion.Major -lt 5) {
+    throw 'JEA needs Windows PowerShell 5.1 (Windows Management Framework 5.1).'
+}
+$Registered = Get-PSSessionConfiguration -Name $Name -ErrorAction SilentlyContinue
+
+if ($Remove) {
+    if ($Registered) {
+        Unregister-PSSessionConfiguration -Name $Name -Force
+        Write-Output "Unregistered the session configuration $Name."
+    }
+    if (Test-Path -LiteralPath $Target) {
+        Remove-Item -LiteralPath $Target -Recurse -Force
+        Write-Output "Removed $Target."
+    }
+    Write-Output "The $Name endpoint is not installed."
+    return
+}
+
+if (-not (Test-Path -LiteralPath $Source) -or -not (Test-Path -LiteralPath $SessionFile)) {
+    throw "Run this script from the folder windows-endpoint wrote: $Source and $SessionFile are needed."
+}
+if (-not (Test-PSSessionConfigurationFile -Path $SessionFile)) {
+    throw "$SessionFile is not a valid session configuration file."
+}
+
+$Changed = $false
+if ((Get-FolderDigest $Source) -ne (Get-FolderDigest $Target)) {
+    if (Test-Path -LiteralPath $Target) {
+        Remove-Item -LiteralPath $Target -Recurse -Force
+    }
+    Copy-Item -LiteralPath $Source -Destination $Target -Recurse -Force
+    Write-Output "Installed the module $Name in $Target."
+    $Changed = $true
+}
+# Registering copies the .pssc; the copy's path is ConfigFilePath. An equal copy means nothing to register.
+$Current = $Registered -and ((Get-FileDigest $Registered.ConfigFilePath) -eq (Get-FileDigest $SessionFile))
+if (-not $Current) {
+    if ($Registered) {
+        Unregister-PSSessionConfiguration -Name $Name -Force
+    }
+    Register-PSSessionConfiguration -Name $Name -Path $SessionFile -Force | Out-Null
+    Write-Output "Registered the session configuration $Name (the WinRM service restarted)."
+    $Changed = $true
+}
+if (-not $Changed) {
+    Write-Output "The $Name endpoint is up to date; nothing changed."
+}

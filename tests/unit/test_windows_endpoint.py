@@ -1,0 +1,185 @@
+"""`windows-endpoint`: the JEA endpoint files, checked with a PowerShell grammar nobody here wrote
+(tree-sitter-powershell) and against the script WinRS sends. There is no PowerShell here, so the install
+script's safety on a second run is checked on its structure: every change it makes is guarded by a test of
+the state that change would produce."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tree_sitter_powershell
+from tree_sitter import Language, Node, Parser
+
+from exporter import windows_endpoint
+from exporter.scripts import _body
+
+from .test_script_grammar import syntax_problems
+
+PARSER = Parser(Language(tree_sitter_powershell.language()))
+GROUP = "CONTOSO\\EEMS Monitoring"
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("endpoint")
+    windows_endpoint.write(output, GROUP)
+    return output
+
+
+def read(path: Path) -> str:
+    data = path.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf"), f"{path.name}: Windows PowerShell 5.1 needs the BOM to read UTF-8"
+    return data[3:].decode("utf-8")
+
+
+def test_every_file_parses_with_the_powershell_grammar(written):
+    files = sorted(p for p in written.rglob("*") if p.is_file())
+    assert {p.relative_to(written).as_posix() for p in files} == set(windows_endpoint.build(GROUP).files)
+    for path in files:
+        assert syntax_problems(read(path)) == [], path.name
+
+
+def test_the_function_is_the_script_winrs_sends(written):
+    role = read(written / "ExchangeEemsExporter" / "RoleCapabilities" / "ExchangeEemsReader.psrc").replace("\r\n", "\n")
+    body = role.split("# >>> collect_server.ps1\n", 1)[1].split("\n# <<< collect_server.ps1", 1)[0]
+    assert body == _body("collect_server.ps1").rstrip()
+    assert f"VisibleFunctions = '{windows_endpoint.FUNCTION_NAME}'" in role
+    assert f"Name = '{windows_endpoint.FUNCTION_NAME}'" in role
+    # the function fills $P as the WinRS parameter line does, with every parameter the script reads
+    assert "$P=@{LookbackHours=$LookbackHours;MaxEvents=$MaxEvents;LogTailBytes=$LogTailBytes;" \
+           "CheckEndpoint=$CheckEndpoint;EndpointTimeoutSec=$EndpointTimeoutSec;Proxy=''}" in role
+    read_by_script = set(re.findall(r"\$P\.(\w+)", body))
+    assert read_by_script <= {name for name, _, _, _ in windows_endpoint.PARAMETERS} | {"Proxy"}
+    assert f"\n'{windows_endpoint.endpoint_version()}'\n" in role  # its first output
+
+
+def test_the_proxy_is_fixed_by_the_admin_not_the_caller(tmp_path):
+    """The script sends the server's own credentials to its proxy: a caller must not choose where they go."""
+    role = windows_endpoint.build(GROUP, proxy="http://proxy.contoso.com:8080").files[
+        "ExchangeEemsExporter/RoleCapabilities/ExchangeEemsReader.psrc"]
+    parameters = role.split("param(", 1)[1].split(")\n", 1)[0]
+    assert "Proxy" not in parameters
+    assert ";Proxy='http://proxy.contoso.com:8080'}" in role
+    assert windows_endpoint.build(GROUP, proxy="http://proxy.contoso.com:8080").version == windows_endpoint.endpoint_version()
+    for bad in ("http://x'; Remove-Item C:\\ -Recurse; '", "ftp://proxy", "http://user:pw@proxy:8080"):
+        with pytest.raises(ValueError):
+            windows_endpoint.build(GROUP, proxy=bad)
+
+
+def test_the_parameters_are_bounded_as_the_configuration_is():
+    """A stolen credential can ask for no more than the exporter's configuration allows."""
+    from exporter.config import POLL_KEYS
+    from exporter.config_keys import ConfigError
+
+    bounds = {"MaxEvents": "max_events", "LogTailBytes": "log_tail_bytes"}
+    for name, low, high, _ in windows_endpoint.PARAMETERS:
+        assert 0 <= low <= high <= 16 << 20, name
+        if name in bounds:
+            read = next(k for k in POLL_KEYS if k.name == bounds[name]).read
+            assert read(high, name) == high
+            with pytest.raises(ConfigError):
+                read(high + 1, name)
+
+
+def test_the_version_follows_the_script():
+    script = _body("collect_server.ps1")
+    assert windows_endpoint.endpoint_version(script) == windows_endpoint.endpoint_version()
+    assert windows_endpoint.endpoint_version(script + "\n# changed\n") != windows_endpoint.endpoint_version()
+    assert windows_endpoint.endpoint_version().startswith(windows_endpoint.VERSION_PREFIX)
+
+
+def test_the_session_configuration(written):
+    session = read(written / "ExchangeEemsExporter.pssc")
+    for line in ("SessionType = 'RestrictedRemoteServer'", "RunAsVirtualAccount = $true",
+                 "'CONTOSO\\EEMS Monitoring' = @{ RoleCapabilities = 'ExchangeEemsReader' }"):
+        assert line in session
+    assert "LanguageMode" not in session and "VisibleCmdlets" not in session  # nothing beyond the one function
+    manifest = read(written / "ExchangeEemsExporter" / "ExchangeEemsExporter.psd1")
+    assert "FunctionsToExport = @()" in manifest
+
+
+def test_virtual_account_groups_and_transcripts():
+    files = windows_endpoint.build(GROUP, virtual_account_groups=("Event Log Readers",),
+                                   transcript_directory="C:\\ProgramData\\EEMS\\Transcripts").files
+    session = files["ExchangeEemsExporter.pssc"]
+    assert "RunAsVirtualAccountGroups = 'Event Log Readers'" in session
+    assert "TranscriptDirectory = 'C:\\ProgramData\\EEMS\\Transcripts'" in session
+    assert syntax_problems(session) == []
+    assert "RunAsVirtualAccountGroups" not in windows_endpoint.build(GROUP).files["ExchangeEemsExporter.pssc"]
+    with pytest.raises(ValueError):
+        windows_endpoint.build(GROUP, virtual_account_groups=("x'; evil",))
+
+
+@pytest.mark.parametrize("group", ["CONTOSO\\it's", "A$(whoami)", "x`y", "line\nbreak", "", 'q"uote', "x" * 300])
+def test_a_group_that_could_break_out_of_its_string_is_refused(group):
+    with pytest.raises(ValueError):
+        windows_endpoint.build(group)
+
+
+def test_writing_twice_gives_the_same_files(tmp_path):
+    first = windows_endpoint.write(tmp_path, GROUP)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    second = windows_endpoint.write(tmp_path, GROUP)
+    assert first == second and {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+# ---------------------------------------------------------------- the install script
+
+MUTATIONS = {  # command -> what the enclosing `if` conditions must test (the state the command changes)
+    "Unregister-PSSessionConfiguration": "$Registered",
+    "Register-PSSessionConfiguration": "-not $Current",
+    "Remove-Item": "Test-Path -LiteralPath $Target",
+    "Copy-Item": "(Get-FolderDigest $Source) -ne (Get-FolderDigest $Target)",
+}
+
+
+def _commands(node: Node, conditions: tuple[str, ...], found: list) -> None:
+    if node.type == "if_statement":
+        condition = next(c for c in node.children if c.type == "pipeline").text.decode()
+        for child in node.children:
+            _commands(child, conditions + (condition,) if child.type == "statement_block" else conditions, found)
+        return
+    if node.type == "command":
+        name = next((c for c in node.children if c.type == "command_name"), None)
+        if name is not None:
+            found.append((name.text.decode(), conditions))
+    for child in node.children:
+        _commands(child, conditions, found)
+
+
+def install_commands(text: str) -> list[tuple[str, tuple[str, ...]]]:
+    found: list = []
+    _commands(PARSER.parse(text.encode()).root_node, (), found)
+    return found
+
+
+def test_every_change_the_install_script_makes_is_guarded_by_its_state(written):
+    """A second run finds each guard false: the registration equal, the module folder equal (digests), nothing
+    registered or present to remove. Each change sits under the test of exactly that state."""
+    commands = install_commands(read(written / windows_endpoint.INSTALL_SCRIPT))
+    changes = [(name, conditions) for name, conditions in commands if name in MUTATIONS]
+    assert {name for name, _ in changes} == set(MUTATIONS)
+    for name, conditions in changes:
+        assert any(MUTATIONS[name] in c for c in conditions), (name, conditions)
+    assert "Get-PSSessionConfiguration" in [n for n, _ in commands]
+
+
+def test_the_guard_check_can_fail():
+    broken = "Register-PSSessionConfiguration -Name X -Path y -Force\nif ($Registered) { Remove-Item -LiteralPath $Target }"
+    commands = dict(install_commands(broken))
+    assert commands["Register-PSSessionConfiguration"] == ()
+    assert not any(MUTATIONS["Remove-Item"] in c for c in commands["Remove-Item"])
+
+
+def test_the_command_line(tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "exporter", "windows-endpoint", "--output", str(tmp_path / "out"),
+                         "--group", GROUP], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert windows_endpoint.endpoint_version() in ok.stdout and (tmp_path / "out" / "ExchangeEemsExporter.pssc").exists()
+    bad = subprocess.run([sys.executable, "-m", "exporter", "windows-endpoint", "--output", str(tmp_path / "bad"),
+                          "--group", "it's"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--group" in bad.stderr and not (tmp_path / "bad").exists()
