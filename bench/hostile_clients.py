@@ -72,7 +72,7 @@ class Exporter:
         self.log = open(directory / "exporter.log", "w+b")
         limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None
         self.process = subprocess.Popen(command, cwd=EXPORTER_ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-                                        preexec_fn=limit, env={**os.environ, PASSWORD_ENV: "x"})
+                                        preexec_fn=limit, env={**os.environ, PASSWORD_ENV: "x", "MALLOC_ARENA_MAX": "2"})
 
     def __enter__(self) -> "Exporter":
         deadline = time.monotonic() + 30

@@ -61,7 +61,7 @@ PROBE_WORKERS = 16  # a probe waits for a poll
 BCRYPT_PENDING = 8  # uncached credential checks queued or running, in all
 BCRYPT_PENDING_PER_CLIENT = 1
 MAX_PINNED_BYTES = 64 << 20  # response bodies held for clients that have not read them yet, in all
-WRITE_CHUNK_BYTES = 256 << 10
+WRITE_CHUNK_BYTES = 64 << 10  # also what the transport copies into its buffer per connection
 GZIP_MIN_BYTES = 1024
 SERVER = f"exchange-eems-exporter/{__version__}"
 UNAUTHORIZED = Response(401, b"Unauthorized\n", headers=(("WWW-Authenticate", 'Basic realm="exchange-eems-exporter"'),))
@@ -90,7 +90,7 @@ class _Connection:
 
 class ExporterHTTPServer:
     def __init__(self, address: tuple[str, int], view: View, watcher: WebConfigWatcher | None):
-        self._view = view
+        self._view = handlers.SharedMetrics(view)
         self._watcher = watcher
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self._socket = socket.socket(family, socket.SOCK_STREAM)

@@ -477,7 +477,7 @@ def test_clients_that_do_not_read_pin_bounded_memory(distinct):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: exporter\r\n\r\n")
             readers.append(sock)
-        _wait_until(lambda: len(calls) >= 40, what="every request to be answered")
+        _wait_until(lambda: all(map(_answered, readers)), what="every request to be answered (or cut)")
         peak = max(_rss() for _ in range(25) if not time.sleep(0.04))
         status, received, _ = _get(server.server_address[1], "/metrics")  # a reader that reads still gets it
     finally:
