@@ -32,11 +32,13 @@ class Exporter:
 
     def _self_status(self) -> SelfStatus:
         current = self.runtime.current()
+        paused = self.poller.connections.credentials.paused(current.config.modules)
         return SelfStatus(
             catalog_newest_release=current.catalog.newest_release,
             poll_interval_seconds=current.config.poll.interval,
             last_reload_successful=self.runtime.last_reload_successful,
             last_reload_timestamp=self.runtime.last_reload_timestamp,
+            credential_paused={name: name in paused for name in current.config.modules},
         )
 
     # ------------------------------------------------------------ what the handlers read

@@ -226,7 +226,8 @@ class WebConfigWatcher:
     listener whatever the file says later. Failed reloads are counted for /metrics (`collect`).
     """
 
-    def __init__(self, path: Path, check_interval: float = 1.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, path: Path, *, check_interval: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        """`clock`: monotonic seconds, for when to look at the files again (a test passes one it moves)."""
         self._path = Path(path)
         self._lock = threading.Lock()
         self._clock = clock

@@ -78,6 +78,18 @@ FAULTS: dict[int, tuple[str, str, str, str]] = {
         "for the resource. ",
         "{n}",
     ),
+    # The Windows Remote Shell policy AllowRemoteShellAccess set to Disabled. Code: ERROR_WSMAN_REMOTESHELLS_NOT_ALLOWED
+    # (winerror.h, 0x803381AC); subcode: MS-WSMV 2.2.4.42 ("MUST reply with a wsman:InternalError fault"); the
+    # message is the text users report (jpboyce/cb_cis_windows_2016#5, the CIS "Allow Remote Shell Access:
+    # Disabled" item). No recorded fault: code, subcode and text were put together from those three sources.
+    2150859180: (
+        "s:Receiver",
+        "w:InternalError",
+        "The WS-Management service cannot process the request. The service is configured to not accept any "
+        "remote shell requests. ",
+        "The WS-Management service cannot process the request. The service is configured to not accept any "
+        "remote shell requests. ",
+    ),
     2150859173: (
         "s:Sender",
         "w:QuotaLimit",

@@ -46,7 +46,6 @@ CONVERGE_TIMEOUT = 90
 # up to one interval after the stale-check alert it inhibits (group exchange-eems-service); the wait must
 # cover that, or the inhibited alert is delivered before its inhibitor exists.
 GROUP_WAIT = "6s"
-SETTLE_SECONDS = 8  # after the expected notifications arrived: long enough for a stray one to follow
 
 # Labels besides alertname, server and severity that tell two alerts of one server apart.
 DETAIL_LABELS = ("cutoff", "reason", "mitigation", "scope", "endpoint")
@@ -409,7 +408,7 @@ def wait_until(condition, timeout: float, programs: list[Program]) -> bool:
             program.check_running()
         if condition():
             return True
-        time.sleep(1)
+        time.sleep(0.25)  # a condition poll: each look is a few local HTTP queries
     return False
 
 
@@ -542,8 +541,21 @@ def test_exactly_the_demo_alerts_fire(stack):
 
 
 def _delivered_exactly(stack, path: str, expected: set) -> None:
-    wait_until(lambda: expected <= stack.webhook.delivered(path), 60, stack.programs)
-    time.sleep(SETTLE_SECONDS)
+    """Wait until the expected alerts arrived and nothing more is on its way, then compare. Nothing more is on
+    its way once Alertmanager holds every alert Prometheus fires (so every inhibitor is in place) and has
+    delivered every alert it would notify this receiver of (active: neither inhibited nor silenced)."""
+    receiver = urllib.parse.quote(path.lstrip("/"))
+    alertmanager = f"{stack.alertmanager_url}/api/v2/alerts"
+
+    def settled() -> bool:
+        firing = {alert_key(a["labels"]) for a in stack.active_alerts() if a["state"] == "firing"}
+        held = {alert_key(a["labels"]) for a in get_json(alertmanager)}
+        to_notify = {alert_key(a["labels"]) for a in get_json(
+            f"{alertmanager}?receiver=^{receiver}$&active=true&inhibited=false&silenced=false")}
+        delivered = stack.webhook.delivered(path)
+        return expected <= delivered and firing <= held and to_notify <= delivered
+
+    wait_until(settled, 60, stack.programs)
     delivered = stack.webhook.delivered(path)
     missing, unexpected = expected - delivered, delivered - expected
     assert not (missing or unexpected), (

@@ -108,6 +108,13 @@ def test_events_without_id_or_time_are_skipped_with_a_note():
     assert any("events: expected objects" in e.message for e in facts.errors)
 
 
+def test_event_insertion_strings_are_kept_bounded():
+    data = ["x" * 900] + [str(i) for i in range(40)]
+    facts = parse_server_output(server(events=[{"id": 1008, "time": f"/Date({NOW_MS})/", "message": None, "data": data}]))
+    (event,) = facts.events
+    assert event.message == "" and len(event.data) == 16 and len(event.data[0]) == 500 and event.data[1] == "0"
+
+
 def test_log_tail_longer_than_bound_keeps_the_last_bytes():
     tail = "é" * 10 + "x" * 100 + "END"
     facts = parse_server_output(server(logs=[{"name": "a.LOG", "last_write": None, "tail": tail}]), max_log_bytes=50)
@@ -241,6 +248,15 @@ def test_clixml_error_text():
     )
 
 
+def test_clixml_stderr_is_read_in_the_shells_code_page():
+    """R14: powershell.exe writes stderr in the console's code page, 437 as the exporter asks WinRS for; decoded
+    as UTF-8, a German error lost its umlauts."""
+    german = "Die Methode kann nicht aufgerufen werden. Methodenaufrufe werden nur für Kerntypen unterstützt."
+    stderr = ('#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+              f'<S S="Error">{german}_x000D__x000A_</S></Objs>').encode("cp437")
+    assert clixml_to_text(stderr) == german
+
+
 def test_clixml_progress_only_is_empty():
     assert clixml_to_text(CLIXML_PROGRESS) == ""
 
@@ -250,7 +266,7 @@ def test_clixml_with_bom_and_plain_text():
     assert clixml_to_text(b"The command line is too long.\r\n") == "The command line is too long."
     assert clixml_to_text(b"") == ""
     assert clixml_to_text(b"#< CLIXML\r\n<Objs><S S=\"Error\">unterminated") == ""
-    assert clixml_to_text(b"f\x81r") == "f\ufffdr"
+    assert clixml_to_text(b"f\x81r") == "für"  # code page 437: 0x81 is ü (review R14)
 
 
 # ---------------------------------------------------------------- organization
