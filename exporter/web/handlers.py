@@ -24,7 +24,8 @@ from .. import __version__
 from ..config import ModuleConfig, scheme_problem
 from ..model import OrganizationResult, ServerResult
 from ..targets import Target
-from . import pages
+from ..exposition import probe_body
+from . import alerts, pages
 from .request import Request
 
 PROBE_TIMEOUT_OFFSET_SECONDS = 0.5
@@ -44,7 +45,9 @@ class View(Protocol):
     def metrics_body(self, accept: str) -> tuple[bytes, str]: ...
     def probe_body(self, target: str, module: str | None, timeout: float | None,
                    accept: str) -> tuple[bytes, str]: ...
+    def probe(self, target: str, module: str | None, timeout: float | None) -> ServerResult: ...
     def reload(self) -> tuple[bool, str]: ...
+    def scrub(self, text: str) -> str: ...
 
 
 class SharedMetrics:
@@ -104,7 +107,8 @@ Handler = Callable[[Request, View], Response]
 class Route:
     handler: Handler
     methods: tuple[str, ...] = ("GET", "HEAD")
-    pool: str = "general"  # "probe": waits for a poll, so it never runs on the workers /metrics needs
+    pool: str = "general"  # "probe" waits for a poll, "pages" costs about a second at 2,000 servers: neither
+    # ever runs on the workers /metrics needs
     allow: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -114,10 +118,50 @@ class Route:
 # ------------------------------------------------------------ the routes
 
 
+def _html(view: View, page: bytes) -> Response:
+    """A page: its text scrubbed of every secret (servers' text is on it), and no script allowed to run."""
+    return Response(200, view.scrub(page.decode()).encode(), HTML, (("Content-Security-Policy", pages.CSP),),
+                    compressible=True)
+
+
+def _rows(view: View, servers: list[ServerResult], one: str | None = None) -> tuple[list[pages.Row], list[alerts.Firing]]:
+    """Each server with the alerts that would fire for it now, and those that are not about one server (read
+    from /metrics' own body: the series the rules read; of server `one` only, when given)."""
+    body, _ = view.metrics_body("text/plain")
+    per_server: dict[str, list[alerts.Firing]] = {}
+    exporter_level = []
+    for firing in alerts.firing(alerts.samples(body, server=one)):
+        name = firing.labels.get("server")
+        if name is None:
+            exporter_level.append(firing)
+        else:
+            per_server.setdefault(name.lower(), []).append(firing)
+    return [pages.Row(r, tuple(per_server.get(r.name.lower(), ()))) for r in servers], exporter_level
+
+
 def landing(request: Request, view: View) -> Response:
+    state = parse_qs(request.query, max_num_fields=10).get("state", [None])[0] if request.query else None
+    if state is not None and state not in pages.STATES:
+        return text(400, f"Unknown state; one of {', '.join(pages.STATES)}\n")
     servers, _ = view.snapshot()
+    rows, exporter_level = _rows(view, servers)
     targets = view.targets()
-    return Response(200, pages.landing(servers, targets[0].name if targets else "SERVER", __version__), HTML)
+    return _html(view, pages.fleet(rows, exporter_level, state, __version__, targets[0].name if targets else "SERVER"))
+
+
+def server(request: Request, view: View) -> Response:
+    try:
+        names = parse_qs(request.query, max_num_fields=10).get("name", [])
+    except ValueError:
+        names = []
+    if len(names) != 1:
+        return text(400, "Exactly one 'name' parameter is required\n")
+    servers, _ = view.snapshot()
+    chosen = [r for r in servers if r.name.lower() == names[0].lower()]
+    rows, _ = _rows(view, chosen, chosen[0].name) if chosen else ([], [])
+    if not rows:
+        return text(404, f"No server {names[0][:256]!r} is polled by this exporter\n")
+    return _html(view, pages.server(rows[0], pages.timings(rows[0].result)))
 
 
 def metrics(request: Request, view: View) -> Response:
@@ -147,10 +191,13 @@ def probe(request: Request, view: View) -> Response:
         return text(400, "Too many query parameters: /probe takes 'target' and 'module'\n")
     targets = params.get("target", [])
     modules = params.get("module", [])
+    debug = params.get("debug", ["false"])
     if len(targets) != 1 or not targets[0]:
         return text(400, "Exactly one 'target' parameter is required\n")
     if len(modules) > 1:
         return text(400, "At most one 'module' parameter is allowed\n")
+    if debug not in (["true"], ["false"]):
+        return text(400, "'debug' is true or false\n")
     name, module_name = targets[0], (modules[0] if modules else None)
     module = view.module(module_name) if module_name is not None else None
     if module_name is not None and module is None:
@@ -173,12 +220,20 @@ def probe(request: Request, view: View) -> Response:
             return text(400, "Invalid X-Prometheus-Scrape-Timeout-Seconds header: expected seconds > 0\n")
         # the scrape timeout runs from when the request arrived: time queued for a worker counts
         timeout = max(1.0, seconds - PROBE_TIMEOUT_OFFSET_SECONDS - (time.monotonic() - request.received))
+    if debug == ["true"]:  # blackbox_exporter's debug output: the steps and what they found, as text
+        result = view.probe(name, module_name, timeout)
+        metrics, _ = probe_body(result, "text/plain")
+        firing = tuple(alerts.firing(alerts.samples(metrics)))
+        page = pages.probe_debug(result, pages.Row(result, firing), metrics).decode()
+        return Response(200, view.scrub(page).encode(), TEXT, (("X-Content-Type-Options", "nosniff"),),
+                        compressible=True)  # server text as plain text, never sniffed as HTML
     body, content_type = view.probe_body(name, module_name, timeout, request.header("accept"))
     return Response(200, body, content_type, compressible=True)
 
 
 ROUTES: dict[str, Route] = {
-    "/": Route(landing),
+    "/": Route(landing, pool="pages"),
+    "/server": Route(server, pool="pages"),
     "/metrics": Route(metrics),
     "/probe": Route(probe, pool="probe"),
     "/-/healthy": Route(healthy),

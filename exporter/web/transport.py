@@ -11,7 +11,8 @@ arrived (`request.py` parses it once), and hands back a whole `Response`. What e
   has gone longest without an authorised request (an idle or never-authorised one first); one being
   answered is never cut. A 401 closes its connection, so a client without the password holds nothing;
 - a worker: the route table (`handlers.ROUTES`) names the pool, from the same parsed path as the handler:
-  /probe, which waits for a poll, has its own workers, and a spelling such as `//probe` is just not found;
+  /probe, which waits for a poll, and the HTML pages, which cost CPU, have their own workers, and a spelling
+  such as `//probe` is just not found;
 - bcrypt: a credential verified before is checked on the loop in microseconds, so Prometheus never queues
   behind password guessers. A new one goes to the bcrypt thread, at most `BCRYPT_PENDING_PER_CLIENT` per
   client address and `BCRYPT_PENDING` in all; beyond that the answer is 429 at once;
@@ -58,6 +59,7 @@ MAX_CONNECTIONS_PER_CLIENT = 64
 LISTEN_BACKLOG = 128
 WORKERS = 4  # /metrics and the rest answer from memory in milliseconds
 PROBE_WORKERS = 16  # a probe waits for a poll
+PAGE_WORKERS = 2  # the HTML pages evaluate the alert rules over the whole fleet: about a second at 2,000 servers
 BCRYPT_PENDING = 8  # uncached credential checks queued or running, in all
 BCRYPT_PENDING_PER_CLIENT = 1
 MAX_PINNED_BYTES = 64 << 20  # response bodies held for clients that have not read them yet, in all
@@ -106,10 +108,12 @@ class ExporterHTTPServer:
         self._loop = asyncio.new_event_loop()
         self.pinned = _PinnedBodies(MAX_PINNED_BYTES, self._loop)
         self._pools = {"general": ThreadPoolExecutor(WORKERS, thread_name_prefix="http"),
-                       "probe": ThreadPoolExecutor(PROBE_WORKERS, thread_name_prefix="probe")}
+                       "probe": ThreadPoolExecutor(PROBE_WORKERS, thread_name_prefix="probe"),
+                       "pages": ThreadPoolExecutor(PAGE_WORKERS, thread_name_prefix="pages")}
         # A request waits for a worker here, on the loop, not in the pool's queue: so no more bodies exist
         # than there are workers, besides those being written (which `pinned` bounds).
-        self._free_workers = {"general": asyncio.Semaphore(WORKERS), "probe": asyncio.Semaphore(PROBE_WORKERS)}
+        self._free_workers = {"general": asyncio.Semaphore(WORKERS), "probe": asyncio.Semaphore(PROBE_WORKERS),
+                              "pages": asyncio.Semaphore(PAGE_WORKERS)}
         self._bcrypt = ThreadPoolExecutor(1, thread_name_prefix="bcrypt")
         self._stopped = threading.Event()
 
