@@ -30,7 +30,7 @@ import yaml
 
 from bench import start_simulator
 from tests.pki import issue, write
-from tests.system.test_hostile_clients import GUESSER
+from tests.system.test_hostile_clients import GUESSER, raw_exchange
 
 EXPORTER_ROOT = Path(__file__).resolve().parents[1]
 USER, PASSWORD = "prometheus", "web-Passw0rd-for-scrapes"
@@ -133,18 +133,6 @@ def _pki(directory: Path) -> dict:
     write(directory, "ca", ca, ca_key)
     write(directory, "server", *issue("exporter", ca_key, ca.subject, ca=False, server=True))
     return {"cert_file": str(directory / "server.crt"), "key_file": str(directory / "server.key")}
-
-
-def _raw(port: int, data: bytes, timeout: float = 5, source: str = VISITOR) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0)) as sock:
-        sock.sendall(data)
-        received = b""
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except (socket.timeout, ConnectionResetError):
-            pass
-        return received
 
 
 # ---------------------------------------------------------------- the attacks
@@ -326,10 +314,10 @@ def malformed_heads(directory: Path) -> dict:
     }
     with Exporter(directory, None) as exporter:
         huge = b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n"
-        answers = [_raw(exporter.port, huge, timeout=2)[:12] for _ in range(200)]
+        answers = [raw_exchange(exporter.port, huge, timeout=2)[:12] for _ in range(200)]
         result = {"huge_content_length_answered": sum(a.startswith(b"HTTP/1.1 413") for a in answers)}
         for name, head in heads.items():
-            answer = _raw(exporter.port, head, timeout=2)
+            answer = raw_exchange(exporter.port, head, timeout=2)
             result[name] = answer[9:12].decode() or "no answer"
         time.sleep(0.5)
         log = exporter.output()

@@ -240,7 +240,7 @@ def _wait_until(condition, timeout: float = 10.0, what: str = "condition") -> No
         time.sleep(0.02)
 
 
-def _raw_exchange(port: int, data: bytes, timeout: float = 5.0, source: str = VISITOR) -> bytes:
+def raw_exchange(port: int, data: bytes, timeout: float = 5.0, source: str = VISITOR) -> bytes:
     """Send raw bytes, read until the server closes (or `timeout` passes); returns what arrived."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0)) as sock:
         sock.sendall(data)
@@ -425,7 +425,7 @@ def test_a_401_closes_the_connection(guarded):
     request every few seconds."""
     port, _ = guarded
     started = time.monotonic()
-    response = _raw_exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
+    response = raw_exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
     assert _status(response) == 401
     assert time.monotonic() - started < 2, "the connection stayed open after the 401"
 
@@ -551,7 +551,7 @@ def test_malformed_requests_are_refused_quietly(exporter_port, head, expected, c
     """Before: a Content-Length of 5,000 digits raised ValueError in the connection handler (no answer, an
     ERROR with a traceback per request); the RFC 9112 cases were accepted."""
     with caplog.at_level(logging.DEBUG):
-        response = _raw_exchange(exporter_port, head)
+        response = raw_exchange(exporter_port, head)
     assert _status(response) == expected, response[:200]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
