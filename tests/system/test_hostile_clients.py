@@ -514,6 +514,30 @@ def test_tls_connection_close_is_answered_and_closed_promptly_with_close_notify(
     assert seconds < 2, f"the connection closed {seconds:.1f}s after the request"
 
 
+def test_a_large_response_reaches_a_tls_reader_whole(tmp_path, pki):
+    """The TLS transport keeps its own write buffer limits (the 22.11 fix); a large body still arrives whole."""
+    body = b"# a large page\n" * (1 << 19)  # 7.5 MiB
+
+    class LargeMetrics(Exporter):
+        def metrics_body(self, accept: str) -> tuple[bytes, str]:
+            return body, "text/plain; version=0.0.4; charset=utf-8"
+
+    exporter = LargeMetrics(load_config_text(minimal_config(), Path(".")), Catalog.load())
+    server = serve(exporter, "127.0.0.1", 0, WebConfigWatcher(_write_web_config(tmp_path / "w.yml", pki, False)))
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    try:
+        with socket.create_connection(server.server_address, timeout=20) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                received = bytearray()
+                while chunk := tls.recv(1 << 20):
+                    received += chunk
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert received.endswith(body) and f"Content-Length: {len(body)}".encode() in received
+
+
 # ---------------------------------------------------------------- 22.12: basic auth's decoy cost
 
 
