@@ -22,9 +22,9 @@ from prometheus_client.exposition import choose_encoder
 
 from .. import __version__
 from ..config import ModuleConfig, scheme_problem
+from ..exposition import probe_body
 from ..model import OrganizationResult, ServerResult
 from ..targets import Target
-from ..exposition import probe_body
 from . import alerts, pages
 from .request import Request
 
