@@ -81,6 +81,9 @@ class SimulatedHost:
     # WinRS. `winrs=False` refuses the WinRS cmd shell, so a PSRP-only fleet cannot pass by falling back.
     endpoints: Any = None
     winrs: bool = True
+    # The Windows Remote Shell policy (AllowRemoteShellAccess = Disabled, scenario `remote_shell: disabled`): every
+    # new shell, WinRS or PSRP, is refused.
+    remote_shell_disabled: bool = False
 
 
 @dataclass(frozen=True)

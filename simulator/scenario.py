@@ -50,7 +50,7 @@ _SERVER_KEYS = (
     "data_collection_enabled", "internet_web_proxy", "eems_failure", "endpoint_status", "log_file", "events",
     "success_events", "build_source", "output_style", "faults", "output_faults", "locale", "account", "unreadable",
     "unreadable_event", "winhttp_proxy", "endpoint_failure", "non_fetch_errors", "log_other_errors", "log_rotation", "log_encoding", "log_time", "log_header",
-    "log_time_zone", "log_last_write", "log_other_file", "application_log_events", "language_mode",
+    "log_time_zone", "log_last_write", "log_other_file", "application_log_events", "language_mode", "remote_shell",
     *_HOST_KEYS,
 )
 
@@ -156,6 +156,7 @@ def scenario_from_dict(data: Any, base_dir: Path = Path(".")) -> Scenario:
             idle_timeout_seconds=settings["idle_timeout"],
             endpoints=remoting.Endpoints(windows, remote),
             winrs=remote.winrs,
+            remote_shell_disabled=settings["remote_shell"] == "disabled",
             fqdn=state.fqdn,
             auth=settings["auth"],
             cbt_hardening=settings["cbt_hardening"],
@@ -405,7 +406,8 @@ def _host_settings(s: dict[str, Any], defaults: dict[str, Any], key: str) -> dic
     else:
         address = str(_ipv4_loopback(address, f"{key}.address"))
     return {"address": address, "port": port, "scheme": scheme, "max_shells_per_user": shells, "idle_timeout": idle,
-            "auth": methods, "cbt_hardening": hardening, "faults": _faults(s.get("faults", {}), f"{key}.faults")}
+            "auth": methods, "cbt_hardening": hardening, "faults": _faults(s.get("faults", {}), f"{key}.faults"),
+            "remote_shell": _choice(s.get("remote_shell", "enabled"), f"{key}.remote_shell", ("enabled", "disabled"))}
 
 
 def _auth(value: Any, key: str) -> tuple[str, ...]:

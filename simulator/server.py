@@ -509,6 +509,9 @@ class Fleet:
         try:
             request = wsman.parse_request(soap)
             relates_to = request.message_id
+            if request.action == wsman.ACTION_CREATE and host.remote_shell_disabled and path != EXCHANGE_PATH:
+                # AllowRemoteShellAccess = Disabled: the WinRM service refuses every new shell, WinRS and PSRP alike
+                raise wsman.WsmanFault(wsman.REMOTE_SHELLS_NOT_ALLOWED)
             if path == EXCHANGE_PATH or request.resource_uri.lower().startswith(wsman.POWERSHELL_RESOURCE):
                 if rt.psrp is None:
                     loop = asyncio.get_running_loop()

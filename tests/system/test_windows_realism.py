@@ -48,6 +48,7 @@ SERVERS = [
     {"name": "EMPTY-BUILD", "build": SE, "build_source": "empty"},
     {"name": "BIGLOG", "build": SE, "application_log_events": 3_000_000},
     {"name": "CLM", "build": SE, "language_mode": "constrained"},
+    {"name": "NOSHELL", "build": SE, "remote_shell": "disabled"},
     {"name": "CULTURE-WEST", "build": SE, "log_time": "culture", "log_time_zone": "-05:00", "log_rotation": "daily",
      "log_last_write": "at_open"},
     {"name": "NONFETCH", "build": SE, "non_fetch_errors": True},
@@ -103,7 +104,14 @@ def partial_failures(metrics, server: str) -> set[tuple[str, str]]:
 
 
 def test_every_server_is_polled(metrics):
-    assert {s["name"]: value(metrics, "exchange_up", server=s["name"]) for s in SERVERS} == {s["name"]: 1 for s in SERVERS}
+    expected = {s["name"]: 0 if s.get("remote_shell") == "disabled" else 1 for s in SERVERS}
+    assert {s["name"]: value(metrics, "exchange_up", server=s["name"]) for s in SERVERS} == expected
+
+
+def test_remote_shell_disabled_by_policy_is_named(metrics):
+    """R13: AllowRemoteShellAccess = Disabled refuses every new shell (WS-Management fault 2150859180)."""
+    assert value(metrics, "exchange_collector_error", collector="server", server="NOSHELL",
+                 reason="remote_shell_disabled") == 1
 
 
 def test_the_event_query_costs_the_window_not_the_log():
@@ -229,7 +237,7 @@ def test_no_log_budget_still_shows_the_newest_file(metrics_with):
 
 def test_an_unformattable_event_keeps_the_others(metrics):
     """6: Get-WinEvent under -EA Stop lost every event for one bad one."""
-    assert partial_failures(metrics, "BADEVENT") == {("events", "other"), ("log", "not_found")}
+    assert partial_failures(metrics, "BADEVENT") == {("events", "unreadable"), ("log", "not_found")}
     assert value(metrics, "exchange_eems_last_success_timestamp_seconds", server="BADEVENT") is not None
 
 
@@ -282,6 +290,8 @@ DATED = {"ExchangeBuildSuperseded", "ExchangeBuildCUNotServiced", "ExchangeProdu
          "ExchangeProductSupportEndingSoon", "ExchangeCatalogStale"}
 FETCHES_FAIL = {"eems_failure": "tls_validation"}
 FAILING_PAGE = ("ExchangeEEMSFetchErrors", "critical", "tls_validation")
+BLIND_CLM = ("ExchangeCollectorBlind", "warning", "constrained_language")  # the endpoint check cannot run
+CANNOT_POLL = {("ExchangeExporterCannotPoll", "warning", ""), ("ExchangeExporterCannotPoll", "critical", "")}
 # For the log's knobs the failing twin may not read the Application log either: the log is its only witness.
 LOG_ONLY = {"account": "least_privilege", "unreadable": ["events"]}
 # knob -> (scenario keys, alerts of the healthy server as (alertname, severity, reason or ""), what else the
@@ -294,15 +304,20 @@ KNOBS = {
     "log_time_zone west, daily, held open": ({"log_time": "culture", "log_time_zone": "-05:00", "log_rotation": "daily",
                                               "log_last_write": "at_open"}, set(), LOG_ONLY),
     "log_other_file": ({"log_other_file": True}, set(), LOG_ONLY),
-    "build_source: empty": ({"build_source": "empty"}, set(), {}),
+    # the build part stays unread (AdminDisplayVersion stands in at CU level): a ticket after an hour
+    "build_source: empty": ({"build_source": "empty"}, {("ExchangeCollectorBlind", "warning", "other")}, {}),
     # the events are the only witness of the failing twin: no log folder
     "unreadable_event: null_message": ({"unreadable_event": "null_message", "success_events": True}, set(),
                                        {"log_file": "absent"}),
     "unreadable_event: true": ({"unreadable_event": True, "success_events": True}, set(), {"log_file": "absent"}),
     # three million records: about 90 s for a query that reads them all, beyond the poll's timeout
     "application_log_events": ({"application_log_events": 3_000_000}, set(), {}),
-    "language_mode: constrained": ({"language_mode": "constrained"}, set(), {}),
+    "language_mode: constrained": ({"language_mode": "constrained"}, {BLIND_CLM}, {}),
+    # no shell at all: the poll fails, so the page is the exporter's own
+    "remote_shell: disabled": ({"remote_shell": "disabled"}, CANNOT_POLL, {}),
 }
+# Alerts a failing twin must raise when it is not FAILING_PAGE.
+FAILING_TWIN_PAGE = {"remote_shell: disabled": ("ExchangeExporterCannotPoll", "critical", "")}
 
 
 def knob_servers() -> list[dict]:
@@ -375,4 +390,4 @@ def test_a_healthy_server_raises_only_what_the_knob_explains(alerts, knob):
 @pytest.mark.parametrize("knob", list(KNOBS))
 def test_a_server_whose_fetches_fail_is_never_silent(alerts, knob):
     index = list(KNOBS).index(knob)
-    assert FAILING_PAGE in alerts[f"K{index:02d}-FAIL"]
+    assert FAILING_TWIN_PAGE.get(knob, FAILING_PAGE) in alerts[f"K{index:02d}-FAIL"]
