@@ -25,13 +25,16 @@ from typing import Callable, Iterator
 
 from .config import Config, ModuleConfig
 from .model import CollectorOutcome
-from .targets import Target, Targets
+from .runtime import Target, Targets
 from .winrm import PollFailure, ServerConnection
 
 log = logging.getLogger(__name__)
 
 REJECTIONS_TO_PAUSE = 3  # rejected logons in a row, by at least two servers (one alone is that server's problem)
-FIRST_PAUSE_SECONDS = 15 * 60  # as long as the shortest lockout observation window Microsoft's baselines set
+# At least the "Reset account lockout counter after" that Windows security baselines recommend (15 minutes,
+# learn.microsoft.com .../security-policy-settings/reset-account-lockout-counter-after): on a domain set so, the
+# rejections before a pause have left the counter when the next try comes.
+FIRST_PAUSE_SECONDS = 15 * 60
 MAX_PAUSE_SECONDS = 60 * 60  # doubling up to this: at most one rejected logon an hour once it is reached
 # Failures that say nothing about the credential: no server answered about it.
 UNTESTED = frozenset({"connection_refused", "connection_error", "tls_error", "timeout", "deadline_exceeded",
