@@ -24,7 +24,7 @@ from .. import __version__
 from ..config import ModuleConfig, scheme_problem
 from ..exposition import probe_body
 from ..model import OrganizationResult, ServerResult
-from ..targets import Target
+from ..runtime import Target
 from . import alerts, pages
 from .request import Request
 

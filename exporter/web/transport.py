@@ -128,13 +128,14 @@ class ExporterHTTPServer:
         self._loop.run_until_complete(asyncio.start_server(self._connection, sock=self._socket,
                                                            limit=MAX_HEAD_BYTES))
         self._loop.run_forever()
-        # Stopped: end every connection's task here, so none is left pending for the garbage collector to
-        # report ("Task was destroyed but it is pending") in whatever runs next.
+        # Stopped, every transport aborted: let each connection's task see that and end (not cancelled:
+        # asyncio's streams log a cancelled connection task as an error), so none is left pending for the
+        # garbage collector to report in whatever runs next. One still waiting for a worker is left.
         pending = asyncio.all_tasks(self._loop)
-        for task in pending:
-            task.cancel()
-        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        self._loop.close()
+        if pending:
+            self._loop.run_until_complete(asyncio.wait(pending, timeout=CLOSE_SECONDS))
+        if all(task.done() for task in pending):
+            self._loop.close()
         self._stopped.set()
 
     def shutdown(self) -> None:
