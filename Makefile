@@ -17,17 +17,18 @@ $(STAMP): pyproject.toml simulator/pyproject.toml
 install: $(STAMP)
 
 # MIT Kerberos: the KDC the Kerberos tests and `make demo-kerberos` run (Debian's krb5-kdc, krb5-admin-server),
-# and the headers python-gssapi builds against (libkrb5-dev; gssapi has no Linux wheel). Installed only when
-# missing, the way system-deps installs Prometheus; waits for another apt instead of failing.
+# and the headers python-gssapi builds against (libkrb5-dev; gssapi has no Linux wheel); libfaketime runs a
+# KDC whose clock is off for the clock-skew tests. Installed only when missing, the way system-deps installs
+# Prometheus; waits for another apt instead of failing.
 kerberos-deps:
 	@HEADERS=$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])'); \
 	if ! test -x /usr/sbin/krb5kdc || ! test -x /usr/sbin/kadmin.local || ! command -v krb5-config >/dev/null \
-	   || ! command -v gcc >/dev/null || ! test -f "$$HEADERS/Python.h"; then \
+	   || ! command -v faketime >/dev/null || ! command -v gcc >/dev/null || ! test -f "$$HEADERS/Python.h"; then \
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  EXTRA=$$(test -f "$$HEADERS/Python.h" || echo python3-dev); \
 	  $$SUDO apt-get -o DPkg::Lock::Timeout=900 update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends \
-	    $(KERBEROS_PACKAGES) gcc $$EXTRA >/dev/null; \
+	    $(KERBEROS_PACKAGES) faketime gcc $$EXTRA >/dev/null; \
 	fi
 	@test -x /usr/sbin/krb5kdc || { echo "krb5kdc is missing after installing $(KERBEROS_PACKAGES)" >&2; exit 1; }
 
