@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 KERBEROS_STAMP := $(VENV)/.installed-kerberos
 KERBEROS_PACKAGES := krb5-kdc krb5-admin-server libkrb5-dev
 
-.PHONY: demo demo-kerberos demo-stack dist test bench soak lint install system-deps kerberos-deps clean rules lock
+.PHONY: demo demo-kerberos demo-stack dist test check bench soak lint install system-deps kerberos-deps clean rules lock
 
 $(STAMP): pyproject.toml simulator/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,17 +17,18 @@ $(STAMP): pyproject.toml simulator/pyproject.toml
 install: $(STAMP)
 
 # MIT Kerberos: the KDC the Kerberos tests and `make demo-kerberos` run (Debian's krb5-kdc, krb5-admin-server),
-# and the headers python-gssapi builds against (libkrb5-dev; gssapi has no Linux wheel). Installed only when
-# missing, the way system-deps installs Prometheus; waits for another apt instead of failing.
+# and the headers python-gssapi builds against (libkrb5-dev; gssapi has no Linux wheel); libfaketime runs a
+# KDC whose clock is off for the clock-skew tests. Installed only when missing, the way system-deps installs
+# Prometheus; waits for another apt instead of failing.
 kerberos-deps:
 	@HEADERS=$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])'); \
 	if ! test -x /usr/sbin/krb5kdc || ! test -x /usr/sbin/kadmin.local || ! command -v krb5-config >/dev/null \
-	   || ! command -v gcc >/dev/null || ! test -f "$$HEADERS/Python.h"; then \
+	   || ! command -v faketime >/dev/null || ! command -v gcc >/dev/null || ! test -f "$$HEADERS/Python.h"; then \
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  EXTRA=$$(test -f "$$HEADERS/Python.h" || echo python3-dev); \
 	  $$SUDO apt-get -o DPkg::Lock::Timeout=900 update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends \
-	    $(KERBEROS_PACKAGES) gcc $$EXTRA >/dev/null; \
+	    $(KERBEROS_PACKAGES) faketime gcc $$EXTRA >/dev/null; \
 	fi
 	@test -x /usr/sbin/krb5kdc || { echo "krb5kdc is missing after installing $(KERBEROS_PACKAGES)" >&2; exit 1; }
 
@@ -74,8 +75,17 @@ dist: $(STAMP)
 	$(BIN)/python -m build --no-isolation --sdist --wheel --outdir $(DIST) .
 	$(BIN)/twine check --strict $(DIST)/*
 
+# Two worker processes, each taking whole test files (a module's fixture, such as a Prometheus and Alertmanager
+# stack, starts once): the suite mostly waits on sockets, deadlines and other programs, so two workers halve it
+# on two cores. PYTEST_WORKERS= runs it in one process.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
+
 test: system-deps $(STAMP) $(KERBEROS_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS)
+
+# The fast loop while you work: the unit tests, the PowerShell grammar checks among them. `make test` runs all.
+check: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) tests/unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)

@@ -16,8 +16,7 @@ from .metrics import SelfStatus
 from .model import OrganizationResult, ServerResult
 from .poller import Clock, Poller
 from .redact import Redactor
-from .runtime import SafeRuntime
-from .targets import Target
+from .runtime import SafeRuntime, Target
 
 
 class Exporter:

@@ -37,7 +37,6 @@ from .certificate import Certificate
 from .connection import Connection, Endpoint
 from .credssp import CredSSP
 from .errors import OPERATION_TIMEOUT, PollFailure, WSManFault, classify
-from .kerberos import Kerberos
 from .ntlm import NTLM
 from .session import Channel
 
@@ -77,8 +76,9 @@ def authentication(module: ModuleConfig, hostname: str):
     if module.transport == "certificate":
         return Certificate()
     if module.transport == "kerberos":
-        return Kerberos(module.username, password, hostname, service="HTTP", delegate=module.kerberos_delegation,
-                        encrypt=encrypt)
+        from .kerberos import Kerberos  # python-krb5 and python-gssapi: the kerberos extra, only when used
+
+        return Kerberos(module, hostname, encrypt=encrypt)
     if module.transport == "credssp":
         return CredSSP(module.username, password, hostname, encrypt=encrypt)
     raise ValueError(f"unknown transport {module.transport!r}")
@@ -111,7 +111,8 @@ class ServerConnection:
         channel = self._channel
         if channel is not None:
             idle = time.monotonic() - channel.connection.last_used
-            if idle < KEEP_IF_POLLED_WITHIN and not channel.connection.dropped():
+            lasts = channel.valid_until is None or channel.valid_until > deadline  # a ticket must outlive the poll
+            if idle < KEEP_IF_POLLED_WITHIN and lasts and not channel.connection.dropped():
                 return channel
             self.close()  # the server will have closed it, or did: authenticate anew, no request wasted
         timeout = self._timeouts(deadline)[1]

@@ -124,7 +124,7 @@ def serve():
 
     def start(config_path: Path, clock: ManualClock | None = None) -> str:
         server = _Server(WebConfigWatcher(config_path, **({"clock": clock.now} if clock else {})))
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()  # shutdown() waits a poll
         servers.append(server)
         scheme = "https" if server.watcher.current().ssl_context() is not None else "http"
         return f"{scheme}://127.0.0.1:{server.server_address[1]}/metrics"
