@@ -39,16 +39,19 @@ $(KERBEROS_STAMP): $(STAMP) pyproject.toml
 	touch $(KERBEROS_STAMP)
 
 # promtool (Debian `prometheus`), amtool and Alertmanager (Debian `prometheus-alertmanager`) for the rule,
-# config and integration tests; systemd-analyze (Debian `systemd`) for deploy/systemd/. Installed only when
+# config and integration tests; systemd-analyze (Debian `systemd`) for deploy/systemd/; chromium and
+# chromium-driver for the browser tests of the exporter's pages (tests/system/test_browser.py). Installed only when
 # missing; needs root or sudo.
 system-deps:
 	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v amtool >/dev/null \
-	   || ! command -v systemd-analyze >/dev/null; then \
+	   || ! command -v systemd-analyze >/dev/null || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager systemd >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager systemd \
+	    chromium chromium-driver >/dev/null; \
 	fi
 	@command -v promtool >/dev/null || { echo "promtool is missing after installing Debian's prometheus" >&2; exit 1; }
+	@command -v chromedriver >/dev/null || { echo "chromedriver is missing after installing Debian's chromium-driver" >&2; exit 1; }
 
 demo: $(STAMP)
 	$(BIN)/exchange-eems-simulator demo
