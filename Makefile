@@ -99,11 +99,16 @@ soak: $(STAMP)
 
 # requirements.lock: the image's dependencies, pinned with every file's hash (the Dockerfile installs it with
 # --require-hashes). Run after changing [project] dependencies in pyproject.toml; commit the result.
+# requirements-kerberos.lock: what the image's first stage builds the kerberos extra from (requirements-kerberos.in).
+# pip-tools 7.7 dropped --custom-compile-command; the environment variable works in every 7.x.
 lock: $(STAMP)
 	$(BIN)/pip install --quiet 'pip-tools>=7.4,<8'
-	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --build-deps-for wheel --strip-extras \
-	  --no-emit-index-url --no-emit-find-links --no-emit-trusted-host --custom-compile-command 'make lock' \
+	CUSTOM_COMPILE_COMMAND='make lock' $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe \
+	  --build-deps-for wheel --strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
 	  --output-file requirements.lock pyproject.toml
+	CUSTOM_COMPILE_COMMAND='make lock' $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe \
+	  --no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
+	  --output-file requirements-kerberos.lock requirements-kerberos.in
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
