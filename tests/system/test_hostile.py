@@ -99,6 +99,10 @@ def _config_text(healthy: SimulatedFleet, victims: dict[str, HostileServer], *, 
                                "module": f"m_{name.lower()}"})
     if limits:
         doc["limits"] = limits
+    # The organization collector only where a test asks for it (on a victim): the fleet's default put it on
+    # HEALTHY1, whose scheduled poll then waited behind its 2 s organization script for the server's lock, and
+    # on a loaded machine missed its 5 s deadline.
+    doc.pop("organization", None)
     if organization:
         doc["organization"] = {"name": "Contoso", "server": organization}
     return yaml.safe_dump(doc)
@@ -134,9 +138,10 @@ def attack(healthy: SimulatedFleet, victims: dict[str, HostileServer], *, organi
             victims_done.set()
 
     def healthy_polled() -> bool:
+        """Whether every healthy server's scheduled poll has ended, whatever its outcome (asserted below)."""
         servers, _ = exporter.poller.snapshot()
-        polled = {r.name for r in servers if r.name.startswith("HEALTHY") and r.last_success is not None
-                  and r.last_success >= started_wall}
+        polled = {r.name for r in servers if r.name.startswith("HEALTHY") and r.outcome is not None
+                  and r.outcome.finished >= started_wall}
         return polled == set(healthy.hosts)
 
     threads = [threading.Thread(target=poll, args=(name,), daemon=True) for name in names]
@@ -147,7 +152,8 @@ def attack(healthy: SimulatedFleet, victims: dict[str, HostileServer], *, organi
     slowest, body = 0.0, ""
     try:
         while True:
-            assert time.monotonic() - started < 120, "a hostile poll did not end"
+            assert time.monotonic() - started < 120, ("a hostile poll did not end" if not victims_done.is_set()
+                                                      else "a healthy server was not polled on schedule")
             begin = time.monotonic()
             with urllib.request.urlopen(url, timeout=30) as response:
                 body = response.read().decode()
@@ -159,7 +165,7 @@ def attack(healthy: SimulatedFleet, victims: dict[str, HostileServer], *, organi
         servers, _ = exporter.poller.snapshot()
         for result in servers:
             if result.name.startswith("HEALTHY"):  # polled on schedule during the attack, and fine
-                assert result.outcome is not None and result.outcome.success, result
+                assert result.outcome.success, f"a healthy server next to the hostile one failed: {result.outcome}"
     finally:
         exporter.stop()
         server.shutdown()
