@@ -100,7 +100,7 @@ class Connections:
         with self._lock:
             server_lock = self._server_locks.setdefault(key, threading.Lock())
         if not server_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise PollFailure("deadline_exceeded", "another poll of this server ran for the whole budget")
+            raise PollFailure("timeout", "another poll of this server ran for the whole budget")
         try:
             trial = self.credentials.admit(settings.module)
             entry = self._borrow((key, module_name), settings)

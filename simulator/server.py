@@ -526,6 +526,8 @@ class Fleet:
                     return 0, b"", True
                 address = f"{host.scheme}://{host.address}:{host.port}{'/PowerShell' if path == EXCHANGE_PATH else '/wsman'}"
                 return 200, await rt.psrp.dispatch(request, path, logon.principal, client_ip, address), False
+            if request.action in (wsman.ACTION_CREATE, wsman.ACTION_COMMAND) and host.faults.slow_start_seconds > 0:
+                await asyncio.sleep(host.faults.slow_start_seconds)
             if request.action == wsman.ACTION_CREATE:
                 if not host.winrs:
                     raise wsman.WsmanFault(5)  # a PSRP-only fleet: no WinRS shell to fall back on

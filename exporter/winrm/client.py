@@ -7,10 +7,17 @@ reason class (errors.py). Whatever goes wrong, it returns by `deadline`:
 - every request is cut to what is left; a connection or a shell is not opened with less than
   MIN_REQUEST_SECONDS left, nor a Command or Receive sent with less than MIN_FOLLOW_UP_SECONDS;
 - a request of the shell's work is sent only while the deadline still leaves time for the cleanup it
-  would need (Signal and Delete, or Delete alone), each cleanup request reckoned as long as the slowest
-  request of the poll so far. A cleanup that still does not fit leaves the shell to be deleted at the
-  next poll (Windows drops it after SHELL_IDLE_TIMEOUT anyway), so a `/probe` answers inside its scrape
-  timeout however slow the server;
+  would need (Signal and Delete, or Delete alone), each cleanup request reckoned as long as the quickest
+  request of the poll so far (a new connection's handshake round trips included; at least
+  MIN_CLEANUP_ESTIMATE_SECONDS). Not the slowest: Windows starts a shell host at Create and a process at
+  Command, which takes a busy server seconds where Signal and Delete take milliseconds, and one slow request
+  (or a hiccup of a loaded machine) counted twice more as cleanup failed healthy polls with time to spare;
+  a server slow at everything is slow at its quickest request too. A cleanup that still does not fit
+  leaves the shell to be deleted at the next poll (Windows drops it after SHELL_IDLE_TIMEOUT anyway), so a
+  `/probe` answers inside its scrape timeout however slow the server;
+- when the time left is too short for the next request, the poll fails with `timeout`: the server's
+  answers took the poll's time. `deadline_exceeded` is kept for the deadline passing while an answer (or
+  our request) is still on the wire, i.e. a server that trickles its answer (connection.py);
 - retries (tenacity) cover only transient failures, never authentication, and stay inside the deadline.
 
 A connection is kept for the next poll only when polls of this server come more often than
@@ -36,7 +43,7 @@ from .basic import Basic
 from .certificate import Certificate
 from .connection import Connection, Endpoint
 from .credssp import CredSSP
-from .errors import OPERATION_TIMEOUT, PollFailure, WSManFault, classify
+from .errors import OPERATION_TIMEOUT, OutOfTime, PollFailure, WSManFault, classify
 from .ntlm import NTLM
 from .session import Channel
 
@@ -101,7 +108,7 @@ class ServerConnection:
         self._channel: Channel | None = None
         self._orphans: list[str] = []  # shells whose Delete failed: deleted at the next poll that connects
         self._last_start: float | None = None
-        self._slowest = 0.0  # the longest request of the current poll
+        self._quickest = 0.0  # the quickest request of the current poll (0: none yet), what cleanup is reckoned at
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ connection
@@ -137,24 +144,31 @@ class ServerConnection:
         """(OperationTimeout for the envelope, socket read timeout) for a request sent now."""
         remaining = deadline - time.monotonic()
         if remaining < minimum:
-            raise PollFailure("deadline_exceeded", "the poll deadline passed", connection_intact=True)
+            raise OutOfTime(f"the server's answers took the poll's time (poll.timeout): {max(0.0, remaining):.1f} s "
+                            "left, too little for the next request")
         operation = max(1, min(int(self.module.operation_timeout), int(remaining) - 1))
         return operation, operation + 1.0
 
     def _exchange(self, message: Callable[[int], bytes], deadline: float, *, cleanup_requests: int = 0,
                   waits: bool = False, opens_shell: bool = False, cleanup: bool = False) -> bytes:
-        """Send one message by `deadline`, leaving time for `cleanup_requests` more after it. A message that
-        `waits` (Receive: the server holds it until there is output, up to OperationTimeout) does not count
-        towards how long a request takes."""
-        deadline -= cleanup_requests * max(self._slowest, MIN_CLEANUP_ESTIMATE_SECONDS)
+        """Send one message by `deadline`, leaving time for `cleanup_requests` more after it, each reckoned at
+        the poll's quickest request. A message that `waits` (Receive: the server holds it until there is
+        output, up to OperationTimeout) does not count towards how long a request takes."""
+        deadline -= cleanup_requests * max(self._quickest, MIN_CLEANUP_ESTIMATE_SECONDS)
+        kept, started = self._channel, time.monotonic()
         channel = self._open(deadline)
+        if channel is not kept:  # connected and authenticated now: each handshake request is one round trip
+            self._took((time.monotonic() - started) / max(1, channel.connection.requests))
         minimum = MIN_REQUEST_SECONDS if opens_shell else MIN_CLEANUP_SECONDS if cleanup else MIN_FOLLOW_UP_SECONDS
         operation, timeout = self._timeouts(deadline, minimum)
         started = time.monotonic()
         answer = channel.exchange(message(operation), deadline=deadline, timeout=timeout)
         if not waits:
-            self._slowest = max(self._slowest, time.monotonic() - started)
+            self._took(time.monotonic() - started)
         return answer
+
+    def _took(self, seconds: float) -> None:
+        self._quickest = min(self._quickest, seconds) if self._quickest else seconds
 
     # ------------------------------------------------------------ one command
 
@@ -165,7 +179,8 @@ class ServerConnection:
             keep = self._last_start is not None and started - self._last_start < KEEP_IF_POLLED_WITHIN
             self._last_start = started
             retrying = tenacity.Retrying(
-                retry=tenacity.retry_if_exception(lambda e: isinstance(e, PollFailure) and e.reason in TRANSIENT_REASONS),
+                retry=tenacity.retry_if_exception(lambda e: isinstance(e, PollFailure) and e.reason in TRANSIENT_REASONS
+                                                  and not isinstance(e, OutOfTime)),
                 stop=tenacity.stop_after_attempt(3) | _stop_at_deadline(deadline),
                 wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=5, jitter=0.5),
                 reraise=True,
@@ -197,7 +212,7 @@ class ServerConnection:
         return PollFailure(failure.reason, text, connection_intact=failure.connection_intact)
 
     def _run_once(self, command: Command, deadline: float) -> CommandResult:
-        self._slowest = 0.0
+        self._quickest = 0.0
         self._delete_orphans(deadline)
         shell_id = command_id = None
         intact = True

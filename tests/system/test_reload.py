@@ -22,6 +22,7 @@ from exporter.catalog import Catalog
 from exporter.config import load_config
 from exporter.exporter import Exporter
 from exporter.web import serve
+from simulator.host import Faults
 
 from ..conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, free_port, poll_all, relocate, samples
 
@@ -379,10 +380,10 @@ def test_a_probe_leaves_the_background_result_alone(fleet, tmp_path):
     path.write_text(config_for(fleet, ["EX01", "EX02"]))
     with served(path) as (exporter, base):
         poll_all(exporter.poller)
-        fleet.hosts["EX01"].faults.refuse_connections = True
+        fleet.set_faults("EX01", Faults(refuse_connections=True))
         try:
             with urllib.request.urlopen(base + "/probe?target=EX01", timeout=30) as response:
                 assert up(samples(response.read().decode()), "EX01") == 0
         finally:
-            fleet.hosts["EX01"].faults.refuse_connections = False
+            fleet.set_faults("EX01")
         assert up(scrape(base), "EX01") == 1
