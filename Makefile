@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 KERBEROS_STAMP := $(VENV)/.installed-kerberos
 KERBEROS_PACKAGES := krb5-kdc krb5-admin-server libkrb5-dev
 
-.PHONY: demo demo-kerberos test bench soak lint install system-deps kerberos-deps clean rules
+.PHONY: demo demo-kerberos test bench soak lint install system-deps kerberos-deps clean rules lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,14 @@ bench: $(STAMP)
 # MALLOC_ARENA_MAX=2 as the shipped image and manifests run the exporter (see the Dockerfile).
 soak: $(STAMP)
 	MALLOC_ARENA_MAX=2 $(BIN)/python bench/soak.py $(SOAK_ARGS)
+
+# requirements.lock: the image's dependencies, pinned with every file's hash (the Dockerfile installs it with
+# --require-hashes). Run after changing [project] dependencies in pyproject.toml; commit the result.
+lock: $(STAMP)
+	$(BIN)/pip install --quiet 'pip-tools>=7.4,<8'
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --build-deps-for wheel --strip-extras \
+	  --no-emit-index-url --no-emit-find-links --no-emit-trusted-host --custom-compile-command 'make lock' \
+	  --output-file requirements.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -21,31 +21,46 @@ import time
 import xml.etree.ElementTree
 from pathlib import Path
 
-import requests
-import urllib3.connectionpool
-import winrm.encryption
-
 import exporter.interpret
 import exporter.parse
-import exporter.winrm_client
 from bench import fleet_of, start_simulator, write_exporter_config
 from exporter.catalog import Catalog
 from exporter.config import load_config
 from exporter.exporter import Exporter
 
-try:
-    from exporter.kept_connection import KeptConnection
-except ImportError:  # a checkout from before the kept connection
-    KeptConnection = None
+try:  # the WinRM package (issue 19)
+    from exporter.winrm import client, connection, encryption, wsman
+    WINRM_STAGES = (
+        ("WinRM: the whole command (ServerConnection.run)", client.ServerConnection, "run"),
+        ("  HTTP: write, read and parse each exchange (Connection.post)", connection.Connection, "post"),
+        ("    of it http.client's answer parsing (HTTPResponse.begin)", __import__("http.client").client.HTTPResponse,
+         "begin"),
+        ("  NTLM seal and MIME framing", encryption.MessageSeal, "wrap"),
+        ("  NTLM unseal and MIME split", encryption.MessageSeal, "unwrap"),
+        ("  XML checks and ElementTree parse", wsman, "parse"),
+    )
+except ImportError:  # a checkout from before it: pywinrm, requests and the kept connection
+    import requests
+    import urllib3.connectionpool
+    import winrm.encryption
+
+    import exporter.winrm_client
+    try:
+        from exporter.kept_connection import KeptConnection
+    except ImportError:  # a checkout from before the kept connection
+        KeptConnection = None
+    WINRM_STAGES = (
+        ("WinRM: the whole command (ServerConnection.run)", exporter.winrm_client.ServerConnection, "run"),
+        ("  requests Session.send", requests.Session, "send"),
+        ("    urllib3 urlopen", urllib3.connectionpool.HTTPConnectionPool, "urlopen"),
+        ("  kept connection exchange", KeptConnection, "exchange"),
+        ("  NTLM seal and MIME framing", winrm.encryption.Encryption, "_encrypt_message"),
+        ("  NTLM unseal and MIME split", winrm.encryption.Encryption, "_decrypt_response"),
+        ("  ElementTree parse", xml.etree.ElementTree, "fromstring"),
+    )
 
 STAGES = (
-    ("WinRM: the command's five requests (ServerConnection.run)", exporter.winrm_client.ServerConnection, "run"),
-    ("  requests Session.send", requests.Session, "send"),
-    ("    urllib3 urlopen", urllib3.connectionpool.HTTPConnectionPool, "urlopen"),
-    ("  kept connection exchange", KeptConnection, "exchange"),
-    ("  NTLM seal and MIME framing", winrm.encryption.Encryption, "_encrypt_message"),
-    ("  NTLM unseal and MIME split", winrm.encryption.Encryption, "_decrypt_response"),
-    ("  ElementTree parse", xml.etree.ElementTree, "fromstring"),
+    *WINRM_STAGES,
     ("parse the output (parse_server_output)", exporter.parse, "parse_server_output"),
     ("judge it (interpret_server)", exporter.interpret, "interpret_server"),
 )

@@ -57,7 +57,7 @@ from simulator.host import Faults  # noqa: E402
 from simulator.scenario import scenario_from_dict  # noqa: E402
 from simulator.server import Fleet  # noqa: E402
 from simulator.windows import OutputFaults  # noqa: E402
-from exporter.winrm_client import SHELL_IDLE_TIMEOUT  # noqa: E402
+from exporter.winrm.client import SHELL_IDLE_TIMEOUT  # noqa: E402
 
 PASSWORD_ENV = "EEMS_SOAK_PASSWORD"
 USERNAME = "EXCH\\svc_soak"

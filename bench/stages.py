@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 # Any of these anywhere in the stack: the sample belongs to authenticating a new connection.
-HANDSHAKE_MARKERS = ("Transport.setup_encryption", "retry_using_http_NTLM_auth")
+HANDSHAKE_MARKERS = ("Transport.setup_encryption", "retry_using_http_NTLM_auth", "handshake (")
 
 # (stage, pattern on "function (file:line)"), tried on each frame from the innermost outwards.
 STAGES: tuple[tuple[str, re.Pattern], ...] = tuple(
@@ -29,11 +29,11 @@ STAGES: tuple[tuple[str, re.Pattern], ...] = tuple(
         ("encrypted MIME framing (winrm/encryption.py)", r"\(winrm/encryption\.py"),
         ("base64", r"\(base64\.py|b64decode|b64encode"),
         ("XML building (xmltodict, headers, uuid)",
-         r"\(xmltodict\.py|\(xml/sax/|\(uuid\.py|build_wsman_header|\(exporter/wsman\.py"),
+         r"\(xmltodict\.py|\(xml/sax/|\(uuid\.py|build_wsman_header|\(exporter/(winrm/)?wsman\.py"),
         ("XML parsing (ElementTree)", r"\(xml/etree/"),
         ("HTTP (requests, urllib3, http.client, sockets)",
          r"\((requests|urllib3|http|email|urllib|socket\.py|ssl\.py|selectors\.py)[/.]|\(requests_ntlm/"
-         r"|\(exporter/wsman_http\.py"),
+         r"|\(exporter/wsman_http\.py|\(exporter/winrm/(connection|session|encryption)\.py"),
         ("JSON and output parsing (parse.py)", r"\(json/|\(exporter/parse\.py"),
         ("interpretation (interpret, eems_log, catalog)",
          r"\(exporter/(interpret|eems_log|catalog)\.py"),
@@ -41,7 +41,7 @@ STAGES: tuple[tuple[str, re.Pattern], ...] = tuple(
         ("script text (scripts.py)", r"\(exporter/scripts\.py|\(importlib/resources|\(pathlib\.py"),
         ("pywinrm request/reply glue (protocol, transport)", r"\(winrm/"),
         ("retries and deadlines (tenacity)", r"\(tenacity/"),
-        ("poll orchestration (poller, winrm_client)", r"\(exporter/"),
+        ("poll orchestration (poller, the WinRM client)", r"\(exporter/"),
         ("threads and locks", r"\((threading|concurrent/|queue)\b"),
     )
 )

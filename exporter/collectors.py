@@ -22,7 +22,7 @@ from .interpret import interpret_server
 from .model import CollectorOutcome, OrganizationResult, OrgServerInfo, RawServerFacts, ServerResult, ServerState
 from .parse import ParseError, clixml_to_text, parse_organization_output, parse_server_output
 from .targets import Target
-from .winrm_client import PollFailure, ServerConnection
+from .winrm import PollFailure, ServerConnection
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from .poller import Poller
 from .redact import Redactor
 from .runtime import SafeRuntime
 from .targets import Target
-from .winrm_client import PollFailure
+from .winrm import PollFailure
 
 DIAGNOSE_TIMEOUT_SECONDS = 120  # the diagnose script reads more than a poll; still bounded
 

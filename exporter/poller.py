@@ -22,7 +22,7 @@ from .model import OrganizationResult, OrgServerInfo, RawServerFacts, ServerResu
 from .runtime import Runtime, SafeRuntime
 from .schedule import Cadence, Schedule, offset
 from .targets import Target
-from .winrm_client import PollFailure, ServerConnection
+from .winrm import PollFailure, ServerConnection
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ class Poller:
                     config.modules[module_name],
                     max_response_bytes=config.limits.max_response_bytes,
                     max_poll_bytes=config.limits.max_poll_bytes,
+                    server_name=target.name,
                 )
                 self._connections[key] = connection
             return connection

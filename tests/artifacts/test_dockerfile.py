@@ -125,9 +125,25 @@ def test_copies_exactly_what_pip_needs_and_it_exists(dockerfile, pyproject):
     for source in sources:
         assert (ROOT / source).exists(), f"COPY {source}: not in the repository, the build would fail"
     copied = {PurePosixPath(s).parts[0] for s in sources}
-    assert {"pyproject.toml", pyproject["project"]["readme"], "exporter"} <= copied
+    assert {"requirements.lock", "pyproject.toml", pyproject["project"]["readme"], "exporter"} <= copied
     (install,) = [r for r in dockerfile["RUN"] if "pip install" in r]
-    assert re.search(r"pip install --no-cache-dir \.(\s|$)", install), install
+    assert re.search(r"pip install --no-cache-dir --no-deps --no-build-isolation \.(\s|$)", install), install
+
+
+def test_the_image_installs_the_hashed_lock_and_nothing_else(dockerfile):
+    """Every dependency comes from requirements.lock, each file checked against its hash, as wheels (no build
+    that would fetch unpinned build tools); the exporter itself adds none (--no-deps) and is built with the
+    locked setuptools (--no-build-isolation)."""
+    (install,) = [r for r in dockerfile["RUN"] if "pip install" in r]
+    commands = [shlex.split(part) for part in install.split("&&")]
+    pip = [c for c in commands if c[:2] == ["pip", "install"]]
+    assert len(pip) == 2, pip
+    locked, exporter = pip
+    assert {"--require-hashes", "--no-cache-dir"} <= set(locked) and locked[locked.index("-r") + 1] == "requirements.lock"
+    assert locked[locked.index("--only-binary") + 1] == ":all:"
+    assert {"--no-deps", "--no-build-isolation"} <= set(exporter) and exporter[-1] == "."
+    lock = (ROOT / "requirements.lock").read_text()
+    assert re.search(r"^setuptools==", lock, flags=re.M), "the build backend must be locked too"
 
 
 def test_the_image_holds_no_simulator(dockerfile, pyproject):
@@ -135,10 +151,11 @@ def test_the_image_holds_no_simulator(dockerfile, pyproject):
     simulator's console script, which pyproject.toml declares for the whole distribution, is removed after the
     install, so the image has no command that would fail on a missing module."""
     sources = {PurePosixPath(src).parts[0] for args in dockerfile["COPY"] for src in shlex.split(args)[:-1]}
-    assert sources == {"pyproject.toml", pyproject["project"]["readme"], "exporter"}
+    assert sources == {"requirements.lock", "pyproject.toml", pyproject["project"]["readme"], "exporter"}
     demo = yaml.safe_load((ROOT / "simulator" / "scenarios" / "demo.yaml").read_text(encoding="utf-8"))
     demo_password = demo["credentials"][0]["password"]
-    copied = [ROOT / "pyproject.toml", ROOT / pyproject["project"]["readme"], *(ROOT / "exporter").rglob("*")]
+    copied = [ROOT / "requirements.lock", ROOT / "pyproject.toml", ROOT / pyproject["project"]["readme"],
+              *(ROOT / "exporter").rglob("*")]
     assert [p for p in copied if p.is_file() and demo_password.encode() in p.read_bytes()] == []
     (install,) = [r for r in dockerfile["RUN"] if "pip install" in r]
     removed = {PurePosixPath(word).name for word in shlex.split(install.partition("&&")[2])}
@@ -162,7 +179,7 @@ def test_dockerignore_keeps_the_copied_files_in_the_context():
                 verdict = not negate
         return verdict
 
-    for path in ("pyproject.toml", "README.md", "exporter/cli.py", "exporter/data/builds.tsv",
+    for path in ("requirements.lock", "pyproject.toml", "README.md", "exporter/cli.py", "exporter/data/builds.tsv",
                  "exporter/scripts/collect_server.ps1"):
         assert not ignored(path), f"{path} would be left out of the build context"
     for path in ("tests/conftest.py", "simulator/scenarios/demo.yaml", "simulator/cli.py", ".git/config", "exporter/__pycache__/cli.cpython-311.pyc", ".venv/bin/python"):

@@ -1,0 +1,284 @@
+"""Run one command on one server over WinRS, within one deadline, leaving nothing behind.
+
+`ServerConnection.run(command, deadline)` is the package's one entry point: it opens (or reuses) an
+authenticated connection, creates a shell, runs the command, reads its output until it is done, and
+always signals and deletes the shell. It returns the command's output or raises a `PollFailure` with a
+reason class (errors.py). Whatever goes wrong, it returns by `deadline`:
+- every request is cut to what is left; a connection or a shell is not opened with less than
+  MIN_REQUEST_SECONDS left, nor any other request sent with less than MIN_FOLLOW_UP_SECONDS;
+- a request of the shell's work is sent only while the deadline still leaves time for the cleanup it
+  would need (Signal and Delete, or Delete alone), each cleanup request reckoned as long as the slowest
+  request of the poll so far. A cleanup that still does not fit leaves the shell to be deleted at the
+  next poll (Windows drops it after SHELL_IDLE_TIMEOUT anyway), so a `/probe` answers inside its scrape
+  timeout however slow the server;
+- retries (tenacity) cover only transient failures, never authentication, and stay inside the deadline.
+
+A connection is kept for the next poll only when polls of this server come more often than
+KEEP_IF_POLLED_WITHIN: HTTP.sys closes a connection idle for about two minutes, so at the usual 5-minute
+interval a kept socket would only hold a file descriptor until the next poll found it dead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+import tenacity
+
+from ..config import ModuleConfig
+from ..scripts import Command
+from . import tls, wsman
+from .basic import Basic
+from .certificate import Certificate
+from .connection import Connection, Endpoint
+from .credssp import CredSSP
+from .errors import OPERATION_TIMEOUT, PollFailure, WSManFault, classify
+from .kerberos import Kerberos
+from .ntlm import NTLM
+from .session import Channel
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_REASONS = {"connection_refused", "connection_error", "timeout", "http_error"}
+MIN_REQUEST_SECONDS = 2.0  # to open a connection or a shell: less would only leave a shell to clean up
+MIN_FOLLOW_UP_SECONDS = 0.5  # for any other request
+MIN_CLEANUP_ESTIMATE_SECONDS = 0.25  # what a cleanup request is reckoned to take at least
+KEEP_IF_POLLED_WITHIN = 90.0  # HTTP.sys's idle connection timeout is about 120 s
+MAX_ORPHANS = 16
+# Asked for at Create: a shell whose ID never reached us (the Create answer was lost) lives this long on the
+# server, not Windows' default of two hours, so it cannot pile up against MaxShellsPerUser.
+SHELL_IDLE_TIMEOUT = "PT120.000S"
+# stderr only ever becomes a 300-character failure message: keep its start, drop the rest as it arrives.
+MAX_STDERR_BYTES = 64 << 10
+USER_AGENT = "exchange-eems-exporter"
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    stdout: bytes
+    stderr: bytes
+    exit_code: int
+
+
+def authentication(module: ModuleConfig, hostname: str):
+    """The authentication of `module` towards the server named `hostname` (its configured name: the SPN and
+    the NTLM target name come from it, never from the address connected to)."""
+    password = module.password.reveal() if module.password else None
+    encrypt = module.scheme == "http"  # over https, TLS protects the messages
+    if module.transport == "ntlm":
+        return NTLM(module.username, password, hostname, encrypt=encrypt)
+    if module.transport == "basic":
+        return Basic(module.username, password)
+    if module.transport == "certificate":
+        return Certificate()
+    if module.transport == "kerberos":
+        return Kerberos(module.username, password, hostname, service="HTTP", delegate=module.kerberos_delegation,
+                        encrypt=encrypt)
+    if module.transport == "credssp":
+        return CredSSP(module.username, password, hostname, encrypt=encrypt)
+    raise ValueError(f"unknown transport {module.transport!r}")
+
+
+class ServerConnection:
+    """The WinRM endpoint of one server for one module. Not thread-safe for its callers' sake: a lock runs
+    one command at a time (the poller polls one server at a time anyway)."""
+
+    def __init__(self, endpoint: str, module: ModuleConfig, *, max_response_bytes: int, max_poll_bytes: int,
+                 server_name: str | None = None, clock: Callable[[], float] = time.monotonic):
+        self.endpoint = endpoint
+        self.module = module
+        self.max_response_bytes = max_response_bytes
+        self.max_poll_bytes = max_poll_bytes
+        self._address = Endpoint.parse(endpoint)
+        self._server_name = server_name or self._address.host
+        self._clock = clock
+        self._authentication = None  # built at the first poll: NTLM derives the password's hashes there
+        self._channel: Channel | None = None
+        self._orphans: list[str] = []  # shells whose Delete failed: deleted at the next poll that connects
+        self._last_start: float | None = None
+        self._slowest = 0.0  # the longest request of the current poll
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ connection
+
+    def _open(self, deadline: float) -> Channel:
+        """The kept channel if it is still good, else a new connection, authenticated."""
+        channel = self._channel
+        if channel is not None:
+            idle = time.monotonic() - channel.connection.last_used
+            if idle < KEEP_IF_POLLED_WITHIN and not channel.connection.dropped():
+                return channel
+            self.close()  # the server will have closed it, or did: authenticate anew, no request wasted
+        timeout = self._timeouts(deadline)[1]
+        context = tls.context(self.module) if self._address.scheme == "https" else None
+        connection = Connection.open(self._address, context, deadline=deadline, timeout=timeout,
+                                     max_response_bytes=self.max_response_bytes, user_agent=USER_AGENT)
+        try:
+            if self._authentication is None:
+                self._authentication = authentication(self.module, self._server_name)
+            self._channel = self._authentication.open(connection, deadline=deadline, timeout=timeout)
+        except BaseException:
+            connection.close()
+            raise
+        return self._channel
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.connection.close()
+            self._channel = None
+
+    def _timeouts(self, deadline: float, minimum: float = MIN_REQUEST_SECONDS) -> tuple[int, float]:
+        """(OperationTimeout for the envelope, socket read timeout) for a request sent now."""
+        remaining = deadline - time.monotonic()
+        if remaining < minimum:
+            raise PollFailure("deadline_exceeded", "the poll deadline passed", connection_intact=True)
+        operation = max(1, min(int(self.module.operation_timeout), int(remaining) - 1))
+        return operation, operation + 1.0
+
+    def _exchange(self, message: Callable[[int], bytes], deadline: float, *, cleanup_requests: int = 0,
+                  waits: bool = False, opens_shell: bool = False) -> bytes:
+        """Send one message by `deadline`, leaving time for `cleanup_requests` more after it. A message that
+        `waits` (Receive: the server holds it until there is output, up to OperationTimeout) does not count
+        towards how long a request takes."""
+        deadline -= cleanup_requests * max(self._slowest, MIN_CLEANUP_ESTIMATE_SECONDS)
+        channel = self._open(deadline)
+        operation, timeout = self._timeouts(deadline, MIN_REQUEST_SECONDS if opens_shell else MIN_FOLLOW_UP_SECONDS)
+        started = time.monotonic()
+        answer = channel.exchange(message(operation), deadline=deadline, timeout=timeout)
+        if not waits:
+            self._slowest = max(self._slowest, time.monotonic() - started)
+        return answer
+
+    # ------------------------------------------------------------ one command
+
+    def run(self, command: Command, deadline: float) -> CommandResult:
+        """Run one command; retry transient failures while the deadline allows."""
+        with self._lock:
+            started = self._clock()
+            keep = self._last_start is not None and started - self._last_start < KEEP_IF_POLLED_WITHIN
+            self._last_start = started
+            retrying = tenacity.Retrying(
+                retry=tenacity.retry_if_exception(lambda e: isinstance(e, PollFailure) and e.reason in TRANSIENT_REASONS),
+                stop=tenacity.stop_after_attempt(3) | _stop_at_deadline(deadline),
+                wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=5, jitter=0.5),
+                reraise=True,
+            )
+            try:
+                return retrying(self._attempt, command, deadline)
+            except BaseException as error:
+                raise self._without_secrets(classify(error)) from None
+            finally:
+                if not keep:
+                    self.close()
+
+    def _attempt(self, command: Command, deadline: float) -> CommandResult:
+        try:
+            return self._run_once(command, deadline)
+        except BaseException as error:
+            failure = classify(error)
+            if not failure.connection_intact:
+                self.close()
+            raise failure from None
+
+    def _without_secrets(self, failure: PollFailure) -> PollFailure:
+        """A server's fault text may quote our request, Authorization header included: mask the credential."""
+        text = failure.message
+        for secret in self.module.secrets():
+            text = text.replace(secret, "<redacted>")
+        if text == failure.message:
+            return failure
+        return PollFailure(failure.reason, text, connection_intact=failure.connection_intact)
+
+    def _run_once(self, command: Command, deadline: float) -> CommandResult:
+        self._slowest = 0.0
+        self._delete_orphans(deadline)
+        shell_id = command_id = None
+        intact = True
+        try:
+            shell_id = wsman.shell_id(self._exchange(lambda op: wsman.create(op, SHELL_IDLE_TIMEOUT), deadline,
+                                                     cleanup_requests=1, opens_shell=True))
+            # WINRS_SKIP_CMD_SHELL: CreateProcess's 32,767-character limit instead of cmd.exe's 8,191 (scripts.py)
+            command_id = wsman.command_id(self._exchange(
+                lambda op: wsman.command(op, shell_id, command.executable, command.arguments), deadline,
+                cleanup_requests=2))
+            stdout, stderr, exit_code = self._receive(shell_id, command_id, deadline)
+            return CommandResult(stdout, stderr, exit_code)
+        except PollFailure as failure:
+            intact = failure.connection_intact
+            raise
+        except WSManFault:
+            raise  # the server answered with a fault: the connection is fine
+        except BaseException:
+            intact = False
+            raise
+        finally:
+            if shell_id is not None:
+                self._cleanup(shell_id, command_id, deadline, broken=not intact)
+
+    def _receive(self, shell_id: str, command_id: str, deadline: float) -> tuple[bytes, bytes, int]:
+        stdout, stderr = bytearray(), bytearray()
+        while True:
+            try:
+                out, err, code, done = wsman.output(self._exchange(
+                    lambda op: wsman.receive(op, shell_id, command_id), deadline, cleanup_requests=2, waits=True))
+            except WSManFault as fault:
+                if fault.code == OPERATION_TIMEOUT:
+                    continue  # Windows answers "nothing yet" this way; ask again while the deadline allows
+                raise
+            stdout += out
+            stderr += err[: max(0, MAX_STDERR_BYTES - len(stderr))]
+            if len(stdout) + len(stderr) > self.max_poll_bytes:
+                raise PollFailure("output_too_large",
+                                  f"command output exceeds limits.max_poll_bytes ({self.max_poll_bytes})",
+                                  connection_intact=True)
+            if done:
+                return bytes(stdout), bytes(stderr), code
+
+    def _delete(self, shell_id: str, deadline: float) -> None:
+        message_id = uuid.uuid4()
+        wsman.check_relates_to(self._exchange(lambda op: wsman.delete(op, shell_id, message_id), deadline),
+                               message_id)
+
+    def _delete_orphans(self, deadline: float) -> None:
+        """Delete shells a failed poll could not: a server that refused or dropped the connection then may
+        still hold them, and they count against MaxShellsPerUser until its idle timeout."""
+        while self._orphans:
+            try:
+                self._delete(self._orphans[0], deadline)
+            except WSManFault:
+                pass  # already gone (expired or the service restarted): nothing to delete
+            self._orphans.pop(0)
+
+    def _cleanup(self, shell_id: str, command_id: str | None, deadline: float, *, broken: bool) -> None:
+        """Signal terminate and delete the shell before `deadline`; after a failure on a new connection (the
+        old one may be dead). What does not fit is left for the next poll."""
+        if broken:
+            self.close()
+        try:
+            if command_id is not None:
+                message_id = uuid.uuid4()
+                try:
+                    wsman.check_relates_to(self._exchange(
+                        lambda op: wsman.signal_terminate(op, shell_id, command_id, message_id), deadline,
+                        cleanup_requests=1), message_id)
+                except WSManFault:  # the command may already be gone; Delete still matters
+                    pass
+            self._delete(shell_id, deadline)
+        except Exception as error:
+            log.warning("could not delete WinRM shell on %s, will retry at the next poll: %s", self.endpoint,
+                        self._without_secrets(classify(error)).message)
+            if len(self._orphans) < MAX_ORPHANS:
+                self._orphans.append(shell_id)
+            self.close()
+
+
+def _stop_at_deadline(deadline: float) -> tenacity.stop.stop_base:
+    class _Stop(tenacity.stop.stop_base):
+        def __call__(self, retry_state) -> bool:
+            return deadline - time.monotonic() < MIN_REQUEST_SECONDS + 1
+
+    return _Stop()
