@@ -22,7 +22,7 @@ from .model import OrganizationResult, OrgServerInfo, RawServerFacts, ServerResu
 from .runtime import Runtime, SafeRuntime
 from .schedule import Cadence, Schedule, offset
 from .targets import Target
-from .winrm import PollFailure, ServerConnection
+from .winrm import PollFailure, ServerConnection, connect
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class Poller:
         with self._lock:
             connection = self._connections.get(key)
             if connection is None or connection.endpoint != target.endpoint:
-                connection = ServerConnection(
+                connection = connect(
                     target.endpoint,
                     config.modules[module_name],
                     max_response_bytes=config.limits.max_response_bytes,

@@ -298,6 +298,7 @@ class Fleet:
             server.close()
         current = asyncio.current_task()
         tasks = [task for task in self._tasks if task is not current]
+        tasks += [task for rt in self._runtimes.values() if rt.psrp is not None for task in rt.psrp.tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

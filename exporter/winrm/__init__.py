@@ -17,6 +17,8 @@ Who reads each byte a server sends (every one of them under the poll's deadline 
 | `wsman.py` | the WS-Management messages, and every answer and fault read (no DTD, bounded elements) |
 | `tls.py` | what the TLS connection trusts: `ca_file` or certifi's bundle, never the environment |
 | `errors.py` | what can fail, and `classify` into the `reason` label |
+| `psrp.py` | `PsrpConnection` (`protocol: psrp`): the same interface over PowerShell remoting, on psrpcore's client |
+| `psrp_fragments.py` | every PSRP fragment checked before psrpcore parses it (sizes, order, runspace id, no DTD) |
 
 Libraries are used through their public APIs only: pyspnego (`spnego.client`, `step`, `new_context`,
 `wrap_winrm`/`unwrap_winrm`, channel bindings), the standard library's `http.client`, `socket` and `ssl`,
@@ -26,4 +28,15 @@ cryptography (the certificate's hash algorithm), certifi (the default trust stor
 from .client import CommandResult, ServerConnection
 from .errors import PollFailure
 
-__all__ = ["CommandResult", "PollFailure", "ServerConnection"]
+
+def connect(endpoint: str, module, **kwargs):
+    """The connection `module.protocol` asks for: WinRS (ServerConnection) or PowerShell remoting (PsrpConnection,
+    the optional extra `[psrp]`), both with `run(command, deadline) -> CommandResult` and `close()`."""
+    if module.protocol == "psrp":
+        from .psrp import PsrpConnection  # psrpcore: imported only by a configuration that uses it
+
+        return PsrpConnection(endpoint, module, **kwargs)
+    return ServerConnection(endpoint, module, **kwargs)
+
+
+__all__ = ["CommandResult", "PollFailure", "ServerConnection", "connect"]

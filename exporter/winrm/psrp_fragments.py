@@ -8,7 +8,8 @@ refuses, with a `PollFailure`:
 - a message (all fragments of one object id) longer than `max_message_bytes`, or fragments that never end
   (they count against it as they come), or more than MAX_OPEN_MESSAGES messages begun and not finished;
 - fragments out of order (psrpcore would refuse them too, with an error less clear);
-- a message for another runspace pool, or for a pipeline other than the one being read;
+- a message for another runspace pool, or for a pipeline other than the one being read (a nil id is
+  accepted: the session capability of pypsrp's recorded Windows session carries one);
 - a message whose CLIXML declares a DTD (entity expansion, external entities): refused before any parser sees
   it, as the WinRS path refuses one in a SOAP answer;
 - more than `max_total_bytes` of fragments in one poll.
@@ -112,7 +113,7 @@ class FragmentReader:
     def _check_ids(self, head: bytes, pipeline_id: uuid.UUID | None) -> None:
         pool = uuid.UUID(bytes_le=head[8:24])
         pipeline = uuid.UUID(bytes_le=head[24:40])
-        if pool != self.runspace_pool_id:
+        if pool not in (self.runspace_pool_id, _EMPTY):  # Windows sends its session capability with a nil id
             raise _bad(f"a PSRP message for runspace pool {pool}, not ours ({self.runspace_pool_id})")
         if pipeline not in (_EMPTY, pipeline_id):
             raise _bad(f"a PSRP message for pipeline {pipeline}, not the one read ({pipeline_id or 'none'})")

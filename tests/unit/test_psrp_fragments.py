@@ -87,6 +87,11 @@ def test_a_message_for_another_runspace_or_pipeline_is_refused(pool, pipeline, e
     assert expected in reason(lambda: reader().feed(fragment(1, 0, message(b"<S/>", pool, pipeline)), PIPE))
 
 
+def test_the_nil_pool_id_windows_sends_with_its_session_capability_is_accepted():
+    data = fragment(1, 0, message(b"<Obj/>", pool=uuid.UUID(int=0), pipeline=None))
+    assert reader().feed(data, None) == data
+
+
 def test_a_pool_message_is_accepted_while_reading_a_pipeline():
     r = reader()
     data = fragment(1, 0, message(b"<S/>", pipeline=None))
