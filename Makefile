@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 KERBEROS_STAMP := $(VENV)/.installed-kerberos
 KERBEROS_PACKAGES := krb5-kdc krb5-admin-server libkrb5-dev
 
-.PHONY: demo demo-kerberos test bench soak lint install system-deps kerberos-deps clean rules lock
+.PHONY: demo demo-kerberos demo-psrp test bench soak lint install system-deps kerberos-deps clean rules lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ system-deps:
 
 demo: $(STAMP)
 	$(BIN)/exchange-eems-simulator demo
+
+# The demo over PowerShell remoting only: the exporter's JEA endpoint (written by windows-endpoint) on every
+# server and Exchange's /PowerShell for the organization; the fleet serves no WinRS shell.
+demo-psrp: $(STAMP)
+	$(BIN)/exchange-eems-simulator demo --psrp
 
 # The same fleet behind a real MIT KDC on loopback, accepting Kerberos only; the exporter uses a keytab.
 demo-kerberos: $(KERBEROS_STAMP)

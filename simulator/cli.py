@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .scenario import Scenario, ScenarioError, load_scenario
+from .scenario import Scenario, ScenarioError, load_scenario, scenario_from_dict
 from .server import Fleet
 
 DEMO_SCENARIO = "demo"  # the shipped scenario, by name
@@ -49,8 +49,10 @@ def _poll_timeout(interval: str) -> int:
     return max(5, min(20, _interval_seconds(interval) * 2 // 3))
 
 
-def exporter_config(scenario: Scenario, password_file: Path, ca_file: Path | None, interval: str) -> dict:
-    """An exporter configuration that polls every host of the scenario with its first credential."""
+def exporter_config(scenario: Scenario, password_file: Path, ca_file: Path | None, interval: str,
+                    psrp: bool = False) -> dict:
+    """An exporter configuration that polls every host of the scenario with its first credential; with `psrp`,
+    over PowerShell remoting (the JEA endpoint, and Exchange's endpoint for the organization)."""
     username = next(iter(scenario.credentials))
     schemes = {host.scheme for host in scenario.hosts}
     modules = {}
@@ -59,9 +61,15 @@ def exporter_config(scenario: Scenario, password_file: Path, ca_file: Path | Non
         if scheme == "https" and ca_file:
             module["ca_file"] = str(ca_file)
         modules[scheme] = module
+    if psrp:  # PowerShell remoting to the exporter's JEA endpoint, the kept runspace pool by default
+        for module in modules.values():
+            module["protocol"] = "psrp"
     # One scheme (the demo): the module is `default`, the name README's configuration and examples/ use.
     names = {scheme: "default" if len(schemes) == 1 else scheme for scheme in schemes}
     modules = {names[scheme]: module for scheme, module in modules.items()}
+    if psrp:  # the organization's cmdlets at Exchange's own endpoint: RBAC on the server, no double hop
+        first = next(iter(modules.values()))
+        modules["exchange"] = {**first, "configuration_name": "Microsoft.Exchange", "path": "PowerShell"}
     config = {
         # the endpoint check on, so every metric the rules and dashboards use has data
         "poll": {"interval": interval, "timeout": f"{_poll_timeout(interval)}s", "concurrency": 16, "check_endpoint": True},
@@ -72,12 +80,23 @@ def exporter_config(scenario: Scenario, password_file: Path, ca_file: Path | Non
     organization = scenario.organization
     if organization.server:
         config["organization"] = {"name": organization.name, "server": organization.server}
+        if psrp:
+            config["organization"]["module"] = "exchange"
     return config
 
 
-def start_fleet(args: argparse.Namespace) -> tuple[Scenario, Fleet]:
+def start_fleet(args: argparse.Namespace, remoting: dict | None = None) -> tuple[Scenario, Fleet]:
+    """The scenario's fleet, listening; `remoting` replaces the scenario's `remoting` section (the PSRP demo)."""
     try:
-        scenario = load_scenario(_scenario_path(args.scenario))
+        path = _scenario_path(args.scenario)
+        if remoting is None:
+            scenario = load_scenario(path)
+        else:
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError) as exc:
+                raise ScenarioError("", f"cannot read the scenario: {exc}", str(path)) from None
+            scenario = scenario_from_dict({**data, "remoting": remoting}, path.parent)
     except ScenarioError as err:
         print(f"exchange-eems-simulator: scenario error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -91,12 +110,12 @@ def start_fleet(args: argparse.Namespace) -> tuple[Scenario, Fleet]:
     return scenario, fleet
 
 
-def write_config(scenario: Scenario, fleet: Fleet, path: Path, interval: str) -> None:
+def write_config(scenario: Scenario, fleet: Fleet, path: Path, interval: str, psrp: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = path.with_name(path.stem + ".password")
     secret.write_text(next(iter(scenario.credentials.values())) + "\n", encoding="utf-8")
     os.chmod(secret, 0o600)
-    config = exporter_config(scenario, secret, fleet.ca_file, interval)
+    config = exporter_config(scenario, secret, fleet.ca_file, interval, psrp)
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
 

@@ -24,14 +24,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("exchange-eems-simulator: the demo runs the exporter, which is not installed: "
               "pip install exchange-eems-exporter", file=sys.stderr)
         return 2
-    scenario, fleet = start_fleet(args)
+    workdir = Path(tempfile.mkdtemp(prefix="eems-demo-"))
+    remoting = _psrp_endpoint(workdir) if args.psrp else None
+    scenario, fleet = start_fleet(args, remoting)
     try:
-        workdir = Path(tempfile.mkdtemp(prefix="eems-demo-"))
         config_path = workdir / "exchange-eems-exporter.yml"
-        write_config(scenario, fleet, config_path, args.interval)
+        write_config(scenario, fleet, config_path, args.interval, psrp=args.psrp)
         host, port = args.listen
         shown = "localhost" if host in ("0.0.0.0", "127.0.0.1") else host
         print(f"Simulated fleet: {len(scenario.hosts)} Exchange servers on 127.0.0.x (scenario {args.scenario})")
+        if args.psrp:
+            print("Protocol:        PowerShell remoting: the exporter's JEA endpoint (written by windows-endpoint, "
+                  "installed on every server), Exchange's /PowerShell for the organization; no WinRS shell is "
+                  "served. Over NTLM: the simulator has no Kerberos acceptor on /PowerShell yet (real Exchange "
+                  "takes Kerberos only)")
         print(f"Exporter config: {config_path}")
         print(f"Metrics:         http://{shown}:{port}/metrics")
         print(f"Landing page:    http://{shown}:{port}/")
@@ -43,6 +49,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
                               "--log.level", args.log_level])
     finally:
         fleet.stop()
+
+
+def _psrp_endpoint(workdir: Path) -> dict:
+    """Write the JEA endpoint with the exporter's own command (as an admin would) and install it on every server:
+    the scenario's `remoting` section for a PSRP-only fleet."""
+    output = workdir / "windows-endpoint"
+    written = subprocess.run([sys.executable, "-m", "exporter", "windows-endpoint", "--output", str(output),
+                              "--group", "CONTOSO\\EEMS Monitoring"], capture_output=True, text=True, timeout=120)
+    if written.returncode != 0:
+        print(f"exchange-eems-simulator: windows-endpoint failed: {written.stderr.strip()}", file=sys.stderr)
+        raise SystemExit(2)
+    role = output / "ExchangeEemsExporter" / "RoleCapabilities" / "ExchangeEemsReader.psrc"
+    return {"winrs": False, "jea": {"role_capability": str(role)}}
 
 
 def _run_exporter(arguments: list[str]) -> int:
@@ -70,4 +89,6 @@ def add_demo_command(sub) -> None:
                       help="where the exporter listens (default 127.0.0.1:10061)")
     demo.add_argument("--interval", default="30s", help="poll interval (default 30s)")
     demo.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"])
+    demo.add_argument("--psrp", action="store_true",
+                      help="PowerShell remoting only: the exporter's JEA endpoint and Exchange's /PowerShell")
     demo.set_defaults(func=cmd_demo)
