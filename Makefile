@@ -70,6 +70,7 @@ test: system-deps $(STAMP) $(KERBEROS_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+	$(BIN)/python bench/psrp_cost.py
 
 # MALLOC_ARENA_MAX=2 as the shipped image and manifests run the exporter (see the Dockerfile).
 soak: $(STAMP)

@@ -65,6 +65,7 @@ class HttpRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    size: int = 0  # bytes on the wire: request line, headers and body
 
 
 @dataclass
@@ -105,7 +106,7 @@ async def read_request(reader: asyncio.StreamReader) -> HttpRequest | None:
     if int(length) > MAX_BODY_BYTES:
         raise HttpError(413)
     body = await reader.readexactly(int(length)) if int(length) else b""
-    return HttpRequest(parts[0], parts[1], headers, body)
+    return HttpRequest(parts[0], parts[1], headers, body, len(head) + len(body))
 
 
 def _certificate_user(peercert: dict | None) -> str | None:
@@ -154,6 +155,8 @@ class _HostRuntime:
         self.shells = ShellTable(host.lock)
         self.psrp: psrp.PsrpService | None = None  # made on the event loop at the first PSRP request
         self.requests = 0
+        self.bytes_in = 0  # HTTP bytes received and sent (bench/psrp_cost.py compares protocols by them)
+        self.bytes_out = 0
         self.server: asyncio.Server | None = None
         self.connections: set[asyncio.StreamWriter] = set()
         self.ssl: ssl.SSLContext | None = None
@@ -337,6 +340,11 @@ class Fleet:
         runtimes = self._runtimes.values() if host_name is None else [self._runtime(host_name)]
         return sum(rt.psrp.pools.open_count() for rt in runtimes if rt.psrp is not None)
 
+    def traffic(self, host_name: str) -> tuple[int, int, int]:
+        """(requests, bytes received, bytes sent) of one host so far."""
+        rt = self._runtime(host_name)
+        return rt.requests, rt.bytes_in, rt.bytes_out
+
     def request_count(self, host_name: str) -> int:
         return self._runtime(host_name).requests
 
@@ -372,6 +380,7 @@ class Fleet:
         try:
             async for request in _requests(reader, writer):
                 rt.requests += 1
+                rt.bytes_in += request.size
                 faults = rt.host.faults
                 if faults.hang:
                     await _drain_until_closed(reader)
@@ -384,7 +393,9 @@ class Fleet:
                     await writer.drain()
                     _reset(writer)
                     return
-                writer.write(render(response))
+                rendered = render(response)
+                rt.bytes_out += len(rendered)
+                writer.write(rendered)
                 await writer.drain()
                 if response.close or request.headers.get("connection", "").lower() == "close":
                     return
