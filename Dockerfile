@@ -13,8 +13,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_ROOT_USER_ACTION=ignore
 
 # No simulator in the image (it is not part of the product, and its demo scenario holds a published password):
-# only exporter/ is copied, and the simulator's console script, which pyproject.toml declares for the whole
-# distribution, is removed because its package is not there.
+# it is its own distribution (simulator/pyproject.toml), so this one installs the exporter only.
 # The dependencies come from requirements.lock, every file checked against its hash (`make lock` refreshes
 # it from pyproject.toml); the exporter itself is then built with the locked setuptools, nothing else
 # fetched. The lock holds the exporter's dependencies only: nothing of the simulator or the tests.
@@ -23,7 +22,7 @@ COPY requirements.lock pyproject.toml README.md ./
 COPY exporter/ exporter/
 RUN pip install --no-cache-dir --require-hashes --only-binary :all: -r requirements.lock \
  && pip install --no-cache-dir --no-deps --no-build-isolation . \
- && rm -rf build exchange_eems_exporter.egg-info /usr/local/bin/exchange-eems-simulator
+ && rm -rf build exchange_eems_exporter.egg-info
 
 WORKDIR /
 # 65534 (nobody) is the UID deploy/statefulset.yaml runs as; numeric so runAsNonRoot can verify it.

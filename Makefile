@@ -6,12 +6,12 @@ STAMP := $(VENV)/.installed
 KERBEROS_STAMP := $(VENV)/.installed-kerberos
 KERBEROS_PACKAGES := krb5-kdc krb5-admin-server libkrb5-dev
 
-.PHONY: demo demo-kerberos demo-psrp test bench soak lint install system-deps kerberos-deps clean rules lock
+.PHONY: demo demo-kerberos demo-psrp demo-stack dist test bench soak lint install system-deps kerberos-deps clean rules lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml simulator/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[simulator,test]'
+	$(BIN)/pip install --quiet -e '.[simulator,test]' -e ./simulator
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,16 +34,18 @@ kerberos-deps:
 # The exporter's `kerberos` extra (pyspnego[kerberos]: python-gssapi and python-krb5), built against libkrb5-dev.
 $(KERBEROS_STAMP): $(STAMP) pyproject.toml
 	$(MAKE) kerberos-deps
-	$(BIN)/pip install --quiet -e '.[simulator,test,kerberos]'
+	$(BIN)/pip install --quiet -e '.[simulator,test,kerberos]' -e ./simulator
 	touch $(KERBEROS_STAMP)
 
 # promtool (Debian `prometheus`), amtool and Alertmanager (Debian `prometheus-alertmanager`) for the rule,
-# config and integration tests. Installed only when missing; needs root or sudo.
+# config and integration tests; systemd-analyze (Debian `systemd`) for deploy/systemd/. Installed only when
+# missing; needs root or sudo.
 system-deps:
-	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v amtool >/dev/null; then \
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v amtool >/dev/null \
+	   || ! command -v systemd-analyze >/dev/null; then \
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager systemd >/dev/null; \
 	fi
 	@command -v promtool >/dev/null || { echo "promtool is missing after installing Debian's prometheus" >&2; exit 1; }
 
@@ -55,6 +57,11 @@ demo: $(STAMP)
 demo-psrp: $(STAMP)
 	$(BIN)/exchange-eems-simulator demo --psrp
 
+# The demo fleet and exporter, Debian's Prometheus and Alertmanager with examples/ and alerts/, and a webhook that
+# prints every page and ticket (tools/demo_stack.py; DEMO_ARGS=--fast: no `for:` waits).
+demo-stack: system-deps $(STAMP)
+	$(BIN)/python tools/demo_stack.py $(DEMO_ARGS)
+
 # The same fleet behind a real MIT KDC on loopback, accepting Kerberos only; the exporter uses a keytab.
 demo-kerberos: $(KERBEROS_STAMP)
 	$(BIN)/exchange-eems-simulator demo --kerberos $(DEMO_ARGS)
@@ -64,6 +71,13 @@ demo-kerberos: $(KERBEROS_STAMP)
 rules: $(STAMP)
 	$(BIN)/exchange-eems-exporter rules --output alerts/exchange-eems.rules.yml
 	$(BIN)/exchange-eems-exporter rules --format prometheusrule --output deploy/prometheusrule.yaml
+
+# The sdist and the wheel of the exporter (the simulator is its own distribution, never in them), checked by twine.
+DIST ?= dist
+dist: $(STAMP)
+	rm -rf $(DIST) build exchange_eems_exporter.egg-info
+	$(BIN)/python -m build --no-isolation --sdist --wheel --outdir $(DIST) .
+	$(BIN)/twine check --strict $(DIST)/*
 
 test: system-deps $(STAMP) $(KERBEROS_STAMP)
 	$(BIN)/python -m pytest -q

@@ -130,12 +130,14 @@ def write_exporter_config(config_file: Path, args) -> None:
 
 def fleet_of(exporter: Exporter) -> tuple[list, int]:
     """The exporter's targets and its poll concurrency. Checkouts from before the runtime holder (main before
-    issue 12, the baseline of issue 13) kept them on the exporter and its poller; bench/compare.py runs those."""
+    issue 12, the baseline of issue 13) kept them on the exporter and its poller, and until issue 19 asked
+    `targets.mine()`; bench/compare.py runs those."""
     runtime = getattr(exporter, "runtime", None)
     if runtime is None:
         return exporter.poller.targets.mine(), exporter.config.poll.concurrency
     current = runtime.current()
-    return current.targets.mine(), current.config.poll.concurrency
+    polled = getattr(current.targets, "polled", None)  # mine() before the targets became immutable
+    return list(polled) if polled is not None else current.targets.mine(), current.config.poll.concurrency
 
 
 def poll_all(exporter: Exporter, targets) -> list:

@@ -55,7 +55,7 @@ def poll_output(server: dict, poll: str):
         f"modules:\n  default:\n    username: 'EXCH\\bench'\n    password_env: {PASSWORD_ENV}\nservers: [EX1]\n{poll}",
         Path("."),
     )
-    target = Targets(config).mine()[0]
+    target = Targets(config).polled[0]
     command = scripts.powershell_command(server_script(target, config.poll, None))
     output = scenario.hosts[0].run(command.line)
     if output.exit_code != 0:

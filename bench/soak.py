@@ -286,7 +286,7 @@ def poll_cycle(exporter: Exporter) -> None:
     poller = exporter.poller
     poller.poll_organization()
     with ThreadPoolExecutor(poller.runtime.current().config.poll.concurrency) as pool:
-        list(pool.map(lambda t: poller.poll_server(t.name), poller.runtime.current().targets.mine()))
+        list(pool.map(lambda t: poller.poll_server(t.name), poller.runtime.current().targets.polled))
 
 
 def warm_up(exporter: Exporter, fleet: FleetProcess) -> None:

@@ -18,7 +18,8 @@ the fourth part the update. Verdicts for builds the catalog does not list (known
 - Exchange 2013 never had EEMS, so every 2013 build fails every cutoff whatever its number.
 - A build without EEMS (2016 <= CU21, 2019 <= CU10, 2013) fails every cutoff: it cannot receive mitigations.
 - A CU-level build (from AdminDisplayVersion, which names the CU but not its update) is judged as the
-  oldest known build of its CU: it passes a cutoff only when every build of that CU does.
+  oldest known build of its CU: it passes a cutoff when every build of that CU does, fails it when none
+  does, and otherwise has no verdict for that cutoff (its update decides; review R12).
 
 Thresholds (EEMS's first CU, a cutoff's `all_from` CU and `minimum` build) compare all four parts of
 the build, as HealthChecker does (`>= 15.1.2375.7`), never the third part alone.
@@ -291,7 +292,7 @@ class Catalog:
             released=released,
             known=exact is not None,
             eems_supported=eems,
-            cutoffs={cid: eems and self._passes(cutoff, product, parts) for cid, cutoff in self._cutoffs.items()},
+            cutoffs=self._cutoff_verdicts(eems, product, parts, same_cu if cu_level else None),
             superseded_since=superseded_since,
             product_support_end=self._support_end.get(product),
             servicing=servicing,
@@ -336,6 +337,20 @@ class Catalog:
             if target.parts <= parts:
                 return None
         return NextBuild(".".join(map(str, target.parts)), target.product, target.cu, target.update, target.released)
+
+    def _cutoff_verdicts(self, eems: bool, product: str, parts: tuple[int, int, int, int],
+                         cu_builds: list[_Build] | None) -> dict[str, bool]:
+        """Per cutoff, whether the build passes. A CU-level build (`cu_builds`: its CU's known builds) passes when
+        the CU's oldest build does and fails when its newest does; between, its update decides, which is unknown,
+        so that cutoff is left out rather than judged on the CU's oldest build (review R12: a CU-level build
+        must not page a cutoff that its security update may pass)."""
+        verdicts = {}
+        for cid, cutoff in self._cutoffs.items():
+            passes = eems and self._passes(cutoff, product, parts)
+            if cu_builds and not passes and eems and self._passes(cutoff, product, cu_builds[-1].parts):
+                continue
+            verdicts[cid] = passes
+        return verdicts
 
     def _passes(self, cutoff: _Cutoff, product: str, parts: tuple[int, int, int, int]) -> bool:
         minimum = cutoff.minimum.get((product, parts[:3]))

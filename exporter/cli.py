@@ -94,7 +94,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=exporter.reload, daemon=True).start())
+    if hasattr(signal, "SIGHUP"):  # not on Windows, where POST /-/reload is the way
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=exporter.reload, daemon=True).start())
     host, port = args.web_listen_address
     try:
         server = serve(exporter, host, port, watcher)
@@ -102,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise _Fail(f"cannot listen on {host}:{port}: {err.strerror}") from None
     exporter.start()
     log.info("exchange-eems-exporter %s listening on %s:%d (%d servers, shard %d/%d)", __version__,
-             host, server.server_address[1], len(exporter.runtime.current().targets.mine()), *config.shard)
+             host, server.server_address[1], len(exporter.targets()), *config.shard)
 
     # Python runs signal handlers in the main thread only, and a signal delivered to a poll thread does not
     # wake a blocked wait: wake up regularly so a SIGHUP reload is not delayed until the next SIGTERM.
@@ -275,7 +276,7 @@ def run_demo(arguments: list[str]) -> int:
     `exchange-eems-simulator demo` in the same interpreter, without importing it (the exporter never does)."""
     if find_spec("simulator") is None:
         print("exchange-eems-exporter: the demo needs the simulator, which is not installed. From a clone of the "
-              "repository: make demo (or pip install '.[simulator]', then exchange-eems-simulator demo)",
+              "repository: make demo (or pip install -e '.[simulator]' -e ./simulator, then exchange-eems-simulator demo)",
               file=sys.stderr)
         return EXIT_USAGE
     os.execv(sys.executable, [sys.executable, "-m", "simulator", "demo", *arguments])

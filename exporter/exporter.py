@@ -1,7 +1,8 @@
-"""The running exporter: what is current (the runtime holder), the poller, and the bodies the HTTP handlers send.
+"""The running exporter: what is current (the runtime holder), the poller, and what the HTTP handlers read.
 
-A reload (SIGHUP or POST /-/reload) goes to the runtime holder, which swaps configuration, catalog and targets
-in one step or keeps the old ones; the poller then follows the new configuration.
+The handlers ask only this object (a narrow read interface): the bodies they send, whether a target or a
+module exists, readiness, and the reload. A reload (SIGHUP or POST /-/reload) goes to the runtime holder,
+which swaps configuration, catalog and targets in one step or keeps the old ones; the poller then follows.
 """
 
 from __future__ import annotations
@@ -9,19 +10,21 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from .catalog import Catalog
-from .config import Config
+from .config import Config, ModuleConfig
 from .exposition import CachedExposition, probe_body
 from .metrics import SelfStatus
 from .model import OrganizationResult, ServerResult
-from .poller import Poller
+from .poller import Clock, Poller
 from .redact import Redactor
 from .runtime import SafeRuntime
+from .targets import Target
 
 
 class Exporter:
-    def __init__(self, config: Config, catalog: Catalog, redactor: Redactor | None = None):
+    def __init__(self, config: Config, catalog: Catalog, redactor: Redactor | None = None, *,
+                 clock: Clock | None = None):
         self.runtime = SafeRuntime(config, catalog, redactor)
-        self.poller = Poller(self.runtime)
+        self.poller = Poller(self.runtime, clock=clock)
         self.registry = CollectorRegistry(auto_describe=False)  # the process's own metrics
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=self.registry)
@@ -36,6 +39,19 @@ class Exporter:
             last_reload_timestamp=self.runtime.last_reload_timestamp,
         )
 
+    # ------------------------------------------------------------ what the handlers read
+
+    def target(self, name: str) -> Target | None:
+        """A configured or discovered server of any shard: the only names /probe may reach."""
+        return self.runtime.current().targets.get(name)
+
+    def targets(self) -> tuple[Target, ...]:
+        """The servers this instance polls, in name order."""
+        return self.runtime.current().targets.polled
+
+    def module(self, name: str) -> ModuleConfig | None:
+        return self.runtime.current().config.modules.get(name)
+
     def snapshot(self) -> tuple[list[ServerResult], OrganizationResult | None]:
         """The latest result of every server of this instance, and of the organization."""
         return self.poller.snapshot()
@@ -48,15 +64,9 @@ class Exporter:
         return self._exposition.body(servers, organization, self._self_status(), self.registry, accept)
 
     def probe_body(self, target: str, module: str | None, timeout: float | None, accept: str) -> tuple[bytes, str]:
-        """Poll one server now; its metrics only (self metrics stay on /metrics, as for blackbox)."""
-        return probe_body(self.poller.poll_server(target, module=module, timeout=timeout), accept)
-
-    def start(self) -> None:
-        if self.runtime.current().config.poll.background:
-            self.poller.start()
-
-    def stop(self) -> None:
-        self.poller.stop()
+        """Poll one server now; its metrics only (self metrics stay on /metrics, as for blackbox). The result
+        is not kept: /metrics shows the background polls' results only."""
+        return probe_body(self.poller.probe(target, module=module, timeout=timeout), accept)
 
     def ready(self) -> bool:
         return not self.runtime.current().config.poll.background or self.poller.ready()
@@ -64,5 +74,14 @@ class Exporter:
     def reload(self) -> tuple[bool, str]:
         ok, message = self.runtime.reload()
         if ok:
-            self.poller.reloaded()
+            self.poller.follow()
         return ok, message
+
+    # ------------------------------------------------------------ life cycle
+
+    def start(self) -> None:
+        if self.runtime.current().config.poll.background:
+            self.poller.start()
+
+    def stop(self) -> None:
+        self.poller.stop()

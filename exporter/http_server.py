@@ -14,7 +14,6 @@ import html
 import io
 import logging
 import math
-import resource
 import socket
 import ssl
 import threading
@@ -24,6 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
+
+try:
+    import resource  # POSIX only; the exporter also runs on Windows management servers
+except ImportError:
+    resource = None
 
 
 from . import __version__
@@ -54,6 +58,11 @@ _LANDING = """<!DOCTYPE html>
 <h2>Servers ({count})</h2><table><tr><th>server</th><th>up</th><th>build</th><th>servicing</th><th>next build</th><th>last error</th></tr>{rows}</table>
 </body></html>
 """
+
+
+def _descriptor_limit() -> int:
+    """The process's open-file limit (POSIX); on Windows, where there is none of that kind, 4 * MAX_CONNECTIONS."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0] if resource is not None else 4 * MAX_CONNECTIONS
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -157,7 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
             error = result.outcome.error_reason if result.outcome and not result.outcome.success else ""
             rows.append("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
                 *(html.escape(str(v)) for v in (result.name, up, build, servicing, next_build, error or ""))))
-        targets = self.exporter.runtime.current().targets.mine()
+        targets = self.exporter.targets()
         example = html.escape(targets[0].name if targets else "SERVER", quote=True)
         page = _LANDING.format(version=__version__, example=example, count=len(servers), rows="".join(rows))
         self._send(200, page.encode(), "text/html; charset=utf-8")
@@ -177,17 +186,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, b"At most one 'module' parameter is allowed\n")
             return
         target, module = targets[0], (modules[0] if modules else None)
-        current = self.exporter.runtime.current()
-        config = current.config
-        if module is not None and module not in config.modules:
+        chosen = self.exporter.module(module) if module is not None else None
+        if module is not None and chosen is None:
             self._send(400, f"Unknown module {module[:64]!r}\n".encode())
             return
-        known = current.targets.get(target)
+        known = self.exporter.target(target)
         if known is None:
             self._send(400, f"Unknown target {target[:256]!r}: only configured or discovered servers "
                             f"can be probed\n".encode())
             return
-        chosen = config.modules[module] if module is not None else None
         problem = chosen and scheme_problem(chosen.transport, known.scheme, chosen.allow_basic_over_http)
         if problem:
             self._send(400, f"Module {module!r} cannot be used with target {known.name!r} ({known.scheme}): "
@@ -230,7 +237,7 @@ class ExporterHTTPServer:
         self._socket.listen(LISTEN_BACKLOG)
         self._socket.setblocking(False)
         self.server_address = self._socket.getsockname()
-        self.max_connections = max(16, min(MAX_CONNECTIONS, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
+        self.max_connections = max(16, min(MAX_CONNECTIONS, _descriptor_limit() // 4))
         self.connections = 0
         self._per_client: Counter[str] = Counter()
         self._writers: set[asyncio.StreamWriter] = set()

@@ -69,8 +69,11 @@ def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, look
     build, source = _build(facts.exsetup_version, catalog, failures, today), facts.build_source
     if facts.exsetup_version is None and admin_display_version is not None:
         build, source = _cu_level_build(admin_display_version, catalog, failures, today), "admin_display_version"
-    eems_build = bool(build and build.eems_supported) and not facts.edge
     installed = _service_installed(facts)
+    eems_build = _eems_supported(build, facts, installed)
+    if facts.exsetup_version is None and not any(e.part == "build" for e in (*facts.errors, *failures)):
+        failures.append(PartialFailure("build", "not_found", "the script reported no build and no error "
+                                                             "(an empty ExSetup.exe FileVersion?)"))
     if facts.service_queried:
         state = STATES.get(facts.service_status or "", UNKNOWN_STATE)
         start_mode = START_MODES.get(facts.service_start_type or "")
@@ -95,6 +98,19 @@ def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, look
     )
 
 
+def _eems_supported(build: BuildVerdict | None, facts: RawServerFacts, installed: bool | None) -> bool | None:
+    """Whether the server has EEMS: from its build, and where the build is unknown from what the server shows
+    (its service, its log folder, an event of its source); with neither, unknown (None), never "no": an unread
+    build must not say "predates EEMS" nor switch the EEMS alerts off (review R7)."""
+    if facts.edge:
+        return False
+    if build is not None:
+        return build.eems_supported
+    if installed or facts.log_folder or facts.events:
+        return True
+    return None
+
+
 def _service_installed(facts: RawServerFacts) -> bool | None:
     """Windows PowerShell 5.1's Get-Service reports an access-denied OpenService as "no service found"
     (Service.cs AddIfValidService catches the InvalidOperationException), so only an absent registry key
@@ -117,12 +133,12 @@ def error_reason(error: RawError) -> str:
     return "other"
 
 
-def _partial_failures(facts: RawServerFacts, *, eems_build: bool, installed: bool | None) -> list[PartialFailure]:
+def _partial_failures(facts: RawServerFacts, *, eems_build: bool | None, installed: bool | None) -> list[PartialFailure]:
     """What could not be read, leaving out what is an answer: no events in the window (NoMatchingEventsFound,
     in every display language), and on a server without EEMS the missing service and log folder. (The script
     asks for events with -LogName and -FilterXPath, which looks no provider up: an unregistered provider is
     "no events" there, and a NoMatchingProvidersFound would be a real failure.)"""
-    expected_absent = not eems_build or installed is False
+    expected_absent = eems_build is not True or installed is False
     failures = []
     for error in facts.errors:
         reason = error_reason(error)
@@ -210,10 +226,8 @@ def _records(facts: RawServerFacts, latest: datetime) -> list[LogRecord]:
     server's local time (`_zone_shift`)."""
     files = []
     for log in reversed(facts.logs):
-        lines = log.tail.splitlines()
-        if lines and (log.length is None or log.length > _file_size(log)):
-            lines = lines[1:]  # the tail starts mid-file, so its first line may be partial
-        files.append((log, [r for r in parse_log_lines(lines, facts.culture) if r is not None and r.time is not None]))
+        timed = parse_log_lines(log.tail.splitlines(), facts.culture)
+        files.append((log, [r for r in timed if r is not None and r.time is not None]))
     shift = _zone_shift(files, facts.utc_offset_minutes, latest)
     records = []
     for _, timed in files:
@@ -249,14 +263,6 @@ def _zone_shift(files: list[tuple[RawLog, list[LogRecord]]], offset_minutes: int
 
     local = timedelta(minutes=offset_minutes)
     return local if contradictions(local) < contradictions(timedelta(0)) else timedelta(0)
-
-
-def _file_size(log: RawLog) -> int:
-    """The bytes the tail held in the file; ASCII (as EEMS writes) is sized without encoding it."""
-    utf16 = (log.encoding or "").startswith("utf-16")
-    if log.tail.isascii():
-        return len(log.tail) * (2 if utf16 else 1)
-    return len(log.tail.encode("utf-16-le" if utf16 else "utf-8"))
 
 
 def _cycles(records: list[LogRecord]) -> tuple[list[_Cycle], list[datetime]]:

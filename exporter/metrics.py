@@ -93,8 +93,10 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
                     {**server, "cutoff": cutoff}, 1 if compliant else 0)
     out.add("exchange_server_edge", "1 for an Edge Transport server (registry EdgeTransportRole key), which has no EEMS.",
             server, 1 if state.edge else 0)
-    out.add("exchange_eems_supported", "1 if the build and role have the Emergency Mitigation service (Mailbox, "
-            "2016 CU22+, 2019 CU11+, SE).", server, 1 if state.eems_supported else 0)
+    if state.eems_supported is not None:  # an unknown build without a trace of EEMS: no series, not "0"
+        out.add("exchange_eems_supported", "1 if the build and role have the Emergency Mitigation service (Mailbox, "
+                "2016 CU22+, 2019 CU11+, SE; where the build is unknown, if the server shows the service, its log "
+                "folder or its events).", server, 1 if state.eems_supported else 0)
     if state.service_installed is not False:  # installed, or not known: the state-set then says "unknown"
         name = {**server, "name": SERVICE}
         for value in STATE_LABELS:

@@ -21,11 +21,9 @@ class RawEvent:
 
 @dataclass(frozen=True)
 class RawLog:
-    """One EEMS log file: its last bytes (at most the script's LogTailBytes over all files), decoded."""
+    """One EEMS log file: its newest whole lines (at most the script's LogTailBytes characters over all files)."""
 
-    length: int | None  # from the open stream, not the directory entry (stale for a file held open)
-    last_write: datetime | None
-    encoding: str | None  # .NET WebName the script decoded with: "utf-8" or "utf-16" (BOM FF FE)
+    last_write: datetime | None  # a lower bound of the newest write: it may not move while EEMS holds the file open
     tail: str
 
 
@@ -174,7 +172,7 @@ class ServerState:
     build: BuildVerdict | None
     build_source: str | None  # "exsetup" | "registry" | "admin_display_version" (CU level only)
     edge: bool
-    eems_supported: bool  # build has EEMS and the server is not Edge
+    eems_supported: bool | None  # build has EEMS and the server is not Edge; None: build unknown, no trace of EEMS
     service_installed: bool | None  # None: could not be told (service query denied, registry key unread)
     service_state: str | None  # windows_exporter state name: running, stopped, ..., unknown (state unread)
     service_start_mode: str | None  # windows_exporter start_mode: auto, manual, disabled, boot, system

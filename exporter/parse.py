@@ -417,21 +417,19 @@ def _utc_offset(minutes: int | None, notes: _Notes) -> int | None:
 
 
 def _logs(value, notes: _Notes, max_log_bytes: int) -> tuple[RawLog, ...]:
-    """The newest files first; the tails together keep at most `max_log_bytes` (the newest bytes win)."""
+    """The newest files first; the tails together keep at most `max_log_bytes` (the newest bytes win). The script
+    sends whole lines within that budget; a tail cut here loses its then partial first line."""
     logs, budget = [], max(max_log_bytes, 0)
     for item in _as_list(value):
         if not isinstance(item, dict):
             notes.wrong("logs", "objects")
             continue
-        length = notes.integer(item, "length", "logs.length")
-        tail = _tail(notes.text(item, "tail", "logs.tail") or "", budget)
+        text = notes.text(item, "tail", "logs.tail") or ""
+        tail = _tail(text, budget)
+        if len(tail) < len(text) and "\n" in tail:
+            tail = tail[tail.index("\n") + 1 :]
         budget -= _utf8_size(tail)
-        logs.append(RawLog(
-            length=length if length is None or length >= 0 else None,
-            last_write=notes.date(item, "last_write", "logs.last_write"),
-            encoding=notes.text(item, "encoding", "logs.encoding"),
-            tail=tail,
-        ))
+        logs.append(RawLog(last_write=notes.date(item, "last_write", "logs.last_write"), tail=tail))
     return tuple(logs)
 
 

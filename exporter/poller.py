@@ -1,12 +1,11 @@
-"""Poll every server in the background and keep the latest result of each.
+"""Poll every server in the background; poll one now for `/probe`, `poll` and `diagnose`.
 
-The poller wires the parts and keeps what they return. The schedule (`schedule.py`) says which job runs
-when; a job is one server's poll or the organization collector's; the collectors (`collectors.py`) do one
-poll each. The poller keeps the latest result per server and of the organization (a failed poll keeps the
-last good state), one lock per server (a `/probe` and a scheduled poll of one server never overlap), and
-one WinRM connection per server and module. Configuration, catalog and targets come from the runtime
-holder at every poll; `reloaded()` follows a reload.
-`poll_server` is also what `/probe` and the `poll` command call: the same path, synchronously.
+The poller wires the parts: the schedule (`schedule.py`) says which job runs when, a job being one
+server's poll or the organization collector's; `connections.py` lends each poll its server's WinRM
+connection, one poll of a server at a time; the collectors (`collectors.py`) do one poll each; the
+store (`store.py`) keeps the background polls' latest results, which /metrics shows. Configuration,
+catalog and targets come from the runtime holder (`runtime.py`) at every poll; `follow()` adopts a
+reload or a discovery. Time for the schedule comes from a `Clock`, which a test replaces.
 """
 
 from __future__ import annotations
@@ -14,15 +13,28 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .collectors import collect_organization, collect_server, failed, interpret_output, run_script, server_script
-from .config import Config
-from .model import OrganizationResult, OrgServerInfo, RawServerFacts, ServerResult, ServerState
+from .model import OrganizationResult, RawServerFacts, ServerResult, ServerState
 from .runtime import Runtime, SafeRuntime
 from .schedule import Cadence, Schedule, offset
+from .connections import Connections
+from .store import Store
 from .targets import Target
-from .winrm import PollFailure, ServerConnection, connect
+from .winrm import PollFailure
+
+
+class Clock:
+    """Monotonic seconds for the schedule, and a wait until one of them. A test passes a clock it moves itself
+    (tests/clock.py), so a poll interval takes no real time."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wait_until(self, condition: threading.Condition, when: float) -> None:
+        """Wait on `condition` (held by the caller) until `when`, or until it is notified."""
+        condition.wait(max(0.0, when - time.monotonic()))
 
 
 @dataclass(frozen=True)
@@ -34,20 +46,16 @@ class Job:
 
 
 class Poller:
-    def __init__(self, runtime: SafeRuntime):
+    def __init__(self, runtime: SafeRuntime, *, clock: Clock | None = None):
         self.runtime = runtime
-        config = runtime.current().config
-        self._lock = threading.Lock()
-        self._wakeup = threading.Condition(self._lock)
-        self._results: dict[str, ServerResult] = {}
-        self._organization: OrganizationResult | None = (
-            OrganizationResult(config.organization.name) if config.organization else None
-        )
-        self._connections: dict[tuple[str, str], ServerConnection] = {}
-        self._server_locks: dict[str, threading.Lock] = {}
-        self._organization_lock = threading.Lock()
-        self._schedule = Schedule(concurrency=config.poll.concurrency, failing_share=config.poll.failing_share,
-                                  jitter=config.poll.jitter)
+        self.store = Store()
+        self.connections = Connections()
+        self._clock = clock or Clock()
+        current = runtime.current()
+        self.store.follow(current.targets, current.config.organization and current.config.organization.name)
+        poll = current.config.poll
+        self._wakeup = threading.Condition()
+        self._schedule = Schedule(concurrency=poll.concurrency, failing_share=poll.failing_share, jitter=poll.jitter)
         self._executor: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -55,41 +63,15 @@ class Poller:
     # ------------------------------------------------------------ results
 
     def snapshot(self) -> tuple[list[ServerResult], OrganizationResult | None]:
-        names = {t.name.lower() for t in self.runtime.current().targets.mine()}
-        with self._lock:
-            servers = [r for key, r in sorted(self._results.items()) if key in names]
-            return servers, self._organization
+        """The latest background result of every server this instance polls, and of the organization."""
+        return self.store.snapshot(self.runtime.current().targets.polled), self.store.organization()
 
     def ready(self) -> bool:
         """Ready once every server of this instance has been polled at least once."""
         servers, _ = self.snapshot()
-        return len(servers) == len(self.runtime.current().targets.mine()) and all(r.outcome for r in servers)
-
-    def _known(self, name: str) -> OrgServerInfo | None:
-        """What the last organization poll said about a server (its proxy, its AdminDisplayVersion)."""
-        organization = self._organization
-        return organization.servers.get(name.lower()) if organization is not None else None
+        return len(servers) == len(self.runtime.current().targets.polled) and all(r.outcome for r in servers)
 
     # ------------------------------------------------------------ one poll
-
-    def _server_lock(self, key: str) -> threading.Lock:
-        with self._lock:
-            return self._server_locks.setdefault(key, threading.Lock())
-
-    def _connection(self, target: Target, module_name: str, config: Config) -> ServerConnection:
-        key = (target.name.lower(), module_name)
-        with self._lock:
-            connection = self._connections.get(key)
-            if connection is None or connection.endpoint != target.endpoint:
-                connection = connect(
-                    target.endpoint,
-                    config.modules[module_name],
-                    max_response_bytes=config.limits.max_response_bytes,
-                    max_poll_bytes=config.limits.max_poll_bytes,
-                    server_name=target.name,
-                )
-                self._connections[key] = connection
-            return connection
 
     def _target(self, current: Runtime, name: str) -> Target:
         target = current.targets.get(name)
@@ -97,36 +79,28 @@ class Poller:
             raise KeyError(name)
         return target
 
-    def poll_server(self, name: str, *, module: str | None = None, timeout: float | None = None) -> ServerResult:
-        """Poll one server now and record the result (a probe with another module is not recorded)."""
+    def poll_server(self, name: str) -> ServerResult:
+        """Poll one server now with its own module, and keep the result as its latest (what the background does)."""
         current = self.runtime.current()
-        target = self._target(current, name)
-        config = current.config
-        module_name = module or target.module
-        budget = min(timeout or config.poll.timeout, config.poll.timeout)
-        requested = time.monotonic()
-        deadline = requested + budget  # waiting for another poll of the same server (a probe) spends it too
-        lock = self._server_lock(target.name.lower())
-        if not lock.acquire(timeout=budget):
-            failure = PollFailure("deadline_exceeded", "another poll of this server ran for the whole budget")
-            return ServerResult(target.name, outcome=failed("server", requested, failure))
-        try:
-            result = collect_server(target, self._connection(target, module_name, config), config.poll,
-                                    current.catalog, deadline, known=self._known(target.name))
-            return self._record(result) if module_name == target.module else result
-        finally:
-            lock.release()
+        result = self._poll(current, self._target(current, name), None, None)
+        return self.store.record(result, self.runtime.current().targets)
 
-    def _record(self, result: ServerResult) -> ServerResult:
-        """Keep `result` as the server's latest; a failed poll keeps the last good state."""
-        key = result.name.lower()
-        with self._lock:
-            previous = self._results.get(key)
-            if not result.outcome.success and previous is not None:
-                result = replace(result, state=previous.state, last_success=previous.last_success)
-            if self.runtime.current().targets.get(key) is not None:  # else removed by a reload while polled
-                self._results[key] = result
-        return result
+    def probe(self, name: str, *, module: str | None = None, timeout: float | None = None) -> ServerResult:
+        """Poll one server now, within `timeout` if given, and keep nothing: what `/probe` answers."""
+        current = self.runtime.current()
+        return self._poll(current, self._target(current, name), module, timeout)
+
+    def _poll(self, current: Runtime, target: Target, module: str | None, timeout: float | None) -> ServerResult:
+        config = current.config
+        requested = time.monotonic()
+        # waiting for another poll of the same server (a probe, a scheduled poll) spends the budget too
+        deadline = requested + min(timeout or config.poll.timeout, config.poll.timeout)
+        try:
+            with self.connections.lease(target, module or target.module, config, deadline) as connection:
+                return collect_server(target, connection, config.poll, current.catalog, deadline,
+                                      known=self.store.known(target.name))
+        except PollFailure as failure:
+            return ServerResult(target.name, outcome=failed("server", requested, failure))
 
     def poll_organization(self) -> OrganizationResult | None:
         current = self.runtime.current()
@@ -134,21 +108,19 @@ class Poller:
         if organization is None:
             return None
         target = current.targets.for_organization()
-        with self._organization_lock:
-            started = time.monotonic()
-            connection = self._connection(target, organization.module, current.config)
-            result = collect_organization(target, connection, organization, started + current.config.poll.timeout,
-                                          max_servers=current.config.limits.max_servers)
-            with self._lock:
-                previous = self._organization
-                if not result.outcome.success and previous is not None:
-                    result = replace(result, facts=previous.facts, last_success=previous.last_success,
-                                     servers=previous.servers)
-                self._organization = result
-            if result.outcome.success and organization.discover_servers:
-                self.runtime.current().targets.set_discovered(result.facts.servers)
-                self._sync_jobs()
-            return result
+        requested = time.monotonic()
+        deadline = requested + current.config.poll.timeout
+        try:
+            with self.connections.lease(target, organization.module, current.config, deadline) as connection:
+                result = collect_organization(target, connection, organization, deadline,
+                                              max_servers=current.config.limits.max_servers)
+        except PollFailure as failure:
+            result = OrganizationResult(organization.name, outcome=failed("organization", requested, failure))
+        result = self.store.record_organization(result)
+        if result.outcome.success and organization.discover_servers:
+            if self.runtime.discovered(organization, result.facts.servers):
+                self.follow()
+        return result
 
     def run_raw(self, name: str, script: str | None = None, *, timeout: float | None = None) -> bytes:
         """The stdout of `script` (default: the server's collection script) on one server, neither parsed nor
@@ -156,13 +128,14 @@ class Poller:
         current = self.runtime.current()
         target = self._target(current, name)
         deadline = time.monotonic() + (timeout or current.config.poll.timeout)
-        script = script or server_script(target, current.config.poll, self._known(target.name))
-        return run_script(self._connection(target, target.module, current.config), script, deadline)
+        script = script or server_script(target, current.config.poll, self.store.known(target.name))
+        with self.connections.lease(target, target.module, current.config, deadline) as connection:
+            return run_script(connection, script, deadline)
 
     def interpret(self, target: Target, stdout: bytes) -> tuple[RawServerFacts, ServerState]:
         """Parse and judge one output of the collection script, as a poll does. Raises ParseError."""
         current = self.runtime.current()
-        return interpret_output(target, stdout, current.config.poll, current.catalog, self._known(target.name))
+        return interpret_output(target, stdout, current.config.poll, current.catalog, self.store.known(target.name))
 
     # ------------------------------------------------------------ background schedule
 
@@ -183,10 +156,7 @@ class Poller:
             # take the servers away (the demo stops its simulated fleet) without a failed poll or a shell
             # left behind. Polls not yet started are cancelled.
             self._executor.shutdown(wait=True, cancel_futures=True)
-        with self._lock:
-            connections = list(self._connections.values())
-        for connection in connections:
-            connection.close()
+        self.connections.close()
 
     def _sync_jobs(self) -> None:
         """Tell the schedule the jobs and limits of now (at start, after a reload, after a discovery)."""
@@ -197,25 +167,27 @@ class Poller:
         jobs = {}
         if organization is not None:
             jobs[Job("organization", organization.name)] = Cadence(organization.interval, 0.0)
-        for target in current.targets.mine():
+        for target in current.targets.polled:
             jobs[Job("server", target.name.lower())] = Cadence(poll.interval, offset(target.name, poll.interval))
         with self._wakeup:
             self._schedule.configure(concurrency=poll.concurrency, failing_share=poll.failing_share,
                                      jitter=poll.jitter)
-            self._schedule.set_jobs(jobs, time.monotonic())
+            self._schedule.set_jobs(jobs, self._clock.now())
             self._wakeup.notify_all()
 
     def _run_schedule(self) -> None:
-        while not self._stopping.is_set():
-            with self._wakeup:
-                now = time.monotonic()
+        with self._wakeup:
+            while not self._stopping.is_set():
+                now = self._clock.now()
                 for job in self._schedule.due(now):
                     self._executor.submit(self._run, job)
                 next_due = self._schedule.next_due()
-                self._wakeup.wait(min(1.0, max(0.05, next_due - now)) if next_due is not None else 1.0)
+                # at least every second: a lost wake-up costs a second, never a poll
+                self._clock.wait_until(self._wakeup, now + (min(1.0, max(0.05, next_due - now))
+                                                            if next_due is not None else 1.0))
 
     def _run(self, job: Job) -> None:
-        started = time.monotonic()
+        started = self._clock.now()
         ok = False
         try:
             if job.collector == "organization":
@@ -228,24 +200,15 @@ class Poller:
                 self._schedule.done(job, ok, started)
                 self._wakeup.notify_all()
 
-    # ------------------------------------------------------------ reload
+    # ------------------------------------------------------------ reload, discovery
 
-    def reloaded(self) -> None:
-        """Follow the runtime holder's new configuration. Results of servers that remain are kept, the others
-        dropped, so a server added back later shows nothing until it is polled again rather than its old
-        result; connections are made afresh with the new settings."""
-        config = self.runtime.current().config
-        with self._lock:
-            old_connections = self._connections
-            self._connections = {}
-            remaining = {server.name.lower() for server in config.servers}
-            self._results = {key: result for key, result in self._results.items() if key in remaining}
-            self._server_locks = {key: lock for key, lock in self._server_locks.items()
-                                  if key in remaining or lock.locked()}
-            if config.organization is None:
-                self._organization = None
-            elif self._organization is None or self._organization.name != config.organization.name:
-                self._organization = OrganizationResult(config.organization.name)
-        for connection in old_connections.values():
-            connection.close()
+    def follow(self) -> None:
+        """Adopt the runtime holder's current configuration and targets (after a reload or a discovery).
+        Results and connections of servers that remain, with the same settings, are kept, the others dropped
+        (a running poll keeps its connection until it ends); the schedule gets the new jobs and limits.
+        Following an unchanged runtime changes nothing."""
+        current = self.runtime.current()
+        organization = current.config.organization
+        self.store.follow(current.targets, organization.name if organization else None)
+        self.connections.follow(current.config, current.targets)
         self._sync_jobs()

@@ -1,10 +1,15 @@
 """What is current: the configuration, the catalog and the targets, held in one place and swapped whole.
 
 Like blackbox_exporter's `SafeConfig`: the poller and the HTTP handlers ask `current()` and get one frozen
-`Runtime`, so no reader ever sees a new configuration with an old catalog or old targets. `reload()`
-validates the new configuration and catalog completely before the swap; a bad file is logged and reported
-by `exchange_exporter_config_last_reload_successful` (set here, where the swap happens or not) while the
-old configuration keeps running.
+`Runtime`, so no reader ever sees a new configuration with an old catalog or old targets. Nothing in a
+`Runtime` changes after it is made; two things make a new one:
+- `reload()` validates the new configuration and catalog completely before the swap; a bad file is logged
+  and reported by `exchange_exporter_config_last_reload_successful` (set here, where the swap happens or
+  not) while the old configuration keeps running. A file that loads to what is running changes nothing
+  (blackbox compares a checksum of the file; comparing what was loaded also sees a password file or
+  variable that changed under an unchanged file). The servers the organization collector discovered
+  are carried over while the organization section stays the same.
+- `discovered()`: the organization collector listed the servers again.
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .catalog import Catalog, CatalogError
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, OrganizationConfig, load_config
+from .model import OrgServerInfo
 from .redact import Redactor
 from .targets import Targets
 
@@ -27,14 +33,14 @@ log = logging.getLogger(__name__)
 class Runtime:
     config: Config
     catalog: Catalog
-    targets: Targets  # its discovered servers follow the organization collector; a reload starts it afresh
+    targets: Targets  # the configured servers and the last discovery's, as of this configuration
 
 
 class SafeRuntime:
     def __init__(self, config: Config, catalog: Catalog, redactor: Redactor | None = None):
         self._current = Runtime(config, catalog, Targets(config))
         self._redactor = redactor
-        self._reload_lock = threading.Lock()
+        self._lock = threading.Lock()  # one swap at a time: a reload never loses a discovery, nor the reverse
         self.last_reload_successful = True
         self.last_reload_timestamp = time.time()
 
@@ -42,9 +48,11 @@ class SafeRuntime:
         return self._current  # one attribute read: atomic, so no lock
 
     def reload(self) -> tuple[bool, str]:
-        """Load the configuration file again and its catalog, and swap them in if both are valid."""
-        with self._reload_lock:
-            source = self._current.config.source
+        """Load the configuration file again and its catalog, and swap them in if both are valid and differ
+        from what is running."""
+        with self._lock:
+            current = self._current
+            source = current.config.source
             if source is None:
                 return False, "the configuration was not loaded from a file"
             try:
@@ -58,10 +66,24 @@ class SafeRuntime:
                     message = self._redactor.scrub(message)
                 log.error("%s", message)
                 return False, message
-            if self._redactor is not None:
-                self._redactor.add(config.secrets())
-            self._current = Runtime(config, catalog, Targets(config))
             self.last_reload_successful = True
             self.last_reload_timestamp = time.time()
+            if config == current.config and catalog.builds() == current.catalog.builds():
+                log.info("configuration reloaded from %s: unchanged", source)
+                return True, "configuration unchanged"
+            if self._redactor is not None:
+                self._redactor.add(config.secrets())
+            carried = current.targets.discovered_from if config.organization == current.config.organization else ()
+            self._current = Runtime(config, catalog, Targets(config, carried))
             log.info("configuration reloaded from %s: %d servers", source, len(config.servers))
             return True, "configuration reloaded"
+
+    def discovered(self, organization: OrganizationConfig, servers: tuple[OrgServerInfo, ...]) -> bool:
+        """Adopt the servers an organization poll listed; False (nothing changes) when a reload changed the
+        organization section while that poll ran, or when the list is the one already adopted."""
+        with self._lock:
+            current = self._current
+            if current.config.organization != organization or current.targets.discovered_from == servers:
+                return False
+            self._current = replace(current, targets=Targets(current.config, servers))
+            return True

@@ -57,7 +57,8 @@ def facts(server: windows.WindowsServer, now: datetime, parameter_line: str, scr
         "culture": server.locale,
         "ui_culture": server.locale,
         "is_admin": not server.denied,
-        "exsetup_version": windows._file_version(server.build, server.version_style) if server.build_source != "none" else None,
+        "exsetup_version": (windows._file_version(server.build, server.version_style) if server.build_source not in ("none", "empty")
+                            else "" if server.build_source == "empty" else None),
         "winhttp_settings": base64.b64encode(winhttp_settings(server.winhttp_proxy)).decode(),
         "service": _service(server, texts),
         "service_key": _service_key(server, texts),

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from . import diagnose, eems, eventlog
+from . import diagnose, eems, eventlog, logfolder
 from .host import CommandOutput
 
 SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
@@ -47,6 +47,9 @@ ENDPOINT_FAILURES = {
     "dns": ("NameResolutionFailure", "The remote name could not be resolved: 'officeclient.microsoft.com'", False),
 }
 DENIABLE = ("service", "events", "log")
+
+# The collection script treats an empty FileVersion as a failure (issue 17, R7).
+_EMPTY_VERSION_THROWS = re.compile(r"if\(!\$r\.exsetup_version\)\{throw\b")
 
 # powershell.exe switches that take a value, and those that do not (PowerShell accepts unique prefixes).
 _PS_VALUE_SWITCHES = ("executionpolicy", "windowstyle", "inputformat", "outputformat", "version", "configurationname", "file")
@@ -91,7 +94,7 @@ class WindowsServer:
     endpoint_status: int
     log_file: bool
     events: bool
-    build_source: str  # exsetup | registry | none
+    build_source: str  # exsetup | registry | none | empty (FileVersion empty, no error)
     date_style: str
     enum_style: str
     output: OutputFaults
@@ -104,6 +107,7 @@ class WindowsServer:
     array_style: str = "arrays"
     version_style: str = "padded"
     utc_offset: timedelta = timedelta(0)  # the server's time zone (log_time_zone): local time minus UTC
+    log_other_file: bool = False  # the log folder also holds a non-log file, rewritten at every check
 
 
 @dataclass(frozen=True)
@@ -231,7 +235,14 @@ class WindowsHost:
         install = "C:\\Program Files\\Microsoft\\Exchange Server\\V15"
         errors: list[dict[str, str]] = []
         version = source = None
-        if s.build_source == "none":
+        if s.build_source == "empty" and _EMPTY_VERSION_THROWS.search(script):
+            # ExSetup.exe's FileVersion is empty (an unreadable file): the script throws, its registry fallback
+            # reads the same file; `throw 'text'` is a RuntimeException whose id is its text, category OperationStopped
+            text = "ExSetup.exe has no FileVersion"
+            errors.append(_error("build", text, "OperationStopped", "System.Management.Automation.RuntimeException", text))
+        elif s.build_source == "empty":
+            version, source = "", "exsetup"  # a script that does not check: an empty string, and no error
+        elif s.build_source == "none":
             path = "HKLM:\\SOFTWARE\\Microsoft\\ExchangeServer\\v15\\Setup"
             errors.append(_error("build", "PathNotFound,Microsoft.PowerShell.Commands.GetItemPropertyCommand", "ObjectNotFound",
                                  "System.Management.Automation.ItemNotFoundException", texts["path_not_found"].format(path=path)))
@@ -254,7 +265,7 @@ class WindowsHost:
         else:
             service = {"status": s.service_status, "start_type": s.service_start_type}
         events = self._events(p, now, texts, errors, eventlog.query_form(script))
-        folder, logs = self._logs(p, now, texts, install, errors)
+        folder, logs = self._logs(p, now, texts, install, errors, script)
         document: dict[str, Any] = {
             "schema": 1,
             "computer": s.name.upper(),
@@ -296,7 +307,8 @@ class WindowsHost:
                                  "System.Diagnostics.Eventing.Reader.EventLogException", text))
         return events
 
-    def _logs(self, p: dict[str, Any], now: datetime, texts: dict[str, Any], install: str, errors: list) -> tuple[bool, list]:
+    def _logs(self, p: dict[str, Any], now: datetime, texts: dict[str, Any], install: str, errors: list,
+              script: str) -> tuple[bool, list]:
         s = self.server
         folder = f"{install}\\Logging\\MitigationService"
         if s.eems is None or not s.log_file:
@@ -305,19 +317,17 @@ class WindowsHost:
             errors.append(_error("log", "DirUnauthorizedAccessError,Microsoft.PowerShell.Commands.GetChildItemCommand",
                                  "PermissionDenied", "System.UnauthorizedAccessException", texts["path_denied"].format(path=folder)))
             return True, []
-        left, logs = p["LogTailBytes"], []
+        form = logfolder.reader_form(script)
+        if form is None:
+            return True, []
         since = now - timedelta(hours=p["LookbackHours"])
-        for file in eems.log_files(s.eems, now, since):
-            if left <= 0:
-                break
-            utf16 = file.content[:2] == b"\xff\xfe"
-            n = min(len(file.content), left)
-            n -= n % 2 if utf16 else 0
-            tail = file.content[len(file.content) - n :] if n else b""
-            encoding = "utf-16" if utf16 else "utf-8"
-            logs.append({"name": file.name, "length": len(file.content), "last_write": self._date(file.last_write),
-                         "encoding": encoding, "tail": tail.decode("utf-16-le" if utf16 else "utf-8", "replace")})
-            left -= n
+        files = logfolder.listing(s.eems, now, since, script, s.log_other_file)
+        logs = []
+        for entry in logfolder.read(form, files, p["LogTailBytes"], since):
+            item: dict[str, Any] = {"name": entry.name, "last_write": self._date(entry.last_write), "tail": entry.tail}
+            if entry.length is not None:
+                item.update(length=entry.length, encoding=entry.encoding)
+            logs.append(item)
         return True, logs
 
     def _endpoints(self) -> list[dict[str, Any]]:

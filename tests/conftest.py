@@ -152,4 +152,4 @@ def poll_all(poller) -> None:
     concurrently within the limit, through the public poll path (no background thread, no timing)."""
     poller.poll_organization()
     with ThreadPoolExecutor(poller.runtime.current().config.poll.concurrency) as pool:
-        list(pool.map(lambda t: poller.poll_server(t.name), poller.runtime.current().targets.mine()))
+        list(pool.map(lambda t: poller.poll_server(t.name), poller.runtime.current().targets.polled))

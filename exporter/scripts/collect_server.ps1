@@ -2,7 +2,8 @@ $ProgressPreference='SilentlyContinue';$ErrorActionPreference='Stop'
 $c=[Globalization.CultureInfo]::CurrentCulture;$lt=Get-Date
 $r=[ordered]@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;utc_offset_minutes=[int]($lt-$lt.ToUniversalTime()).TotalMinutes;culture=@{name=$c.Name;ui=[Globalization.CultureInfo]::CurrentUICulture.Name;date=$c.DateTimeFormat.ShortDatePattern;time=$c.DateTimeFormat.LongTimePattern;am=$c.DateTimeFormat.AMDesignator;pm=$c.DateTimeFormat.PMDesignator};exsetup_version=$null;build_source=$null;edge=$false;service_key=$null;service=$null;events=@();log_folder=$null;logs=@();errors=@()}
 function Fail($part,$e){$r.errors+=@{part=$part;id=[string]$e.FullyQualifiedErrorId;category=[string]$e.CategoryInfo.Category;type=$e.Exception.GetType().FullName;message="$e"}}
-try{$r.exsetup_version=(Get-Command ExSetup.exe).FileVersionInfo.FileVersion;$r.build_source='exsetup'}catch{try{$i=(Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\Setup').MsiInstallPath;$r.exsetup_version=(Get-Item (Join-Path $i 'bin\ExSetup.exe')).VersionInfo.FileVersion;$r.build_source='registry'}catch{Fail 'build' $_}}
+# An empty FileVersion (an unreadable file) is no build: it throws, to the fallback and then to the errors.
+try{$r.exsetup_version=(Get-Command ExSetup.exe).FileVersionInfo.FileVersion;if(!$r.exsetup_version){throw 'ExSetup.exe has no FileVersion'};$r.build_source='exsetup'}catch{try{$i=(Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\Setup').MsiInstallPath;$r.exsetup_version=(Get-Item (Join-Path $i 'bin\ExSetup.exe')).VersionInfo.FileVersion;if(!$r.exsetup_version){throw 'ExSetup.exe has no FileVersion'};$r.build_source='registry'}catch{$r.exsetup_version=$null;Fail 'build' $_}}
 $r.edge=Test-Path 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\EdgeTransportRole'
 try{$r.service_key=@{start=(Get-Item 'HKLM:\SYSTEM\CurrentControlSet\Services\MSExchangeMitigation').GetValue('Start')}}catch{Fail 'service_key' $_}
 try{$s=Get-Service MSExchangeMitigation;$r.service=@{status=[string]$s.Status;start_type=[string]$s.StartType}}catch{Fail 'service' $_}
@@ -11,14 +12,16 @@ try{$s=Get-Service MSExchangeMitigation;$r.service=@{status=[string]$s.Status;st
 # query errors and answers "no events"), and no provider lookup fails where EEMS is not registered.
 try{$v=$null;$q="*[System[Provider[@Name='MSExchange Mitigation Service'] and TimeCreated[timediff(@SystemTime) <= $(3600000*$P.LookbackHours)]]]"
 $r.events=@(Get-WinEvent -LogName Application -FilterXPath $q -MaxEvents $P.MaxEvents -EA SilentlyContinue -ErrorVariable v|%{@{id=$_.Id;time=$_.TimeCreated.ToUniversalTime();message=$_.Message}});foreach($e in $v){Fail 'events' $e}}catch{Fail 'events' $_}
-# GUESS (EEMS log layout unconfirmed): newest files by write time hold the newest lines; FF FE = UTF-16, else UTF-8.
-# Length and write time from the file itself: a directory entry is stale while the file is held open.
-try{$d=Join-Path $env:ExchangeInstallPath 'Logging\MitigationService';$r.log_folder=Test-Path $d
+# GUESS (EEMS log layout unconfirmed): the newest *.log files by write time hold the newest lines. Get-Content -Tail
+# reads whole lines backward from the end (BOM-detected encoding, the file opened for shared write); the newest
+# file is listed even with no budget left, its write time being evidence of activity (a lower bound: Microsoft
+# documents that it may not move while EEMS holds the file open). LogTailBytes bounds the characters sent.
+try{$d=Join-Path $env:ExchangeInstallPath 'Logging\MitigationService';$r.log_folder=Test-Path -LiteralPath $d
 if($r.log_folder){$left=$P.LogTailBytes;$since=[DateTime]::UtcNow.AddHours(-$P.LookbackHours)
-foreach($f in @(Get-ChildItem $d -File|sort LastWriteTimeUtc -Descending|select -First 64)){if($left -le 0){break}
-$s=[IO.File]::Open($f.FullName,'Open','Read','ReadWrite,Delete');try{$h=New-Object byte[] 2;$u=$s.Read($h,0,2) -eq 2 -and $h[0] -eq 255 -and $h[1] -eq 254;$len=$s.Length;$n=[Math]::Min($len,$left);if($u){$n-=$n%2};[void]$s.Seek(-$n,'End');$b=New-Object byte[] $n;$n=$s.Read($b,0,$n)}finally{$s.Close()}
-$x=if($u){[Text.Encoding]::Unicode}else{[Text.Encoding]::UTF8};$r.logs+=@{name=$f.Name;length=$len;last_write=[IO.File]::GetLastWriteTimeUtc($f.FullName);encoding=$x.WebName;tail=$x.GetString($b,0,$n)};$left-=$n
-if($f.LastWriteTimeUtc -lt $since){break}}}}catch{Fail 'log' $_}
+foreach($f in @(Get-ChildItem -LiteralPath $d -Filter *.log -File|sort LastWriteTimeUtc -Descending|select -First 64)){$o=@{name=$f.Name;last_write=(Get-Item -LiteralPath $f.FullName).LastWriteTimeUtc;tail=''}
+if($left -gt 0){$t=@(Get-Content -LiteralPath $f.FullName -Tail (1+[int]($left/64)) -Encoding UTF8);$k=$t.Count;$n=0
+while($k -gt 0 -and $n+$t[$k-1].Length+2 -le $left){$k--;$n+=$t[$k].Length+2};if($k -lt $t.Count){$o.tail=$t[$k..($t.Count-1)] -join "`r`n"};if($n){$left-=$n}elseif($t.Count){$left=0}}
+$r.logs+=$o;if($left -le 0 -or $f.LastWriteTimeUtc -lt $since){break}}}}catch{Fail 'log' $_}
 if($P.CheckEndpoint){$p=$P.Proxy;$wp=$null
 # GUESS: WinHttpSettings = DWORD size, DWORD counter, DWORD flags (2 = proxy), DWORD length, proxy string.
 try{$w=(Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Internet Settings\Connections').WinHttpSettings;if($w.Length -ge 16 -and ($w[8] -band 2)){$wp=[Text.Encoding]::ASCII.GetString($w,16,[BitConverter]::ToInt32($w,12))}}catch{Fail 'winhttp' $_}

@@ -22,6 +22,7 @@ import yaml
 
 from exporter.config import load_config_text
 
+from .. import pki
 from ..conftest import demo_scenario
 from ..system.test_integration import (DOUBLE_HOP_ALERTS, EXPECTED_PAGES, FIXED_ALERTS, FIXED_TICKETS,
                                        KNOB_SERVERS, ORGANIZATION_ALERTS)
@@ -96,6 +97,8 @@ def test_every_exporter_configuration_passes_check_config(where, config, tmp_pat
             secret = tmp_path / "password"
             secret.write_text("a password\n")
             module["password_file"] = str(secret)
+        if "ca_file" in module:  # the user's internal CA
+            module["ca_file"] = str(pki.write(tmp_path, "ca", *pki.issue("Contoso CA", None, None, ca=True))[0])
     path = tmp_path / "config.yml"
     path.write_text(yaml.safe_dump(config))
     result = subprocess.run([sys.executable, "-m", "exporter", "check-config", "--config.file", str(path)],

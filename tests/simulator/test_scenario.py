@@ -24,7 +24,9 @@ ORG_MARKER = "# exchange-eems-exporter:collect-organization:v1"
 # The simulator answers the event query the script sends (simulator/eventlog.py): this stand-in asks as the
 # exporter's script does.
 EVENT_QUERY = "$r.events=@(Get-WinEvent -LogName Application -FilterXPath $q -MaxEvents $P.MaxEvents)"
-BODY = f"$ProgressPreference='SilentlyContinue'\r\n$r=[ordered]@{{schema=1}}\r\n{EVENT_QUERY}\r\nConvertTo-Json -InputObject $r -Compress\r\n"
+LOG_READ = "$t=@(Get-ChildItem -LiteralPath $d -Filter *.log -File|%{Get-Content -LiteralPath $_.FullName -Tail 9})"
+BODY = (f"$ProgressPreference='SilentlyContinue'\r\n$r=[ordered]@{{schema=1}}\r\n{EVENT_QUERY}\r\n{LOG_READ}\r\n"
+        "ConvertTo-Json -InputObject $r -Compress\r\n")
 
 
 def server_script(lookback=24, max_events=50, tail=32768, endpoint=0, proxy="") -> str:
@@ -99,7 +101,8 @@ def test_the_exporters_own_command_lines_are_answered():
     sc = fleet({"name": "EX01", "build": "15.2.2562.53"})
     params = scripts.ServerScriptParameters(6, 3, 2000, True, 10, "http://o'brien-proxy:8080/")
     doc = facts_from(run(sc, scripts.powershell_command(scripts.server_script(params)).line))
-    assert doc["events"] == [] and sum(len(log["tail"]) for log in doc["logs"]) == 2000
+    sent = sum(len(log["tail"]) + 2 for log in doc["logs"] if log["tail"])
+    assert doc["events"] == [] and 1700 < sent <= 2000  # whole lines, LogTailBytes characters at most
     assert [e["status"] for e in doc["endpoints"]] == [200, 200]
     org = facts_from(run(sc, scripts.powershell_command(scripts.organization_script()).line))
     assert [server["name"] for server in org["servers"]] == ["EX01"]
@@ -372,8 +375,8 @@ def test_hourly_utf16_culture_time_log_with_a_csv_header_first():
     sc = fleet({"name": "EX01", "build": "15.2.2562.53", "locale": "de-DE", "log_encoding": "utf-16", "log_time": "culture"})
     doc = facts(sc)
     newest = doc["logs"][0]
-    assert newest["name"] == "MitigationService_2026112612-1.LOG" and newest["encoding"] == "utf-16"
-    lines = newest["tail"].lstrip("\ufeff").splitlines()
+    assert newest["name"] == "MitigationService_2026112612-1.LOG"
+    lines = newest["tail"].splitlines()  # Get-Content decoded it by its byte order mark
     assert lines[0] == "DateTime,EventName,CustomData" and lines[1] == "#Software: Microsoft Exchange Server"
     assert re.match(r"26\.11\.2026 12:\d\d:\d\d,FetchMitigation,", lines[6])
     assert 24 <= len(doc["logs"]) <= 26
@@ -460,13 +463,17 @@ def test_max_events_keeps_the_newest():
     assert two == all_events[:2]
 
 
-def test_log_tail_is_the_last_bytes_of_the_newest_files():
+def test_log_tail_is_the_newest_whole_lines_of_the_newest_files():
+    """Get-Content -Tail: whole lines from the end; the script keeps those that fit LogTailBytes characters."""
     sc = fleet({"name": "EX01", "build": "15.2.2562.53", "log_rotation": "daily"})
-    full, tail = facts(sc)["logs"][0], facts(sc, tail=100)["logs"]
-    assert full["name"] == "MitigationService_20261126-1.LOG"
+    full, tail = facts(sc)["logs"][0], facts(sc, tail=300)["logs"]
+    assert full["name"] == "MitigationService_20261126-1.LOG" and "length" not in full
     assert full["tail"].startswith("DateTime,EventName,CustomData\r\n#Software: Microsoft Exchange Server\r\n")
-    assert len(full["tail"]) == full["length"] > 100
-    assert len(tail) == 1 and tail[0]["tail"] == full["tail"][-100:] and tail[0]["length"] == full["length"]
+    lines = full["tail"].split("\r\n")
+    kept = tail[0]["tail"].split("\r\n")
+    assert kept == lines[-len(kept):] and sum(len(line) + 2 for line in kept) <= 300
+    assert [log["tail"] for log in tail[1:]] == [""]  # the next file: its newest line did not fit, so listed alone
+    assert sum(len(line) + 2 for line in lines[-len(kept) - 1:]) > 300
     w3c = facts(fleet({"name": "EX01", "build": "15.2.2562.53", "log_header": "w3c"}))["logs"][0]
     assert w3c["tail"].startswith("#Software: Microsoft Exchange Server\r\n")
 
@@ -691,7 +698,7 @@ def test_demo_fleet_has_the_documented_states():
     assert "Could not establish trust relationship" in failures(doc("EX-SE04-PROXY")).pop()
     assert by_name["EX-SE05-NOWINRM"][0].faults.refuse_connections
     german = doc("EX-SE06-DE")
-    assert german["service"] is None and german["culture"]["name"] == "de-DE" and german["logs"][0]["encoding"] == "utf-16"
+    assert german["service"] is None and german["culture"]["name"] == "de-DE" and "FetchMitigation" in german["logs"][0]["tail"]
     assert [e["part"] for e in german["errors"]] == ["service", "events"]
     assert doc("EX-SE07-JA")["culture"]["name"] == "ja-JP"
     assert {e["status"] for e in facts(sc, sc.hosts.index(by_name["EX-SE08-FR"][0]), endpoint=1)["endpoints"]} == {407}

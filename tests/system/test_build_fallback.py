@@ -49,7 +49,8 @@ def test_admin_display_version_fills_in_at_cu_level(poller):
     build = result.state.build
     assert build_labels(result) == {"server": "EX19-NOEXSETUP", "product": "Exchange2019", "cu": "CU15",
                                     "update": "unknown", "version": "15.2.1748.53", "source": "admin_display_version"}
-    # Every CU15 build passes 2023-03, but not every one passes 2026-06: the unknown update is not compliant.
-    assert build.cutoffs == {"2023-03": True, "2026-06": False}
+    # Every CU15 build passes 2023-03, but not every one passes 2026-06: the unknown update decides, so there is
+    # no verdict (no series, no page) for 2026-06 (review R12).
+    assert build.cutoffs == {"2023-03": True}
     se = poller.poll_server("EX-SE01")
     assert build_labels(se)["source"] == "exsetup" and se.state.build.known

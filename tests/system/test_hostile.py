@@ -611,3 +611,56 @@ def _catalog_update(url: str, output: Path, ca_file: Path) -> subprocess.Complet
     return subprocess.run([sys.executable, "-m", "exporter", "catalog", "update", "--from", url, "--output", str(output)],
                           cwd=root, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "SSL_CERT_FILE": str(ca_file), "PYTHONPATH": str(root)})
+
+
+# ---------------------------------------------------------------- issue 22 finding 14: a reload storm
+
+
+def test_a_reload_storm_takes_no_server_down(tmp_path):
+    """Without a web config anyone who reaches the port may `POST /-/reload` as often as they like. Before, each
+    reload closed every WinRM connection under the polls reading it: over HTTPS 15 of 16 polls then failed
+    (`exchange_up 0`). The two files differ in a module setting, so every reload retires the connections: the
+    polls in flight must finish on theirs."""
+    servers = [{"name": f"TLS{i}", "address": "127.0.0.1", "build": "15.2.2562.53", "scheme": "https"} for i in (1, 2)]
+    with SimulatedFleet(relocate({"servers": servers})) as fleet:
+        files = []
+        for read_timeout in ("5s", "6s"):
+            doc = yaml.safe_load(fleet.config_text())
+            doc["modules"]["https"]["read_timeout"] = read_timeout
+            files.append(yaml.safe_dump(doc))
+        path = tmp_path / "exporter.yml"
+        path.write_text(files[0])
+        exporter = Exporter(load_config_text(files[0], Path("."), path), Catalog.load())
+        server = serve(exporter, "127.0.0.1", 0, None)
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        outcomes: list = []
+
+        def poll_repeatedly(name: str) -> None:
+            for _ in range(8):
+                outcomes.append(exporter.poller.poll_server(name).outcome)
+
+        for host in fleet.hosts.values():
+            host.faults.latency_seconds = 0.05  # about 0.4 s a poll: reloads land in the middle of polls
+        pollers = [threading.Thread(target=poll_repeatedly, args=(name,)) for name in fleet.hosts]
+        reloads = 0
+        try:
+            for thread in pollers:
+                thread.start()
+            while any(thread.is_alive() for thread in pollers):
+                path.write_text(files[reloads % 2 == 0])
+                request = urllib.request.Request(base + "/-/reload", method="POST", data=b"")
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    assert response.read() == b"configuration reloaded\n"
+                reloads += 1
+            with urllib.request.urlopen(base + "/metrics", timeout=30) as response:
+                metrics = samples(response.read().decode())
+        finally:
+            for thread in pollers:
+                thread.join()
+            server.shutdown()
+            server.server_close()
+            exporter.stop()
+    assert reloads >= 10, reloads
+    failed = [(o.error_reason, o.error_message) for o in outcomes if not o.success]
+    assert not failed, f"{len(failed)} of {len(outcomes)} polls failed during {reloads} reloads: {failed[:3]}"
+    assert all(metrics[("exchange_up", frozenset({"server": name}.items()))] == 1 for name in fleet.hosts)

@@ -299,3 +299,90 @@ def test_any_reload_failure_is_a_failed_reload(fleet, tmp_path):
     ok, message = exporter.reload()
     assert not ok and exporter.runtime.last_reload_successful is False
     assert len(message) < 1000 and "running configuration is kept" in message
+
+
+# ---------------------------------------------------------------- issue 19: a frozen runtime
+
+
+DISCOVERY = {
+    "organization": {"name": "Contoso", "domain": "contoso.com", "server": "EX01"},
+    "servers": [{"name": name, "address": "127.0.0.1", "build": "15.2.2562.53"} for name in ("EX01", "EX02", "EX03")],
+}
+
+
+@pytest.fixture(scope="module")
+def organization_fleet():
+    scenario = relocate(DISCOVERY)
+    for server in scenario["servers"]:
+        server["fqdn"] = server["address"]  # Get-ExchangeServer's FQDN is how a discovered server is reached
+    with SimulatedFleet(scenario) as fleet:
+        yield fleet
+
+
+def discovery_config(fleet: SimulatedFleet, *, discover: bool = True, timeout: str = "15s") -> str:
+    """EX01 listed, the others left to discovery through the organization collector on EX01."""
+    raw = yaml.safe_load(fleet.config_text(timeout=timeout))
+    raw["servers"] = [s for s in raw["servers"] if s["name"] == "EX01"]
+    raw["modules"]["http"]["port"] = raw["servers"][0]["port"]
+    raw["organization"] = {"name": "Contoso", "server": "EX01", "discover_servers": discover}
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+def test_an_unchanged_reload_changes_nothing_and_discovered_servers_outlive_a_reload(organization_fleet, tmp_path):
+    """Before: every reload built the targets afresh, so the discovered servers and their series vanished from
+    /metrics until the next organization poll (an `absent()` alert would fire on a plain SIGHUP)."""
+    path = tmp_path / "exporter.yml"
+    path.write_text(discovery_config(organization_fleet))
+    exporter = Exporter(load_config(path), Catalog.load())
+    try:
+        poll_all(exporter.poller)
+        before = exporter.runtime.current()
+        metrics = exchange_samples(exporter)
+        assert [up(metrics, name) for name in ("EX01", "EX02", "EX03")] == [1, 1, 1]
+
+        assert exporter.reload() == (True, "configuration unchanged")
+        assert exporter.runtime.current() is before
+        assert exchange_samples(exporter) == {**metrics, **reload_time(exporter)}
+
+        path.write_text(discovery_config(organization_fleet, timeout="14s"))  # the organization section stays
+        assert exporter.reload() == (True, "configuration reloaded")
+        current = exporter.runtime.current()
+        assert current is not before and current.config.poll.timeout == 14
+        assert current.targets.get("EX02").discovered
+        metrics = samples(exporter.metrics_body("")[0].decode())
+        assert [up(metrics, name) for name in ("EX01", "EX02", "EX03")] == [1, 1, 1]
+
+        path.write_text(discovery_config(organization_fleet, discover=False))
+        assert exporter.reload()[0]
+        metrics = samples(exporter.metrics_body("")[0].decode())
+        assert [up(metrics, name) for name in ("EX01", "EX02", "EX03")] == [1, None, None]
+    finally:
+        exporter.stop()
+
+
+def exchange_samples(exporter: Exporter) -> dict:
+    """/metrics without the process's own families (memory, CPU, GC), which move on by themselves."""
+    return {key: value for key, value in samples(exporter.metrics_body("")[0].decode()).items()
+            if key[0].startswith("exchange_")}
+
+
+def reload_time(exporter: Exporter) -> dict:
+    """The one sample an unchanged reload moves: when the configuration was last loaded successfully."""
+    key = (RELOAD_OK.replace("successful", "success_timestamp_seconds"), frozenset())
+    return {key: exporter.runtime.last_reload_timestamp}
+
+
+def test_a_probe_leaves_the_background_result_alone(fleet, tmp_path):
+    """/probe answers with its own poll and keeps nothing, as blackbox does: before, a failed probe turned the
+    server's background series to `exchange_up 0`."""
+    path = tmp_path / "exporter.yml"
+    path.write_text(config_for(fleet, ["EX01", "EX02"]))
+    with served(path) as (exporter, base):
+        poll_all(exporter.poller)
+        fleet.hosts["EX01"].faults.refuse_connections = True
+        try:
+            with urllib.request.urlopen(base + "/probe?target=EX01", timeout=30) as response:
+                assert up(samples(response.read().decode()), "EX01") == 0
+        finally:
+            fleet.hosts["EX01"].faults.refuse_connections = False
+        assert up(scrape(base), "EX01") == 1

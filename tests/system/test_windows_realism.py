@@ -42,6 +42,7 @@ SERVERS = [
     {"name": "DAILY-W3C", "build": SE, "log_rotation": "daily", "log_header": "w3c"},
     {"name": "DAILY-OPEN", "build": SE, "log_rotation": "daily", "log_last_write": "at_open"},
     {"name": "CULTURE-EAST", "build": SE, "locale": "de-DE", "log_time": "culture", "log_time_zone": "+01:00"},
+    {"name": "EMPTY-BUILD", "build": SE, "build_source": "empty"},
     {"name": "CULTURE-WEST", "build": SE, "log_time": "culture", "log_time_zone": "-05:00", "log_rotation": "daily",
      "log_last_write": "at_open"},
     {"name": "NONFETCH", "build": SE, "non_fetch_errors": True},
@@ -69,6 +70,21 @@ def metrics():
         finally:
             server.shutdown()
             exporter.stop()
+
+
+@pytest.fixture
+def metrics_with():
+    """Metrics of one server polled with poll settings of the test's own."""
+    def polled(server: dict, **poll) -> dict:
+        scenario = relocate({"credentials": [], "servers": [{"address": "127.0.0.1", **server}]})
+        with SimulatedFleet(scenario) as fleet:
+            exporter = Exporter(fleet.config(**poll), Catalog.load())
+            try:
+                poll_all(exporter.poller)
+                return samples(exporter.metrics_body("text/plain")[0].decode())
+            finally:
+                exporter.stop()
+    return polled
 
 
 def value(metrics, metric, **labels):
@@ -134,6 +150,25 @@ def test_log_layouts_still_show_the_checks(metrics, server):
     assert success is not None and activity is not None and 0 <= activity - success < 3600
 
 
+def test_an_empty_file_version_is_an_unknown_build_not_one_without_eems(metrics):
+    """R7: FileVersion empty and no error; EEMS is there (its service, its log), so its alerts stay on."""
+    assert ("build", "other") in partial_failures(metrics, "EMPTY-BUILD")
+    assert value(metrics, "exchange_eems_supported", server="EMPTY-BUILD") == 1
+    assert value(metrics, "exchange_eems_failing", server="EMPTY-BUILD") == 0
+    # the organization collector's AdminDisplayVersion stands in, at CU level (R12: no verdict where the update decides)
+    assert {dict(labels)["source"] for name, labels in metrics
+            if name == "exchange_build_info" and dict(labels)["server"] == "EMPTY-BUILD"} == {"admin_display_version"}
+
+
+def test_no_log_budget_still_shows_the_newest_file(metrics_with):
+    """R8: with poll.log_tail_bytes 0 the script listed no file, so a healthy server without events in the window
+    had no activity at all and paged ExchangeEEMSNoActivity. The newest file is listed without its lines."""
+    found = metrics_with({"name": "EN", "build": SE}, log_tail_bytes=0)
+    activity = value(found, "exchange_eems_last_activity_timestamp_seconds", server="EN")
+    assert activity is not None and time.time() - activity < 3600
+    assert value(found, "exchange_eems_last_success_timestamp_seconds", server="EN") is None  # no lines were read
+
+
 def test_an_unformattable_event_keeps_the_others(metrics):
     """6: Get-WinEvent under -EA Stop lost every event for one bad one."""
     assert partial_failures(metrics, "BADEVENT") == {("events", "other"), ("log", "not_found")}
@@ -191,6 +226,8 @@ KNOBS = {
     "log_time_zone": ({"log_time": "culture", "log_time_zone": "+01:00"}, set(), LOG_ONLY),
     "log_time_zone west, daily, held open": ({"log_time": "culture", "log_time_zone": "-05:00", "log_rotation": "daily",
                                               "log_last_write": "at_open"}, set(), LOG_ONLY),
+    "log_other_file": ({"log_other_file": True}, set(), LOG_ONLY),
+    "build_source: empty": ({"build_source": "empty"}, set(), {}),
 }
 
 

@@ -244,15 +244,16 @@ def test_every_catalog_build_has_a_servicing_verdict_and_path(catalog):
 
 
 def test_cu_level_build_passes_a_cutoff_only_when_every_build_of_its_cu_does(catalog):
+    """R12: where some builds of the CU pass and some fail, the unknown update decides: no verdict, no page."""
     cu15 = catalog.verdict("15.2.1748.53", cu_level=True, today=TODAY)
     assert (cu15.cu, cu15.update, cu15.known, cu15.released) == ("CU15", "unknown", False, None)
-    assert cu15.cutoffs == {"2023-03": True, "2026-06": False}  # CU15 RTM is before the June 2026 minimum
+    assert cu15.cutoffs == {"2023-03": True}  # CU15 RTM is before the June 2026 minimum, its later updates not
     cu12 = catalog.verdict("15.2.1118.7", cu_level=True, today=TODAY)
-    assert cu12.cutoffs == {"2023-03": False, "2026-06": False}
+    assert cu12.cutoffs == {"2026-06": False}  # no CU12 build passes 2026-06; 2023-03 needs Feb23SU+ of CU12
     cu13 = catalog.verdict("15.2.1258.12", cu_level=True, today=TODAY)
     assert cu13.cutoffs["2023-03"] is True  # every CU13 build passes 2023-03
     se = catalog.verdict("15.2.2562.17", cu_level=True, today=TODAY)
-    assert se.cutoffs == {"2023-03": True, "2026-06": False} and se.superseded_since is None
+    assert se.cutoffs == {"2023-03": True} and se.superseded_since is None
     assert se.next_build.version == "15.2.2562.53"  # the update is unknown: the newest of its CU is the target
 
 

@@ -88,7 +88,7 @@ def facts(events=(), tail: str | None = None, **fields) -> RawServerFacts:
         now=NOW, culture=EN_US, exsetup_version="15.02.2562.043", build_source="exsetup", edge=False,
         service_key_start=2, service_queried=True, service_status="Running", service_start_type="Automatic",
         events=tuple(events), log_folder=True,
-        logs=() if tail is None else (RawLog(len(tail.encode()), None, "utf-8", tail),),
+        logs=() if tail is None else (RawLog(None, tail),),
         endpoints=(), errors=(), utc_offset_minutes=0,
     )
     return replace(base, **fields)
@@ -217,12 +217,27 @@ def test_an_unformattable_event_keeps_the_others(catalog):
 
 
 def test_missing_and_bad_build(catalog):
-    none = interpret(facts(exsetup_version=None), catalog)
-    assert none.build is None and not none.eems_supported
+    """R7: an unread, empty or refused build is unknown: it never says "predates EEMS" (eems_supported False),
+    and where the server shows EEMS (its service, log folder or events) the EEMS alerts stay on."""
+    none = interpret(facts(exsetup_version=None), catalog)  # an empty FileVersion without an error record
+    assert none.build is None and none.eems_supported is True
+    assert [(f.part, f.reason) for f in none.collection_errors] == [("build", "not_found")]
     bad = interpret(facts(exsetup_version="8.3.83.6", errors=(error("log", "", "", "", "access denied"),)), catalog)
-    assert bad.build is None and not bad.eems_supported
+    assert bad.build is None and bad.eems_supported is True
     assert [(f.part, f.reason) for f in bad.collection_errors] == [("build", "other"), ("log", "other")]
     assert "'8.3.83.6' is not an Exchange 2013/2016/2019/SE build" in bad.collection_errors[0].message
+
+
+def test_an_unread_build_without_a_trace_of_eems_is_unknown(catalog):
+    absent = (error("build", "CommandNotFoundException,Microsoft.PowerShell.Commands.GetCommandCommand"),
+              error("service_key", "PathNotFound,Microsoft.PowerShell.Commands.GetItemPropertyCommand"),
+              error("service", "NoServiceFoundForGivenName,Microsoft.PowerShell.Commands.GetServiceCommand"))
+    blind = facts(exsetup_version=None, build_source=None, service_queried=False, service_status=None,
+                  service_start_type=None, service_key_start=None, log_folder=False, errors=absent)
+    assert interpret(blind, catalog).eems_supported is None
+    assert interpret(replace(blind, edge=True), catalog).eems_supported is False
+    seen = interpret(replace(blind, events=(RawEvent(1006, at(1), "fetched"),)), catalog)
+    assert seen.eems_supported is True
 
 
 def test_admin_display_version_stands_in_when_exsetup_cannot_be_read(catalog):
@@ -232,8 +247,9 @@ def test_admin_display_version_stands_in_when_exsetup_cannot_be_read(catalog):
     assert state.build_source == "admin_display_version"
     assert (state.build.product, state.build.cu, state.build.update, state.build.known) == (
         "Exchange2019", "CU15", "unknown", False)
-    # The update is unknown: CU15 RTM is below the June 2026 minimum, so the CU as a whole is not compliant.
-    assert state.build.cutoffs == {"2023-03": True, "2026-06": False}
+    # R12: the update is unknown. CU15 RTM is below the June 2026 minimum, a later CU15 update passes it: that
+    # cutoff is unknown (no series, no page); every CU15 build passes 2023-03.
+    assert state.build.cutoffs == {"2023-03": True}
     assert state.eems_supported
 
 
@@ -324,7 +340,7 @@ def test_failing_needs_the_two_newest_checks_to_fail(catalog):
 def test_activity_is_any_event_or_log_write(catalog):
     eems = interpret(facts([RawEvent(1004, at(0.5), "unrelated")]), catalog).eems
     assert eems.last_activity == at(0.5) and eems.last_success is None
-    log = RawLog(10, at(0.2), "utf-8", "")
+    log = RawLog(at(0.2), "")
     assert interpret(facts(logs=(log,)), catalog).eems.last_activity == at(0.2)
 
 
@@ -337,8 +353,8 @@ def test_hourly_files_utf16_and_culture_times_are_read_together(catalog):
     header = "DateTime,EventName,CustomData\r\n#Software: Microsoft Exchange Server\r\n#Fields: DateTime,EventName,CustomData\r\n"
     older = header + culture_stamp(at(2), FETCH_LINE) + "\r\n" + culture_stamp(at(2, -1), UNTRUSTED_LINE) + "\r\n"
     newer = "\ufeff" + header + culture_stamp(at(1), FETCH_LINE) + "\r\n" + culture_stamp(at(1, -1), DONE_LINE) + "\r\n"
-    logs = (RawLog(len(newer.encode("utf-16-le")), at(1, -1), "utf-16", newer),
-            RawLog(len(older.encode()), at(2, -1), "utf-8", older))
+    logs = (RawLog(at(1, -1), newer),
+            RawLog(at(2, -1), older))
     eems = interpret(facts(logs=logs), catalog).eems
     assert eems.last_success == at(1) and eems.last_check == at(1)
     assert (eems.last_error, eems.last_error_reason) == (at(2, -1), "untrusted_endpoint")
@@ -359,7 +375,7 @@ def test_culture_times_in_the_servers_zone_are_placed_by_its_offset(catalog, off
         lines = [f"{culture_time(at(hours), offset_hours)},{FETCH_LINE}",
                  f"{culture_time(at(hours, -1), offset_hours)},{UNTRUSTED_LINE if hours == 2 else DONE_LINE}"]
         tail = "\r\n".join(lines) + "\r\n"
-        logs.insert(0, RawLog(len(tail), at(hours, -1), "utf-8", tail))
+        logs.insert(0, RawLog(at(hours, -1), tail))
     state = interpret(facts(logs=tuple(logs), utc_offset_minutes=int(offset_hours * 60)), catalog)
     assert (state.eems.last_check, state.eems.last_success) == (at(0.25), at(0.25))
     assert (state.eems.last_error, state.eems.last_error_reason) == (at(2, -1), "untrusted_endpoint")
@@ -369,7 +385,7 @@ def test_culture_times_in_the_servers_zone_are_placed_by_its_offset(catalog, off
 def test_culture_times_in_utc_stay_utc_on_a_server_in_another_zone(catalog):
     tail = f"{culture_time(at(1))},{FETCH_LINE}\r\n{culture_time(at(1, -1))},{DONE_LINE}\r\n"
     older = f"{culture_time(at(2))},{FETCH_LINE}\r\n{culture_time(at(2, -1))},{DONE_LINE}\r\n"
-    logs = (RawLog(len(tail), at(1, -1), "utf-8", tail), RawLog(len(older), at(2, -1), "utf-8", older))
+    logs = (RawLog(at(1, -1), tail), RawLog(at(2, -1), older))
     for offset in (60, -300):
         assert interpret(facts(logs=logs, utc_offset_minutes=offset), catalog).eems.last_success == at(1)
 
@@ -383,7 +399,7 @@ def test_a_daily_file_held_open_keeps_its_lines(catalog):
                   stamp(NOW.replace(hour=hour, minute=11), DONE_LINE)]
     tail = "\n".join(lines)
     opened = NOW.replace(hour=0, minute=10)
-    state = interpret(facts(logs=(RawLog(len(tail), opened, "utf-8", tail),)), catalog)
+    state = interpret(facts(logs=(RawLog(opened, tail),)), catalog)
     assert state.collection_errors == ()
     assert state.eems.last_success == NOW.replace(hour=11, minute=10)
     assert state.eems.last_activity == NOW.replace(hour=11, minute=11)
@@ -393,7 +409,7 @@ def test_a_line_later_than_the_servers_now_is_not_believed_but_the_file_is(catal
     """Line times are bounded by the server's own clock (plus ten minutes), not by the file's write time."""
     tail = "\n".join([stamp(at(1), FETCH_LINE), stamp(at(1, -1), DONE_LINE), stamp(at(-1), FETCH_LINE),
                       stamp(at(-1, -1), UNTRUSTED_LINE)])
-    state = interpret(facts(logs=(RawLog(len(tail), at(1, -1), "utf-8", tail),)), catalog)
+    state = interpret(facts(logs=(RawLog(at(1, -1), tail),)), catalog)
     assert (state.eems.last_success, state.eems.last_check, state.eems.last_error) == (at(1), at(1), None)
     assert state.eems.last_activity == at(1, -1) and state.collection_errors == ()
 
@@ -475,12 +491,12 @@ def test_future_dated_lines_and_events_are_ignored(catalog):
     assert sum(eems.fetch_errors.values()) == 0
 
 
-def test_partial_first_line_and_odd_lines_do_not_crash(catalog):
+def test_odd_lines_do_not_crash(catalog):
     tail = "mitigations from https://officeclient.microsoft.com/x\n" + "\n".join(
         ["#Software: Microsoft Exchange Server", "garbage,,,;;'\"", "S:LogLevel=Error;S:Message=no time",
          stamp(at(1), FETCH_LINE), "\x00\ufffd", stamp(at(1, -1), DONE_LINE)]
     )
-    log = RawLog(10_000_000, NOW, "utf-8", tail)  # the tail is a suffix of a larger file
+    log = RawLog(NOW, tail)
     eems = interpret(facts(logs=(log,)), catalog).eems
     assert (eems.last_check, eems.last_success, eems.last_error) == (at(1), at(1), None)
 

@@ -16,8 +16,8 @@ DESIGN_SAMPLE = (
     r'"date":"dd.MM.yyyy","time":"HH:mm:ss","am":"","pm":""},"exsetup_version":"15.02.1544.004",'
     r'"build_source":"exsetup","edge":false,"service_key":{"start":2},"service":{"status":"Running","start_type":"Automatic"},'
     r'"events":[{"id":1008,"time":"\/Date(1764154800000)\/","message":"An unexpected exception occurred. ..."}],'
-    r'"log_folder":true,"logs":[{"name":"MitigationService_2026112612-1.LOG","length":123456,'
-    r'"last_write":"\/Date(1764158000000)\/","encoding":"utf-8","tail":"...text..."}],'
+    r'"log_folder":true,"logs":[{"name":"MitigationService_2026112612-1.LOG",'
+    r'"last_write":"\/Date(1764158000000)\/","tail":"...text..."}],'
     r'"errors":[{"part":"events","id":"NoMatchingEventsFound,Microsoft.PowerShell.Commands.GetWinEventCommand",'
     r'"category":"ObjectNotFound","type":"System.Exception","message":"Es wurden keine Ereignisse gefunden."}],'
     r'"endpoints":[{"name":"GetExchangeMitigations","status":200,"ms":312,"web_status":null,"error":null,'
@@ -41,7 +41,7 @@ def test_design_sample():
     assert facts.service_key_start == 2
     assert [(e.id, e.time) for e in facts.events] == [(1008, datetime(2025, 11, 26, 11, tzinfo=UTC))]
     (log,) = facts.logs
-    assert log.length == 123456 and log.encoding == "utf-8"
+    assert log.last_write == datetime(2025, 11, 26, 11, 53, 20, tzinfo=UTC)
     assert log.tail == "...text..." and facts.log_folder is True
     mitigations, config = facts.endpoints
     assert mitigations.status == 200 and mitigations.duration_seconds == pytest.approx(0.312)
@@ -110,12 +110,14 @@ def test_events_without_id_or_time_are_skipped_with_a_note():
 
 def test_log_tail_longer_than_bound_keeps_the_last_bytes():
     tail = "é" * 10 + "x" * 100 + "END"
-    facts = parse_server_output(server(logs=[{"name": "a.LOG", "length": 5000, "last_write": None, "tail": tail}]), max_log_bytes=50)
+    facts = parse_server_output(server(logs=[{"name": "a.LOG", "last_write": None, "tail": tail}]), max_log_bytes=50)
     assert len(facts.logs[0].tail.encode()) <= 50
     assert facts.logs[0].tail.endswith("END") and tail.endswith(facts.logs[0].tail)
     cut = parse_server_output(server(logs={"name": "a.LOG", "tail": "é" * 10}), max_log_bytes=5)
     assert cut.logs[0].tail == "éé"  # the split character at the cut is dropped
-    assert cut.logs[0].length is None and cut.logs[0].last_write is None
+    assert cut.logs[0].last_write is None
+    lines = parse_server_output(server(logs={"name": "a.LOG", "tail": "first line\r\nsecond\r\nthird"}), max_log_bytes=12)
+    assert lines.logs[0].tail == "third"  # whole lines from the script: the line the cut split is dropped
 
 
 def test_the_log_bound_covers_all_files_newest_first():

@@ -107,7 +107,7 @@ def test_a_probe_waits_for_the_scheduled_poll_of_the_same_server(catalog):
             poller.start()
             try:
                 wait_for(lambda: fleet.fleet.open_shells(name) > 0, INTERVAL, "the scheduled poll's shell")
-                probe = poller.poll_server(name)  # what /probe calls
+                probe = poller.probe(name)  # what /probe calls
                 wait_for(lambda: all_succeeded(poller, [name]), INTERVAL, "the scheduled poll")
             finally:
                 poller.stop()

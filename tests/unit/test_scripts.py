@@ -84,11 +84,13 @@ def test_server_script_keeps_good_events_when_one_cannot_be_read():
     assert "-EA SilentlyContinue -ErrorVariable" in line
 
 
-def test_server_script_takes_log_length_from_the_open_stream_and_detects_utf16():
+def test_server_script_reads_whole_lines_of_log_files_and_their_own_write_time():
+    """Get-Content -Tail (no .NET calls, so Constrained Language Mode runs it); the write time from the file
+    itself, not its directory entry; only *.log files (review R15)."""
     script = server_script(params())
-    assert "length=$f.Length" not in script and "$s.Length" in script
-    assert "last_write=$f.LastWriteTimeUtc" not in script and "GetLastWriteTimeUtc($f.FullName)" in script
-    assert "[Text.Encoding]::Unicode" in script
+    assert "last_write=$f.LastWriteTimeUtc" not in script and "(Get-Item -LiteralPath $f.FullName).LastWriteTimeUtc" in script
+    assert "Get-Content -LiteralPath $f.FullName -Tail" in script and "-Filter *.log" in script
+    assert "[IO.File]" not in script
 
 
 def test_server_script_checks_both_ocs_endpoints_with_revocation():

@@ -49,33 +49,32 @@ def test_lookup_ignores_case_and_knows_no_other_name():
 
 
 def test_discovered_servers_join_but_never_replace_a_configured_one():
-    targets = Targets(config(ORGANIZATION))
-    targets.set_discovered((discovered("EX01.contoso.com", fqdn="elsewhere.example"),
-                            discovered("EX07", fqdn="ex07.contoso.com", proxy="http://proxy.contoso.com:8080/")))
+    targets = Targets(config(ORGANIZATION), (discovered("EX01.contoso.com", fqdn="elsewhere.example"),
+                                             discovered("EX07", fqdn="ex07.contoso.com",
+                                                        proxy="http://proxy.contoso.com:8080/")))
     assert targets.get("ex01.contoso.com").address == "ex01.contoso.com"  # the configuration wins
     found = targets.get("ex07")
     assert (found.address, found.discovered, found.endpoint_proxy) == ("ex07.contoso.com", True,
                                                                        "http://proxy.contoso.com:8080/")
-    assert [t.name for t in targets.mine()] == ["ex01.contoso.com", "EX07"]
+    assert [t.name for t in targets.polled] == ["ex01.contoso.com", "EX07"]
 
 
-def test_a_new_discovery_replaces_the_last_one():
-    targets = Targets(config(ORGANIZATION))
-    targets.set_discovered((discovered("EX07"),))
-    targets.set_discovered((discovered("EX08"),))
-    assert targets.get("EX07") is None and targets.get("EX08").address == "EX08"  # no FQDN: reached by name
+def test_a_discovery_is_a_new_list_that_leaves_the_old_one_alone():
+    before = Targets(config(ORGANIZATION), (discovered("EX07"),))
+    after = Targets(config(ORGANIZATION), (discovered("EX08"),))
+    assert after.get("EX07") is None and after.get("EX08").address == "EX08"  # no FQDN: reached by name
+    assert before.get("EX07") is not None and before.get("EX08") is None
 
 
 def test_discovery_stops_at_the_server_limit():
-    targets = Targets(config(ORGANIZATION + "limits: {max_servers: 3}\n"))
-    targets.set_discovered(tuple(discovered(f"EX{i:02d}") for i in range(10)))
-    assert len(targets.mine()) == 3
+    targets = Targets(config(ORGANIZATION + "limits: {max_servers: 3}\n"),
+                      tuple(discovered(f"EX{i:02d}") for i in range(10)))
+    assert len(targets.polled) == 3
 
 
 def test_without_an_organization_section_nothing_is_discovered():
-    targets = Targets(config())
-    targets.set_discovered((discovered("EX07"),))
-    assert targets.get("EX07") is None and len(targets.mine()) == 1
+    targets = Targets(config(), (discovered("EX07"),))
+    assert targets.get("EX07") is None and len(targets.polled) == 1 and targets.discovered_from == ()
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 7])
@@ -85,7 +84,7 @@ def test_every_server_is_on_exactly_one_shard(count):
     owners: dict[str, list[int]] = {}
     for index in range(count):
         config = load_config_text(base + f"shard: {index}/{count}\n", Path("."))
-        for target in Targets(config).mine():
+        for target in Targets(config).polled:
             owners.setdefault(target.name, []).append(index)
     assert len(owners) == 100
     assert all(len(shards) == 1 for shards in owners.values())

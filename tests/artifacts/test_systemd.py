@@ -1,0 +1,60 @@
+"""deploy/systemd/: the unit passes `systemd-analyze verify` (Debian's systemd) with no warning, its environment
+file gives `run` arguments it accepts, and the password the configuration reads is the credential the unit loads.
+"""
+
+from __future__ import annotations
+
+import configparser
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exporter.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+SYSTEMD = ROOT / "deploy" / "systemd"
+UNIT = SYSTEMD / "exchange-eems-exporter.service"
+INSTALLED = "/opt/exchange-eems-exporter/bin/exchange-eems-exporter"
+
+
+def unit() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read_string(UNIT.read_text())
+    return parser
+
+
+def test_systemd_analyze_verify_finds_nothing(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze is missing (Debian package systemd; make test's system-deps installs it)")
+    # The one change: ExecStart names where the exporter is installed, which verify requires to exist.
+    text = UNIT.read_text()
+    assert text.count(INSTALLED) == 1
+    copy = tmp_path / UNIT.name
+    copy.write_text(text.replace(INSTALLED, str(Path(sys.executable).parent / "exchange-eems-exporter")))
+    result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_environment_file_gives_arguments_run_accepts():
+    environment = dict(line.split("=", 1) for line in (SYSTEMD / "exchange-eems-exporter.env").read_text().splitlines()
+                       if line.strip() and not line.startswith("#"))
+    exec_start = shlex.split(unit()["Service"]["ExecStart"])
+    assert exec_start[0] == INSTALLED and exec_start[-1] == "$ARGS"
+    arguments = [*exec_start[1:-1], *shlex.split(shlex.split(environment["ARGS"])[0])]
+    args = build_parser().parse_args(arguments)
+    assert args.func.__name__ == "cmd_run" and str(args.config_file) == "/etc/exchange-eems-exporter/config.yml"
+
+
+def test_the_password_file_is_the_credential_the_unit_loads():
+    name, _, source = unit()["Service"]["LoadCredential"].partition(":")
+    config = yaml.safe_load((SYSTEMD / "config.yml").read_text())
+    files = {module["password_file"] for module in config["modules"].values()}
+    assert files == {f"/run/credentials/{UNIT.name}/{name}"}
+    assert source.startswith("/etc/exchange-eems-exporter/")

@@ -1,0 +1,63 @@
+"""`make demo-stack` (tools/demo_stack.py --fast) runs the demo fleet, the exporter, Debian's Prometheus and
+Alertmanager with the repository's files, to a page at its webhook; Ctrl-C stops every program it started."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import yaml
+
+from ..conftest import PASSWORD_ENV, demo_scenario, free_port, relocate
+from .test_integration import REPO, binary
+
+PAGE_TIMEOUT = 150
+# The path the example's pager receiver posts to; the stack keeps it and points the host at its webhook.
+PAGER = next("/" + hook["url"].split("/", 3)[3]
+             for receiver in yaml.safe_load((REPO / "examples" / "alertmanager.yml").read_text())["receivers"]
+             if receiver["name"] == "exchange-pager" for hook in receiver["webhook_configs"])
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_demo_stack_pages_at_its_webhook_and_stops_cleanly(tmp_path, monkeypatch):
+    binary("prometheus"), binary("prometheus-alertmanager")
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    scenario = tmp_path / "demo.yaml"
+    scenario.write_text(yaml.safe_dump(relocate(demo_scenario())))
+    ports = {name: free_port() for name in ("exporter", "prometheus", "alertmanager", "webhook")}
+    workdir = tmp_path / "stack"
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "tools" / "demo_stack.py"), "--fast", "--scenario", str(scenario),
+         "--workdir", str(workdir), *[f"--{name}-port={port}" for name, port in ports.items()]],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    pages: list[dict] = []
+    try:
+        deadline = time.monotonic() + PAGE_TIMEOUT
+        log = workdir / "notifications.jsonl"
+        while time.monotonic() < deadline and not pages and process.poll() is None:
+            time.sleep(1)
+            if log.exists():
+                pages = [n["payload"] for n in map(json.loads, log.read_text().splitlines())
+                         if n["path"] == PAGER]
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            output, _ = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+    assert pages, f"no page within {PAGE_TIMEOUT}s; output:\n{output}"
+    assert process.returncode == 0, output
+    assert PAGER.strip("/").upper() in output, output
+    names = {alert["labels"]["alertname"] for page in pages for alert in page["alerts"]}
+    assert names <= {"ExchangeBuildBelowCertificateCutoff", "ExchangeEEMSServiceNotRunning", "ExchangeEEMSFetchErrors",
+                     "ExchangeBuildWithoutEEMS", "ExchangeExporterCannotPoll"}, names
+    assert not [name for name, port in ports.items() if listening(port)], "a program of the stack still listens"
