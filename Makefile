@@ -94,8 +94,8 @@ soak: $(STAMP)
 # --require-hashes). Run after changing [project] dependencies in pyproject.toml; commit the result.
 lock: $(STAMP)
 	$(BIN)/pip install --quiet 'pip-tools>=7.4,<8'
-	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --build-deps-for wheel --strip-extras \
-	  --no-emit-index-url --no-emit-find-links --no-emit-trusted-host --custom-compile-command 'make lock' \
+	CUSTOM_COMPILE_COMMAND='make lock' $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe \
+	  --build-deps-for wheel --strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
 	  --output-file requirements.lock pyproject.toml
 
 clean:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-from importlib.util import find_spec
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -283,8 +282,6 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
         for key in ("configuration_name", "path", "keep_runspace"):
             if key in section:
                 raise ConfigError(f"{path}.{key}", "only applies to protocol psrp")
-    elif find_spec("psrpcore") is None:
-        raise ConfigError(f"{path}.protocol", "psrp needs the optional extra: pip install 'exchange-eems-exporter[psrp]'")
     return ModuleConfig(name=name, password=password, **values)
 
 

@@ -27,16 +27,13 @@ cryptography (the certificate's hash algorithm), certifi (the default trust stor
 
 from .client import CommandResult, ServerConnection
 from .errors import PollFailure
+from .psrp import PsrpConnection
 
 
-def connect(endpoint: str, module, **kwargs):
-    """The connection `module.protocol` asks for: WinRS (ServerConnection) or PowerShell remoting (PsrpConnection,
-    the optional extra `[psrp]`), both with `run(command, deadline) -> CommandResult` and `close()`."""
-    if module.protocol == "psrp":
-        from .psrp import PsrpConnection  # psrpcore: imported only by a configuration that uses it
-
-        return PsrpConnection(endpoint, module, **kwargs)
-    return ServerConnection(endpoint, module, **kwargs)
+def connect(endpoint: str, module, **kwargs) -> ServerConnection | PsrpConnection:
+    """The connection `module.protocol` asks for: WinRS (ServerConnection) or PowerShell remoting (PsrpConnection),
+    both with `run(command, deadline) -> CommandResult` and `close()`."""
+    return (PsrpConnection if module.protocol == "psrp" else ServerConnection)(endpoint, module, **kwargs)
 
 
-__all__ = ["CommandResult", "PollFailure", "ServerConnection", "connect"]
+__all__ = ["CommandResult", "PollFailure", "PsrpConnection", "ServerConnection", "connect"]
