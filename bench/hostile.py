@@ -6,19 +6,25 @@ process's peak RSS is the exporter's alone. For each server attack: one poll of 
 /metrics, the peak RSS growth, and how many MiB the attacker got the exporter to accept. `slowloris` opens
 N trickling connections to the exporter's port (open-file limit 1024) while a visitor scrapes /metrics.
 
-    python bench/hostile.py                    # every attack, about 2 minutes
+    python bench/hostile.py                    # every attack, about 4 minutes
     python bench/hostile.py nested_xml drip    # some of them
+
+The round-2 cases in BEFORE_AFTER (diagnose, the debug log, catalog update) run the real command from the code
+before their fixes (commit BEFORE, by `git archive`) and from this tree, and print both figures.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import multiprocessing
 import os
+import re
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -167,14 +173,197 @@ def slowloris() -> dict:
             "visitor_failures": failures, "visitor_slowest_metrics_seconds": round(slowest, 2)}
 
 
+# ---------------------------------------------------------------- round 2: diagnose, debug log, catalog update (misc)
+# Each case runs the real command from two source trees, the code before the round-2 fixes (BEFORE, extracted
+# with `git archive`) and this one, against the same hostile party, and reports both.
+
+BEFORE = "909346d5b9bd9a01688928e70b1645c3c14b602b"  # main before issues 20.6, 20.8, 20.9, 22.13, 24.16, 24.19
+COMMAND_CAP_SECONDS = 45  # a command still running then is stopped and reported as such
+
+
+@contextlib.contextmanager
+def _trees():
+    """{"before": tree or why not, "after": this tree}; the extracted tree is removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="eems-bench-before-") as target:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", BEFORE], capture_output=True)
+        if archive.returncode != 0:
+            yield {"before": f"not measured: git archive {BEFORE[:7]} failed: {archive.stderr.decode().strip()[:80]}",
+                   "after": REPO}
+            return
+        subprocess.run(["tar", "-x", "-C", target], input=archive.stdout, check=True)
+        yield {"before": Path(target), "after": REPO}
+
+
+def _command(tree: Path, *args: str, env: dict | None = None, umask: int | None = None) -> dict:
+    """`exchange-eems-exporter ARGS` from `tree`: exit code, seconds, stdout, stderr (None while still running)."""
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", *args], cwd=tree, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(tree), **(env or {})},
+                            preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
+    try:
+        out, err = proc.communicate(timeout=COMMAND_CAP_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        return {"exit": None, "seconds": f"still running after {COMMAND_CAP_SECONDS} s", "stdout": out.decode(),
+                "stderr": err.decode(errors="replace")}
+    return {"exit": proc.returncode, "seconds": round(time.monotonic() - started, 1), "stdout": out.decode(),
+            "stderr": err.decode(errors="replace")}
+
+
+def _before_and_after(name: str, measure) -> dict:
+    result: dict = {"attack": name, "before_commit": BEFORE[:7]}
+    with _trees() as trees:
+        for label, tree in trees.items():
+            result[label] = measure(tree) if isinstance(tree, Path) else tree
+    return result
+
+
+def _workdir():
+    return tempfile.TemporaryDirectory(prefix="eems-bench-")
+
+
+def diagnose_password_forms() -> dict:
+    """20.6: the password, in 7 forms, in a simulated server's EEMS log and events; how many forms `diagnose`
+    prints, without and with --redact-names (where a cut host name hid the rest of it)."""
+    from tests.system import test_hostile as t  # noqa: PLC0415 - the leaky server and the forms, as the test has them
+
+    forms = t._leaky_forms(t.LEAKY_PASSWORD)
+    utf16_name = "\x00".join(t.LEAKY_SERVER)
+
+    def shown(form: str) -> set[str]:
+        """The form as a report line shows it (NULs as \\x00), whole or with the host name cut out of it."""
+        cut = form.replace(t.LEAKY_SERVER, "<host>").replace(utf16_name, "<host>")
+        return {v for f in (form, cut) for v in (f, f.replace("\x00", "\\x00"))}
+
+    def measure(tree: Path) -> dict:
+        found = {}
+        with t._leaky_fleet() as fleet, _workdir() as work:
+            workdir = Path(work)
+            config = yaml.safe_load(fleet.config_text())
+            for module in config["modules"].values():
+                module.update(username=t.LEAKY_USER, password_env=t.LEAKY_PASSWORD_ENV)
+            (workdir / "config.yml").write_text(yaml.safe_dump(config))
+            for flag in ((), ("--redact-names",)):
+                run = _command(tree, "diagnose", "--config.file", str(workdir / "config.yml"), t.LEAKY_SERVER, *flag,
+                               env={t.LEAKY_PASSWORD_ENV: t.LEAKY_PASSWORD})
+                report = run["stdout"].partition("## 5.")[0].lower()  # the key: value lines, before the raw output
+                leaked = sorted(n for n, f in forms.items() if any(v.lower() in report for v in shown(f)))
+                found["redact_names" if flag else "plain"] = {"forms_printed": f"{len(leaked)} of {len(forms)}",
+                                                              "which": leaked}
+        return found
+
+    return _before_and_after("diagnose_password_forms", measure)
+
+
+def debug_log_tokens() -> dict:
+    """22.13: `poll --log.level debug` over NTLM: NTLM messages (base64) and library DEBUG records in the log."""
+    from tests.conftest import PASSWORD as TEST_PASSWORD, PASSWORD_ENV as TEST_PASSWORD_ENV  # noqa: PLC0415
+    from tests.conftest import SimulatedFleet, relocate  # noqa: PLC0415
+
+    def measure(tree: Path) -> dict:
+        scenario = relocate({"servers": [{"name": "EX-TOKENS", "address": "127.0.0.1", "build": "15.2.2562.53"}]})
+        with SimulatedFleet(scenario) as fleet, _workdir() as work:
+            workdir = Path(work)
+            (workdir / "config.yml").write_text(fleet.config_text())
+            run = _command(tree, "poll", "--config.file", str(workdir / "config.yml"), "--log.level", "debug", "EX-TOKENS",
+                           env={TEST_PASSWORD_ENV: TEST_PASSWORD})
+        log = run["stderr"]
+        return {"exit": run["exit"], "ntlm_messages_logged": log.count("TlRMTVNTUA"),
+                "library_debug_records": len(re.findall(r"level=DEBUG logger=(?:spnego|urllib3|requests_ntlm|winrm)", log))}
+
+    return _before_and_after("debug_log_tokens", measure)
+
+
+def catalog_drip_headers() -> dict:
+    """20.8: `catalog update --from URL` against a server that drips its headers a byte every 0.1 s."""
+    from tests.system.test_hostile import BUILD_LIST, ListServer  # noqa: PLC0415
+
+    def measure(tree: Path) -> dict:
+        with ListServer({"/list.csv": (200, {}, BUILD_LIST, None)}) as server, _workdir() as work:
+            run = _command(tree, "catalog", "update", "--from", f"{server.base}/list.csv", "--output",
+                           str(Path(work) / "catalog.tsv"))
+        return {"exit": run["exit"], "seconds": run["seconds"], "message": run["stderr"].strip()[-120:]}
+
+    return _before_and_after("catalog_drip_headers", measure)
+
+
+def catalog_https_downgrade() -> dict:
+    """20.9: an https list URL that redirects to http: is the list written, and which URL does the output name?"""
+    from tests.system.test_hostile import BUILD_LIST, ListServer  # noqa: PLC0415
+
+    def measure(tree: Path) -> dict:
+        with _workdir() as work, ListServer({"/list.csv": (200, {}, BUILD_LIST, 0)}) as plain, \
+                ListServer({}, tls_dir=Path(work)) as secure:
+            workdir = Path(work)
+            secure.routes["/list.csv"] = (302, {"Location": f"{plain.base}/list.csv"}, b"", 0)
+            run = _command(tree, "catalog", "update", "--from", f"{secure.base}/list.csv", "--output",
+                           str(workdir / "catalog.tsv"), env={"SSL_CERT_FILE": str(secure.ca_file)})
+            written = (workdir / "catalog.tsv").exists()
+        return {"exit": run["exit"], "list_written_from_http": written,
+                "output_names_the_http_url": plain.base in run["stdout"],
+                "message": (run["stdout"] + run["stderr"]).strip()[:160]}
+
+    return _before_and_after("catalog_https_downgrade", measure)
+
+
+def catalog_file_mode() -> dict:
+    """24.16: the mode of the written catalog file: over an existing 0644 file, and a new file with umask 022."""
+    fixture = REPO / "tests" / "fixtures" / "ExchangeBuildNumbers-excerpt.csv"
+
+    def measure(tree: Path) -> dict:
+        with _workdir() as work:
+            workdir = Path(work)
+            existing = workdir / "existing.tsv"
+            existing.write_text("product\tcu\tupdate\tbuild\treleased\n")
+            existing.chmod(0o644)
+            _command(tree, "catalog", "update", "--from", str(fixture), "--output", str(existing), umask=0o022)
+            _command(tree, "catalog", "update", "--from", str(fixture), "--output", str(workdir / "new.tsv"), umask=0o022)
+            return {"over_a_0644_file": oct(existing.stat().st_mode & 0o777),
+                    "new_file_umask_022": oct((workdir / "new.tsv").stat().st_mode & 0o777)}
+
+    return _before_and_after("catalog_file_mode", measure)
+
+
+def catalog_control_characters() -> dict:
+    """24.19: a --from path with a newline and a terminal escape: does the written file still load, and do raw
+    control characters reach the terminal?"""
+    fixture = REPO / "tests" / "fixtures" / "ExchangeBuildNumbers-excerpt.csv"
+
+    def measure(tree: Path) -> dict:
+        with _workdir() as work:
+            workdir = Path(work)
+            source = workdir / "list\n\x1b[2J.csv"
+            source.write_bytes(fixture.read_bytes())
+            output = workdir / "catalog.tsv"
+            run = _command(tree, "catalog", "update", "--from", str(source), "--output", str(output))
+            try:
+                Catalog.load(output)
+                loads = True
+            except Exception as err:  # noqa: BLE001 - what fails is the figure
+                loads = f"no: {str(err)[-90:]}"
+        return {"exit": run["exit"], "written_file_loads": loads,
+                "raw_control_characters_on_terminal": sum(not c.isprintable() for c in run["stdout"].rstrip("\n"))}
+
+    return _before_and_after("catalog_control_characters", measure)
+
+
+BEFORE_AFTER = {"diagnose_password_forms": diagnose_password_forms, "debug_log_tokens": debug_log_tokens,
+                "catalog_drip_headers": catalog_drip_headers, "catalog_https_downgrade": catalog_https_downgrade,
+                "catalog_file_mode": catalog_file_mode, "catalog_control_characters": catalog_control_characters}
+
+
 def main() -> None:
     """Each attack in a fresh process: peak RSS is a high-water mark, so one attack must not inherit another's."""
     os.environ[PASSWORD_ENV] = PASSWORD
     if sys.argv[1:2] == ["--one"]:
         name = sys.argv[2]
+        if name in BEFORE_AFTER:
+            print(json.dumps(BEFORE_AFTER[name]()), flush=True)
+            os._exit(0)
         print(json.dumps(slowloris() if name == "slowloris" else server_attack(name)), flush=True)
         os._exit(0)  # the attacked poll's leftovers (a cleanup in flight) need not be waited for
-    for name in sys.argv[1:] or [*SERVER_ATTACKS, "slowloris"]:
+    for name in sys.argv[1:] or [*SERVER_ATTACKS, "slowloris", *BEFORE_AFTER]:
         subprocess.run([sys.executable, __file__, "--one", name], check=True, timeout=600)
 
 

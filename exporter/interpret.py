@@ -95,6 +95,7 @@ def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, look
         eems=eems,
         endpoints=tuple(_endpoint(e) for e in facts.endpoints if e.name in ENDPOINTS),
         collection_errors=_unique(failures),
+        stage_seconds=facts.stage_seconds,
     )
 
 
@@ -307,7 +308,7 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
     all_events = [e for e in facts.events if e.time <= latest]
     # None for a success or a 1008 that is not about fetching mitigations; EEMS repeats its texts every hour
     read = cache(fetch_error_reason)
-    fetch_reasons = [read(e.message) if e.id == ERROR_EVENT else None for e in all_events]
+    fetch_reasons = [read(e.text) if e.id == ERROR_EVENT else None for e in all_events]
     events = [e for e, reason in zip(all_events, fetch_reasons) if reason is not None or e.id in SUCCESS_EVENTS]
     records = _records(facts, now + LOG_CLOCK_SLACK)
     cycles, log_others = _cycles(records)

@@ -146,6 +146,11 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
                 labels, endpoint.duration_seconds)
         out.info("exchange_eems_endpoint_result", "Why that HTTPS GET failed (ok when it answered 200).",
                  {**labels, "reason": endpoint.reason})
+    for stage, seconds in state.stage_seconds:
+        out.add("exchange_eems_script_stage_seconds",
+                "Seconds the collection script spent in each stage on the server (Measure-Command), in its last "
+                "successful run: build, service, events (the Application log query), log, endpoint.",
+                {**server, "stage": stage}, seconds)
     for failure in state.collection_errors:
         out.add("exchange_collector_partial_failure",
                 "1 for each part of a successful poll that could not be read, with the reason class "

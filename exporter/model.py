@@ -16,7 +16,14 @@ from datetime import date, datetime
 class RawEvent:
     id: int
     time: datetime
-    message: str
+    message: str  # "" when Windows could not format it (Message null)
+    data: tuple[str, ...] = ()  # the insertion strings (EventRecord.Properties) the message is formatted from
+
+    @property
+    def text(self) -> str:
+        """What a decision may read: the message and the insertion strings, so a 1008 whose message could not
+        be formatted still says what it is about."""
+        return "\n".join((self.message, *self.data)) if self.data else self.message
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,7 @@ class RawServerFacts:
     endpoints: tuple[RawEndpoint, ...]  # empty when the optional check is off
     errors: tuple[RawError, ...]
     utc_offset_minutes: int | None = None  # the server's local time minus UTC, now (culture log times may be local)
+    stage_seconds: tuple[tuple[str, float], ...] = ()  # (stage, seconds) the script measured (Measure-Command)
 
 
 @dataclass(frozen=True)
@@ -179,6 +187,7 @@ class ServerState:
     eems: EemsHistory
     endpoints: tuple[EndpointState, ...]  # empty when the optional check is off
     collection_errors: tuple[PartialFailure, ...]
+    stage_seconds: tuple[tuple[str, float], ...] = ()  # the collection script's own time per stage on the server
 
 
 # ---------------------------------------------------------------- poll results (collectors.py, poller.py)

@@ -31,6 +31,7 @@ from exporter.windows_service import START_MODES, STATES
 
 MAX_ERRORS = 50  # collection-error strings kept; a misbehaving script must not flood the metrics page
 MAX_ERROR_CHARS = 500
+MAX_EVENT_DATA = 16  # insertion strings kept per event; an EEMS event has a few
 # Text from a server that becomes a label value: how many per list and what shape (a series each; a
 # compromised server must not be able to mint series or smuggle arbitrary text into them).
 MAX_MITIGATIONS_PER_LIST = 100
@@ -367,7 +368,8 @@ def _events(value, notes: _Notes, max_events: int) -> tuple[RawEvent, ...]:
             notes.add("parse: events: an event without id or time was skipped")
             continue
         message = notes.text(item, "message", "events.message") or ""
-        events.append(RawEvent(event_id, time, message))
+        data = tuple(_clip(text) for text in notes.strings(item.get("data"), "events.data")[:MAX_EVENT_DATA])
+        events.append(RawEvent(event_id, time, message, data))
     events.sort(key=lambda e: e.time, reverse=True)
     return tuple(events[: max(max_events, 0)])
 
@@ -406,6 +408,29 @@ def _culture(value, notes: _Notes) -> RawCulture | None:
         return None
     texts = {key: notes.text(value, key, f"culture.{key}") or "" for key in ("name", "ui", "date", "time", "am", "pm")}
     return RawCulture(texts["name"], texts["ui"], texts["date"][:40], texts["time"][:40], texts["am"][:20], texts["pm"][:20])
+
+
+SCRIPT_STAGES = ("build", "service", "events", "log", "endpoint")
+
+
+def _stages(value, notes: _Notes) -> tuple[tuple[str, float], ...]:
+    """The script's Measure-Command seconds per stage; only the known stages (they become label values), each a
+    finite number from 0 to a day."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        notes.wrong("stages", "an object")
+        return ()
+    found = []
+    for stage in SCRIPT_STAGES:
+        seconds = value.get(stage)
+        if seconds is None:
+            continue
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 86400:
+            notes.wrong(f"stages.{stage}", "seconds")
+            continue
+        found.append((stage, float(seconds)))
+    return tuple(found)
 
 
 def _utc_offset(minutes: int | None, notes: _Notes) -> int | None:
@@ -494,6 +519,7 @@ def parse_server_output(stdout: bytes, *, max_events: int = 200, max_log_bytes: 
         logs=_logs(doc.get("logs"), notes, max_log_bytes),
         endpoints=_endpoints(doc.get("endpoints"), notes),
         utc_offset_minutes=_utc_offset(notes.integer(doc, "utc_offset_minutes", "utc_offset_minutes"), notes),
+        stage_seconds=_stages(doc.get("stages"), notes),
     )
     parse_errors = [RawError("parse", "", "", "", _clip(item)) for item in notes.items]
     return RawServerFacts(**facts, errors=tuple((*script_errors, *parse_errors)[:MAX_ERRORS]))

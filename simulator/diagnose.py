@@ -122,7 +122,10 @@ def _events(server: windows.WindowsServer, now: datetime, p: dict[str, int], tex
               for error in found.errors]
     events = [{"id": e.id, "level": EVENT_LEVELS.get(e.id, INFORMATION), "time": date(e.time),
                "message": e.message[: p["MessageChars"]]} for e in found.events]
-    if server.unreadable_event and events:  # as windows.py: the event comes with NoEventMessage, and an error record
+    if server.unreadable_event == "null_message":
+        for event in events:
+            event["message"] = None
+    if server.unreadable_event == "exception" and events:  # as windows.py: the event comes with NoEventMessage, and an error record
         text = texts["format_failed"].format(id=found.events[0].id, provider=eems.PROVIDER)
         events[0]["message"] = texts["event_unreadable"]
         errors.append({"id": f"{text},Microsoft.PowerShell.Commands.GetWinEventCommand",

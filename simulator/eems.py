@@ -178,6 +178,13 @@ class Event:
     time: datetime
     message: str
 
+    @property
+    def data(self) -> tuple[str, ...]:
+        """The event's insertion strings (EventRecord.Properties), what its message is formatted from. UNCONFIRMED:
+        we assume one string, the text after "Diagnostic information: " (the whole text when there is none)."""
+        _, marker, detail = self.message.partition("Diagnostic information: ")
+        return (detail if marker else self.message,)
+
 
 @dataclass(frozen=True)
 class LogFile:

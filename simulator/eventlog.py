@@ -17,6 +17,15 @@ Windows PowerShell 5.1's Get-WinEvent answers the same question differently depe
 
 Either form reads newest first (ReverseDirection = !Oldest) and writes `NoMatchingEventsFound` when it
 returned no record at all.
+
+What a query costs (`application_log_events`): the Event Log service evaluates the XPath filter record by record
+(a structured query has no index; CSS-Exchange measured about 3 minutes per Exchange server for a
+provider-filtered scan of the Application log, microsoft/CSS-Exchange#47). A filter on provider and time cannot
+stop at the window's start, so it reads the whole log; the collection script's query also lets through every
+record older than the window and stops at the first one (`Select-Object -First 1` stops Get-WinEvent upstream),
+so it reads the window's records and one more. Only records handed to PowerShell are formatted. The cost per
+record and the log's rate are OUR GUESSES (no Windows measurement here), chosen so that a full scan of a few
+million records takes minutes, as CSS-Exchange saw.
 """
 
 from __future__ import annotations
@@ -29,9 +38,13 @@ from . import eems
 
 HASHTABLE = "hashtable"
 XPATH = "xpath"
+BOUNDED = "bounded"  # -FilterXPath that also lets the first record older than the window through, and stops there
+SCAN_SECONDS_PER_RECORD = 30e-6  # guess: 6 million records in 3 minutes
+RECORDS_PER_HOUR = 500  # guess: a busy Exchange server's Application log
 
 _HASHTABLE = re.compile(r"Get-WinEvent\s+-FilterHashtable\b", re.IGNORECASE)
 _XPATH = re.compile(r"Get-WinEvent\s+-LogName\s+'?Application'?\s+-FilterXPath\b", re.IGNORECASE)
+_STOPS_AT_WINDOW = re.compile(r"timediff\(@SystemTime\)\s*>\s*\$", re.IGNORECASE)
 _COMMAND = "Microsoft.PowerShell.Commands.GetWinEventCommand"
 
 
@@ -49,6 +62,11 @@ class EventQueryError:
 class EventAnswer:
     events: list[eems.Event]
     errors: list[EventQueryError]
+    scanned: int = 0  # Application log records the Event Log service read for the query
+
+    @property
+    def seconds(self) -> float:
+        return self.scanned * SCAN_SECONDS_PER_RECORD
 
 
 NO_EVENTS = EventQueryError("no_events", f"NoMatchingEventsFound,{_COMMAND}", "ObjectNotFound", "System.Exception")
@@ -62,18 +80,35 @@ UNAUTHORIZED = EventQueryError("unauthorized", f"System.UnauthorizedAccessExcept
 def query_form(script: str) -> str | None:
     """Which Get-WinEvent parameter set the script uses for the EEMS events; None when it asks none."""
     if _XPATH.search(script):
-        return XPATH
+        return BOUNDED if _STOPS_AT_WINDOW.search(script) else XPATH
     if _HASHTABLE.search(script):
         return HASHTABLE
     return None
 
 
+def scanned(form: str, log_records: int | None, lookback: timedelta) -> int:
+    """How many records the query reads in a log of `log_records` (None: not modelled, nothing)."""
+    if not log_records:
+        return 0
+    if form == BOUNDED:
+        return min(log_records, int(RECORDS_PER_HOUR * lookback.total_seconds() / 3600) + 1)
+    return log_records
+
+
 def answer(form: str, setup: eems.EemsSetup | None, *, denied: bool, has_events: bool, now: datetime,
-           lookback: timedelta, max_events: int) -> EventAnswer:
-    """The EEMS events (newest first, at most `max_events`) and the error records the query gives."""
+           lookback: timedelta, max_events: int, log_records: int | None = None) -> EventAnswer:
+    """The EEMS events (newest first, at most `max_events`), the error records the query gives, and its cost."""
     if denied:
         return EventAnswer([], [NO_EVENTS if form == HASHTABLE else UNAUTHORIZED])
+    cost = scanned(form, log_records, lookback)
     if setup is None:  # the provider is not registered
-        return EventAnswer([], [NO_PROVIDER, NOT_OVERLAPPING] if form == HASHTABLE else [NO_EVENTS])
+        return EventAnswer([], [NO_PROVIDER, NOT_OVERLAPPING] if form == HASHTABLE else _nothing(form, log_records, lookback), cost)
     found = eems.events(setup, now, lookback, max_events) if has_events else []
-    return EventAnswer(found, [] if found else [NO_EVENTS])
+    return EventAnswer(found, [] if found else _nothing(form, log_records, lookback), cost)
+
+
+def _nothing(form: str, log_records: int | None, lookback: timedelta) -> list[EventQueryError]:
+    """No EEMS event: "no events", unless the query let a record older than the window through (returned, so no
+    NoMatchingEventsFound; the script drops it). A log not modelled is taken to reach back past the window."""
+    older = log_records is None or log_records > RECORDS_PER_HOUR * lookback.total_seconds() / 3600
+    return [] if form == BOUNDED and older else [NO_EVENTS]

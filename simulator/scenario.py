@@ -49,7 +49,7 @@ _SERVER_KEYS = (
     "data_collection_enabled", "internet_web_proxy", "eems_failure", "endpoint_status", "log_file", "events",
     "success_events", "build_source", "output_style", "faults", "output_faults", "locale", "account", "unreadable",
     "unreadable_event", "winhttp_proxy", "endpoint_failure", "non_fetch_errors", "log_other_errors", "log_rotation", "log_encoding", "log_time", "log_header",
-    "log_time_zone", "log_last_write", "log_other_file",
+    "log_time_zone", "log_last_write", "log_other_file", "application_log_events",
     *_HOST_KEYS,
 )
 
@@ -357,8 +357,10 @@ def _server(raw: Any, key: str, defaults: dict[str, Any], domain: str, anchor: d
         locale=locale,
         utc_offset=zone,
         log_other_file=_bool(s.get("log_other_file", False), f"{key}.log_other_file"),
+        application_log_events=_int(s["application_log_events"], f"{key}.application_log_events", 0, 100_000_000)
+        if "application_log_events" in s else None,
         denied=denied,
-        unreadable_event=_bool(s.get("unreadable_event", False), f"{key}.unreadable_event"),
+        unreadable_event=_unreadable_event(s.get("unreadable_event", False), f"{key}.unreadable_event"),
         winhttp_proxy=_string(winhttp["proxy"], f"{key}.winhttp_proxy.proxy") if winhttp else None,
         winhttp_proxy_answers=_endpoint_status(winhttp.get("answers", 200), f"{key}.winhttp_proxy.answers"),
         endpoint_failure=_choice(s["endpoint_failure"], f"{key}.endpoint_failure", tuple(ENDPOINT_FAILURES))
@@ -406,6 +408,17 @@ def _faults(raw: Any, key: str) -> Faults:
         unauthorized=_bool(f.get("unauthorized", False), f"{key}.unauthorized"),
         fault_code=_int(f["fault_code"], f"{key}.fault_code", 1, 2**32 - 1) if f.get("fault_code") is not None else None,
     )
+
+
+def _unreadable_event(value: Any, key: str) -> str | None:
+    """false | true (the newest event's text cannot be formatted: an exception) | null_message (no text, no error)."""
+    if value is False:
+        return None
+    if value is True:
+        return "exception"
+    if value == "null_message":
+        return "null_message"
+    raise ScenarioError(key, f"expected false, true or null_message, got {_kind(value)}")
 
 
 def _utc_offset(value: Any, key: str) -> timedelta:

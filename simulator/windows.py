@@ -48,6 +48,10 @@ ENDPOINT_FAILURES = {
 }
 DENIABLE = ("service", "events", "log")
 
+# The collection script times its stages (issue 17, R5).
+_MEASURES_STAGES = re.compile(r"\$r\.stages\.\w+=\(Measure-Command\b")
+# The collection script sends each event's insertion strings (issue 17, R6).
+_READS_INSERTION_STRINGS = re.compile(r"\$_\.Properties\b")
 # The collection script treats an empty FileVersion as a failure (issue 17, R7).
 _EMPTY_VERSION_THROWS = re.compile(r"if\(!\$r\.exsetup_version\)\{throw\b")
 
@@ -100,7 +104,8 @@ class WindowsServer:
     output: OutputFaults
     locale: str = "en-US"
     denied: tuple[str, ...] = ()  # what the monitoring account may not read: service, events, log
-    unreadable_event: bool = False  # the newest event cannot be formatted
+    unreadable_event: str | None = None  # "exception": the newest event cannot be formatted (an error record);
+    # "null_message": no event's text can be formatted (message file or locale missing), no error
     winhttp_proxy: str | None = None  # netsh winhttp proxy the endpoint check goes through
     winhttp_proxy_answers: int = 200  # what that proxy answers the monitoring account (407: needs auth)
     endpoint_failure: str | None = None  # a key of ENDPOINT_FAILURES: how the endpoint check fails
@@ -108,6 +113,7 @@ class WindowsServer:
     version_style: str = "padded"
     utc_offset: timedelta = timedelta(0)  # the server's time zone (log_time_zone): local time minus UTC
     log_other_file: bool = False  # the log folder also holds a non-log file, rewritten at every check
+    application_log_events: int | None = None  # records in the Application log; None: its size is not modelled
 
 
 @dataclass(frozen=True)
@@ -192,7 +198,8 @@ class WindowsHost:
             params = _parse_parameters(lines[1] if len(lines) > 1 else "")
             if isinstance(params, str):
                 return self._finish(None, _clixml_errors(params.split("\r\n")), 1, 0.0)
-            return self._finish(self._server_json(params, script), b"", 0, 0.3)
+            document, query_seconds = self._server_json(params, script)
+            return self._finish(document, b"", 0, 0.3, query_seconds)
         if lines[0] == ORGANIZATION_MARKER:
             return self._finish(self._organization_json(), b"", 0, 2.0)
         if lines[0] == diagnose.MARKER:
@@ -206,9 +213,11 @@ class WindowsHost:
         word = first.split()[0].split(";")[0]
         return CommandOutput([], _clixml_errors(_not_recognized(word, first)), 1)
 
-    def _finish(self, document: Any, stderr: bytes, exit_code: int, default_runtime: float) -> CommandOutput:
+    def _finish(self, document: Any, stderr: bytes, exit_code: int, default_runtime: float,
+                query_seconds: float = 0.0) -> CommandOutput:
+        """The command's output; it stays Running for the script's own time plus what its event query costs."""
         faults = self.server.output
-        runtime = faults.script_runtime if faults.script_runtime is not None else default_runtime
+        runtime = (faults.script_runtime if faults.script_runtime is not None else default_runtime) + query_seconds
         with self._lock:
             cold, self._cold = self._cold, False
         if cold and not stderr:
@@ -227,7 +236,7 @@ class WindowsHost:
         chunks = [out[i : i + STDOUT_CHUNK] for i in range(0, len(out), STDOUT_CHUNK)]
         return CommandOutput(chunks, stderr, faults.exit_code or exit_code, runtime)
 
-    def _server_json(self, p: dict[str, Any], script: str) -> dict[str, Any]:
+    def _server_json(self, p: dict[str, Any], script: str) -> tuple[dict[str, Any], float]:
         """What collect_server.ps1 prints on this server, errors as Windows PowerShell 5.1 raises them for the
         queries this script sends."""
         s, now = self.server, self.clock.now()
@@ -251,7 +260,7 @@ class WindowsHost:
         service_key = service = None
         if s.service_status is None:
             key = "HKLM:\\SYSTEM\\CurrentControlSet\\Services\\MSExchangeMitigation"
-            errors.append(_error("service_key", "PathNotFound,Microsoft.PowerShell.Commands.GetItemCommand", "ObjectNotFound",
+            errors.append(_error("service_key", "PathNotFound,Microsoft.PowerShell.Commands.GetItemPropertyCommand", "ObjectNotFound",
                                  "System.Management.Automation.ItemNotFoundException", texts["path_not_found"].format(path=key)))
         else:
             service_key = {"start": START_TYPES.index(s.service_start_type)}
@@ -264,7 +273,7 @@ class WindowsHost:
             service = {"status": SERVICE_STATUS.index(s.service_status) + 1, "start_type": START_TYPES.index(s.service_start_type)}
         else:
             service = {"status": s.service_status, "start_type": s.service_start_type}
-        events = self._events(p, now, texts, errors, eventlog.query_form(script))
+        events, query_seconds = self._events(p, now, texts, errors, eventlog.query_form(script), script)
         folder, logs = self._logs(p, now, texts, install, errors, script)
         document: dict[str, Any] = {
             "schema": 1,
@@ -283,29 +292,44 @@ class WindowsHost:
             "logs": self._array(logs),
             "errors": self._array(errors),
         }
+        endpoints = self._endpoints() if p["CheckEndpoint"] else []
         if p["CheckEndpoint"]:
-            document["endpoints"] = self._array(self._endpoints())
-        return document
+            document["endpoints"] = self._array(endpoints)
+        if _MEASURES_STAGES.search(script):
+            # Measure-Command around each stage; the simulated ones take what the simulator waits, the endpoint
+            # check its requests' durations
+            document["stages"] = {"build": 0.012, "service": 0.021, "events": round(0.05 + query_seconds, 6),
+                                  "log": 0.034, "endpoint": sum(e["ms"] for e in endpoints) / 1000}
+        return document, query_seconds
 
     def _events(self, p: dict[str, Any], now: datetime, texts: dict[str, Any], errors: list,
-                form: str | None) -> list[dict[str, Any]]:
+                form: str | None, script: str = "") -> tuple[list[dict[str, Any]], float]:
+        """The events the script prints, and the seconds its query took."""
         s = self.server
         if form is None:
-            return []
+            return [], 0.0
         found = eventlog.answer(form, s.eems, denied="events" in s.denied, has_events=s.events, now=now,
-                                lookback=timedelta(hours=p["LookbackHours"]), max_events=p["MaxEvents"])
+                                lookback=timedelta(hours=p["LookbackHours"]), max_events=p["MaxEvents"],
+                                log_records=s.application_log_events)
         for error in found.errors:
             errors.append(_error("events", error.error_id, error.category, error.exception,
                                  texts[error.key].format(provider=eems.PROVIDER)))
-        events = [{"id": e.id, "time": self._date(e.time), "message": e.message} for e in found.events]
-        if s.unreadable_event and events:
+        with_data = _READS_INSERTION_STRINGS.search(script or "") is not None
+        events = []
+        for e in found.events:
+            event: dict[str, Any] = {"id": e.id, "time": self._date(e.time),
+                                     "message": None if s.unreadable_event == "null_message" else e.message}
+            if with_data:
+                event["data"] = list(e.data)
+            events.append(event)
+        if s.unreadable_event == "exception" and events:
             # FormatDescription failed: Get-WinEvent still writes the event, with NoEventMessage, and an error
             # whose id is the exception's (localized) message (GetEventCommand.cs ReadEvents)
             text = texts["format_failed"].format(id=found.events[0].id, provider=eems.PROVIDER)
             events[0]["message"] = texts["event_unreadable"]
             errors.append(_error("events", f"{text},Microsoft.PowerShell.Commands.GetWinEventCommand", "NotSpecified",
                                  "System.Diagnostics.Eventing.Reader.EventLogException", text))
-        return events
+        return events, found.seconds
 
     def _logs(self, p: dict[str, Any], now: datetime, texts: dict[str, Any], install: str, errors: list,
               script: str) -> tuple[bool, list]:

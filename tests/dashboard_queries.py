@@ -39,6 +39,8 @@ def panels(dashboard: dict) -> list[dict]:
 def substitute(expr: str) -> str:
     def value(match: re.Match) -> str:
         name = match.group(1) or match.group(2)
+        if name.isdigit():  # label_replace's "$1": no variable has that name, so Grafana leaves it as it is
+            return match.group(0)
         if name not in SUBSTITUTIONS:
             raise KeyError(f"unknown dashboard variable ${name} in: {expr}")
         return SUBSTITUTIONS[name]

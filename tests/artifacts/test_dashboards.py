@@ -127,3 +127,45 @@ def test_every_query_parses_as_promql(tmp_path):
     result = subprocess.run([promtool, "check", "rules", str(rule_file)], capture_output=True, text=True, timeout=60)
     where = "\n".join(f"{i}: {d} / {t}" for i, (d, t, _) in enumerate(queries))
     assert result.returncode == 0, result.stdout + result.stderr + "\n" + where
+
+
+# ------------------------------------------------------------------ dashboards that lead somewhere
+
+
+def _override_links(panel: dict, column: str) -> list[dict]:
+    for override in panel["fieldConfig"]["overrides"]:
+        if override["matcher"] == {"id": "byName", "options": column}:
+            return next(p["value"] for p in override["properties"] if p["id"] == "links")
+    return []
+
+
+def test_each_server_in_the_fleet_table_links_to_its_detail_keeping_the_time_range():
+    directory = dashboard_files()[0].parent
+    fleet, detail = load(directory / "fleet-overview.json"), load(directory / "server-detail.json")
+    for title in ("Server list", "Exchange alerts firing now"):
+        table = next(p for p in panels(fleet) if p["title"] == title)
+        (link,) = _override_links(table, "Server")
+        url = link["url"]
+        assert url.startswith(f"/d/{detail['uid']}/"), url
+        assert "${__url_time_range}" in url, "the time range is not kept"
+        assert "var-server=${__value.raw" in url and "${datasource:queryparam}" in url, url
+        # Every variable the link sets exists on the detail dashboard, and the column it reads exists in the table.
+        assert {"server", "job", "datasource"} <= set(variables(detail))
+        columns = set(next(t for t in table["transformations"] if t["id"] == "organize")["options"]["renameByName"]
+                      .values())
+        assert {"Server", "Job"} <= columns and "${__data.fields.Job" in url
+
+
+def test_firing_alerts_panel_links_every_alert_to_its_runbook():
+    fleet = load(dashboard_files()[0].parent / "fleet-overview.json")
+    panel = next(p for p in panels(fleet) if p["title"] == "Exchange alerts firing now")
+    (target,) = panel["targets"]
+    assert 'ALERTS{alertstate="firing",alertname=~"Exchange.+"' in target["expr"]
+    (link,) = _override_links(panel, "Runbook")
+    assert link["url"] == "${runbooks}#${__value.text}"
+    override = next(o for o in panel["fieldConfig"]["overrides"] if o["matcher"]["options"] == "Runbook")
+    anchors = next(p["value"] for p in override["properties"] if p["id"] == "mappings")[0]["options"]
+    base = variables(fleet)["runbooks"]["query"]
+    rules = yaml.safe_load((Path(__file__).resolve().parents[2] / "alerts" / "exchange-eems.rules.yml").read_text())
+    urls = {r["alert"]: r["annotations"]["runbook_url"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    assert {name: f"{base}#{anchor['text']}" for name, anchor in anchors.items()} == urls

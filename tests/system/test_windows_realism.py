@@ -23,6 +23,7 @@ from exporter.catalog import Catalog
 from exporter.exporter import Exporter
 from exporter.http_server import serve
 from exporter.scripts import ServerScriptParameters, powershell_command, server_script
+from simulator.scenario import scenario_from_dict
 
 from ..conftest import SimulatedFleet, free_port, poll_all, relocate, samples
 from .test_integration import RULES, Program, binary, evaluated_after, get_json, rules_without_for, wait_until
@@ -43,10 +44,12 @@ SERVERS = [
     {"name": "DAILY-OPEN", "build": SE, "log_rotation": "daily", "log_last_write": "at_open"},
     {"name": "CULTURE-EAST", "build": SE, "locale": "de-DE", "log_time": "culture", "log_time_zone": "+01:00"},
     {"name": "EMPTY-BUILD", "build": SE, "build_source": "empty"},
+    {"name": "BIGLOG", "build": SE, "application_log_events": 3_000_000},
     {"name": "CULTURE-WEST", "build": SE, "log_time": "culture", "log_time_zone": "-05:00", "log_rotation": "daily",
      "log_last_write": "at_open"},
     {"name": "NONFETCH", "build": SE, "non_fetch_errors": True},
     {"name": "BADEVENT", "build": SE, "unreadable_event": True, "success_events": True, "log_file": "absent"},
+    {"name": "NULLTEXT", "build": "15.2.1544.36", "unreadable_event": "null_message", "log_file": "absent"},
     {"name": "PROXY407", "build": SE, "winhttp_proxy": {"proxy": "proxy.contoso.com:8080", "answers": 407}},
     {"name": "FAILING", "build": "15.2.1544.36"},
     {"name": "EP-TIMEOUT", "build": SE, "endpoint_failure": "timeout"},
@@ -98,6 +101,29 @@ def partial_failures(metrics, server: str) -> set[tuple[str, str]]:
 
 def test_every_server_is_polled(metrics):
     assert {s["name"]: value(metrics, "exchange_up", server=s["name"]) for s in SERVERS} == {s["name"]: 1 for s in SERVERS}
+
+
+def test_the_event_query_costs_the_window_not_the_log():
+    """R5: a provider and time filter is evaluated over the whole Application log (no index; CSS-Exchange saw
+    minutes per server); the script's query lets the first record older than the window through and stops there.
+    The simulator charges the records the query reads (simulator/eventlog.py)."""
+    command = powershell_command(server_script(ServerScriptParameters(24, 200, 65536, False, 10, ""))).line
+
+    def seconds(records: int) -> float:
+        scenario = scenario_from_dict({"credentials": [{"username": "u", "password": "p"}],
+                                       "servers": [{"name": "EN", "address": "127.0.0.1", "build": SE,
+                                                    "application_log_events": records}]})
+        out = scenario.hosts[0].run(command)
+        assert out.exit_code == 0
+        return out.runtime_seconds
+
+    assert seconds(5_000_000) - seconds(20_000) < 1.0
+
+
+def test_the_script_times_its_stages(metrics):
+    for stage in ("build", "service", "events", "log", "endpoint"):
+        assert value(metrics, "exchange_eems_script_stage_seconds", server="EN", stage=stage) >= 0
+    assert value(metrics, "exchange_eems_script_stage_seconds", server="BIGLOG", stage="events") > 0.3
 
 
 def test_the_server_command_needs_more_than_cmd_exe_allows():
@@ -175,6 +201,15 @@ def test_an_unformattable_event_keeps_the_others(metrics):
     assert value(metrics, "exchange_eems_last_success_timestamp_seconds", server="BADEVENT") is not None
 
 
+def test_a_1008_without_text_is_read_by_its_insertion_strings(metrics):
+    """R6: FormatDescription returns null for a missing message file or locale, with no error; the event's
+    insertion strings still say it failed to fetch mitigations."""
+    assert value(metrics, "exchange_eems_failing", server="NULLTEXT") == 1
+    assert value(metrics, "exchange_eems_last_error_info", server="NULLTEXT", reason="unknown_issuer") == 1
+    assert value(metrics, "exchange_eems_fetch_errors", server="NULLTEXT", reason="unknown_issuer") >= 20
+    assert value(metrics, "exchange_eems_other_errors", server="NULLTEXT") == 0
+
+
 def test_non_fetch_1008_is_counted_apart(metrics):
     """7: 1008 is logged for any error; only fetch errors are failed checks."""
     assert value(metrics, "exchange_eems_other_errors", server="NONFETCH") >= 3
@@ -228,6 +263,12 @@ KNOBS = {
                                               "log_last_write": "at_open"}, set(), LOG_ONLY),
     "log_other_file": ({"log_other_file": True}, set(), LOG_ONLY),
     "build_source: empty": ({"build_source": "empty"}, set(), {}),
+    # the events are the only witness of the failing twin: no log folder
+    "unreadable_event: null_message": ({"unreadable_event": "null_message", "success_events": True}, set(),
+                                       {"log_file": "absent"}),
+    "unreadable_event: true": ({"unreadable_event": True, "success_events": True}, set(), {"log_file": "absent"}),
+    # three million records: about 90 s for a query that reads them all, beyond the poll's timeout
+    "application_log_events": ({"application_log_events": 3_000_000}, set(), {}),
 }
 
 

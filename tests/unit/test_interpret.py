@@ -172,7 +172,7 @@ def test_no_events_in_any_language_is_not_a_failure(catalog, message):
 
 
 def test_edge_and_pre_eems_builds_have_no_events_and_no_log_folder_without_failures(catalog):
-    absent = (error("service_key", "PathNotFound,Microsoft.PowerShell.Commands.GetItemCommand"),
+    absent = (error("service_key", "PathNotFound,Microsoft.PowerShell.Commands.GetItemPropertyCommand"),
               error("service", "NoServiceFoundForGivenName,Microsoft.PowerShell.Commands.GetServiceCommand"),
               error("events", f"NoMatchingEventsFound,{GETWINEVENT}"))
     no_service = dict(service_queried=False, service_key_start=None, service_status=None, service_start_type=None,
@@ -319,6 +319,15 @@ def test_a_log_problem_not_about_fetching_is_counted_apart(catalog):
     failed = cycles + [stamp(at(0, 5), FETCH_LINE), stamp(at(0, 4), UNTRUSTED_LINE), stamp(at(0, 3), BLOCKED_LINE)]
     eems = interpret(facts(tail="\n".join(failed)), catalog).eems
     assert (eems.last_error, eems.last_error_reason, eems.log_other_errors) == (at(0, 4), "untrusted_endpoint", 5)
+
+
+def test_a_1008_without_a_message_is_read_by_its_insertion_strings(catalog):
+    """R6: Get-WinEvent sets Message to null, with no error, when the text cannot be formatted."""
+    detail = JUNE_2026_1008
+    events = [RawEvent(1008, at(0.5), "", (detail,)), RawEvent(1008, at(1.5), "", (detail,))]
+    eems = interpret(facts(events), catalog).eems
+    assert (eems.failing, eems.last_error_reason, eems.fetch_errors["unknown_issuer"], eems.other_errors) == (
+        True, "unknown_issuer", 2, 0)
 
 
 def test_failing_needs_the_two_newest_checks_to_fail(catalog):

@@ -108,6 +108,13 @@ def test_events_without_id_or_time_are_skipped_with_a_note():
     assert any("events: expected objects" in e.message for e in facts.errors)
 
 
+def test_event_insertion_strings_are_kept_bounded():
+    data = ["x" * 900] + [str(i) for i in range(40)]
+    facts = parse_server_output(server(events=[{"id": 1008, "time": f"/Date({NOW_MS})/", "message": None, "data": data}]))
+    (event,) = facts.events
+    assert event.message == "" and len(event.data) == 16 and len(event.data[0]) == 500 and event.data[1] == "0"
+
+
 def test_log_tail_longer_than_bound_keeps_the_last_bytes():
     tail = "é" * 10 + "x" * 100 + "END"
     facts = parse_server_output(server(logs=[{"name": "a.LOG", "last_write": None, "tail": tail}]), max_log_bytes=50)

@@ -80,7 +80,7 @@ def test_server_script_does_not_hide_service_errors():
 
 def test_server_script_keeps_good_events_when_one_cannot_be_read():
     """Under $ErrorActionPreference='Stop' one bad event would abort the whole Get-WinEvent read."""
-    line = next(l for l in server_script(params()).splitlines() if "Get-WinEvent" in l)
+    line = next(l for l in server_script(params()).splitlines() if "Get-WinEvent -LogName" in l)
     assert "-EA SilentlyContinue -ErrorVariable" in line
 
 
