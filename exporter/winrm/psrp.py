@@ -40,9 +40,11 @@ from psrpcore.types import PSInvocationState, RunspacePoolState
 from ..config import ModuleConfig
 from ..scripts import ORGANIZATION_MARKER, SERVER_MARKER, Command
 from ..windows_endpoint import FUNCTION_NAME, VERSION_PREFIX, endpoint_version, update_command
-from . import tls, wsman
-from .client import MIN_FOLLOW_UP_SECONDS, MIN_REQUEST_SECONDS, USER_AGENT, CommandResult, authentication
-from .connection import Connection, Endpoint
+from . import wsman
+from .client import (
+    MIN_FOLLOW_UP_SECONDS, MIN_REQUEST_SECONDS, CommandResult, authentication, open_channel, without_secrets,
+)
+from .connection import Endpoint
 from .errors import OPERATION_TIMEOUT, PollFailure, WSManFault, classify
 from .psrp_fragments import FragmentReader
 from .session import Channel
@@ -110,7 +112,7 @@ class PsrpConnection:
                 failure = classify(error)
                 if failure.reason != "rbac_denied":
                     self._drop_pool(deadline)
-                raise self._without_secrets(failure) from None
+                raise without_secrets(self.module, failure) from None
             finally:
                 if not self.module.keep_runspace:
                     self._drop_pool(deadline)
@@ -309,16 +311,10 @@ class PsrpConnection:
             return self._channel
         self._close_channel()
         timeout = self._timeouts(deadline, MIN_REQUEST_SECONDS)[1]
-        context = tls.context(self.module) if self._address.scheme == "https" else None
-        connection = Connection.open(self._address, context, deadline=deadline, timeout=timeout,
-                                     max_response_bytes=self.max_response_bytes, user_agent=USER_AGENT)
-        try:
-            if self._authentication is None:
-                self._authentication = authentication(self.module, self._server_name)
-            self._channel = self._authentication.open(connection, deadline=deadline, timeout=timeout)
-        except BaseException:
-            connection.close()
-            raise
+        if self._authentication is None:
+            self._authentication = authentication(self.module, self._server_name)
+        self._channel = open_channel(self._address, self.module, self._authentication, deadline=deadline,
+                                     timeout=timeout, max_response_bytes=self.max_response_bytes)
         return self._channel
 
     def _timeouts(self, deadline: float, minimum: float) -> tuple[int, float]:
@@ -343,12 +339,6 @@ class PsrpConnection:
                                      if self._is_jea() else ""), connection_intact=True) from None
             raise
 
-    def _without_secrets(self, failure: PollFailure) -> PollFailure:
-        text = failure.message
-        for secret in self.module.secrets():
-            text = text.replace(secret, "<redacted>")
-        return failure if text == failure.message else PollFailure(failure.reason, text,
-                                                                    connection_intact=failure.connection_intact)
 
 
 # ---------------------------------------------------------------- reading scripts and objects

@@ -12,7 +12,6 @@ import dataclasses
 import struct
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
