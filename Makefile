@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 KERBEROS_STAMP := $(VENV)/.installed-kerberos
 KERBEROS_PACKAGES := krb5-kdc krb5-admin-server libkrb5-dev
 
-.PHONY: demo demo-kerberos demo-psrp demo-stack dist test bench soak lint install system-deps kerberos-deps clean rules lock
+.PHONY: demo demo-kerberos demo-psrp demo-stack dist test check bench soak lint install system-deps kerberos-deps clean rules lock
 
 $(STAMP): pyproject.toml simulator/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -79,8 +79,17 @@ dist: $(STAMP)
 	$(BIN)/python -m build --no-isolation --sdist --wheel --outdir $(DIST) .
 	$(BIN)/twine check --strict $(DIST)/*
 
+# Two worker processes, each taking whole test files (a module's fixture, such as a Prometheus and Alertmanager
+# stack, starts once): the suite mostly waits on sockets, deadlines and other programs, so two workers halve it
+# on two cores. PYTEST_WORKERS= runs it in one process.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
+
 test: system-deps $(STAMP) $(KERBEROS_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS)
+
+# The fast loop while you work: the unit tests, the PowerShell grammar checks among them. `make test` runs all.
+check: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) tests/unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)

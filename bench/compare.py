@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
-FIGURES = ("cpu_seconds_per_poll", "cycle_ratio", "first_cycle_cpu_seconds_per_poll", "simulator_cpu_seconds_per_poll")
+FIGURES = ("cpu_seconds_per_poll", "cycle_ratio", "first_cycle_cpu_seconds_per_poll", "second_cycle_cpu_seconds_per_poll",
+           "simulator_cpu_seconds_per_poll")
 
 
 def run_bench(checkout: Path, bench_args: list[str]) -> dict:

@@ -51,6 +51,9 @@ SERVER_ATTACKS = {  # name -> (attack, server options, limits)
     "nested_xml": ("nested_xml", {}, {"max_response_bytes": 4 << 20}),
     "bad_events": ("none", {"output": lambda _: Output(stdout=b'{"schema": 1, "events": [' + b"1," * 3_500_000
                                                        + b"1]}")}, {"max_response_bytes": 16 << 20}),
+    # issue 20 finding 1 and issue 24 finding 18 (round 2)
+    "entity_expansion": ("entity_expansion", {"output": lambda _: Output(stdout=b'{"schema": 1}')}, {}),
+    "endless_continue": ("endless_continue", {"output": lambda _: Output(stdout=b'{"schema": 1}')}, {}),
 }
 SLOWLORIS_CONNECTIONS = 1100
 SLOWLORIS = r'''

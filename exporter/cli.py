@@ -71,6 +71,23 @@ def _warn_insecure(config: Config) -> None:
                         module.name)
 
 
+def raise_open_file_limit() -> None:
+    """Raise the soft limit on open files to the hard limit, as Go's runtime does for every Go exporter: polls,
+    scrapes and kept WinRM connections need a descriptor each, and the common soft limit of 1,024 is less
+    than a fleet of a thousand servers can use (issue 22, finding 10). Before the HTTP server sizes its
+    connection cap from it."""
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as error:  # e.g. an unlimited hard limit the kernel caps lower
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, error)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .exporter import Exporter
     from .http_server import serve
@@ -78,6 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     redactor = Redactor()
     _setup_logging(args.log_level, redactor)
+    raise_open_file_limit()
     config, catalog = _load(args.config_file, args.shard)
     redactor.add(config.secrets())
     _warn_insecure(config)

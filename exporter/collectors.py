@@ -21,7 +21,7 @@ from .eems_log import classify_organization_error
 from .interpret import interpret_server
 from .model import CollectorOutcome, OrganizationResult, OrgServerInfo, RawServerFacts, ServerResult, ServerState
 from .parse import ParseError, clixml_to_text, parse_organization_output, parse_server_output
-from .targets import Target
+from .runtime import Target
 from .winrm import PollFailure, ServerConnection
 
 log = logging.getLogger(__name__)
@@ -88,13 +88,29 @@ def failed(collector: str, started: float, failure: Exception) -> CollectorOutco
                             error_reason=reason, error_message=" ".join(str(failure).split())[:300])
 
 
+# The FullyQualifiedErrorIds Windows PowerShell gives when Constrained Language Mode refuses a construct (Binders.cs,
+# invariant in every display language): AppLocker or WDAC script enforcement, not a broken script.
+CONSTRAINED_LANGUAGE_IDS = ("MethodInvocationNotSupportedInConstrainedLanguage",
+                            "PropertySetterNotSupportedInConstrainedLanguage", "CannotCreateTypeConstrainedLanguage")
+
+
 def run_script(connection: ServerConnection, script: str, deadline: float) -> bytes:
-    """The script's stdout; a non-zero exit is a `script_failed` PollFailure carrying its error text."""
+    """The script's stdout; a non-zero exit is a `script_failed` PollFailure carrying its error text, or
+    `constrained_language` when Constrained Language Mode refused it."""
     result = connection.run(scripts.powershell_command(script), deadline)
     if result.exit_code != 0:
-        detail = clixml_to_text(result.stderr).strip() or "no error text"
-        raise PollFailure("script_failed", f"PowerShell exited with code {result.exit_code}: {detail}")
+        raise script_failure(result.exit_code, result.stderr)
     return result.stdout
+
+
+def script_failure(exit_code: int, stderr: bytes) -> PollFailure:
+    """Why PowerShell exited with `exit_code`, from its error stream (the invariant error ids, never the text)."""
+    detail = clixml_to_text(stderr).strip() or "no error text"
+    refused = next((i for i in CONSTRAINED_LANGUAGE_IDS if i in detail), None)
+    if refused is not None:
+        return PollFailure("constrained_language", f"Constrained Language Mode (AppLocker/WDAC) refused the script "
+                                                   f"({refused}): {detail}")
+    return PollFailure("script_failed", f"PowerShell exited with code {exit_code}: {detail}")
 
 
 def server_script(target: Target, settings: PollConfig, known: OrgServerInfo | None) -> str:

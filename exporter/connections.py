@@ -1,4 +1,4 @@
-"""Which WinRM connection a poll uses: one per server and module, one poll of a server at a time.
+"""Which WinRM connection a poll uses, and whether it may use its credential now.
 
 A poll borrows its connection with `lease()`, which first waits (within the poll's deadline) for any other
 poll of the same server to end, so a `/probe` and a scheduled poll never overlap on one server. A
@@ -6,19 +6,39 @@ connection is made with the settings of the configuration the poll runs under; w
 discovery changes them (address, module, byte limits), the old connection is retired: taken out of the
 pool at once and closed when the last poll using it has given it back, never under a poll that is reading
 from it. A reload that leaves a server's settings alone leaves its connection alone.
+
+Every poll that reaches a server logs on with its module's credential, and a domain controller counts each
+rejected logon against the account's lockout threshold: 40 servers polled every 5 minutes with a wrong or
+expired password lock a typical account, and with it every other tool that uses it. So when servers keep
+rejecting a module's credential (`CredentialGuard`), its polls pause, with a growing back-off, and one poll
+at a time tries again; a reload that changes the module resumes them at once.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 from .config import Config, ModuleConfig
-from .targets import Target, Targets
+from .model import CollectorOutcome
+from .runtime import Target, Targets
 from .winrm import PollFailure, ServerConnection, connect
+
+log = logging.getLogger(__name__)
+
+REJECTIONS_TO_PAUSE = 3  # rejected logons in a row, by at least two servers (one alone is that server's problem)
+# At least the "Reset account lockout counter after" that Windows security baselines recommend (15 minutes,
+# learn.microsoft.com .../security-policy-settings/reset-account-lockout-counter-after): on a domain set so, the
+# rejections before a pause have left the counter when the next try comes.
+FIRST_PAUSE_SECONDS = 15 * 60
+MAX_PAUSE_SECONDS = 60 * 60  # doubling up to this: at most one rejected logon an hour once it is reached
+# Failures that say nothing about the credential: no server answered about it.
+UNTESTED = frozenset({"connection_refused", "connection_error", "tls_error", "timeout", "deadline_exceeded",
+                      "http_error", "not_found", "internal_error", "kdc_unreachable", "spn_unknown", "clock_skew"})
 
 
 @dataclass(frozen=True)
@@ -48,31 +68,47 @@ class _Entry:
         self.retired = False
 
 
+class Lease:
+    """A poll's hold on its server's connection; the poll reports its outcome, which the credential guard reads."""
+
+    def __init__(self, connection: ServerConnection):
+        self.connection = connection
+        self.outcome: CollectorOutcome | None = None
+
+    def report(self, outcome: CollectorOutcome) -> None:
+        self.outcome = outcome
+
+
 class Connections:
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
+        """`now`: the poller's clock, for how long a credential stays paused."""
         self._lock = threading.Lock()
         self._pool: dict[tuple[str, str], _Entry] = {}
         self._server_locks: dict[str, threading.Lock] = {}
+        self.credentials = CredentialGuard(now)
 
     @contextmanager
-    def lease(self, target: Target, module_name: str, config: Config, deadline: float) -> Iterator[ServerConnection]:
+    def lease(self, target: Target, module_name: str, config: Config, deadline: float) -> Iterator[Lease]:
         """The connection for polling `target` with `module_name`, held by this poll alone among the polls of
-        that server until the block ends. Raises PollFailure when another poll of the server holds it past
-        `deadline` (monotonic)."""
+        that server until the block ends. Raises PollFailure when the module's credential is paused
+        (`credential_paused`), or when another poll of the server holds it past `deadline` (monotonic)."""
+        settings = _settings(target, module_name, config)
+        if settings is None:
+            raise PollFailure("not_found", f"module {module_name[:64]!r} is not configured")
         key = target.name.lower()
         with self._lock:
             server_lock = self._server_locks.setdefault(key, threading.Lock())
         if not server_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise PollFailure("deadline_exceeded", "another poll of this server ran for the whole budget")
         try:
-            settings = _settings(target, module_name, config)
-            if settings is None:
-                raise PollFailure("not_found", f"module {module_name[:64]!r} is not configured")
+            trial = self.credentials.admit(settings.module)
             entry = self._borrow((key, module_name), settings)
+            lease = Lease(entry.connection)
             try:
-                yield entry.connection
+                yield lease
             finally:
                 self._give_back(entry)
+                self.credentials.settle(settings.module, target.name, lease.outcome, trial=trial)
         finally:
             server_lock.release()
 
@@ -131,3 +167,82 @@ class Connections:
         for connection in to_close:
             if connection is not None:
                 connection.close()
+
+
+@dataclass
+class _Credential:
+    module: ModuleConfig  # the settings this is about: a reload that changes them starts afresh
+    rejections: int = 0  # rejected logons in a row
+    rejecting: set[str] = field(default_factory=set)  # the servers that rejected them
+    paused_until: float | None = None  # set while paused, and until a poll after the pause succeeds
+    pauses: int = 0  # in a row: the next pause is twice as long
+    trial: bool = False  # the one poll let through after a pause is running
+
+
+class CredentialGuard:
+    """Keeps a rejected credential from locking its account out: pause, then one try per growing back-off."""
+
+    def __init__(self, now: Callable[[], float]):
+        self._now = now
+        self._lock = threading.Lock()
+        self._modules: dict[str, _Credential] = {}
+
+    def _state(self, module: ModuleConfig) -> _Credential:
+        state = self._modules.get(module.name)
+        if state is None or state.module != module:
+            if state is not None and state.paused_until is not None:
+                log.info("module %s changed: its polls resume", module.name)
+            state = self._modules[module.name] = _Credential(module)
+        return state
+
+    def admit(self, module: ModuleConfig) -> bool:
+        """Let a poll use `module`'s credential (True: it is the one that tries again after a pause), or raise
+        `credential_paused`: while the pause lasts, and after it while the one poll that tries again is out."""
+        with self._lock:
+            state = self._state(module)
+            if state.paused_until is None:
+                return False
+            now = self._now()
+            if now >= state.paused_until and not state.trial:
+                state.trial = True
+                return True
+            wait = f"for another {max(0, round((state.paused_until - now) / 60))} min" if now < state.paused_until \
+                else "while one poll tries it again"
+        raise PollFailure("credential_paused", f"servers rejected module {module.name}'s credential {state.rejections} "
+                                               f"times in a row; its polls are paused {wait} so that the account is "
+                                               f"not locked out")
+
+    def settle(self, module: ModuleConfig, server: str, outcome: CollectorOutcome | None, *, trial: bool) -> None:
+        """Count how a poll that was let through fared with the credential (None: it ended without an outcome)."""
+        reason = None if outcome is None or outcome.success else outcome.error_reason
+        with self._lock:
+            state = self._modules.get(module.name)
+            if state is None or state.module != module:
+                return  # a reload changed the module while this poll ran: it tells nothing about the new one
+            if trial:
+                state.trial = False
+            if outcome is None or reason in UNTESTED:
+                return  # nothing learnt (after a pause: the next poll tries)
+            if reason != "auth_failed":  # a success, or a failure after the logon: the credential works
+                if state.paused_until is not None:
+                    log.info("module %s: %s accepted the credential again; its polls resume", module.name, server)
+                self._modules[module.name] = _Credential(module)
+                return
+            state.rejections += 1
+            state.rejecting.add(server.lower())
+            if trial or (state.paused_until is None and state.rejections >= REJECTIONS_TO_PAUSE
+                         and len(state.rejecting) >= 2):
+                seconds = min(MAX_PAUSE_SECONDS, FIRST_PAUSE_SECONDS * 2 ** state.pauses)
+                state.pauses += 1
+                state.paused_until = self._now() + seconds
+                log.error("module %s: servers rejected its credential %d times in a row (%d servers, last %s); "
+                          "its polls pause for %d min so that the account is not locked out (reload with a new "
+                          "credential to resume at once)", module.name, state.rejections, len(state.rejecting),
+                          server, seconds // 60)
+
+    def paused(self, modules: dict[str, ModuleConfig]) -> set[str]:
+        """Which of `modules` (the current ones) have their polls paused (also while one poll tries again); a
+        module that a reload changed is not paused any more."""
+        with self._lock:
+            return {name for name, state in self._modules.items()
+                    if state.paused_until is not None and modules.get(name) == state.module}

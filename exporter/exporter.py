@@ -16,8 +16,7 @@ from .metrics import SelfStatus
 from .model import OrganizationResult, ServerResult
 from .poller import Clock, Poller
 from .redact import Redactor
-from .runtime import SafeRuntime
-from .targets import Target
+from .runtime import SafeRuntime, Target
 
 
 class Exporter:
@@ -32,11 +31,13 @@ class Exporter:
 
     def _self_status(self) -> SelfStatus:
         current = self.runtime.current()
+        paused = self.poller.connections.credentials.paused(current.config.modules)
         return SelfStatus(
             catalog_newest_release=current.catalog.newest_release,
             poll_interval_seconds=current.config.poll.interval,
             last_reload_successful=self.runtime.last_reload_successful,
             last_reload_timestamp=self.runtime.last_reload_timestamp,
+            credential_paused={name: name in paused for name in current.config.modules},
         )
 
     # ------------------------------------------------------------ what the handlers read

@@ -262,7 +262,8 @@ def _log_section(report: Report, doc: dict, culture: RawCulture | None) -> None:
     files = [f for f in _as_list(doc.get("log_files")) if isinstance(f, dict)]
     for index, entry in enumerate(files, start=1):
         report.add(f"log.files.{index}", f"{entry.get('name')}  {entry.get('length')} bytes  "
-                   f"last write {_show(parse_ps_date(entry.get('last_write')))}")
+                   f"last write {_show(parse_ps_date(entry.get('last_write')))} (directory entry), "
+                   f"{_show(parse_ps_date(entry.get('file_last_write')))} (the file)")
     report.add("log.naming", _log_naming([str(f.get("name")) for f in files]))
     writes = sorted(t for t in (parse_ps_date(f.get("last_write")) for f in files) if t is not None)
     gaps = [(b - a).total_seconds() for a, b in zip(writes, writes[1:])]
@@ -297,10 +298,13 @@ def _events_section(report: Report, doc: dict) -> None:
                    f"min {_duration(min(gaps))}, max {_duration(max(gaps))}" if gaps else "one event")
         report.add(f"{key}.levels", ", ".join(sorted({EVENT_LEVELS.get(e.get("level"), str(e.get("level")))
                                                        for e in events})))
-        texts = Counter(e.get("message") for e in events)
+        texts = Counter(e.get("message") or None for e in events)
         report.add(f"{key}.without_text", texts.pop(None, 0))
         for index, (text, count) in enumerate(texts.most_common(TEXTS_PER_EVENT_ID), start=1):
             report.add(f"{key}.text.{index}", f"{count} x {text}")
+        data = Counter(" | ".join(map(str, _as_list(e.get("data")))) for e in events if e.get("data") is not None)
+        for index, (strings, count) in enumerate(data.most_common(TEXTS_PER_EVENT_ID), start=1):
+            report.add(f"{key}.data.{index}", f"{count} x {strings}")
 
 
 def _as_list(value: Any) -> list:
@@ -437,6 +441,8 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
         report.add("diagnose.outcome", "ok")
         report.add("os.culture", diagnose_doc.get("culture"))
         report.add("os.ui_culture", diagnose_doc.get("ui_culture"))
+        report.add("os.language_mode", diagnose_doc.get("language_mode"))
+        report.add("os.utc_offset", diagnose_doc.get("utc_offset_minutes"))
         if culture is not None:
             report.add("os.culture_patterns", f"date {culture.date_pattern}, time {culture.time_pattern}, "
                        f"AM {culture.am!r}, PM {culture.pm!r} (the poll's account)")
@@ -448,6 +454,7 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
         _log_section(report, diagnose_doc, culture)
         report.heading("4. EEMS events in the Application log")
         report.add("events.window", f"{DIAGNOSE_PARAMETERS.lookback_hours} h, at most {DIAGNOSE_PARAMETERS.max_events}")
+        report.add("events.query_seconds", diagnose_doc.get("event_query_seconds"))
         _events_section(report, diagnose_doc)
 
     report.heading("5. Raw output of the collection script (what the exporter parsed)")

@@ -49,6 +49,7 @@ FAILING_WINDOW = timedelta(hours=3)  # "failing now": the two newest checks in t
 
 ENDPOINTS = {"GetExchangeMitigations": "mitigations", "GetExchangeConfig": "flighting"}
 ACCESS_DENIED_TYPES = ("System.UnauthorizedAccessException", "System.Security.SecurityException")
+EVENT_READER_EXCEPTIONS = "System.Diagnostics.Eventing.Reader."  # EventLogException, EventLogInvalidDataException, ...
 
 
 class _Cycle(NamedTuple):
@@ -126,9 +127,15 @@ def _service_installed(facts: RawServerFacts) -> bool | None:
 
 
 def error_reason(error: RawError) -> str:
-    """access_denied | not_found | other, from the invariant parts of an error record (never its text)."""
+    """access_denied | not_found | unreadable | constrained_language | other, from the invariant parts of an error
+    record (never its text). `unreadable`: an event Get-WinEvent could not read or format (an EventLog exception
+    written while it went on with the others, GetEventCommand.cs ReadEvents): the part was read, that record not."""
+    if error.id == "ConstrainedLanguage":  # the script's own record: the endpoint check needs FullLanguage
+        return "constrained_language"
     if error.category == "PermissionDenied" or error.type in ACCESS_DENIED_TYPES or "UnauthorizedAccess" in error.id:
         return "access_denied"
+    if error.part == "events" and error.type.startswith(EVENT_READER_EXCEPTIONS):
+        return "unreadable"
     if error.category == "ObjectNotFound" or error.id.startswith(("PathNotFound", "NoMatching", "NoServiceFound")):
         return "not_found"
     return "other"

@@ -7,7 +7,7 @@ can render any snapshot. Timestamps, not ages: ages are `time() - x` in PromQL.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
 from prometheus_client.core import InfoMetricFamily, Metric
@@ -27,6 +27,7 @@ class SelfStatus:
     poll_interval_seconds: float
     last_reload_successful: bool
     last_reload_timestamp: float
+    credential_paused: dict[str, bool] = field(default_factory=dict)  # module -> its polls are paused
 
 
 def _ts(value: datetime | date | None) -> float | None:
@@ -257,3 +258,7 @@ def _self_metrics(out: _Families, self_status: SelfStatus) -> None:
             {}, 1 if self_status.last_reload_successful else 0)
     out.add("exchange_exporter_config_last_reload_success_timestamp_seconds",
             "When the configuration was last loaded successfully.", {}, self_status.last_reload_timestamp)
+    for module, paused in sorted(self_status.credential_paused.items()):
+        out.add("exchange_exporter_credential_paused", "1 while the module's polls are paused because servers kept "
+                "rejecting its credential (so that the account is not locked out).", {"module": module},
+                1 if paused else 0)

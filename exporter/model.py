@@ -162,7 +162,7 @@ class EemsHistory:
 @dataclass(frozen=True)
 class PartialFailure:
     part: str  # what could not be read: build, service, events, log, endpoint, parse
-    reason: str  # access_denied | not_found | unreadable | other
+    reason: str  # access_denied | not_found | unreadable | constrained_language | other
     message: str
 
 

@@ -81,13 +81,19 @@ def parse_ps_date(value) -> datetime | None:
         return None
 
 
+# powershell.exe writes stderr in the console's code page, which the exporter sets for the WinRS shell
+# (WINRS_CODEPAGE=437, the OEM code page): decoded as UTF-8, a localized "für" became "f\ufffdr" (review R14).
+# Every byte is a character of code page 437, so decoding cannot fail.
+STDERR_CODEPAGE = "cp437"
+
+
 def clixml_to_text(stderr: bytes) -> str:
     """The human-readable error text of a PowerShell stderr stream.
 
     CLIXML progress records are noise even in successful runs, so only `<S S="...">` stream records
     count; '' when there are none. Non-CLIXML text passes through stripped.
     """
-    text = stderr.decode("utf-8", errors="replace").lstrip("\ufeff").strip() if isinstance(stderr, bytes) else ""
+    text = stderr.removeprefix(b"\xef\xbb\xbf").decode(STDERR_CODEPAGE).strip() if isinstance(stderr, bytes) else ""
     if not text.startswith("#< CLIXML"):
         return text
     lines = [unescape(body) for body in _clixml_records(text)]

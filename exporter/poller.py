@@ -2,10 +2,11 @@
 
 The poller wires the parts: the schedule (`schedule.py`) says which job runs when, a job being one
 server's poll or the organization collector's; `connections.py` lends each poll its server's WinRM
-connection, one poll of a server at a time; the collectors (`collectors.py`) do one poll each; the
-store (`store.py`) keeps the background polls' latest results, which /metrics shows. Configuration,
-catalog and targets come from the runtime holder (`runtime.py`) at every poll; `follow()` adopts a
-reload or a discovery. Time for the schedule comes from a `Clock`, which a test replaces.
+connection, one poll of a server at a time, unless servers keep rejecting the module's credential; the
+collectors (`collectors.py`) do one poll each; the store (`store.py`) keeps the background polls' latest
+results, which /metrics shows. Configuration, catalog and targets come from the runtime holder
+(`runtime.py`) at every poll; `follow()` adopts a reload or a discovery. Time for the schedule and the
+credential pauses comes from a `Clock`, which a test replaces; a poll's own deadline is always real time.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .collectors import collect_organization, collect_server, failed, interpret_output, run_script, server_script
-from .model import OrganizationResult, RawServerFacts, ServerResult, ServerState
-from .runtime import Runtime, SafeRuntime
-from .schedule import Cadence, Schedule, offset
 from .connections import Connections
+from .model import OrganizationResult, RawServerFacts, ServerResult, ServerState
+from .runtime import Runtime, SafeRuntime, Target
+from .schedule import Cadence, Schedule, offset
 from .store import Store
-from .targets import Target
 from .winrm import PollFailure
 
 
@@ -48,11 +48,12 @@ class Job:
 class Poller:
     def __init__(self, runtime: SafeRuntime, *, clock: Clock | None = None):
         self.runtime = runtime
-        self.store = Store()
-        self.connections = Connections()
         self._clock = clock or Clock()
+        self.store = Store()
+        self.connections = Connections(self._clock.now)
         current = runtime.current()
-        self.store.follow(current.targets, current.config.organization and current.config.organization.name)
+        organization = current.config.organization
+        self.store.follow(current.targets, organization.name if organization else None)
         poll = current.config.poll
         self._wakeup = threading.Condition()
         self._schedule = Schedule(concurrency=poll.concurrency, failing_share=poll.failing_share, jitter=poll.jitter)
@@ -96,9 +97,11 @@ class Poller:
         # waiting for another poll of the same server (a probe, a scheduled poll) spends the budget too
         deadline = requested + min(timeout or config.poll.timeout, config.poll.timeout)
         try:
-            with self.connections.lease(target, module or target.module, config, deadline) as connection:
-                return collect_server(target, connection, config.poll, current.catalog, deadline,
-                                      known=self.store.known(target.name))
+            with self.connections.lease(target, module or target.module, config, deadline) as lease:
+                result = collect_server(target, lease.connection, config.poll, current.catalog, deadline,
+                                        known=self.store.known(target.name))
+                lease.report(result.outcome)
+                return result
         except PollFailure as failure:
             return ServerResult(target.name, outcome=failed("server", requested, failure))
 
@@ -111,9 +114,10 @@ class Poller:
         requested = time.monotonic()
         deadline = requested + current.config.poll.timeout
         try:
-            with self.connections.lease(target, organization.module, current.config, deadline) as connection:
-                result = collect_organization(target, connection, organization, deadline,
+            with self.connections.lease(target, organization.module, current.config, deadline) as lease:
+                result = collect_organization(target, lease.connection, organization, deadline,
                                               max_servers=current.config.limits.max_servers)
+                lease.report(result.outcome)
         except PollFailure as failure:
             result = OrganizationResult(organization.name, outcome=failed("organization", requested, failure))
         result = self.store.record_organization(result)
@@ -129,8 +133,8 @@ class Poller:
         target = self._target(current, name)
         deadline = time.monotonic() + (timeout or current.config.poll.timeout)
         script = script or server_script(target, current.config.poll, self.store.known(target.name))
-        with self.connections.lease(target, target.module, current.config, deadline) as connection:
-            return run_script(connection, script, deadline)
+        with self.connections.lease(target, target.module, current.config, deadline) as lease:
+            return run_script(lease.connection, script, deadline)
 
     def interpret(self, target: Target, stdout: bytes) -> tuple[RawServerFacts, ServerState]:
         """Parse and judge one output of the collection script, as a poll does. Raises ParseError."""
@@ -194,7 +198,10 @@ class Poller:
                 result = self.poll_organization()
             else:
                 result = self.poll_server(job.name) if self.runtime.current().targets.get(job.name) else None
-            ok = bool(result and result.outcome and result.outcome.success)
+            # a poll skipped while its credential is paused cost nothing: it keeps the job's normal cadence, so
+            # the polls resume at their usual times once the pause ends
+            ok = bool(result and result.outcome and (result.outcome.success
+                                                     or result.outcome.error_reason == "credential_paused"))
         finally:
             with self._wakeup:
                 self._schedule.done(job, ok, started)

@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import bcrypt
 
@@ -176,17 +176,19 @@ class WebConfigWatcher:
 
     _CHECK_INTERVAL_SECONDS = 1.0
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.monotonic):
+        """`clock`: monotonic seconds, for when to look at the files again (a test passes one it moves)."""
         self._path = Path(path)
+        self._clock = clock
         self._lock = threading.Lock()
         self._config = WebConfig.load(self._path)
         self._fingerprint = _fingerprint(self._config.watched_files)
-        self._last_check = time.monotonic()
+        self._last_check = clock()
         self._last_error: str | None = None
 
     def current(self) -> WebConfig:
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             if now - self._last_check < self._CHECK_INTERVAL_SECONDS:
                 return self._config
             self._last_check = now

@@ -1,4 +1,9 @@
-"""WinRM authentication as a Windows listener does it: Basic per request, NTLM per TCP connection.
+"""WinRM authentication as a Windows listener does it: Basic per request, NTLM and Kerberos per TCP connection.
+
+Which Negotiate packages a host takes is its `auth` list (`ntlm`, `kerberos`): a domain that restricts NTLM
+by policy refuses an NTLM token even from a known account. Kerberos tokens go to `kerberos.py` (MIT's
+acceptor with the fleet's keytab); its client principal (`user@REALM`) is the account whose user name
+matches, as a domain maps a ticket to its account.
 
 pyspnego's NTLM acceptor only reads passwords from the file named by the process environment variable
 NTLM_USER_FILE (lines `DOMAIN:USER:PASSWORD`). Several fleets may live in one process (tests), so this
@@ -12,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import logging
 import os
 import re
 import struct
@@ -24,10 +30,18 @@ import spnego
 import spnego.exceptions
 from spnego.channel_bindings import GssChannelBindings
 
+log = logging.getLogger(__name__)
+
 ENCRYPTED_PROTOCOL = "application/HTTP-SPNEGO-session-encrypted"
 ENCRYPTED_CONTENT_TYPE = f'multipart/encrypted;protocol="{ENCRYPTED_PROTOCOL}";boundary="Encrypted Boundary"'
 _BOUNDARY = b"--Encrypted Boundary"
 _NTLM_TYPE1 = b"NTLMSSP\x00\x01\x00\x00\x00"
+
+
+def _kerberos_token(token: bytes) -> bool:
+    from .kerberos import is_kerberos  # python-gssapi: only fleets that take Kerberos need it
+
+    return is_kerberos(token)
 
 
 class CredentialError(ValueError):
@@ -103,33 +117,49 @@ class ConnectionAuth:
     """The authentication state of one TCP connection."""
 
     def __init__(self, credentials: dict[str, str], allow_basic: bool, channel_bindings: bytes | None,
-                 certificate_user: str | None = None) -> None:
+                 certificate_user: str | None = None, *, methods: tuple[str, ...] = ("ntlm",),
+                 kerberos=None, strict_channel_binding: bool = False) -> None:
         self._credentials = {user.lower(): password for user, password in credentials.items()}
+        self._accounts = {user.rpartition("\\")[2].lower(): user for user in credentials}
         self._certificate_user = certificate_user  # CN of a client certificate the TLS layer verified
         self._allow_basic = allow_basic
+        self._channel_bindings = channel_bindings
         self._bindings = GssChannelBindings(application_data=channel_bindings) if channel_bindings else None
+        self._methods = methods
+        self._kerberos = kerberos  # kerberos.Acceptor with the fleet's keytab, when any host takes Kerberos
+        self._strict_channel_binding = strict_channel_binding
         self._context: spnego.ContextProxy | None = None
-        self.ntlm_principal: str | None = None
-        self._mechanism: str | None = None  # of the connection's completed SPNEGO context
+        self._session = None  # the completed NTLM or Kerberos context of this connection
+        self.principal: str | None = None  # who this connection authenticated as (NTLM or Kerberos)
+        self._mechanism: str | None = None  # how: ntlm | kerberos
+        self.delegated = False  # Kerberos: the client forwarded its TGT to this connection's logon
 
     @property
-    def context(self) -> spnego.ContextProxy | None:
-        """The completed NTLM context (for message encryption), if this connection authenticated with NTLM."""
-        return self._context if self.ntlm_principal else None
+    def context(self):
+        """The completed NTLM or Kerberos context (for message encryption), if this connection has one."""
+        return self._session if self.principal else None
 
     def authenticate(self, authorization: str | None, deny: bool) -> AuthResult:
         """Judge one request's Authorization header. `deny` makes even valid credentials fail (fault injection)."""
         if not authorization:
-            if self.ntlm_principal and not deny:
-                return AuthResult(principal=self.ntlm_principal, mechanism=self._mechanism)
+            if self.principal and not deny:
+                return AuthResult(principal=self.principal, mechanism=self._mechanism)
             return AuthResult()
         scheme, _, value = authorization.strip().partition(" ")
         scheme = scheme.lower()
         if scheme == "basic" and self._allow_basic:
             principal = self._check_basic(value.strip())
             return AuthResult(principal=principal, mechanism="basic") if principal and not deny else AuthResult(close=True)
-        if scheme in ("negotiate", "ntlm"):
-            return self._step_ntlm(scheme, value.strip(), deny)
+        if scheme in ("negotiate", "kerberos", "ntlm"):
+            try:
+                token = base64.b64decode(value.strip(), validate=True)
+            except binascii.Error:
+                return AuthResult(close=True)
+            if scheme != "ntlm" and self._kerberos is not None and _kerberos_token(token):
+                return self._step_kerberos(scheme, token, deny)
+            if scheme == "kerberos" or "ntlm" not in self._methods:
+                return AuthResult(close=True)  # NTLM restricted on this host, or not Kerberos under "Kerberos"
+            return self._step_ntlm(scheme, token, deny)
         if authorization.strip() == CERTIFICATE_AUTH:
             user = self._certificate_user
             known = user is not None and user.lower() in self._credentials
@@ -146,13 +176,33 @@ class ConnectionAuth:
             return None
         return user
 
-    def _step_ntlm(self, scheme: str, value: str, deny: bool) -> AuthResult:
-        try:
-            token = base64.b64decode(value, validate=True)
-        except binascii.Error:
+    def _step_kerberos(self, scheme: str, token: bytes, deny: bool) -> AuthResult:
+        """One AP-REQ in, the AP-REP out (Kerberos needs one round trip). A rejection answers 401 with MIT's
+        KRB-ERROR token when it made one, so the client can tell why (expired, skew, wrong key)."""
+        from .kerberos import KerberosRejected
+
+        self.principal, self._session, self.delegated = None, None, False
+        header_scheme = "Kerberos" if scheme == "kerberos" else "Negotiate"
+        if "kerberos" not in self._methods:
             return AuthResult(close=True)
-        if self._context is None or token.startswith(_NTLM_TYPE1) or self.ntlm_principal:
-            self.ntlm_principal = None
+        context = self._kerberos.context(self._channel_bindings)
+        try:
+            accepted = context.accept(token)
+        except KerberosRejected as rejected:
+            log.info("Kerberos token rejected: %s", rejected.reason)
+            error = f"{header_scheme} {base64.b64encode(rejected.token).decode()}" if rejected.token else None
+            return AuthResult(challenge=error, close=True)
+        account = self._accounts.get(accepted.client_principal.rpartition("@")[0].lower())
+        if deny or account is None or (self._strict_channel_binding and self._channel_bindings and not accepted.channel_bound):
+            return AuthResult(close=True)
+        self.principal, self._session, self.delegated = account, context, accepted.delegated
+        self._mechanism = "kerberos"
+        final = f"{header_scheme} {base64.b64encode(accepted.output_token).decode()}" if accepted.output_token else None
+        return AuthResult(principal=account, challenge=final, mechanism="kerberos")
+
+    def _step_ntlm(self, scheme: str, token: bytes, deny: bool) -> AuthResult:
+        if self._context is None or token.startswith(_NTLM_TYPE1) or self.principal:
+            self.principal, self._session, self.delegated = None, None, False
             self._context = spnego.server(protocol="negotiate", channel_bindings=self._bindings)
         try:
             out = self._context.step(token)
@@ -166,9 +216,7 @@ class ConnectionAuth:
         if deny or principal.lower() not in self._credentials:
             self._context = None
             return AuthResult(close=True)
-        self.ntlm_principal = principal
-        # SPNEGO's choice; pyspnego's acceptor here has NTLM only until a GSSAPI acceptor is added (Kerberos issue)
-        self._mechanism = "kerberos" if getattr(self._context, "negotiated_protocol", "") == "kerberos" else "ntlm"
+        self.principal, self._session, self._mechanism = principal, self._context, "ntlm"
         final = f"{header_scheme} {base64.b64encode(out).decode()}" if out else None
         return AuthResult(principal=principal, challenge=final, mechanism=self._mechanism)
 
@@ -199,7 +247,7 @@ def unwrap_body(context: spnego.ContextProxy, body: bytes) -> bytes:
         raise EncryptionError("bad signature length")
     try:
         plain = context.unwrap_winrm(payload[4 : 4 + header_length], payload[4 + header_length :])
-    except spnego.exceptions.SpnegoError as exc:
+    except (spnego.exceptions.SpnegoError, ValueError) as exc:  # ValueError: the Kerberos context's unwrap
         raise EncryptionError("message signature check failed") from exc
     if len(plain) != int(match.group(1)):
         raise EncryptionError("decrypted length does not match OriginalContent Length")

@@ -15,7 +15,7 @@ import struct
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import eems, eventlog, windows
+from . import eems, eventlog, language, windows
 
 MARKER = "# exchange-eems-exporter:diagnose-server:v1"
 PARAMETERS = ("LookbackHours", "MaxEvents", "MessageChars", "ListFiles", "ReadFiles", "HeadBytes", "TailBytes")
@@ -50,20 +50,23 @@ def facts(server: windows.WindowsServer, now: datetime, parameter_line: str, scr
         return p
     texts = windows.LOCALES[server.locale]
     date = lambda t: windows.PsDate(t, server.date_style)  # noqa: E731 - the shape follows the server's style
+    full = server.language_mode != language.CONSTRAINED  # the script's .NET parts run in FullLanguage only
     document: dict[str, Any] = {
         "schema": 1,
         "computer": server.name.upper(),
         "now": date(now),
+        "utc_offset_minutes": int(server.utc_offset.total_seconds() // 60),
+        "language_mode": "FullLanguage" if full else "ConstrainedLanguage",
         "culture": server.locale,
         "ui_culture": server.locale,
-        "is_admin": not server.denied,
+        "is_admin": not server.denied if full else None,
         "exsetup_version": (windows._file_version(server.build, server.version_style) if server.build_source not in ("none", "empty")
                             else "" if server.build_source == "empty" else None),
-        "winhttp_settings": base64.b64encode(winhttp_settings(server.winhttp_proxy)).decode(),
+        "winhttp_settings": base64.b64encode(winhttp_settings(server.winhttp_proxy)).decode() if full else None,
         "service": _service(server, texts),
         "service_key": _service_key(server, texts),
     }
-    document.update(_log(server, now, p, texts, date))
+    document.update(_log(server, now, p, texts, date, full))
     document.update(_events(server, now, p, texts, date, eventlog.query_form(script)))
     document["errors"] = []
     return document
@@ -93,7 +96,8 @@ def _service_key(server: windows.WindowsServer, texts: dict[str, Any]) -> dict[s
     return {"start": START_VALUES[server.service_start_type], "account": "LocalSystem"}
 
 
-def _log(server: windows.WindowsServer, now: datetime, p: dict[str, int], texts: dict[str, Any], date) -> dict[str, Any]:
+def _log(server: windows.WindowsServer, now: datetime, p: dict[str, int], texts: dict[str, Any], date,
+         full: bool) -> dict[str, Any]:
     if server.eems is None or not server.log_file:
         return {"log_folder": {"path": LOG_FOLDER, "exists": False}, "log_files": []}
     if "log" in server.denied:
@@ -103,8 +107,10 @@ def _log(server: windows.WindowsServer, now: datetime, p: dict[str, int], texts:
     files = eems.log_files(server.eems, now, server.eems.running_from, limit=RETAINED_FILES)
     listed = []
     for index, log in enumerate(files[: p["ListFiles"]]):
-        entry: dict[str, Any] = {"name": log.name, "length": len(log.content), "last_write": date(log.last_write)}
-        if index < p["ReadFiles"]:
+        # the directory entry's write time and the file's own: the same here (both lag an open file, at_open)
+        entry: dict[str, Any] = {"name": log.name, "length": len(log.content), "last_write": date(log.last_write),
+                                 "file_last_write": date(log.last_write)}
+        if index < p["ReadFiles"] and full:
             entry["stream_length"] = len(log.content)
             entry["head"] = base64.b64encode(log.content[: p["HeadBytes"]]).decode()
             entry["tail"] = base64.b64encode(log.content[-p["TailBytes"] :] if p["TailBytes"] else b"").decode()
@@ -115,13 +121,15 @@ def _log(server: windows.WindowsServer, now: datetime, p: dict[str, int], texts:
 def _events(server: windows.WindowsServer, now: datetime, p: dict[str, int], texts: dict[str, Any], date,
             form: str | None) -> dict[str, Any]:
     if form is None:
-        return {"events": [], "event_errors": []}
+        return {"events": [], "event_errors": [], "event_query_seconds": 0.0}
     found = eventlog.answer(form, server.eems, denied="events" in server.denied, has_events=server.events, now=now,
-                            lookback=timedelta(hours=p["LookbackHours"]), max_events=p["MaxEvents"])
+                            lookback=timedelta(hours=p["LookbackHours"]), max_events=p["MaxEvents"],
+                            log_records=server.application_log_events)
     errors = [{"id": error.error_id, "type": error.exception, "message": texts[error.key].format(provider=eems.PROVIDER)}
               for error in found.errors]
     events = [{"id": e.id, "level": EVENT_LEVELS.get(e.id, INFORMATION), "time": date(e.time),
-               "message": e.message[: p["MessageChars"]]} for e in found.events]
+               "message": e.message[: p["MessageChars"]], "data": [d[: p["MessageChars"]] for d in e.data]}
+              for e in found.events]
     if server.unreadable_event == "null_message":
         for event in events:
             event["message"] = None
@@ -130,4 +138,4 @@ def _events(server: windows.WindowsServer, now: datetime, p: dict[str, int], tex
         events[0]["message"] = texts["event_unreadable"]
         errors.append({"id": f"{text},Microsoft.PowerShell.Commands.GetWinEventCommand",
                        "type": "System.Diagnostics.Eventing.Reader.EventLogException", "message": text})
-    return {"events": events, "event_errors": errors}
+    return {"events": events, "event_errors": errors, "event_query_seconds": round(0.05 + found.seconds, 6)}

@@ -8,6 +8,7 @@ can inject a fault and clear it again.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -35,6 +36,33 @@ class Faults:
     fault_code: int | None = None  # Command is answered with this WS-Man fault (5, 2150859173, ...)
 
 
+@dataclass(frozen=True)
+class Logon:
+    """The network logon a WinRS shell runs in: the account, and whether the client delegated its Kerberos
+    ticket-granting ticket to it. Only a delegated logon can reach another server, Active Directory
+    included, from inside the shell (the "double hop"); NTLM and a Kerberos ticket without delegation cannot."""
+
+    principal: str
+    delegated: bool = False
+
+
+_LOGON: contextvars.ContextVar[Logon | None] = contextvars.ContextVar("logon", default=None)
+
+
+def run_as(logon: Logon, run: Callable[[str], CommandOutput], line: str) -> CommandOutput:
+    """`run(line)` with `current_logon()` returning `logon`, so a host can answer as that logon would."""
+    token = _LOGON.set(logon)
+    try:
+        return run(line)
+    finally:
+        _LOGON.reset(token)
+
+
+def current_logon() -> Logon | None:
+    """The logon of the command being run (None outside `run_as`, as in tests that call a host directly)."""
+    return _LOGON.get()
+
+
 @dataclass
 class SimulatedHost:
     name: str
@@ -45,11 +73,17 @@ class SimulatedHost:
     faults: Faults = field(default_factory=Faults)
     max_shells_per_user: int = 30
     idle_timeout_seconds: float = 180.0
+    fqdn: str = ""  # the computer's DNS name; its Kerberos service principals are HTTP/<fqdn> and WSMAN/<fqdn>
+    auth: tuple[str, ...] = ("ntlm",)  # what Negotiate takes: "ntlm", "kerberos" (a domain may restrict NTLM)
+    cbt_hardening: str = "relaxed"  # WinRM's CbtHardeningLevel for Kerberos over HTTPS: relaxed | strict
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # The PowerShell session configurations this host serves over PSRP (a `remoting.Endpoints`); None = only
     # WinRS. `winrs=False` refuses the WinRS cmd shell, so a PSRP-only fleet cannot pass by falling back.
     endpoints: Any = None
     winrs: bool = True
+    # The Windows Remote Shell policy (AllowRemoteShellAccess = Disabled, scenario `remote_shell: disabled`): every
+    # new shell, WinRS or PSRP, is refused.
+    remote_shell_disabled: bool = False
 
 
 @dataclass(frozen=True)

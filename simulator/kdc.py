@@ -294,6 +294,16 @@ class Kdc:
         os.chmod(path, 0o600)
         return path
 
+    def service_keytab(self, path: Path, fqdns: list[str], services: tuple[str, ...] = ("HTTP", "WSMAN")) -> Path:
+        """Register each computer's service principals (`HTTP/<fqdn>`, `WSMAN/<fqdn>`, as Windows registers
+        them on the computer account) and write all their keys to one keytab: the listeners' side."""
+        names = [f"{service}/{fqdn.lower()}" for fqdn in dict.fromkeys(fqdns) for service in services]
+        for name in names:
+            self.add_principal(name)
+        for start in range(0, len(names), 50):  # one kadmin.local per 50 principals keeps the command line short
+            self.keytab(path, *names[start : start + 50])
+        return Path(path)
+
     def kvno(self, name: str) -> int:
         for line in self.admin(f"getprinc {self.principal(name)}").splitlines():
             if line.strip().startswith("Key: vno"):

@@ -145,7 +145,7 @@ class AcceptContext:
         self._context = result.context
         flags = int(result.flags)
         return Accepted(
-            client_principal=str(result.initiator_name),
+            client_principal=gssapi.raw.display_name(result.initiator_name).name.decode("utf-8", "replace"),
             output_token=result.token or None,
             channel_bound=bool(flags & CHANNEL_BOUND_FLAG),
             delegated=result.delegated_creds is not None and bool(flags & DELEGATE_FLAG),

@@ -43,13 +43,14 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,14}")  # a NetBIOS computer name
 _RELATIVE = re.compile(r"-(\d+(?:\.\d+)?)([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _TOP_KEYS = ("clock", "credentials", "tls_dir", "defaults", "organization", "servers", "generate", "remoting")
-_HOST_KEYS = ("scheme", "port", "max_shells_per_user", "idle_timeout")
+_HOST_KEYS = ("scheme", "port", "max_shells_per_user", "idle_timeout", "auth", "cbt_hardening")
+AUTH_METHODS = ("ntlm", "kerberos")  # the Negotiate packages a host takes
 _SERVER_KEYS = (
     "name", "address", "fqdn", "build", "role", "service", "service_stopped_since", "installed_since", "mitigations",
     "data_collection_enabled", "internet_web_proxy", "eems_failure", "endpoint_status", "log_file", "events",
     "success_events", "build_source", "output_style", "faults", "output_faults", "locale", "account", "unreadable",
     "unreadable_event", "winhttp_proxy", "endpoint_failure", "non_fetch_errors", "log_other_errors", "log_rotation", "log_encoding", "log_time", "log_header",
-    "log_time_zone", "log_last_write", "log_other_file", "application_log_events",
+    "log_time_zone", "log_last_write", "log_other_file", "application_log_events", "language_mode", "remote_shell",
     *_HOST_KEYS,
 )
 
@@ -155,6 +156,10 @@ def scenario_from_dict(data: Any, base_dir: Path = Path(".")) -> Scenario:
             idle_timeout_seconds=settings["idle_timeout"],
             endpoints=remoting.Endpoints(windows, remote),
             winrs=remote.winrs,
+            remote_shell_disabled=settings["remote_shell"] == "disabled",
+            fqdn=state.fqdn,
+            auth=settings["auth"],
+            cbt_hardening=settings["cbt_hardening"],
         ))
     return Scenario(hosts, states, credentials, tls, organization, clock)
 
@@ -357,6 +362,7 @@ def _server(raw: Any, key: str, defaults: dict[str, Any], domain: str, anchor: d
         locale=locale,
         utc_offset=zone,
         log_other_file=_bool(s.get("log_other_file", False), f"{key}.log_other_file"),
+        language_mode=_choice(s.get("language_mode", "full"), f"{key}.language_mode", ("full", "constrained")),
         application_log_events=_int(s["application_log_events"], f"{key}.application_log_events", 0, 100_000_000)
         if "application_log_events" in s else None,
         denied=denied,
@@ -390,12 +396,26 @@ def _host_settings(s: dict[str, Any], defaults: dict[str, Any], key: str) -> dic
     shells = _int(value, where, 1, 10_000)
     value, where = pick("idle_timeout", 180.0)
     idle = _float(value, where)
+    value, where = pick("auth", ["ntlm"])
+    methods = _auth(value, where)
+    value, where = pick("cbt_hardening", "relaxed")
+    hardening = _choice(value, where, ("relaxed", "strict"))
     address = s["address"]
     if isinstance(address, str) and address.strip() == "::1":
         address = "::1"
     else:
         address = str(_ipv4_loopback(address, f"{key}.address"))
-    return {"address": address, "port": port, "scheme": scheme, "max_shells_per_user": shells, "idle_timeout": idle, "faults": _faults(s.get("faults", {}), f"{key}.faults")}
+    return {"address": address, "port": port, "scheme": scheme, "max_shells_per_user": shells, "idle_timeout": idle,
+            "auth": methods, "cbt_hardening": hardening, "faults": _faults(s.get("faults", {}), f"{key}.faults"),
+            "remote_shell": _choice(s.get("remote_shell", "enabled"), f"{key}.remote_shell", ("enabled", "disabled"))}
+
+
+def _auth(value: Any, key: str) -> tuple[str, ...]:
+    """`auth: kerberos` or `auth: [ntlm, kerberos]`: the Negotiate packages a host takes."""
+    methods = [value] if isinstance(value, str) else value
+    if not isinstance(methods, list) or not methods or any(m not in AUTH_METHODS for m in methods):
+        raise ScenarioError(key, f"expected {' or '.join(AUTH_METHODS)}, or a list of them, got {_kind(value)}")
+    return tuple(dict.fromkeys(methods))
 
 
 def _faults(raw: Any, key: str) -> Faults:

@@ -6,7 +6,9 @@ pool. HTTP/1.1 is parsed here with hard bounds on header and body size and on ev
 client under test must never be able to wedge or crash the simulator.
 
 NTLM: pyspnego's acceptor reads passwords from the file named by NTLM_USER_FILE; `Fleet.start` writes that
-file (see `auth.py`) and sets the variable for the whole process.
+file (see `auth.py`) and sets the variable for the whole process. Kerberos: hosts whose `auth` names it take
+tickets for their `HTTP/<fqdn>` and `WSMAN/<fqdn>` principals, whose keys are in the fleet's
+`kerberos_keytab` (made by the realm's KDC, `kdc.py`); see `kerberos.py`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from functools import partial
 from pathlib import Path
 
 from . import auth, control, psrp, wsman
-from .host import CommandOutput, SimulatedHost
+from .host import CommandOutput, Logon, SimulatedHost, run_as
 from .shells import ShellTable
 from .tls import TestAuthority
 
@@ -157,6 +159,7 @@ class _HostRuntime:
         self.requests = 0
         self.bytes_in = 0  # HTTP bytes received and sent (bench/psrp_cost.py compares protocols by them)
         self.bytes_out = 0
+        self.rejected_logons = 0  # what a domain controller counts against the account's lockout threshold
         self.server: asyncio.Server | None = None
         self.connections: set[asyncio.StreamWriter] = set()
         self.ssl: ssl.SSLContext | None = None
@@ -174,6 +177,7 @@ class Fleet:
         allow_basic: bool = True,
         allow_unencrypted: bool = False,
         control_address: tuple[str, int] | None = None,
+        kerberos_keytab: Path | None = None,
     ) -> None:
         if not credentials:
             raise ValueError("credentials must name at least one user")
@@ -184,6 +188,8 @@ class Fleet:
             _require_loopback(host.address, f"host {host.name}")
             if host.scheme not in ("http", "https"):
                 raise ValueError(f"host {host.name}: scheme must be http or https, not {host.scheme!r}")
+            if "kerberos" in host.auth and kerberos_keytab is None:
+                raise ValueError(f"host {host.name} takes Kerberos: the fleet needs a kerberos_keytab with its service keys")
         if control_address is not None:
             _require_loopback(control_address[0], "control_address")
         self._runtimes = {host.name: _HostRuntime(host) for host in hosts}
@@ -193,6 +199,9 @@ class Fleet:
         self._allow_basic = allow_basic
         self._allow_unencrypted = allow_unencrypted
         self._control_address = control_address
+        self._kerberos_keytab = Path(kerberos_keytab) if kerberos_keytab else None
+        self._kerberos = None  # kerberos.Acceptor, made at start()
+        self._rcache_dir: str | None = None
         self.control_port: int | None = None
         self.ca_file: Path | None = None
         self._authority: TestAuthority | None = None
@@ -209,6 +218,7 @@ class Fleet:
         auth.USER_FILE.register(id(self), self._credentials)
         try:
             self._prepare_tls()
+            self._prepare_kerberos()
             self._loop = asyncio.new_event_loop()
             self._loop.set_default_executor(
                 concurrent.futures.ThreadPoolExecutor(RUN_WORKERS, thread_name_prefix="winrm-sim-run")
@@ -238,6 +248,9 @@ class Fleet:
         if self._own_tls_dir:
             shutil.rmtree(self._own_tls_dir, ignore_errors=True)
             self._own_tls_dir = None
+        if self._rcache_dir:
+            shutil.rmtree(self._rcache_dir, ignore_errors=True)
+            self._rcache_dir = None
 
     def __enter__(self) -> Fleet:
         self.start()
@@ -257,6 +270,16 @@ class Fleet:
         self.ca_file = authority.ca_file
         for rt in secure:
             rt.ssl, rt.bindings = authority.server_context(rt.host.address)
+
+    def _prepare_kerberos(self) -> None:
+        """The acceptor credential from the keytab, with a replay cache of the fleet's own (MIT's default
+        is under /var/tmp)."""
+        if self._kerberos_keytab is None:
+            return
+        from .kerberos import Acceptor  # python-gssapi: only a fleet that takes Kerberos needs it
+
+        self._rcache_dir = tempfile.mkdtemp(prefix="eems-sim-rcache-")
+        self._kerberos = Acceptor(self._kerberos_keytab, Path(self._rcache_dir))
 
     def _run_loop(self, ready: concurrent.futures.Future) -> None:
         asyncio.set_event_loop(self._loop)
@@ -348,6 +371,11 @@ class Fleet:
     def request_count(self, host_name: str) -> int:
         return self._runtime(host_name).requests
 
+    def rejected_logons(self, host_name: str | None = None) -> int:
+        """Logons refused (a wrong password, an unknown user): each counts towards the account's lockout."""
+        runtimes = self._runtimes.values() if host_name is None else [self._runtime(host_name)]
+        return sum(rt.rejected_logons for rt in runtimes)
+
     def stats(self) -> dict:
         return {
             "hosts": {
@@ -376,7 +404,9 @@ class Fleet:
         rt.connections.add(writer)
         peer = writer.get_extra_info("peername") or ("", 0)
         conn_auth = auth.ConnectionAuth(self._credentials, self._allow_basic, rt.bindings,
-                                        _certificate_user(writer.get_extra_info("peercert")))
+                                        _certificate_user(writer.get_extra_info("peercert")),
+                                        methods=rt.host.auth, kerberos=self._kerberos,
+                                        strict_channel_binding=rt.host.cbt_hardening == "strict")
         try:
             async for request in _requests(reader, writer):
                 rt.requests += 1
@@ -415,6 +445,8 @@ class Fleet:
         if request.method != "POST":
             return _Response(405)
         result = conn_auth.authenticate(request.headers.get("authorization"), deny=rt.host.faults.unauthorized)
+        if result.principal is None and result.close:  # credentials were offered and refused
+            rt.rejected_logons += 1
         if result.principal is not None and path == EXCHANGE_PATH and _kerberos_only(rt.host) \
                 and result.mechanism != "kerberos":
             # Exchange's /PowerShell application takes Kerberos only (pypsrp issue #187); IIS asks again
@@ -430,8 +462,10 @@ class Fleet:
     ) -> _Response:
         if result.principal is None:
             if result.challenge:
-                return _Response(401, [("WWW-Authenticate", result.challenge)])
+                return _Response(401, [("WWW-Authenticate", result.challenge)], close=result.close)
             headers = [("WWW-Authenticate", "Negotiate")]
+            if "kerberos" in rt.host.auth:
+                headers.append(("WWW-Authenticate", "Kerberos"))
             if self._allow_basic:
                 headers.append(("WWW-Authenticate", 'Basic realm="WSMAN"'))
             return _Response(401, headers, close=result.close)
@@ -450,11 +484,16 @@ class Fleet:
                 return _Response(500)  # Windows with AllowUnencrypted=false refuses plain SOAP over HTTP
         if not soap:
             return _Response(200)  # the empty POST that completes authentication
-        status, xml, reset = await self._dispatch(rt, result.principal, soap, client_ip, path)
+        logon = Logon(result.principal, delegated=conn_auth.delegated)
+        status, xml, reset = await self._dispatch(rt, logon, soap, client_ip, path)
         if reset:
             return _Response(reset=True)
         if encrypted:
-            return _Response(status, [("Content-Type", auth.ENCRYPTED_CONTENT_TYPE)], auth.wrap_body(context, xml))
+            try:
+                wrapped = auth.wrap_body(context, xml)
+            except ValueError:  # the Kerberos context expired with its ticket
+                return _Response(400, close=True)
+            return _Response(status, [("Content-Type", auth.ENCRYPTED_CONTENT_TYPE)], wrapped)
         return _Response(status, [("Content-Type", "application/soap+xml;charset=UTF-8")], xml)
 
     async def _serve_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -475,13 +514,16 @@ class Fleet:
 
     # ------------------------------------------------------------------ WS-Management
 
-    async def _dispatch(self, rt: _HostRuntime, principal: str, soap: bytes, client_ip: str,
+    async def _dispatch(self, rt: _HostRuntime, logon: Logon, soap: bytes, client_ip: str,
                         path: str = "/wsman") -> tuple[int, bytes, bool]:
         host = rt.host
         relates_to = ""
         try:
             request = wsman.parse_request(soap)
             relates_to = request.message_id
+            if request.action == wsman.ACTION_CREATE and host.remote_shell_disabled and path != EXCHANGE_PATH:
+                # AllowRemoteShellAccess = Disabled: the WinRM service refuses every new shell, WinRS and PSRP alike
+                raise wsman.WsmanFault(wsman.REMOTE_SHELLS_NOT_ALLOWED)
             if path == EXCHANGE_PATH or request.resource_uri.lower().startswith(wsman.POWERSHELL_RESOURCE):
                 if rt.psrp is None:
                     loop = asyncio.get_running_loop()
@@ -489,15 +531,15 @@ class Fleet:
                 if request.action == wsman.ACTION_RECEIVE and host.faults.reset_mid_response:
                     return 0, b"", True
                 address = f"{host.scheme}://{host.address}:{host.port}{'/PowerShell' if path == EXCHANGE_PATH else '/wsman'}"
-                return 200, await rt.psrp.dispatch(request, path, principal, client_ip, address), False
+                return 200, await rt.psrp.dispatch(request, path, logon.principal, client_ip, address), False
             if request.action == wsman.ACTION_CREATE:
                 if not host.winrs:
                     raise wsman.WsmanFault(5)  # a PSRP-only fleet: no WinRS shell to fall back on
                 requested = wsman.requested_idle_timeout(request)
-                shell_id = rt.shells.create(principal, host.max_shells_per_user, host.idle_timeout_seconds, requested)
+                shell_id = rt.shells.create(logon, host.max_shells_per_user, host.idle_timeout_seconds, requested)
                 address = f"{host.scheme}://{host.address}:{host.port}/wsman"
                 idle = min(host.idle_timeout_seconds, requested) if requested else host.idle_timeout_seconds
-                body = wsman.create_response(relates_to, address, shell_id, principal, client_ip, idle)
+                body = wsman.create_response(relates_to, address, shell_id, logon.principal, client_ip, idle)
                 return 200, body, False
             if request.action not in (wsman.ACTION_COMMAND, wsman.ACTION_RECEIVE, wsman.ACTION_SIGNAL, wsman.ACTION_DELETE):
                 raise wsman.WsmanFault(2150858771)
@@ -535,7 +577,7 @@ class Fleet:
             output = TOO_LONG
         else:
             try:
-                output = await asyncio.get_running_loop().run_in_executor(None, host.run, line)
+                output = await asyncio.get_running_loop().run_in_executor(None, run_as, shell.logon, host.run, line)
             except Exception as exc:  # a broken scenario must not take the listener down
                 log.error("host %s: run() raised %s", host.name, type(exc).__name__)
                 raise wsman.WsmanFault(E_FAIL, "Unspecified error ") from None

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .host import CommandOutput
+from .host import CommandOutput, Logon
 from .wsman import WsmanFault, new_guid
 
 
@@ -50,7 +50,7 @@ class Command:
 
 @dataclass
 class Shell:
-    owner: str
+    logon: Logon  # the network logon that created it; its commands run in it
     last_used: float
     idle_timeout: float  # the client's IdleTimeOut when it asked for less than the server's setting
     commands: dict[str, Command] = field(default_factory=dict)
@@ -63,16 +63,16 @@ class ShellTable:
         self.requests = 0
         self.commands = 0
 
-    def create(self, owner: str, max_shells: int, idle_timeout: float, requested_idle: float | None = None) -> str:
+    def create(self, logon: Logon, max_shells: int, idle_timeout: float, requested_idle: float | None = None) -> str:
         now = time.monotonic()
         with self._lock:
             self._expire(now, idle_timeout)
-            owned = sum(1 for shell in self._shells.values() if shell.owner.lower() == owner.lower())
+            owned = sum(1 for shell in self._shells.values() if shell.logon.principal.lower() == logon.principal.lower())
             if owned >= max_shells:
                 raise WsmanFault(2150859173, str(max_shells))
             shell_id = new_guid()
             own_timeout = min(idle_timeout, requested_idle) if requested_idle else idle_timeout
-            self._shells[shell_id] = Shell(owner=owner, last_used=now, idle_timeout=own_timeout)
+            self._shells[shell_id] = Shell(logon=logon, last_used=now, idle_timeout=own_timeout)
             return shell_id
 
     def shell(self, shell_id: str, idle_timeout: float) -> Shell:

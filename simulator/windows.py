@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from . import diagnose, eems, eventlog, logfolder
-from .host import CommandOutput
+from . import diagnose, eems, eventlog, language, logfolder
+from .host import CommandOutput, current_logon
 
 SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
 ORGANIZATION_MARKER = "# exchange-eems-exporter:collect-organization:v1"
@@ -113,6 +113,7 @@ class WindowsServer:
     version_style: str = "padded"
     utc_offset: timedelta = timedelta(0)  # the server's time zone (log_time_zone): local time minus UTC
     log_other_file: bool = False  # the log folder also holds a non-log file, rewritten at every check
+    language_mode: str = "full"  # full | constrained (AppLocker/WDAC script enforcement: ConstrainedLanguage)
     application_log_events: int | None = None  # records in the Application log; None: its size is not modelled
 
 
@@ -194,6 +195,11 @@ class WindowsHost:
         lines = [line.strip() for line in script.lstrip("\ufeff").splitlines() if line.strip()]
         if not lines:
             return CommandOutput([])
+        if self.server.language_mode == language.CONSTRAINED:
+            refusal = language.first_refusal(script)
+            if refusal is not None:
+                message = LOCALES[self.server.locale]["constrained"].get(refusal.error_id)
+                return self._finish(None, _clixml_errors(language.error_lines(refusal, message)), 1, 0.3)
         if lines[0] == SERVER_MARKER:
             params = _parse_parameters(lines[1] if len(lines) > 1 else "")
             if isinstance(params, str):
@@ -292,8 +298,14 @@ class WindowsHost:
             "logs": self._array(logs),
             "errors": self._array(errors),
         }
-        endpoints = self._endpoints() if p["CheckEndpoint"] else []
-        if p["CheckEndpoint"]:
+        constrained = s.language_mode == language.CONSTRAINED
+        document["language_mode"] = "ConstrainedLanguage" if constrained else "FullLanguage"
+        endpoints = self._endpoints() if p["CheckEndpoint"] and not constrained else []
+        if p["CheckEndpoint"] and constrained:  # only the script's FullLanguage branch checks the endpoints
+            errors.append(_error("endpoint", "ConstrainedLanguage", "SecurityError", "",
+                                 "the endpoint check needs FullLanguage; this session runs in ConstrainedLanguage"))
+            document["errors"] = self._array(errors)
+        elif p["CheckEndpoint"]:
             document["endpoints"] = self._array(endpoints)
         if _MEASURES_STAGES.search(script):
             # Measure-Command around each stage; the simulated ones take what the simulator waits, the endpoint
@@ -383,7 +395,8 @@ class WindowsHost:
 
     def _organization_json(self) -> dict[str, Any]:
         org = self.organization
-        if org.double_hop:
+        logon = current_logon()
+        if org.double_hop and not (logon is not None and logon.delegated):
             message = (
                 f"Active Directory operation failed on DC01.{org.domain}. This error is not retriable. Additional information: "
                 "The supplied credential for 'NT AUTHORITY\\ANONYMOUS LOGON' is invalid.\r\n"
@@ -564,7 +577,8 @@ def _clixml_errors(lines: list[str]) -> bytes:
             escaped = piece.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
             parts.append(f'<S S="Error">{escaped}_x000D__x000A_</S>')
     body = "".join(parts)
-    return f'#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">{body}</Objs>'.encode("ascii", "replace")
+    # in the console's code page: the exporter asks WinRS for 437 (WINRS_CODEPAGE); what it lacks becomes '?'
+    return f'#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">{body}</Objs>'.encode("cp437", "replace")
 
 
 def _host_error(message: str) -> CommandOutput:

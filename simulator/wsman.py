@@ -31,6 +31,7 @@ SHELL_RESOURCE = f"{SHELL}/cmd"
 SIGNAL_CODES = {f"{SHELL}/signal/terminate", f"{SHELL}/signal/Terminate", f"{SHELL}/signal/ctrl_c"}
 
 DEFAULT_MAX_ENVELOPE = 153600
+REMOTE_SHELLS_NOT_ALLOWED = 2150859180  # ERROR_WSMAN_REMOTESHELLS_NOT_ALLOWED: the AllowRemoteShellAccess policy
 MAX_TIMEOUT_SECONDS = 60.0  # Config/MaxTimeoutms default: longer OperationTimeouts are cut to this
 
 # code -> (s:Code, subcode, reason, f:Message). "{n}" is filled in by the caller.
@@ -77,6 +78,18 @@ FAULTS: dict[int, tuple[str, str, str, str]] = {
         "The WS-Management service cannot process the request because the request contained invalid selectors "
         "for the resource. ",
         "{n}",
+    ),
+    # The Windows Remote Shell policy AllowRemoteShellAccess set to Disabled. Code: ERROR_WSMAN_REMOTESHELLS_NOT_ALLOWED
+    # (winerror.h, 0x803381AC); subcode: MS-WSMV 2.2.4.42 ("MUST reply with a wsman:InternalError fault"); the
+    # message is the text users report (jpboyce/cb_cis_windows_2016#5, the CIS "Allow Remote Shell Access:
+    # Disabled" item). No recorded fault: code, subcode and text were put together from those three sources.
+    REMOTE_SHELLS_NOT_ALLOWED: (
+        "s:Receiver",
+        "w:InternalError",
+        "The WS-Management service cannot process the request. The service is configured to not accept any "
+        "remote shell requests. ",
+        "The WS-Management service cannot process the request. The service is configured to not accept any "
+        "remote shell requests. ",
     ),
     2150859173: (
         "s:Sender",

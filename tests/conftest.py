@@ -10,6 +10,7 @@ import copy
 import random
 import socket
 import textwrap
+import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -51,6 +52,16 @@ def kdc_factory(tmp_path_factory):
         finally:
             for kdc in started:
                 kdc.stop()
+
+
+def wait_until(condition, seconds: float, what: str, *, every: float = 0.05):
+    """Wait for `condition()` to hold and return its value; fail naming `what` after `seconds`. Tests wait on
+    conditions like this (or on an injected clock, tests/clock.py), never for a fixed time."""
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out after {seconds:g}s waiting for {what}"
+        time.sleep(every)
+    return value
 
 
 def free_port() -> int:

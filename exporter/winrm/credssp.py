@@ -3,7 +3,8 @@ Kerberos authenticates and the password itself is delegated to the server (so th
 Active Directory: no double hop). Messages over plain HTTP are sealed by that TLS session in parts of at
 most 16 KiB (MS-WSMV 2.2.9.1.3).
 
-Not tested here: the simulator has no CredSSP acceptor (see the notes in docs/design.md).
+Tested against pyspnego's CredSSP acceptor (tests/unit/test_winrm_credssp.py); the simulator has no CredSSP
+listener, so no poll runs over it end to end.
 """
 
 from __future__ import annotations

@@ -148,10 +148,10 @@ def test_simulator_doc_lists_every_demo_server_with_its_build():
 
 
 def _alert_key(token: str, server: str) -> tuple[str, str, str]:
-    match = re.fullmatch(r'(Exchange\w+)(?:\{(\w+)="([^"]+)"\})?', token)
+    match = re.fullmatch(r'(Exchange\w+)(?:\{((?:\w+="[^"]+",?)+)\})?', token)
     assert match, token
-    name, label, value = match.groups()
-    return name, server, f"{label}={value}" if label else ""
+    name, labels = match.groups()
+    return name, server, ",".join(f"{k}={v}" for k, v in re.findall(r'(\w+)="([^"]+)"', labels or ""))
 
 
 def _shipped_demo(alerts: set) -> set[tuple[str, str, str]]:

@@ -28,6 +28,8 @@ from simulator.shells import Command
 from simulator.tls import TestAuthority
 from simulator.wsman import parse_duration
 
+from ..conftest import wait_until
+
 USER, PASSWORD = "EXCH\\svc_monitor", "S3cret!Pass"
 CREDENTIALS = {USER: PASSWORD, "localadmin": "L0cal!Only"}
 BIG_OUTPUT = [bytes([65 + i % 26]) * 50_000 for i in range(8)]  # 400 kB: needs several Receives
@@ -88,12 +90,17 @@ def protocol(fleet, name: str, **kwargs) -> winrm.Protocol:
     return winrm.Protocol(url(fleet, name), transport="ntlm", username=USER, password=PASSWORD, **kwargs)
 
 
+def listening(host: SimulatedHost) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex((host.address, host.port)) == 0
+
+
 @pytest.fixture
 def faulty(fleet):
     host = fleet.hosts["faulty"]
     yield host
     host.faults = Faults()
-    time.sleep(0.5)  # let the watcher re-open a listener closed by refuse_connections
+    wait_until(lambda: listening(host), 5, "the watcher to listen again after refuse_connections")
 
 
 # ---------------------------------------------------------------- pywinrm over HTTP with NTLM
@@ -253,8 +260,7 @@ def test_idle_shells_expire(fleet):
     client = protocol(fleet, "idle")
     shell_id = client.open_shell()
     assert fleet.open_shells("idle") == 1
-    time.sleep(1.2)
-    assert fleet.open_shells("idle") == 0
+    wait_until(lambda: fleet.open_shells("idle") == 0, 5, "the idle shell to expire")
     with pytest.raises(WSManFaultError) as info:
         client.run_command(shell_id, "cmd.exe", ["/c", "echo", "hi"])
     assert info.value.wsman_fault_code == 2150858843
@@ -264,7 +270,8 @@ def test_a_shorter_idle_timeout_asked_for_at_create_is_kept(fleet):
     client = protocol(fleet, "plain")
     shell_id = client.open_shell(idle_timeout="PT1.000S")
     kept = client.open_shell()
-    time.sleep(1.2)
+    both = fleet.open_shells("plain")
+    wait_until(lambda: fleet.open_shells("plain") == both - 1, 5, "the shell with the short timeout to expire")
     with pytest.raises(WSManFaultError) as info:
         client.run_command(shell_id, "cmd.exe", ["/c", "echo", "hi"])
     assert info.value.wsman_fault_code == 2150858843
@@ -348,11 +355,11 @@ def test_pypsrp_winrs(fleet, secure, auth):
 
 def test_refused_connections_and_recovery(fleet, faulty):
     faulty.faults = Faults(refuse_connections=True)
-    time.sleep(0.5)
+    wait_until(lambda: not listening(faulty), 5, "the watcher to close the listener")
     with pytest.raises(requests.exceptions.ConnectionError):
         session(fleet, "faulty").run_cmd("cmd.exe", ["/c", "echo", "hi"])
     faulty.faults = Faults()
-    time.sleep(0.5)
+    wait_until(lambda: listening(faulty), 5, "the watcher to listen again")
     assert session(fleet, "faulty").run_cmd("cmd.exe", ["/c", "echo", "hi"]).std_out == b"hi\r\n"
 
 

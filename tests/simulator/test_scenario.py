@@ -627,6 +627,19 @@ def test_bad_scenarios_name_the_key_path(tmp_path, edit, key_path, words):
     assert "hunter2" not in str(caught.value) and "12345" not in str(caught.value)
 
 
+def test_auth_and_channel_binding_hardening_per_host(tmp_path):
+    text = GOOD.replace("servers:", "defaults: {auth: kerberos}\nservers:") + (
+        "  - {name: EX02, address: 127.0.0.11, build: 15.2.2562.53, auth: [ntlm, kerberos], cbt_hardening: strict}\n")
+    ex01, ex02 = load_scenario(write(tmp_path, text)).hosts
+    assert (ex01.auth, ex01.cbt_hardening, ex01.fqdn) == (("kerberos",), "relaxed", "ex01.contoso.com")
+    assert (ex02.auth, ex02.cbt_hardening) == (("ntlm", "kerberos"), "strict")
+    for bad, key_path in (("auth: [ntlm, smb]", "servers[0].auth"), ("auth: []", "servers[0].auth"),
+                          ("cbt_hardening: none", "servers[0].cbt_hardening")):
+        with pytest.raises(ScenarioError) as caught:
+            load_scenario(write(tmp_path, GOOD.replace("build: 15.2.2562.53}", f"build: 15.2.2562.53, {bad}}}")))
+        assert caught.value.key_path == key_path
+
+
 def test_duplicate_names_and_endpoints_are_rejected(tmp_path):
     twice = GOOD + "  - {name: ex01, address: 127.0.0.11, build: 15.2.2562.53}\n"
     with pytest.raises(ScenarioError, match=r"servers\[1\]\.name: 'ex01' is already used by servers\[0\]"):

@@ -35,7 +35,11 @@ ATTACKS = (
     "exit_code_word",  # ExitCode "zero"
     "challenge_missing",  # the NTLM challenge 401 carries no WWW-Authenticate header
     "gzip_bomb",  # the Receive answer is 64 KiB of gzip that inflates to 64 MiB
+    "entity_expansion",  # the Receive answer declares entities that expand 331 bytes into 1.5 million elements
+    "endless_continue",  # the Receive answer is "HTTP/1.1 100 Continue" without end
+    "slow_cleanup",  # the command never finishes (each Receive: 1 s, then Running), Signal and Delete take 20 s
 )
+SLOW_CLEANUP_SECONDS = 20
 DRIP_BYTES_PER_SECOND = 20
 HUGE_CHUNK = b"A" * (1 << 20)
 HUGE_LIMIT_BYTES = 256 << 20  # give up sending after 256 MiB (a client that reads everything is caught long before)
@@ -143,6 +147,13 @@ class HostileServer:
                     bomb = gzip.compress(bytes(64 << 20), compresslevel=9)
                     response = render(_Response(200, [("Content-Type", content_type), ("Content-Encoding", "gzip")],
                                                 bomb))
+                if self.attack == "slow_cleanup":
+                    slow = {wsman.ACTION_RECEIVE: 1, wsman.ACTION_SIGNAL: SLOW_CLEANUP_SECONDS,
+                            wsman.ACTION_DELETE: SLOW_CLEANUP_SECONDS}
+                    await asyncio.sleep(slow.get(parsed.action, 0))
+                if self.attack == "endless_continue" and parsed.action == wsman.ACTION_RECEIVE:
+                    await self._endless_continue(reader, writer)
+                    return
                 if self.attack == "drip_receive" and parsed.action == wsman.ACTION_RECEIVE:
                     await self._drip(writer, response)
                 else:
@@ -191,6 +202,15 @@ class HostileServer:
             await writer.drain()
             self.bytes_sent += len(HUGE_CHUNK)
 
+    async def _endless_continue(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        interim = b"HTTP/1.1 100 Continue\r\n\r\n" * 4096
+        for _ in range(HUGE_LIMIT_BYTES // len(interim)):
+            if writer.is_closing() or reader.at_eof():
+                return
+            writer.write(interim)
+            await writer.drain()
+            self.bytes_sent += len(interim)
+
     # ------------------------------------------------------------ WS-Management
 
     def _answer(self, request: wsman.WsmanRequest, command: str, authorization: str) -> tuple[int, bytes]:
@@ -211,14 +231,30 @@ class HostileServer:
             return 200, b"<a>" * 1_300_000
         if self.attack == "non_utf8_500":
             return 500, b"\xff\xfe\xfa garbage \x80\x81"
+        if self.attack == "slow_cleanup":
+            return 200, wsman.receive_response(request.message_id, command_id, [], [], None)
         output = self.output(_decoded_script(command))
         xml = wsman.receive_response(request.message_id, command_id, [output.stdout], [output.stderr], output.exit_code)
         if self.attack == "stream_without_name":
             xml = xml.replace(b'Name="stdout" ', b"", 1)
         if self.attack == "exit_code_word":
             xml = re.sub(rb"<rsp:ExitCode>[^<]*</rsp:ExitCode>", b"<rsp:ExitCode>zero</rsp:ExitCode>", xml)
+        if self.attack == "entity_expansion":
+            xml = _entity_bomb() + xml.replace(b"<rsp:ReceiveResponse>", b"<rsp:ReceiveResponse>&g;", 1)
         self.bytes_sent += len(xml)
         return 200, xml
+
+
+def _entity_bomb() -> bytes:
+    """An internal DTD whose entity g expands to 1,500,000 empty elements (6 MB of markup: just under what
+    expat's own amplification guard lets through) from 331 bytes of declarations; ElementTree holds them in
+    about 200 MiB."""
+    levels = "abcdef"
+    declarations = ['<!ENTITY a "' + "<x/>" * 10 + '">']
+    for previous, name in zip(levels, levels[1:]):
+        declarations.append(f'<!ENTITY {name} "' + f"&{previous};" * 10 + '">')
+    declarations.append('<!ENTITY g "&f;&e;&e;&e;&e;&e;">')
+    return ("<!DOCTYPE s:Envelope [" + "".join(declarations) + "]>").encode()
 
 
 def _fault_with_reason(relates_to: str, reason: str) -> bytes:

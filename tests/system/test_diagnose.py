@@ -24,7 +24,10 @@ PROXY_WITH_PASSWORD = f"http://svc-proxy:{PASSWORD}@proxy.contoso.com:8080/"
 # Japanese one (daily W3C log, culture times, a non-fetch 1008, an unreadable event) and a build before EEMS.
 # One more: a Japanese least-privilege account that may not read the log folder.
 EXTRA_SERVERS = [{"name": "EX-SE09-JA-LOG", "build": "15.2.2562.53", "locale": "ja-JP", "account": "least_privilege",
-                  "unreadable": ["log"]}]
+                  "unreadable": ["log"]},
+                 # issue 17: Constrained Language Mode, 1008 texts that cannot be formatted, a zone east of UTC
+                 {"name": "EX19-CLM", "build": "15.2.1544.36", "language_mode": "constrained",
+                  "unreadable_event": "null_message", "log_time_zone": "+02:00"}]
 
 
 def fleet_scenario() -> dict:
@@ -50,7 +53,7 @@ def reports(tmp_path_factory) -> dict[str, tuple[int, str, bytes]]:
     """server -> (exit code, report, stdout + stderr) for a few demo servers, polled once each."""
     runs = {"EX-SE01": (), "EX-SE04-PROXY": ("--redact-names",), "EX-SE04-PROXY plain": (), "EDGE01": (),
             "EX16-CU21": (), "EX19-CU12": (), "EX-SE05-NOWINRM": (), "EX-SE06-DE": ("--redact-names",),
-            "EX-SE07-JA": (), "EX-SE08-FR": ("--redact-names",), "EX-SE09-JA-LOG": ()}
+            "EX-SE07-JA": (), "EX-SE08-FR": ("--redact-names",), "EX-SE09-JA-LOG": (), "EX19-CLM": ()}
     with SimulatedFleet(fleet_scenario()) as fleet:
         config_file = tmp_path_factory.mktemp("diagnose") / "config.yml"
         config_file.write_text(fleet.config_text())
@@ -86,7 +89,9 @@ def test_a_healthy_server(reports):
         "S:Message=Fetching mitigations from https://officeclient.microsoft.com/getexchangemitigations")
     assert "log.read.1.level.Warning.first" not in got
     assert got["events.ids"] == "no events"  # no 1006 for a check that changed nothing (the realistic default)
-    assert got["events.read_error.1"].startswith("NoMatchingEventsFound,")
+    # the query stops at the first record older than the window, which it returned: no "no events" error
+    assert got["events.read_errors"] == "none" and float(got["events.query_seconds"]) > 0
+    assert got["os.language_mode"] == "FullLanguage" and got["os.utc_offset"] == "0"
     assert report.count("## ") == 6 and '"schema":1' in report  # the collection script's output as received
 
 
@@ -154,13 +159,28 @@ def test_a_failing_server_behind_a_proxy(reports):
     assert "Using Proxy http://svc-proxy:<redacted>@proxy.contoso.com:8080/" in report
 
 
+def test_what_confirms_the_guesses_of_issue_17(reports):
+    """docs/field-report.md: the language mode, the zone, the event query's time, the insertion strings of a 1008
+    whose text cannot be formatted, and both write times of each log file."""
+    code, report, _ = reports["EX19-CLM"]
+    got = lines(report)
+    assert code == 0 and got["poll.outcome"] == "ok" and got["diagnose.outcome"] == "ok", report
+    assert got["os.language_mode"] == "ConstrainedLanguage" and got["os.utc_offset"] == "120"
+    assert got["account.is_admin"] not in ("yes", "no")  # needs .NET: unknown in ConstrainedLanguage
+    assert got["events.id.1008.without_text"] != "0"
+    assert "fetching mitigations" in got["events.id.1008.data.1"]
+    assert "(directory entry)" in got["log.files.1"] and "(the file)" in got["log.files.1"]
+    assert got["interpretation.eems.last_error_reason"] == "unknown_issuer"
+
+
 def test_edge_and_old_builds(reports):
     for server in ("EDGE01", "EX16-CU21"):
         got = lines(reports[server][1])
         assert got["rights.service_query"] == "not installed: no service and no registry key", server
         assert got["log.folder"].endswith("(does not exist)"), server
-        # -LogName with -FilterXPath looks no provider up: "no events", not NoMatchingProvidersFound (R10)
-        assert got["events.read_error.1"].startswith("NoMatchingEventsFound,"), server
+        # -LogName with -FilterXPath looks no provider up: no NoMatchingProvidersFound (R10), and the older
+        # record the query lets through means no NoMatchingEventsFound either
+        assert got["events.read_errors"] == "none", server
         assert got["interpretation.collection_errors"] == "(empty)", server
     got = lines(reports["EX19-CU12"][1])
     assert got["interpretation.build.update"] == "Feb23SU"

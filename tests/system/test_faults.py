@@ -17,7 +17,7 @@ from exporter.exporter import Exporter
 from exporter.http_server import serve
 from simulator.host import Faults
 
-from ..conftest import SimulatedFleet, poll_all, relocate
+from ..conftest import SimulatedFleet, poll_all, relocate, wait_until
 
 SE = "15.2.2562.53"
 SCENARIO = {
@@ -37,6 +37,7 @@ MATRIX = {
     "unauthorized": ({"unauthorized": True}, {}, {"auth_failed"}),
     "access_denied_fault": ({"fault_code": 5}, {}, {"access_denied"}),
     "quota_fault": ({"fault_code": 2150859173}, {}, {"quota_exceeded"}),
+    "remote_shell_disabled": ({"fault_code": 2150859180}, {}, {"remote_shell_disabled"}),
     "other_fault": ({"fault_code": 2150858817}, {}, {"wsman_fault"}),
     "slow_responses": ({"latency_seconds": 2.0}, {}, {"timeout", "deadline_exceeded"}),
     "garbage_output": ({}, {"garbage_output": True}, {"bad_output"}),
@@ -92,9 +93,11 @@ def test_fault_is_contained_and_recovers(rig, kind):
     _set_fault(fleet, protocol, output)
     try:
         # poll the victim in the background while /metrics is scraped: scrapes must not wait for polls
+        requests = fleet.fleet.request_count("VICTIM")
         poll = threading.Thread(target=exporter.poller.poll_server, args=("VICTIM",))
         poll.start()
-        time.sleep(0.3)
+        wait_until(lambda: fleet.fleet.request_count("VICTIM") > requests or not poll.is_alive(), 10,
+                   "the victim's poll to reach it")
         _, seconds = _metric_text(url)
         assert seconds < 1.0, f"/metrics took {seconds:.2f}s while a poll was running"
         poll.join(timeout=60)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 import urllib.parse
 import urllib.request
 from contextlib import ExitStack
@@ -23,6 +24,7 @@ from exporter.catalog import Catalog
 from exporter.exporter import Exporter
 from exporter.http_server import serve
 from exporter.scripts import ServerScriptParameters, powershell_command, server_script
+from exporter.collectors import script_failure
 from simulator.scenario import scenario_from_dict
 
 from ..conftest import SimulatedFleet, free_port, poll_all, relocate, samples
@@ -45,6 +47,8 @@ SERVERS = [
     {"name": "CULTURE-EAST", "build": SE, "locale": "de-DE", "log_time": "culture", "log_time_zone": "+01:00"},
     {"name": "EMPTY-BUILD", "build": SE, "build_source": "empty"},
     {"name": "BIGLOG", "build": SE, "application_log_events": 3_000_000},
+    {"name": "CLM", "build": SE, "language_mode": "constrained"},
+    {"name": "NOSHELL", "build": SE, "remote_shell": "disabled"},
     {"name": "CULTURE-WEST", "build": SE, "log_time": "culture", "log_time_zone": "-05:00", "log_rotation": "daily",
      "log_last_write": "at_open"},
     {"name": "NONFETCH", "build": SE, "non_fetch_errors": True},
@@ -100,7 +104,14 @@ def partial_failures(metrics, server: str) -> set[tuple[str, str]]:
 
 
 def test_every_server_is_polled(metrics):
-    assert {s["name"]: value(metrics, "exchange_up", server=s["name"]) for s in SERVERS} == {s["name"]: 1 for s in SERVERS}
+    expected = {s["name"]: 0 if s.get("remote_shell") == "disabled" else 1 for s in SERVERS}
+    assert {s["name"]: value(metrics, "exchange_up", server=s["name"]) for s in SERVERS} == expected
+
+
+def test_remote_shell_disabled_by_policy_is_named(metrics):
+    """R13: AllowRemoteShellAccess = Disabled refuses every new shell (WS-Management fault 2150859180)."""
+    assert value(metrics, "exchange_collector_error", collector="server", server="NOSHELL",
+                 reason="remote_shell_disabled") == 1
 
 
 def test_the_event_query_costs_the_window_not_the_log():
@@ -118,6 +129,35 @@ def test_the_event_query_costs_the_window_not_the_log():
         return out.runtime_seconds
 
     assert seconds(5_000_000) - seconds(20_000) < 1.0
+
+
+BEFORE_ISSUE_17 = Path(__file__).resolve().parents[1] / "fixtures" / "collect_server_before_issue_17.ps1"
+
+
+@pytest.mark.parametrize("locale", ["en-US", "de-DE"])
+def test_constrained_language_refuses_the_old_script_with_a_reason_of_its_own(locale):
+    """R9: under AppLocker/WDAC the script before issue 17 died inside its own error handler; the exporter names
+    that `constrained_language` (R14: the German text arrives in code page 437, umlauts intact)."""
+    scenario = scenario_from_dict({"credentials": [{"username": "u", "password": "p"}],
+                                   "servers": [{"name": "EN", "address": "127.0.0.1", "build": SE, "locale": locale,
+                                                "language_mode": "constrained"}]})
+    params = ServerScriptParameters(24, 200, 65536, True, 10, "")
+    old = server_script(params).split("\n")[:2] + BEFORE_ISSUE_17.read_text().splitlines()
+    out = scenario.hosts[0].run(powershell_command("\n".join(old)).line)
+    failure = script_failure(out.exit_code, out.stderr)
+    assert out.exit_code == 1 and failure.reason == "constrained_language"
+    assert "MethodInvocationNotSupportedInConstrainedLanguage" in str(failure)
+    if locale == "de-DE":
+        assert "Die Methode kann nicht aufgerufen werden" in str(failure) and "\ufffd" not in str(failure)
+    now = scenario.hosts[0].run(powershell_command(server_script(params)).line)
+    assert now.exit_code == 0, now.stderr
+
+
+def test_constrained_language_runs_all_but_the_endpoint_check(metrics):
+    assert value(metrics, "exchange_up", server="CLM") == 1
+    assert partial_failures(metrics, "CLM") == {("endpoint", "constrained_language")}
+    assert value(metrics, "exchange_eems_last_success_timestamp_seconds", server="CLM") is not None
+    assert not any(name == "exchange_eems_endpoint_reachable" and dict(labels)["server"] == "CLM" for name, labels in metrics)
 
 
 def test_the_script_times_its_stages(metrics):
@@ -197,7 +237,7 @@ def test_no_log_budget_still_shows_the_newest_file(metrics_with):
 
 def test_an_unformattable_event_keeps_the_others(metrics):
     """6: Get-WinEvent under -EA Stop lost every event for one bad one."""
-    assert partial_failures(metrics, "BADEVENT") == {("events", "other"), ("log", "not_found")}
+    assert partial_failures(metrics, "BADEVENT") == {("events", "unreadable"), ("log", "not_found")}
     assert value(metrics, "exchange_eems_last_success_timestamp_seconds", server="BADEVENT") is not None
 
 
@@ -250,6 +290,8 @@ DATED = {"ExchangeBuildSuperseded", "ExchangeBuildCUNotServiced", "ExchangeProdu
          "ExchangeProductSupportEndingSoon", "ExchangeCatalogStale"}
 FETCHES_FAIL = {"eems_failure": "tls_validation"}
 FAILING_PAGE = ("ExchangeEEMSFetchErrors", "critical", "tls_validation")
+BLIND_CLM = ("ExchangeCollectorBlind", "warning", "constrained_language")  # the endpoint check cannot run
+CANNOT_POLL = {("ExchangeExporterCannotPoll", "warning", ""), ("ExchangeExporterCannotPoll", "critical", "")}
 # For the log's knobs the failing twin may not read the Application log either: the log is its only witness.
 LOG_ONLY = {"account": "least_privilege", "unreadable": ["events"]}
 # knob -> (scenario keys, alerts of the healthy server as (alertname, severity, reason or ""), what else the
@@ -262,14 +304,20 @@ KNOBS = {
     "log_time_zone west, daily, held open": ({"log_time": "culture", "log_time_zone": "-05:00", "log_rotation": "daily",
                                               "log_last_write": "at_open"}, set(), LOG_ONLY),
     "log_other_file": ({"log_other_file": True}, set(), LOG_ONLY),
-    "build_source: empty": ({"build_source": "empty"}, set(), {}),
+    # the build part stays unread (AdminDisplayVersion stands in at CU level): a ticket after an hour
+    "build_source: empty": ({"build_source": "empty"}, {("ExchangeCollectorBlind", "warning", "other")}, {}),
     # the events are the only witness of the failing twin: no log folder
     "unreadable_event: null_message": ({"unreadable_event": "null_message", "success_events": True}, set(),
                                        {"log_file": "absent"}),
     "unreadable_event: true": ({"unreadable_event": True, "success_events": True}, set(), {"log_file": "absent"}),
     # three million records: about 90 s for a query that reads them all, beyond the poll's timeout
     "application_log_events": ({"application_log_events": 3_000_000}, set(), {}),
+    "language_mode: constrained": ({"language_mode": "constrained"}, {BLIND_CLM}, {}),
+    # no shell at all: the poll fails, so the page is the exporter's own
+    "remote_shell: disabled": ({"remote_shell": "disabled"}, CANNOT_POLL, {}),
 }
+# Alerts a failing twin must raise when it is not FAILING_PAGE.
+FAILING_TWIN_PAGE = {"remote_shell: disabled": ("ExchangeExporterCannotPoll", "critical", "")}
 
 
 def knob_servers() -> list[dict]:
@@ -342,4 +390,4 @@ def test_a_healthy_server_raises_only_what_the_knob_explains(alerts, knob):
 @pytest.mark.parametrize("knob", list(KNOBS))
 def test_a_server_whose_fetches_fail_is_never_silent(alerts, knob):
     index = list(KNOBS).index(knob)
-    assert FAILING_PAGE in alerts[f"K{index:02d}-FAIL"]
+    assert FAILING_TWIN_PAGE.get(knob, FAILING_PAGE) in alerts[f"K{index:02d}-FAIL"]

@@ -213,7 +213,7 @@ def test_an_unformattable_event_keeps_the_others(catalog):
                                                   "System.Diagnostics.Eventing.Reader.EventLogException", text),)), catalog)
     assert state.eems.fetch_errors["tls_validation"] == 1 and state.eems.last_error == at(2)
     assert state.eems.other_errors == 1  # the unreadable 1008 is not known to be a fetch error
-    assert [(f.part, f.reason) for f in state.collection_errors] == [("events", "other")]
+    assert [(f.part, f.reason) for f in state.collection_errors] == [("events", "unreadable")]
 
 
 def test_missing_and_bad_build(catalog):

@@ -248,6 +248,15 @@ def test_clixml_error_text():
     )
 
 
+def test_clixml_stderr_is_read_in_the_shells_code_page():
+    """R14: powershell.exe writes stderr in the console's code page, 437 as the exporter asks WinRS for; decoded
+    as UTF-8, a German error lost its umlauts."""
+    german = "Die Methode kann nicht aufgerufen werden. Methodenaufrufe werden nur für Kerntypen unterstützt."
+    stderr = ('#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+              f'<S S="Error">{german}_x000D__x000A_</S></Objs>').encode("cp437")
+    assert clixml_to_text(stderr) == german
+
+
 def test_clixml_progress_only_is_empty():
     assert clixml_to_text(CLIXML_PROGRESS) == ""
 
@@ -257,7 +266,7 @@ def test_clixml_with_bom_and_plain_text():
     assert clixml_to_text(b"The command line is too long.\r\n") == "The command line is too long."
     assert clixml_to_text(b"") == ""
     assert clixml_to_text(b"#< CLIXML\r\n<Objs><S S=\"Error\">unterminated") == ""
-    assert clixml_to_text(b"f\x81r") == "f\ufffdr"
+    assert clixml_to_text(b"f\x81r") == "für"  # code page 437: 0x81 is ü (review R14)
 
 
 # ---------------------------------------------------------------- organization

@@ -2,14 +2,14 @@
 the schedule says, within the concurrency limit, one poll per server at a time, the organization included.
 
 The schedule's rules themselves (offsets, jitter, failing lane, back-off, reload) are tested on a fake clock
-in test_schedule.py; these runs only check that real polls follow them, so they are few and short: the
-servers are chosen for offsets within the first second of the interval.
+in test_schedule.py; these runs only check that real polls follow them. The poller's clock is a manual one
+(tests/clock.py): one step of a poll interval makes every server's first poll due, and the polls themselves
+run in real time.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import yaml
@@ -17,9 +17,9 @@ import yaml
 from exporter.config import load_config_text
 from exporter.poller import Poller
 from exporter.runtime import SafeRuntime
-from exporter.schedule import offset
 
-from ..conftest import SimulatedFleet, relocate
+from ..clock import ManualClock
+from ..conftest import SimulatedFleet, relocate, wait_until
 
 INTERVAL = 10.0
 SE = "15.2.2562.53"
@@ -34,17 +34,11 @@ def scenario(names: list[str], *, runtime: float = 0.0, organization: bool = Fal
     return relocate(data)
 
 
-def poller_for(fleet: SimulatedFleet, catalog, *, organization: bool = False, **poll) -> Poller:
+def poller_for(fleet: SimulatedFleet, catalog, clock: ManualClock, *, organization: bool = False, **poll) -> Poller:
     data = yaml.safe_load(fleet.config_text(interval=f"{INTERVAL:g}s", timeout="5s", jitter=0, **poll))
     if not organization:
         data.pop("organization", None)
-    return Poller(SafeRuntime(load_config_text(yaml.safe_dump(data), Path(".")), catalog))
-
-
-def early(prefix: str, count: int, within: tuple[float, float] = (0.0, 1.0)) -> list[str]:
-    """Names whose offset falls early in the interval, so a run need not wait for most of one."""
-    names = (f"{prefix}{i}" for i in range(1, 10_000))
-    return [n for n in names if within[0] <= offset(n, INTERVAL) < within[1]][:count]
+    return Poller(SafeRuntime(load_config_text(yaml.safe_dump(data), Path(".")), catalog), clock=clock)
 
 
 class ShellSampler:
@@ -72,27 +66,22 @@ class ShellSampler:
         self._thread.join()
 
 
-def wait_for(predicate, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {seconds:g}s waiting for {what}"
-        time.sleep(0.05)
-
-
 def all_succeeded(poller: Poller, names: list[str]) -> bool:
     servers, _ = poller.snapshot()
     return {r.name for r in servers if r.outcome and r.outcome.success} == set(names)
 
 
 def test_background_polls_reach_every_server_within_the_concurrency_limit(catalog):
-    # six polls of ~1.8 s due within the first second, two slots: the limit binds and polls queue
-    names = early("SLOW", 6)
-    with SimulatedFleet(scenario(names, runtime=1.5)) as fleet:
-        poller = poller_for(fleet, catalog, concurrency=2)
+    # six polls of ~0.8 s due at once, two slots: the limit binds and polls queue
+    names = [f"SLOW{i}" for i in range(1, 7)]
+    clock = ManualClock()
+    with SimulatedFleet(scenario(names, runtime=0.5)) as fleet:
+        poller = poller_for(fleet, catalog, clock, concurrency=2)
         with ShellSampler(fleet, names) as shells:
             poller.start()
+            clock.advance(INTERVAL)
             try:
-                wait_for(lambda: all_succeeded(poller, names), 20, "every server's first poll")
+                wait_until(lambda: all_succeeded(poller, names), 20, "every server's first poll")
             finally:
                 poller.stop()
     assert shells.max_total == 2, shells.max_total
@@ -100,30 +89,36 @@ def test_background_polls_reach_every_server_within_the_concurrency_limit(catalo
 
 
 def test_a_probe_waits_for_the_scheduled_poll_of_the_same_server(catalog):
-    [name] = early("SOLO", 1, within=(0.2, 1.0))
-    with SimulatedFleet(scenario([name], runtime=1.5)) as fleet:
-        poller = poller_for(fleet, catalog)
+    name = "SOLO"
+    clock = ManualClock()
+    with SimulatedFleet(scenario([name], runtime=0.5)) as fleet:
+        poller = poller_for(fleet, catalog, clock)
         with ShellSampler(fleet, [name]) as shells:
             poller.start()
+            clock.advance(INTERVAL)
             try:
-                wait_for(lambda: fleet.fleet.open_shells(name) > 0, INTERVAL, "the scheduled poll's shell")
+                wait_until(lambda: fleet.fleet.open_shells(name) > 0, 10, "the scheduled poll's shell")
                 probe = poller.probe(name)  # what /probe calls
-                wait_for(lambda: all_succeeded(poller, [name]), INTERVAL, "the scheduled poll")
+                wait_until(lambda: all_succeeded(poller, [name]), 10, "the scheduled poll")
             finally:
                 poller.stop()
     assert probe.outcome.success
-    assert probe.outcome.duration_seconds >= 1.5  # its own poll ran, after the lock was free
+    assert probe.outcome.duration_seconds >= 0.5  # its own poll ran, after the lock was free
     assert shells.max_per_host == 1, shells.max_per_host
 
 
 def test_the_organization_job_runs_at_start_beside_the_servers(catalog):
-    names = early("EX", 2)
-    with SimulatedFleet(scenario(names, organization=True)) as fleet:
-        poller = poller_for(fleet, catalog, organization=True)
+    names = ["EX1", "EX2"]
+    clock = ManualClock()
+    # the simulated organization script takes 2 s unless told otherwise
+    with SimulatedFleet(scenario(names, runtime=0.1, organization=True)) as fleet:
+        poller = poller_for(fleet, catalog, clock, organization=True)
         poller.start()
         try:
-            wait_for(lambda: (poller.snapshot()[1].outcome or False) and all_succeeded(poller, names), 15,
-                     "the organization's and every server's first poll")
+            wait_until(lambda: poller.snapshot()[1].outcome, 15, "the organization's first poll, due at start")
+            assert not any(r.outcome for r in poller.snapshot()[0]), "a server's first poll ran before its offset"
+            clock.advance(INTERVAL)
+            wait_until(lambda: all_succeeded(poller, names), 15, "every server's first poll")
         finally:
             poller.stop()
         organization = poller.snapshot()[1]

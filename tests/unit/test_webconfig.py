@@ -14,7 +14,6 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import bcrypt
@@ -25,6 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from exporter.webconfig import WebConfig, WebConfigError, WebConfigWatcher
 
+from ..clock import ManualClock
 from ..pki import issue, write
 
 PASSWORD = "s3cret-Passw0rd!"
@@ -122,9 +122,9 @@ class _Server(http.server.ThreadingHTTPServer):
 def serve():
     servers = []
 
-    def start(config_path: Path) -> str:
-        server = _Server(WebConfigWatcher(config_path))
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+    def start(config_path: Path, clock: ManualClock | None = None) -> str:
+        server = _Server(WebConfigWatcher(config_path, **({"clock": clock.now} if clock else {})))
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()  # shutdown() waits a poll
         servers.append(server)
         scheme = "https" if server.watcher.current().ssl_context() is not None else "http"
         return f"{scheme}://127.0.0.1:{server.server_address[1]}/metrics"
@@ -282,34 +282,37 @@ def test_certificate_rotation_without_restart(tmp_path, serve, pki, caplog):
     shutil.copy(pki / "server.key", live / "tls.key")
     path = write_config(tmp_path, "tls_server_config:\n  cert_file: live/tls.crt\n  key_file: live/tls.key\n")
     load_valid(path)
-    url = serve(path)
+    clock = ManualClock()
+    url = serve(path, clock)
     assert _peer_cn(url, pki) == "server one"
 
     # Half-way through a rotation the new certificate does not match the old key: keep serving the old pair.
     shutil.copy(pki / "server2.crt", live / "tls.crt")
-    time.sleep(1.1)
+    clock.advance(1.1)
     with caplog.at_level(logging.WARNING, logger="exporter.webconfig"):
         assert _peer_cn(url, pki) == "server one"
     assert "keeping the previous web config" in caplog.text and "cert_file" in caplog.text
 
     shutil.copy(pki / "server2.key", live / "tls.key")
-    time.sleep(1.1)
+    clock.advance(1.1)
     assert _peer_cn(url, pki) == "server two"
 
 
 def test_watcher_keeps_last_good_config_on_bad_edit(tmp_path, password_hash, caplog):
     path = write_config(tmp_path, f"basic_auth_users:\n  prometheus: '{password_hash}'\n")
-    watcher = WebConfigWatcher(path)
+    clock = ManualClock()
+    watcher = WebConfigWatcher(path, clock=clock.now)
     first = watcher.current()
     assert watcher.current() is first, "unchanged file must not be re-read"
     path.write_text("basic_auth_users:\n  prometheus: plaintext-oops\n")
-    time.sleep(1.1)
+    assert watcher.current() is first, "the file is looked at again only after the check interval"
+    clock.advance(1.1)
     with caplog.at_level(logging.WARNING, logger="exporter.webconfig"):
         assert watcher.current() is first
     assert "basic_auth_users.prometheus" in caplog.text
     assert "plaintext-oops" not in caplog.text
     path.write_text("basic_auth_users: {}\n")
-    time.sleep(1.1)
+    clock.advance(1.1)
     assert watcher.current().check_basic_auth(None) is True
 
 

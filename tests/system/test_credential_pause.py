@@ -1,0 +1,98 @@
+"""A wrong or expired password must not lock the monitoring account out (issue 25 item 7).
+
+Every poll logs on, and a domain controller counts each rejected logon against the account's lockout
+threshold: six servers polled every minute with a wrong password are six rejected logons a minute. The
+simulator counts them. With the credential guard (exporter/connections.py) the module's polls pause after
+three rejections by two servers or more, one poll tries again after each growing pause, and a reload with the
+right password resumes at once. The poller runs on a manual clock, so hours of pauses pass in no time."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+import yaml
+
+from exporter.catalog import Catalog
+from exporter.config import load_config
+from exporter.connections import FIRST_PAUSE_SECONDS, REJECTIONS_TO_PAUSE
+from exporter.exporter import Exporter
+
+from ..clock import ManualClock
+from ..conftest import PASSWORD_ENV, SimulatedFleet, relocate, samples, wait_until
+
+SERVERS = [f"EX{i:02d}" for i in range(1, 7)]
+INTERVAL = 60.0
+CONCURRENCY = 2
+WRONG_ENV = "EEMS_TEST_WRONG_PASSWORD"
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    servers = [{"name": name, "address": "127.0.0.1", "build": "15.2.2562.53"} for name in SERVERS]
+    with SimulatedFleet(relocate({"servers": servers})) as fleet:
+        yield fleet
+
+
+def config_text(fleet: SimulatedFleet, password_env: str) -> str:
+    doc = yaml.safe_load(fleet.config_text(interval=f"{INTERVAL:g}s", concurrency=CONCURRENCY, jitter=0,
+                                           failing_share=1))  # no lane for failing polls: none waits
+    doc["modules"]["http"]["password_env"] = password_env
+    doc.pop("organization", None)  # server polls only, so that every rejected logon is one server's poll
+    return yaml.safe_dump(doc)
+
+
+def paused(exporter: Exporter) -> float:
+    metrics = samples(exporter.metrics_body("")[0].decode())
+    return metrics[("exchange_exporter_credential_paused", frozenset({"module": "http"}.items()))]
+
+
+def one_interval(exporter: Exporter, clock: ManualClock, seconds: float = INTERVAL) -> list:
+    """Let `seconds` pass on the poller's clock and wait for every server's poll that is then due."""
+    since = datetime.now(timezone.utc)
+    clock.advance(seconds)
+
+    def polled():
+        servers, _ = exporter.snapshot()
+        done = [r for r in servers if r.outcome and r.outcome.finished >= since]
+        return done if len(done) == len(SERVERS) else None
+
+    return wait_until(polled, 30, "every server's next poll")
+
+
+def test_a_rejected_credential_pauses_its_polls_instead_of_locking_the_account_out(fleet, tmp_path, monkeypatch):
+    monkeypatch.setenv(WRONG_ENV, "an-expired-password")
+    path = tmp_path / "exporter.yml"
+    path.write_text(config_text(fleet, WRONG_ENV))
+    clock = ManualClock()
+    exporter = Exporter(load_config(path), Catalog.load(), clock=clock)
+    exporter.start()
+    try:
+        first = one_interval(exporter, clock)
+        rejected = fleet.fleet.rejected_logons()
+        # polls already running when the pause began still end: at most one per other poll slot
+        assert REJECTIONS_TO_PAUSE <= rejected <= REJECTIONS_TO_PAUSE + CONCURRENCY - 1, rejected
+        reasons = [r.outcome.error_reason for r in first]
+        assert set(reasons) == {"auth_failed", "credential_paused"}, reasons
+        assert reasons.count("credential_paused") == len(SERVERS) - rejected
+        assert paused(exporter) == 1
+
+        for _ in range(5):  # five more intervals inside the pause: thirty rejected logons without the guard
+            polls = one_interval(exporter, clock)
+            assert {r.outcome.error_reason for r in polls} == {"credential_paused"}
+        assert fleet.fleet.rejected_logons() == rejected
+
+        one_interval(exporter, clock, FIRST_PAUSE_SECONDS)  # the pause is over: one poll tries, and is rejected
+        assert fleet.fleet.rejected_logons() == rejected + 1
+        assert paused(exporter) == 1
+        one_interval(exporter, clock, FIRST_PAUSE_SECONDS)  # the next pause is twice as long
+        assert fleet.fleet.rejected_logons() == rejected + 1
+
+        path.write_text(config_text(fleet, PASSWORD_ENV))  # the right password: resume at once
+        assert exporter.reload() == (True, "configuration reloaded")
+        assert paused(exporter) == 0
+        polls = one_interval(exporter, clock)
+        assert all(r.outcome.success for r in polls), [r.outcome.error_reason for r in polls]
+        assert fleet.fleet.rejected_logons() == rejected + 1
+    finally:
+        exporter.stop()
