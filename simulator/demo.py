@@ -36,8 +36,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.psrp:
             print("Protocol:        PowerShell remoting: the exporter's JEA endpoint (written by windows-endpoint, "
                   "installed on every server), Exchange's /PowerShell for the organization; no WinRS shell is "
-                  "served. Over NTLM: the simulator has no Kerberos acceptor on /PowerShell yet (real Exchange "
-                  "takes Kerberos only)")
+                  "served. The demo uses NTLM, and Exchange's endpoint takes Kerberos only, as in production: "
+                  "the organization collector reports auth_failed and says why")
         print(f"Exporter config: {config_path}")
         print(f"Metrics:         http://{shown}:{port}/metrics")
         print(f"Landing page:    http://{shown}:{port}/")

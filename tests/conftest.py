@@ -89,9 +89,10 @@ def relocate(scenario: dict) -> dict:
 
 
 class SimulatedFleet:
-    def __init__(self, scenario_dict: dict):
+    def __init__(self, scenario_dict: dict, kerberos_keytab: Path | None = None):
         self.scenario = scenario_from_dict(scenario_dict)
-        self.fleet = Fleet(self.scenario.hosts, self.scenario.credentials, tls_dir=self.scenario.tls)
+        self.fleet = Fleet(self.scenario.hosts, self.scenario.credentials, tls_dir=self.scenario.tls,
+                           kerberos_keytab=kerberos_keytab)
         self.hosts = {h.name: h for h in self.scenario.hosts}
 
     def __enter__(self) -> "SimulatedFleet":

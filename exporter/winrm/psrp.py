@@ -45,7 +45,7 @@ from .client import (
     MIN_FOLLOW_UP_SECONDS, MIN_REQUEST_SECONDS, CommandResult, authentication, open_channel, without_secrets,
 )
 from .connection import Endpoint
-from .errors import OPERATION_TIMEOUT, PollFailure, WSManFault, classify
+from .errors import OPERATION_TIMEOUT, AuthenticationRejected, PollFailure, WSManFault, classify
 from .psrp_fragments import FragmentReader
 from .session import Channel
 
@@ -326,11 +326,16 @@ class PsrpConnection:
 
     def _exchange(self, message: Callable[[int], bytes], deadline: float, *, waits: bool = False,
                   opens: bool = False) -> bytes:
-        channel = self._open(deadline)
-        # a Receive is held by the server up to its OperationTimeout: it must come back before the deadline
-        operation, timeout = self._timeouts(deadline, MIN_REQUEST_SECONDS if opens or waits else MIN_FOLLOW_UP_SECONDS)
         try:
+            channel = self._open(deadline)
+            # a Receive is held by the server up to its OperationTimeout: it must come back before the deadline
+            operation, timeout = self._timeouts(deadline, MIN_REQUEST_SECONDS if opens or waits else MIN_FOLLOW_UP_SECONDS)
             return channel.exchange(message(operation), deadline=deadline, timeout=timeout)
+        except AuthenticationRejected:
+            if self._configuration == EXCHANGE and self.module.transport != "kerberos":
+                raise PollFailure("auth_failed", "Exchange's remote PowerShell endpoint takes Kerberos only: set "
+                                  f"transport: kerberos for module {self.module.name}") from None
+            raise
         except WSManFault as fault:
             if fault.code == CONFIGURATION_NOT_FOUND:
                 raise PollFailure("configuration_not_found", f"the session configuration {self._configuration} "

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from exporter import windows_endpoint
+from exporter.config import Secret
 from exporter.parse import parse_organization_output
 from exporter.scripts import ServerScriptParameters, organization_script, powershell_command, server_script
 from exporter.winrm import PollFailure, ServerConnection, connect
@@ -25,12 +26,16 @@ ORGANIZATION = powershell_command(organization_script())
 
 
 def scenario(role_capability: Path, **remoting) -> dict:
+    """Three servers; Exchange's /PowerShell opened to NTLM (`kerberos_only: false`) unless a test says otherwise:
+    test_exchange_endpoint_over_kerberos runs it as real Exchange does, Kerberos only, with a real KDC."""
     servers = [{"name": "EX01", "build": SE}, {"name": "EX02", "build": "15.2.1544.4", "locale": "de-DE"},
                {"name": "EX03", "build": "15.1.2507.6", "mitigations": {"applied": ["M1.1"], "blocked": ["PING1"]}}]
     for server in servers:
         server["address"] = "127.0.0.1"
     jea = {"role_capability": str(role_capability), **remoting.pop("jea", {})}
-    return relocate({"clock": "2026-12-06T12:00:00Z", "servers": servers, "remoting": {"jea": jea, **remoting}})
+    exchange = {"kerberos_only": False, **remoting.pop("exchange", {})}
+    return relocate({"clock": "2026-12-06T12:00:00Z", "servers": servers,
+                     "remoting": {"jea": jea, "exchange": exchange, **remoting}})
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +161,40 @@ def test_a_slow_function_fails_by_the_deadline(role_capability):
         took = time.monotonic() - started
         conn.close()
     assert failure.value.reason == "deadline_exceeded" and took < 5.5
+
+
+KERBEROS_PASSWORD = "Kerb3ros!psrp-test"
+
+
+def test_exchange_endpoint_over_kerberos_and_the_reason_over_ntlm(role_capability, kdc_factory):
+    """As real Exchange: /PowerShell takes Kerberos only. With a ticket from a real MIT KDC the organization
+    collector gets every server's facts without delegation; over NTLM a clear reason names Kerberos."""
+    kdc = kdc_factory()
+    kdc.add_principal("svc_monitor", password=KERBEROS_PASSWORD)
+    data = scenario(role_capability, exchange={"kerberos_only": True})
+    for server in data["servers"]:
+        server["fqdn"] = f"{server['name'].lower()}.contoso.test"
+        server["auth"] = ["ntlm", "kerberos"]
+    fqdns = [server["fqdn"] for server in data["servers"]]
+    keytab = kdc.service_keytab(kdc.directory / "keytabs" / "listeners.keytab", fqdns)
+    with SimulatedFleet(data, kerberos_keytab=keytab) as fleet:
+        config = fleet.config()
+        server = config.servers[0]
+        module = dataclasses.replace(config.modules[server.module], protocol="psrp",
+                                     configuration_name="Microsoft.Exchange", path="PowerShell")
+        target = f"http://{server.address}:{server.port}/wsman"
+
+        def run(**changes):
+            conn = connect(target, dataclasses.replace(module, **changes), max_response_bytes=4 << 20,
+                           max_poll_bytes=8 << 20, server_name="ex01.contoso.test")
+            try:
+                return conn.run(ORGANIZATION, time.monotonic() + 20)
+            finally:
+                conn.close()
+
+        facts = parse_organization_output(run(transport="kerberos", username="svc_monitor@CONTOSO.TEST",
+                                              password=Secret(KERBEROS_PASSWORD)).stdout)
+        with pytest.raises(PollFailure) as ntlm:
+            run()
+    assert [s.name for s in facts.servers] == ["EX01", "EX02", "EX03"] and facts.error_stage is None
+    assert ntlm.value.reason == "auth_failed" and "takes Kerberos only" in ntlm.value.message
