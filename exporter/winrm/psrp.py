@@ -39,7 +39,7 @@ from psrpcore.types import PSInvocationState, RunspacePoolState
 
 from ..config import ModuleConfig
 from ..scripts import ORGANIZATION_MARKER, SERVER_MARKER, Command
-from ..windows_endpoint import FUNCTION_NAME, VERSION_PREFIX, endpoint_version, update_command
+from ..windows_endpoint import FUNCTION_NAME, PARAMETERS, VERSION_PREFIX, endpoint_version, update_command
 from . import wsman
 from .client import (
     MIN_FOLLOW_UP_SECONDS, MIN_REQUEST_SECONDS, CommandResult, authentication, open_channel, without_secrets,
@@ -144,7 +144,11 @@ class PsrpConnection:
             if marker != SERVER_MARKER:
                 raise PollFailure("configuration_not_found", f"the JEA endpoint {self._configuration} runs only "
                                   "the server collection; use another module for this", connection_intact=True)
-            parameters = tuple((k, v) for k, v in _parameters(script).items() if k != "Proxy")
+            # the function's ValidateRange bounds (a year of lookback, 300 s for the endpoint check) are above any
+            # sensible configuration; a value beyond them is cut to them rather than refused by the server
+            bounds = {name: (low, high) for name, low, high, _ in PARAMETERS}
+            parameters = tuple((k, min(max(v, bounds[k][0]), bounds[k][1]) if k in bounds else v)
+                               for k, v in _parameters(script).items() if k != "Proxy")
             return [_Statement(FUNCTION_NAME, parameters)], self._jea
         return [_Statement(script, script=True)], self._script
 

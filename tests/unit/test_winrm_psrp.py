@@ -198,3 +198,12 @@ def test_exchange_endpoint_over_kerberos_and_the_reason_over_ntlm(role_capabilit
             run()
     assert [s.name for s in facts.servers] == ["EX01", "EX02", "EX03"] and facts.error_stage is None
     assert ntlm.value.reason == "auth_failed" and "takes Kerberos only" in ntlm.value.message
+
+
+def test_parameters_beyond_the_functions_bounds_are_cut_to_them(fleet):
+    """A lookback of two years is more than the JEA function accepts (one year): the poll asks for a year."""
+    command = powershell_command(server_script(ServerScriptParameters(2 * 8760, 50, 32768, False, 600, "")))
+    conn = psrp(fleet, "EX01")
+    result = conn.run(command, time.monotonic() + 20)
+    conn.close()
+    assert result.exit_code == 0 and json.loads(result.stdout)["computer"] == "EX01"
