@@ -47,7 +47,7 @@ class _Settings:
     module: ModuleConfig
     max_response_bytes: int
     max_poll_bytes: int
-    server_name: str  # the configured name: the Kerberos SPN and the NTLM target name come from it
+    server_name: str  # the configured name or spn_hostname: the Kerberos SPN and the NTLM target name come from it
 
 
 def _settings(target: Target, module_name: str, config: Config) -> _Settings | None:
@@ -55,7 +55,7 @@ def _settings(target: Target, module_name: str, config: Config) -> _Settings | N
     if module is None:
         return None
     return _Settings(target.endpoint, module, config.limits.max_response_bytes, config.limits.max_poll_bytes,
-                     target.name)
+                     target.spn_hostname)
 
 
 class _Entry:

@@ -43,6 +43,7 @@ class Target:
     module: str
     endpoint_proxy: str
     discovered: bool
+    spn_hostname: str  # the host name in its Kerberos SPN (and NTLM target name): never its address
 
     @property
     def endpoint(self) -> str:
@@ -61,7 +62,8 @@ class Targets:
         organization = config.organization
         self.discovered_from = discovered if organization is not None and organization.discover_servers else ()
         self._all = {s.name.lower(): self._target(s.name, s.address, s.port, s.module, s.endpoint_proxy,
-                                                  discovered=False) for s in config.servers}
+                                                  discovered=False, spn_hostname=s.spn_hostname)
+                     for s in config.servers}
         for info in self.discovered_from:
             key = info.name.lower()
             if not info.name or key in self._all:
@@ -69,16 +71,19 @@ class Targets:
             if len(self._all) >= config.limits.max_servers:
                 break
             self._all[key] = self._target(info.name, info.fqdn or info.name, None, organization.module,
-                                          info.internet_web_proxy or "", discovered=True)
+                                          info.internet_web_proxy or "", discovered=True, spn_hostname=info.fqdn)
         index, count = config.shard
         self.polled: tuple[Target, ...] = tuple(sorted(
             (t for t in self._all.values() if shard_of(t.name, count) == index), key=lambda t: t.name.lower()))
 
     def _target(self, name: str, address: str, port: int | None, module_name: str, endpoint_proxy: str, *,
-                discovered: bool) -> Target:
+                discovered: bool, spn_hostname: str | None = None) -> Target:
+        """`spn_hostname`: the configured one, or for a discovered server the FQDN Active Directory gave;
+        else the server's name."""
         module = self._config.modules[module_name]
         return Target(name=name, address=address, port=port or module.port, scheme=module.scheme,
-                      module=module_name, endpoint_proxy=endpoint_proxy, discovered=discovered)
+                      module=module_name, endpoint_proxy=endpoint_proxy, discovered=discovered,
+                      spn_hostname=spn_hostname or name)
 
     def for_organization(self) -> Target | None:
         """The server the organization collector polls: as known, else reached by the name the organization
