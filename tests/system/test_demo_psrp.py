@@ -1,8 +1,8 @@
 """`exchange-eems-simulator demo --psrp` (what `make demo-psrp` runs) against the WinRS demo: the same fleet over
 PowerShell remoting only (the JEA endpoint windows-endpoint writes, Exchange's /PowerShell; no WinRS shell is
 served, so nothing passes by falling back) gives the same build, cutoff and EEMS verdicts for every server. The
-organization collector meets Exchange's endpoint, which takes Kerberos only: over the demo's NTLM it says so
-(tests/unit/test_winrm_psrp.py runs it over Kerberos with a real KDC)."""
+organization collector meets Exchange's endpoint, which takes Kerberos only: over NTLM it says so; with
+`--kerberos` (a real MIT KDC) it succeeds, with no delegation, where WinRS meets the double hop."""
 
 from __future__ import annotations
 
@@ -61,25 +61,30 @@ def stop(process: subprocess.Popen) -> str:
 
 
 def test_the_psrp_demo_gives_the_winrs_demos_verdicts(tmp_path):
-    winrs, winrs_port = start(tmp_path, "winrs")
-    psrp, psrp_port = start(tmp_path, "psrp", "--psrp")
+    demos = {"winrs": start(tmp_path, "winrs"), "psrp": start(tmp_path, "psrp", "--psrp"),
+             "psrp_kerberos": start(tmp_path, "psrp_kerberos", "--psrp", "--kerberos")}
     try:
         deadline = time.monotonic() + 90
         texts = {}
         while time.monotonic() < deadline:
             time.sleep(0.5)
-            texts = {"winrs": metrics(winrs_port), "psrp": metrics(psrp_port)}
+            texts = {name: metrics(port) for name, (_, port) in demos.items()}
             if all(len(series(t, "exchange_up")) == 15 and organization_state(t) for t in texts.values()):
                 break
         for name, text in texts.items():
             assert len(series(text, "exchange_up")) == 15, f"{name}: not every server polled in 90 s"
         assert organization_state(texts["winrs"]) == "double_hop"  # over NTLM, as in production
         assert organization_state(texts["psrp"]) == "auth_failed"  # Exchange's endpoint: Kerberos only
+        assert organization_state(texts["psrp_kerberos"]) == "ok"  # cmdlets under RBAC on the server, no second hop
+        assert series(texts["psrp_kerberos"], "exchange_eems_mitigations_enabled")
         for metric in VERDICTS:
             winrs_series = series(texts["winrs"], metric)
-            assert winrs_series and series(texts["psrp"], metric) == winrs_series, metric
+            assert winrs_series, metric
+            for name in ("psrp", "psrp_kerberos"):
+                assert series(texts[name], metric) == winrs_series, (name, metric)
     finally:
-        outputs = {"winrs": stop(winrs), "psrp": stop(psrp)}
+        outputs = {name: stop(process) for name, (process, _) in demos.items()}
     assert "PowerShell remoting" in outputs["psrp"] and "takes Kerberos only" in outputs["psrp"]
+    assert "over Kerberos, with no delegation" in outputs["psrp_kerberos"]
     for name, output in outputs.items():
         assert "Traceback" not in output, f"{name}: {output[-2000:]}"
