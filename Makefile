@@ -57,9 +57,10 @@ demo: $(STAMP)
 	$(BIN)/exchange-eems-simulator demo
 
 # The demo over PowerShell remoting only: the exporter's JEA endpoint (written by windows-endpoint) on every
-# server and Exchange's /PowerShell for the organization; the fleet serves no WinRS shell.
+# server and Exchange's /PowerShell for the organization; the fleet serves no WinRS shell. Exchange's endpoint
+# takes Kerberos only: DEMO_ARGS=--kerberos adds the real KDC under which the organization collector succeeds.
 demo-psrp: $(STAMP)
-	$(BIN)/exchange-eems-simulator demo --psrp
+	$(BIN)/exchange-eems-simulator demo --psrp $(DEMO_ARGS)
 
 # The demo fleet and exporter, Debian's Prometheus and Alertmanager with examples/ and alerts/, and a webhook that
 # prints every page and ticket (tools/demo_stack.py; DEMO_ARGS=--fast: no `for:` waits).
