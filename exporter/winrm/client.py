@@ -5,7 +5,7 @@ authenticated connection, creates a shell, runs the command, reads its output un
 always signals and deletes the shell. It returns the command's output or raises a `PollFailure` with a
 reason class (errors.py). Whatever goes wrong, it returns by `deadline`:
 - every request is cut to what is left; a connection or a shell is not opened with less than
-  MIN_REQUEST_SECONDS left, nor any other request sent with less than MIN_FOLLOW_UP_SECONDS;
+  MIN_REQUEST_SECONDS left, nor a Command or Receive sent with less than MIN_FOLLOW_UP_SECONDS;
 - a request of the shell's work is sent only while the deadline still leaves time for the cleanup it
   would need (Signal and Delete, or Delete alone), each cleanup request reckoned as long as the slowest
   request of the poll so far. A cleanup that still does not fit leaves the shell to be deleted at the
@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 TRANSIENT_REASONS = {"connection_refused", "connection_error", "timeout", "http_error"}
 MIN_REQUEST_SECONDS = 2.0  # to open a connection or a shell: less would only leave a shell to clean up
-MIN_FOLLOW_UP_SECONDS = 0.5  # for any other request
+MIN_FOLLOW_UP_SECONDS = 0.5  # for Command and Receive
+MIN_CLEANUP_SECONDS = 0.05  # Signal and Delete are tried with whatever is left: a shell left costs more
 MIN_CLEANUP_ESTIMATE_SECONDS = 0.25  # what a cleanup request is reckoned to take at least
 KEEP_IF_POLLED_WITHIN = 90.0  # HTTP.sys's idle connection timeout is about 120 s
 MAX_ORPHANS = 16
@@ -83,6 +84,29 @@ def authentication(module: ModuleConfig, hostname: str):
     raise ValueError(f"unknown transport {module.transport!r}")
 
 
+def open_channel(address: Endpoint, module: ModuleConfig, authenticator, *, deadline: float, timeout: float,
+                 max_response_bytes: int) -> Channel:
+    """A new connection to `address`, authenticated (for ServerConnection and psrp.PsrpConnection alike)."""
+    context = tls.context(module) if address.scheme == "https" else None
+    connection = Connection.open(address, context, deadline=deadline, timeout=timeout,
+                                 max_response_bytes=max_response_bytes, user_agent=USER_AGENT)
+    try:
+        return authenticator.open(connection, deadline=deadline, timeout=timeout)
+    except BaseException:
+        connection.close()
+        raise
+
+
+def without_secrets(module: ModuleConfig, failure: PollFailure) -> PollFailure:
+    """A server's fault text may quote our request, Authorization header included: mask the credential."""
+    text = failure.message
+    for secret in module.secrets():
+        text = text.replace(secret, "<redacted>")
+    if text == failure.message:
+        return failure
+    return PollFailure(failure.reason, text, connection_intact=failure.connection_intact)
+
+
 class ServerConnection:
     """The WinRM endpoint of one server for one module. Not thread-safe for its callers' sake: a lock runs
     one command at a time (the poller polls one server at a time anyway)."""
@@ -115,16 +139,10 @@ class ServerConnection:
                 return channel
             self.close()  # the server will have closed it, or did: authenticate anew, no request wasted
         timeout = self._timeouts(deadline)[1]
-        context = tls.context(self.module) if self._address.scheme == "https" else None
-        connection = Connection.open(self._address, context, deadline=deadline, timeout=timeout,
-                                     max_response_bytes=self.max_response_bytes, user_agent=USER_AGENT)
-        try:
-            if self._authentication is None:
-                self._authentication = authentication(self.module, self._server_name)
-            self._channel = self._authentication.open(connection, deadline=deadline, timeout=timeout)
-        except BaseException:
-            connection.close()
-            raise
+        if self._authentication is None:
+            self._authentication = authentication(self.module, self._server_name)
+        self._channel = open_channel(self._address, self.module, self._authentication, deadline=deadline,
+                                     timeout=timeout, max_response_bytes=self.max_response_bytes)
         return self._channel
 
     def close(self) -> None:
@@ -141,13 +159,14 @@ class ServerConnection:
         return operation, operation + 1.0
 
     def _exchange(self, message: Callable[[int], bytes], deadline: float, *, cleanup_requests: int = 0,
-                  waits: bool = False, opens_shell: bool = False) -> bytes:
+                  waits: bool = False, opens_shell: bool = False, cleanup: bool = False) -> bytes:
         """Send one message by `deadline`, leaving time for `cleanup_requests` more after it. A message that
         `waits` (Receive: the server holds it until there is output, up to OperationTimeout) does not count
         towards how long a request takes."""
         deadline -= cleanup_requests * max(self._slowest, MIN_CLEANUP_ESTIMATE_SECONDS)
         channel = self._open(deadline)
-        operation, timeout = self._timeouts(deadline, MIN_REQUEST_SECONDS if opens_shell else MIN_FOLLOW_UP_SECONDS)
+        minimum = MIN_REQUEST_SECONDS if opens_shell else MIN_CLEANUP_SECONDS if cleanup else MIN_FOLLOW_UP_SECONDS
+        operation, timeout = self._timeouts(deadline, minimum)
         started = time.monotonic()
         answer = channel.exchange(message(operation), deadline=deadline, timeout=timeout)
         if not waits:
@@ -186,13 +205,7 @@ class ServerConnection:
             raise failure from None
 
     def _without_secrets(self, failure: PollFailure) -> PollFailure:
-        """A server's fault text may quote our request, Authorization header included: mask the credential."""
-        text = failure.message
-        for secret in self.module.secrets():
-            text = text.replace(secret, "<redacted>")
-        if text == failure.message:
-            return failure
-        return PollFailure(failure.reason, text, connection_intact=failure.connection_intact)
+        return without_secrets(self.module, failure)
 
     def _run_once(self, command: Command, deadline: float) -> CommandResult:
         self._slowest = 0.0
@@ -241,8 +254,8 @@ class ServerConnection:
 
     def _delete(self, shell_id: str, deadline: float) -> None:
         message_id = uuid.uuid4()
-        wsman.check_relates_to(self._exchange(lambda op: wsman.delete(op, shell_id, message_id), deadline),
-                               message_id)
+        wsman.check_relates_to(self._exchange(lambda op: wsman.delete(op, shell_id, message_id), deadline,
+                                              cleanup=True), message_id)
 
     def _delete_orphans(self, deadline: float) -> None:
         """Delete shells a failed poll could not: a server that refused or dropped the connection then may
@@ -265,7 +278,7 @@ class ServerConnection:
                 try:
                     wsman.check_relates_to(self._exchange(
                         lambda op: wsman.signal_terminate(op, shell_id, command_id, message_id), deadline,
-                        cleanup_requests=1), message_id)
+                        cleanup_requests=1, cleanup=True), message_id)
                 except WSManFault:  # the command may already be gone; Delete still matters
                     pass
             self._delete(shell_id, deadline)
