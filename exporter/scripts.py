@@ -37,6 +37,7 @@ class ServerScriptParameters:
     check_endpoint: bool
     endpoint_timeout_seconds: int
     proxy: str
+    proxy_default_credentials: bool = False  # offer the account's default credentials to the proxy used
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ def server_script(params: ServerScriptParameters) -> str:
         "LookbackHours": params.lookback_hours, "MaxEvents": params.max_events,
         "LogTailBytes": params.log_tail_bytes, "CheckEndpoint": params.check_endpoint,
         "EndpointTimeoutSec": params.endpoint_timeout_seconds, "Proxy": safe_proxy(params.proxy),
+        "ProxyDefaultCredentials": params.proxy_default_credentials,
     }, "collect_server.ps1")
 
 

@@ -31,7 +31,7 @@ def test_marker_and_parameter_line():
     lines = server_script(params("http://proxy.contoso.com:8080/")).splitlines()
     assert lines[0] == SERVER_MARKER
     assert lines[1] == ("$P=@{LookbackHours=24;MaxEvents=200;LogTailBytes=65536;CheckEndpoint=1;"
-                        "EndpointTimeoutSec=10;Proxy='http://proxy.contoso.com:8080/'}")
+                        "EndpointTimeoutSec=10;Proxy='http://proxy.contoso.com:8080/';ProxyDefaultCredentials=0}")
 
 
 def test_command_is_utf16_base64_of_the_script():
@@ -103,7 +103,7 @@ def test_a_hostile_proxy_value_never_reaches_the_script():
     for hostile in ("http://x';Remove-Item C:\\ -Recurse;'", "http://x\u2019;calc;\u2018", "http://a b/",
                     "http://user:secret@proxy:8080/", "javascript:alert(1)"):
         line = server_script(params(hostile)).splitlines()[1]
-        assert line.endswith(";Proxy=''}"), hostile
+        assert ";Proxy='';" in line, hostile
 
 
 # Proxy URLs the configuration (servers[].endpoint_proxy) and Active Directory (InternetWebProxy) may give.
@@ -124,7 +124,7 @@ def test_the_script_keeps_every_proxy_url_the_configuration_accepts():
             configured = True
         except ConfigError:
             configured = False
-        kept = server_script(params(url)).splitlines()[1].endswith(f";Proxy='{url}'}}")
+        kept = f";Proxy='{url}';" in server_script(params(url)).splitlines()[1]
         assert (configured, kept) == (url in PROXY_URLS_ACCEPTED,) * 2, url
 
 
