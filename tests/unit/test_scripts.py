@@ -4,7 +4,10 @@ invariant error ids rather than localized texts, and no value can break out of i
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
+
+import pytest
 
 from exporter.config import ConfigError, load_config_text
 from exporter.scripts import (
@@ -131,3 +134,15 @@ def test_the_script_keeps_every_proxy_url_the_configuration_accepts():
 def test_script_text_is_ascii():
     for script in (server_script(params()), organization_script()):
         script.encode("ascii")
+
+
+@pytest.mark.parametrize("script", ["collect_server.ps1", "collect_organization.ps1", "diagnose_server.ps1"])
+def test_scripts_need_no_more_than_powershell_3(script):
+    """Review R16: Windows Server 2012 R2 runs Exchange 2016 with its in-box PowerShell 4.0; the scripts use
+    nothing of 5.0 (docs/design.md, "Which PowerShell")."""
+    from exporter.scripts import _body
+
+    text = _body(script)
+    for construct in (r"::new\(", r"^\s*class\s", r"^\s*enum\s", r"^\s*using\s", r"\bConvertFrom-Json\b.*-AsHashtable",
+                      r"\bGet-ComputerInfo\b", r"\bGet-TimeZone\b", r"\b-Depth\s+\d+\s+-AsArray\b"):
+        assert not re.search(construct, text, re.MULTILINE | re.IGNORECASE), (script, construct)
