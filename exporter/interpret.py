@@ -8,8 +8,9 @@ the log says "untrusted endpoint" (docs/reference/eems-facts.md section 3).
 
 Log cycles: a cycle runs from one "Fetching mitigations from" line up to the next one. A cycle with a
 Warning/Error line about fetching mitigations is a failed check (its time is the first such line); one
-without is a successful check (its time is the check-start line). Other Warning/Error lines are counted apart. The newest cycle counts as a success only once a line follows
-its check-start line, so a check still in progress when the tail was read is not reported as a success.
+without is a successful check (its time is the check-start line). Other Warning/Error lines are counted
+apart. The newest cycle counts as a success only once a line follows its check-start line, so a check still
+in progress when the tail was read is not reported as a success.
 
 Activity: the newest trace of the service at all (an EEMS event of any id, a log line, the newest write
 into the log folder) needs no guessed text. With the absence of fetch errors since, it is the success
