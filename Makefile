@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 KERBEROS_STAMP := $(VENV)/.installed-kerberos
 KERBEROS_PACKAGES := krb5-kdc krb5-admin-server libkrb5-dev
 
-.PHONY: demo demo-kerberos demo-stack dist test bench soak lint install system-deps kerberos-deps clean rules lock
+.PHONY: demo demo-kerberos demo-stack dist test check bench soak lint install system-deps kerberos-deps clean rules lock
 
 $(STAMP): pyproject.toml simulator/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,17 +17,18 @@ $(STAMP): pyproject.toml simulator/pyproject.toml
 install: $(STAMP)
 
 # MIT Kerberos: the KDC the Kerberos tests and `make demo-kerberos` run (Debian's krb5-kdc, krb5-admin-server),
-# and the headers python-gssapi builds against (libkrb5-dev; gssapi has no Linux wheel). Installed only when
-# missing, the way system-deps installs Prometheus; waits for another apt instead of failing.
+# and the headers python-gssapi builds against (libkrb5-dev; gssapi has no Linux wheel); libfaketime runs a
+# KDC whose clock is off for the clock-skew tests. Installed only when missing, the way system-deps installs
+# Prometheus; waits for another apt instead of failing.
 kerberos-deps:
 	@HEADERS=$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])'); \
 	if ! test -x /usr/sbin/krb5kdc || ! test -x /usr/sbin/kadmin.local || ! command -v krb5-config >/dev/null \
-	   || ! command -v gcc >/dev/null || ! test -f "$$HEADERS/Python.h"; then \
+	   || ! command -v faketime >/dev/null || ! command -v gcc >/dev/null || ! test -f "$$HEADERS/Python.h"; then \
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  EXTRA=$$(test -f "$$HEADERS/Python.h" || echo python3-dev); \
 	  $$SUDO apt-get -o DPkg::Lock::Timeout=900 update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends \
-	    $(KERBEROS_PACKAGES) gcc $$EXTRA >/dev/null; \
+	    $(KERBEROS_PACKAGES) faketime gcc $$EXTRA >/dev/null; \
 	fi
 	@test -x /usr/sbin/krb5kdc || { echo "krb5kdc is missing after installing $(KERBEROS_PACKAGES)" >&2; exit 1; }
 
@@ -38,16 +39,19 @@ $(KERBEROS_STAMP): $(STAMP) pyproject.toml
 	touch $(KERBEROS_STAMP)
 
 # promtool (Debian `prometheus`), amtool and Alertmanager (Debian `prometheus-alertmanager`) for the rule,
-# config and integration tests; systemd-analyze (Debian `systemd`) for deploy/systemd/. Installed only when
+# config and integration tests; systemd-analyze (Debian `systemd`) for deploy/systemd/; chromium and
+# chromium-driver for the browser tests of the exporter's pages (tests/system/test_browser.py). Installed only when
 # missing; needs root or sudo.
 system-deps:
 	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v amtool >/dev/null \
-	   || ! command -v systemd-analyze >/dev/null; then \
+	   || ! command -v systemd-analyze >/dev/null || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager systemd >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager systemd \
+	    chromium chromium-driver >/dev/null; \
 	fi
 	@command -v promtool >/dev/null || { echo "promtool is missing after installing Debian's prometheus" >&2; exit 1; }
+	@command -v chromedriver >/dev/null || { echo "chromedriver is missing after installing Debian's chromium-driver" >&2; exit 1; }
 
 demo: $(STAMP)
 	$(BIN)/exchange-eems-simulator demo
@@ -74,8 +78,17 @@ dist: $(STAMP)
 	$(BIN)/python -m build --no-isolation --sdist --wheel --outdir $(DIST) .
 	$(BIN)/twine check --strict $(DIST)/*
 
+# Two worker processes, each taking whole test files (a module's fixture, such as a Prometheus and Alertmanager
+# stack, starts once): the suite mostly waits on sockets, deadlines and other programs, so two workers halve it
+# on two cores. PYTEST_WORKERS= runs it in one process.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
+
 test: system-deps $(STAMP) $(KERBEROS_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS)
+
+# The fast loop while you work: the unit tests, the PowerShell grammar checks among them. `make test` runs all.
+check: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) tests/unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
@@ -86,11 +99,16 @@ soak: $(STAMP)
 
 # requirements.lock: the image's dependencies, pinned with every file's hash (the Dockerfile installs it with
 # --require-hashes). Run after changing [project] dependencies in pyproject.toml; commit the result.
+# requirements-kerberos.lock: what the image's first stage builds the kerberos extra from (requirements-kerberos.in).
+# pip-tools 7.7 dropped --custom-compile-command; the environment variable works in every 7.x.
 lock: $(STAMP)
 	$(BIN)/pip install --quiet 'pip-tools>=7.4,<8'
-	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --build-deps-for wheel --strip-extras \
-	  --no-emit-index-url --no-emit-find-links --no-emit-trusted-host --custom-compile-command 'make lock' \
+	CUSTOM_COMPILE_COMMAND='make lock' $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe \
+	  --build-deps-for wheel --strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
 	  --output-file requirements.lock pyproject.toml
+	CUSTOM_COMPILE_COMMAND='make lock' $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe \
+	  --no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
+	  --output-file requirements-kerberos.lock requirements-kerberos.in
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

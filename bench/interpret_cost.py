@@ -33,7 +33,7 @@ from exporter.catalog import Catalog
 from exporter.collectors import interpret_output, server_script
 from exporter.config import load_config_text
 from exporter.parse import parse_server_output
-from exporter.targets import Targets
+from exporter.runtime import Targets
 from simulator.scenario import scenario_from_dict
 
 PASSWORD_ENV = "INTERPRET_COST_PASSWORD"

@@ -21,7 +21,7 @@ from .eems_log import classify_organization_error
 from .interpret import interpret_server
 from .model import CollectorOutcome, OrganizationResult, OrgServerInfo, RawServerFacts, ServerResult, ServerState
 from .parse import ParseError, clixml_to_text, parse_organization_output, parse_server_output
-from .targets import Target
+from .runtime import Target
 from .winrm import PollFailure, ServerConnection
 
 log = logging.getLogger(__name__)

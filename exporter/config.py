@@ -157,6 +157,8 @@ class ModuleConfig:
     operation_timeout: float
     read_timeout: float
     kerberos_delegation: bool  # lets Exchange cmdlets in the WinRS session reach AD (the double hop)
+    keytab_file: Path | None  # transport kerberos: the keys of `username`, instead of a password
+    spn_service: str  # transport kerberos: the service ticket is for <spn_service>/<server FQDN>
 
     def secrets(self) -> list[str]:
         """The password and the Basic `Authorization` value made from it, which a server can quote back."""
@@ -213,6 +215,8 @@ def module_keys(base: Path) -> tuple[Key, ...]:
         Key("operation_timeout", duration, "20s"),
         Key("read_timeout", duration, "30s", check=_longer_than_operation_timeout),
         Key("kerberos_delegation", boolean, False),
+        Key("keytab_file", partial(existing_file, base=base, secret_nearby=True), None),
+        Key("spn_service", choice("HTTP", "WSMAN"), "HTTP"),
     )
 
 
@@ -252,11 +256,39 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
             raise ConfigError(f"{path}.username", f"required for transport {transport}")
         if transport != "kerberos" and password is None:
             raise ConfigError(path, f"transport {transport} needs password_env or password_file")
-    if values["kerberos_delegation"] and transport != "kerberos":
-        raise ConfigError(f"{path}.kerberos_delegation", "only applies to transport kerberos")
+    if transport == "kerberos":
+        _check_kerberos(path, values, password)
+    else:
+        for key in ("kerberos_delegation", "keytab_file"):
+            if values[key]:
+                raise ConfigError(f"{path}.{key}", "only applies to transport kerberos")
     if values["ca_file"] and values["insecure_skip_verify"]:
         raise ConfigError(f"{path}.insecure_skip_verify", "contradicts ca_file: choose one")
     return ModuleConfig(name=name, password=password, **values)
+
+
+def _check_kerberos(path: str, values: dict[str, Any], password: Secret | None) -> None:
+    """A Kerberos module has its own credential: a keytab or a password, never tickets from kinit or the
+    environment; its username is a principal (user@REALM), and its keytab must hold that principal's key."""
+    username, keytab = values["username"], values["keytab_file"]
+    if "\\" in username:
+        raise ConfigError(f"{path}.username", "Kerberos needs the account as a principal, user@REALM (the domain's "
+                                              "DNS name in capitals), or user in krb5.conf's default realm; "
+                                              "DOMAIN\\user is the NTLM form")
+    if keytab is not None and password is not None:
+        raise ConfigError(path, "set keytab_file or a password (password_env, password_file), not both")
+    if keytab is None and password is None:
+        raise ConfigError(path, "transport kerberos needs keytab_file, or password_env or password_file "
+                                "(the exporter never uses tickets from kinit or the environment)")
+    try:
+        from .winrm.tickets import keytab_problem
+    except ImportError:
+        raise ConfigError(f"{path}.transport", "Kerberos needs the exporter's kerberos extra: "
+                                               "pip install 'exchange-eems-exporter[kerberos]'") from None
+    if keytab is not None:
+        problem = keytab_problem(keytab, username)
+        if problem:
+            raise ConfigError(f"{path}.keytab_file", f"the keytab {problem}")
 
 
 # ---------------------------------------------------------------- servers
@@ -269,6 +301,7 @@ class ServerConfig:
     port: int | None  # None: the module's port
     module: str
     endpoint_proxy: str
+    spn_hostname: str | None  # Kerberos: the FQDN in the server's SPN, when its name is not that FQDN
 
 
 def _server_name(value: Any, path: str) -> str:
@@ -293,12 +326,24 @@ def _proxy_url(value: Any, path: str) -> str:
     return value
 
 
+def _spn_hostname(value: Any, path: str) -> str:
+    name = string(value, path)
+    if not is_host(name) or _looks_like_ip(name):
+        raise ConfigError(path, f"expected the server's DNS name (as in its SPN), got {bounded_repr(name)}")
+    return name.lower()
+
+
+def _looks_like_ip(name: str) -> bool:
+    return ":" in name or name.replace(".", "").isdigit()
+
+
 SERVER_KEYS = (
     Key("name", _server_name, REQUIRED),
     Key("address", _address, lambda values: values["name"]),
     Key("port", integer(1, 65535), None),
     Key("module", string, None),  # None: the only module, or the one named default (see _load_servers)
     Key("endpoint_proxy", _proxy_url, ""),
+    Key("spn_hostname", _spn_hostname, None),
 )
 check_fields(SERVER_KEYS, ServerConfig)
 

@@ -25,13 +25,16 @@ from typing import Callable, Iterator
 
 from .config import Config, ModuleConfig
 from .model import CollectorOutcome
-from .targets import Target, Targets
+from .runtime import Target, Targets
 from .winrm import PollFailure, ServerConnection
 
 log = logging.getLogger(__name__)
 
 REJECTIONS_TO_PAUSE = 3  # rejected logons in a row, by at least two servers (one alone is that server's problem)
-FIRST_PAUSE_SECONDS = 15 * 60  # as long as the shortest lockout observation window Microsoft's baselines set
+# At least the "Reset account lockout counter after" that Windows security baselines recommend (15 minutes,
+# learn.microsoft.com .../security-policy-settings/reset-account-lockout-counter-after): on a domain set so, the
+# rejections before a pause have left the counter when the next try comes.
+FIRST_PAUSE_SECONDS = 15 * 60
 MAX_PAUSE_SECONDS = 60 * 60  # doubling up to this: at most one rejected logon an hour once it is reached
 # Failures that say nothing about the credential: no server answered about it.
 UNTESTED = frozenset({"connection_refused", "connection_error", "tls_error", "timeout", "deadline_exceeded",
@@ -44,7 +47,7 @@ class _Settings:
     module: ModuleConfig
     max_response_bytes: int
     max_poll_bytes: int
-    server_name: str  # the configured name: the Kerberos SPN and the NTLM target name come from it
+    server_name: str  # the configured name or spn_hostname: the Kerberos SPN and the NTLM target name come from it
 
 
 def _settings(target: Target, module_name: str, config: Config) -> _Settings | None:
@@ -52,7 +55,7 @@ def _settings(target: Target, module_name: str, config: Config) -> _Settings | N
     if module is None:
         return None
     return _Settings(target.endpoint, module, config.limits.max_response_bytes, config.limits.max_poll_bytes,
-                     target.name)
+                     target.spn_hostname)
 
 
 class _Entry:

@@ -16,8 +16,7 @@ from .field_report import DIAGNOSE_PARAMETERS, build_report
 from .parse import ParseError
 from .poller import Poller
 from .redact import Redactor
-from .runtime import SafeRuntime
-from .targets import Target
+from .runtime import SafeRuntime, Target
 from .winrm import PollFailure
 
 DIAGNOSE_TIMEOUT_SECONDS = 120  # the diagnose script reads more than a poll; still bounded

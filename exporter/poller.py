@@ -2,10 +2,11 @@
 
 The poller wires the parts: the schedule (`schedule.py`) says which job runs when, a job being one
 server's poll or the organization collector's; `connections.py` lends each poll its server's WinRM
-connection, one poll of a server at a time, unless servers keep rejecting the module's credential; the collectors (`collectors.py`) do one poll each; the
-store (`store.py`) keeps the background polls' latest results, which /metrics shows. Configuration,
-catalog and targets come from the runtime holder (`runtime.py`) at every poll; `follow()` adopts a
-reload or a discovery. Time for the schedule comes from a `Clock`, which a test replaces.
+connection, one poll of a server at a time, unless servers keep rejecting the module's credential; the
+collectors (`collectors.py`) do one poll each; the store (`store.py`) keeps the background polls' latest
+results, which /metrics shows. Configuration, catalog and targets come from the runtime holder
+(`runtime.py`) at every poll; `follow()` adopts a reload or a discovery. Time for the schedule and the
+credential pauses comes from a `Clock`, which a test replaces; a poll's own deadline is always real time.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .collectors import collect_organization, collect_server, failed, interpret_output, run_script, server_script
-from .model import OrganizationResult, RawServerFacts, ServerResult, ServerState
-from .runtime import Runtime, SafeRuntime
-from .schedule import Cadence, Schedule, offset
 from .connections import Connections
+from .model import OrganizationResult, RawServerFacts, ServerResult, ServerState
+from .runtime import Runtime, SafeRuntime, Target
+from .schedule import Cadence, Schedule, offset
 from .store import Store
-from .targets import Target
 from .winrm import PollFailure
 
 
@@ -52,7 +52,8 @@ class Poller:
         self.store = Store()
         self.connections = Connections(self._clock.now)
         current = runtime.current()
-        self.store.follow(current.targets, current.config.organization and current.config.organization.name)
+        organization = current.config.organization
+        self.store.follow(current.targets, organization.name if organization else None)
         poll = current.config.poll
         self._wakeup = threading.Condition()
         self._schedule = Schedule(concurrency=poll.concurrency, failing_share=poll.failing_share, jitter=poll.jitter)

@@ -11,7 +11,7 @@ import threading
 from dataclasses import replace
 
 from .model import OrganizationResult, OrgServerInfo, ServerResult
-from .targets import Target, Targets
+from .runtime import Target, Targets
 
 
 class Store:

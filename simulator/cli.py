@@ -37,7 +37,7 @@ def address(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def _interval_seconds(value: str) -> int:
+def interval_seconds(value: str) -> int:
     match = re.fullmatch(r"(\d+)([smh]?)", value.strip())
     if not match:
         raise argparse.ArgumentTypeError(f"expected an interval like 30s, 5m or 1h, got {value!r}")
@@ -46,16 +46,20 @@ def _interval_seconds(value: str) -> int:
 
 def _poll_timeout(interval: str) -> int:
     """Two thirds of the interval, between 5 and 20 seconds: the exporter requires timeout <= interval."""
-    return max(5, min(20, _interval_seconds(interval) * 2 // 3))
+    return max(5, min(20, interval_seconds(interval) * 2 // 3))
 
 
-def exporter_config(scenario: Scenario, password_file: Path, ca_file: Path | None, interval: str) -> dict:
-    """An exporter configuration that polls every host of the scenario with its first credential."""
+def exporter_config(scenario: Scenario, password_file: Path, ca_file: Path | None, interval: str,
+                    kerberos: dict | None = None) -> dict:
+    """An exporter configuration that polls every host of the scenario with its first credential, or with
+    the `kerberos` module settings (a keytab of the realm, `kerberos_demo.exporter_settings`)."""
     username = next(iter(scenario.credentials))
     schemes = {host.scheme for host in scenario.hosts}
     modules = {}
     for scheme in sorted(schemes):
         module = {"transport": "ntlm", "username": username, "password_file": str(password_file), "scheme": scheme}
+        if kerberos:
+            module = {**kerberos, "scheme": scheme}
         if scheme == "https" and ca_file:
             module["ca_file"] = str(ca_file)
         modules[scheme] = module
@@ -66,7 +70,8 @@ def exporter_config(scenario: Scenario, password_file: Path, ca_file: Path | Non
         # the endpoint check on, so every metric the rules and dashboards use has data
         "poll": {"interval": interval, "timeout": f"{_poll_timeout(interval)}s", "concurrency": 16, "check_endpoint": True},
         "modules": modules,
-        "servers": [{"name": h.name, "address": h.address, "port": h.port, "module": names[h.scheme]}
+        "servers": [{"name": h.name, "address": h.address, "port": h.port, "module": names[h.scheme],
+                     **({"spn_hostname": h.fqdn} if kerberos else {})}
                     for h in scenario.hosts],
     }
     organization = scenario.organization
@@ -75,14 +80,19 @@ def exporter_config(scenario: Scenario, password_file: Path, ca_file: Path | Non
     return config
 
 
-def start_fleet(args: argparse.Namespace) -> tuple[Scenario, Fleet]:
+def load(args: argparse.Namespace) -> Scenario:
     try:
-        scenario = load_scenario(_scenario_path(args.scenario))
+        return load_scenario(_scenario_path(args.scenario))
     except ScenarioError as err:
         print(f"exchange-eems-simulator: scenario error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def start_fleet(args: argparse.Namespace, scenario: Scenario | None = None,
+                kerberos_keytab: Path | None = None) -> tuple[Scenario, Fleet]:
+    scenario = scenario or load(args)
     fleet = Fleet(scenario.hosts, scenario.credentials, tls_dir=scenario.tls,
-                  control_address=getattr(args, "control_address", None))
+                  control_address=getattr(args, "control_address", None), kerberos_keytab=kerberos_keytab)
     try:
         fleet.start()
     except (OSError, ValueError) as err:
@@ -91,12 +101,13 @@ def start_fleet(args: argparse.Namespace) -> tuple[Scenario, Fleet]:
     return scenario, fleet
 
 
-def write_config(scenario: Scenario, fleet: Fleet, path: Path, interval: str) -> None:
+def write_config(scenario: Scenario, fleet: Fleet, path: Path, interval: str, kerberos: dict | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = path.with_name(path.stem + ".password")
-    secret.write_text(next(iter(scenario.credentials.values())) + "\n", encoding="utf-8")
-    os.chmod(secret, 0o600)
-    config = exporter_config(scenario, secret, fleet.ca_file, interval)
+    if kerberos is None:  # a Kerberos module has its keytab instead
+        secret.write_text(next(iter(scenario.credentials.values())) + "\n", encoding="utf-8")
+        os.chmod(secret, 0o600)
+    config = exporter_config(scenario, secret, fleet.ca_file, interval, kerberos)
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
 

@@ -16,7 +16,9 @@ import tempfile
 from importlib.util import find_spec
 from pathlib import Path
 
-from .cli import DEMO_SCENARIO, address, start_fleet, write_config
+from . import kerberos_demo
+from .cli import DEMO_SCENARIO, address, load, start_fleet, write_config
+from .kdc import KdcError
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -24,14 +26,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("exchange-eems-simulator: the demo runs the exporter, which is not installed: "
               "pip install exchange-eems-exporter", file=sys.stderr)
         return 2
-    scenario, fleet = start_fleet(args)
+    scenario = load(args)
+    workdir = Path(tempfile.mkdtemp(prefix="eems-demo-"))
+    realm = _start_realm(args, scenario, workdir) if args.kerberos else None
     try:
-        workdir = Path(tempfile.mkdtemp(prefix="eems-demo-"))
+        scenario, fleet = start_fleet(args, scenario, realm.fleet_keytab if realm else None)
+    except BaseException:
+        if realm:
+            realm.stop()
+        raise
+    try:
         config_path = workdir / "exchange-eems-exporter.yml"
-        write_config(scenario, fleet, config_path, args.interval)
+        write_config(scenario, fleet, config_path, args.interval,
+                     kerberos_demo.exporter_settings(realm) if realm else None)
         host, port = args.listen
         shown = "localhost" if host in ("0.0.0.0", "127.0.0.1") else host
         print(f"Simulated fleet: {len(scenario.hosts)} Exchange servers on 127.0.0.x (scenario {args.scenario})")
+        if realm:
+            life = args.ticket_lifetime or "10h"
+            print(f"Kerberos realm:  {realm.realm}, MIT KDC on {realm.kdc.address}:{realm.kdc.port} (PID {realm.kdc.pid}), "
+                  f"tickets live {life}; the fleet takes Kerberos only; keytab {realm.client_keytab}")
         print(f"Exporter config: {config_path}")
         print(f"Metrics:         http://{shown}:{port}/metrics")
         print(f"Landing page:    http://{shown}:{port}/")
@@ -43,6 +57,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
                               "--log.level", args.log_level])
     finally:
         fleet.stop()
+        if realm:
+            realm.stop()
+
+
+def _start_realm(args: argparse.Namespace, scenario, workdir: Path) -> kerberos_demo.DemoRealm:
+    problem = kerberos_demo.check_python_side()
+    try:
+        if problem:
+            raise KdcError(problem)
+        lifetime = kerberos_demo.lifetime_seconds(args.ticket_lifetime)
+        return kerberos_demo.start_realm(scenario, workdir / "kerberos", lifetime)
+    except (KdcError, argparse.ArgumentTypeError) as err:
+        print(f"exchange-eems-simulator: cannot set up the Kerberos realm: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _run_exporter(arguments: list[str]) -> int:
@@ -70,4 +98,9 @@ def add_demo_command(sub) -> None:
                       help="where the exporter listens (default 127.0.0.1:10061)")
     demo.add_argument("--interval", default="30s", help="poll interval (default 30s)")
     demo.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"])
+    demo.add_argument("--kerberos", action="store_true",
+                      help="run a real MIT KDC on loopback (Debian's krb5-kdc, installed if missing); the fleet takes "
+                           "Kerberos only and the exporter uses a keytab")
+    demo.add_argument("--ticket-lifetime", dest="ticket_lifetime", default=None,
+                      help="with --kerberos: every ticket's lifetime, e.g. 1m (default 10h, as Active Directory)")
     demo.set_defaults(func=cmd_demo)

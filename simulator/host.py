@@ -38,9 +38,10 @@ class Faults:
 
 @dataclass(frozen=True)
 class Logon:
-    """The network logon a WinRS shell runs in: the account, and whether the client delegated its Kerberos
-    ticket-granting ticket to it. Only a delegated logon can reach another server, Active Directory
-    included, from inside the shell (the "double hop"); NTLM and a Kerberos ticket without delegation cannot."""
+    """The network logon a WinRS shell runs in: the account, and whether the client delegated a credential to
+    it (its Kerberos ticket-granting ticket, or with CredSSP its password). Only a delegated logon can reach
+    another server, Active Directory included, from inside the shell (the "double hop"); NTLM and a Kerberos
+    ticket without delegation cannot."""
 
     principal: str
     delegated: bool = False

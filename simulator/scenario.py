@@ -44,7 +44,7 @@ _RELATIVE = re.compile(r"-(\d+(?:\.\d+)?)([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _TOP_KEYS = ("clock", "credentials", "tls_dir", "defaults", "organization", "servers", "generate", "remoting")
 _HOST_KEYS = ("scheme", "port", "max_shells_per_user", "idle_timeout", "auth", "cbt_hardening")
-AUTH_METHODS = ("ntlm", "kerberos")  # the Negotiate packages a host takes
+AUTH_METHODS = ("ntlm", "kerberos", "credssp")  # the Negotiate packages a host takes, and CredSSP
 _SERVER_KEYS = (
     "name", "address", "fqdn", "build", "role", "service", "service_stopped_since", "installed_since", "mitigations",
     "data_collection_enabled", "internet_web_proxy", "eems_failure", "endpoint_status", "log_file", "events",
@@ -411,7 +411,8 @@ def _host_settings(s: dict[str, Any], defaults: dict[str, Any], key: str) -> dic
 
 
 def _auth(value: Any, key: str) -> tuple[str, ...]:
-    """`auth: kerberos` or `auth: [ntlm, kerberos]`: the Negotiate packages a host takes."""
+    """`auth: kerberos` or `auth: [ntlm, kerberos, credssp]`: the Negotiate packages a host takes, and whether
+    its listener takes CredSSP (WinRM's Service/Auth/CredSSP, off by default on Windows)."""
     methods = [value] if isinstance(value, str) else value
     if not isinstance(methods, list) or not methods or any(m not in AUTH_METHODS for m in methods):
         raise ScenarioError(key, f"expected {' or '.join(AUTH_METHODS)}, or a list of them, got {_kind(value)}")

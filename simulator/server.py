@@ -198,6 +198,7 @@ class Fleet:
         self._control_address = control_address
         self._kerberos_keytab = Path(kerberos_keytab) if kerberos_keytab else None
         self._kerberos = None  # kerberos.Acceptor, made at start()
+        self._credssp_tls = None  # the CredSSP acceptor's TLS certificate, made at start() if a host takes CredSSP
         self._rcache_dir: str | None = None
         self.control_port: int | None = None
         self.ca_file: Path | None = None
@@ -216,6 +217,8 @@ class Fleet:
         try:
             self._prepare_tls()
             self._prepare_kerberos()
+            if any("credssp" in rt.host.auth for rt in self._runtimes.values()):
+                self._credssp_tls = auth.credssp_tls_context()
             self._loop = asyncio.new_event_loop()
             self._loop.set_default_executor(
                 concurrent.futures.ThreadPoolExecutor(RUN_WORKERS, thread_name_prefix="winrm-sim-run")
@@ -397,7 +400,8 @@ class Fleet:
         conn_auth = auth.ConnectionAuth(self._credentials, self._allow_basic, rt.bindings,
                                         _certificate_user(writer.get_extra_info("peercert")),
                                         methods=rt.host.auth, kerberos=self._kerberos,
-                                        strict_channel_binding=rt.host.cbt_hardening == "strict")
+                                        strict_channel_binding=rt.host.cbt_hardening == "strict",
+                                        credssp_tls=self._credssp_tls)
         try:
             async for request in _requests(reader, writer):
                 rt.requests += 1
@@ -456,14 +460,16 @@ class Fleet:
                 headers.append(("WWW-Authenticate", "Kerberos"))
             if self._allow_basic:
                 headers.append(("WWW-Authenticate", 'Basic realm="WSMAN"'))
+            if "credssp" in rt.host.auth:
+                headers.append(("WWW-Authenticate", "CredSSP"))  # last, as Windows lists it
             return _Response(401, headers, close=result.close)
         context = conn_auth.context
-        encrypted = auth.is_encrypted(request.headers.get("content-type", ""))
+        encrypted = auth.encryption_protocol(request.headers.get("content-type", ""))
         if encrypted:
-            if context is None:
+            if context is None or encrypted != conn_auth.encryption:
                 return _Response(400, close=True)
             try:
-                soap = auth.unwrap_body(context, request.body)
+                soap = auth.unwrap_body(context, request.body, encrypted)
             except auth.EncryptionError:
                 return _Response(400, close=True)
         else:
@@ -478,10 +484,10 @@ class Fleet:
             return _Response(reset=True)
         if encrypted:
             try:
-                wrapped = auth.wrap_body(context, xml)
+                wrapped = auth.wrap_body(context, xml, encrypted)
             except ValueError:  # the Kerberos context expired with its ticket
                 return _Response(400, close=True)
-            return _Response(status, [("Content-Type", auth.ENCRYPTED_CONTENT_TYPE)], wrapped)
+            return _Response(status, [("Content-Type", auth.sealed_content_type(encrypted, len(xml)))], wrapped)
         return _Response(status, [("Content-Type", "application/soap+xml;charset=UTF-8")], xml)
 
     async def _serve_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

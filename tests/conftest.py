@@ -64,6 +64,19 @@ def wait_until(condition, seconds: float, what: str, *, every: float = 0.05):
     return value
 
 
+def write_keytab(path: Path, principal: str, password: str = "keytab-test-only", kvno: int = 1) -> Path:
+    """A keytab holding `principal@REALM`'s AES256 key derived from `password` with Active Directory's salt
+    (REALM + user name), as `ktutil addent -password` or `ktpass` would write it; no KDC needed."""
+    import krb5
+
+    context = krb5.init_context()
+    name, _, realm = principal.partition("@")
+    key = krb5.c_string_to_key(context, 18, password.encode(), f"{realm}{name}".encode())
+    keytab = krb5.kt_resolve(context, f"FILE:{path}".encode())
+    krb5.kt_add_entry(context, keytab, krb5.parse_name_flags(context, principal.encode()), kvno, 0, key)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,9 +102,10 @@ def relocate(scenario: dict) -> dict:
 
 
 class SimulatedFleet:
-    def __init__(self, scenario_dict: dict):
+    def __init__(self, scenario_dict: dict, kerberos_keytab: Path | None = None):
         self.scenario = scenario_from_dict(scenario_dict)
-        self.fleet = Fleet(self.scenario.hosts, self.scenario.credentials, tls_dir=self.scenario.tls)
+        self.fleet = Fleet(self.scenario.hosts, self.scenario.credentials, tls_dir=self.scenario.tls,
+                           kerberos_keytab=kerberos_keytab)
         self.hosts = {h.name: h for h in self.scenario.hosts}
 
     def __enter__(self) -> "SimulatedFleet":

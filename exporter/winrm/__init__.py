@@ -12,6 +12,7 @@ Who reads each byte a server sends (every one of them under the poll's deadline 
 | `client.py` | `ServerConnection`: the shell's life (Create, Command, Receive, Signal, Delete), retries, one deadline |
 | `session.py` | an authenticated connection (`Channel`); the HTTP token handshake; channel binding |
 | `ntlm.py`, `kerberos.py`, `credssp.py`, `basic.py`, `certificate.py` | one authentication each |
+| `tickets.py` | a Kerberos module's own tickets: keytab or password, a MEMORY cache, renewal (python-krb5) |
 | `encryption.py` | message sealing over plain HTTP (MS-WSMV 2.2.9.1) with pyspnego's context |
 | `connection.py` | one HTTP/1.1 connection on a socket: the request written, the answer read by http.client, bounded |
 | `wsman.py` | the WS-Management messages, and every answer and fault read (no DTD, bounded elements) |
@@ -19,7 +20,8 @@ Who reads each byte a server sends (every one of them under the poll's deadline 
 | `errors.py` | what can fail, and `classify` into the `reason` label |
 
 Libraries are used through their public APIs only: pyspnego (`spnego.client`, `step`, `new_context`,
-`wrap_winrm`/`unwrap_winrm`, channel bindings), the standard library's `http.client`, `socket` and `ssl`,
+`wrap_winrm`/`unwrap_winrm`, channel bindings, `KerberosCCache`), python-krb5 (the kerberos extra:
+`get_init_creds_keytab`/`_password` into MEMORY caches), the standard library's `http.client`, `socket` and `ssl`,
 cryptography (the certificate's hash algorithm), certifi (the default trust store) and tenacity (retries).
 """
 

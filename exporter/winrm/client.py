@@ -5,7 +5,7 @@ authenticated connection, creates a shell, runs the command, reads its output un
 always signals and deletes the shell. It returns the command's output or raises a `PollFailure` with a
 reason class (errors.py). Whatever goes wrong, it returns by `deadline`:
 - every request is cut to what is left; a connection or a shell is not opened with less than
-  MIN_REQUEST_SECONDS left, nor any other request sent with less than MIN_FOLLOW_UP_SECONDS;
+  MIN_REQUEST_SECONDS left, nor a Command or Receive sent with less than MIN_FOLLOW_UP_SECONDS;
 - a request of the shell's work is sent only while the deadline still leaves time for the cleanup it
   would need (Signal and Delete, or Delete alone), each cleanup request reckoned as long as the slowest
   request of the poll so far. A cleanup that still does not fit leaves the shell to be deleted at the
@@ -37,7 +37,6 @@ from .certificate import Certificate
 from .connection import Connection, Endpoint
 from .credssp import CredSSP
 from .errors import OPERATION_TIMEOUT, PollFailure, WSManFault, classify
-from .kerberos import Kerberos
 from .ntlm import NTLM
 from .session import Channel
 
@@ -45,7 +44,8 @@ log = logging.getLogger(__name__)
 
 TRANSIENT_REASONS = {"connection_refused", "connection_error", "timeout", "http_error"}
 MIN_REQUEST_SECONDS = 2.0  # to open a connection or a shell: less would only leave a shell to clean up
-MIN_FOLLOW_UP_SECONDS = 0.5  # for any other request
+MIN_FOLLOW_UP_SECONDS = 0.5  # for Command and Receive
+MIN_CLEANUP_SECONDS = 0.05  # Signal and Delete are tried with whatever is left: a shell left costs more
 MIN_CLEANUP_ESTIMATE_SECONDS = 0.25  # what a cleanup request is reckoned to take at least
 KEEP_IF_POLLED_WITHIN = 90.0  # HTTP.sys's idle connection timeout is about 120 s
 MAX_ORPHANS = 16
@@ -76,8 +76,9 @@ def authentication(module: ModuleConfig, hostname: str):
     if module.transport == "certificate":
         return Certificate()
     if module.transport == "kerberos":
-        return Kerberos(module.username, password, hostname, service="HTTP", delegate=module.kerberos_delegation,
-                        encrypt=encrypt)
+        from .kerberos import Kerberos  # python-krb5 and python-gssapi: the kerberos extra, only when used
+
+        return Kerberos(module, hostname, encrypt=encrypt)
     if module.transport == "credssp":
         return CredSSP(module.username, password, hostname, encrypt=encrypt)
     raise ValueError(f"unknown transport {module.transport!r}")
@@ -110,7 +111,8 @@ class ServerConnection:
         channel = self._channel
         if channel is not None:
             idle = time.monotonic() - channel.connection.last_used
-            if idle < KEEP_IF_POLLED_WITHIN and not channel.connection.dropped():
+            lasts = channel.valid_until is None or channel.valid_until > deadline  # a ticket must outlive the poll
+            if idle < KEEP_IF_POLLED_WITHIN and lasts and not channel.connection.dropped():
                 return channel
             self.close()  # the server will have closed it, or did: authenticate anew, no request wasted
         timeout = self._timeouts(deadline)[1]
@@ -140,13 +142,14 @@ class ServerConnection:
         return operation, operation + 1.0
 
     def _exchange(self, message: Callable[[int], bytes], deadline: float, *, cleanup_requests: int = 0,
-                  waits: bool = False, opens_shell: bool = False) -> bytes:
+                  waits: bool = False, opens_shell: bool = False, cleanup: bool = False) -> bytes:
         """Send one message by `deadline`, leaving time for `cleanup_requests` more after it. A message that
         `waits` (Receive: the server holds it until there is output, up to OperationTimeout) does not count
         towards how long a request takes."""
         deadline -= cleanup_requests * max(self._slowest, MIN_CLEANUP_ESTIMATE_SECONDS)
         channel = self._open(deadline)
-        operation, timeout = self._timeouts(deadline, MIN_REQUEST_SECONDS if opens_shell else MIN_FOLLOW_UP_SECONDS)
+        minimum = MIN_REQUEST_SECONDS if opens_shell else MIN_CLEANUP_SECONDS if cleanup else MIN_FOLLOW_UP_SECONDS
+        operation, timeout = self._timeouts(deadline, minimum)
         started = time.monotonic()
         answer = channel.exchange(message(operation), deadline=deadline, timeout=timeout)
         if not waits:
@@ -240,8 +243,8 @@ class ServerConnection:
 
     def _delete(self, shell_id: str, deadline: float) -> None:
         message_id = uuid.uuid4()
-        wsman.check_relates_to(self._exchange(lambda op: wsman.delete(op, shell_id, message_id), deadline),
-                               message_id)
+        wsman.check_relates_to(self._exchange(lambda op: wsman.delete(op, shell_id, message_id), deadline,
+                                              cleanup=True), message_id)
 
     def _delete_orphans(self, deadline: float) -> None:
         """Delete shells a failed poll could not: a server that refused or dropped the connection then may
@@ -264,7 +267,7 @@ class ServerConnection:
                 try:
                     wsman.check_relates_to(self._exchange(
                         lambda op: wsman.signal_terminate(op, shell_id, command_id, message_id), deadline,
-                        cleanup_requests=1), message_id)
+                        cleanup_requests=1, cleanup=True), message_id)
                 except WSManFault:  # the command may already be gone; Delete still matters
                     pass
             self._delete(shell_id, deadline)

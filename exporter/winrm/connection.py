@@ -112,7 +112,6 @@ class _Incoming(io.RawIOBase):
         return f"an answer whose status lines and headers exceed {MAX_HEAD_BYTES} bytes"
 
 
-
 class _Reader(io.BufferedReader):
     """The connection's one buffered reader: http.client closes its file after each complete body, but
     bytes read ahead (past an interim answer, say) belong to the next answer, and the socket to the

@@ -3,8 +3,10 @@ Kerberos authenticates and the password itself is delegated to the server (so th
 Active Directory: no double hop). Messages over plain HTTP are sealed by that TLS session in parts of at
 most 16 KiB (MS-WSMV 2.2.9.1.3).
 
-Tested against pyspnego's CredSSP acceptor (tests/unit/test_winrm_credssp.py); the simulator has no CredSSP
-listener, so no poll runs over it end to end.
+Tested end to end against the simulator's CredSSP listener (pyspnego's acceptor, TLS 1.2, NTLM inside),
+beside pywinrm's CredSSP client on the same listener (tests/system/test_credssp.py), and against a scripted
+acceptor (tests/unit/test_winrm_credssp.py). Not tested: Kerberos inside CredSSP, and TLS 1.3 (Windows
+Server 2022's SChannel may offer it).
 """
 
 from __future__ import annotations

@@ -1,40 +1,96 @@
-"""Kerberos through pyspnego's public API (its GSSAPI backend: MIT krb5 through python-gssapi).
+"""Kerberos through pyspnego's public API (its GSSAPI backend: MIT krb5 through python-gssapi), with the
+module's own tickets (`tickets.py`): a keytab or a password, never kinit or a ticket cache from the
+environment.
 
-What this module does today: a raw Kerberos token (never SPNEGO, so never a fallback to NTLM) in the
-Negotiate scheme, as pywinrm sends it and Windows accepts it; the service ticket for `<service>/<host>`
-where host is the server's configured name, never the address connected to; channel binding over HTTPS;
-message sealing over HTTP; a forwardable ticket when `kerberos_delegation` is set. The credential is the
-module's password, or without one the process's default credential cache (as pywinrm 0.5 used it).
+Each connection gets a context built from the module's credential cache (`KerberosCCache`): a raw Kerberos
+token (never SPNEGO, so never a fallback to NTLM) in the Negotiate scheme, as pywinrm sends it and Windows
+accepts it; the service ticket for `<spn_service>/<host>`, host being the server's configured name or its
+`spn_hostname`, never the address connected to (krb5.conf should say `dns_canonicalize_hostname = false`
+and `rdns = false`, docs/kerberos.md); mutual authentication; channel binding over HTTPS; message sealing
+over HTTP; with `kerberos_delegation`, a forwardable TGT forwarded to the server.
 
-What it does not do yet, and issue 18 adds on this module without changing its interface (`open` per
-connection): a keytab, a credential cache of its own per module in memory, renewal before expiry, and
-the Kerberos failure reasons (kdc_unreachable, spn_unknown, clock_skew). It is not tested against a KDC.
+A channel is good until the TGT its service ticket came from expires (`Channel.valid_until`): the client
+authenticates a kept connection again before a poll that would outlive it, so a ticket running out never
+fails a poll. Failures carry the reason the KDC's or the server's error gives (exporter/data/kerberos_errors.tsv):
+the server's KRB-ERROR, when its 401 carries one, is read by the context like any token.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 import spnego
 import spnego.exceptions
 
+from ..config import ModuleConfig
 from .connection import Connection
 from .encryption import SPNEGO, MessageSeal
-from .errors import AuthenticationRejected
+from .errors import AuthenticationRejected, PollFailure
 from .session import Channel, channel_bindings, handshake
+from .tickets import TICKET_EXPIRED, TicketCache, TicketError, explain
+
+_CACHES: weakref.WeakValueDictionary[tuple, TicketCache] = weakref.WeakValueDictionary()
+_CACHES_LOCK = threading.Lock()
+
+
+def tickets_for(module: ModuleConfig) -> TicketCache:
+    """The module's ticket cache, shared by its connections to every server. Two modules with the same
+    principal and credential share one too; a changed credential (a reload) gets a new one."""
+    key = (module.username, module.keytab_file, module.password, module.kerberos_delegation)
+    with _CACHES_LOCK:
+        cache = _CACHES.get(key)
+        if cache is None:
+            cache = TicketCache(module.username, keytab=module.keytab_file,
+                                password=module.password.reveal() if module.password else None,
+                                forwardable=module.kerberos_delegation)
+            _CACHES[key] = cache
+        return cache
 
 
 class Kerberos:
-    def __init__(self, username: str | None, password: str | None, hostname: str, *, service: str, delegate: bool,
-                 encrypt: bool):
-        self._arguments = dict(username=username, password=password, hostname=hostname, service=service,
-                               protocol="kerberos")
-        self._requirements = spnego.ContextReq.default | (spnego.ContextReq.delegate if delegate else 0)
+    def __init__(self, module: ModuleConfig, hostname: str, *, encrypt: bool):
+        self._tickets = tickets_for(module)
+        self._principal = module.username
+        self._hostname = hostname
+        self._service = module.spn_service
+        self._requirements = spnego.ContextReq.default | (spnego.ContextReq.delegate if module.kerberos_delegation else 0)
         self._encrypt = encrypt
 
     def open(self, connection: Connection, *, deadline: float, timeout: float) -> Channel:
         try:
-            context = spnego.client(**self._arguments, context_req=self._requirements)
-        except spnego.exceptions.SpnegoError as error:  # no GSSAPI library, or no credential to start from
-            raise AuthenticationRejected(f"Kerberos is not available: {error}") from None
-        handshake(connection, context, "Negotiate", deadline=deadline, timeout=timeout,
-                  bindings=channel_bindings(connection))
-        return Channel(connection, seal=MessageSeal(context, SPNEGO) if self._encrypt else None)
+            ccache = self._tickets.ccache()
+        except TicketError as error:
+            raise PollFailure(error.reason, error.message) from None
+        try:
+            context = spnego.client(username=spnego.KerberosCCache(ccache=ccache, principal=self._principal),
+                                    hostname=self._hostname, service=self._service, protocol="kerberos",
+                                    context_req=self._requirements)
+            handshake(connection, context, "Negotiate", deadline=deadline, timeout=timeout,
+                      bindings=channel_bindings(connection))
+        except spnego.exceptions.SpnegoError as error:
+            raise self._failure(error, ccache) from None
+        except AuthenticationRejected as rejected:
+            cause = rejected.__cause__
+            if isinstance(cause, spnego.exceptions.SpnegoError):
+                raise self._failure(cause, ccache) from None
+            raise
+        return Channel(connection, seal=MessageSeal(context, SPNEGO) if self._encrypt else None,
+                       valid_until=self._tickets.valid_until(ccache))
+
+    def _failure(self, error: spnego.exceptions.SpnegoError, ccache: str) -> PollFailure:
+        base = getattr(error, "base_error", None)
+        code = getattr(base, "min_code", None) or None
+        failure = explain(code, _mit_text(error))
+        if failure.code == TICKET_EXPIRED:
+            self._tickets.expire(ccache)
+        return PollFailure(failure.reason, f"Kerberos to {self._service}/{self._hostname}: {failure.message}")
+
+
+def _mit_text(error: spnego.exceptions.SpnegoError) -> str:
+    """MIT's minor text from pyspnego's message ("... Minor (2529638919): Server ... not found ..., Context: ...")."""
+    text = str(error)
+    minor = text.partition("Minor (")[2]
+    if minor:
+        text = minor.partition("): ")[2].rpartition(", Context:")[0] or minor
+    return text

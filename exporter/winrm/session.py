@@ -33,8 +33,10 @@ _TOKEN = re.compile(r"\s*([A-Za-z]+)(?:\s+([A-Za-z0-9+/=]+))?\s*$")
 class Channel:
     """A connection every request of which is authenticated: `headers` go with each, `seal` seals each body."""
 
-    def __init__(self, connection: Connection, headers: str = "", seal: MessageSeal | None = None):
+    def __init__(self, connection: Connection, headers: str = "", seal: MessageSeal | None = None,
+                 valid_until: float | None = None):
         self.connection = connection
+        self.valid_until = valid_until  # monotonic time its authentication ends (Kerberos: the ticket's end)
         self._headers = headers
         self._seal = seal
         self._plain_type = f"{headers}Content-Type: {SOAP_CONTENT_TYPE}\r\n"
@@ -112,7 +114,7 @@ def _step(context: spnego.ContextProxy, token: bytes | None, bindings: GssChanne
         return context.step(token, channel_bindings=bindings)
     except (spnego.exceptions.SpnegoError, ValueError, KeyError, IndexError, TypeError) as error:
         raise AuthenticationRejected(f"the authentication handshake failed: the server's token was not valid "
-                                     f"({error.__class__.__name__})") from None
+                                     f"({error.__class__.__name__})") from error  # Kerberos reads the cause
 
 
 def _server_token(answer: Answer, scheme: str) -> bytes | None:

@@ -23,7 +23,7 @@ import yaml
 from exporter.config import load_config_text
 
 from .. import pki
-from ..conftest import demo_scenario
+from ..conftest import demo_scenario, write_keytab
 from ..system.test_integration import (DOUBLE_HOP_ALERTS, EXPECTED_PAGES, FIXED_ALERTS, FIXED_TICKETS,
                                        KNOB_SERVERS, ORGANIZATION_ALERTS)
 
@@ -99,6 +99,8 @@ def test_every_exporter_configuration_passes_check_config(where, config, tmp_pat
             module["password_file"] = str(secret)
         if "ca_file" in module:  # the user's internal CA
             module["ca_file"] = str(pki.write(tmp_path, "ca", *pki.issue("Contoso CA", None, None, ca=True))[0])
+        if "keytab_file" in module:  # the account's keytab, as ktpass or ktutil would write it
+            module["keytab_file"] = str(write_keytab(tmp_path / "account.keytab", module["username"]))
     path = tmp_path / "config.yml"
     path.write_text(yaml.safe_dump(config))
     result = subprocess.run([sys.executable, "-m", "exporter", "check-config", "--config.file", str(path)],

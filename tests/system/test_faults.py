@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.catalog import Catalog
 from exporter.exporter import Exporter
-from exporter.http_server import serve
+from exporter.web import serve
 from simulator.host import Faults
 
 from ..conftest import SimulatedFleet, poll_all, relocate, wait_until

@@ -38,7 +38,7 @@ from exporter.catalog import Catalog
 from exporter.catalog_update import read_source
 from exporter.config import load_config_text
 from exporter.exporter import Exporter
-from exporter.http_server import serve
+from exporter.web import serve
 from exporter.redact import Redactor
 
 from ..clock import ManualClock
@@ -481,7 +481,7 @@ def test_no_authentication_token_reaches_the_debug_log(tmp_path):
         finally:
             exporter.stop()
     log = exporter.log()
-    assert status == 200 and "level=DEBUG logger=exporter.http_server" in log, log[-3000:]  # debug is on
+    assert status == 200 and "level=DEBUG logger=exporter.web" in log, log[-3000:]  # debug is on
     assert not _tokens_in(log), _tokens_in(log)
     library_debug = re.findall(r"level=DEBUG logger=(spnego|requests_ntlm|urllib3|winrm|pypsrp|gssapi)\S*", log)
     assert not library_debug, sorted(set(library_debug))

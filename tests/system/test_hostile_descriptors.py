@@ -12,7 +12,6 @@ simulator in its own process), the exporter started with a soft limit of 1,024, 
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import resource

@@ -10,18 +10,34 @@ import base64
 import http.client
 import os
 import random
+import re
 import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+from pathlib import Path
 
 import krb5
 import pytest
 import spnego
 import spnego.exceptions
+import yaml
 from pypsrp.exceptions import AuthenticationError
 from pypsrp.shell import Process, WinRS
 from pypsrp.wsman import WSMan
 
+from exporter.catalog import Catalog
+from exporter.config import load_config
+from exporter.poller import Poller
+from exporter.runtime import SafeRuntime
 from simulator.host import CommandOutput, SimulatedHost, current_logon
+from simulator.scenario import scenario_from_dict
 from simulator.server import Fleet
+
+from ..conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, demo_scenario, free_port, relocate
 
 
 def _tgt_from_keytab(kdc, principal: str, keytab) -> krb5.Creds:
@@ -66,7 +82,7 @@ def test_kdc_stops_by_its_pid_and_resumes_its_database(kdc_factory):
 # ---------------------------------------------------------------- the simulator's listener, judged by pypsrp
 
 USER = "EXCH\\svc_monitor"
-PASSWORD = "S3cret!Pass-kerberos"
+LISTENER_PASSWORD = "S3cret!Pass-kerberos"
 
 
 def whoami(line: str) -> CommandOutput:
@@ -100,7 +116,7 @@ def listeners(realm):
         _host("STRICT", "https", auth=("kerberos",), cbt_hardening="strict"),
     ]
     keytab = realm.service_keytab(realm.directory / "keytabs" / "listeners.keytab", [h.fqdn for h in hosts])
-    with Fleet(hosts, {USER: PASSWORD}, kerberos_keytab=keytab) as fleet:
+    with Fleet(hosts, {USER: LISTENER_PASSWORD}, kerberos_keytab=keytab) as fleet:
         fleet.hosts = {h.name: h for h in hosts}
         yield fleet
 
@@ -145,8 +161,8 @@ def test_listener_takes_kerberos_with_message_encryption_over_http(listeners, re
 
 def test_kerberos_only_listener_refuses_ntlm_that_the_mixed_one_takes(listeners, realm, monkeypatch):
     with pytest.raises(AuthenticationError):
-        pypsrp_whoami(listeners, "KONLY", "ntlm", username=USER, password=PASSWORD)
-    assert pypsrp_whoami(listeners, "BOTH", "ntlm", username=USER, password=PASSWORD) == b"EXCH\\svc_monitor delegated=False"
+        pypsrp_whoami(listeners, "KONLY", "ntlm", username=USER, password=LISTENER_PASSWORD)
+    assert pypsrp_whoami(listeners, "BOTH", "ntlm", username=USER, password=LISTENER_PASSWORD) == b"EXCH\\svc_monitor delegated=False"
     ticket_cache(monkeypatch, realm)
     assert pypsrp_whoami(listeners, "BOTH") == b"EXCH\\svc_monitor delegated=False"
 
@@ -181,3 +197,306 @@ def test_a_rejected_ticket_gets_401_with_the_acceptors_krb_error(listeners, real
     assert scheme == "Kerberos"
     with pytest.raises(spnego.exceptions.SpnegoError, match="Key version is not available"):
         client.step(base64.b64decode(token))
+
+
+# ---------------------------------------------------------------- the exporter's Kerberos module
+
+REALM = "CONTOSO.TEST"
+SERVERS = [  # fqdn <name>.contoso.test, the SPNs registered for them
+    {"name": "EX01", "build": "15.2.2562.53"},
+    {"name": "EX02", "build": "15.2.1748.49", "scheme": "https", "cbt_hardening": "strict"},
+    {"name": "EX03", "build": "15.2.2562.53"},
+]
+# How the exporter's configuration names them: EX01 and EX02 by their FQDN, EX03 by its NetBIOS name with
+# spn_hostname. `host` says which simulated server an entry is (its address and port come from there).
+NAMED = [{"name": "ex01.contoso.test", "host": "EX01"}, {"name": "ex02.contoso.test", "host": "EX02"},
+         {"name": "EX03", "spn_hostname": "ex03.contoso.test"}]
+
+
+class Domain:
+    """A realm's KDC, the monitoring account with its keytab, and a Kerberos-only fleet registered in it."""
+
+    def __init__(self, kdc, fleet: SimulatedFleet, keytab: Path):
+        self.kdc, self.fleet, self.keytab = kdc, fleet, keytab
+        self.principal = f"svc_monitor@{kdc.realm}"
+
+    def config(self, tmp_path: Path, *, servers=None, organization: bool = False, **module) -> dict:
+        """An exporter configuration: one module per scheme (keytab unless told otherwise), every server
+        named as configured here, never by its address."""
+        modules = {}
+        for scheme in ("http", "https"):
+            settings = {"transport": "kerberos", "username": self.principal, "keytab_file": str(self.keytab),
+                        "scheme": scheme, "operation_timeout": "3s", "read_timeout": "5s"}
+            if scheme == "https":
+                settings["ca_file"] = str(self.fleet.fleet.ca_file)
+            settings.update(module)
+            modules[scheme] = {k: v for k, v in settings.items() if v is not None}
+        entries = servers or NAMED
+        by_name = {h.name.lower(): h for h in self.fleet.scenario.hosts}
+        config = {"poll": {"interval": "60s", "timeout": "15s"}, "modules": modules, "servers": []}
+        for entry in entries:
+            host = by_name[entry.get("host", entry["name"]).lower()]
+            server = {k: v for k, v in entry.items() if k != "host"}
+            config["servers"].append({**server, "address": host.address, "port": host.port, "module": host.scheme})
+        if organization:
+            config["organization"] = {"server": "ex01.contoso.test", "module": "http"}  # EX01
+        return config
+
+    def poller(self, tmp_path: Path, config: dict) -> Poller:
+        path = tmp_path / "exporter.yml"
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        return Poller(SafeRuntime(load_config(path), Catalog.load()))
+
+
+@pytest.fixture
+def domain(kdc_factory, tmp_path):
+    yield from _domain(kdc_factory, tmp_path)
+
+
+def _domain(kdc_factory, tmp_path, lifetime: int | None = None, scenario_changes: dict | None = None,
+            kdc_env: dict | None = None):
+    kdc = kdc_factory(ticket_lifetime=lifetime, extra_env=kdc_env)
+    principal = kdc.add_principal("svc_monitor", password=PASSWORD)
+    keytab = kdc.keytab(tmp_path / "svc_monitor.keytab", principal)
+    scenario = relocate({"defaults": {"auth": "kerberos"}, "organization": {"domain": "contoso.test"},
+                         "servers": [dict(s) for s in SERVERS], **(scenario_changes or {})})
+    hosts = scenario_from_dict(scenario).hosts
+    fleet_keytab = kdc.service_keytab(tmp_path / "fleet.keytab", [h.fqdn for h in hosts])
+    with SimulatedFleet(scenario, kerberos_keytab=fleet_keytab) as fleet:
+        yield Domain(kdc, fleet, keytab)
+
+
+def polled(poller: Poller, *names: str) -> dict[str, str]:
+    """Each server's outcome: "ok" or its failure reason."""
+    outcomes = {}
+    for name in names:
+        outcome = poller.poll_server(name).outcome
+        outcomes[name] = "ok" if outcome.success else outcome.error_reason
+    return outcomes
+
+
+ALL = ("ex01.contoso.test", "ex02.contoso.test", "EX03")
+
+
+def test_a_keytab_polls_a_kerberos_only_fleet_over_http_and_https(domain, tmp_path):
+    """The fleet refuses NTLM, refuses plain SOAP over HTTP (so the messages were sealed with the Kerberos
+    session key), and ex02 requires channel binding over HTTPS (strict hardening)."""
+    poller = domain.poller(tmp_path, domain.config(tmp_path))
+    try:
+        assert polled(poller, *ALL) == dict.fromkeys(ALL, "ok")
+    finally:
+        poller.stop()
+
+
+def test_a_password_module_buys_its_own_tickets_and_never_uses_the_environments(domain, tmp_path, monkeypatch):
+    """KRB5CCNAME names a cache holding another account's ticket (as kinit would leave): the module ignores it."""
+    intruder = domain.kdc.add_principal("intruder")
+    intruder_keytab = domain.kdc.keytab(tmp_path / "intruder.keytab", intruder)
+    domain.kdc.user, domain.kdc.client_keytab = intruder, intruder_keytab
+    ticket_cache(monkeypatch, domain.kdc)
+    poller = domain.poller(tmp_path, domain.config(tmp_path, keytab_file=None, password_env=PASSWORD_ENV))
+    try:
+        assert polled(poller, *ALL) == dict.fromkeys(ALL, "ok")
+    finally:
+        poller.stop()
+
+
+def test_the_spn_comes_from_the_configured_name_never_from_the_address(domain, tmp_path):
+    """Every server is reached at a 127.x address; EX03 without spn_hostname asks for HTTP/EX03, which no
+    account holds (a reverse lookup of its address would not name it either)."""
+    config = domain.config(tmp_path, servers=[{"name": "EX03"}, NAMED[0],
+                                              {"name": "EX03-FQDN", "host": "EX03", "spn_hostname": "ex03.contoso.test"}])
+    poller = domain.poller(tmp_path, config)
+    try:
+        outcome = poller.poll_server("EX03").outcome
+        assert outcome.error_reason == "spn_unknown", outcome
+        assert "HTTP/EX03" in outcome.error_message and "not found in Kerberos database" in outcome.error_message
+        assert polled(poller, "ex01.contoso.test", "EX03-FQDN") == {"ex01.contoso.test": "ok", "EX03-FQDN": "ok"}
+    finally:
+        poller.stop()
+    poller = domain.poller(tmp_path, domain.config(tmp_path, spn_service="WSMAN"))
+    try:
+        assert polled(poller, *ALL) == dict.fromkeys(ALL, "ok")
+    finally:
+        poller.stop()
+
+
+def test_a_kerberos_module_never_falls_back_to_ntlm(kdc_factory, tmp_path):
+    """The listeners also take NTLM with the same account; a Kerberos failure stays a Kerberos failure."""
+    for domain in _domain(kdc_factory, tmp_path, scenario_changes={"defaults": {"auth": ["ntlm", "kerberos"]}}):
+        poller = domain.poller(tmp_path, domain.config(tmp_path, servers=[{"name": "EX03"}], password_env=PASSWORD_ENV,
+                                                       keytab_file=None))
+        try:
+            assert polled(poller, "EX03") == {"EX03": "spn_unknown"}
+        finally:
+            poller.stop()
+
+
+def _reason_and_message(domain, tmp_path, **module) -> tuple[str, str]:
+    poller = domain.poller(tmp_path, domain.config(tmp_path, **module))
+    try:
+        outcome = poller.poll_server("ex01.contoso.test").outcome
+        return ("ok", "") if outcome.success else (outcome.error_reason, outcome.error_message)
+    finally:
+        poller.stop()
+
+
+def test_each_kerberos_failure_has_its_reason_from_the_real_kdc(domain, tmp_path):
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not the password\n")
+    reason, message = _reason_and_message(domain, tmp_path, keytab_file=None, password_file=str(wrong))
+    assert reason == "auth_failed" and "Preauthentication failed" in message, message
+
+    domain.kdc.new_key(domain.principal)  # the account's password changed after the keytab was made
+    reason, message = _reason_and_message(domain, tmp_path)
+    assert reason == "auth_failed" and "key version" in message and "Preauthentication failed" in message, message
+
+    fresh = domain.kdc.keytab(tmp_path / "fresh.keytab", domain.principal)
+    assert _reason_and_message(domain, tmp_path, keytab_file=str(fresh)) == ("ok", "")
+
+    poller = domain.poller(tmp_path, domain.config(tmp_path, keytab_file=str(fresh)))
+    try:
+        fresh.write_bytes(b"\x05\x02 not a keytab any more")  # after check-config: read again when tickets are bought
+        outcome = poller.poll_server("ex01.contoso.test").outcome
+        assert outcome.error_reason == "keytab_unreadable", outcome
+    finally:
+        poller.stop()
+
+    domain.kdc.delete_principal(domain.principal)
+    reason, message = _reason_and_message(domain, tmp_path, keytab_file=None, password_env=PASSWORD_ENV)
+    assert reason == "auth_failed" and "does not exist" in message and "not found in Kerberos database" in message
+
+    domain.kdc.stop()
+    reason, message = _reason_and_message(domain, tmp_path, keytab_file=None, password_env=PASSWORD_ENV)
+    assert reason == "kdc_unreachable" and "Cannot contact any KDC" in message, message
+
+
+FAKETIME = next(iter(Path("/usr/lib").glob("*/faketime/libfaketime.so.1")), None)
+
+
+@pytest.mark.parametrize(("offset", "timesync", "text"), [
+    ("-10m", True, "Clock skew too great"),  # the listener (on time) refuses the authenticator in KDC time
+    ("+10m", True, "Ticket not yet valid"),  # the ticket starts 10 minutes ahead of the listener's clock
+    ("+10m", False, "Clock skew too great"),  # without kdc_timesync the KDC itself refuses the AS request
+])
+def test_clock_skew_is_reported_as_such(kdc_factory, tmp_path, offset, timesync, text):
+    """The KDC runs under libfaketime, its clock 10 minutes away from the exporter's and the listeners'."""
+    assert FAKETIME is not None, "libfaketime is missing: apt-get install faketime (make test installs it)"
+    env = {"LD_PRELOAD": str(FAKETIME), "FAKETIME": offset, "DONT_FAKE_MONOTONIC": "1"}
+    for domain in _domain(kdc_factory, tmp_path, kdc_env=env):
+        if not timesync:
+            conf = domain.kdc.krb5_conf
+            conf.write_text(conf.read_text().replace("[libdefaults]\n", "[libdefaults]\n    kdc_timesync = 0\n"))
+        reason, message = _reason_and_message(domain, tmp_path)
+        assert reason == "clock_skew" and text in message, message
+
+
+def let_time_pass_until(moment: float) -> None:
+    """Let real time pass until `moment` (monotonic): the tickets the real KDC issued age only in real time."""
+    threading.Event().wait(max(0.0, moment - time.monotonic()))
+
+
+LIFETIME = 10  # seconds: MIT issues tickets this short; renewal at half of it
+
+
+def test_polls_never_fail_across_many_ticket_lifetimes(kdc_factory, tmp_path):
+    """Tickets of 10 seconds, a poll of every server every 2 seconds for 3.5 lifetimes: the module buys a new
+    ticket every 5 seconds, a kept connection is authenticated again before its ticket ends, and no poll fails."""
+    for domain in _domain(kdc_factory, tmp_path, lifetime=LIFETIME):
+        poller = domain.poller(tmp_path, domain.config(tmp_path))
+        try:
+            started = time.monotonic()
+            rounds = []
+            while time.monotonic() - started < 3.5 * LIFETIME:
+                rounds.append(polled(poller, *ALL))
+                let_time_pass_until(time.monotonic() + 2)
+            assert all(outcome == dict.fromkeys(ALL, "ok") for outcome in rounds), rounds
+            assert domain.kdc.log_file.read_text().count("AS_REQ") >= 2 * 6  # preauth: 2 requests per ticket bought
+        finally:
+            poller.stop()
+
+
+def test_when_the_kdc_stops_the_held_tickets_serve_until_they_expire(kdc_factory, tmp_path):
+    for domain in _domain(kdc_factory, tmp_path, lifetime=LIFETIME):
+        poller = domain.poller(tmp_path, domain.config(tmp_path))
+        try:
+            bought = time.monotonic()
+            assert polled(poller, *ALL) == dict.fromkeys(ALL, "ok")
+            domain.kdc.stop()
+            assert polled(poller, *ALL) == dict.fromkeys(ALL, "ok")
+            let_time_pass_until(bought + LIFETIME * 0.6)  # renewal is due and fails: the held tickets go on serving
+            assert polled(poller, *ALL) == dict.fromkeys(ALL, "ok")
+            let_time_pass_until(bought + LIFETIME + 1)
+            assert polled(poller, *ALL) == dict.fromkeys(ALL, "kdc_unreachable")
+            domain.kdc.start()
+            assert polled(poller, *ALL) == dict.fromkeys(ALL, "ok")
+        finally:
+            poller.stop()
+
+
+@pytest.mark.parametrize("delegation", [True, False])
+def test_the_organization_collector_needs_a_delegated_ticket(kdc_factory, tmp_path, delegation):
+    """double_hop: the Exchange cmdlets reach Active Directory only from a logon holding a forwarded TGT."""
+    scenario = {"organization": {"domain": "contoso.test", "double_hop": True, "server": "EX01"}}
+    for domain in _domain(kdc_factory, tmp_path, scenario_changes=scenario):
+        poller = domain.poller(tmp_path, domain.config(tmp_path, organization=True, kerberos_delegation=delegation))
+        try:
+            outcome = poller.poll_organization().outcome
+            assert (outcome.success, outcome.error_reason) == ((True, None) if delegation else (False, "double_hop"))
+        finally:
+            poller.stop()
+
+
+# ---------------------------------------------------------------- the Kerberos demo
+
+DEMO_LIFETIME = 10
+
+
+def test_the_kerberos_demo_keeps_every_server_up_past_many_ticket_lifetimes(tmp_path):
+    """`exchange-eems-simulator demo --kerberos --ticket-lifetime 10s`: its own KDC, a Kerberos-only fleet, the
+    exporter with a keytab. Over four ticket lifetimes every reachable server stays up at every scrape, the
+    organization collector succeeds (delegated ticket), and the exporter bought a new ticket at least thrice."""
+    scenario = tmp_path / "demo.yaml"
+    scenario.write_text(yaml.safe_dump(relocate(demo_scenario())), encoding="utf-8")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in (PASSWORD_ENV, "KRB5_CONFIG", "KRB5CCNAME")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "simulator", "demo", "--kerberos", "--ticket-lifetime", f"{DEMO_LIFETIME}s",
+         "--scenario", str(scenario), "--listen", f"127.0.0.1:{port}", "--interval", "10s"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    samples: list[dict[str, str]] = []
+    organization: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        first = None
+        while time.monotonic() < deadline:
+            let_time_pass_until(time.monotonic() + 1)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                    text = response.read().decode()
+            except OSError:
+                continue
+            up = dict(re.findall(r'^exchange_up\{server="([^"]+)"\} (\S+)$', text, re.MULTILINE))
+            if len(up) < 15:
+                continue  # the first interval: not every server polled yet
+            first = first or time.monotonic()
+            samples.append(up)
+            organization = re.findall(r'^exchange_collector_error\{collector="organization",[^}]*reason="(\w+)"\} 1',
+                                      text, re.MULTILINE)
+            if time.monotonic() - first > 4 * DEMO_LIFETIME:
+                break
+    finally:
+        process.terminate()
+        try:
+            output, _ = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+    assert samples and time.monotonic() - first > 4 * DEMO_LIFETIME, output
+    for up in samples:
+        assert up.pop("EX-SE05-NOWINRM") == "0.0"
+        assert set(up.values()) == {"1.0"}, up
+    assert organization == [], organization  # the delegated ticket lets the cmdlets reach Active Directory
+    assert "Kerberos realm:  CONTOSO.COM" in output and "Traceback" not in output, output
+    assert output.count("Kerberos: bought a ticket") >= 4, output

@@ -21,7 +21,7 @@ import yaml
 from exporter.catalog import Catalog
 from exporter.config import load_config
 from exporter.exporter import Exporter
-from exporter.http_server import serve
+from exporter.web import serve
 
 from ..conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, free_port, poll_all, relocate, samples
 

@@ -22,7 +22,7 @@ import yaml
 
 from exporter.catalog import Catalog
 from exporter.exporter import Exporter
-from exporter.http_server import serve
+from exporter.web import serve
 from exporter.scripts import ServerScriptParameters, powershell_command, server_script
 from exporter.collectors import script_failure
 from simulator.scenario import scenario_from_dict

@@ -11,7 +11,7 @@ import pytest
 
 from exporter.config import ConfigError, load_config, load_config_text
 
-from ..conftest import PASSWORD, PASSWORD_ENV
+from ..conftest import PASSWORD, PASSWORD_ENV, write_keytab
 
 MODULE = f"""\
 modules:
@@ -278,6 +278,8 @@ def test_several_modules(tmp_path):
           kerb:
             transport: kerberos
             username: 'svc@CONTOSO.COM'
+            keytab_file: svc.keytab
+            spn_service: WSMAN
         servers:
           - EX01
           - {{name: EX02, module: legacy}}
@@ -286,8 +288,11 @@ def test_several_modules(tmp_path):
         organization: {{server: EX01, discover_servers: true}}
         shard: 1/2
         """)
+    write_keytab(tmp_path / "svc.keytab", "svc@CONTOSO.COM")
     config = load_config_text(text, tmp_path)
     assert [s.module for s in config.servers] == ["default", "legacy", "kerb"]
+    assert config.modules["kerb"].keytab_file == tmp_path / "svc.keytab"
+    assert config.modules["kerb"].spn_service == "WSMAN" and config.modules["default"].spn_service == "HTTP"
     assert config.modules["default"].ca_file == tmp_path / "ca.pem"  # relative to the config's directory
     assert config.modules["legacy"].password.reveal() == "other-secret"  # trailing CR/LF stripped
     assert config.modules["legacy"].port == 5985
@@ -371,3 +376,41 @@ def test_the_readme_shows_the_defaults_of_the_tables():
                 assert shown(defaults[key]) == value, key
                 compared += 1
     assert compared >= 12
+
+
+KERBEROS = "transport: kerberos"
+
+
+@pytest.mark.parametrize(("lines", "key_path", "phrase"), [
+    ((KERBEROS, "username: svc@CONTOSO.COM"), "modules.default", "needs keytab_file, or password_env or password_file"),
+    ((KERBEROS, "username: 'CONTOSO\\svc'", f"password_env: {PASSWORD_ENV}"), "modules.default.username", "user@REALM"),
+    ((KERBEROS, "username: svc@CONTOSO.COM", f"password_env: {PASSWORD_ENV}", "keytab_file: svc.keytab"),
+     "modules.default", "not both"),
+    ((KERBEROS, "username: other@CONTOSO.COM", "keytab_file: svc.keytab"), "modules.default.keytab_file",
+     "holds no key for other@CONTOSO.COM (it holds: svc@CONTOSO.COM)"),
+    ((KERBEROS, "username: svc@CONTOSO.COM", "keytab_file: garbage.keytab"), "modules.default.keytab_file",
+     "not a usable keytab"),
+    ((KERBEROS, "username: svc@CONTOSO.COM", "keytab_file: missing.keytab"), "modules.default.keytab_file",
+     "does not exist"),
+    (("username: 'EXCH\\svc'", f"password_env: {PASSWORD_ENV}", "keytab_file: svc.keytab"),
+     "modules.default.keytab_file", "only applies to transport kerberos"),
+    ((KERBEROS, "username: svc@CONTOSO.COM", "keytab_file: svc.keytab", "spn_service: HOST"),
+     "modules.default.spn_service", "must be HTTP or WSMAN"),
+], ids=["no credential", "netbios name", "keytab and password", "keytab without the principal", "not a keytab",
+        "no keytab file", "keytab for ntlm", "unknown spn service"])
+def test_a_kerberos_module_has_its_own_credential(tmp_path, lines, key_path, phrase):
+    write_keytab(tmp_path / "svc.keytab", "svc@CONTOSO.COM")
+    (tmp_path / "garbage.keytab").write_bytes(b"not a keytab at all")
+    text = module(*lines, username=False, password=False) + ONE_SERVER
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(text, tmp_path)
+    assert (caught.value.path, phrase in caught.value.message) == (key_path, True), str(caught.value)
+
+
+@pytest.mark.parametrize(("value", "phrase"), [("10.0.0.1", "DNS name"), ("ex 01", "DNS name")])
+def test_spn_hostname_is_a_dns_name(value, phrase):
+    with pytest.raises(ConfigError, match=phrase) as caught:
+        load_config_text(MODULE + servers(f"{{name: ex01, spn_hostname: '{value}'}}"), Path("."))
+    assert caught.value.path == "servers[0].spn_hostname"
+    config = load_config_text(MODULE + servers("{name: EX01, address: 10.0.0.1, spn_hostname: EX01.Contoso.COM}"), Path("."))
+    assert config.servers[0].spn_hostname == "ex01.contoso.com"

@@ -14,7 +14,7 @@ import pytest
 from exporter.config import load_config_text
 from exporter.connections import FIRST_PAUSE_SECONDS, MAX_PAUSE_SECONDS, Connections, CredentialGuard
 from exporter.model import CollectorOutcome
-from exporter.targets import Targets
+from exporter.runtime import Targets
 from exporter.winrm import PollFailure
 
 from ..conftest import minimal_config

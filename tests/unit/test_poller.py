@@ -110,7 +110,8 @@ def test_a_probe_waits_for_the_scheduled_poll_of_the_same_server(catalog):
 def test_the_organization_job_runs_at_start_beside_the_servers(catalog):
     names = ["EX1", "EX2"]
     clock = ManualClock()
-    with SimulatedFleet(scenario(names, organization=True)) as fleet:
+    # the simulated organization script takes 2 s unless told otherwise
+    with SimulatedFleet(scenario(names, runtime=0.1, organization=True)) as fleet:
         poller = poller_for(fleet, catalog, clock, organization=True)
         poller.start()
         try:

@@ -1,18 +1,104 @@
-"""What is current (exporter/runtime.py): a frozen Runtime swapped whole by a reload or a discovery, nothing
-swapped when the file loads to what is running, and discovered servers carried over a reload while the
-organization section stays the same."""
+"""What is current (exporter/runtime.py). Which servers one exporter instance polls: the configured servers plus
+the discovered ones, cut to its shard, and the only names `/probe` may reach. A frozen Runtime swapped whole by a
+reload or a discovery, nothing swapped when the file loads to what is running, and discovered servers carried over
+a reload while the organization section stays the same. Configurations are loaded the way the exporter loads them;
+discovered servers are what the organization collector hands over."""
 
 from __future__ import annotations
 
 import dataclasses
 import textwrap
+from pathlib import Path
+
+import pytest
 
 from exporter.catalog import Catalog
-from exporter.config import load_config
+from exporter.config import load_config, load_config_text
 from exporter.model import OrgServerInfo
-from exporter.runtime import SafeRuntime
+from exporter.runtime import SafeRuntime, Targets
 
-ORGANIZATION = "organization: {server: ex01.contoso.com, discover_servers: true}\n"
+from ..conftest import minimal_config
+
+ORGANIZATION = """
+    organization:
+      server: ex01.contoso.com
+      discover_servers: true
+    """
+
+
+def config(extra: str = "", servers: str = "  - ex01.contoso.com\n"):
+    base = minimal_config(extra).replace("servers:\n  - ex01.contoso.com\n", "servers:\n" + servers)
+    return load_config_text(base, Path("."))
+
+
+def discovered(name: str, fqdn: str | None = None, proxy: str | None = None) -> OrgServerInfo:
+    """A server as Get-ExchangeServer lists it; the fields Targets does not read stay None."""
+    unread = {field.name: None for field in dataclasses.fields(OrgServerInfo)}
+    return OrgServerInfo(**{**unread, "name": name, "fqdn": fqdn, "internet_web_proxy": proxy,
+                            "mitigations_applied": (), "mitigations_blocked": ()})
+
+
+def test_a_configured_server_takes_the_modules_scheme_and_port_unless_it_names_its_own():
+    targets = Targets(config(servers="  - ex01.contoso.com\n  - {name: EX02, address: '::1', port: 5985}\n"))
+    first, second = targets.get("ex01.contoso.com"), targets.get("EX02")
+    assert (first.address, first.port, first.scheme, first.discovered) == ("ex01.contoso.com", 5986, "https", False)
+    assert first.endpoint == "https://ex01.contoso.com:5986/wsman"
+    assert second.endpoint == "https://[::1]:5985/wsman"
+
+
+def test_lookup_ignores_case_and_knows_no_other_name():
+    targets = Targets(config())
+    assert targets.get("EX01.CONTOSO.COM").name == "ex01.contoso.com"
+    assert targets.get("ex02.contoso.com") is None and targets.get("") is None
+
+
+def test_discovered_servers_join_but_never_replace_a_configured_one():
+    targets = Targets(config(ORGANIZATION), (discovered("EX01.contoso.com", fqdn="elsewhere.example"),
+                                             discovered("EX07", fqdn="ex07.contoso.com",
+                                                        proxy="http://proxy.contoso.com:8080/")))
+    assert targets.get("ex01.contoso.com").address == "ex01.contoso.com"  # the configuration wins
+    found = targets.get("ex07")
+    assert (found.address, found.discovered, found.endpoint_proxy) == ("ex07.contoso.com", True,
+                                                                       "http://proxy.contoso.com:8080/")
+    assert [t.name for t in targets.polled] == ["ex01.contoso.com", "EX07"]
+
+
+def test_a_discovery_is_a_new_list_that_leaves_the_old_one_alone():
+    before = Targets(config(ORGANIZATION), (discovered("EX07"),))
+    after = Targets(config(ORGANIZATION), (discovered("EX08"),))
+    assert after.get("EX07") is None and after.get("EX08").address == "EX08"  # no FQDN: reached by name
+    assert before.get("EX07") is not None and before.get("EX08") is None
+
+
+def test_discovery_stops_at_the_server_limit():
+    targets = Targets(config(ORGANIZATION + "limits: {max_servers: 3}\n"),
+                      tuple(discovered(f"EX{i:02d}") for i in range(10)))
+    assert len(targets.polled) == 3
+
+
+def test_without_an_organization_section_nothing_is_discovered():
+    targets = Targets(config(), (discovered("EX07"),))
+    assert targets.get("EX07") is None and len(targets.polled) == 1 and targets.discovered_from == ()
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_every_server_is_on_exactly_one_shard(count):
+    servers = "".join(f"  - ex{i:03d}.contoso.com\n" for i in range(100))
+    base = minimal_config().split("servers:")[0] + "servers:\n" + servers
+    owners: dict[str, list[int]] = {}
+    for index in range(count):
+        config = load_config_text(base + f"shard: {index}/{count}\n", Path("."))
+        for target in Targets(config).polled:
+            owners.setdefault(target.name, []).append(index)
+    assert len(owners) == 100
+    assert all(len(shards) == 1 for shards in owners.values())
+    assert len({s[0] for s in owners.values()}) == count, "a shard got nothing out of 100 servers"
+
+
+# ---------------------------------------------------------------- reload and discovery
+
+
+DISCOVERING = "organization: {server: ex01.contoso.com, discover_servers: true}\n"
 
 
 def write(path, password_file, *, extra: str = "") -> None:
@@ -23,11 +109,6 @@ def write(path, password_file, *, extra: str = "") -> None:
             password_file: '{password_file}'
         servers: [ex01.contoso.com]
         """) + extra)
-
-
-def discovered(name: str) -> OrgServerInfo:
-    unread = {field.name: None for field in dataclasses.fields(OrgServerInfo)}
-    return OrgServerInfo(**{**unread, "name": name, "mitigations_applied": (), "mitigations_blocked": ()})
 
 
 def runtime_for(tmp_path, extra: str = ""):
@@ -54,15 +135,15 @@ def test_a_changed_password_file_under_an_unchanged_file_is_a_change(tmp_path):
 
 
 def test_discovered_servers_outlive_a_reload_that_keeps_the_organization_section(tmp_path):
-    runtime, path, password = runtime_for(tmp_path, ORGANIZATION)
+    runtime, path, password = runtime_for(tmp_path, DISCOVERING)
     organization = runtime.current().config.organization
     assert runtime.discovered(organization, (discovered("EX07"),))
     assert not runtime.discovered(organization, (discovered("EX07"),))  # the same list again: nothing to do
-    write(path, password, extra=ORGANIZATION + "poll: {timeout: 20s}\n")
+    write(path, password, extra=DISCOVERING + "poll: {timeout: 20s}\n")
     assert runtime.reload()[0]
     assert runtime.current().targets.get("EX07").discovered
 
-    write(path, password, extra=ORGANIZATION.replace("ex01", "ex02"))
+    write(path, password, extra=DISCOVERING.replace("ex01", "ex02"))
     assert runtime.reload()[0]
     assert runtime.current().targets.get("EX07") is None  # another source: its list is not this one's
     assert not runtime.discovered(organization, (discovered("EX07"),))  # a poll under the old section ended late

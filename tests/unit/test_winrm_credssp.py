@@ -2,8 +2,8 @@
 TLS-in-HTTP handshake under the `CredSSP` scheme, the password delegated to the server, and a message over
 16 KiB sealed in parts (multipart/x-multi-encrypted, MS-WSMV 2.2.9.1.3) and unsealed by the acceptor.
 
-The simulator has no CredSSP listener, so a small scripted HTTP server on loopback plays Windows here; it
-reads the multipart framing with its own code, not the exporter's."""
+A small scripted HTTP server on loopback plays Windows here and reads the multipart framing with its own code,
+not the exporter's; full polls over the simulator's CredSSP listener are tests/system/test_credssp.py."""
 
 from __future__ import annotations
 

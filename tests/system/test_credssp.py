@@ -1,0 +1,263 @@
+"""CredSSP end to end: the exporter's client (exporter/winrm/credssp.py, encryption.py), and pywinrm's
+(requests-credssp, the real peer no one here wrote), against the simulator's CredSSP listener (pyspnego's
+acceptor, simulator/auth.py), over HTTPS and over HTTP with message encryption (MS-WSMV 2.2.9.1.3: TLS
+records of at most 16 KiB, several MIME parts above that).
+
+What CredSSP is for here: the server receives the password itself (TSCredentials), so the WinRS shell can
+reach Active Directory and the organization collector works under `double_hop`, which it cannot over NTLM.
+That same password is what a compromised server would receive; the tests show it never reaches the
+exporter's own logs or metrics.
+
+pyspnego's CredSSP client puts Kerberos first inside Negotiate; with no realm configured MIT would read
+/etc/krb5.conf and ask DNS for that realm's KDCs. The module points KRB5_CONFIG at an empty, DNS-free file,
+so the clients fall back to NTLM at once and every packet stays on loopback.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from pathlib import Path
+
+import pytest
+import winrm
+import winrm.encryption
+import yaml
+from requests_credssp.exceptions import AuthenticationException, NTStatusException
+
+from exporter.catalog import Catalog
+from exporter.config import load_config_text
+from exporter.poller import Poller
+from exporter.runtime import SafeRuntime
+from exporter.scripts import Command
+from exporter.winrm import ServerConnection
+from simulator.host import CommandOutput, SimulatedHost, current_logon
+from simulator.server import Fleet
+
+from ..conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, relocate, wait_until
+from .test_secrets import Exporter, assert_no_secret, outcomes
+
+BUILD = "15.2.2562.53"
+SEC_E_LOGON_DENIED = 0x8009030C  # the NTSTATUS in the acceptor's error TSRequest for a wrong password
+BIG = 60_000  # output bytes: the sealed answer takes four 16 KiB parts
+SIZE = "C:\\Tools\\size.exe"  # an absolute path: WinRS starts it without cmd.exe (WINRS_SKIP_CMD_SHELL)
+SCENARIO = {
+    "organization": {"server": "CSSP-HTTP", "double_hop": True},
+    "servers": [
+        {"name": "CSSP-HTTP", "address": "127.0.0.1", "build": BUILD, "auth": ["ntlm", "credssp"]},
+        {"name": "CSSP-HTTPS", "address": "127.0.0.1", "build": BUILD, "auth": ["ntlm", "credssp"], "scheme": "https"},
+        {"name": "CSSP-BIG", "address": "127.0.0.1", "build": BUILD, "auth": ["credssp"],
+         "output_faults": {"oversized_output": BIG}},
+        {"name": "NTLM-ONLY", "address": "127.0.0.1", "build": BUILD},
+    ],
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_kerberos_realm(tmp_path_factory):
+    config = tmp_path_factory.mktemp("krb5") / "krb5.conf"
+    config.write_text("[libdefaults]\n dns_lookup_kdc = false\n dns_lookup_realm = false\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KRB5_CONFIG", str(config))
+        yield
+
+
+@pytest.fixture(scope="module")
+def fleet(no_kerberos_realm):
+    with SimulatedFleet(relocate(SCENARIO)) as fleet:
+        yield fleet
+
+
+def module(fleet: SimulatedFleet, scheme: str, transport: str = "credssp", **settings) -> dict:
+    values = {"transport": transport, "username": USERNAME, "password_env": PASSWORD_ENV, "scheme": scheme,
+              "operation_timeout": "3s", "read_timeout": "5s", **settings}
+    if scheme == "https":
+        values["ca_file"] = str(fleet.fleet.ca_file)
+    return values
+
+
+def poller(fleet: SimulatedFleet, tmp_path: Path, modules: dict, organization_module: str | None = None) -> Poller:
+    """A poller for the fleet's servers that have a module named like their scheme."""
+    config = {
+        "poll": {"interval": "60s", "timeout": "15s"},
+        "modules": modules,
+        "servers": [{"name": h.name, "address": h.address, "port": h.port, "module": h.scheme}
+                    for h in fleet.scenario.hosts if h.scheme in modules],
+    }
+    if organization_module:
+        config["organization"] = {"server": "CSSP-HTTP", "module": organization_module}
+    return Poller(SafeRuntime(load_config_text(yaml.safe_dump(config), tmp_path), Catalog.load()))
+
+
+def poll(fleet: SimulatedFleet, tmp_path: Path, name: str, **settings):
+    scheme = fleet.hosts[name].scheme
+    p = poller(fleet, tmp_path, {scheme: module(fleet, scheme, **settings)})
+    try:
+        return p.poll_server(name).outcome
+    finally:
+        p.stop()
+
+
+# ---------------------------------------------------------------- the exporter
+
+
+@pytest.mark.parametrize("name", ["CSSP-HTTPS", "CSSP-HTTP"])
+def test_the_exporter_polls_over_credssp(fleet, tmp_path, name):
+    """Over HTTP every message is sealed: the listener answers plain SOAP after authentication with 500
+    (AllowUnencrypted=false), so a successful poll there is one whose requests and answers were all sealed."""
+    rejected = fleet.fleet.rejected_logons(name)
+    outcome = poll(fleet, tmp_path, name)
+    assert outcome.success, outcome
+    assert fleet.fleet.rejected_logons(name) == rejected and fleet.fleet.open_shells(name) == 0
+
+
+def test_sealed_messages_over_16_kib_travel_in_parts_both_ways(fleet, tmp_path):
+    """An answer of 60 KB comes back in four sealed parts, and a 20 KB request goes out in two: the
+    listener refuses a part above 16 KiB, or one whose length field is not the TLS trailer's."""
+    assert poll(fleet, tmp_path, "CSSP-BIG").success
+    config = load_config_text(yaml.safe_dump({"modules": {"m": module(fleet, "http")}, "servers": ["CSSP-BIG"]}),
+                              tmp_path)
+    host = fleet.hosts["CSSP-BIG"]
+    conn = ServerConnection(f"http://{host.address}:{host.port}/wsman", config.modules["m"],
+                            max_response_bytes=1 << 20, max_poll_bytes=1 << 22, server_name="CSSP-BIG")
+    try:
+        result = conn.run(Command("C:\\Windows\\System32\\cmd.exe", ("/c", "echo", "x" * 20_000)),
+                          time.monotonic() + 15)
+    finally:
+        conn.close()
+    # The simulated Windows read the 20 KB command line whole (it knows no cmd.exe to start, and says so)
+    assert result.exit_code == 1 and b"cmd.exe\"' is not recognized" in result.stderr, result
+
+
+def test_a_wrong_password_is_auth_failed_and_one_rejected_logon(fleet, tmp_path, monkeypatch):
+    monkeypatch.setenv("EEMS_TEST_WRONG_PASSWORD", PASSWORD + "-old")
+    before = fleet.fleet.rejected_logons("CSSP-HTTPS")
+    outcome = poll(fleet, tmp_path, "CSSP-HTTPS", password_env="EEMS_TEST_WRONG_PASSWORD")
+    assert outcome.error_reason == "auth_failed", outcome
+    assert fleet.fleet.rejected_logons("CSSP-HTTPS") > before
+
+
+def test_a_listener_without_credssp_refuses_it(fleet, tmp_path):
+    assert poll(fleet, tmp_path, "NTLM-ONLY").error_reason == "auth_failed"
+
+
+@pytest.mark.parametrize("transport, reason", [("credssp", None), ("ntlm", "double_hop")])
+def test_the_organization_collector_needs_the_delegated_password(fleet, tmp_path, transport, reason):
+    """`double_hop`: the organization's cmdlets reach Active Directory only from a logon holding a delegated
+    credential. CredSSP gives the server the password; NTLM gives it nothing to pass on."""
+    p = poller(fleet, tmp_path, {"http": module(fleet, "http", transport=transport)}, organization_module="http")
+    try:
+        outcome = p.poll_organization().outcome
+    finally:
+        p.stop()
+    assert (outcome.success, outcome.error_reason) == (reason is None, reason), outcome
+
+
+def test_the_password_reaches_the_server_but_not_the_exporters_logs_or_metrics(fleet, tmp_path):
+    """The exporter as a process at debug level, polling over CredSSP with the right password (HTTP and
+    HTTPS, the organization under double_hop) and a wrong one: nothing it writes or serves holds the
+    password, in any encoding test_secrets.py searches for."""
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text(PASSWORD[::-1] + "\n")
+    config = {
+        "poll": {"interval": "10s", "timeout": "8s"},
+        "modules": {"http": module(fleet, "http"), "https": module(fleet, "https"),
+                    "wrong": {**module(fleet, "https"), "password_env": None, "password_file": str(wrong)}},
+        "servers": [{"name": "CSSP-HTTP", "address": fleet.hosts["CSSP-HTTP"].address,
+                     "port": fleet.hosts["CSSP-HTTP"].port, "module": "http"},
+                    {"name": "CSSP-HTTPS", "address": fleet.hosts["CSSP-HTTPS"].address,
+                     "port": fleet.hosts["CSSP-HTTPS"].port, "module": "https"},
+                    {"name": "WRONG", "address": fleet.hosts["CSSP-HTTPS"].address,
+                     "port": fleet.hosts["CSSP-HTTPS"].port, "module": "wrong"}],
+        "organization": {"server": "CSSP-HTTP", "module": "http"},
+    }
+    del config["modules"]["wrong"]["password_env"]
+    config_file = tmp_path / "config.yml"
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    exporter = Exporter(config_file, tmp_path)
+    try:
+        exporter.start()
+        exporter.wait_ready()
+        metrics = wait_until(lambda: organization_ran(exporter), 30, "the organization collector's first run")
+    finally:
+        exporter.stop()
+    seen = outcomes(metrics.decode())
+    assert seen["CSSP-HTTP"] == (1, set()) and seen["CSSP-HTTPS"] == (1, set()), seen
+    assert seen["WRONG"] == (0, {"auth_failed"}), seen
+    assert re.search(rb'^exchange_collector_success\{collector="organization"[^}]*\} 1', metrics, re.M), metrics
+    assert_no_secret({"GET /metrics": metrics, "exporter log": Path(exporter.stdout_file).read_bytes()
+                      + Path(exporter.stderr_file).read_bytes()})
+
+
+def organization_ran(exporter: Exporter) -> bytes | None:
+    status, transcript = exporter.request("GET", "/metrics")
+    ran = status == 200 and re.search(rb'^exchange_collector_success\{collector="organization"', transcript, re.M)
+    return transcript if ran else None
+
+
+# ---------------------------------------------------------------- pywinrm, the real peer, on the same acceptor
+
+
+def whoami(line: str) -> CommandOutput:
+    """The logon the command runs in, then as many bytes as the command line asks for (`size.exe N`)."""
+    logon = current_logon()
+    words = line.split()
+    size = int(words[1]) if "size" in words[0] else 0
+    return CommandOutput([f"{logon.principal} delegated={logon.delegated}\n".encode(), b"x" * size])
+
+
+@pytest.fixture(scope="module")
+def peers(no_kerberos_realm):
+    block = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}"
+    hosts = [SimulatedHost(name, f"{block}.{index}", 0, scheme, whoami, auth=auth)
+             for index, (name, scheme, auth) in enumerate([("HTTP", "http", ("credssp",)),
+                                                           ("HTTPS", "https", ("ntlm", "credssp")),
+                                                           ("NTLM", "http", ("ntlm",))], start=1)]
+    with Fleet(hosts, {USERNAME: PASSWORD}) as fleet:
+        fleet.hosts = {h.name: h for h in hosts}
+        yield fleet
+
+
+def pywinrm_session(fleet: Fleet, name: str, password: str = PASSWORD) -> winrm.Session:
+    host = fleet.hosts[name]
+    return winrm.Session(f"{host.scheme}://{host.address}:{host.port}/wsman", auth=(USERNAME, password),
+                         transport="credssp", server_cert_validation="validate",
+                         ca_trust_path=str(fleet.ca_file))
+
+
+@pytest.mark.parametrize("name", ["HTTP", "HTTPS"])
+def test_pywinrm_delegates_over_credssp_with_parts_both_ways(peers, name):
+    """pywinrm seals over HTTP (its message_encryption="auto"), 16 KiB per part both ways: a 20 KB command
+    line (no cmd.exe, whose limit is 8 KB) and a 60 KB answer."""
+    protocol = pywinrm_session(peers, name).protocol
+    shell = protocol.open_shell()
+    try:
+        command = protocol.run_command(shell, SIZE, [str(BIG), "y" * 20_000], skip_cmd_shell=True)
+        stdout, _, code = protocol.get_command_output(shell, command)
+        protocol.cleanup_command(shell, command)
+    finally:
+        protocol.close_shell(shell)
+    assert stdout.startswith(f"{USERNAME} delegated=True\n".encode()) and code == 0, stdout[:100]
+    assert len(stdout) > BIG
+
+
+def test_pywinrm_reads_the_acceptors_logon_denied(peers):
+    with pytest.raises(NTStatusException) as raised:
+        pywinrm_session(peers, "HTTPS", PASSWORD + "-old").run_cmd("size", ["0"])
+    assert raised.value.status == SEC_E_LOGON_DENIED
+
+
+def test_pywinrm_finds_no_credssp_where_the_listener_does_not_offer_it(peers):
+    with pytest.raises(AuthenticationException, match="CredSSP"):
+        pywinrm_session(peers, "NTLM").run_cmd("size", ["0"])
+
+
+def test_the_listener_refuses_a_part_whose_length_is_not_the_tls_trailers(peers, monkeypatch):
+    """The framing check is live: pywinrm with a trailer length one byte off gets 400, not an answer."""
+    real = winrm.encryption.Encryption._get_credssp_trailer_length
+    monkeypatch.setattr(winrm.encryption.Encryption, "_get_credssp_trailer_length",
+                        lambda self, length, cipher: real(self, length, cipher) + 1)
+    with pytest.raises(winrm.exceptions.WinRMTransportError) as raised:
+        pywinrm_session(peers, "HTTP").run_cmd("size", ["0"])
+    assert raised.value.code == 400
