@@ -84,7 +84,9 @@ class Settings:
     jea_outdated: tuple[str, ...] = ()  # servers whose installed endpoint is older
     jea_absent: tuple[str, ...] = ()  # servers where the endpoint was never registered
     rbac_denied: tuple[str, ...] = ()  # Exchange cmdlets the monitoring account's roles do not grant
-    exchange_kerberos_only: bool = False  # True once the simulator has a Kerberos acceptor (issue 26 + Kerberos)
+    # Exchange's /PowerShell takes Kerberos only, as real Exchange does (pypsrp issue #187); a scenario may open it
+    # to NTLM to show the rest of that endpoint without a KDC.
+    exchange_kerberos_only: bool = True
     winrs: bool = True  # False: the fleet refuses WinRS shells, so only PSRP works
     outdated_version: str = "exchange-eems-exporter/endpoint/0000000000000000"
 
