@@ -87,6 +87,9 @@ class PollConfig:
     log_tail_bytes: int
     check_endpoint: bool
     endpoint_timeout: float
+    # Offer the monitoring account's default credentials to the proxy the endpoint check uses, which may be the
+    # server's InternetWebProxy from Active Directory or its WinHTTP proxy (issue 24 finding 17): off unless asked.
+    endpoint_proxy_default_credentials: bool
 
 
 def _at_least(seconds: float, shown: str):
@@ -109,6 +112,7 @@ POLL_KEYS = (
     Key("max_events", integer(1, 5000), 200),
     Key("log_tail_bytes", integer(0, 16 << 20), 65536),
     Key("check_endpoint", boolean, False),
+    Key("endpoint_proxy_default_credentials", boolean, False),
     Key("endpoint_timeout", duration, "10s"),
 )
 check_fields(POLL_KEYS, PollConfig)

@@ -93,7 +93,7 @@ class Settings:
 
 _VERSION_LINE = re.compile(r"^'(exchange-eems-exporter/endpoint/[0-9a-z]+)'\r?$", re.MULTILINE)
 _BODY = re.compile(r"^# >>> collect_server\.ps1\r?\n(.*?)^# <<< collect_server\.ps1", re.MULTILINE | re.DOTALL)
-_PROXY = re.compile(r"^\$P=@\{.*;Proxy='((?:[^']|'')*)'\}\r?$", re.MULTILINE)
+_PROXY = re.compile(r"^\$P=@\{.*;Proxy='((?:[^']|'')*)'(?:;ProxyDefaultCredentials=\d)?\}\r?$", re.MULTILINE)
 
 
 def installed_function(role_capability: str) -> tuple[str, str, str]:
@@ -178,7 +178,8 @@ class Endpoints:
                 return Answer(failure=converted)
             values[declared] = converted
         proxy = self.settings.jea_proxy.replace("'", "''")
-        line = "$P=@{" + ";".join(f"{k}={v}" for k, v in values.items()) + f";Proxy='{proxy}'}}"
+        # the installed function offers no default credentials to its proxy (windows_endpoint.py, issue 24.17)
+        line = "$P=@{" + ";".join(f"{k}={v}" for k, v in values.items()) + f";Proxy='{proxy}';ProxyDefaultCredentials=0}}"
         output = self.windows(_encoded(f"{SERVER_MARKER}\n{line}\n{self.settings.jea_body}"))
         text = b"".join(output.stdout_chunks).decode("utf-8", "replace").rstrip("\r\n")
         answer = Answer([self.version, text] if text else [self.version], runtime_seconds=output.runtime_seconds)
