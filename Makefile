@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 KERBEROS_STAMP := $(VENV)/.installed-kerberos
 KERBEROS_PACKAGES := krb5-kdc krb5-admin-server libkrb5-dev
 
-.PHONY: demo demo-kerberos demo-stack dist test check bench soak lint install system-deps kerberos-deps clean rules lock
+.PHONY: demo demo-kerberos demo-psrp demo-stack dist test check bench soak lint install system-deps kerberos-deps clean rules lock
 
 $(STAMP): pyproject.toml simulator/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,12 @@ system-deps:
 demo: $(STAMP)
 	$(BIN)/exchange-eems-simulator demo
 
+# The demo over PowerShell remoting only: the exporter's JEA endpoint (written by windows-endpoint) on every
+# server and Exchange's /PowerShell for the organization; the fleet serves no WinRS shell. Exchange's endpoint
+# takes Kerberos only: DEMO_ARGS=--kerberos adds the real KDC under which the organization collector succeeds.
+demo-psrp: $(STAMP)
+	$(BIN)/exchange-eems-simulator demo --psrp $(DEMO_ARGS)
+
 # The demo fleet and exporter, Debian's Prometheus and Alertmanager with examples/ and alerts/, and a webhook that
 # prints every page and ticket (tools/demo_stack.py; DEMO_ARGS=--fast: no `for:` waits).
 demo-stack: system-deps $(STAMP)
@@ -92,6 +98,7 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+	$(BIN)/python bench/psrp_cost.py
 
 # MALLOC_ARENA_MAX=2 as the shipped image and manifests run the exporter (see the Dockerfile).
 soak: $(STAMP)

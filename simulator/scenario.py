@@ -187,7 +187,7 @@ def _remoting(raw: Any, names: set[str]) -> remoting.Settings:
         jea_outdated=servers("remoting.jea.outdated", jea.get("outdated", [])),
         jea_absent=servers("remoting.jea.absent", jea.get("absent", [])),
         rbac_denied=tuple(denied),
-        exchange_kerberos_only=_bool(exchange.get("kerberos_only", False), "remoting.exchange.kerberos_only"),
+        exchange_kerberos_only=_bool(exchange.get("kerberos_only", True), "remoting.exchange.kerberos_only"),
         winrs=_bool(top.get("winrs", True), "remoting.winrs"),
     )
     if "role_capability" in jea:

@@ -91,6 +91,29 @@ def authentication(module: ModuleConfig, hostname: str):
     raise ValueError(f"unknown transport {module.transport!r}")
 
 
+def open_channel(address: Endpoint, module: ModuleConfig, authenticator, *, deadline: float, timeout: float,
+                 max_response_bytes: int) -> Channel:
+    """A new connection to `address`, authenticated (for ServerConnection and psrp.PsrpConnection alike)."""
+    context = tls.context(module) if address.scheme == "https" else None
+    connection = Connection.open(address, context, deadline=deadline, timeout=timeout,
+                                 max_response_bytes=max_response_bytes, user_agent=USER_AGENT)
+    try:
+        return authenticator.open(connection, deadline=deadline, timeout=timeout)
+    except BaseException:
+        connection.close()
+        raise
+
+
+def without_secrets(module: ModuleConfig, failure: PollFailure) -> PollFailure:
+    """A server's fault text may quote our request, Authorization header included: mask the credential."""
+    text = failure.message
+    for secret in module.secrets():
+        text = text.replace(secret, "<redacted>")
+    if text == failure.message:
+        return failure
+    return PollFailure(failure.reason, text, connection_intact=failure.connection_intact)
+
+
 class ServerConnection:
     """The WinRM endpoint of one server for one module. Not thread-safe for its callers' sake: a lock runs
     one command at a time (the poller polls one server at a time anyway)."""
@@ -123,16 +146,10 @@ class ServerConnection:
                 return channel
             self.close()  # the server will have closed it, or did: authenticate anew, no request wasted
         timeout = self._timeouts(deadline)[1]
-        context = tls.context(self.module) if self._address.scheme == "https" else None
-        connection = Connection.open(self._address, context, deadline=deadline, timeout=timeout,
-                                     max_response_bytes=self.max_response_bytes, user_agent=USER_AGENT)
-        try:
-            if self._authentication is None:
-                self._authentication = authentication(self.module, self._server_name)
-            self._channel = self._authentication.open(connection, deadline=deadline, timeout=timeout)
-        except BaseException:
-            connection.close()
-            raise
+        if self._authentication is None:
+            self._authentication = authentication(self.module, self._server_name)
+        self._channel = open_channel(self._address, self.module, self._authentication, deadline=deadline,
+                                     timeout=timeout, max_response_bytes=self.max_response_bytes)
         return self._channel
 
     def close(self) -> None:
@@ -203,13 +220,7 @@ class ServerConnection:
             raise failure from None
 
     def _without_secrets(self, failure: PollFailure) -> PollFailure:
-        """A server's fault text may quote our request, Authorization header included: mask the credential."""
-        text = failure.message
-        for secret in self.module.secrets():
-            text = text.replace(secret, "<redacted>")
-        if text == failure.message:
-            return failure
-        return PollFailure(failure.reason, text, connection_intact=failure.connection_intact)
+        return without_secrets(self.module, failure)
 
     def _run_once(self, command: Command, deadline: float) -> CommandResult:
         self._quickest = 0.0

@@ -717,3 +717,46 @@ def test_the_environment_chooses_no_trust_store(healthy, monkeypatch):
             monkeypatch.setenv(variable, str(victim.ca_file))
         seen = attack(healthy, {"VICTIM": victim}, ca_file=False)
     assert outcome(seen).error_reason == "tls_error", outcome(seen)
+
+
+# ---------------------------------------------------------------- round 2 (issue 24), finding 17: proxy credentials
+
+
+def _endpoint_check_through_an_ad_proxy(**poll) -> tuple[list, dict]:
+    """A compromised Exchange server sets another server's InternetWebProxy in Active Directory; the organization
+    collector reports it and the endpoint check of that server goes through it. What the proxy received, and the
+    metrics."""
+    attacker = "http://proxy.attacker.example:8080/"
+    scenario = relocate({"credentials": [], "servers": [
+        {"name": "EX01", "address": "127.0.0.1", "build": "15.2.2562.53"},
+        {"name": "EX02", "address": "127.0.0.1", "build": "15.2.2562.53", "internet_web_proxy": attacker}],
+        "organization": {"server": "EX01"}})
+    with SimulatedFleet(scenario) as fleet:
+        exporter = Exporter(fleet.config(check_endpoint=True, **poll), Catalog.load())
+        try:
+            assert exporter.poller.poll_organization().outcome.success
+            assert exporter.poller.poll_server("EX02").outcome.success
+            metrics = samples(exporter.metrics_body("text/plain")[0].decode())
+        finally:
+            exporter.stop()
+        return list(fleet.hosts["EX02"].run.proxy_requests), metrics
+
+
+def test_no_default_credentials_go_to_a_proxy_another_server_chose():
+    """24.17: the endpoint check sent ProxyUseDefaultCredentials to whichever proxy it used, including one that a
+    compromised server wrote into another server's InternetWebProxy."""
+    requests, metrics = _endpoint_check_through_an_ad_proxy()
+    assert [r.proxy for r in requests] == ["http://proxy.attacker.example:8080/"] * 2
+    assert not any(r.default_credentials for r in requests)
+    for endpoint in ("mitigations", "flighting"):
+        assert metrics[("exchange_eems_endpoint_proxy_info", frozenset({
+            "server": "EX02", "endpoint": endpoint, "proxy": "http://proxy.attacker.example:8080/",
+            "source": "internet_web_proxy", "default_credentials": "false"}.items()))] == 1
+
+
+def test_default_credentials_only_when_the_configuration_asks():
+    requests, metrics = _endpoint_check_through_an_ad_proxy(endpoint_proxy_default_credentials=True)
+    assert len(requests) == 2 and all(r.default_credentials for r in requests)
+    assert metrics[("exchange_eems_endpoint_proxy_info", frozenset({
+        "server": "EX02", "endpoint": "mitigations", "proxy": "http://proxy.attacker.example:8080/",
+        "source": "internet_web_proxy", "default_credentials": "true"}.items()))] == 1
