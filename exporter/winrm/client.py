@@ -114,6 +114,17 @@ def without_secrets(module: ModuleConfig, failure: PollFailure) -> PollFailure:
     return PollFailure(failure.reason, text, connection_intact=failure.connection_intact)
 
 
+def request_timeouts(module: ModuleConfig, deadline: float, minimum: float) -> tuple[int, float]:
+    """(OperationTimeout for the envelope, socket read timeout) for a request sent now; OutOfTime (`timeout`)
+    when less than `minimum` seconds are left before `deadline` (for ServerConnection and psrp.PsrpConnection)."""
+    remaining = deadline - time.monotonic()
+    if remaining < minimum:
+        raise OutOfTime(f"the server's answers took the poll's time (poll.timeout): {max(0.0, remaining):.1f} s "
+                        "left, too little for the next request")
+    operation = max(1, min(int(module.operation_timeout), int(remaining) - 1))
+    return operation, operation + 1.0
+
+
 class ServerConnection:
     """The WinRM endpoint of one server for one module. Not thread-safe for its callers' sake: a lock runs
     one command at a time (the poller polls one server at a time anyway)."""
@@ -145,7 +156,7 @@ class ServerConnection:
             if idle < KEEP_IF_POLLED_WITHIN and lasts and not channel.connection.dropped():
                 return channel
             self.close()  # the server will have closed it, or did: authenticate anew, no request wasted
-        timeout = self._timeouts(deadline)[1]
+        timeout = request_timeouts(self.module, deadline, MIN_REQUEST_SECONDS)[1]
         if self._authentication is None:
             self._authentication = authentication(self.module, self._server_name)
         self._channel = open_channel(self._address, self.module, self._authentication, deadline=deadline,
@@ -156,15 +167,6 @@ class ServerConnection:
         if self._channel is not None:
             self._channel.connection.close()
             self._channel = None
-
-    def _timeouts(self, deadline: float, minimum: float = MIN_REQUEST_SECONDS) -> tuple[int, float]:
-        """(OperationTimeout for the envelope, socket read timeout) for a request sent now."""
-        remaining = deadline - time.monotonic()
-        if remaining < minimum:
-            raise OutOfTime(f"the server's answers took the poll's time (poll.timeout): {max(0.0, remaining):.1f} s "
-                            "left, too little for the next request")
-        operation = max(1, min(int(self.module.operation_timeout), int(remaining) - 1))
-        return operation, operation + 1.0
 
     def _exchange(self, message: Callable[[int], bytes], deadline: float, *, cleanup_requests: int = 0,
                   waits: bool = False, opens_shell: bool = False, cleanup: bool = False) -> bytes:
@@ -177,7 +179,7 @@ class ServerConnection:
         if channel is not kept:  # connected and authenticated now: each handshake request is one round trip
             self._took((time.monotonic() - started) / max(1, channel.connection.requests))
         minimum = MIN_REQUEST_SECONDS if opens_shell else MIN_CLEANUP_SECONDS if cleanup else MIN_FOLLOW_UP_SECONDS
-        operation, timeout = self._timeouts(deadline, minimum)
+        operation, timeout = request_timeouts(self.module, deadline, minimum)
         started = time.monotonic()
         answer = channel.exchange(message(operation), deadline=deadline, timeout=timeout)
         if not waits:

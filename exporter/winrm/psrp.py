@@ -42,7 +42,8 @@ from ..scripts import ORGANIZATION_MARKER, SERVER_MARKER, Command
 from ..windows_endpoint import FUNCTION_NAME, PARAMETERS, VERSION_PREFIX, endpoint_version, update_command
 from . import wsman
 from .client import (
-    MIN_FOLLOW_UP_SECONDS, MIN_REQUEST_SECONDS, CommandResult, authentication, open_channel, without_secrets,
+    MIN_FOLLOW_UP_SECONDS, MIN_REQUEST_SECONDS, CommandResult, authentication, open_channel, request_timeouts,
+    without_secrets,
 )
 from .connection import Endpoint
 from .errors import OPERATION_TIMEOUT, AuthenticationRejected, PollFailure, WSManFault, classify
@@ -315,26 +316,20 @@ class PsrpConnection:
         if self._channel is not None and not self._channel.connection.dropped():
             return self._channel
         self._close_channel()
-        timeout = self._timeouts(deadline, MIN_REQUEST_SECONDS)[1]
+        timeout = request_timeouts(self.module, deadline, MIN_REQUEST_SECONDS)[1]
         if self._authentication is None:
             self._authentication = authentication(self.module, self._server_name)
         self._channel = open_channel(self._address, self.module, self._authentication, deadline=deadline,
                                      timeout=timeout, max_response_bytes=self.max_response_bytes)
         return self._channel
 
-    def _timeouts(self, deadline: float, minimum: float) -> tuple[int, float]:
-        remaining = deadline - time.monotonic()
-        if remaining < minimum:
-            raise PollFailure("deadline_exceeded", "the poll deadline passed", connection_intact=True)
-        operation = max(1, min(int(self.module.operation_timeout), int(remaining) - 1))
-        return operation, operation + 1.0
-
     def _exchange(self, message: Callable[[int], bytes], deadline: float, *, waits: bool = False,
                   opens: bool = False) -> bytes:
         try:
             channel = self._open(deadline)
             # a Receive is held by the server up to its OperationTimeout: it must come back before the deadline
-            operation, timeout = self._timeouts(deadline, MIN_REQUEST_SECONDS if opens or waits else MIN_FOLLOW_UP_SECONDS)
+            operation, timeout = request_timeouts(self.module, deadline,
+                                                  MIN_REQUEST_SECONDS if opens or waits else MIN_FOLLOW_UP_SECONDS)
             return channel.exchange(message(operation), deadline=deadline, timeout=timeout)
         except AuthenticationRejected:
             if self._configuration == EXCHANGE and self.module.transport != "kerberos":

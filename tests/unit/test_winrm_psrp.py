@@ -160,7 +160,7 @@ def test_a_slow_function_fails_by_the_deadline(role_capability):
             conn.run(SERVER, started + 4)
         took = time.monotonic() - started
         conn.close()
-    assert failure.value.reason == "deadline_exceeded" and took < 5.5
+    assert failure.value.reason == "timeout" and took < 5.5  # slow, not trickling: as over WinRS
 
 
 KERBEROS_PASSWORD = "Kerb3ros!psrp-test"
