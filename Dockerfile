@@ -1,6 +1,23 @@
 # exchange-eems-exporter: a small, non-root image. Build: docker build -t exchange-eems-exporter:0.1.0 .
 # tests/artifacts/test_dockerfile.py lints this file with hadolint and checks it against pyproject.toml,
 # exporter/config.py and deploy/statefulset.yaml.
+
+# The kerberos extra: python-gssapi and python-krb5 publish no Linux wheels, so this stage builds them from their
+# sources, each checked against its hash in requirements-kerberos.lock, against MIT's headers (libkrb5-dev), with
+# the locked Cython and setuptools and no build isolation (nothing unpinned is fetched). The image below takes
+# the wheels, not the compiler.
+FROM python:3.11.11-slim-bookworm AS kerberos-wheels
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc=4:12.2.0-3 libc6-dev=2.36-9+deb12u14 libkrb5-dev=1.20.1-2+deb12u5 \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /build
+COPY requirements-kerberos.lock ./
+RUN awk '/^[a-z]/ { keep = /^(cython|setuptools)==/ } keep' requirements-kerberos.lock > build-tools.lock \
+ && pip install --no-cache-dir --require-hashes --only-binary :all: -r build-tools.lock \
+ && pip wheel --no-cache-dir --require-hashes --no-deps --no-build-isolation -r requirements-kerberos.lock -w /wheels
+
 FROM python:3.11.11-slim-bookworm
 
 # No .pyc writes at run time: the root filesystem is read-only in deploy/statefulset.yaml.
@@ -23,6 +40,15 @@ COPY exporter/ exporter/
 RUN pip install --no-cache-dir --require-hashes --only-binary :all: -r requirements.lock \
  && pip install --no-cache-dir --no-deps --no-build-isolation . \
  && rm -rf build exchange_eems_exporter.egg-info
+
+# The kerberos extra: the wheels built above (not their build tools), and MIT's GSSAPI library they load.
+# No krb5.conf: mount the site's and set KRB5_CONFIG (docs/kerberos.md).
+COPY --from=kerberos-wheels /wheels /wheels
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgssapi-krb5-2=1.20.1-2+deb12u5 \
+ && rm -rf /var/lib/apt/lists/* \
+ && pip install --no-cache-dir --no-index --no-deps /wheels/gssapi-*.whl /wheels/krb5-*.whl /wheels/decorator-*.whl \
+ && rm -rf /wheels
 
 WORKDIR /
 # 65534 (nobody) is the UID deploy/statefulset.yaml runs as; numeric so runAsNonRoot can verify it.

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 KERBEROS_STAMP := $(VENV)/.installed-kerberos
 KERBEROS_PACKAGES := krb5-kdc krb5-admin-server libkrb5-dev
 
-.PHONY: demo demo-kerberos demo-stack dist test check bench soak lint install system-deps kerberos-deps clean rules lock
+.PHONY: demo demo-kerberos demo-psrp demo-stack dist test check bench soak lint install system-deps kerberos-deps clean rules lock
 
 $(STAMP): pyproject.toml simulator/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,19 +39,28 @@ $(KERBEROS_STAMP): $(STAMP) pyproject.toml
 	touch $(KERBEROS_STAMP)
 
 # promtool (Debian `prometheus`), amtool and Alertmanager (Debian `prometheus-alertmanager`) for the rule,
-# config and integration tests; systemd-analyze (Debian `systemd`) for deploy/systemd/. Installed only when
+# config and integration tests; systemd-analyze (Debian `systemd`) for deploy/systemd/; chromium and
+# chromium-driver for the browser tests of the exporter's pages (tests/system/test_browser.py). Installed only when
 # missing; needs root or sudo.
 system-deps:
 	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v amtool >/dev/null \
-	   || ! command -v systemd-analyze >/dev/null; then \
+	   || ! command -v systemd-analyze >/dev/null || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager systemd >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager systemd \
+	    chromium chromium-driver >/dev/null; \
 	fi
 	@command -v promtool >/dev/null || { echo "promtool is missing after installing Debian's prometheus" >&2; exit 1; }
+	@command -v chromedriver >/dev/null || { echo "chromedriver is missing after installing Debian's chromium-driver" >&2; exit 1; }
 
 demo: $(STAMP)
 	$(BIN)/exchange-eems-simulator demo
+
+# The demo over PowerShell remoting only: the exporter's JEA endpoint (written by windows-endpoint) on every
+# server and Exchange's /PowerShell for the organization; the fleet serves no WinRS shell. Exchange's endpoint
+# takes Kerberos only: DEMO_ARGS=--kerberos adds the real KDC under which the organization collector succeeds.
+demo-psrp: $(STAMP)
+	$(BIN)/exchange-eems-simulator demo --psrp $(DEMO_ARGS)
 
 # The demo fleet and exporter, Debian's Prometheus and Alertmanager with examples/ and alerts/, and a webhook that
 # prints every page and ticket (tools/demo_stack.py; DEMO_ARGS=--fast: no `for:` waits).
@@ -89,6 +98,7 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+	$(BIN)/python bench/psrp_cost.py
 
 # MALLOC_ARENA_MAX=2 as the shipped image and manifests run the exporter (see the Dockerfile).
 soak: $(STAMP)
@@ -96,11 +106,16 @@ soak: $(STAMP)
 
 # requirements.lock: the image's dependencies, pinned with every file's hash (the Dockerfile installs it with
 # --require-hashes). Run after changing [project] dependencies in pyproject.toml; commit the result.
+# requirements-kerberos.lock: what the image's first stage builds the kerberos extra from (requirements-kerberos.in).
+# pip-tools 7.7 dropped --custom-compile-command; the environment variable works in every 7.x.
 lock: $(STAMP)
 	$(BIN)/pip install --quiet 'pip-tools>=7.4,<8'
-	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --build-deps-for wheel --strip-extras \
-	  --no-emit-index-url --no-emit-find-links --no-emit-trusted-host --custom-compile-command 'make lock' \
+	CUSTOM_COMPILE_COMMAND='make lock' $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe \
+	  --build-deps-for wheel --strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
 	  --output-file requirements.lock pyproject.toml
+	CUSTOM_COMPILE_COMMAND='make lock' $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe \
+	  --no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
+	  --output-file requirements-kerberos.lock requirements-kerberos.in
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

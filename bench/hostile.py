@@ -11,6 +11,13 @@ N trickling connections to the exporter's port (open-file limit 1024) while a vi
 
 The round-2 cases in BEFORE_AFTER (diagnose, the debug log, catalog update) run the real command from the code
 before their fixes (commit BEFORE, by `git archive`) and from this tree, and print both figures.
+
+The client attacks of round 2 (issues 20, 22, 24; `python bench/hostile.py clients`, or one by name) run the
+exporter as a separate `run` process of any checkout, so the same harness measures the code before and
+after a fix:
+
+    python bench/hostile.py clients                                  # this checkout
+    python bench/hostile.py --exporter-root ../old-checkout clients  # another one (git archive of a commit)
 """
 
 from __future__ import annotations
@@ -37,8 +44,10 @@ import yaml  # noqa: E402
 from exporter.catalog import Catalog  # noqa: E402
 from exporter.config import load_config_text  # noqa: E402
 from exporter.exporter import Exporter  # noqa: E402
-from exporter.http_server import serve  # noqa: E402
+from exporter.web import serve  # noqa: E402
 from tests.system.hostile_server import HostileServer, Output  # noqa: E402
+
+import hostile_clients as clients  # noqa: E402  (bench/hostile_clients.py)
 
 USER, PASSWORD, PASSWORD_ENV = "EXCH\\svc_bench", "bench-Passw0rd-not-a-secret", "EEMS_BENCH_PASSWORD"
 SERVER_ATTACKS = {  # name -> (attack, server options, limits)
@@ -359,15 +368,23 @@ BEFORE_AFTER = {"diagnose_password_forms": diagnose_password_forms, "debug_log_t
 def main() -> None:
     """Each attack in a fresh process: peak RSS is a high-water mark, so one attack must not inherit another's."""
     os.environ[PASSWORD_ENV] = PASSWORD
-    if sys.argv[1:2] == ["--one"]:
-        name = sys.argv[2]
+    args = sys.argv[1:]
+    if args[:1] == ["--exporter-root"]:
+        clients.EXPORTER_ROOT = Path(args[1]).resolve()
+        args = args[2:]
+    if args[:1] == ["--one"]:
+        name = args[1]
         if name in BEFORE_AFTER:
             print(json.dumps(BEFORE_AFTER[name]()), flush=True)
             os._exit(0)
         print(json.dumps(slowloris() if name == "slowloris" else server_attack(name)), flush=True)
         os._exit(0)  # the attacked poll's leftovers (a cleanup in flight) need not be waited for
-    for name in sys.argv[1:] or [*SERVER_ATTACKS, "slowloris", *BEFORE_AFTER]:
-        subprocess.run([sys.executable, __file__, "--one", name], check=True, timeout=600)
+    for name in args or [*SERVER_ATTACKS, "slowloris", *BEFORE_AFTER, "clients"]:
+        if name == "clients" or name in clients.ATTACKS:
+            for client_attack in clients.ATTACKS if name == "clients" else [name]:
+                print(json.dumps(clients.run(client_attack)), flush=True)
+        else:
+            subprocess.run([sys.executable, __file__, "--one", name], check=True, timeout=600)
 
 
 if __name__ == "__main__":

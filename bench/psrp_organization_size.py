@@ -47,7 +47,8 @@ def main() -> int:
     servers = [{"name": f"EX{i:04d}", "address": f"127.{block}.{i // 250}.{i % 250 + 1}", "build": "15.2.1544.4"}
                for i in range(args.servers)]
     scenario = scenario_from_dict({"clock": "2026-12-06T12:00:00Z", "credentials": [{"username": USER, "password": PASSWORD}],
-                                   "defaults": {"port": port}, "servers": servers})
+                                   "defaults": {"port": port}, "servers": servers,
+                                   "remoting": {"exchange": {"kerberos_only": False}}})  # Basic: bytes, not auth
     with Fleet(scenario.hosts[:1], scenario.credentials):  # one server answers for the organization
         host = scenario.hosts[0]
         wsman = WSMan(host.address, port=host.port, path="PowerShell", ssl=False, auth="basic", encryption="never",

@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from exporter.catalog import Catalog  # noqa: E402
 from exporter.config import load_config_text  # noqa: E402
 from exporter.exporter import Exporter  # noqa: E402
-from exporter.http_server import serve  # noqa: E402
+from exporter.web import serve  # noqa: E402
 from simulator.host import Faults  # noqa: E402
 from simulator.scenario import scenario_from_dict  # noqa: E402
 from simulator.server import Fleet  # noqa: E402

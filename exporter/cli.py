@@ -90,7 +90,7 @@ def raise_open_file_limit() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .exporter import Exporter
-    from .http_server import serve
+    from .web import serve
     from .webconfig import WebConfigError, WebConfigWatcher
 
     redactor = Redactor()
@@ -107,6 +107,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         except WebConfigError as err:
             raise _Fail(f"web config error: {err}") from None
     exporter = Exporter(config, catalog, redactor)
+    if watcher is not None:
+        exporter.registry.register(watcher)  # exchange_exporter_web_config_* on /metrics
     # Before the port opens: a reloader that signals as soon as the exporter answers must not find the
     # default SIGHUP action (terminate, or a lost reload where the parent ignores SIGHUP).
     stop = threading.Event()

@@ -113,9 +113,19 @@ def script_failure(exit_code: int, stderr: bytes) -> PollFailure:
     return PollFailure("script_failed", f"PowerShell exited with code {exit_code}: {detail}")
 
 
+def endpoint_proxy(target: Target, known: OrgServerInfo | None) -> tuple[str, str]:
+    """(proxy, source) the endpoint check is given: the configured one, else the server's InternetWebProxy from
+    Active Directory (which any Exchange server of the organization can set); ("", "") for neither, when the
+    script falls back to the server's WinHTTP proxy or goes direct."""
+    if target.endpoint_proxy:
+        return target.endpoint_proxy, "configured"
+    if known and known.internet_web_proxy:
+        return known.internet_web_proxy, "internet_web_proxy"
+    return "", ""
+
+
 def server_script(target: Target, settings: PollConfig, known: OrgServerInfo | None) -> str:
     """The collection script for one server; its proxy is the configured one, else the organization's."""
-    proxy = target.endpoint_proxy or (known.internet_web_proxy if known and known.internet_web_proxy else "")
     return scripts.server_script(
         scripts.ServerScriptParameters(
             lookback_hours=max(1, int(settings.lookback // 3600)),
@@ -123,7 +133,8 @@ def server_script(target: Target, settings: PollConfig, known: OrgServerInfo | N
             log_tail_bytes=settings.log_tail_bytes,
             check_endpoint=settings.check_endpoint,
             endpoint_timeout_seconds=max(1, int(settings.endpoint_timeout)),
-            proxy=proxy,
+            proxy=endpoint_proxy(target, known)[0],
+            proxy_default_credentials=settings.endpoint_proxy_default_credentials,
         )
     )
 
@@ -136,4 +147,5 @@ def interpret_output(target: Target, stdout: bytes, settings: PollConfig, catalo
     return facts, interpret_server(
         target.name, facts, catalog, lookback=timedelta(seconds=settings.lookback), now=now,
         today=utcnow().date(), admin_display_version=known.admin_display_version if known else None,
+        proxy_source=endpoint_proxy(target, known)[1] or None,
     )

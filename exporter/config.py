@@ -87,6 +87,9 @@ class PollConfig:
     log_tail_bytes: int
     check_endpoint: bool
     endpoint_timeout: float
+    # Offer the monitoring account's default credentials to the proxy the endpoint check uses, which may be the
+    # server's InternetWebProxy from Active Directory or its WinHTTP proxy (issue 24 finding 17): off unless asked.
+    endpoint_proxy_default_credentials: bool
 
 
 def _at_least(seconds: float, shown: str):
@@ -109,6 +112,7 @@ POLL_KEYS = (
     Key("max_events", integer(1, 5000), 200),
     Key("log_tail_bytes", integer(0, 16 << 20), 65536),
     Key("check_endpoint", boolean, False),
+    Key("endpoint_proxy_default_credentials", boolean, False),
     Key("endpoint_timeout", duration, "10s"),
 )
 check_fields(POLL_KEYS, PollConfig)
@@ -155,6 +159,13 @@ class ModuleConfig:
     kerberos_delegation: bool  # lets Exchange cmdlets in the WinRS session reach AD (the double hop)
     keytab_file: Path | None  # transport kerberos: the keys of `username`, instead of a password
     spn_service: str  # transport kerberos: the service ticket is for <spn_service>/<server FQDN>
+    # PowerShell remoting instead of WinRS (exporter/winrm/psrp.py): the session configuration, the HTTP path
+    # (wsman for the WinRM service, PowerShell for Exchange's own endpoint) and whether the runspace pool is
+    # kept between polls.
+    protocol: str = "winrs"
+    configuration_name: str = "ExchangeEemsExporter"
+    path: str = "wsman"
+    keep_runspace: bool = True
 
     def secrets(self) -> list[str]:
         """The password and the Basic `Authorization` value made from it, which a server can quote back."""
@@ -213,7 +224,26 @@ def module_keys(base: Path) -> tuple[Key, ...]:
         Key("kerberos_delegation", boolean, False),
         Key("keytab_file", partial(existing_file, base=base, secret_nearby=True), None),
         Key("spn_service", choice("HTTP", "WSMAN"), "HTTP"),
+        Key("protocol", choice("winrs", "psrp"), "winrs"),
+        Key("configuration_name", _configuration_name, "ExchangeEemsExporter"),
+        Key("path", _http_path, lambda values: "PowerShell" if values["configuration_name"] == "Microsoft.Exchange"
+            else "wsman"),
+        Key("keep_runspace", boolean, True),
     )
+
+
+def _configuration_name(value: Any, path: str) -> str:
+    """A PowerShell session configuration name, as it goes into the resource URI."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", value):
+        raise ConfigError(path, f"expected a session configuration name like ExchangeEemsExporter or "
+                                f"Microsoft.Exchange, got {bounded_repr(value)}")
+    return value
+
+
+def _http_path(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value.strip("/")):
+        raise ConfigError(path, f"expected an HTTP path like wsman or PowerShell, got {bounded_repr(value)}")
+    return value.strip("/")
 
 
 check_fields(module_keys(Path()), ModuleConfig, also=("name", "password"), besides=("password_env", "password_file"))
@@ -260,6 +290,10 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
                 raise ConfigError(f"{path}.{key}", "only applies to transport kerberos")
     if values["ca_file"] and values["insecure_skip_verify"]:
         raise ConfigError(f"{path}.insecure_skip_verify", "contradicts ca_file: choose one")
+    if values["protocol"] == "winrs":
+        for key in ("configuration_name", "path", "keep_runspace"):
+            if key in section:
+                raise ConfigError(f"{path}.{key}", "only applies to protocol psrp")
     return ModuleConfig(name=name, password=password, **values)
 
 

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 from .config import Config, ModuleConfig
 from .model import CollectorOutcome
 from .runtime import Target, Targets
-from .winrm import PollFailure, ServerConnection
+from .winrm import PollFailure, ServerConnection, connect
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,9 @@ def _settings(target: Target, module_name: str, config: Config) -> _Settings | N
 class _Entry:
     def __init__(self, settings: _Settings):
         self.settings = settings
-        self.connection = ServerConnection(settings.endpoint, settings.module,
-                                           max_response_bytes=settings.max_response_bytes,
-                                           max_poll_bytes=settings.max_poll_bytes,
-                                           server_name=settings.server_name)
+        # WinRS, or PowerShell remoting for a module with `protocol: psrp`: the same interface
+        self.connection = connect(settings.endpoint, settings.module, max_response_bytes=settings.max_response_bytes,
+                                  max_poll_bytes=settings.max_poll_bytes, server_name=settings.server_name)
         self.users = 0
         self.retired = False
 
@@ -100,7 +99,7 @@ class Connections:
         with self._lock:
             server_lock = self._server_locks.setdefault(key, threading.Lock())
         if not server_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise PollFailure("deadline_exceeded", "another poll of this server ran for the whole budget")
+            raise PollFailure("timeout", "another poll of this server ran for the whole budget")
         try:
             trial = self.credentials.admit(settings.module)
             entry = self._borrow((key, module_name), settings)

@@ -22,7 +22,10 @@ from .runtime import SafeRuntime, Target
 class Exporter:
     def __init__(self, config: Config, catalog: Catalog, redactor: Redactor | None = None, *,
                  clock: Clock | None = None):
-        self.runtime = SafeRuntime(config, catalog, redactor)
+        # Also scrubs the exporter's own pages, which show text servers sent (a server may echo the password).
+        self.redactor = redactor if redactor is not None else Redactor()
+        self.redactor.add(config.secrets())
+        self.runtime = SafeRuntime(config, catalog, self.redactor)
         self.poller = Poller(self.runtime, clock=clock)
         self.registry = CollectorRegistry(auto_describe=False)  # the process's own metrics
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
@@ -53,6 +56,10 @@ class Exporter:
     def module(self, name: str) -> ModuleConfig | None:
         return self.runtime.current().config.modules.get(name)
 
+    def scrub(self, text: str) -> str:
+        """`text` with every configured secret, in any form it can take, masked."""
+        return self.redactor.scrub(text)
+
     def snapshot(self) -> tuple[list[ServerResult], OrganizationResult | None]:
         """The latest result of every server of this instance, and of the organization."""
         return self.poller.snapshot()
@@ -67,7 +74,11 @@ class Exporter:
     def probe_body(self, target: str, module: str | None, timeout: float | None, accept: str) -> tuple[bytes, str]:
         """Poll one server now; its metrics only (self metrics stay on /metrics, as for blackbox). The result
         is not kept: /metrics shows the background polls' results only."""
-        return probe_body(self.poller.probe(target, module=module, timeout=timeout), accept)
+        return probe_body(self.probe(target, module, timeout), accept)
+
+    def probe(self, target: str, module: str | None, timeout: float | None) -> ServerResult:
+        """Poll one server now (for /probe?debug=true, which shows the steps); the result is not kept."""
+        return self.poller.probe(target, module=module, timeout=timeout)
 
     def ready(self) -> bool:
         return not self.runtime.current().config.poll.background or self.poller.ready()

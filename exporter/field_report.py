@@ -442,6 +442,7 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
         report.add("os.culture", diagnose_doc.get("culture"))
         report.add("os.ui_culture", diagnose_doc.get("ui_culture"))
         report.add("os.language_mode", diagnose_doc.get("language_mode"))
+        report.add("os.powershell", diagnose_doc.get("powershell"))
         report.add("os.utc_offset", diagnose_doc.get("utc_offset_minutes"))
         if culture is not None:
             report.add("os.culture_patterns", f"date {culture.date_pattern}, time {culture.time_pattern}, "

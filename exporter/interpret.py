@@ -8,8 +8,9 @@ the log says "untrusted endpoint" (docs/reference/eems-facts.md section 3).
 
 Log cycles: a cycle runs from one "Fetching mitigations from" line up to the next one. A cycle with a
 Warning/Error line about fetching mitigations is a failed check (its time is the first such line); one
-without is a successful check (its time is the check-start line). Other Warning/Error lines are counted apart. The newest cycle counts as a success only once a line follows
-its check-start line, so a check still in progress when the tail was read is not reported as a success.
+without is a successful check (its time is the check-start line). Other Warning/Error lines are counted
+apart. The newest cycle counts as a success only once a line follows its check-start line, so a check still
+in progress when the tail was read is not reported as a success.
 
 Activity: the newest trace of the service at all (an EEMS event of any id, a log line, the newest write
 into the log folder) needs no guessed text. With the absence of fetch errors since, it is the success
@@ -60,11 +61,13 @@ class _Cycle(NamedTuple):
 
 
 def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, lookback: timedelta, now: datetime,
-                     today: date | None = None, admin_display_version: str | None = None) -> ServerState:
+                     today: date | None = None, admin_display_version: str | None = None,
+                     proxy_source: str | None = None) -> ServerState:
     """`now` is the server's clock (its event times are on it); `today`, the exporter's date, decides the
     servicing verdicts, so a server with a wrong clock cannot change them (default: `now`'s date).
     `admin_display_version` (organization collector) stands in when ExSetup.exe could not be read, as in
-    HealthChecker; it names the CU only, so the verdict is CU-level (see catalog.py)."""
+    HealthChecker; it names the CU only, so the verdict is CU-level (see catalog.py). `proxy_source` says where the
+    proxy the exporter gave the endpoint check came from (configured | internet_web_proxy)."""
     failures: list[PartialFailure] = []
     today = today or now.date()
     build, source = _build(facts.exsetup_version, catalog, failures, today), facts.build_source
@@ -94,7 +97,7 @@ def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, look
         service_state=state,
         service_start_mode=start_mode,
         eems=eems,
-        endpoints=tuple(_endpoint(e) for e in facts.endpoints if e.name in ENDPOINTS),
+        endpoints=tuple(_endpoint(e, proxy_source) for e in facts.endpoints if e.name in ENDPOINTS),
         collection_errors=_unique(failures),
         stage_seconds=facts.stage_seconds,
     )
@@ -174,8 +177,14 @@ def _unique(failures: list[PartialFailure]) -> tuple[PartialFailure, ...]:
     return tuple(seen.values())
 
 
-def _endpoint(raw: RawEndpoint) -> EndpointState:
-    return EndpointState(ENDPOINTS[raw.name], raw.status == 200, _endpoint_reason(raw), raw.duration_seconds)
+def _endpoint(raw: RawEndpoint, given_proxy_source: str | None) -> EndpointState:
+    """The check's verdict, and which proxy it used: the exporter's ("parameter": configured or Active Directory's
+    InternetWebProxy, as the exporter knows), the server's WinHTTP proxy, or none."""
+    source = raw.proxy_source
+    if source == "parameter":
+        source = given_proxy_source or "configured"
+    return EndpointState(ENDPOINTS[raw.name], raw.status == 200, _endpoint_reason(raw), raw.duration_seconds,
+                         raw.proxy, source, raw.proxy_credentials)
 
 
 def _endpoint_reason(raw: RawEndpoint) -> str:

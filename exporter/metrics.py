@@ -147,6 +147,13 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
                 labels, endpoint.duration_seconds)
         out.info("exchange_eems_endpoint_result", "Why that HTTPS GET failed (ok when it answered 200).",
                  {**labels, "reason": endpoint.reason})
+        if endpoint.proxy is not None and endpoint.proxy_source is not None:
+            out.info("exchange_eems_endpoint_proxy",
+                     "The proxy that HTTPS GET went through (empty: direct), where it came from (configured, "
+                     "internet_web_proxy from Active Directory, winhttp, none), and whether the monitoring account's "
+                     "default credentials were offered to it (poll.endpoint_proxy_default_credentials).",
+                     {**labels, "proxy": endpoint.proxy, "source": endpoint.proxy_source,
+                      "default_credentials": "true" if endpoint.proxy_credentials else "false"})
     for stage, seconds in state.stage_seconds:
         out.add("exchange_eems_script_stage_seconds",
                 "Seconds the collection script spent in each stage on the server (Measure-Command), in its last "

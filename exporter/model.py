@@ -41,6 +41,9 @@ class RawEndpoint:
     duration_seconds: float | None
     web_status: str | None  # .NET WebExceptionStatus name (invariant), e.g. "TrustFailure"; None on success
     revocation_failed: bool  # the request failed with revocation checked and succeeded without
+    proxy: str | None = None  # the proxy URL the request went through ("" direct); None when not reported
+    proxy_source: str | None = None  # parameter (the exporter's) | winhttp | none
+    proxy_credentials: bool = False  # the account's default credentials were offered to the proxy
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,9 @@ class EndpointState:
     reachable: bool
     reason: str  # ok | timeout | proxy_auth_required | tls_validation | revocation_unknown | dns | connect_failed | http_status | other
     duration_seconds: float | None
+    proxy: str | None = None  # the proxy used ("" direct); None when the script did not say
+    proxy_source: str | None = None  # configured | internet_web_proxy | winhttp | none
+    proxy_credentials: bool = False
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from html import unescape
 from urllib.parse import urlsplit, urlunsplit
 
-from exporter.addresses import SERVER_NAME
+from exporter.addresses import SERVER_NAME, is_proxy_url
 from exporter.model import (
     OrgServerInfo,
     RawCulture,
@@ -482,8 +482,30 @@ def _endpoints(value, notes: _Notes) -> tuple[RawEndpoint, ...]:
             duration_seconds=ms / 1000 if ms is not None else None,
             web_status=web_status[:64] if web_status else None,
             revocation_failed=bool(notes.flag(item, "revocation_failed", "endpoints.revocation_failed")),
+            proxy=_endpoint_proxy(notes.text(item, "proxy", "endpoints.proxy"), notes),
+            proxy_source=_choice(notes.text(item, "proxy_source", "endpoints.proxy_source"), PROXY_SOURCES),
+            proxy_credentials=bool(notes.flag(item, "proxy_credentials", "endpoints.proxy_credentials")),
         ))
     return tuple(endpoints)
+
+
+PROXY_SOURCES = ("parameter", "winhttp", "none")
+
+
+def _choice(value: str | None, choices: tuple[str, ...]) -> str | None:
+    return value if value in choices else None
+
+
+def _endpoint_proxy(value: str | None, notes: _Notes) -> str | None:
+    """The proxy the server says its endpoint check used: it becomes a label value, and the WinHTTP proxy is the
+    server's to choose, so only a plain proxy URL (no user info) passes; "" is "direct"."""
+    if value is None or value == "":
+        return value
+    url = _without_userinfo(value)
+    if url is None or len(url) > 256 or not is_proxy_url(url):
+        notes.wrong("endpoints.proxy", "a proxy URL")
+        return None
+    return url
 
 
 def _errors(value, notes: _Notes) -> list[RawError]:

@@ -21,7 +21,9 @@ from importlib import resources
 
 from .addresses import is_proxy_url
 
-POWERSHELL = r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe"  # Windows PowerShell 5.1, every Windows Server
+# Windows PowerShell, whichever the server has: 5.1 (Server 2016 and later, and 2012 R2 with WMF 5.1) or 4.0 (Server
+# 2012 R2 in-box, which Exchange 2016 supports); the scripts need 3.0 (docs/design.md, "Which PowerShell").
+POWERSHELL = r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe"
 CREATE_PROCESS_LIMIT = 32767  # characters of lpCommandLine, including the terminating NUL (CreateProcessW)
 SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
 ORGANIZATION_MARKER = "# exchange-eems-exporter:collect-organization:v1"
@@ -37,6 +39,7 @@ class ServerScriptParameters:
     check_endpoint: bool
     endpoint_timeout_seconds: int
     proxy: str
+    proxy_default_credentials: bool = False  # offer the account's default credentials to the proxy used
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ def server_script(params: ServerScriptParameters) -> str:
         "LookbackHours": params.lookback_hours, "MaxEvents": params.max_events,
         "LogTailBytes": params.log_tail_bytes, "CheckEndpoint": params.check_endpoint,
         "EndpointTimeoutSec": params.endpoint_timeout_seconds, "Proxy": safe_proxy(params.proxy),
+        "ProxyDefaultCredentials": params.proxy_default_credentials,
     }, "collect_server.ps1")
 
 

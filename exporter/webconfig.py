@@ -16,6 +16,13 @@ Differences from the Go implementation, each forced by Python's ``ssl`` module o
 - ``min_version`` TLS10/TLS11 lowers OpenSSL 3's security level to 0, since OpenSSL otherwise refuses
   those protocols whatever the minimum version says; ``min_version`` above ``max_version`` is an error.
 - A ``client_ca_file`` with no certificate in it is an error (Go silently trusts nobody).
+- ``VerifyClientCertIfGiven`` and ``RequireAndVerifyClientCert`` need ``client_ca_file`` (Go would verify
+  client certificates against the system's trust store, i.e. any public CA).
+- An empty file, or a section left empty (``tls_server_config:`` with nothing under it), is an error: that is
+  what a half-written rewrite, a full disk or a template that rendered nothing leaves behind. A file that
+  means "no TLS, no users" says ``{}``.
+- A reload never lowers security: the watcher refuses a new file that turns TLS off, drops every user, or
+  stops requiring client certificates where the running one did (restart to do that on purpose).
 """
 
 from __future__ import annotations
@@ -27,14 +34,16 @@ import hmac
 import logging
 import os
 import re
+import secrets
 import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import bcrypt
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .config_keys import ConfigError, bounded_repr, existing_file, load_yaml, mapping, reject_unknown
 
@@ -73,6 +82,8 @@ _ALLOWED_HEADERS: dict[str, tuple[str, ...] | None] = {
 _BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
 # bcrypt only looks at the first 72 bytes; the bcrypt package refuses longer passwords outright.
 _BCRYPT_MAX_PASSWORD_BYTES = 72
+# Chooses each unknown name's decoy cost; secret and new in every process, so nobody can compute the choice.
+_DECOY_KEY = secrets.token_bytes(32)
 
 
 class WebConfigError(Exception):
@@ -95,7 +106,6 @@ class WebConfig:
     watched_files: tuple[Path, ...]
     _context: ssl.SSLContext | None
     _verified: dict[tuple[str, bytes], bytes] = field(default_factory=dict, repr=False)
-    _bcrypt_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _decoys: dict[int, bytes] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -112,7 +122,14 @@ class WebConfig:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise WebConfigError(path, "", f"cannot read web config: {exc}") from None
-        doc = _section(load_yaml(text), "", _TOP_KEYS)
+        document = load_yaml(text)
+        if document is None:
+            raise WebConfigError(path, "", "the file is empty (cut short, or rendered from nothing?); a web "
+                                           "config with no TLS and no users says {}")
+        doc = _section(document, "", _TOP_KEYS)
+        for key, value in doc.items():
+            if value is None:
+                raise WebConfigError(path, key, "is empty (a file cut short?); leave the key out instead")
         tls = _section(doc.get("tls_server_config"), "tls_server_config", _TLS_KEYS)
         http = _section(doc.get("http_server_config"), "http_server_config", _HTTP_KEYS)
         headers = _load_headers(path, http)
@@ -126,87 +143,141 @@ class WebConfig:
     def ssl_context(self) -> ssl.SSLContext | None:
         return self._context
 
-    def check_basic_auth(self, authorization_header: str | None) -> bool:
-        """Answer whether the request may pass; bcrypt is deliberately slow, so it runs once per credential.
+    def requires_client_certificate(self) -> bool:
+        return self._context is not None and self._context.verify_mode == ssl.CERT_REQUIRED
 
-        A verified credential is remembered as the SHA-256 of the password, never the password itself.
-        An unknown user still costs one bcrypt check against a decoy so timing does not reveal names (see _decoy).
-        """
+    def cached_verdict(self, authorization_header: str | None) -> bool | None:
+        """True or False when the answer needs no bcrypt (no users, a malformed header, a credential verified
+        before); None when only a bcrypt check can tell. Cheap: callers run it on the event loop."""
         if not self.users:
             return True
         credentials = _parse_basic(authorization_header)
         if credentials is None:
             return False
         user, password = credentials
-        digest = hashlib.sha256(password).digest()
+        if len(password) > _BCRYPT_MAX_PASSWORD_BYTES:
+            return False
         hashed = self.users.get(user)
         if hashed is not None:
             known = self._verified.get((user, hashed))
-            if known is not None and hmac.compare_digest(known, digest):
+            if known is not None and hmac.compare_digest(known, hashlib.sha256(password).digest()):
                 return True
-        with self._bcrypt_lock:
-            if len(password) > _BCRYPT_MAX_PASSWORD_BYTES:
-                return False
-            ok = bcrypt.checkpw(password, hashed if hashed is not None else self._decoy(user))
+        return None
+
+    def check_basic_auth(self, authorization_header: str | None) -> bool:
+        """Answer whether the request may pass; bcrypt is deliberately slow, so it runs once per credential.
+
+        A verified credential is remembered as the SHA-256 of the password, never the password itself.
+        An unknown user still costs one bcrypt check against a decoy so timing does not reveal names (see _decoy).
+        The caller bounds how many of these run at once (the HTTP front end runs them on their own thread).
+        """
+        cached = self.cached_verdict(authorization_header)
+        if cached is not None:
+            return cached
+        user, password = _parse_basic(authorization_header)
+        hashed = self.users.get(user)
+        ok = bcrypt.checkpw(password, hashed if hashed is not None else self._decoy(user))
         if ok and hashed is not None:
-            self._verified[(user, hashed)] = digest
+            self._verified[(user, hashed)] = hashlib.sha256(password).digest()
             return True
         return False
+
+    def keep_verified(self, previous: "WebConfig") -> None:
+        """Carry over the credentials `previous` verified whose user and hash are unchanged, so a reload does
+        not make Prometheus' next scrape pay for bcrypt (and queue behind password guessers)."""
+        for (user, hashed), digest in list(previous._verified.items()):
+            if self.users.get(user) == hashed:
+                self._verified[(user, hashed)] = digest
 
     def _decoy(self, user: str) -> bytes:
         """A decoy hash for an unknown user, at the cost of one of the configured users, picked by the name.
 
         With one decoy cost for all unknown names, users whose hashes have other costs answer in a time no
         unknown name takes, which tells that they exist. Spread over the users' costs like this, a name's
-        answer time matches some real user's, and the same name always gets the same time.
+        answer time matches some real user's, and the same name always gets the same time. The pick is keyed
+        with a secret of this process: from a public hash of the name, anyone could compute which cost each
+        name gets, and a name answering at another cost would exist.
         """
         costs = sorted(int(h[4:6]) for h in self.users.values())
-        cost = costs[int.from_bytes(hashlib.sha256(user.encode("utf-8")).digest()[:8], "big") % len(costs)]
+        pick = hmac.new(_DECOY_KEY, user.encode("utf-8"), hashlib.sha256).digest()
+        cost = costs[int.from_bytes(pick[:8], "big") % len(costs)]
         if cost not in self._decoys:
             self._decoys[cost] = bcrypt.hashpw(b"decoy", bcrypt.gensalt(rounds=cost))
         return self._decoys[cost]
+
+
+def lowered_security(old: WebConfig, new: WebConfig) -> str | None:
+    """Why `new` would serve with less protection than `old`; None when it does not."""
+    if old.ssl_context() is not None and new.ssl_context() is None:
+        return "it turns TLS off"
+    if old.users and not new.users:
+        return "it removes every basic_auth_users entry"
+    if old.requires_client_certificate() and not new.requires_client_certificate():
+        return "it stops requiring client certificates"
+    return None
 
 
 class WebConfigWatcher:
     """Keeps the last good web-config and reloads it when the file or its certificates change.
 
     Certificates rotate without a restart (cert-manager, Kubernetes Secret updates), and a broken
-    edit must not take the endpoint down, so a bad new file is logged and the old one stays in force.
+    edit must not take the endpoint down, so a bad new file is logged and the old one stays in force. So
+    does a file that would lower security (`lowered_security`): exporter-toolkit, too, keeps TLS on its
+    listener whatever the file says later. Failed reloads are counted for /metrics (`collect`).
     """
 
-    _CHECK_INTERVAL_SECONDS = 1.0
-
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, path: Path, *, check_interval: float = 1.0, clock: Callable[[], float] = time.monotonic):
         """`clock`: monotonic seconds, for when to look at the files again (a test passes one it moves)."""
         self._path = Path(path)
-        self._clock = clock
         self._lock = threading.Lock()
+        self._clock = clock
+        self._check_interval = check_interval
         self._config = WebConfig.load(self._path)
         self._fingerprint = _fingerprint(self._config.watched_files)
         self._last_check = clock()
         self._last_error: str | None = None
+        self._failed_fingerprint: tuple | None = None
+        self._failures = 0
 
     def current(self) -> WebConfig:
         with self._lock:
             now = self._clock()
-            if now - self._last_check < self._CHECK_INTERVAL_SECONDS:
+            if now - self._last_check < self._check_interval:
                 return self._config
             self._last_check = now
-            if _fingerprint(self._config.watched_files) == self._fingerprint and self._last_error is None:
+            fingerprint = _fingerprint(self._config.watched_files)
+            if fingerprint == self._fingerprint and self._last_error is None:
                 return self._config
             try:
                 config = WebConfig.load(self._path)
-            except WebConfigError as exc:
-                if str(exc) != self._last_error:
-                    log.warning("keeping the previous web config: %s", exc)
-                    self._last_error = str(exc)
+                lowered = lowered_security(self._config, config)
+                if lowered:
+                    raise WebConfigError(self._path, "", f"refused because {lowered}; restart the exporter "
+                                                         "to serve with less protection")
+            except WebConfigError as exc:  # retried at every check (a missing file may appear), told once
+                if str(exc) != self._last_error or fingerprint != self._failed_fingerprint:
+                    self._failures += 1
+                    log.error("keeping the previous web config: %s", exc)
+                self._last_error, self._failed_fingerprint = str(exc), fingerprint
                 return self._config
             if self._last_error is not None:
                 log.info("web config %s loaded again after an error", self._path)
+            config.keep_verified(self._config)
             self._config = config
             self._fingerprint = _fingerprint(config.watched_files)
             self._last_error = None
             return config
+
+    def collect(self) -> Iterator[Metric]:
+        """The reload metrics, for the exporter's registry (a prometheus_client collector)."""
+        with self._lock:
+            failures, ok = self._failures, self._last_error is None
+        yield CounterMetricFamily("exchange_exporter_web_config_reload_failures",
+                                  "Times a changed web config file was refused (the previous one stays in force).",
+                                  value=failures)
+        yield GaugeMetricFamily("exchange_exporter_web_config_last_reload_successful",
+                                "1 if the web config file in force is the one on disk, 0 if a change was refused.",
+                                value=int(ok))
 
 
 def _fingerprint(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int] | None, ...]:
@@ -339,6 +410,10 @@ def _load_tls(path: Path, tls: dict[str, Any]) -> tuple[ssl.SSLContext | None, l
     if client_ca is not None and auth_name in ("", "NoClientCert"):
         raise WebConfigError(path, "tls_server_config.client_ca_file",
                              "client CAs are configured without a client_auth_type that uses them")
+    if client_ca is None and verify_mode != ssl.CERT_NONE:
+        raise WebConfigError(path, "tls_server_config.client_ca_file",
+                             f"missing: {auth_name} would accept a client certificate from any CA the operating "
+                             "system trusts; name the CA that issues your clients' certificates")
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = min_version
@@ -354,14 +429,11 @@ def _load_tls(path: Path, tls: dict[str, Any]) -> tuple[ssl.SSLContext | None, l
         raise WebConfigError(path, "tls_server_config.cert_file",
                              f"certificate and key_file do not load as a matching PEM pair ({exc.reason or exc})") from None
     context.verify_mode = verify_mode
-    if verify_mode != ssl.CERT_NONE:
-        if client_ca is not None:
-            try:
-                context.load_verify_locations(cafile=client_ca)
-            except ssl.SSLError as exc:
-                raise WebConfigError(path, "tls_server_config.client_ca_file",
-                                     f"no PEM certificate could be loaded ({exc.reason or exc})") from None
-        else:
-            context.load_default_certs(ssl.Purpose.CLIENT_AUTH)
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except ssl.SSLError as exc:
+            raise WebConfigError(path, "tls_server_config.client_ca_file",
+                                 f"no PEM certificate could be loaded ({exc.reason or exc})") from None
     watched = [p for p in (cert, key, client_ca) if p is not None]
     return context, watched

@@ -49,7 +49,8 @@ VERSION_PREFIX = "exchange-eems-exporter/endpoint/"
 # default). The upper bounds are the configuration's (config.py), so a stolen credential cannot ask the server
 # for more work than the exporter ever would. The endpoint proxy is NOT a parameter: it is fixed when the
 # endpoint is written (`--endpoint-proxy`), since the script sends the server's own credentials to it
-# (ProxyUseDefaultCredentials) and a caller-chosen proxy would hand them to whoever runs it.
+# (ProxyUseDefaultCredentials) and a caller-chosen proxy would hand them to whoever runs it. Nor are those
+# credentials offered unless asked (issue 24 finding 17): ProxyDefaultCredentials is fixed at 0 here.
 PARAMETERS = (
     ("LookbackHours", 1, 8760, 24), ("MaxEvents", 1, 5000, 50), ("LogTailBytes", 0, 16 << 20, 32768),
     ("CheckEndpoint", 0, 1, 0), ("EndpointTimeoutSec", 1, 300, 10),
@@ -70,7 +71,7 @@ def _function_body(script: str, version_line: str, proxy: str) -> str:
     return (
         f"param(\n{params}\n)\n"
         f"{version_line}\n"
-        f"$P=@{{{values};Proxy={_quoted(proxy)}}}\n"
+        f"$P=@{{{values};Proxy={_quoted(proxy)};ProxyDefaultCredentials=0}}\n"
         f"{_BODY_START}\n{script.rstrip()}\n{_BODY_END}\n"
     )
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .scenario import Scenario, ScenarioError, load_scenario
+from .scenario import Scenario, ScenarioError, load_scenario, scenario_from_dict
 from .server import Fleet
 
 DEMO_SCENARIO = "demo"  # the shipped scenario, by name
@@ -50,9 +50,10 @@ def _poll_timeout(interval: str) -> int:
 
 
 def exporter_config(scenario: Scenario, password_file: Path, ca_file: Path | None, interval: str,
-                    kerberos: dict | None = None) -> dict:
+                    kerberos: dict | None = None, psrp: bool = False) -> dict:
     """An exporter configuration that polls every host of the scenario with its first credential, or with
-    the `kerberos` module settings (a keytab of the realm, `kerberos_demo.exporter_settings`)."""
+    the `kerberos` module settings (a keytab of the realm, `kerberos_demo.exporter_settings`); with `psrp`, over
+    PowerShell remoting (the JEA endpoint, and Exchange's endpoint for the organization)."""
     username = next(iter(scenario.credentials))
     schemes = {host.scheme for host in scenario.hosts}
     modules = {}
@@ -63,9 +64,15 @@ def exporter_config(scenario: Scenario, password_file: Path, ca_file: Path | Non
         if scheme == "https" and ca_file:
             module["ca_file"] = str(ca_file)
         modules[scheme] = module
+    if psrp:  # PowerShell remoting to the exporter's JEA endpoint, the kept runspace pool by default
+        for module in modules.values():
+            module["protocol"] = "psrp"
     # One scheme (the demo): the module is `default`, the name README's configuration and examples/ use.
     names = {scheme: "default" if len(schemes) == 1 else scheme for scheme in schemes}
     modules = {names[scheme]: module for scheme, module in modules.items()}
+    if psrp:  # the organization's cmdlets at Exchange's own endpoint: RBAC on the server, no double hop
+        first = next(iter(modules.values()))
+        modules["exchange"] = {**first, "configuration_name": "Microsoft.Exchange", "path": "PowerShell"}
     config = {
         # the endpoint check on, so every metric the rules and dashboards use has data
         "poll": {"interval": interval, "timeout": f"{_poll_timeout(interval)}s", "concurrency": 16, "check_endpoint": True},
@@ -77,12 +84,22 @@ def exporter_config(scenario: Scenario, password_file: Path, ca_file: Path | Non
     organization = scenario.organization
     if organization.server:
         config["organization"] = {"name": organization.name, "server": organization.server}
+        if psrp:
+            config["organization"]["module"] = "exchange"
     return config
 
 
-def load(args: argparse.Namespace) -> Scenario:
+def load(args: argparse.Namespace, remoting: dict | None = None) -> Scenario:
+    """The scenario; `remoting` replaces its `remoting` section (the PSRP demo)."""
     try:
-        return load_scenario(_scenario_path(args.scenario))
+        path = _scenario_path(args.scenario)
+        if remoting is None:
+            return load_scenario(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ScenarioError("", f"cannot read the scenario: {exc}", str(path)) from None
+        return scenario_from_dict({**data, "remoting": remoting}, path.parent)
     except ScenarioError as err:
         print(f"exchange-eems-simulator: scenario error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -101,13 +118,14 @@ def start_fleet(args: argparse.Namespace, scenario: Scenario | None = None,
     return scenario, fleet
 
 
-def write_config(scenario: Scenario, fleet: Fleet, path: Path, interval: str, kerberos: dict | None = None) -> None:
+def write_config(scenario: Scenario, fleet: Fleet, path: Path, interval: str, kerberos: dict | None = None,
+                 psrp: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = path.with_name(path.stem + ".password")
     if kerberos is None:  # a Kerberos module has its keytab instead
         secret.write_text(next(iter(scenario.credentials.values())) + "\n", encoding="utf-8")
         os.chmod(secret, 0o600)
-    config = exporter_config(scenario, secret, fleet.ca_file, interval, kerberos)
+    config = exporter_config(scenario, secret, fleet.ca_file, interval, kerberos, psrp)
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
 

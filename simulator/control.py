@@ -16,6 +16,7 @@ from .host import Faults, SimulatedHost
 
 _FIELD_TYPES = {
     "latency_seconds": (int, float),
+    "slow_start_seconds": (int, float),
     "refuse_connections": (bool,),
     "reset_mid_response": (bool,),
     "hang": (bool,),
@@ -40,8 +41,9 @@ def parse_faults(body: bytes) -> Faults:
         allowed = _FIELD_TYPES[name]
         if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
             raise ValueError(f"{name}: wrong type {type(value).__name__}")
-    if data.get("latency_seconds", 0) < 0:
-        raise ValueError("latency_seconds must not be negative")
+    for name in ("latency_seconds", "slow_start_seconds"):
+        if data.get(name, 0) < 0:
+            raise ValueError(f"{name} must not be negative")
     return Faults(**data)
 
 

@@ -26,8 +26,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("exchange-eems-simulator: the demo runs the exporter, which is not installed: "
               "pip install exchange-eems-exporter", file=sys.stderr)
         return 2
-    scenario = load(args)
     workdir = Path(tempfile.mkdtemp(prefix="eems-demo-"))
+    scenario = load(args, _psrp_endpoint(workdir) if args.psrp else None)
     realm = _start_realm(args, scenario, workdir) if args.kerberos else None
     try:
         scenario, fleet = start_fleet(args, scenario, realm.fleet_keytab if realm else None)
@@ -38,7 +38,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         config_path = workdir / "exchange-eems-exporter.yml"
         write_config(scenario, fleet, config_path, args.interval,
-                     kerberos_demo.exporter_settings(realm) if realm else None)
+                     kerberos_demo.exporter_settings(realm) if realm else None, psrp=args.psrp)
         host, port = args.listen
         shown = "localhost" if host in ("0.0.0.0", "127.0.0.1") else host
         print(f"Simulated fleet: {len(scenario.hosts)} Exchange servers on 127.0.0.x (scenario {args.scenario})")
@@ -46,6 +46,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             life = args.ticket_lifetime or "10h"
             print(f"Kerberos realm:  {realm.realm}, MIT KDC on {realm.kdc.address}:{realm.kdc.port} (PID {realm.kdc.pid}), "
                   f"tickets live {life}; the fleet takes Kerberos only; keytab {realm.client_keytab}")
+        if args.psrp:
+            organization = ("the organization collector runs its cmdlets there over Kerberos, with no delegation"
+                            if realm else "that endpoint takes Kerberos only, so over this demo's NTLM the organization "
+                            "collector reports auth_failed and says why (add --kerberos)")
+            print("Protocol:        PowerShell remoting: the exporter's JEA endpoint (written by windows-endpoint, "
+                  "installed on every server) and Exchange's /PowerShell; no WinRS shell is served; "
+                  f"{organization}")
         print(f"Exporter config: {config_path}")
         print(f"Metrics:         http://{shown}:{port}/metrics")
         print(f"Landing page:    http://{shown}:{port}/")
@@ -59,6 +66,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         fleet.stop()
         if realm:
             realm.stop()
+
+
+def _psrp_endpoint(workdir: Path) -> dict:
+    """Write the JEA endpoint with the exporter's own command (as an admin would) and install it on every server:
+    the scenario's `remoting` section for a PSRP-only fleet."""
+    output = workdir / "windows-endpoint"
+    written = subprocess.run([sys.executable, "-m", "exporter", "windows-endpoint", "--output", str(output),
+                              "--group", "CONTOSO\\EEMS Monitoring"], capture_output=True, text=True, timeout=120)
+    if written.returncode != 0:
+        print(f"exchange-eems-simulator: windows-endpoint failed: {written.stderr.strip()}", file=sys.stderr)
+        raise SystemExit(2)
+    role = output / "ExchangeEemsExporter" / "RoleCapabilities" / "ExchangeEemsReader.psrc"
+    return {"winrs": False, "jea": {"role_capability": str(role)}}
 
 
 def _start_realm(args: argparse.Namespace, scenario, workdir: Path) -> kerberos_demo.DemoRealm:
@@ -101,6 +121,9 @@ def add_demo_command(sub) -> None:
     demo.add_argument("--kerberos", action="store_true",
                       help="run a real MIT KDC on loopback (Debian's krb5-kdc, installed if missing); the fleet takes "
                            "Kerberos only and the exporter uses a keytab")
+    demo.add_argument("--psrp", action="store_true",
+                      help="PowerShell remoting only: the exporter's JEA endpoint and Exchange's /PowerShell (which "
+                           "takes Kerberos only: add --kerberos for the organization collector)")
     demo.add_argument("--ticket-lifetime", dest="ticket_lifetime", default=None,
                       help="with --kerberos: every ticket's lifetime, e.g. 1m (default 10h, as Active Directory)")
     demo.set_defaults(func=cmd_demo)

@@ -57,6 +57,7 @@ def facts(server: windows.WindowsServer, now: datetime, parameter_line: str, scr
         "now": date(now),
         "utc_offset_minutes": int(server.utc_offset.total_seconds() // 60),
         "language_mode": "FullLanguage" if full else "ConstrainedLanguage",
+        "powershell": "5.1.17763.6414",  # Windows Server 2019's
         "culture": server.locale,
         "ui_culture": server.locale,
         "is_admin": not server.denied if full else None,

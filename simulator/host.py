@@ -29,6 +29,8 @@ class Faults:
     """Protocol-level misbehaviour of one host. Output-level faults live in the scenario."""
 
     latency_seconds: float = 0.0  # added before every HTTP response
+    slow_start_seconds: float = 0.0  # added before the answers to Create and Command only: a busy Windows starting
+    # the shell host (winrshost.exe) and the process, while Signal and Delete stay quick
     refuse_connections: bool = False  # nothing listens: connection refused
     reset_mid_response: bool = False  # Receive answers with part of the headers, then a TCP reset
     hang: bool = False  # requests are read but never answered

@@ -82,10 +82,9 @@ def _lifetime(seconds: int) -> str:
 class Kdc:
     """One realm's KDC. `start()` creates the database and runs the KDC; `stop()` ends it by its PID.
 
-    `ticket_lifetime` (seconds) caps every ticket of the realm; None leaves MIT's default of 10 hours in
-    `kdc.conf` terms (`max_life = 10h`), as an Active Directory domain has by default. Tickets are not
-    renewable, like AD's default policy for this case would allow but the exporter does not rely on: it
-    gets a new ticket-granting ticket instead.
+    `ticket_lifetime` (seconds) caps every ticket of the realm; None gives 10 hours (`max_life = 10h`), Active
+    Directory's default. Tickets are not renewable here: the exporter never renews one, it buys a new
+    ticket-granting ticket instead, so it works whether or not a domain grants renewable tickets.
     """
 
     def __init__(self, directory: Path, realm: str = "CONTOSO.TEST", address: str = "127.0.0.1",

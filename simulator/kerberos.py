@@ -71,18 +71,11 @@ def first_mechanism(token: bytes) -> bytes | None:
             return oid
         # NegotiationToken ::= CHOICE { negTokenInit [0] NegTokenInit } ; NegTokenInit ::= SEQUENCE {
         #   mechTypes [0] MechTypeList (SEQUENCE OF OID), ... }
-        tag, inner, _ = _der_header(token, oid_end)
-        if tag != 0xA0:
-            return None
-        tag, inner, _ = _der_header(token, inner)
-        if tag != 0x30:
-            return None
-        tag, inner, _ = _der_header(token, inner)
-        if tag != 0xA0:
-            return None
-        tag, inner, _ = _der_header(token, inner)
-        if tag != 0x30:
-            return None
+        inner = oid_end
+        for expected in (0xA0, 0x30, 0xA0, 0x30):  # [0] negTokenInit, SEQUENCE, [0] mechTypes, SEQUENCE OF
+            tag, inner, _ = _der_header(token, inner)
+            if tag != expected:
+                return None
         tag, _, end = _der_header(token, inner)
         return token[inner:end] if tag == 0x06 else None
     except ValueError:

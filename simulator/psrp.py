@@ -148,6 +148,7 @@ class PsrpService:
         self.pools = PoolTable()
         self._run_blocking = run_blocking
         self.invocations = 0
+        self.tasks: set[asyncio.Task] = set()  # running pipelines, cancelled when the fleet stops
 
     async def dispatch(self, request: wsman.WsmanRequest, path: str, principal: str, client_ip: str,
                        address: str) -> bytes:
@@ -295,6 +296,8 @@ class PsrpService:
             command = pool.commands.get(pool.by_pipeline.get(event.pipeline_id, ""))
             if command is not None:
                 command.task = asyncio.get_running_loop().create_task(self._run(pool, command, event.pipeline))
+                self.tasks.add(command.task)
+                command.task.add_done_callback(self.tasks.discard)
 
     def _drain(self, pool: Pool) -> None:
         """Move psrpcore's outgoing messages into the queue of the pool or of their command."""

@@ -84,14 +84,16 @@ class Settings:
     jea_outdated: tuple[str, ...] = ()  # servers whose installed endpoint is older
     jea_absent: tuple[str, ...] = ()  # servers where the endpoint was never registered
     rbac_denied: tuple[str, ...] = ()  # Exchange cmdlets the monitoring account's roles do not grant
-    exchange_kerberos_only: bool = False  # True once the simulator has a Kerberos acceptor (issue 26 + Kerberos)
+    # Exchange's /PowerShell takes Kerberos only, as real Exchange does (pypsrp issue #187); a scenario may open it
+    # to NTLM to show the rest of that endpoint without a KDC.
+    exchange_kerberos_only: bool = True
     winrs: bool = True  # False: the fleet refuses WinRS shells, so only PSRP works
     outdated_version: str = "exchange-eems-exporter/endpoint/0000000000000000"
 
 
 _VERSION_LINE = re.compile(r"^'(exchange-eems-exporter/endpoint/[0-9a-z]+)'\r?$", re.MULTILINE)
 _BODY = re.compile(r"^# >>> collect_server\.ps1\r?\n(.*?)^# <<< collect_server\.ps1", re.MULTILINE | re.DOTALL)
-_PROXY = re.compile(r"^\$P=@\{.*;Proxy='((?:[^']|'')*)'\}\r?$", re.MULTILINE)
+_PROXY = re.compile(r"^\$P=@\{.*;Proxy='((?:[^']|'')*)'(?:;ProxyDefaultCredentials=\d)?\}\r?$", re.MULTILINE)
 
 
 def installed_function(role_capability: str) -> tuple[str, str, str]:
@@ -176,7 +178,8 @@ class Endpoints:
                 return Answer(failure=converted)
             values[declared] = converted
         proxy = self.settings.jea_proxy.replace("'", "''")
-        line = "$P=@{" + ";".join(f"{k}={v}" for k, v in values.items()) + f";Proxy='{proxy}'}}"
+        # the installed function offers no default credentials to its proxy (windows_endpoint.py, issue 24.17)
+        line = "$P=@{" + ";".join(f"{k}={v}" for k, v in values.items()) + f";Proxy='{proxy}';ProxyDefaultCredentials=0}}"
         output = self.windows(_encoded(f"{SERVER_MARKER}\n{line}\n{self.settings.jea_body}"))
         text = b"".join(output.stdout_chunks).decode("utf-8", "replace").rstrip("\r\n")
         answer = Answer([self.version, text] if text else [self.version], runtime_seconds=output.runtime_seconds)

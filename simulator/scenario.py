@@ -187,7 +187,7 @@ def _remoting(raw: Any, names: set[str]) -> remoting.Settings:
         jea_outdated=servers("remoting.jea.outdated", jea.get("outdated", [])),
         jea_absent=servers("remoting.jea.absent", jea.get("absent", [])),
         rbac_denied=tuple(denied),
-        exchange_kerberos_only=_bool(exchange.get("kerberos_only", False), "remoting.exchange.kerberos_only"),
+        exchange_kerberos_only=_bool(exchange.get("kerberos_only", True), "remoting.exchange.kerberos_only"),
         winrs=_bool(top.get("winrs", True), "remoting.winrs"),
     )
     if "role_capability" in jea:
@@ -420,9 +420,11 @@ def _auth(value: Any, key: str) -> tuple[str, ...]:
 
 
 def _faults(raw: Any, key: str) -> Faults:
-    f = _mapping(raw, key, ("latency", "refuse_connections", "reset_mid_response", "hang", "unauthorized", "fault_code"))
+    f = _mapping(raw, key, ("latency", "slow_start", "refuse_connections", "reset_mid_response", "hang", "unauthorized",
+                            "fault_code"))
     return Faults(
         latency_seconds=_float(f.get("latency", 0.0), f"{key}.latency"),
+        slow_start_seconds=_float(f.get("slow_start", 0.0), f"{key}.slow_start"),
         refuse_connections=_bool(f.get("refuse_connections", False), f"{key}.refuse_connections"),
         reset_mid_response=_bool(f.get("reset_mid_response", False), f"{key}.reset_mid_response"),
         hang=_bool(f.get("hang", False), f"{key}.hang"),

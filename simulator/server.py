@@ -67,6 +67,7 @@ class HttpRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    size: int = 0  # bytes on the wire: request line, headers and body
 
 
 @dataclass
@@ -107,7 +108,7 @@ async def read_request(reader: asyncio.StreamReader) -> HttpRequest | None:
     if int(length) > MAX_BODY_BYTES:
         raise HttpError(413)
     body = await reader.readexactly(int(length)) if int(length) else b""
-    return HttpRequest(parts[0], parts[1], headers, body)
+    return HttpRequest(parts[0], parts[1], headers, body, len(head) + len(body))
 
 
 def _certificate_user(peercert: dict | None) -> str | None:
@@ -156,6 +157,8 @@ class _HostRuntime:
         self.shells = ShellTable(host.lock)
         self.psrp: psrp.PsrpService | None = None  # made on the event loop at the first PSRP request
         self.requests = 0
+        self.bytes_in = 0  # HTTP bytes received and sent (bench/psrp_cost.py compares protocols by them)
+        self.bytes_out = 0
         self.rejected_logons = 0  # what a domain controller counts against the account's lockout threshold
         self.server: asyncio.Server | None = None
         self.connections: set[asyncio.StreamWriter] = set()
@@ -324,6 +327,7 @@ class Fleet:
             server.close()
         current = asyncio.current_task()
         tasks = [task for task in self._tasks if task is not current]
+        tasks += [task for rt in self._runtimes.values() if rt.psrp is not None for task in rt.psrp.tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -361,6 +365,11 @@ class Fleet:
         """PSRP runspace pools open (not yet deleted or expired)."""
         runtimes = self._runtimes.values() if host_name is None else [self._runtime(host_name)]
         return sum(rt.psrp.pools.open_count() for rt in runtimes if rt.psrp is not None)
+
+    def traffic(self, host_name: str) -> tuple[int, int, int]:
+        """(requests, bytes received, bytes sent) of one host so far."""
+        rt = self._runtime(host_name)
+        return rt.requests, rt.bytes_in, rt.bytes_out
 
     def request_count(self, host_name: str) -> int:
         return self._runtime(host_name).requests
@@ -405,6 +414,7 @@ class Fleet:
         try:
             async for request in _requests(reader, writer):
                 rt.requests += 1
+                rt.bytes_in += request.size
                 faults = rt.host.faults
                 if faults.hang:
                     await _drain_until_closed(reader)
@@ -417,7 +427,9 @@ class Fleet:
                     await writer.drain()
                     _reset(writer)
                     return
-                writer.write(render(response))
+                rendered = render(response)
+                rt.bytes_out += len(rendered)
+                writer.write(rendered)
                 await writer.drain()
                 if response.close or request.headers.get("connection", "").lower() == "close":
                     return
@@ -526,6 +538,8 @@ class Fleet:
                     return 0, b"", True
                 address = f"{host.scheme}://{host.address}:{host.port}{'/PowerShell' if path == EXCHANGE_PATH else '/wsman'}"
                 return 200, await rt.psrp.dispatch(request, path, logon.principal, client_ip, address), False
+            if request.action in (wsman.ACTION_CREATE, wsman.ACTION_COMMAND) and host.faults.slow_start_seconds > 0:
+                await asyncio.sleep(host.faults.slow_start_seconds)
             if request.action == wsman.ACTION_CREATE:
                 if not host.winrs:
                     raise wsman.WsmanFault(5)  # a PSRP-only fleet: no WinRS shell to fall back on

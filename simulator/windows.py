@@ -48,6 +48,10 @@ ENDPOINT_FAILURES = {
 }
 DENIABLE = ("service", "events", "log")
 
+# The collection script offers the account's default credentials to a proxy only when its parameter asks (issue
+# 24 finding 17), and says which proxy it used.
+_ASKS_BEFORE_OFFERING_CREDENTIALS = re.compile(r"if\(\$P\.ProxyDefaultCredentials\)\{\$a\.ProxyUseDefaultCredentials=\$true\}")
+_REPORTS_PROXY = re.compile(r"proxy_source=")
 # The collection script times its stages (issue 17, R5).
 _MEASURES_STAGES = re.compile(r"\$r\.stages\.\w+=\(Measure-Command\b")
 # The collection script sends each event's insertion strings (issue 17, R6).
@@ -68,6 +72,15 @@ class Clock:
 
     def now(self) -> datetime:
         return self.pinned if self.pinned is not None else datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class ProxyRequest:
+    """One request of the endpoint check as a proxy receives it."""
+
+    proxy: str
+    url: str
+    default_credentials: bool  # the monitoring account's credentials offered (ProxyUseDefaultCredentials)
 
 
 @dataclass(frozen=True)
@@ -135,6 +148,7 @@ class WindowsHost:
         self.fleet = fleet  # what Get-ExchangeServer returns; filled by the scenario loader
         self.clock = clock
         self._cold = True  # the first powershell.exe "prepares modules for first use"
+        self.proxy_requests: list[ProxyRequest] = []  # what proxies received from the endpoint check
         self._lock = threading.Lock()
 
     def __call__(self, command_line: str) -> CommandOutput:
@@ -300,7 +314,7 @@ class WindowsHost:
         }
         constrained = s.language_mode == language.CONSTRAINED
         document["language_mode"] = "ConstrainedLanguage" if constrained else "FullLanguage"
-        endpoints = self._endpoints() if p["CheckEndpoint"] and not constrained else []
+        endpoints = self._endpoints(p, script) if p["CheckEndpoint"] and not constrained else []
         if p["CheckEndpoint"] and constrained:  # only the script's FullLanguage branch checks the endpoints
             errors.append(_error("endpoint", "ConstrainedLanguage", "SecurityError", "",
                                  "the endpoint check needs FullLanguage; this session runs in ConstrainedLanguage"))
@@ -366,14 +380,29 @@ class WindowsHost:
             logs.append(item)
         return True, logs
 
-    def _endpoints(self) -> list[dict[str, Any]]:
+    def _endpoints(self, p: dict[str, Any], script: str) -> list[dict[str, Any]]:
+        """Both OCS GETs through the proxy the script picks: its Proxy parameter, else the WinHTTP proxy. Every
+        request a proxy receives is recorded in `proxy_requests`, with whether the monitoring account's default
+        credentials were offered to it (what a proxy's operator, or a thief of it, would see)."""
         s = self.server
+        proxy, source = (p["Proxy"], "parameter") if p["Proxy"] else (
+            (f"http://{s.winhttp_proxy}" if "://" not in s.winhttp_proxy else s.winhttp_proxy, "winhttp")
+            if s.winhttp_proxy else ("", "none"))
+        if _ASKS_BEFORE_OFFERING_CREDENTIALS.search(script):
+            credentials = bool(proxy) and p.get("ProxyDefaultCredentials") == 1
+        else:  # the script before issue 24: ProxyUseDefaultCredentials whenever there is a proxy
+            credentials = bool(proxy) and "ProxyUseDefaultCredentials=$true" in script
+        reports_proxy = _REPORTS_PROXY.search(script) is not None
         found = []
         for name in ("GetExchangeMitigations", "GetExchangeConfig"):
+            if proxy:
+                self.proxy_requests.append(ProxyRequest(proxy, f"https://officeclient.microsoft.com/{name}", credentials))
             ms = 120 + zlib.crc32(f"{s.name}{name}".encode()) % 300
-            status = s.winhttp_proxy_answers if s.winhttp_proxy else s.endpoint_status
+            status = s.winhttp_proxy_answers if source == "winhttp" else s.endpoint_status
             entry: dict[str, Any] = {"name": name, "status": status, "ms": ms, "web_status": None, "error": None,
                                      "revocation_failed": False}
+            if reports_proxy:
+                entry.update(proxy=proxy, proxy_source=source, proxy_credentials=credentials)
             if s.endpoint_failure:
                 web_status, error, revocation = ENDPOINT_FAILURES[s.endpoint_failure]
                 entry.update(status=0, web_status=web_status, error=error, revocation_failed=revocation)

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.catalog import Catalog
 from exporter.config import Config, load_config_text
+from simulator.host import Faults, SimulatedHost
 from simulator.scenario import scenario_from_dict
 from simulator.server import Fleet
 
@@ -62,6 +63,11 @@ def wait_until(condition, seconds: float, what: str, *, every: float = 0.05):
         assert time.monotonic() < deadline, f"timed out after {seconds:g}s waiting for {what}"
         time.sleep(every)
     return value
+
+
+def listening(host: SimulatedHost) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex((host.address, host.port)) == 0
 
 
 def write_keytab(path: Path, principal: str, password: str = "keytab-test-only", kvno: int = 1) -> Path:
@@ -114,6 +120,15 @@ class SimulatedFleet:
 
     def __exit__(self, *exc) -> None:
         self.fleet.stop()
+
+    def set_faults(self, name: str, faults: Faults | None = None) -> None:
+        """Give host `name` these protocol faults (None: healthy again) and return once its listener is as they
+        ask: the simulator opens or closes it for `refuse_connections` from a watcher, a moment later, and a poll
+        in between would meet the other state."""
+        host = self.hosts[name]
+        host.faults = faults or Faults()
+        wait_until(lambda: listening(host) != host.faults.refuse_connections, 5,
+                   f"{name}'s listener to follow refuse_connections")
 
     def config_text(self, **poll) -> str:
         """An exporter config for this fleet (YAML), poll settings overridable."""

@@ -37,9 +37,12 @@ $r.stages.endpoint=(Measure-Command{if($P.CheckEndpoint){if($ExecutionContext.Se
 # GUESS: WinHttpSettings = DWORD size, DWORD counter, DWORD flags (2 = proxy), DWORD length, proxy string.
 try{$w=(Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Internet Settings\Connections').WinHttpSettings;if($w.Length -ge 16 -and ($w[8] -band 2)){$wp=[Text.Encoding]::ASCII.GetString($w,16,[BitConverter]::ToInt32($w,12))}}catch{Fail 'winhttp' $_}
 if(!$p -and $wp){$p=$wp;if($p -match 'https=([^;]+)'){$p=$matches[1]}elseif($p -match '='){$p=''};$p=$p.Split(';')[0];if($p -and $p -notmatch '://'){$p='http://'+$p}}
+# The account's default credentials go to the proxy only when the exporter's configuration asks: the proxy may be
+# the server's InternetWebProxy, which any Exchange server can set in Active Directory (issue 24 finding 17).
+$ps=if($P.Proxy){'parameter'}elseif($p){'winhttp'}else{'none'};$pc=[bool]($p -and $P.ProxyDefaultCredentials)
 [Net.ServicePointManager]::SecurityProtocol='Tls12';[Net.ServicePointManager]::CheckCertificateRevocationList=$true
-$r.endpoints=@(foreach($u in 'GetExchangeMitigations','GetExchangeConfig'){$e=@{name=$u;status=0;ms=0;web_status=$null;error=$null;revocation_failed=$false};$t=[Diagnostics.Stopwatch]::StartNew()
-$a=@{Uri="https://officeclient.microsoft.com/$u";UseBasicParsing=$true;TimeoutSec=$P.EndpointTimeoutSec};if($p){$a.Proxy=$p;$a.ProxyUseDefaultCredentials=$true}
+$r.endpoints=@(foreach($u in 'GetExchangeMitigations','GetExchangeConfig'){$e=@{name=$u;status=0;ms=0;web_status=$null;error=$null;revocation_failed=$false;proxy=$p;proxy_source=$ps;proxy_credentials=$pc};$t=[Diagnostics.Stopwatch]::StartNew()
+$a=@{Uri="https://officeclient.microsoft.com/$u";UseBasicParsing=$true;TimeoutSec=$P.EndpointTimeoutSec};if($p){$a.Proxy=$p;if($P.ProxyDefaultCredentials){$a.ProxyUseDefaultCredentials=$true}}
 try{$e.status=[int](Invoke-WebRequest @a).StatusCode}catch{$e.error="$($_.Exception.Message)";$e.web_status=[string]$_.Exception.Status;if($_.Exception.Response){$e.status=[int]$_.Exception.Response.StatusCode}
 if($e.web_status -eq 'TrustFailure'){[Net.ServicePointManager]::CheckCertificateRevocationList=$false;try{[void](Invoke-WebRequest @a);$e.revocation_failed=$true}catch{};[Net.ServicePointManager]::CheckCertificateRevocationList=$true}}
 $e.ms=$t.ElapsedMilliseconds;$e})}else{$r.errors+=@{part='endpoint';id='ConstrainedLanguage';category='SecurityError';type='';message="the endpoint check needs FullLanguage; this session runs in $($ExecutionContext.SessionState.LanguageMode)"}}}}).TotalSeconds

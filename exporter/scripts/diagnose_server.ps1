@@ -3,7 +3,7 @@ $ProgressPreference='SilentlyContinue';$ErrorActionPreference='Stop'
 # and language_mode says why (docs/field-report.md).
 function Err($x){@{id=[string]$x.FullyQualifiedErrorId;type=[string]$x.Exception.pstypenames[0];message="$x"}}
 $lt=Get-Date
-$r=@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;utc_offset_minutes=[int]($lt-$lt.ToUniversalTime()).TotalMinutes;language_mode=[string]$ExecutionContext.SessionState.LanguageMode;culture=$null;ui_culture=$null;is_admin=$null;exsetup_version=$null;winhttp_settings=$null;service=$null;service_key=$null;log_folder=$null;log_files=@();events=@();event_errors=@();event_query_seconds=$null;errors=@()}
+$r=@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;utc_offset_minutes=[int]($lt-$lt.ToUniversalTime()).TotalMinutes;language_mode=[string]$ExecutionContext.SessionState.LanguageMode;powershell=[string]$PSVersionTable.PSVersion;culture=$null;ui_culture=$null;is_admin=$null;exsetup_version=$null;winhttp_settings=$null;service=$null;service_key=$null;log_folder=$null;log_files=@();events=@();event_errors=@();event_query_seconds=$null;errors=@()}
 try{$r.culture=(Get-Culture).Name;$r.ui_culture=(Get-UICulture).Name}catch{$r.errors+=Err $_}
 if($ExecutionContext.SessionState.LanguageMode -eq 'FullLanguage'){try{$r.is_admin=([Security.Principal.WindowsPrincipal][Security.Principal.WindowsIdentity]::GetCurrent()).IsInRole([Security.Principal.WindowsBuiltInRole]::Administrator)}catch{$r.errors+=Err $_}}
 try{$r.exsetup_version=(Get-Command ExSetup.exe).FileVersionInfo.FileVersion}catch{$r.errors+=Err $_}

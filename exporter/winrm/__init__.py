@@ -18,6 +18,8 @@ Who reads each byte a server sends (every one of them under the poll's deadline 
 | `wsman.py` | the WS-Management messages, and every answer and fault read (no DTD, bounded elements) |
 | `tls.py` | what the TLS connection trusts: `ca_file` or certifi's bundle, never the environment |
 | `errors.py` | what can fail, and `classify` into the `reason` label |
+| `psrp.py` | `PsrpConnection` (`protocol: psrp`): the same interface over PowerShell remoting, on psrpcore's client |
+| `psrp_fragments.py` | every PSRP fragment checked before psrpcore parses it (sizes, order, runspace id, no DTD) |
 
 Libraries are used through their public APIs only: pyspnego (`spnego.client`, `step`, `new_context`,
 `wrap_winrm`/`unwrap_winrm`, channel bindings, `KerberosCCache`), python-krb5 (the kerberos extra:
@@ -27,5 +29,13 @@ cryptography (the certificate's hash algorithm), certifi (the default trust stor
 
 from .client import CommandResult, ServerConnection
 from .errors import PollFailure
+from .psrp import PsrpConnection
 
-__all__ = ["CommandResult", "PollFailure", "ServerConnection"]
+
+def connect(endpoint: str, module, **kwargs) -> ServerConnection | PsrpConnection:
+    """The connection `module.protocol` asks for: WinRS (ServerConnection) or PowerShell remoting (PsrpConnection),
+    both with `run(command, deadline) -> CommandResult` and `close()`."""
+    return (PsrpConnection if module.protocol == "psrp" else ServerConnection)(endpoint, module, **kwargs)
+
+
+__all__ = ["CommandResult", "PollFailure", "PsrpConnection", "ServerConnection", "connect"]

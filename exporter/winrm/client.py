@@ -5,12 +5,19 @@ authenticated connection, creates a shell, runs the command, reads its output un
 always signals and deletes the shell. It returns the command's output or raises a `PollFailure` with a
 reason class (errors.py). Whatever goes wrong, it returns by `deadline`:
 - every request is cut to what is left; a connection or a shell is not opened with less than
-  MIN_REQUEST_SECONDS left, nor any other request sent with less than MIN_FOLLOW_UP_SECONDS;
+  MIN_REQUEST_SECONDS left, nor a Command or Receive sent with less than MIN_FOLLOW_UP_SECONDS;
 - a request of the shell's work is sent only while the deadline still leaves time for the cleanup it
-  would need (Signal and Delete, or Delete alone), each cleanup request reckoned as long as the slowest
-  request of the poll so far. A cleanup that still does not fit leaves the shell to be deleted at the
-  next poll (Windows drops it after SHELL_IDLE_TIMEOUT anyway), so a `/probe` answers inside its scrape
-  timeout however slow the server;
+  would need (Signal and Delete, or Delete alone), each cleanup request reckoned as long as the quickest
+  request of the poll so far (a new connection's handshake round trips included; at least
+  MIN_CLEANUP_ESTIMATE_SECONDS). Not the slowest: Windows starts a shell host at Create and a process at
+  Command, which takes a busy server seconds where Signal and Delete take milliseconds, and one slow request
+  (or a hiccup of a loaded machine) counted twice more as cleanup failed healthy polls with time to spare;
+  a server slow at everything is slow at its quickest request too. A cleanup that still does not fit
+  leaves the shell to be deleted at the next poll (Windows drops it after SHELL_IDLE_TIMEOUT anyway), so a
+  `/probe` answers inside its scrape timeout however slow the server;
+- when the time left is too short for the next request, the poll fails with `timeout`: the server's
+  answers took the poll's time. `deadline_exceeded` is kept for the deadline passing while an answer (or
+  our request) is still on the wire, i.e. a server that trickles its answer (connection.py);
 - retries (tenacity) cover only transient failures, never authentication, and stay inside the deadline.
 
 A connection is kept for the next poll only when polls of this server come more often than
@@ -36,7 +43,7 @@ from .basic import Basic
 from .certificate import Certificate
 from .connection import Connection, Endpoint
 from .credssp import CredSSP
-from .errors import OPERATION_TIMEOUT, PollFailure, WSManFault, classify
+from .errors import OPERATION_TIMEOUT, OutOfTime, PollFailure, WSManFault, classify
 from .ntlm import NTLM
 from .session import Channel
 
@@ -44,7 +51,8 @@ log = logging.getLogger(__name__)
 
 TRANSIENT_REASONS = {"connection_refused", "connection_error", "timeout", "http_error"}
 MIN_REQUEST_SECONDS = 2.0  # to open a connection or a shell: less would only leave a shell to clean up
-MIN_FOLLOW_UP_SECONDS = 0.5  # for any other request
+MIN_FOLLOW_UP_SECONDS = 0.5  # for Command and Receive
+MIN_CLEANUP_SECONDS = 0.05  # Signal and Delete are tried with whatever is left: a shell left costs more
 MIN_CLEANUP_ESTIMATE_SECONDS = 0.25  # what a cleanup request is reckoned to take at least
 KEEP_IF_POLLED_WITHIN = 90.0  # HTTP.sys's idle connection timeout is about 120 s
 MAX_ORPHANS = 16
@@ -83,6 +91,40 @@ def authentication(module: ModuleConfig, hostname: str):
     raise ValueError(f"unknown transport {module.transport!r}")
 
 
+def open_channel(address: Endpoint, module: ModuleConfig, authenticator, *, deadline: float, timeout: float,
+                 max_response_bytes: int) -> Channel:
+    """A new connection to `address`, authenticated (for ServerConnection and psrp.PsrpConnection alike)."""
+    context = tls.context(module) if address.scheme == "https" else None
+    connection = Connection.open(address, context, deadline=deadline, timeout=timeout,
+                                 max_response_bytes=max_response_bytes, user_agent=USER_AGENT)
+    try:
+        return authenticator.open(connection, deadline=deadline, timeout=timeout)
+    except BaseException:
+        connection.close()
+        raise
+
+
+def without_secrets(module: ModuleConfig, failure: PollFailure) -> PollFailure:
+    """A server's fault text may quote our request, Authorization header included: mask the credential."""
+    text = failure.message
+    for secret in module.secrets():
+        text = text.replace(secret, "<redacted>")
+    if text == failure.message:
+        return failure
+    return PollFailure(failure.reason, text, connection_intact=failure.connection_intact)
+
+
+def request_timeouts(module: ModuleConfig, deadline: float, minimum: float) -> tuple[int, float]:
+    """(OperationTimeout for the envelope, socket read timeout) for a request sent now; OutOfTime (`timeout`)
+    when less than `minimum` seconds are left before `deadline` (for ServerConnection and psrp.PsrpConnection)."""
+    remaining = deadline - time.monotonic()
+    if remaining < minimum:
+        raise OutOfTime(f"the server's answers took the poll's time (poll.timeout): {max(0.0, remaining):.1f} s "
+                        "left, too little for the next request")
+    operation = max(1, min(int(module.operation_timeout), int(remaining) - 1))
+    return operation, operation + 1.0
+
+
 class ServerConnection:
     """The WinRM endpoint of one server for one module. Not thread-safe for its callers' sake: a lock runs
     one command at a time (the poller polls one server at a time anyway)."""
@@ -100,7 +142,7 @@ class ServerConnection:
         self._channel: Channel | None = None
         self._orphans: list[str] = []  # shells whose Delete failed: deleted at the next poll that connects
         self._last_start: float | None = None
-        self._slowest = 0.0  # the longest request of the current poll
+        self._quickest = 0.0  # the quickest request of the current poll (0: none yet), what cleanup is reckoned at
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ connection
@@ -114,17 +156,11 @@ class ServerConnection:
             if idle < KEEP_IF_POLLED_WITHIN and lasts and not channel.connection.dropped():
                 return channel
             self.close()  # the server will have closed it, or did: authenticate anew, no request wasted
-        timeout = self._timeouts(deadline)[1]
-        context = tls.context(self.module) if self._address.scheme == "https" else None
-        connection = Connection.open(self._address, context, deadline=deadline, timeout=timeout,
-                                     max_response_bytes=self.max_response_bytes, user_agent=USER_AGENT)
-        try:
-            if self._authentication is None:
-                self._authentication = authentication(self.module, self._server_name)
-            self._channel = self._authentication.open(connection, deadline=deadline, timeout=timeout)
-        except BaseException:
-            connection.close()
-            raise
+        timeout = request_timeouts(self.module, deadline, MIN_REQUEST_SECONDS)[1]
+        if self._authentication is None:
+            self._authentication = authentication(self.module, self._server_name)
+        self._channel = open_channel(self._address, self.module, self._authentication, deadline=deadline,
+                                     timeout=timeout, max_response_bytes=self.max_response_bytes)
         return self._channel
 
     def close(self) -> None:
@@ -132,27 +168,26 @@ class ServerConnection:
             self._channel.connection.close()
             self._channel = None
 
-    def _timeouts(self, deadline: float, minimum: float = MIN_REQUEST_SECONDS) -> tuple[int, float]:
-        """(OperationTimeout for the envelope, socket read timeout) for a request sent now."""
-        remaining = deadline - time.monotonic()
-        if remaining < minimum:
-            raise PollFailure("deadline_exceeded", "the poll deadline passed", connection_intact=True)
-        operation = max(1, min(int(self.module.operation_timeout), int(remaining) - 1))
-        return operation, operation + 1.0
-
     def _exchange(self, message: Callable[[int], bytes], deadline: float, *, cleanup_requests: int = 0,
-                  waits: bool = False, opens_shell: bool = False) -> bytes:
-        """Send one message by `deadline`, leaving time for `cleanup_requests` more after it. A message that
-        `waits` (Receive: the server holds it until there is output, up to OperationTimeout) does not count
-        towards how long a request takes."""
-        deadline -= cleanup_requests * max(self._slowest, MIN_CLEANUP_ESTIMATE_SECONDS)
+                  waits: bool = False, opens_shell: bool = False, cleanup: bool = False) -> bytes:
+        """Send one message by `deadline`, leaving time for `cleanup_requests` more after it, each reckoned at
+        the poll's quickest request. A message that `waits` (Receive: the server holds it until there is
+        output, up to OperationTimeout) does not count towards how long a request takes."""
+        deadline -= cleanup_requests * max(self._quickest, MIN_CLEANUP_ESTIMATE_SECONDS)
+        kept, started = self._channel, time.monotonic()
         channel = self._open(deadline)
-        operation, timeout = self._timeouts(deadline, MIN_REQUEST_SECONDS if opens_shell else MIN_FOLLOW_UP_SECONDS)
+        if channel is not kept:  # connected and authenticated now: each handshake request is one round trip
+            self._took((time.monotonic() - started) / max(1, channel.connection.requests))
+        minimum = MIN_REQUEST_SECONDS if opens_shell else MIN_CLEANUP_SECONDS if cleanup else MIN_FOLLOW_UP_SECONDS
+        operation, timeout = request_timeouts(self.module, deadline, minimum)
         started = time.monotonic()
         answer = channel.exchange(message(operation), deadline=deadline, timeout=timeout)
         if not waits:
-            self._slowest = max(self._slowest, time.monotonic() - started)
+            self._took(time.monotonic() - started)
         return answer
+
+    def _took(self, seconds: float) -> None:
+        self._quickest = min(self._quickest, seconds) if self._quickest else seconds
 
     # ------------------------------------------------------------ one command
 
@@ -163,7 +198,8 @@ class ServerConnection:
             keep = self._last_start is not None and started - self._last_start < KEEP_IF_POLLED_WITHIN
             self._last_start = started
             retrying = tenacity.Retrying(
-                retry=tenacity.retry_if_exception(lambda e: isinstance(e, PollFailure) and e.reason in TRANSIENT_REASONS),
+                retry=tenacity.retry_if_exception(lambda e: isinstance(e, PollFailure) and e.reason in TRANSIENT_REASONS
+                                                  and not isinstance(e, OutOfTime)),
                 stop=tenacity.stop_after_attempt(3) | _stop_at_deadline(deadline),
                 wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=5, jitter=0.5),
                 reraise=True,
@@ -186,16 +222,10 @@ class ServerConnection:
             raise failure from None
 
     def _without_secrets(self, failure: PollFailure) -> PollFailure:
-        """A server's fault text may quote our request, Authorization header included: mask the credential."""
-        text = failure.message
-        for secret in self.module.secrets():
-            text = text.replace(secret, "<redacted>")
-        if text == failure.message:
-            return failure
-        return PollFailure(failure.reason, text, connection_intact=failure.connection_intact)
+        return without_secrets(self.module, failure)
 
     def _run_once(self, command: Command, deadline: float) -> CommandResult:
-        self._slowest = 0.0
+        self._quickest = 0.0
         self._delete_orphans(deadline)
         shell_id = command_id = None
         intact = True
@@ -241,8 +271,8 @@ class ServerConnection:
 
     def _delete(self, shell_id: str, deadline: float) -> None:
         message_id = uuid.uuid4()
-        wsman.check_relates_to(self._exchange(lambda op: wsman.delete(op, shell_id, message_id), deadline),
-                               message_id)
+        wsman.check_relates_to(self._exchange(lambda op: wsman.delete(op, shell_id, message_id), deadline,
+                                              cleanup=True), message_id)
 
     def _delete_orphans(self, deadline: float) -> None:
         """Delete shells a failed poll could not: a server that refused or dropped the connection then may
@@ -265,7 +295,7 @@ class ServerConnection:
                 try:
                     wsman.check_relates_to(self._exchange(
                         lambda op: wsman.signal_terminate(op, shell_id, command_id, message_id), deadline,
-                        cleanup_requests=1), message_id)
+                        cleanup_requests=1, cleanup=True), message_id)
                 except WSManFault:  # the command may already be gone; Delete still matters
                     pass
             self._delete(shell_id, deadline)

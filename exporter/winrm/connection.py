@@ -252,6 +252,6 @@ class Connection:
 def _within(deadline: float, timeout: float) -> float:
     """A socket timeout for one step: `timeout`, or less when the deadline comes first."""
     remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise DeadlineExceeded("the poll deadline passed")
+    if remaining <= 0:  # nothing of this request is on the wire yet: the server's earlier answers took the time
+        raise NoAnswer("the poll deadline passed before the request was sent")
     return min(timeout, remaining)

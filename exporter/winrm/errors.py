@@ -31,6 +31,14 @@ class PollFailure(Exception):
         self.connection_intact = connection_intact  # raised between requests: the connection is still usable
 
 
+class OutOfTime(PollFailure):
+    """Too little of the poll's time is left for the next request: the server's answers took it. A `timeout`
+    (the server is slow), never retried; `deadline_exceeded` is for a deadline reached mid-answer."""
+
+    def __init__(self, message: str):
+        super().__init__("timeout", message, connection_intact=True)
+
+
 class WinRMFailure(Exception):
     """Base of the failures the layers below the client raise."""
 

@@ -77,12 +77,12 @@ def _options(options: Iterable[tuple[str, str]]) -> str:
 
 
 def _envelope(action: str, body: str, operation_timeout: int, *, shell_id: str | None = None, options: str = "",
-              message_id: uuid.UUID) -> bytes:
+              message_id: uuid.UUID, resource_uri: str = SHELL_URI) -> bytes:
     selector = f'<w:SelectorSet><w:Selector Name="ShellId">{_text(shell_id)}</w:Selector></w:SelectorSet>' \
         if shell_id else ""
     return (
         f"{_ENVELOPE_START}{message_id}{_HEADER_MIDDLE}{int(operation_timeout)}S"
-        f'</w:OperationTimeout><w:ResourceURI mustUnderstand="true">{SHELL_URI}</w:ResourceURI>'
+        f'</w:OperationTimeout><w:ResourceURI mustUnderstand="true">{_text(resource_uri)}</w:ResourceURI>'
         f'<a:Action mustUnderstand="true">{action}</a:Action>{selector}{options}</env:Header>'
         f"<env:Body>{body}</env:Body></env:Envelope>"
     ).encode("utf-8")
@@ -140,6 +140,80 @@ def signal_terminate(operation_timeout: int, shell_id: str, command_id: str, mes
 
 def delete(operation_timeout: int, shell_id: str, message_id: uuid.UUID) -> bytes:
     return _envelope(_TRANSFER + "Delete", "", operation_timeout, shell_id=shell_id, message_id=message_id)
+
+
+# ---------------------------------------------------------------- PowerShell remoting (PSRP, MS-PSRP 3.1.5.3)
+
+POWERSHELL_URI = "http://schemas.microsoft.com/powershell/"
+
+
+def pool_create(operation_timeout: int, configuration: str, shell_id: str, creation_xml: bytes,
+                idle_timeout: str | None = None, *, message_id: uuid.UUID | None = None) -> bytes:
+    """Create a runspace pool of `configuration`: the client names the shell (its pool id) and sends the pool's
+    opening PSRP messages as creationXml, as pypsrp and Windows PowerShell do."""
+    idle = f"<rsp:IdleTimeOut>{_text(idle_timeout)}</rsp:IdleTimeOut>" if idle_timeout else ""
+    return _envelope(
+        _TRANSFER + "Create",
+        f"<rsp:Shell ShellId={_attribute(shell_id)}><rsp:InputStreams>stdin pr</rsp:InputStreams>"
+        f"<rsp:OutputStreams>stdout</rsp:OutputStreams>{idle}"
+        f'<creationXml xmlns="http://schemas.microsoft.com/powershell">{base64.b64encode(creation_xml).decode()}'
+        "</creationXml></rsp:Shell>",
+        operation_timeout,
+        options='<w:OptionSet><w:Option MustComply="true" Name="protocolversion">2.3</w:Option></w:OptionSet>',
+        message_id=message_id or uuid.uuid4(), resource_uri=POWERSHELL_URI + configuration,
+    )
+
+
+def pipeline_create(operation_timeout: int, configuration: str, shell_id: str, command_id: str, data: bytes, *,
+                    message_id: uuid.UUID | None = None) -> bytes:
+    """Command: a pipeline whose id is `command_id`, its first PSRP fragments as the one rsp:Arguments."""
+    return _envelope(
+        _SHELL + "Command",
+        f"<rsp:CommandLine CommandId={_attribute(command_id)}><rsp:Command></rsp:Command>"
+        f"<rsp:Arguments>{base64.b64encode(data).decode()}</rsp:Arguments></rsp:CommandLine>",
+        operation_timeout, shell_id=shell_id, message_id=message_id or uuid.uuid4(),
+        resource_uri=POWERSHELL_URI + configuration,
+    )
+
+
+def pool_send(operation_timeout: int, configuration: str, shell_id: str, command_id: str | None, data: bytes, *,
+              message_id: uuid.UUID | None = None) -> bytes:
+    """Send: more PSRP fragments to the pool, or to the pipeline `command_id`."""
+    target = f" CommandId={_attribute(command_id)}" if command_id else ""
+    return _envelope(
+        _SHELL + "Send",
+        f'<rsp:Send><rsp:Stream Name="stdin"{target}>{base64.b64encode(data).decode()}</rsp:Stream></rsp:Send>',
+        operation_timeout, shell_id=shell_id, message_id=message_id or uuid.uuid4(),
+        resource_uri=POWERSHELL_URI + configuration,
+    )
+
+
+def pool_receive(operation_timeout: int, configuration: str, shell_id: str, command_id: str | None, *,
+                 message_id: uuid.UUID | None = None) -> bytes:
+    """Receive the pool's PSRP output, or the pipeline `command_id`'s."""
+    target = f" CommandId={_attribute(command_id)}" if command_id else ""
+    return _envelope(
+        _SHELL + "Receive",
+        f"<rsp:Receive><rsp:DesiredStream{target}>stdout</rsp:DesiredStream></rsp:Receive>",
+        operation_timeout, shell_id=shell_id,
+        options=_options((("WSMAN_CMDSHELL_OPTION_KEEPALIVE", "TRUE"),)),
+        message_id=message_id or uuid.uuid4(), resource_uri=POWERSHELL_URI + configuration,
+    )
+
+
+def pool_signal_terminate(operation_timeout: int, configuration: str, shell_id: str, command_id: str,
+                          message_id: uuid.UUID) -> bytes:
+    return _envelope(
+        _SHELL + "Signal",
+        f"<rsp:Signal CommandId={_attribute(command_id)}><rsp:Code>{_SHELL}signal/terminate</rsp:Code>"
+        "</rsp:Signal>",
+        operation_timeout, shell_id=shell_id, message_id=message_id, resource_uri=POWERSHELL_URI + configuration,
+    )
+
+
+def pool_delete(operation_timeout: int, configuration: str, shell_id: str, message_id: uuid.UUID) -> bytes:
+    return _envelope(_TRANSFER + "Delete", "", operation_timeout, shell_id=shell_id, message_id=message_id,
+                     resource_uri=POWERSHELL_URI + configuration)
 
 
 # ---------------------------------------------------------------- answers

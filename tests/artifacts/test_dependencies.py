@@ -116,3 +116,16 @@ def test_the_lock_pins_every_dependency_with_hashes_within_the_declared_bounds()
 
 def test_the_lock_holds_no_simulator_or_test_tools():
     assert not {"pywinrm", "pytest", "hypothesis", "pypsrp", "requests"} & set(locked())
+
+
+def test_the_kerberos_lock_pins_the_kerberos_extra_within_its_bounds():
+    """The image builds the kerberos extra from requirements-kerberos.lock (see the Dockerfile): what the extra
+    names there must be pinned within the extra's bounds, and python-gssapi with it (pyspnego's GSSAPI backend)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    text = (ROOT / "requirements-kerberos.lock").read_text()
+    pins = {canonicalize_name(n): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==([^\s\\;]+)", text, flags=re.M)}
+    assert {"gssapi", "krb5"} <= set(pins), "run `make lock`"
+    for requirement in map(Requirement, project["optional-dependencies"]["kerberos"]):
+        name = canonicalize_name(requirement.name)
+        if name in pins:
+            assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} is outside {requirement.specifier}"

@@ -70,10 +70,21 @@ def instructions(text: str) -> list[tuple[str, str]]:
     return result
 
 
+def stages(text: str) -> list[list[tuple[str, str]]]:
+    """The instructions of each build stage, FROM first."""
+    found: list[list[tuple[str, str]]] = []
+    for keyword, args in instructions(text):
+        if keyword == "FROM":
+            found.append([])
+        found[-1].append((keyword, args))
+    return found
+
+
 @pytest.fixture(scope="module")
 def dockerfile() -> dict[str, list[str]]:
+    """The image's own stage (the last), by keyword; the kerberos-wheels stage is checked on its own below."""
     by_keyword: dict[str, list[str]] = {}
-    for keyword, args in instructions(DOCKERFILE.read_text()):
+    for keyword, args in stages(DOCKERFILE.read_text())[-1]:
         by_keyword.setdefault(keyword, []).append(args)
     return by_keyword
 
@@ -110,7 +121,8 @@ def test_hadolint_reports_a_bad_dockerfile(tmp_path):
 
 
 def test_single_base_image_is_python_slim_with_a_version_tag(dockerfile, pyproject):
-    (base,) = dockerfile["FROM"]
+    bases = {args.split()[0] for stage in stages(DOCKERFILE.read_text()) for keyword, args in stage if keyword == "FROM"}
+    (base,) = bases
     match = re.fullmatch(r"python:(\d+)\.(\d+)(?:\.(\d+))?-slim(?:-[a-z]+)?", base)
     assert match, f"expected python:<version>-slim[-<debian>], got {base!r}"
     version = ".".join(g for g in match.groups() if g)
@@ -120,13 +132,14 @@ def test_single_base_image_is_python_slim_with_a_version_tag(dockerfile, pyproje
 
 
 def test_copies_exactly_what_pip_needs_and_it_exists(dockerfile, pyproject):
-    sources = [src for args in dockerfile["COPY"] for src in shlex.split(args)[:-1]]
-    assert not any(s.startswith("--from") for s in sources), "single-stage build expected"
+    from_stages = [args for args in dockerfile["COPY"] if args.startswith("--from")]
+    assert from_stages == ["--from=kerberos-wheels /wheels /wheels"], "only the kerberos wheels come from a stage"
+    sources = [src for args in dockerfile["COPY"] if not args.startswith("--from") for src in shlex.split(args)[:-1]]
     for source in sources:
         assert (ROOT / source).exists(), f"COPY {source}: not in the repository, the build would fail"
     copied = {PurePosixPath(s).parts[0] for s in sources}
     assert {"requirements.lock", "pyproject.toml", pyproject["project"]["readme"], "exporter"} <= copied
-    (install,) = [r for r in dockerfile["RUN"] if "pip install" in r]
+    (install,) = [r for r in dockerfile["RUN"] if "-r requirements.lock" in r]
     assert re.search(r"pip install --no-cache-dir --no-deps --no-build-isolation \.(\s|$)", install), install
 
 
@@ -134,7 +147,7 @@ def test_the_image_installs_the_hashed_lock_and_nothing_else(dockerfile):
     """Every dependency comes from requirements.lock, each file checked against its hash, as wheels (no build
     that would fetch unpinned build tools); the exporter itself adds none (--no-deps) and is built with the
     locked setuptools (--no-build-isolation)."""
-    (install,) = [r for r in dockerfile["RUN"] if "pip install" in r]
+    (install,) = [r for r in dockerfile["RUN"] if "-r requirements.lock" in r]
     commands = [shlex.split(part) for part in install.split("&&")]
     pip = [c for c in commands if c[:2] == ["pip", "install"]]
     assert len(pip) == 2, pip
@@ -146,11 +159,35 @@ def test_the_image_installs_the_hashed_lock_and_nothing_else(dockerfile):
     assert re.search(r"^setuptools==", lock, flags=re.M), "the build backend must be locked too"
 
 
+def test_the_kerberos_extra_is_built_from_hashed_sources_and_installed_without_its_build_tools(dockerfile):
+    """gssapi and krb5 have no Linux wheels: the first stage builds them, every download checked against
+    requirements-kerberos.lock, the build tools taken from the same lock (no build isolation, which would
+    fetch unpinned ones); the image installs the wheels offline, without Cython, setuptools or a compiler."""
+    first, *_ = stages(DOCKERFILE.read_text())
+    assert first[0] == ("FROM", "python:3.11.11-slim-bookworm AS kerberos-wheels")
+    build = [shlex.split(part) for keyword, args in first if keyword == "RUN" for part in args.split("&&")]
+    pip = [c for c in build if c[:1] == ["pip"]]
+    assert [c[1] for c in pip] == ["install", "wheel"], pip
+    assert all({"--require-hashes", "--no-cache-dir"} <= set(c) for c in pip), pip
+    assert "--no-build-isolation" in pip[1] and pip[1][pip[1].index("-r") + 1] == "requirements-kerberos.lock"
+    (wheels,) = [r for r in dockerfile["RUN"] if "/wheels/" in r]
+    installed = [shlex.split(part) for part in wheels.split("&&") if "pip install" in part]
+    (command,) = installed
+    assert {"--no-index", "--no-deps"} <= set(command)
+    assert sorted(a for a in command if a.startswith("/wheels/")) == [
+        "/wheels/decorator-*.whl", "/wheels/gssapi-*.whl", "/wheels/krb5-*.whl"]
+    lock = (ROOT / "requirements-kerberos.lock").read_text()
+    for name in ("gssapi", "krb5", "decorator", "cython", "setuptools"):
+        entry = re.search(rf"^{name}==\S+ \\\n(    --hash=sha256:\w+.*\n)+", lock, flags=re.M)
+        assert entry, f"{name} is not pinned with hashes in requirements-kerberos.lock: run `make lock`"
+
+
 def test_the_image_holds_no_simulator(dockerfile, pyproject):
     """Only the exporter goes in: no simulator package and no demo scenario with its published password. The
     build leaves the simulator out (it is its own distribution, simulator/pyproject.toml): nothing is deleted by
     hand, and every console script the image gets runs a package that was copied."""
-    sources = {PurePosixPath(src).parts[0] for args in dockerfile["COPY"] for src in shlex.split(args)[:-1]}
+    sources = {PurePosixPath(src).parts[0] for args in dockerfile["COPY"] if not args.startswith("--from")
+               for src in shlex.split(args)[:-1]}
     assert sources == {"requirements.lock", "pyproject.toml", pyproject["project"]["readme"], "exporter"}
     demo = yaml.safe_load((ROOT / "simulator" / "scenarios" / "demo.yaml").read_text(encoding="utf-8"))
     demo_password = demo["credentials"][0]["password"]
@@ -178,7 +215,8 @@ def test_dockerignore_keeps_the_copied_files_in_the_context():
                 verdict = not negate
         return verdict
 
-    for path in ("requirements.lock", "pyproject.toml", "README.md", "exporter/cli.py", "exporter/data/builds.tsv",
+    for path in ("requirements.lock", "requirements-kerberos.lock", "pyproject.toml", "README.md", "exporter/cli.py",
+                 "exporter/data/builds.tsv",
                  "exporter/scripts/collect_server.ps1"):
         assert not ignored(path), f"{path} would be left out of the build context"
     for path in ("tests/conftest.py", "simulator/scenarios/demo.yaml", "simulator/cli.py", ".git/config", "exporter/__pycache__/cli.cpython-311.pyc", ".venv/bin/python"):

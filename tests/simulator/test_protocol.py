@@ -28,7 +28,7 @@ from simulator.shells import Command
 from simulator.tls import TestAuthority
 from simulator.wsman import parse_duration
 
-from ..conftest import wait_until
+from ..conftest import listening, wait_until
 
 USER, PASSWORD = "EXCH\\svc_monitor", "S3cret!Pass"
 CREDENTIALS = {USER: PASSWORD, "localadmin": "L0cal!Only"}
@@ -88,11 +88,6 @@ def session(fleet, name: str, **kwargs) -> winrm.Session:
 
 def protocol(fleet, name: str, **kwargs) -> winrm.Protocol:
     return winrm.Protocol(url(fleet, name), transport="ntlm", username=USER, password=PASSWORD, **kwargs)
-
-
-def listening(host: SimulatedHost) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex((host.address, host.port)) == 0
 
 
 @pytest.fixture

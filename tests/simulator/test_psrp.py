@@ -74,8 +74,11 @@ def knob_scenario(**remoting_section) -> dict:
         "credentials": [{"username": USERNAME, "password": PASSWORD}],
         "defaults": {"port": port},
         "organization": {"name": "Contoso", "domain": "contoso.com"},
+        # /PowerShell takes Kerberos only by default, as real Exchange; these tests open it to NTLM and Basic to
+        # judge the rest of it with pypsrp (tests/unit/test_winrm_psrp.py runs it over Kerberos with a real KDC)
         "remoting": {**remoting_section, "jea": {"role_capability": str(ROLE_CAPABILITY[0]),
-                                                  **remoting_section.get("jea", {})}},
+                                                  **remoting_section.get("jea", {})},
+                     "exchange": {"kerberos_only": False, **remoting_section.get("exchange", {})}},
         "servers": servers,
     }
 
@@ -222,9 +225,9 @@ def test_organization_config_and_the_double_hop_that_does_not_happen():
     assert len(servers.output) == 6
 
 
-def test_exchange_endpoint_can_require_kerberos():
-    """Real Exchange takes Kerberos only at /PowerShell; until the simulator has a Kerberos acceptor, the knob makes
-    it refuse everything else, and /wsman is not affected."""
+def test_exchange_endpoint_takes_kerberos_only():
+    """Real Exchange takes Kerberos only at /PowerShell (the default): NTLM and Basic get 401 there, while /wsman
+    of the same listener still takes them."""
     with SimulatedFleet(knob_scenario(exchange={"kerberos_only": True})) as f:
         host = f.hosts["EX01"]
         for auth in ("ntlm", "basic"):

@@ -166,6 +166,7 @@ def test_what_confirms_the_guesses_of_issue_17(reports):
     got = lines(report)
     assert code == 0 and got["poll.outcome"] == "ok" and got["diagnose.outcome"] == "ok", report
     assert got["os.language_mode"] == "ConstrainedLanguage" and got["os.utc_offset"] == "120"
+    assert got["os.powershell"].startswith("5.1.")
     assert got["account.is_admin"] not in ("yes", "no")  # needs .NET: unknown in ConstrainedLanguage
     assert got["events.id.1008.without_text"] != "0"
     assert "fetching mitigations" in got["events.id.1008.data.1"]

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from exporter.exporter import Exporter
-from exporter.http_server import serve
+from exporter.web import serve
 
 
 from ..conftest import SimulatedFleet, demo_scenario, poll_all, relocate, samples

@@ -38,7 +38,7 @@ from exporter.catalog import Catalog
 from exporter.catalog_update import read_source
 from exporter.config import load_config_text
 from exporter.exporter import Exporter
-from exporter.http_server import serve
+from exporter.web import serve
 from exporter.redact import Redactor
 
 from ..clock import ManualClock
@@ -99,6 +99,10 @@ def _config_text(healthy: SimulatedFleet, victims: dict[str, HostileServer], *, 
                                "module": f"m_{name.lower()}"})
     if limits:
         doc["limits"] = limits
+    # The organization collector only where a test asks for it (on a victim): the fleet's default put it on
+    # HEALTHY1, whose scheduled poll then waited behind its 2 s organization script for the server's lock, and
+    # on a loaded machine missed its 5 s deadline.
+    doc.pop("organization", None)
     if organization:
         doc["organization"] = {"name": "Contoso", "server": organization}
     return yaml.safe_dump(doc)
@@ -134,7 +138,7 @@ def attack(healthy: SimulatedFleet, victims: dict[str, HostileServer], *, organi
             victims_done.set()
 
     def healthy_polled() -> bool:
-        """Every healthy server's scheduled poll has ended (whether it succeeded is asserted below)."""
+        """Whether every healthy server's scheduled poll has ended, whatever its outcome (asserted below)."""
         servers, _ = exporter.poller.snapshot()
         polled = {r.name for r in servers if r.name.startswith("HEALTHY") and r.outcome is not None
                   and r.outcome.finished >= started_wall}
@@ -148,7 +152,8 @@ def attack(healthy: SimulatedFleet, victims: dict[str, HostileServer], *, organi
     slowest, body = 0.0, ""
     try:
         while True:
-            assert time.monotonic() - started < 120, "a hostile poll did not end"
+            assert time.monotonic() - started < 120, ("a hostile poll did not end" if not victims_done.is_set()
+                                                      else "a healthy server was not polled on schedule")
             begin = time.monotonic()
             with urllib.request.urlopen(url, timeout=30) as response:
                 body = response.read().decode()
@@ -160,7 +165,7 @@ def attack(healthy: SimulatedFleet, victims: dict[str, HostileServer], *, organi
         servers, _ = exporter.poller.snapshot()
         for result in servers:
             if result.name.startswith("HEALTHY"):  # polled on schedule during the attack, and fine
-                assert result.outcome is not None and result.outcome.success, result
+                assert result.outcome.success, f"a healthy server next to the hostile one failed: {result.outcome}"
     finally:
         exporter.stop()
         server.shutdown()
@@ -482,7 +487,7 @@ def test_no_authentication_token_reaches_the_debug_log(tmp_path):
         finally:
             exporter.stop()
     log = exporter.log()
-    assert status == 200 and "level=DEBUG logger=exporter.http_server" in log, log[-3000:]  # debug is on
+    assert status == 200 and "level=DEBUG logger=exporter.web" in log, log[-3000:]  # debug is on
     assert not _tokens_in(log), _tokens_in(log)
     library_debug = re.findall(r"level=DEBUG logger=(spnego|requests_ntlm|urllib3|winrm|pypsrp|gssapi)\S*", log)
     assert not library_debug, sorted(set(library_debug))
@@ -712,3 +717,46 @@ def test_the_environment_chooses_no_trust_store(healthy, monkeypatch):
             monkeypatch.setenv(variable, str(victim.ca_file))
         seen = attack(healthy, {"VICTIM": victim}, ca_file=False)
     assert outcome(seen).error_reason == "tls_error", outcome(seen)
+
+
+# ---------------------------------------------------------------- round 2 (issue 24), finding 17: proxy credentials
+
+
+def _endpoint_check_through_an_ad_proxy(**poll) -> tuple[list, dict]:
+    """A compromised Exchange server sets another server's InternetWebProxy in Active Directory; the organization
+    collector reports it and the endpoint check of that server goes through it. What the proxy received, and the
+    metrics."""
+    attacker = "http://proxy.attacker.example:8080/"
+    scenario = relocate({"credentials": [], "servers": [
+        {"name": "EX01", "address": "127.0.0.1", "build": "15.2.2562.53"},
+        {"name": "EX02", "address": "127.0.0.1", "build": "15.2.2562.53", "internet_web_proxy": attacker}],
+        "organization": {"server": "EX01"}})
+    with SimulatedFleet(scenario) as fleet:
+        exporter = Exporter(fleet.config(check_endpoint=True, **poll), Catalog.load())
+        try:
+            assert exporter.poller.poll_organization().outcome.success
+            assert exporter.poller.poll_server("EX02").outcome.success
+            metrics = samples(exporter.metrics_body("text/plain")[0].decode())
+        finally:
+            exporter.stop()
+        return list(fleet.hosts["EX02"].run.proxy_requests), metrics
+
+
+def test_no_default_credentials_go_to_a_proxy_another_server_chose():
+    """24.17: the endpoint check sent ProxyUseDefaultCredentials to whichever proxy it used, including one that a
+    compromised server wrote into another server's InternetWebProxy."""
+    requests, metrics = _endpoint_check_through_an_ad_proxy()
+    assert [r.proxy for r in requests] == ["http://proxy.attacker.example:8080/"] * 2
+    assert not any(r.default_credentials for r in requests)
+    for endpoint in ("mitigations", "flighting"):
+        assert metrics[("exchange_eems_endpoint_proxy_info", frozenset({
+            "server": "EX02", "endpoint": endpoint, "proxy": "http://proxy.attacker.example:8080/",
+            "source": "internet_web_proxy", "default_credentials": "false"}.items()))] == 1
+
+
+def test_default_credentials_only_when_the_configuration_asks():
+    requests, metrics = _endpoint_check_through_an_ad_proxy(endpoint_proxy_default_credentials=True)
+    assert len(requests) == 2 and all(r.default_credentials for r in requests)
+    assert metrics[("exchange_eems_endpoint_proxy_info", frozenset({
+        "server": "EX02", "endpoint": "mitigations", "proxy": "http://proxy.attacker.example:8080/",
+        "source": "internet_web_proxy", "default_credentials": "true"}.items()))] == 1

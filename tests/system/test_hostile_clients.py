@@ -6,8 +6,13 @@ Each test failed before its fix; the figures in the assertions are what the atta
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
+import logging
 import socket
+import ssl
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +25,9 @@ import yaml
 from exporter.catalog import Catalog
 from exporter.config import ConfigError, load_config_text
 from exporter.exporter import Exporter
-from exporter.http_server import REQUEST_DEADLINE_SECONDS, serve
-from exporter.webconfig import WebConfig, WebConfigError
+from exporter.web import serve
+from exporter.web.transport import MAX_PINNED_BYTES, REQUEST_DEADLINE_SECONDS
+from exporter.webconfig import WebConfig, WebConfigError, WebConfigWatcher
 
 from ..conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, minimal_config, relocate, wait_until
 
@@ -215,3 +221,373 @@ def test_a_yaml_alias_bomb_in_the_web_config_is_a_short_error(tmp_path):
     with pytest.raises(WebConfigError) as error:  # before: TypeError (a list is unhashable)
         WebConfig.load(path)
     assert len(str(error.value)) < 1000 and time.monotonic() - started < 5
+
+
+# ================================================================ round 2 (issues 20, 22, 24)
+# Each test below failed on the code before its fix; the docstring says how.
+
+WEB_USER, WEB_PASSWORD = "prometheus", "web-Passw0rd-for-scrapes"
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _wait_until(condition, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 5.0, source: str = VISITOR) -> bytes:
+    """Send raw bytes, read until the server closes (or `timeout` passes); returns what arrived."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0)) as sock:
+        sock.sendall(data)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except (socket.timeout, ConnectionResetError):
+            pass
+        return received
+
+
+def _answered(sock: socket.socket) -> bool:
+    """Whether the server has sent something on this connection, or closed it."""
+    try:
+        sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _status(response: bytes) -> int | None:
+    return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/1.1 ") else None
+
+
+def _write_web_config(path: Path, pki: Path | None, users: bool) -> Path:
+    doc: dict = {}
+    if pki is not None:
+        doc["tls_server_config"] = {"cert_file": str(pki / "server.crt"), "key_file": str(pki / "server.key")}
+    if users:
+        doc["basic_auth_users"] = {WEB_USER: bcrypt.hashpw(WEB_PASSWORD.encode(), bcrypt.gensalt(4)).decode()}
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    from ..pki import issue, write
+
+    directory = tmp_path_factory.mktemp("pki")
+    ca, ca_key = issue("exporter test ca", None, None, ca=True)
+    write(directory, "ca", ca, ca_key)
+    write(directory, "server", *issue("exporter", ca_key, ca.subject, ca=False, server=True))
+    return directory
+
+
+@pytest.fixture
+def guarded(tmp_path):
+    """An exporter behind basic auth (bcrypt cost 4), no TLS; yields (port, server)."""
+    exporter = Exporter(load_config_text(minimal_config(), Path(".")), Catalog.load())
+    server = serve(exporter, "127.0.0.1", 0, WebConfigWatcher(_write_web_config(tmp_path / "web.yml", None, True)))
+    yield server.server_address[1], server
+    server.shutdown()
+    server.server_close()
+
+
+# ---------------------------------------------------------------- 20.2: bcrypt guessing vs. the cached scrape
+
+GUESSER = r'''
+import socket, sys, threading
+port, connections = int(sys.argv[1]), int(sys.argv[2])
+request = (b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic "
+           + __import__("base64").b64encode(b"prometheus:guess") + b"\r\n\r\n")
+def guess():
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.1", 0)) as s:
+                while True:  # keep-alive: a guess per request for as long as the server keeps the connection
+                    s.sendall(request)
+                    if not s.recv(65536):
+                        break
+        except OSError:
+            pass
+for _ in range(connections):
+    threading.Thread(target=guess, daemon=True).start()
+print("started", flush=True)
+threading.Event().wait()
+'''
+
+
+def test_password_guessers_do_not_delay_a_scrape_whose_credential_is_cached(tmp_path):
+    """60 keep-alive connections guessing passwords (cost-10 bcrypt, ~60 ms a check). Before: every uncached
+    check held one of the 4 workers while it waited on one process-wide bcrypt lock, so Prometheus' scrape,
+    whose credential is cached, queued behind them all (several seconds)."""
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump({"basic_auth_users": {
+        WEB_USER: bcrypt.hashpw(WEB_PASSWORD.encode(), bcrypt.gensalt(10)).decode()}}))
+    exporter = Exporter(load_config_text(minimal_config(), Path(".")), Catalog.load())
+    server = serve(exporter, "127.0.0.1", 0, WebConfigWatcher(path))
+    port = server.server_address[1]
+    authorization = {"Authorization": _basic(WEB_USER, WEB_PASSWORD)}
+    guessers = None
+    try:
+        assert _get(port, "/metrics", headers=authorization)[0] == 200  # Prometheus' credential is now cached
+        guessers = subprocess.Popen([sys.executable, "-c", GUESSER, str(port), "60"], stdout=subprocess.PIPE,
+                                    text=True)
+        assert guessers.stdout.readline().strip() == "started"
+        _wait_until(lambda: server.connections >= 30, what="the guessers to connect")
+        slowest = max(_get(port, "/metrics", headers=authorization)[2] for _ in range(5))
+    finally:
+        if guessers is not None:
+            guessers.kill()
+            guessers.wait()
+        server.shutdown()
+        server.server_close()
+    assert slowest < 1.0, f"a cached scrape waited {slowest:.2f}s behind password guessers"
+
+
+# ---------------------------------------------------------------- 20.3: the route and the pool from one parse
+
+
+@pytest.mark.parametrize("path", ["//probe?target=HANG1", "http://exporter/probe?target=HANG1"])
+def test_a_probe_spelled_otherwise_does_not_hold_the_metrics_workers(path):
+    """Before: the pool was chosen from the raw bytes (`GET /probe`), the route from the normalised path, so
+    `GET //probe?...` and the absolute form ran probes on the 4 /metrics workers and held them for the
+    scrape timeout."""
+    scenario = {"servers": [{"name": "HANG1", "address": "127.0.0.1", "build": "15.2.2562.53"}]}
+    with SimulatedFleet(relocate(scenario)) as fleet:
+        fleet.hosts["HANG1"].faults.hang = True
+        exporter = Exporter(fleet.config(timeout="15s"), Catalog.load())
+        server = serve(exporter, "127.0.0.1", 0, None)
+        port = server.server_address[1]
+        attackers = []
+        try:
+            request = (f"GET {path} HTTP/1.1\r\nHost: exporter\r\n"
+                       "X-Prometheus-Scrape-Timeout-Seconds: 6\r\n\r\n").encode()
+            for _ in range(6):
+                sock = socket.create_connection(("127.0.0.1", port), source_address=(ATTACKER, 0))
+                sock.sendall(request)
+                attackers.append(sock)
+            _wait_until(lambda: fleet.fleet.request_count("HANG1") >= 1 or any(map(_answered, attackers)),
+                        what="a probe to start, or the requests to be answered")
+            status, _, seconds = _get(port, "/metrics")
+        finally:
+            for sock in attackers:
+                sock.close()
+            server.shutdown()
+            server.server_close()
+            exporter.stop()
+    assert status == 200 and seconds < 1.0, f"/metrics answered after {seconds:.2f}s"
+
+
+# ---------------------------------------------------------------- 20.4: a reload never lowers security
+
+
+@pytest.mark.parametrize("case", ["empty", "cut after the first key", "users dropped", "TLS dropped"])
+def test_a_web_config_reload_never_lowers_security(tmp_path, pki, case, caplog):
+    """Before: an empty or cut-short file loaded as a valid config with no TLS and no users, silently."""
+    path = _write_web_config(tmp_path / "web.yml", pki, users=True)
+    watcher = WebConfigWatcher(path, check_interval=0)
+    good = watcher.current()
+    text = {
+        "empty": "",
+        "cut after the first key": "tls_server_config:\n",
+        "users dropped": _write_web_config(tmp_path / "tls-only.yml", pki, users=False).read_text(),
+        "TLS dropped": _write_web_config(tmp_path / "users-only.yml", None, users=True).read_text(),
+    }[case]
+    path.write_text(text)
+    with caplog.at_level(logging.WARNING, logger="exporter.webconfig"):
+        kept = watcher.current()
+    assert kept is good and kept.ssl_context() is not None and not kept.check_basic_auth(None)
+    assert any(record.levelno >= logging.ERROR for record in caplog.records), caplog.text
+    failures = {s.name: s.value for family in watcher.collect() for s in family.samples}
+    assert failures["exchange_exporter_web_config_reload_failures_total"] == 1
+    assert failures["exchange_exporter_web_config_last_reload_successful"] == 0
+
+
+def test_an_empty_web_config_is_refused_at_start(tmp_path):
+    path = tmp_path / "web.yml"
+    path.write_text("# rendered from a template that produced nothing\n")
+    with pytest.raises(WebConfigError, match="empty"):
+        WebConfigWatcher(path)
+
+
+# ---------------------------------------------------------------- 20.5: slots held by keep-alive clients
+
+
+def test_a_401_closes_the_connection(guarded):
+    """Before: a 401 kept the connection alive, so a client without a password could hold it with a tiny
+    request every few seconds."""
+    port, _ = guarded
+    started = time.monotonic()
+    response = raw_exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
+    assert _status(response) == 401
+    assert time.monotonic() - started < 2, "the connection stayed open after the 401"
+
+
+def test_idle_connections_make_room_for_a_new_client_at_the_cap(guarded, monkeypatch):
+    """Before: with every slot held by idle connections, Prometheus' connection was refused (reset)."""
+    port, server = guarded
+    attackers = [socket.create_connection(("127.0.0.1", port), source_address=(f"127.0.1.{1 + i % 16}", 0))
+                 for i in range(server.max_connections)]
+    try:
+        _wait_until(lambda: server.connections >= server.max_connections, what="every slot to be taken")
+        status, _, _ = _get(port, "/metrics", headers={"Authorization": _basic(WEB_USER, WEB_PASSWORD)})
+        assert status == 200
+    finally:
+        for sock in attackers:
+            sock.close()
+
+
+# ---------------------------------------------------------------- 20.7: slow readers
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+@pytest.mark.parametrize("distinct", [False, True], ids=["one body", "a body per request"])
+def test_clients_that_do_not_read_pin_bounded_memory(distinct):
+    """40 clients ask for a 7.5 MiB /metrics and never read it. Before: each pinned its own copies of the
+    body (head and body joined, then the transport's buffer) for the 30 s write deadline: 340-370 MiB for
+    30 clients. Now one body is written to every client without a copy, and distinct bodies held for
+    clients that do not read are bounded in all (plus those the workers are making)."""
+    body = b"# a large page\n" * (8 << 16)  # 7.5 MiB
+    calls = []
+
+    class LargeMetrics(Exporter):
+        def metrics_body(self, accept: str) -> tuple[bytes, str]:
+            calls.append(1)
+            own = body + b"# %d\n" % len(calls) if distinct else body
+            return own, "text/plain; version=0.0.4; charset=utf-8"
+
+    exporter = LargeMetrics(load_config_text(minimal_config(), Path(".")), Catalog.load())
+    server = serve(exporter, "127.0.0.1", 0, None)
+    readers = []
+    before = _rss()
+    try:
+        for _ in range(40):
+            sock = socket.create_connection(server.server_address, source_address=(ATTACKER, 0))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: exporter\r\n\r\n")
+            readers.append(sock)
+        _wait_until(lambda: all(map(_answered, readers)), what="every request to be answered (or cut)")
+        peak = max(_rss() for _ in range(25) if not time.sleep(0.04))
+        status, received, _ = _get(server.server_address[1], "/metrics")  # a reader that reads still gets it
+    finally:
+        for sock in readers:
+            sock.close()
+        server.shutdown()
+        server.server_close()
+    assert status == 200 and received.startswith(body)
+    bound = MAX_PINNED_BYTES + 8 * len(body) if distinct else 4 * len(body)
+    assert peak - before < bound, f"40 slow readers pinned {(peak - before) >> 20} MiB"
+
+
+# ---------------------------------------------------------------- 22.11: TLS close after Connection: close
+
+
+def test_tls_connection_close_is_answered_and_closed_promptly_with_close_notify(tmp_path, pki):
+    """Before: over TLS the answer to a `Connection: close` request was followed by 30 s of silence."""
+    exporter = Exporter(load_config_text(minimal_config(), Path(".")), Catalog.load())
+    server = serve(exporter, "127.0.0.1", 0, WebConfigWatcher(_write_web_config(tmp_path / "w.yml", pki, False)))
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    try:
+        with socket.create_connection(server.server_address, timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False) as tls:
+                started = time.monotonic()
+                tls.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                received = b""
+                while chunk := tls.recv(65536):  # SSLEOFError: closed without close_notify; timeout: not closed
+                    received += chunk
+                seconds = time.monotonic() - started
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _status(received) == 200 and received.endswith(b"Healthy\n")
+    assert seconds < 2, f"the connection closed {seconds:.1f}s after the request"
+
+
+def test_a_large_response_reaches_a_tls_reader_whole(tmp_path, pki):
+    """The TLS transport keeps its own write buffer limits (the 22.11 fix); a large body still arrives whole."""
+    body = b"# a large page\n" * (1 << 19)  # 7.5 MiB
+
+    class LargeMetrics(Exporter):
+        def metrics_body(self, accept: str) -> tuple[bytes, str]:
+            return body, "text/plain; version=0.0.4; charset=utf-8"
+
+    exporter = LargeMetrics(load_config_text(minimal_config(), Path(".")), Catalog.load())
+    server = serve(exporter, "127.0.0.1", 0, WebConfigWatcher(_write_web_config(tmp_path / "w.yml", pki, False)))
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    try:
+        with socket.create_connection(server.server_address, timeout=20) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                received = bytearray()
+                while chunk := tls.recv(1 << 20):
+                    received += chunk
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert received.endswith(body) and f"Content-Length: {len(body)}".encode() in received
+
+
+# ---------------------------------------------------------------- 22.12: basic auth's decoy cost
+
+
+def test_the_decoy_cost_of_an_unknown_name_is_not_computable_from_the_name(tmp_path):
+    """Before: the decoy's cost came from sha256(name), so anyone could compute which names answer at which
+    cost, and a name answering otherwise exists."""
+    costs = (4, 10)
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump({"basic_auth_users": {
+        f"user{cost}": bcrypt.hashpw(b"x", bcrypt.gensalt(cost)).decode() for cost in costs}}))
+    config = WebConfig.load(path)
+
+    def seconds(user: str) -> float:
+        started = time.monotonic()
+        assert not config.check_basic_auth(_basic(user, "wrong"))
+        return time.monotonic() - started
+
+    threshold = (seconds("user4") + seconds("user10")) / 2
+    names = [f"nobody{i}" for i in range(16)]
+    public = {name: costs[int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % 2] for name in names}
+    measured = {name: costs[seconds(name) > threshold] for name in names}
+    assert measured != public, "every unknown name answered at the cost its public hash predicts"
+
+
+# ---------------------------------------------------------------- 24.15: malformed heads
+
+
+@pytest.mark.parametrize(("head", "expected"), [
+    (b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", 413),
+    (b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nab", 400),
+    (b"GET /metrics HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+    (b"GET /metrics HTTP/1.1\nHost: x\r\n\r\n", 400),
+], ids=["over-long Content-Length", "two Content-Lengths", "space before colon", "bare LF"])
+def test_malformed_requests_are_refused_quietly(exporter_port, head, expected, caplog):
+    """Before: a Content-Length of 5,000 digits raised ValueError in the connection handler (no answer, an
+    ERROR with a traceback per request); the RFC 9112 cases were accepted."""
+    with caplog.at_level(logging.DEBUG):
+        response = raw_exchange(exporter_port, head)
+    assert _status(response) == expected, response[:200]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+# ---------------------------------------------------------------- 24.20: client certificates need a CA
+
+
+@pytest.mark.parametrize("auth", ["RequireAndVerifyClientCert", "VerifyClientCertIfGiven"])
+def test_client_certificates_without_a_client_ca_file_are_refused(tmp_path, pki, auth):
+    """Before: without client_ca_file the OS trust store (any public CA) verified client certificates."""
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump({"tls_server_config": {
+        "cert_file": str(pki / "server.crt"), "key_file": str(pki / "server.key"), "client_auth_type": auth}}))
+    with pytest.raises(WebConfigError, match="client_ca_file"):
+        WebConfig.load(path)

@@ -21,7 +21,8 @@ import yaml
 from exporter.catalog import Catalog
 from exporter.config import load_config
 from exporter.exporter import Exporter
-from exporter.http_server import serve
+from exporter.web import serve
+from simulator.host import Faults
 
 from ..conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, free_port, poll_all, relocate, samples
 
@@ -381,10 +382,10 @@ def test_a_probe_leaves_the_background_result_alone(fleet, tmp_path):
     path.write_text(config_for(fleet, ["EX47", "EX78"]))
     with served(path) as (exporter, base):
         poll_all(exporter.poller)
-        fleet.hosts["EX47"].faults.refuse_connections = True
+        fleet.set_faults("EX47", Faults(refuse_connections=True))
         try:
             with urllib.request.urlopen(base + "/probe?target=EX47", timeout=30) as response:
                 assert up(samples(response.read().decode()), "EX47") == 0
         finally:
-            fleet.hosts["EX47"].faults.refuse_connections = False
+            fleet.set_faults("EX47")
         assert up(scrape(base), "EX47") == 1

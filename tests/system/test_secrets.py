@@ -38,7 +38,7 @@ FLEET = {
     "OK-BASIC": ("basic-https", {"scheme": "https"}, None),
     "REFUSED": ("ntlm-http", {"faults": {"refuse_connections": True}}, {"connection_refused"}),
     "RESET": ("ntlm-http", {"faults": {"reset_mid_response": True}}, {"connection_error"}),
-    "HANG": ("ntlm-http", {"faults": {"hang": True}}, {"timeout", "deadline_exceeded"}),
+    "HANG": ("ntlm-http", {"faults": {"hang": True}}, {"timeout"}),
     "UNAUTH": ("ntlm-http", {"faults": {"unauthorized": True}}, {"auth_failed"}),
     "UNAUTH-BASIC": ("basic-https", {"scheme": "https", "faults": {"unauthorized": True}}, {"auth_failed"}),
     "DENIED": ("ntlm-https", {"scheme": "https", "faults": {"fault_code": 5}}, {"access_denied"}),
@@ -47,7 +47,7 @@ FLEET = {
     "TRUNCATED": ("ntlm-http", {"output_faults": {"truncated_output": True}}, {"truncated_output"}),
     "OVERSIZED": ("ntlm-http", {"output_faults": {"oversized_output": 200_000}}, {"output_too_large"}),
     "EXIT1": ("ntlm-http", {"output_faults": {"exit_code": 1}}, {"script_failed"}),
-    "SLOW": ("ntlm-http", {"output_faults": {"script_runtime": 30}}, {"timeout", "deadline_exceeded"}),
+    "SLOW": ("ntlm-http", {"output_faults": {"script_runtime": 30}}, {"timeout"}),
 }
 
 

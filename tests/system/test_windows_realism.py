@@ -22,7 +22,7 @@ import yaml
 
 from exporter.catalog import Catalog
 from exporter.exporter import Exporter
-from exporter.http_server import serve
+from exporter.web import serve
 from exporter.scripts import ServerScriptParameters, powershell_command, server_script
 from exporter.collectors import script_failure
 from simulator.scenario import scenario_from_dict
@@ -313,6 +313,8 @@ KNOBS = {
     # three million records: about 90 s for a query that reads them all, beyond the poll's timeout
     "application_log_events": ({"application_log_events": 3_000_000}, set(), {}),
     "language_mode: constrained": ({"language_mode": "constrained"}, {BLIND_CLM}, {}),
+    # the Application log and the service denied (a least-privilege account): blind, and said so, never a page
+    "unreadable: [events]": (LOG_ONLY, {("ExchangeCollectorBlind", "warning", "access_denied")}, {}),
     # no shell at all: the poll fails, so the page is the exporter's own
     "remote_shell: disabled": ({"remote_shell": "disabled"}, CANNOT_POLL, {}),
 }

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from exporter.config import ConfigError, load_config, load_config_text
 
@@ -414,3 +415,29 @@ def test_spn_hostname_is_a_dns_name(value, phrase):
     assert caught.value.path == "servers[0].spn_hostname"
     config = load_config_text(MODULE + servers("{name: EX01, address: 10.0.0.1, spn_hostname: EX01.Contoso.COM}"), Path("."))
     assert config.servers[0].spn_hostname == "ex01.contoso.com"
+
+
+def _psrp_config(tmp_path, **module):
+    text = yaml.safe_dump({"modules": {"m": {"username": "EXCH\\svc_monitor", "password_env": PASSWORD_ENV, **module}},
+                           "servers": ["EX01"]})
+    return load_config_text(text, tmp_path).modules["m"]
+
+
+def test_psrp_modules(tmp_path):
+    jea = _psrp_config(tmp_path, protocol="psrp")
+    assert (jea.protocol, jea.configuration_name, jea.path, jea.keep_runspace) == ("psrp", "ExchangeEemsExporter", "wsman", True)
+    exchange = _psrp_config(tmp_path, protocol="psrp", configuration_name="Microsoft.Exchange", keep_runspace=False)
+    assert exchange.path == "PowerShell" and not exchange.keep_runspace
+    assert _psrp_config(tmp_path).protocol == "winrs"
+
+
+@pytest.mark.parametrize("module, key", [
+    ({"configuration_name": "ExchangeEemsExporter"}, "configuration_name"),  # without protocol psrp
+    ({"protocol": "psrp", "configuration_name": "a b"}, "configuration_name"),
+    ({"protocol": "psrp", "path": "../x"}, "path"),
+    ({"protocol": "psrpx"}, "protocol"),
+])
+def test_psrp_keys_are_checked(tmp_path, module, key):
+    with pytest.raises(ConfigError) as error:
+        _psrp_config(tmp_path, **module)
+    assert f"modules.m.{key}" in str(error.value)

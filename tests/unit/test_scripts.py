@@ -4,7 +4,10 @@ invariant error ids rather than localized texts, and no value can break out of i
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
+
+import pytest
 
 from exporter.config import ConfigError, load_config_text
 from exporter.scripts import (
@@ -31,7 +34,7 @@ def test_marker_and_parameter_line():
     lines = server_script(params("http://proxy.contoso.com:8080/")).splitlines()
     assert lines[0] == SERVER_MARKER
     assert lines[1] == ("$P=@{LookbackHours=24;MaxEvents=200;LogTailBytes=65536;CheckEndpoint=1;"
-                        "EndpointTimeoutSec=10;Proxy='http://proxy.contoso.com:8080/'}")
+                        "EndpointTimeoutSec=10;Proxy='http://proxy.contoso.com:8080/';ProxyDefaultCredentials=0}")
 
 
 def test_command_is_utf16_base64_of_the_script():
@@ -103,7 +106,7 @@ def test_a_hostile_proxy_value_never_reaches_the_script():
     for hostile in ("http://x';Remove-Item C:\\ -Recurse;'", "http://x\u2019;calc;\u2018", "http://a b/",
                     "http://user:secret@proxy:8080/", "javascript:alert(1)"):
         line = server_script(params(hostile)).splitlines()[1]
-        assert line.endswith(";Proxy=''}"), hostile
+        assert ";Proxy='';" in line, hostile
 
 
 # Proxy URLs the configuration (servers[].endpoint_proxy) and Active Directory (InternetWebProxy) may give.
@@ -124,10 +127,22 @@ def test_the_script_keeps_every_proxy_url_the_configuration_accepts():
             configured = True
         except ConfigError:
             configured = False
-        kept = server_script(params(url)).splitlines()[1].endswith(f";Proxy='{url}'}}")
+        kept = f";Proxy='{url}';" in server_script(params(url)).splitlines()[1]
         assert (configured, kept) == (url in PROXY_URLS_ACCEPTED,) * 2, url
 
 
 def test_script_text_is_ascii():
     for script in (server_script(params()), organization_script()):
         script.encode("ascii")
+
+
+@pytest.mark.parametrize("script", ["collect_server.ps1", "collect_organization.ps1", "diagnose_server.ps1"])
+def test_scripts_need_no_more_than_powershell_3(script):
+    """Review R16: Windows Server 2012 R2 runs Exchange 2016 with its in-box PowerShell 4.0; the scripts use
+    nothing of 5.0 (docs/design.md, "Which PowerShell")."""
+    from exporter.scripts import _body
+
+    text = _body(script)
+    for construct in (r"::new\(", r"^\s*class\s", r"^\s*enum\s", r"^\s*using\s", r"\bConvertFrom-Json\b.*-AsHashtable",
+                      r"\bGet-ComputerInfo\b", r"\bGet-TimeZone\b", r"\b-Depth\s+\d+\s+-AsArray\b"):
+        assert not re.search(construct, text, re.MULTILINE | re.IGNORECASE), (script, construct)

@@ -1,6 +1,6 @@
 """End-to-end checks of the web-config: a real TLS server on loopback, real clients, and promtool.
 
-The server below uses WebConfigWatcher exactly as exporter/http_server.py is meant to: the SSL context
+The server below uses WebConfigWatcher exactly as exporter/web/transport.py does: the SSL context
 per accepted connection, basic auth and extra headers per request.
 """
 
@@ -71,7 +71,7 @@ def load_valid(path: Path) -> WebConfig:
     return WebConfig.load(path)
 
 
-# --- a test server that uses the watcher the way http_server.py will --------------------------------
+# --- a test server that uses the watcher the way exporter/web/transport.py does-----------------------------
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -158,7 +158,7 @@ def test_plain_http_with_basic_auth_and_headers(tmp_path, serve, password_hash):
 
 
 def test_no_users_means_open(tmp_path):
-    config = load_valid(write_config(tmp_path, ""))
+    config = load_valid(write_config(tmp_path, "{}\n"))
     assert config.check_basic_auth(None) is True
     assert config.ssl_context() is None
 
@@ -311,9 +311,22 @@ def test_watcher_keeps_last_good_config_on_bad_edit(tmp_path, password_hash, cap
         assert watcher.current() is first
     assert "basic_auth_users.prometheus" in caplog.text
     assert "plaintext-oops" not in caplog.text
-    path.write_text("basic_auth_users: {}\n")
+    path.write_text(f"basic_auth_users:\n  grafana: '{password_hash}'\n")
     clock.advance(1.1)
-    assert watcher.current().check_basic_auth(None) is True
+    assert watcher.current().check_basic_auth("Basic " + base64.b64encode(f"grafana:{PASSWORD}".encode()).decode())
+
+
+def test_a_reload_keeps_verified_credentials(tmp_path, password_hash, monkeypatch):
+    """Prometheus' credential stays verified across a reload that keeps its user and hash: its next scrape
+    costs no bcrypt (and cannot queue behind password guessers)."""
+    path = write_config(tmp_path, f"basic_auth_users:\n  prometheus: '{password_hash}'\n")
+    watcher = WebConfigWatcher(path, check_interval=0)
+    header = "Basic " + base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()
+    assert watcher.current().check_basic_auth(header)
+    path.write_text(f"basic_auth_users:\n  prometheus: '{password_hash}'\n  grafana: '{password_hash}'\n")
+    reloaded = watcher.current()
+    assert "grafana" in reloaded.users
+    assert reloaded.cached_verdict(header) is True
 
 
 def test_watcher_refuses_a_bad_file_at_startup(tmp_path):

@@ -51,9 +51,9 @@ def test_the_function_is_the_script_winrs_sends(written):
     assert f"Name = '{windows_endpoint.FUNCTION_NAME}'" in role
     # the function fills $P as the WinRS parameter line does, with every parameter the script reads
     assert "$P=@{LookbackHours=$LookbackHours;MaxEvents=$MaxEvents;LogTailBytes=$LogTailBytes;" \
-           "CheckEndpoint=$CheckEndpoint;EndpointTimeoutSec=$EndpointTimeoutSec;Proxy=''}" in role
+           "CheckEndpoint=$CheckEndpoint;EndpointTimeoutSec=$EndpointTimeoutSec;Proxy='';ProxyDefaultCredentials=0}" in role
     read_by_script = set(re.findall(r"\$P\.(\w+)", body))
-    assert read_by_script <= {name for name, _, _, _ in windows_endpoint.PARAMETERS} | {"Proxy"}
+    assert read_by_script <= {name for name, _, _, _ in windows_endpoint.PARAMETERS} | {"Proxy", "ProxyDefaultCredentials"}
     assert f"\n'{windows_endpoint.endpoint_version()}'\n" in role  # its first output
 
 
@@ -63,7 +63,7 @@ def test_the_proxy_is_fixed_by_the_admin_not_the_caller(tmp_path):
         "ExchangeEemsExporter/RoleCapabilities/ExchangeEemsReader.psrc"]
     parameters = role.split("param(", 1)[1].split(")\n", 1)[0]
     assert "Proxy" not in parameters
-    assert ";Proxy='http://proxy.contoso.com:8080'}" in role
+    assert ";Proxy='http://proxy.contoso.com:8080';ProxyDefaultCredentials=0}" in role
     assert windows_endpoint.build(GROUP, proxy="http://proxy.contoso.com:8080").version == windows_endpoint.endpoint_version()
     for bad in ("http://x'; Remove-Item C:\\ -Recurse; '", "ftp://proxy", "http://user:pw@proxy:8080"):
         with pytest.raises(ValueError):

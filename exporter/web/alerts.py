@@ -1,0 +1,353 @@
+"""Which alerts would fire now: the shipped rules, evaluated on this exporter's own samples.
+
+One source of truth: the rules are read from `exporter/data/alert_rules.yml`, the file `exchange-eems-exporter
+rules` turns into the rule file Prometheus loads; nothing here restates a condition. Their PromQL is evaluated
+for one instant over the samples this exporter serves on /metrics, with `job` and `instance` set as a scrape
+would (one exporter: the same for every series). The rules use a small part of PromQL: instant selectors,
+comparisons and arithmetic with numbers and `time()`, `and`/`or`/`unless` with `on(...)`, and one comparison
+`on(...) group_left()`. That part is evaluated here; anything else in a rule is a `PromQLError`, and a test
+parses every rule of the source, so a rule written beyond it cannot be skipped silently. `for:` cannot be
+judged from one instant: an alert whose condition holds now is reported with its `for:`, "fires after it
+holds that long". Series that this exporter does not serve (`up`) match nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+import time
+from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+from typing import Iterable, Union
+
+import yaml
+
+JOB, INSTANCE = "exchange-eems", "self"
+Labels = frozenset  # of (name, value) pairs, without __name__
+Vector = dict[Labels, float]
+Value = Union[float, Vector]
+
+
+class PromQLError(ValueError):
+    """PromQL outside the part this evaluator understands."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str  # the alert, or the recorded series
+    expr: "_Node"
+    alert: bool
+    hold: str  # `for:` ("" when none)
+    severity: str
+
+
+@dataclass(frozen=True)
+class Firing:
+    alert: str
+    severity: str
+    hold: str
+    labels: dict[str, str]
+
+
+# ------------------------------------------------------------------ parsing
+
+_TOKEN = re.compile(r"""\s*(?:
+    (?P<number>\d+(?:\.\d+)?(?:e[+-]?\d+)?) |
+    (?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*) |
+    (?P<string>"(?:[^"\\]|\\.)*") |
+    (?P<op>==|!=|>=|<=|=~|!~|[-+*/<>(){},=])
+)""", re.VERBOSE)
+_COMPARISONS = {"==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt, ">=": operator.ge,
+                "<=": operator.le}
+_ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": lambda a, b: a / b if b else math.nan}
+_LEVELS = [("or",), ("and", "unless"), tuple(_COMPARISONS), ("+", "-"), ("*", "/")]
+
+
+@dataclass(frozen=True)
+class _Node:
+    kind: str  # number | time | selector | binary
+    value: float = 0.0
+    name: str = ""
+    matchers: tuple[tuple[str, str, str], ...] = ()
+    op: str = ""
+    left: "_Node | None" = None
+    right: "_Node | None" = None
+    on: tuple[str, ...] | None = None
+    group_left: bool = False
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    out, position = [], 0
+    text = text.rstrip()
+    while position < len(text):
+        match = _TOKEN.match(text, position)
+        if not match or match.end() == position:
+            raise PromQLError(f"cannot read {text[position:position + 30]!r}")
+        kind = match.lastgroup
+        out.append((kind, match.group(kind)))
+        position = match.end()
+    return out
+
+
+class _Parser:
+    def __init__(self, text: str):
+        self.tokens = _tokens(text)
+        self.i = 0
+
+    def peek(self) -> str | None:
+        return self.tokens[self.i][1] if self.i < len(self.tokens) else None
+
+    def take(self, expected: str | None = None) -> str:
+        if self.i >= len(self.tokens):
+            raise PromQLError("unexpected end of expression")
+        value = self.tokens[self.i][1]
+        if expected is not None and value != expected:
+            raise PromQLError(f"expected {expected!r}, got {value!r}")
+        self.i += 1
+        return value
+
+    def parse(self) -> _Node:
+        node = self.binary(0)
+        if self.peek() is not None:
+            raise PromQLError(f"unexpected {self.peek()!r}")
+        return node
+
+    def binary(self, level: int) -> _Node:
+        if level == len(_LEVELS):
+            return self.unary()
+        node = self.binary(level + 1)
+        while self.peek() in _LEVELS[level]:
+            op = self.take()
+            on, group_left = self.modifiers()
+            node = _Node("binary", op=op, left=node, right=self.binary(level + 1), on=on, group_left=group_left)
+        return node
+
+    def modifiers(self) -> tuple[tuple[str, ...] | None, bool]:
+        if self.peek() in ("bool", "ignoring", "group_right"):
+            raise PromQLError(f"{self.peek()} is not supported")
+        on = None
+        if self.peek() == "on":
+            self.take()
+            on = self.label_list()
+        group_left = False
+        if self.peek() == "group_left":
+            self.take()
+            group_left = True
+            if self.label_list():
+                raise PromQLError("group_left with labels is not supported")
+        return on, group_left
+
+    def label_list(self) -> tuple[str, ...]:
+        self.take("(")
+        names = []
+        while self.peek() != ")":
+            names.append(self.take())
+            if self.peek() == ",":
+                self.take()
+        self.take(")")
+        return tuple(names)
+
+    def unary(self) -> _Node:
+        token = self.peek()
+        if token == "(":
+            self.take()
+            node = self.binary(0)
+            self.take(")")
+            return node
+        if token == "-":
+            self.take()
+            return _Node("binary", op="*", left=_Node("number", value=-1.0), right=self.unary())
+        kind, value = self.tokens[self.i] if self.i < len(self.tokens) else (None, None)
+        if kind == "number":
+            self.take()
+            return _Node("number", value=float(value))
+        if kind == "name":
+            self.take()
+            if value == "time":
+                self.take("(")
+                self.take(")")
+                return _Node("time")
+            if self.peek() == "(" or value in ("by", "without", "offset"):
+                raise PromQLError(f"function or aggregation {value}() is not supported")
+            return _Node("selector", name=value, matchers=self.matchers())
+        raise PromQLError(f"unexpected {value!r}")
+
+    def matchers(self) -> tuple[tuple[str, str, str], ...]:
+        if self.peek() != "{":
+            return ()
+        self.take()
+        out = []
+        while self.peek() != "}":
+            label = self.take()
+            op = self.take()
+            if op not in ("=", "!=", "=~", "!~"):
+                raise PromQLError(f"bad matcher operator {op!r}")
+            literal = self.take()
+            out.append((label, op, yaml.safe_load(literal)))  # a double-quoted string, escapes as in YAML
+            if self.peek() == ",":
+                self.take()
+        self.take("}")
+        if self.peek() == "[":
+            raise PromQLError("range selectors are not supported")
+        return tuple(out)
+
+
+@cache
+def parse(text: str) -> _Node:
+    return _Parser(text).parse()
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+class _Samples:
+    """Every sample of one instant, by metric name."""
+
+    def __init__(self, samples: Iterable[tuple[str, dict[str, str], float]]):
+        self.by_name: dict[str, Vector] = {}
+        for name, labels, value in samples:
+            self.by_name.setdefault(name, {})[frozenset({**labels, "job": JOB, "instance": INSTANCE}.items())] = value
+
+
+def _select(samples: _Samples, node: _Node) -> Vector:
+    series = samples.by_name.get(node.name, {})
+    if not node.matchers:
+        return dict(series)
+    out = {}
+    for labels, value in series.items():
+        given = dict(labels)
+        if all(_matches(given.get(label, ""), op, wanted) for label, op, wanted in node.matchers):
+            out[labels] = value
+    return out
+
+
+def _matches(value: str, op: str, wanted: str) -> bool:
+    if op == "=":
+        return value == wanted
+    if op == "!=":
+        return value != wanted
+    hit = re.fullmatch(wanted, value) is not None
+    return hit if op == "=~" else not hit
+
+
+def _key(labels: Labels, on: tuple[str, ...] | None) -> Labels:
+    return labels if on is None else frozenset((k, v) for k, v in labels if k in on)
+
+
+def evaluate(node: _Node, samples: _Samples, now: float) -> Value:
+    if node.kind == "number":
+        return node.value
+    if node.kind == "time":
+        return now
+    if node.kind == "selector":
+        return _select(samples, node)
+    left, right = evaluate(node.left, samples, now), evaluate(node.right, samples, now)
+    if node.op in ("and", "or", "unless"):
+        if not isinstance(left, dict) or not isinstance(right, dict):
+            raise PromQLError(f"{node.op} needs two vectors")
+        keys = {_key(labels, node.on) for labels in right}
+        if node.op == "and":
+            return {labels: v for labels, v in left.items() if _key(labels, node.on) in keys}
+        if node.op == "unless":
+            return {labels: v for labels, v in left.items() if _key(labels, node.on) not in keys}
+        mine = {_key(labels, node.on) for labels in left}
+        return {**left, **{labels: v for labels, v in right.items() if _key(labels, node.on) not in mine}}
+    compare = _COMPARISONS.get(node.op)
+    function = compare or _ARITHMETIC[node.op]
+    if not isinstance(left, dict) and not isinstance(right, dict):
+        return float(function(left, right))
+    if not isinstance(right, dict):
+        return _with_scalar(left, lambda v: function(v, right), compare is not None)
+    if not isinstance(left, dict):
+        return _with_scalar(right, lambda v: function(left, v), compare is not None)
+    return _vectors(node, left, right, function, compare is not None)
+
+
+def _with_scalar(vector: Vector, apply, filtering: bool) -> Vector:
+    """A comparison keeps the vector's elements (and values) where it holds; arithmetic maps the values."""
+    if filtering:
+        return {labels: v for labels, v in vector.items() if apply(v)}
+    return {labels: float(apply(v)) for labels, v in vector.items()}
+
+
+def _vectors(node: _Node, left: Vector, right: Vector, function, filtering: bool) -> Vector:
+    by_key: dict[Labels, float] = {}
+    for labels, value in right.items():
+        key = _key(labels, node.on)
+        if key in by_key:
+            raise PromQLError("many-to-many matching: the right side has two series for one key")
+        by_key[key] = value
+    out = {}
+    for labels, value in left.items():
+        other = by_key.get(_key(labels, node.on))
+        if other is None:
+            continue
+        if filtering:
+            if function(value, other):
+                out[labels] = value
+        else:
+            out[labels] = float(function(value, other))
+    if not node.group_left and len({_key(labels, node.on) for labels in out}) != len(out):
+        raise PromQLError("many-to-one matching needs group_left")
+    return out
+
+
+# ------------------------------------------------------------------ the rules
+
+
+@cache
+def rules() -> tuple[Rule, ...]:
+    """The shipped rules, in the order Prometheus evaluates them (recording rules before the alerts using them)."""
+    source = yaml.safe_load(files("exporter").joinpath("data/alert_rules.yml").read_text(encoding="utf-8"))
+    out = []
+    for group in source["groups"]:
+        for rule in group["rules"]:
+            alert = "alert" in rule
+            out.append(Rule(rule["alert"] if alert else rule["record"], parse(rule["expr"]), alert,
+                            rule.get("for", ""), rule.get("labels", {}).get("severity", "")))
+    return tuple(out)
+
+
+_SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_UNESCAPE = re.compile(r"\\(.)")
+
+
+def samples(text: bytes, server: str | None = None) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of a /metrics body in the Prometheus text format (as this exporter writes it), or only
+    those of one server and those of no server. A line parser: prometheus_client's takes seconds at 2,000
+    servers, and the pages read the whole body."""
+    out = []
+    wanted = f'server="{server}"' if server is not None else None
+    for line in text.decode("utf-8").splitlines():
+        if not line or line[0] == "#":
+            continue
+        if wanted is not None and 'server="' in line and wanted not in line:
+            continue
+        match = _SAMPLE.fullmatch(line)
+        if match is None:
+            raise PromQLError(f"not a sample line: {line[:80]!r}")
+        name, rendered, value = match.groups()
+        labels = {k: _UNESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), v)
+                  for k, v in _LABEL.findall(rendered or "")}
+        out.append((name, labels, float(value)))
+    return out
+
+
+def firing(samples: Iterable[tuple[str, dict[str, str], float]], now: float | None = None) -> list[Firing]:
+    """The alerts whose condition holds at `now` over these samples (each with its labels)."""
+    now = time.time() if now is None else now
+    instant = _Samples(samples)
+    out = []
+    for rule in rules():
+        result = evaluate(rule.expr, instant, now)
+        if not isinstance(result, dict):
+            raise PromQLError(f"{rule.name}: the expression is a number, not a vector")
+        if not rule.alert:
+            instant.by_name[rule.name] = {labels: v for labels, v in result.items()}
+            continue
+        for labels in result:
+            out.append(Firing(rule.name, rule.severity, rule.hold, dict(labels)))
+    return out

@@ -1,0 +1,255 @@
+"""What each route answers: plain functions from a parsed `Request` and a read-only `View` to a `Response`.
+
+No handler touches a socket, the web config or the exporter's internals. They validate the request, ask
+the `View` (the `Exporter`'s narrow read interface) and say what to send. The transport (`transport.py`)
+has already read the whole request, authenticated it, and chosen the worker pool from the same route
+(`ROUTES`), so a route and its pool can never disagree.
+`/probe` polls only servers the configuration names or the organization collector discovered: an unknown
+target is refused before any connection is attempted.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+from urllib.parse import parse_qs
+
+from prometheus_client.exposition import choose_encoder
+
+from .. import __version__
+from ..config import ModuleConfig, scheme_problem
+from ..exposition import probe_body
+from ..model import OrganizationResult, ServerResult
+from ..runtime import Target
+from . import alerts, pages
+from .request import Request
+
+PROBE_TIMEOUT_OFFSET_SECONDS = 0.5
+TEXT = "text/plain; charset=utf-8"
+HTML = "text/html; charset=utf-8"
+
+
+class View(Protocol):
+    """What the handlers may read from the running exporter (`Exporter` implements it), and the two things
+    they may ask of it: a probe and a reload."""
+
+    def snapshot(self) -> tuple[list[ServerResult], OrganizationResult | None]: ...
+    def targets(self) -> tuple[Target, ...]: ...
+    def target(self, name: str) -> Target | None: ...
+    def module(self, name: str) -> ModuleConfig | None: ...
+    def ready(self) -> bool: ...
+    def metrics_body(self, accept: str) -> tuple[bytes, str]: ...
+    def probe_body(self, target: str, module: str | None, timeout: float | None,
+                   accept: str) -> tuple[bytes, str]: ...
+    def probe(self, target: str, module: str | None, timeout: float | None) -> ServerResult: ...
+    def reload(self) -> tuple[bool, str]: ...
+    def scrub(self, text: str) -> str: ...
+
+
+class SharedMetrics:
+    """A `View` whose /metrics body is made once for every request of the same format that arrives while it is
+    being made: they all get that body, the same bytes object (as fresh as theirs would be, a few ms older).
+
+    At 2,000 servers a body is several MiB and making it allocates a few times that; a burst of scrapes (or
+    clients that ask and never read) would otherwise hold one body and its transients per request.
+    """
+
+    def __init__(self, view: View):
+        self._view = view
+        self._lock = threading.Lock()
+        self._making: dict[str, Future] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self._view, name)
+
+    def metrics_body(self, accept: str) -> tuple[bytes, str]:
+        key = choose_encoder(accept)[1]
+        with self._lock:
+            making = self._making.get(key)
+            if making is None:
+                making = self._making[key] = Future()
+                mine = True
+            else:
+                mine = False
+        if not mine:
+            return making.result()
+        try:
+            making.set_result(self._view.metrics_body(accept))
+        except BaseException as error:
+            making.set_exception(error)
+        finally:
+            with self._lock:
+                del self._making[key]
+        return making.result()
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = TEXT
+    headers: tuple[tuple[str, str], ...] = ()
+    compressible: bool = False  # a large body that may be sent gzipped when the client accepts it
+
+
+def text(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return Response(status, message.encode(), TEXT, headers)
+
+
+Handler = Callable[[Request, View], Response]
+
+
+@dataclass(frozen=True)
+class Route:
+    handler: Handler
+    methods: tuple[str, ...] = ("GET", "HEAD")
+    pool: str = "general"  # "probe" waits for a poll, "pages" costs about a second at 2,000 servers: neither
+    # ever runs on the workers /metrics needs
+    allow: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allow", ", ".join(self.methods))
+
+
+# ------------------------------------------------------------ the routes
+
+
+def _html(view: View, page: bytes) -> Response:
+    """A page: its text scrubbed of every secret (servers' text is on it), and no script allowed to run."""
+    return Response(200, view.scrub(page.decode()).encode(), HTML, (("Content-Security-Policy", pages.CSP),),
+                    compressible=True)
+
+
+def _rows(view: View, servers: list[ServerResult], one: str | None = None) -> tuple[list[pages.Row], list[alerts.Firing]]:
+    """Each server with the alerts that would fire for it now, and those that are not about one server (read
+    from /metrics' own body: the series the rules read; of server `one` only, when given)."""
+    body, _ = view.metrics_body("text/plain")
+    per_server: dict[str, list[alerts.Firing]] = {}
+    exporter_level = []
+    for firing in alerts.firing(alerts.samples(body, server=one)):
+        name = firing.labels.get("server")
+        if name is None:
+            exporter_level.append(firing)
+        else:
+            per_server.setdefault(name.lower(), []).append(firing)
+    return [pages.Row(r, tuple(per_server.get(r.name.lower(), ()))) for r in servers], exporter_level
+
+
+def landing(request: Request, view: View) -> Response:
+    state = parse_qs(request.query, max_num_fields=10).get("state", [None])[0] if request.query else None
+    if state is not None and state not in pages.STATES:
+        return text(400, f"Unknown state; one of {', '.join(pages.STATES)}\n")
+    servers, _ = view.snapshot()
+    rows, exporter_level = _rows(view, servers)
+    targets = view.targets()
+    return _html(view, pages.fleet(rows, exporter_level, state, __version__, targets[0].name if targets else "SERVER"))
+
+
+def server(request: Request, view: View) -> Response:
+    try:
+        names = parse_qs(request.query, max_num_fields=10).get("name", [])
+    except ValueError:
+        names = []
+    if len(names) != 1:
+        return text(400, "Exactly one 'name' parameter is required\n")
+    servers, _ = view.snapshot()
+    chosen = [r for r in servers if r.name.lower() == names[0].lower()]
+    rows, _ = _rows(view, chosen, chosen[0].name) if chosen else ([], [])
+    if not rows:
+        return text(404, f"No server {names[0][:256]!r} is polled by this exporter\n")
+    return _html(view, pages.server(rows[0], pages.timings(rows[0].result)))
+
+
+def metrics(request: Request, view: View) -> Response:
+    body, content_type = view.metrics_body(request.header("accept"))
+    return Response(200, body, content_type, compressible=True)
+
+
+def healthy(request: Request, view: View) -> Response:
+    return text(200, "Healthy\n")
+
+
+def ready(request: Request, view: View) -> Response:
+    if view.ready():
+        return text(200, "Ready\n")
+    return text(503, "Not ready: the first poll of every server has not finished yet\n")
+
+
+def reload(request: Request, view: View) -> Response:
+    ok, message = view.reload()
+    return text(200 if ok else 500, message + "\n")
+
+
+def probe(request: Request, view: View) -> Response:
+    try:
+        params = parse_qs(request.query, keep_blank_values=True, max_num_fields=10)
+    except ValueError:
+        return text(400, "Too many query parameters: /probe takes 'target' and 'module'\n")
+    targets = params.get("target", [])
+    modules = params.get("module", [])
+    debug = params.get("debug", ["false"])
+    if len(targets) != 1 or not targets[0]:
+        return text(400, "Exactly one 'target' parameter is required\n")
+    if len(modules) > 1:
+        return text(400, "At most one 'module' parameter is allowed\n")
+    if debug not in (["true"], ["false"]):
+        return text(400, "'debug' is true or false\n")
+    name, module_name = targets[0], (modules[0] if modules else None)
+    module = view.module(module_name) if module_name is not None else None
+    if module_name is not None and module is None:
+        return text(400, f"Unknown module {module_name[:64]!r}\n")
+    target = view.target(name)
+    if target is None:
+        return text(400, f"Unknown target {name[:256]!r}: only configured or discovered servers can be probed\n")
+    problem = module and scheme_problem(module.transport, target.scheme, module.allow_basic_over_http)
+    if problem:
+        return text(400, f"Module {module_name!r} cannot be used with target {target.name!r} ({target.scheme}): "
+                         f"{problem}\n")
+    timeout = None
+    header = request.header("x-prometheus-scrape-timeout-seconds")
+    if header:
+        try:
+            seconds = float(header)
+        except ValueError:
+            seconds = math.nan
+        if not (math.isfinite(seconds) and seconds > 0):  # nan would become a deadline that has passed
+            return text(400, "Invalid X-Prometheus-Scrape-Timeout-Seconds header: expected seconds > 0\n")
+        # the scrape timeout runs from when the request arrived: time queued for a worker counts
+        timeout = max(1.0, seconds - PROBE_TIMEOUT_OFFSET_SECONDS - (time.monotonic() - request.received))
+    if debug == ["true"]:  # blackbox_exporter's debug output: the steps and what they found, as text
+        result = view.probe(name, module_name, timeout)
+        metrics, _ = probe_body(result, "text/plain")
+        firing = tuple(alerts.firing(alerts.samples(metrics)))
+        page = pages.probe_debug(result, pages.Row(result, firing), metrics).decode()
+        return Response(200, view.scrub(page).encode(), TEXT, (("X-Content-Type-Options", "nosniff"),),
+                        compressible=True)  # server text as plain text, never sniffed as HTML
+    body, content_type = view.probe_body(name, module_name, timeout, request.header("accept"))
+    return Response(200, body, content_type, compressible=True)
+
+
+ROUTES: dict[str, Route] = {
+    "/": Route(landing, pool="pages"),
+    "/server": Route(server, pool="pages"),
+    "/metrics": Route(metrics),
+    "/probe": Route(probe, pool="probe"),
+    "/-/healthy": Route(healthy),
+    "/-/ready": Route(ready),
+    "/-/reload": Route(reload, methods=("POST",)),
+}
+KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"}
+
+
+def route(request: Request) -> Route | Response:
+    """The route for this request, or the answer when there is none (404, 405, 501)."""
+    chosen = ROUTES.get(request.path)
+    if request.method not in KNOWN_METHODS:
+        return text(501, "Unsupported method\n")
+    if chosen is None:
+        return text(404, "Not found. Try /metrics or /probe?target=SERVER\n")
+    if request.method not in chosen.methods:
+        return text(405, "Method not allowed\n", (("Allow", chosen.allow),))
+    return chosen

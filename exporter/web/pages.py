@@ -1,0 +1,231 @@
+"""The exporter's own HTML pages: the fleet at `/`, one server at `/server?name=X`, and `/probe?debug=true`'s text.
+
+Plain HTML with a little CSS and no JavaScript. Everything a server sent is hostile: every value goes through
+`_e` (HTML escaping) and every link parameter through `quote`, and the pages are served with a
+Content-Security-Policy that allows no script at all.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from urllib.parse import quote
+
+from ..alert_rules import DEFAULT_RUNBOOK_BASE
+from ..model import ServerResult
+from .alerts import Firing
+
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; form-action 'self'"
+_SAME_FOR_A_ROW = {"server", "job", "instance", "collector"}  # labels an alert's row or the page already says
+STATES = ("critical", "failed", "warning", "info", "ok", "pending")  # worst first: the order of the table
+_STYLE = """body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;width:100%}th,td{border-bottom:1px solid #ddd;padding:4px 6px;text-align:left;
+vertical-align:top}th{background:#f4f4f4;position:sticky;top:0}.state{font-weight:600;border-radius:3px;
+padding:1px 6px;color:#fff}.critical{background:#b00020}.failed{background:#6a1b9a}.warning{background:#e65100}
+.info{background:#1565c0}.ok{background:#2e7d32}.pending{background:#757575}.muted{color:#777}
+nav a{margin-right:.8em}ul.plain{margin:0;padding-left:1.1em}code{font-size:90%}
+tr.row-critical td:first-child{border-left:5px solid #b00020}tr.row-failed td:first-child{border-left:5px solid #6a1b9a}
+tr.row-warning td:first-child{border-left:5px solid #e65100}tr.row-ok td:first-child{border-left:5px solid #2e7d32}"""
+
+
+def _e(value: object) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _link(path: str, **params: str) -> str:
+    query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
+    return _e(f"{path}?{query}" if query else path)
+
+
+def _when(value: datetime | None, now: datetime) -> str:
+    if value is None:
+        return '<span class="muted">never</span>'
+    seconds = max(0, int((now - value).total_seconds()))
+    age = (f"{seconds // 86400}d" if seconds >= 86400 else f"{seconds // 3600}h" if seconds >= 3600
+           else f"{seconds // 60}m" if seconds >= 60 else f"{seconds}s")
+    return f'<span title="{_e(value.isoformat())}">{age} ago</span>'
+
+
+@dataclass(frozen=True)
+class Row:
+    result: ServerResult
+    alerts: tuple[Firing, ...]
+
+    @property
+    def state(self) -> str:
+        """The worst of: an alert's severity, a failed poll, no poll yet; ok otherwise."""
+        severities = {a.severity for a in self.alerts}
+        if "critical" in severities:
+            return "critical"
+        outcome = self.result.outcome
+        if outcome is None:
+            return "pending"
+        if not outcome.success:
+            return "failed"
+        return next((s for s in ("warning", "info") if s in severities), "ok")
+
+
+def _page(title: str, body: str) -> bytes:
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_STYLE}</style></head>'
+            f"<body>{body}</body></html>\n").encode()
+
+
+def _alerts(alerts: tuple[Firing, ...] | list[Firing]) -> str:
+    if not alerts:
+        return ""
+    items = []
+    for alert in alerts:
+        hold = f' <span class="muted">(after {_e(alert.hold)})</span>' if alert.hold else ""
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(alert.labels.items()) if k not in _SAME_FOR_A_ROW)
+        detail = f" {_e(detail)}" if detail else ""
+        items.append(f'<li><a href="{_e(DEFAULT_RUNBOOK_BASE + "#" + alert.alert.lower())}">{_e(alert.alert)}</a>'
+                     f'{detail} <span class="state {_e(alert.severity)}">{_e(alert.severity)}</span>{hold}</li>')
+    return f'<ul class="plain">{"".join(items)}</ul>'
+
+
+def _poll(result: ServerResult, now: datetime) -> str:
+    outcome = result.outcome
+    if outcome is None:
+        return '<span class="muted">not polled yet</span>'
+    text = "ok" if outcome.success else f"failed: <code>{_e(outcome.error_reason)}</code>"
+    parts = ""
+    if result.state and result.state.collection_errors:
+        parts = "<br>partial: " + ", ".join(f"<code>{_e(f.part)}/{_e(f.reason)}</code>"
+                                              for f in result.state.collection_errors)
+    return f"{_when(outcome.finished, now)}, {text} ({outcome.duration_seconds:.1f} s){parts}"
+
+
+def _build(result: ServerResult) -> str:
+    build = result.state.build if result.state else None
+    if build is None:
+        return '<span class="muted">unknown</span>'
+    name = " ".join(x for x in (build.product, build.cu, build.update) if x)
+    next_build = build.next_build
+    upgrade = (f"<br>next: {_e(next_build.version)} ({_e(' '.join(x for x in (next_build.cu, next_build.update) if x))})"
+               if next_build else "")
+    known = "" if build.known else ' <span class="muted">(not in the catalog)</span>'
+    return f"{_e(build.version)}{known}<br>{_e(name)}<br>{_e(build.servicing.replace('_', ' '))}{upgrade}"
+
+
+def _cutoffs(result: ServerResult) -> str:
+    build = result.state.build if result.state else None
+    if build is None or not build.cutoffs:
+        return ""
+    return "<br>".join(f"{_e(cutoff)}: {'compliant' if ok else '<b>below</b>'}"
+                       for cutoff, ok in sorted(build.cutoffs.items()))
+
+
+def _eems(result: ServerResult, now: datetime) -> str:
+    state = result.state
+    if state is None:
+        return ""
+    if state.eems_supported is False:
+        return '<span class="muted">no EEMS (build or role)</span>'
+    eems = state.eems
+    failing = "<br><b>failing</b>" if eems.failing else ""
+    return (f"service {_e(state.service_state or 'not installed' if state.service_installed is False else state.service_state or 'unknown')}"
+            f" ({_e(state.service_start_mode or '?')})<br>last success {_when(eems.last_success, now)}"
+            f"<br>last activity {_when(eems.last_activity, now)}{failing}")
+
+
+def fleet(rows: list[Row], exporter_alerts: list[Firing], state_filter: str | None, version: str,
+          example: str) -> bytes:
+    now = datetime.now(timezone.utc)
+    counts = {state: 0 for state in STATES}
+    for row in rows:
+        counts[row.state] += 1
+    shown = sorted((r for r in rows if state_filter in (None, r.state)),
+                   key=lambda r: (STATES.index(r.state), r.result.name.lower()))
+    nav = [f'<a href="/">all ({len(rows)})</a>'] + [
+        f'<a href="{_link("/", state=s)}"><span class="state {s}">{s}</span> {counts[s]}</a>' for s in STATES if counts[s]]
+    table = []
+    for row in shown:
+        r = row.result
+        table.append(
+            f'<tr class="row-{row.state}"><td><a href="{_link("/server", name=r.name)}">{_e(r.name)}</a></td>'
+            f'<td><span class="state {row.state}">{row.state}</span></td><td>{_poll(r, now)}</td>'
+            f"<td>{_build(r)}</td><td>{_cutoffs(r)}</td><td>{_eems(r, now)}</td><td>{_alerts(row.alerts)}</td></tr>")
+    exporter_section = (f"<h2>The exporter</h2>{_alerts(exporter_alerts)}" if exporter_alerts else "")
+    body = (f"<h1>Exchange EEMS exporter</h1><p>Can each on-premises Exchange server still receive Microsoft's "
+            f"emergency mitigations? Version {_e(version)}. "
+            f'<a href="/metrics">/metrics</a>, <a href="{_link("/probe", target=example)}">/probe?target={_e(example)}</a>'
+            f' (add <code>&amp;debug=true</code> for the steps), <a href="/-/healthy">/-/healthy</a>, '
+            f'<a href="/-/ready">/-/ready</a>. Alerts are the shipped rules evaluated on this exporter\'s samples now'
+            f" (they fire once they have held for the time shown).</p>{exporter_section}"
+            f"<h2>Servers ({len(shown)} of {len(rows)})</h2><nav>{' '.join(nav)}</nav>"
+            f"<table><thead><tr><th>server</th><th>state</th><th>last poll</th><th>build</th><th>certificate cutoffs</th>"
+            f"<th>EEMS</th><th>alerts that would fire</th></tr></thead><tbody>{''.join(table)}</tbody></table>")
+    return _page("Exchange EEMS exporter", body)
+
+
+def server(row: Row, timings: list[tuple[str, float]]) -> bytes:
+    now = datetime.now(timezone.utc)
+    r = row.result
+    state = r.state
+    facts: list[tuple[str, str]] = [("state", f'<span class="state {row.state}">{row.state}</span>'),
+                                    ("last poll", _poll(r, now))]
+    if r.outcome is not None and r.outcome.error_message:
+        facts.append(("error", f"<code>{_e(r.outcome.error_message)}</code>"))
+    facts.append(("last successful poll", _when(r.last_success, now)))
+    if state is not None:
+        facts += [("build", _build(r)), ("build source", _e(state.build_source)), ("certificate cutoffs", _cutoffs(r)),
+                  ("edge", "yes" if state.edge else "no"), ("EEMS", _eems(r, now)),
+                  ("last EEMS check", _when(state.eems.last_check, now)),
+                  ("last EEMS error", f"{_when(state.eems.last_error, now)} {_e(state.eems.last_error_reason or '')}"),
+                  ("fetch errors (lookback)", _e(", ".join(f"{k} {v}" for k, v in sorted(state.eems.fetch_errors.items())
+                                                             if v) or "none")),
+                  ("endpoints", "<br>".join(f"{_e(e.endpoint)}: {'reachable' if e.reachable else 'unreachable'} "
+                                            f"({_e(e.reason)})" for e in state.endpoints) or '<span class="muted">not checked</span>'),
+                  ("partial failures", "<br>".join(f"<code>{_e(f.part)}/{_e(f.reason)}</code> {_e(f.message)}"
+                                                   for f in state.collection_errors) or "none")]
+    facts.append(("alerts that would fire", _alerts(row.alerts) or "none"))
+    rows = "".join(f"<tr><th>{_e(name)}</th><td>{value}</td></tr>" for name, value in facts)
+    timing_rows = "".join(f"<tr><td>{_e(stage)}</td><td>{seconds:.3f} s</td></tr>" for stage, seconds in timings)
+    body = (f'<p><a href="/">&larr; all servers</a></p><h1>{_e(r.name)}</h1><table>{rows}</table>'
+            f"<h2>Timings of the last poll</h2><table><tr><th>step</th><th>duration</th></tr>{timing_rows}</table>"
+            f'<p class="muted">Run <code>exchange-eems-exporter diagnose {_e(r.name)}</code> for the raw, redacted facts '
+            f"behind this interpretation.</p>")
+    return _page(f"{r.name}: Exchange EEMS exporter", body)
+
+
+def timings(result: ServerResult) -> list[tuple[str, float]]:
+    """The last poll's steps: the whole poll as the exporter timed it, then the script's stages on the server."""
+    out = []
+    if result.outcome is not None:
+        out.append(("poll (exporter: connect, authenticate, run, read, clean up)", result.outcome.duration_seconds))
+    if result.state is not None:
+        out += [(f"script stage {stage} (on the server)", seconds) for stage, seconds in result.state.stage_seconds]
+    return out
+
+
+def probe_debug(result: ServerResult, row: Row, metrics: bytes) -> bytes:
+    """`/probe?debug=true`: the poll's steps with their durations, its interpretation, then the metrics (text)."""
+    lines = [f"Probe of {result.name}", "", "Steps:"]
+    lines += [f"  {stage}: {seconds:.3f} s" for stage, seconds in timings(result)]
+    outcome = result.outcome
+    lines += ["", "Outcome:", f"  success: {bool(outcome and outcome.success)}"]
+    if outcome is not None and not outcome.success:
+        lines += [f"  reason: {outcome.error_reason}", f"  message: {outcome.error_message}"]
+    state = result.state
+    lines += ["", "Interpretation:"]
+    if state is None:
+        lines.append("  none (no successful poll)")
+    else:
+        build = state.build
+        if build is not None:
+            lines.append(f"  build: {build.version} {build.product} {build.cu} {build.update} ({build.servicing}, "
+                         f"source {state.build_source})")
+            lines += [f"  cutoff {cutoff}: {'compliant' if ok else 'BELOW'}" for cutoff, ok in sorted(build.cutoffs.items())]
+        lines += [f"  EEMS supported: {state.eems_supported}",
+                  f"  service: {state.service_state} ({state.service_start_mode})",
+                  f"  last EEMS check / success / error: {state.eems.last_check} / {state.eems.last_success} / "
+                  f"{state.eems.last_error} {state.eems.last_error_reason or ''}",
+                  f"  last EEMS activity: {state.eems.last_activity}; failing: {state.eems.failing}"]
+        lines += [f"  endpoint {e.endpoint}: reachable {e.reachable} ({e.reason})" for e in state.endpoints]
+        lines += [f"  partial failure {f.part}/{f.reason}: {f.message}" for f in state.collection_errors]
+    lines += ["", "Alerts that would fire now (the shipped rules on this probe's metrics):"]
+    lines += [f"  {a.alert} ({a.severity}{', after ' + a.hold if a.hold else ''})" for a in row.alerts] or ["  none"]
+    lines += ["", "Metrics that would have been returned:", ""]
+    return "\n".join(lines).encode() + b"\n" + metrics

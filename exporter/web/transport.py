@@ -1,0 +1,389 @@
+"""HTTP/1.1 with bounded resources, whoever connects: the exporter's asyncio front end.
+
+One asyncio loop reads and writes every connection; a worker thread only ever sees a request that has fully
+arrived (`request.py` parses it once), and hands back a whole `Response`. What each resource is bounded by:
+
+- a thread: a client that trickles bytes (slowloris) holds a few kilobytes and one descriptor, never a
+  thread, and is cut off once `REQUEST_DEADLINE_SECONDS` pass without a whole request (TLS handshake, head
+  and body together; also the longest a connection may wait idle between requests);
+- a slot: connections are capped in total (a quarter of the open-file limit, so polls keep their
+  descriptors) and per client address. At the cap a new connection takes the slot of the connection that
+  has gone longest without an authorised request (an idle or never-authorised one first); one being
+  answered is never cut. A 401 closes its connection, so a client without the password holds nothing;
+- a worker: the route table (`handlers.ROUTES`) names the pool, from the same parsed path as the handler:
+  /probe, which waits for a poll, and the HTML pages, which cost CPU, have their own workers, and a spelling
+  such as `//probe` is just not found;
+- bcrypt: a credential verified before is checked on the loop in microseconds, so Prometheus never queues
+  behind password guessers. A new one goes to the bcrypt thread, at most `BCRYPT_PENDING_PER_CLIENT` per
+  client address and `BCRYPT_PENDING` in all; beyond that the answer is 429 at once;
+- memory: a response body is written straight from the handler's bytes (no copy per connection), a chunk at
+  a time as the client reads it. The bodies held for clients that have not read them yet are bounded in
+  all (`MAX_PINNED_BYTES`); beyond it the connection that has held its body longest is cut.
+Every answer over TLS that closes the connection ends with close_notify, right after the last byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import gzip
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
+
+from prometheus_client.exposition import gzip_accepted
+
+try:
+    import resource  # POSIX only; the exporter also runs on Windows management servers
+except ImportError:
+    resource = None
+
+from .. import __version__
+from ..webconfig import WebConfig, WebConfigWatcher
+from . import handlers
+from .handlers import Response, View
+from .request import MAX_HEAD_BYTES, Refused, Request, read_request
+
+log = logging.getLogger(__name__)
+
+REQUEST_DEADLINE_SECONDS = 10.0  # TLS handshake, head and body of one request, from when we wait for it
+WRITE_DEADLINE_SECONDS = 30.0
+CLOSE_SECONDS = 2.0  # after our close_notify, how long the peer's may take before the socket is dropped
+MAX_CONNECTIONS = 512
+MAX_CONNECTIONS_PER_CLIENT = 64
+LISTEN_BACKLOG = 128
+WORKERS = 4  # /metrics and the rest answer from memory in milliseconds
+PROBE_WORKERS = 16  # a probe waits for a poll
+PAGE_WORKERS = 2  # the HTML pages evaluate the alert rules over the whole fleet: about a second at 2,000 servers
+BCRYPT_PENDING = 8  # uncached credential checks queued or running, in all
+BCRYPT_PENDING_PER_CLIENT = 1
+MAX_PINNED_BYTES = 64 << 20  # response bodies held for clients that have not read them yet, in all
+WRITE_CHUNK_BYTES = 64 << 10  # also what the transport copies into its buffer per connection
+GZIP_MIN_BYTES = 1024
+SERVER = f"exchange-eems-exporter/{__version__}"
+UNAUTHORIZED = Response(401, b"Unauthorized\n", headers=(("WWW-Authenticate", 'Basic realm="exchange-eems-exporter"'),))
+TOO_MANY_GUESSES = Response(429, b"Too many password checks in progress; try again\n", headers=(("Retry-After", "1"),))
+
+
+def _descriptor_limit() -> int:
+    """The process's open-file limit (POSIX); on Windows, where there is none of that kind, 4 * MAX_CONNECTIONS."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0] if resource is not None else 4 * MAX_CONNECTIONS
+
+
+class _Connection:
+    """One client connection's bookkeeping, for the cap and the eviction order."""
+
+    def __init__(self, client: str, writer: asyncio.StreamWriter, now: float):
+        self.client = client
+        self.writer = writer
+        self.opened = now
+        self.authorized_at: float | None = None  # when its last authorised request arrived
+        self.busy = False  # a request of it is being answered: never evicted then
+
+    def eviction_order(self) -> tuple[bool, float]:
+        """Sorts first the connection to cut: never authorised, then the longest without an authorised request."""
+        return (self.authorized_at is not None, self.authorized_at or self.opened)
+
+
+class ExporterHTTPServer:
+    def __init__(self, address: tuple[str, int], view: View, watcher: WebConfigWatcher | None):
+        self._view = handlers.SharedMetrics(view)
+        self._watcher = watcher
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(address)
+        self._socket.listen(LISTEN_BACKLOG)
+        self._socket.setblocking(False)
+        self.server_address = self._socket.getsockname()
+        self.max_connections = max(16, min(MAX_CONNECTIONS, _descriptor_limit() // 4))
+        self._open: set[_Connection] = set()
+        self._per_client: Counter[str] = Counter()
+        self._bcrypt_pending: Counter[str] = Counter()
+        self._loop = asyncio.new_event_loop()
+        self.pinned = _PinnedBodies(MAX_PINNED_BYTES, self._loop)
+        self._pools = {"general": ThreadPoolExecutor(WORKERS, thread_name_prefix="http"),
+                       "probe": ThreadPoolExecutor(PROBE_WORKERS, thread_name_prefix="probe"),
+                       "pages": ThreadPoolExecutor(PAGE_WORKERS, thread_name_prefix="pages")}
+        # A request waits for a worker here, on the loop, not in the pool's queue: so no more bodies exist
+        # than there are workers, besides those being written (which `pinned` bounds).
+        self._free_workers = {"general": asyncio.Semaphore(WORKERS), "probe": asyncio.Semaphore(PROBE_WORKERS),
+                              "pages": asyncio.Semaphore(PAGE_WORKERS)}
+        self._bcrypt = ThreadPoolExecutor(1, thread_name_prefix="bcrypt")
+        self._stopped = threading.Event()
+
+    @property
+    def connections(self) -> int:
+        return len(self._open)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def serve_forever(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(asyncio.start_server(self._connection, sock=self._socket,
+                                                           limit=MAX_HEAD_BYTES))
+        self._loop.run_forever()
+        # Stopped, every transport aborted: let each connection's task see that and end (not cancelled:
+        # asyncio's streams log a cancelled connection task as an error), so none is left pending for the
+        # garbage collector to report in whatever runs next. One still waiting for a worker is left.
+        pending = asyncio.all_tasks(self._loop)
+        if pending:
+            self._loop.run_until_complete(asyncio.wait(pending, timeout=CLOSE_SECONDS))
+        if all(task.done() for task in pending):
+            self._loop.close()
+        self._stopped.set()
+
+    def shutdown(self) -> None:
+        if not self._loop.is_running():
+            return
+
+        def stop() -> None:
+            for connection in list(self._open):
+                connection.writer.transport.abort()
+            self._loop.stop()
+
+        self._loop.call_soon_threadsafe(stop)
+        self._stopped.wait(10)
+
+    def server_close(self) -> None:
+        self._socket.close()
+        for pool in (*self._pools.values(), self._bcrypt):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------ one connection
+
+    def _admit(self, client: str, writer: asyncio.StreamWriter) -> _Connection | None:
+        if self._per_client[client] >= MAX_CONNECTIONS_PER_CLIENT:
+            return None
+        if len(self._open) >= self.max_connections:
+            idle = [c for c in self._open if not c.busy]
+            if not idle:
+                return None
+            victim = min(idle, key=_Connection.eviction_order)
+            log.debug("at %d connections: closing one from %s to admit %s", len(self._open), victim.client, client)
+            self._forget(victim)
+            victim.writer.transport.abort()
+        connection = _Connection(client, writer, time.monotonic())
+        self._open.add(connection)
+        self._per_client[client] += 1
+        return connection
+
+    def _forget(self, connection: _Connection) -> None:
+        if connection not in self._open:
+            return
+        self._open.discard(connection)
+        self.pinned.release(connection)
+        self._per_client[connection.client] -= 1
+        if not self._per_client[connection.client]:
+            del self._per_client[connection.client]
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = (writer.get_extra_info("peername") or ("", 0))[0]
+        connection = self._admit(client, writer)
+        if connection is None:
+            log.debug("refusing a connection from %s: %d connections open", client, len(self._open))
+            writer.transport.abort()
+            return
+        graceful = False
+        try:
+            config = self._watcher.current() if self._watcher else None
+            context = config.ssl_context() if config else None
+            if context is not None:
+                async with asyncio.timeout(REQUEST_DEADLINE_SECONDS):
+                    await writer.start_tls(context)
+            else:
+                writer.transport.set_write_buffer_limits(high=0)  # drain() returns once the kernel has every byte
+            graceful = await self._serve(connection, reader, writer)
+        except Exception as error:  # a broken or hostile client ends its own connection, nothing else
+            log.debug("connection from %s ended: %s", client, type(error).__name__)
+        finally:
+            try:
+                if graceful:  # over TLS: close_notify now, then the peer's, for at most CLOSE_SECONDS
+                    writer.close()
+                    async with asyncio.timeout(CLOSE_SECONDS):
+                        await writer.wait_closed()
+            except Exception:
+                graceful = False
+            finally:
+                if not graceful:
+                    writer.transport.abort()
+                self._forget(connection)  # the slot is free only once the socket is
+
+    async def _serve(self, connection: _Connection, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> bool:
+        """Answer requests until one ends the connection; True when it ends in order (close, not abort)."""
+        while True:
+            connection.busy = False
+            try:
+                async with asyncio.timeout(REQUEST_DEADLINE_SECONDS):
+                    request = await read_request(reader)
+            except Refused as refused:
+                await self._send(connection, *_encode(Response(refused.status, refused.text.encode()),
+                                                      None, False, False))
+                return True
+            if request is None:
+                return True
+            connection.busy = True
+            config = self._watcher.current() if self._watcher else None
+            verdict = await self._authenticate(config, request, connection.client)
+            if verdict is not True:
+                response = verdict or UNAUTHORIZED
+                await self._send(connection, *_encode(response, config, False, request.method == "HEAD"))
+                return True
+            connection.authorized_at = time.monotonic()
+            chosen = handlers.route(request)
+            if isinstance(chosen, Response):
+                head, body = _encode(chosen, config, request.keep_alive, request.method == "HEAD")
+            else:
+                async with self._free_workers[chosen.pool]:
+                    head, body = await self._loop.run_in_executor(self._pools[chosen.pool], self._answer,
+                                                                  connection, chosen, request, config)
+            await self._send(connection, head, body)
+            log.debug("%s %s %s: %s", connection.client, request.method, request.path, head[9:12].decode())
+            if not request.keep_alive:
+                return True
+
+    async def _authenticate(self, config: WebConfig | None, request: Request, client: str) -> bool | Response:
+        """True to go on; False for a 401; a Response (429) when too many bcrypt checks are pending."""
+        if config is None:
+            return True
+        header = request.header("authorization") or None
+        verdict = config.cached_verdict(header)
+        if verdict is not None:
+            return verdict
+        if self._bcrypt_pending[client] >= BCRYPT_PENDING_PER_CLIENT or sum(self._bcrypt_pending.values()) >= BCRYPT_PENDING:
+            return TOO_MANY_GUESSES
+        self._bcrypt_pending[client] += 1
+        try:
+            return await self._loop.run_in_executor(self._bcrypt, config.check_basic_auth, header)
+        finally:
+            self._bcrypt_pending[client] -= 1
+            if not self._bcrypt_pending[client]:
+                del self._bcrypt_pending[client]
+
+    # ------------------------------------------------------------ writing
+
+    async def _send(self, connection: _Connection, head: bytes, body: bytes) -> None:
+        """Write head and body under the write deadline, the body a chunk at a time as the client reads it."""
+        writer = connection.writer
+        self.pinned.writing(connection)
+        try:
+            async with asyncio.timeout(WRITE_DEADLINE_SECONDS):
+                writer.write(head)
+                view = memoryview(body)
+                for start in range(0, len(body), WRITE_CHUNK_BYTES):
+                    await writer.drain()
+                    writer.write(view[start:start + WRITE_CHUNK_BYTES])
+                await writer.drain()
+        finally:
+            self.pinned.release(connection)
+
+    def _answer(self, connection: _Connection, route: handlers.Route, request: Request,
+                config: WebConfig | None) -> tuple[bytes, bytes]:
+        """In a worker thread: the handler's response, encoded (and compressed) for the wire, its body
+        counted as held for this connection from now until it is sent."""
+        try:
+            response = route.handler(request, self._view)
+        except Exception:  # a bug answers 500 for this request; the exporter keeps serving
+            log.exception("error serving %s", request.path)
+            response = Response(500, b"Internal error; see the exporter log\n")
+        head, body = _encode(response, config, request.keep_alive, request.method == "HEAD",
+                             gzip_accepted(request.header("accept-encoding")))
+        self.pinned.hold(connection, body)
+        return head, body
+
+
+class _PinnedBodies:
+    """The response bodies held for connections until their clients have read them, bounded in all.
+
+    Counted from the moment a worker has the body (not when the loop starts writing it), and once per body
+    however many connections send it. Past the limit, the connections that have held theirs longest are cut
+    (a scraper reads its body in well under a second, a client that does not read keeps it). Only bodies
+    already being written are cut, and the worker that cut them waits until the loop has let go of them, so
+    rendering cannot outrun the clean-up.
+    """
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop):
+        self._limit = limit
+        self._loop = loop
+        self._changed = threading.Condition()
+        self._held: dict[_Connection, tuple[bytes, float]] = {}
+        self._writing: set[_Connection] = set()
+        self._users: dict[int, int] = {}  # id(body) -> connections holding it
+        self._cut: set[_Connection] = set()  # cut for holding too long, and not let go by the loop yet
+        self.bytes = 0
+
+    def hold(self, connection: _Connection, body: bytes) -> None:
+        """In the worker that made `body`."""
+        if len(body) < WRITE_CHUNK_BYTES:
+            return  # a small answer goes out at once; bounding it is not worth the bookkeeping
+        with self._changed:
+            self._held[connection] = (body, time.monotonic())
+            self._users[id(body)] = self._users.get(id(body), 0) + 1
+            if self._users[id(body)] == 1:
+                self.bytes += len(body)
+            cut = set()
+            while self.bytes > self._limit and self._writing:
+                victim = min(self._writing, key=lambda c: self._held[c][1])
+                log.debug("%d bytes held for clients that do not read: cutting %s's", self.bytes, victim.client)
+                self._drop(victim)
+                cut.add(victim)
+                self._loop.call_soon_threadsafe(victim.writer.transport.abort)
+            self._cut |= cut
+            self._changed.wait_for(lambda: not cut & self._cut, timeout=WRITE_DEADLINE_SECONDS)
+
+    def writing(self, connection: _Connection) -> None:
+        """On the loop: the connection's body is being written (from now on it may be cut)."""
+        with self._changed:
+            if connection in self._held:
+                self._writing.add(connection)
+
+    def release(self, connection: _Connection) -> None:
+        """On the loop: the connection's body is sent, or the connection is gone."""
+        with self._changed:
+            self._drop(connection)
+            self._cut.discard(connection)
+            self._changed.notify_all()
+
+    def _drop(self, connection: _Connection) -> None:
+        self._writing.discard(connection)
+        held = self._held.pop(connection, None)
+        if held is None:
+            return
+        body = held[0]
+        self._users[id(body)] -= 1
+        if not self._users[id(body)]:
+            del self._users[id(body)]
+            self.bytes -= len(body)
+
+
+def _encode(response: Response, config: WebConfig | None, keep_alive: bool, head_only: bool,
+            gzip_ok: bool = False) -> tuple[bytes, bytes]:
+    """The status line and headers, and the body to send after them (empty for HEAD)."""
+    body = response.body
+    headers = [("Server", SERVER), ("Date", email.utils.formatdate(usegmt=True)),
+               ("Content-Type", response.content_type)]
+    if response.compressible and gzip_ok and response.status == 200 and len(body) > GZIP_MIN_BYTES:
+        body = gzip.compress(body, compresslevel=1)
+        headers.append(("Content-Encoding", "gzip"))
+    headers.append(("Content-Length", str(len(body))))
+    headers.extend(response.headers)
+    if config is not None:
+        headers.extend(config.headers.items())
+    if not keep_alive:
+        headers.append(("Connection", "close"))
+    lines = [f"HTTP/1.1 {response.status} {HTTPStatus(response.status).phrase}"]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), b"" if head_only else body
+
+
+def serve(view: View, host: str, port: int, watcher: WebConfigWatcher | None) -> ExporterHTTPServer:
+    """Bind and serve in a background thread; returns the server (its `server_address` has the real port)."""
+    server = ExporterHTTPServer((host, port), view, watcher)
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    return server

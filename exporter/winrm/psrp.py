@@ -1,0 +1,425 @@
+"""PowerShell remoting (PSRP): the second implementation of `ServerConnection`'s interface.
+
+`PsrpConnection.run(command, deadline)` takes the same `scripts.Command` a WinRS poll runs and returns the
+same `CommandResult`, so the collectors do not know which protocol a module uses. What it sends depends on the
+module's session configuration (MS-PSRP over WS-Management, MS-PSRP 3.1.5.3):
+- the exporter's JEA endpoint (`windows_endpoint.py`, NoLanguage): the server script becomes one call of its
+  function, the script's `$P` parameter line becoming the function's parameters. The function writes its
+  version first; another version than the one this exporter ships is `endpoint_outdated`, never a verdict;
+- Exchange's own endpoint (`Microsoft.Exchange` at /PowerShell, cmdlets only, under RBAC): the organization
+  script becomes `Get-OrganizationConfig` and `Get-ExchangeServer | Select-Object -Property ...`, and their
+  objects are written back as the organization script's JSON. A cmdlet the account's RBAC roles do not grant
+  is not in its runspace (CommandNotFoundException): `rbac_denied`;
+- any other configuration (full language, e.g. Microsoft.PowerShell): the script itself.
+
+The protocol's state is psrpcore's (`ClientRunspacePool`, `ClientPowerShell`: public API, no I/O); the bytes
+travel over this package's authenticated `Channel`, so PSRP gets the WinRS path's deadline, size bounds,
+authentication and trust (no proxy or CA from the environment). Every fragment is checked by
+`psrp_fragments.FragmentReader` before psrpcore parses it. With `keep_runspace` the pool stays open between
+polls (one `wsmprovhost.exe` on the server per exporter, instead of a `powershell.exe` per poll): an
+invocation then costs a Command and its Receives.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Callable
+
+import psrpcore
+from psrpcore.types import PSInvocationState, RunspacePoolState
+
+from ..config import ModuleConfig
+from ..scripts import ORGANIZATION_MARKER, SERVER_MARKER, Command
+from ..windows_endpoint import FUNCTION_NAME, PARAMETERS, VERSION_PREFIX, endpoint_version, update_command
+from . import wsman
+from .client import (
+    MIN_FOLLOW_UP_SECONDS, MIN_REQUEST_SECONDS, CommandResult, authentication, open_channel, request_timeouts,
+    without_secrets,
+)
+from .connection import Endpoint
+from .errors import OPERATION_TIMEOUT, AuthenticationRejected, PollFailure, WSManFault, classify
+from .psrp_fragments import FragmentReader
+from .session import Channel
+
+log = logging.getLogger(__name__)
+
+EXCHANGE = "Microsoft.Exchange"
+CONFIGURATION_NOT_FOUND = 2150858811  # "The resource URI ... was not found in the WS-Management catalog"
+POOL_IDLE_TIMEOUT = "PT600.000S"  # a kept pool outlives the usual 5-minute interval; a lost one goes soon
+KEEP_IF_POLLED_WITHIN = 480.0  # a pool idle longer than this may be gone: open a new one
+CLOSE_SECONDS = 2.0
+# What the organization collector reads of each server (the organization script's fields).
+SERVER_PROPERTIES = ("Name", "Fqdn", "ServerRole", "AdminDisplayVersion", "MitigationsEnabled", "MitigationsApplied",
+                     "MitigationsBlocked", "MitigationsAppliedTime", "DataCollectionEnabled", "InternetWebProxy")
+# Exchange's ServerRole flags as a pypsrp-like client reads the enum's value [Mailbox = 2 seen in a capture of
+# real Get-ExchangeServer output; the others UNCONFIRMED].
+SERVER_ROLES = {2: "Mailbox", 4: "ClientAccess", 64: "Edge"}
+_PARAMETER = re.compile(r"(\w+)=(-?\d+|'(?:[^']|'')*')")
+
+
+@dataclass(frozen=True)
+class _Statement:
+    command: str
+    parameters: tuple[tuple[str, Any], ...] = ()
+    script: bool = False
+    select: tuple[str, ...] = ()  # piped into Select-Object -Property
+
+
+@dataclass
+class _Pool:
+    runspace: psrpcore.ClientRunspacePool
+    shell_id: str
+    reader: FragmentReader
+    last_used: float
+
+
+class PsrpConnection:
+    """The PowerShell remoting endpoint of one server for one module (`protocol: psrp`)."""
+
+    def __init__(self, endpoint: str, module: ModuleConfig, *, max_response_bytes: int, max_poll_bytes: int,
+                 server_name: str | None = None, clock: Callable[[], float] = time.monotonic):
+        self.endpoint = endpoint
+        self.module = module
+        self.max_response_bytes = max_response_bytes
+        self.max_poll_bytes = max_poll_bytes
+        self._address = replace(Endpoint.parse(endpoint), path="/" + module.path)
+        self._server_name = server_name or self._address.host
+        self._clock = clock
+        self._authentication = None
+        self._channel: Channel | None = None
+        self._pool: _Pool | None = None
+        self._lock = threading.Lock()
+        self._configuration = module.configuration_name
+
+    # ------------------------------------------------------------ the interface
+
+    def run(self, command: Command, deadline: float) -> CommandResult:
+        script = _script(command)
+        with self._lock:
+            try:
+                statements, answer = self._plan(script)
+                outputs, errors, failure = self._invoke(statements, deadline)
+                return answer(outputs, errors, failure)
+            except BaseException as error:
+                failure = classify(error)
+                if failure.reason != "rbac_denied":
+                    self._drop_pool(deadline)
+                raise without_secrets(self.module, failure) from None
+            finally:
+                if not self.module.keep_runspace:
+                    self._drop_pool(deadline)
+                    self._close_channel()
+
+    def close(self) -> None:
+        """Delete a kept pool (its wsmprovhost.exe would otherwise wait out POOL_IDLE_TIMEOUT), then the
+        connection. The Delete gets CLOSE_SECONDS at most: a stuck server cannot hold up a reload."""
+        if self._pool is not None:
+            self._drop_pool(time.monotonic() + CLOSE_SECONDS)
+        self._close_channel()
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.connection.close()
+            self._channel = None
+
+    # ------------------------------------------------------------ what to run for which script
+
+    def _plan(self, script: str) -> tuple[list[_Statement], Callable[..., CommandResult]]:
+        marker = script.split("\n", 1)[0].strip()
+        if self._configuration == EXCHANGE:
+            if marker != ORGANIZATION_MARKER:
+                raise PollFailure("configuration_not_found", "Exchange's endpoint runs cmdlets only: poll the "
+                                  "servers over WinRS or the exporter's JEA endpoint", connection_intact=True)
+            return ([_Statement("Get-OrganizationConfig", select=("MitigationsEnabled",)),
+                     _Statement("Get-ExchangeServer", select=SERVER_PROPERTIES)], self._organization)
+        if self._is_jea():
+            if marker != SERVER_MARKER:
+                raise PollFailure("configuration_not_found", f"the JEA endpoint {self._configuration} runs only "
+                                  "the server collection; use another module for this", connection_intact=True)
+            # the function's ValidateRange bounds (a year of lookback, 300 s for the endpoint check) are above any
+            # sensible configuration; a value beyond them is cut to them rather than refused by the server. Only the
+            # function's parameters are sent: the proxy and whether it gets credentials are fixed in the function.
+            bounds = {name: (low, high) for name, low, high, _ in PARAMETERS}
+            parameters = tuple((k, min(max(v, bounds[k][0]), bounds[k][1]))
+                               for k, v in _parameters(script).items() if k in bounds)
+            return [_Statement(FUNCTION_NAME, parameters)], self._jea
+        return [_Statement(script, script=True)], self._script
+
+    def _is_jea(self) -> bool:
+        return self._configuration not in ("Microsoft.PowerShell", "Microsoft.PowerShell32", "PowerShell.7", EXCHANGE)
+
+    def _jea(self, outputs: list, errors: list, failure) -> CommandResult:
+        if failure is not None and _error_id(failure) == "CommandNotFoundException":
+            raise PollFailure("configuration_not_found", f"the session configuration {self._configuration} on "
+                              f"{self._server_name} has no {FUNCTION_NAME}: its module or role capability is "
+                              f"missing; {update_command(self._server_name)}", connection_intact=True)
+        expected = endpoint_version()
+        found = outputs[0] if outputs and isinstance(outputs[0], str) else None
+        if found != expected:
+            found_text = found if found and found.startswith(VERSION_PREFIX) else "no version"
+            raise PollFailure("endpoint_outdated", f"the JEA endpoint {self._configuration} on {self._server_name} "
+                              f"is {found_text[:80]}, this exporter ships {expected}: "
+                              f"{update_command(self._server_name)}", connection_intact=True)
+        return self._script(outputs[1:], errors, failure)
+
+    def _script(self, outputs: list, errors: list, failure) -> CommandResult:
+        stdout = "\r\n".join(str(o) for o in outputs if o is not None).encode("utf-8")
+        stderr = "\r\n".join(_error_text(e) for e in [*errors, *([failure] if failure is not None else [])])
+        return CommandResult(stdout, stderr.encode("utf-8"), 1 if failure is not None else 0)
+
+    def _organization(self, outputs: list, errors: list, failure) -> CommandResult:
+        for record in [*errors, *([failure] if failure is not None else [])]:
+            if _error_id(record) == "CommandNotFoundException":
+                name = str(getattr(record, "TargetObject", "") or "a cmdlet")
+                raise PollFailure("rbac_denied", f"the account's Exchange RBAC roles do not grant {name[:60]} "
+                                  "(View-Only Organization Management does)", connection_intact=True)
+        if failure is not None:
+            return self._script([], errors, failure)
+        organization, servers = None, []
+        for obj in outputs:
+            names = getattr(getattr(obj, "PSObject", None), "type_names", []) or []
+            if any("OrganizationConfig" in n for n in names):
+                organization = {"mitigations_enabled": _value(obj, "MitigationsEnabled")}
+            elif any("ExchangeServer" in n for n in names):
+                servers.append(_server_entry(obj))
+        document = {"schema": 1, "organization": organization, "servers": servers, "error": None}
+        return CommandResult(json.dumps(document).encode("ascii"), b"", 0)
+
+    # ------------------------------------------------------------ the runspace pool
+
+    def _invoke(self, statements: list[_Statement], deadline: float) -> tuple[list, list, Any]:
+        pool = self._open_pool(deadline)
+        pool.reader.total = 0  # the poll's output bound counts from here
+        ps = psrpcore.ClientPowerShell(pool.runspace)
+        for index, statement in enumerate(statements):
+            if index:
+                ps.add_statement()
+            if statement.script:
+                ps.add_script(statement.command)
+            else:
+                ps.add_command(statement.command)
+                for name, value in statement.parameters:
+                    ps.add_parameter(name, value)
+            if statement.select:
+                ps.add_command("Select-Object")
+                ps.add_parameter("Property", list(statement.select))
+        ps.start()
+        command_id = str(ps.pipeline_id).upper()
+        first = pool.runspace.data_to_send()
+        self._exchange(lambda op: wsman.pipeline_create(op, self._configuration, pool.shell_id, command_id,
+                                                        first.data), deadline)
+        while (more := pool.runspace.data_to_send()) is not None:
+            self._exchange(lambda op: wsman.pool_send(op, self._configuration, pool.shell_id, command_id, more.data),
+                           deadline)
+        outputs: list = []
+        errors: list = []
+        failure = None
+        try:
+            while ps.state == PSInvocationState.Running:
+                for event in self._receive(pool, ps.pipeline_id, command_id, deadline):
+                    if isinstance(event, psrpcore.PipelineOutputEvent):
+                        outputs.append(event.data)
+                    elif isinstance(event, psrpcore.ErrorRecordEvent):
+                        errors.append(event.record)
+                    elif isinstance(event, psrpcore.PipelineStateEvent) and event.state == PSInvocationState.Failed:
+                        failure = event.reason
+            pool.reader.finish()
+        except BaseException:
+            self._signal(pool, command_id, deadline)
+            raise
+        ps.close()
+        pool.last_used = time.monotonic()
+        return outputs, errors, failure
+
+    def _open_pool(self, deadline: float) -> _Pool:
+        pool = self._pool
+        if pool is not None and time.monotonic() - pool.last_used < KEEP_IF_POLLED_WITHIN \
+                and pool.runspace.state == RunspacePoolState.Opened:
+            return pool
+        self._drop_pool(deadline)
+        runspace = psrpcore.ClientRunspacePool()
+        runspace.open()
+        shell_id = str(runspace.runspace_pool_id).upper()
+        reader = FragmentReader(runspace.runspace_pool_id, max_message_bytes=self.max_response_bytes,
+                                max_total_bytes=self.max_poll_bytes)
+        pool = _Pool(runspace, shell_id, reader, time.monotonic())
+        creation = runspace.data_to_send()
+        answer = self._exchange(lambda op: wsman.pool_create(op, self._configuration, shell_id, creation.data,
+                                                             POOL_IDLE_TIMEOUT), deadline, opens=True)
+        if wsman.shell_id(answer).upper() != shell_id:
+            raise PollFailure("bad_output", "the server created a runspace pool with another id than asked")
+        self._pool = pool
+        while runspace.state not in (RunspacePoolState.Opened, RunspacePoolState.Broken, RunspacePoolState.Closed):
+            for event in self._receive(pool, None, None, deadline):
+                if isinstance(event, psrpcore.RunspacePoolStateEvent) and event.state == RunspacePoolState.Broken:
+                    raise PollFailure("access_denied" if self._configuration == EXCHANGE else "wsman_fault",
+                                      f"the runspace pool broke while opening: {_error_text(event.reason)}")
+        pool.reader.finish()
+        if runspace.state != RunspacePoolState.Opened:
+            raise PollFailure("wsman_fault", f"the runspace pool did not open ({runspace.state.name})")
+        return pool
+
+    def _receive(self, pool: _Pool, pipeline_id: uuid.UUID | None, command_id: str | None,
+                 deadline: float) -> list:
+        try:
+            answer = self._exchange(lambda op: wsman.pool_receive(op, self._configuration, pool.shell_id,
+                                                                  command_id), deadline, waits=True)
+        except WSManFault as fault:
+            if fault.code == OPERATION_TIMEOUT:
+                return []  # nothing yet: the server long-polled to the OperationTimeout
+            raise
+        data = pool.reader.feed(wsman.output(answer)[0], pipeline_id)
+        pool.runspace.receive_data(psrpcore.PSRPPayload(data, psrpcore.StreamType.default, pipeline_id))
+        events = []
+        try:
+            while (event := pool.runspace.next_event()) is not None:
+                events.append(event)
+        except (psrpcore.PSRPCoreError, ValueError, KeyError, TypeError, RecursionError) as error:
+            raise PollFailure("bad_output", f"unreadable PSRP message: {error.__class__.__name__}") from None
+        return events
+
+    def _signal(self, pool: _Pool, command_id: str, deadline: float) -> None:
+        """Stop a pipeline we leave unfinished (deadline, bad output); its pool is dropped after."""
+        message_id = uuid.uuid4()
+        try:
+            self._exchange(lambda op: wsman.pool_signal_terminate(op, self._configuration, pool.shell_id,
+                                                                  command_id, message_id), deadline)
+        except Exception:  # the pool is deleted next anyway
+            pass
+
+    def _drop_pool(self, deadline: float) -> None:
+        """Delete the pool on the server (its pipelines go with it); a failure leaves it to its idle timeout."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        message_id = uuid.uuid4()
+        try:
+            self._exchange(lambda op: wsman.pool_delete(op, self._configuration, pool.shell_id, message_id),
+                           deadline)
+        except Exception as error:
+            log.info("could not delete runspace pool on %s (left to its idle timeout): %s", self.endpoint,
+                     classify(error).message)
+            self._close_channel()
+
+    # ------------------------------------------------------------ requests (as client.py sends them)
+
+    def _open(self, deadline: float) -> Channel:
+        if self._channel is not None and not self._channel.connection.dropped():
+            return self._channel
+        self._close_channel()
+        timeout = request_timeouts(self.module, deadline, MIN_REQUEST_SECONDS)[1]
+        if self._authentication is None:
+            self._authentication = authentication(self.module, self._server_name)
+        self._channel = open_channel(self._address, self.module, self._authentication, deadline=deadline,
+                                     timeout=timeout, max_response_bytes=self.max_response_bytes)
+        return self._channel
+
+    def _exchange(self, message: Callable[[int], bytes], deadline: float, *, waits: bool = False,
+                  opens: bool = False) -> bytes:
+        try:
+            channel = self._open(deadline)
+            # a Receive is held by the server up to its OperationTimeout: it must come back before the deadline
+            operation, timeout = request_timeouts(self.module, deadline,
+                                                  MIN_REQUEST_SECONDS if opens or waits else MIN_FOLLOW_UP_SECONDS)
+            return channel.exchange(message(operation), deadline=deadline, timeout=timeout)
+        except AuthenticationRejected:
+            if self._configuration == EXCHANGE and self.module.transport != "kerberos":
+                raise PollFailure("auth_failed", "Exchange's remote PowerShell endpoint takes Kerberos only: set "
+                                  f"transport: kerberos for module {self.module.name}") from None
+            raise
+        except WSManFault as fault:
+            if fault.code == CONFIGURATION_NOT_FOUND:
+                raise PollFailure("configuration_not_found", f"the session configuration {self._configuration} "
+                                  f"is not registered at /{self.module.path} on {self._server_name}"
+                                  + (": install the exporter's JEA endpoint (exchange-eems-exporter windows-endpoint)"
+                                     if self._is_jea() else ""), connection_intact=True) from None
+            raise
+
+
+
+# ---------------------------------------------------------------- reading scripts and objects
+
+
+def _script(command: Command) -> str:
+    """The script a WinRS command line carries (`-EncodedCommand`, UTF-16LE base64: scripts.py)."""
+    try:
+        encoded = command.arguments[command.arguments.index("-EncodedCommand") + 1]
+        return base64.b64decode(encoded, validate=True).decode("utf-16-le")
+    except (ValueError, IndexError, binascii.Error, UnicodeDecodeError):
+        raise PollFailure("internal_error", "not a command scripts.py wrote") from None
+
+
+def _parameters(script: str) -> dict[str, Any]:
+    """The `$P=@{...}` line scripts.py writes (integers and single-quoted strings) as parameter values."""
+    lines = script.split("\n")
+    if len(lines) < 2 or not lines[1].startswith("$P=@{"):
+        raise PollFailure("internal_error", "the server script has no parameter line")
+    values = {}
+    for name, raw in _PARAMETER.findall(lines[1]):
+        values[name] = raw[1:-1].replace("''", "'") if raw.startswith("'") else int(raw)
+    return values
+
+
+def _value(obj: Any, name: str) -> Any:
+    """A property of a deserialised object: selected objects carry note properties, full ones adapted ones."""
+    for prop in (*obj.PSObject.extended_properties, *obj.PSObject.adapted_properties):
+        if prop.name == name:
+            return prop.get_value(obj)
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """A property value as the organization script's JSON has it: text for objects Exchange sends with a
+    ToString (ServerVersion, Uri), ISO text for a DateTime, lists of text, primitives as plain Python."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    for kind in (int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    text = getattr(getattr(value, "PSObject", None), "to_string", None)
+    return None if text is None else str(text)
+
+
+def _server_entry(obj: Any) -> dict[str, Any]:
+    role = _value(obj, "ServerRole")
+    if isinstance(role, int) and not isinstance(role, bool):
+        role = ", ".join(name for bit, name in SERVER_ROLES.items() if role & bit) or str(int(role))
+    return {
+        "name": _plain(_value(obj, "Name")),
+        "fqdn": _plain(_value(obj, "Fqdn")),
+        "roles": _plain(role),
+        "admin_display_version": _plain(_value(obj, "AdminDisplayVersion")),
+        "mitigations_enabled": _plain(_value(obj, "MitigationsEnabled")),
+        "mitigations_applied": _plain(_value(obj, "MitigationsApplied")),
+        "mitigations_blocked": _plain(_value(obj, "MitigationsBlocked")),
+        "mitigations_applied_time": _plain(_value(obj, "MitigationsAppliedTime")),
+        "data_collection_enabled": _plain(_value(obj, "DataCollectionEnabled")),
+        "internet_web_proxy": _plain(_value(obj, "InternetWebProxy")) or "",
+    }
+
+
+def _error_id(record: Any) -> str:
+    return str(getattr(record, "FullyQualifiedErrorId", "") or "")
+
+
+def _error_text(record: Any) -> str:
+    if record is None:
+        return "unknown error"
+    text = getattr(getattr(record, "PSObject", None), "to_string", None)
+    if not text:
+        exception = getattr(record, "Exception", None)
+        text = getattr(exception, "Message", None) or str(record)
+    return " ".join(str(text).split())[:300]

@@ -1,0 +1,122 @@
+"""A compromised server answering PowerShell remoting: it cannot stall the exporter or make it grow.
+
+The simulated server authenticates and opens the runspace pool like Windows; then its pipeline answers with
+fragments a hostile server would write (endless fragments of one message, a huge fragment, a message for
+another runspace pool, a DTD), put straight into the command's queue below psrpcore. Each poll must fail with
+its reason, by its deadline, having read no more than the configured bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import struct
+import time
+import uuid
+
+import pytest
+
+from exporter import windows_endpoint
+from exporter.scripts import ServerScriptParameters, powershell_command, server_script
+from exporter.winrm import PollFailure, connect
+from simulator import psrp
+
+from ..conftest import SimulatedFleet, relocate
+
+COMMAND = powershell_command(server_script(ServerScriptParameters(24, 50, 32768, False, 10, "")))
+OUTPUT, STATE = 0x00041004, 0x00041006
+MAX_RESPONSE, MAX_POLL = 1 << 20, 2 << 20
+
+
+def message(pool: uuid.UUID, pipeline: uuid.UUID, kind: int, data: bytes) -> bytes:
+    return struct.pack("<II", 1, kind) + pool.bytes_le + pipeline.bytes_le + data
+
+
+def fragment(object_id: int, fragment_id: int, data: bytes, start: bool, end: bool) -> bytes:
+    return struct.pack(">QQBI", object_id, fragment_id, (1 if start else 0) | (2 if end else 0), len(data)) + data
+
+
+def endless(pool, pipeline):
+    """One message that never ends: 64 KiB fragments, 8 MiB of them (the bounds stop the exporter long before)."""
+    yield fragment(100, 0, message(pool, pipeline, OUTPUT, b"<S>"), True, False)
+    for number in range(1, 129):
+        yield fragment(100, number, b"x" * (64 << 10), False, False)
+
+
+def huge(pool, pipeline):
+    yield fragment(100, 0, message(pool, pipeline, OUTPUT, b"<S>" + b"x" * (3 << 20) + b"</S>"), True, True)
+
+
+def huge_header(pool, pipeline):
+    """A header that claims 100 MiB; the data that follows is short."""
+    yield struct.pack(">QQBI", 100, 0, 3, 100 << 20) + b"<S>"
+
+
+def wrong_runspace(pool, pipeline):
+    yield fragment(100, 0, message(uuid.uuid4(), pipeline, OUTPUT, b"<S>hello</S>"), True, True)
+
+
+def dtd(pool, pipeline):
+    laughs = (b'<!DOCTYPE S [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
+              b'<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]><S>&c;&c;&c;&c;</S>')
+    yield fragment(100, 0, message(pool, pipeline, OUTPUT, laughs), True, True)
+
+
+ATTACKS = {"endless_fragments": (endless, "bad_output"), "huge_fragment": (huge, "output_too_large"),
+           "huge_fragment_header": (huge_header, "bad_output"), "wrong_runspace_id": (wrong_runspace, "bad_output"),
+           "dtd": (dtd, "bad_output")}
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    output = tmp_path_factory.mktemp("endpoint")
+    windows_endpoint.write(output, "CONTOSO\\EEMS Monitoring")
+    role = output / "ExchangeEemsExporter" / "RoleCapabilities" / "ExchangeEemsReader.psrc"
+    scenario = relocate({"servers": [{"name": "EX01", "address": "127.0.0.1", "build": "15.2.1544.4"}],
+                         "remoting": {"jea": {"role_capability": str(role)}}})
+    with SimulatedFleet(scenario) as fleet:
+        yield fleet
+
+
+@pytest.fixture
+def attack(monkeypatch):
+    """Make every pipeline answer with the chosen attack's fragments, queued as they are (never Done)."""
+    sent = {"bytes": 0, "left": 0}
+
+    def install(name: str):
+        produce = ATTACKS[name][0]
+
+        async def hostile_run(self, pool, command, powershell):
+            fragments = list(produce(pool.runspace.runspace_pool_id, command.pipeline.pipeline_id))
+            command.queue.fragments.extend(fragments)
+            sent["bytes"] = sum(map(len, fragments))
+            await psrp._notify(pool)
+            await asyncio.sleep(3600)  # never completes
+
+        monkeypatch.setattr(psrp.PsrpService, "_run", hostile_run)
+        return sent
+
+    return install
+
+
+def connection(fleet):
+    config = fleet.config()
+    server = config.servers[0]
+    module = dataclasses.replace(config.modules[server.module], protocol="psrp", keep_runspace=False)
+    return connect(f"{module.scheme}://{server.address}:{server.port}/wsman", module, max_response_bytes=MAX_RESPONSE,
+                   max_poll_bytes=MAX_POLL, server_name=server.name)
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_a_hostile_psrp_answer_fails_the_poll_within_its_bounds(fleet, attack, name):
+    sent = attack(name)
+    conn = connection(fleet)
+    started = time.monotonic()
+    with pytest.raises(PollFailure) as failure:
+        conn.run(COMMAND, started + 15)
+    took = time.monotonic() - started
+    conn.close()
+    assert failure.value.reason == ATTACKS[name][1], failure.value.message
+    assert took < 10
+    # what the exporter read is bounded by its limits, not by what the server had to send
+    if name == "endless_fragments":
+        assert sent["bytes"] > 4 * MAX_RESPONSE and "exceeds" in failure.value.message

@@ -1,0 +1,208 @@
+"""The exporter's own pages (issue 21) over real HTTP: the fleet at `/`, `/server?name=`, `/probe?debug=true`.
+
+The demo fleet (simulator/scenarios/demo.yaml) gives servers in every state; a hostile server whose output
+holds HTML, a script tag and the monitoring password shows that nothing a server sends reaches a page
+unescaped or unscrubbed. The browser checks are in test_browser.py.
+"""
+
+from __future__ import annotations
+
+import html
+import http.client
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.catalog import Catalog
+from exporter.config import load_config_text
+from exporter.exporter import Exporter
+from exporter.web import alerts, serve
+from exporter.web.pages import STATES
+
+from ..conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, demo_scenario, poll_all, relocate
+from .hostile_server import HostileServer, Output
+
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+EVIL = '<script>alert("owned")</script><img src=x onerror=alert(1)>'
+
+
+def get(port: int, path: str) -> tuple[int, dict, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read().decode()
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """The demo fleet, polled once, served."""
+    with SimulatedFleet(relocate(demo_scenario())) as fleet:
+        exporter = Exporter(fleet.config(timeout="20s"), Catalog.load())
+        poll_all(exporter.poller)
+        server = serve(exporter, "127.0.0.1", 0, None)
+        yield fleet, exporter, server.server_address[1]
+        server.shutdown()
+        server.server_close()
+        exporter.stop()
+
+
+def rows(page: str) -> list[tuple[str, str]]:
+    """(server, state) of each row of the fleet table, in page order."""
+    return re.findall(r'<tr class="row-(\w+)"><td><a href="[^"]*">([^<]*)</a>', page)
+
+
+def test_the_fleet_page_has_a_row_per_server_worst_first(demo):
+    fleet, _, port = demo
+    status, headers, page = get(port, "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert "script-src" not in headers["Content-Security-Policy"] and "default-src 'none'" in headers["Content-Security-Policy"]
+    found = rows(page)
+    assert sorted(html.unescape(name) for _, name in found) == sorted(fleet.hosts)
+    order = [STATES.index(state) for state, _ in found]
+    assert order == sorted(order), "worst first"
+    states = {html.unescape(name): state for state, name in found}
+    # what the demo scenario makes of each (simulator/scenarios/demo.yaml)
+    assert states["EX-SE01"] == "ok"
+    assert states["EX-SE05-NOWINRM"] in ("critical", "failed")
+    assert "connection_refused" in page
+    assert states["EX16-CU21"] == "critical" and "ExchangeBuildWithoutEEMS" in page
+    assert "<script" not in page
+
+
+def test_the_fleet_page_filters_by_state(demo):
+    _, _, port = demo
+    _, _, everything = get(port, "/")
+    for state in {s for s, _ in rows(everything)}:
+        status, _, page = get(port, f"/?state={state}")
+        assert status == 200 and {s for s, _ in rows(page)} == {state}
+    assert get(port, "/?state=bogus")[0] == 400
+
+
+def test_alerts_on_the_page_are_the_shipped_rules_evaluated_now(demo):
+    """One source of truth: the page's alerts are exporter/data/alert_rules.yml evaluated on /metrics."""
+    _, exporter, port = demo
+    body, _ = exporter.metrics_body("text/plain")
+    expected = {(f.alert, f.labels["server"]) for f in alerts.firing(alerts.samples(body)) if "server" in f.labels}
+    assert ("ExchangeEEMSServiceNotRunning", "EX-SE02-STOPPED") in expected
+    _, _, page = get(port, "/")
+    for alert, server in expected:
+        row = page[page.index(f">{html.escape(server)}</a>"):]
+        row = row[:row.index("</tr>")]
+        assert f">{alert}</a>" in row, (alert, server)
+        assert f"runbooks.md#{alert.lower()}" in row
+
+
+def test_the_sample_reader_agrees_with_prometheus_client(demo):
+    _, exporter, _ = demo
+    body, _ = exporter.metrics_body("text/plain")
+    theirs = [(s.name, s.labels, s.value) for family in text_string_to_metric_families(body.decode())
+              for s in family.samples]
+    assert alerts.samples(body) == theirs
+
+
+def test_every_shipped_rule_is_understood_by_the_evaluator():
+    names = [rule.name for rule in alerts.rules() if rule.alert]
+    assert len(names) >= 20 and "ExchangeBuildBelowCertificateCutoff" in names
+
+
+@pytest.mark.parametrize("expression", ["rate(x[5m]) > 0", "sum by (server) (x)", "x == bool 1", "absent(x)"])
+def test_promql_outside_the_evaluated_part_is_an_error(expression):
+    with pytest.raises(alerts.PromQLError):
+        alerts.parse(expression)
+
+
+def test_the_server_page_shows_the_interpretation_and_timings(demo):
+    _, _, port = demo
+    status, headers, page = get(port, "/server?name=ex-se01")
+    assert status == 200 and "Content-Security-Policy" in headers
+    assert "<h1>EX-SE01</h1>" in page and "15.2.2562.53" in page and "script stage events" in page
+    assert get(port, "/server?name=NOPE")[0] == 404
+    assert get(port, "/server")[0] == 400
+
+
+def test_probe_debug_shows_the_steps_and_the_interpretation(demo):
+    fleet, _, port = demo
+    before = fleet.fleet.request_count("EX-SE01")
+    status, headers, text = get(port, "/probe?target=EX-SE01&debug=true")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert text.startswith("Probe of EX-SE01")
+    for part in ("Steps:", "poll (exporter", "Interpretation:", "cutoff 2026-06", "Alerts that would fire now",
+                 'exchange_up{server="EX-SE01"} 1.0'):
+        assert part in text, part
+    assert fleet.fleet.request_count("EX-SE01") > before  # it polled now
+    assert get(port, "/probe?target=EX-SE01&debug=yes")[0] == 400
+
+
+@pytest.mark.parametrize("output", [
+    Output(stderr=(EVIL + PASSWORD).encode(), exit_code=1),
+    Output(stdout=b'{"schema": 1, "exsetup_version": "' + (EVIL.replace('"', "'") + PASSWORD).encode() + b'"}'),
+], ids=["in the error", "in a partial failure"])
+def test_no_secret_and_no_unescaped_byte_from_a_server_reaches_a_page(output):
+    """HTML pages escape every byte a server sent; the plain-text debug output is never sniffed as HTML; the
+    password is masked everywhere (a server can echo it: it was sent to it)."""
+    with HostileServer("none", {USERNAME: PASSWORD}, output=lambda _: output) as hostile:
+        doc = {"modules": {"m": {"username": USERNAME, "password_env": PASSWORD_ENV, "scheme": "http"}},
+               "servers": [{"name": "EVIL01", "address": "127.0.0.1", "port": hostile.port}]}
+        exporter = Exporter(load_config_text(yaml.safe_dump(doc), Path(".")), Catalog.load())
+        exporter.poller.poll_server("EVIL01")
+        server = serve(exporter, "127.0.0.1", 0, None)
+        try:
+            answers = [get(server.server_address[1], path)
+                       for path in ("/", "/server?name=EVIL01", "/probe?target=EVIL01&debug=true")]
+        finally:
+            server.shutdown()
+            server.server_close()
+    assert "owned" in answers[1][2], "the server's text is shown (escaped), else this test proves nothing"
+    for _, headers, page in answers:
+        if headers["Content-Type"].startswith("text/html"):
+            assert "<script" not in page and "<img" not in page
+        else:
+            assert headers["Content-Type"].startswith("text/plain") and headers["X-Content-Type-Options"] == "nosniff"
+        assert PASSWORD not in page and html.escape(PASSWORD) not in page
+
+
+def test_the_evaluator_agrees_with_promtool(demo, tmp_path):
+    """The page's alerts against Prometheus' own rule engine (promtool test rules) on the same samples: the
+    demo's /metrics, constant for two hours, timestamps moved so that promtool's time() is now, every `for:`
+    passed. Each alert must fire for the same label sets in both."""
+    _, exporter, _ = demo
+    body, _ = exporter.metrics_body("text/plain")
+    now, eval_seconds = time.time(), 7200
+    samples = [(name, labels, value - now + eval_seconds if name.endswith("_timestamp_seconds") else value)
+               for name, labels, value in alerts.samples(body) if name.startswith("exchange_")]
+    ours: dict[str, list[dict]] = {}
+    for firing in alerts.firing(samples, now=eval_seconds):
+        ours.setdefault(firing.alert, []).append({**firing.labels, "severity": firing.severity})
+    assert ours, "the demo fires alerts, else this compares nothing"
+    rules = yaml.safe_load(Path("alerts/exchange-eems.rules.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)  # compared: labels (what fires for what), not the texts
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+
+    def series(name: str, labels: dict) -> str:
+        rendered = ",".join(f'{k}="{v}"' for k, v in sorted({**labels, "job": alerts.JOB,
+                                                               "instance": alerts.INSTANCE}.items()))
+        return f"{name}{{{rendered}}}"
+
+    names = sorted({rule.name for rule in alerts.rules() if rule.alert})
+    test = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [{"series": series(n, l), "values": f"{v!r}x{eval_seconds // 60 + 10}"}
+                         for n, l, v in samples],
+        "alert_rule_test": [{"eval_time": f"{eval_seconds}s", "alertname": name,
+                             "exp_alerts": [{"exp_labels": labels} for labels in ours.get(name, [])]}
+                            for name in names]}]}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+    result = subprocess.run([PROMTOOL, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -1,0 +1,209 @@
+"""PowerShell remoting (exporter/winrm/psrp.py) against simulated servers over real HTTP with NTLM and message
+encryption: the JEA endpoint answers with the facts WinRS gets, Exchange's endpoint with the organization
+script's, and each failure has its reason. The endpoint the simulator serves is the one windows-endpoint writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from exporter import windows_endpoint
+from exporter.config import Secret
+from exporter.parse import parse_organization_output
+from exporter.scripts import ServerScriptParameters, organization_script, powershell_command, server_script
+from exporter.winrm import PollFailure, ServerConnection, connect
+
+from ..conftest import SimulatedFleet, relocate
+
+SE = "15.2.2562.53"
+PARAMETERS = ServerScriptParameters(24, 50, 32768, True, 10, "")
+SERVER = powershell_command(server_script(PARAMETERS))
+ORGANIZATION = powershell_command(organization_script())
+
+
+def scenario(role_capability: Path, **remoting) -> dict:
+    """Three servers; Exchange's /PowerShell opened to NTLM (`kerberos_only: false`) unless a test says otherwise:
+    test_exchange_endpoint_over_kerberos runs it as real Exchange does, Kerberos only, with a real KDC."""
+    servers = [{"name": "EX01", "build": SE}, {"name": "EX02", "build": "15.2.1544.4", "locale": "de-DE"},
+               {"name": "EX03", "build": "15.1.2507.6", "mitigations": {"applied": ["M1.1"], "blocked": ["PING1"]}}]
+    for server in servers:
+        server["address"] = "127.0.0.1"
+    jea = {"role_capability": str(role_capability), **remoting.pop("jea", {})}
+    exchange = {"kerberos_only": False, **remoting.pop("exchange", {})}
+    return relocate({"clock": "2026-12-06T12:00:00Z", "servers": servers,
+                     "remoting": {"jea": jea, "exchange": exchange, **remoting}})
+
+
+@pytest.fixture(scope="module")
+def role_capability(tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("endpoint")
+    windows_endpoint.write(output, "CONTOSO\\EEMS Monitoring")
+    return output / "ExchangeEemsExporter" / "RoleCapabilities" / "ExchangeEemsReader.psrc"
+
+
+@pytest.fixture(scope="module")
+def fleet(role_capability):
+    with SimulatedFleet(scenario(role_capability, jea={"outdated": ["EX02"]},
+                                 exchange={"rbac_denied": []})) as fleet:
+        yield fleet
+
+
+def connection(fleet: SimulatedFleet, name: str, **module_changes):
+    config = fleet.config()
+    server = next(s for s in config.servers if s.name == name)
+    module = dataclasses.replace(config.modules[server.module], **module_changes)
+    target = f"{module.scheme}://{server.address}:{server.port}/wsman"
+    return connect(target, module, max_response_bytes=config.limits.max_response_bytes,
+                   max_poll_bytes=config.limits.max_poll_bytes, server_name=name)
+
+
+def psrp(fleet, name, **changes):
+    return connection(fleet, name, protocol="psrp", **changes)
+
+
+def test_the_jea_endpoint_gives_the_facts_winrs_gets(fleet):
+    winrs = connection(fleet, "EX01")
+    assert isinstance(winrs, ServerConnection)
+    expected = winrs.run(SERVER, time.monotonic() + 20)
+    conn = psrp(fleet, "EX01")
+    result = conn.run(SERVER, time.monotonic() + 20)
+    conn.close()
+    assert result.exit_code == 0 and result.stdout == expected.stdout.rstrip(b"\r\n")
+    assert json.loads(result.stdout)["computer"] == "EX01"
+    assert fleet.fleet.open_pools("EX01") == 0  # close() deletes the kept pool
+
+
+def test_a_kept_runspace_costs_a_command_and_its_receive(fleet):
+    conn = psrp(fleet, "EX03")
+    conn.run(SERVER, time.monotonic() + 20)
+    before = fleet.fleet.request_count("EX03")
+    conn.run(SERVER, time.monotonic() + 20)
+    steady = fleet.fleet.request_count("EX03") - before
+    assert fleet.fleet.open_pools("EX03") == 1
+    conn.close()
+    assert fleet.fleet.open_pools("EX03") == 0
+    # Command, then the Receive that long-polls until the function is done (WinRS: Create, Command, Receive,
+    # Signal, Delete)
+    assert steady == 2
+
+
+def test_without_keep_runspace_the_pool_is_deleted_after_each_poll(fleet):
+    conn = psrp(fleet, "EX01", keep_runspace=False)
+    conn.run(SERVER, time.monotonic() + 20)
+    assert fleet.fleet.open_pools("EX01") == 0
+
+
+def test_an_outdated_endpoint_gives_no_verdict(fleet):
+    conn = psrp(fleet, "EX02")
+    with pytest.raises(PollFailure) as failure:
+        conn.run(SERVER, time.monotonic() + 20)
+    assert failure.value.reason == "endpoint_outdated"
+    assert windows_endpoint.endpoint_version() in failure.value.message
+    assert "windows-endpoint" in failure.value.message and "Install-ExchangeEemsEndpoint.ps1" in failure.value.message
+
+
+def test_a_missing_endpoint_is_configuration_not_found(role_capability):
+    with SimulatedFleet(scenario(role_capability, jea={"absent": ["EX01"]})) as fleet:
+        with pytest.raises(PollFailure) as failure:
+            psrp(fleet, "EX01").run(SERVER, time.monotonic() + 20)
+    assert failure.value.reason == "configuration_not_found"
+    assert "windows-endpoint" in failure.value.message
+
+
+def test_exchange_endpoint_gives_the_organization_scripts_facts(fleet):
+    expected = parse_organization_output(connection(fleet, "EX01").run(ORGANIZATION, time.monotonic() + 20).stdout)
+    conn = psrp(fleet, "EX01", configuration_name="Microsoft.Exchange", path="PowerShell")
+    result = conn.run(ORGANIZATION, time.monotonic() + 20)
+    conn.close()
+    facts = parse_organization_output(result.stdout)
+    assert facts.mitigations_enabled is True and facts.error_stage is None
+    assert [s.name for s in facts.servers] == ["EX01", "EX02", "EX03"]
+    assert facts.servers == expected.servers
+
+
+def test_rbac_denied(role_capability):
+    with SimulatedFleet(scenario(role_capability, exchange={"rbac_denied": ["Get-ExchangeServer"]})) as fleet:
+        conn = psrp(fleet, "EX01", configuration_name="Microsoft.Exchange", path="PowerShell")
+        with pytest.raises(PollFailure) as failure:
+            conn.run(ORGANIZATION, time.monotonic() + 20)
+        conn.close()
+    assert failure.value.reason == "rbac_denied" and "Get-ExchangeServer" in failure.value.message
+
+
+def test_exchange_endpoint_refuses_the_server_script(fleet):
+    with pytest.raises(PollFailure) as failure:
+        psrp(fleet, "EX01", configuration_name="Microsoft.Exchange", path="PowerShell").run(SERVER, time.monotonic() + 20)
+    assert failure.value.reason == "configuration_not_found"
+
+
+def test_proxies_in_the_environment_are_not_used(fleet, monkeypatch):
+    """The WinRS path ignores proxy variables; so does PSRP (pypsrp's session would have trusted them)."""
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # discard port: a used proxy fails the poll
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    conn = psrp(fleet, "EX01", keep_runspace=False)
+    assert conn.run(SERVER, time.monotonic() + 20).exit_code == 0
+
+
+def test_a_slow_function_fails_by_the_deadline(role_capability):
+    scenario_ = scenario(role_capability)
+    scenario_["servers"][0]["output_faults"] = {"script_runtime": 30}
+    with SimulatedFleet(scenario_) as fleet:
+        conn = psrp(fleet, "EX01", operation_timeout=1.0, read_timeout=2.0)
+        started = time.monotonic()
+        with pytest.raises(PollFailure) as failure:
+            conn.run(SERVER, started + 4)
+        took = time.monotonic() - started
+        conn.close()
+    assert failure.value.reason == "timeout" and took < 5.5  # slow, not trickling: as over WinRS
+
+
+KERBEROS_PASSWORD = "Kerb3ros!psrp-test"
+
+
+def test_exchange_endpoint_over_kerberos_and_the_reason_over_ntlm(role_capability, kdc_factory):
+    """As real Exchange: /PowerShell takes Kerberos only. With a ticket from a real MIT KDC the organization
+    collector gets every server's facts without delegation; over NTLM a clear reason names Kerberos."""
+    kdc = kdc_factory()
+    kdc.add_principal("svc_monitor", password=KERBEROS_PASSWORD)
+    data = scenario(role_capability, exchange={"kerberos_only": True})
+    for server in data["servers"]:
+        server["fqdn"] = f"{server['name'].lower()}.contoso.test"
+        server["auth"] = ["ntlm", "kerberos"]
+    fqdns = [server["fqdn"] for server in data["servers"]]
+    keytab = kdc.service_keytab(kdc.directory / "keytabs" / "listeners.keytab", fqdns)
+    with SimulatedFleet(data, kerberos_keytab=keytab) as fleet:
+        config = fleet.config()
+        server = config.servers[0]
+        module = dataclasses.replace(config.modules[server.module], protocol="psrp",
+                                     configuration_name="Microsoft.Exchange", path="PowerShell")
+        target = f"http://{server.address}:{server.port}/wsman"
+
+        def run(**changes):
+            conn = connect(target, dataclasses.replace(module, **changes), max_response_bytes=4 << 20,
+                           max_poll_bytes=8 << 20, server_name="ex01.contoso.test")
+            try:
+                return conn.run(ORGANIZATION, time.monotonic() + 20)
+            finally:
+                conn.close()
+
+        facts = parse_organization_output(run(transport="kerberos", username="svc_monitor@CONTOSO.TEST",
+                                              password=Secret(KERBEROS_PASSWORD)).stdout)
+        with pytest.raises(PollFailure) as ntlm:
+            run()
+    assert [s.name for s in facts.servers] == ["EX01", "EX02", "EX03"] and facts.error_stage is None
+    assert ntlm.value.reason == "auth_failed" and "takes Kerberos only" in ntlm.value.message
+
+
+def test_parameters_beyond_the_functions_bounds_are_cut_to_them(fleet):
+    """A lookback of two years is more than the JEA function accepts (one year): the poll asks for a year."""
+    command = powershell_command(server_script(ServerScriptParameters(2 * 8760, 50, 32768, False, 600, "")))
+    conn = psrp(fleet, "EX01")
+    result = conn.run(command, time.monotonic() + 20)
+    conn.close()
+    assert result.exit_code == 0 and json.loads(result.stdout)["computer"] == "EX01"
