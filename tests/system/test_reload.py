@@ -28,10 +28,12 @@ from ..conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, free_port, poll_a
 
 REPO = Path(__file__).resolve().parents[2]
 RELOAD_OK = "exchange_exporter_config_last_reload_successful"
+# Names whose first poll falls early in a 10 s interval (exporter.schedule.offset: 0.07 s and 0.13 s), so a real
+# exporter process polls them right after it starts instead of most of an interval later.
 SCENARIO = {
     "servers": [
-        {"name": "EX01", "address": "127.0.0.1", "build": "15.2.2562.53"},
-        {"name": "EX02", "address": "127.0.0.1", "build": "15.2.1544.36"},
+        {"name": "EX47", "address": "127.0.0.1", "build": "15.2.2562.53"},
+        {"name": "EX78", "address": "127.0.0.1", "build": "15.2.1544.36"},
     ],
 }
 
@@ -66,7 +68,7 @@ def config_for(fleet: SimulatedFleet, servers: list[str], **poll) -> str:
     return yaml.safe_dump(raw, sort_keys=False)
 
 
-BROKEN = "modules: {http: {port: 99999}}\nservers: [EX01]\n"
+BROKEN = "modules: {http: {port: 99999}}\nservers: [EX47]\n"
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +95,12 @@ def served(path: Path):
 
 def test_reload_over_http(fleet, tmp_path):
     path = tmp_path / "exporter.yml"
-    path.write_text(config_for(fleet, ["EX01"]))
+    path.write_text(config_for(fleet, ["EX47"]))
     with served(path) as (exporter, base):
         poll_all(exporter.poller)
         metrics = scrape(base)
         assert reload_ok(metrics) == 1
-        assert up(metrics, "EX01") == 1 and up(metrics, "EX02") is None
+        assert up(metrics, "EX47") == 1 and up(metrics, "EX78") is None
 
         # invalid: refused with the reason, the running configuration stays
         path.write_text(BROKEN)
@@ -107,45 +109,45 @@ def test_reload_over_http(fleet, tmp_path):
         assert "modules.http.port" in body and "running configuration is kept" in body
         assert PASSWORD not in body
         current = exporter.runtime.current()
-        assert current.config.servers[0].name == "EX01" and current.targets.get("EX01") is not None
-        before = fleet.fleet.request_count("EX01")
+        assert current.config.servers[0].name == "EX47" and current.targets.get("EX47") is not None
+        before = fleet.fleet.request_count("EX47")
         poll_all(exporter.poller)
-        assert fleet.fleet.request_count("EX01") > before, "the old configuration stopped polling"
+        assert fleet.fleet.request_count("EX47") > before, "the old configuration stopped polling"
         metrics = scrape(base)
         assert reload_ok(metrics) == 0
-        assert up(metrics, "EX01") == 1
+        assert up(metrics, "EX47") == 1
 
         # valid again, with a second server
-        path.write_text(config_for(fleet, ["EX01", "EX02"]))
+        path.write_text(config_for(fleet, ["EX47", "EX78"]))
         status, body = post_reload(base)
         assert (status, body) == (200, "configuration reloaded\n")
         assert reload_ok(scrape(base)) == 1
-        assert exporter.runtime.current().targets.get("EX02") is not None
+        assert exporter.runtime.current().targets.get("EX78") is not None
         poll_all(exporter.poller)
         metrics = scrape(base)
-        assert up(metrics, "EX01") == 1 and up(metrics, "EX02") == 1
+        assert up(metrics, "EX47") == 1 and up(metrics, "EX78") == 1
 
         # a server removed from the file leaves /metrics
-        path.write_text(config_for(fleet, ["EX02"]))
+        path.write_text(config_for(fleet, ["EX78"]))
         assert post_reload(base)[0] == 200
         metrics = scrape(base)
-        assert up(metrics, "EX01") is None and up(metrics, "EX02") == 1
-        with urllib.request.urlopen(base + "/probe?target=EX02", timeout=30) as response:
+        assert up(metrics, "EX47") is None and up(metrics, "EX78") == 1
+        with urllib.request.urlopen(base + "/probe?target=EX78", timeout=30) as response:
             assert response.status == 200
         with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(base + "/probe?target=EX01", timeout=30)
+            urllib.request.urlopen(base + "/probe?target=EX47", timeout=30)
         assert refused.value.code == 400  # no longer configured, so no longer probeable
 
 
 def test_reload_when_the_file_disappeared(fleet, tmp_path):
     path = tmp_path / "exporter.yml"
-    path.write_text(config_for(fleet, ["EX01"]))
+    path.write_text(config_for(fleet, ["EX47"]))
     with served(path) as (exporter, base):
         path.unlink()
         status, body = post_reload(base)
         assert status == 500 and "does not exist" in body
         assert reload_ok(scrape(base)) == 0
-        assert exporter.runtime.current().targets.get("EX01") is not None
+        assert exporter.runtime.current().targets.get("EX47") is not None
 
 
 # ---------------------------------------------------------------- SIGHUP to a running process
@@ -187,24 +189,24 @@ def stop(process: subprocess.Popen) -> str:
 
 def test_reload_on_sighup(fleet, tmp_path):
     path = tmp_path / "exporter.yml"
-    path.write_text(config_for(fleet, ["EX01"], interval="10s", timeout="5s"))
+    path.write_text(config_for(fleet, ["EX47"], interval="10s", timeout="5s"))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     process = start_exporter(path, port)
     try:
-        wait_for(lambda: up(scrape(base), "EX01") == 1, "the first poll of EX01")
+        wait_for(lambda: up(scrape(base), "EX47") == 1, "the first poll of EX47")
         assert reload_ok(scrape(base)) == 1
 
         path.write_text(BROKEN)
         process.send_signal(signal.SIGHUP)
         wait_for(lambda: reload_ok(scrape(base)) == 0, "the failed reload to show in /metrics")
         assert process.poll() is None, "a bad reload must not stop the exporter"
-        assert up(scrape(base), "EX01") == 1
+        assert up(scrape(base), "EX47") == 1
 
-        path.write_text(config_for(fleet, ["EX01", "EX02"], interval="10s", timeout="5s"))
+        path.write_text(config_for(fleet, ["EX47", "EX78"], interval="10s", timeout="5s"))
         process.send_signal(signal.SIGHUP)
         wait_for(lambda: reload_ok(scrape(base)) == 1, "the good reload to show in /metrics")
-        wait_for(lambda: up(scrape(base), "EX02") == 1, "the first poll of the added server EX02")
+        wait_for(lambda: up(scrape(base), "EX78") == 1, "the first poll of the added server EX78")
     finally:
         stderr = stop(process)
     assert process.returncode == 0, stderr
@@ -219,7 +221,7 @@ def test_sighup_as_soon_as_the_port_opens(tmp_path):
     """A config-reloader sidecar may signal the moment the exporter answers: that must not kill it."""
     path = tmp_path / "exporter.yml"
     path.write_text("modules: {default: {username: u, password_env: %s, scheme: http}}\n"
-                    "servers: [{name: EX01, address: 127.0.0.1, port: %d}]\n" % (PASSWORD_ENV, free_port()))
+                    "servers: [{name: EX47, address: 127.0.0.1, port: %d}]\n" % (PASSWORD_ENV, free_port()))
     port = free_port()
     process = start_exporter(path, port)
     try:
@@ -247,19 +249,19 @@ def test_sighup_as_soon_as_the_port_opens(tmp_path):
 def test_a_re_added_server_shows_no_stale_result(fleet, tmp_path):
     """Removing a server drops its result; adding it back must not resurrect `exchange_up 1` before a poll."""
     path = tmp_path / "exporter.yml"
-    path.write_text(config_for(fleet, ["EX01", "EX02"]))
+    path.write_text(config_for(fleet, ["EX47", "EX78"]))
     exporter = Exporter(load_config(path), Catalog.load())
     poll_all(exporter.poller)
-    path.write_text(config_for(fleet, ["EX01"]))
+    path.write_text(config_for(fleet, ["EX47"]))
     assert exporter.reload()[0]
-    fleet.hosts["EX02"].faults.refuse_connections = True  # it went away; its old result must not come back
+    fleet.hosts["EX78"].faults.refuse_connections = True  # it went away; its old result must not come back
     try:
-        path.write_text(config_for(fleet, ["EX01", "EX02"]))
+        path.write_text(config_for(fleet, ["EX47", "EX78"]))
         assert exporter.reload()[0]
         body, _ = exporter.metrics_body("")
-        assert up(samples(body.decode()), "EX02") is None
+        assert up(samples(body.decode()), "EX78") is None
     finally:
-        fleet.hosts["EX02"].faults.refuse_connections = False
+        fleet.hosts["EX78"].faults.refuse_connections = False
         exporter.stop()
 
 
@@ -274,13 +276,13 @@ BOMB = """modules:
       - &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
       - &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
       - &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
-servers: [EX01]
+servers: [EX47]
 """
 
 
 def test_a_yaml_alias_bomb_is_a_short_failed_reload(fleet, tmp_path):
     path = tmp_path / "exporter.yml"
-    path.write_text(config_for(fleet, ["EX01"]))
+    path.write_text(config_for(fleet, ["EX47"]))
     with served(path) as (_, base):
         for bomb in (BOMB, BOMB.replace("    port:", "    username:")):
             path.write_text(bomb)
@@ -294,7 +296,7 @@ def test_a_yaml_alias_bomb_is_a_short_failed_reload(fleet, tmp_path):
 def test_any_reload_failure_is_a_failed_reload(fleet, tmp_path):
     """Not only ConfigError: whatever goes wrong while loading leaves the old configuration and says so."""
     path = tmp_path / "exporter.yml"
-    path.write_text(config_for(fleet, ["EX01"]))
+    path.write_text(config_for(fleet, ["EX47"]))
     exporter = Exporter(load_config(path), Catalog.load())
     path.write_bytes(b"poll: " + b"[" * 100_000)  # deeper than the YAML parser's recursion
     ok, message = exporter.reload()
@@ -306,8 +308,8 @@ def test_any_reload_failure_is_a_failed_reload(fleet, tmp_path):
 
 
 DISCOVERY = {
-    "organization": {"name": "Contoso", "domain": "contoso.com", "server": "EX01"},
-    "servers": [{"name": name, "address": "127.0.0.1", "build": "15.2.2562.53"} for name in ("EX01", "EX02", "EX03")],
+    "organization": {"name": "Contoso", "domain": "contoso.com", "server": "EX47"},
+    "servers": [{"name": name, "address": "127.0.0.1", "build": "15.2.2562.53"} for name in ("EX47", "EX78", "EX03")],
 }
 
 
@@ -321,11 +323,11 @@ def organization_fleet():
 
 
 def discovery_config(fleet: SimulatedFleet, *, discover: bool = True, timeout: str = "15s") -> str:
-    """EX01 listed, the others left to discovery through the organization collector on EX01."""
+    """EX47 listed, the others left to discovery through the organization collector on EX47."""
     raw = yaml.safe_load(fleet.config_text(timeout=timeout))
-    raw["servers"] = [s for s in raw["servers"] if s["name"] == "EX01"]
+    raw["servers"] = [s for s in raw["servers"] if s["name"] == "EX47"]
     raw["modules"]["http"]["port"] = raw["servers"][0]["port"]
-    raw["organization"] = {"name": "Contoso", "server": "EX01", "discover_servers": discover}
+    raw["organization"] = {"name": "Contoso", "server": "EX47", "discover_servers": discover}
     return yaml.safe_dump(raw, sort_keys=False)
 
 
@@ -339,7 +341,7 @@ def test_an_unchanged_reload_changes_nothing_and_discovered_servers_outlive_a_re
         poll_all(exporter.poller)
         before = exporter.runtime.current()
         metrics = exchange_samples(exporter)
-        assert [up(metrics, name) for name in ("EX01", "EX02", "EX03")] == [1, 1, 1]
+        assert [up(metrics, name) for name in ("EX47", "EX78", "EX03")] == [1, 1, 1]
 
         assert exporter.reload() == (True, "configuration unchanged")
         assert exporter.runtime.current() is before
@@ -349,14 +351,14 @@ def test_an_unchanged_reload_changes_nothing_and_discovered_servers_outlive_a_re
         assert exporter.reload() == (True, "configuration reloaded")
         current = exporter.runtime.current()
         assert current is not before and current.config.poll.timeout == 14
-        assert current.targets.get("EX02").discovered
+        assert current.targets.get("EX78").discovered
         metrics = samples(exporter.metrics_body("")[0].decode())
-        assert [up(metrics, name) for name in ("EX01", "EX02", "EX03")] == [1, 1, 1]
+        assert [up(metrics, name) for name in ("EX47", "EX78", "EX03")] == [1, 1, 1]
 
         path.write_text(discovery_config(organization_fleet, discover=False))
         assert exporter.reload()[0]
         metrics = samples(exporter.metrics_body("")[0].decode())
-        assert [up(metrics, name) for name in ("EX01", "EX02", "EX03")] == [1, None, None]
+        assert [up(metrics, name) for name in ("EX47", "EX78", "EX03")] == [1, None, None]
     finally:
         exporter.stop()
 
@@ -377,13 +379,13 @@ def test_a_probe_leaves_the_background_result_alone(fleet, tmp_path):
     """/probe answers with its own poll and keeps nothing, as blackbox does: before, a failed probe turned the
     server's background series to `exchange_up 0`."""
     path = tmp_path / "exporter.yml"
-    path.write_text(config_for(fleet, ["EX01", "EX02"]))
+    path.write_text(config_for(fleet, ["EX47", "EX78"]))
     with served(path) as (exporter, base):
         poll_all(exporter.poller)
-        fleet.set_faults("EX01", Faults(refuse_connections=True))
+        fleet.set_faults("EX47", Faults(refuse_connections=True))
         try:
-            with urllib.request.urlopen(base + "/probe?target=EX01", timeout=30) as response:
-                assert up(samples(response.read().decode()), "EX01") == 0
+            with urllib.request.urlopen(base + "/probe?target=EX47", timeout=30) as response:
+                assert up(samples(response.read().decode()), "EX47") == 0
         finally:
-            fleet.set_faults("EX01")
-        assert up(scrape(base), "EX01") == 1
+            fleet.set_faults("EX47")
+        assert up(scrape(base), "EX47") == 1
