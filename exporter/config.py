@@ -159,6 +159,8 @@ class ModuleConfig:
     kerberos_delegation: bool  # lets Exchange cmdlets in the WinRS session reach AD (the double hop)
     keytab_file: Path | None  # transport kerberos: the keys of `username`, instead of a password
     spn_service: str  # transport kerberos: the service ticket is for <spn_service>/<server FQDN>
+    # transport credssp: what authenticates inside CredSSP's TLS session (exporter/winrm/credssp.py)
+    credssp_auth_mechanism: str = "ntlm"
     # PowerShell remoting instead of WinRS (exporter/winrm/psrp.py): the session configuration, the HTTP path
     # (wsman for the WinRM service, PowerShell for Exchange's own endpoint) and whether the runspace pool is
     # kept between polls.
@@ -224,6 +226,7 @@ def module_keys(base: Path) -> tuple[Key, ...]:
         Key("kerberos_delegation", boolean, False),
         Key("keytab_file", partial(existing_file, base=base, secret_nearby=True), None),
         Key("spn_service", choice("HTTP", "WSMAN"), "HTTP"),
+        Key("credssp_auth_mechanism", choice("ntlm", "kerberos"), "ntlm"),
         Key("protocol", choice("winrs", "psrp"), "winrs"),
         Key("configuration_name", _configuration_name, "ExchangeEemsExporter"),
         Key("path", _http_path, lambda values: "PowerShell" if values["configuration_name"] == "Microsoft.Exchange"
@@ -288,6 +291,10 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
         for key in ("kerberos_delegation", "keytab_file"):
             if values[key]:
                 raise ConfigError(f"{path}.{key}", "only applies to transport kerberos")
+    if transport == "credssp" and values["credssp_auth_mechanism"] == "kerberos":
+        _check_kerberos_inside_credssp(path, values)
+    elif transport != "credssp" and "credssp_auth_mechanism" in section:
+        raise ConfigError(f"{path}.credssp_auth_mechanism", "only applies to transport credssp")
     if values["ca_file"] and values["insecure_skip_verify"]:
         raise ConfigError(f"{path}.insecure_skip_verify", "contradicts ca_file: choose one")
     if values["protocol"] == "winrs":
@@ -319,6 +326,17 @@ def _check_kerberos(path: str, values: dict[str, Any], password: Secret | None) 
         problem = keytab_problem(keytab, username)
         if problem:
             raise ConfigError(f"{path}.keytab_file", f"the keytab {problem}")
+
+
+def _check_kerberos_inside_credssp(path: str, values: dict[str, Any]) -> None:
+    if "\\" in values["username"]:
+        raise ConfigError(f"{path}.username", "Kerberos inside CredSSP needs the account as a principal, user@REALM; "
+                                              "DOMAIN\\user is the NTLM form")
+    try:
+        import gssapi  # noqa: F401  (pyspnego's Kerberos)
+    except ImportError:
+        raise ConfigError(f"{path}.credssp_auth_mechanism", "Kerberos needs the exporter's kerberos extra: "
+                                                            "pip install 'exchange-eems-exporter[kerberos]'") from None
 
 
 # ---------------------------------------------------------------- servers

@@ -38,7 +38,8 @@ FIRST_PAUSE_SECONDS = 15 * 60
 MAX_PAUSE_SECONDS = 60 * 60  # doubling up to this: at most one rejected logon an hour once it is reached
 # Failures that say nothing about the credential: no server answered about it.
 UNTESTED = frozenset({"connection_refused", "connection_error", "tls_error", "timeout", "deadline_exceeded",
-                      "http_error", "not_found", "internal_error", "kdc_unreachable", "spn_unknown", "clock_skew"})
+                      "http_error", "not_found", "internal_error", "kdc_unreachable", "spn_unknown", "clock_skew",
+                      "credssp_outdated"})
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ def authentication(module: ModuleConfig, hostname: str):
 
         return Kerberos(module, hostname, encrypt=encrypt)
     if module.transport == "credssp":
-        return CredSSP(module.username, password, hostname, encrypt=encrypt)
+        return CredSSP(module, hostname, encrypt=encrypt)
     raise ValueError(f"unknown transport {module.transport!r}")
 
 

@@ -15,8 +15,10 @@ so the clients fall back to NTLM at once and every packet stays on loopback.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -140,6 +142,72 @@ def test_a_wrong_password_is_auth_failed_and_one_rejected_logon(fleet, tmp_path,
 
 def test_a_listener_without_credssp_refuses_it(fleet, tmp_path):
     assert poll(fleet, tmp_path, "NTLM-ONLY").error_reason == "auth_failed"
+
+
+class SilentKdc:
+    """The KDC a krb5.conf names for its default realm, on loopback: it answers nothing and counts what reaches it
+    (UDP datagrams, TCP connections: the kernel queues both until `count` reads them)."""
+
+    def __init__(self) -> None:
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", 0))
+        self.port = self.udp.getsockname()[1]
+        self.tcp = socket.socket()
+        self.tcp.bind(("127.0.0.1", self.port))
+        self.tcp.listen(8)
+        for sock in (self.udp, self.tcp):
+            sock.setblocking(False)
+
+    def krb5_conf(self, path: Path) -> Path:
+        path.write_text(f"[libdefaults]\n default_realm = CONTOSO.TEST\n dns_lookup_kdc = false\n"
+                        f" dns_lookup_realm = false\n[realms]\n CONTOSO.TEST = {{\n  kdc = 127.0.0.1:{self.port}\n }}\n")
+        return path
+
+    def count(self) -> int:
+        seen = 0
+        for receive in (lambda: self.udp.recv(65536), lambda: self.tcp.accept()[0].close()):
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    receive()
+                    seen += 1
+        return seen
+
+    def close(self) -> None:
+        self.udp.close()
+        self.tcp.close()
+
+
+def test_credssp_authenticates_with_ntlm_inside_and_asks_no_kdc(fleet, tmp_path, monkeypatch):
+    """With the kerberos extra installed and a realm in krb5.conf, pyspnego's CredSSP client left to itself tries
+    Kerberos first: an AS-REQ to the realm's KDC (here a silent one on loopback, with DNS asked on real sites) on
+    every new connection, then NTLM. A module that does not ask for Kerberos (`credssp_auth_mechanism` defaults
+    to ntlm) authenticates with NTLM inside CredSSP and sends the KDC nothing."""
+    pytest.importorskip("gssapi", reason="the kerberos extra is what would make pyspnego try Kerberos")
+    kdc = SilentKdc()
+    try:
+        monkeypatch.setenv("KRB5_CONFIG", str(kdc.krb5_conf(tmp_path / "krb5.conf")))
+        outcome = poll(fleet, tmp_path, "CSSP-HTTPS")
+        asked = kdc.count()
+    finally:
+        kdc.close()
+    assert outcome.success, outcome
+    assert asked == 0, f"{asked} requests reached the realm's KDC"
+
+
+def test_a_server_below_credssp_version_5_is_refused_before_the_password_is_sent(fleet, tmp_path, monkeypatch):
+    """CredSSP versions 2 to 4 lack the CVE-2018-0886 fix. A server speaking 4 (pyspnego's acceptor with its
+    protocol version lowered; in this one process the client's own version goes down with it, and both take the
+    lower of the two, as against a real old server) is refused with `credssp_outdated` after the NTLM exchange and
+    before the pubKeyAuth and credentials steps: the server receives no password and opens no shell."""
+    import spnego._credssp  # the version is a module constant of pyspnego's CredSSP, used by both ends
+
+    monkeypatch.setattr(spnego._credssp, "_CREDSSP_VERSION", 4)
+    requests = fleet.fleet.request_count("CSSP-HTTPS")
+    outcome = poll(fleet, tmp_path, "CSSP-HTTPS")
+    assert outcome.error_reason == "credssp_outdated", outcome
+    assert "version 4" in outcome.error_message, outcome
+    assert fleet.fleet.open_shells("CSSP-HTTPS") == 0
+    assert fleet.fleet.request_count("CSSP-HTTPS") - requests <= 4, "the poll went on past the handshake"
 
 
 @pytest.mark.parametrize("transport, reason", [("credssp", None), ("ntlm", "double_hop")])

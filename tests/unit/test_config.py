@@ -441,3 +441,21 @@ def test_psrp_keys_are_checked(tmp_path, module, key):
     with pytest.raises(ConfigError) as error:
         _psrp_config(tmp_path, **module)
     assert f"modules.m.{key}" in str(error.value)
+
+
+def test_credssp_authenticates_inside_with_ntlm_unless_the_module_asks_for_kerberos(tmp_path):
+    base = {"transport": "credssp", "scheme": "https", "password_env": PASSWORD_ENV}
+    assert _psrp_config(tmp_path, **base).credssp_auth_mechanism == "ntlm"
+    kerberos = {**base, "credssp_auth_mechanism": "kerberos", "username": "svc@CONTOSO.COM"}
+    assert _psrp_config(tmp_path, **kerberos).credssp_auth_mechanism == "kerberos"
+    for settings, key, phrase in [
+        ({**base, "credssp_auth_mechanism": "kerberos"}, "credssp_auth_mechanism", None),  # EXCH\svc_monitor
+        ({**base, "credssp_auth_mechanism": "negotiate"}, "credssp_auth_mechanism", "ntlm or kerberos"),
+        ({"credssp_auth_mechanism": "ntlm"}, "credssp_auth_mechanism", "only applies to transport credssp"),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            _psrp_config(tmp_path, **settings)
+        if phrase is None:
+            assert caught.value.path == "modules.m.username" and "user@REALM" in caught.value.message
+        else:
+            assert caught.value.path == f"modules.m.{key}" and phrase in caught.value.message, str(caught.value)

@@ -14,8 +14,12 @@ import struct
 import threading
 import time
 
-import spnego
+from pathlib import Path
 
+import spnego
+import yaml
+
+from exporter.config import load_config_text
 from exporter.winrm.connection import Connection, Endpoint
 from exporter.winrm.credssp import CredSSP
 from simulator import auth
@@ -90,7 +94,12 @@ class CredSSPListener:
                                + b"\r\nContent-Length: %d\r\n\r\n" % len(reply) + reply)
 
 
-def test_credssp_authenticates_delegates_and_seals_large_messages_in_parts():
+def test_credssp_authenticates_delegates_and_seals_large_messages_in_parts(monkeypatch):
+    monkeypatch.setenv("EEMS_TEST_CREDSSP_PASSWORD", PASSWORD)
+    module = load_config_text(yaml.safe_dump({
+        "modules": {"m": {"transport": "credssp", "scheme": "http", "username": USER,
+                          "password_env": "EEMS_TEST_CREDSSP_PASSWORD"}},
+        "servers": ["ex01.contoso.test"]}), Path(".")).modules["m"]
     auth.USER_FILE.register(id(test_credssp_authenticates_delegates_and_seals_large_messages_in_parts),
                             {USER: PASSWORD})  # the acceptor's NTLM, inside CredSSP, reads NTLM_USER_FILE
     try:
@@ -98,8 +107,7 @@ def test_credssp_authenticates_delegates_and_seals_large_messages_in_parts():
         deadline = time.monotonic() + 20
         connection = Connection.open(listener.endpoint, None, deadline=deadline, timeout=10,
                                      max_response_bytes=1 << 20, user_agent="test")
-        channel = CredSSP(USER, PASSWORD, "ex01.contoso.test", encrypt=True).open(connection, deadline=deadline,
-                                                                                  timeout=10)
+        channel = CredSSP(module, "ex01.contoso.test", encrypt=True).open(connection, deadline=deadline, timeout=10)
         small, large = b"<small/>", b"<large/>" * 3000  # 24 KB: two parts
         assert channel.exchange(small, deadline=deadline, timeout=10) == small[::-1]
         assert channel.exchange(large, deadline=deadline, timeout=10) == large[::-1]
