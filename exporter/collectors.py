@@ -21,6 +21,7 @@ from .eems_log import classify_organization_error
 from .interpret import interpret_server
 from .model import CollectorOutcome, OrganizationResult, OrgServerInfo, RawServerFacts, ServerResult, ServerState
 from .parse import ParseError, clixml_to_text, parse_organization_output, parse_server_output
+from .redact import masking
 from .runtime import Target
 from .winrm import PollFailure, ServerConnection
 
@@ -43,7 +44,7 @@ def collect_server(target: Target, connection: ServerConnection, settings: PollC
         stdout = run_script(connection, server_script(target, settings, known), deadline)
         return interpret_output(target, stdout, settings, catalog, known)[1]
 
-    state, outcome = _attempt("server", f"poll of {target.name}", started, poll)
+    state, outcome = _attempt("server", f"poll of {target.name}", started, poll, masking(connection.module.secrets()))
     return ServerResult(target.name, outcome=outcome, state=state,
                         last_success=outcome.finished if outcome.success else None)
 
@@ -52,28 +53,32 @@ def collect_organization(target: Target, connection: ServerConnection, settings:
                          deadline: float, *, max_servers: int) -> OrganizationResult:
     """Poll the organization through one server (Get-ExchangeServer and the organization config)."""
     started = time.monotonic()
+    mask = masking(connection.module.secrets())
 
     def poll():
         facts = parse_organization_output(run_script(connection, scripts.organization_script(), deadline),
                                           max_servers=max_servers)
         if facts.error_message:
             reason = classify_organization_error(facts.error_message)
-            raise PollFailure(reason, f"{facts.error_stage or 'script'}: {facts.error_message}")
+            raise PollFailure(reason, f"{facts.error_stage or 'script'}: {facts.error_message}", mask=mask)
         return facts
 
-    facts, outcome = _attempt("organization", f"organization collector on {target.name}", started, poll)
+    facts, outcome = _attempt("organization", f"organization collector on {target.name}", started, poll, mask)
     if facts is None:
         return OrganizationResult(settings.name, outcome=outcome)
     return OrganizationResult(settings.name, outcome=outcome, facts=facts, last_success=outcome.finished,
                               servers={s.name.lower(): s for s in facts.servers})
 
 
-def _attempt(collector: str, what: str, started: float, poll: Callable[[], T]) -> tuple[T | None, CollectorOutcome]:
-    """Run `poll`; its value and a successful outcome, or None and the outcome its failure deserves."""
+def _attempt(collector: str, what: str, started: float, poll: Callable[[], T],
+             mask: Callable[[str], str]) -> tuple[T | None, CollectorOutcome]:
+    """Run `poll`; its value and a successful outcome, or None and the outcome its failure deserves. The module's
+    secrets are masked in the failure's text once more (a ParseError may quote the output) before it is logged."""
     try:
         value = poll()
     except (PollFailure, ParseError) as failure:
-        outcome = failed(collector, started, failure)
+        masked = PollFailure(failure.reason, getattr(failure, "detail", str(failure)), mask=mask)
+        outcome = failed(collector, started, masked)
         log.warning("%s failed: %s: %s", what, outcome.error_reason, outcome.error_message)
         return None, outcome
     except Exception as err:  # a bug must cost one poll, not the exporter
@@ -99,18 +104,20 @@ def run_script(connection: ServerConnection, script: str, deadline: float) -> by
     `constrained_language` when Constrained Language Mode refused it."""
     result = connection.run(scripts.powershell_command(script), deadline)
     if result.exit_code != 0:
-        raise script_failure(result.exit_code, result.stderr)
+        raise script_failure(result.exit_code, result.stderr, secrets=connection.module.secrets())
     return result.stdout
 
 
-def script_failure(exit_code: int, stderr: bytes) -> PollFailure:
-    """Why PowerShell exited with `exit_code`, from its error stream (the invariant error ids, never the text)."""
+def script_failure(exit_code: int, stderr: bytes, *, secrets: list[str] | tuple[str, ...] = ()) -> PollFailure:
+    """Why PowerShell exited with `exit_code`, from its error stream (the invariant error ids, never the text).
+    The error text is the server's: `secrets` (the module's) are masked in it in every form, before it is cut."""
     detail = clixml_to_text(stderr).strip() or "no error text"
+    mask = masking(secrets)
     refused = next((i for i in CONSTRAINED_LANGUAGE_IDS if i in detail), None)
     if refused is not None:
         return PollFailure("constrained_language", f"Constrained Language Mode (AppLocker/WDAC) refused the script "
-                                                   f"({refused}): {detail}")
-    return PollFailure("script_failed", f"PowerShell exited with code {exit_code}: {detail}")
+                                                   f"({refused}): {detail}", mask=mask)
+    return PollFailure("script_failed", f"PowerShell exited with code {exit_code}: {detail}", mask=mask)
 
 
 def endpoint_proxy(target: Target, known: OrgServerInfo | None) -> tuple[str, str]:

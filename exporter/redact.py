@@ -18,12 +18,14 @@ above whatever the root level (`TOKEN_LOGGERS`), and any record from any logger 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import logging
 import re
 import struct
 import threading
+from typing import Callable
 
 MASK = "<redacted>"
 MIN_INNER_BASE64 = 8  # a shorter middle piece of base64 could be anything: only whole encodings are matched then
@@ -80,6 +82,18 @@ class Redactor(logging.Filter):
             handler.addFilter(quiet_token_loggers)
         for name in TOKEN_LOGGERS:
             logging.getLogger(name).setLevel(max(logging.INFO, root.getEffectiveLevel()))
+
+
+def masking(secrets: list[str] | tuple[str, ...]) -> Callable[[str], str]:
+    """`scrub` of a Redactor for these secrets alone (a module's), made once per set of secrets: failure messages
+    mask them where they are made, whether or not a Redactor is installed on the log handlers (library use,
+    tests, a logging setup of one's own)."""
+    return _masking(tuple(sorted(set(secrets))))
+
+
+@functools.lru_cache(maxsize=64)
+def _masking(secrets: tuple[str, ...]) -> Callable[[str], str]:
+    return Redactor(list(secrets)).scrub
 
 
 def quiet_token_loggers(record: logging.LogRecord) -> bool:

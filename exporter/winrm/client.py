@@ -37,6 +37,7 @@ from typing import Callable
 import tenacity
 
 from ..config import ModuleConfig
+from ..redact import masking
 from ..scripts import Command
 from . import tls, wsman
 from .basic import Basic
@@ -105,13 +106,12 @@ def open_channel(address: Endpoint, module: ModuleConfig, authenticator, *, dead
 
 
 def without_secrets(module: ModuleConfig, failure: PollFailure) -> PollFailure:
-    """A server's fault text may quote our request, Authorization header included: mask the credential."""
-    text = failure.message
-    for secret in module.secrets():
-        text = text.replace(secret, "<redacted>")
-    if text == failure.message:
-        return failure
-    return PollFailure(failure.reason, text, connection_intact=failure.connection_intact)
+    """A server's fault text may quote our request, Authorization header included, or echo the password in
+    another form (JSON-escaped, percent-encoded, base64, UTF-16...): mask the module's secrets in every form
+    the redactor knows, in the failure's text before it was cut."""
+    masked = PollFailure(failure.reason, failure.detail, connection_intact=failure.connection_intact,
+                         mask=masking(module.secrets()))
+    return failure if masked.message == failure.message else masked
 
 
 def request_timeouts(module: ModuleConfig, deadline: float, minimum: float) -> tuple[int, float]:

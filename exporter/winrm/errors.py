@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import ssl
+from typing import Callable
 
 ACCESS_DENIED = 5
 QUOTA_FAULTS = frozenset({2150859173, 2150859174, 2150859175, 2150859176, 2150859179})
@@ -20,14 +21,30 @@ OPERATION_TIMEOUT = 2150858793  # w:TimedOut: a Receive with nothing new yet ("a
 REMOTE_SHELLS_NOT_ALLOWED = 2150859180
 
 
-class PollFailure(Exception):
-    """A failed poll: `reason` is a stable class for metrics, `message` a short human text without secrets."""
+MAX_MESSAGE_CHARS = 300
+# How much of a failure's text the secret masking sees before the message is cut to MAX_MESSAGE_CHARS: a secret
+# cut at the end of the message would survive as its start, which nothing recognises any more.
+MAX_MASKED_CHARS = 16 << 10
 
-    def __init__(self, reason: str, message: str, *, connection_intact: bool = False):
-        message = " ".join(message.split())[:300]  # server text must not start a new log line
+
+class PollFailure(Exception):
+    """A failed poll: `reason` is a stable class for metrics, `message` a short human text without secrets.
+
+    Text a server sent can hold the module's password (a script that echoes it, a fault quoting our request):
+    who makes a failure from such text passes `mask` (`redact.masking(module.secrets())`), which sees the text
+    before it is cut. `detail` keeps that longer text, so that a failure made where the module is not known
+    can be masked later without the cut (`client.without_secrets`)."""
+
+    def __init__(self, reason: str, message: str, *, connection_intact: bool = False,
+                 mask: Callable[[str], str] | None = None):
+        detail = message[:MAX_MASKED_CHARS]
+        if mask is not None:
+            detail = mask(detail)
+        message = " ".join(detail.split())[:MAX_MESSAGE_CHARS]  # server text must not start a new log line
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.detail = detail
         self.connection_intact = connection_intact  # raised between requests: the connection is still usable
 
 
