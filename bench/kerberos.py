@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/kerberos.py` from the checkout: its simulator and exporter
 
+from bench import free_port  # noqa: E402
 from exporter.config import load_config  # noqa: E402
 from exporter.scripts import ServerScriptParameters, powershell_command, server_script  # noqa: E402
 from exporter.winrm import ServerConnection  # noqa: E402
@@ -40,12 +40,6 @@ from simulator.server import Fleet  # noqa: E402
 USER, PASSWORD, REALM = "EXCH\\svc_bench", "bench-only-password", "CONTOSO.TEST"
 PASSWORD_ENV = "EEMS_BENCH_PASSWORD"
 COMMAND = powershell_command(server_script(ServerScriptParameters(24, 200, 65536, False, 10, "")))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def kdc_requests(kdc: Kdc) -> int:

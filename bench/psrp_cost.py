@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 import random
-import socket
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
+from bench import free_port  # noqa: E402
 from exporter import windows_endpoint  # noqa: E402
 from exporter.config import load_config_text  # noqa: E402
 from exporter.scripts import ServerScriptParameters, powershell_command, server_script  # noqa: E402
@@ -46,9 +46,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="psrp-cost-") as work:
         windows_endpoint.write(Path(work), "CONTOSO\\EEMS Monitoring")
         role = Path(work) / "ExchangeEemsExporter" / "RoleCapabilities" / "ExchangeEemsReader.psrc"
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         block = random.randint(100, 250)
         servers = [{"name": f"EX{i:02d}", "address": f"127.{block}.7.{i + 1}", "build": "15.2.2562.53"}
                    for i in range(args.servers)]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import socket
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import free_port  # noqa: E402
 from pypsrp.powershell import PowerShell, RunspacePool  # noqa: E402
 from pypsrp.wsman import WSMan  # noqa: E402
 
@@ -40,9 +40,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", type=int, default=200)
     args = parser.parse_args()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     block = random.randint(100, 250)
     servers = [{"name": f"EX{i:04d}", "address": f"127.{block}.{i // 250}.{i % 250 + 1}", "build": "15.2.1544.4"}
                for i in range(args.servers)]

@@ -36,7 +36,6 @@ import multiprocessing
 import os
 import random
 import secrets
-import socket
 import sys
 import threading
 import time
@@ -49,6 +48,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import free_port  # noqa: E402
 from exporter.catalog import Catalog  # noqa: E402
 from exporter.config import load_config_text  # noqa: E402
 from exporter.exporter import Exporter  # noqa: E402
@@ -134,12 +134,6 @@ def proc_status(field: str) -> int:
             number = int(value.split()[0])
             return number * 1024 if value.strip().endswith("kB") else number
     raise RuntimeError(f"/proc/self/status has no {field} line")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fleet_scenario(servers: int, password: str, port: int, rng: random.Random) -> dict:

@@ -335,7 +335,7 @@ def _check_kerberos_inside_credssp(path: str, values: dict[str, Any]) -> None:
         raise ConfigError(f"{path}.username", "Kerberos inside CredSSP needs the account as a principal, user@REALM; "
                                               "DOMAIN\\user is the NTLM form")
     try:
-        import gssapi  # noqa: F401  (pyspnego's Kerberos)
+        from .winrm import tickets  # noqa: F401  (python-krb5 and python-gssapi: the kerberos extra)
     except ImportError:
         raise ConfigError(f"{path}.credssp_auth_mechanism", "Kerberos needs the exporter's kerberos extra: "
                                                             "pip install 'exchange-eems-exporter[kerberos]'") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import random
 import socket
+import subprocess
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +64,17 @@ def wait_until(condition, seconds: float, what: str, *, every: float = 0.05):
         assert time.monotonic() < deadline, f"timed out after {seconds:g}s waiting for {what}"
         time.sleep(every)
     return value
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 20) -> tuple:
+    """SIGTERM, up to `timeout` seconds for the process to end, then SIGKILL: its (stdout, stderr), each None
+    unless piped."""
+    process.terminate()
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.communicate()
 
 
 def listening(host: SimulatedHost) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from ..conftest import PASSWORD_ENV, demo_scenario, free_port, relocate
+from ..conftest import PASSWORD_ENV, demo_scenario, free_port, relocate, stop_process
 
 INTERVAL_SECONDS = 10
 
@@ -55,12 +55,7 @@ def test_demo_serves_every_server_within_one_interval(tmp_path):
         assert up.pop("EX-SE05-NOWINRM") == "0.0"
         assert set(up.values()) == {"1.0"}, up
     finally:
-        process.terminate()
-        try:
-            output, _ = process.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
+        output, _ = stop_process(process)
     assert f"http://localhost:{port}/metrics" in output
     assert "Traceback" not in output, output
 

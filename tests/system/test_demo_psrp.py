@@ -15,7 +15,7 @@ import urllib.request
 
 import yaml
 
-from ..conftest import PASSWORD_ENV, demo_scenario, free_port, relocate
+from ..conftest import PASSWORD_ENV, demo_scenario, free_port, relocate, stop_process
 
 VERDICTS = ("exchange_up", "exchange_build_info", "exchange_eems_certificate_cutoff_compliant", "exchange_eems_supported",
             "exchange_service_state")
@@ -51,15 +51,6 @@ def organization_state(text: str) -> str | None:
     return found.group(1) if found else None
 
 
-def stop(process: subprocess.Popen) -> str:
-    process.terminate()
-    try:
-        return process.communicate(timeout=20)[0]
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.communicate()[0]
-
-
 def test_the_psrp_demo_gives_the_winrs_demos_verdicts(tmp_path):
     demos = {"winrs": start(tmp_path, "winrs"), "psrp": start(tmp_path, "psrp", "--psrp"),
              "psrp_kerberos": start(tmp_path, "psrp_kerberos", "--psrp", "--kerberos")}
@@ -83,7 +74,7 @@ def test_the_psrp_demo_gives_the_winrs_demos_verdicts(tmp_path):
             for name in ("psrp", "psrp_kerberos"):
                 assert series(texts[name], metric) == winrs_series, (name, metric)
     finally:
-        outputs = {name: stop(process) for name, (process, _) in demos.items()}
+        outputs = {name: stop_process(process)[0] for name, (process, _) in demos.items()}
     assert "PowerShell remoting" in outputs["psrp"] and "takes Kerberos only" in outputs["psrp"]
     assert "over Kerberos, with no delegation" in outputs["psrp_kerberos"]
     for name, output in outputs.items():

@@ -10,15 +10,14 @@ Before the sub-route, examples/alertmanager.yml grouped by [alertname, job, serv
 from __future__ import annotations
 
 import os
-import sys
 from contextlib import ExitStack
 
 import yaml
 
 from ..artifacts.test_examples import EXISTING, ROUTE, merged_into
 from ..conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, free_port, relocate
-from .test_integration import (JOB, RULES, Program, Webhook, binary, get_json, prometheus_config, rules_without_for,
-                               wait_until, with_test_timing)
+from .test_integration import (JOB, RULES, Program, Webhook, alertmanager_command, exporter_command, get_json,
+                               prometheus_command, prometheus_config, rules_without_for, wait_until, with_test_timing)
 
 SERVERS = 40
 # Longer than the time all 40 first polls take to reach Alertmanager (one 10 s poll interval, a 2 s scrape and a
@@ -36,7 +35,6 @@ def fleet_behind_one_proxy() -> dict:
 
 
 def test_forty_servers_failing_the_same_way_page_once(tmp_path):
-    prometheus_bin, alertmanager_bin = binary("prometheus"), binary("prometheus-alertmanager")
     with ExitStack() as cleanup:
         fleet = cleanup.enter_context(SimulatedFleet(relocate(fleet_behind_one_proxy())))
         webhook = Webhook()
@@ -61,15 +59,10 @@ def test_forty_servers_failing_the_same_way_page_once(tmp_path):
             return program
 
         programs = [
-            start("alertmanager", [alertmanager_bin, f"--config.file={tmp_path / 'alertmanager.yml'}",
-                                   f"--storage.path={tmp_path / 'am'}", "--cluster.listen-address=",
-                                   f"--web.listen-address=127.0.0.1:{alertmanager_port}"]),
-            start("exporter", [sys.executable, "-m", "exporter", "run", "--config.file", str(tmp_path / "exporter.yml"),
-                               "--web.listen-address", f"127.0.0.1:{exporter_port}"],
+            start("alertmanager", alertmanager_command(tmp_path, alertmanager_port)),
+            start("exporter", exporter_command(tmp_path / "exporter.yml", f"127.0.0.1:{exporter_port}"),
                   env={**os.environ, PASSWORD_ENV: PASSWORD}),
-            start("prometheus", [prometheus_bin, f"--config.file={tmp_path / 'prometheus.yml'}",
-                                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                 f"--web.listen-address=127.0.0.1:{prometheus_port}"]),
+            start("prometheus", prometheus_command(tmp_path, prometheus_port)),
         ]
         programs[0].wait_ready(f"http://127.0.0.1:{alertmanager_port}/-/ready")
         programs[2].wait_ready(f"http://127.0.0.1:{prometheus_port}/-/ready")

@@ -31,7 +31,7 @@ import yaml
 
 from exporter.catalog import Catalog
 
-from ..conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, demo_scenario, free_port, relocate
+from ..conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, demo_scenario, free_port, relocate, stop_process
 from ..dashboard_queries import all_panel_queries
 
 REPO = Path(__file__).resolve().parents[2]
@@ -225,6 +225,24 @@ def binary(name: str) -> str:
     return path
 
 
+def prometheus_command(folder: Path, port: int) -> list[str]:
+    """Debian's Prometheus with `folder`/prometheus.yml, its TSDB in `folder`, on 127.0.0.1:`port`."""
+    return [binary("prometheus"), f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}"]
+
+
+def alertmanager_command(folder: Path, port: int) -> list[str]:
+    """Debian's Alertmanager with `folder`/alertmanager.yml, alone (no cluster), on 127.0.0.1:`port`."""
+    return [binary("prometheus-alertmanager"), f"--config.file={folder / 'alertmanager.yml'}",
+            f"--storage.path={folder / 'alertmanager'}", "--cluster.listen-address=",
+            f"--web.listen-address=127.0.0.1:{port}"]
+
+
+def exporter_command(config: Path, listen: str) -> list[str]:
+    """The exporter of this checkout, `run` with `config` on `listen` (host:port)."""
+    return [sys.executable, "-m", "exporter", "run", "--config.file", str(config), "--web.listen-address", listen]
+
+
 def get_json(url: str, timeout: float = 5) -> dict:
     with HTTP.open(url, timeout=timeout) as response:
         return json.loads(response.read())
@@ -270,12 +288,7 @@ class Program:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+            stop_process(self.process, 10)
 
 
 class Webhook:
@@ -435,7 +448,6 @@ def wait_until(condition, timeout: float, programs: list[Program]) -> bool:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    prometheus_bin, alertmanager_bin = binary("prometheus"), binary("prometheus-alertmanager")
     tmp = tmp_path_factory.mktemp("integration")
     with ExitStack() as cleanup:
         fleet = cleanup.enter_context(SimulatedFleet(relocate(scenario_under_test())))
@@ -455,18 +467,10 @@ def stack(tmp_path_factory):
             cleanup.callback(program.stop)
             return program
 
-        alertmanager = start("alertmanager", [
-            alertmanager_bin, f"--config.file={tmp / 'alertmanager.yml'}", f"--storage.path={tmp / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{alertmanager_port}", "--cluster.listen-address=",
-        ])
-        exporter = start("exporter", [
-            sys.executable, "-m", "exporter", "run", "--config.file", str(tmp / "exporter.yml"),
-            "--web.listen-address", f"127.0.0.1:{exporter_port}",
-        ], env={**os.environ, PASSWORD_ENV: PASSWORD})
-        prometheus = start("prometheus", [
-            prometheus_bin, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{prometheus_port}",
-        ])
+        alertmanager = start("alertmanager", alertmanager_command(tmp, alertmanager_port))
+        exporter = start("exporter", exporter_command(tmp / "exporter.yml", f"127.0.0.1:{exporter_port}"),
+                         env={**os.environ, PASSWORD_ENV: PASSWORD})
+        prometheus = start("prometheus", prometheus_command(tmp, prometheus_port))
         programs = [alertmanager, exporter, prometheus]
         prometheus_url = f"http://127.0.0.1:{prometheus_port}"
         alertmanager_url = f"http://127.0.0.1:{alertmanager_port}"

@@ -37,7 +37,9 @@ from simulator.host import CommandOutput, SimulatedHost, current_logon
 from simulator.scenario import scenario_from_dict
 from simulator.server import Fleet
 
-from ..conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, demo_scenario, free_port, relocate
+from ..conftest import (
+    PASSWORD, PASSWORD_ENV, SimulatedFleet, demo_scenario, free_port, relocate, stop_process,
+)
 
 
 def _tgt_from_keytab(kdc, principal: str, keytab) -> krb5.Creds:
@@ -487,12 +489,7 @@ def test_the_kerberos_demo_keeps_every_server_up_past_many_ticket_lifetimes(tmp_
             if time.monotonic() - first > 4 * DEMO_LIFETIME:
                 break
     finally:
-        process.terminate()
-        try:
-            output, _ = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
+        output, _ = stop_process(process, 30)
     assert samples and time.monotonic() - first > 4 * DEMO_LIFETIME, output
     for up in samples:
         assert up.pop("EX-SE05-NOWINRM") == "0.0"

@@ -14,7 +14,6 @@ past the deadline (tests/system/test_hostile.py, the dripping servers)."""
 from __future__ import annotations
 
 import contextlib
-import sys
 import urllib.parse
 
 import pytest
@@ -22,7 +21,7 @@ import yaml
 
 from ..conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, free_port, relocate
 from .hostile_server import HostileServer
-from .test_integration import Program, binary, get_json, wait_until
+from .test_integration import Program, exporter_command, get_json, prometheus_command, wait_until
 
 SCRAPE_TIMEOUT_SECONDS = 5
 LATE_SECONDS = 1.5  # every answer of `every_answer_late`: a poll needs at least 7 of them
@@ -43,7 +42,6 @@ def slow_server(kind: str):
 
 @pytest.mark.parametrize("kind", ["slow_cleanup", "every_answer_late"])
 def test_a_server_slower_than_the_scrape_timeout_is_down_not_a_failed_scrape(tmp_path, kind):
-    prometheus_bin = binary("prometheus")
     with slow_server(kind) as (address, port):
         exporter_config = tmp_path / "exporter.yml"
         exporter_config.write_text(yaml.safe_dump({
@@ -60,11 +58,8 @@ def test_a_server_slower_than_the_scrape_timeout_is_down_not_a_failed_scrape(tmp
                                 "static_configs": [{"targets": [exporter]}]}],
         }))
         programs = [
-            Program("exporter", [sys.executable, "-m", "exporter", "run", "--config.file", str(exporter_config),
-                                 "--web.listen-address", exporter], tmp_path),
-            Program("prometheus", [prometheus_bin, f"--config.file={tmp_path / 'prometheus.yml'}",
-                                   f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                   f"--web.listen-address=127.0.0.1:{prometheus}"], tmp_path),
+            Program("exporter", exporter_command(exporter_config, exporter), tmp_path),
+            Program("prometheus", prometheus_command(tmp_path, prometheus), tmp_path),
         ]
 
         def query(expression: str) -> list[dict]:

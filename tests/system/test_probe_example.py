@@ -6,7 +6,6 @@ the 5 minute interval a few seconds. The params, the metrics path and the relabe
 
 from __future__ import annotations
 
-import sys
 import urllib.parse
 
 import yaml
@@ -14,7 +13,7 @@ import yaml
 from simulator.cli import write_config
 
 from ..conftest import SimulatedFleet, demo_scenario, free_port, relocate
-from .test_integration import REPO, Program, binary, get_json, wait_until
+from .test_integration import REPO, Program, exporter_command, get_json, prometheus_command, wait_until
 
 EXAMPLE = REPO / "examples" / "prometheus-probe.yml"
 
@@ -35,7 +34,6 @@ def prometheus_config(exporter: str) -> tuple[str, dict]:
 
 
 def test_probe_example_answers_200_against_the_demo(tmp_path):
-    prometheus_bin = binary("prometheus")
     with SimulatedFleet(relocate(demo_scenario())) as fleet:
         exporter_config = tmp_path / "exchange-eems-exporter.yml"
         write_config(fleet.scenario, fleet.fleet, exporter_config, "30s")  # the demo's configuration
@@ -44,11 +42,8 @@ def test_probe_example_answers_200_against_the_demo(tmp_path):
         text, probe = prometheus_config(exporter)
         (tmp_path / "prometheus.yml").write_text(text)
         programs = [
-            Program("exporter", [sys.executable, "-m", "exporter", "run", "--config.file", str(exporter_config),
-                                 "--web.listen-address", exporter], tmp_path),
-            Program("prometheus", [prometheus_bin, f"--config.file={tmp_path / 'prometheus.yml'}",
-                                   f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                   f"--web.listen-address=127.0.0.1:{prometheus_port}"], tmp_path),
+            Program("exporter", exporter_command(exporter_config, exporter), tmp_path),
+            Program("prometheus", prometheus_command(tmp_path, prometheus_port), tmp_path),
         ]
         try:
             programs[0].wait_ready(f"http://{exporter}/-/healthy")

@@ -24,7 +24,9 @@ from exporter.exporter import Exporter
 from exporter.web import serve
 from simulator.host import Faults
 
-from ..conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, free_port, poll_all, relocate, samples
+from ..conftest import (
+    PASSWORD, PASSWORD_ENV, SimulatedFleet, free_port, poll_all, relocate, samples, stop_process,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 RELOAD_OK = "exchange_exporter_config_last_reload_successful"
@@ -177,16 +179,6 @@ def start_exporter(path: Path, port: int) -> subprocess.Popen:
     )
 
 
-def stop(process: subprocess.Popen) -> str:
-    """SIGTERM, a bounded wait (then SIGKILL); the exporter's stderr."""
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.communicate(timeout=15)[1]
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.communicate()[1]
-
-
 def test_reload_on_sighup(fleet, tmp_path):
     path = tmp_path / "exporter.yml"
     path.write_text(config_for(fleet, ["EX47"], interval="10s", timeout="5s"))
@@ -208,7 +200,7 @@ def test_reload_on_sighup(fleet, tmp_path):
         wait_for(lambda: reload_ok(scrape(base)) == 1, "the good reload to show in /metrics")
         wait_for(lambda: up(scrape(base), "EX78") == 1, "the first poll of the added server EX78")
     finally:
-        stderr = stop(process)
+        stderr = stop_process(process, 15)[1]
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
     errors = [line for line in stderr.splitlines() if "level=ERROR" in line]
@@ -238,7 +230,7 @@ def test_sighup_as_soon_as_the_port_opens(tmp_path):
                  or scrape(f"http://127.0.0.1:{port}")[(reloaded, frozenset())] >= signalled, "the reload")
         assert process.poll() is None, f"SIGHUP killed the exporter: {process.returncode}"
     finally:
-        stderr = stop(process)
+        stderr = stop_process(process, 15)[1]
     assert process.returncode == 0, stderr
     assert "configuration reloaded from" in stderr
 

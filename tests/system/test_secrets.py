@@ -24,7 +24,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 import yaml
 
-from ..conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, relocate
+from ..conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, relocate, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = "15.2.2562.53"
@@ -179,12 +179,7 @@ class Exporter:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, 10)
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         """One request; returns the status and a transcript of the whole response (status line, headers, body)."""

@@ -9,7 +9,6 @@ EEMS fetches fail is never silent (issue 17, "Real Exchange servers, round 2").
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 import urllib.parse
@@ -28,7 +27,9 @@ from exporter.collectors import script_failure
 from simulator.scenario import scenario_from_dict
 
 from ..conftest import SimulatedFleet, free_port, poll_all, relocate, samples
-from .test_integration import RULES, Program, binary, evaluated_after, get_json, rules_without_for, wait_until
+from .test_integration import (
+    RULES, Program, evaluated_after, get_json, prometheus_command, rules_without_for, wait_until,
+)
 
 SE = "15.2.2562.53"
 SERVERS = [
@@ -338,7 +339,6 @@ def knob_of(server: str) -> str:
 def alerts(tmp_path_factory):
     """Every knob server polled once, served on loopback, scraped by Prometheus that evaluates the shipped
     rules: the firing alerts per server, as (alertname, severity, reason)."""
-    prometheus_bin = binary("prometheus")
     tmp = tmp_path_factory.mktemp("realism")
     servers = knob_servers()
     scenario = relocate({"credentials": [], "servers": [{"address": "127.0.0.1", **s} for s in servers],
@@ -359,9 +359,7 @@ def alerts(tmp_path_factory):
             "scrape_configs": [{"job_name": "exchange-eems",
                                 "static_configs": [{"targets": [f"127.0.0.1:{server.server_address[1]}"]}]}],
         }))
-        prometheus = Program("prometheus", [prometheus_bin, f"--config.file={tmp / 'prometheus.yml'}",
-                                            f"--storage.tsdb.path={tmp / 'tsdb'}",
-                                            f"--web.listen-address=127.0.0.1:{port}"], tmp)
+        prometheus = Program("prometheus", prometheus_command(tmp, port), tmp)
         cleanup.callback(prometheus.stop)
         url = f"http://127.0.0.1:{port}"
         prometheus.wait_ready(f"{url}/-/ready")
