@@ -7,6 +7,7 @@ unescaped or unscrubbed. The browser checks are in test_browser.py.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import http.client
 import json
@@ -144,6 +145,29 @@ def test_probe_debug_shows_the_steps_and_the_interpretation(demo):
     assert get(port, "/probe?target=EX-SE01&debug=yes")[0] == 400
 
 
+@contextlib.contextmanager
+def served_hostile(output: Output, commands: list | None = None):
+    """A server EVIL01 that answers every command with `output` (each command also goes to `commands`), polled once
+    by an exporter that serves its pages: the port."""
+    def answer(command: str) -> Output:
+        if commands is not None:
+            commands.append(command)
+        return output
+
+    with HostileServer("none", {USERNAME: PASSWORD}, output=answer) as hostile:
+        doc = {"modules": {"m": {"username": USERNAME, "password_env": PASSWORD_ENV, "scheme": "http"}},
+               "servers": [{"name": "EVIL01", "address": "127.0.0.1", "port": hostile.port}]}
+        exporter = Exporter(load_config_text(yaml.safe_dump(doc), Path(".")), Catalog.load())
+        exporter.poller.poll_server("EVIL01")
+        server = serve(exporter, "127.0.0.1", 0, None)
+        try:
+            yield server.server_address[1]
+        finally:
+            server.shutdown()
+            server.server_close()
+            exporter.stop()
+
+
 @pytest.mark.parametrize("output", [
     Output(stderr=(EVIL + PASSWORD).encode(), exit_code=1),
     Output(stdout=b'{"schema": 1, "exsetup_version": "' + (EVIL.replace('"', "'") + PASSWORD).encode() + b'"}'),
@@ -151,18 +175,9 @@ def test_probe_debug_shows_the_steps_and_the_interpretation(demo):
 def test_no_secret_and_no_unescaped_byte_from_a_server_reaches_a_page(output):
     """HTML pages escape every byte a server sent; the plain-text debug output is never sniffed as HTML; the
     password is masked everywhere (a server can echo it: it was sent to it)."""
-    with HostileServer("none", {USERNAME: PASSWORD}, output=lambda _: output) as hostile:
-        doc = {"modules": {"m": {"username": USERNAME, "password_env": PASSWORD_ENV, "scheme": "http"}},
-               "servers": [{"name": "EVIL01", "address": "127.0.0.1", "port": hostile.port}]}
-        exporter = Exporter(load_config_text(yaml.safe_dump(doc), Path(".")), Catalog.load())
-        exporter.poller.poll_server("EVIL01")
-        server = serve(exporter, "127.0.0.1", 0, None)
-        try:
-            answers = [get(server.server_address[1], path)
-                       for path in ("/", "/server?name=EVIL01", "/probe?target=EVIL01&debug=true")]
-        finally:
-            server.shutdown()
-            server.server_close()
+    with served_hostile(output) as port:
+        answers = [get(port, path) for path in ("/", "/server?name=EVIL01", "/server?name=EVIL01&debug=true",
+                                                "/probe?target=EVIL01&debug=true")]
     assert "owned" in answers[1][2], "the server's text is shown (escaped), else this test proves nothing"
     for _, headers, page in answers:
         if headers["Content-Type"].startswith("text/html"):
@@ -191,22 +206,12 @@ def test_the_debug_page_shows_the_last_output_escaped_and_masked_without_polling
     carried = EVIL + " " + _forms_of(PASSWORD)
     stdout = json.dumps({"schema": 1, "exsetup_version": carried, "computer": "EVIL01"}).encode()
     output = Output(stdout=stdout, stderr=carried.encode("latin-1"), exit_code=0)
-    commands = []
-    with HostileServer("none", {USERNAME: PASSWORD}, output=lambda command: commands.append(command) or output) as hostile:
-        doc = {"modules": {"m": {"username": USERNAME, "password_env": PASSWORD_ENV, "scheme": "http"}},
-               "servers": [{"name": "EVIL01", "address": "127.0.0.1", "port": hostile.port}]}
-        exporter = Exporter(load_config_text(yaml.safe_dump(doc), Path(".")), Catalog.load())
-        exporter.poller.poll_server("EVIL01")
-        server = serve(exporter, "127.0.0.1", 0, None)
-        try:
-            status, headers, page = get(server.server_address[1], "/server?name=evil01&debug=true")
-            assert len(commands) == 1, "the page polled the server"
-            plain = get(server.server_address[1], "/server?name=EVIL01")[2]
-            assert get(server.server_address[1], "/server?name=EVIL01&debug=yes")[0] == 400
-        finally:
-            server.shutdown()
-            server.server_close()
-            exporter.stop()
+    commands: list[str] = []
+    with served_hostile(output, commands) as port:
+        status, headers, page = get(port, "/server?name=evil01&debug=true")
+        assert len(commands) == 1, "the page polled the server"
+        plain = get(port, "/server?name=EVIL01")[2]
+        assert get(port, "/server?name=EVIL01&debug=yes")[0] == 400
     assert status == 200 and "default-src 'none'" in headers["Content-Security-Policy"]
     assert "Raw output of the last poll" in page and "&quot;exsetup_version&quot;" in page  # stdout is shown
     streams = re.findall(r"<pre>(.*?)</pre>", page, re.S)
