@@ -126,12 +126,14 @@ class LimitsConfig:
     max_servers: int
     max_response_bytes: int
     max_poll_bytes: int
+    max_debug_output_bytes: int  # the last polls' raw outputs kept for /server?debug=true, compressed, all servers
 
 
 LIMITS_KEYS = (
     Key("max_servers", integer(1, 100_000), 5000),
     Key("max_response_bytes", integer(4096, 1 << 30), 4 << 20),
     Key("max_poll_bytes", integer(4096, 1 << 30), 8 << 20),
+    Key("max_debug_output_bytes", integer(0, 1 << 30), 32 << 20),
 )
 check_fields(LIMITS_KEYS, LimitsConfig)
 
