@@ -387,32 +387,6 @@ def read_by_rules(samples: Iterable[tuple[str, dict[str, str], float]]) -> list[
     return out
 
 
-_SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-_UNESCAPE = re.compile(r"\\(.)")
-
-
-def samples(text: bytes, server: str | None = None) -> list[tuple[str, dict[str, str], float]]:
-    """Every sample of a /metrics body in the Prometheus text format (as this exporter writes it), or only
-    those of one server and those of no server. A line parser: prometheus_client's takes seconds at 2,000
-    servers, and the pages read the whole body."""
-    out = []
-    wanted = f'server="{server}"' if server is not None else None
-    for line in text.decode("utf-8").splitlines():
-        if not line or line[0] == "#":
-            continue
-        if wanted is not None and 'server="' in line and wanted not in line:
-            continue
-        match = _SAMPLE.fullmatch(line)
-        if match is None:
-            raise PromQLError(f"not a sample line: {line[:80]!r}")
-        name, rendered, value = match.groups()
-        labels = {k: _UNESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), v)
-                  for k, v in _LABEL.findall(rendered or "")}
-        out.append((name, labels, float(value)))
-    return out
-
-
 def firing(samples: Iterable[tuple[str, dict[str, str], float]], now: float | None = None) -> list[Firing]:
     """The alerts whose condition holds at `now` over these samples (each with its labels)."""
     return evaluated(samples, time.time() if now is None else now)[0]

@@ -30,7 +30,7 @@ from . import alerts, pages
 Sample = tuple[str, dict[str, str], float]
 
 
-def _samples(families) -> list[Sample]:
+def samples_of(families) -> list[Sample]:
     """The samples of these families that a rule reads (the others cannot change any alert, nor make a row due)."""
     return alerts.read_by_rules((s.name, s.labels, s.value) for family in families for s in family.samples)
 
@@ -64,7 +64,7 @@ class FleetRows:
         with self._lock:
             names = {r.name.lower(): r.name for r in servers}
             global_samples, by_server = self._organization_samples(organization, names)
-            context = self._context_now(global_samples + _samples(self_families(self._status())), redactor_version)
+            context = self._context_now(global_samples + samples_of(self_families(self._status())), redactor_version)
             entries, due = {}, []
             for result in servers:
                 key = result.name.lower()
@@ -78,7 +78,7 @@ class FleetRows:
             if due or now >= self._exporter_level[1] or self._exporter_level[0] is not context:
                 samples = list(context[0])
                 for result in due:
-                    samples += _samples(server_families(result)) + list(by_server.get(result.name, ()))
+                    samples += samples_of(server_families(result)) + list(by_server.get(result.name, ()))
                 firings, until = alerts.evaluated(samples, now)
                 per_server: dict[str, list[alerts.Firing]] = {}
                 exporter_level = []
@@ -117,7 +117,7 @@ class FleetRows:
             return global_samples, by_server
         global_samples, grouped = [], {}
         if organization is not None:
-            for sample in _samples(organization_families(organization, names)):
+            for sample in samples_of(organization_families(organization, names)):
                 server = sample[1].get("server")
                 if server is None:
                     global_samples.append(sample)

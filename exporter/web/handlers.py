@@ -25,13 +25,13 @@ from ..config import ModuleConfig, scheme_problem
 from ..exposition import probe_body
 from ..field_report import raw_text
 from ..kept_output import KeptOutput
-from ..metrics import SelfStatus
+from ..metrics import SelfStatus, server_families
 from ..model import OrganizationResult, ServerResult
 from ..parse import clixml_to_text
 from ..redact import Redactor
 from ..runtime import Target
 from . import alerts, pages
-from .fleet import FleetRows
+from .fleet import FleetRows, samples_of
 from .request import Request
 
 PROBE_TIMEOUT_OFFSET_SECONDS = 0.5
@@ -246,7 +246,7 @@ def probe(request: Request, view: View) -> Response:
     if debug == ["true"]:  # blackbox_exporter's debug output: the steps and what they found, as text
         result = view.probe(name, module_name, timeout)
         metrics, _ = probe_body(result, "text/plain")
-        firing = tuple(alerts.firing(alerts.samples(metrics)))
+        firing = tuple(alerts.firing(samples_of(server_families(result))))
         page = pages.probe_debug(result, pages.Row(result, firing), metrics).decode()
         return Response(200, view.scrub(page).encode(), TEXT, (("X-Content-Type-Options", "nosniff"),),
                         compressible=True)  # server text as plain text, never sniffed as HTML
