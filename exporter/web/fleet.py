@@ -111,10 +111,11 @@ class FleetRows:
     def _organization_samples(self, organization: OrganizationResult | None,
                               names: dict[str, str]) -> tuple[list[Sample], dict[str, tuple]]:
         """The organization's samples of no server, and each server's (by its name as /metrics writes it); made
-        again only for a new organization result or a new set of servers."""
-        kept, kept_names, global_samples, by_server = self._organization
+        again only for a new organization result or a new set of servers, and then a server's samples that did
+        not change are the same object as before (its row compares them by identity)."""
+        kept, kept_names, global_samples, before = self._organization
         if kept is organization and kept_names == names:
-            return global_samples, by_server
+            return global_samples, before
         global_samples, grouped = [], {}
         if organization is not None:
             for sample in samples_of(organization_families(organization, names)):
@@ -123,6 +124,9 @@ class FleetRows:
                     global_samples.append(sample)
                 else:
                     grouped.setdefault(server, []).append(sample)
-        by_server = {name: tuple(samples) for name, samples in grouped.items()}
+        by_server = {}
+        for name, samples in grouped.items():
+            mine = tuple(samples)
+            by_server[name] = before[name] if before.get(name) == mine else mine
         self._organization = (organization, names, global_samples, by_server)
         return global_samples, by_server

@@ -137,6 +137,8 @@ def test_rows_are_made_once_per_poll_result_and_again_when_time_turns_a_rule(dem
     assert len(first) == len(servers)
     again = made()
     assert all(again[name] is first[name] for name in first), "nothing changed: every row kept"
+    organization = replace(organization)  # the organization polled again, with the same facts: rows kept
+    assert all(html_row is first[name] for name, html_row in made().items())
     repolled = replace(servers[0])  # a new result object, as a poll makes
     servers = [repolled, *servers[1:]]
     after_poll = made()
