@@ -4,7 +4,8 @@ Three configurations, as a real server has them:
 - the exporter's JEA endpoint (`JEA_CONFIGURATION` at /wsman): RestrictedRemoteServer, NoLanguage, one visible
   function. The function answers with what the WinRS collection script prints on the same server, for every
   scenario knob, because it *is* that script run through `windows.WindowsHost` with the function's parameters as
-  its `$P` line; before the JSON it writes the endpoint's version line.
+  its `$P` line; before the JSON it writes the endpoint's version line. Its commands resolve in the restricted
+  session, whose Select-Object is a proxy (restricted.py).
 - `Microsoft.PowerShell` at /wsman: full language; the exporter's scripts run as they do over WinRS.
 - `Microsoft.Exchange` at /PowerShell (IIS, not the WinRM service): cmdlets with parameters only, under RBAC.
   `Get-OrganizationConfig` and `Get-ExchangeServer` answer with objects built from Exchange's real serialised
@@ -180,7 +181,7 @@ class Endpoints:
         proxy = self.settings.jea_proxy.replace("'", "''")
         # the installed function offers no default credentials to its proxy (windows_endpoint.py, issue 24.17)
         line = "$P=@{" + ";".join(f"{k}={v}" for k, v in values.items()) + f";Proxy='{proxy}';ProxyDefaultCredentials=0}}"
-        output = self.windows(_encoded(f"{SERVER_MARKER}\n{line}\n{self.settings.jea_body}"))
+        output = self.windows.run_function(f"{SERVER_MARKER}\n{line}\n{self.settings.jea_body}")
         text = b"".join(output.stdout_chunks).decode("utf-8", "replace").rstrip("\r\n")
         answer = Answer([self.version, text] if text else [self.version], runtime_seconds=output.runtime_seconds)
         if output.exit_code != 0:  # what the script printed before it failed still went out

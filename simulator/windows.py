@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from . import diagnose, eems, eventlog, language, logfolder
+from . import diagnose, eems, eventlog, language, logfolder, restricted
 from .host import CommandOutput, current_logon
 
 SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
@@ -53,7 +53,7 @@ DENIABLE = ("service", "events", "log")
 _ASKS_BEFORE_OFFERING_CREDENTIALS = re.compile(r"if\(\$P\.ProxyDefaultCredentials\)\{\$a\.ProxyUseDefaultCredentials=\$true\}")
 _REPORTS_PROXY = re.compile(r"proxy_source=")
 # The collection script times its stages (issue 17, R5).
-_MEASURES_STAGES = re.compile(r"\$r\.stages\.\w+=\(Measure-Command\b")
+_MEASURES_STAGES = re.compile(r"\$r\.stages\.\w+=\((?:Microsoft\.PowerShell\.Utility\\)?Measure-Command\b")
 # The collection script sends each event's insertion strings (issue 17, R6).
 _READS_INSERTION_STRINGS = re.compile(r"\$_\.Properties\b")
 # The collection script treats an empty FileVersion as a failure (issue 17, R7).
@@ -155,7 +155,15 @@ class WindowsHost:
         try:
             return self._answer(command_line)
         except Exception as exc:  # the contract: never raise; fail like a crashed script
-            return CommandOutput([], _clixml_errors([f"Simulated host failure: {type(exc).__name__}: {exc}"]), 1)
+            return _crashed(exc)
+
+    def run_function(self, script: str) -> CommandOutput:
+        """`script` run as the body of a role capability's function in a JEA (RestrictedRemoteServer) session: as
+        powershell.exe runs it, but its commands resolve in that session, proxies included (restricted.py)."""
+        try:
+            return self._run_script(script, in_jea=True)
+        except Exception as exc:
+            return _crashed(exc)
 
     # ------------------------------------------------------------ command line
 
@@ -205,7 +213,7 @@ class WindowsHost:
 
     # ------------------------------------------------------------ scripts
 
-    def _run_script(self, script: str) -> CommandOutput:
+    def _run_script(self, script: str, *, in_jea: bool = False) -> CommandOutput:
         lines = [line.strip() for line in script.lstrip("\ufeff").splitlines() if line.strip()]
         if not lines:
             return CommandOutput([])
@@ -218,7 +226,7 @@ class WindowsHost:
             params = _parse_parameters(lines[1] if len(lines) > 1 else "")
             if isinstance(params, str):
                 return self._finish(None, _clixml_errors(params.split("\r\n")), 1, 0.0)
-            document, query_seconds = self._server_json(params, script)
+            document, query_seconds = self._server_json(params, script, in_jea)
             return self._finish(document, b"", 0, 0.3, query_seconds)
         if lines[0] == ORGANIZATION_MARKER:
             return self._finish(self._organization_json(), b"", 0, 2.0)
@@ -256,10 +264,11 @@ class WindowsHost:
         chunks = [out[i : i + STDOUT_CHUNK] for i in range(0, len(out), STDOUT_CHUNK)]
         return CommandOutput(chunks, stderr, faults.exit_code or exit_code, runtime)
 
-    def _server_json(self, p: dict[str, Any], script: str) -> tuple[dict[str, Any], float]:
+    def _server_json(self, p: dict[str, Any], script: str, in_jea: bool = False) -> tuple[dict[str, Any], float]:
         """What collect_server.ps1 prints on this server, errors as Windows PowerShell 5.1 raises them for the
-        queries this script sends."""
+        queries this script sends (and, `in_jea`, for the commands a JEA session gives it)."""
         s, now = self.server, self.clock.now()
+        refused = restricted.refusals(script) if in_jea else {}
         texts = LOCALES[s.locale]
         install = "C:\\Program Files\\Microsoft\\Exchange Server\\V15"
         errors: list[dict[str, str]] = []
@@ -293,8 +302,15 @@ class WindowsHost:
             service = {"status": SERVICE_STATUS.index(s.service_status) + 1, "start_type": START_TYPES.index(s.service_start_type)}
         else:
             service = {"status": s.service_status, "start_type": s.service_start_type}
-        events, query_seconds = self._events(p, now, texts, errors, eventlog.query_form(script), script)
+        if "events" in refused:  # the pipeline fails as it binds, before Get-WinEvent reads anything
+            events, query_seconds = [], 0.0
+            errors.append(_proxy_refusal("events", refused["events"], texts))
+        else:
+            events, query_seconds = self._events(p, now, texts, errors, eventlog.query_form(script), script)
         folder, logs = self._logs(p, now, texts, install, errors, script)
+        if "log" in refused and logs:  # the listing's pipeline fails after Test-Path found the folder
+            logs = []
+            errors.append(_proxy_refusal("log", refused["log"], texts))
         document: dict[str, Any] = {
             "schema": 1,
             "computer": s.name.upper(),
@@ -510,6 +526,17 @@ def _ps_string(text: str) -> str:
 def _error(part: str, error_id: str, category: str, exception: str, message: str) -> dict[str, str]:
     """An entry of the script's `errors`: what its Fail function records from an ErrorRecord."""
     return {"part": part, "id": error_id, "category": category, "type": exception, "message": message}
+
+
+def _proxy_refusal(part: str, refusal: restricted.Refusal, texts: dict[str, Any]) -> dict[str, str]:
+    """The record a stage's catch gets when the JEA session's Select-Object proxy refuses a parameter."""
+    text = texts.get("parameter_not_found", LOCALES["en-US"]["parameter_not_found"])
+    return _error(part, restricted.ERROR_ID, restricted.CATEGORY, restricted.EXCEPTION,
+                  text.format(name=refusal.parameter))
+
+
+def _crashed(exc: Exception) -> CommandOutput:
+    return CommandOutput([], _clixml_errors([f"Simulated host failure: {type(exc).__name__}: {exc}"]), 1)
 
 
 def _file_version(build: str, style: str) -> str:

@@ -24,6 +24,7 @@ from pypsrp.wsman import WSMan
 
 from exporter import scripts, windows_endpoint
 from simulator import remoting
+from simulator.scenario import scenario_from_dict
 from simulator.psrp import split_fragments
 
 from ..conftest import PASSWORD, USERNAME, SimulatedFleet, free_port
@@ -138,6 +139,29 @@ def test_jea_function_answers_what_the_winrs_script_prints(fleet, check_endpoint
         else:  # the script failed: the pipeline fails, no facts
             assert ps.had_errors and ps.output[1:] == ([expected] if expected else []), host.name
     assert fleet.fleet.open_pools() == 0
+
+
+def test_the_jea_session_constrains_an_unqualified_select_object():
+    """The function's commands resolve in its JEA session, whose Select-Object is RestrictedRemoteServer's proxy
+    (-Property and -InputObject only, simulator/restricted.py): the collection script with an unqualified
+    `Select-Object -First` lost its events and its log there, while it ran in full over WinRS."""
+    scenario = scenario_from_dict({"credentials": [{"username": USERNAME, "password": PASSWORD}],
+                                   "clock": "2026-11-29T12:00:00Z",
+                                   "servers": [{"name": "EX01", "address": "127.0.0.1", "build": "15.2.1544.4"}]})
+    windows = scenario.hosts[0].run
+    script = scripts.server_script(scripts.ServerScriptParameters(12, 7, 4096, False, 5, ""))
+    unqualified = script.replace("Microsoft.PowerShell.Utility\\Select-Object", "Select-Object")
+    assert unqualified != script
+
+    def facts(output) -> dict:
+        return json.loads(b"".join(output.stdout_chunks))
+
+    constrained = facts(windows.run_function(unqualified))
+    assert {(e["part"], e["id"]) for e in constrained["errors"]} == {("events", "NamedParameterNotFound,Select-Object"),
+                                                                     ("log", "NamedParameterNotFound,Select-Object")}
+    assert constrained["events"] == [] and constrained["logs"] == []
+    assert facts(windows(scripts.powershell_command(unqualified).line))["errors"] == []
+    assert facts(windows.run_function(script)) == facts(windows(scripts.powershell_command(script).line))
 
 
 def test_jea_function_binds_parameters_like_powershell(fleet):

@@ -110,7 +110,7 @@ def refused(script: str) -> list[str]:
             type_name = text(kids[0], source).strip("[]")
             if not is_core(type_name):
                 report(node, f"conversion to {type_name}")
-        elif node.type == "command" and text(kids[0], source).lower() == "new-object":
+        elif node.type == "command" and text(kids[0], source).lower().rpartition("\\")[2] == "new-object":
             type_name = next((text(k, source) for k in _descendants(kids[1]) if k.type == "generic_token"), "")
             if type_name and not is_core(type_name):
                 report(node, f"New-Object {type_name}")
@@ -160,6 +160,7 @@ def test_the_script_before_issue_17_is_refused_where_the_review_found():
 @pytest.mark.parametrize("snippet, refusal", [
     ("$k=(Get-Item 'HKLM:\\x').GetValue('Start')", "method GetValue"),
     ("$u=New-Object Net.WebClient", "New-Object Net.WebClient"),
+    ("$u=Microsoft.PowerShell.Utility\\New-Object Net.WebClient", "New-Object Net.WebClient"),
     ("$p=[Security.Principal.WindowsPrincipal]$i", "conversion to Security.Principal.WindowsPrincipal"),
     ("$s=Get-Service x;$s.Status='Running'", "property of $s set"),
     ("if($ExecutionContext.SessionState.LanguageMode -eq 'FullLanguage'){$x=1}else{[IO.File]::Open('a')}",
