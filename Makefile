@@ -5,6 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 KERBEROS_STAMP := $(VENV)/.installed-kerberos
 KERBEROS_PACKAGES := krb5-kdc krb5-admin-server libkrb5-dev
+# What the tests run (tests/artifacts/test_ci.py checks that every program a test looks up is listed here).
+# The MIT admin programs are in sbin, which a non-root PATH may lack: named by their path.
+KERBEROS_PROGRAMS := /usr/sbin/krb5kdc /usr/sbin/kadmin.local /usr/sbin/kdb5_util krb5-config faketime gcc
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager systemd chromium chromium-driver
+SYSTEM_PROGRAMS := promtool prometheus amtool prometheus-alertmanager systemd-analyze chromium chromedriver
 
 .PHONY: demo demo-kerberos demo-psrp demo-stack dist test check bench soak lint install system-deps kerberos-deps clean rules lock
 
@@ -22,15 +27,16 @@ install: $(STAMP)
 # Prometheus; waits for another apt instead of failing.
 kerberos-deps:
 	@HEADERS=$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])'); \
-	if ! test -x /usr/sbin/krb5kdc || ! test -x /usr/sbin/kadmin.local || ! command -v krb5-config >/dev/null \
-	   || ! command -v faketime >/dev/null || ! command -v gcc >/dev/null || ! test -f "$$HEADERS/Python.h"; then \
+	MISSING=; for p in $(KERBEROS_PROGRAMS); do command -v $$p >/dev/null || MISSING="$$MISSING $$p"; done; \
+	if test -n "$$MISSING" || ! test -f "$$HEADERS/Python.h"; then \
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  EXTRA=$$(test -f "$$HEADERS/Python.h" || echo python3-dev); \
 	  $$SUDO apt-get -o DPkg::Lock::Timeout=900 update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends \
 	    $(KERBEROS_PACKAGES) faketime gcc $$EXTRA >/dev/null; \
 	fi
-	@test -x /usr/sbin/krb5kdc || { echo "krb5kdc is missing after installing $(KERBEROS_PACKAGES)" >&2; exit 1; }
+	@for p in $(KERBEROS_PROGRAMS); do command -v $$p >/dev/null \
+	  || { echo "$$p is missing after installing $(KERBEROS_PACKAGES) faketime gcc" >&2; exit 1; }; done
 
 # The exporter's `kerberos` extra (pyspnego[kerberos]: python-gssapi and python-krb5), built against libkrb5-dev.
 $(KERBEROS_STAMP): $(STAMP) pyproject.toml
@@ -43,15 +49,15 @@ $(KERBEROS_STAMP): $(STAMP) pyproject.toml
 # chromium-driver for the browser tests of the exporter's pages (tests/system/test_browser.py). Installed only when
 # missing; needs root or sudo.
 system-deps:
-	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v amtool >/dev/null \
-	   || ! command -v systemd-analyze >/dev/null || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	@MISSING=; for p in $(SYSTEM_PROGRAMS); do command -v $$p >/dev/null || MISSING="$$MISSING $$p"; done; \
+	if test -n "$$MISSING"; then \
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager systemd \
-	    chromium chromium-driver >/dev/null; \
+	  $$SUDO apt-get -o DPkg::Lock::Timeout=900 update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends \
+	    $(SYSTEM_PACKAGES) >/dev/null; \
 	fi
-	@command -v promtool >/dev/null || { echo "promtool is missing after installing Debian's prometheus" >&2; exit 1; }
-	@command -v chromedriver >/dev/null || { echo "chromedriver is missing after installing Debian's chromium-driver" >&2; exit 1; }
+	@for p in $(SYSTEM_PROGRAMS); do command -v $$p >/dev/null \
+	  || { echo "$$p is missing after installing $(SYSTEM_PACKAGES)" >&2; exit 1; }; done
 
 demo: $(STAMP)
 	$(BIN)/exchange-eems-simulator demo

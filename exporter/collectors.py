@@ -19,11 +19,12 @@ from .catalog import Catalog
 from .config import OrganizationConfig, PollConfig
 from .eems_log import classify_organization_error
 from .interpret import interpret_server
-from .model import CollectorOutcome, OrganizationResult, OrgServerInfo, RawServerFacts, ServerResult, ServerState
+from .model import (CollectorOutcome, OrganizationResult, OrgServerInfo, RawServerFacts, ScriptOutput, ServerResult,
+                    ServerState)
 from .parse import ParseError, clixml_to_text, parse_organization_output, parse_server_output
 from .redact import masking
 from .runtime import Target
-from .winrm import PollFailure, ServerConnection
+from .winrm import CommandResult, PollFailure, ServerConnection
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,17 @@ def collect_server(target: Target, connection: ServerConnection, settings: PollC
     """Poll one server. `known` is what the organization collector last said about it (its proxy and
     AdminDisplayVersion). The result holds this poll's state only: keeping the last good one is the store's."""
     started = time.monotonic()
+    received: list[CommandResult] = []
 
     def poll() -> ServerState:
-        stdout = run_script(connection, server_script(target, settings, known), deadline)
-        return interpret_output(target, stdout, settings, catalog, known)[1]
+        result = connection.run(scripts.powershell_command(server_script(target, settings, known)), deadline)
+        received.append(result)
+        return interpret_output(target, script_stdout(result, connection), settings, catalog, known)[1]
 
     state, outcome = _attempt("server", f"poll of {target.name}", started, poll, masking(connection.module.secrets()))
+    output = ScriptOutput(received[0].stdout, received[0].stderr, received[0].exit_code) if received else None
     return ServerResult(target.name, outcome=outcome, state=state,
-                        last_success=outcome.finished if outcome.success else None)
+                        last_success=outcome.finished if outcome.success else None, output=output)
 
 
 def collect_organization(target: Target, connection: ServerConnection, settings: OrganizationConfig,
@@ -102,7 +106,11 @@ CONSTRAINED_LANGUAGE_IDS = ("MethodInvocationNotSupportedInConstrainedLanguage",
 def run_script(connection: ServerConnection, script: str, deadline: float) -> bytes:
     """The script's stdout; a non-zero exit is a `script_failed` PollFailure carrying its error text, or
     `constrained_language` when Constrained Language Mode refused it."""
-    result = connection.run(scripts.powershell_command(script), deadline)
+    return script_stdout(connection.run(scripts.powershell_command(script), deadline), connection)
+
+
+def script_stdout(result: CommandResult, connection: ServerConnection) -> bytes:
+    """The stdout of a script that ran, or its failure (masked with `connection`'s module's secrets)."""
     if result.exit_code != 0:
         raise script_failure(result.exit_code, result.stderr, secrets=connection.module.secrets())
     return result.stdout

@@ -126,12 +126,14 @@ class LimitsConfig:
     max_servers: int
     max_response_bytes: int
     max_poll_bytes: int
+    max_debug_output_bytes: int  # the last polls' raw outputs kept for /server?debug=true, compressed, all servers
 
 
 LIMITS_KEYS = (
     Key("max_servers", integer(1, 100_000), 5000),
     Key("max_response_bytes", integer(4096, 1 << 30), 4 << 20),
     Key("max_poll_bytes", integer(4096, 1 << 30), 8 << 20),
+    Key("max_debug_output_bytes", integer(0, 1 << 30), 32 << 20),
 )
 check_fields(LIMITS_KEYS, LimitsConfig)
 
@@ -333,7 +335,7 @@ def _check_kerberos_inside_credssp(path: str, values: dict[str, Any]) -> None:
         raise ConfigError(f"{path}.username", "Kerberos inside CredSSP needs the account as a principal, user@REALM; "
                                               "DOMAIN\\user is the NTLM form")
     try:
-        import gssapi  # noqa: F401  (pyspnego's Kerberos)
+        from .winrm import tickets  # noqa: F401  (python-krb5 and python-gssapi: the kerberos extra)
     except ImportError:
         raise ConfigError(f"{path}.credssp_auth_mechanism", "Kerberos needs the exporter's kerberos extra: "
                                                             "pip install 'exchange-eems-exporter[kerberos]'") from None

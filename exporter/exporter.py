@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from .catalog import Catalog
 from .config import Config, ModuleConfig
 from .exposition import CachedExposition, probe_body
+from .kept_output import KeptOutput
 from .metrics import SelfStatus
 from .model import OrganizationResult, ServerResult
 from .poller import Clock, Poller
@@ -63,6 +64,12 @@ class Exporter:
     def snapshot(self) -> tuple[list[ServerResult], OrganizationResult | None]:
         """The latest result of every server of this instance, and of the organization."""
         return self.poller.snapshot()
+
+    def output(self, name: str) -> tuple[KeptOutput | None, bool]:
+        """The raw output of a server's last background poll, as received (a page masks it when it shows it),
+        and whether it was dropped to stay within limits.max_debug_output_bytes."""
+        outputs = self.poller.store.outputs
+        return outputs.get(name), outputs.dropped(name)
 
     def metrics_body(self, accept: str) -> tuple[bytes, str]:
         """/metrics: every server's latest result and the exporter's own metrics. In probe-only mode the

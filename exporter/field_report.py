@@ -382,6 +382,12 @@ def _rights_section(report: Report, doc: dict) -> None:
 # ---------------------------------------------------------------- the whole report
 
 
+def raw_text(output: bytes) -> str:
+    """A script's stdout as the report's raw section shows it (and /server?debug=true): UTF-8, byte order marks
+    dropped, cut at MAX_RAW_CHARS. Not yet scrubbed."""
+    return output.decode("utf-8", errors="replace").replace("\ufeff", "")[:MAX_RAW_CHARS]
+
+
 def _document(output: bytes | str) -> tuple[dict | None, str]:
     """A script's JSON document (None when it did not run or printed something else) and its text as received."""
     if isinstance(output, str):
@@ -392,7 +398,7 @@ def _document(output: bytes | str) -> tuple[dict | None, str]:
         doc = json.loads(line) if line else None
     except ValueError:
         doc = None
-    return (doc if isinstance(doc, dict) else None), text[:MAX_RAW_CHARS]
+    return (doc if isinstance(doc, dict) else None), raw_text(output)
 
 
 def _file_bytes(head: bytes, tail: bytes, length: int | None) -> tuple[bytes, bytes]:

@@ -210,14 +210,26 @@ class CollectorOutcome:
 
 
 @dataclass(frozen=True)
+class ScriptOutput:
+    """What the collection script sent back in one poll, as received: the store keeps the last one (bounded, see
+    kept_output.py) for /server?name=X&debug=true."""
+
+    stdout: bytes
+    stderr: bytes
+    exit_code: int
+
+
+@dataclass(frozen=True)
 class ServerResult:
     """Latest poll of one server. `state` keeps the last good facts when a later poll fails. Frozen: a new
-    poll makes a new result, and the /metrics cache keys on the object."""
+    poll makes a new result, and the /metrics cache keys on the object. `output` is the script's raw output
+    (None when it did not run); the store takes it out and keeps it apart, within its own bound."""
 
     name: str
     outcome: CollectorOutcome | None = None
     state: ServerState | None = None
     last_success: datetime | None = None
+    output: ScriptOutput | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

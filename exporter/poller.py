@@ -84,7 +84,8 @@ class Poller:
         """Poll one server now with its own module, and keep the result as its latest (what the background does)."""
         current = self.runtime.current()
         result = self._poll(current, self._target(current, name), None, None)
-        return self.store.record(result, self.runtime.current().targets)
+        latest = self.runtime.current()
+        return self.store.record(result, latest.targets, output_budget=latest.config.limits.max_debug_output_bytes)
 
     def probe(self, name: str, *, module: str | None = None, timeout: float | None = None) -> ServerResult:
         """Poll one server now, within `timeout` if given, and keep nothing: what `/probe` answers."""

@@ -3,6 +3,7 @@
 A failed poll keeps the last good state (and when it was had), so a server that cannot be reached goes on
 showing its last known facts beside `exchange_up 0`. Only background polls write here: a `/probe` answers
 with its own result and leaves this alone, as blackbox_exporter keeps no state between probes.
+The last poll's raw output is kept apart, within its own bound (`kept_output.py`), for /server?debug=true.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
+from .kept_output import KeptOutputs
 from .model import OrganizationResult, OrgServerInfo, ServerResult
 from .runtime import Target, Targets
 
@@ -19,11 +21,19 @@ class Store:
         self._lock = threading.Lock()
         self._servers: dict[str, ServerResult] = {}
         self._organization: OrganizationResult | None = None
+        self.outputs = KeptOutputs()
 
-    def record(self, result: ServerResult, targets: Targets) -> ServerResult:
+    def record(self, result: ServerResult, targets: Targets, *, output_budget: int = 0) -> ServerResult:
         """Keep `result` as the server's latest (with the last good state if it failed) while the server is
-        one of `targets`, the current ones: a poll that ends after a reload removed its server keeps nothing."""
+        one of `targets`, the current ones: a poll that ends after a reload removed its server keeps nothing.
+        Its raw output goes to `outputs`, within `output_budget` bytes for all servers (limits.max_debug_output_bytes)."""
         key = result.name.lower()
+        output, outcome, state = result.output, result.outcome, result.state
+        troubled = not (outcome and outcome.success) or bool(state and state.collection_errors)
+        if output is not None:
+            result = replace(result, output=None)
+        if targets.get(key) is not None and result.outcome is not None:
+            self.outputs.keep(key, output, result.outcome.finished, troubled=troubled, budget=output_budget)
         with self._lock:
             previous = self._servers.get(key)
             if not result.outcome.success and previous is not None:
@@ -47,6 +57,7 @@ class Store:
         (a configured one shows as not yet polled)."""
         with self._lock:
             self._servers = {key: r for key, r in self._servers.items() if targets.get(key) is not None}
+            self.outputs.follow(set(self._servers))
             if organization is None:
                 self._organization = None
             elif self._organization is None or self._organization.name != organization:

@@ -8,7 +8,8 @@ matches, as a domain maps a ticket to its account.
 
 `credssp` in the list turns on the listener's CredSSP scheme (WinRM's Service/Auth/CredSSP). The acceptor
 is pyspnego's (`spnego.server(protocol="credssp")`): a TLS session carried in the CredSSP header, NTLM
-inside it (pyspnego's Negotiate acceptor takes NTLM only here; Kerberos inside CredSSP is not simulated),
+inside it (pyspnego's Negotiate acceptor: NTLM, or Kerberos with the keys of the process's default keytab,
+KRB5_KTNAME, since pyspnego's acceptor takes no other),
 then the client's TSCredentials: the account's password itself, which the listener checks against the
 account, as the logon Windows makes with it would. A connection that delivered it has a delegated logon.
 Its TLS is capped at 1.2 with the GCM suites of Windows Server 2016/2019, whose SChannel has no TLS 1.3.
@@ -266,22 +267,30 @@ class ConnectionAuth:
                 return AuthResult(challenge=challenge, close=True)
             return AuthResult(challenge=challenge)
         context, self._credssp = self._credssp, None
-        principal = context.client_principal or ""
+        principal = self._account(context.client_principal or "")
         if deny or principal.lower() not in self._credentials or not self._logs_on(principal, context):
             return AuthResult(close=True)
         self.principal, self._session, self._mechanism, self.delegated = principal, context, "credssp", True
         return AuthResult(principal=principal, mechanism="credssp")
 
+    def _account(self, principal: str) -> str:
+        """The account a principal authenticated inside CredSSP names: DOMAIN\\user from NTLM as it is, user@REALM
+        from Kerberos (or a UPN in the TSCredentials) as the account of that user name, as `_step_kerberos` maps it."""
+        if "@" in principal:
+            return self._accounts.get(principal.rpartition("@")[0].lower(), "")
+        return principal
+
     def _logs_on(self, principal: str, context: spnego.ContextProxy) -> bool:
-        """Whether the delegated TSCredentials are a password for the account NTLM authenticated (Windows logs
-        the session on with them; a credential for someone else, or a wrong password, gets no logon)."""
+        """Whether the delegated TSCredentials are a password for the account NTLM or Kerberos authenticated
+        (Windows logs the session on with them; a credential for someone else, or a wrong password, gets no logon)."""
         credential = context.get_extra_info("client_credential")
         password = getattr(credential, "password", None)
         if not isinstance(password, str):
             return False  # a smart card or Remote Guard credential: no password to log on with
         user = f"{credential.domain_name}\\{credential.username}" if credential.domain_name else credential.username
         expected = self._credentials[principal.lower()]
-        return user.lower() == principal.lower() and hmac.compare_digest(expected.encode(), password.encode())
+        return self._account(user).lower() == principal.lower() and hmac.compare_digest(expected.encode(),
+                                                                                        password.encode())
 
     def _step_ntlm(self, scheme: str, token: bytes, deny: bool) -> AuthResult:
         if self._context is None or token.startswith(_NTLM_TYPE1) or self.principal:

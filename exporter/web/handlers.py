@@ -23,7 +23,10 @@ from prometheus_client.exposition import choose_encoder
 from .. import __version__
 from ..config import ModuleConfig, scheme_problem
 from ..exposition import probe_body
+from ..field_report import raw_text
+from ..kept_output import KeptOutput
 from ..model import OrganizationResult, ServerResult
+from ..parse import clixml_to_text
 from ..runtime import Target
 from . import alerts, pages
 from .request import Request
@@ -38,6 +41,7 @@ class View(Protocol):
     they may ask of it: a probe and a reload."""
 
     def snapshot(self) -> tuple[list[ServerResult], OrganizationResult | None]: ...
+    def output(self, name: str) -> tuple[KeptOutput | None, bool]: ...
     def targets(self) -> tuple[Target, ...]: ...
     def target(self, name: str) -> Target | None: ...
     def module(self, name: str) -> ModuleConfig | None: ...
@@ -151,17 +155,31 @@ def landing(request: Request, view: View) -> Response:
 
 def server(request: Request, view: View) -> Response:
     try:
-        names = parse_qs(request.query, max_num_fields=10).get("name", [])
+        params = parse_qs(request.query, max_num_fields=10)
     except ValueError:
-        names = []
+        params = {}
+    names, debug = params.get("name", []), params.get("debug", ["false"])
     if len(names) != 1:
         return text(400, "Exactly one 'name' parameter is required\n")
+    if debug not in (["true"], ["false"]):
+        return text(400, "'debug' is true or false\n")
     servers, _ = view.snapshot()
     chosen = [r for r in servers if r.name.lower() == names[0].lower()]
     rows, _ = _rows(view, chosen, chosen[0].name) if chosen else ([], [])
     if not rows:
         return text(404, f"No server {names[0][:256]!r} is polled by this exporter\n")
-    return _html(view, pages.server(rows[0], pages.timings(rows[0].result)))
+    raw = _raw_output(view, rows[0].result.name) if debug == ["true"] else None
+    return _html(view, pages.server(rows[0], pages.timings(rows[0].result), raw))
+
+
+def _raw_output(view: View, name: str) -> pages.RawOutput:
+    """The last poll's output as `diagnose` shows it, every secret masked before it is escaped (an escaped form of
+    a secret is not what the redactor looks for). Nothing is polled."""
+    kept, dropped = view.output(name)
+    if kept is None:
+        return pages.RawOutput(None, dropped, "", "")
+    return pages.RawOutput(kept, dropped, view.scrub(raw_text(kept.stdout())),
+                           view.scrub(clixml_to_text(kept.stderr())))
 
 
 def metrics(request: Request, view: View) -> Response:

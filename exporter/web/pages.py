@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from urllib.parse import quote
 
 from ..alert_rules import DEFAULT_RUNBOOK_BASE
+from ..field_report import MAX_RAW_CHARS
+from ..kept_output import KeptOutput
 from ..model import ServerResult
 from .alerts import Firing
 
@@ -25,6 +27,7 @@ vertical-align:top}th{background:#f4f4f4;position:sticky;top:0}.state{font-weigh
 padding:1px 6px;color:#fff}.critical{background:#b00020}.failed{background:#6a1b9a}.warning{background:#e65100}
 .info{background:#1565c0}.ok{background:#2e7d32}.pending{background:#757575}.muted{color:#777}
 nav a{margin-right:.8em}ul.plain{margin:0;padding-left:1.1em}code{font-size:90%}
+pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f6f6f6;padding:6px;font-size:85%}
 tr.row-critical td:first-child{border-left:5px solid #b00020}tr.row-failed td:first-child{border-left:5px solid #6a1b9a}
 tr.row-warning td:first-child{border-left:5px solid #e65100}tr.row-ok td:first-child{border-left:5px solid #2e7d32}"""
 
@@ -160,7 +163,41 @@ def fleet(rows: list[Row], exporter_alerts: list[Firing], state_filter: str | No
     return _page("Exchange EEMS exporter", body)
 
 
-def server(row: Row, timings: list[tuple[str, float]]) -> bytes:
+@dataclass(frozen=True)
+class RawOutput:
+    """The last poll's output for `/server?debug=true`: what was kept (None: nothing), whether it was dropped for
+    the bound, and its stdout and stderr texts with every secret already masked."""
+
+    kept: KeptOutput | None
+    dropped: bool
+    stdout: str
+    stderr: str
+
+
+def _raw(r: ServerResult, raw: RawOutput, now: datetime) -> str:
+    kept = raw.kept
+    head = "<h2>Raw output of the last poll</h2>"
+    if kept is None:
+        if r.outcome is None:
+            why = "This server has not been polled yet."
+        elif raw.dropped:
+            why = ("Not kept: the outputs of all servers together stay within <code>limits.max_debug_output_bytes</code>, "
+                   "and those of polls that went well go first.")
+        else:
+            why = (f"The last poll got no output: the script did not run (<code>{_e(r.outcome.error_reason)}</code>, "
+                   "see the error above).")
+        return f'{head}<p>{why} <code>exchange-eems-exporter diagnose {_e(r.name)}</code> polls it now.</p>'
+    cut = f", the first {MAX_RAW_CHARS:,} shown" if kept.stdout_bytes > MAX_RAW_CHARS else ""
+    stderr = _e(raw.stderr) or '<span class="muted">no error text</span>'
+    return (f'{head}<p class="muted">What the collection script sent back {_when(kept.finished, now)}, as '
+            f"<code>exchange-eems-exporter diagnose</code> shows it (its section 5), every secret masked; nothing was "
+            f"polled for this page. Exit code {kept.exit_code}.</p>"
+            f"<h3>stdout ({kept.stdout_bytes:,} bytes{cut})</h3><pre>{_e(raw.stdout)}</pre>"
+            f"<h3>stderr ({kept.stderr_bytes:,} bytes; its error records as text)</h3>"
+            f"<pre>{stderr}</pre>")
+
+
+def server(row: Row, timings: list[tuple[str, float]], raw: RawOutput | None = None) -> bytes:
     now = datetime.now(timezone.utc)
     r = row.result
     state = r.state
@@ -185,8 +222,10 @@ def server(row: Row, timings: list[tuple[str, float]]) -> bytes:
     timing_rows = "".join(f"<tr><td>{_e(stage)}</td><td>{seconds:.3f} s</td></tr>" for stage, seconds in timings)
     body = (f'<p><a href="/">&larr; all servers</a></p><h1>{_e(r.name)}</h1><table>{rows}</table>'
             f"<h2>Timings of the last poll</h2><table><tr><th>step</th><th>duration</th></tr>{timing_rows}</table>"
-            f'<p class="muted">Run <code>exchange-eems-exporter diagnose {_e(r.name)}</code> for the raw, redacted facts '
-            f"behind this interpretation.</p>")
+            + (_raw(r, raw, now) if raw is not None else
+               f'<p><a href="{_link("/server", name=r.name, debug="true")}">Raw output of the last poll</a> (redacted, '
+               f'not polled again); <code>exchange-eems-exporter diagnose {_e(r.name)}</code> polls it now and reads the '
+               f"facts behind this interpretation.</p>"))
     return _page(f"{r.name}: Exchange EEMS exporter", body)
 
 

@@ -17,10 +17,10 @@ Servers below CredSSP protocol version 5 are refused (`credssp_min_protocol`), w
 `credssp_outdated`: versions 2 to 4 lack the CVE-2018-0886 fix (a man in the middle could relay the
 authentication and run commands on the server); every Windows patched since May 2018 speaks 6.
 
-Tested end to end against the simulator's CredSSP listener (pyspnego's acceptor, TLS 1.2, NTLM inside),
-beside pywinrm's CredSSP client on the same listener (tests/system/test_credssp.py), and against a scripted
-acceptor (tests/unit/test_winrm_credssp.py). Not tested: Kerberos inside CredSSP (the simulator's acceptor
-takes NTLM only inside CredSSP), and TLS 1.3 (Windows Server 2022's SChannel may offer it).
+Tested end to end against the simulator's CredSSP listener (pyspnego's acceptor, TLS 1.2, NTLM inside, and
+Kerberos inside against a real MIT KDC), beside pywinrm's CredSSP client on the same listener
+(tests/system/test_credssp.py), and against a scripted acceptor (tests/unit/test_winrm_credssp.py). Not
+tested: TLS 1.3 (Windows Server 2022's SChannel may offer it).
 """
 
 from __future__ import annotations

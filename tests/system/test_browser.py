@@ -1,5 +1,6 @@
 """The fleet page in a real browser (Debian's headless chromium): the demo fleet's rows and states, a server's
-link followed to its page, no script run, and a screenshot that renders.
+link followed to its page and on to its debug page (the last poll's raw output), no script run, and a screenshot
+that renders.
 
 bench/pages.py takes the README's screenshot (docs/img/status.png) the same way.
 """
@@ -29,6 +30,12 @@ def test_the_fleet_page_in_chromium(demo, tmp_path):  # noqa: F811
         browser.find_element(By.LINK_TEXT, "EX-SE02-STOPPED").click()
         assert browser.find_element(By.TAG_NAME, "h1").text == "EX-SE02-STOPPED"
         assert "ExchangeEEMSServiceNotRunning" in browser.find_element(By.TAG_NAME, "body").text
+        browser.find_element(By.LINK_TEXT, "Raw output of the last poll").click()  # its debug page
+        assert browser.current_url.endswith("/server?name=EX-SE02-STOPPED&debug=true")
+        assert "Raw output of the last poll" in [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
+        stdout = browser.find_elements(By.TAG_NAME, "pre")[0].text  # the script's JSON, as received
+        assert stdout.startswith('{"schema":1,"computer":"EX-SE02-STOPPED"')
+        browser.back()
         browser.find_element(By.PARTIAL_LINK_TEXT, "all servers").click()
         assert browser.find_element(By.TAG_NAME, "h1").text == "Exchange EEMS exporter"
 

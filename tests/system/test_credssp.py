@@ -8,9 +8,10 @@ reach Active Directory and the organization collector works under `double_hop`, 
 That same password is what a compromised server would receive; the tests show it never reaches the
 exporter's own logs or metrics.
 
-pyspnego's CredSSP client puts Kerberos first inside Negotiate; with no realm configured MIT would read
-/etc/krb5.conf and ask DNS for that realm's KDCs. The module points KRB5_CONFIG at an empty, DNS-free file,
-so the clients fall back to NTLM at once and every packet stays on loopback.
+The exporter authenticates with NTLM inside CredSSP unless the module asks for Kerberos. pywinrm's CredSSP
+(requests-credssp, `auth_mechanism` auto) puts Kerberos first inside Negotiate; with no realm configured MIT
+would read /etc/krb5.conf and ask DNS for that realm's KDCs. The module points KRB5_CONFIG at an empty,
+DNS-free file, so it falls back to NTLM at once and every packet stays on loopback.
 """
 
 from __future__ import annotations
@@ -208,6 +209,32 @@ def test_a_server_below_credssp_version_5_is_refused_before_the_password_is_sent
     assert "version 4" in outcome.error_message, outcome
     assert fleet.fleet.open_shells("CSSP-HTTPS") == 0
     assert fleet.fleet.request_count("CSSP-HTTPS") - requests <= 4, "the poll went on past the handshake"
+
+
+def test_credssp_authenticates_with_kerberos_inside_when_the_module_asks(kdc_factory, tmp_path, monkeypatch):
+    """`credssp_auth_mechanism: kerberos`: the module's own ticket (bought with its password from a real MIT KDC)
+    authenticates inside CredSSP, for HTTP/<server FQDN>, and the password is then delegated as with NTLM inside.
+    The listener is pyspnego's CredSSP acceptor, whose Kerberos takes the service keys from the default keytab
+    (KRB5_KTNAME, this process's, as a Windows server's from its computer account)."""
+    kdc = kdc_factory()
+    kdc.add_principal("svc_monitor", password=PASSWORD)
+    scenario = relocate({"organization": {"domain": "contoso.test"},
+                         "servers": [{"name": "CSSP-KRB", "address": "127.0.0.1", "build": BUILD, "auth": ["credssp"]}]})
+    with SimulatedFleet(scenario) as fleet:
+        host = fleet.hosts["CSSP-KRB"]
+        monkeypatch.setenv("KRB5_KTNAME", f"FILE:{kdc.service_keytab(tmp_path / 'fleet.keytab', [host.fqdn])}")
+        config = {"poll": {"interval": "60s", "timeout": "15s"},
+                  "modules": {"m": module(fleet, "http", username=f"svc_monitor@{kdc.realm}",
+                                          credssp_auth_mechanism="kerberos")},
+                  "servers": [{"name": host.fqdn, "address": host.address, "port": host.port}]}
+        p = Poller(SafeRuntime(load_config_text(yaml.safe_dump(config), tmp_path), Catalog.load()))
+        try:
+            outcome = p.poll_server(host.fqdn).outcome
+        finally:
+            p.stop()
+        assert outcome.success, outcome
+        assert fleet.fleet.rejected_logons("CSSP-KRB") == 0 and fleet.fleet.open_shells("CSSP-KRB") == 0
+    assert f"HTTP/{host.fqdn}@{kdc.realm}" in kdc.log_file.read_text(errors="replace")  # the service ticket
 
 
 @pytest.mark.parametrize("transport, reason", [("credssp", None), ("ntlm", "double_hop")])

@@ -7,8 +7,10 @@ unescaped or unscrubbed. The browser checks are in test_browser.py.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import http.client
+import json
 import re
 import shutil
 import subprocess
@@ -27,6 +29,7 @@ from exporter.web.pages import STATES
 
 from ..conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, demo_scenario, poll_all, relocate
 from .hostile_server import HostileServer, Output
+from .test_secrets import assert_no_secret, leak_forms
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 EVIL = '<script>alert("owned")</script><img src=x onerror=alert(1)>'
@@ -142,6 +145,29 @@ def test_probe_debug_shows_the_steps_and_the_interpretation(demo):
     assert get(port, "/probe?target=EX-SE01&debug=yes")[0] == 400
 
 
+@contextlib.contextmanager
+def served_hostile(output: Output, commands: list | None = None):
+    """A server EVIL01 that answers every command with `output` (each command also goes to `commands`), polled once
+    by an exporter that serves its pages: the port."""
+    def answer(command: str) -> Output:
+        if commands is not None:
+            commands.append(command)
+        return output
+
+    with HostileServer("none", {USERNAME: PASSWORD}, output=answer) as hostile:
+        doc = {"modules": {"m": {"username": USERNAME, "password_env": PASSWORD_ENV, "scheme": "http"}},
+               "servers": [{"name": "EVIL01", "address": "127.0.0.1", "port": hostile.port}]}
+        exporter = Exporter(load_config_text(yaml.safe_dump(doc), Path(".")), Catalog.load())
+        exporter.poller.poll_server("EVIL01")
+        server = serve(exporter, "127.0.0.1", 0, None)
+        try:
+            yield server.server_address[1]
+        finally:
+            server.shutdown()
+            server.server_close()
+            exporter.stop()
+
+
 @pytest.mark.parametrize("output", [
     Output(stderr=(EVIL + PASSWORD).encode(), exit_code=1),
     Output(stdout=b'{"schema": 1, "exsetup_version": "' + (EVIL.replace('"', "'") + PASSWORD).encode() + b'"}'),
@@ -149,18 +175,9 @@ def test_probe_debug_shows_the_steps_and_the_interpretation(demo):
 def test_no_secret_and_no_unescaped_byte_from_a_server_reaches_a_page(output):
     """HTML pages escape every byte a server sent; the plain-text debug output is never sniffed as HTML; the
     password is masked everywhere (a server can echo it: it was sent to it)."""
-    with HostileServer("none", {USERNAME: PASSWORD}, output=lambda _: output) as hostile:
-        doc = {"modules": {"m": {"username": USERNAME, "password_env": PASSWORD_ENV, "scheme": "http"}},
-               "servers": [{"name": "EVIL01", "address": "127.0.0.1", "port": hostile.port}]}
-        exporter = Exporter(load_config_text(yaml.safe_dump(doc), Path(".")), Catalog.load())
-        exporter.poller.poll_server("EVIL01")
-        server = serve(exporter, "127.0.0.1", 0, None)
-        try:
-            answers = [get(server.server_address[1], path)
-                       for path in ("/", "/server?name=EVIL01", "/probe?target=EVIL01&debug=true")]
-        finally:
-            server.shutdown()
-            server.server_close()
+    with served_hostile(output) as port:
+        answers = [get(port, path) for path in ("/", "/server?name=EVIL01", "/server?name=EVIL01&debug=true",
+                                                "/probe?target=EVIL01&debug=true")]
     assert "owned" in answers[1][2], "the server's text is shown (escaped), else this test proves nothing"
     for _, headers, page in answers:
         if headers["Content-Type"].startswith("text/html"):
@@ -168,6 +185,41 @@ def test_no_secret_and_no_unescaped_byte_from_a_server_reaches_a_page(output):
         else:
             assert headers["Content-Type"].startswith("text/plain") and headers["X-Content-Type-Options"] == "nosniff"
         assert PASSWORD not in page and html.escape(PASSWORD) not in page
+
+
+def _forms_of(secret: str) -> str:
+    """The password in the forms a server's output can carry it: those test_secrets searches for, and JSON-escaped
+    the way Python and Windows PowerShell write it."""
+    forms = [form.decode("latin-1") for form in leak_forms(secret)]
+    return " ".join([*forms, json.dumps(secret)[1:-1], json.dumps(secret)[1:-1].replace("&", "\\u0026")])
+
+
+def _unescaped(page: str) -> str:
+    """The page with its HTML escapes and JSON \\u escapes undone, so a form hiding behind either is found too."""
+    text = html.unescape(page)
+    return text + "\n" + re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m[1], 16)), text)
+
+
+def test_the_debug_page_shows_the_last_output_escaped_and_masked_without_polling():
+    """/server?name=X&debug=true: the last poll's stdout and stderr, as diagnose shows them, from what the store kept.
+    The server's output holds HTML, a script tag and the password in several encodings, in both streams."""
+    carried = EVIL + " " + _forms_of(PASSWORD)
+    stdout = json.dumps({"schema": 1, "exsetup_version": carried, "computer": "EVIL01"}).encode()
+    output = Output(stdout=stdout, stderr=carried.encode("latin-1"), exit_code=0)
+    commands: list[str] = []
+    with served_hostile(output, commands) as port:
+        status, headers, page = get(port, "/server?name=evil01&debug=true")
+        assert len(commands) == 1, "the page polled the server"
+        plain = get(port, "/server?name=EVIL01")[2]
+        assert get(port, "/server?name=EVIL01&debug=yes")[0] == 400
+    assert status == 200 and "default-src 'none'" in headers["Content-Security-Policy"]
+    assert "Raw output of the last poll" in page and "&quot;exsetup_version&quot;" in page  # stdout is shown
+    streams = re.findall(r"<pre>(.*?)</pre>", page, re.S)
+    assert len(streams) == 2 and all("&lt;script&gt;alert(" in text for text in streams), "both streams, escaped"
+    assert page.count("&lt;redacted&gt;") >= 20  # the forms were found and masked, not merely missing
+    assert "<script" not in page and "<img" not in page
+    assert_no_secret({"debug page": page.encode(), "its text unescaped": _unescaped(page).encode()})
+    assert 'href="/server?name=EVIL01&amp;debug=true"' in plain
 
 
 def test_the_evaluator_agrees_with_promtool(demo, tmp_path):
