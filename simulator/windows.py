@@ -56,6 +56,9 @@ _REPORTS_PROXY = re.compile(r"proxy_source=")
 _MEASURES_STAGES = re.compile(r"\$r\.stages\.\w+=\((?:Microsoft\.PowerShell\.Utility\\)?Measure-Command\b")
 # The collection script sends each event's insertion strings (issue 17, R6).
 _READS_INSERTION_STRINGS = re.compile(r"\$_\.Properties\b")
+# The collection script keeps this many error records per part (review R11), and says how many it met in all.
+_KEEPS_ERRORS = re.compile(r"function Fail\(\$part,\$e\)\{[^}]*?-(ge|gt) (\d+)\)\{return\}")
+_COUNTS_ERRORS = re.compile(r"^\$r\.error_counts=\$n\b", re.MULTILINE)
 # The collection script treats an empty FileVersion as a failure (issue 17, R7).
 _EMPTY_VERSION_THROWS = re.compile(r"if\(!\$r\.exsetup_version\)\{throw\b")
 
@@ -128,6 +131,7 @@ class WindowsServer:
     log_other_file: bool = False  # the log folder also holds a non-log file, rewritten at every check
     language_mode: str = "full"  # full | constrained (AppLocker/WDAC script enforcement: ConstrainedLanguage)
     application_log_events: int | None = None  # records in the Application log; None: its size is not modelled
+    event_read_errors: int = 0  # reads of the Application log that fail, each written as an error (eventlog.py)
 
 
 @dataclass(frozen=True)
@@ -271,7 +275,7 @@ class WindowsHost:
         refused = restricted.refusals(script) if in_jea else {}
         texts = LOCALES[s.locale]
         install = "C:\\Program Files\\Microsoft\\Exchange Server\\V15"
-        errors: list[dict[str, str]] = []
+        errors = _Failures(_kept_per_part(script))
         version = source = None
         if s.build_source == "empty" and _EMPTY_VERSION_THROWS.search(script):
             # ExSetup.exe's FileVersion is empty (an unreadable file): the script throws, its registry fallback
@@ -332,11 +336,13 @@ class WindowsHost:
         document["language_mode"] = "ConstrainedLanguage" if constrained else "FullLanguage"
         endpoints = self._endpoints(p, script) if p["CheckEndpoint"] and not constrained else []
         if p["CheckEndpoint"] and constrained:  # only the script's FullLanguage branch checks the endpoints
-            errors.append(_error("endpoint", "ConstrainedLanguage", "SecurityError", "",
-                                 "the endpoint check needs FullLanguage; this session runs in ConstrainedLanguage"))
+            list.append(errors, _error("endpoint", "ConstrainedLanguage", "SecurityError", "",  # not through Fail
+                                       "the endpoint check needs FullLanguage; this session runs in ConstrainedLanguage"))
             document["errors"] = self._array(errors)
         elif p["CheckEndpoint"]:
             document["endpoints"] = self._array(endpoints)
+        if _COUNTS_ERRORS.search(script):
+            document["error_counts"] = dict(errors.counts)
         if _MEASURES_STAGES.search(script):
             # Measure-Command around each stage; the simulated ones take what the simulator waits, the endpoint
             # check its requests' durations
@@ -352,10 +358,11 @@ class WindowsHost:
             return [], 0.0
         found = eventlog.answer(form, s.eems, denied="events" in s.denied, has_events=s.events, now=now,
                                 lookback=timedelta(hours=p["LookbackHours"]), max_events=p["MaxEvents"],
-                                log_records=s.application_log_events)
-        for error in found.errors:
-            errors.append(_error("events", error.error_id, error.category, error.exception,
-                                 texts[error.key].format(provider=eems.PROVIDER)))
+                                log_records=s.application_log_events, read_errors=s.event_read_errors)
+        for error, times in found.errors_with_repeats():
+            text = texts.get(error.key, LOCALES["en-US"][error.key]).format(provider=eems.PROVIDER)
+            errors.repeat(_error("events", error.error_id.format(text=text), error.category, error.exception, text),
+                          times)
         with_data = _READS_INSERTION_STRINGS.search(script or "") is not None
         events = []
         for e in found.events:
@@ -526,6 +533,33 @@ def _ps_string(text: str) -> str:
 def _error(part: str, error_id: str, category: str, exception: str, message: str) -> dict[str, str]:
     """An entry of the script's `errors`: what its Fail function records from an ErrorRecord."""
     return {"part": part, "id": error_id, "category": category, "type": exception, "message": message}
+
+
+class _Failures(list):
+    """The script's `errors` as its Fail function fills them: at most `kept` records per part (None: every one,
+    the script before review R11), and how many each part met in all (`counts`, the script's `$n`)."""
+
+    def __init__(self, kept: int | None):
+        super().__init__()
+        self.kept = kept
+        self.counts: dict[str, int] = {}
+
+    def append(self, record: dict[str, str]) -> None:
+        self.repeat(record, 1)
+
+    def repeat(self, record: dict[str, str], times: int) -> None:
+        """`record` met `times` times (a reader that fails on every read: one dictionary, kept as often as Fail
+        keeps it)."""
+        part = record["part"]
+        before = self.counts.get(part, 0)
+        self.counts[part] = before + times
+        room = times if self.kept is None else max(0, min(times, self.kept - before))
+        self.extend([record] * room)
+
+
+def _kept_per_part(script: str) -> int | None:
+    match = _KEEPS_ERRORS.search(script)
+    return int(match.group(2)) if match else None
 
 
 def _proxy_refusal(part: str, refusal: restricted.Refusal, texts: dict[str, Any]) -> dict[str, str]:

@@ -4,8 +4,9 @@ $ProgressPreference='SilentlyContinue';$ErrorActionPreference='Stop'
 $c=[Globalization.CultureInfo]::CurrentCulture;$lt=Microsoft.PowerShell.Utility\Get-Date;$n=@{}
 $r=@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;utc_offset_minutes=[int]($lt-$lt.ToUniversalTime()).TotalMinutes;language_mode=[string]$ExecutionContext.SessionState.LanguageMode;culture=@{name=$c.Name;ui=[Globalization.CultureInfo]::CurrentUICulture.Name;date=$c.DateTimeFormat.ShortDatePattern;time=$c.DateTimeFormat.LongTimePattern;am=$c.DateTimeFormat.AMDesignator;pm=$c.DateTimeFormat.PMDesignator};exsetup_version=$null;build_source=$null;edge=$false;service_key=$null;service=$null;events=@();log_folder=$null;logs=@();errors=@();stages=@{}}
 # Errors are recorded with their invariant FullyQualifiedErrorId; Python decides (never on the localized message).
-# At most five per part: a reader that keeps failing repeats its error (PowerShell/PowerShell#10637).
-function Fail($part,$e){if($n[$part] -ge 5){return};$n[$part]=1+$n[$part];$r.errors+=@{part=$part;id=[string]$e.FullyQualifiedErrorId;category=[string]$e.CategoryInfo.Category;type=[string]$e.Exception.pstypenames[0];message="$e"}}
+# At most five per part, and how many in all (error_counts): a reader that keeps failing repeats its error, as
+# Get-WinEvent writes each failed read and reads on (GetEventCommand.cs ReadEvents; PowerShell/PowerShell#10637).
+function Fail($part,$e){$n[$part]=1+$n[$part];if($n[$part] -gt 5){return};$r.errors+=@{part=$part;id=[string]$e.FullyQualifiedErrorId;category=[string]$e.CategoryInfo.Category;type=[string]$e.Exception.pstypenames[0];message="$e"}}
 # An empty FileVersion (an unreadable file) is no build: it throws, to the fallback and then to the errors.
 $r.stages.build=(Microsoft.PowerShell.Utility\Measure-Command{try{$r.exsetup_version=(Microsoft.PowerShell.Core\Get-Command ExSetup.exe).FileVersionInfo.FileVersion;if(!$r.exsetup_version){throw 'ExSetup.exe has no FileVersion'};$r.build_source='exsetup'}catch{try{$i=(Microsoft.PowerShell.Management\Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\Setup').MsiInstallPath;$r.exsetup_version=(Microsoft.PowerShell.Management\Get-Item (Microsoft.PowerShell.Management\Join-Path $i 'bin\ExSetup.exe')).VersionInfo.FileVersion;if(!$r.exsetup_version){throw 'ExSetup.exe has no FileVersion'};$r.build_source='registry'}catch{$r.exsetup_version=$null;Fail 'build' $_}}
 $r.edge=Microsoft.PowerShell.Management\Test-Path 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\EdgeTransportRole'}).TotalSeconds
@@ -46,6 +47,7 @@ $a=@{Uri="https://officeclient.microsoft.com/$u";UseBasicParsing=$true;TimeoutSe
 try{$e.status=[int](Microsoft.PowerShell.Utility\Invoke-WebRequest @a).StatusCode}catch{$e.error="$($_.Exception.Message)";$e.web_status=[string]$_.Exception.Status;if($_.Exception.Response){$e.status=[int]$_.Exception.Response.StatusCode}
 if($e.web_status -eq 'TrustFailure'){[Net.ServicePointManager]::CheckCertificateRevocationList=$false;try{[void](Microsoft.PowerShell.Utility\Invoke-WebRequest @a);$e.revocation_failed=$true}catch{};[Net.ServicePointManager]::CheckCertificateRevocationList=$true}}
 $e.ms=$t.ElapsedMilliseconds;$e})}else{$r.errors+=@{part='endpoint';id='ConstrainedLanguage';category='SecurityError';type='';message="the endpoint check needs FullLanguage; this session runs in $($ExecutionContext.SessionState.LanguageMode)"}}}}).TotalSeconds
+$r.error_counts=$n
 # ASCII only (every other character as \uXXXX): stdout is in the OEM code page. -split with a captured delimiter
 # keeps each non-ASCII character as an element of its own (no .NET call, unlike [regex]::Replace with a script block).
 (((Microsoft.PowerShell.Utility\ConvertTo-Json -InputObject $r -Depth 5 -Compress) -split '([^\x00-\x7e])')|Microsoft.PowerShell.Core\ForEach-Object{if($_.Length -eq 1 -and $_ -match '[^\x00-\x7e]'){'\u{0:x4}' -f [int][char]$_}else{$_}}) -join ''

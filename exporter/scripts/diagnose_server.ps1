@@ -3,7 +3,7 @@ $ProgressPreference='SilentlyContinue';$ErrorActionPreference='Stop'
 # and language_mode says why (docs/field-report.md).
 function Err($x){@{id=[string]$x.FullyQualifiedErrorId;type=[string]$x.Exception.pstypenames[0];message="$x"}}
 $lt=Microsoft.PowerShell.Utility\Get-Date
-$r=@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;utc_offset_minutes=[int]($lt-$lt.ToUniversalTime()).TotalMinutes;language_mode=[string]$ExecutionContext.SessionState.LanguageMode;powershell=[string]$PSVersionTable.PSVersion;culture=$null;ui_culture=$null;is_admin=$null;exsetup_version=$null;winhttp_settings=$null;service=$null;service_key=$null;log_folder=$null;log_files=@();events=@();event_errors=@();event_query_seconds=$null;errors=@()}
+$r=@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;utc_offset_minutes=[int]($lt-$lt.ToUniversalTime()).TotalMinutes;language_mode=[string]$ExecutionContext.SessionState.LanguageMode;powershell=[string]$PSVersionTable.PSVersion;culture=$null;ui_culture=$null;is_admin=$null;exsetup_version=$null;winhttp_settings=$null;service=$null;service_key=$null;log_folder=$null;log_files=@();events=@();event_errors=@();event_error_count=$null;event_query_seconds=$null;errors=@()}
 try{$r.culture=(Microsoft.PowerShell.Utility\Get-Culture).Name;$r.ui_culture=(Microsoft.PowerShell.Utility\Get-UICulture).Name}catch{$r.errors+=Err $_}
 if($ExecutionContext.SessionState.LanguageMode -eq 'FullLanguage'){try{$r.is_admin=([Security.Principal.WindowsPrincipal][Security.Principal.WindowsIdentity]::GetCurrent()).IsInRole([Security.Principal.WindowsBuiltInRole]::Administrator)}catch{$r.errors+=Err $_}}
 try{$r.exsetup_version=(Microsoft.PowerShell.Core\Get-Command ExSetup.exe).FileVersionInfo.FileVersion}catch{$r.errors+=Err $_}
@@ -19,10 +19,11 @@ if($ExecutionContext.SessionState.LanguageMode -eq 'FullLanguage'){if($i++ -lt $
 $n=[Math]::Min($s.Length,$P.HeadBytes);$b=Microsoft.PowerShell.Utility\New-Object byte[] $n;$n=$s.Read($b,0,$n);$o.head=[Convert]::ToBase64String($b,0,$n)
 $n=[Math]::Min($s.Length,$P.TailBytes);[void]$s.Seek(-$n,'End');$b=Microsoft.PowerShell.Utility\New-Object byte[] $n;$n=$s.Read($b,0,$n);$o.tail=[Convert]::ToBase64String($b,0,$n)}finally{$s.Close()}}catch{$o.error=Err $_}}};$o})}}catch{$r.log_folder=@{error=Err $_}}
 # The collection script's query (newest first, stopped at the first record older than the window), timed, with
-# each event's insertion strings (what a 1008 is classified on when its message cannot be formatted).
+# each event's insertion strings (what a 1008 is classified on when its message cannot be formatted), and the first
+# 20 of its error records with their count (a reader that keeps failing repeats its error, review R11).
 $r.event_query_seconds=(Microsoft.PowerShell.Utility\Measure-Command{try{$v=$null;$ms=3600000*$P.LookbackHours;$since=[DateTime]::UtcNow.AddHours(-$P.LookbackHours)
 $q="*[System[(Provider[@Name='MSExchange Mitigation Service'] and TimeCreated[timediff(@SystemTime) <= $ms]) or TimeCreated[timediff(@SystemTime) > $ms]]]"
 $null=Microsoft.PowerShell.Diagnostics\Get-WinEvent -LogName Application -FilterXPath $q -ErrorAction SilentlyContinue -ErrorVariable v|Microsoft.PowerShell.Core\ForEach-Object{if($_.ProviderName -eq 'MSExchange Mitigation Service' -and $_.TimeCreated.ToUniversalTime() -ge $since -and $r.events.Count -lt $P.MaxEvents){$m=$_.Message;if($m -and $m.Length -gt $P.MessageChars){$m=$m.Substring(0,$P.MessageChars)}
 $r.events+=@{id=$_.Id;level=$_.Level;time=$_.TimeCreated.ToUniversalTime();message=$m;data=@($_.Properties|Microsoft.PowerShell.Core\ForEach-Object{$t=[string]$_.Value;if($t.Length -gt $P.MessageChars){$t=$t.Substring(0,$P.MessageChars)};$t})}}else{$_}}|Microsoft.PowerShell.Utility\Select-Object -First 1
-$r.event_errors=@($v|Microsoft.PowerShell.Core\ForEach-Object{Err $_})}catch{$r.event_errors=@(Err $_)}}).TotalSeconds
+$r.event_errors=@($v|Microsoft.PowerShell.Utility\Select-Object -First 20|Microsoft.PowerShell.Core\ForEach-Object{Err $_});$r.event_error_count=$v.Count}catch{$r.event_errors=@(Err $_)}}).TotalSeconds
 (((Microsoft.PowerShell.Utility\ConvertTo-Json -InputObject $r -Depth 5 -Compress) -split '([^\x00-\x7e])')|Microsoft.PowerShell.Core\ForEach-Object{if($_.Length -eq 1 -and $_ -match '[^\x00-\x7e]'){'\u{0:x4}' -f [int][char]$_}else{$_}}) -join ''
