@@ -33,7 +33,8 @@ class Exporter:
             collector(registry=self.registry)
         self._exposition = CachedExposition()
 
-    def _self_status(self) -> SelfStatus:
+    def self_status(self) -> SelfStatus:
+        """What the exporter says about itself on /metrics (the pages' alerts read it too)."""
         current = self.runtime.current()
         paused = self.poller.connections.credentials.paused(current.config.modules)
         return SelfStatus(
@@ -76,7 +77,7 @@ class Exporter:
         exporter's own metrics only: servers come through /probe."""
         background = self.runtime.current().config.poll.background
         servers, organization = self.poller.snapshot() if background else ([], None)
-        return self._exposition.body(servers, organization, self._self_status(), self.registry, accept)
+        return self._exposition.body(servers, organization, self.self_status(), self.registry, accept)
 
     def probe_body(self, target: str, module: str | None, timeout: float | None, accept: str) -> tuple[bytes, str]:
         """Poll one server now; its metrics only (self metrics stay on /metrics, as for blackbox). The result

@@ -48,11 +48,15 @@ class Redactor(logging.Filter):
         self._lock = threading.Lock()
         self._secrets: tuple[str, ...] = ()
         self._pattern: re.Pattern | None = None
+        self.version = 0  # counts the changes to the secrets: text scrubbed at an older version may need it again
         self.add(secrets or [])
 
     def add(self, secrets: list[str]) -> None:
         with self._lock:
             known = set(self._secrets) | {s for s in secrets if s}
+            if self._pattern is not None and known == set(self._secrets):
+                return
+            self.version += 1
             self._secrets = tuple(sorted(known, key=len, reverse=True))  # a secret inside a longer one: longer first
             forms = [f for secret in self._secrets for f in (_spelled(secret), *_encoded(secret))]
             self._pattern = re.compile("|".join((*forms, *_TOKENS)))

@@ -20,14 +20,12 @@ import time
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
-from typing import Iterable, Union
+from typing import Iterable
 
 import yaml
 
 JOB, INSTANCE = "exchange-eems", "self"
 Labels = frozenset  # of (name, value) pairs, without __name__
-Vector = dict[Labels, float]
-Value = Union[float, Vector]
 
 
 class PromQLError(ValueError):
@@ -61,7 +59,6 @@ _TOKEN = re.compile(r"""\s*(?:
 )""", re.VERBOSE)
 _COMPARISONS = {"==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt, ">=": operator.ge,
                 "<=": operator.le}
-_ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": lambda a, b: a / b if b else math.nan}
 _LEVELS = [("or",), ("and", "unless"), tuple(_COMPARISONS), ("+", "-"), ("*", "/")]
 
 
@@ -200,18 +197,47 @@ def parse(text: str) -> _Node:
 
 
 # ------------------------------------------------------------------ evaluation
+#
+# Every value is carried with its slope in time: d(value)/d(time()). Samples and numbers have slope 0, time() has 1,
+# and the rules only add, subtract and scale. So each comparison can tell when it would turn: for `a > b` that
+# is when a - b, moving at its slope, crosses zero. The earliest such time over every compared pair (whether it
+# holds now or not) is how long the result of the evaluation stays exactly what it is now, kept per server (a
+# pair's `server` label; None for series of no server), so a page can keep a server's alerts until then or until
+# its samples change. A product of two moving values, or a division by one, is not linear: its slope is NaN and
+# its result is good for this instant only.
 
 
 class _Samples:
-    """Every sample of one instant, by metric name."""
+    """Every sample of one instant, by metric name, each with slope 0; and the server each label set is about."""
 
     def __init__(self, samples: Iterable[tuple[str, dict[str, str], float]]):
-        self.by_name: dict[str, Vector] = {}
+        self.by_name: dict[str, dict[Labels, tuple[float, float]]] = {}
+        self.server_of: dict[Labels, str | None] = {}
         for name, labels, value in samples:
-            self.by_name.setdefault(name, {})[frozenset({**labels, "job": JOB, "instance": INSTANCE}.items())] = value
+            key = frozenset({**labels, "job": JOB, "instance": INSTANCE}.items())
+            self.by_name.setdefault(name, {})[key] = (value, 0.0)
+            self.server_of[key] = labels.get("server")
 
 
-def _select(samples: _Samples, node: _Node) -> Vector:
+class _Instant:
+    """One evaluation: the samples, the time, and until when each server's results stay as they are."""
+
+    def __init__(self, samples: _Samples, now: float):
+        self.samples = samples
+        self.now = now
+        self.until: dict[str | None, float] = {}
+
+    def turns(self, labels: Labels | None, difference: float, slope: float) -> None:
+        """A comparison of a pair whose difference is `difference` now, moving at `slope`."""
+        if slope == 0.0:
+            return
+        when = self.now if math.isnan(slope) or math.isnan(difference) else self.now - difference / slope
+        if when >= self.now:
+            server = self.samples.server_of.get(labels) if labels is not None else None
+            self.until[server] = min(self.until.get(server, math.inf), when)
+
+
+def _select(samples: _Samples, node: _Node) -> dict[Labels, tuple[float, float]]:
     series = samples.by_name.get(node.name, {})
     if not node.matchers:
         return dict(series)
@@ -236,14 +262,31 @@ def _key(labels: Labels, on: tuple[str, ...] | None) -> Labels:
     return labels if on is None else frozenset((k, v) for k, v in labels if k in on)
 
 
-def evaluate(node: _Node, samples: _Samples, now: float) -> Value:
+_Moving = tuple[float, float]  # (value now, slope)
+
+
+def _arithmetic(op: str, a: _Moving, b: _Moving) -> _Moving:
+    (x, dx), (y, dy) = a, b
+    if op == "+":
+        return x + y, dx + dy
+    if op == "-":
+        return x - y, dx - dy
+    if op == "*":
+        return x * y, (x * dy + y * dx) if dx == 0.0 or dy == 0.0 else math.nan
+    if y == 0.0:
+        return math.nan, 0.0
+    return x / y, dx / y if dy == 0.0 else math.nan
+
+
+def evaluate(node: _Node, instant: _Instant):
+    """A scalar (value, slope), or a vector {labels: (value, slope)}."""
     if node.kind == "number":
-        return node.value
+        return node.value, 0.0
     if node.kind == "time":
-        return now
+        return instant.now, 1.0
     if node.kind == "selector":
-        return _select(samples, node)
-    left, right = evaluate(node.left, samples, now), evaluate(node.right, samples, now)
+        return _select(instant.samples, node)
+    left, right = evaluate(node.left, instant), evaluate(node.right, instant)
     if node.op in ("and", "or", "unless"):
         if not isinstance(left, dict) or not isinstance(right, dict):
             raise PromQLError(f"{node.op} needs two vectors")
@@ -255,40 +298,42 @@ def evaluate(node: _Node, samples: _Samples, now: float) -> Value:
         mine = {_key(labels, node.on) for labels in left}
         return {**left, **{labels: v for labels, v in right.items() if _key(labels, node.on) not in mine}}
     compare = _COMPARISONS.get(node.op)
-    function = compare or _ARITHMETIC[node.op]
+    if compare is None:
+        combine = lambda labels, a, b: _arithmetic(node.op, a, b)  # noqa: E731
+    else:
+        def combine(labels, a, b):
+            instant.turns(labels, a[0] - b[0], a[1] - b[1])
+            return a if compare(a[0], b[0]) else None
     if not isinstance(left, dict) and not isinstance(right, dict):
-        return float(function(left, right))
+        if compare is not None:
+            raise PromQLError("a comparison of two numbers needs bool")
+        return combine(None, left, right)
     if not isinstance(right, dict):
-        return _with_scalar(left, lambda v: function(v, right), compare is not None)
+        return _pairs(((labels, v, right) for labels, v in left.items()), combine)
     if not isinstance(left, dict):
-        return _with_scalar(right, lambda v: function(left, v), compare is not None)
-    return _vectors(node, left, right, function, compare is not None)
+        # a comparison keeps the vector's elements and values: `0 < x` keeps x where it holds
+        return _pairs(((labels, left, v) for labels, v in right.items()), combine, keep_right=compare is not None)
+    return _vectors(node, left, right, combine)
 
 
-def _with_scalar(vector: Vector, apply, filtering: bool) -> Vector:
-    """A comparison keeps the vector's elements (and values) where it holds; arithmetic maps the values."""
-    if filtering:
-        return {labels: v for labels, v in vector.items() if apply(v)}
-    return {labels: float(apply(v)) for labels, v in vector.items()}
+def _pairs(pairs, combine, keep_right: bool = False) -> dict:
+    out = {}
+    for labels, a, b in pairs:
+        result = combine(labels, a, b)
+        if result is not None:
+            out[labels] = b if keep_right else result
+    return out
 
 
-def _vectors(node: _Node, left: Vector, right: Vector, function, filtering: bool) -> Vector:
-    by_key: dict[Labels, float] = {}
+def _vectors(node: _Node, left: dict, right: dict, combine) -> dict:
+    by_key: dict[Labels, _Moving] = {}
     for labels, value in right.items():
         key = _key(labels, node.on)
         if key in by_key:
             raise PromQLError("many-to-many matching: the right side has two series for one key")
         by_key[key] = value
-    out = {}
-    for labels, value in left.items():
-        other = by_key.get(_key(labels, node.on))
-        if other is None:
-            continue
-        if filtering:
-            if function(value, other):
-                out[labels] = value
-        else:
-            out[labels] = float(function(value, other))
+    out = _pairs(((labels, value, by_key[k]) for labels, value in left.items()
+                  if (k := _key(labels, node.on)) in by_key), combine)
     if not node.group_left and len({_key(labels, node.on) for labels in out}) != len(out):
         raise PromQLError("many-to-one matching needs group_left")
     return out
@@ -308,6 +353,38 @@ def rules() -> tuple[Rule, ...]:
             out.append(Rule(rule["alert"] if alert else rule["record"], parse(rule["expr"]), alert,
                             rule.get("for", ""), rule.get("labels", {}).get("severity", "")))
     return tuple(out)
+
+
+@cache
+def _selectors() -> dict[str, tuple[tuple[tuple[str, str, str], ...], ...]]:
+    """Every selector of the rules: metric name -> the matchers of each selector of it."""
+    found: dict[str, set] = {}
+
+    def walk(node: _Node | None) -> None:
+        if node is None:
+            return
+        if node.kind == "selector":
+            found.setdefault(node.name, set()).add(node.matchers)
+        walk(node.left)
+        walk(node.right)
+
+    for rule in rules():
+        walk(rule.expr)
+    return {name: tuple(matchers) for name, matchers in found.items()}
+
+
+def read_by_rules(samples: Iterable[tuple[str, dict[str, str], float]]) -> list[tuple[str, dict[str, str], float]]:
+    """The samples some rule's selector matches: the others cannot change what any rule gives."""
+    selectors = _selectors()
+    out = []
+    for sample in samples:
+        wanted = selectors.get(sample[0])
+        if wanted is None:
+            continue
+        labels = {**sample[1], "job": JOB, "instance": INSTANCE}
+        if any(all(_matches(labels.get(label, ""), op, value) for label, op, value in matchers) for matchers in wanted):
+            out.append(sample)
+    return out
 
 
 _SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)")
@@ -338,16 +415,23 @@ def samples(text: bytes, server: str | None = None) -> list[tuple[str, dict[str,
 
 def firing(samples: Iterable[tuple[str, dict[str, str], float]], now: float | None = None) -> list[Firing]:
     """The alerts whose condition holds at `now` over these samples (each with its labels)."""
-    now = time.time() if now is None else now
-    instant = _Samples(samples)
+    return evaluated(samples, time.time() if now is None else now)[0]
+
+
+def evaluated(samples: Iterable[tuple[str, dict[str, str], float]],
+              now: float) -> tuple[list[Firing], dict[str | None, float]]:
+    """The alerts that hold at `now`, and until when each server's part of that answer stays exactly the same
+    while the samples do (by server; None: the series of no server, whose time limits every server's too;
+    a server not named: for ever)."""
+    instant = _Instant(_Samples(samples), now)
     out = []
     for rule in rules():
-        result = evaluate(rule.expr, instant, now)
+        result = evaluate(rule.expr, instant)
         if not isinstance(result, dict):
             raise PromQLError(f"{rule.name}: the expression is a number, not a vector")
         if not rule.alert:
-            instant.by_name[rule.name] = {labels: v for labels, v in result.items()}
+            instant.samples.by_name[rule.name] = dict(result)
             continue
         for labels in result:
             out.append(Firing(rule.name, rule.severity, rule.hold, dict(labels)))
-    return out
+    return out, instant.until

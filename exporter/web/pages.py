@@ -8,8 +8,10 @@ Content-Security-Policy that allows no script at all.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Callable
 from urllib.parse import quote
 
 from ..alert_rules import DEFAULT_RUNBOOK_BASE
@@ -41,12 +43,31 @@ def _link(path: str, **params: str) -> str:
     return _e(f"{path}?{query}" if query else path)
 
 
-def _when(value: datetime | None, now: datetime) -> str:
+class Ages:
+    """The times a kept row shows as ages ("4m ago"): while a row is made, each becomes a marker `<@N>` (no escaped
+    text can hold a `<`, and no HTML here holds `<@`), which `RowHTML` writes as an age at every request."""
+
+    def __init__(self) -> None:
+        self.times: list[datetime] = []
+
+    def mark(self, value: datetime) -> str:
+        self.times.append(value)
+        return f"<@{len(self.times) - 1}>"
+
+
+_MARK = re.compile(r"<@(\d+)>")
+
+
+def _age(value: datetime, now: datetime) -> str:
+    seconds = max(0, int((now - value).total_seconds()))
+    return (f"{seconds // 86400}d" if seconds >= 86400 else f"{seconds // 3600}h" if seconds >= 3600
+            else f"{seconds // 60}m" if seconds >= 60 else f"{seconds}s")
+
+
+def _when(value: datetime | None, now: datetime | Ages) -> str:
     if value is None:
         return '<span class="muted">never</span>'
-    seconds = max(0, int((now - value).total_seconds()))
-    age = (f"{seconds // 86400}d" if seconds >= 86400 else f"{seconds // 3600}h" if seconds >= 3600
-           else f"{seconds // 60}m" if seconds >= 60 else f"{seconds}s")
+    age = now.mark(value) if isinstance(now, Ages) else _age(value, now)
     return f'<span title="{_e(value.isoformat())}">{age} ago</span>'
 
 
@@ -88,7 +109,7 @@ def _alerts(alerts: tuple[Firing, ...] | list[Firing]) -> str:
     return f'<ul class="plain">{"".join(items)}</ul>'
 
 
-def _poll(result: ServerResult, now: datetime) -> str:
+def _poll(result: ServerResult, now: datetime | Ages) -> str:
     outcome = result.outcome
     if outcome is None:
         return '<span class="muted">not polled yet</span>'
@@ -120,7 +141,7 @@ def _cutoffs(result: ServerResult) -> str:
                        for cutoff, ok in sorted(build.cutoffs.items()))
 
 
-def _eems(result: ServerResult, now: datetime) -> str:
+def _eems(result: ServerResult, now: datetime | Ages) -> str:
     state = result.state
     if state is None:
         return ""
@@ -133,34 +154,66 @@ def _eems(result: ServerResult, now: datetime) -> str:
             f"<br>last activity {_when(eems.last_activity, now)}{failing}")
 
 
-def fleet(rows: list[Row], exporter_alerts: list[Firing], state_filter: str | None, version: str,
-          example: str) -> bytes:
+@dataclass(frozen=True)
+class RowHTML:
+    """A server's row of the fleet table, made once per poll result and scrubbed then: its HTML in parts, with the
+    index of a time (in `times`) between every two parts, written as an age at each request."""
+
+    parts: tuple[str, ...]
+    times: tuple[datetime, ...]
+
+    def render(self, now: datetime) -> str:
+        return "".join(part if i % 2 == 0 else _age(self.times[int(part)], now) for i, part in enumerate(self.parts))
+
+
+def row_html(row: Row, scrub: Callable[[str], str]) -> RowHTML:
+    """The fleet table's row of one server; `scrub` (the redactor) runs on each part of it (never across a time)."""
+    ages, r = Ages(), row.result
+    text = (f'<tr class="row-{row.state}"><td><a href="{_link("/server", name=r.name)}">{_e(r.name)}</a></td>'
+            f'<td><span class="state {row.state}">{row.state}</span></td><td>{_poll(r, ages)}</td>'
+            f"<td>{_build(r)}</td><td>{_cutoffs(r)}</td><td>{_eems(r, ages)}</td><td>{_alerts(row.alerts)}</td></tr>")
+    parts = _MARK.split(text)
+    return RowHTML(tuple(part if i % 2 else scrub(part) for i, part in enumerate(parts)), tuple(ages.times))
+
+
+ROWS_PER_PAGE = 250  # a 2,000-server table is 2.8 MB, seconds for a browser to lay out; worst first, problems lead
+
+
+def fleet(rows: list[tuple[Row, RowHTML]], exporter_alerts: list[Firing], state_filter: str | None, page: int,
+          version: str, example: str, scrub: Callable[[str], str]) -> bytes:
+    """`/`: the rows (already scrubbed) of `state_filter`'s state (None: all), worst first, ROWS_PER_PAGE a page;
+    `scrub` runs on the rest of the page."""
     now = datetime.now(timezone.utc)
     counts = {state: 0 for state in STATES}
-    for row in rows:
+    for row, _ in rows:
         counts[row.state] += 1
-    shown = sorted((r for r in rows if state_filter in (None, r.state)),
-                   key=lambda r: (STATES.index(r.state), r.result.name.lower()))
+    shown = sorted((entry for entry in rows if state_filter in (None, entry[0].state)),
+                   key=lambda entry: (STATES.index(entry[0].state), entry[0].result.name.lower()))
+    pages = max(1, -(-len(shown) // ROWS_PER_PAGE))
+    page = min(page, pages)
+    first = (page - 1) * ROWS_PER_PAGE
+    chosen = shown[first:first + ROWS_PER_PAGE]
     nav = [f'<a href="/">all ({len(rows)})</a>'] + [
         f'<a href="{_link("/", state=s)}"><span class="state {s}">{s}</span> {counts[s]}</a>' for s in STATES if counts[s]]
-    table = []
-    for row in shown:
-        r = row.result
-        table.append(
-            f'<tr class="row-{row.state}"><td><a href="{_link("/server", name=r.name)}">{_e(r.name)}</a></td>'
-            f'<td><span class="state {row.state}">{row.state}</span></td><td>{_poll(r, now)}</td>'
-            f"<td>{_build(r)}</td><td>{_cutoffs(r)}</td><td>{_eems(r, now)}</td><td>{_alerts(row.alerts)}</td></tr>")
     exporter_section = (f"<h2>The exporter</h2>{_alerts(exporter_alerts)}" if exporter_alerts else "")
-    body = (f"<h1>Exchange EEMS exporter</h1><p>Can each on-premises Exchange server still receive Microsoft's "
+    where = {"state": state_filter} if state_filter else {}
+    paging = ""
+    if pages > 1:
+        previous = f'<a href="{_link("/", **where, page=str(page - 1))}">&lsaquo; previous</a> ' if page > 1 else ""
+        following = f' <a href="{_link("/", **where, page=str(page + 1))}">next &rsaquo;</a>' if page < pages else ""
+        paging = (f'<p class="paging">{previous}rows {first + 1:,}&ndash;{first + len(chosen):,} of {len(shown):,} '
+                  f"(page {page} of {pages}){following}</p>")
+    head = (f"<h1>Exchange EEMS exporter</h1><p>Can each on-premises Exchange server still receive Microsoft's "
             f"emergency mitigations? Version {_e(version)}. "
             f'<a href="/metrics">/metrics</a>, <a href="{_link("/probe", target=example)}">/probe?target={_e(example)}</a>'
             f' (add <code>&amp;debug=true</code> for the steps), <a href="/-/healthy">/-/healthy</a>, '
             f'<a href="/-/ready">/-/ready</a>. Alerts are the shipped rules evaluated on this exporter\'s samples now'
             f" (they fire once they have held for the time shown).</p>{exporter_section}"
-            f"<h2>Servers ({len(shown)} of {len(rows)})</h2><nav>{' '.join(nav)}</nav>"
+            f"<h2>Servers ({len(shown):,} of {len(rows):,})</h2><nav>{' '.join(nav)}</nav>{paging}"
             f"<table><thead><tr><th>server</th><th>state</th><th>last poll</th><th>build</th><th>certificate cutoffs</th>"
-            f"<th>EEMS</th><th>alerts that would fire</th></tr></thead><tbody>{''.join(table)}</tbody></table>")
-    return _page("Exchange EEMS exporter", body)
+            f"<th>EEMS</th><th>alerts that would fire</th></tr></thead><tbody>")
+    table = "".join(html_row.render(now) for _, html_row in chosen)
+    return _page("Exchange EEMS exporter", scrub(head) + table + f"</tbody></table>{paging}")
 
 
 @dataclass(frozen=True)

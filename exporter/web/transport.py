@@ -92,7 +92,7 @@ class _Connection:
 
 class ExporterHTTPServer:
     def __init__(self, address: tuple[str, int], view: View, watcher: WebConfigWatcher | None):
-        self._view = handlers.SharedMetrics(view)
+        self._view = handlers.SharedView(view)
         self._watcher = watcher
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self._socket = socket.socket(family, socket.SOCK_STREAM)

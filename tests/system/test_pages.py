@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.catalog import Catalog
 from exporter.config import load_config_text
 from exporter.exporter import Exporter
-from exporter.web import alerts, serve
+from exporter.web import alerts, pages, serve
+from exporter.web.fleet import FleetRows
 from exporter.web.pages import STATES
 
 from ..conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, demo_scenario, poll_all, relocate
@@ -110,6 +112,72 @@ def test_the_sample_reader_agrees_with_prometheus_client(demo):
     theirs = [(s.name, s.labels, s.value) for family in text_string_to_metric_families(body.decode())
               for s in family.samples]
     assert alerts.samples(body) == theirs
+
+
+def test_the_samples_no_rule_reads_change_no_alert(demo):
+    """The pages evaluate only the samples some rule selects (fleet.py): leaving the others out changes nothing."""
+    _, exporter, _ = demo
+    body, _ = exporter.metrics_body("text/plain")
+    everything = alerts.samples(body)
+    read = alerts.read_by_rules(everything)
+    assert 0 < len(read) < len(everything) * 0.7
+    assert alerts.firing(read, now=1_796_000_000) == alerts.firing(everything, now=1_796_000_000)
+
+
+def test_rows_are_made_once_per_poll_result_and_again_when_time_turns_a_rule(demo):
+    """The fleet's rows are kept between requests: made again for a server with a new poll result, for all when the
+    redactor learns a secret, and for those whose rules time turns (their last poll three intervals old)."""
+    _, exporter, _ = demo
+    now = [time.time()]
+    rows = FleetRows(exporter.self_status, clock=lambda: now[0])
+    servers, organization = exporter.snapshot()
+
+    def made() -> dict[str, pages.RowHTML]:
+        return {row.result.name: html_row for row, html_row in rows.rows(servers, organization, 1, exporter.scrub)[0]}
+
+    first = made()
+    assert len(first) == len(servers)
+    again = made()
+    assert all(again[name] is first[name] for name in first), "nothing changed: every row kept"
+    repolled = replace(servers[0])  # a new result object, as a poll makes
+    servers = [repolled, *servers[1:]]
+    after_poll = made()
+    assert [name for name in first if after_poll[name] is not first[name]] == [repolled.name]
+    assert all(html_row is not after_poll[name] for name, html_row in
+               {row.result.name: h for row, h in rows.rows(servers, organization, 2, exporter.scrub)[0]}.items()), \
+        "a new secret (a new redactor version) makes every row again"
+    kept = made()
+    now[0] += 60  # nothing turns in a minute: kept
+    assert all(html_row is kept[name] for name, html_row in made().items())
+    polled = {r.name: r.last_success.timestamp() for r in servers if r.last_success}
+    now[0] = max(polled.values()) + 3 * exporter.self_status().poll_interval_seconds + 1  # every poll goes stale
+    later = made()
+    assert all(later[name] is not kept[name] for name in polled), "ExchangeExporterPollStale turned for them"
+
+
+def test_the_fleet_page_comes_in_pages_worst_first(demo, monkeypatch):
+    fleet, _, port = demo
+    monkeypatch.setattr(pages, "ROWS_PER_PAGE", 5)
+    _, _, whole = get(port, "/?page=1")
+    found, number = [], 1
+    while True:
+        status, _, page = get(port, f"/?page={number}")
+        assert status == 200
+        found += rows(page)
+        if "next &rsaquo;" not in page:
+            break
+        assert len(rows(page)) == 5 and f'href="/?page={number + 1}"' in page
+        number += 1
+    assert number == -(-len(fleet.hosts) // 5) and "&lsaquo; previous" in page
+    assert sorted(html.unescape(name) for _, name in found) == sorted(fleet.hosts)
+    order = [STATES.index(state) for state, _ in found]
+    assert order == sorted(order), "worst first across the pages"
+    assert rows(get(port, "/?page=99")[2]) == rows(page), "past the last page: the last page"
+    state = found[-1][0]
+    filtered = rows(get(port, f"/?state={state}&page=1")[2])
+    assert filtered and {s for s, _ in filtered} == {state}
+    for bad in ("0", "-1", "x", "1e3", "9999999"):
+        assert get(port, f"/?page={bad}")[0] == 400, bad
 
 
 def test_every_shipped_rule_is_understood_by_the_evaluator():
