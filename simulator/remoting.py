@@ -88,6 +88,9 @@ class Settings:
     # Exchange's /PowerShell takes Kerberos only, as real Exchange does (pypsrp issue #187); a scenario may open it
     # to NTLM to show the rest of that endpoint without a KDC.
     exchange_kerberos_only: bool = True
+    # Whether Exchange's runspace offers Select-Object to the account [UNCONFIRMED either way: a restricted runspace
+    # has it among its few core commands; whether Exchange's RBAC-built runspace keeps it is not documented].
+    exchange_select_object: bool = True
     winrs: bool = True  # False: the fleet refuses WinRS shells, so only PSRP works
     outdated_version: str = "exchange-eems-exporter/endpoint/0000000000000000"
 
@@ -140,8 +143,8 @@ class Endpoints:
         for index, statement in enumerate(invocation.statements):
             answer = self._statement(configuration, *statement[0])
             for command in statement[1:]:
-                answer = _select(answer, *command) if configuration.kind == "exchange" else \
-                    Answer(failure=_not_simulated("a pipeline of several commands"))
+                answer = _select(answer, *command, available=self.settings.exchange_select_object) \
+                    if configuration.kind == "exchange" else Answer(failure=_not_simulated("a pipeline of several commands"))
             result.output += answer.output
             result.errors += answer.errors
             result.runtime_seconds += answer.runtime_seconds
@@ -229,11 +232,15 @@ class Endpoints:
 # ---------------------------------------------------------------- Select-Object on Exchange's endpoint
 
 
-def _select(answer: Answer, name: str, is_script: bool, parameters: list) -> Answer:
+def _select(answer: Answer, name: str, is_script: bool, parameters: list, *, available: bool = True) -> Answer:
     """`... | Select-Object -Property A,B`: Exchange's runspace offers Select-Object among the few core cmdlets
     of a restricted session [UNCONFIRMED for /PowerShell]. Each object becomes a PSCustomObject named
     `Selected.<type>` with only those properties; a complex value goes out as its ToString, as PowerShell's
-    default serialization depth of 1 does for a selected object [UNCONFIRMED], a list as a list."""
+    default serialization depth of 1 does for a selected object [UNCONFIRMED], a list as a list.
+    Not `available` (`remoting.exchange.select_object: false`): the pipeline's commands are looked up before any
+    runs, so the whole statement fails with CommandNotFoundException and nothing of the first command goes out."""
+    if not available and name.lower() in ("select-object", "select"):
+        return Answer(failure=_command_not_found(name))
     if answer.failure is not None:
         return answer
     if is_script or name.lower() not in ("select-object", "select"):
@@ -395,13 +402,17 @@ def _captured(kind: str, replacements: dict[str, str]) -> PSObject:
 
 
 def _as_sent(value: Any, seen: set[int]) -> None:
-    """A deserialiser prefixes every type name with `Deserialized.`; the sending server does not."""
+    """A deserialiser prefixes every type name with `Deserialized.`; the sending server does not. Dates go out in
+    .NET's form (`_DotNetDateTime`)."""
     if not isinstance(value, PSObject) or id(value) in seen:
         return
     seen.add(id(value))
     value.PSObject.type_names = [t.removeprefix("Deserialized.") for t in value.PSObject.type_names]
     for prop in [*value.PSObject.adapted_properties, *value.PSObject.extended_properties]:
         inner = prop.get_value(value)
+        if isinstance(inner, PSDateTime) and not isinstance(inner, _DotNetDateTime):
+            prop.set_value(_DotNetDateTime.of(inner), value)
+            continue
         _as_sent(inner, seen)
         if isinstance(inner, list):
             for item in inner:
@@ -480,9 +491,24 @@ def _organization_config(organization: Any) -> PSObject:
     return obj
 
 
+class _DotNetDateTime(PSDateTime):
+    """A DateTime whose year is written with four digits, as .NET writes `<DT>`: psrpcore formats with
+    `strftime("%Y")`, which glibc writes unpadded, so the captured organization's DateTime.MinValue fields
+    (`0001-01-01T00:00:00`) went out as `1-01-01T00:00:00`, which no client parses."""
+
+    @classmethod
+    def of(cls, value: datetime) -> "_DotNetDateTime":
+        dotnet = cls(value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond,
+                     tzinfo=value.tzinfo)
+        dotnet.nanosecond = getattr(value, "nanosecond", 0)
+        return dotnet
+
+    def strftime(self, fmt: str) -> str:
+        return super().strftime(fmt.replace("%Y", f"{self.year:04d}"))
+
+
 def _datetime(value: datetime) -> PSDateTime:
-    return PSDateTime(value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond,
-                      tzinfo=value.tzinfo)
+    return _DotNetDateTime.of(value)
 
 
 def _uri(text: str) -> PSObject:

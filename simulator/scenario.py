@@ -169,7 +169,8 @@ def _remoting(raw: Any, names: set[str]) -> remoting.Settings:
     """The `remoting` section: the PowerShell endpoints the servers serve over PSRP (docs/simulator.md)."""
     top = _mapping(raw, "remoting", ("winrs", "jea", "exchange"))
     jea = _mapping(top.get("jea", {}), "remoting.jea", ("configuration", "role_capability", "outdated", "absent"))
-    exchange = _mapping(top.get("exchange", {}), "remoting.exchange", ("rbac_denied", "kerberos_only"))
+    exchange = _mapping(top.get("exchange", {}), "remoting.exchange", ("rbac_denied", "kerberos_only",
+                                                                                "select_object"))
 
     def servers(key: str, value: Any) -> tuple[str, ...]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -189,6 +190,7 @@ def _remoting(raw: Any, names: set[str]) -> remoting.Settings:
         jea_absent=servers("remoting.jea.absent", jea.get("absent", [])),
         rbac_denied=tuple(denied),
         exchange_kerberos_only=_bool(exchange.get("kerberos_only", True), "remoting.exchange.kerberos_only"),
+        exchange_select_object=_bool(exchange.get("select_object", True), "remoting.exchange.select_object"),
         winrs=_bool(top.get("winrs", True), "remoting.winrs"),
     )
     if "role_capability" in jea:

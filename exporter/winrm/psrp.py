@@ -9,7 +9,9 @@ module's session configuration (MS-PSRP over WS-Management, MS-PSRP 3.1.5.3):
 - Exchange's own endpoint (`Microsoft.Exchange` at /PowerShell, cmdlets only, under RBAC): the organization
   script becomes `Get-OrganizationConfig` and `Get-ExchangeServer | Select-Object -Property ...`, and their
   objects are written back as the organization script's JSON. A cmdlet the account's RBAC roles do not grant
-  is not in its runspace (CommandNotFoundException): `rbac_denied`;
+  is not in its runspace (CommandNotFoundException): `rbac_denied`. Whether that runspace offers Select-Object is
+  UNCONFIRMED: where it answers CommandNotFoundException for it, the collector asks again for the full objects
+  (about 110 KB a server in a captured Exchange 2019 object), within limits.max_poll_bytes, and keeps doing so;
 - any other configuration (full language, e.g. Microsoft.PowerShell): the script itself.
 
 The protocol's state is psrpcore's (`ClientRunspacePool`, `ClientPowerShell`: public API, no I/O); the bytes
@@ -99,6 +101,7 @@ class PsrpConnection:
         self._pool: _Pool | None = None
         self._lock = threading.Lock()
         self._configuration = module.configuration_name
+        self._selects = True  # Exchange's endpoint: pipe into Select-Object, until it says it has none
 
     # ------------------------------------------------------------ the interface
 
@@ -106,9 +109,14 @@ class PsrpConnection:
         script = _script(command)
         with self._lock:
             try:
-                statements, answer = self._plan(script)
-                outputs, errors, failure = self._invoke(statements, deadline)
-                return answer(outputs, errors, failure)
+                try:
+                    return self._run(script, deadline)
+                except _NoSelectObject:
+                    self._selects = False
+                    log.warning("Exchange's endpoint on %s has no Select-Object (CommandNotFoundException): the "
+                                "organization collector reads Get-ExchangeServer's full objects from now on",
+                                self._server_name)
+                    return self._run(script, deadline)
             except BaseException as error:
                 failure = classify(error)
                 if failure.reason != "rbac_denied":
@@ -118,6 +126,20 @@ class PsrpConnection:
                 if not self.module.keep_runspace:
                     self._drop_pool(deadline)
                     self._close_channel()
+
+    def _run(self, script: str, deadline: float) -> CommandResult:
+        statements, answer = self._plan(script)
+        try:
+            outputs, errors, failure = self._invoke(statements, deadline)
+        except PollFailure as failure:
+            if failure.reason == "output_too_large" and answer == self._organization and not self._selects:
+                raise PollFailure("output_too_large", f"Exchange's endpoint on {self._server_name} has no "
+                                  "Select-Object, so Get-ExchangeServer sends its full objects (about 110 KB a "
+                                  f"server), more than limits.max_poll_bytes ({self.max_poll_bytes} bytes) for this "
+                                  "organization: raise it, or collect the organization over WinRS",
+                                  connection_intact=True) from None
+            raise
+        return answer(outputs, errors, failure)
 
     def close(self) -> None:
         """Delete a kept pool (its wsmprovhost.exe would otherwise wait out POOL_IDLE_TIMEOUT), then the
@@ -139,8 +161,9 @@ class PsrpConnection:
             if marker != ORGANIZATION_MARKER:
                 raise PollFailure("configuration_not_found", "Exchange's endpoint runs cmdlets only: poll the "
                                   "servers over WinRS or the exporter's JEA endpoint", connection_intact=True)
-            return ([_Statement("Get-OrganizationConfig", select=("MitigationsEnabled",)),
-                     _Statement("Get-ExchangeServer", select=SERVER_PROPERTIES)], self._organization)
+            return ([_Statement("Get-OrganizationConfig", select=("MitigationsEnabled",) if self._selects else ()),
+                     _Statement("Get-ExchangeServer", select=SERVER_PROPERTIES if self._selects else ())],
+                    self._organization)
         if self._is_jea():
             if marker != SERVER_MARKER:
                 raise PollFailure("configuration_not_found", f"the JEA endpoint {self._configuration} runs only "
@@ -180,6 +203,8 @@ class PsrpConnection:
         for record in [*errors, *([failure] if failure is not None else [])]:
             if _error_id(record) == "CommandNotFoundException":
                 name = str(getattr(record, "TargetObject", "") or "a cmdlet")
+                if name.lower() == "select-object" and self._selects:
+                    raise _NoSelectObject()
                 raise PollFailure("rbac_denied", f"the account's Exchange RBAC roles do not grant {name[:60]} "
                                   "(View-Only Organization Management does)", connection_intact=True)
         if failure is not None:
@@ -344,6 +369,10 @@ class PsrpConnection:
                                      if self._is_jea() else ""), connection_intact=True) from None
             raise
 
+
+
+class _NoSelectObject(Exception):
+    """Exchange's endpoint does not know Select-Object: ask again for the full objects."""
 
 
 # ---------------------------------------------------------------- reading scripts and objects

@@ -247,6 +247,22 @@ def test_organization_config_and_the_double_hop_that_does_not_happen():
             servers = invoke(pool, "Get-ExchangeServer")
     assert str(config.output[0]) == "Contoso" and config.output[0].adapted_properties["MitigationsEnabled"] is True
     assert len(servers.output) == 6
+    # the captured organization's DateTime.MinValue, written as .NET writes it (psrpcore's strftime would not pad it)
+    assert config.output[0].adapted_properties["ForestConfigLastRunTime"] == "0001-01-01T00:00:00"
+
+
+def test_exchange_endpoint_without_select_object():
+    """`remoting.exchange.select_object: false` (UNCONFIRMED either way for real Exchange): the pipeline fails as a
+    whole, since its commands are looked up before any runs."""
+    with SimulatedFleet(knob_scenario(exchange={"select_object": False})) as f:
+        with RunspacePool(wsman(f.hosts["EX01"], path="PowerShell"), configuration_name="Microsoft.Exchange") as pool:
+            ps = PowerShell(pool)
+            ps.add_cmdlet("Get-ExchangeServer").add_cmdlet("Select-Object").add_parameter("Property", ["Name"])
+            ps.invoke()
+            full = invoke(pool, "Get-ExchangeServer")
+    assert ps.had_errors and ps.output == []
+    assert "The term 'Select-Object' is not recognized" in str(ps.streams.error[0])
+    assert len(full.output) == 6 and not full.had_errors
 
 
 def test_exchange_endpoint_takes_kerberos_only():
