@@ -312,8 +312,9 @@ def _encoded(script: str) -> str:
 
 
 def _clixml_text(stderr: bytes) -> str:
-    """The error text of powershell.exe's CLIXML stderr (or the plain text it wrote)."""
-    text = stderr.decode("utf-8", "replace")
+    """The error text of powershell.exe's CLIXML stderr (or the plain text it wrote), in the console's code page
+    (437, as windows.py writes it)."""
+    text = stderr.decode("cp437")
     parts = re.findall(r'<S S="Error">(.*?)</S>', text, re.S)
     if parts:
         text = "".join(parts).replace("_x000D__x000A_", "\n")

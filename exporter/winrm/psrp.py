@@ -196,8 +196,8 @@ class PsrpConnection:
 
     def _script(self, outputs: list, errors: list, failure) -> CommandResult:
         stdout = "\r\n".join(str(o) for o in outputs if o is not None).encode("utf-8")
-        stderr = "\r\n".join(_error_text(e) for e in [*errors, *([failure] if failure is not None else [])])
-        return CommandResult(stdout, stderr.encode("utf-8"), 1 if failure is not None else 0)
+        records = [*errors, *([failure] if failure is not None else [])]
+        return CommandResult(stdout, _error_stream(records), 1 if failure is not None else 0)
 
     def _organization(self, outputs: list, errors: list, failure) -> CommandResult:
         for record in [*errors, *([failure] if failure is not None else [])]:
@@ -444,11 +444,33 @@ def _error_id(record: Any) -> str:
     return str(getattr(record, "FullyQualifiedErrorId", "") or "")
 
 
-def _error_text(record: Any) -> str:
+STDERR_CHARS = 64 * 1024  # of error text per command: what a WinRS poll's stderr would carry at most, and more
+
+
+def _error_stream(records: list) -> bytes:
+    """Error records as powershell.exe writes its error stream over WinRS: CLIXML `<S S="Error">` records, each
+    record's text and its FullyQualifiedErrorId (what `collectors.script_failure` decides on). Every character
+    outside printable ASCII is escaped `_xHHHH_`, as CLIXML escapes: the parser reads stderr in the WinRS shell's
+    code page (parse.clixml_to_text, review R14), and PSRP's text is Unicode already."""
+    if not records:
+        return b""
+    lines = []
+    for record in records:
+        lines.append(_error_text(record, STDERR_CHARS))
+        if (error_id := _error_id(record)) and error_id not in lines[-1]:
+            lines.append(f"    + FullyQualifiedErrorId : {error_id[:200]}")
+    text = "\r\n".join(lines)[:STDERR_CHARS]
+    escaped = "".join(c if " " <= c <= "~" and c != "_" else f"_x{min(ord(c), 0xFFFD):04X}_" for c in text)
+    escaped = escaped.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return ('#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+            f'<S S="Error">{escaped}</S></Objs>').encode("ascii")
+
+
+def _error_text(record: Any, limit: int = 300) -> str:
     if record is None:
         return "unknown error"
     text = getattr(getattr(record, "PSObject", None), "to_string", None)
     if not text:
         exception = getattr(record, "Exception", None)
         text = getattr(exception, "Message", None) or str(record)
-    return " ".join(str(text).split())[:300]
+    return " ".join(str(text).split())[:limit]

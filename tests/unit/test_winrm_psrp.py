@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from exporter import windows_endpoint
+from exporter.collectors import script_failure
 from exporter.config import Secret
 from exporter.parse import parse_organization_output
 from exporter.scripts import ServerScriptParameters, organization_script, powershell_command, server_script
@@ -174,6 +175,29 @@ def test_full_objects_beyond_the_poll_bound_say_why(role_capability):
         conn.close()
     assert failure.value.reason == "output_too_large"
     assert "has no Select-Object" in failure.value.message and "limits.max_poll_bytes (200000 bytes)" in failure.value.message
+
+
+BEFORE_ISSUE_17 = Path(__file__).resolve().parents[1] / "fixtures" / "collect_server_before_issue_17.ps1"
+
+
+def test_error_text_keeps_its_letters_over_psrp(role_capability):
+    """Review R14 on the PSRP path: the parser reads stderr in the WinRS shell's code page (437), while a PSRP error
+    is Unicode text; a German Constrained Language refusal (of the script before issue 17, in a full-language
+    configuration) kept its umlauts over WinRS and lost them over PSRP, on the simulator's side and the client's."""
+    servers = scenario(role_capability)
+    for server in servers["servers"]:
+        server["language_mode"] = "constrained"
+    old = powershell_command("\n".join(server_script(PARAMETERS).split("\n")[:2]
+                                        + BEFORE_ISSUE_17.read_text(encoding="utf-8").splitlines()))
+    with SimulatedFleet(servers) as fleet:
+        winrs = connection(fleet, "EX02").run(old, time.monotonic() + 20)
+        conn = psrp(fleet, "EX02", configuration_name="Microsoft.PowerShell")
+        result = conn.run(old, time.monotonic() + 20)
+        conn.close()
+    for answer in (winrs, result):
+        failure = script_failure(answer.exit_code, answer.stderr)
+        assert failure.reason == "constrained_language", failure
+        assert "nur für Kerntypen unterstützt" in failure.message and "\ufffd" not in failure.message, failure.message
 
 
 def test_exchange_endpoint_refuses_the_server_script(fleet):
