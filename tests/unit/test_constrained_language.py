@@ -27,7 +27,7 @@ import pytest
 import tree_sitter_powershell
 from tree_sitter import Language, Node, Parser
 
-from exporter import scripts
+from exporter import scripts, windows_endpoint
 from simulator import language as simulated
 
 from .test_script_grammar import variants
@@ -144,6 +144,14 @@ def _root(access: Node, source: bytes) -> str:
 @pytest.mark.parametrize("name", list(variants()), ids=str)
 def test_no_script_calls_what_constrained_language_refuses(name):
     assert refused(variants()[name]) == []
+
+
+@pytest.mark.parametrize("path", [p for p in windows_endpoint.build("CONTOSO\\EEMS Monitoring").files
+                                  if p.endswith((".psrc", ".ps1"))], ids=str)
+def test_the_jea_endpoint_files_are_constrained_language_safe(path):
+    """The JEA function's body runs in the system's language mode (Learn, "JEA Role Capabilities"), and the install
+    script runs wherever an admin starts it, WDAC-enforced servers included."""
+    assert refused(windows_endpoint.build("CONTOSO\\EEMS Monitoring").files[path]) == []
 
 
 def test_the_script_before_issue_17_is_refused_where_the_review_found():
