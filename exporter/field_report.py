@@ -278,7 +278,10 @@ def _log_section(report: Report, doc: dict, culture: RawCulture | None) -> None:
 
 def _events_section(report: Report, doc: dict) -> None:
     errors = _as_list(doc.get("event_errors"))
-    report.add("events.read_errors", "none" if not errors else len(errors))
+    count = doc.get("event_error_count")
+    count = count if isinstance(count, int) and not isinstance(count, bool) and count > len(errors) else len(errors)
+    report.add("events.read_errors", "none" if not count else
+               count if count == len(errors) else f"{count} (the first {len(errors)} below)")
     for index, error in enumerate(errors, start=1):
         report.add(f"events.read_error.{index}", _error_text(error))
     by_id: dict[Any, list[dict]] = {}

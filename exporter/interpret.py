@@ -21,6 +21,7 @@ only informs.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import Counter
 from datetime import date, datetime, timedelta
 from functools import cache
 from typing import NamedTuple
@@ -148,8 +149,10 @@ def _partial_failures(facts: RawServerFacts, *, eems_build: bool | None, install
     """What could not be read, leaving out what is an answer: no events in the window (NoMatchingEventsFound,
     in every display language), and on a server without EEMS the missing service and log folder. (The script
     asks for events with -LogName and -FilterXPath, which looks no provider up: an unregistered provider is
-    "no events" there, and a NoMatchingProvidersFound would be a real failure.)"""
+    "no events" there, and a NoMatchingProvidersFound would be a real failure.) A part whose records the script
+    did not all send says how many it met: a reader that keeps failing writes its error again at every read."""
     expected_absent = eems_build is not True or installed is False
+    met, sent = dict(facts.error_counts), Counter(error.part for error in facts.errors)
     failures = []
     for error in facts.errors:
         reason = error_reason(error)
@@ -164,7 +167,11 @@ def _partial_failures(facts: RawServerFacts, *, eems_build: bool | None, install
         if error.part == "log" and reason == "not_found" and expected_absent:
             continue
         part = "service" if error.part == "service_key" else error.part
-        failures.append(PartialFailure(part or "other", reason, error.message))
+        message = error.message
+        if met.get(error.part, 0) > sent[error.part]:
+            message = (f"{message} (the script met {met[error.part]} error records reading {error.part} "
+                       f"and sent the first {sent[error.part]})")
+        failures.append(PartialFailure(part or "other", reason, message))
     if facts.log_folder is False and not expected_absent:
         failures.append(PartialFailure("log", "not_found", "the MitigationService log folder does not exist"))
     return failures

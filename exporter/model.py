@@ -90,6 +90,7 @@ class RawServerFacts:
     errors: tuple[RawError, ...]
     utc_offset_minutes: int | None = None  # the server's local time minus UTC, now (culture log times may be local)
     stage_seconds: tuple[tuple[str, float], ...] = ()  # (stage, seconds) the script measured (Measure-Command)
+    error_counts: tuple[tuple[str, int], ...] = ()  # (part, error records the script met); it sends a few of them
 
 
 @dataclass(frozen=True)

@@ -439,6 +439,30 @@ def _stages(value, notes: _Notes) -> tuple[tuple[str, float], ...]:
     return tuple(found)
 
 
+# The parts the collection script's Fail records errors for, and the most it can meet in one poll.
+ERROR_PARTS = ("build", "service_key", "service", "events", "log", "winhttp")
+MAX_ERROR_COUNT = 1 << 31
+
+
+def _error_counts(value, notes: _Notes) -> tuple[tuple[str, int], ...]:
+    """How many error records the script met per part (it sends the first few of each: review R11)."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        notes.wrong("error_counts", "an object")
+        return ()
+    found = []
+    for part in ERROR_PARTS:
+        count = value.get(part)
+        if count is None:
+            continue
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_ERROR_COUNT:
+            notes.wrong(f"error_counts.{part}", "a count")
+            continue
+        found.append((part, count))
+    return tuple(found)
+
+
 def _utc_offset(minutes: int | None, notes: _Notes) -> int | None:
     """UTC offsets run from -12:00 to +14:00."""
     if minutes is not None and not -12 * 60 <= minutes <= 14 * 60:
@@ -548,6 +572,7 @@ def parse_server_output(stdout: bytes, *, max_events: int = 200, max_log_bytes: 
         endpoints=_endpoints(doc.get("endpoints"), notes),
         utc_offset_minutes=_utc_offset(notes.integer(doc, "utc_offset_minutes", "utc_offset_minutes"), notes),
         stage_seconds=_stages(doc.get("stages"), notes),
+        error_counts=_error_counts(doc.get("error_counts"), notes),
     )
     parse_errors = [RawError("parse", "", "", "", _clip(item)) for item in notes.items]
     return RawServerFacts(**facts, errors=tuple((*script_errors, *parse_errors)[:MAX_ERRORS]))

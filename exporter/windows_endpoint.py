@@ -23,7 +23,8 @@ The language mode of the function body [confirmed, "Role capabilities", Creating
 (script block) of custom functions runs in the default language mode for the system and isn't subject to
 JEA's language constraints" — FullLanguage, or ConstrainedLanguage where WDAC/AppLocker enforce it, which is
 why the collection script is kept Constrained-Language-safe. The same page: functions are still subject to
-the proxy functions JEA creates, e.g. the constrained `Select-Object`.
+the proxy functions JEA creates, e.g. the constrained `Select-Object`: the script names every command with its
+module (docs/design.md, "Full command names").
 """
 
 from __future__ import annotations

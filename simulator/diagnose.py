@@ -26,6 +26,7 @@ RETAINED_FILES = 2000  # files the folder keeps; Exchange's log retention delete
 START_VALUES = {"Boot": 0, "System": 1, "Automatic": 2, "Manual": 3, "Disabled": 4}
 EVENT_LEVELS = {eems.EVENT_ERROR: 2}  # Windows event level: 2 Error, 3 Warning, 4 Information
 INFORMATION = 4
+EVENT_ERRORS_SENT = 20  # the diagnose script sends the first 20 error records of its event query, and their count
 
 
 def parse_parameters(line: str) -> dict[str, int] | str:
@@ -122,12 +123,21 @@ def _log(server: windows.WindowsServer, now: datetime, p: dict[str, int], texts:
 def _events(server: windows.WindowsServer, now: datetime, p: dict[str, int], texts: dict[str, Any], date,
             form: str | None) -> dict[str, Any]:
     if form is None:
-        return {"events": [], "event_errors": [], "event_query_seconds": 0.0}
+        return {"events": [], "event_errors": [], "event_error_count": None, "event_query_seconds": 0.0}
     found = eventlog.answer(form, server.eems, denied="events" in server.denied, has_events=server.events, now=now,
                             lookback=timedelta(hours=p["LookbackHours"]), max_events=p["MaxEvents"],
-                            log_records=server.application_log_events)
-    errors = [{"id": error.error_id, "type": error.exception, "message": texts[error.key].format(provider=eems.PROVIDER)}
-              for error in found.errors]
+                            log_records=server.application_log_events, read_errors=server.event_read_errors)
+    # The script sends the first EVENT_ERRORS_SENT records of its ErrorVariable and their count; a query that threw
+    # (access denied) lands in its catch instead, with one record and no count.
+    errors: list[dict[str, str]] = []
+    count: int | None = 0
+    for error, times in found.errors_with_repeats():
+        text = texts.get(error.key, windows.LOCALES["en-US"][error.key]).format(provider=eems.PROVIDER)
+        errors += [{"id": error.error_id.format(text=text), "type": error.exception, "message": text}] * min(
+            times, max(0, EVENT_ERRORS_SENT - len(errors)))
+        count += times
+    if found.errors == [eventlog.UNAUTHORIZED]:
+        count = None
     events = [{"id": e.id, "level": EVENT_LEVELS.get(e.id, INFORMATION), "time": date(e.time),
                "message": e.message[: p["MessageChars"]], "data": [d[: p["MessageChars"]] for d in e.data]}
               for e in found.events]
@@ -137,6 +147,9 @@ def _events(server: windows.WindowsServer, now: datetime, p: dict[str, int], tex
     if server.unreadable_event == "exception" and events:  # as windows.py: the event comes with NoEventMessage, and an error record
         text = texts["format_failed"].format(id=found.events[0].id, provider=eems.PROVIDER)
         events[0]["message"] = texts["event_unreadable"]
-        errors.append({"id": f"{text},Microsoft.PowerShell.Commands.GetWinEventCommand",
-                       "type": "System.Diagnostics.Eventing.Reader.EventLogException", "message": text})
-    return {"events": events, "event_errors": errors, "event_query_seconds": round(0.05 + found.seconds, 6)}
+        record = {"id": f"{text},Microsoft.PowerShell.Commands.GetWinEventCommand",
+                  "type": "System.Diagnostics.Eventing.Reader.EventLogException", "message": text}
+        errors += [record][:EVENT_ERRORS_SENT - len(errors)]
+        count = (count or 0) + 1
+    return {"events": events, "event_errors": errors, "event_error_count": count,
+            "event_query_seconds": round(0.05 + found.seconds, 6)}

@@ -16,7 +16,11 @@ Windows PowerShell 5.1's Get-WinEvent answers the same question differently depe
   is looked up, so an unregistered provider is simply "no events".
 
 Either form reads newest first (ReverseDirection = !Oldest) and writes `NoMatchingEventsFound` when it
-returned no record at all.
+returned no record at all. A read that fails (`EventLogReader.ReadEvent` throws) is caught, written as an error and
+the loop goes on (ReadEvents: `catch (Exception exc) { WriteError(...); continue; }`), so a reader that keeps failing
+repeats its error: PowerShell/PowerShell#10637 shows "The data is invalid" (EventLogInvalidDataException, id = the
+exception's text + the command) "repeated many times". `event_read_errors: N` makes N reads fail so; the events
+are still read.
 
 What a query costs (`application_log_events`): the Event Log service evaluates the XPath filter record by record
 (a structured query has no index; CSS-Exchange measured about 3 minutes per Exchange server for a
@@ -63,16 +67,24 @@ class EventAnswer:
     events: list[eems.Event]
     errors: list[EventQueryError]
     scanned: int = 0  # Application log records the Event Log service read for the query
+    read_errors: int = 0  # reads that failed, each written as READ_FAILED
 
     @property
     def seconds(self) -> float:
         return self.scanned * SCAN_SECONDS_PER_RECORD
+
+    def errors_with_repeats(self) -> list[tuple[EventQueryError, int]]:
+        """Each error record and how many times it is written, in order: the failed reads, then the others."""
+        return [(READ_FAILED, self.read_errors)] * bool(self.read_errors) + [(error, 1) for error in self.errors]
 
 
 NO_EVENTS = EventQueryError("no_events", f"NoMatchingEventsFound,{_COMMAND}", "ObjectNotFound", "System.Exception")
 NO_PROVIDER = EventQueryError("no_provider", f"NoMatchingProvidersFound,{_COMMAND}", "ObjectNotFound", "System.Exception")
 NOT_OVERLAPPING = EventQueryError("logs_providers", f"LogsAndProvidersDontOverlap,{_COMMAND}", "InvalidArgument",
                                   "System.Exception")
+# A failed read's FullyQualifiedErrorId is the exception's (localized) text and the command; "{text}" is filled in.
+READ_FAILED = EventQueryError("read_failed", "{text}," + _COMMAND, "NotSpecified",
+                              "System.Diagnostics.Eventing.Reader.EventLogInvalidDataException")
 UNAUTHORIZED = EventQueryError("unauthorized", f"System.UnauthorizedAccessException,{_COMMAND}", "NotSpecified",
                                "System.UnauthorizedAccessException")
 
@@ -96,15 +108,16 @@ def scanned(form: str, log_records: int | None, lookback: timedelta) -> int:
 
 
 def answer(form: str, setup: eems.EemsSetup | None, *, denied: bool, has_events: bool, now: datetime,
-           lookback: timedelta, max_events: int, log_records: int | None = None) -> EventAnswer:
-    """The EEMS events (newest first, at most `max_events`), the error records the query gives, and its cost."""
+           lookback: timedelta, max_events: int, log_records: int | None = None, read_errors: int = 0) -> EventAnswer:
+    """The EEMS events (newest first, at most `max_events`), the error records the query gives, and its cost;
+    `read_errors` reads fail on the way (not where the query itself is refused)."""
     if denied:
         return EventAnswer([], [NO_EVENTS if form == HASHTABLE else UNAUTHORIZED])
     cost = scanned(form, log_records, lookback)
     if setup is None:  # the provider is not registered
         return EventAnswer([], [NO_PROVIDER, NOT_OVERLAPPING] if form == HASHTABLE else _nothing(form, log_records, lookback), cost)
     found = eems.events(setup, now, lookback, max_events) if has_events else []
-    return EventAnswer(found, [] if found else _nothing(form, log_records, lookback), cost)
+    return EventAnswer(found, [] if found else _nothing(form, log_records, lookback), cost, read_errors)
 
 
 def _nothing(form: str, log_records: int | None, lookback: timedelta) -> list[EventQueryError]:

@@ -4,7 +4,8 @@ Three configurations, as a real server has them:
 - the exporter's JEA endpoint (`JEA_CONFIGURATION` at /wsman): RestrictedRemoteServer, NoLanguage, one visible
   function. The function answers with what the WinRS collection script prints on the same server, for every
   scenario knob, because it *is* that script run through `windows.WindowsHost` with the function's parameters as
-  its `$P` line; before the JSON it writes the endpoint's version line.
+  its `$P` line; before the JSON it writes the endpoint's version line. Its commands resolve in the restricted
+  session, whose Select-Object is a proxy (restricted.py).
 - `Microsoft.PowerShell` at /wsman: full language; the exporter's scripts run as they do over WinRS.
 - `Microsoft.Exchange` at /PowerShell (IIS, not the WinRM service): cmdlets with parameters only, under RBAC.
   `Get-OrganizationConfig` and `Get-ExchangeServer` answer with objects built from Exchange's real serialised
@@ -87,6 +88,9 @@ class Settings:
     # Exchange's /PowerShell takes Kerberos only, as real Exchange does (pypsrp issue #187); a scenario may open it
     # to NTLM to show the rest of that endpoint without a KDC.
     exchange_kerberos_only: bool = True
+    # Whether Exchange's runspace offers Select-Object to the account [UNCONFIRMED either way: a restricted runspace
+    # has it among its few core commands; whether Exchange's RBAC-built runspace keeps it is not documented].
+    exchange_select_object: bool = True
     winrs: bool = True  # False: the fleet refuses WinRS shells, so only PSRP works
     outdated_version: str = "exchange-eems-exporter/endpoint/0000000000000000"
 
@@ -139,8 +143,8 @@ class Endpoints:
         for index, statement in enumerate(invocation.statements):
             answer = self._statement(configuration, *statement[0])
             for command in statement[1:]:
-                answer = _select(answer, *command) if configuration.kind == "exchange" else \
-                    Answer(failure=_not_simulated("a pipeline of several commands"))
+                answer = _select(answer, *command, available=self.settings.exchange_select_object) \
+                    if configuration.kind == "exchange" else Answer(failure=_not_simulated("a pipeline of several commands"))
             result.output += answer.output
             result.errors += answer.errors
             result.runtime_seconds += answer.runtime_seconds
@@ -180,7 +184,7 @@ class Endpoints:
         proxy = self.settings.jea_proxy.replace("'", "''")
         # the installed function offers no default credentials to its proxy (windows_endpoint.py, issue 24.17)
         line = "$P=@{" + ";".join(f"{k}={v}" for k, v in values.items()) + f";Proxy='{proxy}';ProxyDefaultCredentials=0}}"
-        output = self.windows(_encoded(f"{SERVER_MARKER}\n{line}\n{self.settings.jea_body}"))
+        output = self.windows.run_function(f"{SERVER_MARKER}\n{line}\n{self.settings.jea_body}")
         text = b"".join(output.stdout_chunks).decode("utf-8", "replace").rstrip("\r\n")
         answer = Answer([self.version, text] if text else [self.version], runtime_seconds=output.runtime_seconds)
         if output.exit_code != 0:  # what the script printed before it failed still went out
@@ -228,11 +232,15 @@ class Endpoints:
 # ---------------------------------------------------------------- Select-Object on Exchange's endpoint
 
 
-def _select(answer: Answer, name: str, is_script: bool, parameters: list) -> Answer:
+def _select(answer: Answer, name: str, is_script: bool, parameters: list, *, available: bool = True) -> Answer:
     """`... | Select-Object -Property A,B`: Exchange's runspace offers Select-Object among the few core cmdlets
     of a restricted session [UNCONFIRMED for /PowerShell]. Each object becomes a PSCustomObject named
     `Selected.<type>` with only those properties; a complex value goes out as its ToString, as PowerShell's
-    default serialization depth of 1 does for a selected object [UNCONFIRMED], a list as a list."""
+    default serialization depth of 1 does for a selected object [UNCONFIRMED], a list as a list.
+    Not `available` (`remoting.exchange.select_object: false`): the pipeline's commands are looked up before any
+    runs, so the whole statement fails with CommandNotFoundException and nothing of the first command goes out."""
+    if not available and name.lower() in ("select-object", "select"):
+        return Answer(failure=_command_not_found(name))
     if answer.failure is not None:
         return answer
     if is_script or name.lower() not in ("select-object", "select"):
@@ -304,8 +312,9 @@ def _encoded(script: str) -> str:
 
 
 def _clixml_text(stderr: bytes) -> str:
-    """The error text of powershell.exe's CLIXML stderr (or the plain text it wrote)."""
-    text = stderr.decode("utf-8", "replace")
+    """The error text of powershell.exe's CLIXML stderr (or the plain text it wrote), in the console's code page
+    (437, as windows.py writes it)."""
+    text = stderr.decode("cp437")
     parts = re.findall(r'<S S="Error">(.*?)</S>', text, re.S)
     if parts:
         text = "".join(parts).replace("_x000D__x000A_", "\n")
@@ -394,13 +403,17 @@ def _captured(kind: str, replacements: dict[str, str]) -> PSObject:
 
 
 def _as_sent(value: Any, seen: set[int]) -> None:
-    """A deserialiser prefixes every type name with `Deserialized.`; the sending server does not."""
+    """A deserialiser prefixes every type name with `Deserialized.`; the sending server does not. Dates go out in
+    .NET's form (`_DotNetDateTime`)."""
     if not isinstance(value, PSObject) or id(value) in seen:
         return
     seen.add(id(value))
     value.PSObject.type_names = [t.removeprefix("Deserialized.") for t in value.PSObject.type_names]
     for prop in [*value.PSObject.adapted_properties, *value.PSObject.extended_properties]:
         inner = prop.get_value(value)
+        if isinstance(inner, PSDateTime) and not isinstance(inner, _DotNetDateTime):
+            prop.set_value(_DotNetDateTime.of(inner), value)
+            continue
         _as_sent(inner, seen)
         if isinstance(inner, list):
             for item in inner:
@@ -479,9 +492,24 @@ def _organization_config(organization: Any) -> PSObject:
     return obj
 
 
+class _DotNetDateTime(PSDateTime):
+    """A DateTime whose year is written with four digits, as .NET writes `<DT>`: psrpcore formats with
+    `strftime("%Y")`, which glibc writes unpadded, so the captured organization's DateTime.MinValue fields
+    (`0001-01-01T00:00:00`) went out as `1-01-01T00:00:00`, which no client parses."""
+
+    @classmethod
+    def of(cls, value: datetime) -> "_DotNetDateTime":
+        dotnet = cls(value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond,
+                     tzinfo=value.tzinfo)
+        dotnet.nanosecond = getattr(value, "nanosecond", 0)
+        return dotnet
+
+    def strftime(self, fmt: str) -> str:
+        return super().strftime(fmt.replace("%Y", f"{self.year:04d}"))
+
+
 def _datetime(value: datetime) -> PSDateTime:
-    return PSDateTime(value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond,
-                      tzinfo=value.tzinfo)
+    return _DotNetDateTime.of(value)
 
 
 def _uri(text: str) -> PSObject:

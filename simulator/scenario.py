@@ -51,6 +51,7 @@ _SERVER_KEYS = (
     "success_events", "build_source", "output_style", "faults", "output_faults", "locale", "account", "unreadable",
     "unreadable_event", "winhttp_proxy", "endpoint_failure", "non_fetch_errors", "log_other_errors", "log_rotation", "log_encoding", "log_time", "log_header",
     "log_time_zone", "log_last_write", "log_other_file", "application_log_events", "language_mode", "remote_shell",
+    "event_read_errors",
     *_HOST_KEYS,
 )
 
@@ -168,7 +169,8 @@ def _remoting(raw: Any, names: set[str]) -> remoting.Settings:
     """The `remoting` section: the PowerShell endpoints the servers serve over PSRP (docs/simulator.md)."""
     top = _mapping(raw, "remoting", ("winrs", "jea", "exchange"))
     jea = _mapping(top.get("jea", {}), "remoting.jea", ("configuration", "role_capability", "outdated", "absent"))
-    exchange = _mapping(top.get("exchange", {}), "remoting.exchange", ("rbac_denied", "kerberos_only"))
+    exchange = _mapping(top.get("exchange", {}), "remoting.exchange", ("rbac_denied", "kerberos_only",
+                                                                                "select_object"))
 
     def servers(key: str, value: Any) -> tuple[str, ...]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -188,6 +190,7 @@ def _remoting(raw: Any, names: set[str]) -> remoting.Settings:
         jea_absent=servers("remoting.jea.absent", jea.get("absent", [])),
         rbac_denied=tuple(denied),
         exchange_kerberos_only=_bool(exchange.get("kerberos_only", True), "remoting.exchange.kerberos_only"),
+        exchange_select_object=_bool(exchange.get("select_object", True), "remoting.exchange.select_object"),
         winrs=_bool(top.get("winrs", True), "remoting.winrs"),
     )
     if "role_capability" in jea:
@@ -365,6 +368,7 @@ def _server(raw: Any, key: str, defaults: dict[str, Any], domain: str, anchor: d
         language_mode=_choice(s.get("language_mode", "full"), f"{key}.language_mode", ("full", "constrained")),
         application_log_events=_int(s["application_log_events"], f"{key}.application_log_events", 0, 100_000_000)
         if "application_log_events" in s else None,
+        event_read_errors=_int(s.get("event_read_errors", 0), f"{key}.event_read_errors", 0, 10_000_000),
         denied=denied,
         unreadable_event=_unreadable_event(s.get("unreadable_event", False), f"{key}.unreadable_event"),
         winhttp_proxy=_string(winhttp["proxy"], f"{key}.winhttp_proxy.proxy") if winhttp else None,

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from . import diagnose, eems, eventlog, language, logfolder
+from . import diagnose, eems, eventlog, language, logfolder, restricted
 from .host import CommandOutput, current_logon
 
 SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
@@ -53,9 +53,12 @@ DENIABLE = ("service", "events", "log")
 _ASKS_BEFORE_OFFERING_CREDENTIALS = re.compile(r"if\(\$P\.ProxyDefaultCredentials\)\{\$a\.ProxyUseDefaultCredentials=\$true\}")
 _REPORTS_PROXY = re.compile(r"proxy_source=")
 # The collection script times its stages (issue 17, R5).
-_MEASURES_STAGES = re.compile(r"\$r\.stages\.\w+=\(Measure-Command\b")
+_MEASURES_STAGES = re.compile(r"\$r\.stages\.\w+=\((?:Microsoft\.PowerShell\.Utility\\)?Measure-Command\b")
 # The collection script sends each event's insertion strings (issue 17, R6).
 _READS_INSERTION_STRINGS = re.compile(r"\$_\.Properties\b")
+# The collection script keeps this many error records per part (review R11), and says how many it met in all.
+_KEEPS_ERRORS = re.compile(r"function Fail\(\$part,\$e\)\{[^}]*?-(ge|gt) (\d+)\)\{return\}")
+_COUNTS_ERRORS = re.compile(r"^\$r\.error_counts=\$n\b", re.MULTILINE)
 # The collection script treats an empty FileVersion as a failure (issue 17, R7).
 _EMPTY_VERSION_THROWS = re.compile(r"if\(!\$r\.exsetup_version\)\{throw\b")
 
@@ -128,6 +131,7 @@ class WindowsServer:
     log_other_file: bool = False  # the log folder also holds a non-log file, rewritten at every check
     language_mode: str = "full"  # full | constrained (AppLocker/WDAC script enforcement: ConstrainedLanguage)
     application_log_events: int | None = None  # records in the Application log; None: its size is not modelled
+    event_read_errors: int = 0  # reads of the Application log that fail, each written as an error (eventlog.py)
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,15 @@ class WindowsHost:
         try:
             return self._answer(command_line)
         except Exception as exc:  # the contract: never raise; fail like a crashed script
-            return CommandOutput([], _clixml_errors([f"Simulated host failure: {type(exc).__name__}: {exc}"]), 1)
+            return _crashed(exc)
+
+    def run_function(self, script: str) -> CommandOutput:
+        """`script` run as the body of a role capability's function in a JEA (RestrictedRemoteServer) session: as
+        powershell.exe runs it, but its commands resolve in that session, proxies included (restricted.py)."""
+        try:
+            return self._run_script(script, in_jea=True)
+        except Exception as exc:
+            return _crashed(exc)
 
     # ------------------------------------------------------------ command line
 
@@ -205,7 +217,7 @@ class WindowsHost:
 
     # ------------------------------------------------------------ scripts
 
-    def _run_script(self, script: str) -> CommandOutput:
+    def _run_script(self, script: str, *, in_jea: bool = False) -> CommandOutput:
         lines = [line.strip() for line in script.lstrip("\ufeff").splitlines() if line.strip()]
         if not lines:
             return CommandOutput([])
@@ -218,7 +230,7 @@ class WindowsHost:
             params = _parse_parameters(lines[1] if len(lines) > 1 else "")
             if isinstance(params, str):
                 return self._finish(None, _clixml_errors(params.split("\r\n")), 1, 0.0)
-            document, query_seconds = self._server_json(params, script)
+            document, query_seconds = self._server_json(params, script, in_jea)
             return self._finish(document, b"", 0, 0.3, query_seconds)
         if lines[0] == ORGANIZATION_MARKER:
             return self._finish(self._organization_json(), b"", 0, 2.0)
@@ -256,13 +268,14 @@ class WindowsHost:
         chunks = [out[i : i + STDOUT_CHUNK] for i in range(0, len(out), STDOUT_CHUNK)]
         return CommandOutput(chunks, stderr, faults.exit_code or exit_code, runtime)
 
-    def _server_json(self, p: dict[str, Any], script: str) -> tuple[dict[str, Any], float]:
+    def _server_json(self, p: dict[str, Any], script: str, in_jea: bool = False) -> tuple[dict[str, Any], float]:
         """What collect_server.ps1 prints on this server, errors as Windows PowerShell 5.1 raises them for the
-        queries this script sends."""
+        queries this script sends (and, `in_jea`, for the commands a JEA session gives it)."""
         s, now = self.server, self.clock.now()
+        refused = restricted.refusals(script) if in_jea else {}
         texts = LOCALES[s.locale]
         install = "C:\\Program Files\\Microsoft\\Exchange Server\\V15"
-        errors: list[dict[str, str]] = []
+        errors = _Failures(_kept_per_part(script))
         version = source = None
         if s.build_source == "empty" and _EMPTY_VERSION_THROWS.search(script):
             # ExSetup.exe's FileVersion is empty (an unreadable file): the script throws, its registry fallback
@@ -293,8 +306,15 @@ class WindowsHost:
             service = {"status": SERVICE_STATUS.index(s.service_status) + 1, "start_type": START_TYPES.index(s.service_start_type)}
         else:
             service = {"status": s.service_status, "start_type": s.service_start_type}
-        events, query_seconds = self._events(p, now, texts, errors, eventlog.query_form(script), script)
+        if "events" in refused:  # the pipeline fails as it binds, before Get-WinEvent reads anything
+            events, query_seconds = [], 0.0
+            errors.append(_proxy_refusal("events", refused["events"], texts))
+        else:
+            events, query_seconds = self._events(p, now, texts, errors, eventlog.query_form(script), script)
         folder, logs = self._logs(p, now, texts, install, errors, script)
+        if "log" in refused and logs:  # the listing's pipeline fails after Test-Path found the folder
+            logs = []
+            errors.append(_proxy_refusal("log", refused["log"], texts))
         document: dict[str, Any] = {
             "schema": 1,
             "computer": s.name.upper(),
@@ -316,11 +336,13 @@ class WindowsHost:
         document["language_mode"] = "ConstrainedLanguage" if constrained else "FullLanguage"
         endpoints = self._endpoints(p, script) if p["CheckEndpoint"] and not constrained else []
         if p["CheckEndpoint"] and constrained:  # only the script's FullLanguage branch checks the endpoints
-            errors.append(_error("endpoint", "ConstrainedLanguage", "SecurityError", "",
-                                 "the endpoint check needs FullLanguage; this session runs in ConstrainedLanguage"))
+            list.append(errors, _error("endpoint", "ConstrainedLanguage", "SecurityError", "",  # not through Fail
+                                       "the endpoint check needs FullLanguage; this session runs in ConstrainedLanguage"))
             document["errors"] = self._array(errors)
         elif p["CheckEndpoint"]:
             document["endpoints"] = self._array(endpoints)
+        if _COUNTS_ERRORS.search(script):
+            document["error_counts"] = dict(errors.counts)
         if _MEASURES_STAGES.search(script):
             # Measure-Command around each stage; the simulated ones take what the simulator waits, the endpoint
             # check its requests' durations
@@ -336,10 +358,11 @@ class WindowsHost:
             return [], 0.0
         found = eventlog.answer(form, s.eems, denied="events" in s.denied, has_events=s.events, now=now,
                                 lookback=timedelta(hours=p["LookbackHours"]), max_events=p["MaxEvents"],
-                                log_records=s.application_log_events)
-        for error in found.errors:
-            errors.append(_error("events", error.error_id, error.category, error.exception,
-                                 texts[error.key].format(provider=eems.PROVIDER)))
+                                log_records=s.application_log_events, read_errors=s.event_read_errors)
+        for error, times in found.errors_with_repeats():
+            text = texts.get(error.key, LOCALES["en-US"][error.key]).format(provider=eems.PROVIDER)
+            errors.repeat(_error("events", error.error_id.format(text=text), error.category, error.exception, text),
+                          times)
         with_data = _READS_INSERTION_STRINGS.search(script or "") is not None
         events = []
         for e in found.events:
@@ -510,6 +533,44 @@ def _ps_string(text: str) -> str:
 def _error(part: str, error_id: str, category: str, exception: str, message: str) -> dict[str, str]:
     """An entry of the script's `errors`: what its Fail function records from an ErrorRecord."""
     return {"part": part, "id": error_id, "category": category, "type": exception, "message": message}
+
+
+class _Failures(list):
+    """The script's `errors` as its Fail function fills them: at most `kept` records per part (None: every one,
+    the script before review R11), and how many each part met in all (`counts`, the script's `$n`)."""
+
+    def __init__(self, kept: int | None):
+        super().__init__()
+        self.kept = kept
+        self.counts: dict[str, int] = {}
+
+    def append(self, record: dict[str, str]) -> None:
+        self.repeat(record, 1)
+
+    def repeat(self, record: dict[str, str], times: int) -> None:
+        """`record` met `times` times (a reader that fails on every read: one dictionary, kept as often as Fail
+        keeps it)."""
+        part = record["part"]
+        before = self.counts.get(part, 0)
+        self.counts[part] = before + times
+        room = times if self.kept is None else max(0, min(times, self.kept - before))
+        self.extend([record] * room)
+
+
+def _kept_per_part(script: str) -> int | None:
+    match = _KEEPS_ERRORS.search(script)
+    return int(match.group(2)) if match else None
+
+
+def _proxy_refusal(part: str, refusal: restricted.Refusal, texts: dict[str, Any]) -> dict[str, str]:
+    """The record a stage's catch gets when the JEA session's Select-Object proxy refuses a parameter."""
+    text = texts.get("parameter_not_found", LOCALES["en-US"]["parameter_not_found"])
+    return _error(part, restricted.ERROR_ID, restricted.CATEGORY, restricted.EXCEPTION,
+                  text.format(name=refusal.parameter))
+
+
+def _crashed(exc: Exception) -> CommandOutput:
+    return CommandOutput([], _clixml_errors([f"Simulated host failure: {type(exc).__name__}: {exc}"]), 1)
 
 
 def _file_version(build: str, style: str) -> str:

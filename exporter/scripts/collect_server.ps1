@@ -1,41 +1,42 @@
 $ProgressPreference='SilentlyContinue';$ErrorActionPreference='Stop'
 # Constrained Language Mode (AppLocker/WDAC) allows methods only on core types: cmdlets and property reads here,
 # .NET calls only inside the FullLanguage branch of the endpoint check (tests/unit/test_script_grammar.py checks).
-$c=[Globalization.CultureInfo]::CurrentCulture;$lt=Get-Date;$n=@{}
+$c=[Globalization.CultureInfo]::CurrentCulture;$lt=Microsoft.PowerShell.Utility\Get-Date;$n=@{}
 $r=@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;utc_offset_minutes=[int]($lt-$lt.ToUniversalTime()).TotalMinutes;language_mode=[string]$ExecutionContext.SessionState.LanguageMode;culture=@{name=$c.Name;ui=[Globalization.CultureInfo]::CurrentUICulture.Name;date=$c.DateTimeFormat.ShortDatePattern;time=$c.DateTimeFormat.LongTimePattern;am=$c.DateTimeFormat.AMDesignator;pm=$c.DateTimeFormat.PMDesignator};exsetup_version=$null;build_source=$null;edge=$false;service_key=$null;service=$null;events=@();log_folder=$null;logs=@();errors=@();stages=@{}}
 # Errors are recorded with their invariant FullyQualifiedErrorId; Python decides (never on the localized message).
-# At most five per part: a reader that keeps failing repeats its error (PowerShell/PowerShell#10637).
-function Fail($part,$e){if($n[$part] -ge 5){return};$n[$part]=1+$n[$part];$r.errors+=@{part=$part;id=[string]$e.FullyQualifiedErrorId;category=[string]$e.CategoryInfo.Category;type=[string]$e.Exception.pstypenames[0];message="$e"}}
+# At most five per part, and how many in all (error_counts): a reader that keeps failing repeats its error, as
+# Get-WinEvent writes each failed read and reads on (GetEventCommand.cs ReadEvents; PowerShell/PowerShell#10637).
+function Fail($part,$e){$n[$part]=1+$n[$part];if($n[$part] -gt 5){return};$r.errors+=@{part=$part;id=[string]$e.FullyQualifiedErrorId;category=[string]$e.CategoryInfo.Category;type=[string]$e.Exception.pstypenames[0];message="$e"}}
 # An empty FileVersion (an unreadable file) is no build: it throws, to the fallback and then to the errors.
-$r.stages.build=(Measure-Command{try{$r.exsetup_version=(Get-Command ExSetup.exe).FileVersionInfo.FileVersion;if(!$r.exsetup_version){throw 'ExSetup.exe has no FileVersion'};$r.build_source='exsetup'}catch{try{$i=(Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\Setup').MsiInstallPath;$r.exsetup_version=(Get-Item (Join-Path $i 'bin\ExSetup.exe')).VersionInfo.FileVersion;if(!$r.exsetup_version){throw 'ExSetup.exe has no FileVersion'};$r.build_source='registry'}catch{$r.exsetup_version=$null;Fail 'build' $_}}
-$r.edge=Test-Path 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\EdgeTransportRole'}).TotalSeconds
-$r.stages.service=(Measure-Command{try{$r.service_key=@{start=(Get-ItemProperty 'HKLM:\SYSTEM\CurrentControlSet\Services\MSExchangeMitigation').Start}}catch{Fail 'service_key' $_}
-try{$s=Get-Service MSExchangeMitigation;$r.service=@{status=[string]$s.Status;start_type=[string]$s.StartType}}catch{Fail 'service' $_}}).TotalSeconds
+$r.stages.build=(Microsoft.PowerShell.Utility\Measure-Command{try{$r.exsetup_version=(Microsoft.PowerShell.Core\Get-Command ExSetup.exe).FileVersionInfo.FileVersion;if(!$r.exsetup_version){throw 'ExSetup.exe has no FileVersion'};$r.build_source='exsetup'}catch{try{$i=(Microsoft.PowerShell.Management\Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\Setup').MsiInstallPath;$r.exsetup_version=(Microsoft.PowerShell.Management\Get-Item (Microsoft.PowerShell.Management\Join-Path $i 'bin\ExSetup.exe')).VersionInfo.FileVersion;if(!$r.exsetup_version){throw 'ExSetup.exe has no FileVersion'};$r.build_source='registry'}catch{$r.exsetup_version=$null;Fail 'build' $_}}
+$r.edge=Microsoft.PowerShell.Management\Test-Path 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\EdgeTransportRole'}).TotalSeconds
+$r.stages.service=(Microsoft.PowerShell.Utility\Measure-Command{try{$r.service_key=@{start=(Microsoft.PowerShell.Management\Get-ItemProperty 'HKLM:\SYSTEM\CurrentControlSet\Services\MSExchangeMitigation').Start}}catch{Fail 'service_key' $_}
+try{$s=Microsoft.PowerShell.Management\Get-Service MSExchangeMitigation;$r.service=@{status=[string]$s.Status;start_type=[string]$s.StartType}}catch{Fail 'service' $_}}).TotalSeconds
 # One log with -FilterXPath: a denied Application log throws UnauthorizedAccessException (-FilterHashtable tolerates
 # query errors and answers "no events"), and no provider lookup fails where EEMS is not registered. Newest first
 # (Get-WinEvent reads in reverse unless -Oldest); the Event Log service skips other providers' records of the window
 # and lets the first older record through, where Select-Object -First 1 stops the read: the cost follows the
 # window's records, not the log's size. Insertion strings too: Message is null, with no error, when the text
 # cannot be formatted (missing message file or locale).
-$r.stages.events=(Measure-Command{try{$v=$null;$ms=3600000*$P.LookbackHours;$since=[DateTime]::UtcNow.AddHours(-$P.LookbackHours)
+$r.stages.events=(Microsoft.PowerShell.Utility\Measure-Command{try{$v=$null;$ms=3600000*$P.LookbackHours;$since=[DateTime]::UtcNow.AddHours(-$P.LookbackHours)
 $q="*[System[(Provider[@Name='MSExchange Mitigation Service'] and TimeCreated[timediff(@SystemTime) <= $ms]) or TimeCreated[timediff(@SystemTime) > $ms]]]"
-$null=Get-WinEvent -LogName Application -FilterXPath $q -EA SilentlyContinue -ErrorVariable v|%{if($_.ProviderName -eq 'MSExchange Mitigation Service' -and $_.TimeCreated.ToUniversalTime() -ge $since -and $r.events.Count -lt $P.MaxEvents){$r.events+=@{id=$_.Id;time=$_.TimeCreated.ToUniversalTime();message=$_.Message;data=@($_.Properties|%{[string]$_.Value})}}else{$_}}|Select-Object -First 1
+$null=Microsoft.PowerShell.Diagnostics\Get-WinEvent -LogName Application -FilterXPath $q -ErrorAction SilentlyContinue -ErrorVariable v|Microsoft.PowerShell.Core\ForEach-Object{if($_.ProviderName -eq 'MSExchange Mitigation Service' -and $_.TimeCreated.ToUniversalTime() -ge $since -and $r.events.Count -lt $P.MaxEvents){$r.events+=@{id=$_.Id;time=$_.TimeCreated.ToUniversalTime();message=$_.Message;data=@($_.Properties|Microsoft.PowerShell.Core\ForEach-Object{[string]$_.Value})}}else{$_}}|Microsoft.PowerShell.Utility\Select-Object -First 1
 foreach($e in $v){Fail 'events' $e}}catch{Fail 'events' $_}}).TotalSeconds
 # GUESS (EEMS log layout unconfirmed): the newest *.log files by write time hold the newest lines. Get-Content -Tail
 # reads whole lines backward from the end (BOM-detected encoding, the file opened for shared write); the newest
 # file is listed even with no budget left, its write time being evidence of activity (a lower bound: Microsoft
 # documents that it may not move while EEMS holds the file open). LogTailBytes bounds the characters sent.
-$r.stages.log=(Measure-Command{try{$d=Join-Path $env:ExchangeInstallPath 'Logging\MitigationService';$r.log_folder=Test-Path -LiteralPath $d
+$r.stages.log=(Microsoft.PowerShell.Utility\Measure-Command{try{$d=Microsoft.PowerShell.Management\Join-Path $env:ExchangeInstallPath 'Logging\MitigationService';$r.log_folder=Microsoft.PowerShell.Management\Test-Path -LiteralPath $d
 if($r.log_folder){$left=$P.LogTailBytes;$since=[DateTime]::UtcNow.AddHours(-$P.LookbackHours)
-foreach($f in @(Get-ChildItem -LiteralPath $d -Filter *.log -File|sort LastWriteTimeUtc -Descending|select -First 64)){$o=@{name=$f.Name;last_write=(Get-Item -LiteralPath $f.FullName).LastWriteTimeUtc;tail=''}
-if($left -gt 0){$t=@(Get-Content -LiteralPath $f.FullName -Tail (1+[int]($left/64)) -Encoding UTF8);$k=$t.Count;$m=0
+foreach($f in @(Microsoft.PowerShell.Management\Get-ChildItem -LiteralPath $d -Filter *.log -File|Microsoft.PowerShell.Utility\Sort-Object LastWriteTimeUtc -Descending|Microsoft.PowerShell.Utility\Select-Object -First 64)){$o=@{name=$f.Name;last_write=(Microsoft.PowerShell.Management\Get-Item -LiteralPath $f.FullName).LastWriteTimeUtc;tail=''}
+if($left -gt 0){$t=@(Microsoft.PowerShell.Management\Get-Content -LiteralPath $f.FullName -Tail (1+[int]($left/64)) -Encoding UTF8);$k=$t.Count;$m=0
 while($k -gt 0 -and $m+$t[$k-1].Length+2 -le $left){$k--;$m+=$t[$k].Length+2};if($k -lt $t.Count){$o.tail=$t[$k..($t.Count-1)] -join "`r`n"};if($m){$left-=$m}elseif($t.Count){$left=0}}
 $r.logs+=$o;if($left -le 0 -or $f.LastWriteTimeUtc -lt $since){break}}}}catch{Fail 'log' $_}}).TotalSeconds
 # The endpoint check needs .NET (revocation checking on, then off to tell a blocked CRL apart): in any other
 # language mode it is not run, and says so once.
-$r.stages.endpoint=(Measure-Command{if($P.CheckEndpoint){if($ExecutionContext.SessionState.LanguageMode -eq 'FullLanguage'){$p=$P.Proxy;$wp=$null
+$r.stages.endpoint=(Microsoft.PowerShell.Utility\Measure-Command{if($P.CheckEndpoint){if($ExecutionContext.SessionState.LanguageMode -eq 'FullLanguage'){$p=$P.Proxy;$wp=$null
 # GUESS: WinHttpSettings = DWORD size, DWORD counter, DWORD flags (2 = proxy), DWORD length, proxy string.
-try{$w=(Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Internet Settings\Connections').WinHttpSettings;if($w.Length -ge 16 -and ($w[8] -band 2)){$wp=[Text.Encoding]::ASCII.GetString($w,16,[BitConverter]::ToInt32($w,12))}}catch{Fail 'winhttp' $_}
+try{$w=(Microsoft.PowerShell.Management\Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Internet Settings\Connections').WinHttpSettings;if($w.Length -ge 16 -and ($w[8] -band 2)){$wp=[Text.Encoding]::ASCII.GetString($w,16,[BitConverter]::ToInt32($w,12))}}catch{Fail 'winhttp' $_}
 if(!$p -and $wp){$p=$wp;if($p -match 'https=([^;]+)'){$p=$matches[1]}elseif($p -match '='){$p=''};$p=$p.Split(';')[0];if($p -and $p -notmatch '://'){$p='http://'+$p}}
 # The account's default credentials go to the proxy only when the exporter's configuration asks: the proxy may be
 # the server's InternetWebProxy, which any Exchange server can set in Active Directory (issue 24 finding 17).
@@ -43,9 +44,10 @@ $ps=if($P.Proxy){'parameter'}elseif($p){'winhttp'}else{'none'};$pc=[bool]($p -an
 [Net.ServicePointManager]::SecurityProtocol='Tls12';[Net.ServicePointManager]::CheckCertificateRevocationList=$true
 $r.endpoints=@(foreach($u in 'GetExchangeMitigations','GetExchangeConfig'){$e=@{name=$u;status=0;ms=0;web_status=$null;error=$null;revocation_failed=$false;proxy=$p;proxy_source=$ps;proxy_credentials=$pc};$t=[Diagnostics.Stopwatch]::StartNew()
 $a=@{Uri="https://officeclient.microsoft.com/$u";UseBasicParsing=$true;TimeoutSec=$P.EndpointTimeoutSec};if($p){$a.Proxy=$p;if($P.ProxyDefaultCredentials){$a.ProxyUseDefaultCredentials=$true}}
-try{$e.status=[int](Invoke-WebRequest @a).StatusCode}catch{$e.error="$($_.Exception.Message)";$e.web_status=[string]$_.Exception.Status;if($_.Exception.Response){$e.status=[int]$_.Exception.Response.StatusCode}
-if($e.web_status -eq 'TrustFailure'){[Net.ServicePointManager]::CheckCertificateRevocationList=$false;try{[void](Invoke-WebRequest @a);$e.revocation_failed=$true}catch{};[Net.ServicePointManager]::CheckCertificateRevocationList=$true}}
+try{$e.status=[int](Microsoft.PowerShell.Utility\Invoke-WebRequest @a).StatusCode}catch{$e.error="$($_.Exception.Message)";$e.web_status=[string]$_.Exception.Status;if($_.Exception.Response){$e.status=[int]$_.Exception.Response.StatusCode}
+if($e.web_status -eq 'TrustFailure'){[Net.ServicePointManager]::CheckCertificateRevocationList=$false;try{[void](Microsoft.PowerShell.Utility\Invoke-WebRequest @a);$e.revocation_failed=$true}catch{};[Net.ServicePointManager]::CheckCertificateRevocationList=$true}}
 $e.ms=$t.ElapsedMilliseconds;$e})}else{$r.errors+=@{part='endpoint';id='ConstrainedLanguage';category='SecurityError';type='';message="the endpoint check needs FullLanguage; this session runs in $($ExecutionContext.SessionState.LanguageMode)"}}}}).TotalSeconds
+$r.error_counts=$n
 # ASCII only (every other character as \uXXXX): stdout is in the OEM code page. -split with a captured delimiter
 # keeps each non-ASCII character as an element of its own (no .NET call, unlike [regex]::Replace with a script block).
-(((ConvertTo-Json -InputObject $r -Depth 5 -Compress) -split '([^\x00-\x7e])')|%{if($_.Length -eq 1 -and $_ -match '[^\x00-\x7e]'){'\u{0:x4}' -f [int][char]$_}else{$_}}) -join ''
+(((Microsoft.PowerShell.Utility\ConvertTo-Json -InputObject $r -Depth 5 -Compress) -split '([^\x00-\x7e])')|Microsoft.PowerShell.Core\ForEach-Object{if($_.Length -eq 1 -and $_ -match '[^\x00-\x7e]'){'\u{0:x4}' -f [int][char]$_}else{$_}}) -join ''

@@ -2,27 +2,28 @@ $ProgressPreference='SilentlyContinue';$ErrorActionPreference='Stop'
 # Runs in Constrained Language Mode too: .NET calls only in FullLanguage branches; what needs them is then null,
 # and language_mode says why (docs/field-report.md).
 function Err($x){@{id=[string]$x.FullyQualifiedErrorId;type=[string]$x.Exception.pstypenames[0];message="$x"}}
-$lt=Get-Date
-$r=@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;utc_offset_minutes=[int]($lt-$lt.ToUniversalTime()).TotalMinutes;language_mode=[string]$ExecutionContext.SessionState.LanguageMode;powershell=[string]$PSVersionTable.PSVersion;culture=$null;ui_culture=$null;is_admin=$null;exsetup_version=$null;winhttp_settings=$null;service=$null;service_key=$null;log_folder=$null;log_files=@();events=@();event_errors=@();event_query_seconds=$null;errors=@()}
-try{$r.culture=(Get-Culture).Name;$r.ui_culture=(Get-UICulture).Name}catch{$r.errors+=Err $_}
+$lt=Microsoft.PowerShell.Utility\Get-Date
+$r=@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;utc_offset_minutes=[int]($lt-$lt.ToUniversalTime()).TotalMinutes;language_mode=[string]$ExecutionContext.SessionState.LanguageMode;powershell=[string]$PSVersionTable.PSVersion;culture=$null;ui_culture=$null;is_admin=$null;exsetup_version=$null;winhttp_settings=$null;service=$null;service_key=$null;log_folder=$null;log_files=@();events=@();event_errors=@();event_error_count=$null;event_query_seconds=$null;errors=@()}
+try{$r.culture=(Microsoft.PowerShell.Utility\Get-Culture).Name;$r.ui_culture=(Microsoft.PowerShell.Utility\Get-UICulture).Name}catch{$r.errors+=Err $_}
 if($ExecutionContext.SessionState.LanguageMode -eq 'FullLanguage'){try{$r.is_admin=([Security.Principal.WindowsPrincipal][Security.Principal.WindowsIdentity]::GetCurrent()).IsInRole([Security.Principal.WindowsBuiltInRole]::Administrator)}catch{$r.errors+=Err $_}}
-try{$r.exsetup_version=(Get-Command ExSetup.exe).FileVersionInfo.FileVersion}catch{$r.errors+=Err $_}
-if($ExecutionContext.SessionState.LanguageMode -eq 'FullLanguage'){try{$r.winhttp_settings=[Convert]::ToBase64String((Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Internet Settings\Connections').WinHttpSettings)}catch{$r.winhttp_settings=@{error=Err $_}}}
-try{$s=Get-Service MSExchangeMitigation;$r.service=@{status=[string]$s.Status;start_type=[string]$s.StartType}}catch{$r.service=@{error=Err $_}}
-try{$k=Get-ItemProperty 'HKLM:\SYSTEM\CurrentControlSet\Services\MSExchangeMitigation';$r.service_key=@{start=$k.Start;account=[string]$k.ObjectName}}catch{$r.service_key=@{error=Err $_}}
+try{$r.exsetup_version=(Microsoft.PowerShell.Core\Get-Command ExSetup.exe).FileVersionInfo.FileVersion}catch{$r.errors+=Err $_}
+if($ExecutionContext.SessionState.LanguageMode -eq 'FullLanguage'){try{$r.winhttp_settings=[Convert]::ToBase64String((Microsoft.PowerShell.Management\Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Internet Settings\Connections').WinHttpSettings)}catch{$r.winhttp_settings=@{error=Err $_}}}
+try{$s=Microsoft.PowerShell.Management\Get-Service MSExchangeMitigation;$r.service=@{status=[string]$s.Status;start_type=[string]$s.StartType}}catch{$r.service=@{error=Err $_}}
+try{$k=Microsoft.PowerShell.Management\Get-ItemProperty 'HKLM:\SYSTEM\CurrentControlSet\Services\MSExchangeMitigation';$r.service_key=@{start=$k.Start;account=[string]$k.ObjectName}}catch{$r.service_key=@{error=Err $_}}
 # Per file the directory entry's write time (Get-ChildItem) and the file's own (Get-Item): they differ while EEMS
 # holds a file open if NTFS lags the directory entry, and neither may move until it is closed (review R3).
-try{$d=Join-Path $env:ExchangeInstallPath 'Logging\MitigationService';$r.log_folder=@{path=$d;exists=(Test-Path $d)}
-if($r.log_folder.exists){$a=@(Get-ChildItem $d -File|sort LastWriteTimeUtc -Descending);$r.log_folder.file_count=$a.Count;$i=0
-$r.log_files=@($a|select -First $P.ListFiles|%{$o=@{name=$_.Name;length=$_.Length;last_write=$_.LastWriteTimeUtc;file_last_write=(Get-Item -LiteralPath $_.FullName).LastWriteTimeUtc}
+try{$d=Microsoft.PowerShell.Management\Join-Path $env:ExchangeInstallPath 'Logging\MitigationService';$r.log_folder=@{path=$d;exists=(Microsoft.PowerShell.Management\Test-Path $d)}
+if($r.log_folder.exists){$a=@(Microsoft.PowerShell.Management\Get-ChildItem $d -File|Microsoft.PowerShell.Utility\Sort-Object LastWriteTimeUtc -Descending);$r.log_folder.file_count=$a.Count;$i=0
+$r.log_files=@($a|Microsoft.PowerShell.Utility\Select-Object -First $P.ListFiles|Microsoft.PowerShell.Core\ForEach-Object{$o=@{name=$_.Name;length=$_.Length;last_write=$_.LastWriteTimeUtc;file_last_write=(Microsoft.PowerShell.Management\Get-Item -LiteralPath $_.FullName).LastWriteTimeUtc}
 if($ExecutionContext.SessionState.LanguageMode -eq 'FullLanguage'){if($i++ -lt $P.ReadFiles){try{$s=[IO.File]::Open($_.FullName,'Open','Read','ReadWrite,Delete');try{$o.stream_length=$s.Length
-$n=[Math]::Min($s.Length,$P.HeadBytes);$b=New-Object byte[] $n;$n=$s.Read($b,0,$n);$o.head=[Convert]::ToBase64String($b,0,$n)
-$n=[Math]::Min($s.Length,$P.TailBytes);[void]$s.Seek(-$n,'End');$b=New-Object byte[] $n;$n=$s.Read($b,0,$n);$o.tail=[Convert]::ToBase64String($b,0,$n)}finally{$s.Close()}}catch{$o.error=Err $_}}};$o})}}catch{$r.log_folder=@{error=Err $_}}
+$n=[Math]::Min($s.Length,$P.HeadBytes);$b=Microsoft.PowerShell.Utility\New-Object byte[] $n;$n=$s.Read($b,0,$n);$o.head=[Convert]::ToBase64String($b,0,$n)
+$n=[Math]::Min($s.Length,$P.TailBytes);[void]$s.Seek(-$n,'End');$b=Microsoft.PowerShell.Utility\New-Object byte[] $n;$n=$s.Read($b,0,$n);$o.tail=[Convert]::ToBase64String($b,0,$n)}finally{$s.Close()}}catch{$o.error=Err $_}}};$o})}}catch{$r.log_folder=@{error=Err $_}}
 # The collection script's query (newest first, stopped at the first record older than the window), timed, with
-# each event's insertion strings (what a 1008 is classified on when its message cannot be formatted).
-$r.event_query_seconds=(Measure-Command{try{$v=$null;$ms=3600000*$P.LookbackHours;$since=[DateTime]::UtcNow.AddHours(-$P.LookbackHours)
+# each event's insertion strings (what a 1008 is classified on when its message cannot be formatted), and the first
+# 20 of its error records with their count (a reader that keeps failing repeats its error, review R11).
+$r.event_query_seconds=(Microsoft.PowerShell.Utility\Measure-Command{try{$v=$null;$ms=3600000*$P.LookbackHours;$since=[DateTime]::UtcNow.AddHours(-$P.LookbackHours)
 $q="*[System[(Provider[@Name='MSExchange Mitigation Service'] and TimeCreated[timediff(@SystemTime) <= $ms]) or TimeCreated[timediff(@SystemTime) > $ms]]]"
-$null=Get-WinEvent -LogName Application -FilterXPath $q -EA SilentlyContinue -ErrorVariable v|%{if($_.ProviderName -eq 'MSExchange Mitigation Service' -and $_.TimeCreated.ToUniversalTime() -ge $since -and $r.events.Count -lt $P.MaxEvents){$m=$_.Message;if($m -and $m.Length -gt $P.MessageChars){$m=$m.Substring(0,$P.MessageChars)}
-$r.events+=@{id=$_.Id;level=$_.Level;time=$_.TimeCreated.ToUniversalTime();message=$m;data=@($_.Properties|%{$t=[string]$_.Value;if($t.Length -gt $P.MessageChars){$t=$t.Substring(0,$P.MessageChars)};$t})}}else{$_}}|Select-Object -First 1
-$r.event_errors=@($v|%{Err $_})}catch{$r.event_errors=@(Err $_)}}).TotalSeconds
-(((ConvertTo-Json -InputObject $r -Depth 5 -Compress) -split '([^\x00-\x7e])')|%{if($_.Length -eq 1 -and $_ -match '[^\x00-\x7e]'){'\u{0:x4}' -f [int][char]$_}else{$_}}) -join ''
+$null=Microsoft.PowerShell.Diagnostics\Get-WinEvent -LogName Application -FilterXPath $q -ErrorAction SilentlyContinue -ErrorVariable v|Microsoft.PowerShell.Core\ForEach-Object{if($_.ProviderName -eq 'MSExchange Mitigation Service' -and $_.TimeCreated.ToUniversalTime() -ge $since -and $r.events.Count -lt $P.MaxEvents){$m=$_.Message;if($m -and $m.Length -gt $P.MessageChars){$m=$m.Substring(0,$P.MessageChars)}
+$r.events+=@{id=$_.Id;level=$_.Level;time=$_.TimeCreated.ToUniversalTime();message=$m;data=@($_.Properties|Microsoft.PowerShell.Core\ForEach-Object{$t=[string]$_.Value;if($t.Length -gt $P.MessageChars){$t=$t.Substring(0,$P.MessageChars)};$t})}}else{$_}}|Microsoft.PowerShell.Utility\Select-Object -First 1
+$r.event_errors=@($v|Microsoft.PowerShell.Utility\Select-Object -First 20|Microsoft.PowerShell.Core\ForEach-Object{Err $_});$r.event_error_count=$v.Count}catch{$r.event_errors=@(Err $_)}}).TotalSeconds
+(((Microsoft.PowerShell.Utility\ConvertTo-Json -InputObject $r -Depth 5 -Compress) -split '([^\x00-\x7e])')|Microsoft.PowerShell.Core\ForEach-Object{if($_.Length -eq 1 -and $_ -match '[^\x00-\x7e]'){'\u{0:x4}' -f [int][char]$_}else{$_}}) -join ''

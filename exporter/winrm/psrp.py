@@ -9,7 +9,9 @@ module's session configuration (MS-PSRP over WS-Management, MS-PSRP 3.1.5.3):
 - Exchange's own endpoint (`Microsoft.Exchange` at /PowerShell, cmdlets only, under RBAC): the organization
   script becomes `Get-OrganizationConfig` and `Get-ExchangeServer | Select-Object -Property ...`, and their
   objects are written back as the organization script's JSON. A cmdlet the account's RBAC roles do not grant
-  is not in its runspace (CommandNotFoundException): `rbac_denied`;
+  is not in its runspace (CommandNotFoundException): `rbac_denied`. Whether that runspace offers Select-Object is
+  UNCONFIRMED: where it answers CommandNotFoundException for it, the collector asks again for the full objects
+  (about 110 KB a server in a captured Exchange 2019 object), within limits.max_poll_bytes, and keeps doing so;
 - any other configuration (full language, e.g. Microsoft.PowerShell): the script itself.
 
 The protocol's state is psrpcore's (`ClientRunspacePool`, `ClientPowerShell`: public API, no I/O); the bytes
@@ -99,6 +101,7 @@ class PsrpConnection:
         self._pool: _Pool | None = None
         self._lock = threading.Lock()
         self._configuration = module.configuration_name
+        self._selects = True  # Exchange's endpoint: pipe into Select-Object, until it says it has none
 
     # ------------------------------------------------------------ the interface
 
@@ -106,9 +109,14 @@ class PsrpConnection:
         script = _script(command)
         with self._lock:
             try:
-                statements, answer = self._plan(script)
-                outputs, errors, failure = self._invoke(statements, deadline)
-                return answer(outputs, errors, failure)
+                try:
+                    return self._run(script, deadline)
+                except _NoSelectObject:
+                    self._selects = False
+                    log.warning("Exchange's endpoint on %s has no Select-Object (CommandNotFoundException): the "
+                                "organization collector reads Get-ExchangeServer's full objects from now on",
+                                self._server_name)
+                    return self._run(script, deadline)
             except BaseException as error:
                 failure = classify(error)
                 if failure.reason != "rbac_denied":
@@ -118,6 +126,20 @@ class PsrpConnection:
                 if not self.module.keep_runspace:
                     self._drop_pool(deadline)
                     self._close_channel()
+
+    def _run(self, script: str, deadline: float) -> CommandResult:
+        statements, answer = self._plan(script)
+        try:
+            outputs, errors, failure = self._invoke(statements, deadline)
+        except PollFailure as failure:
+            if failure.reason == "output_too_large" and answer == self._organization and not self._selects:
+                raise PollFailure("output_too_large", f"Exchange's endpoint on {self._server_name} has no "
+                                  "Select-Object, so Get-ExchangeServer sends its full objects (about 110 KB a "
+                                  f"server), more than limits.max_poll_bytes ({self.max_poll_bytes} bytes) for this "
+                                  "organization: raise it, or collect the organization over WinRS",
+                                  connection_intact=True) from None
+            raise
+        return answer(outputs, errors, failure)
 
     def close(self) -> None:
         """Delete a kept pool (its wsmprovhost.exe would otherwise wait out POOL_IDLE_TIMEOUT), then the
@@ -139,8 +161,9 @@ class PsrpConnection:
             if marker != ORGANIZATION_MARKER:
                 raise PollFailure("configuration_not_found", "Exchange's endpoint runs cmdlets only: poll the "
                                   "servers over WinRS or the exporter's JEA endpoint", connection_intact=True)
-            return ([_Statement("Get-OrganizationConfig", select=("MitigationsEnabled",)),
-                     _Statement("Get-ExchangeServer", select=SERVER_PROPERTIES)], self._organization)
+            return ([_Statement("Get-OrganizationConfig", select=("MitigationsEnabled",) if self._selects else ()),
+                     _Statement("Get-ExchangeServer", select=SERVER_PROPERTIES if self._selects else ())],
+                    self._organization)
         if self._is_jea():
             if marker != SERVER_MARKER:
                 raise PollFailure("configuration_not_found", f"the JEA endpoint {self._configuration} runs only "
@@ -173,13 +196,15 @@ class PsrpConnection:
 
     def _script(self, outputs: list, errors: list, failure) -> CommandResult:
         stdout = "\r\n".join(str(o) for o in outputs if o is not None).encode("utf-8")
-        stderr = "\r\n".join(_error_text(e) for e in [*errors, *([failure] if failure is not None else [])])
-        return CommandResult(stdout, stderr.encode("utf-8"), 1 if failure is not None else 0)
+        records = [*errors, *([failure] if failure is not None else [])]
+        return CommandResult(stdout, _error_stream(records), 1 if failure is not None else 0)
 
     def _organization(self, outputs: list, errors: list, failure) -> CommandResult:
         for record in [*errors, *([failure] if failure is not None else [])]:
             if _error_id(record) == "CommandNotFoundException":
                 name = str(getattr(record, "TargetObject", "") or "a cmdlet")
+                if name.lower() == "select-object" and self._selects:
+                    raise _NoSelectObject()
                 raise PollFailure("rbac_denied", f"the account's Exchange RBAC roles do not grant {name[:60]} "
                                   "(View-Only Organization Management does)", connection_intact=True)
         if failure is not None:
@@ -346,6 +371,10 @@ class PsrpConnection:
 
 
 
+class _NoSelectObject(Exception):
+    """Exchange's endpoint does not know Select-Object: ask again for the full objects."""
+
+
 # ---------------------------------------------------------------- reading scripts and objects
 
 
@@ -415,11 +444,33 @@ def _error_id(record: Any) -> str:
     return str(getattr(record, "FullyQualifiedErrorId", "") or "")
 
 
-def _error_text(record: Any) -> str:
+STDERR_CHARS = 64 * 1024  # of error text per command: what a WinRS poll's stderr would carry at most, and more
+
+
+def _error_stream(records: list) -> bytes:
+    """Error records as powershell.exe writes its error stream over WinRS: CLIXML `<S S="Error">` records, each
+    record's text and its FullyQualifiedErrorId (what `collectors.script_failure` decides on). Every character
+    outside printable ASCII is escaped `_xHHHH_`, as CLIXML escapes: the parser reads stderr in the WinRS shell's
+    code page (parse.clixml_to_text, review R14), and PSRP's text is Unicode already."""
+    if not records:
+        return b""
+    lines = []
+    for record in records:
+        lines.append(_error_text(record, STDERR_CHARS))
+        if (error_id := _error_id(record)) and error_id not in lines[-1]:
+            lines.append(f"    + FullyQualifiedErrorId : {error_id[:200]}")
+    text = "\r\n".join(lines)[:STDERR_CHARS]
+    escaped = "".join(c if " " <= c <= "~" and c != "_" else f"_x{min(ord(c), 0xFFFD):04X}_" for c in text)
+    escaped = escaped.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return ('#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+            f'<S S="Error">{escaped}</S></Objs>').encode("ascii")
+
+
+def _error_text(record: Any, limit: int = 300) -> str:
     if record is None:
         return "unknown error"
     text = getattr(getattr(record, "PSObject", None), "to_string", None)
     if not text:
         exception = getattr(record, "Exception", None)
         text = getattr(exception, "Message", None) or str(record)
-    return " ".join(str(text).split())[:300]
+    return " ".join(str(text).split())[:limit]

@@ -24,6 +24,7 @@ from pypsrp.wsman import WSMan
 
 from exporter import scripts, windows_endpoint
 from simulator import remoting
+from simulator.scenario import scenario_from_dict
 from simulator.psrp import split_fragments
 
 from ..conftest import PASSWORD, USERNAME, SimulatedFleet, free_port
@@ -140,6 +141,29 @@ def test_jea_function_answers_what_the_winrs_script_prints(fleet, check_endpoint
     assert fleet.fleet.open_pools() == 0
 
 
+def test_the_jea_session_constrains_an_unqualified_select_object():
+    """The function's commands resolve in its JEA session, whose Select-Object is RestrictedRemoteServer's proxy
+    (-Property and -InputObject only, simulator/restricted.py): the collection script with an unqualified
+    `Select-Object -First` lost its events and its log there, while it ran in full over WinRS."""
+    scenario = scenario_from_dict({"credentials": [{"username": USERNAME, "password": PASSWORD}],
+                                   "clock": "2026-11-29T12:00:00Z",
+                                   "servers": [{"name": "EX01", "address": "127.0.0.1", "build": "15.2.1544.4"}]})
+    windows = scenario.hosts[0].run
+    script = scripts.server_script(scripts.ServerScriptParameters(12, 7, 4096, False, 5, ""))
+    unqualified = script.replace("Microsoft.PowerShell.Utility\\Select-Object", "Select-Object")
+    assert unqualified != script
+
+    def facts(output) -> dict:
+        return json.loads(b"".join(output.stdout_chunks))
+
+    constrained = facts(windows.run_function(unqualified))
+    assert {(e["part"], e["id"]) for e in constrained["errors"]} == {("events", "NamedParameterNotFound,Select-Object"),
+                                                                     ("log", "NamedParameterNotFound,Select-Object")}
+    assert constrained["events"] == [] and constrained["logs"] == []
+    assert facts(windows(scripts.powershell_command(unqualified).line))["errors"] == []
+    assert facts(windows.run_function(script)) == facts(windows(scripts.powershell_command(script).line))
+
+
 def test_jea_function_binds_parameters_like_powershell(fleet):
     host = fleet.hosts["EX01"]
     with RunspacePool(wsman(host), configuration_name=remoting.JEA_CONFIGURATION) as pool:
@@ -223,6 +247,22 @@ def test_organization_config_and_the_double_hop_that_does_not_happen():
             servers = invoke(pool, "Get-ExchangeServer")
     assert str(config.output[0]) == "Contoso" and config.output[0].adapted_properties["MitigationsEnabled"] is True
     assert len(servers.output) == 6
+    # the captured organization's DateTime.MinValue, written as .NET writes it (psrpcore's strftime would not pad it)
+    assert config.output[0].adapted_properties["ForestConfigLastRunTime"] == "0001-01-01T00:00:00"
+
+
+def test_exchange_endpoint_without_select_object():
+    """`remoting.exchange.select_object: false` (UNCONFIRMED either way for real Exchange): the pipeline fails as a
+    whole, since its commands are looked up before any runs."""
+    with SimulatedFleet(knob_scenario(exchange={"select_object": False})) as f:
+        with RunspacePool(wsman(f.hosts["EX01"], path="PowerShell"), configuration_name="Microsoft.Exchange") as pool:
+            ps = PowerShell(pool)
+            ps.add_cmdlet("Get-ExchangeServer").add_cmdlet("Select-Object").add_parameter("Property", ["Name"])
+            ps.invoke()
+            full = invoke(pool, "Get-ExchangeServer")
+    assert ps.had_errors and ps.output == []
+    assert "The term 'Select-Object' is not recognized" in str(ps.streams.error[0])
+    assert len(full.output) == 6 and not full.had_errors
 
 
 def test_exchange_endpoint_takes_kerberos_only():

@@ -27,7 +27,9 @@ EXTRA_SERVERS = [{"name": "EX-SE09-JA-LOG", "build": "15.2.2562.53", "locale": "
                   "unreadable": ["log"]},
                  # issue 17: Constrained Language Mode, 1008 texts that cannot be formatted, a zone east of UTC
                  {"name": "EX19-CLM", "build": "15.2.1544.36", "language_mode": "constrained",
-                  "unreadable_event": "null_message", "log_time_zone": "+02:00"}]
+                  "unreadable_event": "null_message", "log_time_zone": "+02:00"},
+                 # review R11: a reader that fails at every read repeats its error
+                 {"name": "EX-SE10-READS", "build": "15.2.2562.53", "event_read_errors": 1_000_000}]
 
 
 def fleet_scenario() -> dict:
@@ -53,7 +55,8 @@ def reports(tmp_path_factory) -> dict[str, tuple[int, str, bytes]]:
     """server -> (exit code, report, stdout + stderr) for a few demo servers, polled once each."""
     runs = {"EX-SE01": (), "EX-SE04-PROXY": ("--redact-names",), "EX-SE04-PROXY plain": (), "EDGE01": (),
             "EX16-CU21": (), "EX19-CU12": (), "EX-SE05-NOWINRM": (), "EX-SE06-DE": ("--redact-names",),
-            "EX-SE07-JA": (), "EX-SE08-FR": ("--redact-names",), "EX-SE09-JA-LOG": (), "EX19-CLM": ()}
+            "EX-SE07-JA": (), "EX-SE08-FR": ("--redact-names",), "EX-SE09-JA-LOG": (), "EX19-CLM": (),
+            "EX-SE10-READS": ()}
     with SimulatedFleet(fleet_scenario()) as fleet:
         config_file = tmp_path_factory.mktemp("diagnose") / "config.yml"
         config_file.write_text(fleet.config_text())
@@ -172,6 +175,19 @@ def test_what_confirms_the_guesses_of_issue_17(reports):
     assert "fetching mitigations" in got["events.id.1008.data.1"]
     assert "(directory entry)" in got["log.files.1"] and "(the file)" in got["log.files.1"]
     assert got["interpretation.eems.last_error_reason"] == "unknown_issuer"
+
+
+def test_a_reader_that_repeats_its_error(reports):
+    """R11: the poll and the diagnose script send a few of the records and how many there were."""
+    code, report, _ = reports["EX-SE10-READS"]
+    got = lines(report)
+    assert code == 0 and got["poll.outcome"] == "ok" and got["diagnose.outcome"] == "ok", report
+    assert got["events.read_errors"] == "1000000 (the first 20 below)"
+    assert "EventLogInvalidDataException" in got["events.read_error.20"] and "events.read_error.21" not in got
+    assert got["interpretation.collection_errors.1.reason"] == "unreadable"
+    message = got["interpretation.collection_errors.1.message"]
+    assert "met 1000000 error records reading events and sent the first 5" in message
+    assert len(report) < 200_000
 
 
 def test_edge_and_old_builds(reports):

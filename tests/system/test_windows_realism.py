@@ -9,6 +9,7 @@ EEMS fetches fail is never silent (issue 17, "Real Exchange servers, round 2").
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 import urllib.parse
@@ -130,6 +131,42 @@ def test_the_event_query_costs_the_window_not_the_log():
         return out.runtime_seconds
 
     assert seconds(5_000_000) - seconds(20_000) < 1.0
+
+
+def test_a_reader_that_repeats_its_error_cannot_flood_the_poll():
+    """R11: Get-WinEvent writes each failed read as an error and reads on (GetEventCommand.cs ReadEvents: catch,
+    WriteError, continue; PowerShell/PowerShell#10637: "The data is invalid" repeated many times). The script sends
+    the first five records of a part and how many it met: its output does not grow with the repeats (without the cap
+    it does), and the poll succeeds with the events it read, the part named unreadable and the count said."""
+    script = server_script(ServerScriptParameters(24, 200, 65536, False, 10, ""))
+    uncapped = re.sub(r"if\(\$n\[\$part\] -g[et] 5\)\{return\};", "", script)
+    assert uncapped != script
+
+    def output_bytes(repeats: int, sent: str = script) -> int:
+        scenario = scenario_from_dict({"credentials": [{"username": "u", "password": "p"}],
+                                       "servers": [{"name": "EN", "address": "127.0.0.1", "build": SE,
+                                                    "event_read_errors": repeats}]})
+        out = scenario.hosts[0].run(powershell_command(sent).line)
+        assert out.exit_code == 0
+        return sum(map(len, out.stdout_chunks))
+
+    assert output_bytes(1_000_000) - output_bytes(10) < 16  # the count's digits
+    assert output_bytes(10_000, uncapped) > 50 * output_bytes(10, uncapped)
+
+    scenario = relocate({"credentials": [], "servers": [{"name": "EN", "address": "127.0.0.1", "build": SE,
+                                                         "event_read_errors": 1_000_000}]})
+    with SimulatedFleet(scenario) as fleet:
+        exporter = Exporter(fleet.config(), Catalog.load())
+        try:
+            poll_all(exporter.poller)
+            (result,), _ = exporter.snapshot()
+        finally:
+            exporter.stop()
+    assert result.outcome.success, result.outcome.error_message
+    (failure,) = result.state.collection_errors
+    assert (failure.part, failure.reason) == ("events", "unreadable")
+    assert "met 1000000 error records reading events and sent the first 5" in failure.message
+    assert result.state.eems.last_success is not None
 
 
 BEFORE_ISSUE_17 = Path(__file__).resolve().parents[1] / "fixtures" / "collect_server_before_issue_17.ps1"
@@ -313,6 +350,8 @@ KNOBS = {
     "unreadable_event: true": ({"unreadable_event": True, "success_events": True}, set(), {"log_file": "absent"}),
     # three million records: about 90 s for a query that reads them all, beyond the poll's timeout
     "application_log_events": ({"application_log_events": 3_000_000}, set(), {}),
+    # a reader that fails at every read repeats its error (R11): the records are capped and counted, the events read
+    "event_read_errors": ({"event_read_errors": 1_000_000}, set(), {}),
     "language_mode: constrained": ({"language_mode": "constrained"}, {BLIND_CLM}, {}),
     # the Application log and the service denied (a least-privilege account): blind, and said so, never a page
     "unreadable: [events]": (LOG_ONLY, {("ExchangeCollectorBlind", "warning", "access_denied")}, {}),

@@ -27,7 +27,7 @@ import pytest
 import tree_sitter_powershell
 from tree_sitter import Language, Node, Parser
 
-from exporter import scripts
+from exporter import scripts, windows_endpoint
 from simulator import language as simulated
 
 from .test_script_grammar import variants
@@ -110,7 +110,7 @@ def refused(script: str) -> list[str]:
             type_name = text(kids[0], source).strip("[]")
             if not is_core(type_name):
                 report(node, f"conversion to {type_name}")
-        elif node.type == "command" and text(kids[0], source).lower() == "new-object":
+        elif node.type == "command" and text(kids[0], source).lower().rpartition("\\")[2] == "new-object":
             type_name = next((text(k, source) for k in _descendants(kids[1]) if k.type == "generic_token"), "")
             if type_name and not is_core(type_name):
                 report(node, f"New-Object {type_name}")
@@ -146,6 +146,14 @@ def test_no_script_calls_what_constrained_language_refuses(name):
     assert refused(variants()[name]) == []
 
 
+@pytest.mark.parametrize("path", [p for p in windows_endpoint.build("CONTOSO\\EEMS Monitoring").files
+                                  if p.endswith((".psrc", ".ps1"))], ids=str)
+def test_the_jea_endpoint_files_are_constrained_language_safe(path):
+    """The JEA function's body runs in the system's language mode (Learn, "JEA Role Capabilities"), and the install
+    script runs wherever an admin starts it, WDAC-enforced servers included."""
+    assert refused(windows_endpoint.build("CONTOSO\\EEMS Monitoring").files[path]) == []
+
+
 def test_the_script_before_issue_17_is_refused_where_the_review_found():
     """The finder can fail: it finds each construct review R9 lists in the script it reviewed."""
     found = "\n".join(refused(BEFORE.read_text(encoding="utf-8")))
@@ -160,6 +168,7 @@ def test_the_script_before_issue_17_is_refused_where_the_review_found():
 @pytest.mark.parametrize("snippet, refusal", [
     ("$k=(Get-Item 'HKLM:\\x').GetValue('Start')", "method GetValue"),
     ("$u=New-Object Net.WebClient", "New-Object Net.WebClient"),
+    ("$u=Microsoft.PowerShell.Utility\\New-Object Net.WebClient", "New-Object Net.WebClient"),
     ("$p=[Security.Principal.WindowsPrincipal]$i", "conversion to Security.Principal.WindowsPrincipal"),
     ("$s=Get-Service x;$s.Status='Running'", "property of $s set"),
     ("if($ExecutionContext.SessionState.LanguageMode -eq 'FullLanguage'){$x=1}else{[IO.File]::Open('a')}",

@@ -321,6 +321,18 @@ def test_a_log_problem_not_about_fetching_is_counted_apart(catalog):
     assert (eems.last_error, eems.last_error_reason, eems.log_other_errors) == (at(0, 4), "untrusted_endpoint", 5)
 
 
+def test_a_part_says_how_many_error_records_the_script_met(catalog):
+    """R11: a reader that fails at every read repeats its error; the script sends five and the count."""
+    repeated = error("events", "The data is invalid,Microsoft.PowerShell.Commands.GetWinEventCommand", "NotSpecified",
+                     "System.Diagnostics.Eventing.Reader.EventLogInvalidDataException", "The data is invalid")
+    state = interpret(facts(errors=(repeated,) * 5, error_counts=(("events", 40000),)), catalog)
+    (failure,) = state.collection_errors
+    assert (failure.part, failure.reason) == ("events", "unreadable")
+    assert failure.message == "The data is invalid (the script met 40000 error records reading events and sent the first 5)"
+    state = interpret(facts(errors=(repeated,) * 2, error_counts=(("events", 2),)), catalog)
+    assert state.collection_errors[0].message == "The data is invalid"
+
+
 def test_a_1008_without_a_message_is_read_by_its_insertion_strings(catalog):
     """R6: Get-WinEvent sets Message to null, with no error, when the text cannot be formatted."""
     detail = JUNE_2026_1008

@@ -158,6 +158,17 @@ def test_wrong_types_become_missing_with_parse_notes():
         assert any(e.part == "parse" and e.message.startswith(f"parse: {field}: expected") for e in facts.errors), field
 
 
+def test_error_counts_are_kept_per_known_part():
+    """How many error records the script met per part (it sends the first five: review R11)."""
+    facts = parse_server_output(server(error_counts={"events": 1000000, "log": 2, "shell": 9, "service": -1,
+                                                      "build": "7", "winhttp": True}))
+    assert facts.error_counts == (("events", 1000000), ("log", 2))
+    assert {e.message.split(":")[1].strip() for e in facts.errors if e.part == "parse"} == {
+        "error_counts.build", "error_counts.service", "error_counts.winhttp"}
+    assert parse_server_output(server(error_counts={})).error_counts == ()
+    assert parse_server_output(server(error_counts=[3])).errors[0].message.startswith("parse: error_counts: expected")
+
+
 def test_errors_as_single_string_and_missing_fields():
     facts = parse_server_output(b'{"schema":1,"errors":"build: ExSetup.exe not found"}')
     assert [(e.part, e.id, e.message) for e in facts.errors] == [("build", "", "ExSetup.exe not found")]

@@ -77,21 +77,22 @@ def test_server_script_ignores_no_events_by_its_invariant_id_not_its_english_tex
 def test_server_script_does_not_hide_service_errors():
     """5.1's Get-Service turns access denied into "not found"; -EA SilentlyContinue would hide both."""
     script = server_script(params())
-    assert "Get-Service MSExchangeMitigation -EA SilentlyContinue" not in script
+    assert "Get-Service MSExchangeMitigation -ErrorAction SilentlyContinue" not in script
     assert "HKLM:\\SYSTEM\\CurrentControlSet\\Services\\MSExchangeMitigation" in script
 
 
 def test_server_script_keeps_good_events_when_one_cannot_be_read():
     """Under $ErrorActionPreference='Stop' one bad event would abort the whole Get-WinEvent read."""
     line = next(l for l in server_script(params()).splitlines() if "Get-WinEvent -LogName" in l)
-    assert "-EA SilentlyContinue -ErrorVariable" in line
+    assert "-ErrorAction SilentlyContinue -ErrorVariable" in line
 
 
 def test_server_script_reads_whole_lines_of_log_files_and_their_own_write_time():
     """Get-Content -Tail (no .NET calls, so Constrained Language Mode runs it); the write time from the file
     itself, not its directory entry; only *.log files (review R15)."""
     script = server_script(params())
-    assert "last_write=$f.LastWriteTimeUtc" not in script and "(Get-Item -LiteralPath $f.FullName).LastWriteTimeUtc" in script
+    assert "last_write=$f.LastWriteTimeUtc" not in script
+    assert "(Microsoft.PowerShell.Management\\Get-Item -LiteralPath $f.FullName).LastWriteTimeUtc" in script
     assert "Get-Content -LiteralPath $f.FullName -Tail" in script and "-Filter *.log" in script
     assert "[IO.File]" not in script
 

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 
 from exporter import windows_endpoint
+from exporter.collectors import script_failure
 from exporter.config import Secret
 from exporter.parse import parse_organization_output
 from exporter.scripts import ServerScriptParameters, organization_script, powershell_command, server_script
 from exporter.winrm import PollFailure, ServerConnection, connect
+from exporter.winrm.psrp import PsrpConnection
 
 from ..conftest import SimulatedFleet, relocate
 
@@ -132,6 +134,70 @@ def test_rbac_denied(role_capability):
             conn.run(ORGANIZATION, time.monotonic() + 20)
         conn.close()
     assert failure.value.reason == "rbac_denied" and "Get-ExchangeServer" in failure.value.message
+
+
+def test_without_select_object_the_full_objects_are_read(role_capability, caplog, monkeypatch):
+    """UNCONFIRMED whether Exchange's /PowerShell offers Select-Object to a View-Only Organization Management account.
+    Where it answers CommandNotFoundException for it (simulator: `select_object: false`), the collector asks for the
+    full objects: the same facts as WinRS, said once in the log, and the next poll asks for them at once."""
+    asked: list[list[tuple[str, ...]]] = []  # per invocation, what each statement piped into Select-Object
+    invoke = PsrpConnection._invoke
+
+    def recorded(self, statements, deadline):
+        asked.append([statement.select for statement in statements])
+        return invoke(self, statements, deadline)
+
+    monkeypatch.setattr(PsrpConnection, "_invoke", recorded)
+    with SimulatedFleet(scenario(role_capability, exchange={"select_object": False})) as fleet:
+        expected = parse_organization_output(connection(fleet, "EX01").run(ORGANIZATION, time.monotonic() + 20).stdout)
+        conn = psrp(fleet, "EX01", configuration_name="Microsoft.Exchange", path="PowerShell")
+        first = parse_organization_output(conn.run(ORGANIZATION, time.monotonic() + 20).stdout)
+        second = parse_organization_output(conn.run(ORGANIZATION, time.monotonic() + 20).stdout)
+        conn.close()
+    assert first.servers == second.servers == expected.servers and first.mitigations_enabled is True
+    assert [s.name for s in first.servers] == ["EX01", "EX02", "EX03"]
+    assert [all(selects) for selects in asked] == [True, False, False]  # one try with Select-Object, then none
+    assert [not any(selects) for selects in asked] == [False, True, True]
+    assert sum("has no Select-Object" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_full_objects_beyond_the_poll_bound_say_why(role_capability):
+    """The full objects are bounded like any answer; over limits.max_poll_bytes the reason says what to change."""
+    with SimulatedFleet(scenario(role_capability, exchange={"select_object": False})) as fleet:
+        config = fleet.config()
+        server = next(s for s in config.servers if s.name == "EX01")
+        module = dataclasses.replace(config.modules[server.module], protocol="psrp",
+                                     configuration_name="Microsoft.Exchange", path="PowerShell")
+        conn = connect(f"{module.scheme}://{server.address}:{server.port}/wsman", module,
+                       max_response_bytes=config.limits.max_response_bytes, max_poll_bytes=200_000, server_name="EX01")
+        with pytest.raises(PollFailure) as failure:
+            conn.run(ORGANIZATION, time.monotonic() + 20)
+        conn.close()
+    assert failure.value.reason == "output_too_large"
+    assert "has no Select-Object" in failure.value.message and "limits.max_poll_bytes (200000 bytes)" in failure.value.message
+
+
+BEFORE_ISSUE_17 = Path(__file__).resolve().parents[1] / "fixtures" / "collect_server_before_issue_17.ps1"
+
+
+def test_error_text_keeps_its_letters_over_psrp(role_capability):
+    """Review R14 on the PSRP path: the parser reads stderr in the WinRS shell's code page (437), while a PSRP error
+    is Unicode text; a German Constrained Language refusal (of the script before issue 17, in a full-language
+    configuration) kept its umlauts over WinRS and lost them over PSRP, on the simulator's side and the client's."""
+    servers = scenario(role_capability)
+    for server in servers["servers"]:
+        server["language_mode"] = "constrained"
+    old = powershell_command("\n".join(server_script(PARAMETERS).split("\n")[:2]
+                                        + BEFORE_ISSUE_17.read_text(encoding="utf-8").splitlines()))
+    with SimulatedFleet(servers) as fleet:
+        winrs = connection(fleet, "EX02").run(old, time.monotonic() + 20)
+        conn = psrp(fleet, "EX02", configuration_name="Microsoft.PowerShell")
+        result = conn.run(old, time.monotonic() + 20)
+        conn.close()
+    for answer in (winrs, result):
+        failure = script_failure(answer.exit_code, answer.stderr)
+        assert failure.reason == "constrained_language", failure
+        assert "nur für Kerntypen unterstützt" in failure.message and "\ufffd" not in failure.message, failure.message
 
 
 def test_exchange_endpoint_refuses_the_server_script(fleet):
