@@ -37,6 +37,15 @@ class Clock:
         condition.wait(max(0.0, when - time.monotonic()))
 
 
+def _deadline(requested: float, budget: float, scheduled: bool) -> float:
+    """When a poll that holds its server now must end. A probe's budget is its scrape's, so the time it waited for
+    another poll of the same server (in `lease`, at most `budget`) is spent. A scheduled poll, or the organization
+    collector on its server, gets its whole poll.timeout from now: the wait was for the exporter's own other poll,
+    not for a slow server, and counting it failed healthy polls with `timeout` (the organization collector,
+    due while its server's own poll ran, every interval on a demo with a 6 s timeout and 3 s scripts)."""
+    return time.monotonic() + budget if scheduled else requested + budget
+
+
 @dataclass(frozen=True)
 class Job:
     """What the schedule runs: one server's poll, or the organization collector (which is not a server)."""
@@ -83,7 +92,7 @@ class Poller:
     def poll_server(self, name: str) -> ServerResult:
         """Poll one server now with its own module, and keep the result as its latest (what the background does)."""
         current = self.runtime.current()
-        result = self._poll(current, self._target(current, name), None, None)
+        result = self._poll(current, self._target(current, name), None, None, scheduled=True)
         latest = self.runtime.current()
         return self.store.record(result, latest.targets, output_budget=latest.config.limits.max_debug_output_bytes)
 
@@ -92,13 +101,14 @@ class Poller:
         current = self.runtime.current()
         return self._poll(current, self._target(current, name), module, timeout)
 
-    def _poll(self, current: Runtime, target: Target, module: str | None, timeout: float | None) -> ServerResult:
+    def _poll(self, current: Runtime, target: Target, module: str | None, timeout: float | None, *,
+              scheduled: bool = False) -> ServerResult:
         config = current.config
         requested = time.monotonic()
-        # waiting for another poll of the same server (a probe, a scheduled poll) spends the budget too
-        deadline = requested + min(timeout or config.poll.timeout, config.poll.timeout)
+        budget = min(timeout or config.poll.timeout, config.poll.timeout)
         try:
-            with self.connections.lease(target, module or target.module, config, deadline) as lease:
+            with self.connections.lease(target, module or target.module, config, requested + budget) as lease:
+                deadline = _deadline(requested, budget, scheduled)
                 result = collect_server(target, lease.connection, config.poll, current.catalog, deadline,
                                         known=self.store.known(target.name))
                 lease.report(result.outcome)
@@ -113,10 +123,11 @@ class Poller:
             return None
         target = current.targets.for_organization()
         requested = time.monotonic()
-        deadline = requested + current.config.poll.timeout
+        budget = current.config.poll.timeout
         try:
-            with self.connections.lease(target, organization.module, current.config, deadline) as lease:
-                result = collect_organization(target, lease.connection, organization, deadline,
+            with self.connections.lease(target, organization.module, current.config, requested + budget) as lease:
+                result = collect_organization(target, lease.connection, organization,
+                                              _deadline(requested, budget, scheduled=True),
                                               max_servers=current.config.limits.max_servers)
                 lease.report(result.outcome)
         except PollFailure as failure:

@@ -1,7 +1,11 @@
 """examples/prometheus-probe.yml, run by Debian's Prometheus against the demo, answers 200 with its own params.
 
 Only what a test cannot keep is changed: the targets become demo servers, the exporter's address the test's, and
-the 5 minute interval a few seconds. The params, the metrics path and the relabelling are the example's.
+the 5 minute interval a few seconds. The params, the metrics path and the relabelling are the example's. The exporter
+runs the demo's configuration in probe-only mode, as the example says to pair it: with background polls, a probe
+that arrives while the exporter polls the same server (the organization collector starts on EX-SE01 at once, and
+every server comes up within the interval) waits for that poll, and inside the test's 3 s scrape timeout it then
+fails with `timeout`.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ def test_probe_example_answers_200_against_the_demo(tmp_path):
     with SimulatedFleet(relocate(demo_scenario())) as fleet:
         exporter_config = tmp_path / "exchange-eems-exporter.yml"
         write_config(fleet.scenario, fleet.fleet, exporter_config, "30s")  # the demo's configuration
+        config = yaml.safe_load(exporter_config.read_text())
+        config["poll"]["background"] = False  # probe-only, as the example's header says
+        exporter_config.write_text(yaml.safe_dump(config, sort_keys=False))
         exporter_port, prometheus_port = free_port(), free_port()
         exporter = f"127.0.0.1:{exporter_port}"
         text, probe = prometheus_config(exporter)
@@ -59,7 +66,10 @@ def test_probe_example_answers_200_against_the_demo(tmp_path):
                 query = urllib.parse.parse_qs(urllib.parse.urlsplit(target["scrapeUrl"]).query)
                 assert query["module"] == probe["params"]["module"]
             up = get_json(f"http://127.0.0.1:{prometheus_port}/api/v1/query?query=exchange_up")["data"]["result"]
-            assert {(r["metric"]["instance"], r["value"][1]) for r in up} == {("EX-SE01", "1"), ("ex19-cu14", "1")}
+            failed = get_json(f"http://127.0.0.1:{prometheus_port}/api/v1/query?query="
+                              + urllib.parse.quote("exchange_collector_error == 1"))
+            assert {(r["metric"]["instance"], r["value"][1]) for r in up} == {("EX-SE01", "1"), ("ex19-cu14", "1")}, \
+                [(r["metric"]["instance"], r["metric"]["reason"]) for r in failed["data"]["result"]]
         finally:
             for program in programs:
                 program.stop()

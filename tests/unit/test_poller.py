@@ -124,3 +124,32 @@ def test_the_organization_job_runs_at_start_beside_the_servers(catalog):
         organization = poller.snapshot()[1]
     assert organization.outcome.success and organization.name == "Contoso"
     assert {name.lower() for name in names} <= set(organization.servers)
+
+
+def test_a_scheduled_poll_that_waits_for_its_server_still_gets_the_whole_timeout(catalog):
+    """The organization collector runs on one of the servers: due while that server's own poll runs, it waits
+    for it (one poll per server). The wait is the exporter's doing, not a slow server: the organization's
+    3 s script still has poll.timeout (5 s) once the server is free, and so has a server poll that waits for
+    the organization. (It used to spend the wait too, and failed with `timeout` after 2 s of its script.)"""
+    name = "EX1"
+    with SimulatedFleet(scenario([name], runtime=3.0, organization=True)) as fleet:
+        poller = poller_for(fleet, catalog, ManualClock(), organization=True)
+        first = threading.Thread(target=poller.poll_server, args=(name,))
+        first.start()
+        try:
+            wait_until(lambda: fleet.fleet.open_shells(name) > 0, 10, "the server poll's shell")
+            organization = poller.poll_organization()
+        finally:
+            first.join()
+        server = poller.snapshot()[0][0]
+        first = threading.Thread(target=poller.poll_organization)
+        first.start()
+        try:
+            wait_until(lambda: fleet.fleet.open_shells(name) > 0, 10, "the organization poll's shell")
+            after_organization = poller.poll_server(name)
+        finally:
+            first.join()
+    assert server.outcome.success, server.outcome
+    assert organization.outcome.success, organization.outcome
+    assert organization.outcome.duration_seconds >= 3.0
+    assert after_organization.outcome.success, after_organization.outcome
