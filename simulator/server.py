@@ -366,6 +366,11 @@ class Fleet:
         runtimes = self._runtimes.values() if host_name is None else [self._runtime(host_name)]
         return sum(rt.psrp.pools.open_count() for rt in runtimes if rt.psrp is not None)
 
+    def pools_created(self, host_name: str) -> int:
+        """PSRP runspace pools ever opened on one host."""
+        rt = self._runtime(host_name)
+        return rt.psrp.pools.created if rt.psrp is not None else 0
+
     def traffic(self, host_name: str) -> tuple[int, int, int]:
         """(requests, bytes received, bytes sent) of one host so far."""
         rt = self._runtime(host_name)
