@@ -159,3 +159,18 @@ def test_every_make_target_is_documented_and_every_documented_one_exists():
     named = set(re.findall(r"(?:^|`)make ([a-z][a-z-]*)", DOCS, re.M))
     assert targets - named == set(), "make targets the README does not name"
     assert named - targets == set(), "the docs name make targets the Makefile does not have"
+
+
+def test_every_exporter_module_has_a_row_in_the_design_module_table():
+    """docs/design.md's table says what each module is for; a module without a row is one a contributor cannot
+    place, a row without a module names one that is gone."""
+    design = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    named = {name for cell in re.findall(r"^\| ([^|]+) \|", design, re.M)
+             for name in re.findall(r"`([\w/]+(?:\.py)?)`", cell)}
+    package = ROOT / "exporter"
+    modules = {p.name for p in package.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    modules |= {p.name + "/" for p in package.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert modules - named == set(), "exporter modules without a row in docs/design.md"
+    folders = {p.name + "/" for p in package.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    rows = {n for n in named if n.endswith((".py", "/")) and "/" not in n.rstrip("/")}
+    assert rows - modules - folders - {"exporter/", "simulator/"} == set(), "design.md rows for modules that are gone"
