@@ -174,3 +174,12 @@ def test_every_exporter_module_has_a_row_in_the_design_module_table():
     folders = {p.name + "/" for p in package.iterdir() if p.is_dir() and p.name != "__pycache__"}
     rows = {n for n in named if n.endswith((".py", "/")) and "/" not in n.rstrip("/")}
     assert rows - modules - folders - {"exporter/", "simulator/"} == set(), "design.md rows for modules that are gone"
+
+
+def test_every_web_config_key_is_in_the_docs():
+    """`--web.config.file` takes exporter-toolkit's format; every key it reads is named in the docs, so that one
+    it accepts and ignores (cipher_suites, http2) or treats more strictly is said where an admin looks."""
+    from exporter import webconfig
+
+    keys = webconfig._TOP_KEYS | webconfig._TLS_KEYS | webconfig._HTTP_KEYS
+    assert {key for key in keys if not re.search(rf"[`.]{key}[`.:]", DOCS)} == set()
