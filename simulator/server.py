@@ -44,7 +44,6 @@ WATCH_INTERVAL_SECONDS = 0.2
 CMD_LINE_LIMIT = 8191  # cmd.exe, which runs every command unless WINRS_SKIP_CMD_SHELL=TRUE
 CREATE_PROCESS_LIMIT = 32767  # CreateProcessW lpCommandLine, including the NUL, when cmd.exe is skipped
 TOO_LONG = CommandOutput(stdout_chunks=[], stderr=b"The command line is too long.\r\n", exit_code=1)
-FILE_NOT_FOUND = 2147942402  # 0x80070002: WINRS_SKIP_CMD_SHELL with a program that is not an absolute path
 FILENAME_TOO_LONG = 2147942606  # 0x800700CE ERROR_FILENAME_EXCED_RANGE from CreateProcess (our guess at the fault)
 E_FAIL = 2147500037  # 0x80004005 "Unspecified error": run() of a host broke
 RUN_WORKERS = 16
