@@ -183,3 +183,21 @@ def test_every_web_config_key_is_in_the_docs():
 
     keys = webconfig._TOP_KEYS | webconfig._TLS_KEYS | webconfig._HTTP_KEYS
     assert {key for key in keys if not re.search(rf"[`.]{key}[`.:]", DOCS)} == set()
+
+
+def _returned_texts(module_path: str, function: str) -> set[str]:
+    tree = ast.parse((ROOT / module_path).read_text(encoding="utf-8"))
+    body = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function)
+    return {n.value.value for n in ast.walk(body) if isinstance(n, ast.Return) and isinstance(n.value, ast.Constant)}
+
+
+def test_every_eems_fetch_reason_and_endpoint_result_has_its_runbook_row():
+    """The other `reason` labels: exchange_eems_fetch_errors / last_error_info (ExchangeEEMSFetchErrors' table)
+    and exchange_eems_endpoint_result_info (ExchangeEEMSEndpointUnreachable's table; `ok` is no failure)."""
+    from exporter.eems_log import FETCH_ERROR_REASONS
+
+    endpoint = _returned_texts("exporter/interpret.py", "_endpoint_reason")
+    assert {"ok", "timeout", "proxy_auth_required"} <= endpoint
+    assert set(FETCH_ERROR_REASONS) - _first_cells(_section(RUNBOOKS, "ExchangeEEMSFetchErrors")) == set()
+    assert endpoint - {"ok"} - _first_cells(_section(RUNBOOKS, "ExchangeEEMSEndpointUnreachable")) == set()
+    assert {r for r in endpoint | set(FETCH_ERROR_REASONS) if f"`{r}`" not in METRICS_DOC} == set()
