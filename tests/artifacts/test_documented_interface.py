@@ -201,3 +201,16 @@ def test_every_eems_fetch_reason_and_endpoint_result_has_its_runbook_row():
     assert set(FETCH_ERROR_REASONS) - _first_cells(_section(RUNBOOKS, "ExchangeEEMSFetchErrors")) == set()
     assert endpoint - {"ok"} - _first_cells(_section(RUNBOOKS, "ExchangeEEMSEndpointUnreachable")) == set()
     assert {r for r in endpoint | set(FETCH_ERROR_REASONS) if f"`{r}`" not in METRICS_DOC} == set()
+
+
+def test_every_part_the_collector_can_be_blind_to_has_a_runbook_row():
+    """ExchangeCollectorBlind fires per `part`; its runbook's first table says which alerts are off for each. The
+    parts are the collection script's `Fail` parts (service_key counts as service) and `parse` (a field of the
+    wrong type)."""
+    script = (ROOT / "exporter" / "scripts" / "collect_server.ps1").read_text(encoding="utf-8")
+    named = re.findall(r"\bFail '(\w+)'", script) + re.findall(r"\bpart='(\w+)'", script)  # and its own records
+    parts = {"service" if p == "service_key" else p for p in named} | {"parse"}
+    assert {"build", "events", "log", "service", "endpoint"} <= parts
+    section = _section(RUNBOOKS, "ExchangeCollectorBlind")
+    first_table = section[:section.index("\n\n", section.index("| `part` |"))]
+    assert parts - _first_cells(first_table) == set()
