@@ -214,3 +214,20 @@ def test_every_part_the_collector_can_be_blind_to_has_a_runbook_row():
     section = _section(RUNBOOKS, "ExchangeCollectorBlind")
     first_table = section[:section.index("\n\n", section.index("| `part` |"))]
     assert parts - _first_cells(first_table) == set()
+
+
+def test_every_alert_the_docs_name_exists():
+    """tests/artifacts/test_rules.py checks each alert is documented; this is the other way: no doc, example or
+    dashboard names an alert the rule file does not have (a renamed one, a warning twin that is gone)."""
+    import yaml
+
+    rules = yaml.safe_load((ROOT / "alerts" / "exchange-eems.rules.yml").read_text(encoding="utf-8"))
+    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"] if "alert" in rule}
+    shape = re.compile(r"\bExchange(?:EEMS|Build|Product|Exporter|Collector|Catalog|Organization|Monitoring)[A-Za-z]+")
+    places = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md")),
+              *sorted((ROOT / "dashboards").glob("*.json")), *sorted(p for p in (ROOT / "examples").rglob("*.y*ml"))]
+    # Microsoft's names of the same shape: microsoft/Get-ExchangeBuildNumber, ExchangeBuildNumbers.csv, HealthChecker's
+    # Get-ExchangeBuildVersionInformation.
+    theirs = {"ExchangeBuildNumber", "ExchangeBuildNumbers", "ExchangeBuildVersionInformation"}
+    named = {(path.name, name) for path in places for name in shape.findall(path.read_text(encoding="utf-8"))}
+    assert {(place, name) for place, name in named if name not in alerts | theirs} == set()
