@@ -157,7 +157,7 @@ def test_every_make_target_is_documented_and_every_documented_one_exists():
     targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, re.M))
     assert set(re.search(r"^\.PHONY: (.*)$", makefile, re.M).group(1).split()) == targets, ".PHONY is not the targets"
     named = set(re.findall(r"(?:^|`)make ([a-z][a-z-]*)", DOCS, re.M))
-    assert targets - named == set(), "make targets the README does not name"
+    assert targets - named == set(), "make targets the docs do not name"
     assert named - targets == set(), "the docs name make targets the Makefile does not have"
 
 
