@@ -157,7 +157,7 @@ def test_every_make_target_is_documented_and_every_documented_one_exists():
     targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, re.M))
     assert set(re.search(r"^\.PHONY: (.*)$", makefile, re.M).group(1).split()) == targets, ".PHONY is not the targets"
     named = set(re.findall(r"(?:^|`)make ([a-z][a-z-]*)", DOCS, re.M))
-    assert targets - named == set(), "make targets the README does not name"
+    assert targets - named == set(), "make targets the docs do not name"
     assert named - targets == set(), "the docs name make targets the Makefile does not have"
 
 
@@ -183,3 +183,51 @@ def test_every_web_config_key_is_in_the_docs():
 
     keys = webconfig._TOP_KEYS | webconfig._TLS_KEYS | webconfig._HTTP_KEYS
     assert {key for key in keys if not re.search(rf"[`.]{key}[`.:]", DOCS)} == set()
+
+
+def _returned_texts(module_path: str, function: str) -> set[str]:
+    tree = ast.parse((ROOT / module_path).read_text(encoding="utf-8"))
+    body = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function)
+    return {n.value.value for n in ast.walk(body) if isinstance(n, ast.Return) and isinstance(n.value, ast.Constant)}
+
+
+def test_every_eems_fetch_reason_and_endpoint_result_has_its_runbook_row():
+    """The other `reason` labels: exchange_eems_fetch_errors / last_error_info (ExchangeEEMSFetchErrors' table)
+    and exchange_eems_endpoint_result_info (ExchangeEEMSEndpointUnreachable's table; `ok` is no failure)."""
+    from exporter.eems_log import FETCH_ERROR_REASONS
+
+    endpoint = _returned_texts("exporter/interpret.py", "_endpoint_reason")
+    assert {"ok", "timeout", "proxy_auth_required"} <= endpoint
+    assert set(FETCH_ERROR_REASONS) - _first_cells(_section(RUNBOOKS, "ExchangeEEMSFetchErrors")) == set()
+    assert endpoint - {"ok"} - _first_cells(_section(RUNBOOKS, "ExchangeEEMSEndpointUnreachable")) == set()
+    assert {r for r in endpoint | set(FETCH_ERROR_REASONS) if f"`{r}`" not in METRICS_DOC} == set()
+
+
+def test_every_part_the_collector_can_be_blind_to_has_a_runbook_row():
+    """ExchangeCollectorBlind fires per `part`; its runbook's first table says which alerts are off for each. The
+    parts are the collection script's `Fail` parts (service_key counts as service) and `parse` (a field of the
+    wrong type)."""
+    script = (ROOT / "exporter" / "scripts" / "collect_server.ps1").read_text(encoding="utf-8")
+    named = re.findall(r"\bFail '(\w+)'", script) + re.findall(r"\bpart='(\w+)'", script)  # and its own records
+    parts = {"service" if p == "service_key" else p for p in named} | {"parse"}
+    assert {"build", "events", "log", "service", "endpoint"} <= parts
+    section = _section(RUNBOOKS, "ExchangeCollectorBlind")
+    first_table = section[:section.index("\n\n", section.index("| `part` |"))]
+    assert parts - _first_cells(first_table) == set()
+
+
+def test_every_alert_the_docs_name_exists():
+    """tests/artifacts/test_rules.py checks each alert is documented; this is the other way: no doc, example or
+    dashboard names an alert the rule file does not have (a renamed one, a warning twin that is gone)."""
+    import yaml
+
+    rules = yaml.safe_load((ROOT / "alerts" / "exchange-eems.rules.yml").read_text(encoding="utf-8"))
+    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"] if "alert" in rule}
+    shape = re.compile(r"\bExchange(?:EEMS|Build|Product|Exporter|Collector|Catalog|Organization|Monitoring)[A-Za-z]+")
+    places = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md")),
+              *sorted((ROOT / "dashboards").glob("*.json")), *sorted(p for p in (ROOT / "examples").rglob("*.y*ml"))]
+    # Microsoft's names of the same shape: microsoft/Get-ExchangeBuildNumber, ExchangeBuildNumbers.csv, HealthChecker's
+    # Get-ExchangeBuildVersionInformation.
+    theirs = {"ExchangeBuildNumber", "ExchangeBuildNumbers", "ExchangeBuildVersionInformation"}
+    named = {(path.name, name) for path in places for name in shape.findall(path.read_text(encoding="utf-8"))}
+    assert {(place, name) for place, name in named if name not in alerts | theirs} == set()
