@@ -61,13 +61,15 @@ def authentication(module: ModuleConfig, hostname: str):
 
 def request_timeouts(module: ModuleConfig, deadline: float, minimum: float) -> tuple[int, float]:
     """(OperationTimeout for the envelope, socket read timeout) for a request sent now; OutOfTime (`timeout`)
-    when less than `minimum` seconds are left before `deadline`."""
+    when less than `minimum` seconds are left before `deadline`. Both are the module's `operation_timeout` and
+    `read_timeout`, cut to the time left; the read timeout stays above the OperationTimeout, since a Receive
+    is held by the server up to it."""
     remaining = deadline - time.monotonic()
     if remaining < minimum:
         raise OutOfTime(f"the server's answers took the poll's time (poll.timeout): {max(0.0, remaining):.1f} s "
                         "left, too little for the next request")
     operation = max(1, min(int(module.operation_timeout), int(remaining) - 1))
-    return operation, operation + 1.0
+    return operation, min(module.read_timeout, max(remaining, operation + 1.0))
 
 
 class Link:
