@@ -11,7 +11,7 @@ KERBEROS_PROGRAMS := /usr/sbin/krb5kdc /usr/sbin/kadmin.local /usr/sbin/kdb5_uti
 SYSTEM_PACKAGES := prometheus prometheus-alertmanager systemd chromium chromium-driver
 SYSTEM_PROGRAMS := promtool prometheus amtool prometheus-alertmanager systemd-analyze chromium chromedriver
 
-.PHONY: demo demo-kerberos demo-psrp demo-stack dist test check bench soak lint install system-deps kerberos-deps clean rules lock
+.PHONY: demo demo-kerberos demo-psrp demo-stack dist test check bench soak install system-deps kerberos-deps clean rules lock
 
 $(STAMP): pyproject.toml simulator/pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -16,7 +16,6 @@ start to load event, median of 3). Also the memory the last polls' raw outputs t
 from __future__ import annotations
 
 import argparse
-import gzip
 import http.client
 import json
 import os

@@ -20,7 +20,6 @@ from pathlib import Path
 from .kdc import Kdc, KdcError, install_packages, missing_programs
 from .scenario import Scenario
 
-DEFAULT_LIFETIME_SECONDS = 10 * 3600  # Active Directory's default maximum lifetime for a user ticket
 MIN_LIFETIME_SECONDS = 10
 
 

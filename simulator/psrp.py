@@ -107,6 +107,7 @@ class PoolTable:
 
     def __init__(self) -> None:
         self._pools: dict[str, Pool] = {}
+        self.created = 0  # pools ever opened: whether a client kept its pool or opened new ones
 
     def add(self, pool: Pool, max_pools: int) -> None:
         self.expire()
@@ -114,6 +115,7 @@ class PoolTable:
         if owned >= max_pools:
             raise WsmanFault(2150859173, str(max_pools))
         self._pools[pool.shell_id] = pool
+        self.created += 1
 
     def get(self, shell_id: str) -> Pool:
         self.expire()

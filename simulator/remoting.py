@@ -65,7 +65,6 @@ class Configuration:
     name: str
     path: str  # "/wsman" (the WinRM service) or "/powershell" (Exchange's IIS application)
     kind: str  # "jea" | "powershell" | "exchange"
-    kerberos_only: bool = False
 
     @property
     def resource_uri(self) -> str:
@@ -119,8 +118,7 @@ class Endpoints:
         self.settings = settings
         name = windows_host.server.name.upper()
         configurations = [Configuration("Microsoft.PowerShell", "/wsman", "powershell"),
-                          Configuration("Microsoft.Exchange", "/powershell", "exchange",
-                                        kerberos_only=settings.exchange_kerberos_only)]
+                          Configuration("Microsoft.Exchange", "/powershell", "exchange")]
         if name not in settings.jea_absent:
             configurations.append(Configuration(settings.jea_configuration, "/wsman", "jea"))
         self._configurations = {(c.path, c.name.lower()): c for c in configurations}

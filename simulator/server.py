@@ -44,7 +44,6 @@ WATCH_INTERVAL_SECONDS = 0.2
 CMD_LINE_LIMIT = 8191  # cmd.exe, which runs every command unless WINRS_SKIP_CMD_SHELL=TRUE
 CREATE_PROCESS_LIMIT = 32767  # CreateProcessW lpCommandLine, including the NUL, when cmd.exe is skipped
 TOO_LONG = CommandOutput(stdout_chunks=[], stderr=b"The command line is too long.\r\n", exit_code=1)
-FILE_NOT_FOUND = 2147942402  # 0x80070002: WINRS_SKIP_CMD_SHELL with a program that is not an absolute path
 FILENAME_TOO_LONG = 2147942606  # 0x800700CE ERROR_FILENAME_EXCED_RANGE from CreateProcess (our guess at the fault)
 E_FAIL = 2147500037  # 0x80004005 "Unspecified error": run() of a host broke
 RUN_WORKERS = 16
@@ -365,6 +364,11 @@ class Fleet:
         """PSRP runspace pools open (not yet deleted or expired)."""
         runtimes = self._runtimes.values() if host_name is None else [self._runtime(host_name)]
         return sum(rt.psrp.pools.open_count() for rt in runtimes if rt.psrp is not None)
+
+    def pools_created(self, host_name: str) -> int:
+        """PSRP runspace pools ever opened on one host."""
+        rt = self._runtime(host_name)
+        return rt.psrp.pools.created if rt.psrp is not None else 0
 
     def traffic(self, host_name: str) -> tuple[int, int, int]:
         """(requests, bytes received, bytes sent) of one host so far."""

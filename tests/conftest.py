@@ -6,12 +6,14 @@ each other or with a running `make demo`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import socket
 import subprocess
 import textwrap
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -22,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.catalog import Catalog
 from exporter.config import Config, load_config_text
+from exporter.web import serve
 from simulator.host import Faults, SimulatedHost
 from simulator.scenario import scenario_from_dict
 from simulator.server import Fleet
@@ -205,3 +208,16 @@ def poll_all(poller) -> None:
     poller.poll_organization()
     with ThreadPoolExecutor(poller.runtime.current().config.poll.concurrency) as pool:
         list(pool.map(lambda t: poller.poll_server(t.name), poller.runtime.current().targets.polled))
+
+
+@contextlib.contextmanager
+def serving(exporter, web_config=None) -> Iterator[int]:
+    """`exporter` served on a random loopback port (the port); afterwards the server is shut down, its socket
+    closed and the exporter stopped, however the block ends."""
+    server = serve(exporter, "127.0.0.1", 0, web_config)
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        exporter.stop()

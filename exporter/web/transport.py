@@ -29,7 +29,6 @@ import email.utils
 import gzip
 import logging
 import socket
-import ssl
 import threading
 import time
 from collections import Counter

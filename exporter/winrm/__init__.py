@@ -10,6 +10,7 @@ Who reads each byte a server sends (every one of them under the poll's deadline 
 | module | job |
 |---|---|
 | `client.py` | `ServerConnection`: the shell's life (Create, Command, Receive, Signal, Delete), retries, one deadline |
+| `link.py` | one server's authenticated link for WinRS and PSRP alike: the kept channel, reused only while the server keeps it, it is not idle too long, and its Kerberos ticket outlives the poll |
 | `session.py` | an authenticated connection (`Channel`); the HTTP token handshake; channel binding |
 | `ntlm.py`, `kerberos.py`, `credssp.py`, `basic.py`, `certificate.py` | one authentication each |
 | `tickets.py` | a Kerberos module's own tickets: keytab or password, a MEMORY cache, renewal (python-krb5) |

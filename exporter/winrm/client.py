@@ -1,7 +1,7 @@
 """Run one command on one server over WinRS, within one deadline, leaving nothing behind.
 
 `ServerConnection.run(command, deadline)` is the package's one entry point: it opens (or reuses) an
-authenticated connection, creates a shell, runs the command, reads its output until it is done, and
+authenticated connection (`link.Link`), creates a shell, runs the command, reads its output until it is done, and
 always signals and deletes the shell. It returns the command's output or raises a `PollFailure` with a
 reason class (errors.py). Whatever goes wrong, it returns by `deadline`:
 - every request is cut to what is left; a connection or a shell is not opened with less than
@@ -28,7 +28,6 @@ interval a kept socket would only hold a file descriptor until the next poll fou
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -39,30 +38,22 @@ import tenacity
 from ..config import ModuleConfig
 from ..redact import masking
 from ..scripts import Command
-from . import tls, wsman
-from .basic import Basic
-from .certificate import Certificate
-from .connection import Connection, Endpoint
-from .credssp import CredSSP
+from . import wsman
 from .errors import OPERATION_TIMEOUT, OutOfTime, PollFailure, WSManFault, classify
-from .ntlm import NTLM
-from .session import Channel
+from .link import KEEP_IF_POLLED_WITHIN, MIN_REQUEST_SECONDS, LinkedConnection, request_timeouts
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_REASONS = {"connection_refused", "connection_error", "timeout", "http_error"}
-MIN_REQUEST_SECONDS = 2.0  # to open a connection or a shell: less would only leave a shell to clean up
 MIN_FOLLOW_UP_SECONDS = 0.5  # for Command and Receive
 MIN_CLEANUP_SECONDS = 0.05  # Signal and Delete are tried with whatever is left: a shell left costs more
 MIN_CLEANUP_ESTIMATE_SECONDS = 0.25  # what a cleanup request is reckoned to take at least
-KEEP_IF_POLLED_WITHIN = 90.0  # HTTP.sys's idle connection timeout is about 120 s
 MAX_ORPHANS = 16
 # Asked for at Create: a shell whose ID never reached us (the Create answer was lost) lives this long on the
 # server, not Windows' default of two hours, so it cannot pile up against MaxShellsPerUser.
 SHELL_IDLE_TIMEOUT = "PT120.000S"
 # stderr only ever becomes a 300-character failure message: keep its start, drop the rest as it arrives.
 MAX_STDERR_BYTES = 64 << 10
-USER_AGENT = "exchange-eems-exporter"
 
 
 @dataclass(frozen=True)
@@ -70,39 +61,6 @@ class CommandResult:
     stdout: bytes
     stderr: bytes
     exit_code: int
-
-
-def authentication(module: ModuleConfig, hostname: str):
-    """The authentication of `module` towards the server named `hostname` (its configured name: the SPN and
-    the NTLM target name come from it, never from the address connected to)."""
-    password = module.password.reveal() if module.password else None
-    encrypt = module.scheme == "http"  # over https, TLS protects the messages
-    if module.transport == "ntlm":
-        return NTLM(module.username, password, hostname, encrypt=encrypt)
-    if module.transport == "basic":
-        return Basic(module.username, password)
-    if module.transport == "certificate":
-        return Certificate()
-    if module.transport == "kerberos":
-        from .kerberos import Kerberos  # python-krb5 and python-gssapi: the kerberos extra, only when used
-
-        return Kerberos(module, hostname, encrypt=encrypt)
-    if module.transport == "credssp":
-        return CredSSP(module, hostname, encrypt=encrypt)
-    raise ValueError(f"unknown transport {module.transport!r}")
-
-
-def open_channel(address: Endpoint, module: ModuleConfig, authenticator, *, deadline: float, timeout: float,
-                 max_response_bytes: int) -> Channel:
-    """A new connection to `address`, authenticated (for ServerConnection and psrp.PsrpConnection alike)."""
-    context = tls.context(module) if address.scheme == "https" else None
-    connection = Connection.open(address, context, deadline=deadline, timeout=timeout,
-                                 max_response_bytes=max_response_bytes, user_agent=USER_AGENT)
-    try:
-        return authenticator.open(connection, deadline=deadline, timeout=timeout)
-    except BaseException:
-        connection.close()
-        raise
 
 
 def without_secrets(module: ModuleConfig, failure: PollFailure) -> PollFailure:
@@ -114,59 +72,16 @@ def without_secrets(module: ModuleConfig, failure: PollFailure) -> PollFailure:
     return failure if masked.message == failure.message else masked
 
 
-def request_timeouts(module: ModuleConfig, deadline: float, minimum: float) -> tuple[int, float]:
-    """(OperationTimeout for the envelope, socket read timeout) for a request sent now; OutOfTime (`timeout`)
-    when less than `minimum` seconds are left before `deadline` (for ServerConnection and psrp.PsrpConnection)."""
-    remaining = deadline - time.monotonic()
-    if remaining < minimum:
-        raise OutOfTime(f"the server's answers took the poll's time (poll.timeout): {max(0.0, remaining):.1f} s "
-                        "left, too little for the next request")
-    operation = max(1, min(int(module.operation_timeout), int(remaining) - 1))
-    return operation, operation + 1.0
+class ServerConnection(LinkedConnection):
+    """The WinRS endpoint of one server for one module (link.LinkedConnection: constructor, lock, close)."""
 
-
-class ServerConnection:
-    """The WinRM endpoint of one server for one module. Not thread-safe for its callers' sake: a lock runs
-    one command at a time (the poller polls one server at a time anyway)."""
-
-    def __init__(self, endpoint: str, module: ModuleConfig, *, max_response_bytes: int, max_poll_bytes: int,
-                 server_name: str | None = None, clock: Callable[[], float] = time.monotonic):
-        self.endpoint = endpoint
-        self.module = module
-        self.max_response_bytes = max_response_bytes
-        self.max_poll_bytes = max_poll_bytes
-        self._address = Endpoint.parse(endpoint)
-        self._server_name = server_name or self._address.host
-        self._clock = clock
-        self._authentication = None  # built at the first poll: NTLM derives the password's hashes there
-        self._channel: Channel | None = None
+    def __init__(self, endpoint: str, module: ModuleConfig, **options):
+        super().__init__(endpoint, module, **options)
         self._orphans: list[str] = []  # shells whose Delete failed: deleted at the next poll that connects
         self._last_start: float | None = None
         self._quickest = 0.0  # the quickest request of the current poll (0: none yet), what cleanup is reckoned at
-        self._lock = threading.Lock()
 
-    # ------------------------------------------------------------ connection
-
-    def _open(self, deadline: float) -> Channel:
-        """The kept channel if it is still good, else a new connection, authenticated."""
-        channel = self._channel
-        if channel is not None:
-            idle = time.monotonic() - channel.connection.last_used
-            lasts = channel.valid_until is None or channel.valid_until > deadline  # a ticket must outlive the poll
-            if idle < KEEP_IF_POLLED_WITHIN and lasts and not channel.connection.dropped():
-                return channel
-            self.close()  # the server will have closed it, or did: authenticate anew, no request wasted
-        timeout = request_timeouts(self.module, deadline, MIN_REQUEST_SECONDS)[1]
-        if self._authentication is None:
-            self._authentication = authentication(self.module, self._server_name)
-        self._channel = open_channel(self._address, self.module, self._authentication, deadline=deadline,
-                                     timeout=timeout, max_response_bytes=self.max_response_bytes)
-        return self._channel
-
-    def close(self) -> None:
-        if self._channel is not None:
-            self._channel.connection.close()
-            self._channel = None
+    # ------------------------------------------------------------ requests
 
     def _exchange(self, message: Callable[[int], bytes], deadline: float, *, cleanup_requests: int = 0,
                   waits: bool = False, opens_shell: bool = False, cleanup: bool = False) -> bytes:
@@ -174,8 +89,8 @@ class ServerConnection:
         the poll's quickest request. A message that `waits` (Receive: the server holds it until there is
         output, up to OperationTimeout) does not count towards how long a request takes."""
         deadline -= cleanup_requests * max(self._quickest, MIN_CLEANUP_ESTIMATE_SECONDS)
-        kept, started = self._channel, time.monotonic()
-        channel = self._open(deadline)
+        kept, started = self._link.channel, time.monotonic()
+        channel = self._link.open(deadline)
         if channel is not kept:  # connected and authenticated now: each handshake request is one round trip
             self._took((time.monotonic() - started) / max(1, channel.connection.requests))
         minimum = MIN_REQUEST_SECONDS if opens_shell else MIN_CLEANUP_SECONDS if cleanup else MIN_FOLLOW_UP_SECONDS

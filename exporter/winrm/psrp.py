@@ -15,8 +15,9 @@ module's session configuration (MS-PSRP over WS-Management, MS-PSRP 3.1.5.3):
 - any other configuration (full language, e.g. Microsoft.PowerShell): the script itself.
 
 The protocol's state is psrpcore's (`ClientRunspacePool`, `ClientPowerShell`: public API, no I/O); the bytes
-travel over this package's authenticated `Channel`, so PSRP gets the WinRS path's deadline, size bounds,
-authentication and trust (no proxy or CA from the environment). Every fragment is checked by
+travel over the same authenticated link as WinRS (`link.Link`), so PSRP gets the WinRS path's deadline, size
+bounds, authentication, trust (no proxy or CA from the environment) and channel renewal (a kept channel is
+authenticated anew before a poll its Kerberos ticket would not outlive; the kept pool is reached from the new one). Every fragment is checked by
 `psrp_fragments.FragmentReader` before psrpcore parses it. With `keep_runspace` the pool stays open between
 polls (one `wsmprovhost.exe` on the server per exporter, instead of a `powershell.exe` per poll): an
 invocation then costs a Command and its Receives.
@@ -29,7 +30,6 @@ import binascii
 import json
 import logging
 import re
-import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -43,14 +43,11 @@ from ..config import ModuleConfig
 from ..scripts import ORGANIZATION_MARKER, SERVER_MARKER, Command
 from ..windows_endpoint import FUNCTION_NAME, PARAMETERS, VERSION_PREFIX, endpoint_version, update_command
 from . import wsman
-from .client import (
-    MIN_FOLLOW_UP_SECONDS, MIN_REQUEST_SECONDS, CommandResult, authentication, open_channel, request_timeouts,
-    without_secrets,
-)
+from .client import MIN_FOLLOW_UP_SECONDS, CommandResult, without_secrets
 from .connection import Endpoint
 from .errors import OPERATION_TIMEOUT, AuthenticationRejected, PollFailure, WSManFault, classify
+from .link import MIN_REQUEST_SECONDS, LinkedConnection, request_timeouts
 from .psrp_fragments import FragmentReader
-from .session import Channel
 
 log = logging.getLogger(__name__)
 
@@ -84,22 +81,12 @@ class _Pool:
     last_used: float
 
 
-class PsrpConnection:
+class PsrpConnection(LinkedConnection):
     """The PowerShell remoting endpoint of one server for one module (`protocol: psrp`)."""
 
-    def __init__(self, endpoint: str, module: ModuleConfig, *, max_response_bytes: int, max_poll_bytes: int,
-                 server_name: str | None = None, clock: Callable[[], float] = time.monotonic):
-        self.endpoint = endpoint
-        self.module = module
-        self.max_response_bytes = max_response_bytes
-        self.max_poll_bytes = max_poll_bytes
-        self._address = replace(Endpoint.parse(endpoint), path="/" + module.path)
-        self._server_name = server_name or self._address.host
-        self._clock = clock
-        self._authentication = None
-        self._channel: Channel | None = None
+    def __init__(self, endpoint: str, module: ModuleConfig, **options):
+        super().__init__(endpoint, module, **options)
         self._pool: _Pool | None = None
-        self._lock = threading.Lock()
         self._configuration = module.configuration_name
         self._selects = True  # Exchange's endpoint: pipe into Select-Object, until it says it has none
 
@@ -125,7 +112,7 @@ class PsrpConnection:
             finally:
                 if not self.module.keep_runspace:
                     self._drop_pool(deadline)
-                    self._close_channel()
+                    self._link.close()
 
     def _run(self, script: str, deadline: float) -> CommandResult:
         statements, answer = self._plan(script)
@@ -141,17 +128,16 @@ class PsrpConnection:
             raise
         return answer(outputs, errors, failure)
 
+    def _address(self, endpoint: str) -> Endpoint:
+        """The module's `path`: /wsman for a JEA or PowerShell configuration, /PowerShell for Exchange's."""
+        return replace(Endpoint.parse(endpoint), path="/" + self.module.path)
+
     def close(self) -> None:
         """Delete a kept pool (its wsmprovhost.exe would otherwise wait out POOL_IDLE_TIMEOUT), then the
         connection. The Delete gets CLOSE_SECONDS at most: a stuck server cannot hold up a reload."""
         if self._pool is not None:
             self._drop_pool(time.monotonic() + CLOSE_SECONDS)
-        self._close_channel()
-
-    def _close_channel(self) -> None:
-        if self._channel is not None:
-            self._channel.connection.close()
-            self._channel = None
+        self._link.close()
 
     # ------------------------------------------------------------ what to run for which script
 
@@ -333,25 +319,14 @@ class PsrpConnection:
         except Exception as error:
             log.info("could not delete runspace pool on %s (left to its idle timeout): %s", self.endpoint,
                      classify(error).message)
-            self._close_channel()
+            self._link.close()
 
     # ------------------------------------------------------------ requests (as client.py sends them)
-
-    def _open(self, deadline: float) -> Channel:
-        if self._channel is not None and not self._channel.connection.dropped():
-            return self._channel
-        self._close_channel()
-        timeout = request_timeouts(self.module, deadline, MIN_REQUEST_SECONDS)[1]
-        if self._authentication is None:
-            self._authentication = authentication(self.module, self._server_name)
-        self._channel = open_channel(self._address, self.module, self._authentication, deadline=deadline,
-                                     timeout=timeout, max_response_bytes=self.max_response_bytes)
-        return self._channel
 
     def _exchange(self, message: Callable[[int], bytes], deadline: float, *, waits: bool = False,
                   opens: bool = False) -> bytes:
         try:
-            channel = self._open(deadline)
+            channel = self._link.open(deadline)
             # a Receive is held by the server up to its OperationTimeout: it must come back before the deadline
             operation, timeout = request_timeouts(self.module, deadline,
                                                   MIN_REQUEST_SECONDS if opens or waits else MIN_FOLLOW_UP_SECONDS)

@@ -9,10 +9,9 @@ import urllib.request
 import pytest
 
 from exporter.exporter import Exporter
-from exporter.web import serve
 
 
-from ..conftest import SimulatedFleet, demo_scenario, poll_all, relocate, samples
+from ..conftest import SimulatedFleet, demo_scenario, poll_all, relocate, samples, serving
 
 
 
@@ -32,13 +31,11 @@ def demo():
 
         exporter = Exporter(fleet.config(), Catalog.load())
         poll_all(exporter.poller)
-        server = serve(exporter, "127.0.0.1", 0, None)
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
-            text = response.read().decode()
-        yield fleet, exporter, url, text
-        server.shutdown()
-        exporter.stop()
+        with serving(exporter) as port:
+            url = f"http://127.0.0.1:{port}"
+            with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+                text = response.read().decode()
+            yield fleet, exporter, url, text
 
 
 def test_every_demo_server_is_reported(demo):

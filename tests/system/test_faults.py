@@ -14,10 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.catalog import Catalog
 from exporter.exporter import Exporter
-from exporter.web import serve
 from simulator.host import Faults
 
-from ..conftest import SimulatedFleet, poll_all, relocate, wait_until
+from ..conftest import SimulatedFleet, poll_all, relocate, serving, wait_until
 
 SE = "15.2.2562.53"
 SCENARIO = {
@@ -57,12 +56,10 @@ def rig():
         from pathlib import Path
 
         exporter = Exporter(load_config_text(text, Path(".")), Catalog.load())
-        server = serve(exporter, "127.0.0.1", 0, None)
-        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
-        poll_all(exporter.poller)
-        yield fleet, exporter, url
-        server.shutdown()
-        exporter.stop()
+        with serving(exporter) as port:
+            url = f"http://127.0.0.1:{port}/metrics"
+            poll_all(exporter.poller)
+            yield fleet, exporter, url
 
 
 def _set_fault(fleet: SimulatedFleet, protocol: dict, output: dict) -> None:

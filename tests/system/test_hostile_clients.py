@@ -30,7 +30,7 @@ from exporter.web import serve
 from exporter.web.transport import MAX_PINNED_BYTES, REQUEST_DEADLINE_SECONDS
 from exporter.webconfig import WebConfig, WebConfigError, WebConfigWatcher
 
-from ..conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, minimal_config, relocate, wait_until
+from ..conftest import PASSWORD_ENV, USERNAME, SimulatedFleet, minimal_config, relocate, wait_until
 
 ATTACKER, VISITOR = "127.0.0.1", "127.0.0.2"
 

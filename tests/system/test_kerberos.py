@@ -436,6 +436,35 @@ def test_when_the_kdc_stops_the_held_tickets_serve_until_they_expire(kdc_factory
             poller.stop()
 
 
+
+def test_a_kept_runspace_pool_never_polls_past_its_ticket(kdc_factory, tmp_path):
+    """protocol psrp to Exchange's /PowerShell (Kerberos only, as real Exchange) with keep_runspace, tickets of
+    10 seconds and a poll every 2 seconds for 2.5 lifetimes, closer than any idle limit: the channel is
+    authenticated again, with a service ticket from a later TGT, before a poll its ticket would not outlive, so
+    no poll fails (a kept channel past its ticket's end failed: MIT's GSSAPI refuses to seal with the expired
+    context, the exporter's as the listener's); and the runspace pool, which belongs to the account and not to
+    the connection, is kept across those channels (the simulator checks the pool's owner, as Windows does;
+    reaching a kept pool from a new connection of the same account is UNCONFIRMED on real Windows)."""
+    for domain in _domain(kdc_factory, tmp_path, lifetime=LIFETIME):
+        config = domain.config(tmp_path, organization=True, protocol="psrp", configuration_name="Microsoft.Exchange",
+                               keep_runspace=True)
+        config["poll"]["timeout"] = "5s"  # no longer than half a ticket's life: a fresh channel outlives a poll
+        poller = domain.poller(tmp_path, config)
+        try:
+            started = time.monotonic()
+            outcomes = []
+            while time.monotonic() - started < 2.5 * LIFETIME:
+                outcome = poller.poll_organization().outcome
+                outcomes.append("ok" if outcome.success else f"{outcome.error_reason}: {outcome.error_message}")
+                let_time_pass_until(time.monotonic() + 2)
+            assert outcomes == ["ok"] * len(outcomes), outcomes
+            tgts = set(re.findall(r"TGS_REQ .*ISSUE: authtime (\d+).* for HTTP/ex01\.contoso\.test@",
+                                  domain.kdc.log_file.read_text()))
+            assert len(tgts) >= 3, tgts  # a service ticket from each of at least three TGTs: new channels
+            assert domain.fleet.fleet.pools_created("EX01") == 1  # one runspace pool served every poll
+        finally:
+            poller.stop()
+
 @pytest.mark.parametrize("delegation", [True, False])
 def test_the_organization_collector_needs_a_delegated_ticket(kdc_factory, tmp_path, delegation):
     """double_hop: the Exchange cmdlets reach Active Directory only from a logon holding a forwarded TGT."""

@@ -25,11 +25,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.catalog import Catalog
 from exporter.config import load_config_text
 from exporter.exporter import Exporter
-from exporter.web import alerts, pages, serve
+from exporter.web import alerts, pages
 from exporter.web.fleet import FleetRows
 from exporter.web.pages import STATES
 
-from ..conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, demo_scenario, poll_all, relocate
+from ..conftest import (PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, demo_scenario, poll_all, relocate,
+                        serving)
 from .hostile_server import HostileServer, Output
 from .test_secrets import assert_no_secret, leak_forms
 
@@ -59,11 +60,8 @@ def demo():
     with SimulatedFleet(relocate(demo_scenario())) as fleet:
         exporter = Exporter(fleet.config(timeout="20s"), Catalog.load())
         poll_all(exporter.poller)
-        server = serve(exporter, "127.0.0.1", 0, None)
-        yield fleet, exporter, server.server_address[1]
-        server.shutdown()
-        server.server_close()
-        exporter.stop()
+        with serving(exporter) as port:
+            yield fleet, exporter, port
 
 
 def rows(page: str) -> list[tuple[str, str]]:
@@ -227,13 +225,8 @@ def served_hostile(output: Output, commands: list | None = None):
                "servers": [{"name": "EVIL01", "address": "127.0.0.1", "port": hostile.port}]}
         exporter = Exporter(load_config_text(yaml.safe_dump(doc), Path(".")), Catalog.load())
         exporter.poller.poll_server("EVIL01")
-        server = serve(exporter, "127.0.0.1", 0, None)
-        try:
-            yield server.server_address[1]
-        finally:
-            server.shutdown()
-            server.server_close()
-            exporter.stop()
+        with serving(exporter) as port:
+            yield port
 
 
 @pytest.mark.parametrize("output", [

@@ -21,11 +21,10 @@ import yaml
 from exporter.catalog import Catalog
 from exporter.config import load_config
 from exporter.exporter import Exporter
-from exporter.web import serve
 from simulator.host import Faults
 
 from ..conftest import (
-    PASSWORD, PASSWORD_ENV, SimulatedFleet, free_port, poll_all, relocate, samples, stop_process,
+    PASSWORD, PASSWORD_ENV, SimulatedFleet, free_port, poll_all, relocate, samples, serving, stop_process,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,13 +85,8 @@ def fleet():
 def served(path: Path):
     """An exporter loaded from `path`, served on a random loopback port: (exporter, base URL)."""
     exporter = Exporter(load_config(path), Catalog.load())
-    server = serve(exporter, "127.0.0.1", 0, None)
-    try:
-        yield exporter, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        exporter.stop()
+    with serving(exporter) as port:
+        yield exporter, f"http://127.0.0.1:{port}"
 
 
 def test_reload_over_http(fleet, tmp_path):

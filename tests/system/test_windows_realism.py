@@ -370,10 +370,6 @@ def knob_servers() -> list[dict]:
     return servers
 
 
-def knob_of(server: str) -> str:
-    return list(KNOBS)[int(server[1:3])]
-
-
 @pytest.fixture(scope="module")
 def alerts(tmp_path_factory):
     """Every knob server polled once, served on loopback, scraped by Prometheus that evaluates the shipped

@@ -27,7 +27,7 @@ import pytest
 import tree_sitter_powershell
 from tree_sitter import Language, Node, Parser
 
-from exporter import scripts, windows_endpoint
+from exporter import windows_endpoint
 from simulator import language as simulated
 
 from .test_script_grammar import variants

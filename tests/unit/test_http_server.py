@@ -31,7 +31,7 @@ from exporter.exporter import Exporter
 from exporter.web import serve
 from exporter.webconfig import WebConfigWatcher
 
-from ..conftest import PASSWORD, SimulatedFleet, poll_all, relocate, samples
+from ..conftest import PASSWORD, SimulatedFleet, poll_all, relocate, samples, serving
 from ..pki import issue, write
 
 WRONG_PASSWORD_ENV = "EEMS_TEST_WRONG_PASSWORD"
@@ -97,11 +97,8 @@ def rig(fleet):
     """An exporter that has polled every server once, served on a random loopback port."""
     exporter = Exporter(exporter_config(fleet), Catalog.load())
     poll_all(exporter.poller)
-    server = serve(exporter, "127.0.0.1", 0, None)
-    yield fleet, exporter, server.server_address[1]
-    server.shutdown()
-    server.server_close()
-    exporter.stop()
+    with serving(exporter) as port:
+        yield fleet, exporter, port
 
 
 # ---------------------------------------------------------------- /probe safety

@@ -29,7 +29,8 @@ ORGANIZATION = powershell_command(organization_script())
 
 def scenario(role_capability: Path, **remoting) -> dict:
     """Three servers; Exchange's /PowerShell opened to NTLM (`kerberos_only: false`) unless a test says otherwise:
-    test_exchange_endpoint_over_kerberos runs it as real Exchange does, Kerberos only, with a real KDC."""
+    test_exchange_endpoint_over_kerberos_and_the_reason_over_ntlm runs it as real Exchange does, Kerberos only, with
+    a real KDC."""
     servers = [{"name": "EX01", "build": SE}, {"name": "EX02", "build": "15.2.1544.4", "locale": "de-DE"},
                {"name": "EX03", "build": "15.1.2507.6", "mitigations": {"applied": ["M1.1"], "blocked": ["PING1"]}}]
     for server in servers:
