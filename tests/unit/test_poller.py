@@ -130,7 +130,7 @@ def test_a_scheduled_poll_that_waits_for_its_server_still_gets_the_whole_timeout
     """The organization collector runs on one of the servers: due while that server's own poll runs, it waits
     for it (one poll per server). The wait is the exporter's doing, not a slow server: the organization's
     3 s script still has poll.timeout (5 s) once the server is free, and so has a server poll that waits for
-    the organization. (It used to spend the wait too, and failed with `timeout` after 2 s of its script.)"""
+    the organization. (It used to spend the wait too: `timeout`, "1.8 s left, too little for the next request".)"""
     name = "EX1"
     with SimulatedFleet(scenario([name], runtime=3.0, organization=True)) as fleet:
         poller = poller_for(fleet, catalog, ManualClock(), organization=True)
