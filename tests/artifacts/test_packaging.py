@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import tarfile
 import tomllib
 import zipfile
@@ -53,3 +54,23 @@ def test_make_dist_builds_an_sdist_and_a_wheel_of_the_exporter_only_that_twine_a
     with tarfile.open(sdist) as archive:
         top = {Path(m.name).parts[1] for m in archive.getmembers() if len(Path(m.name).parts) > 1}
     assert "simulator" not in top and {"exporter", "LICENSE", "README.md", "pyproject.toml"} <= top
+
+
+def _data_files(package: str) -> set[str]:
+    """The files of `package` that are not Python: what its wheel must carry for the code that reads them."""
+    listed = subprocess.run(["git", "ls-files", package], cwd=ROOT, capture_output=True, text=True, check=True)
+    return {name for name in listed.stdout.split() if not name.endswith(".py") and not name.endswith("pyproject.toml")}
+
+
+def test_each_wheel_carries_every_data_file_its_package_reads(tmp_path):
+    """A file the code reads through importlib.resources but missing from package-data works in a clone (an
+    editable install reads the tree) and fails in an installed wheel: simulator/data/core_types.txt was left out
+    of the simulator's wheel, so its Constrained Language Mode could not start there."""
+    for source, package in ((ROOT, "exporter"), (ROOT / "simulator", "simulator")):
+        out = tmp_path / package
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                        "--wheel-dir", str(out), str(source)], check=True, capture_output=True, timeout=300)
+        (wheel,) = out.glob("*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            names = set(archive.namelist())
+        assert _data_files(package) - names == set(), f"{package}'s wheel lacks these files"
