@@ -234,13 +234,6 @@ def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-def _wait_until(condition, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def raw_exchange(port: int, data: bytes, timeout: float = 5.0, source: str = VISITOR) -> bytes:
     """Send raw bytes, read until the server closes (or `timeout` passes); returns what arrived."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0)) as sock:
@@ -341,7 +334,7 @@ def test_password_guessers_do_not_delay_a_scrape_whose_credential_is_cached(tmp_
         guessers = subprocess.Popen([sys.executable, "-c", GUESSER, str(port), "60"], stdout=subprocess.PIPE,
                                     text=True)
         assert guessers.stdout.readline().strip() == "started"
-        _wait_until(lambda: server.connections >= 30, what="the guessers to connect")
+        wait_until(lambda: server.connections >= 30, 10, "the guessers to connect", every=0.02)
         slowest = max(_get(port, "/metrics", headers=authorization)[2] for _ in range(5))
     finally:
         if guessers is not None:
@@ -374,8 +367,8 @@ def test_a_probe_spelled_otherwise_does_not_hold_the_metrics_workers(path):
                 sock = socket.create_connection(("127.0.0.1", port), source_address=(ATTACKER, 0))
                 sock.sendall(request)
                 attackers.append(sock)
-            _wait_until(lambda: fleet.fleet.request_count("HANG1") >= 1 or any(map(_answered, attackers)),
-                        what="a probe to start, or the requests to be answered")
+            wait_until(lambda: fleet.fleet.request_count("HANG1") >= 1 or any(map(_answered, attackers)), 10,
+                       "a probe to start, or the requests to be answered", every=0.02)
             status, _, seconds = _get(port, "/metrics")
         finally:
             for sock in attackers:
@@ -437,7 +430,7 @@ def test_idle_connections_make_room_for_a_new_client_at_the_cap(guarded, monkeyp
     attackers = [socket.create_connection(("127.0.0.1", port), source_address=(f"127.0.1.{1 + i % 16}", 0))
                  for i in range(server.max_connections)]
     try:
-        _wait_until(lambda: server.connections >= server.max_connections, what="every slot to be taken")
+        wait_until(lambda: server.connections >= server.max_connections, 10, "every slot to be taken", every=0.02)
         status, _, _ = _get(port, "/metrics", headers={"Authorization": _basic(WEB_USER, WEB_PASSWORD)})
         assert status == 200
     finally:
@@ -476,7 +469,7 @@ def test_clients_that_do_not_read_pin_bounded_memory(distinct):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: exporter\r\n\r\n")
             readers.append(sock)
-        _wait_until(lambda: all(map(_answered, readers)), what="every request to be answered (or cut)")
+        wait_until(lambda: all(map(_answered, readers)), 10, "every request to be answered (or cut)", every=0.02)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         status, received, _ = _get(server.server_address[1], "/metrics")  # a reader that reads still gets it
