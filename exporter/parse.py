@@ -419,24 +419,32 @@ def _culture(value, notes: _Notes) -> RawCulture | None:
 SCRIPT_STAGES = ("build", "service", "events", "log", "endpoint")
 
 
-def _stages(value, notes: _Notes) -> tuple[tuple[str, float], ...]:
-    """The script's Measure-Command seconds per stage; only the known stages (they become label values), each a
-    finite number from 0 to a day."""
+def _per_key(value, notes: _Notes, field: str, keys: tuple[str, ...], valid,
+             kind: str) -> tuple[tuple[str, int | float], ...]:
+    """`field`'s numbers for the known `keys` only (they become label values), each one `valid`; a wrong one is
+    noted as not `kind` and left out."""
     if value is None:
         return ()
     if not isinstance(value, dict):
-        notes.wrong("stages", "an object")
+        notes.wrong(field, "an object")
         return ()
     found = []
-    for stage in SCRIPT_STAGES:
-        seconds = value.get(stage)
-        if seconds is None:
+    for key in keys:
+        number = value.get(key)
+        if number is None:
             continue
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 86400:
-            notes.wrong(f"stages.{stage}", "seconds")
+        if isinstance(number, bool) or not valid(number):
+            notes.wrong(f"{field}.{key}", kind)
             continue
-        found.append((stage, float(seconds)))
+        found.append((key, number))
     return tuple(found)
+
+
+def _stages(value, notes: _Notes) -> tuple[tuple[str, float], ...]:
+    """The script's Measure-Command seconds per stage, each a finite number from 0 to a day."""
+    found = _per_key(value, notes, "stages", SCRIPT_STAGES,
+                     lambda s: isinstance(s, (int, float)) and 0 <= s <= 86400, "seconds")
+    return tuple((stage, float(seconds)) for stage, seconds in found)
 
 
 # The parts the collection script's Fail records errors for, and the most it can meet in one poll.
@@ -446,21 +454,8 @@ MAX_ERROR_COUNT = 1 << 31
 
 def _error_counts(value, notes: _Notes) -> tuple[tuple[str, int], ...]:
     """How many error records the script met per part (it sends the first few of each: review R11)."""
-    if value is None:
-        return ()
-    if not isinstance(value, dict):
-        notes.wrong("error_counts", "an object")
-        return ()
-    found = []
-    for part in ERROR_PARTS:
-        count = value.get(part)
-        if count is None:
-            continue
-        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_ERROR_COUNT:
-            notes.wrong(f"error_counts.{part}", "a count")
-            continue
-        found.append((part, count))
-    return tuple(found)
+    return _per_key(value, notes, "error_counts", ERROR_PARTS,
+                    lambda n: isinstance(n, int) and 0 <= n <= MAX_ERROR_COUNT, "a count")
 
 
 def _utc_offset(minutes: int | None, notes: _Notes) -> int | None:
