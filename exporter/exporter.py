@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from .catalog import Catalog
 from .config import Config, ModuleConfig
 from .exposition import CachedExposition, probe_body
-from .kept_output import KeptOutput
+from .store import KeptOutput
 from .metrics import SelfStatus
 from .model import OrganizationResult, ServerResult
 from .poller import Clock, Poller

@@ -24,7 +24,7 @@ from .. import __version__
 from ..config import ModuleConfig, scheme_problem
 from ..exposition import probe_body
 from ..field_report import raw_text
-from ..kept_output import KeptOutput
+from ..store import KeptOutput
 from ..metrics import SelfStatus, server_families
 from ..model import OrganizationResult, ServerResult
 from ..parse import clixml_to_text

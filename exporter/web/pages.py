@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from ..alert_rules import DEFAULT_RUNBOOK_BASE
 from ..field_report import MAX_RAW_CHARS
-from ..kept_output import KeptOutput
+from ..store import KeptOutput
 from ..model import ServerResult
 from .alerts import Firing
 
