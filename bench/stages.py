@@ -37,7 +37,7 @@ STAGES: tuple[tuple[str, re.Pattern], ...] = tuple(
         ("JSON and output parsing (parse.py)", r"\(json/|\(exporter/parse\.py"),
         ("interpretation (interpret, eems_log, catalog)",
          r"\(exporter/(interpret|eems_log|catalog)\.py"),
-        ("metric rendering (exposition, metrics)", r"\(exporter/(exposition|metrics)\.py|\(prometheus_client/"),
+        ("metric rendering (metrics)", r"\(exporter/metrics\.py|\(prometheus_client/"),
         ("script text (scripts.py)", r"\(exporter/scripts\.py|\(importlib/resources|\(pathlib\.py"),
         ("pywinrm request/reply glue (protocol, transport)", r"\(winrm/"),
         ("retries and deadlines (tenacity)", r"\(tenacity/"),

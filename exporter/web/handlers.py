@@ -22,14 +22,13 @@ from prometheus_client.exposition import choose_encoder
 
 from .. import __version__
 from ..config import ModuleConfig, scheme_problem
-from ..exposition import probe_body
 from ..field_report import raw_text
-from ..store import KeptOutput
-from ..metrics import SelfStatus, server_families
+from ..metrics import SelfStatus, probe_body, server_families
 from ..model import OrganizationResult, ServerResult
 from ..parse import clixml_to_text
 from ..redact import Redactor
 from ..runtime import Target
+from ..store import KeptOutput
 from . import alerts, pages
 from .fleet import FleetRows, samples_of
 from .request import Request
