@@ -29,9 +29,8 @@ import spnego
 
 from ..config import ModuleConfig
 from .connection import Connection
-from .encryption import CREDSSP, MessageSeal
 from .errors import AuthenticationRejected, PollFailure
-from .session import Channel, handshake
+from .session import CREDSSP, Channel, MessageSeal, handshake
 
 MIN_PROTOCOL = 5  # MS-CSSP 2.2.1: 5 and 6 carry the CVE-2018-0886 fix (a nonce in pubKeyAuth)
 

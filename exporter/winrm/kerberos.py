@@ -25,9 +25,8 @@ import spnego.exceptions
 
 from ..config import ModuleConfig
 from .connection import Connection
-from .encryption import SPNEGO, MessageSeal
 from .errors import AuthenticationRejected, PollFailure
-from .session import Channel, channel_bindings, handshake
+from .session import SPNEGO, Channel, MessageSeal, channel_bindings, handshake
 from .tickets import TICKET_EXPIRED, TicketCache, TicketError, explain
 
 _CACHES: weakref.WeakValueDictionary[tuple, TicketCache] = weakref.WeakValueDictionary()
