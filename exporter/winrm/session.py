@@ -158,10 +158,11 @@ def channel_bindings(connection: Connection) -> GssChannelBindings | None:
 
 
 def handshake(connection: Connection, context: spnego.ContextProxy, scheme: str, *, deadline: float,
-              timeout: float, bindings: GssChannelBindings | None) -> None:
+              timeout: float, bindings: GssChannelBindings | None, first_token: bytes | None = None) -> None:
     """Authenticate `connection` by exchanging `context`'s tokens under the `scheme` header (Negotiate,
-    Kerberos, CredSSP) on empty POSTs until the server answers 200."""
-    token = _step(context, None, bindings)
+    Kerberos, CredSSP) on empty POSTs until the server answers 200. `first_token`: the context's first step,
+    when the caller took it (Kerberos: it asks the KDC for the service ticket)."""
+    token = first_token if first_token is not None else _step(context, None, bindings)
     for _ in range(MAX_HANDSHAKE_ROUNDS):
         answer = connection.post(b"", f"Authorization: {scheme} {base64.b64encode(token or b'').decode()}\r\n",
                                  deadline=deadline, timeout=timeout)
