@@ -26,15 +26,9 @@ Libraries are used through their public APIs only: pyspnego (`spnego.client`, `s
 cryptography (the certificate's hash algorithm), certifi (the default trust store) and tenacity (retries).
 """
 
-from .client import CommandResult, ServerConnection
+from .client import CommandResult, ServerConnection, connect
 from .errors import PollFailure
 from .psrp import PsrpConnection
-
-
-def connect(endpoint: str, module, **kwargs) -> ServerConnection | PsrpConnection:
-    """The connection `module.protocol` asks for: WinRS (ServerConnection) or PowerShell remoting (PsrpConnection),
-    both with `run(command, deadline) -> CommandResult` and `close()`."""
-    return (PsrpConnection if module.protocol == "psrp" else ServerConnection)(endpoint, module, **kwargs)
 
 
 __all__ = ["CommandResult", "PollFailure", "PsrpConnection", "ServerConnection", "connect"]

@@ -185,6 +185,16 @@ class LinkedConnection:
         self._link.close()
 
 
+def connect(endpoint: str, module: ModuleConfig, **kwargs) -> LinkedConnection:
+    """The connection `module.protocol` asks for: WinRS (ServerConnection) or PowerShell remoting
+    (psrp.PsrpConnection), both with `run(command, deadline) -> CommandResult` and `close()`."""
+    if module.protocol == "psrp":
+        from .psrp import PsrpConnection  # psrp.py builds on this module
+
+        return PsrpConnection(endpoint, module, **kwargs)
+    return ServerConnection(endpoint, module, **kwargs)
+
+
 @dataclass(frozen=True)
 class CommandResult:
     stdout: bytes
