@@ -16,7 +16,7 @@ from exporter.exporter import Exporter
 from exporter.metrics import probe_body
 from exporter.metrics import organization_families, self_families, server_families
 
-from ..conftest import SimulatedFleet, demo_scenario, poll_all, relocate
+from ..conftest import SimulatedFleet, demo_scenario, poll_all, quick_organization, relocate
 
 
 class _Fixed:
@@ -35,7 +35,7 @@ class _Fixed:
 
 @pytest.fixture(scope="module")
 def polled():
-    with SimulatedFleet(relocate(demo_scenario())) as fleet:
+    with SimulatedFleet(relocate(quick_organization(demo_scenario()))) as fleet:
         exporter = Exporter(fleet.config(), Catalog.load())
         poll_all(exporter.poller)
         yield exporter

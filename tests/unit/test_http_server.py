@@ -31,7 +31,7 @@ from exporter.exporter import Exporter
 from exporter.web import serve
 from exporter.webconfig import WebConfigWatcher
 
-from ..conftest import PASSWORD, SimulatedFleet, poll_all, relocate, samples, serving
+from ..conftest import PASSWORD, SimulatedFleet, poll_all, quick_organization, relocate, samples, serving
 from ..pki import issue, write
 
 WRONG_PASSWORD_ENV = "EEMS_TEST_WRONG_PASSWORD"
@@ -80,7 +80,7 @@ def call(port: int, path: str, method: str = "GET", headers: dict[str, str] | No
 
 @pytest.fixture(scope="module")
 def fleet():
-    with SimulatedFleet(relocate(SCENARIO)) as fleet:
+    with SimulatedFleet(relocate(quick_organization(SCENARIO))) as fleet:
         yield fleet
 
 

@@ -10,6 +10,7 @@ run in real time.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -130,26 +131,28 @@ def test_a_scheduled_poll_that_waits_for_its_server_still_gets_the_whole_timeout
     """The organization collector runs on one of the servers: due while that server's own poll runs, it waits
     for it (one poll per server). The wait is the exporter's doing, not a slow server: the organization's
     3 s script still has poll.timeout (5 s) once the server is free, and so has a server poll that waits for
-    the organization. (It used to spend the wait too: `timeout`, "1.8 s left, too little for the next request".)"""
-    name = "EX1"
-    with SimulatedFleet(scenario([name], runtime=3.0, organization=True)) as fleet:
-        poller = poller_for(fleet, catalog, ManualClock(), organization=True)
-        first = threading.Thread(target=poller.poll_server, args=(name,))
-        first.start()
-        try:
-            wait_until(lambda: fleet.fleet.open_shells(name) > 0, 10, "the server poll's shell")
-            organization = poller.poll_organization()
-        finally:
-            first.join()
-        server = poller.snapshot()[0][0]
-        first = threading.Thread(target=poller.poll_organization)
-        first.start()
-        try:
-            wait_until(lambda: fleet.fleet.open_shells(name) > 0, 10, "the organization poll's shell")
-            after_organization = poller.poll_server(name)
-        finally:
-            first.join()
+    the organization. (It used to spend the wait too: `timeout`, "1.8 s left, too little for the next request".)
+    The two orders run side by side, each on a fleet of its own."""
+    with ThreadPoolExecutor(2) as pool:
+        organization_waits = pool.submit(_one_poll_after_another, catalog, "server", "organization")
+        server_waits = pool.submit(_one_poll_after_another, catalog, "organization", "server")
+        server, organization = organization_waits.result()
+        _, after_organization = server_waits.result()
     assert server.outcome.success, server.outcome
     assert organization.outcome.success, organization.outcome
     assert organization.outcome.duration_seconds >= 3.0
     assert after_organization.outcome.success, after_organization.outcome
+
+
+def _one_poll_after_another(catalog, first: str, then: str) -> tuple:
+    """On a one-server fleet whose scripts take 3 s: the `first` poll ("server" or "organization"), and once its
+    shell is open the `then` poll, which waits for it. Both results."""
+    name = "EX1"
+    with SimulatedFleet(scenario([name], runtime=3.0, organization=True)) as fleet:
+        poller = poller_for(fleet, catalog, ManualClock(), organization=True)
+        polls = {"server": lambda: poller.poll_server(name), "organization": poller.poll_organization}
+        with ThreadPoolExecutor(1) as pool:
+            earlier = pool.submit(polls[first])
+            wait_until(lambda: fleet.fleet.open_shells(name) > 0, 10, f"the {first} poll's shell")
+            later = polls[then]()
+            return earlier.result(), later

@@ -18,7 +18,9 @@ from simulator.host import Faults
 from ..conftest import SimulatedFleet, relocate
 
 SE = "15.2.2562.53"
-SCENARIO = {"servers": [{"name": name, "address": "127.0.0.1", "build": SE} for name in ("EX01", "EX02", "EX03", "EX04")]}
+# The script answers at once (the simulator's default is 0.3 s): what these tests time is the protocol.
+SCENARIO = {"servers": [{"name": name, "address": "127.0.0.1", "build": SE, "output_faults": {"script_runtime": 0}}
+                        for name in ("EX01", "EX02", "EX03", "EX04")]}
 COMMAND = powershell_command(server_script(ServerScriptParameters(24, 50, 32768, False, 10, "")))
 STEADY_REQUESTS = 5  # Create, Command, Receive, Signal, Delete on the already authenticated connection
 HANDSHAKE_REQUESTS = 2  # NTLM negotiate and authenticate, on empty POSTs
@@ -127,7 +129,7 @@ def _own_socket(inode: str) -> bool:
 
 def test_a_refused_connection_is_named(fleet, host):
     fleet.set_faults("EX01", Faults(refuse_connections=True))
-    error, _ = failure(connection(fleet, "EX01"), 10)
+    error, _ = failure(connection(fleet, "EX01"), 3.5)  # time for one retry (another needs 3 s left), not two
     assert error.reason == "connection_refused"
 
 
@@ -138,27 +140,28 @@ def test_rejected_credentials_are_not_retried(fleet):
     assert fleet.fleet.request_count("EX03") - before <= 3, "an authentication failure was retried"
 
 
-@pytest.mark.parametrize("latency", [1.2, 3.0])
-def test_a_slow_server_fails_by_the_deadline_not_at_its_own_pace(fleet, host, latency):
-    """Every answer takes `latency`, so a poll needs far more than the 5 s it has: it ends by the deadline, the
-    shell cleanup included (a /probe must answer inside its scrape timeout), as a `timeout`: the server was
+@pytest.mark.parametrize("latency, seconds", [(0.8, 4.2), (3.0, 2.5)],
+                         ids=["every answer slow", "one answer longer than the poll"])
+def test_a_slow_server_fails_by_the_deadline_not_at_its_own_pace(fleet, host, latency, seconds):
+    """Every answer takes `latency`, so a poll needs far more than the `seconds` it has: it ends by the deadline,
+    the shell cleanup included (a /probe must answer inside its scrape timeout), as a `timeout`: the server was
     slow. `deadline_exceeded` is for an answer still trickling in at the deadline (test_winrm_connection.py)."""
     host.faults = Faults(latency_seconds=latency)
-    error, elapsed = failure(connection(fleet, "EX01"), 5)
+    error, elapsed = failure(connection(fleet, "EX01"), seconds)
     assert error.reason == "timeout", error
-    assert elapsed < 5 + 0.5, f"took {elapsed:.1f} s"
+    assert elapsed < seconds + 0.5, f"took {elapsed:.1f} s"
 
 
 def test_a_server_slow_to_start_its_shell_and_command_succeeds_when_the_deadline_allows(fleet):
     """A busy Windows takes seconds to start the shell host (Create) and the process (Command) while the
     handshake's round trips, Signal and Delete take milliseconds. The time kept back for the cleanup is reckoned
-    at the poll's quickest request, not its slowest: reckoned at Create's 2.6 s, the two cleanup requests took
-    5.2 s of the 8 s deadline before the Command, and a poll that needs about 5.5 s failed `deadline_exceeded`
-    (one slow request on a loaded machine failed healthy polls of test_hostile.py the same way)."""
-    fleet.set_faults("EX04", Faults(slow_start_seconds=2.6))
+    at the poll's quickest request, not its slowest: reckoned at Create's 1.4 s, the two cleanup requests took
+    2.8 s of the 4.4 s deadline before the Command, and a poll that needs about 3 s failed (one slow request
+    on a loaded machine failed healthy polls of test_hostile.py the same way)."""
+    fleet.set_faults("EX04", Faults(slow_start_seconds=1.4))
     try:
         conn = connection(fleet, "EX04")
-        result = conn.run(COMMAND, time.monotonic() + 8)
+        result = conn.run(COMMAND, time.monotonic() + 4.4)
         conn.close()
     finally:
         fleet.set_faults("EX04")
