@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import random
 import socket
 import subprocess
@@ -57,6 +58,10 @@ def kdc_factory(tmp_path_factory):
         finally:
             for kdc in started:
                 kdc.stop()
+            # A module's tickets are shared by every module with the same principal and credential while anything
+            # holds them (kerberos.tickets_for), as in production. Tests use the same names with a new KDC each:
+            # collect this test's pollers and connections now, so no later test is handed this KDC's tickets.
+            gc.collect()
 
 
 def wait_until(condition, seconds: float, what: str, *, every: float = 0.05):

@@ -17,8 +17,9 @@ the server's KRB-ERROR, when its 401 carries one, is read by the context like an
 A held TGT can go bad before it expires: the domain's krbtgt key changed (an Active Directory krbtgt reset,
 done twice, as after a compromise), or the KDC revoked it. The KDC then refuses it when asked for a service
 ticket, which happens in the context's first step, before anything is sent to the server (`first_step`): a
-failure there that a new TGT may cure (`auth_failed`, not an unreachable KDC, an unknown SPN or a clock) makes
-the module buy one and step once more, so no poll fails for it until the old TGT would have expired.
+refusal of the TGT itself (`TGT_REFUSED`) makes the module buy a new one and step once more, so no poll fails
+for it until the old TGT would have expired. Other refusals (a policy, an unknown SPN) are not retried: a new
+TGT would not change them, and every poll would cost the domain controllers an AS exchange.
 """
 
 from __future__ import annotations
@@ -28,12 +29,27 @@ import weakref
 
 import spnego
 import spnego.exceptions
+from spnego.channel_bindings import GssChannelBindings
 
 from ..config import ModuleConfig
 from .connection import Connection
 from .errors import AuthenticationRejected, PollFailure
 from .session import SPNEGO, Channel, MessageSeal, channel_bindings, handshake
-from .tickets import TICKET_EXPIRED, TicketCache, TicketError, explain
+from .tickets import TICKET_EXPIRED, TicketCache, TicketError, explain, signed
+
+# KDC errors, at the request for a service ticket, that say the held TGT is no good (MIT krb5 codes, signed):
+# MIT's KDC answers a TGT it cannot decrypt (its krbtgt key changed) with a generic "PROCESS_TGS" error, Active
+# Directory with "Message stream modified"; a bad checksum, a revoked or expired TGT, and an account deleted or
+# disabled since the TGT was bought (a new AS exchange then reports that clearly).
+TGT_REFUSED = frozenset({
+    -1765328324,  # KRB5KRB_ERR_GENERIC
+    -1765328343,  # KRB5KRB_AP_ERR_MODIFIED
+    -1765328353,  # KRB5KRB_AP_ERR_BAD_INTEGRITY
+    -1765328364,  # KRB5KDC_ERR_TGT_REVOKED
+    TICKET_EXPIRED,
+    -1765328378,  # KRB5KDC_ERR_C_PRINCIPAL_UNKNOWN
+    -1765328366,  # KRB5KDC_ERR_CLIENT_REVOKED
+})
 
 _CACHES: weakref.WeakValueDictionary[tuple, TicketCache] = weakref.WeakValueDictionary()
 _CACHES_LOCK = threading.Lock()
@@ -79,10 +95,10 @@ class Kerberos:
 
 
 def first_step(tickets: TicketCache, principal: str, hostname: str, service: str, requirements: spnego.ContextReq,
-               bindings) -> tuple[spnego.ContextProxy, str, bytes]:
+               bindings: GssChannelBindings | None) -> tuple[spnego.ContextProxy, str, bytes]:
     """A context for `<service>/<hostname>` from the held TGT, the name of its cache, and its first token (getting
-    it is when the KDC is asked for the service ticket). A refusal a new TGT may cure (module docstring) buys one
-    and steps once more; a TGT bought for this call is not bought again."""
+    it is when the KDC is asked for the service ticket). A refusal of the TGT (`TGT_REFUSED`) buys a new one and
+    steps once more; a TGT bought for this call is not bought again."""
     retried = False
     while True:
         bought = tickets.acquisitions
@@ -95,18 +111,21 @@ def first_step(tickets: TicketCache, principal: str, hostname: str, service: str
                                     hostname=hostname, service=service, protocol="kerberos", context_req=requirements)
             return context, ccache, context.step(None, channel_bindings=bindings)
         except spnego.exceptions.SpnegoError as error:
-            failure = _failure(tickets, error, ccache, service, hostname)
-            if retried or tickets.acquisitions != bought or failure.reason != "auth_failed":
-                raise failure from None
+            code = _code(error)
+            if retried or tickets.acquisitions != bought or code is None or signed(code) not in TGT_REFUSED:
+                raise _failure(tickets, error, ccache, service, hostname) from None
             tickets.expire(ccache)
             retried = True
 
 
+def _code(error: spnego.exceptions.SpnegoError) -> int | None:
+    """MIT's error code (the GSSAPI minor status) behind pyspnego's error."""
+    return getattr(getattr(error, "base_error", None), "min_code", None) or None
+
+
 def _failure(tickets: TicketCache, error: spnego.exceptions.SpnegoError, ccache: str, service: str,
              hostname: str) -> PollFailure:
-    base = getattr(error, "base_error", None)
-    code = getattr(base, "min_code", None) or None
-    failure = explain(code, _mit_text(error))
+    failure = explain(_code(error), _mit_text(error))
     if failure.code == TICKET_EXPIRED:
         tickets.expire(ccache)
     return PollFailure(failure.reason, f"Kerberos to {service}/{hostname}: {failure.message}")
