@@ -268,6 +268,11 @@ def _domain(kdc_factory, tmp_path, lifetime: int | None = None, scenario_changes
         yield Domain(kdc, fleet, keytab)
 
 
+def tgts_issued(kdc) -> int:
+    """How many TGTs the KDC has issued (its log's successful AS exchanges)."""
+    return len(re.findall(r"AS_REQ .*ISSUE", kdc.log_file.read_text(errors="replace")))
+
+
 def polled(poller: Poller, *names: str) -> dict[str, str]:
     """Each server's outcome: "ok" or its failure reason."""
     outcomes = {}
@@ -310,8 +315,11 @@ def test_the_spn_comes_from_the_configured_name_never_from_the_address(domain, t
                                               {"name": "EX03-FQDN", "host": "EX03", "spn_hostname": "ex03.contoso.test"}])
     poller = domain.poller(tmp_path, config)
     try:
+        assert polled(poller, "ex01.contoso.test") == {"ex01.contoso.test": "ok"}
+        tgts = tgts_issued(domain.kdc)
         outcome = poller.poll_server("EX03").outcome
         assert outcome.error_reason == "spn_unknown", outcome
+        assert tgts_issued(domain.kdc) == tgts  # an unknown SPN is no reason to buy a new TGT
         assert "HTTP/EX03" in outcome.error_message and "not found in Kerberos database" in outcome.error_message
         assert polled(poller, "ex01.contoso.test", "EX03-FQDN") == {"ex01.contoso.test": "ok", "EX03-FQDN": "ok"}
     finally:
@@ -331,8 +339,10 @@ def test_a_tgt_the_kdc_can_no_longer_read_is_bought_again_within_the_poll(domain
     poller = domain.poller(tmp_path, domain.config(tmp_path))
     try:
         assert polled(poller, "ex01.contoso.test") == {"ex01.contoso.test": "ok"}
+        tgts = tgts_issued(domain.kdc)
         domain.kdc.new_key(f"krbtgt/{domain.kdc.realm}")
         assert polled(poller, "ex02.contoso.test", "EX03") == {"ex02.contoso.test": "ok", "EX03": "ok"}
+        assert tgts_issued(domain.kdc) == tgts + 1  # one new TGT serves both
     finally:
         poller.stop()
 
