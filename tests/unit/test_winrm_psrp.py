@@ -34,7 +34,7 @@ def scenario(role_capability: Path, **remoting) -> dict:
     servers = [{"name": "EX01", "build": SE}, {"name": "EX02", "build": "15.2.1544.4", "locale": "de-DE"},
                {"name": "EX03", "build": "15.1.2507.6", "mitigations": {"applied": ["M1.1"], "blocked": ["PING1"]}}]
     for server in servers:
-        # scripts answer at once (the simulator's default: 0.3 s, the organization's 2 s): these tests time nothing
+        # scripts answer at once unless a test says otherwise (the simulator's default: 0.3 s, the organization's 2 s)
         server.update({"address": "127.0.0.1", "output_faults": {"script_runtime": 0}})
     jea = {"role_capability": str(role_capability), **remoting.pop("jea", {})}
     exchange = {"kerberos_only": False, **remoting.pop("exchange", {})}
