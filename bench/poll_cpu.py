@@ -29,14 +29,14 @@ from exporter.config import load_config
 from exporter.exporter import Exporter
 
 try:  # the WinRM package (issue 19)
-    from exporter.winrm import client, connection, encryption, wsman
+    from exporter.winrm import client, connection, session, wsman
     WINRM_STAGES = (
         ("WinRM: the whole command (ServerConnection.run)", client.ServerConnection, "run"),
         ("  HTTP: write, read and parse each exchange (Connection.post)", connection.Connection, "post"),
         ("    of it http.client's answer parsing (HTTPResponse.begin)", __import__("http.client").client.HTTPResponse,
          "begin"),
-        ("  NTLM seal and MIME framing", encryption.MessageSeal, "wrap"),
-        ("  NTLM unseal and MIME split", encryption.MessageSeal, "unwrap"),
+        ("  NTLM seal and MIME framing", session.MessageSeal, "wrap"),
+        ("  NTLM unseal and MIME split", session.MessageSeal, "unwrap"),
         ("  XML checks and ElementTree parse", wsman, "parse"),
     )
 except ImportError:  # a checkout from before it: pywinrm, requests and the kept connection

@@ -26,18 +26,19 @@ STAGES: tuple[tuple[str, re.Pattern], ...] = tuple(
     (stage, re.compile(pattern))
     for stage, pattern in (
         ("NTLM seal/unseal (spnego, cryptography)", r"\((spnego|cryptography)/|\(hmac\.py|\(hashlib|_ntlm_message "),
-        ("encrypted MIME framing (winrm/encryption.py)", r"\(winrm/encryption\.py"),
+        ("encrypted MIME framing (MessageSeal, winrm/encryption.py)",
+         r"\(winrm/encryption\.py|^(wrap|unwrap|_part|sealed) \(exporter/winrm/session\.py"),
         ("base64", r"\(base64\.py|b64decode|b64encode"),
         ("XML building (xmltodict, headers, uuid)",
          r"\(xmltodict\.py|\(xml/sax/|\(uuid\.py|build_wsman_header|\(exporter/(winrm/)?wsman\.py"),
         ("XML parsing (ElementTree)", r"\(xml/etree/"),
         ("HTTP (requests, urllib3, http.client, sockets)",
          r"\((requests|urllib3|http|email|urllib|socket\.py|ssl\.py|selectors\.py)[/.]|\(requests_ntlm/"
-         r"|\(exporter/wsman_http\.py|\(exporter/winrm/(connection|session|encryption)\.py"),
+         r"|\(exporter/wsman_http\.py|\(exporter/winrm/(connection|session)\.py"),
         ("JSON and output parsing (parse.py)", r"\(json/|\(exporter/parse\.py"),
         ("interpretation (interpret, eems_log, catalog)",
          r"\(exporter/(interpret|eems_log|catalog)\.py"),
-        ("metric rendering (exposition, metrics)", r"\(exporter/(exposition|metrics)\.py|\(prometheus_client/"),
+        ("metric rendering (metrics)", r"\(exporter/metrics\.py|\(prometheus_client/"),
         ("script text (scripts.py)", r"\(exporter/scripts\.py|\(importlib/resources|\(pathlib\.py"),
         ("pywinrm request/reply glue (protocol, transport)", r"\(winrm/"),
         ("retries and deadlines (tenacity)", r"\(tenacity/"),

@@ -5,8 +5,11 @@ poll).
 A profiler (`sys.setprofile` and `threading.setprofile`) records every call into `exporter/` made by the
 exporter's own threads (this script's thread, which only waits, is left out), against a one-server simulated
 fleet (EX-SE01 of the demo scenario: NTLM over HTTP with message encryption) with background polling and the
-real HTTP server. Phases: `cold` (the first poll and a scrape), `steady` (the next poll and a scrape), `probe`
-(one GET /probe). Lines are whole files (`wc -l`) of the files in which code ran.
+real HTTP server; every thread the exporter starts is traced, the HTTP loop's too. Phases: `cold` (the first poll,
+which logs on, and a scrape), `steady` (a poll on the kept connection and a scrape: the third poll, since the
+client keeps a connection only once polls come within KEEP_IF_POLLED_WITHIN of each other, so the second poll
+logs on again; it is not traced), `probe` (one GET /probe). "Lines" are whole files (`wc -l`) of the files in
+which code ran, what a reader following the poll holds; "lines run" are the lines of the functions that ran.
 
     python bench/trace_poll.py            # counts per phase, file by file
     python bench/trace_poll.py --order    # also each function in the order it was first called
@@ -45,6 +48,7 @@ class Trace:
         self.calls: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self.order: dict[str, dict] = collections.defaultdict(dict)
         self.threads: dict[str, set] = collections.defaultdict(set)
+        self.spans: dict[tuple[str, str], int] = {}  # (file, function) -> its lines, first to last
 
     def profile(self, frame, event, arg) -> None:
         if event != "call" or self.phase is None or threading.current_thread() is threading.main_thread():
@@ -52,6 +56,10 @@ class Trace:
         filename = frame.f_code.co_filename
         if filename.startswith(PACKAGE):
             key = (filename[len(PACKAGE):], frame.f_code.co_qualname)
+            if key not in self.spans:
+                code = frame.f_code
+                self.spans[key] = max((line for _, _, line in code.co_lines() if line), default=code.co_firstlineno) \
+                    - code.co_firstlineno + 1
             self.calls[self.phase][key] += 1
             self.order[self.phase].setdefault(key, len(self.order[self.phase]))
             self.threads[self.phase].add(threading.current_thread().name)
@@ -70,6 +78,7 @@ def run(trace: Trace) -> None:
         config = yaml.safe_load(fleet.config_text(interval="10s", timeout="8s"))
         config.pop("organization", None)
         exporter = Exporter(load_config_text(yaml.safe_dump(config), REPO), Catalog.load())
+        threading.setprofile(trace.profile)  # before the HTTP loop's thread starts
         server = serve(exporter, "127.0.0.1", 0, None)
         base = f"http://127.0.0.1:{server.server_address[1]}"
 
@@ -80,14 +89,14 @@ def run(trace: Trace) -> None:
         threading.setprofile(trace.profile)
         sys.setprofile(trace.profile)
         try:
-            for phase in ("cold", "steady"):
+            for phase in ("cold", None, "steady"):  # None: the second poll, not traced
                 trace.phase, before = phase, finished()
                 if phase == "cold":
                     exporter.start()
                 deadline = time.monotonic() + 60
                 while finished() == before:  # the next background poll has ended
                     if time.monotonic() > deadline:
-                        raise SystemExit(f"no background poll ended in 60 s ({phase})")
+                        raise SystemExit(f"no background poll ended in 60 s ({phase or 'second'})")
                     time.sleep(0.05)
                 urllib.request.urlopen(base + "/metrics", timeout=10).read()
                 trace.phase = None
@@ -106,10 +115,12 @@ def report(trace: Trace, order: bool) -> None:
     for phase, counter in trace.calls.items():
         files = sorted({file for file, _ in counter})
         functions = {key for key in counter if "<" not in key[1]}
-        print(f"## {phase}: {len(files)} files, {sum(lines(f) for f in files):,} lines, {len(functions)} functions, "
-              f"{sum(counter.values()):,} calls, threads {sorted(trace.threads[phase])}")
+        run = {file: sum(trace.spans[key] for key in counter if key[0] == file) for file in files}
+        print(f"## {phase}: {len(files)} files, {sum(lines(f) for f in files):,} lines ({sum(run.values()):,} run), "
+              f"{len(functions)} functions, {sum(counter.values()):,} calls, threads {sorted(trace.threads[phase])}")
         for file in files:
-            print(f"   {file:28s} {lines(file):5d} lines {sum(1 for key in functions if key[0] == file):3d} functions")
+            print(f"   {file:28s} {lines(file):5d} lines {run[file]:5d} run "
+                  f"{sum(1 for key in functions if key[0] == file):3d} functions")
         if order:
             for (file, name), index in sorted(trace.order[phase].items(), key=lambda item: item[1]):
                 if "<" not in name:

@@ -47,7 +47,7 @@ def collect_server(target: Target, connection: ServerConnection, settings: PollC
         received.append(result)
         return interpret_output(target, script_stdout(result, connection), settings, catalog, known)[1]
 
-    state, outcome = _attempt("server", f"poll of {target.name}", started, poll, masking(connection.module.secrets()))
+    state, outcome = _attempt("server", f"poll of {target.name}", started, poll, connection.module.secrets)
     output = ScriptOutput(received[0].stdout, received[0].stderr, received[0].exit_code) if received else None
     return ServerResult(target.name, outcome=outcome, state=state,
                         last_success=outcome.finished if outcome.success else None, output=output)
@@ -57,17 +57,18 @@ def collect_organization(target: Target, connection: ServerConnection, settings:
                          deadline: float, *, max_servers: int) -> OrganizationResult:
     """Poll the organization through one server (Get-ExchangeServer and the organization config)."""
     started = time.monotonic()
-    mask = masking(connection.module.secrets())
 
     def poll():
         facts = parse_organization_output(run_script(connection, scripts.organization_script(), deadline),
                                           max_servers=max_servers)
         if facts.error_message:
             reason = classify_organization_error(facts.error_message)
-            raise PollFailure(reason, f"{facts.error_stage or 'script'}: {facts.error_message}", mask=mask)
+            raise PollFailure(reason, f"{facts.error_stage or 'script'}: {facts.error_message}",
+                              mask=masking(connection.module.secrets()))
         return facts
 
-    facts, outcome = _attempt("organization", f"organization collector on {target.name}", started, poll, mask)
+    facts, outcome = _attempt("organization", f"organization collector on {target.name}", started, poll,
+                              connection.module.secrets)
     if facts is None:
         return OrganizationResult(settings.name, outcome=outcome)
     return OrganizationResult(settings.name, outcome=outcome, facts=facts, last_success=outcome.finished,
@@ -75,13 +76,14 @@ def collect_organization(target: Target, connection: ServerConnection, settings:
 
 
 def _attempt(collector: str, what: str, started: float, poll: Callable[[], T],
-             mask: Callable[[str], str]) -> tuple[T | None, CollectorOutcome]:
+             secrets: Callable[[], list[str]]) -> tuple[T | None, CollectorOutcome]:
     """Run `poll`; its value and a successful outcome, or None and the outcome its failure deserves. The module's
-    secrets are masked in the failure's text once more (a ParseError may quote the output) before it is logged."""
+    `secrets()` are masked in the failure's text once more (a ParseError may quote the output) before it is
+    logged; a poll that went well has no text to mask."""
     try:
         value = poll()
     except (PollFailure, ParseError) as failure:
-        masked = PollFailure(failure.reason, getattr(failure, "detail", str(failure)), mask=mask)
+        masked = PollFailure(failure.reason, getattr(failure, "detail", str(failure)), mask=masking(secrets()))
         outcome = failed(collector, started, masked)
         log.warning("%s failed: %s: %s", what, outcome.error_reason, outcome.error_message)
         return None, outcome

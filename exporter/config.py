@@ -40,35 +40,13 @@ from .config_keys import (
     reject_unknown,
     string,
 )
+from .secret import Secret
 from .sharding import parse_shard
 
 DEFAULT_LISTEN_PORT = 10061
 TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic", "certificate")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-class Secret:
-    """A password that never prints itself."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret(<redacted>)"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 # ---------------------------------------------------------------- poll

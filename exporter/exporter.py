@@ -11,13 +11,12 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from .catalog import Catalog
 from .config import Config, ModuleConfig
-from .exposition import CachedExposition, probe_body
-from .kept_output import KeptOutput
-from .metrics import SelfStatus
+from .metrics import CachedExposition, SelfStatus, probe_body
 from .model import OrganizationResult, ServerResult
 from .poller import Clock, Poller
 from .redact import Redactor
 from .runtime import SafeRuntime, Target
+from .store import KeptOutput
 
 
 class Exporter:

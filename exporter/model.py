@@ -213,7 +213,7 @@ class CollectorOutcome:
 @dataclass(frozen=True)
 class ScriptOutput:
     """What the collection script sent back in one poll, as received: the store keeps the last one (bounded, see
-    kept_output.py) for /server?name=X&debug=true."""
+    store.py) for /server?name=X&debug=true."""
 
     stdout: bytes
     stderr: bytes

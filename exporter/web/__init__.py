@@ -1,7 +1,7 @@
 """The exporter's own HTTP endpoint: `/`, `/metrics`, `/probe`, `/-/healthy`, `/-/ready`, `/-/reload`.
 
-    transport.py  the asyncio front end: connections, deadlines, caps, TLS, authentication, writing
-    request.py    one request read and parsed once (RFC 9112, bounded)
+    transport.py  the asyncio front end: connections, deadlines, caps, TLS, authentication, each request read
+                  and parsed once (RFC 9112, bounded), writing
     handlers.py   the route table, and a plain function per route: (Request, View) -> Response
     pages.py      the HTML pages
 

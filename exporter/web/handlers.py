@@ -22,17 +22,15 @@ from prometheus_client.exposition import choose_encoder
 
 from .. import __version__
 from ..config import ModuleConfig, scheme_problem
-from ..exposition import probe_body
 from ..field_report import raw_text
-from ..kept_output import KeptOutput
-from ..metrics import SelfStatus, server_families
+from ..metrics import SelfStatus, probe_body, server_families
 from ..model import OrganizationResult, ServerResult
 from ..parse import clixml_to_text
 from ..redact import Redactor
 from ..runtime import Target
+from ..store import KeptOutput
 from . import alerts, pages
 from .fleet import FleetRows, samples_of
-from .request import Request
 
 PROBE_TIMEOUT_OFFSET_SECONDS = 0.5
 TEXT = "text/plain; charset=utf-8"
@@ -103,6 +101,20 @@ class SharedView:
             with self._lock:
                 del self._making[key]
         return making.result()
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str  # as sent, not decoded: "/probe", never "//probe" turned into "/probe"
+    query: str
+    headers: dict[str, str]  # lower-case names; repeated fields joined with ", "
+    body: bytes
+    keep_alive: bool
+    received: float  # monotonic time the whole request had arrived
+
+    def header(self, name: str, default: str = "") -> str:
+        return self.headers.get(name, default)
 
 
 @dataclass(frozen=True)

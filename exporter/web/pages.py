@@ -16,8 +16,8 @@ from urllib.parse import quote
 
 from ..alert_rules import DEFAULT_RUNBOOK_BASE
 from ..field_report import MAX_RAW_CHARS
-from ..kept_output import KeptOutput
 from ..model import ServerResult
+from ..store import KeptOutput
 from .alerts import Firing
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; form-action 'self'"

@@ -1,7 +1,7 @@
 """HTTP/1.1 with bounded resources, whoever connects: the exporter's asyncio front end.
 
 One asyncio loop reads and writes every connection; a worker thread only ever sees a request that has fully
-arrived (`request.py` parses it once), and hands back a whole `Response`. What each resource is bounded by:
+arrived, parsed once (`read_request`), and hands back a whole `Response`. What each resource is bounded by:
 
 - a thread: a client that trickles bytes (slowloris) holds a few kilobytes and one descriptor, never a
   thread, and is cut off once `REQUEST_DEADLINE_SECONDS` pass without a whole request (TLS handshake, head
@@ -20,6 +20,13 @@ arrived (`request.py` parses it once), and hands back a whole `Response`. What e
   a time as the client reads it. The bodies held for clients that have not read them yet are bounded in
   all (`MAX_PINNED_BYTES`); beyond it the connection that has held its body longest is cut.
 Every answer over TLS that closes the connection ends with close_notify, right after the last byte.
+
+A request is read and parsed once, strictly (RFC 9112), with bounded size: the head is read as bytes up to the
+blank line (at most `MAX_HEAD_BYTES`), parsed into a `handlers.Request`, and nothing reads it again: the route,
+the worker pool and the handler all use the same `path`. Everything a lenient parser would guess at is refused,
+and the connection closed, since a client that sends it is broken or probing: a bare LF or CR, whitespace before
+a header's colon, a folded line, two different Content-Length values, a Transfer-Encoding (no chunked bodies
+here), a Content-Length of more digits than any body we accept (refused before it is converted to a number).
 """
 
 from __future__ import annotations
@@ -28,12 +35,15 @@ import asyncio
 import email.utils
 import gzip
 import logging
+import re
 import socket
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from http import HTTPStatus
+from urllib.parse import urlsplit
 
 from prometheus_client.exposition import gzip_accepted
 
@@ -45,8 +55,7 @@ except ImportError:
 from .. import __version__
 from ..webconfig import WebConfig, WebConfigWatcher
 from . import handlers
-from .handlers import Response, View
-from .request import MAX_HEAD_BYTES, Refused, Request, read_request
+from .handlers import Request, Response, View
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +76,14 @@ GZIP_MIN_BYTES = 1024
 SERVER = f"exchange-eems-exporter/{__version__}"
 UNAUTHORIZED = Response(401, b"Unauthorized\n", headers=(("WWW-Authenticate", 'Basic realm="exchange-eems-exporter"'),))
 TOO_MANY_GUESSES = Response(429, b"Too many password checks in progress; try again\n", headers=(("Retry-After", "1"),))
+# A request (read_request)
+MAX_HEAD_BYTES = 16 << 10
+MAX_BODY_BYTES = 64 << 10
+MAX_URL_LENGTH = 2048
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+_METHOD = re.compile(r"[A-Z]{1,16}")
+_VERSIONS = ("HTTP/1.1", "HTTP/1.0")
 
 
 def _descriptor_limit() -> int:
@@ -386,3 +403,95 @@ def serve(view: View, host: str, port: int, watcher: WebConfigWatcher | None) ->
     server = ExporterHTTPServer((host, port), view, watcher)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server
+
+
+class Refused(Exception):
+    """A request we will not read further: answered with `status` and the connection closed."""
+
+    def __init__(self, status: int, text: str):
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+def parse_head(head: bytes) -> tuple[Request, int]:
+    """The request of `head` (which ends with the blank line), still without its body, and the body's length."""
+    lines = head[:-4].split(b"\r\n")
+    if any(b"\n" in line or b"\r" in line for line in lines):
+        raise Refused(400, "Bare LF or CR in the request head: lines end with CRLF\n")
+    method, target, version = _request_line(lines[0])
+    headers: dict[str, str] = {}
+    lengths: set[bytes] = set()
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):
+            raise Refused(400, "Malformed header line (no whitespace before the colon, no folded lines)\n")
+        value = value.strip(b" \t")
+        if not _FIELD_VALUE.fullmatch(value):
+            raise Refused(400, "Control characters in a header value\n")
+        key = name.decode("ascii").lower()
+        if key == "transfer-encoding":
+            raise Refused(411, "A Content-Length is required\n")
+        if key == "content-length":
+            lengths.update(part.strip(b" \t") for part in value.split(b","))
+            continue
+        text = value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    length = _content_length(lengths)
+    path, query = _path_and_query(target)
+    connection = {token.strip().lower() for token in headers.get("connection", "").split(",")}
+    keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
+    return Request(method, path, query, headers, b"", keep_alive, 0.0), length
+
+
+async def read_request(reader: asyncio.StreamReader) -> Request | None:
+    """Head and body of one request, bounded in size; None when the client closed between requests."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as error:
+        if error.partial.strip():
+            raise Refused(400, "Incomplete request\n") from None
+        return None
+    except asyncio.LimitOverrunError:
+        raise Refused(431, "Request header fields too large\n") from None
+    request, length = parse_head(head)
+    body = await reader.readexactly(length) if length else b""
+    return replace(request, body=body, received=time.monotonic())
+
+
+def _request_line(line: bytes) -> tuple[str, str, str]:
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        raise Refused(400, "Malformed request line\n")
+    method, target, version = (part.decode("latin-1") for part in parts)
+    if not _METHOD.fullmatch(method) or not target:
+        raise Refused(400, "Malformed request line\n")
+    if len(target) > MAX_URL_LENGTH:
+        raise Refused(414, "URL too long\n")
+    if version not in _VERSIONS:
+        raise Refused(505 if version.startswith("HTTP/") else 400, "HTTP/1.1 only\n")
+    return method, target, version
+
+
+def _content_length(values: set[bytes]) -> int:
+    if not values:
+        return 0
+    if len(values) > 1:
+        raise Refused(400, "Conflicting Content-Length values\n")
+    value = next(iter(values))
+    if not value.isdigit():
+        raise Refused(400, "Invalid Content-Length\n")
+    if len(value) > len(str(MAX_BODY_BYTES)) or int(value) > MAX_BODY_BYTES:  # int() only on a few digits
+        raise Refused(413, "Request body too large\n")
+    return int(value)
+
+
+def _path_and_query(target: str) -> tuple[str, str]:
+    """origin-form (`/path?query`) or absolute-form (`http://host/path?query`, which servers must accept)."""
+    if target.startswith("/"):
+        path, _, query = target.partition("?")
+        return path, query
+    if target[:7].lower() == "http://" or target[:8].lower() == "https://":
+        url = urlsplit(target)
+        return url.path or "/", url.query
+    raise Refused(400, "Request target must be a path or an http(s) URL\n")

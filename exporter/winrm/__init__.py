@@ -9,12 +9,10 @@ Who reads each byte a server sends (every one of them under the poll's deadline 
 
 | module | job |
 |---|---|
-| `client.py` | `ServerConnection`: the shell's life (Create, Command, Receive, Signal, Delete), retries, one deadline |
-| `link.py` | one server's authenticated link for WinRS and PSRP alike: the kept channel, reused only while the server keeps it, it is not idle too long, and its Kerberos ticket outlives the poll |
-| `session.py` | an authenticated connection (`Channel`); the HTTP token handshake; channel binding |
+| `client.py` | `ServerConnection`: the shell's life (Create, Command, Receive, Signal, Delete), retries, one deadline; `Link`, the authenticated link WinRS and PSRP share: the kept channel, reused only while the server keeps it, it is not idle too long, and its Kerberos ticket outlives the poll |
+| `session.py` | an authenticated connection (`Channel`); the HTTP token handshake; channel binding; message sealing over plain HTTP (MS-WSMV 2.2.9.1) with pyspnego's context (`MessageSeal`) |
 | `ntlm.py`, `kerberos.py`, `credssp.py`, `basic.py`, `certificate.py` | one authentication each |
 | `tickets.py` | a Kerberos module's own tickets: keytab or password, a MEMORY cache, renewal (python-krb5) |
-| `encryption.py` | message sealing over plain HTTP (MS-WSMV 2.2.9.1) with pyspnego's context |
 | `connection.py` | one HTTP/1.1 connection on a socket: the request written, the answer read by http.client, bounded |
 | `wsman.py` | the WS-Management messages, and every answer and fault read (no DTD, bounded elements) |
 | `tls.py` | what the TLS connection trusts: `ca_file` or certifi's bundle, never the environment |
@@ -28,15 +26,9 @@ Libraries are used through their public APIs only: pyspnego (`spnego.client`, `s
 cryptography (the certificate's hash algorithm), certifi (the default trust store) and tenacity (retries).
 """
 
-from .client import CommandResult, ServerConnection
+from .client import CommandResult, ServerConnection, connect
 from .errors import PollFailure
 from .psrp import PsrpConnection
-
-
-def connect(endpoint: str, module, **kwargs) -> ServerConnection | PsrpConnection:
-    """The connection `module.protocol` asks for: WinRS (ServerConnection) or PowerShell remoting (PsrpConnection),
-    both with `run(command, deadline) -> CommandResult` and `close()`."""
-    return (PsrpConnection if module.protocol == "psrp" else ServerConnection)(endpoint, module, **kwargs)
 
 
 __all__ = ["CommandResult", "PollFailure", "PsrpConnection", "ServerConnection", "connect"]

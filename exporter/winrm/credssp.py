@@ -29,9 +29,8 @@ import spnego
 
 from ..config import ModuleConfig
 from .connection import Connection
-from .encryption import CREDSSP, MessageSeal
 from .errors import AuthenticationRejected, PollFailure
-from .session import Channel, handshake
+from .session import CREDSSP, Channel, MessageSeal, handshake
 
 MIN_PROTOCOL = 5  # MS-CSSP 2.2.1: 5 and 6 carry the CVE-2018-0886 fix (a nonce in pubKeyAuth)
 
@@ -53,12 +52,12 @@ class CredSSP:
         """A fresh context for the authentication inside CredSSP."""
         if self._ntlm is not None:
             return self._ntlm.new_context()
-        from .tickets import TicketError
+        from .kerberos import first_step
 
-        try:
-            ccache = self._tickets.ccache()
-        except TicketError as error:
-            raise PollFailure(error.reason, error.message) from None
+        # The service ticket is got here, where a held TGT the KDC refuses can be replaced (kerberos.first_step),
+        # and the context CredSSP steps finds it in the cache.
+        _, ccache, _ = first_step(self._tickets, self._username, self._hostname, self._service,
+                                  spnego.ContextReq.default, None)
         return spnego.client(spnego.KerberosCCache(ccache=ccache, principal=self._username), hostname=self._hostname,
                              service=self._service, protocol="kerberos")
 

@@ -13,6 +13,12 @@ A channel is good until the TGT its service ticket came from expires (`Channel.v
 authenticates a kept connection again before a poll that would outlive it, so a ticket running out never
 fails a poll. Failures carry the reason the KDC's or the server's error gives (exporter/data/kerberos_errors.tsv):
 the server's KRB-ERROR, when its 401 carries one, is read by the context like any token.
+
+A held TGT can go bad before it expires: the domain's krbtgt key changed (an Active Directory krbtgt reset,
+done twice, as after a compromise), or the KDC revoked it. The KDC then refuses it when asked for a service
+ticket, which happens in the context's first step, before anything is sent to the server (`first_step`): a
+failure there that a new TGT may cure (`auth_failed`, not an unreachable KDC, an unknown SPN or a clock) makes
+the module buy one and step once more, so no poll fails for it until the old TGT would have expired.
 """
 
 from __future__ import annotations
@@ -25,9 +31,8 @@ import spnego.exceptions
 
 from ..config import ModuleConfig
 from .connection import Connection
-from .encryption import SPNEGO, MessageSeal
 from .errors import AuthenticationRejected, PollFailure
-from .session import Channel, channel_bindings, handshake
+from .session import SPNEGO, Channel, MessageSeal, channel_bindings, handshake
 from .tickets import TICKET_EXPIRED, TicketCache, TicketError, explain
 
 _CACHES: weakref.WeakValueDictionary[tuple, TicketCache] = weakref.WeakValueDictionary()
@@ -58,33 +63,53 @@ class Kerberos:
         self._encrypt = encrypt
 
     def open(self, connection: Connection, *, deadline: float, timeout: float) -> Channel:
+        bindings = channel_bindings(connection)
+        context, ccache, token = first_step(self._tickets, self._principal, self._hostname, self._service,
+                                            self._requirements, bindings)
         try:
-            ccache = self._tickets.ccache()
-        except TicketError as error:
-            raise PollFailure(error.reason, error.message) from None
-        try:
-            context = spnego.client(username=spnego.KerberosCCache(ccache=ccache, principal=self._principal),
-                                    hostname=self._hostname, service=self._service, protocol="kerberos",
-                                    context_req=self._requirements)
-            handshake(connection, context, "Negotiate", deadline=deadline, timeout=timeout,
-                      bindings=channel_bindings(connection))
-        except spnego.exceptions.SpnegoError as error:
-            raise self._failure(error, ccache) from None
+            handshake(connection, context, "Negotiate", deadline=deadline, timeout=timeout, bindings=bindings,
+                      first_token=token)
         except AuthenticationRejected as rejected:
             cause = rejected.__cause__
             if isinstance(cause, spnego.exceptions.SpnegoError):
-                raise self._failure(cause, ccache) from None
+                raise _failure(self._tickets, cause, ccache, self._service, self._hostname) from None
             raise
         return Channel(connection, seal=MessageSeal(context, SPNEGO) if self._encrypt else None,
                        valid_until=self._tickets.valid_until(ccache))
 
-    def _failure(self, error: spnego.exceptions.SpnegoError, ccache: str) -> PollFailure:
-        base = getattr(error, "base_error", None)
-        code = getattr(base, "min_code", None) or None
-        failure = explain(code, _mit_text(error))
-        if failure.code == TICKET_EXPIRED:
-            self._tickets.expire(ccache)
-        return PollFailure(failure.reason, f"Kerberos to {self._service}/{self._hostname}: {failure.message}")
+
+def first_step(tickets: TicketCache, principal: str, hostname: str, service: str, requirements: spnego.ContextReq,
+               bindings) -> tuple[spnego.ContextProxy, str, bytes]:
+    """A context for `<service>/<hostname>` from the held TGT, the name of its cache, and its first token (getting
+    it is when the KDC is asked for the service ticket). A refusal a new TGT may cure (module docstring) buys one
+    and steps once more; a TGT bought for this call is not bought again."""
+    retried = False
+    while True:
+        bought = tickets.acquisitions
+        try:
+            ccache = tickets.ccache()
+        except TicketError as error:
+            raise PollFailure(error.reason, error.message) from None
+        try:
+            context = spnego.client(username=spnego.KerberosCCache(ccache=ccache, principal=principal),
+                                    hostname=hostname, service=service, protocol="kerberos", context_req=requirements)
+            return context, ccache, context.step(None, channel_bindings=bindings)
+        except spnego.exceptions.SpnegoError as error:
+            failure = _failure(tickets, error, ccache, service, hostname)
+            if retried or tickets.acquisitions != bought or failure.reason != "auth_failed":
+                raise failure from None
+            tickets.expire(ccache)
+            retried = True
+
+
+def _failure(tickets: TicketCache, error: spnego.exceptions.SpnegoError, ccache: str, service: str,
+             hostname: str) -> PollFailure:
+    base = getattr(error, "base_error", None)
+    code = getattr(base, "min_code", None) or None
+    failure = explain(code, _mit_text(error))
+    if failure.code == TICKET_EXPIRED:
+        tickets.expire(ccache)
+    return PollFailure(failure.reason, f"Kerberos to {service}/{hostname}: {failure.message}")
 
 
 def _mit_text(error: spnego.exceptions.SpnegoError) -> str:

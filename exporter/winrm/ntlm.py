@@ -15,8 +15,7 @@ from __future__ import annotations
 import spnego
 
 from .connection import Connection
-from .encryption import SPNEGO, MessageSeal
-from .session import Channel, channel_bindings, handshake
+from .session import SPNEGO, Channel, MessageSeal, channel_bindings, handshake
 
 
 class NTLM:

@@ -15,7 +15,7 @@ module's session configuration (MS-PSRP over WS-Management, MS-PSRP 3.1.5.3):
 - any other configuration (full language, e.g. Microsoft.PowerShell): the script itself.
 
 The protocol's state is psrpcore's (`ClientRunspacePool`, `ClientPowerShell`: public API, no I/O); the bytes
-travel over the same authenticated link as WinRS (`link.Link`), so PSRP gets the WinRS path's deadline, size
+travel over the same authenticated link as WinRS (`client.Link`), so PSRP gets the WinRS path's deadline, size
 bounds, authentication, trust (no proxy or CA from the environment) and channel renewal (a kept channel is
 authenticated anew before a poll its Kerberos ticket would not outlive; the kept pool is reached from the new one). Every fragment is checked by
 `psrp_fragments.FragmentReader` before psrpcore parses it. With `keep_runspace` the pool stays open between
@@ -43,10 +43,10 @@ from ..config import ModuleConfig
 from ..scripts import ORGANIZATION_MARKER, SERVER_MARKER, Command
 from ..windows_endpoint import FUNCTION_NAME, PARAMETERS, VERSION_PREFIX, endpoint_version, update_command
 from . import wsman
-from .client import MIN_FOLLOW_UP_SECONDS, CommandResult, without_secrets
+from .client import (MIN_FOLLOW_UP_SECONDS, MIN_REQUEST_SECONDS, CommandResult, LinkedConnection, request_timeouts,
+                     without_secrets)
 from .connection import Endpoint
 from .errors import OPERATION_TIMEOUT, AuthenticationRejected, PollFailure, WSManFault, classify
-from .link import MIN_REQUEST_SECONDS, LinkedConnection, request_timeouts
 from .psrp_fragments import FragmentReader
 
 log = logging.getLogger(__name__)

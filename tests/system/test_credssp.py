@@ -237,6 +237,35 @@ def test_credssp_authenticates_with_kerberos_inside_when_the_module_asks(kdc_fac
     assert f"HTTP/{host.fqdn}@{kdc.realm}" in kdc.log_file.read_text(errors="replace")  # the service ticket
 
 
+def test_kerberos_inside_credssp_replaces_a_tgt_the_kdc_no_longer_reads(kdc_factory, tmp_path, monkeypatch):
+    """The realm's krbtgt key changes after the module bought its TGT (an Active Directory krbtgt reset): the next
+    server asks for a new service ticket, the KDC refuses the held TGT, and the module buys a new one within the
+    poll (kerberos.first_step) instead of failing every poll of a new server until the old TGT expires."""
+    kdc = kdc_factory()
+    kdc.add_principal("svc_monitor", password=PASSWORD)
+    names = ("CSSP-KRB", "CSSP-KRB2")
+    scenario = relocate({"organization": {"domain": "contoso.test"},
+                         "servers": [{"name": n, "address": "127.0.0.1", "build": BUILD, "auth": ["credssp"]}
+                                     for n in names]})
+    with SimulatedFleet(scenario) as fleet:
+        hosts = [fleet.hosts[n] for n in names]
+        keytab = kdc.service_keytab(tmp_path / "fleet.keytab", [h.fqdn for h in hosts])
+        monkeypatch.setenv("KRB5_KTNAME", f"FILE:{keytab}")
+        config = {"poll": {"interval": "60s", "timeout": "15s"},
+                  "modules": {"m": module(fleet, "http", username=f"svc_monitor@{kdc.realm}",
+                                          credssp_auth_mechanism="kerberos")},
+                  "servers": [{"name": h.fqdn, "address": h.address, "port": h.port} for h in hosts]}
+        p = Poller(SafeRuntime(load_config_text(yaml.safe_dump(config), tmp_path), Catalog.load()))
+        try:
+            first = p.poll_server(hosts[0].fqdn).outcome
+            kdc.new_key(f"krbtgt/{kdc.realm}")
+            second = p.poll_server(hosts[1].fqdn).outcome
+        finally:
+            p.stop()
+        assert first.success, first
+        assert second.success, second
+
+
 @pytest.mark.parametrize("transport, reason", [("credssp", None), ("ntlm", "double_hop")])
 def test_the_organization_collector_needs_the_delegated_password(fleet, tmp_path, transport, reason):
     """`double_hop`: the organization's cmdlets reach Active Directory only from a logon holding a delegated

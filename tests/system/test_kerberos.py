@@ -323,6 +323,20 @@ def test_the_spn_comes_from_the_configured_name_never_from_the_address(domain, t
         poller.stop()
 
 
+def test_a_tgt_the_kdc_can_no_longer_read_is_bought_again_within_the_poll(domain, tmp_path):
+    """The realm's krbtgt key changes while the module holds a TGT (an Active Directory krbtgt reset, done twice,
+    as after a compromise): the KDC cannot read the held TGT any more, so asking it for a service ticket fails
+    with "Decrypt integrity check failed". The module buys a new TGT at once and the poll goes on; it must not
+    fail every poll of a new server until the old TGT would have expired (10 hours)."""
+    poller = domain.poller(tmp_path, domain.config(tmp_path))
+    try:
+        assert polled(poller, "ex01.contoso.test") == {"ex01.contoso.test": "ok"}
+        domain.kdc.new_key(f"krbtgt/{domain.kdc.realm}")
+        assert polled(poller, "ex02.contoso.test", "EX03") == {"ex02.contoso.test": "ok", "EX03": "ok"}
+    finally:
+        poller.stop()
+
+
 def test_a_kerberos_module_never_falls_back_to_ntlm(kdc_factory, tmp_path):
     """The listeners also take NTLM with the same account; a Kerberos failure stays a Kerberos failure."""
     for domain in _domain(kdc_factory, tmp_path, scenario_changes={"defaults": {"auth": ["ntlm", "kerberos"]}}):

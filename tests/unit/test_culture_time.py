@@ -1,4 +1,4 @@
-"""Times written with a .NET culture's short-date + long-time pattern (exporter/culture_time.py), read from the
+"""Times written with a .NET culture's short-date + long-time pattern (exporter/eems_log.py), read from the
 patterns the script reports (the values are those of en-US, de-DE, ja-JP and fr-FR in Windows)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from exporter.culture_time import leading_time_pattern, to_datetime
+from exporter.eems_log import leading_time_pattern, to_datetime
 
 CULTURES = {  # name -> (ShortDatePattern, LongTimePattern, AMDesignator, PMDesignator)
     "en-US": ("M/d/yyyy", "h:mm:ss tt", "AM", "PM"),

@@ -6,7 +6,7 @@ import os
 from datetime import datetime, timezone
 
 from exporter.field_report import MAX_RAW_CHARS
-from exporter.kept_output import KeptOutputs
+from exporter.store import KeptOutputs
 from exporter.model import ScriptOutput
 
 WHEN = datetime(2026, 12, 6, tzinfo=timezone.utc)

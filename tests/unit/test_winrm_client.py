@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from exporter.config import Secret
+from exporter.secret import Secret
 from exporter.scripts import ServerScriptParameters, powershell_command, server_script
 from exporter.winrm import PollFailure, ServerConnection
 from simulator.host import Faults

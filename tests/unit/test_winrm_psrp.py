@@ -13,7 +13,7 @@ import pytest
 
 from exporter import windows_endpoint
 from exporter.collectors import script_failure
-from exporter.config import Secret
+from exporter.secret import Secret
 from exporter.parse import parse_organization_output
 from exporter.scripts import ServerScriptParameters, organization_script, powershell_command, server_script
 from exporter.winrm import PollFailure, ServerConnection, connect
