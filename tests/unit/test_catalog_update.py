@@ -60,9 +60,10 @@ def loopback_server():
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()  # shutdown() waits a poll
     yield f"http://127.0.0.1:{server.server_address[1]}", routes
     server.shutdown()
+    server.server_close()
 
 
 # ---------------------------------------------------------------- update
