@@ -38,9 +38,11 @@ from .session import SPNEGO, Channel, MessageSeal, channel_bindings, handshake
 from .tickets import TICKET_EXPIRED, TicketCache, TicketError, explain, signed
 
 # KDC errors, at the request for a service ticket, that say the held TGT is no good (MIT krb5 codes, signed):
-# MIT's KDC answers a TGT it cannot decrypt (its krbtgt key changed) with a generic "PROCESS_TGS" error, Active
-# Directory with "Message stream modified"; a bad checksum, a revoked or expired TGT, and an account deleted or
-# disabled since the TGT was bought (a new AS exchange then reports that clearly).
+# MIT's KDC answers a TGT it cannot decrypt (its krbtgt key changed) with a generic "PROCESS_TGS" error (tested).
+# Which code Active Directory sends for it is UNCONFIRMED: Windows names a ticket its key cannot decrypt
+# KRB_AP_ERR_MODIFIED, and a referral ticket a KDC cannot decrypt KRB_AP_ERR_BAD_INTEGRITY, so both are here.
+# Also a revoked or expired TGT, and an account deleted or disabled since the TGT was bought (a new AS exchange
+# then reports that clearly).
 TGT_REFUSED = frozenset({
     -1765328324,  # KRB5KRB_ERR_GENERIC
     -1765328343,  # KRB5KRB_AP_ERR_MODIFIED
