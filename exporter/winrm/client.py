@@ -39,8 +39,8 @@ serves. It does while:
 
 Otherwise the link opens a new connection and authenticates it. The authentication object is built once, at
 the first request: NTLM derives the password's hashes there, Kerberos finds the module's ticket cache.
-`LinkedConnection` is what the two protocols' connections share around their link: the constructor and the
-attributes the poller sees (PROTOCOL.md's fixed names), one lock, and `close()`.
+`LinkedConnection` is what the two protocols' connections share around their link: the constructor, the
+`module` its callers read, one lock, and `close()`.
 """
 
 from __future__ import annotations
