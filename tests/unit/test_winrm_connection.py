@@ -58,10 +58,13 @@ class ScriptedServer:
                 self.requests.append(head + b"\r\n\r\n" + rest[:length])
                 data = rest[length:]
                 answer = self.answers.pop(0)
-                if callable(answer):
-                    answer(client)
+                try:
+                    if callable(answer):
+                        answer(client)
+                        return
+                    client.sendall(answer)
+                except OSError:  # the client already hung up, as it should after a refused answer
                     return
-                client.sendall(answer)
 
     def connect(self, *, limit: int = LIMIT) -> Connection:
         return Connection.open(self.endpoint, None, deadline=time.monotonic() + 10, timeout=5,
