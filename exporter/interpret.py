@@ -9,8 +9,9 @@ the log says "untrusted endpoint" (docs/reference/eems-facts.md section 3).
 Log cycles: a cycle runs from one "Fetching mitigations from" line up to the next one. A cycle with a
 Warning/Error line about fetching mitigations is a failed check (its time is the first such line); one
 without is a successful check (its time is the check-start line). Other Warning/Error lines are counted
-apart. The newest cycle counts as a success only once a line follows its check-start line, so a check still
-in progress when the tail was read is not reported as a success.
+apart. The newest cycle counts as a success only once a line follows its check-start line and it is
+CHECK_SETTLE old, so a check still in progress when the tail was read is not reported as a success: a check
+logs its start, "Using Proxy" and its diagnostic-data line before its fetch fails.
 
 Activity: the newest trace of the service at all (an EEMS event of any id, a log line, the newest write
 into the log folder) needs no guessed text. With the absence of fetch errors since, it is the success
@@ -48,6 +49,11 @@ FUTURE_TOLERANCE = timedelta(days=1)  # clock skew we accept before calling a ti
 SAME_CHECK = timedelta(minutes=10)  # an event and a log cycle closer than this are one check
 LOG_CLOCK_SLACK = timedelta(minutes=10)  # a log line may look this much newer than the server's now (clock steps)
 FAILING_WINDOW = timedelta(hours=3)  # "failing now": the two newest checks in this window failed
+# How long the newest check may still be fetching: a check logs its start, "Using Proxy" and its diagnostic-data line
+# before the fetch fails (the GRANIKOS capture), so a newest check without a problem line is a success only once it
+# is this old. A fetch taking longer (UNCONFIRMED: .NET's HttpClient gives up after 100 s by default) would
+# still read as a success for a poll.
+CHECK_SETTLE = timedelta(minutes=5)
 
 ENDPOINTS = {"GetExchangeMitigations": "mitigations", "GetExchangeConfig": "flighting"}
 ACCESS_DENIED_TYPES = ("System.UnauthorizedAccessException", "System.Security.SecurityException")
@@ -355,7 +361,8 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
     errors = event_errors + [(c.error_time, c.error_reason) for c in failed]
     successes = [e.time for e in events if e.id in SUCCESS_EVENTS]
     newest_cycle = cycles[-1] if cycles else None
-    successes += [c.start for c in cycles if c.error_time is None and (c.finished or c is not newest_cycle)]
+    successes += [c.start for c in cycles if c.error_time is None
+                  and (c is not newest_cycle or (c.finished and now - c.start >= CHECK_SETTLE))]
     checks = [e.time for e in events] + [c.start for c in cycles]
     activity = [e.time for e in all_events] + [r.time for r in records]
     activity += [log.last_write for log in facts.logs if log.last_write is not None and log.last_write <= latest]

@@ -13,6 +13,9 @@ from exporter.catalog import Catalog
 from exporter.eems_log import FETCH_ERROR_REASONS
 from exporter.interpret import _nearest, interpret_server
 from exporter.model import RawCulture, RawEndpoint, RawError, RawEvent, RawLog, RawServerFacts
+from exporter.parse import parse_server_output
+from exporter.scripts import ServerScriptParameters, powershell_command, server_script
+from simulator.scenario import scenario_from_dict
 
 UTC = timezone.utc
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -475,6 +478,43 @@ def test_check_in_progress_is_not_yet_a_success(catalog):
     tail = "\n".join([stamp(at(2), FETCH_LINE), stamp(at(2, -1), DONE_LINE), stamp(at(0, 1), FETCH_LINE)])
     eems = interpret(facts(tail=tail), catalog).eems
     assert eems.last_check == at(0, 1) and eems.last_success == at(2)
+
+
+def test_a_check_that_has_logged_its_preamble_but_no_result_is_not_yet_a_success(catalog):
+    """A check through a proxy logs "Using Proxy" and its diagnostic-data line before the fetch fails (the GRANIKOS
+    capture): a poll landing in between must not read the newest check as a success, or a server failing every
+    check reads as recovered for one poll (its alerts resolve and page again). Once the check is older than a
+    fetch can take and still shows no problem, it was a success."""
+    def cycle(hours_ago: float, minutes: float, failed: bool) -> list[str]:
+        lines = GRANIKOS_CYCLE[1:] if failed else GRANIKOS_CYCLE[1:4]
+        return [stamp(at(hours_ago, minutes - i / 60), "FetchMitigation," + line) for i, line in enumerate(lines)]
+
+    failed_twice = cycle(2, 0, True) + cycle(1, 0, True)
+    for minutes_ago in (0.5, 2):  # its preamble logged, the fetch still running
+        eems = interpret(facts(tail="\n".join(failed_twice + cycle(0, minutes_ago, False))), catalog).eems
+        assert eems.failing and eems.last_success is None, minutes_ago
+        assert eems.last_check == at(0, minutes_ago)
+    eems = interpret(facts(tail="\n".join(failed_twice + cycle(0, 20, False))), catalog).eems
+    assert not eems.failing and eems.last_success == at(0, 20)
+
+
+def test_the_demos_proxied_server_stays_failing_while_its_newest_check_runs(catalog):
+    """The demo's EX-SE04-PROXY (every check fails TLS validation behind a proxy), simulated at a moment between its
+    newest check's "Using Proxy" line and its failure, and read as a poll reads it. A poll landing there made
+    test_integration fail once: the server read as recovered for one poll, and its alerts resolved and fired again."""
+    check = datetime(2026, 11, 26, 12, 10, tzinfo=UTC)  # installed at midnight: checks at 10 past each hour
+    scenario = scenario_from_dict({
+        "clock": check + timedelta(milliseconds=950),  # the check's first lines are stamped within its first 0.9 s
+        "credentials": [{"username": "EXCH\\svc_monitor", "password": "s3cret-demo"}],
+        "servers": [{"name": "EX-SE04-PROXY", "address": "127.0.0.20", "build": "15.2.2562.53",
+                     "internet_web_proxy": "http://proxy.contoso.com:8080/", "eems_failure": "tls_validation",
+                     "installed_since": "2026-11-20T00:00:00Z"}]})
+    command = powershell_command(server_script(ServerScriptParameters(24, 50, 32768, False, 10, "")))
+    out = scenario.hosts[0].run(command.line)
+    raw = parse_server_output(b"".join(out.stdout_chunks), max_events=50, max_log_bytes=32768)
+    assert any("Using Proxy" in line and "12:10:00" in line for log in raw.logs for line in log.tail.splitlines())
+    eems = interpret_server("EX-SE04-PROXY", raw, catalog, lookback=LOOKBACK, now=raw.now).eems
+    assert eems.failing and eems.last_success is None
 
 
 def test_generic_jan_2025_event_is_refined_from_the_log(catalog):
