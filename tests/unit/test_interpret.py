@@ -17,6 +17,8 @@ from exporter.parse import parse_server_output
 from exporter.scripts import ServerScriptParameters, powershell_command, server_script
 from simulator.scenario import scenario_from_dict
 
+from ..conftest import demo_scenario
+
 UTC = timezone.utc
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 LOOKBACK = timedelta(hours=24)
@@ -498,23 +500,35 @@ def test_a_check_that_has_logged_its_preamble_but_no_result_is_not_yet_a_success
     assert not eems.failing and eems.last_success == at(0, 20)
 
 
-def test_the_demos_proxied_server_stays_failing_while_its_newest_check_runs(catalog):
-    """The demo's EX-SE04-PROXY (every check fails TLS validation behind a proxy), simulated at a moment between its
-    newest check's "Using Proxy" line and its failure, and read as a poll reads it. A poll landing there made
-    test_integration fail once: the server read as recovered for one poll, and its alerts resolved and fired again."""
-    check = datetime(2026, 11, 26, 12, 10, tzinfo=UTC)  # installed at midnight: checks at 10 past each hour
-    scenario = scenario_from_dict({
-        "clock": check + timedelta(milliseconds=950),  # the check's first lines are stamped within its first 0.9 s
-        "credentials": [{"username": "EXCH\\svc_monitor", "password": "s3cret-demo"}],
-        "servers": [{"name": "EX-SE04-PROXY", "address": "127.0.0.20", "build": "15.2.2562.53",
-                     "internet_web_proxy": "http://proxy.contoso.com:8080/", "eems_failure": "tls_validation",
-                     "installed_since": "2026-11-20T00:00:00Z"}]})
-    command = powershell_command(server_script(ServerScriptParameters(24, 50, 32768, False, 10, "")))
-    out = scenario.hosts[0].run(command.line)
-    raw = parse_server_output(b"".join(out.stdout_chunks), max_events=50, max_log_bytes=32768)
-    assert any("Using Proxy" in line and "12:10:00" in line for log in raw.logs for line in log.tail.splitlines())
-    eems = interpret_server("EX-SE04-PROXY", raw, catalog, lookback=LOOKBACK, now=raw.now).eems
-    assert eems.failing and eems.last_success is None
+def test_no_demo_server_reads_differently_at_any_moment_of_its_check_or_of_the_hour_turn(catalog):
+    """Every demo server, read as a poll reads it at instants 100 ms apart around its next hourly check (the lines
+    of a check are stamped over its first 3 s) and around the turn of the hour (hourly log files roll): what the
+    alerts rest on never differs from a calm moment of the same hour. The demo fleet does not change; a verdict
+    that flickers is a page that resolves and fires again."""
+    calm = datetime(2026, 11, 26, 12, 30, tzinfo=UTC)
+    scenario = scenario_from_dict({**demo_scenario(), "clock": calm})
+    command = powershell_command(server_script(ServerScriptParameters(24, 50, 32768, False, 10, ""))).line
+
+    def verdict(host, moment: datetime):
+        scenario.clock.pinned = moment
+        out = host.run(command)
+        raw = parse_server_output(b"".join(out.stdout_chunks), max_events=50, max_log_bytes=32768)
+        state = interpret_server(host.name, raw, catalog, lookback=LOOKBACK, now=raw.now)
+        eems = state.eems
+        return ((eems.failing, eems.last_error_reason, eems.last_success is None, eems.other_errors > 0,
+                 eems.log_other_errors > 0, sorted(k for k, n in eems.fetch_errors.items() if n >= 6),
+                 sorted(e.part for e in state.collection_errors)), eems.last_check)
+
+    moments = 0
+    for host in scenario.hosts:
+        expected, last_check = verdict(host, calm)
+        around = [datetime(2026, 11, 26, 13, tzinfo=UTC) + timedelta(milliseconds=ms) for ms in range(-500, 1500, 100)]
+        if last_check is not None:
+            around += [last_check + timedelta(hours=1, milliseconds=ms) for ms in range(-500, 3000, 100)]
+        for moment in around:
+            assert verdict(host, moment)[0] == expected, (host.name, moment)
+        moments += len(around)
+    assert moments > 40 * len(scenario.hosts) // 2  # most servers have a check to step through
 
 
 def test_generic_jan_2025_event_is_refined_from_the_log(catalog):
