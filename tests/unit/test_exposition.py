@@ -13,8 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from exporter.catalog import Catalog
 from exporter.exporter import Exporter
-from exporter.metrics import probe_body
-from exporter.metrics import organization_families, self_families, server_families
+from exporter.metrics import organization_families, probe_body, self_families, server_families
 
 from ..conftest import SimulatedFleet, demo_scenario, poll_all, quick_organization, relocate
 

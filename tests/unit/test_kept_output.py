@@ -6,8 +6,8 @@ import os
 from datetime import datetime, timezone
 
 from exporter.field_report import MAX_RAW_CHARS
-from exporter.store import KeptOutputs
 from exporter.model import ScriptOutput
+from exporter.store import KeptOutputs
 
 WHEN = datetime(2026, 12, 6, tzinfo=timezone.utc)
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from exporter.secret import Secret
 from exporter.scripts import ServerScriptParameters, powershell_command, server_script
+from exporter.secret import Secret
 from exporter.winrm import PollFailure, ServerConnection
 from simulator.host import Faults
 

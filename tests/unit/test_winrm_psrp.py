@@ -13,9 +13,9 @@ import pytest
 
 from exporter import windows_endpoint
 from exporter.collectors import script_failure
-from exporter.secret import Secret
 from exporter.parse import parse_organization_output
 from exporter.scripts import ServerScriptParameters, organization_script, powershell_command, server_script
+from exporter.secret import Secret
 from exporter.winrm import PollFailure, ServerConnection, connect
 from exporter.winrm.psrp import PsrpConnection
 
