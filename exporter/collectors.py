@@ -63,8 +63,7 @@ def collect_organization(target: Target, connection: ServerConnection, settings:
                                           max_servers=max_servers)
         if facts.error_message:
             reason = classify_organization_error(facts.error_message)
-            raise PollFailure(reason, f"{facts.error_stage or 'script'}: {facts.error_message}",
-                              mask=masking(connection.module.secrets()))
+            raise PollFailure(reason, f"{facts.error_stage or 'script'}: {facts.error_message}")  # masked in _attempt
         return facts
 
     facts, outcome = _attempt("organization", f"organization collector on {target.name}", started, poll,

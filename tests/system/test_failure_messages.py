@@ -9,6 +9,7 @@ failure is made, in every form the redactor knows, before the message is cut to 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -29,10 +30,14 @@ PREFIX = "PowerShell exited with code 1: "
 START = LEAKY_PASSWORD[:4]  # what a cut through the password would leave at the end of a message
 
 
-def _config(port: int):
-    return load_config_text(yaml.safe_dump({
+def _config_text(port: int) -> str:
+    return yaml.safe_dump({
         "modules": {"m": {"username": LEAKY_USER, "password_env": LEAKY_PASSWORD_ENV, "scheme": "http"}},
-        "servers": [{"name": "EVIL01", "address": "127.0.0.1", "port": port}]}), Path("."))
+        "servers": [{"name": "EVIL01", "address": "127.0.0.1", "port": port}]})
+
+
+def _config(port: int):
+    return load_config_text(_config_text(port), Path("."))
 
 
 def _failed_poll(stderr: str, monkeypatch, caplog):
@@ -65,6 +70,28 @@ def test_the_password_is_masked_before_the_message_is_cut(monkeypatch, caplog):
     outcome, log = _failed_poll(stderr, monkeypatch, caplog)
     assert outcome.error_reason == "script_failed" and len(outcome.error_message) == 300
     assert START not in outcome.error_message and START not in log
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_an_organization_error_echoing_the_password_is_masked(form, monkeypatch, caplog):
+    """The organization script reports its cmdlets' errors in its JSON (the script itself succeeds): that text is
+    the server's too, and is masked like a failed script's."""
+    monkeypatch.setenv(LEAKY_PASSWORD_ENV, LEAKY_PASSWORD)
+    doc = {"error": {"stage": "Get-ExchangeServer", "message": f"the proxy refused {FORMS[form]} (407)"}}
+    output = Output(stdout=json.dumps(doc).encode())
+    with HostileServer("none", {LEAKY_USER: LEAKY_PASSWORD}, output=lambda _: output) as hostile:
+        config = yaml.safe_load(_config_text(hostile.port))
+        config["organization"] = {"server": "EVIL01"}
+        exporter = Exporter(load_config_text(yaml.safe_dump(config), Path(".")), Catalog.load())
+        try:
+            with caplog.at_level(logging.WARNING):
+                outcome = exporter.poller.poll_organization().outcome
+        finally:
+            exporter.stop()
+    assert outcome.error_reason == "script_failed"
+    assert "<redacted>" in outcome.error_message, outcome.error_message
+    assert_password_absent(outcome.error_message, LEAKY_PASSWORD)
+    assert_password_absent(caplog.text, LEAKY_PASSWORD)
 
 
 @pytest.mark.parametrize("form", list(FORMS))
