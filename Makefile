@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 KERBEROS_STAMP := $(VENV)/.installed-kerberos
-KERBEROS_PACKAGES := krb5-kdc krb5-admin-server libkrb5-dev
+KERBEROS_PACKAGES := krb5-kdc krb5-admin-server libkrb5-dev faketime gcc
 # What the tests run (tests/artifacts/test_ci.py checks that every program a test looks up is listed here).
 # The MIT admin programs are in sbin, which a non-root PATH may lack: named by their path.
 KERBEROS_PROGRAMS := /usr/sbin/krb5kdc /usr/sbin/kadmin.local /usr/sbin/kdb5_util krb5-config faketime gcc
@@ -33,10 +33,10 @@ kerberos-deps:
 	  EXTRA=$$(test -f "$$HEADERS/Python.h" || echo python3-dev); \
 	  $$SUDO apt-get -o DPkg::Lock::Timeout=900 update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends \
-	    $(KERBEROS_PACKAGES) faketime gcc $$EXTRA >/dev/null; \
+	    $(KERBEROS_PACKAGES) $$EXTRA >/dev/null; \
 	fi
 	@for p in $(KERBEROS_PROGRAMS); do command -v $$p >/dev/null \
-	  || { echo "$$p is missing after installing $(KERBEROS_PACKAGES) faketime gcc" >&2; exit 1; }; done
+	  || { echo "$$p is missing after installing $(KERBEROS_PACKAGES)" >&2; exit 1; }; done
 
 # The exporter's `kerberos` extra (pyspnego[kerberos]: python-gssapi and python-krb5), built against libkrb5-dev.
 $(KERBEROS_STAMP): $(STAMP) pyproject.toml
