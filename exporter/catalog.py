@@ -1,7 +1,8 @@
 """Exchange build catalog: which release a build is, how old, and whether it can still get EEMS mitigations.
 
-The facts live in `exporter/data/` (builds.tsv, lifecycle.tsv, cutoffs.yaml) so updating Microsoft's
-release list is a data change. This module only applies the rules below.
+The facts live in `exporter/data/` (builds.tsv, lifecycle.tsv, servicing.tsv, cutoffs.yaml) so updating
+Microsoft's release list is a data change; `catalog_data.py` reads and checks them, at start and at a reload.
+This module only applies the rules below, on every poll.
 
 Build numbers only order releases *within* one CU: major.minor.build names the CU (15.2.1748 = 2019 CU15),
 the fourth part the update. Verdicts for builds the catalog does not list (known=False):
@@ -39,10 +40,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from importlib import resources
 from pathlib import Path
-
-import yaml
 
 from exporter.model import BuildVerdict, NextBuild
 
@@ -54,9 +52,6 @@ PRODUCT_FIRST_BUILD: dict[str, tuple[int, int, int]] = {
     "Exchange2019": (15, 2, 0),
     "ExchangeSE": (15, 2, 2562),
 }
-BUILD_COLUMNS = ("product", "cu", "update", "build", "released")
-LIFECYCLE_COLUMNS = ("product", "released", "mainstream_end", "extended_end")
-SERVICING_COLUMNS = ("product", "serviced_cus", "updates_end", "migrate_to")
 SERVICED, CU_NOT_SERVICED, OUT_OF_SUPPORT = "serviced", "cu_not_serviced", "out_of_support"
 UNKNOWN = "unknown"
 
@@ -66,20 +61,12 @@ _VERSION_EXAMPLE = "expected e.g. 15.2.1544.4"
 _ADMIN_DISPLAY_VERSION = re.compile(r"Version ([0-9]{1,9})\.([0-9]{1,9}) \(Build ([0-9]{1,9})\.([0-9]{1,9})\)")
 
 
-class CatalogError(Exception):
-    """A catalog file the exporter cannot trust; the message names the file, the line and the problem."""
-
-    def __init__(self, path: str, line: int | None, message: str):
-        self.path, self.line, self.message = path, line, message
-        where = f"{path}:{line}" if line is not None else path
-        super().__init__(f"{where}: {message}")
-
-
 class BuildVersionError(ValueError):
     """A version string that is not an Exchange 2013/2016/2019/SE build."""
 
 
-def _show(value: object) -> str:
+def short_repr(value: object) -> str:
+    """A value as an error message quotes it: repr, cut to 40 characters (a data file may hold anything)."""
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -88,11 +75,11 @@ def parse_build(version: object) -> tuple[int, int, int, int]:
     """Split a build into its four numbers, refusing anything that is not Exchange 15.0-15.2."""
     match = _VERSION.fullmatch(version.strip()) if isinstance(version, str) else None
     if match is None:
-        raise BuildVersionError(f"{_show(version)} is not a four-part Exchange build ({_VERSION_EXAMPLE})")
+        raise BuildVersionError(f"{short_repr(version)} is not a four-part Exchange build ({_VERSION_EXAMPLE})")
     parts = tuple(int(p) for p in match.groups())
     if parts[:2] not in {start[:2] for start in PRODUCT_FIRST_BUILD.values()}:
         raise BuildVersionError(
-            f"{_show(version)} is not an Exchange 2013/2016/2019/SE build (major.minor must be 15.0, 15.1 or 15.2)"
+            f"{short_repr(version)} is not an Exchange 2013/2016/2019/SE build (major.minor must be 15.0, 15.1 or 15.2)"
         )
     return parts  # type: ignore[return-value]
 
@@ -101,7 +88,7 @@ def parse_admin_display_version(text: object) -> str:
     """`Version 15.2 (Build 1544.36)` (Get-ExchangeServer, deserialized) -> `15.2.1544.36`."""
     match = _ADMIN_DISPLAY_VERSION.fullmatch(text.strip()) if isinstance(text, str) else None
     if match is None:
-        raise BuildVersionError(f"AdminDisplayVersion {_show(text)} is not like 'Version 15.2 (Build 1544.36)'")
+        raise BuildVersionError(f"AdminDisplayVersion {short_repr(text)} is not like 'Version 15.2 (Build 1544.36)'")
     version = ".".join(match.groups())
     parse_build(version)
     return version
@@ -113,7 +100,7 @@ def product_of(parts: tuple[int, int, int, int]) -> str:
 
 
 @dataclass(frozen=True)
-class _Build:
+class Build:
     product: str
     cu: str
     update: str
@@ -122,13 +109,13 @@ class _Build:
 
 
 @dataclass(frozen=True)
-class _Cutoff:
+class Cutoff:
     minimum: dict[tuple[str, tuple[int, int, int]], tuple[int, int, int, int]]  # (product, CU) -> first passing build
     all_from: dict[str, tuple[int, int, int, int]]  # product -> first build of the first CU whose builds all pass
 
 
 @dataclass(frozen=True)
-class _Servicing:
+class Servicing:
     serviced_cus: int
     updates_end: date | None
     migrate_to: str | None
@@ -138,85 +125,23 @@ def today_utc() -> date:
     return datetime.now(timezone.utc).date()
 
 
-def _data_rows(path: str, text: str, columns: tuple[str, ...]):
-    """Yield (line number, cells) of a TSV with a header that starts with `columns`; '#' lines are comments."""
-    header_seen = False
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        cells = [c.strip() for c in line.split("\t")]
-        if not header_seen:
-            if tuple(cells[: len(columns)]) != columns:
-                raise CatalogError(path, number, f"header must start with {', '.join(columns)} (tab-separated)")
-            header_seen = True
-            continue
-        if len(cells) < len(columns):
-            raise CatalogError(
-                path, number, f"expected {len(columns)} tab-separated columns ({', '.join(columns)}), got {len(cells)}"
-            )
-        yield number, cells
-    if not header_seen:
-        raise CatalogError(path, None, f"no header line ({', '.join(columns)})")
-
-
-def _parse_date(path: str, line: int | None, what: str, value: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise CatalogError(path, line, f"{what} {_show(value)} is not a date (YYYY-MM-DD)") from None
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise CatalogError(str(path), None, "not UTF-8 text") from None
-    except OSError as e:
-        raise CatalogError(str(path), None, f"cannot read: {e.strerror or e}") from None
-
-
-def _parse_builds(path: str, text: str) -> dict[tuple[int, int, int, int], _Build]:
-    builds: dict[tuple[int, int, int, int], _Build] = {}
-    for line, (product, cu, update, version, released, *_) in _data_rows(path, text, BUILD_COLUMNS):
-        if product not in PRODUCT_FIRST_BUILD:
-            raise CatalogError(path, line, f"unknown product {_show(product)} (one of {', '.join(PRODUCT_FIRST_BUILD)})")
-        if not cu:
-            raise CatalogError(path, line, "empty cu")
-        parts = checked_build_parts(path, line, product, version, builds)
-        builds[parts] = _Build(product, cu, update, parts, _parse_date(path, line, "released", released))
-    return builds
-
-
-def checked_build_parts(path: str, line: int, product: str, version: str, builds: dict) -> tuple[int, int, int, int]:
-    """A build list row's build: four parts, of the product the row names, not listed before."""
-    try:
-        parts = parse_build(version)
-    except BuildVersionError as e:
-        raise CatalogError(path, line, str(e)) from None
-    if product_of(parts) != product:
-        raise CatalogError(path, line, f"build {version} belongs to {product_of(parts)}, not {product}")
-    if parts in builds:
-        raise CatalogError(path, line, f"build {version} is listed twice")
-    return parts
-
-
 class Catalog:
     """The merged build list, cutoffs and servicing rule, indexed for verdicts."""
 
     def __init__(
         self,
-        builds: dict[tuple[int, int, int, int], _Build],
+        builds: dict[tuple[int, int, int, int], Build],
         support_end: dict[str, date | None],
-        servicing: dict[str, _Servicing],
+        servicing: dict[str, Servicing],
         eems_first: dict[str, tuple[int, int, int, int]],
-        cutoffs: dict[str, _Cutoff],
+        cutoffs: dict[str, Cutoff],
     ):
         self._builds = builds
         self._support_end = support_end
         self._servicing = servicing
         self._eems_first = eems_first
         self._cutoffs = cutoffs
-        self._cus: dict[tuple[str, tuple[int, int, int]], list[_Build]] = {}
+        self._cus: dict[tuple[str, tuple[int, int, int]], list[Build]] = {}
         for build in sorted(builds.values(), key=lambda b: b.parts):
             self._cus.setdefault((build.product, build.parts[:3]), []).append(build)
         self._product_cus: dict[str, list[tuple[int, int, int]]] = {}
@@ -234,18 +159,18 @@ class Catalog:
     @classmethod
     def load(cls, extra_file: Path | None = None) -> "Catalog":
         """Packaged data plus an operator's TSV (same columns) that adds builds or overrides packaged rows."""
+        from .catalog_data import load_builds  # it reads rows with this module's build rules, so not imported above
+
         return cls.from_builds(load_builds(extra_file))
 
     @classmethod
-    def from_builds(cls, builds: dict[tuple[int, int, int, int], _Build]) -> "Catalog":
+    def from_builds(cls, builds: dict[tuple[int, int, int, int], Build]) -> "Catalog":
         """The packaged lifecycle, servicing rule and cutoffs applied to this build list."""
-        data = resources.files("exporter") / "data"
-        support_end = _parse_lifecycle("exporter/data/lifecycle.tsv", (data / "lifecycle.tsv").read_text("utf-8"))
-        servicing = _parse_servicing("exporter/data/servicing.tsv", (data / "servicing.tsv").read_text("utf-8"))
-        eems_first, cutoffs = _parse_cutoffs("exporter/data/cutoffs.yaml", (data / "cutoffs.yaml").read_text("utf-8"), builds)
-        return cls(builds, support_end, servicing, eems_first, cutoffs)
+        from .catalog_data import packaged_rules
 
-    def builds(self) -> list[_Build]:
+        return cls(builds, *packaged_rules(builds))
+
+    def builds(self) -> list[Build]:
         return sorted(self._builds.values(), key=lambda b: b.parts)
 
     def verdict(self, version: str, *, cu_level: bool = False, today: date | None = None) -> BuildVerdict:
@@ -321,7 +246,7 @@ class Catalog:
             return CU_NOT_SERVICED, end
         return SERVICED, None
 
-    def _next_build(self, product: str, servicing: str, same_cu: list[_Build], parts: tuple[int, int, int, int],
+    def _next_build(self, product: str, servicing: str, same_cu: list[Build], parts: tuple[int, int, int, int],
                     cu_level: bool) -> NextBuild | None:
         if servicing == SERVICED:
             if not same_cu or (same_cu[-1].parts <= parts and not cu_level):
@@ -339,7 +264,7 @@ class Catalog:
         return NextBuild(".".join(map(str, target.parts)), target.product, target.cu, target.update, target.released)
 
     def _cutoff_verdicts(self, eems: bool, product: str, parts: tuple[int, int, int, int],
-                         cu_builds: list[_Build] | None) -> dict[str, bool]:
+                         cu_builds: list[Build] | None) -> dict[str, bool]:
         """Per cutoff, whether the build passes. A CU-level build (`cu_builds`: its CU's known builds) passes when
         the CU's oldest build does and fails when its newest does; between, its update decides, which is unknown,
         so that cutoff is left out rather than judged on the CU's oldest build (review R12: a CU-level build
@@ -352,7 +277,7 @@ class Catalog:
             verdicts[cid] = passes
         return verdicts
 
-    def _passes(self, cutoff: _Cutoff, product: str, parts: tuple[int, int, int, int]) -> bool:
+    def _passes(self, cutoff: Cutoff, product: str, parts: tuple[int, int, int, int]) -> bool:
         minimum = cutoff.minimum.get((product, parts[:3]))
         if minimum is not None:
             return parts >= minimum
@@ -360,111 +285,3 @@ class Catalog:
             return True
         cus = self._product_cus.get(product)
         return bool(cus) and parts[:3] > cus[-1]
-
-
-def packaged_builds() -> dict[tuple[int, int, int, int], _Build]:
-    data = resources.files("exporter") / "data"
-    return _parse_builds("exporter/data/builds.tsv", (data / "builds.tsv").read_text(encoding="utf-8"))
-
-
-def load_builds(extra_file: Path | None = None) -> dict[tuple[int, int, int, int], _Build]:
-    """The packaged build list with an operator's catalog_file (same columns) laid over it."""
-    builds = packaged_builds()
-    if extra_file is not None:
-        extra = Path(extra_file)
-        builds.update(_parse_builds(str(extra), _read_text(extra)))
-    return builds
-
-
-def _parse_servicing(path: str, text: str) -> dict[str, _Servicing]:
-    rules: dict[str, _Servicing] = {}
-    for line, (product, count, end, migrate_to, *_) in _data_rows(path, text, SERVICING_COLUMNS):
-        if product not in PRODUCT_FIRST_BUILD or (migrate_to and migrate_to not in PRODUCT_FIRST_BUILD):
-            raise CatalogError(path, line, f"unknown product {_show(product)} or {_show(migrate_to)}")
-        if not count.isdigit() or int(count) < 1:
-            raise CatalogError(path, line, f"serviced_cus {_show(count)} is not a whole number >= 1")
-        rules[product] = _Servicing(int(count), _parse_date(path, line, "updates_end", end) if end else None,
-                                    migrate_to or None)
-    missing = set(PRODUCT_FIRST_BUILD) - set(rules)
-    if missing:
-        raise CatalogError(path, None, f"no servicing rule for {', '.join(sorted(missing))}")
-    return rules
-
-
-def _parse_lifecycle(path: str, text: str) -> dict[str, date | None]:
-    ends: dict[str, date | None] = {}
-    for line, (product, _released, _mainstream, extended, *_) in _data_rows(path, text, LIFECYCLE_COLUMNS):
-        if product not in PRODUCT_FIRST_BUILD:
-            raise CatalogError(path, line, f"unknown product {_show(product)}")
-        ends[product] = _parse_date(path, line, "extended_end", extended) if extended else None
-    return ends
-
-
-def _cu_triple(path: str, name: object, builds: dict) -> tuple[str, tuple[int, int, int]]:
-    """Resolve 'Exchange2019/CU14' to its product and major.minor.build."""
-    product, _, cu = str(name).partition("/")
-    triples = {b.parts[:3] for b in builds.values() if b.product == product and b.cu == cu}
-    if len(triples) != 1:
-        raise CatalogError(path, None, f"CU {_show(name)} matches {len(triples)} CUs in the build list, expected 1")
-    return product, triples.pop()
-
-
-def _cu_first_build(path: str, name: str, builds: dict) -> tuple[int, int, int, int]:
-    """The oldest listed build of a CU: the full build a `>=` threshold on that CU compares with."""
-    product, triple = _cu_triple(path, name, builds)
-    return min(parts for parts in builds if parts[:3] == triple and builds[parts].product == product)
-
-
-def _parse_cutoffs(path: str, text: str, builds: dict) -> tuple[dict[str, tuple], dict[str, _Cutoff]]:
-    try:
-        doc = yaml.safe_load(text)
-        eems_first = {
-            product: _cu_first_build(path, f"{product}/{cu}", builds) for product, cu in doc["eems"]["first_cu"].items()
-        }
-        cutoffs: dict[str, _Cutoff] = {}
-        for cid, spec in doc["cutoffs"].items():
-            minimum = {}
-            for name, version in (spec.get("minimum") or {}).items():
-                product, triple = _cu_triple(path, name, builds)
-                parts = parse_build(str(version))
-                if parts not in builds or parts[:3] != triple:
-                    raise CatalogError(path, None, f"cutoff {cid}: minimum {version} is not a listed build of {name}")
-                minimum[(product, triple)] = parts
-            all_from = {
-                product: _cu_first_build(path, f"{product}/{cu}", builds)
-                for product, cu in (spec.get("all_from") or {}).items()
-            }
-            cutoffs[str(cid)] = _Cutoff(minimum, all_from)
-    except (yaml.YAMLError, KeyError, TypeError, AttributeError, BuildVersionError) as e:
-        raise CatalogError(path, None, f"malformed cutoffs file: {type(e).__name__}: {e}") from None
-    return eems_first, cutoffs
-
-
-def _iso(value: date | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def verdict_to_json(v: BuildVerdict) -> dict:
-    """The verdict as plain JSON types, for `cli build` and the `/probe` debug output."""
-    return {
-        "version": v.version,
-        "product": v.product,
-        "cu": v.cu,
-        "update": v.update,
-        "released": _iso(v.released),
-        "known": v.known,
-        "eems_supported": v.eems_supported,
-        "cutoffs": dict(v.cutoffs),
-        "superseded_since": _iso(v.superseded_since),
-        "product_support_end": _iso(v.product_support_end),
-        "servicing": v.servicing,
-        "cu_servicing_end": _iso(v.cu_servicing_end),
-        "next_build": None if v.next_build is None else {
-            "version": v.next_build.version,
-            "product": v.next_build.product,
-            "cu": v.next_build.cu,
-            "update": v.next_build.update,
-            "released": _iso(v.next_build.released),
-        },
-        "update_path_since": _iso(v.update_path_since),
-    }

@@ -27,16 +27,8 @@ from datetime import date, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from .catalog import (
-    BUILD_COLUMNS,
-    Catalog,
-    CatalogError,
-    _Build,
-    _parse_builds,
-    checked_build_parts,
-    packaged_builds,
-    today_utc,
-)
+from .catalog import Build, Catalog, today_utc
+from .catalog_data import BUILD_COLUMNS, CatalogError, checked_build_parts, packaged_builds, parse_builds
 
 MAX_LIST_BYTES = 4 << 20  # Microsoft's CSV is ~40 KB; anything near this is not a build list
 FETCH_TIMEOUT_SECONDS = 20.0  # the whole download, redirects included, not per socket read
@@ -48,7 +40,7 @@ _MICROSOFT_NAME = re.compile(
 _NOT_MONITORED = re.compile(r"Exchange (2007|2010)\b.*")  # pre-2013 products: no EEMS, outside the catalog
 _PRODUCTS = {"2013": "Exchange2013", "2016": "Exchange2016", "2019": "Exchange2019", "SE": "ExchangeSE"}
 
-Builds = dict[tuple[int, int, int, int], _Build]
+Builds = dict[tuple[int, int, int, int], Build]
 
 
 def display_source(source: str) -> str:
@@ -169,7 +161,7 @@ def parse_build_list(name: str, text: str, *, today: date) -> Builds:
     if tuple(c.strip() for c in first.split(",")[:3]) == MICROSOFT_HEADER:
         builds = _parse_microsoft_csv(name, text)
     elif tuple(c.strip() for c in first.split("\t")[: len(BUILD_COLUMNS)]) == BUILD_COLUMNS:
-        builds = _parse_builds(name, text)
+        builds = parse_builds(name, text)
     else:
         raise CatalogError(name, None, "neither Microsoft's ExchangeBuildNumbers.csv (Product Name,Build Number,"
                                        "Date,...) nor the catalog TSV (product, cu, update, build, released)")
@@ -205,11 +197,11 @@ def _parse_microsoft_csv(name: str, text: str) -> Builds:
             day = datetime.strptime(released, "%m/%d/%Y").date()
         except ValueError:
             raise CatalogError(name, line, f"date {released[:30]!r} is not a real date (M/D/YYYY)") from None
-        builds[parts] = _Build(product, match.group(2), match.group(3) or "", parts, day)
+        builds[parts] = Build(product, match.group(2), match.group(3) or "", parts, day)
     return builds
 
 
-def _version(build: _Build) -> str:
+def _version(build: Build) -> str:
     return ".".join(map(str, build.parts))
 
 
@@ -219,7 +211,7 @@ class Change:
     what: str
 
 
-def verdict_changes(before: Catalog, after: Catalog, builds: list[_Build], today: date) -> list[Change]:
+def verdict_changes(before: Catalog, after: Catalog, builds: list[Build], today: date) -> list[Change]:
     """Every difference, build by build, in what the exporter would report for that build."""
     changes = []
     for build in builds:

@@ -19,8 +19,10 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from . import __version__
-from .catalog import BuildVersionError, Catalog, CatalogError, verdict_to_json
+from .catalog import BuildVersionError, Catalog
+from .catalog_data import CatalogError
 from .config import DEFAULT_LISTEN_PORT, Config, ConfigError, load_config
+from .model import BuildVerdict
 from .redact import Redactor
 from .sharding import parse_shard
 
@@ -191,6 +193,36 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _iso(value: date | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def verdict_to_json(v: BuildVerdict) -> dict:
+    """The verdict as plain JSON types, for `build --json` and the text `build` prints."""
+    return {
+        "version": v.version,
+        "product": v.product,
+        "cu": v.cu,
+        "update": v.update,
+        "released": _iso(v.released),
+        "known": v.known,
+        "eems_supported": v.eems_supported,
+        "cutoffs": dict(v.cutoffs),
+        "superseded_since": _iso(v.superseded_since),
+        "product_support_end": _iso(v.product_support_end),
+        "servicing": v.servicing,
+        "cu_servicing_end": _iso(v.cu_servicing_end),
+        "next_build": None if v.next_build is None else {
+            "version": v.next_build.version,
+            "product": v.next_build.product,
+            "cu": v.next_build.cu,
+            "update": v.next_build.update,
+            "released": _iso(v.next_build.released),
+        },
+        "update_path_since": _iso(v.update_path_since),
+    }
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     try:
         catalog = Catalog.load(args.catalog_file)
@@ -240,7 +272,7 @@ def cmd_catalog_update(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog_diff(args: argparse.Namespace) -> int:
-    from .catalog import load_builds
+    from .catalog_data import load_builds
     from .catalog_update import diff
 
     try:

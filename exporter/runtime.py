@@ -25,7 +25,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .catalog import Catalog, CatalogError
+from .catalog import Catalog
+from .catalog_data import CatalogError
 from .config import Config, ConfigError, OrganizationConfig, load_config
 from .model import OrgServerInfo
 from .redact import Redactor

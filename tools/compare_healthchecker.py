@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporter.catalog import Catalog, CatalogError, parse_build, today_utc  # noqa: E402
+from exporter.catalog import Catalog, parse_build, today_utc  # noqa: E402
+from exporter.catalog_data import CatalogError  # noqa: E402
 
 _PRODUCT_KEY = re.compile(r'^\s*"(Exchange2013|Exchange2016|Exchange2019|ExchangeSE)"\s*=\s*@\{')
 _CU_ENTRY = re.compile(r'^\s*"(\w+)"\s*=\s*\(NewCUAndSUObject\s+"([0-9.]+)"')

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter.catalog import VERDICTS_KEPT, BuildVersionError, Catalog, CatalogError, verdict_to_json
+from exporter.catalog import VERDICTS_KEPT, BuildVersionError, Catalog
+from exporter.catalog_data import CatalogError
+from exporter.cli import verdict_to_json
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE_BUILDS = REPO / "docs" / "reference" / "exchange-builds.tsv"

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.catalog import Catalog, CatalogError
+from exporter.catalog import Catalog
+from exporter.catalog_data import CatalogError
 from exporter.catalog_update import read_source
 from exporter.config import load_config
 from exporter.exporter import Exporter

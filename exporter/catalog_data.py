@@ -1,0 +1,190 @@
+"""The catalog's data files, read and checked: the build list (`exporter/data/builds.tsv`, with an operator's
+`catalog_file` laid over it), `lifecycle.tsv`, `servicing.tsv` and `cutoffs.yaml`.
+
+They are read at start, at a reload and by `catalog update`/`catalog diff`, never by a poll; `catalog.py`
+judges builds with the tables they give. A file the exporter cannot trust is a `CatalogError` that names the
+file, the line and the problem, so a reload keeps the catalog it has instead of judging with a broken one.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .catalog import (
+    PRODUCT_FIRST_BUILD,
+    Build,
+    BuildVersionError,
+    Cutoff,
+    Servicing,
+    parse_build,
+    product_of,
+    short_repr,
+)
+
+BUILD_COLUMNS = ("product", "cu", "update", "build", "released")
+LIFECYCLE_COLUMNS = ("product", "released", "mainstream_end", "extended_end")
+SERVICING_COLUMNS = ("product", "serviced_cus", "updates_end", "migrate_to")
+
+
+class CatalogError(Exception):
+    """A catalog file the exporter cannot trust; the message names the file, the line and the problem."""
+
+    def __init__(self, path: str, line: int | None, message: str):
+        self.path, self.line, self.message = path, line, message
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {message}")
+
+
+def _data_rows(path: str, text: str, columns: tuple[str, ...]):
+    """Yield (line number, cells) of a TSV with a header that starts with `columns`; '#' lines are comments."""
+    header_seen = False
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        cells = [c.strip() for c in line.split("\t")]
+        if not header_seen:
+            if tuple(cells[: len(columns)]) != columns:
+                raise CatalogError(path, number, f"header must start with {', '.join(columns)} (tab-separated)")
+            header_seen = True
+            continue
+        if len(cells) < len(columns):
+            raise CatalogError(
+                path, number, f"expected {len(columns)} tab-separated columns ({', '.join(columns)}), got {len(cells)}"
+            )
+        yield number, cells
+    if not header_seen:
+        raise CatalogError(path, None, f"no header line ({', '.join(columns)})")
+
+
+def _parse_date(path: str, line: int | None, what: str, value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise CatalogError(path, line, f"{what} {short_repr(value)} is not a date (YYYY-MM-DD)") from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise CatalogError(str(path), None, "not UTF-8 text") from None
+    except OSError as e:
+        raise CatalogError(str(path), None, f"cannot read: {e.strerror or e}") from None
+
+
+def parse_builds(path: str, text: str) -> dict[tuple[int, int, int, int], Build]:
+    builds: dict[tuple[int, int, int, int], Build] = {}
+    for line, (product, cu, update, version, released, *_) in _data_rows(path, text, BUILD_COLUMNS):
+        if product not in PRODUCT_FIRST_BUILD:
+            raise CatalogError(path, line, f"unknown product {short_repr(product)} (one of {', '.join(PRODUCT_FIRST_BUILD)})")
+        if not cu:
+            raise CatalogError(path, line, "empty cu")
+        parts = checked_build_parts(path, line, product, version, builds)
+        builds[parts] = Build(product, cu, update, parts, _parse_date(path, line, "released", released))
+    return builds
+
+
+def checked_build_parts(path: str, line: int, product: str, version: str, builds: dict) -> tuple[int, int, int, int]:
+    """A build list row's build: four parts, of the product the row names, not listed before."""
+    try:
+        parts = parse_build(version)
+    except BuildVersionError as e:
+        raise CatalogError(path, line, str(e)) from None
+    if product_of(parts) != product:
+        raise CatalogError(path, line, f"build {version} belongs to {product_of(parts)}, not {product}")
+    if parts in builds:
+        raise CatalogError(path, line, f"build {version} is listed twice")
+    return parts
+
+
+def packaged_builds() -> dict[tuple[int, int, int, int], Build]:
+    data = resources.files("exporter") / "data"
+    return parse_builds("exporter/data/builds.tsv", (data / "builds.tsv").read_text(encoding="utf-8"))
+
+
+def load_builds(extra_file: Path | None = None) -> dict[tuple[int, int, int, int], Build]:
+    """The packaged build list with an operator's catalog_file (same columns) laid over it."""
+    builds = packaged_builds()
+    if extra_file is not None:
+        extra = Path(extra_file)
+        builds.update(parse_builds(str(extra), _read_text(extra)))
+    return builds
+
+
+def _parse_servicing(path: str, text: str) -> dict[str, Servicing]:
+    rules: dict[str, Servicing] = {}
+    for line, (product, count, end, migrate_to, *_) in _data_rows(path, text, SERVICING_COLUMNS):
+        if product not in PRODUCT_FIRST_BUILD or (migrate_to and migrate_to not in PRODUCT_FIRST_BUILD):
+            raise CatalogError(path, line, f"unknown product {short_repr(product)} or {short_repr(migrate_to)}")
+        if not count.isdigit() or int(count) < 1:
+            raise CatalogError(path, line, f"serviced_cus {short_repr(count)} is not a whole number >= 1")
+        rules[product] = Servicing(int(count), _parse_date(path, line, "updates_end", end) if end else None,
+                                    migrate_to or None)
+    missing = set(PRODUCT_FIRST_BUILD) - set(rules)
+    if missing:
+        raise CatalogError(path, None, f"no servicing rule for {', '.join(sorted(missing))}")
+    return rules
+
+
+def _parse_lifecycle(path: str, text: str) -> dict[str, date | None]:
+    ends: dict[str, date | None] = {}
+    for line, (product, _released, _mainstream, extended, *_) in _data_rows(path, text, LIFECYCLE_COLUMNS):
+        if product not in PRODUCT_FIRST_BUILD:
+            raise CatalogError(path, line, f"unknown product {short_repr(product)}")
+        ends[product] = _parse_date(path, line, "extended_end", extended) if extended else None
+    return ends
+
+
+def _cu_triple(path: str, name: object, builds: dict) -> tuple[str, tuple[int, int, int]]:
+    """Resolve 'Exchange2019/CU14' to its product and major.minor.build."""
+    product, _, cu = str(name).partition("/")
+    triples = {b.parts[:3] for b in builds.values() if b.product == product and b.cu == cu}
+    if len(triples) != 1:
+        raise CatalogError(path, None, f"CU {short_repr(name)} matches {len(triples)} CUs in the build list, expected 1")
+    return product, triples.pop()
+
+
+def _cu_first_build(path: str, name: str, builds: dict) -> tuple[int, int, int, int]:
+    """The oldest listed build of a CU: the full build a `>=` threshold on that CU compares with."""
+    product, triple = _cu_triple(path, name, builds)
+    return min(parts for parts in builds if parts[:3] == triple and builds[parts].product == product)
+
+
+def _parse_cutoffs(path: str, text: str, builds: dict) -> tuple[dict[str, tuple], dict[str, Cutoff]]:
+    try:
+        doc = yaml.safe_load(text)
+        eems_first = {
+            product: _cu_first_build(path, f"{product}/{cu}", builds) for product, cu in doc["eems"]["first_cu"].items()
+        }
+        cutoffs: dict[str, Cutoff] = {}
+        for cid, spec in doc["cutoffs"].items():
+            minimum = {}
+            for name, version in (spec.get("minimum") or {}).items():
+                product, triple = _cu_triple(path, name, builds)
+                parts = parse_build(str(version))
+                if parts not in builds or parts[:3] != triple:
+                    raise CatalogError(path, None, f"cutoff {cid}: minimum {version} is not a listed build of {name}")
+                minimum[(product, triple)] = parts
+            all_from = {
+                product: _cu_first_build(path, f"{product}/{cu}", builds)
+                for product, cu in (spec.get("all_from") or {}).items()
+            }
+            cutoffs[str(cid)] = Cutoff(minimum, all_from)
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError, BuildVersionError) as e:
+        raise CatalogError(path, None, f"malformed cutoffs file: {type(e).__name__}: {e}") from None
+    return eems_first, cutoffs
+
+
+def packaged_rules(builds: dict[tuple[int, int, int, int], Build]) -> tuple[
+        dict[str, date | None], dict[str, Servicing], dict[str, tuple[int, int, int, int]], dict[str, Cutoff]]:
+    """What a `Catalog` takes besides its build list: the packaged support ends, servicing rules, EEMS's first
+    builds and cutoffs, the last two resolved against `builds` (a cutoff names CUs, the list gives their builds)."""
+    data = resources.files("exporter") / "data"
+    support_end = _parse_lifecycle("exporter/data/lifecycle.tsv", (data / "lifecycle.tsv").read_text("utf-8"))
+    servicing = _parse_servicing("exporter/data/servicing.tsv", (data / "servicing.tsv").read_text("utf-8"))
+    eems_first, cutoffs = _parse_cutoffs("exporter/data/cutoffs.yaml", (data / "cutoffs.yaml").read_text("utf-8"), builds)
+    return support_end, servicing, eems_first, cutoffs
