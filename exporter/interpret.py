@@ -131,9 +131,7 @@ def _service_installed(facts: RawServerFacts) -> bool | None:
         return True
     if any(e.part == "service_key" and e.id.startswith("PathNotFound") for e in facts.errors):
         return False
-    if facts.service_key_start is not None or any(e.part == "service_key" for e in facts.errors):
-        return True if facts.service_key_start is not None else None
-    return None
+    return True if facts.service_key_start is not None else None
 
 
 def error_reason(error: RawError) -> str:
