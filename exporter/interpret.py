@@ -79,7 +79,7 @@ def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, look
     today = today or now.date()
     build, source = _build(facts.exsetup_version, catalog, failures, today), facts.build_source
     if facts.exsetup_version is None and admin_display_version is not None:
-        build, source = _cu_level_build(admin_display_version, catalog, failures, today), "admin_display_version"
+        build, source = _build(admin_display_version, catalog, failures, today, cu_level=True), "admin_display_version"
     installed = _service_installed(facts)
     eems_build = _eems_supported(build, facts, installed)
     if facts.exsetup_version is None and not any(e.part == "build" for e in (*facts.errors, *failures)):
@@ -225,20 +225,15 @@ def _generic_reason(build: BuildVerdict | None) -> str:
     return "other"
 
 
-def _build(version: str | None, catalog: Catalog, failures: list[PartialFailure], today: date) -> BuildVerdict | None:
+def _build(version: str | None, catalog: Catalog, failures: list[PartialFailure], today: date, *,
+           cu_level: bool = False) -> BuildVerdict | None:
+    """`cu_level`: `version` is an AdminDisplayVersion (organization collector), which names the CU only."""
     if version is None:
         return None
     try:
-        return catalog.verdict(version, today=today)
-    except BuildVersionError as e:
-        failures.append(PartialFailure("build", "other", str(e)))
-        return None
-
-
-def _cu_level_build(admin_display_version: str, catalog: Catalog, failures: list[PartialFailure],
-                    today: date) -> BuildVerdict | None:
-    try:
-        return catalog.verdict(parse_admin_display_version(admin_display_version), cu_level=True, today=today)
+        if cu_level:
+            version = parse_admin_display_version(version)
+        return catalog.verdict(version, cu_level=cu_level, today=today)
     except BuildVersionError as e:
         failures.append(PartialFailure("build", "other", str(e)))
         return None
