@@ -77,7 +77,8 @@ class _Families:
         return iter(self._families.values())
 
 
-def _server_metrics(out: _Families, result: ServerResult) -> None:
+def server_families(result: ServerResult) -> list[Metric]:
+    out = _Families()
     server = {"server": result.name}
     outcome = result.outcome
     out.add("exchange_up", "1 if the last WinRM poll of the server succeeded.", server,
@@ -85,7 +86,7 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
     _collector_metrics(out, "server", server, outcome, result.last_success)
     state = result.state
     if state is None:
-        return
+        return list(out)
     build = state.build
     if build is not None:
         out.info("exchange_build", "Exchange build from ExSetup.exe FileVersion (fallbacks: registry MsiInstallPath, "
@@ -179,6 +180,7 @@ def _server_metrics(out: _Families, result: ServerResult) -> None:
                 "1 for each part of a successful poll that could not be read, with the reason class "
                 "(e.g. events/access_denied: no right to the Application log).",
                 {"collector": "server", **server, "part": _part(failure.part), "reason": failure.reason}, 1)
+    return list(out)
 
 
 def _update_path_metrics(out: _Families, server: dict[str, str], build: BuildVerdict) -> None:
@@ -219,11 +221,12 @@ def _collector_metrics(out: _Families, collector: str, labels: dict[str, str], o
                 {**labels, "reason": outcome.error_reason or "internal_error"}, 1)
 
 
-def _organization_metrics(out: _Families, org: OrganizationResult, server_names: dict[str, str]) -> None:
+def organization_families(org: OrganizationResult, server_names: dict[str, str]) -> list[Metric]:
+    out = _Families()
     _collector_metrics(out, "organization", {"organization": org.name}, org.outcome, org.last_success)
     facts = org.facts
     if facts is None:
-        return
+        return list(out)
     out.add("exchange_collector_dropped_label_values",
             "Values in the collector's last successful output refused as label values: over the per-list cap or not "
             "of the expected shape (mitigation IDs, server names).",
@@ -249,27 +252,11 @@ def _organization_metrics(out: _Families, org: OrganizationResult, server_names:
         if info.data_collection_enabled is not None:
             out.add("exchange_eems_data_collection_enabled", "DataCollectionEnabled (Get-ExchangeServer).", server,
                     1 if info.data_collection_enabled else 0)
-
-
-def server_families(result: ServerResult) -> list[Metric]:
-    out = _Families()
-    _server_metrics(out, result)
-    return list(out)
-
-
-def organization_families(organization: OrganizationResult, server_names: dict[str, str]) -> list[Metric]:
-    out = _Families()
-    _organization_metrics(out, organization, server_names)
     return list(out)
 
 
 def self_families(self_status: SelfStatus) -> list[Metric]:
     out = _Families()
-    _self_metrics(out, self_status)
-    return list(out)
-
-
-def _self_metrics(out: _Families, self_status: SelfStatus) -> None:
     out.info("exchange_exporter_build", "Version of exchange-eems-exporter.", {"version": __version__})
     out.add("exchange_catalog_newest_release_timestamp_seconds",
             "Release date of the newest build in the exporter's build catalog (staleness check).", {},
@@ -284,6 +271,7 @@ def _self_metrics(out: _Families, self_status: SelfStatus) -> None:
         out.add("exchange_exporter_credential_paused", "1 while the module's polls are paused because servers kept "
                 "rejecting its credential (so that the account is not locked out).", {"module": module},
                 1 if paused else 0)
+    return list(out)
 
 
 @dataclass(frozen=True)
