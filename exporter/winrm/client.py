@@ -261,7 +261,7 @@ class ServerConnection(LinkedConnection):
             try:
                 return retrying(self._attempt, command, deadline)
             except BaseException as error:
-                raise self._without_secrets(classify(error)) from None
+                raise without_secrets(self.module, classify(error)) from None
             finally:
                 if not keep:
                     self.close()
@@ -274,9 +274,6 @@ class ServerConnection(LinkedConnection):
             if not failure.connection_intact:
                 self.close()
             raise failure from None
-
-    def _without_secrets(self, failure: PollFailure) -> PollFailure:
-        return without_secrets(self.module, failure)
 
     def _run_once(self, command: Command, deadline: float) -> CommandResult:
         self._quickest = 0.0
@@ -355,7 +352,7 @@ class ServerConnection(LinkedConnection):
             self._delete(shell_id, deadline)
         except Exception as error:
             log.warning("could not delete WinRM shell on %s, will retry at the next poll: %s", self.endpoint,
-                        self._without_secrets(classify(error)).message)
+                        without_secrets(self.module, classify(error)).message)
             if len(self._orphans) < MAX_ORPHANS:
                 self._orphans.append(shell_id)
             self.close()
