@@ -86,11 +86,9 @@ class SharedView:
         key = choose_encoder(accept)[1]
         with self._lock:
             making = self._making.get(key)
-            if making is None:
+            mine = making is None
+            if mine:
                 making = self._making[key] = Future()
-                mine = True
-            else:
-                mine = False
         if not mine:
             return making.result()
         try:
