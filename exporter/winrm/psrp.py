@@ -302,8 +302,9 @@ class PsrpConnection(LinkedConnection):
         """Stop a pipeline we leave unfinished (deadline, bad output); its pool is dropped after."""
         message_id = uuid.uuid4()
         try:
-            self._exchange(lambda op: wsman.pool_signal_terminate(op, self._configuration, pool.shell_id,
-                                                                  command_id, message_id), deadline)
+            self._exchange(lambda op: wsman.signal_terminate(op, pool.shell_id, command_id, message_id,
+                                                             resource_uri=wsman.POWERSHELL_URI + self._configuration),
+                           deadline)
         except Exception:  # the pool is deleted next anyway
             pass
 
@@ -314,8 +315,8 @@ class PsrpConnection(LinkedConnection):
             return
         message_id = uuid.uuid4()
         try:
-            self._exchange(lambda op: wsman.pool_delete(op, self._configuration, pool.shell_id, message_id),
-                           deadline)
+            self._exchange(lambda op: wsman.delete(op, pool.shell_id, message_id,
+                                                   resource_uri=wsman.POWERSHELL_URI + self._configuration), deadline)
         except Exception as error:
             log.info("could not delete runspace pool on %s (left to its idle timeout): %s", self.endpoint,
                      classify(error).message)

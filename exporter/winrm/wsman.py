@@ -129,17 +129,21 @@ def receive(operation_timeout: int, shell_id: str, command_id: str, *, message_i
     )
 
 
-def signal_terminate(operation_timeout: int, shell_id: str, command_id: str, message_id: uuid.UUID) -> bytes:
+def signal_terminate(operation_timeout: int, shell_id: str, command_id: str, message_id: uuid.UUID, *,
+                     resource_uri: str = SHELL_URI) -> bytes:
+    """Terminate a command (a WinRS shell's, or with a PSRP resource_uri a pipeline of a runspace pool)."""
     return _envelope(
         _SHELL + "Signal",
         f"<rsp:Signal CommandId={_attribute(command_id)}><rsp:Code>{_SHELL}signal/terminate</rsp:Code>"
         "</rsp:Signal>",
-        operation_timeout, shell_id=shell_id, message_id=message_id,
+        operation_timeout, shell_id=shell_id, message_id=message_id, resource_uri=resource_uri,
     )
 
 
-def delete(operation_timeout: int, shell_id: str, message_id: uuid.UUID) -> bytes:
-    return _envelope(_TRANSFER + "Delete", "", operation_timeout, shell_id=shell_id, message_id=message_id)
+def delete(operation_timeout: int, shell_id: str, message_id: uuid.UUID, *, resource_uri: str = SHELL_URI) -> bytes:
+    """Delete a shell (a WinRS shell, or with a PSRP resource_uri a runspace pool)."""
+    return _envelope(_TRANSFER + "Delete", "", operation_timeout, shell_id=shell_id, message_id=message_id,
+                     resource_uri=resource_uri)
 
 
 # ---------------------------------------------------------------- PowerShell remoting (PSRP, MS-PSRP 3.1.5.3)
@@ -199,21 +203,6 @@ def pool_receive(operation_timeout: int, configuration: str, shell_id: str, comm
         options=_options((("WSMAN_CMDSHELL_OPTION_KEEPALIVE", "TRUE"),)),
         message_id=message_id or uuid.uuid4(), resource_uri=POWERSHELL_URI + configuration,
     )
-
-
-def pool_signal_terminate(operation_timeout: int, configuration: str, shell_id: str, command_id: str,
-                          message_id: uuid.UUID) -> bytes:
-    return _envelope(
-        _SHELL + "Signal",
-        f"<rsp:Signal CommandId={_attribute(command_id)}><rsp:Code>{_SHELL}signal/terminate</rsp:Code>"
-        "</rsp:Signal>",
-        operation_timeout, shell_id=shell_id, message_id=message_id, resource_uri=POWERSHELL_URI + configuration,
-    )
-
-
-def pool_delete(operation_timeout: int, configuration: str, shell_id: str, message_id: uuid.UUID) -> bytes:
-    return _envelope(_TRANSFER + "Delete", "", operation_timeout, shell_id=shell_id, message_id=message_id,
-                     resource_uri=POWERSHELL_URI + configuration)
 
 
 # ---------------------------------------------------------------- answers
