@@ -60,15 +60,13 @@ class Poller:
         self._clock = clock or Clock()
         self.store = Store()
         self.connections = Connections(self._clock.now)
-        current = runtime.current()
-        organization = current.config.organization
-        self.store.follow(current.targets, organization.name if organization else None)
-        poll = current.config.poll
+        poll = runtime.current().config.poll
         self._wakeup = threading.Condition()
         self._schedule = Schedule(concurrency=poll.concurrency, failing_share=poll.failing_share, jitter=poll.jitter)
         self._executor: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self.follow()  # the store learns the organization; nothing to connect or schedule yet
 
     # ------------------------------------------------------------ results
 
