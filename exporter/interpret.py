@@ -56,6 +56,9 @@ FAILING_WINDOW = timedelta(hours=3)  # "failing now": the two newest checks in t
 CHECK_SETTLE = timedelta(minutes=5)
 
 ENDPOINTS = {"GetExchangeMitigations": "mitigations", "GetExchangeConfig": "flighting"}
+# .NET's WebExceptionStatus names (TrustFailure aside: it depends on the revocation check) -> endpoint reason
+WEB_STATUS_REASONS = {"Timeout": "timeout", "SecureChannelFailure": "tls_validation", "NameResolutionFailure": "dns",
+                      "ProxyNameResolutionFailure": "dns", "ConnectFailure": "connect_failed"}
 ACCESS_DENIED_TYPES = ("System.UnauthorizedAccessException", "System.Security.SecurityException")
 EVENT_READER_EXCEPTIONS = "System.Diagnostics.Eventing.Reader."  # EventLogException, EventLogInvalidDataException, ...
 
@@ -204,18 +207,9 @@ def _endpoint_reason(raw: RawEndpoint) -> str:
         return "ok"
     if raw.status == 407:
         return "proxy_auth_required"
-    status = raw.web_status or ""
-    if status == "Timeout":
-        return "timeout"
-    if status == "TrustFailure":
+    if raw.web_status == "TrustFailure":
         return "revocation_unknown" if raw.revocation_failed else "tls_validation"
-    if status == "SecureChannelFailure":
-        return "tls_validation"
-    if status in ("NameResolutionFailure", "ProxyNameResolutionFailure"):
-        return "dns"
-    if status == "ConnectFailure":
-        return "connect_failed"
-    return "http_status" if raw.status else "other"
+    return WEB_STATUS_REASONS.get(raw.web_status or "", "http_status" if raw.status else "other")
 
 
 def _generic_reason(build: BuildVerdict | None) -> str:

@@ -195,8 +195,9 @@ def test_every_eems_fetch_reason_and_endpoint_result_has_its_runbook_row():
     """The other `reason` labels: exchange_eems_fetch_errors / last_error_info (ExchangeEEMSFetchErrors' table)
     and exchange_eems_endpoint_result_info (ExchangeEEMSEndpointUnreachable's table; `ok` is no failure)."""
     from exporter.eems_log import FETCH_ERROR_REASONS
+    from exporter.interpret import WEB_STATUS_REASONS
 
-    endpoint = _returned_texts("exporter/interpret.py", "_endpoint_reason")
+    endpoint = _returned_texts("exporter/interpret.py", "_endpoint_reason") | set(WEB_STATUS_REASONS.values())
     assert {"ok", "timeout", "proxy_auth_required"} <= endpoint
     assert set(FETCH_ERROR_REASONS) - _first_cells(_section(RUNBOOKS, "ExchangeEEMSFetchErrors")) == set()
     assert endpoint - {"ok"} - _first_cells(_section(RUNBOOKS, "ExchangeEEMSEndpointUnreachable")) == set()
