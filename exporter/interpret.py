@@ -296,11 +296,9 @@ def _cycles(records: list[LogRecord]) -> tuple[list[_Cycle], list[datetime]]:
     followed = False
 
     def close() -> None:
-        if start is not None and problems:
-            reason = classify(" ".join([p.message for p in problems]))
-            cycles.append(_Cycle(start.time, problems[0].time, reason, followed))
-        elif start is not None:
-            cycles.append(_Cycle(start.time, None, None, followed))
+        if start is not None:
+            reason = classify(" ".join([p.message for p in problems])) if problems else None
+            cycles.append(_Cycle(start.time, problems[0].time if problems else None, reason, followed))
 
     for record in records:
         if record.is_check_start:
