@@ -301,9 +301,8 @@ def _format(families: list[Metric]) -> list[_Family]:
 
 
 def _header(family: _Family, openmetrics: bool) -> str:
-    if openmetrics:
-        help_text = family.help.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-        return f"# HELP {family.name} {help_text}\n# TYPE {family.name} {family.type}\n"
+    if openmetrics:  # OpenMetrics escapes a HELP text as it escapes a label value
+        return f"# HELP {family.name} {_escape_label(family.help)}\n# TYPE {family.name} {family.type}\n"
     name = f"{family.name}_info" if family.type == "info" else family.name
     help_text = family.help.replace("\\", "\\\\").replace("\n", "\\n")
     return f"# HELP {name} {help_text}\n# TYPE {name} gauge\n"
