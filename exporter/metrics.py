@@ -323,20 +323,17 @@ class CachedExposition:
         return families
 
     def body(self, servers: list[ServerResult], organization: OrganizationResult | None,
-             self_status: SelfStatus | None, base: CollectorRegistry, accept: str) -> tuple[bytes, str]:
+             self_status: SelfStatus, base: CollectorRegistry, accept: str) -> tuple[bytes, str]:
         """/metrics: every server's latest result (cached lines), the organization, the exporter's own
         metrics, after `base` (the process metrics, from prometheus_client)."""
-        parts: list[list[_Family]] = []
         with self._lock:
-            for result in servers:
-                parts.append(self._server(result))
+            parts = [self._server(result) for result in servers]
             current = {r.name.lower() for r in servers}
             for stale in [k for k in self._servers if k not in current]:
                 del self._servers[stale]
         if organization is not None:
             parts.append(_format(organization_families(organization, {r.name.lower(): r.name for r in servers})))
-        if self_status is not None:
-            parts.append(_format(self_families(self_status)))
+        parts.append(_format(self_families(self_status)))
         return _encode(parts, base, accept)
 
 
