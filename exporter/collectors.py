@@ -92,10 +92,9 @@ def _attempt(collector: str, what: str, started: float, poll: Callable[[], T],
     return value, CollectorOutcome(collector, True, time.monotonic() - started, utcnow())
 
 
-def failed(collector: str, started: float, failure: Exception) -> CollectorOutcome:
-    reason = getattr(failure, "reason", "internal_error")
+def failed(collector: str, started: float, failure: PollFailure) -> CollectorOutcome:
     return CollectorOutcome(collector, False, time.monotonic() - started, utcnow(),
-                            error_reason=reason, error_message=" ".join(str(failure).split())[:300])
+                            error_reason=failure.reason, error_message=" ".join(str(failure).split())[:300])
 
 
 # The FullyQualifiedErrorIds Windows PowerShell gives when Constrained Language Mode refuses a construct (Binders.cs,
