@@ -69,15 +69,12 @@ class _Entry:
         self.retired = False
 
 
+@dataclass(eq=False)
 class Lease:
-    """A poll's hold on its server's connection; the poll reports its outcome, which the credential guard reads."""
+    """A poll's hold on its server's connection; the poll sets its outcome, which the credential guard reads."""
 
-    def __init__(self, connection: ServerConnection):
-        self.connection = connection
-        self.outcome: CollectorOutcome | None = None
-
-    def report(self, outcome: CollectorOutcome) -> None:
-        self.outcome = outcome
+    connection: ServerConnection
+    outcome: CollectorOutcome | None = None
 
 
 class Connections:

@@ -109,7 +109,7 @@ class Poller:
                 deadline = _deadline(requested, budget, scheduled)
                 result = collect_server(target, lease.connection, config.poll, current.catalog, deadline,
                                         known=self.store.known(target.name))
-                lease.report(result.outcome)
+                lease.outcome = result.outcome
                 return result
         except PollFailure as failure:
             return ServerResult(target.name, outcome=failed("server", requested, failure))
@@ -127,7 +127,7 @@ class Poller:
                 result = collect_organization(target, lease.connection, organization,
                                               _deadline(requested, budget, scheduled=True),
                                               max_servers=current.config.limits.max_servers)
-                lease.report(result.outcome)
+                lease.outcome = result.outcome
         except PollFailure as failure:
             result = OrganizationResult(organization.name, outcome=failed("organization", requested, failure))
         result = self.store.record_organization(result)
