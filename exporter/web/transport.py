@@ -123,13 +123,11 @@ class ExporterHTTPServer:
         self._bcrypt_pending: Counter[str] = Counter()
         self._loop = asyncio.new_event_loop()
         self.pinned = _PinnedBodies(MAX_PINNED_BYTES, self._loop)
-        self._pools = {"general": ThreadPoolExecutor(WORKERS, thread_name_prefix="http"),
-                       "probe": ThreadPoolExecutor(PROBE_WORKERS, thread_name_prefix="probe"),
-                       "pages": ThreadPoolExecutor(PAGE_WORKERS, thread_name_prefix="pages")}
+        pools = {"general": (WORKERS, "http"), "probe": (PROBE_WORKERS, "probe"), "pages": (PAGE_WORKERS, "pages")}
+        self._pools = {pool: ThreadPoolExecutor(size, thread_name_prefix=name) for pool, (size, name) in pools.items()}
         # A request waits for a worker here, on the loop, not in the pool's queue: so no more bodies exist
         # than there are workers, besides those being written (which `pinned` bounds).
-        self._free_workers = {"general": asyncio.Semaphore(WORKERS), "probe": asyncio.Semaphore(PROBE_WORKERS),
-                              "pages": asyncio.Semaphore(PAGE_WORKERS)}
+        self._free_workers = {pool: asyncio.Semaphore(size) for pool, (size, _) in pools.items()}
         self._bcrypt = ThreadPoolExecutor(1, thread_name_prefix="bcrypt")
         self._stopped = threading.Event()
 
