@@ -31,10 +31,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def collect_server(target: Target, connection: ServerConnection, settings: PollConfig, catalog: Catalog,
                    deadline: float, *, known: OrgServerInfo | None = None) -> ServerResult:
     """Poll one server. `known` is what the organization collector last said about it (its proxy and
@@ -89,11 +85,11 @@ def _attempt(collector: str, what: str, started: float, poll: Callable[[], T],
     except Exception as err:  # a bug must cost one poll, not the exporter
         log.exception("%s failed unexpectedly", what)
         return None, failed(collector, started, PollFailure("internal_error", type(err).__name__))
-    return value, CollectorOutcome(collector, True, time.monotonic() - started, utcnow())
+    return value, CollectorOutcome(collector, True, time.monotonic() - started, datetime.now(timezone.utc))
 
 
 def failed(collector: str, started: float, failure: PollFailure) -> CollectorOutcome:
-    return CollectorOutcome(collector, False, time.monotonic() - started, utcnow(),
+    return CollectorOutcome(collector, False, time.monotonic() - started, datetime.now(timezone.utc),
                             error_reason=failure.reason, error_message=" ".join(str(failure).split())[:300])
 
 
@@ -158,9 +154,9 @@ def interpret_output(target: Target, stdout: bytes, settings: PollConfig, catalo
                      known: OrgServerInfo | None) -> tuple[RawServerFacts, ServerState]:
     """Parse and judge one output of the collection script, as a poll does. Raises ParseError."""
     facts = parse_server_output(stdout, max_events=settings.max_events, max_log_bytes=settings.log_tail_bytes)
-    now = facts.now or utcnow()
+    now = facts.now or datetime.now(timezone.utc)
     return facts, interpret_server(
         target.name, facts, catalog, lookback=timedelta(seconds=settings.lookback), now=now,
-        today=utcnow().date(), admin_display_version=known.admin_display_version if known else None,
+        today=datetime.now(timezone.utc).date(), admin_display_version=known.admin_display_version if known else None,
         proxy_source=endpoint_proxy(target, known)[1] or None,
     )
