@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from .catalog import Catalog
 from .config import Config, ModuleConfig
-from .metrics import CachedExposition, SelfStatus, probe_body
+from .metrics import CachedExposition, SelfStatus
 from .model import OrganizationResult, ServerResult
 from .poller import Clock, Poller
 from .redact import Redactor
@@ -78,13 +78,9 @@ class Exporter:
         servers, organization = self.poller.snapshot() if background else ([], None)
         return self._exposition.body(servers, organization, self.self_status(), self.registry, accept)
 
-    def probe_body(self, target: str, module: str | None, timeout: float | None, accept: str) -> tuple[bytes, str]:
-        """Poll one server now; its metrics only (self metrics stay on /metrics, as for blackbox). The result
-        is not kept: /metrics shows the background polls' results only."""
-        return probe_body(self.probe(target, module, timeout), accept)
-
     def probe(self, target: str, module: str | None, timeout: float | None) -> ServerResult:
-        """Poll one server now (for /probe?debug=true, which shows the steps); the result is not kept."""
+        """Poll one server now, for /probe. The result is not kept: /metrics shows the background polls' results
+        only."""
         return self.poller.probe(target, module=module, timeout=timeout)
 
     def ready(self) -> bool:

@@ -48,8 +48,6 @@ class View(Protocol):
     def module(self, name: str) -> ModuleConfig | None: ...
     def ready(self) -> bool: ...
     def metrics_body(self, accept: str) -> tuple[bytes, str]: ...
-    def probe_body(self, target: str, module: str | None, timeout: float | None,
-                   accept: str) -> tuple[bytes, str]: ...
     def probe(self, target: str, module: str | None, timeout: float | None) -> ServerResult: ...
     def reload(self) -> tuple[bool, str]: ...
     def scrub(self, text: str) -> str: ...
@@ -253,14 +251,15 @@ def probe(request: Request, view: View) -> Response:
             return text(400, "Invalid X-Prometheus-Scrape-Timeout-Seconds header: expected seconds > 0\n")
         # the scrape timeout runs from when the request arrived: time queued for a worker counts
         timeout = max(1.0, seconds - PROBE_TIMEOUT_OFFSET_SECONDS - (time.monotonic() - request.received))
+    result = view.probe(name, module_name, timeout)
     if debug == ["true"]:  # blackbox_exporter's debug output: the steps and what they found, as text
-        result = view.probe(name, module_name, timeout)
         metrics, _ = probe_body(result, "text/plain")
         firing = tuple(alerts.firing(samples_of(server_families(result))))
         page = pages.probe_debug(result, pages.Row(result, firing), metrics).decode()
         return Response(200, view.scrub(page).encode(), TEXT, (("X-Content-Type-Options", "nosniff"),),
                         compressible=True)  # server text as plain text, never sniffed as HTML
-    body, content_type = view.probe_body(name, module_name, timeout, request.header("accept"))
+    # the server's metrics only: the exporter's own stay on /metrics, as blackbox_exporter's do
+    body, content_type = probe_body(result, request.header("accept"))
     return Response(200, body, content_type, compressible=True)
 
 
