@@ -60,10 +60,8 @@ class RawError:
 
 @dataclass(frozen=True)
 class RawCulture:
-    """The server's culture (the log may write culture-formatted times; event texts follow `ui`)."""
+    """The server culture's time patterns: the log may write culture-formatted times (eems_log.py reads them)."""
 
-    name: str
-    ui: str
     date_pattern: str  # .NET ShortDatePattern, e.g. "M/d/yyyy"
     time_pattern: str  # .NET LongTimePattern, e.g. "h:mm:ss tt"
     am: str

@@ -412,8 +412,8 @@ def _culture(value, notes: _Notes) -> RawCulture | None:
     if not isinstance(value, dict):
         notes.wrong("culture", "an object or null")
         return None
-    texts = {key: notes.text(value, key, f"culture.{key}") or "" for key in ("name", "ui", "date", "time", "am", "pm")}
-    return RawCulture(texts["name"], texts["ui"], texts["date"][:40], texts["time"][:40], texts["am"][:20], texts["pm"][:20])
+    texts = {key: notes.text(value, key, f"culture.{key}") or "" for key in ("date", "time", "am", "pm")}
+    return RawCulture(texts["date"][:40], texts["time"][:40], texts["am"][:20], texts["pm"][:20])
 
 
 SCRIPT_STAGES = ("build", "service", "events", "log", "endpoint")

@@ -70,7 +70,7 @@ def test_hourly_utf16_log_with_culture_times_and_a_csv_header_first():
     files[0].update(stream_length=len(data), head=base64.b64encode(head).decode(), tail=base64.b64encode(tail).decode())
     got = _report(_diagnose_output(log_folder={"path": "D:\\Exchange\\Logging\\MitigationService", "exists": True,
                                                "file_count": 3}, log_files=files), redact_names=["EX01"],
-                  culture=RawCulture("de-DE", "de-DE", "dd.MM.yyyy", "HH:mm:ss", "", ""))
+                  culture=RawCulture("dd.MM.yyyy", "HH:mm:ss", "", ""))
     assert got["log.naming"].startswith("prefix MitigationService; stamp 3 x yyyyMMddHH (hourly)")
     assert got["log.rotation"].startswith("median 1h00m")
     assert got["log.read.1.encoding"] == "utf-16-le (BOM FF FE)" and got["log.read.1.first_bytes"] == "ff fe 44 00"

@@ -79,7 +79,7 @@ def at(hours_ago: float, minutes: float = 0) -> datetime:
     return NOW - timedelta(hours=hours_ago, minutes=minutes)
 
 
-EN_US = RawCulture("en-US", "en-US", "M/d/yyyy", "h:mm:ss tt", "AM", "PM")
+EN_US = RawCulture("M/d/yyyy", "h:mm:ss tt", "AM", "PM")
 GETWINEVENT = "Microsoft.PowerShell.Commands.GetWinEventCommand"
 
 

@@ -36,7 +36,7 @@ def test_design_sample():
     facts = parse_server_output(DESIGN_SAMPLE.encode())
     assert facts.now == datetime(2025, 11, 26, 12, tzinfo=UTC)
     assert (facts.exsetup_version, facts.build_source, facts.edge) == ("15.02.1544.004", "exsetup", False)
-    assert (facts.culture.name, facts.culture.date_pattern, facts.culture.time_pattern) == ("de-DE", "dd.MM.yyyy", "HH:mm:ss")
+    assert (facts.culture.date_pattern, facts.culture.time_pattern) == ("dd.MM.yyyy", "HH:mm:ss")
     assert (facts.service_queried, facts.service_status, facts.service_start_type) == (True, "Running", "Automatic")
     assert facts.service_key_start == 2
     assert [(e.id, e.time) for e in facts.events] == [(1008, datetime(2025, 11, 26, 11, tzinfo=UTC))]
