@@ -20,6 +20,9 @@ from ..conftest import SimulatedFleet, poll_all, relocate, serving, wait_until
 
 SE = "15.2.2562.53"
 SCENARIO = {
+    # The servers' clock stands still: a healthy server's hourly check between the two polls a case compares
+    # would change its state (a new last check) for reasons that have nothing to do with the fault.
+    "clock": "2026-11-26T12:30:00Z",
     "organization": {"name": "Contoso", "domain": "contoso.com", "mitigations_enabled": True},
     "servers": [
         {"name": "HEALTHY1", "address": "127.0.0.1", "build": SE},
