@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import itertools
+import os
 import random
 import socket
 import subprocess
@@ -103,10 +105,41 @@ def write_keytab(path: Path, principal: str, password: str = "keytab-test-only",
     return path
 
 
+def _own_ports() -> Iterator[int]:
+    """This process's share of the ports the kernel never picks by itself, from a random place in it.
+
+    A port the kernel picked (bind to port 0) is free only until someone binds it, and the kernel hands the same
+    range out for every outgoing connection: another worker's connection could take it before the program under
+    test listened on it ("Address already in use"). Ports below the kernel's ephemeral range are given out only
+    by this function, each xdist worker from its own slice, so tests running at once never share one."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768  # Linux's default; Windows' dynamic ports start higher, at 49152
+    low, high = 10000, min(ephemeral, 32768)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    size = (high - low) // workers
+    share = range(low + worker * size, low + (worker + 1) * size)
+    start = random.randrange(len(share))
+    while True:
+        yield from share[start:]
+        yield from share[:start]
+
+
+_PORTS = _own_ports()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, and that no other test running now is given."""
+    for port in itertools.islice(_PORTS, 2000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use (a program of an earlier test, or another process on this machine)
+                continue
+            return port
+    raise RuntimeError("no free loopback port in 2,000 tries")
 
 
 def demo_scenario() -> dict:
