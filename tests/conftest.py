@@ -110,13 +110,13 @@ def _own_ports() -> Iterator[int]:
 
     A port the kernel picked (bind to port 0) is free only until someone binds it, and the kernel hands the same
     range out for every outgoing connection: another worker's connection could take it before the program under
-    test listened on it ("Address already in use"). Ports below the kernel's ephemeral range are given out only
-    by this function, each xdist worker from its own slice, so tests running at once never share one."""
+    test listened on it ("Address already in use"). The kernel never picks a port below its ephemeral range by
+    itself; each xdist worker walks its own slice of them, so tests running at once never share one."""
     try:
         ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         ephemeral = 32768  # Linux's default; Windows' dynamic ports start higher, at 49152
-    low, high = 10000, min(ephemeral, 32768)
+    low, high = 10000, min(ephemeral, 32768) if ephemeral > 20000 else 32768  # an unusually low range: share it
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
     size = (high - low) // workers
