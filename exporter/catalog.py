@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from exporter.model import BuildVerdict, NextBuild
+from .model import BuildVerdict, NextBuild
 
 # Where each product's version range starts (major, minor, build). A build belongs to the last product
 # whose start it reaches within the same major.minor; HealthChecker's rule (SE = 15.2 with build >= 2562).

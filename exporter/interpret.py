@@ -27,10 +27,10 @@ from datetime import date, datetime, timedelta
 from functools import cache
 from typing import NamedTuple
 
-from exporter.catalog import BuildVersionError, Catalog, parse_admin_display_version
-from exporter.eems_log import (FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, fetch_error_reason,
-                               is_fetch_problem, parse_log_lines)
-from exporter.model import (
+from .catalog import BuildVersionError, Catalog, parse_admin_display_version
+from .eems_log import (FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, fetch_error_reason,
+                       is_fetch_problem, parse_log_lines)
+from .model import (
     BuildVerdict,
     EemsHistory,
     EndpointState,
@@ -41,7 +41,7 @@ from exporter.model import (
     RawServerFacts,
     ServerState,
 )
-from exporter.windows_service import START_MODES, STATES, UNKNOWN_STATE
+from .windows_service import START_MODES, STATES, UNKNOWN_STATE
 
 SUCCESS_EVENTS = (1005, 1006)
 ERROR_EVENT = 1008

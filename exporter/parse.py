@@ -16,9 +16,9 @@ from datetime import datetime, timedelta, timezone
 from html import unescape
 from urllib.parse import urlsplit, urlunsplit
 
-from exporter.addresses import SERVER_NAME, is_proxy_url
-from exporter.json_prefix import is_json_prefix
-from exporter.model import (
+from .addresses import SERVER_NAME, is_proxy_url
+from .json_prefix import is_json_prefix
+from .model import (
     OrgServerInfo,
     RawCulture,
     RawEndpoint,
@@ -28,7 +28,7 @@ from exporter.model import (
     RawOrganizationFacts,
     RawServerFacts,
 )
-from exporter.windows_service import START_MODES, STATES
+from .windows_service import START_MODES, STATES
 
 MAX_ERRORS = 50  # collection-error strings kept; a misbehaving script must not flood the metrics page
 MAX_ERROR_CHARS = 500

@@ -3,7 +3,8 @@
 The simulator is an independent oracle: if it imported the exporter's parser or catalog, a bug there would
 agree with itself. The exporter is the product: it must run (and ship in the image) without the simulator,
 its asyncio server or its certificate authority. Each rule is checked on the source (every import statement,
-relative ones resolved) and on a real interpreter (what importing the package actually loads).
+relative ones resolved) and on a real interpreter (what importing the package actually loads). Inside the
+exporter, its modules reach each other in one style: relatively.
 """
 
 from __future__ import annotations
@@ -67,6 +68,30 @@ def test_the_simulator_imports_nothing_from_the_exporter():
 def test_the_exporter_imports_nothing_from_the_simulator():
     assert offenders("exporter", "simulator") == []
     assert len(imported_modules("exporter")) >= 15  # the walk really saw the exporter
+
+
+def absolute_self_imports(package: str) -> list[str]:
+    """Where a module of `package` names the package itself in an import (`from exporter.model import ...`)."""
+    found = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        if path.name == "__main__.py":  # `python -m exporter` runs it as a script: it names the package
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            found += [f"{path.relative_to(ROOT)}:{node.lineno}: {name}" for name in names
+                      if name == package or name.startswith(package + ".")]
+    return found
+
+
+def test_the_exporters_modules_import_each_other_relatively():
+    """One import style inside the package (the architecture review's "mixed import style"): a module reaches
+    another one of the package relatively (`from .model import ...`)."""
+    assert absolute_self_imports("exporter") == []
 
 
 def test_the_source_check_sees_absolute_and_relative_imports(tmp_path, monkeypatch):
