@@ -221,6 +221,10 @@ def _collector_metrics(out: _Families, collector: str, labels: dict[str, str], o
                 {**labels, "reason": outcome.error_reason or "internal_error"}, 1)
 
 
+# One family, two scopes: the organization's setting and each server's.
+MITIGATIONS_ENABLED_HELP = "MitigationsEnabled (Get-OrganizationConfig / Get-ExchangeServer)."
+
+
 def organization_families(org: OrganizationResult, server_names: dict[str, str]) -> list[Metric]:
     out = _Families()
     _collector_metrics(out, "organization", {"organization": org.name}, org.outcome, org.last_success)
@@ -232,13 +236,12 @@ def organization_families(org: OrganizationResult, server_names: dict[str, str])
             "of the expected shape (mitigation IDs, server names).",
             {"collector": "organization", "organization": org.name}, facts.dropped_label_values)
     if facts.mitigations_enabled is not None:
-        out.add("exchange_eems_mitigations_enabled", "MitigationsEnabled (Get-OrganizationConfig / Get-ExchangeServer).",
+        out.add("exchange_eems_mitigations_enabled", MITIGATIONS_ENABLED_HELP,
                 {"scope": "organization", "organization": org.name}, 1 if facts.mitigations_enabled else 0)
     for info in facts.servers:
         server = {"server": server_names.get(info.name.lower(), info.name)}
         if info.mitigations_enabled is not None:
-            out.add("exchange_eems_mitigations_enabled",
-                    "MitigationsEnabled (Get-OrganizationConfig / Get-ExchangeServer).",
+            out.add("exchange_eems_mitigations_enabled", MITIGATIONS_ENABLED_HELP,
                     {"scope": "server", **server}, 1 if info.mitigations_enabled else 0)
         for mitigation in info.mitigations_applied:
             out.add("exchange_eems_mitigation_applied", "1 for each mitigation ID in MitigationsApplied.",
