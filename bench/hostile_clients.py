@@ -28,7 +28,7 @@ from pathlib import Path
 import bcrypt
 import yaml
 
-from bench import start_simulator
+from bench import free_port, start_simulator
 from tests.pki import issue, write
 from tests.system.test_hostile_clients import GUESSER, raw_exchange
 
@@ -36,12 +36,6 @@ EXPORTER_ROOT = Path(__file__).resolve().parents[1]
 USER, PASSWORD = "prometheus", "web-Passw0rd-for-scrapes"
 VISITOR = "127.0.0.2"
 PASSWORD_ENV = "EEMS_BENCH_PASSWORD"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _basic(user: str, password: str) -> str:
@@ -54,14 +48,14 @@ class Exporter:
     def __init__(self, directory: Path, web: dict | None, servers: list[dict] | None = None,
                  nofile: int | None = None, tls: bool = False, config: dict | None = None):
         self.directory = directory
-        self.port = _free_port()
+        self.port = free_port()
         self.tls = tls
         self.ca = directory / "ca.crt"
         config = config or {
             "poll": {"interval": "300s", "timeout": "15s"},
             "modules": {"default": {"username": "EXCH\\svc", "password_env": PASSWORD_ENV, "scheme": "http",
                                     "operation_timeout": "5s", "read_timeout": "10s"}},
-            "servers": servers or [{"name": "EX01", "address": "127.0.0.1", "port": _free_port()}]}
+            "servers": servers or [{"name": "EX01", "address": "127.0.0.1", "port": free_port()}]}
         (directory / "config.yml").write_text(yaml.safe_dump(config))
         self.web_config = directory / "web.yml"
         command = [sys.executable, "-m", "exporter", "run", "--config.file", str(directory / "config.yml"),
