@@ -372,6 +372,10 @@ def main() -> None:
     if args[:1] == ["--exporter-root"]:
         clients.EXPORTER_ROOT = Path(args[1]).resolve()
         args = args[2:]
+    known = [*SERVER_ATTACKS, "slowloris", *BEFORE_AFTER, "clients", *clients.ATTACKS]
+    unknown = [name for name in args[1 if args[:1] == ["--one"] else 0:] if name not in known]
+    if unknown:
+        sys.exit(f"{__doc__}\nunknown attack {unknown[0]!r}; the attacks: {', '.join(known)}")
     if args[:1] == ["--one"]:
         name = args[1]
         if name in BEFORE_AFTER:
