@@ -70,7 +70,7 @@ class HttpRequest:
 
 
 @dataclass
-class _Response:
+class HttpResponse:
     status: int = 200
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
@@ -119,14 +119,14 @@ def _certificate_user(peercert: dict | None) -> str | None:
     return None
 
 
-async def _requests(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+async def keepalive_requests(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
     """The keep-alive requests of one connection, until it closes or idles out; a request we refuse to read
     is answered with its status and ends the connection."""
     while True:
         try:
             request = await asyncio.wait_for(read_request(reader), KEEPALIVE_IDLE_SECONDS)
         except HttpError as exc:
-            writer.write(render(_Response(exc.status, close=True)))
+            writer.write(render(HttpResponse(exc.status, close=True)))
             await writer.drain()
             return
         if request is None:
@@ -134,7 +134,7 @@ async def _requests(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         yield request
 
 
-def render(response: _Response) -> bytes:
+def render(response: HttpResponse) -> bytes:
     lines = [f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}", "Server: Microsoft-HTTPAPI/2.0"]
     lines += [f"{name}: {value}" for name, value in response.headers]
     if response.close:
@@ -416,7 +416,7 @@ class Fleet:
                                         strict_channel_binding=rt.host.cbt_hardening == "strict",
                                         credssp_tls=self._credssp_tls)
         try:
-            async for request in _requests(reader, writer):
+            async for request in keepalive_requests(reader, writer):
                 rt.requests += 1
                 rt.bytes_in += request.size
                 faults = rt.host.faults
@@ -446,19 +446,19 @@ class Fleet:
             self._tasks.discard(task)
             writer.close()
 
-    async def _respond(self, rt: _HostRuntime, conn_auth: auth.ConnectionAuth, request: HttpRequest, client_ip: str) -> _Response:
+    async def _respond(self, rt: _HostRuntime, conn_auth: auth.ConnectionAuth, request: HttpRequest, client_ip: str) -> HttpResponse:
         path = request.path.split("?")[0].rstrip("/").lower()
         if path not in ("/wsman", EXCHANGE_PATH):
-            return _Response(404)
+            return HttpResponse(404)
         if request.method != "POST":
-            return _Response(405)
+            return HttpResponse(405)
         result = conn_auth.authenticate(request.headers.get("authorization"), deny=rt.host.faults.unauthorized)
         if result.principal is None and result.close:  # credentials were offered and refused
             rt.rejected_logons += 1
         if result.principal is not None and path == EXCHANGE_PATH and _kerberos_only(rt.host) \
                 and result.mechanism != "kerberos":
             # Exchange's /PowerShell application takes Kerberos only (pypsrp issue #187); IIS asks again
-            return _Response(401, [("WWW-Authenticate", "Negotiate")], close=True)
+            return HttpResponse(401, [("WWW-Authenticate", "Negotiate")], close=True)
         response = await self._authorized(rt, conn_auth, result, request, client_ip, path)
         if result.principal is not None and result.challenge:
             response.headers.append(("WWW-Authenticate", result.challenge))  # SPNEGO's final token
@@ -467,10 +467,10 @@ class Fleet:
     async def _authorized(
         self, rt: _HostRuntime, conn_auth: auth.ConnectionAuth, result: auth.AuthResult, request: HttpRequest,
         client_ip: str, path: str,
-    ) -> _Response:
+    ) -> HttpResponse:
         if result.principal is None:
             if result.challenge:
-                return _Response(401, [("WWW-Authenticate", result.challenge)], close=result.close)
+                return HttpResponse(401, [("WWW-Authenticate", result.challenge)], close=result.close)
             headers = [("WWW-Authenticate", "Negotiate")]
             if "kerberos" in rt.host.auth:
                 headers.append(("WWW-Authenticate", "Kerberos"))
@@ -478,43 +478,43 @@ class Fleet:
                 headers.append(("WWW-Authenticate", 'Basic realm="WSMAN"'))
             if "credssp" in rt.host.auth:
                 headers.append(("WWW-Authenticate", "CredSSP"))  # last, as Windows lists it
-            return _Response(401, headers, close=result.close)
+            return HttpResponse(401, headers, close=result.close)
         context = conn_auth.context
         encrypted = auth.encryption_protocol(request.headers.get("content-type", ""))
         if encrypted:
             if context is None or encrypted != conn_auth.encryption:
-                return _Response(400, close=True)
+                return HttpResponse(400, close=True)
             try:
                 soap = auth.unwrap_body(context, request.body, encrypted)
             except auth.EncryptionError:
-                return _Response(400, close=True)
+                return HttpResponse(400, close=True)
         else:
             soap = request.body
             if soap and context is not None and rt.ssl is None and not self._allow_unencrypted:
-                return _Response(500)  # Windows with AllowUnencrypted=false refuses plain SOAP over HTTP
+                return HttpResponse(500)  # Windows with AllowUnencrypted=false refuses plain SOAP over HTTP
         if not soap:
-            return _Response(200)  # the empty POST that completes authentication
+            return HttpResponse(200)  # the empty POST that completes authentication
         logon = Logon(result.principal, delegated=conn_auth.delegated)
         status, xml, reset = await self._dispatch(rt, logon, soap, client_ip, path)
         if reset:
-            return _Response(reset=True)
+            return HttpResponse(reset=True)
         if encrypted:
             try:
                 wrapped = auth.wrap_body(context, xml, encrypted)
             except ValueError:  # the Kerberos context expired with its ticket
-                return _Response(400, close=True)
-            return _Response(status, [("Content-Type", auth.sealed_content_type(encrypted, len(xml)))], wrapped)
-        return _Response(status, [("Content-Type", "application/soap+xml;charset=UTF-8")], xml)
+                return HttpResponse(400, close=True)
+            return HttpResponse(status, [("Content-Type", auth.sealed_content_type(encrypted, len(xml)))], wrapped)
+        return HttpResponse(status, [("Content-Type", "application/soap+xml;charset=UTF-8")], xml)
 
     async def _serve_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._tasks.add(task)
         try:
-            async for request in _requests(reader, writer):
+            async for request in keepalive_requests(reader, writer):
                 status, body = control.handle(
                     request.method, request.path, request.body, {n: rt.host for n, rt in self._runtimes.items()}, self.stats
                 )
-                writer.write(render(_Response(status, [("Content-Type", "application/json")], body)))
+                writer.write(render(HttpResponse(status, [("Content-Type", "application/json")], body)))
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, OSError):
             return

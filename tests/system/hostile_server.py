@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from simulator import auth, wsman
-from simulator.server import HttpError, _requests, render, _Response
+from simulator.server import HttpError, HttpResponse, keepalive_requests, render
 from simulator.tls import TestAuthority
 
 ATTACKS = (
@@ -120,7 +120,7 @@ class HostileServer:
         conn_auth = auth.ConnectionAuth(self._credentials, True, self._bindings)
         command = ""
         try:
-            async for request in _requests(reader, writer):
+            async for request in keepalive_requests(reader, writer):
                 authorization = request.headers.get("authorization")
                 result = conn_auth.authenticate(authorization, deny=False)
                 if result.principal is None:
@@ -131,21 +131,21 @@ class HostileServer:
                 encrypted = auth.is_encrypted(request.headers.get("content-type", ""))
                 soap = auth.unwrap_body(context, request.body) if encrypted else request.body
                 if not soap:
-                    await self._send(writer, render(_Response(200)))
+                    await self._send(writer, render(HttpResponse(200)))
                     continue
                 parsed = wsman.parse_request(soap)
                 if parsed.action == wsman.ACTION_COMMAND:
                     command = wsman.command_line(parsed)
                 status, xml = self._answer(parsed, command, authorization or "")
                 if status == 500 and self.attack == "non_utf8_500":
-                    await self._send(writer, render(_Response(500, [("Content-Type", "text/plain")], xml)))
+                    await self._send(writer, render(HttpResponse(500, [("Content-Type", "text/plain")], xml)))
                     continue
                 body = auth.wrap_body(context, xml) if encrypted else xml
                 content_type = auth.ENCRYPTED_CONTENT_TYPE if encrypted else "application/soap+xml;charset=UTF-8"
-                response = render(_Response(status, [("Content-Type", content_type)], body))
+                response = render(HttpResponse(status, [("Content-Type", content_type)], body))
                 if self.attack == "gzip_bomb" and parsed.action == wsman.ACTION_RECEIVE:
                     bomb = gzip.compress(bytes(64 << 20), compresslevel=9)
-                    response = render(_Response(200, [("Content-Type", content_type), ("Content-Encoding", "gzip")],
+                    response = render(HttpResponse(200, [("Content-Type", content_type), ("Content-Encoding", "gzip")],
                                                 bomb))
                 if self.attack == "slow_cleanup":
                     slow = {wsman.ACTION_RECEIVE: 1, wsman.ACTION_SIGNAL: SLOW_CLEANUP_SECONDS,
@@ -174,7 +174,7 @@ class HostileServer:
             ("WWW-Authenticate", "Negotiate"), ("WWW-Authenticate", 'Basic realm="WSMAN"')]
         if self.attack == "challenge_missing" and result.challenge:
             headers = []
-        await self._send(writer, render(_Response(401, headers, close=result.close)))
+        await self._send(writer, render(HttpResponse(401, headers, close=result.close)))
         return not result.close
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
