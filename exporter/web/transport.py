@@ -490,6 +490,9 @@ def _path_and_query(target: str) -> tuple[str, str]:
         path, _, query = target.partition("?")
         return path, query
     if target[:7].lower() == "http://" or target[:8].lower() == "https://":
-        url = urlsplit(target)
+        try:
+            url = urlsplit(target)
+        except ValueError:  # such as an unclosed IPv6 bracket: `http://[::1/metrics`
+            raise Refused(400, "Request target is not a valid URL\n") from None
         return url.path or "/", url.query
     raise Refused(400, "Request target must be a path or an http(s) URL\n")

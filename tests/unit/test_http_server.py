@@ -260,6 +260,20 @@ def test_absolute_form_is_the_same_route(rig):
     assert (answer.status, answer.text) == (200, "Healthy\n")
 
 
+def test_an_absolute_form_that_is_no_url_is_400(rig):
+    """`http://[::1/metrics` (an unclosed IPv6 bracket) made urlsplit raise ValueError, and the connection was
+    dropped with no answer where every other malformed request line gets a 400."""
+    connection = http.client.HTTPConnection("127.0.0.1", rig[2], timeout=30)
+    try:
+        connection.putrequest("GET", "http://[::1/metrics", skip_host=True)  # the client would parse it too
+        connection.putheader("Host", "exporter")
+        connection.endheaders()
+        answer = Answer(connection.getresponse())
+    finally:
+        connection.close()
+    assert (answer.status, answer.text) == (400, "Request target is not a valid URL\n")
+
+
 def test_unknown_method_is_501(rig):
     assert call(rig[2], "/metrics", method="BREW").status == 501
 
