@@ -115,6 +115,8 @@ class WebConfig:
             return cls._load(path)
         except ConfigError as exc:  # from the helpers shared with the exporter's configuration
             raise WebConfigError(path, exc.path, exc.message) from None
+        except OSError as exc:  # a file it names that cannot be read: a rotated key the exporter's user may not read
+            raise WebConfigError(path, "", f"cannot read a file it names: {exc}") from None
 
     @classmethod
     def _load(cls, path: Path) -> "WebConfig":

@@ -329,6 +329,25 @@ def test_a_reload_keeps_verified_credentials(tmp_path, password_hash, monkeypatc
     assert reloaded.cached_verdict(header) is True
 
 
+def test_a_file_that_cannot_be_read_keeps_the_last_good_config(tmp_path, password_hash, caplog):
+    """A TLS file that cannot be read (a rotated key the exporter's user may not read, EACCES; here a name over
+    NAME_MAX, ENAMETOOLONG, since the tests run as root) raised OSError out of WebConfig.load: the watcher let it
+    escape, so every connection was dropped unanswered while the reload metrics said all was well."""
+    path = write_config(tmp_path, f"basic_auth_users:\n  prometheus: '{password_hash}'\n")
+    unreadable = f"tls_server_config:\n  cert_file: {tmp_path / ('c' * 300)}\n  key_file: k.pem\n"
+    with pytest.raises(WebConfigError, match="cannot read a file it names"):
+        WebConfigWatcher(write_config(tmp_path, unreadable, "unreadable.yml"))
+    watcher = WebConfigWatcher(path, check_interval=0)
+    first = watcher.current()
+    path.write_text(path.read_text() + unreadable)
+    with caplog.at_level(logging.ERROR, logger="exporter.webconfig"):
+        assert watcher.current() is first
+    assert "keeping the previous web config" in caplog.text and "cannot read a file it names" in caplog.text
+    metrics = {sample.name: sample.value for family in watcher.collect() for sample in family.samples}
+    assert metrics["exchange_exporter_web_config_last_reload_successful"] == 0
+    assert metrics["exchange_exporter_web_config_reload_failures_total"] == 1
+
+
 def test_watcher_refuses_a_bad_file_at_startup(tmp_path):
     with pytest.raises(WebConfigError, match="nonsense"):
         WebConfigWatcher(write_config(tmp_path, "nonsense: 1\n"))
