@@ -234,8 +234,10 @@ class WebConfigWatcher:
         self._lock = threading.Lock()
         self._clock = clock
         self._check_interval = check_interval
+        fingerprint = _fingerprint((self._path,))
         self._config = WebConfig.load(self._path)
-        self._fingerprint = _fingerprint(self._config.watched_files)
+        # as in current(): the file as it was before the load; one naming certificates is read once more
+        self._fingerprint = fingerprint if self._config.watched_files == (self._path,) else None
         self._last_check = clock()
         self._last_error: str | None = None
         self._failed_fingerprint: tuple | None = None
@@ -265,8 +267,10 @@ class WebConfigWatcher:
             if self._last_error is not None:
                 log.info("web config %s loaded again after an error", self._path)
             config.keep_verified(self._config)
+            # The files as they were before this load, so that an edit landing while it read them is read at the
+            # next check; when it names other files than before, their earlier state is unknown: read once more.
+            self._fingerprint = fingerprint if config.watched_files == self._config.watched_files else None
             self._config = config
-            self._fingerprint = _fingerprint(config.watched_files)
             self._last_error = None
             return config
 

@@ -348,6 +348,30 @@ def test_a_file_that_cannot_be_read_keeps_the_last_good_config(tmp_path, passwor
     assert metrics["exchange_exporter_web_config_reload_failures_total"] == 1
 
 
+def test_an_edit_landing_while_the_watcher_reads_is_read_at_the_next_check(tmp_path, password_hash, monkeypatch):
+    """The watcher took the files' fingerprint after reading them: a second edit landing while the first was read
+    (an atomic rename by an editor or a deploy tool) was taken as read, so the basic auth it added was never
+    enforced while the reload metrics said all was well."""
+    path = write_config(tmp_path, "{}\n")
+    clock = ManualClock()
+    watcher = WebConfigWatcher(path, clock=clock.now)
+    secured = f"basic_auth_users:\n  prometheus: '{password_hash}'\n"
+    load = WebConfig.load.__func__
+
+    def load_while_the_next_edit_lands(cls, file):
+        config = load(cls, file)
+        if not config.users:
+            write_config(tmp_path, secured, "web.yml.new").replace(path)
+        return config
+
+    monkeypatch.setattr(WebConfig, "load", classmethod(load_while_the_next_edit_lands))
+    path.write_text("http_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\n")
+    clock.advance(1.1)
+    assert not watcher.current().users  # the first edit, read while the second landed
+    clock.advance(1.1)
+    assert watcher.current().check_basic_auth(None) is False, "the second edit was never read"
+
+
 def test_watcher_refuses_a_bad_file_at_startup(tmp_path):
     with pytest.raises(WebConfigError, match="nonsense"):
         WebConfigWatcher(write_config(tmp_path, "nonsense: 1\n"))
