@@ -10,7 +10,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from .catalog import Catalog
-from .config import Config, ModuleConfig
+from .config import Config
 from .metrics import CachedExposition, SelfStatus
 from .model import OrganizationResult, ServerResult
 from .poller import Clock, Poller
@@ -46,16 +46,9 @@ class Exporter:
 
     # ------------------------------------------------------------ what the handlers read
 
-    def target(self, name: str) -> Target | None:
-        """A configured or discovered server of any shard: the only names /probe may reach."""
-        return self.runtime.current().targets.get(name)
-
     def targets(self) -> tuple[Target, ...]:
         """The servers this instance polls, in name order."""
         return self.runtime.current().targets.polled
-
-    def module(self, name: str) -> ModuleConfig | None:
-        return self.runtime.current().config.modules.get(name)
 
     def scrub(self, text: str) -> str:
         """`text` with every configured secret, in any form it can take, masked."""

@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from .config import scheme_problem
 from .collectors import collect_organization, collect_server, failed, interpret_output, run_script, server_script
 from .connections import Connections
 from .model import OrganizationResult, RawServerFacts, ServerResult, ServerState
@@ -44,6 +45,11 @@ def _deadline(requested: float, budget: float, scheduled: bool) -> float:
     not for a slow server, and counting it failed healthy polls with `timeout` (the organization collector,
     due while its server's own poll ran, every interval on a demo with a 6 s timeout and 3 s scripts)."""
     return time.monotonic() + budget if scheduled else requested + budget
+
+
+class ProbeRefused(ValueError):
+    """A /probe the configuration does not allow: an unknown module or target, or a module whose credentials must
+    not go over the target's scheme (`config.scheme_problem`). Nothing has connected."""
 
 
 @dataclass(frozen=True)
@@ -95,9 +101,21 @@ class Poller:
         return self.store.record(result, latest.targets, output_budget=latest.config.limits.max_debug_output_bytes)
 
     def probe(self, name: str, *, module: str | None = None, timeout: float | None = None) -> ServerResult:
-        """Poll one server now, within `timeout` if given, and keep nothing: what `/probe` answers."""
+        """Poll one server now, within `timeout` if given, and keep nothing: what `/probe` answers. What it may
+        poll is decided on the configuration the poll then uses: checked on one and polled with the next (a
+        reload in between), a Basic password went to a server the reload had moved to plain http."""
         current = self.runtime.current()
-        return self._poll(current, self._target(current, name), module, timeout)
+        settings = current.config.modules.get(module) if module is not None else None
+        if module is not None and settings is None:
+            raise ProbeRefused(f"Unknown module {module[:64]!r}")
+        target = current.targets.get(name)
+        if target is None:
+            raise ProbeRefused(f"Unknown target {name[:256]!r}: only configured or discovered servers can be probed")
+        problem = settings and scheme_problem(settings.transport, target.scheme, settings.allow_basic_over_http)
+        if problem:
+            raise ProbeRefused(f"Module {module!r} cannot be used with target {target.name!r} ({target.scheme}): "
+                               f"{problem}")
+        return self._poll(current, target, module, timeout)
 
     def _poll(self, current: Runtime, target: Target, module: str | None, timeout: float | None, *,
               scheduled: bool = False) -> ServerResult:

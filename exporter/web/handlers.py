@@ -5,7 +5,7 @@ the `View` (the `Exporter`'s narrow read interface) and say what to send. The tr
 has already read the whole request, authenticated it, and chosen the worker pool from the same route
 (`ROUTES`), so a route and its pool can never disagree.
 `/probe` polls only servers the configuration names or the organization collector discovered: an unknown
-target is refused before any connection is attempted.
+target is refused (`Poller.probe`, on the configuration the poll would use) before anything connects.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from urllib.parse import parse_qs
 from prometheus_client.exposition import choose_encoder
 
 from .. import __version__
-from ..config import ModuleConfig, scheme_problem
 from ..field_report import raw_text
 from ..metrics import SelfStatus, probe_body, server_families
 from ..model import OrganizationResult, ServerResult
 from ..parse import clixml_to_text
+from ..poller import ProbeRefused
 from ..redact import Redactor
 from ..runtime import Target
 from ..store import KeptOutput
@@ -44,8 +44,6 @@ class View(Protocol):
     def snapshot(self) -> tuple[list[ServerResult], OrganizationResult | None]: ...
     def output(self, name: str) -> tuple[KeptOutput | None, bool]: ...
     def targets(self) -> tuple[Target, ...]: ...
-    def target(self, name: str) -> Target | None: ...
-    def module(self, name: str) -> ModuleConfig | None: ...
     def ready(self) -> bool: ...
     def metrics_body(self, accept: str) -> tuple[bytes, str]: ...
     def probe(self, target: str, module: str | None, timeout: float | None) -> ServerResult: ...
@@ -230,16 +228,6 @@ def probe(request: Request, view: View) -> Response:
     if debug not in (["true"], ["false"]):
         return text(400, "'debug' is true or false\n")
     name, module_name = targets[0], (modules[0] if modules else None)
-    module = view.module(module_name) if module_name is not None else None
-    if module_name is not None and module is None:
-        return text(400, f"Unknown module {module_name[:64]!r}\n")
-    target = view.target(name)
-    if target is None:
-        return text(400, f"Unknown target {name[:256]!r}: only configured or discovered servers can be probed\n")
-    problem = module and scheme_problem(module.transport, target.scheme, module.allow_basic_over_http)
-    if problem:
-        return text(400, f"Module {module_name!r} cannot be used with target {target.name!r} ({target.scheme}): "
-                         f"{problem}\n")
     timeout = None
     header = request.header("x-prometheus-scrape-timeout-seconds")
     if header:
@@ -251,7 +239,10 @@ def probe(request: Request, view: View) -> Response:
             return text(400, "Invalid X-Prometheus-Scrape-Timeout-Seconds header: expected seconds > 0\n")
         # the scrape timeout runs from when the request arrived: time queued for a worker counts
         timeout = max(1.0, seconds - PROBE_TIMEOUT_OFFSET_SECONDS - (time.monotonic() - request.received))
-    result = view.probe(name, module_name, timeout)
+    try:
+        result = view.probe(name, module_name, timeout)
+    except ProbeRefused as refused:  # an unknown module or target, or credentials the target's scheme must not carry
+        return text(400, f"{refused}\n")
     if debug == ["true"]:  # blackbox_exporter's debug output: the steps and what they found, as text
         metrics, _ = probe_body(result, "text/plain")
         firing = tuple(alerts.firing(samples_of(server_families(result))))

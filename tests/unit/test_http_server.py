@@ -26,12 +26,12 @@ import requests
 import yaml
 
 from exporter.catalog import Catalog
-from exporter.config import load_config_text
+from exporter.config import load_config, load_config_text
 from exporter.exporter import Exporter
 from exporter.web import serve
 from exporter.webconfig import WebConfigWatcher
 
-from ..conftest import PASSWORD, SimulatedFleet, poll_all, quick_organization, relocate, samples, serving
+from ..conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, poll_all, quick_organization, relocate, samples, serving
 from ..pki import issue, write
 
 WRONG_PASSWORD_ENV = "EEMS_TEST_WRONG_PASSWORD"
@@ -161,6 +161,64 @@ def test_probe_bad_parameters(rig, query, phrase):
     assert answer.status == 400
     assert phrase in answer.text
     assert requests_seen(fleet) == before
+
+
+def test_a_probe_checks_and_polls_on_one_configuration(tmp_path, monkeypatch):
+    """/probe refuses Basic credentials over plain http. The handler checked the module and the target on the
+    configuration it read, and the poll read the configuration again: a reload landing in between, moving the
+    server to an http module, sent `Authorization: Basic` in clear text. Here the reload lands after each read of
+    the configuration in turn; none may let the password out."""
+    modules = {"default": {"username": USERNAME, "password_env": PASSWORD_ENV, "scheme": "https"},
+               "plain": {"username": USERNAME, "password_env": PASSWORD_ENV, "scheme": "http"},
+               "secure": {"transport": "basic", "username": USERNAME, "password_env": PASSWORD_ENV}}
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    with socket.socket() as listener:  # stands for EX01: keeps the first bytes of every connection, then hangs up
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(0.2)
+        received, stop = [], threading.Event()
+
+        def keep_first_bytes():
+            while not stop.is_set():
+                try:
+                    connection, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                with connection:
+                    connection.settimeout(5)
+                    received.append(connection.recv(65536))
+
+        def config(module: str) -> str:
+            return yaml.safe_dump({"poll": {"timeout": "5s"}, "modules": modules, "servers": [
+                {"name": "EX01", "address": "127.0.0.1", "port": listener.getsockname()[1], "module": module}]})
+
+        catcher = threading.Thread(target=keep_first_bytes, daemon=True)
+        catcher.start()
+        try:
+            for reads_before_the_reload in (1, 2, 3):
+                path = tmp_path / f"config-{reads_before_the_reload}.yml"
+                path.write_text(config("default"))
+                exporter = Exporter(load_config(path), Catalog.load())
+                current, reads = exporter.runtime.current, []
+
+                def current_then_a_reload(current=current, reads=reads, path=path, exporter=exporter):
+                    snapshot = current()
+                    reads.append(snapshot)
+                    if len(reads) == reads_before_the_reload:  # the admin moves EX01 to plain http, and reloads
+                        path.write_text(config("plain"))
+                        assert exporter.reload()[0]
+                    return snapshot
+
+                monkeypatch.setattr(exporter.runtime, "current", current_then_a_reload)
+                with serving(exporter) as port:
+                    answer = call(port, "/probe?target=EX01&module=secure",
+                                  headers={"X-Prometheus-Scrape-Timeout-Seconds": "3"})
+                assert answer.status in (200, 400), answer.text  # refused, or polled over https (which fails)
+        finally:
+            stop.set()
+            catcher.join(5)
+    assert received, "no probe reached the listener: the test shows nothing"
+    assert not any(b"Authorization: Basic" in first for first in received), "a Basic password went over plain http"
 
 
 def test_probe_module_selects_the_credentials(rig):
