@@ -50,7 +50,7 @@ from functools import lru_cache
 from typing import Iterable, NamedTuple
 
 from .model import RawCulture
-from .parse import parse_ps_date
+from .parse import YEARS, parse_ps_date
 
 FETCH_ERROR_REASONS = ("untrusted_endpoint", "unknown_issuer", "tls_validation", "signature_invalid", "other")
 
@@ -81,9 +81,10 @@ _OPERATION = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 # The shape EEMS writes nearly every line in: ISO time in UTC, operation, then level, message and an optional
 # source with nothing quoted (a message neither starts with a quote nor holds ';', nor is padded). A line of
 # exactly this shape reads the same through `_parse_any_line`, at a fraction of the cost; anything else
-# goes there (tests/unit/test_eems_log.py proves the two agree on lines of many shapes).
+# goes there (tests/unit/test_eems_log.py proves the two agree on lines of many shapes), a year outside
+# parse.YEARS (1000 to 8999) too.
 _COMMON_LINE = re.compile(
-    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,7})?Z)"
+    r"([1-8][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,7})?Z)"
     r",([A-Za-z][A-Za-z0-9_.-]*)"
     r",S:LogLevel=([A-Za-z]+)"
     r";S:Message=((?:[^\s;'\"](?:[^;]*[^\s;])?)?)"
@@ -270,9 +271,6 @@ def _regex(pattern: str, am: str, pm: str) -> str | None:
     out = []
     for token in _PATTERN_TOKEN.findall(pattern):
         if token in _TOKENS:
-            name = re.search(r"\?P<(\w+)>", _TOKENS[token]).group(1)
-            if f"(?P<{name}>" in "".join(out):
-                return None  # a pattern naming a field twice cannot be read
             out.append(_TOKENS[token])
         elif token in ("tt", "t"):
             designators = "|".join(re.escape(d) for d in (am, pm) if d)
@@ -294,13 +292,22 @@ def leading_time_pattern(date_pattern: str, time_pattern: str, am: str, pm: str)
     date_part, time_part = _regex(date_pattern, am, pm), _regex(time_pattern, am, pm)
     if not date_part or not time_part:
         return None
-    return re.compile(rf"\s*{date_part}\s+{time_part}\s*,")
+    try:
+        pattern = re.compile(rf"\s*{date_part}\s+{time_part}\s*,")
+    except re.error:  # a field named twice, in one pattern or across both (its group defined twice)
+        return None
+    fields = set(pattern.groupindex)
+    if not ({"month", "day", "minute"} <= fields and fields & {"year", "year2"} and fields & {"hour", "hour12"}):
+        return None  # a time without a year or an hour is no instant (and to_datetime reads both)
+    return pattern
 
 
 def to_datetime(match: re.Match, am: str, pm: str) -> datetime | None:
-    """The UTC time of a match of `leading_time_pattern`; None for an impossible date."""
+    """The UTC time of a match of `leading_time_pattern`; None for an impossible date or one outside YEARS."""
     groups = match.groupdict()
     year = int(groups["year"]) if groups.get("year") else 2000 + int(groups["year2"])
+    if year not in YEARS:
+        return None
     if groups.get("hour") is not None:
         hour = int(groups["hour"])
     else:
@@ -310,5 +317,5 @@ def to_datetime(match: re.Match, am: str, pm: str) -> datetime | None:
     try:
         return datetime(year, int(groups["month"]), int(groups["day"]), hour, int(groups["minute"]),
                         int(groups.get("second") or 0), tzinfo=timezone.utc)
-    except (ValueError, TypeError, KeyError):
+    except ValueError:
         return None

@@ -39,6 +39,10 @@ MAX_MITIGATIONS_PER_LIST = 100
 MITIGATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# The years a server's date may have. .NET's DateTime.MinValue and MaxValue (years 1 and 9999) stand for "never" and
+# are no instants, and interpret's tolerances of hours and days overflow next to them: a server sending one failed
+# every poll as internal_error (OverflowError).
+YEARS = range(1000, 9000)
 _MS_DATE = re.compile(r"\\?/Date\((-?[0-9]{1,15})(?:[+-][0-9]{4})?\)\\?/")
 _CLIXML_OPENER = re.compile(r"<S\s+S=\"[^\"<>]{0,64}\"\s*>")
 _CLIXML_CLOSER = "</S>"
@@ -57,7 +61,7 @@ class ParseError(Exception):
 
 
 def parse_ps_date(value) -> datetime | None:
-    """A UTC datetime from any date form PowerShell 5.1 emits; None for anything else.
+    """A UTC datetime from any date form PowerShell 5.1 emits; None for anything else, and outside YEARS.
 
     `/Date(ms+hhmm)/` carries UTC milliseconds; the offset only says which zone the writer was in, so
     it does not move the instant. ISO strings without an offset are taken as UTC.
@@ -70,16 +74,13 @@ def parse_ps_date(value) -> datetime | None:
     match = _MS_DATE.fullmatch(text)
     try:
         if match:
-            return _EPOCH + timedelta(0, 0, 0, int(match.group(1)))  # milliseconds, given by position: cheaper
-        parsed = datetime.fromisoformat(text.replace("z", "Z"))
+            parsed = _EPOCH + timedelta(0, 0, 0, int(match.group(1)))  # milliseconds, given by position: cheaper
+        else:
+            parsed = datetime.fromisoformat(text.replace("z", "Z"))
+            parsed = parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
     except (ValueError, OverflowError):
         return None
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=timezone.utc)
-    try:
-        return parsed.astimezone(timezone.utc)
-    except OverflowError:
-        return None
+    return parsed if parsed.year in YEARS else None
 
 
 # powershell.exe writes stderr in the console's code page, which the exporter sets for the WinRS shell
@@ -99,6 +100,9 @@ def clixml_to_text(stderr: bytes) -> str:
         return text
     lines = [unescape(body) for body in _clixml_records(text)]
     joined = _CLIXML_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), "".join(lines))
+    # The escapes are UTF-16 code units: a pair of them is one character, and a lone one (which a hostile server
+    # sends) is replaced; it broke every UTF-8 encoding of the text, the server's page among them.
+    joined = joined.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
     return joined.replace("\r\n", "\n").strip()
 
 
@@ -209,6 +213,14 @@ class _Notes:
         self.wrong(field, "a string")
         return None
 
+    def choice(self, obj: dict, key: str, field: str, choices: tuple[str, ...]) -> str | None:
+        """One of `choices` (a label value), or None, with a note for anything else."""
+        value = self.text(obj, key, field)
+        if value is None or value in choices:
+            return value
+        self.wrong(field, " or ".join(choices))
+        return None
+
     def flag(self, obj: dict, key: str, field: str) -> bool | None:
         value = obj.get(key)
         if value is None or isinstance(value, bool):
@@ -245,7 +257,7 @@ class _Notes:
 
     def label_values(self, value, field: str) -> tuple[str, ...]:
         """Mitigation IDs: strings of the ID shape, at most MAX_MITIGATIONS_PER_LIST; the rest is counted."""
-        items = _as_list(value)
+        items = [item for item in _as_list(value) if item is not None]  # [null]: an empty list, as in strings()
         kept = [item for item in items if isinstance(item, str) and MITIGATION_ID.fullmatch(item)]
         if any(not isinstance(item, str) for item in items):
             self.wrong(field, "strings")
@@ -422,6 +434,10 @@ def _endpoints(value, notes: _Notes) -> tuple[RawEndpoint, ...]:
         if not isinstance(item, dict):
             notes.wrong("endpoints", "objects")
             continue
+        name = (notes.text(item, "name", "endpoints.name") or "")[:64]
+        if any(endpoint.name == name for endpoint in endpoints):  # a second series of the same labels
+            notes.wrong("endpoints", "one entry per endpoint")
+            continue
         ms = item.get("ms")
         if ms is not None and not (isinstance(ms, (int, float)) and not isinstance(ms, bool) and math.isfinite(ms) and ms >= 0):
             notes.wrong("endpoints.ms", "a non-negative number")
@@ -429,23 +445,19 @@ def _endpoints(value, notes: _Notes) -> tuple[RawEndpoint, ...]:
         status = notes.integer(item, "status", "endpoints.status")
         web_status = notes.text(item, "web_status", "endpoints.web_status")
         endpoints.append(RawEndpoint(
-            name=(notes.text(item, "name", "endpoints.name") or "")[:64],
+            name=name,
             status=status if status is not None and 0 <= status <= 999 else 0,
             duration_seconds=ms / 1000 if ms is not None else None,
             web_status=web_status[:64] if web_status else None,
             revocation_failed=bool(notes.flag(item, "revocation_failed", "endpoints.revocation_failed")),
             proxy=_endpoint_proxy(notes.text(item, "proxy", "endpoints.proxy"), notes),
-            proxy_source=_choice(notes.text(item, "proxy_source", "endpoints.proxy_source"), PROXY_SOURCES),
+            proxy_source=notes.choice(item, "proxy_source", "endpoints.proxy_source", PROXY_SOURCES),
             proxy_credentials=bool(notes.flag(item, "proxy_credentials", "endpoints.proxy_credentials")),
         ))
     return tuple(endpoints)
 
 
 PROXY_SOURCES = ("parameter", "winhttp", "none")
-
-
-def _choice(value: str | None, choices: tuple[str, ...]) -> str | None:
-    return value if value in choices else None
 
 
 def _endpoint_proxy(value: str | None, notes: _Notes) -> str | None:
@@ -476,6 +488,9 @@ def _errors(value, notes: _Notes) -> list[RawError]:
     return errors
 
 
+BUILD_SOURCES = ("exsetup", "registry")  # where collect_server.ps1 read ExSetup.exe's version: the label `source`
+
+
 def parse_server_output(stdout: bytes, *, max_events: int = 200, max_log_bytes: int = 1 << 20) -> RawServerFacts:
     """Facts from collect_server.ps1's stdout; keeps the newest `max_events` events and the logs' last bytes."""
     doc = _load_object(stdout, "server")
@@ -488,7 +503,7 @@ def parse_server_output(stdout: bytes, *, max_events: int = 200, max_log_bytes: 
         now=notes.date(doc, "now", "now"),
         culture=_culture(doc.get("culture"), notes),
         exsetup_version=version.strip() if version else None,
-        build_source=notes.text(doc, "build_source", "build_source"),
+        build_source=notes.choice(doc, "build_source", "build_source", BUILD_SOURCES),
         edge=bool(notes.flag(doc, "edge", "edge")),
         service_key_start=_service_key_start(doc.get("service_key"), notes),
         service_queried=queried,
