@@ -50,16 +50,22 @@ from tests.system.hostile_server import HostileServer, Output  # noqa: E402
 import hostile_clients as clients  # noqa: E402  (bench/hostile_clients.py)
 
 USER, PASSWORD, PASSWORD_ENV = "EXCH\\svc_bench", "bench-Passw0rd-not-a-secret", "EEMS_BENCH_PASSWORD"
-SERVER_ATTACKS = {  # name -> (attack, server options, limits)
+# A log line of one pair and then 2^19 items separated by ';' (1 MiB), which the log reader appends to the pair's
+# value: copied whole at every item, it took seconds of CPU, holding the GIL from every other poll and scrape.
+SEMICOLON_LINE = "2026-11-26T11:00:00Z,FetchMitigation,S:LogLevel=Error;S:Message=a" + ";b" * (1 << 19)
+SERVER_ATTACKS = {  # name -> (attack, server options, configuration sections beyond the bench's own)
     "quadratic_clixml": ("none", {"output": lambda _: Output(stderr=b"#< CLIXML\r\n" + b'<S S="Error">' * 16_000,
                                                             exit_code=1)}, {}),
     "drip": ("drip", {}, {}),
     "drip_receive": ("drip_receive", {"output": lambda _: Output(stdout=b'{"schema": 1}' + b" " * 200)}, {}),
     "huge_handshake_http": ("huge_handshake", {}, {}),
     "huge_handshake_https": ("huge_handshake", {"scheme": "https"}, {}),
-    "nested_xml": ("nested_xml", {}, {"max_response_bytes": 4 << 20}),
+    "nested_xml": ("nested_xml", {}, {"limits": {"max_response_bytes": 4 << 20}}),
     "bad_events": ("none", {"output": lambda _: Output(stdout=b'{"schema": 1, "events": [' + b"1," * 3_500_000
-                                                       + b"1]}")}, {"max_response_bytes": 16 << 20}),
+                                                       + b"1]}")}, {"limits": {"max_response_bytes": 16 << 20}}),
+    "semicolon_log": ("none", {"output": lambda _: Output(stdout=json.dumps(
+        {"schema": 1, "logs": [{"tail": SEMICOLON_LINE + "\n"}]}).encode())},
+        {"poll": {"log_tail_bytes": 2 << 20}, "limits": {"max_response_bytes": 16 << 20}}),
     # issue 20 finding 1 and issue 24 finding 18 (round 2)
     "entity_expansion": ("entity_expansion", {"output": lambda _: Output(stdout=b'{"schema": 1}')}, {}),
     "endless_continue": ("endless_continue", {"output": lambda _: Output(stdout=b'{"schema": 1}')}, {}),
@@ -134,8 +140,8 @@ def server_attack(name: str) -> dict:
               "read_timeout": "4s", **({"ca_file": ca_file} if ca_file else {})}
     doc = {"poll": {"interval": "60s", "timeout": "5s"}, "modules": {"m": module},
            "servers": [{"name": "VICTIM", "address": "127.0.0.1", "port": port}]}
-    if SERVER_ATTACKS[name][2]:
-        doc["limits"] = SERVER_ATTACKS[name][2]
+    for section, values in SERVER_ATTACKS[name][2].items():
+        doc.setdefault(section, {}).update(values)
     exporter = Exporter(load_config_text(yaml.safe_dump(doc), Path(".")), Catalog.load())
     http_server = serve(exporter, "127.0.0.1", 0, None)
     before = _rss_mib()

@@ -168,7 +168,7 @@ def _custom_data(text: str) -> dict[str, str]:
     text = text.strip()
     if text.startswith('"'):
         text = _read_quoted(text, 0)[0]
-    pairs: dict[str, str] = {}
+    pairs: dict[str, list[str]] = {}  # each key's value and the items it runs on into, joined once at the end
     last: str | None = None
     pos = 0
     while pos < len(text):
@@ -190,10 +190,10 @@ def _custom_data(text: str) -> dict[str, str]:
             value = match.group(2).strip()
             if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
                 value = _read_quoted(value, 0)[0]
-            pairs[last] = value
-        elif last is not None:
-            pairs[last] += ";" + item
-    return pairs
+            pairs[last] = [value]
+        elif last is not None:  # appended, not `+=` on the string: that copied the value at every item, quadratic
+            pairs[last].append(item)
+    return {key: ";".join(parts) for key, parts in pairs.items()}
 
 
 def parse_log_line(line: str, culture: RawCulture | None = None) -> LogRecord | None:

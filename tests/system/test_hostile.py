@@ -87,7 +87,8 @@ class Observation:
 
 
 def _config_text(healthy: SimulatedFleet, victims: dict[str, HostileServer], *, module: dict | None = None,
-                 limits: dict | None = None, organization: str | None = None, ca_file: bool = True) -> str:
+                 limits: dict | None = None, poll: dict | None = None, organization: str | None = None,
+                 ca_file: bool = True) -> str:
     doc = yaml.safe_load(healthy.config_text(interval=f"{INTERVAL:g}s", timeout=f"{POLL_TIMEOUT:g}s", concurrency=4))
     for name, server in victims.items():
         settings = {"username": USERNAME, "password_env": PASSWORD_ENV, "scheme": server.scheme,
@@ -99,6 +100,7 @@ def _config_text(healthy: SimulatedFleet, victims: dict[str, HostileServer], *, 
                                "module": f"m_{name.lower()}"})
     if limits:
         doc["limits"] = limits
+    doc["poll"].update(poll or {})
     # The organization collector only where a test asks for it (on a victim): the fleet's default put it on
     # HEALTHY1, whose scheduled poll then waited behind its 2 s organization script for the server's lock, and
     # on a loaded machine missed its 5 s deadline.
@@ -187,6 +189,19 @@ def test_quadratic_clixml_stderr_does_not_freeze_the_exporter(healthy):
         seen = attack(healthy, {"VICTIM": victim})
     result = outcome(seen)
     assert result.error_reason == "script_failed"
+    assert seen.poll_seconds["VICTIM"] < POLL_TIMEOUT
+
+
+def test_a_log_line_of_many_semicolons_is_read_in_linear_time(healthy):
+    """A log line of one pair and 2^19 `;`-separated items (1 MiB, log_tail_bytes raised to allow it): the log
+    reader appended each item to the pair's value with `+=`, copying it whole every time; the poll took 7.8 s of
+    CPU, holding the GIL from every other poll and scrape (`python bench/hostile.py semicolon_log`: 0.4 s now)."""
+    line = "2026-11-26T11:00:00Z,FetchMitigation,S:LogLevel=Error;S:Message=a" + ";b" * (1 << 19)
+    stdout = json.dumps({"schema": 1, "logs": [{"tail": line + "\n"}]}).encode()
+    with HostileServer("none", CREDENTIALS, output=lambda _: Output(stdout=stdout)) as victim:
+        seen = attack(healthy, {"VICTIM": victim}, poll={"log_tail_bytes": 2 << 20},
+                      limits={"max_response_bytes": 16 << 20})
+    assert outcome(seen).success
     assert seen.poll_seconds["VICTIM"] < POLL_TIMEOUT
 
 
