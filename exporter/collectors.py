@@ -66,8 +66,7 @@ def collect_organization(target: Target, connection: ServerConnection, settings:
                               connection.module.secrets)
     if facts is None:
         return OrganizationResult(settings.name, outcome=outcome)
-    return OrganizationResult(settings.name, outcome=outcome, facts=facts, last_success=outcome.finished,
-                              servers={s.name.lower(): s for s in facts.servers})
+    return OrganizationResult(settings.name, outcome=outcome, facts=facts, last_success=outcome.finished)
 
 
 def _attempt(collector: str, what: str, started: float, poll: Callable[[], T],

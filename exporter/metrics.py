@@ -239,7 +239,7 @@ def organization_families(org: OrganizationResult, server_names: dict[str, str])
         out.add("exchange_eems_mitigations_enabled", MITIGATIONS_ENABLED_HELP,
                 {"scope": "organization", "organization": org.name}, 1 if facts.mitigations_enabled else 0)
     for info in facts.servers:
-        server = {"server": server_names.get(info.name.lower(), info.name)}
+        server = {"server": next((server_names[key] for key in info.keys() if key in server_names), info.name)}
         if info.mitigations_enabled is not None:
             out.add("exchange_eems_mitigations_enabled", MITIGATIONS_ENABLED_HELP,
                     {"scope": "server", **server}, 1 if info.mitigations_enabled else 0)

@@ -7,6 +7,7 @@ All datetimes are timezone-aware UTC.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import date, datetime
 
 # ---------------------------------------------------------------- raw facts (parse.py)
@@ -102,6 +103,12 @@ class OrgServerInfo:
     mitigations_applied_time: datetime | None
     data_collection_enabled: bool | None
     internet_web_proxy: str | None
+
+    def keys(self) -> tuple[str, ...]:
+        """The names (lower case) a configured server may have that this one is: its Name, then its FQDN (the
+        README builds `servers:` from Get-ExchangeServer's Fqdn). Discovery, what a poll knows of its server and
+        the organization's series of a server all match by these."""
+        return (self.name.lower(), self.fqdn.lower()) if self.fqdn else (self.name.lower(),)
 
 
 @dataclass(frozen=True)
@@ -237,4 +244,11 @@ class OrganizationResult:
     outcome: CollectorOutcome | None = None
     facts: RawOrganizationFacts | None = None
     last_success: datetime | None = None
-    servers: dict[str, OrgServerInfo] = field(default_factory=dict)
+
+    def server(self, name: str) -> OrgServerInfo | None:
+        """What the organization said of a server, by the name it is configured by (its Name or its FQDN)."""
+        return self._servers.get(name.lower())
+
+    @cached_property
+    def _servers(self) -> dict[str, OrgServerInfo]:
+        return {key: info for info in (self.facts.servers if self.facts else ()) for key in info.keys()}

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from html import unescape
 from urllib.parse import urlsplit, urlunsplit
 
-from .addresses import SERVER_NAME, is_proxy_url
+from .addresses import SERVER_NAME, is_host, is_proxy_url
 from .json_prefix import is_json_prefix
 from .model import (
     OrgServerInfo,
@@ -552,9 +552,13 @@ def _org_server(item: dict, notes: _Notes) -> OrgServerInfo | None:
     if not SERVER_NAME.fullmatch(name):  # it becomes the `server` label and, when discovered, a poll target
         notes.dropped_labels += 1
         return None
+    fqdn = notes.text(item, "fqdn", "servers.fqdn")
+    if fqdn is not None and not is_host(fqdn):  # a discovered server's address and the host name of its SPN
+        notes.wrong("servers.fqdn", "a host name")
+        fqdn = None
     return OrgServerInfo(
         name=name,
-        fqdn=notes.text(item, "fqdn", "servers.fqdn"),
+        fqdn=fqdn,
         admin_display_version=notes.text(item, "admin_display_version", "servers.admin_display_version"),
         mitigations_enabled=notes.flag(item, "mitigations_enabled", "servers.mitigations_enabled"),
         mitigations_applied=notes.label_values(item.get("mitigations_applied"), "servers.mitigations_applied"),
@@ -566,17 +570,26 @@ def _org_server(item: dict, notes: _Notes) -> OrgServerInfo | None:
 
 
 def parse_organization_output(stdout: bytes, *, max_servers: int = 10000) -> RawOrganizationFacts:
-    """Facts from collect_organization.ps1's stdout; a server entry without a name is dropped."""
+    """Facts from collect_organization.ps1's stdout; a server entry without a name, or one named (or of an FQDN)
+    as an earlier one, is dropped: each would make a second series of the same labels."""
     doc = _load_object(stdout, "organization")
     notes = _Notes()
     items = _as_list(doc.get("servers"))
     if len(items) > max_servers:
         raise ParseError("bad_output", f"organization output lists {len(items)} servers, more than the limit {max_servers}")
-    servers = tuple(s for s in (_org_server(i, notes) for i in items if isinstance(i, dict)) if s is not None)
+    servers, seen = [], set()
+    for server in (_org_server(i, notes) for i in items if isinstance(i, dict)):
+        if server is None:
+            continue
+        if seen.intersection(server.keys()):  # listed twice (names differ in case only, or one FQDN for two)
+            notes.dropped_labels += 1
+            continue
+        seen.update(server.keys())
+        servers.append(server)
     organization = doc.get("organization")
     enabled = notes.flag(organization, "mitigations_enabled", "organization") if isinstance(organization, dict) else None
     stage, message = _org_error(doc.get("error"))
-    return RawOrganizationFacts(mitigations_enabled=enabled, servers=servers, error_stage=stage, error_message=message,
+    return RawOrganizationFacts(mitigations_enabled=enabled, servers=tuple(servers), error_stage=stage, error_message=message,
                                 dropped_label_values=notes.dropped_labels)
 
 

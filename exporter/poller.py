@@ -11,6 +11,7 @@ credential pauses comes from a `Clock`, which a test replaces; a poll's own dead
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,8 @@ from .runtime import Runtime, SafeRuntime, Target
 from .schedule import Cadence, Schedule, offset
 from .store import Store
 from .winrm import PollFailure
+
+log = logging.getLogger(__name__)
 
 
 class Clock:
@@ -131,6 +134,10 @@ class Poller:
                 return result
         except PollFailure as failure:
             return ServerResult(target.name, outcome=failed("server", requested, failure))
+        except Exception as err:  # a bug costs one poll, recorded as failed; raised, the poll left no result
+            log.exception("poll of %s failed unexpectedly", target.name)
+            return ServerResult(target.name, outcome=failed("server", requested,
+                                                           PollFailure("internal_error", type(err).__name__)))
 
     def poll_organization(self) -> OrganizationResult | None:
         current = self.runtime.current()

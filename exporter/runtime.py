@@ -13,7 +13,7 @@ Like blackbox_exporter's `SafeConfig`: the poller and the HTTP handlers ask `cur
   not) while the old configuration keeps running. A file that loads to what is running changes nothing
   (blackbox compares a checksum of the file; comparing what was loaded also sees a password file or
   variable that changed under an unchanged file). The servers the organization collector discovered
-  are carried over while the organization section stays the same.
+  are carried over while the same organization is asked through the same server.
 - `discovered()`: the organization collector listed the servers again.
 """
 
@@ -66,13 +66,13 @@ class Targets:
                                                   discovered=False, spn_hostname=s.spn_hostname)
                      for s in config.servers}
         for info in self.discovered_from:
-            key = info.name.lower()
-            if not info.name or key in self._all:
+            if any(key in self._all for key in info.keys()):  # configured (by its name or its FQDN), or listed twice
                 continue
             if len(self._all) >= config.limits.max_servers:
                 break
-            self._all[key] = self._target(info.name, info.fqdn or info.name, None, organization.module,
-                                          info.internet_web_proxy or "", discovered=True, spn_hostname=info.fqdn)
+            # its InternetWebProxy reaches its poll as what the organization said of it (collectors.endpoint_proxy)
+            self._all[info.name.lower()] = self._target(info.name, info.fqdn or info.name, None, organization.module,
+                                                        "", discovered=True, spn_hostname=info.fqdn)
         index, count = config.shard
         self.polled: tuple[Target, ...] = tuple(sorted(
             (t for t in self._all.values() if shard_of(t.name, count) == index), key=lambda t: t.name.lower()))
@@ -97,6 +97,14 @@ class Targets:
 
     def get(self, name: str) -> Target | None:
         return self._all.get(name.lower())
+
+
+def _lists_the_same(old: OrganizationConfig | None, new: OrganizationConfig | None) -> bool:
+    """Whether servers discovered under `old` are what `new` would list: the same organization asked through the
+    same server. Its interval and module say how often and with which credential, not what it lists; comparing
+    the whole section, which takes its interval from poll.interval, dropped every discovered server and its
+    data at a reload that changed poll.interval alone."""
+    return old is not None and new is not None and (old.name, old.server.lower()) == (new.name, new.server.lower())
 
 
 @dataclass(frozen=True)
@@ -143,17 +151,19 @@ class SafeRuntime:
                 return True, "configuration unchanged"
             if self._redactor is not None:
                 self._redactor.add(config.secrets())
-            carried = current.targets.discovered_from if config.organization == current.config.organization else ()
+            carried = current.targets.discovered_from if _lists_the_same(current.config.organization,
+                                                                         config.organization) else ()
             self._current = Runtime(config, catalog, Targets(config, carried))
             log.info("configuration reloaded from %s: %d servers", source, len(config.servers))
             return True, "configuration reloaded"
 
     def discovered(self, organization: OrganizationConfig, servers: tuple[OrgServerInfo, ...]) -> bool:
-        """Adopt the servers an organization poll listed; False (nothing changes) when a reload changed the
-        organization section while that poll ran, or when the list is the one already adopted."""
+        """Adopt the servers an organization poll listed; False (nothing changes) when a reload changed which
+        organization is asked while that poll ran, or when the list is the one already adopted."""
         with self._lock:
             current = self._current
-            if current.config.organization != organization or current.targets.discovered_from == servers:
+            if not _lists_the_same(current.config.organization, organization) \
+                    or current.targets.discovered_from == servers:
                 return False
             self._current = replace(current, targets=Targets(current.config, servers))
             return True

@@ -144,8 +144,7 @@ class Store:
         with self._lock:
             previous = self._organization
             if not result.outcome.success and previous is not None and previous.name == result.name:
-                result = replace(result, facts=previous.facts, last_success=previous.last_success,
-                                 servers=previous.servers)
+                result = replace(result, facts=previous.facts, last_success=previous.last_success)
             self._organization = result
         return result
 
@@ -164,7 +163,7 @@ class Store:
     def known(self, name: str) -> OrgServerInfo | None:
         """What the last organization poll said about a server (its proxy, its AdminDisplayVersion)."""
         organization = self._organization
-        return organization.servers.get(name.lower()) if organization is not None else None
+        return organization.server(name) if organization is not None else None
 
     def snapshot(self, polled: tuple[Target, ...]) -> list[ServerResult]:
         """The latest result of each of `polled` that has one, in their order."""

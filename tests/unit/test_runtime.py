@@ -58,8 +58,8 @@ def test_discovered_servers_join_but_never_replace_a_configured_one():
                                                         proxy="http://proxy.contoso.com:8080/")))
     assert targets.get("ex01.contoso.com").address == "ex01.contoso.com"  # the configuration wins
     found = targets.get("ex07")
-    assert (found.address, found.discovered, found.endpoint_proxy) == ("ex07.contoso.com", True,
-                                                                       "http://proxy.contoso.com:8080/")
+    # its InternetWebProxy is what the organization said of it (source internet_web_proxy), not a configured proxy
+    assert (found.address, found.discovered, found.endpoint_proxy) == ("ex07.contoso.com", True, "")
     assert [t.name for t in targets.polled] == ["ex01.contoso.com", "EX07"]
 
 

@@ -1,0 +1,191 @@
+"""The organization collector's list as the exporter uses it: which servers discovery adds, what a poll knows of its
+server, and the organization's series of each server. Each test failed before its fix (a review of the
+organization path); the docstrings say how."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.catalog import Catalog
+from exporter.collectors import endpoint_proxy
+from exporter.config import load_config_text
+from exporter.exporter import Exporter
+from exporter.model import CollectorOutcome, OrganizationResult, OrgServerInfo, ServerResult
+from exporter.parse import parse_organization_output
+from exporter.runtime import Targets
+
+from ..conftest import minimal_config
+from .test_runtime import DISCOVERING, discovered, runtime_for, write
+
+
+# ---------------------------------------------------------------- 1. reload drops discovered servers
+
+
+def test_reload_changing_only_poll_interval_keeps_discovered_servers(tmp_path):
+    """The organization section in the file is unchanged; only `poll.interval` changes. Its resolved
+    OrganizationConfig.interval (None -> poll.interval) differed, so runtime.reload() took the organization
+    as changed and dropped every discovered server (and Poller.follow then their results)."""
+    runtime, path, password = runtime_for(tmp_path, DISCOVERING)
+    organization = runtime.current().config.organization
+    assert runtime.discovered(organization, (discovered("EX07", fqdn="ex07.contoso.com"),))
+    assert runtime.current().targets.get("EX07") is not None
+    write(path, password, extra=DISCOVERING + "poll: {interval: 10m}\n")
+    assert runtime.reload() == (True, "configuration reloaded")
+    assert runtime.current().targets.get("EX07") is not None, "discovered server dropped by a poll.interval change"
+
+
+# ---------------------------------------------------------------- 2. duplicate series from the organization output
+
+
+def _org_result(doc: dict) -> OrganizationResult:
+    facts = parse_organization_output(json.dumps(doc).encode())
+    now = datetime.now(timezone.utc)
+    return OrganizationResult("default", outcome=CollectorOutcome("organization", True, 0.1, now), facts=facts,
+                              last_success=now)
+
+
+def test_org_output_with_names_differing_in_case_gives_no_duplicate_series():
+    """EX02 is configured and polled; Get-ExchangeServer's output lists it as "EX02" and "ex02". Both entries were
+    labelled with the configured name (server_names is keyed in lower case), so /metrics carried the same series
+    twice, with conflicting values. The first entry is kept."""
+    config = load_config_text(minimal_config("organization: {server: ex01.contoso.com}\n").replace(
+        "  - ex01.contoso.com\n", "  - ex01.contoso.com\n  - EX02\n"), Path("."))
+    exporter = Exporter(config, Catalog.load())
+    try:
+        now = datetime.now(timezone.utc)
+        exporter.poller.store.record(ServerResult("EX02", outcome=CollectorOutcome("server", True, 0.1, now),
+                                                  last_success=now), exporter.runtime.current().targets)
+        doc = {"schema": 1, "organization": {"mitigations_enabled": True}, "error": None, "servers": [
+            {"name": "EX02", "mitigations_enabled": True},
+            {"name": "ex02", "mitigations_enabled": False},
+        ]}
+        exporter.poller.store.record_organization(_org_result(doc))
+        body, _ = exporter.metrics_body("")
+    finally:
+        exporter.stop()
+    lines = [line for line in body.decode().splitlines()
+             if line.startswith('exchange_eems_mitigations_enabled{') and 'scope="server"' in line]
+    assert len(lines) == 1, lines
+
+
+def test_org_output_listing_a_server_twice_gives_no_duplicate_series():
+    config = load_config_text(minimal_config("organization: {server: ex01.contoso.com}\n"), Path("."))
+    exporter = Exporter(config, Catalog.load())
+    try:
+        doc = {"schema": 1, "organization": {"mitigations_enabled": True}, "error": None, "servers": [
+            {"name": "EX02", "mitigations_enabled": True},
+            {"name": "EX02", "mitigations_enabled": False},
+        ]}
+        exporter.poller.store.record_organization(_org_result(doc))
+        body, _ = exporter.metrics_body("")
+    finally:
+        exporter.stop()
+    lines = [line for line in body.decode().splitlines()
+             if line.startswith('exchange_eems_mitigations_enabled{') and 'server="EX02"' in line]
+    assert len(lines) == 1, lines
+
+
+# ---------------------------------------------------------------- 3. proxy source label of a discovered server
+
+
+def test_discovered_servers_internet_web_proxy_is_reported_as_internet_web_proxy_not_configured():
+    """docs/metrics.md: source `configured` is servers[].endpoint_proxy; `internet_web_proxy` the server's
+    InternetWebProxy from Active Directory. A discovered server's was copied into its target as if configured."""
+    config = load_config_text(minimal_config("organization: {server: ex01.contoso.com, discover_servers: true}\n"),
+                              Path("."))
+    info = discovered("EX07", fqdn="ex07.contoso.com", proxy="http://proxy.contoso.com:8080/")
+    target = Targets(config, (info,)).get("EX07")
+    assert endpoint_proxy(target, info) == ("http://proxy.contoso.com:8080/", "internet_web_proxy")
+
+
+# ---------------------------------------------------------------- 4. servers configured by FQDN (README's recipe)
+#
+# README.md builds `servers:` from Get-ExchangeServer's Fqdn ("ex01.contoso.com"); Get-ExchangeServer's Name,
+# which the organization collector keyed everything on, is "EX01". Nothing compared the Fqdn: the server was
+# discovered and polled a second time, and what the organization said of it never reached its poll or its name.
+
+FQDN_CONFIG = "organization: {server: ex01.contoso.com, discover_servers: true}\n"
+
+
+def _ex01() -> OrgServerInfo:
+    return discovered("EX01", fqdn="ex01.contoso.com")
+
+
+def test_a_server_configured_by_fqdn_is_not_discovered_and_polled_a_second_time():
+    config = load_config_text(minimal_config(FQDN_CONFIG), Path("."))
+    targets = Targets(config, (_ex01(),))
+    assert [(t.name, t.address, t.discovered) for t in targets.polled] == [
+        ("ex01.contoso.com", "ex01.contoso.com", False)]
+
+
+def test_what_the_organization_says_about_a_server_configured_by_fqdn_reaches_its_poll():
+    """store.known() feeds the AdminDisplayVersion build fallback and the InternetWebProxy of the endpoint check."""
+    config = load_config_text(minimal_config("organization: {server: ex01.contoso.com}\n"), Path("."))
+    exporter = Exporter(config, Catalog.load())
+    try:
+        doc = {"schema": 1, "organization": {"mitigations_enabled": True}, "error": None, "servers": [
+            {"name": "EX01", "fqdn": "ex01.contoso.com", "admin_display_version": "Version 15.2 (Build 1544.4)",
+             "mitigations_enabled": False}]}
+        exporter.poller.store.record_organization(_org_result(doc))
+        assert exporter.poller.store.known("ex01.contoso.com") is not None
+    finally:
+        exporter.stop()
+
+
+def test_organization_series_of_a_server_configured_by_fqdn_carry_its_configured_name():
+    """docs/metrics.md: `server` is the server's name as configured."""
+    config = load_config_text(minimal_config("organization: {server: ex01.contoso.com}\n"), Path("."))
+    exporter = Exporter(config, Catalog.load())
+    try:
+        now = datetime.now(timezone.utc)
+        exporter.poller.store.record(ServerResult("ex01.contoso.com", outcome=CollectorOutcome("server", True, 0.1,
+                                                                                              now), last_success=now),
+                                     exporter.runtime.current().targets)
+        doc = {"schema": 1, "organization": {"mitigations_enabled": True}, "error": None, "servers": [
+            {"name": "EX01", "fqdn": "ex01.contoso.com", "mitigations_enabled": False}]}
+        exporter.poller.store.record_organization(_org_result(doc))
+        body, _ = exporter.metrics_body("")
+    finally:
+        exporter.stop()
+    servers = {s.labels["server"] for f in text_string_to_metric_families(body.decode()) for s in f.samples
+               if s.name in ("exchange_up", "exchange_eems_mitigations_enabled") and "server" in s.labels}
+    assert servers == {"ex01.contoso.com"}, servers
+
+
+# ---------------------------------------------------------------- 5. a discovered FQDN is not checked as a host name
+
+
+@pytest.mark.parametrize("fqdn", ["svc@evil.example/x?y", "evil.example:443"])
+def test_a_discovered_fqdn_that_is_not_a_host_name_never_becomes_a_poll_address(fqdn):
+    """exporter/addresses.py: one rule for host names "wherever the value comes from (the configuration, or Active
+    Directory through the organization collector)". Get-ExchangeServer's Fqdn reached Target.address unchecked;
+    `evil.example:443` was bracketed as an IPv6 address, and the poll raised ValueError and left no result."""
+    from exporter.addresses import is_host
+    doc = {"schema": 1, "error": None, "servers": [{"name": "EX07", "fqdn": fqdn}]}
+    facts = parse_organization_output(json.dumps(doc).encode())
+    assert facts.servers[0].fqdn is None
+    config = load_config_text(minimal_config("organization: {server: ex01.contoso.com, discover_servers: true}\n"),
+                              Path("."))
+    target = Targets(config, facts.servers).get("EX07")
+    assert is_host(target.address) and target.endpoint == "https://EX07:5986/wsman"
+
+
+def test_an_unexpected_error_before_a_poll_connects_is_its_internal_error(monkeypatch):
+    """An error other than a PollFailure raised in Connections.lease (Endpoint.parse's ValueError for the FQDN
+    above) escaped Poller._poll: poll_server raised, nothing was recorded, the server never got exchange_up 0 and
+    /-/ready never turned ready."""
+    def refuse(*args, **kwargs):
+        raise ValueError("not an endpoint")
+
+    monkeypatch.setattr("exporter.connections.connect", refuse)
+    exporter = Exporter(load_config_text(minimal_config(), Path(".")), Catalog.load())
+    try:
+        result = exporter.poller.poll_server("ex01.contoso.com")
+    finally:
+        exporter.stop()
+    assert (result.outcome.success, result.outcome.error_reason) == (False, "internal_error")
