@@ -120,6 +120,14 @@ class _Reader(io.BufferedReader):
     def close(self) -> None:
         pass
 
+    def read(self, size: int | None = -1) -> bytes:
+        """http.client reads a chunk of the size the server declares in one call, and io.BufferedReader makes a
+        buffer of that size before reading: a declared petabyte was a MemoryError (internal_error). More than the
+        budget, plus what is buffered already, cannot arrive within it anyway."""
+        if size is not None and size > self.raw.budget + _READ_AHEAD:
+            raise self.raw.too_much(self.raw._too_much_text())
+        return super().read(size)
+
 
 class _Stream:
     """What http.client.HTTPResponse needs of a socket: `makefile`."""

@@ -35,6 +35,7 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Callable
+from xml.etree import ElementTree
 
 import psrpcore
 from psrpcore.types import PSInvocationState, RunspacePoolState
@@ -294,7 +295,7 @@ class PsrpConnection(LinkedConnection):
         try:
             while (event := pool.runspace.next_event()) is not None:
                 events.append(event)
-        except (psrpcore.PSRPCoreError, ValueError, KeyError, TypeError, RecursionError) as error:
+        except (psrpcore.PSRPCoreError, ValueError, KeyError, TypeError, RecursionError, ElementTree.ParseError) as error:
             raise PollFailure("bad_output", f"unreadable PSRP message: {error.__class__.__name__}") from None
         return events
 
@@ -319,7 +320,7 @@ class PsrpConnection(LinkedConnection):
                                                    resource_uri=wsman.POWERSHELL_URI + self._configuration), deadline)
         except Exception as error:
             log.info("could not delete runspace pool on %s (left to its idle timeout): %s", self.endpoint,
-                     classify(error).message)
+                     without_secrets(self.module, classify(error)).message)  # masked before the cut, as WinRS's
             self._link.close()
 
     # ------------------------------------------------------------ requests (as client.py sends them)

@@ -96,11 +96,15 @@ class FragmentReader:
         message.size += len(data)
         if message.size > self.max_message_bytes:
             raise _bad(f"a PSRP message exceeds limits.max_response_bytes ({self.max_message_bytes})")
+        body = data
         if len(message.head) < MESSAGE_HEADER:
             taken = data[: MESSAGE_HEADER - len(message.head)]
             message.head += taken
+            body = data[len(taken):]
             if len(message.head) == MESSAGE_HEADER:
                 self._check_ids(bytes(message.head), pipeline_id)
+        if b"\0" in body:  # PSRP data is UTF-8 XML; in UTF-16 a DTD passed the byte check below, and expat read it
+            raise _bad("a PSRP message's data is not UTF-8 (a NUL byte); refused")
         window = message.tail + data
         if _DTD.search(window):
             raise _bad("a PSRP message declares a DTD; refused")

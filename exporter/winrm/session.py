@@ -184,7 +184,9 @@ def handshake(connection: Connection, context: spnego.ContextProxy, scheme: str,
 def _step(context: spnego.ContextProxy, token: bytes | None, bindings: GssChannelBindings | None) -> bytes | None:
     try:
         return context.step(token, channel_bindings=bindings)
-    except (spnego.exceptions.SpnegoError, ValueError, KeyError, IndexError, TypeError) as error:
+    # struct.error: a token cut short; OverflowError: a timestamp past year 9999 (pyspnego reads both unchecked)
+    except (spnego.exceptions.SpnegoError, ValueError, KeyError, IndexError, TypeError, struct.error,
+            OverflowError) as error:
         raise AuthenticationRejected(f"the authentication handshake failed: the server's token was not valid "
                                      f"({error.__class__.__name__})") from error  # Kerberos reads the cause
 

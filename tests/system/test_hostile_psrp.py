@@ -61,9 +61,22 @@ def dtd(pool, pipeline):
     yield fragment(100, 0, message(pool, pipeline, OUTPUT, laughs), True, True)
 
 
+def utf16_dtd(pool, pipeline):
+    """The DTD above in UTF-16LE without a byte order mark: expat reads the encoding from '<' NUL, and the bytes
+    `<!DOCTYPE` the fragment reader refused were not there; the entities expanded (174 MiB for a 698-byte bomb)."""
+    laughs = ('<!DOCTYPE S [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
+              '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]><S>&c;&c;&c;&c;</S>').encode("utf-16-le")
+    yield fragment(100, 0, message(pool, pipeline, OUTPUT, laughs), True, True)
+
+
+def not_xml(pool, pipeline):
+    """CLIXML that is not well-formed: ElementTree's ParseError (a SyntaxError) ended the poll as internal_error."""
+    yield fragment(100, 0, message(pool, pipeline, OUTPUT, b"<S>unclosed"), True, True)
+
+
 ATTACKS = {"endless_fragments": (endless, "bad_output"), "huge_fragment": (huge, "output_too_large"),
            "huge_fragment_header": (huge_header, "bad_output"), "wrong_runspace_id": (wrong_runspace, "bad_output"),
-           "dtd": (dtd, "bad_output")}
+           "dtd": (dtd, "bad_output"), "utf16_dtd": (utf16_dtd, "bad_output"), "not_xml": (not_xml, "bad_output")}
 
 
 @pytest.fixture(scope="module")
