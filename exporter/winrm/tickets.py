@@ -227,7 +227,8 @@ def keytab_problem(path: Path, principal: str) -> str | None:
         held = {krb5.unparse_name_flags(context, entry.principal) for entry in krb5.kt_resolve(context, f"FILE:{path}".encode())}
     except krb5.Krb5Error as error:
         return f"is not a usable keytab: {_krb5_text(error)}"
-    if wanted.lower() not in {name.lower() for name in held}:
+    if wanted not in held:  # MIT looks keys up by the exact name: one differing in case only is no key for it
         names = ", ".join(sorted(name.decode("utf-8", "replace") for name in held)) or "nothing"
-        return f"holds no key for {wanted.decode('utf-8', 'replace')} (it holds: {names[:300]})"
+        case = " (principal names are case-sensitive)" if wanted.lower() in {n.lower() for n in held} else ""
+        return f"holds no key for {wanted.decode('utf-8', 'replace')}{case} (it holds: {names[:300]})"
     return None

@@ -389,6 +389,11 @@ KERBEROS = "transport: kerberos"
      "modules.default", "not both"),
     ((KERBEROS, "username: other@CONTOSO.COM", "keytab_file: svc.keytab"), "modules.default.keytab_file",
      "holds no key for other@CONTOSO.COM (it holds: svc@CONTOSO.COM)"),
+    # MIT finds keys by the exact name: accepted, every ticket purchase failed with keytab_unreadable
+    ((KERBEROS, "username: SVC@CONTOSO.COM", "keytab_file: svc.keytab"), "modules.default.keytab_file",
+     "holds no key for SVC@CONTOSO.COM (principal names are case-sensitive)"),
+    ((KERBEROS, "username: svc@contoso.com", "keytab_file: svc.keytab"), "modules.default.keytab_file",
+     "holds no key for svc@contoso.com (principal names are case-sensitive)"),
     ((KERBEROS, "username: svc@CONTOSO.COM", "keytab_file: garbage.keytab"), "modules.default.keytab_file",
      "not a usable keytab"),
     ((KERBEROS, "username: svc@CONTOSO.COM", "keytab_file: missing.keytab"), "modules.default.keytab_file",
@@ -397,7 +402,8 @@ KERBEROS = "transport: kerberos"
      "modules.default.keytab_file", "only applies to transport kerberos"),
     ((KERBEROS, "username: svc@CONTOSO.COM", "keytab_file: svc.keytab", "spn_service: HOST"),
      "modules.default.spn_service", "must be HTTP or WSMAN"),
-], ids=["no credential", "netbios name", "keytab and password", "keytab without the principal", "not a keytab",
+], ids=["no credential", "netbios name", "keytab and password", "keytab without the principal",
+         "principal in other case", "realm in other case", "not a keytab",
         "no keytab file", "keytab for ntlm", "unknown spn service"])
 def test_a_kerberos_module_has_its_own_credential(tmp_path, lines, key_path, phrase):
     write_keytab(tmp_path / "svc.keytab", "svc@CONTOSO.COM")
