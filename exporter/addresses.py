@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from urllib.parse import urlsplit, urlunsplit
 
 # A server name becomes the `server` label and, for a discovered server, a poll target.
 SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
@@ -25,6 +26,18 @@ def is_host(text: str) -> bool:
         return True
     except ValueError:
         return _HOST_NAME.fullmatch(text) is not None
+
+
+def without_userinfo(url: str | None) -> str | None:
+    """`url` without its `user:password@`, as it may be shown or become a label; None when it is no URL. A proxy
+    URL from Active Directory may embed a password, and a refused one is repeated in the error that refuses it."""
+    if url is None or "@" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    except ValueError:
+        return None
 
 
 def is_proxy_url(text: str) -> bool:

@@ -25,10 +25,12 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from .addresses import without_userinfo
 from .catalog import Build, Catalog, today_utc
 from .catalog_data import BUILD_COLUMNS, CatalogError, checked_build_parts, packaged_builds, parse_builds
+from .redact import masking
 
 MAX_LIST_BYTES = 4 << 20  # Microsoft's CSV is ~40 KB; anything near this is not a build list
 FETCH_TIMEOUT_SECONDS = 20.0  # the whole download, redirects included, not per socket read
@@ -47,9 +49,8 @@ def display_source(source: str) -> str:
     """The source as it may be printed and written: a URL loses any user:password@ part, and control and format
     characters (a newline, a terminal escape, a bidi override) are shown escaped, so that neither the catalog
     file's comment line nor the terminal gets them raw."""
-    parts = urlsplit(source)
-    if parts.scheme in ("http", "https") and "@" in parts.netloc:
-        source = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    if urlsplit(source).scheme in ("http", "https"):
+        source = without_userinfo(source) or source
     return printable(source)
 
 
@@ -130,8 +131,11 @@ def _get(url: str, name: str, max_bytes: int, timeout: float, deadline: float) -
         at = "" if err.url == url else f" at {display_source(err.url)}"
         raise CatalogError(name, None, f"HTTP {err.code} {printable(str(err.reason))}{at}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-        reason = getattr(err, "reason", err)
-        raise CatalogError(name, None, f"cannot download: {printable(str(reason))}") from None
+        reason = str(getattr(err, "reason", err))
+        password = urlsplit(url).password
+        if password:  # http.client quotes a URL's user info when it takes it for part of the host
+            reason = masking([password])(reason)
+        raise CatalogError(name, None, f"cannot download: {printable(reason)}") from None
     return bytes(body), final
 
 

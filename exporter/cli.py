@@ -54,9 +54,7 @@ def _setup_logging(level: str, redactor: Redactor) -> None:
 
 def _load(path: Path, shard: str | None) -> tuple[Config, Catalog]:
     try:
-        config = load_config(path)
-        if shard is not None:
-            config = dataclasses.replace(config, shard=parse_shard(shard))
+        config = load_config(path, parse_shard(shard) if shard is not None else None)
         catalog = Catalog.load(config.catalog_file)
     except (ConfigError, CatalogError, ValueError) as err:
         raise _Fail(f"configuration error: {err}") from None

@@ -15,12 +15,12 @@ from __future__ import annotations
 import base64
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .addresses import SERVER_NAME, is_host, is_proxy_url
+from .addresses import SERVER_NAME, is_host, is_proxy_url, without_userinfo
 from .config_keys import (
     REQUIRED,
     ConfigError,
@@ -350,7 +350,9 @@ def _proxy_url(value: Any, path: str) -> str:
     if value is None or value == "":  # `endpoint_proxy:` left empty: no proxy
         return ""
     if not isinstance(value, str) or not is_proxy_url(value):
-        raise ConfigError(path, f"expected a proxy URL like http://proxy:8080, got {bounded_repr(value)}")
+        shown = without_userinfo(value) if isinstance(value, str) else value  # never repeat a password it holds
+        raise ConfigError(path, f"expected a proxy URL like http://proxy:8080 (no user info), got "
+                                f"{bounded_repr(shown) if shown is not None else 'something that is no URL'}")
     return value
 
 
@@ -451,12 +453,13 @@ class Config:
     catalog_file: Path | None
     shard: tuple[int, int]
     source: Path | None = field(default=None, compare=False)
+    shard_override: tuple[int, int] | None = None  # `run --shard`: wins over the file's shard, at every reload
 
     def secrets(self) -> list[str]:
         return [secret for module in self.modules.values() for secret in module.secrets()]
 
 
-_TOP_LEVEL_KEYS = set(Config.__dataclass_fields__) - {"source"}
+_TOP_LEVEL_KEYS = set(Config.__dataclass_fields__) - {"source", "shard_override"}
 
 
 def _shard(value: Any) -> tuple[int, int]:
@@ -499,7 +502,15 @@ def load_config_text(text: str, base: Path, source: Path | None = None) -> Confi
                   catalog_file=catalog_file, shard=shard, source=source)
 
 
-def load_config(path: Path) -> Config:
+def load_config(path: Path, shard_override: tuple[int, int] | None = None) -> Config:
+    """The configuration in `path`; `shard_override` (the command line's --shard) replaces the file's shard and is
+    kept in the Config, so a reload applies it again: it fell back to the file's, and every replica polled the
+    whole fleet after a reload."""
+    config = _load_config(path)
+    return replace(config, shard=shard_override, shard_override=shard_override) if shard_override else config
+
+
+def _load_config(path: Path) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

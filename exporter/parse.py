@@ -14,9 +14,8 @@ import math
 import re
 from datetime import datetime, timedelta, timezone
 from html import unescape
-from urllib.parse import urlsplit, urlunsplit
 
-from .addresses import SERVER_NAME, is_host, is_proxy_url
+from .addresses import SERVER_NAME, is_host, is_proxy_url, without_userinfo
 from .json_prefix import is_json_prefix
 from .model import (
     OrgServerInfo,
@@ -465,7 +464,7 @@ def _endpoint_proxy(value: str | None, notes: _Notes) -> str | None:
     server's to choose, so only a plain proxy URL (no user info) passes; "" is "direct"."""
     if value is None or value == "":
         return value
-    url = _without_userinfo(value)
+    url = without_userinfo(value)
     if url is None or len(url) > 256 or not is_proxy_url(url):
         notes.wrong("endpoints.proxy", "a proxy URL")
         return None
@@ -524,25 +523,13 @@ def parse_server_output(stdout: bytes, *, max_events: int = 200, max_log_bytes: 
 # ---------------------------------------------------------------- organization output
 
 
-def _without_userinfo(url: str | None) -> str | None:
-    """A proxy URL may embed user:password; that must never reach metrics or logs."""
-    if url is None or "@" not in url:
-        return url
-    try:
-        parts = urlsplit(url)
-        host = parts.netloc.rpartition("@")[2]
-        return urlunsplit(parts._replace(netloc=host))
-    except ValueError:
-        return None
-
-
 def _proxy(value, notes: _Notes) -> str | None:
     if isinstance(value, dict):  # a System.Uri serialised with its properties
         value = value.get("AbsoluteUri") or value.get("OriginalString")
     if value is not None and not isinstance(value, str):
         notes.wrong("internet_web_proxy", "a string")
         return None
-    return _without_userinfo(_clean(value) if value else None)  # [string]$null is "" when unset
+    return without_userinfo(_clean(value) if value else None)  # [string]$null is "" when unset
 
 
 def _org_server(item: dict, notes: _Notes) -> OrgServerInfo | None:

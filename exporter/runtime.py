@@ -134,7 +134,7 @@ class SafeRuntime:
             if source is None:
                 return False, "the configuration was not loaded from a file"
             try:
-                config = load_config(Path(source))
+                config = load_config(Path(source), current.config.shard_override)
                 catalog = Catalog.load(config.catalog_file)
             except Exception as err:  # whatever went wrong (MemoryError, a bug), the reload failed
                 self.last_reload_successful = False

@@ -37,7 +37,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import __version__ as EXPORTER_VERSION
-from .addresses import is_proxy_url
+from .addresses import is_proxy_url, without_userinfo
 from .scripts import SERVER_MARKER
 
 CONFIGURATION_NAME = "ExchangeEemsExporter"
@@ -108,7 +108,9 @@ class EndpointFiles:
 
 def check_proxy(proxy: str) -> str:
     if proxy and not is_proxy_url(proxy):
-        raise ValueError(f"--endpoint-proxy {proxy!r}: expected http(s)://host[:port]")
+        shown = without_userinfo(proxy)  # never repeat a password it holds
+        raise ValueError(f"--endpoint-proxy {shown if shown is not None else '(no URL)'!r}: expected "
+                         "http(s)://host[:port], without user info")
     return proxy
 
 

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from exporter import cli
 from exporter.catalog import Catalog
 from exporter.config import load_config, load_config_text
 from exporter.model import OrgServerInfo
 from exporter.runtime import SafeRuntime, Targets
 
-from ..conftest import minimal_config
+from ..conftest import PASSWORD_ENV, minimal_config
 
 ORGANIZATION = """
     organization:
@@ -148,3 +149,32 @@ def test_discovered_servers_outlive_a_reload_that_keeps_the_organization_section
     assert runtime.current().targets.get("EX07") is None  # another source: its list is not this one's
     assert not runtime.discovered(organization, (discovered("EX07"),))  # a poll under the old section ended late
     assert runtime.current().targets.get("EX07") is None
+
+
+def _fleet_config(tmp_path: Path, count: int = 12) -> Path:
+    servers = "\n".join(f"  - ex{i:02d}.contoso.com" for i in range(count))
+    path = tmp_path / "exporter.yml"
+    path.write_text(textwrap.dedent(f"""\
+        modules:
+          default:
+            username: 'EXCH\\svc_monitor'
+            password_env: {PASSWORD_ENV}
+        servers:
+        """) + servers + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_reload_keeps_the_shard_given_on_the_command_line(tmp_path):
+    """`run --shard 1/3`: a SIGHUP or POST /-/reload of the unchanged file must keep this replica's shard; it
+    fell back to the file's (none: 0/1), so every replica polled the whole fleet after a reload."""
+    path = _fleet_config(tmp_path)
+    config, catalog = cli._load(path, "1/3")  # what cmd_run does with --shard 1/3
+    runtime = SafeRuntime(config, catalog)
+    before = {t.name for t in runtime.current().targets.polled}
+    assert config.shard == (1, 3) and 0 < len(before) < 12
+
+    ok, _ = runtime.reload()
+
+    assert ok
+    assert runtime.current().config.shard == (1, 3)
+    assert {t.name for t in runtime.current().targets.polled} == before
