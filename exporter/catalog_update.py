@@ -31,6 +31,7 @@ from .addresses import without_userinfo
 from .catalog import Build, Catalog, today_utc
 from .catalog_data import BUILD_COLUMNS, CatalogError, checked_build_parts, packaged_builds, parse_builds
 from .redact import masking
+from .terminal import printable
 
 MAX_LIST_BYTES = 4 << 20  # Microsoft's CSV is ~40 KB; anything near this is not a build list
 FETCH_TIMEOUT_SECONDS = 20.0  # the whole download, redirects included, not per socket read
@@ -52,12 +53,6 @@ def display_source(source: str) -> str:
     if urlsplit(source).scheme in ("http", "https"):
         source = without_userinfo(source) or source
     return printable(source)
-
-
-def printable(text: str) -> str:
-    """Text with every character that is not printable (C0/C1 controls, format characters, line and paragraph
-    separators, which str.splitlines also splits on) written as its Python escape."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def describe_origin(source: str, origin: str) -> str:

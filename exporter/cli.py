@@ -252,7 +252,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog_update(args: argparse.Namespace) -> int:
-    from .catalog_update import describe_origin, printable, validated_update, write_catalog_file
+    from .catalog_update import describe_origin, validated_update, write_catalog_file
+    from .terminal import printable
     from .catalog import today_utc
 
     output = printable(str(args.output))

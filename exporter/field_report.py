@@ -24,6 +24,7 @@ from . import __version__
 from .eems_log import parse_log_line
 from .model import RawCulture
 from .parse import parse_ps_date
+from .terminal import printable
 from .redact import MASK, Redactor
 from .scripts import DiagnoseScriptParameters
 
@@ -107,25 +108,22 @@ class Report:
         text = _show(self._scrub(value) if isinstance(value, str) else value)
         if len(text) > MAX_VALUE_CHARS:
             text = text[: MAX_VALUE_CHARS - 3] + "..."
-        self.lines.append(f"{key}: {text}")
+        self.lines.append(f"{printable(self._scrub(key))}: {text}")  # a key may hold server text (an event id)
 
     def block(self, text: str) -> None:
-        self.lines += ["```", self._scrub(text), "```"]
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_CONTROL_NAMES = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+        """A script's output as it came, line by line, each line's controls (ESC, CR) shown, not obeyed."""
+        self.lines += ["```", *(printable(line) for line in self._scrub(text).split("\n")), "```"]
 
 
 def _show(value: Any) -> str:
-    """One line: control characters (CR, LF, NUL of a mis-decoded UTF-16 text) made visible."""
+    """One line: controls (CR, LF, ESC, NUL of a mis-decoded UTF-16 text) and lone surrogates made visible."""
     if value is None:
         return "(none)"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, (datetime, date)):
         return value.isoformat()
-    return _CONTROL.sub(lambda m: _CONTROL_NAMES.get(m.group(), f"\\x{ord(m.group()):02x}"), str(value))
+    return printable(str(value))
 
 
 def _flatten(prefix: str, value: Any, report: Report) -> None:

@@ -5,9 +5,11 @@ including exception text from libraries, in case one ever echoes a request or a 
 found in every form a log line, an event text or a script's output can carry it, not only as typed: each
 character as itself or percent-encoded (a URL's user info), JSON-escaped (Python's and Windows PowerShell's
 ConvertTo-Json, which also escapes ' < > &), HTML-escaped, and any of those escaped once more (a JSON log line
-inside a script's JSON output); with NULs between the characters (UTF-16 text read as bytes); and as base64
-of the secret alone (at any alignment inside longer base64) and its NT hash (MD4 of its UTF-16LE: what
-NTLM needs instead of the password).
+inside a script's JSON output, an HTML-escaped text a page escapes again); with NULs between the characters
+(UTF-16 text read as bytes); and as base64 of the secret alone (at any alignment inside longer base64) and its
+NT hash (MD4 of its UTF-16LE: what NTLM needs instead of the password). A text cut short to a length limit
+before it was masked may end in the secret's first characters: at least MIN_CUT of them, before `...` or `…`
+or at the end of the text, are masked too.
 
 Authentication tokens are secrets of their own kind: an NTLM CHALLENGE and AUTHENTICATE pair is what offline
 password guessing needs, and a Kerberos or CredSSP token can be replayed. Libraries that see them log them at
@@ -28,6 +30,7 @@ import threading
 from typing import Callable
 
 MASK = "<redacted>"
+MIN_CUT = 4  # a secret's first characters at a cut, masked from this many on
 MIN_INNER_BASE64 = 8  # a shorter middle piece of base64 could be anything: only whole encodings are matched then
 _UTF16_GAP = r"(?:\x00|\\{1,3}u0000)?"  # between the characters of UTF-16 text read as bytes (raw, or JSON-escaped)
 # Loggers (and everything below them) of the libraries that handle authentication tokens or the headers that
@@ -58,7 +61,7 @@ class Redactor(logging.Filter):
                 return
             self.version += 1
             self._secrets = tuple(sorted(known, key=len, reverse=True))  # a secret inside a longer one: longer first
-            forms = [f for secret in self._secrets for f in (_spelled(secret), *_encoded(secret))]
+            forms = [f for secret in self._secrets for f in (_spelled(secret), *_encoded(secret), *_cut(secret))]
             self._pattern = re.compile("|".join((*forms, *_TOKENS)))
 
     def scrub(self, text: str) -> str:
@@ -122,10 +125,22 @@ def _character(c: str) -> str:
     once |= {"".join(f"%{b:02X}" for b in c.encode("utf-8")), "".join(f"\\u{u:04X}" for u in _utf16_units(c))}
     if ord(c) > 0xFF:  # UTF-16 text read as single bytes: the character's two bytes, not it and a NUL
         once.add(c.encode("utf-16-le", "surrogatepass").decode("latin-1"))
-    twice = once | {_json(f) for f in once} | {_powershell_json(f) for f in once}
+    twice = once | {_json(f) for f in once} | {_powershell_json(f) for f in once} | {html.escape(f) for f in once}
     # hex digits in escapes may be either case: compare case-insensitively where a form has an escape
     alternatives = sorted((f"(?i:{re.escape(f)})" if f != c else re.escape(f) for f in twice), key=len, reverse=True)
     return f"(?:{'|'.join(alternatives)})"
+
+
+def _cut(secret: str) -> list[str]:
+    """The secret's first MIN_CUT or more characters (not all of them: that is `_spelled`) where a text was cut
+    short after them: before `...` or `…` (the marks of a cut), or at the end of the text."""
+    if len(secret) <= MIN_CUT:
+        return []
+    characters = [_character(c) + _UTF16_GAP for c in secret[:-1]]
+    optional = ""
+    for character in reversed(characters[MIN_CUT:]):
+        optional = f"(?:{character}{optional})?"
+    return ["".join(characters[:MIN_CUT]) + optional + r"(?=\.\.\.|…|\Z)"]
 
 
 def _utf16_units(c: str) -> list[int]:

@@ -35,6 +35,8 @@ from .fleet import FleetRows, samples_of
 PROBE_TIMEOUT_OFFSET_SECONDS = 0.5
 TEXT = "text/plain; charset=utf-8"
 HTML = "text/html; charset=utf-8"
+# Pages show servers' text: no script may run, and no browser may take them for anything but HTML
+PAGE_HEADERS = (("Content-Security-Policy", pages.CSP), ("X-Content-Type-Options", "nosniff"))
 
 
 class View(Protocol):
@@ -144,8 +146,7 @@ class Route:
 
 def _html(view: View, page: bytes) -> Response:
     """A page: its text scrubbed of every secret (servers' text is on it), and no script allowed to run."""
-    return Response(200, view.scrub(page.decode()).encode(), HTML, (("Content-Security-Policy", pages.CSP),),
-                    compressible=True)
+    return Response(200, view.scrub(page.decode()).encode(), HTML, PAGE_HEADERS, compressible=True)
 
 
 def landing(request: Request, view: SharedView) -> Response:
@@ -162,7 +163,7 @@ def landing(request: Request, view: SharedView) -> Response:
     targets = view.targets()
     body = pages.fleet(rows, exporter_level, state, int(page), __version__, targets[0].name if targets else "SERVER",
                        view.scrub)  # the rows were scrubbed when made; the rest of the page now
-    return Response(200, body, HTML, (("Content-Security-Policy", pages.CSP),), compressible=True)
+    return Response(200, body, HTML, PAGE_HEADERS, compressible=True)
 
 
 def server(request: Request, view: SharedView) -> Response:

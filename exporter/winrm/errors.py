@@ -13,6 +13,8 @@ import http.client
 import ssl
 from typing import Callable
 
+from ..terminal import printable
+
 ACCESS_DENIED = 5
 QUOTA_FAULTS = frozenset({2150859173, 2150859174, 2150859175, 2150859176, 2150859179})
 OPERATION_TIMEOUT = 2150858793  # w:TimedOut: a Receive with nothing new yet ("ask again")
@@ -40,7 +42,8 @@ class PollFailure(Exception):
         detail = message[:MAX_MASKED_CHARS]
         if mask is not None:
             detail = mask(detail)
-        message = " ".join(detail.split())[:MAX_MESSAGE_CHARS]  # server text must not start a new log line
+        # server text must not start a new log line, nor steer the terminal that shows it
+        message = printable(" ".join(detail.split()))[:MAX_MESSAGE_CHARS]
         super().__init__(message)
         self.reason = reason
         self.message = message
