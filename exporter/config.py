@@ -172,7 +172,8 @@ def _password_from_env(name: Any, path: str) -> Secret:
 def _password_from_file(value: Any, path: str, base: Path) -> Secret:
     file = existing_file(value, path, base, secret_nearby=True)
     try:
-        password = file.read_text(encoding="utf-8").rstrip("\r\n")
+        # utf-8-sig: Windows PowerShell 5.1 writes a byte order mark first, which no password begins with
+        password = file.read_text(encoding="utf-8-sig").rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(path, f"cannot read the file it names: {err.__class__.__name__}") from None
     if not password:

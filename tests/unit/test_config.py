@@ -262,7 +262,8 @@ def test_string_and_mapping_server_entries(tmp_path):
 
 
 def test_several_modules(tmp_path):
-    (tmp_path / "pw").write_text("other-secret\r\n")
+    # as Windows PowerShell 5.1's Set-Content -Encoding UTF8 writes it: a byte order mark, then CR LF
+    (tmp_path / "pw").write_text("\ufeffother-secret\r\n", encoding="utf-8")
     (tmp_path / "ca.pem").write_text("placeholder\n")
     text = textwrap.dedent(f"""\
         modules:
@@ -295,7 +296,7 @@ def test_several_modules(tmp_path):
     assert config.modules["kerb"].keytab_file == tmp_path / "svc.keytab"
     assert config.modules["kerb"].spn_service == "WSMAN" and config.modules["default"].spn_service == "HTTP"
     assert config.modules["default"].ca_file == tmp_path / "ca.pem"  # relative to the config's directory
-    assert config.modules["legacy"].password.reveal() == "other-secret"  # trailing CR/LF stripped
+    assert config.modules["legacy"].password.reveal() == "other-secret"  # byte order mark and CR/LF stripped
     assert config.modules["legacy"].port == 5985
     assert config.modules["kerb"].password is None
     assert (config.poll.interval, config.poll.timeout, config.poll.lookback) == (5400.0, 90.0, 172800.0)
