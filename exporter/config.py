@@ -79,11 +79,13 @@ def _within_interval(timeout: float, values: dict[str, Any]) -> str | None:
     return None if 5 <= timeout <= interval else f"must be between 5s and poll.interval ({interval:g}s)"
 
 
+MAX_CONCURRENCY = 1024  # polls at once
+
 POLL_KEYS = (
     Key("background", boolean, True),
     Key("interval", duration, "5m", check=_at_least(10, "10s")),
     Key("timeout", duration, "60s", check=_within_interval),
-    Key("concurrency", integer(1, 1024), 32),
+    Key("concurrency", integer(1, MAX_CONCURRENCY), 32),
     Key("jitter", fraction, 0.1),
     Key("failing_share", fraction, 0.25),
     Key("lookback", duration, "24h", check=_at_least(3600, "1h (EEMS checks hourly)")),
@@ -344,7 +346,8 @@ def _address(value: Any, path: str) -> str:
     address = string(value, path)
     if not is_host(address):
         raise ConfigError(path, f"not a host name or IP address: {bounded_repr(address)}")
-    return address
+    # an IPv6 address as URLs write it: the endpoint adds the brackets (twice, they made no URL: every poll failed)
+    return address[1:-1] if address.startswith("[") else address
 
 
 def _proxy_url(value: Any, path: str) -> str:

@@ -100,7 +100,11 @@ class Connections:
             raise PollFailure("timeout", "another poll of this server ran for the whole budget")
         try:
             trial = self.credentials.admit(settings.module)
-            entry = self._borrow((key, module_name), settings)
+            try:
+                entry = self._borrow((key, module_name), settings)
+            except BaseException:  # no connection, no outcome: the poll let through after a pause has ended
+                self.credentials.settle(settings.module, target.name, None, trial=trial)
+                raise
             lease = Lease(entry.connection)
             try:
                 yield lease
@@ -157,6 +161,7 @@ class Connections:
         for connection in to_close:
             if connection is not None:
                 connection.close()
+        self.credentials.follow(config.modules)
 
     def close(self) -> None:
         """Retire every connection (the poller stops)."""
@@ -185,20 +190,31 @@ class CredentialGuard:
         self._lock = threading.Lock()
         self._modules: dict[str, _Credential] = {}
 
-    def _state(self, module: ModuleConfig) -> _Credential:
+    def follow(self, modules: dict[str, ModuleConfig]) -> None:
+        """After a reload: a module whose settings changed starts afresh, so its polls resume at once."""
+        with self._lock:
+            for name, state in list(self._modules.items()):
+                if modules.get(name) != state.module:
+                    if state.paused_until is not None:
+                        log.info("module %s changed: its polls resume", name)
+                    del self._modules[name]
+
+    def _state(self, module: ModuleConfig) -> _Credential | None:
+        """What is known of `module`'s credential; None for a poll with other settings of the same name (one that
+        read the configuration before a reload, or after it before `follow`): it neither waits for the pause
+        nor ends it. It replaced the record, so a poll that had waited across a reload undid the new module's
+        pause and its back-off."""
         state = self._modules.get(module.name)
-        if state is None or state.module != module:
-            if state is not None and state.paused_until is not None:
-                log.info("module %s changed: its polls resume", module.name)
+        if state is None:
             state = self._modules[module.name] = _Credential(module)
-        return state
+        return state if state.module == module else None
 
     def admit(self, module: ModuleConfig) -> bool:
         """Let a poll use `module`'s credential (True: it is the one that tries again after a pause), or raise
         `credential_paused`: while the pause lasts, and after it while the one poll that tries again is out."""
         with self._lock:
             state = self._state(module)
-            if state.paused_until is None:
+            if state is None or state.paused_until is None:
                 return False
             now = self._now()
             if now >= state.paused_until and not state.trial:

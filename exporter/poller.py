@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .config import scheme_problem
+from .config import MAX_CONCURRENCY, scheme_problem
 from .collectors import collect_organization, collect_server, failed, interpret_output, run_script, server_script
 from .connections import Connections
 from .model import OrganizationResult, RawServerFacts, ServerResult, ServerState
@@ -179,7 +179,10 @@ class Poller:
     # ------------------------------------------------------------ background schedule
 
     def start(self) -> None:
-        self._executor = ThreadPoolExecutor(self.runtime.current().config.poll.concurrency, thread_name_prefix="poll")
+        # The schedule caps how many polls run, and a reload may change the cap: the executor, sized once, makes its
+        # threads as polls need them, up to the most any configuration allows (sized to the first one, a reload
+        # that raised poll.concurrency still ran the old number at once, the others queued with their time running)
+        self._executor = ThreadPoolExecutor(MAX_CONCURRENCY, thread_name_prefix="poll")
         self._sync_jobs()
         self._thread = threading.Thread(target=self._run_schedule, name="scheduler", daemon=True)
         self._thread.start()

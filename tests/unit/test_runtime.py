@@ -178,3 +178,10 @@ def test_a_reload_keeps_the_shard_given_on_the_command_line(tmp_path):
     assert ok
     assert runtime.current().config.shard == (1, 3)
     assert {t.name for t in runtime.current().targets.polled} == before
+
+
+def test_an_ipv6_address_in_brackets_is_one_endpoint():
+    """`address: '[fd00::3]'`, as URLs write it, passed the check (addresses.is_host strips brackets) and the
+    endpoint bracketed it again: http://[[fd00::3]]:5986/wsman, no URL, so every poll of it failed."""
+    text = minimal_config().replace("  - ex01.contoso.com\n", "  - {name: ex03, address: '[fd00::3]'}\n")
+    assert Targets(load_config_text(text, Path("."))).get("ex03").endpoint == "https://[fd00::3]:5986/wsman"
