@@ -280,6 +280,16 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
         raise ConfigError(f"{path}.credssp_auth_mechanism", "only applies to transport credssp")
     if values["ca_file"] and values["insecure_skip_verify"]:
         raise ConfigError(f"{path}.insecure_skip_verify", "contradicts ca_file: choose one")
+    # keys that cannot apply are refused, as the ones below: accepted, they were ignored without a word
+    if transport != "certificate":
+        for key in ("cert_file", "key_file"):
+            if values[key]:
+                raise ConfigError(f"{path}.{key}", "only applies to transport certificate")
+    elif password is not None:
+        raise ConfigError(path, "transport certificate logs on with cert_file and key_file; a password would not "
+                                "be used")
+    if scheme == "http" and values["ca_file"]:
+        raise ConfigError(f"{path}.ca_file", "only applies to scheme https")
     if values["protocol"] == "winrs":
         for key in ("configuration_name", "path", "keep_runspace"):
             if key in section:

@@ -124,11 +124,28 @@ def reject_unknown(section: dict, allowed: set[str], path: str) -> None:
             raise ConfigError(f"{prefix}{key}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing a key given twice in one mapping: PyYAML keeps the last and drops the
+    first without a word (a second `modules:` pasted below the first removed a module, and every server was
+    polled with the other). exporter-toolkit's YAML reader refuses them too."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {str(key)[:64]!r} is given twice",
+                                                            key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(text: str) -> Any:
-    """The document in `text`; a syntax error says where (line and column, or the position of a character
-    YAML does not allow) with an empty key path."""
+    """The document in `text`; a syntax error, or a key given twice, says where (line and column, or the
+    position of a character YAML does not allow) with an empty key path."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except RecursionError:
         raise ConfigError("", "not valid YAML: nested too deeply") from None
     except yaml.reader.ReaderError as err:  # a control character: no line mark, but a position

@@ -221,3 +221,14 @@ def test_probe_timeout_is_one_advice_above_the_poll_timeout(monkeypatch):
     scaling = {_seconds(t) for t in re.findall(r"scrape_timeout: (\d+[sm])", (DOCS / "scaling.md").read_text())}
     assert scaling == {example}, "examples/prometheus-probe.yml and docs/scaling.md advise different timeouts"
     assert example > default_poll_timeout
+
+
+def test_the_alerts_doc_gives_the_support_end_the_alert_uses():
+    """docs/alerts.md said the demo's ExchangeProductOutOfSupport came from support that ended 2026-10-31; the alert
+    reads exchange_product_support_end_timestamp_seconds, the extended support end of lifecycle.tsv (2025-10-14)."""
+    stated = re.search(r"ExchangeProductOutOfSupport` \(support ended (\d{4}-\d{2}-\d{2})",
+                       (ROOT / "docs" / "alerts.md").read_text())
+    lifecycle = {line.split("\t")[0]: line.split("\t")[3].strip()
+                 for line in (ROOT / "exporter" / "data" / "lifecycle.tsv").read_text().splitlines()
+                 if line.startswith("Exchange20")}
+    assert stated and {lifecycle["Exchange2016"], lifecycle["Exchange2019"]} == {stated.group(1)}

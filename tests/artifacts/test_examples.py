@@ -133,3 +133,14 @@ def test_route_merged_into_an_existing_tree_takes_exchange_alerts_only(tmp_path)
     assert routed_to(config, "alertname=ExchangeProductOutOfSupport", "severity=warning") == "exchange-ticket"
     assert routed_to(config, "alertname=NodeDown", "team=linux", "severity=critical") == "linux-oncall"
     assert routed_to(config, "alertname=DiskFull", "severity=warning") == "ops-default"
+
+
+def test_the_probe_examples_self_job_keeps_every_organization_metric():
+    """The exchange-eems-self job says it keeps the exporter's own metrics and the organization collector's; its
+    keep regex dropped exchange_eems_mitigations_applied_timestamp_seconds (docs/metrics.md lists it there)."""
+    job = next(j for j in yaml.safe_load((EXAMPLES / "prometheus-probe.yml").read_text())["scrape_configs"]
+               if j["job_name"] == "exchange-eems-self")
+    regex = job["metric_relabel_configs"][0]["regex"]
+    section = (ROOT / "docs" / "metrics.md").read_text().split("## Organization collector", 1)[1].split("\n## ", 1)[0]
+    names = sorted(set(re.findall(r"^\| `(exchange_[a-z_]+)`", section, flags=re.MULTILINE)))
+    assert names and not [n for n in names if not re.fullmatch(regex, f"{n};")]

@@ -160,6 +160,19 @@ BAD = [
      + ONE_SERVER, "modules.default.insecure_skip_verify", "contradicts ca_file"),
     ("ca_file missing", module("ca_file: '{tmp}/absent-ca.crt'") + ONE_SERVER, "modules.default.ca_file",
      "does not exist"),
+    # keys that cannot apply: accepted, they were ignored without a word
+    ("certificate files for ntlm", module("cert_file: '{tmp}/client.crt'", "key_file: '{tmp}/client.key'")
+     + ONE_SERVER, "modules.default.cert_file", "only applies to transport certificate"),
+    ("password for certificate", module("transport: certificate", "cert_file: '{tmp}/client.crt'",
+                                        "key_file: '{tmp}/client.key'", username=False) + ONE_SERVER,
+     "modules.default", "a password would not be used"),
+    ("ca_file over http", module("scheme: http", "ca_file: '{tmp}/ca.crt'") + ONE_SERVER, "modules.default.ca_file",
+     "only applies to scheme https"),
+    # a key given twice: YAML keeps the last, and the first went without a word
+    ("modules given twice", GOOD + "modules: {other: {username: u, password_env: " + PASSWORD_ENV + "}}\n", "",
+     "key 'modules' is given twice"),
+    ("a module key given twice", module("transport: ntlm", "transport: basic") + ONE_SERVER, "",
+     "key 'transport' is given twice"),
     # shard, organization, limits, catalog
     ("shard not K/N", GOOD + "shard: two\n", "shard", "must look like K/N"),
     ("shard index past count", GOOD + "shard: 3/3\n", "shard", "between 0 and 2"),
