@@ -21,6 +21,7 @@ only informs.
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from collections import Counter
 from datetime import date, datetime, timedelta
@@ -152,6 +153,12 @@ def error_reason(error: RawError) -> str:
     return "other"
 
 
+# The shape of a part's name. It becomes the `part` label, and the script's error records, which name the part,
+# come from the server's own output: another name is `other`, decided here, so that two such records are one
+# failure (as two labels of `other` they were two series of the same labels).
+PART = re.compile(r"[a-z][a-z0-9_.]{0,31}")
+
+
 def _partial_failures(facts: RawServerFacts, *, eems_build: bool | None, installed: bool | None) -> list[PartialFailure]:
     """What could not be read, leaving out what is an answer: no events in the window (NoMatchingEventsFound,
     in every display language), and on a server without EEMS the missing service and log folder. (The script
@@ -178,7 +185,7 @@ def _partial_failures(facts: RawServerFacts, *, eems_build: bool | None, install
         if met.get(error.part, 0) > sent[error.part]:
             message = (f"{message} (the script met {met[error.part]} error records reading {error.part} "
                        f"and sent the first {sent[error.part]})")
-        failures.append(PartialFailure(part or "other", reason, message))
+        failures.append(PartialFailure(part if PART.fullmatch(part) else "other", reason, message))
     if facts.log_folder is False and not expected_absent:
         failures.append(PartialFailure("log", "not_found", "the MitigationService log folder does not exist"))
     return failures

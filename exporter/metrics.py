@@ -15,7 +15,6 @@ itself. /probe goes through the same encoder, so the two endpoints cannot drift 
 
 from __future__ import annotations
 
-import re
 import threading
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -33,7 +32,6 @@ from .windows_service import START_MODES, STATE_LABELS
 SERVICE = "MSExchangeMitigation"
 OPENMETRICS = "application/openmetrics-text"
 _EOF = b"# EOF\n"
-_PART = re.compile(r"[a-z][a-z0-9_.]{0,31}")
 
 
 @dataclass(frozen=True)
@@ -179,7 +177,7 @@ def server_families(result: ServerResult) -> list[Metric]:
         out.add("exchange_collector_partial_failure",
                 "1 for each part of a successful poll that could not be read, with the reason class "
                 "(e.g. events/access_denied: no right to the Application log).",
-                {"collector": "server", **server, "part": _part(failure.part), "reason": failure.reason}, 1)
+                {"collector": "server", **server, "part": failure.part, "reason": failure.reason}, 1)
     return list(out)
 
 
@@ -198,12 +196,6 @@ def _update_path_metrics(out: _Families, server: dict[str, str], build: BuildVer
             "Since when a newer build has existed on the server's update path (newer update of a serviced CU, newer "
             "CU, or the product to migrate to); absent on the newest build of the path.",
             server, _ts(build.update_path_since))
-
-
-def _part(part: str) -> str:
-    """The `part` label: the part name when it has the shape of one, else `other`, since the script's error
-    records, which name the part, come from the server's own output."""
-    return part if _PART.fullmatch(part) else "other"
 
 
 def _collector_metrics(out: _Families, collector: str, labels: dict[str, str], outcome, last_success) -> None:

@@ -255,14 +255,15 @@ class _Notes:
 
 
     def label_values(self, value, field: str) -> tuple[str, ...]:
-        """Mitigation IDs: strings of the ID shape, at most MAX_MITIGATIONS_PER_LIST; the rest is counted."""
+        """Mitigation IDs: strings of the ID shape, each once (listed twice, an ID made two series of the same
+        labels, which OpenMetrics parsers refuse), at most MAX_MITIGATIONS_PER_LIST; the refused are counted."""
         items = [item for item in _as_list(value) if item is not None]  # [null]: an empty list, as in strings()
-        kept = [item for item in items if isinstance(item, str) and MITIGATION_ID.fullmatch(item)]
-        if any(not isinstance(item, str) for item in items):
+        valid = [item for item in items if isinstance(item, str) and MITIGATION_ID.fullmatch(item)]
+        if len(valid) < len(items) and any(not isinstance(item, str) for item in items):
             self.wrong(field, "strings")
-        kept = kept[:MAX_MITIGATIONS_PER_LIST]
-        self.dropped_labels += len(items) - len(kept)
-        return tuple(kept)
+        unique = list(dict.fromkeys(valid))
+        self.dropped_labels += len(items) - len(valid) + max(0, len(unique) - MAX_MITIGATIONS_PER_LIST)
+        return tuple(unique[:MAX_MITIGATIONS_PER_LIST])
 
 
 def _enum_name(value, names: tuple[str, ...], base: int) -> str | None:
@@ -477,7 +478,7 @@ def _errors(value, notes: _Notes) -> list[RawError]:
     for item in _as_list(value)[:MAX_ERRORS]:
         if isinstance(item, str):
             part, _, message = item.partition(":")
-            errors.append(RawError(part.strip()[:32], "", "", "", _clip(_clean(message.strip()))))
+            errors.append(RawError(_clean(part.strip()[:32]), "", "", "", _clip(_clean(message.strip()))))
         elif isinstance(item, dict):
             fields = {key: item.get(key) if isinstance(item.get(key), str) else "" for key in ("part", "id", "category", "type", "message")}
             errors.append(RawError(_clean(fields["part"])[:32], _clip(_clean(fields["id"])), _clean(fields["category"])[:64],
