@@ -209,7 +209,7 @@ def run_server(stdout: bytes, known: OrgServerInfo | None = None) -> ServerResul
     return ServerResult("EX01", outcome=outcome, state=state, last_success=outcome.finished if state else None)
 
 
-FUZZ = settings(max_examples=200, deadline=None,
+FUZZ = settings(max_examples=100, deadline=None,
                 database=None, suppress_health_check=list(HealthCheck))
 
 
