@@ -337,9 +337,19 @@ def probe_body(result: ServerResult, accept: str) -> tuple[bytes, str]:
     return _encode([_format(server_families(result))], None, accept)
 
 
+def choose_format(accept: str | None) -> tuple:
+    """prometheus_client's choose_encoder for an Accept header, which raises TypeError on a version it cannot
+    compare (`version=a`): such a header asks for no format we know, so the text format answers, as for none.
+    It raised out of the handler: a 500 and a logged traceback per request."""
+    try:
+        return choose_encoder(accept or "")
+    except (TypeError, ValueError):
+        return choose_encoder("")
+
+
 def _encode(parts: list[list[_Family]], base: CollectorRegistry | None, accept: str) -> tuple[bytes, str]:
     """The families of `parts` merged per name, in the format `accept` asks for, after `base`'s."""
-    encoder, content_type = choose_encoder(accept)
+    encoder, content_type = choose_format(accept)
     openmetrics = content_type.startswith(OPENMETRICS)
     merged: dict[str, tuple[_Family, list[str]]] = {}
     for families in parts:

@@ -18,11 +18,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 from urllib.parse import parse_qs
 
-from prometheus_client.exposition import choose_encoder
-
 from .. import __version__
 from ..field_report import raw_text
-from ..metrics import SelfStatus, probe_body, server_families
+from ..metrics import SelfStatus, choose_format, probe_body, server_families
 from ..model import OrganizationResult, ServerResult
 from ..parse import clixml_to_text
 from ..poller import ProbeRefused
@@ -81,7 +79,7 @@ class SharedView:
         return getattr(self._view, name)
 
     def metrics_body(self, accept: str) -> tuple[bytes, str]:
-        key = choose_encoder(accept)[1]
+        key = choose_format(accept)[1]
         with self._lock:
             making = self._making.get(key)
             mine = making is None

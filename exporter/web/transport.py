@@ -254,7 +254,14 @@ class ExporterHTTPServer:
             if isinstance(chosen, Response):
                 head, body = _encode(chosen, config, request.keep_alive, request.method == "HEAD")
             else:
+                # Queued for a worker, the connection may be cut for another client, and its request is then not
+                # answered: counted as answered while it waited, requests queued behind a hanging server's probes
+                # held every slot, and Prometheus was refused at the cap.
+                connection.busy = False
                 async with self._free_workers[chosen.pool]:
+                    if connection not in self._open:
+                        return False
+                    connection.busy = True
                     head, body = await self._loop.run_in_executor(self._pools[chosen.pool], self._answer,
                                                                   connection, chosen, request, config)
             await self._send(connection, head, body)
@@ -433,8 +440,12 @@ def parse_head(head: bytes) -> tuple[Request, int]:
         if key == "content-length":
             lengths.update(part.strip(b" \t") for part in value.split(b","))
             continue
+        if key == "host" and key in headers:  # RFC 9112 3.2: a server MUST answer 400
+            raise Refused(400, "More than one Host header\n")
         text = value.decode("latin-1")
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    if version == "HTTP/1.1" and "host" not in headers:  # RFC 9112 3.2, the same
+        raise Refused(400, "A Host header is required\n")
     length = _content_length(lengths)
     path, query = _path_and_query(target)
     connection = {token.strip().lower() for token in headers.get("connection", "").split(",")}

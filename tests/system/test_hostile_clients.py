@@ -585,3 +585,71 @@ def test_client_certificates_without_a_client_ca_file_are_refused(tmp_path, pki,
         "cert_file": str(pki / "server.crt"), "key_file": str(pki / "server.key"), "client_auth_type": auth}}))
     with pytest.raises(WebConfigError, match="client_ca_file"):
         WebConfig.load(path)
+
+
+# ---------------------------------------------------------------- round 3: the review of this stop
+
+
+@pytest.mark.parametrize("accept", [
+    "text/plain; version=a",
+    "application/openmetrics-text; version=1.x",
+])
+def test_a_malformed_accept_version_is_not_a_500(exporter_port, accept, caplog):
+    """An Accept header whose `version` parameter is not numeric made prometheus_client's choose_encoder
+    compare str with int (TypeError) in SharedView.metrics_body: /metrics answered 500 with an ERROR traceback
+    per request. The parameter asks for no format we know: the text format answers."""
+    with caplog.at_level(logging.DEBUG):
+        response = raw_exchange(exporter_port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                + b"Accept: " + accept.encode() + b"\r\n\r\n")
+    assert _status(response) != 500 and _status(response) is not None, response[:300]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text[:2000]
+
+
+
+def test_queued_probes_of_a_hanging_server_cannot_keep_prometheus_out(monkeypatch):
+    """docs/security.md: without a password anyone "can still take turns with Prometheus for slots, but not keep
+    it out"; "one whose request is being answered is never cut". A request waiting for a probe worker counted as
+    being answered (`busy` was set before the worker semaphore), so every slot filled with /probe of a slow or
+    hanging server (a compromised Exchange server is in the threat model; 16 probe workers, the rest queue) was
+    uncuttable until the probes drained: Prometheus' /metrics connection from another address was reset at once."""
+    from exporter.web import transport
+
+    monkeypatch.setattr(transport, "MAX_CONNECTIONS", 32)  # 512 in production: 8 addresses at 64 each
+    scenario = {"servers": [{"name": "HANG1", "address": "127.0.0.1", "build": "15.2.2562.53"}]}
+    with SimulatedFleet(relocate(scenario)) as fleet:
+        fleet.hosts["HANG1"].faults.hang = True
+        exporter = Exporter(fleet.config(timeout="6s"), Catalog.load())
+        server = serve(exporter, "127.0.0.1", 0, None)
+        attackers = []
+        try:
+            for i in range(server.max_connections):
+                sock = socket.create_connection(server.server_address, source_address=(f"127.0.3.{1 + i % 8}", 0))
+                sock.sendall(b"GET /probe?target=HANG1 HTTP/1.1\r\nHost: exporter\r\n\r\n")
+                attackers.append(sock)
+            # every slot holds a probe request that was read (authorised: no web config), PROBE_WORKERS of them
+            # answered and the others queued for a worker
+            wait_until(lambda: server.connections == server.max_connections
+                       and all(c.authorized_at is not None for c in list(server._open)), 10,
+                       "every slot to hold a probe request")
+            try:
+                status = _get(server.server_address[1], "/metrics")[0]
+            except OSError as error:  # reset at once: refused at the cap, every slot "busy"
+                status = repr(error)
+        finally:
+            for sock in attackers:
+                sock.close()
+            server.shutdown()
+            server.server_close()
+            exporter.stop()
+    assert status == 200, f"Prometheus (from {VISITOR}) kept out by {len(attackers)} queued probes: {status}"
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /metrics HTTP/1.1\r\nHost: exporter\r\nHost: other.example\r\n\r\n",
+    b"GET /metrics HTTP/1.1\r\n\r\n",
+], ids=["two Host fields", "no Host field"])
+def test_a_request_with_two_host_fields_or_none_is_400(exporter_port, head):
+    """RFC 9112 section 3.2: a server MUST answer 400 to an HTTP/1.1 request without a Host field or with more than
+    one Host field line; transport.py says it refuses "everything a lenient parser would guess at" (RFC 9112).
+    It answered 200 (the two Hosts joined into one "exporter, other.example")."""
+    assert _status(raw_exchange(exporter_port, head, timeout=2)) == 400
