@@ -6,6 +6,7 @@ Each test failed before its fix; the figures in the assertions are what the atta
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import logging
@@ -348,34 +349,42 @@ def test_password_guessers_do_not_delay_a_scrape_whose_credential_is_cached(tmp_
 # ---------------------------------------------------------------- 20.3: the route and the pool from one parse
 
 
-@pytest.mark.parametrize("path", ["//probe?target=HANG1", "http://exporter/probe?target=HANG1"])
-def test_a_probe_spelled_otherwise_does_not_hold_the_metrics_workers(path):
-    """Before: the pool was chosen from the raw bytes (`GET /probe`), the route from the normalised path, so
-    `GET //probe?...` and the absolute form ran probes on the 4 /metrics workers and held them for the
-    scrape timeout."""
+@contextlib.contextmanager
+def _hanging_server(timeout: str):
+    """The exporter served on loopback for a fleet whose one server, HANG1, never answers, and the list a test
+    puts its attacking sockets in; all closed afterwards."""
     scenario = {"servers": [{"name": "HANG1", "address": "127.0.0.1", "build": "15.2.2562.53"}]}
     with SimulatedFleet(relocate(scenario)) as fleet:
         fleet.hosts["HANG1"].faults.hang = True
-        exporter = Exporter(fleet.config(timeout="15s"), Catalog.load())
+        exporter = Exporter(fleet.config(timeout=timeout), Catalog.load())
         server = serve(exporter, "127.0.0.1", 0, None)
-        port = server.server_address[1]
-        attackers = []
+        attackers: list[socket.socket] = []
         try:
-            request = (f"GET {path} HTTP/1.1\r\nHost: exporter\r\n"
-                       "X-Prometheus-Scrape-Timeout-Seconds: 6\r\n\r\n").encode()
-            for _ in range(6):
-                sock = socket.create_connection(("127.0.0.1", port), source_address=(ATTACKER, 0))
-                sock.sendall(request)
-                attackers.append(sock)
-            wait_until(lambda: fleet.fleet.request_count("HANG1") >= 1 or any(map(_answered, attackers)), 10,
-                       "a probe to start, or the requests to be answered", every=0.02)
-            status, _, seconds = _get(port, "/metrics")
+            yield fleet, server, attackers
         finally:
             for sock in attackers:
                 sock.close()
             server.shutdown()
             server.server_close()
             exporter.stop()
+
+
+@pytest.mark.parametrize("path", ["//probe?target=HANG1", "http://exporter/probe?target=HANG1"])
+def test_a_probe_spelled_otherwise_does_not_hold_the_metrics_workers(path):
+    """Before: the pool was chosen from the raw bytes (`GET /probe`), the route from the normalised path, so
+    `GET //probe?...` and the absolute form ran probes on the 4 /metrics workers and held them for the
+    scrape timeout."""
+    with _hanging_server("15s") as (fleet, server, attackers):
+        port = server.server_address[1]
+        request = (f"GET {path} HTTP/1.1\r\nHost: exporter\r\n"
+                   "X-Prometheus-Scrape-Timeout-Seconds: 6\r\n\r\n").encode()
+        for _ in range(6):
+            sock = socket.create_connection(("127.0.0.1", port), source_address=(ATTACKER, 0))
+            sock.sendall(request)
+            attackers.append(sock)
+        wait_until(lambda: fleet.fleet.request_count("HANG1") >= 1 or any(map(_answered, attackers)), 10,
+                   "a probe to start, or the requests to be answered", every=0.02)
+        status, _, seconds = _get(port, "/metrics")
     assert status == 200 and seconds < 1.0, f"/metrics answered after {seconds:.2f}s"
 
 
@@ -615,32 +624,20 @@ def test_queued_probes_of_a_hanging_server_cannot_keep_prometheus_out(monkeypatc
     from exporter.web import transport
 
     monkeypatch.setattr(transport, "MAX_CONNECTIONS", 32)  # 512 in production: 8 addresses at 64 each
-    scenario = {"servers": [{"name": "HANG1", "address": "127.0.0.1", "build": "15.2.2562.53"}]}
-    with SimulatedFleet(relocate(scenario)) as fleet:
-        fleet.hosts["HANG1"].faults.hang = True
-        exporter = Exporter(fleet.config(timeout="6s"), Catalog.load())
-        server = serve(exporter, "127.0.0.1", 0, None)
-        attackers = []
+    with _hanging_server("6s") as (_, server, attackers):
+        for i in range(server.max_connections):
+            sock = socket.create_connection(server.server_address, source_address=(f"127.0.3.{1 + i % 8}", 0))
+            sock.sendall(b"GET /probe?target=HANG1 HTTP/1.1\r\nHost: exporter\r\n\r\n")
+            attackers.append(sock)
+        # every slot holds a probe request that was read (authorised: no web config), PROBE_WORKERS of them
+        # answered and the others queued for a worker
+        wait_until(lambda: server.connections == server.max_connections
+                   and all(c.authorized_at is not None for c in list(server._open)), 10,
+                   "every slot to hold a probe request")
         try:
-            for i in range(server.max_connections):
-                sock = socket.create_connection(server.server_address, source_address=(f"127.0.3.{1 + i % 8}", 0))
-                sock.sendall(b"GET /probe?target=HANG1 HTTP/1.1\r\nHost: exporter\r\n\r\n")
-                attackers.append(sock)
-            # every slot holds a probe request that was read (authorised: no web config), PROBE_WORKERS of them
-            # answered and the others queued for a worker
-            wait_until(lambda: server.connections == server.max_connections
-                       and all(c.authorized_at is not None for c in list(server._open)), 10,
-                       "every slot to hold a probe request")
-            try:
-                status = _get(server.server_address[1], "/metrics")[0]
-            except OSError as error:  # reset at once: refused at the cap, every slot "busy"
-                status = repr(error)
-        finally:
-            for sock in attackers:
-                sock.close()
-            server.shutdown()
-            server.server_close()
-            exporter.stop()
+            status = _get(server.server_address[1], "/metrics")[0]
+        except OSError as error:  # reset at once: refused at the cap, every slot "busy"
+            status = repr(error)
     assert status == 200, f"Prometheus (from {VISITOR}) kept out by {len(attackers)} queued probes: {status}"
 
 
