@@ -259,7 +259,7 @@ class _Notes:
         labels, which OpenMetrics parsers refuse), at most MAX_MITIGATIONS_PER_LIST; the refused are counted."""
         items = [item for item in _as_list(value) if item is not None]  # [null]: an empty list, as in strings()
         valid = [item for item in items if isinstance(item, str) and MITIGATION_ID.fullmatch(item)]
-        if len(valid) < len(items) and any(not isinstance(item, str) for item in items):
+        if any(not isinstance(item, str) for item in items):
             self.wrong(field, "strings")
         unique = list(dict.fromkeys(valid))
         self.dropped_labels += len(items) - len(valid) + max(0, len(unique) - MAX_MITIGATIONS_PER_LIST)
