@@ -34,8 +34,8 @@ from spnego.channel_bindings import GssChannelBindings
 from ..config import ModuleConfig
 from .connection import Connection
 from .errors import AuthenticationRejected, PollFailure
-from .session import SPNEGO, Channel, MessageSeal, channel_bindings, handshake
-from .tickets import TICKET_EXPIRED, TicketCache, TicketError, explain, signed
+from .session import EXPIRED, SPNEGO, Channel, MessageSeal, channel_bindings, handshake, ran_out
+from .tickets import TICKET_EXPIRED, TicketCache, TicketError, explain, meanings, signed
 
 # KDC errors, at the request for a service ticket, that say the held TGT is no good (MIT krb5 codes, signed):
 # MIT's KDC answers a TGT it cannot decrypt (its krbtgt key changed) with a generic "PROCESS_TGS" error (tested).
@@ -127,6 +127,13 @@ def _code(error: spnego.exceptions.SpnegoError) -> int | None:
 
 def _failure(tickets: TicketCache, error: spnego.exceptions.SpnegoError, ccache: str, service: str,
              hostname: str) -> PollFailure:
+    code = _code(error)
+    if isinstance(error, EXPIRED) and (code is None or signed(code) not in meanings()):
+        # the held TGT ran out under the service ticket's request (it is used to its end while the KDC does not
+        # answer a renewal): GSSAPI's "context has expired" with no Kerberos code of ours (minor 100001,
+        # "Success"), which read as auth_failed, the reason that pauses a credential
+        tickets.expire(ccache)
+        return ran_out()
     failure = explain(_code(error), _mit_text(error))
     if failure.code == TICKET_EXPIRED:
         tickets.expire(ccache)

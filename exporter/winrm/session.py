@@ -30,7 +30,7 @@ from spnego.channel_bindings import GssChannelBindings
 
 from . import wsman
 from .connection import Answer, Connection
-from .errors import AuthenticationRejected, HTTPStatusError, MalformedAnswer
+from .errors import AuthenticationRejected, HTTPStatusError, MalformedAnswer, PollFailure
 
 SOAP_CONTENT_TYPE = "application/soap+xml;charset=UTF-8"
 MAX_HANDSHAKE_ROUNDS = 8  # NTLM needs 2, Kerberos 1 or 2, CredSSP about 5
@@ -42,6 +42,25 @@ _BOUNDARY = b"--Encrypted Boundary"
 _PART = re.compile(rb"--\s*Encrypted Boundary(?:--)?\r\n")  # Exchange's IIS puts a space after the dashes
 _LENGTH = re.compile(rb"\tOriginalContent: [^\r\n]*Length=(\d{1,10})\s*\Z")
 _OCTETS = b"\tContent-Type: application/octet-stream\r\n"
+
+
+# A context or credential past its end: pyspnego's errors, and python-gssapi's (the kerberos extra), which pyspnego
+# passes through unchanged from wrap and unwrap.
+try:
+    from gssapi.raw.exceptions import ExpiredContextError, ExpiredCredentialsError
+except ImportError:  # no Kerberos: nothing expires
+    EXPIRED = (spnego.exceptions.ContextExpiredError, spnego.exceptions.CredentialsExpiredError)
+else:
+    EXPIRED = (spnego.exceptions.ContextExpiredError, spnego.exceptions.CredentialsExpiredError, ExpiredContextError,
+               ExpiredCredentialsError)
+
+
+def ran_out() -> PollFailure:
+    """A Kerberos context whose ticket ended during the poll. The held ticket is used until it ends while the KDC
+    does not answer its renewal, so a poll that starts shortly before then may outlive it: a KDC outage, not an
+    internal error (as it was)."""
+    return PollFailure("kdc_unreachable", "the Kerberos ticket ran out during the poll: the KDC gave no newer one "
+                                          "(it did not answer the renewal)")
 
 
 class MessageSeal:
@@ -64,7 +83,10 @@ class MessageSeal:
         return body, f'{kind};{self._protocol_parameter};boundary="Encrypted Boundary"'
 
     def _part(self, message: bytes) -> bytes:
-        wrapped = self._context.wrap_winrm(message)
+        try:
+            wrapped = self._context.wrap_winrm(message)
+        except EXPIRED:
+            raise ran_out() from None
         return (
             _BOUNDARY + b"\r\n\tContent-Type: " + self.protocol.encode() + b"\r\n"
             b"\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length="
@@ -92,6 +114,8 @@ class MessageSeal:
                 raise MalformedAnswer("an encrypted answer part with an impossible signature length")
             try:
                 plain = self._context.unwrap_winrm(payload[4:4 + size], payload[4 + size:])
+            except EXPIRED:
+                raise ran_out() from None
             except (spnego.exceptions.SpnegoError, ValueError, struct.error):
                 raise MalformedAnswer("an encrypted answer that does not decrypt or whose signature does not "
                                       "verify") from None

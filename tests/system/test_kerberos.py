@@ -33,6 +33,7 @@ from exporter.catalog import Catalog
 from exporter.config import load_config
 from exporter.poller import Poller
 from exporter.runtime import SafeRuntime
+from exporter.winrm.tickets import TicketCache, TicketError
 from simulator.host import CommandOutput, SimulatedHost, current_logon
 from simulator.scenario import scenario_from_dict
 from simulator.server import Fleet
@@ -550,3 +551,45 @@ def test_the_kerberos_demo_keeps_every_server_up_past_many_ticket_lifetimes(tmp_
     assert organization == [], organization  # the delegated ticket lets the cmdlets reach Active Directory
     assert "Kerberos realm:  CONTOSO.COM" in output and "Traceback" not in output, output
     assert output.count("Kerberos: bought a ticket") >= 4, output
+
+
+def test_a_ticket_handed_out_during_a_kdc_outage_must_not_end_mid_poll(kdc_factory, tmp_path):
+    """KDC down, tickets of 10 s: a poll starting 2 s before the held TGT ends is still given it (margin 1 s), and
+    the poll (0.4 s per answer, about 3 s) outlives it. The sealing then failed with ExpiredContextError, an
+    internal_error; it is the KDC outage it is (kdc_unreachable), or the poll ends in time."""
+    scenario = {"servers": [{**SERVERS[0], "faults": {"latency": 0.4}}, *SERVERS[1:]]}
+    for domain in _domain(kdc_factory, tmp_path, lifetime=LIFETIME, scenario_changes=scenario):
+        config = domain.config(tmp_path, servers=[{"name": "ex01.contoso.test", "host": "EX01"}])
+        poller = domain.poller(tmp_path, config)
+        try:
+            bought = time.monotonic()
+            first = poller.poll_server("ex01.contoso.test").outcome
+            assert first.success, first
+            domain.kdc.stop()
+            let_time_pass_until(bought + LIFETIME - 2.0)
+            outcome = poller.poll_server("ex01.contoso.test").outcome
+            got = "ok" if outcome.success else (outcome.error_reason, outcome.error_message)
+            assert got == "ok" or got[0] == "kdc_unreachable", got
+        finally:
+            poller.stop()
+
+
+def test_a_kdc_whose_database_is_down_is_not_a_rejected_credential(kdc_factory, tmp_path):
+    """The KDC process answers but cannot open its principal database (a backend outage: MIT's LDAP/DB2
+    backend unavailable). MIT answers KRB_ERR_GENERIC ("Generic error"), which explain() turned into auth_failed,
+    the reason the credential guard counts toward a pause and a 'credential rejected' page."""
+    kdc = kdc_factory()
+    principal = kdc.add_principal("svc_monitor", password=PASSWORD)
+    database = kdc.directory / "kdc"
+    moved = [path.rename(path.with_name(path.name + ".away")) for path in list(database.glob("principal*"))]
+    try:
+        with_error = None
+        try:
+            TicketCache(principal, password=PASSWORD).ccache()
+        except TicketError as error:
+            with_error = error
+        assert with_error is not None
+        assert with_error.reason != "auth_failed", (with_error.reason, with_error.message)
+    finally:
+        for path in moved:
+            path.rename(path.with_name(path.name.removesuffix(".away")))
