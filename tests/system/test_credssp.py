@@ -17,6 +17,7 @@ DNS-free file, so it falls back to NTLM at once and every packet stays on loopba
 from __future__ import annotations
 
 import contextlib
+import errno
 import random
 import re
 import socket
@@ -150,11 +151,23 @@ class SilentKdc:
     (UDP datagrams, TCP connections: the kernel queues both until `count` reads them)."""
 
     def __init__(self) -> None:
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
-        self.port = self.udp.getsockname()[1]
-        self.tcp = socket.socket()
-        self.tcp.bind(("127.0.0.1", self.port))
+        # one port number for both: the kernel's free UDP port may be a TCP port in use (another worker's), then
+        # another is tried (it failed the suite once with EADDRINUSE)
+        for _ in range(20):
+            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.udp.bind(("127.0.0.1", 0))
+            self.port = self.udp.getsockname()[1]
+            self.tcp = socket.socket()
+            try:
+                self.tcp.bind(("127.0.0.1", self.port))
+                break
+            except OSError as error:
+                self.udp.close()
+                self.tcp.close()
+                if error.errno != errno.EADDRINUSE:
+                    raise
+        else:
+            raise RuntimeError("no port number free for both UDP and TCP in 20 tries")
         self.tcp.listen(8)
         for sock in (self.udp, self.tcp):
             sock.setblocking(False)
