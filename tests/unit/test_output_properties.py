@@ -6,7 +6,6 @@ the plain tests below them are the failures they found, minimised (each failed b
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -22,12 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families as prom_pars
 from exporter.catalog import Catalog
 from exporter.collectors import _attempt, interpret_output
 from exporter.config import PollConfig
-from exporter.metrics import OPENMETRICS, organization_families, probe_body, server_families, _encode, _format
+from exporter.metrics import OPENMETRICS, _encode, _format, organization_families, probe_body
 from exporter.model import CollectorOutcome, OrganizationResult, OrgServerInfo, ServerResult
 from exporter.parse import ParseError, parse_organization_output
 from exporter.runtime import Target
 from exporter.web import pages
-from exporter.winrm import PollFailure
+
+from .test_hostile_output import server_output
 
 UTC = timezone.utc
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -247,55 +247,48 @@ def org_doc(draw):
 @given(org_doc(), st.sampled_from([{}, {"ex01": "EX01"}, {"ex01.contoso.com": "ex01.contoso.com", "ex01": "EX01"}]))
 def test_property_organization_output_through_the_whole_path(doc, server_names):
     try:
-        facts = parse_organization_output(json.dumps(doc).encode(), max_servers=100)
+        parse_organization_output(json.dumps(doc).encode(), max_servers=100)
     except ParseError:
         return
-    org = OrganizationResult("Contoso", outcome=CollectorOutcome("organization", True, 1.0, NOW), facts=facts,
-                             last_success=NOW)
-    families = organization_families(org, server_names)
     for accept, om in (("text/plain", False), (OM, True)):
-        body, _ = _encode([_format(families)], None, accept)
-        check_text(body, om)
+        check_text(_org_body(doc, accept, server_names), om)
 
 
 # ---------------------------------------------------------------- minimised findings
 
 
-def _org_body(servers: list[dict], accept: str = "text/plain") -> bytes:
-    doc = {"schema": 1, "organization": {"mitigations_enabled": True}, "servers": servers}
-    facts = parse_organization_output(json.dumps(doc).encode())
+def _org_body(doc: dict, accept: str = "text/plain", server_names: dict[str, str] | None = None) -> bytes:
+    """The organization's series, as /metrics encodes them, for the organization output `doc`."""
+    facts = parse_organization_output(json.dumps(doc).encode(), max_servers=100)
     org = OrganizationResult("Contoso", outcome=CollectorOutcome("organization", True, 1.0, NOW), facts=facts,
                              last_success=NOW)
-    return _encode([_format(organization_families(org, {}))], None, accept)[0]
+    return _encode([_format(organization_families(org, server_names or {}))], None, accept)[0]
+
+
+def _org_doc(servers: list[dict]) -> dict:
+    return {"schema": 1, "organization": {"mitigations_enabled": True}, "servers": servers}
 
 
 @pytest.mark.parametrize("field", ["mitigations_applied", "mitigations_blocked"])
 def test_a_mitigation_id_listed_twice_makes_one_series(field):
     """A server listing one mitigation ID twice (`["M1", "M1"]`) got two samples of
     exchange_eems_mitigation_applied{mitigation="M1",server="EX01"}: a duplicate series."""
-    check_text(_org_body([{"name": "EX01", field: ["M1", "M1"]}]), openmetrics=False)
-
-
-def _server_stdout(**fields) -> bytes:
-    doc = {"schema": 1, "now": "/Date(1764158400000)/", "exsetup_version": "15.02.2562.043",
-           "build_source": "exsetup", "service": {"status": "Running", "start_type": "Automatic"}, "log_folder": True}
-    doc.update(fields)
-    return json.dumps(doc).encode()
+    check_text(_org_body(_org_doc([{"name": "EX01", field: ["M1", "M1"]}])), openmetrics=False)
 
 
 def test_two_error_records_of_parts_not_shaped_like_a_part_make_one_series():
-    """Error records whose parts are not of a part's shape ("X", "Y": the server's text) are two partial failures
-    for interpret (`_unique` keys on the raw part), but metrics writes both as part="other": two samples of
+    """Error records whose parts are not of a part's shape ("X", "Y": the server's text) were two partial failures
+    for interpret (`_unique` keyed on the raw part), but metrics wrote both as part="other": two samples of
     exchange_collector_partial_failure{collector="server",part="other",reason="other",server="EX01"}."""
-    result = run_server(_server_stdout(errors=["X: a", "Y: b"]))
+    result = run_server(server_output(errors=["X: a", "Y: b"]))
     check_text(probe_body(result, "text/plain")[0], openmetrics=False)
 
 
 def test_a_lone_surrogate_in_a_plain_error_records_part_does_not_break_the_pages():
-    """An error record written as a plain string ("part: message") keeps its part unclean (parse._errors cleans
+    """An error record written as a plain string ("part: message") kept its part unclean (parse._errors cleaned
     the message only): `"\\ud800"` became a partial failure of part "\\ud800", and the /server page, the fleet
     page `/` (every server's row) and /probe?debug=true raised UnicodeEncodeError when encoding it."""
-    result = run_server(_server_stdout(errors=["\ud800: boom"]))
+    result = run_server(server_output(errors=["\ud800: boom"]))
     assert result.outcome.success
     row = pages.Row(result, ())
     pages.server(row, pages.timings(result))
@@ -304,13 +297,14 @@ def test_a_lone_surrogate_in_a_plain_error_records_part_does_not_break_the_pages
 
 
 def test_openmetrics_body_parses_with_a_repeated_mitigation_id():
-    """The same duplicate, not adjacent (["M1", "M2", "M1"]): the OpenMetrics parser refuses the whole body
+    """The same duplicate, not adjacent (["M1", "M2", "M1"]): the OpenMetrics parser refused the whole body
     ("Invalid metric grouping")."""
-    check_text(_org_body([{"name": "EX01", "mitigations_applied": ["M1", "M2", "M1"]}], OM), openmetrics=True)
+    check_text(_org_body(_org_doc([{"name": "EX01", "mitigations_applied": ["M1", "M2", "M1"]}]), OM),
+               openmetrics=True)
 
 
 def test_openmetrics_body_parses_with_two_parts_not_shaped_like_a_part():
-    """["X: a", "build: b", "Y: c"]: part="other" twice, not adjacent; the OpenMetrics parser refuses the whole
+    """["X: a", "build: b", "Y: c"]: part="other" twice, not adjacent; the OpenMetrics parser refused the whole
     /probe body ("Invalid metric grouping")."""
-    result = run_server(_server_stdout(errors=["X: a", "build: b", "Y: c"]))
+    result = run_server(server_output(errors=["X: a", "build: b", "Y: c"]))
     check_text(probe_body(result, OM)[0], openmetrics=True)
