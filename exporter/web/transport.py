@@ -9,7 +9,8 @@ arrived, parsed once (`read_request`), and hands back a whole `Response`. What e
 - a slot: connections are capped in total (a quarter of the open-file limit, so polls keep their
   descriptors) and per client address. At the cap a new connection takes the slot of the connection that
   has gone longest without an authorised request (an idle or never-authorised one first); one being
-  answered is never cut, one still waiting for a worker may be. A 401 closes its connection, so a client without the password holds nothing;
+  answered is never cut, one still waiting for a worker may be. A 401 closes its connection, so a client
+  without the password holds nothing;
 - a worker: the route table (`handlers.ROUTES`) names the pool, from the same parsed path as the handler:
   /probe, which waits for a poll, and the HTML pages, which cost CPU, have their own workers, and a spelling
   such as `//probe` is just not found;

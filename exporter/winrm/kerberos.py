@@ -134,7 +134,7 @@ def _failure(tickets: TicketCache, error: spnego.exceptions.SpnegoError, ccache:
         # "Success"), which read as auth_failed, the reason that pauses a credential
         tickets.expire(ccache)
         return ran_out()
-    failure = explain(_code(error), _mit_text(error))
+    failure = explain(code, _mit_text(error))
     if failure.code == TICKET_EXPIRED:
         tickets.expire(ccache)
     return PollFailure(failure.reason, f"Kerberos to {service}/{hostname}: {failure.message}")
