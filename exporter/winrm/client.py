@@ -83,11 +83,12 @@ SHELL_IDLE_TIMEOUT = "PT120.000S"
 MAX_STDERR_BYTES = 64 << 10
 
 
-def authentication(module: ModuleConfig, hostname: str):
+def authentication(module: ModuleConfig, hostname: str, *, encrypt: bool):
     """The authentication of `module` towards the server named `hostname` (its configured name: the SPN and
-    the NTLM target name come from it, never from the address connected to)."""
+    the NTLM target name come from it, never from the address connected to). `encrypt`: seal the messages, as
+    the connection needs when it is plain http (over https TLS protects them); the connection's scheme, not the
+    module's, since /probe may pair a module with a server reached over the other one."""
     password = module.password.reveal() if module.password else None
-    encrypt = module.scheme == "http"  # over https, TLS protects the messages
     if module.transport == "ntlm":
         return NTLM(module.username, password, hostname, encrypt=encrypt)
     if module.transport == "basic":
@@ -137,7 +138,8 @@ class Link:
             self.close()  # the server will have closed it, or did, or its ticket ends first: no request wasted
         timeout = request_timeouts(self.module, deadline, MIN_REQUEST_SECONDS)[1]
         if self._authentication is None:
-            self._authentication = authentication(self.module, self.server_name)
+            self._authentication = authentication(self.module, self.server_name,
+                                                  encrypt=self.address.scheme == "http")
         context = tls.context(self.module) if self.address.scheme == "https" else None
         connection = Connection.open(self.address, context, deadline=deadline, timeout=timeout,
                                      max_response_bytes=self.max_response_bytes, user_agent=USER_AGENT)

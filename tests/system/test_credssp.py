@@ -116,6 +116,21 @@ def test_the_exporter_polls_over_credssp(fleet, tmp_path, name):
     assert fleet.fleet.rejected_logons(name) == rejected and fleet.fleet.open_shells(name) == 0
 
 
+def test_a_probe_with_an_https_module_seals_its_messages_to_a_plain_http_server(fleet, tmp_path):
+    """`/probe?module=` may pair a module made for https (where TLS protects its messages) with a server reached over
+    plain http. What goes over that connection must be sealed as the connection needs, not as the module's own
+    scheme says: before, the module's https turned sealing off, and the session's SOAP (commands, output) went in
+    clear over http, where the listener refuses it (500, AllowUnencrypted=false) and a man in the middle reads it.
+    The same held for CredSSP and Kerberos; an NTLM module shows it here."""
+    p = poller(fleet, tmp_path, {"http": module(fleet, "http"), "https": module(fleet, "https", transport="ntlm")})
+    try:
+        outcome = p.probe("NTLM-ONLY", module="https").outcome
+    finally:
+        p.stop()
+    assert outcome.success, outcome
+    assert fleet.fleet.open_shells("NTLM-ONLY") == 0
+
+
 def test_sealed_messages_over_16_kib_travel_in_parts_both_ways(fleet, tmp_path):
     """An answer of 60 KB comes back in four sealed parts, and a 20 KB request goes out in two: the
     listener refuses a part above 16 KiB, or one whose length field is not the TLS trailer's."""
