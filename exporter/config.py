@@ -235,11 +235,15 @@ def _http_path(value: Any, path: str) -> str:
 check_fields(module_keys(Path()), ModuleConfig, also=("name", "password"), besides=("password_env", "password_file"))
 
 
-def scheme_problem(transport: str, scheme: str, allow_basic_over_http: bool) -> str | None:
+def scheme_problem(transport: str, scheme: str, allow_basic_over_http: bool, module_scheme: str) -> str | None:
     """Why credentials of `transport` must not be sent over `scheme`; None when they may. One rule for the
-    configuration and for /probe, where a module may be paired with a server that uses another scheme."""
+    configuration and for /probe, where a module (made for `module_scheme`) may be paired with a server that uses
+    another scheme."""
     if transport == "certificate" and scheme != "https":
         return "certificate authentication needs https"
+    if transport == "credssp" and scheme == "http" and module_scheme == "https":
+        return ("CredSSP delegates the password; this module does so over https only, to a server whose certificate "
+                "is checked, and over plain http nothing verifies the server")
     if transport == "basic" and scheme == "http" and not allow_basic_over_http:
         return ("basic authentication over plain http sends the password in clear text; use https, "
                 "or set allow_basic_over_http: true if you really mean it")
@@ -257,7 +261,7 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
     from_env, from_file = values.pop("password_env"), values.pop("password_file")
     password = from_env or from_file
     transport, scheme = values["transport"], values["scheme"]
-    problem = scheme_problem(transport, scheme, values["allow_basic_over_http"])
+    problem = scheme_problem(transport, scheme, values["allow_basic_over_http"], scheme)
     if problem:
         raise ConfigError(f"{path}.{'scheme' if transport == 'certificate' else 'transport'}", problem)
     if transport == "certificate":

@@ -114,7 +114,8 @@ class Poller:
         target = current.targets.get(name)
         if target is None:
             raise ProbeRefused(f"Unknown target {name[:256]!r}: only configured or discovered servers can be probed")
-        problem = settings and scheme_problem(settings.transport, target.scheme, settings.allow_basic_over_http)
+        problem = settings and scheme_problem(settings.transport, target.scheme, settings.allow_basic_over_http,
+                                             settings.scheme)
         if problem:
             raise ProbeRefused(f"Module {module!r} cannot be used with target {target.name!r} ({target.scheme}): "
                                f"{problem}")

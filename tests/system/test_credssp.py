@@ -32,7 +32,7 @@ from requests_credssp.exceptions import AuthenticationException, NTStatusExcepti
 
 from exporter.catalog import Catalog
 from exporter.config import load_config_text
-from exporter.poller import Poller
+from exporter.poller import Poller, ProbeRefused
 from exporter.runtime import SafeRuntime
 from exporter.scripts import Command
 from exporter.winrm import ServerConnection
@@ -129,6 +129,21 @@ def test_a_probe_with_an_https_module_seals_its_messages_to_a_plain_http_server(
         p.stop()
     assert outcome.success, outcome
     assert fleet.fleet.open_shells("NTLM-ONLY") == 0
+
+
+def test_a_probe_does_not_delegate_an_https_modules_password_over_plain_http(fleet, tmp_path):
+    """A CredSSP module made for https delegates its password only to a server whose certificate `ca_file` vouches
+    for. `/probe?module=` pairing it with a server reached over plain http would hand the password to a server
+    nothing verified (NTLM inside CredSSP does not authenticate the server): refused before anything connects, as
+    Basic credentials to a plain-http server are. Before, the probe logged on and delegated the password."""
+    p = poller(fleet, tmp_path, {"http": module(fleet, "http", transport="ntlm"), "https": module(fleet, "https")})
+    requests = fleet.fleet.request_count("CSSP-HTTP")
+    try:
+        with pytest.raises(ProbeRefused, match="CredSSP"):
+            p.probe("CSSP-HTTP", module="https")
+    finally:
+        p.stop()
+    assert fleet.fleet.request_count("CSSP-HTTP") == requests
 
 
 def test_sealed_messages_over_16_kib_travel_in_parts_both_ways(fleet, tmp_path):
