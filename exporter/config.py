@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import ssl
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -298,6 +299,8 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
         for key in ("configuration_name", "path", "keep_runspace"):
             if key in section:
                 raise ConfigError(f"{path}.{key}", "only applies to protocol psrp")
+    if transport == "certificate":
+        _check_client_certificate(path, values)
     return ModuleConfig(name=name, password=password, **values)
 
 
@@ -323,6 +326,17 @@ def _check_kerberos(path: str, values: dict[str, Any], password: Secret | None) 
         problem = keytab_problem(keytab, username)
         if problem:
             raise ConfigError(f"{path}.keytab_file", f"the keytab {problem}")
+
+
+def _check_client_certificate(path: str, values: dict[str, Any]) -> None:
+    """The certificate and its key load as each poll will load them: an encrypted or mismatched key is named
+    here, at start or reload, not at every poll."""
+    from .winrm.tls import load_client_certificate  # winrm.tls reads ModuleConfig from this module
+
+    try:
+        load_client_certificate(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), values["cert_file"], values["key_file"])
+    except (ssl.SSLError, OSError) as err:
+        raise ConfigError(f"{path}.key_file", f"cannot load it with cert_file: {err}") from None
 
 
 def _check_kerberos_inside_credssp(path: str, values: dict[str, Any]) -> None:

@@ -33,12 +33,24 @@ def context(module: ModuleConfig) -> ssl.SSLContext:
         built.check_hostname = False
         built.verify_mode = ssl.CERT_NONE
     if module.cert_file and module.key_file:
-        built.load_cert_chain(str(module.cert_file), str(module.key_file))
+        load_client_certificate(built, module.cert_file, module.key_file)
     with _LOCK:
         if len(_CONTEXTS) >= _KEPT:
             _CONTEXTS.clear()
         _CONTEXTS[key] = built
     return built
+
+
+def load_client_certificate(built: ssl.SSLContext, cert_file, key_file) -> None:
+    """The module's client certificate and key into `built`. Asked for a passphrase, OpenSSL would prompt on the
+    terminal (a poll thread waiting there for ever) or, with none, fail with an EINVAL taken for a network error:
+    the exporter has no passphrase to give, so an encrypted key is an SSLError (`tls_error`) that says so."""
+    built.load_cert_chain(str(cert_file), str(key_file), password=_no_passphrase)
+
+
+def _no_passphrase() -> bytes:
+    raise ssl.SSLError("key_file is encrypted: the exporter takes a key without a passphrase (protect the file "
+                       "by its permissions instead)")
 
 
 def _version(path) -> tuple[int, int]:
