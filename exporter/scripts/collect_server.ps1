@@ -48,6 +48,7 @@ try{$e.status=[int](Microsoft.PowerShell.Utility\Invoke-WebRequest @a).StatusCod
 if($e.web_status -eq 'TrustFailure'){[Net.ServicePointManager]::CheckCertificateRevocationList=$false;try{[void](Microsoft.PowerShell.Utility\Invoke-WebRequest @a);$e.revocation_failed=$true}catch{};[Net.ServicePointManager]::CheckCertificateRevocationList=$true}}
 $e.ms=$t.ElapsedMilliseconds;$e})}else{$r.errors+=@{part='endpoint';id='ConstrainedLanguage';category='SecurityError';type='';message="the endpoint check needs FullLanguage; this session runs in $($ExecutionContext.SessionState.LanguageMode)"}}}}).TotalSeconds
 $r.error_counts=$n
-# ASCII only (every other character as \uXXXX): stdout is in the OEM code page. -split with a captured delimiter
+# ASCII only (every other character as \uXXXX): stdout is in the OEM code page. -csplit with a captured delimiter
 # keeps each non-ASCII character as an element of its own (no .NET call, unlike [regex]::Replace with a script block).
-(((Microsoft.PowerShell.Utility\ConvertTo-Json -InputObject $r -Depth 5 -Compress) -split '([^\x00-\x7e])')|Microsoft.PowerShell.Core\ForEach-Object{if($_.Length -eq 1 -and $_ -match '[^\x00-\x7e]'){'\u{0:x4}' -f [int][char]$_}else{$_}}) -join ''
+# Case-sensitive operators: with IgnoreCase .NET lowers each character first, and U+212A or U+0130 lower to ASCII.
+(((Microsoft.PowerShell.Utility\ConvertTo-Json -InputObject $r -Depth 5 -Compress) -csplit '([^\x00-\x7e])')|Microsoft.PowerShell.Core\ForEach-Object{if($_.Length -eq 1 -and $_ -cmatch '[^\x00-\x7e]'){'\u{0:x4}' -f [int][char]$_}else{$_}}) -join ''

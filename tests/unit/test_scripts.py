@@ -4,6 +4,7 @@ invariant error ids rather than localized texts, and no value can break out of i
 from __future__ import annotations
 
 import base64
+import json
 import re
 from pathlib import Path
 
@@ -147,3 +148,40 @@ def test_scripts_need_no_more_than_powershell_3(script):
     for construct in (r"::new\(", r"^\s*class\s", r"^\s*enum\s", r"^\s*using\s", r"\bConvertFrom-Json\b.*-AsHashtable",
                       r"\bGet-ComputerInfo\b", r"\bGet-TimeZone\b", r"\b-Depth\s+\d+\s+-AsArray\b"):
         assert not re.search(construct, text, re.MULTILINE | re.IGNORECASE), (script, construct)
+
+
+def _escape_as_windows_powershell(script: str, text: str) -> str:
+    """What the script's last step (`-split` on a non-ASCII class, `-match` on each piece, `\\uXXXX` for a match)
+    makes of `text` under Windows PowerShell 5.1. `-split` and `-match` without the `c` prefix pass
+    RegexOptions.IgnoreCase (PowerShell's parserutils.cs SplitOperatorImpl, MatchOperator), and .NET Framework's
+    interpreter then lowers each input character with Char.ToLower(ch, culture) before testing it against the class
+    (referencesource RegexInterpreter.Forwardcharnext): a letter whose lower case is ASCII is then no match."""
+    line = next(line for line in script.splitlines() if "ConvertTo-Json" in line and "-join" in line)
+    split_prefix, split_pattern = re.search(r"-([ci]?)split '([^']*)'", line).groups()
+    match_prefix, match_pattern = re.search(r"-([ci]?)match '([^']*)'", line).groups()
+
+    def matches(prefix: str, pattern: str, ch: str) -> bool:
+        return re.fullmatch(pattern, ch.lower()[:1] if prefix != "c" else ch) is not None
+
+    pieces, run = [], ""
+    for ch in text:
+        if matches(split_prefix, split_pattern, ch):
+            pieces += [run, ch]
+            run = ""
+        else:
+            run += ch
+    pieces.append(run)
+    return "".join(f"\\u{ord(p):04x}" if len(p) == 1 and matches(match_prefix, match_pattern, p) else p
+                   for p in pieces)
+
+
+@pytest.mark.parametrize("name", ["collect_server.ps1", "collect_organization.ps1", "diagnose_server.ps1"])
+def test_every_non_ascii_character_is_escaped_whatever_its_case(name):
+    """U+212A (Kelvin sign) lowers to ASCII 'k' and U+0130 to 'i': through case-insensitive `-split`/`-match` they
+    escaped the escaping and reached stdout raw, where the OEM code page turned them into another character."""
+    from exporter.scripts import _body
+
+    text = "K 5\u212a \u0130stanbul \u00e9t\u00e9 \u65e5\u672c Information"
+    escaped = _escape_as_windows_powershell(_body(name), text)
+    escaped.encode("ascii")
+    assert json.loads(f'"{escaped}"') == text
