@@ -141,12 +141,15 @@ def _service_installed(facts: RawServerFacts) -> bool | None:
 def error_reason(error: RawError) -> str:
     """access_denied | not_found | unreadable | constrained_language | other, from the invariant parts of an error
     record (never its text). `unreadable`: an event Get-WinEvent could not read or format (an EventLog exception
-    written while it went on with the others, GetEventCommand.cs ReadEvents): the part was read, that record not."""
+    written while it went on with the others, GetEventCommand.cs ReadEvents, its id the exception's message): the
+    part was read, that record not. One thrown out of the cmdlet (no reader: the Event Log service stopped) is
+    named by its type instead (CmdletInvocationException) and read nothing."""
     if error.id == "ConstrainedLanguage":  # the script's own record: the endpoint check needs FullLanguage
         return "constrained_language"
     if error.category == "PermissionDenied" or error.type in ACCESS_DENIED_TYPES or "UnauthorizedAccess" in error.id:
         return "access_denied"
-    if error.part == "events" and error.type.startswith(EVENT_READER_EXCEPTIONS):
+    if (error.part == "events" and error.type.startswith(EVENT_READER_EXCEPTIONS)
+            and not error.id.startswith(error.type + ",")):
         return "unreadable"
     if error.category == "ObjectNotFound" or error.id.startswith(("PathNotFound", "NoMatching", "NoServiceFound")):
         return "not_found"

@@ -221,6 +221,18 @@ def test_an_unformattable_event_keeps_the_others(catalog):
     assert [(f.part, f.reason) for f in state.collection_errors] == [("events", "unreadable")]
 
 
+def test_an_event_reader_that_cannot_start_read_nothing(catalog):
+    """An exception thrown out of Get-WinEvent (its reader could not be created: the Event Log service stopped or
+    not answering, a corrupt channel) is named by its type, as PowerShell names every .NET exception a cmdlet throws
+    (CmdletInvocationException: ErrorRecord(e, e.GetType().FullName, NotSpecified)). No event was read, so it is no
+    `unreadable` record (one event not formatted, the others read: GetEventCommand.cs ReadEvents names those by
+    their message), which ExchangeCollectorBlind leaves out: the events part went blind in silence."""
+    reader = "System.Diagnostics.Eventing.Reader.EventLogException"
+    state = interpret(facts(errors=(error("events", f"{reader},{GETWINEVENT}", "NotSpecified", reader,
+                                          "The RPC server is unavailable"),)), catalog)
+    assert [(f.part, f.reason) for f in state.collection_errors] == [("events", "other")]
+
+
 def test_missing_and_bad_build(catalog):
     """R7: an unread, empty or refused build is unknown: it never says "predates EEMS" (eems_supported False),
     and where the server shows EEMS (its service, log folder or events) the EEMS alerts stay on."""
