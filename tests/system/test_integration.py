@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -627,3 +628,39 @@ def test_no_alert_flaps(stack):
     """Nothing fires on partial data at startup and then resolves: that would be a false page or ticket."""
     resolved = stack.webhook.delivered(None, status="resolved")
     assert not resolved, f"alerts that fired and resolved while the demo fleet did not change:\n{show(resolved)}"
+
+
+def runbook_silence_command(alertmanager_url: str, server: str) -> list[str]:
+    """The amtool line docs/runbooks.md gives for a server being updated, pointed at this stack and server."""
+    text = (REPO / "docs" / "runbooks.md").read_text()
+    section = text[text.index("**During updates.**"):]
+    line = " ".join(re.search(r"`(amtool [^`]+)`", section, re.S).group(1).split())
+    words = [word.replace("http://alertmanager:9093", alertmanager_url) for word in shlex.split(line)]
+    assert "server=EX01" in words, words
+    return [binary("amtool"), *[f"server={server}" if word == "server=EX01" else word for word in words[1:]]]
+
+
+def test_the_runbooks_silence_for_an_update_silences_every_alert_of_that_server(stack):
+    """docs/runbooks.md: a CU install stops and disables the services; the amtool line it gives, run as written
+    against this Alertmanager, silences all of that server's alerts and no other server's. Last in the module:
+    the silence is expired at the end, but no test after it should have to know."""
+    server = "EX-SE02-STOPPED"
+
+    def alerts_of(name: str) -> list[dict]:
+        return [a for a in get_json(f"{stack.alertmanager_url}/api/v2/alerts") if a["labels"].get("server") == name]
+
+    wait_until(lambda: any(a["labels"]["alertname"] == "ExchangeEEMSServiceNotRunning" for a in alerts_of(server)),
+               30, stack.programs)
+    added = subprocess.run(runbook_silence_command(stack.alertmanager_url, server), capture_output=True, text=True,
+                           timeout=30)
+    assert added.returncode == 0, added.stderr
+    silence = added.stdout.strip()
+    try:
+        wait_until(lambda: all(silence in a["status"]["silencedBy"] for a in alerts_of(server)), 30, stack.programs)
+        assert all(silence in a["status"]["silencedBy"] for a in alerts_of(server)), alerts_of(server)
+        others = [a for a in get_json(f"{stack.alertmanager_url}/api/v2/alerts") if silence in a["status"]["silencedBy"]
+                  and a["labels"].get("server") != server]
+        assert not others, others
+    finally:
+        subprocess.run([binary("amtool"), f"--alertmanager.url={stack.alertmanager_url}", "silence", "expire",
+                        silence], capture_output=True, timeout=30, check=True)
