@@ -61,7 +61,16 @@ def prometheus_config(exporter: str, alertmanager: str, rules: Path, fast: bool)
 
 
 def without_for(text: str) -> str:
-    return re.sub(r"^(\s+)for:[ \t]*\S+[ \t]*$", r"\g<1>for: 0s", text, flags=re.MULTILINE)
+    """Every `for:` 0s but ExchangeExporterTargetMissing's: `up` is absent until the first scrape, so without its
+    wait it would page at every start."""
+    lines, alert = [], None
+    for line in text.splitlines(keepends=True):
+        if match := re.match(r"\s+- alert: (\S+)", line):
+            alert = match.group(1)
+        elif alert != "ExchangeExporterTargetMissing":
+            line = re.sub(r"^(\s+)for:[ \t]*\S+[ \t]*$", r"\g<1>for: 0s", line, flags=re.MULTILINE)
+        lines.append(line)
+    return "".join(lines)
 
 
 def _short_timing(route: dict) -> None:

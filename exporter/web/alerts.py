@@ -4,11 +4,12 @@ One source of truth: the rules are read from `exporter/data/alert_rules.yml`, th
 rules` turns into the rule file Prometheus loads; nothing here restates a condition. Their PromQL is evaluated
 for one instant over the samples this exporter serves on /metrics, with `job` and `instance` set as a scrape
 would (one exporter: the same for every series). The rules use a small part of PromQL: instant selectors,
-comparisons and arithmetic with numbers and `time()`, `and`/`or`/`unless` with `on(...)`, and one comparison
-`on(...) group_left()`. That part is evaluated here; anything else in a rule is a `PromQLError`, and a test
-parses every rule of the source, so a rule written beyond it cannot be skipped silently. `for:` cannot be
-judged from one instant: an alert whose condition holds now is reported with its `for:`, "fires after it
-holds that long". Series that this exporter does not serve (`up`) match nothing.
+comparisons and arithmetic with numbers and `time()`, `and`/`or`/`unless` with `on(...)`, one comparison
+`on(...) group_left()`, and `absent(up)`. That part is evaluated here; anything else in a rule is a `PromQLError`,
+and a test parses every rule of the source, so a rule written beyond it cannot be skipped silently. `for:` cannot
+be judged from one instant: an alert whose condition holds now is reported with its `for:`, "fires after it
+holds that long". Series that this exporter does not serve (`up`) match nothing, and `absent(up)` (does
+Prometheus have a target of this exporter at all?) gives nothing: a page of this exporter cannot tell.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ _LEVELS = [("or",), ("and", "unless"), tuple(_COMPARISONS), ("+", "-"), ("*", "/
 
 @dataclass(frozen=True)
 class _Node:
-    kind: str  # number | time | selector | binary
+    kind: str  # number | time | selector | absent | binary
     value: float = 0.0
     name: str = ""
     matchers: tuple[tuple[str, str, str], ...] = ()
@@ -166,6 +167,13 @@ class _Parser:
                 self.take("(")
                 self.take(")")
                 return _Node("time")
+            if value == "absent" and self.peek() == "(":
+                self.take("(")
+                inner = self.unary()
+                self.take(")")
+                if inner.kind != "selector" or inner.name != "up":
+                    raise PromQLError("absent() is supported for up only")
+                return _Node("absent", left=inner)
             if self.peek() == "(" or value in ("by", "without", "offset"):
                 raise PromQLError(f"function or aggregation {value}() is not supported")
             return _Node("selector", name=value, matchers=self.matchers())
@@ -286,6 +294,8 @@ def evaluate(node: _Node, instant: _Instant):
         return instant.now, 1.0
     if node.kind == "selector":
         return _select(instant.samples, node)
+    if node.kind == "absent":  # of `up`, which only Prometheus has: unknown here, so nothing
+        return {}
     left, right = evaluate(node.left, instant), evaluate(node.right, instant)
     if node.op in ("and", "or", "unless"):
         if not isinstance(left, dict) or not isinstance(right, dict):

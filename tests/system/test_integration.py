@@ -339,16 +339,28 @@ class Webhook:
 # ------------------------------------------------------------------ configuration
 
 
+# `up` is absent until Prometheus' first scrape: without its `for:` this alert would fire at every start-up.
+KEEPS_FOR = "ExchangeExporterTargetMissing"
+
+
 def rules_without_for(text: str) -> str:
-    """The rule file with every `for:` set to 0s; fails if the expressions would change."""
-    rewritten, count = re.subn(r"^(\s+)for:[ \t]*\S+[ \t]*$", r"\g<1>for: 0s", text, flags=re.MULTILINE)
+    """The rule file with every `for:` set to 0s but KEEPS_FOR's; fails if the expressions would change."""
+    lines, alert, count = [], None, 0
+    for line in text.splitlines(keepends=True):
+        if match := re.match(r"\s+- alert: (\S+)", line):
+            alert = match.group(1)
+        elif alert != KEEPS_FOR and re.fullmatch(r"(\s+)for:[ \t]*\S+[ \t]*\n?", line):
+            line, count = re.sub(r"for:.*", "for: 0s", line), count + 1
+        lines.append(line)
+    rewritten = "".join(lines)
     original, copy = yaml.safe_load(text), yaml.safe_load(rewritten)
-    with_for = [rule for group in original["groups"] for rule in group["rules"] if "for" in rule]
+    with_for = [rule for group in original["groups"] for rule in group["rules"]
+                if "for" in rule and rule.get("alert") != KEEPS_FOR]
     assert count == len(with_for) > 0, f"rewrote {count} `for:` lines, the rule file has {len(with_for)} rules with for"
     for group in copy["groups"]:
         for rule in group["rules"]:
             if "for" in rule:
-                assert rule["for"] == "0s", rule
+                assert rule["for"] == "0s" or rule["alert"] == KEEPS_FOR, rule
                 del rule["for"]
     for group in original["groups"]:
         for rule in group["rules"]:

@@ -310,8 +310,9 @@ def test_the_evaluator_agrees_with_promtool(demo, tmp_path):
     names = sorted({rule.name for rule in alerts.rules() if rule.alert})
     test = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [{
         "interval": "1m",
+        # `up` of the scrape these samples come from, as Prometheus records it
         "input_series": [{"series": series(n, l), "values": f"{v!r}x{eval_seconds // 60 + 10}"}
-                         for n, l, v in shifted],
+                         for n, l, v in [*shifted, ("up", {}, 1.0)]],
         "alert_rule_test": [{"eval_time": f"{eval_seconds}s", "alertname": name,
                              "exp_alerts": [{"exp_labels": labels} for labels in ours.get(name, [])]}
                             for name in names]}]}
@@ -319,3 +320,11 @@ def test_the_evaluator_agrees_with_promtool(demo, tmp_path):
     result = subprocess.run([PROMTOOL, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_absent_up_gives_nothing_on_the_page():
+    """Whether Prometheus has a target of this exporter at all (ExchangeExporterTargetMissing) cannot be told from
+    the exporter's own samples: a page it serves never shows that alert."""
+    node = alerts.parse('absent(up{job=~"exchange-eems.*"})')
+    assert alerts.evaluate(node, alerts._Instant(alerts._Samples([]), 0.0)) == {}
+    assert "ExchangeExporterTargetMissing" not in {firing.alert for firing in alerts.firing([], now=0.0)}
