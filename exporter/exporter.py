@@ -42,6 +42,7 @@ class Exporter:
             last_reload_successful=self.runtime.last_reload_successful,
             last_reload_timestamp=self.runtime.last_reload_timestamp,
             credential_paused={name: name in paused for name in current.config.modules},
+            servers=current.targets.known,
         )
 
     # ------------------------------------------------------------ what the handlers read

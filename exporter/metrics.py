@@ -41,6 +41,7 @@ class SelfStatus:
     last_reload_successful: bool
     last_reload_timestamp: float
     credential_paused: dict[str, bool] = field(default_factory=dict)  # module -> its polls are paused
+    servers: int = 0  # configured plus discovered, of every shard
 
 
 def _ts(value: datetime | date | None) -> float | None:
@@ -258,6 +259,8 @@ def self_families(self_status: SelfStatus) -> list[Metric]:
             _ts(self_status.catalog_newest_release))
     out.add("exchange_exporter_poll_interval_seconds", "Configured background poll interval.", {},
             self_status.poll_interval_seconds)
+    out.add("exchange_exporter_servers", "Exchange servers this exporter knows: configured plus discovered, of every "
+            "shard.", {}, self_status.servers)
     out.add("exchange_exporter_config_last_reload_successful", "1 if the last configuration (re)load succeeded.",
             {}, 1 if self_status.last_reload_successful else 0)
     out.add("exchange_exporter_config_last_reload_success_timestamp_seconds",

@@ -73,6 +73,7 @@ class Targets:
             # its InternetWebProxy reaches its poll as what the organization said of it (collectors.endpoint_proxy)
             self._all[info.name.lower()] = self._target(info.name, info.fqdn or info.name, None, organization.module,
                                                         "", discovered=True, spn_hostname=info.fqdn)
+        self.known = len(self._all)  # of every shard
         index, count = config.shard
         self.polled: tuple[Target, ...] = tuple(sorted(
             (t for t in self._all.values() if shard_of(t.name, count) == index), key=lambda t: t.name.lower()))

@@ -18,8 +18,9 @@ from exporter.exporter import Exporter
 from exporter.model import CollectorOutcome, OrganizationResult, OrgServerInfo, ServerResult
 from exporter.parse import parse_organization_output
 from exporter.runtime import Targets
+from exporter.web import alerts
 
-from ..conftest import minimal_config
+from ..conftest import PASSWORD_ENV, minimal_config
 from .test_runtime import DISCOVERING, discovered, runtime_for, write
 
 
@@ -173,3 +174,30 @@ def test_an_unexpected_error_before_a_poll_connects_is_its_internal_error(monkey
     finally:
         exporter.stop()
     assert (result.outcome.success, result.outcome.error_reason) == (False, "internal_error")
+
+
+# ---------------------------------------------------------------- 6. an exporter that knows no server
+
+
+def _body_samples(exporter: Exporter) -> list[tuple[str, dict[str, str], float]]:
+    body, _ = exporter.metrics_body("text/plain")
+    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(body.decode())
+            for s in family.samples]
+
+
+def test_an_exporter_that_knows_no_server_pages(monkeypatch):
+    """Discovery only (no `servers:`, which check-config accepts) and the organization collector failing (double_hop:
+    WinRS over NTLM, the default) or listing nothing: the exporter polls no server, so no exchange_up, no per-server
+    alert, `up` 1. Before, only ExchangeOrganizationCollectorFailing, a warning ticket, said anything while the whole
+    fleet went unwatched; no critical alert held on the exporter's /metrics."""
+    monkeypatch.setenv(PASSWORD_ENV, "a password")
+    text = minimal_config().replace("servers:\n  - ex01.contoso.com\n", "") + \
+        "organization: {server: ex01.contoso.com, discover_servers: true}\n"
+    exporter = Exporter(load_config_text(text, Path(".")), Catalog.load())
+    assert exporter.targets() == ()
+    critical = {f.alert for f in alerts.firing(_body_samples(exporter)) if f.severity == "critical"}
+    assert critical, "nothing would page"
+
+    organization = exporter.runtime.current().config.organization
+    assert exporter.runtime.discovered(organization, (discovered("EX07", fqdn="ex07.contoso.com"),))
+    assert {f.alert for f in alerts.firing(_body_samples(exporter)) if f.severity == "critical"} == set()
