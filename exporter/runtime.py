@@ -65,15 +65,20 @@ class Targets:
         self._all = {s.name.lower(): self._target(s.name, s.address, s.port, s.module, s.endpoint_proxy,
                                                   discovered=False, spn_hostname=s.spn_hostname)
                      for s in config.servers}
+        over_limit = 0
         for info in self.discovered_from:
             if any(key in self._all for key in info.keys()):  # configured (by its name or its FQDN), or listed twice
                 continue
             if len(self._all) >= config.limits.max_servers:
-                break
+                over_limit += 1
+                continue
             # its InternetWebProxy reaches its poll as what the organization said of it (collectors.endpoint_proxy)
             self._all[info.name.lower()] = self._target(info.name, info.fqdn or info.name, None, organization.module,
                                                         "", discovered=True, spn_hostname=info.fqdn)
         self.known = len(self._all)  # of every shard
+        if over_limit:  # made at a reload or when the list changed, not at every organization poll
+            log.warning("%d discovered servers are not polled: limits.max_servers (%d) is reached",
+                        over_limit, config.limits.max_servers)
         index, count = config.shard
         self.polled: tuple[Target, ...] = tuple(sorted(
             (t for t in self._all.values() if shard_of(t.name, count) == index), key=lambda t: t.name.lower()))

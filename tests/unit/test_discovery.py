@@ -201,3 +201,17 @@ def test_an_exporter_that_knows_no_server_pages(monkeypatch):
     organization = exporter.runtime.current().config.organization
     assert exporter.runtime.discovered(organization, (discovered("EX07", fqdn="ex07.contoso.com"),))
     assert {f.alert for f in alerts.firing(_body_samples(exporter)) if f.severity == "critical"} == set()
+
+
+def test_discovered_servers_left_out_by_max_servers_are_logged(tmp_path, caplog):
+    """Configured plus discovered servers beyond limits.max_servers were dropped without a word (a `break`): the
+    admin saw fewer servers and no reason. Now a warning says how many, once per new list."""
+    runtime, _, _ = runtime_for(tmp_path, DISCOVERING + "limits: {max_servers: 2}\n")
+    organization = runtime.current().config.organization
+    listed = tuple(discovered(f"EX{n:02}", fqdn=f"ex{n:02}.contoso.com") for n in range(2, 6))
+    with caplog.at_level("WARNING", logger="exporter.runtime"):
+        assert runtime.discovered(organization, listed)
+        assert not runtime.discovered(organization, listed)  # the same list again: adopted already, no new warning
+    assert runtime.current().targets.known == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["3 discovered servers are not polled: limits.max_servers (2) is reached"], warnings
