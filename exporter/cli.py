@@ -28,6 +28,7 @@ from .sharding import parse_shard
 
 log = logging.getLogger("exporter")
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a program that SIGPIPE ended
 
 
 class _Fail(Exception):
@@ -458,7 +459,12 @@ def main(argv: list[str] | None = None) -> int:
         argv.insert(0, "run")
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that left (`poll ... | head`) shows here, inside the try, not at exit
+        return code
+    except BrokenPipeError:  # as a shell tool killed by SIGPIPE: no traceback, status 128 + 13
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit writes nowhere
+        return EXIT_BROKEN_PIPE
     except _Fail as err:
         print(f"exchange-eems-exporter: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -253,3 +253,14 @@ def test_insecure_transport_settings_are_logged_at_start(tmp_path, module, warni
                           f"127.0.0.1:{busy.getsockname()[1]}", env={PASSWORD_ENV: PASSWORD}, timeout=30)
     assert any("level=WARNING" in line and warning in line for line in result.stderr.splitlines()), result.stderr
     assert PASSWORD not in result.stderr
+
+
+def test_a_reader_that_leaves_gets_no_traceback():
+    """`exchange-eems-exporter build ... | head -0`: the reader closes the pipe before the output is written. The
+    exporter printed a BrokenPipeError traceback and exited 1 (`poll ... | head` too); a shell tool ends quietly,
+    as SIGPIPE would end it."""
+    process = subprocess.Popen([sys.executable, "-m", "exporter", "build", "15.2.1544.36", "--json"], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the interpreter has even started: every write meets a closed pipe
+    _, stderr = process.communicate(timeout=60)
+    assert stderr.decode() == "" and process.returncode == 141, (process.returncode, stderr.decode())
