@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import json
 import logging
 import re
@@ -249,6 +250,7 @@ class PsrpConnection(LinkedConnection):
             self._signal(pool, command_id, deadline)
             raise
         ps.close()
+        _expanded_size([*outputs, *errors, failure], self.max_poll_bytes)
         pool.last_used = time.monotonic()
         return outputs, errors, failure
 
@@ -273,6 +275,7 @@ class PsrpConnection(LinkedConnection):
         while runspace.state not in (RunspacePoolState.Opened, RunspacePoolState.Broken, RunspacePoolState.Closed):
             for event in self._receive(pool, None, None, deadline):
                 if isinstance(event, psrpcore.RunspacePoolStateEvent) and event.state == RunspacePoolState.Broken:
+                    _expanded_size([event.reason], self.max_poll_bytes)
                     raise PollFailure("access_denied" if self._configuration == EXCHANGE else "wsman_fault",
                                       f"the runspace pool broke while opening: {_error_text(event.reason)}")
         pool.reader.finish()
@@ -415,6 +418,52 @@ def _server_entry(obj: Any) -> dict[str, Any]:
         "data_collection_enabled": _plain(_value(obj, "DataCollectionEnabled")),
         "internet_web_proxy": _plain(_value(obj, "InternetWebProxy")) or "",
     }
+
+
+def _expanded_size(values: list, limit: int) -> int:
+    """The text `values` expand to (characters, and one for each object), refused beyond `limit` before str() or
+    json writes it. psrpcore gives an object that a message names again (`<Ref RefId>`) as the same Python object:
+    1.4 KB of CLIXML can hold 23 lists each holding the one before twice (str() wrote 2^23 strings, 60 MB), or an
+    object holding itself (str() recursed until RecursionError). Each object is counted once (memoised)."""
+    sizes: dict[int, int] = {}
+
+    def size(value: Any) -> int:
+        if isinstance(value, (str, bytes)):
+            return len(value)
+        known = sizes.get(id(value))
+        if known is not None:
+            if known < 0:
+                raise PollFailure("bad_output", "a PSRP object contains itself (<Ref RefId>)")
+            return known
+        sizes[id(value)] = -1
+        total = 1 + sum(map(size, _parts(value)))
+        if total > limit:
+            raise PollFailure("output_too_large", f"PowerShell remoting objects expand, through the objects they "
+                              f"refer to again, to more than limits.max_poll_bytes ({limit} bytes) of text")
+        sizes[id(value)] = total
+        return total
+
+    try:
+        return sum(map(size, values))
+    except RecursionError:
+        raise PollFailure("bad_output", "PSRP objects nested too deep") from None
+
+
+def _parts(value: Any) -> list:
+    """What str() or `_plain` of a deserialised value writes out: items, keys and values, properties."""
+    parts: list = []
+    if isinstance(value, dict):
+        parts += [*value.keys(), *value.values()]
+    elif isinstance(value, (list, tuple)):
+        parts += value
+    elif isinstance(getattr(value, "queue", None), collections.deque):  # PSQueue
+        parts += value.queue
+    ps_object = getattr(value, "PSObject", None)
+    if ps_object is not None:
+        parts += [ps_object.to_string or ""]
+        for prop in (*ps_object.adapted_properties, *ps_object.extended_properties):
+            parts += [prop.name, prop.get_value(value)]
+    return parts
 
 
 def _error_id(record: Any) -> str:

@@ -74,9 +74,39 @@ def not_xml(pool, pipeline):
     yield fragment(100, 0, message(pool, pipeline, OUTPUT, b"<S>unclosed"), True, True)
 
 
+def completed(pool, pipeline):
+    """The endpoint's version (so the output is read past it), then the final Completed state."""
+    version = f"<S>{windows_endpoint.endpoint_version()}</S>".encode()
+    yield fragment(90, 0, message(pool, pipeline, OUTPUT, version), True, True)
+    yield fragment(98, 0, message(pool, pipeline, STATE,
+                                  b'<Obj RefId="0"><MS><I32 N="PipelineState">4</I32></MS></Obj>'), True, True)
+
+
+def reference_bomb(pool, pipeline):
+    """1.4 KB of CLIXML: 23 lists, each holding the one before it twice (<Ref RefId>). psrpcore shares the
+    referenced object, so str() of the last walked 2^23 strings into 60 MB of text (2^30: hours and GiB)."""
+    parts = ['<Obj RefId="0"><LST><S>x</S><S>y</S></LST></Obj>']
+    parts += [f'<Obj RefId="{n}"><LST><Ref RefId="{n - 1}"/><Ref RefId="{n - 1}"/></LST></Obj>' for n in range(1, 23)]
+    first, state = completed(pool, pipeline)
+    yield first
+    yield fragment(100, 0, message(pool, pipeline, OUTPUT, f'<Obj RefId="99"><LST>{"".join(parts)}</LST></Obj>'
+                                   .encode()), True, True)
+    yield state
+
+
+def reference_cycle(pool, pipeline):
+    """An object whose property is the object itself: str() recursed until RecursionError (internal_error)."""
+    first, state = completed(pool, pipeline)
+    yield first
+    yield fragment(100, 0, message(pool, pipeline, OUTPUT, b'<Obj RefId="0"><MS><Ref N="Self" RefId="0"/></MS></Obj>'),
+                   True, True)
+    yield state
+
+
 ATTACKS = {"endless_fragments": (endless, "bad_output"), "huge_fragment": (huge, "output_too_large"),
            "huge_fragment_header": (huge_header, "bad_output"), "wrong_runspace_id": (wrong_runspace, "bad_output"),
-           "dtd": (dtd, "bad_output"), "utf16_dtd": (utf16_dtd, "bad_output"), "not_xml": (not_xml, "bad_output")}
+           "dtd": (dtd, "bad_output"), "utf16_dtd": (utf16_dtd, "bad_output"), "not_xml": (not_xml, "bad_output"),
+           "reference_bomb": (reference_bomb, "output_too_large"), "reference_cycle": (reference_cycle, "bad_output")}
 
 
 @pytest.fixture(scope="module")
