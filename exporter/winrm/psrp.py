@@ -39,7 +39,7 @@ from typing import Any, Callable
 from xml.etree import ElementTree
 
 import psrpcore
-from psrpcore.types import PSInvocationState, RunspacePoolState
+from psrpcore.types import HostMethodIdentifier, PSInvocationState, RunspacePoolState
 
 from ..config import ModuleConfig
 from ..scripts import ORGANIZATION_MARKER, SERVER_MARKER, Command
@@ -245,6 +245,11 @@ class PsrpConnection(LinkedConnection):
                         errors.append(event.record)
                     elif isinstance(event, psrpcore.PipelineStateEvent) and event.state == PSInvocationState.Failed:
                         failure = event.reason
+                    elif isinstance(event, psrpcore.RunspacePoolStateEvent) and \
+                            event.state != RunspacePoolState.Opened:
+                        raise PollFailure("wsman_fault", f"the runspace pool is {event.state.name} in the middle "
+                                          f"of a pipeline: {self._reason(event)}")
+                    _refuse_request(event)
             pool.reader.finish()
         except BaseException:
             self._signal(pool, command_id, deadline)
@@ -274,10 +279,10 @@ class PsrpConnection(LinkedConnection):
         self._pool = pool
         while runspace.state not in (RunspacePoolState.Opened, RunspacePoolState.Broken, RunspacePoolState.Closed):
             for event in self._receive(pool, None, None, deadline):
+                _refuse_request(event)
                 if isinstance(event, psrpcore.RunspacePoolStateEvent) and event.state == RunspacePoolState.Broken:
-                    _expanded_size([event.reason], self.max_poll_bytes)
                     raise PollFailure("access_denied" if self._configuration == EXCHANGE else "wsman_fault",
-                                      f"the runspace pool broke while opening: {_error_text(event.reason)}")
+                                      f"the runspace pool broke while opening: {self._reason(event)}")
         pool.reader.finish()
         if runspace.state != RunspacePoolState.Opened:
             raise PollFailure("wsman_fault", f"the runspace pool did not open ({runspace.state.name})")
@@ -301,6 +306,11 @@ class PsrpConnection(LinkedConnection):
         except (psrpcore.PSRPCoreError, ValueError, KeyError, TypeError, RecursionError, ElementTree.ParseError) as error:
             raise PollFailure("bad_output", f"unreadable PSRP message: {error.__class__.__name__}") from None
         return events
+
+    def _reason(self, event: psrpcore.RunspacePoolStateEvent) -> str:
+        """The error record a pool state carries, as text (its size checked first, as a pipeline's output)."""
+        _expanded_size([event.reason], self.max_poll_bytes)
+        return _error_text(event.reason)
 
     def _signal(self, pool: _Pool, command_id: str, deadline: float) -> None:
         """Stop a pipeline we leave unfinished (deadline, bad output); its pool is dropped after."""
@@ -349,6 +359,18 @@ class PsrpConnection(LinkedConnection):
                                      if self._is_jea() else ""), connection_intact=True) from None
             raise
 
+
+
+def _refuse_request(event: Any) -> None:
+    """A request the server then waits on and the exporter never answers: it declares no host (psrpcore's null
+    HostInfo) and sends no SecureString, so PowerShell has no reason to call a host method (Read-Host, a prompt)
+    or to ask for a session key. Refused at once, with what was asked, rather than waited on until the deadline."""
+    if isinstance(event, (psrpcore.PipelineHostCallEvent, psrpcore.RunspacePoolHostCallEvent)):
+        method = event.method_identifier
+        name = method.name if isinstance(method, HostMethodIdentifier) else "unknown"
+        raise PollFailure("bad_output", f"the server called host method {name}, and the exporter declared no host")
+    if isinstance(event, psrpcore.PublicKeyRequestEvent):
+        raise PollFailure("bad_output", "the server asked for a session key, which the exporter never exchanges")
 
 
 class _NoSelectObject(Exception):

@@ -103,10 +103,39 @@ def reference_cycle(pool, pipeline):
     yield state
 
 
+NIL = uuid.UUID(int=0)
+READ_LINE = (b'<Obj RefId="0"><MS><I64 N="ci">1</I64><Obj N="mi" RefId="1"><TN RefId="0">'
+             b'<T>System.Management.Automation.Remoting.RemoteHostMethodId</T><T>System.Enum</T><T>System.ValueType</T>'
+             b'<T>System.Object</T></TN><ToString>ReadLine</ToString><I32>11</I32></Obj><Obj N="mp" RefId="2">'
+             b'<TN RefId="1"><T>System.Collections.ArrayList</T><T>System.Object</T></TN><LST /></Obj></MS></Obj>')
+
+
+def host_call(pool, pipeline):
+    """Read-Host: the server waits for a line the exporter never sends (it declared no host)."""
+    yield fragment(100, 0, message(pool, pipeline, 0x00041100, READ_LINE), True, True)
+
+
+def pool_host_call(pool, pipeline):
+    yield fragment(100, 0, message(pool, NIL, 0x00021100, READ_LINE), True, True)
+
+
+def key_request(pool, pipeline):
+    """PUBLIC_KEY_REQUEST: the server waits for a key the exporter never sends (it sends no SecureString)."""
+    yield fragment(100, 0, message(pool, NIL, 0x00010007, b"<S />"), True, True)
+
+
+def pool_broken(pool, pipeline):
+    """The runspace pool's state Broken in the middle of a pipeline, which then never ends."""
+    yield fragment(100, 0, message(pool, NIL, 0x00021005, b'<Obj RefId="0"><MS><I32 N="RunspaceState">5</I32></MS>'
+                                                         b'</Obj>'), True, True)
+
+
 ATTACKS = {"endless_fragments": (endless, "bad_output"), "huge_fragment": (huge, "output_too_large"),
            "huge_fragment_header": (huge_header, "bad_output"), "wrong_runspace_id": (wrong_runspace, "bad_output"),
            "dtd": (dtd, "bad_output"), "utf16_dtd": (utf16_dtd, "bad_output"), "not_xml": (not_xml, "bad_output"),
-           "reference_bomb": (reference_bomb, "output_too_large"), "reference_cycle": (reference_cycle, "bad_output")}
+           "reference_bomb": (reference_bomb, "output_too_large"), "reference_cycle": (reference_cycle, "bad_output"),
+           "host_call": (host_call, "bad_output"), "pool_host_call": (pool_host_call, "bad_output"),
+           "key_request": (key_request, "bad_output"), "pool_broken": (pool_broken, "wsman_fault")}
 
 
 @pytest.fixture(scope="module")
