@@ -10,6 +10,11 @@ refuses, with a `PollFailure`:
 - fragments out of order (psrpcore would refuse them too, with an error less clear);
 - a message for another runspace pool, or for a pipeline other than the one being read (a nil id is
   accepted: the session capability of pypsrp's recorded Windows session carries one);
+- a message of more objects times type names than MAX_TYPE_NAME_WORK: psrpcore gives every object a new
+  list of its type names, each name written anew ("Deserialized." + name), and a `<TNRef>` of a few bytes
+  names a list of any length again, so 107 KB of CLIXML (2,000 objects naming one list of 2,000 names) took
+  364 MB and 4 MiB would take hundreds of GB; the product bounds that work (the largest captured Exchange
+  object, Get-OrganizationConfig's, is 43 objects and 85 names: 3,655);
 - a message whose CLIXML declares a DTD (entity expansion, external entities): refused before any parser sees
   it, as the WinRS path refuses one in a SOAP answer;
 - more than `max_total_bytes` of fragments in one poll.
@@ -29,6 +34,9 @@ HEADER = 21  # object id (8), fragment id (8), flags (1), length (4): all big-en
 MESSAGE_HEADER = 40  # destination (4), message type (4), runspace pool id (16), pipeline id (16)
 START, END = 0x1, 0x2
 MAX_OPEN_MESSAGES = 16
+MAX_TYPE_NAME_WORK = 1_000_000
+_OBJECT = re.compile(rb"<Obj[\s/>]")
+_TYPE_NAME = re.compile(rb"<T[\s/>]")
 _DTD = re.compile(rb"<!\s*(?:DOCTYPE|ENTITY)", re.IGNORECASE)
 _EMPTY = uuid.UUID(int=0)
 
@@ -39,6 +47,8 @@ class _Message:
     size: int = 0
     head: bytearray = field(default_factory=bytearray)  # the message header, until it is complete
     tail: bytes = b""  # the last bytes seen, so a DTD marker split across fragments is still found
+    objects: int = 0
+    type_names: int = 0
 
 
 class FragmentReader:
@@ -108,6 +118,11 @@ class FragmentReader:
         window = message.tail + data
         if _DTD.search(window):
             raise _bad("a PSRP message declares a DTD; refused")
+        message.objects += _count(_OBJECT, window, len(message.tail))
+        message.type_names += _count(_TYPE_NAME, window, len(message.tail))
+        if message.objects * message.type_names > MAX_TYPE_NAME_WORK:
+            raise _bad(f"a PSRP message of {message.objects} objects and {message.type_names} type names (<TNRef> "
+                       "names a list again for each object); refused")
         message.tail = window[-16:]
         if flags & END:
             if len(message.head) < MESSAGE_HEADER:
@@ -121,6 +136,11 @@ class FragmentReader:
             raise _bad(f"a PSRP message for runspace pool {pool}, not ours ({self.runspace_pool_id})")
         if pipeline not in (_EMPTY, pipeline_id):
             raise _bad(f"a PSRP message for pipeline {pipeline}, not the one read ({pipeline_id or 'none'})")
+
+
+def _count(tag: re.Pattern, window: bytes, seen: int) -> int:
+    """Tags in `window` that end past its first `seen` bytes (the tail counted with the fragment before)."""
+    return sum(1 for match in tag.finditer(window) if match.end() > seen)
 
 
 def _bad(message: str) -> PollFailure:

@@ -103,6 +103,18 @@ def reference_cycle(pool, pipeline):
     yield state
 
 
+def type_name_bomb(pool, pipeline):
+    """107 KB: one list of 2,000 type names, then 2,000 objects naming it again (<TNRef>). psrpcore wrote each
+    object's names anew: 4 million strings, 364 MB and 0.7 s (the default 4 MiB message: hundreds of GB)."""
+    names = "".join(f"<T>t{n}</T>" for n in range(2000))
+    objects = "".join(f'<Obj RefId="{n}"><TNRef RefId="0"/></Obj>' for n in range(1, 2001))
+    first, state = completed(pool, pipeline)
+    yield first
+    yield fragment(100, 0, message(pool, pipeline, OUTPUT, f'<Obj RefId="0"><TN RefId="0">{names}</TN><LST>{objects}'
+                                   '</LST></Obj>'.encode()), True, True)
+    yield state
+
+
 NIL = uuid.UUID(int=0)
 READ_LINE = (b'<Obj RefId="0"><MS><I64 N="ci">1</I64><Obj N="mi" RefId="1"><TN RefId="0">'
              b'<T>System.Management.Automation.Remoting.RemoteHostMethodId</T><T>System.Enum</T><T>System.ValueType</T>'
@@ -135,7 +147,8 @@ ATTACKS = {"endless_fragments": (endless, "bad_output"), "huge_fragment": (huge,
            "dtd": (dtd, "bad_output"), "utf16_dtd": (utf16_dtd, "bad_output"), "not_xml": (not_xml, "bad_output"),
            "reference_bomb": (reference_bomb, "output_too_large"), "reference_cycle": (reference_cycle, "bad_output"),
            "host_call": (host_call, "bad_output"), "pool_host_call": (pool_host_call, "bad_output"),
-           "key_request": (key_request, "bad_output"), "pool_broken": (pool_broken, "wsman_fault")}
+           "key_request": (key_request, "bad_output"), "pool_broken": (pool_broken, "wsman_fault"),
+           "type_name_bomb": (type_name_bomb, "bad_output")}
 
 
 @pytest.fixture(scope="module")

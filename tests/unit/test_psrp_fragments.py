@@ -124,3 +124,25 @@ def test_an_answer_ending_inside_a_fragment_is_refused_at_the_end():
     r = reader()
     r.feed(fragment(1, 0, message(b"abc"))[:-1], PIPE)
     assert "ended inside a fragment" in reason(r.finish)
+
+
+def type_name_bomb(objects: int, names: int) -> bytes:
+    """One list of `names` type names, then `objects` objects naming it again by <TNRef>."""
+    names_xml = "".join(f"<T>Type{n}</T>" for n in range(names))
+    refs = "".join(f'<Obj RefId="{n}"><TNRef RefId="0" /></Obj>' for n in range(1, objects + 1))
+    return f'<Obj RefId="0"><TN RefId="0">{names_xml}</TN><LST>{refs}</LST></Obj>'.encode()
+
+
+def test_many_objects_naming_a_long_type_name_list_again_are_refused():
+    data = message(type_name_bomb(1100, 1000))  # 66 KB: psrpcore would write 1.1 million names
+    r = reader(message=1 << 20)
+    assert "type names" in reason(lambda: r.feed(fragment(1, 0, data[:30_000], end=False) +
+                                          fragment(1, 1, data[30_000:], start=False), PIPE))
+
+
+def test_tags_split_across_fragments_are_counted_once():
+    data = message(type_name_bomb(40, 30))
+    r = reader()
+    for number, start in enumerate(range(0, len(data), 7)):  # every tag split somewhere
+        r.feed(fragment(1, number, data[start : start + 7], start=number == 0, end=False), PIPE)
+    assert (r._open[1].objects, r._open[1].type_names) == (41, 30)
