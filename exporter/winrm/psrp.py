@@ -211,7 +211,7 @@ class PsrpConnection(LinkedConnection):
 
     def _invoke(self, statements: list[_Statement], deadline: float) -> tuple[list, list, Any]:
         pool = self._open_pool(deadline)
-        pool.reader.total = 0  # the poll's output bound counts from here
+        pool.reader.new_poll()
         ps = psrpcore.ClientPowerShell(pool.runspace)
         for index, statement in enumerate(statements):
             if index:

@@ -17,7 +17,9 @@ refuses, with a `PollFailure`:
   object, Get-OrganizationConfig's, is 43 objects and 85 names: 3,655);
 - a message whose CLIXML declares a DTD (entity expansion, external entities): refused before any parser sees
   it, as the WinRS path refuses one in a SOAP answer;
-- more than `max_total_bytes` of fragments in one poll.
+- more than `max_total_bytes` of fragments in one poll, or more XML tags than one in BYTES_PER_TAG of those
+  bytes: psrpcore makes each `<S/>` or `<Obj/>` a Python object of about 220 bytes (2 MB of them took 110 MB;
+  the default 8 MiB, 1.8 GB), and the captured Exchange objects have one tag in 113 bytes or more.
 What passes goes to psrpcore unchanged.
 """
 
@@ -35,6 +37,7 @@ MESSAGE_HEADER = 40  # destination (4), message type (4), runspace pool id (16),
 START, END = 0x1, 0x2
 MAX_OPEN_MESSAGES = 16
 MAX_TYPE_NAME_WORK = 1_000_000
+BYTES_PER_TAG = 32
 _OBJECT = re.compile(rb"<Obj[\s/>]")
 _TYPE_NAME = re.compile(rb"<T[\s/>]")
 _DTD = re.compile(rb"<!\s*(?:DOCTYPE|ENTITY)", re.IGNORECASE)
@@ -59,8 +62,13 @@ class FragmentReader:
         self.max_message_bytes = max_message_bytes
         self.max_total_bytes = max_total_bytes
         self.total = 0
+        self.tags = 0
         self._pending = b""  # a fragment split across two answers (never more than one fragment's worth)
         self._open: dict[int, _Message] = {}
+
+    def new_poll(self) -> None:
+        """The poll's bounds count from here (a kept pool reads many polls)."""
+        self.total = self.tags = 0
 
     def feed(self, data: bytes, pipeline_id: uuid.UUID | None) -> bytes:
         """Check the fragments in `data` (a Receive answer's streams, joined) for the pool, or for the pipeline
@@ -113,6 +121,10 @@ class FragmentReader:
             body = data[len(taken):]
             if len(message.head) == MESSAGE_HEADER:
                 self._check_ids(bytes(message.head), pipeline_id)
+        self.tags += body.count(b"<")
+        if self.tags > (most := self.max_total_bytes // BYTES_PER_TAG):
+            raise PollFailure("output_too_large", f"PowerShell remoting output of more than {most} XML tags in one "
+                              f"poll (one in {BYTES_PER_TAG} bytes of limits.max_poll_bytes)", connection_intact=True)
         if b"\0" in body:  # PSRP data is UTF-8 XML; in UTF-16 a DTD passed the byte check below, and expat read it
             raise _bad("a PSRP message's data is not UTF-8 (a NUL byte); refused")
         window = message.tail + data

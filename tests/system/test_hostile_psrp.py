@@ -115,6 +115,17 @@ def type_name_bomb(pool, pipeline):
     yield state
 
 
+def many_values(pool, pipeline):
+    """2 MB of empty strings (<S/>) in three lists, within the 2 MiB poll bound: psrpcore made each a Python
+    object, 510,000 of them (about 110 MB, 55 times the bytes read; the default 8 MiB: 1.8 GB)."""
+    first, state = completed(pool, pipeline)
+    yield first
+    for number in (100, 101, 102):
+        yield fragment(number, 0, message(pool, pipeline, OUTPUT, b"<Obj><LST>" + b"<S/>" * 170_000 + b"</LST></Obj>"),
+                       True, True)
+    yield state
+
+
 NIL = uuid.UUID(int=0)
 READ_LINE = (b'<Obj RefId="0"><MS><I64 N="ci">1</I64><Obj N="mi" RefId="1"><TN RefId="0">'
              b'<T>System.Management.Automation.Remoting.RemoteHostMethodId</T><T>System.Enum</T><T>System.ValueType</T>'
@@ -148,7 +159,8 @@ ATTACKS = {"endless_fragments": (endless, "bad_output"), "huge_fragment": (huge,
            "reference_bomb": (reference_bomb, "output_too_large"), "reference_cycle": (reference_cycle, "bad_output"),
            "host_call": (host_call, "bad_output"), "pool_host_call": (pool_host_call, "bad_output"),
            "key_request": (key_request, "bad_output"), "pool_broken": (pool_broken, "wsman_fault"),
-           "type_name_bomb": (type_name_bomb, "bad_output")}
+           "type_name_bomb": (type_name_bomb, "bad_output"),
+           "many_values": (many_values, "output_too_large")}
 
 
 @pytest.fixture(scope="module")

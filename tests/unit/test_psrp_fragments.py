@@ -146,3 +146,23 @@ def test_tags_split_across_fragments_are_counted_once():
     for number, start in enumerate(range(0, len(data), 7)):  # every tag split somewhere
         r.feed(fragment(1, number, data[start : start + 7], start=number == 0, end=False), PIPE)
     assert (r._open[1].objects, r._open[1].type_names) == (41, 30)
+
+
+def test_many_small_values_are_cut_at_the_poll_bound_in_tags():
+    r = reader(message=1 << 20, total=1 << 20)  # 32,768 tags at most
+
+    def small():
+        for number in range(3):
+            r.feed(fragment(number, 0, message(b"<Obj><LST>" + b"<S/>" * 15_000 + b"</LST></Obj>")), PIPE)
+
+    assert reason(small) == "output_too_large: PowerShell remoting output of more than 32768 XML tags in one poll " \
+                            "(one in 32 bytes of limits.max_poll_bytes)"
+    assert r.total < 200_000  # 180 KB read of the 1 MiB allowed
+
+
+def test_a_new_poll_counts_its_tags_from_zero():
+    """A kept pool reads many polls: 90,000 tags in three polls, each within its 32,768."""
+    r = reader(message=1 << 20, total=1 << 20)
+    for poll in range(3):
+        r.new_poll()
+        r.feed(fragment(poll, 0, message(b"<Obj><LST>" + b"<S/>" * 30_000 + b"</LST></Obj>")), PIPE)
