@@ -254,6 +254,10 @@ class PsrpConnection(LinkedConnection):
         except BaseException:
             self._signal(pool, command_id, deadline)
             raise
+        if ps.state not in (PSInvocationState.Completed, PSInvocationState.Failed):
+            # only the client stops a pipeline: output that ended Stopped is cut short (no servers, no facts)
+            raise PollFailure("script_failed", f"the server ended the pipeline {ps.state.name}, neither Completed "
+                              "nor Failed", connection_intact=True)
         ps.close()
         _expanded_size([*outputs, *errors, failure], self.max_poll_bytes)
         pool.last_used = time.monotonic()

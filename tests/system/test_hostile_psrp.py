@@ -126,6 +126,14 @@ def many_values(pool, pipeline):
     yield state
 
 
+def stopped(pool, pipeline):
+    """The endpoint's version, then the pipeline's state Stopped (which only the client asks for), no output."""
+    version, _ = completed(pool, pipeline)
+    yield version
+    state = b'<Obj RefId="0"><MS><I32 N="PipelineState">3</I32></MS></Obj>'
+    yield fragment(98, 0, message(pool, pipeline, STATE, state), True, True)
+
+
 NIL = uuid.UUID(int=0)
 READ_LINE = (b'<Obj RefId="0"><MS><I64 N="ci">1</I64><Obj N="mi" RefId="1"><TN RefId="0">'
              b'<T>System.Management.Automation.Remoting.RemoteHostMethodId</T><T>System.Enum</T><T>System.ValueType</T>'
@@ -160,7 +168,7 @@ ATTACKS = {"endless_fragments": (endless, "bad_output"), "huge_fragment": (huge,
            "host_call": (host_call, "bad_output"), "pool_host_call": (pool_host_call, "bad_output"),
            "key_request": (key_request, "bad_output"), "pool_broken": (pool_broken, "wsman_fault"),
            "type_name_bomb": (type_name_bomb, "bad_output"),
-           "many_values": (many_values, "output_too_large")}
+           "many_values": (many_values, "output_too_large"), "stopped": (stopped, "script_failed")}
 
 
 @pytest.fixture(scope="module")
