@@ -205,6 +205,9 @@ class PsrpConnection(LinkedConnection):
             elif any("ExchangeServer" in n for n in names):
                 servers.append(_server_entry(obj))
         document = {"schema": 1, "organization": organization, "servers": servers, "error": None}
+        if errors:  # the organization script stops at its first error ($ErrorActionPreference='Stop') and says where
+            document["error"] = {"stage": "servers" if organization else "organization",
+                                 "message": _error_text(errors[0])}
         return CommandResult(json.dumps(document).encode("ascii"), b"", 0)
 
     # ------------------------------------------------------------ the runspace pool

@@ -275,3 +275,29 @@ def test_parameters_beyond_the_functions_bounds_are_cut_to_them(fleet):
     result = conn.run(command, time.monotonic() + 20)
     conn.close()
     assert result.exit_code == 0 and json.loads(result.stdout)["computer"] == "EX01"
+
+
+def test_an_error_of_get_organizationconfig_is_the_organizations_error(role_capability, monkeypatch):
+    """Get-OrganizationConfig failing (its statement ends; Get-ExchangeServer runs on): the organization script
+    over WinRS stops there ($ErrorActionPreference='Stop') and says so. Over PSRP the error record was dropped,
+    and the organization's MitigationsEnabled read as unknown with no error."""
+    from simulator import remoting
+    from simulator.host import Answer, ErrorSpec
+
+    exchange = remoting.Endpoints._exchange
+
+    def failing(self, name, parameters):
+        if name == "Get-OrganizationConfig":
+            return Answer(failure=ErrorSpec("Active Directory operation failed on DC01.contoso.test.",
+                                            "D5E6F7A8,Microsoft.Exchange.Management.SystemConfigurationTasks."
+                                            "GetOrganizationConfig", 1, ("Microsoft.Exchange.Data.Directory."
+                                                                        "ADOperationException", "System.Exception")))
+        return exchange(self, name, parameters)
+
+    monkeypatch.setattr(remoting.Endpoints, "_exchange", failing)
+    with SimulatedFleet(scenario(role_capability)) as fleet:
+        conn = psrp(fleet, "EX01", configuration_name="Microsoft.Exchange", path="PowerShell")
+        facts = parse_organization_output(conn.run(ORGANIZATION, time.monotonic() + 20).stdout)
+        conn.close()
+    assert facts.error_stage == "organization"
+    assert facts.error_message.startswith("Active Directory operation failed on DC01.contoso.test.")
