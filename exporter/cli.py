@@ -70,6 +70,9 @@ def _warn_insecure(config: Config) -> None:
         if module.transport == "basic" and module.scheme == "http":
             log.warning("module %s: basic authentication over plain http sends the password in clear text",
                         module.name)
+        if module.allow_credssp_ntlm_over_http:
+            log.warning("module %s: CredSSP over plain http with NTLM inside delegates the password to a server "
+                        "nothing verifies (allow_credssp_ntlm_over_http: true)", module.name)
 
 
 def raise_open_file_limit() -> None:

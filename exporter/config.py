@@ -144,6 +144,7 @@ class ModuleConfig:
     spn_service: str  # transport kerberos: the service ticket is for <spn_service>/<server FQDN>
     # transport credssp: what authenticates inside CredSSP's TLS session (exporter/winrm/credssp.py)
     credssp_auth_mechanism: str = "ntlm"
+    allow_credssp_ntlm_over_http: bool = False  # the password to a server nothing verifies: only when asked for
     # PowerShell remoting instead of WinRS (exporter/winrm/psrp.py): the session configuration, the HTTP path
     # (wsman for the WinRM service, PowerShell for Exchange's own endpoint) and whether the runspace pool is
     # kept between polls.
@@ -211,6 +212,7 @@ def module_keys(base: Path) -> tuple[Key, ...]:
         Key("keytab_file", partial(existing_file, base=base, secret_nearby=True), None),
         Key("spn_service", choice("HTTP", "WSMAN"), "HTTP"),
         Key("credssp_auth_mechanism", choice("ntlm", "kerberos"), "ntlm"),
+        Key("allow_credssp_ntlm_over_http", boolean, False),
         Key("protocol", choice("winrs", "psrp"), "winrs"),
         Key("configuration_name", _configuration_name, "ExchangeEemsExporter"),
         Key("path", _http_path, lambda values: "PowerShell" if values["configuration_name"] == "Microsoft.Exchange"
@@ -236,16 +238,24 @@ def _http_path(value: Any, path: str) -> str:
 check_fields(module_keys(Path()), ModuleConfig, also=("name", "password"), besides=("password_env", "password_file"))
 
 
-def scheme_problem(transport: str, scheme: str, allow_basic_over_http: bool, module_scheme: str) -> str | None:
-    """Why credentials of `transport` must not be sent over `scheme`; None when they may. One rule for the
-    configuration and for /probe, where a module (made for `module_scheme`) may be paired with a server that uses
-    another scheme."""
+def scheme_problem(module: ModuleConfig, scheme: str) -> str | None:
+    """Why the credentials of `module` must not be sent over `scheme`; None when they may. One rule for the
+    configuration and for /probe, where a module (made for its own `scheme`) may be paired with a server that uses
+    another one."""
+    transport = module.transport
     if transport == "certificate" and scheme != "https":
         return "certificate authentication needs https"
-    if transport == "credssp" and scheme == "http" and module_scheme == "https":
+    if transport == "credssp" and scheme == "http" and module.scheme == "https":
         return ("CredSSP delegates the password; this module does so over https only, to a server whose certificate "
                 "is checked, and over plain http nothing verifies the server")
-    if transport == "basic" and scheme == "http" and not allow_basic_over_http:
+    if transport == "credssp" and scheme == "http" and module.credssp_auth_mechanism == "ntlm" \
+            and not module.allow_credssp_ntlm_over_http:
+        # neither http nor CredSSP's inner TLS checks a certificate, and NTLM does not authenticate the server:
+        # whoever completes NTLM in its place gets the password. Windows' default policy refuses it too.
+        return ("CredSSP over plain http with NTLM inside delegates the password to a server nothing verifies; use "
+                "https, or credssp_auth_mechanism: kerberos, or set allow_credssp_ntlm_over_http: true if you really "
+                "mean it")
+    if transport == "basic" and scheme == "http" and not module.allow_basic_over_http:
         return ("basic authentication over plain http sends the password in clear text; use https, "
                 "or set allow_basic_over_http: true if you really mean it")
     return None
@@ -262,7 +272,7 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
     from_env, from_file = values.pop("password_env"), values.pop("password_file")
     password = from_env or from_file
     transport, scheme = values["transport"], values["scheme"]
-    problem = scheme_problem(transport, scheme, values["allow_basic_over_http"], scheme)
+    problem = scheme_problem(ModuleConfig(name=name, password=password, **values), scheme)
     if problem:
         raise ConfigError(f"{path}.{'scheme' if transport == 'certificate' else 'transport'}", problem)
     if transport == "certificate":
@@ -283,6 +293,8 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
         _check_kerberos_inside_credssp(path, values)
     elif transport != "credssp" and "credssp_auth_mechanism" in section:
         raise ConfigError(f"{path}.credssp_auth_mechanism", "only applies to transport credssp")
+    if values["allow_credssp_ntlm_over_http"] and (transport, values["credssp_auth_mechanism"]) != ("credssp", "ntlm"):
+        raise ConfigError(f"{path}.allow_credssp_ntlm_over_http", "only applies to transport credssp with NTLM inside")
     if values["ca_file"] and values["insecure_skip_verify"]:
         raise ConfigError(f"{path}.insecure_skip_verify", "contradicts ca_file: choose one")
     # keys that cannot apply are refused, as the ones below: accepted, they were ignored without a word

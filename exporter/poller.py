@@ -114,8 +114,7 @@ class Poller:
         target = current.targets.get(name)
         if target is None:
             raise ProbeRefused(f"Unknown target {name[:256]!r}: only configured or discovered servers can be probed")
-        problem = settings and scheme_problem(settings.transport, target.scheme, settings.allow_basic_over_http,
-                                             settings.scheme)
+        problem = settings and scheme_problem(settings, target.scheme)
         if problem:
             raise ProbeRefused(f"Module {module!r} cannot be used with target {target.name!r} ({target.scheme}): "
                                f"{problem}")

@@ -78,6 +78,8 @@ def module(fleet: SimulatedFleet, scheme: str, transport: str = "credssp", **set
               "operation_timeout": "3s", "read_timeout": "5s", **settings}
     if scheme == "https":
         values["ca_file"] = str(fleet.fleet.ca_file)
+    elif transport == "credssp" and values.get("credssp_auth_mechanism", "ntlm") == "ntlm":
+        values["allow_credssp_ntlm_over_http"] = True  # the simulator's plain-http CredSSP listener, as asked for
     return values
 
 

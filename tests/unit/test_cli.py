@@ -238,11 +238,14 @@ def test_run_with_a_bad_listen_address(tmp_path, address):
 @pytest.mark.parametrize("module, warning", [
     ("insecure_skip_verify: true", "certificate validation is OFF"),
     ("{transport: basic, scheme: http, allow_basic_over_http: true}", "clear text"),
+    ("{transport: credssp, scheme: http, allow_credssp_ntlm_over_http: true}", "nothing verifies"),
 ])
 def test_insecure_transport_settings_are_logged_at_start(tmp_path, module, warning):
     settings = {"insecure_skip_verify: true": "    insecure_skip_verify: true\n",
                 "{transport: basic, scheme: http, allow_basic_over_http: true}":
-                    "    transport: basic\n    scheme: http\n    allow_basic_over_http: true\n"}[module]
+                    "    transport: basic\n    scheme: http\n    allow_basic_over_http: true\n",
+                "{transport: credssp, scheme: http, allow_credssp_ntlm_over_http: true}":
+                    "    transport: credssp\n    scheme: http\n    allow_credssp_ntlm_over_http: true\n"}[module]
     path = tmp_path / "exporter.yml"
     path.write_text(f"modules:\n  default:\n    username: 'EXCH\\svc'\n    password_env: {PASSWORD_ENV}\n"
                     f"{settings}servers: [127.0.0.1]\n")

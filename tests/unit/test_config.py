@@ -479,3 +479,23 @@ def test_credssp_authenticates_inside_with_ntlm_unless_the_module_asks_for_kerbe
             assert caught.value.path == "modules.m.username" and "user@REALM" in caught.value.message
         else:
             assert caught.value.path == f"modules.m.{key}" and phrase in caught.value.message, str(caught.value)
+
+
+def test_credssp_over_plain_http_with_ntlm_inside_only_when_asked_for(tmp_path):
+    """CredSSP hands the server the password. Over plain http with NTLM inside nothing verifies that server: neither
+    http nor CredSSP's own TLS checks a certificate, and NTLM does not authenticate it, so whoever completes NTLM in
+    its place (a domain computer account can) receives the password; Windows' default policy refuses it. It was
+    accepted without a word. Refused now unless asked for, as Basic over http is."""
+    base = {"transport": "credssp", "scheme": "http", "password_env": PASSWORD_ENV}
+    with pytest.raises(ConfigError) as caught:
+        _psrp_config(tmp_path, **base)
+    assert caught.value.path == "modules.m.transport" and "allow_credssp_ntlm_over_http" in caught.value.message
+    assert _psrp_config(tmp_path, **base, allow_credssp_ntlm_over_http=True).allow_credssp_ntlm_over_http
+    kerberos = _psrp_config(tmp_path, **base, credssp_auth_mechanism="kerberos", username="svc@CONTOSO.COM")
+    assert not kerberos.allow_credssp_ntlm_over_http  # the KDC's ticket authenticates the server
+    assert not _psrp_config(tmp_path, **{**base, "scheme": "https"}).allow_credssp_ntlm_over_http
+    for settings in ({"transport": "ntlm", "scheme": "http"},
+                     {**base, "credssp_auth_mechanism": "kerberos", "username": "svc@CONTOSO.COM"}):
+        with pytest.raises(ConfigError) as caught:
+            _psrp_config(tmp_path, **settings, allow_credssp_ntlm_over_http=True)
+        assert caught.value.path == "modules.m.allow_credssp_ntlm_over_http", str(caught.value)

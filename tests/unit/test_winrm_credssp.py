@@ -98,7 +98,7 @@ def test_credssp_authenticates_delegates_and_seals_large_messages_in_parts(monke
     monkeypatch.setenv("EEMS_TEST_CREDSSP_PASSWORD", PASSWORD)
     module = load_config_text(yaml.safe_dump({
         "modules": {"m": {"transport": "credssp", "scheme": "http", "username": USER,
-                          "password_env": "EEMS_TEST_CREDSSP_PASSWORD"}},
+                          "password_env": "EEMS_TEST_CREDSSP_PASSWORD", "allow_credssp_ntlm_over_http": True}},
         "servers": ["ex01.contoso.test"]}), Path(".")).modules["m"]
     auth.USER_FILE.register(id(test_credssp_authenticates_delegates_and_seals_large_messages_in_parts),
                             {USER: PASSWORD})  # the acceptor's NTLM, inside CredSSP, reads NTLM_USER_FILE
