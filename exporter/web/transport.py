@@ -8,9 +8,9 @@ arrived, parsed once (`read_request`), and hands back a whole `Response`. What e
   and body together; also the longest a connection may wait idle between requests);
 - a slot: connections are capped in total (a quarter of the open-file limit, so polls keep their
   descriptors) and per client address. At the cap a new connection takes the slot of the connection that
-  has gone longest without an authorised request (an idle or never-authorised one first); one being
-  answered is never cut, one still waiting for a worker may be. A 401 closes its connection, so a client
-  without the password holds nothing;
+  has gone longest without an authorised request (an idle or never-authorised one first); one whose answer
+  is being made is never cut, one still waiting for a worker, or for its client to read the answer, may be. A
+  401 closes its connection, so a client without the password holds nothing;
 - a worker: the route table (`handlers.ROUTES`) names the pool, from the same parsed path as the handler:
   /probe, which waits for a poll, and the HTML pages, which cost CPU, have their own workers, and a spelling
   such as `//probe` is just not found;
@@ -100,7 +100,7 @@ class _Connection:
         self.writer = writer
         self.opened = now
         self.authorized_at: float | None = None  # when its last authorised request arrived
-        self.busy = False  # a request of it is being answered (not waiting for a worker): never evicted then
+        self.busy = False  # its answer is being made (not waiting for a worker or for the client to read it)
 
     def eviction_order(self) -> tuple[bool, float]:
         """Sorts first the connection to cut: never authorised, then the longest without an authorised request."""
@@ -291,7 +291,11 @@ class ExporterHTTPServer:
     # ------------------------------------------------------------ writing
 
     async def _send(self, connection: _Connection, head: bytes, body: bytes) -> None:
-        """Write head and body under the write deadline, the body a chunk at a time as the client reads it."""
+        """Write head and body under the write deadline, the body a chunk at a time as the client reads it.
+
+        Meanwhile the connection may be cut for another client: the answer is made, only its client's reading is
+        awaited, and a client that does not read would otherwise keep its slot for the whole write deadline."""
+        connection.busy = False
         writer = connection.writer
         self.pinned.writing(connection)
         try:

@@ -650,3 +650,57 @@ def test_a_request_with_two_host_fields_or_none_is_400(exporter_port, head):
     one Host field line; transport.py says it refuses "everything a lenient parser would guess at" (RFC 9112).
     It answered 200 (the two Hosts joined into one "exporter, other.example")."""
     assert _status(raw_exchange(exporter_port, head, timeout=2)) == 400
+
+
+def test_clients_that_do_not_read_their_answers_cannot_keep_prometheus_out(monkeypatch):
+    """docs/security.md: without a password anyone "can still take turns with Prometheus for slots, but not keep
+    it out". A connection whose answer waited for its client to read it counted as being answered (`busy` until
+    the write ended), and so could not be cut for 30 s (the write deadline): clients that pipelined requests and
+    never read (a small receive window fills the kernel's buffers in seconds) held every slot, and Prometheus'
+    /metrics connection from another address was reset at once, again and again as they reconnected."""
+    from exporter.web import transport
+
+    body = b"# a page of a large fleet\n" * (10 << 10)  # 260 KiB: a few answers fill a connection's buffers
+
+    class LargeMetrics(Exporter):
+        def metrics_body(self, accept: str) -> tuple[bytes, str]:
+            return body, "text/plain; version=0.0.4; charset=utf-8"
+
+    monkeypatch.setattr(transport, "MAX_CONNECTIONS", 32)  # 512 in production: 8 addresses at 64 each
+    exporter = LargeMetrics(load_config_text(minimal_config(), Path(".")), Catalog.load())
+    server = serve(exporter, "127.0.0.1", 0, None)
+    requests = b"GET /metrics HTTP/1.1\r\nHost: exporter\r\n\r\n" * 100
+    attackers, flooders = [], []
+
+    def flood(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                sock.sendall(requests)
+
+    try:
+        for i in range(server.max_connections):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            sock.bind((f"127.0.4.{1 + i % 8}", 0))
+            sock.connect(server.server_address)
+            attackers.append(sock)
+            flooders.append(threading.Thread(target=flood, args=(sock,), daemon=True))
+            flooders[-1].start()
+        # every slot's answer waits for a client that does not read it
+        wait_until(lambda: server.connections == server.max_connections
+                   and all(c.writer.transport.get_write_buffer_size() for c in list(server._open)), 30,
+                   "every connection's answers to stall")
+        try:
+            status = _get(server.server_address[1], "/metrics")[0]
+        except OSError as error:  # reset at once: refused at the cap, every slot "busy"
+            status = repr(error)
+    finally:
+        for sock in attackers:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        server.shutdown()
+        server.server_close()
+        for thread in flooders:
+            thread.join(5)
+    assert status == 200, f"Prometheus (from {VISITOR}) kept out by {len(attackers)} clients that do not read: {status}"
