@@ -26,8 +26,9 @@ A request is read and parsed once, strictly (RFC 9112), with bounded size: the h
 blank line (at most `MAX_HEAD_BYTES`), parsed into a `handlers.Request`, and nothing reads it again: the route,
 the worker pool and the handler all use the same `path`. Everything a lenient parser would guess at is refused,
 and the connection closed, since a client that sends it is broken or probing: a bare LF or CR, whitespace before
-a header's colon, a folded line, two different Content-Length values, a Transfer-Encoding (no chunked bodies
-here), a Content-Length of more digits than any body we accept (refused before it is converted to a number).
+a header's colon, a folded line, a control character in the request target or a header value, two different
+Content-Length values, a Transfer-Encoding (no chunked bodies here), a Content-Length of more digits than any
+body we accept (refused before it is converted to a number).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ MAX_URL_LENGTH = 2048
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _METHOD = re.compile(r"[A-Z]{1,16}")
+_TARGET = re.compile(r"[^\x00-\x20\x7f]+")  # no control characters (they would reach the log) and no space
 _VERSIONS = ("HTTP/1.1", "HTTP/1.0")
 
 
@@ -482,6 +484,8 @@ def _request_line(line: bytes) -> tuple[str, str, str]:
         raise Refused(400, "Malformed request line\n")
     if len(target) > MAX_URL_LENGTH:
         raise Refused(414, "URL too long\n")
+    if not _TARGET.fullmatch(target):
+        raise Refused(400, "Control characters in the request target\n")
     if version not in _VERSIONS:
         raise Refused(505 if version.startswith("HTTP/") else 400, "HTTP/1.1 only\n")
     return method, target, version

@@ -704,3 +704,15 @@ def test_clients_that_do_not_read_their_answers_cannot_keep_prometheus_out(monke
         for thread in flooders:
             thread.join(5)
     assert status == 200, f"Prometheus (from {VISITOR}) kept out by {len(attackers)} clients that do not read: {status}"
+
+
+@pytest.mark.parametrize("target", [b"/-/healthy\x1b[2J\x1b[31m", b"/metrics\x00", b"/-/ready\x7f"],
+                         ids=["ESC", "NUL", "DEL"])
+def test_a_request_target_with_control_characters_is_400_and_never_logged(exporter_port, target, caplog):
+    """transport.py refuses "everything a lenient parser would guess at" (RFC 9112), and a control character in a
+    header value is a 400, but one in the request target was taken as part of the path: the request was answered
+    (404) and the target written raw into the log line of the request, terminal escapes and NULs included."""
+    with caplog.at_level(logging.DEBUG):
+        response = raw_exchange(exporter_port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n", timeout=2)
+    assert _status(response) == 400, response[:200]
+    assert not [r for r in caplog.records if any(c in r.getMessage() for c in "\x00\x1b\x7f")], caplog.text
