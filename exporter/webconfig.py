@@ -21,8 +21,9 @@ Differences from the Go implementation, each forced by Python's ``ssl`` module o
 - An empty file, or a section left empty (``tls_server_config:`` with nothing under it), is an error: that is
   what a half-written rewrite, a full disk or a template that rendered nothing leaves behind. A file that
   means "no TLS, no users" says ``{}``.
-- A reload never lowers security: the watcher refuses a new file that turns TLS off, drops every user, or
-  stops requiring client certificates where the running one did (restart to do that on purpose).
+- A reload never lowers security: the watcher refuses a new file that turns TLS off, lowers ``min_version``,
+  drops every user, or stops requiring client certificates where the running one did (restart to do that on
+  purpose).
 """
 
 from __future__ import annotations
@@ -216,6 +217,8 @@ def lowered_security(old: WebConfig, new: WebConfig) -> str | None:
         return "it removes every basic_auth_users entry"
     if old.requires_client_certificate() and not new.requires_client_certificate():
         return "it stops requiring client certificates"
+    if old.ssl_context() is not None and new.ssl_context().minimum_version < old.ssl_context().minimum_version:
+        return "it lowers min_version"  # such as a file cut short before its `min_version: TLS13` line
     return None
 
 

@@ -265,6 +265,25 @@ def test_tls11_refused_at_default_min_version_but_allowed_when_configured(tmp_pa
     assert _get(serve(legacy), _tls11_client(pki)) == 200
 
 
+def test_a_reload_cannot_lower_min_version(tmp_path, serve, pki, caplog):
+    """A reload never lowers security (webconfig.py), but `lowered_security` looked only at TLS, users and
+    client certificates: a file rewritten without its `min_version: TLS13` line (cut short, or an edit) was
+    taken at once, and a TLS 1.2 client the running config refused was served."""
+    path = write_config(tmp_path, _tls_config(pki, "  min_version: TLS13\n"))
+    clock = ManualClock()
+    url = serve(path, clock)
+    tls12 = _client_context(pki)
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        _get(url, tls12)
+    path.write_text(_tls_config(pki))
+    clock.advance(1.1)
+    with caplog.at_level(logging.WARNING, logger="exporter.webconfig"):
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            _get(url, tls12)
+    assert "min_version" in caplog.text
+
+
 def _peer_cn(url: str, pki: Path) -> str:
     host, port = url.split("//")[1].split("/")[0].split(":")
     with socket.create_connection((host, int(port)), timeout=5) as raw:
