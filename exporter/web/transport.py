@@ -20,7 +20,9 @@ arrived, parsed once (`read_request`), and hands back a whole `Response`. What e
 - memory: a response body is written straight from the handler's bytes (no copy per connection), a chunk at
   a time as the client reads it. The bodies held for clients that have not read them yet are bounded in
   all (`MAX_PINNED_BYTES`); beyond it the connection that has held its body longest is cut.
-Every answer over TLS that closes the connection ends with close_notify, right after the last byte.
+Every answer over TLS that closes the connection ends with close_notify, right after the last byte. A
+connection opened under an earlier web config is closed at its next request, unanswered: the handshake is the
+only check of a client certificate, so a client CA removed by a reload would not end a kept connection's access.
 
 A request is read and parsed once, strictly (RFC 9112), with bounded size: the head is read as bytes up to the
 blank line (at most `MAX_HEAD_BYTES`), parsed into a `handlers.Request`, and nothing reads it again: the route,
@@ -39,6 +41,7 @@ import gzip
 import logging
 import re
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -100,6 +103,7 @@ class _Connection:
     def __init__(self, client: str, writer: asyncio.StreamWriter, now: float):
         self.client = client
         self.writer = writer
+        self.tls: ssl.SSLContext | None = None  # the web config's context it was opened with
         self.opened = now
         self.authorized_at: float | None = None  # when its last authorised request arrived
         self.busy = False  # its answer is being made (not waiting for a worker or for the client to read it)
@@ -209,7 +213,7 @@ class ExporterHTTPServer:
         graceful = False
         try:
             config = self._watcher.current() if self._watcher else None
-            context = config.ssl_context() if config else None
+            context = connection.tls = config.ssl_context() if config else None
             if context is not None:
                 async with asyncio.timeout(REQUEST_DEADLINE_SECONDS):
                     await writer.start_tls(context)
@@ -247,6 +251,10 @@ class ExporterHTTPServer:
                 return True
             connection.busy = True
             config = self._watcher.current() if self._watcher else None
+            if (config.ssl_context() if config else None) is not connection.tls:
+                # The web config changed since the handshake (a client CA removed, TLS turned on): the client
+                # connects again under the new one. Closed unanswered, as an idle connection would be.
+                return True
             verdict = await self._authenticate(config, request, connection.client)
             if verdict is not True:
                 response = verdict or UNAUTHORIZED

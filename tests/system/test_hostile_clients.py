@@ -716,3 +716,56 @@ def test_a_request_target_with_control_characters_is_400_and_never_logged(export
         response = raw_exchange(exporter_port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n", timeout=2)
     assert _status(response) == 400, response[:200]
     assert not [r for r in caplog.records if any(c in r.getMessage() for c in "\x00\x1b\x7f")], caplog.text
+
+
+def test_a_connection_opened_under_an_earlier_web_config_is_not_served_after_a_reload(tmp_path):
+    """A client certificate's CA taken out of client_ca_file (a reload that lowers nothing) ends that client's
+    access: before, a TLS connection it had opened was served for as long as it sent a request every few seconds
+    (each within the 10 s idle deadline), since the certificate was checked only in the handshake."""
+    from ..pki import issue, write
+
+    ca, ca_key = issue("exporter test ca", None, None, ca=True)
+    write(tmp_path, "ca", ca, ca_key)
+    write(tmp_path, "server", *issue("exporter", ca_key, ca.subject, ca=False, server=True))
+    write(tmp_path, "client", *issue("prometheus", ca_key, ca.subject, ca=False))
+    write(tmp_path, "other-ca", *issue("another ca", None, None, ca=True))
+    path = tmp_path / "web.yml"
+
+    def web_config(client_ca: str) -> None:
+        path.write_text(yaml.safe_dump({"tls_server_config": {
+            "cert_file": str(tmp_path / "server.crt"), "key_file": str(tmp_path / "server.key"),
+            "client_auth_type": "RequireAndVerifyClientCert", "client_ca_file": str(tmp_path / client_ca)}}))
+
+    web_config("ca.crt")
+    watcher = WebConfigWatcher(path, check_interval=0)
+    exporter = Exporter(load_config_text(minimal_config(), Path(".")), Catalog.load())
+    server = serve(exporter, "127.0.0.1", 0, watcher)
+    context = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    context.load_cert_chain(tmp_path / "client.crt", tmp_path / "client.key")
+    connection = http.client.HTTPSConnection("localhost", server.server_address[1], context=context, timeout=10)
+    try:
+        connection.request("GET", "/-/healthy")
+        assert connection.getresponse().read() == b"Healthy\n"
+        web_config("other-ca.crt")  # the client's CA is no longer trusted
+        assert watcher.current().ssl_context() is not None
+        with pytest.raises((ssl.SSLError, OSError)):  # the control: a new connection is refused
+            _get_tls(server.server_address[1], context)
+        try:
+            connection.request("GET", "/-/healthy")
+            answer = connection.getresponse().status
+        except (http.client.HTTPException, OSError) as error:
+            answer = repr(error)
+    finally:
+        connection.close()
+        server.shutdown()
+        server.server_close()
+    assert not isinstance(answer, int), f"the kept connection was served after its CA was removed: {answer}"
+
+
+def _get_tls(port: int, context: ssl.SSLContext) -> int:
+    connection = http.client.HTTPSConnection("localhost", port, context=context, timeout=10)
+    try:
+        connection.request("GET", "/-/healthy")
+        return connection.getresponse().status
+    finally:
+        connection.close()
