@@ -85,6 +85,7 @@ TOO_MANY_GUESSES = Response(429, b"Too many password checks in progress; try aga
 MAX_HEAD_BYTES = 16 << 10
 MAX_BODY_BYTES = 64 << 10
 MAX_URL_LENGTH = 2048
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _METHOD = re.compile(r"[A-Z]{1,16}")
@@ -242,7 +243,7 @@ class ExporterHTTPServer:
             connection.busy = False
             try:
                 async with asyncio.timeout(REQUEST_DEADLINE_SECONDS):
-                    request = await read_request(reader)
+                    request = await read_request(reader, writer)
             except Refused as refused:
                 await self._send(connection, *_encode(Response(refused.status, refused.text.encode()),
                                                       None, False, False))
@@ -461,6 +462,8 @@ def parse_head(head: bytes) -> tuple[Request, int]:
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     if version == "HTTP/1.1" and "host" not in headers:  # RFC 9112 3.2, the same
         raise Refused(400, "A Host header is required\n")
+    if version == "HTTP/1.0":  # RFC 9110 10.1.1: an HTTP/1.0 client may not know 100 (Continue); ignore it
+        headers.pop("expect", None)
     length = _content_length(lengths)
     path, query = _path_and_query(target)
     connection = {token.strip().lower() for token in headers.get("connection", "").split(",")}
@@ -468,8 +471,9 @@ def parse_head(head: bytes) -> tuple[Request, int]:
     return Request(method, path, query, headers, b"", keep_alive, 0.0), length
 
 
-async def read_request(reader: asyncio.StreamReader) -> Request | None:
-    """Head and body of one request, bounded in size; None when the client closed between requests."""
+async def read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Request | None:
+    """Head and body of one request, bounded in size; None when the client closed between requests. A client
+    that expects 100 (Continue) gets it before its body is read: it may wait for it before sending the body."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError as error:
@@ -479,6 +483,8 @@ async def read_request(reader: asyncio.StreamReader) -> Request | None:
     except asyncio.LimitOverrunError:
         raise Refused(431, "Request header fields too large\n") from None
     request, length = parse_head(head)
+    if length and request.header("expect").lower() == "100-continue":
+        writer.write(CONTINUE)
     body = await reader.readexactly(length) if length else b""
     return replace(request, body=body, received=time.monotonic())
 

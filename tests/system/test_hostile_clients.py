@@ -769,3 +769,20 @@ def _get_tls(port: int, context: ssl.SSLContext) -> int:
         return connection.getresponse().status
     finally:
         connection.close()
+
+
+def test_a_request_that_expects_100_continue_gets_it_before_sending_its_body(exporter_port):
+    """RFC 9110 10.1.1: a server MUST answer a `100-continue` expectation with 100 (Continue) or a final status
+    before the body arrives. It answered neither and waited for the body: a client that waits for the 100 (as it
+    may, for as long as it likes) and the exporter each waited for the other until the 10 s request deadline cut
+    the connection."""
+    with socket.create_connection(("127.0.0.1", exporter_port), timeout=5, source_address=(VISITOR, 0)) as sock:
+        sock.sendall(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n"
+                     b"Connection: close\r\n\r\n")
+        try:
+            interim = sock.recv(65536)
+        except socket.timeout:
+            interim = b"(nothing in 5 s)"
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), interim[:200]
+        sock.sendall(b"{}")
+        assert _status(interim[25:] or sock.recv(65536)) is not None  # then the reload's own answer
