@@ -215,12 +215,13 @@ class ExporterHTTPServer:
         try:
             config = self._watcher.current() if self._watcher else None
             context = connection.tls = config.ssl_context() if config else None
+            deadline = self._loop.time() + REQUEST_DEADLINE_SECONDS  # the handshake counts against the first request
             if context is not None:
-                async with asyncio.timeout(REQUEST_DEADLINE_SECONDS):
+                async with asyncio.timeout_at(deadline):
                     await writer.start_tls(context)
             else:
                 writer.transport.set_write_buffer_limits(high=0)  # drain() returns once the kernel has every byte
-            graceful = await self._serve(connection, reader, writer)
+            graceful = await self._serve(connection, reader, writer, deadline)
         except Exception as error:  # a broken or hostile client ends its own connection, nothing else
             log.debug("connection from %s ended: %s", client, type(error).__name__)
         finally:
@@ -236,13 +237,14 @@ class ExporterHTTPServer:
                     writer.transport.abort()
                 self._forget(connection)  # the slot is free only once the socket is
 
-    async def _serve(self, connection: _Connection, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> bool:
-        """Answer requests until one ends the connection; True when it ends in order (close, not abort)."""
+    async def _serve(self, connection: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     deadline: float) -> bool:
+        """Answer requests until one ends the connection; True when it ends in order (close, not abort).
+        `deadline`: the loop's time by which the first request must have arrived."""
         while True:
             connection.busy = False
             try:
-                async with asyncio.timeout(REQUEST_DEADLINE_SECONDS):
+                async with asyncio.timeout_at(deadline):
                     request = await read_request(reader, writer)
             except Refused as refused:
                 await self._send(connection, *_encode(Response(refused.status, refused.text.encode()),
@@ -280,6 +282,7 @@ class ExporterHTTPServer:
             log.debug("%s %s %s: %s", connection.client, request.method, request.path, head[9:12].decode())
             if not request.keep_alive:
                 return True
+            deadline = self._loop.time() + REQUEST_DEADLINE_SECONDS
 
     async def _authenticate(self, config: WebConfig | None, request: Request, client: str) -> bool | Response:
         """True to go on; False for a 401; a Response (429) when too many bcrypt checks are pending."""
