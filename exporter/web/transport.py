@@ -108,6 +108,20 @@ class _Connection:
         self.opened = now
         self.authorized_at: float | None = None  # when its last authorised request arrived
         self.busy = False  # its answer is being made (not waiting for a worker or for the client to read it)
+        self.task = asyncio.current_task()  # the task serving it: a cut during its TLS handshake cancels it
+        self.handshaking = False
+        self.cut = False  # `end()` ended it: its cancellation is ours, not the loop's
+
+    def end(self) -> None:
+        """End the connection. During its TLS handshake, by cancelling the handshake: aborting the socket under it
+        made asyncio's start_tls return no transport (python/cpython#105993) and leave the writer without one, so
+        closing it raised AttributeError, which asyncio logged as an ERROR with a traceback (a client at the cap
+        could cause one per connection). A cancelled start_tls keeps the socket's transport, aborted after."""
+        self.cut = True
+        if self.handshaking:
+            self.task.cancel()
+        else:
+            self.writer.transport.abort()
 
     def eviction_order(self) -> tuple[bool, float]:
         """Sorts first the connection to cut: never authorised, then the longest without an authorised request."""
@@ -166,7 +180,7 @@ class ExporterHTTPServer:
 
         def stop() -> None:
             for connection in list(self._open):
-                connection.writer.transport.abort()
+                connection.end()
             self._loop.stop()
 
         self._loop.call_soon_threadsafe(stop)
@@ -189,7 +203,7 @@ class ExporterHTTPServer:
             victim = min(idle, key=_Connection.eviction_order)
             log.debug("at %d connections: closing one from %s to admit %s", len(self._open), victim.client, client)
             self._forget(victim)
-            victim.writer.transport.abort()
+            victim.end()
         connection = _Connection(client, writer, time.monotonic())
         self._open.add(connection)
         self._per_client[client] += 1
@@ -217,13 +231,21 @@ class ExporterHTTPServer:
             context = connection.tls = config.ssl_context() if config else None
             deadline = self._loop.time() + REQUEST_DEADLINE_SECONDS  # the handshake counts against the first request
             if context is not None:
-                async with asyncio.timeout_at(deadline):
-                    await writer.start_tls(context)
+                connection.handshaking = True
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await writer.start_tls(context)
+                finally:
+                    connection.handshaking = False
             else:
                 writer.transport.set_write_buffer_limits(high=0)  # drain() returns once the kernel has every byte
             graceful = await self._serve(connection, reader, writer, deadline)
         except Exception as error:  # a broken or hostile client ends its own connection, nothing else
             log.debug("connection from %s ended: %s", client, type(error).__name__)
+        except asyncio.CancelledError:
+            if not connection.cut:
+                raise
+            log.debug("connection from %s ended: cut during its TLS handshake", client)
         finally:
             try:
                 if graceful:  # over TLS: close_notify now, then the peer's, for at most CLOSE_SECONDS

@@ -830,3 +830,35 @@ def test_the_tls_handshake_counts_against_the_first_request_deadline(tmp_path, p
         server.shutdown()
         server.server_close()
     assert held < 3.0, f"the connection was held {held:.1f}s with a 2 s request deadline"  # before: 1.5 s + 2 s
+
+
+def test_a_tls_handshake_cut_at_the_cap_ends_quietly(tmp_path, pki, monkeypatch, caplog):
+    """At the connection cap a new connection takes the slot of one whose TLS handshake has not finished. asyncio's
+    start_tls then returns no transport (python/cpython#105993) and the writer was left without one: closing it
+    raised AttributeError, logged as an ERROR with a traceback by asyncio ("Unhandled exception in
+    client_connected_cb") for every connection cut so, which any client could cause at will."""
+    from exporter.web import transport
+
+    monkeypatch.setattr(transport, "MAX_CONNECTIONS", 16)
+    exporter = Exporter(load_config_text(minimal_config(), Path(".")), Catalog.load())
+    server = serve(exporter, "127.0.0.1", 0, WebConfigWatcher(_write_web_config(tmp_path / "web.yml", pki, False)))
+    trickling = []
+    try:
+        with caplog.at_level(logging.DEBUG):
+            for i in range(server.max_connections):
+                sock = socket.create_connection(server.server_address, source_address=(f"127.0.5.{1 + i % 8}", 0))
+                sock.sendall(b"\x16\x03\x01")  # a handshake record begins, and nothing more comes
+                trickling.append(sock)
+            wait_until(lambda: server.connections == server.max_connections, 10, "every slot to be taken")
+            visitor = http.client.HTTPSConnection("127.0.0.1", server.server_address[1], timeout=10,
+                                                  context=ssl.create_default_context(cafile=str(pki / "ca.crt")))
+            visitor.request("GET", "/-/healthy", headers={"Host": "localhost"})
+            assert visitor.getresponse().status == 200
+            visitor.close()
+            wait_until(lambda: "ended" in caplog.text, 5, "the connection cut for the visitor to end")
+    finally:
+        for sock in trickling:
+            sock.close()
+        server.shutdown()
+        server.server_close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
