@@ -100,8 +100,8 @@ class Poller:
         """Poll one server now with its own module, and keep the result as its latest (what the background does)."""
         current = self.runtime.current()
         result = self._poll(current, self._target(current, name), None, None, scheduled=True)
-        latest = self.runtime.current()
-        return self.store.record(result, latest.targets, output_budget=latest.config.limits.max_debug_output_bytes)
+        budget = self.runtime.current().config.limits.max_debug_output_bytes
+        return self.store.record(result, output_budget=budget)
 
     def probe(self, name: str, *, module: str | None = None, timeout: float | None = None) -> ServerResult:
         """Poll one server now, within `timeout` if given, and keep nothing: what `/probe` answers. What it may

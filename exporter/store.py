@@ -85,6 +85,11 @@ class KeptOutputs:
                 self._total -= dropped.size
                 self._dropped.add(oldest)
 
+    def forget(self, name: str) -> None:
+        """Drop `name`'s output: its server is no longer polled."""
+        with self._lock:
+            self._forget(name.lower())
+
     def _forget(self, key: str) -> None:
         for kept in (self._healthy, self._troubled):
             entry = kept.pop(key, None)
@@ -119,25 +124,34 @@ class Store:
         self._lock = threading.Lock()
         self._servers: dict[str, ServerResult] = {}
         self._organization: OrganizationResult | None = None
+        self._targets: Targets | None = None  # as of the last `follow`: nothing is kept before the first
         self.outputs = KeptOutputs()
 
-    def record(self, result: ServerResult, targets: Targets, *, output_budget: int = 0) -> ServerResult:
+    def _current(self, key: str) -> bool:
+        return self._targets is not None and self._targets.get(key) is not None
+
+    def record(self, result: ServerResult, *, output_budget: int = 0) -> ServerResult:
         """Keep `result` as the server's latest (with the last good state if it failed) while the server is
-        one of `targets`, the current ones: a poll that ends after a reload removed its server keeps nothing.
-        Its raw output goes to `outputs`, within `output_budget` bytes for all servers (limits.max_debug_output_bytes)."""
+        one of the targets the store follows, checked under the lock `follow` takes: a poll that ends after a
+        reload removed its server keeps nothing, whenever the reload lands (checked against the targets the poll
+        read before the lock, a reload in between let the result in after `follow`, and the server added back
+        showed it). Its raw output goes to `outputs`, within `output_budget` bytes for all servers
+        (limits.max_debug_output_bytes)."""
         key = result.name.lower()
         output, outcome, state = result.output, result.outcome, result.state
         troubled = not (outcome and outcome.success) or bool(state and state.collection_errors)
         if output is not None:
             result = replace(result, output=None)
-        if targets.get(key) is not None and result.outcome is not None:
+        if self._current(key) and result.outcome is not None:  # compressed outside the lock, checked again in it
             self.outputs.keep(key, output, result.outcome.finished, troubled=troubled, budget=output_budget)
         with self._lock:
             previous = self._servers.get(key)
             if not result.outcome.success and previous is not None:
                 result = replace(result, state=previous.state, last_success=previous.last_success)
-            if targets.get(key) is not None:
+            if self._current(key):
                 self._servers[key] = result
+            else:
+                self.outputs.forget(key)
         return result
 
     def record_organization(self, result: OrganizationResult) -> OrganizationResult:
@@ -153,6 +167,7 @@ class Store:
         rather than its old result), and the organization's result if the organization is not the same
         (a configured one shows as not yet polled)."""
         with self._lock:
+            self._targets = targets
             self._servers = {key: r for key, r in self._servers.items() if targets.get(key) is not None}
             self.outputs.follow(set(self._servers))
             if organization is None:

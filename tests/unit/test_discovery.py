@@ -61,7 +61,7 @@ def test_a_server_listed_twice_makes_one_series(second):
     try:
         now = datetime.now(timezone.utc)
         exporter.poller.store.record(ServerResult("EX02", outcome=CollectorOutcome("server", True, 0.1, now),
-                                                  last_success=now), exporter.runtime.current().targets)
+                                                  last_success=now))
         doc = {"schema": 1, "organization": {"mitigations_enabled": True}, "error": None, "servers": [
             {"name": "EX02", "mitigations_enabled": True},
             {"name": second, "mitigations_enabled": False},
@@ -129,8 +129,7 @@ def test_organization_series_of_a_server_configured_by_fqdn_carry_its_configured
     try:
         now = datetime.now(timezone.utc)
         exporter.poller.store.record(ServerResult("ex01.contoso.com", outcome=CollectorOutcome("server", True, 0.1,
-                                                                                              now), last_success=now),
-                                     exporter.runtime.current().targets)
+                                                                                              now), last_success=now))
         doc = {"schema": 1, "organization": {"mitigations_enabled": True}, "error": None, "servers": [
             {"name": "EX01", "fqdn": "ex01.contoso.com", "mitigations_enabled": False}]}
         exporter.poller.store.record_organization(_org_result(doc))

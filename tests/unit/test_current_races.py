@@ -1,0 +1,90 @@
+"""What is current, under polls that overlap a reload or a discovery (docs/design.md, "What is current"): a result
+is kept only for a server or organization that is current when it is recorded, and what the poller follows is the
+newest runtime. Each test writes out one interleaving, by running the reload at the point where the race lands (no
+network: the collectors are replaced, and a lease only makes the connection object). Each failed before its fix."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import datetime, timezone
+
+from exporter.model import CollectorOutcome, OrganizationResult, ScriptOutput, ServerResult
+from exporter.poller import Poller
+from exporter.runtime import SafeRuntime
+
+from ..clock import ManualClock
+from ..conftest import PASSWORD_ENV
+
+ORGANIZATION = "organization: {name: Contoso, server: ex01.contoso.com}\n"
+
+
+class Fleet:
+    """A configuration file the test rewrites, its runtime holder and a poller on it, with collectors that answer
+    at once."""
+
+    def __init__(self, tmp_path, catalog, monkeypatch, servers=("ex01", "ex02"), extra: str = ""):
+        self.path = tmp_path / "exporter.yml"
+        self.write(servers, extra)
+        from exporter.config import load_config
+        self.runtime = SafeRuntime(load_config(self.path), catalog)
+        self.poller = Poller(self.runtime, clock=ManualClock())
+        monkeypatch.setattr("exporter.poller.collect_server", self._collect_server)
+        self.organization_poll = None  # called inside the organization's poll, while it holds its server
+
+        def collect_organization(target, connection, organization, deadline, max_servers):
+            if self.organization_poll is not None:
+                self.organization_poll()
+            return OrganizationResult(organization.name, outcome=ok("organization"))
+
+        monkeypatch.setattr("exporter.poller.collect_organization", collect_organization)
+
+    def write(self, servers, extra: str = "") -> None:
+        self.path.write_text(textwrap.dedent(f"""\
+            modules:
+              default:
+                username: 'EXCH\\svc_monitor'
+                password_env: {PASSWORD_ENV}
+            servers: [{", ".join(f"{name}.contoso.com" for name in servers)}]
+            """) + extra)
+
+    def reload(self, servers, extra: str = "") -> None:
+        """What Exporter.reload does: swap, then follow."""
+        self.write(servers, extra)
+        ok_, message = self.runtime.reload()
+        assert ok_ and message == "configuration reloaded", message
+        self.poller.follow()
+
+    @staticmethod
+    def _collect_server(target, connection, poll, catalog, deadline, known=None):
+        return ServerResult(target.name, outcome=ok("server"), output=ScriptOutput(b"{}", b"", 0))
+
+    def results(self) -> set[str]:
+        servers, _ = self.poller.snapshot()
+        return {r.name.lower() for r in servers}
+
+
+def ok(collector: str) -> CollectorOutcome:
+    return CollectorOutcome(collector, True, 0.0, datetime.now(timezone.utc))
+
+
+def test_a_server_removed_while_its_poll_ends_and_added_back_shows_nothing(tmp_path, catalog, monkeypatch):
+    """poll_server read the runtime once its poll ended and passed those targets to Store.record; a reload that
+    removed the server and followed before the store took its lock let the result in after Store.follow had
+    forgotten the server. The server added back showed that old result (and /-/ready counted it) before any poll
+    of it, and its raw output stayed held against limits.max_debug_output_bytes while it was gone."""
+    fleet = Fleet(tmp_path, catalog, monkeypatch)
+    record = fleet.poller.store.record
+
+    def removed_first(*args, **kwargs):  # the reload lands after the poll read its targets, before it records
+        fleet.reload(["ex01"])
+        return record(*args, **kwargs)
+
+    fleet.poller.store.record = removed_first
+    fleet.poller.poll_server("ex02.contoso.com")
+    del fleet.poller.store.record
+    assert fleet.poller.store.outputs.get("ex02.contoso.com") is None, "the removed server's output is kept"
+
+    fleet.reload(["ex01", "ex02"])
+    assert "ex02.contoso.com" not in fleet.results(), "the server added back shows the result from before"
+    assert not fleet.poller.ready()
+
