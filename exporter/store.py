@@ -155,9 +155,13 @@ class Store:
         return result
 
     def record_organization(self, result: OrganizationResult) -> OrganizationResult:
+        """Keep `result` while its organization is the one the store follows: a poll that ends after a reload
+        removed or renamed the organization keeps nothing (it put back the series `follow` had taken away)."""
         with self._lock:
             previous = self._organization
-            if not result.outcome.success and previous is not None and previous.name == result.name:
+            if previous is None or previous.name != result.name:
+                return result
+            if not result.outcome.success:
                 result = replace(result, facts=previous.facts, last_success=previous.last_success)
             self._organization = result
         return result

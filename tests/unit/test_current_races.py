@@ -88,3 +88,12 @@ def test_a_server_removed_while_its_poll_ends_and_added_back_shows_nothing(tmp_p
     assert "ex02.contoso.com" not in fleet.results(), "the server added back shows the result from before"
     assert not fleet.poller.ready()
 
+
+def test_an_organization_removed_while_its_poll_runs_leaves_no_series(tmp_path, catalog, monkeypatch):
+    """A reload that removed the organization section while its poll ran: Store.follow set the organization to
+    None, then the poll's Store.record_organization put its result back, and /metrics showed the organization's
+    series (and exchange_organization_up) for an organization no longer configured, until the next reload."""
+    fleet = Fleet(tmp_path, catalog, monkeypatch, extra=ORGANIZATION)
+    fleet.organization_poll = lambda: fleet.reload(["ex01", "ex02"])
+    fleet.poller.poll_organization()
+    assert fleet.poller.snapshot()[1] is None, "the removed organization's result is shown"
