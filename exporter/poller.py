@@ -75,6 +75,7 @@ class Poller:
         self._executor: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._following = threading.Lock()  # one follow at a time, each of the runtime current when it runs
         self.follow()  # the store learns the organization; nothing to connect or schedule yet
 
     # ------------------------------------------------------------ results
@@ -183,7 +184,8 @@ class Poller:
         # threads as polls need them, up to the most any configuration allows (sized to the first one, a reload
         # that raised poll.concurrency still ran the old number at once, the others queued with their time running)
         self._executor = ThreadPoolExecutor(MAX_CONCURRENCY, thread_name_prefix="poll")
-        self._sync_jobs()
+        with self._following:  # the jobs of the newest runtime, whatever a reload does meanwhile
+            self._sync_jobs()
         self._thread = threading.Thread(target=self._run_schedule, name="scheduler", daemon=True)
         self._thread.start()
 
@@ -251,9 +253,13 @@ class Poller:
         """Adopt the runtime holder's current configuration and targets (after a reload or a discovery).
         Results and connections of servers that remain, with the same settings, are kept, the others dropped
         (a running poll keeps its connection until it ends); the schedule gets the new jobs and limits.
-        Following an unchanged runtime changes nothing."""
-        current = self.runtime.current()
-        organization = current.config.organization
-        self.store.follow(current.targets, organization.name if organization else None)
-        self.connections.follow(current.config, current.targets)
-        self._sync_jobs()
+        Following an unchanged runtime changes nothing. A reload's thread and a discovering organization poll's
+        both follow: one at a time, each reading the runtime once it runs, so the last follow is of the newest
+        runtime (a follow that had read it before a reload and ended after that reload's follow left the store
+        on the older targets, and a server the reload added was polled but never shown)."""
+        with self._following:
+            current = self.runtime.current()
+            organization = current.config.organization
+            self.store.follow(current.targets, organization.name if organization else None)
+            self.connections.follow(current.config, current.targets)
+            self._sync_jobs()

@@ -6,6 +6,7 @@ network: the collectors are replaced, and a lease only makes the connection obje
 from __future__ import annotations
 
 import textwrap
+import threading
 from datetime import datetime, timezone
 
 from exporter.model import CollectorOutcome, OrganizationResult, ScriptOutput, ServerResult
@@ -13,7 +14,7 @@ from exporter.poller import Poller
 from exporter.runtime import SafeRuntime
 
 from ..clock import ManualClock
-from ..conftest import PASSWORD_ENV
+from ..conftest import PASSWORD_ENV, wait_until
 
 ORGANIZATION = "organization: {name: Contoso, server: ex01.contoso.com}\n"
 
@@ -97,3 +98,51 @@ def test_an_organization_removed_while_its_poll_runs_leaves_no_series(tmp_path, 
     fleet.organization_poll = lambda: fleet.reload(["ex01", "ex02"])
     fleet.poller.poll_organization()
     assert fleet.poller.snapshot()[1] is None, "the removed organization's result is shown"
+
+
+class WatchedLock:
+    """A lock that counts who asked for it: the test sees a follow wait for another without a fixed sleep."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.asked = 0
+
+    def __enter__(self):
+        self.asked += 1
+        self._lock.acquire()
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+
+def test_a_follow_of_an_older_runtime_never_ends_after_a_newer_one(tmp_path, catalog, monkeypatch):
+    """Poller.follow runs on the thread of a reload (SIGHUP, POST /-/reload) and on the organization poll's after a
+    discovery. A follow that had read the runtime before a reload and went on after that reload's follow had ended
+    left the store (and the connections and the credential guard) following the older runtime: a server the reload
+    added was polled but its result never kept, so it had no series and /-/ready stayed false until the next
+    reload or discovery."""
+    fleet = Fleet(tmp_path, catalog, monkeypatch)
+    watched = fleet.poller._following = WatchedLock()  # unused before the fix: follows did not wait for each other
+    store_follow = fleet.poller.store.follow
+    inside, go = threading.Event(), threading.Event()
+
+    def held_up(*args, **kwargs):  # the first follow stops here, having read the runtime of before the reload
+        if threading.current_thread() is first:
+            inside.set()
+            assert go.wait(10)
+        return store_follow(*args, **kwargs)
+
+    fleet.poller.store.follow = held_up
+    first = threading.Thread(target=fleet.poller.follow)  # as after a discovery that changed nothing here
+    first.start()
+    assert inside.wait(10)
+    fleet.write(["ex01", "ex02", "ex03"])
+    assert fleet.runtime.reload() == (True, "configuration reloaded")
+    second = threading.Thread(target=fleet.poller.follow)  # the reload's follow
+    second.start()
+    wait_until(lambda: not second.is_alive() or watched.asked >= 2, 10, "the reload's follow to end or to wait")
+    go.set()
+    first.join(10)
+    second.join(10)
+    fleet.poller.poll_server("ex03.contoso.com")
+    assert "ex03.contoso.com" in fleet.results(), "the added server's result was not kept"
