@@ -59,6 +59,14 @@ def _settings(target: Target, module_name: str, config: Config) -> _Settings | N
                      target.spn_hostname)
 
 
+def _target_of(targets: Targets, name: str) -> Target | None:
+    """The target `name` (lower case) is among `targets`, the organization collector's server included."""
+    organization = targets.for_organization()
+    if organization is not None and organization.name.lower() == name:
+        return organization
+    return targets.get(name)
+
+
 class _Entry:
     def __init__(self, settings: _Settings):
         self.settings = settings
@@ -83,6 +91,7 @@ class Connections:
         self._lock = threading.Lock()
         self._pool: dict[tuple[str, str], _Entry] = {}
         self._server_locks: dict[str, threading.Lock] = {}
+        self._followed: tuple[Config, Targets] | None = None  # as of the last `follow`: what belongs in the pool
         self.credentials = CredentialGuard(now)
 
     @contextmanager
@@ -117,14 +126,30 @@ class Connections:
     def _borrow(self, key: tuple[str, str], settings: _Settings) -> _Entry:
         retired = None
         with self._lock:
-            entry = self._pool.get(key)
-            if entry is None or entry.settings != settings:
-                retired = entry and self._retire(key)
-                entry = self._pool[key] = _Entry(settings)
+            entry = pooled = self._pool.get(key)
+            if pooled is None or pooled.settings != settings:
+                entry = _Entry(settings)
+                if self._belongs(key, settings):
+                    retired = pooled and self._retire(key)
+                    self._pool[key] = entry
+                else:
+                    entry.retired = True  # this poll's alone: closed when it gives it back
             entry.users += 1
         if retired is not None:
             retired.close()
         return entry
+
+    def _belongs(self, key: tuple[str, str], settings: _Settings) -> bool:
+        """Whether a connection made with `settings` goes in the pool (under the lock): only with the settings the
+        configuration last followed gives its server. A poll that read the runtime before a reload and leases
+        after its follow gets a connection of its own: pooled, a removed server's stayed there, where no follow
+        looked for it, and a changed server's retired the one made with the reloaded settings."""
+        if self._followed is None:
+            return True
+        config, targets = self._followed
+        name, module_name = key
+        now = _target_of(targets, name)
+        return now is not None and _settings(now, module_name, config) == settings
 
     def _give_back(self, entry: _Entry) -> None:
         with self._lock:
@@ -142,22 +167,14 @@ class Connections:
     def follow(self, config: Config, targets: Targets) -> None:
         """After a reload or a discovery: retire the connections of servers that are no longer targets and
         those whose settings changed; the others stay as they are."""
-        organization = targets.for_organization()
-
-        def target(name: str) -> Target | None:
-            if organization is not None and organization.name.lower() == name:
-                return organization
-            return targets.get(name)
-
         to_close = []
         with self._lock:
+            self._followed = config, targets
             for key, entry in list(self._pool.items()):
-                name, module_name = key
-                now = target(name)
-                if now is None or _settings(now, module_name, config) != entry.settings:
+                if not self._belongs(key, entry.settings):
                     to_close.append(self._retire(key))
             self._server_locks = {name: lock for name, lock in self._server_locks.items()
-                                  if target(name) is not None or lock.locked()}
+                                  if _target_of(targets, name) is not None or lock.locked()}
         for connection in to_close:
             if connection is not None:
                 connection.close()

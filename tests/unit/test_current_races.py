@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import textwrap
 import threading
+import time
 from datetime import datetime, timezone
+from pathlib import Path
 
+from exporter.config import load_config, load_config_text
+from exporter.connections import Connections
 from exporter.model import CollectorOutcome, OrganizationResult, ScriptOutput, ServerResult
 from exporter.poller import Poller
-from exporter.runtime import SafeRuntime
+from exporter.runtime import SafeRuntime, Targets
 
 from ..clock import ManualClock
-from ..conftest import PASSWORD_ENV, wait_until
+from ..conftest import PASSWORD_ENV, minimal_config, wait_until
 
 ORGANIZATION = "organization: {name: Contoso, server: ex01.contoso.com}\n"
 
@@ -26,7 +30,6 @@ class Fleet:
     def __init__(self, tmp_path, catalog, monkeypatch, servers=("ex01", "ex02"), extra: str = ""):
         self.path = tmp_path / "exporter.yml"
         self.write(servers, extra)
-        from exporter.config import load_config
         self.runtime = SafeRuntime(load_config(self.path), catalog)
         self.poller = Poller(self.runtime, clock=ManualClock())
         monkeypatch.setattr("exporter.poller.collect_server", self._collect_server)
@@ -146,3 +149,53 @@ def test_a_follow_of_an_older_runtime_never_ends_after_a_newer_one(tmp_path, cat
     second.join(10)
     fleet.poller.poll_server("ex03.contoso.com")
     assert "ex03.contoso.com" in fleet.results(), "the added server's result was not kept"
+
+
+# ---------------------------------------------------------------- connections of a poll that read the runtime first
+
+
+class FakeConnection:
+    def __init__(self, *args, **kwargs):
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def lease_once(connections, cfg, name: str):
+    """One poll of `name` under `cfg`: the connection it was lent."""
+    target = Targets(cfg).get(name)
+    with connections.lease(target, target.module, cfg, time.monotonic() + 5) as lease:
+        return lease.connection
+
+
+def test_a_poll_that_read_the_runtime_before_a_reload_removed_its_server_leaves_no_connection(monkeypatch):
+    """A poll reads the runtime when it starts and leases its connection after (when another poll of the server
+    ends, up to poll.timeout later). One that leased after the reload's follow had retired the server's connection
+    made a new one and put it in the pool, where no later follow looked for it: a connection (with
+    `keep_runspace`, a runspace on the server) kept for a server no longer configured, until the next reload or
+    discovery."""
+    monkeypatch.setattr("exporter.connections.connect", FakeConnection)
+    before = load_config_text(minimal_config().replace("servers:\n", "servers:\n  - ex02.contoso.com\n"), Path("."))
+    after = load_config_text(minimal_config(), Path("."))
+    connections = Connections()
+    connections.follow(before, Targets(before))
+    connections.follow(after, Targets(after))  # the reload, while the poll of ex02 waited for its server
+    late = lease_once(connections, before, "ex02.contoso.com")
+    assert late.closed, "the removed server's connection is kept"
+
+
+def test_a_poll_that_read_the_runtime_before_a_reload_leaves_the_new_connection_alone(monkeypatch):
+    """The same late poll, of a server whose connection settings the reload changed: it took the pooled connection
+    for its own settings' sake, retired the one made with the reloaded settings (closed at once when idle) and put
+    its own, of the old settings, in the pool, so the next poll (under the reload) had to connect again."""
+    monkeypatch.setattr("exporter.connections.connect", FakeConnection)
+    before = load_config_text(minimal_config(), Path("."))
+    after = load_config_text(minimal_config("limits: {max_response_bytes: 1048576}\n"), Path("."))
+    connections = Connections()
+    connections.follow(before, Targets(before))
+    connections.follow(after, Targets(after))
+    current = lease_once(connections, after, "ex01.contoso.com")
+    late = lease_once(connections, before, "ex01.contoso.com")
+    assert late is not current and late.closed
+    assert lease_once(connections, after, "ex01.contoso.com") is current and not current.closed
