@@ -103,10 +103,7 @@ class Connections:
         if settings is None:
             raise PollFailure("not_found", f"module {module_name[:64]!r} is not configured")
         key = target.name.lower()
-        with self._lock:
-            server_lock = self._server_locks.setdefault(key, threading.Lock())
-        if not server_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise PollFailure("timeout", "another poll of this server ran for the whole budget")
+        server_lock = self._hold(key, deadline)
         try:
             trial = self.credentials.admit(settings.module)
             try:
@@ -121,6 +118,20 @@ class Connections:
                 self._give_back(entry)
                 self.credentials.settle(settings.module, target.name, lease.outcome, trial=trial)
         finally:
+            server_lock.release()
+
+    def _hold(self, key: str, deadline: float) -> threading.Lock:
+        """Take the server's lock, the one in the table once it is held. It is waited for outside the table's lock:
+        a follow meanwhile may drop it (the server removed, nobody holding it yet) and a poll after make a new one
+        (the server added back), and two polls held one server at once."""
+        while True:
+            with self._lock:
+                server_lock = self._server_locks.setdefault(key, threading.Lock())
+            if not server_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise PollFailure("timeout", "another poll of this server ran for the whole budget")
+            with self._lock:
+                if self._server_locks.setdefault(key, server_lock) is server_lock:
+                    return server_lock
             server_lock.release()
 
     def _borrow(self, key: tuple[str, str], settings: _Settings) -> _Entry:

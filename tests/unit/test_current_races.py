@@ -11,10 +11,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
+
 from exporter.config import load_config, load_config_text
 from exporter.connections import Connections
 from exporter.model import CollectorOutcome, OrganizationResult, ScriptOutput, ServerResult
 from exporter.poller import Poller
+from exporter.winrm import PollFailure
 from exporter.runtime import SafeRuntime, Targets
 
 from ..clock import ManualClock
@@ -199,3 +202,54 @@ def test_a_poll_that_read_the_runtime_before_a_reload_leaves_the_new_connection_
     late = lease_once(connections, before, "ex01.contoso.com")
     assert late is not current and late.closed
     assert lease_once(connections, after, "ex01.contoso.com") is current and not current.closed
+
+
+def test_a_server_removed_and_added_back_while_a_poll_takes_its_lock_is_still_polled_once_at_a_time(monkeypatch):
+    """lease() took the server's lock from the table, then waited for it outside the table's lock. A follow that
+    removed the server in between dropped that lock from the table (nobody held it yet); once the server was
+    added back, the next poll made a new lock, and the two polls held one server at once (two shells, two
+    logons), which one lock per server is there to prevent."""
+    monkeypatch.setattr("exporter.connections.connect", FakeConnection)
+    cfg = load_config_text(minimal_config(), Path("."))
+    without = load_config_text(minimal_config().replace("  - ex01.contoso.com\n", "  - ex02.contoso.com\n"),
+                               Path("."))
+    connections = Connections()
+    connections.follow(cfg, Targets(cfg))
+    target = Targets(cfg).get("ex01.contoso.com")
+    holding, release = threading.Event(), threading.Event()
+
+    def other_poll() -> None:
+        with connections.lease(target, target.module, cfg, time.monotonic() + 5):
+            holding.set()
+            release.wait(10)
+
+    other = threading.Thread(target=other_poll)
+
+    class Taken:
+        """The lock this poll took from the table: the reloads land before it waits for it."""
+
+        def __init__(self):
+            self._lock = threading.Lock()
+
+        def acquire(self, timeout: float) -> bool:
+            connections.follow(without, Targets(without))
+            connections.follow(cfg, Targets(cfg))
+            other.start()
+            assert holding.wait(10)
+            return self._lock.acquire(timeout=timeout)
+
+        def release(self) -> None:
+            self._lock.release()
+
+        def locked(self) -> bool:
+            return self._lock.locked()
+
+    connections._server_locks["ex01.contoso.com"] = Taken()
+    try:
+        with pytest.raises(PollFailure) as failure:
+            with connections.lease(target, target.module, cfg, time.monotonic() + 0.3):
+                pass
+        assert failure.value.reason == "timeout"
+    finally:
+        release.set()
+        other.join(10)
