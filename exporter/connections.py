@@ -217,10 +217,12 @@ class CredentialGuard:
         self._now = now
         self._lock = threading.Lock()
         self._modules: dict[str, _Credential] = {}
+        self._followed: dict[str, ModuleConfig] | None = None  # the modules of the last `follow`
 
     def follow(self, modules: dict[str, ModuleConfig]) -> None:
         """After a reload: a module whose settings changed starts afresh, so its polls resume at once."""
         with self._lock:
+            self._followed = modules
             for name, state in list(self._modules.items()):
                 if modules.get(name) != state.module:
                     if state.paused_until is not None:
@@ -231,11 +233,12 @@ class CredentialGuard:
         """What is known of `module`'s credential; None for a poll with other settings of the same name (one that
         read the configuration before a reload, or after it before `follow`): it neither waits for the pause
         nor ends it. It replaced the record, so a poll that had waited across a reload undid the new module's
-        pause and its back-off."""
+        pause and its back-off. Nor does it make the record when there is none (the reload's `follow` forgot it):
+        made with its settings, the record kept every poll with the new ones from being counted, or paused."""
         state = self._modules.get(module.name)
-        if state is None:
+        if state is None and (self._followed is None or self._followed.get(module.name) == module):
             state = self._modules[module.name] = _Credential(module)
-        return state if state.module == module else None
+        return state if state is not None and state.module == module else None
 
     def admit(self, module: ModuleConfig) -> bool:
         """Let a poll use `module`'s credential (True: it is the one that tries again after a pause), or raise

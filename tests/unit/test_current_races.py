@@ -253,3 +253,35 @@ def test_a_server_removed_and_added_back_while_a_poll_takes_its_lock_is_still_po
     finally:
         release.set()
         other.join(10)
+
+
+# ---------------------------------------------------------------- the credential guard across a reload
+
+
+def test_a_poll_with_the_module_of_before_a_reload_does_not_keep_the_new_one_from_pausing():
+    """After a reload to a password that is still wrong, the guard's follow forgot the old module; a poll that
+    had read the runtime before the reload and was admitted after it made the guard's record anew, with the old
+    module. Every poll with the new module then found a record of other settings: never paused, never counted, so
+    servers went on rejecting the new credential at every poll until the account was locked out (until the next
+    reload or discovery)."""
+    from exporter.connections import CredentialGuard
+
+    old = load_config_text(minimal_config(), Path(".")).modules["default"]
+    new = load_config_text(minimal_config().replace("svc_monitor", "svc_eems"), Path(".")).modules["default"]
+    guard = CredentialGuard(lambda: 0.0)
+
+    def poll(module, server: str) -> str:
+        try:
+            trial = guard.admit(module)
+        except PollFailure as failure:
+            return failure.reason
+        guard.settle(module, server, CollectorOutcome("server", False, 0.0, datetime.now(timezone.utc),
+                                                      error_reason="auth_failed"), trial=trial)
+        return "auth_failed"
+
+    guard.follow({"default": old})
+    guard.follow({"default": new})  # the reload
+    assert poll(old, "EX00") == "auth_failed"  # the poll that read the runtime before it
+    assert [poll(new, server) for server in ("EX01", "EX02", "EX03")] == ["auth_failed"] * 3
+    assert guard.paused({"default": new}) == {"default"}, "the new module never pauses"
+    assert poll(new, "EX04") == "credential_paused"
