@@ -85,9 +85,12 @@ class Poller:
         return self.store.snapshot(self.runtime.current().targets.polled), self.store.organization()
 
     def ready(self) -> bool:
-        """Ready once every server of this instance has been polled at least once."""
-        servers, _ = self.snapshot()
-        return len(servers) == len(self.runtime.current().targets.polled) and all(r.outcome for r in servers)
+        """Ready once every server of this instance has been polled at least once. Decided on one runtime: the
+        results of one and the count of the next (a reload in between) made it ready while servers of both were
+        not yet polled."""
+        polled = self.runtime.current().targets.polled
+        servers = self.store.snapshot(polled)
+        return len(servers) == len(polled) and all(r.outcome for r in servers)
 
     # ------------------------------------------------------------ one poll
 

@@ -285,3 +285,21 @@ def test_a_poll_with_the_module_of_before_a_reload_does_not_keep_the_new_one_fro
     assert [poll(new, server) for server in ("EX01", "EX02", "EX03")] == ["auth_failed"] * 3
     assert guard.paused({"default": new}) == {"default"}, "the new module never pauses"
     assert poll(new, "EX04") == "credential_paused"
+
+
+def test_ready_is_decided_on_one_runtime(tmp_path, catalog, monkeypatch):
+    """ready() took the results of one runtime's servers and compared their count with the next's: with ex02 not
+    yet polled, a reload from ex01-ex03 to ex01 and ex04 in between made it ready, though neither runtime's servers
+    had all been polled (ex02 before, ex04 after)."""
+    fleet = Fleet(tmp_path, catalog, monkeypatch, servers=("ex01", "ex02", "ex03"))
+    for name in ("ex01.contoso.com", "ex03.contoso.com"):
+        fleet.poller.poll_server(name)
+    snapshot = fleet.poller.store.snapshot
+
+    def reloaded_after(*args, **kwargs):  # the reload lands between the results and the count
+        taken = snapshot(*args, **kwargs)
+        fleet.reload(["ex01", "ex04"])
+        return taken
+
+    fleet.poller.store.snapshot = reloaded_after
+    assert not fleet.poller.ready(), "ready with ex02, then ex04, never polled"
