@@ -48,8 +48,9 @@ class CredSSP:
                                                              service=self._service, protocol="ntlm")
         self._encrypt = encrypt
 
-    def _inner(self) -> spnego.ContextProxy:
-        """A fresh context for the authentication inside CredSSP."""
+    def _inner(self, deadline: float) -> spnego.ContextProxy:
+        """A fresh context for the authentication inside CredSSP (a TGT still to be bought waited for until
+        `deadline`)."""
         if self._ntlm is not None:
             return self._ntlm.new_context()
         from .kerberos import first_step
@@ -57,13 +58,13 @@ class CredSSP:
         # The service ticket is got here, where a held TGT the KDC refuses can be replaced (kerberos.first_step),
         # and the context CredSSP steps finds it in the cache.
         _, ccache, _ = first_step(self._tickets, self._username, self._hostname, self._service,
-                                  spnego.ContextReq.default, None)
+                                  spnego.ContextReq.default, None, deadline=deadline)
         return spnego.client(spnego.KerberosCCache(ccache=ccache, principal=self._username), hostname=self._hostname,
                              service=self._service, protocol="kerberos")
 
     def open(self, connection: Connection, *, deadline: float, timeout: float) -> Channel:
         context = spnego.client(self._username, self._password, hostname=self._hostname, service=self._service,
-                                protocol="credssp", credssp_negotiate_context=self._inner(),
+                                protocol="credssp", credssp_negotiate_context=self._inner(deadline),
                                 credssp_min_protocol=MIN_PROTOCOL)
         try:
             handshake(connection, context, "CredSSP", deadline=deadline, timeout=timeout, bindings=None)

@@ -83,7 +83,7 @@ class Kerberos:
     def open(self, connection: Connection, *, deadline: float, timeout: float) -> Channel:
         bindings = channel_bindings(connection)
         context, ccache, token = first_step(self._tickets, self._principal, self._hostname, self._service,
-                                            self._requirements, bindings)
+                                            self._requirements, bindings, deadline=deadline)
         try:
             handshake(connection, context, "Negotiate", deadline=deadline, timeout=timeout, bindings=bindings,
                       first_token=token)
@@ -97,15 +97,17 @@ class Kerberos:
 
 
 def first_step(tickets: TicketCache, principal: str, hostname: str, service: str, requirements: spnego.ContextReq,
-               bindings: GssChannelBindings | None) -> tuple[spnego.ContextProxy, str, bytes]:
+               bindings: GssChannelBindings | None, *, deadline: float | None = None
+               ) -> tuple[spnego.ContextProxy, str, bytes]:
     """A context for `<service>/<hostname>` from the held TGT, the name of its cache, and its first token (getting
     it is when the KDC is asked for the service ticket). A refusal of the TGT (`TGT_REFUSED`) buys a new one and
-    steps once more; a TGT bought for this call is not bought again."""
+    steps once more; a TGT bought for this call is not bought again. A TGT still to be bought is waited for until
+    `deadline`."""
     retried = False
     while True:
         bought = tickets.acquisitions
         try:
-            ccache = tickets.ccache()
+            ccache = tickets.ccache(deadline)
         except TicketError as error:
             raise PollFailure(error.reason, error.message) from None
         try:

@@ -13,6 +13,11 @@ keytab and a password. If the KDC cannot be reached then, the held tickets go on
 expire (a KDC outage shorter than half a ticket's life is never seen), retried at most every
 `RETRY_SECONDS`; after that the failure is reported with its reason.
 
+A purchase runs on a thread of its own, one at a time whoever asks, outside the lock: MIT waits about half a
+minute for a KDC that takes the connection and never answers, longer than a poll may take. A caller holding a
+ticket that still serves takes it without waiting for the renewal; one without waits for the purchase until
+its deadline at most.
+
 Times: a ticket's lifetime is the KDC's `endtime - starttime`, measured here from the moment it arrived on
 this process's monotonic clock, so a wrong wall clock on the exporter neither shortens nor lengthens it.
 """
@@ -24,6 +29,7 @@ import logging
 import threading
 import time
 import weakref
+from concurrent.futures import Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -103,7 +109,7 @@ class _Held:
 
 class TicketCache:
     """The TGT of one principal, from a keytab or a password, in MEMORY caches of its own (see the module
-    docstring). Thread-safe: polls of many servers share it; one of them renews while the others wait."""
+    docstring). Thread-safe: polls of many servers share it; tickets are bought one at a time, beside the polls."""
 
     def __init__(self, principal: str, *, keytab: Path | None = None, password: str | None = None,
                  forwardable: bool = False, clock: Callable[[], float] = time.monotonic):
@@ -118,14 +124,16 @@ class TicketCache:
         self._current: _Held | None = None
         self._caches: list[_Held] = []  # every cache held, the current one last; others destroyed once expired
         self._retry_at = 0.0
+        self._purchase: Future | None = None  # the TGT being bought, if any: its cache's name or its TicketError
         # MIT keeps a MEMORY cache until it is destroyed: when this object goes (a reload replaced the
         # module), its caches go with it.
         weakref.finalize(self, _destroy_all, self._caches)
         self.acquisitions = 0  # AS exchanges that succeeded (for tests and benchmarks)
 
-    def ccache(self) -> str:
-        """The name of a MEMORY cache whose TGT is valid now; buys or renews one when due (module docstring).
-        Raises TicketError with the reason when there is none and none can be bought."""
+    def ccache(self, deadline: float | None = None) -> str:
+        """The name of a MEMORY cache whose TGT is valid now; buys or renews one when due (module docstring),
+        waiting for the purchase until `deadline` (monotonic) at most when no held ticket serves meanwhile.
+        Raises TicketError with the reason when there is none and none can be bought in time."""
         with self._lock:
             now = self._clock()
             held = self._current
@@ -134,15 +142,40 @@ class TicketCache:
             usable = held is not None and held.usable(now)
             if usable and now < self._retry_at:
                 return held.name
-            try:
-                self._buy(now)
-            except TicketError as error:
-                if not usable:
-                    raise
-                self._retry_at = now + RETRY_SECONDS
-                log.warning("Kerberos: renewing the ticket of %s failed (%s, %s); the held tickets serve for "
-                            "another %.0fs", self.principal, error.reason, error.message, held.expires_at - now)
-            return self._current.name
+            purchase = self._purchase or self._start_purchase(now)
+            if usable:
+                return held.name
+        try:
+            return purchase.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            raise TicketError("kdc_unreachable", f"no KDC of the realm answered within the poll's time: the ticket "
+                                                 f"of {self.principal} could not be bought") from None
+
+    def _start_purchase(self, now: float) -> Future:
+        purchase = self._purchase = Future()
+        threading.Thread(target=self._purchase_ticket, args=(purchase, now), name="kerberos-tgt", daemon=True).start()
+        return purchase
+
+    def _purchase_ticket(self, purchase: Future, started: float) -> None:
+        """Buy a TGT (the AS exchange, outside the lock) and make it the current one, or hand the failure to
+        whoever waits for it; while the held ticket still serves, it is tried again after RETRY_SECONDS."""
+        try:
+            held = self._buy(started)
+        except Exception as error:
+            with self._lock:
+                now, current, self._purchase = self._clock(), self._current, None
+                if current is not None and current.usable(now):
+                    self._retry_at = now + RETRY_SECONDS
+                    log.warning("Kerberos: renewing the ticket of %s failed (%s); the held tickets serve for another "
+                                "%.0fs", self.principal, error, current.expires_at - now)
+            purchase.set_exception(error)
+            return
+        with self._lock:
+            self._caches[:] = [old for old in self._caches if started < old.expires_at or _destroy(old)]
+            self._caches.append(held)
+            self._current, self._retry_at, self._purchase = held, 0.0, None
+            self.acquisitions += 1
+        purchase.set_result(held.name)
 
     def valid_until(self, name: str) -> float | None:
         """When the TGT in cache `name` expires (monotonic); None for a cache this object no longer holds."""
@@ -160,7 +193,7 @@ class TicketCache:
                 self._current.refresh_at = self._current.expires_at = self._clock()
                 self._retry_at = 0.0
 
-    def _buy(self, now: float) -> None:
+    def _buy(self, now: float) -> _Held:
         context = krb5.init_context()
         try:
             principal = krb5.parse_name_flags(context, self.principal.encode("utf-8"))
@@ -183,14 +216,10 @@ class TicketCache:
         if abs(skew) > 300:
             log.warning("Kerberos: this machine's clock differs from the KDC's by %.0fs; MIT corrects it for the "
                         "KDC, but servers whose clocks follow the KDC may refuse tickets (clock_skew)", skew)
-        self.acquisitions += 1
         log.info("Kerberos: bought a ticket for %s from the KDC, valid %ds; renewed after %ds", self.principal,
                  lifetime, lifetime * REFRESH_FRACTION)
-        held = _Held(ccache, f"MEMORY:{ccache.name.decode()}", now + lifetime * REFRESH_FRACTION, now + lifetime,
+        return _Held(ccache, f"MEMORY:{ccache.name.decode()}", now + lifetime * REFRESH_FRACTION, now + lifetime,
                      min(EXPIRY_MARGIN_SECONDS, lifetime * EXPIRY_MARGIN))
-        self._caches[:] = [old for old in self._caches if now < old.expires_at or _destroy(old)]
-        self._caches.append(held)
-        self._current, self._retry_at = held, 0.0
 
 
 def _destroy_all(held: list[_Held]) -> None:

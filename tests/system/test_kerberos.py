@@ -7,10 +7,12 @@ folder; the simulated fleet accepts Kerberos with its own keytab through MIT's a
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import os
 import random
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +35,7 @@ from exporter.catalog import Catalog
 from exporter.config import load_config
 from exporter.poller import Poller
 from exporter.runtime import SafeRuntime
+from exporter.winrm import tickets
 from exporter.winrm.tickets import TicketCache, TicketError
 from simulator.host import CommandOutput, SimulatedHost, current_logon
 from simulator.scenario import scenario_from_dict
@@ -460,6 +463,67 @@ def test_when_the_kdc_stops_the_held_tickets_serve_until_they_expire(kdc_factory
         finally:
             poller.stop()
 
+
+
+@contextlib.contextmanager
+def hung(kdc):
+    """The KDC process frozen (SIGSTOP) and resumed afterwards: the kernel still takes the connections to it, and
+    nothing answers, as a domain controller that hangs. MIT's client then waits about half a minute per KDC."""
+    os.kill(kdc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(kdc.pid, signal.SIGCONT)
+
+
+def test_a_hung_kdc_at_renewal_time_costs_no_poll_while_the_held_ticket_serves(kdc_factory, tmp_path, monkeypatch):
+    """Renewal is due and the KDC never answers: the polls go on with the held ticket, at once. The renewal was
+    made under the ticket cache's lock, so the first poll waited for MIT's own timeout (about 30 s, longer than
+    the ticket then had left) and every other poll of the module waited behind it. Tickets of 60 s renewed after
+    6 s: MIT's GSSAPI tries a renewal of its own for a TGT within 30 s of its end (not what is tested here)."""
+    lifetime = 60
+    monkeypatch.setattr(tickets, "REFRESH_FRACTION", 0.1)
+    for domain in _domain(kdc_factory, tmp_path, lifetime=lifetime):
+        poller = domain.poller(tmp_path, domain.config(tmp_path))
+        try:
+            bought = time.monotonic()
+            assert polled(poller, *ALL) == dict.fromkeys(ALL, "ok")
+            with hung(domain.kdc):
+                let_time_pass_until(bought + lifetime * 0.15)  # renewal is due
+                started = time.monotonic()
+                assert polled(poller, *ALL) == dict.fromkeys(ALL, "ok")
+                assert time.monotonic() - started < 15
+        finally:
+            poller.stop()
+
+
+def test_polls_without_a_ticket_end_by_their_deadline_when_the_kdc_never_answers(domain, tmp_path):
+    """No ticket held yet, the KDC hung, three servers polled at once with poll.timeout 5s: each poll ends by its
+    deadline as kdc_unreachable. They waited for MIT's timeout one after the other, under the cache's lock."""
+    config = domain.config(tmp_path)
+    config["poll"]["timeout"] = "5s"
+    poller = domain.poller(tmp_path, config)
+    outcomes, ended = {}, {}
+
+    def poll(name: str) -> None:
+        outcomes[name] = poller.poll_server(name).outcome
+        ended[name] = time.monotonic()
+
+    threads = [threading.Thread(target=poll, args=(name,), daemon=True) for name in ALL]
+    try:
+        with hung(domain.kdc):
+            started = time.monotonic()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=max(0.0, started + 5 + 3 - time.monotonic()))
+            late = {name: round(ended[name] - started, 1) if name in ended else "still waiting" for name in ALL}
+        assert all(name in ended and ended[name] - started < 5 + 2 for name in ALL), late
+        assert {name: outcome.error_reason for name, outcome in outcomes.items()} == dict.fromkeys(ALL, "kdc_unreachable")
+    finally:
+        for thread in threads:
+            thread.join(timeout=60)
+        poller.stop()
 
 
 def test_a_kept_runspace_pool_never_polls_past_its_ticket(kdc_factory, tmp_path):
