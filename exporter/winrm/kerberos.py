@@ -25,7 +25,10 @@ TGT would not change them, and every poll would cost the domain controllers an A
 from __future__ import annotations
 
 import threading
+import time
 import weakref
+from concurrent.futures import Future, TimeoutError as FutureTimeout
+from typing import Callable, TypeVar
 
 import spnego
 import spnego.exceptions
@@ -53,6 +56,7 @@ TGT_REFUSED = frozenset({
     -1765328366,  # KRB5KDC_ERR_CLIENT_REVOKED
 })
 
+T = TypeVar("T")
 _CACHES: weakref.WeakValueDictionary[tuple, TicketCache] = weakref.WeakValueDictionary()
 _CACHES_LOCK = threading.Lock()
 
@@ -101,8 +105,8 @@ def first_step(tickets: TicketCache, principal: str, hostname: str, service: str
                ) -> tuple[spnego.ContextProxy, str, bytes]:
     """A context for `<service>/<hostname>` from the held TGT, the name of its cache, and its first token (getting
     it is when the KDC is asked for the service ticket). A refusal of the TGT (`TGT_REFUSED`) buys a new one and
-    steps once more; a TGT bought for this call is not bought again. A TGT still to be bought is waited for until
-    `deadline`."""
+    steps once more; a TGT bought for this call is not bought again. A TGT still to be bought, and the service
+    ticket, are waited for until `deadline`."""
     retried = False
     while True:
         bought = tickets.acquisitions
@@ -111,15 +115,43 @@ def first_step(tickets: TicketCache, principal: str, hostname: str, service: str
         except TicketError as error:
             raise PollFailure(error.reason, error.message) from None
         try:
-            context = spnego.client(username=spnego.KerberosCCache(ccache=ccache, principal=principal),
-                                    hostname=hostname, service=service, protocol="kerberos", context_req=requirements)
-            return context, ccache, context.step(None, channel_bindings=bindings)
+            context, token = _by(deadline, f"the service ticket for {service}/{hostname}", _context_and_token,
+                                 ccache, principal, hostname, service, requirements, bindings)
+            return context, ccache, token
         except spnego.exceptions.SpnegoError as error:
             code = _code(error)
             if retried or tickets.acquisitions != bought or code is None or signed(code) not in TGT_REFUSED:
                 raise _failure(tickets, error, ccache, service, hostname) from None
             tickets.expire(ccache)
             retried = True
+
+
+def _context_and_token(ccache: str, principal: str, hostname: str, service: str, requirements: spnego.ContextReq,
+                       bindings: GssChannelBindings | None) -> tuple[spnego.ContextProxy, bytes]:
+    context = spnego.client(username=spnego.KerberosCCache(ccache=ccache, principal=principal), hostname=hostname,
+                            service=service, protocol="kerberos", context_req=requirements)
+    return context, context.step(None, channel_bindings=bindings)
+
+
+def _by(deadline: float | None, what: str, call: Callable[..., T], *args) -> T:
+    """`call(*args)`, which may ask the KDC, on a thread of its own, waited for until `deadline`: MIT waits about
+    half a minute for a KDC that takes the connection and never answers, longer than a poll may take."""
+    if deadline is None:
+        return call(*args)
+    result: Future = Future()
+
+    def run() -> None:
+        try:
+            result.set_result(call(*args))
+        except BaseException as error:
+            result.set_exception(error)
+
+    threading.Thread(target=run, name="kerberos-tgs", daemon=True).start()
+    try:
+        return result.result(max(0.0, deadline - time.monotonic()))
+    except FutureTimeout:
+        raise PollFailure("kdc_unreachable", f"no KDC of the realm answered within the poll's time: {what} could "
+                                             f"not be had") from None
 
 
 def _code(error: spnego.exceptions.SpnegoError) -> int | None:

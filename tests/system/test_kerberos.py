@@ -526,6 +526,25 @@ def test_polls_without_a_ticket_end_by_their_deadline_when_the_kdc_never_answers
         poller.stop()
 
 
+def test_a_service_ticket_the_hung_kdc_never_sends_ends_the_poll_by_its_deadline(domain, tmp_path):
+    """The module holds a TGT and the KDC hangs before ex02's service ticket was asked for (a server polled for the
+    first time since the last renewal, or just discovered): that poll ends by its deadline as kdc_unreachable,
+    and ex01, whose service ticket is held, goes on. The request waited for MIT's timeout (about 30 s)."""
+    config = domain.config(tmp_path)
+    config["poll"]["timeout"] = "5s"
+    poller = domain.poller(tmp_path, config)
+    try:
+        assert polled(poller, "ex01.contoso.test") == {"ex01.contoso.test": "ok"}
+        with hung(domain.kdc):
+            started = time.monotonic()
+            outcome = poller.poll_server("ex02.contoso.test").outcome
+            took = time.monotonic() - started
+            assert polled(poller, "ex01.contoso.test") == {"ex01.contoso.test": "ok"}
+        assert outcome.error_reason == "kdc_unreachable" and took < 5 + 2, (outcome, took)
+    finally:
+        poller.stop()
+
+
 def test_a_kept_runspace_pool_never_polls_past_its_ticket(kdc_factory, tmp_path):
     """protocol psrp to Exchange's /PowerShell (Kerberos only, as real Exchange) with keep_runspace, tickets of
     10 seconds and a poll every 2 seconds for 2.5 lifetimes, closer than any idle limit: the channel is
