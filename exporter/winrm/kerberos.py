@@ -9,9 +9,10 @@ accepts it; the service ticket for `<spn_service>/<host>`, host being the server
 and `rdns = false`, docs/kerberos.md); mutual authentication; channel binding over HTTPS; message sealing
 over HTTP; with `kerberos_delegation`, a forwardable TGT forwarded to the server.
 
-A channel is good until the TGT its service ticket came from expires (`Channel.valid_until`): the client
-authenticates a kept connection again before a poll that would outlive it, so a ticket running out never
-fails a poll. Failures carry the reason the KDC's or the server's error gives (exporter/data/kerberos_errors.tsv):
+A channel is good until its service ticket expires (`Channel.valid_until`; no later than the TGT it came from,
+earlier where the domain gives service tickets a shorter life): the client authenticates a kept connection again
+before a poll that would outlive it, with a new service ticket if the cached one would end within that poll
+(`first_step`), so a ticket running out never fails a poll. Failures carry the reason the KDC's or the server's error gives (exporter/data/kerberos_errors.tsv):
 the server's KRB-ERROR, when its 401 carries one, is read by the context like any token.
 
 A held TGT can go bad before it expires: the domain's krbtgt key changed (an Active Directory krbtgt reset,
@@ -97,7 +98,7 @@ class Kerberos:
                 raise _failure(self._tickets, cause, ccache, self._service, self._hostname) from None
             raise
         return Channel(connection, seal=MessageSeal(context, SPNEGO) if self._encrypt else None,
-                       valid_until=self._tickets.valid_until(ccache))
+                       valid_until=self._tickets.valid_until(ccache, f"{self._service}/{self._hostname}"))
 
 
 def first_step(tickets: TicketCache, principal: str, hostname: str, service: str, requirements: spnego.ContextReq,
@@ -114,6 +115,8 @@ def first_step(tickets: TicketCache, principal: str, hostname: str, service: str
             ccache = tickets.ccache(deadline)
         except TicketError as error:
             raise PollFailure(error.reason, error.message) from None
+        if deadline is not None:
+            tickets.drop_ending_before(ccache, f"{service}/{hostname}", deadline)
         try:
             context, token = _by(deadline, f"the service ticket for {service}/{hostname}", _context_and_token,
                                  ccache, principal, hostname, service, requirements, bindings)

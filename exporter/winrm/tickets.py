@@ -102,6 +102,11 @@ class _Held:
     refresh_at: float  # monotonic
     expires_at: float  # monotonic
     margin: float  # seconds before expires_at from which it is not handed out
+    kdc_end: int  # the TGT's end in the KDC's time: other tickets' ends are reckoned from it
+
+    def ends(self, creds: krb5.Creds) -> float:
+        """When a ticket of this cache ends (monotonic)."""
+        return self.expires_at - (self.kdc_end - creds.times.endtime)
 
     def usable(self, now: float) -> bool:
         return now < self.expires_at - self.margin
@@ -177,13 +182,30 @@ class TicketCache:
             self.acquisitions += 1
         purchase.set_result(held.name)
 
-    def valid_until(self, name: str) -> float | None:
-        """When the TGT in cache `name` expires (monotonic); None for a cache this object no longer holds."""
+    def valid_until(self, name: str, server: str) -> float | None:
+        """When the ticket for `server` ("HTTP/<host>") in cache `name` ends (monotonic), the TGT's end if it holds
+        none: a domain may give service tickets a shorter life than TGTs. None for a cache this object no longer
+        holds."""
+        held = self._held(name)
+        if held is None:
+            return None
+        return min((held.ends(creds) for creds in _server_tickets(name, server)[2]), default=held.expires_at)
+
+    def drop_ending_before(self, name: str, server: str, moment: float) -> None:
+        """Remove the ticket for `server` from cache `name` if it ends before `moment` (monotonic) and the TGT
+        outlives it: MIT hands out a cached ticket to its last second, so a context built from it could end
+        within the poll, where one from a new service ticket lasts longer."""
+        held = self._held(name)
+        if held is None:
+            return
+        context, ccache, found = _server_tickets(name, server)
+        for creds in found:
+            if held.ends(creds) < moment and creds.times.endtime < held.kdc_end:
+                krb5.cc_remove_cred(context, ccache, 0, creds)
+
+    def _held(self, name: str) -> _Held | None:
         with self._lock:
-            for held in self._caches:
-                if held.name == name:
-                    return held.expires_at
-        return None
+            return next((held for held in self._caches if held.name == name), None)
 
     def expire(self, name: str) -> None:
         """A context found the ticket in cache `name` expired before we thought (the clocks moved): buy a
@@ -219,7 +241,16 @@ class TicketCache:
         log.info("Kerberos: bought a ticket for %s from the KDC, valid %ds; renewed after %ds", self.principal,
                  lifetime, lifetime * REFRESH_FRACTION)
         return _Held(ccache, f"MEMORY:{ccache.name.decode()}", now + lifetime * REFRESH_FRACTION, now + lifetime,
-                     min(EXPIRY_MARGIN_SECONDS, lifetime * EXPIRY_MARGIN))
+                     min(EXPIRY_MARGIN_SECONDS, lifetime * EXPIRY_MARGIN), times.endtime)
+
+
+def _server_tickets(name: str, server: str) -> tuple[krb5.Context, krb5.CCache, list[krb5.Creds]]:
+    """The tickets for `server` ("HTTP/<host>", any realm) in MEMORY cache `name`, through a handle of this call's
+    own: a krb5 context must not be used by two threads at once."""
+    context = krb5.init_context()
+    ccache = krb5.cc_resolve(context, name.encode())
+    prefix = f"{server}@".lower().encode()
+    return context, ccache, [creds for creds in ccache if creds.server.name.lower().startswith(prefix)]
 
 
 def _destroy_all(held: list[_Held]) -> None:

@@ -545,6 +545,24 @@ def test_a_service_ticket_the_hung_kdc_never_sends_ends_the_poll_by_its_deadline
         poller.stop()
 
 
+def test_a_kept_connection_is_authenticated_again_before_its_service_ticket_ends(domain, tmp_path):
+    """The domain gives service tickets a shorter life than TGTs (a ticket policy; MIT caps a service ticket at
+    the service principal's maximum life): a connection kept across polls over HTTP, sealed with the context
+    of a service ticket of 8 s, is authenticated again before a poll its service ticket would end in."""
+    domain.kdc.admin(f'modprinc -maxlife "8 seconds" HTTP/ex01.contoso.test@{domain.kdc.realm}')
+    config = domain.config(tmp_path, servers=[NAMED[0]])
+    config["poll"]["timeout"] = "5s"
+    poller = domain.poller(tmp_path, config)
+    try:
+        started, rounds = time.monotonic(), []
+        while time.monotonic() - started < 20:
+            rounds.append(polled(poller, "ex01.contoso.test")["ex01.contoso.test"])
+            let_time_pass_until(time.monotonic() + 1)
+        assert set(rounds) == {"ok"}, rounds
+    finally:
+        poller.stop()
+
+
 def test_a_kept_runspace_pool_never_polls_past_its_ticket(kdc_factory, tmp_path):
     """protocol psrp to Exchange's /PowerShell (Kerberos only, as real Exchange) with keep_runspace, tickets of
     10 seconds and a poll every 2 seconds for 2.5 lifetimes, closer than any idle limit: the channel is
