@@ -335,6 +335,35 @@ def test_the_spn_comes_from_the_configured_name_never_from_the_address(domain, t
         poller.stop()
 
 
+def documented_krb5_conf(kdc, path: Path) -> Path:
+    """docs/kerberos.md's minimal krb5.conf, its [libdefaults] as written, for this realm and its KDC."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "kerberos.md").read_text(encoding="utf-8")
+    libdefaults = docs.partition("### A minimal krb5.conf")[2].partition("```ini\n")[2].partition("[realms]")[0]
+    libdefaults = libdefaults.replace("CONTOSO.COM", kdc.realm).replace("dns_lookup_kdc = true", "dns_lookup_kdc = false")
+    path.write_text(f"{libdefaults}[realms]\n    {kdc.realm} = {{\n        kdc = {kdc.address}:{kdc.port}\n    }}\n",
+                    encoding="utf-8")
+    return path
+
+
+def test_the_documented_krb5_conf_asks_for_the_spn_of_the_configured_name(domain, tmp_path, monkeypatch):
+    """With the krb5.conf docs/kerberos.md gives, the exporter polls, and EX03 configured without spn_hostname asks
+    for HTTP/EX03, as the docs say. That krb5.conf did not load: MIT reads a comment only on a line of its own, so
+    `dns_canonicalize_hostname = false   # ...` was an invalid value and every Kerberos call failed with "Invalid
+    argument". Without its comments, MIT (1.18 and later) qualified the short name with the host's DNS search
+    domain (LOCALDOMAIN here, a Kubernetes pod's <namespace>.svc.cluster.local in the field), as qualify_shortname
+    was not set to empty, and asked for a service ticket of a host nobody configured."""
+    monkeypatch.setenv("KRB5_CONFIG", str(documented_krb5_conf(domain.kdc, tmp_path / "krb5.conf")))
+    monkeypatch.setenv("LOCALDOMAIN", "elsewhere.test")
+    poller = domain.poller(tmp_path, domain.config(tmp_path, servers=[{"name": "EX03"}, NAMED[0]]))
+    try:
+        assert polled(poller, "ex01.contoso.test") == {"ex01.contoso.test": "ok"}
+        outcome = poller.poll_server("EX03").outcome
+        asked = f"Server HTTP/ex03@{domain.kdc.realm} not found"  # MIT writes the host name in lower case
+        assert outcome.error_reason == "spn_unknown" and asked in outcome.error_message, outcome
+    finally:
+        poller.stop()
+
+
 def test_a_tgt_the_kdc_can_no_longer_read_is_bought_again_within_the_poll(domain, tmp_path):
     """The realm's krbtgt key changes while the module holds a TGT (an Active Directory krbtgt reset, done twice,
     as after a compromise): the KDC cannot read the held TGT any more, so asking it for a service ticket fails
@@ -694,3 +723,4 @@ def test_a_kdc_whose_database_is_down_is_not_a_rejected_credential(kdc_factory, 
     finally:
         for path in moved:
             path.rename(path.with_name(path.name.removesuffix(".away")))
+
