@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import threading
 import time
 import weakref
@@ -216,7 +217,7 @@ class TicketCache:
                 self._retry_at = 0.0
 
     def _buy(self, now: float) -> _Held:
-        context = krb5.init_context()
+        context = _context()
         try:
             principal = krb5.parse_name_flags(context, self.principal.encode("utf-8"))
             options = krb5.get_init_creds_opt_alloc(context)
@@ -242,6 +243,16 @@ class TicketCache:
                  lifetime, lifetime * REFRESH_FRACTION)
         return _Held(ccache, f"MEMORY:{ccache.name.decode()}", now + lifetime * REFRESH_FRACTION, now + lifetime,
                      min(EXPIRY_MARGIN_SECONDS, lifetime * EXPIRY_MARGIN), times.endtime)
+
+
+def _context() -> krb5.Context:
+    """MIT's context, which reads krb5.conf: a value MIT cannot parse (a comment after it, say) fails it, and
+    with it every Kerberos call, whatever the credential (so not auth_failed, which pauses a module's polls)."""
+    try:
+        return krb5.init_context()
+    except krb5.Krb5Error as error:
+        path = os.environ.get("KRB5_CONFIG") or "/etc/krb5.conf"
+        raise TicketError("kdc_unreachable", f"MIT Kerberos cannot read krb5.conf ({path}): {_krb5_text(error)}") from None
 
 
 def _server_tickets(name: str, server: str) -> tuple[krb5.Context, krb5.CCache, list[krb5.Creds]]:
@@ -281,7 +292,10 @@ def keytab_problem(path: Path, principal: str) -> str | None:
         return f"cannot be read: {error.strerror or error.__class__.__name__}"
     if size > MAX_KEYTAB_BYTES:
         return f"is larger than {MAX_KEYTAB_BYTES} bytes, which no keytab of one account is"
-    context = krb5.init_context()
+    try:
+        context = _context()
+    except TicketError as error:
+        return f"cannot be checked: {error.message}"
     try:
         wanted = krb5.unparse_name_flags(context, krb5.parse_name_flags(context, principal.encode("utf-8")))
         held = {krb5.unparse_name_flags(context, entry.principal) for entry in krb5.kt_resolve(context, f"FILE:{path}".encode())}

@@ -724,3 +724,16 @@ def test_a_kdc_whose_database_is_down_is_not_a_rejected_credential(kdc_factory, 
         for path in moved:
             path.rename(path.with_name(path.name.removesuffix(".away")))
 
+
+def test_a_krb5_conf_mit_cannot_read_is_not_a_rejected_credential(kdc_factory, tmp_path, monkeypatch):
+    """A value MIT cannot parse in krb5.conf (a comment after it) fails MIT's context, before any KDC or credential
+    is involved: the purchase raised python-krb5's own error, which no reason class knew."""
+    kdc = kdc_factory()
+    principal = kdc.add_principal("svc_monitor", password=PASSWORD)
+    broken = tmp_path / "krb5.conf"
+    setting = "dns_canonicalize_hostname = false"
+    broken.write_text(kdc.krb5_conf.read_text().replace(setting, f"{setting}   # as given"))
+    monkeypatch.setenv("KRB5_CONFIG", str(broken))
+    with pytest.raises(TicketError) as failure:
+        TicketCache(principal, password=PASSWORD).ccache()
+    assert failure.value.reason == "kdc_unreachable" and str(broken) in failure.value.message, failure.value.message

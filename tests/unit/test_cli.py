@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, relocate
+from ..conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, relocate, write_keytab
 from .test_config import BAD, GOOD
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,6 +57,21 @@ def test_check_config_rejects_with_one_line(tmp_path, name):
     assert_one_line_error(result, "configuration error", phrase, f"{key_path}: " if key_path else "")
     assert result.stdout == ""
     assert "hunter2" not in result.stderr and PASSWORD not in result.stderr
+
+
+def test_check_config_names_a_krb5_conf_mit_cannot_read(tmp_path):
+    """A krb5.conf with a comment after a value (MIT reads comments only on lines of their own: the value is then
+    invalid) made check-config of a keytab module end in a krb5 traceback: MIT's context is made before the
+    keytab is read."""
+    pytest.importorskip("krb5", reason="the kerberos extra")
+    (tmp_path / "krb5.conf").write_text("[libdefaults]\n    default_realm = CONTOSO.COM\n"
+                                        "    dns_canonicalize_hostname = false   # as given\n")
+    write_keytab(tmp_path / "svc.keytab", "svc@CONTOSO.COM")
+    path = tmp_path / "exporter.yml"
+    path.write_text("modules:\n  default:\n    transport: kerberos\n    username: svc@CONTOSO.COM\n"
+                    "    keytab_file: svc.keytab\nservers: [ex01.contoso.com]\n")
+    result = exporter("check-config", "--config.file", str(path), env={"KRB5_CONFIG": str(tmp_path / "krb5.conf")})
+    assert_one_line_error(result, "configuration error", "modules.default.keytab_file", "krb5.conf")
 
 
 def test_check_config_missing_file(tmp_path):
