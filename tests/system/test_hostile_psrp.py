@@ -83,10 +83,12 @@ def completed(pool, pipeline):
 
 
 def reference_bomb(pool, pipeline):
-    """1.4 KB of CLIXML: 23 lists, each holding the one before it twice (<Ref RefId>). psrpcore shares the
-    referenced object, so str() of the last walked 2^23 strings into 60 MB of text (2^30: hours and GiB)."""
+    """1.6 KB of CLIXML: 26 lists, each holding the one before it twice (<Ref RefId>). psrpcore shares the
+    referenced object, so str() of the last walks 2^26 strings into 500 MB of text (2^30: hours and GiB). The size
+    check itself asked psrpcore for each list's `to_string`, which is that str(): 23 levels took 8 s of CPU, 26
+    levels a minute, past the poll's deadline."""
     parts = ['<Obj RefId="0"><LST><S>x</S><S>y</S></LST></Obj>']
-    parts += [f'<Obj RefId="{n}"><LST><Ref RefId="{n - 1}"/><Ref RefId="{n - 1}"/></LST></Obj>' for n in range(1, 23)]
+    parts += [f'<Obj RefId="{n}"><LST><Ref RefId="{n - 1}"/><Ref RefId="{n - 1}"/></LST></Obj>' for n in range(1, 26)]
     first, state = completed(pool, pipeline)
     yield first
     yield fragment(100, 0, message(pool, pipeline, OUTPUT, f'<Obj RefId="99"><LST>{"".join(parts)}</LST></Obj>'
