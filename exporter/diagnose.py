@@ -39,8 +39,8 @@ def field_report(config: Config, catalog: Catalog, server: str, *, redact_names:
         poller.stop()
     return build_report(server=target.name, created=datetime.now(timezone.utc), collect=collect,
                         interpretation=interpretation, diagnose=diagnose, secrets=Redactor(config.secrets()),
-                        redact_names=[target.name, target.address] if redact_names else None,
-                        culture=facts.culture if facts else None)
+                        redact_names=[target.name, target.address, target.spn_hostname] if redact_names else None,
+                        culture=facts.culture if facts else None, username=config.modules[target.module].username)
 
 
 def _poll(poller: Poller, target: Target):

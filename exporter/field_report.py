@@ -59,21 +59,28 @@ _IPV4 = re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)")
 
 class NameScrubber:
     """Removes host names and addresses: the names we know (in plain and UTF-16 text read as bytes), any URL's
-    host other than Microsoft's, and IPv4 addresses. Microsoft's endpoints stay: they are what the report is about."""
+    host other than Microsoft's, and IPv4 addresses; and the monitoring account's user name (a KDC's error text
+    names its principal). Microsoft's endpoints stay: they are what the report is about."""
 
-    def __init__(self, names: Iterable[str]):
-        known = sorted({n for n in names if n and len(n) > 1}, key=len, reverse=True)
-        # between letters: nothing, a NUL (UTF-16 text read as UTF-8) or its JSON escape
-        spelled = ["(?:\x00|\\\\u0000)?".join(re.escape(c) for c in name) for name in known]
+    def __init__(self, names: Iterable[str], users: Iterable[str] = ()):
         # a known name with any domain after it is one host name
-        self._names = re.compile("|".join(f"(?<![A-Za-z0-9-]){s}(?:\\.[A-Za-z][A-Za-z0-9-]*)*(?![A-Za-z0-9-])"
-                                          for s in spelled), re.IGNORECASE) if spelled else None
+        self._names = _known(names, r"(?<![A-Za-z0-9-])", r"(?:\.[A-Za-z][A-Za-z0-9-]*)*(?![A-Za-z0-9-])")
+        self._users = _known(users, r"(?<![\w.-])", r"(?![\w-])")
 
     def scrub(self, text: str) -> str:
+        if self._users is not None:
+            text = self._users.sub("<user>", text)
         if self._names is not None:
             text = self._names.sub("<host>", text)
         text = _URL_HOST.sub(lambda m: m.group(0) if MICROSOFT_HOSTS.search(m.group(1)) else "<host>", text)
         return _IPV4.sub("<address>", text)
+
+
+def _known(names: Iterable[str], before: str, after: str) -> re.Pattern | None:
+    known = sorted({n for n in names if n and len(n) > 1}, key=len, reverse=True)
+    # between letters: nothing, a NUL (UTF-16 text read as UTF-8) or its JSON escape
+    spelled = ["(?:\x00|\\\\u0000)?".join(re.escape(c) for c in name) for name in known]
+    return re.compile("|".join(f"{before}{s}{after}" for s in spelled), re.IGNORECASE) if spelled else None
 
 
 def names_of(*values: str | None) -> set[str]:
@@ -87,6 +94,17 @@ def names_of(*values: str | None) -> set[str]:
         if dot and not label.isdigit():
             found.update((label, domain))
     return found
+
+
+def account_names(username: str | None) -> tuple[set[str], set[str]]:
+    """(user names, domain names) in a configured user name: `DOMAIN\\user`, `user@realm` (the realm and its first
+    label, which is usually the NetBIOS domain) or `user`."""
+    if not username:
+        return set(), set()
+    domain, _, user = username.rpartition("\\")
+    user, _, realm = user.partition("@")
+    domains = {d for d in (domain, realm, realm.partition(".")[0]) if d}
+    return {user} - {""}, domains
 
 
 # ---------------------------------------------------------------- report lines
@@ -411,11 +429,12 @@ def _file_bytes(head: bytes, tail: bytes, length: int | None) -> tuple[bytes, by
 
 def build_report(*, server: str, created: datetime, collect: bytes | str, interpretation: Any,
                  diagnose: bytes | str, secrets: Redactor, redact_names: Iterable[str] | None,
-                 culture: RawCulture | None = None) -> str:
+                 culture: RawCulture | None = None, username: str | None = None) -> str:
     """The report text. `collect` and `diagnose` are a script's stdout, or the failure text when it did not run;
     `interpretation` is the exporter's ServerState for the collect output, or None; `culture` the one the
     poll reported (the exporter reads culture-formatted log times with it). `redact_names`: the names
-    the configuration knows for the server (None: keep names); the computer names the scripts print are added.
+    the configuration knows for the server (None: keep names); the computer names the scripts print are added,
+    and the monitoring account's `username` (its user, domain or realm).
     Every line of the report passes the secret redactor and then the name scrubber; the whole text the redactor again."""
     collect_doc, collect_text = _document(collect)
     diagnose_doc, diagnose_text = _document(diagnose)
@@ -423,7 +442,8 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
     if redact_names is not None:
         computers = [d.get("computer") for d in (collect_doc, diagnose_doc) if d and isinstance(d.get("computer"), str)]
         proxies = [n.lstrip("*.") for n in _winhttp_names(diagnose_doc)]
-        scrub = NameScrubber(names_of(*redact_names, *computers) | set(proxies)).scrub
+        users, domains = account_names(username)
+        scrub = NameScrubber(names_of(*redact_names, *computers) | set(proxies) | domains, users).scrub
     report = Report(secrets, scrub)
     report.lines.append("# exchange-eems-exporter field report")
     report.add("report.format", FORMAT_VERSION)
