@@ -188,9 +188,11 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
     config, catalog, _ = _one_server_command(args)
     try:
-        report = field_report(config, catalog, args.server, redact_names=args.redact_names)
-    except KeyError:
-        raise _Fail(f"server {args.server!r} is not in {args.config_file}") from None
+        report = field_report(config, catalog, args.server, redact_names=args.redact_names,
+                              diagnose_module=args.diagnose_module)
+    except KeyError as missing:
+        what = "module" if missing.args[0] == args.diagnose_module else "server"
+        raise _Fail(f"{what} {missing.args[0]!r} is not in {args.config_file}") from None
     sys.stdout.write(report)
     return 0
 
@@ -380,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("server")
     diagnose.add_argument("--redact-names", action="store_true",
                           help="also remove host names and IP addresses (secrets are always removed)")
+    diagnose.add_argument("--diagnose-module", metavar="NAME",
+                          help="run the diagnose script through this module, e.g. when the server's is the JEA "
+                               "endpoint, which runs the collection only (default: the server's module)")
     diagnose.set_defaults(func=cmd_diagnose)
 
     build = sub.add_parser("build", help="explain an Exchange build number")

@@ -22,7 +22,12 @@ from .winrm import PollFailure
 DIAGNOSE_TIMEOUT_SECONDS = 120  # the diagnose script reads more than a poll; still bounded
 
 
-def field_report(config: Config, catalog: Catalog, server: str, *, redact_names: bool) -> str:
+def field_report(config: Config, catalog: Catalog, server: str, *, redact_names: bool,
+                 diagnose_module: str | None = None) -> str:
+    """The report; the diagnose script runs through `diagnose_module` when given (the JEA endpoint runs its one
+    function only), else through the server's module. KeyError: the server, or that module, is not configured."""
+    if diagnose_module is not None and diagnose_module not in config.modules:
+        raise KeyError(diagnose_module)
     poller = Poller(SafeRuntime(config, catalog))
     target = poller.runtime.current().targets.get(server)
     if target is None:
@@ -32,15 +37,21 @@ def field_report(config: Config, catalog: Catalog, server: str, *, redact_names:
         try:
             diagnose: bytes | str = poller.run_raw(
                 target.name, scripts.diagnose_script(DIAGNOSE_PARAMETERS),
-                timeout=max(config.poll.timeout, DIAGNOSE_TIMEOUT_SECONDS))
+                timeout=max(config.poll.timeout, DIAGNOSE_TIMEOUT_SECONDS), module=diagnose_module)
         except PollFailure as failure:
             diagnose = f"{failure.reason}: {failure.message}"
+            module = config.modules[diagnose_module or target.module]
+            if failure.reason == "configuration_not_found" and module.protocol == "psrp":
+                diagnose += ("; the diagnose script needs a module that may run scripts (protocol winrs, or psrp "
+                             "with configuration_name Microsoft.PowerShell): run diagnose again with "
+                             "--diagnose-module NAME")
     finally:
         poller.stop()
     return build_report(server=target.name, created=datetime.now(timezone.utc), collect=collect,
                         interpretation=interpretation, diagnose=diagnose, secrets=Redactor(config.secrets()),
                         redact_names=[target.name, target.address, target.spn_hostname] if redact_names else None,
-                        culture=facts.culture if facts else None, username=config.modules[target.module].username)
+                        culture=facts.culture if facts else None, diagnose_module=diagnose_module,
+                        usernames=[config.modules[m].username for m in (target.module, diagnose_module) if m])
 
 
 def _poll(poller: Poller, target: Target):

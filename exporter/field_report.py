@@ -429,12 +429,14 @@ def _file_bytes(head: bytes, tail: bytes, length: int | None) -> tuple[bytes, by
 
 def build_report(*, server: str, created: datetime, collect: bytes | str, interpretation: Any,
                  diagnose: bytes | str, secrets: Redactor, redact_names: Iterable[str] | None,
-                 culture: RawCulture | None = None, username: str | None = None) -> str:
+                 culture: RawCulture | None = None, usernames: Iterable[str | None] = (),
+                 diagnose_module: str | None = None) -> str:
     """The report text. `collect` and `diagnose` are a script's stdout, or the failure text when it did not run;
     `interpretation` is the exporter's ServerState for the collect output, or None; `culture` the one the
     poll reported (the exporter reads culture-formatted log times with it). `redact_names`: the names
     the configuration knows for the server (None: keep names); the computer names the scripts print are added,
-    and the monitoring account's `username` (its user, domain or realm).
+    and the monitoring accounts' `usernames` (their users, domains or realms). `diagnose_module`: the module the
+    diagnose script ran through, when not the server's.
     Every line of the report passes the secret redactor and then the name scrubber; the whole text the redactor again."""
     collect_doc, collect_text = _document(collect)
     diagnose_doc, diagnose_text = _document(diagnose)
@@ -442,7 +444,10 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
     if redact_names is not None:
         computers = [d.get("computer") for d in (collect_doc, diagnose_doc) if d and isinstance(d.get("computer"), str)]
         proxies = [n.lstrip("*.") for n in _winhttp_names(diagnose_doc)]
-        users, domains = account_names(username)
+        users, domains = set(), set()
+        for username in usernames:
+            user, domain = account_names(username)
+            users, domains = users | user, domains | domain
         scrub = NameScrubber(names_of(*redact_names, *computers) | set(proxies) | domains, users).scrub
     report = Report(secrets, scrub)
     report.lines.append("# exchange-eems-exporter field report")
@@ -451,6 +456,8 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
     report.add("report.created", created)
     report.add("report.server", server)
     report.add("report.names_redacted", redact_names is not None)
+    if diagnose_module is not None:
+        report.add("report.diagnose_module", diagnose_module)
 
     report.heading("1. What the exporter concludes (the `poll` of this server)")
     if collect_doc is None:

@@ -165,14 +165,15 @@ class Poller:
                 self.follow()
         return result
 
-    def run_raw(self, name: str, script: str | None = None, *, timeout: float | None = None) -> bytes:
+    def run_raw(self, name: str, script: str | None = None, *, timeout: float | None = None,
+                module: str | None = None) -> bytes:
         """The stdout of `script` (default: the server's collection script) on one server, neither parsed nor
-        recorded: `diagnose` shows it beside the interpretation. Raises PollFailure."""
+        recorded, through its module or `module`: `diagnose` shows it beside the interpretation. Raises PollFailure."""
         current = self.runtime.current()
         target = self._target(current, name)
         deadline = time.monotonic() + (timeout or current.config.poll.timeout)
         script = script or server_script(target, current.config.poll, self.store.known(target.name))
-        with self.connections.lease(target, target.module, current.config, deadline) as lease:
+        with self.connections.lease(target, module or target.module, current.config, deadline) as lease:
             return run_script(lease.connection, script, deadline)
 
     def interpret(self, target: Target, stdout: bytes) -> tuple[RawServerFacts, ServerState]:
