@@ -415,7 +415,7 @@ def _document(output: bytes | str) -> tuple[dict | None, str]:
     line = next((ln for ln in text.splitlines() if ln.lstrip().startswith("{")), None)
     try:
         doc = json.loads(line) if line else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a hostile server's document nested thousands deep
         doc = None
     return (doc if isinstance(doc, dict) else None), raw_text(output)
 
