@@ -238,6 +238,22 @@ def _log_file(report: Report, key: str, entry: dict, culture: RawCulture | None)
         else:
             tail_text = decode_log(tail)[1]
         head_lines, tail_lines = head_lines[:-1], tail_text.splitlines()[1:]
+    _log_lines(report, key, head_lines, tail_lines, parse_ps_date(entry.get("last_write")), culture)
+
+
+def _collected_log_file(report: Report, key: str, entry: dict, culture: RawCulture | None) -> None:
+    """A log file as the collection script read it: its tail as text (Get-Content, in any language mode)."""
+    report.add(f"{key}.source", "the collection script's tail (the diagnose script reads bytes in FullLanguage "
+                                "only); last write is the file's own")
+    report.add(f"{key}.name", entry.get("name"))
+    report.add(f"{key}.encoding", "not read (decoded by Get-Content)")
+    tail = entry.get("tail")
+    _log_lines(report, key, [], tail.splitlines() if isinstance(tail, str) else [],
+               parse_ps_date(entry.get("last_write")), culture)
+
+
+def _log_lines(report: Report, key: str, head_lines: list[str], tail_lines: list[str], last_write: datetime | None,
+               culture: RawCulture | None) -> None:
     for index, line in enumerate(head_lines[:FIRST_LINES], start=1):
         report.add(f"{key}.first_lines.{index}", line)
     fields_lines = {ln.strip()[len("#Fields:") :].strip() for ln in head_lines + tail_lines if ln.strip().startswith("#Fields:")}
@@ -247,7 +263,6 @@ def _log_file(report: Report, key: str, entry: dict, culture: RawCulture | None)
     report.add(f"{key}.time_column", ", ".join(f"{form} {forms[form]}" for form in ("iso", "culture", "none")))
     times = [r.time for r in (parse_log_line(line, culture) for line in data_lines) if r is not None and r.time is not None]
     report.add(f"{key}.exporter_reads_time", f"{len(times)} of {len(data_lines)} lines")
-    last_write = parse_ps_date(entry.get("last_write"))
     if times and last_write is not None:  # about 0 when the lines are in UTC; whole hours when in local time
         offset = (last_write - max(times)).total_seconds()
         report.add(f"{key}.last_write_minus_newest_line", f"{'-' if offset < 0 else '+'}{_duration(abs(offset))}")
@@ -268,7 +283,7 @@ def _log_file(report: Report, key: str, entry: dict, culture: RawCulture | None)
             report.add(f"{key}.level.{level}.message.{index}", f"{count} x {message}")
 
 
-def _log_section(report: Report, doc: dict, culture: RawCulture | None) -> None:
+def _log_section(report: Report, doc: dict, culture: RawCulture | None, collected: dict | None) -> None:
     folder = doc.get("log_folder") or {}
     if folder.get("error"):
         report.add("log.folder", f"not readable: {_error_text(folder['error'])}")
@@ -285,8 +300,13 @@ def _log_section(report: Report, doc: dict, culture: RawCulture | None) -> None:
     gaps = [(b - a).total_seconds() for a, b in zip(writes, writes[1:])]
     report.add("log.rotation", f"median {_duration(statistics.median(gaps))} between the last writes of "
                f"consecutive files" if gaps else "fewer than two files")
-    for index, entry in enumerate((f for f in files if "head" in f or "error" in f), start=1):
+    read = [f for f in files if "head" in f or "error" in f]
+    for index, entry in enumerate(read, start=1):
         _log_file(report, f"log.read.{index}", entry, culture)
+    if not read and collected:  # Constrained Language Mode: the poll's tails still show the lines
+        tails = [f for f in _as_list(collected.get("logs")) if isinstance(f, dict) and f.get("tail")]
+        for index, entry in enumerate(tails[: DIAGNOSE_PARAMETERS.read_files], start=1):
+            _collected_log_file(report, f"log.read.{index}", entry, culture)
 
 
 # ---------------------------------------------------------------- events
@@ -486,7 +506,7 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
         report.add("os.winhttp_proxy", f"{proxy[0]} (bypass: {proxy[1] or 'none'})" if isinstance(proxy, tuple) else proxy)
         _rights_section(report, diagnose_doc)
         report.heading("3. EEMS log files")
-        _log_section(report, diagnose_doc, culture)
+        _log_section(report, diagnose_doc, culture, collect_doc)
         report.heading("4. EEMS events in the Application log")
         report.add("events.window", f"{DIAGNOSE_PARAMETERS.lookback_hours} h, at most {DIAGNOSE_PARAMETERS.max_events}")
         report.add("events.query_seconds", diagnose_doc.get("event_query_seconds"))

@@ -177,6 +177,20 @@ def test_what_confirms_the_guesses_of_issue_17(reports):
     assert got["interpretation.eems.last_error_reason"] == "unknown_issuer"
 
 
+def test_constrained_language_still_shows_the_log_lines(reports):
+    """The diagnose script reads log bytes with .NET, in FullLanguage only; the collection script reads the tails
+    in any mode. Under ConstrainedLanguage the report had no log.read line at all, and nothing said so: the time
+    column, the newest line against the write time and the messages per level now come from the poll's tails."""
+    got = lines(reports["EX19-CLM"][1])
+    assert got["log.read.1.source"].startswith("the collection script's tail"), got
+    assert got["log.read.1.name"] == got["log.files.1"].split()[0]
+    assert got["log.read.1.encoding"].startswith("not read")
+    assert re.fullmatch(r"iso [1-9]\d*, culture 0, none 0", got["log.read.1.time_column"])
+    assert got["log.read.1.last_write_minus_newest_line"] == "+0h00m"
+    assert "fetching mitigations" in got["log.read.1.level.Error.message.1"]
+    assert "log.read.1.first_lines.1" not in got  # a tail's first lines are not the file's
+
+
 def test_a_reader_that_repeats_its_error(reports):
     """R11: the poll and the diagnose script send a few of the records and how many there were."""
     code, report, _ = reports["EX-SE10-READS"]
