@@ -38,6 +38,7 @@ MAX_RAW_CHARS = 300_000
 FIRST_LINES = 8
 MESSAGES_PER_LEVEL = 12
 TEXTS_PER_EVENT_ID = 3
+ERRORS_SENT = 20  # the diagnose script's error records (first 20); a list beyond its caps is not its output
 EVENT_LEVELS = {1: "Critical", 2: "Error", 3: "Warning", 4: "Information", 5: "Verbose"}
 BOMS = ((b"\xef\xbb\xbf", "utf-8-sig", "utf-8 (BOM EF BB BF)"), (b"\xff\xfe", "utf-16-le", "utf-16-le (BOM FF FE)"),
         (b"\xfe\xff", "utf-16-be", "utf-16-be (BOM FE FF)"))
@@ -290,7 +291,7 @@ def _log_section(report: Report, doc: dict, culture: RawCulture | None, collecte
         return
     report.add("log.folder", f"{folder.get('path')} ({'exists' if folder.get('exists') else 'does not exist'}"
                + (f", {folder.get('file_count')} files)" if folder.get("exists") else ")"))
-    files = [f for f in _as_list(doc.get("log_files")) if isinstance(f, dict)]
+    files = [f for f in _as_list(doc.get("log_files"))[: DIAGNOSE_PARAMETERS.list_files] if isinstance(f, dict)]
     for index, entry in enumerate(files, start=1):
         report.add(f"log.files.{index}", f"{entry.get('name')}  {entry.get('length')} bytes  "
                    f"last write {_show(parse_ps_date(entry.get('last_write')))} (directory entry), "
@@ -300,7 +301,7 @@ def _log_section(report: Report, doc: dict, culture: RawCulture | None, collecte
     gaps = [(b - a).total_seconds() for a, b in zip(writes, writes[1:])]
     report.add("log.rotation", f"median {_duration(statistics.median(gaps))} between the last writes of "
                f"consecutive files" if gaps else "fewer than two files")
-    read = [f for f in files if "head" in f or "error" in f]
+    read = [f for f in files if "head" in f or "error" in f][: DIAGNOSE_PARAMETERS.read_files]
     for index, entry in enumerate(read, start=1):
         _log_file(report, f"log.read.{index}", entry, culture)
     if not read and collected:  # Constrained Language Mode: the poll's tails still show the lines
@@ -313,7 +314,7 @@ def _log_section(report: Report, doc: dict, culture: RawCulture | None, collecte
 
 
 def _events_section(report: Report, doc: dict) -> None:
-    errors = _as_list(doc.get("event_errors"))
+    errors = _as_list(doc.get("event_errors"))[:ERRORS_SENT]
     count = doc.get("event_error_count")
     count = count if isinstance(count, int) and not isinstance(count, bool) and count > len(errors) else len(errors)
     report.add("events.read_errors", "none" if not count else
@@ -321,7 +322,7 @@ def _events_section(report: Report, doc: dict) -> None:
     for index, error in enumerate(errors, start=1):
         report.add(f"events.read_error.{index}", _error_text(error))
     by_id: dict[Any, list[dict]] = {}
-    for event in _as_list(doc.get("events")):
+    for event in _as_list(doc.get("events"))[: DIAGNOSE_PARAMETERS.max_events]:
         if isinstance(event, dict):
             by_id.setdefault(event.get("id"), []).append(event)
     report.add("events.ids", ", ".join(f"{i} x {len(e)}" for i, e in sorted(by_id.items(), key=lambda p: str(p[0])))
@@ -403,18 +404,19 @@ def _rights_section(report: Report, doc: dict) -> None:
                    f"{_error_text(key['error'])}")
     else:
         report.add("rights.service_key", f"ok: Start={key.get('start')}, account {key.get('account')}")
-    errors = [e for e in _as_list(doc.get("event_errors")) if isinstance(e, dict)]
+    errors = [e for e in _as_list(doc.get("event_errors"))[:ERRORS_SENT] if isinstance(e, dict)]
     denied = [e for e in errors if "UnauthorizedAccess" in f"{e.get('id')} {e.get('type')}"]
     report.add("rights.event_log", f"DENIED: {_error_text(denied[0])}" if denied else "ok")
     folder = doc.get("log_folder") or {}
-    file_errors = [f["error"] for f in _as_list(doc.get("log_files")) if isinstance(f, dict) and f.get("error")]
+    file_errors = [f["error"] for f in _as_list(doc.get("log_files"))[: DIAGNOSE_PARAMETERS.list_files]
+                   if isinstance(f, dict) and f.get("error")]
     if folder.get("error"):
         report.add("rights.log_folder", f"failed: {_error_text(folder['error'])}")  # denied, or no install path
     elif file_errors:
         report.add("rights.log_folder", f"{len(file_errors)} files not readable: {_error_text(file_errors[0])}")
     else:
         report.add("rights.log_folder", "ok" if folder.get("exists") else "folder absent")
-    for index, error in enumerate(_as_list(doc.get("errors")), start=1):
+    for index, error in enumerate(_as_list(doc.get("errors"))[:ERRORS_SENT], start=1):
         report.add(f"diagnose.error.{index}", _error_text(error))
 
 
@@ -520,5 +522,5 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
             for part in ("head", "tail"):
                 if isinstance(entry, dict) and part in entry:
                     entry[part] = f"<{len(_b64(entry[part]))} bytes>"
-        report.block(json.dumps(diagnose_doc, indent=1))
+        report.block(json.dumps(diagnose_doc, indent=1)[:MAX_RAW_CHARS])
     return secrets.scrub("\n".join(report.lines) + "\n")

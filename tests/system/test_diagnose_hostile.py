@@ -3,8 +3,10 @@ command writes a report, within its time, and prints nothing a terminal would ob
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -44,3 +46,27 @@ def test_deeply_nested_json_still_gives_a_report(tmp_path, script):
     expected = {"collect": ("poll.outcome", "output not understood"), "diagnose": ("diagnose.outcome", "failed: ")}
     key, start = expected[script]
     assert got[key].startswith(start), proc.stdout[:2000]
+
+
+HUGE_LISTS = {  # what the diagnose script caps (DIAGNOSE_PARAMETERS, the first 20 errors), some 2 MB of it uncapped
+    "events": {"events": [{"id": i} for i in range(150_000)]},
+    "log_files": {"log_folder": {"exists": True}, "log_files": [{"error": 1} for _ in range(150_000)]},
+    "errors": {"event_errors": [1] * 150_000, "errors": [1] * 150_000},
+}
+
+
+@pytest.mark.parametrize("part", HUGE_LISTS)
+def test_a_diagnose_output_with_lists_beyond_the_scripts_caps_gives_a_bounded_report(tmp_path, part):
+    """The script sends at most 200 events, 48 files (3 read) and 20 error records; the report made a line (or
+    eight) of every item a server sent: 2 MB of events with distinct ids took 12 s and printed 31 MB."""
+    stdout = json.dumps({"schema": 1, **HUGE_LISTS[part]}, separators=(",", ":")).encode()
+
+    def output(command: str) -> Output:
+        return Output(stdout=stdout if command.startswith(DIAGNOSE_MARKER) else b'{"schema":1}')
+
+    with HostileServer("none", {USERNAME: PASSWORD}, output=output) as hostile:
+        started = time.monotonic()
+        proc = _diagnose(tmp_path, hostile.port)
+        seconds = time.monotonic() - started
+    assert proc.returncode == 0 and lines(proc.stdout.decode())["diagnose.outcome"] == "ok", proc.stderr[-2000:]
+    assert len(proc.stdout) < 1_000_000 and seconds < 20, (len(proc.stdout), seconds)
