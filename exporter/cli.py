@@ -193,7 +193,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     except KeyError as missing:
         what = "module" if missing.args[0] == args.diagnose_module else "server"
         raise _Fail(f"{what} {missing.args[0]!r} is not in {args.config_file}") from None
-    sys.stdout.write(report)
+    sys.stdout.flush()
+    sys.stdout.buffer.write(report.encode("utf-8"))  # not the console's code page: a report of a Japanese server
     return 0
 
 

@@ -44,10 +44,12 @@ def fleet_scenario() -> dict:
     return scenario
 
 
-def diagnose(config_file, server: str, *extra: str) -> subprocess.Popen:
+def diagnose(config_file, server: str, *extra: str, encoding: str | None = None) -> subprocess.Popen:
+    """`encoding`: of the exporter's stdout (Windows writes a redirected stdout in its ANSI code page)."""
+    env = {**exporter_env(), **({"PYTHONIOENCODING": encoding} if encoding else {})}
     return subprocess.Popen([sys.executable, "-m", "exporter", "diagnose", "--config.file", str(config_file),
                              "--log.level", "debug", server, *extra],
-                            cwd=ROOT, env=exporter_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +58,16 @@ def reports(tmp_path_factory) -> dict[str, tuple[int, str, bytes]]:
     runs = {"EX-SE01": (), "EX-SE04-PROXY": ("--redact-names",), "EX-SE04-PROXY plain": (), "EDGE01": (),
             "EX16-CU21": (), "EX19-CU12": (), "EX-SE05-NOWINRM": (), "EX-SE06-DE": ("--redact-names",),
             "EX-SE07-JA": (), "EX-SE08-FR": ("--redact-names",), "EX-SE09-JA-LOG": (), "EX19-CLM": (),
-            "EX-SE10-READS": ()}
+            "EX-SE10-READS": (), "EX-SE07-JA cp1252": ()}
     with SimulatedFleet(fleet_scenario()) as fleet:
         config_file = tmp_path_factory.mktemp("diagnose") / "config.yml"
         config_file.write_text(fleet.config_text())
-        running = {label: diagnose(config_file, label.split()[0], *extra) for label, extra in runs.items()}
+        running = {label: diagnose(config_file, label.split()[0], *extra, encoding="cp1252" if label.endswith(" cp1252") else None)
+                   for label, extra in runs.items()}
         results = {}
         for label, proc in running.items():
             stdout, stderr = proc.communicate(timeout=120)
-            results[label] = (proc.returncode, stdout.decode(), stdout + b"\n--- stderr ---\n" + stderr)
+            results[label] = (proc.returncode, stdout.decode(errors="replace"), stdout + b"\n--- stderr ---\n" + stderr)
     return results
 
 
@@ -135,6 +138,15 @@ def test_a_japanese_server_with_a_daily_log_and_other_events(reports):
                           "\u53d6\u5f97\u3067\u304d\u307e\u305b\u3093\u3002")
                for k, v in got.items() if re.fullmatch(r"events\.id\.\d+\.text\.\d+", k))
     assert "EventLogException" in got["events.read_error.1"]
+
+
+def test_the_report_is_utf8_whatever_the_consoles_code_page(reports):
+    """Windows writes a redirected stdout (`diagnose EX01 > report.txt`) in its ANSI code page: the Japanese
+    server's report ended in a UnicodeEncodeError, exit 1, and no report. It is written as UTF-8 bytes."""
+    code, report, output = reports["EX-SE07-JA cp1252"]
+    assert code == 0, output[-2000:]
+    assert lines(report)["os.culture"] == "ja-JP" and lines(report)["log.read.1.time_column"]
+    assert report.count("\u30a4\u30d9\u30f3\u30c8") == reports["EX-SE07-JA"][1].count("\u30a4\u30d9\u30f3\u30c8") > 0
 
 
 def test_the_winhttp_proxy_eems_goes_through(reports):
