@@ -38,6 +38,7 @@ MAX_RAW_CHARS = 300_000
 FIRST_LINES = 8
 MESSAGES_PER_LEVEL = 12
 TEXTS_PER_EVENT_ID = 3
+MAX_PROXY_NAMES = 64  # host names taken from the WinHTTP proxy setting (a hostile one may list thousands)
 ERRORS_SENT = 20  # the diagnose script's error records (first 20); a list beyond its caps is not its output
 EVENT_LEVELS = {1: "Critical", 2: "Error", 3: "Warning", 4: "Information", 5: "Verbose"}
 BOMS = ((b"\xef\xbb\xbf", "utf-8-sig", "utf-8 (BOM EF BB BF)"), (b"\xff\xfe", "utf-16-le", "utf-16-le (BOM FF FE)"),
@@ -78,7 +79,9 @@ class NameScrubber:
 
 
 def _known(names: Iterable[str], before: str, after: str) -> re.Pattern | None:
-    known = sorted({n for n in names if n and len(n) > 1}, key=len, reverse=True)
+    # a DNS name has at most 255 characters: a longer "name" a compromised server prints is none (one of 2 MB made a
+    # 40 MB expression, a minute to compile and match)
+    known = sorted({n for n in names if n and 1 < len(n) <= 255}, key=len, reverse=True)
     # between letters: nothing, a NUL (UTF-16 text read as UTF-8) or its JSON escape
     spelled = ["(?:\x00|\\\\u0000)?".join(re.escape(c) for c in name) for name in known]
     return re.compile("|".join(f"{before}{s}{after}" for s in spelled), re.IGNORECASE) if spelled else None
@@ -380,7 +383,7 @@ def _winhttp_names(doc: dict | None) -> list[str]:
     """Host names in the WinHTTP proxy settings (they are not URLs, so the URL rule does not see them)."""
     found = winhttp_proxy(doc.get("winhttp_settings")) if doc else ""
     names = _DOTTED_NAME.findall(" ".join(found)) if isinstance(found, tuple) else []
-    return [name for name in names if not _IPV4.fullmatch(name)]  # addresses have their own rule
+    return [name for name in names if not _IPV4.fullmatch(name)][:MAX_PROXY_NAMES]  # addresses have their own rule
 
 
 # ---------------------------------------------------------------- rights and culture
