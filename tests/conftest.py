@@ -170,6 +170,17 @@ def relocate(scenario: dict) -> dict:
     return scenario
 
 
+def jea_scenario(folder: Path) -> dict:
+    """One server, EX01, whose PowerShell remoting offers the exporter's JEA endpoint as `windows-endpoint` writes it
+    (into `folder`), beside its WinRS shell."""
+    from exporter import windows_endpoint
+
+    windows_endpoint.write(folder, "CONTOSO\\EEMS Monitoring")
+    role = folder / "ExchangeEemsExporter" / "RoleCapabilities" / "ExchangeEemsReader.psrc"
+    return relocate({"servers": [{"name": "EX01", "address": "127.0.0.1", "build": "15.2.1544.4"}],
+                     "remoting": {"jea": {"role_capability": str(role)}}})
+
+
 class SimulatedFleet:
     def __init__(self, scenario_dict: dict, kerberos_keytab: Path | None = None):
         self.scenario = scenario_from_dict(scenario_dict)

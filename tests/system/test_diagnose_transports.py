@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter import windows_endpoint
 from exporter.catalog import Catalog
 from exporter.config import load_config
 from exporter.diagnose import field_report
 
-from ..conftest import PASSWORD_ENV, SimulatedFleet, relocate
+from ..conftest import PASSWORD_ENV, SimulatedFleet, jea_scenario
 from ..unit.test_field_report import lines
 from .test_kerberos import NAMED, domain  # noqa: F401  (domain: the fixture)
 from .test_secrets import ROOT, exporter_env
@@ -54,12 +53,7 @@ def test_a_kerberos_report_and_its_failures_name_no_account_and_no_server(domain
 @pytest.fixture(scope="module")
 def jea_fleet(tmp_path_factory):
     """One server with the exporter's JEA endpoint (as windows-endpoint writes it) and its WinRS shell."""
-    output = tmp_path_factory.mktemp("endpoint")
-    windows_endpoint.write(output, "CONTOSO\\EEMS Monitoring")
-    role = output / "ExchangeEemsExporter" / "RoleCapabilities" / "ExchangeEemsReader.psrc"
-    scenario = relocate({"servers": [{"name": "EX01", "address": "127.0.0.1", "build": "15.2.1544.4"}],
-                         "remoting": {"jea": {"role_capability": str(role)}}})
-    with SimulatedFleet(scenario) as fleet:
+    with SimulatedFleet(jea_scenario(tmp_path_factory.mktemp("endpoint"))) as fleet:
         yield fleet
 
 

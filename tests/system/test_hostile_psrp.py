@@ -20,7 +20,7 @@ from exporter.scripts import ServerScriptParameters, powershell_command, server_
 from exporter.winrm import PollFailure, connect
 from simulator import psrp
 
-from ..conftest import SimulatedFleet, relocate
+from ..conftest import SimulatedFleet, jea_scenario
 
 COMMAND = powershell_command(server_script(ServerScriptParameters(24, 50, 32768, False, 10, "")))
 OUTPUT, STATE = 0x00041004, 0x00041006
@@ -175,12 +175,7 @@ ATTACKS = {"endless_fragments": (endless, "bad_output"), "huge_fragment": (huge,
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    output = tmp_path_factory.mktemp("endpoint")
-    windows_endpoint.write(output, "CONTOSO\\EEMS Monitoring")
-    role = output / "ExchangeEemsExporter" / "RoleCapabilities" / "ExchangeEemsReader.psrc"
-    scenario = relocate({"servers": [{"name": "EX01", "address": "127.0.0.1", "build": "15.2.1544.4"}],
-                         "remoting": {"jea": {"role_capability": str(role)}}})
-    with SimulatedFleet(scenario) as fleet:
+    with SimulatedFleet(jea_scenario(tmp_path_factory.mktemp("endpoint"))) as fleet:
         yield fleet
 
 
