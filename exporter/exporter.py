@@ -43,6 +43,7 @@ class Exporter:
             last_reload_timestamp=self.runtime.last_reload_timestamp,
             credential_paused={name: name in paused for name in current.config.modules},
             servers=current.targets.known,
+            server_names=current.targets.names,
         )
 
     # ------------------------------------------------------------ what the handlers read

@@ -42,6 +42,7 @@ class SelfStatus:
     last_reload_timestamp: float
     credential_paused: dict[str, bool] = field(default_factory=dict)  # module -> its polls are paused
     servers: int = 0  # configured plus discovered, of every shard
+    server_names: frozenset[str] = frozenset()  # their names, addresses and SPN hosts, lower case
 
 
 def _ts(value: datetime | date | None) -> float | None:
@@ -216,9 +217,15 @@ def _collector_metrics(out: _Families, collector: str, labels: dict[str, str], o
 
 # One family, two scopes: the organization's setting and each server's.
 MITIGATIONS_ENABLED_HELP = "MitigationsEnabled (Get-OrganizationConfig / Get-ExchangeServer)."
+POLLED_HELP = ("For each Mailbox server Get-ExchangeServer lists: 1 if this exporter's configuration polls it (configured "
+               "or discovered, in any shard), 0 if not: nothing here watches its EEMS.")
 
 
-def organization_families(org: OrganizationResult, server_names: dict[str, str]) -> list[Metric]:
+def organization_families(org: OrganizationResult, server_names: dict[str, str],
+                          polled: frozenset[str]) -> list[Metric]:
+    """The organization collector's series. `server_names`: this instance's servers by lower-case name (a server's
+    series take the name it is polled by); `polled`: every name any instance of this configuration polls a server
+    by (SelfStatus.server_names)."""
     out = _Families()
     _collector_metrics(out, "organization", {"organization": org.name}, org.outcome, org.last_success)
     facts = org.facts
@@ -233,6 +240,9 @@ def organization_families(org: OrganizationResult, server_names: dict[str, str])
                 {"scope": "organization", "organization": org.name}, 1 if facts.mitigations_enabled else 0)
     for info in facts.servers:
         server = {"server": next((server_names[key] for key in info.keys() if key in server_names), info.name)}
+        if info.mailbox_role is not False:  # EEMS runs on Mailbox servers; a role not said counts as one
+            out.add("exchange_organization_server_polled", POLLED_HELP, server,
+                    1 if any(key in polled for key in info.keys()) else 0)
         if info.mitigations_enabled is not None:
             out.add("exchange_eems_mitigations_enabled", MITIGATIONS_ENABLED_HELP,
                     {"scope": "server", **server}, 1 if info.mitigations_enabled else 0)
@@ -330,7 +340,8 @@ class CachedExposition:
             for stale in [k for k in self._servers if k not in current]:
                 del self._servers[stale]
         if organization is not None:
-            parts.append(_format(organization_families(organization, {r.name.lower(): r.name for r in servers})))
+            parts.append(_format(organization_families(organization, {r.name.lower(): r.name for r in servers},
+                                                       self_status.server_names)))
         parts.append(_format(self_families(self_status)))
         return _encode(parts, base, accept)
 

@@ -96,6 +96,7 @@ class RawServerFacts:
 class OrgServerInfo:
     name: str
     fqdn: str | None
+    mailbox_role: bool | None  # ServerRole includes Mailbox, where EEMS runs (None: not said)
     admin_display_version: str | None
     mitigations_enabled: bool | None
     mitigations_applied: tuple[str, ...]

@@ -544,9 +544,12 @@ def _org_server(item: dict, notes: _Notes) -> OrgServerInfo | None:
     if fqdn is not None and not is_host(fqdn):  # a discovered server's address and the host name of its SPN
         notes.wrong("servers.fqdn", "a host name")
         fqdn = None
+    roles = notes.text(item, "roles", "servers.roles")
     return OrgServerInfo(
         name=name,
         fqdn=fqdn,
+        # ServerRole is a flags enum: [string] of it is "Mailbox", "Edge", "Mailbox, ClientAccess" (Exchange 2013)
+        mailbox_role=None if roles is None else "mailbox" in (role.strip().lower() for role in roles.split(",")),
         admin_display_version=notes.text(item, "admin_display_version", "servers.admin_display_version"),
         mitigations_enabled=notes.flag(item, "mitigations_enabled", "servers.mitigations_enabled"),
         mitigations_applied=notes.label_values(item.get("mitigations_applied"), "servers.mitigations_applied"),

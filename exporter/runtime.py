@@ -76,6 +76,9 @@ class Targets:
             self._all[info.name.lower()] = self._target(info.name, info.fqdn or info.name, None, organization.module,
                                                         "", discovered=True, spn_hostname=info.fqdn)
         self.known = len(self._all)  # of every shard
+        # every name a server of any shard is polled by (its name, address and SPN host), for the organization's
+        # servers that none of them is (exchange_organization_server_polled)
+        self.names = frozenset(name.lower() for t in self._all.values() for name in (t.name, t.address, t.spn_hostname))
         if over_limit:  # made at a reload or when the list changed, not at every organization poll
             log.warning("%d discovered servers are not polled: limits.max_servers (%d) is reached",
                         over_limit, config.limits.max_servers)

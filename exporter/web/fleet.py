@@ -12,7 +12,10 @@ So each row is kept with those and made again only when one of them moves; the r
 in one pass of the rules over their samples. The ages on a row ("4m ago") are written at each request from the
 times the row keeps. The rules see exactly the samples /metrics serves (the same metric families), split by
 server: no rule matches one server's series with another's (every join is `on(job, instance, server)`, or
-`on(job, instance) group_left()` with a series of no server), so each server's alerts do not depend on the others'.
+`on(job, instance) group_left()` with a series of no server, or `on(server)`), so each server's alerts do not depend
+on the others'. The organization's series of a server this instance does not poll (another shard's, or one nothing
+polls: `ExchangeServerNotPolled`) have no row: they are evaluated with the series of no server, and their alerts are
+listed with the exporter's.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ class FleetRows:
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._context: tuple = ()  # (samples of no server, redactor version): the current one, by identity
-        self._organization: tuple = (None, {}, [], {})  # (result, names, samples of no server, by server)
+        self._organization: tuple = (None, ({}, frozenset()), [], {})  # (result, names, samples of no row, by row)
         self._exporter_level: tuple[object, float, list[alerts.Firing]] = (None, -math.inf, [])
 
     def rows(self, servers: list[ServerResult], organization: OrganizationResult | None, redactor_version: int,
@@ -63,8 +66,9 @@ class FleetRows:
         now = self._clock()
         with self._lock:
             names = {r.name.lower(): r.name for r in servers}
-            global_samples, by_server = self._organization_samples(organization, names)
-            context = self._context_now(global_samples + samples_of(self_families(self._status())), redactor_version)
+            status = self._status()
+            global_samples, by_server = self._organization_samples(organization, names, status.server_names)
+            context = self._context_now(global_samples + samples_of(self_families(status)), redactor_version)
             entries, due = {}, []
             for result in servers:
                 key = result.name.lower()
@@ -84,8 +88,8 @@ class FleetRows:
                 exporter_level = []
                 for firing in firings:
                     name = firing.labels.get("server")
-                    if name is None:
-                        exporter_level.append(firing)
+                    if name is None or name.lower() not in names:
+                        exporter_level.append(firing)  # of no server, or of one without a row here
                     else:
                         per_server.setdefault(name, []).append(firing)
                 shared = until.get(None, math.inf)
@@ -108,19 +112,21 @@ class FleetRows:
         self._context = (global_samples, redactor_version, key[0])
         return self._context
 
-    def _organization_samples(self, organization: OrganizationResult | None,
-                              names: dict[str, str]) -> tuple[list[Sample], dict[str, tuple]]:
-        """The organization's samples of no server, and each server's (by its name as /metrics writes it); made
-        again only for a new organization result or a new set of servers, and then a server's samples that did
-        not change are the same object as before (its row compares them by identity)."""
+    def _organization_samples(self, organization: OrganizationResult | None, names: dict[str, str],
+                              polled: frozenset[str]) -> tuple[list[Sample], dict[str, tuple]]:
+        """The organization's samples of no row (of no server, or of a server this instance does not poll), and each
+        row's server's (by its name as /metrics writes it); made again only for a new organization result or a new
+        set of servers, and then a server's samples that did not change are the same object as before (its row
+        compares them by identity)."""
         kept, kept_names, global_samples, before = self._organization
-        if kept is organization and kept_names == names:
+        if kept is organization and kept_names == (names, polled):
             return global_samples, before
         global_samples, grouped = [], {}
+        rows = set(names.values())
         if organization is not None:
-            for sample in samples_of(organization_families(organization, names)):
+            for sample in samples_of(organization_families(organization, names, polled)):
                 server = sample[1].get("server")
-                if server is None:
+                if server not in rows:
                     global_samples.append(sample)
                 else:
                     grouped.setdefault(server, []).append(sample)
@@ -128,5 +134,5 @@ class FleetRows:
         for name, samples in grouped.items():
             mine = tuple(samples)
             by_server[name] = before[name] if before.get(name) == mine else mine
-        self._organization = (organization, names, global_samples, by_server)
+        self._organization = (organization, (names, polled), global_samples, by_server)
         return global_samples, by_server

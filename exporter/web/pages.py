@@ -96,13 +96,14 @@ def _page(title: str, body: str) -> bytes:
             f"<body>{body}</body></html>\n").encode()
 
 
-def _alerts(alerts: tuple[Firing, ...] | list[Firing]) -> str:
+def _alerts(alerts: tuple[Firing, ...] | list[Firing], said: set[str] = _SAME_FOR_A_ROW) -> str:
+    """The alerts as a list, without the labels `said` (those the row or page around them already says)."""
     if not alerts:
         return ""
     items = []
     for alert in alerts:
         hold = f' <span class="muted">(after {_e(alert.hold)})</span>' if alert.hold else ""
-        detail = ", ".join(f"{k} {v}" for k, v in sorted(alert.labels.items()) if k not in _SAME_FOR_A_ROW)
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(alert.labels.items()) if k not in said)
         detail = f" {_e(detail)}" if detail else ""
         items.append(f'<li><a href="{_e(DEFAULT_RUNBOOK_BASE + "#" + alert.alert.lower())}">{_e(alert.alert)}</a>'
                      f'{detail} <span class="state {_e(alert.severity)}">{_e(alert.severity)}</span>{hold}</li>')
@@ -195,7 +196,9 @@ def fleet(rows: list[tuple[Row, RowHTML]], exporter_alerts: list[Firing], state_
     chosen = shown[first:first + ROWS_PER_PAGE]
     nav = [f'<a href="/">all ({len(rows)})</a>'] + [
         f'<a href="{_link("/", state=s)}"><span class="state {s}">{s}</span> {counts[s]}</a>' for s in STATES if counts[s]]
-    exporter_section = (f"<h2>The exporter</h2>{_alerts(exporter_alerts)}" if exporter_alerts else "")
+    # of no server, or of a server without a row here (one the organization lists and nothing polls): named
+    exporter_section = (f"<h2>The exporter</h2>{_alerts(exporter_alerts, _SAME_FOR_A_ROW - {'server'})}"
+                        if exporter_alerts else "")
     where = {"state": state_filter} if state_filter else {}
     paging = ""
     if pages > 1:

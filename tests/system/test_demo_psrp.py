@@ -68,6 +68,9 @@ def test_the_psrp_demo_gives_the_winrs_demos_verdicts(tmp_path):
         assert organization_state(texts["psrp"]) == "auth_failed"  # Exchange's endpoint: Kerberos only
         assert organization_state(texts["psrp_kerberos"]) == "ok"  # cmdlets under RBAC on the server, no second hop
         assert series(texts["psrp_kerberos"], "exchange_eems_mitigations_enabled")
+        # ServerRole read from the deserialized objects: every Mailbox server listed and polled, the Edge one left out
+        polled = series(texts["psrp_kerberos"], "exchange_organization_server_polled")
+        assert len(polled) == 14 and all(s.endswith("} 1.0") and "EDGE01" not in s for s in polled), polled
         for metric in VERDICTS:
             winrs_series = series(texts["winrs"], metric)
             assert winrs_series, metric

@@ -121,6 +121,10 @@ def test_organization_collector(demo):
     assert value(metrics, "exchange_eems_mitigation_blocked", server="EX-SE03-BLOCKED", mitigation="M2.1.0") == 1
     assert value(metrics, "exchange_eems_mitigation_applied", server="EX-SE03-BLOCKED", mitigation="PING1") == 1
     assert value(metrics, "exchange_eems_mitigations_enabled", scope="server", server="EX-SE01") == 1
+    # the script's ServerRole reaches the exporter: every Mailbox server is listed and polled; Edge has no EEMS
+    polled = {dict(labels)["server"]: v for (name, labels), v in metrics.items()
+              if name == "exchange_organization_server_polled"}
+    assert set(polled.values()) == {1} and "EDGE01" not in polled and "EX-SE01" in polled, polled
 
 
 def test_unreachable_server_has_a_reason(demo):

@@ -18,7 +18,8 @@ from exporter.exporter import Exporter
 from exporter.model import CollectorOutcome, OrganizationResult, OrgServerInfo, ServerResult
 from exporter.parse import parse_organization_output
 from exporter.runtime import Targets
-from exporter.web import alerts
+from exporter.web import alerts, pages
+from exporter.web.handlers import SharedView
 
 from ..conftest import PASSWORD_ENV, minimal_config
 from .test_runtime import DISCOVERING, discovered, runtime_for, write
@@ -214,3 +215,54 @@ def test_discovered_servers_left_out_by_max_servers_are_logged(tmp_path, caplog)
     assert runtime.current().targets.known == 2
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == ["3 discovered servers are not polled: limits.max_servers (2) is reached"], warnings
+
+
+# ---------------------------------------------------------------- 7. a Mailbox server of the organization nothing polls
+
+
+def _not_polled(exporter: Exporter) -> dict[str, float]:
+    return {labels["server"]: value for name, labels, value in _body_samples(exporter)
+            if name == "exchange_organization_server_polled"}
+
+
+def test_a_mailbox_server_the_organization_lists_and_no_configuration_names_raises_a_ticket(monkeypatch):
+    """A Mailbox server added to the organization after the exporter was set up, and never added to `servers:`,
+    was watched by nothing and said by nothing: its series came from the organization only, and no alert read
+    them. A server is matched by its Name, FQDN or address, in any shard; an Edge server (no EEMS) is left out."""
+    monkeypatch.setenv(PASSWORD_ENV, "a password")
+    text = minimal_config("organization: {server: ex01.contoso.com}\nshard: 1/2\n").replace(
+        "  - ex01.contoso.com\n", "  - ex01.contoso.com\n  - {name: MBX2, address: ex02.contoso.com}\n"
+        "  - {name: site2-mbx, address: 127.0.0.10, spn_hostname: ex08.contoso.com}\n")
+    exporter = Exporter(load_config_text(text, Path(".")), Catalog.load())
+    try:
+        doc = {"schema": 1, "error": None, "servers": [
+            {"name": "EX01", "fqdn": "ex01.contoso.com", "roles": "Mailbox"},  # configured by its FQDN
+            {"name": "EX02", "fqdn": "ex02.contoso.com", "roles": "Mailbox"},  # by its address
+            {"name": "EX08", "fqdn": "ex08.contoso.com", "roles": "Mailbox, ClientAccess"},  # by its SPN host
+            {"name": "EX03", "fqdn": "ex03.contoso.com", "roles": "Mailbox"},
+            {"name": "EX04", "fqdn": "ex04.contoso.com"},  # no role said: counted as a Mailbox server
+            {"name": "EDGE01", "fqdn": "edge01.contoso.com", "roles": "Edge"},
+        ]}
+        exporter.poller.store.record_organization(_org_result(doc))
+        assert _not_polled(exporter) == {"EX01": 1, "EX02": 1, "EX08": 1, "EX03": 0, "EX04": 0}
+        firing = [f for f in alerts.firing(_body_samples(exporter)) if f.alert == "ExchangeServerNotPolled"]
+        assert sorted((f.labels["server"], f.severity, f.hold) for f in firing) == [
+            ("EX03", "warning", "1h"), ("EX04", "warning", "1h")]
+        # the fleet page shows them among the alerts of no row (this instance polls no row of theirs)
+        rows, exporter_level = SharedView(exporter).fleet()
+        assert sorted(f.labels["server"] for f in exporter_level if f.alert == "ExchangeServerNotPolled") == [
+            "EX03", "EX04"]
+        page = pages.fleet(rows, exporter_level, None, 1, "0", "EX01", lambda text: text).decode()
+        assert "ExchangeServerNotPolled</a> server EX03 " in page and "ExchangeServerNotPolled</a> server EX04 " in page
+    finally:
+        exporter.stop()
+
+
+def test_a_discovered_server_is_polled_unless_max_servers_left_it_out(tmp_path):
+    runtime, _, _ = runtime_for(tmp_path, DISCOVERING + "limits: {max_servers: 2}\n")
+    organization = runtime.current().config.organization
+    assert runtime.discovered(organization, tuple(discovered(f"EX{n:02}", fqdn=f"ex{n:02}.contoso.com")
+                                                  for n in range(2, 5)))
+    names = runtime.current().targets.names
+    assert [any(key in names for key in (f"ex{n:02}", f"ex{n:02}.contoso.com")) for n in range(2, 5)] == [
+        True, False, False]

@@ -219,7 +219,7 @@ FUZZ = settings(max_examples=100, deadline=None,
                                     "Version 16.0 (Build 1.1)", "\ud800"]) | nasty_text)
 def test_property_server_output_through_the_whole_path(doc, ascii_json, admin_display_version):
     known = None if admin_display_version is None else OrgServerInfo(
-        "EX01", None, admin_display_version, None, (), (), None, None, None)
+        "EX01", None, True, admin_display_version, None, (), (), None, None, None)
     check_server_result(run_server(_dump(doc, ascii_json), known))
 
 
@@ -262,7 +262,8 @@ def _org_body(doc: dict, accept: str = "text/plain", server_names: dict[str, str
     facts = parse_organization_output(json.dumps(doc).encode(), max_servers=100)
     org = OrganizationResult("Contoso", outcome=CollectorOutcome("organization", True, 1.0, NOW), facts=facts,
                              last_success=NOW)
-    return _encode([_format(organization_families(org, server_names or {}))], None, accept)[0]
+    names = server_names or {}
+    return _encode([_format(organization_families(org, names, frozenset(names)))], None, accept)[0]
 
 
 def _org_doc(servers: list[dict]) -> dict:

@@ -322,6 +322,18 @@ def test_organization_unwrapped_server_and_string_mitigations():
     assert facts.mitigations_enabled is False
 
 
+@pytest.mark.parametrize(("roles", "mailbox"), [
+    ("Mailbox", True), ("Mailbox, ClientAccess", True), ("ClientAccess, Mailbox", True), ("Edge", False),
+    ("ClientAccess", False), ("MailboxServer", False), (None, None), (15, None)])
+def test_a_servers_mailbox_role_is_read_from_its_serverrole_flags(roles, mailbox):
+    """ServerRole is a flags enum: `[string]` of it joins the roles with ", " (Exchange 2013 "Mailbox, ClientAccess");
+    Microsoft's docs pick Mailbox servers with `$_.ServerRole -Like '*Mailbox*'`."""
+    doc = {"schema": 1, "servers": [{"name": "EX01", "roles": roles}]}
+    facts = parse_organization_output(json.dumps(doc).encode())
+    assert facts.servers[0].mailbox_role is mailbox
+    assert (facts.dropped_label_values, facts.error_stage) == (0, None)
+
+
 def test_organization_proxy_credentials_are_removed():
     doc = {"schema": 1, "servers": [
         {"name": "EX01", "internet_web_proxy": "http://svc:S3cret!@proxy.contoso.com:8080/"},
