@@ -8,7 +8,8 @@ wrote (or deploy the same steps with GPO, DSC or Ansible). It copies the Exchang
 holds the role capability) to Program Files and registers the session configuration ExchangeEemsExporter
 from ExchangeEemsExporter.pssc. A second run with the same files changes nothing. With other files (a newer
 exporter) it replaces the module and registers the configuration again; registering restarts the WinRM
-service, so open remote sessions to this server end once. -Remove takes both away.
+service, so open remote sessions to this server end once. -Remove takes both away. On a domain
+controller it refuses a configuration without RunAsVirtualAccountGroups (its virtual account would be in Domain Admins).
 
 .PARAMETER Remove
 Unregister the session configuration and delete the module.
@@ -65,6 +66,17 @@ if (-not (Test-Path -LiteralPath $Source) -or -not (Test-Path -LiteralPath $Sess
 }
 if (-not (Test-PSSessionConfigurationFile -Path $SessionFile)) {
     throw "$SessionFile is not a valid session configuration file."
+}
+$Settings = Import-PowerShellDataFile -LiteralPath $SessionFile
+
+# Without RunAsVirtualAccountGroups the virtual account is a member of Administrators, and on a domain controller
+# of Domain Admins (Microsoft Learn, "JEA Security Considerations", Run-As account). A read-only function must not
+# run as a domain administrator: refuse. DomainRole 4 and 5 are the backup and primary domain controller
+# (Microsoft Learn, "Win32_ComputerSystem class").
+$DomainRole = (Get-CimInstance -ClassName Win32_ComputerSystem).DomainRole
+if ($DomainRole -ge 4 -and -not $Settings.RunAsVirtualAccountGroups) {
+    throw ("This server is a domain controller: the endpoint's virtual account would be a member of Domain Admins. " +
+        "Write the endpoint again with --virtual-account-group naming the domain groups it may use, then run this script.")
 }
 
 $Changed = $false

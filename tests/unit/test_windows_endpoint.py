@@ -138,6 +138,8 @@ MUTATIONS = {  # command -> what the enclosing `if` conditions must test (the st
 
 
 def _commands(node: Node, conditions: tuple[str, ...], found: list) -> None:
+    if node.type == "flow_control_statement" and node.children[0].type == "throw":
+        found.append(("throw", conditions))
     if node.type == "if_statement":
         condition = next(c for c in node.children if c.type == "pipeline").text.decode()
         for child in node.children:
@@ -183,3 +185,25 @@ def test_the_command_line(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "exporter", "windows-endpoint", "--output", str(tmp_path / "bad"),
                           "--group", "it's"], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "--group" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def _command_lines(text: str, name: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip().startswith(name + " ")]
+
+
+def test_on_a_domain_controller_the_install_script_refuses_a_domain_admin_virtual_account(written):
+    """Without RunAsVirtualAccountGroups a virtual account is in Administrators, and on a domain controller in Domain
+    Admins (Microsoft Learn, "JEA Security Considerations", Run-As account; "JEA Session Configurations"). Exchange
+    may be installed on a domain controller; a read-only function must not run there as a domain administrator.
+    Before, the script registered the endpoint there without a word."""
+    commands = install_commands(read(written / windows_endpoint.INSTALL_SCRIPT))
+    names = [name for name, _ in commands]
+    refusals = [i for i, (name, conditions) in enumerate(commands) if name == "throw" and any(
+        "$DomainRole -ge 4" in c and "-not $Settings.RunAsVirtualAccountGroups" in c for c in conditions)]
+    assert refusals, "no refusal of a domain controller without RunAsVirtualAccountGroups"
+    # before anything it would install: the module and the registration
+    assert refusals[0] < names.index("Copy-Item") and refusals[0] < names.index("Register-PSSessionConfiguration")
+    text = read(written / windows_endpoint.INSTALL_SCRIPT)
+    assert "$DomainRole = (Get-CimInstance -ClassName Win32_ComputerSystem).DomainRole" in text
+    assert "$Settings = Import-PowerShellDataFile -LiteralPath $SessionFile" in text
+
