@@ -8,8 +8,9 @@ wrote (or deploy the same steps with GPO, DSC or Ansible). It copies the Exchang
 holds the role capability) to Program Files and registers the session configuration ExchangeEemsExporter
 from ExchangeEemsExporter.pssc. A second run with the same files changes nothing. With other files (a newer
 exporter) it replaces the module and registers the configuration again; registering restarts the WinRM
-service, so open remote sessions to this server end once. -Remove takes both away. On a domain
-controller it refuses a configuration without RunAsVirtualAccountGroups (its virtual account would be in Domain Admins).
+service, so open remote sessions to this server end once. -Remove takes both away. With a TranscriptDirectory
+it creates that folder for SYSTEM and Administrators only; -Remove leaves the transcripts. On a domain controller it
+refuses a configuration without RunAsVirtualAccountGroups (its virtual account would be in Domain Admins).
 
 .PARAMETER Remove
 Unregister the session configuration and delete the module.
@@ -87,6 +88,28 @@ if ((Get-FolderDigest $Source) -ne (Get-FolderDigest $Target)) {
     Copy-Item -LiteralPath $Source -Destination $Target -Recurse -Force
     Write-Output "Installed the module $Name in $Target."
     $Changed = $true
+}
+# Transcripts are written by Local System, and standard users should have no access to their folder (Microsoft
+# Learn, "JEA Session Configurations", Session transcripts): SYSTEM and Administrators only, nothing inherited.
+# icacls /reset /T leaves only inherited entries (on the folder and what it holds), then /inheritance:r drops
+# those and /grant:r sets these two (Microsoft Learn, "icacls").
+$Transcripts = $Settings.TranscriptDirectory
+if ($Transcripts) {
+    if (-not (Test-Path -LiteralPath $Transcripts)) {
+        New-Item -ItemType Directory -Path $Transcripts -Force | Out-Null
+        Write-Output "Created the transcript folder $Transcripts."
+        $Changed = $true
+    }
+    # UNCONFIRMED on a server: the exact SDDL icacls leaves; if it differs, icacls only runs again on the next run.
+    $TranscriptDacl = ((Get-Acl -LiteralPath $Transcripts).Sddl -split 'D:', 2)[1]
+    if ($TranscriptDacl -cnotmatch '^P[A-Z]*(\(A;OICI;FA;;;(SY|BA)\)){2}$') {
+        icacls.exe $Transcripts /reset /T /Q | Out-Null
+        if ($LASTEXITCODE -ne 0) { throw "icacls could not reset $Transcripts (exit code $LASTEXITCODE)." }
+        icacls.exe $Transcripts /inheritance:r /grant:r '*S-1-5-18:(OI)(CI)F' '*S-1-5-32-544:(OI)(CI)F' | Out-Null
+        if ($LASTEXITCODE -ne 0) { throw "icacls could not restrict $Transcripts (exit code $LASTEXITCODE)." }
+        Write-Output "Restricted $Transcripts to SYSTEM and Administrators."
+        $Changed = $true
+    }
 }
 # Registering copies the .pssc; the copy's path is ConfigFilePath. An equal copy means nothing to register.
 $Current = $Registered -and ((Get-FileDigest $Registered.ConfigFilePath) -eq (Get-FileDigest $SessionFile))

@@ -134,6 +134,8 @@ MUTATIONS = {  # command -> what the enclosing `if` conditions must test (the st
     "Register-PSSessionConfiguration": "-not $Current",
     "Remove-Item": "Test-Path -LiteralPath $Target",
     "Copy-Item": "(Get-FolderDigest $Source) -ne (Get-FolderDigest $Target)",
+    "New-Item": "-not (Test-Path -LiteralPath $Transcripts)",
+    "icacls.exe": "$TranscriptDacl -cnotmatch",
 }
 
 
@@ -207,3 +209,26 @@ def test_on_a_domain_controller_the_install_script_refuses_a_domain_admin_virtua
     assert "$DomainRole = (Get-CimInstance -ClassName Win32_ComputerSystem).DomainRole" in text
     assert "$Settings = Import-PowerShellDataFile -LiteralPath $SessionFile" in text
 
+
+def test_the_transcript_folder_is_closed_to_standard_users(written):
+    """"Transcripts are written to the folder by the Local System account [...] Standard users should have no
+    access to the folder" (Microsoft Learn, "JEA Session Configurations", Session transcripts). Before, the
+    folder was left to PowerShell to create, with whatever ACL it inherited (under ProgramData, Users may read)."""
+    text = read(written / windows_endpoint.INSTALL_SCRIPT)
+    commands = install_commands(text)
+    icacls = [conditions for name, conditions in commands if name == "icacls.exe"]
+    assert len(icacls) == 2 and all(any(c == "$Transcripts" for c in conditions) for conditions in icacls)
+    reset, grant = _command_lines(text, "icacls.exe")
+    assert reset.split()[1:4] == ["$Transcripts", "/reset", "/T"]
+    arguments = grant.split("|")[0].split()[1:]
+    assert arguments[:3] == ["$Transcripts", "/inheritance:r", "/grant:r"]
+    # SYSTEM (it writes the transcripts) and Administrators (who audit them), by SID: no other entry
+    assert arguments[3:] == ["'*S-1-5-18:(OI)(CI)F'", "'*S-1-5-32-544:(OI)(CI)F'"]
+    assert "$Transcripts = $Settings.TranscriptDirectory" in text
+    # the guard accepts exactly the folder icacls leaves, in either order, and nothing broader
+    guard = re.search(r"-cnotmatch '([^']+)'", text).group(1)
+    for dacl, closed in (("PAI(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)", True), ("PAI(A;OICI;FA;;;BA)(A;OICI;FA;;;SY)", True),
+                         ("AI(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)", False),  # inheriting
+                         ("PAI(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;0x1200a9;;;BU)", False),  # Users may read
+                         ("PAI(A;OICI;FA;;;SY)", False)):
+        assert bool(re.fullmatch(guard.replace("^", "").replace("$", ""), dacl)) is closed, dacl
