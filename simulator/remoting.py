@@ -50,6 +50,8 @@ JEA_DEFAULTS = {"LookbackHours": 24, "MaxEvents": 50, "LogTailBytes": 32768, "Ch
 # knows their names, not their behaviour.
 RESTRICTED_DEFAULTS = ("Clear-Host", "Exit-PSSession", "Get-Command", "Get-FormatData", "Get-Help", "Measure-Object",
                        "Out-Default", "Select-Object")
+# ... and their aliases, which the same page lists as available: a caller reaches the same eight commands by them.
+RESTRICTED_ALIASES = ("cls", "clear", "exsn", "exit", "gcm", "measure", "select")
 EXCHANGE_CMDLETS = ("Get-OrganizationConfig", "Get-ExchangeServer")
 SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
 POWERSHELL = r'"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe"'
@@ -167,7 +169,7 @@ class Endpoints:
 
     def _jea(self, name: str, parameters: list[tuple[str | None, Any]]) -> Answer:
         if name.lower() != JEA_FUNCTION.lower():
-            if name.lower() in (c.lower() for c in RESTRICTED_DEFAULTS):
+            if name.lower() in (c.lower() for c in RESTRICTED_DEFAULTS + RESTRICTED_ALIASES):
                 return Answer(failure=_not_simulated(name))
             return Answer(failure=_command_not_found(name))
         values = dict(JEA_DEFAULTS)

@@ -184,6 +184,20 @@ def test_jea_function_binds_parameters_like_powershell(fleet):
     assert all(ps.had_errors and ps.output == [] for ps in (unknown, wrong_type, too_small, too_large, proxy, other, script))
 
 
+def test_the_jea_session_offers_the_eight_default_commands_by_their_aliases_too(fleet):
+    """A RestrictedRemoteServer session has eight default commands "(and aliases)": cls, clear, exsn, exit, gcm,
+    measure, select (Microsoft Learn, "JEA Session Configurations"). A caller reaches them by either name, and
+    nothing else beyond the one function. Before, the simulator answered `gcm` as an unknown command."""
+    host = fleet.hosts["EX01"]
+    with RunspacePool(wsman(host), configuration_name=remoting.JEA_CONFIGURATION) as pool:
+        reachable = {name: invoke(pool, name) for name in ("gcm", "select", "measure", "Get-Command", "Get-Help")}
+        unknown = {name: invoke(pool, name) for name in ("gps", "iex", "Invoke-Expression", "Get-ChildItem", "dir")}
+    for name, ps in reachable.items():  # there, not modelled: the simulator says so rather than fake them
+        assert str(ps.streams.error[0]) == f"The simulator does not run {name}.", name
+    for name, ps in unknown.items():
+        assert f"The term '{name}' is not recognized" in str(ps.streams.error[0]), name
+
+
 def test_outdated_and_absent_endpoints():
     with SimulatedFleet(knob_scenario(jea={"outdated": ["EX02"], "absent": ["EX03"]})) as f:
         with RunspacePool(wsman(f.hosts["EX02"]), configuration_name=remoting.JEA_CONFIGURATION) as pool:
