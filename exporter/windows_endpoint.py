@@ -12,12 +12,14 @@ learn.microsoft.com/powershell/scripting/security/remoting/jea/):
   defines the one function (FunctionDefinitions) and makes it visible (VisibleFunctions). A role capability
   must sit in a module's RoleCapabilities folder on PSModulePath [confirmed, "Role capabilities"].
 - `ExchangeEemsExporter.pssc` — SessionType RestrictedRemoteServer (NoLanguage, no providers, no external
-  programs, eight default commands besides ours), RunAsVirtualAccount (a member of the local Administrators
-  group, unless `--virtual-account-groups` names local groups instead), RoleDefinitions for the one group
-  given with `--group`, and with `--transcript-directory` a transcript of every session [all confirmed,
-  "JEA Session Configurations"].
+  programs, eight default commands and their aliases besides ours), RunAsVirtualAccount (a member of the local
+  Administrators group, on a domain controller of Domain Admins, unless `--virtual-account-group` names groups
+  instead), RoleDefinitions for the one group given with `--group`, and with `--transcript-directory` a
+  transcript of every session [all confirmed, "JEA Session Configurations", "JEA Security Considerations"].
 - `Install-ExchangeEemsEndpoint.ps1` — copies the module to Program Files and registers the configuration,
-  updates both when they differ, `-Remove` takes both away; a second run changes nothing.
+  updates both when they differ, `-Remove` takes both away; a second run changes nothing. It refuses a domain
+  controller when no virtual-account group is named (Domain Admins), and gives the transcript folder to SYSTEM
+  and Administrators only ("Session transcripts": standard users should have no access).
 
 The language mode of the function body [confirmed, "Role capabilities", Creating custom functions]: "The body
 (script block) of custom functions runs in the default language mode for the system and isn't subject to
