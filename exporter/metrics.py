@@ -217,8 +217,8 @@ def _collector_metrics(out: _Families, collector: str, labels: dict[str, str], o
 
 # One family, two scopes: the organization's setting and each server's.
 MITIGATIONS_ENABLED_HELP = "MitigationsEnabled (Get-OrganizationConfig / Get-ExchangeServer)."
-POLLED_HELP = ("For each Mailbox server Get-ExchangeServer lists: 1 if this exporter's configuration polls it (configured "
-               "or discovered, in any shard), 0 if not: nothing here watches its EEMS.")
+POLLED_HELP = ("For each Mailbox server Get-ExchangeServer lists (label name: its Name): 1 if this exporter's "
+               "configuration polls it (configured or discovered, in any shard), 0 if not: nothing here watches its EEMS.")
 
 
 def organization_families(org: OrganizationResult, server_names: dict[str, str],
@@ -241,7 +241,9 @@ def organization_families(org: OrganizationResult, server_names: dict[str, str],
     for info in facts.servers:
         server = {"server": next((server_names[key] for key in info.keys() if key in server_names), info.name)}
         if info.mailbox_role is not False:  # EEMS runs on Mailbox servers; a role not said counts as one
-            out.add("exchange_organization_server_polled", POLLED_HELP, server,
+            # `name`: Get-ExchangeServer's Name, the same in every exporter of the organization whatever name each
+            # polls the server by (`server`): another site's exporter polling it by its FQDN says 1 under that name
+            out.add("exchange_organization_server_polled", POLLED_HELP, {**server, "name": info.name},
                     1 if any(key in polled for key in info.keys()) else 0)
         if info.mitigations_enabled is not None:
             out.add("exchange_eems_mitigations_enabled", MITIGATIONS_ENABLED_HELP,

@@ -196,8 +196,9 @@ def fleet(rows: list[tuple[Row, RowHTML]], exporter_alerts: list[Firing], state_
     chosen = shown[first:first + ROWS_PER_PAGE]
     nav = [f'<a href="/">all ({len(rows)})</a>'] + [
         f'<a href="{_link("/", state=s)}"><span class="state {s}">{s}</span> {counts[s]}</a>' for s in STATES if counts[s]]
-    # of no server, or of a server without a row here (one the organization lists and nothing polls): named
-    exporter_section = (f"<h2>The exporter</h2>{_alerts(exporter_alerts, _SAME_FOR_A_ROW - {'server'})}"
+    # of no server, or of a server without a row here (one the organization lists and nothing polls): named by
+    # `server`, which for a server this configuration does not poll is its organization `name` too
+    exporter_section = (f"<h2>The exporter</h2>{_alerts(exporter_alerts, (_SAME_FOR_A_ROW - {'server'}) | {'name'})}"
                         if exporter_alerts else "")
     where = {"state": state_filter} if state_filter else {}
     paging = ""

@@ -5,10 +5,14 @@ organization path); the docstrings say how."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.catalog import Catalog
@@ -23,6 +27,8 @@ from exporter.web.handlers import SharedView
 
 from ..conftest import PASSWORD_ENV, minimal_config
 from .test_runtime import DISCOVERING, discovered, runtime_for, write
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------- 1. reload drops discovered servers
@@ -266,3 +272,47 @@ def test_a_discovered_server_is_polled_unless_max_servers_left_it_out(tmp_path):
     names = runtime.current().targets.names
     assert [any(key in names for key in (f"ex{n:02}", f"ex{n:02}.contoso.com")) for n in range(2, 5)] == [
         True, False, False]
+
+
+def test_two_sites_polling_each_others_servers_by_fqdn_raise_no_ticket(monkeypatch, tmp_path):
+    """Two exporters, one per site, each with the organization collector and a `servers:` list built by FQDN (the
+    README's command): each lists the other site's Mailbox servers as not polled, under Get-ExchangeServer's Name
+    (EX06), while the exporter that polls it says exchange_up{server="ex06.contoso.com"}. `unless on(server)
+    exchange_up` never matched the two, so every server of the other site raised ExchangeServerNotPolled after an
+    hour; only EX07, which neither site polls, may. Evaluated by promtool over the two exporters' own series."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found on PATH (Debian package 'prometheus'); the rule cannot be evaluated")
+    monkeypatch.setenv(PASSWORD_ENV, "a password")
+    doc = {"schema": 1, "error": None, "servers": [
+        {"name": name, "fqdn": f"{name.lower()}.contoso.com", "roles": "Mailbox"} for name in ("EX01", "EX06", "EX07")]}
+    series = []
+    for job, fqdn in (("exchange-eems-site1", "ex01.contoso.com"), ("exchange-eems-site2", "ex06.contoso.com")):
+        text = minimal_config("organization: {server: %s}\n" % fqdn).replace("ex01.contoso.com", fqdn)
+        exporter = Exporter(load_config_text(text, Path(".")), Catalog.load())
+        try:
+            exporter.poller.store.record_organization(_org_result(doc))
+            for name, labels, value in _body_samples(exporter):
+                if name == "exchange_organization_server_polled":
+                    series.append((name, {**labels, "job": job, "instance": f"{job}:10061"}, value))
+        finally:
+            exporter.stop()
+        series.append(("exchange_up", {"job": job, "instance": f"{job}:10061", "server": fqdn}, 1))
+    rule_file = ROOT / "alerts" / "exchange-eems.rules.yml"
+    rule = next(r for g in yaml.safe_load(rule_file.read_text())["groups"] for r in g["rules"]
+                if r.get("alert") == "ExchangeServerNotPolled")
+    suite = {"rule_files": [str(rule_file)], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [{"series": name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}",
+                          "values": f"{value:g}x150"} for name, labels, value in series],
+        "alert_rule_test": [{"eval_time": "2h", "alertname": "ExchangeServerNotPolled", "exp_alerts": [
+            {"exp_labels": {**labels, "severity": "warning"},
+             "exp_annotations": {key: re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m[1]], text)
+                                 for key, text in rule["annotations"].items()}}
+            for name, labels, value in series
+            if name == "exchange_organization_server_polled" and labels["server"] == "EX07"]}]}]}
+    assert len(suite["tests"][0]["alert_rule_test"][0]["exp_alerts"]) == 2, series
+    path = tmp_path / "two_sites.test.yml"
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    result = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
