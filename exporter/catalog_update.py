@@ -5,7 +5,8 @@ Number,Date,KB,Blog`, e.g. `Exchange 2019 CU15 Feb26SU,15.2.1748.43,2/10/2026,..
 (builds.tsv columns), read from a file or an http(s) URL. Nothing is written unless the whole list is
 valid: every row names a product we know (Exchange 2007/2010 rows are skipped: no EEMS, never monitored),
 has a real past date, and no row changes a verdict the packaged catalog ships (EEMS, certificate
-cutoffs), since those are the facts an admin acts on and a list that contradicts them is wrong, not new.
+cutoffs), since those are the facts an admin acts on and a list that contradicts them is wrong, not new, nor
+a threshold they are judged by (a row older than a CU's first build would make every build between pass).
 The output holds only the rows that differ from the packaged catalog, so a later release's corrections
 are not masked by an old copy; it is written atomically, so a reload never reads half a file.
 """
@@ -29,7 +30,14 @@ from urllib.parse import urlsplit
 
 from .addresses import without_userinfo
 from .catalog import Build, Catalog, today_utc
-from .catalog_data import BUILD_COLUMNS, CatalogError, checked_build_parts, packaged_builds, parse_builds
+from .catalog_data import (
+    BUILD_COLUMNS,
+    CatalogError,
+    checked_build_parts,
+    packaged_builds,
+    packaged_rules,
+    parse_builds,
+)
 from .redact import masking
 from .terminal import printable
 
@@ -238,6 +246,29 @@ _VERDICT_FIELDS = {
 SHIPPED_VERDICT_FIELDS = ("eems", "cutoffs")
 
 
+def _thresholds(builds: Builds) -> dict[str, tuple[int, int, int, int]]:
+    """Every full build a `>=` compares with, by what it is: cutoffs.yaml names CUs, and a CU's threshold is its
+    oldest listed build, so it comes from the build list."""
+    _, _, eems_first, cutoffs = packaged_rules(builds)
+    named = {f"EEMS from {product}": parts for product, parts in eems_first.items()}
+    for cid, cutoff in cutoffs.items():
+        named.update({f"cutoff {cid} from {product}": parts for product, parts in cutoff.all_from.items()})
+        named.update({f"cutoff {cid} minimum of {product} CU {'.'.join(map(str, triple))}": parts
+                      for (product, triple), parts in cutoff.minimum.items()})
+    return named
+
+
+def threshold_changes(before: Builds, after: Builds) -> list[str]:
+    """The thresholds `after` moves. A row older than the first build of a threshold's CU moves it down: every
+    listed build keeps its verdict, but each unlisted build between the two would turn compliant."""
+    old, new = _thresholds(before), _thresholds(after)
+    return [f"{what} {_dotted(old[what])} -> {_dotted(new.get(what))}" for what in old if old[what] != new.get(what)]
+
+
+def _dotted(parts: tuple[int, ...] | None) -> str:
+    return ".".join(map(str, parts)) if parts else "none"
+
+
 def validated_update(source: str, *, today: date | None = None) -> tuple[Builds, str]:
     """(rows to write: new or different from the packaged catalog, where the list came from: the path or the
     URL after redirects); raises CatalogError."""
@@ -251,6 +282,11 @@ def validated_update(source: str, *, today: date | None = None) -> tuple[Builds,
         candidate = Catalog.from_builds({**packaged, **listed})
     except CatalogError as err:
         raise CatalogError(name, None, f"the list breaks the shipped cutoff rules: {err}") from None
+    moved = threshold_changes(packaged, {**packaged, **listed})
+    if moved:
+        raise CatalogError(name, None, f"moves a shipped threshold: {moved[0]} (a build older than the first build "
+                                       "of its CU: builds between would pass)"
+                                       + (f" (and {len(moved) - 1} more)" if len(moved) > 1 else ""))
     contradictions = [c for c in verdict_changes(shipped, candidate, list(packaged.values()), today)
                       if c.what.split(" ", 1)[0] in SHIPPED_VERDICT_FIELDS]
     if contradictions:
@@ -320,5 +356,9 @@ def diff(current_builds: Builds, source: str, *, today: date | None = None) -> l
     changes = verdict_changes(current, candidate, sorted(current_builds.values(), key=lambda b: b.parts), today)
     out.append(f"changed verdicts: {len(changes)}")
     out += [f"  {c.version}  {c.what}" for c in changes]
+    moved = threshold_changes(current_builds, {**current_builds, **listed})
+    if moved:  # `catalog update` refuses such a list; shown here so that the diff says why
+        out.append(f"changed thresholds: {len(moved)} (catalog update refuses these)")
+        out += [f"  {line}" for line in moved]
     return out
 

@@ -251,3 +251,33 @@ def test_control_characters_in_a_source_are_escaped_in_the_file_and_on_the_termi
                       str(output))
     assert_one_line_error(failed, "nothing written", "x\\x1b[2J\\r\\nSpoofed: yes")
     assert "\x1b" not in failed.stderr
+
+
+# ---------------------------------------------------------------- hostile input, round 3: thresholds
+
+
+# Each row is older than the first build of a CU that a `>=` threshold starts from (cutoffs.yaml names CUs; the
+# threshold is the CU's oldest listed build), so it moves the threshold down: the packaged builds keep their
+# verdicts, but every unlisted build between the row and the old first build turns compliant.
+LOWERED_THRESHOLDS = [
+    ("2019 CU13 before its first build: cutoff 2023-03 all_from", "Exchange 2019 CU13 Early,15.2.1258.1,4/1/2023,,\n",
+     "15.2.1258.5", "cutoff 2023-03 from Exchange2019 15.2.1258.12 -> 15.2.1258.1"),
+    ("SE RTM before its first build: EEMS and cutoff 2023-03", "Exchange SE RTM Early,15.2.2562.1,6/1/2025,,\n",
+     "15.2.2562.5", "EEMS from ExchangeSE 15.2.2562.17 -> 15.2.2562.1"),
+]
+
+
+@pytest.mark.parametrize("extra, server_build, phrase", [case[1:] for case in LOWERED_THRESHOLDS],
+                         ids=[case[0] for case in LOWERED_THRESHOLDS])
+def test_a_row_that_lowers_a_shipped_threshold_is_refused_and_shown(tmp_path, extra, server_build, phrase):
+    """Before: written without a word (and `catalog diff` showed no changed verdict, since it only judged listed
+    builds), and a server on `server_build`, not compliant with the 2023-03 cutoff, then read as compliant."""
+    before = json.loads(exporter("build", server_build, "--json").stdout)
+    assert before["cutoffs"]["2023-03"] is False
+    output = tmp_path / "catalog.tsv"
+    result = exporter("catalog", "update", "--from", str(newer_list(tmp_path, extra)), "--output", str(output))
+    assert_one_line_error(result, "catalog not updated, nothing written", "moves a shipped threshold", phrase)
+    assert not output.exists()
+    shown = exporter("catalog", "diff", "--from", str(newer_list(tmp_path, extra)))
+    assert shown.returncode == 0, shown.stderr
+    assert f"  {phrase}" in shown.stdout.splitlines(), shown.stdout
