@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import yaml
 
+from .terminal import printable
+
 MAX_ERROR_CHARS = 300
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
 
@@ -28,7 +30,11 @@ _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 
 
 
 class ConfigError(Exception):
+    """One line: a key path or message with a newline or an escape sequence (a double-quoted YAML key may hold
+    any) has it written as its escape, so it neither splits the line nor reaches the terminal raw."""
+
     def __init__(self, path: str, message: str):
+        path, message = printable(path), printable(message)
         path = path if len(path) <= MAX_ERROR_CHARS else path[:MAX_ERROR_CHARS] + "..."
         message = message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS] + "..."
         self.path = path
@@ -134,7 +140,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             seen = set()
             for key_node, _ in node.value:
                 key = self.construct_object(key_node, deep=deep)
-                if isinstance(key, (str, int, float, bool)) and key in seen:
+                if not isinstance(key, (str, int, float, bool)):
+                    continue  # a list or a mapping as a key (`? [a, b]`): unhashable, PyYAML refuses it below
+                if key in seen:
                     raise yaml.constructor.ConstructorError(None, None, f"key {str(key)[:64]!r} is given twice",
                                                             key_node.start_mark)
                 seen.add(key)

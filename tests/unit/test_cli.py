@@ -282,3 +282,28 @@ def test_a_reader_that_leaves_gets_no_traceback():
     process.stdout.close()  # before the interpreter has even started: every write meets a closed pipe
     _, stderr = process.communicate(timeout=60)
     assert stderr.decode() == "" and process.returncode == 141, (process.returncode, stderr.decode())
+
+
+# ---------------------------------------------------------------- hostile configuration files (round 3)
+
+HOSTILE_CONFIGS = [
+    # A mapping or a list as a key (`? [a, b]`, or an alias to one): the duplicate-key check put it in a set.
+    ("complex key", "? [a, b]\n: 1\n", "", "not valid YAML at line 1, column 3: found unhashable key"),
+    ("alias to a list as a key", "x: &x [a]\nmodules: {*x : 1}\n", "", "found unhashable key"),
+    # A key with a newline or an escape sequence (double-quoted YAML escapes) was printed raw: two lines, colors.
+    ("newline and escape in a key", '"poll\\n\\e[31mx": 1\n', "poll\\n\\x1b[31mx", "unknown key"),
+    ("newline in a module name", 'modules:\n  "a\\nb": {}\n', "modules.a\\nb", "module names may use"),
+]
+
+
+@pytest.mark.parametrize("text, key_path, phrase", [case[1:] for case in HOSTILE_CONFIGS],
+                         ids=[case[0] for case in HOSTILE_CONFIGS])
+def test_check_config_of_a_hostile_file_is_one_clean_line(tmp_path, text, key_path, phrase):
+    """Before: a complex key ended check-config in `TypeError: unhashable type` (a traceback; a reload said only
+    "unexpected TypeError"), and a key's control characters went raw to the terminal and the log."""
+    path = tmp_path / "exporter.yml"
+    path.write_text(text)
+    result = exporter("check-config", "--config.file", str(path))
+    assert_one_line_error(result, "configuration error", phrase, f"{key_path}: " if key_path else "")
+    assert "\x1b" not in result.stderr
+

@@ -185,3 +185,18 @@ def test_an_ipv6_address_in_brackets_is_one_endpoint():
     endpoint bracketed it again: http://[[fd00::3]]:5986/wsman, no URL, so every poll of it failed."""
     text = minimal_config().replace("  - ex01.contoso.com\n", "  - {name: ex03, address: '[fd00::3]'}\n")
     assert Targets(load_config_text(text, Path("."))).get("ex03").endpoint == "https://[fd00::3]:5986/wsman"
+
+
+@pytest.mark.parametrize("text, phrase", [
+    ("? [a, b]\n: 1\n", "found unhashable key"),
+    ('"servers\\n\\e[2J": 1\n', "servers\\n\\x1b[2J: unknown key"),
+], ids=["complex key", "control characters in a key"])
+def test_a_reload_with_a_hostile_file_keeps_the_running_configuration_and_names_the_problem(tmp_path, text, phrase):
+    """Before: a complex key made the reload fail as "unexpected TypeError", which names neither the line nor the
+    problem; a key's newline split the log line and the POST /-/reload answer in two."""
+    runtime, path, _ = runtime_for(tmp_path)
+    before = runtime.current()
+    path.write_text(text)
+    ok, message = runtime.reload()
+    assert not ok and not runtime.last_reload_successful and runtime.current() is before
+    assert phrase in message and "\n" not in message and "\x1b" not in message, message
