@@ -307,3 +307,14 @@ def test_check_config_of_a_hostile_file_is_one_clean_line(tmp_path, text, key_pa
     assert_one_line_error(result, "configuration error", phrase, f"{key_path}: " if key_path else "")
     assert "\x1b" not in result.stderr
 
+
+def test_check_config_of_a_huge_file_is_refused_by_its_size(tmp_path):
+    """Before: read and parsed whole, however big (300 MB of comment: 107 s and 640 MB of memory), also at every
+    reload; a file just over the bound was accepted."""
+    from exporter.config import MAX_CONFIG_BYTES
+
+    path = tmp_path / "exporter.yml"
+    good = GOOD.encode()
+    path.write_bytes(good + b"#" * (MAX_CONFIG_BYTES + 1 - len(good)))
+    result = exporter("check-config", "--config.file", str(path), env={PASSWORD_ENV: PASSWORD})
+    assert_one_line_error(result, "configuration error", f"larger than {MAX_CONFIG_BYTES} bytes", "exporter.yml")
