@@ -159,9 +159,12 @@ class Catalog:
     @classmethod
     def load(cls, extra_file: Path | None = None) -> "Catalog":
         """Packaged data plus an operator's TSV (same columns) that adds builds or overrides packaged rows."""
-        from .catalog_data import load_builds  # it reads rows with this module's build rules, so not imported above
+        from .catalog_data import load_builds, packaged_builds, refuse_moved_thresholds  # uses this module's rules
 
-        return cls.from_builds(load_builds(extra_file))
+        builds = load_builds(extra_file)
+        if extra_file is not None:  # what `catalog update` refuses to write is refused when written by other means
+            refuse_moved_thresholds(str(extra_file), packaged_builds(), builds)
+        return cls.from_builds(builds)
 
     @classmethod
     def from_builds(cls, builds: dict[tuple[int, int, int, int], Build]) -> "Catalog":

@@ -28,6 +28,7 @@ from .catalog import (
 BUILD_COLUMNS = ("product", "cu", "update", "build", "released")
 LIFECYCLE_COLUMNS = ("product", "released", "mainstream_end", "extended_end")
 SERVICING_COLUMNS = ("product", "serviced_cus", "updates_end", "migrate_to")
+Builds = dict[tuple[int, int, int, int], Build]
 
 
 class CatalogError(Exception):
@@ -188,3 +189,36 @@ def packaged_rules(builds: dict[tuple[int, int, int, int], Build]) -> tuple[
     servicing = _parse_servicing("exporter/data/servicing.tsv", (data / "servicing.tsv").read_text("utf-8"))
     eems_first, cutoffs = _parse_cutoffs("exporter/data/cutoffs.yaml", (data / "cutoffs.yaml").read_text("utf-8"), builds)
     return support_end, servicing, eems_first, cutoffs
+
+
+def _thresholds(builds: Builds) -> dict[str, tuple[int, int, int, int]]:
+    """Every full build a `>=` compares with, by what it is: cutoffs.yaml names CUs, and a CU's threshold is its
+    oldest listed build, so it comes from the build list."""
+    _, _, eems_first, cutoffs = packaged_rules(builds)
+    named = {f"EEMS from {product}": parts for product, parts in eems_first.items()}
+    for cid, cutoff in cutoffs.items():
+        named.update({f"cutoff {cid} from {product}": parts for product, parts in cutoff.all_from.items()})
+        named.update({f"cutoff {cid} minimum of {product} CU {'.'.join(map(str, triple))}": parts
+                      for (product, triple), parts in cutoff.minimum.items()})
+    return named
+
+
+def threshold_changes(before: Builds, after: Builds) -> list[str]:
+    """The thresholds `after` moves. A row older than the first build of a threshold's CU moves it down: every
+    listed build keeps its verdict, but each unlisted build between the two would turn compliant."""
+    old, new = _thresholds(before), _thresholds(after)
+    return [f"{what} {_dotted(old[what])} -> {_dotted(new.get(what))}" for what in old if old[what] != new.get(what)]
+
+
+def refuse_moved_thresholds(name: str, packaged: Builds, merged: Builds) -> None:
+    """CatalogError if `merged` (the packaged list with a list laid over it) moves a threshold of the packaged one:
+    by `catalog update`, and by `Catalog.load` for a catalog_file written by hand or before this check."""
+    moved = threshold_changes(packaged, merged)
+    if moved:
+        raise CatalogError(name, None, f"moves a shipped threshold: {moved[0]} (a build older than the first build "
+                                       "of its CU: builds between would pass)"
+                                       + (f" (and {len(moved) - 1} more)" if len(moved) > 1 else ""))
+
+
+def _dotted(parts: tuple[int, ...] | None) -> str:
+    return ".".join(map(str, parts)) if parts else "none"

@@ -35,8 +35,9 @@ from .catalog_data import (
     CatalogError,
     checked_build_parts,
     packaged_builds,
-    packaged_rules,
     parse_builds,
+    refuse_moved_thresholds,
+    threshold_changes,
 )
 from .redact import masking
 from .terminal import printable
@@ -246,29 +247,6 @@ _VERDICT_FIELDS = {
 SHIPPED_VERDICT_FIELDS = ("eems", "cutoffs")
 
 
-def _thresholds(builds: Builds) -> dict[str, tuple[int, int, int, int]]:
-    """Every full build a `>=` compares with, by what it is: cutoffs.yaml names CUs, and a CU's threshold is its
-    oldest listed build, so it comes from the build list."""
-    _, _, eems_first, cutoffs = packaged_rules(builds)
-    named = {f"EEMS from {product}": parts for product, parts in eems_first.items()}
-    for cid, cutoff in cutoffs.items():
-        named.update({f"cutoff {cid} from {product}": parts for product, parts in cutoff.all_from.items()})
-        named.update({f"cutoff {cid} minimum of {product} CU {'.'.join(map(str, triple))}": parts
-                      for (product, triple), parts in cutoff.minimum.items()})
-    return named
-
-
-def threshold_changes(before: Builds, after: Builds) -> list[str]:
-    """The thresholds `after` moves. A row older than the first build of a threshold's CU moves it down: every
-    listed build keeps its verdict, but each unlisted build between the two would turn compliant."""
-    old, new = _thresholds(before), _thresholds(after)
-    return [f"{what} {_dotted(old[what])} -> {_dotted(new.get(what))}" for what in old if old[what] != new.get(what)]
-
-
-def _dotted(parts: tuple[int, ...] | None) -> str:
-    return ".".join(map(str, parts)) if parts else "none"
-
-
 def validated_update(source: str, *, today: date | None = None) -> tuple[Builds, str]:
     """(rows to write: new or different from the packaged catalog, where the list came from: the path or the
     URL after redirects); raises CatalogError."""
@@ -282,11 +260,7 @@ def validated_update(source: str, *, today: date | None = None) -> tuple[Builds,
         candidate = Catalog.from_builds({**packaged, **listed})
     except CatalogError as err:
         raise CatalogError(name, None, f"the list breaks the shipped cutoff rules: {err}") from None
-    moved = threshold_changes(packaged, {**packaged, **listed})
-    if moved:
-        raise CatalogError(name, None, f"moves a shipped threshold: {moved[0]} (a build older than the first build "
-                                       "of its CU: builds between would pass)"
-                                       + (f" (and {len(moved) - 1} more)" if len(moved) > 1 else ""))
+    refuse_moved_thresholds(name, packaged, {**packaged, **listed})
     contradictions = [c for c in verdict_changes(shipped, candidate, list(packaged.values()), today)
                       if c.what.split(" ", 1)[0] in SHIPPED_VERDICT_FIELDS]
     if contradictions:

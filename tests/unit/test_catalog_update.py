@@ -23,7 +23,7 @@ from exporter.catalog_update import read_source
 from exporter.config import load_config
 from exporter.exporter import Exporter
 
-from ..conftest import minimal_config
+from ..conftest import PASSWORD, PASSWORD_ENV, minimal_config
 from .test_cli import REPO, assert_one_line_error, exporter
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "ExchangeBuildNumbers-excerpt.csv"
@@ -281,3 +281,22 @@ def test_a_row_that_lowers_a_shipped_threshold_is_refused_and_shown(tmp_path, ex
     shown = exporter("catalog", "diff", "--from", str(newer_list(tmp_path, extra)))
     assert shown.returncode == 0, shown.stderr
     assert f"  {phrase}" in shown.stdout.splitlines(), shown.stdout
+
+
+def test_a_catalog_file_that_lowers_a_shipped_threshold_is_refused_at_start_and_at_a_reload(tmp_path):
+    """`catalog update` refuses such a row, but a catalog_file written by hand, or by a version before that check,
+    was laid over the packaged list as it was: a server on 15.2.2562.5 (no EEMS, not compliant) read as
+    compliant, at start and after a reload, without a word."""
+    output = tmp_path / "catalog.tsv"
+    output.write_text(HEADER + "ExchangeSE\tRTM\tOct26SU\t15.2.2562.60\t2026-10-13\n")
+    config_file = tmp_path / "exporter.yml"
+    config_file.write_text(minimal_config(f"catalog_file: {output}\n"))
+    running = Exporter(load_config(config_file), Catalog.load(output))
+    output.write_text(HEADER + "ExchangeSE\tRTM\tEarly\t15.2.2562.1\t2025-06-01\n")
+    ok, message = running.reload()
+    assert not ok and "moves a shipped threshold: EEMS from ExchangeSE 15.2.2562.17 -> 15.2.2562.1" in message
+    assert running.runtime.current().catalog.verdict("15.2.2562.5").cutoffs["2023-03"] is False
+    assert running.runtime.current().catalog.verdict("15.2.2562.60").known  # the catalog it had
+    assert_one_line_error(exporter("build", "15.2.2562.5", "--catalog.file", str(output)), "moves a shipped threshold")
+    assert_one_line_error(exporter("check-config", "--config.file", str(config_file), env={PASSWORD_ENV: PASSWORD}),
+                          "configuration error", "catalog.tsv", "moves a shipped threshold")
