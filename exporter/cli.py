@@ -21,7 +21,7 @@ from pathlib import Path
 from . import __version__
 from .catalog import BuildVersionError, Catalog
 from .catalog_data import CatalogError
-from .config import DEFAULT_LISTEN_PORT, Config, ConfigError, load_config
+from .config import DEFAULT_LISTEN_PORT, Config, ConfigError, insecure_settings, load_config
 from .model import BuildVerdict
 from .redact import Redactor
 from .sharding import parse_shard
@@ -63,16 +63,8 @@ def _load(path: Path, shard: str | None) -> tuple[Config, Catalog]:
 
 
 def _warn_insecure(config: Config) -> None:
-    for module in config.modules.values():
-        if module.insecure_skip_verify:
-            log.warning("module %s: WinRM server certificate validation is OFF (insecure_skip_verify: true)",
-                        module.name)
-        if module.transport == "basic" and module.scheme == "http":
-            log.warning("module %s: basic authentication over plain http sends the password in clear text",
-                        module.name)
-        if module.allow_credssp_ntlm_over_http:
-            log.warning("module %s: CredSSP over plain http with NTLM inside delegates the password to a server "
-                        "nothing verifies (allow_credssp_ntlm_over_http: true)", module.name)
+    for warning in insecure_settings(config):
+        log.warning("%s", warning)
 
 
 def raise_open_file_limit() -> None:

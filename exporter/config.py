@@ -506,6 +506,23 @@ class Config:
         return [secret for module in self.modules.values() for secret in module.secrets()]
 
 
+def insecure_settings(config: Config) -> list[str]:
+    """A warning for each module setting that weakens what protects the credential: logged at start and at every
+    reload that applies the configuration (a reload turning one on said nothing)."""
+    warnings = []
+    for module in config.modules.values():
+        if module.insecure_skip_verify:
+            warnings.append(f"module {module.name}: WinRM server certificate validation is OFF "
+                            "(insecure_skip_verify: true)")
+        if module.transport == "basic" and module.scheme == "http":
+            warnings.append(f"module {module.name}: basic authentication over plain http sends the password in "
+                            "clear text")
+        if module.allow_credssp_ntlm_over_http:
+            warnings.append(f"module {module.name}: CredSSP over plain http with NTLM inside delegates the password "
+                            "to a server nothing verifies (allow_credssp_ntlm_over_http: true)")
+    return warnings
+
+
 _TOP_LEVEL_KEYS = set(Config.__dataclass_fields__) - {"source", "shard_override"}
 
 

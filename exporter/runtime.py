@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .catalog import Catalog
 from .catalog_data import CatalogError
-from .config import Config, ConfigError, OrganizationConfig, load_config
+from .config import Config, ConfigError, OrganizationConfig, insecure_settings, load_config
 from .model import OrgServerInfo
 from .redact import Redactor
 from .sharding import shard_of
@@ -164,6 +164,8 @@ class SafeRuntime:
                                                                          config.organization) else ()
             self._current = Runtime(config, catalog, Targets(config, carried))
             log.info("configuration reloaded from %s: %d servers", source, len(config.servers))
+            for warning in insecure_settings(config):  # as at start
+                log.warning("%s", warning)
             return True, "configuration reloaded"
 
     def discovered(self, organization: OrganizationConfig, servers: tuple[OrgServerInfo, ...]) -> bool:

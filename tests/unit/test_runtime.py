@@ -200,3 +200,15 @@ def test_a_reload_with_a_hostile_file_keeps_the_running_configuration_and_names_
     ok, message = runtime.reload()
     assert not ok and not runtime.last_reload_successful and runtime.current() is before
     assert phrase in message and "\n" not in message and "\x1b" not in message, message
+
+
+def test_a_reload_that_turns_certificate_validation_off_says_so_as_the_start_does(tmp_path, caplog):
+    """The start logs a warning for each setting that weakens a module (insecure_skip_verify, Basic or CredSSP with
+    NTLM over plain http); a reload that turned one on took it without a word, so the log showed the exporter
+    validating certificates while it no longer did."""
+    runtime, path, _ = runtime_for(tmp_path)
+    path.write_text(path.read_text().replace("password_file:", "insecure_skip_verify: true\n    password_file:"))
+    with caplog.at_level("WARNING"):
+        assert runtime.reload() == (True, "configuration reloaded")
+    assert runtime.current().config.modules["default"].insecure_skip_verify
+    assert any(r.levelname == "WARNING" and "certificate validation is OFF" in r.getMessage() for r in caplog.records)
