@@ -23,6 +23,7 @@ from .catalog import (
     parse_build,
     product_of,
     short_repr,
+    today_utc,
 )
 
 BUILD_COLUMNS = ("product", "cu", "update", "build", "released")
@@ -77,15 +78,26 @@ def _read_text(path: Path) -> str:
         raise CatalogError(str(path), None, f"cannot read: {e.strerror or e}") from None
 
 
-def parse_builds(path: str, text: str) -> dict[tuple[int, int, int, int], Build]:
+MAX_NAME_CHARS = 40  # a cu or update name ("CU15", "Sep26SUv2"): shown on pages, labels and the terminal
+
+
+def parse_builds(path: str, text: str, *, latest: date | None = None) -> dict[tuple[int, int, int, int], Build]:
+    """The rows of a build list; `latest`: the last release date allowed (an operator's file: today)."""
     builds: dict[tuple[int, int, int, int], Build] = {}
     for line, (product, cu, update, version, released, *_) in _data_rows(path, text, BUILD_COLUMNS):
         if product not in PRODUCT_FIRST_BUILD:
             raise CatalogError(path, line, f"unknown product {short_repr(product)} (one of {', '.join(PRODUCT_FIRST_BUILD)})")
         if not cu:
             raise CatalogError(path, line, "empty cu")
+        for what, name in (("cu", cu), ("update", update)):  # an escape sequence would reach the terminal raw
+            if not name.isprintable() or len(name) > MAX_NAME_CHARS:
+                raise CatalogError(path, line, f"{what} {short_repr(name)} is not printable text of at most "
+                                               f"{MAX_NAME_CHARS} characters")
         parts = checked_build_parts(path, line, product, version, builds)
-        builds[parts] = Build(product, cu, update, parts, _parse_date(path, line, "released", released))
+        day = _parse_date(path, line, "released", released)
+        if latest is not None and day > latest:
+            raise CatalogError(path, line, f"build {version} has a release date in the future ({day.isoformat()})")
+        builds[parts] = Build(product, cu, update, parts, day)
     return builds
 
 
@@ -112,7 +124,8 @@ def load_builds(extra_file: Path | None = None) -> dict[tuple[int, int, int, int
     builds = packaged_builds()
     if extra_file is not None:
         extra = Path(extra_file)
-        builds.update(parse_builds(str(extra), _read_text(extra)))
+        # no future date: it would be the catalog's newest release, and ExchangeCatalogStale could not fire
+        builds.update(parse_builds(str(extra), _read_text(extra), latest=today_utc()))
     return builds
 
 

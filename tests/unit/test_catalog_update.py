@@ -300,3 +300,30 @@ def test_a_catalog_file_that_lowers_a_shipped_threshold_is_refused_at_start_and_
     assert_one_line_error(exporter("build", "15.2.2562.5", "--catalog.file", str(output)), "moves a shipped threshold")
     assert_one_line_error(exporter("check-config", "--config.file", str(config_file), env={PASSWORD_ENV: PASSWORD}),
                           "configuration error", "catalog.tsv", "moves a shipped threshold")
+
+
+def test_control_characters_in_a_tsv_list_are_refused(tmp_path):
+    """Microsoft's CSV names are matched by a pattern, but a TSV's cu and update were taken as any text: an escape
+    sequence in one (clear the screen, retitle the window) went raw to the terminal in `catalog diff`, into the
+    written catalog_file, and from there into every `build` the exporter explained."""
+    source = tmp_path / "list.tsv"
+    source.write_text(HEADER + "ExchangeSE\tRTM\tOct26SU\x1b[2J\x1b]0;pwned\x07\t15.2.2562.60\t2026-10-13\n")
+    for command in (("diff",), ("update", "--output", str(tmp_path / "out.tsv"))):
+        result = exporter("catalog", *command, "--from", str(source))
+        assert_one_line_error(result, "list.tsv:2", "update 'Oct26SU\\x1b[2J")
+        assert "\x1b" not in result.stdout + result.stderr
+    assert not (tmp_path / "out.tsv").exists()
+    result = exporter("build", "15.2.2562.60", "--catalog.file", str(source))  # a catalog_file written by hand
+    assert_one_line_error(result, "list.tsv:2", "not printable")
+
+
+def test_a_catalog_file_row_dated_in_the_future_is_refused(tmp_path):
+    """`catalog update` refuses a release date in the future, but a catalog_file was read as it was: a typo
+    (2062 for 2026) made the newest release 2062, so ExchangeCatalogStale (newest release older than 90 days)
+    could not fire for 36 years, and check-config said OK."""
+    catalog_file = tmp_path / "catalog.tsv"
+    catalog_file.write_text(HEADER + "ExchangeSE\tRTM\tOct26SU\t15.2.2562.60\t2062-10-13\n")
+    config_file = tmp_path / "exporter.yml"
+    config_file.write_text(minimal_config(f"catalog_file: {catalog_file}\n"))
+    result = exporter("check-config", "--config.file", str(config_file), env={PASSWORD_ENV: PASSWORD})
+    assert_one_line_error(result, "configuration error", "catalog.tsv:2", "release date in the future (2062-10-13)")
