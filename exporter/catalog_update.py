@@ -166,7 +166,7 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
 def parse_build_list(name: str, text: str, *, today: date) -> Builds:
     """Rows of either format as catalog builds; the first problem raises CatalogError naming its line."""
     first = next((line for line in text.splitlines() if line.strip() and not line.startswith("#")), "")
-    if tuple(c.strip() for c in first.split(",")[:3]) == MICROSOFT_HEADER:
+    if tuple(c.strip() for c in next(csv.reader([first[:1000]]), [])[:3]) == MICROSOFT_HEADER:  # quoted or not
         builds = _parse_microsoft_csv(name, text)
     elif tuple(c.strip() for c in first.split("\t")[: len(BUILD_COLUMNS)]) == BUILD_COLUMNS:
         builds = parse_builds(name, text)
@@ -183,8 +183,15 @@ def parse_build_list(name: str, text: str, *, today: date) -> Builds:
 
 
 def _parse_microsoft_csv(name: str, text: str) -> Builds:
-    builds: Builds = {}
     rows = csv.reader(text.splitlines())
+    try:
+        return _microsoft_rows(name, rows)
+    except csv.Error as err:  # a field over csv.field_size_limit(), a NUL in strict mode
+        raise CatalogError(name, rows.line_num, f"not CSV: {printable(str(err))}") from None
+
+
+def _microsoft_rows(name: str, rows) -> Builds:
+    builds: Builds = {}
     next(rows)
     for row in rows:
         line = rows.line_num

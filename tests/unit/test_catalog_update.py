@@ -4,6 +4,7 @@ the written catalog_file up on reload. A bad list exits 2 with one clear line an
 
 from __future__ import annotations
 
+import csv
 import http.server
 import json
 import os
@@ -327,3 +328,23 @@ def test_a_catalog_file_row_dated_in_the_future_is_refused(tmp_path):
     config_file.write_text(minimal_config(f"catalog_file: {catalog_file}\n"))
     result = exporter("check-config", "--config.file", str(config_file), env={PASSWORD_ENV: PASSWORD})
     assert_one_line_error(result, "configuration error", "catalog.tsv:2", "release date in the future (2062-10-13)")
+
+
+def test_a_csv_field_over_the_csv_modules_limit_is_one_line(tmp_path):
+    """A field of more than 131,072 characters (csv's field_size_limit) ended `catalog update` and `catalog diff`
+    in a `_csv.Error` traceback."""
+    source = newer_list(tmp_path, '"' + "A" * 200_000 + '",15.2.2562.60,10/13/2026,,\n')
+    result = exporter("catalog", "update", "--from", str(source), "--output", str(tmp_path / "out.tsv"))
+    assert_one_line_error(result, "nothing written", "ExchangeBuildNumbers.csv:17", "field larger than field limit")
+    assert_one_line_error(exporter("catalog", "diff", "--from", str(source)), "field larger than field limit")
+
+
+def test_a_list_whose_every_field_is_quoted_is_read(tmp_path):
+    """PowerShell's Export-Csv quotes every field, header included; the header was compared as raw text, so such a
+    copy of Microsoft's list was refused as "neither Microsoft's ExchangeBuildNumbers.csv nor the catalog TSV"."""
+    rows = list(csv.reader(newer_list(tmp_path).read_text(encoding="utf-8").splitlines()))
+    source = tmp_path / "quoted.csv"
+    source.write_text("".join(",".join(f'"{cell}"' for cell in row) + "\r\n" for row in rows), encoding="utf-8-sig")
+    result = exporter("catalog", "diff", "--from", str(source))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[:2] == ["new builds: 1", "  15.2.2562.60  ExchangeSE RTM Oct26SU  released 2026-10-13"]
