@@ -59,8 +59,12 @@ def display_source(source: str) -> str:
     """The source as it may be printed and written: a URL loses any user:password@ part, and control and format
     characters (a newline, a terminal escape, a bidi override) are shown escaped, so that neither the catalog
     file's comment line nor the terminal gets them raw."""
-    if urlsplit(source).scheme in ("http", "https"):
-        source = without_userinfo(source) or source
+    try:
+        url = urlsplit(source).scheme in ("http", "https")
+    except ValueError:  # no valid URL ("http://user:pw@[::1"): what comes before an @ may be a password
+        url = True
+    if url:
+        source = without_userinfo(source) or source.rpartition("@")[2]
     return printable(source)
 
 
@@ -75,7 +79,10 @@ def read_source(source: str, *, max_bytes: int = MAX_LIST_BYTES, timeout: float 
     """(the list's text, where it came from: the path, or the URL after redirects) from a path or an http(s) URL,
     at most `max_bytes` and `timeout` seconds in all."""
     name = display_source(source)
-    scheme = urlsplit(source).scheme
+    try:
+        scheme = urlsplit(source).scheme
+    except ValueError as err:
+        raise CatalogError(name, None, f"not a valid URL: {printable(str(err))}") from None
     if scheme in ("http", "https"):
         data, origin = _download(source, name, max_bytes, timeout)
     elif scheme and len(scheme) > 1:
@@ -134,8 +141,9 @@ def _get(url: str, name: str, max_bytes: int, timeout: float, deadline: float) -
     except urllib.error.HTTPError as err:
         at = "" if err.url == url else f" at {display_source(err.url)}"
         raise CatalogError(name, None, f"HTTP {err.code} {printable(str(err.reason))}{at}") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-        reason = str(getattr(err, "reason", err))
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as err:  # ValueError: a URL
+        # urllib cannot send (a non-ASCII path) or parse (a redirect to http://[::1)
+        reason = str(err if isinstance(err, UnicodeError) else getattr(err, "reason", err))  # UnicodeError.reason: no what
         password = urlsplit(url).password
         if password:  # http.client quotes a URL's user info when it takes it for part of the host
             reason = masking([password])(reason)

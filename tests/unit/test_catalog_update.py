@@ -40,13 +40,15 @@ def newer_list(tmp_path: Path, extra: str = OCT26) -> Path:
 
 @pytest.fixture
 def loopback_server():
-    """Serves {path: (status, body)} on 127.0.0.1; yields the base URL and the route table."""
-    routes: dict[str, tuple[int, bytes]] = {}
+    """Serves {path: (status, body[, headers])} on 127.0.0.1; yields the base URL and the route table."""
+    routes: dict[str, tuple] = {}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
-            status, body = routes.get(self.path, (404, b"not found"))
+            status, body, *headers = routes.get(self.path, (404, b"not found"))
             self.send_response(status)
+            for name, value in (headers[0] if headers else {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if self.path == "/slow":
@@ -348,3 +350,25 @@ def test_a_list_whose_every_field_is_quoted_is_read(tmp_path):
     result = exporter("catalog", "diff", "--from", str(source))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[:2] == ["new builds: 1", "  15.2.2562.60  ExchangeSE RTM Oct26SU  released 2026-10-13"]
+
+
+@pytest.mark.parametrize("path, phrase", [
+    ("/caf\u00e9.csv", "cannot download"),  # http.client sends ASCII only: UnicodeEncodeError
+    ("/moved", "cannot download: Invalid IPv6 URL"),  # a redirect to a URL urlsplit refuses: ValueError
+], ids=["non-ASCII path", "redirect to an invalid URL"])
+def test_a_url_urllib_cannot_send_is_one_line(tmp_path, loopback_server, path, phrase):
+    """Before: the ValueError of urllib (a non-ASCII path; a Location such as http://[::1) came out of the
+    download thread as a traceback, exit 1."""
+    base, routes = loopback_server
+    routes["/moved"] = (302, b"", {"Location": "http://user:hunter2@[::1/list.csv"})
+    result = exporter("catalog", "update", "--from", base + path, "--output", str(tmp_path / "out.tsv"))
+    assert_one_line_error(result, "nothing written", phrase)
+    assert "hunter2" not in result.stderr
+
+
+def test_a_source_that_is_no_valid_url_is_one_line_without_its_password(tmp_path):
+    """Before: `--from 'http://user:hunter2@[::1'` ended in `ValueError: Invalid IPv6 URL` (a traceback)."""
+    result = exporter("catalog", "update", "--from", "http://user:hunter2@[::1/x.csv", "--output",
+                      str(tmp_path / "out.tsv"))
+    assert_one_line_error(result, "nothing written", "not a valid URL")
+    assert "hunter2" not in result.stderr
