@@ -30,6 +30,7 @@ BUILD_COLUMNS = ("product", "cu", "update", "build", "released")
 LIFECYCLE_COLUMNS = ("product", "released", "mainstream_end", "extended_end")
 SERVICING_COLUMNS = ("product", "serviced_cus", "updates_end", "migrate_to")
 Builds = dict[tuple[int, int, int, int], Build]
+MAX_CATALOG_FILE_BYTES = 4 << 20  # what `catalog update` reads at most (MAX_LIST_BYTES); the packaged list is ~20 KB
 
 
 class CatalogError(Exception):
@@ -71,7 +72,11 @@ def _parse_date(path: str, line: int | None, what: str, value: str) -> date:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8-sig")
+        with open(path, "rb") as file:
+            data = file.read(MAX_CATALOG_FILE_BYTES + 1)
+        if len(data) > MAX_CATALOG_FILE_BYTES:  # read at start and at every reload
+            raise CatalogError(str(path), None, f"larger than {MAX_CATALOG_FILE_BYTES} bytes: not a build list")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise CatalogError(str(path), None, "not UTF-8 text") from None
     except OSError as e:

@@ -32,6 +32,7 @@ from .addresses import without_userinfo
 from .catalog import Build, Catalog, today_utc
 from .catalog_data import (
     BUILD_COLUMNS,
+    MAX_CATALOG_FILE_BYTES,
     CatalogError,
     checked_build_parts,
     packaged_builds,
@@ -42,7 +43,7 @@ from .catalog_data import (
 from .redact import masking
 from .terminal import printable
 
-MAX_LIST_BYTES = 4 << 20  # Microsoft's CSV is ~40 KB; anything near this is not a build list
+MAX_LIST_BYTES = MAX_CATALOG_FILE_BYTES  # Microsoft's CSV is ~40 KB; anything near this is not a build list
 FETCH_TIMEOUT_SECONDS = 20.0  # the whole download, redirects included, not per socket read
 MAX_REDIRECTS = 5
 MICROSOFT_HEADER = ("Product Name", "Build Number", "Date")

@@ -372,3 +372,16 @@ def test_a_source_that_is_no_valid_url_is_one_line_without_its_password(tmp_path
                       str(tmp_path / "out.tsv"))
     assert_one_line_error(result, "nothing written", "not a valid URL")
     assert "hunter2" not in result.stderr
+
+
+def test_a_catalog_file_over_the_list_bound_is_refused(tmp_path):
+    """`catalog update` reads at most 4 MiB, but a catalog_file was read whole at start and at every reload,
+    however big."""
+    from exporter.catalog_data import MAX_CATALOG_FILE_BYTES
+
+    catalog_file = tmp_path / "catalog.tsv"
+    catalog_file.write_text(HEADER + "#" * MAX_CATALOG_FILE_BYTES + "\n")
+    config_file = tmp_path / "exporter.yml"
+    config_file.write_text(minimal_config(f"catalog_file: {catalog_file}\n"))
+    result = exporter("check-config", "--config.file", str(config_file), env={PASSWORD_ENV: PASSWORD})
+    assert_one_line_error(result, "configuration error", "catalog.tsv", f"larger than {MAX_CATALOG_FILE_BYTES} bytes")
