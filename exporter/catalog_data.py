@@ -25,6 +25,7 @@ from .catalog import (
     short_repr,
     today_utc,
 )
+from .files import read_regular_file
 
 BUILD_COLUMNS = ("product", "cu", "update", "build", "released")
 LIFECYCLE_COLUMNS = ("product", "released", "mainstream_end", "extended_end")
@@ -72,8 +73,7 @@ def _parse_date(path: str, line: int | None, what: str, value: str) -> date:
 
 def _read_text(path: Path) -> str:
     try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_CATALOG_FILE_BYTES + 1)
+        data = read_regular_file(path, MAX_CATALOG_FILE_BYTES)
         if len(data) > MAX_CATALOG_FILE_BYTES:  # read at start and at every reload
             raise CatalogError(str(path), None, f"larger than {MAX_CATALOG_FILE_BYTES} bytes: not a build list")
         return data.decode("utf-8-sig")

@@ -40,6 +40,7 @@ from .catalog_data import (
     refuse_moved_thresholds,
     threshold_changes,
 )
+from .files import read_regular_file
 from .redact import masking
 from .terminal import printable
 
@@ -91,8 +92,7 @@ def read_source(source: str, *, max_bytes: int = MAX_LIST_BYTES, timeout: float 
     else:
         origin = source
         try:
-            with open(source, "rb") as f:
-                data = f.read(max_bytes + 1)
+            data = read_regular_file(source, max_bytes)
         except OSError as err:
             raise CatalogError(name, None, f"cannot read: {err.strerror or err}") from None
         if len(data) > max_bytes:

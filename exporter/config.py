@@ -41,6 +41,7 @@ from .config_keys import (
     reject_unknown,
     string,
 )
+from .files import read_regular_file
 from .secret import Secret
 from .sharding import parse_shard
 
@@ -48,6 +49,7 @@ DEFAULT_LISTEN_PORT = 10061
 # A file is read (at start and every reload) up to this, and refused beyond: 100,000 servers in mappings take
 # about 12 MiB, and PyYAML parses about 3 MB a second (300 MB of comment took 107 s and 640 MB of memory).
 MAX_CONFIG_BYTES = 16 << 20
+MAX_PASSWORD_FILE_BYTES = 64 << 10
 TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic", "certificate")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -179,10 +181,13 @@ def _password_from_env(name: Any, path: str) -> Secret:
 def _password_from_file(value: Any, path: str, base: Path) -> Secret:
     file = existing_file(value, path, base, secret_nearby=True)
     try:
+        data = read_regular_file(file, MAX_PASSWORD_FILE_BYTES)
         # utf-8-sig: Windows PowerShell 5.1 writes a byte order mark first, which no password begins with
-        password = file.read_text(encoding="utf-8-sig").rstrip("\r\n")
+        password = data.decode("utf-8-sig").rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(path, f"cannot read the file it names: {err.__class__.__name__}") from None
+    if len(data) > MAX_PASSWORD_FILE_BYTES:
+        raise ConfigError(path, f"the file it names is larger than {MAX_PASSWORD_FILE_BYTES} bytes: not a password")
     if not password:
         raise ConfigError(path, "the file it names is empty")
     return Secret(password)
@@ -576,8 +581,7 @@ def load_config(path: Path, shard_override: tuple[int, int] | None = None) -> Co
 
 def _load_config(path: Path) -> Config:
     try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_CONFIG_BYTES + 1)
+        data = read_regular_file(path, MAX_CONFIG_BYTES)
         if len(data) > MAX_CONFIG_BYTES:
             raise ConfigError("", f"config file {str(path)!r} is larger than {MAX_CONFIG_BYTES} bytes")
         text = data.decode("utf-8")

@@ -47,10 +47,12 @@ import bcrypt
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .config_keys import ConfigError, bounded_repr, existing_file, load_yaml, mapping, reject_unknown
+from .files import read_regular_file
 
 log = logging.getLogger(__name__)
 
 _TOP_KEYS = {"tls_server_config", "http_server_config", "basic_auth_users"}
+MAX_WEB_CONFIG_BYTES = 1 << 20  # a few users and headers take a few KB; read at every change of the file
 _TLS_KEYS = {
     "cert_file", "key_file", "client_auth_type", "client_ca_file", "cipher_suites",
     "curve_preferences", "min_version", "max_version", "prefer_server_cipher_suites",
@@ -122,9 +124,12 @@ class WebConfig:
     @classmethod
     def _load(cls, path: Path) -> "WebConfig":
         try:
-            text = path.read_text(encoding="utf-8")
+            data = read_regular_file(path, MAX_WEB_CONFIG_BYTES)
+            text = data.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise WebConfigError(path, "", f"cannot read web config: {exc}") from None
+        if len(data) > MAX_WEB_CONFIG_BYTES:
+            raise WebConfigError(path, "", f"larger than {MAX_WEB_CONFIG_BYTES} bytes: not a web config")
         document = load_yaml(text)
         if document is None:
             raise WebConfigError(path, "", "the file is empty (cut short, or rendered from nothing?); a web "

@@ -1,0 +1,75 @@
+"""Files the operator names are read at start and at every reload (which holds the runtime's lock): a FIFO named by
+mistake blocked the read for ever, waiting for a writer; a password file or a web config was read whole, however
+large. Each entry point now reads a regular file only, within a bound, and says so in one line."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from exporter.catalog import Catalog
+from exporter.catalog_data import CatalogError
+from exporter.catalog_update import read_source
+from exporter.config import ConfigError, load_config, load_config_text
+from exporter.webconfig import WebConfig, WebConfigError
+
+CONFIG = """modules:
+  default: {username: 'EXCH\\\\svc_monitor', password_file: PASSWORD}
+servers: [ex01.contoso.com]
+"""
+
+
+def _within(seconds: float, read) -> BaseException | None:
+    """What `read()` raised, or None; fails if it has not returned within `seconds` (it blocked)."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            read()
+            outcome.append(None)
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still reading after {seconds} s: blocked"
+    return outcome[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+@pytest.mark.parametrize("entry", ["config", "password_file", "web_config", "catalog_file", "catalog_from"])
+def test_a_fifo_named_as_a_file_is_refused_at_once(tmp_path, entry):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    password = tmp_path / "password"
+    password.write_text("secret")
+    reads = {
+        "config": lambda: load_config(fifo),
+        "password_file": lambda: load_config_text(CONFIG.replace("PASSWORD", str(fifo)), tmp_path),
+        "web_config": lambda: WebConfig.load(fifo),
+        "catalog_file": lambda: Catalog.load(fifo),
+        "catalog_from": lambda: read_source(str(fifo)),
+    }
+    error = _within(5, reads[entry])
+    assert isinstance(error, (ConfigError, WebConfigError, CatalogError)), repr(error)
+    assert "\n" not in str(error) and "secret" not in str(error)
+
+
+def test_a_password_file_beyond_its_bound_is_refused(tmp_path):
+    password = tmp_path / "password"
+    password.write_bytes(b"x" * (64 << 10) + b"y")
+    with pytest.raises(ConfigError, match="larger than 65536 bytes"):
+        load_config_text(CONFIG.replace("PASSWORD", str(password)), tmp_path)
+    password.write_bytes(b"x" * (64 << 10))
+    assert load_config_text(CONFIG.replace("PASSWORD", str(password)), tmp_path).modules["default"].password
+
+
+def test_a_web_config_beyond_its_bound_is_refused(tmp_path):
+    web = tmp_path / "web.yml"
+    web.write_text("# padding\n" * ((1 << 20) // 10 + 1) + "{}\n")
+    with pytest.raises(WebConfigError, match="larger than 1048576 bytes"):
+        WebConfig.load(web)
