@@ -37,6 +37,8 @@ _LABEL_LIST_WORDS = {"on", "ignoring", "by", "without", "group_left", "group_rig
 _AGGREGATIONS = {"sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk",
                  "quantile", "limitk", "limit_ratio"}
 _KEYWORDS = {"and", "or", "unless", "bool", "offset", "atan2", "inf", "nan"} | _LABEL_LIST_WORDS | _AGGREGATIONS
+# A Prometheus duration (model.ParseDuration): units from the largest down, each at most once, not zero.
+_DURATION = re.compile(r"(?=.*[1-9])(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?(?<=[a-z])")
 # Labels an operator may not add: Prometheus sets the first, the generator owns the second.
 _RESERVED_LABELS = {"alertname", "severity"}
 
@@ -53,6 +55,7 @@ class Options:
     severity_map: tuple[tuple[str, str], ...] = ()
     alert_severity: tuple[tuple[str, str], ...] = ()
     resource_labels: tuple[tuple[str, str], ...] = field(default=())
+    keep_firing_for: str = ""  # a Prometheus duration on every alert; "": none (resolved as soon as it stops holding)
 
     def arguments(self, fmt: str) -> list[str]:
         """The command-line arguments that give these options (defaults left out), to regenerate the file."""
@@ -61,6 +64,8 @@ class Options:
             args += ["--job-selector", self.job_selector]
         if self.runbook_base != DEFAULT_RUNBOOK_BASE:
             args += ["--runbook-base", self.runbook_base]
+        if self.keep_firing_for:
+            args += ["--keep-firing-for", self.keep_firing_for]
         for flag, pairs in (("--alert-severity", self.alert_severity), ("--severity", self.severity_map),
                             ("--label", self.labels),
                             ("--resource-label", self.resource_labels if fmt == "prometheusrule" else ())):
@@ -104,6 +109,8 @@ def validate(options: Options) -> None:
         for name, value in pairs:
             if not value:
                 raise RulesError(f"{flag} {name}=: the severity is empty")
+    if options.keep_firing_for and not _DURATION.fullmatch(options.keep_firing_for):
+        raise RulesError(f"--keep-firing-for {options.keep_firing_for!r}: expected a Prometheus duration such as 10m")
 
 
 def parse_pair(text: str, flag: str) -> tuple[str, str]:
@@ -220,6 +227,8 @@ def apply(groups: list[dict], options: Options) -> list[dict]:
                 continue
             rule["labels"]["severity"] = _severity(rule, options)
             rule["labels"].update(options.labels)
+            if options.keep_firing_for:
+                rule["keep_firing_for"] = options.keep_firing_for
             rule["annotations"] = {"runbook_url": _runbook_url(options.runbook_base, rule["alert"]),
                                    **rule["annotations"]}
     return result
@@ -301,6 +310,9 @@ def _rewrite_text(text: str, options: Options) -> str:
             if value[:1] in "'\"":
                 raise RulesError(f"{SOURCE_NAME}: write expressions plain or as a block scalar, not quoted: {line!r}")
             out.append(line.replace(value, add_selector(value, options.job_selector), 1))
+        elif alert and key == "labels" and not value.strip() and options.keep_firing_for:
+            out.append(f"{' ' * _indent(line)}keep_firing_for: {options.keep_firing_for}")
+            out.append(line)
         elif alert and key == "severity" and _indent(line) > 0:
             rule = {"alert": alert, "labels": {"severity": value.strip()}}
             pad = " " * _indent(line)

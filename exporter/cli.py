@@ -290,7 +290,8 @@ def cmd_rules(args: argparse.Namespace) -> int:
             labels=tuple(parse_pair(p, "--label") for p in args.label),
             severity_map=tuple(parse_pair(p, "--severity") for p in args.severity),
             alert_severity=tuple(parse_pair(p, "--alert-severity") for p in args.alert_severity),
-            resource_labels=tuple(parse_pair(p, "--resource-label") for p in args.resource_label))
+            resource_labels=tuple(parse_pair(p, "--resource-label") for p in args.resource_label),
+            keep_firing_for=args.keep_firing_for)
         text = render(options, args.format)
     except RulesError as err:
         raise _Fail(str(err)) from None
@@ -425,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     rules.add_argument("--resource-label", action="append", default=[], metavar="NAME=VALUE",
                        help="with --format prometheusrule: a label on the PrometheusRule itself, e.g. "
                             "release=kube-prometheus-stack for its ruleSelector (repeatable)")
+    rules.add_argument("--keep-firing-for", default="", metavar="DURATION",
+                       help="keep every alert firing this long after its condition stops holding (Prometheus 2.42+), "
+                            "e.g. 10m: a restart of the exporter, or a resharding, that leaves a server without series "
+                            "for a poll interval then neither resolves a page nor restarts its for: wait")
     rules.set_defaults(func=cmd_rules)
 
     endpoint = sub.add_parser(

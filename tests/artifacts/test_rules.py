@@ -258,3 +258,44 @@ def test_prometheus_without_a_target_of_the_exporters_jobs_pages(up_series, tmp_
     path = tmp_path / "missing.test.yml"
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
     _promtool_test([path])
+
+
+@pytest.mark.parametrize("keep_firing_for", ["", "10m"])
+def test_a_restart_of_the_exporter_resolves_a_page_unless_alerts_keep_firing(keep_firing_for, tmp_path):
+    """The exporter keeps no state: after a restart a server has no series until its first poll, up to a poll
+    interval later, and Prometheus resolves an alert whose series are gone. ExchangeExporterCannotPoll's critical
+    twin then resolved mid-incident and came back only after its `for: 1h` had run again. With
+    `rules --keep-firing-for 10m` a gap shorter than that neither resolves it nor restarts its wait."""
+    rule_file = tmp_path / "site.rules.yml"
+    rule_file.write_text(render_rules(Options(keep_firing_for=keep_firing_for)))
+    check = subprocess.run([promtool(), "check", "rules", "--lint=all", "--lint-fatal", str(rule_file)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    labels = 'job="exchange-eems",instance="x:10061",server="EX03"'
+    path = tmp_path / "restart.test.yml"
+
+    def firing(eval_time: str) -> set[str]:
+        """The severities of ExchangeExporterCannotPoll for EX03 at `eval_time`: promtool, asked to expect none,
+        lists the alerts it got."""
+        path.write_text(yaml.safe_dump({
+            "rule_files": [str(rule_file)],
+            "evaluation_interval": "1m",
+            "tests": [{
+                "interval": "1m",
+                # failing for 2 h; the exporter restarts at 2h: its series go stale, and come back at its first poll
+                "input_series": [
+                    {"series": f"exchange_up{{{labels}}}", "values": "0x120 stale _x2 0x60"},
+                    {"series": f'exchange_collector_error{{{labels},collector="server",reason="timeout"}}',
+                     "values": "1x120 stale _x2 1x60"},
+                ],
+                "alert_rule_test": [{"eval_time": eval_time, "alertname": "ExchangeExporterCannotPoll",
+                                     "exp_alerts": []}],
+            }],
+        }, sort_keys=False))
+        result = subprocess.run([promtool(), "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
+        got = result.stdout + result.stderr
+        assert result.returncode == 0 or "got:" in got, got
+        return set(re.findall(r'severity="(\w+)"', got.partition("got:")[2]))
+
+    assert firing("119m") == {"warning", "critical"}
+    assert firing("130m") == ({"warning", "critical"} if keep_firing_for else set())

@@ -72,6 +72,15 @@ def test_runbook_pattern_and_resource_labels():
     assert "https://wiki.example/Exchange/exchangeexporterdown/view" in urls
 
 
+def test_keep_firing_for_reaches_every_alert_and_no_recording_rule():
+    text = render_rules(Options(keep_firing_for="1h30m"))
+    assert text.splitlines()[1] == "#   exchange-eems-exporter rules --keep-firing-for 1h30m"
+    rules = [r for g in yaml.safe_load(text)["groups"] for r in g["rules"]]
+    assert {r.get("keep_firing_for") for r in rules if "alert" in r} == {"1h30m"}
+    assert all("keep_firing_for" not in r for r in rules if "record" in r)
+    assert "keep_firing_for" not in render_rules(Options())
+
+
 def test_header_says_how_to_regenerate():
     options = Options(labels=(("team", "mail ops"),), resource_labels=(("release", "kps"),))
     rules_header = render_rules(options).splitlines()[1]
@@ -101,6 +110,9 @@ def test_label_values_are_yaml_safe():
     (Options(severity_map=(("sev1", "page"),)), "no alert has severity"),
     (Options(alert_severity=(("NoSuchAlert", "critical"),)), "no alert"),
     (Options(alert_severity=(("ExchangeExporterCannotPoll", "critical"),)), "twin"),
+    (Options(keep_firing_for="10"), "Prometheus duration"),
+    (Options(keep_firing_for="0s"), "Prometheus duration"),
+    (Options(keep_firing_for="5m10m"), "Prometheus duration"),
 ])
 def test_bad_options_are_refused_with_the_reason(options, message):
     with pytest.raises(RulesError, match=message):
