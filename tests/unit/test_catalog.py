@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.catalog import VERDICTS_KEPT, BuildVersionError, Catalog
+from exporter.catalog import VERDICTS_KEPT, BuildVersionError, Catalog, parse_admin_display_version
 from exporter.catalog_data import CatalogError, packaged_builds, parse_builds
 from exporter.cli import verdict_to_json
 
@@ -178,6 +178,10 @@ def servicing(catalog: Catalog, version: str, today: date) -> tuple[str, date | 
         ("15.1.2375.37", date(2023, 1, 10), ("cu_not_serviced", date(2023, 1, 10))),
         ("15.1.2507.75", date(2026, 10, 31), ("serviced", None)),
         ("15.1.2507.75", date(2026, 11, 1), ("out_of_support", date(2026, 11, 1))),
+        # 2016 CU20 left the one-CU window when CU21 shipped (2021-06-29); its last SU was Jul21SU, so it stopped
+        # at the next release, CU22 (2021-09-28), not when a later CU (CU23) shipped.
+        ("15.1.2242.12", date(2021, 9, 27), ("serviced", None)),
+        ("15.1.2242.12", date(2021, 9, 28), ("cu_not_serviced", date(2021, 9, 28))),
         # Exchange 2013 ended with its extended support on 2023-04-11 (no ESU).
         ("15.0.1497.48", date(2023, 4, 11), ("serviced", None)),
         ("15.0.1497.48", date(2023, 4, 12), ("out_of_support", date(2023, 4, 12))),
@@ -198,6 +202,9 @@ def test_update_path_of_a_serviced_cu_leads_to_its_newest_update(catalog):
                                                                                  date(2026, 6, 9))
     newest = catalog.verdict("15.2.2562.53", today=TODAY)
     assert newest.next_build is None and newest.update_path_since is None
+    # The second-newest update is behind too: its path leads to the newest (Sep26SUv2), open since its successor.
+    second = catalog.verdict("15.2.2562.49", today=TODAY)  # Sep26SU
+    assert (second.next_build.version, second.update_path_since) == ("15.2.2562.53", date(2026, 10, 2))
 
 
 def test_update_path_of_an_unserviced_cu_leads_to_the_newest_cu(catalog):
@@ -258,6 +265,30 @@ def test_cu_level_build_passes_a_cutoff_only_when_every_build_of_its_cu_does(cat
     se = catalog.verdict("15.2.2562.17", cu_level=True, today=TODAY)
     assert se.cutoffs == {"2023-03": True} and se.superseded_since is None
     assert se.next_build.version == "15.2.2562.53"  # the update is unknown: the newest of its CU is the target
+
+
+def test_cu_level_build_gets_no_verdict_when_only_its_cus_newest_update_passes():
+    """The catalog as on the day Jun26SU shipped: SE RTM's newest build is the 2026-06 minimum. A CU-level SE RTM
+    may be on it, so 2026-06 is left out (R12), not failed (a page an installed update would make false)."""
+    then = {parts: b for parts, b in packaged_builds().items()
+            if not (b.product == "ExchangeSE" and parts > (15, 2, 2562, 43))}
+    v = Catalog.from_builds(then).verdict("15.2.2562.17", cu_level=True, today=date(2026, 6, 10))
+    assert v.cutoffs == {"2023-03": True}
+
+
+def test_cu_level_build_of_an_unlisted_cu_keeps_eems_and_the_cutoffs_its_place_earns(catalog):
+    """AdminDisplayVersion of a 2019 CU the catalog does not list (between CU13 and CU14): it has EEMS, so no
+    ExchangeBuildWithoutEEMS page, and it reaches 2023-03's "all from CU13"."""
+    v = catalog.verdict("15.2.1400.3", cu_level=True, today=TODAY)
+    assert (v.product, v.cu, v.known) == ("Exchange2019", "unknown", False)
+    assert v.eems_supported is True
+    assert v.cutoffs == {"2023-03": True, "2026-06": False}
+
+
+def test_cu_level_build_of_a_cu_with_one_known_build_is_judged_on_it(catalog):
+    v = catalog.verdict("15.1.669.0", cu_level=True, today=TODAY)  # 2016 CU4: one build listed
+    assert (v.product, v.cu, v.update, v.known) == ("Exchange2016", "CU4", "unknown", False)
+    assert not v.eems_supported and v.cutoffs == {"2023-03": False, "2026-06": False}
 
 
 # ---------------------------------------------------------------- unknown builds
@@ -346,6 +377,12 @@ def test_bad_versions_raise_a_clear_value_error(catalog, version, fragment):
     assert isinstance(info.value, ValueError)
     assert fragment in str(info.value)
     assert len(str(info.value)) < 160
+
+
+def test_admin_display_version_of_another_product_is_refused():
+    with pytest.raises(BuildVersionError, match="major.minor must be 15.0, 15.1 or 15.2"):
+        parse_admin_display_version("Version 14.3 (Build 123.4)")  # Exchange 2010 SP3
+    assert parse_admin_display_version(" Version 15.2 (Build 1544.36) ") == "15.2.1544.36"
 
 
 def test_surrounding_whitespace_is_tolerated(catalog):
