@@ -86,6 +86,15 @@ def test_log_line_shapes():
     assert parse_log_line("partial line without shape").time is None
 
 
+def test_an_unterminated_quote_runs_to_the_end_of_the_line():
+    """A tail may end inside a quoted value (the file was read while EEMS wrote the line): the rest is the value."""
+    for line in ["2026-11-26T10:00:00Z,FetchMitigation,S:LogLevel=Warning;'S:Message=Connection attempted against "
+                 "untrusted endpoint", '2026-11-26T10:00:00Z,FetchMitigation,"S:LogLevel=Warning;S:Message=Connection '
+                 "attempted against untrusted endpoint"]:
+        record = parse_log_line(line)
+        assert (record.level, record.message) == ("Warning", "Connection attempted against untrusted endpoint")
+
+
 # ---------------------------------------------------------------- the fast path agrees with the general parser
 
 # Characters that change how a line reads: separators, both quotes, whitespace str.strip() removes (also the
