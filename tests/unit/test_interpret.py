@@ -190,6 +190,14 @@ def test_edge_and_pre_eems_builds_have_no_events_and_no_log_folder_without_failu
     assert {(f.part, f.reason) for f in missing.collection_errors} == {("events", "not_found"), ("log", "not_found")}
 
 
+def test_a_server_without_eems_misses_only_its_log_folder_silently(catalog):
+    """A build that predates EEMS has no log folder: that is an answer. Another part not found is still a failure."""
+    state = interpret(facts(exsetup_version="15.02.0922.007", errors=(
+        error("log", "PathNotFound,Microsoft.PowerShell.Commands.GetChildItemCommand"),
+        error("events", f"NoMatchingProvidersFound,{GETWINEVENT}"))), catalog)
+    assert [(f.part, f.reason) for f in state.collection_errors] == [("events", "not_found")]
+
+
 def test_service_query_denied_is_unknown_not_missing(catalog):
     """5.1's Get-Service says "no service found" when OpenService is denied: the registry key decides."""
     denied = facts(service_queried=False, service_status=None, service_start_type=None, service_key_start=2,
@@ -201,6 +209,42 @@ def test_service_query_denied_is_unknown_not_missing(catalog):
         error("service_key", "System.Security.SecurityException,Microsoft.PowerShell.Commands.GetItemCommand",
               "NotSpecified", "System.Security.SecurityException"),)), catalog)
     assert unreadable_key.service_installed is None and unreadable_key.service_state == "unknown"
+
+
+def test_a_service_get_service_answered_is_installed_even_when_its_registry_key_is_unread(catalog):
+    """Get-Service found the service: it is installed, whatever the registry read said (no Start value)."""
+    state = interpret(facts(service_key_start=None, errors=(
+        error("service_key", "System.Security.SecurityException,Microsoft.PowerShell.Commands.GetItemCommand",
+              "NotSpecified", "System.Security.SecurityException"),)), catalog)
+    assert (state.service_installed, state.service_state, state.service_start_mode) == (True, "running", "auto")
+
+
+def test_an_unread_build_and_an_unreadable_service_key_are_reported(catalog):
+    """Only a missing service key (PathNotFound) is an answer; ExSetup.exe not found, or a key that could not be
+    read, is a part the exporter is blind to."""
+    state = interpret(facts(exsetup_version=None, errors=(
+        error("build", "PathNotFound,Microsoft.PowerShell.Commands.GetItemCommand"),
+        error("service_key", "System.Security.SecurityException,Microsoft.PowerShell.Commands.GetItemCommand",
+              "NotSpecified", "System.Security.SecurityException"))), catalog)
+    assert [(f.part, f.reason) for f in state.collection_errors] == [("build", "not_found"), ("service", "access_denied")]
+
+
+@pytest.mark.parametrize("error_id, category", [
+    ("FileNotFound,Microsoft.PowerShell.Commands.GetItemCommand", "ObjectNotFound"),  # the category alone says so
+    ("PathNotFound,Microsoft.PowerShell.Commands.GetChildItemCommand", "NotSpecified"),  # the id alone says so
+])
+def test_a_missing_item_is_not_found_by_its_category_or_by_its_id(catalog, error_id, category):
+    state = interpret(facts(errors=(error("endpoint", error_id, category),)), catalog)
+    assert [(f.part, f.reason) for f in state.collection_errors] == [("endpoint", "not_found")]
+
+
+def test_a_service_query_that_fails_otherwise_keeps_its_own_reason(catalog):
+    """Only 5.1's "no service found" is read as access denied; another failure of Get-Service is what it is."""
+    state = interpret(facts(service_queried=False, service_status=None, service_start_type=None, errors=(
+        error("service", "System.InvalidOperationException,Microsoft.PowerShell.Commands.GetServiceCommand",
+              "NotSpecified", "System.InvalidOperationException"),)), catalog)
+    assert [(f.part, f.reason) for f in state.collection_errors] == [("service", "other")]
+    assert (state.service_installed, state.service_state) == (True, "unknown")
 
 
 def test_access_denied_on_the_event_log_and_log_folder(catalog):
@@ -278,6 +322,14 @@ def test_servicing_is_judged_on_the_exporters_date_not_the_servers_clock(catalog
     assert state.build.servicing == "serviced"  # ESU ran to 2026-10-31
     assert interpret_server("EX01", facts_2019, catalog, lookback=LOOKBACK, now=wrong_clock,
                             today=date(2026, 11, 1)).build.servicing == "out_of_support"
+
+
+def test_servicing_is_judged_on_the_servers_date_when_no_exporter_date_is_given(catalog):
+    """Without `today`, `now`'s date decides (not the machine's date): 2016 CU22 was serviced until 2023-01-09."""
+    then = datetime(2023, 1, 9, 12, tzinfo=UTC)
+    state = interpret_server("EX01", facts(exsetup_version="15.1.2375.37", now=then), catalog, lookback=LOOKBACK,
+                             now=then)
+    assert state.build.servicing == "serviced"
 
 
 def test_exsetup_wins_over_admin_display_version(catalog):
@@ -375,6 +427,39 @@ def test_failing_needs_the_two_newest_checks_to_fail(catalog):
     assert events_only.eems.failing
 
 
+def cycle_lines(when: datetime, failed: bool) -> list[str]:
+    return [stamp(when, FETCH_LINE), stamp(when + timedelta(minutes=1), UNTRUSTED_LINE if failed else DONE_LINE)]
+
+
+def test_a_check_fails_when_its_log_says_so_even_if_its_event_says_success(catalog):
+    """An event and a log cycle of one check count once, as failed if either says so."""
+    events = [RawEvent(1006, at(0, 28), "fetched"), RawEvent(1006, at(1, 28), "fetched")]
+    tail = "\n".join(cycle_lines(at(1, 30), True) + cycle_lines(at(0, 30), True))
+    assert interpret(facts(events, tail=tail), catalog).eems.failing
+
+
+def test_a_check_seen_twice_keeps_its_own_outcome(catalog):
+    """A check traced by an event and a log cycle is one check with its own outcome, whichever check is newer."""
+    clean = [RawEvent(1006, at(1, 28), "fetched")]
+    newest_failed = "\n".join(cycle_lines(at(1, 30), False) + cycle_lines(at(0, 30), True))
+    assert not interpret(facts(clean, tail=newest_failed), catalog).eems.failing
+    twice_failed = [RawEvent(1008, at(1, 28), TLS_1008)]
+    newest_clean = "\n".join(cycle_lines(at(1, 30), True) + cycle_lines(at(0, 30), False))
+    assert not interpret(facts(twice_failed, tail=newest_clean), catalog).eems.failing
+    both_clean = [RawEvent(1006, at(0, 28), "fetched")]
+    older_failed = "\n".join(cycle_lines(at(1, 30), True) + cycle_lines(at(0, 30), False))
+    assert not interpret(facts(both_clean, tail=older_failed), catalog).eems.failing
+
+
+def test_failing_window_and_same_check_bounds(catalog):
+    """A failed check exactly FAILING_WINDOW (three hours) old is in the window; two failures exactly SAME_CHECK
+    (ten minutes) apart are two checks."""
+    assert interpret(facts([RawEvent(1008, at(0, 10), TLS_1008), RawEvent(1008, at(3), TLS_1008)]),
+                     catalog).eems.failing
+    assert interpret(facts([RawEvent(1008, at(0, 10), TLS_1008), RawEvent(1008, at(0, 20), TLS_1008)]),
+                     catalog).eems.failing
+
+
 def test_activity_is_any_event_or_log_write(catalog):
     eems = interpret(facts([RawEvent(1004, at(0.5), "unrelated")]), catalog).eems
     assert eems.last_activity == at(0.5) and eems.last_success is None
@@ -418,6 +503,26 @@ def test_culture_times_in_the_servers_zone_are_placed_by_its_offset(catalog, off
     assert (state.eems.last_check, state.eems.last_success) == (at(0.25), at(0.25))
     assert (state.eems.last_error, state.eems.last_error_reason) == (at(2, -1), "untrusted_endpoint")
     assert state.eems.last_activity == at(0.25, -1) and state.collection_errors == ()
+
+
+def test_a_closed_file_newer_than_its_write_time_places_culture_times_in_the_servers_zone(catalog):
+    """Every line is older than the zone's offset, so no line looks later than now under either reading: only the
+    closed file shows the zone (read as UTC, its newest line would be two hours after the file was closed).
+    An older file in ISO times (with a zone) is read as written beside them."""
+    def cycle(hours: float) -> str:
+        return f"{culture_time(at(hours), 2)},{FETCH_LINE}\r\n{culture_time(at(hours, -1), 2)},{DONE_LINE}\r\n"
+
+    iso = "\n".join([stamp(at(6), FETCH_LINE), stamp(at(6, -1), UNTRUSTED_LINE)])
+    logs = (RawLog(at(4, -1), cycle(4)), RawLog(at(5, -1), cycle(5)), RawLog(at(6, -1), iso))
+    eems = interpret(facts(logs=logs, utc_offset_minutes=120), catalog).eems
+    assert (eems.last_check, eems.last_success, eems.last_error) == (at(4), at(4), at(6, -1))
+
+
+def test_the_newest_error_names_the_reason(catalog):
+    tail = "\n".join([stamp(at(2), FETCH_LINE), stamp(at(2, -1), UNTRUSTED_LINE),
+                      stamp(at(1), FETCH_LINE), stamp(at(1, -1), "FetchMitigation," + GRANIKOS_CYCLE[4])])
+    eems = interpret(facts(tail=tail), catalog).eems
+    assert (eems.last_error, eems.last_error_reason) == (at(1, -1), "tls_validation")
 
 
 def test_culture_times_in_utc_stay_utc_on_a_server_in_another_zone(catalog):
@@ -492,6 +597,41 @@ def test_check_in_progress_is_not_yet_a_success(catalog):
     tail = "\n".join([stamp(at(2), FETCH_LINE), stamp(at(2, -1), DONE_LINE), stamp(at(0, 1), FETCH_LINE)])
     eems = interpret(facts(tail=tail), catalog).eems
     assert eems.last_check == at(0, 1) and eems.last_success == at(2)
+
+
+def test_a_check_that_logged_only_its_start_is_never_a_success(catalog):
+    """However old, a newest check with no line after its start line (the tail was read, or the service stopped,
+    right after it) confirms nothing."""
+    tail = "\n".join([stamp(at(2), FETCH_LINE), stamp(at(2, -1), DONE_LINE), stamp(at(0.5), FETCH_LINE)])
+    eems = interpret(facts(tail=tail), catalog).eems
+    assert eems.last_check == at(0.5) and eems.last_success == at(2)
+
+
+def test_a_finished_clean_check_is_a_success_once_exactly_check_settle_old(catalog):
+    tail = "\n".join([stamp(at(0, 5), FETCH_LINE), stamp(at(0, 4), DONE_LINE)])  # CHECK_SETTLE is five minutes
+    assert interpret(facts(tail=tail), catalog).eems.last_success == at(0, 5)
+
+
+def test_the_lookback_window_and_the_clock_tolerance_include_their_bounds(catalog):
+    """A 1008 exactly `lookback` old is counted; an event exactly FUTURE_TOLERANCE (a day) ahead is believed;
+    a log problem line exactly `lookback` old is counted."""
+    events = [RawEvent(1008, NOW - LOOKBACK, TLS_1008), RawEvent(1008, NOW - LOOKBACK, "Mitigation M1 failed"),
+              RawEvent(1006, NOW + timedelta(days=1), "fetched")]
+    tail = stamp(NOW - LOOKBACK, BLOCKED_LINE)
+    eems = interpret(facts(events, tail=tail), catalog).eems
+    assert (eems.fetch_errors["tls_validation"], eems.other_errors, eems.log_other_errors) == (1, 1, 1)
+    assert eems.last_check == eems.last_success == NOW + timedelta(days=1)
+    ahead = NOW + timedelta(minutes=10)  # LOG_CLOCK_SLACK: a line this far ahead of the server's now is believed
+    written = interpret(facts(logs=(RawLog(NOW + timedelta(days=1), stamp(ahead, FETCH_LINE)),)), catalog).eems
+    assert (written.last_check, written.last_activity) == (ahead, NOW + timedelta(days=1))
+
+
+def test_a_generic_event_midway_between_two_failed_checks_takes_the_older_ones_cause(catalog):
+    """Equally near two failed log cycles, a generic 1008 takes the cause of the first (the older) one."""
+    tail = "\n".join([stamp(at(2, 1), FETCH_LINE), stamp(at(2), "FetchMitigation," + GRANIKOS_CYCLE[4]),
+                      stamp(at(1, 1), FETCH_LINE), stamp(at(1), UNTRUSTED_LINE)])
+    eems = interpret(facts([RawEvent(1008, at(1.5), JAN_2025_1008)], tail=tail), catalog).eems
+    assert eems.fetch_errors["tls_validation"] == 1 and eems.fetch_errors["untrusted_endpoint"] == 0
 
 
 def test_a_check_that_has_logged_its_preamble_but_no_result_is_not_yet_a_success(catalog):
