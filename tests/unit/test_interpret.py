@@ -518,6 +518,23 @@ def test_a_closed_file_newer_than_its_write_time_places_culture_times_in_the_ser
     assert (eems.last_check, eems.last_success, eems.last_error) == (at(4), at(4), at(6, -1))
 
 
+def test_culture_times_that_fit_either_zone_are_read_as_utc(catalog):
+    """With nothing that contradicts either reading (old lines, a write time that fits), a zoneless time is UTC."""
+    tail = f"{culture_time(at(8))},{FETCH_LINE}\r\n{culture_time(at(8, -1))},{DONE_LINE}\r\n"
+    for log in (RawLog(None, tail), RawLog(at(8, -1), tail)):
+        assert interpret(facts(logs=(log,), utc_offset_minutes=-300), catalog).eems.last_check == at(8)
+
+
+def test_a_daily_file_held_open_west_of_utc_places_its_culture_times_by_the_offset(catalog):
+    """R3 on a server at UTC-5: the open file still shows the time it was opened. Read as UTC its lines would
+    predate that; read in the server's zone they follow it, which an open file may."""
+    lines = []
+    for hours in (3.5, 2.5, 1.5):
+        lines += [f"{culture_time(at(hours), -5)},{FETCH_LINE}", f"{culture_time(at(hours, -1), -5)},{DONE_LINE}"]
+    state = interpret(facts(logs=(RawLog(at(4), "\r\n".join(lines)),), utc_offset_minutes=-300), catalog)
+    assert (state.eems.last_check, state.eems.last_success) == (at(1.5), at(1.5))
+
+
 def test_the_newest_error_names_the_reason(catalog):
     tail = "\n".join([stamp(at(2), FETCH_LINE), stamp(at(2, -1), UNTRUSTED_LINE),
                       stamp(at(1), FETCH_LINE), stamp(at(1, -1), "FetchMitigation," + GRANIKOS_CYCLE[4])])
