@@ -34,6 +34,13 @@ def test_each_culture_reads_its_own_time_as_utc(culture, line):
     assert read(culture, line) == datetime(2026, 11, 26, 14, 5, 9, tzinfo=timezone.utc)
 
 
+def test_a_two_digit_year_is_of_this_century():
+    """en-GB style short dates with "yy" (a ShortDatePattern an admin may set) read 26 as 2026."""
+    pattern = leading_time_pattern("dd/MM/yy", "HH:mm:ss", "", "")
+    match = pattern.match("26/11/26 14:05:09,FetchMitigation,S:LogLevel=Information")
+    assert to_datetime(match, "", "") == datetime(2026, 11, 26, 14, 5, 9, tzinfo=timezone.utc)
+
+
 @pytest.mark.parametrize(("clock", "hour"), [("12:00:00 AM", 0), ("12:30:00 PM", 12), ("1:00:00 AM", 1), ("11:59:59 PM", 23)])
 def test_twelve_hour_clock_around_midnight_and_noon(clock, hour):
     assert read("en-US", f"1/2/2026 {clock},x").hour == hour

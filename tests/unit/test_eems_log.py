@@ -86,6 +86,26 @@ def test_log_line_shapes():
     assert parse_log_line("partial line without shape").time is None
 
 
+def test_a_message_keeps_its_semicolons_and_loses_its_quotes():
+    """A value runs on over ';' until the next `S:Key=`; a value quoted on its own is unquoted; a quoted pair may
+    end with ';'. What the classification reads is the whole message."""
+    head = "2026-11-26T10:00:00Z,FetchMitigation,S:LogLevel=Warning;"
+    run_on = parse_log_line(head + "S:Message=Proxy failed;Connection attempted against untrusted endpoint;S:Source=X")
+    assert run_on.message == "Proxy failed;Connection attempted against untrusted endpoint"
+    quoted_value = parse_log_line(head + "S:Message='TLS certificate or its chain validation failed';S:Source=X")
+    assert quoted_value.message == "TLS certificate or its chain validation failed"
+    ends_in_semicolon = parse_log_line(head + "'S:Message=Mitigation M1; applied;';S:Source=X")
+    assert ends_in_semicolon.message == "Mitigation M1; applied;"
+
+
+def test_an_iso_time_without_a_zone_is_zoneless_and_a_bom_before_a_space_is_skipped():
+    """Zoneless ISO times are placed by interpret (UTC or the server's zone), as culture times are."""
+    local = parse_log_line("2026-11-26T10:00:00,FetchMitigation,S:LogLevel=Information;S:Message=x")
+    assert local.time == NOW.replace(hour=10) and local.zoned is False
+    assert parse_log_line("2026-11-26T10:00:00Z,FetchMitigation,S:LogLevel=Information;S:Message=x").zoned is True
+    assert parse_log_line("\ufeff 2026-11-26T10:00:00Z,FetchMitigation,S:Message=x").time == NOW.replace(hour=10)
+
+
 def test_an_unterminated_quote_runs_to_the_end_of_the_line():
     """A tail may end inside a quoted value (the file was read while EEMS wrote the line): the rest is the value."""
     for line in ["2026-11-26T10:00:00Z,FetchMitigation,S:LogLevel=Warning;'S:Message=Connection attempted against "
