@@ -13,9 +13,12 @@ the fourth part the update. Verdicts for builds the catalog does not list (known
   with it, so a build newer than every known build is judged as the newest known build is.
 - A build of an unknown CU takes cu "unknown" and update "unknown". Its place among the product's CUs is
   its third part: at or after the product's first EEMS CU it has EEMS; it passes a cutoff whose `all_from`
-  CU it reaches; if it is newer than every known CU of a product with EEMS it passes every cutoff (a future
-  CU); otherwise (older than the first known CU, or between known CUs that only have a per-CU minimum)
-  it fails, since we cannot know it carries the fix.
+  CU it reaches; if it is newer than every CU of the packaged catalog (the list cutoffs.yaml was written
+  against) of a product with EEMS it passes every cutoff (a future CU); otherwise (older than the first known
+  CU, or between known CUs that only have a per-CU minimum) it fails, since we cannot know it carries the fix.
+  A future CU an operator's catalog_file lists (`catalog update`) is still a future CU: listing it names it,
+  it does not make it fail a cutoff it passed unlisted (a CU is cumulative: one released after a cutoff's
+  fix carries it).
 - Exchange 2013 never had EEMS, so every 2013 build fails every cutoff whatever its number.
 - A build without EEMS (2016 <= CU21, 2019 <= CU10, 2013) fails every cutoff: it cannot receive mitigations.
 - A CU-level build (from AdminDisplayVersion, which names the CU but not its update) is judged as the
@@ -135,7 +138,10 @@ class Catalog:
         servicing: dict[str, Servicing],
         eems_first: dict[str, tuple[int, int, int, int]],
         cutoffs: dict[str, Cutoff],
+        future_after: dict[str, tuple[int, int, int]] | None = None,
     ):
+        """`future_after`: per product, the newest CU the cutoffs were written against (the packaged list's);
+        a CU newer than it passes every cutoff. By default the newest CU of `builds`."""
         self._builds = builds
         self._support_end = support_end
         self._servicing = servicing
@@ -147,6 +153,8 @@ class Catalog:
         self._product_cus: dict[str, list[tuple[int, int, int]]] = {}
         for product, triple in sorted(self._cus):
             self._product_cus.setdefault(product, []).append(triple)
+        self._future_after = future_after if future_after is not None else {
+            product: cus[-1] for product, cus in self._product_cus.items()}
         self._releases: dict[str, list[date]] = {}
         for build in builds.values():
             self._releases.setdefault(build.product, []).append(build.released)
@@ -169,9 +177,12 @@ class Catalog:
     @classmethod
     def from_builds(cls, builds: dict[tuple[int, int, int, int], Build]) -> "Catalog":
         """The packaged lifecycle, servicing rule and cutoffs applied to this build list."""
-        from .catalog_data import packaged_rules
+        from .catalog_data import packaged_builds, packaged_rules
 
-        return cls(builds, *packaged_rules(builds))
+        future_after: dict[str, tuple[int, int, int]] = {}
+        for build in packaged_builds().values():
+            future_after[build.product] = max(future_after.get(build.product, build.parts[:3]), build.parts[:3])
+        return cls(builds, *packaged_rules(builds), future_after=future_after)
 
     def builds(self) -> list[Build]:
         return sorted(self._builds.values(), key=lambda b: b.parts)
@@ -286,5 +297,5 @@ class Catalog:
             return parts >= minimum
         if product in cutoff.all_from and parts >= cutoff.all_from[product]:
             return True
-        cus = self._product_cus.get(product)
-        return bool(cus) and parts[:3] > cus[-1]
+        future_after = self._future_after.get(product)
+        return future_after is not None and parts[:3] > future_after

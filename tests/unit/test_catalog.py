@@ -329,6 +329,17 @@ def test_future_cu_passes_every_cutoff(catalog):
     assert catalog.verdict("15.2.2561.1").product == "Exchange2019"
 
 
+def test_a_future_cu_keeps_passing_once_a_catalog_file_lists_it(tmp_path):
+    """`catalog update` (runbook ExchangeCatalogStale) adds Exchange SE CU1: its servers must not turn "below the
+    June 2026 cutoff" (a critical page) for being listed; unlisted they passed as a future CU."""
+    extra = tmp_path / "builds.tsv"
+    extra.write_text(HEADER + "ExchangeSE\tCU1\t\t15.2.2700.10\t2026-12-01\n")
+    listed = Catalog.load(extra).verdict("15.2.2700.10", today=TODAY)
+    assert (listed.cu, listed.known) == ("CU1", True)
+    assert listed.cutoffs == Catalog.load().verdict("15.2.2700.10", today=TODAY).cutoffs == {
+        "2023-03": True, "2026-06": True}
+
+
 def test_unknown_cu_between_known_cus(catalog):
     # Between 2019 CU13 (1258) and CU14 (1544): reaches the 2023 "all from CU13" rule; the 2026
     # cutoff has only per-CU minimums, so it fails.
