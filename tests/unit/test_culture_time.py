@@ -41,6 +41,12 @@ def test_a_two_digit_year_is_of_this_century():
     assert to_datetime(match, "", "") == datetime(2026, 11, 26, 14, 5, 9, tzinfo=timezone.utc)
 
 
+def test_a_time_pattern_without_seconds_reads_second_zero():
+    pattern = leading_time_pattern("M/d/yyyy", "h:mm tt", "AM", "PM")
+    match = pattern.match("11/26/2026 2:05 PM,FetchMitigation,S:LogLevel=Information")
+    assert to_datetime(match, "AM", "PM") == datetime(2026, 11, 26, 14, 5, 0, tzinfo=timezone.utc)
+
+
 @pytest.mark.parametrize(("clock", "hour"), [("12:00:00 AM", 0), ("12:30:00 PM", 12), ("1:00:00 AM", 1), ("11:59:59 PM", 23)])
 def test_twelve_hour_clock_around_midnight_and_noon(clock, hour):
     assert read("en-US", f"1/2/2026 {clock},x").hour == hour

@@ -96,6 +96,11 @@ def test_a_message_keeps_its_semicolons_and_loses_its_quotes():
     assert quoted_value.message == "TLS certificate or its chain validation failed"
     ends_in_semicolon = parse_log_line(head + "'S:Message=Mitigation M1; applied;';S:Source=X")
     assert ends_in_semicolon.message == "Mitigation M1; applied;"
+    quoted_first = parse_log_line("2026-11-26T10:00:00Z,FetchMitigation,'S:Message=Connection attempted against "
+                                  "untrusted endpoint';S:LogLevel=Warning")
+    assert (quoted_first.level, quoted_first.message) == ("Warning", "Connection attempted against untrusted endpoint")
+    assert parse_log_line(head + "S:Message=''").message == ""
+    assert parse_log_line(head + "S:Message='").message == "'"
 
 
 def test_an_iso_time_without_a_zone_is_zoneless_and_a_bom_before_a_space_is_skipped():

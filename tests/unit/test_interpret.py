@@ -518,6 +518,13 @@ def test_a_closed_file_newer_than_its_write_time_places_culture_times_in_the_ser
     assert (eems.last_check, eems.last_success, eems.last_error) == (at(4), at(4), at(6, -1))
 
 
+def test_culture_times_that_would_lie_in_the_future_as_utc_are_read_in_the_servers_zone(catalog):
+    """One open file without a write time, east of UTC: read as UTC its newest line would be later than now."""
+    tail = f"{culture_time(at(0.5), 2)},{FETCH_LINE}\r\n{culture_time(at(0.5, -1), 2)},{DONE_LINE}\r\n"
+    eems = interpret(facts(logs=(RawLog(None, tail),), utc_offset_minutes=120), catalog).eems
+    assert (eems.last_check, eems.last_success) == (at(0.5), at(0.5))
+
+
 def test_culture_times_that_fit_either_zone_are_read_as_utc(catalog):
     """With nothing that contradicts either reading (old lines, a write time that fits), a zoneless time is UTC."""
     tail = f"{culture_time(at(8))},{FETCH_LINE}\r\n{culture_time(at(8, -1))},{DONE_LINE}\r\n"
@@ -751,6 +758,16 @@ def test_generic_event_without_log_is_explained_by_the_build(catalog):
     assert old.fetch_errors["untrusted_endpoint"] == 2 and old.last_error_reason == "untrusted_endpoint"
     current = interpret(facts(events), catalog).eems  # SE Jun26SU: the generic text stays unexplained
     assert current.fetch_errors["other"] == 2 and current.last_error_reason == "other"
+
+
+def test_generic_event_on_a_build_without_a_2023_verdict_is_not_blamed_on_the_certificate(catalog):
+    """A CU-level 2019 CU12 (AdminDisplayVersion) has no 2023-03 verdict (its update decides): a generic 1008 there
+    stays `other`, not the retired certificate."""
+    events = [RawEvent(1008, at(1), JAN_2025_1008)]
+    state = interpret_server("EX01", facts(events, exsetup_version=None, build_source=None), catalog, lookback=LOOKBACK,
+                             now=NOW, admin_display_version="Version 15.2 (Build 1118.7)")
+    assert "2023-03" not in state.build.cutoffs and state.eems_supported
+    assert state.eems.last_error_reason == "other" and state.eems.fetch_errors["other"] == 1
 
 
 @settings(max_examples=500)
