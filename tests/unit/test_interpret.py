@@ -247,6 +247,14 @@ def test_a_service_query_that_fails_otherwise_keeps_its_own_reason(catalog):
     assert (state.service_installed, state.service_state) == (True, "unknown")
 
 
+def test_an_endpoint_check_refused_by_constrained_language_says_so(catalog):
+    """The script's own record (collect_server.ps1) when the session is not FullLanguage: category SecurityError,
+    which is no access denied; the reason tells the admin what to change."""
+    state = interpret(facts(errors=(error("endpoint", "ConstrainedLanguage", "SecurityError", "",
+                                          "the endpoint check needs FullLanguage"),)), catalog)
+    assert [(f.part, f.reason) for f in state.collection_errors] == [("endpoint", "constrained_language")]
+
+
 def test_access_denied_on_the_event_log_and_log_folder(catalog):
     state = interpret(facts(errors=(
         error("events", f"System.UnauthorizedAccessException,{GETWINEVENT}", "NotSpecified", "System.UnauthorizedAccessException"),
