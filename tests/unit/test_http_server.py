@@ -31,6 +31,7 @@ from exporter.exporter import Exporter
 from exporter.web import serve
 from exporter.webconfig import WebConfigWatcher
 
+from ..clock import ManualClock
 from ..conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, poll_all, quick_organization, relocate, samples, serving
 from ..pki import issue, write
 
@@ -435,14 +436,21 @@ def web_config(directory: Path, name: str, text: str) -> Path:
 
 @pytest.fixture(scope="module")
 def secured(rig, pki):
-    """The same exporter behind two web configs: TLS with basic auth, and TLS requiring client certificates."""
+    """The same exporter behind two web configs: TLS with basic auth, and TLS requiring client certificates.
+
+    Their watchers' clock stands still: these tests are about TLS and passwords, not reloading (test_webconfig.py).
+    On the real clock, a watcher of a file naming certificates reads it once more at its first check, a second
+    after it started, with a new SSL context; a connection whose handshake came before that check and whose
+    request came after it is closed unanswered (the web config changed since its handshake). On a loaded machine
+    that second fell inside test_tls_with_basic_auth: "Remote end closed connection without response"."""
     _, exporter, _ = rig
     hashed = bcrypt.hashpw(WEB_PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
     tls = f"tls_server_config:\n  cert_file: {pki}/server.crt\n  key_file: {pki}/server.key\n"
     basic = web_config(pki, "basic.yml", tls + f"basic_auth_users:\n  {WEB_USER}: '{hashed}'\n")
     mutual = web_config(pki, "mutual.yml", tls + f"  client_auth_type: RequireAndVerifyClientCert\n"
                                                  f"  client_ca_file: {pki}/ca.crt\n")
-    servers = [serve(exporter, "127.0.0.1", 0, WebConfigWatcher(path)) for path in (basic, mutual)]
+    still = ManualClock()
+    servers = [serve(exporter, "127.0.0.1", 0, WebConfigWatcher(path, clock=still.now)) for path in (basic, mutual)]
     yield tuple(f"127.0.0.1:{s.server_address[1]}" for s in servers)
     for server in servers:
         server.shutdown()
