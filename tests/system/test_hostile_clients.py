@@ -31,6 +31,7 @@ from exporter.web import serve
 from exporter.web.transport import MAX_PINNED_BYTES, REQUEST_DEADLINE_SECONDS
 from exporter.webconfig import WebConfig, WebConfigError, WebConfigWatcher
 
+from ..clock import ManualClock
 from ..conftest import PASSWORD_ENV, USERNAME, SimulatedFleet, minimal_config, relocate, wait_until
 
 ATTACKER, VISITOR = "127.0.0.1", "127.0.0.2"
@@ -273,6 +274,14 @@ def _write_web_config(path: Path, pki: Path | None, users: bool) -> Path:
     return path
 
 
+def _unmoving_watcher(path: Path) -> WebConfigWatcher:
+    """A watcher of a TLS web config whose clock stands still, for tests that do not reload it. On the real clock its
+    first check, a second after it started, reads a file naming certificates once more (their state before the
+    first load is unknown) and builds a new SSL context: a connection whose handshake came before that check and
+    whose request came after it is closed unanswered (tests/unit/test_http_server.py `secured` failed so)."""
+    return WebConfigWatcher(path, clock=ManualClock().now)
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Path:
     from ..pki import issue, write
@@ -499,7 +508,7 @@ def test_clients_that_do_not_read_pin_bounded_memory(distinct):
 def test_tls_connection_close_is_answered_and_closed_promptly_with_close_notify(tmp_path, pki):
     """Before: over TLS the answer to a `Connection: close` request was followed by 30 s of silence."""
     exporter = Exporter(load_config_text(minimal_config(), Path(".")), Catalog.load())
-    server = serve(exporter, "127.0.0.1", 0, WebConfigWatcher(_write_web_config(tmp_path / "w.yml", pki, False)))
+    server = serve(exporter, "127.0.0.1", 0, _unmoving_watcher(_write_web_config(tmp_path / "w.yml", pki, False)))
     context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     try:
         with socket.create_connection(server.server_address, timeout=5) as raw:
@@ -526,7 +535,7 @@ def test_a_large_response_reaches_a_tls_reader_whole(tmp_path, pki):
             return body, "text/plain; version=0.0.4; charset=utf-8"
 
     exporter = LargeMetrics(load_config_text(minimal_config(), Path(".")), Catalog.load())
-    server = serve(exporter, "127.0.0.1", 0, WebConfigWatcher(_write_web_config(tmp_path / "w.yml", pki, False)))
+    server = serve(exporter, "127.0.0.1", 0, _unmoving_watcher(_write_web_config(tmp_path / "w.yml", pki, False)))
     context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     try:
         with socket.create_connection(server.server_address, timeout=20) as raw:
@@ -799,7 +808,7 @@ def test_the_tls_handshake_counts_against_the_first_request_deadline(tmp_path, p
 
     monkeypatch.setattr(transport, "REQUEST_DEADLINE_SECONDS", 1.5)
     exporter = Exporter(load_config_text(minimal_config(), Path(".")), Catalog.load())
-    server = serve(exporter, "127.0.0.1", 0, WebConfigWatcher(_write_web_config(tmp_path / "web.yml", pki, False)))
+    server = serve(exporter, "127.0.0.1", 0, _unmoving_watcher(_write_web_config(tmp_path / "web.yml", pki, False)))
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = ssl.create_default_context(cafile=str(pki / "ca.crt")).wrap_bio(incoming, outgoing,
                                                                           server_hostname="localhost")
@@ -849,7 +858,7 @@ def test_a_tls_handshake_cut_at_the_cap_ends_quietly(tmp_path, pki, monkeypatch,
 
     monkeypatch.setattr(transport, "MAX_CONNECTIONS", 16)
     exporter = Exporter(load_config_text(minimal_config(), Path(".")), Catalog.load())
-    server = serve(exporter, "127.0.0.1", 0, WebConfigWatcher(_write_web_config(tmp_path / "web.yml", pki, False)))
+    server = serve(exporter, "127.0.0.1", 0, _unmoving_watcher(_write_web_config(tmp_path / "web.yml", pki, False)))
     trickling = []
     try:
         with caplog.at_level(logging.DEBUG):
