@@ -549,7 +549,8 @@ def _org_server(item: dict, notes: _Notes) -> OrgServerInfo | None:
         name=name,
         fqdn=fqdn,
         # ServerRole is a flags enum: [string] of it is "Mailbox", "Edge", "Mailbox, ClientAccess" (Exchange 2013)
-        mailbox_role=None if roles is None else "mailbox" in (role.strip().lower() for role in roles.split(",")),
+        # [string]$null is "": a role not said, as None is
+        mailbox_role=None if not (roles or "").strip() else "mailbox" in (r.strip().lower() for r in roles.split(",")),
         admin_display_version=notes.text(item, "admin_display_version", "servers.admin_display_version"),
         mitigations_enabled=notes.flag(item, "mitigations_enabled", "servers.mitigations_enabled"),
         mitigations_applied=notes.label_values(item.get("mitigations_applied"), "servers.mitigations_applied"),

@@ -324,10 +324,12 @@ def test_organization_unwrapped_server_and_string_mitigations():
 
 @pytest.mark.parametrize(("roles", "mailbox"), [
     ("Mailbox", True), ("Mailbox, ClientAccess", True), ("ClientAccess, Mailbox", True), ("Edge", False),
-    ("ClientAccess", False), ("MailboxServer", False), (None, None), (15, None)])
+    ("ClientAccess", False), ("MailboxServer", False), (None, None), (15, None),
+    ("", None), (" ", None)])
 def test_a_servers_mailbox_role_is_read_from_its_serverrole_flags(roles, mailbox):
     """ServerRole is a flags enum: `[string]` of it joins the roles with ", " (Exchange 2013 "Mailbox, ClientAccess");
-    Microsoft's docs pick Mailbox servers with `$_.ServerRole -Like '*Mailbox*'`."""
+    Microsoft's docs pick Mailbox servers with `$_.ServerRole -Like '*Mailbox*'`. A ServerRole not said is `[string]$null`,
+    "", from collect_organization.ps1 (None from the psrp path): not a server without the Mailbox role."""
     doc = {"schema": 1, "servers": [{"name": "EX01", "roles": roles}]}
     facts = parse_organization_output(json.dumps(doc).encode())
     assert facts.servers[0].mailbox_role is mailbox
