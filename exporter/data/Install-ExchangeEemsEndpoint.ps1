@@ -65,7 +65,11 @@ if ($Remove) {
 if (-not (Test-Path -LiteralPath $Source) -or -not (Test-Path -LiteralPath $SessionFile)) {
     throw "Run this script from the folder windows-endpoint wrote: $Source and $SessionFile are needed."
 }
-if (-not (Test-PSSessionConfigurationFile -Path $SessionFile)) {
+# Test-PSSessionConfigurationFile has no -LiteralPath and resolves -Path as a wildcard ("Wildcard characters are
+# supported", Microsoft Learn, Test-PSSessionConfigurationFile; GetResolvedProviderPathFromPSPath in PowerShell's
+# TestPSSessionConfigurationFile.cs): a folder like 'endpoint[1]' would not be found. Escape * ? [ ] and ` with a
+# backtick (about_Wildcards); not [WildcardPattern]::Escape, which is no core type in 5.1's Constrained Language.
+if (-not (Test-PSSessionConfigurationFile -Path ($SessionFile -replace '([*?`\[\]])', '`$1'))) {
     throw "$SessionFile is not a valid session configuration file."
 }
 $Settings = Import-PowerShellDataFile -LiteralPath $SessionFile

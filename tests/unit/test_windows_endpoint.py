@@ -232,3 +232,18 @@ def test_the_transcript_folder_is_closed_to_standard_users(written):
                          ("PAI(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;0x1200a9;;;BU)", False),  # Users may read
                          ("PAI(A;OICI;FA;;;SY)", False)):
         assert bool(re.fullmatch(guard.replace("^", "").replace("$", ""), dacl)) is closed, dacl
+
+
+def test_the_session_file_is_tested_by_its_literal_path(written):
+    """Test-PSSessionConfigurationFile has no -LiteralPath; its -Path is resolved as a wildcard ("Wildcard characters
+    are supported", Microsoft Learn; GetResolvedProviderPathFromPSPath in TestPSSessionConfigurationFile.cs). Before,
+    the script passed $SessionFile unescaped: run from a folder like 'endpoint[1]' it stopped with "not found"."""
+    text = read(written / windows_endpoint.INSTALL_SCRIPT)
+    assert "Test-PSSessionConfigurationFile" in [name for name, _ in install_commands(text)]
+    assert "Test-PSSessionConfigurationFile -Path ($SessionFile -replace '([*?`\\[\\]])', '`$1')" in text
+    # the other -Path uses take the path literally: New-Item ("works like the LiteralPath parameter", Microsoft
+    # Learn) and Register-PSSessionConfiguration (GetUnresolvedProviderPathFromPSPath, CustomShellCommands.cs)
+    users = {line.split()[0] for line in text.splitlines()
+             if re.search(r"\s-Path\s+\$", line) and not line.lstrip().startswith("#")}
+    assert users <= {"New-Item", "Register-PSSessionConfiguration"}, users
+
