@@ -122,6 +122,8 @@ def build(group: str, script: str | None = None, proxy: str = "", virtual_accoun
     virtual_account_groups = tuple(check_group(g) for g in virtual_account_groups)
     if transcript_directory and not _GROUP.fullmatch(transcript_directory):
         raise ValueError(f"--transcript-directory {transcript_directory!r}: no quotes, backticks or '$'")
+    if transcript_directory.endswith("\\"):  # Windows PowerShell 5.1 would pass it to icacls broken (install script)
+        raise ValueError(f"--transcript-directory {transcript_directory!r}: without a trailing backslash")
     proxy = check_proxy(proxy)
     script = _collect_script() if script is None else script
     version = endpoint_version(script)

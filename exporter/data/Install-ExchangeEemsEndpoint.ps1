@@ -84,6 +84,13 @@ if ($DomainRole -ge 4 -and -not $Settings.RunAsVirtualAccountGroups) {
         "Write the endpoint again with --virtual-account-group naming the domain groups it may use, then run this script.")
 }
 
+# Windows PowerShell 5.1 wraps an argument with a space in double quotes without doubling a trailing backslash, so
+# icacls would read 'C:\EEMS Transcripts\' as `C:\EEMS Transcripts" /reset /T /Q` (PowerShell issues 4358, 7400;
+# NativeCommandParameterBinder.cs); and a drive root would get /reset /T on the whole drive. Refuse before any change.
+if ($Settings.TranscriptDirectory -match '\\$') {
+    throw "TranscriptDirectory '$($Settings.TranscriptDirectory)' ends with '\': write the endpoint again without it."
+}
+
 $Changed = $false
 if ((Get-FolderDigest $Source) -ne (Get-FolderDigest $Target)) {
     if (Test-Path -LiteralPath $Target) {

@@ -247,3 +247,18 @@ def test_the_session_file_is_tested_by_its_literal_path(written):
              if re.search(r"\s-Path\s+\$", line) and not line.lstrip().startswith("#")}
     assert users <= {"New-Item", "Register-PSSessionConfiguration"}, users
 
+
+def test_a_transcript_directory_with_a_trailing_backslash_is_refused():
+    """Windows PowerShell 5.1 quotes an argument with a space without doubling a trailing backslash, so icacls would
+    get 'C:\\EEMS Transcripts\\' as `C:\\EEMS Transcripts" /reset /T /Q` (PowerShell/PowerShell issues 4358 and 7400,
+    NativeCommandParameterBinder.cs); 'C:\\' would reset a whole drive. Before, both were written and installed."""
+    for bad in ("C:\\EEMS Transcripts\\", "C:\\"):
+        with pytest.raises(ValueError, match="trailing backslash"):
+            windows_endpoint.build(GROUP, transcript_directory=bad)
+    windows_endpoint.build(GROUP, transcript_directory="C:\\EEMS Transcripts")
+    text = windows_endpoint.build(GROUP).files[windows_endpoint.INSTALL_SCRIPT]
+    commands = install_commands(text)
+    names = [name for name, _ in commands]
+    refusals = [i for i, (name, conditions) in enumerate(commands) if name == "throw" and any(
+        "$Settings.TranscriptDirectory -match '\\\\$'" in c for c in conditions)]
+    assert refusals and refusals[0] < names.index("Copy-Item") and refusals[0] < names.index("icacls.exe")
