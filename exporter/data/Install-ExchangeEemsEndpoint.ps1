@@ -114,6 +114,16 @@ if ($Transcripts) {
     # UNCONFIRMED on a server: the exact SDDL icacls leaves; if it differs, icacls only runs again on the next run.
     $TranscriptDacl = ((Get-Acl -LiteralPath $Transcripts).Sddl -split 'D:', 2)[1]
     if ($TranscriptDacl -cnotmatch '^P[A-Z]*(\(A;OICI;FA;;;(SY|BA)\)){2}$') {
+        # icacls reaches everything below: only a folder of transcripts, never one that exists for other things
+        # (C:\ProgramData, a shared log folder) named by mistake. UNCONFIRMED whether JEA writes a folder per day
+        # (yyyyMMdd, as system-wide transcription does) or the PowerShell_transcript.*.txt files directly: both pass.
+        $Foreign = @(foreach ($Entry in Get-ChildItem -LiteralPath $Transcripts -Force) {
+            if (-not (($Entry.PSIsContainer -and $Entry.Name -match '^\d{8}$') -or
+                (-not $Entry.PSIsContainer -and $Entry.Name -match '^PowerShell_transcript\..+\.txt$'))) { $Entry } })
+        if ($Foreign.Count -gt 0) {
+            throw ("$Transcripts holds $($Foreign.Count) entries that are not transcript folders, such as " +
+                "$($Foreign[0].Name): name a folder of the endpoint's own as the transcript directory.")
+        }
         icacls.exe $Transcripts /reset /T /Q | Out-Null
         if ($LASTEXITCODE -ne 0) { throw "icacls could not reset $Transcripts (exit code $LASTEXITCODE)." }
         icacls.exe $Transcripts /inheritance:r /grant:r '*S-1-5-18:(OI)(CI)F' '*S-1-5-32-544:(OI)(CI)F' | Out-Null

@@ -262,3 +262,21 @@ def test_a_transcript_directory_with_a_trailing_backslash_is_refused():
     refusals = [i for i, (name, conditions) in enumerate(commands) if name == "throw" and any(
         "$Settings.TranscriptDirectory -match '\\\\$'" in c for c in conditions)]
     assert refusals and refusals[0] < names.index("Copy-Item") and refusals[0] < names.index("icacls.exe")
+
+
+def test_the_install_script_closes_only_a_folder_of_transcripts(written):
+    """`icacls /reset /T` and `/inheritance:r` reach everything below the folder. A --transcript-directory naming
+    a folder that exists for other things (C:\\ProgramData, a shared log folder) had every ACL below it replaced by
+    SYSTEM and Administrators only, breaking whatever else reads or writes there. The script now refuses, before
+    icacls, a folder holding anything but transcripts (per-day folders, yyyyMMdd, or PowerShell_transcript files)."""
+    text = read(written / windows_endpoint.INSTALL_SCRIPT)
+    commands = install_commands(text)
+    names = [name for name, _ in commands]
+    refusals = [i for i, (name, conditions) in enumerate(commands) if name == "throw" and any(
+        "$Foreign.Count -gt 0" in c for c in conditions) and any("$TranscriptDacl -cnotmatch" in c for c in conditions)]
+    assert refusals and refusals[0] < names.index("icacls.exe"), commands
+    start = text.index("$Foreign = ")
+    foreign = text[start:text.index("{ $Entry } })", start)]
+    assert "Get-ChildItem -LiteralPath $Transcripts -Force" in foreign, foreign
+    assert "($Entry.PSIsContainer -and $Entry.Name -match '^\\d{8}$')" in foreign, foreign
+    assert "(-not $Entry.PSIsContainer -and $Entry.Name -match '^PowerShell_transcript\\..+\\.txt$')" in foreign, foreign
