@@ -109,8 +109,18 @@ def validate(options: Options) -> None:
         for name, value in pairs:
             if not value:
                 raise RulesError(f"{flag} {name}=: the severity is empty")
-    if options.keep_firing_for and not _DURATION.fullmatch(options.keep_firing_for):
+    if options.keep_firing_for and not _duration_ms(options.keep_firing_for) * 1_000_000 < 2**63:
         raise RulesError(f"--keep-firing-for {options.keep_firing_for!r}: expected a Prometheus duration such as 10m")
+
+
+def _duration_ms(text: str) -> float:
+    """A Prometheus duration in milliseconds, inf when it is none; Prometheus refuses one over int64 nanoseconds
+    (a Go time.Duration: about 292 years)."""
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        return float("inf")
+    units = (365 * 86400000, 7 * 86400000, 86400000, 3600000, 60000, 1000, 1)
+    return sum(int(part.rstrip("ywdhms")) * unit for part, unit in zip(match.groups(), units) if part)
 
 
 def parse_pair(text: str, flag: str) -> tuple[str, str]:

@@ -113,6 +113,8 @@ def test_label_values_are_yaml_safe():
     (Options(keep_firing_for="10"), "Prometheus duration"),
     (Options(keep_firing_for="0s"), "Prometheus duration"),
     (Options(keep_firing_for="5m10m"), "Prometheus duration"),
+    (Options(keep_firing_for="99999999999999999999y"), "Prometheus duration"),  # over int64 ns: promtool refuses
+    (Options(keep_firing_for="293y"), "Prometheus duration"),  # promtool: "duration out of range"
 ])
 def test_bad_options_are_refused_with_the_reason(options, message):
     with pytest.raises(RulesError, match=message):
