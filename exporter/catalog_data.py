@@ -8,9 +8,12 @@ file, the line and the problem, so a reload keeps the catalog it has instead of 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
+from functools import cache
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 
 import yaml
 
@@ -120,8 +123,16 @@ def checked_build_parts(path: str, line: int, product: str, version: str, builds
 
 
 def packaged_builds() -> dict[tuple[int, int, int, int], Build]:
+    """The packaged build list, a copy the caller may change. It is part of the installed package, so it is read
+    once: a catalog with a catalog_file needs it three times (the list laid over, the thresholds it may not move,
+    the newest CU the cutoffs know), and `catalog update` at every verdict it compares."""
+    return dict(_packaged_builds())
+
+
+@cache
+def _packaged_builds() -> Mapping[tuple[int, int, int, int], Build]:
     data = resources.files("exporter") / "data"
-    return parse_builds("exporter/data/builds.tsv", (data / "builds.tsv").read_text(encoding="utf-8"))
+    return MappingProxyType(parse_builds("exporter/data/builds.tsv", (data / "builds.tsv").read_text(encoding="utf-8")))
 
 
 def load_builds(extra_file: Path | None = None) -> dict[tuple[int, int, int, int], Build]:
