@@ -242,10 +242,7 @@ class WebConfigWatcher:
         self._lock = threading.Lock()
         self._clock = clock
         self._check_interval = check_interval
-        fingerprint = _fingerprint((self._path,))
-        self._config = WebConfig.load(self._path)
-        # as in current(): the file as it was before the load; one naming certificates is read once more
-        self._fingerprint = fingerprint if self._config.watched_files == (self._path,) else None
+        self._config, self._fingerprint = self._load((self._path,), _fingerprint((self._path,)))
         self._last_check = clock()
         self._last_error: str | None = None
         self._failed_fingerprint: tuple | None = None
@@ -261,7 +258,7 @@ class WebConfigWatcher:
             if fingerprint == self._fingerprint and self._last_error is None:
                 return self._config
             try:
-                config = WebConfig.load(self._path)
+                config, settled = self._load(self._config.watched_files, fingerprint)
                 lowered = lowered_security(self._config, config)
                 if lowered:
                     raise WebConfigError(self._path, "", f"refused because {lowered}; restart the exporter "
@@ -275,12 +272,23 @@ class WebConfigWatcher:
             if self._last_error is not None:
                 log.info("web config %s loaded again after an error", self._path)
             config.keep_verified(self._config)
-            # The files as they were before this load, so that an edit landing while it read them is read at the
-            # next check; when it names other files than before, their earlier state is unknown: read once more.
-            self._fingerprint = fingerprint if config.watched_files == self._config.watched_files else None
-            self._config = config
+            self._config, self._fingerprint = config, settled
             self._last_error = None
             return config
+
+    def _load(self, files: tuple[Path, ...], fingerprint: tuple) -> tuple[WebConfig, tuple | None]:
+        """The file loaded, and the fingerprint its files had before they were read (`fingerprint`, of `files`:
+        those the config in force names), so that an edit landing while they are read is read at the next check.
+        A config naming other files (the certificates, at the start) is loaded once more at once, after their
+        fingerprint is taken: checked later instead, it would be read again then, and a new config closes every
+        connection opened under the one before. None when that load names other files again (an edit landed)."""
+        config = WebConfig.load(self._path)
+        if config.watched_files != files:
+            files, fingerprint = config.watched_files, _fingerprint(config.watched_files)
+            config = WebConfig.load(self._path)
+            if config.watched_files != files:
+                return config, None
+        return config, fingerprint
 
     def collect(self) -> Iterator[Metric]:
         """The reload metrics, for the exporter's registry (a prometheus_client collector)."""

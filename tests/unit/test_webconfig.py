@@ -391,6 +391,23 @@ def test_an_edit_landing_while_the_watcher_reads_is_read_at_the_next_check(tmp_p
     assert watcher.current().check_basic_auth(None) is False, "the second edit was never read"
 
 
+def test_certificates_unchanged_since_the_start_are_not_read_again(tmp_path, pki):
+    """A web config naming certificates was read once more at the watcher's first check (their state before the
+    first read was unknown), and the new config closed every connection opened in the exporter's first second."""
+    path = write_config(tmp_path, _tls_config(pki))
+    clock = ManualClock()
+    watcher = WebConfigWatcher(path, clock=clock.now)
+    first = watcher.current()
+    clock.advance(1.1)
+    assert watcher.current() is first
+    path.write_text(_tls_config(pki).replace("server.", "server2."))
+    clock.advance(1.1)
+    second = watcher.current()
+    assert second is not first and second.watched_files != first.watched_files
+    clock.advance(1.1)
+    assert watcher.current() is second, "a reload naming other certificates is settled when it is read"
+
+
 def test_watcher_refuses_a_bad_file_at_startup(tmp_path):
     with pytest.raises(WebConfigError, match="nonsense"):
         WebConfigWatcher(write_config(tmp_path, "nonsense: 1\n"))
