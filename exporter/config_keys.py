@@ -235,5 +235,5 @@ def existing_file(value: Any, path: str, base: Path, *, secret_nearby: bool = Fa
         candidate = base / candidate
     if not candidate.is_file():
         shown = "the file it names" if secret_nearby else f"file {str(candidate)!r}"
-        raise ConfigError(path, f"{shown} does not exist")
+        raise ConfigError(path, f"{shown} {'is not a regular file' if candidate.exists() else 'does not exist'}")
     return candidate

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 _TOP_KEYS = {"tls_server_config", "http_server_config", "basic_auth_users"}
 MAX_WEB_CONFIG_BYTES = 1 << 20  # a few users and headers take a few KB; read at every change of the file
+MAX_PEM_FILE_BYTES = 4 << 20  # a certificate chain or key takes a few KB, a whole public CA bundle about 250 KB
 _TLS_KEYS = {
     "cert_file", "key_file", "client_auth_type", "client_ca_file", "cipher_suites",
     "curve_preferences", "min_version", "max_version", "prefer_server_cipher_suites",
@@ -391,7 +392,12 @@ def _file_setting(path: Path, tls: dict[str, Any], key: str) -> Path | None:
     value = tls.get(key)
     if value is None or value == "":  # exporter-toolkit: an empty path is no file
         return None
-    return existing_file(value, f"tls_server_config.{key}", path.parent)
+    file = existing_file(value, f"tls_server_config.{key}", path.parent)
+    size = file.stat().st_size  # the ssl module reads the file itself, whatever its size
+    if size > MAX_PEM_FILE_BYTES:
+        raise WebConfigError(path, f"tls_server_config.{key}",
+                             f"{size} bytes, larger than {MAX_PEM_FILE_BYTES} bytes: not a certificate, key or CA bundle")
+    return file
 
 
 def _string_list(path: Path, tls: dict[str, Any], key: str) -> None:

@@ -73,3 +73,31 @@ def test_a_web_config_beyond_its_bound_is_refused(tmp_path):
     web.write_text("# padding\n" * ((1 << 20) // 10 + 1) + "{}\n")
     with pytest.raises(WebConfigError, match="larger than 1048576 bytes"):
         WebConfig.load(web)
+
+
+@pytest.mark.parametrize("key", ["cert_file", "key_file", "client_ca_file"])
+def test_a_tls_file_beyond_its_bound_is_refused_before_the_ssl_module_reads_it(tmp_path, key):
+    """The ssl module reads a certificate, key or CA file itself, whole and at every change: a multi-gigabyte file
+    named by mistake held the web-config lock for as long as reading it took, then failed as "not a PEM pair"."""
+    huge = tmp_path / "huge.pem"
+    with huge.open("wb") as file:
+        file.truncate(4 << 30)  # sparse: no disk used
+    text = {"cert_file": "x.pem", "key_file": "x.pem", "client_ca_file": "x.pem",
+            "client_auth_type": "RequireAndVerifyClientCert"}
+    (tmp_path / "x.pem").write_text("not read\n")
+    text[key] = str(huge)
+    web = tmp_path / "web.yml"
+    web.write_text("tls_server_config:\n" + "".join(f"  {k}: {v}\n" for k, v in text.items()))
+    error = _within(5, lambda: WebConfig.load(web))
+    assert isinstance(error, WebConfigError) and f"tls_server_config.{key}" in str(error), repr(error)
+    assert "larger than 4194304 bytes" in str(error)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_a_fifo_named_as_a_tls_file_is_called_so(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {fifo}\n  key_file: {fifo}\n")
+    error = _within(5, lambda: WebConfig.load(web))
+    assert isinstance(error, WebConfigError) and "is not a regular file" in str(error), repr(error)
