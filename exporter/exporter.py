@@ -44,6 +44,8 @@ class Exporter:
             credential_paused={name: name in paused for name in current.config.modules},
             servers=current.targets.known,
             server_names=current.targets.names,
+            shard=current.config.shard,
+            shard_servers=current.targets.per_shard,
         )
 
     # ------------------------------------------------------------ what the handlers read

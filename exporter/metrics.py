@@ -43,6 +43,8 @@ class SelfStatus:
     credential_paused: dict[str, bool] = field(default_factory=dict)  # module -> its polls are paused
     servers: int = 0  # configured plus discovered, of every shard
     server_names: frozenset[str] = frozenset()  # their names, addresses and SPN hosts, lower case
+    shard: tuple[int, int] = (0, 1)  # this instance's K/N
+    shard_servers: tuple[int, ...] = ()  # the servers of each shard, by index
 
 
 def _ts(value: datetime | date | None) -> float | None:
@@ -273,6 +275,12 @@ def self_families(self_status: SelfStatus) -> list[Metric]:
             self_status.poll_interval_seconds)
     out.add("exchange_exporter_servers", "Exchange servers this exporter knows: configured plus discovered, of every "
             "shard.", {}, self_status.servers)
+    out.info("exchange_exporter_shard", "The shard this instance polls (--shard K/N, or the configuration's shard).",
+             {"shard": str(self_status.shard[0]), "shards": str(self_status.shard[1])})
+    for index, count in enumerate(self_status.shard_servers):
+        out.add("exchange_exporter_shard_servers", "Exchange servers each shard of this configuration polls, "
+                "configured plus discovered; every instance says it of every shard (ExchangeExporterShardMissing).",
+                {"shard": str(index)}, count)
     out.add("exchange_exporter_config_last_reload_successful", "1 if the last configuration (re)load succeeded.",
             {}, 1 if self_status.last_reload_successful else 0)
     out.add("exchange_exporter_config_last_reload_success_timestamp_seconds",

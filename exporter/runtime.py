@@ -83,8 +83,11 @@ class Targets:
             log.warning("%d discovered servers are not polled: limits.max_servers (%d) is reached",
                         over_limit, config.limits.max_servers)
         index, count = config.shard
+        shards = {name: shard_of(t.name, count) for name, t in self._all.items()}
         self.polled: tuple[Target, ...] = tuple(sorted(
-            (t for t in self._all.values() if shard_of(t.name, count) == index), key=lambda t: t.name.lower()))
+            (t for name, t in self._all.items() if shards[name] == index), key=lambda t: t.name.lower()))
+        # how many servers each shard polls: every replica says it of every shard, so that one no replica runs shows
+        self.per_shard: tuple[int, ...] = tuple(sum(1 for s in shards.values() if s == k) for k in range(count))
 
     def _target(self, name: str, address: str, port: int | None, module_name: str, endpoint_proxy: str, *,
                 discovered: bool, spn_hostname: str | None = None) -> Target:
