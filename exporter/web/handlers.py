@@ -159,8 +159,9 @@ def landing(request: Request, view: SharedView) -> Response:
         return text(400, "'page' is a page number from 1\n")
     rows, exporter_level = view.fleet()
     targets = view.targets()
+    # the rows were scrubbed when made; the rest of the page now
     body = pages.fleet(rows, exporter_level, state, int(page), __version__, targets[0].name if targets else "SERVER",
-                       view.scrub)  # the rows were scrubbed when made; the rest of the page now
+                       view.scrub, view.self_status().shard)
     return Response(200, body, HTML, PAGE_HEADERS, compressible=True)
 
 

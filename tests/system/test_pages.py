@@ -29,8 +29,8 @@ from exporter.web import alerts, pages
 from exporter.web.fleet import FleetRows
 from exporter.web.pages import STATES
 
-from ..conftest import (PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, demo_scenario, poll_all, relocate,
-                        serving)
+from ..conftest import (PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, demo_scenario, minimal_config, poll_all,
+                        relocate, serving)
 from .hostile_server import HostileServer, Output
 from .test_secrets import assert_no_secret, leak_forms
 
@@ -85,6 +85,21 @@ def test_the_fleet_page_has_a_row_per_server_worst_first(demo):
     assert "connection_refused" in page
     assert states["EX16-CU21"] == "critical" and "ExchangeBuildWithoutEEMS" in page
     assert "<script" not in page
+
+
+def test_a_shards_page_says_where_the_other_servers_are(monkeypatch):
+    """With --shard K/N each instance's `/` listed only its shard's servers and said nothing of the others: an admin
+    looking for a server there found no row and no reason."""
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    for shard, note in (("1/3", "This instance polls shard 1 of 3"), ("0/1", None)):
+        text = minimal_config(f"shard: {shard}\n")
+        exporter = Exporter(load_config_text(text, Path(".")), Catalog.load())
+        with serving(exporter) as port:
+            page = get(port, "/")[2]
+        if note is None:
+            assert "shard" not in page
+        else:
+            assert note in page and "<code>--shard 1/3</code>" in page and "other 2 shards" in page
 
 
 def test_the_fleet_page_filters_by_state(demo):
