@@ -45,6 +45,7 @@ class Exporter:
             servers=current.targets.known,
             server_names=current.targets.names,
             shard=current.config.shard,
+            shard_server_names=current.targets.polled_names,
             shard_servers=current.targets.per_shard,
         )
 

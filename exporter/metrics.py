@@ -27,6 +27,7 @@ from prometheus_client.utils import floatToGoString
 from . import __version__
 from .eems_log import FETCH_ERROR_REASONS
 from .model import BuildVerdict, OrganizationResult, ServerResult
+from .sharding import shard_of
 from .windows_service import START_MODES, STATE_LABELS
 
 SERVICE = "MSExchangeMitigation"
@@ -44,6 +45,7 @@ class SelfStatus:
     servers: int = 0  # configured plus discovered, of every shard
     server_names: frozenset[str] = frozenset()  # their names, addresses and SPN hosts, lower case
     shard: tuple[int, int] = (0, 1)  # this instance's K/N
+    shard_server_names: frozenset[str] = frozenset()  # the names etc. of the servers of this instance's shard
     shard_servers: tuple[int, ...] = ()  # the servers of each shard, by index
 
 
@@ -223,11 +225,16 @@ POLLED_HELP = ("For each Mailbox server Get-ExchangeServer lists (label name: it
                "configuration polls it (configured or discovered, in any shard), 0 if not: nothing here watches its EEMS.")
 
 
-def organization_families(org: OrganizationResult, server_names: dict[str, str],
-                          polled: frozenset[str]) -> list[Metric]:
+def organization_families(org: OrganizationResult, server_names: dict[str, str], status: SelfStatus) -> list[Metric]:
     """The organization collector's series. `server_names`: this instance's servers by lower-case name (a server's
-    series take the name it is polled by); `polled`: every name any instance of this configuration polls a server
-    by (SelfStatus.server_names)."""
+    series take the name it is polled by); `status`: the names any instance of this configuration polls a server by,
+    those of this instance's shard, and the shard.
+
+    Every instance runs the organization collector, but each server's series come from one of them, so that N
+    shards do not say them N times (N alerts for one server, dashboards counting it N times): the instance that
+    polls it or, for a server none polls, the one of the shard its Name falls to; the organization's own setting
+    comes from shard 0. The collector's own state is each instance's."""
+    index, count = status.shard
     out = _Families()
     _collector_metrics(out, "organization", {"organization": org.name}, org.outcome, org.last_success)
     facts = org.facts
@@ -237,16 +244,19 @@ def organization_families(org: OrganizationResult, server_names: dict[str, str],
             "Values in the collector's last successful output refused as label values: over the per-list cap or not "
             "of the expected shape (mitigation IDs, server names).",
             {"collector": "organization", "organization": org.name}, facts.dropped_label_values)
-    if facts.mitigations_enabled is not None:
+    if facts.mitigations_enabled is not None and index == 0:
         out.add("exchange_eems_mitigations_enabled", MITIGATIONS_ENABLED_HELP,
                 {"scope": "organization", "organization": org.name}, 1 if facts.mitigations_enabled else 0)
     for info in facts.servers:
+        polled = any(key in status.server_names for key in info.keys())
+        if not any(key in status.shard_server_names for key in info.keys()) and (
+                polled or shard_of(info.name, count) != index):
+            continue  # another instance says it
         server = {"server": next((server_names[key] for key in info.keys() if key in server_names), info.name)}
         if info.mailbox_role is not False:  # EEMS runs on Mailbox servers; a role not said counts as one
             # `name`: Get-ExchangeServer's Name, the same in every exporter of the organization whatever name each
             # polls the server by (`server`): another site's exporter polling it by its FQDN says 1 under that name
-            out.add("exchange_organization_server_polled", POLLED_HELP, {**server, "name": info.name},
-                    1 if any(key in polled for key in info.keys()) else 0)
+            out.add("exchange_organization_server_polled", POLLED_HELP, {**server, "name": info.name}, 1 if polled else 0)
         if info.mitigations_enabled is not None:
             out.add("exchange_eems_mitigations_enabled", MITIGATIONS_ENABLED_HELP,
                     {"scope": "server", **server}, 1 if info.mitigations_enabled else 0)
@@ -351,7 +361,7 @@ class CachedExposition:
                 del self._servers[stale]
         if organization is not None:
             parts.append(_format(organization_families(organization, {r.name.lower(): r.name for r in servers},
-                                                       self_status.server_names)))
+                                                       self_status)))
         parts.append(_format(self_families(self_status)))
         return _encode(parts, base, accept)
 

@@ -86,6 +86,7 @@ class Targets:
         shards = {name: shard_of(t.name, count) for name, t in self._all.items()}
         self.polled: tuple[Target, ...] = tuple(sorted(
             (t for name, t in self._all.items() if shards[name] == index), key=lambda t: t.name.lower()))
+        self.polled_names = frozenset(name.lower() for t in self.polled for name in (t.name, t.address, t.spn_hostname))
         # how many servers each shard polls: every replica says it of every shard, so that one no replica runs shows
         self.per_shard: tuple[int, ...] = tuple(sum(1 for s in shards.values() if s == k) for k in range(count))
 

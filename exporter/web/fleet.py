@@ -13,9 +13,9 @@ in one pass of the rules over their samples. The ages on a row ("4m ago") are wr
 times the row keeps. The rules see exactly the samples /metrics serves (the same metric families), split by
 server: no rule matches one server's series with another's (every join is `on(job, instance, server)`, or
 `on(job, instance) group_left()` with a series of no server, or `on(server)`), so each server's alerts do not depend
-on the others'. The organization's series of a server this instance does not poll (another shard's, or one nothing
-polls: `ExchangeServerNotPolled`) have no row: they are evaluated with the series of no server, and their alerts are
-listed with the exporter's.
+on the others'. The organization's series of a server this instance does not poll (one nothing polls, whose Name
+falls to this shard: `ExchangeServerNotPolled`) have no row: they are evaluated with the series of no server, and
+their alerts are listed with the exporter's.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class FleetRows:
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._context: tuple = ()  # (samples of no server, redactor version): the current one, by identity
-        self._organization: tuple = (None, ({}, frozenset()), [], {})  # (result, names, samples of no row, by row)
+        self._organization: tuple = (None, (), [], {})  # (result, its servers' names and shard, samples of no row, by row)
         self._exporter_level: tuple[object, float, list[alerts.Firing]] = (None, -math.inf, [])
 
     def rows(self, servers: list[ServerResult], organization: OrganizationResult | None, redactor_version: int,
@@ -67,7 +67,7 @@ class FleetRows:
         with self._lock:
             names = {r.name.lower(): r.name for r in servers}
             status = self._status()
-            global_samples, by_server = self._organization_samples(organization, names, status.server_names)
+            global_samples, by_server = self._organization_samples(organization, names, status)
             context = self._context_now(global_samples + samples_of(self_families(status)), redactor_version)
             entries, due = {}, []
             for result in servers:
@@ -113,18 +113,19 @@ class FleetRows:
         return self._context
 
     def _organization_samples(self, organization: OrganizationResult | None, names: dict[str, str],
-                              polled: frozenset[str]) -> tuple[list[Sample], dict[str, tuple]]:
+                              status: SelfStatus) -> tuple[list[Sample], dict[str, tuple]]:
         """The organization's samples of no row (of no server, or of a server this instance does not poll), and each
         row's server's (by its name as /metrics writes it); made again only for a new organization result or a new
         set of servers, and then a server's samples that did not change are the same object as before (its row
         compares them by identity)."""
         kept, kept_names, global_samples, before = self._organization
-        if kept is organization and kept_names == (names, polled):
+        servers = (names, status.server_names, status.shard_server_names, status.shard)
+        if kept is organization and kept_names == servers:
             return global_samples, before
         global_samples, grouped = [], {}
         rows = set(names.values())
         if organization is not None:
-            for sample in samples_of(organization_families(organization, names, polled)):
+            for sample in samples_of(organization_families(organization, names, status)):
                 server = sample[1].get("server")
                 if server not in rows:
                     global_samples.append(sample)
@@ -134,5 +135,5 @@ class FleetRows:
         for name, samples in grouped.items():
             mine = tuple(samples)
             by_server[name] = before[name] if before.get(name) == mine else mine
-        self._organization = (organization, (names, polled), global_samples, by_server)
+        self._organization = (organization, servers, global_samples, by_server)
         return global_samples, by_server

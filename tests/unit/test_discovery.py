@@ -234,34 +234,39 @@ def _not_polled(exporter: Exporter) -> dict[str, float]:
 def test_a_mailbox_server_the_organization_lists_and_no_configuration_names_raises_a_ticket(monkeypatch):
     """A Mailbox server added to the organization after the exporter was set up, and never added to `servers:`,
     was watched by nothing and said by nothing: its series came from the organization only, and no alert read
-    them. A server is matched by its Name, FQDN or address, in any shard; an Edge server (no EEMS) is left out."""
+    them. A server is matched by its Name, FQDN or address, in any shard; an Edge server (no EEMS) is left out.
+    Of two shards, one says each server: the configured ones fall to shard 1, EX03 and EX04 to shard 0."""
     monkeypatch.setenv(PASSWORD_ENV, "a password")
-    text = minimal_config("organization: {server: ex01.contoso.com}\nshard: 1/2\n").replace(
-        "  - ex01.contoso.com\n", "  - ex01.contoso.com\n  - {name: MBX2, address: ex02.contoso.com}\n"
-        "  - {name: site2-mbx, address: 127.0.0.10, spn_hostname: ex08.contoso.com}\n")
-    exporter = Exporter(load_config_text(text, Path(".")), Catalog.load())
-    try:
-        doc = {"schema": 1, "error": None, "servers": [
-            {"name": "EX01", "fqdn": "ex01.contoso.com", "roles": "Mailbox"},  # configured by its FQDN
-            {"name": "EX02", "fqdn": "ex02.contoso.com", "roles": "Mailbox"},  # by its address
-            {"name": "EX08", "fqdn": "ex08.contoso.com", "roles": "Mailbox, ClientAccess"},  # by its SPN host
-            {"name": "EX03", "fqdn": "ex03.contoso.com", "roles": "Mailbox"},
-            {"name": "EX04", "fqdn": "ex04.contoso.com"},  # no role said: counted as a Mailbox server
-            {"name": "EDGE01", "fqdn": "edge01.contoso.com", "roles": "Edge"},
-        ]}
-        exporter.poller.store.record_organization(_org_result(doc))
-        assert _not_polled(exporter) == {"EX01": 1, "EX02": 1, "EX08": 1, "EX03": 0, "EX04": 0}
-        firing = [f for f in alerts.firing(_body_samples(exporter)) if f.alert == "ExchangeServerNotPolled"]
-        assert sorted((f.labels["server"], f.severity, f.hold) for f in firing) == [
-            ("EX03", "warning", "1h"), ("EX04", "warning", "1h")]
-        # the fleet page shows them among the alerts of no row (this instance polls no row of theirs)
-        rows, exporter_level = SharedView(exporter).fleet()
-        assert sorted(f.labels["server"] for f in exporter_level if f.alert == "ExchangeServerNotPolled") == [
-            "EX03", "EX04"]
-        page = pages.fleet(rows, exporter_level, None, 1, "0", "EX01", lambda text: text).decode()
-        assert "ExchangeServerNotPolled</a> server EX03 " in page and "ExchangeServerNotPolled</a> server EX04 " in page
-    finally:
-        exporter.stop()
+    doc = {"schema": 1, "error": None, "servers": [
+        {"name": "EX01", "fqdn": "ex01.contoso.com", "roles": "Mailbox"},  # configured by its FQDN
+        {"name": "EX02", "fqdn": "ex02.contoso.com", "roles": "Mailbox"},  # by its address
+        {"name": "EX08", "fqdn": "ex08.contoso.com", "roles": "Mailbox, ClientAccess"},  # by its SPN host
+        {"name": "EX03", "fqdn": "ex03.contoso.com", "roles": "Mailbox"},
+        {"name": "EX04", "fqdn": "ex04.contoso.com"},  # no role said: counted as a Mailbox server
+        {"name": "EDGE01", "fqdn": "edge01.contoso.com", "roles": "Edge"},
+    ]}
+    said = {}
+    for shard, expected in (("1/2", {"EX01": 1, "EX02": 1, "EX08": 1}), ("0/2", {"EX03": 0, "EX04": 0})):
+        text = minimal_config(f"organization: {{server: ex01.contoso.com}}\nshard: {shard}\n").replace(
+            "  - ex01.contoso.com\n", "  - ex01.contoso.com\n  - {name: MBX2, address: ex02.contoso.com}\n"
+            "  - {name: site2-mbx, address: 127.0.0.10, spn_hostname: ex08.contoso.com}\n")
+        exporter = Exporter(load_config_text(text, Path(".")), Catalog.load())
+        try:
+            exporter.poller.store.record_organization(_org_result(doc))
+            said[shard] = _not_polled(exporter)
+            assert said[shard] == expected
+            firing = [f for f in alerts.firing(_body_samples(exporter)) if f.alert == "ExchangeServerNotPolled"]
+            assert sorted((f.labels["server"], f.severity, f.hold) for f in firing) == [
+                (name, "warning", "1h") for name, value in sorted(expected.items()) if value == 0]
+            # the fleet page shows them among the alerts of no row (this instance polls no row of theirs)
+            rows, exporter_level = SharedView(exporter).fleet()
+            assert sorted(f.labels["server"] for f in exporter_level if f.alert == "ExchangeServerNotPolled") == [
+                f.labels["server"] for f in sorted(firing, key=lambda f: f.labels["server"])]
+            page = pages.fleet(rows, exporter_level, None, 1, "0", "EX01", lambda text: text).decode()
+            assert all(f"ExchangeServerNotPolled</a> server {f.labels['server']} " in page for f in firing)
+        finally:
+            exporter.stop()
+    assert said["0/2"].keys().isdisjoint(said["1/2"])
 
 
 def test_a_discovered_server_is_polled_unless_max_servers_left_it_out(tmp_path):
@@ -316,3 +321,44 @@ def test_two_sites_polling_each_others_servers_by_fqdn_raise_no_ticket(monkeypat
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
     result = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
+
+
+def test_each_organization_series_comes_from_one_shard(monkeypatch):
+    """Three replicas (--shard K/3) of one configuration each run the organization collector, and each wrote every
+    server's organization series and the organization's own setting: Prometheus held each three times (one per
+    instance), so ExchangeEEMSMitigationBlocked, ExchangeServerNotPolled or a disabled organization setting fired
+    three alerts for one server, and the fleet dashboard counted each blocked mitigation three times. Now a server's
+    series come from the instance that polls it (by the name it polls it by), a server nothing polls from the shard
+    its Name falls to, and the organization's setting from shard 0."""
+    monkeypatch.setenv(PASSWORD_ENV, "a password")
+    configured = [f"ex{n:02}.contoso.com" for n in range(1, 7)]
+    listed = [f"EX{n:02}" for n in range(1, 13)]  # EX07-EX12: no configuration names them
+    doc = {"schema": 1, "organization": {"mitigations_enabled": False}, "error": None, "servers": [
+        {"name": name, "fqdn": f"{name.lower()}.contoso.com", "roles": "Mailbox", "mitigations_enabled": True,
+         "mitigations_blocked": ["M1"]} for name in listed]}
+    said: dict[tuple, list[str]] = {}
+    for index in range(3):
+        text = minimal_config(f"shard: {index}/3\norganization: {{server: ex01.contoso.com}}\n").replace(
+            "  - ex01.contoso.com\n", "".join(f"  - {name}\n" for name in configured))
+        exporter = Exporter(load_config_text(text, Path(".")), Catalog.load())
+        try:
+            now = datetime.now(timezone.utc)
+            polled = [target.name for target in exporter.targets()]
+            for name in polled[:-1]:  # the last of its shard not polled yet: its series are still this shard's
+                exporter.poller.store.record(ServerResult(name, outcome=CollectorOutcome("server", True, 0.1, now),
+                                                          last_success=now))
+            exporter.poller.store.record_organization(_org_result(doc))
+            for name, labels, value in _body_samples(exporter):
+                if name.startswith(("exchange_eems_", "exchange_organization_")):
+                    server = labels.get("server", "").lower().split(".")[0]  # EX05 or ex05.contoso.com: one server
+                    key = (name, server, tuple(sorted((k, v) for k, v in labels.items() if k != "server")))
+                    said.setdefault(key, []).append(index)
+        finally:
+            exporter.stop()
+    assert {key: who for key, who in said.items() if len(who) != 1} == {}
+    assert sorted(server for name, server, _ in said if name == "exchange_eems_mitigation_blocked") == [
+        name.lower() for name in listed], "every listed server, once"
+    assert sorted(server for name, server, _ in said if name == "exchange_organization_server_polled") == [
+        name.lower() for name in listed]
+    assert [who for (name, _, labels), who in said.items()
+            if name == "exchange_eems_mitigations_enabled" and ("scope", "organization") in labels] == [[0]]

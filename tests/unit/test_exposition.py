@@ -50,7 +50,7 @@ def _reference(exporter: Exporter) -> CollectorRegistry:
     servers, organization = exporter.poller.snapshot()
     families = [f for result in servers for f in server_families(result)]
     families += organization_families(organization, {r.name.lower(): r.name for r in servers},
-                                      exporter.self_status().server_names)
+                                      exporter.self_status())
     families += self_families(exporter.self_status())
     registry = CollectorRegistry()
     registry.register(_Fixed(families))

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families as prom_pars
 from exporter.catalog import Catalog
 from exporter.collectors import _attempt, interpret_output
 from exporter.config import PollConfig
-from exporter.metrics import OPENMETRICS, _encode, _format, organization_families, probe_body
+from exporter.metrics import OPENMETRICS, SelfStatus, _encode, _format, organization_families, probe_body
 from exporter.model import CollectorOutcome, OrganizationResult, OrgServerInfo, ServerResult
 from exporter.parse import ParseError, parse_organization_output
 from exporter.runtime import Target
@@ -263,7 +263,8 @@ def _org_body(doc: dict, accept: str = "text/plain", server_names: dict[str, str
     org = OrganizationResult("Contoso", outcome=CollectorOutcome("organization", True, 1.0, NOW), facts=facts,
                              last_success=NOW)
     names = server_names or {}
-    return _encode([_format(organization_families(org, names, frozenset(names)))], None, accept)[0]
+    status = SelfStatus(NOW.date(), 300, True, 0, server_names=frozenset(names), shard_server_names=frozenset(names))
+    return _encode([_format(organization_families(org, names, status))], None, accept)[0]
 
 
 def _org_doc(servers: list[dict]) -> dict:
