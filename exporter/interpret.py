@@ -49,7 +49,11 @@ ERROR_EVENT = 1008
 FUTURE_TOLERANCE = timedelta(days=1)  # clock skew we accept before calling a timestamp bogus
 SAME_CHECK = timedelta(minutes=10)  # an event and a log cycle closer than this are one check
 LOG_CLOCK_SLACK = timedelta(minutes=10)  # a log line may look this much newer than the server's now (clock steps)
-FAILING_WINDOW = timedelta(hours=3)  # "failing now": the two newest checks in this window failed
+CHECK_INTERVAL = timedelta(hours=1)  # EEMS checks every hour (Learn)
+# "Failing now": the two newest checks failed, one after the other. A check that succeeds may leave no trace (no event
+# is documented for it; the log may be unread), so where an hourly check fits between two failures, or after the
+# newer, unseen, it is taken as a success: consecutive checks are at most one and a half intervals apart.
+NEXT_CHECK = CHECK_INTERVAL * 3 / 2
 # How long the newest check may still be fetching: a check logs its start, "Using Proxy" and its diagnostic-data line
 # before the fetch fails (the GRANIKOS capture), so a newest check without a problem line is a success only once it
 # is this old. A fetch taking longer (UNCONFIRMED: .NET's HttpClient gives up after 100 s by default) would
@@ -401,16 +405,19 @@ def _nearest(times: list[datetime], order: list[int], when: datetime) -> int:
 
 
 def _two_newest_failed(errors: list[datetime], successes: list[datetime], now: datetime) -> bool:
-    """Whether the two newest checks of the last FAILING_WINDOW failed: a single failed check among good
-    ones is noise, two in a row are an outage. An event and a log cycle of the same check count once,
-    as failed if either says so."""
-    since = now - FAILING_WINDOW
-    attempts = sorted([(t, True) for t in errors if t >= since] + [(t, False) for t in successes if t >= since],
-                      reverse=True)
+    """Whether the two newest checks failed, one after the other: a single failed check among good ones is
+    noise, two in a row are an outage. An event and a log cycle of the same check count once, as failed if
+    either says so. No hourly check may fit unseen between the two (NEXT_CHECK) or since the newer: with the
+    log unread a success shows nowhere, and two 1008s hours apart are two failures among good checks."""
+    attempts = sorted([(t, True) for t in errors] + [(t, False) for t in successes], reverse=True)
     checks: list[tuple[datetime, bool]] = []
     for time, failed in attempts:
         if checks and checks[-1][0] - time < SAME_CHECK:
             checks[-1] = (checks[-1][0], checks[-1][1] or failed)
+        elif len(checks) == 2:
+            break
         else:
             checks.append((time, failed))
-    return len(checks) >= 2 and checks[0][1] and checks[1][1]
+    if len(checks) < 2 or not (checks[0][1] and checks[1][1]):
+        return False
+    return now - checks[0][0] <= NEXT_CHECK and checks[0][0] - checks[1][0] <= NEXT_CHECK

@@ -133,8 +133,8 @@ def server_families(result: ServerResult) -> list[Metric]:
             "Newest trace of the Emergency Mitigation service: an event of any id from its source, a log line, "
             "or the newest write into its log folder.", server, _ts(eems.last_activity))
     if state.eems_supported:
-        out.add("exchange_eems_failing", "1 while the two newest EEMS checks of the last three hours failed to "
-                "fetch mitigations.", server, 1 if eems.failing else 0)
+        out.add("exchange_eems_failing", "1 while the two newest EEMS checks failed to fetch mitigations, one "
+                "after the other (no hourly check fits between them or since).", server, 1 if eems.failing else 0)
     out.add("exchange_eems_last_check_timestamp_seconds",
             "Newest EEMS check attempt seen in the Application log or the MitigationService log.",
             server, _ts(eems.last_check))

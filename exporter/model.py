@@ -165,7 +165,7 @@ class EemsHistory:
     fetch_errors: dict[str, int]  # reason -> 1008 fetch-error events in the lookback window; every reason present
     other_errors: int  # 1008 events in the lookback window that are not about fetching mitigations
     last_activity: datetime | None  # newest trace of the service at all: any EEMS event, newest log write
-    failing: bool  # the two newest checks of the last three hours failed
+    failing: bool  # the two newest checks failed, with no hourly check between them or since unseen
     log_other_errors: int = 0  # Warning/Error log lines in the lookback window that are not about fetching
 
 

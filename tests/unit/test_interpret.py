@@ -459,11 +459,16 @@ def test_a_check_seen_twice_keeps_its_own_outcome(catalog):
     assert not interpret(facts(both_clean, tail=older_failed), catalog).eems.failing
 
 
-def test_failing_window_and_same_check_bounds(catalog):
-    """A failed check exactly FAILING_WINDOW (three hours) old is in the window; two failures exactly SAME_CHECK
-    (ten minutes) apart are two checks."""
-    assert interpret(facts([RawEvent(1008, at(0, 10), TLS_1008), RawEvent(1008, at(3), TLS_1008)]),
+def test_failing_next_check_and_same_check_bounds(catalog):
+    """Two failures exactly NEXT_CHECK (an hour and a half) apart, the newer that old, are consecutive checks; a
+    minute more and an hourly check fits between them; two failures exactly SAME_CHECK (ten minutes) apart are
+    two checks."""
+    assert interpret(facts([RawEvent(1008, at(1, 30), TLS_1008), RawEvent(1008, at(3), TLS_1008)]),
                      catalog).eems.failing
+    assert not interpret(facts([RawEvent(1008, at(1, 30), TLS_1008), RawEvent(1008, at(3, 1), TLS_1008)]),
+                         catalog).eems.failing
+    assert not interpret(facts([RawEvent(1008, at(1, 31), TLS_1008), RawEvent(1008, at(2, 31), TLS_1008)]),
+                         catalog).eems.failing
     assert interpret(facts([RawEvent(1008, at(0, 10), TLS_1008), RawEvent(1008, at(0, 20), TLS_1008)]),
                      catalog).eems.failing
 
@@ -787,3 +792,17 @@ def test_nearest_failed_cycle_is_the_first_of_the_nearest(minutes, when_minute):
     by_time = sorted((t, i) for i, t in enumerate(times))
     expected = min(range(len(times)), key=lambda i: abs(times[i] - when))
     assert _nearest([t for t, _ in by_time], [i for _, i in by_time], when) == expected
+
+
+def test_failing_needs_no_hourly_check_between_or_since_the_two_failures(catalog):
+    """EEMS checks every hour (Learn), and a check that succeeds may leave no event (1005/1006 are for actions such
+    as applying a mitigation): with the log unread, two 1008s with an hour's check between them unseen, or an
+    hour's check since the newer, are one failure among good checks, not "failing now"."""
+    unread = dict(log_folder=None, errors=(error("log", "UnauthorizedAccess", "PermissionDenied",
+                                                 "System.UnauthorizedAccessException"),))
+    between = [RawEvent(1008, at(0, 30), TLS_1008), RawEvent(1008, at(2, 30), TLS_1008)]
+    assert not interpret(facts(between, **unread), catalog).eems.failing
+    since = [RawEvent(1008, at(1, 40), TLS_1008), RawEvent(1008, at(2, 40), TLS_1008)]
+    assert not interpret(facts(since, **unread), catalog).eems.failing
+    hourly = [RawEvent(1008, at(0, 40), TLS_1008), RawEvent(1008, at(1, 40), TLS_1008)]
+    assert interpret(facts(hourly, **unread), catalog).eems.failing
