@@ -30,7 +30,8 @@ Assumptions (UNCONFIRMED; docs/alerts.md "What the exporter assumes" lists what 
   mitigations ("Exception encountered while fetching mitigations", every fetch failure quoted in a
   source) counts as a failed check; any other 1008 is counted apart and never marks a check failed.
 - Levels other than Warning and Error (e.g. Information) are not problems. A Warning/Error line fails its
-  check only when it is about fetching mitigations (`is_fetch_problem`); others are counted apart.
+  check only when it names a known fetch failure, or is an Error about fetching mitigations (`is_fetch_problem`);
+  others are counted apart.
 - The organization collector meets the Kerberos double hop when Exchange cmdlets cannot reach Active
   Directory: messages mentioning Active Directory, a domain controller, LDAP, Kerberos, delegation or the
   ADTopology service, and LDAP's "A local error occurred" / "The server is not operational", are
@@ -108,12 +109,17 @@ def fetch_error_reason(message: str) -> str | None:
     return _reason(folded) if FETCH_ERROR_TEXT in folded else None
 
 
-def is_fetch_problem(message: str) -> bool:
-    """Whether a Warning/Error log line is about fetching mitigations: it names a known fetch failure ("Connection
-    attempted against untrusted endpoint", "TLS certificate or its chain validation failed") or mentions
-    fetching mitigations. Other problem lines (a blocked mitigation, the diagnostic-data upload) fail no check."""
+def is_fetch_problem(message: str, level: str | None) -> bool:
+    """Whether a Warning/Error log line fails its check: it names a known fetch failure (the Warning "Connection
+    attempted against untrusted endpoint" or "TLS certificate or its chain validation failed"), or it is an Error
+    about fetching mitigations ("Exception encountered while fetching mitigations"), as every published failed check
+    shows [BLOG-2025-01, GRANIKOS]. A Warning that only mentions fetching (no such text is published) is not known to
+    end its check in failure; it and other problem lines (a blocked mitigation, the diagnostic-data upload) fail no
+    check."""
     folded = message.lower()
-    return FETCH_ERROR_TEXT in folded or _reason(folded) != "other"
+    if _reason(folded) != "other":
+        return True
+    return FETCH_ERROR_TEXT in folded and (level or "").lower() == "error"
 
 
 def _reason(folded: str) -> str:

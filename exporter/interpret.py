@@ -7,7 +7,8 @@ certificate retirement logs only "Exception encountered while fetching mitigatio
 the log says "untrusted endpoint" (docs/reference/eems-facts.md section 3).
 
 Log cycles: a cycle runs from one "Fetching mitigations from" line up to the next one. A cycle with a
-Warning/Error line about fetching mitigations is a failed check (its time is the first such line); one
+line naming a known fetch failure, or an Error about fetching mitigations, is a failed check (its time is the
+first such line); one
 without is a successful check (its time is the check-start line). Other Warning/Error lines are counted
 apart. The newest cycle counts as a success only once a line follows its check-start line and it is
 CHECK_SETTLE old, so a check still in progress when the tail was read is not reported as a success: a check
@@ -299,9 +300,10 @@ def _zone_shift(files: list[tuple[RawLog, list[LogRecord]]], offset_minutes: int
 def _cycles(records: list[LogRecord]) -> tuple[list[_Cycle], list[datetime]]:
     """The checks in the log, and the times of problem lines that are not about fetching mitigations.
 
-    A Warning/Error line fails its check only when it is about fetching (its text names a known fetch failure
-    or mentions "fetching mitigations"), the rule 1008 events follow: EEMS logs other errors too (Learn: 1008
-    is logged "for any encountered errors"), and one of those per hour must not read as a failing server."""
+    A Warning/Error line fails its check only when it is about fetching (its text names a known fetch failure,
+    or it is an Error mentioning "fetching mitigations"), the rule 1008 events (Errors) follow: EEMS logs other
+    errors too (Learn: 1008 is logged "for any encountered errors"), and one of those per hour must not read as a
+    failing server."""
     cycles: list[_Cycle] = []
     others: list[datetime] = []
     classify = cache(classify_fetch_error)  # a check fails the same way hour after hour: each text read once
@@ -321,7 +323,7 @@ def _cycles(records: list[LogRecord]) -> tuple[list[_Cycle], list[datetime]]:
             continue
         followed = start is not None
         if record.is_problem:
-            if is_fetch_problem(record.message):
+            if is_fetch_problem(record.message, record.level):
                 if start is not None:
                     problems.append(record)
             else:

@@ -806,3 +806,22 @@ def test_failing_needs_no_hourly_check_between_or_since_the_two_failures(catalog
     assert not interpret(facts(since, **unread), catalog).eems.failing
     hourly = [RawEvent(1008, at(0, 40), TLS_1008), RawEvent(1008, at(1, 40), TLS_1008)]
     assert interpret(facts(hourly, **unread), catalog).eems.failing
+
+
+def test_a_warning_that_only_mentions_fetching_fails_no_check(catalog):
+    """The failed checks in every published log are an Error line "Exception encountered while fetching mitigations"
+    or a line naming a known failure (a Warning: "untrusted endpoint", "TLS certificate or its chain validation
+    failed"). A Warning that only mentions fetching (a retry, a slow answer; no such text is published) is not known
+    to end the check in failure: it is counted apart, as other problem lines are, and pages no one."""
+    retry = "FetchMitigation,S:LogLevel=Warning;S:Message=Retrying fetching mitigations after a transient error"
+    cycles = []
+    for hours in (2, 1, 0.25):
+        cycles += [stamp(at(hours), FETCH_LINE), stamp(at(hours, -1), retry), stamp(at(hours, -2), DONE_LINE)]
+    eems = interpret(facts(tail="\n".join(cycles)), catalog).eems
+    assert (eems.failing, eems.last_error, eems.last_success, eems.log_other_errors) == (False, None, at(0.25), 3)
+    error_line = ("FetchMitigation,S:LogLevel=Error;S:Message=Exception encountered while fetching mitigations : "
+                  "One or more errors occurred.")
+    failed = [stamp(at(1, 30), FETCH_LINE), stamp(at(1, 29), error_line),
+              stamp(at(0, 30), FETCH_LINE), stamp(at(0, 29), retry), stamp(at(0, 28), error_line)]
+    eems = interpret(facts(tail="\n".join(failed)), catalog).eems
+    assert (eems.failing, eems.last_error, eems.last_error_reason) == (True, at(0, 28), "other")
