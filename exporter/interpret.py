@@ -23,7 +23,7 @@ only informs.
 from __future__ import annotations
 
 import re
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from datetime import date, datetime, timedelta
 from functools import cache
@@ -248,19 +248,19 @@ def _build(version: str | None, catalog: Catalog, failures: list[PartialFailure]
         return None
 
 
-def _records(facts: RawServerFacts, latest: datetime) -> list[LogRecord]:
+def _records(facts: RawServerFacts, latest: datetime, failed_events: list[datetime]) -> list[LogRecord]:
     """Timed records of every log file read, oldest file first; lines without a readable time are dropped, and
     so is a line later than `latest` (the server's own now plus LOG_CLOCK_SLACK), alone: the rest of its file
     stays. A file's write time bounds nothing here (Microsoft: it may not move until the writer closes the
     file); it only is evidence of activity, in `eems_history`.
 
-    Culture-formatted times carry no zone: they are read as UTC or, when that fits the files better, as the
-    server's local time (`_zone_shift`)."""
+    Culture-formatted times carry no zone: they are read as UTC or, when that fits the files and the times of
+    the fetch-error 1008s (`failed_events`) better, as the server's local time (`_zone_shift`)."""
     files = []
     for log in reversed(facts.logs):
         timed = parse_log_lines(log.tail.splitlines(), facts.culture)
         files.append((log, [r for r in timed if r is not None and r.time is not None]))
-    shift = _zone_shift(files, facts.utc_offset_minutes, latest)
+    shift = _zone_shift(files, facts.utc_offset_minutes, latest, failed_events)
     records = []
     for _, timed in files:
         for record in timed:
@@ -272,12 +272,18 @@ def _records(facts: RawServerFacts, latest: datetime) -> list[LogRecord]:
 
 
 def _zone_shift(files: list[tuple[RawLog, list[LogRecord]]], offset_minutes: int | None,
-                latest: datetime) -> timedelta:
+                latest: datetime, failed_events: list[datetime]) -> timedelta:
     """How far zoneless line times are from UTC: 0, or the server's UTC offset when that reading contradicts
     the files less. A reading is contradicted by a file with a line later than `latest`, a file whose newest
     line is older than its write time (the newest line is at least as new as any write), and a closed file
-    (every file but the newest) whose newest line is newer than its write time (closing sets it)."""
-    if not offset_minutes or not any(not r.zoned for _, timed in files for r in timed):
+    (every file but the newest) whose newest line is newer than its write time (closing sets it); it is borne
+    out by each fetch-error 1008 it puts beside a log line of a failed fetch (an event and the log of one check
+    agree). As checks are hourly, a reading an hour off puts a failed cycle an hour from its 1008, beside
+    another check: one failure read as two checks in a row."""
+    if not offset_minutes:
+        return timedelta(0)
+    zoneless = sorted((r for _, timed in files for r in timed if not r.zoned), key=lambda r: r.time)
+    if not zoneless:
         return timedelta(0)
 
     def contradictions(shift: timedelta) -> int:
@@ -291,10 +297,21 @@ def _zone_shift(files: list[tuple[RawLog, list[LogRecord]]], offset_minutes: int
             if log.last_write is not None:
                 count += newest < log.last_write - LOG_CLOCK_SLACK
                 count += closed and newest > log.last_write + LOG_CLOCK_SLACK
-        return count
+        return count - _failed_fetches_met(failed_events, zoneless, shift)
 
     local = timedelta(minutes=offset_minutes)
     return local if contradictions(local) < contradictions(timedelta(0)) else timedelta(0)
+
+
+def _failed_fetches_met(failed_events: list[datetime], zoneless: list[LogRecord], shift: timedelta) -> int:
+    """How many fetch-error 1008s have a log line of a failed fetch within SAME_CHECK of them, the zoneless
+    lines (in time order) read with `shift`."""
+    times = [r.time - shift for r in zoneless]
+    met = 0
+    for failed_at in failed_events:
+        near = zoneless[bisect_left(times, failed_at - SAME_CHECK):bisect_right(times, failed_at + SAME_CHECK)]
+        met += any(r.is_problem and is_fetch_problem(r.message, r.level) for r in near)
+    return met
 
 
 def _cycles(records: list[LogRecord]) -> tuple[list[_Cycle], list[datetime]]:
@@ -340,7 +357,8 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
     read = cache(fetch_error_reason)
     fetch_reasons = [read(e.text) if e.id == ERROR_EVENT else None for e in all_events]
     events = [e for e, reason in zip(all_events, fetch_reasons) if reason is not None or e.id in SUCCESS_EVENTS]
-    records = _records(facts, now + LOG_CLOCK_SLACK)
+    records = _records(facts, now + LOG_CLOCK_SLACK, [e.time for e, reason in zip(all_events, fetch_reasons)
+                                                      if reason is not None])
     cycles, log_others = _cycles(records)
     failed = [c for c in cycles if c.error_time is not None]
     known = [c for c in failed if c.error_reason != "other"]

@@ -825,3 +825,19 @@ def test_a_warning_that_only_mentions_fetching_fails_no_check(catalog):
               stamp(at(0, 30), FETCH_LINE), stamp(at(0, 29), retry), stamp(at(0, 28), error_line)]
     eems = interpret(facts(tail="\n".join(failed)), catalog).eems
     assert (eems.failing, eems.last_error, eems.last_error_reason) == (True, at(0, 28), "other")
+
+
+def test_a_1008_places_culture_times_where_its_check_failed_in_the_log(catalog):
+    """One failed check on a server at UTC+1 whose log writes local times without a zone, the newest line 55
+    minutes old and its daily file held open (its write time the opening's): read as UTC, nothing in the files
+    contradicts the lines. But the check's 1008 would fall on the log's successful check of the hour before and
+    its failed cycle an hour after the 1008: one failure read as two checks in a row, a page. An event and the log
+    of one check agree; the reading in the server's zone puts the 1008 on its failed cycle."""
+    error_line = ("FetchMitigation,S:LogLevel=Error;S:Message=Exception encountered while fetching mitigations : "
+                  "One or more errors occurred.")
+    lines = [f"{culture_time(at(2), 1)},{FETCH_LINE}", f"{culture_time(at(2, -1), 1)},{DONE_LINE}",
+             f"{culture_time(at(1), 1)},{FETCH_LINE}", f"{culture_time(at(1, -1), 1)},{error_line}"]
+    failed = RawEvent(1008, at(1, -1), JAN_2025_1008)
+    server = facts([failed], logs=(RawLog(at(12), "\r\n".join(lines)),), utc_offset_minutes=60)
+    eems = interpret_server("EX01", server, catalog, lookback=LOOKBACK, now=NOW - timedelta(minutes=5)).eems
+    assert (eems.failing, eems.last_error, eems.last_success) == (False, at(1, -1), at(2))
