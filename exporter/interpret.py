@@ -6,12 +6,11 @@ history is built from whichever exists, and the log refines a generic 1008 text:
 certificate retirement logs only "Exception encountered while fetching mitigations." as the event, while
 the log says "untrusted endpoint" (docs/reference/eems-facts.md section 3).
 
-Log cycles: a cycle runs from one "Fetching mitigations from" line up to the next one. A cycle with a
-line naming a known fetch failure, or an Error about fetching mitigations, is a failed check (its time is the
-first such line); one
-without is a successful check (its time is the check-start line). Other Warning/Error lines are counted
-apart. The newest cycle counts as a success only once a line follows its check-start line and it is
-CHECK_SETTLE old, so a check still in progress when the tail was read is not reported as a success: a check
+Log cycles: a cycle runs from one "Fetching mitigations from" line up to the next one. A cycle with a line
+naming a known fetch failure, or an Error about fetching mitigations, is a failed check (its time is the first
+such line); one without is a successful check (its time is the check-start line). Other Warning/Error lines
+are counted apart. The newest cycle counts as a success only once a line follows its check-start line and it
+is CHECK_SETTLE old, so a check still in progress when the tail was read is not reported as a success: a check
 logs its start, "Using Proxy" and its diagnostic-data line before its fetch fails.
 
 Activity: the newest trace of the service at all (an EEMS event of any id, a log line, the newest write
