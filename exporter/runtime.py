@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -88,7 +89,8 @@ class Targets:
             (t for name, t in self._all.items() if shards[name] == index), key=lambda t: t.name.lower()))
         self.polled_names = frozenset(name.lower() for t in self.polled for name in (t.name, t.address, t.spn_hostname))
         # how many servers each shard polls: every replica says it of every shard, so that one no replica runs shows
-        self.per_shard: tuple[int, ...] = tuple(sum(1 for s in shards.values() if s == k) for k in range(count))
+        servers_of = Counter(shards.values())
+        self.per_shard: tuple[int, ...] = tuple(servers_of[k] for k in range(count))
 
     def _target(self, name: str, address: str, port: int | None, module_name: str, endpoint_proxy: str, *,
                 discovered: bool, spn_hostname: str | None = None) -> Target:
