@@ -146,6 +146,77 @@ def test_endpoint_without_response():
     assert (endpoint.status, endpoint.duration_seconds, endpoint.web_status) == (0, 10.0, "ConnectFailure")
 
 
+
+@pytest.mark.parametrize(("proxy", "expected"), [
+    ("http://proxy.contoso.com:8080/", "http://proxy.contoso.com:8080/"),
+    ("http://svc:S3cret!@proxy.contoso.com:8080", "http://proxy.contoso.com:8080"),
+    ("", ""),  # direct
+    (None, None),  # not reported
+])
+def test_endpoint_proxy_label_is_the_plain_proxy_url(proxy, expected):
+    """The proxy the server says its endpoint check used becomes the `proxy` label of exchange_eems_endpoint_proxy:
+    a WinHTTP proxy with user info loses it (its password never reaches a label), "" is a direct connection."""
+    facts = parse_server_output(server(endpoints=[{"name": "GetExchangeMitigations", "status": 200, "proxy": proxy,
+                                                   "proxy_source": "winhttp"}]))
+    (endpoint,) = facts.endpoints
+    assert (endpoint.proxy, endpoint.proxy_source) == (expected, "winhttp")
+    assert "S3cret" not in repr(facts)
+    assert not [e for e in facts.errors if e.part == "parse"]
+
+
+@pytest.mark.parametrize("proxy", [
+    "http://proxy.contoso.com:8080/path?x=1", "ftp://proxy.contoso.com/", 'http://proxy"} 1\n/', "not a url",
+    "http://" + "p" * 250 + ".contoso.com/", 8080,
+])
+def test_endpoint_proxy_that_is_no_plain_proxy_url_is_refused_with_a_note(proxy):
+    """Anything but `http(s)://host[:port][/]` (at most 256 characters) is no label value: None, and a parse note."""
+    facts = parse_server_output(server(endpoints=[{"name": "GetExchangeMitigations", "status": 200, "proxy": proxy,
+                                                   "proxy_source": "evil"}]))
+    (endpoint,) = facts.endpoints
+    assert (endpoint.proxy, endpoint.proxy_source) == (None, None)
+    notes = [e.message for e in facts.errors if e.part == "parse"]
+    assert any(n.startswith("parse: endpoints.proxy: expected") for n in notes), notes
+    assert "parse: endpoints.proxy_source: expected parameter or winhttp or none" in notes
+
+
+@pytest.mark.parametrize(("minutes", "kept"), [(-720, True), (840, True), (0, True), (330, True),
+                                               (-721, False), (841, False), (10**9, False)])
+def test_utc_offset_is_kept_only_within_the_real_zones(minutes, kept):
+    """UTC offsets run from -12:00 to +14:00; another is refused with a note instead of skewing every local log
+    time the interpreter reads."""
+    facts = parse_server_output(server(utc_offset_minutes=minutes))
+    assert facts.utc_offset_minutes == (minutes if kept else None)
+    refused = any(e.message.startswith("parse: utc_offset_minutes: expected") for e in facts.errors)
+    assert refused is not kept
+
+
+def test_culture_that_is_no_object_is_noted_not_fatal():
+    facts = parse_server_output(server(culture="de-DE"))
+    assert facts.culture is None
+    assert any(e.message == "parse: culture: expected an object or null" for e in facts.errors)
+
+
+def test_unknown_service_start_type_is_noted():
+    facts = parse_server_output(server(service={"status": "Running", "start_type": "Sometimes"}))
+    assert (facts.service_status, facts.service_start_type) == ("Running", None)
+    assert [e.message for e in facts.errors] == ["parse: service.start_type: expected a ServiceStartMode"]
+
+
+def test_event_insertion_strings_that_are_not_strings_are_dropped_with_a_note():
+    facts = parse_server_output(server(events=[{"id": 1008, "time": f"/Date({NOW_MS})/", "data": ["a", 7, {"x": 1}, "b"]}]))
+    assert facts.events[0].data == ("a", "b")
+    assert [e.message for e in facts.errors] == ["parse: events.data: expected strings"]
+
+
+def test_collection_errors_are_capped_at_fifty():
+    """A misbehaving script must not flood the metrics page or the server page: at most 50 errors, the script's
+    own first, then the parser's notes."""
+    facts = parse_server_output(server(errors=[f"events: failure {i}" for i in range(80)]))
+    assert len(facts.errors) == 50 and facts.errors[-1].message == "failure 49"
+    mixed = parse_server_output(server(errors=[f"log: e{i}" for i in range(45)], logs=["junk"] * 20))
+    assert len(mixed.errors) == 50
+    assert [e.part for e in mixed.errors[45:]] == ["parse"] * 5
+
 def test_wrong_types_become_missing_with_parse_notes():
     facts = parse_server_output(
         server(exsetup_version=15.2, edge="yes", now="tomorrow", logs=["x"],
@@ -168,6 +239,37 @@ def test_error_counts_are_kept_per_known_part():
     assert parse_server_output(server(error_counts={})).error_counts == ()
     assert parse_server_output(server(error_counts=[3])).errors[0].message.startswith("parse: error_counts: expected")
 
+
+
+
+def test_error_counts_cover_every_part_and_are_bounded():
+    """Every part the script's Fail records (the six of ERROR_PARTS), each a count up to 2**31; a larger number is no
+    count the script can meet in one poll."""
+    parts = ("build", "service_key", "service", "events", "log", "winhttp")
+    counts = {part: index for index, part in enumerate(parts)}
+    assert parse_server_output(server(error_counts=counts)).error_counts == tuple(counts.items())
+    assert parse_server_output(server(error_counts={"log": 2**31})).error_counts == (("log", 2**31),)
+    over = parse_server_output(server(error_counts={"log": 2**31 + 1}))
+    assert over.error_counts == () and over.errors[0].message == "parse: error_counts.log: expected a count"
+
+def test_stage_seconds_are_kept_per_known_stage():
+    """exchange_eems_script_stage_seconds: the five stages the script measures, each from 0 to a day; another stage
+    is no label value, and a negative, huge or non-numeric time is noted and left out."""
+    stages = {"build": 0.1, "service": 0, "events": 3, "log": 86400, "endpoint": 1.5, "shell": 2}
+    assert parse_server_output(server(stages=stages)).stage_seconds == (
+        ("build", 0.1), ("service", 0.0), ("events", 3.0), ("log", 86400.0), ("endpoint", 1.5))
+    facts = parse_server_output(server(stages={"build": -0.5, "service": 86400.5, "events": "3", "log": True,
+                                               "endpoint": None}))
+    assert facts.stage_seconds == ()
+    assert sorted(e.message for e in facts.errors) == [f"parse: stages.{stage}: expected seconds"
+                                                       for stage in ("build", "events", "log", "service")]
+    assert parse_server_output(server(stages=[1])).errors[0].message == "parse: stages: expected an object"
+
+
+@pytest.mark.parametrize(("start", "expected"), [(0, 0), (4, 4), (5, None), (-1, None), (2.0, 2)])
+def test_service_key_start_is_a_service_start_mode(start, expected):
+    """The registry Start value of the service's key is 0-4 (Boot..Disabled); another is not a start mode."""
+    assert parse_server_output(server(service_key={"start": start})).service_key_start == expected
 
 def test_errors_as_single_string_and_missing_fields():
     facts = parse_server_output(b'{"schema":1,"errors":"build: ExSetup.exe not found"}')
@@ -368,6 +470,43 @@ def test_organization_server_bound():
         parse_organization_output(json.dumps(doc).encode(), max_servers=10)
     assert info.value.reason == "bad_output" and "more than the limit 10" in str(info.value)
 
+
+
+@pytest.mark.parametrize("name", ['EX01"} 1', "EX01\nEX02", "-EX01", "EX 01", "x" * 256, "ÉX01"])
+def test_organization_server_name_not_shaped_like_a_server_name_is_dropped_and_counted(name):
+    """A server's Name becomes the `server` label and, when discovered, a poll target: a name that is no server name
+    is dropped and counted in exchange_collector_dropped_label_values."""
+    doc = {"schema": 1, "servers": [{"name": name}, {"name": "EX02"}]}
+    facts = parse_organization_output(json.dumps(doc).encode())
+    assert [s.name for s in facts.servers] == ["EX02"]
+    assert facts.dropped_label_values == 1
+
+
+def test_mitigation_ids_are_capped_per_list_and_the_rest_counted():
+    """At most 100 mitigation IDs per list become series; each one over the cap and each malformed one is counted as
+    a dropped label value, never silently lost. A duplicate is one series, not a refused value."""
+    applied = [f"M{i}" for i in range(130)] + ["M0", 'bad"id', ""]
+    doc = {"schema": 1, "servers": [{"name": "EX01", "mitigations_applied": applied,
+                                     "mitigations_blocked": [f"B{i}" for i in range(100)]}]}
+    facts = parse_organization_output(json.dumps(doc).encode())
+    (ex01,) = facts.servers
+    assert ex01.mitigations_applied == tuple(f"M{i}" for i in range(100))
+    assert len(ex01.mitigations_blocked) == 100
+    assert facts.dropped_label_values == 30 + 2  # over the cap, the two malformed
+
+
+def test_mitigation_ids_that_are_not_strings_are_noted():
+    doc = {"schema": 1, "servers": [{"name": "EX01", "mitigations_applied": ["PING1", 3], "mitigations_blocked": []}]}
+    facts = parse_organization_output(json.dumps(doc).encode())
+    assert facts.servers[0].mitigations_applied == ("PING1",)
+    assert facts.dropped_label_values == 1
+
+
+@pytest.mark.parametrize("error", [["stage", "message"], 42, True])
+def test_organization_error_of_an_unexpected_shape_is_still_an_error(error):
+    """The script's `error` is a string or {stage, message}; anything else still says the script failed."""
+    facts = parse_organization_output(json.dumps({"schema": 1, "error": error}).encode())
+    assert (facts.error_stage, facts.error_message) == (None, "organization script reported an error of an unexpected shape")
 
 def test_organization_truncated():
     with pytest.raises(ParseError) as info:
