@@ -59,6 +59,22 @@ def test_bom_crlf_and_clixml_noise_around_the_json():
     assert parse_server_output(noisy).exsetup_version == "15.02.1544.004"
 
 
+
+def test_bom_directly_before_the_json_and_noise_after_it():
+    """Windows PowerShell's UTF-8 has a BOM, right before the object when nothing else was printed; a warning or a
+    CLIXML record may follow the JSON line."""
+    assert parse_server_output(b"\xef\xbb\xbf" + DESIGN_SAMPLE.encode()).exsetup_version == "15.02.1544.004"
+    trailed = DESIGN_SAMPLE.encode() + b"\r\nWARNING: something the script did not mean to print\r\n"
+    assert parse_server_output(trailed).exsetup_version == "15.02.1544.004"
+    assert parse_server_output(b'{"schema":1}\n{"schema":2}').errors == ()  # the first line opening an object
+
+
+def test_output_without_a_schema_is_schema_one():
+    facts = parse_server_output(b'{"exsetup_version":"15.02.1544.004"}')
+    assert facts.exsetup_version == "15.02.1544.004"
+    with pytest.raises(ParseError, match="unsupported schema"):
+        parse_server_output(b'{"schema":true}')
+
 @pytest.mark.parametrize(
     "status, start, expected",
     [
@@ -70,6 +86,8 @@ def test_bom_crlf_and_clixml_noise_around_the_json():
         ("stoppending", "AUTOMATIC", ("StopPending", "Automatic")),
         ("ContinuePending", "Manual", ("ContinuePending", "Manual")),
         (9, 7, (None, None)),
+        (8, 5, (None, None)),  # one past the last name of each enum
+        (0, -1, (None, None)),
         ("Exploded", True, (None, None)),
     ],
 )
@@ -146,6 +164,40 @@ def test_endpoint_without_response():
     assert (endpoint.status, endpoint.duration_seconds, endpoint.web_status) == (0, 10.0, "ConnectFailure")
 
 
+
+
+def test_items_of_the_wrong_type_do_not_hide_the_items_after_them():
+    """One bad entry in a list costs that entry (and a note), not the rest of the list."""
+    facts = parse_server_output(server(
+        logs=["junk", {"name": "a.LOG", "tail": "line"}],
+        endpoints=["junk", {"name": "GetExchangeMitigations", "status": 200}, {"name": "GetExchangeMitigations"},
+                   {"name": "GetExchangeConfig", "status": 407}]))
+    assert [log.tail for log in facts.logs] == ["line"]
+    assert [(e.name, e.status) for e in facts.endpoints] == [("GetExchangeMitigations", 200), ("GetExchangeConfig", 407)]
+    assert sorted(e.message for e in facts.errors) == [
+        "parse: endpoints: expected objects", "parse: endpoints: expected one entry per endpoint",
+        "parse: logs: expected objects"]
+
+
+@pytest.mark.parametrize(("value", "expected"), [(True, True), (0, False), (1, True), (2, None), (-1, None),
+                                                  ("true", None), (1.0, None)])
+def test_flags_are_booleans_or_zero_and_one(value, expected):
+    facts = parse_server_output(server(log_folder=value))
+    assert facts.log_folder is expected
+    assert any(e.message == "parse: log_folder: expected true or false" for e in facts.errors) is (expected is None)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(1008, 1008), (1008.0, 1008), (1008.5, None), ("1008", None), (True, None)])
+def test_integers_may_arrive_as_whole_floats(value, expected):
+    facts = parse_server_output(server(events=[{"id": value, "time": f"/Date({NOW_MS})/"}]))
+    assert [e.id for e in facts.events] == ([expected] if expected is not None else [])
+
+
+def test_error_messages_are_clipped_at_500_characters():
+    kept = parse_server_output(server(errors=[{"part": "log", "message": "m" * 500}, "log: " + "s" * 500]))
+    assert [e.message for e in kept.errors] == ["m" * 500, "s" * 500]
+    clipped = parse_server_output(server(errors=[{"part": "log", "message": "m" * 501}]))
+    assert clipped.errors[0].message == "m" * 497 + "..."
 
 @pytest.mark.parametrize(("proxy", "expected"), [
     ("http://proxy.contoso.com:8080/", "http://proxy.contoso.com:8080/"),
@@ -270,6 +322,9 @@ def test_stage_seconds_are_kept_per_known_stage():
 def test_service_key_start_is_a_service_start_mode(start, expected):
     """The registry Start value of the service's key is 0-4 (Boot..Disabled); another is not a start mode."""
     assert parse_server_output(server(service_key={"start": start})).service_key_start == expected
+    noted = parse_server_output(server(service_key={"start": "2"}))
+    assert noted.service_key_start is None
+    assert [e.message for e in noted.errors] == ["parse: service_key.start: expected an integer"]
 
 def test_errors_as_single_string_and_missing_fields():
     facts = parse_server_output(b'{"schema":1,"errors":"build: ExSetup.exe not found"}')
@@ -296,6 +351,7 @@ def test_errors_as_single_string_and_missing_fields():
         (b'{"schema":1,"pad":"' + b"x" * 2_000_000 + b'","x":' + b"[" * 100000 + b"]" * 100000 + b"}", "bad_output",
          "nests too deeply"),
         (b'{"schema":1,"x":[' + b"{}," * 100000 + b"{}]}", "bad_output", "JSON objects or arrays"),
+        (b'{"schema":1,"x":[' + b"[]," * 100000 + b"[]]}", "bad_output", "JSON objects or arrays"),
         (b'{"schema":1,"x":' + b"9" * 5000 + b"}", "bad_output", "not valid JSON"),
     ],
 )
