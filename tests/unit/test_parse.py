@@ -520,6 +520,16 @@ def test_organization_servers_without_name_are_dropped():
     assert [s.name for s in parse_organization_output(json.dumps(doc).encode()).servers] == ["EX03"]
 
 
+
+def test_organization_server_listed_twice_is_dropped_and_the_servers_after_it_kept():
+    """A second entry of a name (in any case) or of an FQDN already seen would be a second series of the same labels:
+    it is dropped and counted; the servers listed after it are still read."""
+    doc = {"schema": 1, "servers": [{"name": "EX01", "fqdn": "ex01.contoso.com"}, {"name": "ex01"},
+                                    {"name": "EX09", "fqdn": "EX01.contoso.com"}, {"name": "EX02"}]}
+    facts = parse_organization_output(json.dumps(doc).encode())
+    assert [s.name for s in facts.servers] == ["EX01", "EX02"]
+    assert facts.dropped_label_values == 2
+
 def test_organization_server_bound():
     doc = {"schema": 1, "servers": [{"name": f"EX{i}"} for i in range(11)]}
     with pytest.raises(ParseError) as info:
