@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
+from prometheus_client.core import InfoMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from exporter.catalog import Catalog
 from exporter.exporter import Exporter
-from exporter.metrics import organization_families, probe_body, self_families, server_families
+from exporter.metrics import _encode, _format, organization_families, probe_body, self_families, server_families
+from exporter.model import CollectorOutcome, OrganizationResult
 
 from ..conftest import SimulatedFleet, demo_scenario, poll_all, quick_organization, relocate
 
@@ -98,3 +99,42 @@ def test_probe_says_what_prometheus_client_would_in_both_formats(polled):
     assert body.endswith(b"# EOF\n") and body.count(b"# EOF") == 1
     assert _samples(parse_openmetrics(body.decode())) == _samples(
         parse_openmetrics(generate_openmetrics(_probe_reference(result)).decode()))
+
+
+HOSTILE_TEXT = 'a"b\\c\nd\\n"}'  # a quote, a backslash, a newline, a literal \n and a brace
+
+
+@pytest.mark.parametrize("accept", ["", "application/openmetrics-text; version=1.0.0"])
+def test_label_values_with_quotes_backslashes_and_newlines_reach_the_scraper_unchanged(accept):
+    """A label value is escaped as the format says (backslash, double quote, line feed): unescaped, a quote ended the
+    value early and a newline broke the line, so the scrape failed or read another value than the exporter meant."""
+    organization = OrganizationResult(HOSTILE_TEXT, outcome=CollectorOutcome("organization", False, 1.0, None,
+                                                                            "timeout", None))
+    families = organization_families(organization, {}, frozenset())
+    body, content_type = _encode([_format(families)], None, accept)
+    parse = parse_openmetrics if content_type.startswith("application/openmetrics-text") else parse_text
+    ours = _samples(parse(body.decode()))
+    assert {dict(labels)["organization"] for *_, labels, _ in ours} == {HOSTILE_TEXT}
+    registry = CollectorRegistry()
+    registry.register(_Fixed(families))
+    reference = generate_openmetrics(registry) if content_type.startswith("application/openmetrics-text") else generate_latest(registry)
+    assert ours == _samples(parse(reference.decode()))
+
+
+@pytest.mark.parametrize("accept", ["", "application/openmetrics-text; version=1.0.0"])
+def test_help_text_with_backslashes_and_newlines_is_escaped_as_prometheus_client_escapes_it(accept):
+    family = Metric("exchange_test", 'Line one\nline two with a \\ backslash and a "quote".', "gauge")
+    family.add_sample("exchange_test", {"server": "EX01"}, 1.0)
+    info = InfoMetricFamily("exchange_test_thing", "An info family\\with a backslash.")
+    info.add_sample("exchange_test_thing_info", {"server": "EX01", "version": "15.2"}, 1.0)
+    body, content_type = _encode([_format([family, info])], None, accept)
+    registry = CollectorRegistry()
+    registry.register(_Fixed([family, info]))
+    if content_type.startswith("application/openmetrics-text"):
+        ours, reference = parse_openmetrics(body.decode()), parse_openmetrics(generate_openmetrics(registry).decode())
+    else:
+        ours, reference = parse_text(body.decode()), parse_text(generate_latest(registry).decode())
+    ours, reference = list(ours), list(reference)
+    assert [(f.name, f.type, f.documentation) for f in ours] == [(f.name, f.type, f.documentation) for f in reference]
+    assert ours[0].documentation == 'Line one\nline two with a \\ backslash and a "quote".'
+    assert _samples(ours) == _samples(reference)
