@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from exporter.model import RawCulture
 from exporter.parse import ParseError, clixml_to_text, parse_organization_output, parse_ps_date, parse_server_output
 
 UTC = timezone.utc
@@ -248,6 +249,27 @@ def test_culture_that_is_no_object_is_noted_not_fatal():
     assert any(e.message == "parse: culture: expected an object or null" for e in facts.errors)
 
 
+def test_culture_patterns_are_bounded_and_missing_ones_empty():
+    """The server's date/time patterns and AM/PM designators drive the log reader: bounded (40 and 20 characters),
+    and a missing one is empty, not invented."""
+    facts = parse_server_output(server(culture={"date": "d" * 100, "time": "H" * 100, "am": "a" * 30, "pm": "p" * 30}))
+    assert facts.culture == RawCulture("d" * 40, "H" * 40, "a" * 20, "p" * 20)
+    assert parse_server_output(server(culture={})).culture == RawCulture("", "", "", "")
+
+
+def test_service_that_is_no_object_was_not_queried():
+    facts = parse_server_output(server(service="Running"))
+    assert (facts.service_queried, facts.service_status, facts.service_start_type) == (False, None, None)
+    assert [e.message for e in facts.errors] == ["parse: service: expected an object or null"]
+
+
+def test_log_without_a_tail_and_endpoint_names_are_bounded():
+    facts = parse_server_output(server(logs=[{"name": "a.LOG", "last_write": f"/Date({NOW_MS})/"}],
+                                       endpoints=[{"name": "E" * 100, "status": 200}]))
+    assert facts.logs[0].tail == ""
+    assert facts.endpoints[0].name == "E" * 64
+
+
 def test_unknown_service_start_type_is_noted():
     facts = parse_server_output(server(service={"status": "Running", "start_type": "Sometimes"}))
     assert (facts.service_status, facts.service_start_type) == ("Running", None)
@@ -361,6 +383,24 @@ def test_bad_and_truncated_output(stdout, reason, fragment):
     assert info.value.reason == reason
     assert fragment in str(info.value)
     assert len(str(info.value)) < 120
+
+
+
+def _with_containers_over_the_bound(excess: int) -> bytes:
+    """Output holding (one per 16 characters + 10,000) + `excess` JSON objects and arrays, padded to the length."""
+    arrays = 13_000
+    head, tail = b'{"schema":1,"x":[' + b"[]," * (arrays - 1) + b'[]],"pad":"', b'"}'
+    containers = 1 + 1 + arrays
+    pad = next(p for p in range(40_000) if (len(head) + p + len(tail)) // 16 + 10_000 == containers - excess)
+    return head + b"x" * pad + tail
+
+
+def test_the_container_bound_is_one_per_16_characters_plus_10000():
+    """json.loads costs 60-70 bytes per object or array: their count is bounded before parsing, exactly."""
+    assert parse_server_output(_with_containers_over_the_bound(0)).errors == ()
+    with pytest.raises(ParseError, match="JSON objects or arrays") as info:
+        parse_server_output(_with_containers_over_the_bound(1))
+    assert info.value.reason == "bad_output"
 
 
 # ---------------------------------------------------------------- dates
