@@ -3,9 +3,10 @@ what prometheus_client would."""
 
 from __future__ import annotations
 
+from datetime import date, datetime, timezone
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import InfoMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
@@ -13,8 +14,17 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from exporter.catalog import Catalog
 from exporter.exporter import Exporter
-from exporter.metrics import _encode, _format, organization_families, probe_body, self_families, server_families
-from exporter.model import CollectorOutcome, OrganizationResult
+from exporter.metrics import (
+    CachedExposition,
+    SelfStatus,
+    _encode,
+    _format,
+    organization_families,
+    probe_body,
+    self_families,
+    server_families,
+)
+from exporter.model import CollectorOutcome, OrganizationResult, ServerResult
 
 from ..conftest import SimulatedFleet, demo_scenario, poll_all, quick_organization, relocate
 
@@ -138,3 +148,26 @@ def test_help_text_with_backslashes_and_newlines_is_escaped_as_prometheus_client
     assert [(f.name, f.type, f.documentation) for f in ours] == [(f.name, f.type, f.documentation) for f in reference]
     assert ours[0].documentation == 'Line one\nline two with a \\ backslash and a "quote".'
     assert _samples(ours) == _samples(reference)
+
+
+@pytest.mark.parametrize("accept", ["", "application/openmetrics-text; version=1.0.0"])
+def test_metrics_body_keeps_the_process_metrics_and_drops_servers_no_longer_polled(accept):
+    """/metrics is prometheus_client's own families (process, GC, platform) followed by the exporter's, with one
+    `# EOF` at the very end in OpenMetrics; a server that left the configuration leaves the page."""
+    base = CollectorRegistry()
+    Gauge("base_process_thing", "From prometheus_client's registry.", registry=base).set(3)
+    status = SelfStatus(catalog_newest_release=date(2026, 6, 9), poll_interval_seconds=300.0,
+                        last_reload_successful=True, last_reload_timestamp=0.0)
+    outcome = CollectorOutcome("server", True, 1.0, datetime(2026, 11, 26, 12, tzinfo=timezone.utc))
+    ex01, ex02 = ServerResult("EX01", outcome=outcome), ServerResult("EX02", outcome=outcome)
+    exposition = CachedExposition()
+    body, content_type = exposition.body([ex01, ex02], None, status, base, accept)
+    openmetrics = content_type.startswith("application/openmetrics-text")
+    families = {f.name: f for f in (parse_openmetrics if openmetrics else parse_text)(body.decode())}
+    assert families["base_process_thing"].samples[0].value == 3
+    assert {s.labels["server"] for s in families["exchange_up"].samples} == {"EX01", "EX02"}
+    assert body.count(b"# EOF") == (1 if openmetrics else 0) and body.endswith(b"# EOF\n" if openmetrics else b"\n")
+    assert body.index(b"base_process_thing") < body.index(b"exchange_up")
+    body, _ = exposition.body([ex01], None, status, base, accept)
+    families = {f.name: f for f in (parse_openmetrics if openmetrics else parse_text)(body.decode())}
+    assert {s.labels["server"] for s in families["exchange_up"].samples} == {"EX01"}
