@@ -268,6 +268,7 @@ def test_log_without_a_tail_and_endpoint_names_are_bounded():
                                        endpoints=[{"name": "E" * 100, "status": 200}]))
     assert facts.logs[0].tail == ""
     assert facts.endpoints[0].name == "E" * 64
+    assert parse_server_output(server(endpoints=[{"status": 200}])).endpoints[0].name == ""
 
 
 def test_unknown_service_start_type_is_noted():
@@ -606,6 +607,17 @@ def test_mitigation_ids_that_are_not_strings_are_noted():
     facts = parse_organization_output(json.dumps(doc).encode())
     assert facts.servers[0].mitigations_applied == ("PING1",)
     assert facts.dropped_label_values == 1
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    ({"stage": 3, "message": "Active Directory operation failed."}, (None, "Active Directory operation failed.")),
+    ({"stage": "servers"}, ("servers", "organization script reported an error without a message")),
+    ({"stage": "servers", "message": ["x"]}, ("servers", "organization script reported an error without a message")),
+])
+def test_organization_error_fields_of_the_wrong_type(error, expected):
+    """A stage or message that is no string is left out; the error itself is still reported."""
+    facts = parse_organization_output(json.dumps({"schema": 1, "error": error}).encode())
+    assert (facts.error_stage, facts.error_message) == expected
 
 
 @pytest.mark.parametrize("error", [["stage", "message"], 42, True])
