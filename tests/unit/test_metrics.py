@@ -48,6 +48,15 @@ def test_partial_failures_are_one_series_per_part_and_reason():
     assert parts == [("events", "access_denied"), ("log", "access_denied"), ("service", "access_denied")]
 
 
+def test_a_successful_poll_is_up():
+    found = series(STATE)
+    assert found[("exchange_up", (("server", "EX01"),))] == 1
+    assert found[("exchange_collector_success", (("collector", "server"), ("server", "EX01")))] == 1
+    assert found[("exchange_collector_last_success_timestamp_seconds", (("collector", "server"), ("server", "EX01")))] == (
+        NOW.timestamp())
+    assert not any(name == "exchange_collector_error" for name, _ in found)
+
+
 def test_a_failed_poll_keeps_the_last_facts_with_up_zero():
     found = series(STATE, success=False)
     assert found[("exchange_up", (("server", "EX01"),))] == 0
