@@ -86,6 +86,7 @@ def test_output_without_a_schema_is_schema_one():
         (6, 1, ("PausePending", "System")),
         ("stoppending", "AUTOMATIC", ("StopPending", "Automatic")),
         ("ContinuePending", "Manual", ("ContinuePending", "Manual")),
+        ("Stop Pending", "manual", ("StopPending", "Manual")),  # a display name, spaced
         (9, 7, (None, None)),
         (8, 5, (None, None)),  # one past the last name of each enum
         (0, -1, (None, None)),
@@ -118,6 +119,12 @@ def test_more_than_max_events_keeps_the_newest():
     events = [{"id": 1008, "time": f"/Date({NOW_MS - i * 3_600_000})/", "message": str(i)} for i in range(30)]
     facts = parse_server_output(server(events=list(reversed(events))), max_events=5)
     assert [e.message for e in facts.events] == ["0", "1", "2", "3", "4"]
+
+
+def test_max_events_zero_or_less_keeps_no_event():
+    events = [{"id": 1008, "time": f"/Date({NOW_MS})/"}]
+    assert parse_server_output(server(events=events), max_events=0).events == ()
+    assert parse_server_output(server(events=events), max_events=-5).events == ()
 
 
 def test_events_without_id_or_time_are_skipped_with_a_note():
@@ -163,6 +170,8 @@ def test_endpoint_without_response():
                                                    "error": "Unable to connect to the remote server"}]))
     (endpoint,) = facts.endpoints
     assert (endpoint.status, endpoint.duration_seconds, endpoint.web_status) == (0, 10.0, "ConnectFailure")
+    instant = parse_server_output(server(endpoints=[{"name": "GetExchangeMitigations", "status": 200, "ms": 0}]))
+    assert instant.endpoints[0].duration_seconds == 0.0 and instant.errors == ()
 
 
 
@@ -349,6 +358,14 @@ def test_service_key_start_is_a_service_start_mode(start, expected):
     assert noted.service_key_start is None
     assert [e.message for e in noted.errors] == ["parse: service_key.start: expected an integer"]
 
+def test_error_record_fields_are_bounded_and_missing_ones_empty():
+    facts = parse_server_output(server(errors=[{"part": "p" * 40, "id": "i" * 600, "category": "c" * 70, "type": "t" * 250,
+                                                "message": "m"}, {"part": "log"}]))
+    long, bare = facts.errors
+    assert (long.part, long.id, long.category, long.type) == ("p" * 32, "i" * 497 + "...", "c" * 64, "t" * 200)
+    assert (bare.part, bare.id, bare.category, bare.type, bare.message) == ("log", "", "", "", "")
+
+
 def test_errors_as_single_string_and_missing_fields():
     facts = parse_server_output(b'{"schema":1,"errors":"build: ExSetup.exe not found"}')
     assert [(e.part, e.id, e.message) for e in facts.errors] == [("build", "", "ExSetup.exe not found")]
@@ -418,6 +435,7 @@ def test_the_container_bound_is_one_per_16_characters_plus_10000():
         ("2023-01-05T12:08:37.6177687Z", datetime(2023, 1, 5, 12, 8, 37, 617768, tzinfo=UTC)),
         ("2026-11-26T11:00:00+01:00", datetime(2026, 11, 26, 10, tzinfo=UTC)),
         ("2026-11-26T10:00:00", datetime(2026, 11, 26, 10, tzinfo=UTC)),
+        ("2026-11-26T10:00:00z", datetime(2026, 11, 26, 10, tzinfo=UTC)),
         ({"value": "/Date(1764158400000)/", "DisplayHint": 2, "DateTime": "Wednesday, 26 November 2025 12:00:00"},
          datetime(2025, 11, 26, 12, tzinfo=UTC)),
         (None, None),
@@ -539,8 +557,10 @@ def test_organization_proxy_credentials_are_removed():
     doc = {"schema": 1, "servers": [
         {"name": "EX01", "internet_web_proxy": "http://svc:S3cret!@proxy.contoso.com:8080/"},
         {"name": "EX02", "internet_web_proxy": {"AbsoluteUri": "http://proxy2:3128/"}},
+        {"name": "EX03", "internet_web_proxy": {"AbsoluteUri": None, "OriginalString": "http://proxy3:3128"}},
     ]}
-    ex01, ex02 = parse_organization_output(json.dumps(doc).encode()).servers
+    ex01, ex02, ex03 = parse_organization_output(json.dumps(doc).encode()).servers
+    assert ex03.internet_web_proxy == "http://proxy3:3128"
     assert ex01.internet_web_proxy == "http://proxy.contoso.com:8080/"
     assert "S3cret" not in repr(ex01)
     assert ex02.internet_web_proxy == "http://proxy2:3128/"
