@@ -364,6 +364,27 @@ def test_error_record_fields_are_bounded_and_missing_ones_empty():
     long, bare = facts.errors
     assert (long.part, long.id, long.category, long.type) == ("p" * 32, "i" * 497 + "...", "c" * 64, "t" * 200)
     assert (bare.part, bare.id, bare.category, bare.type, bare.message) == ("log", "", "", "", "")
+    (plain,) = parse_server_output(server(errors="p" * 40 + ": it failed")).errors
+    assert (plain.part, plain.message) == ("p" * 32, "it failed")
+
+
+@pytest.mark.parametrize(("status", "expected"), [(999, 999), (0, 0), (1000, 0), (-1, 0)])
+def test_endpoint_http_status_is_0_to_999(status, expected):
+    """An HTTP status has three digits; another number is no answer (0)."""
+    facts = parse_server_output(server(endpoints=[{"name": "GetExchangeMitigations", "status": status}]))
+    assert facts.endpoints[0].status == expected
+
+
+def test_endpoint_flags_and_web_status():
+    facts = parse_server_output(server(endpoints=[
+        {"name": "GetExchangeMitigations", "status": 0, "web_status": "W" * 100, "revocation_failed": True,
+         "proxy": "http://proxy.contoso.com:8080", "proxy_source": "parameter", "proxy_credentials": True},
+        {"name": "GetExchangeConfig", "status": 200, "revocation_failed": "yes", "proxy_credentials": "yes"}]))
+    said, wrong = facts.endpoints
+    assert (said.web_status, said.revocation_failed, said.proxy_credentials) == ("W" * 64, True, True)
+    assert (wrong.revocation_failed, wrong.proxy_credentials) == (False, False)
+    assert sorted(e.message for e in facts.errors) == ["parse: endpoints.proxy_credentials: expected true or false",
+                                                       "parse: endpoints.revocation_failed: expected true or false"]
 
 
 def test_errors_as_single_string_and_missing_fields():
