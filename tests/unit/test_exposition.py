@@ -171,3 +171,10 @@ def test_metrics_body_keeps_the_process_metrics_and_drops_servers_no_longer_poll
     body, _ = exposition.body([ex01], None, status, base, accept)
     families = {f.name: f for f in (parse_openmetrics if openmetrics else parse_text)(body.decode())}
     assert {s.labels["server"] for s in families["exchange_up"].samples} == {"EX01"}
+
+
+@pytest.mark.parametrize("accept", ["text/plain; version=a", "application/openmetrics-text; version=1.x"])
+def test_an_accept_header_with_a_version_prometheus_client_cannot_compare_gets_the_text_format(accept):
+    """prometheus_client's choose_encoder raises on such a version; the answer is the text format, as for no header."""
+    body, content_type = probe_body(ServerResult("EX01"), accept)
+    assert content_type.startswith("text/plain") and b"exchange_up" in body

@@ -107,6 +107,7 @@ def test_update_path_series():
     found = series(behind)
     info = {dict(labels)["servicing"]: dict(labels) for (name, labels) in found if name == "exchange_build_update_path_info"}
     assert info["serviced"]["next_version"] == "15.2.2562.53" and info["serviced"]["next_update"] == "Sep26SUv2"
+    assert (info["serviced"]["next_product"], info["serviced"]["next_cu"]) == ("ExchangeSE", "RTM")
     assert found[("exchange_build_update_path_timestamp_seconds", (("server", "EX01"),))] == datetime(
         2026, 6, 9, tzinfo=timezone.utc).timestamp()
     assert ("exchange_build_cu_servicing_end_timestamp_seconds", (("server", "EX01"),)) not in found
