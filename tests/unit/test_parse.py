@@ -153,6 +153,24 @@ def test_log_tail_longer_than_bound_keeps_the_last_bytes():
     assert lines.logs[0].tail == "third"  # whole lines from the script: the line the cut split is dropped
 
 
+def test_the_log_bound_counts_bytes_not_characters():
+    """A tail within the bound in characters but not in UTF-8 bytes is still cut to the byte bound."""
+    facts = parse_server_output(server(logs=[{"name": "a.LOG", "tail": "é" * 30}]), max_log_bytes=40)
+    assert facts.logs[0].tail == "é" * 20
+
+
+def test_default_bounds_keep_200_events_and_a_mebibyte_of_log():
+    events = [{"id": 1008, "time": f"/Date({NOW_MS - i * 1000})/"} for i in range(201)]
+    facts = parse_server_output(server(events=events, logs=[{"name": "a.LOG", "tail": "x" * ((1 << 20) + 1)}]))
+    assert len(facts.events) == 200 and len(facts.logs[0].tail) == 1 << 20
+
+
+def test_at_most_four_endpoints_are_read():
+    names = [f"Endpoint{i}" for i in range(6)]
+    facts = parse_server_output(server(endpoints=[{"name": name, "status": 200} for name in names]))
+    assert [e.name for e in facts.endpoints] == names[:4]
+
+
 def test_the_log_bound_covers_all_files_newest_first():
     files = [{"name": f"MitigationService_20261126{h:02d}-1.LOG", "tail": "x" * 40} for h in (12, 11, 10)]
     facts = parse_server_output(server(logs=files), max_log_bytes=100)
@@ -475,6 +493,11 @@ def test_parse_ps_date(value, expected):
     assert parse_ps_date(value) == expected
 
 
+def test_a_date_string_is_at_most_64_characters():
+    assert parse_ps_date("/Date(1764158400000)/".ljust(64)) == datetime(2025, 11, 26, 12, tzinfo=UTC)
+    assert parse_ps_date("/Date(1764158400000)/".ljust(65)) is None
+
+
 # ---------------------------------------------------------------- CLIXML
 
 
@@ -617,6 +640,10 @@ def test_organization_server_bound():
     with pytest.raises(ParseError) as info:
         parse_organization_output(json.dumps(doc).encode(), max_servers=10)
     assert info.value.reason == "bad_output" and "more than the limit 10" in str(info.value)
+    assert len(parse_organization_output(json.dumps(doc).encode(), max_servers=11).servers) == 11
+    many = {"schema": 1, "servers": [{"name": f"EX{i}"} for i in range(10_001)]}
+    with pytest.raises(ParseError, match="more than the limit 10000"):
+        parse_organization_output(json.dumps(many).encode())
 
 
 
