@@ -236,6 +236,7 @@ def test_organization_series_per_server():
         enabled=False, dropped=3, server_names={"ex01.contoso.com": "ex01.contoso.com"}, polled=frozenset({"ex01.contoso.com"}))
     org = (("collector", "organization"), ("organization", "Contoso"))
     assert found[("exchange_collector_dropped_label_values", org)] == 3
+    assert (found[("exchange_collector_success", org)], found[("exchange_collector_duration_seconds", org)]) == (1, 1.0)
     assert found[("exchange_eems_mitigations_enabled", (("organization", "Contoso"), ("scope", "organization")))] == 0
     ex01 = (("server", "ex01.contoso.com"),)  # the name this exporter polls it by
     assert found[("exchange_eems_mitigations_enabled", (("scope", "server"), *ex01))] == 0
