@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -153,6 +154,14 @@ def test_log_tail_longer_than_bound_keeps_the_last_bytes():
     assert lines.logs[0].tail == "third"  # whole lines from the script: the line the cut split is dropped
 
 
+def test_a_tail_within_the_bound_keeps_its_first_line():
+    """Only a tail the bound cut loses its (then partial) first line; one that fits is kept whole."""
+    facts = parse_server_output(server(logs=[{"name": "a.LOG", "tail": "first line\r\nsecond"}]), max_log_bytes=100)
+    assert facts.logs[0].tail == "first line\r\nsecond"
+    none = parse_server_output(server(logs=[{"name": "a.LOG", "tail": "x"}]), max_log_bytes=0)
+    assert none.logs[0].tail == ""
+
+
 def test_the_log_bound_counts_bytes_not_characters():
     """A tail within the bound in characters but not in UTF-8 bytes is still cut to the byte bound."""
     facts = parse_server_output(server(logs=[{"name": "a.LOG", "tail": "é" * 30}]), max_log_bytes=40)
@@ -242,6 +251,15 @@ def test_endpoint_proxy_label_is_the_plain_proxy_url(proxy, expected):
     assert (endpoint.proxy, endpoint.proxy_source) == (expected, "winhttp")
     assert "S3cret" not in repr(facts)
     assert not [e for e in facts.errors if e.part == "parse"]
+
+
+def test_endpoint_proxy_url_is_at_most_256_characters():
+    host = "a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "."
+    for length, kept in ((256, True), (257, False)):
+        url = "http://" + host + "d" * (length - len("http://" + host) - 1) + "/"
+        assert len(url) == length
+        facts = parse_server_output(server(endpoints=[{"name": "GetExchangeMitigations", "proxy": url}]))
+        assert facts.endpoints[0].proxy == (url if kept else None)
 
 
 @pytest.mark.parametrize("proxy", [
@@ -491,6 +509,17 @@ def test_the_container_bound_is_one_per_16_characters_plus_10000():
 )
 def test_parse_ps_date(value, expected):
     assert parse_ps_date(value) == expected
+
+
+def test_an_iso_date_without_an_offset_is_utc_whatever_the_exporters_zone(monkeypatch):
+    """Taken as local time, a server's naive ISO date moved by the exporter host's UTC offset."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert parse_ps_date("2026-11-26T10:00:00") == datetime(2026, 11, 26, 10, tzinfo=UTC)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_a_date_string_is_at_most_64_characters():
