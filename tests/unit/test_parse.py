@@ -349,6 +349,21 @@ def test_wrong_types_become_missing_with_parse_notes():
         assert any(e.part == "parse" and e.message.startswith(f"parse: {field}: expected") for e in facts.errors), field
 
 
+def test_wrong_types_inside_list_items_are_noted_by_their_field():
+    """The note names the field an admin would look at in the script's output."""
+    facts = parse_server_output(server(events=[{"id": "1008", "time": f"/Date({NOW_MS})/"},
+                                               {"id": 1008, "time": "tomorrow"},
+                                               {"id": 1008, "time": f"/Date({NOW_MS})/", "message": 5}],
+                                       logs=[{"tail": 5, "last_write": "never"}],
+                                       endpoints=[{"name": 5, "ms": "fast", "web_status": 3}]))
+    notes = {e.message for e in facts.errors}
+    assert notes == {"parse: events.id: expected an integer", "parse: events.time: expected a date",
+                     "parse: events: an event without id or time was skipped", "parse: events.message: expected a string",
+                     "parse: logs.tail: expected a string", "parse: logs.last_write: expected a date",
+                     "parse: endpoints.name: expected a string", "parse: endpoints.ms: expected a non-negative number",
+                     "parse: endpoints.web_status: expected a string"}
+
+
 def test_error_counts_are_kept_per_known_part():
     """How many error records the script met per part (it sends the first five: review R11)."""
     facts = parse_server_output(server(error_counts={"events": 1000000, "log": 2, "shell": 9, "service": -1,
