@@ -147,6 +147,7 @@ def test_help_text_with_backslashes_and_newlines_is_escaped_as_prometheus_client
     ours, reference = list(ours), list(reference)
     assert [(f.name, f.type, f.documentation) for f in ours] == [(f.name, f.type, f.documentation) for f in reference]
     assert ours[0].documentation == 'Line one\nline two with a \\ backslash and a "quote".'
+    assert b"# HELP exchange_test Line one\\nline two with a \\\\ backslash" in body  # escaped in the text itself
     assert _samples(ours) == _samples(reference)
 
 
@@ -177,4 +178,4 @@ def test_metrics_body_keeps_the_process_metrics_and_drops_servers_no_longer_poll
 def test_an_accept_header_with_a_version_prometheus_client_cannot_compare_gets_the_text_format(accept):
     """prometheus_client's choose_encoder raises on such a version; the answer is the text format, as for no header."""
     body, content_type = probe_body(ServerResult("EX01"), accept)
-    assert content_type.startswith("text/plain") and b"exchange_up" in body
+    assert content_type.startswith("text/plain") and b"exchange_up" in body and b"# EOF" not in body

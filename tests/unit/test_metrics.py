@@ -46,6 +46,8 @@ def test_partial_failures_are_one_series_per_part_and_reason():
     parts = sorted((dict(labels)["part"], dict(labels)["reason"]) for (name, labels) in found
                    if name == "exchange_collector_partial_failure")
     assert parts == [("events", "access_denied"), ("log", "access_denied"), ("service", "access_denied")]
+    assert found[("exchange_collector_partial_failure", (("collector", "server"), ("part", "log"), ("reason", "access_denied"),
+                                                          ("server", "EX01")))] == 1
 
 
 def test_a_successful_poll_is_up():
@@ -123,6 +125,7 @@ def test_update_path_series():
     newest = series(replace(STATE, build=catalog.verdict("15.2.2562.53", today=NOW.date()), build_source="exsetup"))
     info = next(dict(labels) for (name, labels) in newest if name == "exchange_build_update_path_info")
     assert info["next_version"] == "" and info["servicing"] == "serviced"
+    assert (info["next_product"], info["next_cu"], info["next_update"]) == ("", "", "")
     assert ("exchange_build_update_path_timestamp_seconds", (("server", "EX01"),)) not in newest
 
 
@@ -139,6 +142,9 @@ def test_eems_series_follow_what_is_known_of_the_service():
     assert supported[("exchange_eems_failing", server)] == 1
     assert supported[("exchange_eems_last_error_info", (("reason", "unknown_issuer"), ("server", "EX01")))] == 1
     assert supported[("exchange_eems_log_other_errors", server)] == 2
+    assert supported[("exchange_eems_last_error_timestamp_seconds", server)] == NOW.timestamp()
+    assert supported[("exchange_eems_last_check_timestamp_seconds", server)] == NOW.timestamp()
+    assert series(STATE)[("exchange_eems_failing", server)] == 0
     assert sorted(dict(labels)["reason"] for name, labels in supported if name == "exchange_eems_fetch_errors") == sorted(
         FETCH_ERROR_REASONS)
 
@@ -186,6 +192,12 @@ def test_build_series_of_a_known_build():
         verdict.released.year, verdict.released.month, verdict.released.day, tzinfo=timezone.utc).timestamp()
     info = next(dict(labels) for (name, labels) in found if name == "exchange_build_info")
     assert (info["version"], info["source"]) == ("15.2.2562.41", "unknown")  # no source said: unknown, not ""
+    assert (info["product"], info["cu"], info["update"]) == (verdict.product, verdict.cu, verdict.update)
+    for name, day in (("exchange_build_superseded_timestamp_seconds", verdict.superseded_since),
+                      ("exchange_product_support_end_timestamp_seconds", verdict.product_support_end)):
+        expected = None if day is None else datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp()
+        assert found.get((name, server)) == expected
+    assert verdict.superseded_since is not None  # 15.2.2562.41 has a newer update of its CU
     cutoffs = {dict(labels)["cutoff"]: value for (name, labels), value in found.items()
                if name == "exchange_eems_certificate_cutoff_compliant"}
     assert cutoffs == {cutoff: (1 if ok else 0) for cutoff, ok in verdict.cutoffs.items()} and cutoffs
@@ -253,6 +265,10 @@ def test_organization_series_per_server():
     assert not any(labels == ex02 or dict(labels).get("scope") == "server" and dict(labels)["server"] == "EX02"
                    for name, labels in found if name != "exchange_organization_server_polled")
     assert not any(name == "exchange_eems_mitigations_enabled" for name, _ in org_series(enabled=None))
+    enabled = org_series(org_server("EX03", mitigations_enabled=True, data_collection_enabled=False), enabled=True)
+    assert enabled[("exchange_eems_mitigations_enabled", (("organization", "Contoso"), ("scope", "organization")))] == 1
+    assert enabled[("exchange_eems_mitigations_enabled", (("scope", "server"), ("server", "EX03")))] == 1
+    assert enabled[("exchange_eems_data_collection_enabled", (("server", "EX03"),))] == 0
 
 
 def test_self_series():
@@ -270,3 +286,6 @@ def test_self_series():
         ("exchange_exporter_credential_paused", (("module", "winrm_a"),)): 1,
         ("exchange_exporter_credential_paused", (("module", "winrm_b"),)): 0,
     }
+    reloaded = replace(status, last_reload_successful=True)
+    assert [s.value for f in self_families(reloaded) for s in f.samples
+            if s.name == "exchange_exporter_config_last_reload_successful"] == [1]
