@@ -120,7 +120,7 @@ def test_label_values_with_quotes_backslashes_and_newlines_reach_the_scraper_unc
     value early and a newline broke the line, so the scrape failed or read another value than the exporter meant."""
     organization = OrganizationResult(HOSTILE_TEXT, outcome=CollectorOutcome("organization", False, 1.0, None,
                                                                             "timeout", None))
-    families = organization_families(organization, {}, frozenset())
+    families = organization_families(organization, {}, SelfStatus(date(2026, 6, 9), 300.0, True, 0.0))
     body, content_type = _encode([_format(families)], None, accept)
     parse = parse_openmetrics if content_type.startswith("application/openmetrics-text") else parse_text
     ours = _samples(parse(body.decode()))

@@ -228,8 +228,9 @@ def org_series(*servers: OrgServerInfo, enabled: bool | None = True, dropped: in
     facts = RawOrganizationFacts(mitigations_enabled=enabled, servers=servers, error_stage=None, error_message=None,
                                  dropped_label_values=dropped)
     org = OrganizationResult("Contoso", outcome=ORG_OUTCOME, facts=facts, last_success=NOW)
+    status = SelfStatus(NOW.date(), 300.0, True, 0.0, server_names=polled, shard_server_names=polled)  # unsharded
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in organization_families(org, server_names or {}, polled) for s in f.samples}
+            for f in organization_families(org, server_names or {}, status) for s in f.samples}
 
 
 def org_server(name: str, **fields) -> OrgServerInfo:
@@ -274,10 +275,15 @@ def test_organization_series_per_server():
 def test_self_series():
     status = SelfStatus(catalog_newest_release=date(2026, 6, 9), poll_interval_seconds=300.0,
                         last_reload_successful=False, last_reload_timestamp=1764158400.0,
-                        credential_paused={"winrm_b": False, "winrm_a": True}, servers=7)
+                        credential_paused={"winrm_b": False, "winrm_a": True}, servers=7, shard=(1, 3),
+                        shard_servers=(2, 3, 2))
     found = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in self_families(status) for s in f.samples}
     assert found == {
         ("exchange_exporter_build_info", (("version", __version__),)): 1,
+        ("exchange_exporter_shard_info", (("shard", "1"), ("shards", "3"))): 1,
+        ("exchange_exporter_shard_servers", (("shard", "0"),)): 2,
+        ("exchange_exporter_shard_servers", (("shard", "1"),)): 3,
+        ("exchange_exporter_shard_servers", (("shard", "2"),)): 2,
         ("exchange_catalog_newest_release_timestamp_seconds", ()): datetime(2026, 6, 9, tzinfo=timezone.utc).timestamp(),
         ("exchange_exporter_poll_interval_seconds", ()): 300.0,
         ("exchange_exporter_servers", ()): 7,
