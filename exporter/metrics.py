@@ -180,11 +180,10 @@ def server_families(result: ServerResult) -> list[Metric]:
                 "successful run: build, service, events (the Application log query), log, endpoint.",
                 {**server, "stage": stage}, seconds)
     for failure in state.collection_errors:
-        out.add("exchange_collector_partial_failure",
-                "1 for each part of a successful poll that could not be read, with the reason class "
-                "(e.g. events/access_denied: no right to the Application log).",
+        out.add("exchange_collector_partial_failure", PARTIAL_FAILURE_HELP,
                 {"collector": "server", **server, "part": failure.part, "reason": failure.reason}, 1)
     return list(out)
+
 
 
 def _update_path_metrics(out: _Families, server: dict[str, str], build: BuildVerdict) -> None:
@@ -219,6 +218,9 @@ def _collector_metrics(out: _Families, collector: str, labels: dict[str, str], o
                 {**labels, "reason": outcome.error_reason or "internal_error"}, 1)
 
 
+# One family, two collectors: a server's parts, and the organization output's fields of the wrong type.
+PARTIAL_FAILURE_HELP = ("1 for each part of a successful poll that could not be read, with the reason class "
+                        "(e.g. events/access_denied: no right to the Application log).")
 # One family, two scopes: the organization's setting and each server's.
 MITIGATIONS_ENABLED_HELP = "MitigationsEnabled (Get-OrganizationConfig / Get-ExchangeServer)."
 POLLED_HELP = ("For each Mailbox server Get-ExchangeServer lists (label name: its Name): 1 if this exporter's "
@@ -244,6 +246,9 @@ def organization_families(org: OrganizationResult, server_names: dict[str, str],
             "Values in the collector's last successful output refused as label values: over the per-list cap or not "
             "of the expected shape (mitigation IDs, server names).",
             {"collector": "organization", "organization": org.name}, facts.dropped_label_values)
+    if facts.parse_notes:  # a field of the wrong type was left out: what depends on it is unknown, not absent
+        out.add("exchange_collector_partial_failure", PARTIAL_FAILURE_HELP,
+                {"collector": "organization", "organization": org.name, "part": "parse", "reason": "other"}, 1)
     if facts.mitigations_enabled is not None and index == 0:
         out.add("exchange_eems_mitigations_enabled", MITIGATIONS_ENABLED_HELP,
                 {"scope": "organization", "organization": org.name}, 1 if facts.mitigations_enabled else 0)

@@ -119,6 +119,7 @@ class RawOrganizationFacts:
     error_stage: str | None
     error_message: str | None
     dropped_label_values: int = 0  # mitigation IDs and server names refused as label values
+    parse_notes: tuple[str, ...] = ()  # fields of the wrong type, left out (parse._Notes), as a server's output says
 
 
 # ---------------------------------------------------------------- catalog (catalog.py)

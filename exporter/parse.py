@@ -582,7 +582,7 @@ def parse_organization_output(stdout: bytes, *, max_servers: int = 10000) -> Raw
     enabled = notes.flag(organization, "mitigations_enabled", "organization") if isinstance(organization, dict) else None
     stage, message = _org_error(doc.get("error"))
     return RawOrganizationFacts(mitigations_enabled=enabled, servers=tuple(servers), error_stage=stage, error_message=message,
-                                dropped_label_values=notes.dropped_labels)
+                                dropped_label_values=notes.dropped_labels, parse_notes=tuple(notes.items))
 
 
 def _org_error(value) -> tuple[str | None, str | None]:

@@ -362,3 +362,27 @@ def test_each_organization_series_comes_from_one_shard(monkeypatch):
         name.lower() for name in listed]
     assert [who for (name, _, labels), who in said.items()
             if name == "exchange_eems_mitigations_enabled" and ("scope", "organization") in labels] == [[0]]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("mitigations_blocked", [{"Id": "M1"}]),  # objects where IDs are expected: its blocked list is unknown
+    ("mitigations_enabled", "yes"),
+    ("fqdn", 42),
+])
+def test_a_field_of_the_wrong_type_in_the_organization_output_is_said(monkeypatch, field, value):
+    """In a server's output a field of the wrong type is a partial failure (part "parse"); in the organization
+    output it was left out silently, so a server's MitigationsBlocked read as "none blocked" with nothing to say
+    that it had not been read."""
+    monkeypatch.setenv(PASSWORD_ENV, "a password")
+    exporter = Exporter(load_config_text(minimal_config("organization: {server: ex01.contoso.com}\n"), Path(".")),
+                        Catalog.load())
+    try:
+        partial = {"collector": "organization", "organization": "default", "part": "parse", "reason": "other"}
+        for doc, said in (({"schema": 1, "error": None, "servers": [{"name": "EX01", field: value}]}, True),
+                          ({"schema": 1, "error": None, "servers": [{"name": "EX01"}]}, False)):
+            exporter.poller.store.record_organization(_org_result(doc))
+            samples = [(name, labels) for name, labels, _ in _body_samples(exporter)
+                       if name == "exchange_collector_partial_failure"]
+            assert samples == ([("exchange_collector_partial_failure", partial)] if said else [])
+    finally:
+        exporter.stop()
