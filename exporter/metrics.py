@@ -292,10 +292,11 @@ def self_families(self_status: SelfStatus) -> list[Metric]:
             "shard.", {}, self_status.servers)
     out.info("exchange_exporter_shard", "The shard this instance polls (--shard K/N, or the configuration's shard).",
              {"shard": str(self_status.shard[0]), "shards": str(self_status.shard[1])})
+    # `shards`: shard K of another N holds other servers, so only a replica running with this N covers shard K here
     for index, count in enumerate(self_status.shard_servers):
         out.add("exchange_exporter_shard_servers", "Exchange servers each shard of this configuration polls, "
                 "configured plus discovered; every instance says it of every shard (ExchangeExporterShardMissing).",
-                {"shard": str(index)}, count)
+                {"shard": str(index), "shards": str(self_status.shard[1])}, count)
     out.add("exchange_exporter_config_last_reload_successful", "1 if the last configuration (re)load succeeded.",
             {}, 1 if self_status.last_reload_successful else 0)
     out.add("exchange_exporter_config_last_reload_success_timestamp_seconds",

@@ -281,9 +281,9 @@ def test_self_series():
     assert found == {
         ("exchange_exporter_build_info", (("version", __version__),)): 1,
         ("exchange_exporter_shard_info", (("shard", "1"), ("shards", "3"))): 1,
-        ("exchange_exporter_shard_servers", (("shard", "0"),)): 2,
-        ("exchange_exporter_shard_servers", (("shard", "1"),)): 3,
-        ("exchange_exporter_shard_servers", (("shard", "2"),)): 2,
+        ("exchange_exporter_shard_servers", (("shard", "0"), ("shards", "3"))): 2,
+        ("exchange_exporter_shard_servers", (("shard", "1"), ("shards", "3"))): 3,
+        ("exchange_exporter_shard_servers", (("shard", "2"), ("shards", "3"))): 2,
         ("exchange_catalog_newest_release_timestamp_seconds", ()): datetime(2026, 6, 9, tzinfo=timezone.utc).timestamp(),
         ("exchange_exporter_poll_interval_seconds", ()): 300.0,
         ("exchange_exporter_servers", ()): 7,

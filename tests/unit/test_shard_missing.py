@@ -59,6 +59,7 @@ def test_the_exporters_own_pages_never_judge_a_missing_shard(monkeypatch):
 
 
 def _promtool_suite(replicas: list[str], tmp_path: Path, expected_shards: list[str]) -> subprocess.CompletedProcess:
+    """`expected_shards`: the shards ("K/N", as the replicas running with N count them) that page."""
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool not found on PATH (Debian package 'prometheus'); the rule cannot be evaluated")
@@ -73,7 +74,8 @@ def _promtool_suite(replicas: list[str], tmp_path: Path, expected_shards: list[s
             if name in ("exchange_exporter_shard_info", "exchange_exporter_shard_servers"):
                 labels = {**labels, "job": JOB, "instance": instance}
                 series.append((name, labels, value))
-                if name == "exchange_exporter_shard_servers" and labels["shard"] in expected_shards:
+                counted_as = f"{labels['shard']}/{shard.split('/')[1]}"
+                if name == "exchange_exporter_shard_servers" and counted_as in expected_shards:
                     values = {**labels, "value": f"{value:g}"}
                     expected.append({"exp_labels": {**labels, "severity": "critical"}, "exp_annotations": {
                         key: re.sub(r"\{\{ \$(?:labels\.)?(\w+) \}\}", lambda m: values[m[1]], text)
@@ -91,11 +93,14 @@ def _promtool_suite(replicas: list[str], tmp_path: Path, expected_shards: list[s
 
 
 @pytest.mark.parametrize("replicas, missing", [
-    (["0/3", "2/3"], ["1"]),  # pod 1 stuck Pending: no target
-    (["0/2", "0/2"], ["1"]),  # two replicas given the same --shard
+    (["0/3", "2/3"], ["1/3"]),  # pod 1 stuck Pending: no target
+    (["0/2", "0/2"], ["1/2"]),  # two replicas given the same --shard
+    # one instance left at the old N after a scale-up from 2 to 3: every shard number runs, but the servers shard 0
+    # of 3 holds and shard 0 of 2 does not are polled by nothing, as are those of shard 1 of 2 not held by 1 or 2 of 3
+    (["0/2", "1/3", "2/3"], ["1/2", "0/3"]),
     (["0/3", "1/3", "2/3"], []),
     (["0/1"], []),
-], ids=["pending", "same shard twice", "all running", "unsharded"])
+], ids=["pending", "same shard twice", "another N", "all running", "unsharded"])
 def test_a_shard_without_a_replica_pages(monkeypatch, tmp_path, replicas, missing):
     monkeypatch.setenv(PASSWORD_ENV, "a password")
     result = _promtool_suite(replicas, tmp_path, missing)
