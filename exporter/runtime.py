@@ -67,8 +67,11 @@ class Targets:
                                                   discovered=False, spn_hostname=s.spn_hostname)
                      for s in config.servers}
         over_limit = 0
+        # a configured server is the one discovered when its name, address or SPN host is the latter's Name or FQDN,
+        # as exchange_organization_server_polled matches them: discovered again, it was polled twice
+        taken = {name.lower() for t in self._all.values() for name in (t.name, t.address, t.spn_hostname)}
         for info in self.discovered_from:
-            if any(key in self._all for key in info.keys()):  # configured (by its name or its FQDN), or listed twice
+            if any(key in taken for key in info.keys()):  # configured, or listed twice
                 continue
             if len(self._all) >= config.limits.max_servers:
                 over_limit += 1
@@ -76,6 +79,7 @@ class Targets:
             # its InternetWebProxy reaches its poll as what the organization said of it (collectors.endpoint_proxy)
             self._all[info.name.lower()] = self._target(info.name, info.fqdn or info.name, None, organization.module,
                                                         "", discovered=True, spn_hostname=info.fqdn)
+            taken.update(info.keys())
         self.known = len(self._all)  # of every shard
         # every name a server of any shard is polled by (its name, address and SPN host), for the organization's
         # servers that none of them is (exchange_organization_server_polled)

@@ -115,6 +115,20 @@ def test_a_server_configured_by_fqdn_is_not_discovered_and_polled_a_second_time(
         ("ex01.contoso.com", "ex01.contoso.com", False)]
 
 
+@pytest.mark.parametrize("entry", ["{name: MBX2, address: ex02.contoso.com}",
+                                   "{name: mbx2, address: 10.0.0.2, spn_hostname: ex02.contoso.com}"])
+def test_a_server_configured_by_its_address_or_spn_host_is_not_discovered_a_second_time(entry):
+    """exchange_organization_server_polled matches a configured server by its Name, FQDN, address or SPN host, but
+    discovery compared configured names only: EX02 configured as MBX2 at ex02.contoso.com was discovered and polled
+    again as EX02, every alert of it twice, and with --shard its organization series came from two replicas (the
+    one polling MBX2 and the one polling EX02)."""
+    text = minimal_config(FQDN_CONFIG).replace("  - ex01.contoso.com\n", f"  - ex01.contoso.com\n  - {entry}\n")
+    targets = Targets(load_config_text(text, Path(".")), (_ex01(), discovered("EX02", fqdn="ex02.contoso.com"),
+                                                          discovered("EX03", fqdn="ex03.contoso.com")))
+    assert sorted((t.name.lower(), t.discovered) for t in targets.polled) == [
+        ("ex01.contoso.com", False), ("ex03", True), ("mbx2", False)]
+
+
 def test_what_the_organization_says_about_a_server_configured_by_fqdn_reaches_its_poll():
     """store.known() feeds the AdminDisplayVersion build fallback and the InternetWebProxy of the endpoint check."""
     config = load_config_text(minimal_config("organization: {server: ex01.contoso.com}\n"), Path("."))
