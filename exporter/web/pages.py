@@ -225,8 +225,8 @@ def _shard(shard: tuple[int, int]) -> str:
     index, count = shard
     if count == 1:
         return ""
-    return (f'<p class="muted">This instance polls shard {index} of {count} (<code>--shard {index}/{count}</code>): '
-            f"the servers of the other {count - 1} shards are on the pages of the other instances.</p>")
+    return (f'<p class="muted">This instance polls shard {index} of {count} (<code>--shard</code> or <code>shard:</code> '
+            f"{index}/{count}): the servers of the other {count - 1} shards are on the pages of the other instances.</p>")
 
 
 @dataclass(frozen=True)

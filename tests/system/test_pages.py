@@ -99,7 +99,7 @@ def test_a_shards_page_says_where_the_other_servers_are(monkeypatch):
         if note is None:
             assert "shard" not in page
         else:
-            assert note in page and "<code>--shard 1/3</code>" in page and "other 2 shards" in page
+            assert note in page and "<code>shard:</code> 1/3)" in page and "other 2 shards" in page
 
 
 def test_the_fleet_page_filters_by_state(demo):
