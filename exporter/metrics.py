@@ -45,7 +45,7 @@ class SelfStatus:
     servers: int = 0  # configured plus discovered, of every shard
     server_names: frozenset[str] = frozenset()  # their names, addresses and SPN hosts, lower case
     shard: tuple[int, int] = (0, 1)  # this instance's K/N
-    shard_server_names: frozenset[str] = frozenset()  # the names etc. of the servers of this instance's shard
+    shard_server_names: dict[str, str] = field(default_factory=dict)  # this shard's servers by each name, lower case
     shard_servers: tuple[int, ...] = ()  # the servers of each shard, by index
 
 
@@ -227,10 +227,10 @@ POLLED_HELP = ("For each Mailbox server Get-ExchangeServer lists (label name: it
                "configuration polls it (configured or discovered, in any shard), 0 if not: nothing here watches its EEMS.")
 
 
-def organization_families(org: OrganizationResult, server_names: dict[str, str], status: SelfStatus) -> list[Metric]:
-    """The organization collector's series. `server_names`: this instance's servers by lower-case name (a server's
-    series take the name it is polled by); `status`: the names any instance of this configuration polls a server by,
-    those of this instance's shard, and the shard.
+def organization_families(org: OrganizationResult, status: SelfStatus) -> list[Metric]:
+    """The organization collector's series. `status`: the names any instance of this configuration polls a server
+    by, the servers of this instance's shard by each of their names (a server's series take the name it is polled
+    by, as its exchange_up does), and the shard.
 
     Every instance runs the organization collector, but each server's series come from one of them, so that N
     shards do not say them N times (N alerts for one server, dashboards counting it N times): the instance that
@@ -254,10 +254,10 @@ def organization_families(org: OrganizationResult, server_names: dict[str, str],
                 {"scope": "organization", "organization": org.name}, 1 if facts.mitigations_enabled else 0)
     for info in facts.servers:
         polled = any(key in status.server_names for key in info.keys())
-        if not any(key in status.shard_server_names for key in info.keys()) and (
-                polled or shard_of(info.name, count) != index):
+        mine = next((status.shard_server_names[key] for key in info.keys() if key in status.shard_server_names), None)
+        if mine is None and (polled or shard_of(info.name, count) != index):
             continue  # another instance says it
-        server = {"server": next((server_names[key] for key in info.keys() if key in server_names), info.name)}
+        server = {"server": mine or info.name}
         if info.mailbox_role is not False:  # EEMS runs on Mailbox servers; a role not said counts as one
             # `name`: Get-ExchangeServer's Name, the same in every exporter of the organization whatever name each
             # polls the server by (`server`): another site's exporter polling it by its FQDN says 1 under that name
@@ -366,8 +366,7 @@ class CachedExposition:
             for stale in [k for k in self._servers if k not in current]:
                 del self._servers[stale]
         if organization is not None:
-            parts.append(_format(organization_families(organization, {r.name.lower(): r.name for r in servers},
-                                                       self_status)))
+            parts.append(_format(organization_families(organization, self_status)))
         parts.append(_format(self_families(self_status)))
         return _encode(parts, base, accept)
 

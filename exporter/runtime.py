@@ -91,7 +91,13 @@ class Targets:
         shards = {name: shard_of(t.name, count) for name, t in self._all.items()}
         self.polled: tuple[Target, ...] = tuple(sorted(
             (t for name, t in self._all.items() if shards[name] == index), key=lambda t: t.name.lower()))
-        self.polled_names = frozenset(name.lower() for t in self.polled for name in (t.name, t.address, t.spn_hostname))
+        # this shard's servers by every name they are polled by (an address or SPN host is also a name: the
+        # organization lists EX02, configured as MBX2 at ex02.contoso.com), its own name winning
+        self.polled_names: dict[str, str] = {}
+        for target in self.polled:
+            for key in (target.address, target.spn_hostname):
+                self.polled_names.setdefault(key.lower(), target.name)
+        self.polled_names.update((target.name.lower(), target.name) for target in self.polled)
         # how many servers each shard polls: every replica says it of every shard, so that one no replica runs shows
         servers_of = Counter(shards.values())
         self.per_shard: tuple[int, ...] = tuple(servers_of[k] for k in range(count))

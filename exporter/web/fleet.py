@@ -125,7 +125,7 @@ class FleetRows:
         global_samples, grouped = [], {}
         rows = set(names.values())
         if organization is not None:
-            for sample in samples_of(organization_families(organization, names, status)):
+            for sample in samples_of(organization_families(organization, status)):
                 server = sample[1].get("server")
                 if server not in rows:
                     global_samples.append(sample)

@@ -260,7 +260,8 @@ def test_a_mailbox_server_the_organization_lists_and_no_configuration_names_rais
         {"name": "EDGE01", "fqdn": "edge01.contoso.com", "roles": "Edge"},
     ]}
     said = {}
-    for shard, expected in (("1/2", {"EX01": 1, "EX02": 1, "EX08": 1}), ("0/2", {"EX03": 0, "EX04": 0})):
+    # a polled server's series carry the name it is polled by, as its exchange_up does
+    for shard, expected in (("1/2", {"ex01.contoso.com": 1, "MBX2": 1, "site2-mbx": 1}), ("0/2", {"EX03": 0, "EX04": 0})):
         text = minimal_config(f"organization: {{server: ex01.contoso.com}}\nshard: {shard}\n").replace(
             "  - ex01.contoso.com\n", "  - ex01.contoso.com\n  - {name: MBX2, address: ex02.contoso.com}\n"
             "  - {name: site2-mbx, address: 127.0.0.10, spn_hostname: ex08.contoso.com}\n")
@@ -398,5 +399,28 @@ def test_a_field_of_the_wrong_type_in_the_organization_output_is_said(monkeypatc
             samples = [(name, labels) for name, labels, _ in _body_samples(exporter)
                        if name == "exchange_collector_partial_failure"]
             assert samples == ([("exchange_collector_partial_failure", partial)] if said else [])
+    finally:
+        exporter.stop()
+
+
+@pytest.mark.parametrize("configured", ["{name: MBX2, address: ex02.contoso.com}",
+                                        "{name: MBX2, address: 127.0.0.10, spn_hostname: ex02.contoso.com}"])
+def test_organization_series_carry_the_name_the_server_is_polled_by_whichever_name_matched(monkeypatch, configured):
+    """The organization lists EX02 (ex02.contoso.com), configured as MBX2 by its address or SPN host. Its
+    organization series were labelled server="EX02" while its exchange_up said server="MBX2" (the label came from
+    the poll results' names only, which a name matched, an address or SPN host never), and before its first poll
+    even a server matched by name took the organization's Name."""
+    monkeypatch.setenv(PASSWORD_ENV, "a password")
+    text = minimal_config("organization: {server: ex01.contoso.com}\n").replace(
+        "  - ex01.contoso.com\n", f"  - ex01.contoso.com\n  - {configured}\n")
+    exporter = Exporter(load_config_text(text, Path(".")), Catalog.load())
+    try:
+        doc = {"schema": 1, "error": None, "servers": [
+            {"name": "EX01", "fqdn": "ex01.contoso.com", "roles": "Mailbox", "mitigations_blocked": ["M1"]},
+            {"name": "EX02", "fqdn": "ex02.contoso.com", "roles": "Mailbox", "mitigations_blocked": ["M1"]}]}
+        exporter.poller.store.record_organization(_org_result(doc))
+        blocked = sorted(labels["server"] for name, labels, _ in _body_samples(exporter)
+                         if name == "exchange_eems_mitigation_blocked")
+        assert blocked == ["MBX2", "ex01.contoso.com"]
     finally:
         exporter.stop()

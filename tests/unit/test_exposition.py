@@ -60,8 +60,7 @@ def _samples(families) -> set:
 def _reference(exporter: Exporter) -> CollectorRegistry:
     servers, organization = exporter.poller.snapshot()
     families = [f for result in servers for f in server_families(result)]
-    families += organization_families(organization, {r.name.lower(): r.name for r in servers},
-                                      exporter.self_status())
+    families += organization_families(organization, exporter.self_status())
     families += self_families(exporter.self_status())
     registry = CollectorRegistry()
     registry.register(_Fixed(families))
@@ -120,7 +119,7 @@ def test_label_values_with_quotes_backslashes_and_newlines_reach_the_scraper_unc
     value early and a newline broke the line, so the scrape failed or read another value than the exporter meant."""
     organization = OrganizationResult(HOSTILE_TEXT, outcome=CollectorOutcome("organization", False, 1.0, None,
                                                                             "timeout", None))
-    families = organization_families(organization, {}, SelfStatus(date(2026, 6, 9), 300.0, True, 0.0))
+    families = organization_families(organization, SelfStatus(date(2026, 6, 9), 300.0, True, 0.0))
     body, content_type = _encode([_format(families)], None, accept)
     parse = parse_openmetrics if content_type.startswith("application/openmetrics-text") else parse_text
     ours = _samples(parse(body.decode()))

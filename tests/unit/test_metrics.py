@@ -228,9 +228,9 @@ def org_series(*servers: OrgServerInfo, enabled: bool | None = True, dropped: in
     facts = RawOrganizationFacts(mitigations_enabled=enabled, servers=servers, error_stage=None, error_message=None,
                                  dropped_label_values=dropped)
     org = OrganizationResult("Contoso", outcome=ORG_OUTCOME, facts=facts, last_success=NOW)
-    status = SelfStatus(NOW.date(), 300.0, True, 0.0, server_names=polled, shard_server_names=polled)  # unsharded
+    status = SelfStatus(NOW.date(), 300.0, True, 0.0, server_names=polled, shard_server_names=server_names or {})
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in organization_families(org, server_names or {}, status) for s in f.samples}
+            for f in organization_families(org, status) for s in f.samples}
 
 
 def org_server(name: str, **fields) -> OrgServerInfo:

@@ -263,8 +263,8 @@ def _org_body(doc: dict, accept: str = "text/plain", server_names: dict[str, str
     org = OrganizationResult("Contoso", outcome=CollectorOutcome("organization", True, 1.0, NOW), facts=facts,
                              last_success=NOW)
     names = server_names or {}
-    status = SelfStatus(NOW.date(), 300, True, 0, server_names=frozenset(names), shard_server_names=frozenset(names))
-    return _encode([_format(organization_families(org, names, status))], None, accept)[0]
+    status = SelfStatus(NOW.date(), 300, True, 0, server_names=frozenset(names), shard_server_names=names)
+    return _encode([_format(organization_families(org, status))], None, accept)[0]
 
 
 def _org_doc(servers: list[dict]) -> dict:
