@@ -67,11 +67,12 @@ class Targets:
                                                   discovered=False, spn_hostname=s.spn_hostname)
                      for s in config.servers}
         over_limit = 0
-        # a configured server is the one discovered when its name, address or SPN host is the latter's Name or FQDN,
-        # as exchange_organization_server_polled matches them: discovered again, it was polled twice
-        taken = {name.lower() for t in self._all.values() for name in (t.name, t.address, t.spn_hostname)}
+        # every name a server is polled by (its name, address and SPN host): a configured server is the one
+        # discovered when one of them is the latter's Name or FQDN (discovered again, it was polled twice), and
+        # the organization's servers that none is, in any shard, are not polled (exchange_organization_server_polled)
+        names = {name.lower() for t in self._all.values() for name in (t.name, t.address, t.spn_hostname)}
         for info in self.discovered_from:
-            if any(key in taken for key in info.keys()):  # configured, or listed twice
+            if any(key in names for key in info.keys()):  # configured, or listed twice
                 continue
             if len(self._all) >= config.limits.max_servers:
                 over_limit += 1
@@ -79,11 +80,9 @@ class Targets:
             # its InternetWebProxy reaches its poll as what the organization said of it (collectors.endpoint_proxy)
             self._all[info.name.lower()] = self._target(info.name, info.fqdn or info.name, None, organization.module,
                                                         "", discovered=True, spn_hostname=info.fqdn)
-            taken.update(info.keys())
+            names.update(info.keys())  # its name, address and SPN host: its Name and FQDN
         self.known = len(self._all)  # of every shard
-        # every name a server of any shard is polled by (its name, address and SPN host), for the organization's
-        # servers that none of them is (exchange_organization_server_polled)
-        self.names = frozenset(name.lower() for t in self._all.values() for name in (t.name, t.address, t.spn_hostname))
+        self.names = frozenset(names)
         if over_limit:  # made at a reload or when the list changed, not at every organization poll
             log.warning("%d discovered servers are not polled: limits.max_servers (%d) is reached",
                         over_limit, config.limits.max_servers)
