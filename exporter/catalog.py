@@ -138,10 +138,10 @@ class Catalog:
         servicing: dict[str, Servicing],
         eems_first: dict[str, tuple[int, int, int, int]],
         cutoffs: dict[str, Cutoff],
-        future_after: dict[str, tuple[int, int, int]] | None = None,
+        future_after: dict[str, tuple[int, int, int]],
     ):
         """`future_after`: per product, the newest CU the cutoffs were written against (the packaged list's);
-        a CU newer than it passes every cutoff. By default the newest CU of `builds`."""
+        a CU newer than it passes every cutoff."""
         self._builds = builds
         self._support_end = support_end
         self._servicing = servicing
@@ -153,8 +153,7 @@ class Catalog:
         self._product_cus: dict[str, list[tuple[int, int, int]]] = {}
         for product, triple in sorted(self._cus):
             self._product_cus.setdefault(product, []).append(triple)
-        self._future_after = future_after if future_after is not None else {
-            product: cus[-1] for product, cus in self._product_cus.items()}
+        self._future_after = future_after
         self._releases: dict[str, list[date]] = {}
         for build in builds.values():
             self._releases.setdefault(build.product, []).append(build.released)
