@@ -9,8 +9,8 @@ the log says "untrusted endpoint" (docs/reference/eems-facts.md section 3).
 Log cycles: a cycle runs from one "Fetching mitigations from" line up to the next one. A cycle with a line
 naming a known fetch failure, or an Error about fetching mitigations, is a failed check (its time is the first
 such line); one without is a successful check (its time is the check-start line). Other Warning/Error lines
-are counted apart. The newest cycle counts as a success only once a line follows its check-start line and it
-is CHECK_SETTLE old, so a check still in progress when the tail was read is not reported as a success: a check
+are counted apart. Fetch-failure lines before any check-start line are a failed check of their own. The newest
+cycle counts as a success only once a line follows its check-start line and it is CHECK_SETTLE old, so a check still in progress when the tail was read is not reported as a success: a check
 logs its start, "Using Proxy" and its diagnostic-data line before its fetch fails.
 
 Activity: the newest trace of the service at all (an EEMS event of any id, a log line, the newest write
@@ -319,15 +319,28 @@ def _cycles(records: list[LogRecord]) -> tuple[list[_Cycle], list[datetime]]:
     A Warning/Error line fails its check only when it is about fetching (its text names a known fetch failure,
     or it is an Error mentioning "fetching mitigations"), the rule 1008 events (Errors) follow: EEMS logs other
     errors too (Learn: 1008 is logged "for any encountered errors"), and one of those per hour must not read as a
-    failing server."""
+    failing server.
+
+    A fetch failure with no check-start line before it (the start text is GRANIKOS's, from one build; or the tail
+    begins inside a check) is a failed check of its own, started at its first line: the failure texts are
+    confirmed, the start text is not, and dropping them lost every failed fetch of such a log. Such lines within
+    SAME_CHECK of the first are one check."""
     cycles: list[_Cycle] = []
     others: list[datetime] = []
     classify = cache(classify_fetch_error)  # a check fails the same way hour after hour: each text read once
     start: LogRecord | None = None
     problems: list[LogRecord] = []
+    headless: list[LogRecord] = []  # fetch failures not after a check-start line
     followed = False
 
+    def close_headless() -> None:
+        if headless:
+            reason = classify(" ".join([p.message for p in headless]))
+            cycles.append(_Cycle(headless[0].time, headless[0].time, reason, True))
+            headless.clear()
+
     def close() -> None:
+        close_headless()
         if start is not None:
             reason = classify(" ".join([p.message for p in problems])) if problems else None
             cycles.append(_Cycle(start.time, problems[0].time if problems else None, reason, followed))
@@ -342,6 +355,10 @@ def _cycles(records: list[LogRecord]) -> tuple[list[_Cycle], list[datetime]]:
             if is_fetch_problem(record.message, record.level):
                 if start is not None:
                     problems.append(record)
+                else:
+                    if headless and record.time - headless[0].time >= SAME_CHECK:
+                        close_headless()
+                    headless.append(record)
             else:
                 others.append(record.time)
     close()

@@ -841,3 +841,24 @@ def test_a_1008_places_culture_times_where_its_check_failed_in_the_log(catalog):
     server = facts([failed], logs=(RawLog(at(12), "\r\n".join(lines)),), utc_offset_minutes=60)
     eems = interpret_server("EX01", server, catalog, lookback=LOOKBACK, now=NOW - timedelta(minutes=5)).eems
     assert (eems.failing, eems.last_error, eems.last_success) == (False, at(1, -1), at(2))
+
+
+def test_a_fetch_failure_without_a_check_start_line_still_fails_its_check(catalog):
+    """The check-start text ("Fetching mitigations from ...") is the one GRANIKOS quoted from a 2021/22 build; the
+    failure texts are confirmed (BLOG-2025-01 quotes the untrusted-endpoint Warning alone). A tail whose checks
+    log no such start line (another build's wording, or the tail cut inside a check) must not lose its failed
+    fetches: they were neither failures nor "other" errors, so with no 1008 in reach (the Application log wrapped,
+    or unreadable) a server failing every hour looked healthy. Problem lines of one check (within SAME_CHECK)
+    are one failed check, classified on their texts together."""
+    lines = []
+    for hours in (2, 1, 0):
+        lines += [stamp(at(hours, 5), "FetchMitigation,S:LogLevel=Warning;S:Message=TLS certificate or its chain "
+                                      "validation failed"),
+                  stamp(at(hours, 4), "FetchMitigation," + GRANIKOS_CYCLE[-1])]
+    eems = interpret(facts(tail="\n".join(lines)), catalog).eems
+    assert (eems.failing, eems.last_error, eems.last_error_reason) == (True, at(0, 5), "tls_validation")
+    assert eems.last_check == at(0, 5) and eems.log_other_errors == 0
+    # the tail cut inside a failing check, its start line gone: that check's failure counts too
+    cut = [stamp(at(1, 4), UNTRUSTED_LINE), stamp(at(0, 5), FETCH_LINE), stamp(at(0, 4), UNTRUSTED_LINE)]
+    eems = interpret(facts(tail="\n".join(cut)), catalog).eems
+    assert (eems.failing, eems.last_error_reason) == (True, "untrusted_endpoint")
