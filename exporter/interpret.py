@@ -10,8 +10,9 @@ Log cycles: a cycle runs from one "Fetching mitigations from" line up to the nex
 naming a known fetch failure, or an Error about fetching mitigations, is a failed check (its time is the first
 such line); one without is a successful check (its time is the check-start line). Other Warning/Error lines
 are counted apart. Fetch-failure lines before any check-start line are a failed check of their own. The newest
-cycle counts as a success only once a line follows its check-start line and it is CHECK_SETTLE old, so a check still in progress when the tail was read is not reported as a success: a check
-logs its start, "Using Proxy" and its diagnostic-data line before its fetch fails.
+cycle counts as a success only once a line follows its check-start line and it is CHECK_SETTLE old, so a check
+still in progress when the tail was read is not reported as a success: a check logs its start, "Using Proxy" and
+its diagnostic-data line before its fetch fails.
 
 Activity: the newest trace of the service at all (an EEMS event of any id, a log line, the newest write
 into the log folder) needs no guessed text. With the absence of fetch errors since, it is the success
