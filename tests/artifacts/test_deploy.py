@@ -235,3 +235,33 @@ def test_config_and_secret_are_wired_and_the_config_loads(tmp_path):
     for mount, volume in mounts.items():
         if "emptyDir" in volume:
             assert mount == "/tmp"
+
+
+def _pod_template_snippets() -> list[tuple[str, dict]]:
+    """YAML blocks in the docs that show what to add to the StatefulSet's pod template (a `containers:` list)."""
+    found = []
+    for path in sorted((REPO / "docs").glob("*.md")):
+        text = path.read_text()
+        for match in re.finditer(r"```ya?ml\n(.*?)```", text, re.S):
+            try:
+                data = yaml.safe_load(match.group(1))
+            except yaml.YAMLError:  # an illustration of another format
+                continue
+            if isinstance(data, dict) and "containers" in data:
+                found.append((f"{path.name}:{text[:match.start()].count(chr(10)) + 1}", data))
+    return found
+
+
+def test_docs_pod_template_snippets_name_the_statefulsets_container():
+    """docs/kerberos.md's snippet named its container `exchange-eems-exporter`, the StatefulSet's is `exporter`:
+    merged by name (kubectl patch, a kustomize strategic-merge patch) it added a second container without an
+    image instead of giving the exporter KRB5_CONFIG and the keytab's mount."""
+    snippets = _pod_template_snippets()
+    assert snippets, "docs/kerberos.md shows the Kerberos Secret's mount in the pod template"
+    pod = _one("StatefulSet")["spec"]["template"]["spec"]
+    names = {c["name"] for c in pod["containers"]}
+    for where, snippet in snippets:
+        for container in snippet["containers"]:
+            assert container["name"] in names, f"{where}: no container {container['name']!r} in the StatefulSet"
+        for volume in snippet.get("volumes", []):
+            assert volume["name"] not in {v["name"] for v in pod["volumes"]}, f"{where}: volume {volume['name']} exists"
