@@ -223,6 +223,34 @@ def test_probe_timeout_is_one_advice_above_the_poll_timeout(monkeypatch):
     assert example > default_poll_timeout
 
 
+def _probe_jobs() -> list[tuple[str, dict]]:
+    """Every /probe scrape job a user is shown: examples/prometheus-probe.yml and the YAML blocks of the docs."""
+    found = [("examples/prometheus-probe.yml", _probe_job())]
+    for path in [README, *sorted(DOCS.glob("*.md"))]:
+        for where, data in _yaml_blocks(path):
+            if isinstance(data, dict):
+                found += [(where, job) for job in data.get("scrape_configs") or []
+                          if job.get("metrics_path") == "/probe"]
+    return found
+
+
+PROMETHEUS_LOOKBACK_DELTA = 300  # seconds: Prometheus' --query.lookback-delta default (5m)
+
+
+@pytest.mark.parametrize("where, job", _probe_jobs(), ids=[where for where, _ in _probe_jobs()])
+def test_probe_samples_never_drop_out_of_prometheus_lookback(where, job):
+    """A /probe scrape is a live WinRM poll: its samples are stored when it ends, stamped when it began. At
+    scrape_interval: 5m the previous sample is 5 minutes old when the next scrape starts, so every rule evaluation
+    while the poll runs sees no series: each `for:` restarts and a firing alert resolves (ExchangeExporterCannotPoll's
+    `for: 1h` then rarely fires at all). The newest stored sample may be scrape_interval + scrape_timeout old; it
+    must stay inside the lookback."""
+    interval = _seconds(job.get("scrape_interval", "60s"))
+    timeout = _seconds(job.get("scrape_timeout", "10s"))
+    assert interval + timeout < PROMETHEUS_LOOKBACK_DELTA, (
+        f"{where}: job {job['job_name']}: scrape_interval {interval}s + scrape_timeout {timeout}s reach Prometheus' "
+        f"{PROMETHEUS_LOOKBACK_DELTA}s lookback")
+
+
 def test_the_alerts_doc_gives_the_support_end_the_alert_uses():
     """docs/alerts.md said the demo's ExchangeProductOutOfSupport came from support that ended 2026-10-31; the alert
     reads exchange_product_support_end_timestamp_seconds, the extended support end of lifecycle.tsv (2025-10-14)."""
