@@ -50,3 +50,20 @@ def test_every_cited_fact_has_a_source_or_says_unconfirmed():
     assert set(facts) - cited == set(), "facts in the table that no step cites"
     unsourced = {n for n, source in facts.items() if not re.search(r"https?://|UNCONFIRMED", source)}
     assert unsourced == set()
+
+
+def test_the_startup_script_steps_check_before_they_change():
+    """The page makes sections 1.1 to 1.3 and 1.5 a GPO startup script, run at every start, "harmless" because
+    each step checks before it changes. New-NetFirewallRule did not: every start added one more copy of the rule
+    (its Name is a new GUID each time)."""
+    text = PAGE.read_text()
+    section = text.split("## 1. ", 1)[1].split("\n## 2. ", 1)[0]
+    assert "Each step checks before it changes" in section
+    changers = {"Set-Item": "Get-Item", "sc.exe sdset": "sc.exe sdshow", "New-NetFirewallRule": "Get-NetFirewallRule"}
+    blocks = re.findall(r"```powershell\n(.*?)```", section, re.S)
+    for changer, reader in changers.items():
+        found = [b for b in blocks if changer in b]
+        assert found, changer
+        for block in found:
+            before = block.split(changer, 1)[0]
+            assert reader in before and re.search(r"\bif\s*\(", before), f"{changer} without a check ({reader})"
