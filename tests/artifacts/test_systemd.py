@@ -60,3 +60,21 @@ def test_the_password_file_is_the_credential_the_unit_loads():
     files = {module["password_file"] for module in config["modules"].values()}
     assert files == {f"/run/credentials/{UNIT.name}/{name}"}
     assert source.startswith("/etc/exchange-eems-exporter/")
+
+
+def test_every_file_the_configuration_names_is_installed_by_the_units_steps():
+    """The unit's header installs the unit, its environment file, the configuration and the password, then starts
+    the service. The configuration also names `ca_file: /etc/exchange-eems-exporter/ca.crt`, which no step put
+    there: done as written, the service failed at start ("the file it names does not exist") and restarted every
+    10 s."""
+    header = [line.lstrip("# ").strip() for line in UNIT.read_text().split("[Unit]")[0].splitlines()]
+    installed = {shlex.split(line)[-1] for line in (h.split("  #")[0] for h in header) if line.startswith("install ")}
+    credential = unit()["Service"]["LoadCredential"].partition(":")[2]
+    config = yaml.safe_load((SYSTEMD / "config.yml").read_text())
+    named = {value for module in config["modules"].values() for key, value in module.items()
+             if key.endswith("_file") and key != "password_file"}
+    if "catalog_file" in config:
+        named.add(config["catalog_file"])
+    assert named, "the configuration names no file (ca_file expected)"
+    assert credential in installed
+    assert named <= installed, f"not installed by the header's steps: {sorted(named - installed)}"
