@@ -35,7 +35,7 @@ def test_systemd_analyze_verify_finds_nothing(tmp_path):
         pytest.fail("systemd-analyze is missing (Debian package systemd; make test's system-deps installs it)")
     # The one change: ExecStart names where the exporter is installed, which verify requires to exist.
     text = UNIT.read_text()
-    assert text.count(INSTALLED) == 1
+    assert text.split("[Unit]", 1)[1].count(INSTALLED) == 1  # ExecStart (the header's commands name it too)
     copy = tmp_path / UNIT.name
     copy.write_text(text.replace(INSTALLED, str(Path(sys.executable).parent / "exchange-eems-exporter")))
     # --man=no: whether the man page Documentation= names is installed here says nothing of the unit (a fresh
@@ -78,3 +78,13 @@ def test_every_file_the_configuration_names_is_installed_by_the_units_steps():
     assert named, "the configuration names no file (ca_file expected)"
     assert credential in installed
     assert named <= installed, f"not installed by the header's steps: {sorted(named - installed)}"
+
+
+def test_the_headers_commands_run_the_installed_exporter():
+    """The header installs the exporter into a virtualenv under /opt, which is on no PATH: a step that runs a bare
+    `exchange-eems-exporter` fails with "command not found"."""
+    header = [line.lstrip("# ").strip() for line in UNIT.read_text().split("[Unit]")[0].splitlines()]
+    commands = [line for line in header if line.split(" ", 1)[0].endswith("exchange-eems-exporter")]
+    assert commands, "the header shows check-config"
+    for line in commands:
+        assert line.startswith(INSTALLED + " "), f"not on PATH after the install: {line}"
