@@ -144,3 +144,24 @@ def test_the_probe_examples_self_job_keeps_every_organization_metric():
     section = (ROOT / "docs" / "metrics.md").read_text().split("## Organization collector", 1)[1].split("\n## ", 1)[0]
     names = sorted(set(re.findall(r"^\| `(exchange_[a-z_]+)`", section, flags=re.MULTILINE)))
     assert names and not [n for n in names if not re.fullmatch(regex, f"{n};")]
+
+
+def test_routing_on_a_target_label_says_which_alert_lacks_it(tmp_path):
+    """docs/alerts.md offers a `team` label on the scrape target, then `matchers: ['team="messaging"']` in place of the
+    alertname matcher. ExchangeExporterTargetMissing fires when there is no target, so it has no target label: such
+    a route never takes it, and the page that says nothing is watched goes to whatever the tree's root receiver is.
+    The docs said the label reaches every alert; they must name the exception and what to do about it."""
+    from .test_rules import NO_TARGET
+
+    route = yaml.safe_load(ROUTE.read_text())["route"]
+    route["matchers"] = ['team="messaging"']
+    config = {"route": {"receiver": "default", "routes": [route]},
+              "receivers": [{"name": "default"}, *yaml.safe_load(ROUTE.read_text())["receivers"]]}
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config))
+    routed = run(tool("amtool"), "config", "routes", "test", f"--config.file={path}", f"alertname={NO_TARGET}",
+                 "severity=critical")
+    assert routed.stdout.strip() == "default", routed.stdout + routed.stderr  # Alertmanager's part of the story
+    text = (ROOT / "docs" / "alerts.md").read_text()
+    option = text.split("- On the scrape target in Prometheus:", 1)[1].split("\n- ", 1)[0]
+    assert NO_TARGET in option, "the target-label option must say that this alert does not carry the label"
