@@ -260,3 +260,14 @@ def test_the_alerts_doc_gives_the_support_end_the_alert_uses():
                  for line in (ROOT / "exporter" / "data" / "lifecycle.tsv").read_text().splitlines()
                  if line.startswith("Exchange20")}
     assert stated and {lifecycle["Exchange2016"], lifecycle["Exchange2019"]} == {stated.group(1)}
+
+
+def test_the_runbooks_silence_names_a_server_as_the_readme_configures_it():
+    """The `server` label is the configured name, matched exactly by Alertmanager. The runbook silenced
+    `server=EX01` before a CU install while the README lists servers by FQDN (`ex01.contoso.com`): the silence
+    matched no alert, and ExchangeEEMSServiceNotRunning paged during the install anyway."""
+    silences = re.findall(r"silence add server=(\S+)", (DOCS / "runbooks.md").read_text())
+    assert silences
+    names = {s if isinstance(s, str) else s["name"] for s in _smallest_readme_config()["servers"]}
+    for value in silences:
+        assert value in names, f"silence on server={value}: the README's configuration names {sorted(names)}"
