@@ -67,3 +67,12 @@ def test_the_startup_script_steps_check_before_they_change():
         for block in found:
             before = block.split(changer, 1)[0]
             assert reader in before and re.search(r"\bif\s*\(", before), f"{changer} without a check ({reader})"
+
+
+def test_every_event_log_readers_grant_finds_the_group_by_its_sid():
+    """The group's name is localized ("Ereignisprotokollleser" on German Windows, like the demo's EX-SE06-DE, whose
+    ExchangeCollectorBlind{part="events"} sends the admin to this runbook row): `-Group 'Event Log Readers'` fails
+    there with "group not found". windows-setup.md finds it by its well-known SID (F19); every page must."""
+    for path in (PAGE, ROOT / "docs" / "runbooks.md", ROOT / "docs" / "security.md", ROOT / "README.md"):
+        for line in re.findall(r"Add-LocalGroupMember[^`\n]*-Member[^`\n]*", path.read_text()):
+            assert "-SID 'S-1-5-32-573'" in line, f"{path.name}: {line}"
