@@ -341,7 +341,7 @@ def _check_kerberos(path: str, values: dict[str, Any], password: Secret | None) 
         from .winrm.tickets import keytab_problem
     except ImportError:
         raise ConfigError(f"{path}.transport", "Kerberos needs the exporter's kerberos extra: "
-                                               "pip install 'exchange-eems-exporter[kerberos]'") from None
+                                               "pip install '.[kerberos]' in its source folder") from None
     if keytab is not None:
         problem = keytab_problem(keytab, username)
         if problem:
@@ -367,7 +367,7 @@ def _check_kerberos_inside_credssp(path: str, values: dict[str, Any]) -> None:
         from .winrm import tickets  # noqa: F401  (python-krb5 and python-gssapi: the kerberos extra)
     except ImportError:
         raise ConfigError(f"{path}.credssp_auth_mechanism", "Kerberos needs the exporter's kerberos extra: "
-                                                            "pip install 'exchange-eems-exporter[kerberos]'") from None
+                                                            "pip install '.[kerberos]' in its source folder") from None
 
 
 # ---------------------------------------------------------------- servers

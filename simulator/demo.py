@@ -24,7 +24,7 @@ from .kdc import KdcError
 def cmd_demo(args: argparse.Namespace) -> int:
     if find_spec("exporter") is None:
         print("exchange-eems-simulator: the demo runs the exporter, which is not installed: "
-              "pip install exchange-eems-exporter", file=sys.stderr)
+              "pip install . in its source folder (make demo does it)", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="eems-demo-"))
     scenario = load(args, _psrp_endpoint(workdir) if args.psrp else None)

@@ -74,8 +74,8 @@ def check_python_side() -> str | None:
         import gssapi  # noqa: F401  (the fleet's acceptor)
         import krb5  # noqa: F401  (the exporter's tickets)
     except ImportError:
-        return (f"{sys.executable} lacks python-gssapi or python-krb5: pip install 'exchange-eems-exporter[kerberos]' "
-                "(it builds against Debian's libkrb5-dev), or run make demo-kerberos")
+        return (f"{sys.executable} lacks python-gssapi or python-krb5: pip install '.[kerberos]' in the exporter's "
+                "source folder (it builds against Debian's libkrb5-dev), or run make demo-kerberos")
     return None
 
 

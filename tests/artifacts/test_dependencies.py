@@ -2,7 +2,7 @@
 hashed lock of exactly those (issue 19, item 5).
 
 An undeclared import works here, where the test extra happens to install it, and breaks a user's
-`pip install exchange-eems-exporter` (requests and urllib3 were imported and not declared)."""
+install of the exporter (requests and urllib3 were imported and not declared)."""
 
 from __future__ import annotations
 

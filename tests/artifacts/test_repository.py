@@ -45,3 +45,31 @@ def test_every_source_file_that_docs_sources_names_exists():
     assert len(named) >= 5
     for relative in named:
         assert (REPO / "docs" / relative).is_file(), relative
+
+
+# A `pip install` of the exporter by its name, with or without an extra; spelled in pieces like OUTSIDE.
+BY_NAME = re.compile(r"pip3? install\b[^\n|`]*?(?<![\w./-])['\"]?" + "exchange-eems-"
+                     + r"exporter\b(?![\w.-]*\.(?:whl|tar\.gz))")
+
+
+def test_no_file_installs_the_exporter_by_its_name():
+    """The exporter is not published on PyPI: a step that installs it by its name would fetch whatever someone else
+    published under that name (dependency confusion). Install steps take a clone's folder or a built wheel."""
+    offenders = []
+    for path in _tracked_files():
+        if not path.is_file():
+            continue
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        for number, line in enumerate(text.splitlines(), 1):
+            if BY_NAME.search(line):
+                offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:120]}")
+    assert not offenders, "installs the exporter by its name:\n" + "\n".join(offenders)
+
+
+def test_the_install_pattern_finds_what_it_must():
+    name = "exchange-eems-" + "exporter"
+    assert BY_NAME.search(f"/opt/venv/bin/pip install {name}")
+    assert BY_NAME.search(f"pip install '{name}[kerberos]'")
+    assert not BY_NAME.search("pip install '.[kerberos]' in a clone")
+    assert not BY_NAME.search(f"pip install --no-deps dist/{name.replace('-', '_')}-0.1.0-py3-none-any.whl")
+    assert not BY_NAME.search(f"pip install --no-deps ../..   # the exporter")
