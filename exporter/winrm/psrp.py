@@ -36,7 +36,6 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Callable
-from xml.etree import ElementTree
 
 import psrpcore
 from psrpcore.types import HostMethodIdentifier, PSInvocationState, RunspacePoolState
@@ -310,7 +309,11 @@ class PsrpConnection(LinkedConnection):
         try:
             while (event := pool.runspace.next_event()) is not None:
                 events.append(event)
-        except (psrpcore.PSRPCoreError, ValueError, KeyError, TypeError, RecursionError, ElementTree.ParseError) as error:
+        except Exception as error:
+            # Only psrpcore runs here, reading the server's bytes: whatever it raises is the server's bad output, not
+            # an exporter bug (internal_error). Not only the ValueError family: a <TS> of 10^18 days is an
+            # OverflowError, a <D> that is no number decimal.InvalidOperation, a PIPELINE_STATE without its state or
+            # an ErrorRecord without its fields an AttributeError.
             raise PollFailure("bad_output", f"unreadable PSRP message: {error.__class__.__name__}") from None
         return events
 

@@ -301,3 +301,45 @@ def test_an_error_of_get_organizationconfig_is_the_organizations_error(role_capa
         conn.close()
     assert facts.error_stage == "organization"
     assert facts.error_message.startswith("Active Directory operation failed on DC01.contoso.test.")
+
+
+def _psrp_message(pool, pipeline, kind: int, data: bytes) -> bytes:
+    import struct
+
+    body = struct.pack("<II", 1, kind) + pool.bytes_le + pipeline.bytes_le + data
+    return struct.pack(">QQBI", 100, 0, 3, len(body)) + body
+
+
+# CLIXML that psrpcore cannot read, and the exception it raises for it (not ValueError, KeyError or TypeError)
+UNREADABLE = {
+    "overflow": (0x00041004, b"<TS>P999999999999999999D</TS>"),  # OverflowError
+    "decimal": (0x00041004, b"<D>NaNx</D>"),  # decimal.InvalidOperation
+    "error_record": (0x00041004, b'<Obj RefId="0"><TN RefId="0"><T>System.Management.Automation.ErrorRecord</T></TN>'
+                                 b'<MS><B N="SerializeExtendedInfo">true</B></MS></Obj>'),  # AttributeError
+    "state_without_state": (0x00041006, b'<Obj RefId="0"><MS></MS></Obj>'),  # AttributeError
+}
+
+
+@pytest.mark.parametrize("name", list(UNREADABLE))
+def test_clixml_psrpcore_cannot_read_is_bad_output_not_internal_error(fleet, monkeypatch, name):
+    """A server's message that psrpcore fails on with an exception other than the ValueError family is the
+    server's bad output, as every other unreadable message is: not internal_error, the exporter's own bug."""
+    import asyncio
+
+    from simulator import psrp as simulated
+
+    kind, data = UNREADABLE[name]
+
+    async def hostile_run(self, pool, command, powershell):
+        command.queue.fragments.append(_psrp_message(pool.runspace.runspace_pool_id, command.pipeline.pipeline_id,
+                                                     kind, data))
+        await simulated._notify(pool)
+        await asyncio.sleep(3600)  # never completes
+
+    monkeypatch.setattr(simulated.PsrpService, "_run", hostile_run)
+    conn = psrp(fleet, "EX01", keep_runspace=False)
+    with pytest.raises(PollFailure) as failure:
+        conn.run(SERVER, time.monotonic() + 15)
+    conn.close()
+    assert failure.value.reason == "bad_output", failure.value.message
+    assert "unreadable PSRP message" in failure.value.message
