@@ -48,7 +48,7 @@ from .client import (MIN_FOLLOW_UP_SECONDS, MIN_REQUEST_SECONDS, CommandResult, 
                      without_secrets)
 from .connection import Endpoint
 from .errors import OPERATION_TIMEOUT, AuthenticationRejected, PollFailure, WSManFault, classify
-from .psrp_fragments import FragmentReader
+from .psrp_fragments import FragmentReader, split_fragments
 
 log = logging.getLogger(__name__)
 
@@ -304,11 +304,14 @@ class PsrpConnection(LinkedConnection):
                 return []  # nothing yet: the server long-polled to the OperationTimeout
             raise
         data = pool.reader.feed(wsman.output(answer)[0], pipeline_id)
-        pool.runspace.receive_data(psrpcore.PSRPPayload(data, psrpcore.StreamType.default, pipeline_id))
         events = []
         try:
-            while (event := pool.runspace.next_event()) is not None:
-                events.append(event)
+            # one fragment at a time: psrpcore cuts each fragment off the front of its whole receive buffer (a copy
+            # of the rest), so an answer of many tiny fragments given at once cost their number times its size
+            for fragment in split_fragments(data):
+                pool.runspace.receive_data(psrpcore.PSRPPayload(fragment, psrpcore.StreamType.default, pipeline_id))
+                while (event := pool.runspace.next_event()) is not None:
+                    events.append(event)
         except Exception as error:
             # Only psrpcore runs here, reading the server's bytes: whatever it raises is the server's bad output, not
             # an exporter bug (internal_error). Not only the ValueError family: a <TS> of 10^18 days is an

@@ -150,6 +150,16 @@ class FragmentReader:
             raise _bad(f"a PSRP message for pipeline {pipeline}, not the one read ({pipeline_id or 'none'})")
 
 
+def split_fragments(data: bytes) -> list[memoryview]:
+    """The fragments of `data` as `FragmentReader.feed` returns it (whole fragments, their lengths checked)."""
+    view, position, fragments = memoryview(data), 0, []
+    while position < len(data):
+        end = position + HEADER + struct.unpack(">I", data[position + HEADER - 4 : position + HEADER])[0]
+        fragments.append(view[position:end])
+        position = end
+    return fragments
+
+
 def _count(tag: re.Pattern, window: bytes, seen: int) -> int:
     """Tags in `window` that end past its first `seen` bytes (the tail counted with the fragment before)."""
     return sum(1 for match in tag.finditer(window) if match.end() > seen)
