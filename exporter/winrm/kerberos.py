@@ -95,7 +95,7 @@ class Kerberos:
         except AuthenticationRejected as rejected:
             cause = rejected.__cause__
             if isinstance(cause, spnego.exceptions.SpnegoError):
-                raise _failure(self._tickets, cause, ccache, self._service, self._hostname) from None
+                raise _failure(self._tickets, cause, ccache, self._service, self._hostname, server=True) from None
             raise
         return Channel(connection, seal=MessageSeal(context, SPNEGO) if self._encrypt else None,
                        valid_until=self._tickets.valid_until(ccache, f"{self._service}/{self._hostname}"))
@@ -163,7 +163,8 @@ def _code(error: spnego.exceptions.SpnegoError) -> int | None:
 
 
 def _failure(tickets: TicketCache, error: spnego.exceptions.SpnegoError, ccache: str, service: str,
-             hostname: str) -> PollFailure:
+             hostname: str, *, server: bool = False) -> PollFailure:
+    """The failure for `error`; `server`: it is the KRB-ERROR the server sent in its 401, not the KDC's or MIT's."""
     code = _code(error)
     if isinstance(error, EXPIRED) and (code is None or signed(code) not in meanings()):
         # the held TGT ran out under the service ticket's request (it is used to its end while the KDC does not
@@ -173,7 +174,13 @@ def _failure(tickets: TicketCache, error: spnego.exceptions.SpnegoError, ccache:
         return ran_out()
     failure = explain(code, _mit_text(error))
     if failure.code == TICKET_EXPIRED:
-        tickets.expire(ccache)
+        if server:
+            # the server's word, unauthenticated (a clock ahead, or a compromised server): it costs that server's
+            # service ticket, never the TGT every other server's polls share (a new AS exchange for all of them,
+            # and kdc_unreachable for all while the KDC does not answer, although the held TGT still served)
+            tickets.forget(ccache, f"{service}/{hostname}")
+        else:
+            tickets.expire(ccache)
     return PollFailure(failure.reason, f"Kerberos to {service}/{hostname}: {failure.message}")
 
 

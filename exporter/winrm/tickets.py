@@ -204,6 +204,14 @@ class TicketCache:
             if held.ends(creds) < moment and creds.times.endtime < held.kdc_end:
                 krb5.cc_remove_cred(context, ccache, 0, creds)
 
+    def forget(self, name: str, server: str) -> None:
+        """Remove every ticket for `server` from cache `name`: the next context for it asks the KDC anew."""
+        if self._held(name) is None:
+            return
+        context, ccache, found = _server_tickets(name, server)
+        for creds in found:
+            krb5.cc_remove_cred(context, ccache, 0, creds)
+
     def _held(self, name: str) -> _Held | None:
         with self._lock:
             return next((held for held in self._caches if held.name == name), None)

@@ -1,0 +1,126 @@
+"""What a server's KRB-ERROR may do to the module's tickets, against a real MIT KDC (tests/conftest.py kdc_factory).
+
+The KRB-ERROR a server puts in its 401 is its own word, unauthenticated: a compromised server, or one whose clock
+runs ahead, can answer KRB_AP_ERR_TKT_EXPIRED to any ticket. The module's TGT is shared by its polls of every
+server (kerberos.tickets_for), so that answer must cost only that server's service ticket, never the TGT: otherwise
+every other server's next poll waits for a new AS exchange, and while the KDC does not answer they all fail
+kdc_unreachable although the held TGT had hours to serve."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from exporter.config import load_config_text
+from exporter.winrm.connection import Connection, Endpoint
+from exporter.winrm.errors import PollFailure
+from exporter.winrm.kerberos import Kerberos, tickets_for
+
+TKT_EXPIRED, SKEW = 32, 37
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    if len(body) < 128:
+        return bytes([tag, len(body)]) + body
+    size = len(body).to_bytes((len(body).bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + body
+
+
+def _int(value: int) -> bytes:
+    return _der(0x02, value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big", signed=True))
+
+
+def krb_error_token(code: int, service: str, host: str, realm: str) -> bytes:
+    """A GSS-API Kerberos error token (RFC 1964 TOK_ID 03 00) holding a KRB-ERROR (RFC 4120 5.9.1) with `code`."""
+    field = lambda number, body: _der(0xA0 + number, body)  # noqa: E731
+    text = lambda value: _der(0x1B, value.encode())  # noqa: E731
+    now = _der(0x18, time.strftime("%Y%m%d%H%M%SZ", time.gmtime()).encode())
+    sname = _der(0x30, field(0, _int(2)) + field(1, _der(0x30, text(service) + text(host))))
+    body = _der(0x30, field(0, _int(5)) + field(1, _int(30)) + field(4, now) + field(5, _int(0))
+                + field(6, _int(code)) + field(9, text(realm)) + field(10, sname))
+    return _der(0x60, bytes.fromhex("06092a864886f712010202") + b"\x03\x00" + _der(0x7E, body))
+
+
+class _Refusing(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    token = b""
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", "Negotiate " + base64.b64encode(self.token).decode())
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def refusing_server():
+    servers = []
+
+    def start(token: bytes) -> ThreadingHTTPServer:
+        handler = type("Handler", (_Refusing,), {"token": token})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _module(kdc, tmp_path):
+    principal = kdc.add_principal("svc_monitor")
+    keytab = kdc.keytab(tmp_path / "svc_monitor.keytab", principal)
+    for host in ("ex01", "ex02"):
+        kdc.add_principal(f"HTTP/{host}.contoso.test")
+    config = load_config_text(f"modules:\n  default:\n    transport: kerberos\n    username: {principal}\n"
+                              f"    keytab_file: {keytab}\nservers:\n  - ex01.contoso.test\n", tmp_path)
+    return config.modules["default"]
+
+
+def _authenticate(module, server: ThreadingHTTPServer, host: str) -> PollFailure:
+    deadline = time.monotonic() + 10
+    connection = Connection.open(Endpoint.parse(f"http://127.0.0.1:{server.server_address[1]}/wsman"), None,
+                                 deadline=deadline, timeout=5, max_response_bytes=1 << 20, user_agent="test")
+    try:
+        with pytest.raises(PollFailure) as failure:
+            Kerberos(module, host, encrypt=True).open(connection, deadline=deadline, timeout=5)
+    finally:
+        connection.close()
+    return failure.value
+
+
+@pytest.mark.parametrize("code", [TKT_EXPIRED, SKEW])
+def test_a_servers_krb_error_costs_only_its_own_service_ticket_never_the_shared_tgt(kdc_factory, tmp_path,
+                                                                                    refusing_server, code):
+    kdc = kdc_factory()
+    module = _module(kdc, tmp_path)
+    tickets = tickets_for(module)
+    hostile = refusing_server(krb_error_token(code, "HTTP", "ex01.contoso.test", kdc.realm))
+
+    failure = _authenticate(module, hostile, "ex01.contoso.test")
+    assert failure.reason == "clock_skew", failure.message
+    assert _service_tickets(tickets.ccache(), "HTTP/ex01.contoso.test@") or code == TKT_EXPIRED
+    bought = tickets.acquisitions
+    cache = tickets.ccache(time.monotonic() + 10)
+
+    kdc.stop()  # the other servers' polls are served by the held TGT: no AS exchange is needed for them
+    assert tickets.ccache(time.monotonic() + 10) == cache and tickets.acquisitions == bought == 1
+    if code == TKT_EXPIRED:  # that server's service ticket is gone: its next poll asks the KDC for a new one
+        assert not _service_tickets(cache, "HTTP/ex01.contoso.test@")
+
+
+def _service_tickets(cache: str, prefix: str) -> list:
+    import krb5
+
+    context = krb5.init_context()
+    return [c for c in krb5.cc_resolve(context, cache.encode()) if c.server.name.decode().startswith(prefix)]
