@@ -116,6 +116,15 @@ def check_proxy(proxy: str) -> str:
     return proxy
 
 
+def module_version(version: str) -> str:
+    """`version` as a module manifest's ModuleVersion, which PowerShell reads as [System.Version]: two to four
+    numbers, nothing else, so a release such as 0.2.0rc1 or 0.2.0.dev1 keeps its numbers (0.2.0), and the
+    manifest stays loadable by Register-PSSessionConfiguration. (A PEP 440 version starts with its release
+    numbers; this project sets no epoch.)"""
+    numbers = re.match(r"\d+(?:\.\d+){0,3}", version).group()
+    return numbers if "." in numbers else numbers + ".0"
+
+
 def build(group: str, script: str | None = None, proxy: str = "", virtual_account_groups: tuple[str, ...] = (),
           transcript_directory: str = "") -> EndpointFiles:
     group = check_group(group)
@@ -133,7 +142,7 @@ def build(group: str, script: str | None = None, proxy: str = "", virtual_accoun
     guid = lambda name: str(uuid.uuid5(_NAMESPACE, name))  # noqa: E731
     manifest = (
         f"{header}@{{\n"
-        f"    ModuleVersion = '{EXPORTER_VERSION}'\n"
+        f"    ModuleVersion = '{module_version(EXPORTER_VERSION)}'\n"
         f"    GUID = '{guid('module')}'\n"
         "    Author = 'exchange-eems-exporter'\n"
         "    Description = 'The role capability of the exchange-eems-exporter JEA endpoint (RoleCapabilities folder).'\n"

@@ -92,6 +92,16 @@ def test_the_version_follows_the_script():
     assert windows_endpoint.endpoint_version().startswith(windows_endpoint.VERSION_PREFIX)
 
 
+@pytest.mark.parametrize("release, module", [("0.1.0", "0.1.0"), ("0.2.0rc1", "0.2.0"), ("0.2.0.dev1", "0.2.0"),
+                                             ("3", "3.0"), ("2026.12.7.1.5", "2026.12.7.1"), ("1.0.post2", "1.0")])
+def test_the_module_version_is_a_system_version(monkeypatch, release, module):
+    """PowerShell reads ModuleVersion as [System.Version] (two to four numbers): a pre-release of the exporter
+    written as it is would make the manifest unloadable, and the endpoint's installation fail on Windows."""
+    monkeypatch.setattr(windows_endpoint, "EXPORTER_VERSION", release)
+    manifest = windows_endpoint.build(GROUP).files["ExchangeEemsExporter/ExchangeEemsExporter.psd1"]
+    assert re.search(r"^    ModuleVersion = '(\d+(?:\.\d+){1,3})'$", manifest, re.M).group(1) == module
+
+
 def test_the_session_configuration(written):
     session = read(written / "ExchangeEemsExporter.pssc")
     for line in ("SessionType = 'RestrictedRemoteServer'", "RunAsVirtualAccount = $true",
