@@ -8,6 +8,7 @@ which fails loudly when missing.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -81,7 +82,8 @@ def test_every_panel_has_title_description_unit_and_datasource():
             assert panel["targets"], where
             for target in panel["targets"]:
                 assert target["datasource"] == DATASOURCE_REF, where
-                assert 'job=~"$job"' in target["expr"], f"{where}: query ignores the job variable"
+                # `$job|`: also the series of no job (the alerts table's ExchangeExporterTargetMissing)
+                assert re.search(r'job=~"\$job\|?"', target["expr"]), f"{where}: query ignores the job variable"
         assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
 
 
@@ -169,3 +171,39 @@ def test_firing_alerts_panel_links_every_alert_to_its_runbook():
     rules = yaml.safe_load((Path(__file__).resolve().parents[2] / "alerts" / "exchange-eems.rules.yml").read_text())
     urls = {r["alert"]: r["annotations"]["runbook_url"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
     assert {name: f"{base}#{anchor['text']}" for name, anchor in anchors.items()} == urls
+
+
+def test_firing_alerts_panel_shows_alerts_without_a_job_label(tmp_path):
+    """ExchangeExporterTargetMissing (`absent(up{...})`) has no `job` label: it fires when no target exists. The
+    alerts table must still list it with the Job variable at All (and at any selection: with no target, the
+    variable has no values), run here by Prometheus' own engine (promtool) next to an alert that has a job."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found on PATH (Debian package 'prometheus'); PromQL cannot be checked")
+    fleet = load(dashboard_files()[0].parent / "fleet-overview.json")
+    panel = next(p for p in panels(fleet) if p["title"] == "Exchange alerts firing now")
+    (target,) = panel["targets"]
+    all_value = variables(fleet)["job"]["allValue"]
+    missing = 'ALERTS{alertname="ExchangeExporterTargetMissing",alertstate="firing",severity="critical"}'
+    fetch = ('ALERTS{alertname="ExchangeEEMSFetchErrors",alertstate="firing",instance="x:10061",job="exchange-eems",'
+             'reason="tls_validation",server="EX01",severity="critical"}')
+    other_job = fetch.replace('job="exchange-eems"', 'job="other"')
+    cases = []
+    for job, expected in ((all_value, [missing, fetch, other_job]), ("(exchange-eems)", [missing, fetch])):
+        expr = target["expr"].replace("$job", job)
+        cases.append({"expr": f'count by (alertname, job) ({expr})', "eval_time": "1m",
+                      "exp_samples": [{"labels": _count_labels(series), "value": 1} for series in expected]})
+    (tmp_path / "empty.rules.yml").write_text("groups: []\n")
+    (tmp_path / "test.yml").write_text(yaml.safe_dump({
+        "rule_files": ["empty.rules.yml"], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": [{"series": s, "values": "1x5"} for s in (missing, fetch, other_job)],
+                   "promql_expr_test": cases}]}))
+    result = subprocess.run([promtool, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _count_labels(series: str) -> str:
+    labels = dict(part.split("=", 1) for part in series[series.index("{") + 1:-1].split(","))
+    kept = {k: v for k, v in labels.items() if k in ("alertname", "job")}
+    return "{" + ",".join(f"{k}={v}" for k, v in kept.items()) + "}"
