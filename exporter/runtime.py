@@ -90,6 +90,7 @@ class Targets:
         shards = {name: shard_of(t.name, count) for name, t in self._all.items()}
         self.polled: tuple[Target, ...] = tuple(sorted(
             (t for name, t in self._all.items() if shards[name] == index), key=lambda t: t.name.lower()))
+        self._polled = frozenset(t.name.lower() for t in self.polled)
         # this shard's servers by every name they are polled by (an address or SPN host is also a name: the
         # organization lists EX02, configured as MBX2 at ex02.contoso.com), its own name winning
         self.polled_names: dict[str, str] = {}
@@ -121,6 +122,10 @@ class Targets:
 
     def get(self, name: str) -> Target | None:
         return self._all.get(name.lower())
+
+    def polls(self, name: str) -> bool:
+        """Whether this instance polls the server named `name` (configured or discovered, of its shard)."""
+        return name.lower() in self._polled
 
 
 def _lists_the_same(old: OrganizationConfig | None, new: OrganizationConfig | None) -> bool:

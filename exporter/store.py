@@ -128,11 +128,11 @@ class Store:
         self.outputs = KeptOutputs()
 
     def _current(self, key: str) -> bool:
-        return self._targets is not None and self._targets.get(key) is not None
+        return self._targets is not None and self._targets.polls(key)
 
     def record(self, result: ServerResult, *, output_budget: int = 0) -> ServerResult:
         """Keep `result` as the server's latest (with the last good state if it failed) while the server is
-        one of the targets the store follows, checked under the lock `follow` takes: a poll that ends after a
+        one the targets the store follows poll, checked under the lock `follow` takes: a poll that ends after a
         reload removed its server keeps nothing, whenever the reload lands (checked against the targets the poll
         read before the lock, a reload in between let the result in after `follow`, and the server added back
         showed it). Its raw output goes to `outputs`, within `output_budget` bytes for all servers
@@ -167,12 +167,14 @@ class Store:
         return result
 
     def follow(self, targets: Targets, organization: str | None) -> None:
-        """Forget the servers that are no longer targets (so one added back shows nothing until polled again
-        rather than its old result), and the organization's result if the organization is not the same
-        (a configured one shows as not yet polled)."""
+        """Forget the servers this instance no longer polls: removed, no longer discovered, or moved to another
+        shard (so one added back shows nothing until polled again rather than its old result; kept for a server
+        of another shard, its result came back stale with a reload that gave the server back, and its output
+        held its share of limits.max_debug_output_bytes meanwhile), and the organization's result if the
+        organization is not the same (a configured one shows as not yet polled)."""
         with self._lock:
             self._targets = targets
-            self._servers = {key: r for key, r in self._servers.items() if targets.get(key) is not None}
+            self._servers = {key: r for key, r in self._servers.items() if targets.polls(key)}
             self.outputs.follow(set(self._servers))
             if organization is None:
                 self._organization = None

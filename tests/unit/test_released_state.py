@@ -1,0 +1,39 @@
+"""What the exporter lets go of over weeks of running: the state of a server it no longer polls (removed, no longer
+discovered, or moved to another shard by a reload) is released, not kept where nothing reads it until it shows
+again, stale, or holds a socket. No network: the collectors are replaced, and a lease only makes the connection
+object (test_current_races.py's `Fleet`)."""
+
+from __future__ import annotations
+
+from exporter.sharding import shard_of
+
+from .test_current_races import Fleet
+
+SERVERS = ("ex01", "ex05")  # of shard 1 and shard 0 of two
+
+
+def test_shards():  # what the tests below rely on
+    assert [shard_of(f"{name}.contoso.com", 2) for name in SERVERS] == [1, 0]
+
+
+def test_a_server_moved_to_another_shard_keeps_no_result_and_shows_none_when_it_comes_back(tmp_path, catalog,
+                                                                                         monkeypatch):
+    """A reload that splits the fleet (`shard: 1/2`) moves ex05 to the other replica. Its result and its raw output
+    stayed in the store (the store kept every server of the configuration, of any shard), its output held against
+    limits.max_debug_output_bytes for as long as the shard lasted; when a later reload gave it back, /metrics
+    showed that old result at once, and /-/ready counted it, before any poll of it."""
+    fleet = Fleet(tmp_path, catalog, monkeypatch, servers=SERVERS, extra="limits: {max_debug_output_bytes: 1048576}\n")
+    for name in SERVERS:
+        fleet.poller.poll_server(f"{name}.contoso.com")
+    assert fleet.results() == {"ex01.contoso.com", "ex05.contoso.com"} and fleet.poller.ready()
+
+    fleet.reload(SERVERS, "limits: {max_debug_output_bytes: 1048576}\nshard: 1/2\n")
+    store = fleet.poller.store
+    assert fleet.results() == {"ex01.contoso.com"}
+    assert store.outputs.get("ex05.contoso.com") is None, "the output of a server of another shard is kept"
+    assert store.outputs.total == store.outputs.get("ex01.contoso.com").size
+
+    fleet.reload(SERVERS, "limits: {max_debug_output_bytes: 1048576}\n")
+    assert fleet.results() == {"ex01.contoso.com"}, "the server back in this shard shows its result from before"
+    assert not fleet.poller.ready()
+
