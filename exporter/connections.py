@@ -67,6 +67,17 @@ def _target_of(targets: Targets, name: str) -> Target | None:
     return targets.get(name)
 
 
+def _pooled_target(targets: Targets, name: str) -> Target | None:
+    """The target `name` (lower case) is when its connection is kept between polls: the organization collector's
+    server, or a server this instance polls. A server of another shard is only ever probed: pooled, its
+    connection (and its socket, long closed by the server, or its runspace pool) stayed for as long as the shard
+    did, where nothing polled it."""
+    organization = targets.for_organization()
+    if organization is not None and organization.name.lower() == name:
+        return organization
+    return targets.get(name) if targets.polls(name) else None
+
+
 class _Entry:
     def __init__(self, settings: _Settings):
         self.settings = settings
@@ -151,15 +162,16 @@ class Connections:
         return entry
 
     def _belongs(self, key: tuple[str, str], settings: _Settings) -> bool:
-        """Whether a connection made with `settings` goes in the pool (under the lock): only with the settings the
-        configuration last followed gives its server. A poll that read the runtime before a reload and leases
-        after its follow gets a connection of its own: pooled, a removed server's stayed there, where no follow
-        looked for it, and a changed server's retired the one made with the reloaded settings."""
+        """Whether a connection made with `settings` goes in the pool (under the lock): only for a server this
+        instance polls (`_pooled_target`), with the settings the configuration last followed gives it. A poll that
+        read the runtime before a reload and leases after its follow gets a connection of its own: pooled, a
+        removed server's stayed there, where no follow looked for it, and a changed server's retired the one made
+        with the reloaded settings."""
         if self._followed is None:
             return True
         config, targets = self._followed
         name, module_name = key
-        now = _target_of(targets, name)
+        now = _pooled_target(targets, name)
         return now is not None and _settings(now, module_name, config) == settings
 
     def _give_back(self, entry: _Entry) -> None:
@@ -176,8 +188,9 @@ class Connections:
         return entry.connection if entry.users == 0 else None
 
     def follow(self, config: Config, targets: Targets) -> None:
-        """After a reload or a discovery: retire the connections of servers that are no longer targets and
-        those whose settings changed; the others stay as they are."""
+        """After a reload or a discovery: retire the connections of servers this instance no longer polls
+        (removed, no longer discovered, moved to another shard) and those whose settings changed; the others stay
+        as they are."""
         to_close = []
         with self._lock:
             self._followed = config, targets

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from exporter.sharding import shard_of
 
-from .test_current_races import Fleet
+from .test_current_races import Fleet, FakeConnection, lease_once
 
 SERVERS = ("ex01", "ex05")  # of shard 1 and shard 0 of two
 
@@ -37,3 +37,32 @@ def test_a_server_moved_to_another_shard_keeps_no_result_and_shows_none_when_it_
     assert fleet.results() == {"ex01.contoso.com"}, "the server back in this shard shows its result from before"
     assert not fleet.poller.ready()
 
+
+def test_a_server_moved_to_another_shard_leaves_no_connection_open(tmp_path, catalog, monkeypatch):
+    """Its pooled connection stayed in the pool (the pool took every server of the configuration for its own): a
+    socket the server had long closed (HTTP.sys drops an idle one after two minutes), and with `keep_runspace` a
+    runspace pool, held until the next reload that removed the server from the configuration. A /probe of a server
+    of another shard gets a connection of its own, closed when the probe ends, for the same reason."""
+    monkeypatch.setattr("exporter.connections.connect", FakeConnection)
+    fleet = Fleet(tmp_path, catalog, monkeypatch, servers=SERVERS)
+    connections = fleet.poller.connections
+    moved = lease_once(connections, fleet.runtime.current().config, "ex05.contoso.com")
+    kept = lease_once(connections, fleet.runtime.current().config, "ex01.contoso.com")
+    assert not moved.closed and not kept.closed
+
+    fleet.reload(SERVERS, "shard: 1/2\n")
+    assert moved.closed, "the connection of a server moved to another shard is kept"
+    assert not kept.closed
+    probed = lease_once(connections, fleet.runtime.current().config, "ex05.contoso.com")
+    assert probed.closed, "a probe of a server of another shard left its connection in the pool"
+    assert lease_once(connections, fleet.runtime.current().config, "ex01.contoso.com") is kept
+
+
+def test_the_organization_server_of_another_shard_keeps_its_connection(tmp_path, catalog, monkeypatch):
+    """The organization collector polls its server whichever shard the server falls to: its connection is kept."""
+    monkeypatch.setattr("exporter.connections.connect", FakeConnection)
+    extra = "organization: {name: Contoso, server: ex05.contoso.com}\nshard: 1/2\n"
+    fleet = Fleet(tmp_path, catalog, monkeypatch, servers=SERVERS, extra=extra)
+    connections, config = fleet.poller.connections, fleet.runtime.current().config
+    first = lease_once(connections, config, "ex05.contoso.com")
+    assert not first.closed and lease_once(connections, config, "ex05.contoso.com") is first
