@@ -67,15 +67,17 @@ def _target_of(targets: Targets, name: str) -> Target | None:
     return targets.get(name)
 
 
-def _pooled_target(targets: Targets, name: str) -> Target | None:
-    """The target `name` (lower case) is when its connection is kept between polls: the organization collector's
-    server, or a server this instance polls. A server of another shard is only ever probed: pooled, its
-    connection (and its socket, long closed by the server, or its runspace pool) stayed for as long as the shard
-    did, where nothing polled it."""
+def _pooled_target(config: Config, targets: Targets, name: str, module_name: str) -> Target | None:
+    """The target `name` (lower case) is when its connection with `module_name` is kept between polls: what the
+    background polls use, the organization collector's server with the organization's module, and a server this
+    instance polls with its own module. Anything else is only ever probed (a server of another shard, a module
+    named by /probe?module=): pooled, its connection stayed for as long as the configuration did, where nothing
+    polled it, with a socket the server had long closed or a runspace pool."""
     organization = targets.for_organization()
-    if organization is not None and organization.name.lower() == name:
+    if organization is not None and organization.name.lower() == name and module_name == config.organization.module:
         return organization
-    return targets.get(name) if targets.polls(name) else None
+    target = targets.get(name) if targets.polls(name) else None
+    return target if target is not None and target.module == module_name else None
 
 
 class _Entry:
@@ -162,16 +164,16 @@ class Connections:
         return entry
 
     def _belongs(self, key: tuple[str, str], settings: _Settings) -> bool:
-        """Whether a connection made with `settings` goes in the pool (under the lock): only for a server this
-        instance polls (`_pooled_target`), with the settings the configuration last followed gives it. A poll that
-        read the runtime before a reload and leases after its follow gets a connection of its own: pooled, a
-        removed server's stayed there, where no follow looked for it, and a changed server's retired the one made
-        with the reloaded settings."""
+        """Whether a connection made with `settings` goes in the pool (under the lock): only for what the background
+        polls use (`_pooled_target`), with the settings the configuration last followed gives it. A poll that read
+        the runtime before a reload and leases after its follow gets a connection of its own: pooled, a removed
+        server's stayed there, where no follow looked for it, and a changed server's retired the one made with the
+        reloaded settings."""
         if self._followed is None:
             return True
         config, targets = self._followed
         name, module_name = key
-        now = _pooled_target(targets, name)
+        now = _pooled_target(config, targets, name, module_name)
         return now is not None and _settings(now, module_name, config) == settings
 
     def _give_back(self, entry: _Entry) -> None:

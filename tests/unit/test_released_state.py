@@ -5,6 +5,8 @@ object (test_current_races.py's `Fleet`)."""
 
 from __future__ import annotations
 
+import time
+
 from exporter.sharding import shard_of
 
 from .test_current_races import Fleet, FakeConnection, lease_once
@@ -66,3 +68,24 @@ def test_the_organization_server_of_another_shard_keeps_its_connection(tmp_path,
     connections, config = fleet.poller.connections, fleet.runtime.current().config
     first = lease_once(connections, config, "ex05.contoso.com")
     assert not first.closed and lease_once(connections, config, "ex05.contoso.com") is first
+
+
+def test_a_probe_with_another_module_leaves_no_connection_in_the_pool(tmp_path, catalog, monkeypatch):
+    """`/probe?target=ex01&module=other` pooled a connection for the pair: one per server and module probed, each
+    kept (with the socket of its last probe open, once two probes came within KEEP_IF_POLLED_WITHIN) for as long as
+    the configuration lasted, although no background poll ever used it."""
+    monkeypatch.setattr("exporter.connections.connect", FakeConnection)
+    other = ("  other:\n    username: 'EXCH\\\\svc_other'\n    password_env: EEMS_TEST_PASSWORD\n")
+    fleet = Fleet(tmp_path, catalog, monkeypatch, servers=SERVERS)
+    fleet.write(SERVERS)
+    text = fleet.path.read_text()
+    fleet.path.write_text(text.replace("servers:", other + "servers:", 1))
+    assert fleet.runtime.reload()[0]
+    fleet.poller.follow()
+    config, connections = fleet.runtime.current().config, fleet.poller.connections
+    assert set(config.modules) == {"default", "other"}
+    target = fleet.runtime.current().targets.get("ex01.contoso.com")
+    with connections.lease(target, "other", config, time.monotonic() + 5) as lease:
+        probed = lease.connection
+    assert probed.closed, "a probe's connection with another module than the server's is kept in the pool"
+    assert not lease_once(connections, config, "ex01.contoso.com").closed  # its own module's is kept
