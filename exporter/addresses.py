@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from urllib.parse import urlsplit, urlunsplit
 
 # A server name becomes the `server` label and, for a discovered server, a poll target.
 SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
@@ -29,15 +28,20 @@ def is_host(text: str) -> bool:
 
 
 def without_userinfo(url: str | None) -> str | None:
-    """`url` without its `user:password@`, as it may be shown or become a label; None when it is no URL. A proxy
-    URL from Active Directory may embed a password, and a refused one is repeated in the error that refuses it."""
+    """`url` without its `user:password@`, as it may be shown or become a label. A proxy URL from Active Directory
+    may embed a password, and a refused one is repeated in the error that refuses it.
+
+    Everything from the start of the authority (after `scheme://`, after `//`, or from the start when there is
+    neither) to the last `@` goes: a password may hold `/`, `?`, `#` or `@` (typed unescaped, as users and generated
+    passwords do), which end urlsplit's authority early or make an `@` look like part of the path, and the rest of
+    the password was then kept. A URL with an `@` in its path or query loses what comes before that `@` too: shown
+    short rather than with a password. (A proxy URL has neither path nor query.)"""
     if url is None or "@" not in url:
         return url
-    try:
-        parts = urlsplit(url)
-        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-    except ValueError:
-        return None
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, sep, rest = ("", "//", url[2:]) if url.startswith("//") else ("", "", url)
+    return f"{scheme.lower()}{sep}{rest.rpartition('@')[2]}"
 
 
 def is_proxy_url(text: str) -> bool:

@@ -55,3 +55,62 @@ def test_catalog_update_does_not_print_the_password_of_the_list_url(tmp_path, ca
         captured = capsys.readouterr()
         assert code == cli.EXIT_USAGE
         assert secret not in captured.err + captured.out, captured.err
+
+
+# A password may hold any character; one with `/`, `?` or `#` ends urlsplit's authority early, so the user info
+# was not found and the whole URL, password included, was repeated (a review of issue 24's fix).
+SPLITTING_PASSWORDS = ("Pr0xy/S3cret", "Pr0xy?S3cret", "Pr0xy#S3cret", "Pr0xy/S3c?re#t")
+
+
+@pytest.mark.parametrize("password", SPLITTING_PASSWORDS)
+def test_a_rejected_endpoint_proxy_is_not_repeated_whatever_its_password_holds(tmp_path, password):
+    from exporter.config import ConfigError, load_config_text
+
+    text = textwrap.dedent(f"""\
+        modules:
+          default:
+            username: 'EXCH\\svc_monitor'
+            password_env: {PASSWORD_ENV}
+        servers:
+          - {{name: ex01.contoso.com, endpoint_proxy: 'http://svc-proxy:{password}@proxy.contoso.com:8080'}}
+        """)
+    with pytest.raises(ConfigError) as raised:
+        load_config_text(text, tmp_path)
+    assert "S3c" not in str(raised.value), str(raised.value)
+
+
+@pytest.mark.parametrize("url", [f"http://svc-proxy:{p}@proxy.contoso.com:8080" for p in SPLITTING_PASSWORDS]
+                         + ["svc-proxy:Pr0xyS3cret@proxy.contoso.com:8080", "//svc-proxy:Pr0xyS3cret@proxy:8080"])
+def test_without_userinfo_removes_a_password_that_splits_the_url(url):
+    from exporter.addresses import is_proxy_url, without_userinfo
+
+    shown = without_userinfo(url)
+    assert shown is None or "S3c" not in shown, shown
+    assert shown is None or not is_proxy_url(shown) or shown.endswith("proxy.contoso.com:8080")
+
+
+def test_without_userinfo_keeps_what_has_no_user_info():
+    from exporter.addresses import without_userinfo
+
+    for url in ("http://proxy.contoso.com:8080", "https://host/list.csv", "no url at all", "", None):
+        assert without_userinfo(url) == url
+    assert without_userinfo("http://svc:Pr0xyS3cret@proxy.contoso.com:8080") == "http://proxy.contoso.com:8080"
+
+
+@pytest.mark.parametrize("password", SPLITTING_PASSWORDS)
+def test_windows_endpoint_does_not_print_a_proxy_password_that_splits_the_url(tmp_path, capsys, password):
+    code = cli.main(["windows-endpoint", "--output", str(tmp_path / "out"), "--group", "CONTOSO\\EEMS Readers",
+                     "--endpoint-proxy", f"http://svc-proxy:{password}@proxy.contoso.com:8080"])
+    captured = capsys.readouterr()
+    assert code == cli.EXIT_USAGE
+    assert "S3c" not in captured.err + captured.out, captured.err
+
+
+@pytest.mark.parametrize("password", SPLITTING_PASSWORDS)
+def test_a_build_list_url_is_shown_without_a_password_that_splits_it(password):
+    """display_source names the source on the terminal and in the written catalog file's comment. (Only the
+    display is tested: a URL like this one is not fetched here.)"""
+    from exporter.catalog_update import display_source
+
+    shown = display_source(f"https://svc-catalog:{password}@builds.example.org/ExchangeBuildNumbers.csv")
+    assert "S3c" not in shown, shown
