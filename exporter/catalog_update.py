@@ -86,6 +86,12 @@ def read_source(source: str, *, max_bytes: int = MAX_LIST_BYTES, timeout: float 
     except ValueError as err:
         raise CatalogError(name, None, f"not a valid URL: {printable(str(err))}") from None
     if scheme in ("http", "https"):
+        if "@" in source and "@" not in urlsplit(source).netloc:
+            # a password holding / ? or #, unescaped: urllib would take the user name for the host and the
+            # password's start for the port (and print it), or with digits first connect to that host and send the
+            # rest of the password in the request line
+            raise CatalogError(name, None, "an '@' outside the URL's user info: percent-encode / ? # and @ in a "
+                                           "user name or password (%2F %3F %23 %40)")
         data, origin = _download(source, name, max_bytes, timeout)
     elif scheme and len(scheme) > 1:
         raise CatalogError(name, None, f"unsupported URL scheme {printable(scheme)!r} (a file path, http:// or https://)")

@@ -114,3 +114,16 @@ def test_a_build_list_url_is_shown_without_a_password_that_splits_it(password):
 
     shown = display_source(f"https://svc-catalog:{password}@builds.example.org/ExchangeBuildNumbers.csv")
     assert "S3c" not in shown, shown
+
+
+@pytest.mark.parametrize("password", ["Cat/S3cret", "Cat#S3cret", "Cat?S3cret"])
+def test_catalog_update_refuses_a_url_whose_password_splits_it(tmp_path, capsys, password):
+    """urllib took `svc-catalog:Cat` for the host and port and printed "nonnumeric port: 'Cat'" (the password's
+    start); with digits first ("8080/...") it would have connected to a host named by the user name and sent
+    the rest of the password in the request line. Such a URL is now refused before anything is opened."""
+    for command in (["catalog", "update", "--output", str(tmp_path / "catalog.tsv")], ["catalog", "diff"]):
+        code = cli.main([*command, "--from", f"http://svc-catalog:{password}@127.0.0.1/ExchangeBuildNumbers.csv"])
+        captured = capsys.readouterr()
+        assert code == cli.EXIT_USAGE
+        assert "Cat" not in captured.err.replace("catalog", "") + captured.out, captured.err
+        assert "percent-encode" in captured.err
