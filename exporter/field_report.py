@@ -127,6 +127,8 @@ class Report:
         self.lines += ["", f"## {text}"]
 
     def add(self, key: str, value: Any) -> None:
+        if value is not None and not isinstance(value, (str, bool, int, float, datetime, date)):
+            value = str(value)  # a list or an object a server sent: scrubbed as the text it is shown as
         text = _show(self._scrub(value) if isinstance(value, str) else value)
         if len(text) > MAX_VALUE_CHARS:
             text = text[: MAX_VALUE_CHARS - 3] + "..."

@@ -118,3 +118,18 @@ def test_winhttp_settings_with_a_bypass_list():
     direct = struct.pack("<IIII", 0x18, 1, 1, 0) + struct.pack("<I", 0)
     assert _report(_diagnose_output(winhttp_settings=base64.b64encode(direct).decode()))["os.winhttp_proxy"] == \
         "direct access (no WinHTTP proxy)"
+
+
+def test_redact_names_also_scrubs_values_that_are_not_strings():
+    """A value of the diagnose script's JSON that is a list or an object (a hostile or an odd server's) was written
+    with str() after the scrubbers had looked only at strings: its host names and addresses stayed in the report."""
+    odd = {"culture": ["ex01.contoso.com", "10.1.2.3"], "ui_culture": {"host": "EX01.contoso.com"},
+           "powershell": ["EX01"], "exsetup_version": [f"EX01 {PASSWORD}"], "utc_offset_minutes": ["10.1.2.3"]}
+    text = build_report(server="EX01", created=datetime(2026, 11, 29, tzinfo=timezone.utc), collect="not run",
+                        interpretation=None, diagnose=_diagnose_output(**odd), secrets=Redactor([PASSWORD]),
+                        redact_names=["EX01.contoso.com", "10.1.2.3"])
+    got = lines(text)
+    for key in ("os.culture", "os.ui_culture", "os.powershell", "server.exsetup_version_raw", "os.utc_offset"):
+        assert "<host>" in got[key] or "<address>" in got[key], (key, got[key])
+    assert not re.search(r"ex01|contoso|10\.1\.2\.3", text, re.IGNORECASE), text
+    assert PASSWORD not in text
