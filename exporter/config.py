@@ -269,6 +269,18 @@ def scheme_problem(module: ModuleConfig, scheme: str) -> str | None:
     return None
 
 
+def reusable_credential(module: ModuleConfig) -> str | None:
+    """What a server that `module` authenticates to receives and can use elsewhere, or None: with NTLM, Kerberos
+    without delegation or a client certificate it sees only an authentication exchange."""
+    if module.transport == "basic":
+        return "the password (Basic authentication sends it)"
+    if module.transport == "credssp":
+        return "the password (CredSSP delegates it)"
+    if module.transport == "kerberos" and module.kerberos_delegation:
+        return "a forwardable ticket-granting ticket (kerberos_delegation)"
+    return None
+
+
 def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
     path = f"modules.{name}"
     section = mapping(raw, path)

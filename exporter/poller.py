@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .config import MAX_CONCURRENCY, scheme_problem
+from .config import MAX_CONCURRENCY, Config, reusable_credential, scheme_problem
 from .collectors import collect_organization, collect_server, failed, interpret_output, run_script, server_script
 from .connections import Connections
 from .model import OrganizationResult, RawServerFacts, ServerResult, ServerState
@@ -48,6 +48,16 @@ def _deadline(requested: float, budget: float, scheduled: bool) -> float:
     not for a slow server, and counting it failed healthy polls with `timeout` (the organization collector,
     due while its server's own poll ran, every interval on a demo with a 6 s timeout and 3 s scripts)."""
     return time.monotonic() + budget if scheduled else requested + budget
+
+
+def _own_module(config: Config, target: Target, module: str) -> bool:
+    """Whether the exporter itself uses `module` with `target`: its module, or the organization's when it is the
+    organization's server."""
+    if module == target.module:
+        return True
+    organization = config.organization
+    return organization is not None and module == organization.module and \
+        organization.server.lower() in {target.name.lower(), target.address.lower(), target.spn_hostname.lower()}
 
 
 class ProbeRefused(ValueError):
@@ -122,6 +132,10 @@ class Poller:
         if problem:
             raise ProbeRefused(f"Module {module!r} cannot be used with target {target.name!r} ({target.scheme}): "
                                f"{problem}")
+        handed = settings and not _own_module(current.config, target, module) and reusable_credential(settings)
+        if handed:  # any client of the port would choose which server gets another module's password
+            raise ProbeRefused(f"Module {module!r} is not the own module of target {target.name!r} "
+                               f"({target.module}), and a server it authenticates to receives {handed}")
         return self._poll(current, target, module, timeout)
 
     def _poll(self, current: Runtime, target: Target, module: str | None, timeout: float | None, *,

@@ -198,7 +198,7 @@ def test_a_probe_checks_and_polls_on_one_configuration(tmp_path, monkeypatch):
         try:
             for reads_before_the_reload in (1, 2, 3):
                 path = tmp_path / f"config-{reads_before_the_reload}.yml"
-                path.write_text(config("default"))
+                path.write_text(config("secure"))  # its own module: /probe lends no other module's Basic password
                 exporter = Exporter(load_config(path), Catalog.load())
                 current, reads = exporter.runtime.current, []
 
@@ -494,3 +494,35 @@ def test_client_certificate_required(secured, pki):
                       timeout=10)
     assert ok.status_code == 200
     assert ("exchange_up", frozenset({"server": "EX01"}.items())) in samples(ok.text)
+
+
+@pytest.mark.parametrize("other", [
+    {"transport": "basic"},
+    {"transport": "credssp"},
+])
+def test_a_probe_does_not_hand_another_modules_password_to_a_server(tmp_path, monkeypatch, other):
+    """`/probe?module=` pairs any module with any configured server. A module that hands the server a credential
+    it can use elsewhere (Basic and CredSSP give it the password) went to a server the configuration gives another
+    module: a client of the port, without any web config, could send the organization collector's CredSSP
+    password, or a Basic one, to whichever configured server it chose (the compromised one). Refused before
+    anything connects unless the module is the server's own."""
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    with socket.socket() as bait:
+        bait.bind(("127.0.0.1", 0))
+        bait.listen(1)
+        bait.setblocking(False)
+        text = yaml.safe_dump({
+            "modules": {
+                "default": {"username": USERNAME, "password_env": PASSWORD_ENV, "scheme": "https"},
+                "org": {**other, "username": USERNAME, "password_env": PASSWORD_ENV, "scheme": "https"},
+            },
+            "servers": [{"name": "EX01", "address": "127.0.0.1", "port": bait.getsockname()[1]},
+                        {"name": "EX02", "address": "127.0.0.1", "port": bait.getsockname()[1], "module": "org"}],
+        })
+        exporter = Exporter(load_config_text(text, tmp_path), Catalog.load())
+        with serving(exporter) as port:
+            answer = call(port, "/probe?target=EX01&module=org", headers={"X-Prometheus-Scrape-Timeout-Seconds": "2"})
+        assert answer.status == 400, answer.text
+        assert "EX01" in answer.text and "own module" in answer.text
+        with pytest.raises(BlockingIOError):
+            bait.accept()  # no connection was attempted
