@@ -284,6 +284,27 @@ def test_a_reload_cannot_lower_min_version(tmp_path, serve, pki, caplog):
     assert "min_version" in caplog.text
 
 
+@pytest.mark.parametrize("weaker", ["  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: {pki}/ca.crt\n", ""],
+                         ids=["if given", "no client certificates"])
+def test_a_reload_cannot_stop_requiring_client_certificates(tmp_path, serve, pki, caplog, weaker):
+    """docs/security.md: a file that would stop requiring client certificates is refused. No test held that
+    promise: with the check taken out of `lowered_security`, every test still passed, and a client without a
+    certificate was served once the file was rewritten."""
+    path = write_config(tmp_path, _tls_config(pki, "  client_auth_type: RequireAndVerifyClientCert\n"
+                                                   f"  client_ca_file: {pki}/ca.crt\n"))
+    clock = ManualClock()
+    url = serve(path, clock)
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        _get(url, _client_context(pki))
+    path.write_text(_tls_config(pki, weaker.format(pki=pki)))
+    clock.advance(1.1)
+    with caplog.at_level(logging.WARNING, logger="exporter.webconfig"):
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            _get(url, _client_context(pki))
+    assert "stops requiring client certificates" in caplog.text
+    assert _get(url, _client_context(pki, "client")) == 200
+
+
 def _peer_cn(url: str, pki: Path) -> str:
     host, port = url.split("//")[1].split("/")[0].split(":")
     with socket.create_connection((host, int(port)), timeout=5) as raw:
