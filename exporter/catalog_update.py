@@ -66,7 +66,7 @@ def display_source(source: str) -> str:
     except ValueError:  # no valid URL ("http://user:pw@[::1"): what comes before an @ may be a password
         url = True
     if url:
-        source = without_userinfo(source) or source.rpartition("@")[2]
+        source = without_userinfo(source)
     return printable(source)
 
 

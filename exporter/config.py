@@ -416,7 +416,7 @@ def _proxy_url(value: Any, path: str) -> str:
     if not isinstance(value, str) or not is_proxy_url(value):
         shown = without_userinfo(value) if isinstance(value, str) else value  # never repeat a password it holds
         raise ConfigError(path, f"expected a proxy URL like http://proxy:8080 (no user info), got "
-                                f"{bounded_repr(shown) if shown is not None else 'something that is no URL'}")
+                                f"{bounded_repr(shown)}")
     return value
 
 

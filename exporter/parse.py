@@ -466,7 +466,7 @@ def _endpoint_proxy(value: str | None, notes: _Notes) -> str | None:
     if value is None or value == "":
         return value
     url = without_userinfo(value)
-    if url is None or len(url) > 256 or not is_proxy_url(url):
+    if len(url) > 256 or not is_proxy_url(url):
         notes.wrong("endpoints.proxy", "a proxy URL")
         return None
     return url

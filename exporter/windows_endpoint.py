@@ -111,7 +111,7 @@ class EndpointFiles:
 def check_proxy(proxy: str) -> str:
     if proxy and not is_proxy_url(proxy):
         shown = without_userinfo(proxy)  # never repeat a password it holds
-        raise ValueError(f"--endpoint-proxy {shown if shown is not None else '(no URL)'!r}: expected "
+        raise ValueError(f"--endpoint-proxy {shown!r}: expected "
                          "http(s)://host[:port], without user info")
     return proxy
 
