@@ -424,3 +424,24 @@ def test_organization_series_carry_the_name_the_server_is_polled_by_whichever_na
         assert blocked == ["MBX2", "ex01.contoso.com"]
     finally:
         exporter.stop()
+
+
+@pytest.mark.parametrize("roles", ["Edge", "ClientAccess"])
+def test_discovery_leaves_out_a_server_without_the_mailbox_role(tmp_path, roles):
+    """Get-ExchangeServer lists subscribed Edge Transport servers (ServerRole "Edge") and, in an Exchange 2013
+    organization, Client Access servers; neither runs EEMS, and an Edge server is outside the domain. Discovery
+    adopted every server listed: the Edge server was polled by FQDN with the organization's domain credential, was
+    refused or unreachable, and raised ExchangeExporterCannotPoll (critical after an hour) while its refusals counted
+    towards pausing the credential. A Mailbox server, and one whose role is not said, are still adopted."""
+    doc = {"schema": 1, "organization": {"mitigations_enabled": True}, "error": None, "servers": [
+        {"name": "EX02", "fqdn": "ex02.contoso.com", "roles": "Mailbox"},
+        {"name": "EX03", "fqdn": "ex03.contoso.com", "roles": "Mailbox, ClientAccess"},
+        {"name": "EX04", "fqdn": "ex04.contoso.com", "roles": ""},
+        {"name": "EDGE01", "fqdn": "edge01.perimeter.contoso.com", "roles": roles},
+    ]}
+    facts = parse_organization_output(json.dumps(doc).encode())
+    runtime, _, _ = runtime_for(tmp_path, DISCOVERING)
+    assert runtime.discovered(runtime.current().config.organization, facts.servers)
+    targets = runtime.current().targets
+    assert [t.name for t in targets.polled if t.discovered] == ["EX02", "EX03", "EX04"]
+    assert targets.get("EDGE01") is None and "edge01.perimeter.contoso.com" not in targets.names
