@@ -445,3 +445,25 @@ def test_discovery_leaves_out_a_server_without_the_mailbox_role(tmp_path, roles)
     targets = runtime.current().targets
     assert [t.name for t in targets.polled if t.discovered] == ["EX02", "EX03", "EX04"]
     assert targets.get("EDGE01") is None and "edge01.perimeter.contoso.com" not in targets.names
+
+
+def test_no_eems_series_for_a_server_without_the_mailbox_role(monkeypatch):
+    """EEMS never runs on an Edge Transport server (HealthChecker reads Mitigations* only where IsEdgeServer is
+    false). The organization's series of an Edge server were said all the same: its AD object's MitigationsEnabled
+    false raised ExchangeEEMSMitigationsDisabled, a blocked ID ExchangeEEMSMitigationBlocked, for a server that has
+    no EEMS to disable. A Mailbox server's series are unchanged."""
+    monkeypatch.setenv(PASSWORD_ENV, "a password")
+    exporter = Exporter(load_config_text(minimal_config("organization: {server: ex01.contoso.com}\n"), Path(".")),
+                        Catalog.load())
+    try:
+        entry = {"mitigations_enabled": False, "mitigations_blocked": ["M1"], "mitigations_applied": ["PING1"],
+                 "data_collection_enabled": False}
+        doc = {"schema": 1, "organization": {"mitigations_enabled": True}, "error": None, "servers": [
+            {"name": "EX01", "fqdn": "ex01.contoso.com", "roles": "Mailbox", **entry},
+            {"name": "EDGE01", "fqdn": "edge01.perimeter.contoso.com", "roles": "Edge", **entry}]}
+        exporter.poller.store.record_organization(_org_result(doc))
+        servers = {labels.get("server") for name, labels, _ in _body_samples(exporter)
+                   if name.startswith("exchange_eems_") or name == "exchange_organization_server_polled"}
+    finally:
+        exporter.stop()
+    assert servers == {None, "ex01.contoso.com"}  # None: the organization's own MitigationsEnabled
