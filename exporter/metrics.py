@@ -252,6 +252,10 @@ def organization_families(org: OrganizationResult, status: SelfStatus) -> list[M
     if facts.mitigations_enabled is not None and index == 0:
         out.add("exchange_eems_mitigations_enabled", MITIGATIONS_ENABLED_HELP,
                 {"scope": "organization", "organization": org.name}, 1 if facts.mitigations_enabled else 0)
+    elif index == 0:  # Get-OrganizationConfig without MitigationsEnabled: a build before EEMS answered (HealthChecker:
+        # "Failed to query config"), whose Get-ExchangeServer has no Mitigations* either: no setting, no blocked list
+        out.add("exchange_collector_partial_failure", PARTIAL_FAILURE_HELP,
+                {"collector": "organization", "organization": org.name, "part": "settings", "reason": "not_found"}, 1)
     for info in facts.servers:
         polled = any(key in status.server_names for key in info.keys())
         mine = next((status.shard_server_names[key] for key in info.keys() if key in status.shard_server_names), None)

@@ -272,6 +272,21 @@ def test_organization_series_per_server():
     assert enabled[("exchange_eems_data_collection_enabled", (("server", "EX03"),))] == 0
 
 
+def test_organization_settings_a_build_before_eems_does_not_have_are_a_partial_failure():
+    """Get-OrganizationConfig on a build before EEMS (organization.server on 2016 CU21, say) has no MitigationsEnabled,
+    and its Get-ExchangeServer no Mitigations*: the organization's alerts (disabled, blocked) could not fire, and
+    nothing said why. Said once, by shard 0, as the organization-level setting is."""
+    settings = (("collector", "organization"), ("organization", "Contoso"), ("part", "settings"), ("reason", "not_found"))
+    assert org_series(org_server("EX01"), enabled=None)[("exchange_collector_partial_failure", settings)] == 1
+    assert ("exchange_collector_partial_failure", settings) not in org_series(org_server("EX01"), enabled=False)
+    facts = RawOrganizationFacts(mitigations_enabled=None, servers=(), error_stage=None, error_message=None,
+                                 dropped_label_values=0)
+    org = OrganizationResult("Contoso", outcome=ORG_OUTCOME, facts=facts, last_success=NOW)
+    other_shard = SelfStatus(NOW.date(), 300.0, True, 0.0, shard=(1, 2))
+    assert not any(s.name == "exchange_collector_partial_failure"
+                   for f in organization_families(org, other_shard) for s in f.samples)
+
+
 def test_self_series():
     status = SelfStatus(catalog_newest_release=date(2026, 6, 9), poll_interval_seconds=300.0,
                         last_reload_successful=False, last_reload_timestamp=1764158400.0,
