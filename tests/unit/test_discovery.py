@@ -393,8 +393,11 @@ def test_a_field_of_the_wrong_type_in_the_organization_output_is_said(monkeypatc
                         Catalog.load())
     try:
         partial = {"collector": "organization", "organization": "default", "part": "parse", "reason": "other"}
-        for doc, said in (({"schema": 1, "error": None, "servers": [{"name": "EX01", field: value}]}, True),
-                          ({"schema": 1, "error": None, "servers": [{"name": "EX01"}]}, False)):
+        organization = {"mitigations_enabled": True}  # without it, part "settings" is said too
+        for doc, said in (({"schema": 1, "error": None, "organization": organization,
+                            "servers": [{"name": "EX01", field: value}]}, True),
+                          ({"schema": 1, "error": None, "organization": organization, "servers": [{"name": "EX01"}]},
+                           False)):
             exporter.poller.store.record_organization(_org_result(doc))
             samples = [(name, labels) for name, labels, _ in _body_samples(exporter)
                        if name == "exchange_collector_partial_failure"]
