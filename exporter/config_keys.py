@@ -23,7 +23,11 @@ import yaml
 from .terminal import printable
 
 MAX_ERROR_CHARS = 300
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
+# at most 12 digits a number: more made int() raise (past 4,300 digits) or the sum, a float, overflow
+_DURATION = re.compile(r"^(?:(\d{1,12})h)?(?:(\d{1,12})m)?(?:(\d{1,12}(?:\.\d{1,12})?)s)?(?:(\d{1,12})ms)?$")
+# An integer scalar longer than this is refused where it stands: PyYAML's int() raises ValueError past 4,300
+# digits, and a long hexadecimal one converts but cannot be str()ed or repr()ed into an error message.
+MAX_NUMBER_CHARS = 64
 
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 80, 80
@@ -147,6 +151,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                                                             key_node.start_mark)
                 seen.add(key)
         return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node):
+        if len(node.value) > MAX_NUMBER_CHARS:
+            raise yaml.constructor.ConstructorError(None, None, f"a number of more than {MAX_NUMBER_CHARS} "
+                                                                "characters", node.start_mark)
+        return super().construct_yaml_int(node)
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _UniqueKeyLoader.construct_yaml_int)
 
 
 def load_yaml(text: str) -> Any:

@@ -83,3 +83,25 @@ def test_existing_file_is_taken_from_the_base_and_can_hide_its_value(tmp_path):
     assert "hunter2" not in str(caught.value) and "does not exist" in str(caught.value)
     with pytest.raises(ConfigError, match="does not exist"):
         existing_file(str(tmp_path / "absent"), "k", Path("/"))
+
+
+@pytest.mark.parametrize("text", [
+    "port: " + "9" * 5000,  # past Python's 4,300 digits for int(): a ValueError from PyYAML's constructor
+    "port: 1" + "_0" * 5000,
+    "port: 0x" + "f" * 5000,  # converts, but has more than 4,300 decimal digits: str() and repr() raise
+    "port: 1" + ":59" * 3000,  # YAML 1.1 base 60
+])
+def test_a_number_too_long_is_a_clear_error_where_it_is(text):
+    """Before: a ValueError escaped load_yaml (check-config printed Python's message with no key, a reload said
+    "unexpected ValueError"), or came later from the error message itself, which repr()s the value."""
+    with pytest.raises(ConfigError, match="line 1, column 7: a number of more than") as caught:
+        load_yaml(text)
+    assert len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize("value", ["1" + "0" * 5000 + "h", "1" + "0" * 400 + "h", "1" + "0" * 400 + "ms"])
+def test_a_duration_with_too_many_digits_is_a_clear_error(value):
+    """Before: int() of 5,000 digits raised ValueError, and 400 digits of hours an OverflowError when added to the
+    seconds (a float)."""
+    with pytest.raises(ConfigError, match="expected a duration"):
+        duration(value, "poll.interval")
