@@ -143,6 +143,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         if isinstance(node, yaml.MappingNode):
             seen = set()
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base`: merged by PyYAML below, where a key of the mapping's own wins
                 key = self.construct_object(key_node, deep=deep)
                 if not isinstance(key, (str, int, float, bool)):
                     continue  # a list or a mapping as a key (`? [a, b]`): unhashable, PyYAML refuses it below

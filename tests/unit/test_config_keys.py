@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from exporter.config_keys import (
     ConfigError,
@@ -105,3 +106,19 @@ def test_a_duration_with_too_many_digits_is_a_clear_error(value):
     seconds (a float)."""
     with pytest.raises(ConfigError, match="expected a duration"):
         duration(value, "poll.interval")
+
+
+def test_merge_keys_work_as_in_yaml_and_a_key_given_twice_is_still_refused():
+    """The loader that refuses a key given twice constructed `<<` before PyYAML merged it: a file sharing a
+    module's keys through an anchor (`<<: *base`), which yaml.safe_load and Go's YAML readers take, was refused
+    as "could not determine a constructor for the tag 'tag:yaml.org,2002:merge'"."""
+    text = ("base: &base {transport: ntlm, scheme: https, port: 5986}\n"
+            "a: {<<: *base, username: u}\n"
+            "b: {<<: *base, port: 443}\n"  # a key of its own wins over the merged one: not a key given twice
+            "c: {<<: [*base, {scheme: http}]}\n")
+    loaded = load_yaml(text)
+    assert loaded == yaml.safe_load(text)
+    assert loaded["a"] == {"transport": "ntlm", "scheme": "https", "port": 5986, "username": "u"}
+    assert loaded["b"]["port"] == 443
+    with pytest.raises(ConfigError, match="key 'port' is given twice"):
+        load_yaml("base: &base {port: 1}\na: {<<: *base, port: 2, port: 3}\n")
