@@ -479,7 +479,9 @@ class OrganizationConfig:
 
 
 ORGANIZATION_KEYS = (
-    Key("server", string, Required("the Exchange server that runs the organization cmdlets")),
+    # a listed server's name, or else the host name polled (runtime.Targets.for_organization): checked as both,
+    # it went into the URL unchecked ('ex01:5986' failed every organization poll, 'x@ex01' polled ex01)
+    Key("server", _server_name, Required("the Exchange server that runs the organization cmdlets")),
     Key("name", string, "default"),
     Key("module", string, None),  # None: the server's module when it is listed, else the default module
     Key("discover_servers", boolean, False),
@@ -495,6 +497,9 @@ def _load_organization(raw: Any, modules: dict[str, ModuleConfig], default_modul
     values = read_section(raw, "organization", ORGANIZATION_KEYS)
     named = {s.name.lower(): s for s in servers}
     server = values["server"].lower()
+    if server not in named and not is_host(values["server"]):
+        raise ConfigError("organization.server", f"not a listed server, nor a host name to reach: "
+                                                 f"{bounded_repr(values['server'])}")
     module = values["module"] = values["module"] or (named[server].module if server in named else default_module)
     if module is None or module not in modules:
         raise ConfigError("organization.module", f"unknown module {bounded_repr(module)}")

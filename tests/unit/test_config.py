@@ -180,6 +180,14 @@ BAD = [
     ("organization interval shorter than poll", GOOD + "poll: {interval: 5m}\n"
      "organization: {server: ex01.contoso.com, interval: 1m}\n", "organization.interval",
      "must not be shorter than poll.interval"),
+    # organization.server becomes a URL's host when it is not a listed server: 'ex01:5986' failed every organization
+    # poll with a ValueError, and 'x@ex01' polled ex01 (with 'x@ex01' as its Kerberos name)
+    ("organization server with a port", GOOD + "organization: {server: 'ex01:5986'}\n", "organization.server",
+     "not a valid server name"),
+    ("organization server with user info", GOOD + "organization: {server: 'x@ex01'}\n", "organization.server",
+     "not a valid server name"),
+    ("organization server with a space", GOOD + "organization: {server: 'ex 01'}\n", "organization.server",
+     "not a valid server name"),
     ("organization unknown module", GOOD + "organization: {server: ex01.contoso.com, module: nope}\n",
      "organization.module", "unknown module 'nope'"),
     ("too many servers", MODULE + servers("ex01", "ex02", "ex03") + "limits: {max_servers: 2}\n", "servers",
@@ -499,3 +507,13 @@ def test_credssp_over_plain_http_with_ntlm_inside_only_when_asked_for(tmp_path):
         with pytest.raises(ConfigError) as caught:
             _psrp_config(tmp_path, **settings, allow_credssp_ntlm_over_http=True)
         assert caught.value.path == "modules.m.allow_credssp_ntlm_over_http", str(caught.value)
+
+
+def test_the_organization_server_is_a_listed_server_or_a_host_name():
+    listed = load_config_text(MODULE + servers("{name: ex_01, address: 10.0.0.1}") + "organization: {server: EX_01}\n",
+                              Path())
+    assert listed.organization.server == "EX_01"
+    unlisted = load_config_text(GOOD + "organization: {server: ex02.contoso.com}\n", Path())
+    assert unlisted.organization.server == "ex02.contoso.com"
+    with pytest.raises(ConfigError, match="organization.server: not a listed server, nor a host name"):
+        load_config_text(GOOD + "organization: {server: ex_02}\n", Path())
