@@ -80,12 +80,18 @@ def _at_least(seconds: float, shown: str):
     return lambda value, _: None if value >= seconds else f"must be at least {shown}"
 
 
+def _between(low: float, low_shown: str, high: float, high_shown: str):
+    return lambda value, _: (f"must be at least {low_shown}" if value < low else
+                             f"must be at most {high_shown}" if value > high else None)
+
+
 def _within_interval(timeout: float, values: dict[str, Any]) -> str | None:
     interval = values["interval"]
     return None if 5 <= timeout <= interval else f"must be between 5s and poll.interval ({interval:g}s)"
 
 
 MAX_CONCURRENCY = 1024  # polls at once
+MAX_LOOKBACK_HOURS = 366 * 24
 
 POLL_KEYS = (
     Key("background", boolean, True),
@@ -94,7 +100,9 @@ POLL_KEYS = (
     Key("concurrency", integer(1, MAX_CONCURRENCY), 32),
     Key("jitter", fraction, 0.1),
     Key("failing_share", fraction, 0.25),
-    Key("lookback", duration, "24h", check=_at_least(3600, "1h (EEMS checks hourly)")),
+    # at most a year: thousands of years failed every poll that read an event or a log line (`now - lookback`)
+    Key("lookback", duration, "24h", check=_between(3600, "1h (EEMS checks hourly)", MAX_LOOKBACK_HOURS * 3600,
+                                                    f"{MAX_LOOKBACK_HOURS}h (366 days)")),
     Key("max_events", integer(1, 5000), 200),
     Key("log_tail_bytes", integer(0, 16 << 20), 65536),
     Key("check_endpoint", boolean, False),

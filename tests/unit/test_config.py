@@ -96,6 +96,8 @@ BAD = [
     ("timeout above interval", GOOD + "poll: {interval: 30s, timeout: 45s}\n", "poll.timeout",
      "between 5s and poll.interval"),
     ("lookback below an hour", GOOD + "poll: {lookback: 30m}\n", "poll.lookback", "at least 1h"),
+    # 3,000 years: every poll that read an event or a log line failed on `now - lookback` (OverflowError)
+    ("lookback past a year", GOOD + "poll: {lookback: 30000000h}\n", "poll.lookback", "at most 8784h"),
     ("read_timeout not above operation_timeout", module("operation_timeout: 30s", "read_timeout: 20s") + ONE_SERVER,
      "modules.default.read_timeout", "longer than operation_timeout"),
     # bad durations
@@ -517,3 +519,23 @@ def test_the_organization_server_is_a_listed_server_or_a_host_name():
     assert unlisted.organization.server == "ex02.contoso.com"
     with pytest.raises(ConfigError, match="organization.server: not a listed server, nor a host name"):
         load_config_text(GOOD + "organization: {server: ex_02}\n", Path())
+
+
+def test_the_longest_lookback_the_configuration_takes_can_be_judged():
+    """The bound on poll.lookback keeps `now - lookback` and the script's AddHours(-LookbackHours) in range."""
+    from datetime import datetime, timedelta, timezone
+
+    from exporter.catalog import Catalog
+    from exporter.interpret import interpret_server
+    from exporter.model import RawEvent
+
+    from .test_interpret import facts
+
+    config = load_config_text(GOOD + "poll: {lookback: 8784h}\n", Path())
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    lookback = timedelta(seconds=config.poll.lookback)
+    state = interpret_server("EX01", facts(events=[RawEvent(1008, now - timedelta(days=300), "text")], now=now),
+                             Catalog.load(), lookback=lookback, now=now)
+    assert state.eems.other_errors == 1
+    with pytest.raises(ConfigError, match="at most 8784h"):
+        load_config_text(GOOD + "poll: {lookback: 8785h}\n", Path())
