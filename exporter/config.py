@@ -50,6 +50,7 @@ DEFAULT_LISTEN_PORT = 10061
 # about 12 MiB, and PyYAML parses about 3 MB a second (300 MB of comment took 107 s and 640 MB of memory).
 MAX_CONFIG_BYTES = 16 << 20
 MAX_PASSWORD_FILE_BYTES = 64 << 10
+MAX_CA_FILE_BYTES = 4 << 20  # certifi's bundle of every public CA is about 300 KB
 TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic", "certificate")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -339,6 +340,8 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
         for key in ("configuration_name", "path", "keep_runspace"):
             if key in section:
                 raise ConfigError(f"{path}.{key}", "only applies to protocol psrp")
+    if values["ca_file"]:
+        _check_ca_file(path, values["ca_file"])
     if transport == "certificate":
         _check_client_certificate(path, values)
     return ModuleConfig(name=name, password=password, **values)
@@ -377,6 +380,20 @@ def _check_client_certificate(path: str, values: dict[str, Any]) -> None:
         load_client_certificate(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), values["cert_file"], values["key_file"])
     except (ssl.SSLError, OSError) as err:
         raise ConfigError(f"{path}.key_file", f"cannot load it with cert_file: {err}") from None
+
+
+def _check_ca_file(path: str, ca_file: Path) -> None:
+    """The CA bundle loads as each poll will load it (winrm/tls.py): a file without a certificate (half written,
+    or the password file named by mistake) is named here, at start or reload, not at every poll as a TLS error."""
+    try:
+        data = read_regular_file(ca_file, MAX_CA_FILE_BYTES)
+        if len(data) > MAX_CA_FILE_BYTES:
+            raise ConfigError(f"{path}.ca_file", f"larger than {MAX_CA_FILE_BYTES} bytes: not a CA bundle")
+        ssl.create_default_context(cafile=str(ca_file))
+    except (ssl.SSLError, OSError) as err:
+        # the reason only (OpenSSL's names no content of the file, which may be a secret named by mistake)
+        reason = err.reason if isinstance(err, ssl.SSLError) and err.reason else type(err).__name__
+        raise ConfigError(f"{path}.ca_file", f"cannot load it as a PEM bundle of CA certificates: {reason}") from None
 
 
 def _check_kerberos_inside_credssp(path: str, values: dict[str, Any]) -> None:

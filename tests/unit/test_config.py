@@ -162,6 +162,12 @@ BAD = [
      + ONE_SERVER, "modules.default.insecure_skip_verify", "contradicts ca_file"),
     ("ca_file missing", module("ca_file: '{tmp}/absent-ca.crt'") + ONE_SERVER, "modules.default.ca_file",
      "does not exist"),
+    # taken without a look, a file with no certificate (a half-written CA, the password file by mistake) passed
+    # check-config and reloads, and then failed every poll of the module with a TLS error
+    ("ca_file without a certificate", module("ca_file: '{tmp}/ca.crt'") + ONE_SERVER, "modules.default.ca_file",
+     "cannot load it as a PEM bundle of CA certificates"),
+    ("ca_file the password file", module("ca_file: '{tmp}/password'") + ONE_SERVER, "modules.default.ca_file",
+     "cannot load it as a PEM bundle of CA certificates"),
     # keys that cannot apply: accepted, they were ignored without a word
     ("certificate files for ntlm", module("cert_file: '{tmp}/client.crt'", "key_file: '{tmp}/client.key'")
      + ONE_SERVER, "modules.default.cert_file", "only applies to transport certificate"),
@@ -209,6 +215,15 @@ def files(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("EEMS_TEST_SURELY_UNSET_VARIABLE", raising=False)
     monkeypatch.setenv("EEMS_TEST_EMPTY_VARIABLE", "")
     return tmp_path
+
+
+def write_ca(path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from ..pki import issue
+
+    certificate, _ = issue("Test CA", None, None, ca=True)
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
 
 
 def test_the_table_is_big_enough():
@@ -287,7 +302,7 @@ def test_string_and_mapping_server_entries(tmp_path):
 def test_several_modules(tmp_path):
     # as Windows PowerShell 5.1's Set-Content -Encoding UTF8 writes it: a byte order mark, then CR LF
     (tmp_path / "pw").write_text("\ufeffother-secret\r\n", encoding="utf-8")
-    (tmp_path / "ca.pem").write_text("placeholder\n")
+    write_ca(tmp_path / "ca.pem")
     text = textwrap.dedent(f"""\
         modules:
           default:
