@@ -570,6 +570,46 @@ def insecure_settings(config: Config) -> list[str]:
     return warnings
 
 
+def lowered_security(old: Config, new: Config) -> str | None:
+    """Why polling with `new` would protect the credential less than `old` does; None when it would not. A reload
+    is refused for it, as a web config's is (webconfig.lowered_security): whoever can write the file, or a file cut
+    short before its `ca_file:` line, must not weaken a running exporter; a restart applies the file."""
+    before = set(insecure_settings(old))
+    for warning in insecure_settings(new):
+        if warning not in before:
+            return warning
+    pairs = [(f"module {name}", old.modules[name], module) for name, module in new.modules.items()
+             if name in old.modules]
+    old_servers = {server.name.lower(): server for server in old.servers}
+    for server in new.servers:
+        was = old_servers.get(server.name.lower())
+        if was is not None and was.module != server.module:
+            pairs.append((f"server {server.name}", old.modules[was.module], new.modules[server.module]))
+    if old.organization and new.organization and old.organization.module != new.organization.module:
+        pairs.append(("organization", old.modules[old.organization.module], new.modules[new.organization.module]))
+    for what, was, module in pairs:
+        problem = _weaker(was, module)
+        if problem:
+            return f"{what}: {problem}"
+    if new.poll.endpoint_proxy_default_credentials and not old.poll.endpoint_proxy_default_credentials:
+        return "it turns on poll.endpoint_proxy_default_credentials"
+    return None
+
+
+def _weaker(was: ModuleConfig, module: ModuleConfig) -> str | None:
+    if was.scheme == "https" and module.scheme == "http":
+        return "it moves from https to plain http, where no certificate authenticates the server"
+    if module.scheme == "https" and not was.insecure_skip_verify and module.insecure_skip_verify:
+        return "it turns certificate validation off"
+    if module.scheme == "https" and was.ca_file is not None and module.ca_file is None \
+            and not module.insecure_skip_verify:
+        return "it drops ca_file: every public CA of the certifi bundle would be trusted instead"
+    gained = reusable_credential(module)
+    if gained and gained != reusable_credential(was):
+        return f"the servers would receive {gained}"
+    return None
+
+
 _TOP_LEVEL_KEYS = set(Config.__dataclass_fields__) - {"source", "shard_override"}
 
 

@@ -10,7 +10,8 @@ Like blackbox_exporter's `SafeConfig`: the poller and the HTTP handlers ask `cur
 `Runtime` changes after it is made; two things make a new one:
 - `reload()` validates the new configuration and catalog completely before the swap; a bad file is logged
   and reported by `exchange_exporter_config_last_reload_successful` (set here, where the swap happens or
-  not) while the old configuration keeps running. A file that loads to what is running changes nothing
+  not) while the old configuration keeps running; so is a file that would poll with less protection
+  (`config.lowered_security`: a restart applies it). A file that loads to what is running changes nothing
   (blackbox compares a checksum of the file; comparing what was loaded also sees a password file or
   variable that changed under an unchanged file). The servers the organization collector discovered
   are carried over while the same organization is asked through the same server.
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from .catalog import Catalog
 from .catalog_data import CatalogError
-from .config import Config, ConfigError, OrganizationConfig, insecure_settings, load_config
+from .config import Config, ConfigError, OrganizationConfig, insecure_settings, load_config, lowered_security
 from .model import OrgServerInfo
 from .redact import Redactor
 from .sharding import shard_of
@@ -172,6 +173,10 @@ class SafeRuntime:
                 return False, "the configuration was not loaded from a file"
             try:
                 config = load_config(Path(source), current.config.shard_override)
+                lowered = lowered_security(current.config, config)
+                if lowered:
+                    raise ConfigError("", f"refused because {lowered}; restart the exporter to poll with less "
+                                          "protection")
                 catalog = Catalog.load(config.catalog_file)
             except Exception as err:  # whatever went wrong (MemoryError, a bug), the reload failed
                 self.last_reload_successful = False

@@ -202,13 +202,74 @@ def test_a_reload_with_a_hostile_file_keeps_the_running_configuration_and_names_
     assert phrase in message and "\n" not in message and "\x1b" not in message, message
 
 
-def test_a_reload_that_turns_certificate_validation_off_says_so_as_the_start_does(tmp_path, caplog):
-    """The start logs a warning for each setting that weakens a module (insecure_skip_verify, Basic or CredSSP with
-    NTLM over plain http); a reload that turned one on took it without a word, so the log showed the exporter
-    validating certificates while it no longer did."""
-    runtime, path, _ = runtime_for(tmp_path)
-    path.write_text(path.read_text().replace("password_file:", "insecure_skip_verify: true\n    password_file:"))
-    with caplog.at_level("WARNING"):
-        assert runtime.reload() == (True, "configuration reloaded")
-    assert runtime.current().config.modules["default"].insecure_skip_verify
-    assert any(r.levelname == "WARNING" and "certificate validation is OFF" in r.getMessage() for r in caplog.records)
+def write_module(path, password, *lines: str, servers: str = "[ex01.contoso.com]", extra: str = "") -> None:
+    body = "".join(f"    {line}\n" for line in lines)
+    path.write_text(f"modules:\n  default:\n    username: 'EXCH\\svc_monitor'\n    password_file: '{password}'\n"
+                    f"{body}servers: {servers}\n{extra}")
+
+
+# (id, the module's lines before, after, phrase of the refusal): each would poll with less protection than the
+# running configuration; such a reload was taken (with a warning at best), so whoever can write the file, or a
+# file cut short before its `ca_file:` line, lowered what protects the credential without a restart
+LOWERED = [
+    ("certificate validation off", (), ("insecure_skip_verify: true",), "certificate validation is OFF"),
+    ("https to http", (), ("scheme: http",), "from https to plain http"),
+    ("ca_file dropped", ("ca_file: ca.pem",), (), "drops ca_file"),
+    ("basic over http allowed", ("transport: basic",), ("transport: basic", "scheme: http",
+                                                         "allow_basic_over_http: true"), "plain http"),
+    ("a reusable credential", (), ("transport: credssp",), "the password (CredSSP delegates it)"),
+]
+
+
+@pytest.mark.parametrize(("before", "after", "phrase"), [case[1:] for case in LOWERED],
+                         ids=[case[0] for case in LOWERED])
+def test_a_reload_never_lowers_what_protects_the_credential(tmp_path, caplog, before, after, phrase):
+    """As the web config's (docs/security.md): the running configuration stays, the reload is reported failed,
+    and a restart applies the file."""
+    from .test_config import write_ca
+
+    write_ca(tmp_path / "ca.pem")
+    path, password = tmp_path / "exporter.yml", tmp_path / "password"
+    password.write_text("first")
+    write_module(path, password, *before)
+    runtime = SafeRuntime(load_config(path), Catalog.load())
+    running = runtime.current()
+    write_module(path, password, *after)
+    with caplog.at_level("ERROR"):
+        ok, message = runtime.reload()
+    assert not ok and not runtime.last_reload_successful and runtime.current() is running
+    assert phrase in message and "restart the exporter" in message, message
+    assert any(r.levelname == "ERROR" and phrase in r.getMessage() for r in caplog.records)
+    load_config(path)  # the file itself is valid: a restart takes it
+    write_module(path, password, *before)  # the operator puts it back: the next reload succeeds
+    assert runtime.reload() == (True, "configuration unchanged") and runtime.last_reload_successful
+
+
+def test_a_reload_may_not_move_a_server_to_a_weaker_module_nor_add_an_insecure_one(tmp_path):
+    runtime, path, password = runtime_for(tmp_path)
+    running = runtime.current()
+    weak = "modules:\n  default:\n    username: u\n    password_file: '%s'\n  weak:\n    username: u\n" \
+           "    password_file: '%s'\n    %s\n"
+    path.write_text(weak % (password, password, "insecure_skip_verify: true") + "servers: [ex01.contoso.com]\n")
+    ok, message = runtime.reload()  # a new module that turns validation off, even before a server uses it
+    assert not ok and "module weak: WinRM server certificate validation is OFF" in message
+    path.write_text(weak % (password, password, "transport: basic")
+                    + "servers: [{name: ex01.contoso.com, module: weak}]\n")
+    ok, message = runtime.reload()
+    assert not ok and "server ex01.contoso.com" in message and "Basic authentication sends it" in message
+    assert runtime.current() is running
+
+
+def test_a_reload_may_raise_protection_and_change_what_does_not_lower_it(tmp_path):
+    from .test_config import write_ca
+
+    write_ca(tmp_path / "ca.pem")
+    path, password = tmp_path / "exporter.yml", tmp_path / "password"
+    password.write_text("first")
+    write_module(path, password, "insecure_skip_verify: true")
+    runtime = SafeRuntime(load_config(path), Catalog.load())
+    write_module(path, password, "ca_file: ca.pem")  # validation on again, against the internal CA
+    assert runtime.reload() == (True, "configuration reloaded")
+    write_ca(tmp_path / "other-ca.pem")
+    write_module(path, password, "ca_file: other-ca.pem", "port: 15986", servers="[ex01.contoso.com, ex02]")
+    assert runtime.reload() == (True, "configuration reloaded")  # a rotated CA, another port, another server
