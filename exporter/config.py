@@ -108,7 +108,9 @@ POLL_KEYS = (
     Key("log_tail_bytes", integer(0, 16 << 20), 65536),
     Key("check_endpoint", boolean, False),
     Key("endpoint_proxy_default_credentials", boolean, False),
-    Key("endpoint_timeout", duration, "10s"),
+    # whole seconds for Invoke-WebRequest's TimeoutSec (an Int32: a huge value failed the check's binding); 0s
+    # became 1s unsaid. The poll's own timeout cuts a longer one anyway.
+    Key("endpoint_timeout", duration, "10s", check=_between(1, "1s", 3600, "1h")),
 )
 check_fields(POLL_KEYS, PollConfig)
 

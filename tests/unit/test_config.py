@@ -98,6 +98,9 @@ BAD = [
     ("lookback below an hour", GOOD + "poll: {lookback: 30m}\n", "poll.lookback", "at least 1h"),
     # 3,000 years: every poll that read an event or a log line failed on `now - lookback` (OverflowError)
     ("lookback past a year", GOOD + "poll: {lookback: 30000000h}\n", "poll.lookback", "at most 8784h"),
+    # Invoke-WebRequest's TimeoutSec is an Int32, and 0s became 1s unsaid
+    ("endpoint_timeout of days", GOOD + "poll: {endpoint_timeout: 900000h}\n", "poll.endpoint_timeout", "at most 1h"),
+    ("endpoint_timeout of 0s", GOOD + "poll: {endpoint_timeout: 0s}\n", "poll.endpoint_timeout", "at least 1s"),
     ("read_timeout not above operation_timeout", module("operation_timeout: 30s", "read_timeout: 20s") + ONE_SERVER,
      "modules.default.read_timeout", "longer than operation_timeout"),
     # bad durations
@@ -356,8 +359,12 @@ def test_discovery_alone_needs_no_server_list():
     ("90s", 90.0), ("5m", 300.0), ("1h30m", 5400.0), ("2m30s", 150.0), ("1500ms", 1.5), ("12.5s", 12.5), (45, 45.0),
 ])
 def test_durations(value, seconds):
-    config = load_config_text(GOOD + f"poll: {{endpoint_timeout: {value}}}\n", Path("."))
-    assert config.poll.endpoint_timeout == seconds
+    from exporter.config_keys import duration
+
+    assert duration(value, "poll.endpoint_timeout") == seconds
+    if seconds <= 3600:  # and as the configuration reads it, within endpoint_timeout's bounds
+        config = load_config_text(GOOD + f"poll: {{endpoint_timeout: {value}}}\n", Path("."))
+        assert config.poll.endpoint_timeout == seconds
 
 
 def test_each_section_table_names_exactly_its_dataclass_fields():
