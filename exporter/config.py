@@ -480,9 +480,10 @@ def _load_servers(raw: Any, modules: dict[str, ModuleConfig], default_module: st
         path = f"servers[{index}]"
         values = read_section({"name": item} if isinstance(item, str) else item, path, SERVER_KEYS)
         name = values["name"]
-        if name.lower() in seen:
+        host = name.lower().rstrip(".")  # ex01.contoso.com. is ex01.contoso.com: one server, polled twice
+        if host in seen:
             raise ConfigError(f"{path}.name", f"server {bounded_repr(name)} is listed twice")
-        seen.add(name.lower())
+        seen.add(host)
         module = values["module"] = values["module"] or default_module
         if module is None:
             raise ConfigError(f"{path}.module", "required when more than one module is configured")

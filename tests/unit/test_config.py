@@ -140,6 +140,9 @@ BAD = [
      "must be one of ntlm"),
     ("unknown scheme", module("scheme: ftp") + ONE_SERVER, "modules.default.scheme", "must be http or https"),
     ("duplicate server names", MODULE + servers("EX01", "ex01"), "servers[1].name", "listed twice"),
+    # the absolute form of a name is the same host: two labels, one server polled twice
+    ("a name and its absolute form", MODULE + servers("ex01.contoso.com", "EX01.contoso.com."), "servers[1].name",
+     "listed twice"),
     ("server name with a space", MODULE + servers("'ex 01'"), "servers[0].name", "not a valid server name"),
     ("server name with a slash", MODULE + servers("'ex01/wsman'"), "servers[0].name", "not a valid server name"),
     ("address with a scheme", MODULE + servers("{name: ex01, address: 'http://ex01'}"), "servers[0].address",
