@@ -648,8 +648,9 @@ def runbook_silence_command(alertmanager_url: str, server: str) -> list[str]:
     section = text[text.index("**During updates.**"):]
     line = " ".join(re.search(r"`(amtool [^`]+)`", section, re.S).group(1).split())
     words = [word.replace("http://alertmanager:9093", alertmanager_url) for word in shlex.split(line)]
-    assert "server=EX01" in words, words
-    return [binary("amtool"), *[f"server={server}" if word == "server=EX01" else word for word in words[1:]]]
+    assert "server=ex01.contoso.com" in words, words  # the name as servers: lists it (the README's are FQDNs)
+    return [binary("amtool"), *[f"server={server}" if word == "server=ex01.contoso.com" else word
+                                for word in words[1:]]]
 
 
 def test_the_runbooks_silence_for_an_update_silences_every_alert_of_that_server(stack):
