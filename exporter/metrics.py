@@ -262,11 +262,11 @@ def organization_families(org: OrganizationResult, status: SelfStatus) -> list[M
         if mine is None and (polled or shard_of(info.name, count) != index):
             continue  # another instance says it
         server = {"server": mine or info.name}
-        if info.mailbox_role is False:
-            # EEMS runs on Mailbox servers only, never on Edge Transport [Learn, EEMS]; HealthChecker reads a server's
-            # Mitigations* only when it is no Edge server (CSS-Exchange Invoke-AnalyzerSecurityMitigationService.ps1).
-            # What the AD object of an Edge server holds there is no EEMS setting: a false MitigationsEnabled or a
-            # blocked ID on it raised ExchangeEEMSMitigationsDisabled / ...Blocked for a server without EEMS.
+        if not info.may_run_eems():
+            # HealthChecker reads a server's Mitigations* only when it is no Edge server (CSS-Exchange
+            # Invoke-AnalyzerSecurityMitigationService.ps1). What the AD object of an Edge server holds there is no
+            # EEMS setting: a false MitigationsEnabled or a blocked ID on it raised ExchangeEEMSMitigationsDisabled /
+            # ...Blocked for a server without EEMS; an Exchange 2010 server was ExchangeServerNotPolled forever.
             continue
         # `name`: Get-ExchangeServer's Name, the same in every exporter of the organization whatever name each
         # polls the server by (`server`): another site's exporter polling it by its FQDN says 1 under that name

@@ -6,6 +6,7 @@ All datetimes are timezone-aware UTC.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from datetime import date, datetime
@@ -104,6 +105,15 @@ class OrgServerInfo:
     mitigations_applied_time: datetime | None
     data_collection_enabled: bool | None
     internet_web_proxy: str | None
+
+    def may_run_eems(self) -> bool:
+        """Whether EEMS may run on this server, as far as the organization says: the Mailbox role (EEMS never runs
+        on Edge Transport; a role not said counts as Mailbox) on Exchange 2013 or later (AdminDisplayVersion
+        "Version 15.x", or none said). Exchange 2010 and older (14.x, which can share an organization with 2016)
+        never have EEMS, and their PowerShell 2.0 runs no collection script. Microsoft's own scripts keep the same
+        servers (CSS-Exchange CVE-2023-21709.ps1: `ServerRole -ne "Edge"`, `AdminDisplayVersion -like "Version 15*"`)."""
+        major = re.match(r"Version (\d+)\.", self.admin_display_version or "")
+        return self.mailbox_role is not False and (major is None or int(major.group(1)) >= 15)
 
     def keys(self) -> tuple[str, ...]:
         """The names (lower case) a configured server may have that this one is: its Name, then its FQDN (the

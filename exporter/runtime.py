@@ -75,13 +75,12 @@ class Targets:
         for info in self.discovered_from:
             if any(key in names for key in info.keys()):  # configured, or listed twice
                 continue
-            # Get-ExchangeServer lists subscribed Edge Transport servers too (Microsoft's scripts filter them out:
-            # CSS-Exchange Security/src/CVE-2023-21709/CVE-2023-21709.ps1, `$_.ServerRole -ne "Edge"`). EEMS runs on
-            # Mailbox servers only, and an Edge server sits outside the domain: the organization's credential is
-            # refused there, or the host is out of reach. Discovered, it raised ExchangeExporterCannotPoll and its
-            # refusals counted towards pausing the module's credential for every server. Discovery adopts what
-            # exchange_organization_server_polled counts: a role with Mailbox, or none said. `servers:` can list others.
-            if info.mailbox_role is False:
+            # Get-ExchangeServer lists subscribed Edge Transport servers too, and Exchange 2010 ones beside 2016. An
+            # Edge server sits outside the domain: the organization's credential is refused there, or the host is out
+            # of reach; a 2010 server runs no collection script. Discovered, each raised ExchangeExporterCannotPoll,
+            # and an Edge server's refusals counted towards pausing the module's credential for every server.
+            # Discovery adopts what exchange_organization_server_polled counts; `servers:` can list others.
+            if not info.may_run_eems():
                 continue
             if len(self._all) >= config.limits.max_servers:
                 over_limit += 1

@@ -450,6 +450,35 @@ def test_discovery_leaves_out_a_server_without_the_mailbox_role(tmp_path, roles)
     assert targets.get("EDGE01") is None and "edge01.perimeter.contoso.com" not in targets.names
 
 
+def test_discovery_and_the_organizations_series_leave_out_exchange_2010(tmp_path, monkeypatch):
+    """Exchange 2010 (AdminDisplayVersion 14.x) shares an organization with 2016: a Mailbox server that never has
+    EEMS and whose PowerShell 2.0 runs no collection script. Discovered, it raised ExchangeExporterCannotPoll;
+    left out of discovery only, it would be ExchangeServerNotPolled forever. 2013 (15.0) and a version not said or
+    not read are kept."""
+    doc = {"schema": 1, "organization": {"mitigations_enabled": True}, "error": None, "servers": [
+        {"name": "EX2010", "fqdn": "ex2010.contoso.com", "roles": "Mailbox", "admin_display_version":
+            "Version 14.3 (Build 123.4)"},
+        {"name": "EX2013", "fqdn": "ex2013.contoso.com", "roles": "Mailbox", "admin_display_version":
+            "Version 15.0 (Build 1497.2)"},
+        {"name": "EX02", "fqdn": "ex02.contoso.com", "roles": "Mailbox"},
+        {"name": "EX03", "fqdn": "ex03.contoso.com", "roles": "Mailbox", "admin_display_version": "unreadable"},
+    ]}
+    facts = parse_organization_output(json.dumps(doc).encode())
+    runtime, _, _ = runtime_for(tmp_path, DISCOVERING)
+    assert runtime.discovered(runtime.current().config.organization, facts.servers)
+    assert sorted(t.name for t in runtime.current().targets.polled if t.discovered) == ["EX02", "EX03", "EX2013"]
+    monkeypatch.setenv(PASSWORD_ENV, "a password")
+    exporter = Exporter(load_config_text(minimal_config("organization: {server: ex01.contoso.com}\n"), Path(".")),
+                        Catalog.load())
+    try:
+        exporter.poller.store.record_organization(_org_result(doc))
+        listed = sorted(labels["name"] for name, labels, _ in _body_samples(exporter)
+                        if name == "exchange_organization_server_polled")
+        assert listed == ["EX02", "EX03", "EX2013"]
+    finally:
+        exporter.stop()
+
+
 def test_no_eems_series_for_a_server_without_the_mailbox_role(monkeypatch):
     """EEMS never runs on an Edge Transport server (HealthChecker reads Mitigations* only where IsEdgeServer is
     false). The organization's series of an Edge server were said all the same: its AD object's MitigationsEnabled
