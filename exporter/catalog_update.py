@@ -86,10 +86,12 @@ def read_source(source: str, *, max_bytes: int = MAX_LIST_BYTES, timeout: float 
     except ValueError as err:
         raise CatalogError(name, None, f"not a valid URL: {printable(str(err))}") from None
     if scheme in ("http", "https"):
-        if "@" in source and "@" not in urlsplit(source).netloc:
+        parts = urlsplit(source)
+        if "@" in parts.path + parts.query + parts.fragment:
             # a password holding / ? or #, unescaped: urllib would take the user name for the host and the
             # password's start for the port (and print it), or with digits first connect to that host and send the
-            # rest of the password in the request line
+            # rest of the password in the request line. An '@' before that character leaves one in the user info
+            # too ("user:Cat@S3cret/x@host"): only the part up to the first '@' was masked, the rest printed.
             raise CatalogError(name, None, "an '@' outside the URL's user info: percent-encode / ? # and @ in a "
                                            "user name or password (%2F %3F %23 %40)")
         data, origin = _download(source, name, max_bytes, timeout)

@@ -116,7 +116,7 @@ def test_a_build_list_url_is_shown_without_a_password_that_splits_it(password):
     assert "S3c" not in shown, shown
 
 
-@pytest.mark.parametrize("password", ["Cat/S3cret", "Cat#S3cret", "Cat?S3cret"])
+@pytest.mark.parametrize("password", ["Cat/S3cret", "Cat#S3cret", "Cat?S3cret", "Cat@S3cret/x", "Cat@S3cret?x"])
 def test_catalog_update_refuses_a_url_whose_password_splits_it(tmp_path, capsys, password):
     """urllib took `svc-catalog:Cat` for the host and port and printed "nonnumeric port: 'Cat'" (the password's
     start); with digits first ("8080/...") it would have connected to a host named by the user name and sent
@@ -126,4 +126,5 @@ def test_catalog_update_refuses_a_url_whose_password_splits_it(tmp_path, capsys,
         captured = capsys.readouterr()
         assert code == cli.EXIT_USAGE
         assert "Cat" not in captured.err.replace("catalog", "") + captured.out, captured.err
+        assert "S3c" not in captured.err + captured.out, captured.err  # an '@' in the password: its netloc has one
         assert "percent-encode" in captured.err
