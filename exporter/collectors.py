@@ -142,7 +142,7 @@ def server_script(target: Target, settings: PollConfig, known: OrgServerInfo | N
             max_events=settings.max_events,
             log_tail_bytes=settings.log_tail_bytes,
             check_endpoint=settings.check_endpoint,
-            endpoint_timeout_seconds=max(1, int(settings.endpoint_timeout)),
+            endpoint_timeout_seconds=int(settings.endpoint_timeout),  # 1s to 1h (config.POLL_KEYS)
             proxy=endpoint_proxy(target, known)[0],
             proxy_default_credentials=settings.endpoint_proxy_default_credentials,
         )
