@@ -437,6 +437,16 @@ def _address(value: Any, path: str) -> str:
     return address[1:-1] if address.startswith("[") else address
 
 
+def _organization_server(value: Any, path: str) -> str:
+    """A listed server's name, or a host to reach: an IPv6 address, which no server name matches, too."""
+    server = string(value, path)
+    if SERVER_NAME.fullmatch(server):
+        return server
+    if is_host(server):
+        return server[1:-1] if server.startswith("[") else server
+    raise ConfigError(path, f"not a valid server name: {bounded_repr(server)}")
+
+
 def _proxy_url(value: Any, path: str) -> str:
     if value is None or value == "":  # `endpoint_proxy:` left empty: no proxy
         return ""
@@ -509,7 +519,7 @@ class OrganizationConfig:
 ORGANIZATION_KEYS = (
     # a listed server's name, or else the host name polled (runtime.Targets.for_organization): checked as both,
     # it went into the URL unchecked ('ex01:5986' failed every organization poll, 'x@ex01' polled ex01)
-    Key("server", _server_name, Required("the Exchange server that runs the organization cmdlets")),
+    Key("server", _organization_server, Required("the Exchange server that runs the organization cmdlets")),
     Key("name", string, "default"),
     Key("module", string, None),  # None: the server's module when it is listed, else the default module
     Key("discover_servers", boolean, False),

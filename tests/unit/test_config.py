@@ -544,6 +544,8 @@ def test_the_organization_server_is_a_listed_server_or_a_host_name():
     assert unlisted.organization.server == "ex02.contoso.com"
     with pytest.raises(ConfigError, match="organization.server: not a listed server, nor a host name"):
         load_config_text(GOOD + "organization: {server: ex_02}\n", Path())
+    for address in ("'fd00::10'", "'[fd00::10]'"):  # an IPv6 address, bare as the endpoint brackets it
+        assert load_config_text(GOOD + f"organization: {{server: {address}}}\n", Path()).organization.server == "fd00::10"
 
 
 def test_the_longest_lookback_the_configuration_takes_can_be_judged():
