@@ -617,10 +617,15 @@ def _weaker(was: ModuleConfig, module: ModuleConfig) -> str | None:
     if module.scheme == "https" and was.ca_file is not None and module.ca_file is None \
             and not module.insecure_skip_verify:
         return "it drops ca_file: every public CA of the certifi bundle would be trusted instead"
-    gained = reusable_credential(module)
-    if gained and gained != reusable_credential(was):
-        return f"the servers would receive {gained}"
+    if _reusable_rank(module) > _reusable_rank(was):
+        return f"the servers would receive {reusable_credential(module)}"
     return None
+
+
+def _reusable_rank(module: ModuleConfig) -> int:
+    """What a server gets that it can use elsewhere: nothing (0), a forwardable TGT, which expires (1), the password
+    (2). A reload from one password-handing transport to another (CredSSP to Basic) lowers nothing."""
+    return 2 if module.transport in ("basic", "credssp") else 1 if reusable_credential(module) else 0
 
 
 _TOP_LEVEL_KEYS = set(Config.__dataclass_fields__) - {"source", "shard_override"}

@@ -273,3 +273,8 @@ def test_a_reload_may_raise_protection_and_change_what_does_not_lower_it(tmp_pat
     write_ca(tmp_path / "other-ca.pem")
     write_module(path, password, "ca_file: other-ca.pem", "port: 15986", servers="[ex01.contoso.com, ex02]")
     assert runtime.reload() == (True, "configuration reloaded")  # a rotated CA, another port, another server
+    # from one transport that hands the password over to another (CredSSP delegates it, Basic sends it): no lower
+    write_module(path, password, "ca_file: other-ca.pem", "transport: credssp", servers="[ex01.contoso.com, ex02]")
+    runtime = SafeRuntime(load_config(path), Catalog.load())  # started with CredSSP
+    write_module(path, password, "ca_file: other-ca.pem", "transport: basic", servers="[ex01.contoso.com, ex02]")
+    assert runtime.reload() == (True, "configuration reloaded")
