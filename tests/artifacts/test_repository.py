@@ -21,15 +21,21 @@ def _tracked_files() -> list[Path]:
     return [REPO / name for name in listed.decode().split("\0") if name]
 
 
-def test_no_file_names_a_path_outside_the_repository():
-    offenders = []
+def _lines_matching(pattern: re.Pattern) -> list[str]:
+    """Every line of a tracked file that `pattern` finds, as file:line: text."""
+    found = []
     for path in _tracked_files():
         if not path.is_file():
             continue
         text = path.read_bytes().decode("utf-8", errors="replace")
         for number, line in enumerate(text.splitlines(), 1):
-            if OUTSIDE.search(line):
-                offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:120]}")
+            if pattern.search(line):
+                found.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:120]}")
+    return found
+
+
+def test_no_file_names_a_path_outside_the_repository():
+    offenders = _lines_matching(OUTSIDE)
     assert not offenders, "paths outside the repository:\n" + "\n".join(offenders)
 
 
@@ -55,14 +61,7 @@ BY_NAME = re.compile(r"pip3? install\b[^\n|`]*?(?<![\w./-])['\"]?" + "exchange-e
 def test_no_file_installs_the_exporter_by_its_name():
     """The exporter is not published on PyPI: a step that installs it by its name would fetch whatever someone else
     published under that name (dependency confusion). Install steps take a clone's folder or a built wheel."""
-    offenders = []
-    for path in _tracked_files():
-        if not path.is_file():
-            continue
-        text = path.read_bytes().decode("utf-8", errors="replace")
-        for number, line in enumerate(text.splitlines(), 1):
-            if BY_NAME.search(line):
-                offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:120]}")
+    offenders = _lines_matching(BY_NAME)
     assert not offenders, "installs the exporter by its name:\n" + "\n".join(offenders)
 
 
