@@ -323,3 +323,37 @@ def test_the_exporters_own_endpoint_label_survives_the_operators_target_labels()
     assert reachable["endpoint"] == "mitigations" and "exported_endpoint" not in reachable, reachable
     up = _scraped({"server": "EX01"}, endpoint)
     assert up == {**OPERATOR_TARGET_LABELS, "server": "EX01"}, "series without the label keep the target's"
+
+
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+SCALING = REPO / "docs" / "scaling.md"
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity with a binary suffix (what the manifests use) in bytes."""
+    match = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", quantity)
+    assert match, f"expected <n>Ki, <n>Mi or <n>Gi, got {quantity!r}"
+    return int(match[1]) * _BINARY[match[2]]
+
+
+def documented_peak_rss() -> int:
+    """The peak RSS docs/scaling.md measured for one instance at the fleet size where it says to shard (2,000)."""
+    match = re.search(r"^\| peak RSS \| \*\*(\d+) MiB\*\* \|", SCALING.read_text(), flags=re.M)
+    assert match, "docs/scaling.md section 3 has a `peak RSS` row with the fleet preset's figure"
+    return int(match[1]) * 2**20
+
+
+def test_memory_request_covers_the_documented_peak_and_the_docs_state_it():
+    """The default StatefulSet is one replica meant for up to about 2,000 servers (docs/scaling.md, "When to shard"),
+    where one instance peaked at 197 MiB. A request of 128Mi below that let the scheduler place the pod where that
+    memory was not there, and made it the kubelet's first eviction candidate (usage above request) under memory
+    pressure. The request must cover the measured peak, the limit must leave room above it, and the sentence in
+    docs/scaling.md that states them must say what the manifest says."""
+    resources = _container()["resources"]
+    request, limit = _bytes(resources["requests"]["memory"]), _bytes(resources["limits"]["memory"])
+    peak = documented_peak_rss()
+    assert request >= peak, f"memory request {resources['requests']['memory']} is below the documented peak RSS"
+    assert limit >= 2 * peak, f"memory limit {resources['limits']['memory']} leaves no room above the documented peak"
+    stated = (f"requests {resources['requests']['cpu']}/{resources['requests']['memory']} and limits "
+              f"{resources['limits']['cpu']} CPU/{resources['limits']['memory']}")
+    assert stated in " ".join(SCALING.read_text().split()), f"docs/scaling.md should say: {stated}"
