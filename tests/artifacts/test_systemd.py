@@ -5,6 +5,7 @@ file gives `run` arguments it accepts, and the password the configuration reads 
 from __future__ import annotations
 
 import configparser
+import re
 import shlex
 import shutil
 import subprocess
@@ -88,3 +89,21 @@ def test_the_headers_commands_run_the_installed_exporter():
     assert commands, "the header shows check-config"
     for line in commands:
         assert line.startswith(INSTALLED + " "), f"not on PATH after the install: {line}"
+
+
+def test_memory_is_capped_as_in_the_pod():
+    """Under Kubernetes the exporter's memory is limited (deploy/statefulset.yaml); the unit had no MemoryMax=, so a
+    leak or a hostile answer that outgrew the exporter's own bounds could take the host's memory instead of
+    restarting the service. MemoryMax= is the pod's limit, above the peak RSS docs/scaling.md measured."""
+    value = unit()["Service"].get("MemoryMax")
+    assert value, "no MemoryMax= in [Service]"
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    match = re.fullmatch(r"(\d+)([KMG])", value)
+    assert match, f"MemoryMax={value}: expected <n>K, <n>M or <n>G"
+    memory_max = int(match[1]) * units[match[2]]
+    statefulset = yaml.safe_load((ROOT / "deploy" / "statefulset.yaml").read_text())
+    limit = statefulset["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+    pod = re.fullmatch(r"(\d+)([KMG])i", limit)
+    assert pod and memory_max == int(pod[1]) * units[pod[2]], f"MemoryMax={value}, the pod's limit is {limit}"
+    peak = re.search(r"^\| peak RSS \| \*\*(\d+) MiB\*\* \|", (ROOT / "docs" / "scaling.md").read_text(), flags=re.M)
+    assert peak and memory_max >= 2 * int(peak[1]) * 2**20
