@@ -107,3 +107,24 @@ def test_memory_is_capped_as_in_the_pod():
     assert pod and memory_max == int(pod[1]) * units[pod[2]], f"MemoryMax={value}, the pod's limit is {limit}"
     peak = re.search(r"^\| peak RSS \| \*\*(\d+) MiB\*\* \|", (ROOT / "docs" / "scaling.md").read_text(), flags=re.M)
     assert peak and memory_max >= 2 * int(peak[1]) * 2**20
+
+
+def test_a_keytab_reaches_the_service_as_a_credential_too():
+    """The environment file pointed Kerberos users at a keytab and said nothing of where to put it. The service's
+    user is dynamic: a keytab left root-only in /etc/exchange-eems-exporter cannot be read (`keytab_unreadable`),
+    and the one way to make it readable without LoadCredential= is to open it to every local user, and a keytab is
+    as good as the password. The unit's header must load it as a credential as it does the password, and name
+    the path the configuration then gives as keytab_file."""
+    text = UNIT.read_text()
+    header = text.split("[Unit]", 1)[0]
+    password = unit()["Service"]["LoadCredential"].partition(":")[0]
+    keytabs = [(name, source) for name, source in re.findall(r"LoadCredential=([\w.-]+):(\S+)", header)
+               if name != password]
+    assert keytabs, "the unit's header does not say how a keytab reaches the service"
+    for name, source in keytabs:
+        assert source.startswith("/etc/exchange-eems-exporter/") and name.endswith(".keytab"), (name, source)
+        assert f"keytab_file: /run/credentials/{UNIT.name}/{name}" in header
+    env = (SYSTEMD / "exchange-eems-exporter.env").read_text()
+    for line in env.splitlines():
+        if "keytab" in line.lower():
+            assert "LoadCredential" in line or "header" in line, f"keytab advice without the credential: {line}"
