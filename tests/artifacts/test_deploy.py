@@ -357,3 +357,19 @@ def test_memory_request_covers_the_documented_peak_and_the_docs_state_it():
     stated = (f"requests {resources['requests']['cpu']}/{resources['requests']['memory']} and limits "
               f"{resources['limits']['cpu']} CPU/{resources['limits']['memory']}")
     assert stated in " ".join(SCALING.read_text().split()), f"docs/scaling.md should say: {stated}"
+
+
+def test_docs_secret_volumes_have_the_mode_the_pod_gives_them():
+    """With the pod's fsGroup the kubelet makes every file of a Secret volume group-owned by fsGroup and adds group
+    read to its mode, so docs/kerberos.md's `defaultMode: 0400` (and docs/security.md's "a Secret mounted 0400")
+    described a mode the keytab never has: it is 0440, as the WinRM password's volume says. Readable by the pod's
+    user through its group, by nobody else in the container."""
+    pod = _one("StatefulSet")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    (password,) = [v for v in pod["volumes"] if "secret" in v]
+    assert password["secret"]["defaultMode"] == 0o440
+    for where, snippet in _pod_template_snippets():
+        for volume in snippet.get("volumes", []):
+            if "secret" in volume:
+                assert volume["secret"].get("defaultMode") == 0o440, f"{where}: {volume}"
+    assert "mounted 0400" not in (REPO / "docs" / "security.md").read_text()
