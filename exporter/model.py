@@ -112,7 +112,7 @@ class OrgServerInfo:
         "Version 15.x", or none said). Exchange 2010 and older (14.x, which can share an organization with 2016)
         never have EEMS, and their PowerShell 2.0 runs no collection script. Microsoft's own scripts keep the same
         servers (CSS-Exchange CVE-2023-21709.ps1: `ServerRole -ne "Edge"`, `AdminDisplayVersion -like "Version 15*"`)."""
-        major = re.match(r"Version (\d+)\.", self.admin_display_version or "")
+        major = re.match(r"Version ([0-9]{1,9})\.", self.admin_display_version or "")
         return self.mailbox_role is not False and (major is None or int(major.group(1)) >= 15)
 
     def keys(self) -> tuple[str, ...]:

@@ -479,6 +479,29 @@ def test_discovery_and_the_organizations_series_leave_out_exchange_2010(tmp_path
         exporter.stop()
 
 
+def test_a_version_of_thousands_of_digits_is_a_version_not_read(tmp_path, monkeypatch):
+    """AdminDisplayVersion is text from the organization server's output, of any length. A major version of
+    thousands of digits made int() raise (Python's 4,300-digit limit): every scrape of /metrics and the discovery
+    failed for as long as the organization said it. A version that no Exchange has is one not read: kept."""
+    doc = {"schema": 1, "organization": {"mitigations_enabled": True}, "error": None, "servers": [
+        {"name": "EX02", "fqdn": "ex02.contoso.com", "roles": "Mailbox",
+         "admin_display_version": "Version " + "1" * 5000 + ".2 (Build 1544.36)"}]}
+    facts = parse_organization_output(json.dumps(doc).encode())
+    runtime, _, _ = runtime_for(tmp_path, DISCOVERING)
+    assert runtime.discovered(runtime.current().config.organization, facts.servers)
+    assert [t.name for t in runtime.current().targets.polled if t.discovered] == ["EX02"]
+    monkeypatch.setenv(PASSWORD_ENV, "a password")
+    exporter = Exporter(load_config_text(minimal_config("organization: {server: ex01.contoso.com}\n"), Path(".")),
+                        Catalog.load())
+    try:
+        exporter.poller.store.record_organization(_org_result(doc))
+        listed = [labels["name"] for name, labels, _ in _body_samples(exporter)
+                  if name == "exchange_organization_server_polled"]
+        assert listed == ["EX02"]
+    finally:
+        exporter.stop()
+
+
 def test_no_eems_series_for_a_server_without_the_mailbox_role(monkeypatch):
     """EEMS never runs on an Edge Transport server (HealthChecker reads Mitigations* only where IsEdgeServer is
     false). The organization's series of an Edge server were said all the same: its AD object's MitigationsEnabled
