@@ -19,9 +19,9 @@ _PROXY_URL = re.compile(r"https?://(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Z
 
 
 def is_host(text: str) -> bool:
-    """A DNS host name or an IP address (an IPv6 address bare or in brackets)."""
+    """A DNS host name or an IP address (an IPv6 address bare or in both brackets: '[fd00::10' is none)."""
     try:
-        ipaddress.ip_address(text.strip("[]"))
+        ipaddress.ip_address(text[1:-1] if text[:1] == "[" and text[-1:] == "]" else text)
         return True
     except ValueError:
         return _HOST_NAME.fullmatch(text) is not None

@@ -13,6 +13,9 @@ from exporter.addresses import SERVER_NAME, is_host, is_proxy_url
     ("[::1]", True), ("fd00::10", True),
     ("ex01/wsman", False), ("http://ex01", False), ("-ex01", False), ("ex01..contoso", False), ("ex 01", False),
     ("a" * 64, False),
+    # a bracket without its pair: '[fd00::10' was taken, and the configuration dropped its last character with the
+    # first one, polling fd00::1
+    ("[fd00::10", False), ("fd00::10]", False), ("[[::1]]", False),
 ])
 def test_host_names_and_addresses(text, expected):
     assert is_host(text) is expected

@@ -546,6 +546,12 @@ def test_the_organization_server_is_a_listed_server_or_a_host_name():
         load_config_text(GOOD + "organization: {server: ex_02}\n", Path())
     for address in ("'fd00::10'", "'[fd00::10]'"):  # an IPv6 address, bare as the endpoint brackets it
         assert load_config_text(GOOD + f"organization: {{server: {address}}}\n", Path()).organization.server == "fd00::10"
+    for address in ("'[fd00::10'", "'fd00::10]'"):  # taken as fd00::1 (both brackets dropped) and as 'fd00::10]'
+        with pytest.raises(ConfigError, match="organization.server"):
+            load_config_text(GOOD + f"organization: {{server: {address}}}\n", Path())
+        with pytest.raises(ConfigError, match=r"servers\[0\].address"):
+            load_config_text(GOOD.replace("- ex01.contoso.com", f"- {{name: ex01.contoso.com, address: {address}}}"),
+                             Path())
 
 
 def test_the_longest_lookback_the_configuration_takes_can_be_judged():
