@@ -63,10 +63,6 @@ def test_catalog_update_does_not_print_the_password_of_the_list_url(tmp_path, ca
         assert secret not in captured.err + captured.out, captured.err
 
 
-
-
-
-
 @pytest.mark.parametrize("url", [f"http://svc-proxy:{p}@proxy.contoso.com:8080" for p in SPLITTING_PASSWORDS]
                          + ["svc-proxy:Pr0xyS3cret@proxy.contoso.com:8080", "//svc-proxy:Pr0xyS3cret@proxy:8080"])
 def test_without_userinfo_removes_a_password_that_splits_the_url(url):
