@@ -275,56 +275,6 @@ def test_docs_pod_template_snippets_name_the_statefulsets_container():
             assert volume["name"] not in {v["name"] for v in pod["volumes"]}, f"{where}: volume {volume['name']} exists"
 
 
-# The target labels the Prometheus Operator gives every target of a ServiceMonitor endpoint with `port:`.
-OPERATOR_TARGET_LABELS = {"job": "exchange-eems-exporter", "instance": "10.0.0.5:10061", "namespace": "monitoring",
-                          "service": "exchange-eems-exporter", "pod": "exchange-eems-exporter-0",
-                          "container": "exporter", "endpoint": "http"}
-
-
-def _relabel(labels: dict[str, str], configs: list[dict]) -> dict[str, str]:
-    """Prometheus' relabelling (model/relabel) for the actions a metricRelabelings list here may use."""
-    labels = dict(labels)
-    for config in configs:
-        action = config.get("action", "replace").lower()
-        regex = re.compile(f"^(?:{config.get('regex', '(.*)')})$")
-        if action == "replace":
-            value = config.get("separator", ";").join(labels.get(n, "") for n in config.get("sourceLabels", []))
-            match = regex.match(value)
-            if match is None:
-                continue
-            result = match.expand(config.get("replacement", "$1").replace("$", "\\"))
-            if result:
-                labels[config["targetLabel"]] = result
-            else:
-                labels.pop(config["targetLabel"], None)
-        elif action == "labeldrop":
-            labels = {name: value for name, value in labels.items() if not regex.match(name)}
-        else:
-            pytest.fail(f"metricRelabelings action {action!r}: teach _relabel its semantics first")
-    return labels
-
-
-def _scraped(exposed: dict[str, str], endpoint: dict) -> dict[str, str]:
-    """A series the exporter exposes with `exposed` labels, as the Operator's Prometheus stores it (honor_labels
-    false: an exposed label a target label also sets is renamed exported_<name>)."""
-    labels = dict(OPERATOR_TARGET_LABELS)
-    for name, value in exposed.items():
-        labels[f"exported_{name}" if name in OPERATOR_TARGET_LABELS else name] = value
-    return _relabel(labels, endpoint.get("metricRelabelings", []))
-
-
-def test_the_exporters_own_endpoint_label_survives_the_operators_target_labels():
-    """exchange_eems_endpoint_* carry `endpoint` (mitigations, flighting), and the Operator sets `endpoint` (the port
-    name) on every target: without relabelling, both alerts of a server would say endpoint="http", the reason
-    lookup in ExchangeEEMSEndpointUnreachable's description would find nothing and Alertmanager would group them
-    as one endpoint, while the exporter's own pages show mitigations and flighting."""
-    (endpoint,) = _one("ServiceMonitor")["spec"]["endpoints"]
-    reachable = _scraped({"server": "EX01", "endpoint": "mitigations"}, endpoint)
-    assert reachable["endpoint"] == "mitigations" and "exported_endpoint" not in reachable, reachable
-    up = _scraped({"server": "EX01"}, endpoint)
-    assert up == {**OPERATOR_TARGET_LABELS, "server": "EX01"}, "series without the label keep the target's"
-
-
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
 SCALING = REPO / "docs" / "scaling.md"
 
