@@ -62,7 +62,7 @@ from .basic import Basic
 from .certificate import Certificate
 from .connection import Connection, Endpoint
 from .credssp import CredSSP
-from .errors import OPERATION_TIMEOUT, OutOfTime, PollFailure, WSManFault, classify
+from .errors import FILE_NOT_FOUND, OPERATION_TIMEOUT, OutOfTime, PollFailure, WSManFault, classify
 from .ntlm import NTLM
 from .session import Channel
 
@@ -286,9 +286,16 @@ class ServerConnection(LinkedConnection):
             shell_id = wsman.shell_id(self._exchange(lambda op: wsman.create(op, SHELL_IDLE_TIMEOUT), deadline,
                                                      cleanup_requests=1, opens_shell=True))
             # WINRS_SKIP_CMD_SHELL: CreateProcess's 32,767-character limit instead of cmd.exe's 8,191 (scripts.py)
-            command_id = wsman.command_id(self._exchange(
-                lambda op: wsman.command(op, shell_id, command.executable, command.arguments), deadline,
-                cleanup_requests=2))
+            try:
+                command_id = wsman.command_id(self._exchange(
+                    lambda op: wsman.command(op, shell_id, command.executable, command.arguments), deadline,
+                    cleanup_requests=2))
+            except WSManFault as fault:
+                if fault.code != FILE_NOT_FOUND:
+                    raise
+                raise PollFailure("wsman_fault", f"the server has no {command.executable} (WS-Management fault "
+                                  f"{FILE_NOT_FOUND}, file not found): Windows installed on another drive than C:? "
+                                  "protocol: psrp starts no program", connection_intact=True) from None
             stdout, stderr, exit_code = self._receive(shell_id, command_id, deadline)
             return CommandResult(stdout, stderr, exit_code)
         except PollFailure as failure:

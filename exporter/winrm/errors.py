@@ -18,6 +18,9 @@ from ..terminal import printable
 ACCESS_DENIED = 5
 QUOTA_FAULTS = frozenset({2150859173, 2150859174, 2150859175, 2150859176, 2150859179})
 OPERATION_TIMEOUT = 2150858793  # w:TimedOut: a Receive with nothing new yet ("ask again")
+# HRESULT_FROM_WIN32(ERROR_FILE_NOT_FOUND) on a Command: no program at the path named (pypsrp's recorded
+# test_winrs_no_cmd_shell); the exporter names powershell.exe under C:\Windows (scripts.POWERSHELL).
+FILE_NOT_FOUND = 2147942402
 # ERROR_WSMAN_REMOTESHELLS_NOT_ALLOWED (0x803381AC, winerror.h): the Windows Remote Shell policy
 # AllowRemoteShellAccess is Disabled, and every new shell is refused (docs/reference/winrm.md, section 2.4).
 REMOTE_SHELLS_NOT_ALLOWED = 2150859180

@@ -131,3 +131,19 @@ def test_failed_server_keeps_its_last_known_facts(rig):
         _clear_fault(fleet)
     assert not result.outcome.success
     assert result.state is not None and result.state.build.version == SE
+
+
+def test_a_server_without_powershell_at_its_path_says_so(rig):
+    """WinRS without cmd.exe answers a program it cannot find with fault 2147942402 (pypsrp's recording of real
+    Windows); the exporter starts powershell.exe under C:\\Windows, so on a server whose Windows is elsewhere the
+    reason must name that path and the way out, not only the fault's number."""
+    fleet, exporter, _ = rig
+    _set_fault(fleet, {"fault_code": 2147942402}, {})
+    try:
+        outcome = exporter.poller.poll_server("VICTIM").outcome
+    finally:
+        _clear_fault(fleet)
+    assert outcome.error_reason == "wsman_fault"
+    assert r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe" in outcome.error_message
+    assert "protocol: psrp" in outcome.error_message
+    assert fleet.fleet.open_shells() == 0, "a WinRM shell leaked"
