@@ -377,7 +377,7 @@ _CLIXML = "http://schemas.microsoft.com/powershell/2004/04"
 _CLIENT_SIDE = ("PSComputerName", "RunspaceId", "PSShowComputerName")  # added by the receiving client, not sent
 # The names the captured objects carry, replaced by the scenario's.
 _CAPTURED_SERVER, _CAPTURED_DOMAIN, _CAPTURED_ORG = "SOLO-E19A", "Solo.com", "SoloORG"
-# ServerRole values [UNCONFIRMED beyond Mailbox = 2, which the capture shows].
+# ServerRole values: the bits of msExchCurrentServerRoles (LdapTools' ServerRole enum; Mailbox = 2 also in the capture).
 _SERVER_ROLES = {"Mailbox": 2, "ClientAccess": 4, "Edge": 64}
 
 

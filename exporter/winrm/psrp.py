@@ -60,8 +60,10 @@ CLOSE_SECONDS = 2.0
 # What the organization collector reads of each server (the organization script's fields).
 SERVER_PROPERTIES = ("Name", "Fqdn", "ServerRole", "AdminDisplayVersion", "MitigationsEnabled", "MitigationsApplied",
                      "MitigationsBlocked", "MitigationsAppliedTime", "DataCollectionEnabled", "InternetWebProxy")
-# Exchange's ServerRole flags as a pypsrp-like client reads the enum's value [Mailbox = 2 seen in a capture of
-# real Get-ExchangeServer output; the others UNCONFIRMED].
+# Exchange's ServerRole flags as a pypsrp-like client reads the enum's value: the bits of the server object's
+# msExchCurrentServerRoles (Mailbox 2, Client Access 4, Edge Transport 64: LdapTools' ServerRole enum,
+# github.com/ldaptools/ldaptools src/LdapTools/Enums/Exchange/ServerRole.php @ 78aefa1e; Mailbox = 2 also in a
+# capture of real Get-ExchangeServer output). Only the Mailbox bit decides anything (`OrgServerInfo.may_run_eems`).
 SERVER_ROLES = {2: "Mailbox", 4: "ClientAccess", 64: "Edge"}
 _PARAMETER = re.compile(r"(\w+)=(-?\d+|'(?:[^']|'')*')")
 
