@@ -541,6 +541,12 @@ def _load_organization(raw: Any, modules: dict[str, ModuleConfig], default_modul
     module = values["module"] = values["module"] or (named[server].module if server in named else default_module)
     if module is None or module not in modules:
         raise ConfigError("organization.module", f"unknown module {bounded_repr(module)}")
+    chosen = modules[module]
+    if server not in named and _looks_like_ip(server) and (
+            chosen.transport == "kerberos" or chosen.transport == "credssp" and chosen.credssp_auth_mechanism == "kerberos"):
+        raise ConfigError("organization.server", f"{bounded_repr(values['server'])} is an address, and Kerberos (module "
+                                                 f"{module!r}) needs the server's name for its SPN (HTTP/<name>): give "
+                                                 "its FQDN, or list it in servers with spn_hostname")
     interval = values["interval"] = values["interval"] if values["interval"] is not None else poll.interval
     if interval < poll.interval:
         raise ConfigError("organization.interval", "must not be shorter than poll.interval")

@@ -572,3 +572,19 @@ def test_the_longest_lookback_the_configuration_takes_can_be_judged():
     assert state.eems.other_errors == 1
     with pytest.raises(ConfigError, match="at most 8784h"):
         load_config_text(GOOD + "poll: {lookback: 8785h}\n", Path())
+
+
+@pytest.mark.parametrize("server", ["10.0.0.5", "'fd00::10'"])
+def test_a_kerberos_organization_server_is_named_not_addressed(tmp_path, server):
+    """Not a listed server, organization.server is the host of the organization collector's SPN: HTTP/10.0.0.5
+    names no service, so every organization poll failed at the KDC (spn_unknown) long after check-config passed."""
+    write_keytab(tmp_path / "svc.keytab", "svc@CONTOSO.COM")
+    kerberos = module(KERBEROS, "username: svc@CONTOSO.COM", "keytab_file: svc.keytab", username=False, password=False)
+    with pytest.raises(ConfigError, match="needs the server's name for its SPN") as caught:
+        load_config_text(kerberos + ONE_SERVER + f"organization: {{server: {server}}}\n", tmp_path)
+    assert caught.value.path == "organization.server"
+    named = load_config_text(kerberos + ONE_SERVER + "organization: {server: ex02.contoso.com}\n", tmp_path)
+    assert named.organization.server == "ex02.contoso.com"
+    listed = kerberos + servers("{name: ex05, address: 10.0.0.5, spn_hostname: ex05.contoso.com}")
+    assert load_config_text(listed + "organization: {server: ex05}\n", tmp_path).organization.server == "ex05"
+    assert load_config_text(GOOD + f"organization: {{server: {server}}}\n", tmp_path).organization  # NTLM: an address
