@@ -501,10 +501,19 @@ def _parts(value: Any) -> list:
     ps_object = getattr(value, "PSObject", None)
     if ps_object is None:
         return parts or []
-    if parts is None:
-        parts = [ps_object.to_string or ""]
-    for prop in (*ps_object.adapted_properties, *ps_object.extended_properties):
-        parts += [prop.name, prop.get_value(value)]
+    try:
+        # psrpcore makes an object's text with the __str__ of the class it rehydrates it as, from the server's fields:
+        # an ErrorRecord whose Exception has no Message raised AttributeError, one whose Message is a number
+        # TypeError (internal_error, where every later str() of the record raised it again). Made here once, first.
+        if parts is None:
+            parts = [ps_object.to_string or ""]
+        for prop in (*ps_object.adapted_properties, *ps_object.extended_properties):
+            parts += [prop.name, prop.get_value(value)]
+    except (PollFailure, RecursionError):
+        raise
+    except Exception as error:
+        raise PollFailure("bad_output", f"a PSRP object whose text cannot be made ({error.__class__.__name__})") \
+            from None
     return parts
 
 

@@ -381,3 +381,46 @@ def test_many_tiny_fragments_cost_time_in_proportion_to_their_bytes(fleet, monke
 
     small, large = took(30_000), took(120_000)
     assert large / small < 8, (small, large)
+
+
+# An ErrorRecord without <ToString>: psrpcore makes its text with ErrorRecord.__str__, from its Exception's Message
+_RECORD = (b'<Obj RefId="0"><TN RefId="0"><T>System.Management.Automation.ErrorRecord</T><T>System.Object</T></TN><MS>'
+           b'<Obj RefId="1" N="Exception"><TN RefId="1"><T>System.Exception</T></TN><Props>%s<Nil N="Data" />'
+           b'<Nil N="HelpLink" /><I32 N="HResult">-2146233087</I32><Nil N="InnerException" /><Nil N="Source" />'
+           b'<Nil N="StackTrace" /><Nil N="TargetSite" /></Props></Obj><Nil N="TargetObject" />'
+           b'<S N="FullyQualifiedErrorId">Boom</S><Nil N="InvocationInfo" /><I32 N="ErrorCategory_Category">1</I32>'
+           b'<Nil N="ErrorCategory_Activity" /><S N="ErrorCategory_Reason" /><S N="ErrorCategory_TargetName" />'
+           b'<S N="ErrorCategory_TargetType" /><S N="ErrorCategory_Message">OpenError (:) [], </S>'
+           b'<B N="SerializeExtendedInfo">false</B></MS></Obj>')
+
+
+@pytest.mark.parametrize("message", [
+    pytest.param(b"", id="no_message"),  # AttributeError
+    pytest.param(b'<I32 N="Message">5</I32>', id="number_message"),  # TypeError: __str__ returned non-string
+])
+def test_an_error_record_whose_text_cannot_be_made_is_bad_output_not_internal_error(fleet, monkeypatch, message):
+    """Found by fuzzing: psrpcore reads such a record, and its text is made only when the exporter asks for it,
+    outside the reading of the message: the poll ended internal_error."""
+    import asyncio
+
+    from simulator import psrp as simulated
+
+    async def hostile_run(self, pool, command, powershell):
+        pool_id, pipe_id = pool.runspace.runspace_pool_id, command.pipeline.pipeline_id
+        record = _psrp_message(pool_id, pipe_id, 0x00041005, _RECORD % message)
+        state = _psrp_message(pool_id, pipe_id, 0x00041006, b'<Obj RefId="0"><MS><I32 N="PipelineState">4</I32>'
+                                                           b'</MS></Obj>')
+        command.queue.fragments.append(record + state.replace(struct.pack(">Q", 100), struct.pack(">Q", 101), 1))
+        command.queue.done = True
+        await simulated._notify(pool)
+
+    import struct
+
+    monkeypatch.setattr(simulated.PsrpService, "_run", hostile_run)
+    for configuration in ({}, {"configuration_name": "Microsoft.Exchange", "path": "PowerShell"}):
+        conn = psrp(fleet, "EX01", keep_runspace=False, **configuration)
+        with pytest.raises(PollFailure) as failure:
+            conn.run(ORGANIZATION if configuration else SERVER, time.monotonic() + 15)
+        conn.close()
+        assert failure.value.reason == "bad_output", failure.value.message
+        assert "text cannot be made" in failure.value.message
