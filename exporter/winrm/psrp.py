@@ -184,7 +184,13 @@ class PsrpConnection(LinkedConnection):
         return self._script(outputs[1:], errors, failure)
 
     def _script(self, outputs: list, errors: list, failure) -> CommandResult:
-        stdout = "\r\n".join(str(o) for o in outputs if o is not None).encode("utf-8")
+        # CLIXML text may hold a lone surrogate (`_xD800_`), which UTF-8 cannot encode (UnicodeEncodeError, an
+        # internal_error): pairs are joined, a lone one becomes U+FFFD, as parse.clixml_to_text does for stderr
+        text = "\r\n".join(str(o) for o in outputs if o is not None)
+        try:
+            stdout = text.encode("utf-8")
+        except UnicodeEncodeError:
+            stdout = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace").encode("utf-8")
         records = [*errors, *([failure] if failure is not None else [])]
         return CommandResult(stdout, _error_stream(records), 1 if failure is not None else 0)
 

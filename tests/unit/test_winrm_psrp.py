@@ -424,3 +424,28 @@ def test_an_error_record_whose_text_cannot_be_made_is_bad_output_not_internal_er
         conn.close()
         assert failure.value.reason == "bad_output", failure.value.message
         assert "text cannot be made" in failure.value.message
+
+
+def test_a_lone_surrogate_in_the_output_is_replaced_not_an_internal_error(fleet, monkeypatch):
+    """Found by fuzzing: CLIXML escapes any UTF-16 unit (`_xD800_`), psrpcore gives it as a lone surrogate, and the
+    output's encoding to UTF-8 raised UnicodeEncodeError (internal_error). A pair is still one character."""
+    import struct
+
+    from simulator import psrp as simulated
+
+    async def hostile_run(self, pool, command, powershell):
+        pool_id, pipe_id = pool.runspace.runspace_pool_id, command.pipeline.pipeline_id
+        version = _psrp_message(pool_id, pipe_id, 0x00041004, f"<S>{windows_endpoint.endpoint_version()}</S>".encode())
+        text = _psrp_message(pool_id, pipe_id, 0x00041004, b"<S>a_xD800_b_xD83D__xDE00_c</S>")
+        state = _psrp_message(pool_id, pipe_id, 0x00041006, b'<Obj RefId="0"><MS><I32 N="PipelineState">4</I32>'
+                                                           b'</MS></Obj>')
+        command.queue.fragments.append(version + text.replace(struct.pack(">Q", 100), struct.pack(">Q", 101), 1)
+                                       + state.replace(struct.pack(">Q", 100), struct.pack(">Q", 102), 1))
+        command.queue.done = True
+        await simulated._notify(pool)
+
+    monkeypatch.setattr(simulated.PsrpService, "_run", hostile_run)
+    conn = psrp(fleet, "EX01", keep_runspace=False)
+    result = conn.run(SERVER, time.monotonic() + 15)
+    conn.close()
+    assert result.stdout.decode("utf-8") == "a\ufffdb\U0001f600c"
