@@ -12,7 +12,9 @@ the fourth part the update. Verdicts for builds the catalog does not list (known
   of the first known newer build of that CU. A cutoff with a minimum for that CU compares the fourth part
   with it, so a build newer than every known build is judged as the newest known build is.
 - A build of an unknown CU takes cu "unknown" and update "unknown". Its place among the product's CUs is
-  its third part: at or after the product's first EEMS CU it has EEMS; it passes a cutoff whose `all_from`
+  its third part: at or after the product's first EEMS CU it has EEMS; past the product's final CU
+  (servicing.tsv `final_cu`: 2013 CU23, 2016 CU23, 2019 CU15) it is no Microsoft release and fails every cutoff;
+  it passes a cutoff whose `all_from`
   CU it reaches; if it is newer than every CU of the packaged catalog (the list cutoffs.yaml was written
   against) of a product with EEMS it passes every cutoff (a future CU); otherwise (older than the first known
   CU, or between known CUs that only have a per-CU minimum) it fails, since we cannot know it carries the fix.
@@ -122,6 +124,7 @@ class Servicing:
     serviced_cus: int
     updates_end: date | None
     migrate_to: str | None
+    final_cu: str | None = None  # the product's last CU (no CU follows it), by name; None while CUs still ship
 
 
 def today_utc() -> date:
@@ -154,6 +157,10 @@ class Catalog:
         for product, triple in sorted(self._cus):
             self._product_cus.setdefault(product, []).append(triple)
         self._future_after = future_after
+        # A product whose last CU is known has no future CU: a build of a later CU was never released (servicing.tsv)
+        self._final_cu: dict[str, tuple[int, int, int]] = {
+            product: triple for (product, triple), cu_builds in self._cus.items()
+            if servicing.get(product) is not None and cu_builds[0].cu == servicing[product].final_cu}
         self._releases: dict[str, list[date]] = {}
         for build in builds.values():
             self._releases.setdefault(build.product, []).append(build.released)
@@ -291,6 +298,9 @@ class Catalog:
         return verdicts
 
     def _passes(self, cutoff: Cutoff, product: str, parts: tuple[int, int, int, int]) -> bool:
+        final = self._final_cu.get(product)
+        if final is not None and parts[:3] > final:  # no such CU was released: nothing says it carries the fix
+            return False
         minimum = cutoff.minimum.get((product, parts[:3]))
         if minimum is not None:
             return parts >= minimum

@@ -32,7 +32,7 @@ from .files import read_regular_file
 
 BUILD_COLUMNS = ("product", "cu", "update", "build", "released")
 LIFECYCLE_COLUMNS = ("product", "released", "mainstream_end", "extended_end")
-SERVICING_COLUMNS = ("product", "serviced_cus", "updates_end", "migrate_to")
+SERVICING_COLUMNS = ("product", "serviced_cus", "updates_end", "migrate_to", "final_cu")
 Builds = dict[tuple[int, int, int, int], Build]
 MAX_CATALOG_FILE_BYTES = 4 << 20  # what `catalog update` reads at most (MAX_LIST_BYTES); the packaged list is ~20 KB
 
@@ -147,13 +147,13 @@ def load_builds(extra_file: Path | None = None) -> dict[tuple[int, int, int, int
 
 def _parse_servicing(path: str, text: str) -> dict[str, Servicing]:
     rules: dict[str, Servicing] = {}
-    for line, (product, count, end, migrate_to, *_) in _data_rows(path, text, SERVICING_COLUMNS):
+    for line, (product, count, end, migrate_to, final_cu, *_) in _data_rows(path, text, SERVICING_COLUMNS):
         if product not in PRODUCT_FIRST_BUILD or (migrate_to and migrate_to not in PRODUCT_FIRST_BUILD):
             raise CatalogError(path, line, f"unknown product {short_repr(product)} or {short_repr(migrate_to)}")
         if not count.isdigit() or int(count) < 1:
             raise CatalogError(path, line, f"serviced_cus {short_repr(count)} is not a whole number >= 1")
         rules[product] = Servicing(int(count), _parse_date(path, line, "updates_end", end) if end else None,
-                                    migrate_to or None)
+                                    migrate_to or None, final_cu or None)
     missing = set(PRODUCT_FIRST_BUILD) - set(rules)
     if missing:
         raise CatalogError(path, None, f"no servicing rule for {', '.join(sorted(missing))}")
@@ -216,6 +216,9 @@ def packaged_rules(builds: dict[tuple[int, int, int, int], Build]) -> tuple[
     data = resources.files("exporter") / "data"
     support_end = _parse_lifecycle("exporter/data/lifecycle.tsv", (data / "lifecycle.tsv").read_text("utf-8"))
     servicing = _parse_servicing("exporter/data/servicing.tsv", (data / "servicing.tsv").read_text("utf-8"))
+    for product, rule in servicing.items():  # a final CU the build list does not have is a typo, not a fact
+        if rule.final_cu is not None:
+            _cu_triple("exporter/data/servicing.tsv", f"{product}/{rule.final_cu}", builds)
     eems_first, cutoffs = _parse_cutoffs("exporter/data/cutoffs.yaml", (data / "cutoffs.yaml").read_text("utf-8"), builds)
     return support_end, servicing, eems_first, cutoffs
 

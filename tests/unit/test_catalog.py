@@ -323,10 +323,29 @@ def test_future_cu_passes_every_cutoff(catalog):
     se_cu1 = catalog.verdict("15.2.2700.5")
     assert (se_cu1.product, se_cu1.cu, se_cu1.known) == ("ExchangeSE", "unknown", False)
     assert se_cu1.eems_supported and all(se_cu1.cutoffs.values())
-    beyond_2016 = catalog.verdict("15.1.2600.1")
-    assert beyond_2016.product == "Exchange2016" and all(beyond_2016.cutoffs.values())
     # 15.2 below 2562 stays Exchange 2019 even when newer than every 2019 CU.
     assert catalog.verdict("15.2.2561.1").product == "Exchange2019"
+
+
+@pytest.mark.parametrize("version", ["15.1.2600.1", "15.1.2507.9999999", "15.2.1800.3", "15.2.2561.1",
+                                     "15.0.1600.1"])
+def test_a_cu_after_a_products_final_cu_is_no_release_and_meets_no_cutoff(catalog, version):
+    """2016's last CU is CU23, 2019's CU15, 2013's CU23 (Microsoft lifecycle; servicing.tsv final_cu): a build of
+    a later CU was never released, so it must not read as compliant (it did: "a future CU passes every cutoff").
+    A newer update of the final CU itself is a real future update and still passes."""
+    v = catalog.verdict(version, today=TODAY)
+    if version == "15.1.2507.9999999":
+        assert (v.cu, v.known) == ("CU23", False) and all(v.cutoffs.values())
+        return
+    assert (v.cu, v.update, v.known) == ("unknown", "unknown", False)
+    assert v.cutoffs == {"2023-03": False, "2026-06": False}
+
+
+def test_a_final_cu_the_build_list_does_not_have_is_refused():
+    from exporter.catalog_data import CatalogError, packaged_rules
+    builds = {parts: b for parts, b in packaged_builds().items() if not (b.product == "Exchange2013" and b.cu == "CU23")}
+    with pytest.raises(CatalogError, match="servicing.tsv.*Exchange2013/CU23"):
+        packaged_rules(builds)
 
 
 def test_a_future_cu_keeps_passing_once_a_catalog_file_lists_it(tmp_path):
