@@ -142,9 +142,11 @@ class Catalog:
         eems_first: dict[str, tuple[int, int, int, int]],
         cutoffs: dict[str, Cutoff],
         future_after: dict[str, tuple[int, int, int]],
+        checked: date | None = None,
     ):
         """`future_after`: per product, the newest CU the cutoffs were written against (the packaged list's);
-        a CU newer than it passes every cutoff."""
+        a CU newer than it passes every cutoff. `checked`: the day `catalog update` last compared the catalog with
+        Microsoft's list, if it did."""
         self._builds = builds
         self._support_end = support_end
         self._servicing = servicing
@@ -167,28 +169,30 @@ class Catalog:
         for dates in self._releases.values():
             dates.sort()
         self.newest_release: date = max(b.released for b in builds.values())
+        # Since when the catalog is known to be current: a list with nothing new still says nothing was missing
+        self.checked: date = max(self.newest_release, checked or self.newest_release)
         self.cutoff_ids: tuple[str, ...] = tuple(cutoffs)
         self._verdicts: dict[tuple[tuple[int, int, int, int], bool, date], BuildVerdict] = {}
 
     @classmethod
     def load(cls, extra_file: Path | None = None) -> "Catalog":
         """Packaged data plus an operator's TSV (same columns) that adds builds or overrides packaged rows."""
-        from .catalog_data import load_builds, packaged_builds, refuse_moved_thresholds  # uses this module's rules
+        from .catalog_data import load_builds_checked, packaged_builds, refuse_moved_thresholds  # uses this module's rules
 
-        builds = load_builds(extra_file)
+        builds, checked = load_builds_checked(extra_file)
         if extra_file is not None:  # what `catalog update` refuses to write is refused when written by other means
             refuse_moved_thresholds(str(extra_file), packaged_builds(), builds)
-        return cls.from_builds(builds)
+        return cls.from_builds(builds, checked=checked)
 
     @classmethod
-    def from_builds(cls, builds: dict[tuple[int, int, int, int], Build]) -> "Catalog":
+    def from_builds(cls, builds: dict[tuple[int, int, int, int], Build], *, checked: date | None = None) -> "Catalog":
         """The packaged lifecycle, servicing rule and cutoffs applied to this build list."""
         from .catalog_data import packaged_builds, packaged_rules
 
         future_after: dict[str, tuple[int, int, int]] = {}
         for build in packaged_builds().values():
             future_after[build.product] = max(future_after.get(build.product, build.parts[:3]), build.parts[:3])
-        return cls(builds, *packaged_rules(builds), future_after=future_after)
+        return cls(builds, *packaged_rules(builds), future_after=future_after, checked=checked)
 
     def builds(self) -> list[Build]:
         return sorted(self._builds.values(), key=lambda b: b.parts)

@@ -8,6 +8,7 @@ file, the line and the problem, so a reload keeps the catalog it has instead of 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import date
 from functools import cache
@@ -137,12 +138,31 @@ def _packaged_builds() -> Mapping[tuple[int, int, int, int], Build]:
 
 def load_builds(extra_file: Path | None = None) -> dict[tuple[int, int, int, int], Build]:
     """The packaged build list with an operator's catalog_file (same columns) laid over it."""
-    builds = packaged_builds()
+    return load_builds_checked(extra_file)[0]
+
+
+# The line `catalog update` writes first: the day it compared the catalog with Microsoft's list (write_catalog_file)
+CHECKED_LINE = re.compile(r"# Written by exchange-eems-exporter catalog update on ([0-9]{4}-[0-9]{2}-[0-9]{2}) ")
+
+
+def load_builds_checked(extra_file: Path | None = None) -> tuple[dict[tuple[int, int, int, int], Build], date | None]:
+    """`load_builds`, and the day the catalog_file says `catalog update` wrote it (None: not written by it, or no
+    file): the catalog was as current as Microsoft's list that day, even where the list had nothing new."""
+    builds, checked = packaged_builds(), None
     if extra_file is not None:
         extra = Path(extra_file)
+        text, today = _read_text(extra), today_utc()
         # no future date: it would be the catalog's newest release, and ExchangeCatalogStale could not fire
-        builds.update(parse_builds(str(extra), _read_text(extra), latest=today_utc()))
-    return builds
+        builds.update(parse_builds(str(extra), text, latest=today))
+        for number, line in enumerate(text.splitlines(), start=1):
+            match = CHECKED_LINE.match(line)
+            if match:
+                checked = _parse_date(str(extra), number, "catalog update date", match.group(1))
+                if checked > today:
+                    raise CatalogError(str(extra), number, f"written by catalog update in the future "
+                                                           f"({checked.isoformat()}): ExchangeCatalogStale could not fire")
+                break
+    return builds, checked
 
 
 def _parse_servicing(path: str, text: str) -> dict[str, Servicing]:

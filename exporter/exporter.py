@@ -38,6 +38,7 @@ class Exporter:
         paused = self.poller.connections.credentials.paused(current.config.modules)
         return SelfStatus(
             catalog_newest_release=current.catalog.newest_release,
+            catalog_checked=current.catalog.checked,
             poll_interval_seconds=current.config.poll.interval,
             last_reload_successful=self.runtime.last_reload_successful,
             last_reload_timestamp=self.runtime.last_reload_timestamp,

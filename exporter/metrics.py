@@ -47,6 +47,7 @@ class SelfStatus:
     shard: tuple[int, int] = (0, 1)  # this instance's K/N
     shard_server_names: dict[str, str] = field(default_factory=dict)  # this shard's servers by each name, lower case
     shard_servers: tuple[int, ...] = ()  # the servers of each shard, by index
+    catalog_checked: date | None = None  # the day the catalog was last known current (default: its newest release)
 
 
 def _ts(value: datetime | date | None) -> float | None:
@@ -295,6 +296,11 @@ def self_families(self_status: SelfStatus) -> list[Metric]:
     out.add("exchange_catalog_newest_release_timestamp_seconds",
             "Release date of the newest build in the exporter's build catalog (staleness check).", {},
             _ts(self_status.catalog_newest_release))
+    out.add("exchange_catalog_checked_timestamp_seconds",
+            "Day the build catalog was last known to be current: when `catalog update` last compared it with "
+            "Microsoft's list, or its newest build's release if later (ExchangeCatalogStale).", {},
+            _ts(max(self_status.catalog_checked or self_status.catalog_newest_release,
+                    self_status.catalog_newest_release)))
     out.add("exchange_exporter_poll_interval_seconds", "Configured background poll interval.", {},
             self_status.poll_interval_seconds)
     out.add("exchange_exporter_servers", "Exchange servers this exporter knows: configured plus discovered, of every "

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -385,3 +385,39 @@ def test_a_catalog_file_over_the_list_bound_is_refused(tmp_path):
     config_file.write_text(minimal_config(f"catalog_file: {catalog_file}\n"))
     result = exporter("check-config", "--config.file", str(config_file), env={PASSWORD_ENV: PASSWORD})
     assert_one_line_error(result, "configuration error", "catalog.tsv", f"larger than {MAX_CATALOG_FILE_BYTES} bytes")
+
+
+def test_a_catalog_update_that_finds_nothing_new_still_says_the_catalog_is_current(tmp_path):
+    """Staleness is the age of the last comparison with Microsoft's list, not of Microsoft's newest build: when
+    Microsoft ships nothing for 90 days, `catalog update` adds no row, and ExchangeCatalogStale (measured from the
+    newest release) kept firing for every site with nothing left to do (runbook: "the alert stays")."""
+    from exporter.catalog_update import write_catalog_file
+    from exporter.metrics import SelfStatus, self_families
+    from exporter.web import alerts
+
+    checked = date(2026, 11, 20)  # the day the operator ran `catalog update`; in the past, whatever the wall clock
+    output = tmp_path / "catalog.tsv"
+    write_catalog_file(output, {}, "ExchangeBuildNumbers.csv", "ExchangeBuildNumbers.csv", checked)
+    catalog = Catalog.load(output)
+    assert catalog.newest_release == Catalog.load().newest_release < checked  # nothing new
+    assert catalog.checked == checked
+    assert Catalog.load().checked == Catalog.load().newest_release  # the packaged list: as of its newest build
+
+    status = SelfStatus(catalog.newest_release, 300.0, True, 0.0, catalog_checked=catalog.checked)
+    samples = [(s.name, s.labels, s.value) for f in self_families(status) for s in f.samples]
+    midnight = datetime(checked.year, checked.month, checked.day, tzinfo=timezone.utc).timestamp()
+    assert ("exchange_catalog_checked_timestamp_seconds", {}, midnight) in samples
+    day = 86400.0
+    stale = {f.alert for f in alerts.evaluated(samples, midnight + 89 * day)[0]}
+    assert "ExchangeCatalogStale" not in stale  # newest release 2026-10-02: 138 days old by then
+    assert "ExchangeCatalogStale" in {f.alert for f in alerts.evaluated(samples, midnight + 91 * day)[0]}
+
+
+def test_a_catalog_file_checked_in_the_future_is_refused(tmp_path):
+    """A date after today would keep ExchangeCatalogStale silent until then."""
+    from exporter.catalog_update import write_catalog_file
+
+    output = tmp_path / "catalog.tsv"
+    write_catalog_file(output, {}, "x.csv", "x.csv", date(9999, 1, 1))
+    with pytest.raises(CatalogError, match="future"):
+        Catalog.load(output)

@@ -300,6 +300,7 @@ def test_self_series():
         ("exchange_exporter_shard_servers", (("shard", "1"), ("shards", "3"))): 3,
         ("exchange_exporter_shard_servers", (("shard", "2"), ("shards", "3"))): 2,
         ("exchange_catalog_newest_release_timestamp_seconds", ()): datetime(2026, 6, 9, tzinfo=timezone.utc).timestamp(),
+        ("exchange_catalog_checked_timestamp_seconds", ()): datetime(2026, 6, 9, tzinfo=timezone.utc).timestamp(),
         ("exchange_exporter_poll_interval_seconds", ()): 300.0,
         ("exchange_exporter_servers", ()): 7,
         ("exchange_exporter_config_last_reload_successful", ()): 0,
