@@ -405,6 +405,7 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
 
     last_error = max(errors, key=lambda pair: pair[0], default=(None, None))
     failing = _two_newest_failed([t for t, _ in errors], successes, now)
+    runs = _failure_runs([t for t, _ in errors], successes, now - lookback)
     counts = dict.fromkeys(FETCH_ERROR_REASONS, 0)
     for time, reason in event_errors:
         if now - lookback <= time:
@@ -421,6 +422,7 @@ def eems_history(facts: RawServerFacts, *, lookback: timedelta, now: datetime,
         log_other_errors=sum(1 for time in log_others if now - lookback <= time),
         last_activity=max(activity, default=None),
         failing=failing,
+        failure_runs=runs,
     )
 
 
@@ -439,6 +441,27 @@ def _nearest(times: list[datetime], order: list[int], when: datetime) -> int:
     if gap_before == gap_after:
         return min(before, order[at])
     return before if gap_before < gap_after else order[at]
+
+
+def _failure_runs(errors: list[datetime], successes: list[datetime], since: datetime) -> int:
+    """How many runs of failed checks reach into the window from `since`: checks failing one after the other (no
+    success and no unseen hourly check between them, as in `_two_newest_failed`) are one run, however long. A fixed
+    outage of a day is one run; failures among good checks are one each. With the error count alone, every outage
+    once fixed read as errors recurring between successes for the rest of the window (ExchangeEEMSFetchErrorsRecurring)."""
+    checks: list[tuple[datetime, bool]] = []
+    for time, failed in sorted([(t, True) for t in errors] + [(t, False) for t in successes]):
+        if checks and time - checks[-1][0] < SAME_CHECK:
+            checks[-1] = (checks[-1][0], checks[-1][1] or failed)
+        else:
+            checks.append((time, failed))
+    runs, counted, previous = 0, False, None
+    for time, failed in checks:
+        if failed and not (previous and previous[1] and time - previous[0] <= NEXT_CHECK):
+            counted = False  # a new run starts
+        if failed and time >= since and not counted:
+            runs, counted = runs + 1, True
+        previous = (time, failed)
+    return runs
 
 
 def _two_newest_failed(errors: list[datetime], successes: list[datetime], now: datetime) -> bool:

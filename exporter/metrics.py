@@ -153,6 +153,9 @@ def server_families(result: ServerResult) -> list[Metric]:
             out.add("exchange_eems_fetch_errors",
                     "Event 1008 (MSExchange Mitigation Service) fetch errors within the lookback window, by reason.",
                     {**server, "reason": reason}, eems.fetch_errors.get(reason, 0))
+        out.add("exchange_eems_failure_runs",
+                "Runs of failed EEMS checks (one after the other, no success between) within the lookback window: "
+                "an outage is one run, each failure among good checks another.", server, eems.failure_runs)
         out.add("exchange_eems_other_errors",
                 "Event 1008 errors within the lookback window that are not about fetching mitigations.",
                 server, eems.other_errors)

@@ -178,6 +178,7 @@ class EemsHistory:
     last_activity: datetime | None  # newest trace of the service at all: any EEMS event, newest log write
     failing: bool  # the two newest checks failed, with no hourly check between them or since unseen
     log_other_errors: int = 0  # Warning/Error log lines in the lookback window that are not about fetching
+    failure_runs: int = 0  # runs of failed checks one after the other reaching into the lookback window
 
 
 @dataclass(frozen=True)

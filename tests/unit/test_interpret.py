@@ -862,3 +862,27 @@ def test_a_fetch_failure_without_a_check_start_line_still_fails_its_check(catalo
     cut = [stamp(at(1, 4), UNTRUSTED_LINE), stamp(at(0, 5), FETCH_LINE), stamp(at(0, 4), UNTRUSTED_LINE)]
     eems = interpret(facts(tail="\n".join(cut)), catalog).eems
     assert (eems.failing, eems.last_error_reason) == (True, "untrusted_endpoint")
+
+
+def test_an_outage_is_one_run_of_failures_and_failures_among_good_checks_one_each(catalog):
+    """ExchangeEEMSFetchErrorsRecurring counts 1008s in the window: an outage of eight hours, fixed, kept eight there for
+    a day after, read as errors recurring between successes. Runs tell the two apart."""
+    outage = [RawEvent(1008, at(hours, 28), TLS_1008) for hours in range(4, 12)]
+    fixed = [RawEvent(1006, at(hours, 28), "fetched") for hours in range(0, 4)]
+    eems = interpret(facts(outage + fixed), catalog).eems
+    assert (sum(eems.fetch_errors.values()), eems.failing, eems.failure_runs) == (8, False, 1)
+    # six failures, each between good checks (events one hour apart), and a log cycle of one of them: six runs
+    scattered = [RawEvent(1008 if hours % 3 == 0 else 1006, at(hours, 28), TLS_1008 if hours % 3 == 0 else "fetched")
+                 for hours in range(1, 19)]
+    tail = "\n".join(cycle_lines(at(3, 30), True))
+    eems = interpret(facts(scattered, tail=tail), catalog).eems
+    assert (sum(eems.fetch_errors.values()), eems.failing, eems.failure_runs) == (6, False, 6)
+    # hours apart with nothing seen between: an unseen hourly check ran between them, so each is its own run
+    apart = [RawEvent(1008, at(hours, 28), TLS_1008) for hours in (2, 5, 8)]
+    assert interpret(facts(apart), catalog).eems.failure_runs == 3
+    # a run that began before the window and reaches into it counts; one that ended before it does not
+    window = timedelta(hours=6)
+    across = [RawEvent(1008, at(hours, 28), TLS_1008) for hours in range(4, 9)] + [RawEvent(1006, at(3, 28), "fetched")]
+    before = [RawEvent(1008, at(hours, 28), TLS_1008) for hours in (7, 8)] + [RawEvent(1006, at(6, 28), "fetched")]
+    assert interpret(facts(across), catalog, lookback=window).eems.failure_runs == 1
+    assert interpret(facts(before), catalog, lookback=window).eems.failure_runs == 0
