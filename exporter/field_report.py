@@ -381,6 +381,14 @@ def winhttp_proxy(value: Any) -> tuple[str, str] | str:
     return proxy, rest[4 : 4 + bypass_length].decode("ascii", errors="replace")
 
 
+def winhttp_layout(value: Any) -> str | None:
+    """The raw value's size and its first 16 bytes (no names in them): what the layout guess rests on."""
+    if not isinstance(value, str):
+        return None
+    data = _b64(value)
+    return f"{len(data)} bytes; header {data[:16].hex(' ')} (size, counter, flags, proxy length)"
+
+
 def _winhttp_names(doc: dict | None) -> list[str]:
     """Host names in the WinHTTP proxy settings (they are not URLs, so the URL rule does not see them)."""
     found = winhttp_proxy(doc.get("winhttp_settings")) if doc else ""
@@ -511,6 +519,7 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
         report.add("server.exsetup_version_raw", diagnose_doc.get("exsetup_version"))
         proxy = winhttp_proxy(diagnose_doc.get("winhttp_settings"))
         report.add("os.winhttp_proxy", f"{proxy[0]} (bypass: {proxy[1] or 'none'})" if isinstance(proxy, tuple) else proxy)
+        report.add("os.winhttp_settings_layout", winhttp_layout(diagnose_doc.get("winhttp_settings")))
         _rights_section(report, diagnose_doc)
         report.heading("3. EEMS log files")
         _log_section(report, diagnose_doc, culture, collect_doc)
@@ -527,5 +536,8 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
             for part in ("head", "tail"):
                 if isinstance(entry, dict) and part in entry:
                     entry[part] = f"<{len(_b64(entry[part]))} bytes>"
+        if redact_names is not None and isinstance(diagnose_doc.get("winhttp_settings"), str):
+            # base64 hides the proxy's and the bypass list's names from the scrubber: shown decoded above
+            diagnose_doc["winhttp_settings"] = f"<{len(_b64(diagnose_doc['winhttp_settings']))} bytes>"
         report.block(json.dumps(diagnose_doc, indent=1)[:MAX_RAW_CHARS])
     return secrets.scrub("\n".join(report.lines) + "\n")

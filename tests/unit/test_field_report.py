@@ -133,3 +133,23 @@ def test_redact_names_also_scrubs_values_that_are_not_strings():
         assert "<host>" in got[key] or "<address>" in got[key], (key, got[key])
     assert not re.search(r"ex01|contoso|10\.1\.2\.3", text, re.IGNORECASE), text
     assert PASSWORD not in text
+
+
+def test_redact_names_leaves_no_proxy_name_in_the_raw_winhttp_setting():
+    """Section 6 printed the WinHttpSettings value as the script sent it, base64: its proxy and bypass names
+    (which `os.winhttp_proxy` shows as <host>) were one base64 decode away. The header's bytes, which say whether
+    the collection script's layout guess holds, are a line of their own."""
+    proxy, bypass = b"http=proxy.fabrikam.net:3128", b"<local>;*.corp.fabrikam.net;10.9.8.7"
+    value = struct.pack("<IIII", 0x18, 7, 3, len(proxy)) + proxy + struct.pack("<I", len(bypass)) + bypass
+    text = build_report(server="EX01", created=datetime(2026, 11, 29, tzinfo=timezone.utc), collect="not run",
+                        interpretation=None, diagnose=_diagnose_output(winhttp_settings=base64.b64encode(value).decode()),
+                        secrets=Redactor([PASSWORD]), redact_names=["EX01"])
+    decoded = b"".join(base64.b64decode(m + "=" * (-len(m) % 4)) for m in re.findall(r"[A-Za-z0-9+/]{16,}={0,2}", text))
+    assert b"fabrikam" not in decoded and b"10.9.8.7" not in decoded
+    assert lines(text)["os.winhttp_settings_layout"] == (
+        f"{len(value)} bytes; header 18 00 00 00 07 00 00 00 03 00 00 00 1c 00 00 00 "
+        "(size, counter, flags, proxy length)")
+    kept = build_report(server="EX01", created=datetime(2026, 11, 29, tzinfo=timezone.utc), collect="not run",
+                        interpretation=None, diagnose=_diagnose_output(winhttp_settings=base64.b64encode(value).decode()),
+                        secrets=Redactor([PASSWORD]), redact_names=None)
+    assert base64.b64encode(value).decode() in kept  # without --redact-names the raw value stays
