@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import re
 import statistics
@@ -54,6 +55,10 @@ _LOG_NAME = re.compile(r"(?P<prefix>.*?)_?(?P<stamp>\d{6,12})(?:-(?P<seq>\d+))?\
 _URL_HOST = re.compile(rf"(?<=://)(?:(?:[^/@\s'\"<>]|{re.escape(MASK)})*@)?([^/:@\s'\"<>\]\[\\]+)")
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)")
+# a candidate only: `_ipv6` keeps what ipaddress takes for an address, written with `::` or all eight groups
+# (a time such as 10:27:17 is neither), with a zone (`%12`) or an IPv4 tail (`::ffff:10.1.2.3`)
+_IPV6 = re.compile(r"(?<![0-9A-Za-z:.%])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4})"
+                   r"(?:%[0-9A-Za-z]+)?(?![0-9A-Za-z:.])")
 
 
 # ---------------------------------------------------------------- redaction
@@ -61,7 +66,7 @@ _IPV4 = re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)")
 
 class NameScrubber:
     """Removes host names and addresses: the names we know (in plain and UTF-16 text read as bytes), any URL's
-    host other than Microsoft's, and IPv4 addresses; and the monitoring account's user name (a KDC's error text
+    host other than Microsoft's, and IPv4 and IPv6 addresses; and the monitoring account's user name (a KDC's error text
     names its principal). Microsoft's endpoints stay: they are what the report is about."""
 
     def __init__(self, names: Iterable[str], users: Iterable[str] = ()):
@@ -75,7 +80,19 @@ class NameScrubber:
         if self._names is not None:
             text = self._names.sub("<host>", text)
         text = _URL_HOST.sub(lambda m: m.group(0) if MICROSOFT_HOSTS.search(m.group(1)) else "<host>", text)
-        return _IPV4.sub("<address>", text)
+        return _IPV4.sub("<address>", _IPV6.sub(_ipv6, text))
+
+
+def _ipv6(match: re.Match) -> str:
+    text = match.group(0)
+    address = text.partition("%")[0]
+    if "::" not in address and address.count(":") != 7:
+        return text
+    try:
+        ipaddress.IPv6Address(address)
+    except ValueError:
+        return text
+    return "<address>"
 
 
 def _known(names: Iterable[str], before: str, after: str) -> re.Pattern | None:

@@ -153,3 +153,15 @@ def test_redact_names_leaves_no_proxy_name_in_the_raw_winhttp_setting():
                         interpretation=None, diagnose=_diagnose_output(winhttp_settings=base64.b64encode(value).decode()),
                         secrets=Redactor([PASSWORD]), redact_names=None)
     assert base64.b64encode(value).decode() in kept  # without --redact-names the raw value stays
+
+
+def test_name_scrubber_removes_ipv6_addresses():
+    """The exporter polls and proxies over IPv6 (config.py, addresses.py), but only IPv4 addresses were scrubbed:
+    another server's, a proxy's or a client's IPv6 address in an error record or an event text stayed."""
+    scrub = NameScrubber(names_of("EX01.contoso.com")).scrub
+    assert scrub("connect to fd00:10::25 and [2001:db8::1]:443 via http://[fd00::5]:8080/ from fe80::1%12") == \
+        "connect to <address> and [<address>]:443 via http://[<address>]:8080/ from <address>"
+    assert scrub("2001:0db8:0000:0000:0000:ff00:0042:8329, ::1 and ::ffff:10.1.2.3") == \
+        "<address>, <address> and <address>"
+    kept = "at 10:27:17.632Z, 6/30/2021 10:03:57 AM, System::Net, MAC 00:15:5d:01:02:03, a::b::c, std::abc"
+    assert scrub(kept) == kept
