@@ -22,7 +22,8 @@ from datetime import date, datetime
 from typing import Any, Iterable
 
 from . import __version__
-from .eems_log import parse_log_line
+from .eems_log import PROBLEM_LEVELS, parse_log_line
+from .interpret import CHECK_SETTLE
 from .model import RawCulture
 from .parse import parse_ps_date
 from .terminal import printable
@@ -289,6 +290,8 @@ def _log_lines(report: Report, key: str, head_lines: list[str], tail_lines: list
     if times and last_write is not None:  # about 0 when the lines are in UTC; whole hours when in local time
         offset = (last_write - max(times)).total_seconds()
         report.add(f"{key}.last_write_minus_newest_line", f"{'-' if offset < 0 else '+'}{_duration(abs(offset))}")
+    _check_lines(report, key, [parse_log_line(line, culture) for line in head_lines],
+                 [parse_log_line(line, culture) for line in tail_lines])
     levels: dict[str, list[str]] = {}
     messages: dict[str, Counter] = {}
     for line in head_lines + tail_lines:
@@ -304,6 +307,49 @@ def _log_lines(report: Report, key: str, head_lines: list[str], tail_lines: list
         report.add(f"{key}.level.{level}.last", lines[-1])
         for index, (message, count) in enumerate(messages[level].most_common(MESSAGES_PER_LEVEL), start=1):
             report.add(f"{key}.level.{level}.message.{index}", f"{count} x {message}")
+
+
+def _check_lines(report: Report, key: str, *parts: list) -> None:
+    """The times the check guesses rest on: starts per hour (EEMS checks hourly, the no-activity page) and, per check,
+    from its start line to its last line and to its first Warning/Error line (interpret.CHECK_SETTLE: a check
+    without a problem line is a success only once it is 5 minutes old). Each part (head, tail) on its own: the
+    bytes between them are unread."""
+    starts: list[datetime] = []
+    spans: list[float] = []
+    problems: list[float] = []
+    for records in parts:
+        check: tuple[datetime, datetime, datetime | None] | None = None  # start, last line, first problem
+        for record in [*(r for r in records if r is not None and r.time is not None), None]:
+            if record is None or record.is_check_start:
+                if check is not None:
+                    spans.append((check[1] - check[0]).total_seconds())
+                    if check[2] is not None:
+                        problems.append((check[2] - check[0]).total_seconds())
+                if record is not None:
+                    starts.append(record.time)
+                    check = (record.time, record.time, None)
+            elif check is not None:
+                problem = check[2] or (record.time if (record.level or "").lower() in PROBLEM_LEVELS else None)
+                check = (check[0], max(check[1], record.time), problem)
+    if not starts:
+        report.add(f"{key}.check_starts", "none in the lines read")
+        return
+    ordered = sorted(starts)
+    gaps = [(b - a).total_seconds() for a, b in zip(ordered, ordered[1:])]
+    report.add(f"{key}.check_starts", f"{len(starts)} in the lines read, {_duration((ordered[-1] - ordered[0]).total_seconds())} "
+               f"from the first to the last" + (f"; median {_duration(statistics.median(gaps))} between starts" if gaps else ""))
+    settle = CHECK_SETTLE.total_seconds()
+    late = sum(1 for seconds in problems if seconds > settle)
+    report.add(f"{key}.check_span", f"{len(spans)} checks: start line to the check's last line median "
+               f"{_seconds(statistics.median(spans))}, max {_seconds(max(spans))}")
+    report.add(f"{key}.check_problem_after", "not seen (no Warning/Error line after a start line)" if not problems else
+               f"{len(problems)} checks with a Warning/Error line, the first at most {_seconds(max(problems))} after "
+               f"the start; {late} later than 5 minutes: "
+               + ("contradicts the 5-minute settle" if late else "consistent with the 5-minute settle"))
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 60 else f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
 def _log_section(report: Report, doc: dict, culture: RawCulture | None, collected: dict | None) -> None:

@@ -171,6 +171,8 @@ def test_a_failing_server_behind_a_proxy(reports):
     assert got["log.read.1.level.Error.message.1"].endswith(
         "x Exception encountered while fetching mitigations : One or more errors occurred.")
     assert "events.id.1008.text.1" in got and "events.id.1006.count" not in got
+    assert got["log.read.1.check_problem_after"].endswith("0 later than 5 minutes: consistent with the 5-minute settle")
+    assert re.match(r"[1-9]\d* in the lines read", got["log.read.1.check_starts"])
     assert "Using Proxy http://svc-proxy:<redacted>@proxy.contoso.com:8080/" in report
 
 

@@ -165,3 +165,30 @@ def test_name_scrubber_removes_ipv6_addresses():
         "<address>, <address> and <address>"
     kept = "at 10:27:17.632Z, 6/30/2021 10:03:57 AM, System::Net, MAC 00:15:5d:01:02:03, a::b::c, std::abc"
     assert scrub(kept) == kept
+
+
+def test_check_span_and_hourly_starts_in_the_log_lines():
+    """Two guesses rest on the time between a check's lines: the newest check without a problem line is a success
+    only 5 minutes after its start (interpret.CHECK_SETTLE), and EEMS starts a check every hour. The report showed
+    the lines, not the time from each start line to that check's last line or the count of starts per hour."""
+    start = "S:LogLevel=Information;S:Message=Fetching mitigations from https://officeclient.microsoft.com/getexchangemitigations"
+    rows = ["#Fields: DateTime,EventName,CustomData"]
+    rows += [f"2026-11-29T{h:02d}:10:00.000Z,FetchMitigation,{start}" for h in (9, 10, 11)]
+    rows.insert(2, "2026-11-29T09:10:04.000Z,FetchMitigation,S:LogLevel=Warning;S:Message=TLS certificate or its chain "
+                   "validation failed")
+    rows.insert(4, "2026-11-29T10:17:00.000Z,FetchMitigation,S:LogLevel=Information;S:Message=done")
+    data = ("\r\n".join(rows) + "\r\n").encode()
+    files = [{"name": "MitigationService_2026112911-1.LOG", "length": len(data), "stream_length": len(data),
+              "last_write": "\\/Date(1795950000000)\\/", "head": base64.b64encode(data).decode(), "tail": ""}]
+    got = _report(_diagnose_output(log_folder={"path": "D:\\L", "exists": True, "file_count": 1}, log_files=files))
+    assert got["log.read.1.check_starts"] == "3 in the lines read, 2h00m from the first to the last; " \
+                                             "median 1h00m between starts"
+    assert got["log.read.1.check_span"] == "3 checks: start line to the check's last line median 4s, max 7m00s"
+    assert got["log.read.1.check_problem_after"] == ("1 checks with a Warning/Error line, the first at most 4s after "
+                                                     "the start; 0 later than 5 minutes: consistent with the 5-minute settle")
+    late = [row.replace("09:10:04", "09:16:00") for row in rows]
+    data = ("\r\n".join(late) + "\r\n").encode()
+    files[0].update(length=len(data), stream_length=len(data), head=base64.b64encode(data).decode())
+    got = _report(_diagnose_output(log_folder={"path": "D:\\L", "exists": True, "file_count": 1}, log_files=files))
+    assert got["log.read.1.check_problem_after"].endswith("at most 6m00s after the start; 1 later than 5 minutes: "
+                                                          "contradicts the 5-minute settle")
