@@ -56,6 +56,7 @@ _LOG_NAME = re.compile(r"(?P<prefix>.*?)_?(?P<stamp>\d{6,12})(?:-(?P<seq>\d+))?\
 _URL_HOST = re.compile(rf"(?<=://)(?:(?:[^/@\s'\"<>]|{re.escape(MASK)})*@)?([^/:@\s'\"<>\]\[\\]+)")
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)")
+_DOMAIN_SID = re.compile(r"S-1-5-21-\d+-\d+-\d+(?=-\d|\b)", re.IGNORECASE)
 # a candidate only: `_ipv6` keeps what ipaddress takes for an address, written with `::` or all eight groups
 # (a time such as 10:27:17 is neither), with a zone (`%12`) or an IPv4 tail (`::ffff:10.1.2.3`)
 _IPV6 = re.compile(r"(?<![0-9A-Za-z:.%])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4})"
@@ -81,6 +82,7 @@ class NameScrubber:
         if self._names is not None:
             text = self._names.sub("<host>", text)
         text = _URL_HOST.sub(lambda m: m.group(0) if MICROSOFT_HOSTS.search(m.group(1)) else "<host>", text)
+        text = _DOMAIN_SID.sub(r"S-1-5-21-<domain>", text)  # a domain's (or a computer's) SID names it; the RID stays
         return _IPV4.sub("<address>", _IPV6.sub(_ipv6, text))
 
 
@@ -492,6 +494,14 @@ def _rights_section(report: Report, doc: dict) -> None:
         report.add("rights.log_folder", f"{len(file_errors)} files not readable: {_error_text(file_errors[0])}")
     else:
         report.add("rights.log_folder", "ok" if folder.get("exists") else "folder absent")
+    # the descriptors docs/windows-setup.md guesses at (F5, F9), as SDDL
+    sddl = doc.get("service_sddl")
+    if isinstance(sddl, dict):
+        report.add("rights.service_sddl", f"failed: {_error_text(sddl['error'])}" if sddl.get("error") else
+                   f"exit {sddl.get('exit')}: {sddl.get('output')}")
+    acl = folder.get("sddl")
+    if acl is not None:
+        report.add("rights.log_folder_sddl", f"failed: {_error_text(acl.get('error'))}" if isinstance(acl, dict) else acl)
     for index, error in enumerate(_as_list(doc.get("errors"))[:ERRORS_SENT], start=1):
         report.add(f"diagnose.error.{index}", _error_text(error))
 

@@ -3,17 +3,21 @@ $ProgressPreference='SilentlyContinue';$ErrorActionPreference='Stop'
 # and language_mode says why (docs/field-report.md).
 function Err($x){@{id=[string]$x.FullyQualifiedErrorId;type=[string]$x.Exception.pstypenames[0];message="$x"}}
 $lt=Microsoft.PowerShell.Utility\Get-Date
-$r=@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;utc_offset_minutes=[int]($lt-$lt.ToUniversalTime()).TotalMinutes;language_mode=[string]$ExecutionContext.SessionState.LanguageMode;powershell=[string]$PSVersionTable.PSVersion;culture=$null;ui_culture=$null;is_admin=$null;exsetup_version=$null;winhttp_settings=$null;service=$null;service_key=$null;log_folder=$null;log_files=@();events=@();event_errors=@();event_error_count=$null;event_query_seconds=$null;errors=@()}
+$r=@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;utc_offset_minutes=[int]($lt-$lt.ToUniversalTime()).TotalMinutes;language_mode=[string]$ExecutionContext.SessionState.LanguageMode;powershell=[string]$PSVersionTable.PSVersion;culture=$null;ui_culture=$null;is_admin=$null;exsetup_version=$null;winhttp_settings=$null;service=$null;service_key=$null;service_sddl=$null;log_folder=$null;log_files=@();events=@();event_errors=@();event_error_count=$null;event_query_seconds=$null;errors=@()}
 try{$r.culture=(Microsoft.PowerShell.Utility\Get-Culture).Name;$r.ui_culture=(Microsoft.PowerShell.Utility\Get-UICulture).Name}catch{$r.errors+=Err $_}
 if($ExecutionContext.SessionState.LanguageMode -eq 'FullLanguage'){try{$r.is_admin=([Security.Principal.WindowsPrincipal][Security.Principal.WindowsIdentity]::GetCurrent()).IsInRole([Security.Principal.WindowsBuiltInRole]::Administrator)}catch{$r.errors+=Err $_}}
 try{$r.exsetup_version=(Microsoft.PowerShell.Core\Get-Command ExSetup.exe).FileVersionInfo.FileVersion}catch{$r.errors+=Err $_}
 if($ExecutionContext.SessionState.LanguageMode -eq 'FullLanguage'){try{$r.winhttp_settings=[Convert]::ToBase64String((Microsoft.PowerShell.Management\Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Internet Settings\Connections').WinHttpSettings)}catch{$r.winhttp_settings=@{error=Err $_}}}
 try{$s=Microsoft.PowerShell.Management\Get-Service MSExchangeMitigation;$r.service=@{status=[string]$s.Status;start_type=[string]$s.StartType}}catch{$r.service=@{error=Err $_}}
 try{$k=Microsoft.PowerShell.Management\Get-ItemProperty 'HKLM:\SYSTEM\CurrentControlSet\Services\MSExchangeMitigation';$r.service_key=@{start=$k.Start;account=[string]$k.ObjectName}}catch{$r.service_key=@{error=Err $_}}
+# The service's and the log folder's security descriptors (docs/windows-setup.md, F5 and F9), as SDDL: sc.exe prints
+# its own (localized) text when it may not read one, with the Win32 error as its exit code.
+try{$o=@(& "$env:SystemRoot\System32\sc.exe" sdshow MSExchangeMitigation|Microsoft.PowerShell.Utility\Select-Object -First 8);$r.service_sddl=@{exit=$LASTEXITCODE;output=((@($o|Microsoft.PowerShell.Core\ForEach-Object{[string]$_ -replace '^\s+|\s+$',''}) -ne '') -join ' ')}}catch{$r.service_sddl=@{error=Err $_}}
 # Per file the directory entry's write time (Get-ChildItem) and the file's own (Get-Item): they differ while EEMS
 # holds a file open if NTFS lags the directory entry, and neither may move until it is closed (review R3).
 try{$d=Microsoft.PowerShell.Management\Join-Path $env:ExchangeInstallPath 'Logging\MitigationService';$r.log_folder=@{path=$d;exists=(Microsoft.PowerShell.Management\Test-Path $d)}
-if($r.log_folder.exists){$a=@(Microsoft.PowerShell.Management\Get-ChildItem $d -File|Microsoft.PowerShell.Utility\Sort-Object LastWriteTimeUtc -Descending);$r.log_folder.file_count=$a.Count;$i=0
+if($r.log_folder.exists){try{$r.log_folder.sddl=(Microsoft.PowerShell.Security\Get-Acl -LiteralPath $d).Sddl}catch{$r.log_folder.sddl=@{error=Err $_}}
+$a=@(Microsoft.PowerShell.Management\Get-ChildItem $d -File|Microsoft.PowerShell.Utility\Sort-Object LastWriteTimeUtc -Descending);$r.log_folder.file_count=$a.Count;$i=0
 $r.log_files=@($a|Microsoft.PowerShell.Utility\Select-Object -First $P.ListFiles|Microsoft.PowerShell.Core\ForEach-Object{$o=@{name=$_.Name;length=$_.Length;last_write=$_.LastWriteTimeUtc;file_last_write=(Microsoft.PowerShell.Management\Get-Item -LiteralPath $_.FullName).LastWriteTimeUtc}
 if($ExecutionContext.SessionState.LanguageMode -eq 'FullLanguage'){if($i++ -lt $P.ReadFiles){try{$s=[IO.File]::Open($_.FullName,'Open','Read','ReadWrite,Delete');try{$o.stream_length=$s.Length
 $n=[Math]::Min($s.Length,$P.HeadBytes);$b=Microsoft.PowerShell.Utility\New-Object byte[] $n;$n=$s.Read($b,0,$n);$o.head=[Convert]::ToBase64String($b,0,$n)

@@ -82,6 +82,7 @@ def test_a_healthy_server(reports):
     assert got["os.culture"] == "en-US" and got["os.ui_culture"] == "en-US" and got["account.is_admin"] == "yes"
     assert got["rights.service_query"] == "ok: Running, Automatic"
     assert got["rights.event_log"] == "ok" and got["rights.log_folder"] == "ok"
+    assert got["rights.service_sddl"].startswith("exit 0: D:(A;;") and got["rights.log_folder_sddl"].startswith("O:SYG:SYD:")
     assert re.fullmatch(r"MitigationService_\d{10}-1\.LOG", got["log.read.1.name"])
     assert got["log.naming"].startswith("prefix MitigationService; stamp 48 x yyyyMMddHH (hourly)")
     assert got["log.rotation"].startswith("median 1h00m")
@@ -107,6 +108,7 @@ def test_a_german_least_privilege_server_with_an_hourly_utf16_log(reports):
     assert code == 0 and got["os.culture"] == "de-DE" and got["account.is_admin"] == "no"
     assert got["os.culture_patterns"].startswith("date dd.MM.yyyy, time HH:mm:ss")
     assert got["rights.service_query"].startswith("DENIED: Get-Service finds no service, but its registry key exists")
+    assert got["rights.service_sddl"].startswith("exit 5: ")
     assert got["interpretation.service_state"] == "unknown"
     assert got["rights.event_log"].startswith("DENIED: System.UnauthorizedAccessException")
     assert got["rights.event_log"].endswith("Es wurde versucht, einen nicht autorisierten Vorgang auszuführen.")

@@ -192,3 +192,27 @@ def test_check_span_and_hourly_starts_in_the_log_lines():
     got = _report(_diagnose_output(log_folder={"path": "D:\\L", "exists": True, "file_count": 1}, log_files=files))
     assert got["log.read.1.check_problem_after"].endswith("at most 6m00s after the start; 1 later than 5 minutes: "
                                                           "contradicts the 5-minute settle")
+
+
+def test_the_security_descriptors_the_setup_page_guesses_at():
+    """docs/windows-setup.md marks UNCONFIRMED the service's default descriptor (F5) and the log folder's default ACL
+    (F9); the report had only whether a read worked. It now carries both descriptors as SDDL, with a domain's
+    SIDs (which name the domain) cut to their RID when names are redacted."""
+    domain_sid = "S-1-5-21-1004336348-1177238915-682003330"
+    sddl = f"O:SYG:SYD:AI(A;OICIID;FA;;;SY)(A;OICIID;FA;;;BA)(A;OICI;0x1200a9;;;{domain_sid}-1117)"
+    service = "D:(A;;CCLCSWRPWPDTLOCRRC;;;SY)(A;;CCDCLCSWRPWPDTLOCRSDRCWDWO;;;BA)(A;;CCLCSWLOCRRC;;;IU)"
+    output = _diagnose_output(service_sddl={"exit": 0, "output": service},
+                              log_folder={"path": "D:\\L", "exists": True, "file_count": 0, "sddl": sddl})
+    got = _report(output)
+    assert got["rights.service_sddl"] == f"exit 0: {service}"
+    assert got["rights.log_folder_sddl"] == sddl
+    text = build_report(server="EX01", created=datetime(2026, 11, 29, tzinfo=timezone.utc), collect="not run",
+                        interpretation=None, diagnose=output, secrets=Redactor([PASSWORD]), redact_names=["EX01"])
+    assert domain_sid not in text and "1004336348" not in text
+    assert lines(text)["rights.log_folder_sddl"].endswith("(A;OICI;0x1200a9;;;S-1-5-21-<domain>-1117)")
+    denied = {"error": {"id": "System.UnauthorizedAccessException", "type": "System.UnauthorizedAccessException",
+                        "message": "Attempted to perform an unauthorized operation."}}
+    got = _report(_diagnose_output(service_sddl={"exit": 5, "output": "[SC] OpenService FAILED 5:  Access is denied."},
+                                   log_folder={"path": "D:\\L", "exists": True, "file_count": 0, "sddl": denied}))
+    assert got["rights.service_sddl"] == "exit 5: [SC] OpenService FAILED 5:  Access is denied."
+    assert got["rights.log_folder_sddl"].startswith("failed: System.UnauthorizedAccessException")
