@@ -161,6 +161,14 @@ def _one_server_command(args: argparse.Namespace) -> tuple[Config, Catalog, Reda
     return config, catalog, redactor
 
 
+def _named_as(name: str, config) -> str:
+    """A hint when `name` is a configured server's short name (`EX01` for `ex01.contoso.com`): servers are found
+    by the name `servers:` gives them, exactly."""
+    short = name.lower().split(".")[0]
+    similar = sorted(s.name for s in config.servers if s.name.lower().split(".")[0] == short)
+    return f" (servers are named as `servers:` lists them: {', '.join(map(repr, similar[:3]))})" if similar else ""
+
+
 def cmd_poll(args: argparse.Namespace) -> int:
     from .poller import Poller
     from .runtime import SafeRuntime
@@ -168,7 +176,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
     config, catalog, redactor = _one_server_command(args)
     poller = Poller(SafeRuntime(config, catalog))
     if poller.runtime.current().targets.get(args.server) is None:
-        raise _Fail(f"server {args.server!r} is not in {args.config_file}")
+        raise _Fail(f"server {args.server!r} is not in {args.config_file}{_named_as(args.server, config)}")
     result = poller.poll_server(args.server)
     print(redactor.scrub(json.dumps(_jsonable(result), indent=2)))
     poller.stop()
@@ -184,7 +192,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
                               diagnose_module=args.diagnose_module)
     except KeyError as missing:
         what = "module" if missing.args[0] == args.diagnose_module else "server"
-        raise _Fail(f"{what} {missing.args[0]!r} is not in {args.config_file}") from None
+        hint = _named_as(args.server, config) if what == "server" else ""
+        raise _Fail(f"{what} {missing.args[0]!r} is not in {args.config_file}{hint}") from None
     sys.stdout.flush()
     sys.stdout.buffer.write(report.encode("utf-8"))  # not the console's code page: a report of a Japanese server
     return 0

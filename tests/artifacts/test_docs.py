@@ -271,3 +271,21 @@ def test_the_runbooks_silence_names_a_server_as_the_readme_configures_it():
     names = {s if isinstance(s, str) else s["name"] for s in _smallest_readme_config()["servers"]}
     for value in silences:
         assert value in names, f"silence on server={value}: the README's configuration names {sorted(names)}"
+
+
+def test_poll_and_diagnose_commands_name_a_server_as_the_configuration_lists_it():
+    """`poll` and `diagnose` find a server by its configured name. README, docs/field-report.md and
+    docs/windows-setup.md ran `poll EX01` while the README's configuration (and deploy/systemd/config.yml, the
+    file windows-setup.md's check reads) lists `ex01.contoso.com`: the command an admin copied answered
+    "server 'EX01' is not in ..." instead of polling."""
+    systemd = yaml.safe_load((DEPLOY / "systemd" / "config.yml").read_text())
+    configured = {s if isinstance(s, str) else s["name"] for s in _smallest_readme_config()["servers"]}
+    configured &= {s if isinstance(s, str) else s["name"] for s in systemd["servers"]}
+    found = []
+    for path in [README, *sorted(DOCS.glob("*.md"))]:
+        for block in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(), re.S):
+            found += [(path.name, name) for name in
+                      re.findall(r"^exchange-eems-exporter (?:poll|diagnose) (\S+)", block, re.M)]
+    assert found
+    for where, name in found:
+        assert name in configured, f"{where}: `{name}` is not a server the configuration lists ({sorted(configured)})"

@@ -318,3 +318,15 @@ def test_check_config_of_a_huge_file_is_refused_by_its_size(tmp_path):
     path.write_bytes(good + b"#" * (MAX_CONFIG_BYTES + 1 - len(good)))
     result = exporter("check-config", "--config.file", str(path), env={PASSWORD_ENV: PASSWORD})
     assert_one_line_error(result, "configuration error", f"larger than {MAX_CONFIG_BYTES} bytes", "exporter.yml")
+
+
+def test_poll_by_a_short_name_says_how_the_server_is_configured(tmp_path):
+    """The README's `poll EX01` against its own `servers: [ex01.contoso.com]` said only "not in": name the server
+    as the configuration lists it."""
+    path = tmp_path / "config.yml"
+    path.write_text("modules: {default: {username: u, password_env: EXCHANGE_TEST_PASSWORD}}\n"
+                    "servers: [ex01.contoso.com]\n")
+    for command in ("poll", "diagnose"):
+        result = exporter(command, "--config.file", str(path), "EX01", env={"EXCHANGE_TEST_PASSWORD": "p"})
+        assert_one_line_error(result, "'EX01' is not in")
+        assert "'ex01.contoso.com'" in result.stderr, result.stderr
