@@ -76,3 +76,13 @@ def test_every_event_log_readers_grant_finds_the_group_by_its_sid():
     for path in (PAGE, ROOT / "docs" / "runbooks.md", ROOT / "docs" / "security.md", ROOT / "README.md"):
         for line in re.findall(r"Add-LocalGroupMember[^`\n]*-Member[^`\n]*", path.read_text()):
             assert "-SID 'S-1-5-32-573'" in line, f"{path.name}: {line}"
+
+
+def test_the_page_says_what_powershell_remoting_needs_of_it():
+    """The page called itself the WinRS page only, so an admin setting up the JEA endpoint (`protocol: psrp`, on
+    the default https:5986) skipped it, and with it the HTTPS listener and the firewall rule the endpoint is reached
+    through: every poll then failed with connection_refused."""
+    intro = PAGE.read_text().split("\n## ", 1)[0]
+    assert "protocol: psrp" in intro
+    for section in ("(1.5)", "(2)", "(3)", "(4)"):
+        assert section in intro, section
