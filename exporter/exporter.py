@@ -48,6 +48,7 @@ class Exporter:
             shard=current.config.shard,
             shard_server_names=current.targets.polled_names,
             shard_servers=current.targets.per_shard,
+            probe_targets=() if current.config.poll.background else tuple(t.name for t in current.targets.polled),
         )
 
     # ------------------------------------------------------------ what the handlers read

@@ -48,6 +48,7 @@ class SelfStatus:
     shard_server_names: dict[str, str] = field(default_factory=dict)  # this shard's servers by each name, lower case
     shard_servers: tuple[int, ...] = ()  # the servers of each shard, by index
     catalog_checked: date | None = None  # the day the catalog was last known current (default: its newest release)
+    probe_targets: tuple[str, ...] = ()  # probe-only (poll.background: false): the servers only a /probe polls
 
 
 def _ts(value: datetime | date | None) -> float | None:
@@ -315,6 +316,12 @@ def self_families(self_status: SelfStatus) -> list[Metric]:
         out.add("exchange_exporter_shard_servers", "Exchange servers each shard of this configuration polls, "
                 "configured plus discovered; every instance says it of every shard (ExchangeExporterShardMissing).",
                 {"shard": str(index), "shards": str(self_status.shard[1])}, count)
+    # Probe-only: Prometheus's target list, not this configuration, decides which servers are polled. Each server a
+    # /probe would poll, so that a rule can find the ones no probe result (`exchange_up`) comes for.
+    for name in self_status.probe_targets:
+        out.add("exchange_exporter_probe_target", "1 for each server this exporter polls only when a /probe asks "
+                "for it (poll.background: false); one without exchange_up is never polled (ExchangeServerNotProbed).",
+                {"server": name}, 1)
     out.add("exchange_exporter_config_last_reload_successful", "1 if the last configuration (re)load succeeded.",
             {}, 1 if self_status.last_reload_successful else 0)
     out.add("exchange_exporter_config_last_reload_success_timestamp_seconds",
