@@ -9,6 +9,7 @@ running finish against it.
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("exchange-eems-simulator: the demo runs the exporter, which is not installed: "
               "pip install . in its source folder (make demo does it)", file=sys.stderr)
         return 2
+    # The exporter's configuration, the demo password's file and, with --kerberos, the realm's database and keytabs:
+    # removed at the end, as any temporary folder (every demo used to leave one behind).
     workdir = Path(tempfile.mkdtemp(prefix="eems-demo-"))
+    try:
+        return _demo(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _demo(args: argparse.Namespace, workdir: Path) -> int:
     scenario = load(args, _psrp_endpoint(workdir) if args.psrp else None)
     realm = _start_realm(args, scenario, workdir) if args.kerberos else None
     try:

@@ -69,7 +69,9 @@ def test_ctrl_c_stops_polling_before_the_fleet_goes_away(tmp_path):
     scenario = tmp_path / "demo.yaml"
     scenario.write_text(yaml.safe_dump(demo), encoding="utf-8")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != PASSWORD_ENV}
+    temporary = tmp_path / "tmp"  # where the demo makes its folder (TMPDIR), to see that it removes it
+    temporary.mkdir()
+    env = {**{k: v for k, v in os.environ.items() if k != PASSWORD_ENV}, "TMPDIR": str(temporary)}
     process = subprocess.Popen(
         [sys.executable, "-m", "exporter", "demo", "--scenario", str(scenario), "--listen", f"127.0.0.1:{port}",
          "--interval", "10s"],
@@ -98,6 +100,8 @@ def test_ctrl_c_stops_polling_before_the_fleet_goes_away(tmp_path):
              if ("poll of" in line and "EX-SE05-NOWINRM" not in line) or "could not delete WinRM shell" in line
              or "Traceback" in line]
     assert not stray, "\n".join(stray)
+    # The demo's folder held the exporter's configuration and the demo password's file; it used to stay behind.
+    assert list(temporary.iterdir()) == [], "the demo left its temporary folder behind"
 
 
 def test_the_exporter_without_the_simulator_says_how_to_get_the_demo(tmp_path):
