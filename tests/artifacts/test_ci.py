@@ -34,3 +34,12 @@ def test_every_apt_get_waits_for_the_dpkg_lock():
     assert len(commands) >= 4, commands
     for line in commands:
         assert "-o DPkg::Lock::Timeout=" in line, line
+
+
+def test_the_readme_names_every_package_make_test_installs():
+    """The README said `make test` installs Prometheus and Alertmanager; it also installs Chromium, systemd and MIT
+    Kerberos with a compiler, which an admin trying it on a management server should know before giving it sudo."""
+    quick_start = (ROOT / "README.md").read_text().partition("## Quick start")[2].partition("```")[0]
+    for package in makefile_list("SYSTEM_PACKAGES"):
+        assert f"`{package}`" in quick_start, package
+    assert "make kerberos-deps" in quick_start and "Kerberos" in quick_start
