@@ -122,9 +122,12 @@ class Receiver:
         firing = [a for a in payload.get("alerts", []) if a.get("status") == "firing"]
         servers = sorted({a["labels"].get("server") or a["labels"].get("organization", "") for a in firing})
         group = ",".join(f"{k}={v}" for k, v in sorted(payload.get("groupLabels", {}).items()))
-        print(f"{path.strip('/').upper():16} {payload.get('status', '?'):9} {group}: {', '.join(servers)}",
-              flush=True)
+        line = f"{path.strip('/').upper():16} {payload.get('status', '?'):9} {group}: {', '.join(servers)}\n"
+        # one write per line under the lock: notifications arrive on parallel threads, and print() writes the text
+        # and its newline apart, so two of them ran together on one line
         with self.lock, self.log.open("a", encoding="utf-8") as out:
+            sys.stdout.write(line)
+            sys.stdout.flush()
             out.write(json.dumps({"path": path, "payload": payload}) + "\n")
 
     def stop(self) -> None:

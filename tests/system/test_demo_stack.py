@@ -61,3 +61,41 @@ def test_demo_stack_pages_at_its_webhook_and_stops_cleanly(tmp_path, monkeypatch
     assert names <= {"ExchangeBuildBelowCertificateCutoff", "ExchangeEEMSServiceNotRunning", "ExchangeEEMSFetchErrors",
                      "ExchangeBuildWithoutEEMS", "ExchangeExporterCannotPoll"}, names
     assert not [name for name, port in ports.items() if listening(port)], "a program of the stack still listens"
+
+
+def test_notifications_arriving_together_print_whole_lines(tmp_path, monkeypatch):
+    """Alertmanager posts a page and a ticket at once; the webhook's threads printed them as
+    `...endpoint=mitigations: EX-SE08-FRPAGER  firing ...`, two notifications on one line."""
+    import importlib.util
+    import threading
+
+    spec = importlib.util.spec_from_file_location("demo_stack", REPO / "tools" / "demo_stack.py")
+    demo_stack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo_stack)
+
+    class SlowConsole:  # a terminal: each write takes a moment, so unserialised writes interleave
+        def __init__(self):
+            self.text = ""
+
+        def write(self, text: str) -> int:
+            time.sleep(0.01)
+            self.text += text
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    console = SlowConsole()
+    monkeypatch.setattr(sys, "stdout", console)
+    receiver = demo_stack.Receiver.__new__(demo_stack.Receiver)
+    receiver.log, receiver.lock = tmp_path / "notifications.jsonl", threading.Lock()
+    bodies = [json.dumps({"status": "firing", "groupLabels": {"alertname": f"A{n}"},
+                          "alerts": [{"status": "firing", "labels": {"server": f"EX{n}"}}]}).encode()
+              for n in range(8)]
+    threads = [threading.Thread(target=receiver.record, args=("/pager", body)) for body in bodies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines = console.text.splitlines()
+    assert len(lines) == 8 and all(line.startswith("PAGER") and line.count("firing") == 1 for line in lines), lines
