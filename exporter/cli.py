@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint.add_argument("--group", required=True, metavar="DOMAIN\\GROUP",
                           help="the group whose members may connect (the monitoring account's group)")
     endpoint.add_argument("--endpoint-proxy", default="", metavar="URL",
-                          help="the proxy the endpoint check goes through (as poll.endpoint_proxy); fixed in the "
+                          help="the proxy the endpoint check goes through (as servers[].endpoint_proxy over WinRS); fixed in the "
                                "endpoint, not chosen by the caller. Default: the server's WinHTTP proxy")
     endpoint.add_argument("--virtual-account-group", action="append", default=[], metavar="LOCAL_GROUP",
                           help="run the session's virtual account in this local group instead of Administrators "

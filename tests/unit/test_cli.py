@@ -330,3 +330,27 @@ def test_poll_by_a_short_name_says_how_the_server_is_configured(tmp_path):
         result = exporter(command, "--config.file", str(path), "EX01", env={"EXCHANGE_TEST_PASSWORD": "p"})
         assert_one_line_error(result, "'EX01' is not in")
         assert "'ex01.contoso.com'" in result.stderr, result.stderr
+
+
+def test_every_configuration_key_the_help_names_exists():
+    """`windows-endpoint --help` said its proxy was "as poll.endpoint_proxy", a key that does not exist (the
+    per-server key is servers[].endpoint_proxy): an admin who set it got a configuration error."""
+    import argparse
+    import re
+    from pathlib import Path
+
+    from exporter import config
+    from exporter.cli import build_parser
+
+    keys = {"poll": config.POLL_KEYS, "limits": config.LIMITS_KEYS, "servers[]": config.SERVER_KEYS,
+            "organization": config.ORGANIZATION_KEYS, "modules.NAME": config.module_keys(Path("."))}
+    known = {f"{section}.{key.name}" for section, section_keys in keys.items() for key in section_keys}
+    parser = build_parser()
+    texts = [parser.format_help()]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            texts += [sub.format_help() for sub in action.choices.values()]
+    named = {m for text in texts for m in re.findall(
+        r"\b((?:poll|limits|organization|servers\[\]|modules\.NAME)\.[a-z_]+)", " ".join(text.split()))}
+    assert named, "the help names configuration keys"
+    assert named <= known, sorted(named - known)
