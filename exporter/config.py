@@ -138,6 +138,11 @@ check_fields(LIMITS_KEYS, LimitsConfig)
 # ---------------------------------------------------------------- modules
 
 
+# Session configurations that run a whole script (Windows PowerShell's own) or cmdlets (Exchange's): any other name
+# is a JEA endpoint, which runs the exporter's function alone (exporter/winrm/psrp.py).
+BUILT_IN_CONFIGURATIONS = ("Microsoft.PowerShell", "Microsoft.PowerShell32", "PowerShell.7", "Microsoft.Exchange")
+
+
 @dataclass(frozen=True)
 class ModuleConfig:
     """How to reach and authenticate to a server: a named credential set, selectable by /probe?module=."""
@@ -168,6 +173,12 @@ class ModuleConfig:
     configuration_name: str = "ExchangeEemsExporter"
     path: str = "wsman"
     keep_runspace: bool = True
+
+    @property
+    def jea_endpoint(self) -> bool:
+        """PowerShell remoting to a JEA endpoint (the exporter's, by default): only its function's parameters are
+        sent, so what the function fixes when it is written (the endpoint check's proxy) cannot be chosen here."""
+        return self.protocol == "psrp" and self.configuration_name not in BUILT_IN_CONFIGURATIONS
 
     def secrets(self) -> list[str]:
         """The password and the Basic `Authorization` value made from it, which a server can quote back."""
@@ -500,6 +511,10 @@ def _load_servers(raw: Any, modules: dict[str, ModuleConfig], default_module: st
         if module not in modules:
             raise ConfigError(f"{path}.module",
                               f"unknown module {bounded_repr(module)} (configured: {', '.join(modules)})")
+        if values["endpoint_proxy"] and modules[module].jea_endpoint:  # accepted, it was ignored without a word
+            raise ConfigError(f"{path}.endpoint_proxy", f"does not apply to module {bounded_repr(module)}: its JEA "
+                              "endpoint sends the check through the proxy it was written with "
+                              "(windows-endpoint --endpoint-proxy)")
         servers.append(ServerConfig(**values))
     return tuple(servers)
 

@@ -40,7 +40,7 @@ from typing import Any, Callable
 import psrpcore
 from psrpcore.types import HostMethodIdentifier, PSInvocationState, RunspacePoolState
 
-from ..config import ModuleConfig
+from ..config import BUILT_IN_CONFIGURATIONS, ModuleConfig
 from ..scripts import ORGANIZATION_MARKER, SERVER_MARKER, Command
 from ..windows_endpoint import FUNCTION_NAME, PARAMETERS, VERSION_PREFIX, endpoint_version, update_command
 from . import wsman
@@ -167,7 +167,7 @@ class PsrpConnection(LinkedConnection):
         return [_Statement(script, script=True)], self._script
 
     def _is_jea(self) -> bool:
-        return self._configuration not in ("Microsoft.PowerShell", "Microsoft.PowerShell32", "PowerShell.7", EXCHANGE)
+        return self._configuration not in BUILT_IN_CONFIGURATIONS
 
     def _jea(self, outputs: list, errors: list, failure) -> CommandResult:
         if failure is not None and _error_id(failure) == "CommandNotFoundException":

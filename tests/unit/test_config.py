@@ -588,3 +588,18 @@ def test_a_kerberos_organization_server_is_named_not_addressed(tmp_path, server)
     listed = kerberos + servers("{name: ex05, address: 10.0.0.5, spn_hostname: ex05.contoso.com}")
     assert load_config_text(listed + "organization: {server: ex05}\n", tmp_path).organization.server == "ex05"
     assert load_config_text(GOOD + f"organization: {{server: {server}}}\n", tmp_path).organization  # NTLM: an address
+
+
+def test_an_endpoint_proxy_a_jea_endpoint_would_ignore_is_refused(monkeypatch):
+    """The exporter's JEA endpoint takes five integers: its proxy is the one `windows-endpoint --endpoint-proxy`
+    wrote into it. A `servers[].endpoint_proxy` on a server polled through it was accepted and ignored without a
+    word, and the check went another way than the one configured."""
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    proxy = "{name: ex01.contoso.com, endpoint_proxy: 'http://proxy.contoso.com:8080'}"
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(module("protocol: psrp") + servers(proxy), Path("."))
+    assert caught.value.path == "servers[0].endpoint_proxy" and "--endpoint-proxy" in caught.value.message
+    # a session configuration that runs the whole script takes the proxy, as WinRS does
+    for lines in (("protocol: psrp", "configuration_name: Microsoft.PowerShell"), ()):
+        config = load_config_text(module(*lines) + servers(proxy), Path("."))
+        assert config.servers[0].endpoint_proxy == "http://proxy.contoso.com:8080"
