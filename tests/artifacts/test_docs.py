@@ -289,3 +289,12 @@ def test_poll_and_diagnose_commands_name_a_server_as_the_configuration_lists_it(
     assert found
     for where, name in found:
         assert name in configured, f"{where}: `{name}` is not a server the configuration lists ({sorted(configured)})"
+
+
+def test_the_security_page_says_what_the_winrm_certificate_is_checked_against():
+    """docs/security.md said the WinRM server's certificate was checked "against the system store or ca_file";
+    exporter/winrm/tls.py uses ca_file or certifi's bundle, never the system store (README says so). An admin who
+    installed the internal CA in the host's store, as the page implied was enough, got tls_error on every poll."""
+    trusts = (DOCS / "security.md").read_text().partition("## What the exporter trusts")[2].partition("\n## ")[0]
+    assert "certifi" in trusts and "ca_file" in trusts
+    assert "against the system store" not in " ".join(trusts.split())
