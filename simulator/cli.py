@@ -86,6 +86,13 @@ def exporter_config(scenario: Scenario, password_file: Path, ca_file: Path | Non
         config["organization"] = {"name": organization.name, "server": organization.server}
         if psrp:
             config["organization"]["module"] = "exchange"
+        elif kerberos:
+            # Over WinRS the organization's cmdlets reach Active Directory only with a delegated ticket (the double
+            # hop). As docs/security.md advises, only the organization's own module delegates: every other server
+            # would otherwise receive a forwardable TGT of the monitoring account at each poll.
+            first = next(iter(modules.values()))
+            config["modules"]["organization"] = {**first, "kerberos_delegation": True}
+            config["organization"]["module"] = "organization"
     return config
 
 
