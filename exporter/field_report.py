@@ -203,12 +203,13 @@ def decode_log(raw: bytes) -> tuple[str, str]:
     for bom, codec, label in BOMS:
         if raw.startswith(bom):
             return label, raw.decode(codec, errors="replace")
+    # before UTF-8: UTF-16 text without a BOM is valid UTF-8 too (ASCII and NULs), and was labelled so
+    if raw and raw.count(0) * 3 >= len(raw):
+        return "utf-16-le (no BOM)", raw.decode("utf-16-le", errors="replace")
     try:
         return "utf-8 (no BOM)", raw.decode("utf-8")
     except UnicodeDecodeError:
         pass
-    if raw and raw.count(0) * 3 >= len(raw):
-        return "utf-16-le (no BOM)", raw.decode("utf-16-le", errors="replace")
     return "unknown (not UTF-8; shown with replacement characters)", raw.decode("utf-8", errors="replace")
 
 

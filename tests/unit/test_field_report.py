@@ -216,3 +216,12 @@ def test_the_security_descriptors_the_setup_page_guesses_at():
                                    log_folder={"path": "D:\\L", "exists": True, "file_count": 0, "sddl": denied}))
     assert got["rights.service_sddl"] == "exit 5: [SC] OpenService FAILED 5:  Access is denied."
     assert got["rights.log_folder_sddl"].startswith("failed: System.UnauthorizedAccessException")
+
+
+def test_utf16_without_a_bom_is_not_labelled_utf8():
+    """UTF-16-LE text without a BOM is valid UTF-8 (ASCII letters and NULs): `log.read.N.encoding` said
+    "utf-8 (no BOM)" for it, hiding the one encoding the collection script does not expect."""
+    from exporter.field_report import decode_log
+    assert decode_log("2026-11-29T10:10:00.000Z,FetchMitigation,S:LogLevel=Information".encode("utf-16-le")) == \
+        ("utf-16-le (no BOM)", "2026-11-29T10:10:00.000Z,FetchMitigation,S:LogLevel=Information")
+    assert decode_log(b"2026-11-29T10:10:00.000Z,x")[0] == "utf-8 (no BOM)"
