@@ -22,6 +22,7 @@ from datetime import date, datetime
 from typing import Any, Iterable
 
 from . import __version__
+from .assumptions import Facts, ReadLog, check_times, verdicts
 from .eems_log import PROBLEM_LEVELS, parse_log_line
 from .interpret import CHECK_SETTLE
 from .model import RawCulture
@@ -141,6 +142,8 @@ class Report:
 
     def __init__(self, secrets: Redactor, scrub_names) -> None:
         self.lines: list[str] = []
+        self.values: dict[str, str] = {}  # key -> value as shown: the evidence the Assumptions section quotes
+        self.files: list[ReadLog] = []  # the log files section 3 read, for the Assumptions section
         self._scrub = lambda text: scrub_names(secrets.scrub(text))
 
     def heading(self, text: str) -> None:
@@ -152,7 +155,9 @@ class Report:
         text = _show(self._scrub(value) if isinstance(value, str) else value)
         if len(text) > MAX_VALUE_CHARS:
             text = text[: MAX_VALUE_CHARS - 3] + "..."
-        self.lines.append(f"{printable(self._scrub(key))}: {text}")  # a key may hold server text (an event id)
+        key = printable(self._scrub(key))  # a key may hold server text (an event id)
+        self.values[key] = text
+        self.lines.append(f"{key}: {text}")
 
     def block(self, text: str) -> None:
         """A script's output as it came, line by line, each line's controls (ESC, CR) shown, not obeyed."""
@@ -265,7 +270,9 @@ def _log_file(report: Report, key: str, entry: dict, culture: RawCulture | None)
         else:
             tail_text = decode_log(tail)[1]
         head_lines, tail_lines = head_lines[:-1], tail_text.splitlines()[1:]
-    _log_lines(report, key, head_lines, tail_lines, parse_ps_date(entry.get("last_write")), culture)
+    _log_lines(report, key, head_lines, tail_lines, parse_ps_date(entry.get("last_write")), culture,
+               encoding=encoding, length_differs=stream_length is not None and stream_length != length,
+               file_last_write=parse_ps_date(entry.get("file_last_write")))
 
 
 def _collected_log_file(report: Report, key: str, entry: dict, culture: RawCulture | None) -> None:
@@ -280,7 +287,8 @@ def _collected_log_file(report: Report, key: str, entry: dict, culture: RawCultu
 
 
 def _log_lines(report: Report, key: str, head_lines: list[str], tail_lines: list[str], last_write: datetime | None,
-               culture: RawCulture | None) -> None:
+               culture: RawCulture | None, *, encoding: str | None = None, length_differs: bool | None = None,
+               file_last_write: datetime | None = None) -> None:
     for index, line in enumerate(head_lines[:FIRST_LINES], start=1):
         report.add(f"{key}.first_lines.{index}", line)
     fields_lines = {ln.strip()[len("#Fields:") :].strip() for ln in head_lines + tail_lines if ln.strip().startswith("#Fields:")}
@@ -293,8 +301,9 @@ def _log_lines(report: Report, key: str, head_lines: list[str], tail_lines: list
     if times and last_write is not None:  # about 0 when the lines are in UTC; whole hours when in local time
         offset = (last_write - max(times)).total_seconds()
         report.add(f"{key}.last_write_minus_newest_line", f"{'-' if offset < 0 else '+'}{_duration(abs(offset))}")
-    _check_lines(report, key, [parse_log_line(line, culture) for line in head_lines],
-                 [parse_log_line(line, culture) for line in tail_lines])
+    parts = tuple([r for r in (parse_log_line(line, culture) for line in lines) if r is not None]
+                  for lines in (head_lines, tail_lines))
+    _check_lines(report, key, *parts)
     levels: dict[str, list[str]] = {}
     messages: dict[str, Counter] = {}
     for line in head_lines + tail_lines:
@@ -303,6 +312,8 @@ def _log_lines(report: Report, key: str, head_lines: list[str], tail_lines: list
             levels.setdefault(match.group(1), []).append(line)
             message = _MESSAGE.search(line)
             messages.setdefault(match.group(1), Counter())[message.group(1).strip() if message else line] += 1
+    report.files.append(ReadLog(key, encoding, length_differs, len(data_lines), len(times), parts, last_write,
+                                file_last_write, messages, sum(1 for line in data_lines if not _LEVEL.search(line))))
     if not levels:
         report.add(f"{key}.levels", "no S:LogLevel= in the lines read")
     for level, lines in sorted(levels.items()):
@@ -317,23 +328,7 @@ def _check_lines(report: Report, key: str, *parts: list) -> None:
     from its start line to its last line and to its first Warning/Error line (interpret.CHECK_SETTLE: a check
     without a problem line is a success only once it is 5 minutes old). Each part (head, tail) on its own: the
     bytes between them are unread."""
-    starts: list[datetime] = []
-    spans: list[float] = []
-    problems: list[float] = []
-    for records in parts:
-        check: tuple[datetime, datetime, datetime | None] | None = None  # start, last line, first problem
-        for record in [*(r for r in records if r is not None and r.time is not None), None]:
-            if record is None or record.is_check_start:
-                if check is not None:
-                    spans.append((check[1] - check[0]).total_seconds())
-                    if check[2] is not None:
-                        problems.append((check[2] - check[0]).total_seconds())
-                if record is not None:
-                    starts.append(record.time)
-                    check = (record.time, record.time, None)
-            elif check is not None:
-                problem = check[2] or (record.time if (record.level or "").lower() in PROBLEM_LEVELS else None)
-                check = (check[0], max(check[1], record.time), problem)
+    starts, spans, problems, _ = check_times(list(parts))
     if not starts:
         report.add(f"{key}.check_starts", "none in the lines read")
         return
@@ -507,6 +502,19 @@ def _rights_section(report: Report, doc: dict) -> None:
         report.add(f"diagnose.error.{index}", _error_text(error))
 
 
+# ---------------------------------------------------------------- the verdicts
+
+
+def _assumptions_section(report: Report, at: int, facts: Facts) -> None:
+    """`assumption.ID: VERDICT: evidence` per assumption (exporter/assumptions.py), placed at `at` (after the
+    header), through the same scrubbers as every other line: the evidence quotes server text."""
+    rest, report.lines = report.lines[at:], report.lines[:at]
+    report.heading("Assumptions (judged from sections 1 to 4; docs/field-report.md says how to read them)")
+    for key, verdict in verdicts(facts):
+        report.add(f"assumption.{key}", f"{verdict.status}: {verdict.evidence}")
+    report.lines += rest
+
+
 # ---------------------------------------------------------------- the whole report
 
 
@@ -567,6 +575,7 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
     report.add("report.names_redacted", redact_names is not None)
     if diagnose_module is not None:
         report.add("report.diagnose_module", diagnose_module)
+    header_end = len(report.lines)
 
     report.heading("1. What the exporter concludes (the `poll` of this server)")
     if collect_doc is None:
@@ -601,6 +610,7 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
         report.add("events.window", f"{DIAGNOSE_PARAMETERS.lookback_hours} h, at most {DIAGNOSE_PARAMETERS.max_events}")
         report.add("events.query_seconds", diagnose_doc.get("event_query_seconds"))
         _events_section(report, diagnose_doc)
+    _assumptions_section(report, header_end, Facts(dict(report.values), diagnose_doc, interpretation, report.files))
 
     report.heading("5. Raw output of the collection script (what the exporter parsed)")
     report.block(collect_text)

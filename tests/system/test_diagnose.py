@@ -99,7 +99,7 @@ def test_a_healthy_server(reports):
     # the query stops at the first record older than the window, which it returned: no "no events" error
     assert got["events.read_errors"] == "none" and float(got["events.query_seconds"]) > 0
     assert got["os.language_mode"] == "FullLanguage" and got["os.utc_offset"] == "0"
-    assert report.count("## ") == 6 and '"schema":1' in report  # the collection script's output as received
+    assert report.count("## ") == 7 and '"schema":1' in report  # the collection script's output as received
 
 
 def test_a_german_least_privilege_server_with_an_hourly_utf16_log(reports):
