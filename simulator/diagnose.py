@@ -99,10 +99,11 @@ def _service_key(server: windows.WindowsServer, texts: dict[str, Any]) -> dict[s
     return {"start": START_VALUES[server.service_start_type], "account": "LocalSystem"}
 
 
-# Ours, not captured: the shape of a service descriptor (SYSTEM, Administrators, interactive users) and of a folder
-# inheriting SYSTEM and Administrators, as sc.exe sdshow and Get-Acl print them; the real ones are what F5 and F9 of
-# docs/windows-setup.md ask the field report for.
-SERVICE_SDDL = "D:(A;;CCLCSWRPWPDTLOCRRC;;;SY)(A;;CCDCLCSWRPWPDTLOCRSDRCWDWO;;;BA)(A;;CCLCSWLOCRRC;;;IU)"
+# Ours, not captured: a service descriptor as Windows gives a service by default (SYSTEM, Administrators, interactive
+# and service logons; what docs/windows-setup.md F5 says) and a folder inheriting SYSTEM and Administrators, as
+# sc.exe sdshow and Get-Acl print them; the real ones are what F5 and F9 ask the field report for.
+SERVICE_SDDL = ("D:(A;;CCLCSWRPWPDTLOCRRC;;;SY)(A;;CCDCLCSWRPWPDTLOCRSDRCWDWO;;;BA)(A;;CCLCSWLOCRRC;;;IU)"
+                "(A;;CCLCSWLOCRRC;;;SU)S:(AU;FA;CCDCLCSWRPWPDTLOCRSDRCWDWO;;;WD)")
 FOLDER_SDDL = "O:SYG:SYD:AI(A;OICIID;FA;;;SY)(A;OICIID;FA;;;BA)"
 
 

@@ -110,6 +110,7 @@ def test_rights_and_windows(verdicts):
     assert status(verdicts["EX05-407"]["winhttp_layout"]) == "CONFIRMS"
     assert "proxy.contoso" not in str(verdicts)  # the section is redacted like the rest
     assert status(healthy["log_folder_acl_needs_grant"]) == "CONFIRMS"  # the simulator's ACL: SYSTEM, Administrators
+    assert status(healthy["service_default_sddl"]) == "CONFIRMS"  # the simulator's: a service's default, as F5 says
 
 
 def test_the_endpoint_check_against_eems(verdicts):
