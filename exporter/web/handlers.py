@@ -158,10 +158,10 @@ def landing(request: Request, view: SharedView) -> Response:
     if not (page.isascii() and page.isdigit() and 0 < len(page) <= 6 and int(page) > 0):
         return text(400, "'page' is a page number from 1\n")
     rows, exporter_level = view.fleet()
-    targets = view.targets()
+    targets, status = view.targets(), view.self_status()
     # the rows were scrubbed when made; the rest of the page now
     body = pages.fleet(rows, exporter_level, state, int(page), __version__, targets[0].name if targets else "SERVER",
-                       view.scrub, view.self_status().shard)
+                       view.scrub, status.shard, len(status.probe_targets))
     return Response(200, body, HTML, PAGE_HEADERS, compressible=True)
 
 

@@ -181,10 +181,12 @@ ROWS_PER_PAGE = 250  # a 2,000-server table is 2.8 MB, seconds for a browser to 
 
 
 def fleet(rows: list[tuple[Row, RowHTML]], exporter_alerts: list[Firing], state_filter: str | None, page: int,
-          version: str, example: str, scrub: Callable[[str], str], shard: tuple[int, int] = (0, 1)) -> bytes:
+          version: str, example: str, scrub: Callable[[str], str], shard: tuple[int, int] = (0, 1),
+          probe_targets: int = 0) -> bytes:
     """`/`: the rows (already scrubbed) of `state_filter`'s state (None: all), worst first, ROWS_PER_PAGE a page;
     `scrub` runs on the rest of the page. `shard`: this instance's K/N; with N > 1 the page says the other
-    shards' servers are on the other instances (an admin looking for a server here would not find it)."""
+    shards' servers are on the other instances (an admin looking for a server here would not find it).
+    `probe_targets`: in probe-only mode, how many servers only a /probe polls (the page has no row for them)."""
     now = datetime.now(timezone.utc)
     counts = {state: 0 for state in STATES}
     for row, _ in rows:
@@ -214,11 +216,20 @@ def fleet(rows: list[tuple[Row, RowHTML]], exporter_alerts: list[Firing], state_
             f' (add <code>&amp;debug=true</code> for the steps), <a href="/-/healthy">/-/healthy</a>, '
             f'<a href="/-/ready">/-/ready</a>. Alerts are the shipped rules evaluated on this exporter\'s samples now'
             f" (they fire once they have held for the time shown).</p>{exporter_section}"
-            f"<h2>Servers ({len(shown):,} of {len(rows):,})</h2>{_shard(shard)}<nav>{' '.join(nav)}</nav>{paging}"
+            f"<h2>Servers ({len(shown):,} of {len(rows):,})</h2>{_shard(shard)}{_probe_only(probe_targets)}<nav>{' '.join(nav)}</nav>{paging}"
             f"<table><thead><tr><th>server</th><th>state</th><th>last poll</th><th>build</th><th>certificate cutoffs</th>"
             f"<th>EEMS</th><th>alerts that would fire</th></tr></thead><tbody>")
     table = "".join(html_row.render(now) for _, html_row in chosen)
     return _page("Exchange EEMS exporter", scrub(head) + table + f"</tbody></table>{paging}")
+
+
+def _probe_only(targets: int) -> str:
+    if not targets:
+        return ""
+    return (f'<p class="muted">Probe-only (<code>poll.background: false</code>): this instance polls each of its '
+            f"{targets:,} server{'s' if targets != 1 else ''} only when Prometheus asks <code>/probe?target=</code> for it, and keeps no result, so "
+            f"no row is here. A server missing from the /probe job's targets is never polled "
+            f"(<code>ExchangeServerNotProbed</code>).</p>")
 
 
 def _shard(shard: tuple[int, int]) -> str:

@@ -102,6 +102,19 @@ def test_a_shards_page_says_where_the_other_servers_are(monkeypatch):
             assert note in page and "<code>shard:</code> 1/3)" in page and "other 2 shards" in page
 
 
+def test_a_probe_only_page_says_why_it_has_no_row(monkeypatch):
+    """With poll.background: false the page said "Servers (0 of 0)" and nothing more: an admin whose servers were
+    missing from the /probe job's targets had no hint that nothing polls them (the admin walkthrough)."""
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    for background, note in (("false", "Probe-only (<code>poll.background: false</code>): this instance polls each "
+                                       "of its 1 server only when"), ("true", None)):
+        exporter = Exporter(load_config_text(minimal_config(f"poll: {{background: {background}}}\n"), Path(".")),
+                            Catalog.load())
+        with serving(exporter) as port:
+            page = get(port, "/")[2]
+        assert (note in page) if note else ("Probe-only" not in page), page[-600:]
+
+
 def test_the_fleet_page_filters_by_state(demo):
     _, _, port = demo
     _, _, everything = get(port, "/")
