@@ -250,6 +250,7 @@ def main() -> int:
     finally:
         simulator.terminate()
         simulator.wait(timeout=30)
+        shutil.rmtree(workdir, ignore_errors=True)  # the fleet's password file among them
 
     per_poll = requests / n
     ideal = math.ceil(n / c) * (args.runtime + per_poll * args.latency)

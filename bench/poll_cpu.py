@@ -15,6 +15,7 @@ import argparse
 import collections
 import functools
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -100,7 +101,8 @@ def main() -> int:
     instrument(spent)
     fleet = argparse.Namespace(servers=1, latency=0.0, runtime=0.0, concurrency=1, address_base="127.1.0.1",
                                simulator_python=args.simulator_python)
-    simulator, config_file, _ = start_simulator(fleet, Path(tempfile.mkdtemp(prefix="eems-poll-cpu-")))
+    workdir = Path(tempfile.mkdtemp(prefix="eems-poll-cpu-"))
+    simulator, config_file, _ = start_simulator(fleet, workdir)
     try:
         write_exporter_config(config_file, fleet)
         instance = Exporter(load_config(config_file), Catalog.load())
@@ -118,6 +120,7 @@ def main() -> int:
     finally:
         simulator.terminate()
         simulator.wait(timeout=30)
+        shutil.rmtree(workdir, ignore_errors=True)  # the fleet's password file among them
     report = {"polls": args.polls, "cpu_ms_per_poll": round(total / args.polls * 1e3, 3),
               "stages_ms_per_poll": {label: round(spent[label] / args.polls * 1e3, 3)
                                      for label, owner, _ in STAGES if owner is not None}}
