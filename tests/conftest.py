@@ -255,6 +255,25 @@ def minimal_config(extra: str = "") -> str:
         """) + textwrap.dedent(extra)
 
 
+def own_samples(extra: str, servers: list[str]) -> list[tuple[str, dict[str, str], float]]:
+    """The samples of the /metrics of an exporter configured with `minimal_config(extra)` and `servers`, which is
+    never started: its own series (what it says of its configuration), no poll's."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from exporter.catalog import Catalog
+    from exporter.config import load_config_text
+    from exporter.exporter import Exporter
+
+    text = minimal_config(extra).replace("  - ex01.contoso.com\n", "".join(f"  - {s}\n" for s in servers))
+    exporter = Exporter(load_config_text(text, Path(".")), Catalog.load())
+    try:
+        body, _ = exporter.metrics_body("text/plain")
+    finally:
+        exporter.stop()
+    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(body.decode())
+            for s in family.samples]
+
+
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
     """Every sample of a /metrics body, keyed by (name, frozenset of labels)."""
     return {(s.name, frozenset(s.labels.items())): s.value

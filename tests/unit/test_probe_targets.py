@@ -6,30 +6,15 @@ ones no probe result comes for."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from prometheus_client.parser import text_string_to_metric_families
-
-from exporter.catalog import Catalog
-from exporter.config import load_config_text
-from exporter.exporter import Exporter
 from exporter.web import alerts
 
-from ..conftest import PASSWORD_ENV, minimal_config
+from ..conftest import PASSWORD_ENV, own_samples
 
 SERVERS = ["ex01.contoso.com", "ex02.contoso.com", "EX03"]
 
 
 def _samples(background: bool) -> list[tuple[str, dict[str, str], float]]:
-    text = minimal_config(f"poll: {{background: {str(background).lower()}}}\n").replace(
-        "  - ex01.contoso.com\n", "".join(f"  - {s}\n" for s in SERVERS))
-    exporter = Exporter(load_config_text(text, Path(".")), Catalog.load())
-    try:
-        body, _ = exporter.metrics_body("text/plain")
-    finally:
-        exporter.stop()
-    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(body.decode())
-            for s in family.samples]
+    return own_samples(f"poll: {{background: {str(background).lower()}}}\n", SERVERS)
 
 
 def test_probe_only_metrics_name_every_server_a_probe_would_poll(monkeypatch):

@@ -13,15 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.catalog import Catalog
-from exporter.config import load_config_text
-from exporter.exporter import Exporter
 from exporter.sharding import shard_of
 from exporter.web import alerts
 
-from ..conftest import PASSWORD_ENV, minimal_config
+from ..conftest import PASSWORD_ENV, own_samples
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVERS = [f"ex{n:02}.contoso.com" for n in range(1, 13)]
@@ -29,14 +25,7 @@ JOB = "exchange-eems"
 
 
 def _replica_samples(shard: str) -> list[tuple[str, dict[str, str], float]]:
-    text = minimal_config(f"shard: {shard}\n").replace("  - ex01.contoso.com\n", "".join(f"  - {s}\n" for s in SERVERS))
-    exporter = Exporter(load_config_text(text, Path(".")), Catalog.load())
-    try:
-        body, _ = exporter.metrics_body("text/plain")
-    finally:
-        exporter.stop()
-    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(body.decode())
-            for s in family.samples]
+    return own_samples(f"shard: {shard}\n", SERVERS)
 
 
 def test_every_replica_says_each_shards_servers_and_its_own_shard(monkeypatch):
