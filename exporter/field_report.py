@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 from . import __version__
 from .assumptions import Facts, ReadLog, check_times, verdicts
-from .eems_log import PROBLEM_LEVELS, parse_log_line
+from .eems_log import parse_log_line
 from .interpret import CHECK_SETTLE
 from .model import RawCulture
 from .parse import parse_ps_date
