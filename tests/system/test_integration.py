@@ -204,7 +204,7 @@ def dated_alerts(now: float) -> set[tuple[str, str, str, str]]:
                 expected.add(("ExchangeProductOutOfSupport", name, "warning", ""))
             elif left < SUPPORT_WARNING_DAYS * 86400:
                 expected.add(("ExchangeProductSupportEndingSoon", name, "info", ""))
-    if now - _midnight(catalog.newest_release) > CATALOG_MAX_AGE_DAYS * 86400:
+    if now - _midnight(catalog.checked) > CATALOG_MAX_AGE_DAYS * 86400:  # the rule reads the day it was last checked
         expected.add(("ExchangeCatalogStale", "", "warning", ""))
     return expected
 
