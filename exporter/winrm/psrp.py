@@ -249,14 +249,8 @@ class PsrpConnection(LinkedConnection):
         try:
             while ps.state == PSInvocationState.Running:
                 for event in self._receive(pool, ps.pipeline_id, command_id, deadline):
-                    if isinstance(event, psrpcore.PipelineOutputEvent):
-                        outputs.append(event.data)
-                    elif isinstance(event, psrpcore.ErrorRecordEvent):
-                        errors.append(event.record)
-                    elif isinstance(event, psrpcore.PipelineStateEvent) and event.state == PSInvocationState.Failed:
-                        failure = event.reason
-                    elif isinstance(event, psrpcore.RunspacePoolStateEvent) and \
-                            event.state != RunspacePoolState.Opened:
+                    failure = _gather(event, outputs, errors, failure)
+                    if isinstance(event, psrpcore.RunspacePoolStateEvent) and event.state != RunspacePoolState.Opened:
                         raise PollFailure("wsman_fault", f"the runspace pool is {event.state.name} in the middle "
                                           f"of a pipeline: {self._reason(event)}")
                     _refuse_request(event)
@@ -311,22 +305,7 @@ class PsrpConnection(LinkedConnection):
             if fault.code == OPERATION_TIMEOUT:
                 return []  # nothing yet: the server long-polled to the OperationTimeout
             raise
-        data = pool.reader.feed(wsman.output(answer)[0], pipeline_id)
-        events = []
-        try:
-            # one fragment at a time: psrpcore cuts each fragment off the front of its whole receive buffer (a copy
-            # of the rest), so an answer of many tiny fragments given at once cost their number times its size
-            for fragment in split_fragments(data):
-                pool.runspace.receive_data(psrpcore.PSRPPayload(fragment, psrpcore.StreamType.default, pipeline_id))
-                while (event := pool.runspace.next_event()) is not None:
-                    events.append(event)
-        except Exception as error:
-            # Only psrpcore runs here, reading the server's bytes: whatever it raises is the server's bad output, not
-            # an exporter bug (internal_error). Not only the ValueError family: a <TS> of 10^18 days is an
-            # OverflowError, a <D> that is no number decimal.InvalidOperation, a PIPELINE_STATE without its state or
-            # an ErrorRecord without its fields an AttributeError.
-            raise PollFailure("bad_output", f"unreadable PSRP message: {error.__class__.__name__}") from None
-        return events
+        return _events(pool.runspace, pool.reader.feed(wsman.output(answer)[0], pipeline_id), pipeline_id)
 
     def _reason(self, event: psrpcore.RunspacePoolStateEvent) -> str:
         """The error record a pool state carries, as text (its size checked first, as a pipeline's output)."""
@@ -461,6 +440,37 @@ def _server_entry(obj: Any) -> dict[str, Any]:
         "data_collection_enabled": _plain(_value(obj, "DataCollectionEnabled")),
         "internet_web_proxy": _plain(_value(obj, "InternetWebProxy")) or "",
     }
+
+
+def _events(runspace: psrpcore.ClientRunspacePool, data: bytes, pipeline_id: uuid.UUID | None) -> list:
+    """psrpcore's events for `data`, whole fragments (`FragmentReader.feed`), given one fragment at a time: psrpcore
+    cuts each fragment off the front of its whole receive buffer (a copy of the rest), so an answer of many tiny
+    fragments given at once cost their number times its size."""
+    events = []
+    try:
+        for fragment in split_fragments(data):
+            runspace.receive_data(psrpcore.PSRPPayload(fragment, psrpcore.StreamType.default, pipeline_id))
+            while (event := runspace.next_event()) is not None:
+                events.append(event)
+    except Exception as error:
+        # Only psrpcore runs here, reading the server's bytes: whatever it raises is the server's bad output, not an
+        # exporter bug (internal_error). Not only the ValueError family: a <TS> of 10^18 days is an OverflowError, a
+        # <D> that is no number decimal.InvalidOperation, a PIPELINE_STATE without its state or an ErrorRecord
+        # without its fields an AttributeError.
+        raise PollFailure("bad_output", f"unreadable PSRP message: {error.__class__.__name__}") from None
+    return events
+
+
+def _gather(event: Any, outputs: list, errors: list, failure: Any) -> Any:
+    """A pipeline's output objects and error records into their lists; the pipeline's failure, returned: a Failed
+    state's reason, else `failure` as it was."""
+    if isinstance(event, psrpcore.PipelineOutputEvent):
+        outputs.append(event.data)
+    elif isinstance(event, psrpcore.ErrorRecordEvent):
+        errors.append(event.record)
+    elif isinstance(event, psrpcore.PipelineStateEvent) and event.state == PSInvocationState.Failed:
+        return event.reason
+    return failure
 
 
 def _expanded_size(values: list, limit: int) -> int:
