@@ -33,7 +33,9 @@ SLACK = timedelta(minutes=5)  # a write time and the line it wrote, a check's st
 SUCCESS_TEXT = "mitigations fetched successfully"  # the simulator's success line (ours; docs/simulator.md)
 LEVELS = ("Information", "Warning", "Error")
 TEXTS_LISTED = 3
-MAX_EVENTS, MAX_ERRORS = 200, 20  # what the report reads of a document (field_report.DIAGNOSE_PARAMETERS, ERRORS_SENT)
+# What the diagnose script sends at most, and so what the report and the verdicts read of its document (field_report
+# imports them: its DIAGNOSE_PARAMETERS and error lists)
+MAX_EVENTS, ERRORS_SENT = 200, 20
 TEXT_CHARS = 160  # a listed text; the whole one is in events.id.1008.text.N or log.read.N.level.*
 # Words that make an Information line read like a failure (docs/field-report.md: "an Information message that
 # reads like a failure refutes it"); a flag for a human to read the listed texts, named in the evidence
@@ -395,7 +397,7 @@ def event_1008_data_names_fetch(f: Facts) -> Verdict:
 
 def events_format(f: Facts) -> Verdict:
     events = [e for e in _list((f.doc or {}).get("events"))[:MAX_EVENTS] if isinstance(e, dict)]
-    errors = [e for e in _list((f.doc or {}).get("event_errors"))[:MAX_ERRORS] if isinstance(e, dict)]
+    errors = [e for e in _list((f.doc or {}).get("event_errors"))[:ERRORS_SENT] if isinstance(e, dict)]
     failed = [e for e in errors if "EventLogException" in str(e.get("type"))]
     textless = sum(1 for e in events if not e.get("message"))
     if not events:
@@ -475,7 +477,7 @@ def error_ids_invariant(f: Facts) -> Verdict:
     if not culture or culture.lower().startswith("en"):
         return Verdict(NOT_SHOWN, f"{_ev(f, 'os.culture')} (a translated id would not show)")
     doc = f.doc or {}
-    records = [*_list(doc.get("errors"))[:MAX_ERRORS], *_list(doc.get("event_errors"))[:MAX_ERRORS]]
+    records = [*_list(doc.get("errors"))[:ERRORS_SENT], *_list(doc.get("event_errors"))[:ERRORS_SENT]]
     records += [part["error"] for part in (doc.get("service"), doc.get("service_key"), doc.get("log_folder"))
                 if isinstance(part, dict) and isinstance(part.get("error"), dict)]
     ids = sorted({str(r.get("id")).split(",")[0] for r in records if isinstance(r, dict)

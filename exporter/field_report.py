@@ -22,7 +22,7 @@ from datetime import date, datetime
 from typing import Any, Iterable
 
 from . import __version__
-from .assumptions import Facts, ReadLog, check_times, verdicts
+from .assumptions import ERRORS_SENT, MAX_EVENTS, Facts, ReadLog, check_times, verdicts
 from .eems_log import parse_log_line
 from .interpret import CHECK_SETTLE
 from .model import RawCulture
@@ -33,7 +33,7 @@ from .scripts import DiagnoseScriptParameters
 
 FORMAT_VERSION = 1
 DIAGNOSE_PARAMETERS = DiagnoseScriptParameters(
-    lookback_hours=168, max_events=200, message_chars=2000, list_files=48, read_files=3,
+    lookback_hours=168, max_events=MAX_EVENTS, message_chars=2000, list_files=48, read_files=3,
     head_bytes=8192, tail_bytes=32768,
 )
 MAX_VALUE_CHARS = 400  # one report line; a full message is in the raw output section
@@ -42,7 +42,6 @@ FIRST_LINES = 8
 MESSAGES_PER_LEVEL = 12
 TEXTS_PER_EVENT_ID = 3
 MAX_PROXY_NAMES = 64  # host names taken from the WinHTTP proxy setting (a hostile one may list thousands)
-ERRORS_SENT = 20  # the diagnose script's error records (first 20); a list beyond its caps is not its output
 EVENT_LEVELS = {1: "Critical", 2: "Error", 3: "Warning", 4: "Information", 5: "Verbose"}
 BOMS = ((b"\xef\xbb\xbf", "utf-8-sig", "utf-8 (BOM EF BB BF)"), (b"\xff\xfe", "utf-16-le", "utf-16-le (BOM FF FE)"),
         (b"\xfe\xff", "utf-16-be", "utf-16-be (BOM FE FF)"))
