@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Callable, TypeVar
 
@@ -39,14 +40,39 @@ def collect_server(target: Target, connection: ServerConnection, settings: PollC
     received: list[CommandResult] = []
 
     def poll() -> ServerState:
-        result = connection.run(scripts.powershell_command(server_script(target, settings, known)), deadline)
+        command = scripts.powershell_command(server_script(target, settings, known))
+        sent, sent_at = datetime.now(timezone.utc), time.monotonic()  # one wall reading; the rest is monotonic
+        result = connection.run(command, deadline)
+        elapsed = time.monotonic() - sent_at
         received.append(result)
-        return interpret_output(target, script_stdout(result, connection), settings, catalog, known)[1]
+        facts, state = interpret_output(target, script_stdout(result, connection), settings, catalog, known)
+        offset = clock_offset(facts.now, sent, elapsed, sum(seconds for _, seconds in facts.stage_seconds))
+        if offset is None:
+            return state
+        return replace(state, clock_offset_seconds=offset[0], clock_uncertainty_seconds=offset[1])
 
     state, outcome = _attempt("server", f"poll of {target.name}", started, poll, connection.module.secrets)
     output = ScriptOutput(received[0].stdout, received[0].stderr, received[0].exit_code) if received else None
     return ServerResult(target.name, outcome=outcome, state=state,
                         last_success=outcome.finished if outcome.success else None, output=output)
+
+
+def clock_offset(server_now: datetime | None, sent: datetime, elapsed: float,
+                 script_seconds: float) -> tuple[float, float] | None:
+    """(offset, uncertainty) in seconds: the server's clock minus the exporter's, and how far that can be off; None
+    when the script did not say its time. The script reads its `now` in its first statement, after the exporter
+    sent the command (`sent`, the exporter's clock) and before its stages ran (`script_seconds`, their sum as
+    the server measured them), which all ran before the answer came back `elapsed` seconds (monotonic) after
+    `sent`. So the exporter's time at that instant lies in [sent, sent + elapsed - script_seconds]: the estimate
+    takes its middle and is off by at most half its width (never more than half the poll's duration: stage times
+    that do not fit in the poll are not trusted). Connecting, authenticating and starting PowerShell fall in
+    the window, so a slow poll widens it; the network's asymmetry does not matter at this scale."""
+    if server_now is None:
+        return None
+    elapsed = max(0.0, elapsed)
+    window = elapsed - script_seconds if 0.0 <= script_seconds <= elapsed else elapsed
+    middle = sent + timedelta(seconds=window / 2)
+    return (server_now - middle).total_seconds(), window / 2
 
 
 def collect_organization(target: Target, connection: ServerConnection, settings: OrganizationConfig,

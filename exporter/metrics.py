@@ -179,6 +179,12 @@ def server_families(result: ServerResult) -> list[Metric]:
                      "default credentials were offered to it (poll.endpoint_proxy_default_credentials).",
                      {**labels, "proxy": endpoint.proxy, "source": endpoint.proxy_source,
                       "default_credentials": "true" if endpoint.proxy_credentials else "false"})
+    out.add("exchange_server_clock_offset_seconds",
+            "The server's clock minus the exporter's, in its last successful poll: the collection script's time "
+            "against the exporter's in the middle of the window it was read in (sending the command to the answer, "
+            "less the script's stages). Off by at most half that window, never more than half "
+            "exchange_collector_duration_seconds. Absent when the script did not say its time.",
+            server, state.clock_offset_seconds)
     for stage, seconds in state.stage_seconds:
         out.add("exchange_eems_script_stage_seconds",
                 "Seconds the collection script spent in each stage on the server (Measure-Command), in its last "

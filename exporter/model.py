@@ -213,6 +213,10 @@ class ServerState:
     endpoints: tuple[EndpointState, ...]  # empty when the optional check is off
     collection_errors: tuple[PartialFailure, ...]
     stage_seconds: tuple[tuple[str, float], ...] = ()  # the collection script's own time per stage on the server
+    # The server's clock minus the exporter's (collectors.clock_offset), off by at most clock_uncertainty_seconds;
+    # None when the script did not say its time. Only a poll knows it: interpret_server leaves it None.
+    clock_offset_seconds: float | None = None
+    clock_uncertainty_seconds: float | None = None
 
 
 # ---------------------------------------------------------------- poll results (collectors.py, poller.py)

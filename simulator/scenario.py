@@ -51,7 +51,7 @@ _SERVER_KEYS = (
     "success_events", "build_source", "output_style", "faults", "output_faults", "locale", "account", "unreadable",
     "unreadable_event", "winhttp_proxy", "endpoint_failure", "non_fetch_errors", "log_other_errors", "log_rotation", "log_encoding", "log_time", "log_header",
     "log_time_zone", "log_last_write", "log_other_file", "application_log_events", "language_mode", "remote_shell",
-    "event_read_errors",
+    "event_read_errors", "clock_offset",
     *_HOST_KEYS,
 )
 
@@ -364,6 +364,7 @@ def _server(raw: Any, key: str, defaults: dict[str, Any], domain: str, anchor: d
         version_style=_choice(style.get("versions", "padded"), f"{key}.output_style.versions", VERSION_STYLES),
         locale=locale,
         utc_offset=zone,
+        clock_offset=_clock_offset(s.get("clock_offset", "0s"), f"{key}.clock_offset"),
         log_other_file=_bool(s.get("log_other_file", False), f"{key}.log_other_file"),
         language_mode=_choice(s.get("language_mode", "full"), f"{key}.language_mode", ("full", "constrained")),
         application_log_events=_int(s["application_log_events"], f"{key}.application_log_events", 0, 100_000_000)
@@ -456,6 +457,17 @@ def _utc_offset(value: Any, key: str) -> timedelta:
         offset = (1 if match.group(1) == "+" else -1) * timedelta(hours=int(match.group(2)), minutes=int(match.group(3)))
     if offset is None or int(match.group(3)) >= 60 or not timedelta(hours=-12) <= offset <= timedelta(hours=14):
         raise ScenarioError(key, f"expected a UTC offset from -12:00 to +14:00 like \"+01:00\", got {_kind(value)}")
+    return offset
+
+
+def _clock_offset(value: Any, key: str) -> timedelta:
+    """How far the server's clock is off the scenario clock: "+2h", "-10m", "90s", up to a year either way."""
+    match = re.fullmatch(r"([+-]?)(\d+(?:\.\d+)?)([smhd])", value.strip()) if isinstance(value, str) else None
+    offset = None
+    if match:
+        offset = (-1 if match.group(1) == "-" else 1) * timedelta(**{_UNITS[match.group(3)]: float(match.group(2))})
+    if offset is None or abs(offset) > timedelta(days=366):
+        raise ScenarioError(key, f"expected an offset like +2h, -10m or 90s (at most a year), got {_kind(value)}")
     return offset
 
 

@@ -128,6 +128,7 @@ class WindowsServer:
     array_style: str = "arrays"
     version_style: str = "padded"
     utc_offset: timedelta = timedelta(0)  # the server's time zone (log_time_zone): local time minus UTC
+    clock_offset: timedelta = timedelta(0)  # the server's clock minus the scenario clock: all it reports reads it
     log_other_file: bool = False  # the log folder also holds a non-log file, rewritten at every check
     language_mode: str = "full"  # full | constrained (AppLocker/WDAC script enforcement: ConstrainedLanguage)
     application_log_events: int | None = None  # records in the Application log; None: its size is not modelled
@@ -235,7 +236,7 @@ class WindowsHost:
         if lines[0] == ORGANIZATION_MARKER:
             return self._finish(self._organization_json(), b"", 0, 2.0)
         if lines[0] == diagnose.MARKER:
-            document = diagnose.facts(self.server, self.clock.now(), lines[1] if len(lines) > 1 else "", script)
+            document = diagnose.facts(self.server, self.clock.now() + self.server.clock_offset, lines[1] if len(lines) > 1 else "", script)
             if isinstance(document, str):
                 return self._finish(None, _clixml_errors([document]), 1, 0.0)
             return self._finish(document, b"", 0, 1.0)
@@ -271,7 +272,8 @@ class WindowsHost:
     def _server_json(self, p: dict[str, Any], script: str, in_jea: bool = False) -> tuple[dict[str, Any], float]:
         """What collect_server.ps1 prints on this server, errors as Windows PowerShell 5.1 raises them for the
         queries this script sends (and, `in_jea`, for the commands a JEA session gives it)."""
-        s, now = self.server, self.clock.now()
+        s = self.server
+        now = self.clock.now() + s.clock_offset  # the server's clock: its now, its event and log times
         refused = restricted.refusals(script) if in_jea else {}
         texts = LOCALES[s.locale]
         install = "C:\\Program Files\\Microsoft\\Exchange Server\\V15"

@@ -311,3 +311,12 @@ def test_self_series():
     reloaded = replace(status, last_reload_successful=True)
     assert [s.value for f in self_families(reloaded) for s in f.samples
             if s.name == "exchange_exporter_config_last_reload_successful"] == [1]
+
+
+def test_clock_offset_series_only_when_the_server_said_its_time():
+    assert not any(name == "exchange_server_clock_offset_seconds" for name, _ in series(STATE))
+    found = series(replace(STATE, clock_offset_seconds=-7200.25, clock_uncertainty_seconds=0.5))
+    assert found[("exchange_server_clock_offset_seconds", (("server", "EX01"),))] == -7200.25
+    # a failed poll keeps the last good poll's offset beside exchange_up 0, like the rest of its facts
+    failed = series(replace(STATE, clock_offset_seconds=400.0), success=False)
+    assert failed[("exchange_server_clock_offset_seconds", (("server", "EX01"),))] == 400.0
