@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from ..alert_rules import DEFAULT_RUNBOOK_BASE
 from ..field_report import MAX_RAW_CHARS
-from ..model import ServerResult
+from ..model import ServerResult, ServerState
 from ..store import KeptOutput
 from .alerts import Firing
 
@@ -274,6 +274,22 @@ def _raw(r: ServerResult, raw: RawOutput, now: datetime) -> str:
             f"<pre>{stderr}</pre>")
 
 
+CLOCK_SKEW_SECONDS = 300  # ExchangeServerClockSkew's threshold (clock_skew, docs/alerts.md): Kerberos's default tolerance
+
+
+def _clock(state: ServerState) -> str:
+    """The server's clock against the exporter's, in the last successful poll (exchange_server_clock_offset_seconds)."""
+    offset = state.clock_offset_seconds
+    if offset is None:
+        return '<span class="muted">not said by the script</span>'
+    text = (f"{abs(offset):,.1f} s {'behind' if offset < 0 else 'ahead of'} the exporter's clock "
+            f"(&plusmn; {state.clock_uncertainty_seconds or 0:,.1f} s)")
+    if abs(offset) <= CLOCK_SKEW_SECONDS:
+        return text
+    return (f"<b>{text}</b>: its EEMS times are on this clock, so their ages here and in the alerts are off by as "
+            f"much, and Kerberos fails beyond 5 minutes")
+
+
 def server(row: Row, timings: list[tuple[str, float]], raw: RawOutput | None = None) -> bytes:
     now = datetime.now(timezone.utc)
     r = row.result
@@ -284,7 +300,7 @@ def server(row: Row, timings: list[tuple[str, float]], raw: RawOutput | None = N
         facts.append(("error", f"<code>{_e(r.outcome.error_message)}</code>"))
     facts.append(("last successful poll", _when(r.last_success, now)))
     if state is not None:
-        facts += [("build", _build(r)), ("build source", _e(state.build_source)), ("certificate cutoffs", _cutoffs(r)),
+        facts += [("server clock", _clock(state)), ("build", _build(r)), ("build source", _e(state.build_source)), ("certificate cutoffs", _cutoffs(r)),
                   ("edge", "yes" if state.edge else "no"), ("EEMS", _eems(r, now)),
                   ("last EEMS check", _when(state.eems.last_check, now)),
                   ("last EEMS error", f"{_when(state.eems.last_error, now)} {_e(state.eems.last_error_reason or '')}"),

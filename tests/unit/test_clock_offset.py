@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
@@ -90,3 +91,18 @@ def test_a_server_clock_behind_keeps_its_relative_judgments(catalog):
     assert behind.eems.fetch_errors == on_time.eems.fetch_errors
     shift = on_time.eems.last_activity - behind.eems.last_activity
     assert abs(shift - timedelta(hours=2)) < timedelta(seconds=5)  # a check's lines spread over seconds
+
+
+def test_the_server_page_shows_the_clock_offset_and_says_what_a_skew_means(catalog):
+    from exporter.web import pages
+
+    def page(setting):
+        result = _poll(catalog, setting)
+        return pages.server(pages.Row(result, ()), pages.timings(result)).decode()
+
+    behind = page("-2h")
+    assert re.search(r"<b>7,[12]\d\d\.\d s behind the exporter's clock \(&plusmn; \d+\.\d s\)</b>", behind)
+    assert "Kerberos fails beyond 5 minutes" in behind
+    on_time = page(None)
+    assert "ahead of the exporter's clock" in on_time or "behind the exporter's clock" in on_time
+    assert "Kerberos fails" not in on_time
