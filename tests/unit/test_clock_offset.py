@@ -106,3 +106,17 @@ def test_the_server_page_shows_the_clock_offset_and_says_what_a_skew_means(catal
     on_time = page(None)
     assert "ahead of the exporter's clock" in on_time or "behind the exporter's clock" in on_time
     assert "Kerberos fails" not in on_time
+
+
+@pytest.mark.parametrize("setting, fires", [("-2h", True), ("+6m", True), ("-4m", False), (None, False)])
+def test_the_shipped_rule_holds_on_a_polled_server_whose_clock_is_off(catalog, setting, fires):
+    """End to end within the process: a simulated server whose clock is off, polled, its series, the shipped rules
+    as the pages evaluate them (the `for` is Prometheus's: alerts/tests/clock.test.yml)."""
+    from exporter.metrics import server_families
+    from exporter.web import alerts
+
+    result = _poll(catalog, setting)
+    samples = [(s.name, {"job": "exchange-eems", "instance": "x", **s.labels}, s.value)
+               for family in server_families(result) for s in family.samples]
+    firing = [f for f in alerts.firing(samples) if f.alert == "ExchangeServerClockSkew"]
+    assert bool(firing) == fires, setting
