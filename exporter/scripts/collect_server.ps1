@@ -3,6 +3,13 @@ $ProgressPreference='SilentlyContinue';$ErrorActionPreference='Stop'
 # .NET calls only inside the FullLanguage branch of the endpoint check (tests/unit/test_script_grammar.py checks).
 $c=[Globalization.CultureInfo]::CurrentCulture;$lt=Microsoft.PowerShell.Utility\Get-Date;$n=@{}
 $r=@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;utc_offset_minutes=[int]($lt-$lt.ToUniversalTime()).TotalMinutes;language_mode=[string]$ExecutionContext.SessionState.LanguageMode;culture=@{name=$c.Name;ui=[Globalization.CultureInfo]::CurrentUICulture.Name;date=$c.DateTimeFormat.ShortDatePattern;time=$c.DateTimeFormat.LongTimePattern;am=$c.DateTimeFormat.AMDesignator;pm=$c.DateTimeFormat.PMDesignator};exsetup_version=$null;build_source=$null;edge=$false;service_key=$null;service=$null;events=@();log_folder=$null;logs=@();errors=@();stages=@{}}
+# The server's UTC offsets over the lookback, for culture log times written in local time (interpret.py reads each
+# with the offset then in force): the offset at the window's start (on the minute), then each change with the offset
+# after it, sampled daily and narrowed to the minute. DateTime.ToLocalTime converts by TimeZoneInfo.Local and its
+# adjustment rules; TimeZoneInfo itself is no core type, and Constrained Language Mode refuses its methods.
+function UtcOffset($u){[int]($u.ToLocalTime()-$u).TotalMinutes}
+$a=[DateTime]::UtcNow.AddHours(-$P.LookbackHours);$a=$a.AddTicks(-($a.Ticks%600000000));$o=UtcOffset $a;$r.utc_offsets=@(@{since=$a;minutes=$o})
+while($a -lt $r.now){$b=$a.AddDays(1);if($b -gt $r.now){$b=$r.now};if((UtcOffset $b) -ne $o){while(($b-$a).TotalMinutes -gt 1){$m=$a.AddMinutes([int](($b-$a).TotalMinutes/2));if((UtcOffset $m) -eq $o){$a=$m}else{$b=$m}};$o=UtcOffset $b;$r.utc_offsets+=@{since=$b;minutes=$o}};$a=$b}
 # Errors are recorded with their invariant FullyQualifiedErrorId; Python decides (never on the localized message).
 # At most five per part, and how many in all (error_counts): a reader that keeps failing repeats its error, as
 # Get-WinEvent writes each failed read and reads on (GetEventCommand.cs ReadEvents; PowerShell/PowerShell#10637).

@@ -36,7 +36,9 @@ PARSER = Parser(Language(tree_sitter_powershell.language()))
 BEFORE = Path(__file__).resolve().parents[1] / "fixtures" / "collect_server_before_issue_17.ps1"
 GUARD = "$ExecutionContext.SessionState.LanguageMode-eq'FullLanguage'"
 # Instance methods the scripts may call, with the core type they call each on (checked by reading, not typed).
-CORE_METHODS = {"tostring": "any type", "touniversaltime": "System.DateTime", "addhours": "System.DateTime",
+CORE_METHODS = {"tostring": "any type", "touniversaltime": "System.DateTime", "tolocaltime": "System.DateTime",
+                "addhours": "System.DateTime", "adddays": "System.DateTime", "addminutes": "System.DateTime",
+                "addticks": "System.DateTime",
                 "split": "System.String", "substring": "System.String"}
 
 
