@@ -89,6 +89,9 @@ class RawServerFacts:
     endpoints: tuple[RawEndpoint, ...]  # empty when the optional check is off
     errors: tuple[RawError, ...]
     utc_offset_minutes: int | None = None  # the server's local time minus UTC, now (culture log times may be local)
+    # The server's local time minus UTC over the lookback: (since, minutes) pairs, since ascending, each offset in force
+    # from its UTC instant on, the first also before it; empty when the script did not say (an older endpoint)
+    utc_offsets: tuple[tuple[datetime, int], ...] = ()
     stage_seconds: tuple[tuple[str, float], ...] = ()  # (stage, seconds) the script measured (Measure-Command)
     error_counts: tuple[tuple[str, int], ...] = ()  # (part, error records the script met); it sends a few of them
 

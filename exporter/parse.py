@@ -411,6 +411,37 @@ def _utc_offset(minutes: int | None, notes: _Notes) -> int | None:
     return minutes
 
 
+# A zone changes its offset twice a year, a few (Morocco's Ramadan) four times; the lookback is at most 8784 hours.
+MAX_UTC_OFFSETS = 16
+
+
+def _utc_offsets(value, notes: _Notes) -> tuple[tuple[datetime, int], ...]:
+    """The server's UTC offsets over the lookback: the offset at the window's start, then each change with the
+    offset after it, as {since: date, minutes: int} objects. All or nothing: a list with an entry of the wrong
+    shape, an offset outside -12:00..+14:00, instants not strictly ascending or more than MAX_UTC_OFFSETS entries
+    is dropped whole, with a note (a partial list would read lines with a wrong offset); the single current
+    offset (utc_offset_minutes) stands in. An entry repeating the offset before it changes nothing and is merged."""
+    if value is None:
+        return ()
+    items = _as_list(value)
+    if len(items) > MAX_UTC_OFFSETS:
+        notes.wrong("utc_offsets", f"at most {MAX_UTC_OFFSETS} offsets")
+        return ()
+    found: list[tuple[datetime, int]] = []
+    for item in items:
+        since = parse_ps_date(item.get("since")) if isinstance(item, dict) else None
+        minutes = item.get("minutes") if isinstance(item, dict) else None
+        if isinstance(minutes, float) and minutes.is_integer():
+            minutes = int(minutes)
+        if (since is None or not isinstance(minutes, int) or isinstance(minutes, bool)
+                or not -12 * 60 <= minutes <= 14 * 60 or (found and since <= found[-1][0])):
+            notes.wrong("utc_offsets", "{since: date, minutes: -720 to 840} objects, since ascending")
+            return ()
+        if not found or found[-1][1] != minutes:
+            found.append((since, minutes))
+    return tuple(found)
+
+
 def _logs(value, notes: _Notes, max_log_bytes: int) -> tuple[RawLog, ...]:
     """The newest files first; the tails together keep at most `max_log_bytes` (the newest bytes win). The script
     sends whole lines within that budget; a tail cut here loses its then partial first line."""
@@ -514,6 +545,7 @@ def parse_server_output(stdout: bytes, *, max_events: int = 200, max_log_bytes: 
         logs=_logs(doc.get("logs"), notes, max_log_bytes),
         endpoints=_endpoints(doc.get("endpoints"), notes),
         utc_offset_minutes=_utc_offset(notes.integer(doc, "utc_offset_minutes", "utc_offset_minutes"), notes),
+        utc_offsets=_utc_offsets(doc.get("utc_offsets"), notes),
         stage_seconds=_stages(doc.get("stages"), notes),
         error_counts=_error_counts(doc.get("error_counts"), notes),
     )

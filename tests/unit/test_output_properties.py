@@ -52,7 +52,8 @@ def _seeds(collector: str) -> list[dict]:
 
 SERVER_SEEDS = _seeds("server") + [{
     # the demo scenario's shape (simulator/windows.py), trimmed: a log with a check, events, endpoints, stages
-    "schema": 1, "computer": "EX-SE01", "now": "\\/Date(1796646896836)\\/", "utc_offset_minutes": 0,
+    "schema": 1, "computer": "EX-SE01", "now": "\\/Date(1796646896836)\\/", "utc_offset_minutes": 0, "utc_offsets": [
+        {"since": "/Date(1796560496836)/", "minutes": 0}],
     "culture": {"name": "en-US", "ui": "en-US", "date": "M/d/yyyy", "time": "h:mm:ss tt", "am": "AM", "pm": "PM"},
     "exsetup_version": "15.02.2562.053", "build_source": "exsetup", "edge": False, "service_key": {"start": 2},
     "service": {"status": "Running", "start_type": "Automatic"},
@@ -157,6 +158,8 @@ FIELD_VALUES = {
         | nasty_text,
         "message": nasty_text}) | nasty_text | hostile, max_size=8) | hostile,
     "utc_offset_minutes": numbers | hostile,
+    "utc_offsets": st.lists(st.fixed_dictionaries({"since": dates | hostile, "minutes": numbers | hostile}),
+                            max_size=20) | hostile,
     "stages": st.dictionaries(st.sampled_from(["build", "service", "events", "log", "endpoint", "x"]),
                               numbers | hostile) | hostile,
     "error_counts": st.dictionaries(st.sampled_from(["build", "service_key", "service", "events", "log", "winhttp"]),

@@ -288,6 +288,40 @@ def test_utc_offset_is_kept_only_within_the_real_zones(minutes, kept):
     assert refused is not kept
 
 
+def test_utc_offsets_are_the_offset_at_the_windows_start_and_each_change():
+    """PowerShell 5.1 writes the instants as /Date(ms)/ and unwraps a one-element array; an entry repeating the
+    offset before it changes nothing."""
+    facts = parse_server_output(server(utc_offset_minutes=60, utc_offsets=[
+        {"since": "/Date(1792800000000)/", "minutes": 120}, {"since": "/Date(1792803600000)/", "minutes": 120.0},
+        {"since": "/Date(1792890000000)/", "minutes": 60}]))
+    assert facts.utc_offsets == ((datetime(2026, 10, 24, 0, tzinfo=UTC), 120), (datetime(2026, 10, 25, 1, tzinfo=UTC), 60))
+    assert not facts.errors
+    one = parse_server_output(server(utc_offsets={"since": "/Date(1792800000000)/", "minutes": -300}))
+    assert one.utc_offsets == ((datetime(2026, 10, 24, 0, tzinfo=UTC), -300),)
+    assert parse_server_output(server()).utc_offsets == ()  # an older script: none
+
+
+@pytest.mark.parametrize("value", [
+    [{"since": "/Date(1792800000000)/", "minutes": 841}],
+    [{"since": "/Date(1792800000000)/", "minutes": True}],
+    [{"since": "/Date(1792800000000)/", "minutes": "60"}],
+    [{"since": "yesterday", "minutes": 60}],
+    [{"since": "/Date(-62135596800000)/", "minutes": 60}],
+    [{"minutes": 60}],
+    [{"since": "/Date(1792890000000)/", "minutes": 60}, {"since": "/Date(1792800000000)/", "minutes": 120}],
+    [{"since": "/Date(1792800000000)/", "minutes": 60}, {"since": "/Date(1792800000000)/", "minutes": 120}],
+    [{"since": f"/Date({1792800000000 + k * 3600000})/", "minutes": 60 * (k % 2)} for k in range(17)],
+    [{"since": "/Date(1792800000000)/", "minutes": 60}, "x"],
+    "60", 60,
+])
+def test_utc_offsets_of_the_wrong_shape_are_dropped_whole_with_a_note(value):
+    """A compromised server sends anything: a list with one bad entry, instants out of order or more entries than
+    a year's changes is dropped whole (a partial list reads lines with a wrong offset); the current offset stays."""
+    facts = parse_server_output(server(utc_offset_minutes=60, utc_offsets=value))
+    assert facts.utc_offsets == () and facts.utc_offset_minutes == 60
+    assert any(e.message.startswith("parse: utc_offsets: expected") for e in facts.errors)
+
+
 def test_culture_that_is_no_object_is_noted_not_fatal():
     facts = parse_server_output(server(culture="de-DE"))
     assert facts.culture is None
