@@ -255,41 +255,87 @@ def _records(facts: RawServerFacts, latest: datetime, failed_events: list[dateti
     file); it only is evidence of activity, in `eems_history`.
 
     Culture-formatted times carry no zone: they are read as UTC or, when that fits the files and the times of
-    the fetch-error 1008s (`failed_events`) better, as the server's local time (`_zone_shift`)."""
+    the fetch-error 1008s (`failed_events`) better, as the server's local time (`_zone_reading`)."""
     files = []
     for log in reversed(facts.logs):
         timed = parse_log_lines(log.tail.splitlines(), facts.culture)
         files.append((log, [r for r in timed if r is not None and r.time is not None]))
-    shift = _zone_shift(files, facts.utc_offset_minutes, latest, failed_events)
+    reading = _zone_reading(files, _offsets(facts), latest, failed_events)
     records = []
-    for _, timed in files:
-        for record in timed:
-            if shift and not record.zoned:
-                record = record._replace(time=record.time - shift)
+    for index, (_, timed) in enumerate(files):
+        for position, record in enumerate(timed):
+            if reading is not None and not record.zoned:
+                record = record._replace(time=reading[index][position])
             if record.time <= latest:
                 records.append(record)
     return records
 
 
-def _zone_shift(files: list[tuple[RawLog, list[LogRecord]]], offset_minutes: int | None,
-                latest: datetime, failed_events: list[datetime]) -> timedelta:
-    """How far zoneless line times are from UTC: 0, or the server's UTC offset when that reading contradicts
-    the files less. A reading is contradicted by a file with a line later than `latest`, a file whose newest
-    line is older than its write time (the newest line is at least as new as any write), and a closed file
-    (every file but the newest) whose newest line is newer than its write time (closing sets it); it is borne
-    out by each fetch-error 1008 it puts beside a log line of a failed fetch (an event and the log of one check
-    agree). As checks are hourly, a reading an hour off puts a failed cycle an hour from its 1008, beside
-    another check: one failure read as two checks in a row."""
-    if not offset_minutes:
-        return timedelta(0)
-    zoneless = sorted((r for _, timed in files for r in timed if not r.zoned), key=lambda r: r.time)
-    if not zoneless:
-        return timedelta(0)
+def _offsets(facts: RawServerFacts) -> tuple[tuple[datetime | None, int], ...]:
+    """The server's UTC offsets as (since, minutes), the first in force since ever (None): the changes over the
+    lookback the script sends, or, from a script that sends none (an endpoint installed before it did), the
+    one current offset for every line."""
+    if facts.utc_offsets:
+        return ((None, facts.utc_offsets[0][1]), *facts.utc_offsets[1:])
+    return ((None, facts.utc_offset_minutes),) if facts.utc_offset_minutes else ()
 
-    def contradictions(shift: timedelta) -> int:
+
+def _local_times(files: list[tuple[RawLog, list[LogRecord]]],
+                 offsets: tuple[tuple[datetime | None, int], ...]) -> list[list[datetime]]:
+    """Each record's time (parallel to each file's records) with its zoneless times read as the server's local
+    time, each with the offset in force at that local time.
+
+    Around a change a local time may have no reading (the hour skipped in spring: a local clock never shows it;
+    it is read with the offset before the change) or two (the hour repeated in autumn). Two are resolved by the
+    order the lines were written in: the files oldest first (by write time), each file's lines in order, so the
+    earliest reading not before the line before it; where the order leaves both open, the earlier one. A check
+    logs several lines over seconds, so the step back where the local clock is set back shows in the lines'
+    order, and with hourly files it shows across files (a line's file is no sign of its zone: file names do not
+    say which of the two hours they cover). Earlier, not later: a repeated hour whose second pass shows no line
+    is a service that wrote nothing then, and reading its last lines an hour later would make it look active an
+    hour longer than it was."""
+    if len(offsets) == 1:
+        shift = timedelta(minutes=offsets[0][1])
+        return [[r.time if r.zoned else r.time - shift for r in timed] for _, timed in files]
+    periods = [(since, timedelta(minutes=minutes), following[0] if following else None)
+               for (since, minutes), following in zip(offsets, [*offsets[1:], None])]
+    result, previous = [], None
+    for _, timed in files:
+        times = []
+        for record in timed:
+            time = record.time
+            if not record.zoned:
+                readings = [time - shift for since, shift, until in periods
+                            if (since is None or since <= time - shift) and (until is None or time - shift < until)]
+                if not readings:  # skipped: the last period that had begun by the reading with its own offset
+                    time = next(time - shift for since, shift, _ in reversed(periods)
+                                if since is None or since <= time - shift)
+                else:
+                    time = next((t for t in readings if previous is None or t >= previous), readings[-1])
+            times.append(time)
+            previous = time
+        result.append(times)
+    return result
+
+
+def _zone_reading(files: list[tuple[RawLog, list[LogRecord]]], offsets: tuple[tuple[datetime | None, int], ...],
+                  latest: datetime, failed_events: list[datetime]) -> list[list[datetime]] | None:
+    """The records' times read as the server's local time (`_local_times`) when that reading contradicts the files
+    less than UTC does; None to read zoneless times as UTC. A reading is contradicted by a file with a line later
+    than `latest`, a file whose newest line is older than its write time (the newest line is at least as new as
+    any write), and a closed file (every file but the newest) whose newest line is newer than its write time
+    (closing sets it); it is borne out by each fetch-error 1008 it puts beside a log line of a failed fetch (an
+    event and the log of one check agree). As checks are hourly, a reading an hour off puts a failed cycle an hour
+    from its 1008, beside another check: one failure read as two checks in a row."""
+    if not any(minutes for _, minutes in offsets):
+        return None
+    if not any(not r.zoned for _, timed in files for r in timed):
+        return None
+
+    def contradictions(reading: list[list[datetime]]) -> int:
         count = 0
         for index, (log, timed) in enumerate(files):
-            times = [r.time - shift for r in timed if not r.zoned]
+            times = [t for r, t in zip(timed, reading[index]) if not r.zoned]
             if not times:
                 continue
             newest, closed = max(times), index < len(files) - 1
@@ -297,21 +343,21 @@ def _zone_shift(files: list[tuple[RawLog, list[LogRecord]]], offset_minutes: int
             if log.last_write is not None:
                 count += newest < log.last_write - LOG_CLOCK_SLACK
                 count += closed and newest > log.last_write + LOG_CLOCK_SLACK
-        return count - _failed_fetches_met(failed_events, zoneless, shift)
+        return count - _failed_fetches_met(failed_events, files, reading)
 
-    local = timedelta(minutes=offset_minutes)
-    return local if contradictions(local) < contradictions(timedelta(0)) else timedelta(0)
+    utc = [[r.time for r in timed] for _, timed in files]
+    local = _local_times(files, offsets)
+    return local if contradictions(local) < contradictions(utc) else None
 
 
-def _failed_fetches_met(failed_events: list[datetime], zoneless: list[LogRecord], shift: timedelta) -> int:
+def _failed_fetches_met(failed_events: list[datetime], files: list[tuple[RawLog, list[LogRecord]]],
+                        reading: list[list[datetime]]) -> int:
     """How many fetch-error 1008s have a log line of a failed fetch within SAME_CHECK of them, the zoneless
-    lines (in time order) read with `shift`."""
-    times = [r.time - shift for r in zoneless]
-    met = 0
-    for failed_at in failed_events:
-        near = zoneless[bisect_left(times, failed_at - SAME_CHECK):bisect_right(times, failed_at + SAME_CHECK)]
-        met += any(r.is_problem and is_fetch_problem(r.message, r.level) for r in near)
-    return met
+    lines read as `reading` says."""
+    failures = sorted(t for (_, timed), times in zip(files, reading) for r, t in zip(timed, times)
+                      if not r.zoned and r.is_problem and is_fetch_problem(r.message, r.level))
+    return sum(bisect_right(failures, failed_at + SAME_CHECK) > bisect_left(failures, failed_at - SAME_CHECK)
+               for failed_at in failed_events)
 
 
 def _cycles(records: list[LogRecord]) -> tuple[list[_Cycle], list[datetime]]:

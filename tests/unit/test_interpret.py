@@ -886,3 +886,106 @@ def test_an_outage_is_one_run_of_failures_and_failures_among_good_checks_one_eac
     before = [RawEvent(1008, at(hours, 28), TLS_1008) for hours in (7, 8)] + [RawEvent(1006, at(6, 28), "fetched")]
     assert interpret(facts(across), catalog, lookback=window).eems.failure_runs == 1
     assert interpret(facts(before), catalog, lookback=window).eems.failure_runs == 0
+
+
+# ---------------------------------------------------------------- culture times across a daylight-saving change
+
+# Europe/Berlin in 2026: CET (+1) until 2026-03-29 01:00 UTC, CEST (+2) until 2026-10-25 01:00 UTC, then CET.
+SPRING, AUTUMN = datetime(2026, 3, 29, 1, tzinfo=UTC), datetime(2026, 10, 25, 1, tzinfo=UTC)
+
+
+def berlin(when: datetime) -> int:
+    return 2 if SPRING <= when < AUTUMN else 1
+
+
+def berlin_offsets(now: datetime, lookback: timedelta = LOOKBACK) -> tuple[tuple[datetime, int], ...]:
+    """What collect_server.ps1 sends: the offset at the window's start, then each change with the offset after it."""
+    start = now - lookback
+    return ((start, berlin(start) * 60), *((t, berlin(t) * 60) for t in (SPRING, AUTUMN) if start < t <= now))
+
+
+def berlin_files(now: datetime, checks: dict[datetime, bool]) -> tuple[RawLog, ...]:
+    """Hourly files (named by UTC hour, newest first, the newest open), each check's lines in Berlin local time."""
+    logs = []
+    for start, failed in sorted(checks.items()):
+        lines = [(start, FETCH_LINE), (start + timedelta(seconds=1), UNTRUSTED_LINE if failed else DONE_LINE),
+                 (start + timedelta(seconds=2), "DiagnosticData,S:LogLevel=Information;S:Message=No diagnostic data sent")]
+        tail = "".join(f"{culture_time(t, berlin(t))},{body}\r\n" for t, body in lines)
+        logs.insert(0, RawLog(start + timedelta(seconds=2), tail))
+    return tuple(logs)
+
+
+def dst_state(catalog: Catalog, now: datetime, checks: dict[datetime, bool], offsets=None):
+    f = facts(now=now, logs=berlin_files(now, checks), utc_offset_minutes=berlin(now) * 60,
+              utc_offsets=berlin_offsets(now) if offsets is None else offsets)
+    return interpret_server("EX01", f, catalog, lookback=LOOKBACK, now=now).eems
+
+
+def test_culture_times_before_the_autumn_change_keep_the_summer_offset(catalog):
+    """Just after clocks go back (Berlin, 03:00 CEST -> 02:00 CET), the two newest checks both wrote 02:10 local.
+    Each is read with the offset in force when it was written: two failed checks an hour apart, failing. With the
+    one current offset, the older read an hour late, on top of the newer: one check, not failing."""
+    now = AUTUMN + timedelta(minutes=20)
+    checks = {AUTUMN - timedelta(hours=h, minutes=-10): h in (1, 0) for h in (4, 3, 2, 1, 0)}
+    eems = dst_state(catalog, now, checks)
+    assert (eems.last_check, eems.last_error) == (AUTUMN + timedelta(minutes=10), AUTUMN + timedelta(minutes=10, seconds=1))
+    assert eems.last_success == AUTUMN - timedelta(minutes=110)
+    assert eems.failing and eems.failure_runs == 1
+    assert eems.last_activity == AUTUMN + timedelta(minutes=10, seconds=2)
+
+
+def test_culture_times_before_the_spring_change_keep_the_winter_offset(catalog):
+    """Just after clocks go forward (02:00 CET -> 03:00 CEST): two failed checks an hour apart, 01:10 CET and
+    03:10 CEST. With the one current offset the older read an hour early: two hours apart, an unseen check between
+    them, not failing."""
+    now = SPRING + timedelta(minutes=20)
+    checks = {SPRING - timedelta(hours=h, minutes=-10): h in (1, 0) for h in (4, 3, 2, 1, 0)}
+    eems = dst_state(catalog, now, checks)
+    assert eems.last_check == SPRING + timedelta(minutes=10) and eems.failing
+    assert eems.last_success == SPRING - timedelta(minutes=110)
+
+
+def test_an_older_script_without_offset_changes_reads_every_line_with_the_current_offset(catalog):
+    """An endpoint installed before the script sent `utc_offsets` keeps the behaviour it had: the one offset."""
+    now = AUTUMN + timedelta(minutes=20)
+    checks = {AUTUMN - timedelta(hours=h, minutes=-10): h in (1, 0) for h in (4, 3, 2, 1, 0)}
+    eems = dst_state(catalog, now, checks, offsets=())
+    assert eems.last_check == AUTUMN + timedelta(minutes=10) and not eems.failing
+
+
+def test_the_repeated_autumn_hour_is_read_in_the_order_the_lines_were_written(catalog):
+    """In one file, 02:10 to 02:50 local twice: the step back from 02:50 to 02:10 is where the clock went back.
+    A repeated local time before it reads with the summer offset, after it with the winter one."""
+    now = AUTUMN + timedelta(hours=1)
+    starts = [AUTUMN - timedelta(minutes=50), AUTUMN - timedelta(minutes=10),
+              AUTUMN + timedelta(minutes=10), AUTUMN + timedelta(minutes=50)]
+    tail = "".join(f"{culture_time(t, berlin(t))},{FETCH_LINE}\r\n"
+                   f"{culture_time(t + timedelta(seconds=1), berlin(t))},{DONE_LINE}\r\n" for t in starts)
+    f = facts(now=now, logs=(RawLog(starts[-1] + timedelta(seconds=1), tail),), utc_offset_minutes=60,
+              utc_offsets=berlin_offsets(now))
+    eems = interpret_server("EX01", f, catalog, lookback=LOOKBACK, now=now).eems
+    assert (eems.last_check, eems.last_success) == (starts[-1], starts[-1])
+    assert eems.last_activity == starts[-1] + timedelta(seconds=1)
+
+
+def test_a_repeated_hour_that_the_order_leaves_open_is_read_as_the_earlier(catalog):
+    """The newest lines, 02:30 local, then nothing: the summer reading (00:30 UTC) and the winter one (01:30 UTC)
+    both follow the line before and precede the server's now. The earlier is taken: the service may have stopped
+    writing before the change."""
+    now = AUTUMN + timedelta(hours=1)
+    older, newest = AUTUMN - timedelta(minutes=90), AUTUMN - timedelta(minutes=30)
+    tail = (f"{culture_time(older, 2)},{FETCH_LINE}\r\n{culture_time(older + timedelta(seconds=1), 2)},{DONE_LINE}\r\n"
+            f"{culture_time(newest, 2)},{FETCH_LINE}\r\n{culture_time(newest + timedelta(seconds=1), 2)},{DONE_LINE}\r\n")
+    f = facts(now=now, logs=(RawLog(None, tail),), utc_offset_minutes=60, utc_offsets=berlin_offsets(now))
+    eems = interpret_server("EX01", f, catalog, lookback=LOOKBACK, now=now).eems
+    assert (eems.last_check, eems.last_activity) == (newest, newest + timedelta(seconds=1))
+
+
+def test_a_local_time_the_spring_change_skipped_is_read_with_the_offset_before_it(catalog):
+    """02:30 local never happens in Berlin on 29 March (02:00 CET is 03:00 CEST); such a line is read as 01:30 UTC
+    (read as UTC it would be later than the server's now)."""
+    now = SPRING + timedelta(minutes=45)
+    tail = f"3/29/2026 2:30:00 AM,{FETCH_LINE}\r\n3/29/2026 2:30:01 AM,{DONE_LINE}\r\n"
+    f = facts(now=now, logs=(RawLog(None, tail),), utc_offset_minutes=120, utc_offsets=berlin_offsets(now))
+    eems = interpret_server("EX01", f, catalog, lookback=LOOKBACK, now=now).eems
+    assert eems.last_check == SPRING + timedelta(minutes=30)
