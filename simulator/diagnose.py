@@ -56,7 +56,7 @@ def facts(server: windows.WindowsServer, now: datetime, parameter_line: str, scr
         "schema": 1,
         "computer": server.name.upper(),
         "now": date(now),
-        "utc_offset_minutes": int(server.utc_offset.total_seconds() // 60),
+        "utc_offset_minutes": int(server.time_zone.offset(now).total_seconds() // 60),
         "language_mode": "FullLanguage" if full else "ConstrainedLanguage",
         "powershell": "5.1.17763.6414",  # Windows Server 2019's
         "culture": server.locale,

@@ -16,6 +16,8 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from .timezones import Zone, fixed
+
 Build = tuple[int, int, int, int]
 
 # ---------------------------------------------------------------- Microsoft's facts (data)
@@ -162,7 +164,7 @@ class EemsSetup:
     log_encoding: str = "utf-8"
     log_header: str = "csv_first"
     log_time: tuple[str, str, str, str] | None = None  # .NET (date, time, am, pm) patterns; None = ISO 8601
-    log_time_zone: timedelta = timedelta(0)  # culture-formatted times are written in this zone (UTC + this)
+    log_time_zone: Zone = fixed(timedelta(0))  # culture-formatted times are written in the server's zone
     log_last_write: str = "at_write"  # at_open: the file held open keeps the write time of its first line
 
 
@@ -318,7 +320,7 @@ def _restamp(setup: EemsSetup, line: LogLine) -> str:
     """The line with its time in the configured form (ISO 8601, or the culture's DateTime.ToString())."""
     if setup.log_time is None:
         return line.text
-    return format_culture_time(line.time + setup.log_time_zone, *setup.log_time) + line.text[line.text.index(","):]
+    return format_culture_time(setup.log_time_zone.local(line.time), *setup.log_time) + line.text[line.text.index(","):]
 
 
 def format_culture_time(t: datetime, date_pattern: str, time_pattern: str, am: str, pm: str) -> str:

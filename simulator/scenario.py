@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from . import eems, remoting
+from . import eems, remoting, timezones
 from .host import Faults, SimulatedHost
 from .windows import (
     ACCOUNTS,
@@ -50,8 +50,8 @@ _SERVER_KEYS = (
     "data_collection_enabled", "internet_web_proxy", "eems_failure", "endpoint_status", "log_file", "events",
     "success_events", "build_source", "output_style", "faults", "output_faults", "locale", "account", "unreadable",
     "unreadable_event", "winhttp_proxy", "endpoint_failure", "non_fetch_errors", "log_other_errors", "log_rotation", "log_encoding", "log_time", "log_header",
-    "log_time_zone", "log_last_write", "log_other_file", "application_log_events", "language_mode", "remote_shell",
-    "event_read_errors", "clock_offset",
+    "log_time_zone", "time_zone", "log_last_write", "log_other_file", "application_log_events", "language_mode",
+    "remote_shell", "event_read_errors", "clock_offset",
     *_HOST_KEYS,
 )
 
@@ -305,7 +305,7 @@ def _server(raw: Any, key: str, defaults: dict[str, Any], domain: str, anchor: d
     locale = _choice(s.get("locale", "en-US"), f"{key}.locale", tuple(LOCALES))
     culture = LOCALES[locale]["culture"]
     log_time = _choice(s.get("log_time", "iso"), f"{key}.log_time", ("iso", "culture"))
-    zone = _utc_offset(s.get("log_time_zone", "+00:00"), f"{key}.log_time_zone")
+    zone = _time_zone(s, key)
     account = _choice(s.get("account", "admin"), f"{key}.account", ACCOUNTS)
     unreadable = s.get("unreadable", [])
     if not isinstance(unreadable, list) or any(u not in ("events", "log") for u in unreadable):
@@ -363,7 +363,7 @@ def _server(raw: Any, key: str, defaults: dict[str, Any], domain: str, anchor: d
         array_style=_choice(style.get("arrays", "arrays"), f"{key}.output_style.arrays", ARRAY_STYLES),
         version_style=_choice(style.get("versions", "padded"), f"{key}.output_style.versions", VERSION_STYLES),
         locale=locale,
-        utc_offset=zone,
+        time_zone=zone,
         clock_offset=_clock_offset(s.get("clock_offset", "0s"), f"{key}.clock_offset"),
         log_other_file=_bool(s.get("log_other_file", False), f"{key}.log_other_file"),
         language_mode=_choice(s.get("language_mode", "full"), f"{key}.language_mode", ("full", "constrained")),
@@ -447,6 +447,19 @@ def _unreadable_event(value: Any, key: str) -> str | None:
     if value == "null_message":
         return "null_message"
     raise ScenarioError(key, f"expected false, true or null_message, got {_kind(value)}")
+
+
+def _time_zone(s: dict[str, Any], key: str) -> timezones.Zone:
+    """`time_zone` (an IANA name: a zone with daylight saving) or `log_time_zone` (a fixed offset), not both."""
+    if "time_zone" in s and "log_time_zone" in s:
+        raise ScenarioError(f"{key}.time_zone", "give time_zone or log_time_zone, not both")
+    if "time_zone" in s:
+        try:
+            return timezones.zone(s["time_zone"])
+        except ValueError as e:
+            raise ScenarioError(f"{key}.time_zone", str(e)) from None
+    text = s.get("log_time_zone", "+00:00")
+    return timezones.fixed(_utc_offset(text, f"{key}.log_time_zone"), text)
 
 
 def _utc_offset(value: Any, key: str) -> timedelta:

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from . import diagnose, eems, eventlog, language, logfolder, restricted
+from . import diagnose, eems, eventlog, language, logfolder, restricted, timezones
 from .host import CommandOutput, current_logon
 
 SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
@@ -58,6 +58,8 @@ _MEASURES_STAGES = re.compile(r"\$r\.stages\.\w+=\((?:Microsoft\.PowerShell\.Uti
 _READS_INSERTION_STRINGS = re.compile(r"\$_\.Properties\b")
 # The collection script keeps this many error records per part (review R11), and says how many it met in all.
 _KEEPS_ERRORS = re.compile(r"function Fail\(\$part,\$e\)\{[^}]*?-(ge|gt) (\d+)\)\{return\}")
+# The collection script sends the server's UTC offset changes over its lookback (a script before it did not).
+_SENDS_UTC_OFFSETS = re.compile(r"\$r\.utc_offsets=")
 _COUNTS_ERRORS = re.compile(r"^\$r\.error_counts=\$n\b", re.MULTILINE)
 # The collection script treats an empty FileVersion as a failure (issue 17, R7).
 _EMPTY_VERSION_THROWS = re.compile(r"if\(!\$r\.exsetup_version\)\{throw\b")
@@ -127,7 +129,7 @@ class WindowsServer:
     endpoint_failure: str | None = None  # a key of ENDPOINT_FAILURES: how the endpoint check fails
     array_style: str = "arrays"
     version_style: str = "padded"
-    utc_offset: timedelta = timedelta(0)  # the server's time zone (log_time_zone): local time minus UTC
+    time_zone: timezones.Zone = timezones.fixed(timedelta(0))  # the server's zone (log_time_zone or time_zone)
     clock_offset: timedelta = timedelta(0)  # the server's clock minus the scenario clock: all it reports reads it
     log_other_file: bool = False  # the log folder also holds a non-log file, rewritten at every check
     language_mode: str = "full"  # full | constrained (AppLocker/WDAC script enforcement: ConstrainedLanguage)
@@ -321,7 +323,7 @@ class WindowsHost:
             "schema": 1,
             "computer": s.name.upper(),
             "now": self._date(now),
-            "utc_offset_minutes": int(s.utc_offset.total_seconds() // 60),
+            "utc_offset_minutes": int(s.time_zone.offset(now).total_seconds() // 60),
             "culture": {"name": s.locale, "ui": s.locale, "date": texts["culture"]["date"], "time": texts["culture"]["time"],
                         "am": texts["culture"]["am"], "pm": texts["culture"]["pm"]},
             "exsetup_version": version,
@@ -345,6 +347,10 @@ class WindowsHost:
             document["endpoints"] = self._array(endpoints)
         if _COUNTS_ERRORS.search(script):
             document["error_counts"] = dict(errors.counts)
+        if _SENDS_UTC_OFFSETS.search(script):
+            start = now - timedelta(hours=p["LookbackHours"])
+            document["utc_offsets"] = self._array([{"since": self._date(since), "minutes": minutes}
+                                                   for since, minutes in timezones.offsets(s.time_zone, start, now)])
         if _MEASURES_STAGES.search(script):
             # Measure-Command around each stage; the simulated ones take what the simulator waits, the endpoint
             # check its requests' durations

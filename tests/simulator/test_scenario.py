@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import zoneinfo
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator import eems
+from simulator import eems, timezones
 from simulator.host import CommandOutput
 from simulator.scenario import ScenarioError, load_scenario, scenario_from_dict
 
@@ -722,3 +723,44 @@ def test_eems_build_table_matches_the_reference_cutoffs():
     assert eems.passes_cutoff((15, 2, 1258, 12), "2023-03") and not eems.passes_cutoff((15, 2, 1118, 25), "2023-03")
     assert eems.passes_cutoff((15, 2, 2562, 43), "2026-06") and not eems.passes_cutoff((15, 2, 1258, 32), "2026-06")
     assert not eems.has_eems((15, 1, 2308, 27)) and eems.has_eems((15, 1, 2375, 7)) and not eems.has_eems((15, 0, 1497, 48))
+
+
+AUTUMN_2026 = datetime(2026, 10, 25, 1, tzinfo=timezone.utc)  # Europe/Berlin: 03:00 CEST -> 02:00 CET
+
+
+def test_a_time_zone_with_daylight_saving_writes_local_times_and_sends_its_changes():
+    """`time_zone`: culture times in the zone's local time of each line's instant, `utc_offset_minutes` now, and
+    `utc_offsets` (the offset at the lookback's start, then each change) from a script that asks for them."""
+    sc = fleet({"name": "EX01", "build": "15.2.2562.53", "log_time": "culture", "time_zone": "Europe/Berlin",
+                "log_rotation": "daily"}, clock=AUTUMN_2026 + timedelta(minutes=30))
+    out = run(sc, encode(server_script() + "$r.utc_offsets=@()\r\n"))
+    doc = facts_from(out)
+    assert doc["utc_offset_minutes"] == 60
+    (start, change) = doc["utc_offsets"]
+    assert start["minutes"] == 120 and ms(start["since"]) == int((AUTUMN_2026 - timedelta(hours=23, minutes=30)).timestamp() * 1000)
+    assert (ms(change["since"]), change["minutes"]) == (int(AUTUMN_2026.timestamp() * 1000), 60)
+    times = re.findall(r"^10/25/2026 (\d+):(\d\d):\d\d AM,FetchMitigation", doc["logs"][0]["tail"], re.MULTILINE)
+    hours = [int(h) for h, _ in times]
+    assert hours.count(2) >= 2 and hours[-1] == 2  # 02:xx local twice: before and after the clocks went back
+    assert "utc_offsets" not in facts(sc)  # a script before it sent them
+
+
+def test_time_zone_and_a_fixed_offset_are_not_both_given():
+    with pytest.raises(ScenarioError, match="not both"):
+        fleet({"name": "EX01", "build": "15.2.2562.53", "time_zone": "Europe/Berlin", "log_time_zone": "+01:00"})
+    with pytest.raises(ScenarioError, match="time_zone: unknown time zone"):
+        fleet({"name": "EX01", "build": "15.2.2562.53", "time_zone": "Mars/Olympus_Mons"})
+
+
+@pytest.mark.parametrize("name", sorted(timezones.RULES))
+def test_the_built_in_rules_agree_with_zoneinfo(name):
+    """Where no tz database is installed the simulator's own rules stand in; they match it hour by hour from 2015 to
+    2030 (the changes are on the hour in UTC)."""
+    try:
+        zone = zoneinfo.ZoneInfo(name)
+    except zoneinfo.ZoneInfoNotFoundError:
+        pytest.skip("no zoneinfo data here")
+    t = datetime(2015, 1, 1, tzinfo=timezone.utc)
+    while t.year < 2031:
+        assert timezones.RULES[name](t) == t.astimezone(zone).utcoffset(), t
+        t += timedelta(hours=1)
