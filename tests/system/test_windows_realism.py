@@ -15,7 +15,7 @@ from pathlib import Path
 import urllib.parse
 import urllib.request
 from contextlib import ExitStack
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import yaml
@@ -26,9 +26,10 @@ from exporter.interpret import CHECK_SETTLE
 from exporter.web import serve
 from exporter.scripts import ServerScriptParameters, powershell_command, server_script
 from exporter.collectors import script_failure
+from exporter.config import load_config
 from simulator.scenario import scenario_from_dict
 
-from ..conftest import SimulatedFleet, free_port, poll_all, relocate, samples
+from ..conftest import SimulatedFleet, free_port, jea_scenario, poll_all, relocate, samples
 from .test_integration import (
     RULES, Program, evaluated_after, get_json, prometheus_command, rules_without_for, wait_until,
 )
@@ -430,3 +431,57 @@ def test_a_healthy_server_raises_only_what_the_knob_explains(alerts, knob):
 def test_a_server_whose_fetches_fail_is_never_silent(alerts, knob):
     index = list(KNOBS).index(knob)
     assert FAILING_TWIN_PAGE.get(knob, FAILING_PAGE) in alerts[f"K{index:02d}-FAIL"]
+
+
+# Europe/Berlin's autumn change of 2026: 03:00 CEST (UTC+2) becomes 02:00 CET (UTC+1) at 01:00 UTC.
+AUTUMN_2026 = datetime(2026, 10, 25, 1, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("minutes_after", [5, 20])
+def test_culture_times_across_a_daylight_saving_change_are_read_with_the_offset_then(minutes_after):
+    """A server in Europe/Berlin writing culture times in local time, polled minutes after its clocks went back.
+    Checks run at ten past each UTC hour: the newest before the change wrote 02:10 (CEST), the one after it 02:10
+    again (CET). Read with the one offset the server has now, the check before the change looked an hour later than
+    it was: five minutes after the change, a check in the future (within the clock slack) that is no success yet.
+    Twenty minutes after it, the newest check is the one after the change, read right either way."""
+    scenario = relocate({"clock": (AUTUMN_2026 + timedelta(minutes=minutes_after)).isoformat(), "credentials": [],
+                         "servers": [{"address": "127.0.0.1", "name": "BERLIN", "build": SE, "log_time": "culture",
+                                      "locale": "de-DE", "time_zone": "Europe/Berlin", "events": "absent",
+                                      "installed_since": "2026-10-01T00:00:00Z"}]})
+    with SimulatedFleet(scenario) as fleet:
+        exporter = Exporter(fleet.config(), Catalog.load())
+        try:
+            poll_all(exporter.poller)
+            found = samples(exporter.metrics_body("text/plain")[0].decode())
+        finally:
+            exporter.stop()
+    assert partial_failures(found, "BERLIN") == set()
+    newest = AUTUMN_2026 + timedelta(minutes=10) if minutes_after > 10 else AUTUMN_2026 - timedelta(minutes=50)
+    for metric in ("exchange_eems_last_check_timestamp_seconds", "exchange_eems_last_success_timestamp_seconds"):
+        assert int(value(found, metric, server="BERLIN")) == int(newest.timestamp()), metric
+    assert value(found, "exchange_eems_failing", server="BERLIN") == 0
+
+
+def test_the_jea_endpoint_sends_the_offset_changes_too(tmp_path):
+    """The JEA endpoint's function is the collection script: polled over PSRP five minutes after the change, the
+    newest check (before it) is read with the offset then in force, as over WinRS."""
+    scenario = jea_scenario(tmp_path / "endpoint")
+    scenario["clock"] = (AUTUMN_2026 + timedelta(minutes=5)).isoformat()
+    scenario["servers"][0].update({"build": SE, "log_time": "culture", "locale": "de-DE", "time_zone": "Europe/Berlin",
+                                   "events": "absent", "installed_since": "2026-10-01T00:00:00Z"})
+    with SimulatedFleet(scenario) as fleet:
+        config = yaml.safe_load(fleet.config_text())
+        (module,) = config["modules"].values()
+        config["modules"] = {"jea": {**module, "protocol": "psrp"}}
+        config["servers"][0]["module"] = "jea"
+        path = tmp_path / "exporter.yml"
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        exporter = Exporter(load_config(path), Catalog.load())
+        try:
+            poll_all(exporter.poller)
+            found = samples(exporter.metrics_body("text/plain")[0].decode())
+        finally:
+            exporter.stop()
+    assert value(found, "exchange_up", server="EX01") == 1 and partial_failures(found, "EX01") == set()
+    newest = AUTUMN_2026 - timedelta(minutes=50)
+    assert int(value(found, "exchange_eems_last_check_timestamp_seconds", server="EX01")) == int(newest.timestamp())

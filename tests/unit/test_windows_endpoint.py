@@ -290,3 +290,13 @@ def test_the_install_script_closes_only_a_folder_of_transcripts(written):
     assert "Get-ChildItem -LiteralPath $Transcripts -Force" in foreign, foreign
     assert "($Entry.PSIsContainer -and $Entry.Name -match '^\\d{8}$')" in foreign, foreign
     assert "(-not $Entry.PSIsContainer -and $Entry.Name -match '^PowerShell_transcript\\..+\\.txt$')" in foreign, foreign
+
+
+def test_the_function_sends_the_offset_changes_and_an_endpoint_without_them_is_outdated():
+    """The function is the collection script, `utc_offsets` included; an endpoint installed from the script before it
+    reports another version, so the exporter calls it outdated instead of reading its output as current."""
+    role = windows_endpoint.build(GROUP).files["ExchangeEemsExporter/RoleCapabilities/ExchangeEemsReader.psrc"]
+    assert "$r.utc_offsets=@(@{since=$a;minutes=$o})" in role
+    before = "\n".join(line for line in _body("collect_server.ps1").splitlines()
+                       if "utc_offsets" not in line and "UtcOffset" not in line)
+    assert windows_endpoint.endpoint_version(before) != windows_endpoint.endpoint_version()
