@@ -7,9 +7,10 @@ $r=@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;utc_offset_minut
 # with the offset then in force): the offset at the window's start (on the minute), then each change with the offset
 # after it, sampled daily and narrowed to the minute. DateTime.ToLocalTime converts by TimeZoneInfo.Local and its
 # adjustment rules; TimeZoneInfo itself is no core type, and Constrained Language Mode refuses its methods.
-function UtcOffset($u){[int]($u.ToLocalTime()-$u).TotalMinutes}
+# Not yet run on a real server: should it throw, the list is left out, and Python reads every line with utc_offset_minutes.
+try{function UtcOffset($u){[int]($u.ToLocalTime()-$u).TotalMinutes}
 $a=[DateTime]::UtcNow.AddHours(-$P.LookbackHours);$a=$a.AddTicks(-($a.Ticks%600000000));$o=UtcOffset $a;$r.utc_offsets=@(@{since=$a;minutes=$o})
-while($a -lt $r.now){$b=$a.AddDays(1);if($b -gt $r.now){$b=$r.now};if((UtcOffset $b) -ne $o){while(($b-$a).TotalMinutes -gt 1){$m=$a.AddMinutes([int](($b-$a).TotalMinutes/2));if((UtcOffset $m) -eq $o){$a=$m}else{$b=$m}};$o=UtcOffset $b;$r.utc_offsets+=@{since=$b;minutes=$o}};$a=$b}
+while($a -lt $r.now){$b=$a.AddDays(1);if($b -gt $r.now){$b=$r.now};if((UtcOffset $b) -ne $o){while(($b-$a).TotalMinutes -gt 1){$m=$a.AddMinutes([int](($b-$a).TotalMinutes/2));if((UtcOffset $m) -eq $o){$a=$m}else{$b=$m}};$o=UtcOffset $b;$r.utc_offsets+=@{since=$b;minutes=$o}};$a=$b}}catch{$r.utc_offsets=$null}
 # Errors are recorded with their invariant FullyQualifiedErrorId; Python decides (never on the localized message).
 # At most five per part, and how many in all (error_counts): a reader that keeps failing repeats its error, as
 # Get-WinEvent writes each failed read and reads on (GetEventCommand.cs ReadEvents; PowerShell/PowerShell#10637).
