@@ -291,7 +291,10 @@ def _local_times(files: list[tuple[RawLog, list[LogRecord]]],
     earliest reading not before the line before it; where the order leaves both open, the earlier one. A check
     logs several lines over seconds, so the step back where the local clock is set back shows in the lines'
     order, and with hourly files it shows across files (a line's file is no sign of its zone: file names do not
-    say which of the two hours they cover). Earlier, not later: a repeated hour whose second pass shows no line
+    say which of the two hours they cover). A quick check writes all its lines within one second, and the hourly
+    timer puts the check of the second pass in the same second as the one of the first: its start line shows the
+    local time of the line before it, and two checks never start at the same instant, so it is the later reading.
+    Earlier, not later: a repeated hour whose second pass shows no line
     is a service that wrote nothing then, and reading its last lines an hour later would make it look active an
     hour longer than it was."""
     if len(offsets) == 1:
@@ -299,7 +302,7 @@ def _local_times(files: list[tuple[RawLog, list[LogRecord]]],
         return [[r.time if r.zoned else r.time - shift for r in timed] for _, timed in files]
     periods = [(since, timedelta(minutes=minutes), following[0] if following else None)
                for (since, minutes), following in zip(offsets, [*offsets[1:], None])]
-    result, previous = [], None
+    result, previous, last_start = [], None, None
     for _, timed in files:
         times = []
         for record in timed:
@@ -310,8 +313,12 @@ def _local_times(files: list[tuple[RawLog, list[LogRecord]]],
                 if not readings:  # skipped: the last period that had begun by the reading with its own offset
                     time = next(time - shift for since, shift, _ in reversed(periods)
                                 if since is None or since <= time - shift)
-                else:
-                    time = next((t for t in readings if previous is None or t >= previous), readings[-1])
+                else:  # a check start is never at the instant of the one before (an hour later, same second)
+                    start = len(readings) > 1 and record.is_check_start
+                    time = next((t for t in readings if (previous is None or t >= previous)
+                                 and not (start and t == last_start)), readings[-1])
+                    if start:
+                        last_start = time
             times.append(time)
             previous = time
         result.append(times)

@@ -989,3 +989,23 @@ def test_a_local_time_the_spring_change_skipped_is_read_with_the_offset_before_i
     f = facts(now=now, logs=(RawLog(None, tail),), utc_offset_minutes=120, utc_offsets=berlin_offsets(now))
     eems = interpret_server("EX01", f, catalog, lookback=LOOKBACK, now=now).eems
     assert eems.last_check == SPRING + timedelta(minutes=30)
+
+
+
+@pytest.mark.parametrize("last_write", ["newest line", None])
+def test_a_check_in_the_second_pass_of_the_repeated_hour_at_the_same_second_is_not_the_first_again(catalog, last_write):
+    """EEMS checks hourly on a timer, so the check in the second pass of the repeated autumn hour often falls in the
+    same second as the one in the first pass, and a quick check writes all its lines in that second (the log has
+    no fractions of a second). Its start line then shows the very local time of the line before it: read with the
+    earlier offset it was the same instant as the check before, an hour early, the two checks one (and with the
+    file's write time beside it, that reading lost to UTC, every line two hours off). Two checks never start at the
+    same instant, so it is the second pass."""
+    now = AUTUMN + timedelta(minutes=20)
+    starts = [AUTUMN - timedelta(minutes=50) - timedelta(hours=h) for h in (2, 1, 0)] + [AUTUMN + timedelta(minutes=10)]
+    tail = "".join(f"{culture_time(t, berlin(t))},{FETCH_LINE}\r\n"
+                   f"{culture_time(t, berlin(t))},{UNTRUSTED_LINE if t == starts[-2] else DONE_LINE}\r\n"
+                   for t in starts)
+    log = RawLog(starts[-1] if last_write else None, tail)
+    f = facts(now=now, logs=(log,), utc_offset_minutes=60, utc_offsets=berlin_offsets(now))
+    eems = interpret_server("EX01", f, catalog, lookback=LOOKBACK, now=now).eems
+    assert (eems.last_check, eems.last_success, eems.last_error) == (starts[-1], starts[-1], starts[-2])
