@@ -428,17 +428,19 @@ def _utc_offsets(value, notes: _Notes) -> tuple[tuple[datetime, int], ...]:
         notes.wrong("utc_offsets", f"at most {MAX_UTC_OFFSETS} offsets")
         return ()
     found: list[tuple[datetime, int]] = []
+    last = None  # the instant of the entry before, kept or merged: each must follow it
     for item in items:
         since = parse_ps_date(item.get("since")) if isinstance(item, dict) else None
         minutes = item.get("minutes") if isinstance(item, dict) else None
         if isinstance(minutes, float) and minutes.is_integer():
             minutes = int(minutes)
         if (since is None or not isinstance(minutes, int) or isinstance(minutes, bool)
-                or not -12 * 60 <= minutes <= 14 * 60 or (found and since <= found[-1][0])):
+                or not -12 * 60 <= minutes <= 14 * 60 or (last is not None and since <= last)):
             notes.wrong("utc_offsets", "{since: date, minutes: -720 to 840} objects, since ascending")
             return ()
         if not found or found[-1][1] != minutes:
             found.append((since, minutes))
+        last = since
     return tuple(found)
 
 

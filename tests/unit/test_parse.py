@@ -310,6 +310,9 @@ def test_utc_offsets_are_the_offset_at_the_windows_start_and_each_change():
     [{"minutes": 60}],
     [{"since": "/Date(1792890000000)/", "minutes": 60}, {"since": "/Date(1792800000000)/", "minutes": 120}],
     [{"since": "/Date(1792800000000)/", "minutes": 60}, {"since": "/Date(1792800000000)/", "minutes": 120}],
+    # out of order behind an entry that repeats the offset before it (merged, so not the last one kept)
+    [{"since": "/Date(1792800000000)/", "minutes": 60}, {"since": "/Date(1792890000000)/", "minutes": 60},
+     {"since": "/Date(1792803600000)/", "minutes": 120}],
     [{"since": f"/Date({1792800000000 + k * 3600000})/", "minutes": 60 * (k % 2)} for k in range(17)],
     [{"since": "/Date(1792800000000)/", "minutes": 60}, "x"],
     "60", 60,
