@@ -73,19 +73,18 @@ def test_notifications_arriving_together_print_whole_lines(tmp_path, monkeypatch
     demo_stack = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo_stack)
 
-    class SlowConsole:  # a terminal: each write takes a moment, so unserialised writes interleave
+    class Console:  # records each write: a line written in pieces (print's text, then its newline) can interleave
         def __init__(self):
-            self.text = ""
+            self.writes: list[str] = []
 
         def write(self, text: str) -> int:
-            time.sleep(0.01)
-            self.text += text
+            self.writes.append(text)
             return len(text)
 
         def flush(self) -> None:
             pass
 
-    console = SlowConsole()
+    console = Console()
     monkeypatch.setattr(sys, "stdout", console)
     receiver = demo_stack.Receiver.__new__(demo_stack.Receiver)
     receiver.log, receiver.lock = tmp_path / "notifications.jsonl", threading.Lock()
@@ -97,5 +96,7 @@ def test_notifications_arriving_together_print_whole_lines(tmp_path, monkeypatch
         thread.start()
     for thread in threads:
         thread.join()
-    lines = console.text.splitlines()
-    assert len(lines) == 8 and all(line.startswith("PAGER") and line.count("firing") == 1 for line in lines), lines
+    # each notification is one whole line in one write (made under the lock): no other thread can split it
+    assert len(console.writes) == 8 and all(w.endswith("\n") and w.count("\n") == 1 for w in console.writes), console.writes
+    lines = "".join(console.writes).splitlines()
+    assert all(line.startswith("PAGER") and line.count("firing") == 1 for line in lines), lines
