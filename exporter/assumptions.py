@@ -128,7 +128,8 @@ def _ev(facts: Facts, *keys: str) -> str:
     return "; ".join(f"{key}: {facts.shown.get(key, '(not in the report)')}" for key in keys)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """`-1h05m`: whole minutes, signed (the report's lines and the verdicts' evidence read alike)."""
     minutes = round(abs(seconds) / 60)
     return f"{'-' if seconds < 0 else ''}{minutes // 60}h{minutes % 60:02d}m"
 
@@ -157,7 +158,7 @@ def _zone(facts: Facts) -> tuple[timedelta | None, str]:
     if not closed:
         return None, "no closed file (one but the newest) with zoneless times was read"
     diffs = [(f.last_write - newest).total_seconds() for f, newest in closed]
-    shown = ", ".join(f"{f.key} {_duration(d)}" for (f, _), d in zip(closed, diffs))
+    shown = ", ".join(f"{f.key} {duration(d)}" for (f, _), d in zip(closed, diffs))
     text = f"last write minus newest line on the closed files: {shown}; os.utc_offset: {offset}"
     if all(abs(d) <= SLACK.total_seconds() for d in diffs):
         return timedelta(0), text
@@ -212,7 +213,7 @@ def log_every_check(f: Facts) -> Verdict:
     if not gaps:
         return Verdict(NOT_SHOWN, f"{len(starts)} check start lines in the files read (log.read.N.check_starts)")
     median = statistics.median(gaps)
-    text = (f"{len(starts)} check start lines in the files read, median {_duration(median)} between starts "
+    text = (f"{len(starts)} check start lines in the files read, median {duration(median)} between starts "
             f"(log.read.N.check_starts)")
     if median <= (timedelta(hours=1) + SLACK).total_seconds():
         return Verdict(CONFIRMS, text)
@@ -233,14 +234,14 @@ def log_write_time_moves(f: Facts) -> Verdict:
     times = [r.time - (shift or timedelta(0)) if not r.zoned else r.time for r in newest.timed]
     first, last = min(times), max(times)
     if last - first < 2 * SLACK:
-        return Verdict(NOT_SHOWN, f"{newest.key}'s lines span {_duration((last - first).total_seconds())}: a write "
+        return Verdict(NOT_SHOWN, f"{newest.key}'s lines span {duration((last - first).total_seconds())}: a write "
                                   "time stuck at the first line would not show")
     writes = [w for w in (newest.last_write, newest.file_last_write) if w is not None]
     if not writes:
         return Verdict(NOT_SHOWN, f"no write time: {_ev(f, 'log.files.1')}")
     lag = min((w - last).total_seconds() for w in writes)
     text = (f"{newest.key}: lines from {first.isoformat()} to {last.isoformat()}, write times (directory entry, "
-            f"the file) minus the newest line at least {_duration(lag)}")
+            f"the file) minus the newest line at least {duration(lag)}")
     return Verdict(CONFIRMS if lag >= -SLACK.total_seconds() else CONTRADICTS, text)
 
 
@@ -358,10 +359,11 @@ def success_event(f: Facts) -> Verdict:
 
 
 def _events(f: Facts, event_id: int) -> list[dict]:
-    return [e for e in _list((f.doc or {}).get("events"))[:MAX_EVENTS] if isinstance(e, dict) and e.get("id") == event_id]
+    return [e for e in as_list((f.doc or {}).get("events"))[:MAX_EVENTS] if isinstance(e, dict) and e.get("id") == event_id]
 
 
-def _list(value: Any) -> list:
+def as_list(value: Any) -> list:
+    """A JSON value as a list: PowerShell's ConvertTo-Json writes a one-item array as the item, none as null."""
     return value if isinstance(value, list) else [] if value is None else [value]
 
 
@@ -396,8 +398,8 @@ def event_1008_data_names_fetch(f: Facts) -> Verdict:
 
 
 def events_format(f: Facts) -> Verdict:
-    events = [e for e in _list((f.doc or {}).get("events"))[:MAX_EVENTS] if isinstance(e, dict)]
-    errors = [e for e in _list((f.doc or {}).get("event_errors"))[:ERRORS_SENT] if isinstance(e, dict)]
+    events = [e for e in as_list((f.doc or {}).get("events"))[:MAX_EVENTS] if isinstance(e, dict)]
+    errors = [e for e in as_list((f.doc or {}).get("event_errors"))[:ERRORS_SENT] if isinstance(e, dict)]
     failed = [e for e in errors if "EventLogException" in str(e.get("type"))]
     textless = sum(1 for e in events if not e.get("message"))
     if not events:
@@ -477,7 +479,7 @@ def error_ids_invariant(f: Facts) -> Verdict:
     if not culture or culture.lower().startswith("en"):
         return Verdict(NOT_SHOWN, f"{_ev(f, 'os.culture')} (a translated id would not show)")
     doc = f.doc or {}
-    records = [*_list(doc.get("errors"))[:ERRORS_SENT], *_list(doc.get("event_errors"))[:ERRORS_SENT]]
+    records = [*as_list(doc.get("errors"))[:ERRORS_SENT], *as_list(doc.get("event_errors"))[:ERRORS_SENT]]
     records += [part["error"] for part in (doc.get("service"), doc.get("service_key"), doc.get("log_folder"))
                 if isinstance(part, dict) and isinstance(part.get("error"), dict)]
     ids = sorted({str(r.get("id")).split(",")[0] for r in records if isinstance(r, dict)

@@ -22,7 +22,7 @@ from datetime import date, datetime
 from typing import Any, Iterable
 
 from . import __version__
-from .assumptions import ERRORS_SENT, MAX_EVENTS, Facts, ReadLog, check_times, verdicts
+from .assumptions import ERRORS_SENT, MAX_EVENTS, Facts, ReadLog, as_list, check_times, duration, verdicts
 from .eems_log import parse_log_line
 from .interpret import CHECK_SETTLE
 from .model import RawCulture
@@ -188,11 +188,6 @@ def _flatten(prefix: str, value: Any, report: Report) -> None:
         report.add(prefix, "(empty)" if isinstance(value, (list, tuple, dict)) else value)
 
 
-def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m"
-
-
 def _error_text(error: Any) -> str:
     if isinstance(error, dict):
         return f"{error.get('id') or '?'} ({error.get('type') or '?'}): {error.get('message') or ''}"
@@ -299,7 +294,7 @@ def _log_lines(report: Report, key: str, head_lines: list[str], tail_lines: list
     report.add(f"{key}.exporter_reads_time", f"{len(times)} of {len(data_lines)} lines")
     if times and last_write is not None:  # about 0 when the lines are in UTC; whole hours when in local time
         offset = (last_write - max(times)).total_seconds()
-        report.add(f"{key}.last_write_minus_newest_line", f"{'-' if offset < 0 else '+'}{_duration(abs(offset))}")
+        report.add(f"{key}.last_write_minus_newest_line", f"{'-' if offset < 0 else '+'}{duration(abs(offset))}")
     parts = tuple([r for r in (parse_log_line(line, culture) for line in lines) if r is not None]
                   for lines in (head_lines, tail_lines))
     _check_lines(report, key, *parts)
@@ -333,8 +328,8 @@ def _check_lines(report: Report, key: str, *parts: list) -> None:
         return
     ordered = sorted(starts)
     gaps = [(b - a).total_seconds() for a, b in zip(ordered, ordered[1:])]
-    report.add(f"{key}.check_starts", f"{len(starts)} in the lines read, {_duration((ordered[-1] - ordered[0]).total_seconds())} "
-               f"from the first to the last" + (f"; median {_duration(statistics.median(gaps))} between starts" if gaps else ""))
+    report.add(f"{key}.check_starts", f"{len(starts)} in the lines read, {duration((ordered[-1] - ordered[0]).total_seconds())} "
+               f"from the first to the last" + (f"; median {duration(statistics.median(gaps))} between starts" if gaps else ""))
     settle = CHECK_SETTLE.total_seconds()
     late = sum(1 for seconds in problems if seconds > settle)
     report.add(f"{key}.check_span", f"{len(spans)} checks: start line to the check's last line median "
@@ -356,7 +351,7 @@ def _log_section(report: Report, doc: dict, culture: RawCulture | None, collecte
         return
     report.add("log.folder", f"{folder.get('path')} ({'exists' if folder.get('exists') else 'does not exist'}"
                + (f", {folder.get('file_count')} files)" if folder.get("exists") else ")"))
-    files = [f for f in _as_list(doc.get("log_files"))[: DIAGNOSE_PARAMETERS.list_files] if isinstance(f, dict)]
+    files = [f for f in as_list(doc.get("log_files"))[: DIAGNOSE_PARAMETERS.list_files] if isinstance(f, dict)]
     for index, entry in enumerate(files, start=1):
         report.add(f"log.files.{index}", f"{entry.get('name')}  {entry.get('length')} bytes  "
                    f"last write {_show(parse_ps_date(entry.get('last_write')))} (directory entry), "
@@ -364,13 +359,13 @@ def _log_section(report: Report, doc: dict, culture: RawCulture | None, collecte
     report.add("log.naming", _log_naming([str(f.get("name")) for f in files]))
     writes = sorted(t for t in (parse_ps_date(f.get("last_write")) for f in files) if t is not None)
     gaps = [(b - a).total_seconds() for a, b in zip(writes, writes[1:])]
-    report.add("log.rotation", f"median {_duration(statistics.median(gaps))} between the last writes of "
+    report.add("log.rotation", f"median {duration(statistics.median(gaps))} between the last writes of "
                f"consecutive files" if gaps else "fewer than two files")
     read = [f for f in files if "head" in f or "error" in f][: DIAGNOSE_PARAMETERS.read_files]
     for index, entry in enumerate(read, start=1):
         _log_file(report, f"log.read.{index}", entry, culture)
     if not read and collected:  # Constrained Language Mode: the poll's tails still show the lines
-        tails = [f for f in _as_list(collected.get("logs")) if isinstance(f, dict) and f.get("tail")]
+        tails = [f for f in as_list(collected.get("logs")) if isinstance(f, dict) and f.get("tail")]
         for index, entry in enumerate(tails[: DIAGNOSE_PARAMETERS.read_files], start=1):
             _collected_log_file(report, f"log.read.{index}", entry, culture)
 
@@ -379,7 +374,7 @@ def _log_section(report: Report, doc: dict, culture: RawCulture | None, collecte
 
 
 def _events_section(report: Report, doc: dict) -> None:
-    errors = _as_list(doc.get("event_errors"))[:ERRORS_SENT]
+    errors = as_list(doc.get("event_errors"))[:ERRORS_SENT]
     count = doc.get("event_error_count")
     count = count if isinstance(count, int) and not isinstance(count, bool) and count > len(errors) else len(errors)
     report.add("events.read_errors", "none" if not count else
@@ -387,7 +382,7 @@ def _events_section(report: Report, doc: dict) -> None:
     for index, error in enumerate(errors, start=1):
         report.add(f"events.read_error.{index}", _error_text(error))
     by_id: dict[Any, list[dict]] = {}
-    for event in _as_list(doc.get("events"))[: DIAGNOSE_PARAMETERS.max_events]:
+    for event in as_list(doc.get("events"))[: DIAGNOSE_PARAMETERS.max_events]:
         if isinstance(event, dict):
             by_id.setdefault(event.get("id"), []).append(event)
     report.add("events.ids", ", ".join(f"{i} x {len(e)}" for i, e in sorted(by_id.items(), key=lambda p: str(p[0])))
@@ -399,23 +394,17 @@ def _events_section(report: Report, doc: dict) -> None:
         report.add(f"{key}.oldest", times[0] if times else None)
         report.add(f"{key}.newest", times[-1] if times else None)
         gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
-        report.add(f"{key}.interval", f"median {_duration(statistics.median(gaps))}, "
-                   f"min {_duration(min(gaps))}, max {_duration(max(gaps))}" if gaps else "one event")
+        report.add(f"{key}.interval", f"median {duration(statistics.median(gaps))}, "
+                   f"min {duration(min(gaps))}, max {duration(max(gaps))}" if gaps else "one event")
         report.add(f"{key}.levels", ", ".join(sorted({EVENT_LEVELS.get(e.get("level"), str(e.get("level")))
                                                        for e in events})))
         texts = Counter(e.get("message") or None for e in events)
         report.add(f"{key}.without_text", texts.pop(None, 0))
         for index, (text, count) in enumerate(texts.most_common(TEXTS_PER_EVENT_ID), start=1):
             report.add(f"{key}.text.{index}", f"{count} x {text}")
-        data = Counter(" | ".join(map(str, _as_list(e.get("data")))) for e in events if e.get("data") is not None)
+        data = Counter(" | ".join(map(str, as_list(e.get("data")))) for e in events if e.get("data") is not None)
         for index, (strings, count) in enumerate(data.most_common(TEXTS_PER_EVENT_ID), start=1):
             report.add(f"{key}.data.{index}", f"{count} x {strings}")
-
-
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    return value if isinstance(value, list) else [value]
 
 
 # ---------------------------------------------------------------- WinHTTP proxy
@@ -477,11 +466,11 @@ def _rights_section(report: Report, doc: dict) -> None:
                    f"{_error_text(key['error'])}")
     else:
         report.add("rights.service_key", f"ok: Start={key.get('start')}, account {key.get('account')}")
-    errors = [e for e in _as_list(doc.get("event_errors"))[:ERRORS_SENT] if isinstance(e, dict)]
+    errors = [e for e in as_list(doc.get("event_errors"))[:ERRORS_SENT] if isinstance(e, dict)]
     denied = [e for e in errors if "UnauthorizedAccess" in f"{e.get('id')} {e.get('type')}"]
     report.add("rights.event_log", f"DENIED: {_error_text(denied[0])}" if denied else "ok")
     folder = doc.get("log_folder") or {}
-    file_errors = [f["error"] for f in _as_list(doc.get("log_files"))[: DIAGNOSE_PARAMETERS.list_files]
+    file_errors = [f["error"] for f in as_list(doc.get("log_files"))[: DIAGNOSE_PARAMETERS.list_files]
                    if isinstance(f, dict) and f.get("error")]
     if folder.get("error"):
         report.add("rights.log_folder", f"failed: {_error_text(folder['error'])}")  # denied, or no install path
@@ -497,7 +486,7 @@ def _rights_section(report: Report, doc: dict) -> None:
     acl = folder.get("sddl")
     if acl is not None:
         report.add("rights.log_folder_sddl", f"failed: {_error_text(acl.get('error'))}" if isinstance(acl, dict) else acl)
-    for index, error in enumerate(_as_list(doc.get("errors"))[:ERRORS_SENT], start=1):
+    for index, error in enumerate(as_list(doc.get("errors"))[:ERRORS_SENT], start=1):
         report.add(f"diagnose.error.{index}", _error_text(error))
 
 
@@ -615,7 +604,7 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
     report.block(collect_text)
     if diagnose_doc is not None:
         report.heading("6. Raw output of the diagnose script (log bytes shown decoded in section 3)")
-        for entry in _as_list(diagnose_doc.get("log_files")):
+        for entry in as_list(diagnose_doc.get("log_files")):
             for part in ("head", "tail"):
                 if isinstance(entry, dict) and part in entry:
                     entry[part] = f"<{len(_b64(entry[part]))} bytes>"
