@@ -92,7 +92,11 @@ def _within_interval(timeout: float, values: dict[str, Any]) -> str | None:
 
 
 MAX_CONCURRENCY = 1024  # polls at once
-MAX_LOOKBACK_HOURS = 366 * 24
+# 365 days: the shipped JEA function's ValidateRange for LookbackHours is written from this (windows_endpoint.py), so
+# the two cannot drift. It was 366 days here while the function took 365: a poll through that endpoint asked for a
+# day less than it judged. Changing it changes the endpoint's version: every installed endpoint then reports
+# endpoint_outdated until it is reinstalled.
+MAX_LOOKBACK_HOURS = 365 * 24
 
 POLL_KEYS = (
     Key("background", boolean, True),
@@ -103,7 +107,7 @@ POLL_KEYS = (
     Key("failing_share", fraction, 0.25),
     # at most a year: thousands of years failed every poll that read an event or a log line (`now - lookback`)
     Key("lookback", duration, "24h", check=_between(3600, "1h (EEMS checks hourly)", MAX_LOOKBACK_HOURS * 3600,
-                                                    f"{MAX_LOOKBACK_HOURS}h (366 days)")),
+                                                    f"{MAX_LOOKBACK_HOURS}h (365 days)")),
     Key("max_events", integer(1, 5000), 200),
     Key("log_tail_bytes", integer(0, 16 << 20), 65536),
     Key("check_endpoint", boolean, False),

@@ -411,7 +411,8 @@ def _utc_offset(minutes: int | None, notes: _Notes) -> int | None:
     return minutes
 
 
-# A zone changes its offset twice a year, a few (Morocco's Ramadan) four times; the lookback is at most 8784 hours.
+# A zone changes its offset twice a year, a few (Morocco's Ramadan) four times; the lookback is at most 8760 hours
+# (config.MAX_LOOKBACK_HOURS).
 MAX_UTC_OFFSETS = 16
 
 

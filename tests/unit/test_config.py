@@ -97,7 +97,7 @@ BAD = [
      "between 5s and poll.interval"),
     ("lookback below an hour", GOOD + "poll: {lookback: 30m}\n", "poll.lookback", "at least 1h"),
     # 3,000 years: every poll that read an event or a log line failed on `now - lookback` (OverflowError)
-    ("lookback past a year", GOOD + "poll: {lookback: 30000000h}\n", "poll.lookback", "at most 8784h"),
+    ("lookback past a year", GOOD + "poll: {lookback: 30000000h}\n", "poll.lookback", "at most 8760h"),
     # Invoke-WebRequest's TimeoutSec is an Int32, and 0s became 1s unsaid
     ("endpoint_timeout of days", GOOD + "poll: {endpoint_timeout: 900000h}\n", "poll.endpoint_timeout", "at most 1h"),
     ("endpoint_timeout of 0s", GOOD + "poll: {endpoint_timeout: 0s}\n", "poll.endpoint_timeout", "at least 1s"),
@@ -564,14 +564,30 @@ def test_the_longest_lookback_the_configuration_takes_can_be_judged():
 
     from .test_interpret import facts
 
-    config = load_config_text(GOOD + "poll: {lookback: 8784h}\n", Path())
+    config = load_config_text(GOOD + "poll: {lookback: 8760h}\n", Path())
     now = datetime(2026, 1, 1, tzinfo=timezone.utc)
     lookback = timedelta(seconds=config.poll.lookback)
     state = interpret_server("EX01", facts(events=[RawEvent(1008, now - timedelta(days=300), "text")], now=now),
                              Catalog.load(), lookback=lookback, now=now)
     assert state.eems.other_errors == 1
-    with pytest.raises(ConfigError, match="at most 8784h"):
-        load_config_text(GOOD + "poll: {lookback: 8785h}\n", Path())
+    with pytest.raises(ConfigError, match="at most 8760h"):
+        load_config_text(GOOD + "poll: {lookback: 8761h}\n", Path())
+
+
+def test_the_lookback_bound_is_the_jea_functions():
+    """poll.lookback took up to 8784h (366 days) where the shipped JEA function's ValidateRange, and the simulator's
+    copy of it, stop at 8760h: a poll through that endpoint asked for less than the configuration said. The
+    configuration's bound is the one the function is written with (windows_endpoint.PARAMETERS)."""
+    from exporter import windows_endpoint
+    from exporter.config import MAX_LOOKBACK_HOURS
+    from simulator.remoting import JEA_PARAMETERS
+
+    function = {name: (low, high) for name, low, high, _ in windows_endpoint.PARAMETERS}
+    assert function["LookbackHours"] == JEA_PARAMETERS["LookbackHours"] == (1, MAX_LOOKBACK_HOURS)
+    assert load_config_text(GOOD + f"poll: {{lookback: {MAX_LOOKBACK_HOURS}h}}\n", Path()).poll.lookback == \
+        MAX_LOOKBACK_HOURS * 3600
+    with pytest.raises(ConfigError, match=f"at most {MAX_LOOKBACK_HOURS}h"):
+        load_config_text(GOOD + f"poll: {{lookback: {MAX_LOOKBACK_HOURS + 1}h}}\n", Path())
 
 
 @pytest.mark.parametrize("server", ["10.0.0.5", "'fd00::10'"])

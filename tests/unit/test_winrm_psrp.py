@@ -13,6 +13,7 @@ import pytest
 
 from exporter import windows_endpoint
 from exporter.collectors import script_failure
+from exporter.config import MAX_LOOKBACK_HOURS
 from exporter.parse import parse_organization_output
 from exporter.scripts import ServerScriptParameters, organization_script, powershell_command, server_script
 from exporter.secret import Secret
@@ -275,6 +276,21 @@ def test_parameters_beyond_the_functions_bounds_are_cut_to_them(fleet):
     result = conn.run(command, time.monotonic() + 20)
     conn.close()
     assert result.exit_code == 0 and json.loads(result.stdout)["computer"] == "EX01"
+
+
+def test_the_longest_lookback_the_configuration_takes_is_asked_of_the_jea_endpoint_as_it_is(fleet):
+    """poll.lookback took up to 8784h (366 days) where the JEA function's ValidateRange stops at 8760h: such a poll
+    asked the endpoint for 8760h (cut to the bound) and judged the answer as 8784h, a window a day longer than the
+    facts behind it (over WinRS the same configuration got all 8784h; `utc_offsets` starts at the window's start)."""
+    command = powershell_command(server_script(dataclasses.replace(PARAMETERS, lookback_hours=MAX_LOOKBACK_HOURS)))
+    winrs = connection(fleet, "EX01")
+    expected = winrs.run(command, time.monotonic() + 20)
+    winrs.close()
+    conn = psrp(fleet, "EX01")
+    result = conn.run(command, time.monotonic() + 20)
+    conn.close()
+    assert json.loads(result.stdout)["utc_offsets"] == json.loads(expected.stdout)["utc_offsets"]
+    assert result.exit_code == 0 and result.stdout == expected.stdout.rstrip(b"\r\n")
 
 
 def test_an_error_of_get_organizationconfig_is_the_organizations_error(role_capability, monkeypatch):
