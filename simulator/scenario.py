@@ -478,8 +478,12 @@ def _clock_offset(value: Any, key: str) -> timedelta:
     match = re.fullmatch(r"([+-]?)(\d+(?:\.\d+)?)([smhd])", value.strip()) if isinstance(value, str) else None
     offset = None
     if match:
-        offset = (-1 if match.group(1) == "-" else 1) * timedelta(**{_UNITS[match.group(3)]: float(match.group(2))})
-    if offset is None or abs(offset) > timedelta(days=366):
+        amount, unit = float(match.group(2)), timedelta(**{_UNITS[match.group(3)]: 1})
+        # bounded before a timedelta is made of it: beyond timedelta's range (or a float's: infinity) that raised
+        # OverflowError instead of this error
+        if amount * unit.total_seconds() <= timedelta(days=366).total_seconds():
+            offset = (-1 if match.group(1) == "-" else 1) * amount * unit
+    if offset is None:
         raise ScenarioError(key, f"expected an offset like +2h, -10m or 90s (at most a year), got {_kind(value)}")
     return offset
 

@@ -615,6 +615,10 @@ def test_a_scenario_file_loads_with_defaults(tmp_path):
         (("build: 15.2.2562.53}", "build: 15.2.2562.53, eems_failure: dns}"), "servers[0].eems_failure", "tls_validation"),
         (("build: 15.2.2562.53}", "build: 15.2.2562.53, mitigations: {applied: [M1], blocked: [M1]}}"), "servers[0].mitigations", "both applied and blocked"),
         (("build: 15.2.2562.53}", "build: 15.2.1748.39, role: Edge, service: {status: Running}}"), "servers[0].service", "no EEMS service"),
+        (("build: 15.2.2562.53}", "build: 15.2.2562.53, clock_offset: 367d}"), "servers[0].clock_offset", "at most a year"),
+        # beyond timedelta's range (OverflowError), and beyond a float's (infinity)
+        (("build: 15.2.2562.53}", "build: 15.2.2562.53, clock_offset: 99999999999d}"), "servers[0].clock_offset", "at most a year"),
+        (("build: 15.2.2562.53}", "build: 15.2.2562.53, clock_offset: -" + "9" * 400 + "s}"), "servers[0].clock_offset", "at most a year"),
         (("clock: 2026-11-26T12:30:00Z", "clock: soon"), "clock", "ISO time"),
         (("password: 'hunter2-secret'", "password: 12345"), "credentials[0].password", "non-empty string"),
     ],
