@@ -263,8 +263,10 @@ def organization_families(org: OrganizationResult, status: SelfStatus) -> list[M
     if facts.mitigations_enabled is not None and index == 0:
         out.add("exchange_eems_mitigations_enabled", MITIGATIONS_ENABLED_HELP,
                 {"scope": "organization", "organization": org.name}, 1 if facts.mitigations_enabled else 0)
-    elif index == 0:  # Get-OrganizationConfig without MitigationsEnabled: a build before EEMS answered (HealthChecker:
-        # "Failed to query config"), whose Get-ExchangeServer has no Mitigations* either: no setting, no blocked list
+    elif index == 0 and not facts.mitigations_enabled_unreadable:
+        # Get-OrganizationConfig without MitigationsEnabled: a build before EEMS answered (HealthChecker: "Failed to
+        # query config"), whose Get-ExchangeServer has no Mitigations* either: no setting, no blocked list. One of
+        # the wrong type is not that: part "parse" above says it, once.
         out.add("exchange_collector_partial_failure", PARTIAL_FAILURE_HELP,
                 {"collector": "organization", "organization": org.name, "part": "settings", "reason": "not_found"}, 1)
     for info in facts.servers:

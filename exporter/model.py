@@ -133,6 +133,9 @@ class RawOrganizationFacts:
     error_message: str | None
     dropped_label_values: int = 0  # mitigation IDs and server names refused as label values
     parse_notes: tuple[str, ...] = ()  # fields of the wrong type, left out (parse._Notes), as a server's output says
+    # MitigationsEnabled (or the organization object holding it) was sent but of the wrong type: unknown, and one of
+    # the parse_notes; not a setting the build lacks (absent or null)
+    mitigations_enabled_unreadable: bool = False
 
 
 # ---------------------------------------------------------------- catalog (catalog.py)

@@ -614,10 +614,16 @@ def parse_organization_output(stdout: bytes, *, max_servers: int = 10000) -> Raw
         seen.update(server.keys())
         servers.append(server)
     organization = doc.get("organization")
+    if organization is not None and not isinstance(organization, dict):
+        notes.wrong("organization", "an object")
     enabled = notes.flag(organization, "mitigations_enabled", "organization") if isinstance(organization, dict) else None
+    # sent, but of the wrong type: unknown, and said once, by the note just taken (not also as a setting missing)
+    unreadable = organization is not None and (not isinstance(organization, dict) or
+                                               enabled is None and organization.get("mitigations_enabled") is not None)
     stage, message = _org_error(doc.get("error"))
     return RawOrganizationFacts(mitigations_enabled=enabled, servers=tuple(servers), error_stage=stage, error_message=message,
-                                dropped_label_values=notes.dropped_labels, parse_notes=tuple(notes.items))
+                                dropped_label_values=notes.dropped_labels, parse_notes=tuple(notes.items),
+                                mitigations_enabled_unreadable=unreadable)
 
 
 def _org_error(value) -> tuple[str | None, str | None]:

@@ -406,6 +406,32 @@ def test_a_field_of_the_wrong_type_in_the_organization_output_is_said(monkeypatc
         exporter.stop()
 
 
+@pytest.mark.parametrize("value", ["yes", "True", 2, 1.0, [True], {"value": True}])
+def test_the_organizations_mitigations_enabled_of_the_wrong_type_is_said_once_and_unknown(monkeypatch, value):
+    """Get-OrganizationConfig's MitigationsEnabled of the wrong type ("yes", 2) was said twice: by parse (part "parse",
+    reason "other") and as missing (part "settings", reason "not_found"), whose alert text blames a build without
+    EEMS. One bad field is one partial failure, the parse one; the setting is unknown (no
+    exchange_eems_mitigations_enabled), never read as enabled or disabled. Absent or null, it is still "settings"."""
+    monkeypatch.setenv(PASSWORD_ENV, "a password")
+    exporter = Exporter(load_config_text(minimal_config("organization: {server: ex01.contoso.com}\n"), Path(".")),
+                        Catalog.load())
+    try:
+        org = {"collector": "organization", "organization": "default"}
+        cases = [({"mitigations_enabled": value}, "parse", "other"), ({"mitigations_enabled": None}, "settings",
+                 "not_found"), ({}, "settings", "not_found")]
+        if not isinstance(value, dict):  # the organization object itself of the wrong type
+            cases.append((value, "parse", "other"))
+        for organization, part, reason in cases:
+            exporter.poller.store.record_organization(_org_result(
+                {"schema": 1, "error": None, "organization": organization, "servers": [{"name": "EX01"}]}))
+            samples = _body_samples(exporter)
+            assert [labels for name, labels, _ in samples if name == "exchange_collector_partial_failure"] == [
+                {**org, "part": part, "reason": reason}], organization
+            assert not [labels for name, labels, _ in samples if name == "exchange_eems_mitigations_enabled"]
+    finally:
+        exporter.stop()
+
+
 @pytest.mark.parametrize("configured", ["{name: MBX2, address: ex02.contoso.com}",
                                         "{name: MBX2, address: 127.0.0.10, spn_hostname: ex02.contoso.com}"])
 def test_organization_series_carry_the_name_the_server_is_polled_by_whichever_name_matched(monkeypatch, configured):
