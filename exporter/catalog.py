@@ -21,6 +21,11 @@ the fourth part the update. Verdicts for builds the catalog does not list (known
   A future CU an operator's catalog_file lists (`catalog update`) is still a future CU: listing it names it,
   it does not make it fail a cutoff it passed unlisted (a CU is cumulative: one released after a cutoff's
   fix carries it).
+- A build of an Exchange version past every product the catalog knows (major.minor above 15.2: a future
+  Subscription Edition release numbered 15.3 or 16.0) cannot be placed: product, cu and update "unknown",
+  servicing "unknown", EEMS unknown (None) and no cutoff verdict at all, neither pass nor fail. Only a build a
+  server reports is judged so (`parse_reported_build`); the catalog's own data keep refusing it (`parse_build`),
+  since no rule of a product we do not know can be written.
 - Exchange 2013 never had EEMS, so every 2013 build fails every cutoff whatever its number.
 - A build without EEMS (2016 <= CU21, 2019 <= CU10, 2013) fails every cutoff: it cannot receive mitigations.
 - A CU-level build (from AdminDisplayVersion, which names the CU but not its update) is judged as the
@@ -59,6 +64,11 @@ PRODUCT_FIRST_BUILD: dict[str, tuple[int, int, int]] = {
 }
 SERVICED, CU_NOT_SERVICED, OUT_OF_SUPPORT = "serviced", "cu_not_serviced", "out_of_support"
 UNKNOWN = "unknown"
+# The newest major.minor of the products above. A server may report a newer one (a future Exchange release):
+# a build the catalog does not know, judged unknown, unlike a version older than Exchange 2013 (no EEMS, no
+# collection script on its PowerShell 2.0) or one that is no Windows file version.
+NEWEST_MAJOR_MINOR = max(start[:2] for start in PRODUCT_FIRST_BUILD.values())
+FILE_VERSION_PART_MAX = 65535  # a Windows file version is four 16-bit numbers (VS_FIXEDFILEINFO)
 
 VERDICTS_KEPT = 1024  # distinct (build, cu_level, day) verdicts a Catalog keeps; far more than an organization has
 _VERSION = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})\.([0-9]{1,9})\.([0-9]{1,9})")
@@ -89,13 +99,35 @@ def parse_build(version: object) -> tuple[int, int, int, int]:
     return parts  # type: ignore[return-value]
 
 
+def parse_reported_build(version: object) -> tuple[int, int, int, int]:
+    """A build a server reports: one of a known product (`parse_build`), or a well-formed build of an Exchange
+    version newer than every product the catalog knows (major.minor above 15.2, each part within a Windows file
+    version's 16 bits), which `Catalog.verdict` judges unknown. Anything else is refused as `parse_build` refuses it."""
+    try:
+        return parse_build(version)
+    except BuildVersionError:
+        match = _VERSION.fullmatch(version.strip()) if isinstance(version, str) else None
+        parts = tuple(int(p) for p in match.groups()) if match is not None else None
+        if parts is None or parts[:2] <= NEWEST_MAJOR_MINOR:
+            raise
+        if max(parts) > FILE_VERSION_PART_MAX:
+            raise BuildVersionError(f"{short_repr(version)} is not an Exchange build (a part above "
+                                    f"{FILE_VERSION_PART_MAX}, more than a Windows file version holds)") from None
+        return parts  # type: ignore[return-value]
+
+
+def is_placed(parts: tuple[int, int, int, int]) -> bool:
+    """Whether the build belongs to a product the catalog knows (else it is of a newer Exchange version)."""
+    return parts[:2] <= NEWEST_MAJOR_MINOR
+
+
 def parse_admin_display_version(text: object) -> str:
     """`Version 15.2 (Build 1544.36)` (Get-ExchangeServer, deserialized) -> `15.2.1544.36`."""
     match = _ADMIN_DISPLAY_VERSION.fullmatch(text.strip()) if isinstance(text, str) else None
     if match is None:
         raise BuildVersionError(f"AdminDisplayVersion {short_repr(text)} is not like 'Version 15.2 (Build 1544.36)'")
     version = ".".join(match.groups())
-    parse_build(version)
+    parse_reported_build(version)
     return version
 
 
@@ -198,11 +230,12 @@ class Catalog:
         return sorted(self._builds.values(), key=lambda b: b.parts)
 
     def verdict(self, version: str, *, cu_level: bool = False, today: date | None = None) -> BuildVerdict:
-        """Judge a build. `cu_level`: the version names only its CU (AdminDisplayVersion), its update is unknown.
+        """Judge a build a server reports (`parse_reported_build`). `cu_level`: the version names only its CU
+        (AdminDisplayVersion), its update is unknown.
 
         Every poll of a server judges its build again, the same build on the same day: the verdict is kept
         (at most VERDICTS_KEPT, four numbers a key, so a server reporting ever new builds costs nothing)."""
-        key = (parse_build(version), cu_level, today or today_utc())
+        key = (parse_reported_build(version), cu_level, today or today_utc())
         found = self._verdicts.get(key)
         if found is None:
             if len(self._verdicts) >= VERDICTS_KEPT:
@@ -211,6 +244,8 @@ class Catalog:
         return found
 
     def _judge(self, build: tuple[int, int, int, int], cu_level: bool, today: date) -> BuildVerdict:
+        if not is_placed(build):
+            return _unplaced(build)
         parts = build  # what is judged: a CU-level version is judged as its CU's oldest build (below)
         product = product_of(parts)
         same_cu = self._cus.get((product, parts[:3]), [])
@@ -312,3 +347,24 @@ class Catalog:
             return True
         future_after = self._future_after.get(product)
         return future_after is not None and parts[:3] > future_after
+
+
+def _unplaced(build: tuple[int, int, int, int]) -> BuildVerdict:
+    """The verdict on a build of an Exchange version newer than every product the catalog knows: unknown, and
+    nothing judged of it. Not "no EEMS" and no cutoff failed (each would page on a guess), nor a cutoff passed."""
+    return BuildVerdict(
+        version=".".join(map(str, build)),
+        product=UNKNOWN,
+        cu=UNKNOWN,
+        update=UNKNOWN,
+        released=None,
+        known=False,
+        eems_supported=None,
+        cutoffs={},
+        superseded_since=None,
+        product_support_end=None,
+        servicing=UNKNOWN,
+        cu_servicing_end=None,
+        next_build=None,
+        update_path_since=None,
+    )

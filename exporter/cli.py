@@ -239,6 +239,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
+    if data["product"] == "unknown":
+        print(f"{data['version']}: an Exchange version newer than every product this exporter knows: nothing "
+              "is judged of it (age, servicing, EEMS, certificate cutoffs); a newer exporter release is needed, "
+              "`catalog update` cannot add a new product")
+        return 0
     update = f" {data['update']}" if data["update"] else ""
     print(f"{data['version']}: {data['product']} {data['cu']}{update}"
           f"{'' if data['known'] else ' (not in the catalog: judged from its CU)'}")

@@ -120,12 +120,13 @@ def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, look
 
 
 def _eems_supported(build: BuildVerdict | None, facts: RawServerFacts, installed: bool | None) -> bool | None:
-    """Whether the server has EEMS: from its build, and where the build is unknown from what the server shows
-    (its service, its log folder, an event of its source); with neither, unknown (None), never "no": an unread
-    build must not say "predates EEMS" nor switch the EEMS alerts off (review R7)."""
+    """Whether the server has EEMS: from its build, and where the build is unread or of an Exchange version the
+    catalog cannot place, from what the server shows (its service, its log folder, an event of its source); with
+    neither, unknown (None), never "no": an unread build must not say "predates EEMS" nor switch the EEMS alerts
+    off (review R7)."""
     if facts.edge:
         return False
-    if build is not None:
+    if build is not None and build.eems_supported is not None:
         return build.eems_supported
     if installed or facts.log_folder or facts.events:
         return True

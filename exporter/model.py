@@ -155,16 +155,16 @@ class NextBuild:
 @dataclass(frozen=True)
 class BuildVerdict:
     version: str
-    product: str  # Exchange2013 | Exchange2016 | Exchange2019 | ExchangeSE
+    product: str  # Exchange2013 | Exchange2016 | Exchange2019 | ExchangeSE | unknown (a newer Exchange version)
     cu: str  # RTM, CU14, SP1, ...
     update: str  # "" for a CU's own build, else e.g. "Nov24SUv2"
     released: date | None
     known: bool
-    eems_supported: bool  # the build has EEMS (role is judged separately)
+    eems_supported: bool | None  # the build has EEMS (role is judged separately); None: product unknown
     cutoffs: dict[str, bool]  # cutoff id ("2023-03", "2026-06") -> compliant
     superseded_since: date | None  # release of the first newer build of the same CU
     product_support_end: date | None
-    servicing: str  # "serviced" | "cu_not_serviced" | "out_of_support" (the product gets no updates at all)
+    servicing: str  # "serviced" | "cu_not_serviced" | "out_of_support" (the product gets no updates at all) | "unknown"
     cu_servicing_end: date | None  # first day the CU got no more security updates; None while serviced
     next_build: NextBuild | None  # where the update path leads; None on the newest build of the path
     update_path_since: date | None  # since when a newer build has existed on this server's update path

@@ -1,5 +1,6 @@
 """When ExSetup.exe cannot be read: the build comes from the organization collector's AdminDisplayVersion,
-polled over real WinRM from the simulator, and is judged at CU level (its update is unknown)."""
+polled over real WinRM from the simulator, and is judged at CU level (its update is unknown). And a build of an
+Exchange version the catalog cannot place, read either way, is an unknown build, not an unreadable one."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ SCENARIO = {
         {"name": "EX-SE01", "address": "127.0.0.1", "build": "15.2.2562.53"},
         # 2019 CU15 Sep26SUv2, but neither ExSetup.exe nor the registry path can be read
         {"name": "EX19-NOEXSETUP", "address": "127.0.0.1", "build": "15.2.1748.53", "build_source": "none"},
+        # an Exchange version newer than every product the catalog knows (the simulator gives it no EEMS)
+        {"name": "EX-NEXT", "address": "127.0.0.1", "build": "16.0.100.1"},
     ],
 }
 
@@ -54,3 +57,23 @@ def test_admin_display_version_fills_in_at_cu_level(poller):
     assert build.cutoffs == {"2023-03": True}
     se = poller.poll_server("EX-SE01")
     assert build_labels(se)["source"] == "exsetup" and se.state.build.known
+
+
+def samples_of(result) -> dict:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in server_families(result) for s in f.samples}
+
+
+def test_a_newer_exchange_version_is_an_unknown_build(poller):
+    """16.0 was refused by the catalog's parser: exchange_collector_partial_failure{part="build"} (ExchangeCollectorBlind,
+    "the exporter cannot read") and no build info. It is a build the catalog does not know (ExchangeBuildUnknown),
+    and nothing is claimed of it: no cutoff series, no EEMS series where the server shows none (never 0)."""
+    for _ in range(2):  # from ExSetup.exe; then again once the organization was polled (its AdminDisplayVersion is 16.0 too)
+        result = poller.poll_server("EX-NEXT")
+        assert result.outcome.success and result.state.collection_errors == ()
+        assert build_labels(result) == {"server": "EX-NEXT", "product": "unknown", "cu": "unknown", "update": "unknown",
+                                        "version": "16.0.100.1", "source": "exsetup"}
+        found = samples_of(result)
+        assert found[("exchange_build_known", (("server", "EX-NEXT"),))] == 0
+        assert not {name for name, _ in found} & {"exchange_eems_certificate_cutoff_compliant", "exchange_eems_supported",
+                                                  "exchange_collector_partial_failure"}
+        assert poller.poll_organization().outcome.success

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter.catalog import VERDICTS_KEPT, BuildVersionError, Catalog, parse_admin_display_version
+from exporter.catalog import VERDICTS_KEPT, BuildVersionError, Catalog, parse_admin_display_version, parse_build
 from exporter.catalog_data import CatalogError, packaged_builds, parse_builds
 from exporter.cli import verdict_to_json
+from exporter.model import BuildVerdict
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE_BUILDS = REPO / "docs" / "reference" / "exchange-builds.tsv"
@@ -397,8 +398,12 @@ def test_exchange_2013_future_cu_still_has_no_eems(catalog):
         (None, "four-part"),
         (15.2, "four-part"),
         ("14.3.123.4", "major.minor must be 15.0, 15.1 or 15.2"),
-        ("15.3.1.1", "major.minor must be 15.0, 15.1 or 15.2"),
-        ("16.0.1.1", "major.minor must be 15.0, 15.1 or 15.2"),
+        ("8.3.83.6", "major.minor must be 15.0, 15.1 or 15.2"),
+        ("16.0.65536.1", "a part above 65535"),
+        ("65536.0.1.2", "a part above 65535"),
+        ("16.0.1.2.3", "four-part"),
+        ("-16.0.1.2", "four-part"),
+        ("16.0." + "9" * 20 + ".1", "four-part"),
     ],
 )
 def test_bad_versions_raise_a_clear_value_error(catalog, version, fragment):
@@ -407,6 +412,33 @@ def test_bad_versions_raise_a_clear_value_error(catalog, version, fragment):
     assert isinstance(info.value, ValueError)
     assert fragment in str(info.value)
     assert len(str(info.value)) < 160
+
+
+@pytest.mark.parametrize("version", ["15.3.100.1", "16.0.1.2", "15.03.0100.001", "65535.65535.65535.65535"])
+def test_a_build_of_a_newer_exchange_version_is_unknown_and_nothing_is_judged_of_it(catalog, version):
+    """A future Exchange version (major.minor above 15.2) was a BuildVersionError, so a server on it read as
+    unreadable. It is a build the catalog does not know, of a product it cannot place: no EEMS verdict (None, not
+    False: ExchangeBuildWithoutEEMS pages on 0), no cutoff verdict (neither passed nor failed), no servicing."""
+    for cu_level in (False, True):
+        verdict = catalog.verdict(version, cu_level=cu_level, today=date(2026, 11, 26))
+        assert verdict == BuildVerdict(
+            version=".".join(str(int(p)) for p in version.split(".")), product="unknown", cu="unknown",
+            update="unknown", released=None, known=False, eems_supported=None, cutoffs={}, superseded_since=None,
+            product_support_end=None, servicing="unknown", cu_servicing_end=None, next_build=None,
+            update_path_since=None)
+    assert parse_admin_display_version("Version 16.0 (Build 1.2)") == "16.0.1.2"
+
+
+@pytest.mark.parametrize("version", ["15.3.100.1", "16.0.1.2"])
+def test_the_catalogs_own_data_still_refuse_a_product_they_do_not_know(tmp_path, version):
+    """Only a server's report is tolerated: a catalog file (or `catalog update`'s list) naming such a build is
+    refused, as no rule (lifecycle, servicing, cutoffs) of that product can be written."""
+    with pytest.raises(BuildVersionError, match="major.minor must be 15.0, 15.1 or 15.2"):
+        parse_build(version)
+    extra = tmp_path / "extra.tsv"
+    extra.write_text(HEADER + f"ExchangeSE\tRTM\t\t{version}\t2026-10-13\n")
+    with pytest.raises(CatalogError, match="major.minor must be 15.0, 15.1 or 15.2"):
+        Catalog.load(extra)
 
 
 def test_admin_display_version_of_another_product_is_refused():

@@ -132,6 +132,18 @@ def test_unknown_build_is_marked_unknown():
     assert (data["product"], data["cu"], data["released"]) == ("Exchange2019", "CU14", None)
 
 
+def test_build_of_a_newer_exchange_version_is_unknown_and_claims_nothing():
+    """It was refused ("major.minor must be 15.0, 15.1 or 15.2"), as if the version were no Exchange build; the
+    text must not print "EEMS on this build: no" for a product nothing is known of."""
+    data = build_json("16.0.1.2")
+    assert (data["product"], data["known"], data["eems_supported"], data["cutoffs"], data["servicing"]) == (
+        "unknown", False, None, {}, "unknown")
+    text = exporter("build", "15.3.100.1")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith("15.3.100.1: an Exchange version newer than every product this exporter knows")
+    assert "EEMS on this build" not in text.stdout and "compliant" not in text.stdout
+
+
 def test_build_text_output():
     result = exporter("build", "15.2.1118.25")
     assert result.returncode == 0, result.stderr
@@ -144,6 +156,7 @@ def test_build_text_output():
     ("abc", "not a four-part Exchange build"),
     ("15.2.1544.4.1", "not a four-part Exchange build"),
     ("14.3.123.4", "major.minor must be 15.0, 15.1 or 15.2"),
+    ("16.0.70000.1", "a part above 65535"),
     ("", "not a four-part Exchange build"),
 ])
 def test_bad_build_versions(version, phrase):

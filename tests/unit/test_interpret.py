@@ -1009,3 +1009,86 @@ def test_a_check_in_the_second_pass_of_the_repeated_hour_at_the_same_second_is_n
     f = facts(now=now, logs=(log,), utc_offset_minutes=60, utc_offsets=berlin_offsets(now))
     eems = interpret_server("EX01", f, catalog, lookback=LOOKBACK, now=now).eems
     assert (eems.last_check, eems.last_success, eems.last_error) == (starts[-1], starts[-1], starts[-2])
+
+
+# ---------------------------------------------------------------- a build of an Exchange version the catalog does not know
+
+
+def _real_output_with_build(version: str, **changes) -> bytes:
+    """The real zero-padded 2019 CU11 output (tests/fixtures/real/), its ExSetup.exe FileVersion replaced."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    fixture = Path(__file__).parent.parent / "fixtures" / "real" / "exsetup-2019-cu11-zero-padded.yaml"
+    doc = json.loads(yaml.safe_load(fixture.read_text(encoding="utf-8"))["output"])
+    assert doc["exsetup_version"] == "15.02.0986.005"
+    return json.dumps({**doc, "exsetup_version": version, **changes}).encode()
+
+
+def _server_samples(state) -> dict:
+    from exporter.metrics import server_families
+    from exporter.model import CollectorOutcome, ServerResult
+
+    result = ServerResult("EX01", outcome=CollectorOutcome("server", True, 1.0, NOW), state=state, last_success=NOW)
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in server_families(result) for s in f.samples}
+
+
+@pytest.mark.parametrize("reported, version", [("15.03.0100.001", "15.3.100.1"), ("16.00.0001.002", "16.0.1.2")])
+def test_a_build_of_a_newer_exchange_version_is_an_unknown_build_not_an_unreadable_one(catalog, reported, version):
+    """A future Exchange version (15.3, 16.0: a Subscription Edition release numbered past the catalog's products)
+    was refused by the catalog's build parser, so the server showed as unreadable: no exchange_build_info, and
+    exchange_collector_partial_failure{part="build",reason="other"}, which raises ExchangeCollectorBlind ("the
+    exporter cannot read") instead of ExchangeBuildUnknown. It is a build the catalog does not know: build info with
+    product, cu and update "unknown", known 0, and nothing judged of it: no cutoff verdict (neither 1 nor 0), no
+    release, support end or update path; EEMS as far as the server shows it (its service runs), never from the build."""
+    facts_ = parse_server_output(_real_output_with_build(reported))
+    state = interpret_server("EX01", facts_, catalog, lookback=LOOKBACK, now=facts_.now)
+    assert state.collection_errors == ()
+    assert (state.build.version, state.build.product, state.build.cu, state.build.update, state.build.known) == (
+        version, "unknown", "unknown", "unknown", False)
+    assert state.build.eems_supported is None and state.build.cutoffs == {}
+    assert state.eems_supported is True  # the server shows the service, not the build
+    found = _server_samples(state)
+    server = (("server", "EX01"),)
+    info = {"server": "EX01", "product": "unknown", "cu": "unknown", "update": "unknown", "version": version,
+            "source": "exsetup"}
+    assert found[("exchange_build_info", tuple(sorted(info.items())))] == 1
+    assert found[("exchange_build_known", server)] == 0
+    assert found[("exchange_eems_supported", server)] == 1
+    assert found[("exchange_build_update_path_info", tuple(sorted({
+        "server": "EX01", "servicing": "unknown", "next_product": "", "next_cu": "", "next_update": "",
+        "next_version": ""}.items())))] == 1
+    names = {name for name, _ in found}
+    assert not names & {"exchange_eems_certificate_cutoff_compliant", "exchange_collector_partial_failure",
+                        "exchange_build_release_timestamp_seconds", "exchange_product_support_end_timestamp_seconds",
+                        "exchange_build_update_path_timestamp_seconds",
+                        "exchange_build_cu_servicing_end_timestamp_seconds"}
+
+
+def test_a_build_of_a_newer_exchange_version_never_says_no_eems(catalog):
+    """Without a trace of EEMS on the server, a build the catalog cannot place says nothing of EEMS: no
+    exchange_eems_supported series (not 0, which would page ExchangeBuildWithoutEEMS), as for an unread build (R7)."""
+    bare = _real_output_with_build("16.0.1.2", service=None, service_key=None, log_folder=False, errors=[
+        {"part": "service_key", "id": "PathNotFound,Microsoft.PowerShell.Commands.GetItemPropertyCommand",
+         "category": "ObjectNotFound", "type": "System.Management.Automation.ItemNotFoundException", "message": "x"}])
+    facts_ = parse_server_output(bare)
+    state = interpret_server("EX01", facts_, catalog, lookback=LOOKBACK, now=facts_.now)
+    assert state.build.product == "unknown" and state.eems_supported is None
+    assert not {name for name, _ in _server_samples(state)} & {"exchange_eems_supported",
+                                                               "exchange_eems_certificate_cutoff_compliant"}
+    assert interpret_server("EX01", replace(facts_, edge=True), catalog, lookback=LOOKBACK,
+                            now=facts_.now).eems_supported is False  # Edge: no EEMS whatever the build
+
+
+@pytest.mark.parametrize("reported", [
+    "16.0.1.2.3", "16.0.1", "-16.0.1.2", "16.0.1.x", "16.0." + "9" * 20 + ".1", "16.0.65536.1", "99999.0.1.2",
+    "14.3.123.4",  # Exchange 2010: older than every product the exporter monitors, not a future one
+])
+def test_garbage_builds_still_count_as_unreadable(catalog, reported):
+    facts_ = parse_server_output(_real_output_with_build(reported))
+    state = interpret_server("EX01", facts_, catalog, lookback=LOOKBACK, now=facts_.now)
+    assert state.build is None
+    assert [(f.part, f.reason) for f in state.collection_errors] == [("build", "other")]
+    assert len(state.collection_errors[0].message) < 160
