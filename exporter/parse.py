@@ -616,7 +616,7 @@ def parse_organization_output(stdout: bytes, *, max_servers: int = 10000) -> Raw
     organization = doc.get("organization")
     if organization is not None and not isinstance(organization, dict):
         notes.wrong("organization", "an object")
-    enabled = notes.flag(organization, "mitigations_enabled", "organization") if isinstance(organization, dict) else None
+    enabled = notes.flag(organization, "mitigations_enabled", "organization.mitigations_enabled") if isinstance(organization, dict) else None
     # sent, but of the wrong type: unknown, and said once, by the note just taken (not also as a setting missing)
     unreadable = organization is not None and (not isinstance(organization, dict) or
                                                enabled is None and organization.get("mitigations_enabled") is not None)

@@ -300,6 +300,29 @@ def test_a_flood_of_mitigation_ids_is_capped_and_counted(healthy):
     assert dropped.get("organization") == len(ids) - len(applied), dropped
 
 
+def test_the_organization_fields_left_out_are_named_in_the_log(monkeypatch, caplog):
+    """A field of the wrong type in the organization's output is exchange_collector_partial_failure part="parse",
+    whose runbook row sends the admin to the exporter's log for the field's name; nothing logged it. The line
+    names our fields only, none of the output's bytes."""
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    doc = {"schema": 1, "error": None, "organization": {"mitigations_enabled": "yes\nFAKE LOG LINE"},
+           "servers": [{"name": "EX01", "fqdn": 42}]}
+    output = Output(stdout=json.dumps(doc).encode())
+    with HostileServer("none", CREDENTIALS, output=lambda _: output) as victim:
+        config = {"modules": {"m": {"username": USERNAME, "password_env": PASSWORD_ENV, "scheme": "http"}},
+                  "servers": [{"name": "VICTIM", "address": victim.address, "port": victim.port}],
+                  "organization": {"name": "Contoso", "server": "VICTIM"}}
+        exporter = Exporter(load_config_text(yaml.safe_dump(config), Path(".")), Catalog.load())
+        try:
+            with caplog.at_level(logging.WARNING, logger="exporter.collectors"):
+                assert exporter.poller.poll_organization().outcome.success
+        finally:
+            exporter.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "exporter.collectors"]
+    assert lines == ["organization collector on VICTIM: parse: servers.fqdn: expected a string; "
+                     "parse: organization.mitigations_enabled: expected true or false"], lines
+
+
 # ---------------------------------------------------------------- finding 10: secrets, log injection, garbage
 
 
