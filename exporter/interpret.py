@@ -261,7 +261,7 @@ def _records(facts: RawServerFacts, latest: datetime, failed_events: list[dateti
     for log in reversed(facts.logs):
         timed = parse_log_lines(log.tail.splitlines(), facts.culture)
         files.append((log, [r for r in timed if r is not None and r.time is not None]))
-    reading = _zone_reading(files, _offsets(facts), latest, failed_events)
+    reading = _zone_reading(files, log_offsets(facts.utc_offset_minutes, facts.utc_offsets), latest, failed_events)
     records = []
     for index, (_, timed) in enumerate(files):
         for position, record in enumerate(timed):
@@ -272,19 +272,22 @@ def _records(facts: RawServerFacts, latest: datetime, failed_events: list[dateti
     return records
 
 
-def _offsets(facts: RawServerFacts) -> tuple[tuple[datetime | None, int], ...]:
+def log_offsets(utc_offset_minutes: int | None,
+                utc_offsets: tuple[tuple[datetime, int], ...]) -> tuple[tuple[datetime | None, int], ...]:
     """The server's UTC offsets as (since, minutes), the first in force since ever (None): the changes over the
-    lookback the script sends, or, from a script that sends none (an endpoint installed before it did), the
-    one current offset for every line."""
-    if facts.utc_offsets:
-        return ((None, facts.utc_offsets[0][1]), *facts.utc_offsets[1:])
-    return ((None, facts.utc_offset_minutes),) if facts.utc_offset_minutes else ()
+    lookback the script sends (parse.py `utc_offsets`), or, from a script that sends none (an endpoint installed
+    before it did), the one current offset for every line. Empty: the server is on UTC. The poll and `diagnose`
+    (assumptions.py) read log times with it."""
+    if utc_offsets:
+        return ((None, utc_offsets[0][1]), *utc_offsets[1:])
+    return ((None, utc_offset_minutes),) if utc_offset_minutes else ()
 
 
-def _local_times(files: list[tuple[RawLog, list[LogRecord]]],
-                 offsets: tuple[tuple[datetime | None, int], ...]) -> list[list[datetime]]:
-    """Each record's time (parallel to each file's records) with its zoneless times read as the server's local
-    time, each with the offset in force at that local time.
+def local_times(files: list[list[LogRecord]],
+                offsets: tuple[tuple[datetime | None, int], ...]) -> list[list[datetime]]:
+    """Each record's time (parallel to `files`: each file's timed records in order, the files oldest first) with
+    its zoneless times read as the server's local time, each with the offset in force at that local time
+    (`log_offsets`). The poll's reading (`_zone_reading`), and the field report's (assumptions.py).
 
     Around a change a local time may have no reading (the hour skipped in spring: a local clock never shows it;
     it is read with the offset before the change) or two (the hour repeated in autumn). Two are resolved by the
@@ -298,13 +301,13 @@ def _local_times(files: list[tuple[RawLog, list[LogRecord]]],
     Earlier, not later: a repeated hour whose second pass shows no line
     is a service that wrote nothing then, and reading its last lines an hour later would make it look active an
     hour longer than it was."""
-    if len(offsets) == 1:
-        shift = timedelta(minutes=offsets[0][1])
-        return [[r.time if r.zoned else r.time - shift for r in timed] for _, timed in files]
+    if len(offsets) <= 1:
+        shift = timedelta(minutes=offsets[0][1] if offsets else 0)
+        return [[r.time if r.zoned else r.time - shift for r in timed] for timed in files]
     periods = [(since, timedelta(minutes=minutes), following[0] if following else None)
                for (since, minutes), following in zip(offsets, [*offsets[1:], None])]
     result, previous, last_start = [], None, None
-    for _, timed in files:
+    for timed in files:
         times = []
         for record in timed:
             time = record.time
@@ -328,7 +331,7 @@ def _local_times(files: list[tuple[RawLog, list[LogRecord]]],
 
 def _zone_reading(files: list[tuple[RawLog, list[LogRecord]]], offsets: tuple[tuple[datetime | None, int], ...],
                   latest: datetime, failed_events: list[datetime]) -> list[list[datetime]] | None:
-    """The records' times read as the server's local time (`_local_times`) when that reading contradicts the files
+    """The records' times read as the server's local time (`local_times`) when that reading contradicts the files
     less than UTC does; None to read zoneless times as UTC. A reading is contradicted by a file with a line later
     than `latest`, a file whose newest line is older than its write time (the newest line is at least as new as
     any write), and a closed file (every file but the newest) whose newest line is newer than its write time
@@ -354,7 +357,7 @@ def _zone_reading(files: list[tuple[RawLog, list[LogRecord]]], offsets: tuple[tu
         return count - _failed_fetches_met(failed_events, files, reading)
 
     utc = [[r.time for r in timed] for _, timed in files]
-    local = _local_times(files, offsets)
+    local = local_times([timed for _, timed in files], offsets)
     return local if contradictions(local) < contradictions(utc) else None
 
 

@@ -445,6 +445,21 @@ def _utc_offsets(value, notes: _Notes) -> tuple[tuple[datetime, int], ...]:
     return tuple(found)
 
 
+def _zone(doc: dict, notes: _Notes) -> dict:
+    """`utc_offset_minutes` and `utc_offsets` of a script's document (the collection and the diagnose script send
+    both)."""
+    return dict(utc_offset_minutes=_utc_offset(notes.integer(doc, "utc_offset_minutes", "utc_offset_minutes"), notes),
+                utc_offsets=_utc_offsets(doc.get("utc_offsets"), notes))
+
+
+def parse_utc_offsets(doc: dict) -> tuple[int | None, tuple[tuple[datetime, int], ...], tuple[str, ...]]:
+    """(utc_offset_minutes, utc_offsets, `parse:` notes) of a script's JSON document, read as a poll reads them:
+    for the diagnose script's, whose log times the field report reads as the poll does (interpret.log_offsets)."""
+    notes = _Notes()
+    zone = _zone(doc, notes)
+    return zone["utc_offset_minutes"], zone["utc_offsets"], tuple(notes.items)
+
+
 def _logs(value, notes: _Notes, max_log_bytes: int) -> tuple[RawLog, ...]:
     """The newest files first; the tails together keep at most `max_log_bytes` (the newest bytes win). The script
     sends whole lines within that budget; a tail cut here loses its then partial first line."""
@@ -547,8 +562,7 @@ def parse_server_output(stdout: bytes, *, max_events: int = 200, max_log_bytes: 
         log_folder=folder,
         logs=_logs(doc.get("logs"), notes, max_log_bytes),
         endpoints=_endpoints(doc.get("endpoints"), notes),
-        utc_offset_minutes=_utc_offset(notes.integer(doc, "utc_offset_minutes", "utc_offset_minutes"), notes),
-        utc_offsets=_utc_offsets(doc.get("utc_offsets"), notes),
+        **_zone(doc, notes),
         stage_seconds=_stages(doc.get("stages"), notes),
         error_counts=_error_counts(doc.get("error_counts"), notes),
     )
