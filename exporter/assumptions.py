@@ -26,7 +26,8 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, NamedTuple
 
 from .eems_log import LogRecord, fetch_error_reason, is_fetch_problem, classify_fetch_error
-from .interpret import CHECK_SETTLE, ERROR_EVENT, SUCCESS_EVENTS
+from .interpret import CHECK_SETTLE, ERROR_EVENT, SUCCESS_EVENTS, local_times, log_offsets
+from .parse import parse_utc_offsets
 
 CONFIRMS, CONTRADICTS, NOT_SHOWN, NOT_COLLECTED = "CONFIRMS", "CONTRADICTS", "NOT SHOWN", "NOT COLLECTED"
 SLACK = timedelta(minutes=5)  # a write time and the line it wrote, a check's start and the hour
@@ -143,28 +144,76 @@ def _service_state(facts: Facts) -> str | None:
     return getattr(facts.interpretation, "service_state", None)
 
 
-def _zone(facts: Facts) -> tuple[timedelta | None, str]:
-    """How far the lines' times are from UTC (None: not told) and why. Zoned times (ISO with Z or an offset) are
-    UTC; zoneless ones (culture form) are told by the closed files: every file read but the newest, whose write
-    time is its newest line's (closing sets it). UTC when that fits, else the server's local time when that fits."""
+def _offsets(facts: Facts) -> tuple[tuple[datetime | None, int], ...]:
+    """The server's UTC offsets as the poll reads them (interpret.log_offsets), from the diagnose document."""
+    minutes, offsets, _ = parse_utc_offsets(facts.doc or {})
+    return log_offsets(minutes, offsets)
+
+
+def utc_offsets_shown(doc: dict) -> str:
+    """The report's `os.utc_offsets`: the offsets over the diagnose script's lookback, as the poll reads them."""
+    minutes, offsets, notes = parse_utc_offsets(doc)
+    if offsets:
+        return ", ".join(f"{m:+d} from {since.isoformat()}" for since, m in offsets)
+    why = "; ".join(notes) or ("not sent" if doc.get("utc_offsets") is None else "none")
+    return f"({why}: every zoneless time is read with os.utc_offset)"
+
+
+def _local(facts: Facts) -> list[list[datetime]]:
+    """Each file's timed records' times (parallel to `ReadLog.timed`), zoneless ones read as the server's local
+    time by the poll's own reading (interpret.local_times: the offset in force when the line was written, the
+    files oldest first)."""
+    return local_times([f.timed for f in reversed(facts.files)], _offsets(facts))[::-1]
+
+
+def _zone(facts: Facts) -> tuple[str | None, str]:
+    """Whether the lines' times are "UTC" or "local time" (None: not told), and why. Zoned times (ISO with Z or an
+    offset) are UTC; zoneless ones (culture form) are told by the closed files: every file read but the newest,
+    whose write time is its newest line's (closing sets it). UTC when that fits, else the server's local time
+    (each line with the offset in force when it was written, `_local`) when that fits."""
     timed = [r for f in facts.files for r in f.timed]
     if not timed:
         return None, "no log line time read"
     if all(r.zoned for r in timed):
-        return timedelta(0), "every time read carries its zone"
-    offset = _offset_minutes(facts)
-    closed = [(f, max(r.time for r in f.timed if not r.zoned)) for f in facts.files[1:]
-              if f.last_write is not None and any(not r.zoned for r in f.timed)]
+        return "UTC", "every time read carries its zone"
+    closed = [(index, f) for index, f in enumerate(facts.files)
+              if index and f.last_write is not None and any(not r.zoned for r in f.timed)]
     if not closed:
         return None, "no closed file (one but the newest) with zoneless times was read"
-    diffs = [(f.last_write - newest).total_seconds() for f, newest in closed]
-    shown = ", ".join(f"{f.key} {duration(d)}" for (f, _), d in zip(closed, diffs))
-    text = f"last write minus newest line on the closed files: {shown}; os.utc_offset: {offset}"
+
+    def lags(reading: list[list[datetime]]) -> list[float]:
+        return [(f.last_write - max(t for r, t in zip(f.timed, reading[index]) if not r.zoned)).total_seconds()
+                for index, f in closed]
+
+    diffs = lags([[r.time for r in f.timed] for f in facts.files])
+    shown = ", ".join(f"{f.key} {duration(d)}" for (_, f), d in zip(closed, diffs))
+    offsets = _offsets(facts)
+    text = f"last write minus newest line on the closed files: {shown}; os.utc_offset: {_offset_minutes(facts)}"
+    if len(offsets) > 1:
+        text += f"; {_ev(facts, 'os.utc_offsets')}"
     if all(abs(d) <= SLACK.total_seconds() for d in diffs):
-        return timedelta(0), text
-    if offset and all(abs(d + offset * 60) <= SLACK.total_seconds() for d in diffs):
-        return timedelta(minutes=offset), text
+        return "UTC", text
+    if any(m for _, m in offsets) and all(abs(d) <= SLACK.total_seconds() for d in lags(_local(facts))):
+        return "local time", text
     return None, text
+
+
+def reading(facts: Facts) -> list[list[datetime]]:
+    """Each file's timed records' times (parallel to `ReadLog.timed`) as the report reads them: zoneless ones as
+    the server's local time when the closed files say so (`_zone`), else as written (UTC)."""
+    if _zone(facts)[0] == "local time":
+        return _local(facts)
+    return [[r.time for r in f.timed] for f in facts.files]
+
+
+def read_parts(facts: Facts) -> list[tuple[list[LogRecord], ...]]:
+    """Each file's parts (`ReadLog.parts`) with their times as `reading` reads them."""
+    result = []
+    for file, times in zip(facts.files, reading(facts)):
+        found = iter(times)
+        result.append(tuple([r._replace(time=next(found)) if r.time is not None else r for r in part]
+                            for part in file.parts))
+    return result
 
 
 def _ace_rights(sddl: str, part: str = "D:") -> list[tuple[str, str, str, str]]:
@@ -208,7 +257,7 @@ def log_folder(f: Facts) -> Verdict:
 
 
 def log_every_check(f: Facts) -> Verdict:
-    starts = sorted(s for file in f.files for s in check_times(list(file.parts)).starts)
+    starts = sorted(s for parts in read_parts(f) for s in check_times(list(parts)).starts)
     gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:])]
     if not gaps:
         return Verdict(NOT_SHOWN, f"{len(starts)} check start lines in the files read (log.read.N.check_starts)")
@@ -228,10 +277,10 @@ def log_write_time_moves(f: Facts) -> Verdict:
     if _service_state(f) not in (None, "running", "unknown"):
         return Verdict(NOT_SHOWN, f"the newest file is closed: {_ev(f, 'interpretation.service_state')}")
     newest = f.files[0]
-    shift, why = _zone(f)
-    if shift is None and not all(r.zoned for r in newest.timed) and _offset_minutes(f):
+    zone, why = _zone(f)
+    if zone is None and not all(r.zoned for r in newest.timed) and any(m for _, m in _offsets(f)):
         return Verdict(NOT_SHOWN, f"the zone of the times is not told ({why})")
-    times = [r.time - (shift or timedelta(0)) if not r.zoned else r.time for r in newest.timed]
+    times = reading(f)[0]
     first, last = min(times), max(times)
     if last - first < 2 * SLACK:
         return Verdict(NOT_SHOWN, f"{newest.key}'s lines span {duration((last - first).total_seconds())}: a write "
@@ -255,23 +304,24 @@ def log_time_column(f: Facts) -> Verdict:
 
 
 def log_time_zone(f: Facts) -> Verdict:
-    shift, why = _zone(f)
+    zone, why = _zone(f)
     if not any(file.timed for file in f.files):
         return Verdict(NOT_SHOWN, why)
     if all(r.zoned for file in f.files for r in file.timed):
         return Verdict(CONFIRMS, f"UTC: {why}")
     if "no closed file" in why:
         return Verdict(NOT_SHOWN, why)
-    if shift is None:
+    if zone is None:
         return Verdict(CONTRADICTS, f"neither UTC nor local time: {why}")
-    return Verdict(CONFIRMS, f"{'UTC' if not shift else 'local time'}: {why}")
+    return Verdict(CONFIRMS, f"{zone}: {why}")
 
 
 def log_newest_files_newest_lines(f: Facts) -> Verdict:
-    files = [file for file in f.files if file.timed]
+    files = [(file, times) for file, times in zip(f.files, reading(f)) if times]
     if len(files) < 2:
         return Verdict(NOT_SHOWN, f"{len(files)} file(s) read with line times (log.read.N)")
-    newest = [max(r.time for r in file.timed) for file in files]
+    newest = [max(times) for _, times in files]
+    files = [file for file, _ in files]
     text = ", ".join(f"{file.key} {t.isoformat()}" for file, t in zip(files, newest))
     later = [b for a, b in zip(newest, newest[1:]) if b > a + SLACK]
     return Verdict(CONTRADICTS if later else CONFIRMS, f"newest line per file, newest write time first: {text}")
@@ -324,7 +374,7 @@ def check_start_text(f: Facts) -> Verdict:
 
 
 def check_settle_5m(f: Facts) -> Verdict:
-    problems = [p for file in f.files for p in check_times(list(file.parts)).problems]
+    problems = [p for parts in read_parts(f) for p in check_times(list(parts)).problems]
     keys = [f"{file.key}.check_problem_after" for file in f.files if f"{file.key}.check_problem_after" in f.shown]
     if not problems:
         return Verdict(NOT_SHOWN, _ev(f, *keys[:1]) if keys else "no check start line read")

@@ -22,7 +22,8 @@ from datetime import date, datetime
 from typing import Any, Iterable
 
 from . import __version__
-from .assumptions import ERRORS_SENT, MAX_EVENTS, Facts, ReadLog, as_list, check_times, duration, verdicts
+from .assumptions import (ERRORS_SENT, MAX_EVENTS, Facts, ReadLog, as_list, check_times, duration, read_parts,
+                          utc_offsets_shown, verdicts)
 from .eems_log import parse_log_line
 from .interpret import CHECK_SETTLE
 from .model import RawCulture
@@ -241,14 +242,15 @@ def _log_naming(names: list[str]) -> str:
     return f"prefix {', '.join(prefixes)}; stamp {shapes}; sequence suffix on {sum(1 for m in stamps if m.group('seq'))}"
 
 
-def _log_file(report: Report, key: str, entry: dict, culture: RawCulture | None) -> None:
+def _log_file(report: Report, key: str, entry: dict, culture: RawCulture | None) -> int | None:
+    """The file's lines, and where its check lines go (`_log_lines`); None when it was not read."""
     length, stream_length = entry.get("length"), entry.get("stream_length")
     report.add(f"{key}.name", entry.get("name"))
     report.add(f"{key}.length", f"stream {stream_length}, directory entry {length}"
                + (" (differ)" if stream_length is not None and stream_length != length else ""))
     if entry.get("error"):
         report.add(f"{key}.error", _error_text(entry["error"]))
-        return
+        return None
     head, tail = _file_bytes(_b64(entry.get("head")), _b64(entry.get("tail")), stream_length)
     encoding, head_text = decode_log(head)
     report.add(f"{key}.encoding", encoding)
@@ -264,25 +266,27 @@ def _log_file(report: Report, key: str, entry: dict, culture: RawCulture | None)
         else:
             tail_text = decode_log(tail)[1]
         head_lines, tail_lines = head_lines[:-1], tail_text.splitlines()[1:]
-    _log_lines(report, key, head_lines, tail_lines, parse_ps_date(entry.get("last_write")), culture,
-               encoding=encoding, length_differs=stream_length is not None and stream_length != length,
-               file_last_write=parse_ps_date(entry.get("file_last_write")))
+    return _log_lines(report, key, head_lines, tail_lines, parse_ps_date(entry.get("last_write")), culture,
+                      encoding=encoding, length_differs=stream_length is not None and stream_length != length,
+                      file_last_write=parse_ps_date(entry.get("file_last_write")))
 
 
-def _collected_log_file(report: Report, key: str, entry: dict, culture: RawCulture | None) -> None:
+def _collected_log_file(report: Report, key: str, entry: dict, culture: RawCulture | None) -> int:
     """A log file as the collection script read it: its tail as text (Get-Content, in any language mode)."""
     report.add(f"{key}.source", "the collection script's tail (the diagnose script reads bytes in FullLanguage "
                                 "only); last write is the file's own")
     report.add(f"{key}.name", entry.get("name"))
     report.add(f"{key}.encoding", "not read (decoded by Get-Content)")
     tail = entry.get("tail")
-    _log_lines(report, key, [], tail.splitlines() if isinstance(tail, str) else [],
-               parse_ps_date(entry.get("last_write")), culture)
+    return _log_lines(report, key, [], tail.splitlines() if isinstance(tail, str) else [],
+                      parse_ps_date(entry.get("last_write")), culture)
 
 
 def _log_lines(report: Report, key: str, head_lines: list[str], tail_lines: list[str], last_write: datetime | None,
                culture: RawCulture | None, *, encoding: str | None = None, length_differs: bool | None = None,
-               file_last_write: datetime | None = None) -> None:
+               file_last_write: datetime | None = None) -> int:
+    """The file's lines and its `ReadLog`; returns where its check lines go (`_log_section` adds them once every
+    file is read: their times are read in the zone all the files tell)."""
     for index, line in enumerate(head_lines[:FIRST_LINES], start=1):
         report.add(f"{key}.first_lines.{index}", line)
     fields_lines = {ln.strip()[len("#Fields:") :].strip() for ln in head_lines + tail_lines if ln.strip().startswith("#Fields:")}
@@ -297,7 +301,7 @@ def _log_lines(report: Report, key: str, head_lines: list[str], tail_lines: list
         report.add(f"{key}.last_write_minus_newest_line", f"{'-' if offset < 0 else '+'}{duration(abs(offset))}")
     parts = tuple([r for r in (parse_log_line(line, culture) for line in lines) if r is not None]
                   for lines in (head_lines, tail_lines))
-    _check_lines(report, key, *parts)
+    check_lines_at = len(report.lines)
     levels: dict[str, list[str]] = {}
     messages: dict[str, Counter] = {}
     for line in head_lines + tail_lines:
@@ -315,6 +319,7 @@ def _log_lines(report: Report, key: str, head_lines: list[str], tail_lines: list
         report.add(f"{key}.level.{level}.last", lines[-1])
         for index, (message, count) in enumerate(messages[level].most_common(MESSAGES_PER_LEVEL), start=1):
             report.add(f"{key}.level.{level}.message.{index}", f"{count} x {message}")
+    return check_lines_at
 
 
 def _check_lines(report: Report, key: str, *parts: list) -> None:
@@ -362,12 +367,18 @@ def _log_section(report: Report, doc: dict, culture: RawCulture | None, collecte
     report.add("log.rotation", f"median {duration(statistics.median(gaps))} between the last writes of "
                f"consecutive files" if gaps else "fewer than two files")
     read = [f for f in files if "head" in f or "error" in f][: DIAGNOSE_PARAMETERS.read_files]
-    for index, entry in enumerate(read, start=1):
-        _log_file(report, f"log.read.{index}", entry, culture)
+    places = [_log_file(report, f"log.read.{index}", entry, culture) for index, entry in enumerate(read, start=1)]
     if not read and collected:  # Constrained Language Mode: the poll's tails still show the lines
         tails = [f for f in as_list(collected.get("logs")) if isinstance(f, dict) and f.get("tail")]
-        for index, entry in enumerate(tails[: DIAGNOSE_PARAMETERS.read_files], start=1):
-            _collected_log_file(report, f"log.read.{index}", entry, culture)
+        places = [_collected_log_file(report, f"log.read.{index}", entry, culture)
+                  for index, entry in enumerate(tails[: DIAGNOSE_PARAMETERS.read_files], start=1)]
+    # Each file's check lines, in its place, with the times as the poll reads them: zoneless ones in local time
+    # (each with the offset then in force) when the closed files say the lines are local (assumptions.reading)
+    parts = read_parts(Facts(dict(report.values), doc, None, report.files))
+    for file, file_parts, at in reversed(list(zip(report.files, parts, [p for p in places if p is not None]))):
+        rest, report.lines = report.lines[at:], report.lines[:at]
+        _check_lines(report, file.key, *file_parts)
+        report.lines += rest
 
 
 # ---------------------------------------------------------------- events
@@ -584,6 +595,7 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
         report.add("os.language_mode", diagnose_doc.get("language_mode"))
         report.add("os.powershell", diagnose_doc.get("powershell"))
         report.add("os.utc_offset", diagnose_doc.get("utc_offset_minutes"))
+        report.add("os.utc_offsets", utc_offsets_shown(diagnose_doc))
         if culture is not None:
             report.add("os.culture_patterns", f"date {culture.date_pattern}, time {culture.time_pattern}, "
                        f"AM {culture.am!r}, PM {culture.pm!r} (the poll's account)")

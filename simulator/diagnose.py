@@ -15,7 +15,7 @@ import struct
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import eems, eventlog, language, windows
+from . import eems, eventlog, language, timezones, windows
 
 MARKER = "# exchange-eems-exporter:diagnose-server:v1"
 PARAMETERS = ("LookbackHours", "MaxEvents", "MessageChars", "ListFiles", "ReadFiles", "HeadBytes", "TailBytes")
@@ -69,6 +69,10 @@ def facts(server: windows.WindowsServer, now: datetime, parameter_line: str, scr
         "service_key": _service_key(server, texts),
         "service_sddl": _service_sddl(server),
     }
+    if windows._SENDS_UTC_OFFSETS.search(script):  # the offset changes over its lookback, as collect_server.ps1's
+        start = now - timedelta(hours=p["LookbackHours"])
+        document["utc_offsets"] = [{"since": date(since), "minutes": minutes}
+                                   for since, minutes in timezones.offsets(server.time_zone, start, now)]
     document.update(_log(server, now, p, texts, date, full))
     document.update(_events(server, now, p, texts, date, eventlog.query_form(script)))
     document["errors"] = []

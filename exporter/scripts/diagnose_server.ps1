@@ -4,6 +4,12 @@ $ProgressPreference='SilentlyContinue';$ErrorActionPreference='Stop'
 function Err($x){@{id=[string]$x.FullyQualifiedErrorId;type=[string]$x.Exception.pstypenames[0];message="$x"}}
 $lt=Microsoft.PowerShell.Utility\Get-Date
 $r=@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;utc_offset_minutes=[int]($lt-$lt.ToUniversalTime()).TotalMinutes;language_mode=[string]$ExecutionContext.SessionState.LanguageMode;powershell=[string]$PSVersionTable.PSVersion;culture=$null;ui_culture=$null;is_admin=$null;exsetup_version=$null;winhttp_settings=$null;service=$null;service_key=$null;service_sddl=$null;log_folder=$null;log_files=@();events=@();event_errors=@();event_error_count=$null;event_query_seconds=$null;errors=@()}
+# The server's UTC offsets over the lookback, as collect_server.ps1 sends them (the same lines; the field report
+# reads log times with them as the poll does). Should it throw, the list is null and every line is read with
+# utc_offset_minutes.
+try{function UtcOffset($u){[int]($u.ToLocalTime()-$u).TotalMinutes}
+$a=[DateTime]::UtcNow.AddHours(-$P.LookbackHours);$a=$a.AddTicks(-($a.Ticks%600000000));$o=UtcOffset $a;$r.utc_offsets=@(@{since=$a;minutes=$o})
+while($a -lt $r.now){$b=$a.AddDays(1);if($b -gt $r.now){$b=$r.now};if((UtcOffset $b) -ne $o){while(($b-$a).TotalMinutes -gt 1){$m=$a.AddMinutes([int](($b-$a).TotalMinutes/2));if((UtcOffset $m) -eq $o){$a=$m}else{$b=$m}};$o=UtcOffset $b;$r.utc_offsets+=@{since=$b;minutes=$o}};$a=$b}}catch{$r.utc_offsets=$null}
 try{$r.culture=(Microsoft.PowerShell.Utility\Get-Culture).Name;$r.ui_culture=(Microsoft.PowerShell.Utility\Get-UICulture).Name}catch{$r.errors+=Err $_}
 if($ExecutionContext.SessionState.LanguageMode -eq 'FullLanguage'){try{$r.is_admin=([Security.Principal.WindowsPrincipal][Security.Principal.WindowsIdentity]::GetCurrent()).IsInRole([Security.Principal.WindowsBuiltInRole]::Administrator)}catch{$r.errors+=Err $_}}
 try{$r.exsetup_version=(Microsoft.PowerShell.Core\Get-Command ExSetup.exe).FileVersionInfo.FileVersion}catch{$r.errors+=Err $_}

@@ -4,9 +4,15 @@ a daily log file holds half a day of checks whatever the hour the test runs."""
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timedelta, timezone
+
 import pytest
 
-from ..conftest import SimulatedFleet, relocate
+from exporter.catalog import Catalog
+from exporter.exporter import Exporter
+
+from ..conftest import SimulatedFleet, poll_all, relocate, samples
 from ..unit.test_field_report import lines
 from .test_diagnose import diagnose
 
@@ -127,3 +133,61 @@ def test_what_the_report_cannot_tell_says_so(verdicts):
     for key in ("winrs_gxgr_enough", "restricted_groups_localized", "listener_keeps_thumbprint", "gpo_startup_script",
                 "organization_double_hop"):
         assert status(verdicts["EX01"][key]) == "NOT COLLECTED", key
+
+
+# Europe/Berlin's autumn change of 2026: 03:00 CEST (UTC+2) becomes 02:00 CET (UTC+1) at 01:00 UTC. Five minutes
+# after it, the newest check (00:10 UTC) and every file the report reads were written in CEST, while the server's
+# offset now is CET's.
+AUTUMN_2026 = datetime(2026, 10, 25, 1, tzinfo=timezone.utc)
+BERLIN = {"build": "15.2.2562.53", "log_time": "culture", "locale": "de-DE", "time_zone": "Europe/Berlin",
+          "events": "absent", "installed_since": "2026-10-01T00:00:00Z"}
+
+
+@pytest.mark.parametrize("minutes_after", [5, 20])
+def test_diagnose_reads_culture_times_across_a_daylight_saving_change_as_the_poll_does(tmp_path, minutes_after):
+    """The report reads a zoneless log time with the offset in force when it was written (the script's
+    `utc_offsets`, converted by the poll's own code), not with the one offset the server has now: its times agree
+    with the exporter's metrics for the same lines, and a server writing local time is not called "neither UTC nor
+    local time" for the hours (hourly files) or days (daily files) after a change."""
+    now = AUTUMN_2026 + timedelta(minutes=minutes_after)
+    servers = [{"name": "BERLIN", **BERLIN}, {"name": "BERLIN-DAILY", **BERLIN, "log_rotation": "daily"}]
+    scenario = relocate({"clock": now.isoformat(), "credentials": [],
+                         "servers": [{**s, "address": "127.0.0.1"} for s in servers]})
+    with SimulatedFleet(scenario) as fleet:
+        config_file = tmp_path / "config.yml"
+        config_file.write_text(fleet.config_text())
+        running = {s["name"]: diagnose(config_file, s["name"]) for s in servers}
+        exporter = Exporter(fleet.config(), Catalog.load())
+        try:
+            poll_all(exporter.poller)
+            metrics = samples(exporter.metrics_body("text/plain")[0].decode())
+        finally:
+            exporter.stop()
+        reports = {}
+        for name, proc in running.items():
+            stdout, stderr = proc.communicate(timeout=120)
+            assert proc.returncode == 0, stderr.decode(errors="replace")[-2000:]
+            reports[name] = lines(stdout.decode())
+    # the checks run at ten past each UTC hour; the newest one before the change wrote 02:10 CEST, after it 02:10 CET
+    newest_check = AUTUMN_2026 + timedelta(minutes=10) if minutes_after > 10 else AUTUMN_2026 - timedelta(minutes=50)
+    for name, got in reports.items():
+        polled = metrics[("exchange_eems_last_check_timestamp_seconds", frozenset({("server", name)}))]
+        assert polled == newest_check.timestamp(), name
+        assert got["interpretation.eems.last_check"] == newest_check.isoformat(), name
+        # the newest line the report reads is the newest check's, a few seconds after its start, in UTC
+        newest_line = datetime.fromisoformat(re.search(r"log\.read\.1 (\S+?)(?:,|$)",
+                                                       got["assumption.log_newest_files_newest_lines"])[1])
+        assert timedelta(0) <= newest_line - newest_check < timedelta(minutes=1), (name, newest_line)
+        assert got["assumption.log_time_zone"].startswith("CONFIRMS: local time: "), (name, got["assumption.log_time_zone"])
+        assert "os.utc_offsets: +120 from " in got["assumption.log_time_zone"] and ", +60 from 2026-10-25T01:00:00+00:00" \
+            in got["os.utc_offsets"], name
+    hourly = reports["BERLIN"]
+    # an hourly file holds one check: its first line is the check's start, the time the exporter exports
+    first = re.search(r"log\.read\.1: lines from (\S+) to ", hourly["assumption.log_write_time_moves"])
+    assert first is None or datetime.fromisoformat(first[1]) == newest_check, hourly["assumption.log_write_time_moves"]
+    assert hourly["assumption.log_every_check"].startswith("CONFIRMS: 3 check start lines in the files read, median "
+                                                           "1h00m between starts"), hourly["assumption.log_every_check"]
+    assert hourly["log.read.2.check_starts"] == hourly["log.read.1.check_starts"]
+    if minutes_after > 10:  # the newest daily file holds the checks before (02:10 CEST) and after (02:10 CET) it
+        assert reports["BERLIN-DAILY"]["log.read.1.check_starts"] == ("2 in the lines read, 1h00m from the first to "
+                                                                      "the last; median 1h00m between starts")

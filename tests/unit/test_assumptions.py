@@ -235,3 +235,34 @@ def test_service_and_event_log_facts():
     assert got["error_ids_invariant"] == ("CONFIRMS: os.culture: de-DE; untranslated ids: "
                                           "System.UnauthorizedAccessException")
     assert status(verdicts(culture="en-US", event_errors=[denied])["error_ids_invariant"]) == "NOT SHOWN"
+
+
+def test_log_times_across_a_daylight_saving_change_are_read_with_the_offset_then():
+    """The diagnose script sends `utc_offsets` as the collection script does, and the report reads each zoneless
+    time with the offset in force when it was written (the poll's interpret.local_times): files written before a
+    change (here at 10:30 UTC, UTC+2 to UTC+1) are local time too. Without the list (a script that threw, or sent
+    none) every time is read with the one offset now, as the poll then reads them."""
+    change = NOW - timedelta(hours=1, minutes=30)
+    files = []
+    for back in range(3):
+        hour = NOW - timedelta(hours=back, minutes=50)
+        shift = timedelta(hours=1 if hour >= change else 2)
+        files.append(_file(f"MitigationService_{hour:%Y%m%d%H}-1.LOG", _checks([hour], culture=True, shift=shift),
+                           hour + timedelta(seconds=2)))
+    offsets = [{"since": _ms(NOW - timedelta(hours=168)), "minutes": 120}, {"since": _ms(change), "minutes": 60}]
+    doc = dict(log_folder=FOLDER, log_files=files, utc_offset_minutes=60, culture_patterns=GERMAN)
+    got = verdicts(**doc, utc_offsets=offsets)
+    assert got["log_time_zone"] == ("CONFIRMS: local time: last write minus newest line on the closed files: "
+                                    "log.read.2 -2h00m, log.read.3 -2h00m; os.utc_offset: 60; os.utc_offsets: "
+                                    "+120 from 2026-11-22T12:00:00+00:00, +60 from 2026-11-29T10:30:00+00:00")
+    assert got["log_newest_files_newest_lines"].endswith(
+        "log.read.1 2026-11-29T11:10:02+00:00, log.read.2 2026-11-29T10:10:02+00:00, log.read.3 2026-11-29T09:10:02+00:00")
+    for missing, shown in ((None, "(not sent: every zoneless time is read with os.utc_offset)"),
+                           (offsets[::-1], "(parse: utc_offsets: expected {since: date, minutes: -720 to 840} objects, "
+                                           "since ascending: every zoneless time is read with os.utc_offset)")):
+        report = _report(_diagnose_output(**{k: v for k, v in doc.items() if k != "culture_patterns"},
+                                          utc_offsets=missing), culture=GERMAN)
+        assert report["os.utc_offsets"] == shown
+        assert report["assumption.log_time_zone"] == ("CONTRADICTS: neither UTC nor local time: last write minus "
+                                                      "newest line on the closed files: log.read.2 -2h00m, "
+                                                      "log.read.3 -2h00m; os.utc_offset: 60")

@@ -185,3 +185,18 @@ def test_every_non_ascii_character_is_escaped_whatever_its_case(name):
     escaped = _escape_as_windows_powershell(_body(name), text)
     escaped.encode("ascii")
     assert json.loads(f'"{escaped}"') == text
+
+
+def test_the_diagnose_script_gathers_utc_offsets_with_the_collection_scripts_lines():
+    """The field report reads log times as the poll does, from the same `utc_offsets`: the diagnose script
+    computes them with the collection script's own lines, its try/catch and null fallback included."""
+    from exporter.scripts import _body
+
+    def block(name: str) -> list[str]:
+        lines = _body(name).splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("try{function UtcOffset("))
+        return lines[start : start + 3]
+
+    collected = block("collect_server.ps1")
+    assert collected[-1].endswith("catch{$r.utc_offsets=$null}")
+    assert block("diagnose_server.ps1") == collected
