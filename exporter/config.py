@@ -92,11 +92,15 @@ def _within_interval(timeout: float, values: dict[str, Any]) -> str | None:
 
 
 MAX_CONCURRENCY = 1024  # polls at once
-# 365 days: the shipped JEA function's ValidateRange for LookbackHours is written from this (windows_endpoint.py), so
-# the two cannot drift. It was 366 days here while the function took 365: a poll through that endpoint asked for a
-# day less than it judged. Changing it changes the endpoint's version: every installed endpoint then reports
-# endpoint_outdated until it is reinstalled.
+# The shipped JEA function's ValidateRange bounds are written from these (windows_endpoint.PARAMETERS), so a value the
+# configuration takes is one the function takes: where they differed, a poll through the endpoint asked the server
+# for less than the exporter judged (a lookback of 366 days against the function's 365) or waited less than
+# configured (an endpoint timeout of up to 1h against its 300 s). Changing one changes the endpoint's version: every
+# installed endpoint then reports endpoint_outdated until it is reinstalled.
 MAX_LOOKBACK_HOURS = 365 * 24
+MAX_EVENTS_ASKED = 5000
+MAX_LOG_TAIL_BYTES = 16 << 20
+MAX_ENDPOINT_TIMEOUT_SECONDS = 300
 
 POLL_KEYS = (
     Key("background", boolean, True),
@@ -108,13 +112,14 @@ POLL_KEYS = (
     # at most a year: thousands of years failed every poll that read an event or a log line (`now - lookback`)
     Key("lookback", duration, "24h", check=_between(3600, "1h (EEMS checks hourly)", MAX_LOOKBACK_HOURS * 3600,
                                                     f"{MAX_LOOKBACK_HOURS}h (365 days)")),
-    Key("max_events", integer(1, 5000), 200),
-    Key("log_tail_bytes", integer(0, 16 << 20), 65536),
+    Key("max_events", integer(1, MAX_EVENTS_ASKED), 200),
+    Key("log_tail_bytes", integer(0, MAX_LOG_TAIL_BYTES), 65536),
     Key("check_endpoint", boolean, False),
     Key("endpoint_proxy_default_credentials", boolean, False),
     # whole seconds for Invoke-WebRequest's TimeoutSec (an Int32: a huge value failed the check's binding); 0s
     # became 1s unsaid. The poll's own timeout cuts a longer one anyway.
-    Key("endpoint_timeout", duration, "10s", check=_between(1, "1s", 3600, "1h")),
+    Key("endpoint_timeout", duration, "10s", check=_between(1, "1s", MAX_ENDPOINT_TIMEOUT_SECONDS,
+                                                            f"{MAX_ENDPOINT_TIMEOUT_SECONDS // 60}m")),
 )
 check_fields(POLL_KEYS, PollConfig)
 

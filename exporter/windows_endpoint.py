@@ -40,7 +40,7 @@ from pathlib import Path
 
 from . import __version__ as EXPORTER_VERSION
 from .addresses import is_proxy_url, without_userinfo
-from .config import MAX_LOOKBACK_HOURS
+from .config import MAX_ENDPOINT_TIMEOUT_SECONDS, MAX_EVENTS_ASKED, MAX_LOG_TAIL_BYTES, MAX_LOOKBACK_HOURS
 from .scripts import SERVER_MARKER
 
 CONFIGURATION_NAME = "ExchangeEemsExporter"
@@ -50,15 +50,17 @@ FUNCTION_NAME = "Get-ExchangeEemsFacts"
 INSTALL_SCRIPT = "Install-ExchangeEemsEndpoint.ps1"
 VERSION_PREFIX = "exchange-eems-exporter/endpoint/"
 # The function's parameters in the order of the WinRS parameter line (scripts.py): (name, lowest, highest,
-# default). The upper bounds are the configuration's (config.py; the lookback's is taken from it), so a stolen
-# credential cannot ask the server for more work than the exporter ever would. They are part of the function, so
-# of its version: changing one makes every installed endpoint `endpoint_outdated` until it is reinstalled. The endpoint proxy is NOT a parameter: it is fixed when the
+# default). The upper bounds are the configuration's (config.py's MAX_*), so a stolen credential cannot ask the
+# server for more work than the exporter ever would, and the exporter never asks for more than the function takes.
+# They are part of the function, so of its version: changing one makes every installed endpoint
+# `endpoint_outdated` until it is reinstalled. The endpoint proxy is NOT a parameter: it is fixed when the
 # endpoint is written (`--endpoint-proxy`), since the script sends the server's own credentials to it
 # (ProxyUseDefaultCredentials) and a caller-chosen proxy would hand them to whoever runs it. Nor are those
 # credentials offered unless asked (issue 24 finding 17): ProxyDefaultCredentials is fixed at 0 here.
 PARAMETERS = (
-    ("LookbackHours", 1, MAX_LOOKBACK_HOURS, 24), ("MaxEvents", 1, 5000, 50), ("LogTailBytes", 0, 16 << 20, 32768),
-    ("CheckEndpoint", 0, 1, 0), ("EndpointTimeoutSec", 1, 300, 10),
+    ("LookbackHours", 1, MAX_LOOKBACK_HOURS, 24), ("MaxEvents", 1, MAX_EVENTS_ASKED, 50),
+    ("LogTailBytes", 0, MAX_LOG_TAIL_BYTES, 32768), ("CheckEndpoint", 0, 1, 0),
+    ("EndpointTimeoutSec", 1, MAX_ENDPOINT_TIMEOUT_SECONDS, 10),
 )
 _NAMESPACE = uuid.UUID("0b8cf5e4-1f0e-4d55-9a55-3f1c8c6d2a61")  # GUIDs derived from names: stable across runs
 _GROUP = re.compile(r"[^\x00-\x1f'\u2018\u2019\u201a\u201b\"`$]{1,256}")

@@ -157,9 +157,9 @@ class PsrpConnection(LinkedConnection):
             if marker != SERVER_MARKER:
                 raise PollFailure("configuration_not_found", f"the JEA endpoint {self._configuration} runs only "
                                   "the server collection; use another module for this", connection_intact=True)
-            # the function's ValidateRange bounds (a year of lookback, 300 s for the endpoint check) are above any
-            # sensible configuration; a value beyond them is cut to them rather than refused by the server. Only the
-            # function's parameters are sent: the proxy and whether it gets credentials are fixed in the function.
+            # the function's ValidateRange bounds are the configuration's (config.py MAX_*); a value beyond them (a
+            # library caller's) is cut to them rather than refused by the server. Only the function's parameters are
+            # sent: the proxy and whether it gets credentials are fixed in the function.
             bounds = {name: (low, high) for name, low, high, _ in PARAMETERS}
             parameters = tuple((k, min(max(v, bounds[k][0]), bounds[k][1]))
                                for k, v in _parameters(script).items() if k in bounds)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter.config import ConfigError, load_config, load_config_text
+from exporter.config import MAX_LOOKBACK_HOURS, ConfigError, load_config, load_config_text
 
 from ..conftest import PASSWORD, PASSWORD_ENV, write_keytab
 
@@ -99,7 +99,7 @@ BAD = [
     # 3,000 years: every poll that read an event or a log line failed on `now - lookback` (OverflowError)
     ("lookback past a year", GOOD + "poll: {lookback: 30000000h}\n", "poll.lookback", "at most 8760h"),
     # Invoke-WebRequest's TimeoutSec is an Int32, and 0s became 1s unsaid
-    ("endpoint_timeout of days", GOOD + "poll: {endpoint_timeout: 900000h}\n", "poll.endpoint_timeout", "at most 1h"),
+    ("endpoint_timeout of days", GOOD + "poll: {endpoint_timeout: 900000h}\n", "poll.endpoint_timeout", "at most 5m"),
     ("endpoint_timeout of 0s", GOOD + "poll: {endpoint_timeout: 0s}\n", "poll.endpoint_timeout", "at least 1s"),
     ("read_timeout not above operation_timeout", module("operation_timeout: 30s", "read_timeout: 20s") + ONE_SERVER,
      "modules.default.read_timeout", "longer than operation_timeout"),
@@ -365,7 +365,7 @@ def test_durations(value, seconds):
     from exporter.config_keys import duration
 
     assert duration(value, "poll.endpoint_timeout") == seconds
-    if seconds <= 3600:  # and as the configuration reads it, within endpoint_timeout's bounds
+    if 1 <= seconds <= 300:  # and as the configuration reads it, within endpoint_timeout's bounds
         config = load_config_text(GOOD + f"poll: {{endpoint_timeout: {value}}}\n", Path("."))
         assert config.poll.endpoint_timeout == seconds
 
@@ -574,20 +574,26 @@ def test_the_longest_lookback_the_configuration_takes_can_be_judged():
         load_config_text(GOOD + "poll: {lookback: 8761h}\n", Path())
 
 
-def test_the_lookback_bound_is_the_jea_functions():
-    """poll.lookback took up to 8784h (366 days) where the shipped JEA function's ValidateRange, and the simulator's
-    copy of it, stop at 8760h: a poll through that endpoint asked for less than the configuration said. The
-    configuration's bound is the one the function is written with (windows_endpoint.PARAMETERS)."""
+@pytest.mark.parametrize("key, parameter, highest, beyond, refusal", [
+    ("lookback", "LookbackHours", f"{MAX_LOOKBACK_HOURS}h", f"{MAX_LOOKBACK_HOURS + 1}h", f"at most {MAX_LOOKBACK_HOURS}h"),
+    ("max_events", "MaxEvents", "5000", "5001", "5000"),
+    ("log_tail_bytes", "LogTailBytes", str(16 << 20), str((16 << 20) + 1), str(16 << 20)),
+    ("endpoint_timeout", "EndpointTimeoutSec", "300s", "301s", "at most 5m"),
+])
+def test_each_poll_bound_is_the_jea_functions(key, parameter, highest, beyond, refusal):
+    """poll.lookback took up to 8784h (366 days) and poll.endpoint_timeout up to 1h where the shipped JEA function's
+    ValidateRange, and the simulator's copy of it, stop at 8760h and 300 s: a poll through that endpoint asked for
+    less than the configuration said. The configuration's bound is the one the function is written with
+    (windows_endpoint.PARAMETERS); the highest value it takes is the function's highest, the next is refused."""
     from exporter import windows_endpoint
-    from exporter.config import MAX_LOOKBACK_HOURS
     from simulator.remoting import JEA_PARAMETERS
 
-    function = {name: (low, high) for name, low, high, _ in windows_endpoint.PARAMETERS}
-    assert function["LookbackHours"] == JEA_PARAMETERS["LookbackHours"] == (1, MAX_LOOKBACK_HOURS)
-    assert load_config_text(GOOD + f"poll: {{lookback: {MAX_LOOKBACK_HOURS}h}}\n", Path()).poll.lookback == \
-        MAX_LOOKBACK_HOURS * 3600
-    with pytest.raises(ConfigError, match=f"at most {MAX_LOOKBACK_HOURS}h"):
-        load_config_text(GOOD + f"poll: {{lookback: {MAX_LOOKBACK_HOURS + 1}h}}\n", Path())
+    function = {name: high for name, _, high, _ in windows_endpoint.PARAMETERS}
+    assert function[parameter] == JEA_PARAMETERS[parameter][1]
+    taken = getattr(load_config_text(GOOD + f"poll: {{{key}: {highest}}}\n", Path()).poll, key)
+    assert taken == function[parameter] * (3600 if key == "lookback" else 1)
+    with pytest.raises(ConfigError, match=f"poll.{key}.*{refusal}"):
+        load_config_text(GOOD + f"poll: {{{key}: {beyond}}}\n", Path())
 
 
 @pytest.mark.parametrize("server", ["10.0.0.5", "'fd00::10'"])
