@@ -210,5 +210,7 @@ def write(output: Path, group: str, proxy: str = "", virtual_account_groups: tup
 
 def update_command(server: str) -> str:
     """What an admin runs to bring an outdated endpoint up to this exporter's version (the reason's hint)."""
-    return (f"exchange-eems-exporter windows-endpoint --output DIR --group GROUP, copy DIR to {server}, and run "
-            f".\\{INSTALL_SCRIPT} there as an administrator")
+    return (f"exchange-eems-exporter windows-endpoint --output DIR --group GROUP, with the --virtual-account-group, "
+            f"--transcript-directory and --endpoint-proxy options it was first written with, copy DIR to {server}, "
+            f"and run .\\{INSTALL_SCRIPT} there as an administrator (it refuses an update that drops the "
+            "virtual-account groups or the transcripts)")

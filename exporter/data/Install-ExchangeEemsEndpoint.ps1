@@ -15,13 +15,19 @@ refuses a configuration without RunAsVirtualAccountGroups (its virtual account w
 .PARAMETER Remove
 Unregister the session configuration and delete the module.
 
+.PARAMETER AllowWeaker
+Update an endpoint registered with RunAsVirtualAccountGroups or a TranscriptDirectory from files written without
+them. Without it the script refuses such an update before it changes anything: the virtual account would become a
+member of the local Administrators group, or sessions would no longer be recorded.
+
 .EXAMPLE
 .\Install-ExchangeEemsEndpoint.ps1
 .\Install-ExchangeEemsEndpoint.ps1 -Remove
 #>
 [CmdletBinding()]
 param(
-    [switch]$Remove
+    [switch]$Remove,
+    [switch]$AllowWeaker
 )
 $ErrorActionPreference = 'Stop'
 $Name = 'ExchangeEemsExporter'
@@ -82,6 +88,28 @@ $DomainRole = (Get-CimInstance -ClassName Win32_ComputerSystem).DomainRole
 if ($DomainRole -ge 4 -and -not $Settings.RunAsVirtualAccountGroups) {
     throw ("This server is a domain controller: the endpoint's virtual account would be a member of Domain Admins. " +
         "Write the endpoint again with --virtual-account-group naming the domain groups it may use, then run this script.")
+}
+
+# An update must not quietly widen the endpoint. Written again without the --virtual-account-group or
+# --transcript-directory the registered one has (the endpoint_outdated hint is followed literally), the virtual account
+# would become a member of the local Administrators group ("JEA Security Considerations", Run-As account) or sessions
+# would go unrecorded. The registered configuration is the copy Register-PSSessionConfiguration kept (ConfigFilePath).
+if ($Registered -and -not $AllowWeaker) {
+    $Before = $null
+    if ($Registered.ConfigFilePath -and (Test-Path -LiteralPath $Registered.ConfigFilePath)) {
+        $Before = Import-PowerShellDataFile -LiteralPath $Registered.ConfigFilePath
+    }
+    $Lost = @()
+    if ($Before -and $Before.RunAsVirtualAccountGroups -and -not $Settings.RunAsVirtualAccountGroups) {
+        $Lost += "--virtual-account-group '$(@($Before.RunAsVirtualAccountGroups) -join "' --virtual-account-group '")' (without it the virtual account is a local Administrator)"
+    }
+    if ($Before -and $Before.TranscriptDirectory -and -not $Settings.TranscriptDirectory) {
+        $Lost += "--transcript-directory '$($Before.TranscriptDirectory)' (without it no session is recorded)"
+    }
+    if ($Lost.Count -gt 0) {
+        throw ("The registered $Name endpoint was written with options these files lack: " + ($Lost -join '; ') +
+            ". Write the endpoint again with them, or run this script with -AllowWeaker if the change is meant. Nothing changed.")
+    }
 }
 
 # Windows PowerShell 5.1 wraps an argument with a space in double quotes without doubling a trailing backslash, so

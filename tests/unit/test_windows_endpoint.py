@@ -300,3 +300,32 @@ def test_the_function_sends_the_offset_changes_and_an_endpoint_without_them_is_o
     before = "\n".join(line for line in _body("collect_server.ps1").splitlines()
                        if "utc_offsets" not in line and "UtcOffset" not in line)
     assert windows_endpoint.endpoint_version(before) != windows_endpoint.endpoint_version()
+
+
+def test_an_update_does_not_quietly_drop_the_virtual_account_groups_or_the_transcripts(written):
+    """The `endpoint_outdated` hint said to run `windows-endpoint --output DIR --group GROUP` again: an endpoint first
+    written with `--virtual-account-group` (its virtual account in that local group only) and followed literally came
+    back without RunAsVirtualAccountGroups, i.e. a member of the local Administrators group (Microsoft Learn, "JEA
+    Security Considerations", Run-As account), and one written with `--transcript-directory` stopped recording
+    sessions, without a word. The hint now names the options to repeat, and the install script refuses such an update
+    before it changes anything unless -AllowWeaker says it is meant."""
+    hint = windows_endpoint.update_command("ex01")
+    for option in ("--virtual-account-group", "--transcript-directory", "--endpoint-proxy"):
+        assert option in hint, hint
+    text = read(written / windows_endpoint.INSTALL_SCRIPT)
+    assert re.search(r"param\(\s*\[switch\]\$Remove,\s*\[switch\]\$AllowWeaker\s*\)", text), "no -AllowWeaker switch"
+    # what the registered configuration was: the copy Register-PSSessionConfiguration keeps (ConfigFilePath)
+    assert "$Before = Import-PowerShellDataFile -LiteralPath $Registered.ConfigFilePath" in text
+    commands = install_commands(text)
+    names = [name for name, _ in commands]
+    refusals = [i for i, (name, conditions) in enumerate(commands) if name == "throw"
+                and any("$Lost.Count -gt 0" in c for c in conditions)
+                and any("-not $AllowWeaker" in c for c in conditions)]
+    assert refusals, "no refusal of an update that drops the virtual-account groups or the transcripts"
+    for change in ("Copy-Item", "Register-PSSessionConfiguration", "icacls.exe", "New-Item"):
+        assert refusals[0] < names.index(change), change
+    # the update's own Unregister and Remove-Item come after it too (the -Remove branch returns before it)
+    assert refusals[0] < max(i for i, (name, _) in enumerate(commands) if name == "Unregister-PSSessionConfiguration")
+    for kept in ("$Before.RunAsVirtualAccountGroups -and -not $Settings.RunAsVirtualAccountGroups",
+                 "$Before.TranscriptDirectory -and -not $Settings.TranscriptDirectory"):
+        assert f"if ($Before -and {kept})" in text, kept
