@@ -50,8 +50,10 @@ JEA_DEFAULTS = {"LookbackHours": 24, "MaxEvents": 50, "LogTailBytes": 32768, "Ch
 # knows their names, not their behaviour.
 RESTRICTED_DEFAULTS = ("Clear-Host", "Exit-PSSession", "Get-Command", "Get-FormatData", "Get-Help", "Measure-Object",
                        "Out-Default", "Select-Object")
-# ... and their aliases, which the same page lists as available: a caller reaches the same eight commands by them.
-RESTRICTED_ALIASES = ("cls", "clear", "exsn", "exit", "gcm", "measure", "select")
+# ... and their aliases: the built-in aliases whose definition is one of them (InitialSessionState.cs,
+# MakeDisallowedEntriesPrivate). The same page also lists `exit`, which is no alias: Enter-PSSession turns a typed
+# `exit` into Exit-PSSession on the client (RunspaceRef.cs), so a PSRP client sending `exit` reaches no command.
+RESTRICTED_ALIASES = ("cls", "clear", "exsn", "gcm", "measure", "select")
 EXCHANGE_CMDLETS = ("Get-OrganizationConfig", "Get-ExchangeServer")
 SERVER_MARKER = "# exchange-eems-exporter:collect-server:v1"
 POWERSHELL = r'"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe"'

@@ -185,8 +185,9 @@ def test_jea_function_binds_parameters_like_powershell(fleet):
 
 
 def test_the_jea_session_offers_the_eight_default_commands_by_their_aliases_too(fleet):
-    """A RestrictedRemoteServer session has eight default commands "(and aliases)": cls, clear, exsn, exit, gcm,
-    measure, select (Microsoft Learn, "JEA Session Configurations"). A caller reaches them by either name, and
+    """A RestrictedRemoteServer session has eight default commands "(and aliases)": cls, clear, exsn, gcm, measure,
+    select (Microsoft Learn, "JEA Session Configurations"; the aliases whose definition is an allowed command are
+    made public, InitialSessionState.cs MakeDisallowedEntriesPrivate). A caller reaches them by either name, and
     nothing else beyond the one function. Before, the simulator answered `gcm` as an unknown command."""
     host = fleet.hosts["EX01"]
     with RunspacePool(wsman(host), configuration_name=remoting.JEA_CONFIGURATION) as pool:
@@ -196,6 +197,20 @@ def test_the_jea_session_offers_the_eight_default_commands_by_their_aliases_too(
         assert str(ps.streams.error[0]) == f"The simulator does not run {name}.", name
     for name, ps in unknown.items():
         assert f"The term '{name}' is not recognized" in str(ps.streams.error[0]), name
+
+
+def test_exit_is_no_command_of_the_jea_session(fleet):
+    """Microsoft Learn lists `exit` among the aliases of Exit-PSSession, but no such alias exists: Windows PowerShell's
+    built-in aliases give Exit-PSSession only `exsn` (InitialSessionState.cs, PowerShell/PowerShell 60b3b304f2, the
+    2016 import of Windows PowerShell's code, and 929903692e), and it is Enter-PSSession, on the client, that turns a
+    typed `exit` into `Exit-PSSession` (RunspaceRef.cs: "exit should work to escape from the restrictive session").
+    A PSRP client that sends the command `exit` reaches no command. Before, the simulator answered it as one of the
+    session's default commands."""
+    host = fleet.hosts["EX01"]
+    with RunspacePool(wsman(host), configuration_name=remoting.JEA_CONFIGURATION) as pool:
+        exit_, exsn = invoke(pool, "exit"), invoke(pool, "exsn")
+    assert "The term 'exit' is not recognized" in str(exit_.streams.error[0])
+    assert str(exsn.streams.error[0]) == "The simulator does not run exsn."
 
 
 def test_outdated_and_absent_endpoints():
