@@ -460,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "endpoint, not chosen by the caller. Default: the server's WinHTTP proxy")
     endpoint.add_argument("--virtual-account-group", action="append", default=[], metavar="LOCAL_GROUP",
                           help="run the session's virtual account in this local group instead of Administrators "
-                               "(repeatable; e.g. 'Event Log Readers': the service state then reads as unknown)")
+                               "(repeatable; e.g. 'Event Log Readers': what that account can then read, the service state "
+                               "included, is UNCONFIRMED, docs/security.md)")
     endpoint.add_argument("--transcript-directory", default="", metavar="PATH",
                           help="write a transcript of every session there (one per poll without keep_runspace)")
     endpoint.set_defaults(func=cmd_windows_endpoint)

@@ -8,7 +8,9 @@ wrote (or deploy the same steps with GPO, DSC or Ansible). It copies the Exchang
 holds the role capability) to Program Files and registers the session configuration ExchangeEemsExporter
 from ExchangeEemsExporter.pssc. A second run with the same files changes nothing. With other files (a newer
 exporter) it replaces the module and registers the configuration again; registering restarts the WinRM
-service, so open remote sessions to this server end once. -Remove takes both away. With a TranscriptDirectory
+service, so open remote sessions to this server end: run it in a local session, not over PowerShell remoting.
+Registering a configuration with RunAsVirtualAccount also makes the WinRM service run in its own process as
+LocalSystem (PowerShell's CustomShellCommands.cs, MoveWinRmToIsolatedServiceHost); -Remove does not undo that. -Remove takes both away. With a TranscriptDirectory
 it creates that folder for SYSTEM and Administrators only; -Remove leaves the transcripts. On a domain controller it
 refuses a configuration without RunAsVirtualAccountGroups (its virtual account would be in Domain Admins).
 

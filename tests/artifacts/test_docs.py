@@ -298,3 +298,35 @@ def test_the_security_page_says_what_the_winrm_certificate_is_checked_against():
     trusts = (DOCS / "security.md").read_text().partition("## What the exporter trusts")[2].partition("\n## ")[0]
     assert "certifi" in trusts and "ca_file" in trusts
     assert "against the system store" not in " ".join(trusts.split())
+
+
+def test_the_jea_pages_say_what_the_endpoint_runs_as_and_what_registering_it_changes():
+    """What a security team asks of the JEA endpoint, answered truthfully where they read it:
+    - README's permissions table said "no other right on the server (the function runs as a virtual account)" and
+      never that this virtual account is a member of the local Administrators group unless the endpoint is written
+      with --virtual-account-group, nor that it reaches the network as the server's computer account (Microsoft
+      Learn, "JEA Security Considerations", Run-As account: table of local and network user context).
+    - docs/security.md called it "local Administrator on that server only": over the network it is the computer
+      account, an Exchange server's, with whatever that account may do in Active Directory.
+    - Registering a session configuration with RunAsVirtualAccount moves the WinRM service into its own process
+      running as LocalSystem with SeTcbPrivilege (CustomShellCommands.cs MoveWinRmToIsolatedServiceHost,
+      PowerShell/PowerShell), which nothing said, and -Remove does not undo.
+    - The CLI help said that with 'Event Log Readers' the service state "then reads as unknown", which
+      docs/security.md marks UNCONFIRMED."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.partition("## Windows permissions")[2].partition("\n## ")[0]
+    row = next(line for line in table.splitlines() if line.startswith("| the account needs |"))
+    jea = row.split(" | ")[2]
+    assert "local Administrators" in jea and "--virtual-account-group" in jea and "computer account" in jea, jea
+    security = (DOCS / "security.md").read_text()
+    jea_section = security.partition("## PowerShell remoting: the JEA endpoint")[2].partition("\n## ")[0]
+    runs_as = next(line for line in jea_section.splitlines() if line.startswith("| what the function or cmdlet runs as"))
+    assert "on that server only" not in runs_as and "computer account" in runs_as, runs_as
+    flat = " ".join(jea_section.split())
+    for fact in ("sc.exe config winrm type= own", "SeTcbPrivilege", "LocalSystem", "MoveWinRmToIsolatedServiceHost"):
+        assert fact in flat, fact
+    assert "`-Remove` does not undo" in flat
+    from exporter import cli
+    helps = " ".join(" ".join(a.help.split()) for a in cli.build_parser()._subparsers._group_actions[0]
+                     .choices["windows-endpoint"]._actions if a.help)
+    assert "then reads as unknown" not in helps and "UNCONFIRMED" in helps
