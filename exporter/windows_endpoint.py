@@ -208,9 +208,9 @@ def write(output: Path, group: str, proxy: str = "", virtual_account_groups: tup
     return endpoint
 
 
-def update_command(server: str) -> str:
-    """What an admin runs to bring an outdated endpoint up to this exporter's version (the reason's hint)."""
-    return (f"exchange-eems-exporter windows-endpoint --output DIR --group GROUP, with the --virtual-account-group, "
-            f"--transcript-directory and --endpoint-proxy options it was first written with, copy DIR to {server}, "
-            f"and run .\\{INSTALL_SCRIPT} there as an administrator (it refuses an update that drops the "
-            "virtual-account groups or the transcripts)")
+def update_command() -> str:
+    """What an admin runs to bring an outdated endpoint up to this exporter's version (the reason's hint). It must
+    fit in a poll failure's message (MAX_MESSAGE_CHARS) after the server's name and both versions, and say that the
+    options are written again: `--group GROUP` alone drops `--virtual-account-group` (the virtual account becomes a
+    local Administrator) and `--transcript-directory`. docs/runbooks.md (`endpoint_outdated`) names them."""
+    return f"rerun windows-endpoint with its original options, then .\\{INSTALL_SCRIPT} there as an administrator"

@@ -84,6 +84,14 @@ class _Pool:
     last_used: float
 
 
+
+def outdated_message(configuration: str, server: str, found: str | None) -> str:
+    """`endpoint_outdated`'s text. The found version is shown by its hash only, so that the update hint still fits
+    in a poll failure's message (MAX_MESSAGE_CHARS) after a long server name."""
+    found_text = (f"version {found[len(VERSION_PREFIX):][:40]}" if found and found.startswith(VERSION_PREFIX)
+                  else "no version")
+    return f"the JEA endpoint {configuration} on {server} is {found_text}, not {endpoint_version()}: {update_command()}"
+
 class PsrpConnection(LinkedConnection):
     """The PowerShell remoting endpoint of one server for one module (`protocol: psrp`)."""
 
@@ -173,14 +181,12 @@ class PsrpConnection(LinkedConnection):
         if failure is not None and _error_id(failure) == "CommandNotFoundException":
             raise PollFailure("configuration_not_found", f"the session configuration {self._configuration} on "
                               f"{self._server_name} has no {FUNCTION_NAME}: its module or role capability is "
-                              f"missing; {update_command(self._server_name)}", connection_intact=True)
+                              f"missing; {update_command()}", connection_intact=True)
         expected = endpoint_version()
         found = outputs[0] if outputs and isinstance(outputs[0], str) else None
         if found != expected:
-            found_text = found if found and found.startswith(VERSION_PREFIX) else "no version"
-            raise PollFailure("endpoint_outdated", f"the JEA endpoint {self._configuration} on {self._server_name} "
-                              f"is {found_text[:80]}, this exporter ships {expected}: "
-                              f"{update_command(self._server_name)}", connection_intact=True)
+            raise PollFailure("endpoint_outdated", outdated_message(self._configuration, self._server_name, found),
+                              connection_intact=True)
         return self._script(outputs[1:], errors, failure)
 
     def _script(self, outputs: list, errors: list, failure) -> CommandResult:

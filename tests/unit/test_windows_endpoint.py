@@ -307,11 +307,10 @@ def test_an_update_does_not_quietly_drop_the_virtual_account_groups_or_the_trans
     written with `--virtual-account-group` (its virtual account in that local group only) and followed literally came
     back without RunAsVirtualAccountGroups, i.e. a member of the local Administrators group (Microsoft Learn, "JEA
     Security Considerations", Run-As account), and one written with `--transcript-directory` stopped recording
-    sessions, without a word. The hint now names the options to repeat, and the install script refuses such an update
-    before it changes anything unless -AllowWeaker says it is meant."""
-    hint = windows_endpoint.update_command("ex01")
-    for option in ("--virtual-account-group", "--transcript-directory", "--endpoint-proxy"):
-        assert option in hint, hint
+    sessions, without a word. The hint now says to write it with the same options (docs/runbooks.md names them), and
+    the install script refuses such an update before it changes anything unless -AllowWeaker says it is meant."""
+    hint = windows_endpoint.update_command()
+    assert "with its original options" in hint, hint
     text = read(written / windows_endpoint.INSTALL_SCRIPT)
     assert re.search(r"param\(\s*\[switch\]\$Remove,\s*\[switch\]\$AllowWeaker\s*\)", text), "no -AllowWeaker switch"
     # what the registered configuration was: the copy Register-PSSessionConfiguration keeps (ConfigFilePath)
@@ -348,3 +347,19 @@ def test_the_install_script_refuses_a_32_bit_powershell(written):
     for change in ("Get-PSSessionConfiguration", "Unregister-PSSessionConfiguration", "Remove-Item", "Copy-Item",
                    "Register-PSSessionConfiguration"):
         assert refusals[0] < names.index(change), change
+
+
+def test_the_outdated_endpoint_hint_survives_the_message_bound():
+    """A poll failure's message is cut at MAX_MESSAGE_CHARS (300). The hint after the server name and both 48-character
+    versions already lost its end with a long server name; a longer hint lost `Install-ExchangeEemsEndpoint.ps1` even
+    for `EX02`. The found version is now shown by its hash, and the hint is whole for a 60-character server name."""
+    from exporter.winrm.errors import PollFailure
+    from exporter.winrm.psrp import outdated_message
+
+    server = "exchange-mailbox-server-01.emea.datacenter-north.contoso.com"[:60]
+    old = windows_endpoint.VERSION_PREFIX + "0" * 16
+    for found in (old, None, "garbage" * 40):
+        failure = PollFailure("endpoint_outdated", outdated_message("ExchangeEemsExporter", server, found))
+        assert failure.message.endswith(windows_endpoint.update_command()), failure.message
+        assert windows_endpoint.endpoint_version() in failure.message and server in failure.message
+    assert "version 0000000000000000" in outdated_message("ExchangeEemsExporter", server, old)
