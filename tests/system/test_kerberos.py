@@ -430,6 +430,31 @@ def test_each_kerberos_failure_has_its_reason_from_the_real_kdc(domain, tmp_path
     assert reason == "kdc_unreachable" and "Cannot contact any KDC" in message, message
 
 
+def test_an_expired_or_disabled_account_is_named_as_such(domain, tmp_path):
+    """MIT's KDC answers an account past its expiry date with KDC_ERR_NAME_EXP, which the table did not know: the
+    poll said only "Kerberos failed: Client's entry in database has expired". Active Directory sends
+    KDC_ERR_CLIENT_REVOKED for a disabled, expired or locked-out account (MS-KILE 3.3.5.7.1), so its text names all."""
+    domain.kdc.admin(f'modprinc -expire "2000-01-01" {domain.principal}')
+    reason, message = _reason_and_message(domain, tmp_path)
+    assert reason == "auth_failed" and message.startswith("the monitoring account has expired"), message
+    domain.kdc.admin(f"modprinc -expire never -allow_tix {domain.principal}")
+    reason, message = _reason_and_message(domain, tmp_path)
+    assert reason == "auth_failed" and "disabled, locked out or expired" in message, message
+
+
+def test_a_server_holding_another_key_for_its_spn_is_named_as_such(domain, tmp_path):
+    """HTTP/ex01 is registered anew with the same key version and another key, as when the SPN sits on another
+    account (an Exchange Alternate Service Account, or a duplicate): the KDC issues the ticket under that key and
+    the server, holding its own, cannot decrypt it. MIT's acceptor answers "Decrypt integrity check failed"
+    (KRB_AP_ERR_BAD_INTEGRITY), which the table did not know: the poll said only "Kerberos failed: ..."."""
+    spn = f"HTTP/ex01.contoso.test@{domain.kdc.realm}"
+    domain.kdc.admin(f"delprinc -force {spn}")
+    domain.kdc.add_principal(spn)
+    reason, message = _reason_and_message(domain, tmp_path)
+    assert reason == "auth_failed" and "registered to another account" in message, message
+    assert "Decrypt integrity check failed" in message, message
+
+
 FAKETIME = next(iter(Path("/usr/lib").glob("*/faketime/libfaketime.so.1")), None)
 
 
