@@ -13,6 +13,7 @@ uses, transport rules across keys) is in the section's loader below its table.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
 import ssl
@@ -182,6 +183,10 @@ class ModuleConfig:
     configuration_name: str = "ExchangeEemsExporter"
     path: str = "wsman"
     keep_runspace: bool = True
+    # transport kerberos with keytab_file: a digest of the keytab as loaded, so a keytab rotated in place (a new
+    # Kubernetes Secret under the same path) makes a reload a change, as a rotated password file does: the module's
+    # credential pause ends and its tickets are bought with the new keys at once
+    keytab_digest: str | None = field(default=None, repr=False)
 
     @property
     def jea_endpoint(self) -> bool:
@@ -274,7 +279,7 @@ def _http_path(value: Any, path: str) -> str:
     return value.strip("/")
 
 
-check_fields(module_keys(Path()), ModuleConfig, also=("name", "password"), besides=("password_env", "password_file"))
+check_fields(module_keys(Path()), ModuleConfig, also=("name", "password", "keytab_digest"), besides=("password_env", "password_file"))
 
 
 def scheme_problem(module: ModuleConfig, scheme: str) -> str | None:
@@ -391,6 +396,15 @@ def _check_kerberos(path: str, values: dict[str, Any], password: Secret | None) 
         problem = keytab_problem(keytab, username)
         if problem:
             raise ConfigError(f"{path}.keytab_file", f"the keytab {problem}")
+        values["keytab_digest"] = _digest(keytab)
+
+
+def _digest(path: Path) -> str | None:
+    """SHA-256 of the file (already read and checked by the caller); None if it cannot be read now."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _check_client_certificate(path: str, values: dict[str, Any]) -> None:

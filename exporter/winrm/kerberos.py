@@ -64,8 +64,8 @@ _CACHES_LOCK = threading.Lock()
 
 def tickets_for(module: ModuleConfig) -> TicketCache:
     """The module's ticket cache, shared by its connections to every server. Two modules with the same
-    principal and credential share one too; a changed credential (a reload) gets a new one."""
-    key = (module.username, module.keytab_file, module.password, module.kerberos_delegation)
+    principal and credential share one too; a changed credential (a reload, a keytab rotated in place) gets a new one."""
+    key = (module.username, module.keytab_file, module.keytab_digest, module.password, module.kerberos_delegation)
     with _CACHES_LOCK:
         cache = _CACHES.get(key)
         if cache is None:
