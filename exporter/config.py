@@ -538,8 +538,16 @@ def _load_servers(raw: Any, modules: dict[str, ModuleConfig], default_module: st
             raise ConfigError(f"{path}.endpoint_proxy", f"does not apply to module {bounded_repr(module)}: its JEA "
                               "endpoint sends the check through the proxy it was written with "
                               "(windows-endpoint --endpoint-proxy)")
+        if values["spn_hostname"] is None and _looks_like_ip(name) and _uses_kerberos(modules[module]):
+            raise ConfigError(f"{path}.name", f"{bounded_repr(name)} is an address, and Kerberos (module {module!r}) "
+                                              "needs the server's name for its SPN (HTTP/<name>): give its FQDN as "
+                                              "name, or add spn_hostname")
         servers.append(ServerConfig(**values))
     return tuple(servers)
+
+
+def _uses_kerberos(module: ModuleConfig) -> bool:
+    return module.transport == "kerberos" or module.transport == "credssp" and module.credssp_auth_mechanism == "kerberos"
 
 
 # ---------------------------------------------------------------- organization
@@ -580,8 +588,7 @@ def _load_organization(raw: Any, modules: dict[str, ModuleConfig], default_modul
     if module is None or module not in modules:
         raise ConfigError("organization.module", f"unknown module {bounded_repr(module)}")
     chosen = modules[module]
-    if server not in named and _looks_like_ip(server) and (
-            chosen.transport == "kerberos" or chosen.transport == "credssp" and chosen.credssp_auth_mechanism == "kerberos"):
+    if server not in named and _looks_like_ip(server) and _uses_kerberos(chosen):
         raise ConfigError("organization.server", f"{bounded_repr(values['server'])} is an address, and Kerberos (module "
                                                  f"{module!r}) needs the server's name for its SPN (HTTP/<name>): give "
                                                  "its FQDN, or list it in servers with spn_hostname")

@@ -612,6 +612,21 @@ def test_a_kerberos_organization_server_is_named_not_addressed(tmp_path, server)
     assert load_config_text(GOOD + f"organization: {{server: {server}}}\n", tmp_path).organization  # NTLM: an address
 
 
+@pytest.mark.parametrize("server", ["10.0.0.5", "192.168.20.7"])  # an IPv6 address is no server name at all
+def test_a_kerberos_server_is_named_not_addressed(tmp_path, server):
+    """A server listed by its address alone asks for the service ticket of HTTP/10.0.0.5, which no Windows account
+    holds: every poll failed at the KDC (spn_unknown) after check-config passed it, although organization.server
+    refused the same address."""
+    write_keytab(tmp_path / "svc.keytab", "svc@CONTOSO.COM")
+    kerberos = module(KERBEROS, "username: svc@CONTOSO.COM", "keytab_file: svc.keytab", username=False, password=False)
+    with pytest.raises(ConfigError, match="needs the server's name for its SPN") as caught:
+        load_config_text(kerberos + servers(server), tmp_path)
+    assert caught.value.path == "servers[0].name"
+    listed = kerberos + servers(f"{{name: {server}, spn_hostname: ex05.contoso.com}}")
+    assert load_config_text(listed, tmp_path).servers[0].spn_hostname == "ex05.contoso.com"
+    assert load_config_text(MODULE + servers(server), tmp_path).servers  # NTLM: an address is a name
+
+
 def test_an_endpoint_proxy_a_jea_endpoint_would_ignore_is_refused(monkeypatch):
     """The exporter's JEA endpoint takes five integers: its proxy is the one `windows-endpoint --endpoint-proxy`
     wrote into it. A `servers[].endpoint_proxy` on a server polled through it was accepted and ignored without a
