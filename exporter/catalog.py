@@ -87,11 +87,9 @@ def short_repr(value: object) -> str:
 
 
 def parse_build(version: object) -> tuple[int, int, int, int]:
-    """Split a build into its four numbers, refusing anything that is not Exchange 15.0-15.2."""
-    match = _VERSION.fullmatch(version.strip()) if isinstance(version, str) else None
-    if match is None:
-        raise BuildVersionError(f"{short_repr(version)} is not a four-part Exchange build ({_VERSION_EXAMPLE})")
-    parts = tuple(int(p) for p in match.groups())
+    """Split a build into its four numbers, refusing anything that is not Exchange 15.0-15.2. A part no Windows file
+    version holds is refused whatever the product: a known product's would be judged a future CU, passing cutoffs."""
+    parts = _four_parts(version)
     if parts[:2] not in {start[:2] for start in PRODUCT_FIRST_BUILD.values()}:
         raise BuildVersionError(
             f"{short_repr(version)} is not an Exchange 2013/2016/2019/SE build (major.minor must be 15.0, 15.1 or 15.2)"
@@ -103,17 +101,22 @@ def parse_reported_build(version: object) -> tuple[int, int, int, int]:
     """A build a server reports: one of a known product (`parse_build`), or a well-formed build of an Exchange
     version newer than every product the catalog knows (major.minor above 15.2, each part within a Windows file
     version's 16 bits), which `Catalog.verdict` judges unknown. Anything else is refused as `parse_build` refuses it."""
-    try:
+    parts = _four_parts(version)
+    if is_placed(parts):
         return parse_build(version)
-    except BuildVersionError:
-        match = _VERSION.fullmatch(version.strip()) if isinstance(version, str) else None
-        parts = tuple(int(p) for p in match.groups()) if match is not None else None
-        if parts is None or parts[:2] <= NEWEST_MAJOR_MINOR:
-            raise
-        if max(parts) > FILE_VERSION_PART_MAX:
-            raise BuildVersionError(f"{short_repr(version)} is not an Exchange build (a part above "
-                                    f"{FILE_VERSION_PART_MAX}, more than a Windows file version holds)") from None
-        return parts  # type: ignore[return-value]
+    return parts
+
+
+def _four_parts(version: object) -> tuple[int, int, int, int]:
+    """The four numbers of a Windows file version (each at most FILE_VERSION_PART_MAX), of any product."""
+    match = _VERSION.fullmatch(version.strip()) if isinstance(version, str) else None
+    if match is None:
+        raise BuildVersionError(f"{short_repr(version)} is not a four-part Exchange build ({_VERSION_EXAMPLE})")
+    parts = tuple(int(p) for p in match.groups())
+    if max(parts) > FILE_VERSION_PART_MAX:
+        raise BuildVersionError(f"{short_repr(version)} is not an Exchange build (a part above "
+                                f"{FILE_VERSION_PART_MAX}, more than a Windows file version holds)")
+    return parts  # type: ignore[return-value]
 
 
 def is_placed(parts: tuple[int, int, int, int]) -> bool:

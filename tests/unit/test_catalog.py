@@ -328,14 +328,14 @@ def test_future_cu_passes_every_cutoff(catalog):
     assert catalog.verdict("15.2.2561.1").product == "Exchange2019"
 
 
-@pytest.mark.parametrize("version", ["15.1.2600.1", "15.1.2507.9999999", "15.2.1800.3", "15.2.2561.1",
+@pytest.mark.parametrize("version", ["15.1.2600.1", "15.1.2507.65535", "15.2.1800.3", "15.2.2561.1",
                                      "15.0.1600.1"])
 def test_a_cu_after_a_products_final_cu_is_no_release_and_meets_no_cutoff(catalog, version):
     """2016's last CU is CU23, 2019's CU15, 2013's CU23 (Microsoft lifecycle; servicing.tsv final_cu): a build of
     a later CU was never released, so it must not read as compliant (it did: "a future CU passes every cutoff").
     A newer update of the final CU itself is a real future update and still passes."""
     v = catalog.verdict(version, today=TODAY)
-    if version == "15.1.2507.9999999":
+    if version == "15.1.2507.65535":
         assert (v.cu, v.known) == ("CU23", False) and all(v.cutoffs.values())
         return
     assert (v.cu, v.update, v.known) == ("unknown", "unknown", False)
@@ -401,6 +401,9 @@ def test_exchange_2013_future_cu_still_has_no_eems(catalog):
         ("8.3.83.6", "major.minor must be 15.0, 15.1 or 15.2"),
         ("16.0.65536.1", "a part above 65535"),
         ("65536.0.1.2", "a part above 65535"),
+        # of a known product too: no Windows file version holds it, so it is no "future CU" passing the cutoffs
+        ("15.2.65536.1", "a part above 65535"),
+        ("15.1.2507.99999", "a part above 65535"),
         ("16.0.1.2.3", "four-part"),
         ("-16.0.1.2", "four-part"),
         ("16.0." + "9" * 20 + ".1", "four-part"),

@@ -1085,6 +1085,7 @@ def test_a_build_of_a_newer_exchange_version_never_says_no_eems(catalog):
 @pytest.mark.parametrize("reported", [
     "16.0.1.2.3", "16.0.1", "-16.0.1.2", "16.0.1.x", "16.0." + "9" * 20 + ".1", "16.0.65536.1", "99999.0.1.2",
     "14.3.123.4",  # Exchange 2010: older than every product the exporter monitors, not a future one
+    "15.2.70000.1",  # a known product's, but no file version: it read as a future SE CU, compliant with every cutoff
 ])
 def test_garbage_builds_still_count_as_unreadable(catalog, reported):
     facts_ = parse_server_output(_real_output_with_build(reported))
