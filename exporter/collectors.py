@@ -10,6 +10,7 @@ Where results are kept, when polls run and which connection they use is the poll
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -166,7 +167,8 @@ def server_script(target: Target, settings: PollConfig, known: OrgServerInfo | N
     """The collection script for one server; its proxy is the configured one, else the organization's."""
     return scripts.server_script(
         scripts.ServerScriptParameters(
-            lookback_hours=max(1, int(settings.lookback // 3600)),
+            # whole hours, rounded up: rounded down, a 90m lookback read 60m of events and log and judged them as 90m
+            lookback_hours=max(1, math.ceil(settings.lookback / 3600)),
             max_events=settings.max_events,
             log_tail_bytes=settings.log_tail_bytes,
             check_endpoint=settings.check_endpoint,

@@ -596,6 +596,20 @@ def test_each_poll_bound_is_the_jea_functions(key, parameter, highest, beyond, r
         load_config_text(GOOD + f"poll: {{{key}: {beyond}}}\n", Path())
 
 
+@pytest.mark.parametrize("lookback, hours", [("1h", 1), ("90m", 2), ("24h", 24), ("8759h1m", 8760), ("8760h", 8760)])
+def test_a_lookback_of_part_of_an_hour_is_asked_of_the_server_whole(lookback, hours):
+    """The script takes whole hours (LookbackHours). A lookback of 90m asked for 1h and was judged as 90m: a fetch
+    error 61 to 90 minutes old was never read, yet exchange_eems_fetch_errors said the 90m held none. Asking for the
+    next whole hour gives the poll every record its window judges (what lies beyond the window is not counted)."""
+    from types import SimpleNamespace
+
+    from exporter.collectors import server_script
+
+    config = load_config_text(GOOD + f"poll: {{lookback: {lookback}}}\n", Path())
+    script = server_script(SimpleNamespace(endpoint_proxy=""), config.poll, None)
+    assert f"LookbackHours={hours};" in next(line for line in script.splitlines() if line.startswith("$P=@{"))
+
+
 @pytest.mark.parametrize("server", ["10.0.0.5", "'fd00::10'"])
 def test_a_kerberos_organization_server_is_named_not_addressed(tmp_path, server):
     """Not a listed server, organization.server is the host of the organization collector's SPN: HTTP/10.0.0.5
