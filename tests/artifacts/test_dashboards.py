@@ -207,3 +207,38 @@ def _count_labels(series: str) -> str:
     labels = dict(part.split("=", 1) for part in series[series.index("{") + 1:-1].split(","))
     kept = {k: v for k, v in labels.items() if k in ("alertname", "job")}
     return "{" + ",".join(f"{k}={v}" for k, v in kept.items()) + "}"
+
+
+def test_the_update_path_panel_says_newest_only_of_a_build_the_catalog_places(tmp_path):
+    """"Newer build on the update path for" shows 0 ("newest", green) for a build without an update-path time: the
+    newest of its path. A build of an Exchange version newer than every product the catalog knows has none either,
+    because nothing is judged of it (servicing "unknown"): it read as "newest", green, an unknown shown as up to
+    date. It has no value there (run by Prometheus' own engine, promtool)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found on PATH (Debian package 'prometheus'); PromQL cannot be checked")
+    detail = load(dashboard_files()[0].parent / "server-detail.json")
+    panel = next(p for p in panels(detail) if p["title"] == "Newer build on the update path for")
+    (target,) = panel["targets"]
+    expr = target["expr"].replace("$job", ".+").replace("$server", ".+")
+    labels = 'job="exchange-eems",instance="x:10061",server="{}"'
+    path = 'exchange_build_update_path_info{{{},servicing="{}",next_product="",next_cu="",next_update="",next_version=""}}'
+    series = {
+        f"exchange_build_known{{{labels.format('NEWEST')}}}": "1x5",
+        path.format(labels.format("NEWEST"), "serviced"): "1x5",
+        f"exchange_build_known{{{labels.format('OLD')}}}": "1x5",
+        path.format(labels.format("OLD"), "serviced"): "1x5",
+        f"exchange_build_update_path_timestamp_seconds{{{labels.format('OLD')}}}": "0x5",
+        f"exchange_build_known{{{labels.format('NEXT')}}}": "0x5",
+        path.format(labels.format("NEXT"), "unknown"): "1x5",
+    }
+    (tmp_path / "empty.rules.yml").write_text("groups: []\n")
+    (tmp_path / "test.yml").write_text(yaml.safe_dump({
+        "rule_files": ["empty.rules.yml"], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": [{"series": s, "values": v} for s, v in series.items()],
+                   "promql_expr_test": [{"expr": expr, "eval_time": "5m", "exp_samples": [
+                       {"labels": "{" + labels.format("NEWEST") + "}", "value": 0},
+                       {"labels": "{" + labels.format("OLD") + "}", "value": 300}]}]}]}))
+    result = subprocess.run([promtool, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
