@@ -36,10 +36,12 @@ REJECTIONS_TO_PAUSE = 3  # rejected logons in a row, by at least two servers (on
 # rejections before a pause have left the counter when the next try comes.
 FIRST_PAUSE_SECONDS = 15 * 60
 MAX_PAUSE_SECONDS = 60 * 60  # doubling up to this: at most one rejected logon an hour once it is reached
-# Failures that say nothing about the credential: no server answered about it.
+# Failures that say nothing about the credential: no server answered about it, or (spn_key_mismatch) a server
+# could not decrypt the service ticket the KDC issued with the credential: that server's key for its SPN is wrong,
+# and no logon was refused (Kerberos pre-authenticates at the KDC only, so it cannot lock the account out).
 UNTESTED = frozenset({"connection_refused", "connection_error", "tls_error", "timeout", "deadline_exceeded",
                       "http_error", "not_found", "internal_error", "kdc_unreachable", "spn_unknown", "clock_skew",
-                      "credssp_outdated"})
+                      "credssp_outdated", "spn_key_mismatch"})
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ A channel is good until its service ticket expires (`Channel.valid_until`; no la
 earlier where the domain gives service tickets a shorter life): the client authenticates a kept connection again
 before a poll that would outlive it, with a new service ticket if the cached one would end within that poll
 (`first_step`), so a ticket running out never fails a poll. Failures carry the reason the KDC's or the server's error gives (exporter/data/kerberos_errors.tsv):
-the server's KRB-ERROR, when its 401 carries one, is read by the context like any token.
+the server's KRB-ERROR, when its 401 carries one, is read by the context like any token. A server that cannot
+decrypt its service ticket (`SPN_KEY_MISMATCH`) is `spn_key_mismatch`: the KDC accepted the credential.
 
 A held TGT can go bad before it expires: the domain's krbtgt key changed (an Active Directory krbtgt reset,
 done twice, as after a compromise), or the KDC revoked it. The KDC then refuses it when asked for a service
@@ -55,6 +56,19 @@ TGT_REFUSED = frozenset({
     TICKET_EXPIRED,
     -1765328378,  # KRB5KDC_ERR_C_PRINCIPAL_UNKNOWN
     -1765328366,  # KRB5KDC_ERR_CLIENT_REVOKED
+})
+
+# KRB-ERRORs a server sends when it cannot decrypt the service ticket it was given: its key for the SPN is not
+# the one the KDC encrypted the ticket with (the SPN registered to another account, such as an Exchange Alternate
+# Service Account, or to two; the computer account's key changed without the server). The KDC accepted the
+# module's credential to issue that ticket, and no pre-authentication failed, so it is `spn_key_mismatch`, never
+# `auth_failed`, the reason that pauses the module's polls on every server (connections.py CredentialGuard).
+# The same codes from the KDC (a TGT it cannot read) are TGT_REFUSED above.
+SPN_KEY_MISMATCH = frozenset({
+    -1765328343,  # KRB5KRB_AP_ERR_MODIFIED
+    -1765328353,  # KRB5KRB_AP_ERR_BAD_INTEGRITY
+    -1765328340,  # KRB5KRB_AP_ERR_BADKEYVER
+    -1765328339,  # KRB5KRB_AP_ERR_NOKEY
 })
 
 T = TypeVar("T")
@@ -172,16 +186,26 @@ def _failure(tickets: TicketCache, error: spnego.exceptions.SpnegoError, ccache:
         # "Success"), which read as auth_failed, the reason that pauses a credential
         tickets.expire(ccache)
         return ran_out()
+    spn = f"{service}/{hostname}"
+    if server and code is not None and signed(code) in SPN_KEY_MISMATCH:
+        # the server's word, as TICKET_EXPIRED below: the ticket it could not read goes, so the next poll asks the
+        # KDC for one under the key the SPN has then (a fixed SPN is taken without a restart); the TGT stays
+        tickets.forget(ccache, spn)
+        # whole in MAX_MESSAGE_CHARS for a host name up to 60 characters; docs/kerberos.md has the rest
+        return PollFailure("spn_key_mismatch", f"Kerberos: the server cannot decrypt its service ticket "
+                           f"({' '.join(_mit_text(error).split())}): its key for the SPN is not the KDC's, the "
+                           f"credential is fine. Check setspn -Q {spn} (another account? an ASA?), setspn -X, the "
+                           f"computer account's key")
     failure = explain(code, _mit_text(error))
     if failure.code == TICKET_EXPIRED:
         if server:
             # the server's word, unauthenticated (a clock ahead, or a compromised server): it costs that server's
             # service ticket, never the TGT every other server's polls share (a new AS exchange for all of them,
             # and kdc_unreachable for all while the KDC does not answer, although the held TGT still served)
-            tickets.forget(ccache, f"{service}/{hostname}")
+            tickets.forget(ccache, spn)
         else:
             tickets.expire(ccache)
-    return PollFailure(failure.reason, f"Kerberos to {service}/{hostname}: {failure.message}")
+    return PollFailure(failure.reason, f"Kerberos to {spn}: {failure.message}")
 
 
 def _mit_text(error: spnego.exceptions.SpnegoError) -> str:

@@ -442,16 +442,23 @@ def test_an_expired_or_disabled_account_is_named_as_such(domain, tmp_path):
     assert reason == "auth_failed" and "disabled, locked out or expired" in message, message
 
 
+def _register_spn_anew(kdc, fqdn: str) -> None:
+    """HTTP/<fqdn> registered anew: the same key version, another key than the server's keytab holds (the SPN
+    on another account than the server's: a duplicate, an Alternate Service Account)."""
+    spn = f"HTTP/{fqdn}@{kdc.realm}"
+    kdc.admin(f"delprinc -force {spn}")
+    kdc.add_principal(spn)
+
+
 def test_a_server_holding_another_key_for_its_spn_is_named_as_such(domain, tmp_path):
     """HTTP/ex01 is registered anew with the same key version and another key, as when the SPN sits on another
     account (an Exchange Alternate Service Account, or a duplicate): the KDC issues the ticket under that key and
     the server, holding its own, cannot decrypt it. MIT's acceptor answers "Decrypt integrity check failed"
-    (KRB_AP_ERR_BAD_INTEGRITY), which the table did not know: the poll said only "Kerberos failed: ..."."""
-    spn = f"HTTP/ex01.contoso.test@{domain.kdc.realm}"
-    domain.kdc.admin(f"delprinc -force {spn}")
-    domain.kdc.add_principal(spn)
+    (KRB_AP_ERR_BAD_INTEGRITY), which the table did not know: the poll said only "Kerberos failed: ...". The KDC
+    accepted the credential to issue that ticket: it is spn_key_mismatch, not auth_failed."""
+    _register_spn_anew(domain.kdc, "ex01.contoso.test")
     reason, message = _reason_and_message(domain, tmp_path)
-    assert reason == "auth_failed" and "registered to another account" in message, message
+    assert reason == "spn_key_mismatch" and "setspn -Q HTTP/ex01.contoso.test" in message, message
     assert "Decrypt integrity check failed" in message, message
 
 
@@ -783,3 +790,35 @@ def test_a_krb5_conf_mit_cannot_read_is_not_a_rejected_credential(kdc_factory, t
     with pytest.raises(TicketError) as failure:
         TicketCache(principal, password=PASSWORD).ccache()
     assert failure.value.reason == "kdc_unreachable" and str(broken) in failure.value.message, failure.value.message
+
+
+def test_servers_holding_another_key_for_their_spn_never_pause_the_modules_credential(kdc_factory, tmp_path):
+    """Two servers of one module cannot decrypt the service tickets the KDC issues for their SPNs; a third is
+    healthy. The KDC accepted the module's key (it issued every ticket), no pre-authentication failed, no lockout
+    is near: the servers' KRB_AP_ERR_BAD_INTEGRITY counted as a rejected credential (auth_failed), so three of them
+    in a row paused the module, and the healthy server was not polled (credential_paused) while the alert said
+    the credential was rejected. Once the SPN is fixed (the server's keytab gets the KDC's key), the next poll
+    succeeds: the ticket the server could not read is not used again."""
+    servers = [{"name": name, "build": "15.2.2562.53"} for name in ("EX01", "EX02", "EX03")]  # one module (http)
+    for domain in _domain(kdc_factory, tmp_path, scenario_changes={"servers": servers}):
+        config = domain.config(tmp_path)
+        del config["modules"]["https"]  # a fleet without TLS has no CA
+        poller = domain.poller(tmp_path, config)
+        for fqdn in ("ex01.contoso.test", "ex02.contoso.test"):
+            _register_spn_anew(domain.kdc, fqdn)
+        try:
+            order = ("ex01.contoso.test", "ex02.contoso.test", "ex01.contoso.test", "EX03", "ex02.contoso.test", "EX03")
+            outcomes = [(name, *polled(poller, name).values()) for name in order]
+            assert outcomes == [(name, "ok" if name == "EX03" else "spn_key_mismatch") for name in order], outcomes
+            assert not poller.connections.credentials.paused(poller.runtime.current().config.modules)
+            message = poller.poll_server("ex01.contoso.test").outcome.error_message
+            assert "setspn -Q HTTP/ex01.contoso.test" in message and "(Decrypt integrity check failed)" in message, message
+            assert tgts_issued(domain.kdc) == 1  # the servers' word costs no TGT
+
+            domain.kdc.new_key("HTTP/ex01.contoso.test")  # fixed: the server's keytab gets the KDC's (new) key
+            domain.kdc.keytab(tmp_path / "fleet.keytab", "HTTP/ex01.contoso.test")
+            assert polled(poller, *ALL) == {"ex01.contoso.test": "ok", "ex02.contoso.test": "spn_key_mismatch",
+                                            "EX03": "ok"}
+            assert tgts_issued(domain.kdc) == 1
+        finally:
+            poller.stop()

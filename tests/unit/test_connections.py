@@ -168,6 +168,24 @@ def test_a_failure_after_the_logon_shows_the_credential_works():
     assert guard.paused(config().modules) == set()  # never three rejections in a row
 
 
+def test_servers_that_cannot_decrypt_their_service_ticket_never_pause_the_module():
+    """spn_key_mismatch: the KDC accepted the credential (it issued the ticket), the server's key for its SPN is
+    wrong. Any number of such servers leave the module's polls alone; nor do they end a run of rejections (they say
+    nothing about the credential, as a server that was not reached)."""
+    now, module = Now(), config().modules["default"]
+    guard = CredentialGuard(now)
+    for _ in range(3):
+        for name in ("EX01", "EX02", "EX03"):
+            assert poll(guard, module, name, "spn_key_mismatch") == "spn_key_mismatch"
+        now.seconds += 60
+    assert poll(guard, module, "EX04", None) == "ok"
+    assert guard.paused(config().modules) == set()
+    for name, reason in [("EX01", "auth_failed"), ("EX02", "spn_key_mismatch"), ("EX02", "auth_failed"),
+                         ("EX03", "spn_key_mismatch"), ("EX03", "auth_failed")]:
+        poll(guard, module, name, reason)
+    assert guard.paused(config().modules) == {"default"}
+
+
 def test_a_reload_that_changes_the_module_resumes_its_polls_at_once():
     guard, module = CredentialGuard(Now()), config().modules["default"]
     for name in ("EX01", "EX02", "EX03"):

@@ -21,6 +21,8 @@ from exporter.winrm.errors import PollFailure
 from exporter.winrm.kerberos import Kerberos, tickets_for
 
 TKT_EXPIRED, SKEW = 32, 37
+MODIFIED, BAD_INTEGRITY, BADKEYVER, NOKEY = 41, 31, 44, 45  # the server cannot decrypt its service ticket
+LONG_HOST = "ex01-" + "m" * 42 + ".contoso.test"  # 60 characters: the longest a spn_key_mismatch message holds
 
 
 def _der(tag: int, body: bytes) -> bytes:
@@ -80,8 +82,8 @@ def refusing_server():
 def _module(kdc, tmp_path):
     principal = kdc.add_principal("svc_monitor")
     keytab = kdc.keytab(tmp_path / "svc_monitor.keytab", principal)
-    for host in ("ex01", "ex02"):
-        kdc.add_principal(f"HTTP/{host}.contoso.test")
+    for host in ("ex01.contoso.test", "ex02.contoso.test", LONG_HOST):
+        kdc.add_principal(f"HTTP/{host}")
     config = load_config_text(f"modules:\n  default:\n    transport: kerberos\n    username: {principal}\n"
                               f"    keytab_file: {keytab}\nservers:\n  - ex01.contoso.test\n", tmp_path)
     return config.modules["default"]
@@ -124,3 +126,25 @@ def _service_tickets(cache: str, prefix: str) -> list:
 
     context = krb5.init_context()
     return [c for c in krb5.cc_resolve(context, cache.encode()) if c.server.name.decode().startswith(prefix)]
+
+
+@pytest.mark.parametrize("code", [MODIFIED, BAD_INTEGRITY, BADKEYVER, NOKEY])
+def test_a_server_that_cannot_decrypt_its_ticket_is_no_rejected_credential(kdc_factory, tmp_path, refusing_server,
+                                                                           code):
+    """The KDC issued the service ticket, so it accepted the credential; the server holds another key for its SPN.
+    That is spn_key_mismatch, which the credential guard does not count (auth_failed paused every server's polls),
+    and it costs that server's service ticket only (the next poll gets one under the key the SPN has then)."""
+    assert len(LONG_HOST) == 60
+    kdc = kdc_factory()
+    module = _module(kdc, tmp_path)
+    tickets = tickets_for(module)
+    server = refusing_server(krb_error_token(code, "HTTP", LONG_HOST, kdc.realm))
+
+    failure = _authenticate(module, server, LONG_HOST)
+    assert failure.reason == "spn_key_mismatch", failure.message
+    assert failure.message.startswith("Kerberos: the server cannot decrypt its service ticket (")
+    assert f"setspn -Q HTTP/{LONG_HOST} " in failure.message and failure.message.endswith("computer account's key")
+    cache = tickets.ccache(time.monotonic() + 10)
+    assert not _service_tickets(cache, f"HTTP/{LONG_HOST}@")
+    kdc.stop()  # the TGT the other servers' polls share is kept: no AS exchange is needed for them
+    assert tickets.ccache(time.monotonic() + 10) == cache and tickets.acquisitions == 1
