@@ -33,6 +33,7 @@ import binascii
 import hashlib
 import hmac
 import logging
+import math
 import os
 import re
 import secrets
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 _TOP_KEYS = {"tls_server_config", "http_server_config", "basic_auth_users"}
 MAX_WEB_CONFIG_BYTES = 1 << 20  # a few users and headers take a few KB; read at every change of the file
+RETRY_COST_FACTOR = 10  # a refused, unchanged web config is read again after 10 times what reading it took
 MAX_PEM_FILE_BYTES = 4 << 20  # a certificate chain or key takes a few KB, a whole public CA bundle about 250 KB
 _TLS_KEYS = {
     "cert_file", "key_file", "client_auth_type", "client_ca_file", "cipher_suites",
@@ -247,7 +249,16 @@ class WebConfigWatcher:
         self._last_check = clock()
         self._last_error: str | None = None
         self._failed_fingerprint: tuple | None = None
+        self._retry_at = -math.inf  # when a refused file whose fingerprint has not changed is read again
         self._failures = 0
+
+    def in_force(self) -> WebConfig:
+        """The web config in force, without looking at the files (one attribute read: never waits for a check)."""
+        return self._config
+
+    def due(self) -> bool:
+        """Whether `current()` would look at the files now (a cheap guess, without the lock)."""
+        return self._clock() - self._last_check >= self._check_interval
 
     def current(self) -> WebConfig:
         with self._lock:
@@ -258,17 +269,25 @@ class WebConfigWatcher:
             fingerprint = _fingerprint(self._config.watched_files)
             if fingerprint == self._fingerprint and self._last_error is None:
                 return self._config
+            if self._last_error is not None and fingerprint == self._failed_fingerprint and now < self._retry_at:
+                return self._config
+            started = self._clock()
             try:
                 config, settled = self._load(self._config.watched_files, fingerprint)
                 lowered = lowered_security(self._config, config)
                 if lowered:
                     raise WebConfigError(self._path, "", f"refused because {lowered}; restart the exporter "
                                                          "to serve with less protection")
-            except WebConfigError as exc:  # retried at every check (a missing file may appear), told once
+            except WebConfigError as exc:  # retried (a missing file may appear), told once
                 if str(exc) != self._last_error or fingerprint != self._failed_fingerprint:
                     self._failures += 1
                     log.error("keeping the previous web config: %s", exc)
                 self._last_error, self._failed_fingerprint = str(exc), fingerprint
+                # Unchanged, it is read again at every check while that costs little, else at most a tenth of the
+                # time: a refused file of 1 MiB of YAML took 2.5 s to parse, again at every check, for as long as
+                # it stayed (a changed file is read at the next check all the same).
+                done = self._clock()
+                self._retry_at = done + RETRY_COST_FACTOR * (done - started)
                 return self._config
             if self._last_error is not None:
                 log.info("web config %s loaded again after an error", self._path)

@@ -151,6 +151,8 @@ class ExporterHTTPServer:
         # than there are workers, besides those being written (which `pinned` bounds).
         self._free_workers = {pool: asyncio.Semaphore(size) for pool, (size, _) in pools.items()}
         self._bcrypt = ThreadPoolExecutor(1, thread_name_prefix="bcrypt")
+        self._watch = ThreadPoolExecutor(1, thread_name_prefix="web-config")
+        self._checking: asyncio.Future | None = None  # the check of the web config's files under way
         self._stopped = threading.Event()
 
     @property
@@ -188,8 +190,30 @@ class ExporterHTTPServer:
 
     def server_close(self) -> None:
         self._socket.close()
-        for pool in (*self._pools.values(), self._bcrypt):
+        for pool in (*self._pools.values(), self._bcrypt, self._watch):
             pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------ the web config
+
+    async def _web_config(self, *, settled: bool = False) -> WebConfig | None:
+        """The web config in force. When its files are due to be looked at, that is done on a thread of its own:
+        reading and parsing them on the loop (YAML of up to 1 MiB, the certificates) held every connection meanwhile,
+        and a refused file of 1 MiB was parsed again at every check: 5 s per request for as long as it stayed.
+        `settled`: wait for a check under way (a new connection, so that its handshake is under what it reads); a
+        request on a kept connection does not wait, and the requests after the check see what it read."""
+        if self._watcher is None:
+            return None
+        if self._watcher.due() and (self._checking is None or self._checking.done()):
+            self._checking = self._loop.run_in_executor(self._watch, self._check_web_config)
+        if settled and self._checking is not None and not self._checking.done():
+            await asyncio.shield(self._checking)
+        return self._watcher.in_force()
+
+    def _check_web_config(self) -> None:
+        try:
+            self._watcher.current()
+        except Exception:  # a bug in the check: the config in force stays, as for a refused file
+            log.exception("checking the web config failed; the one in force stays")
 
     # ------------------------------------------------------------ one connection
 
@@ -227,9 +251,13 @@ class ExporterHTTPServer:
             return
         graceful = False
         try:
-            config = self._watcher.current() if self._watcher else None
-            context = connection.tls = config.ssl_context() if config else None
             deadline = self._loop.time() + REQUEST_DEADLINE_SECONDS  # the handshake counts against the first request
+            # Nothing is read while a check of the web config is waited for: bytes the plain stream read meanwhile
+            # (the ClientHello) would be lost to the TLS handshake. start_tls reads again; so does plain HTTP below.
+            writer.transport.pause_reading()
+            async with asyncio.timeout_at(deadline):
+                config = await self._web_config(settled=True)
+            context = connection.tls = config.ssl_context() if config else None
             if context is not None:
                 connection.handshaking = True
                 try:
@@ -238,6 +266,7 @@ class ExporterHTTPServer:
                 finally:
                     connection.handshaking = False
             else:
+                writer.transport.resume_reading()
                 writer.transport.set_write_buffer_limits(high=0)  # drain() returns once the kernel has every byte
             graceful = await self._serve(connection, reader, writer, deadline)
         except Exception as error:  # a broken or hostile client ends its own connection, nothing else
@@ -275,7 +304,7 @@ class ExporterHTTPServer:
             if request is None:
                 return True
             connection.busy = True
-            config = self._watcher.current() if self._watcher else None
+            config = await self._web_config()
             if (config.ssl_context() if config else None) is not connection.tls:
                 # The web config changed since the handshake (a client CA removed, TLS turned on): the client
                 # connects again under the new one. Closed unanswered, as an idle connection would be.

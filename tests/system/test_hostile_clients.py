@@ -879,3 +879,46 @@ def test_a_tls_handshake_cut_at_the_cap_ends_quietly(tmp_path, pki, monkeypatch,
         server.shutdown()
         server.server_close()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_reading_the_web_config_does_not_hold_the_requests_of_kept_connections(tmp_path, monkeypatch):
+    """The watcher read and parsed the web config (YAML of up to 1 MiB, and the certificates) on the event loop: while
+    it did, no connection was served; a refused file of 1 MiB took 2.5 s and was parsed again at every check, so each
+    request took 5 s for as long as it stayed. Now the check runs on a thread of its own: here it is held for as long
+    as the test likes, and a kept connection's request is answered meanwhile (under the config in force)."""
+    path = tmp_path / "web.yml"
+    path.write_text("{}\n")
+    clock = ManualClock()
+    watcher = WebConfigWatcher(path, clock=clock.now)
+    exporter = Exporter(load_config_text(minimal_config(), Path(".")), Catalog.load())
+    server = serve(exporter, "127.0.0.1", 0, watcher)
+    reading, release = threading.Event(), threading.Event()
+    load = WebConfig.load.__func__
+
+    def held_load(cls, file):
+        reading.set()
+        release.wait(30)
+        return load(cls, file)
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=5,
+                                            source_address=(VISITOR, 0))
+    try:
+        connection.request("GET", "/-/healthy")
+        assert connection.getresponse().read() == b"Healthy\n"
+        monkeypatch.setattr(WebConfig, "load", classmethod(held_load))
+        path.write_text("http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+        clock.advance(1.1)
+        connection.request("GET", "/-/healthy")  # makes the check due: it starts, and is held
+        try:
+            answer = connection.getresponse().read()
+        except (OSError, http.client.HTTPException) as error:
+            answer = repr(error)
+        assert answer == b"Healthy\n", f"a request waited for the web config to be read: {answer}"
+        assert reading.is_set() and not release.is_set()
+        release.set()
+        wait_until(lambda: watcher.in_force().headers, 10, "the new web config to be in force")
+    finally:
+        release.set()
+        connection.close()
+        server.shutdown()
+        server.server_close()

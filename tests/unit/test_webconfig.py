@@ -496,3 +496,34 @@ def test_yaml_errors_are_reported_like_the_exporter_configuration(tmp_path, text
     with pytest.raises(WebConfigError) as excinfo:
         WebConfig.load(write_config(tmp_path, text))
     assert "not valid YAML" in str(excinfo.value) and expected in str(excinfo.value)
+
+
+def test_a_refused_file_that_takes_long_to_read_is_not_read_again_at_every_check(tmp_path, password_hash, monkeypatch):
+    """A refused web config of 1 MiB of YAML took 2.5 s to parse and was parsed again at every check (each second),
+    for as long as it stayed: on the exporter's event loop, 5 s per request. Now an unchanged refused file is read
+    again after ten times what reading it took (a small one still at every check), a changed one at the next check."""
+    path = write_config(tmp_path, f"basic_auth_users:\n  prometheus: '{password_hash}'\n")
+    clock = ManualClock()
+    watcher = WebConfigWatcher(path, clock=clock.now)
+    first = watcher.current()
+    load = WebConfig.load.__func__
+    reads = []
+
+    def slow_load(cls, file):
+        reads.append(clock.now())
+        clock.advance(2.5)  # what parsing the file took
+        return load(cls, file)
+
+    monkeypatch.setattr(WebConfig, "load", classmethod(slow_load))
+    path.write_text("basic_auth_users:\n" + "".join(f"  u{i}: not-a-hash\n" for i in range(100)))
+    clock.advance(1.1)
+    assert watcher.current() is first and len(reads) == 1
+    for _ in range(20):  # 22 s: less than ten times the 2.5 s
+        clock.advance(1.1)
+        assert watcher.current() is first
+    assert len(reads) == 1, f"the unchanged refused file was read {len(reads)} times"
+    clock.advance(5)
+    assert watcher.current() is first and len(reads) == 2, "it is read again in the end (a file it names may appear)"
+    path.write_text(f"basic_auth_users:\n  grafana: '{password_hash}'\n")
+    clock.advance(1.1)
+    assert "grafana" in watcher.current().users, "a changed file is read at the next check"
