@@ -466,6 +466,10 @@ def _encode(response: Response, config: WebConfig | None, keep_alive: bool, head
     headers.extend(response.headers)
     if config is not None:
         headers.extend(config.headers.items())
+    # Every answer, not only the pages: a 400 or 404 repeats what the client sent (`/server?name=<script>...`), and
+    # a browser that sniffed it as HTML would run it
+    if not any(name.lower() == "x-content-type-options" for name, _ in headers):
+        headers.append(("X-Content-Type-Options", "nosniff"))
     if not keep_alive:
         headers.append(("Connection", "close"))
     lines = [f"HTTP/1.1 {response.status} {HTTPStatus(response.status).phrase}"]

@@ -529,3 +529,15 @@ def test_a_probe_does_not_hand_another_modules_password_to_a_server(tmp_path, mo
         assert "EX01" in answer.text and "own module" in answer.text
         with pytest.raises(BlockingIOError):
             bait.accept()  # no connection was attempted
+
+
+@pytest.mark.parametrize("path", ["/server?name=%3Cscript%3Ealert(1)%3C/script%3E",
+                                  "/probe?target=%3Cscript%3Ealert(1)%3C/script%3E", "/nowhere", "/metrics",
+                                  "/-/healthy"])
+def test_every_answer_forbids_sniffing(rig, path):
+    """A 404 or 400 repeats what the client sent (a server name, a target) in text/plain, without nosniff: a browser
+    that sniffed it as HTML would run a script a link put there. The pages had nosniff; now every answer has it,
+    once."""
+    _, _, port = rig
+    answer = call(port, path)
+    assert answer.headers.get_all("X-Content-Type-Options") == ["nosniff"], (answer.status, answer.headers)
