@@ -395,7 +395,8 @@ def test_an_edit_landing_while_the_watcher_reads_is_read_at_the_next_check(tmp_p
     path = write_config(tmp_path, "{}\n")
     clock = ManualClock()
     watcher = WebConfigWatcher(path, clock=clock.now)
-    secured = f"basic_auth_users:\n  prometheus: '{password_hash}'\n"
+    headers = "http_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\n"
+    secured = f"{headers}basic_auth_users:\n  prometheus: '{password_hash}'\n"  # keeps the header: dropping it is refused
     load = WebConfig.load.__func__
 
     def load_while_the_next_edit_lands(cls, file):
@@ -405,7 +406,7 @@ def test_an_edit_landing_while_the_watcher_reads_is_read_at_the_next_check(tmp_p
         return config
 
     monkeypatch.setattr(WebConfig, "load", classmethod(load_while_the_next_edit_lands))
-    path.write_text("http_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\n")
+    path.write_text(headers)
     clock.advance(1.1)
     assert not watcher.current().users  # the first edit, read while the second landed
     clock.advance(1.1)
@@ -527,3 +528,19 @@ def test_a_refused_file_that_takes_long_to_read_is_not_read_again_at_every_check
     path.write_text(f"basic_auth_users:\n  grafana: '{password_hash}'\n")
     clock.advance(1.1)
     assert "grafana" in watcher.current().users, "a changed file is read at the next check"
+
+
+def test_a_reload_cannot_drop_a_configured_response_header(tmp_path, caplog):
+    """A file cut short before its http_server_config (or one that left it out) was taken, and the exporter stopped
+    sending Strict-Transport-Security and X-Frame-Options without a word, while a file cut short before its users
+    or its min_version was refused."""
+    headers = "http_server_config:\n  headers:\n    Strict-Transport-Security: max-age=31536000\n    X-Frame-Options: deny\n"
+    path = write_config(tmp_path, headers)
+    watcher = WebConfigWatcher(path, check_interval=0)
+    first = watcher.current()
+    path.write_text("http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+    with caplog.at_level(logging.ERROR, logger="exporter.webconfig"):
+        assert watcher.current() is first
+    assert "drops the response header Strict-Transport-Security" in caplog.text
+    path.write_text(headers.replace("deny", "sameorigin") + "    X-Content-Type-Options: nosniff\n")
+    assert watcher.current().headers["X-Frame-Options"] == "sameorigin", "a header changed or added is taken"
