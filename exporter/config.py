@@ -279,7 +279,8 @@ def _http_path(value: Any, path: str) -> str:
     return value.strip("/")
 
 
-check_fields(module_keys(Path()), ModuleConfig, also=("name", "password", "keytab_digest"), besides=("password_env", "password_file"))
+check_fields(module_keys(Path()), ModuleConfig, also=("name", "password", "keytab_digest"),
+             besides=("password_env", "password_file"))
 
 
 def scheme_problem(module: ModuleConfig, scheme: str) -> str | None:

@@ -84,13 +84,13 @@ class _Pool:
     last_used: float
 
 
-
 def outdated_message(configuration: str, server: str, found: str | None) -> str:
     """`endpoint_outdated`'s text. The found version is shown by its hash only, so that the update hint still fits
     in a poll failure's message (MAX_MESSAGE_CHARS) after a long server name."""
     found_text = (f"version {found[len(VERSION_PREFIX):][:40]}" if found and found.startswith(VERSION_PREFIX)
                   else "no version")
     return f"the JEA endpoint {configuration} on {server} is {found_text}, not {endpoint_version()}: {update_command()}"
+
 
 class PsrpConnection(LinkedConnection):
     """The PowerShell remoting endpoint of one server for one module (`protocol: psrp`)."""
