@@ -654,3 +654,36 @@ def test_an_endpoint_proxy_a_jea_endpoint_would_ignore_is_refused(monkeypatch):
     for lines in (("protocol: psrp", "configuration_name: Microsoft.PowerShell"), ()):
         config = load_config_text(module(*lines) + servers(proxy), Path("."))
         assert config.servers[0].endpoint_proxy == "http://proxy.contoso.com:8080"
+
+
+
+def test_the_keytab_digest_reads_no_more_than_a_keytab_holds(tmp_path, monkeypatch):
+    """The keytab's digest (a rotated keytab makes a reload a change) was a second, unbounded read of the file after
+    keytab_problem's bounded one: a file grown or swapped between the two was read whole into memory (a 64 MiB one
+    here; any size there). It hashes no more than the check reads."""
+    import hashlib
+
+    from exporter import config as config_module
+    from exporter.winrm import tickets
+
+    monkeypatch.setattr(tickets, "keytab_problem", lambda path, principal: None)  # swapped after the check
+    with open(tmp_path / "svc.keytab", "wb") as huge:
+        huge.truncate(64 << 20)  # sparse: no disk used
+    hashed, sha256 = [], hashlib.sha256
+
+    class Counting:
+        def __init__(self, data: bytes = b""):
+            self._hash = sha256()
+            self.update(data)
+
+        def update(self, data: bytes) -> None:
+            hashed.append(len(data))
+            self._hash.update(data)
+
+        def hexdigest(self) -> str:
+            return self._hash.hexdigest()
+
+    monkeypatch.setattr(config_module.hashlib, "sha256", Counting)
+    kerberos = module(KERBEROS, "username: svc@CONTOSO.COM", "keytab_file: svc.keytab", username=False, password=False)
+    load_config_text(kerberos + ONE_SERVER, tmp_path)
+    assert hashed and sum(hashed) <= tickets.MAX_KEYTAB_BYTES + 1, sum(hashed)
