@@ -19,8 +19,9 @@ Unregister the session configuration and delete the module.
 
 .PARAMETER AllowWeaker
 Update an endpoint registered with RunAsVirtualAccountGroups or a TranscriptDirectory from files written without
-them. Without it the script refuses such an update before it changes anything: the virtual account would become a
-member of the local Administrators group, or sessions would no longer be recorded.
+them or with other groups, or one whose registered configuration file cannot be read to compare. Without it the
+script refuses such an update before it changes anything: the virtual account could become a member of the local
+Administrators group, or of other groups, or sessions would no longer be recorded.
 
 .EXAMPLE
 .\Install-ExchangeEemsEndpoint.ps1
@@ -103,19 +104,29 @@ if ($DomainRole -ge 4 -and -not $Settings.RunAsVirtualAccountGroups) {
 # would become a member of the local Administrators group ("JEA Security Considerations", Run-As account) or sessions
 # would go unrecorded. The registered configuration is the copy Register-PSSessionConfiguration kept (ConfigFilePath).
 if ($Registered -and -not $AllowWeaker) {
+    # Unread, the registered options cannot be compared: refuse rather than skip the comparison. Import-PowerShellDataFile
+    # reports a file it cannot parse as a non-terminating error, which -ErrorAction Stop makes terminating.
     $Before = $null
-    if ($Registered.ConfigFilePath -and (Test-Path -LiteralPath $Registered.ConfigFilePath)) {
-        $Before = Import-PowerShellDataFile -LiteralPath $Registered.ConfigFilePath
+    try {
+        $Before = Import-PowerShellDataFile -LiteralPath $Registered.ConfigFilePath -ErrorAction Stop
+    } catch {
+        $Before = $null
+    }
+    if (-not $Before) {
+        throw ("The registered $Name endpoint's configuration file ('$($Registered.ConfigFilePath)') cannot be read, so " +
+            "its options cannot be compared with these files'. Run this script with -AllowWeaker to update it anyway. Nothing changed.")
     }
     $Lost = @()
-    if ($Before -and $Before.RunAsVirtualAccountGroups -and -not $Settings.RunAsVirtualAccountGroups) {
-        $Lost += "--virtual-account-group '$(@($Before.RunAsVirtualAccountGroups) -join "' --virtual-account-group '")' (without it the virtual account is a local Administrator)"
+    $Was = (@($Before.RunAsVirtualAccountGroups) | Sort-Object) -join "', '"
+    $Now = (@($Settings.RunAsVirtualAccountGroups) | Sort-Object) -join "', '"
+    if ($Before.RunAsVirtualAccountGroups -and $Was -ne $Now) {
+        $Lost += "the virtual-account groups '$Was' (these files have '$Now'; without any the virtual account is a local Administrator)"
     }
-    if ($Before -and $Before.TranscriptDirectory -and -not $Settings.TranscriptDirectory) {
+    if ($Before.TranscriptDirectory -and -not $Settings.TranscriptDirectory) {
         $Lost += "--transcript-directory '$($Before.TranscriptDirectory)' (without it no session is recorded)"
     }
     if ($Lost.Count -gt 0) {
-        throw ("The registered $Name endpoint was written with options these files lack: " + ($Lost -join '; ') +
+        throw ("The registered $Name endpoint was written with options these files lack or change: " + ($Lost -join '; ') +
             ". Write the endpoint again with them, or run this script with -AllowWeaker if the change is meant. Nothing changed.")
     }
 }

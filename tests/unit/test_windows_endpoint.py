@@ -314,7 +314,7 @@ def test_an_update_does_not_quietly_drop_the_virtual_account_groups_or_the_trans
     text = read(written / windows_endpoint.INSTALL_SCRIPT)
     assert re.search(r"param\(\s*\[switch\]\$Remove,\s*\[switch\]\$AllowWeaker\s*\)", text), "no -AllowWeaker switch"
     # what the registered configuration was: the copy Register-PSSessionConfiguration keeps (ConfigFilePath)
-    assert "$Before = Import-PowerShellDataFile -LiteralPath $Registered.ConfigFilePath" in text
+    assert "$Before = Import-PowerShellDataFile -LiteralPath $Registered.ConfigFilePath -ErrorAction Stop" in text
     commands = install_commands(text)
     names = [name for name, _ in commands]
     refusals = [i for i, (name, conditions) in enumerate(commands) if name == "throw"
@@ -325,9 +325,26 @@ def test_an_update_does_not_quietly_drop_the_virtual_account_groups_or_the_trans
         assert refusals[0] < names.index(change), change
     # the update's own Unregister and Remove-Item come after it too (the -Remove branch returns before it)
     assert refusals[0] < max(i for i, (name, _) in enumerate(commands) if name == "Unregister-PSSessionConfiguration")
-    for kept in ("$Before.RunAsVirtualAccountGroups -and -not $Settings.RunAsVirtualAccountGroups",
+    for kept in ("$Before.RunAsVirtualAccountGroups -and $Was -ne $Now",
                  "$Before.TranscriptDirectory -and -not $Settings.TranscriptDirectory"):
-        assert f"if ($Before -and {kept})" in text, kept
+        assert f"if ({kept})" in text, kept
+    # a changed group list counts, not only a missing one: the sorted lists are compared
+    assert '$Now = (@($Settings.RunAsVirtualAccountGroups) | Sort-Object) -join' in text
+
+
+def test_an_update_that_cannot_read_the_registered_options_is_refused(written):
+    """The comparison above was skipped when the registered configuration file was missing (no ConfigFilePath, a file
+    deleted) or did not parse (Import-PowerShellDataFile writes a non-terminating error): the update then went ahead
+    without a word, whatever it dropped. It is refused before any change unless -AllowWeaker says it is meant."""
+    text = read(written / windows_endpoint.INSTALL_SCRIPT)
+    commands = install_commands(text)
+    names = [name for name, _ in commands]
+    refusals = [i for i, (name, conditions) in enumerate(commands) if name == "throw"
+                and any("-not $Before" in c for c in conditions) and any("-not $AllowWeaker" in c for c in conditions)]
+    assert refusals, "no refusal when the registered configuration cannot be read"
+    for change in ("Copy-Item", "Register-PSSessionConfiguration", "icacls.exe", "New-Item"):
+        assert refusals[0] < names.index(change), change
+    assert refusals[0] < max(i for i, (name, _) in enumerate(commands) if name == "Unregister-PSSessionConfiguration")
 
 
 def test_the_install_script_refuses_a_32_bit_powershell(written):
