@@ -64,6 +64,7 @@ class Targets:
         self._config = config
         organization = config.organization
         self.discovered_from = discovered if organization is not None and organization.discover_servers else ()
+        self._ports = {s.name.lower(): s.port for s in config.servers}  # the ports server entries name, else None
         self._all = {s.name.lower(): self._target(s.name, s.address, s.port, s.module, s.endpoint_proxy,
                                                   discovered=False, spn_hostname=s.spn_hostname)
                      for s in config.servers}
@@ -125,8 +126,18 @@ class Targets:
         organization = self._config.organization
         if organization is None:
             return None
-        return self.get(organization.server) or self._target(
-            organization.server, organization.server, None, organization.module, "", discovered=False)
+        listed = self.get(organization.server)
+        if listed is None:
+            return self._target(organization.server, organization.server, None, organization.module, "",
+                                discovered=False)
+        if listed.module == organization.module:
+            return listed
+        # Another module than the server's own: reached with that module's scheme and port (Exchange's /PowerShell is
+        # IIS's, http://SERVER/PowerShell/ on port 80, not the WinRM listener the server's module polls), unless the
+        # server entry names a port of its own. With the server's module's, every organization poll asked
+        # https://SERVER:5986/PowerShell, whatever the organization's module said.
+        return self._target(listed.name, listed.address, self._ports.get(listed.name.lower()), organization.module,
+                            listed.endpoint_proxy, discovered=listed.discovered, spn_hostname=listed.spn_hostname)
 
     def get(self, name: str) -> Target | None:
         return self._all.get(name.lower())

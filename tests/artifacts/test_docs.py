@@ -330,3 +330,35 @@ def test_the_jea_pages_say_what_the_endpoint_runs_as_and_what_registering_it_cha
     helps = " ".join(" ".join(a.help.split()) for a in cli.build_parser()._subparsers._group_actions[0]
                      .choices["windows-endpoint"]._actions if a.help)
     assert "then reads as unknown" not in helps and "UNCONFIRMED" in helps
+
+
+def test_exchanges_endpoint_is_documented_where_iis_serves_it(tmp_path, monkeypatch):
+    """Exchange's own PowerShell endpoint (`configuration_name: Microsoft.Exchange`) is IIS's, at
+    http://SERVER/PowerShell/ on port 80. README's recipe gave the module no scheme or port, so it took the WinRM
+    listener's https:5986, where there is no /PowerShell (a 404, http_error): the organization collector could never
+    reach it. Every documented configuration with such a module must reach the organization's server at IIS, and the
+    README's recipe must say so."""
+    from exporter.runtime import Targets
+
+    recipe = re.search(r"`(modules: \{exchange: \{[^`]*\}\})`", README.read_text())
+    assert recipe, "README's Windows permissions table gives the Exchange endpoint's module"
+    module = yaml.safe_load(recipe.group(1).replace(", ...", ""))["modules"]["exchange"]
+    assert (module.get("scheme"), module.get("port")) == ("http", 80), recipe.group(1)
+    checked = []
+    for where, config in exporter_configs():
+        organization = config.get("organization") or {}
+        modules = config.get("modules") or {}
+        if modules.get(organization.get("module"), {}).get("configuration_name") != "Microsoft.Exchange":
+            continue
+        for name, settings in modules.items():
+            settings.pop("password_file", None)
+            settings.pop("password_env", None)
+            if "keytab_file" in settings:
+                settings["keytab_file"] = str(write_keytab(tmp_path / f"{name}.keytab", settings["username"]))
+            else:
+                settings["password_env"] = "EXCHANGE_TEST_PASSWORD"
+        monkeypatch.setenv("EXCHANGE_TEST_PASSWORD", "a password")
+        target = Targets(load_config_text(yaml.safe_dump(config), tmp_path)).for_organization()
+        assert (target.scheme, target.port) in (("http", 80), ("https", 443)), f"{where}: {target}"
+        checked.append(where)
+    assert checked, "no documented configuration shows the organization collector at Exchange's endpoint"

@@ -47,6 +47,43 @@ def test_a_configured_server_takes_the_modules_scheme_and_port_unless_it_names_i
     assert second.endpoint == "https://[::1]:5985/wsman"
 
 
+def _organization_config(servers: str, organization: str):
+    return load_config_text(textwrap.dedent(f"""
+        modules:
+          default:
+            username: 'EXCH\\svc_monitor'
+            password_env: {PASSWORD_ENV}
+          exchange:
+            username: 'EXCH\\svc_monitor'
+            password_env: {PASSWORD_ENV}
+            protocol: psrp
+            configuration_name: Microsoft.Exchange
+            scheme: http
+            port: 80
+        servers:
+        """) + servers + textwrap.dedent(organization), Path("."))
+
+
+def test_the_organization_collector_reaches_a_listed_server_with_its_own_modules_scheme_and_port():
+    """README's recipe for Exchange's endpoint: the servers polled over WinRS (https:5986), the organization
+    collector at Exchange's /PowerShell, which IIS serves at http://SERVER/PowerShell/ (port 80). The organization's
+    server is one of the listed servers, and its target took the scheme and port of that server's module: the
+    organization collector asked https://ex01.contoso.com:5986/PowerShell, the WinRM listener, where there is no
+    /PowerShell (a 404, http_error), whatever port the organization's module gave."""
+    organization = "organization: {name: Contoso, server: ex01.contoso.com, module: exchange}\n"
+    targets = Targets(_organization_config("  - ex01.contoso.com\n", organization))
+    target = targets.for_organization()
+    assert (target.name, target.module, target.scheme, target.port) == ("ex01.contoso.com", "exchange", "http", 80)
+    assert targets.get("ex01.contoso.com").endpoint == "https://ex01.contoso.com:5986/wsman"  # its own polls: as before
+    # A port named on the server entry is where that server is reached, by either module (the simulator's demos).
+    targets = Targets(_organization_config("  - {name: ex01.contoso.com, port: 15985}\n", organization))
+    assert (targets.for_organization().scheme, targets.for_organization().port) == ("http", 15985)
+    # The server's own module: its target as it is.
+    own = "organization: {name: Contoso, server: ex01.contoso.com}\n"
+    targets = Targets(_organization_config("  - ex01.contoso.com\n", own))
+    assert targets.for_organization() is targets.get("ex01.contoso.com")
+
+
 def test_lookup_ignores_case_and_knows_no_other_name():
     targets = Targets(config())
     assert targets.get("EX01.CONTOSO.COM").name == "ex01.contoso.com"
