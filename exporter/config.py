@@ -591,6 +591,12 @@ def _load_organization(raw: Any, modules: dict[str, ModuleConfig], default_modul
     if module is None or module not in modules:
         raise ConfigError("organization.module", f"unknown module {bounded_repr(module)}")
     chosen = modules[module]
+    if values["discover_servers"] and chosen.protocol == "psrp" and chosen.configuration_name == "Microsoft.Exchange":
+        # discovered servers are polled with the organization's module: each failed configuration_not_found
+        raise ConfigError("organization.discover_servers", f"discovered servers are polled with the organization's "
+                          f"module, and {module!r} is Exchange's endpoint, which runs cmdlets only: list the servers "
+                          f"in servers:, or give the organization a WinRS module (which then needs delegation: README, 'Windows "
+                          f"permissions')")
     if server not in named and _looks_like_ip(server) and _uses_kerberos(chosen):
         raise ConfigError("organization.server", f"{bounded_repr(values['server'])} is an address, and Kerberos (module "
                                                  f"{module!r}) needs the server's name for its SPN (HTTP/<name>): give "

@@ -687,3 +687,20 @@ def test_the_keytab_digest_reads_no_more_than_a_keytab_holds(tmp_path, monkeypat
     kerberos = module(KERBEROS, "username: svc@CONTOSO.COM", "keytab_file: svc.keytab", username=False, password=False)
     load_config_text(kerberos + ONE_SERVER, tmp_path)
     assert hashed and sum(hashed) <= tickets.MAX_KEYTAB_BYTES + 1, sum(hashed)
+
+
+def test_discovery_is_refused_with_an_organization_module_that_cannot_poll_a_server():
+    """Discovered servers are polled with the organization's module. README's recipe for Exchange's endpoint
+    (`organization: {module: exchange}`, `configuration_name: Microsoft.Exchange`) with `discover_servers: true`
+    passed check-config, and every discovered server then failed configuration_not_found (Exchange's endpoint runs
+    cmdlets only): a whole fleet unmonitored, after check-config said OK."""
+    exchange = module("protocol: psrp", "configuration_name: Microsoft.Exchange", "scheme: http", "port: 80",
+                      name="exchange").replace("modules:\n", "")
+    config = MODULE + exchange + ONE_SERVER
+    with pytest.raises(ConfigError, match="runs cmdlets only") as caught:
+        load_config_text(config + "organization: {server: ex01.contoso.com, module: exchange, discover_servers: true}\n",
+                         Path())
+    assert caught.value.path == "organization.discover_servers"
+    assert load_config_text(config + "organization: {server: ex01.contoso.com, module: exchange}\n", Path()).organization
+    assert load_config_text(config + "organization: {server: ex01.contoso.com, discover_servers: true}\n",
+                            Path()).organization.discover_servers
