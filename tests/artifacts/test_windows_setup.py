@@ -95,3 +95,14 @@ def test_the_readmes_server_list_leaves_out_what_discovery_leaves_out():
     (line,) = [b for w, b in powershell_blocks() if w.startswith("README.md") and "Get-ExchangeServer" in b]
     assert "$_.ServerRole -ne 'Edge'" in line
     assert "$_.AdminDisplayVersion -like 'Version 15*'" in line
+
+
+def test_the_closing_check_says_what_a_failed_poll_means_over_powershell_remoting():
+    """The page sends JEA users to its closing check (4), which read every failure as a WinRS grant of 1.1 to 1.4, the
+    sections that do not apply to them: a poll of an endpoint never installed (configuration_not_found) or of an older
+    one (endpoint_outdated) was left unexplained, and access_denied pointed at the WinRM root SDDL instead of the
+    endpoint's group."""
+    closing = PAGE.read_text().split("## 4. Closing check", 1)[1].split("\n## ", 1)[0]
+    for phrase in ("protocol: psrp", "configuration_not_found", "endpoint_outdated", "--group",
+                   "Install-ExchangeEemsEndpoint.ps1"):
+        assert phrase in closing, phrase
