@@ -165,3 +165,11 @@ def test_routing_on_a_target_label_says_which_alert_lacks_it(tmp_path):
     text = (ROOT / "docs" / "alerts.md").read_text()
     option = text.split("- On the scrape target in Prometheus:", 1)[1].split("\n- ", 1)[0]
     assert NO_TARGET in option, "the target-label option must say that this alert does not carry the label"
+
+
+def test_the_probe_example_says_its_module_replaces_each_servers_own():
+    """/probe?module= polls the target with that module, whatever module the server is configured with
+    (exporter/poller.py, Poller.probe): copied into a configuration with several modules, the example's
+    `module: [default]` polled every server with the default module's credential and transport, unsaid."""
+    text = (EXAMPLES / "prometheus-probe.yml").read_text()
+    assert "servers[].module" in text and "leave `params` out" in text
