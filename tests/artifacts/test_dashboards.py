@@ -193,10 +193,16 @@ def test_firing_alerts_panel_shows_alerts_without_a_job_label(tmp_path):
         expr = target["expr"].replace("$job", job)
         cases.append({"expr": f'count by (alertname, job) ({expr})', "eval_time": "1m",
                       "exp_samples": [{"labels": _count_labels(series), "value": 1} for series in expected]})
+    _promql_test(promtool, tmp_path, {s: "1x5" for s in (missing, fetch, other_job)}, cases)
+
+
+def _promql_test(promtool: str, tmp_path: Path, series: dict[str, str], cases: list[dict]) -> None:
+    """Run PromQL `cases` (promtool's promql_expr_test items) over `series` (series -> values) with Prometheus' own
+    engine, no rules loaded."""
     (tmp_path / "empty.rules.yml").write_text("groups: []\n")
     (tmp_path / "test.yml").write_text(yaml.safe_dump({
         "rule_files": ["empty.rules.yml"], "evaluation_interval": "1m",
-        "tests": [{"interval": "1m", "input_series": [{"series": s, "values": "1x5"} for s in (missing, fetch, other_job)],
+        "tests": [{"interval": "1m", "input_series": [{"series": s, "values": v} for s, v in series.items()],
                    "promql_expr_test": cases}]}))
     result = subprocess.run([promtool, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True,
                             timeout=60)
@@ -232,13 +238,6 @@ def test_the_update_path_panel_says_newest_only_of_a_build_the_catalog_places(tm
         f"exchange_build_known{{{labels.format('NEXT')}}}": "0x5",
         path.format(labels.format("NEXT"), "unknown"): "1x5",
     }
-    (tmp_path / "empty.rules.yml").write_text("groups: []\n")
-    (tmp_path / "test.yml").write_text(yaml.safe_dump({
-        "rule_files": ["empty.rules.yml"], "evaluation_interval": "1m",
-        "tests": [{"interval": "1m", "input_series": [{"series": s, "values": v} for s, v in series.items()],
-                   "promql_expr_test": [{"expr": expr, "eval_time": "5m", "exp_samples": [
-                       {"labels": "{" + labels.format("NEWEST") + "}", "value": 0},
-                       {"labels": "{" + labels.format("OLD") + "}", "value": 300}]}]}]}))
-    result = subprocess.run([promtool, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
+    _promql_test(promtool, tmp_path, series, [{"expr": expr, "eval_time": "5m", "exp_samples": [
+        {"labels": "{" + labels.format("NEWEST") + "}", "value": 0},
+        {"labels": "{" + labels.format("OLD") + "}", "value": 300}]}])
