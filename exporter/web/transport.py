@@ -168,10 +168,17 @@ class ExporterHTTPServer:
         self._loop.run_forever()
         # Stopped, every transport aborted: let each connection's task see that and end (not cancelled:
         # asyncio's streams log a cancelled connection task as an error), so none is left pending for the
-        # garbage collector to report in whatever runs next. One still waiting for a worker is left.
+        # garbage collector to report ("Task was destroyed but it is pending!", an ERROR) in whatever runs next.
+        # One still waiting for a worker would never see it (server_close drops the queued work): its connection
+        # was ended (`end()` marks it cut), so it is cancelled, which `_connection` takes quietly.
         pending = asyncio.all_tasks(self._loop)
         if pending:
             self._loop.run_until_complete(asyncio.wait(pending, timeout=CLOSE_SECONDS))
+        waiting = [c.task for c in list(self._open) if c.cut and not c.task.done()]
+        for task in waiting:
+            task.cancel()
+        if waiting:
+            self._loop.run_until_complete(asyncio.wait(waiting, timeout=CLOSE_SECONDS))
         if all(task.done() for task in pending):
             self._loop.close()
         self._stopped.set()

@@ -8,6 +8,7 @@ nothing knocked.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import http.client
 import os
@@ -32,7 +33,8 @@ from exporter.web import serve
 from exporter.webconfig import WebConfigWatcher
 
 from ..clock import ManualClock
-from ..conftest import PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, poll_all, quick_organization, relocate, samples, serving
+from ..conftest import (PASSWORD, PASSWORD_ENV, USERNAME, SimulatedFleet, minimal_config, poll_all, quick_organization,
+                        relocate, samples, serving)
 from ..pki import issue, write
 
 WRONG_PASSWORD_ENV = "EEMS_TEST_WRONG_PASSWORD"
@@ -541,3 +543,44 @@ def test_every_answer_forbids_sniffing(rig, path):
     _, _, port = rig
     answer = call(port, path)
     assert answer.headers.get_all("X-Content-Type-Options") == ["nosniff"], (answer.status, answer.headers)
+
+
+def test_a_request_waiting_for_its_worker_at_shutdown_leaves_no_task_pending(monkeypatch):
+    """At shutdown a connection's task that waits for a worker (a /metrics being built) never saw its transport
+    aborted: it was left pending in a loop left open, and the garbage collector later reported it ("Task was
+    destroyed but it is pending!", an ERROR) in whatever ran next, which failed tests that want a quiet log. Its
+    connection was ended, so its task is cancelled and ends quietly, and the loop is closed."""
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    exporter = Exporter(load_config_text(minimal_config(), Path(".")), Catalog.load())
+    building, release = threading.Event(), threading.Event()
+
+    def held_body(accept: str):
+        building.set()
+        release.wait(30)
+        return b"", "text/plain"
+
+    monkeypatch.setattr(exporter, "metrics_body", held_body)
+    server = serve(exporter, "127.0.0.1", 0, None)
+    client = threading.Thread(target=lambda: _get_quietly(server.server_address[1], "/metrics"), daemon=True)
+    try:
+        client.start()
+        assert building.wait(10), "the /metrics request never reached its worker"
+        server.shutdown()
+        assert server._loop.is_closed(), [t for t in asyncio.all_tasks(server._loop) if not t.done()]
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+        exporter.stop()
+        client.join(10)
+
+
+def _get_quietly(port: int, path: str) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path)
+        connection.getresponse().read()
+    except (OSError, http.client.HTTPException):
+        pass  # the server went away under the request: what the test does
+    finally:
+        connection.close()
