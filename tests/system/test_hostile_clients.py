@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import gc
 import hashlib
 import http.client
 import logging
@@ -273,13 +272,6 @@ def _write_web_config(path: Path, pki: Path | None, users: bool) -> Path:
         doc["basic_auth_users"] = {WEB_USER: bcrypt.hashpw(WEB_PASSWORD.encode(), bcrypt.gensalt(4)).decode()}
     path.write_text(yaml.safe_dump(doc))
     return path
-
-
-def _collect_earlier_tests_garbage() -> None:
-    """asyncio logs "Task was destroyed but it is pending!" (ERROR) when the garbage collector takes a task that an
-    earlier test's server left waiting for a worker at its shutdown (serve_forever leaves those): collected while a
-    test that wants no WARNING captures the log, it failed that test for another's server. Collected before."""
-    gc.collect()
 
 
 def _unmoving_watcher(path: Path) -> WebConfigWatcher:
@@ -594,7 +586,6 @@ def test_the_decoy_cost_of_an_unknown_name_is_not_computable_from_the_name(tmp_p
 def test_malformed_requests_are_refused_quietly(exporter_port, head, expected, caplog):
     """Before: a Content-Length of 5,000 digits raised ValueError in the connection handler (no answer, an
     ERROR with a traceback per request); the RFC 9112 cases were accepted."""
-    _collect_earlier_tests_garbage()
     with caplog.at_level(logging.DEBUG):
         response = raw_exchange(exporter_port, head)
     assert _status(response) == expected, response[:200]
@@ -870,7 +861,6 @@ def test_a_tls_handshake_cut_at_the_cap_ends_quietly(tmp_path, pki, monkeypatch,
     server = serve(exporter, "127.0.0.1", 0, _unmoving_watcher(_write_web_config(tmp_path / "web.yml", pki, False)))
     trickling = []
     try:
-        _collect_earlier_tests_garbage()
         with caplog.at_level(logging.DEBUG):
             for i in range(server.max_connections):
                 sock = socket.create_connection(server.server_address, source_address=(f"127.0.5.{1 + i % 8}", 0))
