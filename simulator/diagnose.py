@@ -69,7 +69,7 @@ def facts(server: windows.WindowsServer, now: datetime, parameter_line: str, scr
         "service_key": _service_key(server, texts),
         "service_sddl": _service_sddl(server),
     }
-    if windows._SENDS_UTC_OFFSETS.search(script):  # the offset changes over its lookback, as collect_server.ps1's
+    if windows.SENDS_UTC_OFFSETS.search(script):  # the offset changes over its lookback, as collect_server.ps1's
         start = now - timedelta(hours=p["LookbackHours"])
         document["utc_offsets"] = [{"since": date(since), "minutes": minutes}
                                    for since, minutes in timezones.offsets(server.time_zone, start, now)]

@@ -59,7 +59,7 @@ _READS_INSERTION_STRINGS = re.compile(r"\$_\.Properties\b")
 # The collection script keeps this many error records per part (review R11), and says how many it met in all.
 _KEEPS_ERRORS = re.compile(r"function Fail\(\$part,\$e\)\{[^}]*?-(ge|gt) (\d+)\)\{return\}")
 # The collection script sends the server's UTC offset changes over its lookback (a script before it did not).
-_SENDS_UTC_OFFSETS = re.compile(r"\$r\.utc_offsets=")
+SENDS_UTC_OFFSETS = re.compile(r"\$r\.utc_offsets=")
 _COUNTS_ERRORS = re.compile(r"^\$r\.error_counts=\$n\b", re.MULTILINE)
 # The collection script treats an empty FileVersion as a failure (issue 17, R7).
 _EMPTY_VERSION_THROWS = re.compile(r"if\(!\$r\.exsetup_version\)\{throw\b")
@@ -347,7 +347,7 @@ class WindowsHost:
             document["endpoints"] = self._array(endpoints)
         if _COUNTS_ERRORS.search(script):
             document["error_counts"] = dict(errors.counts)
-        if _SENDS_UTC_OFFSETS.search(script):
+        if SENDS_UTC_OFFSETS.search(script):
             start = now - timedelta(hours=p["LookbackHours"])
             document["utc_offsets"] = self._array([{"since": self._date(since), "minutes": minutes}
                                                    for since, minutes in timezones.offsets(s.time_zone, start, now)])
