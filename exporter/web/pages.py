@@ -15,6 +15,7 @@ from typing import Callable
 from urllib.parse import quote
 
 from ..alert_rules import DEFAULT_RUNBOOK_BASE
+from ..catalog import UNKNOWN
 from ..field_report import MAX_RAW_CHARS
 from ..model import ServerResult, ServerState
 from ..store import KeptOutput
@@ -126,6 +127,8 @@ def _build(result: ServerResult) -> str:
     build = result.state.build if result.state else None
     if build is None:
         return '<span class="muted">unknown</span>'
+    if build.product == UNKNOWN:  # a version newer than every product the catalog knows: nothing else is judged
+        return f'{_e(build.version)}<br><span class="muted">an Exchange version this exporter does not know</span>'
     name = " ".join(x for x in (build.product, build.cu, build.update) if x)
     next_build = build.next_build
     upgrade = (f"<br>next: {_e(next_build.version)} ({_e(' '.join(x for x in (next_build.cu, next_build.update) if x))})"

@@ -77,3 +77,16 @@ def test_a_newer_exchange_version_is_an_unknown_build(poller):
         assert not {name for name, _ in found} & {"exchange_eems_certificate_cutoff_compliant", "exchange_eems_supported",
                                                   "exchange_collector_partial_failure"}
         assert poller.poll_organization().outcome.success
+
+
+def test_the_pages_say_a_newer_exchange_version_is_unknown_to_the_exporter(poller):
+    """The fleet table and the server page showed such a build as "unknown unknown unknown" over "unknown" (product,
+    CU, update, servicing), which reads like an unreadable build; they say what it is."""
+    from exporter.web import pages
+
+    result = poller.poll_server("EX-NEXT")
+    row = pages.Row(result, ())
+    for html in (pages.row_html(row, lambda s: s).render(result.outcome.finished),
+                 pages.server(row, pages.timings(result)).decode()):
+        assert "16.0.100.1" in html and "an Exchange version this exporter does not know" in html, html
+        assert "unknown unknown unknown" not in html
