@@ -177,9 +177,6 @@ def test_firing_alerts_panel_shows_alerts_without_a_job_label(tmp_path):
     """ExchangeExporterTargetMissing (`absent(up{...})`) has no `job` label: it fires when no target exists. The
     alerts table must still list it with the Job variable at All (and at any selection: with no target, the
     variable has no values), run here by Prometheus' own engine (promtool) next to an alert that has a job."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool not found on PATH (Debian package 'prometheus'); PromQL cannot be checked")
     fleet = load(dashboard_files()[0].parent / "fleet-overview.json")
     panel = next(p for p in panels(fleet) if p["title"] == "Exchange alerts firing now")
     (target,) = panel["targets"]
@@ -193,12 +190,15 @@ def test_firing_alerts_panel_shows_alerts_without_a_job_label(tmp_path):
         expr = target["expr"].replace("$job", job)
         cases.append({"expr": f'count by (alertname, job) ({expr})', "eval_time": "1m",
                       "exp_samples": [{"labels": _count_labels(series), "value": 1} for series in expected]})
-    _promql_test(promtool, tmp_path, {s: "1x5" for s in (missing, fetch, other_job)}, cases)
+    _promql_test(tmp_path, {s: "1x5" for s in (missing, fetch, other_job)}, cases)
 
 
-def _promql_test(promtool: str, tmp_path: Path, series: dict[str, str], cases: list[dict]) -> None:
+def _promql_test(tmp_path: Path, series: dict[str, str], cases: list[dict]) -> None:
     """Run PromQL `cases` (promtool's promql_expr_test items) over `series` (series -> values) with Prometheus' own
     engine, no rules loaded."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found on PATH (Debian package 'prometheus'); PromQL cannot be checked")
     (tmp_path / "empty.rules.yml").write_text("groups: []\n")
     (tmp_path / "test.yml").write_text(yaml.safe_dump({
         "rule_files": ["empty.rules.yml"], "evaluation_interval": "1m",
@@ -220,9 +220,6 @@ def test_the_update_path_panel_says_newest_only_of_a_build_the_catalog_places(tm
     newest of its path. A build of an Exchange version newer than every product the catalog knows has none either,
     because nothing is judged of it (servicing "unknown"): it read as "newest", green, an unknown shown as up to
     date. It has no value there (run by Prometheus' own engine, promtool)."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool not found on PATH (Debian package 'prometheus'); PromQL cannot be checked")
     detail = load(dashboard_files()[0].parent / "server-detail.json")
     panel = next(p for p in panels(detail) if p["title"] == "Newer build on the update path for")
     (target,) = panel["targets"]
@@ -238,6 +235,6 @@ def test_the_update_path_panel_says_newest_only_of_a_build_the_catalog_places(tm
         f"exchange_build_known{{{labels.format('NEXT')}}}": "0x5",
         path.format(labels.format("NEXT"), "unknown"): "1x5",
     }
-    _promql_test(promtool, tmp_path, series, [{"expr": expr, "eval_time": "5m", "exp_samples": [
+    _promql_test(tmp_path, series, [{"expr": expr, "eval_time": "5m", "exp_samples": [
         {"labels": "{" + labels.format("NEWEST") + "}", "value": 0},
         {"labels": "{" + labels.format("OLD") + "}", "value": 300}]}])
