@@ -27,6 +27,7 @@ from .model import (
     RawOrganizationFacts,
     RawServerFacts,
 )
+from .terminal import paired_surrogates
 from .windows_service import START_MODES, STATES
 
 MAX_ERRORS = 50  # collection-error strings kept; a misbehaving script must not flood the metrics page
@@ -98,10 +99,7 @@ def clixml_to_text(stderr: bytes) -> str:
     if not text.startswith("#< CLIXML"):
         return text
     lines = [unescape(body) for body in _clixml_records(text)]
-    joined = _CLIXML_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), "".join(lines))
-    # The escapes are UTF-16 code units: a pair of them is one character, and a lone one (which a hostile server
-    # sends) is replaced; it broke every UTF-8 encoding of the text, the server's page among them.
-    joined = joined.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    joined = paired_surrogates(_CLIXML_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), "".join(lines)))
     return joined.replace("\r\n", "\n").strip()
 
 

@@ -14,3 +14,14 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def paired_surrogates(text: str) -> str:
+    """`text` whose characters came as UTF-16 code units (CLIXML's `_xD83D_` escapes, PSRP strings): each pair of
+    surrogates joined into its character, a lone one (which a hostile server sends) replaced by U+FFFD, so that the
+    text encodes as UTF-8 (a lone surrogate broke every encoding of it: the server's page, the poll's output)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")

@@ -42,6 +42,7 @@ from psrpcore.types import HostMethodIdentifier, PSInvocationState, RunspacePool
 
 from ..config import BUILT_IN_CONFIGURATIONS, ModuleConfig
 from ..scripts import ORGANIZATION_MARKER, SERVER_MARKER, Command
+from ..terminal import paired_surrogates
 from ..windows_endpoint import FUNCTION_NAME, PARAMETERS, VERSION_PREFIX, endpoint_version, update_command
 from . import wsman
 from .client import (MIN_FOLLOW_UP_SECONDS, MIN_REQUEST_SECONDS, CommandResult, LinkedConnection, request_timeouts,
@@ -191,12 +192,8 @@ class PsrpConnection(LinkedConnection):
 
     def _script(self, outputs: list, errors: list, failure) -> CommandResult:
         # CLIXML text may hold a lone surrogate (`_xD800_`), which UTF-8 cannot encode (UnicodeEncodeError, an
-        # internal_error): pairs are joined, a lone one becomes U+FFFD, as parse.clixml_to_text does for stderr
-        text = "\r\n".join(str(o) for o in outputs if o is not None)
-        try:
-            stdout = text.encode("utf-8")
-        except UnicodeEncodeError:
-            stdout = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace").encode("utf-8")
+        # internal_error), as parse.clixml_to_text's stderr may
+        stdout = paired_surrogates("\r\n".join(str(o) for o in outputs if o is not None)).encode("utf-8")
         records = [*errors, *([failure] if failure is not None else [])]
         return CommandResult(stdout, _error_stream(records), 1 if failure is not None else 0)
 
