@@ -22,6 +22,7 @@ import re
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timedelta
 from typing import Any, Callable, NamedTuple
 
@@ -87,6 +88,19 @@ class Facts:
     doc: dict | None
     interpretation: Any = None
     files: list[ReadLog] = field(default_factory=list)
+
+    @cached_property
+    def zone(self) -> tuple[str | None, str]:
+        """`_zone`, worked out once: several verdicts and the report's check lines read it."""
+        return _zone(self)
+
+    @cached_property
+    def times(self) -> list[list[datetime]]:
+        """Each file's timed records' times (parallel to `ReadLog.timed`) as the report reads them: zoneless ones
+        as the server's local time when the closed files say so (`zone`), else as written (UTC)."""
+        if self.zone[0] == "local time":
+            return _local(self)
+        return [[r.time for r in f.timed] for f in self.files]
 
 
 class CheckTimes(NamedTuple):
@@ -198,18 +212,10 @@ def _zone(facts: Facts) -> tuple[str | None, str]:
     return None, text
 
 
-def reading(facts: Facts) -> list[list[datetime]]:
-    """Each file's timed records' times (parallel to `ReadLog.timed`) as the report reads them: zoneless ones as
-    the server's local time when the closed files say so (`_zone`), else as written (UTC)."""
-    if _zone(facts)[0] == "local time":
-        return _local(facts)
-    return [[r.time for r in f.timed] for f in facts.files]
-
-
 def read_parts(facts: Facts) -> list[tuple[list[LogRecord], ...]]:
-    """Each file's parts (`ReadLog.parts`) with their times as `reading` reads them."""
+    """Each file's parts (`ReadLog.parts`) with their times as the report reads them (`Facts.times`)."""
     result = []
-    for file, times in zip(facts.files, reading(facts)):
+    for file, times in zip(facts.files, facts.times):
         found = iter(times)
         result.append(tuple([r._replace(time=next(found)) if r.time is not None else r for r in part]
                             for part in file.parts))
@@ -277,10 +283,10 @@ def log_write_time_moves(f: Facts) -> Verdict:
     if _service_state(f) not in (None, "running", "unknown"):
         return Verdict(NOT_SHOWN, f"the newest file is closed: {_ev(f, 'interpretation.service_state')}")
     newest = f.files[0]
-    zone, why = _zone(f)
+    zone, why = f.zone
     if zone is None and not all(r.zoned for r in newest.timed) and any(m for _, m in _offsets(f)):
         return Verdict(NOT_SHOWN, f"the zone of the times is not told ({why})")
-    times = reading(f)[0]
+    times = f.times[0]
     first, last = min(times), max(times)
     if last - first < 2 * SLACK:
         return Verdict(NOT_SHOWN, f"{newest.key}'s lines span {duration((last - first).total_seconds())}: a write "
@@ -304,7 +310,7 @@ def log_time_column(f: Facts) -> Verdict:
 
 
 def log_time_zone(f: Facts) -> Verdict:
-    zone, why = _zone(f)
+    zone, why = f.zone
     if not any(file.timed for file in f.files):
         return Verdict(NOT_SHOWN, why)
     if all(r.zoned for file in f.files for r in file.timed):
@@ -317,7 +323,7 @@ def log_time_zone(f: Facts) -> Verdict:
 
 
 def log_newest_files_newest_lines(f: Facts) -> Verdict:
-    files = [(file, times) for file, times in zip(f.files, reading(f)) if times]
+    files = [(file, times) for file, times in zip(f.files, f.times) if times]
     if len(files) < 2:
         return Verdict(NOT_SHOWN, f"{len(files)} file(s) read with line times (log.read.N)")
     newest = [max(times) for _, times in files]

@@ -373,7 +373,7 @@ def _log_section(report: Report, doc: dict, culture: RawCulture | None, collecte
         places = [_collected_log_file(report, f"log.read.{index}", entry, culture)
                   for index, entry in enumerate(tails[: DIAGNOSE_PARAMETERS.read_files], start=1)]
     # Each file's check lines, in its place, with the times as the poll reads them: zoneless ones in local time
-    # (each with the offset then in force) when the closed files say the lines are local (assumptions.reading)
+    # (each with the offset then in force) when the closed files say the lines are local (assumptions.Facts.times)
     parts = read_parts(Facts(dict(report.values), doc, None, report.files))
     for file, file_parts, at in reversed(list(zip(report.files, parts, [p for p in places if p is not None]))):
         rest, report.lines = report.lines[at:], report.lines[:at]
