@@ -150,7 +150,8 @@ check_fields(LIMITS_KEYS, LimitsConfig)
 
 # Session configurations that run a whole script (Windows PowerShell's own) or cmdlets (Exchange's): any other name
 # is a JEA endpoint, which runs the exporter's function alone (exporter/winrm/psrp.py).
-BUILT_IN_CONFIGURATIONS = ("Microsoft.PowerShell", "Microsoft.PowerShell32", "PowerShell.7", "Microsoft.Exchange")
+EXCHANGE_CONFIGURATION = "Microsoft.Exchange"  # Exchange's own /PowerShell endpoint
+BUILT_IN_CONFIGURATIONS = ("Microsoft.PowerShell", "Microsoft.PowerShell32", "PowerShell.7", EXCHANGE_CONFIGURATION)
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,7 @@ def module_keys(base: Path) -> tuple[Key, ...]:
         Key("allow_credssp_ntlm_over_http", boolean, False),
         Key("protocol", choice("winrs", "psrp"), "winrs"),
         Key("configuration_name", _configuration_name, "ExchangeEemsExporter"),
-        Key("path", _http_path, lambda values: "PowerShell" if values["configuration_name"] == "Microsoft.Exchange"
+        Key("path", _http_path, lambda values: "PowerShell" if values["configuration_name"] == EXCHANGE_CONFIGURATION
             else "wsman"),
         Key("keep_runspace", boolean, True),
     )
@@ -591,7 +592,8 @@ def _load_organization(raw: Any, modules: dict[str, ModuleConfig], default_modul
     if module is None or module not in modules:
         raise ConfigError("organization.module", f"unknown module {bounded_repr(module)}")
     chosen = modules[module]
-    if values["discover_servers"] and chosen.protocol == "psrp" and chosen.configuration_name == "Microsoft.Exchange":
+    if values["discover_servers"] and chosen.protocol == "psrp" and \
+            chosen.configuration_name == EXCHANGE_CONFIGURATION:
         # discovered servers are polled with the organization's module: each failed configuration_not_found
         raise ConfigError("organization.discover_servers", f"discovered servers are polled with the organization's "
                           f"module, and {module!r} is Exchange's endpoint, which runs cmdlets only: list the servers "

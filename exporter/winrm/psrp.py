@@ -40,7 +40,7 @@ from typing import Any, Callable
 import psrpcore
 from psrpcore.types import HostMethodIdentifier, PSInvocationState, RunspacePoolState
 
-from ..config import BUILT_IN_CONFIGURATIONS, ModuleConfig
+from ..config import BUILT_IN_CONFIGURATIONS, EXCHANGE_CONFIGURATION, ModuleConfig
 from ..scripts import ORGANIZATION_MARKER, SERVER_MARKER, Command
 from ..terminal import paired_surrogates
 from ..windows_endpoint import FUNCTION_NAME, PARAMETERS, VERSION_PREFIX, endpoint_version, update_command
@@ -53,7 +53,6 @@ from .psrp_fragments import FragmentReader, split_fragments
 
 log = logging.getLogger(__name__)
 
-EXCHANGE = "Microsoft.Exchange"
 CONFIGURATION_NOT_FOUND = 2150858811  # "The resource URI ... was not found in the WS-Management catalog"
 POOL_IDLE_TIMEOUT = "PT600.000S"  # a kept pool outlives the usual 5-minute interval; a lost one goes soon
 KEEP_IF_POLLED_WITHIN = 480.0  # a pool idle longer than this may be gone: open a new one
@@ -155,7 +154,7 @@ class PsrpConnection(LinkedConnection):
 
     def _plan(self, script: str) -> tuple[list[_Statement], Callable[..., CommandResult]]:
         marker = script.split("\n", 1)[0].strip()
-        if self._configuration == EXCHANGE:
+        if self._configuration == EXCHANGE_CONFIGURATION:
             if marker != ORGANIZATION_MARKER:
                 raise PollFailure("configuration_not_found", "Exchange's endpoint runs cmdlets only: poll the "
                                   "servers over WinRS or the exporter's JEA endpoint", connection_intact=True)
@@ -292,8 +291,8 @@ class PsrpConnection(LinkedConnection):
             for event in self._receive(pool, None, None, deadline):
                 _refuse_request(event)
                 if isinstance(event, psrpcore.RunspacePoolStateEvent) and event.state == RunspacePoolState.Broken:
-                    raise PollFailure("access_denied" if self._configuration == EXCHANGE else "wsman_fault",
-                                      f"the runspace pool broke while opening: {self._reason(event)}")
+                    reason = "access_denied" if self._configuration == EXCHANGE_CONFIGURATION else "wsman_fault"
+                    raise PollFailure(reason, f"the runspace pool broke while opening: {self._reason(event)}")
         pool.reader.finish()
         if runspace.state != RunspacePoolState.Opened:
             raise PollFailure("wsman_fault", f"the runspace pool did not open ({runspace.state.name})")
@@ -350,7 +349,7 @@ class PsrpConnection(LinkedConnection):
                                                   MIN_REQUEST_SECONDS if opens or waits else MIN_FOLLOW_UP_SECONDS)
             return channel.exchange(message(operation), deadline=deadline, timeout=timeout)
         except AuthenticationRejected:
-            if self._configuration == EXCHANGE and self.module.transport != "kerberos":
+            if self._configuration == EXCHANGE_CONFIGURATION and self.module.transport != "kerberos":
                 raise PollFailure("auth_failed", "Exchange's remote PowerShell endpoint takes Kerberos only: set "
                                   f"transport: kerberos for module {self.module.name}") from None
             raise

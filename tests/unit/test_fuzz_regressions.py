@@ -244,7 +244,7 @@ def _psrp_result(messages: list[tuple[int, bytes]], configuration: str):
         for event in psrp._events(client, reader.feed(data, pipeline), pipeline):  # as PsrpConnection._receive
             failure = psrp._gather(event, outputs, errors, failure)  # as PsrpConnection._invoke
         psrp._expanded_size([*outputs, *errors, failure], 2 << 20)
-        if configuration == psrp.EXCHANGE:
+        if configuration == psrp.EXCHANGE_CONFIGURATION:
             result = connection._organization(outputs, errors, failure)
         else:
             result = connection._jea([psrp.endpoint_version(), *outputs], errors, failure)
