@@ -40,7 +40,7 @@ from typing import Any, Callable
 import psrpcore
 from psrpcore.types import HostMethodIdentifier, PSInvocationState, RunspacePoolState
 
-from ..config import BUILT_IN_CONFIGURATIONS, EXCHANGE_CONFIGURATION, ModuleConfig
+from ..config import EXCHANGE_CONFIGURATION, ModuleConfig
 from ..scripts import ORGANIZATION_MARKER, SERVER_MARKER, Command
 from ..terminal import paired_surrogates
 from ..windows_endpoint import FUNCTION_NAME, PARAMETERS, VERSION_PREFIX, endpoint_version, update_command
@@ -161,7 +161,7 @@ class PsrpConnection(LinkedConnection):
             return ([_Statement("Get-OrganizationConfig", select=("MitigationsEnabled",) if self._selects else ()),
                      _Statement("Get-ExchangeServer", select=SERVER_PROPERTIES if self._selects else ())],
                     self._organization)
-        if self._is_jea():
+        if self.module.jea_endpoint:
             if marker != SERVER_MARKER:
                 raise PollFailure("configuration_not_found", f"the JEA endpoint {self._configuration} runs only "
                                   "the server collection; use another module for this", connection_intact=True)
@@ -173,9 +173,6 @@ class PsrpConnection(LinkedConnection):
                                for k, v in _parameters(script).items() if k in bounds)
             return [_Statement(FUNCTION_NAME, parameters)], self._jea
         return [_Statement(script, script=True)], self._script
-
-    def _is_jea(self) -> bool:
-        return self._configuration not in BUILT_IN_CONFIGURATIONS
 
     def _jea(self, outputs: list, errors: list, failure) -> CommandResult:
         if failure is not None and _error_id(failure) == "CommandNotFoundException":
@@ -358,7 +355,7 @@ class PsrpConnection(LinkedConnection):
                 raise PollFailure("configuration_not_found", f"the session configuration {self._configuration} "
                                   f"is not registered at /{self.module.path} on {self._server_name}"
                                   + (": install the exporter's JEA endpoint (exchange-eems-exporter windows-endpoint)"
-                                     if self._is_jea() else ""), connection_intact=True) from None
+                                     if self.module.jea_endpoint else ""), connection_intact=True) from None
             raise
 
 
