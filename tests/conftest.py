@@ -288,6 +288,19 @@ def poll_all(poller) -> None:
         list(pool.map(lambda t: poller.poll_server(t.name), poller.runtime.current().targets.polled))
 
 
+def polled_samples(config: Config) -> dict[tuple[str, frozenset], float]:
+    """The samples of the /metrics of an exporter configured with `config`, after one `poll_all`; the exporter is
+    stopped afterwards."""
+    from exporter.exporter import Exporter
+
+    exporter = Exporter(config, Catalog.load())
+    try:
+        poll_all(exporter.poller)
+        return samples(exporter.metrics_body("text/plain")[0].decode())
+    finally:
+        exporter.stop()
+
+
 @contextlib.contextmanager
 def serving(exporter, web_config=None) -> Iterator[int]:
     """`exporter` served on a random loopback port (the port); afterwards the server is shut down, its socket

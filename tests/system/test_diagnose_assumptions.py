@@ -9,10 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from exporter.catalog import Catalog
-from exporter.exporter import Exporter
-
-from ..conftest import SimulatedFleet, poll_all, relocate, samples
+from ..conftest import SimulatedFleet, polled_samples, relocate
 from ..unit.test_field_report import lines
 from .test_diagnose import diagnose
 
@@ -157,12 +154,7 @@ def test_diagnose_reads_culture_times_across_a_daylight_saving_change_as_the_pol
         config_file = tmp_path / "config.yml"
         config_file.write_text(fleet.config_text())
         running = {s["name"]: diagnose(config_file, s["name"]) for s in servers}
-        exporter = Exporter(fleet.config(), Catalog.load())
-        try:
-            poll_all(exporter.poller)
-            metrics = samples(exporter.metrics_body("text/plain")[0].decode())
-        finally:
-            exporter.stop()
+        metrics = polled_samples(fleet.config())
         reports = {}
         for name, proc in running.items():
             stdout, stderr = proc.communicate(timeout=120)

@@ -29,7 +29,7 @@ from exporter.collectors import script_failure
 from exporter.config import load_config
 from simulator.scenario import scenario_from_dict
 
-from ..conftest import SimulatedFleet, free_port, jea_scenario, poll_all, relocate, samples
+from ..conftest import SimulatedFleet, free_port, jea_scenario, poll_all, polled_samples, relocate, samples
 from .test_integration import (
     RULES, Program, evaluated_after, get_json, prometheus_command, rules_without_for, wait_until,
 )
@@ -89,12 +89,7 @@ def metrics_with():
     def polled(server: dict, **poll) -> dict:
         scenario = relocate({"credentials": [], "servers": [{"address": "127.0.0.1", **server}]})
         with SimulatedFleet(scenario) as fleet:
-            exporter = Exporter(fleet.config(**poll), Catalog.load())
-            try:
-                poll_all(exporter.poller)
-                return samples(exporter.metrics_body("text/plain")[0].decode())
-            finally:
-                exporter.stop()
+            return polled_samples(fleet.config(**poll))
     return polled
 
 
@@ -449,12 +444,7 @@ def test_culture_times_across_a_daylight_saving_change_are_read_with_the_offset_
                                       "locale": "de-DE", "time_zone": "Europe/Berlin", "events": "absent",
                                       "installed_since": "2026-10-01T00:00:00Z"}]})
     with SimulatedFleet(scenario) as fleet:
-        exporter = Exporter(fleet.config(), Catalog.load())
-        try:
-            poll_all(exporter.poller)
-            found = samples(exporter.metrics_body("text/plain")[0].decode())
-        finally:
-            exporter.stop()
+        found = polled_samples(fleet.config())
     assert partial_failures(found, "BERLIN") == set()
     newest = AUTUMN_2026 + timedelta(minutes=10) if minutes_after > 10 else AUTUMN_2026 - timedelta(minutes=50)
     for metric in ("exchange_eems_last_check_timestamp_seconds", "exchange_eems_last_success_timestamp_seconds"):
@@ -476,12 +466,7 @@ def test_the_jea_endpoint_sends_the_offset_changes_too(tmp_path):
         config["servers"][0]["module"] = "jea"
         path = tmp_path / "exporter.yml"
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        exporter = Exporter(load_config(path), Catalog.load())
-        try:
-            poll_all(exporter.poller)
-            found = samples(exporter.metrics_body("text/plain")[0].decode())
-        finally:
-            exporter.stop()
+        found = polled_samples(load_config(path))
     assert value(found, "exchange_up", server="EX01") == 1 and partial_failures(found, "EX01") == set()
     newest = AUTUMN_2026 - timedelta(minutes=50)
     assert int(value(found, "exchange_eems_last_check_timestamp_seconds", server="EX01")) == int(newest.timestamp())
