@@ -5,13 +5,14 @@ a daily log file holds half a day of checks whatever the hour the test runs."""
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import pytest
 
 from ..conftest import SimulatedFleet, polled_samples, relocate
 from ..unit.test_field_report import lines
 from .test_diagnose import diagnose
+from .test_windows_realism import AUTUMN_2026, BERLIN
 
 SERVERS = [
     # healthy: hourly ISO UTF-8 log, direct WinHTTP, the endpoint check reaches OCS
@@ -132,12 +133,9 @@ def test_what_the_report_cannot_tell_says_so(verdicts):
         assert status(verdicts["EX01"][key]) == "NOT COLLECTED", key
 
 
-# Europe/Berlin's autumn change of 2026: 03:00 CEST (UTC+2) becomes 02:00 CET (UTC+1) at 01:00 UTC. Five minutes
-# after it, the newest check (00:10 UTC) and every file the report reads were written in CEST, while the server's
-# offset now is CET's.
-AUTUMN_2026 = datetime(2026, 10, 25, 1, tzinfo=timezone.utc)
-BERLIN = {"build": "15.2.2562.53", "log_time": "culture", "locale": "de-DE", "time_zone": "Europe/Berlin",
-          "events": "absent", "installed_since": "2026-10-01T00:00:00Z"}
+# Europe/Berlin's autumn change of 2026 (AUTUMN_2026, BERLIN: test_windows_realism's). Five minutes after it, the
+# newest check (00:10 UTC) and every file the report reads were written in CEST, while the server's offset now is
+# CET's.
 
 
 @pytest.mark.parametrize("minutes_after", [5, 20])

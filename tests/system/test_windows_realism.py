@@ -430,6 +430,9 @@ def test_a_server_whose_fetches_fail_is_never_silent(alerts, knob):
 
 # Europe/Berlin's autumn change of 2026: 03:00 CEST (UTC+2) becomes 02:00 CET (UTC+1) at 01:00 UTC.
 AUTUMN_2026 = datetime(2026, 10, 25, 1, tzinfo=timezone.utc)
+# a server there writing culture times in local time, with no events (its checks are read from the log)
+BERLIN = {"build": SE, "log_time": "culture", "locale": "de-DE", "time_zone": "Europe/Berlin", "events": "absent",
+          "installed_since": "2026-10-01T00:00:00Z"}
 
 
 @pytest.mark.parametrize("minutes_after", [5, 20])
@@ -440,9 +443,7 @@ def test_culture_times_across_a_daylight_saving_change_are_read_with_the_offset_
     it was: five minutes after the change, a check in the future (within the clock slack) that is no success yet.
     Twenty minutes after it, the newest check is the one after the change, read right either way."""
     scenario = relocate({"clock": (AUTUMN_2026 + timedelta(minutes=minutes_after)).isoformat(), "credentials": [],
-                         "servers": [{"address": "127.0.0.1", "name": "BERLIN", "build": SE, "log_time": "culture",
-                                      "locale": "de-DE", "time_zone": "Europe/Berlin", "events": "absent",
-                                      "installed_since": "2026-10-01T00:00:00Z"}]})
+                         "servers": [{"address": "127.0.0.1", "name": "BERLIN", **BERLIN}]})
     with SimulatedFleet(scenario) as fleet:
         found = polled_samples(fleet.config())
     assert partial_failures(found, "BERLIN") == set()
@@ -457,8 +458,7 @@ def test_the_jea_endpoint_sends_the_offset_changes_too(tmp_path):
     newest check (before it) is read with the offset then in force, as over WinRS."""
     scenario = jea_scenario(tmp_path / "endpoint")
     scenario["clock"] = (AUTUMN_2026 + timedelta(minutes=5)).isoformat()
-    scenario["servers"][0].update({"build": SE, "log_time": "culture", "locale": "de-DE", "time_zone": "Europe/Berlin",
-                                   "events": "absent", "installed_since": "2026-10-01T00:00:00Z"})
+    scenario["servers"][0].update(BERLIN)
     with SimulatedFleet(scenario) as fleet:
         config = yaml.safe_load(fleet.config_text())
         (module,) = config["modules"].values()
