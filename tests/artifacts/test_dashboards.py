@@ -196,15 +196,14 @@ def test_firing_alerts_panel_shows_alerts_without_a_job_label(tmp_path):
 def _promql_test(tmp_path: Path, series: dict[str, str], cases: list[dict]) -> None:
     """Run PromQL `cases` (promtool's promql_expr_test items) over `series` (series -> values) with Prometheus' own
     engine, no rules loaded."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool not found on PATH (Debian package 'prometheus'); PromQL cannot be checked")
+    from .test_rules import promtool
+
     (tmp_path / "empty.rules.yml").write_text("groups: []\n")
     (tmp_path / "test.yml").write_text(yaml.safe_dump({
         "rule_files": ["empty.rules.yml"], "evaluation_interval": "1m",
         "tests": [{"interval": "1m", "input_series": [{"series": s, "values": v} for s, v in series.items()],
                    "promql_expr_test": cases}]}))
-    result = subprocess.run([promtool, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True,
+    result = subprocess.run([promtool(), "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
