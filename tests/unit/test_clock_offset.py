@@ -10,18 +10,15 @@ from types import SimpleNamespace
 import pytest
 
 from exporter.collectors import clock_offset, collect_server
-from exporter.config import PollConfig
 from exporter.winrm import CommandResult
 from exporter.runtime import Target
 from simulator.scenario import scenario_from_dict
 
 from ..conftest import demo_scenario
+from .test_output_properties import SETTINGS
 
 UTC = timezone.utc
 SENT = datetime(2026, 11, 26, 12, 30, tzinfo=UTC)
-SETTINGS = PollConfig(background=True, interval=300, timeout=60, concurrency=4, jitter=0, failing_share=0.5,
-                      lookback=86400, max_events=50, log_tail_bytes=64 << 10, check_endpoint=True,
-                      endpoint_timeout=10, endpoint_proxy_default_credentials=False)
 
 
 def test_no_offset_when_the_script_did_not_say_its_time():
