@@ -56,10 +56,11 @@ function Get-FileDigest([string]$Path) {
 if ($PSVersionTable.PSVersion.Major -lt 5) {
     throw 'JEA needs Windows PowerShell 5.1 (Windows Management Framework 5.1).'
 }
-# A 32-bit Windows PowerShell on 64-bit Windows sees $env:ProgramFiles as 'C:\Program Files (x86)' and has
-# PROCESSOR_ARCHITEW6432 set (Microsoft Learn, "WOW64 Implementation Details"): the module would go where the endpoint's
-# 64-bit session does not look for role capabilities (its PSModulePath has $env:ProgramFiles\WindowsPowerShell\Modules).
-if ($env:PROCESSOR_ARCHITEW6432) {
+# A 32-bit Windows PowerShell on 64-bit Windows sees $env:ProgramFiles as 'C:\Program Files (x86)' (Microsoft Learn,
+# "WOW64 Implementation Details"): the module would go where the endpoint's 64-bit session does not look for role
+# capabilities (its PSModulePath has $env:ProgramFiles\WindowsPowerShell\Modules). The process asks .NET about itself
+# (Environment.Is64BitProcess), not PROCESSOR_ARCHITEW6432, which a child of a 32-bit process may inherit.
+if (-not [Environment]::Is64BitProcess) {
     throw 'This is a 32-bit Windows PowerShell: run the script in the 64-bit one. Nothing changed.'
 }
 $Registered = Get-PSSessionConfiguration -Name $Name -ErrorAction SilentlyContinue

@@ -349,17 +349,19 @@ def test_an_update_that_cannot_read_the_registered_options_is_refused(written):
 
 def test_the_install_script_refuses_a_32_bit_powershell(written):
     """In a 32-bit process on 64-bit Windows (WOW64), $env:ProgramFiles is 'C:\\Program Files (x86)' and
-    PROCESSOR_ARCHITEW6432 is set (Microsoft Learn, "WOW64 Implementation Details", Environment variables). The
+    the process is not 64-bit (Microsoft Learn, "WOW64 Implementation Details"; Environment.Is64BitProcess). The
     script copied the module to Program Files (x86)\\WindowsPowerShell\\Modules, while the endpoint's session runs
     64-bit by default (Register-PSSessionConfiguration -ProcessorArchitecture: "determined by the processor
     architecture of the computer") and finds role capabilities through its own PSModulePath, whose AllUsers folder is
     $Env:ProgramFiles\\WindowsPowerShell\\Modules (about_PSModulePath): the role capability was not found there, and
-    -Remove looked in the wrong folder. It now refuses before it reads or changes anything."""
+    -Remove looked in the wrong folder. It now refuses before it reads or changes anything. It asks .NET
+    ([Environment]::Is64BitProcess), not PROCESSOR_ARCHITEW6432: a 64-bit PowerShell started from a 32-bit process may
+    inherit that variable and would be refused wrongly."""
     text = read(written / windows_endpoint.INSTALL_SCRIPT)
     commands = install_commands(text)
     names = [name for name, _ in commands]
     refusals = [i for i, (name, conditions) in enumerate(commands) if name == "throw"
-                and any("$env:PROCESSOR_ARCHITEW6432" in c for c in conditions)]
+                and any("-not [Environment]::Is64BitProcess" in c for c in conditions)]
     assert refusals, "no refusal of a 32-bit Windows PowerShell"
     for change in ("Get-PSSessionConfiguration", "Unregister-PSSessionConfiguration", "Remove-Item", "Copy-Item",
                    "Register-PSSessionConfiguration"):
