@@ -175,6 +175,7 @@ class Catalog:
         support_end: dict[str, date | None],
         servicing: dict[str, Servicing],
         eems_first: dict[str, tuple[int, int, int, int]],
+        flighting_first: dict[str, tuple[int, int, int, int]],
         cutoffs: dict[str, Cutoff],
         future_after: dict[str, tuple[int, int, int]],
         checked: date | None = None,
@@ -186,6 +187,7 @@ class Catalog:
         self._support_end = support_end
         self._servicing = servicing
         self._eems_first = eems_first
+        self._flighting_first = flighting_first
         self._cutoffs = cutoffs
         self._cus: dict[tuple[str, tuple[int, int, int]], list[Build]] = {}
         for build in sorted(builds.values(), key=lambda b: b.parts):
@@ -265,6 +267,7 @@ class Catalog:
         newer = [b for b in same_cu if b.parts > parts]
         superseded_since = newer[0].released if newer and not cu_level else None
         eems = product in self._eems_first and parts >= self._eems_first[product]
+        flighting = product in self._flighting_first and parts >= self._flighting_first[product]
         servicing, servicing_end = self._servicing_state(product, parts[:3], today)
         next_build = self._next_build(product, servicing, same_cu, parts, cu_level)
         if servicing == SERVICED:
@@ -279,6 +282,7 @@ class Catalog:
             released=released,
             known=exact is not None,
             eems_supported=eems,
+            flighting_supported=flighting,
             cutoffs=self._cutoff_verdicts(eems, product, parts, same_cu if cu_level else None),
             superseded_since=superseded_since,
             product_support_end=self._support_end.get(product),
@@ -363,6 +367,7 @@ def _unplaced(build: tuple[int, int, int, int]) -> BuildVerdict:
         released=None,
         known=False,
         eems_supported=None,
+        flighting_supported=None,
         cutoffs={},
         superseded_since=None,
         product_support_end=None,

@@ -204,12 +204,13 @@ def _cu_first_build(path: str, name: str, builds: dict) -> tuple[int, int, int, 
     return min(parts for parts in builds if parts[:3] == triple and builds[parts].product == product)
 
 
-def _parse_cutoffs(path: str, text: str, builds: dict) -> tuple[dict[str, tuple], dict[str, Cutoff]]:
+def _parse_cutoffs(path: str, text: str, builds: dict) -> tuple[dict[str, tuple], dict[str, tuple], dict[str, Cutoff]]:
+    """(EEMS's first build per product, Feature Flighting's, the cutoffs)."""
     try:
         doc = yaml.safe_load(text)
-        eems_first = {
-            product: _cu_first_build(path, f"{product}/{cu}", builds) for product, cu in doc["eems"]["first_cu"].items()
-        }
+        eems_first, flighting_first = (
+            {product: _cu_first_build(path, f"{product}/{cu}", builds) for product, cu in doc[key]["first_cu"].items()}
+            for key in ("eems", "flighting"))
         cutoffs: dict[str, Cutoff] = {}
         for cid, spec in doc["cutoffs"].items():
             minimum = {}
@@ -226,28 +227,32 @@ def _parse_cutoffs(path: str, text: str, builds: dict) -> tuple[dict[str, tuple]
             cutoffs[str(cid)] = Cutoff(minimum, all_from)
     except (yaml.YAMLError, KeyError, TypeError, AttributeError, BuildVersionError) as e:
         raise CatalogError(path, None, f"malformed cutoffs file: {type(e).__name__}: {e}") from None
-    return eems_first, cutoffs
+    return eems_first, flighting_first, cutoffs
 
 
 def packaged_rules(builds: dict[tuple[int, int, int, int], Build]) -> tuple[
-        dict[str, date | None], dict[str, Servicing], dict[str, tuple[int, int, int, int]], dict[str, Cutoff]]:
-    """What a `Catalog` takes besides its build list: the packaged support ends, servicing rules, EEMS's first
-    builds and cutoffs, the last two resolved against `builds` (a cutoff names CUs, the list gives their builds)."""
+        dict[str, date | None], dict[str, Servicing], dict[str, tuple[int, int, int, int]],
+        dict[str, tuple[int, int, int, int]], dict[str, Cutoff]]:
+    """What a `Catalog` takes besides its build list: the packaged support ends, servicing rules, EEMS's and Feature
+    Flighting's first builds and cutoffs, the last three resolved against `builds` (they name CUs, the list gives
+    their builds)."""
     data = resources.files("exporter") / "data"
     support_end = _parse_lifecycle("exporter/data/lifecycle.tsv", (data / "lifecycle.tsv").read_text("utf-8"))
     servicing = _parse_servicing("exporter/data/servicing.tsv", (data / "servicing.tsv").read_text("utf-8"))
     for product, rule in servicing.items():  # a final CU the build list does not have is a typo, not a fact
         if rule.final_cu is not None:
             _cu_triple("exporter/data/servicing.tsv", f"{product}/{rule.final_cu}", builds)
-    eems_first, cutoffs = _parse_cutoffs("exporter/data/cutoffs.yaml", (data / "cutoffs.yaml").read_text("utf-8"), builds)
-    return support_end, servicing, eems_first, cutoffs
+    eems_first, flighting_first, cutoffs = _parse_cutoffs("exporter/data/cutoffs.yaml",
+                                                          (data / "cutoffs.yaml").read_text("utf-8"), builds)
+    return support_end, servicing, eems_first, flighting_first, cutoffs
 
 
 def _thresholds(builds: Builds) -> dict[str, tuple[int, int, int, int]]:
     """Every full build a `>=` compares with, by what it is: cutoffs.yaml names CUs, and a CU's threshold is its
     oldest listed build, so it comes from the build list."""
-    _, _, eems_first, cutoffs = packaged_rules(builds)
+    _, _, eems_first, flighting_first, cutoffs = packaged_rules(builds)
     named = {f"EEMS from {product}": parts for product, parts in eems_first.items()}
+    named.update({f"Feature Flighting from {product}": parts for product, parts in flighting_first.items()})
     for cid, cutoff in cutoffs.items():
         named.update({f"cutoff {cid} from {product}": parts for product, parts in cutoff.all_from.items()})
         named.update({f"cutoff {cid} minimum of {product} CU {'.'.join(map(str, triple))}": parts

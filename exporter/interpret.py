@@ -113,7 +113,8 @@ def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, look
         service_state=state,
         service_start_mode=start_mode,
         eems=eems,
-        endpoints=tuple(_endpoint(e, proxy_source) for e in facts.endpoints if e.name in ENDPOINTS),
+        endpoints=tuple(_endpoint(e, proxy_source) for e in facts.endpoints
+                        if e.name in ENDPOINTS and _endpoint_used(ENDPOINTS[e.name], build)),
         collection_errors=_unique(failures),
         stage_seconds=facts.stage_seconds,
     )
@@ -205,6 +206,14 @@ def _unique(failures: list[PartialFailure]) -> tuple[PartialFailure, ...]:
     for failure in failures:
         seen.setdefault((failure.part, failure.reason), failure)
     return tuple(seen.values())
+
+
+def _endpoint_used(endpoint: str, build: BuildVerdict | None) -> bool:
+    """Whether the server runs a service that fetches from the endpoint. `flighting` (GetExchangeConfig) is the
+    Feature Flighting service's, which only Exchange 2019 CU15 and later and SE have (cutoffs.yaml): on an older
+    build nothing uses it, and its failure raised ExchangeEEMSEndpointUnreachable, gated on EEMS alone, for a server
+    HealthChecker shows no flighting for. A build unread or of an unknown product keeps it."""
+    return endpoint != "flighting" or build is None or build.flighting_supported is not False
 
 
 def _endpoint(raw: RawEndpoint, given_proxy_source: str | None) -> EndpointState:

@@ -161,6 +161,7 @@ class BuildVerdict:
     released: date | None
     known: bool
     eems_supported: bool | None  # the build has EEMS (role is judged separately); None: product unknown
+    flighting_supported: bool | None  # the build has Feature Flighting (uses GetExchangeConfig); None: product unknown
     cutoffs: dict[str, bool]  # cutoff id ("2023-03", "2026-06") -> compliant
     superseded_since: date | None  # release of the first newer build of the same CU
     product_support_end: date | None

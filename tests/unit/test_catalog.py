@@ -147,6 +147,29 @@ def test_eems_gate_compares_the_full_build(catalog, version, eems):
         assert not any(v.cutoffs.values())
 
 
+@pytest.mark.parametrize(
+    "version, flighting",
+    [
+        ("15.0.1497.48", False), ("15.1.2507.75", False),  # 2013, 2016: never
+        ("15.2.1544.48", False), ("15.2.1748.9", False), ("15.2.1748.10", True),  # 2019 from CU15's own build
+        ("15.2.1748.53", True), ("15.2.2562.17", True), ("15.2.2700.1", True),  # SE, a future SE CU
+    ],
+)
+def test_feature_flighting_starts_at_2019_cu15_and_se_rtm(catalog, version, flighting):
+    """cutoffs.yaml `flighting`: the builds whose Feature Flighting service uses OCS's GetExchangeConfig."""
+    assert catalog.verdict(version).flighting_supported is flighting
+
+
+def test_a_row_before_2019_cu15s_first_build_moves_the_flighting_threshold():
+    """Like EEMS's first CU, flighting's is a threshold a list may not move (`catalog update` refuses it)."""
+    from exporter.catalog import Build
+    from exporter.catalog_data import threshold_changes
+    packaged = packaged_builds()
+    early = Build("Exchange2019", "CU15", "Early", (15, 2, 1748, 5), date(2025, 2, 1))
+    assert threshold_changes(packaged, {**packaged, early.parts: early}) == [
+        "Feature Flighting from Exchange2019 15.2.1748.10 -> 15.2.1748.5"]
+
+
 def test_all_from_cutoff_compares_the_full_build(catalog):
     # 2023-03 passes every build "from 2019 CU13" = from 15.2.1258.12, not from 15.2.1258.0.
     assert cutoffs(catalog, "15.2.1258.11") == (False, False)
@@ -426,7 +449,8 @@ def test_a_build_of_a_newer_exchange_version_is_unknown_and_nothing_is_judged_of
         verdict = catalog.verdict(version, cu_level=cu_level, today=date(2026, 11, 26))
         assert verdict == BuildVerdict(
             version=".".join(str(int(p)) for p in version.split(".")), product="unknown", cu="unknown",
-            update="unknown", released=None, known=False, eems_supported=None, cutoffs={}, superseded_since=None,
+            update="unknown", released=None, known=False, eems_supported=None, flighting_supported=None, cutoffs={},
+            superseded_since=None,
             product_support_end=None, servicing="unknown", cu_servicing_end=None, next_build=None,
             update_path_since=None)
     assert parse_admin_display_version("Version 16.0 (Build 1.2)") == "16.0.1.2"

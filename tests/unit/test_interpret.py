@@ -120,6 +120,28 @@ def test_build_service_and_endpoint(catalog):
     assert [(e.reachable, e.reason) for e in down.endpoints] == [(False, "connect_failed")]
 
 
+@pytest.mark.parametrize("exsetup, admin_display_version, flighting", [
+    ("15.01.2507.075", None, False),  # 2016 CU23 Sep26SUv2: Feature Flighting never came to 2016
+    ("15.02.1544.048", None, False),  # 2019 CU14 Sep26SUv2: the CU before flighting
+    ("15.02.1748.010", None, True),  # 2019 CU15's own build: the first with flighting
+    ("15.02.2562.053", None, True),  # SE RTM
+    (None, "Version 15.2 (Build 1544.4)", False),  # CU-level: every 2019 CU14 build lacks it
+    (None, None, True),  # build unread: nothing says the server lacks it
+])
+def test_flighting_endpoint_is_reported_only_for_builds_with_feature_flighting(catalog, exsetup, admin_display_version,
+                                                                               flighting):
+    """HealthChecker shows Feature Flighting and its GetExchangeConfig endpoint only from Exchange 2019 CU15 and on
+    SE (Invoke-AnalyzerExchangeInformation.ps1; Learn's "Feature Flighting in Exchange Server" applies to 2019 and
+    SE, not 2016). Before, the endpoint check's `flighting` result was reported for every server, and a proxy that
+    let only GetExchangeMitigations through raised ExchangeEEMSEndpointUnreachable{endpoint="flighting"} on a 2016
+    or 2019 CU14 server, which has no service that uses it."""
+    down = endpoint("GetExchangeConfig", status=0, web_status="ConnectFailure")
+    state = interpret_server("EX01", facts(exsetup_version=exsetup, endpoints=(endpoint(), down)), catalog,
+                             lookback=LOOKBACK, now=NOW, admin_display_version=admin_display_version)
+    expected = [("mitigations", True)] + ([("flighting", False)] if flighting else [])
+    assert [(e.endpoint, e.reachable) for e in state.endpoints] == expected
+
+
 @pytest.mark.parametrize(
     "status, web_status, revocation_failed, reason",
     [
