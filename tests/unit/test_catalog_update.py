@@ -28,6 +28,7 @@ from ..conftest import PASSWORD, PASSWORD_ENV, minimal_config
 from .test_cli import REPO, assert_one_line_error, exporter
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "ExchangeBuildNumbers-excerpt.csv"
+MICROSOFT_LIST = FIXTURE.with_name("ExchangeBuildNumbers-a2c819b.csv")  # the whole list, unchanged
 OCT26 = "Exchange SE RTM Oct26SU,15.2.2562.60,10/13/2026,KB0000000,\n"  # a build newer than the packaged catalog
 HEADER = "product\tcu\tupdate\tbuild\treleased\n"
 
@@ -71,6 +72,27 @@ def loopback_server():
 
 
 # ---------------------------------------------------------------- update
+
+
+def test_microsofts_whole_list_agrees_with_the_packaged_catalog(tmp_path):
+    """`catalog update` on Microsoft's whole list, as the ExchangeCatalogStale runbook has an admin run it: every
+    Exchange 2013-SE row is read, each is a packaged build with Microsoft's name and date, so the written file holds
+    no row (a row that differed would override the packaged one), and the rows docs/reference/exchange-builds.tsv
+    credits to this list (`gebn`) are exactly its rows."""
+    output = tmp_path / "catalog.tsv"
+    result = exporter("catalog", "update", "--from", str(MICROSOFT_LIST), "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    assert "0 builds new or different" in result.stdout
+    assert output.read_text(encoding="utf-8").splitlines()[1:] == [
+        "# 0 builds that are new or different from the packaged catalog.", HEADER.strip()]
+    listed = {".".join(str(int(part)) for part in row["Build Number"].split("."))
+              for row in csv.DictReader(MICROSOFT_LIST.read_text(encoding="utf-8").splitlines())
+              if not row["Product Name"].startswith(("Exchange 2007", "Exchange 2010"))}
+    with (REPO / "docs" / "reference" / "exchange-builds.tsv").open(encoding="utf-8", newline="") as f:
+        credited = {row["build"] for row in csv.DictReader(f, delimiter="\t") if "gebn" in row["source"].split("+")}
+    assert len(listed) == 225 and listed == credited
+    packaged = {".".join(map(str, b.parts)) for b in Catalog.load().builds()}
+    assert listed <= packaged
 
 
 def test_update_from_microsoft_csv_writes_only_new_rows(tmp_path):
