@@ -10,7 +10,8 @@ A peer table maintained by Microsoft is the best check we have that ours is comp
 where the two disagree, docs/catalog.md says which one we trust (Microsoft Learn first) and why.
 
     python tools/compare_healthchecker.py PATH/TO/Get-ExchangeBuildVersionInformation.ps1 \\
-        [--mitigation-analyzer PATH/TO/Invoke-AnalyzerSecurityMitigationService.ps1] [--today YYYY-MM-DD]
+        [--mitigation-analyzer PATH/TO/Invoke-AnalyzerSecurityMitigationService.ps1] \\
+        [--flighting-analyzer PATH/TO/Invoke-AnalyzerExchangeInformation.ps1] [--today YYYY-MM-DD]
 
 Only the file's text is read (nothing is executed). Exit 0 after printing, 2 if the file has no build table.
 """
@@ -39,7 +40,7 @@ _CU_LEVEL = re.compile(r'\$cuLevel\s*=\s*"(\w+)"')
 _CU_DATE = re.compile(r'\$cuReleaseDate\s*=\s*"([0-9/]+)"')
 _SUPPORTED = re.compile(r"\$supportedBuildNumber\s*=\s*\$(true|false)")
 _LATEST_SU = re.compile(r'GetBuildVersion\s+\$(\w+)\s+"(\w+)"\s+-SU\s+"(\w+)"\)\s*\{\s*\$latestSUBuild\s*=\s*\$true')
-_EEMS_FROM = re.compile(r'-Version\s+"(Exchange\w+)"\s+-CU\s+"(\w+)"')
+_FIRST_CU = re.compile(r'-Version\s+"(Exchange\w+)"\s+-CU\s+"(\w+)"')
 
 
 @dataclass(frozen=True)
@@ -98,12 +99,15 @@ def read_table(text: str) -> HcTable:
     return HcTable(builds, supported, cu_dates, latest)
 
 
-def eems_first_cus(text: str) -> dict[str, str]:
-    """product -> first CU with EEMS, from HealthChecker's mitigation-service analyzer."""
-    return {product: cu for product, cu in _EEMS_FROM.findall(text)}
+def first_cus(text: str) -> dict[str, str]:
+    """product -> first CU of a feature, from the HealthChecker analyzer that shows it only from that CU on
+    (`Test-ExchangeBuildGreaterOrEqualThanBuild ... -Version "Exchange2019" -CU "CU11"`): EEMS in the mitigation-service
+    analyzer, Feature Flighting in the Exchange-information one (its only such calls)."""
+    return {product: cu for product, cu in _FIRST_CU.findall(text)}
 
 
-def compare(table: HcTable, catalog: Catalog, today: date, eems_from: dict[str, str] | None) -> list[tuple[str, str]]:
+def compare(table: HcTable, catalog: Catalog, today: date, eems_from: dict[str, str] | None,
+            flighting_from: dict[str, str] | None = None) -> list[tuple[str, str]]:
     """(kind, detail) for every disagreement."""
     out: list[tuple[str, str]] = []
     ours = {".".join(map(str, b.parts)): b for b in catalog.builds()}
@@ -153,16 +157,16 @@ def compare(table: HcTable, catalog: Catalog, today: date, eems_from: dict[str, 
         if hc_latest and newest_version and hc_latest != newest_version:
             out.append(("latest-su", f"{product} {cu}: ours {newest_version} ({newest.update}), HealthChecker "
                                      f"{hc_latest} ({su})"))
-    if eems_from:
-        first = {product: cu_build.get((product, cu)) for product, cu in eems_from.items()}
-        for hc in table.builds:
+    for kind, first_from, field in (("eems", eems_from, "eems_supported"),
+                                    ("flighting", flighting_from, "flighting_supported")):
+        # HealthChecker compares a build only with the first CU of its own product (MajorVersion), 2013 has neither
+        first = {product: cu_build.get((product, cu)) for product, cu in (first_from or {}).items()}
+        for hc in (table.builds if first_from else ()):
             start = first.get(hc.product)
-            hc_eems = start is not None and parse_build(hc.version) >= parse_build(start)
-            if hc.product == "Exchange2013":
-                hc_eems = False
-            mine = catalog.verdict(hc.version, today=today).eems_supported
-            if mine != hc_eems:
-                out.append(("eems", f"{hc.version}: ours {mine}, HealthChecker {hc_eems}"))
+            hc_has = start is not None and parse_build(hc.version) >= parse_build(start)
+            mine = getattr(catalog.verdict(hc.version, today=today), field)
+            if mine != hc_has:
+                out.append((kind, f"{hc.version}: ours {mine}, HealthChecker {hc_has}"))
     return out
 
 
@@ -171,13 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("build_table", type=Path, help="HealthChecker's Get-ExchangeBuildVersionInformation.ps1")
     parser.add_argument("--mitigation-analyzer", type=Path,
                         help="Invoke-AnalyzerSecurityMitigationService.ps1: also compare which builds have EEMS")
+    parser.add_argument("--flighting-analyzer", type=Path,
+                        help="Invoke-AnalyzerExchangeInformation.ps1: also compare which builds have Feature Flighting")
     parser.add_argument("--catalog.file", dest="catalog_file", type=Path, help="an extra catalog_file to include")
     parser.add_argument("--today", type=date.fromisoformat, default=None, help="date for servicing verdicts")
     args = parser.parse_args(argv)
     try:
         table = read_table(args.build_table.read_text(encoding="utf-8-sig"))
-        eems_from = eems_first_cus(args.mitigation_analyzer.read_text(encoding="utf-8-sig")) \
-            if args.mitigation_analyzer else None
+        eems_from, flighting_from = (first_cus(path.read_text(encoding="utf-8-sig")) if path else None
+                                     for path in (args.mitigation_analyzer, args.flighting_analyzer))
         catalog = Catalog.load(args.catalog_file)
     except (OSError, UnicodeDecodeError, CatalogError) as err:
         print(f"compare_healthchecker: {err}", file=sys.stderr)
@@ -186,11 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare_healthchecker: {args.build_table}: no GetExchangeBuildDictionary build table found",
               file=sys.stderr)
         return 2
-    disagreements = compare(table, catalog, args.today or today_utc(), eems_from)
+    disagreements = compare(table, catalog, args.today or today_utc(), eems_from, flighting_from)
     for kind, detail in disagreements:
         print(f"{kind}: {detail}")
     counts = Counter(kind for kind, _ in disagreements)
-    checked = "builds, names, CU dates, Supported, LatestSU" + (", EEMS" if eems_from else "")
+    checked = ("builds, names, CU dates, Supported, LatestSU" + (", EEMS" if eems_from else "")
+               + (", Feature Flighting" if flighting_from else ""))
     print(f"summary: {len(table.builds)} HealthChecker builds, {len(catalog.builds())} catalog builds; checked "
           f"{checked}; " + (", ".join(f"{kind} {n}" for kind, n in sorted(counts.items())) or "no disagreements"))
     return 0

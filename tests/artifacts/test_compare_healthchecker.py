@@ -53,6 +53,18 @@ def test_eems_rule_disagreement():
                     "eems: 15.2.1118.40: ours True, HealthChecker False"]
 
 
+def test_flighting_rule_disagreement():
+    # The excerpt claims Feature Flighting starts at 2019 CU14; ours (cutoffs.yaml) and HealthChecker's real file
+    # (f88378b1e) say CU15: only the CU14 builds disagree, 2019 CU15 and SE agree, 2013/2016 have none on either side.
+    result = compare(str(FIXTURES / "healthchecker-excerpt.ps1"), "--today", "2026-04-02",
+                     "--flighting-analyzer", str(FIXTURES / "healthchecker-flighting-excerpt.ps1"))
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if line.startswith("flighting:")] == [
+        "flighting: 15.2.1544.4: ours False, HealthChecker True",
+        "flighting: 15.2.1544.39: ours False, HealthChecker True"]
+    assert "checked builds, names, CU dates, Supported, LatestSU, Feature Flighting;" in lines[-1]
+
+
 def test_a_file_without_a_build_table(tmp_path):
     empty = tmp_path / "other.ps1"
     empty.write_text("function Foo { }\n")
