@@ -36,14 +36,17 @@ def panels(dashboard: dict) -> list[dict]:
     return found
 
 
-def substitute(expr: str) -> str:
+def substitute(expr: str, **selected: str) -> str:
+    """`expr` as Grafana sends it, every variable at All but those `selected` (e.g. server="EX01")."""
+    values = {**SUBSTITUTIONS, **selected}
+
     def value(match: re.Match) -> str:
         name = match.group(1) or match.group(2)
         if name.isdigit():  # label_replace's "$1": no variable has that name, so Grafana leaves it as it is
             return match.group(0)
-        if name not in SUBSTITUTIONS:
+        if name not in values:
             raise KeyError(f"unknown dashboard variable ${name} in: {expr}")
-        return SUBSTITUTIONS[name]
+        return values[name]
 
     return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", value, expr)
 

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.dashboard_queries import all_panel_queries, dashboard_files, panels
+from tests.grafana_display import GREENS, REDS
 
 DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
 # Changing a uid breaks every bookmark and link to the dashboard: these are part of the public interface.
@@ -237,3 +238,73 @@ def test_the_update_path_panel_says_newest_only_of_a_build_the_catalog_places(tm
     _promql_test(tmp_path, series, [{"expr": expr, "eval_time": "5m", "exp_samples": [
         {"labels": "{" + labels.format("NEWEST") + "}", "value": 0},
         {"labels": "{" + labels.format("OLD") + "}", "value": 300}]}])
+
+
+# ------------------------------------------------------------------ no data is never "fine"
+
+SERVER = 'job="exchange-eems",instance="x:10061",server="{}"'
+# A healthy neighbour: the panels select EX01, so what they return for it comes from EX01's series alone.
+NEIGHBOUR = {f"{metric}{{{SERVER.format('EX02')}{extra}}}": value for metric, extra, value in (
+    ("exchange_up", "", "1x5"), ("exchange_build_known", "", "1x5"),
+    ("exchange_build_release_timestamp_seconds", "", "0x5"), ("exchange_eems_supported", "", "1x5"),
+    ("exchange_service_state", ',name="MSExchangeMitigation",state="running"', "1x5"),
+    ("exchange_eems_last_activity_timestamp_seconds", "", "0x5"),
+    ("exchange_eems_last_success_timestamp_seconds", "", "0x5"),
+    ("exchange_build_update_path_info", ',servicing="serviced",next_product="",next_cu="",next_update="",'
+                                         'next_version=""', "1x5"))}
+EX01 = SERVER.format("EX01")
+# server state -> (EX01's series, {stat panel: what its query returns for EX01, None for no series}, colours the
+# panels named must not show it in). `*`: every stat panel. Unknown or failed is never green; fine is never red.
+STATES = {
+    "never polled, removed from the configuration, or its shard down": ({}, {"*": None}, GREENS),
+    "every poll failed since the exporter started (here: its credential paused)": (
+        {f"exchange_up{{{EX01}}}": "0x5",
+         f'exchange_collector_error{{{EX01},collector="server",reason="credential_paused"}}': "1x5"},
+        {"*": None, "Last poll": 0}, GREENS),
+    "a build of an Exchange version newer than the catalog knows": (
+        {f"exchange_up{{{EX01}}}": "1x5", f"exchange_build_known{{{EX01}}}": "0x5",
+         f'exchange_build_info{{{EX01},product="unknown",cu="unknown",update="unknown",version="15.3.100.1",'
+         f'source="exsetup"}}': "1x5",
+         f'exchange_build_update_path_info{{{EX01},servicing="unknown",next_product="",next_cu="",next_update="",'
+         f'next_version=""}}': "1x5"},
+        {"Build age": None, "Newer build on the update path for": None}, GREENS),
+    "EEMS left no trace in the lookback window (ExchangeEEMSNoActivity)": (
+        {f"exchange_up{{{EX01}}}": "1x5", f"exchange_eems_supported{{{EX01}}}": "1x5",
+         f'exchange_service_state{{{EX01},name="MSExchangeMitigation",state="running"}}': "1x5"},
+        {"Last activity": None, "Last successful check": None}, GREENS),
+    "EEMS checks and never failed in the lookback window": (
+        {f"exchange_up{{{EX01}}}": "1x5", f"exchange_eems_supported{{{EX01}}}": "1x5",
+         f"exchange_eems_last_activity_timestamp_seconds{{{EX01}}}": "0x5",
+         f"exchange_eems_last_success_timestamp_seconds{{{EX01}}}": "0x5"},
+        {"Last poll": 1, "Last error": None, "Last error reason": None}, REDS),
+}
+
+
+@pytest.mark.parametrize("state", sorted(STATES))
+def test_a_server_detail_stat_shows_each_server_state_in_a_colour_that_fits_it(tmp_path, state):
+    """Grafana shows a stat whose query returns nothing in its base threshold colour (tests/grafana_display.py):
+    a green base showed "No data" in green for a server with no build age or no EEMS trace, the very states
+    ExchangeBuildUnknown and ExchangeEEMSNoActivity warn of, and for a server with no data at all; a red base
+    showed a server that never failed a check with last error reason "none" in red. Prometheus' own engine
+    (promtool) says what each panel's query returns for a server in that state; the panel must not show it in
+    the colour of the opposite."""
+    from tests.dashboard_queries import substitute
+    from tests.grafana_display import shown
+
+    series, expected, forbidden = STATES[state]
+    detail = load(dashboard_files()[0].parent / "server-detail.json")
+    stats = {p["title"]: p for p in panels(detail) if p["type"] == "stat"}
+    if "*" in expected:
+        expected = {**{title: expected["*"] for title in stats}, **expected}
+        del expected["*"]
+    assert set(expected) <= set(stats)
+    cases = []
+    for title, value in expected.items():
+        for target in stats[title]["targets"]:
+            samples = [] if value is None else [{"labels": f"{{{EX01}}}", "value": value}]
+            expr = substitute(target["expr"], server="EX01")
+            cases.append({"expr": f"sum without(__name__) ({expr})" if samples else expr, "eval_time": "5m",
+                          "exp_samples": samples})
+    _promql_test(tmp_path, {**NEIGHBOUR, **series}, cases)
+    displayed = {title: shown(stats[title]["fieldConfig"]["defaults"], value) for title, value in expected.items()}
+    assert {title: text_colour for title, text_colour in displayed.items() if text_colour[1] in forbidden} == {}
