@@ -280,6 +280,31 @@ STATES = {
 }
 
 
+def _stats_shown(tmp_path: Path, dashboard: str, series: dict[str, str], expected: dict[str, float | None],
+                 **selected: str) -> dict[str, tuple[str | None, str]]:
+    """What the stat panels named in `expected` show (text, colour), after promtool (Prometheus' own engine) has
+    confirmed that each one's queries return `expected` over `series`: None for no series, else one sample without
+    labels of its own (the panels select one server) or of an aggregation. `*` stands for every stat panel."""
+    from tests.dashboard_queries import substitute
+    from tests.grafana_display import shown
+
+    stats = {p["title"]: p for p in panels(load(dashboard_files()[0].parent / dashboard)) if p["type"] == "stat"}
+    if "*" in expected:
+        expected = {**{title: expected["*"] for title in stats}, **expected}
+        del expected["*"]
+    assert set(expected) <= set(stats)
+    labels = f"{{{EX01}}}" if "server" in selected else "{}"
+    cases = []
+    for title, value in expected.items():
+        for target in stats[title]["targets"]:
+            samples = [] if value is None else [{"labels": labels, "value": value}]
+            expr = substitute(target["expr"], **selected)
+            cases.append({"expr": f"sum without(__name__) ({expr})" if samples else expr, "eval_time": "5m",
+                          "exp_samples": samples})
+    _promql_test(tmp_path, series, cases)
+    return {title: shown(stats[title]["fieldConfig"]["defaults"], value) for title, value in expected.items()}
+
+
 @pytest.mark.parametrize("state", sorted(STATES))
 def test_a_server_detail_stat_shows_each_server_state_in_a_colour_that_fits_it(tmp_path, state):
     """Grafana shows a stat whose query returns nothing in its base threshold colour (tests/grafana_display.py):
@@ -288,23 +313,40 @@ def test_a_server_detail_stat_shows_each_server_state_in_a_colour_that_fits_it(t
     showed a server that never failed a check with last error reason "none" in red. Prometheus' own engine
     (promtool) says what each panel's query returns for a server in that state; the panel must not show it in
     the colour of the opposite."""
-    from tests.dashboard_queries import substitute
-    from tests.grafana_display import shown
-
     series, expected, forbidden = STATES[state]
-    detail = load(dashboard_files()[0].parent / "server-detail.json")
-    stats = {p["title"]: p for p in panels(detail) if p["type"] == "stat"}
-    if "*" in expected:
-        expected = {**{title: expected["*"] for title in stats}, **expected}
-        del expected["*"]
-    assert set(expected) <= set(stats)
-    cases = []
-    for title, value in expected.items():
-        for target in stats[title]["targets"]:
-            samples = [] if value is None else [{"labels": f"{{{EX01}}}", "value": value}]
-            expr = substitute(target["expr"], server="EX01")
-            cases.append({"expr": f"sum without(__name__) ({expr})" if samples else expr, "eval_time": "5m",
-                          "exp_samples": samples})
-    _promql_test(tmp_path, {**NEIGHBOUR, **series}, cases)
-    displayed = {title: shown(stats[title]["fieldConfig"]["defaults"], value) for title, value in expected.items()}
+    displayed = _stats_shown(tmp_path, "server-detail.json", {**NEIGHBOUR, **series}, expected, server="EX01")
     assert {title: text_colour for title, text_colour in displayed.items() if text_colour[1] in forbidden} == {}
+
+
+EXPORTER = 'job="exchange-eems",instance="{}"'
+# What the fleet's stats show when an exporter is not there to report its servers: those servers have no series,
+# so every count of theirs is 0. state -> (series, {stat panel: value}); none may be green, nor blue (neutral).
+# Another job's target down (the Job variable's All, `.+`, matches it too) is no exporter down.
+OTHER_JOB = {'up{job="node",instance="n:9100"}': "0x5"}
+EXPORTER_A = EXPORTER.format("a:10061")
+EX01_ON_A = SERVER.format("EX01").replace("x:10061", "a:10061")
+EXPORTER_STATES = {
+    "the only exporter target down (ExchangeExporterDown)": (
+        {f"up{{{EXPORTER_A}}}": "0x5", f'exchange_exporter_build_info{{{EXPORTER_A},version="0.1.0"}}': "1 _x4"},
+        {"Servers": 0, "Build catalog age": None, "Exporter down or shard missing": 1}),
+    "one replica of two down: its shard's servers gone (ExchangeExporterDown)": (
+        {f"up{{{EXPORTER_A}}}": "1x5", f"up{{{EXPORTER.format('b:10061')}}}": "0x5", f"exchange_up{{{EX01_ON_A}}}": "1x5"},
+        {"Exporter down or shard missing": 1}),
+    "shard 1 of 2 run by no replica (ExchangeExporterShardMissing)": (
+        {f"up{{{EXPORTER_A}}}": "1x5", f"exchange_up{{{EX01_ON_A}}}": "1x5",
+         f'exchange_exporter_shard_info{{{EXPORTER_A},shard="0",shards="2"}}': "1x5",
+         **{f'exchange_exporter_shard_servers{{{EXPORTER_A},shard="{k}",shards="2"}}': "1x5" for k in (0, 1)}},
+        {"Exporter down or shard missing": 1}),
+}
+
+
+@pytest.mark.parametrize("state", sorted(EXPORTER_STATES))
+def test_the_fleet_stats_say_when_an_exporter_is_not_there(tmp_path, state):
+    """An exporter target that is down, or a shard no replica runs, takes its servers' series with it: every count
+    of the fleet overview read 0 in green for them and "Build catalog age" said "No data" in green. A stat counts
+    them as ExchangeExporterDown and ExchangeExporterShardMissing do, "Servers" at 0 is red, and the catalog age
+    of no exporter is unknown (run by promtool, coloured as Grafana does)."""
+    series, expected = EXPORTER_STATES[state]
+    displayed = _stats_shown(tmp_path, "fleet-overview.json", {**OTHER_JOB, **series}, expected)
+    assert {title: text_colour for title, text_colour in displayed.items()
+            if text_colour[1] in GREENS | {"blue"}} == {}

@@ -556,6 +556,7 @@ DEMO_COUNTS = {
     "Exporter cannot poll": 1,  # EX-SE05-NOWINRM
     "Mitigations blocked": 1,  # EX-SE03-BLOCKED: M2.1.0
     "Collector blind to a part": 2,  # EX-SE06-DE (service, events), KNOB-BLIND (service, events, log)
+    "Exporter down or shard missing": 0,  # one unsharded exporter, scraped
 }
 
 
