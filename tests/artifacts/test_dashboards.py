@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.dashboard_queries import all_panel_queries, dashboard_files, panels
-from tests.grafana_display import GREENS, REDS
+from tests.dashboard_queries import all_panel_queries, dashboard_files, panels, substitute
+from tests.grafana_display import GREENS, REDS, shown
 
 DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
 # Changing a uid breaks every bookmark and link to the dashboard: these are part of the public interface.
@@ -285,9 +285,6 @@ def _stats_shown(tmp_path: Path, dashboard: str, series: dict[str, str], expecte
     """What the stat panels named in `expected` show (text, colour), after promtool (Prometheus' own engine) has
     confirmed that each one's queries return `expected` over `series`: None for no series, else one sample without
     labels of its own (the panels select one server) or of an aggregation. `*` stands for every stat panel."""
-    from tests.dashboard_queries import substitute
-    from tests.grafana_display import shown
-
     stats = {p["title"]: p for p in panels(load(dashboard_files()[0].parent / dashboard)) if p["type"] == "stat"}
     if "*" in expected:
         expected = {**{title: expected["*"] for title in stats}, **expected}
