@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from exporter.windows_service import START_MODES, STATE_LABELS
 from tests.dashboard_queries import all_panel_queries, dashboard_files, panels, substitute
 from tests.grafana_display import GREENS, REDS, shown
 
@@ -253,6 +254,15 @@ NEIGHBOUR = {f"{metric}{{{SERVER.format('EX02')}{extra}}}": value for metric, ex
     ("exchange_build_update_path_info", ',servicing="serviced",next_product="",next_cu="",next_update="",'
                                          'next_version=""', "1x5"))}
 EX01 = SERVER.format("EX01")
+
+
+def _service(server: str, state: str, start_mode: str | None = None) -> dict[str, str]:
+    """MSExchangeMitigation's state-set (every state, 1 for `state`) and start modes, as the exporter writes them."""
+    name = f'{server},name="MSExchangeMitigation"'
+    series = {f'exchange_service_state{{{name},state="{s}"}}': "1x5" if s == state else "0x5" for s in STATE_LABELS}
+    series.update({f'exchange_service_start_mode{{{name},start_mode="{m}"}}': "1x5" if m == start_mode else "0x5"
+                   for m in START_MODES.values() if start_mode})
+    return series
 # server state -> (EX01's series, {stat panel: what its query returns for EX01, None for no series}, colours the
 # panels named must not show it in). `*`: every stat panel. Unknown or failed is never green; fine is never red.
 STATES = {
@@ -272,34 +282,43 @@ STATES = {
         {f"exchange_up{{{EX01}}}": "1x5", f"exchange_eems_supported{{{EX01}}}": "1x5",
          f'exchange_service_state{{{EX01},name="MSExchangeMitigation",state="running"}}': "1x5"},
         {"Last activity": None, "Last successful check": None}, GREENS),
+    "MSExchangeMitigation stopped and disabled (ExchangeEEMSServiceNotRunning, ExchangeEEMSServiceNotAutomatic)": (
+        {f"exchange_up{{{EX01}}}": "1x5", f"exchange_eems_supported{{{EX01}}}": "1x5",
+         **_service(EX01, "stopped", "disabled")},
+        {"MSExchangeMitigation/A": 0, "MSExchangeMitigation/B": 3}, GREENS | {"blue"}),
+    "MSExchangeMitigation of a state the account may not read (no alert: unknown is not bad)": (
+        {f"exchange_up{{{EX01}}}": "1x5", f"exchange_eems_supported{{{EX01}}}": "1x5", **_service(EX01, "unknown")},
+        {"MSExchangeMitigation/A": 2}, REDS | GREENS),
     "EEMS checks and never failed in the lookback window": (
         {f"exchange_up{{{EX01}}}": "1x5", f"exchange_eems_supported{{{EX01}}}": "1x5",
          f"exchange_eems_last_activity_timestamp_seconds{{{EX01}}}": "0x5",
-         f"exchange_eems_last_success_timestamp_seconds{{{EX01}}}": "0x5"},
-        {"Last poll": 1, "Last error": None, "Last error reason": None}, REDS),
+         f"exchange_eems_last_success_timestamp_seconds{{{EX01}}}": "0x5", **_service(EX01, "running", "auto")},
+        {"Last poll": 1, "Last error": None, "Last error reason": None, "MSExchangeMitigation": 1}, REDS),
 }
 
 
 def _stats_shown(tmp_path: Path, dashboard: str, series: dict[str, str], expected: dict[str, float | None],
                  **selected: str) -> dict[str, tuple[str | None, str]]:
     """What the stat panels named in `expected` show (text, colour), after promtool (Prometheus' own engine) has
-    confirmed that each one's queries return `expected` over `series`: None for no series, else one sample without
-    labels of its own (the panels select one server) or of an aggregation. `*` stands for every stat panel."""
+    confirmed that their queries return `expected` over `series`: None for no series, else one sample, of the
+    selected server or of an aggregation. A key is a panel title (each of its queries) or "title/refId" (that one);
+    `*` stands for every stat panel."""
     stats = {p["title"]: p for p in panels(load(dashboard_files()[0].parent / dashboard)) if p["type"] == "stat"}
     if "*" in expected:
         expected = {**{title: expected["*"] for title in stats}, **expected}
         del expected["*"]
-    assert set(expected) <= set(stats)
+    queries = {}
+    for key, value in expected.items():
+        title, _, ref_id = key.partition("/")
+        assert title in stats, key
+        queries.update({key: (stats[title], target["expr"], value) for target in stats[title]["targets"]
+                        if target["refId"] == ref_id or not ref_id})
     labels = f"{{{EX01}}}" if "server" in selected else "{}"
-    cases = []
-    for title, value in expected.items():
-        for target in stats[title]["targets"]:
-            samples = [] if value is None else [{"labels": labels, "value": value}]
-            expr = substitute(target["expr"], **selected)
-            cases.append({"expr": f"sum without(__name__) ({expr})" if samples else expr, "eval_time": "5m",
-                          "exp_samples": samples})
+    cases = [{"expr": f"sum by (job, instance, server) ({substitute(expr, **selected)})", "eval_time": "5m",
+              "exp_samples": [] if value is None else [{"labels": labels, "value": value}]}
+             for _, expr, value in queries.values()]
     _promql_test(tmp_path, series, cases)
-    return {title: shown(stats[title]["fieldConfig"]["defaults"], value) for title, value in expected.items()}
+    return {key: shown(panel["fieldConfig"]["defaults"], value) for key, (panel, _, value) in queries.items()}
 
 
 @pytest.mark.parametrize("state", sorted(STATES))
