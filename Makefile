@@ -8,8 +8,8 @@ KERBEROS_PACKAGES := krb5-kdc krb5-admin-server libkrb5-dev faketime gcc
 # What the tests run (tests/artifacts/test_ci.py checks that every program a test looks up is listed here).
 # The MIT admin programs are in sbin, which a non-root PATH may lack: named by their path.
 KERBEROS_PROGRAMS := /usr/sbin/krb5kdc /usr/sbin/kadmin.local /usr/sbin/kdb5_util krb5-config faketime gcc
-SYSTEM_PACKAGES := prometheus prometheus-alertmanager systemd chromium chromium-driver
-SYSTEM_PROGRAMS := promtool prometheus amtool prometheus-alertmanager systemd-analyze chromium chromedriver
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager systemd strace chromium chromium-driver
+SYSTEM_PROGRAMS := promtool prometheus amtool prometheus-alertmanager systemd-analyze strace chromium chromedriver
 
 .PHONY: demo demo-kerberos demo-psrp demo-stack dist test check bench soak install system-deps kerberos-deps clean rules lock
 
