@@ -193,6 +193,34 @@ def test_pod_is_locked_down():
         assert container[probe]["httpGet"]["port"] == "http"
 
 
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+
+
+def test_pod_meets_the_restricted_pod_security_standard():
+    """docs/scaling.md says the namespace can enforce the `restricted` Pod Security Standard (kubernetes.io, "Pod
+    Security Standards"): its controls, as this pod's fields express them. test_pod_is_locked_down did not look at
+    seccompProfile, host namespaces or volume types, so a pod that lost them still passed."""
+    pod = _one("StatefulSet")["spec"]["template"]["spec"]
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        assert pod.get(key, False) is False, key
+    assert pod["securityContext"]["seccompProfile"]["type"] in {"RuntimeDefault", "Localhost"}
+    assert "sysctls" not in pod["securityContext"]
+    for volume in pod["volumes"]:
+        assert set(volume) - {"name"} <= RESTRICTED_VOLUMES, volume
+    for container in pod["containers"] + pod.get("initContainers", []):
+        security = container["securityContext"]
+        assert security.get("privileged", False) is False
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"]["drop"] == ["ALL"] and set(security["capabilities"].get("add", [])) <= {
+            "NET_BIND_SERVICE"}
+        assert security.get("runAsNonRoot", pod["securityContext"]["runAsNonRoot"]) is True
+        assert security.get("runAsUser", pod["securityContext"]["runAsUser"]) != 0
+        assert not any("hostPort" in port for port in container.get("ports", []))
+        assert security.get("procMount", "Default") == "Default"
+    assert "enforce: restricted" in " ".join(SCALING.read_text().split())
+
+
 def test_services_and_monitor_select_the_pods():
     statefulset = _one("StatefulSet")
     pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
