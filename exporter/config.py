@@ -184,6 +184,7 @@ class ModuleConfig:
     configuration_name: str = "ExchangeEemsExporter"
     path: str = "wsman"
     keep_runspace: bool = True
+    password_file: Path | None = None  # where `password` was read from (exposed_secret_files checks its mode)
     # transport kerberos with keytab_file: a digest of the keytab as loaded, so a keytab rotated in place (a new
     # Kubernetes Secret under the same path) makes a reload a change, as a rotated password file does: the module's
     # credential pause ends and its tickets are bought with the new keys at once
@@ -215,8 +216,7 @@ def _password_from_env(name: Any, path: str) -> Secret:
     return Secret(value)
 
 
-def _password_from_file(value: Any, path: str, base: Path) -> Secret:
-    file = existing_file(value, path, base, secret_nearby=True)
+def _password_from_file(file: Path, path: str) -> Secret:
     try:
         data = read_regular_file(file, MAX_PASSWORD_FILE_BYTES)
         # utf-8-sig: Windows PowerShell 5.1 writes a byte order mark first, which no password begins with
@@ -245,7 +245,7 @@ def module_keys(base: Path) -> tuple[Key, ...]:
         Key("port", integer(1, 65535), lambda values: 5986 if values["scheme"] == "https" else 5985),
         Key("username", string, None),
         Key("password_env", _password_from_env, None),
-        Key("password_file", partial(_password_from_file, base=base), None),
+        Key("password_file", partial(existing_file, base=base, secret_nearby=True), None),
         Key("ca_file", file, None),
         Key("cert_file", file, None),
         Key("key_file", file, None),
@@ -281,7 +281,7 @@ def _http_path(value: Any, path: str) -> str:
 
 
 check_fields(module_keys(Path()), ModuleConfig, also=("name", "password", "keytab_digest"),
-             besides=("password_env", "password_file"))
+             besides=("password_env",))
 
 
 def scheme_problem(module: ModuleConfig, scheme: str) -> str | None:
@@ -327,8 +327,8 @@ def _load_module(name: str, raw: Any, base: Path) -> ModuleConfig:
     if "password" in section:
         raise ConfigError(f"{path}.password", "passwords are not accepted inline; use password_env or password_file")
     values = read_section(section, path, module_keys(base))
-    from_env, from_file = values.pop("password_env"), values.pop("password_file")
-    password = from_env or from_file
+    from_env, file = values.pop("password_env"), values["password_file"]
+    password = from_env or (_password_from_file(file, f"{path}.password_file") if file else None)
     transport, scheme = values["transport"], values["scheme"]
     problem = scheme_problem(ModuleConfig(name=name, password=password, **values), scheme)
     if problem:
@@ -642,6 +642,30 @@ def insecure_settings(config: Config) -> list[str]:
         if module.allow_credssp_ntlm_over_http:
             warnings.append(f"module {module.name}: CredSSP over plain http with NTLM inside delegates the password "
                             "to a server nothing verifies (allow_credssp_ntlm_over_http: true)")
+    return warnings
+
+
+def exposed_secret_files(config: Config) -> list[str]:
+    """A warning for each file holding a module's secret (password_file, keytab_file, key_file) that every user of
+    the host may read or write: such a file gives the monitoring account to anyone with a shell there. A warning,
+    not an error: it is logged at start and at every reload that applies the configuration, and a file system
+    without POSIX modes (a mounted Windows share: every file 0777) would otherwise stop the exporter. Windows has
+    no such mode bits; there its ACLs decide."""
+    if os.name == "nt":
+        return []
+    warnings = []
+    for module in config.modules.values():
+        for key in ("password_file", "keytab_file", "key_file"):
+            file = getattr(module, key)
+            try:
+                mode = os.stat(file).st_mode & 0o777 if file is not None else 0
+            except OSError:  # gone since it was read: the next read says so
+                continue
+            if mode & 0o006:
+                others = " and ".join(what for bit, what in ((0o004, "read"), (0o002, "written")) if mode & bit)
+                warnings.append(f"modules.{module.name}.{key}: {str(file)!r} can be {others} by every user of this "
+                                f"host (mode {mode:04o}): chmod o-rwx it (in Kubernetes: the Secret volume's "
+                                "defaultMode: 0440, with the pod's fsGroup)")
     return warnings
 
 

@@ -59,6 +59,22 @@ def test_check_config_rejects_with_one_line(tmp_path, name):
     assert "hunter2" not in result.stderr and PASSWORD not in result.stderr
 
 
+@pytest.mark.skipif(os.name == "nt", reason="POSIX mode bits")
+def test_check_config_warns_of_a_password_file_every_user_may_read(tmp_path):
+    """check-config said OK to a password file of mode 0644 (and `run` logged nothing): the warning goes to stderr,
+    the verdict stays OK with exit code 0."""
+    password = tmp_path / "pw"
+    password.write_text("a-secret\n")
+    password.chmod(0o644)
+    path = tmp_path / "exporter.yml"
+    path.write_text("modules: {default: {username: u, password_file: pw}}\nservers: [EX01]\n")
+    result = exporter("check-config", "--config.file", str(path))
+    assert result.returncode == 0 and ": OK: 1 servers" in result.stdout, result.stderr
+    assert result.stderr.startswith("warning: modules.default.password_file: ") and "(mode 0644)" in result.stderr
+    password.chmod(0o600)
+    assert exporter("check-config", "--config.file", str(path)).stderr == ""
+
+
 def test_check_config_names_a_krb5_conf_mit_cannot_read(tmp_path):
     """A krb5.conf with a comment after a value (MIT reads comments only on lines of their own: the value is then
     invalid) made check-config of a keytab module end in a krb5 traceback: MIT's context is made before the

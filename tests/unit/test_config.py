@@ -4,13 +4,14 @@ get the documented defaults. The table is the contract `check-config` users read
 from __future__ import annotations
 
 import base64
+import os
 import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
 
-from exporter.config import MAX_LOOKBACK_HOURS, ConfigError, load_config, load_config_text
+from exporter.config import MAX_LOOKBACK_HOURS, ConfigError, exposed_secret_files, load_config, load_config_text
 
 from ..conftest import PASSWORD, PASSWORD_ENV, write_keytab
 
@@ -704,3 +705,38 @@ def test_discovery_is_refused_with_an_organization_module_that_cannot_poll_a_ser
     assert load_config_text(config + "organization: {server: ex01.contoso.com, module: exchange}\n", Path()).organization
     assert load_config_text(config + "organization: {server: ex01.contoso.com, discover_servers: true}\n",
                             Path()).organization.discover_servers
+
+
+# ---------------------------------------------------------------- secret files every user may read
+
+
+def _secret_files_config(tmp_path: Path, password_mode: int, keytab_mode: int):
+    (tmp_path / "pw").write_text("a-secret\n")
+    (tmp_path / "pw").chmod(password_mode)
+    write_keytab(tmp_path / "svc.keytab", "svc@CONTOSO.COM").chmod(keytab_mode)
+    return load_config_text(textwrap.dedent("""\
+        modules:
+          default: {username: u, password_file: pw}
+          kerb: {transport: kerberos, username: svc@CONTOSO.COM, keytab_file: svc.keytab}
+        servers: [EX01, {name: EX02, module: kerb}]
+        """), tmp_path)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX mode bits")
+def test_a_secret_file_every_user_may_read_or_write_is_named_with_its_mode(tmp_path):
+    """The exporter read a password file or keytab of mode 0644 or 0666 without a word: on a shared host, every
+    user could take the monitoring account (a shell on every Exchange server). Now each such file is named, with its
+    key, its mode and the fix, in the warnings `run` logs at start and reload and `check-config` prints."""
+    warnings = exposed_secret_files(_secret_files_config(tmp_path, 0o644, 0o666))
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith(f"modules.default.password_file: {str(tmp_path / 'pw')!r} can be read by every user")
+    assert "(mode 0644)" in warnings[0] and "chmod o-rwx" in warnings[0]
+    assert warnings[1].startswith("modules.kerb.keytab_file: ") and "read and written" in warnings[1]
+    assert "(mode 0666)" in warnings[1]
+    assert "a-secret" not in " ".join(warnings)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX mode bits")
+def test_secret_files_for_the_owner_and_its_group_raise_no_warning(tmp_path):
+    """0600 (a systemd credential is 0400) and 0440 (a Kubernetes Secret volume with the pod's fsGroup) are right."""
+    assert exposed_secret_files(_secret_files_config(tmp_path, 0o600, 0o440)) == []

@@ -7,6 +7,7 @@ discovered servers are what the organization collector hands over."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import textwrap
 from pathlib import Path
 
@@ -280,6 +281,23 @@ def test_a_reload_never_lowers_what_protects_the_credential(tmp_path, caplog, be
     load_config(path)  # the file itself is valid: a restart takes it
     write_module(path, password, *before)  # the operator puts it back: the next reload succeeds
     assert runtime.reload() == (True, "configuration unchanged") and runtime.last_reload_successful
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX mode bits")
+def test_a_reload_warns_of_a_password_file_every_user_may_read(tmp_path, caplog):
+    """As at start (exporter/cli.py): a reload that applies a configuration logs its secret files that every user of
+    the host may read, and takes the configuration (a warning, not a refusal)."""
+    path, password = tmp_path / "exporter.yml", tmp_path / "password"
+    password.write_text("first")
+    password.chmod(0o600)
+    write_module(path, password)
+    runtime = SafeRuntime(load_config(path), Catalog.load())
+    password.chmod(0o644)
+    write_module(path, password, servers="[ex01.contoso.com, ex02.contoso.com]")
+    with caplog.at_level("WARNING"):
+        assert runtime.reload() == (True, "configuration reloaded")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(m.startswith("modules.default.password_file: ") and "(mode 0644)" in m for m in warnings), warnings
 
 
 def test_a_reload_may_not_move_a_server_to_a_weaker_module_nor_add_an_insecure_one(tmp_path):
