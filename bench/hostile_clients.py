@@ -88,6 +88,12 @@ class Exporter:
             self.process.wait()
         self.log.close()
 
+    def cpu_seconds(self) -> float:
+        """The process's user and system CPU time so far (/proc/PID/stat)."""
+        with open(f"/proc/{self.process.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def output(self) -> str:
         self.log.flush()
         return (self.directory / "exporter.log").read_text(errors="replace")
@@ -122,10 +128,10 @@ def _users(*costs: int) -> dict:
         (PASSWORD if i == 0 else "x").encode(), bcrypt.gensalt(cost)).decode() for i, cost in enumerate(costs)}}
 
 
-def _pki(directory: Path) -> dict:
+def _pki(directory: Path, rsa_bits: int | None = None) -> dict:
     ca, ca_key = issue("bench ca", None, None, ca=True)
     write(directory, "ca", ca, ca_key)
-    write(directory, "server", *issue("exporter", ca_key, ca.subject, ca=False, server=True))
+    write(directory, "server", *issue("exporter", ca_key, ca.subject, ca=False, server=True, rsa_bits=rsa_bits))
     return {"cert_file": str(directory / "server.crt"), "key_file": str(directory / "server.key")}
 
 
@@ -332,6 +338,153 @@ def client_cert_without_ca(directory: Path) -> dict:
         return {"starts": False, "message": lines[0][lines[0].index("client_ca_file"):][:200] if lines else str(error)[-200:]}
 
 
+class _Prometheus:
+    """Authenticated scrapes of /metrics over TLS, as Prometheus makes them (one kept connection), and every fourth
+    one on a new connection too (a scrape after its kept connection was closed pays a handshake)."""
+
+    def __init__(self, exporter: Exporter):
+        self.exporter = exporter
+        self.context = ssl.create_default_context(cafile=str(exporter.ca))
+        self.headers = {"Authorization": _basic(USER, PASSWORD)}
+        self.kept = self._connect()
+
+    def _connect(self) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection("localhost", self.exporter.port, timeout=60, context=self.context,
+                                           source_address=(VISITOR, 0))
+
+    def _scrape(self, connection: http.client.HTTPSConnection) -> tuple[float, bytes]:
+        started = time.monotonic()
+        connection.request("GET", "/metrics", headers=self.headers)
+        response = connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"scrape answered {response.status}")
+        return time.monotonic() - started, body
+
+    def phase(self, seconds: float) -> dict:
+        """Scrape for `seconds`; the latencies, the exporter's CPU, and its polls' durations at the end."""
+        kept, new = [], []
+        cpu = self.exporter.cpu_seconds()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                kept.append(self._scrape(self.kept)[0])
+            except (OSError, http.client.HTTPException):  # cut (at the cap): connect again, as Prometheus does
+                self.kept.close()
+                self.kept = self._connect()
+            if len(kept) % 4 == 0:
+                connection = self._connect()
+                try:
+                    new.append(self._scrape(connection)[0])
+                finally:
+                    connection.close()
+            time.sleep(0.25)
+        body = self._scrape(self.kept)[1].decode()
+        polls = [float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                 if line.startswith("exchange_collector_duration_seconds{")]
+        return {"kept_median": statistics.median(kept), "kept_max": max(kept), "new_median": statistics.median(new),
+                "new_max": max(new), "poll_median": statistics.median(polls) if polls else None,
+                "exporter_cores": (self.exporter.cpu_seconds() - cpu) / seconds}
+
+
+def _ratios(quiet: dict, loud: dict) -> dict:
+    """Each figure of the attacked phase, and its ratio to the same figure unattacked (the same run)."""
+    result = {}
+    for key, value in loud.items():
+        result[key] = round(value, 4) if value is not None else None
+        if key != "exporter_cores" and value is not None and quiet[key]:
+            result[key + "_ratio"] = round(value / quiet[key], 1)
+    result["unattacked"] = {key: round(value, 4) for key, value in quiet.items() if value is not None}
+    return result
+
+
+def tls_handshake_flood(directory: Path, clients: int = 48) -> dict:
+    """Open item (a) of the TLS review: TLS handshakes run on the event loop. `clients` `openssl s_time -new`
+    processes make full handshakes (RSA 2048, cert-manager's default key, whose signature is the server's cost) as
+    fast as they can, without a password, while Prometheus scrapes with one and 20 simulated servers are polled every
+    10 s. Every figure is against the same exporter unattacked in the same run (attackers and exporter share this
+    machine's cores: on a real network, the attackers' CPU is their own)."""
+    web = {"tls_server_config": _pki(directory, rsa_bits=2048), **_users(10)}
+    with simulated_fleet(directory, 20) as config:
+        config["poll"].update(interval="10s", timeout="5s")
+        with Exporter(directory, web, config=config, tls=True) as exporter:
+            prometheus = _Prometheus(exporter)
+            prometheus.phase(12)  # the first polls, and the scrape's credential verified once (bcrypt)
+            quiet = prometheus.phase(15)
+            attackers = [subprocess.Popen(["openssl", "s_time", "-new", "-connect", f"127.0.0.1:{exporter.port}",
+                                           "-time", "17"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                         for _ in range(clients)]
+            time.sleep(1)
+            loud = prometheus.phase(15)
+            handshakes = sum(int(line.split()[0]) for attacker in attackers
+                             for line in attacker.communicate()[0].splitlines() if "real seconds" in line)
+    return {"attackers": clients, "attacker_handshakes_per_second": round(handshakes / 17), **_ratios(quiet, loud)}
+
+
+def tls_slow_handshakes(directory: Path) -> dict:
+    """Open item (a), the slow kind: every connection slot (512: open-file limit 4096) taken by 8 client addresses
+    that each send a ClientHello, read the server's answer and never finish the handshake, again as soon as the
+    request deadline cuts them. The exporter's RSS growth, and Prometheus' scrapes against the same run unattacked."""
+    web = {"tls_server_config": _pki(directory, rsa_bits=2048), **_users(10)}
+    with Exporter(directory, web, tls=True, nofile=4096) as exporter:
+        prometheus = _Prometheus(exporter)
+        prometheus.phase(2)
+        quiet = prometheus.phase(8)
+        rss = exporter.status("VmRSS")
+        stop = threading.Event()
+        holders = [threading.Thread(target=_unfinished_handshakes, args=(exporter.port, f"127.0.7.{1 + i}", 64, stop))
+                   for i in range(8)]
+        for holder in holders:
+            holder.start()
+        time.sleep(5)
+        loud = prometheus.phase(15)
+        grown = exporter.status("VmRSS") - rss
+        stop.set()
+        for holder in holders:
+            holder.join()
+    return {"rss_growth_mib": grown // 1024, **_ratios(quiet, loud)}
+
+
+def _unfinished_handshakes(port: int, source: str, connections: int, stop: threading.Event) -> None:
+    """Keep `connections` from `source` each with a ClientHello sent and the server's answer read, and no more."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    held: list[socket.socket] = []
+    while not stop.is_set():
+        for sock in [s for s in held if _closed(s)]:
+            held.remove(sock)
+            sock.close()
+        while len(held) < connections and not stop.is_set():
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+                outgoing = ssl.MemoryBIO()
+                tls = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="localhost")
+                try:
+                    tls.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+                sock.sendall(outgoing.read())
+                sock.recv(65536)
+                held.append(sock)
+            except OSError:
+                break
+        stop.wait(0.5)
+    for sock in held:
+        sock.close()
+
+
+def _closed(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(65536) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        sock.setblocking(True)
+
+
 ATTACKS = {
     "bcrypt_guessers": bcrypt_guessers,
     "probe_spellings": probe_spellings,
@@ -342,6 +495,8 @@ ATTACKS = {
     "decoy_prediction": decoy_prediction,
     "malformed_heads": malformed_heads,
     "client_cert_without_ca": client_cert_without_ca,
+    "tls_handshake_flood": tls_handshake_flood,
+    "tls_slow_handshakes": tls_slow_handshakes,
 }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
@@ -16,8 +16,11 @@ def name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def issue(subject: str, issuer_key, issuer_name: x509.Name | None, *, ca: bool, server: bool = False):
-    key = ec.generate_private_key(ec.SECP256R1())
+def issue(subject: str, issuer_key, issuer_name: x509.Name | None, *, ca: bool, server: bool = False,
+          rsa_bits: int | None = None):
+    """`rsa_bits`: an RSA key of that size (cert-manager's default is 2048) instead of P-256, whose signature, the
+    server's cost of a handshake, is cheaper."""
+    key = rsa.generate_private_key(65537, rsa_bits) if rsa_bits else ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
     builder = (
         x509.CertificateBuilder()
