@@ -21,8 +21,8 @@ Differences from the Go implementation, each forced by Python's ``ssl`` module o
 - An empty file, or a section left empty (``tls_server_config:`` with nothing under it), is an error: that is
   what a half-written rewrite, a full disk or a template that rendered nothing leaves behind. A file that
   means "no TLS, no users" says ``{}``.
-- A reload never lowers security: the watcher refuses a new file that turns TLS off, lowers ``min_version``,
-  drops every user, drops a configured response header, or stops requiring client certificates where the running one did (restart to do that on
+- A reload never lowers security: the watcher refuses a new file that turns TLS off, lowers ``min_version`` or
+  ``max_version``, drops every user, drops a configured response header, or stops requiring client certificates where the running one did (restart to do that on
   purpose).
 """
 
@@ -227,6 +227,8 @@ def lowered_security(old: WebConfig, new: WebConfig) -> str | None:
         return "it stops requiring client certificates"
     if old.ssl_context() is not None and new.ssl_context().minimum_version < old.ssl_context().minimum_version:
         return "it lowers min_version"  # such as a file cut short before its `min_version: TLS13` line
+    if old.ssl_context() is not None and new.ssl_context().maximum_version < old.ssl_context().maximum_version:
+        return "it lowers max_version"  # every client that spoke TLS 1.3 would be served TLS 1.2
     dropped = sorted(set(old.headers) - set(new.headers))
     if dropped:  # such as a file cut short before its http_server_config (Strict-Transport-Security, X-Frame-Options)
         return f"it drops the response header {', '.join(dropped)}"

@@ -284,6 +284,23 @@ def test_a_reload_cannot_lower_min_version(tmp_path, serve, pki, caplog):
     assert "min_version" in caplog.text
 
 
+def test_a_reload_cannot_lower_max_version(tmp_path, serve, pki, caplog):
+    """`lowered_security` compared min_version only: a file that added `max_version: TLS12` was taken at once, and
+    every client, each of which spoke TLS 1.3 with the running config, was served TLS 1.2 from then on (a client
+    that accepts only TLS 1.3 was refused)."""
+    path = write_config(tmp_path, _tls_config(pki))
+    clock = ManualClock()
+    url = serve(path, clock)
+    tls13 = _client_context(pki)
+    tls13.minimum_version = ssl.TLSVersion.TLSv1_3
+    assert _get(url, tls13) == 200
+    path.write_text(_tls_config(pki, "  max_version: TLS12\n"))
+    clock.advance(1.1)
+    with caplog.at_level(logging.WARNING, logger="exporter.webconfig"):
+        assert _get(url, tls13) == 200
+    assert "max_version" in caplog.text
+
+
 @pytest.mark.parametrize("weaker", ["  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: {pki}/ca.crt\n", ""],
                          ids=["if given", "no client certificates"])
 def test_a_reload_cannot_stop_requiring_client_certificates(tmp_path, serve, pki, caplog, weaker):
