@@ -8,7 +8,8 @@ Differences from the Go implementation, each forced by Python's ``ssl`` module o
 
 - ``cipher_suites`` and ``curve_preferences`` are validated as lists of names and then ignored: Go's
   IANA suite names do not map onto OpenSSL cipher strings, and OpenSSL's defaults are sound.
-  ``http2`` is accepted and ignored (this exporter speaks HTTP/1.1 only).
+  ``http2`` is accepted and ignored (this exporter speaks HTTP/1.1 only), and so is ``prefer_server_cipher_suites``:
+  the server's order always holds, as in Go's crypto/tls since 1.18, where the field has no effect.
 - ``RequireAnyClientCert`` (demand a certificate but do not verify it) is rejected: ``ssl`` cannot
   request a client certificate without verifying it against a CA. ``RequestClientCert`` behaves like
   ``NoClientCert`` for the same reason; nothing in this exporter reads an unverified certificate, so
@@ -433,8 +434,7 @@ def _string_list(path: Path, tls: dict[str, Any], key: str) -> None:
 def _load_tls(path: Path, tls: dict[str, Any]) -> tuple[ssl.SSLContext | None, list[Path]]:
     _string_list(path, tls, "cipher_suites")
     _string_list(path, tls, "curve_preferences")
-    prefer_server = tls.get("prefer_server_cipher_suites", True)
-    if not isinstance(prefer_server, bool):
+    if not isinstance(tls.get("prefer_server_cipher_suites", True), bool):
         raise WebConfigError(path, "tls_server_config.prefer_server_cipher_suites", "must be true or false")
     min_version = _tls_version(path, tls, "min_version", "TLS12")
     max_version = _tls_version(path, tls, "max_version", "TLS13")
@@ -472,8 +472,9 @@ def _load_tls(path: Path, tls: dict[str, Any]) -> tuple[ssl.SSLContext | None, l
     context.maximum_version = max_version
     if min_version < ssl.TLSVersion.TLSv1_2:
         context.set_ciphers("DEFAULT:@SECLEVEL=0")
-    if prefer_server:
-        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    # The server's order always, whatever prefer_server_cipher_suites says: Go's crypto/tls has ignored the field since
+    # 1.18 (the server picks), and a client that lists a weak suite first must not get it (nor after a reload).
+    context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     try:
         # An empty password makes an encrypted key fail instead of prompting on the terminal.
         context.load_cert_chain(cert, key, password=b"")

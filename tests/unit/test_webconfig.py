@@ -301,6 +301,30 @@ def test_a_reload_cannot_lower_max_version(tmp_path, serve, pki, caplog):
     assert "max_version" in caplog.text
 
 
+def _negotiated_cipher(url: str, ctx: ssl.SSLContext) -> str:
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            return tls.cipher()[0]
+
+
+def test_no_web_config_lets_the_client_choose_a_weaker_cipher(tmp_path, serve, pki):
+    """A reload never lowers TLS, and `lowered_security` does not look at `prefer_server_cipher_suites`: it need not,
+    since the server's order always holds (Go's crypto/tls ignores the field since 1.18, and Python sets
+    OP_CIPHER_SERVER_PREFERENCE on every context). Were `false` to apply, a client listing a CBC suite first would get
+    it instead of AES-GCM after such a reload, and this test would fail."""
+    path = write_config(tmp_path, _tls_config(pki))
+    clock = ManualClock()
+    url = serve(path, clock)
+    cbc_first = _client_context(pki)
+    cbc_first.maximum_version = ssl.TLSVersion.TLSv1_2
+    cbc_first.set_ciphers("ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384")
+    assert _negotiated_cipher(url, cbc_first) == "ECDHE-ECDSA-AES256-GCM-SHA384"
+    path.write_text(_tls_config(pki, "  prefer_server_cipher_suites: false\n"))
+    clock.advance(1.1)
+    assert _negotiated_cipher(url, cbc_first) == "ECDHE-ECDSA-AES256-GCM-SHA384"
+
+
 @pytest.mark.parametrize("weaker", ["  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: {pki}/ca.crt\n", ""],
                          ids=["if given", "no client certificates"])
 def test_a_reload_cannot_stop_requiring_client_certificates(tmp_path, serve, pki, caplog, weaker):
