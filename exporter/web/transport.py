@@ -57,7 +57,6 @@ try:
 except ImportError:
     resource = None
 
-from .. import __version__
 from ..webconfig import WebConfig, WebConfigWatcher
 from . import handlers
 from .handlers import Request, Response, View
@@ -78,7 +77,6 @@ BCRYPT_PENDING_PER_CLIENT = 1
 MAX_PINNED_BYTES = 64 << 20  # response bodies held for clients that have not read them yet, in all
 WRITE_CHUNK_BYTES = 64 << 10  # also what the transport copies into its buffer per connection
 GZIP_MIN_BYTES = 1024
-SERVER = f"exchange-eems-exporter/{__version__}"
 UNAUTHORIZED = Response(401, b"Unauthorized\n", headers=(("WWW-Authenticate", 'Basic realm="exchange-eems-exporter"'),))
 TOO_MANY_GUESSES = Response(429, b"Too many password checks in progress; try again\n", headers=(("Retry-After", "1"),))
 # A request (read_request)
@@ -464,8 +462,8 @@ def _encode(response: Response, config: WebConfig | None, keep_alive: bool, head
             gzip_ok: bool = False) -> tuple[bytes, bytes]:
     """The status line and headers, and the body to send after them (empty for HEAD)."""
     body = response.body
-    headers = [("Server", SERVER), ("Date", email.utils.formatdate(usegmt=True)),
-               ("Content-Type", response.content_type)]
+    # No Server header, as node_exporter: it told the version to any client, one without the password included.
+    headers = [("Date", email.utils.formatdate(usegmt=True)), ("Content-Type", response.content_type)]
     if response.compressible and gzip_ok and response.status == 200 and len(body) > GZIP_MIN_BYTES:
         body = gzip.compress(body, compresslevel=1)
         headers.append(("Content-Encoding", "gzip"))

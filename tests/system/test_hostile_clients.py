@@ -442,6 +442,19 @@ def test_a_401_closes_the_connection(guarded):
     assert time.monotonic() - started < 2, "the connection stayed open after the 401"
 
 
+def test_a_client_without_the_password_is_not_told_the_version(guarded):
+    """Every answer began with `Server: exchange-eems-exporter/<version>`, the 401 to a client without the password
+    included, so a scanner learnt which fixes the exporter has without a credential. node_exporter (Go's net/http,
+    exporter-toolkit) sends no Server header at all; the version is in /metrics and the pages, behind the password."""
+    from exporter import __version__
+
+    port, _ = guarded
+    response = raw_exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
+    assert _status(response) == 401
+    head = response.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    assert __version__ not in head and "\r\nserver:" not in head.lower(), head
+
+
 def test_idle_connections_make_room_for_a_new_client_at_the_cap(guarded, monkeypatch):
     """Before: with every slot held by idle connections, Prometheus' connection was refused (reset)."""
     port, server = guarded
