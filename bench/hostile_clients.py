@@ -403,7 +403,7 @@ def tls_handshake_flood(directory: Path, clients: int = 48) -> dict:
     processes make full handshakes (RSA 2048, cert-manager's default key, whose signature is the server's cost) as
     fast as they can, without a password, while Prometheus scrapes with one and 20 simulated servers are polled every
     10 s. Every figure is against the same exporter unattacked in the same run (attackers and exporter share this
-    machine's cores: on a real network, the attackers' CPU is their own)."""
+    machine's cores: on a real network, the attackers' CPU is their own). Also the exporter's peak RSS growth."""
     web = {"tls_server_config": _pki(directory, rsa_bits=2048), **_users(10)}
     with simulated_fleet(directory, 20) as config:
         config["poll"].update(interval="10s", timeout="5s")
@@ -414,11 +414,14 @@ def tls_handshake_flood(directory: Path, clients: int = 48) -> dict:
             attackers = [subprocess.Popen(["openssl", "s_time", "-new", "-connect", f"127.0.0.1:{exporter.port}",
                                            "-time", "17"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
                          for _ in range(clients)]
+            rss = exporter.status("VmRSS")
             time.sleep(1)
             loud = prometheus.phase(15)
+            grown = exporter.status("VmHWM") - rss
             handshakes = sum(int(line.split()[0]) for attacker in attackers
                              for line in attacker.communicate()[0].splitlines() if "real seconds" in line)
-    return {"attackers": clients, "attacker_handshakes_per_second": round(handshakes / 17), **_ratios(quiet, loud)}
+    return {"attackers": clients, "attacker_handshakes_per_second": round(handshakes / 17),
+            "peak_rss_growth_mib": grown // 1024, **_ratios(quiet, loud)}
 
 
 def tls_slow_handshakes(directory: Path) -> dict:
