@@ -18,7 +18,7 @@ import yaml
 
 from exporter.windows_service import START_MODES, STATE_LABELS
 from tests.dashboard_queries import all_panel_queries, dashboard_files, panels, substitute
-from tests.grafana_display import GREENS, REDS, shown
+from tests.grafana_display import GREENS, REDS, column_config, shown
 
 DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
 # Changing a uid breaks every bookmark and link to the dashboard: these are part of the public interface.
@@ -389,3 +389,64 @@ def test_the_fleet_history_panels_draw_a_line_per_group_not_per_server(tmp_path)
              for panel in panels(fleet) if panel["type"] == "timeseries" for target in panel["targets"]]
     assert len(cases) >= 4
     _promql_test(tmp_path, series, cases)
+
+
+# The label a table column shows, and the query (refId) it comes from; a "Value #X" column is query X's value.
+TABLE_LABELS = {"Server list": {"state": "F", "reason": "H"}}
+
+
+def _cells_shown(tmp_path: Path, dashboard: str, title: str, series: dict[str, str],
+                 expected: dict[str, float | str | None]) -> dict[str, tuple[str | None, str]]:
+    """What EX01's row of table `title` shows (text, colour) in the columns named in `expected`, after promtool
+    (Prometheus' own engine) has confirmed that the column's query returns `expected` for EX01: its value, the
+    label's value for a label column, None for no series (an empty cell)."""
+    table = next(p for p in panels(load(dashboard_files()[0].parent / dashboard)) if p["title"] == title)
+    names = {shown_as: field for field, shown_as in
+             next(t for t in table["transformations"] if t["id"] == "organize")["options"]["renameByName"].items()}
+    exprs = {t["refId"]: substitute(t["expr"], server="EX01") for t in table["targets"]}
+    cases = []
+    for column, value in expected.items():
+        field = names[column]
+        if field.startswith("Value #"):
+            expr, labels = f"sum by (job, instance, server) ({exprs[field[len('Value #'):]]})", EX01
+        else:
+            expr = f"count by (job, instance, server, {field}) ({exprs[TABLE_LABELS[title][field]]})"
+            labels, value = f'{EX01},{field}="{value}"', None if value is None else 1
+        cases.append({"expr": expr, "eval_time": "5m",
+                      "exp_samples": [] if expected[column] is None else [{"labels": f"{{{labels}}}", "value": value}]})
+    _promql_test(tmp_path, series, cases)
+    return {column: shown(column_config(table, column), value) for column, value in expected.items()}
+
+
+# server state -> (EX01's series, {"Server list" column: EX01's cell}, colours those cells must not show).
+TABLE_STATES = {
+    "MSExchangeMitigation running": (
+        {f"exchange_up{{{EX01}}}": "1x5", f"exchange_eems_supported{{{EX01}}}": "1x5", **_service(EX01, "running")},
+        {"EEMS service": "running"}, REDS | {"orange", "blue"}),
+    "MSExchangeMitigation of a state the account may not read (no alert: unknown is not bad)": (
+        {f"exchange_up{{{EX01}}}": "1x5", f"exchange_eems_supported{{{EX01}}}": "1x5", **_service(EX01, "unknown")},
+        {"EEMS service": "unknown"}, REDS | GREENS),
+    "MSExchangeMitigation stopped (ExchangeEEMSServiceNotRunning, critical)": (
+        {f"exchange_up{{{EX01}}}": "1x5", f"exchange_eems_supported{{{EX01}}}": "1x5", **_service(EX01, "stopped")},
+        {"EEMS service": "stopped"}, GREENS | {"orange", "blue"}),
+    "MSExchangeMitigation not installed on a server with EEMS (ExchangeEEMSServiceNotRunning, critical)": (
+        {f"exchange_up{{{EX01}}}": "1x5", f"exchange_eems_supported{{{EX01}}}": "1x5"},
+        {"EEMS service": "not installed"}, GREENS | {"orange", "blue"}),
+    "an Edge server: no EEMS, no service (no alert)": (
+        {f"exchange_up{{{EX01}}}": "1x5", f"exchange_eems_supported{{{EX01}}}": "0x5",
+         f"exchange_server_edge{{{EX01}}}": "1x5"},
+        {"EEMS service": None}, REDS | GREENS),
+}
+
+
+@pytest.mark.parametrize("state", sorted(TABLE_STATES))
+def test_the_fleet_server_list_shows_the_eems_service_in_a_colour_that_fits_it(tmp_path, state):
+    """The fleet table's "EEMS service" column painted every state but running red (a catch-all regex), unknown
+    too, which no alert fires for and the server dashboard shows blue; and a server with EEMS whose service is not
+    installed, which pages (ExchangeEEMSServiceNotRunning), had no state series, so its cell was empty in the base
+    colour, green. The column's query now says "not installed" there (run by promtool), and each cell is coloured
+    as Grafana colours it: running green, unknown blue, any other red, no service on a server without EEMS not
+    red or green."""
+    series, expected, forbidden = TABLE_STATES[state]
+    displayed = _cells_shown(tmp_path, "fleet-overview.json", "Server list", {**NEIGHBOUR, **series}, expected)
+    assert {column: text_colour for column, text_colour in displayed.items() if text_colour[1] in forbidden} == {}
