@@ -432,6 +432,10 @@ TABLE_STATES = {
     "MSExchangeMitigation not installed on a server with EEMS (ExchangeEEMSServiceNotRunning, critical)": (
         {f"exchange_up{{{EX01}}}": "1x5", f"exchange_eems_supported{{{EX01}}}": "1x5"},
         {"EEMS service": "not installed"}, GREENS | {"orange", "blue"}),
+    "EEMS active, not failing, no success recognised (ExchangeEEMSSuccessNotConfirmed, info)": (
+        {f"exchange_up{{{EX01}}}": "1x5", f"exchange_eems_supported{{{EX01}}}": "1x5",
+         f"exchange_eems_last_activity_timestamp_seconds{{{EX01}}}": "0x5", **_service(EX01, "running")},
+        {"Last successful check": None}, REDS | GREENS | {"orange"}),
     "an Edge server: no EEMS, no service (no alert)": (
         {f"exchange_up{{{EX01}}}": "1x5", f"exchange_eems_supported{{{EX01}}}": "0x5",
          f"exchange_server_edge{{{EX01}}}": "1x5"},
@@ -440,13 +444,61 @@ TABLE_STATES = {
 
 
 @pytest.mark.parametrize("state", sorted(TABLE_STATES))
-def test_the_fleet_server_list_shows_the_eems_service_in_a_colour_that_fits_it(tmp_path, state):
+def test_the_fleet_server_list_shows_each_server_state_in_a_colour_that_fits_it(tmp_path, state):
     """The fleet table's "EEMS service" column painted every state but running red (a catch-all regex), unknown
     too, which no alert fires for and the server dashboard shows blue; and a server with EEMS whose service is not
     installed, which pages (ExchangeEEMSServiceNotRunning), had no state series, so its cell was empty in the base
     colour, green. The column's query now says "not installed" there (run by promtool), and each cell is coloured
     as Grafana colours it: running green, unknown blue, any other red, no service on a server without EEMS not
-    red or green."""
+    red or green. No successful check recognised was an empty cell in green: it is ExchangeEEMSSuccessNotConfirmed's
+    state (info), blue."""
     series, expected, forbidden = TABLE_STATES[state]
     displayed = _cells_shown(tmp_path, "fleet-overview.json", "Server list", {**NEIGHBOUR, **series}, expected)
     assert {column: text_colour for column, text_colour in displayed.items() if text_colour[1] in forbidden} == {}
+
+
+# Grafana's colours of the alert severities on these dashboards (docs/alerts.md): a colour never says more than the
+# alert that fires at that age.
+SEVERITY_COLOURS = {"info": "blue", "warning": "orange", "critical": "red"}
+# (dashboard, panel, table column or None for a stat, the alert the age is judged by, the timestamp it is the age of)
+AGES = (
+    ("server-detail.json", "Last successful check", None, "ExchangeEEMSSuccessNotConfirmed",
+     "exchange_eems_last_success_timestamp_seconds"),
+    ("fleet-overview.json", "Server list", "Last successful check", "ExchangeEEMSSuccessNotConfirmed",
+     "exchange_eems_last_success_timestamp_seconds"),
+    ("server-detail.json", "Last activity", None, "ExchangeEEMSNoActivity",
+     "exchange_eems_last_activity_timestamp_seconds"),
+)
+
+
+def _alert_threshold(name: str) -> tuple[float, str]:
+    """An age alert's threshold in seconds (`...:age > H * 3600` in its expression, job selector aside) and its
+    severity."""
+    from .test_rules import alerts
+
+    (rule,) = [r for r in alerts() if r["alert"] == name]
+    (hours,) = re.findall(r":age(?:{[^}]*})? > (\d+) \* 3600", rule["expr"])
+    return int(hours) * 3600, rule["labels"]["severity"]
+
+
+@pytest.mark.parametrize("dashboard, title, column, alert, metric", AGES, ids=[f"{a[0]}/{a[2] or a[1]}" for a in AGES])
+def test_an_age_is_coloured_as_the_alert_that_fires_at_it(tmp_path, dashboard, title, column, alert, metric):
+    """"Last successful check" turned red at 3 hours, though the only alert at that age is info
+    (ExchangeEEMSSuccessNotConfirmed), and orange at 2 hours, where no alert fires; "Last activity" turned red at
+    3 hours, though its alert (ExchangeEEMSNoActivity) is a warning from 2 hours on, whatever the age. Each age a
+    minute below the alert's threshold is green, a minute above and two days above in the colour of the alert's
+    severity (promtool runs the panel query, Grafana's display colours it)."""
+    threshold, severity = _alert_threshold(alert)
+    base = {f"exchange_up{{{EX01}}}": "1x5", f"exchange_eems_supported{{{EX01}}}": "1x5",
+            f"exchange_eems_last_activity_timestamp_seconds{{{EX01}}}": "0x5",
+            f"exchange_eems_last_success_timestamp_seconds{{{EX01}}}": "0x5", **_service(EX01, "running", "auto")}
+    displayed = {}
+    for age in (threshold - 60, threshold + 60, threshold + 2 * 86400):
+        series = {**NEIGHBOUR, **base, f"{metric}{{{EX01}}}": f"{300 - age}x5"}  # evaluated at 5m: `age` old
+        if column is None:
+            (shown_as,) = _stats_shown(tmp_path, dashboard, series, {title: age}, server="EX01").values()
+        else:
+            (shown_as,) = _cells_shown(tmp_path, dashboard, title, series, {column: age}).values()
+        displayed[age] = shown_as[1]
+    assert displayed == {threshold - 60: "green", threshold + 60: SEVERITY_COLOURS[severity],
+                         threshold + 2 * 86400: SEVERITY_COLOURS[severity]}
