@@ -502,3 +502,35 @@ def test_an_age_is_coloured_as_the_alert_that_fires_at_it(tmp_path, dashboard, t
         displayed[age] = shown_as[1]
     assert displayed == {threshold - 60: "green", threshold + 60: SEVERITY_COLOURS[severity],
                          threshold + 2 * 86400: SEVERITY_COLOURS[severity]}
+
+
+def _build(product: str, cu: str, version: str) -> dict[str, str]:
+    """A polled server's build as the exporter writes it; product and CU "unknown": a build the catalog cannot place."""
+    return {f"exchange_up{{{EX01}}}": "1x5", f"exchange_build_known{{{EX01}}}": "0x5" if product == "unknown" else "1x5",
+            f'exchange_build_info{{{EX01},product="{product}",cu="{cu}",update="",version="{version}",'
+            f'source="exsetup"}}': "1x5"}
+
+
+# server state -> (EX01's series, what "Product support ends" returns for it, the (text, colour) it shows)
+SUPPORT_ENDS = {
+    "never polled": ({}, None, ("unknown", "orange")),
+    "a build of an Exchange version newer than the catalog knows": (
+        _build("unknown", "unknown", "15.3.100.1"), None, ("unknown", "orange")),
+    "Exchange SE (Modern Lifecycle Policy: no fixed end)": (
+        _build("ExchangeSE", "RTM", "15.2.2562.17"), 0, ("no fixed end (SE)", "blue")),
+    "Exchange 2019 (extended support ended 2025-10-14)": (
+        {**_build("Exchange2019", "CU15", "15.2.1748.10"),
+         f"exchange_product_support_end_timestamp_seconds{{{EX01}}}": "1760400000x5"}, 1760400000000, (None, "blue")),
+}
+
+
+@pytest.mark.parametrize("state", sorted(SUPPORT_ENDS))
+def test_product_support_end_says_unknown_where_the_product_is_not_known(tmp_path, state):
+    """"Product support ends" said "no fixed end (SE)" whenever its query returned nothing: for a server never
+    polled and for a build the catalog cannot place, whose product, and so its end, is unknown. The query tells
+    a placed product without an end (0) from no product at all (run by promtool), and Grafana shows the first as
+    "no fixed end (SE)", the second as "unknown"."""
+    series, value, expected = SUPPORT_ENDS[state]
+    (displayed,) = _stats_shown(tmp_path, "server-detail.json", {**NEIGHBOUR, **series}, {"Product support ends": value},
+                                server="EX01").values()
+    assert displayed == expected
