@@ -93,7 +93,7 @@ def test_fleet_overview_has_the_fleet_counts_and_the_server_table():
     fleet = load(dashboard_files()[0].parent / "fleet-overview.json")
     stats = {p["title"] for p in panels(fleet) if p["type"] == "stat"}
     assert {"Servers", "Failing the 2023-03 cutoff", "Failing the 2026-06 cutoff", "Without EEMS (Mailbox)",
-            "EEMS service not running", "EEMS silent or failing", "Exporter cannot poll"} <= stats
+            "EEMS service not running", "EEMS silent or failing", "Exporter cannot poll", "Never polled"} <= stats
     table = next(p for p in panels(fleet) if p["title"] == "Server list")
     columns = set(next(t for t in table["transformations"] if t["id"] == "organize")["options"]["renameByName"].values())
     assert {"Server", "Product", "CU", "Update", "Version", "Build age", "Cutoff 2023-03", "Cutoff 2026-06",
@@ -534,3 +534,59 @@ def test_product_support_end_says_unknown_where_the_product_is_not_known(tmp_pat
     (displayed,) = _stats_shown(tmp_path, "server-detail.json", {**NEIGHBOUR, **series}, {"Product support ends": value},
                                 server="EX01").values()
     assert displayed == expected
+
+
+EXPORTER_B = EXPORTER.format("b:10061")
+PROBE_JOB = 'job="exchange-probe",instance="ex02.contoso.com",server="EX02"'
+
+
+def _polled(exporter: str, *names: str) -> dict[str, str]:
+    """`exchange_up` of each server `exporter` has polled in the background (its /metrics)."""
+    return {f'exchange_up{{{exporter},server="{name}"}}': "1x5" for name in names}
+
+
+def _shards(exporter: str, shard: int, servers: tuple[int, ...]) -> dict[str, str]:
+    """What an instance running shard `shard` of len(`servers`) says of the shards (exchange_exporter_shard_*)."""
+    count = len(servers)
+    return {f'exchange_exporter_shard_info{{{exporter},shard="{shard}",shards="{count}"}}': "1x5",
+            **{f'exchange_exporter_shard_servers{{{exporter},shard="{k}",shards="{count}"}}': f"{n}x5"
+               for k, n in enumerate(servers)}}
+
+
+# setup -> (series, servers of the configuration no poll has reported yet)
+NEVER_POLLED = {
+    "every configured server polled": ({**_shards(EXPORTER_A, 0, (2,)), **_polled(EXPORTER_A, "EX01", "EX02")}, 0),
+    "three configured, two polled so far (first poll round under way)": (
+        {**_shards(EXPORTER_A, 0, (3,)), **_polled(EXPORTER_A, "EX01", "EX02")}, 1),
+    "just started: nothing polled yet": ({**_shards(EXPORTER_A, 0, (2,))}, 2),
+    "two shards, each of two servers, one server of shard 1 not polled yet": (
+        {**_shards(EXPORTER_A, 0, (2, 2)), **_shards(EXPORTER_B, 1, (2, 2)),
+         **_polled(EXPORTER_A, "EX01", "EX03"), **_polled(EXPORTER_B, "EX02")}, 1),
+    "probe-only: of two probe targets one has a probe result (ExchangeServerNotProbed for the other)": (
+        {**_shards(EXPORTER_A, 0, (2,)), f"exchange_exporter_probe_target{{{EX01_ON_A}}}": "1x5",
+         f"exchange_exporter_probe_target{{{EX01_ON_A.replace('EX01', 'EX02')}}}": "1x5",
+         f"exchange_up{{{PROBE_JOB}}}": "1x5"}, 1),
+}
+
+
+@pytest.mark.parametrize("setup", sorted(NEVER_POLLED))
+def test_the_fleet_overview_counts_configured_servers_never_polled(tmp_path, setup):
+    """A configured server has no series until its first poll (docs/metrics.md), so the fleet overview counted
+    only the servers polled: one never polled was invisible. The exporter says how many servers each shard polls
+    (exchange_exporter_shard_servers) and, probe-only, which servers a probe would poll
+    (exchange_exporter_probe_target): "Never polled" counts those without exchange_up yet (run by promtool), and
+    is not green when there are some."""
+    series, never_polled = NEVER_POLLED[setup]
+    (displayed,) = _stats_shown(tmp_path, "fleet-overview.json", {**OTHER_JOB, **series},
+                                {"Never polled": never_polled}).values()
+    assert (displayed[1] == "green") == (never_polled == 0), displayed
+
+
+def test_the_fleet_server_list_lists_a_probe_target_never_probed(tmp_path):
+    """Probe-only, the exporter names each server a /probe would poll; one no probe has asked for has no other
+    series, and was missing from the Server list. Its row now says "never" (orange: ExchangeServerNotProbed, a
+    warning) in the Polled column (run by promtool)."""
+    series = {**_shards(EXPORTER.format("x:10061"), 0, (2,)), f"exchange_exporter_probe_target{{{EX01}}}": "1x5",
+              f"exchange_exporter_probe_target{{{EX01.replace('EX01', 'EX02')}}}": "1x5", f"exchange_up{{{PROBE_JOB}}}": "1x5"}
+    assert _cells_shown(tmp_path, "fleet-overview.json", "Server list", series, {"Polled": -1}) == {
+        "Polled": ("never", "orange")}
