@@ -11,10 +11,13 @@ import json
 import re
 import shutil
 import subprocess
+from datetime import date
 from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 from exporter.windows_service import START_MODES, STATE_LABELS
 from tests.dashboard_queries import all_panel_queries, dashboard_files, panels, substitute
@@ -590,3 +593,34 @@ def test_the_fleet_server_list_lists_a_probe_target_never_probed(tmp_path):
               f"exchange_exporter_probe_target{{{EX01.replace('EX01', 'EX02')}}}": "1x5", f"exchange_up{{{PROBE_JOB}}}": "1x5"}
     assert _cells_shown(tmp_path, "fleet-overview.json", "Server list", series, {"Polled": -1}) == {
         "Polled": ("never", "orange")}
+
+
+def _scraped(body: bytes, target: str) -> dict[str, str]:
+    """An exposition body as promtool input series: each sample with the `target` labels Prometheus adds."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    series = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            labels = ",".join([target, *(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))])
+            series[f"{sample.name}{{{labels}}}"] = f"{floatToGoString(sample.value)}x5"
+    return series
+
+
+@pytest.mark.parametrize("background", [True, False], ids=["background", "probe-only"])
+def test_never_polled_reads_the_series_the_exporter_writes(tmp_path, background):
+    """The "Never polled" count joins the exporter's own series (shard, shard servers, probe targets) with
+    exchange_up; a label it joins on that the exporter does not write would make it 0 forever. Here the bodies
+    come from the exporter's own encoder: three servers, one (EX03) not polled yet, promtool counts 1."""
+    from exporter.metrics import CachedExposition, SelfStatus, probe_body
+    from exporter.model import ServerResult
+
+    status = SelfStatus(catalog_newest_release=date(2025, 1, 1), poll_interval_seconds=300.0,
+                        last_reload_successful=True, last_reload_timestamp=0.0, servers=3, shard_servers=(3,),
+                        probe_targets=() if background else ("EX01", "EX02", "EX03"))
+    polled = [ServerResult("EX01"), ServerResult("EX02")]
+    body, _ = CachedExposition().body(polled if background else [], None, status, CollectorRegistry(), "")
+    series = _scraped(body, EXPORTER_A)
+    for result in [] if background else polled:
+        series.update(_scraped(probe_body(result, "")[0], f'job="exchange-probe",instance="{result.name.lower()}"'))
+    assert _stats_shown(tmp_path, "fleet-overview.json", series, {"Never polled": 1}) == {"Never polled": (None, "orange")}

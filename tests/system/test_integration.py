@@ -557,6 +557,7 @@ DEMO_COUNTS = {
     "Mitigations blocked": 1,  # EX-SE03-BLOCKED: M2.1.0
     "Collector blind to a part": 2,  # EX-SE06-DE (service, events), KNOB-BLIND (service, events, log)
     "Exporter down or shard missing": 0,  # one unsharded exporter, scraped
+    "Never polled": 0,  # every configured server has a poll result (its shard count less its exchange_up)
 }
 
 
