@@ -5,11 +5,14 @@ rules` turns into the rule file Prometheus loads; nothing here restates a condit
 for one instant over the samples this exporter serves on /metrics, with `job` and `instance` set as a scrape
 would (one exporter: the same for every series). The rules use a small part of PromQL: instant selectors,
 comparisons and arithmetic with numbers and `time()`, `and`/`or`/`unless` with `on(...)`, one comparison
-`on(...) group_left()`, and `absent(up)`. That part is evaluated here; anything else in a rule is a `PromQLError`,
-and a test parses every rule of the source, so a rule written beyond it cannot be skipped silently. `for:` cannot
-be judged from one instant: an alert whose condition holds now is reported with its `for:`, "fires after it
-holds that long". Series that this exporter does not serve (`up`) match nothing, and `absent(up)` (does
-Prometheus have a target of this exporter at all?) gives nothing: a page of this exporter cannot tell.
+`on(...) group_left()`, `absent(up)`, and `max_over_time` and `changes` of a range. That part is evaluated here;
+anything else in a rule is a `PromQLError`, and a test parses every rule of the source, so a rule written beyond
+it cannot be skipped silently. `for:` cannot be judged from one instant: an alert whose condition holds now is
+reported with its `for:`, "fires after it holds that long". Nor can a range: over one instant its window holds the
+sample of now only, so `max_over_time` is that sample, as if it had held for the whole window (like `for:`), and
+`changes` is 0 (a restart loop is for Prometheus to see). Series that this exporter does not serve (`up`) match
+nothing, and `absent(up)` (does Prometheus have a target of this exporter at all?) gives nothing: a page of this
+exporter cannot tell.
 """
 
 from __future__ import annotations
@@ -56,16 +59,18 @@ _TOKEN = re.compile(r"""\s*(?:
     (?P<number>\d+(?:\.\d+)?(?:e[+-]?\d+)?) |
     (?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*) |
     (?P<string>"(?:[^"\\]|\\.)*") |
-    (?P<op>==|!=|>=|<=|=~|!~|[-+*/<>(){},=])
+    (?P<op>==|!=|>=|<=|=~|!~|[-+*/<>(){},=\[\]])
 )""", re.VERBOSE)
 _COMPARISONS = {"==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt, ">=": operator.ge,
                 "<=": operator.le}
 _LEVELS = [("or",), ("and", "unless"), tuple(_COMPARISONS), ("+", "-"), ("*", "/")]
+_RANGE_FUNCTIONS = ("max_over_time", "changes")
+_DURATION_UNITS = ("s", "m", "h", "d")
 
 
 @dataclass(frozen=True)
 class _Node:
-    kind: str  # number | time | selector | absent | binary
+    kind: str  # number | time | selector | absent | binary | max_over_time | changes (of the selector `left`)
     value: float = 0.0
     name: str = ""
     matchers: tuple[tuple[str, str, str], ...] = ()
@@ -174,10 +179,27 @@ class _Parser:
                 if inner.kind != "selector" or inner.name != "up":
                     raise PromQLError("absent() is supported for up only")
                 return _Node("absent", left=inner)
+            if value in _RANGE_FUNCTIONS and self.peek() == "(":
+                self.take("(")
+                selector = _Node("selector", name=self.take(), matchers=self.matchers())
+                self.window()
+                self.take(")")
+                return _Node(value, left=selector)
             if self.peek() == "(" or value in ("by", "without", "offset"):
                 raise PromQLError(f"function or aggregation {value}() is not supported")
-            return _Node("selector", name=value, matchers=self.matchers())
+            node = _Node("selector", name=value, matchers=self.matchers())
+            if self.peek() == "[":
+                raise PromQLError(f"a range of {value} is supported in {', '.join(_RANGE_FUNCTIONS)} only")
+            return node
         raise PromQLError(f"unexpected {value!r}")
+
+    def window(self) -> None:
+        """A range's `[15m]`: read and checked, not used (one instant has one sample in any window)."""
+        self.take("[")
+        number, unit = self.take(), self.take()
+        if not number.isdigit() or unit not in _DURATION_UNITS:
+            raise PromQLError(f"bad range [{number}{unit}]")
+        self.take("]")
 
     def matchers(self) -> tuple[tuple[str, str, str], ...]:
         if self.peek() != "{":
@@ -194,8 +216,6 @@ class _Parser:
             if self.peek() == ",":
                 self.take()
         self.take("}")
-        if self.peek() == "[":
-            raise PromQLError("range selectors are not supported")
         return tuple(out)
 
 
@@ -296,6 +316,10 @@ def evaluate(node: _Node, instant: _Instant):
         return _select(instant.samples, node)
     if node.kind == "absent":  # of `up`, which only Prometheus has: unknown here, so nothing
         return {}
+    if node.kind == "max_over_time":  # a window holding the sample of now only
+        return _select(instant.samples, node.left)
+    if node.kind == "changes":
+        return {labels: (0.0, 0.0) for labels in _select(instant.samples, node.left)}
     left, right = evaluate(node.left, instant), evaluate(node.right, instant)
     if node.op in ("and", "or", "unless"):
         if not isinstance(left, dict) or not isinstance(right, dict):
