@@ -30,6 +30,13 @@ def test_a_server_whose_last_poll_failed_shows_only_that_it_cannot_be_polled():
     assert {f.alert for f in alerts.firing(stopped_service(0.0), now=NOW)} == {"ExchangeExporterCannotPoll"}
 
 
+def test_a_restart_loop_is_for_prometheus_to_see():
+    """One sample of process_start_time_seconds has no change in it: ExchangeExporterRestarting never holds here."""
+    samples = [("process_start_time_seconds", {}, NOW - 60.0)]
+    assert alerts.evaluated(alerts.read_by_rules(samples), NOW)[0] == []
+    assert alerts.read_by_rules(samples) == samples, "the rule's selector is read"
+
+
 @pytest.mark.parametrize("expression", ["x[5m]", "x[5m] > 0", "max_over_time(x[5y])", "max_over_time(x)",
                                         "changes(rate(x[5m])[1h])", "max_over_time(x[1.5h])"])
 def test_a_range_outside_the_two_functions_or_a_bad_window_is_an_error(expression):
