@@ -113,6 +113,20 @@ def test_twins_differ_only_in_severity_thresholds_and_wording():
         assert len({tuple(sorted(rule["labels"])) for rule in group}) == 1, name
 
 
+
+def test_facts_are_set_aside_when_cannot_poll_takes_over():
+    """Per-server alerts set a server's facts aside once `exchange_up` has been 0 for as long as the warning
+    ExchangeExporterCannotPoll waits (`cannot_poll_warning`), not at the first failed poll, which resolved every page
+    of the server as if fixed. The window is written in each rule: all of them must move with that `for:`. Only
+    ExchangeExporterPollStale looks at the last poll alone: a server whose last poll failed is not stale but failing."""
+    windows = set(re.findall(r"max_over_time\(exchange_up\[(\w+)\]\)", SOURCE.read_text()))
+    warning = next(rule["for"] for rule in alerts()
+                   if rule["alert"] == "ExchangeExporterCannotPoll" and rule["labels"]["severity"] == "warning")
+    assert windows == {warning}
+    at_once = {rule["alert"] for rule in alerts() if re.search(r"\(exchange_up\{[^}]*\} == 0\)", rule["expr"])}
+    assert at_once == {"ExchangeExporterPollStale"}
+
+
 def test_every_alert_has_a_runbook_section():
     anchors = {github_anchor(line[3:]) for line in RUNBOOKS.read_text().splitlines() if line.startswith("## ")}
     missing = {name for name in alert_names() if name.lower() not in anchors}

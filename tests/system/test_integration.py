@@ -124,7 +124,7 @@ FIXED_ALERTS |= {
 ORGANIZATION_ALERTS = {("ExchangeEEMSMitigationBlocked", "EX-SE03-BLOCKED", "warning", "mitigation=M2.1.0")}
 DOUBLE_HOP_ALERTS = {("ExchangeOrganizationCollectorFailing", "", "warning", "reason=double_hop")}
 assert ORGANIZATION_ALERTS <= FIXED_ALERTS
-UNPOLLABLE = {"EX-SE05-NOWINRM"}  # every per-server alert but CannotPoll is silenced while exchange_up == 0
+UNPOLLABLE = {"EX-SE05-NOWINRM"}  # never polled: it has no facts, so only CannotPoll can fire for it
 
 # What the pager (the receiver of severity="critical") gets after the example inhibitions, per
 # docs/alerts.md: the cutoff alerts, the stopped service, the proxy server's failing fetches, the build
