@@ -3,6 +3,8 @@ what prometheus_client would."""
 
 from __future__ import annotations
 
+import sys
+import time
 from datetime import date, datetime, timezone
 
 import pytest
@@ -149,6 +151,16 @@ def test_help_text_with_backslashes_and_newlines_is_escaped_as_prometheus_client
     assert b"# HELP exchange_test Line one\\nline two with a \\\\ backslash" in body  # escaped in the text itself
     assert _samples(ours) == _samples(reference)
 
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prometheus_client reads it from Linux's /proc")
+def test_metrics_body_says_when_the_process_started(polled):
+    """ExchangeExporterRestarting counts the changes of process_start_time_seconds: the exporter's own /metrics must
+    carry it, one sample, at or before now."""
+    body, _ = polled.metrics_body("")
+    (family,) = [f for f in parse_text(body.decode()) if f.name == "process_start_time_seconds"]
+    (sample,) = family.samples
+    assert 0 < sample.value <= time.time()
 
 @pytest.mark.parametrize("accept", ["", "application/openmetrics-text; version=1.0.0"])
 def test_metrics_body_keeps_the_process_metrics_and_drops_servers_no_longer_polled(accept):
