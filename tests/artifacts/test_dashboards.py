@@ -304,8 +304,8 @@ def _stats_shown(tmp_path: Path, dashboard: str, series: dict[str, str], expecte
                  **selected: str) -> dict[str, tuple[str | None, str]]:
     """What the stat panels named in `expected` show (text, colour), after promtool (Prometheus' own engine) has
     confirmed that their queries return `expected` over `series`: None for no series, else one sample, of the
-    selected server or of an aggregation. A key is a panel title (each of its queries) or "title/refId" (that one);
-    `*` stands for every stat panel."""
+    selected server or of an aggregation. A key is a panel title (each of its queries: shown as "title/refId" when
+    there are several) or "title/refId" (that one); `*` stands for every stat panel."""
     stats = {p["title"]: p for p in panels(load(dashboard_files()[0].parent / dashboard)) if p["type"] == "stat"}
     if "*" in expected:
         expected = {**{title: expected["*"] for title in stats}, **expected}
@@ -314,7 +314,9 @@ def _stats_shown(tmp_path: Path, dashboard: str, series: dict[str, str], expecte
     for key, value in expected.items():
         title, _, ref_id = key.partition("/")
         assert title in stats, key
-        queries.update({key: (stats[title], target["expr"], value) for target in stats[title]["targets"]
+        targets = stats[title]["targets"]
+        queries.update({key if ref_id or len(targets) == 1 else f"{title}/{target['refId']}":
+                        (stats[title], target["expr"], value) for target in targets
                         if target["refId"] == ref_id or not ref_id})
     labels = f"{{{EX01}}}" if "server" in selected else "{}"
     cases = [{"expr": f"sum by (job, instance, server) ({substitute(expr, **selected)})", "eval_time": "5m",
@@ -335,6 +337,18 @@ def test_a_server_detail_stat_shows_each_server_state_in_a_colour_that_fits_it(t
     series, expected, forbidden = STATES[state]
     displayed = _stats_shown(tmp_path, "server-detail.json", {**NEIGHBOUR, **series}, expected, server="EX01")
     assert {title: text_colour for title, text_colour in displayed.items() if text_colour[1] in forbidden} == {}
+
+
+def test_every_query_of_a_stat_named_by_its_title_is_checked(tmp_path):
+    """A title stands for each of the panel's queries. _stats_shown keyed them all by the title, so only the last
+    survived: of "MSExchangeMitigation" (A: state, B: start mode) only B ran, and a stopped service started
+    automatically passed as 1 (running) on both."""
+    series = {**NEIGHBOUR, f"exchange_up{{{EX01}}}": "1x5", f"exchange_eems_supported{{{EX01}}}": "1x5",
+              **_service(EX01, "stopped", "auto")}
+    with pytest.raises(AssertionError, match="FAILED"):
+        _stats_shown(tmp_path, "server-detail.json", series, {"MSExchangeMitigation": 1}, server="EX01")
+    assert set(_stats_shown(tmp_path, "server-detail.json", series, {"MSExchangeMitigation/B": 1}, server="EX01")) == {
+        "MSExchangeMitigation/B"}
 
 
 EXPORTER = 'job="exchange-eems",instance="{}"'
