@@ -9,7 +9,7 @@ Differences from the Go implementation, each forced by Python's ``ssl`` module o
 - ``cipher_suites`` and ``curve_preferences`` are validated as lists of names and then ignored: Go's
   IANA suite names do not map onto OpenSSL cipher strings, and OpenSSL's defaults are sound.
   ``http2`` is accepted and ignored (this exporter speaks HTTP/1.1 only), and so is ``prefer_server_cipher_suites``:
-  the server's order always holds, as in Go's crypto/tls since 1.18, where the field has no effect.
+  the server's order always holds, as in Go's crypto/tls since 1.17, where the field has no effect.
 - ``RequireAnyClientCert`` (demand a certificate but do not verify it) is rejected: ``ssl`` cannot
   request a client certificate without verifying it against a CA. ``RequestClientCert`` behaves like
   ``NoClientCert`` for the same reason; nothing in this exporter reads an unverified certificate, so
@@ -473,7 +473,7 @@ def _load_tls(path: Path, tls: dict[str, Any]) -> tuple[ssl.SSLContext | None, l
     if min_version < ssl.TLSVersion.TLSv1_2:
         context.set_ciphers("DEFAULT:@SECLEVEL=0")
     # The server's order always, whatever prefer_server_cipher_suites says: Go's crypto/tls has ignored the field since
-    # 1.18 (the server picks), and a client that lists a weak suite first must not get it (nor after a reload).
+    # 1.17 (the server picks), and a client that lists a weak suite first must not get it (nor after a reload).
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     try:
         # An empty password makes an encrypted key fail instead of prompting on the terminal.

@@ -310,7 +310,7 @@ def _negotiated_cipher(url: str, ctx: ssl.SSLContext) -> str:
 
 def test_no_web_config_lets_the_client_choose_a_weaker_cipher(tmp_path, serve, pki):
     """A reload never lowers TLS, and `lowered_security` does not look at `prefer_server_cipher_suites`: it need not,
-    since the server's order always holds (Go's crypto/tls ignores the field since 1.18, and Python sets
+    since the server's order always holds (Go's crypto/tls ignores the field since 1.17, and Python sets
     OP_CIPHER_SERVER_PREFERENCE on every context). Were `false` to apply, a client listing a CBC suite first would get
     it instead of AES-GCM after such a reload, and this test would fail."""
     path = write_config(tmp_path, _tls_config(pki))
