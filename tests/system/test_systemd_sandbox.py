@@ -18,13 +18,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from ..conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, free_port, relocate, samples, stop_process
+from .test_reload import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "deploy" / "systemd" / "exchange-eems-exporter.service"
@@ -111,19 +111,6 @@ def get(url: str, data: bytes | None = None) -> str:
         return response.read().decode()
 
 
-def wait_for(condition, what: str, seconds: float = 60.0):
-    deadline = time.monotonic() + seconds
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except OSError as err:  # not listening yet
-            last = err
-        time.sleep(0.25)
-    pytest.fail(f"timed out waiting for {what} (last error: {last!r})")
-
-
 def test_the_unit_denies_what_it_is_checked_against():
     """The check below means something only if the unit names deny lists and MemoryDenyWriteExecute=."""
     allowed, denied, deny_write_execute = unit_filter()
@@ -160,7 +147,7 @@ def test_the_exporter_runs_inside_the_units_system_call_filter(tmp_path):
                 return all(metrics.get(("exchange_up", frozenset({"server": name}.items()))) == 1
                            for name in ("EX47", "EX78"))
 
-            wait_for(both_up, "the first poll of both servers")
+            wait_for(both_up, "the first poll of both servers", 60)  # under strace
             for path in ("/-/healthy", "/-/ready", "/", "/server?name=EX47&debug=true", "/probe?target=EX78"):
                 get(base + path)
             # strace's one child is the exporter
@@ -170,7 +157,7 @@ def test_the_exporter_runs_inside_the_units_system_call_filter(tmp_path):
             os.kill(int(exporter), signal.SIGHUP)
             wait_for(lambda: samples(get(base + "/metrics"))[
                 ("exchange_exporter_config_last_reload_success_timestamp_seconds", frozenset())] > before,
-                "the reload on SIGHUP")
+                "the reload on SIGHUP", 60)
             get(base + "/-/reload", data=b"")
             os.kill(int(exporter), signal.SIGTERM)
             process.wait(timeout=30)
