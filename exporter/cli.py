@@ -21,7 +21,7 @@ from pathlib import Path
 from . import __version__
 from .catalog import BuildVersionError, Catalog
 from .catalog_data import CatalogError
-from .config import DEFAULT_LISTEN_PORT, Config, ConfigError, exposed_secret_files, insecure_settings, load_config
+from .config import DEFAULT_LISTEN_PORT, Config, ConfigError, config_warnings, load_config
 from .model import BuildVerdict
 from .redact import Redactor
 from .sharding import parse_shard
@@ -63,7 +63,7 @@ def _load(path: Path, shard: str | None) -> tuple[Config, Catalog]:
 
 
 def _warn_insecure(config: Config) -> None:
-    for warning in insecure_settings(config) + exposed_secret_files(config):
+    for warning in config_warnings(config):
         log.warning("%s", warning)
 
 
@@ -133,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config, catalog = _load(args.config_file, None)
-    for warning in insecure_settings(config) + exposed_secret_files(config):  # what `run` would log
+    for warning in config_warnings(config):  # what `run` would log
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.config_file}: OK: {len(config.servers)} servers, {len(config.modules)} modules, "
           f"organization collector {'on' if config.organization else 'off'}, catalog newest build "

@@ -669,6 +669,13 @@ def exposed_secret_files(config: Config) -> list[str]:
     return warnings
 
 
+def config_warnings(config: Config) -> list[str]:
+    """Every warning a configuration earns, in one list so that `run` at start, a reload that applies it and
+    `check-config` say the same: settings that weaken the credential's protection, then its secret files that
+    every user of the host may read or write."""
+    return insecure_settings(config) + exposed_secret_files(config)
+
+
 def lowered_security(old: Config, new: Config) -> str | None:
     """Why polling with `new` would protect the credential less than `old` does; None when it would not. A reload
     is refused for it, as a web config's is (webconfig.lowered_security): whoever can write the file, or a file cut

@@ -29,9 +29,7 @@ from pathlib import Path
 
 from .catalog import Catalog
 from .catalog_data import CatalogError
-from .config import (
-    Config, ConfigError, OrganizationConfig, exposed_secret_files, insecure_settings, load_config, lowered_security,
-)
+from .config import Config, ConfigError, OrganizationConfig, config_warnings, load_config, lowered_security
 from .model import OrgServerInfo
 from .redact import Redactor
 from .sharding import shard_of
@@ -209,7 +207,7 @@ class SafeRuntime:
                                                                          config.organization) else ()
             self._current = Runtime(config, catalog, Targets(config, carried))
             log.info("configuration reloaded from %s: %d servers", source, len(config.servers))
-            for warning in insecure_settings(config) + exposed_secret_files(config):  # as at start
+            for warning in config_warnings(config):  # as at start
                 log.warning("%s", warning)
             return True, "configuration reloaded"
 
