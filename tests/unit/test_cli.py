@@ -75,6 +75,21 @@ def test_check_config_warns_of_a_password_file_every_user_may_read(tmp_path):
     assert exporter("check-config", "--config.file", str(path)).stderr == ""
 
 
+def test_check_config_prints_the_insecure_settings_run_would_log(tmp_path):
+    """check-config said only OK to `insecure_skip_verify: true`, which `run` logs as a WARNING at start: it prints
+    the same warning on stderr, and the verdict stays OK with exit code 0."""
+    password = tmp_path / "pw"
+    password.write_text("a-secret\n")
+    password.chmod(0o600)
+    path = tmp_path / "exporter.yml"
+    path.write_text("modules: {default: {username: u, password_file: pw, insecure_skip_verify: true}}\n"
+                    "servers: [EX01]\n")
+    result = exporter("check-config", "--config.file", str(path))
+    assert result.returncode == 0 and ": OK: 1 servers" in result.stdout, result.stderr
+    assert result.stderr == ("warning: module default: WinRM server certificate validation is OFF "
+                             "(insecure_skip_verify: true)\n")
+
+
 def test_check_config_names_a_krb5_conf_mit_cannot_read(tmp_path):
     """A krb5.conf with a comment after a value (MIT reads comments only on lines of their own: the value is then
     invalid) made check-config of a keytab module end in a krb5 traceback: MIT's context is made before the
