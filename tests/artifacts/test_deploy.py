@@ -361,8 +361,7 @@ def _ports_polled(config_text: str, tmp_path: Path) -> set[int]:
     for password_file in {m["password_file"] for m in yaml.safe_load(config_text)["modules"].values()}:
         config_text = config_text.replace(password_file, str(secret_file))
     config = load_config_text(config_text, tmp_path)
-    default = next(iter(config.modules))
-    ports = {s.port or config.modules[s.module or default].port for s in config.servers}
+    ports = {s.port or config.modules[s.module].port for s in config.servers}  # load_config names every module
     if config.organization is not None:
         ports.add(config.modules[config.organization.module].port)
     return ports
