@@ -28,7 +28,7 @@ from typing import Any, Callable, NamedTuple
 
 from .eems_log import LogRecord, fetch_error_reason, is_fetch_problem, classify_fetch_error
 from .interpret import CHECK_SETTLE, ERROR_EVENT, SUCCESS_EVENTS, local_times, log_offsets
-from .parse import parse_utc_offsets
+from .parse import as_list, parse_utc_offsets
 
 CONFIRMS, CONTRADICTS, NOT_SHOWN, NOT_COLLECTED = "CONFIRMS", "CONTRADICTS", "NOT SHOWN", "NOT COLLECTED"
 SLACK = timedelta(minutes=5)  # a write time and the line it wrote, a check's start and the hour
@@ -416,11 +416,6 @@ def success_event(f: Facts) -> Verdict:
 
 def _events(f: Facts, event_id: int) -> list[dict]:
     return [e for e in as_list((f.doc or {}).get("events"))[:MAX_EVENTS] if isinstance(e, dict) and e.get("id") == event_id]
-
-
-def as_list(value: Any) -> list:
-    """A JSON value as a list: PowerShell's ConvertTo-Json writes a one-item array as the item, none as null."""
-    return value if isinstance(value, list) else [] if value is None else [value]
 
 
 def _event_text(event: dict) -> str:

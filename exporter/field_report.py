@@ -22,12 +22,12 @@ from datetime import date, datetime
 from typing import Any, Iterable
 
 from . import __version__
-from .assumptions import (ERRORS_SENT, MAX_EVENTS, Facts, ReadLog, as_list, check_times, duration, read_parts,
+from .assumptions import (ERRORS_SENT, MAX_EVENTS, Facts, ReadLog, check_times, duration, read_parts,
                           utc_offsets_shown, verdicts)
 from .eems_log import parse_log_line
 from .interpret import CHECK_SETTLE
 from .model import RawCulture
-from .parse import parse_ps_date
+from .parse import as_list, parse_ps_date
 from .terminal import printable
 from .redact import MASK, Redactor
 from .scripts import DiagnoseScriptParameters

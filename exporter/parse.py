@@ -177,8 +177,9 @@ def _reject_constant(name: str):
 # ---------------------------------------------------------------- field helpers
 
 
-def _as_list(value) -> list:
-    """PowerShell 5.1 unwraps one-element arrays and sometimes wraps arrays as {"value": [...], "Count": n}."""
+def as_list(value) -> list:
+    """A JSON value as a list: PowerShell 5.1 unwraps one-element arrays, writes none as null and sometimes wraps
+    arrays as {"value": [...], "Count": n}. The poll and the field report (assumptions.py) read lists with it."""
     if value is None:
         return []
     if isinstance(value, list):
@@ -245,7 +246,7 @@ class _Notes:
 
     def strings(self, value, field: str) -> tuple[str, ...]:
         """`@($null)` (an empty MultiValuedProperty in 5.1) arrives as [null]: no item, and no note."""
-        items = [item for item in _as_list(value) if item is not None]
+        items = [item for item in as_list(value) if item is not None]
         kept = tuple(_clean(item) for item in items if isinstance(item, str))
         if len(kept) != len(items):
             self.wrong(field, "strings")
@@ -255,7 +256,7 @@ class _Notes:
     def label_values(self, value, field: str) -> tuple[str, ...]:
         """Mitigation IDs: strings of the ID shape, each once (listed twice, an ID made two series of the same
         labels, which OpenMetrics parsers refuse), at most MAX_MITIGATIONS_PER_LIST; the refused are counted."""
-        items = [item for item in _as_list(value) if item is not None]  # [null]: an empty list, as in strings()
+        items = [item for item in as_list(value) if item is not None]  # [null]: an empty list, as in strings()
         valid = [item for item in items if isinstance(item, str) and MITIGATION_ID.fullmatch(item)]
         if any(not isinstance(item, str) for item in items):
             self.wrong(field, "strings")
@@ -308,7 +309,7 @@ def _clean(text: str) -> str:
 
 def _events(value, notes: _Notes, max_events: int) -> tuple[RawEvent, ...]:
     events = []
-    for item in _as_list(value):
+    for item in as_list(value):
         if not isinstance(item, dict):
             notes.wrong("events", "objects")
             continue
@@ -422,7 +423,7 @@ def _utc_offsets(value, notes: _Notes) -> tuple[tuple[datetime, int], ...]:
     offset (utc_offset_minutes) stands in. An entry repeating the offset before it changes nothing and is merged."""
     if value is None:
         return ()
-    items = _as_list(value)
+    items = as_list(value)
     if len(items) > MAX_UTC_OFFSETS:
         notes.wrong("utc_offsets", f"at most {MAX_UTC_OFFSETS} offsets")
         return ()
@@ -462,7 +463,7 @@ def _logs(value, notes: _Notes, max_log_bytes: int) -> tuple[RawLog, ...]:
     """The newest files first; the tails together keep at most `max_log_bytes` (the newest bytes win). The script
     sends whole lines within that budget; a tail cut here loses its then partial first line."""
     logs, budget = [], max(max_log_bytes, 0)
-    for item in _as_list(value):
+    for item in as_list(value):
         if not isinstance(item, dict):
             notes.wrong("logs", "objects")
             continue
@@ -477,7 +478,7 @@ def _logs(value, notes: _Notes, max_log_bytes: int) -> tuple[RawLog, ...]:
 
 def _endpoints(value, notes: _Notes) -> tuple[RawEndpoint, ...]:
     endpoints = []
-    for item in _as_list(value)[:4]:
+    for item in as_list(value)[:4]:
         if not isinstance(item, dict):
             notes.wrong("endpoints", "objects")
             continue
@@ -522,7 +523,7 @@ def _endpoint_proxy(value: str | None, notes: _Notes) -> str | None:
 def _errors(value, notes: _Notes) -> list[RawError]:
     """Error records; a plain "part: message" string (older scripts) is kept with empty ids."""
     errors = []
-    for item in _as_list(value)[:MAX_ERRORS]:
+    for item in as_list(value)[:MAX_ERRORS]:
         if isinstance(item, str):
             part, _, message = item.partition(":")
             errors.append(RawError(_clean(part.strip()[:32]), "", "", "", _clip(_clean(message.strip()))))
@@ -613,7 +614,7 @@ def parse_organization_output(stdout: bytes, *, max_servers: int = 10000) -> Raw
     as an earlier one, is dropped: each would make a second series of the same labels."""
     doc = _load_object(stdout, "organization")
     notes = _Notes()
-    items = _as_list(doc.get("servers"))
+    items = as_list(doc.get("servers"))
     if len(items) > max_servers:
         raise ParseError("bad_output", f"organization output lists {len(items)} servers, more than the limit {max_servers}")
     servers, seen = [], set()

@@ -95,6 +95,16 @@ def test_event_texts_per_id():
     assert got["events.id.1008.without_text"] == "1" and got["events.id.1008.levels"] == "Error"
 
 
+def test_a_list_windows_powershell_wrapped_reads_as_the_poll_reads_it():
+    """Windows PowerShell 5.1's ConvertTo-Json may write an array as {"value": [...], "Count": n}; the poll's parser
+    unwraps it (parse.as_list). The field report read the same shape with a copy of its own that did not, so it
+    showed one event of id None where the poll read three."""
+    events = [{"id": 1006, "level": 4, "time": f"\\/Date({1795950000000 - i * 3600_000})\\/", "message": "applied"}
+              for i in range(3)]
+    got = _report(_diagnose_output(events={"value": events, "Count": 3}))
+    assert got["events.ids"] == "1006 x 3"
+
+
 def test_name_scrubber():
     scrub = NameScrubber(names_of("EX01.contoso.com", "10.1.2.3")).scrub
     assert names_of("EX01.contoso.com", "10.1.2.3") == {"EX01.contoso.com", "EX01", "contoso.com"}
