@@ -113,7 +113,6 @@ def test_twins_differ_only_in_severity_thresholds_and_wording():
         assert len({tuple(sorted(rule["labels"])) for rule in group}) == 1, name
 
 
-
 def test_facts_are_set_aside_when_cannot_poll_takes_over():
     """Per-server alerts set a server's facts aside once `exchange_up` has been 0 for as long as the warning
     ExchangeExporterCannotPoll waits (`cannot_poll_warning`), not at the first failed poll, which resolved every page

@@ -152,7 +152,6 @@ def test_help_text_with_backslashes_and_newlines_is_escaped_as_prometheus_client
     assert _samples(ours) == _samples(reference)
 
 
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prometheus_client reads it from Linux's /proc")
 def test_metrics_body_says_when_the_process_started(polled):
     """ExchangeExporterRestarting counts the changes of process_start_time_seconds: the exporter's own /metrics must
@@ -161,6 +160,7 @@ def test_metrics_body_says_when_the_process_started(polled):
     (family,) = [f for f in parse_text(body.decode()) if f.name == "process_start_time_seconds"]
     (sample,) = family.samples
     assert 0 < sample.value <= time.time()
+
 
 @pytest.mark.parametrize("accept", ["", "application/openmetrics-text; version=1.0.0"])
 def test_metrics_body_keeps_the_process_metrics_and_drops_servers_no_longer_polled(accept):
