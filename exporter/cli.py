@@ -138,7 +138,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{args.config_file}: OK: {len(config.servers)} servers, {len(config.modules)} modules, "
           f"organization collector {'on' if config.organization else 'off'}, catalog newest build "
           f"{catalog.newest_release.isoformat()}")
+    if args.web_config_file:
+        _check_web_config(args.web_config_file)
     return 0
+
+
+def _check_web_config(path: Path) -> None:
+    """`check-config --web.config.file`: the web config as `run` would load it, with the warnings `run` would log."""
+    from .webconfig import WebConfig, WebConfigError, exposed_secret_files
+
+    try:
+        web = WebConfig.load(path)
+    except WebConfigError as err:
+        raise _Fail(f"web config error: {err}") from None
+    for warning in exposed_secret_files(web):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{path}: OK: TLS {'on' if web.ssl_context() else 'off'}, {len(web.users)} basic_auth users")
 
 
 def _jsonable(value):
@@ -369,17 +384,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--log.level", dest="log_level", default="info",
                        choices=["debug", "info", "warning", "error"])
 
+    def web_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--web.config.file", dest="web_config_file", type=Path,
+                       help="exporter-toolkit web config: TLS and basic auth")
+
     run = sub.add_parser("run", help="poll the servers and serve metrics (default)")
     common(run)
     run.add_argument("--web.listen-address", dest="web_listen_address", type=_listen_address,
                      default=("0.0.0.0", DEFAULT_LISTEN_PORT), help=f"[host]:port, default :{DEFAULT_LISTEN_PORT}")
-    run.add_argument("--web.config.file", dest="web_config_file", type=Path,
-                     help="exporter-toolkit web config: TLS and basic auth")
+    web_config(run)
     run.add_argument("--shard", help="K/N: poll only shard K of N (overrides the config's shard)")
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check-config", help="validate the configuration and exit")
+    check = sub.add_parser("check-config", help="validate the configuration (and the web config) and exit")
     common(check)
+    web_config(check)
     check.set_defaults(func=cmd_check_config)
 
     poll = sub.add_parser("poll", help="poll one server once and print the interpreted facts")

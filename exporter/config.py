@@ -42,7 +42,7 @@ from .config_keys import (
     reject_unknown,
     string,
 )
-from .files import read_regular_file
+from .files import exposed_to_others, read_regular_file
 from .secret import Secret
 from .sharding import parse_shard
 
@@ -647,26 +647,11 @@ def insecure_settings(config: Config) -> list[str]:
 
 def exposed_secret_files(config: Config) -> list[str]:
     """A warning for each file holding a module's secret (password_file, keytab_file, key_file) that every user of
-    the host may read or write: such a file gives the monitoring account to anyone with a shell there. A warning,
-    not an error: it is logged at start and at every reload that applies the configuration, and a file system
-    without POSIX modes (a mounted Windows share: every file 0777) would otherwise stop the exporter. Windows has
-    no such mode bits; there its ACLs decide."""
-    if os.name == "nt":
-        return []
-    warnings = []
-    for module in config.modules.values():
-        for key in ("password_file", "keytab_file", "key_file"):
-            file = getattr(module, key)
-            try:
-                mode = os.stat(file).st_mode & 0o777 if file is not None else 0
-            except OSError:  # gone since it was read: the next read says so
-                continue
-            if mode & 0o006:
-                others = " and ".join(what for bit, what in ((0o004, "read"), (0o002, "written")) if mode & bit)
-                warnings.append(f"modules.{module.name}.{key}: {str(file)!r} can be {others} by every user of this "
-                                f"host (mode {mode:04o}): chmod o-rwx it (in Kubernetes: the Secret volume's "
-                                "defaultMode: 0440, with the pod's fsGroup)")
-    return warnings
+    the host may read or write (files.exposed_to_others), logged at start and at every reload that applies the
+    configuration."""
+    warnings = (exposed_to_others(getattr(module, key), f"modules.{module.name}.{key}")
+                for module in config.modules.values() for key in ("password_file", "keytab_file", "key_file"))
+    return [warning for warning in warnings if warning]
 
 
 def config_warnings(config: Config) -> list[str]:

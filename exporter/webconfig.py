@@ -49,7 +49,7 @@ import bcrypt
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .config_keys import ConfigError, bounded_repr, existing_file, load_yaml, mapping, reject_unknown
-from .files import read_regular_file
+from .files import exposed_to_others, read_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class WebConfig:
     path: Path
     headers: dict[str, str]
     users: dict[str, bytes]
+    key_file: Path | None  # tls_server_config.key_file: exposed_secret_files checks its mode
     watched_files: tuple[Path, ...]
     _context: ssl.SSLContext | None
     _verified: dict[tuple[str, bytes], bytes] = field(default_factory=dict, repr=False)
@@ -148,8 +149,8 @@ class WebConfig:
         if "http2" in http and not isinstance(http["http2"], bool):
             raise WebConfigError(path, "http_server_config.http2", "must be true or false")
         users = _load_users(path, doc.get("basic_auth_users"))
-        context, watched = _load_tls(path, tls)
-        return cls(path=path, headers=headers, users=users,
+        context, key_file, watched = _load_tls(path, tls)
+        return cls(path=path, headers=headers, users=users, key_file=key_file,
                    watched_files=(path, *watched), _context=context)
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -218,6 +219,23 @@ class WebConfig:
         return self._decoys[cost]
 
 
+def exposed_secret_files(config: WebConfig) -> list[str]:
+    """A warning for the TLS private key, and for the web config itself when it holds basic_auth_users' hashes,
+    if every user of the host may read or write it (files.exposed_to_others): the key lets anyone with a shell
+    there pose as the exporter, and the hashes can be cracked offline, or a user added. As for the exporter's
+    configuration (config.exposed_secret_files): logged at start and at every reload that applies the file, and
+    printed by `check-config --web.config.file`."""
+    warnings = [exposed_to_others(config.key_file, f"{config.path}: tls_server_config.key_file")]
+    if config.users:
+        warnings.append(exposed_to_others(config.path, f"{config.path}: basic_auth_users"))
+    return [warning for warning in warnings if warning]
+
+
+def _log_exposed_secret_files(config: WebConfig) -> None:
+    for warning in exposed_secret_files(config):
+        log.warning("%s", warning)
+
+
 def lowered_security(old: WebConfig, new: WebConfig) -> str | None:
     """Why `new` would serve with less protection than `old`; None when it does not."""
     if old.ssl_context() is not None and new.ssl_context() is None:
@@ -252,6 +270,7 @@ class WebConfigWatcher:
         self._clock = clock
         self._check_interval = check_interval
         self._config, self._fingerprint = self._load((self._path,), _fingerprint((self._path,)))
+        _log_exposed_secret_files(self._config)
         self._last_check = clock()
         self._last_error: str | None = None
         self._failed_fingerprint: tuple | None = None
@@ -298,6 +317,7 @@ class WebConfigWatcher:
             if self._last_error is not None:
                 log.info("web config %s loaded again after an error", self._path)
             config.keep_verified(self._config)
+            _log_exposed_secret_files(config)
             self._config, self._fingerprint = config, settled
             self._last_error = None
             return config
@@ -431,7 +451,8 @@ def _string_list(path: Path, tls: dict[str, Any], key: str) -> None:
         raise WebConfigError(path, f"tls_server_config.{key}", "must be a list of names")
 
 
-def _load_tls(path: Path, tls: dict[str, Any]) -> tuple[ssl.SSLContext | None, list[Path]]:
+def _load_tls(path: Path, tls: dict[str, Any]) -> tuple[ssl.SSLContext | None, Path | None, list[Path]]:
+    """The server's TLS context, its private key's file and the files to watch; None, None, [] without TLS."""
     _string_list(path, tls, "cipher_suites")
     _string_list(path, tls, "curve_preferences")
     if not isinstance(tls.get("prefer_server_cipher_suites", True), bool):
@@ -453,7 +474,7 @@ def _load_tls(path: Path, tls: dict[str, Any]) -> tuple[ssl.SSLContext | None, l
     key = _file_setting(path, tls, "key_file")
     client_ca = _file_setting(path, tls, "client_ca_file")
     if not any(tls.get(k) for k in ("cert_file", "key_file", "client_ca_file", "client_auth_type")):
-        return None, []
+        return None, None, []
     if cert is None:
         raise WebConfigError(path, "tls_server_config.cert_file", "missing (required when TLS is configured)")
     if key is None:
@@ -489,4 +510,4 @@ def _load_tls(path: Path, tls: dict[str, Any]) -> tuple[ssl.SSLContext | None, l
             raise WebConfigError(path, "tls_server_config.client_ca_file",
                                  f"no PEM certificate could be loaded ({exc.reason or exc})") from None
     watched = [p for p in (cert, key, client_ca) if p is not None]
-    return context, watched
+    return context, key, watched

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, relocate, write_keytab
+from ..pki import issue, write
 from .test_config import BAD, GOOD
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,6 +74,31 @@ def test_check_config_warns_of_a_password_file_every_user_may_read(tmp_path):
     assert result.stderr.startswith("warning: modules.default.password_file: ") and "(mode 0644)" in result.stderr
     password.chmod(0o600)
     assert exporter("check-config", "--config.file", str(path)).stderr == ""
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX mode bits")
+def test_check_config_checks_the_web_config_and_warns_of_a_key_every_user_may_read(tmp_path):
+    """check-config took no web config, so a TLS key of mode 0644 that `run` now logs went unseen until the start:
+    with --web.config.file it loads the file as `run` would, prints the same warning and says OK."""
+    password = tmp_path / "pw"
+    password.write_text("a-secret\n")
+    password.chmod(0o600)
+    path = tmp_path / "exporter.yml"
+    path.write_text("modules: {default: {username: u, password_file: pw}}\nservers: [EX01]\n")
+    cert, key = write(tmp_path, "server", *issue("server one", None, None, ca=False, server=True))
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config: {{cert_file: {cert}, key_file: {key}}}\n")
+    key.chmod(0o644)
+    result = exporter("check-config", "--config.file", str(path), "--web.config.file", str(web))
+    assert result.returncode == 0 and result.stdout.endswith(f"{web}: OK: TLS on, 0 basic_auth users\n"), result.stderr
+    assert result.stderr == (f"warning: {web}: tls_server_config.key_file: {str(key)!r} can be read by every user "
+                             "of this host (mode 0644): chmod o-rwx it (in Kubernetes: the Secret volume's "
+                             "defaultMode: 0440, with the pod's fsGroup)\n")
+    key.chmod(0o600)
+    assert exporter("check-config", "--config.file", str(path), "--web.config.file", str(web)).stderr == ""
+    web.write_text("tls_server_config: {cert_file: missing.crt}\n")
+    assert_one_line_error(exporter("check-config", "--config.file", str(path), "--web.config.file", str(web)),
+                          "web config error", "tls_server_config.cert_file")
 
 
 def test_check_config_prints_the_insecure_settings_run_would_log(tmp_path):

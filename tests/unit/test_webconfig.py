@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import http.server
 import logging
+import os
 import shutil
 import socket
 import ssl
@@ -22,7 +23,7 @@ import requests
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from exporter.webconfig import WebConfig, WebConfigError, WebConfigWatcher
+from exporter.webconfig import WebConfig, WebConfigError, WebConfigWatcher, exposed_secret_files
 
 from ..clock import ManualClock
 from ..pki import issue, write
@@ -585,3 +586,37 @@ def test_a_reload_cannot_drop_a_configured_response_header(tmp_path, caplog):
     assert "drops the response header Strict-Transport-Security" in caplog.text
     path.write_text(headers.replace("deny", "sameorigin") + "    X-Content-Type-Options: nosniff\n")
     assert watcher.current().headers["X-Frame-Options"] == "sameorigin", "a header changed or added is taken"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX mode bits")
+def test_a_tls_key_or_users_file_every_user_may_read_is_named_at_start_and_reload(tmp_path, pki, password_hash,
+                                                                                  caplog):
+    """The exporter's configuration named a password file, keytab or key of mode 0644 (config.exposed_secret_files),
+    but the web config's TLS private key and its basic_auth_users' hashes earned no word: anyone with a shell on the
+    host could pose as the exporter, or crack the hashes offline. Now each is named with its mode, at start and at
+    every reload that applies the file."""
+    shutil.copy(pki / "server.crt", tmp_path / "tls.crt")
+    key = tmp_path / "tls.key"
+    shutil.copy(pki / "server.key", key)
+    key.chmod(0o600)
+    path = write_config(tmp_path, "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"
+                                  f"basic_auth_users:\n  prometheus: '{password_hash}'\n")
+    path.chmod(0o600)
+    assert exposed_secret_files(WebConfig.load(path)) == []
+    key.chmod(0o644)
+    path.chmod(0o666)
+    clock = ManualClock()
+    with caplog.at_level(logging.WARNING, logger="exporter.webconfig"):
+        watcher = WebConfigWatcher(path, clock=clock.now)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{path}: tls_server_config.key_file: {str(key)!r} can be read by every user of this host (mode 0644): chmod "
+        "o-rwx it (in Kubernetes: the Secret volume's defaultMode: 0440, with the pod's fsGroup)",
+        f"{path}: basic_auth_users: {str(path)!r} can be read and written by every user of this host (mode 0666): "
+        "chmod o-rwx it (in Kubernetes: the Secret volume's defaultMode: 0440, with the pod's fsGroup)"]
+    caplog.clear()
+    path.write_text(path.read_text() + "http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+    clock.advance(1.1)
+    with caplog.at_level(logging.WARNING, logger="exporter.webconfig"):
+        assert watcher.current().headers == {"X-Frame-Options": "deny"}
+    assert len(caplog.records) == 2 and "tls_server_config.key_file" in caplog.records[0].getMessage()
+    assert PASSWORD not in caplog.text
