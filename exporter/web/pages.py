@@ -19,6 +19,7 @@ from ..catalog import UNKNOWN
 from ..field_report import MAX_RAW_CHARS
 from ..model import ServerResult, ServerState
 from ..store import KeptOutput
+from ..winrm.errors import KERBEROS_MAX_CLOCK_SKEW_SECONDS
 from .alerts import Firing
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; form-action 'self'"
@@ -277,9 +278,6 @@ def _raw(r: ServerResult, raw: RawOutput, now: datetime) -> str:
             f"<pre>{stderr}</pre>")
 
 
-CLOCK_SKEW_SECONDS = 300  # ExchangeServerClockSkew's threshold (clock_skew, docs/alerts.md): Kerberos's default tolerance
-
-
 def _clock(state: ServerState) -> str:
     """The server's clock against the exporter's, in the last successful poll (exchange_server_clock_offset_seconds)."""
     offset = state.clock_offset_seconds
@@ -287,10 +285,10 @@ def _clock(state: ServerState) -> str:
         return '<span class="muted">not said by the script</span>'
     text = (f"{abs(offset):,.1f} s {'behind' if offset < 0 else 'ahead of'} the exporter's clock "
             f"(&plusmn; {state.clock_uncertainty_seconds or 0:,.1f} s)")
-    if abs(offset) <= CLOCK_SKEW_SECONDS:
+    if abs(offset) <= KERBEROS_MAX_CLOCK_SKEW_SECONDS:
         return text
     return (f"<b>{text}</b>: its EEMS times are on this clock, so their ages here and in the alerts are off by as "
-            f"much, and Kerberos fails beyond 5 minutes")
+            f"much, and Kerberos fails beyond {KERBEROS_MAX_CLOCK_SKEW_SECONDS // 60} minutes")
 
 
 def server(row: Row, timings: list[tuple[str, float]], raw: RawOutput | None = None) -> bytes:

@@ -24,7 +24,11 @@ FILE_NOT_FOUND = 2147942402
 # ERROR_WSMAN_REMOTESHELLS_NOT_ALLOWED (0x803381AC, winerror.h): the Windows Remote Shell policy
 # AllowRemoteShellAccess is Disabled, and every new shell is refused (docs/reference/winrm.md, section 2.4).
 REMOTE_SHELLS_NOT_ALLOWED = 2150859180
-
+# Kerberos' default maximum clock skew: MIT's krb5.conf `clockskew` (300 s) and Windows' Kerberos Policy
+# `MaxClockSkew` (5 minutes, MS-GPSB 2.2.2). Clocks further apart than this fail Kerberos (reason clock_skew), so
+# the exporter warns of such a KDC (tickets.py), the server page marks such a server (web/pages.py), and
+# ExchangeServerClockSkew fires (exporter/data/alert_rules.yml; tests/artifacts/test_rules.py holds it to this).
+KERBEROS_MAX_CLOCK_SKEW_SECONDS = 300
 
 MAX_MESSAGE_CHARS = 300
 # How much of a failure's text the secret masking sees before the message is cut to MAX_MESSAGE_CHARS: a secret

@@ -39,6 +39,8 @@ from typing import Callable
 
 import krb5
 
+from .errors import KERBEROS_MAX_CLOCK_SKEW_SECONDS
+
 log = logging.getLogger(__name__)
 
 REFRESH_FRACTION = 0.5  # of the lifetime, as MIT's refresh_time
@@ -244,7 +246,7 @@ class TicketCache:
         times = creds.times
         lifetime = max(0, times.endtime - (times.starttime or times.authtime))
         skew = (times.starttime or times.authtime) - time.time()
-        if abs(skew) > 300:
+        if abs(skew) > KERBEROS_MAX_CLOCK_SKEW_SECONDS:
             log.warning("Kerberos: this machine's clock differs from the KDC's by %.0fs; MIT corrects it for the "
                         "KDC, but servers whose clocks follow the KDC may refuse tickets (clock_skew)", skew)
         log.info("Kerberos: bought a ticket for %s from the KDC, valid %ds; renewed after %ds", self.principal,

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from exporter.alert_rules import Options, render_prometheusrule, render_rules
+from exporter.winrm.errors import KERBEROS_MAX_CLOCK_SKEW_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "alerts" / "exchange-eems.rules.yml"
@@ -138,6 +139,16 @@ def test_every_alert_and_threshold_is_documented():
     thresholds = re.findall(r"# THRESHOLD: (\w+)", SOURCE.read_text())
     assert thresholds, "thresholds must be marked in the rule file"
     assert {t for t in thresholds if f"`{t}`" not in doc} == set()
+
+
+
+def test_the_clock_skew_alert_fires_where_kerberos_fails():
+    """ExchangeServerClockSkew's threshold is Kerberos' default maximum clock skew, the figure the server page and
+    the ticket purchase use: written in the rule file's PromQL, it is held to the one constant here."""
+    rule = next(rule for rule in alerts() if rule["alert"] == "ExchangeServerClockSkew")
+    bounds = re.findall(r"exchange_server_clock_offset_seconds(?:\{[^}]*\})? ([<>]) (-?\d+)", rule["expr"])
+    assert bounds == [(">", str(KERBEROS_MAX_CLOCK_SKEW_SECONDS)), ("<", f"-{KERBEROS_MAX_CLOCK_SKEW_SECONDS}")]
+    assert f"# THRESHOLD: clock_skew = {KERBEROS_MAX_CLOCK_SKEW_SECONDS // 60} minutes\n" in SOURCE.read_text()
 
 
 # ------------------------------------------------------------------ generated from one source, with options
