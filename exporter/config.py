@@ -390,25 +390,15 @@ def _check_kerberos(path: str, values: dict[str, Any], password: Secret | None) 
         raise ConfigError(path, "transport kerberos needs keytab_file, or password_env or password_file "
                                 "(the exporter never uses tickets from kinit or the environment)")
     try:
-        from .winrm.tickets import MAX_KEYTAB_BYTES, keytab_problem
+        from .winrm.tickets import check_keytab
     except ImportError:
         raise ConfigError(f"{path}.transport", "Kerberos needs the exporter's kerberos extra: "
                                                "pip install '.[kerberos]' in its source folder") from None
     if keytab is not None:
-        problem = keytab_problem(keytab, username)
+        problem, content = check_keytab(keytab, username)
         if problem:
             raise ConfigError(f"{path}.keytab_file", f"the keytab {problem}")
-        values["keytab_digest"] = _digest(keytab, MAX_KEYTAB_BYTES)
-
-
-def _digest(path: Path, limit: int) -> str | None:
-    """SHA-256 of the file's first `limit` + 1 bytes (as many as the caller's check read: a file grown or swapped
-    since is not read whole into memory, and still differs from the one checked); None if it cannot be read now."""
-    try:
-        with open(path, "rb") as handle:
-            return hashlib.sha256(handle.read(limit + 1)).hexdigest()
-    except OSError:
-        return None
+        values["keytab_digest"] = hashlib.sha256(content).hexdigest()
 
 
 def _check_client_certificate(path: str, values: dict[str, Any]) -> None:

@@ -291,15 +291,22 @@ def _destroy(held: _Held) -> bool:
 MAX_KEYTAB_BYTES = 1 << 20  # a keytab of one account is well under a kilobyte
 
 
-def keytab_problem(path: Path, principal: str) -> str | None:
-    """Why the keytab at `path` cannot serve `principal` (unreadable, not a keytab, no key for it), or None.
+def check_keytab(path: Path, principal: str) -> tuple[str | None, bytes]:
+    """Why the keytab at `path` cannot serve `principal` (unreadable, not a keytab, no key for it), or None; and
+    the bytes read to check its size (at most MAX_KEYTAB_BYTES + 1), which the configuration hashes into its
+    keytab_digest: the file is read once, and a file grown or swapped later is never read whole into memory.
     For the configuration check: the same file is read again at each renewal, so a rotated keytab is used
     without a restart."""
     try:
         with open(path, "rb") as handle:
-            size = len(handle.read(MAX_KEYTAB_BYTES + 1))
+            content = handle.read(MAX_KEYTAB_BYTES + 1)
     except OSError as error:
-        return f"cannot be read: {error.strerror or error.__class__.__name__}"
+        return f"cannot be read: {error.strerror or error.__class__.__name__}", b""
+    return _keytab_problem(path, principal, len(content)), content
+
+
+def _keytab_problem(path: Path, principal: str, size: int) -> str | None:
+    """check_keytab's verdict on the file it read `size` bytes of; MIT reads the keys from `path` itself."""
     if size > MAX_KEYTAB_BYTES:
         return f"is larger than {MAX_KEYTAB_BYTES} bytes, which no keytab of one account is"
     try:
