@@ -29,6 +29,25 @@ from .winrm import PollFailure
 log = logging.getLogger(__name__)
 
 
+def _tell_parse_notes(server: str, before: OrganizationResult | None, after: OrganizationResult) -> None:
+    """Log the fields the organization's output sent of the wrong type (its parse notes: which ones, our words, none
+    of the output's bytes) when they appear or change, and say when they clear. exchange_collector_partial_failure
+    part "parse" sends the admin to the log for them, but logged at every poll, the same warning came every
+    interval for as long as the field stayed so, and buried the rest of the log. A failed poll tells nothing: the
+    notes are those of the last output read, kept with its facts (Store.record_organization); nor does a result
+    the store did not keep (`before` None or of another name: a reload removed or renamed the organization)."""
+    if before is None or before.name != after.name or not after.outcome.success or after.facts is None:
+        return
+    told = before.facts.parse_notes if before.facts is not None else ()
+    notes = after.facts.parse_notes
+    if notes == told:
+        return
+    if notes:
+        log.warning("organization collector on %s: %s", server, "; ".join(notes))
+    else:
+        log.info("organization collector on %s: its output has no field of the wrong type any more", server)
+
+
 class Clock:
     """Monotonic seconds for the schedule, and a wait until one of them. A test passes a clock it moves itself
     (tests/clock.py), so a poll interval takes no real time."""
@@ -173,7 +192,9 @@ class Poller:
                 lease.outcome = result.outcome
         except PollFailure as failure:
             result = OrganizationResult(organization.name, outcome=failed("organization", requested, failure))
+        before = self.store.organization()
         result = self.store.record_organization(result)
+        _tell_parse_notes(target.name, before, result)
         if result.outcome.success and organization.discover_servers:
             if self.runtime.discovered(organization, result.facts.servers):
                 self.follow()

@@ -300,27 +300,44 @@ def test_a_flood_of_mitigation_ids_is_capped_and_counted(healthy):
     assert dropped.get("organization") == len(ids) - len(applied), dropped
 
 
-def test_the_organization_fields_left_out_are_named_in_the_log(monkeypatch, caplog):
+def test_the_organization_fields_left_out_are_named_in_the_log_when_they_start_change_and_clear(monkeypatch, caplog):
     """A field of the wrong type in the organization's output is exchange_collector_partial_failure part="parse",
     whose runbook row sends the admin to the exporter's log for the field's name; nothing logged it. The line
-    names our fields only, none of the output's bytes."""
+    names our fields only, none of the output's bytes. It was then logged at every organization poll, the same
+    warning every interval for as long as the field stayed so: now when the notes start, change and clear."""
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
-    doc = {"schema": 1, "error": None, "organization": {"mitigations_enabled": "yes\nFAKE LOG LINE"},
-           "servers": [{"name": "EX01", "fqdn": 42}]}
-    output = Output(stdout=json.dumps(doc).encode())
-    with HostileServer("none", CREDENTIALS, output=lambda _: output) as victim:
+    wrong = {"schema": 1, "error": None, "organization": {"mitigations_enabled": "yes\nFAKE LOG LINE"},
+             "servers": [{"name": "EX01", "fqdn": 42}]}
+    sent = [wrong]
+    with HostileServer("none", CREDENTIALS, output=lambda _: Output(stdout=json.dumps(sent[0]).encode())) as victim:
         config = {"modules": {"m": {"username": USERNAME, "password_env": PASSWORD_ENV, "scheme": "http"}},
                   "servers": [{"name": "VICTIM", "address": victim.address, "port": victim.port}],
                   "organization": {"name": "Contoso", "server": "VICTIM"}}
         exporter = Exporter(load_config_text(yaml.safe_dump(config), Path(".")), Catalog.load())
+
+        def told(output: dict, polls: int = 3, *, success: bool = True) -> list[str]:
+            """What `polls` organization polls of `output` in a row logged."""
+            sent[0] = output
+            caplog.clear()
+            for _ in range(polls):
+                assert exporter.poller.poll_organization().outcome.success == success
+            return [r.getMessage() for r in caplog.records
+                    if r.getMessage().startswith("organization collector on VICTIM: ")]  # not "... VICTIM failed: "
+
         try:
-            with caplog.at_level(logging.WARNING, logger="exporter.collectors"):
-                assert exporter.poller.poll_organization().outcome.success
+            with caplog.at_level(logging.INFO):
+                assert told(wrong) == ["organization collector on VICTIM: parse: servers.fqdn: expected a string; "
+                                       "parse: organization.mitigations_enabled: expected true or false"]
+                fqdn_only = {**wrong, "organization": {"mitigations_enabled": True}}
+                assert told(fqdn_only) == ["organization collector on VICTIM: parse: servers.fqdn: expected a string"]
+                whole = {**fqdn_only, "servers": [{"name": "EX01", "fqdn": "ex01.contoso.com"}]}
+                assert told(whole) == ["organization collector on VICTIM: its output has no field of the wrong type "
+                                       "any more"]
+                assert told(fqdn_only) == ["organization collector on VICTIM: parse: servers.fqdn: expected a string"]
+                assert told({**fqdn_only, "error": "Get-ExchangeServer: access denied"}, success=False) == []
+                assert told(fqdn_only) == [], "a failed poll in between tells nothing new"
         finally:
             exporter.stop()
-    lines = [r.getMessage() for r in caplog.records if r.name == "exporter.collectors"]
-    assert lines == ["organization collector on VICTIM: parse: servers.fqdn: expected a string; "
-                     "parse: organization.mitigations_enabled: expected true or false"], lines
 
 
 # ---------------------------------------------------------------- finding 10: secrets, log injection, garbage
