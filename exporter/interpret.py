@@ -30,6 +30,7 @@ from functools import cache
 from typing import NamedTuple
 
 from .catalog import BuildVersionError, Catalog, parse_admin_display_version
+from .component_state import local_states
 from .eems_log import (FETCH_ERROR_REASONS, LogRecord, classify_fetch_error, fetch_error_reason,
                        is_fetch_problem, parse_log_lines)
 from .model import (
@@ -117,7 +118,17 @@ def interpret_server(name: str, facts: RawServerFacts, catalog: Catalog, *, look
                         if e.name in ENDPOINTS and _endpoint_used(ENDPOINTS[e.name], build)),
         collection_errors=_unique(failures),
         stage_seconds=facts.stage_seconds,
+        component_states=_component_states(facts),
     )
+
+
+def _component_states(facts: RawServerFacts) -> tuple[tuple[str, str, str], ...] | None:
+    """The registry's entries of ServerWideOffline, read (component_state.py); a key that does not exist has none
+    (no requester ever wrote it locally), which is an answer, not a failure."""
+    if facts.component_states is None and any(e.part == "component_state" and e.id.startswith("PathNotFound")
+                                              for e in facts.errors):
+        return ()
+    return local_states(facts.component_states)
 
 
 def _eems_supported(build: BuildVerdict | None, facts: RawServerFacts, installed: bool | None) -> bool | None:
@@ -182,7 +193,7 @@ def _partial_failures(facts: RawServerFacts, *, eems_build: bool | None, install
         reason = error_reason(error)
         if error.part == "events" and error.id.startswith("NoMatchingEventsFound"):
             continue
-        if error.part == "service_key" and error.id.startswith("PathNotFound"):
+        if error.part in ("service_key", "component_state") and error.id.startswith("PathNotFound"):
             continue
         if error.part == "service" and error.id.startswith("NoServiceFoundForGivenName"):
             if installed is False:

@@ -25,6 +25,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
 from . import __version__
+from .component_state import STATES as COMPONENT_STATES
 from .eems_log import FETCH_ERROR_REASONS
 from .model import BuildVerdict, OrganizationResult, ServerResult
 from .sharding import shard_of
@@ -116,6 +117,13 @@ def server_families(result: ServerResult) -> list[Metric]:
                     {**server, "cutoff": cutoff}, 1 if compliant else 0)
     out.add("exchange_server_edge", "1 for an Edge Transport server (registry EdgeTransportRole key), which has no EEMS.",
             server, 1 if state.edge else 0)
+    for component, requester, local in state.component_states or ():
+        for value in COMPONENT_STATES:
+            out.add("exchange_server_component_local_state",
+                    "State a requester set for an Exchange server component (ServerWideOffline: maintenance mode) in "
+                    "the server's registry, state-set shape; read by an UNCONFIRMED format (unrecognised: another).",
+                    {**server, "component": component, "requester": requester, "state": value},
+                    1 if local == value else 0)
     if state.eems_supported is not None:  # an unknown build without a trace of EEMS: no series, not "0"
         out.add("exchange_eems_supported", "1 if the build and role have the Emergency Mitigation service (Mailbox, "
                 "2016 CU22+, 2019 CU11+, SE; where the build is unknown, if the server shows the service, its log "

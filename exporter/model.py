@@ -71,6 +71,16 @@ class RawCulture:
 
 
 @dataclass(frozen=True)
+class RawComponentState:
+    """One value of the registry key HKLM\\SOFTWARE\\Microsoft\\ExchangeServer\\v15\\ServerComponentStates\\<component>:
+    a requester's entry, as the server holds it (its format is UNCONFIRMED: component_state.py reads it)."""
+
+    component: str  # ServerWideOffline
+    requester: str  # Maintenance, Functional, HealthApi, Sidelined, Deployment, ... (the value's name)
+    value: str
+
+
+@dataclass(frozen=True)
 class RawServerFacts:
     """What collect_server.ps1 reported, normalised but not yet judged."""
 
@@ -94,6 +104,9 @@ class RawServerFacts:
     utc_offsets: tuple[tuple[datetime, int], ...] = ()
     stage_seconds: tuple[tuple[str, float], ...] = ()  # (stage, seconds) the script measured (Measure-Command)
     error_counts: tuple[tuple[str, int], ...] = ()  # (part, error records the script met); it sends a few of them
+    # The server's registry entries of ServerWideOffline per requester; None when not read (an older script, the key
+    # unreadable), () when the key does not exist
+    component_states: tuple[RawComponentState, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +237,9 @@ class ServerState:
     # None when the script did not say its time. Only a poll knows it: interpret_server leaves it None.
     clock_offset_seconds: float | None = None
     clock_uncertainty_seconds: float | None = None
+    # (component, requester, state) from the server's registry, state as component_state.py reads the value
+    # (active | inactive | draining | unrecognised); None when not read
+    component_states: tuple[tuple[str, str, str], ...] | None = None
 
 
 # ---------------------------------------------------------------- poll results (collectors.py, poller.py)

@@ -19,6 +19,7 @@ from .addresses import SERVER_NAME, is_host, is_proxy_url, without_userinfo
 from .json_prefix import is_json_prefix
 from .model import (
     OrgServerInfo,
+    RawComponentState,
     RawCulture,
     RawEndpoint,
     RawError,
@@ -392,7 +393,7 @@ def _stages(value, notes: _Notes) -> tuple[tuple[str, float], ...]:
 
 
 # The parts the collection script's Fail records errors for, and the most it can meet in one poll.
-ERROR_PARTS = ("build", "service_key", "service", "events", "log", "winhttp")
+ERROR_PARTS = ("build", "component_state", "service_key", "service", "events", "log", "winhttp")
 MAX_ERROR_COUNT = 1 << 31
 
 
@@ -536,6 +537,33 @@ def _errors(value, notes: _Notes) -> list[RawError]:
     return errors
 
 
+COMPONENTS = ("ServerWideOffline",)  # the components whose registry entries the script sends: the label `component`
+REQUESTER = re.compile(r"[A-Za-z][A-Za-z0-9]{0,31}")  # a registry value's name: it becomes the label `requester`
+MAX_COMPONENT_STATES = 16  # five requesters are documented (Set-ServerComponentState -Requester)
+MAX_COMPONENT_STATE_CHARS = 128
+
+
+def _component_states(value, notes: _Notes) -> tuple[RawComponentState, ...] | None:
+    """The registry entries of the components in COMPONENTS, per requester, raw; None when not read. An entry of
+    another shape is left out with a note (its requester would be a label value)."""
+    if value is None:
+        return None
+    found = []
+    for item in as_list(value)[:MAX_COMPONENT_STATES]:
+        if not isinstance(item, dict):
+            notes.wrong("component_states", "objects")
+            continue
+        component = notes.choice(item, "component", "component_states.component", COMPONENTS)
+        requester = notes.text(item, "requester", "component_states.requester")
+        text = notes.text(item, "value", "component_states.value")
+        if requester is not None and not REQUESTER.fullmatch(requester):
+            notes.wrong("component_states.requester", "a requester name")
+            requester = None
+        if component and requester and text is not None:
+            found.append(RawComponentState(component, requester, text[:MAX_COMPONENT_STATE_CHARS]))
+    return tuple(found)
+
+
 BUILD_SOURCES = ("exsetup", "registry")  # where collect_server.ps1 read ExSetup.exe's version: the label `source`
 
 
@@ -564,6 +592,7 @@ def parse_server_output(stdout: bytes, *, max_events: int = 200, max_log_bytes: 
         **_zone(doc, notes),
         stage_seconds=_stages(doc.get("stages"), notes),
         error_counts=_error_counts(doc.get("error_counts"), notes),
+        component_states=_component_states(doc.get("component_states"), notes),
     )
     parse_errors = [RawError("parse", "", "", "", _clip(item)) for item in notes.items]
     return RawServerFacts(**facts, errors=tuple((*script_errors, *parse_errors)[:MAX_ERRORS]))

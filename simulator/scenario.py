@@ -27,6 +27,7 @@ from .windows import (
     DENIABLE,
     ENUM_STYLES,
     LOCALES,
+    MAINTENANCE,
     SERVICE_STATUS,
     START_TYPES,
     VERSION_STYLES,
@@ -51,7 +52,7 @@ _SERVER_KEYS = (
     "success_events", "build_source", "output_style", "faults", "output_faults", "locale", "account", "unreadable",
     "unreadable_event", "winhttp_proxy", "endpoint_failure", "non_fetch_errors", "log_other_errors", "log_rotation", "log_encoding", "log_time", "log_header",
     "log_time_zone", "time_zone", "log_last_write", "log_other_file", "application_log_events", "language_mode",
-    "remote_shell", "event_read_errors", "clock_offset",
+    "remote_shell", "event_read_errors", "clock_offset", "maintenance",
     *_HOST_KEYS,
 )
 
@@ -370,6 +371,7 @@ def _server(raw: Any, key: str, defaults: dict[str, Any], domain: str, anchor: d
         application_log_events=_int(s["application_log_events"], f"{key}.application_log_events", 0, 100_000_000)
         if "application_log_events" in s else None,
         event_read_errors=_int(s.get("event_read_errors", 0), f"{key}.event_read_errors", 0, 10_000_000),
+        maintenance=_choice(s.get("maintenance", "none"), f"{key}.maintenance", tuple(MAINTENANCE)),
         denied=denied,
         unreadable_event=_unreadable_event(s.get("unreadable_event", False), f"{key}.unreadable_event"),
         winhttp_proxy=_string(winhttp["proxy"], f"{key}.winhttp_proxy.proxy") if winhttp else None,

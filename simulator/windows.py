@@ -63,6 +63,13 @@ SENDS_UTC_OFFSETS = re.compile(r"\$r\.utc_offsets=")
 _COUNTS_ERRORS = re.compile(r"^\$r\.error_counts=\$n\b", re.MULTILINE)
 # The collection script treats an empty FileVersion as a failure (issue 17, R7).
 _EMPTY_VERSION_THROWS = re.compile(r"if\(!\$r\.exsetup_version\)\{throw\b")
+_READS_COMPONENT_STATES = re.compile(r"ServerComponentStates\\ServerWideOffline")
+# The registry entries of ServerWideOffline per `maintenance` choice (scenario.py): (requester, state). Setup writes
+# Functional (Microsoft's serialized Get-ServerComponentState of freshly installed servers, CSS-Exchange's HealthChecker
+# tests); `maintenance` adds the admin's request, `functional` is what third-party posts report after a failed CU.
+MAINTENANCE = {"none": (("Functional", 1),), "maintenance": (("Functional", 1), ("Maintenance", 0)),
+               "functional": (("Functional", 0),), "other_format": (("Functional", 1), ("Maintenance", 0)),
+               "absent": ()}
 
 # powershell.exe switches that take a value, and those that do not (PowerShell accepts unique prefixes).
 _PS_VALUE_SWITCHES = ("executionpolicy", "windowstyle", "inputformat", "outputformat", "version", "configurationname", "file")
@@ -135,6 +142,7 @@ class WindowsServer:
     language_mode: str = "full"  # full | constrained (AppLocker/WDAC script enforcement: ConstrainedLanguage)
     application_log_events: int | None = None  # records in the Application log; None: its size is not modelled
     event_read_errors: int = 0  # reads of the Application log that fail, each written as an error (eventlog.py)
+    maintenance: str = "none"  # a key of MAINTENANCE: the registry's ServerWideOffline entries
 
 
 @dataclass(frozen=True)
@@ -310,6 +318,7 @@ class WindowsHost:
             service = {"status": SERVICE_STATUS.index(s.service_status) + 1, "start_type": START_TYPES.index(s.service_start_type)}
         else:
             service = {"status": s.service_status, "start_type": s.service_start_type}
+        component_states = self._component_states(now, texts, errors)
         if "events" in refused:  # the pipeline fails as it binds, before Get-WinEvent reads anything
             events, query_seconds = [], 0.0
             errors.append(_proxy_refusal("events", refused["events"], texts))
@@ -336,6 +345,8 @@ class WindowsHost:
             "logs": self._array(logs),
             "errors": self._array(errors),
         }
+        if _READS_COMPONENT_STATES.search(script):
+            document["component_states"] = component_states
         constrained = s.language_mode == language.CONSTRAINED
         document["language_mode"] = "ConstrainedLanguage" if constrained else "FullLanguage"
         endpoints = self._endpoints(p, script) if p["CheckEndpoint"] and not constrained else []
@@ -447,6 +458,21 @@ class WindowsHost:
                 entry.update(web_status="ProtocolError", error=f"The remote server returned an error: ({status}) {phrase}.")
             found.append(entry)
         return found
+
+    def _component_states(self, now: datetime, texts: dict[str, Any], errors: list) -> Any:
+        """The registry values of ServerWideOffline as Get-ItemProperty reads them, each `<1>:<state>:<ticks>` (OUR
+        GUESS of the format, component_state.py; `other_format`: a value of another shape). No key: PathNotFound."""
+        choice = self.server.maintenance
+        if choice == "absent":
+            key = "HKLM:\\SOFTWARE\\Microsoft\\ExchangeServer\\v15\\ServerComponentStates\\ServerWideOffline"
+            errors.append(_error("component_state", "PathNotFound,Microsoft.PowerShell.Commands.GetItemPropertyCommand",
+                                 "ObjectNotFound", "System.Management.Automation.ItemNotFoundException",
+                                 texts["path_not_found"].format(path=key)))
+            return None
+        ticks = int((now - timedelta(hours=1) - datetime(1, 1, 1, tzinfo=timezone.utc)).total_seconds()) * 10_000_000
+        return self._array([{"component": "ServerWideOffline", "requester": requester,
+                             "value": f"{state}:{ticks}" if choice == "other_format" and requester == "Maintenance"
+                             else f"1:{state}:{ticks}"} for requester, state in MAINTENANCE[choice]])
 
     def _array(self, items: list[Any]) -> Any:
         """Arrays held in a dictionary stay arrays in 5.1's ConvertTo-Json (one element: [x]); the
