@@ -19,6 +19,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from exporter.component_state import STATES as COMPONENT_STATES
 from exporter.windows_service import START_MODES, STATE_LABELS
 from tests.dashboard_queries import all_panel_queries, dashboard_files, panels, substitute
 from tests.grafana_display import GREENS, REDS, column_config, shown
@@ -259,6 +260,13 @@ NEIGHBOUR = {f"{metric}{{{SERVER.format('EX02')}{extra}}}": value for metric, ex
 EX01 = SERVER.format("EX01")
 
 
+def _maintenance(server: str, **states: str) -> dict[str, str]:
+    """ServerWideOffline's state-set per requester (every state, 1 for the one given), as the exporter writes it."""
+    return {f'exchange_server_component_local_state{{{server},component="ServerWideOffline",requester="{requester}",'
+            f'state="{s}"}}': "1x5" if s == state else "0x5"
+            for requester, state in states.items() for s in COMPONENT_STATES}
+
+
 def _service(server: str, state: str, start_mode: str | None = None) -> dict[str, str]:
     """MSExchangeMitigation's state-set (every state, 1 for `state`) and start modes, as the exporter writes them."""
     name = f'{server},name="MSExchangeMitigation"'
@@ -292,6 +300,15 @@ STATES = {
     "MSExchangeMitigation of a state the account may not read (no alert: unknown is not bad)": (
         {f"exchange_up{{{EX01}}}": "1x5", f"exchange_eems_supported{{{EX01}}}": "1x5", **_service(EX01, "unknown")},
         {"MSExchangeMitigation/A": 2}, REDS | GREENS),
+    "in maintenance mode by an admin, Setup's entry active (ExchangeServerInMaintenance, info)": (
+        {f"exchange_up{{{EX01}}}": "1x5", **_maintenance(EX01, Maintenance="inactive", Functional="active")},
+        {"Maintenance mode (registry)": 1}, GREENS | REDS),
+    "out of maintenance: every requester's entry active": (
+        {f"exchange_up{{{EX01}}}": "1x5", **_maintenance(EX01, Maintenance="active", Functional="active")},
+        {"Maintenance mode (registry)": 0}, REDS | {"blue"}),
+    "a registry value the exporter cannot read (no alert: not read is not in maintenance)": (
+        {f"exchange_up{{{EX01}}}": "1x5", **_maintenance(EX01, Maintenance="unrecognised")},
+        {"Maintenance mode (registry)": 2}, GREENS | REDS),
     "EEMS checks and never failed in the lookback window": (
         {f"exchange_up{{{EX01}}}": "1x5", f"exchange_eems_supported{{{EX01}}}": "1x5",
          f"exchange_eems_last_activity_timestamp_seconds{{{EX01}}}": "0x5",
