@@ -623,6 +623,22 @@ def endpoint_check_as_eems(f: Facts) -> Verdict:
                    f"({eems.last_error_reason or 'no error'})")
 
 
+def component_state_format(f: Facts) -> Verdict:
+    """The registry's ServerWideOffline values, read by the guessed format, against Exchange's own LocalStates
+    (Get-ServerComponentState): the same state per requester confirms the reading, another refutes it."""
+    local = {key.rsplit(".", 1)[1].lower(): value.split(" at ", 1)[0].strip().lower()
+             for key, value in f.shown.items() if key.startswith("maintenance.exchange.local.")}
+    read = {key.rsplit(".", 1)[1].lower(): value.rsplit("(read as ", 1)[-1].rstrip(")")
+            for key, value in f.shown.items() if key.startswith("maintenance.registry.")}
+    if "maintenance.exchange.state" not in f.shown:
+        return Verdict(NOT_COLLECTED, _ev(f, "maintenance.exchange"))
+    both = sorted(set(local) & set(read))
+    if not both:
+        return Verdict(NOT_SHOWN, f"no requester both in the registry and in LocalStates; {_ev(f, 'maintenance.registry')}")
+    evidence = "; ".join(f"{r}: registry read as {read[r]}, LocalStates {local[r]}" for r in both)
+    return Verdict(CONTRADICTS if any(read[r] != local[r] for r in both) else CONFIRMS, evidence)
+
+
 def _not_collected(why: str) -> Callable[[Facts], Verdict]:
     return lambda facts: Verdict(NOT_COLLECTED, why)
 
@@ -661,6 +677,8 @@ ASSUMPTIONS: dict[str, tuple[str, Callable[[Facts], Verdict]]] = {
     "log_folder_acl_needs_grant": ("the log folder's default ACL gives a non-administrator no read (windows-setup "
                                    "F9, step 1.3)", log_folder_acl_needs_grant),
     "winhttp_layout": ("WinHttpSettings: flags at byte 8, length-prefixed proxy and bypass", winhttp_layout),
+    "component_state_format": ("a ServerWideOffline registry value is <field>:<state>:<ticks> (component_state.py)",
+                               component_state_format),
     "endpoint_check_as_eems": ("the endpoint check sees the network as EEMS does", endpoint_check_as_eems),
     "winrs_gxgr_enough": ("GXGR on RootSDDL is enough for WinRS (windows-setup F3)",
                           _not_collected("the WinRM RootSDDL and the account's entry in it are not read")),

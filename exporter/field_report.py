@@ -26,8 +26,9 @@ from .assumptions import (ERRORS_SENT, MAX_EVENTS, Facts, ReadLog, check_times, 
                           utc_offsets_shown, verdicts)
 from .eems_log import parse_log_line
 from .interpret import CHECK_SETTLE
-from .model import RawCulture
-from .parse import as_list, parse_ps_date
+from .component_state import local_state
+from .model import RawComponentState, RawCulture
+from .parse import MAX_COMPONENT_STATE_CHARS, MAX_COMPONENT_STATES, REQUESTER, as_list, parse_ps_date
 from .terminal import printable
 from .redact import MASK, Redactor
 from .scripts import DiagnoseScriptParameters
@@ -501,6 +502,32 @@ def _rights_section(report: Report, doc: dict) -> None:
         report.add(f"diagnose.error.{index}", _error_text(error))
 
 
+def _maintenance_lines(report: Report, doc: dict) -> None:
+    """ServerWideOffline twice: the registry's values as the poll reads them (component_state.py, its format a
+    guess), and Get-ServerComponentState's own State, LocalStates and RemoteStates (verdict component_state_format)."""
+    registry = doc.get("component_states")
+    if isinstance(registry, dict):
+        error = _error_text(registry.get("error"))
+        report.add("maintenance.registry", f"{'absent' if error.startswith('PathNotFound') else 'failed'}: {error}")
+    for entry in as_list(registry)[:MAX_COMPONENT_STATES] if not isinstance(registry, dict) else ():
+        if isinstance(entry, dict) and isinstance(entry.get("requester"), str) and REQUESTER.fullmatch(entry["requester"]):
+            value = str(entry.get("value"))[:MAX_COMPONENT_STATE_CHARS]
+            read = local_state(RawComponentState("ServerWideOffline", entry["requester"], value))
+            report.add(f"maintenance.registry.{entry['requester']}", f"{value} (read as {read})")
+    exchange = doc.get("server_component_state")
+    if not isinstance(exchange, dict):
+        return
+    if exchange.get("error"):
+        report.add("maintenance.exchange", f"failed: {_error_text(exchange['error'])}")
+        return
+    report.add("maintenance.exchange.state", exchange.get("state"))
+    for side in ("local", "remote"):
+        for entry in as_list(exchange.get(side))[:MAX_COMPONENT_STATES]:
+            if isinstance(entry, dict) and isinstance(entry.get("requester"), str) and REQUESTER.fullmatch(entry["requester"]):
+                report.add(f"maintenance.exchange.{side}.{entry['requester']}",
+                           f"{entry.get('state')} at {parse_ps_date(entry.get('time'))}")
+
+
 # ---------------------------------------------------------------- the verdicts
 
 
@@ -604,6 +631,7 @@ def build_report(*, server: str, created: datetime, collect: bytes | str, interp
         report.add("os.winhttp_proxy", f"{proxy[0]} (bypass: {proxy[1] or 'none'})" if isinstance(proxy, tuple) else proxy)
         report.add("os.winhttp_settings_layout", winhttp_layout(diagnose_doc.get("winhttp_settings")))
         _rights_section(report, diagnose_doc)
+        _maintenance_lines(report, diagnose_doc)
         report.heading("3. EEMS log files")
         _log_section(report, diagnose_doc, culture, collect_doc)
         report.heading("4. EEMS events in the Application log")

@@ -69,6 +69,8 @@ def facts(server: windows.WindowsServer, now: datetime, parameter_line: str, scr
         "service_key": _service_key(server, texts),
         "service_sddl": _service_sddl(server),
     }
+    if "Get-ServerComponentState" in script:
+        document.update(_maintenance(server, now, texts, date))
     if windows.SENDS_UTC_OFFSETS.search(script):  # the offset changes over its lookback, as collect_server.ps1's
         start = now - timedelta(hours=p["LookbackHours"])
         document["utc_offsets"] = [{"since": date(since), "minutes": minutes}
@@ -77,6 +79,22 @@ def facts(server: windows.WindowsServer, now: datetime, parameter_line: str, scr
     document.update(_events(server, now, p, texts, date, eventlog.query_form(script)))
     document["errors"] = []
     return document
+
+
+def _maintenance(server: windows.WindowsServer, now: datetime, texts: dict[str, Any], date) -> dict[str, Any]:
+    """The registry's ServerWideOffline values (windows.py, OUR GUESSED format) and Get-ServerComponentState's view
+    of them, which agrees (LocalStates and RemoteStates alike): the simulator cannot show the guess wrong, only the
+    report's plumbing. Whether the snap-in reaches Active Directory (the double hop) is not modelled here."""
+    errors: list = []
+    registry = windows.registry_component_states(server, now, texts, errors)
+    if registry is None:
+        return {"component_states": {"error": {k: errors[0][k] for k in ("id", "type", "message")}},
+                "server_component_state": {"state": "Active", "local": [], "remote": []}}
+    states = {requester: ("Inactive", "Active")[state] for requester, state in windows.MAINTENANCE[server.maintenance]}
+    entries = [{"requester": r, "state": s, "time": date(now - timedelta(hours=1))} for r, s in states.items()]
+    return {"component_states": [{"requester": e["requester"], "value": e["value"]} for e in registry],
+            "server_component_state": {"state": "Inactive" if "Inactive" in states.values() else "Active",
+                                       "local": entries, "remote": entries}}
 
 
 def winhttp_settings(proxy: str | None) -> bytes:

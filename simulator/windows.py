@@ -460,19 +460,8 @@ class WindowsHost:
         return found
 
     def _component_states(self, now: datetime, texts: dict[str, Any], errors: list) -> Any:
-        """The registry values of ServerWideOffline as Get-ItemProperty reads them, each `<1>:<state>:<ticks>` (OUR
-        GUESS of the format, component_state.py; `other_format`: a value of another shape). No key: PathNotFound."""
-        choice = self.server.maintenance
-        if choice == "absent":
-            key = "HKLM:\\SOFTWARE\\Microsoft\\ExchangeServer\\v15\\ServerComponentStates\\ServerWideOffline"
-            errors.append(_error("component_state", "PathNotFound,Microsoft.PowerShell.Commands.GetItemPropertyCommand",
-                                 "ObjectNotFound", "System.Management.Automation.ItemNotFoundException",
-                                 texts["path_not_found"].format(path=key)))
-            return None
-        ticks = int((now - timedelta(hours=1) - datetime(1, 1, 1, tzinfo=timezone.utc)).total_seconds()) * 10_000_000
-        return self._array([{"component": "ServerWideOffline", "requester": requester,
-                             "value": f"{state}:{ticks}" if choice == "other_format" and requester == "Maintenance"
-                             else f"1:{state}:{ticks}"} for requester, state in MAINTENANCE[choice]])
+        values = registry_component_states(self.server, now, texts, errors)
+        return None if values is None else self._array(values)
 
     def _array(self, items: list[Any]) -> Any:
         """Arrays held in a dictionary stay arrays in 5.1's ConvertTo-Json (one element: [x]); the
@@ -562,6 +551,24 @@ def _ps_string(text: str) -> str:
     for char, escape in (("'", "\\u0027"), ("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
         encoded = encoded.replace(char, escape)
     return encoded
+
+
+def registry_component_states(server: WindowsServer, now: datetime, texts: dict[str, Any],
+                              errors: list) -> list[dict[str, str]] | None:
+    """The registry values of ServerWideOffline as Get-ItemProperty reads them, each `1:<state>:<ticks>` (OUR GUESS
+    of the format, exporter/component_state.py; `other_format`: a Maintenance value of another shape). No key
+    (`absent`): None, and a PathNotFound record of part component_state in `errors`."""
+    choice = server.maintenance
+    if choice == "absent":
+        key = "HKLM:\\SOFTWARE\\Microsoft\\ExchangeServer\\v15\\ServerComponentStates\\ServerWideOffline"
+        errors.append(_error("component_state", "PathNotFound,Microsoft.PowerShell.Commands.GetItemPropertyCommand",
+                             "ObjectNotFound", "System.Management.Automation.ItemNotFoundException",
+                             texts["path_not_found"].format(path=key)))
+        return None
+    ticks = int((now - timedelta(hours=1) - datetime(1, 1, 1, tzinfo=timezone.utc)).total_seconds()) * 10_000_000
+    return [{"component": "ServerWideOffline", "requester": requester,
+             "value": f"{state}:{ticks}" if choice == "other_format" and requester == "Maintenance"
+             else f"1:{state}:{ticks}"} for requester, state in MAINTENANCE[choice]]
 
 
 def _error(part: str, error_id: str, category: str, exception: str, message: str) -> dict[str, str]:

@@ -16,6 +16,12 @@ try{$r.exsetup_version=(Microsoft.PowerShell.Core\Get-Command ExSetup.exe).FileV
 if($ExecutionContext.SessionState.LanguageMode -eq 'FullLanguage'){try{$r.winhttp_settings=[Convert]::ToBase64String((Microsoft.PowerShell.Management\Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Internet Settings\Connections').WinHttpSettings)}catch{$r.winhttp_settings=@{error=Err $_}}}
 try{$s=Microsoft.PowerShell.Management\Get-Service MSExchangeMitigation;$r.service=@{status=[string]$s.Status;start_type=[string]$s.StartType}}catch{$r.service=@{error=Err $_}}
 try{$k=Microsoft.PowerShell.Management\Get-ItemProperty 'HKLM:\SYSTEM\CurrentControlSet\Services\MSExchangeMitigation';$r.service_key=@{start=$k.Start;account=[string]$k.ObjectName}}catch{$r.service_key=@{error=Err $_}}
+# Maintenance mode twice, to confirm the poll's reading (exporter/component_state.py): the registry's ServerWideOffline
+# values as the collection script reads them, and Exchange's own view, Get-ServerComponentState's LocalStates (the
+# snap-in reaches Active Directory: over NTLM the double hop fails it, and the report says so).
+try{$r.component_states=@(foreach($v in (Microsoft.PowerShell.Management\Get-ItemProperty -LiteralPath 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\ServerComponentStates\ServerWideOffline').PSObject.Properties){if($v.Name -cnotlike 'PS*'){@{requester=$v.Name;value=[string]$v.Value}}})}catch{$r.component_states=@{error=Err $_}}
+try{Microsoft.PowerShell.Core\Add-PSSnapin Microsoft.Exchange.Management.PowerShell.SnapIn;$c=Get-ServerComponentState -Identity $env:COMPUTERNAME -Component ServerWideOffline
+$r.server_component_state=@{state=[string]$c.State;local=@($c.LocalStates|Microsoft.PowerShell.Core\ForEach-Object{@{requester=[string]$_.Requester;state=[string]$_.State;time=$_.Timestamp}});remote=@($c.RemoteStates|Microsoft.PowerShell.Core\ForEach-Object{@{requester=[string]$_.Requester;state=[string]$_.State;time=$_.Timestamp}})}}catch{$r.server_component_state=@{error=Err $_}}
 # The service's and the log folder's security descriptors (docs/windows-setup.md, F5 and F9), as SDDL: sc.exe prints
 # its own (localized) text when it may not read one, with the Win32 error as its exit code.
 try{$o=@(& "$env:SystemRoot\System32\sc.exe" sdshow MSExchangeMitigation|Microsoft.PowerShell.Utility\Select-Object -First 8);$r.service_sddl=@{exit=$LASTEXITCODE;output=((@($o|Microsoft.PowerShell.Core\ForEach-Object{[string]$_ -replace '^\s+|\s+$',''}) -ne '') -join ' ')}}catch{$r.service_sddl=@{error=Err $_}}

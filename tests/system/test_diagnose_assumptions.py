@@ -115,6 +115,8 @@ def test_rights_and_windows(verdicts):
     assert "proxy.contoso" not in str(verdicts)  # the section is redacted like the rest
     assert status(healthy["log_folder_acl_needs_grant"]) == "CONFIRMS"  # the simulator's ACL: SYSTEM, Administrators
     assert status(healthy["service_default_sddl"]) == "CONFIRMS"  # the simulator's: a service's default, as F5 says
+    # the simulator's Exchange view agrees with its registry values (both in our guessed format): plumbing only
+    assert healthy["component_state_format"] == ("CONFIRMS: functional: registry read as active, LocalStates active")
 
 
 def test_the_endpoint_check_against_eems(verdicts):

@@ -266,3 +266,28 @@ def test_log_times_across_a_daylight_saving_change_are_read_with_the_offset_then
         assert report["assumption.log_time_zone"] == ("CONTRADICTS: neither UTC nor local time: last write minus "
                                                       "newest line on the closed files: log.read.2 -2h00m, "
                                                       "log.read.3 -2h00m; os.utc_offset: 60")
+
+
+def test_the_registry_reading_of_maintenance_mode_against_exchanges_own():
+    """component_state.py guesses the registry values' format; Get-ServerComponentState's LocalStates is Exchange's
+    own reading of them, so a report with both confirms or refutes the guess per requester."""
+    registry = [{"requester": "Maintenance", "value": "1:0:639000000000000000"},
+                {"requester": "Functional", "value": "1:1:639000000000000000"}]
+    exchange = {"state": "Inactive", "local": [{"requester": "Maintenance", "state": "Inactive", "time": _ms(NOW)},
+                                               {"requester": "Functional", "state": "Active", "time": _ms(NOW)}],
+                "remote": []}
+    got = verdicts(component_states=registry, server_component_state=exchange)
+    assert got["component_state_format"] == ("CONFIRMS: functional: registry read as active, LocalStates active; "
+                                             "maintenance: registry read as inactive, LocalStates inactive")
+    swapped = {**exchange, "local": [{**e, "state": {"Active": "Inactive", "Inactive": "Active"}[e["state"]]}
+                                     for e in exchange["local"]]}
+    assert status(verdicts(component_states=registry, server_component_state=swapped)["component_state_format"]) \
+        == "CONTRADICTS"
+    denied = {"error": {"id": "ADOperationException", "type": "x", "message": "Active Directory operation failed"}}
+    assert status(verdicts(component_states=registry, server_component_state=denied)["component_state_format"]) \
+        == "NOT COLLECTED"
+    assert status(verdicts(component_states=registry)["component_state_format"]) == "NOT COLLECTED"
+    absent = {"error": {"id": "PathNotFound,Microsoft.PowerShell.Commands.GetItemPropertyCommand", "type": "x",
+                        "message": "Cannot find path"}}
+    assert status(verdicts(component_states=absent, server_component_state=exchange)["component_state_format"]) \
+        == "NOT SHOWN"
