@@ -1,7 +1,7 @@
 """Reading a server's registry entries of an Exchange server component state (maintenance mode): the one place
 for the guessed format of those values.
 
-What is confirmed (docs/runbooks.md, ExchangeServerInMaintenance, lists the sources): an admin puts a server into
+What is confirmed (docs/reference/server-component-states.md has the sources): an admin puts a server into
 maintenance with `Set-ServerComponentState <server> -Component ServerWideOffline -State Inactive -Requester
 Maintenance`, which sets every component Inactive (Microsoft Learn, Set-ServerComponentState, example 2). Each
 requester's request is kept apart, in Active Directory and in the server's registry under
