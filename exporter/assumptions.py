@@ -634,7 +634,8 @@ def component_state_format(f: Facts) -> Verdict:
         return Verdict(NOT_COLLECTED, _ev(f, "maintenance.exchange"))
     both = sorted(set(local) & set(read))
     if not both:
-        return Verdict(NOT_SHOWN, f"no requester both in the registry and in LocalStates; {_ev(f, 'maintenance.registry')}")
+        return Verdict(NOT_SHOWN, "no requester both in the registry and in LocalStates; "
+                                  + _ev(f, "maintenance.registry"))
     evidence = "; ".join(f"{r}: registry read as {read[r]}, LocalStates {local[r]}" for r in both)
     return Verdict(CONTRADICTS if any(read[r] != local[r] for r in both) else CONFIRMS, evidence)
 

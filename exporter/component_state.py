@@ -26,7 +26,7 @@ import re
 
 from .model import RawComponentState
 
-STATES = ("active", "inactive", "draining", "unrecognised")  # the label `state` of exchange_server_component_local_state
+STATES = ("active", "inactive", "draining", "unrecognised")  # label `state` of exchange_server_component_local_state
 # ServiceState (Microsoft.Exchange.Data): Inactive 0 and Active 1 in Microsoft's serialized Get-ServerComponentState;
 # Draining's number is not shown there, so only its name is read.
 _NUMBERS = {"0": "inactive", "1": "active"}

@@ -509,11 +509,10 @@ def _maintenance_lines(report: Report, doc: dict) -> None:
     if isinstance(registry, dict):
         error = _error_text(registry.get("error"))
         report.add("maintenance.registry", f"{'absent' if error.startswith('PathNotFound') else 'failed'}: {error}")
-    for entry in as_list(registry)[:MAX_COMPONENT_STATES] if not isinstance(registry, dict) else ():
-        if isinstance(entry, dict) and isinstance(entry.get("requester"), str) and REQUESTER.fullmatch(entry["requester"]):
-            value = str(entry.get("value"))[:MAX_COMPONENT_STATE_CHARS]
-            read = local_state(RawComponentState("ServerWideOffline", entry["requester"], value))
-            report.add(f"maintenance.registry.{entry['requester']}", f"{value} (read as {read})")
+    for entry in _requester_entries(registry):
+        value = str(entry.get("value"))[:MAX_COMPONENT_STATE_CHARS]
+        read = local_state(RawComponentState("ServerWideOffline", entry["requester"], value))
+        report.add(f"maintenance.registry.{entry['requester']}", f"{value} (read as {read})")
     exchange = doc.get("server_component_state")
     if not isinstance(exchange, dict):
         return
@@ -522,10 +521,17 @@ def _maintenance_lines(report: Report, doc: dict) -> None:
         return
     report.add("maintenance.exchange.state", exchange.get("state"))
     for side in ("local", "remote"):
-        for entry in as_list(exchange.get(side))[:MAX_COMPONENT_STATES]:
-            if isinstance(entry, dict) and isinstance(entry.get("requester"), str) and REQUESTER.fullmatch(entry["requester"]):
-                report.add(f"maintenance.exchange.{side}.{entry['requester']}",
-                           f"{entry.get('state')} at {parse_ps_date(entry.get('time'))}")
+        for entry in _requester_entries(exchange.get(side)):
+            report.add(f"maintenance.exchange.{side}.{entry['requester']}",
+                       f"{entry.get('state')} at {parse_ps_date(entry.get('time'))}")
+
+
+def _requester_entries(value: Any) -> list[dict]:
+    """The entries of a list (not an error object) whose requester may name a report line."""
+    if isinstance(value, dict) and "requester" not in value:
+        return []
+    return [entry for entry in as_list(value)[:MAX_COMPONENT_STATES] if isinstance(entry, dict)
+            and isinstance(entry.get("requester"), str) and REQUESTER.fullmatch(entry["requester"])]
 
 
 # ---------------------------------------------------------------- the verdicts
