@@ -13,7 +13,8 @@ A channel is good until its service ticket expires (`Channel.valid_until`; no la
 earlier where the domain gives service tickets a shorter life): the client authenticates a kept connection again
 before a poll that would outlive it, with a new service ticket if the cached one would end within that poll
 (`first_step`), so a ticket running out never fails a poll. Failures carry the reason the KDC's or the server's error gives (exporter/data/kerberos_errors.tsv):
-the server's KRB-ERROR, when its 401 carries one, is read by the context like any token. A server that cannot
+the server's KRB-ERROR, when its 401 carries one (raw, or inside SPNEGO as Windows' IIS sends it: `kerberos_token`),
+is read by the context like any token. A server that cannot
 decrypt its service ticket (`SPN_KEY_MISMATCH`) is `spn_key_mismatch`: the KDC accepted the credential.
 
 A held TGT can go bad before it expires: the domain's krbtgt key changed (an Active Directory krbtgt reset,
@@ -105,7 +106,7 @@ class Kerberos:
                                             self._requirements, bindings, deadline=deadline)
         try:
             handshake(connection, context, "Negotiate", deadline=deadline, timeout=timeout, bindings=bindings,
-                      first_token=token)
+                      first_token=token, inner=kerberos_token)
         except AuthenticationRejected as rejected:
             cause = rejected.__cause__
             if isinstance(cause, spnego.exceptions.SpnegoError):
@@ -113,6 +114,44 @@ class Kerberos:
             raise
         return Channel(connection, seal=MessageSeal(context, SPNEGO) if self._encrypt else None,
                        valid_until=self._tickets.valid_until(ccache, f"{self._service}/{self._hostname}"))
+
+
+def kerberos_token(token: bytes) -> bytes | None:
+    """The Kerberos token in a server's Negotiate answer. Windows may put it in a SPNEGO NegTokenResp (RFC 4178
+    4.2.2) although the module sent a raw Kerberos token: a 401 from IIS carries its KRB-ERROR so, with negState
+    accept-incomplete (Microsoft's capture, docs/kerberos.md "What a refusing server sends"). Its responseToken
+    goes to the raw Kerberos context (a NegTokenResp without one is a bare refusal: None); any other token, and
+    one that is not well-formed DER, as it came (the context reads and refuses it)."""
+    try:
+        tag, body, rest = _der(token)
+        if tag != 0xA1 or rest:
+            return token
+        tag, fields, rest = _der(body)
+        if tag != 0x30 or rest:
+            return token
+        while fields:
+            tag, value, fields = _der(fields)
+            if tag == 0xA2:  # responseToken [2] OCTET STRING
+                tag, inner, rest = _der(value)
+                return inner if tag == 0x04 and not rest and inner else token
+        return None
+    except ValueError:
+        return token
+
+
+def _der(data: bytes) -> tuple[int, bytes, bytes]:
+    """The first DER element of `data` (one-byte tag, definite length): its tag, its value, what follows it."""
+    if len(data) < 2:
+        raise ValueError("short")
+    tag, size, start = data[0], data[1], 2
+    if size & 0x80:
+        count = size & 0x7F
+        if not 1 <= count <= 4 or len(data) < 2 + count:
+            raise ValueError("length")
+        size, start = int.from_bytes(data[2:2 + count], "big"), 2 + count
+    if len(data) < start + size:
+        raise ValueError("short")
+    return tag, data[start:start + size], data[start + size:]
 
 
 def first_step(tickets: TicketCache, principal: str, hostname: str, service: str, requirements: spnego.ContextReq,

@@ -21,6 +21,7 @@ import binascii
 import hashlib
 import re
 import struct
+from typing import Callable
 
 import spnego
 import spnego.exceptions
@@ -187,15 +188,19 @@ def channel_bindings(connection: Connection) -> GssChannelBindings | None:
 
 
 def handshake(connection: Connection, context: spnego.ContextProxy, scheme: str, *, deadline: float,
-              timeout: float, bindings: GssChannelBindings | None, first_token: bytes | None = None) -> None:
+              timeout: float, bindings: GssChannelBindings | None, first_token: bytes | None = None,
+              inner: Callable[[bytes], bytes | None] | None = None) -> None:
     """Authenticate `connection` by exchanging `context`'s tokens under the `scheme` header (Negotiate,
     Kerberos, CredSSP) on empty POSTs until the server answers 200. `first_token`: the context's first step,
-    when the caller took it (Kerberos: it asks the KDC for the service ticket)."""
+    when the caller took it (Kerberos: it asks the KDC for the service ticket). `inner`: what of the server's
+    token goes to the context (Kerberos: the token inside a SPNEGO answer; None, no token at all)."""
     token = first_token if first_token is not None else _step(context, None, bindings)
     for _ in range(MAX_HANDSHAKE_ROUNDS):
         answer = connection.post(b"", f"Authorization: {scheme} {base64.b64encode(token or b'').decode()}\r\n",
                                  deadline=deadline, timeout=timeout)
         reply = _server_token(answer, scheme)
+        if reply and inner is not None:
+            reply = inner(reply)
         if answer.status == 200:
             if reply and not context.complete:  # mutual authentication (Kerberos): the server's last token
                 _step(context, reply, bindings)

@@ -18,7 +18,7 @@ import pytest
 from exporter.config import load_config_text
 from exporter.winrm.connection import Connection, Endpoint
 from exporter.winrm.errors import PollFailure
-from exporter.winrm.kerberos import Kerberos, tickets_for
+from exporter.winrm.kerberos import Kerberos, kerberos_token, tickets_for
 
 TKT_EXPIRED, SKEW = 32, 37
 MODIFIED, BAD_INTEGRITY, BADKEYVER, NOKEY = 41, 31, 44, 45  # the server cannot decrypt its service ticket
@@ -148,3 +148,64 @@ def test_a_server_that_cannot_decrypt_its_ticket_is_no_rejected_credential(kdc_f
     assert not _service_tickets(cache, f"HTTP/{LONG_HOST}@")
     kdc.stop()  # the TGT the other servers' polls share is kept: no AS exchange is needed for them
     assert tickets.ccache(time.monotonic() + 10) == cache and tickets.acquisitions == 1
+
+
+
+def spnego_wrapped(token: bytes) -> bytes:
+    """`token` as the responseToken of a SPNEGO NegTokenResp (RFC 4178 4.2.2), negState accept-incomplete: how a
+    Windows server framed its KRB-ERROR in the capture below."""
+    return _der(0xA1, _der(0x30, _der(0xA0, b"\x0a\x01\x01") + _der(0xA2, _der(0x04, token))))
+
+
+# What an IIS 7 server sent in `WWW-Authenticate: Negotiate ...` with its 401 for a service ticket it could not
+# decrypt, as Network Monitor showed it (Microsoft IIS support blog, asiatech, "IIS 7+ Kerberos authentication
+# failure: KRB_AP_ERR_MODIFIED", learn.microsoft.com/en-us/archive/blogs/asiatech/iis-7-kerberos-authentication-
+# failure-krb_ap_err_modified; the token's text as a copy of the post prints it, e-com-net.com/article/
+# 1294178539167358976.htm, less a space its line break left). A NegTokenResp (negState accept-incomplete) whose
+# responseToken is a GSS-API Kerberos token, TOK_ID 03 00, holding a KRB-ERROR: error-code 41
+# (KRB_AP_ERR_MODIFIED), realm TEST.COM, sname contososvc, stime 2011-10-14 05:10:14Z.
+WINDOWS_401 = base64.b64decode(
+    "oWwwaqADCgEBomMEYWBfBgkqhkiG9xIBAgIDAH5QME6gAwIBBaEDAgEepBEYDzIwMTExMDE0MDUxMDE0WqUFAgMG362mAwIBKakKGwhURVNU"
+    "LkNPTaoXMBWgAwIBAaEOMAwbCmNvbnRvc29zdmM=")
+
+
+def test_the_windows_capture_is_a_krb_error_inside_spnego():
+    inner = kerberos_token(WINDOWS_401)
+    assert WINDOWS_401[:1] == b"\xa1" and inner == WINDOWS_401[13:]
+    assert inner[:2] == b"\x60\x5f" and inner[4:15] == bytes.fromhex("2a864886f712010202") + b"\x03\x00"
+    assert inner[15:17] == b"\x7e\x50" and b"\xa6\x03\x02\x01\x29" in inner  # error-code [6] 41
+    assert spnego_wrapped(inner) == WINDOWS_401
+
+
+def test_windows_own_401_for_an_undecryptable_ticket_is_spn_key_mismatch(kdc_factory, tmp_path, refusing_server):
+    """Before, a SPNEGO-framed KRB-ERROR went whole to the raw Kerberos context, which refused it without a
+    Kerberos code ("Kerberos failed: Success"): auth_failed, counted against the credential on every server."""
+    kdc = kdc_factory()
+    module = _module(kdc, tmp_path)
+    failure = _authenticate(module, refusing_server(WINDOWS_401), "ex01.contoso.test")
+    assert failure.reason == "spn_key_mismatch", failure.message
+
+
+@pytest.mark.parametrize("code", [MODIFIED, BAD_INTEGRITY, BADKEYVER, NOKEY, SKEW])
+def test_a_krb_error_in_a_spnego_answer_is_read_as_the_bare_one(kdc_factory, tmp_path, refusing_server, code):
+    kdc = kdc_factory()
+    module = _module(kdc, tmp_path)
+    bare = _authenticate(module, refusing_server(krb_error_token(code, "HTTP", "ex01.contoso.test", kdc.realm)),
+                         "ex01.contoso.test")
+    framed = _authenticate(module, refusing_server(spnego_wrapped(krb_error_token(code, "HTTP", "ex01.contoso.test",
+                                                                                   kdc.realm))), "ex01.contoso.test")
+    assert framed.reason == bare.reason != "auth_failed", framed.message
+
+
+@pytest.mark.parametrize("token", [
+    b"", b"\xa1", b"\xa1\x85\x00\x00\x00\x00\x01", b"\xa1\x05\x30\x03\xa2\x01",  # cut short, length overlong
+    b"\xa1\x00\x00",  # bytes after the NegTokenResp
+    b"\xa1\x07\x30\x05\xa2\x03\x02\x01\x00",  # responseToken not an OCTET STRING
+    b"\x60\x03\x06\x01\x00",  # a GSS-API token (raw Kerberos): not SPNEGO
+])
+def test_what_is_no_well_formed_negtokenresp_goes_to_the_context_as_it_came(token):
+    assert kerberos_token(token) == token
+
+
+def test_a_negtokenresp_without_a_response_token_is_a_bare_refusal():
+    assert kerberos_token(_der(0xA1, _der(0x30, _der(0xA0, b"\x0a\x01\x02")))) is None  # negState reject
