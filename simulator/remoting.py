@@ -16,7 +16,9 @@ Three configurations, as a real server has them:
 
 A cmdlet the account's RBAC roles do not grant is not in its runspace at all, so calling one fails as a command
 that does not exist (CommandNotFoundException) [Microsoft Learn, "Find the permissions required to run any
-Exchange cmdlet": RBAC decides which cmdlets and parameters are available; the exact refusal is UNCONFIRMED].
+Exchange cmdlet": RBAC decides which cmdlets and parameters are available; the refusal's text as real sessions
+show it, dmaasland/proxyshell-poc#4 over PSRP, dpaulson45/HealthChecker#530 in the EMS; the id from PowerShell's
+source, exporter/winrm/psrp.py "Command not found"].
 """
 
 from __future__ import annotations
