@@ -6,7 +6,7 @@ $r=@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;utc_offset_minut
 # The server's UTC offsets over the lookback, for culture log times written in local time (interpret.py reads each
 # with the offset then in force): the offset at the window's start (on the minute), then each change with the offset
 # after it, sampled daily and narrowed to the minute. DateTime.ToLocalTime converts by TimeZoneInfo.Local and its
-# adjustment rules; TimeZoneInfo itself is no core type, and Constrained Language Mode refuses its methods.
+# adjustment rules; Constrained Language Mode allows [datetime]'s methods, not TimeZoneInfo's (docs/design.md).
 # Not yet run on a real server: should it throw, the list is left out, and Python reads every line with utc_offset_minutes.
 try{function UtcOffset($u){[int]($u.ToLocalTime()-$u).TotalMinutes}
 $a=[DateTime]::UtcNow.AddHours(-$P.LookbackHours);$a=$a.AddTicks(-($a.Ticks%600000000));$o=UtcOffset $a;$r.utc_offsets=@(@{since=$a;minutes=$o})
@@ -47,7 +47,7 @@ $r.logs+=$o;if($left -le 0 -or $f.LastWriteTimeUtc -lt $since){break}}}}catch{Fa
 # The endpoint check needs .NET (revocation checking on, then off to tell a blocked CRL apart): in any other
 # language mode it is not run, and says so once.
 $r.stages.endpoint=(Microsoft.PowerShell.Utility\Measure-Command{if($P.CheckEndpoint){if($ExecutionContext.SessionState.LanguageMode -eq 'FullLanguage'){$p=$P.Proxy;$wp=$null
-# GUESS: WinHttpSettings = DWORD size, DWORD counter, DWORD flags (2 = proxy), DWORD length, proxy string.
+# WinHttpSettings: DWORD size, DWORD counter, DWORD flags (2 = proxy), DWORD length, proxy string (docs/design.md).
 try{$w=(Microsoft.PowerShell.Management\Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Internet Settings\Connections').WinHttpSettings;if($w.Length -ge 16 -and ($w[8] -band 2)){$wp=[Text.Encoding]::ASCII.GetString($w,16,[BitConverter]::ToInt32($w,12))}}catch{Fail 'winhttp' $_}
 if(!$p -and $wp){$p=$wp;if($p -match 'https=([^;]+)'){$p=$matches[1]}elseif($p -match '='){$p=''};$p=$p.Split(';')[0];if($p -and $p -notmatch '://'){$p='http://'+$p}}
 # The account's default credentials go to the proxy only when the exporter's configuration asks: the proxy may be
