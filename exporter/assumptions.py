@@ -45,7 +45,7 @@ _FAILURE_WORDS = re.compile(r"\b(?:fail\w*|error\w*|exception|denied|unable|coul
                             re.IGNORECASE)
 # the FullyQualifiedErrorIds the exporter decides on (interpret.py); all invariant, in every culture
 DECIDING_IDS = ("NoServiceFoundForGivenName", "NoMatchingEventsFound", "PathNotFound", "DirUnauthorizedAccessError",
-                "System.UnauthorizedAccessException")
+                "System.UnauthorizedAccessException", "LogInfoUnavailable", "NoMatchingLogsFound")
 _ACE = re.compile(r"\(([^()]*)\)")
 _DOMAIN_SID = re.compile(r"S-1-5-21-", re.IGNORECASE)
 
@@ -671,7 +671,8 @@ ASSUMPTIONS: dict[str, tuple[str, Callable[[Facts], Verdict]]] = {
     "service_key_means_installed": ("the service's registry key exists exactly when it is installed",
                                     service_key_means_installed),
     "service_account_localsystem": ("EEMS runs as LocalSystem", service_account_localsystem),
-    "event_log_denied_raises": ("a denied Application log raises UnauthorizedAccessException", event_log_denied_raises),
+    "event_log_denied_raises": ("a denied Application log is reported as denied (LogInfoUnavailable around an "
+                                "UnauthorizedAccessException)", event_log_denied_raises),
     "error_ids_invariant": ("FullyQualifiedErrorIds are not translated", error_ids_invariant),
     "service_default_sddl": ("the service's default descriptor lets SY, BA, IU, SU query it, not a network logon "
                              "(windows-setup F5)", service_default_sddl),

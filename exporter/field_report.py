@@ -479,7 +479,8 @@ def _rights_section(report: Report, doc: dict) -> None:
     else:
         report.add("rights.service_key", f"ok: Start={key.get('start')}, account {key.get('account')}")
     errors = [e for e in as_list(doc.get("event_errors"))[:ERRORS_SENT] if isinstance(e, dict)]
-    denied = [e for e in errors if "UnauthorizedAccess" in f"{e.get('id')} {e.get('type')}"]
+    # thrown, or (Windows PowerShell 5.1, a log whose configuration the account may not open) inside LogInfoUnavailable
+    denied = [e for e in errors if "UnauthorizedAccess" in f"{e.get('id')} {e.get('type')} {e.get('inner')}"]
     report.add("rights.event_log", f"DENIED: {_error_text(denied[0])}" if denied else "ok")
     folder = doc.get("log_folder") or {}
     file_errors = [f["error"] for f in as_list(doc.get("log_files"))[: DIAGNOSE_PARAMETERS.list_files]

@@ -164,7 +164,8 @@ def error_reason(error: RawError) -> str:
     named by its type instead (CmdletInvocationException) and read nothing."""
     if error.id == "ConstrainedLanguage":  # the script's own record: the endpoint check needs FullLanguage
         return "constrained_language"
-    if error.category == "PermissionDenied" or error.type in ACCESS_DENIED_TYPES or "UnauthorizedAccess" in error.id:
+    if (error.category == "PermissionDenied" or error.type in ACCESS_DENIED_TYPES or error.inner in ACCESS_DENIED_TYPES
+            or "UnauthorizedAccess" in error.id):
         return "access_denied"
     if (error.part == "events" and error.type.startswith(EVENT_READER_EXCEPTIONS)
             and not error.id.startswith(error.type + ",")):
@@ -188,10 +189,16 @@ def _partial_failures(facts: RawServerFacts, *, eems_build: bool | None, install
     did not all send says how many it met: a reader that keeps failing writes its error again at every read."""
     expected_absent = eems_build is not True or installed is False
     met, sent = dict(facts.error_counts), Counter(error.part for error in facts.errors)
+    # Get-WinEvent opens the log's configuration before it queries: where that fails (LogInfoUnavailable, around
+    # the reason, e.g. access denied) it then says the name matched no log (NoMatchingLogsFound), which is no
+    # missing log (GetEventCommand.cs FindLogNamesMatchingWildcards, PowerShell/PowerShell@4e4a07c5)
+    config_failed = any(e.part == "events" and e.id.startswith("LogInfoUnavailable") for e in facts.errors)
     failures = []
     for error in facts.errors:
         reason = error_reason(error)
         if error.part == "events" and error.id.startswith("NoMatchingEventsFound"):
+            continue
+        if error.part == "events" and config_failed and error.id.startswith("NoMatchingLogsFound"):
             continue
         if error.part in ("service_key", "component_state") and error.id.startswith("PathNotFound"):
             continue

@@ -58,6 +58,7 @@ class RawError:
     category: str
     type: str
     message: str
+    inner: str = ""  # the type of the exception's InnerException: a cmdlet may wrap the one that says what happened
 
 
 @dataclass(frozen=True)

@@ -529,9 +529,11 @@ def _errors(value, notes: _Notes) -> list[RawError]:
             part, _, message = item.partition(":")
             errors.append(RawError(_clean(part.strip()[:32]), "", "", "", _clip(_clean(message.strip()))))
         elif isinstance(item, dict):
-            fields = {key: item.get(key) if isinstance(item.get(key), str) else "" for key in ("part", "id", "category", "type", "message")}
+            fields = {key: item.get(key) if isinstance(item.get(key), str) else ""
+                      for key in ("part", "id", "category", "type", "message", "inner")}
             errors.append(RawError(_clean(fields["part"])[:32], _clip(_clean(fields["id"])), _clean(fields["category"])[:64],
-                                   _clean(fields["type"])[:200], _clip(_clean(fields["message"]))))
+                                   _clean(fields["type"])[:200], _clip(_clean(fields["message"])),
+                                   _clean(fields["inner"])[:200]))
         else:
             notes.wrong("errors", "error records")
     return errors

@@ -168,17 +168,16 @@ def _events(server: windows.WindowsServer, now: datetime, p: dict[str, int], tex
     found = eventlog.answer(form, server.eems, denied="events" in server.denied, has_events=server.events, now=now,
                             lookback=timedelta(hours=p["LookbackHours"]), max_events=p["MaxEvents"],
                             log_records=server.application_log_events, read_errors=server.event_read_errors)
-    # The script sends the first EVENT_ERRORS_SENT records of its ErrorVariable and their count; a query that threw
-    # (access denied) lands in its catch instead, with one record and no count.
+    # The script sends the first EVENT_ERRORS_SENT records of its ErrorVariable and their count (an access denial is
+    # two of them, LogInfoUnavailable and NoMatchingLogsFound: eventlog.py; nothing is thrown).
     errors: list[dict[str, str]] = []
     count: int | None = 0
     for error, times in found.errors_with_repeats():
-        text = texts.get(error.key, windows.LOCALES["en-US"][error.key]).format(provider=eems.PROVIDER)
-        errors += [{"id": error.error_id.format(text=text), "type": error.exception, "message": text}] * min(
-            times, max(0, EVENT_ERRORS_SENT - len(errors)))
+        text = texts.get(error.key, windows.LOCALES["en-US"][error.key]).format(provider=eems.PROVIDER,
+                                                                                unauthorized=texts["unauthorized"])
+        errors += [{"id": error.error_id.format(text=text), "type": error.exception, "inner": error.inner,
+                    "message": text}] * min(times, max(0, EVENT_ERRORS_SENT - len(errors)))
         count += times
-    if found.errors == [eventlog.UNAUTHORIZED]:
-        count = None
     events = [{"id": e.id, "level": EVENT_LEVELS.get(e.id, INFORMATION), "time": date(e.time),
                "message": e.message[: p["MessageChars"]], "data": [d[: p["MessageChars"]] for d in e.data]}
               for e in found.events]

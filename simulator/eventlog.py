@@ -9,11 +9,14 @@ Windows PowerShell 5.1's Get-WinEvent answers the same question differently depe
   It looks the provider up first: where it is not registered (Edge, builds before EEMS) it writes
   `NoMatchingProvidersFound`, removes the log from the query and writes `LogsAndProvidersDontOverlap`
   (BuildStructuredQuery; both seen together in PowerShell/PowerShell#15713).
-- `-LogName Application -FilterXPath ...` (GetLogSet, `ProcessGetLog` with one log) builds an EventLogQuery
-  without TolerateQueryErrors: a denied channel throws `UnauthorizedAccessException` out of the cmdlet (a
-  terminating error the script catches, FullyQualifiedErrorId
-  `System.UnauthorizedAccessException,Microsoft.PowerShell.Commands.GetWinEventCommand`), and no provider
-  is looked up, so an unregistered provider is simply "no events".
+- `-LogName Application -FilterXPath ...` (GetLogSet, `ProcessGetLog` with one log) first finds the log by its
+  name (`FindLogNamesMatchingWildcards`), opening its configuration (`new EventLogConfiguration`): an account
+  that may not read the channel is refused there, which the cmdlet writes as `LogInfoUnavailable` (a
+  System.Exception around the UnauthorizedAccessException, category NotSpecified) and then, the name having
+  matched no log it could open, `NoMatchingLogsFound`; it returns without a query, and throws nothing
+  (PowerShell/PowerShell#10637 and #10639 show the first record for the Security log as a non-administrator,
+  dsccommunity/xWinEventLog#25 both for the Application log). A query it does run has no TolerateQueryErrors,
+  and no provider is looked up, so an unregistered provider is simply "no events".
 
 Either form reads newest first (ReverseDirection = !Oldest) and writes `NoMatchingEventsFound` when it
 returned no record at all. A read that fails (`EventLogReader.ReadEvent` throws) is caught, written as an error and
@@ -60,6 +63,7 @@ class EventQueryError:
     error_id: str  # FullyQualifiedErrorId
     category: str
     exception: str
+    inner: str = ""  # the exception's InnerException type
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,9 @@ NOT_OVERLAPPING = EventQueryError("logs_providers", f"LogsAndProvidersDontOverla
 # A failed read's FullyQualifiedErrorId is the exception's (localized) text and the command; "{text}" is filled in.
 READ_FAILED = EventQueryError("read_failed", "{text}," + _COMMAND, "NotSpecified",
                               "System.Diagnostics.Eventing.Reader.EventLogInvalidDataException")
-UNAUTHORIZED = EventQueryError("unauthorized", f"System.UnauthorizedAccessException,{_COMMAND}", "NotSpecified",
-                               "System.UnauthorizedAccessException")
+LOG_INFO_DENIED = EventQueryError("log_info_denied", f"LogInfoUnavailable,{_COMMAND}", "NotSpecified", "System.Exception",
+                                  "System.UnauthorizedAccessException")
+NO_LOG = EventQueryError("no_log", f"NoMatchingLogsFound,{_COMMAND}", "ObjectNotFound", "System.Exception")
 
 
 def query_form(script: str) -> str | None:
@@ -112,7 +117,7 @@ def answer(form: str, setup: eems.EemsSetup | None, *, denied: bool, has_events:
     """The EEMS events (newest first, at most `max_events`), the error records the query gives, and its cost;
     `read_errors` reads fail on the way (not where the query itself is refused)."""
     if denied:
-        return EventAnswer([], [NO_EVENTS if form == HASHTABLE else UNAUTHORIZED])
+        return EventAnswer([], [NO_EVENTS] if form == HASHTABLE else [LOG_INFO_DENIED, NO_LOG])
     cost = scanned(form, log_records, lookback)
     if setup is None:  # the provider is not registered
         return EventAnswer([], [NO_PROVIDER, NOT_OVERLAPPING] if form == HASHTABLE else _nothing(form, log_records, lookback), cost)

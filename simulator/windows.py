@@ -379,9 +379,10 @@ class WindowsHost:
                                 lookback=timedelta(hours=p["LookbackHours"]), max_events=p["MaxEvents"],
                                 log_records=s.application_log_events, read_errors=s.event_read_errors)
         for error, times in found.errors_with_repeats():
-            text = texts.get(error.key, LOCALES["en-US"][error.key]).format(provider=eems.PROVIDER)
-            errors.repeat(_error("events", error.error_id.format(text=text), error.category, error.exception, text),
-                          times)
+            text = texts.get(error.key, LOCALES["en-US"][error.key]).format(provider=eems.PROVIDER,
+                                                                            unauthorized=texts["unauthorized"])
+            errors.repeat(_error("events", error.error_id.format(text=text), error.category, error.exception, text,
+                                 error.inner), times)
         with_data = _READS_INSERTION_STRINGS.search(script or "") is not None
         events = []
         for e in found.events:
@@ -571,9 +572,9 @@ def registry_component_states(server: WindowsServer, now: datetime, texts: dict[
              else f"1:{state}:{ticks}"} for requester, state in MAINTENANCE[choice]]
 
 
-def _error(part: str, error_id: str, category: str, exception: str, message: str) -> dict[str, str]:
+def _error(part: str, error_id: str, category: str, exception: str, message: str, inner: str = "") -> dict[str, str]:
     """An entry of the script's `errors`: what its Fail function records from an ErrorRecord."""
-    return {"part": part, "id": error_id, "category": category, "type": exception, "message": message}
+    return {"part": part, "id": error_id, "category": category, "type": exception, "inner": inner, "message": message}
 
 
 class _Failures(list):

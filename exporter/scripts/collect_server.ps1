@@ -14,7 +14,7 @@ while($a -lt $r.now){$b=$a.AddDays(1);if($b -gt $r.now){$b=$r.now};if((UtcOffset
 # Errors are recorded with their invariant FullyQualifiedErrorId; Python decides (never on the localized message).
 # At most five per part, and how many in all (error_counts): a reader that keeps failing repeats its error, as
 # Get-WinEvent writes each failed read and reads on (GetEventCommand.cs ReadEvents; PowerShell/PowerShell#10637).
-function Fail($part,$e){$n[$part]=1+$n[$part];if($n[$part] -gt 5){return};$r.errors+=@{part=$part;id=[string]$e.FullyQualifiedErrorId;category=[string]$e.CategoryInfo.Category;type=[string]$e.Exception.pstypenames[0];message="$e"}}
+function Fail($part,$e){$n[$part]=1+$n[$part];if($n[$part] -gt 5){return};$r.errors+=@{part=$part;id=[string]$e.FullyQualifiedErrorId;category=[string]$e.CategoryInfo.Category;type=[string]$e.Exception.pstypenames[0];inner=[string]$e.Exception.InnerException.pstypenames[0];message="$e"}}
 # An empty FileVersion (an unreadable file) is no build: it throws, to the fallback and then to the errors.
 $r.stages.build=(Microsoft.PowerShell.Utility\Measure-Command{try{$r.exsetup_version=(Microsoft.PowerShell.Core\Get-Command ExSetup.exe).FileVersionInfo.FileVersion;if(!$r.exsetup_version){throw 'ExSetup.exe has no FileVersion'};$r.build_source='exsetup'}catch{try{$i=(Microsoft.PowerShell.Management\Get-ItemProperty 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\Setup').MsiInstallPath;$r.exsetup_version=(Microsoft.PowerShell.Management\Get-Item (Microsoft.PowerShell.Management\Join-Path $i 'bin\ExSetup.exe')).VersionInfo.FileVersion;if(!$r.exsetup_version){throw 'ExSetup.exe has no FileVersion'};$r.build_source='registry'}catch{$r.exsetup_version=$null;Fail 'build' $_}}
 $r.edge=Microsoft.PowerShell.Management\Test-Path 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\EdgeTransportRole'
@@ -24,8 +24,8 @@ $r.edge=Microsoft.PowerShell.Management\Test-Path 'HKLM:\SOFTWARE\Microsoft\Exch
 try{$r.component_states=@(foreach($v in (Microsoft.PowerShell.Management\Get-ItemProperty -LiteralPath 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\ServerComponentStates\ServerWideOffline').PSObject.Properties){if($v.Name -cnotlike 'PS*'){@{component='ServerWideOffline';requester=$v.Name;value=[string]$v.Value}}})}catch{Fail 'component_state' $_}}).TotalSeconds
 $r.stages.service=(Microsoft.PowerShell.Utility\Measure-Command{try{$r.service_key=@{start=(Microsoft.PowerShell.Management\Get-ItemProperty 'HKLM:\SYSTEM\CurrentControlSet\Services\MSExchangeMitigation').Start}}catch{Fail 'service_key' $_}
 try{$s=Microsoft.PowerShell.Management\Get-Service MSExchangeMitigation;$r.service=@{status=[string]$s.Status;start_type=[string]$s.StartType}}catch{Fail 'service' $_}}).TotalSeconds
-# One log with -FilterXPath: a denied Application log throws UnauthorizedAccessException (-FilterHashtable tolerates
-# query errors and answers "no events"), and no provider lookup fails where EEMS is not registered. Newest first
+# One log with -FilterXPath: a denied Application log is LogInfoUnavailable, inner UnauthorizedAccessException (not
+# "no events", as -FilterHashtable answers), and no provider lookup fails where EEMS is not registered. Newest first
 # (Get-WinEvent reads in reverse unless -Oldest); the Event Log service skips other providers' records of the window
 # and lets the first older record through, where Select-Object -First 1 stops the read: the cost follows the
 # window's records, not the log's size. Insertion strings too: Message is null, with no error, when the text

@@ -328,16 +328,19 @@ def test_a_hashtable_query_gets_two_errors_where_the_provider_is_missing():
         ("NoMatchingProvidersFound", "ObjectNotFound"), ("LogsAndProvidersDontOverlap", "InvalidArgument")]
 
 
-@pytest.mark.parametrize("query, error_id, exception", [
-    (EVENT_QUERY, "System.UnauthorizedAccessException", "System.UnauthorizedAccessException"),
-    (HASHTABLE_QUERY, "NoMatchingEventsFound", "System.Exception"),
+@pytest.mark.parametrize("query, expected", [
+    (EVENT_QUERY, [("LogInfoUnavailable", "System.Exception", "System.UnauthorizedAccessException"),
+                   ("NoMatchingLogsFound", "System.Exception", "")]),
+    (HASHTABLE_QUERY, [("NoMatchingEventsFound", "System.Exception", "")]),
 ])
-def test_a_denied_application_log_answers_as_the_query_asks(query, error_id, exception):
-    """R2: -FilterHashtable runs with TolerateQueryErrors, so a denied channel is "no events"; one log asked with
-    -FilterXPath throws UnauthorizedAccessException (GetEventCommand.cs ProcessHashQuery / ProcessGetLog)."""
+def test_a_denied_application_log_answers_as_the_query_asks(query, expected):
+    """R2: -FilterHashtable runs with TolerateQueryErrors, so a denied channel is "no events". One log asked with
+    -FilterXPath is first found by name, opening its configuration: the refusal is LogInfoUnavailable around the
+    UnauthorizedAccessException, then NoMatchingLogsFound, nothing thrown (GetEventCommand.cs ProcessHashQuery /
+    ProcessGetLog, FindLogNamesMatchingWildcards; PowerShell/PowerShell#10637, dsccommunity/xWinEventLog#25)."""
     sc = fleet({"name": "EX01", "build": "15.2.2562.53", "account": "least_privilege", "unreadable": ["events"]})
     doc = run_body(sc, BODY.replace(EVENT_QUERY, query))
-    assert [(e["id"].split(",")[0], e["type"]) for e in doc["errors"] if e["part"] == "events"] == [(error_id, exception)]
+    assert [(e["id"].split(",")[0], e["type"], e["inner"]) for e in doc["errors"] if e["part"] == "events"] == expected
 
 
 def test_a_script_without_an_event_query_gets_no_events():
@@ -366,9 +369,10 @@ def test_least_privilege_account_cannot_query_the_service_nor_read_what_it_is_de
     sc = fleet({"name": "EX01", "build": "15.2.2562.53", "account": "least_privilege", "unreadable": ["events", "log"]})
     doc = facts(sc)
     assert doc["service"] is None and doc["service_key"] == {"start": 2}
-    assert [(e["part"], e["type"]) for e in doc["errors"]] == [
-        ("service", "Microsoft.PowerShell.Commands.ServiceCommandException"),
-        ("events", "System.UnauthorizedAccessException"), ("log", "System.UnauthorizedAccessException")]
+    assert [(e["part"], e["type"], e["inner"]) for e in doc["errors"]] == [
+        ("service", "Microsoft.PowerShell.Commands.ServiceCommandException", ""),
+        ("events", "System.Exception", "System.UnauthorizedAccessException"), ("events", "System.Exception", ""),
+        ("log", "System.UnauthorizedAccessException", "")]
     assert doc["logs"] == [] and doc["log_folder"] is True
 
 
@@ -717,7 +721,7 @@ def test_demo_fleet_has_the_documented_states():
     assert by_name["EX-SE05-NOWINRM"][0].faults.refuse_connections
     german = doc("EX-SE06-DE")
     assert german["service"] is None and german["culture"]["name"] == "de-DE" and "FetchMitigation" in german["logs"][0]["tail"]
-    assert [e["part"] for e in german["errors"]] == ["service", "events"]
+    assert [e["part"] for e in german["errors"]] == ["service", "events", "events"]  # LogInfoUnavailable, NoMatchingLogsFound
     assert doc("EX-SE07-JA")["culture"]["name"] == "ja-JP"
     assert {e["status"] for e in facts(sc, sc.hosts.index(by_name["EX-SE08-FR"][0]), endpoint=1)["endpoints"]} == {407}
     assert doc("EX16-CU21")["log_folder"] is False

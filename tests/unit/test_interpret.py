@@ -285,6 +285,30 @@ def test_access_denied_on_the_event_log_and_log_folder(catalog):
     assert {(f.part, f.reason) for f in state.collection_errors} == {("events", "access_denied"), ("log", "access_denied")}
 
 
+def test_an_application_log_the_account_may_not_read_is_access_denied_not_a_missing_log(catalog):
+    """What Windows PowerShell 5.1 writes for `Get-WinEvent -LogName Application` when the account may not read the
+    channel: GetEventCommand.cs (PowerShell/PowerShell@4e4a07c5, the 5.1 code) opens the log's configuration
+    before any query, and its refusal becomes LogInfoUnavailable (a System.Exception around the
+    UnauthorizedAccessException), then NoMatchingLogsFound for the name; nothing is thrown (PowerShell/PowerShell
+    #10637 and #10639, dsccommunity/xWinEventLog#25 show both records). Before, that read as events/other and
+    events/not_found: "the log does not exist", where the runbook's fix is Event Log Readers."""
+    state = interpret(facts(errors=(
+        RawError("events", f"LogInfoUnavailable,{GETWINEVENT}", "NotSpecified", "System.Exception",
+                 "Could not retrieve information about the Application log. Error: Attempted to perform an "
+                 "unauthorized operation..", inner="System.UnauthorizedAccessException"),
+        error("events", f"NoMatchingLogsFound,{GETWINEVENT}", "ObjectNotFound", "System.Exception",
+              'There is not an event log on the localhost computer that matches "Application".'))), catalog)
+    assert [(f.part, f.reason) for f in state.collection_errors] == [("events", "access_denied")]
+
+
+def test_a_log_configuration_unreadable_for_another_reason_stays_other(catalog):
+    state = interpret(facts(errors=(
+        RawError("events", f"LogInfoUnavailable,{GETWINEVENT}", "NotSpecified", "System.Exception", "(text)",
+                 inner="System.Diagnostics.Eventing.Reader.EventLogException"),
+        error("events", f"NoMatchingLogsFound,{GETWINEVENT}"))), catalog)
+    assert [(f.part, f.reason) for f in state.collection_errors] == [("events", "other")]
+
+
 def test_an_unformattable_event_keeps_the_others(catalog):
     text = "The description for Event ID '1008' in Source 'MSExchange Mitigation Service' cannot be found."
     events = [RawEvent(1008, at(1), "Cannot retrieve event message text."), RawEvent(1008, at(2), TLS_1008)]

@@ -451,7 +451,9 @@ def test_error_record_fields_are_bounded_and_missing_ones_empty():
                                                 "message": "m"}, {"part": "log"}]))
     long, bare = facts.errors
     assert (long.part, long.id, long.category, long.type) == ("p" * 32, "i" * 497 + "...", "c" * 64, "t" * 200)
-    assert (bare.part, bare.id, bare.category, bare.type, bare.message) == ("log", "", "", "", "")
+    assert (bare.part, bare.id, bare.category, bare.type, bare.message, bare.inner) == ("log", "", "", "", "", "")
+    (wrapped,) = parse_server_output(server(errors=[{"part": "events", "inner": "x" * 250}])).errors
+    assert wrapped.inner == "x" * 200  # the InnerException's type (LogInfoUnavailable wraps the access denial)
     (plain,) = parse_server_output(server(errors="p" * 40 + ": it failed")).errors
     assert (plain.part, plain.message) == ("p" * 32, "it failed")
 
