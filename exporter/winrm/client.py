@@ -256,7 +256,8 @@ class ServerConnection(LinkedConnection):
             retrying = tenacity.Retrying(
                 retry=tenacity.retry_if_exception(lambda e: isinstance(e, PollFailure) and e.reason in TRANSIENT_REASONS
                                                   and not isinstance(e, OutOfTime)),
-                stop=tenacity.stop_after_attempt(3) | _stop_at_deadline(deadline),
+                # three attempts at most, and none started without the time to open a connection or a shell
+                stop=lambda state: state.attempt_number >= 3 or deadline - time.monotonic() < MIN_REQUEST_SECONDS + 1,
                 wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=5, jitter=0.5),
                 reraise=True,
             )
@@ -365,11 +366,3 @@ class ServerConnection(LinkedConnection):
             if len(self._orphans) < MAX_ORPHANS:
                 self._orphans.append(shell_id)
             self.close()
-
-
-def _stop_at_deadline(deadline: float) -> tenacity.stop.stop_base:
-    class _Stop(tenacity.stop.stop_base):
-        def __call__(self, retry_state) -> bool:
-            return deadline - time.monotonic() < MIN_REQUEST_SECONDS + 1
-
-    return _Stop()

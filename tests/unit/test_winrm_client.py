@@ -133,6 +133,15 @@ def test_a_refused_connection_is_named(fleet, host):
     assert error.reason == "connection_refused"
 
 
+def test_a_transient_failure_is_tried_three_times_at_most(fleet, host):
+    """With time to spare, a refused connection is tried three times (waits of about 0.5 and 1 s between), not
+    until the deadline."""
+    fleet.set_faults("EX01", Faults(refuse_connections=True))
+    error, elapsed = failure(connection(fleet, "EX01"), 30)
+    assert error.reason == "connection_refused"
+    assert elapsed < 6, f"retried for {elapsed:.1f} s"
+
+
 def test_rejected_credentials_are_not_retried(fleet):
     before = fleet.fleet.request_count("EX03")
     error, _ = failure(connection(fleet, "EX03", password=Secret("not-the-password")), 10)
