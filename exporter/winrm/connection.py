@@ -129,16 +129,6 @@ class _Reader(io.BufferedReader):
         return super().read(size)
 
 
-class _Stream:
-    """What http.client.HTTPResponse needs of a socket: `makefile`."""
-
-    def __init__(self, incoming: _Incoming):
-        self._reader = _Reader(incoming, _READ_AHEAD)
-
-    def makefile(self, *_args, **_kwargs) -> io.BufferedReader:
-        return self._reader
-
-
 class Connection:
     """One open connection, used by one poll at a time."""
 
@@ -147,7 +137,7 @@ class Connection:
         self.endpoint = endpoint
         self.max_response_bytes = max_response_bytes
         self._incoming = _Incoming(sock)
-        self._stream = _Stream(self._incoming)
+        self._reader = _Reader(self._incoming, _READ_AHEAD)
         self._head = (f"POST {endpoint.path} HTTP/1.1\r\nHost: {endpoint.authority}\r\n"
                       f"User-Agent: {user_agent}\r\nAccept-Encoding: identity\r\n").encode("latin-1")
         self.requests = 0
@@ -168,6 +158,10 @@ class Connection:
             sock.close()
             raise
         return cls(sock, endpoint, max_response_bytes, user_agent)
+
+    def makefile(self, *_args, **_kwargs) -> io.BufferedReader:
+        """What http.client.HTTPResponse needs of a socket: the connection's one reader, `_Reader`."""
+        return self._reader
 
     @property
     def closed(self) -> bool:
@@ -232,7 +226,7 @@ class Connection:
         incoming.deadline, incoming.timeout, incoming.received = deadline, timeout, 0
         incoming.budget, incoming.too_much = MAX_HEAD_BYTES + _READ_AHEAD, MalformedAnswer
         for _ in range(MAX_INTERIM_ANSWERS + 1):
-            response = http.client.HTTPResponse(self._stream, method="POST")
+            response = http.client.HTTPResponse(self, method="POST")
             response.begin()
             if response.status >= 200:
                 break
