@@ -14,7 +14,7 @@ import math
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Protocol
 from urllib.parse import parse_qs
 
@@ -133,10 +133,6 @@ class Route:
     methods: tuple[str, ...] = ("GET", "HEAD")
     pool: str = "general"  # "probe" waits for a poll, "pages" costs about a second at 2,000 servers: neither
     # ever runs on the workers /metrics needs
-    allow: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "allow", ", ".join(self.methods))
 
 
 # ------------------------------------------------------------ the routes
@@ -274,5 +270,5 @@ def route(request: Request) -> Route | Response:
     if chosen is None:
         return text(404, "Not found. Try /metrics or /probe?target=SERVER\n")
     if request.method not in chosen.methods:
-        return text(405, "Method not allowed\n", (("Allow", chosen.allow),))
+        return text(405, "Method not allowed\n", (("Allow", ", ".join(chosen.methods)),))
     return chosen
