@@ -205,6 +205,13 @@ class _Notes:
     def wrong(self, field: str, expected: str) -> None:
         self.add(f"parse: {field}: expected {expected}")
 
+    def section(self, value, field: str) -> dict | None:
+        """`value` when it is an object; None for null, and for anything else with a note."""
+        if value is None or isinstance(value, dict):
+            return value
+        self.wrong(field, "an object or null")
+        return None
+
     def text(self, obj: dict, key: str, field: str) -> str | None:
         value = obj.get(key)
         if value is None or isinstance(value, str):
@@ -326,10 +333,8 @@ def _events(value, notes: _Notes, max_events: int) -> tuple[RawEvent, ...]:
 
 
 def _service(value, notes: _Notes) -> tuple[bool, str | None, str | None]:
+    value = notes.section(value, "service")
     if value is None:
-        return False, None, None
-    if not isinstance(value, dict):
-        notes.wrong("service", "an object or null")
         return False, None, None
     status = _enum_name(value.get("status"), tuple(STATES), base=1)
     start = _enum_name(value.get("start_type"), tuple(START_MODES), base=0)
@@ -342,20 +347,16 @@ def _service(value, notes: _Notes) -> tuple[bool, str | None, str | None]:
 
 def _service_key_start(value, notes: _Notes) -> int | None:
     """The registry key's Start value (0-4, as ServiceStartMode); None when the key was not read."""
+    value = notes.section(value, "service_key")
     if value is None:
-        return None
-    if not isinstance(value, dict):
-        notes.wrong("service_key", "an object or null")
         return None
     start = notes.integer(value, "start", "service_key.start")
     return start if start is not None and 0 <= start < len(START_MODES) else None
 
 
 def _culture(value, notes: _Notes) -> RawCulture | None:
+    value = notes.section(value, "culture")
     if value is None:
-        return None
-    if not isinstance(value, dict):
-        notes.wrong("culture", "an object or null")
         return None
     texts = {key: notes.text(value, key, f"culture.{key}") or "" for key in ("date", "time", "am", "pm")}
     return RawCulture(texts["date"][:40], texts["time"][:40], texts["am"][:20], texts["pm"][:20])
