@@ -404,14 +404,7 @@ def _error_counts(value, notes: _Notes) -> tuple[tuple[str, int], ...]:
                     lambda n: isinstance(n, int) and 0 <= n <= MAX_ERROR_COUNT, "a count")
 
 
-def _utc_offset(minutes: int | None, notes: _Notes) -> int | None:
-    """UTC offsets run from -12:00 to +14:00."""
-    if minutes is not None and not -12 * 60 <= minutes <= 14 * 60:
-        notes.wrong("utc_offset_minutes", "minutes between -720 and 840")
-        return None
-    return minutes
-
-
+UTC_OFFSET_MINUTES = range(-12 * 60, 14 * 60 + 1)  # UTC offsets run from -12:00 to +14:00
 # A zone changes its offset twice a year, a few (Morocco's Ramadan) four times; the lookback is at most 8760 hours
 # (config.MAX_LOOKBACK_HOURS).
 MAX_UTC_OFFSETS = 16
@@ -437,7 +430,7 @@ def _utc_offsets(value, notes: _Notes) -> tuple[tuple[datetime, int], ...]:
         if isinstance(minutes, float) and minutes.is_integer():
             minutes = int(minutes)
         if (since is None or not isinstance(minutes, int) or isinstance(minutes, bool)
-                or not -12 * 60 <= minutes <= 14 * 60 or (last is not None and since <= last)):
+                or minutes not in UTC_OFFSET_MINUTES or (last is not None and since <= last)):
             notes.wrong("utc_offsets", "{since: date, minutes: -720 to 840} objects, since ascending")
             return ()
         if not found or found[-1][1] != minutes:
@@ -449,8 +442,11 @@ def _utc_offsets(value, notes: _Notes) -> tuple[tuple[datetime, int], ...]:
 def _zone(doc: dict, notes: _Notes) -> dict:
     """`utc_offset_minutes` and `utc_offsets` of a script's document (the collection and the diagnose script send
     both)."""
-    return dict(utc_offset_minutes=_utc_offset(notes.integer(doc, "utc_offset_minutes", "utc_offset_minutes"), notes),
-                utc_offsets=_utc_offsets(doc.get("utc_offsets"), notes))
+    minutes = notes.integer(doc, "utc_offset_minutes", "utc_offset_minutes")
+    if minutes is not None and minutes not in UTC_OFFSET_MINUTES:
+        notes.wrong("utc_offset_minutes", "minutes between -720 and 840")
+        minutes = None
+    return dict(utc_offset_minutes=minutes, utc_offsets=_utc_offsets(doc.get("utc_offsets"), notes))
 
 
 def parse_utc_offsets(doc: dict) -> tuple[int | None, tuple[tuple[datetime, int], ...], tuple[str, ...]]:
