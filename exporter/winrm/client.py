@@ -39,8 +39,6 @@ serves. It does while:
 
 Otherwise the link opens a new connection and authenticates it. The authentication object is built once, at
 the first request: NTLM derives the password's hashes there, Kerberos finds the module's ticket cache.
-`LinkedConnection` is what the two protocols' connections share around their link: the constructor, the
-`module` its callers read, one lock, and `close()`.
 """
 
 from __future__ import annotations
@@ -163,10 +161,8 @@ class Link:
 
 
 class LinkedConnection:
-    """`ServerConnection(endpoint, module, *, max_response_bytes, max_poll_bytes, server_name=None, clock=...)` and
-    PsrpConnection alike: the WinRM endpoint of one server for one module, reached through one `Link`. Not
-    thread-safe for its callers' sake: `_lock` runs one command at a time (the poller polls one server at a time
-    anyway)."""
+    """What ServerConnection and PsrpConnection share: the WinRM endpoint of one server for one module, reached
+    through one `Link`, and `_lock`, which runs one command at a time (the poller polls one server at a time anyway)."""
 
     def __init__(self, endpoint: str, module: ModuleConfig, *, max_response_bytes: int, max_poll_bytes: int,
                  server_name: str | None = None, clock: Callable[[], float] = time.monotonic):
@@ -214,7 +210,7 @@ def without_secrets(module: ModuleConfig, failure: PollFailure) -> PollFailure:
 
 
 class ServerConnection(LinkedConnection):
-    """The WinRS endpoint of one server for one module (LinkedConnection: constructor, lock, close)."""
+    """The WinRS endpoint of one server for one module."""
 
     def __init__(self, endpoint: str, module: ModuleConfig, **options):
         super().__init__(endpoint, module, **options)
