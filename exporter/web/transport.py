@@ -91,11 +91,6 @@ _TARGET = re.compile(r"[^\x00-\x20\x7f]+")  # no control characters (they would 
 _VERSIONS = ("HTTP/1.1", "HTTP/1.0")
 
 
-def _descriptor_limit() -> int:
-    """The process's open-file limit (POSIX); on Windows, where there is none of that kind, 4 * MAX_CONNECTIONS."""
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0] if resource is not None else 4 * MAX_CONNECTIONS
-
-
 class _Connection:
     """One client connection's bookkeeping, for the cap and the eviction order."""
 
@@ -137,7 +132,9 @@ class ExporterHTTPServer:
         self._socket.listen(LISTEN_BACKLOG)
         self._socket.setblocking(False)
         self.server_address = self._socket.getsockname()
-        self.max_connections = max(16, min(MAX_CONNECTIONS, _descriptor_limit() // 4))
+        # a quarter of the open-file limit, so polls keep their descriptors (Windows has no limit of that kind)
+        descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)[0] if resource is not None else 4 * MAX_CONNECTIONS
+        self.max_connections = max(16, min(MAX_CONNECTIONS, descriptors // 4))
         self._open: set[_Connection] = set()
         self._per_client: Counter[str] = Counter()
         self._bcrypt_pending: Counter[str] = Counter()
