@@ -87,10 +87,11 @@ class _Families:
 def server_families(result: ServerResult) -> list[Metric]:
     out = _Families()
     server = {"server": result.name}
+    collector = {"collector": "server", **server}
     outcome = result.outcome
     out.add("exchange_up", "1 if the last WinRM poll of the server succeeded.", server,
             1 if outcome and outcome.success else 0)
-    _collector_metrics(out, "server", server, outcome, result.last_success)
+    _collector_metrics(out, collector, outcome, result.last_success)
     state = result.state
     if state is None:
         return list(out)
@@ -200,7 +201,7 @@ def server_families(result: ServerResult) -> list[Metric]:
                 {**server, "stage": stage}, seconds)
     for failure in state.collection_errors:
         out.add("exchange_collector_partial_failure", PARTIAL_FAILURE_HELP,
-                {"collector": "server", **server, "part": failure.part, "reason": failure.reason}, 1)
+                {**collector, "part": failure.part, "reason": failure.reason}, 1)
     return list(out)
 
 
@@ -222,8 +223,7 @@ def _update_path_metrics(out: _Families, server: dict[str, str], build: BuildVer
             server, _ts(build.update_path_since))
 
 
-def _collector_metrics(out: _Families, collector: str, labels: dict[str, str], outcome, last_success) -> None:
-    labels = {"collector": collector, **labels}
+def _collector_metrics(out: _Families, labels: dict[str, str], outcome, last_success) -> None:
     if outcome is None:
         return
     out.add("exchange_collector_success", "1 if the collector's last run succeeded.", labels,
@@ -257,17 +257,17 @@ def organization_families(org: OrganizationResult, status: SelfStatus) -> list[M
     comes from shard 0. The collector's own state is each instance's."""
     index, count = status.shard
     out = _Families()
-    _collector_metrics(out, "organization", {"organization": org.name}, org.outcome, org.last_success)
+    collector = {"collector": "organization", "organization": org.name}
+    _collector_metrics(out, collector, org.outcome, org.last_success)
     facts = org.facts
     if facts is None:
         return list(out)
     out.add("exchange_collector_dropped_label_values",
             "Values in the collector's last successful output refused as label values: over the per-list cap or not "
-            "of the expected shape (mitigation IDs, server names).",
-            {"collector": "organization", "organization": org.name}, facts.dropped_label_values)
+            "of the expected shape (mitigation IDs, server names).", collector, facts.dropped_label_values)
     if facts.parse_notes:  # a field of the wrong type was left out: what depends on it is unknown, not absent
         out.add("exchange_collector_partial_failure", PARTIAL_FAILURE_HELP,
-                {"collector": "organization", "organization": org.name, "part": "parse", "reason": "other"}, 1)
+                {**collector, "part": "parse", "reason": "other"}, 1)
     if facts.mitigations_enabled is not None and index == 0:
         out.add("exchange_eems_mitigations_enabled", MITIGATIONS_ENABLED_HELP,
                 {"scope": "organization", "organization": org.name}, 1 if facts.mitigations_enabled else 0)
@@ -276,7 +276,7 @@ def organization_families(org: OrganizationResult, status: SelfStatus) -> list[M
         # query config"), whose Get-ExchangeServer has no Mitigations* either: no setting, no blocked list. One of
         # the wrong type is not that: part "parse" above says it, once.
         out.add("exchange_collector_partial_failure", PARTIAL_FAILURE_HELP,
-                {"collector": "organization", "organization": org.name, "part": "settings", "reason": "not_found"}, 1)
+                {**collector, "part": "settings", "reason": "not_found"}, 1)
     for info in facts.servers:
         polled = any(key in status.server_names for key in info.keys())
         mine = next((status.shard_server_names[key] for key in info.keys() if key in status.shard_server_names), None)
