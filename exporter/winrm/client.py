@@ -221,16 +221,16 @@ class ServerConnection(LinkedConnection):
     # ------------------------------------------------------------ requests
 
     def _exchange(self, message: Callable[[int], bytes], deadline: float, *, cleanup_requests: int = 0,
-                  waits: bool = False, opens_shell: bool = False, cleanup: bool = False) -> bytes:
+                  waits: bool = False, minimum: float = MIN_FOLLOW_UP_SECONDS) -> bytes:
         """Send one message by `deadline`, leaving time for `cleanup_requests` more after it, each reckoned at
-        the poll's quickest request. A message that `waits` (Receive: the server holds it until there is
-        output, up to OperationTimeout) does not count towards how long a request takes."""
+        the poll's quickest request, and not with less than `minimum` seconds left. A message that `waits`
+        (Receive: the server holds it until there is output, up to OperationTimeout) does not count towards how
+        long a request takes."""
         deadline -= cleanup_requests * max(self._quickest, MIN_CLEANUP_ESTIMATE_SECONDS)
         kept, started = self._link.channel, time.monotonic()
         channel = self._link.open(deadline)
         if channel is not kept:  # connected and authenticated now: each handshake request is one round trip
             self._took((time.monotonic() - started) / max(1, channel.connection.requests))
-        minimum = MIN_REQUEST_SECONDS if opens_shell else MIN_CLEANUP_SECONDS if cleanup else MIN_FOLLOW_UP_SECONDS
         operation, timeout = request_timeouts(self.module, deadline, minimum)
         started = time.monotonic()
         answer = channel.exchange(message(operation), deadline=deadline, timeout=timeout)
@@ -281,7 +281,7 @@ class ServerConnection(LinkedConnection):
         intact = True
         try:
             shell_id = wsman.shell_id(self._exchange(lambda op: wsman.create(op, SHELL_IDLE_TIMEOUT), deadline,
-                                                     cleanup_requests=1, opens_shell=True))
+                                                     cleanup_requests=1, minimum=MIN_REQUEST_SECONDS))
             # WINRS_SKIP_CMD_SHELL: CreateProcess's 32,767-character limit instead of cmd.exe's 8,191 (scripts.py)
             try:
                 command_id = wsman.command_id(self._exchange(
@@ -329,7 +329,7 @@ class ServerConnection(LinkedConnection):
     def _delete(self, shell_id: str, deadline: float) -> None:
         message_id = uuid.uuid4()
         wsman.check_relates_to(self._exchange(lambda op: wsman.delete(op, shell_id, message_id), deadline,
-                                              cleanup=True), message_id)
+                                              minimum=MIN_CLEANUP_SECONDS), message_id)
 
     def _delete_orphans(self, deadline: float) -> None:
         """Delete shells a failed poll could not: a server that refused or dropped the connection then may
@@ -352,7 +352,7 @@ class ServerConnection(LinkedConnection):
                 try:
                     wsman.check_relates_to(self._exchange(
                         lambda op: wsman.signal_terminate(op, shell_id, command_id, message_id), deadline,
-                        cleanup_requests=1, cleanup=True), message_id)
+                        cleanup_requests=1, minimum=MIN_CLEANUP_SECONDS), message_id)
                 except WSManFault:  # the command may already be gone; Delete still matters
                     pass
             self._delete(shell_id, deadline)
