@@ -295,7 +295,6 @@ class ExporterHTTPServer:
         """Answer requests until one ends the connection; True when it ends in order (close, not abort).
         `deadline`: the loop's time by which the first request must have arrived."""
         while True:
-            connection.busy = False
             try:
                 async with asyncio.timeout_at(deadline):
                     request = await read_request(reader, writer)
