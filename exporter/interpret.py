@@ -11,8 +11,7 @@ naming a known fetch failure, or an Error about fetching mitigations, is a faile
 such line); one without is a successful check (its time is the check-start line). Other Warning/Error lines
 are counted apart. Fetch-failure lines before any check-start line are a failed check of their own. The newest
 cycle counts as a success only once a line follows its check-start line and it is CHECK_SETTLE old, so a check
-still in progress when the tail was read is not reported as a success: a check logs its start, "Using Proxy" and
-its diagnostic-data line before its fetch fails.
+still in progress when the tail was read is not reported as a success.
 
 Activity: the newest trace of the service at all (an EEMS event of any id, a log line, the newest write
 into the log folder) needs no guessed text. With the absence of fetch errors since, it is the success
@@ -401,10 +400,9 @@ def _failed_fetches_met(failed_events: list[datetime], files: list[tuple[RawLog,
 def _cycles(records: list[LogRecord]) -> tuple[list[_Cycle], list[datetime]]:
     """The checks in the log, and the times of problem lines that are not about fetching mitigations.
 
-    A Warning/Error line fails its check only when it is about fetching (its text names a known fetch failure,
-    or it is an Error mentioning "fetching mitigations"), the rule 1008 events (Errors) follow: EEMS logs other
-    errors too (Learn: 1008 is logged "for any encountered errors"), and one of those per hour must not read as a
-    failing server.
+    A Warning/Error line fails its check only when it is about fetching (`is_fetch_problem`), the rule 1008 events
+    (Errors) follow: EEMS logs other errors too (Learn: 1008 is logged "for any encountered errors"), and one of
+    those per hour must not read as a failing server.
 
     A fetch failure with no check-start line before it (the start text is GRANIKOS's, from one build; or the tail
     begins inside a check) is a failed check of its own, started at its first line: the failure texts are
