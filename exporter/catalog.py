@@ -200,11 +200,9 @@ class Catalog:
         self._final_cu: dict[str, tuple[int, int, int]] = {
             product: triple for (product, triple), cu_builds in self._cus.items()
             if servicing.get(product) is not None and cu_builds[0].cu == servicing[product].final_cu}
-        self._releases: dict[str, list[date]] = {}
-        for build in builds.values():
+        self._releases: dict[str, list[date]] = {}  # each product's release dates, in order
+        for build in sorted(builds.values(), key=lambda b: b.released):
             self._releases.setdefault(build.product, []).append(build.released)
-        for dates in self._releases.values():
-            dates.sort()
         self.newest_release: date = max(b.released for b in builds.values())
         # Since when the catalog is known to be current: a list with nothing new still says nothing was missing
         self.checked: date = max(self.newest_release, checked or self.newest_release)
