@@ -195,12 +195,10 @@ class Connections:
         """After a reload or a discovery: retire the connections of servers this instance no longer polls
         (removed, no longer discovered, moved to another shard) and those whose settings changed; the others stay
         as they are."""
-        to_close = []
         with self._lock:
             self._followed = config, targets
-            for key, entry in list(self._pool.items()):
-                if not self._belongs(key, entry.settings):
-                    to_close.append(self._retire(key))
+            to_close = [self._retire(key) for key, entry in list(self._pool.items())
+                        if not self._belongs(key, entry.settings)]
             self._server_locks = {name: lock for name, lock in self._server_locks.items()
                                   if _target_of(targets, name) is not None or lock.locked()}
         for connection in to_close:
