@@ -135,11 +135,21 @@ class Receiver:
         self.server.server_close()
 
 
-def wait_ready(url: str, process: subprocess.Popen, name: str, timeout: float = 60) -> None:
+def exited(name: str, process: subprocess.Popen, log: Path) -> str:
+    """Why a program stopped: its exit code and the end of its log, which goes with the temporary folder."""
+    try:
+        tail = log.read_text(errors="replace").splitlines()[-5:]
+    except OSError:
+        tail = []
+    return "\n".join([f"demo-stack: {name} exited with code {process.returncode}; the end of its log:",
+                      *(f"  {line}" for line in tail)])
+
+
+def wait_ready(url: str, process: subprocess.Popen, name: str, log: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"demo-stack: {name} exited with code {process.returncode}")
+            raise SystemExit(exited(name, process, log))
         try:
             with HTTP.open(url, timeout=2) as response:
                 if response.status == 200:
@@ -151,7 +161,7 @@ def wait_ready(url: str, process: subprocess.Popen, name: str, timeout: float = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--fast", action="store_true",
                         help="rules without their for: wait; scrapes, evaluations and Alertmanager's group_wait and "
                              "group_interval every 10s")
@@ -198,9 +208,9 @@ def main(argv: list[str] | None = None) -> int:
                                     "--cluster.listen-address="])
         prom = start("prometheus", [prometheus_bin, f"--config.file={workdir / 'prometheus.yml'}",
                                     f"--storage.tsdb.path={workdir / 'prometheus'}", f"--web.listen-address={prometheus}"])
-        wait_ready(f"http://{exporter}/-/healthy", demo, "the demo (simulator and exporter)")
-        wait_ready(f"http://{alertmanager}/-/ready", am, "Alertmanager")
-        wait_ready(f"http://{prometheus}/-/ready", prom, "Prometheus")
+        wait_ready(f"http://{exporter}/-/healthy", demo, "the demo (simulator and exporter)", workdir / "demo.log")
+        wait_ready(f"http://{alertmanager}/-/ready", am, "Alertmanager", workdir / "alertmanager.log")
+        wait_ready(f"http://{prometheus}/-/ready", prom, "Prometheus", workdir / "prometheus.log")
         first = "within a minute" if args.fast else "after about 7 minutes (the rules' for: 5m, then group_wait 1m)"
         print(f"Exporter:      http://{exporter}/metrics\n"
               f"Prometheus:    http://{prometheus}/alerts\n"
@@ -210,8 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         while not stop.wait(0.5):
             for name, process in processes:
                 if process.poll() is not None:
-                    print(f"demo-stack: {name} exited with code {process.returncode}; see {workdir / (name + '.log')}",
-                          file=sys.stderr)
+                    print(exited(name, process, workdir / f"{name}.log"), file=sys.stderr)
                     return 1
         return 0
     finally:

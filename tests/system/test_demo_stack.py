@@ -100,3 +100,26 @@ def test_notifications_arriving_together_print_whole_lines(tmp_path, monkeypatch
     assert len(console.writes) == 8 and all(w.endswith("\n") and w.count("\n") == 1 for w in console.writes), console.writes
     lines = "".join(console.writes).splitlines()
     assert all(line.startswith("PAGER") and line.count("firing") == 1 for line in lines), lines
+
+
+def test_a_program_that_cannot_start_says_why_though_its_log_folder_is_removed(tmp_path, monkeypatch):
+    """`make demo-stack` after `make demo` was left running (or beside another Alertmanager): a program of the stack
+    cannot bind its port and exits. The stack said only `Alertmanager exited with code 1` and removed its temporary
+    folder, log included, so nothing said why; it now prints the end of that program's log."""
+    binary("prometheus"), binary("prometheus-alertmanager")
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    scenario = tmp_path / "demo.yaml"
+    scenario.write_text(yaml.safe_dump(relocate(demo_scenario())))
+    ports = {name: free_port() for name in ("exporter", "prometheus", "alertmanager", "webhook")}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", ports["alertmanager"]))
+        taken.listen()
+        process = subprocess.run(
+            [sys.executable, str(REPO / "tools" / "demo_stack.py"), "--scenario", str(scenario),
+             *[f"--{name}-port={port}" for name, port in ports.items()]],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert process.returncode != 0, process.stdout
+    assert "Alertmanager exited" in process.stdout, process.stdout
+    assert "address already in use" in process.stdout, process.stdout
+    assert not [name for name, port in ports.items() if name != "alertmanager" and listening(port)], \
+        "a program of the stack still listens"
