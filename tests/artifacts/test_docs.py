@@ -362,3 +362,24 @@ def test_exchanges_endpoint_is_documented_where_iis_serves_it(tmp_path, monkeypa
         assert (target.scheme, target.port) in (("http", 80), ("https", 443)), f"{where}: {target}"
         checked.append(where)
     assert checked, "no documented configuration shows the organization collector at Exchange's endpoint"
+
+
+def test_the_runbooks_send_an_admin_where_a_partial_failures_message_is():
+    """docs/runbooks.md (ExchangeCollectorBlind) said `exchange_collector_partial_failure` carries the message, and
+    that its message "(and the exporter's log)" says what failed for reason `other`. The series has only `part` and
+    `reason`, and nothing logs a partial failure: the admin looked in Prometheus and the log and found no text. The
+    message is on the server's page (/server?name=SERVER) and in `poll`'s collection_errors."""
+    from dataclasses import replace
+
+    from exporter.model import PartialFailure
+
+    from ..unit.test_metrics import STATE, series
+    message = "Attempted to perform an unauthorized operation."
+    rendered = series(replace(STATE, collection_errors=(PartialFailure("events", "other", message),)))
+    labels = [dict(labels) for name, labels in rendered if name == "exchange_collector_partial_failure"]
+    assert labels and not any(message in value for found in labels for value in found.values())
+    section = " ".join((DOCS / "runbooks.md").read_text().partition("## ExchangeCollectorBlind")[2]
+                       .partition("\n## ")[0].split())
+    assert "/server?name=" in section and "collection_errors" in section
+    assert not re.search(r"`exchange_collector_partial_failure` carries|message of `exchange_collector_partial_failure`"
+                         r"|exporter's log\) says", section), "the series has no message, and nothing logs it"
