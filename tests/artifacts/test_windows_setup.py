@@ -106,3 +106,16 @@ def test_the_closing_check_says_what_a_failed_poll_means_over_powershell_remotin
     for phrase in ("protocol: psrp", "configuration_not_found", "endpoint_outdated", "--group",
                    "Install-ExchangeEemsEndpoint.ps1"):
         assert phrase in closing, phrase
+
+
+def test_the_listener_certificate_is_found_by_the_server_authentication_oid():
+    """Section 2 picked the listener's certificate by `EnhancedKeyUsageList.FriendlyName -contains 'Server
+    Authentication'`: a display name, which Windows gives in its own language (F24), as it does the group names
+    that the page already finds by SID. Where it does not match, `$Cert` is empty and `New-Item` is handed no
+    thumbprint. The OID is the same everywhere."""
+    blocks = [(w, b) for w, b in powershell_blocks() if "EnhancedKeyUsageList" in b]
+    assert blocks
+    for where, block in blocks:
+        assert "ObjectId -contains '1.3.6.1.5.5.7.3.1'" in block, where
+        assert "FriendlyName" not in block, where
+        assert re.search(r"if\s*\(-not \$Cert\)", block), f"{where}: New-Item without a certificate"
