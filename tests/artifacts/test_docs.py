@@ -383,3 +383,24 @@ def test_the_runbooks_send_an_admin_where_a_partial_failures_message_is():
     assert "/server?name=" in section and "collection_errors" in section
     assert not re.search(r"`exchange_collector_partial_failure` carries|message of `exchange_collector_partial_failure`"
                          r"|exporter's log\) says", section), "the series has no message, and nothing logs it"
+
+
+def test_every_table_row_has_its_headers_cells():
+    """GitHub drops the cells of a row beyond its table's header. docs/metrics.md gave
+    `exchange_eems_script_stage_seconds` a fourth cell, its source, in a three-column table: the source never
+    showed. Pipes split cells even inside backticks unless escaped (`\\|`)."""
+    wrong = []
+    for path in [README, *sorted(DOCS.rglob("*.md"))]:
+        header, fenced = None, False
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if line.startswith("```"):
+                fenced = not fenced
+            if fenced or not line.startswith("|"):
+                header = None
+                continue
+            cells = len(re.split(r"(?<!\\)\|", line.strip())) - 2
+            if header is None:
+                header = cells
+            elif cells != header:
+                wrong.append(f"{path.relative_to(ROOT)}:{number}: {cells} cells, the header has {header}")
+    assert wrong == []
