@@ -1,4 +1,5 @@
-"""Command line: `run` (default), `check-config`, `poll`, `diagnose`, `build`, `catalog update|diff`, `rules`, `demo`.
+"""Command line: `run` (default), `check-config`, `poll`, `diagnose`, `build`, `catalog update|diff`, `rules`,
+`windows-endpoint`, `demo`.
 
 Arguments only: every command hands over to the module that does the work. Expected failures (a bad
 config, a bad version) print one line and exit 2, never a traceback.
@@ -374,7 +375,7 @@ def _servicing_text(data: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="exchange-eems-exporter", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="exchange-eems-exporter", description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command")
 

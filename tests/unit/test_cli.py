@@ -424,3 +424,15 @@ def test_every_configuration_key_the_help_names_exists():
         r"\b((?:poll|limits|organization|servers\[\]|modules\.NAME)\.[a-z_]+)", " ".join(text.split()))}
     assert named, "the help names configuration keys"
     assert named <= known, sorted(named - known)
+
+
+def test_the_top_level_help_names_every_command():
+    """`exchange-eems-exporter --help` lists the commands in its description; `windows-endpoint`, the command the
+    README's JEA path starts with, was missing from it."""
+    import argparse
+
+    from exporter.cli import build_parser
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [name for name in commands.choices if f"`{name}" not in parser.description]
+    assert missing == []
