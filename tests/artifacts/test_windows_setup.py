@@ -119,3 +119,11 @@ def test_the_listener_certificate_is_found_by_the_server_authentication_oid():
         assert "ObjectId -contains '1.3.6.1.5.5.7.3.1'" in block, where
         assert "FriendlyName" not in block, where
         assert re.search(r"if\s*\(-not \$Cert\)", block), f"{where}: New-Item without a certificate"
+
+
+def test_the_startup_script_goes_where_windows_runs_it_as_powershell():
+    """A GPO keeps Windows PowerShell startup scripts apart from the others (F25): the startup properties have a
+    Scripts tab and a PowerShell Scripts tab. The page said only "Scripts > Startup"; a `.ps1` added on the Scripts
+    tab is not run by PowerShell, and nothing of sections 1.1 to 1.5 is applied, with no error on the page's side."""
+    gpo = " ".join(PAGE.read_text().split("### As a Group Policy", 1)[1].split("\n## ", 1)[0].split())
+    assert "**PowerShell Scripts** tab" in gpo and "(F25)" in gpo, gpo
