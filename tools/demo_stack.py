@@ -160,7 +160,7 @@ def wait_ready(url: str, process: subprocess.Popen, name: str, log: Path, timeou
     raise SystemExit(f"demo-stack: {name} did not answer {url} within {timeout:.0f}s")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--fast", action="store_true",
                         help="rules without their for: wait; scrapes, evaluations and Alertmanager's group_wait and "
@@ -171,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name}-port", type=int, default=port, help=f"default {port}")
     parser.add_argument("--workdir", type=Path, help="where the configurations and data go (default: a temporary "
                                                      "folder, removed at the end)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     prometheus_bin = binary("prometheus")
     alertmanager_bin = binary("prometheus-alertmanager", "alertmanager")
 

@@ -123,3 +123,20 @@ def test_a_program_that_cannot_start_says_why_though_its_log_folder_is_removed(t
     assert "address already in use" in process.stdout, process.stdout
     assert not [name for name, port in ports.items() if name != "alertmanager" and listening(port)], \
         "a program of the stack still listens"
+
+
+def test_every_option_the_readme_gives_the_stack_exists():
+    """The README's `make demo-stack` paragraph passes options through DEMO_ARGS (`--fast`, the ports to move
+    beside a Prometheus or Alertmanager of one's own); each must be one tools/demo_stack.py takes."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.spec_from_file_location("demo_stack", REPO / "tools" / "demo_stack.py")
+    demo_stack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo_stack)
+    readme = (REPO / "README.md").read_text()
+    paragraph = readme[readme.index("`make demo-stack` (tools/demo_stack.py"):]
+    given = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", paragraph[:paragraph.index("\n\n")]))
+    assert {"--fast", "--prometheus-port", "--alertmanager-port"} <= given
+    taken = {option for action in demo_stack.build_parser()._actions for option in action.option_strings}
+    assert given - taken == set()
