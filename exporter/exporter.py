@@ -7,6 +7,8 @@ which swaps configuration, catalog and targets in one step or keeps the old ones
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from .catalog import Catalog
@@ -30,6 +32,7 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=False)  # the process's own metrics
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=self.registry)
+        self.start_time = time.time()  # exchange_exporter_start_time_seconds, on every platform
         self._exposition = CachedExposition()
 
     def self_status(self) -> SelfStatus:
@@ -49,6 +52,7 @@ class Exporter:
             shard_server_names=current.targets.polled_names,
             shard_servers=current.targets.per_shard,
             probe_targets=() if current.config.poll.background else tuple(t.name for t in current.targets.polled),
+            start_time=self.start_time,
         )
 
     # ------------------------------------------------------------ what the handlers read

@@ -50,6 +50,7 @@ class SelfStatus:
     shard_servers: tuple[int, ...] = ()  # the servers of each shard, by index
     catalog_checked: date | None = None  # the day the catalog was last known current (default: its newest release)
     probe_targets: tuple[str, ...] = ()  # probe-only (poll.background: false): the servers only a /probe polls
+    start_time: float | None = None  # when this exporter started (Unix seconds); a reload keeps it
 
 
 def _ts(value: datetime | date | None) -> float | None:
@@ -321,6 +322,10 @@ def self_families(self_status: SelfStatus) -> list[Metric]:
             "Microsoft's list, or its newest build's release if later (ExchangeCatalogStale).", {},
             _ts(max(self_status.catalog_checked or self_status.catalog_newest_release,
                     self_status.catalog_newest_release)))
+    # ExchangeExporterRestarting counts its changes. process_start_time_seconds says the same, but prometheus_client
+    # reads it from /proc (Linux only), and the reload timestamp also changes at every reload, which starts nothing.
+    out.add("exchange_exporter_start_time_seconds", "When this exporter started, since the Unix epoch; a reload keeps "
+            "it (ExchangeExporterRestarting).", {}, self_status.start_time)
     out.add("exchange_exporter_poll_interval_seconds", "Configured background poll interval.", {},
             self_status.poll_interval_seconds)
     out.add("exchange_exporter_servers", "Exchange servers this exporter knows: configured plus discovered, of every "

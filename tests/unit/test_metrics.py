@@ -291,7 +291,7 @@ def test_self_series():
     status = SelfStatus(catalog_newest_release=date(2026, 6, 9), poll_interval_seconds=300.0,
                         last_reload_successful=False, last_reload_timestamp=1764158400.0,
                         credential_paused={"winrm_b": False, "winrm_a": True}, servers=7, shard=(1, 3),
-                        shard_servers=(2, 3, 2))
+                        shard_servers=(2, 3, 2), start_time=1764158000.5)
     found = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in self_families(status) for s in f.samples}
     assert found == {
         ("exchange_exporter_build_info", (("version", __version__),)): 1,
@@ -301,6 +301,7 @@ def test_self_series():
         ("exchange_exporter_shard_servers", (("shard", "2"), ("shards", "3"))): 2,
         ("exchange_catalog_newest_release_timestamp_seconds", ()): datetime(2026, 6, 9, tzinfo=timezone.utc).timestamp(),
         ("exchange_catalog_checked_timestamp_seconds", ()): datetime(2026, 6, 9, tzinfo=timezone.utc).timestamp(),
+        ("exchange_exporter_start_time_seconds", ()): 1764158000.5,
         ("exchange_exporter_poll_interval_seconds", ()): 300.0,
         ("exchange_exporter_servers", ()): 7,
         ("exchange_exporter_config_last_reload_successful", ()): 0,
