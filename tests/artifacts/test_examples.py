@@ -9,10 +9,16 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from datetime import date
 from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from exporter.metrics import SelfStatus, _encode, _format, self_families
+from exporter.web import alerts
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -144,6 +150,25 @@ def test_the_probe_examples_self_job_keeps_every_organization_metric():
     section = (ROOT / "docs" / "metrics.md").read_text().split("## Organization collector", 1)[1].split("\n## ", 1)[0]
     names = sorted(set(re.findall(r"^\| `(exchange_[a-z_]+)`", section, flags=re.MULTILINE)))
     assert names and not [n for n in names if not re.fullmatch(regex, f"{n};")]
+
+
+def test_the_probe_examples_self_job_keeps_every_series_of_its_metrics_a_rule_reads():
+    """A probe-only exporter's /metrics is its own metrics after prometheus_client's process ones; whatever of it a
+    rule reads must pass the exchange-eems-self job's keep regex. ExchangeExporterRestarting read
+    process_start_time_seconds, which it drops, so a crash loop paged no one in this setup, even on Linux."""
+    job = next(j for j in yaml.safe_load((EXAMPLES / "prometheus-probe.yml").read_text())["scrape_configs"]
+               if j["job_name"] == "exchange-eems-self")
+    regex = job["metric_relabel_configs"][0]["regex"]
+    registry = CollectorRegistry(auto_describe=False)
+    for collector in (ProcessCollector, PlatformCollector, GCCollector):  # as Exporter registers them
+        collector(registry=registry)
+    status = SelfStatus(date(2026, 6, 9), 300.0, True, 1764158400.0, start_time=1764158000.0, servers=2,
+                        shard_servers=(2,), probe_targets=("EX01", "EX02"))
+    body, _ = _encode([_format(self_families(status))], registry, "")
+    samples = [(s.name, s.labels, s.value) for f in parse_text(body.decode()) for s in f.samples]
+    read = alerts.read_by_rules(samples)
+    assert read and [name for name, labels, _ in read
+                     if not re.fullmatch(regex, f"{name};{labels.get('collector', '')}")] == []
 
 
 def test_routing_on_a_target_label_says_which_alert_lacks_it(tmp_path):

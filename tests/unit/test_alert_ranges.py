@@ -1,9 +1,9 @@
 """The pages' evaluator and the two range functions of the rules, over one instant.
 
 The rules set a server's facts aside once `max_over_time(exchange_up[15m]) == 0` and page a restart loop on
-`changes(process_start_time_seconds[1h])`. The pages have the samples of now only: a window holds that one sample,
-so the first is the sample (as if it had held for the window, as an alert is shown with its `for:`) and the second
-is 0.
+`changes(exchange_exporter_start_time_seconds[1h])`. The pages have the samples of now only: a window holds that one
+sample, so the first is the sample (as if it had held for the window, as an alert is shown with its `for:`) and the
+second is 0.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ def test_a_server_whose_last_poll_failed_shows_only_that_it_cannot_be_polled():
 
 
 def test_a_restart_loop_is_for_prometheus_to_see():
-    """One sample of process_start_time_seconds has no change in it: ExchangeExporterRestarting never holds here."""
-    samples = [("process_start_time_seconds", {}, NOW - 60.0)]
+    """One sample of exchange_exporter_start_time_seconds has no change in it: ExchangeExporterRestarting never
+    holds here."""
+    samples = [("exchange_exporter_start_time_seconds", {}, NOW - 60.0)]
     assert alerts.evaluated(alerts.read_by_rules(samples), NOW)[0] == []
     assert alerts.read_by_rules(samples) == samples, "the rule's selector is read"
 
