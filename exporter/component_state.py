@@ -27,9 +27,10 @@ import re
 from .model import RawComponentState
 
 STATES = ("active", "inactive", "draining", "unrecognised")  # label `state` of exchange_server_component_local_state
-# ServiceState (Microsoft.Exchange.Data): Inactive 0 and Active 1 in Microsoft's serialized Get-ServerComponentState;
-# Draining's number is not shown there, so only its name is read.
-_NUMBERS = {"0": "inactive", "1": "active"}
+# ServiceState (Microsoft.Exchange.Data): Inactive 0 and Active 1 in Microsoft's serialized Get-ServerComponentState,
+# Draining 3 (not 2) in the Active Directory copies that Exchange Setup's recorded logs print
+# (docs/reference/server-component-states.md, C5 and C10); 2 is no state.
+_NUMBERS = {"0": "inactive", "1": "active", "3": "draining"}
 _GUESSED_FORMAT = re.compile(r"[^:]*:([A-Za-z]+|[0-9]+):[0-9]{1,19}")
 
 

@@ -32,7 +32,8 @@ def _raw(value: str, requester: str = "Maintenance") -> RawComponentState:
     (f"1:Inactive:{TICKS}", "inactive"),
     (f"1:draining:{TICKS}", "draining"),
     (f"0:{TICKS}", "unrecognised"),  # two fields: which is the state is not guessed
-    (f"1:2:{TICKS}", "unrecognised"),  # Draining's number is not shown in Microsoft's output
+    (f"1:3:{TICKS}", "draining"),  # Draining is 3 in Setup's recorded Active Directory values
+    (f"1:2:{TICKS}", "unrecognised"),  # no ServiceState has 2
     (f"1:0:{TICKS}:x", "unrecognised"),
     ("1:0:", "unrecognised"),
     ("", "unrecognised"),
