@@ -1,7 +1,7 @@
 $ProgressPreference='SilentlyContinue';$ErrorActionPreference='Stop'
 # Runs in Constrained Language Mode too: .NET calls only in FullLanguage branches; what needs them is then null,
 # and language_mode says why (docs/field-report.md).
-function Err($x){@{id=[string]$x.FullyQualifiedErrorId;type=[string]$x.Exception.pstypenames[0];inner=[string]$x.Exception.InnerException.pstypenames[0];message="$x"}}
+function Err($x){@{id=[string]$x.FullyQualifiedErrorId;type=[string]$x.Exception.pstypenames[0];inner=[string]@($x.Exception.InnerException.pstypenames)[0];message="$x"}}
 $lt=Microsoft.PowerShell.Utility\Get-Date
 $r=@{schema=1;computer=$env:COMPUTERNAME;now=[DateTime]::UtcNow;utc_offset_minutes=[int]($lt-$lt.ToUniversalTime()).TotalMinutes;language_mode=[string]$ExecutionContext.SessionState.LanguageMode;powershell=[string]$PSVersionTable.PSVersion;culture=$null;ui_culture=$null;is_admin=$null;exsetup_version=$null;winhttp_settings=$null;service=$null;service_key=$null;service_sddl=$null;log_folder=$null;log_files=@();events=@();event_errors=@();event_error_count=$null;event_query_seconds=$null;errors=@()}
 # The server's UTC offsets over the lookback, as collect_server.ps1 sends them (the same lines; the field report

@@ -4,7 +4,8 @@ The simulator recognises our scripts by their marker line and never runs them, s
 unterminated string would pass every other test and fail on every real server. tree-sitter-powershell
 (from PyPI) is an independent grammar: each variant that `exporter.scripts` can build must parse with zero
 ERROR and zero MISSING nodes. Variants are enumerated from the parameter dataclasses, so a parameter added
-later is covered without touching this file.
+later is covered without touching this file. The same tree finds what parses but fails when it runs, which
+the simulator cannot show either: an index into a property that may be null (`indexed_properties`).
 """
 
 from __future__ import annotations
@@ -98,3 +99,40 @@ def test_a_broken_script_is_caught(breakage):
         broken = breakage(script)
         assert broken != script, name
         assert syntax_problems(broken), f"{name}: the grammar accepted a broken script"
+
+
+# Properties the scripts index that are never null: every ErrorRecord has its Exception, every object its pstypenames.
+NEVER_NULL = ("$e.Exception.pstypenames", "$x.Exception.pstypenames")
+
+
+def indexed_properties(script: str) -> list[str]:
+    """Each property read the script indexes (`$a.b[0]`), other than those in NEVER_NULL. PowerShell throws NullArray
+    for an index into null, strict mode or not (Binders.cs PSGetIndexBinder): in the scripts, under
+    ErrorActionPreference Stop, that ends the script, and inside Fail, inside a catch, for the error it was
+    recording. `@($a.b)[0]` is $null there instead."""
+    source = script.encode("utf-8")
+    found: list[str] = []
+
+    def walk(node: Node) -> None:
+        if node.type == "element_access" and node.children[0].type == "member_access":
+            target = source[node.children[0].start_byte:node.children[0].end_byte].decode("utf-8")
+            if target not in NEVER_NULL:
+                found.append(f"line {node.start_point[0] + 1}: {target}[...]")
+        for child in node.children:
+            walk(child)
+
+    walk(PARSER.parse(source).root_node)
+    return found
+
+
+@pytest.mark.parametrize("name", list(variants()), ids=str)
+def test_no_script_indexes_a_property_that_may_be_null(name):
+    """An error without an InnerException (most of them) made Fail throw, and the poll fail, where it was to be
+    recorded as a partial failure."""
+    assert indexed_properties(variants()[name]) == []
+
+
+def test_an_index_into_a_property_that_may_be_null_is_found():
+    assert indexed_properties("$i=[string]$e.Exception.InnerException.pstypenames[0]") == [
+        "line 1: $e.Exception.InnerException.pstypenames[...]"]
+    assert indexed_properties("$i=[string]@($e.Exception.InnerException.pstypenames)[0]") == []
