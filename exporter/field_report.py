@@ -507,8 +507,8 @@ def _maintenance_lines(report: Report, doc: dict) -> None:
     """ServerWideOffline twice: the registry's values as the poll reads them (component_state.py, its format a
     guess), and Get-ServerComponentState's own State, LocalStates and RemoteStates (verdict component_state_format)."""
     registry = doc.get("component_states")
-    if isinstance(registry, dict):
-        error = _error_text(registry.get("error"))
+    if isinstance(registry, dict) and "error" in registry:
+        error = _error_text(registry["error"])
         report.add("maintenance.registry", f"{'absent' if error.startswith('PathNotFound') else 'failed'}: {error}")
     for entry in _requester_entries(registry):
         value = str(entry.get("value"))[:MAX_COMPONENT_STATE_CHARS]
@@ -528,9 +528,8 @@ def _maintenance_lines(report: Report, doc: dict) -> None:
 
 
 def _requester_entries(value: Any) -> list[dict]:
-    """The entries of a list (not an error object) whose requester may name a report line."""
-    if isinstance(value, dict) and "requester" not in value:
-        return []
+    """The entries of a list (as the poll reads one: parse.as_list) whose requester may name a report line; an error
+    object has no requester."""
     return [entry for entry in as_list(value)[:MAX_COMPONENT_STATES] if isinstance(entry, dict)
             and isinstance(entry.get("requester"), str) and REQUESTER.fullmatch(entry["requester"])]
 

@@ -291,3 +291,22 @@ def test_the_registry_reading_of_maintenance_mode_against_exchanges_own():
                         "message": "Cannot find path"}}
     assert status(verdicts(component_states=absent, server_component_state=exchange)["component_state_format"]) \
         == "NOT SHOWN"
+
+
+def test_maintenance_lists_windows_powershell_wrote_as_value_and_count_are_read_as_the_poll_reads_them():
+    """5.1 sometimes writes an array as {"value": [...], "Count": n} (parse.as_list, which the poll reads the
+    registry's entries with): the report called such a list `maintenance.registry: failed: None` and read none of
+    its entries, here or in LocalStates, so the verdict could not be drawn where the poll had read the values."""
+    def wrapped(items: list) -> dict:
+        return {"value": items, "Count": len(items)}
+
+    registry = [{"requester": "Maintenance", "value": "1:0:639000000000000000"},
+                {"requester": "Functional", "value": "1:1:639000000000000000"}]
+    local = [{"requester": "Maintenance", "state": "Inactive", "time": _ms(NOW)},
+             {"requester": "Functional", "state": "Active", "time": _ms(NOW)}]
+    got = _report(_diagnose_output(component_states=wrapped(registry), server_component_state={
+        "state": "Inactive", "local": wrapped(local), "remote": wrapped([])}))
+    assert "maintenance.registry" not in got
+    assert got["maintenance.registry.Maintenance"] == "1:0:639000000000000000 (read as inactive)"
+    assert got["maintenance.exchange.local.Functional"].startswith("Active at ")
+    assert status(got["assumption.component_state_format"]) == "CONFIRMS"
