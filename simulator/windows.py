@@ -318,7 +318,8 @@ class WindowsHost:
             service = {"status": SERVICE_STATUS.index(s.service_status) + 1, "start_type": START_TYPES.index(s.service_start_type)}
         else:
             service = {"status": s.service_status, "start_type": s.service_start_type}
-        component_states = self._component_states(now, texts, errors)
+        reads_states = _READS_COMPONENT_STATES.search(script) is not None
+        component_states = self._component_states(now, texts, errors) if reads_states else None
         if "events" in refused:  # the pipeline fails as it binds, before Get-WinEvent reads anything
             events, query_seconds = [], 0.0
             errors.append(_proxy_refusal("events", refused["events"], texts))
@@ -345,7 +346,7 @@ class WindowsHost:
             "logs": self._array(logs),
             "errors": self._array(errors),
         }
-        if _READS_COMPONENT_STATES.search(script):
+        if reads_states:
             document["component_states"] = component_states
         constrained = s.language_mode == language.CONSTRAINED
         document["language_mode"] = "ConstrainedLanguage" if constrained else "FullLanguage"

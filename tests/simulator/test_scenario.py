@@ -348,6 +348,13 @@ def test_a_script_without_an_event_query_gets_no_events():
     assert doc["events"] == [] and not [e for e in doc["errors"] if e["part"] == "events"]
 
 
+def test_a_script_that_does_not_read_the_component_states_gets_no_error_of_them():
+    """A script without the ServerWideOffline read (an endpoint installed before it) meets no missing key: the
+    simulator wrote a component_state PathNotFound record into every script's errors."""
+    doc = run_body(fleet({"name": "EX01", "build": "15.2.2562.53", "maintenance": "absent"}), BODY)
+    assert "component_states" not in doc and not [e for e in doc["errors"] if e["part"] == "component_state"]
+
+
 def test_success_events_are_off_by_default():
     """Learn: 1005/1006 are logged "for successful actions such as when a mitigation is applied", not hourly."""
     doc = facts(fleet({"name": "EX01", "build": "15.2.2562.53"}))
