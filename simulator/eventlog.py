@@ -89,8 +89,8 @@ NOT_OVERLAPPING = EventQueryError("logs_providers", f"LogsAndProvidersDontOverla
 # A failed read's FullyQualifiedErrorId is the exception's (localized) text and the command; "{text}" is filled in.
 READ_FAILED = EventQueryError("read_failed", "{text}," + _COMMAND, "NotSpecified",
                               "System.Diagnostics.Eventing.Reader.EventLogInvalidDataException")
-LOG_INFO_DENIED = EventQueryError("log_info_denied", f"LogInfoUnavailable,{_COMMAND}", "NotSpecified", "System.Exception",
-                                  "System.UnauthorizedAccessException")
+LOG_INFO_DENIED = EventQueryError("log_info_denied", f"LogInfoUnavailable,{_COMMAND}", "NotSpecified",
+                                  "System.Exception", "System.UnauthorizedAccessException")
 NO_LOG = EventQueryError("no_log", f"NoMatchingLogsFound,{_COMMAND}", "ObjectNotFound", "System.Exception")
 
 

@@ -49,7 +49,8 @@ def issue(subject: str, issuer_key, issuer_name: x509.Name | None, *, ca: bool, 
 
 def write(directory: Path, stem: str, cert, key) -> tuple[Path, Path]:
     """The certificate and its key, the key for its owner only (0600) as a deployment keeps it: at the umask's
-    0644, every web config naming it would earn the warning for a key every user may read (a test that wants it chmods)."""
+    0644, every web config naming it would earn the warning for a key every user may read (a test that wants it
+    chmods)."""
     cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

@@ -9,10 +9,10 @@ module's session configuration (MS-PSRP over WS-Management, MS-PSRP 3.1.5.3):
 - Exchange's own endpoint (`Microsoft.Exchange` at /PowerShell, cmdlets only, under RBAC): the organization
   script becomes `Get-OrganizationConfig` and `Get-ExchangeServer | Select-Object -Property ...`, and their
   objects are written back as the organization script's JSON. A cmdlet the account's RBAC roles do not grant
-  is not in its runspace (CommandNotFoundException): `rbac_denied` (the id: see "Command not found" below). Whether
-  that runspace offers Select-Object is
-  UNCONFIRMED: where it answers CommandNotFoundException for it, the collector asks again for the full objects
-  (about 110 KB a server in a captured Exchange 2019 object), within limits.max_poll_bytes, and keeps doing so;
+  is not in its runspace (CommandNotFoundException): `rbac_denied` (the id: see "Command not found" below).
+  Whether that runspace offers Select-Object is UNCONFIRMED: where it answers CommandNotFoundException for it,
+  the collector asks again for the full objects (about 110 KB a server in a captured Exchange 2019 object),
+  within limits.max_poll_bytes, and keeps doing so;
 - any other configuration (full language, e.g. Microsoft.PowerShell): the script itself.
 
 Command not found: a command the runspace does not have, or (JEA) has but not visible to the connecting user, fails
@@ -22,8 +22,9 @@ Public, invoked from the runspace) throw it with that id, no command resolved to
 `FullyQualifiedErrorId`); LocalPipeline.cs rethrows it unwrapped; EncodeAndDecode.cs sends its ErrorRecord as the
 state's ExceptionAsErrorRecord; test/powershell/engine/Remoting/RoleCapabilityFiles.Tests.ps1 asserts the id for
 a cmdlet outside a role capability; that is PowerShell 7's source, 5.1's is not published: jborean93/pypsrp@42a34ed
-tests/tests_pypsrp/test_integration.py `test_psrp_jea` shows the same text from a real JEA endpoint]. Exchange's refusal of a cmdlet outside the account's roles has the same text
-in real sessions (dmaasland/proxyshell-poc#4 over PSRP; dpaulson45/HealthChecker#530, with the id, in the EMS).
+tests/tests_pypsrp/test_integration.py `test_psrp_jea` shows the same text from a real JEA endpoint]. Exchange's
+refusal of a cmdlet outside the account's roles has the same text in real sessions (dmaasland/proxyshell-poc#4
+over PSRP; dpaulson45/HealthChecker#530, with the id, in the EMS).
 
 The protocol's state is psrpcore's (`ClientRunspacePool`, `ClientPowerShell`: public API, no I/O); the bytes
 travel over the same authenticated link as WinRS (`client.Link`), so PSRP gets the WinRS path's deadline, size

@@ -141,7 +141,6 @@ def test_every_alert_and_threshold_is_documented():
     assert {t for t in thresholds if f"`{t}`" not in doc} == set()
 
 
-
 def test_the_clock_skew_alert_fires_where_kerberos_fails():
     """ExchangeServerClockSkew's threshold is Kerberos' default maximum clock skew, the figure the server page and
     the ticket purchase use: written in the rule file's PromQL, it is held to the one constant here."""

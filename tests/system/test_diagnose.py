@@ -110,7 +110,8 @@ def test_a_german_least_privilege_server_with_an_hourly_utf16_log(reports):
     assert got["rights.service_query"].startswith("DENIED: Get-Service finds no service, but its registry key exists")
     assert got["rights.service_sddl"].startswith("exit 5: ")
     assert got["interpretation.service_state"] == "unknown"
-    assert got["rights.event_log"].startswith("DENIED: LogInfoUnavailable,Microsoft.PowerShell.Commands.GetWinEventCommand")
+    assert got["rights.event_log"].startswith(
+        "DENIED: LogInfoUnavailable,Microsoft.PowerShell.Commands.GetWinEventCommand")
     assert got["rights.event_log"].endswith("Es wurde versucht, einen nicht autorisierten Vorgang auszuführen..")
     assert got["log.naming"].startswith("prefix MitigationService; stamp 48 x yyyyMMddHH (hourly)")
     assert got["log.read.1.encoding"] == "utf-16-le (BOM FF FE)" and got["log.read.1.first_bytes"] == "ff fe 44 00"

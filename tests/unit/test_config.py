@@ -674,8 +674,8 @@ def test_the_keytab_is_read_once_at_load_and_its_digest_is_of_the_bytes_checked(
         from pathlib import Path
         from exporter.config import load_config_text
         opened = []
-        sys.addaudithook(lambda event, args: opened.append(args[0]) if event == "open" and str(args[0]) == {str(keytab)!r}
-                         else None)
+        sys.addaudithook(lambda event, args: opened.append(args[0])
+                         if event == "open" and str(args[0]) == {str(keytab)!r} else None)
         config = load_config_text({(text + ONE_SERVER)!r}, Path({str(tmp_path)!r}))
         print(len(opened), config.modules["default"].keytab_digest)
         """)

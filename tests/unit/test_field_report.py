@@ -35,7 +35,6 @@ def _report(diagnose_output: bytes, redact_names=None, culture=None) -> dict[str
     return lines(text)
 
 
-
 def test_an_application_log_the_account_may_not_read_is_denied_in_the_report():
     """Windows PowerShell 5.1 says so with LogInfoUnavailable around an UnauthorizedAccessException, then
     NoMatchingLogsFound (GetEventCommand.cs; PowerShell/PowerShell#10637): before, the report said "ok"."""
@@ -47,6 +46,7 @@ def test_an_application_log_the_account_may_not_read_is_denied_in_the_report():
               "message": 'There is not an event log on the localhost computer that matches "Application".'}
     got = _report(_diagnose_output(event_errors=[config, no_log]))
     assert got["rights.event_log"].startswith("DENIED: LogInfoUnavailable")
+
 
 def test_least_privilege_account_and_localized_errors():
     denied = {"id": "NoServiceFoundForGivenName,Microsoft.PowerShell.Commands.GetServiceCommand",

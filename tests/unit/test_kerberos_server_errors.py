@@ -150,7 +150,6 @@ def test_a_server_that_cannot_decrypt_its_ticket_is_no_rejected_credential(kdc_f
     assert tickets.ccache(time.monotonic() + 10) == cache and tickets.acquisitions == 1
 
 
-
 def spnego_wrapped(token: bytes) -> bytes:
     """`token` as the responseToken of a SPNEGO NegTokenResp (RFC 4178 4.2.2), negState accept-incomplete: how a
     Windows server framed its KRB-ERROR in the capture below."""
