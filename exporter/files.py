@@ -18,9 +18,15 @@ def read_regular_file(path: Path | str, max_bytes: int) -> bytes:
     bound); OSError for a path that is not a regular file, as for one that cannot be read."""
     # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer
     handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:  # checked before fdopen, which refuses a directory with an error that names the descriptor, not the path
+        regular = stat.S_ISREG(os.fstat(handle).st_mode)
+    except OSError:
+        os.close(handle)
+        raise
+    if not regular:
+        os.close(handle)
+        raise OSError(f"{os.fspath(path)!r} is not a regular file")
     with os.fdopen(handle, "rb") as file:
-        if not stat.S_ISREG(os.fstat(handle).st_mode):
-            raise OSError(f"{os.fspath(path)!r} is not a regular file")
         return file.read(max_bytes + 1)
 
 

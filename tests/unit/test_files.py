@@ -101,3 +101,19 @@ def test_a_fifo_named_as_a_tls_file_is_called_so(tmp_path):
     web.write_text(f"tls_server_config:\n  cert_file: {fifo}\n  key_file: {fifo}\n")
     error = _within(5, lambda: WebConfig.load(web))
     assert isinstance(error, WebConfigError) and "is not a regular file" in str(error), repr(error)
+
+
+@pytest.mark.parametrize("entry", ["config", "web_config", "catalog_file", "catalog_from"])
+def test_a_directory_named_as_a_file_is_refused_by_its_path(tmp_path, entry):
+    """fdopen refused a directory with an error naming the descriptor: "Is a directory: 3"."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    reads = {
+        "config": lambda: load_config(folder),
+        "web_config": lambda: WebConfig.load(folder),
+        "catalog_file": lambda: Catalog.load(folder),
+        "catalog_from": lambda: read_source(str(folder)),
+    }
+    error = _within(5, reads[entry])
+    assert isinstance(error, (ConfigError, WebConfigError, CatalogError)), repr(error)
+    assert str(folder) in str(error) and "not a regular file" in str(error), str(error)
