@@ -77,7 +77,7 @@ class RawComponentState:
     a requester's entry, as the server holds it (its format is UNCONFIRMED: component_state.py reads it)."""
 
     component: str  # ServerWideOffline
-    requester: str  # Maintenance, Functional, HealthApi, Sidelined, Deployment, ... (the value's name)
+    requester: str  # Maintenance, Functional, HealthAPI, Sidelined, Deployment, ... (the value's name)
     value: str
 
 

@@ -225,9 +225,9 @@ def exposed_secret_files(config: WebConfig) -> list[str]:
     there pose as the exporter, and the hashes can be cracked offline, or a user added. As for the exporter's
     configuration (config.exposed_secret_files): logged at start and at every reload that applies the file, and
     printed by `check-config --web.config.file`."""
-    warnings = [exposed_to_others(config.key_file, f"{config.path}: tls_server_config.key_file")]
+    warnings = [exposed_to_others(config.key_file, "web config tls_server_config.key_file")]
     if config.users:
-        warnings.append(exposed_to_others(config.path, f"{config.path}: basic_auth_users"))
+        warnings.append(exposed_to_others(config.path, "web config basic_auth_users"))
     return [warning for warning in warnings if warning]
 
 

@@ -92,7 +92,7 @@ def test_check_config_checks_the_web_config_and_warns_of_a_key_every_user_may_re
     key.chmod(0o644)
     result = exporter("check-config", "--config.file", str(path), "--web.config.file", str(web))
     assert result.returncode == 0 and result.stdout.endswith(f"{web}: OK: TLS on, 0 basic_auth users\n"), result.stderr
-    assert result.stderr == (f"warning: {web}: tls_server_config.key_file: {str(key)!r} can be read by every user "
+    assert result.stderr == (f"warning: web config tls_server_config.key_file: {str(key)!r} can be read by every user "
                              "of this host (mode 0644): chmod o-rwx it (in Kubernetes: the Secret volume's "
                              "defaultMode: 0440, with the pod's fsGroup)\n")
     key.chmod(0o600)

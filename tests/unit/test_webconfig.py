@@ -609,9 +609,9 @@ def test_a_tls_key_or_users_file_every_user_may_read_is_named_at_start_and_reloa
     with caplog.at_level(logging.WARNING, logger="exporter.webconfig"):
         watcher = WebConfigWatcher(path, clock=clock.now)
     assert [record.getMessage() for record in caplog.records] == [
-        f"{path}: tls_server_config.key_file: {str(key)!r} can be read by every user of this host (mode 0644): chmod "
+        f"web config tls_server_config.key_file: {str(key)!r} can be read by every user of this host (mode 0644): chmod "
         "o-rwx it (in Kubernetes: the Secret volume's defaultMode: 0440, with the pod's fsGroup)",
-        f"{path}: basic_auth_users: {str(path)!r} can be read and written by every user of this host (mode 0666): "
+        f"web config basic_auth_users: {str(path)!r} can be read and written by every user of this host (mode 0666): "
         "chmod o-rwx it (in Kubernetes: the Secret volume's defaultMode: 0440, with the pod's fsGroup)"]
     caplog.clear()
     path.write_text(path.read_text() + "http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
