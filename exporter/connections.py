@@ -9,8 +9,9 @@ from it. A reload that leaves a server's settings alone leaves its connection al
 
 Every poll that reaches a server logs on with its module's credential, and a domain controller counts each
 rejected logon against the account's lockout threshold: 40 servers polled every 5 minutes with a wrong or
-expired password lock a typical account, and with it every other tool that uses it. So when servers keep
-rejecting a module's credential (`CredentialGuard`), its polls pause, with a growing back-off, and one poll
+expired password lock a typical account, and with it every other tool that uses it. So until a server has
+accepted a module's credential, only as many of its polls log on at once as rejections are left before the pause;
+when servers keep rejecting it (`CredentialGuard`), its polls pause, with a growing back-off, and one poll
 at a time tries again; a reload that changes the module resumes them at once.
 """
 
@@ -113,25 +114,26 @@ class Connections:
     def lease(self, target: Target, module_name: str, config: Config, deadline: float) -> Iterator[Lease]:
         """The connection for polling `target` with `module_name`, held by this poll alone among the polls of
         that server until the block ends. Raises PollFailure when the module's credential is paused
-        (`credential_paused`), or when another poll of the server holds it past `deadline` (monotonic)."""
+        (`credential_paused`), or when another poll of the server, or the polls trying a credential no server has
+        accepted yet (`CredentialGuard.admit`), hold it past `deadline` (monotonic)."""
         settings = _settings(target, module_name, config)
         if settings is None:
             raise PollFailure("not_found", f"module {module_name[:64]!r} is not configured")
         key = target.name.lower()
         server_lock = self._hold(key, deadline)
         try:
-            trial = self.credentials.admit(settings.module)
+            admission = self.credentials.admit(settings.module, deadline)
             try:
                 entry = self._borrow((key, module_name), settings)
-            except BaseException:  # no connection, no outcome: the poll let through after a pause has ended
-                self.credentials.settle(settings.module, target.name, None, trial=trial)
+            except BaseException:  # no connection, no outcome: the poll let through ends without one
+                self.credentials.settle(admission, target.name, None)
                 raise
             lease = Lease(entry.connection)
             try:
                 yield lease
             finally:
                 self._give_back(entry)
-                self.credentials.settle(settings.module, target.name, lease.outcome, trial=trial)
+                self.credentials.settle(admission, target.name, lease.outcome)
         finally:
             server_lock.release()
 
@@ -223,26 +225,54 @@ class _Credential:
     paused_until: float | None = None  # set while paused, and until a poll after the pause succeeds
     pauses: int = 0  # in a row: the next pause is twice as long
     trial: bool = False  # the one poll let through after a pause is running
+    accepted: bool = False  # a server accepted the credential, and none rejected it since
+    running: int = 0  # polls let through that have not settled
+
+    def may_fan_out(self) -> bool:
+        """Whether one more poll may log on now. Until a server has accepted the credential (since the start, or
+        since the reload that made this record) and again after a rejection, only as many polls run at once as
+        rejections are left before the pause: every one of them may be rejected, and the guard counts a rejection
+        only when its poll ends. The count starts at zero at every start, so at the default poll.concurrency a
+        wrong password cost a start 4 to 33 rejected logons, not 3 (test_credential_pause.py). At least one: a
+        server that rejects alone (which never pauses) must not stop the others for ever."""
+        return self.accepted or self.running < max(1, REJECTIONS_TO_PAUSE - self.rejections)
+
+    def accept(self) -> None:
+        """A server accepted the credential: the polls resume (after a pause) and fan out."""
+        self.rejections, self.paused_until, self.pauses, self.trial, self.accepted = 0, None, 0, False, True
+        self.rejecting.clear()
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A poll that `CredentialGuard.admit` let through, for `settle`: the record its outcome counts in (None for a
+    poll with settings a reload replaced, which neither waits nor counts), and whether it is the one poll that
+    tries again after a pause."""
+
+    record: _Credential | None
+    trial: bool = False
 
 
 class CredentialGuard:
-    """Keeps a rejected credential from locking its account out: pause, then one try per growing back-off."""
+    """Keeps a rejected credential from locking its account out: few logons at once until one is accepted, a pause
+    after REJECTIONS_TO_PAUSE rejections, then one try per growing back-off."""
 
     def __init__(self, now: Callable[[], float]):
         self._now = now
-        self._lock = threading.Lock()
+        self._changed = threading.Condition(threading.Lock())  # a poll settled, or a reload forgot a record
         self._modules: dict[str, _Credential] = {}
         self._followed: dict[str, ModuleConfig] | None = None  # the modules of the last `follow`
 
     def follow(self, modules: dict[str, ModuleConfig]) -> None:
         """After a reload: a module whose settings changed starts afresh, so its polls resume at once."""
-        with self._lock:
+        with self._changed:
             self._followed = modules
             for name, state in list(self._modules.items()):
                 if modules.get(name) != state.module:
                     if state.paused_until is not None:
                         log.info("module %s changed: its polls resume", name)
                     del self._modules[name]
+            self._changed.notify_all()  # a poll waiting with the old settings now neither waits nor counts
 
     def _state(self, module: ModuleConfig) -> _Credential | None:
         """What is known of `module`'s credential; None for a poll with other settings of the same name (one that
@@ -255,54 +285,72 @@ class CredentialGuard:
             state = self._modules[module.name] = _Credential(module)
         return state if state is not None and state.module == module else None
 
-    def admit(self, module: ModuleConfig) -> bool:
-        """Let a poll use `module`'s credential (True: it is the one that tries again after a pause), or raise
-        `credential_paused`: while the pause lasts, and after it while the one poll that tries again is out."""
-        with self._lock:
-            state = self._state(module)
-            if state is None or state.paused_until is None:
-                return False
+    def admit(self, module: ModuleConfig, deadline: float) -> Admission:
+        """Let a poll use `module`'s credential, waiting until `deadline` (monotonic) while as many polls as may
+        be rejected before the pause are out and none has been accepted yet (`_Credential.may_fan_out`); or
+        raise `credential_paused`: while the pause lasts, and after it while the one poll that tries again is
+        out; or `timeout` when the polls out took this one's whole budget."""
+        with self._changed:
+            while True:
+                state = self._state(module)
+                if state is None:
+                    return Admission(None)
+                if state.paused_until is not None:
+                    break
+                if state.may_fan_out():
+                    state.running += 1
+                    return Admission(state)
+                if not self._changed.wait(deadline - time.monotonic()):
+                    raise PollFailure("timeout", f"no server has accepted module {module.name}'s credential since "
+                                                 f"the start, the reload that changed it or its last rejection, and "
+                                                 f"the {state.running} polls trying it took this poll's whole budget: "
+                                                 f"so that a wrong password cannot lock the account out, its polls "
+                                                 f"log on a few at a time until one succeeds")
             now = self._now()
             if now >= state.paused_until and not state.trial:
                 state.trial = True
-                return True
+                state.running += 1
+                return Admission(state, trial=True)
             wait = f"for another {max(0, round((state.paused_until - now) / 60))} min" if now < state.paused_until \
                 else "while one poll tries it again"
         raise PollFailure("credential_paused", f"servers rejected module {module.name}'s credential {state.rejections} "
                                                f"times in a row; its polls are paused {wait} so that the account is "
                                                f"not locked out")
 
-    def settle(self, module: ModuleConfig, server: str, outcome: CollectorOutcome | None, *, trial: bool) -> None:
+    def settle(self, admission: Admission, server: str, outcome: CollectorOutcome | None) -> None:
         """Count how a poll that was let through fared with the credential (None: it ended without an outcome)."""
         reason = None if outcome is None or outcome.success else outcome.error_reason
-        with self._lock:
-            state = self._modules.get(module.name)
-            if state is None or state.module != module:
+        state = admission.record
+        with self._changed:
+            if state is None or self._modules.get(state.module.name) is not state:
                 return  # a reload changed the module while this poll ran: it tells nothing about the new one
-            if trial:
+            state.running -= 1
+            self._changed.notify_all()
+            if admission.trial:
                 state.trial = False
             if outcome is None or reason in UNTESTED:
                 return  # nothing learnt (after a pause: the next poll tries)
             if reason != "auth_failed":  # a success, or a failure after the logon: the credential works
                 if state.paused_until is not None:
-                    log.info("module %s: %s accepted the credential again; its polls resume", module.name, server)
-                self._modules[module.name] = _Credential(module)
+                    log.info("module %s: %s accepted the credential again; its polls resume", state.module.name, server)
+                state.accept()
                 return
+            state.accepted = False
             state.rejections += 1
             state.rejecting.add(server.lower())
-            if trial or (state.paused_until is None and state.rejections >= REJECTIONS_TO_PAUSE
-                         and len(state.rejecting) >= 2):
+            if admission.trial or (state.paused_until is None and state.rejections >= REJECTIONS_TO_PAUSE
+                                   and len(state.rejecting) >= 2):
                 seconds = min(MAX_PAUSE_SECONDS, FIRST_PAUSE_SECONDS * 2 ** state.pauses)
                 state.pauses += 1
                 state.paused_until = self._now() + seconds
                 log.error("module %s: servers rejected its credential %d times in a row (%d servers, last %s); "
                           "its polls pause for %d min so that the account is not locked out (reload with a new "
-                          "credential to resume at once)", module.name, state.rejections, len(state.rejecting),
+                          "credential to resume at once)", state.module.name, state.rejections, len(state.rejecting),
                           server, seconds // 60)
 
     def paused(self, modules: dict[str, ModuleConfig]) -> set[str]:
         """Which of `modules` (the current ones) have their polls paused (also while one poll tries again); a
         module that a reload changed is not paused any more."""
-        with self._lock:
+        with self._changed:
             return {name for name, state in self._modules.items()
                     if state.paused_until is not None and modules.get(name) == state.module}

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from exporter.config import load_config_text
-from exporter.connections import FIRST_PAUSE_SECONDS, MAX_PAUSE_SECONDS, Connections, CredentialGuard
+from exporter.connections import (FIRST_PAUSE_SECONDS, MAX_PAUSE_SECONDS, REJECTIONS_TO_PAUSE, Connections,
+                                  CredentialGuard)
 from exporter.model import CollectorOutcome
 from exporter.runtime import Targets
 from exporter.winrm import PollFailure
 
-from ..conftest import minimal_config
+from ..conftest import minimal_config, wait_until
 
 SERVERS = "servers:\n  - ex01.contoso.com\n  - ex02.contoso.com\n"
 
@@ -106,11 +107,11 @@ def outcome(reason: str | None) -> CollectorOutcome:
 def poll(guard: CredentialGuard, module, server: str, reason: str | None) -> str:
     """One poll through the guard: 'skipped' when it was not let through, else the reason it ended with."""
     try:
-        trial = guard.admit(module)
+        admission = guard.admit(module, time.monotonic())
     except PollFailure as failure:
         assert failure.reason == "credential_paused"
         return "skipped"
-    guard.settle(module, server, outcome(reason), trial=trial)
+    guard.settle(admission, server, outcome(reason))
     return reason or "ok"
 
 
@@ -127,9 +128,9 @@ def test_rejections_by_several_servers_in_a_row_pause_until_one_poll_after_the_p
     assert poll(guard, module, "EX04", None) == "skipped"
     assert guard.paused({"default": module}) == {"default"}
     now.seconds += FIRST_PAUSE_SECONDS
-    trial = guard.admit(module)  # the pause is over: one poll tries again ...
-    assert trial and poll(guard, module, "EX05", None) == "skipped"  # ... and only one
-    guard.settle(module, "EX04", outcome(None), trial=trial)
+    admission = guard.admit(module, time.monotonic())  # the pause is over: one poll tries again ...
+    assert admission.trial and poll(guard, module, "EX05", None) == "skipped"  # ... and only one
+    guard.settle(admission, "EX04", outcome(None))
     assert guard.paused({"default": module}) == set()
     assert poll(guard, module, "EX05", None) == "ok"
 
@@ -195,3 +196,82 @@ def test_a_reload_that_changes_the_module_resumes_its_polls_at_once():
     guard.follow(changed.modules)  # what Connections.follow does at a reload
     assert poll(guard, changed.modules["default"], "EX01", None) == "ok"
     assert poll(guard, module, "EX02", None) == "ok"  # a poll with the old settings neither waits nor counts
+
+
+# ---------------------------------------------------------------- logons at once until one is accepted
+
+
+def admitted(guard: CredentialGuard, module, count: int) -> list:
+    """`count` polls let through without waiting (each raises if it would have to wait)."""
+    return [guard.admit(module, time.monotonic()) for _ in range(count)]
+
+
+def refused_at_once(guard: CredentialGuard, module) -> bool:
+    """Whether a poll with no time to wait is turned away because as many polls as may be rejected are out."""
+    try:
+        guard.settle(guard.admit(module, time.monotonic()), "EX99", None)
+    except PollFailure as failure:
+        return failure.reason == "timeout"
+    return False
+
+
+def test_until_a_server_accepts_the_credential_no_more_polls_log_on_at_once_than_rejections_are_left():
+    """Each start counted from zero and let poll.concurrency polls log on at once: with a wrong password all
+    of them logged on before the third rejection paused the module (4 to 33 rejected logons a start at 32 at once,
+    tests/system/test_credential_pause.py)."""
+    guard, module = CredentialGuard(Now()), config().modules["default"]
+    first = admitted(guard, module, REJECTIONS_TO_PAUSE)
+    assert refused_at_once(guard, module)
+    guard.settle(first[0], "EX01", outcome("auth_failed"))
+    assert refused_at_once(guard, module), "one rejection counted, two polls out: two may still be rejected"
+    guard.settle(first[1], "EX02", outcome(None))  # accepted: fan out
+    many = admitted(guard, module, 50)
+    for admission in [first[2], *many]:
+        guard.settle(admission, "EX03", outcome(None))
+
+
+def test_a_poll_waiting_for_its_turn_goes_when_one_settles_or_stops_when_the_module_pauses():
+    guard, module = CredentialGuard(Now()), config().modules["default"]
+    out = admitted(guard, module, REJECTIONS_TO_PAUSE)
+    ended: list[str] = []
+
+    def waiting_poll() -> None:
+        try:
+            guard.settle(guard.admit(module, time.monotonic() + 30), "EX09", outcome("auth_failed"))
+            ended.append("auth_failed")
+        except PollFailure as failure:
+            ended.append(failure.reason)
+
+    waiting = [threading.Thread(target=waiting_poll) for _ in range(2)]
+    for thread in waiting:
+        thread.start()
+    guard.settle(out[0], "EX01", outcome("timeout"))  # says nothing of the credential: one waiting poll takes its turn
+    wait_until(lambda: ended, 10, "one waiting poll's turn")
+    assert ended == ["auth_failed"]  # the first rejection: two polls out, two rejections left
+    guard.settle(out[1], "EX02", outcome("auth_failed"))  # the second: one poll out, one rejection left
+    assert ended == ["auth_failed"]
+    guard.settle(out[2], "EX03", outcome("auth_failed"))  # the third: paused, and the other waiting poll with it
+    for thread in waiting:
+        thread.join(10)
+    assert ended == ["auth_failed", "credential_paused"]
+    assert guard.paused(config().modules) == {"default"}
+
+
+def test_a_server_rejecting_alone_leaves_one_poll_at_a_time_to_the_others():
+    guard, module = CredentialGuard(Now()), config().modules["default"]
+    for _ in range(REJECTIONS_TO_PAUSE + 2):  # one round after another: no rejections left before a pause
+        assert poll(guard, module, "EX01", "auth_failed") == "auth_failed"
+    last = admitted(guard, module, 1)[0]
+    assert refused_at_once(guard, module)
+    guard.settle(last, "EX02", outcome(None))
+    assert guard.paused(config().modules) == set() and not refused_at_once(guard, module)
+
+
+def test_a_reload_that_changes_the_module_tries_the_new_credential_a_few_polls_at_a_time_again():
+    guard, module = CredentialGuard(Now()), config().modules["default"]
+    assert poll(guard, module, "EX01", None) == "ok"
+    admitted(guard, module, 10)  # accepted: as many as the poll slots allow
+    changed = load_config_text(minimal_config().replace("svc_monitor", "svc_eems"), Path("."))
+    guard.follow(changed.modules)
+    admitted(guard, changed.modules["default"], REJECTIONS_TO_PAUSE)
+    assert refused_at_once(guard, changed.modules["default"])

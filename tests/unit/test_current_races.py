@@ -272,11 +272,11 @@ def test_a_poll_with_the_module_of_before_a_reload_does_not_keep_the_new_one_fro
 
     def poll(module, server: str) -> str:
         try:
-            trial = guard.admit(module)
+            admission = guard.admit(module, time.monotonic())
         except PollFailure as failure:
             return failure.reason
-        guard.settle(module, server, CollectorOutcome("server", False, 0.0, datetime.now(timezone.utc),
-                                                      error_reason="auth_failed"), trial=trial)
+        guard.settle(admission, server, CollectorOutcome("server", False, 0.0, datetime.now(timezone.utc),
+                                                      error_reason="auth_failed"))
         return "auth_failed"
 
     guard.follow({"default": old})

@@ -5,6 +5,7 @@ of the scheduling and concurrency of polls)."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -146,11 +147,11 @@ def test_a_poll_that_started_before_a_reload_does_not_undo_the_new_modules_pause
 
     def poll(module, server: str, reason: str | None) -> str:
         try:
-            trial = guard.admit(module)
+            admission = guard.admit(module, time.monotonic())
         except PollFailure as failure:
             return failure.reason
-        guard.settle(module, server, CollectorOutcome("server", reason is None, 0.0, datetime.now(timezone.utc),
-                                                      error_reason=reason), trial=trial)
+        guard.settle(admission, server, CollectorOutcome("server", reason is None, 0.0, datetime.now(timezone.utc),
+                                                      error_reason=reason))
         return reason or "ok"
 
     for server in ("EX01", "EX02", "EX03"):
