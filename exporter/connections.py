@@ -22,6 +22,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Iterator
 
 from .config import Config, ModuleConfig
@@ -130,7 +131,8 @@ class Connections:
                 raise
             lease = Lease(entry.connection)
             try:
-                yield lease
+                with entry.connection.answers_to(partial(self.credentials.accepted, admission, target.name)):
+                    yield lease
             finally:
                 self._give_back(entry)
                 self.credentials.settle(admission, target.name, lease.outcome)
@@ -331,9 +333,7 @@ class CredentialGuard:
             if outcome is None or reason in UNTESTED:
                 return  # nothing learnt (after a pause: the next poll tries)
             if reason != "auth_failed":  # a success, or a failure after the logon: the credential works
-                if state.paused_until is not None:
-                    log.info("module %s: %s accepted the credential again; its polls resume", state.module.name, server)
-                state.accept()
+                self._accept(state, server)
                 return
             state.accepted = False
             state.rejections += 1
@@ -347,6 +347,21 @@ class CredentialGuard:
                           "its polls pause for %d min so that the account is not locked out (reload with a new "
                           "credential to resume at once)", state.module.name, state.rejections, len(state.rejecting),
                           server, seconds // 60)
+
+    def accepted(self, admission: Admission, server: str) -> None:
+        """A request of a poll let through got its answer (`LinkedConnection.answered`): `server` accepted the
+        credential, so the module's polls fan out (or resume) now, not when this poll ends."""
+        state = admission.record
+        with self._changed:
+            if state is not None and not state.accepted and self._modules.get(state.module.name) is state:
+                self._accept(state, server)
+                self._changed.notify_all()
+
+    def _accept(self, state: _Credential, server: str) -> None:
+        """(Under the lock.)"""
+        if state.paused_until is not None:
+            log.info("module %s: %s accepted the credential again; its polls resume", state.module.name, server)
+        state.accept()
 
     def paused(self, modules: dict[str, ModuleConfig]) -> set[str]:
         """Which of `modules` (the current ones) have their polls paused (also while one poll tries again); a

@@ -47,8 +47,9 @@ import logging
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import tenacity
 
@@ -174,6 +175,18 @@ class LinkedConnection:
         self._server_name = self._link.server_name
         self._clock = clock
         self._lock = threading.Lock()
+        self._answered: Callable[[], None] = _unheard  # see answers_to
+
+    @contextmanager
+    def answers_to(self, listener: Callable[[], None]) -> Iterator[None]:
+        """Call `listener` whenever a request gets its answer (HTTP 200: the server accepted the module's credential)
+        while the block runs. The poll holding the connection listens (Connections.lease), so that the credential
+        guard lets the module's other polls log on then, not a whole script's runtime later, when this poll ends."""
+        self._answered = listener
+        try:
+            yield
+        finally:
+            self._answered = _unheard
 
     def _address(self, endpoint: str) -> Endpoint:
         """Where requests go: the endpoint's URL (WinRS: /wsman)."""
@@ -181,6 +194,10 @@ class LinkedConnection:
 
     def close(self) -> None:
         self._link.close()
+
+
+def _unheard() -> None:
+    """Nobody listens for answers: no poll holds the connection through Connections.lease."""
 
 
 def connect(endpoint: str, module: ModuleConfig, **kwargs) -> LinkedConnection:
@@ -234,6 +251,7 @@ class ServerConnection(LinkedConnection):
         operation, timeout = request_timeouts(self.module, deadline, minimum)
         started = time.monotonic()
         answer = channel.exchange(message(operation), deadline=deadline, timeout=timeout)
+        self._answered()
         if not waits:
             self._took(time.monotonic() - started)
         return answer

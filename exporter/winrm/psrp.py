@@ -356,7 +356,9 @@ class PsrpConnection(LinkedConnection):
             # a Receive is held by the server up to its OperationTimeout: it must come back before the deadline
             operation, timeout = request_timeouts(self.module, deadline,
                                                   MIN_REQUEST_SECONDS if opens or waits else MIN_FOLLOW_UP_SECONDS)
-            return channel.exchange(message(operation), deadline=deadline, timeout=timeout)
+            answer = channel.exchange(message(operation), deadline=deadline, timeout=timeout)
+            self._answered()
+            return answer
         except AuthenticationRejected:
             if self._configuration == EXCHANGE_CONFIGURATION and self.module.transport != "kerberos":
                 raise PollFailure("auth_failed", "Exchange's remote PowerShell endpoint takes Kerberos only: set "

@@ -27,19 +27,12 @@ from exporter.runtime import SafeRuntime
 
 from ..clock import ManualClock
 from ..conftest import PASSWORD_ENV
+from .test_current_races import FakeConnection
 
 CATALOG = Catalog.load()
 ORGANIZATIONS = ["", "organization: {name: Contoso, server: ex01.contoso.com, discover_servers: true}\n",
                  "organization: {name: Contoso, server: ex02.contoso.com, discover_servers: true}\n",
                  "organization: {name: Fabrikam, server: ex01.contoso.com, discover_servers: true}\n"]
-
-
-class FakeConnection:
-    def __init__(self, *args, **kwargs):
-        self.closed = False
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def collect(target, connection, poll, catalog, deadline, known=None):

@@ -5,6 +5,7 @@ network: the collectors are replaced, and a lease only makes the connection obje
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 import threading
 import time
@@ -163,6 +164,10 @@ class FakeConnection:
 
     def close(self) -> None:
         self.closed = True
+
+    @contextlib.contextmanager
+    def answers_to(self, listener):
+        yield  # never asked anything, so never answered
 
 
 def lease_once(connections, cfg, name: str):
