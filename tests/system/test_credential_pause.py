@@ -20,7 +20,7 @@ from exporter.connections import FIRST_PAUSE_SECONDS, REJECTIONS_TO_PAUSE
 from exporter.exporter import Exporter
 
 from ..clock import ManualClock
-from ..conftest import PASSWORD_ENV, SimulatedFleet, relocate, samples, wait_until
+from ..conftest import PASSWORD_ENV, SimulatedFleet, jea_scenario, relocate, samples, wait_until
 
 SERVERS = [f"EX{i:02d}" for i in range(1, 7)]
 INTERVAL = 60.0
@@ -136,31 +136,33 @@ def test_a_start_with_a_rejected_credential_costs_at_most_the_rejections_that_pa
 SLOW = [f"SLOW{i}" for i in range(1, REJECTIONS_TO_PAUSE + 1)]
 
 
-@pytest.fixture(scope="module")
-def slow_fleet():
-    servers = [{"name": name, "address": "127.0.0.1", "build": "15.2.2562.53",
-                "output_faults": {"script_runtime": 8.0}} for name in SLOW]
-    servers.append({"name": "EX01", "address": "127.0.0.1", "build": "15.2.2562.53"})
-    with SimulatedFleet(relocate({"servers": servers})) as fleet:
-        yield fleet
-
-
-def test_the_first_answer_to_a_new_credential_lets_the_other_polls_log_on_without_waiting_for_its_poll(slow_fleet,
+@pytest.mark.parametrize("protocol", ["winrs", "psrp"])
+def test_the_first_answer_to_a_new_credential_lets_the_other_polls_log_on_without_waiting_for_its_poll(protocol,
                                                                                                        tmp_path):
     """Until a server accepts the credential only REJECTIONS_TO_PAUSE polls log on at once. Polls whose scripts
     run for seconds show that the credential works at their first answer: the other polls go then, not when a
     script has ended (a whole poll's runtime added to every start: 1.45x the first cycle of bench/bench.py)."""
-    path = tmp_path / "exporter.yml"
-    path.write_text(config_text(slow_fleet, PASSWORD_ENV, concurrency=8))
-    exporter = Exporter(load_config(path), Catalog.load())
-    hosts = slow_fleet.fleet.stats
-
-    try:
-        with ThreadPoolExecutor(len(SLOW)) as pool:
-            slow = [pool.submit(exporter.poller.poll_server, name.lower()) for name in SLOW]
-            wait_until(lambda: all(hosts()["hosts"][name]["commands"] for name in SLOW), 30, "every slow script")
-            assert exporter.poller.poll_server("ex01").outcome.success
-            assert not any(poll.done() for poll in slow), "EX01's poll waited for a slow poll to end"
-            assert all(poll.result().outcome.success for poll in slow)
-    finally:
-        exporter.stop()
+    servers = [{"name": name, "address": "127.0.0.1", "build": "15.2.2562.53",
+                "output_faults": {"script_runtime": 8.0}} for name in SLOW]
+    servers.append({"name": "EX01", "address": "127.0.0.1", "build": "15.2.2562.53"})
+    scenario = {"servers": servers}
+    if protocol == "psrp":  # the exporter's JEA endpoint
+        scenario["remoting"] = jea_scenario(tmp_path / "endpoint")["remoting"]
+    with SimulatedFleet(relocate(scenario)) as fleet:
+        doc = yaml.safe_load(config_text(fleet, PASSWORD_ENV, concurrency=8))
+        if protocol == "psrp":
+            doc["modules"]["http"]["protocol"] = "psrp"
+        path = tmp_path / "exporter.yml"
+        path.write_text(yaml.safe_dump(doc))
+        started = "commands" if protocol == "winrs" else "invocations"
+        exporter = Exporter(load_config(path), Catalog.load())
+        try:
+            with ThreadPoolExecutor(len(SLOW)) as pool:
+                slow = [pool.submit(exporter.poller.poll_server, name.lower()) for name in SLOW]
+                wait_until(lambda: all(fleet.fleet.stats()["hosts"][name][started] for name in SLOW), 30,
+                           "every slow script")
+                assert exporter.poller.poll_server("ex01").outcome.success
+                assert not any(poll.done() for poll in slow), "EX01's poll waited for a slow poll to end"
+                assert all(poll.result().outcome.success for poll in slow)
+        finally:
+            exporter.stop()
