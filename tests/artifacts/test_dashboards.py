@@ -309,6 +309,9 @@ STATES = {
     "a registry value the exporter cannot read (no alert: not read is not in maintenance)": (
         {f"exchange_up{{{EX01}}}": "1x5", **_maintenance(EX01, Maintenance="unrecognised")},
         {"Maintenance mode (registry)": 2}, GREENS | REDS),
+    "ServerWideOffline draining (no alert; it showed as active, in green)": (
+        {f"exchange_up{{{EX01}}}": "1x5", **_maintenance(EX01, Maintenance="draining")},
+        {"Maintenance mode (registry)": 3}, GREENS | REDS),
     "EEMS checks and never failed in the lookback window": (
         {f"exchange_up{{{EX01}}}": "1x5", f"exchange_eems_supported{{{EX01}}}": "1x5",
          f"exchange_eems_last_activity_timestamp_seconds{{{EX01}}}": "0x5",
