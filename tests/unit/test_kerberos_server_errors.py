@@ -69,7 +69,7 @@ def refusing_server():
     def start(token: bytes) -> ThreadingHTTPServer:
         handler = type("Handler", (_Refusing,), {"token": token})
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()  # shutdown() waits a poll
         servers.append(server)
         return server
 
