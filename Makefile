@@ -93,8 +93,9 @@ dist: $(STAMP)
 # Four worker processes, each taking whole test files (a module's fixture, such as a Prometheus and Alertmanager
 # stack, starts once). The suite mostly waits on sockets, deadlines, real ticket lifetimes and other programs: on
 # two cores it took 216-226 s with four workers, 266 s with three and 375 s with two (test_kerberos.py alone,
-# about 190 s, is the longest file). PYTEST_WORKERS= runs it in one process.
-PYTEST_WORKERS ?= -n 4 --dist loadfile
+# about 190 s, is the longest file). The files go out longest first (tests/conftest.py LONG_FILES), not in
+# xdist's order of most tests first. PYTEST_WORKERS= runs it in one process.
+PYTEST_WORKERS ?= -n 4 --dist loadfile --no-loadscope-reorder
 # Python's own default, which some CI and sandbox images turn off: cache compiled modules (__pycache__, ignored by
 # git). Without it every worker compiles the product and pytest rewrites every test module again, and so does every
 # exporter process a test starts (make check: about 5 s of its CPU on two cores).
