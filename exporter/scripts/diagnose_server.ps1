@@ -17,9 +17,9 @@ if($ExecutionContext.SessionState.LanguageMode -eq 'FullLanguage'){try{$r.winhtt
 try{$s=Microsoft.PowerShell.Management\Get-Service MSExchangeMitigation;$r.service=@{status=[string]$s.Status;start_type=[string]$s.StartType}}catch{$r.service=@{error=Err $_}}
 try{$k=Microsoft.PowerShell.Management\Get-ItemProperty 'HKLM:\SYSTEM\CurrentControlSet\Services\MSExchangeMitigation';$r.service_key=@{start=$k.Start;account=[string]$k.ObjectName}}catch{$r.service_key=@{error=Err $_}}
 # Maintenance mode twice, to confirm the poll's reading (exporter/component_state.py): the registry's ServerWideOffline
-# values as the collection script reads them, and Exchange's own view, Get-ServerComponentState's LocalStates (the
+# values read by the collection script's own expression, and Exchange's own view, Get-ServerComponentState's LocalStates (the
 # snap-in reaches Active Directory: over NTLM the double hop fails it, and the report says so).
-try{$r.component_states=@(foreach($v in (Microsoft.PowerShell.Management\Get-ItemProperty -LiteralPath 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\ServerComponentStates\ServerWideOffline').PSObject.Properties){if($v.Name -cnotlike 'PS*'){@{requester=$v.Name;value=[string]$v.Value}}})}catch{$r.component_states=@{error=Err $_}}
+try{$r.component_states=@(foreach($v in (Microsoft.PowerShell.Management\Get-ItemProperty -LiteralPath 'HKLM:\SOFTWARE\Microsoft\ExchangeServer\v15\ServerComponentStates\ServerWideOffline').PSObject.Properties){if($v.Name -cnotlike 'PS*'){@{component='ServerWideOffline';requester=$v.Name;value=[string]$v.Value}}})}catch{$r.component_states=@{error=Err $_}}
 try{Microsoft.PowerShell.Core\Add-PSSnapin Microsoft.Exchange.Management.PowerShell.SnapIn;$c=Get-ServerComponentState -Identity $env:COMPUTERNAME -Component ServerWideOffline
 $r.server_component_state=@{state=[string]$c.State;local=@($c.LocalStates|Microsoft.PowerShell.Core\ForEach-Object{@{requester=[string]$_.Requester;state=[string]$_.State;time=$_.Timestamp}});remote=@($c.RemoteStates|Microsoft.PowerShell.Core\ForEach-Object{@{requester=[string]$_.Requester;state=[string]$_.State;time=$_.Timestamp}})}}catch{$r.server_component_state=@{error=Err $_}}
 # The service's and the log folder's security descriptors (docs/windows-setup.md, F5 and F9), as SDDL: sc.exe prints

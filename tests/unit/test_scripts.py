@@ -200,3 +200,18 @@ def test_the_diagnose_script_gathers_utc_offsets_with_the_collection_scripts_lin
     collected = block("collect_server.ps1")
     assert collected[-1].endswith("catch{$r.utc_offsets=$null}")
     assert block("diagnose_server.ps1") == collected
+
+
+def test_the_diagnose_script_reads_serverwideoffline_with_the_collection_scripts_expression():
+    """The field report's `component_state_format` judges what the poll reads: the diagnose script reads the
+    registry's ServerWideOffline values with the collection script's own expression (only what a failure does
+    differs: the collection records it with Fail, the diagnose script beside the values)."""
+    from exporter.scripts import _body
+
+    def expression(name: str) -> str:
+        line = next(line for line in _body(name).splitlines() if "ServerComponentStates\\ServerWideOffline" in line)
+        return line[line.index("$r.component_states=@(") : line.index("}catch{")]
+
+    collected = expression("collect_server.ps1")
+    assert "requester=$v.Name" in collected
+    assert expression("diagnose_server.ps1") == collected
