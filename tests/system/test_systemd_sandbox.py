@@ -10,7 +10,6 @@ EPERM under systemd (SystemCallErrorNumber=); a W+X mapping would fail outright.
 
 from __future__ import annotations
 
-import configparser
 import functools
 import os
 import re
@@ -23,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
+from ..artifacts.test_systemd import UNIT, unit
 from ..conftest import PASSWORD, PASSWORD_ENV, SimulatedFleet, free_port, relocate, samples, stop_process
 from .test_reload import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-UNIT = ROOT / "deploy" / "systemd" / "exchange-eems-exporter.service"
 SCENARIO = {
     "servers": [
         {"name": "EX47", "address": "127.0.0.1", "build": "15.2.2562.53"},
@@ -61,18 +60,15 @@ def syscall_group(group: str) -> frozenset[str]:
 
 def unit_filter() -> tuple[frozenset[str], frozenset[str], bool]:
     """The unit's allowed and denied system calls, and whether it sets MemoryDenyWriteExecute=yes."""
-    parser = configparser.ConfigParser(strict=False, interpolation=None)  # the last SystemCallFilter= would win
-    parser.optionxform = str
-    parser.read_string(UNIT.read_text())
     allowed: set[str] = set()
     denied: set[str] = set()
-    for line in UNIT.read_text().splitlines():
+    for line in UNIT.read_text().splitlines():  # each line: unit() would keep only the last SystemCallFilter=
         if line.startswith("SystemCallFilter="):
             value = line.split("=", 1)[1]
             into, value = (denied, value[1:]) if value.startswith("~") else (allowed, value)
             for word in value.split():
                 into |= syscall_group(word) if word.startswith("@") else {word}
-    return frozenset(allowed), frozenset(denied), parser["Service"].get("MemoryDenyWriteExecute") == "yes"
+    return frozenset(allowed), frozenset(denied), unit()["Service"].get("MemoryDenyWriteExecute") == "yes"
 
 
 def traced(trace: Path) -> tuple[set[str], list[str]]:
