@@ -137,9 +137,12 @@ def test_a_transient_failure_is_tried_three_times_at_most(fleet, host):
     """With time to spare, a refused connection is tried three times (waits of about 0.5 and 1 s between), not
     until the deadline."""
     fleet.set_faults("EX01", Faults(refuse_connections=True))
-    error, elapsed = failure(connection(fleet, "EX01"), 30)
+    conn, attempts = connection(fleet, "EX01"), []
+    attempt = conn._attempt
+    conn._attempt = lambda *args: attempts.append(1) or attempt(*args)  # nothing listens: count on our side
+    error, elapsed = failure(conn, 30)
     assert error.reason == "connection_refused"
-    assert elapsed < 6, f"retried for {elapsed:.1f} s"
+    assert len(attempts) == 3 and elapsed < 6, f"{len(attempts)} attempts in {elapsed:.1f} s"
 
 
 def test_rejected_credentials_are_not_retried(fleet):
