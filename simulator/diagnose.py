@@ -171,7 +171,7 @@ def _events(server: windows.WindowsServer, now: datetime, p: dict[str, int], tex
     # The script sends the first EVENT_ERRORS_SENT records of its ErrorVariable and their count (an access denial is
     # two of them, LogInfoUnavailable and NoMatchingLogsFound: eventlog.py; nothing is thrown).
     errors: list[dict[str, str]] = []
-    count: int | None = 0
+    count = 0
     for error, times in found.errors_with_repeats():
         text = texts.get(error.key, windows.LOCALES["en-US"][error.key]).format(provider=eems.PROVIDER,
                                                                                 unauthorized=texts["unauthorized"])
@@ -190,6 +190,6 @@ def _events(server: windows.WindowsServer, now: datetime, p: dict[str, int], tex
         record = {"id": f"{text},Microsoft.PowerShell.Commands.GetWinEventCommand",
                   "type": "System.Diagnostics.Eventing.Reader.EventLogException", "message": text}
         errors += [record][:EVENT_ERRORS_SENT - len(errors)]
-        count = (count or 0) + 1
+        count += 1
     return {"events": events, "event_errors": errors, "event_error_count": count,
             "event_query_seconds": round(0.05 + found.seconds, 6)}
